@@ -1,0 +1,39 @@
+/**
+ * What travels inside an MLS application message, and how message ids are derived.
+ * A message id binds the group, the authenticated sender installation and a random
+ * nonce, so a member cannot forge another member's message id.
+ */
+import { Schema } from "effect"
+import { labelledHash, toHex, utf8 } from "./Bytes.ts"
+import type { GroupId, InstallationId, MessageId } from "./Ids.ts"
+
+export const TextContent = Schema.TaggedStruct("Text", {
+  nonce: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{32}$/)),
+  text: Schema.String
+})
+
+export const ApplicationContent = Schema.Union(TextContent)
+export type ApplicationContent = typeof ApplicationContent.Type
+export const ApplicationContentJson = Schema.parseJson(ApplicationContent)
+
+export const messageIdOf = (groupId: GroupId, sender: InstallationId, nonce: string): MessageId =>
+  toHex(labelledHash("message", utf8(groupId), utf8(sender), utf8(nonce))) as MessageId
+
+/** The transcript entry every member writes for a commit: the same id everywhere. */
+export const membershipChangeIdOf = (groupId: GroupId, epoch: bigint): MessageId =>
+  toHex(labelledHash("membership-change", utf8(groupId), utf8(epoch.toString()))) as MessageId
+
+export const MessageKind = Schema.Literal("text", "membershipChange")
+export type MessageKind = typeof MessageKind.Type
+
+export const DeliveryStatus = Schema.Literal("unpublished", "published", "failed")
+export type DeliveryStatus = typeof DeliveryStatus.Type
+
+/** The text of a membership-change transcript entry, readable and the same on every member. */
+export class MembershipChange extends Schema.Class<MembershipChange>("MembershipChange")({
+  epoch: Schema.BigInt,
+  addedInboxes: Schema.Array(Schema.String),
+  removedInboxes: Schema.Array(Schema.String),
+  committedBy: Schema.String
+}) {}
+export const MembershipChangeJson = Schema.parseJson(MembershipChange)

@@ -1,0 +1,150 @@
+/**
+ * Every error a caller can act on. Each is a `Schema.TaggedError` so it can cross a wire
+ * or be persisted, and callers `Effect.catchTag` them by name.
+ */
+import { Schema } from "effect"
+
+export class ConversationNotFound extends Schema.TaggedError<ConversationNotFound>()("ConversationNotFound", {
+  conversationId: Schema.String
+}) {
+  override get message() {
+    return `conversation ${this.conversationId} not found`
+  }
+}
+
+export class InvalidInput extends Schema.TaggedError<InvalidInput>()("InvalidInput", {
+  reason: Schema.String
+}) {
+  override get message() {
+    return this.reason
+  }
+}
+
+export class NotAMember extends Schema.TaggedError<NotAMember>()("NotAMember", {
+  groupId: Schema.String,
+  inboxId: Schema.optional(Schema.String)
+}) {}
+
+export class GroupInactive extends Schema.TaggedError<GroupInactive>()("GroupInactive", {
+  groupId: Schema.String
+}) {
+  override get message() {
+    return `group ${this.groupId} is inactive: this installation is no longer a member`
+  }
+}
+
+export class InboxNotFound extends Schema.TaggedError<InboxNotFound>()("InboxNotFound", {
+  inboxId: Schema.String
+}) {
+  override get message() {
+    return `inbox ${this.inboxId} is not registered`
+  }
+}
+
+export class KeyPackageUnavailable extends Schema.TaggedError<KeyPackageUnavailable>()("KeyPackageUnavailable", {
+  inboxId: Schema.String,
+  installationIds: Schema.Array(Schema.String)
+}) {
+  override get message() {
+    return `no key package for ${this.installationIds.length} installation(s) of inbox ${this.inboxId}`
+  }
+}
+
+/** Why ts-mls refused something, in terms a caller can switch on. */
+export const CryptoErrorReason = Schema.Literal(
+  "WrongEpoch",
+  "CannotDecrypt",
+  "BadSignature",
+  "NotAMember",
+  "Malformed",
+  "Unauthenticated",
+  "Internal"
+)
+export type CryptoErrorReason = typeof CryptoErrorReason.Type
+
+export class CryptoError extends Schema.TaggedError<CryptoError>()("CryptoError", {
+  reason: CryptoErrorReason,
+  detail: Schema.String
+}) {
+  override get message() {
+    return `${this.reason}: ${this.detail}`
+  }
+}
+
+/** Own commit lost the race for its epoch. Internal to publish; surfaces only inside `IntentFailed`. */
+export class EpochConflict extends Schema.TaggedError<EpochConflict>()("EpochConflict", {
+  groupId: Schema.String,
+  intentId: Schema.Number,
+  publishedEpoch: Schema.BigIntFromSelf,
+  currentEpoch: Schema.BigIntFromSelf
+}) {
+  override get message() {
+    return `commit of intent ${this.intentId} for epoch ${this.publishedEpoch} lost to another; group is at ${this.currentEpoch}`
+  }
+}
+
+export const DeliveryErrorReason = Schema.Literal(
+  "Unavailable",
+  "Timeout",
+  "PayloadTooLarge",
+  "BatchTooLarge",
+  "InvalidRequest",
+  "InvalidIdentityUpdate",
+  "InvalidKeyPackage",
+  "LimitExceeded"
+)
+export type DeliveryErrorReason = typeof DeliveryErrorReason.Type
+
+export class DeliveryError extends Schema.TaggedError<DeliveryError>()("DeliveryError", {
+  reason: DeliveryErrorReason,
+  retryable: Schema.Boolean,
+  detail: Schema.String
+}) {
+  override get message() {
+    return `${this.reason}${this.retryable ? " (retryable)" : ""}: ${this.detail}`
+  }
+}
+
+export class StorageError extends Schema.TaggedError<StorageError>()("StorageError", {
+  operation: Schema.String,
+  detail: Schema.String
+}) {
+  override get message() {
+    return `storage failed in ${this.operation}: ${this.detail}`
+  }
+}
+
+/** An identity log entry that does not verify: a bad signature, a replay, a gap. */
+export class InvalidIdentityUpdate extends Schema.TaggedError<InvalidIdentityUpdate>()("InvalidIdentityUpdate", {
+  inboxId: Schema.String,
+  reason: Schema.String
+}) {
+  override get message() {
+    return `identity update for ${this.inboxId} rejected: ${this.reason}`
+  }
+}
+
+export class IntentFailed extends Schema.TaggedError<IntentFailed>()("IntentFailed", {
+  intentId: Schema.Number,
+  kind: Schema.String,
+  attempts: Schema.Number,
+  cause: Schema.String
+}) {
+  override get message() {
+    return `${this.kind} intent ${this.intentId} failed after ${this.attempts} attempt(s): ${this.cause}`
+  }
+}
+
+export type ConvergeError =
+  | ConversationNotFound
+  | InvalidInput
+  | NotAMember
+  | GroupInactive
+  | InboxNotFound
+  | KeyPackageUnavailable
+  | IntentFailed
+  | EpochConflict
+  | DeliveryError
+  | StorageError
+  | CryptoError
+  | InvalidIdentityUpdate

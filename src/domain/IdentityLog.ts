@@ -1,0 +1,180 @@
+/**
+ * The identity log of an inbox, replayed purely: every entry's root signature is verified,
+ * entries must chain by sequence and previous hash, and the result is the set of current
+ * installations. A leaf credential is valid only if its installation is current.
+ */
+import { ed25519 } from "@noble/curves/ed25519.js"
+import { Either, HashMap, HashSet, Option } from "effect"
+import { fromHex, labelledHash, sha256Hex, toHex, utf8 } from "./Bytes.ts"
+import { InvalidIdentityUpdate } from "./Errors.ts"
+import type { InboxId, InstallationId } from "./Ids.ts"
+import type { IdentityAction } from "./Wire.ts"
+import { IdentityUpdate } from "./Wire.ts"
+
+export const GENESIS_HASH = "0".repeat(64)
+
+export interface InboxState {
+  readonly inboxId: InboxId
+  readonly rootPublicKey: string
+  /** Current installations and their MLS signature public keys (hex). */
+  readonly installations: HashMap.HashMap<InstallationId, string>
+  /** Installations ever revoked: they can never come back. */
+  readonly revoked: HashSet.HashSet<InstallationId>
+  readonly sequence: number
+  readonly headHash: string
+}
+
+/** The inbox id named by a root public key. */
+export const inboxIdOf = (rootPublicKey: Uint8Array): InboxId => sha256Hex(rootPublicKey) as InboxId
+
+/** The installation id named by an MLS signature public key. */
+export const installationIdOf = (signaturePublicKey: Uint8Array): InstallationId =>
+  sha256Hex(signaturePublicKey) as InstallationId
+
+const signedBytes = (u: Omit<IdentityUpdate, "signature">): Uint8Array =>
+  labelledHash(
+    "identity-update",
+    utf8(u.inboxId),
+    utf8(String(u.sequence)),
+    utf8(u.previousHash),
+    utf8(JSON.stringify(actionFields(u.action)))
+  )
+
+// A fixed field order, so the signed bytes do not depend on object construction.
+const actionFields = (a: IdentityAction): ReadonlyArray<string> => {
+  switch (a._tag) {
+    case "CreateInbox":
+      return [a._tag, a.rootPublicKey]
+    case "AddInstallation":
+      return [a._tag, a.installationId, a.signaturePublicKey]
+    case "RevokeInstallation":
+      return [a._tag, a.installationId]
+  }
+}
+
+export const hashOfUpdate = (u: IdentityUpdate): string =>
+  toHex(labelledHash("identity-entry", signedBytes(u), utf8(u.signature)))
+
+/** Builds and signs the next entry of a log whose state is `previous` (or the first entry). */
+export const signUpdate = (
+  rootSecretKey: Uint8Array,
+  inboxId: InboxId,
+  previous: Pick<InboxState, "sequence" | "headHash"> | undefined,
+  action: IdentityAction
+): IdentityUpdate => {
+  const unsigned = {
+    inboxId,
+    sequence: (previous?.sequence ?? 0) + 1,
+    previousHash: previous?.headHash ?? GENESIS_HASH,
+    action
+  }
+  const signature = toHex(ed25519.sign(signedBytes(unsigned), rootSecretKey))
+  return IdentityUpdate.make({ ...unsigned, signature })
+}
+
+const reject = (inboxId: string, reason: string) => Either.left(new InvalidIdentityUpdate({ inboxId, reason }))
+
+const verifySignature = (rootPublicKey: string, u: IdentityUpdate): boolean => {
+  try {
+    return ed25519.verify(fromHex(u.signature), signedBytes(u), fromHex(rootPublicKey))
+  } catch {
+    return false
+  }
+}
+
+/** Applies one entry to the state it claims to follow. */
+export const applyUpdate = (
+  state: InboxState | undefined,
+  u: IdentityUpdate
+): Either.Either<InboxState, InvalidIdentityUpdate> => {
+  const expectedSequence = (state?.sequence ?? 0) + 1
+  if (u.sequence !== expectedSequence) {
+    return reject(u.inboxId, `expected entry ${expectedSequence}, got ${u.sequence} (replayed or out of order)`)
+  }
+  if (u.previousHash !== (state?.headHash ?? GENESIS_HASH)) {
+    return reject(u.inboxId, `entry ${u.sequence} does not chain onto the log head (replayed or forked)`)
+  }
+  const action = u.action
+  if (state === undefined) {
+    if (action._tag !== "CreateInbox") return reject(u.inboxId, "the first entry must create the inbox")
+    if (!/^[0-9a-f]{64}$/.test(action.rootPublicKey)) return reject(u.inboxId, "root public key is not 32 hex bytes")
+    if (inboxIdOf(fromHex(action.rootPublicKey)) !== u.inboxId) {
+      return reject(u.inboxId, "inbox id is not the hash of the root public key")
+    }
+    if (!verifySignature(action.rootPublicKey, u)) return reject(u.inboxId, "bad root signature on CreateInbox")
+    return Either.right({
+      inboxId: u.inboxId,
+      rootPublicKey: action.rootPublicKey,
+      installations: HashMap.empty(),
+      revoked: HashSet.empty(),
+      sequence: u.sequence,
+      headHash: hashOfUpdate(u)
+    })
+  }
+  if (u.inboxId !== state.inboxId) return reject(u.inboxId, "entry names another inbox")
+  if (!verifySignature(state.rootPublicKey, u)) return reject(u.inboxId, `bad root signature on ${action._tag}`)
+  const next = { sequence: u.sequence, headHash: hashOfUpdate(u) }
+  switch (action._tag) {
+    case "CreateInbox":
+      return reject(u.inboxId, "the inbox already exists")
+    case "AddInstallation": {
+      let key: Uint8Array
+      try {
+        key = fromHex(action.signaturePublicKey)
+      } catch {
+        return reject(u.inboxId, "signature public key is not hex")
+      }
+      if (installationIdOf(key) !== action.installationId) {
+        return reject(u.inboxId, "installation id is not the hash of its signature key")
+      }
+      if (HashSet.has(state.revoked, action.installationId)) {
+        return reject(u.inboxId, `installation ${action.installationId} was revoked and cannot return`)
+      }
+      if (HashMap.has(state.installations, action.installationId)) {
+        return reject(u.inboxId, `installation ${action.installationId} is already registered`)
+      }
+      return Either.right({
+        ...state,
+        ...next,
+        installations: HashMap.set(state.installations, action.installationId, action.signaturePublicKey)
+      })
+    }
+    case "RevokeInstallation":
+      if (!HashMap.has(state.installations, action.installationId)) {
+        return reject(u.inboxId, `installation ${action.installationId} is not current`)
+      }
+      return Either.right({
+        ...state,
+        ...next,
+        installations: HashMap.remove(state.installations, action.installationId),
+        revoked: HashSet.add(state.revoked, action.installationId)
+      })
+  }
+}
+
+/** Replays a whole log from its first entry. */
+export const replay = (
+  updates: Iterable<IdentityUpdate>
+): Either.Either<Option.Option<InboxState>, InvalidIdentityUpdate> => {
+  let state: InboxState | undefined
+  for (const u of updates) {
+    const next = applyUpdate(state, u)
+    if (Either.isLeft(next)) return Either.left(next.left)
+    state = next.right
+  }
+  return Either.right(Option.fromNullable(state))
+}
+
+/** Is this installation, with this signature key, a current installation of the inbox? */
+export const isCurrentInstallation = (
+  state: InboxState,
+  installationId: InstallationId,
+  signaturePublicKey: Uint8Array
+): boolean =>
+  Option.match(HashMap.get(state.installations, installationId), {
+    onNone: () => false,
+    onSome: (key) => key === toHex(signaturePublicKey)
+  })
+
+export const currentInstallations = (state: InboxState): ReadonlyArray<InstallationId> =>
+  Array.from(HashMap.keys(state.installations)).sort()

@@ -1,0 +1,73 @@
+/**
+ * Intents: what a user asked for, not bound to any epoch. Each publish re-derives the
+ * payload from the intent's data at the group's current epoch (seed design, libxmtp #284).
+ */
+import { Schema } from "effect"
+import { InboxId, InstallationId, MessageId } from "./Ids.ts"
+
+export const IntentKind = Schema.Literal(
+  "SendMessage",
+  "AddMembers",
+  "RemoveMembers",
+  "KeyUpdate",
+  "MetadataUpdate",
+  "Leave",
+  "UpdateInstallations"
+)
+export type IntentKind = typeof IntentKind.Type
+
+export const IntentState = Schema.Literal("ToPublish", "Published", "Committed", "Processed", "Error")
+export type IntentState = typeof IntentState.Type
+
+/**
+ * The allowed transitions. `Published -> ToPublish` is the epoch-conflict path (the payload
+ * is re-derived); `ToPublish -> Processed` is an intent that became a no-op.
+ */
+const transitions: Readonly<Record<IntentState, ReadonlyArray<IntentState>>> = {
+  ToPublish: ["Published", "Processed", "Error"],
+  Published: ["Committed", "ToPublish", "Processed", "Error"],
+  Committed: ["Processed"],
+  Processed: [],
+  Error: []
+}
+
+export const canTransition = (from: IntentState, to: IntentState): boolean => transitions[from].includes(to)
+
+export const isTerminal = (state: IntentState): boolean => transitions[state].length === 0
+
+/** Intents whose payload is a commit (changes the epoch) rather than an application message. */
+export const isCommitKind = (kind: IntentKind): boolean => kind !== "SendMessage"
+
+// ---- intent data, one schema per kind ----
+
+export class SendMessageData extends Schema.Class<SendMessageData>("SendMessageData")({
+  _tag: Schema.tag("SendMessage"),
+  messageId: MessageId,
+  nonce: Schema.String,
+  text: Schema.String
+}) {}
+
+export class AddMembersData extends Schema.Class<AddMembersData>("AddMembersData")({
+  _tag: Schema.tag("AddMembers"),
+  inboxIds: Schema.Array(InboxId)
+}) {}
+
+export class RemoveMembersData extends Schema.Class<RemoveMembersData>("RemoveMembersData")({
+  _tag: Schema.tag("RemoveMembers"),
+  inboxIds: Schema.Array(InboxId)
+}) {}
+
+export class KeyUpdateData extends Schema.Class<KeyUpdateData>("KeyUpdateData")({
+  _tag: Schema.tag("KeyUpdate")
+}) {}
+
+export const IntentData = Schema.Union(SendMessageData, AddMembersData, RemoveMembersData, KeyUpdateData)
+export type IntentData = typeof IntentData.Type
+export const IntentDataJson = Schema.parseJson(IntentData)
+
+/** What to do once an own commit is confirmed on the topic: send its welcomes. */
+export class PostCommitData extends Schema.Class<PostCommitData>("PostCommitData")({
+  welcome: Schema.Uint8ArrayFromBase64,
+  installationIds: Schema.Array(InstallationId)
+}) {}
+export const PostCommitDataJson = Schema.parseJson(PostCommitData)

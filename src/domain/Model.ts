@@ -1,0 +1,48 @@
+/** What the public API hands out: messages, members, summaries. */
+import { Schema } from "effect"
+import { DeliveryStatus, MessageKind } from "./Content.ts"
+import { ConversationId, GroupId, InboxId, InstallationId, MessageId } from "./Ids.ts"
+
+export class Message extends Schema.Class<Message>("Message")({
+  id: MessageId,
+  conversationId: ConversationId,
+  groupId: GroupId,
+  senderInboxId: InboxId,
+  senderInstallationId: InstallationId,
+  sentAtNs: Schema.BigInt,
+  kind: MessageKind,
+  text: Schema.String,
+  deliveryStatus: DeliveryStatus
+}) {}
+
+export class Member extends Schema.Class<Member>("Member")({
+  inboxId: InboxId,
+  installationIds: Schema.Array(InstallationId)
+}) {}
+
+export class SyncSummary extends Schema.Class<SyncSummary>("SyncSummary")({
+  /** Envelopes read from topics. */
+  received: Schema.Number,
+  /** Application messages stored. */
+  messages: Schema.Number,
+  /** Commits applied (own and others'). */
+  commits: Schema.Number,
+  /** Envelopes skipped as undecryptable, malformed, stale or replayed. */
+  skipped: Schema.Number,
+  /** Intents published in this sync. */
+  published: Schema.Number,
+  /** Groups joined from welcomes. */
+  joined: Schema.Number
+}) {
+  static readonly empty = new SyncSummary({ received: 0, messages: 0, commits: 0, skipped: 0, published: 0, joined: 0 })
+  static combine(a: SyncSummary, b: SyncSummary): SyncSummary {
+    return new SyncSummary({
+      received: a.received + b.received,
+      messages: a.messages + b.messages,
+      commits: a.commits + b.commits,
+      skipped: a.skipped + b.skipped,
+      published: a.published + b.published,
+      joined: a.joined + b.joined
+    })
+  }
+}

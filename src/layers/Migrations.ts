@@ -1,0 +1,102 @@
+/**
+ * The store's schema. The library owns its migrations (its own migrations table, table
+ * names prefixed `converge_`) so it can share a database with its host application.
+ */
+import { Migrator, SqlClient } from "@effect/sql"
+import { Effect } from "effect"
+
+export const migrationsTable = "converge_migrations"
+
+const createTables = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`CREATE TABLE converge_groups (
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('group', 'dm')),
+    dm_id TEXT,
+    membership_state TEXT NOT NULL CHECK (membership_state IN ('active', 'pendingRemove', 'inactive')),
+    epoch INTEGER NOT NULL,
+    mls_state BLOB NOT NULL,
+    maybe_forked INTEGER NOT NULL DEFAULT 0,
+    fork_details TEXT,
+    name TEXT,
+    description TEXT,
+    added_by_inbox_id TEXT,
+    created_at_ns INTEGER NOT NULL,
+    last_message_ns INTEGER NOT NULL
+  )`
+  yield* sql`CREATE INDEX converge_groups_dm ON converge_groups (dm_id, last_message_ns DESC) WHERE dm_id IS NOT NULL`
+  yield* sql`CREATE INDEX converge_groups_recent ON converge_groups (last_message_ns DESC)`
+
+  yield* sql`CREATE TABLE converge_messages (
+    id TEXT PRIMARY KEY,
+    group_id TEXT NOT NULL REFERENCES converge_groups (id),
+    conversation_id TEXT NOT NULL,
+    sender_inbox_id TEXT NOT NULL,
+    sender_installation_id TEXT NOT NULL,
+    sent_at_ns INTEGER NOT NULL,
+    sequence_id INTEGER,
+    kind TEXT NOT NULL CHECK (kind IN ('text', 'membershipChange')),
+    content TEXT NOT NULL,
+    delivery_status TEXT NOT NULL CHECK (delivery_status IN ('unpublished', 'published', 'failed')),
+    inserted_at_ns INTEGER NOT NULL
+  )`
+  yield* sql`CREATE INDEX converge_messages_conversation ON converge_messages (conversation_id, sent_at_ns, id)`
+  yield* sql`CREATE INDEX converge_messages_inserted ON converge_messages (inserted_at_ns)`
+
+  yield* sql`CREATE TABLE converge_intents (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    group_id TEXT NOT NULL REFERENCES converge_groups (id),
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('ToPublish', 'Published', 'Committed', 'Processed', 'Error')),
+    payload_hash TEXT,
+    payload BLOB,
+    published_epoch INTEGER,
+    staged_state BLOB,
+    post_commit_data TEXT,
+    sequence_id INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    conflicts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    created_at_ns INTEGER NOT NULL
+  )`
+  yield* sql`CREATE INDEX converge_intents_group_state ON converge_intents (group_id, state, id)`
+  yield* sql`CREATE UNIQUE INDEX converge_intents_payload_hash ON converge_intents (payload_hash) WHERE payload_hash IS NOT NULL`
+
+  yield* sql`CREATE TABLE converge_cursors (
+    topic TEXT PRIMARY KEY,
+    sequence_id INTEGER NOT NULL
+  )`
+
+  yield* sql`CREATE TABLE converge_identity (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    inbox_id TEXT NOT NULL,
+    installation_id TEXT NOT NULL,
+    root_secret_key BLOB,
+    signature_private_key BLOB NOT NULL,
+    signature_public_key BLOB NOT NULL,
+    registered INTEGER NOT NULL DEFAULT 0,
+    created_at_ns INTEGER NOT NULL
+  )`
+
+  yield* sql`CREATE TABLE converge_key_packages (
+    ref TEXT PRIMARY KEY,
+    public_package BLOB NOT NULL,
+    private_package BLOB NOT NULL,
+    created_at_ns INTEGER NOT NULL
+  )`
+
+  yield* sql`CREATE TABLE converge_inbox_log (
+    inbox_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    update_json TEXT NOT NULL,
+    PRIMARY KEY (inbox_id, sequence)
+  )`
+})
+
+export const loader = Migrator.fromRecord({
+  "0001_create_tables": createTables
+})
+
+/** Runs pending migrations; a no-op on a database that is up to date. */
+export const run = Migrator.make({})({ loader, table: migrationsTable })

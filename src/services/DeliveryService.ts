@@ -1,0 +1,94 @@
+/**
+ * The delivery service port, shaped after XMTP's V3 MlsApi and IdentityApi so a network
+ * layer maps onto it one to one. Each group topic has one total order (strictly increasing
+ * sequence ids); that order is the truth every client converges on.
+ */
+import { Context, Effect, Layer, type Stream } from "effect"
+import type { DeliveryError, InvalidIdentityUpdate } from "../domain/Errors.ts"
+import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
+import type {
+  GroupMessageEnvelope,
+  GroupMessageInput,
+  IdentityUpdate,
+  IdentityUpdateEnvelope,
+  KeyPackageUpload,
+  QueryPage,
+  WelcomeMessageEnvelope,
+  WelcomeMessageInput
+} from "../domain/Wire.ts"
+import * as Memory from "../layers/MemoryDeliveryService.ts"
+
+export interface GroupQuery {
+  readonly groupId: GroupId
+  readonly afterSequenceId: bigint
+  readonly limit?: number
+}
+
+export interface WelcomeQuery {
+  readonly installationId: InstallationId
+  readonly afterSequenceId: bigint
+  readonly limit?: number
+}
+
+export interface IdentityQuery {
+  readonly inboxId: InboxId
+  /** Log entries after this one (0 = the whole log). */
+  readonly afterSequence: number
+}
+
+export interface InboxUpdates {
+  readonly inboxId: InboxId
+  readonly updates: ReadonlyArray<IdentityUpdateEnvelope>
+}
+
+export interface FetchedKeyPackage {
+  readonly installationId: InstallationId
+  readonly keyPackage: Uint8Array | undefined
+}
+
+export class DeliveryService extends Context.Tag("converge/DeliveryService")<DeliveryService, {
+  // ---- MlsApi ----
+  /** Appends to group topics. An identical payload already on a topic is not stored twice. */
+  readonly sendGroupMessages: (
+    messages: ReadonlyArray<GroupMessageInput>
+  ) => Effect.Effect<ReadonlyArray<GroupMessageEnvelope>, DeliveryError>
+  /** Ascending from the cursor, at most `limit` (default and cap: the page size). */
+  readonly queryGroupMessages: (query: GroupQuery) => Effect.Effect<QueryPage<GroupMessageEnvelope>, DeliveryError>
+  /** Several topics in one call: one page each, in request order. */
+  readonly batchQueryGroupMessages: (
+    queries: ReadonlyArray<GroupQuery>
+  ) => Effect.Effect<ReadonlyArray<QueryPage<GroupMessageEnvelope>>, DeliveryError>
+  /** Replays each topic from its cursor, then goes live: no gap, no duplicate. */
+  readonly subscribeGroupMessages: (
+    filters: ReadonlyArray<Omit<GroupQuery, "limit">>
+  ) => Stream.Stream<GroupMessageEnvelope, DeliveryError>
+  readonly sendWelcomeMessages: (
+    messages: ReadonlyArray<WelcomeMessageInput>
+  ) => Effect.Effect<ReadonlyArray<WelcomeMessageEnvelope>, DeliveryError>
+  readonly queryWelcomeMessages: (query: WelcomeQuery) => Effect.Effect<QueryPage<WelcomeMessageEnvelope>, DeliveryError>
+  readonly subscribeWelcomeMessages: (
+    filter: Omit<WelcomeQuery, "limit">
+  ) => Stream.Stream<WelcomeMessageEnvelope, DeliveryError>
+  /** Replaces the installation's key package; the installation must be registered. */
+  readonly uploadKeyPackage: (upload: KeyPackageUpload) => Effect.Effect<void, DeliveryError>
+  readonly fetchKeyPackages: (
+    installationIds: ReadonlyArray<InstallationId>
+  ) => Effect.Effect<ReadonlyArray<FetchedKeyPackage>, DeliveryError>
+  // ---- IdentityApi ----
+  /** Verified against the inbox's log before it is stored. */
+  readonly publishIdentityUpdate: (
+    update: IdentityUpdate
+  ) => Effect.Effect<IdentityUpdateEnvelope, DeliveryError | InvalidIdentityUpdate>
+  /** Unknown inboxes come back with no updates. */
+  readonly getIdentityUpdates: (
+    queries: ReadonlyArray<IdentityQuery>
+  ) => Effect.Effect<ReadonlyArray<InboxUpdates>, DeliveryError>
+}>() {
+  /** An in-process delivery service with the same ordering semantics as the real one. */
+  static readonly layerMemory: Layer.Layer<DeliveryService> = Layer.scoped(
+    this,
+    Memory.make({}).pipe(Effect.map((ds) => ds.service))
+  )
+  static readonly layerMemoryWith = (options: Memory.MemoryOptions) =>
+    Layer.scoped(this, Memory.make(options).pipe(Effect.map((ds) => ds.service)))
+}

@@ -1,0 +1,206 @@
+/**
+ * This installation's identity, and what it knows of everyone else's.
+ *
+ * An inbox has a root Ed25519 key and an append-only signed log (create inbox, add or revoke
+ * installations). Each installation has its own MLS signature key; its id is the key's hash.
+ * Other inboxes' logs are fetched from the delivery service, verified entry by entry, and
+ * cached in the store; a leaf is valid only if its key is a current installation of its inbox.
+ */
+import { ed25519 } from "@noble/curves/ed25519.js"
+import { Clock, Context, Effect, Either, HashMap, Layer, Option, Ref, Schema } from "effect"
+import { toHex } from "../domain/Bytes.ts"
+import {
+  type CryptoError,
+  type DeliveryError,
+  InboxNotFound,
+  InvalidIdentityUpdate,
+  type StorageError
+} from "../domain/Errors.ts"
+import type { InboxId, InstallationId } from "../domain/Ids.ts"
+import * as IdentityLog from "../domain/IdentityLog.ts"
+import { IdentityRow, InboxLogRow, KeyPackageRow } from "../domain/Rows.ts"
+import { IdentityUpdate, KeyPackageUpload } from "../domain/Wire.ts"
+import { DeliveryService } from "./DeliveryService.ts"
+import { type KeyPackageBundle, type LeafMember, MlsCrypto, type SignatureKeyPair } from "./MlsCrypto.ts"
+import { Storage } from "./Storage.ts"
+
+export type IdentityError = DeliveryError | InvalidIdentityUpdate | StorageError | CryptoError
+
+export interface IdentityOptions {
+  /**
+   * Join an existing inbox as a new installation: its root secret key (another device of the
+   * same user hands it over). Without it a new inbox is created.
+   */
+  readonly rootSecretKey?: Uint8Array
+}
+
+export class Identity extends Context.Tag("converge/Identity")<Identity, {
+  readonly inboxId: InboxId
+  readonly installationId: InstallationId
+  readonly signatureKeys: SignatureKeyPair
+  /** Root key of the inbox, if this installation holds it. */
+  readonly rootSecretKey: Option.Option<Uint8Array>
+  /** Private key packages still usable to join from a welcome. */
+  readonly keyPackages: Effect.Effect<ReadonlyArray<KeyPackageBundle>, StorageError>
+  /** Uploads a fresh key package, keeping the old private parts for welcomes in flight. */
+  readonly rotateKeyPackage: Effect.Effect<void, IdentityError>
+  /** The verified current state of an inbox, refreshed from the delivery service. */
+  readonly inboxState: (inboxId: InboxId) => Effect.Effect<IdentityLog.InboxState, InboxNotFound | IdentityError>
+  /** Is this leaf a current installation of the inbox it names? Refreshes that inbox once if not. */
+  readonly isValidLeaf: (leaf: LeafMember) => Effect.Effect<boolean, IdentityError>
+  /** Publishes a signed change to this inbox's log (needs the root key). */
+  readonly revokeInstallation: (installationId: InstallationId) => Effect.Effect<void, IdentityError>
+}>() {
+  static readonly layer = (options: IdentityOptions = {}) => Layer.effect(this, make(options))
+}
+
+export const make = (options: IdentityOptions) =>
+  Effect.gen(function*() {
+    const storage = yield* Storage
+    const crypto = yield* MlsCrypto
+    const ds = yield* DeliveryService
+
+    const row = yield* loadOrCreate(options)
+    const inboxId = row.inbox_id
+    const installationId = row.installation_id
+    const signatureKeys = { publicKey: row.signature_public_key, privateKey: row.signature_private_key }
+    const rootSecretKey = Option.fromNullable(row.root_secret_key)
+    const cache = yield* Ref.make(HashMap.empty<InboxId, IdentityLog.InboxState>())
+
+    /** Fetches entries newer than what we hold, verifies them onto our state, persists them. */
+    const refresh = Effect.fn("Identity.refresh")(function*(target: InboxId) {
+      const cached = HashMap.get(yield* Ref.get(cache), target)
+      let state = Option.isSome(cached) ? cached.value : yield* fromStore(target)
+      const [fetched] = yield* ds.getIdentityUpdates([{ inboxId: target, afterSequence: state?.sequence ?? 0 }])
+      const fresh: Array<InboxLogRow> = []
+      for (const envelope of fetched?.updates ?? []) {
+        const next = IdentityLog.applyUpdate(state, envelope.update)
+        if (Either.isLeft(next)) return yield* next.left
+        state = next.right
+        fresh.push(InboxLogRow.make({
+          inbox_id: target,
+          sequence: envelope.update.sequence,
+          update_json: encodeUpdate(envelope.update)
+        }))
+      }
+      yield* storage.inboxLogs.append(fresh)
+      if (state !== undefined) yield* Ref.update(cache, HashMap.set(target, state))
+      return Option.fromNullable(state)
+    })
+
+    const fromStore = (target: InboxId) =>
+      Effect.gen(function*() {
+        const rows = yield* storage.inboxLogs.entries(target)
+        const replayed = IdentityLog.replay(rows.map((r) => decodeUpdate(r.update_json)))
+        // The cache was verified on the way in; a failure here means local corruption: start over.
+        return Either.isRight(replayed) ? Option.getOrUndefined(replayed.right) : undefined
+      })
+
+    const inboxState = (target: InboxId) =>
+      refresh(target).pipe(
+        Effect.flatMap(Option.match({
+          onNone: () => Effect.fail(new InboxNotFound({ inboxId: target })),
+          onSome: Effect.succeed
+        })),
+        Effect.withSpan("Identity.inboxState", { attributes: { inboxId: target } })
+      )
+
+    const isValidLeaf = Effect.fn("Identity.isValidLeaf")(function*(leaf: LeafMember) {
+      const check = (state: IdentityLog.InboxState | undefined) =>
+        state !== undefined && IdentityLog.isCurrentInstallation(state, leaf.installationId, leaf.signaturePublicKey)
+      const cached = HashMap.get(yield* Ref.get(cache), leaf.inboxId)
+      if (Option.isSome(cached) && check(cached.value)) return true
+      const fresh = yield* refresh(leaf.inboxId)
+      return check(Option.getOrUndefined(fresh))
+    })
+
+    const publishOwn = (action: typeof IdentityUpdate.Type["action"]) =>
+      Effect.gen(function*() {
+        if (Option.isNone(rootSecretKey)) {
+          return yield* new InvalidIdentityUpdate({ inboxId, reason: "this installation does not hold the root key" })
+        }
+        const head = yield* refresh(inboxId)
+        const update = IdentityLog.signUpdate(rootSecretKey.value, inboxId, Option.getOrUndefined(head), action)
+        yield* ds.publishIdentityUpdate(update)
+        yield* refresh(inboxId)
+      })
+
+    const rotateKeyPackage = Effect.gen(function*() {
+      const bundle = yield* crypto.generateKeyPackage({ inboxId, installationId }, signatureKeys)
+      yield* storage.keyPackages.insert(KeyPackageRow.make({
+        ref: bundle.ref,
+        public_package: bundle.publicPackage,
+        private_package: bundle.privatePackage,
+        created_at_ns: yield* Clock.currentTimeNanos
+      }))
+      yield* ds.uploadKeyPackage(KeyPackageUpload.make({ installationId, keyPackage: bundle.publicPackage }))
+    }).pipe(Effect.withSpan("Identity.rotateKeyPackage"))
+
+    /** Idempotent: publishes only the log entries that are missing, so a lost response is harmless. */
+    const register = Effect.gen(function*() {
+      const own = yield* refresh(inboxId)
+      if (Option.isNone(own)) {
+        if (Option.isNone(rootSecretKey)) {
+          return yield* new InvalidIdentityUpdate({ inboxId, reason: "inbox does not exist and no root key is held" })
+        }
+        yield* publishOwn({ _tag: "CreateInbox", rootPublicKey: toHex(ed25519.getPublicKey(rootSecretKey.value)) })
+      }
+      const state = yield* inboxState(inboxId)
+      if (!HashMap.has(state.installations, installationId)) {
+        yield* publishOwn({
+          _tag: "AddInstallation",
+          installationId,
+          signaturePublicKey: toHex(signatureKeys.publicKey)
+        })
+      }
+      yield* rotateKeyPackage
+      yield* storage.identity.markRegistered
+    }).pipe(Effect.withSpan("Identity.register"))
+
+    if (!row.registered) yield* register
+
+    return {
+      inboxId,
+      installationId,
+      signatureKeys,
+      rootSecretKey,
+      keyPackages: storage.keyPackages.list.pipe(
+        Effect.map((rows) =>
+          rows.map((r) => ({ ref: r.ref, publicPackage: r.public_package, privatePackage: r.private_package }))
+        )
+      ),
+      rotateKeyPackage,
+      inboxState,
+      isValidLeaf,
+      revokeInstallation: (target: InstallationId) =>
+        publishOwn({ _tag: "RevokeInstallation", installationId: target }).pipe(
+          Effect.withSpan("Identity.revokeInstallation")
+        )
+    }
+  })
+
+const UpdateJson = Schema.parseJson(IdentityUpdate)
+const encodeUpdate = Schema.encodeSync(UpdateJson)
+const decodeUpdate = Schema.decodeSync(UpdateJson)
+
+/** Loads this database's identity, or creates one (new keys; a new inbox unless one is joined). */
+const loadOrCreate = (options: IdentityOptions) =>
+  Effect.gen(function*() {
+    const storage = yield* Storage
+    const crypto = yield* MlsCrypto
+    const existing = yield* storage.identity.get
+    if (Option.isSome(existing)) return existing.value
+    const rootSecretKey = options.rootSecretKey ?? ed25519.utils.randomSecretKey()
+    const keys = yield* crypto.generateSignatureKeyPair
+    const row = IdentityRow.make({
+      inbox_id: IdentityLog.inboxIdOf(ed25519.getPublicKey(rootSecretKey)),
+      installation_id: IdentityLog.installationIdOf(keys.publicKey),
+      root_secret_key: rootSecretKey,
+      signature_private_key: keys.privateKey,
+      signature_public_key: keys.publicKey,
+      registered: false,
+      created_at_ns: yield* Clock.currentTimeNanos
+    })
+    yield* storage.identity.insert(row)
+    return row
+  })

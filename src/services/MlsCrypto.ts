@@ -1,0 +1,130 @@
+/**
+ * The MLS port. Everything the engine needs from RFC 9420, in terms of bytes and an opaque
+ * group state. ts-mls lives behind `MlsCrypto.layer`; no other module imports it.
+ *
+ * Group states are immutable values: `createCommit` returns the staged post-commit state and
+ * leaves the pre-commit state usable, so a commit that loses its epoch can be dropped and the
+ * winning commit processed from the old state.
+ */
+import { Context, type Effect, Layer } from "effect"
+import type { CryptoError } from "../domain/Errors.ts"
+import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
+import * as TsMls from "../layers/TsMlsCrypto.ts"
+
+/** A group's MLS state. Opaque: only `MlsCrypto` can look inside. */
+export interface MlsGroupState {
+  readonly _MlsGroupState: unique symbol
+}
+
+/** The identity an MLS leaf credential names. */
+export interface LeafIdentity {
+  readonly inboxId: InboxId
+  readonly installationId: InstallationId
+}
+
+export interface LeafMember extends LeafIdentity {
+  readonly leafIndex: number
+  readonly signaturePublicKey: Uint8Array
+}
+
+export interface GroupView {
+  readonly groupId: GroupId
+  readonly epoch: bigint
+  /** Hex; equal on every member that holds the same epoch of the same group. */
+  readonly epochAuthenticator: string
+  readonly members: ReadonlyArray<LeafMember>
+  /** False once this installation has been removed. */
+  readonly active: boolean
+  readonly ownLeafIndex: number
+}
+
+export interface SignatureKeyPair {
+  readonly publicKey: Uint8Array
+  readonly privateKey: Uint8Array
+}
+
+export interface KeyPackageBundle {
+  /** Hex hash reference of the public key package. */
+  readonly ref: string
+  readonly publicPackage: Uint8Array
+  readonly privatePackage: Uint8Array
+}
+
+export interface KeyPackageInfo extends LeafIdentity {
+  readonly ref: string
+  readonly signaturePublicKey: Uint8Array
+}
+
+export interface CommitChanges {
+  /** Public key packages of installations to add. */
+  readonly add?: ReadonlyArray<Uint8Array>
+  /** Installations to remove (every leaf of each). */
+  readonly remove?: ReadonlyArray<InstallationId>
+}
+
+export interface CommitResult {
+  readonly commit: Uint8Array
+  /** Present when the commit adds members. */
+  readonly welcome: Uint8Array | undefined
+  /** The post-commit state; adopt it only once the commit is seen on the topic. */
+  readonly staged: MlsGroupState
+}
+
+/** What can be read from a message without any group state. */
+export interface MessageHeader {
+  readonly kind: "application" | "commit" | "proposal" | "welcome" | "other"
+  readonly groupId: GroupId | undefined
+  readonly epoch: bigint
+}
+
+export type Processed =
+  | {
+    readonly kind: "application"
+    readonly plaintext: Uint8Array
+    readonly sender: LeafMember
+    readonly epoch: bigint
+    readonly state: MlsGroupState
+  }
+  | {
+    readonly kind: "commit"
+    readonly committer: LeafMember
+    /** The epoch after the commit. */
+    readonly epoch: bigint
+    readonly state: MlsGroupState
+  }
+
+/** Decides whether a leaf credential may be in a group: the hook for identity checks. */
+export type Authenticate = (identity: LeafIdentity, signaturePublicKey: Uint8Array) => Promise<boolean>
+
+export interface MlsCryptoOptions {
+  /** How many past epochs' application messages stay decryptable (default 3). */
+  readonly maxPastEpochs?: number
+  /** Extra credential check; the structural check (installation id = hash of key) always runs. */
+  readonly authenticate?: Authenticate
+}
+
+export class MlsCrypto extends Context.Tag("converge/MlsCrypto")<MlsCrypto, {
+  readonly generateSignatureKeyPair: Effect.Effect<SignatureKeyPair, CryptoError>
+  readonly generateKeyPackage: (identity: LeafIdentity, keys: SignatureKeyPair) => Effect.Effect<KeyPackageBundle, CryptoError>
+  /** Decodes and verifies a public key package (signature, lifetime, credential). */
+  readonly keyPackageInfo: (publicPackage: Uint8Array) => Effect.Effect<KeyPackageInfo, CryptoError>
+  readonly createGroup: (groupId: GroupId, keyPackage: KeyPackageBundle) => Effect.Effect<MlsGroupState, CryptoError>
+  readonly createCommit: (state: MlsGroupState, changes: CommitChanges) => Effect.Effect<CommitResult, CryptoError>
+  /** Joins with whichever of the given key packages the welcome was encrypted to. */
+  readonly joinFromWelcome: (
+    welcome: Uint8Array,
+    keyPackages: ReadonlyArray<KeyPackageBundle>
+  ) => Effect.Effect<MlsGroupState, CryptoError>
+  readonly encrypt: (
+    state: MlsGroupState,
+    plaintext: Uint8Array
+  ) => Effect.Effect<{ readonly message: Uint8Array; readonly state: MlsGroupState }, CryptoError>
+  readonly inspect: (message: Uint8Array) => Effect.Effect<MessageHeader, CryptoError>
+  /** Processes someone else's message. Never feed an own commit here: adopt its staged state. */
+  readonly process: (state: MlsGroupState, message: Uint8Array) => Effect.Effect<Processed, CryptoError>
+  readonly view: (state: MlsGroupState) => GroupView
+  readonly serialize: (state: MlsGroupState) => Uint8Array
+  readonly deserialize: (bytes: Uint8Array) => Effect.Effect<MlsGroupState, CryptoError>
+}>() {
+  static readonly layer = (options: MlsCryptoOptions = {}) => Layer.effect(this, TsMls.make(options))
+}
