@@ -1,0 +1,596 @@
+/**
+ * The `MlsCrypto` port on ts-mls 1.6.4, ciphersuite 1 (X25519, AES-128-GCM, SHA-256, Ed25519).
+ * This is the only module that imports ts-mls; see /work/shared/notes/ts-mls.md for the
+ * version-specific facts it relies on (sender recovery, pending commits, error classes).
+ *
+ * Leaf credentials are basic credentials whose identity is UTF-8 `inboxId:installationId`,
+ * and the installation id must be the SHA-256 of the leaf's signature key. That structural
+ * check runs inside ts-mls's AuthenticationService hook on every leaf it validates, followed
+ * by the caller's `authenticate`.
+ */
+import { type Context, Effect } from "effect"
+import {
+  type AuthenticationService,
+  type ClientConfig,
+  type ClientState,
+  type Credential,
+  type FramedContent,
+  type KeyPackage,
+  type MLSMessage,
+  type PrivateKeyPackage,
+  type PrivateMessage,
+  type Proposal,
+  type RatchetTree,
+  createApplicationMessage,
+  createCommit as mlsCreateCommit,
+  createGroup as mlsCreateGroup,
+  decodeGroupState,
+  decodeMlsMessage,
+  defaultCapabilities,
+  defaultKeyRetentionConfig,
+  emptyPskIndex,
+  encodeGroupState,
+  encodeMlsMessage,
+  generateKeyPackageWithKey,
+  getCiphersuiteFromName,
+  getCiphersuiteImpl,
+  joinGroup,
+  processMessage
+} from "ts-mls"
+import { validateLeafNodeCredentialAndKeyUniqueness } from "ts-mls/clientState.js"
+import { defaultClientConfig } from "ts-mls/clientConfig.js"
+import { extensionsSupportedByCapabilities } from "ts-mls/extension.js"
+import { decodeKeyPackage, encodeKeyPackage, makeKeyPackageRef, verifyKeyPackage } from "ts-mls/keyPackage.js"
+import { verifyLeafNodeSignatureKeyPackage } from "ts-mls/leafNode.js"
+import { unprotectPrivateMessage } from "ts-mls/messageProtection.js"
+import * as MlsError from "ts-mls/mlsError.js"
+import { decryptSenderData } from "ts-mls/privateMessage.js"
+import { bytesEqual, concat, fromHex, fromUtf8, toHex, utf8 } from "../domain/Bytes.ts"
+import { CryptoError, type CryptoErrorReason } from "../domain/Errors.ts"
+import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
+import { installationIdOf } from "../domain/IdentityLog.ts"
+import type {
+  CommitChanges,
+  GroupView,
+  KeyPackageBundle,
+  LeafIdentity,
+  LeafMember,
+  MessageHeader,
+  MlsCrypto,
+  MlsCryptoOptions,
+  MlsGroupState,
+  Processed
+} from "../services/MlsCrypto.ts"
+
+type Service = Context.Tag.Service<MlsCrypto>
+
+const CIPHERSUITE = "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519" as const
+const KEY_PACKAGE_LIFETIME_SECONDS = 90n * 24n * 60n * 60n
+/** Key packages are valid from a little before their creation, to tolerate clock skew. */
+const CLOCK_SKEW_SECONDS = 60n * 60n
+
+// ---- opaque state ----------------------------------------------------------------------
+
+interface Held {
+  readonly client: ClientState
+}
+
+const wrap = (client: ClientState): MlsGroupState => ({ client } satisfies Held) as unknown as MlsGroupState
+const unwrap = (state: MlsGroupState): ClientState => (state as unknown as Held).client
+
+// ---- errors ----------------------------------------------------------------------------
+
+/** Thrown from our AuthenticationService so a rejection stays distinguishable inside ts-mls. */
+class CredentialRejected extends Error {
+  override readonly name = "CredentialRejected"
+}
+
+const fail = (reason: CryptoErrorReason, detail: string) => Effect.fail(new CryptoError({ reason, detail }))
+
+const describe = (e: unknown): string => e instanceof Error ? `${e.name}: ${e.message}` : String(e)
+
+/** ts-mls reports most failures as a class plus a message; this is the one place that reads them. */
+const reasonOf = (e: unknown): CryptoErrorReason => {
+  if (e instanceof CredentialRejected) return "Unauthenticated"
+  const message = e instanceof Error ? e.message : String(e)
+  if (e instanceof MlsError.CodecError) return "Malformed"
+  if (e instanceof MlsError.CryptoVerificationError) return "BadSignature"
+  if (e instanceof MlsError.CryptoError) return "CannotDecrypt"
+  if (e instanceof MlsError.UsageError) return /removed from group/i.test(message) ? "NotAMember" : "Internal"
+  if (e instanceof MlsError.ValidationError) {
+    if (/epoch too old|former epoch|validate epoch/i.test(message)) return "WrongEpoch"
+    if (/desired gen|too far in the future|no matching secret/i.test(message)) return "CannotDecrypt"
+    if (/unable to find leafnode|non-blank leaf/i.test(message)) return "NotAMember"
+    if (/validate (external )?credential/i.test(message)) return "Unauthenticated"
+    // Everything else is a message or key package that breaks a protocol rule.
+    return "Malformed"
+  }
+  if (e instanceof Error && e.name === "OperationError") return "CannotDecrypt"
+  return "Internal"
+}
+
+const toCryptoError = (op: string) => (e: unknown): CryptoError =>
+  new CryptoError({ reason: reasonOf(e), detail: `${op}: ${describe(e)}` })
+
+const tryMls = <A>(op: string, run: () => Promise<A>): Effect.Effect<A, CryptoError> =>
+  Effect.tryPromise({ try: run, catch: toCryptoError(op) })
+
+// ---- identities ------------------------------------------------------------------------
+
+const IDENTITY = /^([0-9a-f]{64}):([0-9a-f]{64})$/
+
+const encodeIdentity = (identity: LeafIdentity): Uint8Array => utf8(`${identity.inboxId}:${identity.installationId}`)
+
+const decodeIdentity = (credential: Credential): LeafIdentity | undefined => {
+  if (credential.credentialType !== "basic") return undefined
+  let text: string
+  try {
+    text = fromUtf8(credential.identity)
+  } catch {
+    return undefined
+  }
+  const match = IDENTITY.exec(text)
+  if (match === null) return undefined
+  return { inboxId: match[1] as InboxId, installationId: match[2] as InstallationId }
+}
+
+/** The check that always runs: the credential names the installation its signature key hashes to. */
+const structuralIdentity = (credential: Credential, signaturePublicKey: Uint8Array): LeafIdentity | string => {
+  const identity = decodeIdentity(credential)
+  if (identity === undefined) return "credential is not a basic inboxId:installationId credential"
+  if (installationIdOf(signaturePublicKey) !== identity.installationId) {
+    return `installation id ${identity.installationId} is not the hash of its signature key`
+  }
+  return identity
+}
+
+const leafMemberAt = (tree: RatchetTree, leafIndex: number): LeafMember | undefined => {
+  const node = tree[leafIndex * 2]
+  if (node?.nodeType !== "leaf") return undefined
+  const identity = decodeIdentity(node.leaf.credential)
+  if (identity === undefined) return undefined
+  return { ...identity, leafIndex, signaturePublicKey: node.leaf.signaturePublicKey }
+}
+
+const membersOf = (tree: RatchetTree): ReadonlyArray<LeafMember> =>
+  Array.from({ length: Math.ceil(tree.length / 2) }, (_, leafIndex) => leafMemberAt(tree, leafIndex))
+    .filter((m): m is LeafMember => m !== undefined)
+
+// ---- codecs ----------------------------------------------------------------------------
+
+/** Decodes a whole buffer with a ts-mls decoder; trailing bytes or a throwing decoder mean garbage. */
+const decodeAll = <A>(
+  what: string,
+  decode: (bytes: Uint8Array, offset: number) => [A, number] | undefined,
+  bytes: Uint8Array
+): Effect.Effect<A, CryptoError> => {
+  let decoded: [A, number] | undefined
+  try {
+    decoded = decode(bytes, 0)
+  } catch (e) {
+    return fail("Malformed", `${what}: ${describe(e)}`)
+  }
+  if (decoded === undefined || decoded[1] !== bytes.length) return fail("Malformed", `${what}: cannot decode`)
+  return Effect.succeed(decoded[0])
+}
+
+const decodeMessage = (bytes: Uint8Array) => decodeAll("MLS message", decodeMlsMessage, bytes)
+const decodePublicPackage = (bytes: Uint8Array) => decodeAll("key package", decodeKeyPackage, bytes)
+
+const PRIVATE_PACKAGE_FORMAT = 1
+
+const u32 = (n: number): Uint8Array => {
+  const out = new Uint8Array(4)
+  new DataView(out.buffer).setUint32(0, n)
+  return out
+}
+
+/** 1.6.4 has no codec for private key packages: a format byte, then three length-prefixed keys. */
+const encodePrivatePackage = (p: PrivateKeyPackage): Uint8Array =>
+  concat(
+    Uint8Array.of(PRIVATE_PACKAGE_FORMAT),
+    ...[p.initPrivateKey, p.hpkePrivateKey, p.signaturePrivateKey].flatMap((key) => [u32(key.length), key])
+  )
+
+const decodePrivatePackage = (bytes: Uint8Array): Effect.Effect<PrivateKeyPackage, CryptoError> => {
+  if (bytes[0] !== PRIVATE_PACKAGE_FORMAT) return fail("Malformed", "private key package: unknown format")
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+  const keys: Array<Uint8Array> = []
+  let offset = 1
+  while (keys.length < 3) {
+    if (offset + 4 > bytes.length) return fail("Malformed", "private key package: truncated")
+    const length = view.getUint32(offset)
+    offset += 4
+    if (offset + length > bytes.length) return fail("Malformed", "private key package: truncated")
+    keys.push(bytes.slice(offset, offset + length))
+    offset += length
+  }
+  if (offset !== bytes.length) return fail("Malformed", "private key package: trailing bytes")
+  const [initPrivateKey, hpkePrivateKey, signaturePrivateKey] = keys as [Uint8Array, Uint8Array, Uint8Array]
+  return Effect.succeed({ initPrivateKey, hpkePrivateKey, signaturePrivateKey })
+}
+
+const kindOf = (contentType: "application" | "proposal" | "commit"): MessageHeader["kind"] =>
+  contentType === "application" ? "application" : contentType
+
+/** A group id is 16 bytes in this project; anything else is not one of ours. */
+const groupIdOf = (bytes: Uint8Array): GroupId | undefined => bytes.length === 16 ? toHex(bytes) as GroupId : undefined
+
+const headerOf = (message: MLSMessage): MessageHeader => {
+  switch (message.wireformat) {
+    case "mls_private_message": {
+      const pm = message.privateMessage
+      return { kind: kindOf(pm.contentType), groupId: groupIdOf(pm.groupId), epoch: pm.epoch }
+    }
+    case "mls_public_message": {
+      const content = message.publicMessage.content
+      return { kind: kindOf(content.contentType), groupId: groupIdOf(content.groupId), epoch: content.epoch }
+    }
+    case "mls_welcome":
+      // A welcome's group id and epoch are inside its encrypted GroupInfo.
+      return { kind: "welcome", groupId: undefined, epoch: 0n }
+    case "mls_group_info": {
+      const context = message.groupInfo.groupContext
+      return { kind: "other", groupId: groupIdOf(context.groupId), epoch: context.epoch }
+    }
+    case "mls_key_package":
+      return { kind: "other", groupId: undefined, epoch: 0n }
+  }
+}
+
+const nowSeconds = (): bigint => BigInt(Math.floor(Date.now() / 1000))
+
+const withinLifetime = (kp: KeyPackage): boolean => {
+  const now = nowSeconds()
+  return kp.leafNode.lifetime.notBefore <= now && now <= kp.leafNode.lifetime.notAfter
+}
+
+// ---- the service -----------------------------------------------------------------------
+
+export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
+  Effect.gen(function*() {
+    const cs = yield* Effect.promise(() => getCiphersuiteImpl(getCiphersuiteFromName(CIPHERSUITE)))
+
+    const authService: AuthenticationService = {
+      async validateCredential(credential, signaturePublicKey) {
+        const identity = structuralIdentity(credential, signaturePublicKey)
+        if (typeof identity === "string") throw new CredentialRejected(identity)
+        if (options.authenticate !== undefined && !(await options.authenticate(identity, signaturePublicKey))) {
+          throw new CredentialRejected(`installation ${identity.installationId} of inbox ${identity.inboxId} rejected`)
+        }
+        return true
+      }
+    }
+
+    const clientConfig: ClientConfig = {
+      ...defaultClientConfig,
+      // ts-mls keeps every past epoch when this is 0 (`slice(-0)`), so 1 is the floor.
+      keyRetentionConfig: {
+        ...defaultKeyRetentionConfig,
+        retainKeysForEpochs: Math.max(1, options.maxPastEpochs ?? 3)
+      },
+      authService
+    }
+
+    const keyPackageRef = (kp: KeyPackage) =>
+      tryMls("keyPackageRef", () => makeKeyPackageRef(kp, cs.hash)).pipe(Effect.map(toHex))
+
+    const decodeBundle = (bundle: KeyPackageBundle) =>
+      Effect.all({
+        publicPackage: decodePublicPackage(bundle.publicPackage),
+        privatePackage: decodePrivatePackage(bundle.privatePackage)
+      })
+
+    const generateSignatureKeyPair: Service["generateSignatureKeyPair"] = tryMls(
+      "generateSignatureKeyPair",
+      () => cs.signature.keygen()
+    ).pipe(
+        Effect.map(({ publicKey, signKey }) => ({ publicKey, privateKey: signKey })),
+        Effect.withSpan("MlsCrypto.generateSignatureKeyPair")
+      )
+
+    const generateKeyPackage: Service["generateKeyPackage"] = Effect.fn("MlsCrypto.generateKeyPackage")(
+      function*(identity, keys) {
+        if (installationIdOf(keys.publicKey) !== identity.installationId) {
+          return yield* fail("Unauthenticated", "installation id is not the hash of the signature key")
+        }
+        const now = nowSeconds()
+        // Lifetimes are checked by ts-mls against Date.now, so they are set from it too.
+        const lifetime = { notBefore: now - CLOCK_SKEW_SECONDS, notAfter: now + KEY_PACKAGE_LIFETIME_SECONDS }
+        const { publicPackage, privatePackage } = yield* tryMls("generateKeyPackage", () =>
+          generateKeyPackageWithKey(
+            { credentialType: "basic", identity: encodeIdentity(identity) },
+            defaultCapabilities(),
+            lifetime,
+            [],
+            { signKey: keys.privateKey, publicKey: keys.publicKey },
+            cs
+          ))
+        return {
+          ref: yield* keyPackageRef(publicPackage),
+          publicPackage: encodeKeyPackage(publicPackage),
+          privatePackage: encodePrivatePackage(privatePackage)
+        }
+      }
+    )
+
+    const keyPackageInfo: Service["keyPackageInfo"] = Effect.fn("MlsCrypto.keyPackageInfo")(function*(bytes) {
+      const kp = yield* decodePublicPackage(bytes)
+      if (kp.cipherSuite !== cs.name) return yield* fail("Malformed", `key package uses ${kp.cipherSuite}`)
+      const signed = yield* tryMls("keyPackageInfo", async () =>
+        await verifyKeyPackage(kp, cs.signature) && await verifyLeafNodeSignatureKeyPackage(kp.leafNode, cs.signature))
+      if (!signed) return yield* fail("BadSignature", "key package signature does not verify")
+      if (!withinLifetime(kp)) return yield* fail("Unauthenticated", "key package is outside its lifetime")
+      const identity = structuralIdentity(kp.leafNode.credential, kp.leafNode.signaturePublicKey)
+      if (typeof identity === "string") return yield* fail("Unauthenticated", identity)
+      return { ...identity, ref: yield* keyPackageRef(kp), signaturePublicKey: kp.leafNode.signaturePublicKey }
+    })
+
+    const createGroup: Service["createGroup"] = Effect.fn("MlsCrypto.createGroup")(function*(groupId, bundle) {
+      const { privatePackage, publicPackage } = yield* decodeBundle(bundle)
+      const identity = structuralIdentity(publicPackage.leafNode.credential, publicPackage.leafNode.signaturePublicKey)
+      if (typeof identity === "string") return yield* fail("Unauthenticated", identity)
+      const client = yield* tryMls(
+        "createGroup",
+        () => mlsCreateGroup(fromHex(groupId), publicPackage, privatePackage, [], cs, clientConfig)
+      )
+      return wrap(client)
+    })
+
+    /** The leaf of each installation to remove; every one must be in the group. */
+    const removalsFor = (client: ClientState, installations: ReadonlyArray<InstallationId>) => {
+      const members = membersOf(client.ratchetTree)
+      const leaves: Array<number> = []
+      for (const installationId of new Set(installations)) {
+        const matching = members.filter((m) => m.installationId === installationId)
+        if (matching.length === 0) return fail("NotAMember", `installation ${installationId} is not in the group`)
+        if (matching.some((m) => m.leafIndex === client.privatePath.leafIndex)) {
+          return fail("Internal", "an installation cannot remove itself with its own commit")
+        }
+        leaves.push(...matching.map((m) => m.leafIndex))
+      }
+      return Effect.succeed(leaves)
+    }
+
+    /**
+     * ts-mls 1.6.4 validates Adds inside an async `reduce` that starts every check before
+     * awaiting the previous one, so when an Add fails and a later one fails or is still
+     * pending, the earlier rejection goes unobserved: an unhandled rejection, which ends a Node
+     * process by default. The same checks, run here one at a time first, fail cleanly instead
+     * and leave ts-mls's own copies nothing to reject. (Required-capabilities checks are left
+     * out: our groups carry no GroupContext extensions.)
+     */
+    const checkAdds = (client: ClientState, adds: ReadonlyArray<KeyPackage>, sentByClient: boolean) =>
+      tryMls("validateKeyPackage", async () => {
+        for (const kp of adds) {
+          const problem = await keyPackageProblem(client, kp, sentByClient)
+          if (problem !== undefined) throw problem
+        }
+      })
+
+    const keyPackageProblem = async (client: ClientState, kp: KeyPackage, sentByClient: boolean) => {
+      const { cipherSuite, version } = client.groupContext
+      if (kp.cipherSuite !== cipherSuite || kp.version !== version) {
+        return new MlsError.ValidationError("key package ciphersuite or version differs from the group's")
+      }
+      const notUnique = await validateLeafNodeCredentialAndKeyUniqueness(client.ratchetTree, kp.leafNode)
+      if (notUnique !== undefined) return notUnique
+      const signed = await verifyLeafNodeSignatureKeyPackage(kp.leafNode, cs.signature) &&
+        await verifyKeyPackage(kp, cs.signature)
+      if (!signed) return new MlsError.CryptoVerificationError("Invalid keypackage signature")
+      if (sentByClient && !withinLifetime(kp)) return new MlsError.ValidationError("Current time not within Lifetime")
+      const { credential, signaturePublicKey } = kp.leafNode
+      if (!(await client.clientConfig.authService.validateCredential(credential, signaturePublicKey))) {
+        return new MlsError.ValidationError("Could not validate credential")
+      }
+      if (!extensionsSupportedByCapabilities(kp.leafNode.extensions, kp.leafNode.capabilities)) {
+        return new MlsError.ValidationError("LeafNode contains extension not listed in capabilities")
+      }
+      if (bytesEqual(kp.initKey, kp.leafNode.hpkePublicKey)) {
+        return new MlsError.ValidationError("Cannot have identical init and encryption keys")
+      }
+      return undefined
+    }
+
+    /** The Adds a commit carries by value, read ahead of processMessage for `checkAdds`. */
+    const addsInCommit = (client: ClientState, message: MLSMessage) =>
+      Effect.gen(function*() {
+        let content: FramedContent
+        if (message.wireformat === "mls_public_message") {
+          content = message.publicMessage.content
+        } else if (message.wireformat === "mls_private_message") {
+          // Pure: the ratcheted secret tree it returns is dropped; processMessage redoes this.
+          const unprotected = yield* tryMls("process", () =>
+            unprotectPrivateMessage(
+              client.keySchedule.senderDataSecret,
+              message.privateMessage,
+              client.secretTree,
+              client.ratchetTree,
+              client.groupContext,
+              client.clientConfig.keyRetentionConfig,
+              cs
+            ))
+          content = unprotected.content.content
+        } else {
+          return []
+        }
+        if (content.contentType !== "commit") return []
+        return content.commit.proposals.flatMap((p) =>
+          p.proposalOrRefType === "proposal" && p.proposal.proposalType === "add" ? [p.proposal.add.keyPackage] : []
+        )
+      })
+
+    const createCommit: Service["createCommit"] = Effect.fn("MlsCrypto.createCommit")(
+      function*(state, changes: CommitChanges) {
+        const client = unwrap(state)
+        const adds = yield* Effect.forEach(changes.add ?? [], decodePublicPackage)
+        const removed = yield* removalsFor(client, changes.remove ?? [])
+        // No GroupContextExtensions proposals: combined with a Remove they break receivers (ts-mls #742).
+        const proposals: Array<Proposal> = [
+          ...removed.map((leaf): Proposal => ({ proposalType: "remove", remove: { removed: leaf } })),
+          ...adds.map((keyPackage): Proposal => ({ proposalType: "add", add: { keyPackage } }))
+        ]
+        yield* checkAdds(client, adds, true)
+        // An empty proposal list is a self-update: ts-mls then sends an UpdatePath.
+        const result = yield* tryMls(
+          "createCommit",
+          () =>
+            mlsCreateCommit(
+              { state: client, cipherSuite: cs },
+              { extraProposals: proposals, ratchetTreeExtension: true }
+            )
+        )
+        // `result.consumed` is NOT zeroed: it holds the pre-commit init secret, which the
+        // caller still needs if another commit wins this epoch (notes §3).
+        return {
+          commit: encodeMlsMessage(result.commit),
+          welcome: result.welcome === undefined
+            ? undefined
+            : encodeMlsMessage({ version: "mls10", wireformat: "mls_welcome", welcome: result.welcome }),
+          staged: wrap(result.newState)
+        }
+      }
+    )
+
+    const joinFromWelcome: Service["joinFromWelcome"] = Effect.fn("MlsCrypto.joinFromWelcome")(
+      function*(bytes, keyPackages) {
+        const message = yield* decodeMessage(bytes)
+        if (message.wireformat !== "mls_welcome") return yield* fail("Malformed", "not a welcome message")
+        const welcome = message.welcome
+        const addressed = new Set(welcome.secrets.map((s) => toHex(s.newMember)))
+        for (const bundle of keyPackages) {
+          const { publicPackage, privatePackage } = yield* decodeBundle(bundle)
+          // Recomputed rather than trusting `bundle.ref`, which came from storage.
+          if (!addressed.has(yield* keyPackageRef(publicPackage))) continue
+          const client = yield* tryMls(
+            "joinFromWelcome",
+            () =>
+              joinGroup(welcome, publicPackage, privatePackage, emptyPskIndex, cs, undefined, undefined, clientConfig)
+          )
+          return wrap(client)
+        }
+        return yield* fail("CannotDecrypt", "the welcome is not addressed to any of the given key packages")
+      }
+    )
+
+    const encrypt: Service["encrypt"] = Effect.fn("MlsCrypto.encrypt")(function*(state, plaintext) {
+      const { newState, privateMessage } = yield* tryMls(
+        "encrypt",
+        () => createApplicationMessage(unwrap(state), plaintext, cs)
+      )
+      return {
+        message: encodeMlsMessage({ version: "mls10", wireformat: "mls_private_message", privateMessage }),
+        state: wrap(newState)
+      }
+    })
+
+    const inspect: Service["inspect"] = Effect.fn("MlsCrypto.inspect")(function*(bytes) {
+      return headerOf(yield* decodeMessage(bytes))
+    })
+
+    /**
+     * 1.6.4 does not say who sent an application message (notes §2). The sender data names the
+     * leaf, and processMessage has already verified the signature against that leaf's key, so
+     * decrypting the sender data again in the message's epoch identifies the sender.
+     */
+    const senderOf = (client: ClientState, pm: PrivateMessage) =>
+      Effect.gen(function*() {
+        const epochData = pm.epoch === client.groupContext.epoch
+          ? { senderDataSecret: client.keySchedule.senderDataSecret, ratchetTree: client.ratchetTree }
+          : client.historicalReceiverData.get(pm.epoch)
+        if (epochData === undefined) return yield* fail("WrongEpoch", `no keys for epoch ${pm.epoch}`)
+        const senderData = yield* tryMls("process", () => decryptSenderData(pm, epochData.senderDataSecret, cs))
+        const sender = senderData && leafMemberAt(epochData.ratchetTree, senderData.leafIndex)
+        if (sender === undefined) return yield* fail("Internal", "cannot resolve the sender leaf")
+        return sender
+      })
+
+    const process: Service["process"] = Effect.fn("MlsCrypto.process")(function*(state, bytes) {
+      const client = unwrap(state)
+      const message = yield* decodeMessage(bytes)
+      if (message.wireformat !== "mls_private_message" && message.wireformat !== "mls_public_message") {
+        return yield* fail("Malformed", `${message.wireformat} is not a group message`)
+      }
+      const header = headerOf(message)
+      const groupId = message.wireformat === "mls_private_message"
+        ? message.privateMessage.groupId
+        : message.publicMessage.content.groupId
+      if (!bytesEqual(groupId, client.groupContext.groupId)) {
+        const ours = toHex(client.groupContext.groupId)
+        return yield* fail("CannotDecrypt", `message is for group ${toHex(groupId)}, not ${ours}`)
+      }
+      // We never send standalone proposals, and an accepted one would block sending (notes §2).
+      if (header.kind === "proposal") return yield* fail("Malformed", "standalone proposals are not accepted")
+      if (header.kind === "application" && message.wireformat === "mls_public_message") {
+        return yield* fail("Malformed", "application messages must be private")
+      }
+      const epoch = client.groupContext.epoch
+      if (header.epoch > epoch) {
+        // ts-mls would fail with an undifferentiated CryptoError; a removed member never catches up.
+        return yield* client.groupActiveState.kind === "removedFromGroup"
+          ? fail("NotAMember", `removed at epoch ${epoch}; message is from epoch ${header.epoch}`)
+          : fail("WrongEpoch", `message is from future epoch ${header.epoch}; group is at ${epoch}`)
+      }
+      if (header.kind === "commit" && header.epoch < epoch) {
+        return yield* fail("WrongEpoch", `commit for past epoch ${header.epoch}; group is at ${epoch}`)
+      }
+
+      if (header.kind === "commit") yield* checkAdds(client, yield* addsInCommit(client, message), false)
+
+      let committer: number | undefined
+      const result = yield* tryMls("process", () =>
+        processMessage(message, client, emptyPskIndex, (incoming) => {
+          if (incoming.kind === "commit") committer = incoming.senderLeafIndex
+          return "accept"
+        }, cs))
+
+      if (result.kind === "applicationMessage") {
+        if (message.wireformat !== "mls_private_message") return yield* fail("Malformed", "unexpected public message")
+        const sender = yield* senderOf(client, message.privateMessage)
+        const next = wrap(result.newState)
+        const plaintext = result.message
+        return { kind: "application", plaintext, sender, epoch: header.epoch, state: next } satisfies Processed
+      }
+      if (committer === undefined) return yield* fail("Malformed", "commits from non-members are not accepted")
+      const member = leafMemberAt(result.newState.ratchetTree, committer) ?? leafMemberAt(client.ratchetTree, committer)
+      if (member === undefined) return yield* fail("Internal", `cannot resolve committer leaf ${committer}`)
+      // If this commit removed us, the state stays at the old epoch, marked removed.
+      const next = wrap(result.newState)
+      return { kind: "commit", committer: member, epoch: header.epoch + 1n, state: next } satisfies Processed
+    })
+
+    const view: Service["view"] = (state): GroupView => {
+      const client = unwrap(state)
+      return {
+        groupId: toHex(client.groupContext.groupId) as GroupId,
+        epoch: client.groupContext.epoch,
+        epochAuthenticator: toHex(client.keySchedule.epochAuthenticator),
+        members: membersOf(client.ratchetTree),
+        active: client.groupActiveState.kind === "active",
+        ownLeafIndex: client.privatePath.leafIndex
+      }
+    }
+
+    const serialize: Service["serialize"] = (state) => encodeGroupState(unwrap(state))
+
+    const deserialize: Service["deserialize"] = Effect.fn("MlsCrypto.deserialize")(function*(bytes) {
+      const decoded = yield* decodeAll("group state", decodeGroupState, bytes)
+      // The encoding leaves out clientConfig (it holds functions), so it is re-attached here.
+      return wrap({ ...decoded, clientConfig })
+    })
+
+    return {
+      generateSignatureKeyPair,
+      generateKeyPackage,
+      keyPackageInfo,
+      createGroup,
+      createCommit,
+      joinFromWelcome,
+      encrypt,
+      inspect,
+      process,
+      view,
+      serialize,
+      deserialize
+    } satisfies Service
+  })

@@ -1,0 +1,504 @@
+/**
+ * The public face of one installation: `Client` and its `Conversation` handles
+ * (the contract is `shared/API.md`). Every user action queues an intent in one transaction
+ * and then runs the typed `resolve` program; reads come from the local store.
+ */
+import type { SqlClient } from "@effect/sql"
+import {
+  Clock,
+  Context,
+  Effect,
+  Layer,
+  Option,
+  PubSub,
+  Schedule,
+  Schema,
+  Stream,
+  type Scope
+} from "effect"
+import { randomBytes } from "node:crypto"
+import { toHex } from "../domain/Bytes.ts"
+import { messageIdOf } from "../domain/Content.ts"
+import {
+  type ConvergeError,
+  ConversationNotFound,
+  GroupInactive,
+  InvalidInput,
+  NotAMember,
+  KeyPackageUnavailable,
+  type StorageError
+} from "../domain/Errors.ts"
+import { currentInstallations } from "../domain/IdentityLog.ts"
+import { ConversationId, type GroupId, InboxId, type InstallationId, type MessageId } from "../domain/Ids.ts"
+import { AddMembersData, IntentDataJson, KeyUpdateData, RemoveMembersData, SendMessageData } from "../domain/Intent.ts"
+import type { IntentData } from "../domain/Intent.ts"
+import { Member, Message, SyncSummary } from "../domain/Model.ts"
+import { GroupRow, MessageRow } from "../domain/Rows.ts"
+import type { MembershipState } from "../domain/Rows.ts"
+import { DeliveryService } from "./DeliveryService.ts"
+import { defaultEngineOptions, type EngineEnv, type EngineOptions, groupTopic, loadGroupRow } from "./Engine.ts"
+import * as GroupSync from "./GroupSync.ts"
+import { Identity, type IdentityOptions } from "./Identity.ts"
+import * as IdentityService from "./Identity.ts"
+import { MlsCrypto } from "./MlsCrypto.ts"
+import * as Publisher from "./Publisher.ts"
+import { Storage } from "./Storage.ts"
+import * as Welcomes from "./Welcomes.ts"
+
+export interface ConversationDebugInfo {
+  readonly groupIds: ReadonlyArray<GroupId>
+  readonly epoch: bigint
+  readonly epochAuthenticator: string
+  readonly maybeForked: boolean
+}
+
+export interface Conversation {
+  readonly id: ConversationId
+  readonly kind: "group" | "dm"
+  /** Resolves once the message is published and seen on the group topic. */
+  readonly send: (text: string) => Effect.Effect<MessageId, ConvergeError>
+  /** Stores the message as `unpublished` now; `publishPending` (or any sync) publishes it. */
+  readonly sendOptimistic: (text: string) => Effect.Effect<MessageId, ConvergeError>
+  readonly publishPending: Effect.Effect<void, ConvergeError>
+  readonly sync: Effect.Effect<SyncSummary, ConvergeError>
+  readonly messages: (options?: {
+    readonly limit?: number
+    readonly direction?: "asc" | "desc"
+    readonly afterNs?: bigint
+  }) => Effect.Effect<ReadonlyArray<Message>, ConvergeError>
+  readonly members: Effect.Effect<ReadonlyArray<Member>, ConvergeError>
+  readonly addMembers: (inboxIds: ReadonlyArray<InboxId>) => Effect.Effect<void, ConvergeError>
+  readonly removeMembers: (inboxIds: ReadonlyArray<InboxId>) => Effect.Effect<void, ConvergeError>
+  /** Rotates this installation's leaf key (a self-update commit). */
+  readonly updateKeys: Effect.Effect<void, ConvergeError>
+  readonly leave: Effect.Effect<void, ConvergeError>
+  readonly state: Effect.Effect<MembershipState, ConvergeError>
+  readonly debugInfo: Effect.Effect<ConversationDebugInfo, ConvergeError>
+}
+
+export interface ClientOptions extends Partial<EngineOptions>, IdentityOptions {}
+
+/** Largest text `send` accepts; the delivery service also caps whole payloads. */
+export const MAX_TEXT_BYTES = 64 * 1024
+
+export class Client extends Context.Tag("converge/Client")<Client, {
+  readonly inboxId: InboxId
+  readonly installationId: InstallationId
+  readonly createGroup: (
+    members: ReadonlyArray<InboxId>,
+    options?: { readonly name?: string; readonly description?: string }
+  ) => Effect.Effect<Conversation, ConvergeError>
+  readonly findOrCreateDm: (peer: InboxId) => Effect.Effect<Conversation, ConvergeError>
+  readonly conversation: (id: ConversationId) => Effect.Effect<Conversation, ConversationNotFound | InvalidInput | StorageError>
+  readonly conversations: (options?: {
+    readonly kind?: "group" | "dm"
+    readonly includeInactive?: boolean
+  }) => Effect.Effect<ReadonlyArray<Conversation>, ConvergeError>
+  /** Welcomes first, then every active group that has news or pending intents. */
+  readonly syncAll: Effect.Effect<SyncSummary, ConvergeError>
+  /** New messages across all conversations, including groups joined while streaming. */
+  readonly streamMessages: Stream.Stream<Message, ConvergeError>
+}>() {
+  /**
+   * A client over a SQLite database (any `SqlClient`), a delivery service and MLS crypto.
+   * Creates the identity on first open and loads it afterwards.
+   */
+  static readonly layer = (
+    options: ClientOptions = {}
+  ): Layer.Layer<Client, ConvergeError, DeliveryService | MlsCrypto | SqlClient.SqlClient> =>
+    Layer.scoped(this, make(options)).pipe(Layer.provide(Storage.layer))
+}
+
+const decodeInbox = Schema.decodeUnknown(InboxId)
+
+export const make = (options: ClientOptions = {}) =>
+  Effect.gen(function*() {
+    const storage = yield* Storage
+    const crypto = yield* MlsCrypto
+    const ds = yield* DeliveryService
+    const identity = yield* IdentityService.make(options).pipe(
+      Effect.provideService(Storage, storage),
+      Effect.provideService(MlsCrypto, crypto),
+      Effect.provideService(DeliveryService, ds)
+    )
+    const engineOptions: EngineOptions = {
+      maxPastEpochs: options.maxPastEpochs ?? defaultEngineOptions.maxPastEpochs,
+      conflictSchedule: options.conflictSchedule ?? defaultEngineOptions.conflictSchedule,
+      transportSchedule: options.transportSchedule ?? defaultEngineOptions.transportSchedule,
+      pageSize: options.pageSize ?? defaultEngineOptions.pageSize
+    }
+    const locks = new Map<GroupId, Effect.Semaphore>()
+    const lockOf = (groupId: GroupId) => {
+      let lock = locks.get(groupId)
+      if (lock === undefined) {
+        lock = Effect.unsafeMakeSemaphore(1)
+        locks.set(groupId, lock)
+      }
+      return lock
+    }
+    const stored = yield* Effect.acquireRelease(PubSub.unbounded<MessageRow>(), PubSub.shutdown)
+    const env: EngineEnv = {
+      storage,
+      crypto,
+      ds,
+      identity,
+      options: engineOptions,
+      withGroupLock: (groupId) => lockOf(groupId).withPermits(1),
+      stored
+    }
+    const sync = GroupSync.make(env)
+    const publisher = Publisher.make(env, sync)
+    const welcomes = Welcomes.make(env)
+    const self = identity.inboxId
+
+    // ---- input checks ----
+
+    const validInboxes = (inboxIds: ReadonlyArray<unknown>) =>
+      Effect.forEach(inboxIds, (id) =>
+        decodeInbox(id).pipe(Effect.mapError(() => new InvalidInput({ reason: `not an inbox id: ${String(id)}` }))))
+
+    /** Every inbox must exist and have a key package for each of its current installations. */
+    const checkAddable = (inboxIds: ReadonlyArray<InboxId>) =>
+      Effect.gen(function*() {
+        for (const inboxId of inboxIds) {
+          const inbox = yield* identity.inboxState(inboxId)
+          const installations = currentInstallations(inbox)
+          const fetched = installations.length === 0 ? [] : yield* ds.fetchKeyPackages(installations)
+          const missing = fetched.filter((f) => f.keyPackage === undefined).map((f) => f.installationId)
+          if (installations.length === 0 || missing.length > 0) {
+            return yield* new KeyPackageUnavailable({ inboxId, installationIds: installations.length === 0 ? [] : missing })
+          }
+        }
+      })
+
+    const checkNewMembers = (inboxIds: ReadonlyArray<InboxId>, present: ReadonlySet<InboxId>) =>
+      Effect.gen(function*() {
+        if (inboxIds.includes(self)) return yield* new InvalidInput({ reason: "cannot add yourself" })
+        const seen = new Set<string>()
+        for (const id of inboxIds) {
+          if (seen.has(id)) return yield* new InvalidInput({ reason: `inbox ${id} is listed twice` })
+          if (present.has(id)) return yield* new InvalidInput({ reason: `inbox ${id} is already a member` })
+          seen.add(id)
+        }
+        yield* checkAddable(inboxIds)
+      })
+
+    // ---- intents ----
+
+    const queueIntent = (groupId: GroupId, data: IntentData) =>
+      Effect.gen(function*() {
+        const now = yield* Clock.currentTimeNanos
+        return yield* storage.intents.insert({
+          groupId,
+          kind: data._tag,
+          data: Schema.encodeSync(IntentDataJson)(data),
+          createdAtNs: now
+        })
+      })
+
+    const activeGroup = (groupId: GroupId) =>
+      Effect.gen(function*() {
+        const group = yield* loadGroupRow(env, groupId)
+        if (group.membership_state === "inactive") return yield* new GroupInactive({ groupId })
+        return group
+      })
+
+    const groupMembers = (group: GroupRow) =>
+      crypto.deserialize(group.mls_state).pipe(Effect.map((state) => GroupSync.membersByInbox(crypto.view(state))))
+
+    /** Stores the message as unpublished and queues its intent, in one transaction. */
+    const queueMessage = (group: GroupRow, text: string) =>
+      Effect.gen(function*() {
+        if (new TextEncoder().encode(text).length > MAX_TEXT_BYTES) {
+          return yield* new InvalidInput({ reason: `message text is over ${MAX_TEXT_BYTES} bytes` })
+        }
+        const nonce = toHex(randomBytes(16))
+        const messageId = messageIdOf(group.id, identity.installationId, nonce)
+        const now = yield* Clock.currentTimeNanos
+        const row = MessageRow.make({
+          id: messageId,
+          group_id: group.id,
+          conversation_id: group.dm_id ?? (group.id as unknown as ConversationId),
+          sender_inbox_id: self,
+          sender_installation_id: identity.installationId,
+          sent_at_ns: now,
+          sequence_id: null,
+          kind: "text",
+          content: text,
+          delivery_status: "unpublished",
+          inserted_at_ns: now
+        })
+        const intentId = yield* storage.transaction(Effect.gen(function*() {
+          yield* storage.messages.insert(row)
+          yield* storage.groups.touch(group.id, now)
+          return yield* queueIntent(group.id, SendMessageData.make({ messageId, nonce, text }))
+        }))
+        yield* PubSub.publish(stored, row)
+        return { messageId, intentId }
+      })
+
+    const toMessage = (row: MessageRow) =>
+      Message.make({
+        id: row.id,
+        conversationId: row.conversation_id,
+        groupId: row.group_id,
+        senderInboxId: row.sender_inbox_id,
+        senderInstallationId: row.sender_installation_id,
+        sentAtNs: row.sent_at_ns,
+        kind: row.kind,
+        text: row.content,
+        deliveryStatus: row.delivery_status
+      })
+
+    const summarize = (outcome: GroupSync.PageOutcome | undefined, extra: Partial<SyncSummary> = {}) =>
+      SyncSummary.make({
+        received: outcome?.received ?? 0,
+        messages: outcome?.messages ?? 0,
+        commits: outcome?.commits ?? 0,
+        skipped: outcome?.skipped ?? 0,
+        published: extra.published ?? 0,
+        joined: extra.joined ?? 0
+      })
+
+    const syncGroup = (groupId: GroupId) =>
+      publisher.round(groupId).pipe(
+        Effect.map(({ after, before, published }) =>
+          SyncSummary.combine(summarize(before, { published }), summarize(after))
+        )
+      )
+
+    // ---- conversations ----
+
+    const handle = (group: GroupRow): Conversation => {
+      const groupId = group.id
+      const id = group.dm_id ?? (groupId as unknown as ConversationId)
+      const span = (name: string) => Effect.withSpan(`Conversation.${name}`, { attributes: { conversationId: id } })
+
+      const changeMembers = (
+        name: string,
+        inboxIds: ReadonlyArray<InboxId>,
+        check: (ids: ReadonlyArray<InboxId>, present: ReadonlySet<InboxId>) => Effect.Effect<void, ConvergeError>,
+        data: (ids: ReadonlyArray<InboxId>) => IntentData
+      ) =>
+        Effect.gen(function*() {
+          if (group.kind === "dm") return yield* new InvalidInput({ reason: "a DM's membership cannot change" })
+          const ids = yield* validInboxes(inboxIds)
+          if (ids.length === 0) return yield* new InvalidInput({ reason: "the member list is empty" })
+          const current = yield* activeGroup(groupId)
+          yield* check(ids, new Set((yield* groupMembers(current)).keys()))
+          const intentId = yield* queueIntent(groupId, data(ids))
+          yield* publisher.resolve(groupId, intentId)
+        }).pipe(span(name))
+
+      return {
+        id,
+        kind: group.kind,
+        send: (text) =>
+          Effect.gen(function*() {
+            const { intentId, messageId } = yield* queueMessage(yield* activeGroup(groupId), text)
+            yield* publisher.resolve(groupId, intentId)
+            return messageId
+          }).pipe(span("send")),
+        sendOptimistic: (text) =>
+          activeGroup(groupId).pipe(
+            Effect.flatMap((g) => queueMessage(g, text)),
+            Effect.map((queued) => queued.messageId),
+            span("sendOptimistic")
+          ),
+        publishPending: Effect.gen(function*() {
+          const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published", "Committed"])
+          for (const intent of pending) yield* publisher.resolve(groupId, intent.id)
+        }).pipe(span("publishPending")),
+        sync: syncGroup(groupId).pipe(span("sync")),
+        messages: (query = {}) =>
+          Effect.gen(function*() {
+            if (query.limit !== undefined && (!Number.isInteger(query.limit) || query.limit < 1)) {
+              return yield* new InvalidInput({ reason: "limit must be a positive integer" })
+            }
+            const rows = yield* storage.messages.byConversation(id, query)
+            return rows.map(toMessage)
+          }).pipe(span("messages")),
+        members: Effect.gen(function*() {
+          const byInbox = yield* groupMembers(yield* loadGroupRow(env, groupId))
+          return [...byInbox.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([inboxId, leaves]) =>
+            Member.make({ inboxId, installationIds: leaves.map((l) => l.installationId).sort() })
+          )
+        }).pipe(span("members")),
+        addMembers: (inboxIds) =>
+          changeMembers("addMembers", inboxIds, checkNewMembers, (ids) => AddMembersData.make({ inboxIds: ids })),
+        removeMembers: (inboxIds) =>
+          changeMembers("removeMembers", inboxIds, (ids, present) =>
+            Effect.gen(function*() {
+              if (ids.includes(self)) return yield* new InvalidInput({ reason: "to remove yourself, leave the group" })
+              const absent = ids.find((i) => !present.has(i))
+              if (absent !== undefined) return yield* new NotAMember({ groupId, inboxId: absent })
+            }), (ids) => RemoveMembersData.make({ inboxIds: ids })),
+        updateKeys: Effect.gen(function*() {
+          yield* activeGroup(groupId)
+          const intentId = yield* queueIntent(groupId, KeyUpdateData.make({}))
+          yield* publisher.resolve(groupId, intentId)
+        }).pipe(span("updateKeys")),
+        leave: Effect.fail(new InvalidInput({ reason: "leaving a group is not supported yet" })).pipe(span("leave")),
+        state: loadGroupRow(env, groupId).pipe(Effect.map((g) => g.membership_state), span("state")),
+        debugInfo: Effect.gen(function*() {
+          const row = yield* loadGroupRow(env, groupId)
+          const view = crypto.view(yield* crypto.deserialize(row.mls_state))
+          return {
+            groupIds: [groupId],
+            epoch: view.epoch,
+            epochAuthenticator: view.epochAuthenticator,
+            maybeForked: row.maybe_forked
+          }
+        }).pipe(span("debugInfo"))
+      }
+    }
+
+    const createGroup = (
+      members: ReadonlyArray<InboxId>,
+      groupOptions: { readonly name?: string; readonly description?: string } = {}
+    ) =>
+      Effect.gen(function*() {
+        const ids = yield* validInboxes(members)
+        yield* checkNewMembers(ids, new Set())
+        const groupId = toHex(randomBytes(16)) as GroupId
+        const keyPackage = yield* crypto.generateKeyPackage(
+          { inboxId: self, installationId: identity.installationId },
+          identity.signatureKeys
+        )
+        const state = yield* crypto.createGroup(groupId, keyPackage)
+        const now = yield* Clock.currentTimeNanos
+        const row = GroupRow.make({
+          id: groupId,
+          kind: "group",
+          dm_id: null,
+          membership_state: "active",
+          epoch: crypto.view(state).epoch,
+          mls_state: crypto.serialize(state),
+          maybe_forked: false,
+          fork_details: null,
+          name: groupOptions.name ?? null,
+          description: groupOptions.description ?? null,
+          added_by_inbox_id: self,
+          created_at_ns: now,
+          last_message_ns: now
+        })
+        yield* storage.groups.insert(row)
+        if (ids.length > 0) {
+          const intentId = yield* queueIntent(groupId, AddMembersData.make({ inboxIds: ids }))
+          yield* publisher.resolve(groupId, intentId)
+        }
+        return handle(row)
+      }).pipe(Effect.withSpan("Client.createGroup"))
+
+    const conversation = (id: ConversationId) =>
+      Effect.gen(function*() {
+        const valid = yield* Schema.decodeUnknown(ConversationId)(id).pipe(
+          Effect.mapError(() => new InvalidInput({ reason: `not a conversation id: ${String(id)}` }))
+        )
+        const rows = valid.startsWith("dm:")
+          ? yield* storage.groups.byDmId(valid)
+          : Option.toArray(yield* storage.groups.get(valid as unknown as GroupId))
+        if (rows[0] === undefined) return yield* new ConversationNotFound({ conversationId: valid })
+        return handle(rows[0])
+      }).pipe(Effect.withSpan("Client.conversation"))
+
+    const conversations = (query: { readonly kind?: "group" | "dm"; readonly includeInactive?: boolean } = {}) =>
+      Effect.gen(function*() {
+        const rows = yield* storage.groups.list({ includeInactive: query.includeInactive ?? false })
+        const seen = new Set<string>()
+        const out: Array<Conversation> = []
+        for (const row of rows) {
+          if (query.kind !== undefined && row.kind !== query.kind) continue
+          const key = row.dm_id ?? row.id
+          if (seen.has(key)) continue
+          seen.add(key)
+          out.push(handle(row))
+        }
+        return out
+      }).pipe(Effect.withSpan("Client.conversations"))
+
+    /** Which active groups have news: one batched query for all topics. */
+    const groupsWithNews = (groups: ReadonlyArray<GroupRow>) =>
+      Effect.gen(function*() {
+        const queries = yield* Effect.forEach(groups, (g) =>
+          storage.cursors.get(groupTopic(g.id)).pipe(
+            Effect.map((cursor) => ({ groupId: g.id, afterSequenceId: cursor, limit: 1 }))
+          ))
+        const news = new Set<GroupId>()
+        for (let i = 0; i < queries.length; i += 50) {
+          const chunk = queries.slice(i, i + 50)
+          const pages = yield* ds.batchQueryGroupMessages(chunk)
+          pages.forEach((page, j) => {
+            if (page.items.length > 0) news.add(chunk[j]!.groupId)
+          })
+        }
+        return news
+      })
+
+    const syncAll = Effect.gen(function*() {
+      const joined = yield* welcomes.syncWelcomes
+      const active = yield* storage.groups.list({ includeInactive: false })
+      const news = yield* groupsWithNews(active)
+      const pending = new Set((yield* storage.intents.byState(["ToPublish", "Published", "Committed"])).map((i) => i.group_id))
+      let summary = SyncSummary.make({ ...SyncSummary.empty, joined: joined.joined.length, skipped: joined.skipped })
+      for (const group of active) {
+        if (!news.has(group.id) && !pending.has(group.id)) continue
+        summary = SyncSummary.combine(summary, yield* syncGroup(group.id))
+      }
+      return summary
+    }).pipe(Effect.withSpan("Client.syncAll"))
+
+    /**
+     * Keeps the local store current from the delivery service's pushes: every group topic and
+     * the welcome topic, resubscribing (from the stored cursors) whenever a group is joined.
+     */
+    const followNetwork = Effect.gen(function*() {
+      yield* syncAll
+      const active = yield* storage.groups.list({ includeInactive: false })
+      const filters = yield* Effect.forEach(active, (g) =>
+        storage.cursors.get(groupTopic(g.id)).pipe(Effect.map((afterSequenceId) => ({ groupId: g.id, afterSequenceId }))))
+      const welcomeCursor = yield* storage.cursors.get(`w/${identity.installationId}`)
+      const groupEvents = filters.length === 0
+        ? Stream.never
+        : ds.subscribeGroupMessages(filters).pipe(Stream.map((e) => ({ _tag: "group" as const, groupId: e.groupId })))
+      const welcomeEvents = ds.subscribeWelcomeMessages({
+        installationId: identity.installationId,
+        afterSequenceId: welcomeCursor
+      }).pipe(Stream.map(() => ({ _tag: "welcome" as const })))
+      yield* Stream.merge(groupEvents, welcomeEvents).pipe(
+        Stream.mapEffect((event) =>
+          event._tag === "group"
+            ? syncGroup(event.groupId).pipe(Effect.as(false))
+            : welcomes.syncWelcomes.pipe(Effect.map((r) => r.joined.length > 0))
+        ),
+        Stream.takeUntil((joinedNewGroup) => joinedNewGroup),
+        Stream.runDrain
+      )
+    }).pipe(
+      Effect.tapError((e) => Effect.logWarning(`message stream: ${e.message}; resubscribing`)),
+      Effect.retry(Schedule.spaced("100 millis")),
+      Effect.forever
+    )
+
+    const streamMessages: Stream.Stream<Message, ConvergeError> = Stream.unwrapScoped(
+      Effect.gen(function*() {
+        // Subscribe before following the network, so nothing stored in between is missed.
+        const subscription = yield* PubSub.subscribe(stored)
+        yield* Effect.forkScoped(followNetwork)
+        return Stream.fromQueue(subscription).pipe(Stream.map(toMessage))
+      })
+    ).pipe(Stream.withSpan("Client.streamMessages"))
+
+    return Client.of({
+      inboxId: self,
+      installationId: identity.installationId,
+      createGroup,
+      findOrCreateDm: (_peer) => Effect.fail(new InvalidInput({ reason: "DMs are not supported yet" })),
+      conversation,
+      conversations,
+      syncAll,
+      streamMessages
+    })
+  })
+
+export type ClientScope = Scope.Scope

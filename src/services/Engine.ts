@@ -1,0 +1,55 @@
+/**
+ * What every engine program shares: the ports, one lock per group, the client's options and
+ * the local feed of newly stored messages (which `streamMessages` reads).
+ */
+import { Effect, type PubSub, Schedule } from "effect"
+import { ConversationNotFound } from "../domain/Errors.ts"
+import type { GroupId } from "../domain/Ids.ts"
+import type { MessageRow } from "../domain/Rows.ts"
+import type { DeliveryService } from "./DeliveryService.ts"
+import type { Identity } from "./Identity.ts"
+import type { MlsCrypto } from "./MlsCrypto.ts"
+import type { Storage } from "./Storage.ts"
+
+export interface EngineOptions {
+  /** Past epochs whose application messages still decrypt (default 3). */
+  readonly maxPastEpochs: number
+  /** Retries of a commit that lost its epoch; after it the intent fails (default: 5, spaced 10 ms). */
+  readonly conflictSchedule: Schedule.Schedule<unknown, unknown>
+  /** Retries of retryable transport failures; never consumes the conflict budget. */
+  readonly transportSchedule: Schedule.Schedule<unknown, unknown>
+  /** Envelopes per page when reading a topic (default 100). */
+  readonly pageSize: number
+}
+
+export const defaultEngineOptions: EngineOptions = {
+  maxPastEpochs: 3,
+  conflictSchedule: Schedule.recurs(5).pipe(Schedule.intersect(Schedule.spaced("10 millis"))),
+  transportSchedule: Schedule.exponential("50 millis", 2).pipe(
+    Schedule.jittered,
+    Schedule.intersect(Schedule.recurs(6))
+  ),
+  pageSize: 100
+}
+
+export interface EngineEnv {
+  readonly storage: Storage["Type"]
+  readonly crypto: MlsCrypto["Type"]
+  readonly ds: DeliveryService["Type"]
+  readonly identity: Identity["Type"]
+  readonly options: EngineOptions
+  /** Serialises publish and sync per group within this process. */
+  readonly withGroupLock: (groupId: GroupId) => <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  /** Every message row stored for the first time, after its transaction commits. */
+  readonly stored: PubSub.PubSub<MessageRow>
+}
+
+export const groupTopic = (groupId: GroupId) => `g/${groupId}`
+export const welcomeTopic = (installationId: string) => `w/${installationId}`
+
+export const loadGroupRow = (env: EngineEnv, groupId: GroupId) =>
+  env.storage.groups.get(groupId).pipe(
+    Effect.flatMap((row) =>
+      row._tag === "Some" ? Effect.succeed(row.value) : Effect.fail(new ConversationNotFound({ conversationId: groupId }))
+    )
+  )

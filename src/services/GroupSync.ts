@@ -1,0 +1,313 @@
+/**
+ * Group sync: read a group topic from the stored cursor, in the delivery service's order,
+ * one page at a time, and apply each envelope. The page's MLS state, stored messages,
+ * intent states and cursor are written in one transaction, so a crash replays the page from
+ * the old cursor with the old state and nothing is applied twice.
+ */
+import { Clock, Effect, Option, PubSub, Schema } from "effect"
+import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
+import {
+  ApplicationContentJson,
+  MembershipChange,
+  MembershipChangeJson,
+  membershipChangeIdOf,
+  messageIdOf
+} from "../domain/Content.ts"
+import type { StorageError } from "../domain/Errors.ts"
+import type { ConversationId, GroupId, InboxId } from "../domain/Ids.ts"
+import { IntentDataJson, PostCommitDataJson } from "../domain/Intent.ts"
+import { type GroupRow, type IntentRow, type MembershipState, MessageRow } from "../domain/Rows.ts"
+import { WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
+import type { GroupMessageEnvelope } from "../domain/Wire.ts"
+import { type EngineEnv, groupTopic, loadGroupRow } from "./Engine.ts"
+import type { GroupView, LeafMember, MlsGroupState } from "./MlsCrypto.ts"
+
+export interface PageOutcome {
+  readonly received: number
+  readonly messages: number
+  readonly commits: number
+  readonly skipped: number
+}
+
+const zero: PageOutcome = { received: 0, messages: 0, commits: 0, skipped: 0 }
+const add = (a: PageOutcome, b: PageOutcome): PageOutcome => ({
+  received: a.received + b.received,
+  messages: a.messages + b.messages,
+  commits: a.commits + b.commits,
+  skipped: a.skipped + b.skipped
+})
+
+/** Inboxes with at least one installation in the group, and which installations. */
+export const membersByInbox = (view: GroupView): Map<InboxId, Array<LeafMember>> => {
+  const byInbox = new Map<InboxId, Array<LeafMember>>()
+  for (const leaf of view.members) {
+    const list = byInbox.get(leaf.inboxId) ?? []
+    list.push(leaf)
+    byInbox.set(leaf.inboxId, list)
+  }
+  return byInbox
+}
+
+export const make = (env: EngineEnv) => {
+  const { crypto, ds, identity, storage } = env
+
+  const conversationOf = (group: GroupRow): ConversationId => group.dm_id ?? (group.id as unknown as ConversationId)
+
+  const membershipChangeRow = (
+    group: GroupRow,
+    before: GroupView,
+    after: GroupView,
+    committer: LeafMember,
+    envelope: GroupMessageEnvelope,
+    now: bigint
+  ): MessageRow | undefined => {
+    const was = new Set(before.members.map((m) => m.inboxId))
+    const is = new Set(after.members.map((m) => m.inboxId))
+    const added = [...is].filter((i) => !was.has(i)).sort()
+    const removed = [...was].filter((i) => !is.has(i)).sort()
+    if (added.length === 0 && removed.length === 0) return undefined
+    return MessageRow.make({
+      id: membershipChangeIdOf(group.id, after.epoch),
+      group_id: group.id,
+      conversation_id: conversationOf(group),
+      sender_inbox_id: committer.inboxId,
+      sender_installation_id: committer.installationId,
+      sent_at_ns: envelope.serverTimeNs,
+      sequence_id: envelope.sequenceId,
+      kind: "membershipChange",
+      content: Schema.encodeSync(MembershipChangeJson)(
+        MembershipChange.make({
+          epoch: after.epoch,
+          addedInboxes: added,
+          removedInboxes: removed,
+          committedBy: committer.inboxId
+        })
+      ),
+      delivery_status: "published",
+      inserted_at_ns: now
+    })
+  }
+
+  /** Every leaf of a commit's result must be a current installation of the inbox it names. */
+  const unauthenticatedLeaves = (before: GroupView, after: GroupView) =>
+    Effect.gen(function*() {
+      const known = new Set(before.members.map((m) => `${m.installationId}:${m.leafIndex}`))
+      const invalid: Array<LeafMember> = []
+      for (const leaf of after.members) {
+        if (known.has(`${leaf.installationId}:${leaf.leafIndex}`)) continue
+        if (!(yield* identity.isValidLeaf(leaf))) invalid.push(leaf)
+      }
+      return invalid
+    })
+
+  /**
+   * Reads one page and applies it. Returns the outcome and whether the topic may have more.
+   * Runs under the group lock.
+   */
+  const receivePage = (groupId: GroupId) =>
+    Effect.gen(function*() {
+      const topic = groupTopic(groupId)
+      const cursor = yield* storage.cursors.get(topic)
+      const page = yield* ds.queryGroupMessages({ groupId, afterSequenceId: cursor, limit: env.options.pageSize })
+      if (page.items.length === 0) return { outcome: zero, more: false }
+
+      const group = yield* loadGroupRow(env, groupId)
+      let state: MlsGroupState = yield* crypto.deserialize(group.mls_state)
+      let membership: MembershipState = group.membership_state
+      let forked: string | undefined
+      const writes: Array<Effect.Effect<unknown, StorageError>> = []
+      const newMessages: Array<MessageRow> = []
+      const intentsHandled = new Set<number>()
+      let outcome: PageOutcome = { ...zero, received: page.items.length }
+      const now = yield* Clock.currentTimeNanos
+      const skip = (envelope: GroupMessageEnvelope, why: string) =>
+        Effect.logDebug(`skipping envelope ${envelope.sequenceId} of group ${groupId}: ${why}`).pipe(
+          Effect.tap(() => {
+            outcome = { ...outcome, skipped: outcome.skipped + 1 }
+          })
+        )
+
+      for (const envelope of page.items) {
+        if (envelope.sequenceId <= cursor) continue
+        if (membership === "inactive") {
+          yield* skip(envelope, "this installation is no longer a member")
+          continue
+        }
+        const header = yield* crypto.inspect(envelope.payload).pipe(Effect.option)
+        if (Option.isNone(header)) {
+          yield* skip(envelope, "malformed")
+          continue
+        }
+        if (header.value.groupId !== groupId) {
+          yield* skip(envelope, `belongs to group ${header.value.groupId ?? "?"}`)
+          continue
+        }
+        const current = crypto.view(state)
+        const own = yield* ownIntent(envelope)
+
+        if (Option.isSome(own)) {
+          const intent = own.value
+          if (intentsHandled.has(intent.id) || intent.state !== "Published") {
+            yield* skip(envelope, `duplicate of own intent ${intent.id}`)
+            continue
+          }
+          intentsHandled.add(intent.id)
+          if (intent.kind === "SendMessage") {
+            const data = Schema.decodeSync(IntentDataJson)(intent.data)
+            if (data._tag === "SendMessage") {
+              writes.push(
+                storage.messages.markPublished(data.messageId, {
+                  sentAtNs: envelope.serverTimeNs,
+                  sequenceId: envelope.sequenceId
+                }),
+                storage.groups.touch(groupId, envelope.serverTimeNs)
+              )
+            }
+            writes.push(storage.intents.markCommitted(intent.id, envelope.sequenceId))
+            writes.push(storage.intents.markProcessed(intent.id))
+            outcome = { ...outcome, messages: outcome.messages + 1 }
+            continue
+          }
+          // An own commit: it wins only if it was built for the epoch the group is in now.
+          if (header.value.epoch === current.epoch && intent.staged_state !== null) {
+            const staged = yield* crypto.deserialize(intent.staged_state)
+            const after = crypto.view(staged)
+            const me = current.members.find((m) => m.leafIndex === current.ownLeafIndex)!
+            const change = membershipChangeRow(group, current, after, me, envelope, now)
+            if (change !== undefined) newMessages.push(change)
+            state = staged
+            writes.push(storage.intents.markCommitted(intent.id, envelope.sequenceId))
+            outcome = { ...outcome, commits: outcome.commits + 1 }
+          } else {
+            yield* Effect.logDebug(
+              `own commit of intent ${intent.id} for epoch ${header.value.epoch} lost; group is at ${current.epoch}`
+            )
+            writes.push(storage.intents.resetToPublish(intent.id, { conflict: true }))
+            outcome = { ...outcome, skipped: outcome.skipped + 1 }
+          }
+          continue
+        }
+
+        if (header.value.kind === "commit") {
+          if (header.value.epoch < current.epoch) {
+            yield* skip(envelope, `commit for past epoch ${header.value.epoch} lost the race`)
+            continue
+          }
+          if (header.value.epoch > current.epoch) {
+            forked = `commit for epoch ${header.value.epoch} at sequence ${envelope.sequenceId}; group at ${current.epoch}`
+            yield* Effect.logWarning(`group ${groupId} may be forked: ${forked}`)
+            yield* skip(envelope, "future epoch")
+            continue
+          }
+          const processed = yield* crypto.process(state, envelope.payload).pipe(Effect.either)
+          if (processed._tag === "Left" || processed.right.kind !== "commit") {
+            yield* skip(envelope, processed._tag === "Left" ? processed.left.message : "not a commit")
+            continue
+          }
+          const after = crypto.view(processed.right.state)
+          const invalid = yield* unauthenticatedLeaves(current, after)
+          if (invalid.length > 0) {
+            yield* skip(envelope, `commit adds unregistered installation ${invalid[0]!.installationId}`)
+            continue
+          }
+          const change = membershipChangeRow(group, current, after, processed.right.committer, envelope, now)
+          if (change !== undefined) newMessages.push(change)
+          state = processed.right.state
+          if (!after.active) membership = "inactive"
+          outcome = { ...outcome, commits: outcome.commits + 1 }
+          continue
+        }
+
+        if (header.value.kind !== "application") {
+          yield* skip(envelope, `unexpected ${header.value.kind}`)
+          continue
+        }
+        const processed = yield* crypto.process(state, envelope.payload).pipe(Effect.either)
+        if (processed._tag === "Left" || processed.right.kind !== "application") {
+          yield* skip(envelope, processed._tag === "Left" ? processed.left.message : "not an application message")
+          continue
+        }
+        const { plaintext, sender } = processed.right
+        state = processed.right.state
+        const content = Schema.decodeUnknownOption(ApplicationContentJson)(new TextDecoder().decode(plaintext))
+        if (Option.isNone(content)) {
+          yield* skip(envelope, "undecodable content")
+          continue
+        }
+        newMessages.push(MessageRow.make({
+          id: messageIdOf(groupId, sender.installationId, content.value.nonce),
+          group_id: groupId,
+          conversation_id: conversationOf(group),
+          sender_inbox_id: sender.inboxId,
+          sender_installation_id: sender.installationId,
+          sent_at_ns: envelope.serverTimeNs,
+          sequence_id: envelope.sequenceId,
+          kind: "text",
+          content: content.value.text,
+          delivery_status: "published",
+          inserted_at_ns: now
+        }))
+        outcome = { ...outcome, messages: outcome.messages + 1 }
+      }
+
+      const last = page.items[page.items.length - 1]!.sequenceId
+      const view = crypto.view(state)
+      const inserted = yield* storage.transaction(Effect.gen(function*() {
+        for (const write of writes) yield* write
+        const fresh: Array<MessageRow> = []
+        for (const row of newMessages) {
+          if (yield* storage.messages.insert(row)) fresh.push(row)
+          if (row.kind === "text") yield* storage.groups.touch(groupId, row.sent_at_ns)
+        }
+        yield* storage.groups.saveState(groupId, { epoch: view.epoch, mlsState: crypto.serialize(state) })
+        if (membership !== group.membership_state) yield* storage.groups.setMembership(groupId, membership)
+        if (forked !== undefined) yield* storage.groups.markForked(groupId, forked)
+        yield* storage.cursors.advance(topic, last)
+        return fresh
+      }))
+      yield* PubSub.publishAll(env.stored, inserted)
+      return { outcome, more: page.next !== undefined }
+    }).pipe(Effect.withSpan("GroupSync.receivePage", { attributes: { groupId } }))
+
+  const ownIntent = (envelope: GroupMessageEnvelope) =>
+    storage.intents.byPayloadHash(sha256Hex(envelope.payload)).pipe(
+      // A hash match must also be a byte match: the hash is ours, the bytes are the DS's.
+      Effect.map(Option.filter((intent) => intent.payload === null || bytesEqual(intent.payload, envelope.payload)))
+    )
+
+  /** Reads the topic to its end. */
+  const receive = (groupId: GroupId) =>
+    Effect.gen(function*() {
+      let total = zero
+      while (true) {
+        const { more, outcome } = yield* receivePage(groupId)
+        total = add(total, outcome)
+        if (!more) return total
+      }
+    }).pipe(Effect.withSpan("GroupSync.receive", { attributes: { groupId } }))
+
+  /** Sends the welcomes of own commits that are confirmed, then marks them Processed. */
+  const postCommit = (groupId: GroupId) =>
+    Effect.gen(function*() {
+      const committed = yield* storage.intents.byGroup(groupId, ["Committed"])
+      for (const intent of committed) yield* sendWelcomes(groupId, intent)
+    }).pipe(Effect.withSpan("GroupSync.postCommit", { attributes: { groupId } }))
+
+  const sendWelcomes = (groupId: GroupId, intent: IntentRow) =>
+    Effect.gen(function*() {
+      if (intent.post_commit_data !== null && intent.sequence_id !== null) {
+        const post = Schema.decodeSync(PostCommitDataJson)(intent.post_commit_data)
+        const payload = new TextEncoder().encode(
+          Schema.encodeSync(WelcomePayloadJson)(
+            WelcomePayload.make({ groupId, commitSequenceId: intent.sequence_id, welcome: post.welcome })
+          )
+        )
+        // Identical bytes per recipient: a resend after a crash is stored once by the DS.
+        const messages = post.installationIds.map((installationId) => WelcomeMessageInput.make({ installationId, payload }))
+        for (let i = 0; i < messages.length; i += 50) yield* ds.sendWelcomeMessages(messages.slice(i, i + 50))
+      }
+      yield* storage.intents.markProcessed(intent.id)
+    })
+
+  return { receive, postCommit, membersByInbox }
+}

@@ -1,0 +1,263 @@
+/**
+ * Publishing intents. Per group, under that group's lock: derive each pending intent's
+ * payload at the current epoch, write ahead (intent `Published` with the payload, its hash,
+ * the epoch, the staged state and the welcomes), then send. A payload whose send failed or
+ * whose outcome is unknown is re-sent byte for byte while its epoch is current, and
+ * re-derived only once the epoch has moved on: never re-encrypted in the same epoch.
+ *
+ * `resolve` is the typed program behind every user action: sync, publish, sync, post-commit,
+ * until the intent is Processed. A lost epoch race is an `EpochConflict` in its error channel,
+ * retried under the conflict schedule; transport failures retry under their own schedule.
+ */
+import { Data, Effect, Option, Schema } from "effect"
+import { sha256Hex, utf8 } from "../domain/Bytes.ts"
+import { ApplicationContentJson } from "../domain/Content.ts"
+import {
+  DeliveryError,
+  EpochConflict,
+  GroupInactive,
+  IntentFailed,
+  KeyPackageUnavailable
+} from "../domain/Errors.ts"
+import { currentInstallations } from "../domain/IdentityLog.ts"
+import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
+import { IntentDataJson, isCommitKind, PostCommitData, PostCommitDataJson } from "../domain/Intent.ts"
+import type { IntentData } from "../domain/Intent.ts"
+import type { IntentRow } from "../domain/Rows.ts"
+import { GroupMessageInput } from "../domain/Wire.ts"
+import { type EngineEnv, loadGroupRow } from "./Engine.ts"
+import type * as GroupSync from "./GroupSync.ts"
+import type { MlsGroupState } from "./MlsCrypto.ts"
+
+/** Internal: the intent is neither done nor failed yet (waiting behind a commit, or not yet seen). */
+class IntentPending extends Data.TaggedError("IntentPending")<{ readonly intentId: number; readonly state: string }> {}
+
+/** A payload derived from an intent at the current epoch, or nothing to do. */
+type Derived =
+  | { readonly _tag: "NoOp" }
+  | {
+    readonly _tag: "Payload"
+    readonly payload: Uint8Array
+    readonly state: MlsGroupState | undefined
+    readonly staged: MlsGroupState | undefined
+    readonly postCommit: PostCommitData | undefined
+  }
+
+export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) => {
+  const { crypto, ds, identity, storage } = env
+
+  const failIntent = (intent: IntentRow, cause: string) =>
+    storage.transaction(Effect.gen(function*() {
+      yield* storage.intents.markError(intent.id, cause)
+      const data = Schema.decodeSync(IntentDataJson)(intent.data)
+      if (data._tag === "SendMessage") yield* storage.messages.markFailed(data.messageId)
+    }))
+
+  /** Installations to add: every current installation of each inbox that is not in the group yet. */
+  const deriveAdd = (state: MlsGroupState, inboxIds: ReadonlyArray<InboxId>) =>
+    Effect.gen(function*() {
+      const present = new Set(crypto.view(state).members.map((m) => m.installationId))
+      const missing: Array<InstallationId> = []
+      for (const inboxId of inboxIds) {
+        const inbox = yield* identity.inboxState(inboxId)
+        for (const installationId of currentInstallations(inbox)) {
+          if (!present.has(installationId)) missing.push(installationId)
+        }
+      }
+      if (missing.length === 0) return { _tag: "NoOp" } as Derived
+      const fetched = yield* ds.fetchKeyPackages(missing)
+      const unavailable = fetched.filter((f) => f.keyPackage === undefined).map((f) => f.installationId)
+      if (unavailable.length > 0) {
+        return yield* new KeyPackageUnavailable({ inboxId: inboxIds.join(","), installationIds: unavailable })
+      }
+      const result = yield* crypto.createCommit(state, { add: fetched.map((f) => f.keyPackage!) })
+      return {
+        _tag: "Payload",
+        payload: result.commit,
+        state: undefined,
+        staged: result.staged,
+        postCommit: result.welcome === undefined
+          ? undefined
+          : PostCommitData.make({ welcome: result.welcome, installationIds: missing })
+      } as Derived
+    })
+
+  const deriveRemove = (state: MlsGroupState, inboxIds: ReadonlyArray<InboxId>) =>
+    Effect.gen(function*() {
+      const targets = new Set<string>(inboxIds)
+      const leaving = crypto.view(state).members.filter((m) => targets.has(m.inboxId)).map((m) => m.installationId)
+      if (leaving.length === 0) return { _tag: "NoOp" } as Derived
+      const result = yield* crypto.createCommit(state, { remove: leaving })
+      return { _tag: "Payload", payload: result.commit, state: undefined, staged: result.staged, postCommit: undefined } as Derived
+    })
+
+  const derive = (state: MlsGroupState, data: IntentData) =>
+    Effect.gen(function*() {
+      switch (data._tag) {
+        case "SendMessage": {
+          const plaintext = utf8(
+            Schema.encodeSync(ApplicationContentJson)({ _tag: "Text", nonce: data.nonce, text: data.text })
+          )
+          const encrypted = yield* crypto.encrypt(state, plaintext)
+          return {
+            _tag: "Payload",
+            payload: encrypted.message,
+            state: encrypted.state,
+            staged: undefined,
+            postCommit: undefined
+          } as Derived
+        }
+        case "AddMembers":
+          return yield* deriveAdd(state, data.inboxIds)
+        case "RemoveMembers":
+          return yield* deriveRemove(state, data.inboxIds)
+        case "KeyUpdate": {
+          const result = yield* crypto.createCommit(state, {})
+          return { _tag: "Payload", payload: result.commit, state: undefined, staged: result.staged, postCommit: undefined } as Derived
+        }
+      }
+    })
+
+  const send = (groupId: GroupId, payload: Uint8Array) => ds.sendGroupMessages([GroupMessageInput.make({ groupId, payload })])
+
+  /**
+   * Publishes the group's pending intents in order, stopping after a commit: at most one
+   * commit is in flight per group, and what follows it is derived once it has landed.
+   * Runs under the group lock.
+   */
+  const publishPending = (groupId: GroupId) =>
+    Effect.gen(function*() {
+      const group = yield* loadGroupRow(env, groupId)
+      const pending = yield* storage.intents.byGroup(groupId, ["Published", "ToPublish"])
+      if (pending.length === 0) return 0
+      if (group.membership_state === "inactive") {
+        for (const intent of pending) yield* failIntent(intent, new GroupInactive({ groupId }).message)
+        return 0
+      }
+      let state = yield* crypto.deserialize(group.mls_state)
+      let published = 0
+      for (const intent of pending) {
+        const epoch = crypto.view(state).epoch
+        if (intent.state === "Published") {
+          if (intent.published_epoch === epoch && intent.payload !== null) {
+            yield* send(groupId, intent.payload)
+            published++
+            if (isCommitKind(intent.kind)) return published
+            continue
+          }
+          // Never seen on the topic and its epoch is gone: derive it afresh below.
+          yield* storage.intents.resetToPublish(intent.id, { conflict: false })
+        }
+        const data = Schema.decodeSync(IntentDataJson)(intent.data)
+        const derived = yield* derive(state, data).pipe(
+          Effect.catchTags({
+            CryptoError: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
+            KeyPackageUnavailable: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
+            InboxNotFound: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined))
+          })
+        )
+        if (derived === undefined) continue
+        if (derived._tag === "NoOp") {
+          yield* storage.intents.markProcessed(intent.id)
+          continue
+        }
+        // Write ahead: after this, a crash resends exactly these bytes.
+        yield* storage.transaction(Effect.gen(function*() {
+          if (derived.state !== undefined) {
+            yield* storage.groups.saveState(groupId, { epoch, mlsState: crypto.serialize(derived.state) })
+          }
+          yield* storage.intents.markPublished(intent.id, {
+            payloadHash: sha256Hex(derived.payload),
+            payload: derived.payload,
+            publishedEpoch: epoch,
+            stagedState: derived.staged === undefined ? null : crypto.serialize(derived.staged),
+            postCommitData: derived.postCommit === undefined
+              ? null
+              : Schema.encodeSync(PostCommitDataJson)(derived.postCommit)
+          })
+        }))
+        if (derived.state !== undefined) state = derived.state
+        yield* send(groupId, derived.payload)
+        published++
+        if (isCommitKind(intent.kind)) return published
+      }
+      return published
+    }).pipe(Effect.withSpan("Publisher.publishPending", { attributes: { groupId } }))
+
+  /** One round: read, publish, read what we published, send welcomes. Under the group lock. */
+  const round = (groupId: GroupId) =>
+    env.withGroupLock(groupId)(Effect.gen(function*() {
+      const before = yield* sync.receive(groupId)
+      const published = yield* publishPending(groupId)
+      const after = published > 0 ? yield* sync.receive(groupId) : undefined
+      yield* sync.postCommit(groupId)
+      return { before, published, after }
+    }))
+
+  const getIntent = (intentId: number) =>
+    storage.intents.get(intentId).pipe(Effect.map(Option.getOrThrowWith(() => new Error(`intent ${intentId} vanished`))))
+
+  /** Runs rounds until the intent is Processed; typed failures say why it is not. */
+  const resolve = (groupId: GroupId, intentId: number) => {
+    const attempt = Effect.gen(function*() {
+      const before = yield* getIntent(intentId)
+      yield* round(groupId)
+      const intent = yield* getIntent(intentId)
+      switch (intent.state) {
+        case "Processed":
+          return
+        case "Error":
+          return yield* new IntentFailed({
+            intentId,
+            kind: intent.kind,
+            attempts: intent.attempts,
+            cause: intent.error ?? "unknown"
+          })
+        default: {
+          if (intent.conflicts > before.conflicts) {
+            const group = yield* loadGroupRow(env, groupId)
+            return yield* new EpochConflict({
+              groupId,
+              intentId,
+              publishedEpoch: before.published_epoch ?? group.epoch,
+              currentEpoch: group.epoch
+            })
+          }
+          return yield* new IntentPending({ intentId, state: intent.state })
+        }
+      }
+    })
+    return attempt.pipe(
+      Effect.retry({
+        schedule: env.options.transportSchedule,
+        while: (e) => e._tag === "IntentPending" || (e._tag === "DeliveryError" && e.retryable)
+      }),
+      Effect.retry({ schedule: env.options.conflictSchedule, while: (e) => e._tag === "EpochConflict" }),
+      Effect.catchTags({
+        EpochConflict: (conflict) =>
+          Effect.gen(function*() {
+            const intent = yield* getIntent(intentId)
+            yield* failIntent(intent, conflict.message)
+            return yield* new IntentFailed({
+              intentId,
+              kind: intent.kind,
+              attempts: intent.attempts,
+              cause: `epoch conflicts exhausted: ${conflict.message}`
+            })
+          }),
+        IntentPending: (pending) =>
+          Effect.fail(
+            new DeliveryError({
+              reason: "Timeout",
+              retryable: true,
+              detail: `intent ${pending.intentId} still ${pending.state}; it will be published on a later sync`
+            })
+          )
+      }),
+      Effect.withSpan("Publisher.resolve", { attributes: { groupId, intentId } })
+    )
+  }
+
+  return { publishPending, round, resolve }
+}
+

@@ -1,0 +1,236 @@
+/**
+ * The engine's stories: several clients, one in-memory delivery service, real SQLite files
+ * and real ts-mls. Each scenario reads like the behaviour it checks.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Schedule } from "effect"
+import { randomBytes } from "node:crypto"
+import type { ConversationId, GroupId } from "../src/domain/Ids.ts"
+import { GroupMessageInput } from "../src/domain/Wire.ts"
+import type { Conversation } from "../src/services/Client.ts"
+import { type TestClient, TestNetwork } from "../src/testing.ts"
+
+const texts = (conversation: Conversation) =>
+  conversation.messages().pipe(
+    Effect.map((messages) => messages.filter((m) => m.kind === "text").map((m) => `${m.senderInboxId.slice(0, 4)}:${m.text}`))
+  )
+
+/** The chat, without the membership-change transcript entries. */
+const chat = (conversation: Conversation) =>
+  conversation.messages().pipe(Effect.map((messages) => messages.filter((m) => m.kind === "text")))
+
+const open = (client: TestClient, id: ConversationId) => client.conversation(id)
+
+const allEnvelopes = (net: TestNetwork, groupId: GroupId) =>
+  net.delivery.queryGroupMessages({ groupId, afterSequenceId: 0n, limit: 100 }).pipe(Effect.map((p) => p.items))
+
+describe("Engine", () => {
+  it.scoped("three members chat and read the same history with the right senders", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol] = yield* Effect.all([net.client("alice"), net.client("bob"), net.client("carol")])
+      const group = yield* alice.createGroup([bob.inboxId, carol.inboxId], { name: "trio" })
+      yield* bob.syncAll
+      yield* carol.syncAll
+      const atBob = yield* open(bob, group.id)
+      const atCarol = yield* open(carol, group.id)
+
+      yield* group.send("hello from alice")
+      yield* atBob.send("bob here")
+      yield* atCarol.send("carol too")
+      yield* Effect.all([alice.syncAll, bob.syncAll, carol.syncAll])
+
+      const expected = [`${alice.inboxId.slice(0, 4)}:hello from alice`, `${bob.inboxId.slice(0, 4)}:bob here`, `${carol.inboxId.slice(0, 4)}:carol too`]
+      expect(yield* texts(group)).toEqual(expected)
+      expect(yield* texts(atBob)).toEqual(expected)
+      expect(yield* texts(atCarol)).toEqual(expected)
+      const fromBob = (yield* group.messages()).find((m) => m.text === "bob here")!
+      expect(fromBob.senderInstallationId).toBe(bob.installationId)
+      expect(fromBob.deliveryStatus).toBe("published")
+      expect((yield* group.members).map((m) => m.inboxId).sort()).toEqual([alice.inboxId, bob.inboxId, carol.inboxId].sort())
+    }))
+
+  it.scoped("a removed member goes inactive and cannot read what is sent after", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol] = yield* Effect.all([net.client("alice"), net.client("bob"), net.client("carol")])
+      const group = yield* alice.createGroup([bob.inboxId, carol.inboxId])
+      yield* Effect.all([bob.syncAll, carol.syncAll])
+      yield* group.send("before")
+      yield* group.removeMembers([carol.inboxId])
+      yield* group.send("after")
+      yield* Effect.all([bob.syncAll, carol.syncAll])
+
+      const atCarol = yield* open(carol, group.id)
+      expect(yield* atCarol.state).toBe("inactive")
+      expect((yield* atCarol.messages()).map((m) => m.text)).toContain("before")
+      expect((yield* atCarol.messages()).map((m) => m.text)).not.toContain("after")
+      expect((yield* texts(yield* open(bob, group.id))).map((t) => t.split(":")[1])).toEqual(["before", "after"])
+      const sendWhenGone = yield* atCarol.send("let me in").pipe(Effect.flip)
+      expect(sendWhenGone._tag).toBe("GroupInactive")
+      const change = (yield* group.messages()).find((m) => m.kind === "membershipChange" && m.text.includes(carol.inboxId))
+      expect(change).toBeDefined()
+    }))
+
+  it.scoped("concurrent adds converge: Alice adds Carol while Bob adds Doris (the Delta Chat story)", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol, doris] = yield* Effect.all([
+        net.client("alice"),
+        net.client("bob"),
+        net.client("carol"),
+        net.client("doris")
+      ])
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* bob.syncAll
+      const atBob = yield* open(bob, group.id)
+      // Neither has seen the other's change when making its own.
+      yield* Effect.all([group.addMembers([carol.inboxId]), atBob.addMembers([doris.inboxId])], { concurrency: 2 })
+      for (let round = 0; round < 2; round++) {
+        for (const client of [alice, bob, carol, doris]) yield* client.syncAll
+      }
+
+      const everyone = [alice, bob, carol, doris]
+      const infos = yield* Effect.forEach(everyone, (c) => open(c, group.id).pipe(Effect.flatMap((g) => g.debugInfo)))
+      const members = yield* Effect.forEach(everyone, (c) =>
+        open(c, group.id).pipe(Effect.flatMap((g) => g.members), Effect.map((ms) => ms.map((m) => m.inboxId).sort())))
+      expect(new Set(infos.map((i) => `${i.epoch}/${i.epochAuthenticator}`)).size).toBe(1)
+      for (const list of members) expect(list).toEqual(everyone.map((c) => c.inboxId).sort())
+      expect(infos.every((i) => !i.maybeForked)).toBe(true)
+    }))
+
+  it.scoped("ten concurrent syncs publish exactly one commit and send each welcome once", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+      const group = yield* alice.createGroup([])
+      // Queue the add while Alice cannot read the topic, so it waits for the next sync.
+      yield* net.faults.dropNext(100, "queryGroupMessages")
+      const offline = yield* group.addMembers([bob.inboxId]).pipe(Effect.flip)
+      expect(offline._tag).toBe("DeliveryError")
+      yield* net.faults.healAll
+
+      yield* Effect.all(Array.from({ length: 10 }, () => group.sync), { concurrency: "unbounded" })
+
+      expect((yield* allEnvelopes(net, group.id as unknown as GroupId)).length).toBe(1)
+      const welcomes = yield* net.delivery.queryWelcomeMessages({ installationId: bob.installationId, afterSequenceId: 0n })
+      expect(welcomes.items.length).toBe(1)
+      expect((yield* bob.syncAll).joined).toBe(1)
+      expect((yield* (yield* open(bob, group.id)).members).length).toBe(2)
+    }))
+
+  it.scoped("sendOptimistic stores the message unpublished; publishPending publishes it with the server's time", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+      const group = yield* alice.createGroup([bob.inboxId])
+      const id = yield* group.sendOptimistic("draft")
+      const [queued] = yield* chat(group)
+      expect([queued?.id, queued?.deliveryStatus]).toEqual([id, "unpublished"])
+
+      yield* group.publishPending
+      const [published] = yield* chat(group)
+      const [envelope] = (yield* allEnvelopes(net, group.id as unknown as GroupId)).slice(-1)
+      expect(published?.deliveryStatus).toBe("published")
+      expect(published?.sentAtNs).toBe(envelope?.serverTimeNs)
+      yield* bob.syncAll
+      expect((yield* (yield* open(bob, group.id)).messages()).map((m) => m.id)).toEqual([id])
+    }))
+
+  it.scoped("a crash after the write-ahead, before the send, loses nothing and duplicates nothing", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const alice = yield* net.client("alice", { transportSchedule: Schedule.stop })
+      const bob = yield* net.client("bob")
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* net.faults.dropNext(1, "sendGroupMessages")
+      const failed = yield* group.send("survives").pipe(Effect.flip)
+      expect(failed._tag).toBe("DeliveryError")
+
+      yield* net.restart(alice)
+      const reopened = yield* open(alice, group.id)
+      expect((yield* chat(reopened)).map((m) => m.deliveryStatus)).toEqual(["unpublished"])
+      yield* reopened.publishPending
+      expect((yield* chat(reopened)).map((m) => m.deliveryStatus)).toEqual(["published"])
+      yield* bob.syncAll
+      expect((yield* (yield* open(bob, group.id)).messages()).map((m) => m.text)).toEqual(["survives"])
+      // One commit (the add) and one application message on the topic.
+      expect((yield* allEnvelopes(net, group.id as unknown as GroupId)).length).toBe(2)
+    }))
+
+  it.scoped("a crash after the send, before the sync saw it, loses nothing and duplicates nothing", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const alice = yield* net.client("alice", { transportSchedule: Schedule.stop })
+      const bob = yield* net.client("bob")
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* net.faults.loseNextResponse(1, "sendGroupMessages")
+      expect((yield* group.send("landed").pipe(Effect.flip))._tag).toBe("DeliveryError")
+
+      yield* net.restart(alice)
+      const reopened = yield* open(alice, group.id)
+      yield* reopened.sync
+      expect((yield* chat(reopened)).map((m) => [m.text, m.deliveryStatus])).toEqual([["landed", "published"]])
+      yield* reopened.publishPending // nothing left to publish: no second copy
+      yield* bob.syncAll
+      expect((yield* (yield* open(bob, group.id)).messages()).map((m) => m.text)).toEqual(["landed"])
+      expect((yield* allEnvelopes(net, group.id as unknown as GroupId)).length).toBe(2)
+    }))
+
+  it.scoped("garbage, foreign messages and replays on the topic are skipped; the chat goes on", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+      const group = yield* alice.createGroup([bob.inboxId])
+      const other = yield* bob.createGroup([alice.inboxId])
+      yield* other.send("in the other group")
+      yield* bob.syncAll
+      const groupId = group.id as unknown as GroupId
+      const foreign = (yield* allEnvelopes(net, other.id as unknown as GroupId)).slice(-1)[0]!
+      yield* group.send("first")
+      const first = (yield* allEnvelopes(net, groupId)).slice(-1)[0]!
+
+      const inject = (payload: Uint8Array) => net.delivery.sendGroupMessages([GroupMessageInput.make({ groupId, payload })])
+      yield* inject(new Uint8Array(randomBytes(200)))
+      yield* inject(first.payload.slice(0, 40))
+      yield* inject(foreign.payload)
+      const replay = yield* inject(first.payload)
+      expect(replay[0]?.sequenceId).toBe(first.sequenceId) // the DS stores a replay once
+
+      yield* group.send("second")
+      const summary = yield* bob.syncAll
+      expect(summary.skipped).toBeGreaterThanOrEqual(3)
+      expect((yield* (yield* open(bob, group.id)).messages()).map((m) => m.text)).toEqual(["first", "second"])
+      yield* (yield* open(bob, group.id)).send("still talking")
+      yield* alice.syncAll
+      expect((yield* chat(group)).map((m) => m.text)).toEqual(["first", "second", "still talking"])
+    }))
+
+  it.scoped("bad input gets typed errors", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, nokeys] = yield* Effect.all([net.client("alice"), net.client("bob"), net.client("nokeys")])
+      const group = yield* alice.createGroup([bob.inboxId])
+      const unknownInbox = "f".repeat(64) as typeof bob.inboxId
+      const tags = yield* Effect.all([
+        group.addMembers([]).pipe(Effect.flip),
+        group.addMembers([alice.inboxId]).pipe(Effect.flip),
+        group.addMembers([bob.inboxId]).pipe(Effect.flip),
+        alice.createGroup([nokeys.inboxId, nokeys.inboxId]).pipe(Effect.flip),
+        group.addMembers([unknownInbox]).pipe(Effect.flip),
+        group.addMembers(["not-an-inbox" as typeof bob.inboxId]).pipe(Effect.flip),
+        alice.conversation("0".repeat(32) as ConversationId).pipe(Effect.flip),
+        alice.conversation("nope" as ConversationId).pipe(Effect.flip)
+      ]).pipe(Effect.map((errors) => errors.map((e) => e._tag)))
+      expect(tags).toEqual([
+        "InvalidInput",
+        "InvalidInput",
+        "InvalidInput",
+        "InvalidInput",
+        "InboxNotFound",
+        "InvalidInput",
+        "ConversationNotFound",
+        "InvalidInput"
+      ])
+    }))
+})
