@@ -1,0 +1,120 @@
+import { ed25519 } from "@noble/curves/ed25519.js"
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Either, Option } from "effect"
+import { randomBytes } from "node:crypto"
+import { toHex } from "../src/domain/Bytes.ts"
+import * as IdentityLog from "../src/domain/IdentityLog.ts"
+import { IdentityUpdate } from "../src/domain/Wire.ts"
+import { TestNetwork } from "../src/testing.ts"
+
+const newInbox = () => {
+  const root = ed25519.utils.randomSecretKey()
+  return { root, inboxId: IdentityLog.inboxIdOf(ed25519.getPublicKey(root)) }
+}
+const newInstallation = () => {
+  const key = new Uint8Array(randomBytes(32))
+  return { key, installationId: IdentityLog.installationIdOf(key) }
+}
+
+const add = (i: ReturnType<typeof newInstallation>) => ({
+  _tag: "AddInstallation" as const,
+  installationId: i.installationId,
+  signaturePublicKey: toHex(i.key)
+})
+
+/** Builds a log by signing each action onto the previous state. */
+const build = (root: Uint8Array, inboxId: ReturnType<typeof newInbox>["inboxId"], actions: ReadonlyArray<IdentityUpdate["action"]>) => {
+  const updates: Array<IdentityUpdate> = []
+  let state: IdentityLog.InboxState | undefined
+  for (const action of actions) {
+    const update = IdentityLog.signUpdate(root, inboxId, state, action)
+    state = Either.getOrThrow(IdentityLog.applyUpdate(state, update))
+    updates.push(update)
+  }
+  return { updates, state: state! }
+}
+
+describe("IdentityLog", () => {
+  const { inboxId, root } = newInbox()
+  const phone = newInstallation()
+  const laptop = newInstallation()
+  const create = { _tag: "CreateInbox" as const, rootPublicKey: toHex(ed25519.getPublicKey(root)) }
+
+  it("replays a signed log into the current installations", () => {
+    const { updates } = build(root, inboxId, [create, add(phone), add(laptop)])
+    const state = Option.getOrThrow(Either.getOrThrow(IdentityLog.replay(updates)))
+    expect(IdentityLog.currentInstallations(state)).toEqual([phone.installationId, laptop.installationId].sort())
+    expect(IdentityLog.isCurrentInstallation(state, phone.installationId, phone.key)).toBe(true)
+    // The right installation id with someone else's key is not that installation.
+    expect(IdentityLog.isCurrentInstallation(state, phone.installationId, laptop.key)).toBe(false)
+  })
+
+  it("rejects an installation added with a bad signature", () => {
+    const { state } = build(root, inboxId, [create])
+    const forged = IdentityLog.signUpdate(ed25519.utils.randomSecretKey(), inboxId, state, add(phone))
+    const result = IdentityLog.applyUpdate(state, forged)
+    expect(Either.isLeft(result) && result.left.reason).toContain("bad root signature")
+    const tampered = IdentityUpdate.make({ ...IdentityLog.signUpdate(root, inboxId, state, add(phone)), action: add(laptop) })
+    expect(Either.isLeft(IdentityLog.applyUpdate(state, tampered))).toBe(true)
+  })
+
+  it("a revoked installation is no longer valid and cannot come back", () => {
+    const { state } = build(root, inboxId, [create, add(phone), { _tag: "RevokeInstallation", installationId: phone.installationId }])
+    expect(IdentityLog.isCurrentInstallation(state, phone.installationId, phone.key)).toBe(false)
+    const readd = IdentityLog.applyUpdate(state, IdentityLog.signUpdate(root, inboxId, state, add(phone)))
+    expect(Either.isLeft(readd) && readd.left.reason).toContain("revoked")
+  })
+
+  it("rejects replayed, reordered and mis-addressed entries", () => {
+    const { state, updates } = build(root, inboxId, [create, add(phone)])
+    const replay = IdentityLog.applyUpdate(state, updates[1]!)
+    expect(Either.isLeft(replay) && replay.left.reason).toContain("replayed")
+    const other = newInbox()
+    const foreignCreate = IdentityLog.signUpdate(other.root, inboxId, undefined, {
+      _tag: "CreateInbox",
+      rootPublicKey: toHex(ed25519.getPublicKey(other.root))
+    })
+    const stolen = IdentityLog.applyUpdate(undefined, foreignCreate)
+    expect(Either.isLeft(stolen) && stolen.left.reason).toContain("not the hash of the root public key")
+    const wrongKey = IdentityLog.applyUpdate(
+      state,
+      IdentityLog.signUpdate(root, inboxId, state, { ...add(laptop), installationId: phone.installationId })
+    )
+    expect(Either.isLeft(wrongKey)).toBe(true)
+  })
+})
+
+describe("Identity through the delivery service", () => {
+  it.scoped("a client registers its inbox and installation; a forged update is refused with a typed error", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const alice = yield* net.client("alice")
+      const [log] = yield* net.delivery.getIdentityUpdates([{ inboxId: alice.inboxId, afterSequence: 0 }])
+      expect(log?.updates.map((u) => u.update.action._tag)).toEqual(["CreateInbox", "AddInstallation"])
+      const [kp] = yield* net.delivery.fetchKeyPackages([alice.installationId])
+      expect(kp?.keyPackage).toBeInstanceOf(Uint8Array)
+
+      const state = Option.getOrThrow(Either.getOrThrow(IdentityLog.replay(log!.updates.map((u) => u.update))))
+      const intruder = newInstallation()
+      const forged = IdentityLog.signUpdate(ed25519.utils.randomSecretKey(), alice.inboxId, state, add(intruder))
+      const refused = yield* net.delivery.publishIdentityUpdate(forged).pipe(Effect.flip)
+      expect(refused._tag).toBe("InvalidIdentityUpdate")
+    }))
+
+  it.scoped("a revoked installation can no longer be added to a group", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const alice = yield* net.client("alice")
+      const bob = yield* net.client("bob")
+      const [log] = yield* net.delivery.getIdentityUpdates([{ inboxId: bob.inboxId, afterSequence: 0 }])
+      const state = Option.getOrThrow(Either.getOrThrow(IdentityLog.replay(log!.updates.map((u) => u.update))))
+      yield* net.delivery.publishIdentityUpdate(
+        IdentityLog.signUpdate(bob.rootSecretKey!, bob.inboxId, state, {
+          _tag: "RevokeInstallation",
+          installationId: bob.installationId
+        })
+      )
+      const refused = yield* alice.createGroup([bob.inboxId]).pipe(Effect.flip)
+      expect(refused._tag).toBe("KeyPackageUnavailable")
+    }))
+})
