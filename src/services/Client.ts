@@ -13,8 +13,7 @@ import {
   PubSub,
   Schedule,
   Schema,
-  Stream,
-  type Scope
+  Stream
 } from "effect"
 import { randomBytes } from "node:crypto"
 import { toHex } from "../domain/Bytes.ts"
@@ -501,4 +500,3 @@ export const make = (options: ClientOptions = {}) =>
     })
   })
 
-export type ClientScope = Scope.Scope

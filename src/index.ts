@@ -1,0 +1,19 @@
+/**
+ * Converge: an Effect service layer for MLS group messaging.
+ * The public contract is shared/API.md.
+ */
+export * from "./domain/Errors.ts"
+export * from "./domain/Ids.ts"
+export { Member, Message, SyncSummary } from "./domain/Model.ts"
+export type { MembershipState } from "./domain/Rows.ts"
+export {
+  Client,
+  type ClientOptions,
+  type Conversation,
+  type ConversationDebugInfo
+} from "./services/Client.ts"
+export { DeliveryService } from "./services/DeliveryService.ts"
+export { Identity } from "./services/Identity.ts"
+export { MlsCrypto } from "./services/MlsCrypto.ts"
+export { Storage } from "./services/Storage.ts"
+export * as Wire from "./domain/Wire.ts"
