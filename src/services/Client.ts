@@ -124,7 +124,8 @@ export const make = (options: ClientOptions = {}) =>
       maxPastEpochs: options.maxPastEpochs ?? defaultEngineOptions.maxPastEpochs,
       conflictSchedule: options.conflictSchedule ?? defaultEngineOptions.conflictSchedule,
       transportSchedule: options.transportSchedule ?? defaultEngineOptions.transportSchedule,
-      pageSize: options.pageSize ?? defaultEngineOptions.pageSize
+      pageSize: options.pageSize ?? defaultEngineOptions.pageSize,
+      crashPoint: options.crashPoint ?? defaultEngineOptions.crashPoint
     }
     const locks = new Map<GroupId, Effect.Semaphore>()
     const lockOf = (groupId: GroupId) => {

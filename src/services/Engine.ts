@@ -20,7 +20,21 @@ export interface EngineOptions {
   readonly transportSchedule: Schedule.Schedule<unknown, unknown>
   /** Envelopes per page when reading a topic (default 100). */
   readonly pageSize: number
+  /**
+   * Called at each named point inside publish and sync. The default does nothing; the
+   * simulation makes it die there to crash the client mid-step.
+   */
+  readonly crashPoint: (point: CrashPoint) => Effect.Effect<void>
 }
+
+/** The places where a crash leaves the most interesting half-done state. */
+export type CrashPoint =
+  | "publish.beforeWriteAhead"
+  | "publish.afterWriteAheadBeforeSend"
+  | "publish.afterSendBeforeSync"
+  | "sync.midPage"
+  | "postCommit.beforeWelcomes"
+
 
 export const defaultEngineOptions: EngineOptions = {
   maxPastEpochs: 3,
@@ -29,7 +43,8 @@ export const defaultEngineOptions: EngineOptions = {
     Schedule.jittered,
     Schedule.intersect(Schedule.recurs(6))
   ),
-  pageSize: 100
+  pageSize: 100,
+  crashPoint: () => Effect.void
 }
 
 export interface EngineEnv {

@@ -254,6 +254,8 @@ export const make = (env: EngineEnv) => {
       const view = crypto.view(state)
       const inserted = yield* storage.transaction(Effect.gen(function*() {
         for (const write of writes) yield* write
+        // A crash here rolls the whole page back: it is replayed from the old cursor and state.
+        yield* env.options.crashPoint("sync.midPage")
         const fresh: Array<MessageRow> = []
         for (const row of newMessages) {
           if (yield* storage.messages.insert(row)) fresh.push(row)
@@ -290,7 +292,10 @@ export const make = (env: EngineEnv) => {
   const postCommit = (groupId: GroupId) =>
     Effect.gen(function*() {
       const committed = yield* storage.intents.byGroup(groupId, ["Committed"])
-      for (const intent of committed) yield* sendWelcomes(groupId, intent)
+      for (const intent of committed) {
+        yield* env.options.crashPoint("postCommit.beforeWelcomes")
+        yield* sendWelcomes(groupId, intent)
+      }
     }).pipe(Effect.withSpan("GroupSync.postCommit", { attributes: { groupId } }))
 
   const sendWelcomes = (groupId: GroupId, intent: IntentRow) =>

@@ -161,6 +161,7 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
           yield* storage.intents.markProcessed(intent.id)
           continue
         }
+        yield* env.options.crashPoint("publish.beforeWriteAhead")
         // Write ahead: after this, a crash resends exactly these bytes.
         yield* storage.transaction(Effect.gen(function*() {
           if (derived.state !== undefined) {
@@ -177,7 +178,9 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
           })
         }))
         if (derived.state !== undefined) state = derived.state
+        yield* env.options.crashPoint("publish.afterWriteAheadBeforeSend")
         yield* send(groupId, derived.payload)
+        yield* env.options.crashPoint("publish.afterSendBeforeSync")
         published++
         if (isCommitKind(intent.kind)) return published
       }
