@@ -20,11 +20,16 @@ import { Cause, Context, Duration, Effect, Exit, Layer, Logger, LogLevel } from 
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import type { MessageId } from "../src/domain/Ids.ts"
-import type { Message, SyncSummary } from "../src/domain/Model.ts"
-import { Client, type Conversation } from "../src/services/Client.ts"
-import { DeliveryService } from "../src/services/DeliveryService.ts"
-import { MlsCrypto } from "../src/services/MlsCrypto.ts"
+// Everything from the package root, as a user of `converge` would import it.
+import {
+  Client,
+  type Conversation,
+  DeliveryService,
+  type Message,
+  type MessageId,
+  MlsCrypto,
+  type SyncSummary
+} from "../src/index.ts"
 
 type ClientService = Context.Tag.Service<Client>
 
@@ -32,7 +37,7 @@ type ClientService = Context.Tag.Service<Client>
 // Transcript and checks
 // ---------------------------------------------------------------------------------------------
 
-const useColor = process.stdout.isTTY === true && process.env["NO_COLOR"] === undefined
+const useColor = process.stdout.isTTY === true && !process.env["NO_COLOR"]
 const paint = (code: string) => (s: string) => (useColor ? `\x1b[${code}m${s}\x1b[0m` : s)
 const dim = paint("2")
 const bold = paint("1")
