@@ -12,7 +12,15 @@ export const TextContent = Schema.TaggedStruct("Text", {
   text: Schema.String
 })
 
-export const ApplicationContent = Schema.Union(TextContent)
+/**
+ * "Remove my inbox": sent by an installation of the leaving inbox. Its other installations
+ * go `pendingRemove`; the remaining members commit the removal (seed: libxmtp #441).
+ */
+export const LeaveRequestContent = Schema.TaggedStruct("LeaveRequest", {
+  nonce: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{32}$/))
+})
+
+export const ApplicationContent = Schema.Union(TextContent, LeaveRequestContent)
 export type ApplicationContent = typeof ApplicationContent.Type
 export const ApplicationContentJson = Schema.parseJson(ApplicationContent)
 

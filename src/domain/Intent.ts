@@ -36,7 +36,7 @@ export const canTransition = (from: IntentState, to: IntentState): boolean => tr
 export const isTerminal = (state: IntentState): boolean => transitions[state].length === 0
 
 /** Intents whose payload is a commit (changes the epoch) rather than an application message. */
-export const isCommitKind = (kind: IntentKind): boolean => kind !== "SendMessage"
+export const isCommitKind = (kind: IntentKind): boolean => kind !== "SendMessage" && kind !== "Leave"
 
 // ---- intent data, one schema per kind ----
 
@@ -61,7 +61,24 @@ export class KeyUpdateData extends Schema.Class<KeyUpdateData>("KeyUpdateData")(
   _tag: Schema.tag("KeyUpdate")
 }) {}
 
-export const IntentData = Schema.Union(SendMessageData, AddMembersData, RemoveMembersData, KeyUpdateData)
+export class LeaveData extends Schema.Class<LeaveData>("LeaveData")({
+  _tag: Schema.tag("Leave"),
+  nonce: Schema.String
+}) {}
+
+/** Bring the leaves in line with the identity logs: add new installations, remove revoked ones. */
+export class UpdateInstallationsData extends Schema.Class<UpdateInstallationsData>("UpdateInstallationsData")({
+  _tag: Schema.tag("UpdateInstallations")
+}) {}
+
+export const IntentData = Schema.Union(
+  SendMessageData,
+  AddMembersData,
+  RemoveMembersData,
+  KeyUpdateData,
+  LeaveData,
+  UpdateInstallationsData
+)
 export type IntentData = typeof IntentData.Type
 export const IntentDataJson = Schema.parseJson(IntentData)
 

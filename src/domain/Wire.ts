@@ -5,7 +5,7 @@
  * strings) so a network layer can carry them as they are.
  */
 import { Schema } from "effect"
-import { GroupId, InboxId, InstallationId } from "./Ids.ts"
+import { ConversationId, GroupId, InboxId, InstallationId } from "./Ids.ts"
 
 const Bytes = Schema.Uint8ArrayFromBase64
 /** A position on a topic. `0n` means "from the beginning". */
@@ -47,7 +47,9 @@ export class WelcomeMessageEnvelope extends Schema.Class<WelcomeMessageEnvelope>
 export class WelcomePayload extends Schema.Class<WelcomePayload>("WelcomePayload")({
   groupId: GroupId,
   commitSequenceId: Cursor,
-  welcome: Bytes
+  welcome: Bytes,
+  /** Set when the group is (one of the groups of) a DM; the joiner checks it against the members. */
+  dmId: Schema.optional(ConversationId)
 }) {}
 export const WelcomePayloadJson = Schema.parseJson(WelcomePayload)
 

@@ -110,6 +110,12 @@ export const make = Effect.gen(function*() {
                      id ${direction === "asc" ? sql`ASC` : sql`DESC`}
             ${limit === undefined ? sql`` : sql`LIMIT ${limit}`}`.pipe(Effect.flatMap(decodeAll(MessageRow)))
       ),
+    membershipChanges: (id) =>
+      run(
+        "messages.membershipChanges",
+        sql`SELECT * FROM converge_messages WHERE conversation_id = ${id} AND kind = 'membershipChange'
+            ORDER BY sent_at_ns`.pipe(Effect.flatMap(decodeAll(MessageRow)))
+      ),
     insertedAfter: (insertedAtNs, limit) =>
       run(
         "messages.insertedAfter",

@@ -28,8 +28,15 @@ import {
   type StorageError
 } from "../domain/Errors.ts"
 import { currentInstallations } from "../domain/IdentityLog.ts"
-import { ConversationId, type GroupId, InboxId, type InstallationId, type MessageId } from "../domain/Ids.ts"
-import { AddMembersData, IntentDataJson, KeyUpdateData, RemoveMembersData, SendMessageData } from "../domain/Intent.ts"
+import { ConversationId, dmId, type GroupId, InboxId, type InstallationId, type MessageId } from "../domain/Ids.ts"
+import {
+  AddMembersData,
+  IntentDataJson,
+  KeyUpdateData,
+  LeaveData,
+  RemoveMembersData,
+  SendMessageData
+} from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
 import { Member, Message, SyncSummary } from "../domain/Model.ts"
 import { GroupRow, MessageRow } from "../domain/Rows.ts"
@@ -125,6 +132,7 @@ export const make = (options: ClientOptions = {}) =>
       conflictSchedule: options.conflictSchedule ?? defaultEngineOptions.conflictSchedule,
       transportSchedule: options.transportSchedule ?? defaultEngineOptions.transportSchedule,
       pageSize: options.pageSize ?? defaultEngineOptions.pageSize,
+      installationCheckInterval: options.installationCheckInterval ?? defaultEngineOptions.installationCheckInterval,
       crashPoint: options.crashPoint ?? defaultEngineOptions.crashPoint
     }
     const locks = new Map<GroupId, Effect.Semaphore>()
@@ -269,47 +277,73 @@ export const make = (options: ClientOptions = {}) =>
 
     // ---- conversations ----
 
-    const handle = (group: GroupRow): Conversation => {
-      const groupId = group.id
-      const id = group.dm_id ?? (groupId as unknown as ConversationId)
+    /** The MLS groups behind a conversation: one for a group, possibly several for a DM, most recent first. */
+    const groupsOf = (id: ConversationId, kind: "group" | "dm") =>
+      kind === "dm"
+        ? storage.groups.byDmId(id)
+        : storage.groups.get(id as unknown as GroupId).pipe(Effect.map(Option.toArray))
+
+    /** The group the next send uses: the most recently used one this installation is active in. */
+    const primaryOf = (id: ConversationId, kind: "group" | "dm") =>
+      Effect.gen(function*() {
+        const groups = yield* groupsOf(id, kind)
+        const primary = groups.find((g) => g.membership_state !== "inactive") ?? groups[0]
+        if (primary === undefined) return yield* new ConversationNotFound({ conversationId: id })
+        return primary
+      })
+
+    const activePrimary = (id: ConversationId, kind: "group" | "dm") =>
+      primaryOf(id, kind).pipe(
+        Effect.filterOrFail((g) => g.membership_state !== "inactive", (g) => new GroupInactive({ groupId: g.id }))
+      )
+
+    const handle = (id: ConversationId, kind: "group" | "dm"): Conversation => {
       const span = (name: string) => Effect.withSpan(`Conversation.${name}`, { attributes: { conversationId: id } })
 
       const changeMembers = (
         name: string,
         inboxIds: ReadonlyArray<InboxId>,
-        check: (ids: ReadonlyArray<InboxId>, present: ReadonlySet<InboxId>) => Effect.Effect<void, ConvergeError>,
+        check: (ids: ReadonlyArray<InboxId>, present: ReadonlySet<InboxId>, groupId: GroupId) => Effect.Effect<void, ConvergeError>,
         data: (ids: ReadonlyArray<InboxId>) => IntentData
       ) =>
         Effect.gen(function*() {
-          if (group.kind === "dm") return yield* new InvalidInput({ reason: "a DM's membership cannot change" })
+          if (kind === "dm") return yield* new InvalidInput({ reason: "a DM's membership cannot change" })
           const ids = yield* validInboxes(inboxIds)
           if (ids.length === 0) return yield* new InvalidInput({ reason: "the member list is empty" })
-          const current = yield* activeGroup(groupId)
-          yield* check(ids, new Set((yield* groupMembers(current)).keys()))
-          const intentId = yield* queueIntent(groupId, data(ids))
-          yield* publisher.resolve(groupId, intentId)
+          const group = yield* activePrimary(id, kind)
+          yield* check(ids, new Set((yield* groupMembers(group)).keys()), group.id)
+          const intentId = yield* queueIntent(group.id, data(ids))
+          yield* publisher.resolve(group.id, intentId)
         }).pipe(span(name))
+
+      const forEachGroup = <A>(f: (group: GroupRow) => Effect.Effect<A, ConvergeError>) =>
+        groupsOf(id, kind).pipe(Effect.flatMap((groups) => Effect.forEach(groups, f)))
 
       return {
         id,
-        kind: group.kind,
+        kind,
         send: (text) =>
           Effect.gen(function*() {
-            const { intentId, messageId } = yield* queueMessage(yield* activeGroup(groupId), text)
-            yield* publisher.resolve(groupId, intentId)
+            const group = yield* activePrimary(id, kind)
+            const { intentId, messageId } = yield* queueMessage(group, text)
+            yield* publisher.resolve(group.id, intentId)
             return messageId
           }).pipe(span("send")),
         sendOptimistic: (text) =>
-          activeGroup(groupId).pipe(
+          activePrimary(id, kind).pipe(
             Effect.flatMap((g) => queueMessage(g, text)),
             Effect.map((queued) => queued.messageId),
             span("sendOptimistic")
           ),
-        publishPending: Effect.gen(function*() {
-          const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published", "Committed"])
-          for (const intent of pending) yield* publisher.resolve(groupId, intent.id)
-        }).pipe(span("publishPending")),
-        sync: syncGroup(groupId).pipe(span("sync")),
+        publishPending: forEachGroup((group) =>
+          Effect.gen(function*() {
+            const pending = yield* storage.intents.byGroup(group.id, ["ToPublish", "Published", "Committed"])
+            for (const intent of pending) yield* publisher.resolve(group.id, intent.id)
+          })
+        ).pipe(Effect.asVoid, span("publishPending")),
+        sync: forEachGroup((group) =>
+          group.membership_state === "inactive" ? Effect.succeed(SyncSummary.empty) : syncGroup(group.id)
+        ).pipe(Effect.map((all) => all.reduce(SyncSummary.combine, SyncSummary.empty)), span("sync")),
         messages: (query = {}) =>
           Effect.gen(function*() {
             if (query.limit !== undefined && (!Number.isInteger(query.limit) || query.limit < 1)) {
@@ -319,7 +353,7 @@ export const make = (options: ClientOptions = {}) =>
             return rows.map(toMessage)
           }).pipe(span("messages")),
         members: Effect.gen(function*() {
-          const byInbox = yield* groupMembers(yield* loadGroupRow(env, groupId))
+          const byInbox = yield* groupMembers(yield* primaryOf(id, kind))
           return [...byInbox.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([inboxId, leaves]) =>
             Member.make({ inboxId, installationIds: leaves.map((l) => l.installationId).sort() })
           )
@@ -327,39 +361,60 @@ export const make = (options: ClientOptions = {}) =>
         addMembers: (inboxIds) =>
           changeMembers("addMembers", inboxIds, checkNewMembers, (ids) => AddMembersData.make({ inboxIds: ids })),
         removeMembers: (inboxIds) =>
-          changeMembers("removeMembers", inboxIds, (ids, present) =>
+          changeMembers("removeMembers", inboxIds, (ids, present, groupId) =>
             Effect.gen(function*() {
               if (ids.includes(self)) return yield* new InvalidInput({ reason: "to remove yourself, leave the group" })
               const absent = ids.find((i) => !present.has(i))
               if (absent !== undefined) return yield* new NotAMember({ groupId, inboxId: absent })
             }), (ids) => RemoveMembersData.make({ inboxIds: ids })),
         updateKeys: Effect.gen(function*() {
-          yield* activeGroup(groupId)
-          const intentId = yield* queueIntent(groupId, KeyUpdateData.make({}))
-          yield* publisher.resolve(groupId, intentId)
+          const group = yield* activePrimary(id, kind)
+          const intentId = yield* queueIntent(group.id, KeyUpdateData.make({}))
+          yield* publisher.resolve(group.id, intentId)
         }).pipe(span("updateKeys")),
-        leave: Effect.fail(new InvalidInput({ reason: "leaving a group is not supported yet" })).pipe(span("leave")),
-        state: loadGroupRow(env, groupId).pipe(Effect.map((g) => g.membership_state), span("state")),
+        leave: Effect.gen(function*() {
+          if (kind === "dm") return yield* new InvalidInput({ reason: "a DM cannot be left" })
+          const group = yield* primaryOf(id, kind)
+          if (group.membership_state === "inactive") return yield* new NotAMember({ groupId: group.id, inboxId: self })
+          const members = yield* groupMembers(group)
+          if (members.size < 2) return yield* new InvalidInput({ reason: "you are the only member; nobody would remove you" })
+          if (group.membership_state === "pendingRemove") {
+            // Already asked (here or on another of our devices): just make sure it is out.
+            const pending = yield* storage.intents.byGroup(group.id, ["ToPublish", "Published"])
+            for (const intent of pending) yield* publisher.resolve(group.id, intent.id)
+            return
+          }
+          // Pending-remove from now on, and the request queued, in one transaction.
+          const intentId = yield* storage.transaction(Effect.gen(function*() {
+            yield* storage.groups.setMembership(group.id, "pendingRemove")
+            return yield* queueIntent(group.id, LeaveData.make({ nonce: toHex(randomBytes(16)) }))
+          }))
+          yield* publisher.resolve(group.id, intentId)
+        }).pipe(span("leave")),
+        state: primaryOf(id, kind).pipe(Effect.map((g) => g.membership_state), span("state")),
         debugInfo: Effect.gen(function*() {
-          const row = yield* loadGroupRow(env, groupId)
-          const view = crypto.view(yield* crypto.deserialize(row.mls_state))
+          const groups = yield* groupsOf(id, kind)
+          const primary = yield* primaryOf(id, kind)
+          const view = crypto.view(yield* crypto.deserialize(primary.mls_state))
           return {
-            groupIds: [groupId],
+            groupIds: [primary.id, ...groups.filter((g) => g.id !== primary.id).map((g) => g.id)],
             epoch: view.epoch,
             epochAuthenticator: view.epochAuthenticator,
-            maybeForked: row.maybe_forked
+            maybeForked: groups.some((g) => g.maybe_forked)
           }
         }).pipe(span("debugInfo"))
       }
     }
 
-    const createGroup = (
+    const handleOf = (group: GroupRow) =>
+      handle(group.dm_id ?? (group.id as unknown as ConversationId), group.kind)
+
+    /** Creates an MLS group with this installation as its only member, then adds `members`. */
+    const newGroup = (
       members: ReadonlyArray<InboxId>,
-      groupOptions: { readonly name?: string; readonly description?: string } = {}
+      meta: { readonly name?: string; readonly description?: string; readonly dmId?: ConversationId }
     ) =>
       Effect.gen(function*() {
-        const ids = yield* validInboxes(members)
-        yield* checkNewMembers(ids, new Set())
         const groupId = toHex(randomBytes(16)) as GroupId
         const keyPackage = yield* crypto.generateKeyPackage(
           { inboxId: self, installationId: identity.installationId },
@@ -369,37 +424,58 @@ export const make = (options: ClientOptions = {}) =>
         const now = yield* Clock.currentTimeNanos
         const row = GroupRow.make({
           id: groupId,
-          kind: "group",
-          dm_id: null,
+          kind: meta.dmId === undefined ? "group" : "dm",
+          dm_id: meta.dmId ?? null,
           membership_state: "active",
           epoch: crypto.view(state).epoch,
           mls_state: crypto.serialize(state),
           maybe_forked: false,
           fork_details: null,
-          name: groupOptions.name ?? null,
-          description: groupOptions.description ?? null,
+          name: meta.name ?? null,
+          description: meta.description ?? null,
           added_by_inbox_id: self,
           created_at_ns: now,
           last_message_ns: now
         })
-        yield* storage.groups.insert(row)
-        if (ids.length > 0) {
-          const intentId = yield* queueIntent(groupId, AddMembersData.make({ inboxIds: ids }))
-          yield* publisher.resolve(groupId, intentId)
-        }
-        return handle(row)
+        // The add intent is queued with the group, so a crash cannot leave a group without its members.
+        const intentId = yield* storage.transaction(Effect.gen(function*() {
+          yield* storage.groups.insert(row)
+          return yield* queueIntent(groupId, AddMembersData.make({ inboxIds: members }))
+        }))
+        yield* publisher.resolve(groupId, intentId)
+        return handleOf(row)
+      })
+
+    const createGroup = (
+      members: ReadonlyArray<InboxId>,
+      groupOptions: { readonly name?: string; readonly description?: string } = {}
+    ) =>
+      Effect.gen(function*() {
+        const ids = yield* validInboxes(members)
+        yield* checkNewMembers(ids, new Set())
+        return yield* newGroup(ids, groupOptions)
       }).pipe(Effect.withSpan("Client.createGroup"))
+
+    const findOrCreateDm = (peer: InboxId) =>
+      Effect.gen(function*() {
+        const [valid] = yield* validInboxes([peer])
+        if (valid === self) return yield* new InvalidInput({ reason: "a DM needs another inbox than your own" })
+        const id = dmId(self, valid!)
+        const existing = yield* storage.groups.byDmId(id)
+        if (existing.some((g) => g.membership_state !== "inactive")) return handle(id, "dm")
+        yield* checkAddable([valid!])
+        return yield* newGroup([valid!], { dmId: id })
+      }).pipe(Effect.withSpan("Client.findOrCreateDm"))
 
     const conversation = (id: ConversationId) =>
       Effect.gen(function*() {
         const valid = yield* Schema.decodeUnknown(ConversationId)(id).pipe(
           Effect.mapError(() => new InvalidInput({ reason: `not a conversation id: ${String(id)}` }))
         )
-        const rows = valid.startsWith("dm:")
-          ? yield* storage.groups.byDmId(valid)
-          : Option.toArray(yield* storage.groups.get(valid as unknown as GroupId))
+        const kind = valid.startsWith("dm:") ? "dm" : "group"
+        const rows = yield* groupsOf(valid, kind)
         if (rows[0] === undefined) return yield* new ConversationNotFound({ conversationId: valid })
-        return handle(rows[0])
+        return handle(valid, kind)
       }).pipe(Effect.withSpan("Client.conversation"))
 
     const conversations = (query: { readonly kind?: "group" | "dm"; readonly includeInactive?: boolean } = {}) =>
@@ -412,7 +488,7 @@ export const make = (options: ClientOptions = {}) =>
           const key = row.dm_id ?? row.id
           if (seen.has(key)) continue
           seen.add(key)
-          out.push(handle(row))
+          out.push(handleOf(row))
         }
         return out
       }).pipe(Effect.withSpan("Client.conversations"))
@@ -493,7 +569,7 @@ export const make = (options: ClientOptions = {}) =>
       inboxId: self,
       installationId: identity.installationId,
       createGroup,
-      findOrCreateDm: (_peer) => Effect.fail(new InvalidInput({ reason: "DMs are not supported yet" })),
+      findOrCreateDm,
       conversation,
       conversations,
       syncAll,

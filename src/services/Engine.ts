@@ -2,7 +2,7 @@
  * What every engine program shares: the ports, one lock per group, the client's options and
  * the local feed of newly stored messages (which `streamMessages` reads).
  */
-import { Effect, type PubSub, Schedule } from "effect"
+import { type Duration, Effect, type PubSub, Schedule } from "effect"
 import { ConversationNotFound } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import type { MessageRow } from "../domain/Rows.ts"
@@ -20,6 +20,11 @@ export interface EngineOptions {
   readonly transportSchedule: Schedule.Schedule<unknown, unknown>
   /** Envelopes per page when reading a topic (default 100). */
   readonly pageSize: number
+  /**
+   * How often a sync compares each member inbox's installations with its identity log, to
+   * add new devices and remove revoked ones (default 5 seconds).
+   */
+  readonly installationCheckInterval: Duration.DurationInput
   /**
    * Called at each named point inside publish and sync. The default does nothing; the
    * simulation makes it die there to crash the client mid-step.
@@ -44,6 +49,7 @@ export const defaultEngineOptions: EngineOptions = {
     Schedule.intersect(Schedule.recurs(6))
   ),
   pageSize: 100,
+  installationCheckInterval: "5 seconds",
   crashPoint: () => Effect.void
 }
 

@@ -15,7 +15,7 @@ import {
 } from "../domain/Content.ts"
 import type { StorageError } from "../domain/Errors.ts"
 import type { ConversationId, GroupId, InboxId } from "../domain/Ids.ts"
-import { IntentDataJson, PostCommitDataJson } from "../domain/Intent.ts"
+import { IntentDataJson, isCommitKind, PostCommitDataJson, RemoveMembersData } from "../domain/Intent.ts"
 import { type GroupRow, type IntentRow, type MembershipState, MessageRow } from "../domain/Rows.ts"
 import { WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
 import type { GroupMessageEnvelope } from "../domain/Wire.ts"
@@ -88,6 +88,61 @@ export const make = (env: EngineEnv) => {
     })
   }
 
+  /** This installation's record of its own removal: the same text as the others' record. */
+  const removedRow = (
+    group: GroupRow,
+    epoch: bigint,
+    committer: LeafMember,
+    envelope: GroupMessageEnvelope,
+    now: bigint
+  ) =>
+    MessageRow.make({
+      id: membershipChangeIdOf(group.id, epoch),
+      group_id: group.id,
+      conversation_id: conversationOf(group),
+      sender_inbox_id: committer.inboxId,
+      sender_installation_id: committer.installationId,
+      sent_at_ns: envelope.serverTimeNs,
+      sequence_id: envelope.sequenceId,
+      kind: "membershipChange",
+      content: Schema.encodeSync(MembershipChangeJson)(
+        MembershipChange.make({
+          epoch,
+          addedInboxes: [],
+          removedInboxes: [identity.inboxId],
+          committedBy: committer.inboxId
+        })
+      ),
+      delivery_status: "published",
+      inserted_at_ns: now
+    })
+
+  /** A DM's groups each record the same membership changes: the conversation shows them once. */
+  const repeatsInDm = (row: MessageRow) =>
+    Effect.gen(function*() {
+      const change = Schema.decodeSync(MembershipChangeJson)(row.content)
+      const key = (c: MembershipChange) => JSON.stringify([c.addedInboxes, c.removedInboxes])
+      const earlier = yield* storage.messages.membershipChanges(row.conversation_id)
+      return earlier.some((m) => m.group_id !== row.group_id && key(Schema.decodeSync(MembershipChangeJson)(m.content)) === key(change))
+    })
+
+  /** Queues the removal of an inbox that asked to leave, unless one is already pending. */
+  const queueRemoval = (groupId: GroupId, inboxId: InboxId, now: bigint) =>
+    Effect.gen(function*() {
+      const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
+      const already = pending.some((intent) => {
+        const data = Schema.decodeSync(IntentDataJson)(intent.data)
+        return data._tag === "RemoveMembers" && data.inboxIds.includes(inboxId)
+      })
+      if (already) return
+      yield* storage.intents.insert({
+        groupId,
+        kind: "RemoveMembers",
+        data: Schema.encodeSync(IntentDataJson)(RemoveMembersData.make({ inboxIds: [inboxId] })),
+        createdAtNs: now
+      })
+    })
+
   /** Every leaf of a commit's result must be a current installation of the inbox it names. */
   const unauthenticatedLeaves = (before: GroupView, after: GroupView) =>
     Effect.gen(function*() {
@@ -118,6 +173,8 @@ export const make = (env: EngineEnv) => {
       const writes: Array<Effect.Effect<unknown, StorageError>> = []
       const newMessages: Array<MessageRow> = []
       const intentsHandled = new Set<number>()
+      /** Inboxes that asked to leave: the remaining members commit their removal. */
+      const leaving = new Set<InboxId>()
       let outcome: PageOutcome = { ...zero, received: page.items.length }
       const now = yield* Clock.currentTimeNanos
       const skip = (envelope: GroupMessageEnvelope, why: string) =>
@@ -152,7 +209,7 @@ export const make = (env: EngineEnv) => {
             continue
           }
           intentsHandled.add(intent.id)
-          if (intent.kind === "SendMessage") {
+          if (!isCommitKind(intent.kind)) {
             const data = Schema.decodeSync(IntentDataJson)(intent.data)
             if (data._tag === "SendMessage") {
               writes.push(
@@ -210,7 +267,9 @@ export const make = (env: EngineEnv) => {
             yield* skip(envelope, `commit adds unregistered installation ${invalid[0]!.installationId}`)
             continue
           }
-          const change = membershipChangeRow(group, current, after, processed.right.committer, envelope, now)
+          const change = after.active
+            ? membershipChangeRow(group, current, after, processed.right.committer, envelope, now)
+            : removedRow(group, header.value.epoch + 1n, processed.right.committer, envelope, now)
           if (change !== undefined) newMessages.push(change)
           state = processed.right.state
           if (!after.active) membership = "inactive"
@@ -220,6 +279,10 @@ export const make = (env: EngineEnv) => {
 
         if (header.value.kind !== "application") {
           yield* skip(envelope, `unexpected ${header.value.kind}`)
+          continue
+        }
+        if (header.value.epoch + BigInt(env.options.maxPastEpochs) < current.epoch) {
+          yield* skip(envelope, `application message from epoch ${header.value.epoch} is older than maxPastEpochs`)
           continue
         }
         const processed = yield* crypto.process(state, envelope.payload).pipe(Effect.either)
@@ -232,6 +295,17 @@ export const make = (env: EngineEnv) => {
         const content = Schema.decodeUnknownOption(ApplicationContentJson)(new TextDecoder().decode(plaintext))
         if (Option.isNone(content)) {
           yield* skip(envelope, "undecodable content")
+          continue
+        }
+        if (content.value._tag === "LeaveRequest") {
+          if (group.kind === "dm") {
+            yield* skip(envelope, "a DM cannot be left")
+          } else if (sender.inboxId === identity.inboxId) {
+            // Another installation of ours is leaving: leaving is per inbox, so we are too.
+            if (membership === "active") membership = "pendingRemove"
+          } else {
+            leaving.add(sender.inboxId)
+          }
           continue
         }
         newMessages.push(MessageRow.make({
@@ -258,12 +332,14 @@ export const make = (env: EngineEnv) => {
         yield* env.options.crashPoint("sync.midPage")
         const fresh: Array<MessageRow> = []
         for (const row of newMessages) {
+          if (row.kind === "membershipChange" && group.kind === "dm" && (yield* repeatsInDm(row))) continue
           if (yield* storage.messages.insert(row)) fresh.push(row)
           if (row.kind === "text") yield* storage.groups.touch(groupId, row.sent_at_ns)
         }
         yield* storage.groups.saveState(groupId, { epoch: view.epoch, mlsState: crypto.serialize(state) })
         if (membership !== group.membership_state) yield* storage.groups.setMembership(groupId, membership)
         if (forked !== undefined) yield* storage.groups.markForked(groupId, forked)
+        for (const inboxId of leaving) yield* queueRemoval(groupId, inboxId, now)
         yield* storage.cursors.advance(topic, last)
         return fresh
       }))
@@ -300,11 +376,17 @@ export const make = (env: EngineEnv) => {
 
   const sendWelcomes = (groupId: GroupId, intent: IntentRow) =>
     Effect.gen(function*() {
+      const group = yield* loadGroupRow(env, groupId)
       if (intent.post_commit_data !== null && intent.sequence_id !== null) {
         const post = Schema.decodeSync(PostCommitDataJson)(intent.post_commit_data)
         const payload = new TextEncoder().encode(
           Schema.encodeSync(WelcomePayloadJson)(
-            WelcomePayload.make({ groupId, commitSequenceId: intent.sequence_id, welcome: post.welcome })
+            WelcomePayload.make({
+              groupId,
+              commitSequenceId: intent.sequence_id,
+              welcome: post.welcome,
+              ...(group.dm_id === null ? {} : { dmId: group.dm_id })
+            })
           )
         )
         // Identical bytes per recipient: a resend after a crash is stored once by the DS.

@@ -9,7 +9,7 @@
  * until the intent is Processed. A lost epoch race is an `EpochConflict` in its error channel,
  * retried under the conflict schedule; transport failures retry under their own schedule.
  */
-import { Data, Effect, Option, Schema } from "effect"
+import { Clock, Data, Duration, Effect, Option, Schema } from "effect"
 import { sha256Hex, utf8 } from "../domain/Bytes.ts"
 import { ApplicationContentJson } from "../domain/Content.ts"
 import {
@@ -21,7 +21,13 @@ import {
 } from "../domain/Errors.ts"
 import { currentInstallations } from "../domain/IdentityLog.ts"
 import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
-import { IntentDataJson, isCommitKind, PostCommitData, PostCommitDataJson } from "../domain/Intent.ts"
+import {
+  IntentDataJson,
+  isCommitKind,
+  PostCommitData,
+  PostCommitDataJson,
+  UpdateInstallationsData
+} from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
 import type { IntentRow } from "../domain/Rows.ts"
 import { GroupMessageInput } from "../domain/Wire.ts"
@@ -53,24 +59,38 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
       if (data._tag === "SendMessage") yield* storage.messages.markFailed(data.messageId)
     }))
 
-  /** Installations to add: every current installation of each inbox that is not in the group yet. */
-  const deriveAdd = (state: MlsGroupState, inboxIds: ReadonlyArray<InboxId>) =>
+  /**
+   * The installation diff of some inboxes against their identity logs: current installations
+   * missing from the group, and leaves whose installation is no longer current (revoked).
+   */
+  const installationDiff = (state: MlsGroupState, inboxIds: Iterable<InboxId>) =>
     Effect.gen(function*() {
-      const present = new Set(crypto.view(state).members.map((m) => m.installationId))
-      const missing: Array<InstallationId> = []
-      for (const inboxId of inboxIds) {
-        const inbox = yield* identity.inboxState(inboxId)
-        for (const installationId of currentInstallations(inbox)) {
-          if (!present.has(installationId)) missing.push(installationId)
+      const view = crypto.view(state)
+      const present = new Set(view.members.map((m) => m.installationId))
+      const add: Array<InstallationId> = []
+      const remove: Array<InstallationId> = []
+      for (const inboxId of new Set(inboxIds)) {
+        const current = new Set(currentInstallations(yield* identity.inboxState(inboxId)))
+        for (const installationId of current) if (!present.has(installationId)) add.push(installationId)
+        for (const leaf of view.members) {
+          if (leaf.inboxId === inboxId && !current.has(leaf.installationId) && leaf.leafIndex !== view.ownLeafIndex) {
+            remove.push(leaf.installationId)
+          }
         }
       }
-      if (missing.length === 0) return { _tag: "NoOp" } as Derived
-      const fetched = yield* ds.fetchKeyPackages(missing)
+      return { add, remove }
+    })
+
+  /** A commit adding (with welcomes) and removing installations; nothing to do if both are empty. */
+  const membershipCommit = (state: MlsGroupState, add: ReadonlyArray<InstallationId>, remove: ReadonlyArray<InstallationId>) =>
+    Effect.gen(function*() {
+      if (add.length === 0 && remove.length === 0) return { _tag: "NoOp" } as Derived
+      const fetched = add.length === 0 ? [] : yield* ds.fetchKeyPackages(add)
       const unavailable = fetched.filter((f) => f.keyPackage === undefined).map((f) => f.installationId)
       if (unavailable.length > 0) {
-        return yield* new KeyPackageUnavailable({ inboxId: inboxIds.join(","), installationIds: unavailable })
+        return yield* new KeyPackageUnavailable({ inboxId: "", installationIds: unavailable })
       }
-      const result = yield* crypto.createCommit(state, { add: fetched.map((f) => f.keyPackage!) })
+      const result = yield* crypto.createCommit(state, { add: fetched.map((f) => f.keyPackage!), remove })
       return {
         _tag: "Payload",
         payload: result.commit,
@@ -78,8 +98,22 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
         staged: result.staged,
         postCommit: result.welcome === undefined
           ? undefined
-          : PostCommitData.make({ welcome: result.welcome, installationIds: missing })
+          : PostCommitData.make({ welcome: result.welcome, installationIds: add })
       } as Derived
+    })
+
+  /** Every installation of each inbox that is not in the group yet, and this inbox's other devices. */
+  const deriveAdd = (state: MlsGroupState, inboxIds: ReadonlyArray<InboxId>) =>
+    Effect.gen(function*() {
+      const { add } = yield* installationDiff(state, [...inboxIds, identity.inboxId])
+      return yield* membershipCommit(state, add, [])
+    })
+
+  /** Brings every member inbox's leaves in line with its identity log. */
+  const deriveInstallationUpdate = (state: MlsGroupState) =>
+    Effect.gen(function*() {
+      const { add, remove } = yield* installationDiff(state, crypto.view(state).members.map((m) => m.inboxId))
+      return yield* membershipCommit(state, add, remove)
     })
 
   const deriveRemove = (state: MlsGroupState, inboxIds: ReadonlyArray<InboxId>) =>
@@ -111,6 +145,19 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
           return yield* deriveAdd(state, data.inboxIds)
         case "RemoveMembers":
           return yield* deriveRemove(state, data.inboxIds)
+        case "Leave": {
+          const plaintext = utf8(Schema.encodeSync(ApplicationContentJson)({ _tag: "LeaveRequest", nonce: data.nonce }))
+          const encrypted = yield* crypto.encrypt(state, plaintext)
+          return {
+            _tag: "Payload",
+            payload: encrypted.message,
+            state: encrypted.state,
+            staged: undefined,
+            postCommit: undefined
+          } as Derived
+        }
+        case "UpdateInstallations":
+          return yield* deriveInstallationUpdate(state)
         case "KeyUpdate": {
           const result = yield* crypto.createCommit(state, {})
           return { _tag: "Payload", payload: result.commit, state: undefined, staged: result.staged, postCommit: undefined } as Derived
@@ -187,10 +234,42 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
       return published
     }).pipe(Effect.withSpan("Publisher.publishPending", { attributes: { groupId } }))
 
+  const lastInstallationCheck = new Map<GroupId, bigint>()
+
+  /**
+   * Every so often, compare the members' leaves with their identity logs; if a device was added
+   * or revoked, queue one `UpdateInstallations` intent (whoever lands it first wins; the others
+   * re-derive to a no-op). A failed check is logged and tried again next time.
+   */
+  const checkInstallations = (groupId: GroupId) =>
+    Effect.gen(function*() {
+      const now = yield* Clock.currentTimeNanos
+      const last = lastInstallationCheck.get(groupId)
+      if (last !== undefined && now - last < Duration.toNanos(env.options.installationCheckInterval).pipe(Option.getOrElse(() => 0n))) return
+      lastInstallationCheck.set(groupId, now)
+      const group = yield* loadGroupRow(env, groupId)
+      if (group.membership_state !== "active") return
+      const state = yield* crypto.deserialize(group.mls_state)
+      const { add, remove } = yield* installationDiff(state, crypto.view(state).members.map((m) => m.inboxId))
+      if (add.length === 0 && remove.length === 0) return
+      const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
+      if (pending.some((intent) => intent.kind === "UpdateInstallations")) return
+      yield* storage.intents.insert({
+        groupId,
+        kind: "UpdateInstallations",
+        data: Schema.encodeSync(IntentDataJson)(UpdateInstallationsData.make({})),
+        createdAtNs: now
+      })
+    }).pipe(
+      Effect.catchAll((e) => Effect.logWarning(`installation check of group ${groupId} failed: ${e.message}`)),
+      Effect.withSpan("Publisher.checkInstallations", { attributes: { groupId } })
+    )
+
   /** One round: read, publish, read what we published, send welcomes. Under the group lock. */
   const round = (groupId: GroupId) =>
     env.withGroupLock(groupId)(Effect.gen(function*() {
       const before = yield* sync.receive(groupId)
+      yield* checkInstallations(groupId)
       const published = yield* publishPending(groupId)
       const after = published > 0 ? yield* sync.receive(groupId) : undefined
       yield* sync.postCommit(groupId)

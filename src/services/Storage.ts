@@ -50,6 +50,7 @@ export interface MessageRepository {
   readonly markPublished: (id: MessageId, at: { readonly sentAtNs: bigint; readonly sequenceId: bigint }) => Io<void>
   readonly markFailed: (id: MessageId) => Io<void>
   readonly byConversation: (id: ConversationId, query: MessageQuery) => Io<ReadonlyArray<MessageRow>>
+  readonly membershipChanges: (id: ConversationId) => Io<ReadonlyArray<MessageRow>>
   /** Messages stored after a local insertion point, across conversations, for streams. */
   readonly insertedAfter: (insertedAtNs: bigint, limit: number) => Io<ReadonlyArray<MessageRow>>
 }

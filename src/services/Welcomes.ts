@@ -6,7 +6,7 @@
  */
 import { Clock, Effect, Option, Schema } from "effect"
 import { CryptoError } from "../domain/Errors.ts"
-import type { GroupId } from "../domain/Ids.ts"
+import { dmPeer, type GroupId } from "../domain/Ids.ts"
 import { GroupRow } from "../domain/Rows.ts"
 import { WelcomePayloadJson } from "../domain/Wire.ts"
 import type { WelcomeMessageEnvelope } from "../domain/Wire.ts"
@@ -29,6 +29,14 @@ export const make = (env: EngineEnv) => {
       if (view.groupId !== payload.groupId) {
         return yield* new CryptoError({ reason: "Malformed", detail: "welcome names another group than its metadata" })
       }
+      if (payload.dmId !== undefined) {
+        // A DM names both inboxes; nobody else may be in it.
+        const peer = dmPeer(payload.dmId, identity.inboxId)
+        const stranger = view.members.find((m) => m.inboxId !== identity.inboxId && m.inboxId !== peer)
+        if (peer === undefined || stranger !== undefined) {
+          return yield* new CryptoError({ reason: "Malformed", detail: `welcome to DM ${payload.dmId} has other members` })
+        }
+      }
       for (const leaf of view.members) {
         if (!(yield* identity.isValidLeaf(leaf))) {
           return yield* new CryptoError({
@@ -45,8 +53,8 @@ export const make = (env: EngineEnv) => {
         } else {
           yield* storage.groups.insert(GroupRow.make({
             id: payload.groupId,
-            kind: "group",
-            dm_id: null,
+            kind: payload.dmId === undefined ? "group" : "dm",
+            dm_id: payload.dmId ?? null,
             membership_state: "active",
             epoch: view.epoch,
             mls_state: crypto.serialize(state),
