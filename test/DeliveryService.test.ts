@@ -552,6 +552,108 @@ describe("faults", () => {
       yield* net.forInstallation(alice.id).sendGroupMessages([message(groupId, "ok")])
       const page = yield* net.service.queryGroupMessages({ groupId, afterSequenceId: 0n })
       expect(page.items).toHaveLength(1)
-      expect(yield* net.faults.stats).toEqual({ dropped: 0, lostResponses: 0, partitionRejections: 0, streamsCut: 0 })
+      expect(yield* net.faults.stats).toEqual({
+        dropped: 0,
+        lostResponses: 0,
+        partitionRejections: 0,
+        streamsCut: 0,
+        duplicated: 0,
+        delayed: 0
+      })
     }))
+
+  it.live("duplicateNextDelivery delivers a publish twice but stores it once, in order", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* make({})
+      const ds = net.service
+      const groupId = newGroupId()
+      yield* ds.sendGroupMessages([message(groupId, "m1")])
+      const collected = yield* Effect.fork(
+        Stream.runCollect(Stream.take(ds.subscribeGroupMessages([{ groupId, afterSequenceId: 0n }]), 4))
+      )
+      yield* net.faults.duplicateNextDelivery(1)
+      // An idempotent resend of m1 stores nothing new, so it does not use up the fault.
+      yield* ds.sendGroupMessages([message(groupId, "m1")])
+      yield* ds.sendGroupMessages([message(groupId, "m2")])
+      yield* ds.sendGroupMessages([message(groupId, "m3")])
+      const seen = Chunk.toReadonlyArray(yield* Fiber.join(collected).pipe(Effect.timeout("5 seconds")))
+      expect(seen.map((e) => [e.sequenceId, text(e.payload)])).toEqual([[1n, "m1"], [2n, "m2"], [2n, "m2"], [3n, "m3"]])
+      const stored = yield* readAll(ds, groupId)
+      expect(stored.map((e) => [e.sequenceId, text(e.payload)])).toEqual([[1n, "m1"], [2n, "m2"], [3n, "m3"]])
+      expect((yield* net.faults.stats).duplicated).toBe(1)
+    })))
+
+  it.live("a paused subscriber gets nothing until resumed, then everything in order; others are not affected", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* make({})
+      const [alice, bob] = [newInstallation(), newInstallation()]
+      const groupId = newGroupId()
+      const follow = (installation: Installation, into: Array<string>) =>
+        Effect.fork(
+          Stream.runForEach(
+            net.forInstallation(installation.id).subscribeGroupMessages([{ groupId, afterSequenceId: 0n }]),
+            (e) => Effect.sync(() => into.push(text(e.payload)))
+          )
+        )
+      const [atAlice, atBob]: [Array<string>, Array<string>] = [[], []]
+      yield* net.faults.pauseSubscriber(alice.id)
+      yield* follow(alice, atAlice)
+      yield* follow(bob, atBob)
+      for (const m of ["m1", "m2", "m3"]) yield* net.service.sendGroupMessages([message(groupId, m)])
+      while (atBob.length < 3) yield* Effect.sleep("2 millis")
+      yield* Effect.sleep("20 millis")
+      expect(atAlice).toEqual([])
+      // Requests of a paused subscriber still work: only its subscriptions wait.
+      expect(yield* readAll(net.forInstallation(alice.id), groupId)).toHaveLength(3)
+      yield* net.faults.resumeSubscriber(alice.id)
+      while (atAlice.length < 3) yield* Effect.sleep("2 millis")
+      expect(atAlice).toEqual(["m1", "m2", "m3"])
+      expect(atBob).toEqual(["m1", "m2", "m3"])
+      expect((yield* net.faults.stats).delayed).toBeGreaterThanOrEqual(1)
+    })))
+
+  it.live("a held topic is reordered across topics in a subscription, never within itself", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* make({})
+      const ds = net.service
+      const [a, b] = [newGroupId(), newGroupId()]
+      const seen: Array<string> = []
+      yield* net.faults.holdTopic(a)
+      yield* Effect.fork(
+        Stream.runForEach(
+          ds.subscribeGroupMessages([{ groupId: a, afterSequenceId: 0n }, { groupId: b, afterSequenceId: 0n }]),
+          (e) => Effect.sync(() => seen.push(text(e.payload)))
+        )
+      )
+      yield* ds.sendGroupMessages([message(a, "a1"), message(b, "b1"), message(a, "a2"), message(b, "b2")])
+      while (seen.length < 2) yield* Effect.sleep("2 millis")
+      yield* Effect.sleep("20 millis")
+      expect(seen).toEqual(["b1", "b2"])
+      // The held topic is still served in full to queries.
+      expect((yield* readAll(ds, a)).map((e) => text(e.payload))).toEqual(["a1", "a2"])
+      yield* ds.sendGroupMessages([message(a, "a3")])
+      yield* net.faults.releaseTopic(a)
+      while (seen.length < 5) yield* Effect.sleep("2 millis")
+      expect(seen.slice(2)).toEqual(["a1", "a2", "a3"])
+    })))
+
+  it.live("healAll releases paused subscribers and held topics", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* make({})
+      const alice = newInstallation()
+      const groupId = newGroupId()
+      yield* net.faults.pauseSubscriber(alice.id)
+      yield* net.faults.holdTopic(groupId)
+      yield* net.faults.duplicateNextDelivery(5)
+      yield* net.faults.healAll
+      const seen = yield* Effect.fork(
+        Stream.runCollect(
+          Stream.take(net.forInstallation(alice.id).subscribeGroupMessages([{ groupId, afterSequenceId: 0n }]), 2)
+        )
+      )
+      yield* net.service.sendGroupMessages([message(groupId, "m1"), message(groupId, "m2")])
+      const got = Chunk.toReadonlyArray(yield* Fiber.join(seen).pipe(Effect.timeout("5 seconds")))
+      expect(got.map((e) => text(e.payload))).toEqual(["m1", "m2"])
+      expect((yield* net.faults.stats).duplicated).toBe(0)
+    })))
 })

@@ -13,6 +13,9 @@
  *   duplicate, even while publishers run concurrently.
  * - Identity updates are verified with the pure `applyUpdate` before they are stored. The
  *   resulting installation -> inbox index decides who may upload key packages.
+ * - Faults (`FaultControls`) never change what is stored or its order: a dropped request has
+ *   no effect, a lost response hides an effect that happened, and the subscription faults
+ *   (duplicate, pause, hold) change only when and how often subscribers are told.
  */
 import {
   Clock,
@@ -75,6 +78,10 @@ export interface FaultStats {
   readonly partitionRejections: number
   /** Live subscriptions failed with `Unavailable` when their installation got partitioned. */
   readonly streamsCut: number
+  /** Publishes whose delivery to subscribers was duplicated by `duplicateNextDelivery`. */
+  readonly duplicated: number
+  /** Deliveries to subscribers held back by a paused subscriber or a held topic. */
+  readonly delayed: number
 }
 
 export interface FaultControls {
@@ -89,7 +96,29 @@ export interface FaultControls {
   /** Every call through `forInstallation(id)` fails with `Unavailable`, and its live streams are cut. */
   readonly partition: (installationId: InstallationId) => Effect.Effect<void>
   readonly heal: (installationId: InstallationId) => Effect.Effect<void>
-  /** Clears every pending fault and every partition (the stats stay). */
+  /**
+   * The next `n` publishes that store a new envelope (group or welcome topics) are delivered
+   * twice, back to back, by every subscription that delivers them. Only the delivery is
+   * duplicated: the envelope is stored once, with one sequence id, and queries see it once.
+   */
+  readonly duplicateNextDelivery: (n: number) => Effect.Effect<void>
+  /**
+   * Subscriptions opened through `forInstallation(id)` stop delivering (what arrives is
+   * buffered, in order) until `resumeSubscriber(id)`: a slow or stalled subscriber.
+   */
+  readonly pauseSubscriber: (installationId: InstallationId) => Effect.Effect<void>
+  readonly resumeSubscriber: (installationId: InstallationId) => Effect.Effect<void>
+  /**
+   * Deliveries of one group topic to subscriptions are held back (buffered, in order) until
+   * `releaseTopic`, while the other topics of the same subscription keep flowing: delivery is
+   * reordered across topics, never within one. Queries are not affected.
+   */
+  readonly holdTopic: (groupId: GroupId) => Effect.Effect<void>
+  readonly releaseTopic: (groupId: GroupId) => Effect.Effect<void>
+  /**
+   * Clears every pending fault, partition, paused subscriber and held topic (the stats stay);
+   * held deliveries then flow.
+   */
   readonly healAll: Effect.Effect<void>
   readonly stats: Effect.Effect<FaultStats>
 }
@@ -132,9 +161,12 @@ interface Topic<E extends Stored> {
  * called while holding the service lock; `page` and `follow` need no lock.
  */
 const makeTopics = <K extends string, E extends Stored>(
-  build: (key: K, sequenceId: bigint, serverTimeNs: bigint, payload: Uint8Array) => E
+  build: (key: K, sequenceId: bigint, serverTimeNs: bigint, payload: Uint8Array) => E,
+  delivery: TopicDelivery<K>
 ) => {
   const topics = new Map<K, Topic<E>>()
+  /** Envelopes whose delivery to subscribers is duplicated (a fault). */
+  const duplicated = new WeakSet<E>()
 
   const topic = (key: K): Effect.Effect<Topic<E>> =>
     Effect.gen(function*() {
@@ -165,6 +197,7 @@ const makeTopics = <K extends string, E extends Stored>(
       target.envelopes.push(envelope)
       target.byDigest.set(digest, [...(target.byDigest.get(digest) ?? []), envelope])
       target.lastTimeNs = serverTimeNs
+      if (yield* delivery.duplicateNext) duplicated.add(envelope)
       yield* PubSub.publish(target.pubsub, envelope)
       return envelope
     })
@@ -201,7 +234,11 @@ const makeTopics = <K extends string, E extends Stored>(
             if (envelope.sequenceId <= lastDelivered) return false
             lastDelivered = envelope.sequenceId
             return true
-          })
+          }),
+          // Faults act after the dedup above, so a duplicate really reaches the subscriber;
+          // a held topic waits here, so its envelopes stay in order among themselves.
+          Stream.mapConcat((envelope) => (duplicated.has(envelope) ? [envelope, envelope] : [envelope])),
+          Stream.tap(() => delivery.gate(key))
         )
       })
     )
@@ -209,6 +246,14 @@ const makeTopics = <K extends string, E extends Stored>(
   const shutdown = Effect.forEach(topics.values(), (t) => PubSub.shutdown(t.pubsub), { discard: true })
 
   return { append, page, follow, shutdown }
+}
+
+/** How a topic family's deliveries to subscribers are subject to faults. */
+interface TopicDelivery<K> {
+  /** Consumed once per new envelope: deliver it twice? */
+  readonly duplicateNext: Effect.Effect<boolean>
+  /** Waits while deliveries of this topic are held. */
+  readonly gate: (key: K) => Effect.Effect<void>
 }
 
 // ---- faults ----
@@ -223,6 +268,8 @@ interface FaultRule {
 interface FaultState {
   /** Pending one-shot faults, oldest first. */
   readonly rules: ReadonlyArray<FaultRule>
+  /** Publishes still to be delivered twice. */
+  readonly duplicates: number
   readonly stats: FaultStats
 }
 
@@ -275,14 +322,6 @@ export const make = (options: MemoryOptions): Effect.Effect<MemoryDelivery, neve
     const lock = yield* Effect.makeSemaphore(1)
     const withLock = <A, E>(effect: Effect.Effect<A, E>): Effect.Effect<A, E> => lock.withPermits(1)(effect)
 
-    const groupTopics = makeTopics<GroupId, GroupMessageEnvelope>((groupId, sequenceId, serverTimeNs, payload) =>
-      new GroupMessageEnvelope({ groupId, sequenceId, serverTimeNs, payload })
-    )
-    const welcomeTopics = makeTopics<InstallationId, WelcomeMessageEnvelope>(
-      (installationId, sequenceId, serverTimeNs, payload) =>
-        new WelcomeMessageEnvelope({ installationId, sequenceId, serverTimeNs, payload })
-    )
-    yield* Effect.addFinalizer(() => Effect.zipRight(groupTopics.shutdown, welcomeTopics.shutdown))
 
     // Identity: per inbox its verified state and its log; the global identity sequence.
     const inboxes = new Map<InboxId, { state: InboxState; log: Array<IdentityUpdateEnvelope> }>()
@@ -350,11 +389,38 @@ export const make = (options: MemoryOptions): Effect.Effect<MemoryDelivery, neve
 
     const faultState = yield* Ref.make<FaultState>({
       rules: [],
-      stats: { dropped: 0, lostResponses: 0, partitionRejections: 0, streamsCut: 0 }
+      duplicates: 0,
+      stats: { dropped: 0, lostResponses: 0, partitionRejections: 0, streamsCut: 0, duplicated: 0, delayed: 0 }
     })
     // Separate, and observable, so live streams can watch for their partition without
     // waking up on every request.
     const partitioned = yield* SubscriptionRef.make(HashSet.empty<InstallationId>())
+    /** Installations whose subscriptions are paused, and group topics whose deliveries are held. */
+    const paused = yield* SubscriptionRef.make(HashSet.empty<InstallationId>())
+    const held = yield* SubscriptionRef.make(HashSet.empty<GroupId>())
+
+    /** Waits while `blocked` holds for the set's current value; counts one delay if it waited. */
+    const waitUntilClear = <A>(set: SubscriptionRef.SubscriptionRef<HashSet.HashSet<A>>, item: A) =>
+      Effect.flatMap(SubscriptionRef.get(set), (now) =>
+        HashSet.has(now, item)
+          ? Ref.update(faultState, (s) => bump(s, "delayed")).pipe(
+            Effect.zipRight(set.changes.pipe(Stream.filter((s) => !HashSet.has(s, item)), Stream.runHead))
+          )
+          : Effect.void)
+
+    const takeDuplicate = Ref.modify(faultState, (s): readonly [boolean, FaultState] =>
+      s.duplicates > 0 ? [true, bump({ ...s, duplicates: s.duplicates - 1 }, "duplicated")] : [false, s])
+
+    const groupTopics = makeTopics<GroupId, GroupMessageEnvelope>(
+      (groupId, sequenceId, serverTimeNs, payload) => new GroupMessageEnvelope({ groupId, sequenceId, serverTimeNs, payload }),
+      { duplicateNext: takeDuplicate, gate: (groupId) => waitUntilClear(held, groupId) }
+    )
+    const welcomeTopics = makeTopics<InstallationId, WelcomeMessageEnvelope>(
+      (installationId, sequenceId, serverTimeNs, payload) =>
+        new WelcomeMessageEnvelope({ installationId, sequenceId, serverTimeNs, payload }),
+      { duplicateNext: takeDuplicate, gate: () => Effect.void }
+    )
+    yield* Effect.addFinalizer(() => Effect.zipRight(groupTopics.shutdown, welcomeTopics.shutdown))
 
     /** Decides one request's fate against the current partitions and pending faults. */
     const decide = (
@@ -420,7 +486,12 @@ export const make = (options: MemoryOptions): Effect.Effect<MemoryDelivery, neve
           return yield* open
         })
       )
-      const guarded = installation === undefined ? opened : opened.pipe(Stream.interruptWhen(partitionOf(installation)))
+      const guarded = installation === undefined
+        ? opened
+        : opened.pipe(
+          Stream.tap(() => waitUntilClear(paused, installation)),
+          Stream.interruptWhen(partitionOf(installation))
+        )
       return guarded.pipe(
         Stream.withSpan(`DeliveryService.${op}`, {
           attributes: installation === undefined ? {} : { "converge.installation": installation }
@@ -447,10 +518,20 @@ export const make = (options: MemoryOptions): Effect.Effect<MemoryDelivery, neve
       loseNextResponse: (n, op) => addRule("loseResponse", n, op),
       partition: (id) => SubscriptionRef.update(partitioned, HashSet.add(id)),
       heal: (id) => SubscriptionRef.update(partitioned, HashSet.remove(id)),
-      healAll: Effect.zipRight(
-        Ref.update(faultState, (s) => ({ ...s, rules: [] })),
-        SubscriptionRef.set(partitioned, HashSet.empty())
-      ),
+      duplicateNextDelivery: (n) =>
+        checkCount(n, "duplicateNextDelivery").pipe(
+          Effect.zipRight(Ref.update(faultState, (s) => ({ ...s, duplicates: s.duplicates + n })))
+        ),
+      pauseSubscriber: (id) => SubscriptionRef.update(paused, HashSet.add(id)),
+      resumeSubscriber: (id) => SubscriptionRef.update(paused, HashSet.remove(id)),
+      holdTopic: (groupId) => SubscriptionRef.update(held, HashSet.add(groupId)),
+      releaseTopic: (groupId) => SubscriptionRef.update(held, HashSet.remove(groupId)),
+      healAll: Effect.all([
+        Ref.update(faultState, (s) => ({ ...s, rules: [], duplicates: 0 })),
+        SubscriptionRef.set(partitioned, HashSet.empty()),
+        SubscriptionRef.set(paused, HashSet.empty()),
+        SubscriptionRef.set(held, HashSet.empty())
+      ], { discard: true }),
       stats: Effect.map(Ref.get(faultState), (s) => s.stats)
     }
 

@@ -515,6 +515,8 @@ export const make = (options: ClientOptions = {}) =>
       const joined = yield* welcomes.syncWelcomes
       const active = yield* storage.groups.list({ includeInactive: false })
       const news = yield* groupsWithNews(active)
+      // New or revoked devices of members become UpdateInstallations intents (pending below).
+      yield* Effect.forEach(active, (g) => publisher.checkInstallations(g.id), { discard: true })
       const pending = new Set((yield* storage.intents.byState(["ToPublish", "Published", "Committed"])).map((i) => i.group_id))
       let summary = SyncSummary.make({ ...SyncSummary.empty, joined: joined.joined.length, skipped: joined.skipped })
       for (const group of active) {

@@ -340,6 +340,6 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
     )
   }
 
-  return { publishPending, round, resolve }
+  return { publishPending, round, resolve, checkInstallations: (groupId: GroupId) => env.withGroupLock(groupId)(checkInstallations(groupId)) }
 }
 

@@ -1,0 +1,592 @@
+/**
+ * Converge benchmarks: `npm run bench` (`tsx bench/index.ts`).
+ *
+ * Prints figures and ratios only; there are no pass/fail thresholds. Every case warms up
+ * first, then reports median and p95 latency (ms) and throughput (ops/s = 1000 / mean) over
+ * its samples. Everything runs in one process: the in-memory delivery service of
+ * `TestNetwork`, SQLite files on local disk and real ts-mls.
+ *
+ * `BENCH_SCALE=0.3 npm run bench` shrinks every iteration count (a quick smoke run).
+ */
+import { Effect, Logger, LogLevel, Tracer } from "effect"
+import { randomBytes } from "node:crypto"
+import * as os from "node:os"
+import { sha256Hex, toHex } from "../src/domain/Bytes.ts"
+import { installationIdOf } from "../src/domain/IdentityLog.ts"
+import type { GroupId, InboxId } from "../src/domain/Ids.ts"
+import type { Conversation } from "../src/services/Client.ts"
+import { type KeyPackageBundle, type LeafIdentity, MlsCrypto, type MlsGroupState } from "../src/services/MlsCrypto.ts"
+import { type TestNetwork as Net, TestNetwork } from "../src/testing.ts"
+
+// ---- scale -------------------------------------------------------------------------------
+
+const SCALE = Math.max(0.05, Number(process.env["BENCH_SCALE"] ?? "1") || 1)
+/** An iteration count under `BENCH_SCALE`, never below `min`. */
+const n = (count: number, min = 2) => Math.max(min, Math.round(count * SCALE))
+
+// ---- statistics ----------------------------------------------------------------------------
+
+interface Stats {
+  readonly n: number
+  readonly median: number
+  readonly p95: number
+  readonly mean: number
+  readonly min: number
+  readonly max: number
+  /** 1000 / mean: sequential operations per second. */
+  readonly opsPerSec: number
+}
+
+const quantile = (sorted: ReadonlyArray<number>, q: number) => {
+  if (sorted.length === 0) return Number.NaN
+  const pos = (sorted.length - 1) * q
+  const lo = Math.floor(pos)
+  const hi = Math.ceil(pos)
+  return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (pos - lo)
+}
+
+const statsOf = (samples: ReadonlyArray<number>): Stats => {
+  const sorted = [...samples].sort((a, b) => a - b)
+  const mean = sorted.reduce((s, x) => s + x, 0) / Math.max(1, sorted.length)
+  return {
+    n: sorted.length,
+    median: quantile(sorted, 0.5),
+    p95: quantile(sorted, 0.95),
+    mean,
+    min: sorted[0] ?? Number.NaN,
+    max: sorted[sorted.length - 1] ?? Number.NaN,
+    opsPerSec: 1000 / mean
+  }
+}
+
+/** Runs `effect` and returns its duration in ms with its value. */
+const timed = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    const start = performance.now()
+    const value = yield* effect
+    return [performance.now() - start, value] as const
+  })
+
+/** `warmup` unrecorded runs, then `iterations` timed runs. */
+const sample = <A, E, R>(warmup: number, iterations: number, effect: Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < warmup; i++) yield* effect
+    const samples: Array<number> = []
+    for (let i = 0; i < iterations; i++) samples.push((yield* timed(effect))[0])
+    return statsOf(samples)
+  })
+
+// ---- output --------------------------------------------------------------------------------
+
+const fmt = (x: number, digits = 2) => {
+  if (!Number.isFinite(x)) return "-"
+  if (Math.abs(x) >= 10_000) return Math.round(x).toLocaleString("en-US")
+  if (Math.abs(x) >= 100) return x.toFixed(Math.min(digits, 1))
+  return x.toFixed(digits)
+}
+const ratio = (a: number, b: number) => `${fmt(a / b, a / b >= 100 ? 0 : 1)}x`
+
+const printTable = (title: string, headers: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>) => {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)))
+  const line = (cells: ReadonlyArray<string>) =>
+    cells.map((c, i) => (i === 0 || i === cells.length - 1 && headers[i] === "notes" ? c.padEnd(widths[i]!) : c.padStart(widths[i]!)))
+      .join("  ").trimEnd()
+  console.log(`\n${title}`)
+  console.log(line(headers))
+  console.log(widths.map((w) => "-".repeat(w)).join("  "))
+  for (const row of rows) console.log(line(row))
+}
+
+const STAT_HEADERS = ["case", "n", "median ms", "p95 ms", "ops/s", "notes"] as const
+const statRow = (label: string, s: Stats, notes = ""): Array<string> => [
+  label,
+  String(s.n),
+  fmt(s.median, 3),
+  fmt(s.p95, 3),
+  fmt(s.opsPerSec, 1),
+  notes
+]
+
+// ---- span profiler -------------------------------------------------------------------------
+
+interface SpanTotals {
+  count: number
+  ms: number
+}
+
+/**
+ * A tracer that delegates to the current one and sums, per span name, how often a span
+ * ended and its inclusive duration. Used for separate, untimed "where does the time go"
+ * passes: every Storage statement, delivery-service call and MlsCrypto call has a span.
+ */
+const withProfile = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    const native = yield* Effect.tracer
+    const totals = new Map<string, SpanTotals>()
+    const tracer = Tracer.make({
+      span: (name, parent, context, links, startTime, kind, options) => {
+        const span = native.span(name, parent, context, links, startTime, kind, options)
+        const end = span.end.bind(span)
+        span.end = (endTime, exit) => {
+          const t = totals.get(name) ?? { count: 0, ms: 0 }
+          t.count++
+          t.ms += Number(endTime - startTime) / 1e6
+          totals.set(name, t)
+          end(endTime, exit)
+        }
+        return span
+      },
+      context: (f, fiber) => native.context(f, fiber)
+    })
+    const value = yield* Effect.withTracer(effect, tracer)
+    return { value, totals }
+  })
+
+const group = (totals: Map<string, SpanTotals>, prefix: string): SpanTotals => {
+  const out = { count: 0, ms: 0 }
+  for (const [name, t] of totals) {
+    if (name.startsWith(prefix)) {
+      out.count += t.count
+      out.ms += t.ms
+    }
+  }
+  return out
+}
+
+// ---- MLS fixtures (as in test/MlsCrypto.test.ts) --------------------------------------------
+
+type Crypto = MlsCrypto["Type"]
+
+interface Member {
+  readonly identity: LeafIdentity
+  readonly keyPackage: KeyPackageBundle
+  state: MlsGroupState
+}
+
+const newInstallation = (crypto: Crypto) =>
+  Effect.gen(function*() {
+    const keys = yield* crypto.generateSignatureKeyPair
+    const identity = { inboxId: sha256Hex(randomBytes(32)) as InboxId, installationId: installationIdOf(keys.publicKey) }
+    return { identity, keyPackage: yield* crypto.generateKeyPackage(identity, keys) }
+  })
+
+/** The first installation creates the group and adds the others in one commit. */
+const setUpGroup = (crypto: Crypto, size: number) =>
+  Effect.gen(function*() {
+    const installations = yield* Effect.forEach(Array.from({ length: size }), () => newInstallation(crypto))
+    const [creator, ...others] = installations as [(typeof installations)[number], ...typeof installations]
+    const groupId = toHex(randomBytes(16)) as GroupId
+    const first: Member = { ...creator, state: yield* crypto.createGroup(groupId, creator.keyPackage) }
+    const { staged, welcome } = yield* crypto.createCommit(first.state, { add: others.map((o) => o.keyPackage.publicPackage) })
+    first.state = staged
+    const joined = yield* Effect.forEach(others, (o) =>
+      crypto.joinFromWelcome(welcome!, [o.keyPackage]).pipe(Effect.map((state): Member => ({ ...o, state }))))
+    return [first, ...joined] as const
+  })
+
+// ---- engine fixtures -----------------------------------------------------------------------
+
+/** Queues `count` messages and publishes them with one `publishPending`. */
+const publishBatch = (conversation: Conversation, count: number, tag: string) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < count; i++) yield* conversation.sendOptimistic(`${tag} ${i} ${"x".repeat(60)}`)
+    yield* conversation.publishPending
+  })
+
+/** A fixed 100-byte text (after the engine's JSON framing it is a little larger). */
+const TEXT_100 = "m".repeat(100)
+
+// ---- results shared with the summary -------------------------------------------------------
+
+const summary: Record<string, number> = {}
+
+// ---- 1. MlsCrypto raw ----------------------------------------------------------------------
+
+const benchCrypto = Effect.gen(function*() {
+  const crypto = yield* MlsCrypto
+  const members = yield* setUpGroup(crypto, 10)
+  const [alice, bob] = members as unknown as [Member, Member]
+  const plaintext = randomBytes(100)
+
+  // Encrypt then process, each timed on its own; states advance as in real use.
+  const encryptSamples: Array<number> = []
+  const processSamples: Array<number> = []
+  const roundTrip = (record: boolean) =>
+    Effect.gen(function*() {
+      const [te, sent] = yield* timed(crypto.encrypt(alice.state, plaintext))
+      alice.state = sent.state
+      const [tp, processed] = yield* timed(crypto.process(bob.state, sent.message))
+      bob.state = processed.state
+      if (record) {
+        encryptSamples.push(te)
+        processSamples.push(tp)
+      }
+      return sent.message.length
+    })
+  for (let i = 0; i < n(30); i++) yield* roundTrip(false)
+  let messageBytes = 0
+  for (let i = 0; i < n(300); i++) messageBytes = yield* roundTrip(true)
+
+  // Self-update commits by alice, processed by bob (the other members fall behind; unused).
+  const commitSamples: Array<number> = []
+  const commitProcessSamples: Array<number> = []
+  const commitRound = (record: boolean) =>
+    Effect.gen(function*() {
+      const [tc, result] = yield* timed(crypto.createCommit(alice.state, {}))
+      alice.state = result.staged
+      const [tp, processed] = yield* timed(crypto.process(bob.state, result.commit))
+      bob.state = processed.state
+      if (record) {
+        commitSamples.push(tc)
+        commitProcessSamples.push(tp)
+      }
+      return result.commit.length
+    })
+  for (let i = 0; i < n(3); i++) yield* commitRound(false)
+  let commitBytes = 0
+  for (let i = 0; i < n(25); i++) commitBytes = yield* commitRound(true)
+
+  // What the engine does to a state around every publish and every page it reads.
+  const serialized = crypto.serialize(alice.state)
+  const serialize = yield* sample(n(20), n(200), Effect.sync(() => crypto.serialize(alice.state)))
+  const deserialize = yield* sample(n(20), n(200), crypto.deserialize(serialized))
+
+  // Does the state grow with the number of messages sent in one epoch?
+  const sizeBefore = crypto.serialize(alice.state).length
+  const extra = n(500, 50)
+  for (let i = 0; i < extra; i++) {
+    const sent = yield* crypto.encrypt(alice.state, plaintext)
+    alice.state = sent.state
+    bob.state = (yield* crypto.process(bob.state, sent.message)).state
+  }
+  const sizeAfter = crypto.serialize(alice.state).length
+  const bobSize = crypto.serialize(bob.state).length
+  const serializeAfter = yield* sample(n(5), n(50), Effect.sync(() => crypto.serialize(alice.state)))
+
+  const enc = statsOf(encryptSamples)
+  const proc = statsOf(processSamples)
+  const commit = statsOf(commitSamples)
+  const commitProc = statsOf(commitProcessSamples)
+  printTable("1. MlsCrypto raw (ts-mls, 10-member group, 100-byte plaintext)", STAT_HEADERS, [
+    statRow("encrypt application message", enc, `${messageBytes} B on the wire`),
+    statRow("process application message", proc, "receiver side (bob)"),
+    statRow("createCommit (self-update)", commit, `${commitBytes} B commit with UpdatePath`),
+    statRow("process self-update commit", commitProc, "receiver side (bob)"),
+    statRow("serialize group state", serialize, `${serialized.length} B state`),
+    statRow("deserialize group state", deserialize, `${serialized.length} B state`),
+    statRow(`serialize after +${extra} messages`, serializeAfter, `${sizeBefore} -> ${sizeAfter} B (sender), ${bobSize} B (receiver)`)
+  ])
+  summary["rawEncrypt"] = enc.median
+  summary["rawProcess"] = proc.median
+  summary["rawCommit"] = commit.median
+  summary["rawCommitProcess"] = commitProc.median
+  summary["serialize"] = serialize.median
+  summary["deserialize"] = deserialize.median
+}).pipe(Effect.provide(MlsCrypto.layer()))
+
+// ---- 2. Engine send --------------------------------------------------------------------------
+
+const benchSend = Effect.scoped(Effect.gen(function*() {
+  const net = yield* TestNetwork.make
+  const [alice, bob, carol] = yield* Effect.all([net.client("alice"), net.client("bob"), net.client("carol")])
+  const conversation = yield* alice.createGroup([bob.inboxId, carol.inboxId])
+  yield* Effect.all([bob.syncAll, carol.syncAll])
+
+  const send = yield* sample(n(15), n(120), conversation.send(TEXT_100))
+
+  // sendOptimistic x batch, then one publishPending.
+  const batch = n(50, 10)
+  const queueSamples: Array<number> = []
+  const publishSamples: Array<number> = []
+  const runBatch = (record: boolean) =>
+    Effect.gen(function*() {
+      const [tq] = yield* timed(Effect.forEach(Array.from({ length: batch }), () => conversation.sendOptimistic(TEXT_100), { discard: true }))
+      const [tp] = yield* timed(conversation.publishPending)
+      if (record) {
+        queueSamples.push(tq / batch)
+        publishSamples.push(tp / batch)
+      }
+    })
+  yield* runBatch(false)
+  const batches = n(6, 3)
+  for (let i = 0; i < batches; i++) yield* runBatch(true)
+  const queue = statsOf(queueSamples)
+  const publish = statsOf(publishSamples)
+  const perMessage = statsOf(queueSamples.map((q, i) => q + publishSamples[i]!))
+
+  // Profile: what one `send` and one batch cost in statements, calls and crypto.
+  const profiledSends = n(20, 5)
+  const sendProfile = yield* withProfile(
+    Effect.forEach(Array.from({ length: profiledSends }), () => conversation.send(TEXT_100), { discard: true })
+  )
+  const batchProfile = yield* withProfile(runBatch(false))
+
+  printTable("2. Engine send (3-member group, alice sends, 100-byte text)", STAT_HEADERS, [
+    statRow("send (queue + publish + confirm via sync)", send, "one message end to end"),
+    statRow(`sendOptimistic, per message (batch ${batch})`, queue, "stores unpublished + queues intent"),
+    statRow(`publishPending, per message (batch ${batch})`, publish, "encrypt + publish + confirm"),
+    statRow("optimistic batch, per message total", perMessage, `${fmt(1000 / perMessage.mean, 0)} msgs/s`)
+  ])
+
+  const perOp = (totals: Map<string, SpanTotals>, ops: number) => {
+    const row = (label: string, t: SpanTotals) => [label, fmt(t.count / ops, 1), fmt(t.ms / ops, 3)]
+    const names = (prefix: string) =>
+      [...totals.entries()].filter(([k]) => k.startsWith(prefix)).sort((a, b) => b[1].count - a[1].count)
+        .map(([k, t]) => `${k.slice(prefix.length)} ${fmt(t.count / ops, 1)}`).join(", ")
+    return {
+      rows: [
+        row("Storage statements (all)", group(totals, "Storage.")),
+        row("delivery-service calls (all)", group(totals, "DeliveryService.")),
+        row("MlsCrypto.encrypt", totals.get("MlsCrypto.encrypt") ?? { count: 0, ms: 0 }),
+        row("MlsCrypto.deserialize", totals.get("MlsCrypto.deserialize") ?? { count: 0, ms: 0 }),
+        row("MlsCrypto.inspect", totals.get("MlsCrypto.inspect") ?? { count: 0, ms: 0 })
+      ],
+      storage: names("Storage."),
+      ds: names("DeliveryService.")
+    }
+  }
+  const sendOps = perOp(sendProfile.totals, profiledSends)
+  const batchOps = perOp(batchProfile.totals, batch)
+  printTable(
+    "2b. Engine send, per message (instrumented pass; ms are inclusive span times)",
+    ["span group", "send: calls", "send: ms", "batched: calls", "batched: ms"],
+    sendOps.rows.map((r, i) => [...r, ...batchOps.rows[i]!.slice(1)])
+  )
+  console.log(`   send, Storage per message:  ${sendOps.storage}`)
+  console.log(`   send, DS per message:       ${sendOps.ds}`)
+  console.log(`   batch, Storage per message: ${batchOps.storage}`)
+
+  summary["send"] = send.median
+  summary["sendOpsPerSec"] = send.opsPerSec
+  summary["batchPerMessage"] = perMessage.median
+  summary["batchMsgsPerSec"] = 1000 / perMessage.mean
+  summary["sendStatements"] = group(sendProfile.totals, "Storage.").count / profiledSends
+}))
+
+// ---- 3. Receive catch-up -----------------------------------------------------------------------
+
+const CATCH_UP = 500
+
+const catchUp = (pageSize: number) =>
+  Effect.scoped(Effect.gen(function*() {
+    const net = yield* TestNetwork.makeWith({ clientDefaults: { pageSize } })
+    const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+    const conversation = yield* alice.createGroup([bob.inboxId])
+    yield* bob.syncAll
+    // Warm-up: a short catch-up.
+    yield* publishBatch(conversation, 50, "warm")
+    yield* bob.syncAll
+
+    const count = n(CATCH_UP, 50)
+    const runs = n(3, 2)
+    const totals: Array<number> = []
+    const publishes: Array<number> = []
+    let received = 0
+    for (let r = 0; r < runs; r++) {
+      const [tp] = yield* timed(publishBatch(conversation, count, `run ${r}`))
+      publishes.push(tp)
+      const [t, result] = yield* timed(bob.syncAll)
+      totals.push(t)
+      received = result.messages
+    }
+    if (received !== count) console.log(`   (warning: bob received ${received}, expected ${count})`)
+    // One more, instrumented, to count work per message.
+    yield* publishBatch(conversation, count, "profile")
+    const profile = yield* withProfile(bob.syncAll)
+    return { pageSize, count, total: statsOf(totals), publish: statsOf(publishes), totals: profile.totals, runs: totals }
+  }))
+
+const benchReceive = Effect.gen(function*() {
+  const results = [yield* catchUp(100), yield* catchUp(20)]
+  printTable(
+    `3. Receive: bob syncAll catching up on ${results[0]!.count} messages from alice (1:1 group)`,
+    ["case", "runs", "median ms", "p95 ms", "msgs/s", "ms/msg", "queries", "notes"],
+    results.map((r) => {
+      const q = group(r.totals, "DeliveryService.queryGroupMessages").count
+      return [
+        `catch-up, pageSize ${r.pageSize}`,
+        String(r.total.n),
+        fmt(r.total.median, 1),
+        fmt(r.total.p95, 1),
+        fmt(r.count / (r.total.median / 1000), 0),
+        fmt(r.total.median / r.count, 3),
+        String(q),
+        `runs: ${r.runs.map((x) => fmt(x, 0)).join(", ")} ms`
+      ]
+    })
+  )
+  const r100 = results[0]!
+  const st = (name: string) => r100.totals.get(name) ?? { count: 0, ms: 0 }
+  const per = (t: SpanTotals) => `${fmt(t.count / r100.count, 2)} calls, ${fmt(t.ms / r100.count, 3)} ms`
+  console.log(`   per received message (pageSize 100, instrumented): MlsCrypto.process ${per(st("MlsCrypto.process"))}; ` +
+    `MlsCrypto.inspect ${per(st("MlsCrypto.inspect"))}; Storage ${per(group(r100.totals, "Storage."))}`)
+  console.log(`   of which intents.byPayloadHash ${per(st("Storage.intents.byPayloadHash"))}, messages.insert ${per(st("Storage.messages.insert"))}, groups.touch ${per(st("Storage.groups.touch"))}`)
+  for (const r of results) {
+    console.log(`   alice publishPending of ${r.count} (pageSize ${r.pageSize}): median ${fmt(r.publish.median, 0)} ms ` +
+      `= ${fmt(r.publish.median / r.count, 3)} ms/msg`)
+  }
+  summary["receivePerMsg100"] = r100.total.median / r100.count
+  summary["receivePerMsg20"] = results[1]!.total.median / results[1]!.count
+  summary["receiveMsgsPerSec"] = r100.count / (r100.total.median / 1000)
+})
+
+// ---- 4. Membership -------------------------------------------------------------------------
+
+const benchMembership = Effect.scoped(Effect.gen(function*() {
+  const net = yield* TestNetwork.make
+  const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+  let fresh = 0
+  const newClients = (count: number) =>
+    Effect.forEach(Array.from({ length: count }), () => net.client(`joiner-${fresh++}`))
+
+  const [clientCreate] = yield* timed(newClients(1))
+  void clientCreate
+
+  /** A fresh alice+bob group; then `size` new inboxes added in one commit. */
+  const addRound = (size: number) =>
+    Effect.gen(function*() {
+      const joiners = yield* newClients(size)
+      const conversation = yield* alice.createGroup([bob.inboxId])
+      const [tAdd] = yield* timed(conversation.addMembers(joiners.map((j) => j.inboxId)))
+      const joins: Array<number> = []
+      for (const joiner of joiners) {
+        const [tJoin, result] = yield* timed(joiner.syncAll)
+        if (result.joined !== 1) console.log(`   (warning: ${joiner.name} joined ${result.joined})`)
+        joins.push(tJoin)
+      }
+      return { tAdd, joins }
+    })
+
+  const collect = (size: number, warmup: number, iterations: number) =>
+    Effect.gen(function*() {
+      for (let i = 0; i < warmup; i++) yield* addRound(size)
+      const adds: Array<number> = []
+      const joins: Array<number> = []
+      for (let i = 0; i < iterations; i++) {
+        const r = yield* addRound(size)
+        adds.push(r.tAdd)
+        joins.push(...r.joins)
+      }
+      return { add: statsOf(adds), join: statsOf(joins) }
+    })
+
+  const one = yield* collect(1, n(2, 1), n(10, 3))
+  const ten = yield* collect(10, 1, n(4, 2))
+
+  // A new client (SQLite file, migrations, identity registration, key package upload).
+  const create = yield* sample(0, n(8, 3), newClients(1))
+
+  printTable("4. Membership (alice adds to a fresh alice+bob group; one commit each)", STAT_HEADERS, [
+    statRow("addMembers, 1 inbox", one.add, "commit + welcome, confirmed via sync"),
+    statRow("addMembers, 10 inboxes", ten.add, `${fmt(ten.add.median / 10, 1)} ms per added inbox`),
+    statRow("joiner syncAll (welcome join), group of 3", one.join, "joins from the welcome"),
+    statRow("joiner syncAll (welcome join), group of 12", ten.join, "each of the 10 joiners"),
+    statRow("new client (for scale)", create, "open db, register identity, upload KP")
+  ])
+  summary["add1"] = one.add.median
+  summary["add10"] = ten.add.median
+  summary["join3"] = one.join.median
+  summary["join12"] = ten.join.median
+}))
+
+// ---- 5. syncAll across many groups -----------------------------------------------------------
+
+const GROUPS = 50
+
+const benchManyGroups = Effect.scoped(Effect.gen(function*() {
+  const net: Net = yield* TestNetwork.make
+  const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+  const conversations: Array<Conversation> = []
+  for (let i = 0; i < GROUPS; i++) conversations.push(yield* alice.createGroup([bob.inboxId]))
+  const [tJoinAll, joined] = yield* timed(bob.syncAll)
+  if (joined.joined !== GROUPS) console.log(`   (warning: bob joined ${joined.joined} of ${GROUPS})`)
+  // Warm bob's handles: one message everywhere, read once.
+  for (const c of conversations) yield* c.send("hello")
+  yield* bob.syncAll
+
+  /** `withNews` groups get one message each (untimed), then bob's syncAll is timed. */
+  const round = (withNews: number) =>
+    Effect.gen(function*() {
+      for (let i = 0; i < withNews; i++) yield* conversations[(i * 7) % GROUPS]!.send(TEXT_100)
+      const [t, result] = yield* timed(bob.syncAll)
+      if (result.messages !== withNews) console.log(`   (warning: ${result.messages} messages, expected ${withNews})`)
+      return t
+    })
+  const collect = (withNews: number, warmup: number, iterations: number) =>
+    Effect.gen(function*() {
+      for (let i = 0; i < warmup; i++) yield* round(withNews)
+      const samples: Array<number> = []
+      for (let i = 0; i < iterations; i++) samples.push(yield* round(withNews))
+      return statsOf(samples)
+    })
+  const idle = yield* collect(0, n(5), n(30, 5))
+  const two = yield* collect(2, n(3), n(20, 5))
+  const all = yield* collect(GROUPS, 1, n(5, 3))
+
+  const calls = (withNews: number) =>
+    Effect.gen(function*() {
+      for (let i = 0; i < withNews; i++) yield* conversations[(i * 7) % GROUPS]!.send(TEXT_100)
+      const { totals } = yield* withProfile(bob.syncAll)
+      const count = (name: string) => totals.get(`DeliveryService.${name}`)?.count ?? 0
+      return `${count("batchQueryGroupMessages")} batch + ${count("queryGroupMessages")} single queries, ` +
+        `${group(totals, "Storage.").count} statements`
+    })
+  const idleCalls = yield* calls(0)
+  const twoCalls = yield* calls(2)
+  const allCalls = yield* calls(GROUPS)
+
+  printTable(`5. syncAll over ${GROUPS} groups (bob is in all of them; alice posts)`, STAT_HEADERS, [
+    statRow(`no news (0 of ${GROUPS})`, idle, idleCalls),
+    statRow(`news in 2 of ${GROUPS}`, two, twoCalls),
+    statRow(`news in ${GROUPS} of ${GROUPS}`, all, allCalls)
+  ])
+  const perGroupAll = (all.median - idle.median) / GROUPS
+  const perGroupTwo = (two.median - idle.median) / 2
+  console.log(`   per group with news: ${fmt(perGroupTwo, 2)} ms (2 of ${GROUPS}) vs ${fmt(perGroupAll, 2)} ms (${GROUPS} of ${GROUPS}); ` +
+    `a group without news costs ~${fmt(idle.median / GROUPS, 3)} ms`)
+  console.log(`   (setup: bob's first syncAll joined ${joined.joined} groups from welcomes in ${fmt(tJoinAll, 0)} ms)`)
+  summary["idle50"] = idle.median
+  summary["two50"] = two.median
+  summary["all50"] = all.median
+}))
+
+// ---- main ------------------------------------------------------------------------------------
+
+const section = <A, E, R>(name: string, effect: Effect.Effect<A, E, R>) =>
+  timed(effect).pipe(Effect.tap(([ms]) => Effect.sync(() => console.log(`   [${name}: ${fmt(ms / 1000, 1)} s]`))))
+
+const main = Effect.gen(function*() {
+  console.log(`Converge benchmarks — node ${process.version}, ${os.cpus().length} CPU(s) ${os.cpus()[0]?.model ?? ""}, scale ${SCALE}`)
+  console.log("ms = milliseconds per operation; ops/s = 1000 / mean; p95 interpolated")
+  const [total] = yield* timed(Effect.gen(function*() {
+    yield* section("MlsCrypto raw", benchCrypto)
+    yield* section("engine send", benchSend)
+    yield* section("receive", benchReceive)
+    yield* section("membership", benchMembership)
+    yield* section("many groups", benchManyGroups)
+  }))
+
+  const s = summary
+  const line = [
+    `engine send / raw encrypt = ${ratio(s["send"]!, s["rawEncrypt"]!)}`,
+    `engine send / raw (encrypt + process) = ${ratio(s["send"]!, s["rawEncrypt"]! + s["rawProcess"]!)}`,
+    `optimistic batch vs send throughput = ${ratio(s["batchMsgsPerSec"]!, s["sendOpsPerSec"]!)}`,
+    `receive per msg / raw process = ${ratio(s["receivePerMsg100"]!, s["rawProcess"]!)}`,
+    `catch-up pageSize 20 / 100 = ${ratio(s["receivePerMsg20"]!, s["receivePerMsg100"]!)}`,
+    `addMembers 10 / 1 = ${ratio(s["add10"]!, s["add1"]!)}`,
+    `joiner syncAll 12 / 3 members = ${ratio(s["join12"]!, s["join3"]!)}`,
+    `syncAll 50-of-50 / 2-of-50 news = ${ratio(s["all50"]!, s["two50"]!)}`,
+    `syncAll 2-of-50 / no news = ${ratio(s["two50"]!, s["idle50"]!)}`
+  ]
+  console.log("\nSummary")
+  console.log(`  send ${fmt(s["send"]!, 2)} ms (${fmt(s["sendOpsPerSec"]!, 0)} msgs/s, ~${fmt(s["sendStatements"]!, 0)} SQL statements each); ` +
+    `optimistic batch ${fmt(s["batchMsgsPerSec"]!, 0)} msgs/s; receive ${fmt(s["receiveMsgsPerSec"]!, 0)} msgs/s; ` +
+    `raw encrypt ${fmt(s["rawEncrypt"]!, 3)} ms, process ${fmt(s["rawProcess"]!, 3)} ms`)
+  console.log(`  ${line.join("; ")}`)
+  console.log(`  total ${fmt(total / 1000, 1)} s`)
+})
+
+Effect.runPromise(main.pipe(Logger.withMinimumLogLevel(LogLevel.Error))).catch((error: unknown) => {
+  console.error("benchmark failed:", error)
+  process.exitCode = 1
+})
