@@ -1,0 +1,161 @@
+/**
+ * Leaving (libxmtp #441: leaving is per inbox, not per device) and inboxes whose
+ * installations come and go.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Either, Option } from "effect"
+import * as IdentityLog from "../src/domain/IdentityLog.ts"
+import type { ConversationId } from "../src/domain/Ids.ts"
+import type { Conversation } from "../src/services/Client.ts"
+import { type TestClient, TestNetwork } from "../src/testing.ts"
+
+const fast = { installationCheckInterval: "0 millis" } as const
+const open = (client: TestClient, id: ConversationId) => client.conversation(id)
+const memberInboxes = (c: Conversation) => c.members.pipe(Effect.map((ms) => ms.map((m) => m.inboxId).sort()))
+const texts = (c: Conversation) =>
+  c.messages().pipe(Effect.map((ms) => ms.filter((m) => m.kind === "text").map((m) => m.text)))
+
+describe("Leaving a group", () => {
+  it.scoped("leaving removes every installation of the inbox", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const alice = yield* net.client("alice", fast)
+      const alice2 = yield* net.client("alice2", { ...fast, sameInboxAs: alice })
+      const [bob, carol] = yield* Effect.all([net.client("bob", fast), net.client("carol", fast)])
+      const group = yield* bob.createGroup([alice.inboxId, carol.inboxId])
+      yield* Effect.all([alice.syncAll, alice2.syncAll, carol.syncAll])
+      expect((yield* group.members).find((m) => m.inboxId === alice.inboxId)?.installationIds.length).toBe(2)
+
+      const atAlice = yield* open(alice, group.id)
+      yield* atAlice.leave
+      expect(yield* atAlice.state).toBe("pendingRemove")
+      yield* alice2.syncAll
+      expect(yield* (yield* open(alice2, group.id)).state).toBe("pendingRemove")
+
+      yield* bob.syncAll // bob sees the request and commits the removal of both devices
+      yield* Effect.all([alice.syncAll, alice2.syncAll, carol.syncAll])
+      expect(yield* atAlice.state).toBe("inactive")
+      expect(yield* (yield* open(alice2, group.id)).state).toBe("inactive")
+      expect(yield* memberInboxes(group)).toEqual([bob.inboxId, carol.inboxId].sort())
+      expect(yield* memberInboxes(yield* open(carol, group.id))).toEqual([bob.inboxId, carol.inboxId].sort())
+      yield* group.send("after alice left")
+      yield* Effect.all([alice.syncAll, alice2.syncAll])
+      expect(yield* texts(atAlice)).not.toContain("after alice left")
+      expect(yield* texts(yield* open(alice2, group.id))).not.toContain("after alice left")
+    }))
+
+  it.scoped("three members commit the removal at once: one wins, the others resolve as no-ops", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol, dave] = yield* Effect.all(["alice", "bob", "carol", "dave"].map((n) => net.client(n, fast)))
+      const group = yield* alice!.createGroup([bob!.inboxId, carol!.inboxId, dave!.inboxId])
+      yield* Effect.all([bob!.syncAll, carol!.syncAll, dave!.syncAll])
+      yield* (yield* open(dave!, group.id)).leave
+
+      yield* Effect.all([alice!.syncAll, bob!.syncAll, carol!.syncAll], { concurrency: "unbounded" })
+      yield* Effect.all([alice!.syncAll, bob!.syncAll, carol!.syncAll, dave!.syncAll])
+
+      const remaining = [alice!, bob!, carol!]
+      const infos = yield* Effect.forEach(remaining, (c) => open(c, group.id).pipe(Effect.flatMap((g) => g.debugInfo)))
+      expect(new Set(infos.map((i) => `${i.epoch}:${i.epochAuthenticator}`)).size).toBe(1)
+      for (const client of remaining) {
+        const conversation = yield* open(client, group.id)
+        expect(yield* memberInboxes(conversation)).toEqual([alice!.inboxId, bob!.inboxId, carol!.inboxId].sort())
+        const removals = (yield* conversation.messages()).filter((m) => m.kind === "membershipChange" && m.text.includes(`"removedInboxes":["${dave!.inboxId}"]`))
+        expect(removals.length).toBe(1)
+      }
+      expect(yield* (yield* open(dave!, group.id)).state).toBe("inactive")
+    }))
+
+  it.scoped("leaving while offline is published on the next sync", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice", fast), net.client("bob", fast)])
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* bob.syncAll
+      const atBob = yield* open(bob, group.id)
+      yield* net.faults.partition(bob.installationId)
+      expect((yield* atBob.leave.pipe(Effect.flip))._tag).toBe("DeliveryError")
+      expect(yield* atBob.state).toBe("pendingRemove")
+      yield* net.faults.heal(bob.installationId)
+
+      yield* bob.syncAll
+      yield* alice.syncAll
+      yield* bob.syncAll
+      expect(yield* atBob.state).toBe("inactive")
+      expect(yield* memberInboxes(group)).toEqual([alice.inboxId])
+    }))
+
+  it.scoped("leaving a DM or a group you are not in is a typed error; a re-added member is active again", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol] = yield* Effect.all([net.client("alice", fast), net.client("bob", fast), net.client("carol", fast)])
+      const group = yield* alice.createGroup([bob.inboxId, carol.inboxId])
+      yield* Effect.all([bob.syncAll, carol.syncAll])
+      yield* group.removeMembers([bob.inboxId])
+      yield* bob.syncAll
+      const atBob = yield* open(bob, group.id)
+      expect((yield* atBob.leave.pipe(Effect.flip))._tag).toBe("NotAMember")
+      expect((yield* (yield* bob.findOrCreateDm(alice.inboxId)).leave.pipe(Effect.flip))._tag).toBe("InvalidInput")
+
+      yield* group.send("while bob was out")
+      yield* group.addMembers([bob.inboxId])
+      yield* group.send("welcome back")
+      yield* bob.syncAll
+      expect(yield* atBob.state).toBe("active")
+      expect(yield* texts(atBob)).toEqual(["welcome back"])
+      yield* atBob.send("glad to be back")
+      yield* Effect.all([alice.syncAll, carol.syncAll])
+      expect((yield* texts(yield* open(carol, group.id))).slice(-1)).toEqual(["glad to be back"])
+    }))
+})
+
+describe("Inboxes with several installations", () => {
+  it.scoped("a device registered after the group exists is added by whoever syncs first and sees both devices' messages", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice", fast), net.client("bob", fast)])
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* bob.syncAll
+      const bob2 = yield* net.client("bob2", { ...fast, sameInboxAs: bob })
+      // Alice keeps sending meanwhile; her next sync adds the new device.
+      yield* group.send("before the new device")
+      yield* alice.syncAll
+      yield* bob2.syncAll
+      const atBob2 = yield* open(bob2, group.id)
+      expect((yield* group.members).find((m) => m.inboxId === bob.inboxId)?.installationIds).toEqual(
+        [bob.installationId, bob2.installationId].sort()
+      )
+      yield* (yield* open(bob, group.id)).send("from bob's phone")
+      yield* group.send("from alice")
+      yield* bob2.syncAll
+      expect(yield* texts(atBob2)).toEqual(["from bob's phone", "from alice"])
+      yield* atBob2.send("from bob's laptop")
+      yield* bob.syncAll
+      expect((yield* texts(yield* open(bob, group.id))).slice(-1)).toEqual(["from bob's laptop"])
+      expect((yield* bob2.conversations()).map((c) => c.id)).toEqual([group.id])
+    }))
+
+  it.scoped("a revoked device is removed and cannot read later messages", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice", fast), net.client("bob", fast)])
+      const bob2 = yield* net.client("bob2", { ...fast, sameInboxAs: bob })
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* Effect.all([bob.syncAll, bob2.syncAll])
+      expect(yield* (yield* open(bob2, group.id)).state).toBe("active")
+
+      const [log] = yield* net.delivery.getIdentityUpdates([{ inboxId: bob.inboxId, afterSequence: 0 }])
+      const state = Option.getOrThrow(Either.getOrThrow(IdentityLog.replay(log!.updates.map((u) => u.update))))
+      yield* net.delivery.publishIdentityUpdate(
+        IdentityLog.signUpdate(bob.rootSecretKey!, bob.inboxId, state, { _tag: "RevokeInstallation", installationId: bob2.installationId })
+      )
+      yield* alice.syncAll
+      yield* group.send("not for the stolen laptop")
+      yield* Effect.all([bob.syncAll, bob2.syncAll])
+      expect(yield* (yield* open(bob2, group.id)).state).toBe("inactive")
+      expect(yield* texts(yield* open(bob2, group.id))).not.toContain("not for the stolen laptop")
+      expect(yield* texts(yield* open(bob, group.id))).toContain("not for the stolen laptop")
+      expect((yield* group.members).find((m) => m.inboxId === bob.inboxId)?.installationIds).toEqual([bob.installationId])
+    }))
+})
