@@ -5,6 +5,8 @@
 export * from "./domain/Errors.ts"
 export * from "./domain/Ids.ts"
 export { Member, Message, SyncSummary } from "./domain/Model.ts"
+/** The JSON in `Message.text` of a `membershipChange` message. */
+export { MembershipChange, MembershipChangeJson } from "./domain/Content.ts"
 export type { MembershipState } from "./domain/Rows.ts"
 export {
   Client,

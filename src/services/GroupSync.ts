@@ -53,6 +53,36 @@ export const make = (env: EngineEnv) => {
 
   const conversationOf = (group: GroupRow): ConversationId => group.dm_id ?? (group.id as unknown as ConversationId)
 
+  /** The transcript entry of a commit: the same id and text on every member. */
+  const changeRow = (
+    group: GroupRow,
+    change: { readonly epoch: bigint; readonly added: ReadonlyArray<string>; readonly removed: ReadonlyArray<string> },
+    committer: LeafMember,
+    envelope: GroupMessageEnvelope,
+    now: bigint
+  ) =>
+    MessageRow.make({
+      id: membershipChangeIdOf(group.id, change.epoch),
+      group_id: group.id,
+      conversation_id: conversationOf(group),
+      sender_inbox_id: committer.inboxId,
+      sender_installation_id: committer.installationId,
+      sent_at_ns: envelope.serverTimeNs,
+      sequence_id: envelope.sequenceId,
+      kind: "membershipChange",
+      content: Schema.encodeSync(MembershipChangeJson)(
+        MembershipChange.make({
+          epoch: change.epoch,
+          addedInboxes: change.added,
+          removedInboxes: change.removed,
+          committedBy: committer.inboxId
+        })
+      ),
+      delivery_status: "published",
+      inserted_at_ns: now
+    })
+
+  /** The inboxes a commit added and removed, if any. */
   const membershipChangeRow = (
     group: GroupRow,
     before: GroupView,
@@ -66,56 +96,12 @@ export const make = (env: EngineEnv) => {
     const added = [...is].filter((i) => !was.has(i)).sort()
     const removed = [...was].filter((i) => !is.has(i)).sort()
     if (added.length === 0 && removed.length === 0) return undefined
-    return MessageRow.make({
-      id: membershipChangeIdOf(group.id, after.epoch),
-      group_id: group.id,
-      conversation_id: conversationOf(group),
-      sender_inbox_id: committer.inboxId,
-      sender_installation_id: committer.installationId,
-      sent_at_ns: envelope.serverTimeNs,
-      sequence_id: envelope.sequenceId,
-      kind: "membershipChange",
-      content: Schema.encodeSync(MembershipChangeJson)(
-        MembershipChange.make({
-          epoch: after.epoch,
-          addedInboxes: added,
-          removedInboxes: removed,
-          committedBy: committer.inboxId
-        })
-      ),
-      delivery_status: "published",
-      inserted_at_ns: now
-    })
+    return changeRow(group, { epoch: after.epoch, added, removed }, committer, envelope, now)
   }
 
-  /** This installation's record of its own removal: the same text as the others' record. */
-  const removedRow = (
-    group: GroupRow,
-    epoch: bigint,
-    committer: LeafMember,
-    envelope: GroupMessageEnvelope,
-    now: bigint
-  ) =>
-    MessageRow.make({
-      id: membershipChangeIdOf(group.id, epoch),
-      group_id: group.id,
-      conversation_id: conversationOf(group),
-      sender_inbox_id: committer.inboxId,
-      sender_installation_id: committer.installationId,
-      sent_at_ns: envelope.serverTimeNs,
-      sequence_id: envelope.sequenceId,
-      kind: "membershipChange",
-      content: Schema.encodeSync(MembershipChangeJson)(
-        MembershipChange.make({
-          epoch,
-          addedInboxes: [],
-          removedInboxes: [identity.inboxId],
-          committedBy: committer.inboxId
-        })
-      ),
-      delivery_status: "published",
-      inserted_at_ns: now
-    })
+  /** This installation's record of its own removal (its state stays at the old epoch). */
+  const removedRow = (group: GroupRow, epoch: bigint, committer: LeafMember, envelope: GroupMessageEnvelope, now: bigint) =>
+    changeRow(group, { epoch, added: [], removed: [identity.inboxId] }, committer, envelope, now)
 
   /** A DM's groups each record the same membership changes: the conversation shows them once. */
   const repeatsInDm = (row: MessageRow) =>

@@ -11,7 +11,7 @@
  */
 import { Clock, Data, Duration, Effect, Option, Schema } from "effect"
 import { sha256Hex, utf8 } from "../domain/Bytes.ts"
-import { ApplicationContentJson } from "../domain/Content.ts"
+import { type ApplicationContent, ApplicationContentJson } from "../domain/Content.ts"
 import {
   DeliveryError,
   EpochConflict,
@@ -125,37 +125,29 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
       return { _tag: "Payload", payload: result.commit, state: undefined, staged: result.staged, postCommit: undefined } as Derived
     })
 
+  /** Encrypting advances the sender ratchet: the new state is saved with the write-ahead. */
+  const applicationMessage = (state: MlsGroupState, content: ApplicationContent) =>
+    crypto.encrypt(state, utf8(Schema.encodeSync(ApplicationContentJson)(content))).pipe(
+      Effect.map((encrypted): Derived => ({
+        _tag: "Payload",
+        payload: encrypted.message,
+        state: encrypted.state,
+        staged: undefined,
+        postCommit: undefined
+      }))
+    )
+
   const derive = (state: MlsGroupState, data: IntentData) =>
     Effect.gen(function*() {
       switch (data._tag) {
-        case "SendMessage": {
-          const plaintext = utf8(
-            Schema.encodeSync(ApplicationContentJson)({ _tag: "Text", nonce: data.nonce, text: data.text })
-          )
-          const encrypted = yield* crypto.encrypt(state, plaintext)
-          return {
-            _tag: "Payload",
-            payload: encrypted.message,
-            state: encrypted.state,
-            staged: undefined,
-            postCommit: undefined
-          } as Derived
-        }
+        case "SendMessage":
+          return yield* applicationMessage(state, { _tag: "Text", nonce: data.nonce, text: data.text })
         case "AddMembers":
           return yield* deriveAdd(state, data.inboxIds)
         case "RemoveMembers":
           return yield* deriveRemove(state, data.inboxIds)
-        case "Leave": {
-          const plaintext = utf8(Schema.encodeSync(ApplicationContentJson)({ _tag: "LeaveRequest", nonce: data.nonce }))
-          const encrypted = yield* crypto.encrypt(state, plaintext)
-          return {
-            _tag: "Payload",
-            payload: encrypted.message,
-            state: encrypted.state,
-            staged: undefined,
-            postCommit: undefined
-          } as Derived
-        }
+        case "Leave":
+          return yield* applicationMessage(state, { _tag: "LeaveRequest", nonce: data.nonce })
         case "UpdateInstallations":
           return yield* deriveInstallationUpdate(state)
         case "KeyUpdate": {
