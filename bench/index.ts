@@ -8,7 +8,7 @@
  *
  * `BENCH_SCALE=0.3 npm run bench` shrinks every iteration count (a quick smoke run).
  */
-import { Effect, Logger, LogLevel, Tracer } from "effect"
+import { Clock, Effect, Logger, LogLevel, Tracer } from "effect"
 import { randomBytes } from "node:crypto"
 import * as os from "node:os"
 import { sha256Hex, toHex } from "../src/domain/Bytes.ts"
@@ -153,6 +153,36 @@ const group = (totals: Map<string, SpanTotals>, prefix: string): SpanTotals => {
   return out
 }
 
+// ---- a clock that can jump forward ------------------------------------------------------------
+
+/**
+ * The real clock plus an offset that only grows. The engine re-checks each group's member
+ * installations at most every `installationCheckInterval` (5 s by default); jumping this clock
+ * makes that check due without waiting for it.
+ */
+const makeJumpingClock = () => {
+  const base = Clock.make()
+  let offsetNs = 0n
+  const nanos = () => base.unsafeCurrentTimeNanos() + offsetNs
+  const clock: Clock.Clock = {
+    [Clock.ClockTypeId]: Clock.ClockTypeId,
+    unsafeCurrentTimeMillis: () => Number(nanos() / 1_000_000n),
+    unsafeCurrentTimeNanos: nanos,
+    currentTimeMillis: Effect.sync(() => Number(nanos() / 1_000_000n)),
+    currentTimeNanos: Effect.sync(nanos),
+    sleep: (duration) => base.sleep(duration)
+  }
+  return { clock, jump: Effect.sync(() => void (offsetNs += 6_000_000_000n)) }
+}
+type JumpingClock = ReturnType<typeof makeJumpingClock>
+
+/** Runs a benchmark under its own jumping clock. */
+const withJumpingClock = <A, E, R>(run: (time: JumpingClock) => Effect.Effect<A, E, R>) =>
+  Effect.suspend(() => {
+    const time = makeJumpingClock()
+    return run(time).pipe(Effect.withClock(time.clock))
+  })
+
 // ---- MLS fixtures (as in test/MlsCrypto.test.ts) --------------------------------------------
 
 type Crypto = MlsCrypto["Type"]
@@ -171,7 +201,7 @@ const newInstallation = (crypto: Crypto) =>
   })
 
 /** The first installation creates the group and adds the others in one commit. */
-const setUpGroup = (crypto: Crypto, size: number) =>
+const setUpGroup = (crypto: Crypto, size: number, joinAll = true) =>
   Effect.gen(function*() {
     const installations = yield* Effect.forEach(Array.from({ length: size }), () => newInstallation(crypto))
     const [creator, ...others] = installations as [(typeof installations)[number], ...typeof installations]
@@ -179,7 +209,7 @@ const setUpGroup = (crypto: Crypto, size: number) =>
     const first: Member = { ...creator, state: yield* crypto.createGroup(groupId, creator.keyPackage) }
     const { staged, welcome } = yield* crypto.createCommit(first.state, { add: others.map((o) => o.keyPackage.publicPackage) })
     first.state = staged
-    const joined = yield* Effect.forEach(others, (o) =>
+    const joined = yield* Effect.forEach(joinAll ? others : [], (o) =>
       crypto.joinFromWelcome(welcome!, [o.keyPackage]).pipe(Effect.map((state): Member => ({ ...o, state }))))
     return [first, ...joined] as const
   })
@@ -263,6 +293,13 @@ const benchCrypto = Effect.gen(function*() {
   const bobSize = crypto.serialize(bob.state).length
   const serializeAfter = yield* sample(n(5), n(50), Effect.sync(() => crypto.serialize(alice.state)))
 
+  // The same for a 50-member group (only its creator's state is needed), after as many
+  // self-updates as past epochs are retained, so both states hold the same history.
+  const [big] = yield* setUpGroup(crypto, 50, false)
+  for (let i = 0; i < 4; i++) big.state = (yield* crypto.createCommit(big.state, {})).staged
+  const bigBytes = crypto.serialize(big.state)
+  const deserializeBig = yield* sample(n(5), n(50), crypto.deserialize(bigBytes))
+
   const enc = statsOf(encryptSamples)
   const proc = statsOf(processSamples)
   const commit = statsOf(commitSamples)
@@ -274,7 +311,8 @@ const benchCrypto = Effect.gen(function*() {
     statRow("process self-update commit", commitProc, "receiver side (bob)"),
     statRow("serialize group state", serialize, `${serialized.length} B state`),
     statRow("deserialize group state", deserialize, `${serialized.length} B state`),
-    statRow(`serialize after +${extra} messages`, serializeAfter, `${sizeBefore} -> ${sizeAfter} B (sender), ${bobSize} B (receiver)`)
+    statRow(`serialize after +${extra} messages`, serializeAfter, `${sizeBefore} -> ${sizeAfter} B (sender), ${bobSize} B (receiver)`),
+    statRow("deserialize group state, 50 members", deserializeBig, `${bigBytes.length} B state`)
   ])
   summary["rawEncrypt"] = enc.median
   summary["rawProcess"] = proc.median
@@ -282,17 +320,32 @@ const benchCrypto = Effect.gen(function*() {
   summary["rawCommitProcess"] = commitProc.median
   summary["serialize"] = serialize.median
   summary["deserialize"] = deserialize.median
+  summary["deserialize50"] = deserializeBig.median
 }).pipe(Effect.provide(MlsCrypto.layer()))
 
 // ---- 2. Engine send --------------------------------------------------------------------------
 
-const benchSend = Effect.scoped(Effect.gen(function*() {
+const benchSend = (time: JumpingClock) => Effect.scoped(Effect.gen(function*() {
   const net = yield* TestNetwork.make
   const [alice, bob, carol] = yield* Effect.all([net.client("alice"), net.client("bob"), net.client("carol")])
   const conversation = yield* alice.createGroup([bob.inboxId, carol.inboxId])
   yield* Effect.all([bob.syncAll, carol.syncAll])
 
   const send = yield* sample(n(15), n(120), conversation.send(TEXT_100))
+  // The same, with the periodic check of the members' installations due (5 s since the last).
+  const sendCheckDue = yield* sample(2, n(15, 5), Effect.zipRight(time.jump, conversation.send(TEXT_100)))
+  // Bigger groups: a bigger MLS state to load and store around each send. A few key updates
+  // first, so the state holds as many past epochs as it keeps in steady use.
+  const crowd = yield* Effect.forEach(Array.from({ length: 47 }), (_, i) => net.client(`member-${i}`))
+  const sendBySize = new Map<number, Stats>()
+  for (const size of [10, 50]) {
+    const others = [bob, carol, ...crowd.slice(0, size - 3)].map((c) => c.inboxId)
+    const bigGroup = yield* alice.createGroup(others)
+    for (let i = 0; i < 4; i++) yield* bigGroup.updateKeys
+    sendBySize.set(size, yield* sample(n(5), n(size === 10 ? 60 : 30), bigGroup.send(TEXT_100)))
+  }
+  const send10 = sendBySize.get(10)!
+  const send50 = sendBySize.get(50)!
 
   // sendOptimistic x batch, then one publishPending.
   const batch = n(50, 10)
@@ -316,13 +369,16 @@ const benchSend = Effect.scoped(Effect.gen(function*() {
 
   // Profile: what one `send` and one batch cost in statements, calls and crypto.
   const profiledSends = n(20, 5)
-  const sendProfile = yield* withProfile(
+  const [sendWall, sendProfile] = yield* timed(withProfile(
     Effect.forEach(Array.from({ length: profiledSends }), () => conversation.send(TEXT_100), { discard: true })
-  )
-  const batchProfile = yield* withProfile(runBatch(false))
+  ))
+  const [batchWall, batchProfile] = yield* timed(withProfile(runBatch(false)))
 
-  printTable("2. Engine send (3-member group, alice sends, 100-byte text)", STAT_HEADERS, [
+  printTable("2. Engine send (3-member group unless noted, alice sends, 100-byte text)", STAT_HEADERS, [
     statRow("send (queue + publish + confirm via sync)", send, "one message end to end"),
+    statRow("send, member-installation check due", sendCheckDue, "first send in a group after 5 s"),
+    statRow("send, 10-member group", send10, "after 4 key updates"),
+    statRow("send, 50-member group", send50, "after 4 key updates"),
     statRow(`sendOptimistic, per message (batch ${batch})`, queue, "stores unpublished + queues intent"),
     statRow(`publishPending, per message (batch ${batch})`, publish, "encrypt + publish + confirm"),
     statRow("optimistic batch, per message total", perMessage, `${fmt(1000 / perMessage.mean, 0)} msgs/s`)
@@ -336,6 +392,7 @@ const benchSend = Effect.scoped(Effect.gen(function*() {
     return {
       rows: [
         row("Storage statements (all)", group(totals, "Storage.")),
+        row("SQL transactions (incl. their statements)", totals.get("sql.transaction") ?? { count: 0, ms: 0 }),
         row("delivery-service calls (all)", group(totals, "DeliveryService.")),
         row("MlsCrypto.encrypt", totals.get("MlsCrypto.encrypt") ?? { count: 0, ms: 0 }),
         row("MlsCrypto.deserialize", totals.get("MlsCrypto.deserialize") ?? { count: 0, ms: 0 }),
@@ -350,13 +407,19 @@ const benchSend = Effect.scoped(Effect.gen(function*() {
   printTable(
     "2b. Engine send, per message (instrumented pass; ms are inclusive span times)",
     ["span group", "send: calls", "send: ms", "batched: calls", "batched: ms"],
-    sendOps.rows.map((r, i) => [...r, ...batchOps.rows[i]!.slice(1)])
+    [
+      ...sendOps.rows.map((r, i) => [...r, ...batchOps.rows[i]!.slice(1)]),
+      ["wall time per message (instrumented)", "", fmt(sendWall / profiledSends, 3), "", fmt(batchWall / batch, 3)]
+    ]
   )
   console.log(`   send, Storage per message:  ${sendOps.storage}`)
   console.log(`   send, DS per message:       ${sendOps.ds}`)
   console.log(`   batch, Storage per message: ${batchOps.storage}`)
+  console.log(`   batch, DS per message:      ${batchOps.ds}`)
 
   summary["send"] = send.median
+  summary["send10"] = send10.median
+  summary["send50"] = send50.median
   summary["sendOpsPerSec"] = send.opsPerSec
   summary["batchPerMessage"] = perMessage.median
   summary["batchMsgsPerSec"] = 1000 / perMessage.mean
@@ -493,7 +556,7 @@ const benchMembership = Effect.scoped(Effect.gen(function*() {
 
 const GROUPS = 50
 
-const benchManyGroups = Effect.scoped(Effect.gen(function*() {
+const benchManyGroups = (time: JumpingClock) => Effect.scoped(Effect.gen(function*() {
   const net: Net = yield* TestNetwork.make
   const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
   const conversations: Array<Conversation> = []
@@ -520,23 +583,30 @@ const benchManyGroups = Effect.scoped(Effect.gen(function*() {
       return statsOf(samples)
     })
   const idle = yield* collect(0, n(5), n(30, 5))
+  // No news, but the periodic check of every group's member installations is due.
+  const idleCheckDue = yield* sample(1, n(5, 3), Effect.zipRight(time.jump, bob.syncAll))
   const two = yield* collect(2, n(3), n(20, 5))
   const all = yield* collect(GROUPS, 1, n(5, 3))
 
-  const calls = (withNews: number) =>
+  const calls = (withNews: number, checkDue = false) =>
     Effect.gen(function*() {
       for (let i = 0; i < withNews; i++) yield* conversations[(i * 7) % GROUPS]!.send(TEXT_100)
+      if (checkDue) yield* time.jump
       const { totals } = yield* withProfile(bob.syncAll)
       const count = (name: string) => totals.get(`DeliveryService.${name}`)?.count ?? 0
-      return `${count("batchQueryGroupMessages")} batch + ${count("queryGroupMessages")} single queries, ` +
-        `${group(totals, "Storage.").count} statements`
+      const identity = count("getIdentityUpdates")
+      return `${count("batchQueryGroupMessages")} batch + ${count("queryGroupMessages")} single queries` +
+        `${identity > 0 ? ` + ${identity} getIdentityUpdates` : ""}, ${group(totals, "Storage.").count} statements` +
+        `${checkDue ? `, ${totals.get("MlsCrypto.deserialize")?.count ?? 0} deserializes` : ""}`
     })
   const idleCalls = yield* calls(0)
+  const idleCheckCalls = yield* calls(0, true)
   const twoCalls = yield* calls(2)
   const allCalls = yield* calls(GROUPS)
 
   printTable(`5. syncAll over ${GROUPS} groups (bob is in all of them; alice posts)`, STAT_HEADERS, [
     statRow(`no news (0 of ${GROUPS})`, idle, idleCalls),
+    statRow(`no news, installation check due`, idleCheckDue, idleCheckCalls),
     statRow(`news in 2 of ${GROUPS}`, two, twoCalls),
     statRow(`news in ${GROUPS} of ${GROUPS}`, all, allCalls)
   ])
@@ -548,6 +618,7 @@ const benchManyGroups = Effect.scoped(Effect.gen(function*() {
   summary["idle50"] = idle.median
   summary["two50"] = two.median
   summary["all50"] = all.median
+  summary["idleCheck50"] = idleCheckDue.median
 }))
 
 // ---- main ------------------------------------------------------------------------------------
@@ -560,10 +631,10 @@ const main = Effect.gen(function*() {
   console.log("ms = milliseconds per operation; ops/s = 1000 / mean; p95 interpolated")
   const [total] = yield* timed(Effect.gen(function*() {
     yield* section("MlsCrypto raw", benchCrypto)
-    yield* section("engine send", benchSend)
+    yield* section("engine send", withJumpingClock(benchSend))
     yield* section("receive", benchReceive)
     yield* section("membership", benchMembership)
-    yield* section("many groups", benchManyGroups)
+    yield* section("many groups", withJumpingClock(benchManyGroups))
   }))
 
   const s = summary
@@ -576,7 +647,10 @@ const main = Effect.gen(function*() {
     `addMembers 10 / 1 = ${ratio(s["add10"]!, s["add1"]!)}`,
     `joiner syncAll 12 / 3 members = ${ratio(s["join12"]!, s["join3"]!)}`,
     `syncAll 50-of-50 / 2-of-50 news = ${ratio(s["all50"]!, s["two50"]!)}`,
-    `syncAll 2-of-50 / no news = ${ratio(s["two50"]!, s["idle50"]!)}`
+    `syncAll 2-of-50 / no news = ${ratio(s["two50"]!, s["idle50"]!)}`,
+    `syncAll no news, check due / not due = ${ratio(s["idleCheck50"]!, s["idle50"]!)}`,
+    `deserialize 50 / 10 members = ${ratio(s["deserialize50"]!, s["deserialize"]!)}`,
+    `send 50-member / 3-member group = ${ratio(s["send50"]!, s["send"]!)}`
   ]
   console.log("\nSummary")
   console.log(`  send ${fmt(s["send"]!, 2)} ms (${fmt(s["sendOpsPerSec"]!, 0)} msgs/s, ~${fmt(s["sendStatements"]!, 0)} SQL statements each); ` +
