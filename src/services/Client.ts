@@ -42,7 +42,14 @@ import { Member, Message, SyncSummary } from "../domain/Model.ts"
 import { GroupRow, MessageRow } from "../domain/Rows.ts"
 import type { MembershipState } from "../domain/Rows.ts"
 import { DeliveryService } from "./DeliveryService.ts"
-import { defaultEngineOptions, type EngineEnv, type EngineOptions, groupTopic, loadGroupRow } from "./Engine.ts"
+import {
+  defaultEngineOptions,
+  type EngineEnv,
+  type EngineOptions,
+  groupTopic,
+  loadGroupRow,
+  makeStateCache
+} from "./Engine.ts"
 import * as GroupSync from "./GroupSync.ts"
 import { Identity, type IdentityOptions } from "./Identity.ts"
 import * as IdentityService from "./Identity.ts"
@@ -152,6 +159,7 @@ export const make = (options: ClientOptions = {}) =>
       identity,
       options: engineOptions,
       withGroupLock: (groupId) => lockOf(groupId).withPermits(1),
+      ...makeStateCache(crypto),
       stored
     }
     const sync = GroupSync.make(env)
@@ -212,7 +220,7 @@ export const make = (options: ClientOptions = {}) =>
       })
 
     const groupMembers = (group: GroupRow) =>
-      crypto.deserialize(group.mls_state).pipe(Effect.map((state) => GroupSync.membersByInbox(crypto.view(state))))
+      env.loadState(group).pipe(Effect.map((state) => GroupSync.membersByInbox(crypto.view(state))))
 
     /** Stores the message as unpublished and queues its intent, in one transaction. */
     const queueMessage = (group: GroupRow, text: string) =>
@@ -338,7 +346,12 @@ export const make = (options: ClientOptions = {}) =>
         publishPending: forEachGroup((group) =>
           Effect.gen(function*() {
             const pending = yield* storage.intents.byGroup(group.id, ["ToPublish", "Published", "Committed"])
-            for (const intent of pending) yield* publisher.resolve(group.id, intent.id)
+            for (const intent of pending) {
+              // One round usually settles every queued message: skip those it already resolved.
+              const now = yield* storage.intents.get(intent.id)
+              if (Option.isSome(now) && now.value.state === "Processed") continue
+              yield* publisher.resolve(group.id, intent.id)
+            }
           })
         ).pipe(Effect.asVoid, span("publishPending")),
         sync: forEachGroup((group) =>
@@ -395,7 +408,7 @@ export const make = (options: ClientOptions = {}) =>
         debugInfo: Effect.gen(function*() {
           const groups = yield* groupsOf(id, kind)
           const primary = yield* primaryOf(id, kind)
-          const view = crypto.view(yield* crypto.deserialize(primary.mls_state))
+          const view = crypto.view(yield* env.loadState(primary))
           return {
             groupIds: [primary.id, ...groups.filter((g) => g.id !== primary.id).map((g) => g.id)],
             epoch: view.epoch,

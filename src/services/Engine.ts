@@ -5,10 +5,12 @@
 import { type Duration, Effect, type PubSub, Schedule } from "effect"
 import { ConversationNotFound } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
-import type { MessageRow } from "../domain/Rows.ts"
+import { bytesEqual } from "../domain/Bytes.ts"
+import type { CryptoError } from "../domain/Errors.ts"
+import type { GroupRow, MessageRow } from "../domain/Rows.ts"
 import type { DeliveryService } from "./DeliveryService.ts"
 import type { Identity } from "./Identity.ts"
-import type { MlsCrypto } from "./MlsCrypto.ts"
+import type { MlsCrypto, MlsGroupState } from "./MlsCrypto.ts"
 import type { Storage } from "./Storage.ts"
 
 export interface EngineOptions {
@@ -63,6 +65,35 @@ export interface EngineEnv {
   readonly withGroupLock: (groupId: GroupId) => <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
   /** Every message row stored for the first time, after its transaction commits. */
   readonly stored: PubSub.PubSub<MessageRow>
+  /**
+   * The group's MLS state from its stored bytes, decoded once: states are immutable values,
+   * so the last decode is reused while the stored bytes are the same.
+   */
+  readonly loadState: (group: GroupRow) => Effect.Effect<MlsGroupState, CryptoError>
+  /** Serializes and remembers a state about to be stored, so the next load needs no decode. */
+  readonly encodeState: (groupId: GroupId, state: MlsGroupState) => Uint8Array
+}
+
+/** A one-entry-per-group cache of decoded states, keyed by the exact stored bytes. */
+export const makeStateCache = (crypto: MlsCrypto["Type"]) => {
+  const cache = new Map<GroupId, { readonly bytes: Uint8Array; readonly state: MlsGroupState }>()
+  const loadState = (group: GroupRow) => {
+    const hit = cache.get(group.id)
+    if (hit !== undefined && (hit.bytes === group.mls_state || bytesEqual(hit.bytes, group.mls_state))) {
+      return Effect.succeed(hit.state)
+    }
+    return crypto.deserialize(group.mls_state).pipe(
+      Effect.tap((state) => Effect.sync(() => cache.set(group.id, { bytes: group.mls_state, state })))
+    )
+  }
+  const encodeState = (groupId: GroupId, state: MlsGroupState) => {
+    const hit = cache.get(groupId)
+    if (hit !== undefined && hit.state === state) return hit.bytes
+    const bytes = crypto.serialize(state)
+    cache.set(groupId, { bytes, state })
+    return bytes
+  }
+  return { loadState, encodeState }
 }
 
 export const groupTopic = (groupId: GroupId) => `g/${groupId}`

@@ -153,7 +153,8 @@ export const make = (env: EngineEnv) => {
       if (page.items.length === 0) return { outcome: zero, more: false }
 
       const group = yield* loadGroupRow(env, groupId)
-      let state: MlsGroupState = yield* crypto.deserialize(group.mls_state)
+      const initial = yield* env.loadState(group)
+      let state: MlsGroupState = initial
       let membership: MembershipState = group.membership_state
       let forked: string | undefined
       const writes: Array<Effect.Effect<unknown, StorageError>> = []
@@ -322,7 +323,8 @@ export const make = (env: EngineEnv) => {
           if (yield* storage.messages.insert(row)) fresh.push(row)
           if (row.kind === "text") yield* storage.groups.touch(groupId, row.sent_at_ns)
         }
-        yield* storage.groups.saveState(groupId, { epoch: view.epoch, mlsState: crypto.serialize(state) })
+        // A page of only our own messages leaves the state as it was: nothing to write.
+        if (state !== initial) yield* storage.groups.saveState(groupId, { epoch: view.epoch, mlsState: env.encodeState(groupId, state) })
         if (membership !== group.membership_state) yield* storage.groups.setMembership(groupId, membership)
         if (forked !== undefined) yield* storage.groups.markForked(groupId, forked)
         for (const inboxId of leaving) yield* queueRemoval(groupId, inboxId, now)

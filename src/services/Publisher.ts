@@ -173,7 +173,7 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
         for (const intent of pending) yield* failIntent(intent, new GroupInactive({ groupId }).message)
         return 0
       }
-      let state = yield* crypto.deserialize(group.mls_state)
+      let state = yield* env.loadState(group)
       let published = 0
       for (const intent of pending) {
         const epoch = crypto.view(state).epoch
@@ -204,7 +204,7 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
         // Write ahead: after this, a crash resends exactly these bytes.
         yield* storage.transaction(Effect.gen(function*() {
           if (derived.state !== undefined) {
-            yield* storage.groups.saveState(groupId, { epoch, mlsState: crypto.serialize(derived.state) })
+            yield* storage.groups.saveState(groupId, { epoch, mlsState: env.encodeState(groupId, derived.state) })
           }
           yield* storage.intents.markPublished(intent.id, {
             payloadHash: sha256Hex(derived.payload),
@@ -241,7 +241,7 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
       lastInstallationCheck.set(groupId, now)
       const group = yield* loadGroupRow(env, groupId)
       if (group.membership_state !== "active") return
-      const state = yield* crypto.deserialize(group.mls_state)
+      const state = yield* env.loadState(group)
       const { add, remove } = yield* installationDiff(state, crypto.view(state).members.map((m) => m.inboxId))
       if (add.length === 0 && remove.length === 0) return
       const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
