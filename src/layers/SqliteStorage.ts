@@ -215,6 +215,12 @@ export const make = Effect.gen(function*() {
         sql`INSERT INTO converge_cursors (topic, sequence_id) VALUES (${topic}, ${sequenceId})
             ON CONFLICT (topic) DO UPDATE SET sequence_id = excluded.sequence_id
             WHERE excluded.sequence_id > converge_cursors.sequence_id`
+      ),
+    set: (topic, sequenceId) =>
+      run(
+        "cursors.set",
+        sql`INSERT INTO converge_cursors (topic, sequence_id) VALUES (${topic}, ${sequenceId})
+            ON CONFLICT (topic) DO UPDATE SET sequence_id = excluded.sequence_id`
       )
   }
 

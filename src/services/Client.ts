@@ -164,7 +164,7 @@ export const make = (options: ClientOptions = {}) =>
     }
     const sync = GroupSync.make(env)
     const publisher = Publisher.make(env, sync)
-    const welcomes = Welcomes.make(env)
+    const welcomes = Welcomes.make(env, sync)
     const self = identity.inboxId
 
     // ---- input checks ----

@@ -279,6 +279,12 @@ export const make = (env: EngineEnv) => {
         }
         const { plaintext, sender } = processed.right
         state = processed.right.state
+        if (header.value.epoch < current.epoch && !current.members.some((m) => m.installationId === sender.installationId)) {
+          // Sent from an old epoch by someone removed since: after its removal, the group does
+          // not take its word (and the sender, inactive, records its message as failed).
+          yield* skip(envelope, `sender ${sender.installationId} was removed before this message landed`)
+          continue
+        }
         const content = Schema.decodeUnknownOption(ApplicationContentJson)(new TextDecoder().decode(plaintext))
         if (Option.isNone(content)) {
           yield* skip(envelope, "undecodable content")

@@ -90,6 +90,8 @@ export interface CursorRepository {
   readonly get: (topic: string) => Io<bigint>
   /** Moves a cursor forward only. */
   readonly advance: (topic: string, sequenceId: bigint) => Io<void>
+  /** Puts a cursor anywhere: only for a rejoin, which must read again what it skipped. */
+  readonly set: (topic: string, sequenceId: bigint) => Io<void>
 }
 
 export interface IdentityRepository {

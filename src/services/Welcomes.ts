@@ -11,10 +11,28 @@ import { GroupRow } from "../domain/Rows.ts"
 import { WelcomePayloadJson } from "../domain/Wire.ts"
 import type { WelcomeMessageEnvelope } from "../domain/Wire.ts"
 import { type EngineEnv, groupTopic, welcomeTopic } from "./Engine.ts"
+import type * as GroupSync from "./GroupSync.ts"
 
-export const make = (env: EngineEnv) => {
+export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) => {
   const { crypto, ds, identity, storage } = env
   const topic = welcomeTopic(identity.installationId)
+  // One reader of the welcome topic at a time: two would join the same welcome twice.
+  const lock = Effect.unsafeMakeSemaphore(1)
+
+  /**
+   * A welcome to a group we still hold as a member: if its commit is past our cursor we may
+   * have been removed (and re-added) meanwhile, so read the topic up to now before deciding.
+   * Returns the row as it stands after that, or undefined if the welcome is not for us to take.
+   */
+  const settleExisting = (groupId: GroupId, commitSequenceId: bigint) =>
+    Effect.gen(function*() {
+      const existing = yield* storage.groups.get(groupId)
+      if (Option.isNone(existing) || existing.value.membership_state === "inactive") return existing
+      if (commitSequenceId <= (yield* storage.cursors.get(groupTopic(groupId)))) return undefined
+      yield* env.withGroupLock(groupId)(sync.receive(groupId))
+      const now = yield* storage.groups.get(groupId)
+      return Option.isSome(now) && now.value.membership_state === "inactive" ? now : undefined
+    })
 
   /** Joins one welcome; returns the group id if a group was joined (or re-joined). */
   const join = (envelope: WelcomeMessageEnvelope) =>
@@ -22,12 +40,19 @@ export const make = (env: EngineEnv) => {
       const payload = yield* Schema.decodeUnknown(WelcomePayloadJson)(new TextDecoder().decode(envelope.payload)).pipe(
         Effect.mapError(() => new CryptoError({ reason: "Malformed", detail: "welcome payload does not decode" }))
       )
-      const existing = yield* storage.groups.get(payload.groupId)
-      if (Option.isSome(existing) && existing.value.membership_state !== "inactive") return undefined
+      const existing = yield* settleExisting(payload.groupId, payload.commitSequenceId)
+      if (existing === undefined) return undefined
       const state = yield* crypto.joinFromWelcome(payload.welcome, yield* identity.keyPackages)
       const view = crypto.view(state)
       if (view.groupId !== payload.groupId) {
         return yield* new CryptoError({ reason: "Malformed", detail: "welcome names another group than its metadata" })
+      }
+      if (Option.isSome(existing) && view.epoch <= existing.value.epoch) {
+        // An old welcome (replayed or re-sent) must not bring a removed member back.
+        return yield* new CryptoError({
+          reason: "WrongEpoch",
+          detail: `welcome for epoch ${view.epoch} is not newer than the stored epoch ${existing.value.epoch}`
+        })
       }
       if (payload.dmId !== undefined) {
         // A DM names both inboxes; nobody else may be in it.
@@ -67,14 +92,16 @@ export const make = (env: EngineEnv) => {
             last_message_ns: envelope.serverTimeNs
           }))
         }
-        yield* storage.cursors.advance(groupTopic(payload.groupId), payload.commitSequenceId)
+        // A rejoin reads again from the commit that re-added us: while inactive, the cursor
+        // moved past envelopes we could not read then and can now.
+        yield* storage.cursors.set(groupTopic(payload.groupId), payload.commitSequenceId)
         yield* storage.cursors.advance(topic, envelope.sequenceId)
       }))
       return payload.groupId
     })
 
   /** Reads the welcome topic to its end; returns the groups joined. */
-  const syncWelcomes = Effect.gen(function*() {
+  const syncWelcomes = lock.withPermits(1)(Effect.gen(function*() {
     const joined: Array<GroupId> = []
     let skipped = 0
     while (true) {
@@ -104,7 +131,7 @@ export const make = (env: EngineEnv) => {
       }
       if (page.next === undefined) return { joined, skipped }
     }
-  }).pipe(Effect.withSpan("Welcomes.sync"))
+  })).pipe(Effect.withSpan("Welcomes.sync"))
 
   return { syncWelcomes }
 }

@@ -1,0 +1,596 @@
+/**
+ * Deterministic simulation of Converge under faults (FoundationDB style): a seed plans a
+ * history of client actions, faults, crashes and hostile input (`Plan`); the runner carries it
+ * out, one operation at a time, against a `TestNetwork` (real SQLite, real ts-mls, the in-memory
+ * delivery service); then every fault is healed, every client syncs until nothing changes, and
+ * the invariants are checked (`Invariants`).
+ *
+ * Operations run in plan order, so the history of operations and faults is the same on every
+ * run of a seed. Inside a race or a watch, actions run concurrently, and how they interleave
+ * may differ between runs; everything around them does not.
+ *
+ * Typed errors that an operation may meet under faults (a delivery error, a failed intent, a
+ * group one was removed from, ...) are recorded in the trace, not counted as violations. A
+ * defect that is not a `SimulatedCrash`, an unexpected error type, or an operation that hangs
+ * is a violation.
+ */
+import {
+  Cause,
+  Data,
+  Deferred,
+  type Duration,
+  Effect,
+  Exit,
+  Fiber,
+  Logger,
+  LogLevel,
+  Option,
+  Schema,
+  Stream
+} from "effect"
+import type { ConversationId, GroupId, InboxId } from "../domain/Ids.ts"
+import type { SyncSummary } from "../domain/Model.ts"
+import { GroupMessageInput, WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
+import { simulatedCrashOf, type TestClient, TestNetwork } from "../testing.ts"
+import * as Invariants from "./Invariants.ts"
+import * as Plan from "./Plan.ts"
+import * as Prng from "./Prng.ts"
+import type { Figures, Report, TraceEntry, Violation } from "./Report.ts"
+import { clientName, type World } from "./World.ts"
+
+export * as Plan from "./Plan.ts"
+export * as Prng from "./Prng.ts"
+export * as Report from "./Report.ts"
+
+export interface Options extends Plan.Params {
+  /** An operation that takes longer than this is a violation (it hung). Default 30 seconds. */
+  readonly opTimeout?: Duration.DurationInput
+  /** Rounds of "everyone syncs and publishes" before quiescence is declared missed. Default 8. */
+  readonly maxQuiescenceRounds?: number
+}
+
+/** An operation whose group was never created: nothing to do. */
+class Skipped extends Data.TaggedError("Skipped")<{ readonly reason: string }> {
+  override get message() {
+    return this.reason
+  }
+}
+
+class Hung extends Data.TaggedError("Hung")<{ readonly after: string }> {
+  override get message() {
+    return `no result after ${this.after}`
+  }
+}
+
+/** Typed errors an operation may legitimately meet under faults. */
+const expectedErrors = new Set([
+  "DeliveryError",
+  "IntentFailed",
+  "GroupInactive",
+  "InvalidInput",
+  "NotAMember",
+  "KeyPackageUnavailable",
+  "ConversationNotFound",
+  "Skipped"
+])
+
+type Verdict =
+  | { readonly kind: "ok"; readonly text: string }
+  | { readonly kind: "expected"; readonly text: string }
+  | { readonly kind: "crash"; readonly text: string }
+  | { readonly kind: "abandoned"; readonly text: string }
+  | { readonly kind: "violation"; readonly invariant: string; readonly text: string }
+
+const firstLine = (s: string) => s.split("\n")[0] ?? s
+
+const judge = (exit: Exit.Exit<string, unknown>): Verdict => {
+  if (Exit.isSuccess(exit)) return { kind: "ok", text: exit.value }
+  const crash = simulatedCrashOf(exit.cause)
+  if (crash !== undefined) return { kind: "crash", text: `crashed at ${crash.point}` }
+  const failure = Cause.failureOption(exit.cause)
+  if (Option.isSome(failure)) {
+    const error = failure.value as { readonly _tag?: string; readonly message?: string }
+    const tag = error._tag ?? "unknown"
+    if (tag === "Hung") return { kind: "violation", invariant: "hung", text: `hung: ${error.message}` }
+    if (expectedErrors.has(tag)) return { kind: "expected", text: `${tag}: ${firstLine(error.message ?? "")}` }
+    return { kind: "violation", invariant: "unexpected-error", text: `unexpected ${tag}: ${error.message ?? String(error)}` }
+  }
+  if (Cause.isInterruptedOnly(exit.cause)) return { kind: "abandoned", text: "abandoned: its client crashed" }
+  return { kind: "violation", invariant: "defect", text: `defect: ${Cause.pretty(exit.cause)}` }
+}
+
+const describeSummary = (s: SyncSummary) =>
+  `received ${s.received}, messages ${s.messages}, commits ${s.commits}, skipped ${s.skipped}, published ${s.published}, joined ${s.joined}`
+
+const formatLogMessage = (message: unknown) =>
+  Array.isArray(message) ? message.map((m) => String(m)).join(" ") : String(message)
+
+/** Runs one seed and checks it. Never fails: whatever goes wrong is a violation in the report. */
+export const run = (options: Options): Effect.Effect<Report> => {
+  const started = Date.now()
+  const trace: Array<TraceEntry> = []
+  let logs: Array<string> = []
+  const logger = Logger.make(({ logLevel, message }) => {
+    logs.push(`${logLevel.label}: ${firstLine(formatLogMessage(message))}`)
+  })
+  const program = Effect.gen(function*() {
+    const ops = Plan.plan(options)
+    const opTimeout = options.opTimeout ?? "30 seconds"
+    const net = yield* TestNetwork.make
+    const clients: Array<TestClient> = []
+    for (let c = 0; c < options.clients; c++) clients.push(yield* net.client(clientName(c)))
+    const world: World = {
+      net,
+      clients,
+      groups: [],
+      creators: [],
+      sent: [],
+      violations: [],
+      maxPastEpochs: 3
+    }
+    const violate = (invariant: string, detail: string) => world.violations.push({ invariant, detail })
+    let actions = 0
+    let expected = 0
+    let restarts = 0
+    let crashesSeen = 0
+    /** Clients to restart once the current operation is over (a crash or a defect hit them). */
+    const broken = new Set<number>()
+
+    const newEntry = (index: number, label: string): TraceEntry => {
+      const entry: TraceEntry = { index, label, outcomes: [], logs: [] }
+      trace.push(entry)
+      logs = entry.logs
+      return entry
+    }
+
+    /**
+     * Names instead of random ids (`c3`, `g1`), so that a trace reads well and two runs of one
+     * seed print the same trace.
+     */
+    const named = (text: string) => {
+      let out = text
+      clients.forEach((client, c) => {
+        out = out.replaceAll(client.inboxId, clientName(c)).replaceAll(client.installationId, clientName(c))
+      })
+      world.groups.forEach((id, g) => {
+        if (id !== undefined) out = out.replaceAll(id, `g${g}`)
+      })
+      return out
+    }
+
+    /** Records a verdict in the trace; a violation also goes to the report. */
+    const record = (entry: TraceEntry, prefix: string, verdict: Verdict) => {
+      entry.outcomes.push(named(`${prefix}${verdict.kind === "violation" ? `VIOLATION ${verdict.text}` : verdict.text}`))
+      if (verdict.kind === "expected") expected++
+      if (verdict.kind === "violation") violate(verdict.invariant, named(`op ${entry.index} (${entry.label}): ${verdict.text}`))
+    }
+
+    // ---- client actions ----
+
+    const groupOrSkip = (g: number): Effect.Effect<GroupId, Skipped> =>
+      Effect.suspend(() => {
+        const id = world.groups[g]
+        return id === undefined ? Effect.fail(new Skipped({ reason: `g${g} was never created` })) : Effect.succeed(id)
+      })
+
+    const conversationOf = (c: number, g: number) =>
+      groupOrSkip(g).pipe(Effect.flatMap((id) => clients[c]!.conversation(id as unknown as ConversationId)))
+
+    const inboxes = (cs: ReadonlyArray<number>): Array<InboxId> => cs.map((c) => clients[c]!.inboxId)
+
+    const perform = (index: number, a: Plan.Action): Effect.Effect<string, unknown> => {
+      const client = clients[a.c]!
+      switch (a._tag) {
+        case "Send":
+        case "SendOptimistic":
+          return Effect.gen(function*() {
+            const conversation = yield* conversationOf(a.c, a.g)
+            const id = yield* (a._tag === "Send" ? conversation.send(a.text) : conversation.sendOptimistic(a.text))
+            world.sent.push({ op: index, c: a.c, g: a.g, text: a.text, id, confirmed: a._tag === "Send" })
+            return "ok"
+          })
+        case "PublishPending":
+          return conversationOf(a.c, a.g).pipe(Effect.flatMap((cv) => cv.publishPending), Effect.as("ok"))
+        case "CreateGroup":
+          return Effect.gen(function*() {
+            world.creators[a.g] = a.c
+            const conversation = yield* client.createGroup(inboxes(a.members))
+            world.groups[a.g] = conversation.id as unknown as GroupId
+            return "ok"
+          })
+        case "Add":
+          return conversationOf(a.c, a.g).pipe(Effect.flatMap((cv) => cv.addMembers(inboxes(a.targets))), Effect.as("ok"))
+        case "Remove":
+          return conversationOf(a.c, a.g).pipe(
+            Effect.flatMap((cv) => cv.removeMembers(inboxes(a.targets))),
+            Effect.as("ok")
+          )
+        case "UpdateKeys":
+          return conversationOf(a.c, a.g).pipe(Effect.flatMap((cv) => cv.updateKeys), Effect.as("ok"))
+        case "Sync":
+          return conversationOf(a.c, a.g).pipe(
+            Effect.flatMap((cv) => cv.sync),
+            Effect.map((s) => `ok: ${describeSummary(s)}`)
+          )
+        case "SyncAll":
+          return Effect.suspend(() => client.syncAll).pipe(Effect.map((s) => `ok: ${describeSummary(s)}`))
+      }
+    }
+
+    /** A group whose creation failed half-way may still exist at its creator: find it. */
+    const discoverGroups = Effect.gen(function*() {
+      for (const [g, creator] of world.creators.entries()) {
+        if (creator === undefined || world.groups[g] !== undefined) continue
+        const client = clients[creator]!
+        const storage = yield* net.storage(client)
+        const rows = yield* storage.groups.list({ includeInactive: true })
+        const known = new Set(world.groups)
+        const found = rows
+          .filter((r) => r.added_by_inbox_id === client.inboxId && !known.has(r.id))
+          .sort((a, b) => (a.created_at_ns < b.created_at_ns ? -1 : a.created_at_ns > b.created_at_ns ? 1 : 0))[0]
+        if (found !== undefined) world.groups[g] = found.id
+      }
+    }).pipe(Effect.catchAll(() => Effect.void))
+
+    const restart = (entry: TraceEntry, c: number, why: string) =>
+      Effect.gen(function*() {
+        restarts++
+        const exit = yield* Effect.exit(net.restart(clients[c]!))
+        if (Exit.isSuccess(exit)) entry.outcomes.push(`${clientName(c)} restarted (${why})`)
+        else record(entry, `${clientName(c)} restart: `, judge(exit.pipe(Exit.as(""))))
+      })
+
+    /** Restarts every client that crashed or broke, except those still in use (`keep`). */
+    const settle = (entry: TraceEntry, keep: ReadonlySet<number> = new Set()) =>
+      Effect.gen(function*() {
+        const log = yield* net.crashLog
+        for (const crash of log.slice(crashesSeen)) {
+          const c = clients.findIndex((client) => client.name === crash.client)
+          if (c >= 0) broken.add(c)
+          entry.outcomes.push(`${crash.client} crashed at ${crash.point}`)
+        }
+        crashesSeen = log.length
+        for (const c of [...broken].sort((a, b) => a - b)) {
+          if (keep.has(c)) continue
+          broken.delete(c)
+          yield* restart(entry, c, "after a crash or defect")
+        }
+        yield* discoverGroups
+      })
+
+    /**
+     * Runs actions concurrently. When one of them crashes its client, the others of the same
+     * client are abandoned (interrupted), as a real crash would.
+     */
+    const runActions = (index: number, entry: TraceEntry, list: ReadonlyArray<Plan.Action>, labels: boolean) =>
+      Effect.gen(function*() {
+        const signals = new Map<number, Deferred.Deferred<void>>()
+        for (const a of list) if (!signals.has(a.c)) signals.set(a.c, yield* Deferred.make<void>())
+        const exits = yield* Effect.forEach(
+          list,
+          (a) => {
+            actions++
+            const signal = signals.get(a.c)!
+            const guarded = perform(index, a).pipe(
+              Effect.timeoutFail({ duration: opTimeout, onTimeout: () => new Hung({ after: String(opTimeout) }) }),
+              Effect.onExit((exit) =>
+                Exit.isFailure(exit) && !Cause.isInterruptedOnly(exit.cause)
+                  ? Effect.sync(() => {
+                    const verdict = judge(exit)
+                    if (verdict.kind === "crash" || verdict.kind === "violation") broken.add(a.c)
+                  }).pipe(Effect.zipRight(simulatedCrashOf(exit.cause) === undefined ? Effect.void : Deferred.succeed(signal, undefined)))
+                  : Effect.void
+              )
+            )
+            return Effect.raceFirst(guarded, Deferred.await(signal).pipe(Effect.zipRight(Effect.interrupt))).pipe(
+              Effect.exit
+            )
+          },
+          { concurrency: "unbounded" }
+        )
+        exits.forEach((exit, i) => {
+          const a = list[i]!
+          const verdict = judge(exit)
+          record(entry, labels ? `${Plan.describeAction(a)}: ` : "", verdict)
+          // A defect leaves the client in an unknown state: restart it like a crash.
+          if (verdict.kind === "violation" && verdict.invariant === "defect") broken.add(a.c)
+        })
+      })
+
+    // ---- faults and hostile input ----
+
+
+    const inject = (groupId: GroupId, payload: Uint8Array) =>
+      net.delivery.sendGroupMessages([GroupMessageInput.make({ groupId, payload })]).pipe(
+        Effect.map(([e]) => `stored as sequence ${e?.sequenceId}`)
+      )
+
+    const envelopeOf = (g: number, pick: number) =>
+      Effect.gen(function*() {
+        const groupId = yield* groupOrSkip(g)
+        const envelopes = yield* Invariants.readTopic(world, groupId)
+        if (envelopes.length === 0) return yield* new Skipped({ reason: `g${g} has no envelopes yet` })
+        return { groupId, envelope: envelopes[pick % envelopes.length]! }
+      })
+
+    const welcomesOf = (c: number) =>
+      net.delivery.queryWelcomeMessages({ installationId: clients[c]!.installationId, afterSequenceId: 0n }).pipe(
+        Effect.map((page) => page.items)
+      )
+
+    const forgeWelcome = (op: Extract<Plan.Op, { _tag: "ForgeWelcome" }>) =>
+      Effect.gen(function*() {
+        const target = clients[op.c]!.installationId
+        const rng = Prng.make(op.salt)
+        const send = (payload: Uint8Array) =>
+          net.delivery.sendWelcomeMessages([WelcomeMessageInput.make({ installationId: target, payload })]).pipe(
+            Effect.map(([e]) => `stored as welcome ${e?.sequenceId}`)
+          )
+        switch (op.variant) {
+          case "garbage":
+            return yield* send(rng.bytes(rng.between(1, 200)))
+          case "badWelcome": {
+            const known = world.groups.filter((g): g is GroupId => g !== undefined)
+            if (known.length === 0) return yield* new Skipped({ reason: "no group yet" })
+            const payload = WelcomePayload.make({
+              groupId: known[op.pick % known.length]!,
+              commitSequenceId: 1n,
+              welcome: rng.bytes(rng.between(16, 400))
+            })
+            return yield* send(new TextEncoder().encode(Schema.encodeSync(WelcomePayloadJson)(payload)))
+          }
+          case "misaddressed": {
+            const others = clients.map((_, i) => i).filter((i) => i !== op.c)
+            const all = (yield* Effect.forEach(others, welcomesOf)).flat()
+            if (all.length === 0) return yield* new Skipped({ reason: "no welcome sent to anyone else yet" })
+            return yield* send(all[op.pick % all.length]!.payload)
+          }
+          case "stale": {
+            const own = yield* welcomesOf(op.c)
+            const real = own.filter((w) =>
+              Option.isSome(Schema.decodeUnknownOption(WelcomePayloadJson)(new TextDecoder().decode(w.payload)))
+            )
+            if (real.length === 0) return yield* new Skipped({ reason: `${clientName(op.c)} has no welcome yet` })
+            const original = real[op.pick % real.length]!
+            // The same welcome, its fields in another order: the DS sees new bytes.
+            const fields = Object.entries(JSON.parse(new TextDecoder().decode(original.payload)) as object).reverse()
+            const text = ` ${JSON.stringify(Object.fromEntries(fields))}`
+            return `re-sent welcome ${original.sequenceId}: ${yield* send(new TextEncoder().encode(text))}`
+          }
+        }
+      })
+
+    const fault = (op: Plan.Op): Effect.Effect<string, unknown> => {
+      const f = net.faults
+      const installation = (c: number) => clients[c]!.installationId
+      switch (op._tag) {
+        case "Drop":
+          return f.dropNext(op.n, op.op).pipe(Effect.as("armed"))
+        case "LoseResponse":
+          return f.loseNextResponse(op.n, op.op).pipe(Effect.as("armed"))
+        case "Partition":
+          return f.partition(installation(op.c)).pipe(Effect.as("ok"))
+        case "Heal":
+          return f.heal(installation(op.c)).pipe(Effect.as("ok"))
+        case "Duplicate":
+          return f.duplicateNextDelivery(op.n).pipe(Effect.as("armed"))
+        case "PauseSubscriber":
+          return f.pauseSubscriber(installation(op.c)).pipe(Effect.as("ok"))
+        case "ResumeSubscriber":
+          return f.resumeSubscriber(installation(op.c)).pipe(Effect.as("ok"))
+        case "HoldTopic":
+          return groupOrSkip(op.g).pipe(Effect.flatMap(f.holdTopic), Effect.as("ok"))
+        case "ReleaseTopic":
+          return groupOrSkip(op.g).pipe(Effect.flatMap(f.releaseTopic), Effect.as("ok"))
+        case "Crash":
+          return net.crashAt(clients[op.c]!, op.point).pipe(Effect.as("armed"))
+        case "InjectGarbage":
+          return groupOrSkip(op.g).pipe(Effect.flatMap((id) => inject(id, Prng.make(op.salt).bytes(op.size))))
+        case "InjectTruncated":
+          return envelopeOf(op.g, op.pick).pipe(
+            Effect.flatMap(({ envelope, groupId }) => {
+              const n = envelope.payload.length
+              const keep = Math.max(1, Math.min(n - 1, Math.floor(n * op.keep)))
+              return inject(groupId, envelope.payload.slice(0, keep)).pipe(
+                Effect.map((r) => `first ${keep} of ${n} bytes of sequence ${envelope.sequenceId}: ${r}`)
+              )
+            })
+          )
+        case "InjectReplay":
+          return envelopeOf(op.g, op.pick).pipe(
+            Effect.flatMap(({ envelope, groupId }) =>
+              inject(groupId, envelope.payload).pipe(Effect.map((r) => `sequence ${envelope.sequenceId} again: ${r}`))
+            )
+          )
+        case "InjectForeign":
+          return Effect.gen(function*() {
+            if (op.from === op.g) return yield* new Skipped({ reason: "same group" })
+            const target = yield* groupOrSkip(op.g)
+            const { envelope } = yield* envelopeOf(op.from, op.pick)
+            return `sequence ${envelope.sequenceId} of g${op.from}: ${yield* inject(target, envelope.payload)}`
+          })
+        case "ForgeWelcome":
+          return forgeWelcome(op)
+        default:
+          return Effect.dieMessage(`not a fault: ${op._tag}`)
+      }
+    }
+
+    // ---- the history ----
+
+    for (const [index, op] of ops.entries()) {
+      const entry = newEntry(index, Plan.describe(op))
+      switch (op._tag) {
+        case "Send":
+        case "SendOptimistic":
+        case "PublishPending":
+        case "CreateGroup":
+        case "Add":
+        case "Remove":
+        case "UpdateKeys":
+        case "Sync":
+        case "SyncAll":
+          yield* runActions(index, entry, [op], false)
+          break
+        case "Race":
+          yield* runActions(index, entry, op.actions, true)
+          break
+        case "Restart":
+          yield* restart(entry, op.c, "planned")
+          break
+        case "Watch": {
+          let received = 0
+          const stream = yield* Effect.fork(
+            Stream.runForEach(Stream.suspend(() => clients[op.c]!.streamMessages), () =>
+              Effect.sync(() => {
+                received++
+              }))
+          )
+          for (const a of op.actions) {
+            yield* runActions(index, entry, [a], true)
+            yield* settle(entry, new Set([op.c]))
+          }
+          const exit = yield* Fiber.interrupt(stream)
+          const verdict = judge(exit.pipe(Exit.as("")))
+          if (verdict.kind === "abandoned" || verdict.kind === "ok") {
+            entry.outcomes.push(`${clientName(op.c)}'s stream delivered ${received} message(s)`)
+          } else record(entry, `${clientName(op.c)}'s stream: `, verdict)
+          break
+        }
+        default: {
+          const exit = yield* Effect.exit(fault(op))
+          record(entry, "", judge(exit))
+        }
+      }
+      yield* settle(entry)
+    }
+
+    // ---- quiescence: heal everything, then sync until nothing changes ----
+
+    const heal = newEntry(ops.length, "quiescence: heal every fault, disarm crash points")
+    yield* net.faults.healAll
+    const unfired = yield* net.disarmCrashes
+    heal.outcomes.push(`${unfired} armed crash point(s) never reached`)
+    yield* settle(heal)
+
+    const fingerprint = Effect.gen(function*() {
+      const parts: Array<string> = []
+      for (const client of clients) {
+        const storage = yield* net.storage(client)
+        const groups = yield* storage.groups.list({ includeInactive: true })
+        for (const g of groups) {
+          const messages = yield* storage.messages.byConversation(g.id as unknown as ConversationId, {})
+          parts.push(`${client.name}:${g.id}:${g.epoch}:${g.membership_state}:${messages.length}:${messages.map((m) => m.delivery_status[0]).join("")}`)
+        }
+        const intents = yield* storage.intents.byState(["ToPublish", "Published", "Committed", "Processed", "Error"])
+        parts.push(`${client.name}:intents:${intents.map((i) => `${i.id}${i.state}`).join(",")}`)
+        parts.push(`${client.name}:welcomes:${(yield* welcomesOf(clients.indexOf(client))).length}`)
+      }
+      for (const id of world.groups) {
+        if (id !== undefined) parts.push(`${id}:${(yield* Invariants.readTopic(world, id)).length}`)
+      }
+      return parts.join("\n")
+    })
+
+    const maxRounds = options.maxQuiescenceRounds ?? 8
+    let rounds = 0
+    let previous = ""
+    let stable = false
+    while (rounds < maxRounds && !stable) {
+      rounds++
+      const entry = newEntry(ops.length + rounds, `quiescence round ${rounds}: every client syncAll, then publishPending everywhere`)
+      for (const [c, client] of clients.entries()) {
+        const synced = judge(yield* Effect.exit(
+          Effect.suspend(() => client.syncAll).pipe(
+            Effect.map((s) => `ok: ${describeSummary(s)}`),
+            Effect.timeoutFail({ duration: opTimeout, onTimeout: () => new Hung({ after: String(opTimeout) }) })
+          )
+        ))
+        if (synced.kind !== "ok") record(entry, `${clientName(c)} syncAll: `, synced)
+        const conversations = yield* Effect.exit(client.conversations({ includeInactive: true }))
+        if (Exit.isFailure(conversations)) {
+          record(entry, `${clientName(c)} conversations: `, judge(conversations.pipe(Exit.as(""))))
+          continue
+        }
+        for (const conversation of conversations.value) {
+          const published = judge(yield* Effect.exit(
+            conversation.publishPending.pipe(
+              Effect.as("ok"),
+              Effect.timeoutFail({ duration: opTimeout, onTimeout: () => new Hung({ after: String(opTimeout) }) })
+            )
+          ))
+          if (published.kind !== "ok") {
+            const g = world.groups.indexOf(conversation.id as unknown as GroupId)
+            record(entry, `${clientName(c)} publishPending g${g}: `, published)
+          }
+        }
+      }
+      yield* settle(entry)
+      const now = yield* fingerprint
+      stable = now === previous
+      previous = now
+    }
+    if (!stable) violate("no-quiescence", `state still changing after ${maxRounds} rounds of sync and publish`)
+
+    // ---- invariants ----
+
+    const checks = newEntry(ops.length + rounds + 1, "check invariants")
+    const found = yield* Invariants.check(world).pipe(
+      Effect.catchAllCause((cause) =>
+        Effect.succeed<ReadonlyArray<Violation>>([{ invariant: "check-failed", detail: Cause.pretty(cause) }])
+      )
+    )
+    world.violations.push(...found.map((v) => ({ ...v, detail: named(v.detail) })))
+    for (const entry of trace) entry.logs.splice(0, entry.logs.length, ...entry.logs.map(named))
+    checks.outcomes.push(`${world.violations.length} violation(s)`)
+
+    const stats = yield* net.faults.stats
+    const crashLog = yield* net.crashLog
+    const figures: Figures = {
+      operations: ops.length,
+      actions,
+      faults: ops.filter(Plan.isFault).length,
+      hostile: ops.filter(Plan.isHostile).length,
+      crashesArmed: ops.filter((op) => op._tag === "Crash").length,
+      crashes: crashLog.length,
+      restarts,
+      expectedErrors: expected,
+      sent: world.sent.filter((s) => s.confirmed).length,
+      quiescenceRounds: rounds,
+      ds: stats
+    }
+    return { figures, violations: [...world.violations] }
+  })
+
+  return Effect.scoped(program).pipe(
+    Effect.provide(Logger.replace(Logger.defaultLogger, logger)),
+    Logger.withMinimumLogLevel(LogLevel.Warning),
+    Effect.catchAllCause((cause) =>
+      Effect.succeed({
+        figures: emptyFigures,
+        violations: [{ invariant: "harness", detail: `the run itself failed: ${Cause.pretty(cause)}` }]
+      })
+    ),
+    Effect.map(({ figures, violations }): Report => ({
+      params: { seed: options.seed, clients: options.clients, ops: options.ops },
+      figures,
+      violations,
+      trace,
+      elapsedMs: Date.now() - started
+    }))
+  )
+}
+
+const emptyFigures: Figures = {
+  operations: 0,
+  actions: 0,
+  faults: 0,
+  hostile: 0,
+  crashesArmed: 0,
+  crashes: 0,
+  restarts: 0,
+  expectedErrors: 0,
+  sent: 0,
+  quiescenceRounds: 0,
+  ds: { dropped: 0, lostResponses: 0, partitionRejections: 0, streamsCut: 0, duplicated: 0, delayed: 0 }
+}
