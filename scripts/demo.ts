@@ -4,19 +4,23 @@
  *
  * It also shows how to compose the library as a user would:
  *
- *   Client.layer()                                   needs  DeliveryService | MlsCrypto | SqlClient
- *     <- SqliteClient.layer({ filename })            one database file per client
- *     <- DeliveryService.layerMemory                 one in-process delivery service, shared
- *     <- MlsCrypto.layer()                           ts-mls, shared
+ *   a delivery server on a loopback port:  DeliveryServer.serve({ port: 0 })
+ *     <- DeliveryService.layerStore()              verifies identities and key packages
+ *     <- DeliveryStore.layerSqlite                 over its own SQLite file
+ *   Client.layer()                                 needs  DeliveryService | MlsCrypto | SqlClient
+ *     <- SqliteClient.layer({ filename })          one database file per client
+ *     <- DeliveryService.layerRpc({ url })         its own connection to the server
+ *     <- MlsCrypto.layer()                         ts-mls, shared
  *
- * The shared layers are built once (so every client talks to the same delivery service) and
- * each client's layer is built on top of them in the same scope. Closing the scope closes the
+ * Everything is built in one scope: closing it closes the connections, the server and the
  * databases, and the temporary folder is removed after that.
  *
  * Exit code 0 only if every check held and nothing failed.
  */
 import { SqliteClient } from "@effect/sql-sqlite-node"
-import { Cause, Context, Duration, Effect, Exit, Layer, Logger, LogLevel } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Layer, Logger, LogLevel, Option } from "effect"
+import { deliveryLayer } from "../src/cli/Serve.ts"
+import { DeliveryServer } from "../src/layers/DeliveryServer.ts"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -96,14 +100,20 @@ const tempDir = Effect.acquireRelease(
   (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true }))
 )
 
-/** One in-process delivery service and one MLS provider, shared by every client. */
-const SharedLayer = Layer.merge(DeliveryService.layerMemory, MlsCrypto.layer())
+/** A delivery server over SQLite on a free loopback port; returns its RPC URL. */
+const startServer = (dir: string) =>
+  Effect.gen(function*() {
+    const delivery = yield* Layer.build(deliveryLayer({ db: path.join(dir, "delivery.sqlite"), postgres: Option.none() }))
+    const address = yield* DeliveryServer.serve({ port: 0, host: "127.0.0.1" }).pipe(Effect.provide(delivery))
+    return address.url
+  })
 
-/** A client over its own SQLite file, on top of the shared services, alive for the scope. */
-const openClient = (shared: Context.Context<DeliveryService | MlsCrypto>, filename: string) =>
+/** A client over its own SQLite file and its own connection to the server, alive for the scope. */
+const openClient = (crypto: Context.Context<MlsCrypto>, url: string, filename: string) =>
   Client.layer().pipe(
     Layer.provide(SqliteClient.layer({ filename })),
-    Layer.provide(Layer.succeedContext(shared)),
+    Layer.provide(DeliveryService.layerRpc({ url })),
+    Layer.provide(Layer.succeedContext(crypto)),
     Layer.build,
     Effect.map(Context.get(Client))
   )
@@ -114,15 +124,16 @@ const openClient = (shared: Context.Context<DeliveryService | MlsCrypto>, filena
 
 const program = Effect.gen(function*() {
   const dir = yield* tempDir
-  const shared = yield* Layer.build(SharedLayer)
+  const crypto = yield* Layer.build(MlsCrypto.layer())
+  const url = yield* startServer(dir)
 
   const names = new Map<string, string>()
   const nameOf = (inboxId: string) => names.get(inboxId) ?? short(inboxId)
 
   yield* section("Setup")
-  yield* Effect.sync(() => console.log(dim(`            databases in ${dir}`)))
+  yield* Effect.sync(() => console.log(dim(`            databases in ${dir}; delivery server on ${url}`)))
   const open = (name: string) =>
-    step(openClient(shared, path.join(dir, `${name}.sqlite`)), (c) => {
+    step(openClient(crypto, url, path.join(dir, `${name}.sqlite`)), (c) => {
       names.set(c.inboxId, name)
       return `${name} opens ${name}.sqlite: inbox ${short(c.inboxId)}, installation ${short(c.installationId)}`
     })

@@ -15,6 +15,8 @@ export {
   type ConversationDebugInfo
 } from "./services/Client.ts"
 export { DeliveryService } from "./services/DeliveryService.ts"
+export { DeliveryStore } from "./services/DeliveryStore.ts"
+export { DeliveryServer } from "./layers/DeliveryServer.ts"
 export { Identity } from "./services/Identity.ts"
 export { MlsCrypto } from "./services/MlsCrypto.ts"
 export { Storage } from "./services/Storage.ts"

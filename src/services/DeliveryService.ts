@@ -17,6 +17,10 @@ import type {
   WelcomeMessageInput
 } from "../domain/Wire.ts"
 import * as Memory from "../layers/MemoryDeliveryService.ts"
+import * as Rpc from "../layers/RpcDeliveryService.ts"
+import * as StoreDelivery from "../layers/StoreDeliveryService.ts"
+import type { DeliveryStore } from "./DeliveryStore.ts"
+import type { MlsCrypto } from "./MlsCrypto.ts"
 
 export interface GroupQuery {
   readonly groupId: GroupId
@@ -91,4 +95,14 @@ export class DeliveryService extends Context.Tag("converge/DeliveryService")<Del
   )
   static readonly layerMemoryWith = (options: Memory.MemoryOptions) =>
     Layer.scoped(this, Memory.make(options).pipe(Effect.map((ds) => ds.service)))
+  /**
+   * The delivery service a server runs: served from a `DeliveryStore` (SQLite or Postgres),
+   * verifying identity updates and key packages (with `MlsCrypto`) before it stores them.
+   */
+  static readonly layerStore = (
+    options?: StoreDelivery.StoreDeliveryOptions
+  ): Layer.Layer<DeliveryService, never, DeliveryStore | MlsCrypto> => Layer.scoped(this, StoreDelivery.make(options))
+  /** The delivery service of a `DeliveryServer` over the network (timeouts, retries, resuming streams). */
+  static readonly layerRpc = (options: Rpc.RpcDeliveryOptions): Layer.Layer<DeliveryService> =>
+    Layer.scoped(this, Rpc.make(options))
 }

@@ -1,0 +1,46 @@
+/**
+ * A CLI profile: a folder holding one installation's database and the server it talks to.
+ */
+import { SqliteClient } from "@effect/sql-sqlite-node"
+import { Effect, Layer, Schema } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { InvalidInput } from "../domain/Errors.ts"
+import { Client } from "../services/Client.ts"
+import { DeliveryService } from "../services/DeliveryService.ts"
+import { MlsCrypto } from "../services/MlsCrypto.ts"
+
+export class ProfileFile extends Schema.Class<ProfileFile>("ProfileFile")({
+  server: Schema.String
+}) {}
+const ProfileJson = Schema.parseJson(ProfileFile)
+
+const files = (dir: string) => ({ profile: path.join(dir, "profile.json"), database: path.join(dir, "client.sqlite") })
+
+export const readProfile = (dir: string) =>
+  Effect.gen(function*() {
+    const { profile } = files(dir)
+    if (!fs.existsSync(profile)) {
+      return yield* new InvalidInput({ reason: `no profile in ${dir}: run \`converge init --profile ${dir} --server URL\` first` })
+    }
+    return yield* Schema.decodeUnknown(ProfileJson)(fs.readFileSync(profile, "utf8")).pipe(
+      Effect.mapError(() => new InvalidInput({ reason: `${profile} is not a valid profile` }))
+    )
+  })
+
+export const writeProfile = (dir: string, profile: ProfileFile) =>
+  Effect.sync(() => {
+    fs.mkdirSync(dir, { recursive: true })
+    fs.writeFileSync(files(dir).profile, Schema.encodeSync(ProfileJson)(profile) + "\n")
+  })
+
+/** Accepts the server's base URL or its RPC endpoint. */
+export const rpcUrl = (server: string) => (server.endsWith("/rpc") ? server : `${server.replace(/\/+$/, "")}/rpc`)
+
+/** The client of a profile: its SQLite file, the network delivery service, ts-mls. */
+export const clientLayer = (dir: string, server: string) =>
+  Client.layer().pipe(
+    Layer.provide(Layer.orDie(SqliteClient.layer({ filename: files(dir).database }))),
+    Layer.provide(DeliveryService.layerRpc({ url: rpcUrl(server) })),
+    Layer.provide(MlsCrypto.layer())
+  )

@@ -1,0 +1,37 @@
+/**
+ * `converge serve`: a delivery service over the network, stored in SQLite (the embedded
+ * default) or Postgres (several instances may share one database).
+ */
+import { PgClient } from "@effect/sql-pg"
+import { SqliteClient } from "@effect/sql-sqlite-node"
+import { Console, Effect, Layer, Option, Redacted } from "effect"
+import { DeliveryServer } from "../layers/DeliveryServer.ts"
+import { DeliveryService } from "../services/DeliveryService.ts"
+import { DeliveryStore } from "../services/DeliveryStore.ts"
+import { MlsCrypto } from "../services/MlsCrypto.ts"
+
+export interface ServeOptions {
+  readonly port: number
+  readonly host: string
+  readonly db: string
+  readonly postgres: Option.Option<string>
+}
+
+/** The store-backed delivery service a server runs. */
+export const deliveryLayer = (options: Pick<ServeOptions, "db" | "postgres">) => {
+  const store = Option.match(options.postgres, {
+    onNone: () => DeliveryStore.layerSqlite.pipe(Layer.provide(Layer.orDie(SqliteClient.layer({ filename: options.db })))),
+    onSome: (url) => DeliveryStore.layerPg.pipe(Layer.provide(Layer.orDie(PgClient.layer({ url: Redacted.make(url) }))))
+  })
+  return DeliveryService.layerStore().pipe(Layer.provide(store), Layer.provide(MlsCrypto.layer()))
+}
+
+export const serve = (options: ServeOptions) =>
+  Effect.scoped(Effect.gen(function*() {
+    // Built into this scope, so the store outlives `serve`'s own setup and closes on shutdown.
+    const delivery = yield* Layer.build(deliveryLayer(options))
+    const address = yield* DeliveryServer.serve({ port: options.port, host: options.host }).pipe(Effect.provide(delivery))
+    const store = Option.isSome(options.postgres) ? "postgres" : `sqlite ${options.db}`
+    yield* Console.log(`converge delivery service on ${address.url} (${store})`)
+    return yield* Effect.never
+  }))

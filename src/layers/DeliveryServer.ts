@@ -1,0 +1,216 @@
+/**
+ * Serves any `DeliveryService` (taken from the context: memory, SQLite, Postgres...) over
+ * the network with `@effect/rpc` (`DeliveryRpcs`), on one path with two transports:
+ *
+ * - **WebSocket** (`GET /rpc`, upgrade; JSON frames). What `RpcDeliveryService` uses by
+ *   default. One connection carries every request and subscription of a client, multiplexed.
+ *   The client pings every 10 s and reconnects when a ping goes unanswered, so a silently
+ *   dead link (NAT timeout, half-open TCP) is noticed even on a quiet subscription; streams
+ *   are flow-controlled by acks; and a dropped connection fails every call in flight at once
+ *   with a transport error, which is what the client's resume logic keys on.
+ * - **HTTP** (`POST /rpc`, ndjson). One request per POST; a subscription is a long-lived
+ *   chunked response. Handy for curl and non-Effect callers, and the client can use it
+ *   (`transport: "http"`), but nothing notices a silently dead link on a quiet stream.
+ *
+ * Bad requests never take the server down: a body that is not ndjson, an unknown RPC or a
+ * payload of the wrong shape is answered with an RPC defect (a protocol error) for that
+ * request only; a well-formed request with bad values gets the service's typed error.
+ * On shutdown, every running call is interrupted as "transient" (the client's cue to retry
+ * or resubscribe elsewhere) before the listener closes.
+ */
+import {
+  HttpIncomingMessage,
+  HttpMiddleware,
+  HttpRouter,
+  HttpServer,
+  HttpServerRequest,
+  HttpServerResponse
+} from "@effect/platform"
+import type { ServeError } from "@effect/platform/HttpServerError"
+import { NodeHttpServer } from "@effect/platform-node"
+import { RpcSerialization, RpcServer } from "@effect/rpc"
+import { Context, Effect, Layer, Option, type Scope } from "effect"
+import * as Http from "node:http"
+import {
+  DeliveryRpcs,
+  fromQueryPage,
+  type GroupFilterWire,
+  type GroupMessageInputWire,
+  type GroupQueryWire,
+  type IdentityQueryWire,
+  type IdentityUpdateInputWire,
+  type KeyPackageUploadWire,
+  type WelcomeFilterWire,
+  type WelcomeMessageInputWire,
+  type WelcomeQueryWire
+} from "../domain/DeliveryRpcs.ts"
+import type { InstallationId } from "../domain/Ids.ts"
+import {
+  GroupMessageInput,
+  IdentityUpdate,
+  KeyPackageUpload,
+  WelcomeMessageInput
+} from "../domain/Wire.ts"
+import { DeliveryService, type GroupQuery, type IdentityQuery, type WelcomeQuery } from "../services/DeliveryService.ts"
+
+/** Where the RPC endpoint lives: `POST` for HTTP, `GET` (upgrade) for WebSocket. */
+export const RPC_PATH = "/rpc"
+
+export interface ServerOptions {
+  /** 0 (the default) picks a free port; `serve` reports which. */
+  readonly port?: number
+  /** Interface to listen on. Default `127.0.0.1` (loopback only); `0.0.0.0` for every interface. */
+  readonly host?: string
+  /**
+   * Largest HTTP request body (a batch of base64 payloads). Default 64 MiB. Larger bodies get
+   * 413. The service's own limits (payload and batch size) still apply below it.
+   */
+  readonly maxBodyBytes?: number
+}
+
+const DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+
+export interface BoundAddress {
+  readonly host: string
+  readonly port: number
+  /** The RPC endpoint, e.g. `http://127.0.0.1:5555/rpc`: what `RpcDeliveryService.make({ url })` takes. */
+  readonly url: string
+}
+
+// ---- wire -> port ----
+// The wire checks shape only; the service checks values (and answers with its typed errors),
+// so these only re-dress the decoded structs as the port's types.
+
+type Wire<S extends { readonly Type: unknown }> = S["Type"]
+
+const groupInput = (m: Wire<typeof GroupMessageInputWire>) => new GroupMessageInput(m as GroupMessageInput, true)
+const welcomeInput = (m: Wire<typeof WelcomeMessageInputWire>) =>
+  new WelcomeMessageInput(m as WelcomeMessageInput, true)
+const keyPackageUpload = (u: Wire<typeof KeyPackageUploadWire>) => new KeyPackageUpload(u as KeyPackageUpload, true)
+const identityUpdate = (u: Wire<typeof IdentityUpdateInputWire>) => new IdentityUpdate(u as IdentityUpdate, true)
+const groupQuery = (q: Wire<typeof GroupQueryWire>): GroupQuery =>
+  q.limit === undefined
+    ? { groupId: q.groupId as GroupQuery["groupId"], afterSequenceId: q.afterSequenceId }
+    : { groupId: q.groupId as GroupQuery["groupId"], afterSequenceId: q.afterSequenceId, limit: q.limit }
+const groupFilter = (f: Wire<typeof GroupFilterWire>): Omit<GroupQuery, "limit"> =>
+  ({ groupId: f.groupId as GroupQuery["groupId"], afterSequenceId: f.afterSequenceId })
+const welcomeQuery = (q: Wire<typeof WelcomeQueryWire>): WelcomeQuery =>
+  q.limit === undefined
+    ? { installationId: q.installationId as InstallationId, afterSequenceId: q.afterSequenceId }
+    : { installationId: q.installationId as InstallationId, afterSequenceId: q.afterSequenceId, limit: q.limit }
+const welcomeFilter = (f: Wire<typeof WelcomeFilterWire>): Omit<WelcomeQuery, "limit"> =>
+  ({ installationId: f.installationId as InstallationId, afterSequenceId: f.afterSequenceId })
+const identityQuery = (q: Wire<typeof IdentityQueryWire>): IdentityQuery => q as IdentityQuery
+
+/** The RPC handlers: each one forwards to the `DeliveryService` in the context. */
+export const handlers = DeliveryRpcs.toLayer(
+  Effect.gen(function*() {
+    const ds = yield* DeliveryService
+    return {
+      sendGroupMessages: ({ messages }) => ds.sendGroupMessages(messages.map(groupInput)),
+      queryGroupMessages: ({ query }) => Effect.map(ds.queryGroupMessages(groupQuery(query)), fromQueryPage),
+      batchQueryGroupMessages: ({ queries }) =>
+        Effect.map(ds.batchQueryGroupMessages(queries.map(groupQuery)), (pages) => pages.map(fromQueryPage)),
+      subscribeGroupMessages: ({ filters }) => ds.subscribeGroupMessages(filters.map(groupFilter)),
+      sendWelcomeMessages: ({ messages }) => ds.sendWelcomeMessages(messages.map(welcomeInput)),
+      queryWelcomeMessages: ({ query }) => Effect.map(ds.queryWelcomeMessages(welcomeQuery(query)), fromQueryPage),
+      subscribeWelcomeMessages: ({ filter }) => ds.subscribeWelcomeMessages(welcomeFilter(filter)),
+      uploadKeyPackage: ({ upload }) => ds.uploadKeyPackage(keyPackageUpload(upload)),
+      fetchKeyPackages: ({ installationIds }) => ds.fetchKeyPackages(installationIds as ReadonlyArray<InstallationId>),
+      publishIdentityUpdate: ({ update }) => ds.publishIdentityUpdate(identityUpdate(update)),
+      getIdentityUpdates: ({ queries }) => ds.getIdentityUpdates(queries.map(identityQuery))
+    }
+  })
+)
+
+/** The server's own router, so it never shares routes with an app's `HttpRouter.Default`. */
+export class DeliveryRouter extends HttpRouter.Tag("converge/DeliveryServer/Router")<DeliveryRouter>() {}
+
+const rpcOverHttp = RpcServer.layer(DeliveryRpcs).pipe(
+  Layer.provide(RpcServer.layerProtocolHttp({ path: RPC_PATH, routerTag: DeliveryRouter })),
+  Layer.provide(RpcSerialization.layerNdjson)
+)
+
+const rpcOverWebsocket = RpcServer.layer(DeliveryRpcs).pipe(
+  Layer.provide(RpcServer.layerProtocolWebsocket({ path: RPC_PATH, routerTag: DeliveryRouter })),
+  Layer.provide(RpcSerialization.layerJson)
+)
+
+/** An ndjson line the RPC client reads as a protocol defect, for requests the RPC layer never sees. */
+const protocolError = (status: number, detail: string) =>
+  HttpServerResponse.text(JSON.stringify({ _tag: "Defect", defect: detail }) + "\n", {
+    status,
+    contentType: RpcSerialization.ndjson.contentType
+  })
+
+/**
+ * In front of the HTTP transport: reads the body once (the request caches it for the RPC
+ * handler) under the size limit, and refuses a body whose last ndjson line is not terminated.
+ * The RPC layer would silently ignore such a line (it waits for a newline that never comes)
+ * and answer an empty 200; here it gets a 400 instead. A body declared (Content-Length) larger
+ * than the limit gets 413 unread; an undeclared (chunked) one is cut off at the limit.
+ */
+const httpGuard = (maxBodyBytes: number) =>
+  HttpMiddleware.make((app) =>
+    Effect.gen(function*() {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      if (request.method !== "POST" || new URL(request.url, "http://localhost").pathname !== RPC_PATH) {
+        return yield* app
+      }
+      const declared = Number(request.headers["content-length"] ?? Number.NaN)
+      if (declared > maxBodyBytes) {
+        // Refused before reading: reading would cut the connection at the limit instead.
+        return protocolError(413, `request body larger than ${maxBodyBytes} bytes`).pipe(
+          HttpServerResponse.setHeader("connection", "close")
+        )
+      }
+      const body = yield* request.text.pipe(
+        HttpIncomingMessage.withMaxBodySize(Option.some(maxBodyBytes)),
+        Effect.either
+      )
+      if (body._tag === "Left") {
+        // Past the limit the body stream is destroyed, so this answer may not get through.
+        const cause: unknown = body.left.cause
+        return cause instanceof Error && cause.message === "maxBytes exceeded"
+          ? protocolError(413, `request body larger than ${maxBodyBytes} bytes`)
+          : protocolError(400, `cannot read request body: ${body.left.message}`)
+      }
+      if (body.right.length > 0 && !body.right.endsWith("\n")) {
+        return protocolError(400, "malformed request: an ndjson body must end with a newline")
+      }
+      return yield* app
+    })
+  )
+
+/** Both transports on `RPC_PATH`, served by whatever `HttpServer` the context has. */
+export const layerApp = (
+  options: Pick<ServerOptions, "maxBodyBytes"> = {}
+): Layer.Layer<never, never, HttpServer.HttpServer | DeliveryService> =>
+  DeliveryRouter.serve(httpGuard(options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES)).pipe(
+    Layer.provide(Layer.mergeAll(rpcOverHttp, rpcOverWebsocket)),
+    Layer.provide(handlers)
+  )
+
+const listener = (options: ServerOptions) =>
+  NodeHttpServer.layer(() => Http.createServer(), { port: options.port ?? 0, host: options.host ?? "127.0.0.1" })
+
+/** Serves the `DeliveryService` of the context on `host:port` for as long as the layer lives. */
+export const layer = (options: ServerOptions = {}): Layer.Layer<never, ServeError, DeliveryService> =>
+  layerApp(options).pipe(Layer.provide(listener(options)))
+
+/**
+ * Starts the server in the current scope and returns where it listens (with port 0, the
+ * port the OS picked). It stops when the scope closes.
+ */
+export const serve = (
+  options: ServerOptions = {}
+): Effect.Effect<BoundAddress, ServeError, Scope.Scope | DeliveryService> =>
+  Effect.gen(function*() {
+    const context = yield* Layer.build(layerApp(options).pipe(Layer.provideMerge(listener(options))))
+    const address = Context.get(context, HttpServer.HttpServer).address
+    if (address._tag !== "TcpAddress") return yield* Effect.dieMessage("delivery server: expected a TCP address")
+    const host = address.hostname.includes(":") ? `[${address.hostname}]` : address.hostname
+    return { host: address.hostname, port: address.port, url: `http://${host}:${address.port}${RPC_PATH}` }
+  })
+
+export const DeliveryServer = { layer, layerApp, serve, handlers, RPC_PATH } as const

@@ -1,0 +1,342 @@
+/**
+ * The delivery service port over the network: an `@effect/rpc` client of `DeliveryServer`.
+ *
+ * - **Transport.** WebSocket by default (one multiplexed connection; the RPC client pings it
+ *   every 10 s and reconnects with `reconnectSchedule` when it drops or goes silent), or
+ *   HTTP ndjson (`transport: "http"`: one POST per call, a long-lived response per stream).
+ * - **Timeouts.** Every unary call attempt gets `timeout` (default 10 s) and then fails with
+ *   `DeliveryError("Timeout", retryable)`: the call may or may not have happened.
+ * - **Transport failures** (connection refused or dropped, server shutting down, a response
+ *   that ends early) become `DeliveryError("Unavailable", retryable)`. Typed errors from the
+ *   server arrive as the same tagged errors an in-process service fails with.
+ * - **Retries.** Idempotent calls are retried on retryable errors with `retrySchedule`:
+ *   queries, fetches, `getIdentityUpdates`, `uploadKeyPackage` (a replace), and the sends
+ *   (the server stores an identical payload on a topic once and returns the stored envelope
+ *   again). `publishIdentityUpdate` is not retried: a lost response may hide a stored entry,
+ *   so the caller re-reads the log and decides.
+ * - **Streams resume.** A subscription remembers the last sequence id it delivered per topic.
+ *   When the stream fails with a retryable error (the connection dropped, the server
+ *   restarted), it resubscribes from those cursors after `resubscribeSchedule`'s backoff
+ *   (reset by every delivery) and drops anything at or below them: no loss, no duplicate.
+ *   Non-retryable errors (a bad filter) end the stream.
+ *
+ * Timeouts and backoffs run on Effect's `Clock`: under `TestClock` they wait for it.
+ */
+import { HttpClient, HttpClientRequest } from "@effect/platform"
+import { NodeHttpClient, NodeSocket } from "@effect/platform-node"
+import { RpcClient, type RpcMessage, RpcSerialization } from "@effect/rpc"
+import type { RpcClientError } from "@effect/rpc/RpcClientError"
+import {
+  Cause,
+  Context,
+  Duration,
+  Effect,
+  Layer,
+  Schedule,
+  type Scope,
+  Stream
+} from "effect"
+import {
+  DeliveryRpcs,
+  toGroupMessageEnvelope,
+  toIdentityUpdateEnvelope,
+  toQueryPage,
+  toWelcomeMessageEnvelope
+} from "../domain/DeliveryRpcs.ts"
+import { DeliveryError } from "../domain/Errors.ts"
+import type { GroupId } from "../domain/Ids.ts"
+import type { GroupMessageEnvelope, WelcomeMessageEnvelope } from "../domain/Wire.ts"
+// Type-only: the port module imports this one as a value, so a value import back would be circular.
+import type { DeliveryService, FetchedKeyPackage, InboxUpdates } from "../services/DeliveryService.ts"
+
+type Service = Context.Tag.Service<DeliveryService>
+
+export interface RpcDeliveryOptions {
+  /** The server's RPC endpoint, e.g. `http://127.0.0.1:5555/rpc` (`ws://` works too). */
+  readonly url: string
+  /** Default `"websocket"`. */
+  readonly transport?: "websocket" | "http"
+  /** Per attempt of a unary call. Default 10 seconds. */
+  readonly timeout?: Duration.DurationInput
+  /**
+   * Retries of idempotent calls on retryable errors. Default: exponential from 100 ms,
+   * jittered, at most 4 retries.
+   */
+  readonly retrySchedule?: Schedule.Schedule<unknown, DeliveryError>
+  /**
+   * Resubscriptions of a stream that failed with a retryable error. Reset by every delivery.
+   * Default: exponential from 100 ms, at most 5 s apart, jittered, forever.
+   */
+  readonly resubscribeSchedule?: Schedule.Schedule<unknown, DeliveryError>
+  /** WebSocket only: reconnection attempts after the connection drops. Default: exponential from 100 ms, at most 2 s apart. */
+  readonly reconnectSchedule?: Schedule.Schedule<unknown, unknown>
+}
+
+const DEFAULT_TIMEOUT = Duration.seconds(10)
+
+export const defaultRetrySchedule: Schedule.Schedule<unknown, DeliveryError> = Schedule.exponential("100 millis")
+  .pipe(Schedule.jittered, Schedule.intersect(Schedule.recurs(4)))
+
+export const defaultResubscribeSchedule: Schedule.Schedule<unknown, DeliveryError> = Schedule.exponential(
+  "100 millis"
+).pipe(Schedule.either(Schedule.spaced("5 seconds")), Schedule.jittered)
+
+const defaultReconnectSchedule: Schedule.Schedule<unknown, unknown> = Schedule.exponential("100 millis").pipe(
+  Schedule.either(Schedule.spaced("2 seconds"))
+)
+
+const unavailable = (detail: string) => new DeliveryError({ reason: "Unavailable", retryable: true, detail })
+
+/** `http(s)://` -> `ws(s)://` and back; other URLs are left alone. */
+const withScheme = (url: string, secure: string, plain: string) =>
+  url.replace(/^(https?|wss?):\/\//, (_, scheme: string) => (scheme.endsWith("s") ? secure : plain) + "://")
+
+/**
+ * HTTP: a call whose response ends without its `Exit` (the server died mid-answer, a proxy
+ * cut it short, a non-RPC error page) would leave the caller waiting forever. This wraps the
+ * protocol so such a call ends as if the server had interrupted it, which the client turns
+ * into a retryable `Unavailable`.
+ */
+const guardHttpProtocol = (
+  inner: RpcClient.Protocol["Type"]
+): Effect.Effect<RpcClient.Protocol["Type"], never, Scope.Scope> =>
+  RpcClient.Protocol.make((writeResponse) => {
+    const exited = new Set<string>()
+    return inner.run((message) => {
+      if (message._tag === "Exit") exited.add(message.requestId)
+      return writeResponse(message)
+    }).pipe(
+      Effect.forkScoped,
+      Effect.as({
+        send: (request: RpcMessage.FromClientEncoded) =>
+          request._tag !== "Request"
+            ? inner.send(request)
+            : inner.send(request).pipe(
+              Effect.zipRight(Effect.suspend(() => {
+                if (exited.delete(request.id)) return Effect.void
+                return writeResponse({
+                  _tag: "Exit",
+                  requestId: request.id,
+                  exit: { _tag: "Failure", cause: { _tag: "Interrupt", fiberId: { _tag: "None" } } }
+                })
+              })),
+              Effect.ensuring(Effect.sync(() => exited.delete(request.id)))
+            ),
+        supportsAck: inner.supportsAck,
+        supportsTransferables: inner.supportsTransferables
+      })
+    )
+  })
+
+const protocolLayer = (options: RpcDeliveryOptions): Layer.Layer<RpcClient.Protocol> => {
+  if (options.transport === "http") {
+    return Layer.scoped(
+      RpcClient.Protocol,
+      Effect.gen(function*() {
+        const inner = yield* RpcClient.makeProtocolHttp(
+          HttpClient.filterStatusOk(yield* HttpClient.HttpClient).pipe(
+            HttpClient.mapRequest(HttpClientRequest.prependUrl(withScheme(options.url, "https", "http")))
+          )
+        )
+        return yield* guardHttpProtocol(inner)
+      })
+    ).pipe(
+      // node:http rather than undici: undici's 300 s body timeout would cut quiet subscriptions.
+      Layer.provide([NodeHttpClient.layer, RpcSerialization.layerNdjson])
+    )
+  }
+  return RpcClient.layerProtocolSocket({
+    retryTransientErrors: false,
+    retrySchedule: options.reconnectSchedule ?? defaultReconnectSchedule
+  }).pipe(
+    Layer.provide([NodeSocket.layerWebSocket(withScheme(options.url, "wss", "ws")), RpcSerialization.layerJson])
+  )
+}
+
+/**
+ * The transport's own failures as the port's errors: a client error (connection refused or
+ * lost) and an interruption that came over the wire (the server shut down, or the response
+ * ended early) both mean the service could not be reached. Our own interruption never gets
+ * here: an interrupted fiber skips error handlers.
+ */
+const transportErrors = <E extends { readonly _tag: string }>(
+  op: string,
+  cause: Cause.Cause<E>
+): Cause.Cause<Exclude<E, RpcClientError> | DeliveryError> => {
+  if (Cause.isInterruptedOnly(cause)) {
+    return Cause.fail(unavailable(`${op}: the server interrupted the call (shutting down or connection lost)`))
+  }
+  return Cause.map(cause, (e) =>
+    e._tag === "RpcClientError"
+      ? fromClientError(op, e as unknown as RpcClientError)
+      : e as Exclude<E, RpcClientError>)
+}
+
+/**
+ * A transport error as a `DeliveryError`. HTTP status errors (the server's guard in front of
+ * the RPC layer) say whether trying again could help: 413 and other 4xx cannot.
+ */
+const fromClientError = (op: string, error: RpcClientError): DeliveryError => {
+  const cause: unknown = error.cause
+  const status = typeof cause === "object" && cause !== null && "_tag" in cause && cause._tag === "ResponseError" &&
+      "response" in cause
+    ? (cause as { readonly response: { readonly status: number } }).response.status
+    : undefined
+  if (status === 413) {
+    return new DeliveryError({ reason: "PayloadTooLarge", retryable: false, detail: `${op}: request body too large` })
+  }
+  if (status !== undefined && status >= 400 && status < 500 && status !== 408 && status !== 429) {
+    return new DeliveryError({ reason: "InvalidRequest", retryable: false, detail: `${op}: HTTP ${status}` })
+  }
+  return unavailable(`${op}: ${error.message}${status === undefined ? "" : ` (HTTP ${status})`}`)
+}
+
+/** The port over an RPC client of `DeliveryServer`; the connection lives as long as the scope. */
+export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const protocol = yield* Layer.build(protocolLayer(options))
+    const client = yield* RpcClient.make(DeliveryRpcs, { spanPrefix: "DeliveryRpc" }).pipe(
+      Effect.provide(protocol)
+    )
+    const timeout = Duration.decode(options.timeout ?? DEFAULT_TIMEOUT)
+    const retryWhile = (e: DeliveryError) => e.retryable
+    const retrySchedule = options.retrySchedule ?? defaultRetrySchedule
+    const resubscribeSchedule = Schedule.whileInput(options.resubscribeSchedule ?? defaultResubscribeSchedule, retryWhile)
+
+    /** One attempt: transport errors mapped, bounded by the timeout. */
+    const attempt = <A, E extends { readonly _tag: string }>(
+      op: string,
+      call: Effect.Effect<A, E>
+    ): Effect.Effect<A, Exclude<E, RpcClientError> | DeliveryError> =>
+      call.pipe(
+        Effect.catchAllCause((cause) => Effect.failCause(transportErrors(op, cause))),
+        Effect.timeoutFail({
+          duration: timeout,
+          onTimeout: () =>
+            new DeliveryError({
+              reason: "Timeout",
+              retryable: true,
+              detail: `${op}: no response within ${Duration.format(timeout)}`
+            })
+        })
+      )
+
+    /** An idempotent call: attempted again on retryable errors. */
+    const idempotent = <A>(op: string, call: Effect.Effect<A, DeliveryError | RpcClientError>) =>
+      attempt(op, call).pipe(Effect.retry({ schedule: retrySchedule, while: retryWhile }))
+
+    /**
+     * A stream that resumes: `open` subscribes from the cursors; deliveries at or below a
+     * topic's cursor are dropped and every delivery moves its cursor. A normal end is treated
+     * as a lost connection too: the server never ends a subscription that has topics to follow.
+     */
+    const resumable = <A extends { readonly sequenceId: bigint }, K>(
+      op: string,
+      cursors: Map<K, bigint>,
+      keyOf: (a: A) => K,
+      open: () => Stream.Stream<A, DeliveryError | RpcClientError>
+    ): Stream.Stream<A, DeliveryError> =>
+      Stream.suspend(open).pipe(
+        Stream.catchAllCause((cause) => Stream.failCause(transportErrors(op, cause))),
+        Stream.filter((a) => {
+          const key = keyOf(a)
+          const last = cursors.get(key)
+          if (last !== undefined && a.sequenceId <= last) return false
+          cursors.set(key, a.sequenceId)
+          return true
+        }),
+        Stream.concat(Stream.fail(unavailable(`${op}: the server ended the subscription`))),
+        Stream.retry(resubscribeSchedule)
+      )
+
+    const service: Service = {
+      sendGroupMessages: (messages) =>
+        idempotent("sendGroupMessages", client.sendGroupMessages({ messages })).pipe(
+          Effect.map((envelopes) => envelopes.map(toGroupMessageEnvelope))
+        ),
+      queryGroupMessages: (query) =>
+        idempotent("queryGroupMessages", client.queryGroupMessages({ query })).pipe(
+          Effect.map((page) => toQueryPage(page, toGroupMessageEnvelope))
+        ),
+      batchQueryGroupMessages: (queries) =>
+        idempotent("batchQueryGroupMessages", client.batchQueryGroupMessages({ queries })).pipe(
+          Effect.map((pages) => pages.map((page) => toQueryPage(page, toGroupMessageEnvelope)))
+        ),
+      subscribeGroupMessages: (filters) => {
+        if (filters.length === 0) {
+          // Nothing to follow: the server ends the stream at once (or says why not).
+          return client.subscribeGroupMessages({ filters: [] }).pipe(
+            Stream.catchAllCause((cause) => Stream.failCause(transportErrors("subscribeGroupMessages", cause))),
+            Stream.map(toGroupMessageEnvelope)
+          )
+        }
+        return Stream.suspend(() => {
+          // Several filters on one topic follow it from the lowest cursor, as the service does.
+          const cursors = new Map<GroupId, bigint>()
+          for (const f of filters) {
+            const seen = cursors.get(f.groupId)
+            cursors.set(f.groupId, seen === undefined || f.afterSequenceId < seen ? f.afterSequenceId : seen)
+          }
+          return resumable(
+            "subscribeGroupMessages",
+            cursors,
+            (e: GroupMessageEnvelope) => e.groupId,
+            () =>
+              client.subscribeGroupMessages({
+                filters: Array.from(cursors, ([groupId, afterSequenceId]) => ({ groupId, afterSequenceId }))
+              }).pipe(Stream.map(toGroupMessageEnvelope))
+          )
+        })
+      },
+      sendWelcomeMessages: (messages) =>
+        idempotent("sendWelcomeMessages", client.sendWelcomeMessages({ messages })).pipe(
+          Effect.map((envelopes) => envelopes.map(toWelcomeMessageEnvelope))
+        ),
+      queryWelcomeMessages: (query) =>
+        idempotent("queryWelcomeMessages", client.queryWelcomeMessages({ query })).pipe(
+          Effect.map((page) => toQueryPage(page, toWelcomeMessageEnvelope))
+        ),
+      subscribeWelcomeMessages: (filter) =>
+        Stream.suspend(() => {
+          const cursors = new Map([[filter.installationId, filter.afterSequenceId]])
+          return resumable(
+            "subscribeWelcomeMessages",
+            cursors,
+            (e: WelcomeMessageEnvelope) => e.installationId,
+            () =>
+              client.subscribeWelcomeMessages({
+                filter: {
+                  installationId: filter.installationId,
+                  afterSequenceId: cursors.get(filter.installationId) ?? filter.afterSequenceId
+                }
+              }).pipe(Stream.map(toWelcomeMessageEnvelope))
+          )
+        }),
+      // A replace: doing it twice leaves what doing it once does.
+      uploadKeyPackage: (upload) => idempotent("uploadKeyPackage", client.uploadKeyPackage({ upload })),
+      fetchKeyPackages: (installationIds) =>
+        idempotent("fetchKeyPackages", client.fetchKeyPackages({ installationIds })).pipe(
+          Effect.map((fetched) =>
+            fetched.map((f): FetchedKeyPackage => ({
+              installationId: f.installationId as FetchedKeyPackage["installationId"],
+              keyPackage: f.keyPackage
+            }))
+          )
+        ),
+      // Not idempotent: a lost response may hide a stored entry; the caller re-reads the log.
+      publishIdentityUpdate: (update) =>
+        attempt("publishIdentityUpdate", client.publishIdentityUpdate({ update })).pipe(
+          Effect.map(toIdentityUpdateEnvelope)
+        ),
+      getIdentityUpdates: (queries) =>
+        idempotent("getIdentityUpdates", client.getIdentityUpdates({ queries })).pipe(
+          Effect.map((inboxes) =>
+            inboxes.map((inbox): InboxUpdates => ({
+              inboxId: inbox.inboxId as InboxUpdates["inboxId"],
+              updates: inbox.updates.map(toIdentityUpdateEnvelope)
+            }))
+          )
+        )
+    }
+    return service
+  })

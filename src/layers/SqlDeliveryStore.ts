@@ -1,0 +1,512 @@
+/**
+ * The `DeliveryStore` port on `@effect/sql`: one implementation for SQLite and Postgres, with
+ * `sql.onDialectOrElse` where they differ. It owns its schema (migrations table
+ * `converge_ds_migrations`, tables prefixed `ds_`), so it can share a database.
+ *
+ * - Sequence ids come from a counter row per topic (`ds_topics`). An append locks the counter
+ *   rows of its topics (in sorted order, so two appends never deadlock) with an upsert that
+ *   returns the current head, inserts after it, advances the counter and commits. The next
+ *   append on the topic waits for that commit before it reads the head, so ids become visible
+ *   in order, also across servers sharing one Postgres. SQLite has one connection and one
+ *   transaction at a time, which serializes appends the same way.
+ * - Identity updates are compare-and-set on the inbox's log head (`ds_inboxes`): the caller
+ *   verifies against `loadInbox`, the append fails as `Stale` if the head moved meanwhile.
+ * - Changes: SQLite announces after the commit through an in-process PubSub. Postgres sends
+ *   `pg_notify` inside the append transaction (Postgres delivers it only on commit, and
+ *   after the commit is visible); every store instance LISTENs on one connection, fans out
+ *   through its own PubSub, and checks that connection with a heartbeat, re-LISTENing (and
+ *   telling subscribers to re-read) if it is lost.
+ *
+ * Transactions hold only SQL: no network, no waiting on other fibers (SQLite's single
+ * connection would deadlock).
+ */
+import { Migrator, SqlClient } from "@effect/sql"
+import { PgClient } from "@effect/sql-pg"
+import {
+  Clock,
+  Data,
+  Deferred,
+  Duration,
+  Effect,
+  HashMap,
+  HashSet,
+  PubSub,
+  Queue,
+  Schema,
+  type Scope,
+  Stream
+} from "effect"
+import { bytesEqual, sha256Hex, toHex } from "../domain/Bytes.ts"
+import type { InboxState } from "../domain/IdentityLog.ts"
+import type { InboxId, InstallationId } from "../domain/Ids.ts"
+import { ANY_TOPIC, DeliveryStoreError, type StoredEntry, type Topic, type TopicChange } from "../domain/Topics.ts"
+import { IdentityUpdate, IdentityUpdateEnvelope } from "../domain/Wire.ts"
+// Type-only: the port module imports this one as a value.
+import type { AppendIdentityResult, DeliveryStore, DeliveryStoreOptions } from "../services/DeliveryStore.ts"
+
+type Service = DeliveryStore["Type"]
+
+export const migrationsTable = "converge_ds_migrations"
+
+// ---- schema ----
+
+const createTables = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  const bytes = sql.onDialectOrElse({ pg: () => sql.literal("BYTEA"), orElse: () => sql.literal("BLOB") })
+  const serial = sql.onDialectOrElse({
+    pg: () => sql.literal("BIGSERIAL PRIMARY KEY"),
+    orElse: () => sql.literal("INTEGER PRIMARY KEY AUTOINCREMENT")
+  })
+  // Timestamps are nanoseconds (beyond 2^53), kept as decimal text so both drivers return them exactly.
+  yield* sql`CREATE TABLE ds_topics (
+    topic TEXT PRIMARY KEY,
+    last_sequence_id BIGINT NOT NULL,
+    last_time_ns TEXT NOT NULL
+  )`
+  yield* sql`CREATE TABLE ds_envelopes (
+    topic TEXT NOT NULL,
+    sequence_id BIGINT NOT NULL,
+    server_time_ns TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    payload ${bytes} NOT NULL,
+    PRIMARY KEY (topic, sequence_id)
+  )`
+  yield* sql`CREATE INDEX ds_envelopes_digest ON ds_envelopes (topic, digest)`
+  yield* sql`CREATE TABLE ds_inboxes (
+    inbox_id TEXT PRIMARY KEY,
+    root_public_key TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    head_hash TEXT NOT NULL,
+    last_time_ns TEXT NOT NULL
+  )`
+  yield* sql`CREATE TABLE ds_identity_updates (
+    id ${serial},
+    inbox_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    server_time_ns TEXT NOT NULL,
+    body TEXT NOT NULL,
+    UNIQUE (inbox_id, sequence)
+  )`
+  yield* sql`CREATE TABLE ds_installations (
+    installation_id TEXT PRIMARY KEY,
+    inbox_id TEXT NOT NULL,
+    signature_public_key TEXT NOT NULL
+  )`
+  yield* sql`CREATE INDEX ds_installations_inbox ON ds_installations (inbox_id)`
+  yield* sql`CREATE TABLE ds_revoked (
+    inbox_id TEXT NOT NULL,
+    installation_id TEXT NOT NULL,
+    PRIMARY KEY (inbox_id, installation_id)
+  )`
+  yield* sql`CREATE TABLE ds_key_packages (
+    installation_id TEXT PRIMARY KEY,
+    key_package ${bytes} NOT NULL
+  )`
+})
+
+export const migrations = Migrator.fromRecord({ "0001_create_tables": createTables })
+
+/** Runs the store's migrations; concurrent servers starting on a fresh Postgres may race, so retry. */
+export const migrate = Migrator.make({})({ loader: migrations, table: migrationsTable }).pipe(
+  Effect.retry({ times: 3 }),
+  Effect.mapError((cause) => new DeliveryStoreError({ operation: "migrate", cause }))
+)
+
+// ---- rows ----
+
+/** Largest value of a signed 64-bit column: cursors above it can only be past the end. */
+const MAX_INT64 = 9_223_372_036_854_775_807n
+
+/** Drivers return BIGINT as string (pg) or number (SQLite), and text as text. */
+const big = (value: unknown): bigint => BigInt(value as string | number | bigint)
+
+/** Drivers return blobs as Buffers; hand out plain, unshared Uint8Arrays. */
+const bytesOf = (value: unknown): Uint8Array => {
+  const view = value as Uint8Array
+  return new Uint8Array(view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength))
+}
+
+const IdentityUpdateJson = Schema.parseJson(IdentityUpdate)
+const encodeUpdate = Schema.encodeSync(IdentityUpdateJson)
+const decodeUpdate = Schema.decodeUnknown(IdentityUpdateJson)
+
+/** Rolls back an identity append whose installation is taken. */
+class InstallationTaken extends Data.TaggedError("InstallationTaken")<{ readonly owner: InboxId }> {}
+
+// ---- the store ----
+
+interface Announcer {
+  /** Runs inside the append transaction (Postgres: `pg_notify`, sent on commit). */
+  readonly inTransaction: (changes: ReadonlyArray<TopicChange>) => Effect.Effect<void, unknown>
+  /** Runs after the commit (SQLite: the in-process PubSub). */
+  readonly afterCommit: (changes: ReadonlyArray<TopicChange>) => Effect.Effect<void>
+  readonly changes: Effect.Effect<Queue.Dequeue<TopicChange>, never, Scope.Scope>
+}
+
+const makeWith = (
+  announcer: Announcer
+): Effect.Effect<Service, never, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    // Postgres READ COMMITTED takes a fresh snapshot per statement: lock the rows a decision
+    // rests on. SQLite runs one transaction at a time and knows neither clause.
+    const forUpdate = sql.onDialectOrElse({ pg: () => sql.literal("FOR UPDATE"), orElse: () => sql.literal("") })
+    const forShare = sql.onDialectOrElse({ pg: () => sql.literal("FOR SHARE"), orElse: () => sql.literal("") })
+
+    const failed = (operation: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      effect.pipe(
+        Effect.mapError((cause) => new DeliveryStoreError({ operation, cause })),
+        Effect.withSpan(`DeliveryStore.${operation}`)
+      )
+
+    const append: Service["append"] = (entries) =>
+      Effect.gen(function*() {
+        if (entries.length === 0) return []
+        const now = yield* Clock.currentTimeNanos
+        const topics = Array.from(new Set(entries.map((e) => e.topic))).sort()
+        const { out, grown } = yield* sql.withTransaction(Effect.gen(function*() {
+          // Lock each topic's counter (creating it) in a fixed order, and read its head.
+          const heads = new Map<Topic, { sequenceId: bigint; timeNs: bigint }>()
+          for (const topic of topics) {
+            const [head] = yield* sql<{ last_sequence_id: unknown; last_time_ns: unknown }>`
+              INSERT INTO ds_topics (topic, last_sequence_id, last_time_ns) VALUES (${topic}, 0, '0')
+              ON CONFLICT (topic) DO UPDATE SET last_sequence_id = ds_topics.last_sequence_id
+              RETURNING last_sequence_id, last_time_ns`
+            if (head === undefined) return yield* Effect.dieMessage(`no counter row for topic ${topic}`)
+            heads.set(topic, { sequenceId: big(head.last_sequence_id), timeNs: big(head.last_time_ns) })
+          }
+          const out: Array<StoredEntry> = []
+          const grown = new Map<Topic, bigint>()
+          for (const { payload, topic } of entries) {
+            const digest = sha256Hex(payload)
+            // Idempotent resend: an identical payload already on the topic (committed, or
+            // earlier in this transaction) comes back as it was stored.
+            const sameDigest = yield* sql<{ sequence_id: unknown; server_time_ns: unknown; payload: unknown }>`
+              SELECT sequence_id, server_time_ns, payload FROM ds_envelopes
+              WHERE topic = ${topic} AND digest = ${digest} ORDER BY sequence_id`
+            const duplicate = sameDigest.find((row) => bytesEqual(bytesOf(row.payload), payload))
+            if (duplicate !== undefined) {
+              out.push({
+                topic,
+                sequenceId: big(duplicate.sequence_id),
+                serverTimeNs: big(duplicate.server_time_ns),
+                payload: bytesOf(duplicate.payload)
+              })
+              continue
+            }
+            const head = heads.get(topic)!
+            const sequenceId = head.sequenceId + 1n
+            // Never let a topic's timestamps go backwards, even if a server's clock does.
+            const timeNs = now > head.timeNs ? now : head.timeNs
+            const stored = payload.slice()
+            yield* sql`INSERT INTO ds_envelopes (topic, sequence_id, server_time_ns, digest, payload)
+              VALUES (${topic}, ${sequenceId}, ${String(timeNs)}, ${digest}, ${stored})`
+            heads.set(topic, { sequenceId, timeNs })
+            grown.set(topic, sequenceId)
+            out.push({ topic, sequenceId, serverTimeNs: timeNs, payload: stored })
+          }
+          for (const [topic, sequenceId] of grown) {
+            const head = heads.get(topic)!
+            yield* sql`UPDATE ds_topics SET last_sequence_id = ${sequenceId}, last_time_ns = ${String(head.timeNs)}
+              WHERE topic = ${topic}`
+          }
+          const changes = Array.from(grown, ([topic, sequenceId]): TopicChange => ({ topic, sequenceId }))
+          if (changes.length > 0) yield* announcer.inTransaction(changes)
+          return { out, grown: changes }
+        }))
+        if (grown.length > 0) yield* announcer.afterCommit(grown)
+        return out
+      }).pipe(failed("append"))
+
+    const read: Service["read"] = (topic, afterSequenceId, limit) =>
+      Effect.gen(function*() {
+        if (afterSequenceId >= MAX_INT64 || limit <= 0) return []
+        const rows = yield* sql<{ sequence_id: unknown; server_time_ns: unknown; payload: unknown }>`
+          SELECT sequence_id, server_time_ns, payload FROM ds_envelopes
+          WHERE topic = ${topic} AND sequence_id > ${afterSequenceId < 0n ? 0n : afterSequenceId}
+          ORDER BY sequence_id LIMIT ${limit}`
+        return rows.map((row): StoredEntry => ({
+          topic,
+          sequenceId: big(row.sequence_id),
+          serverTimeNs: big(row.server_time_ns),
+          payload: bytesOf(row.payload)
+        }))
+      }).pipe(failed("read"))
+
+    // ---- identity ----
+
+    const loadInbox: Service["loadInbox"] = (inboxId) =>
+      sql.withTransaction(Effect.gen(function*() {
+        // Locking the head row first makes the reads below see one log head: an append holds
+        // it (FOR UPDATE) from before it touches installations until it commits.
+        const [inbox] = yield* sql<{ root_public_key: string; sequence: unknown; head_hash: string }>`
+          SELECT root_public_key, sequence, head_hash FROM ds_inboxes WHERE inbox_id = ${inboxId} ${forShare}`
+        if (inbox === undefined) return undefined
+        const installations = yield* sql<{ installation_id: InstallationId; signature_public_key: string }>`
+          SELECT installation_id, signature_public_key FROM ds_installations WHERE inbox_id = ${inboxId}`
+        const revoked = yield* sql<{ installation_id: InstallationId }>`
+          SELECT installation_id FROM ds_revoked WHERE inbox_id = ${inboxId}`
+        const state: InboxState = {
+          inboxId,
+          rootPublicKey: inbox.root_public_key,
+          installations: HashMap.fromIterable(
+            installations.map((row) => [row.installation_id, row.signature_public_key] as const)
+          ),
+          revoked: HashSet.fromIterable(revoked.map((row) => row.installation_id)),
+          sequence: Number(inbox.sequence),
+          headHash: inbox.head_hash
+        }
+        return state
+      })).pipe(failed("loadInbox"))
+
+    const appendIdentityUpdate: Service["appendIdentityUpdate"] = (update, headHash) =>
+      Effect.gen(function*() {
+        const now = yield* Clock.currentTimeNanos
+        const inboxId = update.inboxId
+        const action = update.action
+        const body = encodeUpdate(update)
+        return yield* sql.withTransaction(Effect.gen(function*() {
+          let timeNs = now
+          if (action._tag === "CreateInbox") {
+            const created = yield* sql`
+              INSERT INTO ds_inboxes (inbox_id, root_public_key, sequence, head_hash, last_time_ns)
+              VALUES (${inboxId}, ${action.rootPublicKey}, ${update.sequence}, ${headHash}, ${String(now)})
+              ON CONFLICT (inbox_id) DO NOTHING RETURNING inbox_id`
+            if (created.length === 0) return { _tag: "Stale" } as const
+          } else {
+            const [head] = yield* sql<{ sequence: unknown; head_hash: string; last_time_ns: unknown }>`
+              SELECT sequence, head_hash, last_time_ns FROM ds_inboxes WHERE inbox_id = ${inboxId} ${forUpdate}`
+            if (
+              head === undefined || Number(head.sequence) !== update.sequence - 1 ||
+              head.head_hash !== update.previousHash
+            ) return { _tag: "Stale" } as const
+            const last = big(head.last_time_ns)
+            timeNs = now > last ? now : last
+            yield* sql`UPDATE ds_inboxes
+              SET sequence = ${update.sequence}, head_hash = ${headHash}, last_time_ns = ${String(timeNs)}
+              WHERE inbox_id = ${inboxId}`
+          }
+          if (action._tag === "AddInstallation") {
+            // One inbox per installation: the primary key decides between concurrent claims.
+            const claimed = yield* sql`
+              INSERT INTO ds_installations (installation_id, inbox_id, signature_public_key)
+              VALUES (${action.installationId}, ${inboxId}, ${action.signaturePublicKey})
+              ON CONFLICT (installation_id) DO NOTHING RETURNING installation_id`
+            if (claimed.length === 0) {
+              const [owner] = yield* sql<{ inbox_id: InboxId }>`
+                SELECT inbox_id FROM ds_installations WHERE installation_id = ${action.installationId}`
+              return yield* new InstallationTaken({ owner: owner?.inbox_id ?? inboxId })
+            }
+          }
+          if (action._tag === "RevokeInstallation") {
+            // A revoked installation may no longer be added to groups: its key package goes.
+            yield* sql`DELETE FROM ds_installations
+              WHERE installation_id = ${action.installationId} AND inbox_id = ${inboxId}`
+            yield* sql`INSERT INTO ds_revoked (inbox_id, installation_id) VALUES (${inboxId}, ${action.installationId})
+              ON CONFLICT (inbox_id, installation_id) DO NOTHING`
+            yield* sql`DELETE FROM ds_key_packages WHERE installation_id = ${action.installationId}`
+          }
+          const [row] = yield* sql<{ id: unknown }>`
+            INSERT INTO ds_identity_updates (inbox_id, sequence, server_time_ns, body)
+            VALUES (${inboxId}, ${update.sequence}, ${String(timeNs)}, ${body}) RETURNING id`
+          if (row === undefined) return yield* Effect.dieMessage("identity update insert returned no id")
+          const envelope = new IdentityUpdateEnvelope({ sequenceId: big(row.id), serverTimeNs: timeNs, update })
+          return { _tag: "Appended", envelope } as const
+        }))
+      }).pipe(
+        Effect.catchTag(
+          "InstallationTaken",
+          (taken): Effect.Effect<AppendIdentityResult> => Effect.succeed({ _tag: "InstallationTaken", owner: taken.owner })
+        ),
+        failed("appendIdentityUpdate")
+      )
+
+    const identityUpdates: Service["identityUpdates"] = (inboxId, afterSequence) =>
+      Effect.gen(function*() {
+        const rows = yield* sql<{ id: unknown; server_time_ns: unknown; body: string }>`
+          SELECT id, server_time_ns, body FROM ds_identity_updates
+          WHERE inbox_id = ${inboxId} AND sequence > ${afterSequence} ORDER BY sequence`
+        return yield* Effect.forEach(rows, (row) =>
+          Effect.map(decodeUpdate(row.body), (update) =>
+            new IdentityUpdateEnvelope({ sequenceId: big(row.id), serverTimeNs: big(row.server_time_ns), update })))
+      }).pipe(failed("identityUpdates"))
+
+    const installationOwner: Service["installationOwner"] = (installationId) =>
+      Effect.map(
+        sql<{ inbox_id: InboxId }>`SELECT inbox_id FROM ds_installations WHERE installation_id = ${installationId}`,
+        (rows) => rows[0]?.inbox_id
+      ).pipe(failed("installationOwner"))
+
+    // ---- key packages ----
+
+    const putKeyPackage: Service["putKeyPackage"] = (installationId, inboxId, keyPackage) =>
+      sql.withTransaction(Effect.gen(function*() {
+        // Share-locking the owner row makes a concurrent revocation wait for this upload (and
+        // then delete it), or this upload see the revocation.
+        const [owner] = yield* sql<{ inbox_id: InboxId }>`
+          SELECT inbox_id FROM ds_installations WHERE installation_id = ${installationId} ${forShare}`
+        if (owner?.inbox_id !== inboxId) return false
+        const stored = keyPackage.slice()
+        yield* sql`INSERT INTO ds_key_packages (installation_id, key_package) VALUES (${installationId}, ${stored})
+          ON CONFLICT (installation_id) DO UPDATE SET key_package = excluded.key_package`
+        return true
+      })).pipe(failed("putKeyPackage"))
+
+    const getKeyPackages: Service["getKeyPackages"] = (installationIds) =>
+      Effect.gen(function*() {
+        const found = new Map<InstallationId, Uint8Array>()
+        const unique = Array.from(new Set(installationIds))
+        for (let i = 0; i < unique.length; i += 500) {
+          const rows = yield* sql<{ installation_id: InstallationId; key_package: unknown }>`
+            SELECT installation_id, key_package FROM ds_key_packages
+            WHERE ${sql.in("installation_id", unique.slice(i, i + 500))}`
+          for (const row of rows) found.set(row.installation_id, bytesOf(row.key_package))
+        }
+        return found as ReadonlyMap<InstallationId, Uint8Array>
+      }).pipe(failed("getKeyPackages"))
+
+    return {
+      append,
+      read,
+      changes: announcer.changes,
+      loadInbox,
+      appendIdentityUpdate,
+      identityUpdates,
+      installationOwner,
+      putKeyPackage,
+      getKeyPackages
+    }
+  })
+
+// ---- SQLite ----
+
+/** The store on SQLite: appends are announced through an in-process PubSub after commit. */
+export const makeSqlite = (): Effect.Effect<Service, DeliveryStoreError, SqlClient.SqlClient | Scope.Scope> =>
+  Effect.gen(function*() {
+    yield* migrate
+    const pubsub = yield* Effect.acquireRelease(PubSub.unbounded<TopicChange>(), PubSub.shutdown)
+    return yield* makeWith({
+      inTransaction: () => Effect.void,
+      afterCommit: (changes) => PubSub.publishAll(pubsub, changes),
+      changes: PubSub.subscribe(pubsub)
+    })
+  })
+
+// ---- Postgres ----
+
+const DEFAULT_CHANNEL = "converge_ds"
+const DEFAULT_HEARTBEAT_MILLIS = 10_000
+/** How long a heartbeat may take to come back (at most) before the LISTEN connection counts as lost. */
+const MAX_HEARTBEAT_TIMEOUT_MILLIS = 5000
+/** How long the first LISTEN may take before the store fails to start. */
+const STARTUP_TIMEOUT = Duration.seconds(15)
+
+/** Heartbeats and probes share the channel with changes; no topic starts with `~`. */
+const HEARTBEAT_PREFIX = "~hb "
+
+const encodeChange = (change: TopicChange) => `${change.topic} ${change.sequenceId}`
+
+const decodeChange = (payload: string): TopicChange => {
+  const space = payload.lastIndexOf(" ")
+  const topic = payload.slice(0, space) as Topic
+  const sequence = payload.slice(space + 1)
+  return space > 0 && /^[0-9]+$/.test(sequence)
+    ? { topic, sequenceId: BigInt(sequence) }
+    : { topic: ANY_TOPIC, sequenceId: 0n }
+}
+
+/**
+ * The store on Postgres. Every instance LISTENs on `channel` with one connection (through
+ * `PgClient.listen`) and fans out to its subscribers. `PgClient.listen` neither says when the
+ * LISTEN is in place nor fails when its connection dies, so the instance confirms the LISTEN
+ * with a NOTIFY to itself before it serves, and repeats that as a heartbeat; when a heartbeat
+ * does not come back, it LISTENs again and announces `ANY_TOPIC`, since changes may have been
+ * missed in between.
+ */
+export const makePg = (
+  options: DeliveryStoreOptions
+): Effect.Effect<Service, DeliveryStoreError, PgClient.PgClient | Scope.Scope> =>
+  Effect.gen(function*() {
+    const pg = yield* PgClient.PgClient
+    yield* migrate.pipe(Effect.provideService(SqlClient.SqlClient, pg))
+    const channel = options.channel ?? DEFAULT_CHANNEL
+    const heartbeatMillis = options.heartbeatMillis ?? DEFAULT_HEARTBEAT_MILLIS
+    if (!Number.isInteger(heartbeatMillis) || heartbeatMillis <= 0) {
+      return yield* Effect.dieMessage(`DeliveryStore: heartbeatMillis must be a positive integer, got ${heartbeatMillis}`)
+    }
+    const heartbeatEvery = Duration.millis(heartbeatMillis)
+    const heartbeatTimeout = Duration.millis(Math.min(MAX_HEARTBEAT_TIMEOUT_MILLIS, Math.max(250, heartbeatMillis)))
+
+    const pubsub = yield* Effect.acquireRelease(PubSub.unbounded<TopicChange>(), PubSub.shutdown)
+    const beats = yield* Queue.unbounded<string>()
+    const instance = toHex(crypto.getRandomValues(new Uint8Array(8)))
+    const ownBeats = `${HEARTBEAT_PREFIX}${instance} `
+    let beatCount = 0
+
+    const onPayload = (payload: string): Effect.Effect<void> =>
+      payload.startsWith(HEARTBEAT_PREFIX)
+        // Other instances' heartbeats share the channel: only ours matter here.
+        ? (payload.startsWith(ownBeats) ? Queue.offer(beats, payload) : Effect.void)
+        : PubSub.publish(pubsub, decodeChange(payload))
+
+    /** Sends one heartbeat and waits until it comes back through the LISTEN connection. */
+    const heartbeat = (within: Duration.Duration) =>
+      Effect.gen(function*() {
+        yield* Queue.takeAll(beats)
+        const token = `${ownBeats}${++beatCount}`
+        // Not `pg.notify`: in @effect/sql-pg 0.53 it sends `NOTIFY chan, $1`, which Postgres
+        // rejects (NOTIFY takes no bind parameters). `pg_notify` does.
+        yield* pg`SELECT pg_notify(${channel}, ${token})`
+        const arrived = Effect.flatMap(Queue.take(beats), (beat) => (beat === token ? Effect.void : Effect.fail("other")))
+        yield* arrived.pipe(Effect.eventually, Effect.timeoutFail({ duration: within, onTimeout: () => "timeout" }))
+      })
+
+    const ready = yield* Deferred.make<void>()
+
+    /** One LISTEN session: listen, confirm it, announce a re-read, then check it until it fails. */
+    const session = Effect.scoped(Effect.gen(function*() {
+      const listening = yield* pg.listen(channel).pipe(Stream.runForEach(onPayload), Effect.forkScoped)
+      // The LISTEN is issued once the stream runs; probe until a NOTIFY of ours comes back.
+      yield* heartbeat(Duration.millis(200)).pipe(
+        Effect.retry({ times: Math.ceil(Duration.toMillis(STARTUP_TIMEOUT) / 200) })
+      )
+      yield* Deferred.succeed(ready, undefined)
+      yield* PubSub.publish(pubsub, { topic: ANY_TOPIC, sequenceId: 0n })
+      yield* Effect.forever(
+        Effect.sleep(heartbeatEvery).pipe(
+          Effect.zipRight(heartbeat(heartbeatTimeout).pipe(Effect.retry({ times: 1 })))
+        )
+      ).pipe(Effect.raceFirst(Effect.zipRight(listening.await, Effect.fail("the LISTEN stream ended"))))
+    }))
+
+    // Keep a session up for the store's lifetime. The listener's clock is the real one, so
+    // that a TestClock in the caller's tests does not stop heartbeats or the startup probe.
+    yield* Effect.forever(
+      session.pipe(
+        Effect.catchAllCause((cause) =>
+          Effect.logWarning("DeliveryStore: LISTEN connection lost, listening again", cause).pipe(
+            Effect.zipRight(Effect.sleep(Duration.millis(500)))
+          )
+        )
+      )
+    ).pipe(Effect.withClock(Clock.make()), Effect.forkScoped)
+
+    yield* Deferred.await(ready).pipe(
+      Effect.timeoutFail({
+        duration: STARTUP_TIMEOUT,
+        onTimeout: () =>
+          new DeliveryStoreError({ operation: "listen", cause: `no LISTEN on ${channel} within ${Duration.format(STARTUP_TIMEOUT)}` })
+      }),
+      Effect.withClock(Clock.make())
+    )
+
+    return yield* makeWith({
+      // Postgres delivers these when (and only if) the transaction commits.
+      inTransaction: (changes) =>
+        Effect.forEach(changes, (change) => pg`SELECT pg_notify(${channel}, ${encodeChange(change)})`, {
+          discard: true
+        }),
+      afterCommit: () => Effect.void,
+      changes: PubSub.subscribe(pubsub)
+    }).pipe(Effect.provideService(SqlClient.SqlClient, pg))
+  })

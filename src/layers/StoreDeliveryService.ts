@@ -1,0 +1,482 @@
+/**
+ * The delivery service served from a `DeliveryStore` (SQLite, Postgres): what
+ * `converge serve` runs. Its semantics are those of the in-memory delivery service (the
+ * contract the conformance suite checks), without fault injection:
+ *
+ * - The same validation, limits and typed errors: payload size, batch size, cursors, page
+ *   limits, malformed ids; plus a cap on an inbox's identity log (`LimitExceeded`).
+ * - Identity updates are verified with the pure `applyUpdate` against the stored log head,
+ *   then appended compare-and-set on that head (re-verified if another server moved it).
+ * - Key packages are decoded and their signatures verified (`MlsCrypto.keyPackageInfo`); the
+ *   package must name the uploading installation, which must be a current installation of
+ *   the inbox the package names. One key package per installation is kept: the latest.
+ * - Subscriptions subscribe to the store's changes first, then read the backlog in pages,
+ *   then read after the last delivered id whenever their topic changes: no gap, no
+ *   duplicate, strict order per topic, also when other servers append to the store.
+ */
+import { Chunk, Effect, Either, Queue, Schema, type Scope, Stream } from "effect"
+import { DeliveryError, InvalidIdentityUpdate } from "../domain/Errors.ts"
+import { applyUpdate } from "../domain/IdentityLog.ts"
+import { GroupId, InstallationId } from "../domain/Ids.ts"
+import {
+  ANY_TOPIC,
+  type DeliveryStoreError,
+  groupTopic,
+  type StoredEntry,
+  type Topic,
+  welcomeTopic
+} from "../domain/Topics.ts"
+import {
+  GroupMessageEnvelope,
+  type GroupMessageInput,
+  type IdentityUpdate,
+  type KeyPackageUpload,
+  QueryPage,
+  WelcomeMessageEnvelope,
+  type WelcomeMessageInput
+} from "../domain/Wire.ts"
+// Type-only: the port modules import this one as a value, so a value import back would be circular.
+import type {
+  DeliveryService,
+  FetchedKeyPackage,
+  GroupQuery,
+  IdentityQuery,
+  InboxUpdates,
+  WelcomeQuery
+} from "../services/DeliveryService.ts"
+import { DeliveryStore } from "../services/DeliveryStore.ts"
+import { MlsCrypto } from "../services/MlsCrypto.ts"
+
+export interface StoreDeliveryOptions {
+  /** Largest accepted payload (group message, welcome, key package) in bytes. Default 1 MiB. */
+  readonly maxPayloadBytes?: number
+  /** Default page size of queries, and the cap on a query's `limit`. Default 100. */
+  readonly pageSize?: number
+  /** Most items in one send or batch-query call. Default 50. */
+  readonly maxBatch?: number
+  /** Most entries in one inbox's identity log. Default 1000. */
+  readonly maxIdentityUpdates?: number
+  /**
+   * How often an idle subscription re-reads its topic even without a change notification:
+   * a safety net for lost notifications. Default 5 seconds.
+   */
+  readonly pollMillis?: number
+}
+
+type Service = DeliveryService["Type"]
+
+const DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+const DEFAULT_PAGE_SIZE = 100
+const DEFAULT_MAX_BATCH = 50
+const DEFAULT_MAX_IDENTITY_UPDATES = 1000
+const DEFAULT_POLL_MILLIS = 5000
+/** How often an identity update is re-verified when other writers keep moving the log head. */
+const STALE_RETRIES = 8
+
+const invalidRequest = (detail: string) => new DeliveryError({ reason: "InvalidRequest", retryable: false, detail })
+const invalidKeyPackage = (detail: string) =>
+  new DeliveryError({ reason: "InvalidKeyPackage", retryable: false, detail })
+
+/**
+ * A store failure: the outcome is unknown to the caller, and every operation is safe to retry.
+ * The caller learns which operation failed; the cause (SQL, connection details) stays in the
+ * server's log.
+ */
+const unavailable = (error: DeliveryStoreError) =>
+  Effect.logWarning(`DeliveryService: store failed in ${error.operation}`, error.cause).pipe(
+    Effect.zipRight(
+      Effect.fail(
+        new DeliveryError({
+          reason: "Unavailable",
+          retryable: true,
+          detail: `the delivery store is unavailable (${error.operation})`
+        })
+      )
+    )
+  )
+
+export const make = (
+  options: StoreDeliveryOptions = {}
+): Effect.Effect<Service, never, DeliveryStore | MlsCrypto | Scope.Scope> =>
+  Effect.gen(function*() {
+    const store = yield* DeliveryStore
+    const crypto = yield* MlsCrypto
+    const maxPayloadBytes = options.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES
+    const pageSize = options.pageSize ?? DEFAULT_PAGE_SIZE
+    const maxBatch = options.maxBatch ?? DEFAULT_MAX_BATCH
+    const maxIdentityUpdates = options.maxIdentityUpdates ?? DEFAULT_MAX_IDENTITY_UPDATES
+    const pollMillis = options.pollMillis ?? DEFAULT_POLL_MILLIS
+    const limits = [
+      ["maxPayloadBytes", maxPayloadBytes],
+      ["pageSize", pageSize],
+      ["maxBatch", maxBatch],
+      ["maxIdentityUpdates", maxIdentityUpdates],
+      ["pollMillis", pollMillis]
+    ] as const
+    for (const [name, value] of limits) {
+      if (!Number.isInteger(value) || value <= 0) {
+        return yield* Effect.dieMessage(`StoreDeliveryService: ${name} must be a positive integer, got ${value}`)
+      }
+    }
+
+    /** Runs a store operation, reporting its failure as a retryable `Unavailable`. */
+    const stored = <A>(effect: Effect.Effect<A, DeliveryStoreError>): Effect.Effect<A, DeliveryError> =>
+      Effect.catchAll(effect, unavailable)
+
+    // ---- validation (as the memory layer) ----
+
+    const isGroupId = Schema.is(GroupId)
+    const isInstallationId = Schema.is(InstallationId)
+
+    const checkPayload = (payload: Uint8Array, what: string): Effect.Effect<void, DeliveryError> => {
+      if (!(payload instanceof Uint8Array)) return Effect.fail(invalidRequest(`${what}: payload is not bytes`))
+      if (payload.length === 0) return Effect.fail(invalidRequest(`${what}: empty payload`))
+      if (payload.length > maxPayloadBytes) {
+        return Effect.fail(
+          new DeliveryError({
+            reason: "PayloadTooLarge",
+            retryable: false,
+            detail: `${what}: payload of ${payload.length} bytes exceeds ${maxPayloadBytes}`
+          })
+        )
+      }
+      return Effect.void
+    }
+
+    const checkBatch = (items: ReadonlyArray<unknown>, what: string): Effect.Effect<void, DeliveryError> => {
+      if (items.length === 0) return Effect.fail(invalidRequest(`${what}: no items`))
+      if (items.length > maxBatch) {
+        return Effect.fail(
+          new DeliveryError({
+            reason: "BatchTooLarge",
+            retryable: false,
+            detail: `${what}: ${items.length} items exceed the batch limit of ${maxBatch}`
+          })
+        )
+      }
+      return Effect.void
+    }
+
+    const checkCursor = (cursor: bigint, what: string): Effect.Effect<void, DeliveryError> =>
+      typeof cursor === "bigint" && cursor >= 0n
+        ? Effect.void
+        : Effect.fail(invalidRequest(`${what}: cursor must be a non-negative bigint, got ${String(cursor)}`))
+
+    /** The effective page size; `limit` must be a positive integer when given. */
+    const checkLimit = (limit: number | undefined, what: string): Effect.Effect<number, DeliveryError> => {
+      if (limit === undefined) return Effect.succeed(pageSize)
+      if (!Number.isInteger(limit) || limit <= 0) {
+        return Effect.fail(invalidRequest(`${what}: limit must be a positive integer, got ${limit}`))
+      }
+      return Effect.succeed(Math.min(limit, pageSize))
+    }
+
+    const checkGroupId = (groupId: string, what: string): Effect.Effect<void, DeliveryError> =>
+      isGroupId(groupId) ? Effect.void : Effect.fail(invalidRequest(`${what}: malformed group id ${groupId}`))
+
+    const checkInstallationId = (id: string, what: string): Effect.Effect<void, DeliveryError> =>
+      isInstallationId(id) ? Effect.void : Effect.fail(invalidRequest(`${what}: malformed installation id ${id}`))
+
+    // ---- topics ----
+
+    const toGroupEnvelope = (groupId: GroupId) => (e: StoredEntry) =>
+      new GroupMessageEnvelope({ groupId, sequenceId: e.sequenceId, serverTimeNs: e.serverTimeNs, payload: e.payload })
+    const toWelcomeEnvelope = (installationId: InstallationId) => (e: StoredEntry) =>
+      new WelcomeMessageEnvelope({
+        installationId,
+        sequenceId: e.sequenceId,
+        serverTimeNs: e.serverTimeNs,
+        payload: e.payload
+      })
+
+    /** Ascending after `after`, at most `limit`; `next` only when the page is full. */
+    const page = <E extends { readonly sequenceId: bigint }>(
+      topic: Topic,
+      after: bigint,
+      limit: number,
+      toEnvelope: (e: StoredEntry) => E
+    ): Effect.Effect<QueryPage<E>, DeliveryError> =>
+      Effect.map(stored(store.read(topic, after, limit)), (entries) => {
+        const items = entries.map(toEnvelope)
+        const last = items[items.length - 1]
+        return new QueryPage(items, items.length === limit && last !== undefined ? last.sequenceId : undefined)
+      })
+
+    /**
+     * Replays the topic after `after`, then follows it live. The change subscription is opened
+     * before the first read, so every append committed after that read is announced to it.
+     */
+    const follow = <E>(topic: Topic, after: bigint, toEnvelope: (e: StoredEntry) => E): Stream.Stream<E, DeliveryError> =>
+      Stream.unwrapScoped(
+        Effect.gen(function*() {
+          const changes = yield* store.changes
+          let lastDelivered = after
+          /** Whether a change may concern this topic beyond what was delivered. */
+          const concerns = (change: { readonly topic: Topic; readonly sequenceId: bigint }) =>
+            change.topic === ANY_TOPIC || (change.topic === topic && change.sequenceId > lastDelivered)
+          // Drain the change queue all the time into one flag (the latch), so a subscriber that
+          // is slow to pull holds O(1) memory here, however busy the other topics are.
+          const changed = yield* Effect.makeLatch(false)
+          yield* Queue.take(changes).pipe(
+            Effect.zip(Queue.takeAll(changes)),
+            Effect.flatMap(([first, rest]) =>
+              concerns(first) || Chunk.some(rest, concerns) ? changed.open : Effect.void
+            ),
+            Effect.forever,
+            Effect.forkScoped
+          )
+          /**
+           * Caught up: waits for a change of this topic (or the poll interval, a safety net),
+           * then closes the latch before the read, so a change during the read re-opens it.
+           */
+          const awaitChange = changed.await.pipe(
+            Effect.timeoutOption(pollMillis),
+            Effect.zipRight(changed.close)
+          )
+          /** Set once a read came back short: the topic holds nothing more until it changes. */
+          let caughtUp = false
+          const pull = Effect.gen(function*() {
+            if (caughtUp) yield* awaitChange
+            const entries = yield* stored(store.read(topic, lastDelivered, pageSize))
+            caughtUp = entries.length < pageSize
+            // Strictly above the last delivered id, in order: a guard that costs nothing.
+            const fresh = entries.filter((e) => e.sequenceId > lastDelivered)
+            const last = fresh[fresh.length - 1]
+            if (last !== undefined) lastDelivered = last.sequenceId
+            return fresh.map(toEnvelope)
+          })
+          return Stream.repeatEffectChunk(Effect.map(pull, (items) => Chunk.unsafeFromArray(items)))
+        })
+      )
+
+    // ---- MlsApi ----
+
+    const sendGroupMessages: Service["sendGroupMessages"] = (messages) =>
+      Effect.gen(function*() {
+        // Validate everything before storing anything: a send is all or nothing.
+        yield* checkBatch(messages, "sendGroupMessages")
+        for (const m of messages) {
+          yield* checkGroupId(m.groupId, "sendGroupMessages")
+          yield* checkPayload(m.payload, `sendGroupMessages to ${m.groupId}`)
+        }
+        const entries = yield* stored(
+          store.append(messages.map((m: GroupMessageInput) => ({ topic: groupTopic(m.groupId), payload: m.payload })))
+        )
+        return entries.map((e, i) => toGroupEnvelope(messages[i]!.groupId)(e))
+      }).pipe(Effect.withSpan("DeliveryService.sendGroupMessages"))
+
+    const queryGroupMessages: Service["queryGroupMessages"] = (query) =>
+      Effect.gen(function*() {
+        yield* checkGroupId(query.groupId, "queryGroupMessages")
+        yield* checkCursor(query.afterSequenceId, "queryGroupMessages")
+        const limit = yield* checkLimit(query.limit, "queryGroupMessages")
+        return yield* page(groupTopic(query.groupId), query.afterSequenceId, limit, toGroupEnvelope(query.groupId))
+      }).pipe(Effect.withSpan("DeliveryService.queryGroupMessages"))
+
+    const batchQueryGroupMessages: Service["batchQueryGroupMessages"] = (queries) =>
+      Effect.gen(function*() {
+        yield* checkBatch(queries, "batchQueryGroupMessages")
+        // Validate all first, so a bad query anywhere fails the whole call.
+        const limits = yield* Effect.forEach(queries, (q: GroupQuery) =>
+          Effect.gen(function*() {
+            yield* checkGroupId(q.groupId, "batchQueryGroupMessages")
+            yield* checkCursor(q.afterSequenceId, "batchQueryGroupMessages")
+            return yield* checkLimit(q.limit, "batchQueryGroupMessages")
+          }))
+        return yield* Effect.forEach(
+          queries,
+          (q, i) => page(groupTopic(q.groupId), q.afterSequenceId, limits[i] ?? pageSize, toGroupEnvelope(q.groupId)),
+          { concurrency: 4 }
+        )
+      }).pipe(Effect.withSpan("DeliveryService.batchQueryGroupMessages"))
+
+    const subscribeGroupMessages: Service["subscribeGroupMessages"] = (filters) =>
+      Stream.unwrap(
+        Effect.gen(function*() {
+          for (const f of filters) {
+            yield* checkGroupId(f.groupId, "subscribeGroupMessages")
+            yield* checkCursor(f.afterSequenceId, "subscribeGroupMessages")
+          }
+          // One stream per topic: several filters for one group follow it from the lowest cursor.
+          const cursors = new Map<GroupId, bigint>()
+          for (const f of filters) {
+            const seen = cursors.get(f.groupId)
+            cursors.set(f.groupId, seen === undefined || f.afterSequenceId < seen ? f.afterSequenceId : seen)
+          }
+          // No filters: nothing to follow, so the stream ends at once.
+          return Stream.mergeAll(
+            Array.from(cursors, ([groupId, after]) => follow(groupTopic(groupId), after, toGroupEnvelope(groupId))),
+            { concurrency: "unbounded" }
+          )
+        })
+      ).pipe(Stream.withSpan("DeliveryService.subscribeGroupMessages"))
+
+    const sendWelcomeMessages: Service["sendWelcomeMessages"] = (messages) =>
+      Effect.gen(function*() {
+        yield* checkBatch(messages, "sendWelcomeMessages")
+        for (const m of messages) {
+          yield* checkInstallationId(m.installationId, "sendWelcomeMessages")
+          yield* checkPayload(m.payload, `sendWelcomeMessages to ${m.installationId}`)
+        }
+        const entries = yield* stored(
+          store.append(
+            messages.map((m: WelcomeMessageInput) => ({ topic: welcomeTopic(m.installationId), payload: m.payload }))
+          )
+        )
+        return entries.map((e, i) => toWelcomeEnvelope(messages[i]!.installationId)(e))
+      }).pipe(Effect.withSpan("DeliveryService.sendWelcomeMessages"))
+
+    const queryWelcomeMessages: Service["queryWelcomeMessages"] = (query: WelcomeQuery) =>
+      Effect.gen(function*() {
+        yield* checkInstallationId(query.installationId, "queryWelcomeMessages")
+        yield* checkCursor(query.afterSequenceId, "queryWelcomeMessages")
+        const limit = yield* checkLimit(query.limit, "queryWelcomeMessages")
+        return yield* page(
+          welcomeTopic(query.installationId),
+          query.afterSequenceId,
+          limit,
+          toWelcomeEnvelope(query.installationId)
+        )
+      }).pipe(Effect.withSpan("DeliveryService.queryWelcomeMessages"))
+
+    const subscribeWelcomeMessages: Service["subscribeWelcomeMessages"] = (filter) =>
+      Stream.unwrap(
+        Effect.gen(function*() {
+          yield* checkInstallationId(filter.installationId, "subscribeWelcomeMessages")
+          yield* checkCursor(filter.afterSequenceId, "subscribeWelcomeMessages")
+          return follow(
+            welcomeTopic(filter.installationId),
+            filter.afterSequenceId,
+            toWelcomeEnvelope(filter.installationId)
+          )
+        })
+      ).pipe(Stream.withSpan("DeliveryService.subscribeWelcomeMessages"))
+
+    const uploadKeyPackage: Service["uploadKeyPackage"] = (upload: KeyPackageUpload) =>
+      Effect.gen(function*() {
+        yield* checkInstallationId(upload.installationId, "uploadKeyPackage")
+        yield* checkPayload(upload.keyPackage, `uploadKeyPackage for ${upload.installationId}`)
+        // Decode and verify before anything is stored: signatures, lifetime, and that the
+        // leaf's installation id is the hash of its signature key.
+        const info = yield* crypto.keyPackageInfo(upload.keyPackage).pipe(
+          Effect.mapError((error) =>
+            invalidKeyPackage(`key package for ${upload.installationId} does not verify: ${error.message}`)
+          )
+        )
+        if (info.installationId !== upload.installationId) {
+          return yield* Effect.fail(
+            invalidKeyPackage(
+              `key package names installation ${info.installationId}, uploaded for ${upload.installationId}`
+            )
+          )
+        }
+        // Stored only if the installation is (still) a current installation of the inbox its
+        // credential names: checked with the write, so a concurrent revocation wins cleanly.
+        const accepted = yield* stored(store.putKeyPackage(upload.installationId, info.inboxId, upload.keyPackage))
+        if (!accepted) {
+          return yield* Effect.fail(
+            invalidKeyPackage(
+              `installation ${upload.installationId} is not a current installation of inbox ${info.inboxId}`
+            )
+          )
+        }
+      }).pipe(Effect.withSpan("DeliveryService.uploadKeyPackage"))
+
+    const fetchKeyPackages: Service["fetchKeyPackages"] = (installationIds) =>
+      Effect.gen(function*() {
+        for (const id of installationIds) yield* checkInstallationId(id, "fetchKeyPackages")
+        if (installationIds.length === 0) return []
+        const found = yield* stored(store.getKeyPackages(installationIds))
+        return installationIds.map((installationId): FetchedKeyPackage => ({
+          installationId,
+          keyPackage: found.get(installationId)
+        }))
+      }).pipe(Effect.withSpan("DeliveryService.fetchKeyPackages"))
+
+    // ---- IdentityApi ----
+
+    const publishIdentityUpdate: Service["publishIdentityUpdate"] = (update: IdentityUpdate) => {
+      const attempt = (retriesLeft: number): Effect.Effect<
+        Effect.Effect.Success<ReturnType<Service["publishIdentityUpdate"]>>,
+        DeliveryError | InvalidIdentityUpdate
+      > =>
+        Effect.gen(function*() {
+          const state = yield* stored(store.loadInbox(update.inboxId))
+          const applied = applyUpdate(state, update)
+          if (Either.isLeft(applied)) return yield* Effect.fail(applied.left)
+          if (state !== undefined && state.sequence >= maxIdentityUpdates) {
+            return yield* Effect.fail(
+              new DeliveryError({
+                reason: "LimitExceeded",
+                retryable: false,
+                detail: `identity log of inbox ${update.inboxId} is full (${maxIdentityUpdates} entries)`
+              })
+            )
+          }
+          const result = yield* stored(store.appendIdentityUpdate(update, applied.right.headHash))
+          switch (result._tag) {
+            case "Appended":
+              return result.envelope
+            case "InstallationTaken":
+              // An installation key belongs to one inbox; otherwise a squatter could claim it
+              // and, by revoking it, drop the real owner's key package.
+              return yield* Effect.fail(
+                new InvalidIdentityUpdate({
+                  inboxId: update.inboxId,
+                  reason: update.action._tag === "AddInstallation"
+                    ? `installation ${update.action.installationId} already belongs to another inbox`
+                    : "installation already belongs to another inbox"
+                })
+              )
+            case "Stale":
+              // Another writer moved the log head between our read and our write: verify again
+              // against the new head (a replay of the winning entry then fails as a replay).
+              if (retriesLeft <= 0) {
+                return yield* Effect.fail(
+                  new DeliveryError({
+                    reason: "Unavailable",
+                    retryable: true,
+                    detail: `identity log of inbox ${update.inboxId} kept changing; try again`
+                  })
+                )
+              }
+              return yield* attempt(retriesLeft - 1)
+          }
+        })
+      return attempt(STALE_RETRIES).pipe(Effect.withSpan("DeliveryService.publishIdentityUpdate"))
+    }
+
+    const getIdentityUpdates: Service["getIdentityUpdates"] = (queries: ReadonlyArray<IdentityQuery>) =>
+      Effect.gen(function*() {
+        for (const q of queries) {
+          if (!Number.isInteger(q.afterSequence) || q.afterSequence < 0) {
+            return yield* Effect.fail(
+              invalidRequest(`getIdentityUpdates: afterSequence must be a non-negative integer, got ${q.afterSequence}`)
+            )
+          }
+        }
+        return yield* Effect.forEach(
+          queries,
+          (q) =>
+            Effect.map(
+              stored(store.identityUpdates(q.inboxId, q.afterSequence)),
+              (updates): InboxUpdates => ({ inboxId: q.inboxId, updates })
+            ),
+          { concurrency: 4 }
+        )
+      }).pipe(Effect.withSpan("DeliveryService.getIdentityUpdates"))
+
+    return {
+      sendGroupMessages,
+      queryGroupMessages,
+      batchQueryGroupMessages,
+      subscribeGroupMessages,
+      sendWelcomeMessages,
+      queryWelcomeMessages,
+      subscribeWelcomeMessages,
+      uploadKeyPackage,
+      fetchKeyPackages,
+      publishIdentityUpdate,
+      getIdentityUpdates
+    }
+  })
