@@ -22,6 +22,7 @@ import {
   type ConvergeError,
   ConversationNotFound,
   GroupInactive,
+  InboxNotFound,
   InvalidInput,
   NotAMember,
   KeyPackageUnavailable,
@@ -176,13 +177,21 @@ export const make = (options: ClientOptions = {}) =>
     /** Every inbox must exist and have a key package for each of its current installations. */
     const checkAddable = (inboxIds: ReadonlyArray<InboxId>) =>
       Effect.gen(function*() {
+        if (inboxIds.length === 0) return
+        const states = yield* identity.refreshMany(inboxIds)
+        const installationsOf = new Map<InboxId, ReadonlyArray<InstallationId>>()
         for (const inboxId of inboxIds) {
-          const inbox = yield* identity.inboxState(inboxId)
-          const installations = currentInstallations(inbox)
-          const fetched = installations.length === 0 ? [] : yield* ds.fetchKeyPackages(installations)
-          const missing = fetched.filter((f) => f.keyPackage === undefined).map((f) => f.installationId)
-          if (installations.length === 0 || missing.length > 0) {
-            return yield* new KeyPackageUnavailable({ inboxId, installationIds: installations.length === 0 ? [] : missing })
+          const inbox = states.get(inboxId)
+          if (inbox === undefined) return yield* new InboxNotFound({ inboxId })
+          installationsOf.set(inboxId, currentInstallations(inbox))
+        }
+        const all = [...installationsOf.values()].flat()
+        const fetched = all.length === 0 ? [] : yield* ds.fetchKeyPackages(all)
+        const missing = new Set(fetched.filter((f) => f.keyPackage === undefined).map((f) => f.installationId))
+        for (const [inboxId, installations] of installationsOf) {
+          const lacking = installations.filter((i) => missing.has(i))
+          if (installations.length === 0 || lacking.length > 0) {
+            return yield* new KeyPackageUnavailable({ inboxId, installationIds: lacking })
           }
         }
       })

@@ -46,6 +46,10 @@ export class Identity extends Context.Tag("converge/Identity")<Identity, {
   readonly rotateKeyPackage: Effect.Effect<void, IdentityError>
   /** The verified current state of an inbox, refreshed from the delivery service. */
   readonly inboxState: (inboxId: InboxId) => Effect.Effect<IdentityLog.InboxState, InboxNotFound | IdentityError>
+  /** Refreshes several inboxes in one request; returns what is now known of each. */
+  readonly refreshMany: (
+    inboxIds: ReadonlyArray<InboxId>
+  ) => Effect.Effect<ReadonlyMap<InboxId, IdentityLog.InboxState | undefined>, IdentityError>
   /** Is this leaf a current installation of the inbox it names? Refreshes that inbox once if not. */
   readonly isValidLeaf: (leaf: LeafMember) => Effect.Effect<boolean, IdentityError>
   /** Publishes a signed change to this inbox's log (needs the root key). */
@@ -67,26 +71,47 @@ export const make = (options: IdentityOptions) =>
     const rootSecretKey = Option.fromNullable(row.root_secret_key)
     const cache = yield* Ref.make(HashMap.empty<InboxId, IdentityLog.InboxState>())
 
-    /** Fetches entries newer than what we hold, verifies them onto our state, persists them. */
-    const refresh = Effect.fn("Identity.refresh")(function*(target: InboxId) {
-      const cached = HashMap.get(yield* Ref.get(cache), target)
-      let state = Option.isSome(cached) ? cached.value : yield* fromStore(target)
-      const [fetched] = yield* ds.getIdentityUpdates([{ inboxId: target, afterSequence: state?.sequence ?? 0 }])
+    /**
+     * Fetches the entries newer than what we hold for several inboxes in one request, verifies
+     * them onto our state and persists them.
+     */
+    const refreshMany = Effect.fn("Identity.refreshMany")(function*(targets: ReadonlyArray<InboxId>) {
+      const known = new Map<InboxId, IdentityLog.InboxState | undefined>()
+      for (const target of new Set(targets)) known.set(target, yield* knownState(target))
+      if (known.size === 0) return known
+      const fetched = yield* ds.getIdentityUpdates(
+        [...known].map(([inboxId, state]) => ({ inboxId, afterSequence: state?.sequence ?? 0 }))
+      )
       const fresh: Array<InboxLogRow> = []
-      for (const envelope of fetched?.updates ?? []) {
-        const next = IdentityLog.applyUpdate(state, envelope.update)
-        if (Either.isLeft(next)) return yield* next.left
-        state = next.right
-        fresh.push(InboxLogRow.make({
-          inbox_id: target,
-          sequence: envelope.update.sequence,
-          update_json: encodeUpdate(envelope.update)
-        }))
+      for (const { inboxId, updates } of fetched) {
+        let state = known.get(inboxId)
+        for (const envelope of updates) {
+          const next = IdentityLog.applyUpdate(state, envelope.update)
+          if (Either.isLeft(next)) return yield* next.left
+          state = next.right
+          fresh.push(InboxLogRow.make({
+            inbox_id: inboxId,
+            sequence: envelope.update.sequence,
+            update_json: encodeUpdate(envelope.update)
+          }))
+        }
+        known.set(inboxId, state)
       }
       yield* storage.inboxLogs.append(fresh)
-      if (state !== undefined) yield* Ref.update(cache, HashMap.set(target, state))
-      return Option.fromNullable(state)
+      const verified = [...known].filter((entry): entry is [InboxId, IdentityLog.InboxState] => entry[1] !== undefined)
+      yield* Ref.update(cache, (c) => verified.reduce((acc, [id, state]) => HashMap.set(acc, id, state), c))
+      return known
     })
+
+    const refresh = (target: InboxId) =>
+      refreshMany([target]).pipe(Effect.map((states) => Option.fromNullable(states.get(target))))
+
+    /** What we hold of an inbox without asking the network: the cache, else the stored log. */
+    const knownState = (target: InboxId) =>
+      Effect.gen(function*() {
+        const cached = HashMap.get(yield* Ref.get(cache), target)
+        return Option.isSome(cached) ? cached.value : yield* fromStore(target)
+      })
 
     const fromStore = (target: InboxId) =>
       Effect.gen(function*() {
@@ -171,6 +196,7 @@ export const make = (options: IdentityOptions) =>
       ),
       rotateKeyPackage,
       inboxState,
+      refreshMany,
       isValidLeaf,
       revokeInstallation: (target: InstallationId) =>
         publishOwn({ _tag: "RevokeInstallation", installationId: target }).pipe(

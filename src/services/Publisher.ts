@@ -16,6 +16,7 @@ import {
   DeliveryError,
   EpochConflict,
   GroupInactive,
+  InboxNotFound,
   IntentFailed,
   KeyPackageUnavailable
 } from "../domain/Errors.ts"
@@ -65,12 +66,14 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
    */
   const installationDiff = (state: MlsGroupState, inboxIds: Iterable<InboxId>) =>
     Effect.gen(function*() {
+      const states = yield* identity.refreshMany([...inboxIds])
       const view = crypto.view(state)
       const present = new Set(view.members.map((m) => m.installationId))
       const add: Array<InstallationId> = []
       const remove: Array<InstallationId> = []
-      for (const inboxId of new Set(inboxIds)) {
-        const current = new Set(currentInstallations(yield* identity.inboxState(inboxId)))
+      for (const [inboxId, inbox] of states) {
+        if (inbox === undefined) return yield* new InboxNotFound({ inboxId })
+        const current = new Set(currentInstallations(inbox))
         for (const installationId of current) if (!present.has(installationId)) add.push(installationId)
         for (const leaf of view.members) {
           if (leaf.inboxId === inboxId && !current.has(leaf.installationId) && leaf.leafIndex !== view.ownLeafIndex) {
