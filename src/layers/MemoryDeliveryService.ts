@@ -31,6 +31,7 @@ import {
   SubscriptionRef
 } from "effect"
 import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
+import { invalidRequest, makeChecks } from "./DeliveryRequests.ts"
 import { DeliveryError, InvalidIdentityUpdate } from "../domain/Errors.ts"
 import { applyUpdate, type InboxState } from "../domain/IdentityLog.ts"
 import { GroupId, type InboxId, InstallationId } from "../domain/Ids.ts"
@@ -137,7 +138,6 @@ const DEFAULT_MAX_BATCH = 50
 
 // ---- errors ----
 
-const invalidRequest = (detail: string) => new DeliveryError({ reason: "InvalidRequest", retryable: false, detail })
 const unavailable = (detail: string) => new DeliveryError({ reason: "Unavailable", retryable: true, detail })
 
 // ---- topics ----
@@ -331,59 +331,15 @@ export const make = (options: MemoryOptions): Effect.Effect<MemoryDelivery, neve
     let identitySequence = 0n
     let identityLastTimeNs = 0n
 
-    // ---- validation ----
+    // ---- validation (shared with every delivery-service layer) ----
 
-    const isGroupId = Schema.is(GroupId)
-    const isInstallationId = Schema.is(InstallationId)
-
-    const checkPayload = (payload: Uint8Array, what: string): Effect.Effect<void, DeliveryError> => {
-      if (!(payload instanceof Uint8Array)) return Effect.fail(invalidRequest(`${what}: payload is not bytes`))
-      if (payload.length === 0) return Effect.fail(invalidRequest(`${what}: empty payload`))
-      if (payload.length > maxPayloadBytes) {
-        return Effect.fail(
-          new DeliveryError({
-            reason: "PayloadTooLarge",
-            retryable: false,
-            detail: `${what}: payload of ${payload.length} bytes exceeds ${maxPayloadBytes}`
-          })
-        )
-      }
-      return Effect.void
-    }
-
-    const checkBatch = (items: ReadonlyArray<unknown>, what: string): Effect.Effect<void, DeliveryError> => {
-      if (items.length === 0) return Effect.fail(invalidRequest(`${what}: no items`))
-      if (items.length > maxBatch) {
-        return Effect.fail(
-          new DeliveryError({
-            reason: "BatchTooLarge",
-            retryable: false,
-            detail: `${what}: ${items.length} items exceed the batch limit of ${maxBatch}`
-          })
-        )
-      }
-      return Effect.void
-    }
-
-    const checkCursor = (cursor: bigint, what: string): Effect.Effect<void, DeliveryError> =>
-      typeof cursor === "bigint" && cursor >= 0n
-        ? Effect.void
-        : Effect.fail(invalidRequest(`${what}: cursor must be a non-negative bigint, got ${String(cursor)}`))
-
-    /** The effective page size; `limit` must be a positive integer when given. */
-    const checkLimit = (limit: number | undefined, what: string): Effect.Effect<number, DeliveryError> => {
-      if (limit === undefined) return Effect.succeed(pageSize)
-      if (!Number.isInteger(limit) || limit <= 0) {
-        return Effect.fail(invalidRequest(`${what}: limit must be a positive integer, got ${limit}`))
-      }
-      return Effect.succeed(Math.min(limit, pageSize))
-    }
-
-    const checkGroupId = (groupId: string, what: string): Effect.Effect<void, DeliveryError> =>
-      isGroupId(groupId) ? Effect.void : Effect.fail(invalidRequest(`${what}: malformed group id ${groupId}`))
-
-    const checkInstallationId = (id: string, what: string): Effect.Effect<void, DeliveryError> =>
-      isInstallationId(id) ? Effect.void : Effect.fail(invalidRequest(`${what}: malformed installation id ${id}`))
+    const checks = makeChecks({ maxPayloadBytes, pageSize, maxBatch })
+    const checkPayload = checks.payload
+    const checkBatch = checks.batch
+    const checkCursor = checks.cursor
+    const checkLimit = checks.limit
+    const checkGroupId = checks.groupId
+    const checkInstallationId = checks.installationId
 
     // ---- faults ----
 

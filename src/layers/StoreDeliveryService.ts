@@ -15,6 +15,7 @@
  *   duplicate, strict order per topic, also when other servers append to the store.
  */
 import { Chunk, Effect, Either, Queue, Schema, type Scope, Stream } from "effect"
+import { invalidRequest, makeChecks } from "./DeliveryRequests.ts"
 import { DeliveryError, InvalidIdentityUpdate } from "../domain/Errors.ts"
 import { applyUpdate } from "../domain/IdentityLog.ts"
 import { GroupId, InstallationId } from "../domain/Ids.ts"
@@ -73,7 +74,6 @@ const DEFAULT_POLL_MILLIS = 5000
 /** How often an identity update is re-verified when other writers keep moving the log head. */
 const STALE_RETRIES = 8
 
-const invalidRequest = (detail: string) => new DeliveryError({ reason: "InvalidRequest", retryable: false, detail })
 const invalidKeyPackage = (detail: string) =>
   new DeliveryError({ reason: "InvalidKeyPackage", retryable: false, detail })
 
@@ -123,59 +123,15 @@ export const make = (
     const stored = <A>(effect: Effect.Effect<A, DeliveryStoreError>): Effect.Effect<A, DeliveryError> =>
       Effect.catchAll(effect, unavailable)
 
-    // ---- validation (as the memory layer) ----
+    // ---- validation (shared with every delivery-service layer) ----
 
-    const isGroupId = Schema.is(GroupId)
-    const isInstallationId = Schema.is(InstallationId)
-
-    const checkPayload = (payload: Uint8Array, what: string): Effect.Effect<void, DeliveryError> => {
-      if (!(payload instanceof Uint8Array)) return Effect.fail(invalidRequest(`${what}: payload is not bytes`))
-      if (payload.length === 0) return Effect.fail(invalidRequest(`${what}: empty payload`))
-      if (payload.length > maxPayloadBytes) {
-        return Effect.fail(
-          new DeliveryError({
-            reason: "PayloadTooLarge",
-            retryable: false,
-            detail: `${what}: payload of ${payload.length} bytes exceeds ${maxPayloadBytes}`
-          })
-        )
-      }
-      return Effect.void
-    }
-
-    const checkBatch = (items: ReadonlyArray<unknown>, what: string): Effect.Effect<void, DeliveryError> => {
-      if (items.length === 0) return Effect.fail(invalidRequest(`${what}: no items`))
-      if (items.length > maxBatch) {
-        return Effect.fail(
-          new DeliveryError({
-            reason: "BatchTooLarge",
-            retryable: false,
-            detail: `${what}: ${items.length} items exceed the batch limit of ${maxBatch}`
-          })
-        )
-      }
-      return Effect.void
-    }
-
-    const checkCursor = (cursor: bigint, what: string): Effect.Effect<void, DeliveryError> =>
-      typeof cursor === "bigint" && cursor >= 0n
-        ? Effect.void
-        : Effect.fail(invalidRequest(`${what}: cursor must be a non-negative bigint, got ${String(cursor)}`))
-
-    /** The effective page size; `limit` must be a positive integer when given. */
-    const checkLimit = (limit: number | undefined, what: string): Effect.Effect<number, DeliveryError> => {
-      if (limit === undefined) return Effect.succeed(pageSize)
-      if (!Number.isInteger(limit) || limit <= 0) {
-        return Effect.fail(invalidRequest(`${what}: limit must be a positive integer, got ${limit}`))
-      }
-      return Effect.succeed(Math.min(limit, pageSize))
-    }
-
-    const checkGroupId = (groupId: string, what: string): Effect.Effect<void, DeliveryError> =>
-      isGroupId(groupId) ? Effect.void : Effect.fail(invalidRequest(`${what}: malformed group id ${groupId}`))
-
-    const checkInstallationId = (id: string, what: string): Effect.Effect<void, DeliveryError> =>
-      isInstallationId(id) ? Effect.void : Effect.fail(invalidRequest(`${what}: malformed installation id ${id}`))
+    const checks = makeChecks({ maxPayloadBytes, pageSize, maxBatch })
+    const checkPayload = checks.payload
+    const checkBatch = checks.batch
+    const checkCursor = checks.cursor
+    const checkLimit = checks.limit
+    const checkGroupId = checks.groupId
+    const checkInstallationId = checks.installationId
 
     // ---- topics ----
 

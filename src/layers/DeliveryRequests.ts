@@ -1,0 +1,64 @@
+/**
+ * The request checks every delivery-service layer applies, so the memory layer and the
+ * store-backed server answer bad input with the same typed errors.
+ */
+import { Effect, Schema } from "effect"
+import { DeliveryError } from "../domain/Errors.ts"
+import { GroupId, InstallationId } from "../domain/Ids.ts"
+
+export const invalidRequest = (detail: string) => new DeliveryError({ reason: "InvalidRequest", retryable: false, detail })
+
+export interface RequestLimits {
+  readonly maxPayloadBytes: number
+  readonly pageSize: number
+  readonly maxBatch: number
+}
+
+const isGroupId = Schema.is(GroupId)
+const isInstallationId = Schema.is(InstallationId)
+
+export const makeChecks = ({ maxBatch, maxPayloadBytes, pageSize }: RequestLimits) => ({
+  payload: (payload: Uint8Array, what: string): Effect.Effect<void, DeliveryError> => {
+    if (!(payload instanceof Uint8Array)) return Effect.fail(invalidRequest(`${what}: payload is not bytes`))
+    if (payload.length === 0) return Effect.fail(invalidRequest(`${what}: empty payload`))
+    if (payload.length > maxPayloadBytes) {
+      return Effect.fail(
+        new DeliveryError({
+          reason: "PayloadTooLarge",
+          retryable: false,
+          detail: `${what}: payload of ${payload.length} bytes exceeds ${maxPayloadBytes}`
+        })
+      )
+    }
+    return Effect.void
+  },
+  batch: (items: ReadonlyArray<unknown>, what: string): Effect.Effect<void, DeliveryError> => {
+    if (items.length === 0) return Effect.fail(invalidRequest(`${what}: no items`))
+    if (items.length > maxBatch) {
+      return Effect.fail(
+        new DeliveryError({
+          reason: "BatchTooLarge",
+          retryable: false,
+          detail: `${what}: ${items.length} items exceed the batch limit of ${maxBatch}`
+        })
+      )
+    }
+    return Effect.void
+  },
+  cursor: (cursor: bigint, what: string): Effect.Effect<void, DeliveryError> =>
+    typeof cursor === "bigint" && cursor >= 0n
+      ? Effect.void
+      : Effect.fail(invalidRequest(`${what}: cursor must be a non-negative bigint, got ${String(cursor)}`)),
+  /** The effective page size; `limit` must be a positive integer when given. */
+  limit: (limit: number | undefined, what: string): Effect.Effect<number, DeliveryError> => {
+    if (limit === undefined) return Effect.succeed(pageSize)
+    if (!Number.isInteger(limit) || limit <= 0) {
+      return Effect.fail(invalidRequest(`${what}: limit must be a positive integer, got ${limit}`))
+    }
+    return Effect.succeed(Math.min(limit, pageSize))
+  },
+  groupId: (groupId: string, what: string): Effect.Effect<void, DeliveryError> =>
+    isGroupId(groupId) ? Effect.void : Effect.fail(invalidRequest(`${what}: malformed group id ${groupId}`)),
+  installationId: (id: string, what: string): Effect.Effect<void, DeliveryError> =>
+    isInstallationId(id) ? Effect.void : Effect.fail(invalidRequest(`${what}: malformed installation id ${id}`))
+})
