@@ -1,21 +1,27 @@
 /**
- * `npm run simulate -- --seeds N --first-seed S --clients K --ops M [--trace] [--plan] [--quiet]`
+ * `npm run simulate -- --seeds N --first-seed S --clients K --ops M [--classic] [--trace] [--debug] [--plan] [--quiet]`
  *
- * Runs seeds S, S+1, ..., S+N-1: each plans a random history of K clients and M operations
- * (actions, faults, crashes, hostile input), runs it, heals, syncs to quiescence and checks
- * the invariants. Prints one line per seed; a failing seed also prints its violations and a
- * readable trace (re-running that seed replays the same operations and faults).
+ * Runs seeds S, S+1, ..., S+N-1: each plans a random history of K inboxes (some with a second
+ * installation, from the start or registered mid-run, some revoked later) and M operations
+ * (group and DM actions, leaving, faults, crashes, hostile input), runs it, heals, syncs to
+ * quiescence and checks the invariants. Prints one line per seed; a failing seed also prints
+ * its violations and a readable trace (re-running that seed replays the same operations and
+ * faults). The totals count violations per invariant.
  *
+ *   --classic the generator the first regression seeds were found with (one installation per
+ *             inbox, groups only; see `Plan.Profile`)
  *   --trace   print the trace of every seed, not only failing ones
+ *   --debug   put the engine's debug logs (every skipped envelope and why) into the trace
  *   --plan    print each seed's planned operations before running it
  *   --quiet   print only failing seeds and the totals
  *
  * Exit code: 0 when no seed found a violation, 1 otherwise (2 on bad arguments).
  */
-import { Effect } from "effect"
+import { Effect, LogLevel } from "effect"
 import * as Simulation from "../src/simulation/Simulation.ts"
 
-const usage = "usage: npm run simulate -- [--seeds N] [--first-seed S] [--clients K] [--ops M] [--trace] [--plan] [--quiet]"
+const usage =
+  "usage: npm run simulate -- [--seeds N] [--first-seed S] [--clients K] [--ops M] [--classic] [--trace] [--debug] [--plan] [--quiet]"
 
 const parse = (argv: ReadonlyArray<string>) => {
   const values = new Map<string, string>()
@@ -24,7 +30,7 @@ const parse = (argv: ReadonlyArray<string>) => {
     const arg = argv[i]!
     if (!arg.startsWith("--")) throw new Error(`unexpected argument ${arg}`)
     const [key, inline] = arg.slice(2).split("=", 2) as [string, string | undefined]
-    if (["trace", "plan", "quiet", "help"].includes(key)) {
+    if (["trace", "plan", "quiet", "help", "classic", "debug"].includes(key)) {
       flags.add(key)
       continue
     }
@@ -45,7 +51,9 @@ const parse = (argv: ReadonlyArray<string>) => {
     firstSeed: int("first-seed", 1, 0),
     clients: int("clients", 5, 2),
     ops: int("ops", 60, 1),
+    classic: flags.has("classic"),
     trace: flags.has("trace"),
+    debug: flags.has("debug"),
     plan: flags.has("plan"),
     quiet: flags.has("quiet"),
     help: flags.has("help")
@@ -67,15 +75,42 @@ const main = async () => {
     return
   }
   const started = Date.now()
-  const totals = { operations: 0, actions: 0, faults: 0, hostile: 0, crashes: 0, armed: 0, sent: 0, expected: 0, violations: 0 }
+  const totals = {
+    operations: 0,
+    actions: 0,
+    faults: 0,
+    hostile: 0,
+    crashes: 0,
+    armed: 0,
+    sent: 0,
+    expected: 0,
+    installations: 0,
+    revocations: 0,
+    leaves: 0,
+    dms: 0,
+    violations: 0
+  }
   const failing: Array<number> = []
+  const byInvariant = new Map<string, number>()
   console.log(
-    `simulating seeds ${options.firstSeed}..${options.firstSeed + options.seeds - 1}: ${options.clients} clients, ${options.ops} operations each`
+    `simulating seeds ${options.firstSeed}..${options.firstSeed + options.seeds - 1}: ${options.clients} inboxes, ${options.ops} operations each${
+      options.classic ? " (classic generator)" : ""
+    }`
   )
   for (let seed = options.firstSeed; seed < options.firstSeed + options.seeds; seed++) {
-    const params = { seed, clients: options.clients, ops: options.ops }
-    if (options.plan) console.log(`plan of seed ${seed}:\n${Simulation.Report.formatPlan(Simulation.Plan.plan(params))}`)
-    const report = await Effect.runPromise(Simulation.run(params))
+    const params: Simulation.Plan.Params = {
+      seed,
+      clients: options.clients,
+      ops: options.ops,
+      ...(options.classic ? { profile: "classic" as const } : {})
+    }
+    if (options.plan) {
+      const ops = Simulation.Plan.plan(params)
+      console.log(`plan of seed ${seed}:\n${Simulation.Report.formatPlan(ops, Simulation.Plan.namesOf(params, ops))}`)
+    }
+    const report = await Effect.runPromise(
+      Simulation.run(options.debug ? { ...params, logLevel: LogLevel.Debug } : params)
+    )
     const f = report.figures
     totals.operations += f.operations
     totals.actions += f.actions
@@ -85,8 +120,13 @@ const main = async () => {
     totals.armed += f.crashesArmed
     totals.sent += f.sent
     totals.expected += f.expectedErrors
+    totals.installations += f.installations
+    totals.revocations += f.revocations
+    totals.leaves += f.leaves
+    totals.dms += f.dms
     totals.violations += report.violations.length
     if (report.violations.length > 0) failing.push(seed)
+    for (const v of report.violations) byInvariant.set(v.invariant, (byInvariant.get(v.invariant) ?? 0) + 1)
     if (!options.quiet || report.violations.length > 0) {
       console.log(Simulation.Report.format(report, { trace: options.trace }))
     }
@@ -99,8 +139,12 @@ const main = async () => {
       `faults ${totals.faults} (hostile inputs ${totals.hostile}, crash points armed ${totals.armed})`,
       `crashes ${totals.crashes}`,
       `sends confirmed ${totals.sent}`,
+      `installations ${totals.installations} (devices revoked ${totals.revocations}), leaves ${totals.leaves}, DM conversations ${totals.dms}`,
       `expected errors ${totals.expected}`,
-      `violations ${totals.violations}${failing.length > 0 ? ` in seed(s) ${failing.join(", ")}` : ""}`
+      `violations ${totals.violations}${failing.length > 0 ? ` in seed(s) ${failing.join(", ")}` : ""}`,
+      ...(byInvariant.size === 0
+        ? []
+        : [`by invariant: ${[...byInvariant].sort(([, a], [, b]) => b - a).map(([k, n]) => `${k} ${n}`).join(", ")}`])
     ].join("\n")
   )
   process.exitCode = totals.violations > 0 ? 1 : 0

@@ -4,15 +4,21 @@
  * seed that found them and as a minimal scenario).
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Cause, Effect, Exit, Schema } from "effect"
-import type { ConversationId } from "../src/domain/Ids.ts"
+import { Cause, Effect, Either, Exit, Option, Schema } from "effect"
+import * as IdentityLog from "../src/domain/IdentityLog.ts"
+import type { ConversationId, InstallationId } from "../src/domain/Ids.ts"
 import { WelcomeMessageInput, WelcomePayloadJson } from "../src/domain/Wire.ts"
 import * as Simulation from "../src/simulation/Simulation.ts"
 import { simulatedCrashOf, type TestClient, TestNetwork } from "../src/testing.ts"
 
-/** Fixed parameters of the seed set: 5 clients, 40 operations (about 0.7 s a seed). */
-const FIXED = { clients: 5, ops: 40 }
+/**
+ * Fixed parameters of the seed set: 5 inboxes (some with a second installation), 30 operations
+ * of the full generator (DMs, leaving, devices coming and going), about 0.8 s a seed.
+ */
+const FIXED = { clients: 5, ops: 30 }
 const SEEDS = Array.from({ length: 50 }, (_, i) => i + 1)
+/** The generator the first regression seeds were found with: they replay with it. */
+const CLASSIC = { profile: "classic" } as const
 
 const runSeed = (params: Simulation.Plan.Params) =>
   Simulation.run(params).pipe(
@@ -25,6 +31,21 @@ const runSeed = (params: Simulation.Plan.Params) =>
     )
   )
 
+const fast = { installationCheckInterval: "0 millis" } as const
+
+/** Publishes a RevokeInstallation of `device`, signed with its inbox's root key. */
+const revoke = (net: TestNetwork, device: TestClient) =>
+  Effect.gen(function*() {
+    const [log] = yield* net.delivery.getIdentityUpdates([{ inboxId: device.inboxId, afterSequence: 0 }])
+    const state = Option.getOrThrow(Either.getOrThrow(IdentityLog.replay(log!.updates.map((u) => u.update))))
+    yield* net.delivery.publishIdentityUpdate(
+      IdentityLog.signUpdate(device.rootSecretKey!, device.inboxId, state, {
+        _tag: "RevokeInstallation",
+        installationId: device.installationId as InstallationId
+      })
+    )
+  })
+
 const texts = (client: TestClient, id: ConversationId) =>
   client.conversation(id).pipe(
     Effect.flatMap((c) => c.messages()),
@@ -33,11 +54,39 @@ const texts = (client: TestClient, id: ConversationId) =>
 
 describe("simulation: planning", () => {
   it("a seed plans the same history every time, and another seed another one", () => {
-    const a = Simulation.Plan.plan({ seed: 7, clients: 5, ops: 80 })
-    expect(Simulation.Plan.plan({ seed: 7, clients: 5, ops: 80 })).toEqual(a)
-    expect(Simulation.Plan.plan({ seed: 8, clients: 5, ops: 80 })).not.toEqual(a)
-    expect(a).toHaveLength(80)
-    expect(a[0]?._tag).toBe("CreateGroup")
+    for (const profile of ["classic", "full"] as const) {
+      const a = Simulation.Plan.plan({ seed: 7, clients: 5, ops: 80, profile })
+      expect(Simulation.Plan.plan({ seed: 7, clients: 5, ops: 80, profile })).toEqual(a)
+      expect(Simulation.Plan.plan({ seed: 8, clients: 5, ops: 80, profile })).not.toEqual(a)
+      expect(a).toHaveLength(80)
+      // Second installations from the start come first, then the first group.
+      expect(a.find((op) => op._tag !== "AddDevice")?._tag).toBe("CreateGroup")
+    }
+  })
+
+  it("the classic generator plans exactly what it planned when its regression seeds were found", () => {
+    const ops = Simulation.Plan.plan({ seed: 2, clients: 5, ops: 60, ...CLASSIC })
+    expect(ops.slice(0, 6).map((op) => Simulation.Plan.describe(op))).toEqual([
+      "c0 createGroup g0 with [c1]",
+      "c0 send g0 \"m0-c0\"",
+      "c0 add [c3] to g0",
+      "c3 syncAll",
+      "crash: arm c2 at sync.midPage",
+      "c1 syncAll"
+    ])
+  })
+
+  it("installations: the first of each inbox, then each registered device, named after its inbox", () => {
+    const params = { seed: 11, clients: 5, ops: 300 }
+    const ops = Simulation.Plan.plan(params)
+    const installs = Simulation.Plan.installations(params, ops)
+    expect(installs.slice(0, 5).map((i) => i.name)).toEqual(["c0", "c1", "c2", "c3", "c4"])
+    for (const op of ops) {
+      if (op._tag === "AddDevice") expect(installs[op.d]?.inbox).toBe(op.inbox)
+      if (op._tag === "RevokeDevice") expect(op.d).toBeGreaterThanOrEqual(5)
+    }
+    expect(installs.length).toBeGreaterThan(5)
+    expect(installs.length).toBeLessThanOrEqual(10)
   })
 
   it("the PRNG is seeded and stable across runs and machines", () => {
@@ -49,10 +98,13 @@ describe("simulation: planning", () => {
   })
 
   it("plans mix actions, faults, crashes and hostile input", () => {
-    const kinds = new Set(SEEDS.flatMap((seed) => Simulation.Plan.plan({ seed, ...FIXED }).map((op) => op._tag)))
-    for (const kind of ["Send", "SendOptimistic", "CreateGroup", "Add", "Remove", "UpdateKeys", "Sync", "SyncAll", "Restart", "Race", "Drop", "LoseResponse", "Partition", "Duplicate", "Crash", "InjectGarbage", "ForgeWelcome"]) {
+    const ops = SEEDS.flatMap((seed) => Simulation.Plan.plan({ seed, ...FIXED }))
+    const kinds = new Set(ops.flatMap((op) => [op._tag, ...Simulation.Plan.actionsOf(op).map((a) => a._tag)]))
+    for (const kind of ["Send", "SendOptimistic", "CreateGroup", "Add", "Remove", "UpdateKeys", "Sync", "SyncAll", "Restart", "Race", "Drop", "LoseResponse", "Partition", "Duplicate", "Crash", "InjectGarbage", "ForgeWelcome", "Leave", "Dm", "SendDm", "AddDevice", "RevokeDevice"]) {
       expect(kinds.has(kind as never), kind).toBe(true)
     }
+    // Both sides of a DM creating it at once.
+    expect(ops.some((op) => op._tag === "Race" && op.actions.every((a) => a._tag === "Dm"))).toBe(true)
   })
 })
 
@@ -94,7 +146,7 @@ describe("test kit: crash points", () => {
 
 describe("simulation: fixed seeds", () => {
   for (const seed of SEEDS) {
-    it.live(`seed ${seed} (${FIXED.clients} clients, ${FIXED.ops} operations) converges`, () => runSeed({ seed, ...FIXED }))
+    it.live(`seed ${seed} (${FIXED.clients} inboxes, ${FIXED.ops} operations) converges`, () => runSeed({ seed, ...FIXED }))
   }
 })
 
@@ -103,27 +155,30 @@ describe("simulation: fixed seeds", () => {
  * a minimal scenario of the same history.
  */
 describe("simulation: regressions", () => {
+  // The seeds below were found with the classic generator (one installation per inbox, groups
+  // only) and replay with it.
+  //
   // Seed 2 (5 clients, 60 ops): c1 removes c4 and adds it back before c4 has synced; c4 reads
   // the re-add welcome while its copy of the group is still active, ignores it, then processes
   // its removal and stays inactive for good.
-  it.live("seed 2 (5 clients, 60 operations)", () => runSeed({ seed: 2, clients: 5, ops: 60 }))
+  it.live("seed 2 (5 clients, 60 operations, classic)", () => runSeed({ seed: 2, clients: 5, ops: 60, ...CLASSIC }))
 
   // Seed 3 (5 clients, 60 ops): c0 is removed, re-added, and reads the topic (skipping what
   // follows its removal) before its welcome; the rejoin keeps the cursor past the messages
   // sent after the re-add, so it never stores them.
-  it.live("seed 3 (5 clients, 60 operations)", () => runSeed({ seed: 3, clients: 5, ops: 60 }))
+  it.live("seed 3 (5 clients, 60 operations, classic)", () => runSeed({ seed: 3, clients: 5, ops: 60, ...CLASSIC }))
 
   // Seed 52 (5 clients, 60 ops): two syncAll of c1 at once both join the same welcome; the
   // second insert of the group row fails and a StorageError reaches the caller.
-  it.live("seed 52 (5 clients, 60 operations)", () => runSeed({ seed: 52, clients: 5, ops: 60 }))
+  it.live("seed 52 (5 clients, 60 operations, classic)", () => runSeed({ seed: 52, clients: 5, ops: 60, ...CLASSIC }))
 
   // Seed 73 (5 clients, 60 ops): c2 is removed from g0 and re-added before it syncs; it ends
   // active at an old epoch, not a member, with the group marked maybeForked.
-  it.live("seed 73 (5 clients, 60 operations)", () => runSeed({ seed: 73, clients: 5, ops: 60 }))
+  it.live("seed 73 (5 clients, 60 operations, classic)", () => runSeed({ seed: 73, clients: 5, ops: 60, ...CLASSIC }))
 
   // Seed 94 (5 clients, 60 ops): c4 is removed and re-added twice without syncing in between;
   // it ends active at epoch 4 with the group marked maybeForked while the others are at 11.
-  it.live("seed 94 (5 clients, 60 operations)", () => runSeed({ seed: 94, clients: 5, ops: 60 }))
+  it.live("seed 94 (5 clients, 60 operations, classic)", () => runSeed({ seed: 94, clients: 5, ops: 60, ...CLASSIC }))
 
   it.live("two syncAll at once on one client join a welcome once, without an error", () =>
     Effect.scoped(Effect.gen(function*() {
@@ -137,7 +192,7 @@ describe("simulation: regressions", () => {
 
   // Seeds 853 and 876 (5 clients, 60 ops): c0's message and c0's removal race; the message
   // lands after the removal commit. c0 skips it (inactive) and fails it; the others store it.
-  it.live("seed 876 (5 clients, 60 operations)", () => runSeed({ seed: 876, clients: 5, ops: 60 }))
+  it.live("seed 876 (5 clients, 60 operations, classic)", () => runSeed({ seed: 876, clients: 5, ops: 60, ...CLASSIC }))
 
   it.live("a message that lands just after its sender's removal: sender and members agree on it", () =>
     Effect.scoped(Effect.gen(function*() {
@@ -224,5 +279,159 @@ describe("simulation: regressions", () => {
       yield* bob.syncAll
       expect(yield* (yield* bob.conversation(group.id)).state).toBe("inactive")
       expect(yield* texts(bob, group.id)).toEqual([])
+    })))
+})
+
+/**
+ * Histories the full generator (second installations, revocations, leaving, DMs) found bugs
+ * with. Each is kept as the seed that found it and as a minimal scenario; they fail until the
+ * engine is fixed.
+ */
+describe("simulation: regressions with devices, leaving and DMs", () => {
+  // Seed 71 (5 inboxes, 30 ops): c0 creates g0 with c1, c2 (both its installations) and c4;
+  // c2b is revoked (op 21) before c4 reads its welcome. The welcome lists c2b, no longer a
+  // current installation, and Welcomes.join refuses the whole welcome as Unauthenticated: c4
+  // never joins, although the members remove c2b on their next sync. (26 of seeds 1..200 at
+  // 30 ops, among them fixed seeds 5, 23, 36, 42, 47; with 60 ops seeds 3, 5, 9, 10, ...)
+  it.live("seed 71 (5 inboxes, 30 operations)", () => runSeed({ seed: 71, clients: 5, ops: 30 }))
+
+  it.live("a welcome listing a device revoked since is still joined (the members remove the device)", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice", fast), net.client("bob", fast)])
+      const bob2 = yield* net.client("bob2", { ...fast, sameInboxAs: bob })
+      // Adds both of Bob's installations; neither has read its welcome yet.
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* revoke(net, bob2)
+      yield* alice.syncAll // removes bob2
+      yield* group.send("for bob's remaining device")
+      yield* bob.syncAll
+      const atBob = yield* bob.conversation(group.id)
+      expect(yield* atBob.state).toBe("active")
+      expect(yield* texts(bob, group.id)).toEqual(["for bob's remaining device"])
+    })))
+
+  // Seed 181 (5 inboxes, 30 ops): c0b registers (op 6) and a member commits its addition to
+  // g0; c0b is revoked (op 27) before c0 reads that commit. GroupSync.receivePage then finds a
+  // leaf that is not a current installation ("commit adds unregistered installation") and
+  // skips the commit: c0 stays at epoch 1, marks g0 maybeForked, and misses everything after
+  // while still listing itself a member. (7 of seeds 1..200 at 30 ops, among them fixed seeds
+  // 11 and 19; with 60 ops seeds 8, 11, 17, ...)
+  it.live("seed 181 (5 inboxes, 30 operations)", () => runSeed({ seed: 181, clients: 5, ops: 30 }))
+
+  it.live("a commit that added a device revoked since is still processed by a member that reads it late", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol] = yield* Effect.all([net.client("alice", fast), net.client("bob", fast), net.client("carol", fast)])
+      const group = yield* alice.createGroup([bob.inboxId, carol.inboxId])
+      yield* Effect.all([bob.syncAll, carol.syncAll])
+      const bob2 = yield* net.client("bob2", { ...fast, sameInboxAs: bob })
+      yield* alice.syncAll // commits the addition of bob2
+      yield* revoke(net, bob2)
+      yield* alice.syncAll // commits its removal
+      yield* group.send("after both changes")
+      // Carol reads both commits only now.
+      yield* carol.syncAll
+      const atCarol = yield* carol.conversation(group.id)
+      const [mine, hers] = yield* Effect.all([group.debugInfo, atCarol.debugInfo])
+      expect({ epoch: hers.epoch, forked: hers.maybeForked }).toEqual({ epoch: mine.epoch, forked: false })
+      expect(yield* texts(carol, group.id)).toEqual(["after both changes"])
+    })))
+
+  // Seeds 27 and 78 (5 inboxes, 60 ops): a group of 5 leaves loses its first leaf, a device is
+  // added into that blank leaf, then another installation is added: its welcome is refused by
+  // ts-mls 1.6.4 ("non-blank intermediate node must list leaf node in its unmerged_leaves"),
+  // so it never joins. ts-mls's ratchet-tree validation on join (clientState.js,
+  // validateRatchetTree) compares whole unmerged_leaves arrays along the unmerged leaf's whole
+  // direct path instead of checking that the leaf is listed by the nodes below the parent
+  // (RFC 9420, 7.9.1); the trees the library itself builds fail it. Reached through
+  // TsMlsCrypto.joinFromWelcome; no device is needed (6 of seeds 1..100).
+  // Skipped until ts-mls's join-time tree validation is fixed or worked around (upstream bug,
+  // not ours: the tree is one ts-mls built itself). Kept so the fix has its test ready.
+  it.skip("seed 27 (5 inboxes, 60 operations)", () => runSeed({ seed: 27, clients: 5, ops: 60 }))
+
+  // Skipped for the same ts-mls 1.6.4 bug as seed 27 above.
+  it.skip("remove the first of 5 leaves, add into its place, add one more: the last one joins", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const cs: Array<TestClient> = []
+      for (const name of ["x0", "x1", "x2", "x3", "x4", "x5", "x6"]) cs.push(yield* net.client(name))
+      const [x0, x1, x2, x3, x4, x5, x6] = cs as [TestClient, TestClient, TestClient, TestClient, TestClient, TestClient, TestClient]
+      const group = yield* x0.createGroup([x1.inboxId, x2.inboxId, x3.inboxId, x4.inboxId])
+      for (const x of [x1, x2, x3, x4]) yield* x.syncAll
+      const at = (x: TestClient) => x.conversation(group.id)
+      yield* (yield* at(x1)).removeMembers([x0.inboxId])
+      for (const x of [x2, x3, x4]) yield* x.syncAll
+      yield* (yield* at(x1)).addMembers([x5.inboxId])
+      yield* x5.syncAll
+      expect(yield* (yield* at(x5)).state).toBe("active")
+      yield* x2.syncAll
+      yield* (yield* at(x2)).addMembers([x6.inboxId])
+      yield* x6.syncAll
+      const joined = yield* Effect.either(at(x6).pipe(Effect.flatMap((c) => c.state)))
+      expect(Either.getOrElse(joined, (e) => e._tag)).toBe("active")
+    })))
+
+  // Seed 67 (5 inboxes, 30 ops): c0, c4 and c3 all leave g0. c3's leave was accepted while
+  // c0 was still a member; c3 then commits c0's removal itself and is the last member, with
+  // nobody left to commit its own: g0 stays pendingRemove at c3 forever (with 60 ops, c3's
+  // device registered later is never added either: checkInstallations only runs on active
+  // groups). The same happens when two members of a group of two leave at once.
+  it.live("seed 67 (5 inboxes, 30 operations)", () => runSeed({ seed: 67, clients: 5, ops: 30 }))
+
+  it.live("both members of a group of two leave at once: neither stays pendingRemove", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice", fast), net.client("bob", fast)])
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* bob.syncAll
+      const atBob = yield* bob.conversation(group.id)
+      // Both ask before seeing the other's request.
+      yield* Effect.all([Effect.either(group.leave), Effect.either(atBob.leave)])
+      for (let i = 0; i < 3; i++) yield* Effect.all([Effect.either(alice.syncAll), Effect.either(bob.syncAll)])
+      expect([yield* group.state, yield* atBob.state]).not.toContain("pendingRemove")
+    })))
+
+  // Found by the simulation when it took a DM's MLS group for a group it had created:
+  // `conversation(id)` decides the kind from the id's form, so a DM's underlying group id
+  // (which the app sees in debugInfo.groupIds and Message.groupId) opens a "group" handle
+  // whose leave, addMembers and removeMembers work: a third inbox can be added to a DM.
+  it.live("a DM cannot be changed through the id of one of its groups", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol] = yield* Effect.all([net.client("alice", fast), net.client("bob", fast), net.client("carol", fast)])
+      const dm = yield* alice.findOrCreateDm(bob.inboxId)
+      const [groupId] = (yield* dm.debugInfo).groupIds
+      const byGroupId = yield* Effect.either(alice.conversation(groupId as unknown as ConversationId))
+      if (Either.isRight(byGroupId)) {
+        const handle = byGroupId.right
+        const tried = yield* Effect.all([
+          Effect.flip(handle.addMembers([carol.inboxId])).pipe(Effect.map((e) => e._tag), Effect.orElseSucceed(() => "succeeded")),
+          Effect.flip(handle.leave).pipe(Effect.map((e) => e._tag), Effect.orElseSucceed(() => "succeeded"))
+        ])
+        expect(tried).toEqual(["InvalidInput", "InvalidInput"])
+      }
+      yield* carol.syncAll
+      expect(yield* carol.conversations({ includeInactive: true })).toEqual([])
+      expect((yield* dm.members).map((m) => m.inboxId).sort()).toEqual([alice.inboxId, bob.inboxId].sort())
+    })))
+
+  // Found while checking transcripts: a revoked device that processes its own removal records
+  // "inbox removed" (GroupSync.removedRow names the installation's inbox), although only the
+  // device went and its inbox is still a member; the other members record no change for that
+  // epoch, so the entry with id membershipChangeIdOf(group, epoch) is not the same everywhere.
+  it.live("a revoked device's transcript does not say its inbox was removed", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice", fast), net.client("bob", fast)])
+      const bob2 = yield* net.client("bob2", { ...fast, sameInboxAs: bob })
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* Effect.all([bob.syncAll, bob2.syncAll])
+      yield* revoke(net, bob2)
+      yield* alice.syncAll
+      yield* bob2.syncAll
+      expect(yield* (yield* bob2.conversation(group.id)).state).toBe("inactive")
+      const changes = (yield* (yield* bob2.conversation(group.id)).messages()).filter((m) => m.kind === "membershipChange")
+      expect(changes.filter((m) => m.text.includes(`"removedInboxes":["${bob.inboxId}"]`))).toEqual([])
     })))
 })

@@ -497,7 +497,8 @@ export const make = (options: ClientOptions = {}) =>
         const kind = valid.startsWith("dm:") ? "dm" : "group"
         const rows = yield* groupsOf(valid, kind)
         if (rows[0] === undefined) return yield* new ConversationNotFound({ conversationId: valid })
-        return handle(valid, kind)
+        // The id of one of a DM's groups opens the DM: its membership must not change.
+        return handleOf(rows[0])
       }).pipe(Effect.withSpan("Client.conversation"))
 
     const conversations = (query: { readonly kind?: "group" | "dm"; readonly includeInactive?: boolean } = {}) =>

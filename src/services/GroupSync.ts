@@ -254,9 +254,16 @@ export const make = (env: EngineEnv) => {
             yield* skip(envelope, `commit adds unregistered installation ${invalid[0]!.installationId}`)
             continue
           }
+          // Our removal is our inbox's removal only if no other device of ours stays: a revoked
+          // device's removal changes no inbox, and the other members record nothing for it.
+          const inboxGoes = !after.active &&
+            current.members.every((m) => m.inboxId !== identity.inboxId || m.leafIndex === current.ownLeafIndex ||
+              membership === "pendingRemove")
           const change = after.active
             ? membershipChangeRow(group, current, after, processed.right.committer, envelope, now)
-            : removedRow(group, header.value.epoch + 1n, processed.right.committer, envelope, now)
+            : inboxGoes
+            ? removedRow(group, header.value.epoch + 1n, processed.right.committer, envelope, now)
+            : undefined
           if (change !== undefined) newMessages.push(change)
           state = processed.right.state
           if (!after.active) membership = "inactive"
@@ -319,6 +326,10 @@ export const make = (env: EngineEnv) => {
 
       const last = page.items[page.items.length - 1]!.sequenceId
       const view = crypto.view(state)
+      // Asked to leave and nobody else is left to commit it: we are out.
+      if (membership === "pendingRemove" && view.members.every((m) => m.inboxId === identity.inboxId)) {
+        membership = "inactive"
+      }
       const inserted = yield* storage.transaction(Effect.gen(function*() {
         for (const write of writes) yield* write
         // A crash here rolls the whole page back: it is replayed from the old cursor and state.

@@ -7,7 +7,7 @@
  * cached in the store; a leaf is valid only if its key is a current installation of its inbox.
  */
 import { ed25519 } from "@noble/curves/ed25519.js"
-import { Clock, Context, Effect, Either, HashMap, Layer, Option, Ref, Schema } from "effect"
+import { Clock, Context, Effect, Either, HashMap, HashSet, Layer, Option, Ref, Schema } from "effect"
 import { toHex } from "../domain/Bytes.ts"
 import {
   type CryptoError,
@@ -50,7 +50,7 @@ export class Identity extends Context.Tag("converge/Identity")<Identity, {
   readonly refreshMany: (
     inboxIds: ReadonlyArray<InboxId>
   ) => Effect.Effect<ReadonlyMap<InboxId, IdentityLog.InboxState | undefined>, IdentityError>
-  /** Is this leaf a current installation of the inbox it names? Refreshes that inbox once if not. */
+  /** Was this leaf ever registered to the inbox it names (current or revoked since)? Refreshes once if not. */
   readonly isValidLeaf: (leaf: LeafMember) => Effect.Effect<boolean, IdentityError>
   /** Publishes a signed change to this inbox's log (needs the root key). */
   readonly revokeInstallation: (installationId: InstallationId) => Effect.Effect<void, IdentityError>
@@ -131,8 +131,14 @@ export const make = (options: IdentityOptions) =>
       )
 
     const isValidLeaf = Effect.fn("Identity.isValidLeaf")(function*(leaf: LeafMember) {
+      // Registered now, or once and revoked since: a welcome or commit may be read after a
+      // revocation it predates. Members remove revoked devices with their next installation
+      // check; refusing the leaf instead would split the group. (The installation id is the
+      // hash of the leaf's key, which MlsCrypto checks, so the id alone binds the key.)
       const check = (state: IdentityLog.InboxState | undefined) =>
-        state !== undefined && IdentityLog.isCurrentInstallation(state, leaf.installationId, leaf.signaturePublicKey)
+        state !== undefined &&
+        (IdentityLog.isCurrentInstallation(state, leaf.installationId, leaf.signaturePublicKey) ||
+          HashSet.has(state.revoked, leaf.installationId))
       const cached = HashMap.get(yield* Ref.get(cache), leaf.inboxId)
       if (Option.isSome(cached) && check(cached.value)) return true
       const fresh = yield* refresh(leaf.inboxId)

@@ -1,26 +1,61 @@
 /**
  * The invariants checked at quiescence. The delivery service's order of each group topic is
  * the truth: walking it gives the epoch in force at every position; the membership-change
- * transcript entries that the clients stored give who was a member at every epoch. From those,
- * each published message has a set of installations that must hold it, and nobody else may.
+ * transcript entries that the clients stored give which inboxes were members at every epoch;
+ * the welcomes on each installation's topic give the epoch each installation joined at; the
+ * identity logs give each inbox's current installations and when a device was revoked. From
+ * those, each published message has a set of installations that must hold it, and a set that
+ * may; nobody else may hold it.
+ *
+ * DMs are checked twice: each MLS group beneath a DM like any group, and each DM conversation
+ * (`dm:<a>:<b>`, merged across its groups) as the app sees it: the same messages on every
+ * installation of both inboxes, listed once, and one group to send on once the DM has settled.
  */
-import { Effect, Option, Schema } from "effect"
+import { Effect, Either, Option, Schema } from "effect"
+import { sha256Hex } from "../domain/Bytes.ts"
 import { MembershipChangeJson } from "../domain/Content.ts"
-import type { ConversationId, GroupId } from "../domain/Ids.ts"
+import * as IdentityLog from "../domain/IdentityLog.ts"
+import type { ConversationId, GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
 import { IntentDataJson } from "../domain/Intent.ts"
 import type { GroupRow, IntentRow, MessageRow } from "../domain/Rows.ts"
-import type { GroupMessageEnvelope } from "../domain/Wire.ts"
+import type { GroupMessageEnvelope, WelcomeMessageEnvelope } from "../domain/Wire.ts"
+import { WelcomePayloadJson } from "../domain/Wire.ts"
 import type { Violation } from "./Report.ts"
-import { clientName, type World } from "./World.ts"
+import { booted, clientName, type World } from "./World.ts"
 
 const short = (hex: string) => hex.slice(0, 8)
 
-/** One client's view of one group. */
+/** One installation's view of one group. */
 interface Held {
   readonly row: GroupRow
   readonly messages: ReadonlyArray<MessageRow>
-  readonly info?: { readonly epoch: bigint; readonly authenticator: string; readonly members: ReadonlyArray<string> }
+  readonly info?: {
+    readonly epoch: bigint
+    readonly authenticator: string
+    /** Member inboxes, sorted. */
+    readonly inboxes: ReadonlyArray<string>
+    /** Member installations, sorted. */
+    readonly installations: ReadonlyArray<string>
+  }
 }
+
+/** An MLS group beneath a DM, as found in the clients' stores. */
+export interface DmGroup {
+  readonly groupId: GroupId
+  readonly dmId: ConversationId
+  /**
+   * `dm(c0,c3)@c3`: the DM's inboxes and the installation that created the group (`@c3#2` for
+   * its second one). Not a rank by creation time: both sides of a race create at once.
+   */
+  readonly label: string
+  /** The installation that created it (the one whose row names its own inbox as adder). */
+  readonly creator: number | undefined
+  /** The two inboxes, by index. */
+  readonly pair: readonly [number, number]
+}
+
+/** A DM in traces: `dm(c0,c3)`, its inboxes in index order (not in the order of their ids). */
+export const dmName = (pair: readonly [number, number]) => `dm(c${pair[0]},c${pair[1]})`
 
 /** Reads a whole group topic, page by page. */
 export const readTopic = (world: World, groupId: GroupId) =>
@@ -35,47 +70,167 @@ export const readTopic = (world: World, groupId: GroupId) =>
     }
   })
 
-/** Epochs along the topic: the epoch each envelope claims, and the one in force where it lies. */
+/** Reads a whole welcome topic, page by page. */
+export const readWelcomes = (world: World, installationId: InstallationId) =>
+  Effect.gen(function*() {
+    const all: Array<WelcomeMessageEnvelope> = []
+    let cursor = 0n
+    for (;;) {
+      const page = yield* world.net.delivery.queryWelcomeMessages({ installationId, afterSequenceId: cursor })
+      all.push(...page.items)
+      if (page.next === undefined) return all
+      cursor = page.next
+    }
+  })
+
+/** Every MLS group beneath a DM that any installation holds, labelled in creation order. */
+export const dmGroups = (world: World) =>
+  Effect.gen(function*() {
+    const found = new Map<GroupId, { dmId: ConversationId; creator: number | undefined; createdAt: bigint }>()
+    for (const [c, client] of booted(world)) {
+      const storage = yield* world.net.storage(client)
+      for (const row of yield* storage.groups.list({ includeInactive: true })) {
+        if (row.kind !== "dm" || row.dm_id === null) continue
+        const known = found.get(row.id) ?? { dmId: row.dm_id, creator: undefined, createdAt: row.created_at_ns }
+        if (row.added_by_inbox_id !== null) {
+          known.creator = c
+          known.createdAt = row.created_at_ns
+        }
+        found.set(row.id, known)
+      }
+    }
+    const inboxIndex = new Map<string, number>(world.inboxIds.map((id, i) => [id, i]))
+    const out: Array<DmGroup> = []
+    const byDm = new Map<ConversationId, Array<[GroupId, { creator: number | undefined; createdAt: bigint }]>>()
+    for (const [groupId, g] of found) byDm.set(g.dmId, [...(byDm.get(g.dmId) ?? []), [groupId, g]])
+    for (const [dm, groups] of byDm) {
+      const [, a, b] = dm.split(":") as [string, string, string]
+      const pair = [inboxIndex.get(a) ?? -1, inboxIndex.get(b) ?? -1].sort((x, y) => x - y) as [number, number]
+      groups.sort(([ga, a], [gb, b]) => (a.createdAt < b.createdAt ? -1 : a.createdAt > b.createdAt ? 1 : ga.localeCompare(gb)))
+      const byCreator = new Map<string, number>()
+      for (const [groupId, g] of groups) {
+        const creator = g.creator === undefined ? "?" : clientName(g.creator, world)
+        const n = (byCreator.get(creator) ?? 0) + 1
+        byCreator.set(creator, n)
+        out.push({
+          groupId,
+          dmId: dm,
+          label: `${dmName(pair)}@${creator}${n > 1 ? `#${n}` : ""}`,
+          creator: g.creator,
+          pair
+        })
+      }
+    }
+    return out.sort((x, y) => x.label.localeCompare(y.label))
+  })
+
+/** Epochs along the topic: the epoch each envelope claims, the one in force where it lies, the winning commits. */
 const walkTopic = (world: World, groupId: GroupId, envelopes: ReadonlyArray<GroupMessageEnvelope>) =>
   Effect.gen(function*() {
     let epoch = 0n
     const claimed = new Map<bigint, { readonly kind: string; readonly epoch: bigint }>()
     const inForce = new Map<bigint, bigint>()
+    /** Sequence of each winning commit -> the epoch it started. */
+    const winners = new Map<bigint, bigint>()
     for (const envelope of envelopes) {
       inForce.set(envelope.sequenceId, epoch)
       const header = yield* world.net.crypto.inspect(envelope.payload).pipe(Effect.option)
       if (Option.isNone(header) || header.value.groupId !== groupId) continue
       claimed.set(envelope.sequenceId, { kind: header.value.kind, epoch: header.value.epoch })
       // The first commit for the current epoch wins; later ones for it lost the race.
-      if (header.value.kind === "commit" && header.value.epoch === epoch) epoch++
+      if (header.value.kind === "commit" && header.value.epoch === epoch) {
+        epoch++
+        winners.set(envelope.sequenceId, epoch)
+      }
     }
-    return { finalEpoch: epoch, claimed, inForce }
+    return { finalEpoch: epoch, claimed, inForce, winners }
   })
 
-export const check = (world: World) =>
+/** What the identity logs say: each inbox's current installations, and when devices came and went. */
+const identityTruth = (world: World) =>
+  Effect.gen(function*() {
+    const current = new Map<string, ReadonlySet<string>>()
+    const registeredAt = new Map<string, bigint>()
+    const revokedAt = new Map<string, bigint>()
+    const problems: Array<string> = []
+    for (const inboxId of world.inboxIds) {
+      const [log] = yield* world.net.delivery.getIdentityUpdates([{ inboxId, afterSequence: 0 }])
+      let state: IdentityLog.InboxState | undefined
+      for (const envelope of log?.updates ?? []) {
+        const next = IdentityLog.applyUpdate(state, envelope.update)
+        if (Either.isLeft(next)) {
+          problems.push(`identity log of inbox ${short(inboxId)}: ${next.left.message}`)
+          break
+        }
+        state = next.right
+        const action = envelope.update.action
+        if (action._tag === "AddInstallation") registeredAt.set(action.installationId, envelope.serverTimeNs)
+        if (action._tag === "RevokeInstallation") revokedAt.set(action.installationId, envelope.serverTimeNs)
+      }
+      current.set(inboxId, new Set(state === undefined ? [] : IdentityLog.currentInstallations(state)))
+    }
+    return { current, registeredAt, revokedAt, problems }
+  })
+
+/** A welcome on an installation's topic: which group, and the commit that added it. */
+interface WelcomeSeen {
+  readonly c: number
+  readonly commitSequenceId: bigint
+  readonly serverTimeNs: bigint
+  /** Put there by the simulation's hostile input, not by a member. */
+  readonly forged: boolean
+}
+
+/** A point where an installation joined a group: the epoch it started at, and that commit's place. */
+interface Join {
+  readonly epoch: bigint
+  readonly sequence: bigint
+}
+
+const decodeWelcome = Schema.decodeUnknownOption(WelcomePayloadJson)
+
+export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
   Effect.gen(function*() {
     const violations: Array<Violation> = []
     const violate = (invariant: string, detail: string) => violations.push({ invariant, detail })
-    const { clients, net } = world
-    const inboxToClient = new Map<string, number>(clients.map((client, c) => [client.inboxId, c]))
-    const name = (inbox: string) => {
-      const c = inboxToClient.get(inbox)
-      return c === undefined ? `inbox ${short(inbox)}` : clientName(c)
+    const { net } = world
+    const all = booted(world)
+    const clients = new Map(all)
+    const name = (c: number) => clientName(c, world)
+    const byInstallation = new Map<string, number>(all.map(([c, client]) => [client.installationId, c]))
+    const inboxIndex = new Map<string, number>(world.inboxIds.map((id, i) => [id, i]))
+    const inboxName = (inbox: string) => {
+      const i = inboxIndex.get(inbox)
+      return i === undefined ? `inbox ${short(inbox)}` : name(i)
     }
+    const installationName = (id: string) => {
+      const c = byInstallation.get(id)
+      return c === undefined ? `installation ${short(id)}` : name(c)
+    }
+    const inboxOf = (c: number): InboxId => world.inboxIds[world.installs[c]!.inbox]!
 
-    // ---- per client: intents, message states, forks ----
-    const storages = yield* Effect.forEach(clients, (client) => net.storage(client))
-    for (const [c, storage] of storages.entries()) {
+    const truth = yield* identityTruth(world)
+    for (const problem of truth.problems) violate("identity-log", problem)
+    const currentOf = (inbox: string) => truth.current.get(inbox) ?? new Set<string>()
+    const revokedAt = (c: number) => truth.revokedAt.get(clients.get(c)!.installationId)
+
+    // ---- per installation: intents, message states, forks, leaving ----
+    const storages = new Map<number, Effect.Effect.Success<ReturnType<typeof net.storage>>>()
+    for (const [c, client] of all) storages.set(c, yield* net.storage(client))
+    for (const [c, storage] of storages) {
       const stuck = yield* storage.intents.byState(["ToPublish", "Published", "Committed"])
       for (const intent of stuck) {
-        violate("stuck-intent", `${clientName(c)}: ${intent.kind} intent ${intent.id} of group ${short(intent.group_id)} left ${intent.state}`)
+        violate("stuck-intent", `${name(c)}: ${intent.kind} intent ${intent.id} of group ${intent.group_id} left ${intent.state}`)
       }
       const failed = yield* storage.intents.byState(["Error"])
       for (const intent of failed) yield* checkFailedIntent(c, intent)
       const groups = yield* storage.groups.list({ includeInactive: true })
       for (const group of groups) {
         if (group.maybe_forked) {
-          violate("forked", `${clientName(c)}: group ${short(group.id)} marked maybeForked (${group.fork_details ?? "?"})`)
+          violate("forked", `${name(c)}: group ${group.id} marked maybeForked (${group.fork_details ?? "?"})`)
+        }
+        if (group.membership_state === "pendingRemove") {
+          violate("leave-incomplete", `${name(c)}: group ${group.id} is still pendingRemove: its inbox asked to leave and was never removed`)
         }
       }
       for (const sent of world.sent.filter((s) => s.c === c && s.confirmed)) {
@@ -83,7 +238,7 @@ export const check = (world: World) =>
         if (Option.isNone(row) || row.value.delivery_status !== "published") {
           violate(
             "confirmed-send-not-published",
-            `${clientName(c)}: send "${sent.text}" (op ${sent.op}) succeeded but the message is ${Option.isNone(row) ? "missing" : row.value.delivery_status}`
+            `${name(c)}: send "${sent.text}" (op ${sent.op}) succeeded but the message is ${Option.isNone(row) ? "missing" : row.value.delivery_status}`
           )
         }
       }
@@ -94,204 +249,432 @@ export const check = (world: World) =>
         if (intent.kind !== "SendMessage") return
         const data = Schema.decodeSync(IntentDataJson)(intent.data)
         if (data._tag !== "SendMessage") return
-        const row = yield* storages[c]!.messages.get(data.messageId)
+        const row = yield* storages.get(c)!.messages.get(data.messageId)
         if (Option.isSome(row) && row.value.delivery_status !== "failed") {
           violate(
             "failed-intent-message-not-failed",
-            `${clientName(c)}: SendMessage intent ${intent.id} is Error but its message "${data.text}" is ${row.value.delivery_status}`
+            `${name(c)}: SendMessage intent ${intent.id} is Error but its message "${data.text}" is ${row.value.delivery_status}`
           )
         }
       })
     }
 
-    // ---- per group ----
-    for (const [g, groupId] of world.groups.entries()) {
-      if (groupId === undefined) continue
-      const creator = world.creators[g]
-      const label = `g${g}`
-      const conversationId = groupId as unknown as ConversationId
+    // ---- welcomes: where each installation was invited ----
+    const welcomes = new Map<GroupId, Array<WelcomeSeen>>()
+    for (const [c, client] of all) {
+      const forged = world.forgedWelcomes.get(c) ?? new Set<string>()
+      for (const envelope of yield* readWelcomes(world, client.installationId)) {
+        const payload = decodeWelcome(new TextDecoder().decode(envelope.payload))
+        if (Option.isNone(payload)) continue
+        const seen: WelcomeSeen = {
+          c,
+          commitSequenceId: payload.value.commitSequenceId,
+          serverTimeNs: envelope.serverTimeNs,
+          forged: forged.has(sha256Hex(envelope.payload))
+        }
+        welcomes.set(payload.value.groupId, [...(welcomes.get(payload.value.groupId) ?? []), seen])
+      }
+    }
 
-      const held = new Map<number, Held>()
-      for (const [c, storage] of storages.entries()) {
-        const row = yield* storage.groups.get(groupId)
-        if (Option.isNone(row)) continue
-        const messages = yield* storage.messages.byConversation(conversationId, { direction: "asc" })
-        let info: Held["info"]
-        if (row.value.membership_state !== "inactive") {
-          const conversation = yield* clients[c]!.conversation(conversationId)
-          const debug = yield* conversation.debugInfo
-          const members = yield* conversation.members
-          info = {
-            epoch: debug.epoch,
-            authenticator: debug.epochAuthenticator,
-            members: members.map((m) => m.inboxId).sort()
-          }
-        }
-        held.set(c, info === undefined ? { row: row.value, messages } : { row: row.value, messages, info })
-      }
+    // ---- per group (DM groups included) ----
+    interface Checked {
+      readonly groupId: GroupId
+      readonly label: string
+      readonly held: ReadonlyMap<number, Held>
+      /** Joins backed by a real welcome (or creation): where an installation surely was a member. */
+      readonly joins: ReadonlyMap<number, ReadonlyArray<Join>>
+      readonly firstServerTimeNs: bigint | undefined
+    }
+    const checked = new Map<GroupId, Checked>()
 
-      const envelopes = yield* readTopic(world, groupId)
-      const { claimed, finalEpoch, inForce } = yield* walkTopic(world, groupId, envelopes)
-
-      // Who was a member at each epoch: the creator alone at 0, then the transcript's changes.
-      const changes = new Map<bigint, { added: Set<string>; removed: Set<string> }>()
-      for (const [c, view] of held) {
-        for (const m of view.messages) {
-          if (m.kind !== "membershipChange") continue
-          const change = Schema.decodeUnknownOption(MembershipChangeJson)(m.content)
-          if (Option.isNone(change)) {
-            violate("transcript", `${clientName(c)}: ${label} has an undecodable membership change`)
-            continue
-          }
-          const entry = changes.get(change.value.epoch) ?? { added: new Set(), removed: new Set() }
-          for (const i of change.value.addedInboxes) entry.added.add(i)
-          for (const i of change.value.removedInboxes) entry.removed.add(i)
-          changes.set(change.value.epoch, entry)
-        }
-      }
-      const membersAt: Array<Set<string>> = []
-      let members = new Set<string>(creator === undefined ? [] : [clients[creator]!.inboxId])
-      for (let e = 0n; e <= finalEpoch; e++) {
-        const change = changes.get(e)
-        if (change !== undefined) {
-          members = new Set([...members, ...change.added].filter((i) => !change.removed.has(i)))
-        }
-        membersAt.push(members)
-      }
-      const memberThroughout = (inbox: string, from: bigint, to: bigint) => {
-        for (let e = from; e <= to; e++) if (!membersAt[Number(e)]?.has(inbox)) return false
-        return true
-      }
-      const expectedMembers = [...(membersAt[Number(finalEpoch)] ?? [])].sort()
-
-      // ---- convergence of state ----
-      for (const inbox of expectedMembers) {
-        const c = inboxToClient.get(inbox)
-        const view = c === undefined ? undefined : held.get(c)
-        if (view?.info === undefined) {
-          violate(
-            "member-not-joined",
-            `${label}: ${name(inbox)} is a member at epoch ${finalEpoch} but ${view === undefined ? "never joined" : `is ${view.row.membership_state}`}`
-          )
-        }
-      }
-      const authenticators = new Map<bigint, Set<string>>()
-      for (const [c, view] of held) {
-        if (view.info === undefined) continue
-        const inbox = clients[c]!.inboxId
-        if (!expectedMembers.includes(inbox)) {
-          violate("non-member-active", `${label}: ${clientName(c)} is active at epoch ${view.info.epoch} but is not a member at epoch ${finalEpoch}`)
-          continue
-        }
-        if (view.info.epoch !== finalEpoch) {
-          violate("divergent-epoch", `${label}: ${clientName(c)} is at epoch ${view.info.epoch}; the topic's order says ${finalEpoch}`)
-        }
-        const at = authenticators.get(view.info.epoch) ?? new Set()
-        at.add(view.info.authenticator)
-        authenticators.set(view.info.epoch, at)
-        if (view.info.members.join(",") !== expectedMembers.join(",")) {
-          violate(
-            "divergent-members",
-            `${label}: ${clientName(c)} sees members [${view.info.members.map(name).join(",")}], the transcript says [${expectedMembers.map(name).join(",")}]`
-          )
-        }
-      }
-      for (const [epoch, set] of authenticators) {
-        if (set.size > 1) violate("divergent-authenticator", `${label}: ${set.size} different epoch authenticators at epoch ${epoch}`)
-      }
-
-      // ---- messages ----
-      const idAtSequence = new Map<bigint, { readonly id: string; readonly c: number }>()
-      const rowsById = new Map<number, Map<string, MessageRow>>()
-      for (const [c, view] of held) {
-        const self = clients[c]!
-        const byId = new Map<string, MessageRow>()
-        rowsById.set(c, byId)
-        const texts = new Map<string, number>()
-        let lastSequence = 0n
-        for (const m of view.messages) {
-          byId.set(m.id, m)
-          if (m.kind === "text") texts.set(m.content, (texts.get(m.content) ?? 0) + 1)
-          if (m.delivery_status === "unpublished") {
-            violate("stuck-unpublished", `${clientName(c)}: ${label} message "${m.content}" is still unpublished`)
-          }
-          if (m.sequence_id === null) continue
-          if (m.sequence_id <= lastSequence) {
-            violate("order", `${clientName(c)}: ${label} lists sequence ${m.sequence_id} after ${lastSequence}`)
-          }
-          lastSequence = m.sequence_id > lastSequence ? m.sequence_id : lastSequence
-          const first = idAtSequence.get(m.sequence_id)
-          if (first === undefined) idAtSequence.set(m.sequence_id, { id: m.id, c })
-          else if (first.id !== m.id) {
-            violate(
-              "order",
-              `${label}: sequence ${m.sequence_id} is message ${short(first.id)} at ${clientName(first.c)} but ${short(m.id)} at ${clientName(c)}`
-            )
-          }
-          // Nobody may hold a message of an epoch it was not in, or one sent after its removal.
-          const own = m.sender_installation_id === self.installationId
-          if (m.kind === "text" && !own) {
-            const claim = claimed.get(m.sequence_id)
-            const position = inForce.get(m.sequence_id)
-            if (claim === undefined || position === undefined) {
-              violate("phantom-message", `${clientName(c)}: ${label} holds "${m.content}" at sequence ${m.sequence_id}, which is not a message of this group`)
-            } else if (!memberThroughout(self.inboxId, claim.epoch, position)) {
-              violate(
-                "read-after-removal",
-                `${clientName(c)}: ${label} holds "${m.content}" (epoch ${claim.epoch}, sequence ${m.sequence_id}, epoch in force ${position}) but was not a member throughout`
-              )
-            }
-          }
-        }
-        for (const [text, n] of texts) {
-          if (n > 1) violate("stored-twice", `${clientName(c)}: ${label} stores "${text}" ${n} times`)
-        }
-      }
-
-      // Every published message reaches every installation that was a member from its epoch to
-      // where it landed; a failed one reaches nobody.
-      for (const [c, view] of held) {
-        const self = clients[c]!
-        for (const m of view.messages) {
-          if (m.kind !== "text" || m.sender_installation_id !== self.installationId) continue
-          if (m.delivery_status === "failed") {
-            for (const [other, byId] of rowsById) {
-              if (other !== c && byId.has(m.id)) {
-                violate("failed-but-delivered", `${label}: "${m.content}" failed at its sender ${clientName(c)} but ${clientName(other)} stores it`)
+    const checkGroup = (groupId: GroupId, label: string, creator: number | undefined, dm: DmGroup | undefined) =>
+      Effect.gen(function*() {
+        const held = new Map<number, Held>()
+        for (const [c, storage] of storages) {
+          const row = yield* storage.groups.get(groupId)
+          if (Option.isNone(row)) continue
+          const messages = (yield* storage.messages.byConversation(row.value.dm_id ?? (groupId as unknown as ConversationId), {
+            direction: "asc"
+          })).filter((m) => m.group_id === groupId)
+          let info: Held["info"]
+          if (row.value.membership_state !== "inactive") {
+            if (dm === undefined) {
+              const conversation = yield* clients.get(c)!.conversation(groupId as unknown as ConversationId)
+              const debug = yield* conversation.debugInfo
+              const members = yield* conversation.members
+              info = {
+                epoch: debug.epoch,
+                authenticator: debug.epochAuthenticator,
+                inboxes: members.map((m) => m.inboxId).sort(),
+                installations: members.flatMap((m) => m.installationIds).sort()
+              }
+            } else {
+              // The DM handle speaks for its primary group: read this one's state itself.
+              const view = net.crypto.view(yield* net.crypto.deserialize(row.value.mls_state))
+              info = {
+                epoch: view.epoch,
+                authenticator: view.epochAuthenticator,
+                inboxes: [...new Set(view.members.map((m) => m.inboxId))].sort(),
+                installations: view.members.map((m) => m.installationId).sort()
               }
             }
+          }
+          held.set(c, info === undefined ? { row: row.value, messages } : { row: row.value, messages, info })
+        }
+
+        const envelopes = yield* readTopic(world, groupId)
+        const { claimed, finalEpoch, inForce, winners } = yield* walkTopic(world, groupId, envelopes)
+
+        // Which inboxes were members at each epoch. A DM's never change once its peer is in;
+        // a group's come from the transcript every member writes.
+        const membersAt: Array<Set<string>> = []
+        const creatorInbox = creator === undefined ? undefined : inboxOf(creator)
+        if (dm !== undefined) {
+          const pair = new Set(dm.pair.map((i) => world.inboxIds[i]!))
+          for (let e = 0n; e <= finalEpoch; e++) {
+            membersAt.push(e === 0n ? new Set(creatorInbox === undefined ? pair : [creatorInbox]) : pair)
+          }
+        } else {
+          const changes = new Map<bigint, { added: Set<string>; removed: Set<string> }>()
+          for (const [c, view] of held) {
+            const self = clients.get(c)!
+            for (const m of view.messages) {
+              if (m.kind !== "membershipChange") continue
+              const change = Schema.decodeUnknownOption(MembershipChangeJson)(m.content)
+              if (Option.isNone(change)) {
+                violate("transcript", `${name(c)}: ${label} has an undecodable membership change`)
+                continue
+              }
+              // An installation's record of its own removal names its inbox even when only the
+              // installation went (a revoked device); the committer records what really changed.
+              if (change.value.removedInboxes.includes(self.inboxId)) continue
+              const entry = changes.get(change.value.epoch) ?? { added: new Set(), removed: new Set() }
+              for (const i of change.value.addedInboxes) entry.added.add(i)
+              for (const i of change.value.removedInboxes) entry.removed.add(i)
+              changes.set(change.value.epoch, entry)
+            }
+          }
+          let members = new Set<string>(creatorInbox === undefined ? [] : [creatorInbox])
+          for (let e = 0n; e <= finalEpoch; e++) {
+            const change = changes.get(e)
+            if (change !== undefined) {
+              members = new Set([...members, ...change.added].filter((i) => !change.removed.has(i)))
+            }
+            membersAt.push(members)
+          }
+        }
+        const memberThroughout = (inbox: string, from: bigint, to: bigint) => {
+          for (let e = from; e <= to; e++) if (!membersAt[Number(e)]?.has(inbox)) return false
+          return true
+        }
+        const expectedMembers = [...(membersAt[Number(finalEpoch)] ?? [])].sort()
+        const expectedInstallations = expectedMembers.flatMap((inbox) => [...currentOf(inbox)]).sort()
+
+        // Where each installation joined: at creation, or at the commit its welcome names.
+        // `joins` counts only real welcomes (who surely got in); `mayHaveJoined` also the
+        // forged ones (who might conceivably have), so neither check accuses wrongly.
+        const joins = new Map<number, Array<Join>>()
+        const mayHaveJoined = new Map<number, Array<Join>>()
+        const addJoin = (map: Map<number, Array<Join>>, c: number, join: Join) =>
+          map.set(c, [...(map.get(c) ?? []), join].sort((a, b) => (a.sequence < b.sequence ? -1 : 1)))
+        if (creator !== undefined) {
+          addJoin(joins, creator, { epoch: 0n, sequence: 0n })
+          addJoin(mayHaveJoined, creator, { epoch: 0n, sequence: 0n })
+        }
+        for (const w of welcomes.get(groupId) ?? []) {
+          const epoch = winners.get(w.commitSequenceId)
+          if (epoch === undefined) continue
+          if (!w.forged) addJoin(joins, w.c, { epoch, sequence: w.commitSequenceId })
+          addJoin(mayHaveJoined, w.c, { epoch, sequence: w.commitSequenceId })
+        }
+        /** The last join at or before `epoch`. */
+        const joinedBy = (list: ReadonlyArray<Join> | undefined, epoch: bigint) =>
+          (list ?? []).filter((j) => j.epoch <= epoch).at(-1)
+
+        // ---- convergence of state ----
+        // A deserted group (its last members asked to leave and nobody remained to commit the
+        // removal, so they went inactive themselves) takes in no new devices: nobody is there.
+        const deserted = held.size > 0 && [...held.values()].every((v) => v.row.membership_state === "inactive")
+        for (const inbox of deserted ? [] : expectedMembers) {
+          for (const installation of currentOf(inbox)) {
+            const c = byInstallation.get(installation)
+            const view = c === undefined ? undefined : held.get(c)
+            if (view?.info === undefined) {
+              violate(
+                "member-not-joined",
+                `${label}: ${installationName(installation)} is a current installation of ${inboxName(inbox)}, a member at epoch ${finalEpoch}, but ${
+                  view === undefined ? "never joined" : `is ${view.row.membership_state}`
+                }`
+              )
+            }
+          }
+        }
+        if (dm !== undefined && (finalEpoch === 0n || dm.pair.some((i) => !expectedMembers.includes(world.inboxIds[i]!)))) {
+          violate("dm-group-without-peer", `${label}: the DM group never got both inboxes (topic at epoch ${finalEpoch})`)
+        }
+        const authenticators = new Map<bigint, Set<string>>()
+        for (const [c, view] of held) {
+          if (view.info === undefined) continue
+          const self = clients.get(c)!
+          if (!expectedMembers.includes(self.inboxId)) {
+            violate("non-member-active", `${label}: ${name(c)} is active at epoch ${view.info.epoch} but its inbox is not a member at epoch ${finalEpoch}`)
             continue
           }
-          if (m.delivery_status !== "published" || m.sequence_id === null) continue
-          const claim = claimed.get(m.sequence_id)
-          const position = inForce.get(m.sequence_id)
-          if (claim === undefined || position === undefined || claim.kind !== "application") {
-            violate("phantom-message", `${clientName(c)}: its "${m.content}" in ${label} is marked published at sequence ${m.sequence_id}, which is not its message`)
-            continue
-          }
-          if (claim.epoch > position) {
-            violate("future-epoch-message", `${label}: "${m.content}" claims epoch ${claim.epoch} but landed where epoch ${position} is in force`)
-            continue
-          }
-          if (position - claim.epoch > BigInt(world.maxPastEpochs)) {
+          if (!expectedInstallations.includes(self.installationId)) {
             violate(
-              "undecryptable-send",
-              `${label}: "${m.content}" by ${clientName(c)} was encrypted at epoch ${claim.epoch} but landed at epoch ${position}: older than maxPastEpochs (${world.maxPastEpochs})`
+              "non-member-active",
+              `${label}: ${name(c)} is active at epoch ${view.info.epoch} but is no current installation of its inbox (revoked)`
             )
             continue
           }
-          for (const [other, otherClient] of clients.entries()) {
-            if (other === c || !memberThroughout(otherClient.inboxId, claim.epoch, position)) continue
-            const got = rowsById.get(other)?.get(m.id)
-            if (got === undefined) {
+          if (view.info.epoch !== finalEpoch) {
+            violate("divergent-epoch", `${label}: ${name(c)} is at epoch ${view.info.epoch}; the topic's order says ${finalEpoch}`)
+          }
+          const at = authenticators.get(view.info.epoch) ?? new Set()
+          at.add(view.info.authenticator)
+          authenticators.set(view.info.epoch, at)
+          if (view.info.inboxes.join(",") !== expectedMembers.join(",")) {
+            violate(
+              "divergent-members",
+              `${label}: ${name(c)} sees members [${view.info.inboxes.map(inboxName).join(",")}], the transcript says [${
+                expectedMembers.map(inboxName).join(",")
+              }]`
+            )
+          } else if (view.info.installations.join(",") !== expectedInstallations.join(",")) {
+            violate(
+              "installations-not-in-sync",
+              `${label}: ${name(c)} sees installations [${view.info.installations.map(installationName).join(",")}], the identity logs of its members say [${
+                expectedInstallations.map(installationName).join(",")
+              }]`
+            )
+          }
+        }
+        for (const [epoch, set] of authenticators) {
+          if (set.size > 1) violate("divergent-authenticator", `${label}: ${set.size} different epoch authenticators at epoch ${epoch}`)
+        }
+
+        // ---- messages ----
+        const idAtSequence = new Map<bigint, { readonly id: string; readonly c: number }>()
+        const rowsById = new Map<number, Map<string, MessageRow>>()
+        for (const [c, view] of held) {
+          const self = clients.get(c)!
+          const byId = new Map<string, MessageRow>()
+          rowsById.set(c, byId)
+          const texts = new Map<string, number>()
+          let lastSequence = 0n
+          // Where this installation recorded its own removal (commit sequences).
+          const removals = view.messages.flatMap((m) => {
+            if (m.kind !== "membershipChange" || m.sequence_id === null) return []
+            const change = Schema.decodeUnknownOption(MembershipChangeJson)(m.content)
+            return Option.isSome(change) && change.value.removedInboxes.includes(self.inboxId) ? [m.sequence_id] : []
+          })
+          for (const m of view.messages) {
+            byId.set(m.id, m)
+            if (m.kind === "text") texts.set(m.content, (texts.get(m.content) ?? 0) + 1)
+            if (m.delivery_status === "unpublished") {
+              violate("stuck-unpublished", `${name(c)}: ${label} message "${m.content}" is still unpublished`)
+            }
+            if (m.sequence_id === null) continue
+            if (m.sequence_id <= lastSequence) {
+              violate("order", `${name(c)}: ${label} lists sequence ${m.sequence_id} after ${lastSequence}`)
+            }
+            lastSequence = m.sequence_id > lastSequence ? m.sequence_id : lastSequence
+            const first = idAtSequence.get(m.sequence_id)
+            if (first === undefined) idAtSequence.set(m.sequence_id, { id: m.id, c })
+            else if (first.id !== m.id) {
               violate(
-                "lost-message",
-                `${label}: "${m.content}" by ${clientName(c)} (epoch ${claim.epoch}, sequence ${m.sequence_id}) is missing at ${clientName(other)}, a member throughout`
+                "order",
+                `${label}: sequence ${m.sequence_id} is message ${short(first.id)} at ${name(first.c)} but ${short(m.id)} at ${name(c)}`
               )
-            } else if (got.sequence_id !== m.sequence_id) {
-              violate("order", `${label}: "${m.content}" is at sequence ${got.sequence_id} at ${clientName(other)}, ${m.sequence_id} at its sender`)
+            }
+            // Nobody may hold a message of an epoch it was not in, or one sent after its removal.
+            const own = m.sender_installation_id === self.installationId
+            if (m.kind === "text" && !own) {
+              const claim = claimed.get(m.sequence_id)
+              const position = inForce.get(m.sequence_id)
+              if (claim === undefined || position === undefined) {
+                violate("phantom-message", `${name(c)}: ${label} holds "${m.content}" at sequence ${m.sequence_id}, which is not a message of this group`)
+                continue
+              }
+              if (!memberThroughout(self.inboxId, claim.epoch, position)) {
+                violate(
+                  "read-after-removal",
+                  `${name(c)}: ${label} holds "${m.content}" (epoch ${claim.epoch}, sequence ${m.sequence_id}, epoch in force ${position}) but its inbox was not a member throughout`
+                )
+                continue
+              }
+              const join = joinedBy(mayHaveJoined.get(c), claim.epoch)
+              if (join === undefined) {
+                violate(
+                  "read-before-join",
+                  `${name(c)}: ${label} holds "${m.content}" (epoch ${claim.epoch}, sequence ${m.sequence_id}) but joined only later (${
+                    (mayHaveJoined.get(c) ?? []).map((j) => `at epoch ${j.epoch} by sequence ${j.sequence}`).join(", ") || "no welcome"
+                  })`
+                )
+                continue
+              }
+              const removedSince = removals.find((r) => r > join.sequence && r < m.sequence_id!)
+              if (removedSince !== undefined) {
+                violate(
+                  "read-after-removal",
+                  `${name(c)}: ${label} holds "${m.content}" (sequence ${m.sequence_id}) sent after its removal at sequence ${removedSince}`
+                )
+              }
             }
           }
+          for (const [text, n] of texts) {
+            if (n > 1) violate("stored-twice", `${name(c)}: ${label} stores "${text}" ${n} times`)
+          }
+        }
+
+        // Every published message reaches every installation that was in the group from its
+        // epoch to where it landed; a failed one reaches nobody.
+        for (const [c, view] of held) {
+          const self = clients.get(c)!
+          for (const m of view.messages) {
+            if (m.kind !== "text" || m.sender_installation_id !== self.installationId) continue
+            if (m.delivery_status === "failed") {
+              for (const [other, byId] of rowsById) {
+                if (other !== c && byId.has(m.id)) {
+                  violate("failed-but-delivered", `${label}: "${m.content}" failed at its sender ${name(c)} but ${name(other)} stores it`)
+                }
+              }
+              continue
+            }
+            if (m.delivery_status !== "published" || m.sequence_id === null) continue
+            const claim = claimed.get(m.sequence_id)
+            const position = inForce.get(m.sequence_id)
+            if (claim === undefined || position === undefined || claim.kind !== "application") {
+              violate("phantom-message", `${name(c)}: its "${m.content}" in ${label} is marked published at sequence ${m.sequence_id}, which is not its message`)
+              continue
+            }
+            if (claim.epoch > position) {
+              violate("future-epoch-message", `${label}: "${m.content}" claims epoch ${claim.epoch} but landed where epoch ${position} is in force`)
+              continue
+            }
+            if (position - claim.epoch > BigInt(world.maxPastEpochs)) {
+              violate(
+                "undecryptable-send",
+                `${label}: "${m.content}" by ${name(c)} was encrypted at epoch ${claim.epoch} but landed at epoch ${position}: older than maxPastEpochs (${world.maxPastEpochs})`
+              )
+              continue
+            }
+            for (const [other, otherClient] of clients) {
+              if (other === c) continue
+              const join = joinedBy(joins.get(other), claim.epoch)
+              if (join === undefined || !memberThroughout(otherClient.inboxId, join.epoch, position)) continue
+              const revoked = revokedAt(other)
+              // A revoked device is removed by some commit after its revocation: what landed
+              // before the revocation was surely still for it.
+              if (revoked !== undefined && m.sent_at_ns >= revoked) continue
+              const got = rowsById.get(other)?.get(m.id)
+              if (got === undefined) {
+                violate(
+                  "lost-message",
+                  `${label}: "${m.content}" by ${name(c)} (epoch ${claim.epoch}, sequence ${m.sequence_id}) is missing at ${name(other)}, in the group from epoch ${join.epoch} throughout`
+                )
+              } else if (got.sequence_id !== m.sequence_id) {
+                violate("order", `${label}: "${m.content}" is at sequence ${got.sequence_id} at ${name(other)}, ${m.sequence_id} at its sender`)
+              }
+            }
+          }
+        }
+        checked.set(groupId, { groupId, label, held, joins, firstServerTimeNs: envelopes[0]?.serverTimeNs })
+      })
+
+    for (const [g, groupId] of world.groups.entries()) {
+      if (groupId !== undefined) yield* checkGroup(groupId, `g${g}`, world.creators[g], undefined)
+    }
+    for (const dm of dms) yield* checkGroup(dm.groupId, dm.label, dm.creator, dm)
+
+    // ---- DM conversations, as the app sees them ----
+    const dmIds = [...new Set(dms.map((d) => d.dmId))]
+    const label = (dm: ConversationId) => dmName(dms.find((d) => d.dmId === dm)!.pair)
+    for (const [c, client] of all) {
+      const listed = (yield* client.conversations({ kind: "dm", includeInactive: true })).map((cv) => cv.id)
+      for (const dm of new Set(listed)) {
+        const n = listed.filter((id) => id === dm).length
+        if (n > 1) violate("dm-listed-twice", `${name(c)}: conversations lists ${dm} ${n} times`)
+      }
+      for (const dm of dmIds) {
+        const holds = dms.some((d) => d.dmId === dm && checked.get(d.groupId)?.held.has(c))
+        if (holds && !listed.includes(dm)) violate("dm-not-listed", `${name(c)}: holds a group of ${label(dm)} but conversations does not list it`)
+      }
+    }
+
+    for (const dm of dmIds) {
+      const groups = dms.filter((d) => d.dmId === dm)
+      const pair = groups[0]!.pair
+      // Installations of both inboxes that are current and booted.
+      const parties = all
+        .filter(([c, client]) => pair.includes(world.installs[c]!.inbox) && currentOf(client.inboxId).has(client.installationId))
+        .map(([c]) => c)
+      const createdAt = (d: DmGroup) => {
+        const row = d.creator === undefined ? undefined : checked.get(d.groupId)?.held.get(d.creator)?.row
+        return row?.created_at_ns
+      }
+      const creations = groups.map(createdAt).filter((t): t is bigint => t !== undefined)
+      const firstCreation = creations.reduce<bigint | undefined>((a, t) => (a === undefined || t < a ? t : a), undefined)
+
+      // Every installation that existed before the DM began is in all its groups from their
+      // start: they all hold the same messages.
+      const texts = new Map<number, Map<string, MessageRow>>()
+      for (const c of parties) {
+        const rows = yield* storages.get(c)!.messages.byConversation(dm, { direction: "asc" })
+        texts.set(c, new Map(rows.filter((m) => m.kind === "text" && m.delivery_status === "published").map((m) => [m.id, m])))
+        for (const m of rows) {
+          if (!groups.some((d) => d.groupId === m.group_id)) {
+            violate("dm-phantom", `${name(c)}: ${label(dm)} lists "${m.content}" of group ${m.group_id}, which is not one of its groups`)
+          }
+        }
+      }
+      const registered = (c: number) => truth.registeredAt.get(clients.get(c)!.installationId)
+      const fromStart = parties.filter((c) => {
+        const at = registered(c)
+        return at !== undefined && firstCreation !== undefined && at < firstCreation
+      })
+      const union = new Map<string, MessageRow>()
+      for (const c of fromStart) for (const [id, m] of texts.get(c)!) union.set(id, m)
+      for (const c of fromStart) {
+        const mine = texts.get(c)!
+        const missing = [...union.values()].filter((m) => !mine.has(m.id))
+        if (missing.length > 0) {
+          violate(
+            "dm-divergent-messages",
+            `${label(dm)}: ${name(c)} lacks ${missing.map((m) => `"${m.content}"`).join(", ")} that other installations of the DM hold`
+          )
+        }
+      }
+
+      // Once the last message landed after everything else that touched the DM (a group
+      // created, a welcome, a failed send), every installation sends on that message's group.
+      const published = [...texts.values()].flatMap((m) => [...m.values()])
+      const last = published.reduce<MessageRow | undefined>((a, m) => (a === undefined || m.sent_at_ns > a.sent_at_ns ? m : a), undefined)
+      if (last === undefined) continue
+      const events: Array<bigint> = [...creations]
+      for (const d of groups) {
+        const first = checked.get(d.groupId)?.firstServerTimeNs
+        if (first !== undefined) events.push(first)
+        for (const w of welcomes.get(d.groupId) ?? []) events.push(w.serverTimeNs)
+      }
+      for (const [c, storage] of storages) {
+        if (!pair.includes(world.installs[c]!.inbox)) continue
+        for (const m of yield* storage.messages.byConversation(dm, {})) {
+          if (m.delivery_status !== "published") events.push(m.sent_at_ns)
+        }
+      }
+      const settled = events.every((t) => t < last.sent_at_ns) &&
+        published.filter((m) => m.sent_at_ns === last.sent_at_ns && m.id !== last.id).length === 0
+      if (!settled) continue
+      for (const c of parties) {
+        const view = checked.get(last.group_id)?.held.get(c)
+        if (view === undefined || view.row.membership_state === "inactive") continue
+        const info = yield* (yield* clients.get(c)!.conversation(dm)).debugInfo
+        if (info.groupIds[0] !== last.group_id) {
+          violate(
+            "dm-primary-divergent",
+            `${label(dm)}: ${name(c)} sends on ${info.groupIds[0]}, but the last message ("${last.content}") went to ${last.group_id} after every other change`
+          )
         }
       }
     }

@@ -2,21 +2,34 @@
  * The operations of a simulated history, and the generator that plans them from a seed.
  *
  * A plan is made before anything runs, from the seed and the parameters alone: the same seed
- * always gives the same operations and faults, whatever happens when they run. Clients are
- * named by index (`c0`..), groups by the order of their creation (`g0`..). The planner keeps a
- * model of who it *intends* to be in which group, so most operations make sense; when a run
- * goes otherwise (an add failed, a welcome is not read yet), the operation meets a typed error,
- * which the runner records.
+ * always gives the same operations and faults, whatever happens when they run. Inboxes are
+ * named by index (`c0`..) and so is each one's first installation; further installations
+ * (`c2b`, ...) are numbered after them in the order they are registered (`installations`);
+ * groups are named by the order of their creation (`g0`..), DMs by their two inboxes. The
+ * planner keeps a model of who it *intends* to be in which group and DM, so most operations
+ * make sense; when a run goes otherwise (an add failed, a welcome is not read yet), the
+ * operation meets a typed error, which the runner records.
  */
 import type { CrashPoint } from "../services/Engine.ts"
 import * as Prng from "./Prng.ts"
 
+/**
+ * Which generator plans the history. `full` (the default) also plans second installations
+ * (from the start and registered mid-run), device revocations, leaving, and DMs (including
+ * both sides creating one at once). `classic` is the generator the first regression seeds were
+ * found with (one installation per inbox, groups only): it plans exactly what it planned then,
+ * so those seeds still replay the same histories.
+ */
+export type Profile = "classic" | "full"
+
 export interface Params {
   readonly seed: number
-  /** Clients, each its own inbox and installation (>= 2; the issue asks for >= 5). */
+  /** Inboxes, each with a first installation `c<i>` (>= 2; the issue asks for >= 5). */
   readonly clients: number
   /** Operations to plan (a race or watch counts as one). */
   readonly ops: number
+  /** Default `full`. */
+  readonly profile?: Profile
 }
 
 /** Delivery-service operations a fault may be aimed at (undefined: any). */
@@ -39,7 +52,11 @@ export const crashPoints: ReadonlyArray<CrashPoint> = [
   "postCommit.beforeWelcomes"
 ]
 
-/** Something one client does through its API. */
+/**
+ * Something one installation does through its API. `c` is an installation (`c<i>` is the first
+ * installation of inbox `i`; further devices are numbered after the inboxes, see
+ * `installations`); `members`, `targets` and `peer` are inboxes.
+ */
 export type Action =
   | { readonly _tag: "Send"; readonly c: number; readonly g: number; readonly text: string }
   | { readonly _tag: "SendOptimistic"; readonly c: number; readonly g: number; readonly text: string }
@@ -50,6 +67,18 @@ export type Action =
   | { readonly _tag: "UpdateKeys"; readonly c: number; readonly g: number }
   | { readonly _tag: "Sync"; readonly c: number; readonly g: number }
   | { readonly _tag: "SyncAll"; readonly c: number }
+  /** The installation's inbox leaves the group (every installation of it goes). */
+  | { readonly _tag: "Leave"; readonly c: number; readonly g: number }
+  /** `findOrCreateDm` with inbox `peer`. */
+  | { readonly _tag: "Dm"; readonly c: number; readonly peer: number }
+  /** A send on the DM with inbox `peer` (`sendOptimistic` if `optimistic`). */
+  | {
+    readonly _tag: "SendDm"
+    readonly c: number
+    readonly peer: number
+    readonly text: string
+    readonly optimistic: boolean
+  }
 
 export type WelcomeForgery =
   /** Random bytes. */
@@ -68,6 +97,10 @@ export type Op =
   | { readonly _tag: "Race"; readonly actions: readonly [Action, Action] }
   /** Client `c` streams messages (live subscriptions) while other clients act. */
   | { readonly _tag: "Watch"; readonly c: number; readonly actions: ReadonlyArray<Action> }
+  /** Inbox `inbox` registers a further installation, `d` (it joins the inbox's groups later). */
+  | { readonly _tag: "AddDevice"; readonly inbox: number; readonly d: number }
+  /** Installation `d`'s inbox revokes it (a RevokeInstallation signed with the inbox's root key). */
+  | { readonly _tag: "RevokeDevice"; readonly d: number }
   // faults
   | { readonly _tag: "Drop"; readonly n: number; readonly op: FaultTarget | undefined }
   | { readonly _tag: "LoseResponse"; readonly n: number; readonly op: FaultTarget | undefined }
@@ -101,7 +134,34 @@ export const isFault = (op: Op): boolean =>
 
 export const isHostile = (op: Op): boolean => op._tag.startsWith("Inject") || op._tag === "ForgeWelcome"
 
-const weights = {
+/** The actions of an operation (two for a race, several for a watch). */
+export const actionsOf = (op: Op): ReadonlyArray<Action> => {
+  switch (op._tag) {
+    case "Race":
+    case "Watch":
+      return op.actions
+    case "Send":
+    case "SendOptimistic":
+    case "PublishPending":
+    case "CreateGroup":
+    case "Add":
+    case "Remove":
+    case "UpdateKeys":
+    case "Sync":
+    case "SyncAll":
+    case "Leave":
+    case "Dm":
+    case "SendDm":
+      return [op]
+    default:
+      return []
+  }
+}
+
+type FaultKind = Exclude<OpKind, Action["_tag"] | "Restart" | "Race" | "Watch" | "AddDevice" | "RevokeDevice">
+
+/** Weights of the operations the `classic` generator plans (kept as they were: see `Profile`). */
+const classicWeights = {
   Send: 20,
   SendOptimistic: 6,
   PublishPending: 2,
@@ -129,9 +189,9 @@ const weights = {
   InjectReplay: 1,
   InjectForeign: 1,
   ForgeWelcome: 2
-} satisfies Record<OpKind, number>
+} satisfies Record<Exclude<OpKind, "Leave" | "Dm" | "SendDm" | "AddDevice" | "RevokeDevice">, number>
 
-const actionWeights = {
+const classicActionWeights = {
   Send: 10,
   SendOptimistic: 3,
   PublishPending: 1,
@@ -141,7 +201,158 @@ const actionWeights = {
   UpdateKeys: 3,
   Sync: 3,
   SyncAll: 4
+} satisfies Record<Exclude<Action["_tag"], "Leave" | "Dm" | "SendDm">, number>
+
+/** Weights of the `full` generator; `DmRace` is a race of both sides creating one DM. */
+const fullWeights = {
+  Send: 14,
+  SendOptimistic: 4,
+  PublishPending: 2,
+  CreateGroup: 3,
+  Add: 5,
+  Remove: 3,
+  UpdateKeys: 3,
+  Sync: 4,
+  SyncAll: 9,
+  Leave: 3,
+  Dm: 3,
+  SendDm: 8,
+  Restart: 3,
+  Race: 6,
+  DmRace: 2,
+  Watch: 2,
+  AddDevice: 2,
+  RevokeDevice: 1,
+  Drop: 3,
+  LoseResponse: 3,
+  Partition: 2,
+  Heal: 2,
+  Duplicate: 2,
+  PauseSubscriber: 1,
+  ResumeSubscriber: 1,
+  HoldTopic: 1,
+  ReleaseTopic: 1,
+  Crash: 6,
+  InjectGarbage: 1,
+  InjectTruncated: 1,
+  InjectReplay: 1,
+  InjectForeign: 1,
+  ForgeWelcome: 2
+} satisfies Record<OpKind | "DmRace", number>
+
+const fullActionWeights = {
+  Send: 9,
+  SendOptimistic: 3,
+  PublishPending: 1,
+  CreateGroup: 1,
+  Add: 4,
+  Remove: 2,
+  UpdateKeys: 2,
+  Sync: 3,
+  SyncAll: 4,
+  Leave: 2,
+  Dm: 2,
+  SendDm: 6
 } satisfies Record<Action["_tag"], number>
+
+/** What the fault planner keeps track of, whatever the generator. */
+interface FaultModel {
+  readonly groups: ReadonlyArray<unknown>
+  readonly partitioned: Set<number>
+  readonly paused: Set<number>
+  readonly held: Set<number>
+}
+
+/**
+ * One fault or hostile input. `c` is the installation it may aim at (drawn by the caller).
+ * The random draws are those the classic generator always made, in the same order.
+ */
+const planFault = (rng: Prng.Prng, kind: FaultKind, c: number, model: FaultModel): Op => {
+  const someGroup = () => (model.groups.length === 0 ? 0 : rng.int(model.groups.length))
+  const maybeTarget = () => (rng.chance(0.4) ? undefined : rng.pick(faultTargets))
+  switch (kind) {
+    case "Drop":
+      return { _tag: "Drop", n: rng.between(1, 3), op: maybeTarget() }
+    case "LoseResponse":
+      return { _tag: "LoseResponse", n: rng.between(1, 2), op: maybeTarget() }
+    case "Partition":
+      model.partitioned.add(c)
+      return { _tag: "Partition", c }
+    case "Heal": {
+      const target = model.partitioned.size > 0 ? rng.pick([...model.partitioned]) : c
+      model.partitioned.delete(target)
+      return { _tag: "Heal", c: target }
+    }
+    case "Duplicate":
+      return { _tag: "Duplicate", n: rng.between(1, 3) }
+    case "PauseSubscriber":
+      model.paused.add(c)
+      return { _tag: "PauseSubscriber", c }
+    case "ResumeSubscriber": {
+      const target = model.paused.size > 0 ? rng.pick([...model.paused]) : c
+      model.paused.delete(target)
+      return { _tag: "ResumeSubscriber", c: target }
+    }
+    case "HoldTopic": {
+      const g = someGroup()
+      model.held.add(g)
+      return { _tag: "HoldTopic", g }
+    }
+    case "ReleaseTopic": {
+      const g = model.held.size > 0 ? rng.pick([...model.held]) : someGroup()
+      model.held.delete(g)
+      return { _tag: "ReleaseTopic", g }
+    }
+    case "Crash":
+      return { _tag: "Crash", c, point: rng.pick(crashPoints) }
+    case "InjectGarbage":
+      return { _tag: "InjectGarbage", g: someGroup(), size: rng.between(1, 300), salt: rng.int(2 ** 31) }
+    case "InjectTruncated":
+      return { _tag: "InjectTruncated", g: someGroup(), pick: rng.int(1000), keep: rng.next() }
+    case "InjectReplay":
+      return { _tag: "InjectReplay", g: someGroup(), pick: rng.int(1000) }
+    case "InjectForeign": {
+      const g = someGroup()
+      const others = model.groups.map((_, i) => i).filter((i) => i !== g)
+      return { _tag: "InjectForeign", g, from: others.length === 0 ? g : rng.pick(others), pick: rng.int(1000) }
+    }
+    case "ForgeWelcome":
+      return {
+        _tag: "ForgeWelcome",
+        c,
+        variant: rng.pick(["garbage", "badWelcome", "misaddressed", "stale"] as const),
+        pick: rng.int(1000),
+        salt: rng.int(2 ** 31)
+      }
+  }
+}
+
+export const plan = (params: Params): ReadonlyArray<Op> =>
+  params.profile === "classic" ? planClassic(params) : planFull(params)
+
+/** One installation of the history: which inbox it belongs to, and its name in traces. */
+export interface Installation {
+  readonly inbox: number
+  readonly name: string
+}
+
+/**
+ * The installations a plan uses, by index: `c<i>` for inbox `i`'s first installation, then
+ * each `AddDevice` in plan order, named after its inbox (`c2b`, `c2c`, ...).
+ */
+export const installations = (params: Params, ops: ReadonlyArray<Op>): ReadonlyArray<Installation> => {
+  const out: Array<Installation> = Array.from({ length: params.clients }, (_, i) => ({ inbox: i, name: `c${i}` }))
+  const perInbox = new Map<number, number>()
+  for (const op of ops) {
+    if (op._tag !== "AddDevice") continue
+    const n = (perInbox.get(op.inbox) ?? 0) + 1
+    perInbox.set(op.inbox, n)
+    out[op.d] = { inbox: op.inbox, name: `c${op.inbox}${String.fromCharCode(97 + n)}` }
+  }
+  return out
+}
+
+// ---- the classic generator (unchanged: regression seeds depend on its every draw) ----
 
 /** The planner's intentions: who it means to be in which group. */
 interface Model {
@@ -153,7 +364,7 @@ interface Model {
   readonly held: Set<number>
 }
 
-export const plan = (params: Params): ReadonlyArray<Op> => {
+const planClassic = (params: Params): ReadonlyArray<Op> => {
   const rng = Prng.make(params.seed)
   const k = params.clients
   const clients = Array.from({ length: k }, (_, i) => i)
@@ -190,7 +401,7 @@ export const plan = (params: Params): ReadonlyArray<Op> => {
     // Mostly someone who is in a group; now and then anyone (typed errors expected).
     const inGroups = actors.filter((c) => model.groups.some((m) => m.has(c)))
     const c = inGroups.length > 0 && rng.chance(0.9) ? rng.pick(inGroups) : rng.pick(actors)
-    const kind = model.groups.length === 0 ? "CreateGroup" : rng.weighted(actionWeights)
+    const kind = model.groups.length === 0 ? "CreateGroup" : rng.weighted(classicActionWeights)
     if (kind === "CreateGroup" || kind === "SyncAll") {
       return kind === "CreateGroup" ? createGroup(c) : syncAll(c)
     }
@@ -227,13 +438,10 @@ export const plan = (params: Params): ReadonlyArray<Op> => {
     }
   }
 
-  const someGroup = () => (model.groups.length === 0 ? 0 : rng.int(model.groups.length))
-  const maybeTarget = () => (rng.chance(0.4) ? undefined : rng.pick(faultTargets))
-
   // Every history starts with a group, so there is something to talk about.
   ops.push(createGroup(0))
   while (ops.length < params.ops) {
-    const kind = rng.weighted(weights)
+    const kind = rng.weighted(classicWeights)
     const c = rng.int(k)
     switch (kind) {
       case "Send":
@@ -261,74 +469,236 @@ export const plan = (params: Params): ReadonlyArray<Op> => {
         ops.push({ _tag: "Watch", c, actions: Array.from({ length: n }, () => action(new Set([c]))) })
         break
       }
-      case "Drop":
-        ops.push({ _tag: "Drop", n: rng.between(1, 3), op: maybeTarget() })
+      default:
+        ops.push(planFault(rng, kind, c, model))
+    }
+  }
+  return ops
+}
+
+// ---- the full generator: several installations per inbox, leaving, DMs ----
+
+interface FullModel {
+  /** Member inboxes the planner intends for each group. */
+  readonly groups: Array<Set<number>>
+  /** `c:g` once installation `c` has presumably read its welcome to `g`. */
+  readonly joined: Set<string>
+  /** DMs the planner expects to exist, as `lower:higher` inbox pairs. */
+  readonly dms: Set<string>
+  /** Every installation planned so far; `live` until revoked. */
+  readonly installs: Array<{ readonly inbox: number; live: boolean }>
+  readonly partitioned: Set<number>
+  readonly paused: Set<number>
+  readonly held: Set<number>
+}
+
+/** Live installations per inbox at most (a revoked one may be replaced by another). */
+const MAX_LIVE_PER_INBOX = 2
+
+const pairKey = (a: number, b: number) => (a < b ? `${a}:${b}` : `${b}:${a}`)
+
+const planFull = (params: Params): ReadonlyArray<Op> => {
+  const rng = Prng.make(params.seed)
+  const k = params.clients
+  const inboxes = Array.from({ length: k }, (_, i) => i)
+  const model: FullModel = {
+    groups: [],
+    joined: new Set(),
+    dms: new Set(),
+    installs: inboxes.map((inbox) => ({ inbox, live: true })),
+    partitioned: new Set(),
+    paused: new Set(),
+    held: new Set()
+  }
+  const ops: Array<Op> = []
+  let texts = 0
+  const inboxOf = (c: number) => model.installs[c]!.inbox
+  const text = (c: number) => `m${texts++}-${installationName(c)}`
+  const names = new Map<number, string>(inboxes.map((i) => [i, `c${i}`]))
+  const installationName = (c: number) => names.get(c) ?? `c${c}`
+  const live = () => model.installs.flatMap((x, c) => (x.live ? [c] : []))
+  const liveOf = (inbox: number) => live().filter((c) => inboxOf(c) === inbox)
+
+  const addDevice = (inbox: number): Op => {
+    const d = model.installs.length
+    const n = model.installs.filter((x) => x.inbox === inbox).length
+    names.set(d, `c${inbox}${String.fromCharCode(97 + n)}`)
+    model.installs.push({ inbox, live: true })
+    return { _tag: "AddDevice", inbox, d }
+  }
+
+  const groupOf = (c: number): number | undefined => {
+    const mine = model.groups.flatMap((members, g) => (members.has(inboxOf(c)) ? [g] : []))
+    if (mine.length > 0 && rng.chance(0.95)) return rng.pick(mine)
+    return model.groups.length === 0 ? undefined : rng.int(model.groups.length)
+  }
+
+  const createGroup = (c: number): Action => {
+    const others = inboxes.filter((x) => x !== inboxOf(c))
+    const members = rng.sample(others, rng.between(1, Math.min(3, others.length)))
+    const g = model.groups.length
+    model.groups.push(new Set([inboxOf(c), ...members]))
+    model.joined.add(`${c}:${g}`)
+    return { _tag: "CreateGroup", c, g, members }
+  }
+
+  const syncAll = (c: number): Action => {
+    model.groups.forEach((members, g) => {
+      if (members.has(inboxOf(c))) model.joined.add(`${c}:${g}`)
+    })
+    return { _tag: "SyncAll", c }
+  }
+
+  /** Another inbox for a DM of `c`: mostly one it already has a DM with. */
+  const dmPeer = (c: number, known: number): number => {
+    const self = inboxOf(c)
+    const existing = inboxes.filter((x) => x !== self && model.dms.has(pairKey(self, x)))
+    if (existing.length > 0 && rng.chance(known)) return rng.pick(existing)
+    return rng.pick(inboxes.filter((x) => x !== self))
+  }
+
+  /** One action; `not` excludes installations (a watcher acts only through its stream). */
+  const action = (not: ReadonlySet<number> = new Set()): Action => {
+    const actors = live().filter((c) => !not.has(c))
+    const inGroups = actors.filter((c) => model.groups.some((m) => m.has(inboxOf(c))))
+    const c = inGroups.length > 0 && rng.chance(0.9) ? rng.pick(inGroups) : rng.pick(actors)
+    const kind = model.groups.length === 0 ? "CreateGroup" : rng.weighted(fullActionWeights)
+    switch (kind) {
+      case "CreateGroup":
+        return createGroup(c)
+      case "SyncAll":
+        return syncAll(c)
+      case "Dm": {
+        const peer = dmPeer(c, 0.3)
+        model.dms.add(pairKey(inboxOf(c), peer))
+        return { _tag: "Dm", c, peer }
+      }
+      case "SendDm": {
+        const self = inboxOf(c)
+        // Without a DM yet, mostly start one first, as an app would.
+        if (!inboxes.some((x) => model.dms.has(pairKey(self, x))) && rng.chance(0.8)) {
+          const peer = dmPeer(c, 0)
+          model.dms.add(pairKey(self, peer))
+          return { _tag: "Dm", c, peer }
+        }
+        return { _tag: "SendDm", c, peer: dmPeer(c, 0.9), text: text(c), optimistic: rng.chance(0.2) }
+      }
+    }
+    const g = groupOf(c)!
+    const members = model.groups[g]!
+    const self = inboxOf(c)
+    // A member that has not read its welcome yet mostly catches up first, as an app would.
+    if (members.has(self) && !model.joined.has(`${c}:${g}`) && rng.chance(0.8)) return syncAll(c)
+    switch (kind) {
+      case "Send":
+      case "SendOptimistic":
+        return { _tag: kind, c, g, text: text(c) }
+      case "PublishPending":
+      case "UpdateKeys":
+      case "Sync":
+        return { _tag: kind, c, g }
+      case "Leave":
+        members.delete(self)
+        return { _tag: "Leave", c, g }
+      case "Add": {
+        const outside = inboxes.filter((x) => !members.has(x))
+        // Now and then an invalid add (an existing member): a typed error is expected.
+        const targets = outside.length === 0 || rng.chance(0.05)
+          ? [rng.pick(inboxes)]
+          : rng.sample(outside, rng.between(1, Math.min(2, outside.length)))
+        for (const t of targets) {
+          members.add(t)
+          for (const [d, x] of model.installs.entries()) if (x.inbox === t) model.joined.delete(`${d}:${g}`)
+        }
+        return { _tag: "Add", c, g, targets }
+      }
+      case "Remove": {
+        const removable = [...members].filter((x) => x !== self)
+        const targets = removable.length === 0 || rng.chance(0.05) ? [rng.pick(inboxes)] : [rng.pick(removable)]
+        for (const t of targets) if (t !== self) members.delete(t)
+        return { _tag: "Remove", c, g, targets }
+      }
+    }
+  }
+
+  /** Inboxes that may register another device (the whole history has at most 2k installations). */
+  const deviceCandidates = () =>
+    model.installs.length >= 2 * k ? [] : inboxes.filter((i) => liveOf(i).length < MAX_LIVE_PER_INBOX)
+
+  // Some inboxes have a second installation from the start (at most a third of them).
+  for (const inbox of inboxes.slice(1)) {
+    const extra = model.installs.length - k
+    if (extra < Math.ceil(k / 3) && ops.length < params.ops - 1 && rng.chance(0.3)) ops.push(addDevice(inbox))
+  }
+  // Then a group, so there is something to talk about.
+  ops.push(createGroup(0))
+  while (ops.length < params.ops) {
+    const kind = rng.weighted(fullWeights)
+    const c = rng.int(model.installs.length)
+    switch (kind) {
+      case "Send":
+      case "SendOptimistic":
+      case "PublishPending":
+      case "CreateGroup":
+      case "Add":
+      case "Remove":
+      case "UpdateKeys":
+      case "Sync":
+      case "SyncAll":
+      case "Leave":
+      case "Dm":
+      case "SendDm":
+        ops.push(action())
         break
-      case "LoseResponse":
-        ops.push({ _tag: "LoseResponse", n: rng.between(1, 2), op: maybeTarget() })
+      case "Restart":
+        ops.push({ _tag: "Restart", c })
         break
-      case "Partition":
-        model.partitioned.add(c)
-        ops.push({ _tag: "Partition", c })
-        break
-      case "Heal": {
-        const target = model.partitioned.size > 0 ? rng.pick([...model.partitioned]) : c
-        model.partitioned.delete(target)
-        ops.push({ _tag: "Heal", c: target })
+      case "Race": {
+        const first = action()
+        ops.push({ _tag: "Race", actions: [first, action()] })
         break
       }
-      case "Duplicate":
-        ops.push({ _tag: "Duplicate", n: rng.between(1, 3) })
-        break
-      case "PauseSubscriber":
-        model.paused.add(c)
-        ops.push({ _tag: "PauseSubscriber", c })
-        break
-      case "ResumeSubscriber": {
-        const target = model.paused.size > 0 ? rng.pick([...model.paused]) : c
-        model.paused.delete(target)
-        ops.push({ _tag: "ResumeSubscriber", c: target })
-        break
-      }
-      case "HoldTopic": {
-        const g = someGroup()
-        model.held.add(g)
-        ops.push({ _tag: "HoldTopic", g })
-        break
-      }
-      case "ReleaseTopic": {
-        const g = model.held.size > 0 ? rng.pick([...model.held]) : someGroup()
-        model.held.delete(g)
-        ops.push({ _tag: "ReleaseTopic", g })
-        break
-      }
-      case "Crash":
-        ops.push({ _tag: "Crash", c, point: rng.pick(crashPoints) })
-        break
-      case "InjectGarbage":
-        ops.push({ _tag: "InjectGarbage", g: someGroup(), size: rng.between(1, 300), salt: rng.int(2 ** 31) })
-        break
-      case "InjectTruncated":
-        ops.push({ _tag: "InjectTruncated", g: someGroup(), pick: rng.int(1000), keep: rng.next() })
-        break
-      case "InjectReplay":
-        ops.push({ _tag: "InjectReplay", g: someGroup(), pick: rng.int(1000) })
-        break
-      case "InjectForeign": {
-        const g = someGroup()
-        const others = model.groups.map((_, i) => i).filter((i) => i !== g)
-        ops.push({ _tag: "InjectForeign", g, from: others.length === 0 ? g : rng.pick(others), pick: rng.int(1000) })
-        break
-      }
-      case "ForgeWelcome":
+      case "DmRace": {
+        // Both sides create the same DM at once, mostly a new one.
+        const a = rng.pick(live())
+        const others = live().filter((x) => inboxOf(x) !== inboxOf(a))
+        if (others.length === 0) {
+          ops.push(action())
+          break
+        }
+        const fresh = others.filter((x) => !model.dms.has(pairKey(inboxOf(a), inboxOf(x))))
+        const b = fresh.length > 0 && rng.chance(0.7) ? rng.pick(fresh) : rng.pick(others)
+        model.dms.add(pairKey(inboxOf(a), inboxOf(b)))
         ops.push({
-          _tag: "ForgeWelcome",
-          c,
-          variant: rng.pick(["garbage", "badWelcome", "misaddressed", "stale"] as const),
-          pick: rng.int(1000),
-          salt: rng.int(2 ** 31)
+          _tag: "Race",
+          actions: [{ _tag: "Dm", c: a, peer: inboxOf(b) }, { _tag: "Dm", c: b, peer: inboxOf(a) }]
         })
         break
+      }
+      case "Watch": {
+        const n = rng.between(1, 3)
+        ops.push({ _tag: "Watch", c, actions: Array.from({ length: n }, () => action(new Set([c]))) })
+        break
+      }
+      case "AddDevice": {
+        const candidates = deviceCandidates()
+        ops.push(candidates.length === 0 ? action() : addDevice(rng.pick(candidates)))
+        break
+      }
+      case "RevokeDevice": {
+        // Only a further device is revoked: every inbox keeps its first installation.
+        const devices = live().filter((d) => d >= k)
+        if (devices.length === 0) {
+          ops.push(action())
+          break
+        }
+        const d = rng.pick(devices)
+        model.installs[d]!.live = false
+        ops.push({ _tag: "RevokeDevice", d })
+        break
+      }
+      default:
+        ops.push(planFault(rng, kind, c, model))
     }
   }
   return ops
@@ -336,11 +706,17 @@ export const plan = (params: Params): ReadonlyArray<Op> => {
 
 // ---- printing ----
 
-const cl = (c: number) => `c${c}`
-const gr = (g: number) => `g${g}`
-const list = (cs: ReadonlyArray<number>) => `[${cs.map(cl).join(",")}]`
+/** How installations are named in a description (default `c<index>`: right for inboxes' first ones). */
+export type Names = (c: number) => string
 
-export const describeAction = (a: Action): string => {
+const defaultNames: Names = (c) => `c${c}`
+/** Inboxes are named after their first installation. */
+const inbox = (i: number) => `c${i}`
+const gr = (g: number) => `g${g}`
+const list = (is: ReadonlyArray<number>) => `[${is.map(inbox).join(",")}]`
+
+export const describeAction = (a: Action, names: Names = defaultNames): string => {
+  const cl = names
   switch (a._tag) {
     case "Send":
       return `${cl(a.c)} send ${gr(a.g)} "${a.text}"`
@@ -360,10 +736,17 @@ export const describeAction = (a: Action): string => {
       return `${cl(a.c)} sync ${gr(a.g)}`
     case "SyncAll":
       return `${cl(a.c)} syncAll`
+    case "Leave":
+      return `${cl(a.c)} leave ${gr(a.g)}`
+    case "Dm":
+      return `${cl(a.c)} findOrCreateDm with ${inbox(a.peer)}`
+    case "SendDm":
+      return `${cl(a.c)} ${a.optimistic ? "sendOptimistic" : "send"} dm with ${inbox(a.peer)} "${a.text}"`
   }
 }
 
-export const describe = (op: Op): string => {
+export const describe = (op: Op, names: Names = defaultNames): string => {
+  const cl = names
   switch (op._tag) {
     case "Send":
     case "SendOptimistic":
@@ -374,13 +757,20 @@ export const describe = (op: Op): string => {
     case "UpdateKeys":
     case "Sync":
     case "SyncAll":
-      return describeAction(op)
+    case "Leave":
+    case "Dm":
+    case "SendDm":
+      return describeAction(op, names)
     case "Restart":
       return `${cl(op.c)} restart`
     case "Race":
-      return `race { ${describeAction(op.actions[0])} | ${describeAction(op.actions[1])} }`
+      return `race { ${describeAction(op.actions[0], names)} | ${describeAction(op.actions[1], names)} }`
     case "Watch":
-      return `${cl(op.c)} streams while { ${op.actions.map(describeAction).join("; ")} }`
+      return `${cl(op.c)} streams while { ${op.actions.map((a) => describeAction(a, names)).join("; ")} }`
+    case "AddDevice":
+      return `inbox ${inbox(op.inbox)} registers a new installation ${cl(op.d)}`
+    case "RevokeDevice":
+      return `${cl(op.d)} is revoked by its inbox`
     case "Drop":
       return `fault: drop next ${op.n} ${op.op ?? "request(s)"}`
     case "LoseResponse":
@@ -412,4 +802,10 @@ export const describe = (op: Op): string => {
     case "ForgeWelcome":
       return `hostile: forged welcome (${op.variant}) onto ${cl(op.c)}'s welcome topic`
   }
+}
+
+/** Names of a plan's installations, for `describe`. */
+export const namesOf = (params: Params, ops: ReadonlyArray<Op>): Names => {
+  const all = installations(params, ops)
+  return (c) => all[c]?.name ?? `c${c}`
 }

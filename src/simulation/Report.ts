@@ -36,6 +36,14 @@ export interface Figures {
   readonly expectedErrors: number
   /** Messages whose `send` succeeded. */
   readonly sent: number
+  /** Installations at the end (inboxes' first ones and further devices). */
+  readonly installations: number
+  /** Devices revoked (identity updates published). */
+  readonly revocations: number
+  /** `leave` calls that succeeded. */
+  readonly leaves: number
+  /** DM conversations at the end (each may have several MLS groups beneath). */
+  readonly dms: number
   /** Rounds the quiescence phase needed. */
   readonly quiescenceRounds: number
   readonly ds: FaultStats
@@ -54,13 +62,16 @@ export const summaryLine = (report: Report): string => {
   const p = report.params
   return [
     `seed ${p.seed}`,
-    `clients ${p.clients}`,
+    `clients ${p.clients}${p.profile === "classic" ? " (classic)" : ""}`,
+    `installations ${f.installations} (revoked ${f.revocations})`,
     `ops ${f.operations} (${f.actions} actions)`,
     `faults ${f.faults} (hostile ${f.hostile})`,
     `crashes ${f.crashes}/${f.crashesArmed} armed`,
     `restarts ${f.restarts}`,
     `expected errors ${f.expectedErrors}`,
     `sent ${f.sent}`,
+    `leaves ${f.leaves}`,
+    `dms ${f.dms}`,
     `violations ${report.violations.length}`,
     `${report.elapsedMs} ms`
   ].join(" | ")
@@ -87,7 +98,7 @@ export const format = (report: Report, options: { readonly trace?: boolean } = {
   if (options.trace === true || report.violations.length > 0) {
     const p = report.params
     parts.push(
-      `trace (reproduce with: npm run simulate -- --first-seed ${p.seed} --seeds 1 --clients ${p.clients} --ops ${p.ops} --trace):`,
+      `trace (reproduce with: npm run simulate -- --first-seed ${p.seed} --seeds 1 --clients ${p.clients} --ops ${p.ops}${p.profile === "classic" ? " --classic" : ""} --trace):`,
       formatTrace(report)
     )
   }
@@ -95,5 +106,5 @@ export const format = (report: Report, options: { readonly trace?: boolean } = {
 }
 
 /** The plan alone, as it will run: what a seed means before anything happens. */
-export const formatPlan = (ops: ReadonlyArray<Plan.Op>): string =>
-  ops.map((op, i) => `${String(i).padStart(String(ops.length).length)}  ${Plan.describe(op)}`).join("\n")
+export const formatPlan = (ops: ReadonlyArray<Plan.Op>, names?: Plan.Names): string =>
+  ops.map((op, i) => `${String(i).padStart(String(ops.length).length)}  ${Plan.describe(op, names)}`).join("\n")

@@ -1,9 +1,10 @@
 /**
  * Deterministic simulation of Converge under faults (FoundationDB style): a seed plans a
- * history of client actions, faults, crashes and hostile input (`Plan`); the runner carries it
- * out, one operation at a time, against a `TestNetwork` (real SQLite, real ts-mls, the in-memory
- * delivery service); then every fault is healed, every client syncs until nothing changes, and
- * the invariants are checked (`Invariants`).
+ * history of client actions (groups, DMs, leaving), installations registered and revoked,
+ * faults, crashes and hostile input (`Plan`); the runner carries it out, one operation at a
+ * time, against a `TestNetwork` (real SQLite, real ts-mls, the in-memory delivery service);
+ * then every fault is healed, every installation syncs until nothing changes, and the
+ * invariants are checked (`Invariants`).
  *
  * Operations run in plan order, so the history of operations and faults is the same on every
  * run of a seed. Inside a race or a watch, actions run concurrently, and how they interleave
@@ -28,7 +29,9 @@ import {
   Schema,
   Stream
 } from "effect"
-import type { ConversationId, GroupId, InboxId } from "../domain/Ids.ts"
+import { sha256Hex } from "../domain/Bytes.ts"
+import * as IdentityLog from "../domain/IdentityLog.ts"
+import { type ConversationId, dmId, type GroupId, type InboxId } from "../domain/Ids.ts"
 import type { SyncSummary } from "../domain/Model.ts"
 import { GroupMessageInput, WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
 import { simulatedCrashOf, type TestClient, TestNetwork } from "../testing.ts"
@@ -36,7 +39,7 @@ import * as Invariants from "./Invariants.ts"
 import * as Plan from "./Plan.ts"
 import * as Prng from "./Prng.ts"
 import type { Figures, Report, TraceEntry, Violation } from "./Report.ts"
-import { clientName, type World } from "./World.ts"
+import { booted, type World } from "./World.ts"
 
 export * as Plan from "./Plan.ts"
 export * as Prng from "./Prng.ts"
@@ -47,7 +50,17 @@ export interface Options extends Plan.Params {
   readonly opTimeout?: Duration.DurationInput
   /** Rounds of "everyone syncs and publishes" before quiescence is declared missed. Default 8. */
   readonly maxQuiescenceRounds?: number
+  /** Engine logs at or above this level go into the trace. Default `Warning` (`Debug` shows every skip). */
+  readonly logLevel?: LogLevel.LogLevel
 }
+
+/**
+ * Engine options of the simulated clients. The `full` profile checks installations on every
+ * sync, so that a new or revoked device is handled by the next sync rather than after 5 s of
+ * wall-clock time; `classic` keeps the defaults its seeds were found with.
+ */
+const clientOptionsFor = (profile: Plan.Profile | undefined) =>
+  profile === "classic" ? {} : { installationCheckInterval: "0 millis" as const }
 
 /** An operation whose group was never created: nothing to do. */
 class Skipped extends Data.TaggedError("Skipped")<{ readonly reason: string }> {
@@ -115,21 +128,31 @@ export const run = (options: Options): Effect.Effect<Report> => {
   })
   const program = Effect.gen(function*() {
     const ops = Plan.plan(options)
+    const full = options.profile !== "classic"
+    const installs = Plan.installations(options, ops)
+    /** Installations by name: `c3`, `c3b` (inbox c3's second device), ... */
+    const clientName = Plan.namesOf(options, ops)
+    const clientOptions = clientOptionsFor(options.profile)
     const opTimeout = options.opTimeout ?? "30 seconds"
     const net = yield* TestNetwork.make
-    const clients: Array<TestClient> = []
-    for (let c = 0; c < options.clients; c++) clients.push(yield* net.client(clientName(c)))
+    const clients: Array<TestClient | undefined> = installs.map(() => undefined)
+    for (let c = 0; c < options.clients; c++) clients[c] = yield* net.client(clientName(c), clientOptions)
     const world: World = {
       net,
+      installs,
       clients,
+      inboxIds: clients.slice(0, options.clients).map((client) => client!.inboxId),
       groups: [],
       creators: [],
       sent: [],
+      forgedWelcomes: new Map(),
       violations: [],
       maxPastEpochs: 3
     }
     const violate = (invariant: string, detail: string) => world.violations.push({ invariant, detail })
     let actions = 0
+    let leaves = 0
+    let revocations = 0
     let expected = 0
     let restarts = 0
     let crashesSeen = 0
@@ -144,25 +167,32 @@ export const run = (options: Options): Effect.Effect<Report> => {
     }
 
     /**
-     * Names instead of random ids (`c3`, `g1`), so that a trace reads well and two runs of one
-     * seed print the same trace.
+     * Names instead of random ids (`c3`, `c3b`, `g1`, `dm(c0,c3)`, `dm(c0,c3)@c3`), so that a trace reads well
+     * and two runs of one seed print the same trace. Applied once the run is over, when every
+     * installation and DM group is known.
      */
-    const named = (text: string) => {
-      let out = text
-      clients.forEach((client, c) => {
-        out = out.replaceAll(client.inboxId, clientName(c)).replaceAll(client.installationId, clientName(c))
-      })
+    const namer = (dmLabels: ReadonlyMap<GroupId, string>) => {
+      const pairs: Array<readonly [string, string]> = []
+      // DM ids first, so that they read the same whichever inbox id sorts first.
+      world.inboxIds.forEach((a, i) =>
+        world.inboxIds.forEach((b, j) => {
+          if (i < j) pairs.push([dmId(a, b), Invariants.dmName([i, j])])
+        })
+      )
+      for (const [c, client] of booted(world)) pairs.push([client.installationId, clientName(c)])
+      world.inboxIds.forEach((id, i) => pairs.push([id, clientName(i)]))
       world.groups.forEach((id, g) => {
-        if (id !== undefined) out = out.replaceAll(id, `g${g}`)
+        if (id !== undefined) pairs.push([id, `g${g}`])
       })
-      return out
+      for (const [id, label] of dmLabels) pairs.push([id, label])
+      return (text: string) => pairs.reduce((out, [id, name]) => out.replaceAll(id, name), text)
     }
 
     /** Records a verdict in the trace; a violation also goes to the report. */
     const record = (entry: TraceEntry, prefix: string, verdict: Verdict) => {
-      entry.outcomes.push(named(`${prefix}${verdict.kind === "violation" ? `VIOLATION ${verdict.text}` : verdict.text}`))
+      entry.outcomes.push(`${prefix}${verdict.kind === "violation" ? `VIOLATION ${verdict.text}` : verdict.text}`)
       if (verdict.kind === "expected") expected++
-      if (verdict.kind === "violation") violate(verdict.invariant, named(`op ${entry.index} (${entry.label}): ${verdict.text}`))
+      if (verdict.kind === "violation") violate(verdict.invariant, `op ${entry.index} (${entry.label}): ${verdict.text}`)
     }
 
     // ---- client actions ----
@@ -173,20 +203,36 @@ export const run = (options: Options): Effect.Effect<Report> => {
         return id === undefined ? Effect.fail(new Skipped({ reason: `g${g} was never created` })) : Effect.succeed(id)
       })
 
+    /** The installation's client; an operation of one that never booted has nothing to do. */
+    const clientOf = (c: number): Effect.Effect<TestClient, Skipped> =>
+      Effect.suspend(() => {
+        const client = clients[c]
+        return client === undefined
+          ? Effect.fail(new Skipped({ reason: `${clientName(c)} has not booted` }))
+          : Effect.succeed(client)
+      })
+
     const conversationOf = (c: number, g: number) =>
-      groupOrSkip(g).pipe(Effect.flatMap((id) => clients[c]!.conversation(id as unknown as ConversationId)))
+      Effect.zip(clientOf(c), groupOrSkip(g)).pipe(
+        Effect.flatMap(([client, id]) => client.conversation(id as unknown as ConversationId))
+      )
 
-    const inboxes = (cs: ReadonlyArray<number>): Array<InboxId> => cs.map((c) => clients[c]!.inboxId)
+    const inboxes = (is: ReadonlyArray<number>): Array<InboxId> => is.map((i) => world.inboxIds[i]!)
 
-    const perform = (index: number, a: Plan.Action): Effect.Effect<string, unknown> => {
-      const client = clients[a.c]!
+    const dmWith = (c: number, peer: number) =>
+      clientOf(c).pipe(Effect.map((client) => dmId(client.inboxId, world.inboxIds[peer]!)))
+
+    const perform = (index: number, a: Plan.Action): Effect.Effect<string, unknown> =>
+      clientOf(a.c).pipe(Effect.flatMap((client) => performWith(index, a, client)))
+
+    const performWith = (index: number, a: Plan.Action, client: TestClient): Effect.Effect<string, unknown> => {
       switch (a._tag) {
         case "Send":
         case "SendOptimistic":
           return Effect.gen(function*() {
             const conversation = yield* conversationOf(a.c, a.g)
             const id = yield* (a._tag === "Send" ? conversation.send(a.text) : conversation.sendOptimistic(a.text))
-            world.sent.push({ op: index, c: a.c, g: a.g, text: a.text, id, confirmed: a._tag === "Send" })
+            world.sent.push({ op: index, c: a.c, g: a.g, dm: undefined, text: a.text, id, confirmed: a._tag === "Send" })
             return "ok"
           })
         case "PublishPending":
@@ -214,19 +260,69 @@ export const run = (options: Options): Effect.Effect<Report> => {
           )
         case "SyncAll":
           return Effect.suspend(() => client.syncAll).pipe(Effect.map((s) => `ok: ${describeSummary(s)}`))
+        case "Leave":
+          return conversationOf(a.c, a.g).pipe(
+            Effect.flatMap((cv) => cv.leave),
+            Effect.tap(() => Effect.sync(() => leaves++)),
+            Effect.as("ok")
+          )
+        case "Dm":
+          return client.findOrCreateDm(world.inboxIds[a.peer]!).pipe(
+            Effect.flatMap((cv) => cv.debugInfo),
+            Effect.map((info) => `ok: ${info.groupIds.length} group(s) beneath, sending on ${info.groupIds[0]}`)
+          )
+        case "SendDm":
+          return Effect.gen(function*() {
+            const dm = yield* dmWith(a.c, a.peer)
+            const conversation = yield* client.conversation(dm)
+            const id = yield* (a.optimistic ? conversation.sendOptimistic(a.text) : conversation.send(a.text))
+            world.sent.push({ op: index, c: a.c, g: undefined, dm, text: a.text, id, confirmed: !a.optimistic })
+            return "ok"
+          })
       }
     }
+
+    // ---- installations come and go ----
+
+    /** Boots installation `d` as a further device of `inbox` (registering it on first boot). */
+    const bootDevice = (d: number, inbox: number) =>
+      Effect.gen(function*() {
+        const first = yield* clientOf(inbox)
+        const client = yield* net.client(clientName(d), { ...clientOptions, sameInboxAs: first })
+        clients[d] = client
+        return `ok: registered`
+      })
+
+    /** Publishes a RevokeInstallation of `d`, signed with its inbox's root key. */
+    const revokeDevice = (d: number) =>
+      Effect.gen(function*() {
+        const device = yield* clientOf(d)
+        const root = yield* clientOf(installs[d]!.inbox)
+        const [log] = yield* net.delivery.getIdentityUpdates([{ inboxId: device.inboxId, afterSequence: 0 }])
+        const state = IdentityLog.replay((log?.updates ?? []).map((u) => u.update))
+        if (state._tag === "Left" || Option.isNone(state.right)) {
+          return yield* Effect.dieMessage(`inbox of ${clientName(d)} has no valid identity log`)
+        }
+        const update = IdentityLog.signUpdate(root.rootSecretKey!, device.inboxId, state.right.value, {
+          _tag: "RevokeInstallation",
+          installationId: device.installationId
+        })
+        const envelope = yield* net.delivery.publishIdentityUpdate(update)
+        revocations++
+        return `ok: identity update ${envelope.sequenceId}`
+      })
 
     /** A group whose creation failed half-way may still exist at its creator: find it. */
     const discoverGroups = Effect.gen(function*() {
       for (const [g, creator] of world.creators.entries()) {
         if (creator === undefined || world.groups[g] !== undefined) continue
-        const client = clients[creator]!
+        const client = clients[creator]
+        if (client === undefined) continue
         const storage = yield* net.storage(client)
         const rows = yield* storage.groups.list({ includeInactive: true })
         const known = new Set(world.groups)
         const found = rows
-          .filter((r) => r.added_by_inbox_id === client.inboxId && !known.has(r.id))
+          .filter((r) => r.kind === "group" && r.added_by_inbox_id === client.inboxId && !known.has(r.id))
           .sort((a, b) => (a.created_at_ns < b.created_at_ns ? -1 : a.created_at_ns > b.created_at_ns ? 1 : 0))[0]
         if (found !== undefined) world.groups[g] = found.id
       }
@@ -234,8 +330,13 @@ export const run = (options: Options): Effect.Effect<Report> => {
 
     const restart = (entry: TraceEntry, c: number, why: string) =>
       Effect.gen(function*() {
+        const client = clients[c]
+        if (client === undefined) {
+          entry.outcomes.push(`${clientName(c)} has not booted: nothing to restart`)
+          return
+        }
         restarts++
-        const exit = yield* Effect.exit(net.restart(clients[c]!))
+        const exit = yield* Effect.exit(net.restart(client))
         if (Exit.isSuccess(exit)) entry.outcomes.push(`${clientName(c)} restarted (${why})`)
         else record(entry, `${clientName(c)} restart: `, judge(exit.pipe(Exit.as(""))))
       })
@@ -245,7 +346,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
       Effect.gen(function*() {
         const log = yield* net.crashLog
         for (const crash of log.slice(crashesSeen)) {
-          const c = clients.findIndex((client) => client.name === crash.client)
+          const c = clients.findIndex((client) => client?.name === crash.client)
           if (c >= 0) broken.add(c)
           entry.outcomes.push(`${crash.client} crashed at ${crash.point}`)
         }
@@ -291,7 +392,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
         exits.forEach((exit, i) => {
           const a = list[i]!
           const verdict = judge(exit)
-          record(entry, labels ? `${Plan.describeAction(a)}: ` : "", verdict)
+          record(entry, labels ? `${Plan.describeAction(a, clientName)}: ` : "", verdict)
           // A defect leaves the client in an unknown state: restart it like a crash.
           if (verdict.kind === "violation" && verdict.invariant === "defect") broken.add(a.c)
         })
@@ -314,18 +415,27 @@ export const run = (options: Options): Effect.Effect<Report> => {
       })
 
     const welcomesOf = (c: number) =>
-      net.delivery.queryWelcomeMessages({ installationId: clients[c]!.installationId, afterSequenceId: 0n }).pipe(
+      clientOf(c).pipe(
+        Effect.flatMap((client) =>
+          net.delivery.queryWelcomeMessages({ installationId: client.installationId, afterSequenceId: 0n })
+        ),
         Effect.map((page) => page.items)
       )
 
     const forgeWelcome = (op: Extract<Plan.Op, { _tag: "ForgeWelcome" }>) =>
       Effect.gen(function*() {
-        const target = clients[op.c]!.installationId
+        const target = (yield* clientOf(op.c)).installationId
         const rng = Prng.make(op.salt)
-        const send = (payload: Uint8Array) =>
-          net.delivery.sendWelcomeMessages([WelcomeMessageInput.make({ installationId: target, payload })]).pipe(
-            Effect.map(([e]) => `stored as welcome ${e?.sequenceId}`)
-          )
+        /** A forgery (not a re-sent welcome of its own) is remembered, so the checks ignore it. */
+        const send = (payload: Uint8Array, forged = true) =>
+          Effect.suspend(() => {
+            if (forged) {
+              const digests = world.forgedWelcomes.get(op.c) ?? new Set<string>()
+              digests.add(sha256Hex(payload))
+              world.forgedWelcomes.set(op.c, digests)
+            }
+            return net.delivery.sendWelcomeMessages([WelcomeMessageInput.make({ installationId: target, payload })])
+          }).pipe(Effect.map(([e]) => `stored as welcome ${e?.sequenceId}`))
         switch (op.variant) {
           case "garbage":
             return yield* send(rng.bytes(rng.between(1, 200)))
@@ -340,8 +450,13 @@ export const run = (options: Options): Effect.Effect<Report> => {
             return yield* send(new TextEncoder().encode(Schema.encodeSync(WelcomePayloadJson)(payload)))
           }
           case "misaddressed": {
-            const others = clients.map((_, i) => i).filter((i) => i !== op.c)
-            const all = (yield* Effect.forEach(others, welcomesOf)).flat()
+            const others = booted(world).map(([i]) => i).filter((i) => i !== op.c)
+            let all = (yield* Effect.forEach(others, welcomesOf)).flat()
+            if (full) {
+              // Not one this installation got too (a commit sends the same bytes to everyone it adds).
+              const own = new Set((yield* welcomesOf(op.c)).map((w) => sha256Hex(w.payload)))
+              all = all.filter((w) => !own.has(sha256Hex(w.payload)))
+            }
             if (all.length === 0) return yield* new Skipped({ reason: "no welcome sent to anyone else yet" })
             return yield* send(all[op.pick % all.length]!.payload)
           }
@@ -355,35 +470,36 @@ export const run = (options: Options): Effect.Effect<Report> => {
             // The same welcome, its fields in another order: the DS sees new bytes.
             const fields = Object.entries(JSON.parse(new TextDecoder().decode(original.payload)) as object).reverse()
             const text = ` ${JSON.stringify(Object.fromEntries(fields))}`
-            return `re-sent welcome ${original.sequenceId}: ${yield* send(new TextEncoder().encode(text))}`
+            return `re-sent welcome ${original.sequenceId}: ${yield* send(new TextEncoder().encode(text), false)}`
           }
         }
       })
 
     const fault = (op: Plan.Op): Effect.Effect<string, unknown> => {
       const f = net.faults
-      const installation = (c: number) => clients[c]!.installationId
+      const withInstallation = <A, E>(c: number, f: (id: TestClient["installationId"]) => Effect.Effect<A, E>) =>
+        clientOf(c).pipe(Effect.flatMap((client) => f(client.installationId)))
       switch (op._tag) {
         case "Drop":
           return f.dropNext(op.n, op.op).pipe(Effect.as("armed"))
         case "LoseResponse":
           return f.loseNextResponse(op.n, op.op).pipe(Effect.as("armed"))
         case "Partition":
-          return f.partition(installation(op.c)).pipe(Effect.as("ok"))
+          return withInstallation(op.c, f.partition).pipe(Effect.as("ok"))
         case "Heal":
-          return f.heal(installation(op.c)).pipe(Effect.as("ok"))
+          return withInstallation(op.c, f.heal).pipe(Effect.as("ok"))
         case "Duplicate":
           return f.duplicateNextDelivery(op.n).pipe(Effect.as("armed"))
         case "PauseSubscriber":
-          return f.pauseSubscriber(installation(op.c)).pipe(Effect.as("ok"))
+          return withInstallation(op.c, f.pauseSubscriber).pipe(Effect.as("ok"))
         case "ResumeSubscriber":
-          return f.resumeSubscriber(installation(op.c)).pipe(Effect.as("ok"))
+          return withInstallation(op.c, f.resumeSubscriber).pipe(Effect.as("ok"))
         case "HoldTopic":
           return groupOrSkip(op.g).pipe(Effect.flatMap(f.holdTopic), Effect.as("ok"))
         case "ReleaseTopic":
           return groupOrSkip(op.g).pipe(Effect.flatMap(f.releaseTopic), Effect.as("ok"))
         case "Crash":
-          return net.crashAt(clients[op.c]!, op.point).pipe(Effect.as("armed"))
+          return clientOf(op.c).pipe(Effect.flatMap((client) => net.crashAt(client, op.point)), Effect.as("armed"))
         case "InjectGarbage":
           return groupOrSkip(op.g).pipe(Effect.flatMap((id) => inject(id, Prng.make(op.salt).bytes(op.size))))
         case "InjectTruncated":
@@ -419,7 +535,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
     // ---- the history ----
 
     for (const [index, op] of ops.entries()) {
-      const entry = newEntry(index, Plan.describe(op))
+      const entry = newEntry(index, Plan.describe(op, clientName))
       switch (op._tag) {
         case "Send":
         case "SendOptimistic":
@@ -430,7 +546,16 @@ export const run = (options: Options): Effect.Effect<Report> => {
         case "UpdateKeys":
         case "Sync":
         case "SyncAll":
+        case "Leave":
+        case "Dm":
+        case "SendDm":
           yield* runActions(index, entry, [op], false)
+          break
+        case "AddDevice":
+          record(entry, "", judge(yield* Effect.exit(bootDevice(op.d, op.inbox))))
+          break
+        case "RevokeDevice":
+          record(entry, "", judge(yield* Effect.exit(revokeDevice(op.d))))
           break
         case "Race":
           yield* runActions(index, entry, op.actions, true)
@@ -440,8 +565,9 @@ export const run = (options: Options): Effect.Effect<Report> => {
           break
         case "Watch": {
           let received = 0
+          const watcher = clients[op.c]
           const stream = yield* Effect.fork(
-            Stream.runForEach(Stream.suspend(() => clients[op.c]!.streamMessages), () =>
+            Stream.runForEach(watcher === undefined ? Stream.empty : Stream.suspend(() => watcher.streamMessages), () =>
               Effect.sync(() => {
                 received++
               }))
@@ -472,10 +598,20 @@ export const run = (options: Options): Effect.Effect<Report> => {
     const unfired = yield* net.disarmCrashes
     heal.outcomes.push(`${unfired} armed crash point(s) never reached`)
     yield* settle(heal)
+    // A device whose registration was cut short by a fault finishes it now (it is idempotent).
+    for (const [d, install] of installs.entries()) {
+      if (d < options.clients || clients[d] !== undefined) continue
+      const verdict = judge(yield* Effect.exit(bootDevice(d, install.inbox)))
+      if (verdict.kind === "ok") heal.outcomes.push(`${clientName(d)} booted at last`)
+      else {
+        record(heal, `${clientName(d)} boot: `, verdict)
+        if (verdict.kind !== "violation") violate("device-boot", `${clientName(d)} could not boot once healed: ${verdict.text}`)
+      }
+    }
 
     const fingerprint = Effect.gen(function*() {
       const parts: Array<string> = []
-      for (const client of clients) {
+      for (const [c, client] of booted(world)) {
         const storage = yield* net.storage(client)
         const groups = yield* storage.groups.list({ includeInactive: true })
         for (const g of groups) {
@@ -484,7 +620,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
         }
         const intents = yield* storage.intents.byState(["ToPublish", "Published", "Committed", "Processed", "Error"])
         parts.push(`${client.name}:intents:${intents.map((i) => `${i.id}${i.state}`).join(",")}`)
-        parts.push(`${client.name}:welcomes:${(yield* welcomesOf(clients.indexOf(client))).length}`)
+        parts.push(`${client.name}:welcomes:${(yield* welcomesOf(c)).length}`)
       }
       for (const id of world.groups) {
         if (id !== undefined) parts.push(`${id}:${(yield* Invariants.readTopic(world, id)).length}`)
@@ -499,7 +635,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
     while (rounds < maxRounds && !stable) {
       rounds++
       const entry = newEntry(ops.length + rounds, `quiescence round ${rounds}: every client syncAll, then publishPending everywhere`)
-      for (const [c, client] of clients.entries()) {
+      for (const [c, client] of booted(world)) {
         const synced = judge(yield* Effect.exit(
           Effect.suspend(() => client.syncAll).pipe(
             Effect.map((s) => `ok: ${describeSummary(s)}`),
@@ -519,10 +655,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
               Effect.timeoutFail({ duration: opTimeout, onTimeout: () => new Hung({ after: String(opTimeout) }) })
             )
           ))
-          if (published.kind !== "ok") {
-            const g = world.groups.indexOf(conversation.id as unknown as GroupId)
-            record(entry, `${clientName(c)} publishPending g${g}: `, published)
-          }
+          if (published.kind !== "ok") record(entry, `${clientName(c)} publishPending ${conversation.id}: `, published)
         }
       }
       yield* settle(entry)
@@ -535,14 +668,20 @@ export const run = (options: Options): Effect.Effect<Report> => {
     // ---- invariants ----
 
     const checks = newEntry(ops.length + rounds + 1, "check invariants")
-    const found = yield* Invariants.check(world).pipe(
+    const dms = yield* Invariants.dmGroups(world).pipe(Effect.orElseSucceed(() => []))
+    const found = yield* Invariants.check(world, dms).pipe(
       Effect.catchAllCause((cause) =>
         Effect.succeed<ReadonlyArray<Violation>>([{ invariant: "check-failed", detail: Cause.pretty(cause) }])
       )
     )
-    world.violations.push(...found.map((v) => ({ ...v, detail: named(v.detail) })))
-    for (const entry of trace) entry.logs.splice(0, entry.logs.length, ...entry.logs.map(named))
+    world.violations.push(...found)
     checks.outcomes.push(`${world.violations.length} violation(s)`)
+    const named = namer(new Map(dms.map((d) => [d.groupId, d.label])))
+    for (const entry of trace) {
+      entry.outcomes.splice(0, entry.outcomes.length, ...entry.outcomes.map(named))
+      entry.logs.splice(0, entry.logs.length, ...entry.logs.map(named))
+    }
+    const violations = world.violations.map((v) => ({ ...v, detail: named(v.detail) }))
 
     const stats = yield* net.faults.stats
     const crashLog = yield* net.crashLog
@@ -556,15 +695,19 @@ export const run = (options: Options): Effect.Effect<Report> => {
       restarts,
       expectedErrors: expected,
       sent: world.sent.filter((s) => s.confirmed).length,
+      installations: booted(world).length,
+      revocations,
+      leaves,
+      dms: new Set(dms.map((d) => d.dmId)).size,
       quiescenceRounds: rounds,
       ds: stats
     }
-    return { figures, violations: [...world.violations] }
+    return { figures, violations }
   })
 
   return Effect.scoped(program).pipe(
     Effect.provide(Logger.replace(Logger.defaultLogger, logger)),
-    Logger.withMinimumLogLevel(LogLevel.Warning),
+    Logger.withMinimumLogLevel(options.logLevel ?? LogLevel.Warning),
     Effect.catchAllCause((cause) =>
       Effect.succeed({
         figures: emptyFigures,
@@ -572,7 +715,12 @@ export const run = (options: Options): Effect.Effect<Report> => {
       })
     ),
     Effect.map(({ figures, violations }): Report => ({
-      params: { seed: options.seed, clients: options.clients, ops: options.ops },
+      params: {
+        seed: options.seed,
+        clients: options.clients,
+        ops: options.ops,
+        ...(options.profile === undefined ? {} : { profile: options.profile })
+      },
       figures,
       violations,
       trace,
@@ -591,6 +739,10 @@ const emptyFigures: Figures = {
   restarts: 0,
   expectedErrors: 0,
   sent: 0,
+  installations: 0,
+  revocations: 0,
+  leaves: 0,
+  dms: 0,
   quiescenceRounds: 0,
   ds: { dropped: 0, lostResponses: 0, partitionRejections: 0, streamsCut: 0, duplicated: 0, delayed: 0 }
 }

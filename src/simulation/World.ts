@@ -1,13 +1,18 @@
 /** What a simulation run knows while it runs: the network, its clients, and what happened. */
-import type { GroupId, MessageId } from "../domain/Ids.ts"
+import type { ConversationId, GroupId, InboxId, MessageId } from "../domain/Ids.ts"
 import type { TestClient, TestNetwork } from "../testing.ts"
+import type { Installation } from "./Plan.ts"
 import type { Violation } from "./Report.ts"
 
 /** A message whose `send` (or `sendOptimistic`) returned its id. */
 export interface SentMessage {
   readonly op: number
+  /** The sending installation. */
   readonly c: number
-  readonly g: number
+  /** The group it was sent to, or undefined for a DM. */
+  readonly g: number | undefined
+  /** The DM it was sent on, if it was. */
+  readonly dm: ConversationId | undefined
   readonly text: string
   readonly id: MessageId
   /** `send` succeeded: the sender was told the message is sent. */
@@ -16,15 +21,30 @@ export interface SentMessage {
 
 export interface World {
   readonly net: TestNetwork
-  readonly clients: ReadonlyArray<TestClient>
+  /** Every installation the plan uses, by index (see `Plan.installations`). */
+  readonly installs: ReadonlyArray<Installation>
+  /** Clients by installation index; undefined until the installation has booted. */
+  readonly clients: Array<TestClient | undefined>
+  /** Inbox ids by inbox index (known from the start: each inbox's first installation). */
+  readonly inboxIds: ReadonlyArray<InboxId>
   /** Group ids by creation index (`g0`, `g1`, ...); undefined while not created. */
   readonly groups: Array<GroupId | undefined>
-  /** Who created each group (its first member). */
+  /** Which installation created each group (its first member). */
   readonly creators: Array<number | undefined>
   readonly sent: Array<SentMessage>
+  /**
+   * Per installation: digests (sha256 hex) of the forged welcomes the run put on its topic, so
+   * the checks do not take them for real invitations.
+   */
+  readonly forgedWelcomes: Map<number, Set<string>>
   readonly violations: Array<Violation>
   /** Engine option the checks need: how many past epochs still decrypt. */
   readonly maxPastEpochs: number
 }
 
-export const clientName = (c: number) => `c${c}`
+/** The name of an installation in traces (`c3`, or `c3b` for inbox c3's second device). */
+export const clientName = (c: number, world?: Pick<World, "installs">) => world?.installs[c]?.name ?? `c${c}`
+
+/** The booted clients, with their installation index. */
+export const booted = (world: Pick<World, "clients">): Array<readonly [number, TestClient]> =>
+  world.clients.flatMap((client, c) => (client === undefined ? [] : [[c, client] as const]))
