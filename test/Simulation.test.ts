@@ -434,4 +434,30 @@ describe("simulation: regressions with devices, leaving and DMs", () => {
       const changes = (yield* (yield* bob2.conversation(group.id)).messages()).filter((m) => m.kind === "membershipChange")
       expect(changes.filter((m) => m.text.includes(`"removedInboxes":["${bob.inboxId}"]`))).toEqual([])
     })))
+
+  // Found once the above were fixed (seeds 37, 76, 105, 212, 262 with 60 ops: a revoked device
+  // stays active; 23, 86, 93: it also marks the group maybeForked). A member's installation
+  // check removes the revoked device and adds a newly registered one in one commit; the new
+  // leaf takes the freed slot. The removed device cannot process that commit: ts-mls 1.6.4
+  // throws "InternalError: No overlap between provided private keys and update path" (it does
+  // not see that the commit removed it, since its leaf is occupied again, and tries to decrypt
+  // the update path), GroupSync skips the commit, and the device stays active at the old epoch
+  // for good: it believes it is a member, its later sends land where nobody reads them, and
+  // commits for later epochs mark the group maybeForked. Reached through
+  // TsMlsCrypto.process on UpdateInstallations commits (Publisher.deriveInstallationUpdate is
+  // the only intent that removes and adds in one commit).
+  it.live("a device removed by a commit that also adds a device into its slot sees its removal", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice", fast), net.client("bob", fast)])
+      const alice2 = yield* net.client("alice2", { ...fast, sameInboxAs: alice })
+      // alice2 holds leaf 0 (it created the group), then bob, then alice.
+      const group = yield* alice2.createGroup([bob.inboxId])
+      yield* Effect.all([alice.syncAll, bob.syncAll])
+      yield* revoke(net, alice2)
+      yield* net.client("bob2", { ...fast, sameInboxAs: bob })
+      yield* bob.syncAll // one commit: remove alice2, add bob2 (into leaf 0)
+      yield* alice2.syncAll
+      expect(yield* (yield* alice2.conversation(group.id)).state).toBe("inactive")
+    })))
 })

@@ -116,7 +116,9 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
   const deriveInstallationUpdate = (state: MlsGroupState) =>
     Effect.gen(function*() {
       const { add, remove } = yield* installationDiff(state, crypto.view(state).members.map((m) => m.inboxId))
-      return yield* membershipCommit(state, add, remove)
+      // Removals first, on their own: a new leaf may take a removed device's slot, and ts-mls
+      // 1.6.4 then cannot show the removed device its removal. The adds follow in the next check.
+      return yield* (remove.length > 0 ? membershipCommit(state, [], remove) : membershipCommit(state, add, []))
     })
 
   const deriveRemove = (state: MlsGroupState, inboxIds: ReadonlyArray<InboxId>) =>
