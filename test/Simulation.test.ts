@@ -446,6 +446,8 @@ describe("simulation: regressions with devices, leaving and DMs", () => {
   // commits for later epochs mark the group maybeForked. Reached through
   // TsMlsCrypto.process on UpdateInstallations commits (Publisher.deriveInstallationUpdate is
   // the only intent that removes and adds in one commit).
+  it.live("seed 37 (5 inboxes, 60 operations)", () => runSeed({ seed: 37, clients: 5, ops: 60 }))
+
   it.live("a device removed by a commit that also adds a device into its slot sees its removal", () =>
     Effect.scoped(Effect.gen(function*() {
       const net = yield* TestNetwork.make
@@ -459,5 +461,32 @@ describe("simulation: regressions with devices, leaving and DMs", () => {
       yield* bob.syncAll // one commit: remove alice2, add bob2 (into leaf 0)
       yield* alice2.syncAll
       expect(yield* (yield* alice2.conversation(group.id)).state).toBe("inactive")
+    })))
+
+  // Seed 181 (5 inboxes, 60 ops), since the fix "a lone pending-remove member goes inactive":
+  // c4b asks to leave g0 while partitioned (the request stays queued); c2 leaves and c4, the
+  // other device of c4b's inbox, commits c2's removal. When c4b syncs, it finds only its own
+  // inbox left and goes inactive at once (GroupSync.receivePage), and publishPending then
+  // fails its still unpublished leave request (inactive group): c4 never learns that its
+  // inbox left and stays active, its new devices are added, while c4b is out. Leaving is per
+  // inbox: both devices must end in the same state.
+  it.live("seed 181 (5 inboxes, 60 operations)", () => runSeed({ seed: 181, clients: 5, ops: 60 }))
+
+  it.live("a device goes inactive as the last one left only once its inbox's leave request is out", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice", fast), net.client("bob", fast)])
+      const alice2 = yield* net.client("alice2", { ...fast, sameInboxAs: alice })
+      const group = yield* bob.createGroup([alice.inboxId])
+      yield* Effect.all([alice.syncAll, alice2.syncAll])
+      // Alice asks to leave while offline: her request waits in her queue.
+      yield* net.faults.partition(alice.installationId)
+      yield* Effect.either((yield* alice.conversation(group.id)).leave)
+      yield* group.leave // Bob leaves too; alice2 commits his removal.
+      yield* alice2.syncAll
+      yield* net.faults.heal(alice.installationId)
+      for (let i = 0; i < 3; i++) for (const c of [alice, alice2, bob]) yield* Effect.either(c.syncAll)
+      const states = yield* Effect.all([alice, alice2].map((c) => c.conversation(group.id).pipe(Effect.flatMap((cv) => cv.state))))
+      expect(states).toEqual(["inactive", "inactive"])
     })))
 })

@@ -326,10 +326,6 @@ export const make = (env: EngineEnv) => {
 
       const last = page.items[page.items.length - 1]!.sequenceId
       const view = crypto.view(state)
-      // Asked to leave and nobody else is left to commit it: we are out.
-      if (membership === "pendingRemove" && view.members.every((m) => m.inboxId === identity.inboxId)) {
-        membership = "inactive"
-      }
       const inserted = yield* storage.transaction(Effect.gen(function*() {
         for (const write of writes) yield* write
         // A crash here rolls the whole page back: it is replayed from the old cursor and state.
@@ -358,6 +354,21 @@ export const make = (env: EngineEnv) => {
       Effect.map(Option.filter((intent) => intent.payload === null || bytesEqual(intent.payload, envelope.payload)))
     )
 
+  /**
+   * Asked to leave, and nobody else is left to commit the removal: we are out, once our own
+   * request is out too (our other devices must learn that the inbox left).
+   */
+  const settleLoneLeaver = (groupId: GroupId) =>
+    Effect.gen(function*() {
+      const group = yield* loadGroupRow(env, groupId)
+      if (group.membership_state !== "pendingRemove") return
+      const view = crypto.view(yield* env.loadState(group))
+      if (!view.members.every((m) => m.inboxId === identity.inboxId)) return
+      const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
+      if (pending.some((intent) => intent.kind === "Leave")) return
+      yield* storage.groups.setMembership(groupId, "inactive")
+    })
+
   /** Reads the topic to its end. */
   const receive = (groupId: GroupId) =>
     Effect.gen(function*() {
@@ -365,8 +376,10 @@ export const make = (env: EngineEnv) => {
       while (true) {
         const { more, outcome } = yield* receivePage(groupId)
         total = add(total, outcome)
-        if (!more) return total
+        if (!more) break
       }
+      yield* settleLoneLeaver(groupId)
+      return total
     }).pipe(Effect.withSpan("GroupSync.receive", { attributes: { groupId } }))
 
   /** Sends the welcomes of own commits that are confirmed, then marks them Processed. */
