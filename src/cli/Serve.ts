@@ -5,9 +5,10 @@
 import { PgClient } from "@effect/sql-pg"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Console, Effect, Layer, Option, Redacted } from "effect"
+import { InvalidInput } from "../domain/Errors.ts"
 import { DeliveryServer } from "../layers/DeliveryServer.ts"
 import { DeliveryService } from "../services/DeliveryService.ts"
-import { DeliveryStore } from "../services/DeliveryStore.ts"
+import { DeliveryStore, type DeliveryStoreError } from "../services/DeliveryStore.ts"
 import { MlsCrypto } from "../services/MlsCrypto.ts"
 
 export interface ServeOptions {
@@ -19,9 +20,14 @@ export interface ServeOptions {
 
 /** The store-backed delivery service a server runs. */
 export const deliveryLayer = (options: Pick<ServeOptions, "db" | "postgres">) => {
-  const store = Option.match(options.postgres, {
+  const store: Layer.Layer<DeliveryStore, DeliveryStoreError | InvalidInput> = Option.match(options.postgres, {
     onNone: () => DeliveryStore.layerSqlite.pipe(Layer.provide(Layer.orDie(SqliteClient.layer({ filename: options.db })))),
-    onSome: (url) => DeliveryStore.layerPg.pipe(Layer.provide(Layer.orDie(PgClient.layer({ url: Redacted.make(url) }))))
+    // A wrong URL or an unreachable server is the user's to fix: a typed error, one line.
+    onSome: (url) =>
+      DeliveryStore.layerPg.pipe(
+        Layer.provide(PgClient.layer({ url: Redacted.make(url) })),
+        Layer.mapError((e) => new InvalidInput({ reason: `cannot use Postgres at --postgres: ${e.message}` }))
+      )
   })
   return DeliveryService.layerStore().pipe(Layer.provide(store), Layer.provide(MlsCrypto.layer()))
 }
