@@ -1,6 +1,6 @@
 /**
  * The `MlsCrypto` port on ts-mls 1.6.4, ciphersuite 1 (X25519, AES-128-GCM, SHA-256, Ed25519).
- * This is the only module that imports ts-mls; see /work/shared/notes/ts-mls.md for the
+ * Only this module and TsMlsWelcome (its join) import ts-mls; see /work/shared/notes/ts-mls.md for the
  * version-specific facts it relies on (sender recovery, pending commits, error classes).
  *
  * Leaf credentials are basic credentials whose identity is UTF-8 `inboxId:installationId`,
@@ -34,7 +34,6 @@ import {
   generateKeyPackageWithKey,
   getCiphersuiteFromName,
   getCiphersuiteImpl,
-  joinGroup,
   processMessage
 } from "ts-mls"
 import { validateLeafNodeCredentialAndKeyUniqueness } from "ts-mls/clientState.js"
@@ -61,6 +60,7 @@ import type {
   MlsGroupState,
   Processed
 } from "../services/MlsCrypto.ts"
+import { joinFromWelcome as joinWelcome } from "./TsMlsWelcome.ts"
 
 type Service = Context.Tag.Service<MlsCrypto>
 
@@ -462,10 +462,10 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
           const { publicPackage, privatePackage } = yield* decodeBundle(bundle)
           // Recomputed rather than trusting `bundle.ref`, which came from storage.
           if (!addressed.has(yield* keyPackageRef(publicPackage))) continue
+          // Not ts-mls's `joinGroup`: its tree check refuses trees ts-mls builds (see TsMlsWelcome).
           const client = yield* tryMls(
             "joinFromWelcome",
-            () =>
-              joinGroup(welcome, publicPackage, privatePackage, emptyPskIndex, cs, undefined, undefined, clientConfig)
+            () => joinWelcome(welcome, publicPackage, privatePackage, cs, clientConfig)
           )
           return wrap(client)
         }

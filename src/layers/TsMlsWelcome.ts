@@ -1,0 +1,246 @@
+/**
+ * Joining a group from a Welcome on ts-mls 1.6.4, with the ratchet-tree validation of RFC 9420.
+ *
+ * ts-mls 1.6.4's `joinGroup` refuses valid welcomes. For each unmerged leaf of a parent node, its
+ * tree check demands that every non-blank node on the leaf's whole direct path carry the *same*
+ * unmerged_leaves list. RFC 9420 §7.9.1 asks only that each non-blank node between the leaf and
+ * that parent list the leaf too. Trees ts-mls builds itself break the stricter rule once a blank
+ * leaf under a non-blank parent is refilled, so a member added into that slot could never join
+ * ("non-blank intermediate node must list leaf node in its unmerged_leaves"; marmot-ts #57).
+ * ts-mls's main branch has the RFC's rule (src/validation.ts), but 1.6.4 runs its check inside
+ * `joinGroup`, with no way around it. So this module performs the same join from ts-mls's own
+ * exported steps and validates the tree itself, check for check, with the unmerged-leaves rule
+ * as the RFC states it. A test compares the state it builds with ts-mls's on welcomes both accept.
+ */
+import type {
+  CiphersuiteImpl,
+  ClientConfig,
+  ClientState,
+  GroupContext,
+  KeyPackage,
+  LeafNode,
+  PrivateKeyPackage,
+  RatchetTree
+} from "ts-mls"
+import { validateLeafNodeUpdateOrCommit } from "ts-mls/clientState.js"
+import { extensionsSupportedByCapabilities } from "ts-mls/extension.js"
+import { ratchetTreeFromExtension, verifyGroupInfoConfirmationTag, verifyGroupInfoSignature } from "ts-mls/groupInfo.js"
+import { makeKeyPackageRef } from "ts-mls/keyPackage.js"
+import { deriveKeySchedule } from "ts-mls/keySchedule.js"
+import { verifyLeafNodeSignatureKeyPackage } from "ts-mls/leafNode.js"
+import { CodecError, CryptoVerificationError, type MlsError, UsageError, ValidationError } from "ts-mls/mlsError.js"
+import { verifyParentHashes } from "ts-mls/parentHash.js"
+import { pathToRoot } from "ts-mls/pathSecrets.js"
+import { mergePrivateKeyPaths, toPrivateKeyPath } from "ts-mls/privateKeyPath.js"
+import { accumulatePskSecret, emptyPskIndex } from "ts-mls/pskIndex.js"
+import { findLeafIndex } from "ts-mls/ratchetTree.js"
+import { decodeRequiredCapabilities, type RequiredCapabilities } from "ts-mls/requiredCapabilities.js"
+import { createSecretTree } from "ts-mls/secretTree.js"
+import { treeHashRoot } from "ts-mls/treeHash.js"
+import {
+  directPath,
+  isAncestor,
+  isLeaf,
+  leafToNodeIndex,
+  leafWidth,
+  nodeToLeafIndex,
+  toLeafIndex,
+  toNodeIndex
+} from "ts-mls/treemath.js"
+import { firstCommonAncestor } from "ts-mls/updatePath.js"
+import { bytesToBase64, zeroOutUint8Array } from "ts-mls/util/byteArray.js"
+import { constantTimeEqual } from "ts-mls/util/constantTimeCompare.js"
+import { decryptGroupInfo, decryptGroupSecrets, type Welcome } from "ts-mls/welcome.js"
+
+// ---- tree validation (RFC 9420 §12.4.3.1) ---------------------------------------------------
+
+const requiredCapabilitiesOf = (context: GroupContext): RequiredCapabilities | MlsError | undefined => {
+  const extension = context.extensions.find((e) => e.extensionType === "required_capabilities")
+  if (extension === undefined) return undefined
+  return decodeRequiredCapabilities(extension.extensionData, 0)?.[0] ??
+    new CodecError("Could not decode required_capabilities")
+}
+
+const supportsRequired = (required: RequiredCapabilities, leaf: LeafNode): boolean =>
+  required.credentialTypes.every((c) => leaf.capabilities.credentials.includes(c)) &&
+  required.extensionTypes.every((e) => leaf.capabilities.extensions.includes(e)) &&
+  required.proposalTypes.every((p) => leaf.capabilities.proposals.includes(p))
+
+/** RFC 9420 §7.3: a leaf's signature, credential, capabilities and (if asked) lifetime. */
+const validateLeaf = async (
+  leaf: LeafNode,
+  leafIndex: number,
+  context: GroupContext,
+  config: ClientConfig,
+  cs: CiphersuiteImpl
+): Promise<MlsError | undefined> => {
+  if (leaf.leafNodeSource !== "key_package") {
+    return validateLeafNodeUpdateOrCommit(leaf, toLeafIndex(leafIndex), context, config.authService, cs.signature)
+  }
+  if (!(await verifyLeafNodeSignatureKeyPackage(leaf, cs.signature))) {
+    return new CryptoVerificationError("Could not verify leaf node signature")
+  }
+  if (config.lifetimeConfig.validateLifetimeOnReceive) {
+    const now = BigInt(Math.floor(Date.now() / 1000))
+    if (leaf.lifetime.notBefore > now || leaf.lifetime.notAfter < now) {
+      return new ValidationError("Current time not within Lifetime")
+    }
+  }
+  if (!(await config.authService.validateCredential(leaf.credential, leaf.signaturePublicKey))) {
+    return new ValidationError("Could not validate credential")
+  }
+  const required = requiredCapabilitiesOf(context)
+  if (required instanceof Error) return required
+  if (required !== undefined && !supportsRequired(required, leaf)) {
+    return new ValidationError("LeafNode does not support required capabilities")
+  }
+  if (!extensionsSupportedByCapabilities(leaf.extensions, leaf.capabilities)) {
+    return new ValidationError("LeafNode contains extension not listed in capabilities")
+  }
+  return undefined
+}
+
+/**
+ * RFC 9420 §7.9.1: every unmerged leaf of a parent is a non-blank leaf below it, and every non-blank
+ * node strictly between the two lists that leaf as unmerged as well.
+ */
+export const checkUnmergedLeaves = (tree: RatchetTree): ValidationError | undefined => {
+  const width = leafWidth(tree.length)
+  for (const [i, node] of tree.entries()) {
+    if (node?.nodeType !== "parent") continue
+    const parentIndex = toNodeIndex(i)
+    for (const unmerged of node.parent.unmergedLeaves) {
+      const leafNodeIndex = leafToNodeIndex(toLeafIndex(unmerged))
+      if (tree[leafNodeIndex]?.nodeType !== "leaf" || !isAncestor(leafNodeIndex, parentIndex, tree.length)) {
+        return new ValidationError(`unmerged leaf ${unmerged} of node ${i} is not a non-blank leaf below it`)
+      }
+      for (const between of directPath(leafNodeIndex, width)) {
+        if (between === parentIndex) break
+        const intermediate = tree[between]
+        if (intermediate?.nodeType === "parent" && !intermediate.parent.unmergedLeaves.includes(unmerged)) {
+          return new ValidationError(`node ${between} between leaf ${unmerged} and node ${i} does not list it as unmerged`)
+        }
+      }
+    }
+  }
+  return undefined
+}
+
+/** The checks ts-mls 1.6.4 runs on a joiner's tree, with the unmerged-leaves rule as the RFC states it. */
+export const validateRatchetTree = async (
+  tree: RatchetTree,
+  context: GroupContext,
+  config: ClientConfig,
+  cs: CiphersuiteImpl
+): Promise<MlsError | undefined> => {
+  const hpkeKeys = new Set<string>()
+  const signatureKeys = new Set<string>()
+  const credentialTypes = new Set<string>()
+  for (const [i, node] of tree.entries()) {
+    if (node === undefined) continue
+    if ((node.nodeType === "leaf") !== isLeaf(toNodeIndex(i))) {
+      return new ValidationError("Received Ratchet Tree is not structurally sound")
+    }
+    const hpkeKey = bytesToBase64(node.nodeType === "leaf" ? node.leaf.hpkePublicKey : node.parent.hpkePublicKey)
+    if (hpkeKeys.has(hpkeKey)) return new ValidationError("hpke keys not unique")
+    hpkeKeys.add(hpkeKey)
+    if (node.nodeType !== "leaf") continue
+    const signatureKey = bytesToBase64(node.leaf.signaturePublicKey)
+    if (signatureKeys.has(signatureKey)) return new ValidationError("signature keys not unique")
+    signatureKeys.add(signatureKey)
+    credentialTypes.add(node.leaf.credential.credentialType)
+    const leafError = await validateLeaf(node.leaf, nodeToLeafIndex(toNodeIndex(i)), context, config, cs)
+    if (leafError !== undefined) return leafError
+  }
+  const unmergedError = checkUnmergedLeaves(tree)
+  if (unmergedError !== undefined) return unmergedError
+  for (const node of tree) {
+    if (node?.nodeType !== "leaf") continue
+    const supported: ReadonlyArray<string> = node.leaf.capabilities.credentials
+    if ([...credentialTypes].some((type) => !supported.includes(type))) {
+      return new ValidationError("LeafNode has credential that is not supported by member of the group")
+    }
+  }
+  if (!(await verifyParentHashes(tree, cs.hash))) return new CryptoVerificationError("Unable to verify parent hash")
+  if (!constantTimeEqual(context.treeHash, await treeHashRoot(tree, cs.hash))) {
+    return new ValidationError("Unable to verify tree hash")
+  }
+  return undefined
+}
+
+// ---- the join (RFC 9420 §12.4.3.1) -----------------------------------------------------------
+
+/**
+ * ts-mls 1.6.4's `joinGroup(welcome, keyPackage, privateKeys, emptyPskIndex, cs, undefined,
+ * undefined, config)`, step for step, with `validateRatchetTree` above in place of its own.
+ * Converge never uses PSKs or resumption, so a welcome that needs one is refused.
+ */
+export const joinFromWelcome = async (
+  welcome: Welcome,
+  keyPackage: KeyPackage,
+  privateKeys: PrivateKeyPackage,
+  cs: CiphersuiteImpl,
+  config: ClientConfig
+): Promise<ClientState> => {
+  const keyPackageRef = await makeKeyPackageRef(keyPackage, cs.hash)
+  const initKey = await cs.hpke.importPrivateKey(privateKeys.initPrivateKey)
+  const groupSecrets = await decryptGroupSecrets(initKey, keyPackageRef, welcome, cs.hpke)
+  if (groupSecrets === undefined) throw new CodecError("Could not decode group secrets")
+  const [pskSecret] = await accumulatePskSecret(groupSecrets.psks, emptyPskIndex, cs, new Uint8Array(cs.kdf.size))
+  const groupInfo = await decryptGroupInfo(welcome, groupSecrets.joinerSecret, pskSecret, cs)
+  if (groupInfo === undefined) throw new CodecError("Could not decode group info")
+  const context = groupInfo.groupContext
+  if (!extensionsSupportedByCapabilities(context.extensions, keyPackage.leafNode.capabilities)) {
+    throw new UsageError("client does not support every extension in the GroupContext")
+  }
+  const tree = ratchetTreeFromExtension(groupInfo)
+  if (tree === undefined) throw new UsageError("No RatchetTree passed and no ratchet_tree extension")
+
+  const signer = tree[leafToNodeIndex(toLeafIndex(groupInfo.signer))]
+  if (signer === undefined) throw new ValidationError("Could not find signer leafNode")
+  if (signer.nodeType === "parent") throw new ValidationError("Expected non blank leaf node")
+  if (!(await config.authService.validateCredential(signer.leaf.credential, signer.leaf.signaturePublicKey))) {
+    throw new ValidationError("Could not validate credential")
+  }
+  if (!(await verifyGroupInfoSignature(groupInfo, signer.leaf.signaturePublicKey, cs.signature))) {
+    throw new CryptoVerificationError("Could not verify groupInfo signature")
+  }
+  if (context.cipherSuite !== keyPackage.cipherSuite) {
+    throw new ValidationError("cipher suite in the GroupInfo does not match the cipher_suite in the KeyPackage")
+  }
+  const treeError = await validateRatchetTree(tree, context, config, cs)
+  if (treeError !== undefined) throw treeError
+
+  const ownLeaf = findLeafIndex(tree, keyPackage.leafNode)
+  if (ownLeaf === undefined) throw new ValidationError("Could not find own leaf when processing welcome")
+  const leafKeys = { leafIndex: ownLeaf, privateKeys: { [leafToNodeIndex(ownLeaf)]: privateKeys.hpkePrivateKey } }
+  // The path secret, when sent, covers the joiner's and the committer's first common ancestor upward.
+  const privatePath = groupSecrets.pathSecret === undefined ? leafKeys : mergePrivateKeyPaths(
+    await toPrivateKeyPath(
+      await pathToRoot(tree, firstCommonAncestor(tree, ownLeaf, toLeafIndex(groupInfo.signer)), groupSecrets.pathSecret, cs.kdf),
+      ownLeaf,
+      cs
+    ),
+    leafKeys
+  )
+  const [keySchedule, encryptionSecret] = await deriveKeySchedule(groupSecrets.joinerSecret, pskSecret, context, cs.kdf)
+  if (!(await verifyGroupInfoConfirmationTag(groupInfo, groupSecrets.joinerSecret, pskSecret, cs))) {
+    throw new CryptoVerificationError("Could not verify confirmation tag")
+  }
+  const secretTree = await createSecretTree(leafWidth(tree.length), encryptionSecret, cs.kdf)
+  zeroOutUint8Array(encryptionSecret)
+  zeroOutUint8Array(groupSecrets.joinerSecret)
+  return {
+    groupContext: context,
+    ratchetTree: tree,
+    privatePath,
+    signaturePrivateKey: privateKeys.signaturePrivateKey,
+    confirmationTag: groupInfo.confirmationTag,
+    unappliedProposals: {},
+    keySchedule,
+    secretTree,
+    historicalReceiverData: new Map(),
+    groupActiveState: { kind: "active" },
+    clientConfig: config
+  }
+}
