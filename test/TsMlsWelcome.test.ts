@@ -28,7 +28,13 @@ import {
 } from "ts-mls"
 import { defaultClientConfig } from "ts-mls/clientConfig.js"
 import { utf8 } from "../src/domain/Bytes.ts"
-import { checkUnmergedLeaves, joinFromWelcome, validateRatchetTree } from "../src/layers/TsMlsWelcome.ts"
+import { toNodeIndex } from "ts-mls/treemath.js"
+import {
+  checkUnmergedLeaves,
+  joinFromWelcome,
+  privateKeysFromPathSecret,
+  validateRatchetTree
+} from "../src/layers/TsMlsWelcome.ts"
 
 interface Package {
   readonly publicPackage: KeyPackage
@@ -70,6 +76,16 @@ const refilledTree = Effect.promise(async () => {
   return { cs, bob: withG.state, f: f!, g: g!, fWelcome: welcomeOf(withF.welcome), gWelcome: welcomeOf(withG.welcome) }
 })
 
+/** a, b and c; a removes c and adds h in one commit, so the commit has a path and h's welcome a path secret. */
+const pathWelcome = Effect.promise(async () => {
+  const cs = await suite()
+  const [a, b, c, h] = await Promise.all(["a", "b", "c", "h"].map((n) => newPackage(cs, n)))
+  const founder = await createGroup(utf8("path-secret-group"), a!.publicPackage, a!.privatePackage, [], cs)
+  const three = await commit(cs, founder, [b!, c!].map(add))
+  const swap = await commit(cs, three.state, [remove(2), add(h!)])
+  return { cs, alice: swap.state, h: h!, welcome: welcomeOf(swap.welcome) }
+})
+
 const parentAt = (tree: RatchetTree, nodeIndex: number) => {
   const node = tree[nodeIndex]
   if (node?.nodeType !== "parent") throw new Error(`node ${nodeIndex} is not a parent`)
@@ -93,6 +109,31 @@ describe("joining from a welcome (TsMlsWelcome)", () => {
         joinGroup(fWelcome, f.publicPackage, f.privatePackage, emptyPskIndex, cs, undefined, undefined, defaultClientConfig)
       )
       expect(encodeGroupState(ours)).toEqual(encodeGroupState(theirs))
+    }))
+
+  it.effect("a welcome with a path secret gives the same state as ts-mls's, with the path's keys", () =>
+    Effect.gen(function*() {
+      const { cs, h, welcome } = yield* pathWelcome
+      const ours = yield* Effect.promise(() =>
+        joinFromWelcome(welcome, h.publicPackage, h.privatePackage, cs, defaultClientConfig)
+      )
+      const theirs = yield* Effect.promise(() =>
+        joinGroup(welcome, h.publicPackage, h.privatePackage, emptyPskIndex, cs, undefined, undefined, defaultClientConfig)
+      )
+      // h is leaf 2 (node 4); node 5 above it is blank since c's removal, the root (node 3) is a's
+      // and h's common ancestor: h holds its leaf key and the root's key.
+      expect(Object.keys(ours.privatePath.privateKeys).map(Number)).toEqual([3, 4])
+      expect(encodeGroupState(ours)).toEqual(encodeGroupState(theirs))
+    }))
+
+  it.effect("a path secret that does not give the tree's keys is refused", () =>
+    Effect.gen(function*() {
+      const { alice, cs } = yield* pathWelcome
+      const refused = yield* Effect.promise(() =>
+        privateKeysFromPathSecret(alice.ratchetTree, toNodeIndex(3), new Uint8Array(32).fill(7), cs)
+          .then(() => "accepted", (e: Error) => e.message)
+      )
+      expect(refused).toBe("the welcome's path secret does not give the key of node 3")
     }))
 
   it.effect("a member added after a refilled leaf joins, though ts-mls 1.6.4 refuses, and reads the group", () =>

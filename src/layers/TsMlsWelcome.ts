@@ -10,7 +10,8 @@
  * ts-mls's main branch has the RFC's rule (src/validation.ts), but 1.6.4 runs its check inside
  * `joinGroup`, with no way around it. So this module performs the same join from ts-mls's own
  * exported steps and validates the tree itself, check for check, with the unmerged-leaves rule
- * as the RFC states it. A test compares the state it builds with ts-mls's on welcomes both accept.
+ * as the RFC states it, and checks the welcome's path secret against the tree, which 1.6.4 skips.
+ * A test compares the state it builds with ts-mls's on welcomes both accept.
  */
 import type {
   CiphersuiteImpl,
@@ -23,6 +24,7 @@ import type {
   RatchetTree
 } from "ts-mls"
 import { validateLeafNodeUpdateOrCommit } from "ts-mls/clientState.js"
+import { deriveSecret } from "ts-mls/crypto/kdf.js"
 import { extensionsSupportedByCapabilities } from "ts-mls/extension.js"
 import { ratchetTreeFromExtension, verifyGroupInfoConfirmationTag, verifyGroupInfoSignature } from "ts-mls/groupInfo.js"
 import { makeKeyPackageRef } from "ts-mls/keyPackage.js"
@@ -31,7 +33,6 @@ import { verifyLeafNodeSignatureKeyPackage } from "ts-mls/leafNode.js"
 import { CodecError, CryptoVerificationError, type MlsError, UsageError, ValidationError } from "ts-mls/mlsError.js"
 import { verifyParentHashes } from "ts-mls/parentHash.js"
 import { pathToRoot } from "ts-mls/pathSecrets.js"
-import { mergePrivateKeyPaths, toPrivateKeyPath } from "ts-mls/privateKeyPath.js"
 import { accumulatePskSecret, emptyPskIndex } from "ts-mls/pskIndex.js"
 import { findLeafIndex } from "ts-mls/ratchetTree.js"
 import { decodeRequiredCapabilities, type RequiredCapabilities } from "ts-mls/requiredCapabilities.js"
@@ -43,6 +44,7 @@ import {
   isLeaf,
   leafToNodeIndex,
   leafWidth,
+  type NodeIndex,
   nodeToLeafIndex,
   toLeafIndex,
   toNodeIndex
@@ -171,8 +173,35 @@ export const validateRatchetTree = async (
 // ---- the join (RFC 9420 §12.4.3.1) -----------------------------------------------------------
 
 /**
+ * The private keys of the nodes from `ancestor` to the root, derived from the welcome's path
+ * secret. RFC 9420 §12.4.3.1 requires each to match the public key in its node; ts-mls 1.6.4 does
+ * not check, so a bad path secret surfaced only at the next commit the member could not decrypt.
+ */
+export const privateKeysFromPathSecret = async (
+  tree: RatchetTree,
+  ancestor: NodeIndex,
+  pathSecret: Uint8Array,
+  cs: CiphersuiteImpl
+): Promise<Record<number, Uint8Array>> => {
+  const privateKeys: Record<number, Uint8Array> = {}
+  for (const [index, secret] of Object.entries(await pathToRoot(tree, ancestor, pathSecret, cs.kdf))) {
+    const { privateKey, publicKey } = await cs.hpke.deriveKeyPair(await deriveSecret(secret, "node", cs.kdf))
+    const node = tree[Number(index)]
+    if (
+      node?.nodeType !== "parent" ||
+      !constantTimeEqual(await cs.hpke.exportPublicKey(publicKey), node.parent.hpkePublicKey)
+    ) {
+      throw new ValidationError(`the welcome's path secret does not give the key of node ${index}`)
+    }
+    privateKeys[Number(index)] = await cs.hpke.exportPrivateKey(privateKey)
+  }
+  return privateKeys
+}
+
+/**
  * ts-mls 1.6.4's `joinGroup(welcome, keyPackage, privateKeys, emptyPskIndex, cs, undefined,
- * undefined, config)`, step for step, with `validateRatchetTree` above in place of its own.
+ * undefined, config)`, step for step, with `validateRatchetTree` above in place of its own and the
+ * path secret checked against the tree.
  * Converge never uses PSKs or resumption, so a welcome that needs one is refused.
  */
 export const joinFromWelcome = async (
@@ -213,16 +242,15 @@ export const joinFromWelcome = async (
 
   const ownLeaf = findLeafIndex(tree, keyPackage.leafNode)
   if (ownLeaf === undefined) throw new ValidationError("Could not find own leaf when processing welcome")
-  const leafKeys = { leafIndex: ownLeaf, privateKeys: { [leafToNodeIndex(ownLeaf)]: privateKeys.hpkePrivateKey } }
-  // The path secret, when sent, covers the joiner's and the committer's first common ancestor upward.
-  const privatePath = groupSecrets.pathSecret === undefined ? leafKeys : mergePrivateKeyPaths(
-    await toPrivateKeyPath(
-      await pathToRoot(tree, firstCommonAncestor(tree, ownLeaf, toLeafIndex(groupInfo.signer)), groupSecrets.pathSecret, cs.kdf),
-      ownLeaf,
-      cs
-    ),
-    leafKeys
-  )
+  // The path secret, when sent, is for the joiner's and the signer's first common ancestor.
+  const ancestor = firstCommonAncestor(tree, ownLeaf, toLeafIndex(groupInfo.signer))
+  const pathKeys = groupSecrets.pathSecret === undefined
+    ? {}
+    : await privateKeysFromPathSecret(tree, ancestor, groupSecrets.pathSecret, cs)
+  const privatePath = {
+    leafIndex: ownLeaf,
+    privateKeys: { ...pathKeys, [leafToNodeIndex(ownLeaf)]: privateKeys.hpkePrivateKey }
+  }
   const [keySchedule, encryptionSecret] = await deriveKeySchedule(groupSecrets.joinerSecret, pskSecret, context, cs.kdf)
   if (!(await verifyGroupInfoConfirmationTag(groupInfo, groupSecrets.joinerSecret, pskSecret, cs))) {
     throw new CryptoVerificationError("Could not verify confirmation tag")
