@@ -4,7 +4,7 @@
  */
 export * from "./domain/Errors.ts"
 export * from "./domain/Ids.ts"
-export { Member, Message, SyncSummary } from "./domain/Model.ts"
+export { GroupMetadata, MAX_GROUP_DESCRIPTION, MAX_GROUP_NAME, Member, Message, SyncSummary } from "./domain/Model.ts"
 /** The JSON in `Message.text` of a `membershipChange` message. */
 export { MembershipChange, MembershipChangeJson } from "./domain/Content.ts"
 export type { MembershipState } from "./domain/Rows.ts"

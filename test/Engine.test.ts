@@ -6,6 +6,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Schedule } from "effect"
 import { randomBytes } from "node:crypto"
 import type { ConversationId, GroupId } from "../src/domain/Ids.ts"
+import { GroupMetadata, MAX_GROUP_DESCRIPTION, MAX_GROUP_NAME } from "../src/domain/Model.ts"
 import { GroupMessageInput } from "../src/domain/Wire.ts"
 import type { Conversation } from "../src/services/Client.ts"
 import { type TestClient, TestNetwork } from "../src/testing.ts"
@@ -232,5 +233,40 @@ describe("Engine", () => {
         "ConversationNotFound",
         "InvalidInput"
       ])
+    }))
+
+  it.scoped("a group's name and description reach every member, also one added later by another member", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol] = yield* Effect.all([net.client("alice"), net.client("bob"), net.client("carol")])
+      const group = yield* alice.createGroup([bob.inboxId], { name: "Climbing club", description: "Sundays, 9:00" })
+      yield* bob.syncAll
+      const atBob = yield* open(bob, group.id)
+      // Bob adds Carol: she learns the name from the group itself, not from Bob's copy of it.
+      yield* atBob.addMembers([carol.inboxId])
+      yield* carol.syncAll
+      const atCarol = yield* open(carol, group.id)
+      for (const conversation of [group, atBob, atCarol]) {
+        expect(yield* conversation.metadata).toEqual(GroupMetadata.make({ name: "Climbing club", description: "Sundays, 9:00" }))
+      }
+      // A restarted member reads it from its database.
+      yield* net.restart(bob)
+      expect((yield* (yield* open(bob, group.id)).metadata).name).toBe("Climbing club")
+      // No name given, none shown; a DM never has one.
+      const plain = yield* alice.createGroup([bob.inboxId])
+      expect(yield* plain.metadata).toEqual(GroupMetadata.none)
+      expect(yield* (yield* alice.findOrCreateDm(carol.inboxId)).metadata).toEqual(GroupMetadata.none)
+    }))
+
+  it.scoped("a name or description over its limit is refused before anything is created", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+      const tooLong = yield* alice.createGroup([bob.inboxId], { name: "x".repeat(MAX_GROUP_NAME + 1) }).pipe(Effect.flip)
+      expect(tooLong._tag).toBe("InvalidInput")
+      expect(tooLong.message).toContain("group name or description")
+      const wordy = { description: "y".repeat(MAX_GROUP_DESCRIPTION + 1) }
+      expect((yield* alice.createGroup([bob.inboxId], wordy).pipe(Effect.flip))._tag).toBe("InvalidInput")
+      expect(yield* alice.conversations()).toEqual([])
     }))
 })

@@ -20,6 +20,21 @@ export class Member extends Schema.Class<Member>("Member")({
   installationIds: Schema.Array(InstallationId)
 }) {}
 
+/** Longest group name `createGroup` accepts, in characters. */
+export const MAX_GROUP_NAME = 100
+/** Longest group description `createGroup` accepts, in characters. */
+export const MAX_GROUP_DESCRIPTION = 1000
+
+/** A group's name and description: set by its creator, the same on every member. DMs have neither. */
+export class GroupMetadata extends Schema.Class<GroupMetadata>("GroupMetadata")({
+  name: Schema.NullOr(Schema.String.pipe(Schema.maxLength(MAX_GROUP_NAME))),
+  description: Schema.NullOr(Schema.String.pipe(Schema.maxLength(MAX_GROUP_DESCRIPTION)))
+}) {
+  static readonly none = new GroupMetadata({ name: null, description: null })
+}
+/** How metadata travels inside the group's MLS context. */
+export const GroupMetadataJson = Schema.parseJson(GroupMetadata)
+
 export class SyncSummary extends Schema.Class<SyncSummary>("SyncSummary")({
   /** Envelopes read from topics. */
   received: Schema.Number,

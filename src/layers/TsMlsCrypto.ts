@@ -11,6 +11,7 @@
 import { type Context, Effect } from "effect"
 import {
   type AuthenticationService,
+  type Capabilities,
   type ClientConfig,
   type ClientState,
   type Credential,
@@ -68,6 +69,17 @@ const CIPHERSUITE = "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519" as const
 const KEY_PACKAGE_LIFETIME_SECONDS = 90n * 24n * 60n * 60n
 /** Key packages are valid from a little before their creation, to tolerate clock skew. */
 const CLOCK_SKEW_SECONDS = 60n * 60n
+/**
+ * The GroupContext extension carrying a group's metadata (from RFC 9420's private-use range).
+ * Every key package lists it in its capabilities, as RFC 9420 requires of members of a group
+ * whose context has it.
+ */
+const METADATA_EXTENSION = 0xf0c0
+
+const capabilities = (): Capabilities => {
+  const defaults = defaultCapabilities()
+  return { ...defaults, extensions: [...defaults.extensions, METADATA_EXTENSION] }
+}
 
 // ---- opaque state ----------------------------------------------------------------------
 
@@ -300,7 +312,7 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
         const { publicPackage, privatePackage } = yield* tryMls("generateKeyPackage", () =>
           generateKeyPackageWithKey(
             { credentialType: "basic", identity: encodeIdentity(identity) },
-            defaultCapabilities(),
+            capabilities(),
             lifetime,
             [],
             { signKey: keys.privateKey, publicKey: keys.publicKey },
@@ -326,13 +338,14 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
       return { ...identity, ref: yield* keyPackageRef(kp), signaturePublicKey: kp.leafNode.signaturePublicKey }
     })
 
-    const createGroup: Service["createGroup"] = Effect.fn("MlsCrypto.createGroup")(function*(groupId, bundle) {
+    const createGroup: Service["createGroup"] = Effect.fn("MlsCrypto.createGroup")(function*(groupId, bundle, metadata) {
       const { privatePackage, publicPackage } = yield* decodeBundle(bundle)
       const identity = structuralIdentity(publicPackage.leafNode.credential, publicPackage.leafNode.signaturePublicKey)
       if (typeof identity === "string") return yield* fail("Unauthenticated", identity)
+      const extensions = metadata === undefined ? [] : [{ extensionType: METADATA_EXTENSION, extensionData: metadata }]
       const client = yield* tryMls(
         "createGroup",
-        () => mlsCreateGroup(fromHex(groupId), publicPackage, privatePackage, [], cs, clientConfig)
+        () => mlsCreateGroup(fromHex(groupId), publicPackage, privatePackage, extensions, cs, clientConfig)
       )
       return wrap(client)
     })
@@ -358,7 +371,7 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
      * pending, the earlier rejection goes unobserved: an unhandled rejection, which ends a Node
      * process by default. The same checks, run here one at a time first, fail cleanly instead
      * and leave ts-mls's own copies nothing to reject. (Required-capabilities checks are left
-     * out: our groups carry no GroupContext extensions.)
+     * out: our groups carry no required_capabilities extension.)
      */
     const checkAdds = (client: ClientState, adds: ReadonlyArray<KeyPackage>, sentByClient: boolean) =>
       tryMls("validateKeyPackage", async () => {
@@ -385,6 +398,9 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
       }
       if (!extensionsSupportedByCapabilities(kp.leafNode.extensions, kp.leafNode.capabilities)) {
         return new MlsError.ValidationError("LeafNode contains extension not listed in capabilities")
+      }
+      if (!extensionsSupportedByCapabilities(client.groupContext.extensions, kp.leafNode.capabilities)) {
+        return new MlsError.ValidationError("key package does not support the group's context extensions")
       }
       if (bytesEqual(kp.initKey, kp.leafNode.hpkePublicKey)) {
         return new MlsError.ValidationError("Cannot have identical init and encryption keys")
@@ -567,7 +583,8 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
         epochAuthenticator: toHex(client.keySchedule.epochAuthenticator),
         members: membersOf(client.ratchetTree),
         active: client.groupActiveState.kind === "active",
-        ownLeafIndex: client.privatePath.leafIndex
+        ownLeafIndex: client.privatePath.leafIndex,
+        metadata: client.groupContext.extensions.find((e) => e.extensionType === METADATA_EXTENSION)?.extensionData
       }
     }
 

@@ -16,7 +16,7 @@ import {
   Stream
 } from "effect"
 import { randomBytes } from "node:crypto"
-import { toHex } from "../domain/Bytes.ts"
+import { toHex, utf8 } from "../domain/Bytes.ts"
 import { messageIdOf } from "../domain/Content.ts"
 import {
   type ConvergeError,
@@ -39,7 +39,7 @@ import {
   SendMessageData
 } from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
-import { Member, Message, SyncSummary } from "../domain/Model.ts"
+import { GroupMetadata, GroupMetadataJson, Member, Message, SyncSummary } from "../domain/Model.ts"
 import { GroupRow, MessageRow } from "../domain/Rows.ts"
 import type { MembershipState } from "../domain/Rows.ts"
 import { DeliveryService } from "./DeliveryService.ts"
@@ -87,6 +87,8 @@ export interface Conversation {
   readonly updateKeys: Effect.Effect<void, ConvergeError>
   readonly leave: Effect.Effect<void, ConvergeError>
   readonly state: Effect.Effect<MembershipState, ConvergeError>
+  /** The name and description the group was created with; none for a DM. */
+  readonly metadata: Effect.Effect<GroupMetadata, ConvergeError>
   readonly debugInfo: Effect.Effect<ConversationDebugInfo, ConvergeError>
 }
 
@@ -414,6 +416,12 @@ export const make = (options: ClientOptions = {}) =>
           yield* publisher.resolve(group.id, intentId)
         }).pipe(span("leave")),
         state: primaryOf(id, kind).pipe(Effect.map((g) => g.membership_state), span("state")),
+        metadata: kind === "dm"
+          ? Effect.succeed(GroupMetadata.none)
+          : primaryOf(id, kind).pipe(
+            Effect.map((g) => new GroupMetadata({ name: g.name, description: g.description })),
+            span("metadata")
+          ),
         debugInfo: Effect.gen(function*() {
           const groups = yield* groupsOf(id, kind)
           const primary = yield* primaryOf(id, kind)
@@ -434,7 +442,7 @@ export const make = (options: ClientOptions = {}) =>
     /** Creates an MLS group with this installation as its only member, then adds `members`. */
     const newGroup = (
       members: ReadonlyArray<InboxId>,
-      meta: { readonly name?: string; readonly description?: string; readonly dmId?: ConversationId }
+      meta: { readonly metadata: GroupMetadata } | { readonly dmId: ConversationId }
     ) =>
       Effect.gen(function*() {
         const groupId = toHex(randomBytes(16)) as GroupId
@@ -442,19 +450,24 @@ export const make = (options: ClientOptions = {}) =>
           { inboxId: self, installationId: identity.installationId },
           identity.signatureKeys
         )
-        const state = yield* crypto.createGroup(groupId, keyPackage)
+        const metadata = "metadata" in meta ? meta.metadata : GroupMetadata.none
+        const dmId = "dmId" in meta ? meta.dmId : undefined
+        // In the group context, so every member reads the same, as the creator signed it.
+        const state = metadata.name === null && metadata.description === null
+          ? yield* crypto.createGroup(groupId, keyPackage)
+          : yield* crypto.createGroup(groupId, keyPackage, utf8(Schema.encodeSync(GroupMetadataJson)(metadata)))
         const now = yield* Clock.currentTimeNanos
         const row = GroupRow.make({
           id: groupId,
-          kind: meta.dmId === undefined ? "group" : "dm",
-          dm_id: meta.dmId ?? null,
+          kind: dmId === undefined ? "group" : "dm",
+          dm_id: dmId ?? null,
           membership_state: "active",
           epoch: crypto.view(state).epoch,
           mls_state: crypto.serialize(state),
           maybe_forked: false,
           fork_details: null,
-          name: meta.name ?? null,
-          description: meta.description ?? null,
+          name: metadata.name,
+          description: metadata.description,
           added_by_inbox_id: self,
           created_at_ns: now,
           last_message_ns: now
@@ -474,8 +487,12 @@ export const make = (options: ClientOptions = {}) =>
     ) =>
       Effect.gen(function*() {
         const ids = yield* validInboxes(members)
+        const metadata = yield* Schema.decodeUnknown(GroupMetadata)({
+          name: groupOptions.name ?? null,
+          description: groupOptions.description ?? null
+        }).pipe(Effect.mapError((e) => new InvalidInput({ reason: `group name or description: ${e.message}` })))
         yield* checkNewMembers(ids, new Set())
-        return yield* newGroup(ids, groupOptions)
+        return yield* newGroup(ids, { metadata })
       }).pipe(Effect.withSpan("Client.createGroup"))
 
     const findOrCreateDm = (peer: InboxId) =>

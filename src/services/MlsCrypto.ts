@@ -36,6 +36,8 @@ export interface GroupView {
   /** False once this installation has been removed. */
   readonly active: boolean
   readonly ownLeafIndex: number
+  /** The bytes the group was created with (`createGroup`), authenticated as part of its context. */
+  readonly metadata: Uint8Array | undefined
 }
 
 export interface SignatureKeyPair {
@@ -108,7 +110,12 @@ export class MlsCrypto extends Context.Tag("converge/MlsCrypto")<MlsCrypto, {
   readonly generateKeyPackage: (identity: LeafIdentity, keys: SignatureKeyPair) => Effect.Effect<KeyPackageBundle, CryptoError>
   /** Decodes and verifies a public key package (signature, lifetime, credential). */
   readonly keyPackageInfo: (publicPackage: Uint8Array) => Effect.Effect<KeyPackageInfo, CryptoError>
-  readonly createGroup: (groupId: GroupId, keyPackage: KeyPackageBundle) => Effect.Effect<MlsGroupState, CryptoError>
+  /** `metadata`, fixed for the group's life, reaches every member through the group context. */
+  readonly createGroup: (
+    groupId: GroupId,
+    keyPackage: KeyPackageBundle,
+    metadata?: Uint8Array
+  ) => Effect.Effect<MlsGroupState, CryptoError>
   readonly createCommit: (state: MlsGroupState, changes: CommitChanges) => Effect.Effect<CommitResult, CryptoError>
   /** Joins with whichever of the given key packages the welcome was encrypted to. */
   readonly joinFromWelcome: (

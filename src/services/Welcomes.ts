@@ -7,6 +7,7 @@
 import { Clock, Effect, Option, Schema } from "effect"
 import { CryptoError } from "../domain/Errors.ts"
 import { dmPeer, type GroupId } from "../domain/Ids.ts"
+import { GroupMetadata, GroupMetadataJson } from "../domain/Model.ts"
 import { GroupRow } from "../domain/Rows.ts"
 import { WelcomePayloadJson } from "../domain/Wire.ts"
 import type { WelcomeMessageEnvelope } from "../domain/Wire.ts"
@@ -33,6 +34,20 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
       const now = yield* storage.groups.get(groupId)
       return Option.isSome(now) && now.value.membership_state === "inactive" ? now : undefined
     })
+
+  /**
+   * The metadata in a group's context. Unreadable metadata does not keep a member out of a group
+   * that is otherwise sound: it joins without a name, and says so.
+   */
+  const metadataOf = (bytes: Uint8Array | undefined) =>
+    bytes === undefined
+      ? Effect.succeed(GroupMetadata.none)
+      : Schema.decodeUnknown(GroupMetadataJson)(new TextDecoder().decode(bytes)).pipe(
+        Effect.catchTag("ParseError", (e) =>
+          Effect.logWarning("group metadata does not decode; joining without it", e.message).pipe(
+            Effect.as(GroupMetadata.none)
+          ))
+      )
 
   /** Joins one welcome; returns the group id if a group was joined (or re-joined). */
   const join = (envelope: WelcomeMessageEnvelope) =>
@@ -70,6 +85,7 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
           })
         }
       }
+      const metadata = payload.dmId === undefined ? yield* metadataOf(view.metadata) : GroupMetadata.none
       const now = yield* Clock.currentTimeNanos
       yield* storage.transaction(Effect.gen(function*() {
         if (Option.isSome(existing)) {
@@ -85,8 +101,8 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
             mls_state: crypto.serialize(state),
             maybe_forked: false,
             fork_details: null,
-            name: null,
-            description: null,
+            name: metadata.name,
+            description: metadata.description,
             added_by_inbox_id: null,
             created_at_ns: now,
             last_message_ns: envelope.serverTimeNs
