@@ -62,9 +62,10 @@ describe("converge CLI", () => {
         expect(aliceInbox).toMatch(/^[0-9a-f]{64}$/)
         expect(yield* ok("whoami", "--profile", bob)).toBe(bobInbox)
 
-        const group = yield* ok("group", "create", "--profile", alice, bobInbox)
+        const group = yield* ok("group", "create", "--profile", alice, "--name", "Ropes & knots", bobInbox)
         yield* ok("send", "--profile", alice, group, "hello bob")
         expect(yield* ok("sync", "--profile", bob)).toContain("joined 1")
+        expect(yield* ok("conversations", "--profile", bob)).toBe(`${group}  group  active  Ropes & knots`)
         yield* ok("send", "--profile", bob, group, "hello alice")
         const seenByAlice = yield* ok("messages", "--profile", alice, group)
         expect(seenByAlice).toMatch(/hello bob[\s\S]*hello alice/)

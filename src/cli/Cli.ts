@@ -60,11 +60,19 @@ const whoami = Command.make("whoami", { profile }, ({ profile }) =>
 
 const groupCreate = Command.make(
   "create",
-  { profile, members: Args.text({ name: "inbox-id" }).pipe(Args.withSchema(InboxId), Args.repeated) },
-  ({ members, profile }) =>
+  {
+    profile,
+    name: Options.text("name").pipe(Options.optional),
+    description: Options.text("description").pipe(Options.optional),
+    members: Args.text({ name: "inbox-id" }).pipe(Args.withSchema(InboxId), Args.repeated)
+  },
+  ({ description, members, name, profile }) =>
     withClient(profile, (client) =>
-      client.createGroup(members).pipe(Effect.flatMap((conversation) => Console.log(conversation.id))))
-).pipe(Command.withDescription("create a group with these members; prints its conversation id"))
+      client.createGroup(members, {
+        ...Option.match(name, { onNone: () => ({}), onSome: (name) => ({ name }) }),
+        ...Option.match(description, { onNone: () => ({}), onSome: (description) => ({ description }) })
+      }).pipe(Effect.flatMap((conversation) => Console.log(conversation.id))))
+).pipe(Command.withDescription("create a group with these members (and a name); prints its conversation id"))
 
 const groupAdd = Command.make("add", { profile, conversationId, inboxIds }, ({ conversationId, inboxIds, profile }) =>
   withClient(profile, (client) =>
@@ -122,6 +130,17 @@ const sync = Command.make("sync", { profile }, ({ profile }) =>
       )
     }))).pipe(Command.withDescription("fetch welcomes and new messages"))
 
+/** One line a conversation: id, kind, state and, for a group, its name. */
+const conversations = Command.make("conversations", { profile }, ({ profile }) =>
+  withClient(profile, (client) =>
+    Effect.gen(function*() {
+      for (const conversation of yield* client.conversations({ includeInactive: true })) {
+        const { name } = yield* conversation.metadata
+        const state = yield* conversation.state
+        yield* Console.log([conversation.id, conversation.kind, state, ...(name === null ? [] : [name])].join("  "))
+      }
+    }))).pipe(Command.withDescription("list conversations with their kind, state and name"))
+
 const leave = Command.make("leave", { profile, conversationId }, ({ conversationId, profile }) =>
   withClient(profile, (client) => client.conversation(conversationId).pipe(Effect.flatMap((c) => c.leave)))).pipe(
     Command.withDescription("leave a group (every installation of your inbox)")
@@ -146,7 +165,7 @@ const serve = Command.make(
 ).pipe(Command.withDescription("run a delivery service (SQLite by default, or Postgres)"))
 
 export const root = Command.make("converge").pipe(
-  Command.withSubcommands([serve, init, whoami, group, dm, send, messages, sync, leave, watch]),
+  Command.withSubcommands([serve, init, whoami, group, dm, conversations, send, messages, sync, leave, watch]),
   Command.withDescription("Converge: MLS group messaging")
 )
 

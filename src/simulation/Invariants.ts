@@ -36,6 +36,8 @@ interface Held {
     readonly inboxes: ReadonlyArray<string>
     /** Member installations, sorted. */
     readonly installations: ReadonlyArray<string>
+    /** The group's name as this member reads it (groups only; the simulation names each by its label). */
+    readonly name?: string | null
   }
 }
 
@@ -306,7 +308,8 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
                 epoch: debug.epoch,
                 authenticator: debug.epochAuthenticator,
                 inboxes: members.map((m) => m.inboxId).sort(),
-                installations: members.flatMap((m) => m.installationIds).sort()
+                installations: members.flatMap((m) => m.installationIds).sort(),
+                name: (yield* conversation.metadata).name
               }
             } else {
               // The DM handle speaks for its primary group: read this one's state itself.
@@ -429,6 +432,9 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
           }
           if (view.info.epoch !== finalEpoch) {
             violate("divergent-epoch", `${label}: ${name(c)} is at epoch ${view.info.epoch}; the topic's order says ${finalEpoch}`)
+          }
+          if (dm === undefined && view.info.name !== label) {
+            violate("divergent-metadata", `${label}: ${name(c)} reads the group's name as ${JSON.stringify(view.info.name)}`)
           }
           const at = authenticators.get(view.info.epoch) ?? new Set()
           at.add(view.info.authenticator)

@@ -240,7 +240,8 @@ export const run = (options: Options): Effect.Effect<Report> => {
         case "CreateGroup":
           return Effect.gen(function*() {
             world.creators[a.g] = a.c
-            const conversation = yield* client.createGroup(inboxes(a.members))
+            // Named after its label: every member must read that name (Invariants).
+            const conversation = yield* client.createGroup(inboxes(a.members), { name: `g${a.g}` })
             world.groups[a.g] = conversation.id as unknown as GroupId
             return "ok"
           })
