@@ -166,6 +166,7 @@ const program = Effect.gen(function*() {
   const bobGroup = yield* bob.conversation(groupId)
   yield* check("bob's conversation is the same group and active", bobGroup.id === groupId && (yield* bobGroup.state) === "active")
   yield* check("bob sees members alice and bob", sameList(yield* memberNames(bobGroup), ["alice", "bob"]))
+  yield* check("bob reads the group's name as alice set it", (yield* bobGroup.metadata).name === "demo")
 
   const aliceSent: Array<MessageId> = []
   for (const text of ["hi bob, welcome to the group", "this is end-to-end encrypted with MLS"]) {
@@ -211,6 +212,7 @@ const program = Effect.gen(function*() {
   yield* check("carol joined one group from a welcome", carolJoin.joined === 1, `joined ${carolJoin.joined}`)
   const carolGroup = yield* carol.conversation(groupId)
   yield* check("carol sees no messages from before she joined", (yield* textsOf(carolGroup)).length === 0)
+  yield* check("carol reads the group's name too", (yield* carolGroup.metadata).name === "demo")
 
   const carolHello = yield* step(carolGroup.send("hello both, carol here"), (id) => `carol sends "hello both, carol here" ${dim(`(${short(id)})`)}`)
 
