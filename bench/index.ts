@@ -17,6 +17,21 @@ import type { GroupId, InboxId } from "../src/domain/Ids.ts"
 import type { Conversation } from "../src/services/Client.ts"
 import { type KeyPackageBundle, type LeafIdentity, MlsCrypto, type MlsGroupState } from "../src/services/MlsCrypto.ts"
 import { type TestNetwork as Net, TestNetwork } from "../src/testing.ts"
+import {
+  type ClientState,
+  createCommit,
+  createGroup,
+  defaultCapabilities,
+  defaultLifetime,
+  emptyPskIndex,
+  generateKeyPackage,
+  getCiphersuiteFromName,
+  getCiphersuiteImpl,
+  joinGroup,
+  type Proposal
+} from "ts-mls"
+import { defaultClientConfig } from "ts-mls/clientConfig.js"
+import { joinFromWelcome } from "../src/layers/TsMlsWelcome.ts"
 
 // ---- scale -------------------------------------------------------------------------------
 
@@ -322,6 +337,44 @@ const benchCrypto = Effect.gen(function*() {
   summary["deserialize"] = deserialize.median
   summary["deserialize50"] = deserializeBig.median
 }).pipe(Effect.provide(MlsCrypto.layer()))
+
+// ---- 1b. Joining from a welcome: Converge's join vs ts-mls's ----------------------------------
+
+/**
+ * `TsMlsWelcome.joinFromWelcome` replaces ts-mls 1.6.4's `joinGroup` (whose tree check refuses
+ * valid trees) and also checks the path secret against the tree. What does that cost? Both join
+ * the same welcome, into a 50-member group, with a path secret (a Remove and an Add in one commit).
+ */
+const benchJoin = Effect.gen(function*() {
+  const cs = yield* Effect.promise(() => getCiphersuiteImpl(getCiphersuiteFromName("MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519")))
+  const newPackage = (name: string) =>
+    Effect.promise(() =>
+      generateKeyPackage({ credentialType: "basic", identity: new TextEncoder().encode(name) }, defaultCapabilities(), defaultLifetime, [], cs)
+    )
+  const founder = yield* newPackage("founder")
+  const others = yield* Effect.forEach(Array.from({ length: 49 }, (_, i) => `member-${i}`), newPackage)
+  const newcomer = yield* newPackage("newcomer")
+  const commit = (state: ClientState, extraProposals: Array<Proposal>) =>
+    Effect.promise(() => createCommit({ state, cipherSuite: cs }, { extraProposals, ratchetTreeExtension: true }))
+  let state = yield* Effect.promise(() => createGroup(randomBytes(16), founder.publicPackage, founder.privatePackage, [], cs))
+  state = (yield* commit(state, others.map((o): Proposal => ({ proposalType: "add", add: { keyPackage: o.publicPackage } })))).newState
+  const { welcome } = yield* commit(state, [
+    { proposalType: "remove", remove: { removed: 1 } },
+    { proposalType: "add", add: { keyPackage: newcomer.publicPackage } }
+  ])
+  const ours = yield* sample(n(3), n(30), Effect.promise(() =>
+    joinFromWelcome(welcome!, newcomer.publicPackage, newcomer.privatePackage, cs, defaultClientConfig)
+  ))
+  const theirs = yield* sample(n(3), n(30), Effect.promise(() =>
+    joinGroup(welcome!, newcomer.publicPackage, newcomer.privatePackage, emptyPskIndex, cs, undefined, undefined, defaultClientConfig)
+  ))
+  printTable("1b. Joining a 50-member group from a welcome with a path secret", STAT_HEADERS, [
+    statRow("Converge join (TsMlsWelcome)", ours, "RFC 9420 tree rule + path-secret check"),
+    statRow("ts-mls 1.6.4 joinGroup", theirs, "same welcome")
+  ])
+  summary["joinOurs"] = ours.median
+  summary["joinTsMls"] = theirs.median
+})
 
 // ---- 2. Engine send --------------------------------------------------------------------------
 
@@ -631,6 +684,7 @@ const main = Effect.gen(function*() {
   console.log("ms = milliseconds per operation; ops/s = 1000 / mean; p95 interpolated")
   const [total] = yield* timed(Effect.gen(function*() {
     yield* section("MlsCrypto raw", benchCrypto)
+    yield* section("welcome join", benchJoin)
     yield* section("engine send", withJumpingClock(benchSend))
     yield* section("receive", benchReceive)
     yield* section("membership", benchMembership)
@@ -650,6 +704,7 @@ const main = Effect.gen(function*() {
     `syncAll 2-of-50 / no news = ${ratio(s["two50"]!, s["idle50"]!)}`,
     `syncAll no news, check due / not due = ${ratio(s["idleCheck50"]!, s["idle50"]!)}`,
     `deserialize 50 / 10 members = ${ratio(s["deserialize50"]!, s["deserialize"]!)}`,
+    `welcome join Converge / ts-mls = ${ratio(s["joinOurs"]!, s["joinTsMls"]!)}`,
     `send 50-member / 3-member group = ${ratio(s["send50"]!, s["send"]!)}`
   ]
   console.log("\nSummary")
