@@ -313,7 +313,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
         return `ok: identity update ${envelope.sequenceId}`
       })
 
-    /** A group whose creation failed half-way may still exist at its creator: find it. */
+    /** A group whose creation failed half-way may still exist at its creator: find it by its name. */
     const discoverGroups = Effect.gen(function*() {
       for (const [g, creator] of world.creators.entries()) {
         if (creator === undefined || world.groups[g] !== undefined) continue
@@ -321,10 +321,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
         if (client === undefined) continue
         const storage = yield* net.storage(client)
         const rows = yield* storage.groups.list({ includeInactive: true })
-        const known = new Set(world.groups)
-        const found = rows
-          .filter((r) => r.kind === "group" && r.added_by_inbox_id === client.inboxId && !known.has(r.id))
-          .sort((a, b) => (a.created_at_ns < b.created_at_ns ? -1 : a.created_at_ns > b.created_at_ns ? 1 : 0))[0]
+        const found = rows.find((r) => r.kind === "group" && r.added_by_inbox_id === client.inboxId && r.name === `g${g}`)
         if (found !== undefined) world.groups[g] = found.id
       }
     }).pipe(Effect.catchAll(() => Effect.void))
