@@ -44,6 +44,29 @@ describe("Leaving a group", () => {
       expect(yield* texts(yield* open(alice2, group.id))).not.toContain("after alice left")
     }))
 
+  // Seed 20060 (6 inboxes, 150 ops): a leaver's other device added two inboxes and removed the
+  // last member that had seen the leave request. The newcomers never saw it, so nobody ever
+  // committed the leaver's removal and it stayed pendingRemove.
+  it.scoped("a member that asked to leave can no longer add or remove members; the others still remove it", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol] = yield* Effect.all(["alice", "bob", "carol"].map((n) => net.client(n, fast)))
+      const group = yield* alice!.createGroup([bob!.inboxId])
+      yield* bob!.syncAll
+      const atBob = yield* open(bob!, group.id)
+      yield* atBob.leave
+
+      const adding = yield* atBob.addMembers([carol!.inboxId]).pipe(Effect.flip)
+      const removing = yield* atBob.removeMembers([alice!.inboxId]).pipe(Effect.flip)
+      expect([adding._tag, removing._tag]).toEqual(["InvalidInput", "InvalidInput"])
+      expect(adding.message).toContain("asked to leave")
+
+      yield* alice!.syncAll
+      yield* bob!.syncAll
+      expect(yield* atBob.state).toBe("inactive")
+      expect(yield* memberInboxes(group)).toEqual([alice!.inboxId])
+    }))
+
   it.scoped("three members commit the removal at once: one wins, the others resolve as no-ops", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

@@ -370,6 +370,10 @@ describe("simulation: regressions with devices, leaving and DMs", () => {
       expect(yield* texts(x6, group.id)).toEqual(["welcome, x6"])
     })))
 
+  // Seed 20060 (6 inboxes, 150 ops): c4 and c4b asked to leave g0; c4b then added c1 and c3 and
+  // removed c0, the last member that had seen the request. c4 stayed pendingRemove forever.
+  it.live("seed 20060 (6 inboxes, 150 operations)", () => runSeed({ seed: 20060, clients: 6, ops: 150 }))
+
   // Seed 67 (5 inboxes, 30 ops): c0, c4 and c3 all leave g0. c3's leave was accepted while
   // c0 was still a member; c3 then commits c0's removal itself and is the last member, with
   // nobody left to commit its own: g0 stays pendingRemove at c3 forever (with 60 ops, c3's

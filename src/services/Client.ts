@@ -330,6 +330,11 @@ export const make = (options: ClientOptions = {}) =>
           const ids = yield* validInboxes(inboxIds)
           if (ids.length === 0) return yield* new InvalidInput({ reason: "the member list is empty" })
           const group = yield* activePrimary(id, kind)
+          if (group.membership_state === "pendingRemove") {
+            // Members it added would never see its leave request, which was sent before they
+            // joined: with nobody left who did, its removal would never be committed.
+            return yield* new InvalidInput({ reason: "this inbox has asked to leave the group: it can no longer change its members" })
+          }
           yield* check(ids, new Set((yield* groupMembers(group)).keys()), group.id)
           const intentId = yield* queueIntent(group.id, data(ids))
           yield* publisher.resolve(group.id, intentId)
