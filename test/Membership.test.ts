@@ -67,6 +67,32 @@ describe("Leaving a group", () => {
       expect(yield* memberInboxes(group)).toEqual([alice!.inboxId])
     }))
 
+  it.scoped("members added after a leave request still remove the leaver: it asks again when they join", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, carol, dave] = yield* Effect.all(["alice", "carol", "dave"].map((n) => net.client(n, fast)))
+      const group = yield* alice!.createGroup([carol!.inboxId])
+      yield* carol!.syncAll
+      const atCarol = yield* open(carol!, group.id)
+      yield* atCarol.leave
+
+      // Alice adds Dave, then drops off the network before she commits Carol's removal.
+      yield* group.addMembers([dave!.inboxId])
+      yield* net.faults.partition(alice!.installationId)
+      yield* dave!.syncAll
+      const atDave = yield* open(dave!, group.id)
+      expect(yield* memberInboxes(atDave)).toEqual([alice!.inboxId, carol!.inboxId, dave!.inboxId].sort())
+      // Dave, who never read Carol's request, removes Alice: nobody who read it is left.
+      yield* atDave.removeMembers([alice!.inboxId])
+      yield* net.faults.heal(alice!.installationId)
+
+      yield* carol!.syncAll // sees Dave join: asks to leave again, at an epoch Dave can read
+      yield* dave!.syncAll
+      yield* carol!.syncAll
+      expect(yield* atCarol.state).toBe("inactive")
+      expect(yield* memberInboxes(atDave)).toEqual([dave!.inboxId])
+    }))
+
   it.scoped("three members commit the removal at once: one wins, the others resolve as no-ops", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

@@ -5,7 +5,8 @@
  * the old cursor with the old state and nothing is applied twice.
  */
 import { Clock, Effect, Option, PubSub, Schema } from "effect"
-import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
+import { randomBytes } from "node:crypto"
+import { bytesEqual, sha256Hex, toHex } from "../domain/Bytes.ts"
 import {
   ApplicationContentJson,
   MembershipChange,
@@ -15,7 +16,7 @@ import {
 } from "../domain/Content.ts"
 import type { StorageError } from "../domain/Errors.ts"
 import type { ConversationId, GroupId, InboxId } from "../domain/Ids.ts"
-import { IntentDataJson, isCommitKind, PostCommitDataJson, RemoveMembersData } from "../domain/Intent.ts"
+import { IntentDataJson, isCommitKind, LeaveData, PostCommitDataJson, RemoveMembersData } from "../domain/Intent.ts"
 import { type GroupRow, type IntentRow, type MembershipState, MessageRow } from "../domain/Rows.ts"
 import { WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
 import type { GroupMessageEnvelope } from "../domain/Wire.ts"
@@ -129,6 +130,24 @@ export const make = (env: EngineEnv) => {
       })
     })
 
+  const hasNewcomers = (before: GroupView, after: GroupView) => {
+    const known = new Set(before.members.map((m) => m.installationId))
+    return after.members.some((m) => !known.has(m.installationId))
+  }
+
+  /**
+   * Asks to leave again. A leave request is an application message of its epoch: members added
+   * after it never read it, and if none of those who did is left, nobody would ever commit the
+   * removal. So a leaver repeats its request whenever it sees installations join.
+   */
+  const queueLeaveAgain = (groupId: GroupId, now: bigint) =>
+    storage.intents.insert({
+      groupId,
+      kind: "Leave",
+      data: Schema.encodeSync(IntentDataJson)(LeaveData.make({ nonce: toHex(randomBytes(16)) })),
+      createdAtNs: now
+    })
+
   /** Every leaf of a commit's result must be a current installation of the inbox it names. */
   const unauthenticatedLeaves = (before: GroupView, after: GroupView) =>
     Effect.gen(function*() {
@@ -162,6 +181,8 @@ export const make = (env: EngineEnv) => {
       const intentsHandled = new Set<number>()
       /** Inboxes that asked to leave: the remaining members commit their removal. */
       const leaving = new Set<InboxId>()
+      /** Whether a commit of this page brought in installations (that never saw our leave request). */
+      let joined = false
       let outcome: PageOutcome = { ...zero, received: page.items.length }
       const now = yield* Clock.currentTimeNanos
       const skip = (envelope: GroupMessageEnvelope, why: string) =>
@@ -219,6 +240,7 @@ export const make = (env: EngineEnv) => {
             const me = current.members.find((m) => m.leafIndex === current.ownLeafIndex)!
             const change = membershipChangeRow(group, current, after, me, envelope, now)
             if (change !== undefined) newMessages.push(change)
+            joined ||= hasNewcomers(current, after)
             state = staged
             writes.push(storage.intents.markCommitted(intent.id, envelope.sequenceId))
             outcome = { ...outcome, commits: outcome.commits + 1 }
@@ -265,6 +287,7 @@ export const make = (env: EngineEnv) => {
             ? removedRow(group, header.value.epoch + 1n, processed.right.committer, envelope, now)
             : undefined
           if (change !== undefined) newMessages.push(change)
+          joined ||= after.active && hasNewcomers(current, after)
           state = processed.right.state
           if (!after.active) membership = "inactive"
           outcome = { ...outcome, commits: outcome.commits + 1 }
@@ -341,6 +364,7 @@ export const make = (env: EngineEnv) => {
         if (membership !== group.membership_state) yield* storage.groups.setMembership(groupId, membership)
         if (forked !== undefined) yield* storage.groups.markForked(groupId, forked)
         for (const inboxId of leaving) yield* queueRemoval(groupId, inboxId, now)
+        if (joined && membership === "pendingRemove") yield* queueLeaveAgain(groupId, now)
         yield* storage.cursors.advance(topic, last)
         return fresh
       }))
