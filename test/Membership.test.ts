@@ -93,6 +93,39 @@ describe("Leaving a group", () => {
       expect(yield* memberInboxes(atDave)).toEqual([dave!.inboxId])
     }))
 
+  // Seed 20069 (6 inboxes, 150 ops): the last two members were devices of one inbox that left.
+  // The first went inactive on its own; the other, partitioned, had not read the request and
+  // later published a message that its sibling, "a member throughout", never stored.
+  it.scoped("the last devices of a leaving inbox: the leaver removes its sibling before it goes, so nothing is half-delivered", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const alice = yield* net.client("alice", fast)
+      const alice2 = yield* net.client("alice2", { ...fast, sameInboxAs: alice })
+      const bob = yield* net.client("bob", fast)
+      const group = yield* bob.createGroup([alice.inboxId])
+      yield* Effect.all([alice.syncAll, alice2.syncAll])
+      const [atAlice, atAlice2] = yield* Effect.all([open(alice, group.id), open(alice2, group.id)])
+      // Alice's second device, cut off, asks to leave and writes a message: both wait to go out.
+      yield* net.faults.partition(alice2.installationId)
+      yield* Effect.either(atAlice2.leave)
+      yield* atAlice2.sendOptimistic("written while cut off")
+
+      // Bob leaves, then Alice: she commits Bob's removal, and only her two devices are left.
+      yield* group.leave
+      yield* atAlice.leave
+      yield* alice.syncAll
+      yield* bob.syncAll
+      expect(yield* group.state).toBe("inactive")
+      expect(yield* atAlice.state).toBe("inactive")
+
+      yield* net.faults.heal(alice2.installationId)
+      yield* alice2.syncAll
+      expect(yield* atAlice2.state).toBe("inactive")
+      const [mine] = (yield* atAlice2.messages()).filter((m) => m.text === "written while cut off")
+      expect(mine?.deliveryStatus).toBe("failed")
+      expect(yield* texts(atAlice)).not.toContain("written while cut off")
+    }))
+
   it.scoped("three members commit the removal at once: one wins, the others resolve as no-ops", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

@@ -374,6 +374,11 @@ describe("simulation: regressions with devices, leaving and DMs", () => {
   // removed c0, the last member that had seen the request. c4 stayed pendingRemove forever.
   it.live("seed 20060 (6 inboxes, 150 operations)", () => runSeed({ seed: 20060, clients: 6, ops: 150 }))
 
+  // Seed 20069 (6 inboxes, 150 ops): c0 and c0b, devices of one inbox that left, were the last
+  // members of g0. c0b went inactive on its own; c0, cut off with its own leave request and a
+  // message still to send, published both later, and c0b never stored the message.
+  it.live("seed 20069 (6 inboxes, 150 operations)", () => runSeed({ seed: 20069, clients: 6, ops: 150 }))
+
   // Seed 67 (5 inboxes, 30 ops): c0, c4 and c3 all leave g0. c3's leave was accepted while
   // c0 was still a member; c3 then commits c0's removal itself and is the last member, with
   // nobody left to commit its own: g0 stays pendingRemove at c3 forever (with 60 ops, c3's

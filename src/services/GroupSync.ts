@@ -380,7 +380,9 @@ export const make = (env: EngineEnv) => {
 
   /**
    * Asked to leave, and nobody else is left to commit the removal: we are out, once our own
-   * request is out too (our other devices must learn that the inbox left).
+   * request is out too (our other devices must learn that the inbox left). Our other devices
+   * still in the group are removed by commit first: one of them may not have read the request
+   * yet, and what it sends meanwhile must either reach us or be refused by the group.
    */
   const settleLoneLeaver = (groupId: GroupId) =>
     Effect.gen(function*() {
@@ -390,6 +392,11 @@ export const make = (env: EngineEnv) => {
       if (!view.members.every((m) => m.inboxId === identity.inboxId)) return
       const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
       if (pending.some((intent) => intent.kind === "Leave")) return
+      if (view.members.some((m) => m.leafIndex !== view.ownLeafIndex)) {
+        // Removing our own inbox removes our other devices (Publisher: never this one).
+        yield* queueRemoval(groupId, identity.inboxId, yield* Clock.currentTimeNanos)
+        return
+      }
       yield* storage.groups.setMembership(groupId, "inactive")
     })
 

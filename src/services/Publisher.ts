@@ -121,10 +121,14 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
       return yield* (remove.length > 0 ? membershipCommit(state, [], remove) : membershipCommit(state, add, []))
     })
 
+  /** Removes every installation of the inboxes; for our own inbox (a lone leaver), the others. */
   const deriveRemove = (state: MlsGroupState, inboxIds: ReadonlyArray<InboxId>) =>
     Effect.gen(function*() {
       const targets = new Set<string>(inboxIds)
-      const leaving = crypto.view(state).members.filter((m) => targets.has(m.inboxId)).map((m) => m.installationId)
+      const view = crypto.view(state)
+      const leaving = view.members
+        .filter((m) => targets.has(m.inboxId) && m.leafIndex !== view.ownLeafIndex)
+        .map((m) => m.installationId)
       if (leaving.length === 0) return { _tag: "NoOp" } as Derived
       const result = yield* crypto.createCommit(state, { remove: leaving })
       return { _tag: "Payload", payload: result.commit, state: undefined, staged: result.staged, postCommit: undefined } as Derived
