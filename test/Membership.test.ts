@@ -126,6 +126,28 @@ describe("Leaving a group", () => {
       expect(yield* texts(atAlice)).not.toContain("written while cut off")
     }))
 
+  it.scoped("a request to leave that never went out dies with the removal: re-added, the member stays", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all(["alice", "bob"].map((n) => net.client(n, fast)))
+      const group = yield* alice!.createGroup([bob!.inboxId])
+      yield* bob!.syncAll
+      const atBob = yield* open(bob!, group.id)
+      // Bob, cut off, asks to leave: the request waits. Alice removes him, then takes him back.
+      yield* net.faults.partition(bob!.installationId)
+      yield* Effect.either(atBob.leave)
+      yield* group.removeMembers([bob!.inboxId])
+      yield* group.addMembers([bob!.inboxId])
+      yield* net.faults.heal(bob!.installationId)
+
+      // Bob reads his removal before he rejoins: the old request must not go out afterwards.
+      yield* bob!.syncAll
+      yield* Effect.all([alice!.syncAll, bob!.syncAll])
+      yield* Effect.all([alice!.syncAll, bob!.syncAll])
+      expect(yield* atBob.state).toBe("active")
+      expect(yield* memberInboxes(group)).toEqual([alice!.inboxId, bob!.inboxId].sort())
+    }))
+
   it.scoped("three members commit the removal at once: one wins, the others resolve as no-ops", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

@@ -331,8 +331,8 @@ export const make = (options: ClientOptions = {}) =>
           if (ids.length === 0) return yield* new InvalidInput({ reason: "the member list is empty" })
           const group = yield* activePrimary(id, kind)
           if (group.membership_state === "pendingRemove") {
-            // Members it added would never see its leave request, which was sent before they
-            // joined: with nobody left who did, its removal would never be committed.
+            // An inbox on its way out does not shape the group it leaves (and members it added
+            // could not read its request; GroupSync has it repeat the request for them).
             return yield* new InvalidInput({ reason: "this inbox has asked to leave the group: it can no longer change its members" })
           }
           yield* check(ids, new Set((yield* groupMembers(group)).keys()), group.id)

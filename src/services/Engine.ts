@@ -2,8 +2,9 @@
  * What every engine program shares: the ports, one lock per group, the client's options and
  * the local feed of newly stored messages (which `streamMessages` reads).
  */
-import { type Duration, Effect, type PubSub, Schedule } from "effect"
-import { ConversationNotFound } from "../domain/Errors.ts"
+import { type Duration, Effect, type PubSub, Schedule, Schema } from "effect"
+import { ConversationNotFound, GroupInactive } from "../domain/Errors.ts"
+import { IntentDataJson } from "../domain/Intent.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import { bytesEqual } from "../domain/Bytes.ts"
 import type { CryptoError } from "../domain/Errors.ts"
@@ -98,6 +99,21 @@ export const makeStateCache = (crypto: MlsCrypto["Type"]) => {
 
 export const groupTopic = (groupId: GroupId) => `g/${groupId}`
 export const welcomeTopic = (installationId: string) => `w/${installationId}`
+
+/**
+ * Out of the group: nothing still pending can land any more, and an unsent intent kept would be
+ * re-derived (a removal or leave request replayed) if the group ever took this installation back.
+ * Runs in the caller's transaction.
+ */
+export const failPendingIntents = (env: EngineEnv, groupId: GroupId) =>
+  Effect.gen(function*() {
+    const cause = new GroupInactive({ groupId }).message
+    for (const intent of yield* env.storage.intents.byGroup(groupId, ["ToPublish", "Published"])) {
+      yield* env.storage.intents.markError(intent.id, cause)
+      const data = Schema.decodeSync(IntentDataJson)(intent.data)
+      if (data._tag === "SendMessage") yield* env.storage.messages.markFailed(data.messageId)
+    }
+  })
 
 export const loadGroupRow = (env: EngineEnv, groupId: GroupId) =>
   env.storage.groups.get(groupId).pipe(

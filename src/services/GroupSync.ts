@@ -20,7 +20,7 @@ import { IntentDataJson, isCommitKind, LeaveData, PostCommitDataJson, RemoveMemb
 import { type GroupRow, type IntentRow, type MembershipState, MessageRow } from "../domain/Rows.ts"
 import { WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
 import type { GroupMessageEnvelope } from "../domain/Wire.ts"
-import { type EngineEnv, groupTopic, loadGroupRow } from "./Engine.ts"
+import { type EngineEnv, failPendingIntents, groupTopic, loadGroupRow } from "./Engine.ts"
 import type { GroupView, LeafMember, MlsGroupState } from "./MlsCrypto.ts"
 
 export interface PageOutcome {
@@ -138,14 +138,20 @@ export const make = (env: EngineEnv) => {
   /**
    * Asks to leave again. A leave request is an application message of its epoch: members added
    * after it never read it, and if none of those who did is left, nobody would ever commit the
-   * removal. So a leaver repeats its request whenever it sees installations join.
+   * removal. So a pendingRemove installation repeats the request when a page it reads brings in
+   * installations.
    */
   const queueLeaveAgain = (groupId: GroupId, now: bigint) =>
-    storage.intents.insert({
-      groupId,
-      kind: "Leave",
-      data: Schema.encodeSync(IntentDataJson)(LeaveData.make({ nonce: toHex(randomBytes(16)) })),
-      createdAtNs: now
+    Effect.gen(function*() {
+      // An unsent request is derived at the epoch it goes out in: the newcomers will read it.
+      const pending = yield* storage.intents.byGroup(groupId, ["ToPublish"])
+      if (pending.some((intent) => intent.kind === "Leave")) return
+      yield* storage.intents.insert({
+        groupId,
+        kind: "Leave",
+        data: Schema.encodeSync(IntentDataJson)(LeaveData.make({ nonce: toHex(randomBytes(16)) })),
+        createdAtNs: now
+      })
     })
 
   /** Every leaf of a commit's result must be a current installation of the inbox it names. */
@@ -362,6 +368,7 @@ export const make = (env: EngineEnv) => {
         // A page of only our own messages leaves the state as it was: nothing to write.
         if (state !== initial) yield* storage.groups.saveState(groupId, { epoch: view.epoch, mlsState: env.encodeState(groupId, state) })
         if (membership !== group.membership_state) yield* storage.groups.setMembership(groupId, membership)
+        if (membership === "inactive" && group.membership_state !== "inactive") yield* failPendingIntents(env, groupId)
         if (forked !== undefined) yield* storage.groups.markForked(groupId, forked)
         for (const inboxId of leaving) yield* queueRemoval(groupId, inboxId, now)
         if (joined && membership === "pendingRemove") yield* queueLeaveAgain(groupId, now)
@@ -397,7 +404,10 @@ export const make = (env: EngineEnv) => {
         yield* queueRemoval(groupId, identity.inboxId, yield* Clock.currentTimeNanos)
         return
       }
-      yield* storage.groups.setMembership(groupId, "inactive")
+      yield* storage.transaction(Effect.gen(function*() {
+        yield* storage.groups.setMembership(groupId, "inactive")
+        yield* failPendingIntents(env, groupId)
+      }))
     })
 
   /** Reads the topic to its end. */

@@ -15,7 +15,6 @@ import { type ApplicationContent, ApplicationContentJson } from "../domain/Conte
 import {
   DeliveryError,
   EpochConflict,
-  GroupInactive,
   InboxNotFound,
   IntentFailed,
   KeyPackageUnavailable
@@ -32,7 +31,7 @@ import {
 import type { IntentData } from "../domain/Intent.ts"
 import type { IntentRow } from "../domain/Rows.ts"
 import { GroupMessageInput } from "../domain/Wire.ts"
-import { type EngineEnv, loadGroupRow } from "./Engine.ts"
+import { type EngineEnv, failPendingIntents, loadGroupRow } from "./Engine.ts"
 import type * as GroupSync from "./GroupSync.ts"
 import type { MlsGroupState } from "./MlsCrypto.ts"
 
@@ -179,7 +178,7 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
       const pending = yield* storage.intents.byGroup(groupId, ["Published", "ToPublish"])
       if (pending.length === 0) return 0
       if (group.membership_state === "inactive") {
-        for (const intent of pending) yield* failIntent(intent, new GroupInactive({ groupId }).message)
+        yield* storage.transaction(failPendingIntents(env, groupId))
         return 0
       }
       let state = yield* env.loadState(group)
