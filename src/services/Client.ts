@@ -32,9 +32,7 @@ import { currentInstallations } from "../domain/IdentityLog.ts"
 import { ConversationId, dmId, type GroupId, InboxId, type InstallationId, type MessageId } from "../domain/Ids.ts"
 import {
   AddMembersData,
-  IntentDataJson,
   KeyUpdateData,
-  LeaveData,
   RemoveMembersData,
   SendMessageData
 } from "../domain/Intent.ts"
@@ -49,7 +47,9 @@ import {
   type EngineOptions,
   groupTopic,
   loadGroupRow,
-  makeStateCache
+  makeStateCache,
+  newLeaveRequest,
+  queueIntent as queueIntentIn
 } from "./Engine.ts"
 import * as GroupSync from "./GroupSync.ts"
 import { Identity, type IdentityOptions } from "./Identity.ts"
@@ -213,15 +213,7 @@ export const make = (options: ClientOptions = {}) =>
     // ---- intents ----
 
     const queueIntent = (groupId: GroupId, data: IntentData) =>
-      Effect.gen(function*() {
-        const now = yield* Clock.currentTimeNanos
-        return yield* storage.intents.insert({
-          groupId,
-          kind: data._tag,
-          data: Schema.encodeSync(IntentDataJson)(data),
-          createdAtNs: now
-        })
-      })
+      Clock.currentTimeNanos.pipe(Effect.flatMap((now) => queueIntentIn(env, groupId, data, now)))
 
     const activeGroup = (groupId: GroupId) =>
       Effect.gen(function*() {
@@ -416,7 +408,7 @@ export const make = (options: ClientOptions = {}) =>
           // Pending-remove from now on, and the request queued, in one transaction.
           const intentId = yield* storage.transaction(Effect.gen(function*() {
             yield* storage.groups.setMembership(group.id, "pendingRemove")
-            return yield* queueIntent(group.id, LeaveData.make({ nonce: toHex(randomBytes(16)) }))
+            return yield* queueIntent(group.id, newLeaveRequest())
           }))
           yield* publisher.resolve(group.id, intentId)
         }).pipe(span("leave")),
@@ -458,9 +450,12 @@ export const make = (options: ClientOptions = {}) =>
         const metadata = "metadata" in meta ? meta.metadata : GroupMetadata.none
         const dmId = "dmId" in meta ? meta.dmId : undefined
         // In the group context, so every member reads the same, as the creator signed it.
-        const state = metadata.name === null && metadata.description === null
-          ? yield* crypto.createGroup(groupId, keyPackage)
-          : yield* crypto.createGroup(groupId, keyPackage, utf8(Schema.encodeSync(GroupMetadataJson)(metadata)))
+        const unnamed = metadata.name === null && metadata.description === null
+        const state = yield* crypto.createGroup(
+          groupId,
+          keyPackage,
+          unnamed ? undefined : utf8(Schema.encodeSync(GroupMetadataJson)(metadata))
+        )
         const now = yield* Clock.currentTimeNanos
         const row = GroupRow.make({
           id: groupId,

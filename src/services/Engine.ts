@@ -2,13 +2,14 @@
  * What every engine program shares: the ports, one lock per group, the client's options and
  * the local feed of newly stored messages (which `streamMessages` reads).
  */
-import { type Duration, Effect, type PubSub, Schedule, Schema } from "effect"
+import { type Duration, Effect, Option, type PubSub, Schedule, Schema } from "effect"
 import { ConversationNotFound, GroupInactive } from "../domain/Errors.ts"
-import { IntentDataJson } from "../domain/Intent.ts"
+import { type IntentData, IntentDataJson, LeaveData } from "../domain/Intent.ts"
 import type { GroupId } from "../domain/Ids.ts"
-import { bytesEqual } from "../domain/Bytes.ts"
+import { randomBytes } from "node:crypto"
+import { bytesEqual, toHex } from "../domain/Bytes.ts"
 import type { CryptoError } from "../domain/Errors.ts"
-import type { GroupRow, MessageRow } from "../domain/Rows.ts"
+import type { GroupRow, IntentRow, MessageRow } from "../domain/Rows.ts"
 import type { DeliveryService } from "./DeliveryService.ts"
 import type { Identity } from "./Identity.ts"
 import type { MlsCrypto, MlsGroupState } from "./MlsCrypto.ts"
@@ -109,11 +110,24 @@ export const failPendingIntents = (env: EngineEnv, groupId: GroupId) =>
   Effect.gen(function*() {
     const cause = new GroupInactive({ groupId }).message
     for (const intent of yield* env.storage.intents.byGroup(groupId, ["ToPublish", "Published"])) {
-      yield* env.storage.intents.markError(intent.id, cause)
-      const data = Schema.decodeSync(IntentDataJson)(intent.data)
-      if (data._tag === "SendMessage") yield* env.storage.messages.markFailed(data.messageId)
+      yield* failIntent(env, intent, cause)
     }
   })
+
+/** An intent ends in `Error`; a message it was sending is `failed`. Runs in the caller's transaction. */
+export const failIntent = (env: EngineEnv, intent: IntentRow, cause: string) =>
+  Effect.gen(function*() {
+    yield* env.storage.intents.markError(intent.id, cause)
+    const data = Schema.decodeUnknownOption(IntentDataJson)(intent.data)
+    if (Option.isSome(data) && data.value._tag === "SendMessage") yield* env.storage.messages.markFailed(data.value.messageId)
+  })
+
+/** A new request to leave (each one its own message, so a repeat is not taken for a replay). */
+export const newLeaveRequest = () => LeaveData.make({ nonce: toHex(randomBytes(16)) })
+
+/** Queues an intent (`ToPublish`); returns its id. */
+export const queueIntent = (env: EngineEnv, groupId: GroupId, data: IntentData, createdAtNs: bigint) =>
+  env.storage.intents.insert({ groupId, kind: data._tag, data: Schema.encodeSync(IntentDataJson)(data), createdAtNs })
 
 export const loadGroupRow = (env: EngineEnv, groupId: GroupId) =>
   env.storage.groups.get(groupId).pipe(

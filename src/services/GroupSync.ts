@@ -5,8 +5,7 @@
  * the old cursor with the old state and nothing is applied twice.
  */
 import { Clock, Effect, Option, PubSub, Schema } from "effect"
-import { randomBytes } from "node:crypto"
-import { bytesEqual, sha256Hex, toHex } from "../domain/Bytes.ts"
+import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
 import {
   ApplicationContentJson,
   MembershipChange,
@@ -16,11 +15,11 @@ import {
 } from "../domain/Content.ts"
 import type { StorageError } from "../domain/Errors.ts"
 import type { ConversationId, GroupId, InboxId } from "../domain/Ids.ts"
-import { IntentDataJson, isCommitKind, LeaveData, PostCommitDataJson, RemoveMembersData } from "../domain/Intent.ts"
+import { IntentDataJson, isCommitKind, PostCommitDataJson, RemoveMembersData } from "../domain/Intent.ts"
 import { type GroupRow, type IntentRow, type MembershipState, MessageRow } from "../domain/Rows.ts"
 import { WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
 import type { GroupMessageEnvelope } from "../domain/Wire.ts"
-import { type EngineEnv, failPendingIntents, groupTopic, loadGroupRow } from "./Engine.ts"
+import { type EngineEnv, failPendingIntents, groupTopic, loadGroupRow, newLeaveRequest, queueIntent } from "./Engine.ts"
 import type { GroupView, LeafMember, MlsGroupState } from "./MlsCrypto.ts"
 
 export interface PageOutcome {
@@ -118,16 +117,11 @@ export const make = (env: EngineEnv) => {
     Effect.gen(function*() {
       const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
       const already = pending.some((intent) => {
-        const data = Schema.decodeSync(IntentDataJson)(intent.data)
-        return data._tag === "RemoveMembers" && data.inboxIds.includes(inboxId)
+        const data = Schema.decodeUnknownOption(IntentDataJson)(intent.data)
+        return Option.isSome(data) && data.value._tag === "RemoveMembers" && data.value.inboxIds.includes(inboxId)
       })
       if (already) return
-      yield* storage.intents.insert({
-        groupId,
-        kind: "RemoveMembers",
-        data: Schema.encodeSync(IntentDataJson)(RemoveMembersData.make({ inboxIds: [inboxId] })),
-        createdAtNs: now
-      })
+      yield* queueIntent(env, groupId, RemoveMembersData.make({ inboxIds: [inboxId] }), now)
     })
 
   const hasNewcomers = (before: GroupView, after: GroupView) => {
@@ -146,12 +140,7 @@ export const make = (env: EngineEnv) => {
       // An unsent request is derived at the epoch it goes out in: the newcomers will read it.
       const pending = yield* storage.intents.byGroup(groupId, ["ToPublish"])
       if (pending.some((intent) => intent.kind === "Leave")) return
-      yield* storage.intents.insert({
-        groupId,
-        kind: "Leave",
-        data: Schema.encodeSync(IntentDataJson)(LeaveData.make({ nonce: toHex(randomBytes(16)) })),
-        createdAtNs: now
-      })
+      yield* queueIntent(env, groupId, newLeaveRequest(), now)
     })
 
   /** Every leaf of a commit's result must be a current installation of the inbox it names. */
@@ -370,7 +359,8 @@ export const make = (env: EngineEnv) => {
         if (membership !== group.membership_state) yield* storage.groups.setMembership(groupId, membership)
         if (membership === "inactive" && group.membership_state !== "inactive") yield* failPendingIntents(env, groupId)
         if (forked !== undefined) yield* storage.groups.markForked(groupId, forked)
-        for (const inboxId of leaving) yield* queueRemoval(groupId, inboxId, now)
+        // Out of the group, we queue nothing for it (failPendingIntents above would miss it).
+        if (membership !== "inactive") for (const inboxId of leaving) yield* queueRemoval(groupId, inboxId, now)
         if (joined && membership === "pendingRemove") yield* queueLeaveAgain(groupId, now)
         yield* storage.cursors.advance(topic, last)
         return fresh

@@ -31,7 +31,7 @@ import {
 import type { IntentData } from "../domain/Intent.ts"
 import type { IntentRow } from "../domain/Rows.ts"
 import { GroupMessageInput } from "../domain/Wire.ts"
-import { type EngineEnv, failPendingIntents, loadGroupRow } from "./Engine.ts"
+import { type EngineEnv, failIntent as failIntentIn, failPendingIntents, loadGroupRow } from "./Engine.ts"
 import type * as GroupSync from "./GroupSync.ts"
 import type { MlsGroupState } from "./MlsCrypto.ts"
 
@@ -52,12 +52,7 @@ type Derived =
 export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) => {
   const { crypto, ds, identity, storage } = env
 
-  const failIntent = (intent: IntentRow, cause: string) =>
-    storage.transaction(Effect.gen(function*() {
-      yield* storage.intents.markError(intent.id, cause)
-      const data = Schema.decodeSync(IntentDataJson)(intent.data)
-      if (data._tag === "SendMessage") yield* storage.messages.markFailed(data.messageId)
-    }))
+  const failIntent = (intent: IntentRow, cause: string) => storage.transaction(failIntentIn(env, intent, cause))
 
   /**
    * The installation diff of some inboxes against their identity logs: current installations

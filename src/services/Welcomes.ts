@@ -11,7 +11,7 @@ import { GroupMetadata, GroupMetadataJson } from "../domain/Model.ts"
 import { GroupRow } from "../domain/Rows.ts"
 import { WelcomePayloadJson } from "../domain/Wire.ts"
 import type { WelcomeMessageEnvelope } from "../domain/Wire.ts"
-import { type EngineEnv, groupTopic, welcomeTopic } from "./Engine.ts"
+import { type EngineEnv, failPendingIntents, groupTopic, welcomeTopic } from "./Engine.ts"
 import type * as GroupSync from "./GroupSync.ts"
 
 export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) => {
@@ -89,6 +89,9 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
       const now = yield* Clock.currentTimeNanos
       yield* storage.transaction(Effect.gen(function*() {
         if (Option.isSome(existing)) {
+          // Taken back: nothing queued before the removal may go out now (a stale leave request
+          // or removal would undo the re-add).
+          yield* failPendingIntents(env, payload.groupId)
           yield* storage.groups.saveState(payload.groupId, { epoch: view.epoch, mlsState: crypto.serialize(state) })
           yield* storage.groups.setMembership(payload.groupId, "active")
         } else {
