@@ -27,7 +27,11 @@ const withClient = <A, E>(dir: string, f: (client: Client["Type"]) => Effect.Eff
   })
 
 const short = (id: string) => id.slice(0, 8)
-const time = (ns: bigint) => new Date(Number(ns / 1_000_000n)).toISOString()
+/** The server's timestamp; one out of Date's range (a broken or hostile server) is shown raw. */
+const time = (ns: bigint) => {
+  const date = new Date(Number(ns / 1_000_000n))
+  return Number.isFinite(date.getTime()) ? date.toISOString() : `${ns}ns`
+}
 
 export const formatMessage = (m: Message) => {
   if (m.kind === "membershipChange") {

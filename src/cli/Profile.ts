@@ -6,6 +6,7 @@ import { Effect, Layer, Schema } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
+import { RPC_PATH } from "../layers/DeliveryServer.ts"
 import { Client } from "../services/Client.ts"
 import { DeliveryService } from "../services/DeliveryService.ts"
 import { MlsCrypto } from "../services/MlsCrypto.ts"
@@ -23,24 +24,38 @@ export const readProfile = (dir: string) =>
     if (!fs.existsSync(profile)) {
       return yield* new InvalidInput({ reason: `no profile in ${dir}: run \`converge init --profile ${dir} --server URL\` first` })
     }
-    return yield* Schema.decodeUnknown(ProfileJson)(fs.readFileSync(profile, "utf8")).pipe(
+    const text = yield* Effect.try({
+      try: () => fs.readFileSync(profile, "utf8"),
+      catch: (e) => new InvalidInput({ reason: `cannot read ${profile}: ${e instanceof Error ? e.message : String(e)}` })
+    })
+    return yield* Schema.decodeUnknown(ProfileJson)(text).pipe(
       Effect.mapError(() => new InvalidInput({ reason: `${profile} is not a valid profile` }))
     )
   })
 
 export const writeProfile = (dir: string, profile: ProfileFile) =>
-  Effect.sync(() => {
-    fs.mkdirSync(dir, { recursive: true })
-    fs.writeFileSync(files(dir).profile, Schema.encodeSync(ProfileJson)(profile) + "\n")
+  Effect.try({
+    try: () => {
+      fs.mkdirSync(dir, { recursive: true })
+      fs.writeFileSync(files(dir).profile, Schema.encodeSync(ProfileJson)(profile) + "\n")
+    },
+    catch: (e) => new InvalidInput({ reason: `cannot write a profile in ${dir}: ${e instanceof Error ? e.message : String(e)}` })
   })
 
 /** Accepts the server's base URL or its RPC endpoint. */
-export const rpcUrl = (server: string) => (server.endsWith("/rpc") ? server : `${server.replace(/\/+$/, "")}/rpc`)
+export const rpcUrl = (server: string) =>
+  server.endsWith(RPC_PATH) ? server : `${server.replace(/\/+$/, "")}${RPC_PATH}`
+
+/** A SQLite file the user named: failing to open it is theirs to fix, a typed one-line error. */
+export const openSqlite = (filename: string) =>
+  SqliteClient.layer({ filename }).pipe(
+    Layer.mapError((e) => new InvalidInput({ reason: `cannot open the database ${filename}: ${e.message}` }))
+  )
 
 /** The client of a profile: its SQLite file, the network delivery service, ts-mls. */
 export const clientLayer = (dir: string, server: string) =>
   Client.layer().pipe(
-    Layer.provide(Layer.orDie(SqliteClient.layer({ filename: files(dir).database }))),
+    Layer.provide(openSqlite(files(dir).database)),
     Layer.provide(DeliveryService.layerRpc({ url: rpcUrl(server) })),
     Layer.provide(MlsCrypto.layer())
   )

@@ -3,13 +3,13 @@
  * default) or Postgres (several instances may share one database).
  */
 import { PgClient } from "@effect/sql-pg"
-import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Console, Effect, Layer, Option, Redacted } from "effect"
 import { InvalidInput } from "../domain/Errors.ts"
 import { DeliveryServer } from "../layers/DeliveryServer.ts"
 import { DeliveryService } from "../services/DeliveryService.ts"
 import { DeliveryStore, type DeliveryStoreError } from "../services/DeliveryStore.ts"
 import { MlsCrypto } from "../services/MlsCrypto.ts"
+import { openSqlite } from "./Profile.ts"
 
 export interface ServeOptions {
   readonly port: number
@@ -21,7 +21,7 @@ export interface ServeOptions {
 /** The store-backed delivery service a server runs. */
 export const deliveryLayer = (options: Pick<ServeOptions, "db" | "postgres">) => {
   const store: Layer.Layer<DeliveryStore, DeliveryStoreError | InvalidInput> = Option.match(options.postgres, {
-    onNone: () => DeliveryStore.layerSqlite.pipe(Layer.provide(Layer.orDie(SqliteClient.layer({ filename: options.db })))),
+    onNone: () => DeliveryStore.layerSqlite.pipe(Layer.provide(openSqlite(options.db))),
     // A wrong URL or an unreachable server is the user's to fix: a typed error, one line.
     onSome: (url) =>
       DeliveryStore.layerPg.pipe(
