@@ -19,6 +19,7 @@ import { Rpc, RpcGroup } from "@effect/rpc"
 import { Schema } from "effect"
 import { DeliveryError, InvalidIdentityUpdate } from "./Errors.ts"
 import {
+  Cursor,
   GroupMessageEnvelope,
   IdentityUpdate,
   IdentityUpdateEnvelope,
@@ -27,8 +28,6 @@ import {
 } from "./Wire.ts"
 
 const Bytes = Schema.Uint8ArrayFromBase64
-/** A cursor or sequence id: a decimal string on the wire. Range checks are the service's. */
-const Cursor = Schema.BigInt
 /** An id as the caller sent it; its format is checked by the service. */
 const AnyId = Schema.String
 /** A count as the caller sent it; the service checks it is a positive integer. */

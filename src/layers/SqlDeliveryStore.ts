@@ -164,6 +164,8 @@ const makeWith = (
         if (entries.length === 0) return []
         const now = yield* Clock.currentTimeNanos
         const topics = Array.from(new Set(entries.map((e) => e.topic))).sort()
+        // Hashed before the transaction: it holds the topics' locks (SQLite: the only writer).
+        const digests = entries.map((e) => sha256Hex(e.payload))
         const { out, grown } = yield* sql.withTransaction(Effect.gen(function*() {
           // Lock each topic's counter (creating it) in a fixed order, and read its head.
           const heads = new Map<Topic, { sequenceId: bigint; timeNs: bigint }>()
@@ -177,20 +179,22 @@ const makeWith = (
           }
           const out: Array<StoredEntry> = []
           const grown = new Map<Topic, bigint>()
-          for (const { payload, topic } of entries) {
-            const digest = sha256Hex(payload)
+          for (const [index, { payload, topic }] of entries.entries()) {
+            const digest = digests[index]!
             // Idempotent resend: an identical payload already on the topic (committed, or
             // earlier in this transaction) comes back as it was stored.
             const sameDigest = yield* sql<{ sequence_id: unknown; server_time_ns: unknown; payload: unknown }>`
               SELECT sequence_id, server_time_ns, payload FROM ds_envelopes
               WHERE topic = ${topic} AND digest = ${digest} ORDER BY sequence_id`
-            const duplicate = sameDigest.find((row) => bytesEqual(bytesOf(row.payload), payload))
+            const duplicate = sameDigest
+              .map((row) => ({ row, bytes: bytesOf(row.payload) }))
+              .find(({ bytes }) => bytesEqual(bytes, payload))
             if (duplicate !== undefined) {
               out.push({
                 topic,
-                sequenceId: big(duplicate.sequence_id),
-                serverTimeNs: big(duplicate.server_time_ns),
-                payload: bytesOf(duplicate.payload)
+                sequenceId: big(duplicate.row.sequence_id),
+                serverTimeNs: big(duplicate.row.server_time_ns),
+                payload: duplicate.bytes
               })
               continue
             }
@@ -331,12 +335,6 @@ const makeWith = (
             new IdentityUpdateEnvelope({ sequenceId: big(row.id), serverTimeNs: big(row.server_time_ns), update })))
       }).pipe(failed("identityUpdates"))
 
-    const installationOwner: Service["installationOwner"] = (installationId) =>
-      Effect.map(
-        sql<{ inbox_id: InboxId }>`SELECT inbox_id FROM ds_installations WHERE installation_id = ${installationId}`,
-        (rows) => rows[0]?.inbox_id
-      ).pipe(failed("installationOwner"))
-
     // ---- key packages ----
 
     const putKeyPackage: Service["putKeyPackage"] = (installationId, inboxId, keyPackage) =>
@@ -372,7 +370,6 @@ const makeWith = (
       loadInbox,
       appendIdentityUpdate,
       identityUpdates,
-      installationOwner,
       putKeyPackage,
       getKeyPackages
     }

@@ -82,10 +82,6 @@ export class DeliveryStore extends Context.Tag("converge/DeliveryStore")<Deliver
     inboxId: InboxId,
     afterSequence: number
   ) => Effect.Effect<ReadonlyArray<IdentityUpdateEnvelope>, DeliveryStoreError>
-  /** The inbox the installation currently belongs to. */
-  readonly installationOwner: (
-    installationId: InstallationId
-  ) => Effect.Effect<InboxId | undefined, DeliveryStoreError>
 
   // ---- key packages ----
   /**
