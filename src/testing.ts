@@ -100,7 +100,6 @@ export interface TestNetwork {
 interface Incarnation {
   client: ClientShape
   storage: Context.Tag.Service<Storage>
-  options: ClientOptions
   scope: Scope.CloseableScope
   rootSecretKey: Uint8Array | undefined
 }
@@ -170,7 +169,6 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
         const incarnation: Incarnation = {
           client,
           storage,
-          options: clientOptions,
           scope,
           rootSecretKey: identity._tag === "Some" ? identity.value.root_secret_key ?? undefined : undefined
         }

@@ -127,6 +127,24 @@ export type Op =
 
 export type OpKind = Op["_tag"]
 
+const actionTags: ReadonlySet<OpKind> = new Set<Action["_tag"]>([
+  "Send",
+  "SendOptimistic",
+  "PublishPending",
+  "CreateGroup",
+  "Add",
+  "Remove",
+  "UpdateKeys",
+  "Sync",
+  "SyncAll",
+  "Leave",
+  "Dm",
+  "SendDm"
+])
+
+/** Whether an operation is one client's API call (see `Action`). */
+export const isAction = (op: Op): op is Action => actionTags.has(op._tag)
+
 /** Faults and hostile inputs, as counted in a run's figures. */
 export const isFault = (op: Op): boolean =>
   ["Drop", "LoseResponse", "Partition", "Duplicate", "PauseSubscriber", "HoldTopic", "Crash"].includes(op._tag) ||
@@ -747,20 +765,8 @@ export const describeAction = (a: Action, names: Names = defaultNames): string =
 
 export const describe = (op: Op, names: Names = defaultNames): string => {
   const cl = names
+  if (isAction(op)) return describeAction(op, names)
   switch (op._tag) {
-    case "Send":
-    case "SendOptimistic":
-    case "PublishPending":
-    case "CreateGroup":
-    case "Add":
-    case "Remove":
-    case "UpdateKeys":
-    case "Sync":
-    case "SyncAll":
-    case "Leave":
-    case "Dm":
-    case "SendDm":
-      return describeAction(op, names)
     case "Restart":
       return `${cl(op.c)} restart`
     case "Race":

@@ -34,6 +34,7 @@ import * as IdentityLog from "../domain/IdentityLog.ts"
 import { type ConversationId, dmId, type GroupId, type InboxId } from "../domain/Ids.ts"
 import type { SyncSummary } from "../domain/Model.ts"
 import { GroupMessageInput, WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
+import { defaultEngineOptions } from "../services/Engine.ts"
 import { simulatedCrashOf, type TestClient, TestNetwork } from "../testing.ts"
 import * as Invariants from "./Invariants.ts"
 import * as Plan from "./Plan.ts"
@@ -147,7 +148,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
       sent: [],
       forgedWelcomes: new Map(),
       violations: [],
-      maxPastEpochs: 3
+      maxPastEpochs: defaultEngineOptions.maxPastEpochs
     }
     const violate = (invariant: string, detail: string) => world.violations.push({ invariant, detail })
     let actions = 0
@@ -413,12 +414,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
       })
 
     const welcomesOf = (c: number) =>
-      clientOf(c).pipe(
-        Effect.flatMap((client) =>
-          net.delivery.queryWelcomeMessages({ installationId: client.installationId, afterSequenceId: 0n })
-        ),
-        Effect.map((page) => page.items)
-      )
+      clientOf(c).pipe(Effect.flatMap((client) => Invariants.readWelcomes(world, client.installationId)))
 
     const forgeWelcome = (op: Extract<Plan.Op, { _tag: "ForgeWelcome" }>) =>
       Effect.gen(function*() {
@@ -534,56 +530,46 @@ export const run = (options: Options): Effect.Effect<Report> => {
 
     for (const [index, op] of ops.entries()) {
       const entry = newEntry(index, Plan.describe(op, clientName))
-      switch (op._tag) {
-        case "Send":
-        case "SendOptimistic":
-        case "PublishPending":
-        case "CreateGroup":
-        case "Add":
-        case "Remove":
-        case "UpdateKeys":
-        case "Sync":
-        case "SyncAll":
-        case "Leave":
-        case "Dm":
-        case "SendDm":
-          yield* runActions(index, entry, [op], false)
-          break
-        case "AddDevice":
-          record(entry, "", judge(yield* Effect.exit(bootDevice(op.d, op.inbox))))
-          break
-        case "RevokeDevice":
-          record(entry, "", judge(yield* Effect.exit(revokeDevice(op.d))))
-          break
-        case "Race":
-          yield* runActions(index, entry, op.actions, true)
-          break
-        case "Restart":
-          yield* restart(entry, op.c, "planned")
-          break
-        case "Watch": {
-          let received = 0
-          const watcher = clients[op.c]
-          const stream = yield* Effect.fork(
-            Stream.runForEach(watcher === undefined ? Stream.empty : Stream.suspend(() => watcher.streamMessages), () =>
-              Effect.sync(() => {
-                received++
-              }))
-          )
-          for (const a of op.actions) {
-            yield* runActions(index, entry, [a], true)
-            yield* settle(entry, new Set([op.c]))
+      if (Plan.isAction(op)) {
+        yield* runActions(index, entry, [op], false)
+      } else {
+        switch (op._tag) {
+          case "AddDevice":
+            record(entry, "", judge(yield* Effect.exit(bootDevice(op.d, op.inbox))))
+            break
+          case "RevokeDevice":
+            record(entry, "", judge(yield* Effect.exit(revokeDevice(op.d))))
+            break
+          case "Race":
+            yield* runActions(index, entry, op.actions, true)
+            break
+          case "Restart":
+            yield* restart(entry, op.c, "planned")
+            break
+          case "Watch": {
+            let received = 0
+            const watcher = clients[op.c]
+            const stream = yield* Effect.fork(
+              Stream.runForEach(watcher === undefined ? Stream.empty : Stream.suspend(() => watcher.streamMessages), () =>
+                Effect.sync(() => {
+                  received++
+                }))
+            )
+            for (const a of op.actions) {
+              yield* runActions(index, entry, [a], true)
+              yield* settle(entry, new Set([op.c]))
+            }
+            const exit = yield* Fiber.interrupt(stream)
+            const verdict = judge(exit.pipe(Exit.as("")))
+            if (verdict.kind === "abandoned" || verdict.kind === "ok") {
+              entry.outcomes.push(`${clientName(op.c)}'s stream delivered ${received} message(s)`)
+            } else record(entry, `${clientName(op.c)}'s stream: `, verdict)
+            break
           }
-          const exit = yield* Fiber.interrupt(stream)
-          const verdict = judge(exit.pipe(Exit.as("")))
-          if (verdict.kind === "abandoned" || verdict.kind === "ok") {
-            entry.outcomes.push(`${clientName(op.c)}'s stream delivered ${received} message(s)`)
-          } else record(entry, `${clientName(op.c)}'s stream: `, verdict)
-          break
-        }
-        default: {
-          const exit = yield* Effect.exit(fault(op))
-          record(entry, "", judge(exit))
+          default: {
+            const exit = yield* Effect.exit(fault(op))
+            record(entry, "", judge(exit))
+          }
         }
       }
       yield* settle(entry)
