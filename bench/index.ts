@@ -15,7 +15,8 @@ import { sha256Hex, toHex } from "../src/domain/Bytes.ts"
 import { installationIdOf } from "../src/domain/IdentityLog.ts"
 import type { GroupId, InboxId } from "../src/domain/Ids.ts"
 import type { Conversation } from "../src/services/Client.ts"
-import { type KeyPackageBundle, type LeafIdentity, MlsCrypto, type MlsGroupState } from "../src/services/MlsCrypto.ts"
+import { type KeyPackageBundle, type LeafIdentity, type MlsCrypto as _MlsCryptoPort, type MlsGroupState } from "../src/services/MlsCrypto.ts"
+import { MlsCrypto } from "../src/index.ts"
 import { type TestNetwork as Net, TestNetwork } from "../src/testing.ts"
 import {
   type ClientState,

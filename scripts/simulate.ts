@@ -1,5 +1,5 @@
 /**
- * `npm run simulate -- --seeds N --first-seed S --clients K --ops M [--classic] [--trace] [--debug] [--plan] [--quiet]`
+ * `npm run simulate -- --seeds N --first-seed S --clients K --ops M [--delivery memory|sqlite|rpc] [--classic] [--trace] [--debug] [--plan] [--quiet]`
  *
  * Runs seeds S, S+1, ..., S+N-1: each plans a random history of K inboxes (some with a second
  * installation, from the start or registered mid-run, some revoked later) and M operations
@@ -8,6 +8,9 @@
  * its violations and a readable trace (re-running that seed replays the same operations and
  * faults). The totals count violations per invariant.
  *
+ *   --delivery the delivery service under test, always the store-backed service `converge serve`
+ *             runs: over an in-memory store (default), a SQLite file, or behind a real server on
+ *             a loopback port, reached over RPC
  *   --classic the generator the first regression seeds were found with (one installation per
  *             inbox, groups only; see `Plan.Profile`)
  *   --trace   print the trace of every seed, not only failing ones
@@ -19,9 +22,10 @@
  */
 import { Effect, LogLevel } from "effect"
 import * as Simulation from "../src/simulation/Simulation.ts"
+import type { TestDelivery } from "../src/testing.ts"
 
 const usage =
-  "usage: npm run simulate -- [--seeds N] [--first-seed S] [--clients K] [--ops M] [--classic] [--trace] [--debug] [--plan] [--quiet]"
+  "usage: npm run simulate -- [--seeds N] [--first-seed S] [--clients K] [--ops M] [--delivery memory|sqlite|rpc] [--classic] [--trace] [--debug] [--plan] [--quiet]"
 
 const parse = (argv: ReadonlyArray<string>) => {
   const values = new Map<string, string>()
@@ -46,7 +50,13 @@ const parse = (argv: ReadonlyArray<string>) => {
     if (!Number.isInteger(n) || n < min) throw new Error(`--${key} must be an integer >= ${min}, got ${raw}`)
     return n
   }
+  const delivery = values.get("delivery") ?? "memory"
+  values.delete("delivery")
+  if (delivery !== "memory" && delivery !== "sqlite" && delivery !== "rpc") {
+    throw new Error(`--delivery must be memory, sqlite or rpc, got ${delivery}`)
+  }
   const options = {
+    delivery: delivery as TestDelivery,
     seeds: int("seeds", 10, 1),
     firstSeed: int("first-seed", 1, 0),
     clients: int("clients", 5, 2),
@@ -93,15 +103,16 @@ const main = async () => {
   const failing: Array<number> = []
   const byInvariant = new Map<string, number>()
   console.log(
-    `simulating seeds ${options.firstSeed}..${options.firstSeed + options.seeds - 1}: ${options.clients} inboxes, ${options.ops} operations each${
+    `simulating seeds ${options.firstSeed}..${options.firstSeed + options.seeds - 1}: ${options.clients} inboxes, ${options.ops} operations each, ${options.delivery} delivery${
       options.classic ? " (classic generator)" : ""
     }`
   )
   for (let seed = options.firstSeed; seed < options.firstSeed + options.seeds; seed++) {
-    const params: Simulation.Plan.Params = {
+    const params: Simulation.Options = {
       seed,
       clients: options.clients,
       ops: options.ops,
+      delivery: options.delivery,
       ...(options.classic ? { profile: "classic" as const } : {})
     }
     if (options.plan) {

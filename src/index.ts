@@ -14,10 +14,42 @@ export {
   type Conversation,
   type ConversationDebugInfo
 } from "./services/Client.ts"
-export { DeliveryService } from "./services/DeliveryService.ts"
-export { DeliveryStore } from "./services/DeliveryStore.ts"
 export { DeliveryServer } from "./layers/DeliveryServer.ts"
 export { Identity } from "./services/Identity.ts"
-export { MlsCrypto } from "./services/MlsCrypto.ts"
+export type { FaultControls, FaultStats, FaultyDelivery } from "./layers/FaultyDeliveryService.ts"
 export { Storage } from "./services/Storage.ts"
 export * as Wire from "./domain/Wire.ts"
+
+// ---- ports with their adapters' layers ----
+// The ports (src/services) import no adapter and no driver; the names of the API contract
+// (`DeliveryService.layerMemory`, `MlsCrypto.layer`, ...) hang the adapters' layers on them here.
+// Postgres lives apart, in `converge/postgres`, so that only its users load the driver.
+
+import * as MemoryDeliveryStore from "./layers/MemoryDeliveryStore.ts"
+import * as RpcDeliveryService from "./layers/RpcDeliveryService.ts"
+import * as SqlDeliveryStore from "./layers/SqlDeliveryStore.ts"
+import * as StoreDeliveryService from "./layers/StoreDeliveryService.ts"
+import * as TsMlsCrypto from "./layers/TsMlsCrypto.ts"
+import { DeliveryService as DeliveryServicePort } from "./services/DeliveryService.ts"
+import { DeliveryStore as DeliveryStorePort } from "./services/DeliveryStore.ts"
+import { MlsCrypto as MlsCryptoPort } from "./services/MlsCrypto.ts"
+
+export class DeliveryService extends DeliveryServicePort {
+  /** An in-process delivery service (the store-backed service over a fresh memory store). */
+  static readonly layerMemory = StoreDeliveryService.layerMemory()
+  static readonly layerMemoryWith = StoreDeliveryService.layerMemory
+  /** The service `converge serve` runs, over any provided `DeliveryStore` (needs `MlsCrypto`). */
+  static readonly layerStore = StoreDeliveryService.layer
+  /** The client of a `DeliveryServer` over the network. */
+  static readonly layerRpc = RpcDeliveryService.layer
+}
+
+export class DeliveryStore extends DeliveryStorePort {
+  static readonly layerMemory = MemoryDeliveryStore.layer
+  static readonly layerSqlite = SqlDeliveryStore.layerSqlite
+}
+
+export class MlsCrypto extends MlsCryptoPort {
+  /** ts-mls 1.6.4. */
+  static readonly layer = TsMlsCrypto.layer
+}

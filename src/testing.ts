@@ -1,6 +1,7 @@
 /**
- * The test kit (`converge/testing`): one in-memory delivery service with fault controls,
- * and any number of clients, each with its own SQLite file and real ts-mls.
+ * The test kit (`converge/testing`): one delivery service (the store-backed service of
+ * `converge serve`, over memory, SQLite or RPC) with fault controls, and any number of
+ * clients, each with its own SQLite file and real ts-mls.
  *
  * ```ts
  * const net = yield* TestNetwork.make
@@ -17,9 +18,16 @@ import * as os from "node:os"
 import * as path from "node:path"
 import type { ConvergeError } from "./domain/Errors.ts"
 import type { InstallationId } from "./domain/Ids.ts"
-import * as MemoryDelivery from "./layers/MemoryDeliveryService.ts"
+import { serve as serveDelivery } from "./layers/DeliveryServer.ts"
+import * as FaultyDeliveryService from "./layers/FaultyDeliveryService.ts"
+import * as MemoryDeliveryStore from "./layers/MemoryDeliveryStore.ts"
+import * as RpcDeliveryService from "./layers/RpcDeliveryService.ts"
+import * as SqlDeliveryStore from "./layers/SqlDeliveryStore.ts"
+import * as StoreDeliveryService from "./layers/StoreDeliveryService.ts"
+import * as TsMlsCrypto from "./layers/TsMlsCrypto.ts"
 import { Client, type ClientOptions } from "./services/Client.ts"
 import { DeliveryService } from "./services/DeliveryService.ts"
+import { DeliveryStore } from "./services/DeliveryStore.ts"
 import type { CrashPoint } from "./services/Engine.ts"
 import { MlsCrypto } from "./services/MlsCrypto.ts"
 import { Storage } from "./services/Storage.ts"
@@ -60,9 +68,50 @@ export interface TestClientOptions extends ClientOptions {
   readonly sameInboxAs?: TestClient
 }
 
-export interface TestNetworkOptions extends MemoryDelivery.MemoryOptions {
+/**
+ * Which delivery service the network runs: always the store-backed service `converge serve`
+ * runs, over an in-memory store (the default), over a SQLite file, or over the in-memory
+ * store behind a real `DeliveryServer` on a loopback port, reached through the RPC client
+ * (run such networks on the live clock: the RPC client's timeouts use `Clock`).
+ */
+export type TestDelivery = "memory" | "sqlite" | "rpc"
+
+export interface TestNetworkOptions extends StoreDeliveryService.StoreDeliveryOptions {
   /** Engine options every client gets unless it overrides them. */
   readonly clientDefaults?: ClientOptions
+  /** Default `"memory"`. */
+  readonly delivery?: TestDelivery
+}
+
+/** The delivery service of a test network, without faults. */
+const makeDelivery = (
+  options: TestNetworkOptions,
+  crypto: Context.Tag.Service<MlsCrypto>,
+  dir: string
+): Effect.Effect<Context.Tag.Service<DeliveryService>, never, Scope.Scope> => {
+  const { clientDefaults: _, delivery = "memory", ...storeOptions } = options
+  const storeLayer: Layer.Layer<DeliveryStore> = delivery === "sqlite"
+    ? SqlDeliveryStore.layerSqlite.pipe(
+      Layer.provide(SqliteClient.layer({ filename: path.join(dir, "delivery.sqlite") })),
+      Layer.orDie
+    )
+    : MemoryDeliveryStore.layer
+  const serviceLayer = StoreDeliveryService.layer(storeOptions).pipe(
+    Layer.provide(storeLayer),
+    Layer.provide(Layer.succeed(MlsCrypto, crypto))
+  )
+  if (delivery !== "rpc") return Effect.map(Layer.build(serviceLayer), Context.get(DeliveryService))
+  return Effect.gen(function*() {
+    const service = yield* Layer.build(serviceLayer)
+    const address = yield* serveDelivery({ port: 0, host: "127.0.0.1" }).pipe(Effect.provide(service), Effect.orDie)
+    return yield* RpcDeliveryService.make({
+      url: address.url,
+      timeout: "10 seconds",
+      retrySchedule: Schedule.exponential("20 millis").pipe(Schedule.intersect(Schedule.recurs(5))),
+      resubscribeSchedule: Schedule.exponential("20 millis").pipe(Schedule.either(Schedule.spaced("200 millis"))),
+      reconnectSchedule: Schedule.exponential("20 millis").pipe(Schedule.either(Schedule.spaced("200 millis")))
+    })
+  })
 }
 
 /**
@@ -75,7 +124,7 @@ const testDefaults: ClientOptions = {
 
 export interface TestNetwork {
   readonly delivery: Context.Tag.Service<DeliveryService>
-  readonly faults: MemoryDelivery.FaultControls
+  readonly faults: FaultyDeliveryService.FaultControls
   readonly client: (name: string, options?: TestClientOptions) => Effect.Effect<TestClient, ConvergeError>
   /**
    * Drops the client's in-memory state and reopens the same database. Safe after a crash:
@@ -106,10 +155,10 @@ interface Incarnation {
 
 const makeNetwork = (options: TestNetworkOptions = {}) =>
   Effect.gen(function*() {
-    const memory = yield* MemoryDelivery.make(options)
-    const crypto = yield* Layer.build(MlsCrypto.layer()).pipe(Effect.map(Context.get(MlsCrypto)))
+    const crypto = yield* Layer.build(TsMlsCrypto.layer()).pipe(Effect.map(Context.get(MlsCrypto)))
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "converge-net-"))
     yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true })))
+    const memory = yield* FaultyDeliveryService.make(yield* makeDelivery(options, crypto, dir))
     const incarnations = new Map<string, Incarnation>()
     /** Known once a client first booted; kept across restarts so a partition holds during them. */
     const installations = new Map<string, InstallationId>()

@@ -14,10 +14,11 @@ import { toHex, utf8 } from "../src/domain/Bytes.ts"
 import type { GroupId } from "../src/domain/Ids.ts"
 import type { DeliveryError } from "../src/domain/Errors.ts"
 import { type GroupMessageEnvelope, GroupMessageInput } from "../src/domain/Wire.ts"
-import { DeliveryService } from "../src/services/DeliveryService.ts"
-import { DeliveryStore } from "../src/services/DeliveryStore.ts"
-import { MlsCrypto } from "../src/services/MlsCrypto.ts"
+import { DeliveryService } from "../src/index.ts"
+import { DeliveryStore } from "../src/index.ts"
+import { MlsCrypto } from "../src/index.ts"
 import { type ConformanceOptions, deliveryConformance } from "./support/DeliveryConformance.ts"
+import * as PgDeliveryStore from "../src/postgres.ts"
 import * as Postgres from "./support/Postgres.ts"
 
 /** What the store-backed layers are configured with, and so what the suite expects of them. */
@@ -42,7 +43,7 @@ const onSqlite = DeliveryService.layerStore(storeOptions).pipe(
 )
 
 const onPostgres = DeliveryService.layerStore(storeOptions).pipe(
-  Layer.provide(DeliveryStore.layerPg),
+  Layer.provide(PgDeliveryStore.layerPg()),
   Layer.provide(Postgres.layer("conformance")),
   Layer.provide(MlsCrypto.layer())
 )
@@ -84,7 +85,7 @@ const serverInstance = (options: {
 }) =>
   DeliveryService.layerStore({ ...storeOptions, pollMillis: options.pollMillis }).pipe(
     Layer.provide(
-      DeliveryStore.layerPgWith(options.heartbeatMillis === undefined ? {} : { heartbeatMillis: options.heartbeatMillis })
+      PgDeliveryStore.layerPg(options.heartbeatMillis === undefined ? {} : { heartbeatMillis: options.heartbeatMillis })
     ),
     Layer.provide(
       Postgres.layerClientWith(options.applicationName === undefined ? {} : { applicationName: options.applicationName })

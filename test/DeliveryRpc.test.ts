@@ -27,11 +27,12 @@ import {
   WelcomeMessageInput
 } from "../src/domain/Wire.ts"
 import { serve } from "../src/layers/DeliveryServer.ts"
-import * as Memory from "../src/layers/MemoryDeliveryService.ts"
+import * as FaultyDeliveryService from "../src/layers/FaultyDeliveryService.ts"
+import type { StoreDeliveryOptions } from "../src/layers/StoreDeliveryService.ts"
 import { Client } from "../src/services/Client.ts"
-import { DeliveryService } from "../src/services/DeliveryService.ts"
-import { DeliveryStore } from "../src/services/DeliveryStore.ts"
-import { MlsCrypto } from "../src/services/MlsCrypto.ts"
+import { DeliveryService } from "../src/index.ts"
+import { DeliveryStore } from "../src/index.ts"
+import { MlsCrypto } from "../src/index.ts"
 import { deliveryConformance } from "./support/DeliveryConformance.ts"
 import { type ClientOptions, clientLayer, cuttableProxy, fastClientOptions, rpcLayer } from "./support/RpcHarness.ts"
 
@@ -85,10 +86,16 @@ const readAll = (ds: DeliveryService["Type"], groupId: GroupId) =>
     }
   })
 
+/** The in-memory delivery service wrapped in fault controls, in the current scope. */
+const memoryWithFaults = (options: StoreDeliveryOptions = {}) =>
+  Layer.build(DeliveryService.layerMemoryWith(options)).pipe(
+    Effect.flatMap((context) => FaultyDeliveryService.make(Context.get(context, DeliveryService)))
+  )
+
 /** A memory service (with its fault controls) served on a random loopback port. */
-const memoryServer = (options: Memory.MemoryOptions = {}) =>
+const memoryServer = (options: StoreDeliveryOptions = {}) =>
   Effect.gen(function*() {
-    const memory = yield* Memory.make(options)
+    const memory = yield* memoryWithFaults(options)
     const address = yield* serve({ port: 0 }).pipe(Effect.provideService(DeliveryService, memory.service))
     return { memory, address }
   })
@@ -155,12 +162,18 @@ describe.each(transports)("over %s", (transport) => {
       ])
       expect(updates[0]!.updates.map((u) => u.update.action._tag)).toEqual(["CreateInbox", "AddInstallation"])
       expect(updates[1]!.updates).toEqual([])
+      // Bytes that are no key package are refused (the conformance suite round-trips real ones).
       const keyPackage = randomBytes(100)
-      yield* ds.uploadKeyPackage(KeyPackageUpload.make({ installationId: installation.id, keyPackage }))
+      const garbage = yield* Effect.flip(
+        ds.uploadKeyPackage(KeyPackageUpload.make({ installationId: installation.id, keyPackage }))
+      )
+      expect(garbage).toMatchObject({ _tag: "DeliveryError", reason: "InvalidKeyPackage" })
       const stranger = newInstallation()
       const fetched = yield* ds.fetchKeyPackages([installation.id, stranger.id])
-      expect(fetched[0]).toEqual({ installationId: installation.id, keyPackage })
-      expect(fetched[1]).toEqual({ installationId: stranger.id, keyPackage: undefined })
+      expect(fetched).toEqual([
+        { installationId: installation.id, keyPackage: undefined },
+        { installationId: stranger.id, keyPackage: undefined }
+      ])
 
       // typed errors
       const tooLarge = yield* Effect.flip(ds.sendGroupMessages([
@@ -285,7 +298,7 @@ describe.each(transports)("over %s", (transport) => {
 
   it.scopedLive("a subscription survives a server restart on the same port over the same store", () =>
     Effect.gen(function*() {
-      const memory = yield* Memory.make({})
+      const memory = yield* memoryWithFaults()
       const direct = memory.service
       const startServer = (port: number) =>
         Effect.gen(function*() {
@@ -345,7 +358,7 @@ describe.each(transports)("over %s", (transport) => {
 describe("client policies", () => {
   it.scopedLive("a call with no answer times out as a retryable Timeout", () =>
     Effect.gen(function*() {
-      const memory = yield* Memory.make({})
+      const memory = yield* memoryWithFaults()
       const calls = yield* Ref.make(0)
       const hanging: DeliveryService["Type"] = {
         ...memory.service,
@@ -397,7 +410,7 @@ describe("client policies", () => {
     Effect.gen(function*() {
       // A port that was just free: bind, note it, release.
       const scope = yield* Scope.make()
-      const memory = yield* Memory.make({})
+      const memory = yield* memoryWithFaults()
       const address = yield* serve({ port: 0 }).pipe(
         Effect.provideService(DeliveryService, memory.service),
         Scope.extend(scope)
@@ -516,7 +529,7 @@ describe("bad requests", () => {
       expect((yield* readAll(viaHttp, groupId)).map((e) => text(e.payload))).toEqual(["before", "after"])
 
       // A body over the server's limit: 413, which the HTTP client reports as PayloadTooLarge.
-      const memory = yield* Memory.make({})
+      const memory = yield* memoryWithFaults()
       const small = yield* serve({ port: 0, maxBodyBytes: 4096 }).pipe(Effect.provideService(DeliveryService, memory.service))
       const huge = yield* post("x".repeat(10_000) + "\n", small.url)
       expect(huge.status).toBe(413)

@@ -12,6 +12,7 @@ import {
   type MlsCryptoOptions,
   type MlsGroupState
 } from "../src/services/MlsCrypto.ts"
+import * as TsMlsCrypto from "../src/layers/TsMlsCrypto.ts"
 
 type Crypto = MlsCrypto["Type"]
 
@@ -101,9 +102,9 @@ const expectSameEpoch = (crypto: Crypto, members: ReadonlyArray<Member>) => {
   return views[0]!
 }
 
-const withOptions = (options: MlsCryptoOptions) => Effect.provide(MlsCrypto, MlsCrypto.layer(options))
+const withOptions = (options: MlsCryptoOptions) => Effect.provide(MlsCrypto, TsMlsCrypto.layer(options))
 
-layer(MlsCrypto.layer())("MlsCrypto (ts-mls)", (it) => {
+layer(TsMlsCrypto.layer())("MlsCrypto (ts-mls)", (it) => {
   describe("key packages", () => {
     it.effect("key packages name their installation and verify", () =>
       Effect.gen(function*() {

@@ -8,8 +8,8 @@ import * as path from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
 import { RPC_PATH } from "../layers/DeliveryServer.ts"
 import { Client } from "../services/Client.ts"
-import { DeliveryService } from "../services/DeliveryService.ts"
-import { MlsCrypto } from "../services/MlsCrypto.ts"
+import * as RpcDeliveryService from "../layers/RpcDeliveryService.ts"
+import * as TsMlsCrypto from "../layers/TsMlsCrypto.ts"
 
 export class ProfileFile extends Schema.Class<ProfileFile>("ProfileFile")({
   server: Schema.String
@@ -56,6 +56,6 @@ export const openSqlite = (filename: string) =>
 export const clientLayer = (dir: string, server: string) =>
   Client.layer().pipe(
     Layer.provide(openSqlite(files(dir).database)),
-    Layer.provide(DeliveryService.layerRpc({ url: rpcUrl(server) })),
-    Layer.provide(MlsCrypto.layer())
+    Layer.provide(RpcDeliveryService.layer({ url: rpcUrl(server) })),
+    Layer.provide(TsMlsCrypto.layer())
   )

@@ -6,9 +6,11 @@ import { PgClient } from "@effect/sql-pg"
 import { Console, Effect, Layer, Option, Redacted } from "effect"
 import { InvalidInput } from "../domain/Errors.ts"
 import { DeliveryServer } from "../layers/DeliveryServer.ts"
-import { DeliveryService } from "../services/DeliveryService.ts"
-import { DeliveryStore, type DeliveryStoreError } from "../services/DeliveryStore.ts"
-import { MlsCrypto } from "../services/MlsCrypto.ts"
+import * as PgDeliveryStore from "../layers/PgDeliveryStore.ts"
+import * as SqlDeliveryStore from "../layers/SqlDeliveryStore.ts"
+import * as StoreDeliveryService from "../layers/StoreDeliveryService.ts"
+import * as TsMlsCrypto from "../layers/TsMlsCrypto.ts"
+import type { DeliveryStore, DeliveryStoreError } from "../services/DeliveryStore.ts"
 import { openSqlite } from "./Profile.ts"
 
 export interface ServeOptions {
@@ -21,15 +23,15 @@ export interface ServeOptions {
 /** The store-backed delivery service a server runs. */
 export const deliveryLayer = (options: Pick<ServeOptions, "db" | "postgres">) => {
   const store: Layer.Layer<DeliveryStore, DeliveryStoreError | InvalidInput> = Option.match(options.postgres, {
-    onNone: () => DeliveryStore.layerSqlite.pipe(Layer.provide(openSqlite(options.db))),
+    onNone: () => SqlDeliveryStore.layerSqlite.pipe(Layer.provide(openSqlite(options.db))),
     // A wrong URL or an unreachable server is the user's to fix: a typed error, one line.
     onSome: (url) =>
-      DeliveryStore.layerPg.pipe(
+      PgDeliveryStore.layerPg().pipe(
         Layer.provide(PgClient.layer({ url: Redacted.make(url) })),
         Layer.mapError((e) => new InvalidInput({ reason: `cannot use Postgres at --postgres: ${e.message}` }))
       )
   })
-  return DeliveryService.layerStore().pipe(Layer.provide(store), Layer.provide(MlsCrypto.layer()))
+  return StoreDeliveryService.layer().pipe(Layer.provide(store), Layer.provide(TsMlsCrypto.layer()))
 }
 
 export const serve = (options: ServeOptions) =>

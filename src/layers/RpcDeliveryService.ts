@@ -46,8 +46,7 @@ import {
 import { DeliveryError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import type { GroupMessageEnvelope, WelcomeMessageEnvelope } from "../domain/Wire.ts"
-// Type-only: the port module imports this one as a value, so a value import back would be circular.
-import type { DeliveryService, FetchedKeyPackage, InboxUpdates } from "../services/DeliveryService.ts"
+import { DeliveryService, type FetchedKeyPackage, type InboxUpdates } from "../services/DeliveryService.ts"
 
 type Service = Context.Tag.Service<DeliveryService>
 
@@ -340,3 +339,7 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
     }
     return service
   })
+
+/** The delivery service of a `DeliveryServer` over the network (`DeliveryService.layerRpc` in the package root). */
+export const layer = (options: RpcDeliveryOptions): Layer.Layer<DeliveryService> =>
+  Layer.scoped(DeliveryService, make(options))

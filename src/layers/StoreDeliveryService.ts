@@ -1,7 +1,7 @@
 /**
- * The delivery service served from a `DeliveryStore` (SQLite, Postgres): what
- * `converge serve` runs. Its semantics are those of the in-memory delivery service (the
- * contract the conformance suite checks), without fault injection:
+ * The delivery service served from a `DeliveryStore` (memory, SQLite, Postgres): what
+ * `converge serve` runs, and, over the in-memory store, what the tests and the simulation
+ * run. One semantics for all of them (the contract the conformance suite checks):
  *
  * - The same validation, limits and typed errors: payload size, batch size, cursors, page
  *   limits, malformed ids; plus a cap on an inbox's identity log (`LimitExceeded`).
@@ -14,19 +14,11 @@
  *   then read after the last delivered id whenever their topic changes: no gap, no
  *   duplicate, strict order per topic, also when other servers append to the store.
  */
-import { Chunk, Effect, Either, Queue, Schema, type Scope, Stream } from "effect"
+import { Chunk, Effect, Either, Layer, Queue, Schema, type Scope, Stream } from "effect"
 import { invalidRequest, makeChecks } from "./DeliveryRequests.ts"
 import { DeliveryError, InvalidIdentityUpdate } from "../domain/Errors.ts"
 import { applyUpdate } from "../domain/IdentityLog.ts"
 import { GroupId, InstallationId } from "../domain/Ids.ts"
-import {
-  ANY_TOPIC,
-  type DeliveryStoreError,
-  groupTopic,
-  type StoredEntry,
-  type Topic,
-  welcomeTopic
-} from "../domain/Topics.ts"
 import {
   GroupMessageEnvelope,
   type GroupMessageInput,
@@ -36,17 +28,26 @@ import {
   WelcomeMessageEnvelope,
   type WelcomeMessageInput
 } from "../domain/Wire.ts"
-// Type-only: the port modules import this one as a value, so a value import back would be circular.
-import type {
+import {
   DeliveryService,
-  FetchedKeyPackage,
-  GroupQuery,
-  IdentityQuery,
-  InboxUpdates,
-  WelcomeQuery
+  type FetchedKeyPackage,
+  type GroupQuery,
+  type IdentityQuery,
+  type InboxUpdates,
+  type WelcomeQuery
 } from "../services/DeliveryService.ts"
-import { DeliveryStore } from "../services/DeliveryStore.ts"
+import {
+  ANY_TOPIC,
+  DeliveryStore,
+  type DeliveryStoreError,
+  groupTopic,
+  type StoredEntry,
+  type Topic,
+  welcomeTopic
+} from "../services/DeliveryStore.ts"
 import { MlsCrypto } from "../services/MlsCrypto.ts"
+import * as MemoryDeliveryStore from "./MemoryDeliveryStore.ts"
+import * as TsMlsCrypto from "./TsMlsCrypto.ts"
 
 export interface StoreDeliveryOptions {
   /** Largest accepted payload (group message, welcome, key package) in bytes. Default 1 MiB. */
@@ -436,3 +437,18 @@ export const make = (
       getIdentityUpdates
     }
   })
+
+/**
+ * The delivery service over whatever `DeliveryStore` is provided, verifying key packages with
+ * the provided `MlsCrypto`.
+ */
+export const layer = (
+  options?: StoreDeliveryOptions
+): Layer.Layer<DeliveryService, never, DeliveryStore | MlsCrypto> => Layer.scoped(DeliveryService, make(options))
+
+/**
+ * An in-process delivery service: this service over a fresh in-memory store, verifying key
+ * packages with ts-mls. Each build of the layer is one separate network.
+ */
+export const layerMemory = (options?: StoreDeliveryOptions): Layer.Layer<DeliveryService> =>
+  layer(options).pipe(Layer.provide(MemoryDeliveryStore.layer), Layer.provide(TsMlsCrypto.layer()))

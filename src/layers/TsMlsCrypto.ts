@@ -8,7 +8,7 @@
  * check runs inside ts-mls's AuthenticationService hook on every leaf it validates, followed
  * by the caller's `authenticate`.
  */
-import { type Context, Effect } from "effect"
+import { type Context, Effect, Layer } from "effect"
 import {
   type AuthenticationService,
   type Capabilities,
@@ -49,17 +49,17 @@ import { bytesEqual, concat, fromHex, fromUtf8, toHex, utf8 } from "../domain/By
 import { CryptoError, type CryptoErrorReason } from "../domain/Errors.ts"
 import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
 import { installationIdOf } from "../domain/IdentityLog.ts"
-import type {
-  CommitChanges,
-  GroupView,
-  KeyPackageBundle,
-  LeafIdentity,
-  LeafMember,
-  MessageHeader,
+import {
+  type CommitChanges,
+  type GroupView,
+  type KeyPackageBundle,
+  type LeafIdentity,
+  type LeafMember,
+  type MessageHeader,
   MlsCrypto,
-  MlsCryptoOptions,
-  MlsGroupState,
-  Processed
+  type MlsCryptoOptions,
+  type MlsGroupState,
+  type Processed
 } from "../services/MlsCrypto.ts"
 import { joinFromWelcome as joinWelcome } from "./TsMlsWelcome.ts"
 
@@ -611,3 +611,6 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
       deserialize
     } satisfies Service
   })
+
+/** `MlsCrypto` on ts-mls 1.6.4 (`MlsCrypto.layer` in the package root). */
+export const layer = (options: MlsCryptoOptions = {}): Layer.Layer<MlsCrypto> => Layer.effect(MlsCrypto, make(options))

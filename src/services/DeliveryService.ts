@@ -3,7 +3,7 @@
  * layer maps onto it one to one. Each group topic has one total order (strictly increasing
  * sequence ids); that order is the truth every client converges on.
  */
-import { Context, Effect, Layer, type Stream } from "effect"
+import { Context, type Effect, type Stream } from "effect"
 import type { DeliveryError, InvalidIdentityUpdate } from "../domain/Errors.ts"
 import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
 import type {
@@ -16,11 +16,6 @@ import type {
   WelcomeMessageEnvelope,
   WelcomeMessageInput
 } from "../domain/Wire.ts"
-import * as Memory from "../layers/MemoryDeliveryService.ts"
-import * as Rpc from "../layers/RpcDeliveryService.ts"
-import * as StoreDelivery from "../layers/StoreDeliveryService.ts"
-import type { DeliveryStore } from "./DeliveryStore.ts"
-import type { MlsCrypto } from "./MlsCrypto.ts"
 
 export interface GroupQuery {
   readonly groupId: GroupId
@@ -87,22 +82,4 @@ export class DeliveryService extends Context.Tag("converge/DeliveryService")<Del
   readonly getIdentityUpdates: (
     queries: ReadonlyArray<IdentityQuery>
   ) => Effect.Effect<ReadonlyArray<InboxUpdates>, DeliveryError>
-}>() {
-  /** An in-process delivery service with the same ordering semantics as the real one. */
-  static readonly layerMemory: Layer.Layer<DeliveryService> = Layer.scoped(
-    this,
-    Memory.make({}).pipe(Effect.map((ds) => ds.service))
-  )
-  static readonly layerMemoryWith = (options: Memory.MemoryOptions) =>
-    Layer.scoped(this, Memory.make(options).pipe(Effect.map((ds) => ds.service)))
-  /**
-   * The delivery service a server runs: served from a `DeliveryStore` (SQLite or Postgres),
-   * verifying identity updates and key packages (with `MlsCrypto`) before it stores them.
-   */
-  static readonly layerStore = (
-    options?: StoreDelivery.StoreDeliveryOptions
-  ): Layer.Layer<DeliveryService, never, DeliveryStore | MlsCrypto> => Layer.scoped(this, StoreDelivery.make(options))
-  /** The delivery service of a `DeliveryServer` over the network (timeouts, retries, resuming streams). */
-  static readonly layerRpc = (options: Rpc.RpcDeliveryOptions): Layer.Layer<DeliveryService> =>
-    Layer.scoped(this, Rpc.make(options))
-}
+}>() {}

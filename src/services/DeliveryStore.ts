@@ -1,31 +1,60 @@
 /**
  * The persistence a delivery-service server needs: ordered topics (group messages, welcomes),
  * key packages and identity logs, plus a way to be told that a topic grew so subscriptions
- * can go live. `DeliveryService.layerStore` serves the port over any implementation of it.
+ * can go live. The store-backed delivery service (`layers/StoreDeliveryService.ts`) serves the
+ * port over any implementation of it: memory, SQLite or Postgres.
  *
  * Ordering: a topic's sequence ids start at 1, increase by one and become visible in order.
  * A reader that has seen id N never later finds a new entry below N, whatever publishers
  * run concurrently and however many servers share the store. A change is announced only
  * once the entries it announces are committed.
  */
-import type { SqlClient } from "@effect/sql"
-import type { PgClient } from "@effect/sql-pg"
-import { Context, type Effect, Layer, type Queue, type Scope } from "effect"
+import { Context, Data, type Effect, type Queue, type Scope } from "effect"
 import type { InboxState } from "../domain/IdentityLog.ts"
 import type { InboxId, InstallationId } from "../domain/Ids.ts"
-import type { DeliveryStoreError, StoredEntry, Topic, TopicChange } from "../domain/Topics.ts"
 import type { IdentityUpdate, IdentityUpdateEnvelope } from "../domain/Wire.ts"
-import * as Sql from "../layers/SqlDeliveryStore.ts"
 
-export {
-  ANY_TOPIC,
-  DeliveryStoreError,
-  groupTopic,
-  type StoredEntry,
-  type Topic,
-  type TopicChange,
-  welcomeTopic
-} from "../domain/Topics.ts"
+/**
+ * A topic's name: `g/<group id>` for a group, `w/<installation id>` for an installation's
+ * welcomes. A store treats it as opaque.
+ */
+export type Topic = string & { readonly _Topic: unique symbol }
+
+export const groupTopic = (groupId: string): Topic => `g/${groupId}` as Topic
+export const welcomeTopic = (installationId: string): Topic => `w/${installationId}` as Topic
+
+/**
+ * "Every topic may have grown": announced when changes may have been missed (e.g. a store's
+ * notification connection was re-established). Subscribers re-read.
+ */
+export const ANY_TOPIC = "*" as Topic
+
+/** One entry of a topic as stored. */
+export interface StoredEntry {
+  readonly topic: Topic
+  readonly sequenceId: bigint
+  readonly serverTimeNs: bigint
+  readonly payload: Uint8Array
+}
+
+/** A topic grew: its entries up to `sequenceId` are committed and readable. */
+export interface TopicChange {
+  readonly topic: Topic
+  readonly sequenceId: bigint
+}
+
+/**
+ * The store could not be reached or failed: the operation may or may not have happened.
+ * Server-side only; a delivery service reports it to callers as a retryable `Unavailable`.
+ */
+export class DeliveryStoreError extends Data.TaggedError("DeliveryStoreError")<{
+  readonly operation: string
+  readonly cause: unknown
+}> {
+  override get message() {
+    return `delivery store failed in ${this.operation}: ${String(this.cause)}`
+  }
+}
 
 export type AppendIdentityResult =
   | { readonly _tag: "Appended"; readonly envelope: IdentityUpdateEnvelope }
@@ -33,13 +62,6 @@ export type AppendIdentityResult =
   | { readonly _tag: "Stale" }
   /** The installation being added is a current installation of another inbox. */
   | { readonly _tag: "InstallationTaken"; readonly owner: InboxId }
-
-export interface DeliveryStoreOptions {
-  /** Postgres only: the LISTEN/NOTIFY channel for topic changes. Default `converge_ds`. */
-  readonly channel?: string
-  /** Postgres only: how often the notification connection is checked. Default 10 seconds. */
-  readonly heartbeatMillis?: number
-}
 
 export class DeliveryStore extends Context.Tag("converge/DeliveryStore")<DeliveryStore, {
   /**
@@ -97,19 +119,4 @@ export class DeliveryStore extends Context.Tag("converge/DeliveryStore")<Deliver
   readonly getKeyPackages: (
     installationIds: ReadonlyArray<InstallationId>
   ) => Effect.Effect<ReadonlyMap<InstallationId, Uint8Array>, DeliveryStoreError>
-}>() {
-  /** Embedded SQLite (`@effect/sql-sqlite-node`): one server process; changes go through an in-process PubSub. */
-  static readonly layerSqlite: Layer.Layer<DeliveryStore, DeliveryStoreError, SqlClient.SqlClient> = Layer.scoped(
-    this,
-    Sql.makeSqlite()
-  )
-  /** Postgres (`@effect/sql-pg`): several servers may share it; changes go through LISTEN/NOTIFY. */
-  static readonly layerPg: Layer.Layer<DeliveryStore, DeliveryStoreError, PgClient.PgClient> = Layer.scoped(
-    this,
-    Sql.makePg({})
-  )
-  static readonly layerPgWith = (
-    options: DeliveryStoreOptions
-  ): Layer.Layer<DeliveryStore, DeliveryStoreError, PgClient.PgClient> =>
-    Layer.scoped(this, Sql.makePg(options))
-}
+}>() {}

@@ -1,15 +1,15 @@
 /**
  * The MLS port. Everything the engine needs from RFC 9420, in terms of bytes and an opaque
- * group state. ts-mls lives behind `MlsCrypto.layer`; no other module imports it.
+ * group state. ts-mls lives behind the adapter `layers/TsMlsCrypto.ts` (`MlsCrypto.layer` in the
+ * package root); no other module imports it.
  *
  * Group states are immutable values: `createCommit` returns the staged post-commit state and
  * leaves the pre-commit state usable, so a commit that loses its epoch can be dropped and the
  * winning commit processed from the old state.
  */
-import { Context, type Effect, Layer } from "effect"
+import { Context, type Effect } from "effect"
 import type { CryptoError } from "../domain/Errors.ts"
 import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
-import * as TsMls from "../layers/TsMlsCrypto.ts"
 
 /** A group's MLS state. Opaque: only `MlsCrypto` can look inside. */
 export interface MlsGroupState {
@@ -132,6 +132,4 @@ export class MlsCrypto extends Context.Tag("converge/MlsCrypto")<MlsCrypto, {
   readonly view: (state: MlsGroupState) => GroupView
   readonly serialize: (state: MlsGroupState) => Uint8Array
   readonly deserialize: (bytes: Uint8Array) => Effect.Effect<MlsGroupState, CryptoError>
-}>() {
-  static readonly layer = (options: MlsCryptoOptions = {}) => Layer.effect(this, TsMls.make(options))
-}
+}>() {}

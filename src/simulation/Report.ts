@@ -2,7 +2,7 @@
  * What one simulated history produced, and how it is printed: one summary line per seed, and
  * for a failing seed the violations and a readable trace of the whole history.
  */
-import type { FaultStats } from "../layers/MemoryDeliveryService.ts"
+import type { FaultStats } from "../layers/FaultyDeliveryService.ts"
 import * as Plan from "./Plan.ts"
 
 export interface Violation {

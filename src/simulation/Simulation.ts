@@ -35,7 +35,7 @@ import { type ConversationId, dmId, type GroupId, type InboxId } from "../domain
 import type { SyncSummary } from "../domain/Model.ts"
 import { GroupMessageInput, WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
 import { defaultEngineOptions } from "../services/Engine.ts"
-import { simulatedCrashOf, type TestClient, TestNetwork } from "../testing.ts"
+import { simulatedCrashOf, type TestClient, type TestDelivery, TestNetwork } from "../testing.ts"
 import * as Invariants from "./Invariants.ts"
 import * as Plan from "./Plan.ts"
 import * as Prng from "./Prng.ts"
@@ -53,6 +53,8 @@ export interface Options extends Plan.Params {
   readonly maxQuiescenceRounds?: number
   /** Engine logs at or above this level go into the trace. Default `Warning` (`Debug` shows every skip). */
   readonly logLevel?: LogLevel.LogLevel
+  /** The delivery service under test (always the store-backed one): memory (default), sqlite or rpc. */
+  readonly delivery?: TestDelivery
 }
 
 /**
@@ -135,7 +137,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
     const clientName = Plan.namesOf(options, ops)
     const clientOptions = clientOptionsFor(options.profile)
     const opTimeout = options.opTimeout ?? "30 seconds"
-    const net = yield* TestNetwork.make
+    const net = yield* TestNetwork.makeWith({ delivery: options.delivery ?? "memory" })
     const clients: Array<TestClient | undefined> = installs.map(() => undefined)
     for (let c = 0; c < options.clients; c++) clients[c] = yield* net.client(clientName(c), clientOptions)
     const world: World = {

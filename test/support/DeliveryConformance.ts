@@ -25,8 +25,8 @@ import {
   KeyPackageUpload,
   WelcomeMessageInput
 } from "../../src/domain/Wire.ts"
-import { DeliveryService } from "../../src/services/DeliveryService.ts"
-import { MlsCrypto } from "../../src/services/MlsCrypto.ts"
+import { DeliveryService } from "../../src/index.ts"
+import { MlsCrypto } from "../../src/index.ts"
 
 export interface ConformanceOptions {
   /** The layer's payload limit in bytes (default 1 MiB, the memory layer's default). */

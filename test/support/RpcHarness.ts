@@ -14,7 +14,7 @@ import { Context, Effect, Layer, Schedule, type Scope } from "effect"
 import * as net from "node:net"
 import { type BoundAddress, serve } from "../../src/layers/DeliveryServer.ts"
 import type { RpcDeliveryOptions } from "../../src/layers/RpcDeliveryService.ts"
-import { DeliveryService } from "../../src/services/DeliveryService.ts"
+import { DeliveryService } from "../../src/index.ts"
 
 export type ClientOptions = Omit<RpcDeliveryOptions, "url">
 

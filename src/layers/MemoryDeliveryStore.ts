@@ -1,0 +1,206 @@
+/**
+ * The `DeliveryStore` port in process memory: the store behind `DeliveryService.layerMemory`
+ * and the test kit. It keeps the same tables as the SQL store (topic heads and entries,
+ * inbox heads, installation owners, revocations, key packages) and the same rules, so the
+ * store-backed delivery service over it behaves exactly as `converge serve` does:
+ *
+ * - One lock covers every write; a topic's ids start at 1, grow by one, and an append is
+ *   announced only after all of its entries are in place (the "commit").
+ * - Identical payloads on a topic are stored once; timestamps never go backwards per topic.
+ * - Identity appends are compare-and-set on the inbox's log head; an installation belongs to
+ *   one inbox; a revocation forgets the installation's key package.
+ *
+ * Server time comes from Effect's `Clock`, so `TestClock` drives it.
+ */
+import { Clock, Effect, HashMap, HashSet, Layer, PubSub, type Scope } from "effect"
+import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
+import type { InboxState } from "../domain/IdentityLog.ts"
+import type { InboxId, InstallationId } from "../domain/Ids.ts"
+import { IdentityUpdateEnvelope } from "../domain/Wire.ts"
+import {
+  type AppendIdentityResult,
+  DeliveryStore,
+  type StoredEntry,
+  type Topic,
+  type TopicChange
+} from "../services/DeliveryStore.ts"
+
+type Service = DeliveryStore["Type"]
+
+interface TopicLog {
+  readonly entries: Array<StoredEntry>
+  /** Payload digest -> entries with it (collisions are compared byte for byte). */
+  readonly byDigest: Map<string, Array<StoredEntry>>
+  lastTimeNs: bigint
+}
+
+interface InboxHead {
+  readonly rootPublicKey: string
+  sequence: number
+  headHash: string
+  lastTimeNs: bigint
+  readonly log: Array<IdentityUpdateEnvelope>
+  readonly revoked: Set<InstallationId>
+}
+
+export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(function*() {
+  const lock = yield* Effect.makeSemaphore(1)
+  const pubsub = yield* Effect.acquireRelease(PubSub.unbounded<TopicChange>(), PubSub.shutdown)
+  const topics = new Map<Topic, TopicLog>()
+  const inboxes = new Map<InboxId, InboxHead>()
+  const installations = new Map<InstallationId, { readonly inboxId: InboxId; readonly publicKey: string }>()
+  const keyPackages = new Map<InstallationId, Uint8Array>()
+  /** The identity log's global sequence (the SQL store's serial id). */
+  let identitySequence = 0n
+
+  const topicLog = (topic: Topic): TopicLog => {
+    let log = topics.get(topic)
+    if (log === undefined) {
+      log = { entries: [], byDigest: new Map(), lastTimeNs: 0n }
+      topics.set(topic, log)
+    }
+    return log
+  }
+
+  const append: Service["append"] = (entries) =>
+    Effect.gen(function*() {
+      if (entries.length === 0) return []
+      const now = yield* Clock.currentTimeNanos
+      const digests = entries.map((e) => sha256Hex(e.payload))
+      const { grown, out } = yield* lock.withPermits(1)(Effect.sync(() => {
+        const out: Array<StoredEntry> = []
+        const grown = new Map<Topic, bigint>()
+        for (const [index, { payload, topic }] of entries.entries()) {
+          const log = topicLog(topic)
+          const digest = digests[index]!
+          const same = log.byDigest.get(digest) ?? []
+          const duplicate = same.find((e) => bytesEqual(e.payload, payload))
+          if (duplicate !== undefined) {
+            out.push(duplicate)
+            continue
+          }
+          const timeNs = now > log.lastTimeNs ? now : log.lastTimeNs
+          const entry: StoredEntry = {
+            topic,
+            sequenceId: BigInt(log.entries.length + 1),
+            serverTimeNs: timeNs,
+            payload: payload.slice()
+          }
+          log.entries.push(entry)
+          log.byDigest.set(digest, [...same, entry])
+          log.lastTimeNs = timeNs
+          grown.set(topic, entry.sequenceId)
+          out.push(entry)
+        }
+        return { out, grown }
+      }))
+      // Announced once everything is in place, as the SQL stores do after their commit.
+      yield* PubSub.publishAll(pubsub, Array.from(grown, ([topic, sequenceId]): TopicChange => ({ topic, sequenceId })))
+      return out
+    })
+
+  const read: Service["read"] = (topic, afterSequenceId, limit) =>
+    Effect.sync(() => {
+      const entries = topics.get(topic)?.entries ?? []
+      if (limit <= 0 || afterSequenceId >= BigInt(entries.length)) return []
+      // Ids are dense from 1, so the entries after n start at index n.
+      const start = afterSequenceId < 0n ? 0 : Number(afterSequenceId)
+      return entries.slice(start, start + limit)
+    })
+
+  const loadInbox: Service["loadInbox"] = (inboxId) =>
+    Effect.sync(() => {
+      const head = inboxes.get(inboxId)
+      if (head === undefined) return undefined
+      const current = Array.from(installations).filter(([, owner]) => owner.inboxId === inboxId)
+      const state: InboxState = {
+        inboxId,
+        rootPublicKey: head.rootPublicKey,
+        installations: HashMap.fromIterable(current.map(([id, owner]) => [id, owner.publicKey] as const)),
+        revoked: HashSet.fromIterable(head.revoked),
+        sequence: head.sequence,
+        headHash: head.headHash
+      }
+      return state
+    })
+
+  const appendIdentityUpdate: Service["appendIdentityUpdate"] = (update, headHash) =>
+    Effect.gen(function*() {
+      const now = yield* Clock.currentTimeNanos
+      return yield* lock.withPermits(1)(Effect.sync((): AppendIdentityResult => {
+        const action = update.action
+        const existing = inboxes.get(update.inboxId)
+        if (action._tag === "CreateInbox" ? existing !== undefined : (
+          existing === undefined || existing.sequence !== update.sequence - 1 ||
+          existing.headHash !== update.previousHash
+        )) return { _tag: "Stale" }
+        if (action._tag === "AddInstallation") {
+          const owner = installations.get(action.installationId)
+          if (owner !== undefined) return { _tag: "InstallationTaken", owner: owner.inboxId }
+        }
+        const head: InboxHead = existing ?? {
+          rootPublicKey: action._tag === "CreateInbox" ? action.rootPublicKey : "",
+          sequence: 0,
+          headHash: "",
+          lastTimeNs: 0n,
+          log: [],
+          revoked: new Set()
+        }
+        const timeNs = now > head.lastTimeNs ? now : head.lastTimeNs
+        head.sequence = update.sequence
+        head.headHash = headHash
+        head.lastTimeNs = timeNs
+        inboxes.set(update.inboxId, head)
+        if (action._tag === "AddInstallation") {
+          installations.set(action.installationId, { inboxId: update.inboxId, publicKey: action.signaturePublicKey })
+        }
+        if (action._tag === "RevokeInstallation") {
+          if (installations.get(action.installationId)?.inboxId === update.inboxId) {
+            installations.delete(action.installationId)
+          }
+          head.revoked.add(action.installationId)
+          // A revoked installation may no longer be added to groups: its key package goes.
+          keyPackages.delete(action.installationId)
+        }
+        identitySequence += 1n
+        const envelope = new IdentityUpdateEnvelope({ sequenceId: identitySequence, serverTimeNs: timeNs, update })
+        head.log.push(envelope)
+        return { _tag: "Appended", envelope }
+      }))
+    })
+
+  const identityUpdates: Service["identityUpdates"] = (inboxId, afterSequence) =>
+    // Log entries are numbered densely from 1, so those after n start at index n.
+    Effect.sync(() => (inboxes.get(inboxId)?.log ?? []).slice(Math.max(0, afterSequence)))
+
+  const putKeyPackage: Service["putKeyPackage"] = (installationId, inboxId, keyPackage) =>
+    lock.withPermits(1)(Effect.sync(() => {
+      if (installations.get(installationId)?.inboxId !== inboxId) return false
+      keyPackages.set(installationId, keyPackage.slice())
+      return true
+    }))
+
+  const getKeyPackages: Service["getKeyPackages"] = (installationIds) =>
+    Effect.sync(() => {
+      const found = new Map<InstallationId, Uint8Array>()
+      for (const id of installationIds) {
+        const keyPackage = keyPackages.get(id)
+        if (keyPackage !== undefined) found.set(id, keyPackage)
+      }
+      return found as ReadonlyMap<InstallationId, Uint8Array>
+    })
+
+  return {
+    append,
+    read,
+    changes: PubSub.subscribe(pubsub),
+    loadInbox,
+    appendIdentityUpdate,
+    identityUpdates,
+    putKeyPackage,
+    getKeyPackages
+  } satisfies Service
+})
+
+/** A fresh, empty store for the layer's lifetime. */
+export const layer: Layer.Layer<DeliveryStore> = Layer.scoped(DeliveryStore, make)
