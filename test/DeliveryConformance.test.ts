@@ -48,7 +48,7 @@ const onPostgres = DeliveryService.layerStore(storeOptions).pipe(
   Layer.provide(MlsCrypto.layer())
 )
 
-deliveryConformance("memory", DeliveryService.layerMemory)
+deliveryConformance("memory store", DeliveryService.layerMemoryWith(storeOptions), storeConformance)
 deliveryConformance("sqlite store", onSqlite, storeConformance)
 
 const pgUp = await Postgres.reachable()

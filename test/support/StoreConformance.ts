@@ -1,0 +1,176 @@
+/**
+ * The `DeliveryStore` contract, as one suite run against every store (memory, SQLite,
+ * Postgres): the rules the store-backed delivery service builds on. Identity updates here
+ * are not signed: the store appends what the service has already verified.
+ */
+import { describe, expect, layer } from "@effect/vitest"
+import { Chunk, Effect, type Layer, Queue } from "effect"
+import { toHex, utf8 } from "../../src/domain/Bytes.ts"
+import type { InboxId, InstallationId } from "../../src/domain/Ids.ts"
+import { type IdentityAction, IdentityUpdate } from "../../src/domain/Wire.ts"
+import { DeliveryStore, groupTopic, type Topic, welcomeTopic } from "../../src/services/DeliveryStore.ts"
+
+const randomHex = (bytes: number) => toHex(crypto.getRandomValues(new Uint8Array(bytes)))
+const newTopic = () => groupTopic(randomHex(16))
+const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes)
+const newInboxId = () => randomHex(32) as InboxId
+const newInstallationId = () => randomHex(32) as InstallationId
+
+const update = (inboxId: InboxId, sequence: number, previousHash: string, action: IdentityAction) =>
+  new IdentityUpdate({ inboxId, sequence, previousHash, action, signature: "00" })
+
+const created = (inboxId: InboxId) => update(inboxId, 1, "0".repeat(64), { _tag: "CreateInbox", rootPublicKey: "ab" })
+const added = (inboxId: InboxId, sequence: number, previous: string, installationId: InstallationId) =>
+  update(inboxId, sequence, previous, { _tag: "AddInstallation", installationId, signaturePublicKey: "cd" })
+
+const appendText = (topic: Topic, ...texts: ReadonlyArray<string>) =>
+  Effect.flatMap(DeliveryStore, (store) => store.append(texts.map((t) => ({ topic, payload: utf8(t) }))))
+
+export const storeConformance = <E>(name: string, storeLayer: Layer.Layer<DeliveryStore, E>) =>
+  layer(storeLayer, { timeout: 60_000 })(`DeliveryStore conformance: ${name}`, (it) => {
+    describe("topics", () => {
+      it.effect("ids start at 1 and grow by one per topic; topics are independent", () =>
+        Effect.gen(function*() {
+          const [a, b] = [newTopic(), newTopic()]
+          const stored = yield* Effect.flatMap(DeliveryStore, (store) =>
+            store.append([
+              { topic: a, payload: utf8("a1") },
+              { topic: b, payload: utf8("b1") },
+              { topic: a, payload: utf8("a2") }
+            ]))
+          expect(stored.map((e) => [e.topic, e.sequenceId])).toEqual([[a, 1n], [b, 1n], [a, 2n]])
+          const [a3] = yield* appendText(a, "a3")
+          expect(a3!.sequenceId).toBe(3n)
+        }))
+
+      it.effect("an identical payload is stored once per topic, also within one call; other topics store it anew", () =>
+        Effect.gen(function*() {
+          const store = yield* DeliveryStore
+          const [a, b] = [newTopic(), newTopic()]
+          const first = yield* appendText(a, "same", "same")
+          expect(first.map((e) => e.sequenceId)).toEqual([1n, 1n])
+          const again = yield* appendText(a, "same")
+          expect(again[0]).toEqual(first[0])
+          const elsewhere = yield* appendText(b, "same")
+          expect(elsewhere[0]!.sequenceId).toBe(1n)
+          expect((yield* store.read(a, 0n, 10)).map((e) => text(e.payload))).toEqual(["same"])
+        }))
+
+      it.effect("20 concurrent appenders leave a topic gap-free and each payload once", () =>
+        Effect.gen(function*() {
+          const store = yield* DeliveryStore
+          const topic = newTopic()
+          yield* Effect.forEach(
+            Array.from({ length: 20 }, (_, i) => i),
+            (i) => appendText(topic, `m${i}`),
+            { concurrency: "unbounded", discard: true }
+          )
+          const all = yield* store.read(topic, 0n, 100)
+          expect(all.map((e) => e.sequenceId)).toEqual(Array.from({ length: 20 }, (_, i) => BigInt(i + 1)))
+          expect(new Set(all.map((e) => text(e.payload))).size).toBe(20)
+          for (let i = 1; i < all.length; i++) expect(all[i]!.serverTimeNs >= all[i - 1]!.serverTimeNs).toBe(true)
+        }))
+
+      it.effect("reads are ascending after the cursor, at most `limit`, and empty past the end", () =>
+        Effect.gen(function*() {
+          const store = yield* DeliveryStore
+          const topic = newTopic()
+          yield* appendText(topic, "1", "2", "3", "4", "5")
+          expect((yield* store.read(topic, 1n, 2)).map((e) => e.sequenceId)).toEqual([2n, 3n])
+          expect((yield* store.read(topic, 4n, 10)).map((e) => e.sequenceId)).toEqual([5n])
+          expect(yield* store.read(topic, 5n, 10)).toEqual([])
+          expect(yield* store.read(topic, 1000n, 10)).toEqual([])
+          expect(yield* store.read(topic, 0n, 0)).toEqual([])
+          expect(yield* store.read(newTopic(), 0n, 10)).toEqual([])
+        }))
+
+      it.effect("a stored payload does not change when the caller reuses its buffer", () =>
+        Effect.gen(function*() {
+          const store = yield* DeliveryStore
+          const topic = welcomeTopic(newInstallationId())
+          const buffer = utf8("before")
+          yield* store.append([{ topic, payload: buffer }])
+          buffer.set(utf8("after!"))
+          expect(text((yield* store.read(topic, 0n, 1))[0]!.payload)).toBe("before")
+        }))
+
+      it.scoped("an append is announced to subscribers, once its entries can be read", () =>
+        Effect.gen(function*() {
+          const store = yield* DeliveryStore
+          const topic = newTopic()
+          const changes = yield* store.changes
+          yield* appendText(topic, "x", "y")
+          // A store may announce extra or coalesced changes; ours must be among them.
+          let announced = false
+          while (!announced) {
+            const batch = Chunk.toReadonlyArray(yield* Queue.takeBetween(changes, 1, 100))
+            announced = batch.some((c) => c.topic === topic && c.sequenceId === 2n)
+          }
+          expect((yield* store.read(topic, 0n, 10)).map((e) => e.sequenceId)).toEqual([1n, 2n])
+        }))
+    })
+
+    describe("identity", () => {
+      it.effect("appends are compare-and-set on the log head", () =>
+        Effect.gen(function*() {
+          const store = yield* DeliveryStore
+          const inboxId = newInboxId()
+          expect(yield* store.loadInbox(inboxId)).toBeUndefined()
+          const first = yield* store.appendIdentityUpdate(created(inboxId), "h1")
+          expect(first._tag).toBe("Appended")
+          expect((yield* store.appendIdentityUpdate(created(inboxId), "h1"))._tag).toBe("Stale")
+          const installation = newInstallationId()
+          // Names the wrong previous entry: somebody else moved the head.
+          expect((yield* store.appendIdentityUpdate(added(inboxId, 2, "wrong", installation), "h2"))._tag).toBe("Stale")
+          expect((yield* store.appendIdentityUpdate(added(inboxId, 3, "h1", installation), "h2"))._tag).toBe("Stale")
+          expect((yield* store.appendIdentityUpdate(added(inboxId, 2, "h1", installation), "h2"))._tag).toBe("Appended")
+          const state = (yield* store.loadInbox(inboxId))!
+          expect(state.sequence).toBe(2)
+          expect(state.headHash).toBe("h2")
+          expect([...state.installations].map(([id]) => id)).toEqual([installation])
+          const log = yield* store.identityUpdates(inboxId, 0)
+          expect(log.map((e) => e.update.sequence)).toEqual([1, 2])
+          expect(log[0]!.sequenceId < log[1]!.sequenceId).toBe(true)
+          expect((yield* store.identityUpdates(inboxId, 1)).map((e) => e.update.sequence)).toEqual([2])
+        }))
+
+      it.effect("an installation belongs to one inbox", () =>
+        Effect.gen(function*() {
+          const store = yield* DeliveryStore
+          const [owner, squatter] = [newInboxId(), newInboxId()]
+          const installation = newInstallationId()
+          yield* store.appendIdentityUpdate(created(owner), "o1")
+          yield* store.appendIdentityUpdate(added(owner, 2, "o1", installation), "o2")
+          yield* store.appendIdentityUpdate(created(squatter), "s1")
+          const taken = yield* store.appendIdentityUpdate(added(squatter, 2, "s1", installation), "s2")
+          expect(taken).toEqual({ _tag: "InstallationTaken", owner })
+          // Nothing of the refused update stays behind.
+          expect((yield* store.loadInbox(squatter))!.sequence).toBe(1)
+        }))
+
+      it.effect("key packages: only for a current installation of the inbox; a revocation forgets them", () =>
+        Effect.gen(function*() {
+          const store = yield* DeliveryStore
+          const inboxId = newInboxId()
+          const [installation, stranger] = [newInstallationId(), newInstallationId()]
+          yield* store.appendIdentityUpdate(created(inboxId), "k1")
+          yield* store.appendIdentityUpdate(added(inboxId, 2, "k1", installation), "k2")
+          expect(yield* store.putKeyPackage(installation, inboxId, utf8("kp-1"))).toBe(true)
+          expect(yield* store.putKeyPackage(installation, inboxId, utf8("kp-2"))).toBe(true)
+          expect(yield* store.putKeyPackage(stranger, inboxId, utf8("kp"))).toBe(false)
+          expect(yield* store.putKeyPackage(installation, newInboxId(), utf8("kp"))).toBe(false)
+          const found = yield* store.getKeyPackages([installation, stranger])
+          expect(text(found.get(installation)!)).toBe("kp-2")
+          expect(found.has(stranger)).toBe(false)
+          yield* store.appendIdentityUpdate(
+            update(inboxId, 3, "k2", { _tag: "RevokeInstallation", installationId: installation }),
+            "k3"
+          )
+          expect((yield* store.getKeyPackages([installation])).size).toBe(0)
+          const state = (yield* store.loadInbox(inboxId))!
+          expect([...state.installations]).toEqual([])
+          expect([...state.revoked]).toEqual([installation])
+          expect(yield* store.putKeyPackage(installation, inboxId, utf8("kp-3"))).toBe(false)
+        }))
+    })
+  })
