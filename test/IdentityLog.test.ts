@@ -1,7 +1,6 @@
 import { ed25519 } from "@noble/curves/ed25519.js"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Option } from "effect"
-import { randomBytes } from "node:crypto"
 import { toHex } from "../src/domain/Bytes.ts"
 import * as IdentityLog from "../src/domain/IdentityLog.ts"
 import { IdentityUpdate } from "../src/domain/Wire.ts"
@@ -11,23 +10,46 @@ const newInbox = () => {
   const root = ed25519.utils.randomSecretKey()
   return { root, inboxId: IdentityLog.inboxIdOf(ed25519.getPublicKey(root)) }
 }
+/** An installation: an Ed25519 key pair (its id is the hash of the public key). */
 const newInstallation = () => {
-  const key = new Uint8Array(randomBytes(32))
-  return { key, installationId: IdentityLog.installationIdOf(key) }
+  const secret = ed25519.utils.randomSecretKey()
+  const key = ed25519.getPublicKey(secret)
+  return { secret, key, installationId: IdentityLog.installationIdOf(key) }
 }
+type Installation = ReturnType<typeof newInstallation>
 
-const add = (i: ReturnType<typeof newInstallation>) => ({
+const add = (i: Installation) => ({
   _tag: "AddInstallation" as const,
   installationId: i.installationId,
   signaturePublicKey: toHex(i.key)
 })
 
+/** The installation whose key an action adds, so `signUpdate` can prove possession. */
+const installationsById = new Map<string, Installation>()
+const sign = (
+  root: Uint8Array,
+  inboxId: ReturnType<typeof newInbox>["inboxId"],
+  state: IdentityLog.InboxState | undefined,
+  action: IdentityLog.UnsignedIdentityAction
+) =>
+  IdentityLog.signUpdate(
+    root,
+    inboxId,
+    state,
+    action,
+    action._tag === "AddInstallation" ? installationsById.get(action.installationId)?.secret : undefined
+  )
+
 /** Builds a log by signing each action onto the previous state. */
-const build = (root: Uint8Array, inboxId: ReturnType<typeof newInbox>["inboxId"], actions: ReadonlyArray<IdentityUpdate["action"]>) => {
+const build = (
+  root: Uint8Array,
+  inboxId: ReturnType<typeof newInbox>["inboxId"],
+  actions: ReadonlyArray<IdentityLog.UnsignedIdentityAction>
+) => {
   const updates: Array<IdentityUpdate> = []
   let state: IdentityLog.InboxState | undefined
   for (const action of actions) {
-    const update = IdentityLog.signUpdate(root, inboxId, state, action)
+    const update = sign(root, inboxId, state, action)
     state = Either.getOrThrow(IdentityLog.applyUpdate(state, update))
     updates.push(update)
   }
@@ -38,6 +60,8 @@ describe("IdentityLog", () => {
   const { inboxId, root } = newInbox()
   const phone = newInstallation()
   const laptop = newInstallation()
+  installationsById.set(phone.installationId, phone)
+  installationsById.set(laptop.installationId, laptop)
   const create = { _tag: "CreateInbox" as const, rootPublicKey: toHex(ed25519.getPublicKey(root)) }
 
   it("replays a signed log into the current installations", () => {
@@ -51,18 +75,49 @@ describe("IdentityLog", () => {
 
   it("rejects an installation added with a bad signature", () => {
     const { state } = build(root, inboxId, [create])
-    const forged = IdentityLog.signUpdate(ed25519.utils.randomSecretKey(), inboxId, state, add(phone))
+    const forged = sign(ed25519.utils.randomSecretKey(), inboxId, state, add(phone))
     const result = IdentityLog.applyUpdate(state, forged)
     expect(Either.isLeft(result) && result.left.reason).toContain("bad root signature")
-    const tampered = IdentityUpdate.make({ ...IdentityLog.signUpdate(root, inboxId, state, add(phone)), action: add(laptop) })
+    const tampered = IdentityUpdate.make({ ...sign(root, inboxId, state, add(phone)), action: sign(root, inboxId, state, add(laptop)).action })
     expect(Either.isLeft(IdentityLog.applyUpdate(state, tampered))).toBe(true)
   })
 
   it("a revoked installation is no longer valid and cannot come back", () => {
     const { state } = build(root, inboxId, [create, add(phone), { _tag: "RevokeInstallation", installationId: phone.installationId }])
     expect(IdentityLog.isCurrentInstallation(state, phone.installationId, phone.key)).toBe(false)
-    const readd = IdentityLog.applyUpdate(state, IdentityLog.signUpdate(root, inboxId, state, add(phone)))
+    const readd = IdentityLog.applyUpdate(state, sign(root, inboxId, state, add(phone)))
     expect(Either.isLeft(readd) && readd.left.reason).toContain("revoked")
+  })
+
+  it("adding an installation needs that installation's own signature (proof of possession)", () => {
+    const { state } = build(root, inboxId, [create])
+    const stranger = newInstallation()
+    // The root signs, but the installation's signature is made with a key the inbox does not hold.
+    const withoutKey = IdentityLog.signUpdate(root, inboxId, state, add(stranger), ed25519.utils.randomSecretKey())
+    const refused = IdentityLog.applyUpdate(state, withoutKey)
+    expect(Either.isLeft(refused) && refused.left.reason).toContain("proof of possession")
+    // A proof made for another position in the log does not fit this one.
+    const proof = sign(root, inboxId, state, add(phone))
+    const other = build(root, inboxId, [create, add(laptop)]).state
+    const moved = IdentityUpdate.make({ ...sign(root, inboxId, other, add(phone)), action: proof.action })
+    expect(Either.isLeft(IdentityLog.applyUpdate(other, moved))).toBe(true)
+    expect(Either.isRight(IdentityLog.applyUpdate(state, proof))).toBe(true)
+  })
+
+  it("accepts only canonical signatures: no upper case, no junk around them", () => {
+    const { state } = build(root, inboxId, [create])
+    const good = sign(root, inboxId, state, add(phone))
+    for (const signature of [good.signature.toUpperCase(), `${good.signature}00`, ` ${good.signature}`]) {
+      const bent = IdentityUpdate.make({ ...good, signature })
+      expect(Either.isLeft(IdentityLog.applyUpdate(state, bent))).toBe(true)
+    }
+    const action = good.action as Extract<IdentityUpdate["action"], { _tag: "AddInstallation" }>
+    const bentProof = IdentityUpdate.make({
+      ...good,
+      action: { ...action, installationSignature: action.installationSignature.toUpperCase() }
+    })
+    expect(Either.isLeft(IdentityLog.applyUpdate(state, bentProof))).toBe(true)
+    expect(Either.isRight(IdentityLog.applyUpdate(state, good))).toBe(true)
   })
 
   it("rejects replayed, reordered and mis-addressed entries", () => {
@@ -78,7 +133,7 @@ describe("IdentityLog", () => {
     expect(Either.isLeft(stolen) && stolen.left.reason).toContain("not the hash of the root public key")
     const wrongKey = IdentityLog.applyUpdate(
       state,
-      IdentityLog.signUpdate(root, inboxId, state, { ...add(laptop), installationId: phone.installationId })
+      sign(root, inboxId, state, { ...add(laptop), installationId: phone.installationId })
     )
     expect(Either.isLeft(wrongKey)).toBe(true)
   })
@@ -96,7 +151,8 @@ describe("Identity through the delivery service", () => {
 
       const state = Option.getOrThrow(Either.getOrThrow(IdentityLog.replay(log!.updates.map((u) => u.update))))
       const intruder = newInstallation()
-      const forged = IdentityLog.signUpdate(ed25519.utils.randomSecretKey(), alice.inboxId, state, add(intruder))
+      installationsById.set(intruder.installationId, intruder)
+      const forged = sign(ed25519.utils.randomSecretKey(), alice.inboxId, state, add(intruder))
       const refused = yield* net.delivery.publishIdentityUpdate(forged).pipe(Effect.flip)
       expect(refused._tag).toBe("InvalidIdentityUpdate")
     }))

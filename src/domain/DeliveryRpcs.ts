@@ -55,7 +55,11 @@ export const IdentityQueryWire = Schema.Struct({ inboxId: AnyId, afterSequence: 
 
 export const IdentityActionWire = Schema.Union(
   Schema.TaggedStruct("CreateInbox", { rootPublicKey: Schema.String }),
-  Schema.TaggedStruct("AddInstallation", { installationId: AnyId, signaturePublicKey: Schema.String }),
+  Schema.TaggedStruct("AddInstallation", {
+    installationId: AnyId,
+    signaturePublicKey: Schema.String,
+    installationSignature: Schema.String
+  }),
   Schema.TaggedStruct("RevokeInstallation", { installationId: AnyId })
 )
 /** An identity update as a caller sent it: verifying it (signature, chain, ids) is the service's job. */

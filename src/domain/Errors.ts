@@ -91,7 +91,13 @@ export const DeliveryErrorReason = Schema.Literal(
   "InvalidRequest",
   "InvalidIdentityUpdate",
   "InvalidKeyPackage",
-  "LimitExceeded"
+  "LimitExceeded",
+  /** The request carries no valid signature of a current installation (or a replayed one). */
+  "Unauthenticated",
+  /** The caller is authenticated but may not do this (e.g. read another installation's welcomes). */
+  "Forbidden",
+  /** Too many requests or bytes from one installation: retry later (retryable). */
+  "RateLimited"
 )
 export type DeliveryErrorReason = typeof DeliveryErrorReason.Type
 

@@ -56,31 +56,63 @@ export const hashOfUpdate = (u: IdentityUpdate): string =>
   toHex(labelledHash("identity-entry", signedBytes(u), utf8(u.signature)))
 
 /** Builds and signs the next entry of a log whose state is `previous` (or the first entry). */
+/** An action as its author writes it: an added installation's proof of possession comes from `signUpdate`. */
+export type UnsignedIdentityAction =
+  | Exclude<IdentityAction, { readonly _tag: "AddInstallation" }>
+  | Omit<Extract<IdentityAction, { readonly _tag: "AddInstallation" }>, "installationSignature">
+
+/**
+ * What an added installation signs to show it holds its key (proof of possession): nobody can
+ * add an installation key they do not hold, such as someone else's or a revoked device's.
+ */
+const possessionBytes = (u: Omit<IdentityUpdate, "signature">): Uint8Array =>
+  labelledHash("installation-possession", signedBytes(u))
+
+/**
+ * Builds and signs the next entry of a log whose state is `previous` (or the first entry).
+ * Adding an installation also needs that installation's own Ed25519 secret key (32-byte seed).
+ */
 export const signUpdate = (
   rootSecretKey: Uint8Array,
   inboxId: InboxId,
   previous: Pick<InboxState, "sequence" | "headHash"> | undefined,
-  action: IdentityAction
+  action: UnsignedIdentityAction,
+  installationSecretKey?: Uint8Array
 ): IdentityUpdate => {
-  const unsigned = {
+  const position = {
     inboxId,
     sequence: (previous?.sequence ?? 0) + 1,
-    previousHash: previous?.headHash ?? GENESIS_HASH,
-    action
+    previousHash: previous?.headHash ?? GENESIS_HASH
   }
+  let full: IdentityAction
+  if (action._tag === "AddInstallation") {
+    if (installationSecretKey === undefined) throw new Error("adding an installation needs its secret key")
+    const proof = possessionBytes({ ...position, action: { ...action, installationSignature: "" } })
+    full = { ...action, installationSignature: toHex(ed25519.sign(proof, installationSecretKey)) }
+  } else {
+    full = action
+  }
+  const unsigned = { ...position, action: full }
   const signature = toHex(ed25519.sign(signedBytes(unsigned), rootSecretKey))
   return IdentityUpdate.make({ ...unsigned, signature })
 }
 
 const reject = (inboxId: string, reason: string) => Either.left(new InvalidIdentityUpdate({ inboxId, reason }))
 
-const verifySignature = (rootPublicKey: string, u: IdentityUpdate): boolean => {
+/** Only the canonical encodings: lower-case hex of exactly the right length, nothing around it. */
+const isHex = (value: string, bytes: number) => value.length === bytes * 2 && /^[0-9a-f]*$/.test(value)
+
+const verifyEd25519 = (signature: string, message: Uint8Array, publicKey: string): boolean => {
+  if (!isHex(signature, 64) || !isHex(publicKey, 32)) return false
   try {
-    return ed25519.verify(fromHex(u.signature), signedBytes(u), fromHex(rootPublicKey))
+    return ed25519.verify(fromHex(signature), message, fromHex(publicKey))
   } catch {
     return false
   }
 }
+
+const verifySignature = (rootPublicKey: string, u: IdentityUpdate): boolean =>
+  verifyEd25519(u.signature, signedBytes(u), rootPublicKey)
 
 /** Applies one entry to the state it claims to follow. */
 export const applyUpdate = (
@@ -97,7 +129,7 @@ export const applyUpdate = (
   const action = u.action
   if (state === undefined) {
     if (action._tag !== "CreateInbox") return reject(u.inboxId, "the first entry must create the inbox")
-    if (!/^[0-9a-f]{64}$/.test(action.rootPublicKey)) return reject(u.inboxId, "root public key is not 32 hex bytes")
+    if (!isHex(action.rootPublicKey, 32)) return reject(u.inboxId, "root public key is not 32 hex bytes")
     if (inboxIdOf(fromHex(action.rootPublicKey)) !== u.inboxId) {
       return reject(u.inboxId, "inbox id is not the hash of the root public key")
     }
@@ -118,14 +150,12 @@ export const applyUpdate = (
     case "CreateInbox":
       return reject(u.inboxId, "the inbox already exists")
     case "AddInstallation": {
-      let key: Uint8Array
-      try {
-        key = fromHex(action.signaturePublicKey)
-      } catch {
-        return reject(u.inboxId, "signature public key is not hex")
-      }
-      if (installationIdOf(key) !== action.installationId) {
+      if (!isHex(action.signaturePublicKey, 32)) return reject(u.inboxId, "signature public key is not 32 hex bytes")
+      if (installationIdOf(fromHex(action.signaturePublicKey)) !== action.installationId) {
         return reject(u.inboxId, "installation id is not the hash of its signature key")
+      }
+      if (!verifyEd25519(action.installationSignature, possessionBytes(u), action.signaturePublicKey)) {
+        return reject(u.inboxId, `installation ${action.installationId} did not sign its addition (no proof of possession)`)
       }
       if (HashSet.has(state.revoked, action.installationId)) {
         return reject(u.inboxId, `installation ${action.installationId} was revoked and cannot return`)

@@ -77,7 +77,12 @@ export class QueryPage<A> {
 
 export const IdentityAction = Schema.Union(
   Schema.TaggedStruct("CreateInbox", { rootPublicKey: Schema.String }),
-  Schema.TaggedStruct("AddInstallation", { installationId: InstallationId, signaturePublicKey: Schema.String }),
+  Schema.TaggedStruct("AddInstallation", {
+    installationId: InstallationId,
+    signaturePublicKey: Schema.String,
+    /** The installation's own signature over the entry: it holds the key it is added with. */
+    installationSignature: Schema.String
+  }),
   Schema.TaggedStruct("RevokeInstallation", { installationId: InstallationId })
 )
 export type IdentityAction = typeof IdentityAction.Type

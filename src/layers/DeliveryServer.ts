@@ -29,7 +29,8 @@ import {
 import type { ServeError } from "@effect/platform/HttpServerError"
 import { NodeHttpServer } from "@effect/platform-node"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
-import { Context, Effect, Layer, Option, type Scope } from "effect"
+import { Context, Effect, Layer, Option, Schema, type Scope, Stream } from "effect"
+import type * as Headers from "@effect/platform/Headers"
 import * as Http from "node:http"
 import {
   DeliveryRpcs,
@@ -45,6 +46,8 @@ import {
   type WelcomeQueryWire
 } from "../domain/DeliveryRpcs.ts"
 import type { InstallationId } from "../domain/Ids.ts"
+import { AUTH_HEADER, RequestAuthJson } from "../domain/RequestAuth.ts"
+import { currentSigner, receivedSigner } from "../services/DeliveryAuth.ts"
 import {
   GroupMessageInput,
   IdentityUpdate,
@@ -69,6 +72,9 @@ export interface ServerOptions {
 }
 
 const DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+/** A signed statement is a few hundred bytes; anything much longer is not one. */
+const MAX_AUTH_HEADER = 1024
+const decodeAuth = Schema.decodeOption(RequestAuthJson)
 
 export interface BoundAddress {
   readonly host: string
@@ -102,23 +108,51 @@ const welcomeFilter = (f: Wire<typeof WelcomeFilterWire>): Omit<WelcomeQuery, "l
   ({ installationId: f.installationId as InstallationId, afterSequenceId: f.afterSequenceId })
 const identityQuery = (q: Wire<typeof IdentityQueryWire>): IdentityQuery => q as IdentityQuery
 
-/** The RPC handlers: each one forwards to the `DeliveryService` in the context. */
+/**
+ * The caller's signed statement from the request header (see `DeliveryAuth`): the service
+ * verifies it as it would verify an in-process caller's. A malformed header counts as none.
+ */
+const signerOf = (headers: Headers.Headers) => {
+  const raw = headers[AUTH_HEADER]
+  if (raw === undefined || raw.length > MAX_AUTH_HEADER) return Option.none()
+  return Option.map(decodeAuth(raw), receivedSigner)
+}
+
+const withCaller = (headers: Headers.Headers) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.locally(effect, currentSigner, signerOf(headers))
+
+const withCallerStream = (headers: Headers.Headers) => <A, E>(stream: Stream.Stream<A, E>) =>
+  Stream.unwrapScoped(Effect.as(Effect.locallyScoped(currentSigner, signerOf(headers)), stream))
+
+/** The RPC handlers: each one forwards to the `DeliveryService` in the context, as its caller. */
 export const handlers = DeliveryRpcs.toLayer(
   Effect.gen(function*() {
     const ds = yield* DeliveryService
     return {
-      sendGroupMessages: ({ messages }) => ds.sendGroupMessages(messages.map(groupInput)),
-      queryGroupMessages: ({ query }) => Effect.map(ds.queryGroupMessages(groupQuery(query)), fromQueryPage),
-      batchQueryGroupMessages: ({ queries }) =>
-        Effect.map(ds.batchQueryGroupMessages(queries.map(groupQuery)), (pages) => pages.map(fromQueryPage)),
-      subscribeGroupMessages: ({ filters }) => ds.subscribeGroupMessages(filters.map(groupFilter)),
-      sendWelcomeMessages: ({ messages }) => ds.sendWelcomeMessages(messages.map(welcomeInput)),
-      queryWelcomeMessages: ({ query }) => Effect.map(ds.queryWelcomeMessages(welcomeQuery(query)), fromQueryPage),
-      subscribeWelcomeMessages: ({ filter }) => ds.subscribeWelcomeMessages(welcomeFilter(filter)),
-      uploadKeyPackage: ({ upload }) => ds.uploadKeyPackage(keyPackageUpload(upload)),
-      fetchKeyPackages: ({ installationIds }) => ds.fetchKeyPackages(installationIds as ReadonlyArray<InstallationId>),
-      publishIdentityUpdate: ({ update }) => ds.publishIdentityUpdate(identityUpdate(update)),
-      getIdentityUpdates: ({ queries }) => ds.getIdentityUpdates(queries.map(identityQuery))
+      sendGroupMessages: ({ messages }, { headers }) =>
+        withCaller(headers)(ds.sendGroupMessages(messages.map(groupInput))),
+      queryGroupMessages: ({ query }, { headers }) =>
+        withCaller(headers)(Effect.map(ds.queryGroupMessages(groupQuery(query)), fromQueryPage)),
+      batchQueryGroupMessages: ({ queries }, { headers }) =>
+        withCaller(headers)(
+          Effect.map(ds.batchQueryGroupMessages(queries.map(groupQuery)), (pages) => pages.map(fromQueryPage))
+        ),
+      subscribeGroupMessages: ({ filters }, { headers }) =>
+        withCallerStream(headers)(ds.subscribeGroupMessages(filters.map(groupFilter))),
+      sendWelcomeMessages: ({ messages }, { headers }) =>
+        withCaller(headers)(ds.sendWelcomeMessages(messages.map(welcomeInput))),
+      queryWelcomeMessages: ({ query }, { headers }) =>
+        withCaller(headers)(Effect.map(ds.queryWelcomeMessages(welcomeQuery(query)), fromQueryPage)),
+      subscribeWelcomeMessages: ({ filter }, { headers }) =>
+        withCallerStream(headers)(ds.subscribeWelcomeMessages(welcomeFilter(filter))),
+      uploadKeyPackage: ({ upload }, { headers }) =>
+        withCaller(headers)(ds.uploadKeyPackage(keyPackageUpload(upload))),
+      fetchKeyPackages: ({ installationIds }, { headers }) =>
+        withCaller(headers)(ds.fetchKeyPackages(installationIds as ReadonlyArray<InstallationId>)),
+      publishIdentityUpdate: ({ update }, { headers }) =>
+        withCaller(headers)(ds.publishIdentityUpdate(identityUpdate(update))),
+      getIdentityUpdates: ({ queries }, { headers }) =>
+        withCaller(headers)(ds.getIdentityUpdates(queries.map(identityQuery)))
     }
   })
 )

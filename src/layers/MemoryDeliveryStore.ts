@@ -169,6 +169,12 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
       }))
     })
 
+  const installation: Service["installation"] = (installationId) =>
+    Effect.sync(() => {
+      const owner = installations.get(installationId)
+      return owner === undefined ? undefined : { inboxId: owner.inboxId, signaturePublicKey: owner.publicKey }
+    })
+
   const identityUpdates: Service["identityUpdates"] = (inboxId, afterSequence) =>
     // Log entries are numbered densely from 1, so those after n start at index n.
     Effect.sync(() => (inboxes.get(inboxId)?.log ?? []).slice(Math.max(0, afterSequence)))
@@ -196,6 +202,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
     changes: PubSub.subscribe(pubsub),
     loadInbox,
     appendIdentityUpdate,
+    installation,
     identityUpdates,
     putKeyPackage,
     getKeyPackages

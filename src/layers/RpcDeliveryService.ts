@@ -31,8 +31,11 @@ import {
   Context,
   Duration,
   Effect,
+  FiberRef,
   Layer,
+  Option,
   Schedule,
+  Schema,
   type Scope,
   Stream
 } from "effect"
@@ -46,7 +49,11 @@ import {
 import { DeliveryError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import type { GroupMessageEnvelope, WelcomeMessageEnvelope } from "../domain/Wire.ts"
+import { AUTH_HEADER, type AuthenticatedOperation, RequestAuthJson, requestDigests } from "../domain/RequestAuth.ts"
+import { currentSigner } from "../services/DeliveryAuth.ts"
 import { DeliveryService, type FetchedKeyPackage, type InboxUpdates } from "../services/DeliveryService.ts"
+
+const encodeAuth = Schema.encodeSync(RequestAuthJson)
 
 type Service = Context.Tag.Service<DeliveryService>
 
@@ -202,6 +209,18 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
     const retrySchedule = options.retrySchedule ?? defaultRetrySchedule
     const resubscribeSchedule = Schedule.whileInput(options.resubscribeSchedule ?? defaultResubscribeSchedule, retryWhile)
 
+    /**
+     * The headers of one attempt of an authenticated call: a fresh signed statement from the
+     * caller's signer (none without one; the server then refuses the call).
+     */
+    const authHeaders = (op: AuthenticatedOperation, digest: string) =>
+      Effect.gen(function*() {
+        const signer = yield* FiberRef.get(currentSigner)
+        if (Option.isNone(signer)) return {}
+        const auth = yield* signer.value(op, digest)
+        return { [AUTH_HEADER]: encodeAuth(auth) }
+      })
+
     /** One attempt: transport errors mapped, bounded by the timeout. */
     const attempt = <A, E extends { readonly _tag: string }>(
       op: string,
@@ -250,7 +269,13 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
 
     const service: Service = {
       sendGroupMessages: (messages) =>
-        idempotent("sendGroupMessages", client.sendGroupMessages({ messages })).pipe(
+        idempotent(
+          "sendGroupMessages",
+          Effect.flatMap(
+            authHeaders("sendGroupMessages", requestDigests.sendGroupMessages(messages)),
+            (headers) => client.sendGroupMessages({ messages }, { headers })
+          )
+        ).pipe(
           Effect.map((envelopes) => envelopes.map(toGroupMessageEnvelope))
         ),
       queryGroupMessages: (query) =>
@@ -288,11 +313,23 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
         })
       },
       sendWelcomeMessages: (messages) =>
-        idempotent("sendWelcomeMessages", client.sendWelcomeMessages({ messages })).pipe(
+        idempotent(
+          "sendWelcomeMessages",
+          Effect.flatMap(
+            authHeaders("sendWelcomeMessages", requestDigests.sendWelcomeMessages(messages)),
+            (headers) => client.sendWelcomeMessages({ messages }, { headers })
+          )
+        ).pipe(
           Effect.map((envelopes) => envelopes.map(toWelcomeMessageEnvelope))
         ),
       queryWelcomeMessages: (query) =>
-        idempotent("queryWelcomeMessages", client.queryWelcomeMessages({ query })).pipe(
+        idempotent(
+          "queryWelcomeMessages",
+          Effect.flatMap(
+            authHeaders("queryWelcomeMessages", requestDigests.queryWelcomeMessages(query)),
+            (headers) => client.queryWelcomeMessages({ query }, { headers })
+          )
+        ).pipe(
           Effect.map((page) => toQueryPage(page, toWelcomeMessageEnvelope))
         ),
       subscribeWelcomeMessages: (filter) =>
@@ -302,17 +339,28 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
             "subscribeWelcomeMessages",
             cursors,
             (e: WelcomeMessageEnvelope) => e.installationId,
-            () =>
-              client.subscribeWelcomeMessages({
-                filter: {
-                  installationId: filter.installationId,
-                  afterSequenceId: cursors.get(filter.installationId) ?? filter.afterSequenceId
-                }
-              }).pipe(Stream.map(toWelcomeMessageEnvelope))
+            () => {
+              const from = {
+                installationId: filter.installationId,
+                afterSequenceId: cursors.get(filter.installationId) ?? filter.afterSequenceId
+              }
+              // Each (re)subscription is signed anew: a statement is good for one request.
+              return Stream.unwrap(Effect.map(
+                authHeaders("subscribeWelcomeMessages", requestDigests.subscribeWelcomeMessages(from)),
+                (headers) => client.subscribeWelcomeMessages({ filter: from }, { headers })
+              )).pipe(Stream.map(toWelcomeMessageEnvelope))
+            }
           )
         }),
       // A replace: doing it twice leaves what doing it once does.
-      uploadKeyPackage: (upload) => idempotent("uploadKeyPackage", client.uploadKeyPackage({ upload })),
+      uploadKeyPackage: (upload) =>
+        idempotent(
+          "uploadKeyPackage",
+          Effect.flatMap(
+            authHeaders("uploadKeyPackage", requestDigests.uploadKeyPackage(upload)),
+            (headers) => client.uploadKeyPackage({ upload }, { headers })
+          )
+        ),
       fetchKeyPackages: (installationIds) =>
         idempotent("fetchKeyPackages", client.fetchKeyPackages({ installationIds })).pipe(
           Effect.map((fetched) =>

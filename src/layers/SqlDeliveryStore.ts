@@ -334,6 +334,13 @@ export const makeWith = (
         failed("appendIdentityUpdate")
       )
 
+    const installation: Service["installation"] = (installationId) =>
+      Effect.gen(function*() {
+        const [row] = yield* sql<{ inbox_id: InboxId; signature_public_key: string }>`
+          SELECT inbox_id, signature_public_key FROM ds_installations WHERE installation_id = ${installationId}`
+        return row === undefined ? undefined : { inboxId: row.inbox_id, signaturePublicKey: row.signature_public_key }
+      }).pipe(failed("installation"))
+
     const identityUpdates: Service["identityUpdates"] = (inboxId, afterSequence) =>
       Effect.gen(function*() {
         const rows = yield* sql<{ id: unknown; server_time_ns: unknown; body: string }>`
@@ -378,6 +385,7 @@ export const makeWith = (
       changes: announcer.changes,
       loadInbox,
       appendIdentityUpdate,
+      installation,
       identityUpdates,
       putKeyPackage,
       getKeyPackages

@@ -46,7 +46,9 @@ import {
   welcomeTopic
 } from "../services/DeliveryStore.ts"
 import { MlsCrypto } from "../services/MlsCrypto.ts"
+import { requestDigests } from "../domain/RequestAuth.ts"
 import * as MemoryDeliveryStore from "./MemoryDeliveryStore.ts"
+import * as Authenticator from "./RequestAuthenticator.ts"
 import * as TsMlsCrypto from "./TsMlsCrypto.ts"
 
 export interface StoreDeliveryOptions {
@@ -63,6 +65,8 @@ export interface StoreDeliveryOptions {
    * a safety net for lost notifications. Default 5 seconds.
    */
   readonly pollMillis?: number
+  /** Request authentication: the time window, replay memory and per-installation rate limits. */
+  readonly authentication?: Authenticator.AuthenticatorOptions
 }
 
 type Service = DeliveryService["Type"]
@@ -127,6 +131,26 @@ export const make = (
     // ---- validation (shared with every delivery-service layer) ----
 
     const checks = makeChecks({ maxPayloadBytes, pageSize, maxBatch })
+    const { authenticate } = Authenticator.make(store, stored, options.authentication)
+    const forbidden = (detail: string) => new DeliveryError({ reason: "Forbidden", retryable: false, detail })
+
+    /**
+     * A group topic takes only MLS group messages of its own group (the server reads the
+     * header, as xmtp-node-go does): nobody can fill a topic with bytes no member can use, and
+     * a topic comes into existence only with a well-formed message for it.
+     */
+    const checkGroupMessage = (m: GroupMessageInput) =>
+      crypto.inspect(m.payload).pipe(
+        Effect.mapError((e) => invalidRequest(`sendGroupMessages to ${m.groupId}: not an MLS message (${e.detail})`)),
+        Effect.flatMap((header) =>
+          header.groupId === m.groupId &&
+            (header.kind === "application" || header.kind === "commit" || header.kind === "proposal")
+            ? Effect.void
+            : Effect.fail(invalidRequest(
+              `sendGroupMessages to ${m.groupId}: a ${header.kind} message of group ${header.groupId ?? "none"}`
+            ))
+        )
+      )
     const checkPayload = checks.payload
     const checkBatch = checks.batch
     const checkCursor = checks.cursor
@@ -206,6 +230,17 @@ export const make = (
         })
       )
 
+    /** A welcome topic is read by its own installation only. */
+    const ownWelcomes = (
+      op: "queryWelcomeMessages" | "subscribeWelcomeMessages",
+      installationId: InstallationId,
+      digest: string
+    ) =>
+      Effect.flatMap(authenticate(op, digest), (caller) =>
+        caller.installationId === installationId
+          ? Effect.void
+          : Effect.fail(forbidden(`${op}: only ${installationId} may read its welcomes`)))
+
     // ---- MlsApi ----
 
     const sendGroupMessages: Service["sendGroupMessages"] = (messages) =>
@@ -216,6 +251,12 @@ export const make = (
           yield* checkGroupId(m.groupId, "sendGroupMessages")
           yield* checkPayload(m.payload, `sendGroupMessages to ${m.groupId}`)
         }
+        yield* authenticate(
+          "sendGroupMessages",
+          requestDigests.sendGroupMessages(messages),
+          messages.reduce((n, m) => n + m.payload.length, 0)
+        )
+        for (const m of messages) yield* checkGroupMessage(m)
         const entries = yield* stored(
           store.append(messages.map((m: GroupMessageInput) => ({ topic: groupTopic(m.groupId), payload: m.payload })))
         )
@@ -275,6 +316,11 @@ export const make = (
           yield* checkInstallationId(m.installationId, "sendWelcomeMessages")
           yield* checkPayload(m.payload, `sendWelcomeMessages to ${m.installationId}`)
         }
+        yield* authenticate(
+          "sendWelcomeMessages",
+          requestDigests.sendWelcomeMessages(messages),
+          messages.reduce((n, m) => n + m.payload.length, 0)
+        )
         const entries = yield* stored(
           store.append(
             messages.map((m: WelcomeMessageInput) => ({ topic: welcomeTopic(m.installationId), payload: m.payload }))
@@ -288,6 +334,11 @@ export const make = (
         yield* checkInstallationId(query.installationId, "queryWelcomeMessages")
         yield* checkCursor(query.afterSequenceId, "queryWelcomeMessages")
         const limit = yield* checkLimit(query.limit, "queryWelcomeMessages")
+        yield* ownWelcomes(
+          "queryWelcomeMessages",
+          query.installationId,
+          requestDigests.queryWelcomeMessages(query)
+        )
         return yield* page(
           welcomeTopic(query.installationId),
           query.afterSequenceId,
@@ -301,6 +352,11 @@ export const make = (
         Effect.gen(function*() {
           yield* checkInstallationId(filter.installationId, "subscribeWelcomeMessages")
           yield* checkCursor(filter.afterSequenceId, "subscribeWelcomeMessages")
+          yield* ownWelcomes(
+            "subscribeWelcomeMessages",
+            filter.installationId,
+            requestDigests.subscribeWelcomeMessages(filter)
+          )
           return follow(
             welcomeTopic(filter.installationId),
             filter.afterSequenceId,
@@ -313,6 +369,14 @@ export const make = (
       Effect.gen(function*() {
         yield* checkInstallationId(upload.installationId, "uploadKeyPackage")
         yield* checkPayload(upload.keyPackage, `uploadKeyPackage for ${upload.installationId}`)
+        const caller = yield* authenticate(
+          "uploadKeyPackage",
+          requestDigests.uploadKeyPackage(upload),
+          upload.keyPackage.length
+        )
+        if (caller.installationId !== upload.installationId) {
+          return yield* Effect.fail(forbidden(`uploadKeyPackage: only ${upload.installationId} may upload its key package`))
+        }
         // Decode and verify before anything is stored: signatures, lifetime, and that the
         // leaf's installation id is the hash of its signature key.
         const info = yield* crypto.keyPackageInfo(upload.keyPackage).pipe(

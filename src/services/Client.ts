@@ -40,6 +40,7 @@ import type { IntentData } from "../domain/Intent.ts"
 import { GroupMetadata, GroupMetadataJson, Member, Message, SyncSummary } from "../domain/Model.ts"
 import { GroupRow, MessageRow } from "../domain/Rows.ts"
 import type { MembershipState } from "../domain/Rows.ts"
+import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
 import { DeliveryService } from "./DeliveryService.ts"
 import {
   defaultEngineOptions,
@@ -131,12 +132,14 @@ export const make = (options: ClientOptions = {}) =>
   Effect.gen(function*() {
     const storage = yield* Storage
     const crypto = yield* MlsCrypto
-    const ds = yield* DeliveryService
+    const network = yield* DeliveryService
     const identity = yield* IdentityService.make(options).pipe(
       Effect.provideService(Storage, storage),
       Effect.provideService(MlsCrypto, crypto),
-      Effect.provideService(DeliveryService, ds)
+      Effect.provideService(DeliveryService, network)
     )
+    // Every request of this installation is signed by it (DeliveryAuth).
+    const ds = authenticatedAs(network, installationSigner(identity.installationId, identity.signatureKeys.privateKey))
     const engineOptions: EngineOptions = {
       maxPastEpochs: options.maxPastEpochs ?? defaultEngineOptions.maxPastEpochs,
       conflictSchedule: options.conflictSchedule ?? defaultEngineOptions.conflictSchedule,

@@ -63,6 +63,11 @@ export type AppendIdentityResult =
   /** The installation being added is a current installation of another inbox. */
   | { readonly _tag: "InstallationTaken"; readonly owner: InboxId }
 
+export interface CurrentInstallation {
+  readonly inboxId: InboxId
+  readonly signaturePublicKey: string
+}
+
 export class DeliveryStore extends Context.Tag("converge/DeliveryStore")<DeliveryStore, {
   /**
    * Appends to topics in one transaction: all or nothing, in the given order. Payloads
@@ -99,6 +104,10 @@ export class DeliveryStore extends Context.Tag("converge/DeliveryStore")<Deliver
     update: IdentityUpdate,
     headHash: string
   ) => Effect.Effect<AppendIdentityResult, DeliveryStoreError>
+  /** A current installation's inbox and signature key (hex); undefined once revoked or never added. */
+  readonly installation: (
+    installationId: InstallationId
+  ) => Effect.Effect<CurrentInstallation | undefined, DeliveryStoreError>
   /** The inbox's log entries with `sequence > afterSequence`, in log order. */
   readonly identityUpdates: (
     inboxId: InboxId,

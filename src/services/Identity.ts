@@ -20,6 +20,8 @@ import type { InboxId, InstallationId } from "../domain/Ids.ts"
 import * as IdentityLog from "../domain/IdentityLog.ts"
 import { IdentityRow, InboxLogRow, KeyPackageRow } from "../domain/Rows.ts"
 import { IdentityUpdate, KeyPackageUpload } from "../domain/Wire.ts"
+import { ed25519Seed } from "../domain/RequestAuth.ts"
+import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
 import { DeliveryService } from "./DeliveryService.ts"
 import { type KeyPackageBundle, type LeafMember, MlsCrypto, type SignatureKeyPair } from "./MlsCrypto.ts"
 import { Storage } from "./Storage.ts"
@@ -62,12 +64,13 @@ export const make = (options: IdentityOptions) =>
   Effect.gen(function*() {
     const storage = yield* Storage
     const crypto = yield* MlsCrypto
-    const ds = yield* DeliveryService
 
     const row = yield* loadOrCreate(options)
     const inboxId = row.inbox_id
     const installationId = row.installation_id
     const signatureKeys = { publicKey: row.signature_public_key, privateKey: row.signature_private_key }
+    // Everything this installation asks of the delivery service is signed by it.
+    const ds = authenticatedAs(yield* DeliveryService, installationSigner(installationId, signatureKeys.privateKey))
     const rootSecretKey = Option.fromNullable(row.root_secret_key)
     const cache = yield* Ref.make(HashMap.empty<InboxId, IdentityLog.InboxState>())
 
@@ -145,13 +148,19 @@ export const make = (options: IdentityOptions) =>
       return check(Option.getOrUndefined(fresh))
     })
 
-    const publishOwn = (action: typeof IdentityUpdate.Type["action"]) =>
+    const publishOwn = (action: IdentityLog.UnsignedIdentityAction) =>
       Effect.gen(function*() {
         if (Option.isNone(rootSecretKey)) {
           return yield* new InvalidIdentityUpdate({ inboxId, reason: "this installation does not hold the root key" })
         }
         const head = yield* refresh(inboxId)
-        const update = IdentityLog.signUpdate(rootSecretKey.value, inboxId, Option.getOrUndefined(head), action)
+        const update = IdentityLog.signUpdate(
+          rootSecretKey.value,
+          inboxId,
+          Option.getOrUndefined(head),
+          action,
+          ed25519Seed(signatureKeys.privateKey)
+        )
         yield* ds.publishIdentityUpdate(update)
         yield* refresh(inboxId)
       })

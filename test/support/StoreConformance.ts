@@ -21,7 +21,12 @@ const update = (inboxId: InboxId, sequence: number, previousHash: string, action
 
 const created = (inboxId: InboxId) => update(inboxId, 1, "0".repeat(64), { _tag: "CreateInbox", rootPublicKey: "ab" })
 const added = (inboxId: InboxId, sequence: number, previous: string, installationId: InstallationId) =>
-  update(inboxId, sequence, previous, { _tag: "AddInstallation", installationId, signaturePublicKey: "cd" })
+  update(inboxId, sequence, previous, {
+    _tag: "AddInstallation",
+    installationId,
+    signaturePublicKey: "cd",
+    installationSignature: "00"
+  })
 
 const appendText = (topic: Topic, ...texts: ReadonlyArray<string>) =>
   Effect.flatMap(DeliveryStore, (store) => store.append(texts.map((t) => ({ topic, payload: utf8(t) }))))
@@ -124,6 +129,8 @@ export const storeConformance = <E>(name: string, storeLayer: Layer.Layer<Delive
           expect((yield* store.appendIdentityUpdate(added(inboxId, 2, "wrong", installation), "h2"))._tag).toBe("Stale")
           expect((yield* store.appendIdentityUpdate(added(inboxId, 3, "h1", installation), "h2"))._tag).toBe("Stale")
           expect((yield* store.appendIdentityUpdate(added(inboxId, 2, "h1", installation), "h2"))._tag).toBe("Appended")
+          expect(yield* store.installation(installation)).toEqual({ inboxId, signaturePublicKey: "cd" })
+          expect(yield* store.installation(newInstallationId())).toBeUndefined()
           const state = (yield* store.loadInbox(inboxId))!
           expect(state.sequence).toBe(2)
           expect(state.headHash).toBe("h2")
@@ -167,6 +174,7 @@ export const storeConformance = <E>(name: string, storeLayer: Layer.Layer<Delive
             "k3"
           )
           expect((yield* store.getKeyPackages([installation])).size).toBe(0)
+          expect(yield* store.installation(installation)).toBeUndefined()
           const state = (yield* store.loadInbox(inboxId))!
           expect([...state.installations]).toEqual([])
           expect([...state.revoked]).toEqual([installation])
