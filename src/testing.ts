@@ -12,12 +12,16 @@
  * ```
  */
 import { SqliteClient } from "@effect/sql-sqlite-node"
-import { Cause, Context, Data, Effect, Exit, Layer, Schedule, Scope } from "effect"
+import { ed25519 } from "@noble/curves/ed25519.js"
+import { Cause, Context, Data, Effect, Either, Exit, Layer, Option, Schedule, Scope } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import type { ConvergeError } from "./domain/Errors.ts"
-import type { InstallationId } from "./domain/Ids.ts"
+import { toHex } from "./domain/Bytes.ts"
+import * as IdentityLog from "./domain/IdentityLog.ts"
+import type { GroupId, InstallationId } from "./domain/Ids.ts"
+import { GroupMessageEnvelope, WelcomeMessageEnvelope } from "./domain/Wire.ts"
 import { serve as serveDelivery } from "./layers/DeliveryServer.ts"
 import * as FaultyDeliveryService from "./layers/FaultyDeliveryService.ts"
 import * as MemoryDeliveryStore from "./layers/MemoryDeliveryStore.ts"
@@ -27,7 +31,8 @@ import * as StoreDeliveryService from "./layers/StoreDeliveryService.ts"
 import * as TsMlsCrypto from "./layers/TsMlsCrypto.ts"
 import { Client, type ClientOptions } from "./services/Client.ts"
 import { DeliveryService } from "./services/DeliveryService.ts"
-import { DeliveryStore } from "./services/DeliveryStore.ts"
+import { authenticatedAs, installationSigner } from "./services/DeliveryAuth.ts"
+import { DeliveryStore, groupTopic, type StoredEntry, type Topic, welcomeTopic } from "./services/DeliveryStore.ts"
 import type { CrashPoint } from "./services/Engine.ts"
 import { MlsCrypto } from "./services/MlsCrypto.ts"
 import { Storage } from "./services/Storage.ts"
@@ -83,36 +88,89 @@ export interface TestNetworkOptions extends StoreDeliveryService.StoreDeliveryOp
   readonly delivery?: TestDelivery
 }
 
-/** The delivery service of a test network, without faults. */
+/** The delivery service of a test network, without faults, and the store behind it. */
 const makeDelivery = (
   options: TestNetworkOptions,
   crypto: Context.Tag.Service<MlsCrypto>,
   dir: string
-): Effect.Effect<Context.Tag.Service<DeliveryService>, never, Scope.Scope> => {
-  const { clientDefaults: _, delivery = "memory", ...storeOptions } = options
-  const storeLayer: Layer.Layer<DeliveryStore> = delivery === "sqlite"
-    ? SqlDeliveryStore.layerSqlite.pipe(
-      Layer.provide(SqliteClient.layer({ filename: path.join(dir, "delivery.sqlite") })),
-      Layer.orDie
+): Effect.Effect<
+  { readonly service: Context.Tag.Service<DeliveryService>; readonly store: Context.Tag.Service<DeliveryStore> },
+  never,
+  Scope.Scope
+> =>
+  Effect.gen(function*() {
+    const { clientDefaults: _, delivery = "memory", ...storeOptions } = options
+    const storeLayer: Layer.Layer<DeliveryStore> = delivery === "sqlite"
+      ? SqlDeliveryStore.layerSqlite.pipe(
+        Layer.provide(SqliteClient.layer({ filename: path.join(dir, "delivery.sqlite") })),
+        Layer.orDie
+      )
+      : MemoryDeliveryStore.layer
+    const store = Context.get(yield* Layer.build(storeLayer), DeliveryStore)
+    const local = yield* StoreDeliveryService.make({ ...testRateLimit, ...storeOptions }).pipe(
+      Effect.provideService(DeliveryStore, store),
+      Effect.provideService(MlsCrypto, crypto)
     )
-    : MemoryDeliveryStore.layer
-  const serviceLayer = StoreDeliveryService.layer(storeOptions).pipe(
-    Layer.provide(storeLayer),
-    Layer.provide(Layer.succeed(MlsCrypto, crypto))
-  )
-  if (delivery !== "rpc") return Effect.map(Layer.build(serviceLayer), Context.get(DeliveryService))
-  return Effect.gen(function*() {
-    const service = yield* Layer.build(serviceLayer)
-    const address = yield* serveDelivery({ port: 0, host: "127.0.0.1" }).pipe(Effect.provide(service), Effect.orDie)
-    return yield* RpcDeliveryService.make({
+    if (delivery !== "rpc") return { service: local, store }
+    const address = yield* serveDelivery({ port: 0, host: "127.0.0.1" }).pipe(
+      Effect.provideService(DeliveryService, local),
+      Effect.orDie
+    )
+    const service = yield* RpcDeliveryService.make({
       url: address.url,
       timeout: "10 seconds",
       retrySchedule: Schedule.exponential("20 millis").pipe(Schedule.intersect(Schedule.recurs(5))),
       resubscribeSchedule: Schedule.exponential("20 millis").pipe(Schedule.either(Schedule.spaced("200 millis"))),
       reconnectSchedule: Schedule.exponential("20 millis").pipe(Schedule.either(Schedule.spaced("200 millis")))
     })
+    return { service, store }
   })
+
+/**
+ * Test clients make many requests without the clock moving (`TestClock`): the network's rate
+ * limits are high enough never to matter unless a test sets its own.
+ */
+const testRateLimit: StoreDeliveryService.StoreDeliveryOptions = {
+  authentication: {
+    rateLimit: { requestBurst: 1e9, requestsPerSecond: 1e9, byteBurst: 1e15, bytesPerSecond: 1e15 }
+  }
 }
+
+/** Reads a whole topic of the store, past any authentication: what the server holds. */
+const readAll = (store: Context.Tag.Service<DeliveryStore>, topic: Topic) =>
+  Effect.gen(function*() {
+    const all: Array<StoredEntry> = []
+    for (;;) {
+      const page = yield* store.read(topic, all.at(-1)?.sequenceId ?? 0n, 500)
+      all.push(...page)
+      if (page.length < 500) return all
+    }
+  }).pipe(Effect.orDie)
+
+/**
+ * An inbox with one registered installation that belongs to no group: an outsider with an
+ * account, who can publish to any topic what the server accepts from anyone.
+ */
+const registerIntruder = (service: Context.Tag.Service<DeliveryService>) =>
+  Effect.gen(function*() {
+    const root = ed25519.utils.randomSecretKey()
+    const inboxId = IdentityLog.inboxIdOf(ed25519.getPublicKey(root))
+    const secret = ed25519.utils.randomSecretKey()
+    const publicKey = ed25519.getPublicKey(secret)
+    const installationId = IdentityLog.installationIdOf(publicKey)
+    const created = IdentityLog.signUpdate(root, inboxId, undefined, {
+      _tag: "CreateInbox",
+      rootPublicKey: toHex(ed25519.getPublicKey(root))
+    })
+    yield* service.publishIdentityUpdate(created)
+    const head = Either.getOrThrow(IdentityLog.applyUpdate(undefined, created))
+    yield* service.publishIdentityUpdate(IdentityLog.signUpdate(root, inboxId, head, {
+      _tag: "AddInstallation",
+      installationId,
+      signaturePublicKey: toHex(publicKey)
+    }, secret))
+    return authenticatedAs(service, installationSigner(installationId, secret))
+  }).pipe(Effect.orDie)
 
 /**
  * Test clients retry without delays, so scenarios run under `TestClock` without advancing it.
@@ -144,6 +202,15 @@ export interface TestNetwork {
   readonly storage: (client: TestClient) => Effect.Effect<Context.Tag.Service<Storage>>
   /** The MLS crypto every client of this network shares (to inspect payloads). */
   readonly crypto: Context.Tag.Service<MlsCrypto>
+  /** The delivery service as an installation of an inbox in no group (registered on first use). */
+  readonly intruder: Effect.Effect<Context.Tag.Service<DeliveryService>>
+  /** The delivery service as this client's installation (its signed requests). */
+  readonly deliveryAs: (client: TestClient) => Effect.Effect<Context.Tag.Service<DeliveryService>>
+  /** What the server stores, read past authentication: the test's omniscient view. */
+  readonly inspect: {
+    readonly groupMessages: (groupId: GroupId) => Effect.Effect<ReadonlyArray<GroupMessageEnvelope>>
+    readonly welcomes: (installationId: InstallationId) => Effect.Effect<ReadonlyArray<WelcomeMessageEnvelope>>
+  }
 }
 
 interface Incarnation {
@@ -158,7 +225,9 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
     const crypto = yield* Layer.build(TsMlsCrypto.layer()).pipe(Effect.map(Context.get(MlsCrypto)))
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "converge-net-"))
     yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true })))
-    const memory = yield* FaultyDeliveryService.make(yield* makeDelivery(options, crypto, dir))
+    const delivery = yield* makeDelivery(options, crypto, dir)
+    const memory = yield* FaultyDeliveryService.make(delivery.service)
+    const intruder = yield* Effect.cached(registerIntruder(memory.service))
     const incarnations = new Map<string, Incarnation>()
     /** Known once a client first booted; kept across restarts so a partition holds during them. */
     const installations = new Map<string, InstallationId>()
@@ -302,7 +371,32 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
       disarmCrashes,
       crashLog: Effect.sync(() => [...crashes]),
       storage: (testClient) => Effect.sync(() => incarnationOf(testClient.name).storage),
-      crypto
+      crypto,
+      intruder,
+      deliveryAs: (testClient) =>
+        Effect.gen(function*() {
+          const identity = yield* incarnationOf(testClient.name).storage.identity.get.pipe(Effect.orDie)
+          if (Option.isNone(identity)) return yield* Effect.dieMessage(`${testClient.name} has no identity`)
+          const signer = installationSigner(identity.value.installation_id, identity.value.signature_private_key)
+          return authenticatedAs(memory.service, signer)
+        }),
+      inspect: {
+        groupMessages: (groupId) =>
+          Effect.map(readAll(delivery.store, groupTopic(groupId)), (entries) =>
+            entries.map((e) =>
+              new GroupMessageEnvelope({ groupId, sequenceId: e.sequenceId, serverTimeNs: e.serverTimeNs, payload: e.payload })
+            )),
+        welcomes: (installationId) =>
+          Effect.map(readAll(delivery.store, welcomeTopic(installationId)), (entries) =>
+            entries.map((e) =>
+              new WelcomeMessageEnvelope({
+                installationId,
+                sequenceId: e.sequenceId,
+                serverTimeNs: e.serverTimeNs,
+                payload: e.payload
+              })
+            ))
+      }
     } satisfies TestNetwork
   })
 

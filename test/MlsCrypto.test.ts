@@ -105,6 +105,24 @@ const expectSameEpoch = (crypto: Crypto, members: ReadonlyArray<Member>) => {
 const withOptions = (options: MlsCryptoOptions) => Effect.provide(MlsCrypto, TsMlsCrypto.layer(options))
 
 layer(TsMlsCrypto.layer())("MlsCrypto (ts-mls)", (it) => {
+  describe("sealed welcomes", () => {
+    it.effect("only the installation whose key package it was sealed to can open it", () =>
+      Effect.gen(function*() {
+        const crypto = yield* MlsCrypto
+        const [bob, carol] = yield* Effect.all([newInstallation(crypto), newInstallation(crypto)])
+        const secret = utf8("group id, cursor and DM peers")
+        const sealed = yield* crypto.sealToKeyPackage(bob.keyPackage.publicPackage, secret)
+        // Nothing of the plaintext shows.
+        expect(toHex(sealed).includes(toHex(secret))).toBe(false)
+        expect(fromUtf8(yield* crypto.openSealed(sealed, [carol.keyPackage, bob.keyPackage]))).toBe(fromUtf8(secret))
+        expectReason(yield* Effect.flip(crypto.openSealed(sealed, [carol.keyPackage])), "CannotDecrypt")
+        const tampered = sealed.slice()
+        tampered[tampered.length - 1] = tampered[tampered.length - 1]! ^ 1
+        expect((yield* Effect.flip(crypto.openSealed(tampered, [bob.keyPackage])))._tag).toBe("CryptoError")
+        expectReason(yield* Effect.flip(crypto.openSealed(sealed.slice(0, 20), [bob.keyPackage])), "Malformed")
+      }))
+  })
+
   describe("key packages", () => {
     it.effect("key packages name their installation and verify", () =>
       Effect.gen(function*() {

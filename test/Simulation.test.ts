@@ -270,10 +270,11 @@ describe("simulation: regressions", () => {
       yield* bob.syncAll
       expect(yield* (yield* bob.conversation(group.id)).state).toBe("inactive")
       // Anyone who can write to Bob's welcome topic replays his first welcome, re-encoded.
-      const [first] = (yield* net.delivery.queryWelcomeMessages({ installationId: bob.installationId, afterSequenceId: 0n })).items
+      const [first] = yield* net.inspect.welcomes(bob.installationId)
       const payload = Schema.decodeSync(WelcomePayloadJson)(new TextDecoder().decode(first!.payload))
       const replay = new TextEncoder().encode(` ${Schema.encodeSync(WelcomePayloadJson)(payload)}`)
-      yield* net.delivery.sendWelcomeMessages([WelcomeMessageInput.make({ installationId: bob.installationId, payload: replay })])
+      const intruder = yield* net.intruder
+      yield* intruder.sendWelcomeMessages([WelcomeMessageInput.make({ installationId: bob.installationId, payload: replay })])
       yield* bob.syncAll
       yield* group.send("after the removal")
       yield* bob.syncAll

@@ -555,7 +555,17 @@ export const make = (options: ClientOptions = {}) =>
       })
 
     const syncAll = Effect.gen(function*() {
-      const joined = yield* welcomes.syncWelcomes
+      // A revoked installation is refused its welcomes, but may still read its groups' topics:
+      // it syncs them, reads its removal and goes inactive there.
+      const joined = yield* welcomes.syncWelcomes.pipe(
+        Effect.catchIf(
+          (e) => e._tag === "DeliveryError" && e.reason === "Unauthenticated",
+          (e) =>
+            Effect.logWarning("the delivery service refuses this installation its welcomes", e.message).pipe(
+              Effect.as({ joined: [], skipped: 0 })
+            )
+        )
+      )
       const active = yield* storage.groups.list({ includeInactive: false })
       const news = yield* groupsWithNews(active)
       // New or revoked devices of members become UpdateInstallations intents (pending below).

@@ -131,5 +131,12 @@ export class MlsCrypto extends Context.Tag("converge/MlsCrypto")<MlsCrypto, {
   readonly process: (state: MlsGroupState, message: Uint8Array) => Effect.Effect<Processed, CryptoError>
   readonly view: (state: MlsGroupState) => GroupView
   readonly serialize: (state: MlsGroupState) => Uint8Array
+  /** Seals bytes to an installation's public key package (HPKE to its init key): only it can open them. */
+  readonly sealToKeyPackage: (keyPackage: Uint8Array, plaintext: Uint8Array) => Effect.Effect<Uint8Array, CryptoError>
+  /** Opens bytes sealed to one of these (own) key packages. */
+  readonly openSealed: (
+    sealed: Uint8Array,
+    keyPackages: ReadonlyArray<KeyPackageBundle>
+  ) => Effect.Effect<Uint8Array, CryptoError>
   readonly deserialize: (bytes: Uint8Array) => Effect.Effect<MlsGroupState, CryptoError>
 }>() {}

@@ -59,31 +59,11 @@ export interface DmGroup {
 /** A DM in traces: `dm(c0,c3)`, its inboxes in index order (not in the order of their ids). */
 export const dmName = (pair: readonly [number, number]) => `dm(c${pair[0]},c${pair[1]})`
 
-/** Reads a whole group topic, page by page. */
-export const readTopic = (world: World, groupId: GroupId) =>
-  Effect.gen(function*() {
-    const all: Array<GroupMessageEnvelope> = []
-    let cursor = 0n
-    for (;;) {
-      const page = yield* world.net.delivery.queryGroupMessages({ groupId, afterSequenceId: cursor })
-      all.push(...page.items)
-      if (page.next === undefined) return all
-      cursor = page.next
-    }
-  })
+/** A whole group topic as the server holds it. */
+export const readTopic = (world: World, groupId: GroupId) => world.net.inspect.groupMessages(groupId)
 
-/** Reads a whole welcome topic, page by page. */
-export const readWelcomes = (world: World, installationId: InstallationId) =>
-  Effect.gen(function*() {
-    const all: Array<WelcomeMessageEnvelope> = []
-    let cursor = 0n
-    for (;;) {
-      const page = yield* world.net.delivery.queryWelcomeMessages({ installationId, afterSequenceId: cursor })
-      all.push(...page.items)
-      if (page.next === undefined) return all
-      cursor = page.next
-    }
-  })
+/** A whole welcome topic as the server holds it. */
+export const readWelcomes = (world: World, installationId: InstallationId) => world.net.inspect.welcomes(installationId)
 
 /** Every MLS group beneath a DM that any installation holds, labelled in creation order. */
 export const dmGroups = (world: World) =>
@@ -571,8 +551,9 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
               if (join === undefined || !memberThroughout(otherClient.inboxId, join.epoch, position)) continue
               const revoked = revokedAt(other)
               // A revoked device is removed by some commit after its revocation: what landed
-              // before the revocation was surely still for it.
-              if (revoked !== undefined && m.sent_at_ns >= revoked) continue
+              // before the revocation was surely still for it, if it had joined by then. From
+              // its revocation on, the delivery service no longer serves it its welcomes.
+              if (revoked !== undefined && (m.sent_at_ns >= revoked || !held.has(other))) continue
               const got = rowsById.get(other)?.get(m.id)
               if (got === undefined) {
                 violate(

@@ -402,8 +402,11 @@ export const run = (options: Options): Effect.Effect<Report> => {
     // ---- faults and hostile input ----
 
 
+    // Hostile input comes from an outsider with an account: the server refuses what is not an
+    // MLS message of the topic's own group; what it accepts, the members must cope with.
     const inject = (groupId: GroupId, payload: Uint8Array) =>
-      net.delivery.sendGroupMessages([GroupMessageInput.make({ groupId, payload })]).pipe(
+      net.intruder.pipe(
+        Effect.flatMap((intruder) => intruder.sendGroupMessages([GroupMessageInput.make({ groupId, payload })])),
         Effect.map(([e]) => `stored as sequence ${e?.sequenceId}`)
       )
 
@@ -430,7 +433,10 @@ export const run = (options: Options): Effect.Effect<Report> => {
               digests.add(sha256Hex(payload))
               world.forgedWelcomes.set(op.c, digests)
             }
-            return net.delivery.sendWelcomeMessages([WelcomeMessageInput.make({ installationId: target, payload })])
+            return Effect.flatMap(
+              net.intruder,
+              (intruder) => intruder.sendWelcomeMessages([WelcomeMessageInput.make({ installationId: target, payload })])
+            )
           }).pipe(Effect.map(([e]) => `stored as welcome ${e?.sequenceId}`))
         switch (op.variant) {
           case "garbage":
