@@ -41,7 +41,8 @@ import {
   toGroupMessageEnvelope,
   toIdentityUpdateEnvelope,
   toQueryPage,
-  toWelcomeMessageEnvelope
+  toWelcomeMessageEnvelope,
+  toWireCursor
 } from "../domain/DeliveryRpcs.ts"
 import { DeliveryError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
@@ -255,11 +256,19 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
           Effect.map((envelopes) => envelopes.map(toGroupMessageEnvelope))
         ),
       queryGroupMessages: (query) =>
-        idempotent("queryGroupMessages", client.queryGroupMessages({ query })).pipe(
+        idempotent(
+          "queryGroupMessages",
+          client.queryGroupMessages({ query: { ...query, afterSequenceId: toWireCursor(query.afterSequenceId) } })
+        ).pipe(
           Effect.map((page) => toQueryPage(page, toGroupMessageEnvelope))
         ),
       batchQueryGroupMessages: (queries) =>
-        idempotent("batchQueryGroupMessages", client.batchQueryGroupMessages({ queries })).pipe(
+        idempotent(
+          "batchQueryGroupMessages",
+          client.batchQueryGroupMessages({
+            queries: queries.map((q) => ({ ...q, afterSequenceId: toWireCursor(q.afterSequenceId) }))
+          })
+        ).pipe(
           Effect.map((pages) => pages.map((page) => toQueryPage(page, toGroupMessageEnvelope)))
         ),
       subscribeGroupMessages: (filters) => {
@@ -283,7 +292,7 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
             (e: GroupMessageEnvelope) => e.groupId,
             () =>
               client.subscribeGroupMessages({
-                filters: Array.from(cursors, ([groupId, afterSequenceId]) => ({ groupId, afterSequenceId }))
+                filters: Array.from(cursors, ([groupId, after]) => ({ groupId, afterSequenceId: toWireCursor(after) }))
               }).pipe(Stream.map(toGroupMessageEnvelope))
           )
         })
@@ -293,7 +302,10 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
           Effect.map((envelopes) => envelopes.map(toWelcomeMessageEnvelope))
         ),
       queryWelcomeMessages: (query) =>
-        idempotent("queryWelcomeMessages", client.queryWelcomeMessages({ query })).pipe(
+        idempotent(
+          "queryWelcomeMessages",
+          client.queryWelcomeMessages({ query: { ...query, afterSequenceId: toWireCursor(query.afterSequenceId) } })
+        ).pipe(
           Effect.map((page) => toQueryPage(page, toWelcomeMessageEnvelope))
         ),
       subscribeWelcomeMessages: (filter) =>
@@ -307,7 +319,7 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
               client.subscribeWelcomeMessages({
                 filter: {
                   installationId: filter.installationId,
-                  afterSequenceId: cursors.get(filter.installationId) ?? filter.afterSequenceId
+                  afterSequenceId: toWireCursor(cursors.get(filter.installationId) ?? filter.afterSequenceId)
                 }
               }).pipe(Stream.map(toWelcomeMessageEnvelope))
           )
