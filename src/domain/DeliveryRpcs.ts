@@ -186,9 +186,14 @@ export const FetchedKeyPackageWire = Schema.Struct({
   installationId: AnyId,
   keyPackage: Schema.optional(Bytes)
 })
+/**
+ * One inbox's log entries. `truncated` says the server stopped early to bound its answer:
+ * the caller asks again after the last entry it got (`RpcDeliveryService` does so itself).
+ */
 export const InboxUpdatesWire = Schema.Struct({
   inboxId: AnyId,
-  updates: Schema.Array(IdentityUpdateEnvelopeWire)
+  updates: Schema.Array(IdentityUpdateEnvelopeWire),
+  truncated: Schema.optional(Schema.Boolean)
 })
 
 // ---- conversions between the wire and the port's classes ----

@@ -39,24 +39,30 @@ import {
   type GroupQueryWire,
   type IdentityQueryWire,
   type IdentityUpdateInputWire,
+  type InboxUpdatesWire,
   type KeyPackageUploadWire,
   type WelcomeFilterWire,
   type WelcomeMessageInputWire,
   type WelcomeQueryWire
 } from "../domain/DeliveryRpcs.ts"
+import type { DeliveryError } from "../domain/Errors.ts"
 import type { InstallationId } from "../domain/Ids.ts"
 import {
+  type GroupMessageEnvelope,
   GroupMessageInput,
   IdentityUpdate,
+  type IdentityUpdateEnvelope,
   KeyPackageUpload,
+  type QueryPage,
   WelcomeMessageInput
 } from "../domain/Wire.ts"
 import { DeliveryService, type GroupQuery, type IdentityQuery, type WelcomeQuery } from "../services/DeliveryService.ts"
+import { checkIdCount, MAX_PAGE_BYTES } from "./DeliveryRequests.ts"
 
 /** Where the RPC endpoint lives: `POST` for HTTP, `GET` (upgrade) for WebSocket. */
 export const RPC_PATH = "/rpc"
 
-export interface ServerOptions {
+export interface ServerOptions extends AnswerLimits {
   /** 0 (the default) picks a free port; `serve` reports which. */
   readonly port?: number
   /** Interface to listen on. Default `127.0.0.1` (loopback only); `0.0.0.0` for every interface. */
@@ -102,15 +108,95 @@ const welcomeFilter = (f: Wire<typeof WelcomeFilterWire>): Omit<WelcomeQuery, "l
   ({ installationId: f.installationId as InstallationId, afterSequenceId: f.afterSequenceId })
 const identityQuery = (q: Wire<typeof IdentityQueryWire>): IdentityQuery => q as IdentityQuery
 
+const pageBytes = (page: QueryPage<{ readonly payload: Uint8Array }>) =>
+  page.items.reduce((n, item) => n + item.payload.length, 0)
+
+/**
+ * A batch query whose answer is bounded in bytes, not only per page: every topic is first
+ * read one entry deep (which also validates the whole batch), then topics with more are read
+ * in full, in order, while the answer is under `maxPageBytes`. A topic past the budget keeps
+ * its one-entry page, whose `next` tells the caller to read on.
+ */
+const boundedBatchQuery = (
+  ds: DeliveryService["Type"],
+  queries: ReadonlyArray<GroupQuery>,
+  maxPageBytes: number
+): Effect.Effect<ReadonlyArray<QueryPage<GroupMessageEnvelope>>, DeliveryError> =>
+  Effect.gen(function*() {
+    const firsts = yield* ds.batchQueryGroupMessages(queries.map((q) => ({ ...q, limit: 1 })))
+    let budget = maxPageBytes
+    const pages: Array<QueryPage<GroupMessageEnvelope>> = []
+    for (const [i, first] of firsts.entries()) {
+      const query = queries[i]!
+      const page = first.next === undefined || query.limit === 1 || budget <= 0
+        ? first
+        : yield* ds.queryGroupMessages(query)
+      budget -= pageBytes(page)
+      pages.push(page)
+    }
+    return pages
+  })
+
+type InboxUpdatesAnswer = Wire<typeof InboxUpdatesWire>
+
+/**
+ * Identity logs answered with at most `maxEntries` entries in all, each log read once however
+ * often it is asked for. A log cut short (or not read, once the budget is spent) comes back
+ * `truncated`, and the caller asks again after its last entry.
+ */
+const boundedIdentityUpdates = (
+  ds: DeliveryService["Type"],
+  queries: ReadonlyArray<IdentityQuery>,
+  maxEntries: number
+): Effect.Effect<ReadonlyArray<InboxUpdatesAnswer>, DeliveryError> =>
+  Effect.gen(function*() {
+    yield* checkIdCount(queries, "getIdentityUpdates")
+    const loaded = new Map<string, ReadonlyArray<IdentityUpdateEnvelope>>()
+    let budget = maxEntries
+    const answers: Array<InboxUpdatesAnswer> = []
+    for (const query of queries) {
+      if (budget <= 0) {
+        answers.push({ inboxId: query.inboxId, updates: [], truncated: true })
+        continue
+      }
+      const key = `${query.inboxId} ${query.afterSequence}`
+      let updates = loaded.get(key)
+      if (updates === undefined) {
+        const [answer] = yield* ds.getIdentityUpdates([query])
+        updates = answer?.updates ?? []
+        loaded.set(key, updates)
+      }
+      const taken = updates.slice(0, budget)
+      budget -= taken.length
+      answers.push(
+        taken.length < updates.length
+          ? { inboxId: query.inboxId, updates: taken, truncated: true }
+          : { inboxId: query.inboxId, updates: taken }
+      )
+    }
+    return answers
+  })
+
+export interface AnswerLimits {
+  /** Most payload bytes in one batch-query answer beyond one entry per topic. Default `MAX_PAGE_BYTES` (4 MiB). */
+  readonly maxPageBytes?: number
+  /** Most identity-log entries in one `getIdentityUpdates` answer. Default 500. */
+  readonly maxIdentityEntries?: number
+}
+
+const DEFAULT_MAX_IDENTITY_ENTRIES = 500
+
 /** The RPC handlers: each one forwards to the `DeliveryService` in the context. */
-export const handlers = DeliveryRpcs.toLayer(
+export const handlersWith = (limits: AnswerLimits = {}) => DeliveryRpcs.toLayer(
   Effect.gen(function*() {
     const ds = yield* DeliveryService
+    const maxPageBytes = limits.maxPageBytes ?? MAX_PAGE_BYTES
+    const maxIdentityEntries = limits.maxIdentityEntries ?? DEFAULT_MAX_IDENTITY_ENTRIES
     return {
       sendGroupMessages: ({ messages }) => ds.sendGroupMessages(messages.map(groupInput)),
       queryGroupMessages: ({ query }) => Effect.map(ds.queryGroupMessages(groupQuery(query)), fromQueryPage),
       batchQueryGroupMessages: ({ queries }) =>
-        Effect.map(ds.batchQueryGroupMessages(queries.map(groupQuery)), (pages) => pages.map(fromQueryPage)),
+        Effect.map(boundedBatchQuery(ds, queries.map(groupQuery), maxPageBytes), (pages) => pages.map(fromQueryPage)),
       subscribeGroupMessages: ({ filters }) => ds.subscribeGroupMessages(filters.map(groupFilter)),
       sendWelcomeMessages: ({ messages }) => ds.sendWelcomeMessages(messages.map(welcomeInput)),
       queryWelcomeMessages: ({ query }) => Effect.map(ds.queryWelcomeMessages(welcomeQuery(query)), fromQueryPage),
@@ -118,10 +204,13 @@ export const handlers = DeliveryRpcs.toLayer(
       uploadKeyPackage: ({ upload }) => ds.uploadKeyPackage(keyPackageUpload(upload)),
       fetchKeyPackages: ({ installationIds }) => ds.fetchKeyPackages(installationIds as ReadonlyArray<InstallationId>),
       publishIdentityUpdate: ({ update }) => ds.publishIdentityUpdate(identityUpdate(update)),
-      getIdentityUpdates: ({ queries }) => ds.getIdentityUpdates(queries.map(identityQuery))
+      getIdentityUpdates: ({ queries }) =>
+        boundedIdentityUpdates(ds, queries.map(identityQuery), maxIdentityEntries)
     }
   })
 )
+
+export const handlers = handlersWith()
 
 /** The server's own router, so it never shares routes with an app's `HttpRouter.Default`. */
 export class DeliveryRouter extends HttpRouter.Tag("converge/DeliveryServer/Router")<DeliveryRouter>() {}
@@ -184,11 +273,11 @@ const httpGuard = (maxBodyBytes: number) =>
 
 /** Both transports on `RPC_PATH`, served by whatever `HttpServer` the context has. */
 export const layerApp = (
-  options: Pick<ServerOptions, "maxBodyBytes"> = {}
+  options: Pick<ServerOptions, "maxBodyBytes" | keyof AnswerLimits> = {}
 ): Layer.Layer<never, never, HttpServer.HttpServer | DeliveryService> =>
   DeliveryRouter.serve(httpGuard(options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES)).pipe(
     Layer.provide(Layer.mergeAll(rpcOverHttp, rpcOverWebsocket)),
-    Layer.provide(handlers)
+    Layer.provide(handlersWith(options))
   )
 
 const listener = (options: ServerOptions) =>

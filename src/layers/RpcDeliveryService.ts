@@ -46,9 +46,15 @@ import {
 } from "../domain/DeliveryRpcs.ts"
 import { DeliveryError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
-import type { GroupMessageEnvelope, WelcomeMessageEnvelope } from "../domain/Wire.ts"
+import type { GroupMessageEnvelope, IdentityUpdateEnvelope, WelcomeMessageEnvelope } from "../domain/Wire.ts"
 // Type-only: the port module imports this one as a value, so a value import back would be circular.
-import type { DeliveryService, FetchedKeyPackage, InboxUpdates } from "../services/DeliveryService.ts"
+import type {
+  DeliveryService,
+  FetchedKeyPackage,
+  IdentityQuery,
+  InboxUpdates
+} from "../services/DeliveryService.ts"
+import { MAX_IDS_PER_LOOKUP, MAX_SUBSCRIBE_FILTERS } from "./DeliveryRequests.ts"
 
 type Service = Context.Tag.Service<DeliveryService>
 
@@ -85,6 +91,10 @@ export const defaultResubscribeSchedule: Schedule.Schedule<unknown, DeliveryErro
 const defaultReconnectSchedule: Schedule.Schedule<unknown, unknown> = Schedule.exponential("100 millis").pipe(
   Schedule.either(Schedule.spaced("2 seconds"))
 )
+
+/** `items` in runs of at most `size`; at least one run, so an empty call still reaches the server. */
+const chunksOf = <A>(items: ReadonlyArray<A>, size: number): ReadonlyArray<ReadonlyArray<A>> =>
+  Array.from({ length: Math.max(1, Math.ceil(items.length / size)) }, (_, i) => items.slice(i * size, (i + 1) * size))
 
 const unavailable = (detail: string) => new DeliveryError({ reason: "Unavailable", retryable: true, detail })
 
@@ -250,6 +260,45 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
         Stream.retry(resubscribeSchedule)
       )
 
+    /**
+     * Every entry asked for, whatever the server's answer bounds: queries go in calls of at
+     * most the id limit, and a log the server cut short (`truncated`) is asked for again
+     * after its last entry. A round that brings nothing new fails as `Unavailable` rather
+     * than looping on a server that never moves on.
+     */
+    const wholeIdentityLogs = (
+      queries: ReadonlyArray<IdentityQuery>
+    ): Effect.Effect<ReadonlyArray<InboxUpdates>, DeliveryError> =>
+      Effect.gen(function*() {
+        const logs = queries.map((): Array<IdentityUpdateEnvelope> => [])
+        let pending = queries.map((query, index) => ({ index, query }))
+        while (pending.length > 0) {
+          const round = pending.slice(0, MAX_IDS_PER_LOOKUP)
+          const answers = yield* idempotent(
+            "getIdentityUpdates",
+            client.getIdentityUpdates({ queries: round.map((p) => p.query) })
+          )
+          const again: typeof pending = []
+          let progress = false
+          for (const [i, { index, query }] of round.entries()) {
+            const answer = answers[i]
+            if (answer === undefined) continue
+            const updates = answer.updates.map(toIdentityUpdateEnvelope)
+            logs[index]!.push(...updates)
+            if (updates.length > 0) progress = true
+            if (answer.truncated === true) {
+              const afterSequence = updates[updates.length - 1]?.update.sequence ?? query.afterSequence
+              again.push({ index, query: { inboxId: query.inboxId, afterSequence } })
+            }
+          }
+          if (!progress && again.length > 0) {
+            return yield* Effect.fail(unavailable("getIdentityUpdates: the server cut every log short without entries"))
+          }
+          pending = [...again, ...pending.slice(MAX_IDS_PER_LOOKUP)]
+        }
+        return queries.map((q, i): InboxUpdates => ({ inboxId: q.inboxId, updates: logs[i]! }))
+      })
+
     const service: Service = {
       sendGroupMessages: (messages) =>
         idempotent("sendGroupMessages", client.sendGroupMessages({ messages })).pipe(
@@ -290,10 +339,16 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
             "subscribeGroupMessages",
             cursors,
             (e: GroupMessageEnvelope) => e.groupId,
+            // More topics than one subscription may follow: several subscriptions, merged.
             () =>
-              client.subscribeGroupMessages({
-                filters: Array.from(cursors, ([groupId, after]) => ({ groupId, afterSequenceId: toWireCursor(after) }))
-              }).pipe(Stream.map(toGroupMessageEnvelope))
+              Stream.mergeAll(
+                chunksOf(Array.from(cursors), MAX_SUBSCRIBE_FILTERS).map((chunk) =>
+                  client.subscribeGroupMessages({
+                    filters: chunk.map(([groupId, after]) => ({ groupId, afterSequenceId: toWireCursor(after) }))
+                  })
+                ),
+                { concurrency: "unbounded" }
+              ).pipe(Stream.map(toGroupMessageEnvelope))
           )
         })
       },
@@ -326,10 +381,14 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
         }),
       // A replace: doing it twice leaves what doing it once does.
       uploadKeyPackage: (upload) => idempotent("uploadKeyPackage", client.uploadKeyPackage({ upload })),
+      // In calls of at most the server's id limit, in order.
       fetchKeyPackages: (installationIds) =>
-        idempotent("fetchKeyPackages", client.fetchKeyPackages({ installationIds })).pipe(
-          Effect.map((fetched) =>
-            fetched.map((f): FetchedKeyPackage => ({
+        Effect.forEach(
+          chunksOf(installationIds, MAX_IDS_PER_LOOKUP),
+          (chunk) => idempotent("fetchKeyPackages", client.fetchKeyPackages({ installationIds: chunk }))
+        ).pipe(
+          Effect.map((answers) =>
+            answers.flat().map((f): FetchedKeyPackage => ({
               installationId: f.installationId as FetchedKeyPackage["installationId"],
               keyPackage: f.keyPackage
             }))
@@ -340,15 +399,7 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
         attempt("publishIdentityUpdate", client.publishIdentityUpdate({ update })).pipe(
           Effect.map(toIdentityUpdateEnvelope)
         ),
-      getIdentityUpdates: (queries) =>
-        idempotent("getIdentityUpdates", client.getIdentityUpdates({ queries })).pipe(
-          Effect.map((inboxes) =>
-            inboxes.map((inbox): InboxUpdates => ({
-              inboxId: inbox.inboxId as InboxUpdates["inboxId"],
-              updates: inbox.updates.map(toIdentityUpdateEnvelope)
-            }))
-          )
-        )
+      getIdentityUpdates: (queries) => wholeIdentityLogs(queries)
     }
     return service
   })
