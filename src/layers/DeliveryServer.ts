@@ -15,6 +15,9 @@
  * Bad requests never take the server down: a body that is not ndjson, an unknown RPC or a
  * payload of the wrong shape is answered with an RPC defect (a protocol error) for that
  * request only; a well-formed request with bad values gets the service's typed error.
+ * Every request is bounded (`ServerLimits.ts`: body and message size, connections, calls in
+ * flight, timeouts, readers that do not read; here: answers in bytes and entries), and every
+ * refusal is logged at Info once per class and interval.
  * On shutdown, every running call is interrupted as "transient" (the client's cue to retry
  * or resubscribe elsewhere) before the listener closes.
  */
@@ -27,10 +30,10 @@ import {
   HttpServerResponse
 } from "@effect/platform"
 import type { ServeError } from "@effect/platform/HttpServerError"
-import { NodeHttpServer } from "@effect/platform-node"
+import { SocketServer } from "@effect/platform"
+import { NodeHttpServer, NodeHttpServerRequest } from "@effect/platform-node"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
-import { Context, Effect, Layer, Option, type Scope } from "effect"
-import * as Http from "node:http"
+import { Context, Effect, Layer, Option, type Scope, Stream } from "effect"
 import {
   DeliveryRpcs,
   fromQueryPage,
@@ -45,7 +48,7 @@ import {
   type WelcomeMessageInputWire,
   type WelcomeQueryWire
 } from "../domain/DeliveryRpcs.ts"
-import type { DeliveryError } from "../domain/Errors.ts"
+import type { DeliveryError, InvalidIdentityUpdate } from "../domain/Errors.ts"
 import type { InstallationId } from "../domain/Ids.ts"
 import {
   type GroupMessageEnvelope,
@@ -58,23 +61,22 @@ import {
 } from "../domain/Wire.ts"
 import { DeliveryService, type GroupQuery, type IdentityQuery, type WelcomeQuery } from "../services/DeliveryService.ts"
 import { checkIdCount, MAX_PAGE_BYTES } from "./DeliveryRequests.ts"
+import { currentHttpResponse, Gate, guarded, layerGate, type Refusals, type TransportLimits } from "./ServerLimits.ts"
 
 /** Where the RPC endpoint lives: `POST` for HTTP, `GET` (upgrade) for WebSocket. */
 export const RPC_PATH = "/rpc"
 
-export interface ServerOptions extends AnswerLimits {
+/**
+ * Where to listen and how much to take. `maxBodyBytes` (default 8 MiB) is the largest HTTP
+ * body and WebSocket message: larger bodies get 413, larger messages close the WebSocket
+ * (1009). The service's own limits (payload and batch size) still apply below it.
+ */
+export interface ServerOptions extends AnswerLimits, TransportLimits {
   /** 0 (the default) picks a free port; `serve` reports which. */
   readonly port?: number
   /** Interface to listen on. Default `127.0.0.1` (loopback only); `0.0.0.0` for every interface. */
   readonly host?: string
-  /**
-   * Largest HTTP request body (a batch of base64 payloads). Default 64 MiB. Larger bodies get
-   * 413. The service's own limits (payload and batch size) still apply below it.
-   */
-  readonly maxBodyBytes?: number
 }
-
-const DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 
 export interface BoundAddress {
   readonly host: string
@@ -184,12 +186,38 @@ export interface AnswerLimits {
   readonly maxIdentityEntries?: number
 }
 
-const DEFAULT_MAX_IDENTITY_ENTRIES = 500
+export const DEFAULT_MAX_IDENTITY_ENTRIES = 500
+
+/** Counts a typed refusal by its reason; a store failure is no refusal (the service logs it). */
+const noteRefusal = (refusals: Refusals) => (error: DeliveryError | InvalidIdentityUpdate) =>
+  Effect.sync(() => {
+    if (error._tag === "DeliveryError" && error.reason === "Unavailable") return
+    refusals.note(error._tag === "DeliveryError" ? error.reason : error._tag, error.message)
+  })
+
+/** The service with every typed refusal counted. */
+const noting = (ds: DeliveryService["Type"], refusals: Refusals): DeliveryService["Type"] => {
+  const note = noteRefusal(refusals)
+  const effects = Object.fromEntries(
+    Object.entries(ds).map(([name, f]) => [
+      name,
+      (...args: Array<unknown>) => {
+        const result = (f as (...args: Array<unknown>) => unknown)(...args)
+        return Stream.StreamTypeId in (result as object)
+          ? Stream.tapError(result as Stream.Stream<unknown, DeliveryError>, note)
+          : Effect.tapError(result as Effect.Effect<unknown, DeliveryError>, note)
+      }
+    ])
+  )
+  return effects as unknown as DeliveryService["Type"]
+}
 
 /** The RPC handlers: each one forwards to the `DeliveryService` in the context. */
 export const handlersWith = (limits: AnswerLimits = {}) => DeliveryRpcs.toLayer(
   Effect.gen(function*() {
-    const ds = yield* DeliveryService
+    const gate = yield* Effect.serviceOption(Gate)
+    const service = yield* DeliveryService
+    const ds = Option.isSome(gate) ? noting(service, gate.value.refusals) : service
     const maxPageBytes = limits.maxPageBytes ?? MAX_PAGE_BYTES
     const maxIdentityEntries = limits.maxIdentityEntries ?? DEFAULT_MAX_IDENTITY_ENTRIES
     return {
@@ -216,12 +244,14 @@ export const handlers = handlersWith()
 export class DeliveryRouter extends HttpRouter.Tag("converge/DeliveryServer/Router")<DeliveryRouter>() {}
 
 const rpcOverHttp = RpcServer.layer(DeliveryRpcs).pipe(
-  Layer.provide(RpcServer.layerProtocolHttp({ path: RPC_PATH, routerTag: DeliveryRouter })),
+  Layer.provide(guarded(RpcServer.layerProtocolHttp({ path: RPC_PATH, routerTag: DeliveryRouter }))),
   Layer.provide(RpcSerialization.layerNdjson)
 )
 
+/** WebSocket connections come from the gate's own `ws` server (its message limit), not the router. */
 const rpcOverWebsocket = RpcServer.layer(DeliveryRpcs).pipe(
-  Layer.provide(RpcServer.layerProtocolWebsocket({ path: RPC_PATH, routerTag: DeliveryRouter })),
+  Layer.provide(guarded(Layer.scoped(RpcServer.Protocol, RpcServer.makeProtocolSocketServer))),
+  Layer.provide(Layer.effect(SocketServer.SocketServer, Effect.map(Gate, (gate) => gate.sockets))),
   Layer.provide(RpcSerialization.layerJson)
 )
 
@@ -239,7 +269,7 @@ const protocolError = (status: number, detail: string) =>
  * and answer an empty 200; here it gets a 400 instead. A body declared (Content-Length) larger
  * than the limit gets 413 unread; an undeclared (chunked) one is cut off at the limit.
  */
-const httpGuard = (maxBodyBytes: number) =>
+const httpGuard = ({ limits: { maxBodyBytes }, refusals }: Gate) =>
   HttpMiddleware.make((app) =>
     Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
@@ -248,6 +278,7 @@ const httpGuard = (maxBodyBytes: number) =>
       }
       const declared = Number(request.headers["content-length"] ?? Number.NaN)
       if (declared > maxBodyBytes) {
+        refusals.note("bodyTooLarge", `a declared body of ${declared} bytes`)
         // Refused before reading: reading would cut the connection at the limit instead.
         return protocolError(413, `request body larger than ${maxBodyBytes} bytes`).pipe(
           HttpServerResponse.setHeader("connection", "close")
@@ -260,32 +291,38 @@ const httpGuard = (maxBodyBytes: number) =>
       if (body._tag === "Left") {
         // Past the limit the body stream is destroyed, so this answer may not get through.
         const cause: unknown = body.left.cause
-        return cause instanceof Error && cause.message === "maxBytes exceeded"
-          ? protocolError(413, `request body larger than ${maxBodyBytes} bytes`)
-          : protocolError(400, `cannot read request body: ${body.left.message}`)
+        if (cause instanceof Error && cause.message === "maxBytes exceeded") {
+          refusals.note("bodyTooLarge", `a streamed body past ${maxBodyBytes} bytes`)
+          return protocolError(413, `request body larger than ${maxBodyBytes} bytes`)
+        }
+        return protocolError(400, `cannot read request body: ${body.left.message}`)
       }
       if (body.right.length > 0 && !body.right.endsWith("\n")) {
         return protocolError(400, "malformed request: an ndjson body must end with a newline")
       }
-      return yield* app
+      // The RPC layer admits this request's calls on this fiber: it finds the response here.
+      return yield* app.pipe(Effect.locally(currentHttpResponse, NodeHttpServerRequest.toServerResponse(request)))
     })
   )
 
-/** Both transports on `RPC_PATH`, served by whatever `HttpServer` the context has. */
-export const layerApp = (
-  options: Pick<ServerOptions, "maxBodyBytes" | keyof AnswerLimits> = {}
-): Layer.Layer<never, never, HttpServer.HttpServer | DeliveryService> =>
-  DeliveryRouter.serve(httpGuard(options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES)).pipe(
+/** Both transports on `RPC_PATH`, on the gate's node server. */
+const layerApp = (
+  options: ServerOptions
+): Layer.Layer<HttpServer.HttpServer, ServeError, DeliveryService> => {
+  const listener = Layer.unwrapEffect(
+    Effect.map(Gate, (gate) =>
+      NodeHttpServer.layer(gate.createServer, { port: options.port ?? 0, host: options.host ?? "127.0.0.1" }))
+  )
+  const app = Layer.unwrapEffect(Effect.map(Gate, (gate) => DeliveryRouter.serve(httpGuard(gate)))).pipe(
     Layer.provide(Layer.mergeAll(rpcOverHttp, rpcOverWebsocket)),
     Layer.provide(handlersWith(options))
   )
-
-const listener = (options: ServerOptions) =>
-  NodeHttpServer.layer(() => Http.createServer(), { port: options.port ?? 0, host: options.host ?? "127.0.0.1" })
+  return app.pipe(Layer.provideMerge(listener), Layer.provide(layerGate(options, RPC_PATH)))
+}
 
 /** Serves the `DeliveryService` of the context on `host:port` for as long as the layer lives. */
 export const layer = (options: ServerOptions = {}): Layer.Layer<never, ServeError, DeliveryService> =>
-  layerApp(options).pipe(Layer.provide(listener(options)))
+  Layer.discard(layerApp(options))
 
 /**
  * Starts the server in the current scope and returns where it listens (with port 0, the
@@ -295,11 +332,11 @@ export const serve = (
   options: ServerOptions = {}
 ): Effect.Effect<BoundAddress, ServeError, Scope.Scope | DeliveryService> =>
   Effect.gen(function*() {
-    const context = yield* Layer.build(layerApp(options).pipe(Layer.provideMerge(listener(options))))
+    const context = yield* Layer.build(layerApp(options))
     const address = Context.get(context, HttpServer.HttpServer).address
     if (address._tag !== "TcpAddress") return yield* Effect.dieMessage("delivery server: expected a TCP address")
     const host = address.hostname.includes(":") ? `[${address.hostname}]` : address.hostname
     return { host: address.hostname, port: address.port, url: `http://${host}:${address.port}${RPC_PATH}` }
   })
 
-export const DeliveryServer = { layer, layerApp, serve, handlers, RPC_PATH } as const
+export const DeliveryServer = { layer, serve, handlers, RPC_PATH } as const
