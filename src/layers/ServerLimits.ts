@@ -272,8 +272,11 @@ interface ClientState {
   readonly response: Http.ServerResponse | undefined
 }
 
-/** Waits until `response` can take more, or cuts it off after `timeoutMillis`. */
-const drained = (response: Http.ServerResponse, timeoutMillis: number, refusals: Refusals) =>
+/**
+ * Waits until `response` can take more (true), or cuts it off after `timeoutMillis` (false).
+ * A response already gone is false too.
+ */
+const drained = (response: Http.ServerResponse, timeoutMillis: number, refusals: Refusals): Effect.Effect<boolean> =>
   Effect.async<void>((resume) => {
     if (!response.writableNeedDrain || response.destroyed) return resume(Effect.void)
     const done = () => resume(Effect.void)
@@ -285,13 +288,13 @@ const drained = (response: Http.ServerResponse, timeoutMillis: number, refusals:
     })
   }).pipe(
     Effect.timeoutOption(timeoutMillis),
-    Effect.flatMap(Option.match({
-      onSome: () => Effect.void,
-      onNone: () =>
-        Effect.sync(() => {
-          refusals.note("slowReader", `an HTTP stream unread for ${timeoutMillis} ms`)
-          response.destroy()
-        })
+    Effect.map(Option.match({
+      onSome: () => !response.destroyed,
+      onNone: () => {
+        refusals.note("slowReader", `an HTTP stream unread for ${timeoutMillis} ms`)
+        response.destroy()
+        return false
+      }
     }))
   )
 
@@ -349,15 +352,28 @@ export const guardProtocol = (
         Effect.ignore,
         Effect.forkScoped
       )
+      /**
+       * A client whose response is gone: its calls are interrupted rather than left to fill
+       * the transport's unbounded buffer with chunks nobody will read.
+       */
+      const cutOff = (clientId: number) =>
+        Effect.forEach(
+          Array.from(clients.get(clientId)?.running.keys() ?? []),
+          (requestId) => writeRequest(clientId, { _tag: "Interrupt", requestId }),
+          { discard: true }
+        )
+
       return {
         disconnects,
         send: (clientId, response, transferables) => {
           if (response._tag === "Exit") settle(clientId, response.requestId)
           const forward = inner.send(clientId, response, transferables)
           const httpResponse = clients.get(clientId)?.response
-          return response._tag === "Chunk" && httpResponse !== undefined
-            ? Effect.zipRight(drained(httpResponse, limits.slowReaderTimeoutMillis, refusals), forward)
-            : forward
+          if (response._tag !== "Chunk" || httpResponse === undefined) return forward
+          return Effect.flatMap(
+            drained(httpResponse, limits.slowReaderTimeoutMillis, refusals),
+            (writable) => (writable ? forward : cutOff(clientId))
+          )
         },
         end: (clientId) => Effect.zipRight(Effect.sync(() => clients.delete(clientId)), inner.end(clientId)),
         clientIds: inner.clientIds,
