@@ -266,8 +266,8 @@ const protocolError = (status: number, detail: string) =>
  * In front of the HTTP transport: reads the body once (the request caches it for the RPC
  * handler) under the size limit, and refuses a body whose last ndjson line is not terminated.
  * The RPC layer would silently ignore such a line (it waits for a newline that never comes)
- * and answer an empty 200; here it gets a 400 instead. A body declared (Content-Length) larger
- * than the limit gets 413 unread; an undeclared (chunked) one is cut off at the limit.
+ * and answer an empty 200; here it gets a 400 instead. A body must declare its length: one
+ * larger than the limit gets 413 unread, one with no Content-Length (chunked) 411.
  */
 const httpGuard = ({ limits: { maxBodyBytes }, refusals }: Gate) =>
   HttpMiddleware.make((app) =>
@@ -277,6 +277,13 @@ const httpGuard = ({ limits: { maxBodyBytes }, refusals }: Gate) =>
         return yield* app
       }
       const declared = Number(request.headers["content-length"] ?? Number.NaN)
+      if (!Number.isSafeInteger(declared)) {
+        // A body of unknown length could only be cut off at the limit, with no answer.
+        refusals.note("lengthRequired", "a body without a Content-Length")
+        return protocolError(411, "a request body needs a Content-Length").pipe(
+          HttpServerResponse.setHeader("connection", "close")
+        )
+      }
       if (declared > maxBodyBytes) {
         refusals.note("bodyTooLarge", `a declared body of ${declared} bytes`)
         // Refused before reading: reading would cut the connection at the limit instead.
