@@ -19,6 +19,10 @@
  *   restarted), it resubscribes from those cursors after `resubscribeSchedule`'s backoff
  *   (reset by every delivery) and drops anything at or below them: no loss, no duplicate.
  *   Non-retryable errors (a bad filter) end the stream.
+ * - **Server bounds, hidden.** Key-package and identity lookups go in calls of at most
+ *   `MAX_IDS_PER_LOOKUP` ids, identity logs the server cut short (`truncated`) are read on,
+ *   subscriptions to more than `MAX_SUBSCRIBE_FILTERS` topics are several merged ones, and
+ *   cursors past the wire's 20 digits are clamped (they read nothing either way).
  *
  * Timeouts and backoffs run on Effect's `Clock`: under `TestClock` they wait for it.
  */
