@@ -3,7 +3,7 @@
  * Every expected failure prints as one line and exits non-zero; `--help` works everywhere.
  */
 import { Args, Command, Options } from "@effect/cli"
-import { Console, Effect, Option, Schema, Stream } from "effect"
+import { Console, Effect, FiberRef, Logger, LogLevel, Option, Schema, Stream } from "effect"
 import * as path from "node:path"
 import { MembershipChangeJson } from "../domain/Content.ts"
 import { ConversationId, InboxId } from "../domain/Ids.ts"
@@ -157,15 +157,34 @@ const watch = Command.make("watch", { profile }, ({ profile }) =>
       Stream.runForEach((m) => Console.log(`${m.conversationId}  ${formatMessage(m)}`))
     ))).pipe(Command.withDescription("print new messages of every conversation as they arrive"))
 
+/** A positive integer option of `serve` with its default and what it bounds. */
+const limit = (name: string, fallback: number, description: string) =>
+  Options.integer(name).pipe(Options.withDefault(fallback), Options.withDescription(description))
+
+const defaults = Serve.DEFAULT_SERVE_LIMITS
+
 const serve = Command.make(
   "serve",
   {
     port: Options.integer("port").pipe(Options.withDefault(5555)),
     host: Options.text("host").pipe(Options.withDefault("127.0.0.1")),
     db: Options.file("db").pipe(Options.withDefault("./converge-ds.sqlite")),
-    postgres: Options.text("postgres").pipe(Options.optional)
+    postgres: Options.text("postgres").pipe(Options.optional),
+    maxBodyBytes: limit("max-body-bytes", defaults.maxBodyBytes, "largest HTTP body and WebSocket message"),
+    maxConnections: limit("max-connections", defaults.maxConnections, "open connections; more get 503"),
+    maxInFlight: limit("max-in-flight", defaults.maxInFlight, "calls running at once per connection"),
+    maxSubscriptions: limit("max-subscriptions", defaults.maxSubscriptions, "subscriptions per connection"),
+    maxIdentityEntries: limit("max-identity-entries", defaults.maxIdentityEntries, "identity-log entries per answer"),
+    headersTimeout: limit("headers-timeout", defaults.headersTimeout, "seconds to receive request headers"),
+    requestTimeout: limit("request-timeout", defaults.requestTimeout, "seconds to receive a whole request"),
+    keepAliveTimeout: limit("keep-alive-timeout", defaults.keepAliveTimeout, "seconds an idle HTTP connection stays"),
+    idleTimeout: limit("idle-timeout", defaults.idleTimeout, "seconds a silent WebSocket stays"),
+    slowReaderTimeout: limit("slow-reader-timeout", defaults.slowReaderTimeout, "seconds an unread HTTP stream stays")
   },
-  (options) => Serve.serve(options)
+  (options) =>
+    // Info by default, so refusals show; `--log-level` (before or after the command) overrides it.
+    Effect.flatMap(FiberRef.get(explicitLogLevel), (explicit) =>
+      explicit ? Serve.serve(options) : Serve.serve(options).pipe(Logger.withMinimumLogLevel(LogLevel.Info)))
 ).pipe(Command.withDescription("run a delivery service (SQLite by default, or Postgres)"))
 
 export const root = Command.make("converge").pipe(
@@ -173,5 +192,13 @@ export const root = Command.make("converge").pipe(
   Command.withDescription("Converge: MLS group messaging")
 )
 
-export const run = Command.run(root, { name: "converge", version: "0.1.0" })
+/** Whether the command line set `--log-level` (@effect/cli's built-in option, valid on every command). */
+const explicitLogLevel = FiberRef.unsafeMake(false)
+
+const cli = Command.run(root, { name: "converge", version: "0.1.0" })
+
+export const run = (argv: ReadonlyArray<string>) =>
+  cli(argv).pipe(
+    Effect.locally(explicitLogLevel, argv.some((arg) => arg === "--log-level" || arg.startsWith("--log-level=")))
+  )
 

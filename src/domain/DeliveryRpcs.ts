@@ -6,6 +6,10 @@
  * Wire rules:
  * - The encoded side of every schema is JSON-safe: bytes travel as base64, bigints (sequence
  *   ids, timestamps, cursors) as decimal strings.
+ * - Decoding is bounded before it is costly: base64 goes through `Buffer` (never a character
+ *   at a time) after a linear alphabet check, a decimal string longer than 20 digits is
+ *   refused before `BigInt` sees it, and every string field has a length cap. A request that
+ *   breaks one of these is refused as a protocol defect, like any other shape error.
  * - Requests are checked for their *shape* only (strings, numbers, bytes). Their *meaning*
  *   (id formats, cursor and limit ranges, payload and batch sizes, signatures) is the
  *   service's business, so a bad value comes back as the same typed `DeliveryError` /
@@ -16,10 +20,11 @@
  * - `QueryPage` is a plain class, so pages travel as `{ items, next? }` (see `toQueryPage`).
  */
 import { Rpc, RpcGroup } from "@effect/rpc"
-import { Schema } from "effect"
+import { ParseResult, Schema } from "effect"
+
 import { DeliveryError, InvalidIdentityUpdate } from "./Errors.ts"
+import { GroupId, InboxId, InstallationId } from "./Ids.ts"
 import {
-  Cursor,
   GroupMessageEnvelope,
   IdentityUpdate,
   IdentityUpdateEnvelope,
@@ -27,9 +32,77 @@ import {
   WelcomeMessageEnvelope
 } from "./Wire.ts"
 
-const Bytes = Schema.Uint8ArrayFromBase64
-/** An id as the caller sent it; its format is checked by the service. */
-const AnyId = Schema.String
+// ---- bounded wire primitives ----
+
+/** Longest decimal a cursor, sequence id or timestamp may have: 2^64 has 20 digits. */
+export const MAX_DECIMAL_DIGITS = 20
+/** Longest id accepted on the wire (real ids are 32 or 64 hex characters; the service checks the format). */
+export const MAX_ID_CHARS = 128
+/** Longest key, signature or hash string (hex or base64 of at most a P-521 key or signature). */
+export const MAX_KEY_CHARS = 512
+/** Largest byte field: above any request body a server accepts, so only the body limit binds. */
+export const MAX_BYTES_FIELD = 64 * 1024 * 1024
+
+const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/
+
+/**
+ * Bytes as standard, padded base64, decoded and encoded by `Buffer` in native code. The
+ * alphabet and length are checked first, since `Buffer` silently skips what it cannot read.
+ */
+export const Base64Bytes: Schema.Schema<Uint8Array, string> = Schema.transformOrFail(
+  Schema.String.pipe(Schema.maxLength(Math.ceil(MAX_BYTES_FIELD / 3) * 4)),
+  Schema.Uint8ArrayFromSelf,
+  {
+    strict: true,
+    decode: (text, _, ast) => {
+      if (text.length % 4 !== 0 || !BASE64.test(text)) {
+        return ParseResult.fail(new ParseResult.Type(ast, `${text.slice(0, 16)}...`, "not padded base64"))
+      }
+      const buffer = Buffer.from(text, "base64")
+      return ParseResult.succeed(new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength))
+    },
+    encode: (bytes) =>
+      ParseResult.succeed(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64"))
+  }
+)
+
+const DECIMAL = new RegExp(`^-?[0-9]{1,${MAX_DECIMAL_DIGITS}}$`)
+
+/**
+ * A bigint as a decimal string of at most 20 digits (and a sign): the length is checked
+ * before the pattern, and both before `BigInt`, whose parse is quadratic in the digits.
+ * Signs pass, so a negative cursor reaches the service and gets its typed error.
+ */
+export const DecimalBigInt: Schema.Schema<bigint, string> = Schema.transformOrFail(
+  Schema.String.pipe(Schema.maxLength(MAX_DECIMAL_DIGITS + 1)),
+  Schema.BigIntFromSelf,
+  {
+    strict: true,
+    decode: (text, _, ast) =>
+      DECIMAL.test(text)
+        ? ParseResult.succeed(BigInt(text))
+        : ParseResult.fail(new ParseResult.Type(ast, text, `not a decimal of at most ${MAX_DECIMAL_DIGITS} digits`)),
+    encode: (value) => ParseResult.succeed(value.toString())
+  }
+)
+
+/** The largest cursor the wire carries; any cursor above it is past every topic's end. */
+export const MAX_WIRE_CURSOR = 10n ** BigInt(MAX_DECIMAL_DIGITS) - 1n
+
+/**
+ * A caller's cursor as the wire can carry it, with the same meaning: one past every topic's
+ * end reads nothing, and a negative one is still refused by the service.
+ */
+export const toWireCursor = (cursor: bigint): bigint =>
+  cursor > MAX_WIRE_CURSOR ? MAX_WIRE_CURSOR : cursor < -MAX_WIRE_CURSOR ? -1n : cursor
+
+const Bytes = Base64Bytes
+const Cursor = DecimalBigInt
+const TimeNs = DecimalBigInt
+/** An id as the caller sent it, bounded in length; its format is checked by the service. */
+const AnyId = Schema.String.pipe(Schema.maxLength(MAX_ID_CHARS))
+/** A key, signature or hash as the caller sent it; the service verifies it. */
+const AnyKey = Schema.String.pipe(Schema.maxLength(MAX_KEY_CHARS))
 /** A count as the caller sent it; the service checks it is a positive integer. */
 const AnyCount = Schema.Number
 
@@ -54,11 +127,11 @@ export const WelcomeFilterWire = Schema.Struct({ installationId: AnyId, afterSeq
 export const IdentityQueryWire = Schema.Struct({ inboxId: AnyId, afterSequence: AnyCount })
 
 export const IdentityActionWire = Schema.Union(
-  Schema.TaggedStruct("CreateInbox", { rootPublicKey: Schema.String }),
+  Schema.TaggedStruct("CreateInbox", { rootPublicKey: AnyKey }),
   Schema.TaggedStruct("AddInstallation", {
     installationId: AnyId,
-    signaturePublicKey: Schema.String,
-    installationSignature: Schema.String
+    signaturePublicKey: AnyKey,
+    installationSignature: AnyKey
   }),
   Schema.TaggedStruct("RevokeInstallation", { installationId: AnyId })
 )
@@ -66,19 +139,48 @@ export const IdentityActionWire = Schema.Union(
 export const IdentityUpdateInputWire = Schema.Struct({
   inboxId: AnyId,
   sequence: AnyCount,
-  previousHash: Schema.String,
+  previousHash: AnyKey,
   action: IdentityActionWire,
-  signature: Schema.String
+  signature: AnyKey
 })
 
 // ---- responses ----
 
-/** Structs over the `Wire` classes' fields: they encode instances and plain objects alike. */
-export const GroupMessageEnvelopeWire = Schema.Struct(GroupMessageEnvelope.fields)
-export const WelcomeMessageEnvelopeWire = Schema.Struct(WelcomeMessageEnvelope.fields)
+/**
+ * Structs with the `Wire` classes' field types and the bounded wire encodings above: they
+ * encode instances and plain objects alike.
+ */
+export const GroupMessageEnvelopeWire = Schema.Struct({
+  groupId: GroupId,
+  sequenceId: Cursor,
+  serverTimeNs: TimeNs,
+  payload: Bytes
+})
+export const WelcomeMessageEnvelopeWire = Schema.Struct({
+  installationId: InstallationId,
+  sequenceId: Cursor,
+  serverTimeNs: TimeNs,
+  payload: Bytes
+})
+const IdentityActionResponseWire = Schema.Union(
+  Schema.TaggedStruct("CreateInbox", { rootPublicKey: AnyKey }),
+  Schema.TaggedStruct("AddInstallation", {
+    installationId: InstallationId,
+    signaturePublicKey: AnyKey,
+    installationSignature: AnyKey
+  }),
+  Schema.TaggedStruct("RevokeInstallation", { installationId: InstallationId })
+)
 export const IdentityUpdateEnvelopeWire = Schema.Struct({
-  ...IdentityUpdateEnvelope.fields,
-  update: Schema.Struct(IdentityUpdate.fields)
+  sequenceId: Cursor,
+  serverTimeNs: TimeNs,
+  update: Schema.Struct({
+    inboxId: InboxId,
+    sequence: Schema.Int.pipe(Schema.positive()),
+    previousHash: AnyKey,
+    action: IdentityActionResponseWire,
+    signature: AnyKey
+  })
 })
 
 /** A `QueryPage` on the wire. `next` is absent when the topic is exhausted. */
@@ -92,9 +194,14 @@ export const FetchedKeyPackageWire = Schema.Struct({
   installationId: AnyId,
   keyPackage: Schema.optional(Bytes)
 })
+/**
+ * One inbox's log entries. `truncated` says the server stopped early to bound its answer:
+ * the caller asks again after the last entry it got (`RpcDeliveryService` does so itself).
+ */
 export const InboxUpdatesWire = Schema.Struct({
   inboxId: AnyId,
-  updates: Schema.Array(IdentityUpdateEnvelopeWire)
+  updates: Schema.Array(IdentityUpdateEnvelopeWire),
+  truncated: Schema.optional(Schema.Boolean)
 })
 
 // ---- conversions between the wire and the port's classes ----

@@ -62,3 +62,54 @@ export const makeChecks = ({ maxBatch, maxPayloadBytes, pageSize }: RequestLimit
   installationId: (id: string, what: string): Effect.Effect<void, DeliveryError> =>
     isInstallationId(id) ? Effect.void : Effect.fail(invalidRequest(`${what}: malformed installation id ${id}`))
 })
+
+// ---- bounds on one request's work and one answer's size ----
+
+/**
+ * Most payload bytes in one page or stream chunk. A store stops filling a page before an
+ * entry that would take it past this, but always returns at least one entry.
+ */
+export const MAX_PAGE_BYTES = 4 * 1024 * 1024
+
+/**
+ * Whether a page may continue, so it must carry a `next` cursor: it is full by count, or it
+ * is so full by bytes that the store may have stopped on `maxPageBytes` before the next entry
+ * (which is at most `maxPayloadBytes`). At worst an exhausted page of large entries points on
+ * and the caller's next read comes back empty.
+ */
+export const pageMayContinue = (
+  payloads: ReadonlyArray<{ readonly payload: Uint8Array }>,
+  limit: number,
+  maxPayloadBytes: number,
+  maxPageBytes: number = MAX_PAGE_BYTES
+): boolean => {
+  if (payloads.length === 0) return false
+  if (payloads.length >= limit) return true
+  let bytes = 0
+  for (const { payload } of payloads) bytes += payload.length
+  return bytes > maxPageBytes - maxPayloadBytes
+}
+
+/** Most topics one subscription may follow: each costs the server a reader. */
+export const MAX_SUBSCRIBE_FILTERS = 1000
+
+export const checkFilterCount = (filters: ReadonlyArray<unknown>, what: string): Effect.Effect<void, DeliveryError> =>
+  filters.length <= MAX_SUBSCRIBE_FILTERS ? Effect.void : Effect.fail(
+    new DeliveryError({
+      reason: "LimitExceeded",
+      retryable: false,
+      detail: `${what}: ${filters.length} filters exceed the limit of ${MAX_SUBSCRIBE_FILTERS} per subscription`
+    })
+  )
+
+/** Most ids in one `fetchKeyPackages` or `getIdentityUpdates` call. */
+export const MAX_IDS_PER_LOOKUP = 100
+
+export const checkIdCount = (ids: ReadonlyArray<unknown>, what: string): Effect.Effect<void, DeliveryError> =>
+  ids.length <= MAX_IDS_PER_LOOKUP ? Effect.void : Effect.fail(
+    new DeliveryError({
+      reason: "BatchTooLarge",
+      retryable: false,
+      detail: `${what}: ${ids.length} ids exceed the limit of ${MAX_IDS_PER_LOOKUP} per call`
+    })
+  )

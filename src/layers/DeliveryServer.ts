@@ -15,6 +15,9 @@
  * Bad requests never take the server down: a body that is not ndjson, an unknown RPC or a
  * payload of the wrong shape is answered with an RPC defect (a protocol error) for that
  * request only; a well-formed request with bad values gets the service's typed error.
+ * Every request is bounded (`ServerLimits.ts`: body and message size, connections, calls in
+ * flight, timeouts, readers that do not read; here: answers in bytes and entries), and every
+ * refusal is logged at Info once per class and interval.
  * On shutdown, every running call is interrupted as "transient" (the client's cue to retry
  * or resubscribe elsewhere) before the listener closes.
  */
@@ -27,11 +30,11 @@ import {
   HttpServerResponse
 } from "@effect/platform"
 import type { ServeError } from "@effect/platform/HttpServerError"
-import { NodeHttpServer } from "@effect/platform-node"
+import { SocketServer } from "@effect/platform"
+import { NodeHttpServer, NodeHttpServerRequest } from "@effect/platform-node"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
 import { Context, Effect, Layer, Option, Schema, type Scope, Stream } from "effect"
 import type * as Headers from "@effect/platform/Headers"
-import * as Http from "node:http"
 import {
   DeliveryRpcs,
   fromQueryPage,
@@ -40,38 +43,44 @@ import {
   type GroupQueryWire,
   type IdentityQueryWire,
   type IdentityUpdateInputWire,
+  type InboxUpdatesWire,
   type KeyPackageUploadWire,
   type WelcomeFilterWire,
   type WelcomeMessageInputWire,
   type WelcomeQueryWire
 } from "../domain/DeliveryRpcs.ts"
+import type { DeliveryError, InvalidIdentityUpdate } from "../domain/Errors.ts"
 import type { InstallationId } from "../domain/Ids.ts"
 import { AUTH_HEADER, RequestAuthJson } from "../domain/RequestAuth.ts"
 import { currentSigner, receivedSigner } from "../services/DeliveryAuth.ts"
 import {
+  type GroupMessageEnvelope,
   GroupMessageInput,
   IdentityUpdate,
+  type IdentityUpdateEnvelope,
   KeyPackageUpload,
+  type QueryPage,
   WelcomeMessageInput
 } from "../domain/Wire.ts"
 import { DeliveryService, type GroupQuery, type IdentityQuery, type WelcomeQuery } from "../services/DeliveryService.ts"
+import { checkIdCount, MAX_PAGE_BYTES } from "./DeliveryRequests.ts"
+import { currentHttpResponse, Gate, guarded, layerGate, type Refusals, type TransportLimits } from "./ServerLimits.ts"
 
 /** Where the RPC endpoint lives: `POST` for HTTP, `GET` (upgrade) for WebSocket. */
 export const RPC_PATH = "/rpc"
 
-export interface ServerOptions {
+/**
+ * Where to listen and how much to take. `maxBodyBytes` (default 8 MiB) is the largest HTTP
+ * body and WebSocket message: larger bodies get 413, larger messages close the WebSocket
+ * (1009). The service's own limits (payload and batch size) still apply below it.
+ */
+export interface ServerOptions extends AnswerLimits, TransportLimits {
   /** 0 (the default) picks a free port; `serve` reports which. */
   readonly port?: number
   /** Interface to listen on. Default `127.0.0.1` (loopback only); `0.0.0.0` for every interface. */
   readonly host?: string
-  /**
-   * Largest HTTP request body (a batch of base64 payloads). Default 64 MiB. Larger bodies get
-   * 413. The service's own limits (payload and batch size) still apply below it.
-   */
-  readonly maxBodyBytes?: number
 }
 
-const DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 /** A signed statement is a few hundred bytes; anything much longer is not one. */
 const MAX_AUTH_HEADER = 1024
 const decodeAuth = Schema.decodeOption(RequestAuthJson)
@@ -124,18 +133,122 @@ const withCaller = (headers: Headers.Headers) => <A, E, R>(effect: Effect.Effect
 const withCallerStream = (headers: Headers.Headers) => <A, E>(stream: Stream.Stream<A, E>) =>
   Stream.unwrapScoped(Effect.as(Effect.locallyScoped(currentSigner, signerOf(headers)), stream))
 
-/** The RPC handlers: each one forwards to the `DeliveryService` in the context, as its caller. */
-export const handlers = DeliveryRpcs.toLayer(
+const pageBytes = (page: QueryPage<{ readonly payload: Uint8Array }>) =>
+  page.items.reduce((n, item) => n + item.payload.length, 0)
+
+/**
+ * A batch query whose answer is bounded in bytes, not only per page: every topic is first
+ * read one entry deep (which also validates the whole batch), then topics with more are read
+ * in full, in order, while the answer is under `maxPageBytes`. A topic past the budget keeps
+ * its one-entry page, whose `next` tells the caller to read on.
+ */
+const boundedBatchQuery = (
+  ds: DeliveryService["Type"],
+  queries: ReadonlyArray<GroupQuery>,
+  maxPageBytes: number
+): Effect.Effect<ReadonlyArray<QueryPage<GroupMessageEnvelope>>, DeliveryError> =>
   Effect.gen(function*() {
-    const ds = yield* DeliveryService
+    const firsts = yield* ds.batchQueryGroupMessages(queries.map((q) => ({ ...q, limit: 1 })))
+    let budget = maxPageBytes
+    const pages: Array<QueryPage<GroupMessageEnvelope>> = []
+    for (const [i, first] of firsts.entries()) {
+      const query = queries[i]!
+      const page = first.next === undefined || query.limit === 1 || budget <= 0
+        ? first
+        : yield* ds.queryGroupMessages(query)
+      budget -= pageBytes(page)
+      pages.push(page)
+    }
+    return pages
+  })
+
+type InboxUpdatesAnswer = Wire<typeof InboxUpdatesWire>
+
+/**
+ * Identity logs answered with at most `maxEntries` entries in all, each log read once however
+ * often it is asked for. A log cut short (or not read, once the budget is spent) comes back
+ * `truncated`, and the caller asks again after its last entry.
+ */
+const boundedIdentityUpdates = (
+  ds: DeliveryService["Type"],
+  queries: ReadonlyArray<IdentityQuery>,
+  maxEntries: number
+): Effect.Effect<ReadonlyArray<InboxUpdatesAnswer>, DeliveryError> =>
+  Effect.gen(function*() {
+    yield* checkIdCount(queries, "getIdentityUpdates")
+    const loaded = new Map<string, ReadonlyArray<IdentityUpdateEnvelope>>()
+    let budget = maxEntries
+    const answers: Array<InboxUpdatesAnswer> = []
+    for (const query of queries) {
+      if (budget <= 0) {
+        answers.push({ inboxId: query.inboxId, updates: [], truncated: true })
+        continue
+      }
+      const key = `${query.inboxId} ${query.afterSequence}`
+      let updates = loaded.get(key)
+      if (updates === undefined) {
+        const [answer] = yield* ds.getIdentityUpdates([query])
+        updates = answer?.updates ?? []
+        loaded.set(key, updates)
+      }
+      const taken = updates.slice(0, budget)
+      budget -= taken.length
+      answers.push(
+        taken.length < updates.length
+          ? { inboxId: query.inboxId, updates: taken, truncated: true }
+          : { inboxId: query.inboxId, updates: taken }
+      )
+    }
+    return answers
+  })
+
+export interface AnswerLimits {
+  /** Most payload bytes in one batch-query answer beyond one entry per topic. Default `MAX_PAGE_BYTES` (4 MiB). */
+  readonly maxPageBytes?: number
+  /** Most identity-log entries in one `getIdentityUpdates` answer. Default 500. */
+  readonly maxIdentityEntries?: number
+}
+
+export const DEFAULT_MAX_IDENTITY_ENTRIES = 500
+
+/** Counts a typed refusal by its reason; a store failure is no refusal (the service logs it). */
+const noteRefusal = (refusals: Refusals) => (error: DeliveryError | InvalidIdentityUpdate) =>
+  Effect.sync(() => {
+    if (error._tag === "DeliveryError" && error.reason === "Unavailable") return
+    refusals.note(error._tag === "DeliveryError" ? error.reason : error._tag, error.message)
+  })
+
+/** The service with every typed refusal counted. */
+const noting = (ds: DeliveryService["Type"], refusals: Refusals): DeliveryService["Type"] => {
+  const note = noteRefusal(refusals)
+  const effects = Object.fromEntries(
+    Object.entries(ds).map(([name, f]) => [
+      name,
+      (...args: Array<unknown>) => {
+        const result = (f as (...args: Array<unknown>) => unknown)(...args)
+        return Stream.StreamTypeId in (result as object)
+          ? Stream.tapError(result as Stream.Stream<unknown, DeliveryError>, note)
+          : Effect.tapError(result as Effect.Effect<unknown, DeliveryError>, note)
+      }
+    ])
+  )
+  return effects as unknown as DeliveryService["Type"]
+}
+
+/** The RPC handlers: each one forwards to the `DeliveryService` in the context. */
+export const handlersWith = (limits: AnswerLimits = {}) => DeliveryRpcs.toLayer(
+  Effect.gen(function*() {
+    const gate = yield* Effect.serviceOption(Gate)
+    const service = yield* DeliveryService
+    const ds = Option.isSome(gate) ? noting(service, gate.value.refusals) : service
+    const maxPageBytes = limits.maxPageBytes ?? MAX_PAGE_BYTES
+    const maxIdentityEntries = limits.maxIdentityEntries ?? DEFAULT_MAX_IDENTITY_ENTRIES
     return {
-      sendGroupMessages: ({ messages }, { headers }) =>
-        withCaller(headers)(ds.sendGroupMessages(messages.map(groupInput))),
-      queryGroupMessages: ({ query }, { headers }) =>
-        withCaller(headers)(Effect.map(ds.queryGroupMessages(groupQuery(query)), fromQueryPage)),
+      sendGroupMessages: ({ messages }, { headers }) => withCaller(headers)(ds.sendGroupMessages(messages.map(groupInput))),
+      queryGroupMessages: ({ query }, { headers }) => withCaller(headers)(Effect.map(ds.queryGroupMessages(groupQuery(query)), fromQueryPage)),
       batchQueryGroupMessages: ({ queries }, { headers }) =>
         withCaller(headers)(
-          Effect.map(ds.batchQueryGroupMessages(queries.map(groupQuery)), (pages) => pages.map(fromQueryPage))
+          Effect.map(boundedBatchQuery(ds, queries.map(groupQuery), maxPageBytes), (pages) => pages.map(fromQueryPage))
         ),
       subscribeGroupMessages: ({ filters }, { headers }) =>
         withCallerStream(headers)(ds.subscribeGroupMessages(filters.map(groupFilter))),
@@ -145,28 +258,31 @@ export const handlers = DeliveryRpcs.toLayer(
         withCaller(headers)(Effect.map(ds.queryWelcomeMessages(welcomeQuery(query)), fromQueryPage)),
       subscribeWelcomeMessages: ({ filter }, { headers }) =>
         withCallerStream(headers)(ds.subscribeWelcomeMessages(welcomeFilter(filter))),
-      uploadKeyPackage: ({ upload }, { headers }) =>
-        withCaller(headers)(ds.uploadKeyPackage(keyPackageUpload(upload))),
+      uploadKeyPackage: ({ upload }, { headers }) => withCaller(headers)(ds.uploadKeyPackage(keyPackageUpload(upload))),
       fetchKeyPackages: ({ installationIds }, { headers }) =>
         withCaller(headers)(ds.fetchKeyPackages(installationIds as ReadonlyArray<InstallationId>)),
       publishIdentityUpdate: ({ update }, { headers }) =>
         withCaller(headers)(ds.publishIdentityUpdate(identityUpdate(update))),
       getIdentityUpdates: ({ queries }, { headers }) =>
-        withCaller(headers)(ds.getIdentityUpdates(queries.map(identityQuery)))
+        withCaller(headers)(boundedIdentityUpdates(ds, queries.map(identityQuery), maxIdentityEntries))
     }
   })
 )
+
+export const handlers = handlersWith()
 
 /** The server's own router, so it never shares routes with an app's `HttpRouter.Default`. */
 export class DeliveryRouter extends HttpRouter.Tag("converge/DeliveryServer/Router")<DeliveryRouter>() {}
 
 const rpcOverHttp = RpcServer.layer(DeliveryRpcs).pipe(
-  Layer.provide(RpcServer.layerProtocolHttp({ path: RPC_PATH, routerTag: DeliveryRouter })),
+  Layer.provide(guarded(RpcServer.layerProtocolHttp({ path: RPC_PATH, routerTag: DeliveryRouter }))),
   Layer.provide(RpcSerialization.layerNdjson)
 )
 
+/** WebSocket connections come from the gate's own `ws` server (its message limit), not the router. */
 const rpcOverWebsocket = RpcServer.layer(DeliveryRpcs).pipe(
-  Layer.provide(RpcServer.layerProtocolWebsocket({ path: RPC_PATH, routerTag: DeliveryRouter })),
+  Layer.provide(guarded(Layer.scoped(RpcServer.Protocol, RpcServer.makeProtocolSocketServer))),
+  Layer.provide(Layer.effect(SocketServer.SocketServer, Effect.map(Gate, (gate) => gate.sockets))),
   Layer.provide(RpcSerialization.layerJson)
 )
 
@@ -181,10 +297,10 @@ const protocolError = (status: number, detail: string) =>
  * In front of the HTTP transport: reads the body once (the request caches it for the RPC
  * handler) under the size limit, and refuses a body whose last ndjson line is not terminated.
  * The RPC layer would silently ignore such a line (it waits for a newline that never comes)
- * and answer an empty 200; here it gets a 400 instead. A body declared (Content-Length) larger
- * than the limit gets 413 unread; an undeclared (chunked) one is cut off at the limit.
+ * and answer an empty 200; here it gets a 400 instead. A body must declare its length: one
+ * larger than the limit gets 413 unread, one with no Content-Length (chunked) 411.
  */
-const httpGuard = (maxBodyBytes: number) =>
+const httpGuard = ({ limits: { maxBodyBytes }, refusals }: Gate) =>
   HttpMiddleware.make((app) =>
     Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
@@ -192,7 +308,15 @@ const httpGuard = (maxBodyBytes: number) =>
         return yield* app
       }
       const declared = Number(request.headers["content-length"] ?? Number.NaN)
+      if (!Number.isSafeInteger(declared)) {
+        // A body of unknown length could only be cut off at the limit, with no answer.
+        refusals.note("lengthRequired", "a body without a Content-Length")
+        return protocolError(411, "a request body needs a Content-Length").pipe(
+          HttpServerResponse.setHeader("connection", "close")
+        )
+      }
       if (declared > maxBodyBytes) {
+        refusals.note("bodyTooLarge", `a declared body of ${declared} bytes`)
         // Refused before reading: reading would cut the connection at the limit instead.
         return protocolError(413, `request body larger than ${maxBodyBytes} bytes`).pipe(
           HttpServerResponse.setHeader("connection", "close")
@@ -205,32 +329,38 @@ const httpGuard = (maxBodyBytes: number) =>
       if (body._tag === "Left") {
         // Past the limit the body stream is destroyed, so this answer may not get through.
         const cause: unknown = body.left.cause
-        return cause instanceof Error && cause.message === "maxBytes exceeded"
-          ? protocolError(413, `request body larger than ${maxBodyBytes} bytes`)
-          : protocolError(400, `cannot read request body: ${body.left.message}`)
+        if (cause instanceof Error && cause.message === "maxBytes exceeded") {
+          refusals.note("bodyTooLarge", `a streamed body past ${maxBodyBytes} bytes`)
+          return protocolError(413, `request body larger than ${maxBodyBytes} bytes`)
+        }
+        return protocolError(400, `cannot read request body: ${body.left.message}`)
       }
       if (body.right.length > 0 && !body.right.endsWith("\n")) {
         return protocolError(400, "malformed request: an ndjson body must end with a newline")
       }
-      return yield* app
+      // The RPC layer admits this request's calls on this fiber: it finds the response here.
+      return yield* app.pipe(Effect.locally(currentHttpResponse, NodeHttpServerRequest.toServerResponse(request)))
     })
   )
 
-/** Both transports on `RPC_PATH`, served by whatever `HttpServer` the context has. */
-export const layerApp = (
-  options: Pick<ServerOptions, "maxBodyBytes"> = {}
-): Layer.Layer<never, never, HttpServer.HttpServer | DeliveryService> =>
-  DeliveryRouter.serve(httpGuard(options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES)).pipe(
-    Layer.provide(Layer.mergeAll(rpcOverHttp, rpcOverWebsocket)),
-    Layer.provide(handlers)
+/** Both transports on `RPC_PATH`, on the gate's node server. */
+const layerApp = (
+  options: ServerOptions
+): Layer.Layer<HttpServer.HttpServer, ServeError, DeliveryService> => {
+  const listener = Layer.unwrapEffect(
+    Effect.map(Gate, (gate) =>
+      NodeHttpServer.layer(gate.createServer, { port: options.port ?? 0, host: options.host ?? "127.0.0.1" }))
   )
-
-const listener = (options: ServerOptions) =>
-  NodeHttpServer.layer(() => Http.createServer(), { port: options.port ?? 0, host: options.host ?? "127.0.0.1" })
+  const app = Layer.unwrapEffect(Effect.map(Gate, (gate) => DeliveryRouter.serve(httpGuard(gate)))).pipe(
+    Layer.provide(Layer.mergeAll(rpcOverHttp, rpcOverWebsocket)),
+    Layer.provide(handlersWith(options))
+  )
+  return app.pipe(Layer.provideMerge(listener), Layer.provide(layerGate(options, RPC_PATH)))
+}
 
 /** Serves the `DeliveryService` of the context on `host:port` for as long as the layer lives. */
 export const layer = (options: ServerOptions = {}): Layer.Layer<never, ServeError, DeliveryService> =>
-  layerApp(options).pipe(Layer.provide(listener(options)))
+  Layer.discard(layerApp(options))
 
 /**
  * Starts the server in the current scope and returns where it listens (with port 0, the
@@ -240,11 +370,11 @@ export const serve = (
   options: ServerOptions = {}
 ): Effect.Effect<BoundAddress, ServeError, Scope.Scope | DeliveryService> =>
   Effect.gen(function*() {
-    const context = yield* Layer.build(layerApp(options).pipe(Layer.provideMerge(listener(options))))
+    const context = yield* Layer.build(layerApp(options))
     const address = Context.get(context, HttpServer.HttpServer).address
     if (address._tag !== "TcpAddress") return yield* Effect.dieMessage("delivery server: expected a TCP address")
     const host = address.hostname.includes(":") ? `[${address.hostname}]` : address.hostname
     return { host: address.hostname, port: address.port, url: `http://${host}:${address.port}${RPC_PATH}` }
   })
 
-export const DeliveryServer = { layer, layerApp, serve, handlers, RPC_PATH } as const
+export const DeliveryServer = { layer, serve, handlers, RPC_PATH } as const

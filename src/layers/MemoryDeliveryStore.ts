@@ -17,6 +17,7 @@ import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
 import type { InboxState } from "../domain/IdentityLog.ts"
 import type { InboxId, InstallationId } from "../domain/Ids.ts"
 import { IdentityUpdateEnvelope } from "../domain/Wire.ts"
+import { MAX_PAGE_BYTES } from "./DeliveryRequests.ts"
 import {
   type AppendIdentityResult,
   DeliveryStore,
@@ -105,7 +106,15 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
       if (limit <= 0 || afterSequenceId >= BigInt(entries.length)) return []
       // Ids are dense from 1, so the entries after n start at index n.
       const start = afterSequenceId < 0n ? 0 : Number(afterSequenceId)
-      return entries.slice(start, start + limit)
+      // As the SQL stores do: at most `MAX_PAGE_BYTES` of payload, but always one entry.
+      const page: Array<StoredEntry> = []
+      let bytes = 0
+      for (const entry of entries.slice(start, start + limit)) {
+        bytes += entry.payload.length
+        if (page.length > 0 && bytes > MAX_PAGE_BYTES) break
+        page.push(entry)
+      }
+      return page
     })
 
   const loadInbox: Service["loadInbox"] = (inboxId) =>

@@ -8,6 +8,7 @@ import { PgClient } from "@effect/sql-pg"
 import { Clock, Deferred, Duration, Effect, Layer, PubSub, Queue, type Scope, Stream } from "effect"
 import { toHex } from "../domain/Bytes.ts"
 import { ANY_TOPIC, DeliveryStore, DeliveryStoreError, type Topic, type TopicChange } from "../services/DeliveryStore.ts"
+import { MAX_PAGE_BYTES } from "./DeliveryRequests.ts"
 import { makeWith, migrate } from "./SqlDeliveryStore.ts"
 
 type Service = DeliveryStore["Type"]
@@ -49,7 +50,8 @@ const decodeChange = (payload: string): TopicChange => {
  * missed in between.
  */
 export const makePg = (
-  options: DeliveryStoreOptions
+  options: DeliveryStoreOptions,
+  maxPageBytes: number = MAX_PAGE_BYTES
 ): Effect.Effect<Service, DeliveryStoreError, PgClient.PgClient | Scope.Scope> =>
   Effect.gen(function*() {
     const pg = yield* PgClient.PgClient
@@ -133,7 +135,7 @@ export const makePg = (
         }),
       afterCommit: () => Effect.void,
       changes: PubSub.subscribe(pubsub)
-    }).pipe(Effect.provideService(SqlClient.SqlClient, pg))
+    }, maxPageBytes).pipe(Effect.provideService(SqlClient.SqlClient, pg))
   })
 
 /** Postgres (`@effect/sql-pg`): several servers may share it; changes go through LISTEN/NOTIFY. */

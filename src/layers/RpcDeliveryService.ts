@@ -19,6 +19,10 @@
  *   restarted), it resubscribes from those cursors after `resubscribeSchedule`'s backoff
  *   (reset by every delivery) and drops anything at or below them: no loss, no duplicate.
  *   Non-retryable errors (a bad filter) end the stream.
+ * - **Server bounds, hidden.** Key-package and identity lookups go in calls of at most
+ *   `MAX_IDS_PER_LOOKUP` ids, identity logs the server cut short (`truncated`) are read on,
+ *   subscriptions to more than `MAX_SUBSCRIBE_FILTERS` topics are several merged ones, and
+ *   cursors past the wire's 20 digits are clamped (they read nothing either way).
  *
  * Timeouts and backoffs run on Effect's `Clock`: under `TestClock` they wait for it.
  */
@@ -44,14 +48,21 @@ import {
   toGroupMessageEnvelope,
   toIdentityUpdateEnvelope,
   toQueryPage,
-  toWelcomeMessageEnvelope
+  toWelcomeMessageEnvelope,
+  toWireCursor
 } from "../domain/DeliveryRpcs.ts"
 import { DeliveryError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
-import type { GroupMessageEnvelope, WelcomeMessageEnvelope } from "../domain/Wire.ts"
+import type { GroupMessageEnvelope, IdentityUpdateEnvelope, WelcomeMessageEnvelope } from "../domain/Wire.ts"
 import { AUTH_HEADER, type AuthenticatedOperation, RequestAuthJson, requestDigests } from "../domain/RequestAuth.ts"
 import { currentSigner } from "../services/DeliveryAuth.ts"
-import { DeliveryService, type FetchedKeyPackage, type InboxUpdates } from "../services/DeliveryService.ts"
+import {
+  DeliveryService,
+  type FetchedKeyPackage,
+  type IdentityQuery,
+  type InboxUpdates
+} from "../services/DeliveryService.ts"
+import { MAX_IDS_PER_LOOKUP, MAX_SUBSCRIBE_FILTERS } from "./DeliveryRequests.ts"
 
 const encodeAuth = Schema.encodeSync(RequestAuthJson)
 
@@ -90,6 +101,10 @@ export const defaultResubscribeSchedule: Schedule.Schedule<unknown, DeliveryErro
 const defaultReconnectSchedule: Schedule.Schedule<unknown, unknown> = Schedule.exponential("100 millis").pipe(
   Schedule.either(Schedule.spaced("2 seconds"))
 )
+
+/** `items` in runs of at most `size`; at least one run, so an empty call still reaches the server. */
+const chunksOf = <A>(items: ReadonlyArray<A>, size: number): ReadonlyArray<ReadonlyArray<A>> =>
+  Array.from({ length: Math.max(1, Math.ceil(items.length / size)) }, (_, i) => items.slice(i * size, (i + 1) * size))
 
 const unavailable = (detail: string) => new DeliveryError({ reason: "Unavailable", retryable: true, detail })
 
@@ -267,6 +282,45 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
         Stream.retry(resubscribeSchedule)
       )
 
+    /**
+     * Every entry asked for, whatever the server's answer bounds: queries go in calls of at
+     * most the id limit, and a log the server cut short (`truncated`) is asked for again
+     * after its last entry. A round that brings nothing new fails as `Unavailable` rather
+     * than looping on a server that never moves on.
+     */
+    const wholeIdentityLogs = (
+      queries: ReadonlyArray<IdentityQuery>
+    ): Effect.Effect<ReadonlyArray<InboxUpdates>, DeliveryError> =>
+      Effect.gen(function*() {
+        const logs = queries.map((): Array<IdentityUpdateEnvelope> => [])
+        let pending = queries.map((query, index) => ({ index, query }))
+        while (pending.length > 0) {
+          const round = pending.slice(0, MAX_IDS_PER_LOOKUP)
+          const answers = yield* idempotent(
+            "getIdentityUpdates",
+            client.getIdentityUpdates({ queries: round.map((p) => p.query) })
+          )
+          const again: typeof pending = []
+          let progress = false
+          for (const [i, { index, query }] of round.entries()) {
+            const answer = answers[i]
+            if (answer === undefined) continue
+            const updates = answer.updates.map(toIdentityUpdateEnvelope)
+            logs[index]!.push(...updates)
+            if (updates.length > 0) progress = true
+            if (answer.truncated === true) {
+              const afterSequence = updates[updates.length - 1]?.update.sequence ?? query.afterSequence
+              again.push({ index, query: { inboxId: query.inboxId, afterSequence } })
+            }
+          }
+          if (!progress && again.length > 0) {
+            return yield* Effect.fail(unavailable("getIdentityUpdates: the server cut every log short without entries"))
+          }
+          pending = [...again, ...pending.slice(MAX_IDS_PER_LOOKUP)]
+        }
+        return queries.map((q, i): InboxUpdates => ({ inboxId: q.inboxId, updates: logs[i]! }))
+      })
+
     const service: Service = {
       sendGroupMessages: (messages) =>
         idempotent(
@@ -279,11 +333,19 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
           Effect.map((envelopes) => envelopes.map(toGroupMessageEnvelope))
         ),
       queryGroupMessages: (query) =>
-        idempotent("queryGroupMessages", client.queryGroupMessages({ query })).pipe(
+        idempotent(
+          "queryGroupMessages",
+          client.queryGroupMessages({ query: { ...query, afterSequenceId: toWireCursor(query.afterSequenceId) } })
+        ).pipe(
           Effect.map((page) => toQueryPage(page, toGroupMessageEnvelope))
         ),
       batchQueryGroupMessages: (queries) =>
-        idempotent("batchQueryGroupMessages", client.batchQueryGroupMessages({ queries })).pipe(
+        idempotent(
+          "batchQueryGroupMessages",
+          client.batchQueryGroupMessages({
+            queries: queries.map((q) => ({ ...q, afterSequenceId: toWireCursor(q.afterSequenceId) }))
+          })
+        ).pipe(
           Effect.map((pages) => pages.map((page) => toQueryPage(page, toGroupMessageEnvelope)))
         ),
       subscribeGroupMessages: (filters) => {
@@ -305,10 +367,16 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
             "subscribeGroupMessages",
             cursors,
             (e: GroupMessageEnvelope) => e.groupId,
+            // More topics than one subscription may follow: several subscriptions, merged.
             () =>
-              client.subscribeGroupMessages({
-                filters: Array.from(cursors, ([groupId, afterSequenceId]) => ({ groupId, afterSequenceId }))
-              }).pipe(Stream.map(toGroupMessageEnvelope))
+              Stream.mergeAll(
+                chunksOf(Array.from(cursors), MAX_SUBSCRIBE_FILTERS).map((chunk) =>
+                  client.subscribeGroupMessages({
+                    filters: chunk.map(([groupId, after]) => ({ groupId, afterSequenceId: toWireCursor(after) }))
+                  })
+                ),
+                { concurrency: "unbounded" }
+              ).pipe(Stream.map(toGroupMessageEnvelope))
           )
         })
       },
@@ -325,10 +393,14 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
       queryWelcomeMessages: (query) =>
         idempotent(
           "queryWelcomeMessages",
-          Effect.flatMap(
-            authHeaders("queryWelcomeMessages", requestDigests.queryWelcomeMessages(query)),
-            (headers) => client.queryWelcomeMessages({ query }, { headers })
-          )
+          Effect.suspend(() => {
+            // Signed as it travels: the server verifies the clamped cursor it receives.
+            const wire = { ...query, afterSequenceId: toWireCursor(query.afterSequenceId) }
+            return Effect.flatMap(
+              authHeaders("queryWelcomeMessages", requestDigests.queryWelcomeMessages(wire)),
+              (headers) => client.queryWelcomeMessages({ query: wire }, { headers })
+            )
+          })
         ).pipe(
           Effect.map((page) => toQueryPage(page, toWelcomeMessageEnvelope))
         ),
@@ -342,7 +414,7 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
             () => {
               const from = {
                 installationId: filter.installationId,
-                afterSequenceId: cursors.get(filter.installationId) ?? filter.afterSequenceId
+                afterSequenceId: toWireCursor(cursors.get(filter.installationId) ?? filter.afterSequenceId)
               }
               // Each (re)subscription is signed anew: a statement is good for one request.
               return Stream.unwrap(Effect.map(
@@ -361,10 +433,14 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
             (headers) => client.uploadKeyPackage({ upload }, { headers })
           )
         ),
+      // In calls of at most the server's id limit, in order.
       fetchKeyPackages: (installationIds) =>
-        idempotent("fetchKeyPackages", client.fetchKeyPackages({ installationIds })).pipe(
-          Effect.map((fetched) =>
-            fetched.map((f): FetchedKeyPackage => ({
+        Effect.forEach(
+          chunksOf(installationIds, MAX_IDS_PER_LOOKUP),
+          (chunk) => idempotent("fetchKeyPackages", client.fetchKeyPackages({ installationIds: chunk }))
+        ).pipe(
+          Effect.map((answers) =>
+            answers.flat().map((f): FetchedKeyPackage => ({
               installationId: f.installationId as FetchedKeyPackage["installationId"],
               keyPackage: f.keyPackage
             }))
@@ -375,15 +451,7 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
         attempt("publishIdentityUpdate", client.publishIdentityUpdate({ update })).pipe(
           Effect.map(toIdentityUpdateEnvelope)
         ),
-      getIdentityUpdates: (queries) =>
-        idempotent("getIdentityUpdates", client.getIdentityUpdates({ queries })).pipe(
-          Effect.map((inboxes) =>
-            inboxes.map((inbox): InboxUpdates => ({
-              inboxId: inbox.inboxId as InboxUpdates["inboxId"],
-              updates: inbox.updates.map(toIdentityUpdateEnvelope)
-            }))
-          )
-        )
+      getIdentityUpdates: (queries) => wholeIdentityLogs(queries)
     }
     return service
   })

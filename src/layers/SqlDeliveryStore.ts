@@ -49,6 +49,7 @@ import {
   type Topic,
   type TopicChange
 } from "../services/DeliveryStore.ts"
+import { MAX_PAGE_BYTES } from "./DeliveryRequests.ts"
 
 type Service = DeliveryStore["Type"]
 
@@ -151,9 +152,10 @@ export interface Announcer {
   readonly changes: Effect.Effect<Queue.Dequeue<TopicChange>, never, Scope.Scope>
 }
 
-/** The store on any `SqlClient`, announcing changes through `announcer`. */
+/** The store on any `SqlClient`, announcing changes through `announcer`; a read returns at most `maxPageBytes` of payload. */
 export const makeWith = (
-  announcer: Announcer
+  announcer: Announcer,
+  maxPageBytes: number
 ): Effect.Effect<Service, never, SqlClient.SqlClient> =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
@@ -231,13 +233,31 @@ export const makeWith = (
         return out
       }).pipe(failed("append"))
 
+    /**
+     * Reads sizes first (neither driver loads a blob to measure it), then only the payloads
+     * that fit in `maxPageBytes`: at least one entry, and none past the first that would
+     * overflow. Entries are never removed, so the second read sees what the first measured.
+     */
     const read: Service["read"] = (topic, afterSequenceId, limit) =>
       Effect.gen(function*() {
         if (afterSequenceId >= MAX_INT64 || limit <= 0) return []
+        const after = afterSequenceId < 0n ? 0n : afterSequenceId
+        const sizes = yield* sql<{ sequence_id: unknown; size: unknown }>`
+          SELECT sequence_id, length(payload) AS size FROM ds_envelopes
+          WHERE topic = ${topic} AND sequence_id > ${after}
+          ORDER BY sequence_id LIMIT ${limit}`
+        let bytes = 0
+        let through: unknown = undefined
+        for (const row of sizes) {
+          bytes += Number(row.size)
+          if (through !== undefined && bytes > maxPageBytes) break
+          through = row.sequence_id
+        }
+        if (through === undefined) return []
         const rows = yield* sql<{ sequence_id: unknown; server_time_ns: unknown; payload: unknown }>`
           SELECT sequence_id, server_time_ns, payload FROM ds_envelopes
-          WHERE topic = ${topic} AND sequence_id > ${afterSequenceId < 0n ? 0n : afterSequenceId}
-          ORDER BY sequence_id LIMIT ${limit}`
+          WHERE topic = ${topic} AND sequence_id > ${after} AND sequence_id <= ${big(through)}
+          ORDER BY sequence_id`
         return rows.map((row): StoredEntry => ({
           topic,
           sequenceId: big(row.sequence_id),
@@ -394,8 +414,13 @@ export const makeWith = (
 
 // ---- SQLite ----
 
-/** The store on SQLite: appends are announced through an in-process PubSub after commit. */
-export const makeSqlite = (): Effect.Effect<Service, DeliveryStoreError, SqlClient.SqlClient | Scope.Scope> =>
+/**
+ * The store on SQLite: appends are announced through an in-process PubSub after commit.
+ * `maxPageBytes` caps the payload bytes of one read (default `MAX_PAGE_BYTES`).
+ */
+export const makeSqlite = (
+  maxPageBytes: number = MAX_PAGE_BYTES
+): Effect.Effect<Service, DeliveryStoreError, SqlClient.SqlClient | Scope.Scope> =>
   Effect.gen(function*() {
     yield* migrate
     const pubsub = yield* Effect.acquireRelease(PubSub.unbounded<TopicChange>(), PubSub.shutdown)
@@ -403,7 +428,7 @@ export const makeSqlite = (): Effect.Effect<Service, DeliveryStoreError, SqlClie
       inTransaction: () => Effect.void,
       afterCommit: (changes) => PubSub.publishAll(pubsub, changes),
       changes: PubSub.subscribe(pubsub)
-    })
+    }, maxPageBytes)
   })
 
 /** Embedded SQLite (`@effect/sql-sqlite-node`): one server process; changes go through an in-process PubSub. */

@@ -15,7 +15,7 @@
  *   duplicate, strict order per topic, also when other servers append to the store.
  */
 import { Chunk, Effect, Either, Layer, Queue, Schema, type Scope, Stream } from "effect"
-import { invalidRequest, makeChecks } from "./DeliveryRequests.ts"
+import { checkFilterCount, checkIdCount, invalidRequest, makeChecks, pageMayContinue } from "./DeliveryRequests.ts"
 import { DeliveryError, InvalidIdentityUpdate } from "../domain/Errors.ts"
 import { applyUpdate } from "../domain/IdentityLog.ts"
 import { GroupId, InstallationId } from "../domain/Ids.ts"
@@ -180,7 +180,10 @@ export const make = (
       Effect.map(stored(store.read(topic, after, limit)), (entries) => {
         const items = entries.map(toEnvelope)
         const last = items[items.length - 1]
-        return new QueryPage(items, items.length === limit && last !== undefined ? last.sequenceId : undefined)
+        return new QueryPage(
+          items,
+          pageMayContinue(entries, limit, maxPayloadBytes) && last !== undefined ? last.sequenceId : undefined
+        )
       })
 
     /**
@@ -219,7 +222,7 @@ export const make = (
           const pull = Effect.gen(function*() {
             if (caughtUp) yield* awaitChange
             const entries = yield* stored(store.read(topic, lastDelivered, pageSize))
-            caughtUp = entries.length < pageSize
+            caughtUp = !pageMayContinue(entries, pageSize, maxPayloadBytes)
             // Strictly above the last delivered id, in order: a guard that costs nothing.
             const fresh = entries.filter((e) => e.sequenceId > lastDelivered)
             const last = fresh[fresh.length - 1]
@@ -291,6 +294,7 @@ export const make = (
     const subscribeGroupMessages: Service["subscribeGroupMessages"] = (filters) =>
       Stream.unwrap(
         Effect.gen(function*() {
+          yield* checkFilterCount(filters, "subscribeGroupMessages")
           for (const f of filters) {
             yield* checkGroupId(f.groupId, "subscribeGroupMessages")
             yield* checkCursor(f.afterSequenceId, "subscribeGroupMessages")
@@ -405,6 +409,7 @@ export const make = (
 
     const fetchKeyPackages: Service["fetchKeyPackages"] = (installationIds) =>
       Effect.gen(function*() {
+        yield* checkIdCount(installationIds, "fetchKeyPackages")
         for (const id of installationIds) yield* checkInstallationId(id, "fetchKeyPackages")
         if (installationIds.length === 0) return []
         const found = yield* stored(store.getKeyPackages(installationIds))
@@ -469,6 +474,7 @@ export const make = (
 
     const getIdentityUpdates: Service["getIdentityUpdates"] = (queries: ReadonlyArray<IdentityQuery>) =>
       Effect.gen(function*() {
+        yield* checkIdCount(queries, "getIdentityUpdates")
         for (const q of queries) {
           if (!Number.isInteger(q.afterSequence) || q.afterSequence < 0) {
             return yield* Effect.fail(

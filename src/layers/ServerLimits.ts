@@ -1,0 +1,397 @@
+/**
+ * What bounds a delivery server's transport, in front of the RPC layer: connections per
+ * server, request and idle timeouts, the WebSocket message size (refused from the frame
+ * header, before it is buffered), calls and subscriptions in flight per connection, and
+ * HTTP stream responses that wait for their reader. Every refusal is counted by class and
+ * logged at Info at most once per class and interval, never once per request.
+ *
+ * Node's `http.Server` is used as it is, except that two of its events are taken over:
+ * `connection` (to refuse past the cap with a 503 before any parsing) and `upgrade` (served
+ * by our own `ws` server, which has a `maxPayload`; the platform's has a fixed 100 MiB one).
+ */
+import type { RpcMessage } from "@effect/rpc"
+import { RpcServer } from "@effect/rpc"
+import { Socket, SocketServer } from "@effect/platform"
+import { Context, Effect, FiberRef, FiberSet, Layer, Mailbox, Option, type Scope } from "effect"
+import * as Http from "node:http"
+import { createRequire } from "node:module"
+import type * as Net from "node:net"
+import type { Duplex } from "node:stream"
+
+export interface TransportLimits {
+  /** Largest HTTP request body and WebSocket message, in bytes. Default 8 MiB. */
+  readonly maxBodyBytes?: number
+  /** Open TCP connections (HTTP and WebSocket) per server; more get a 503. Default 1,024. */
+  readonly maxConnections?: number
+  /** Calls (unary and streams) running at once for one connection. Default 64. */
+  readonly maxInFlightPerConnection?: number
+  /** Subscriptions running at once for one connection. Default 32. */
+  readonly maxSubscriptionsPerConnection?: number
+  /** Time to receive a request's headers. Default 10 s. */
+  readonly headersTimeoutMillis?: number
+  /** Time to receive a whole HTTP request, body included. Default 30 s. */
+  readonly requestTimeoutMillis?: number
+  /** An idle keep-alive HTTP connection is closed after this. Default 5 s. */
+  readonly keepAliveTimeoutMillis?: number
+  /** A WebSocket with no traffic either way (clients ping every 10 s) is closed after this. Default 60 s. */
+  readonly idleTimeoutMillis?: number
+  /** An HTTP stream response whose reader takes nothing for this long is cut off. Default 30 s. */
+  readonly slowReaderTimeoutMillis?: number
+}
+
+export const DEFAULT_TRANSPORT_LIMITS: Required<TransportLimits> = {
+  maxBodyBytes: 8 * 1024 * 1024,
+  maxConnections: 1024,
+  maxInFlightPerConnection: 64,
+  maxSubscriptionsPerConnection: 32,
+  headersTimeoutMillis: 10_000,
+  requestTimeoutMillis: 30_000,
+  keepAliveTimeoutMillis: 5_000,
+  idleTimeoutMillis: 60_000,
+  slowReaderTimeoutMillis: 30_000
+}
+
+/** The limits with defaults filled in; a limit that is not a positive integer is a defect. */
+export const resolveLimits = (limits: TransportLimits): Required<TransportLimits> => {
+  const resolved = { ...DEFAULT_TRANSPORT_LIMITS }
+  for (const key of Object.keys(resolved) as Array<keyof TransportLimits>) {
+    const value = limits[key] ?? resolved[key]
+    if (!Number.isInteger(value) || value <= 0) {
+      throw new RangeError(`delivery server: ${key} must be a positive integer, got ${value}`)
+    }
+    resolved[key] = value
+  }
+  return resolved
+}
+
+// ---- refusals, logged by class ----
+
+export interface Refusals {
+  /** Counts one refusal of `kind`; `detail` is kept as the example of its next log line. */
+  readonly note: (kind: string, detail: string) => void
+}
+
+/** How often a refusal class is logged at most. */
+const REFUSAL_LOG_INTERVAL_MILLIS = 10_000
+
+const makeRefusals = Effect.gen(function*() {
+  const pending = new Map<string, { count: number; example: string }>()
+  const lastLogged = new Map<string, number>()
+  const flush = Effect.suspend(() => {
+    const now = Date.now()
+    const due: Array<readonly [string, { count: number; example: string }]> = []
+    for (const [kind, entry] of pending) {
+      if (now - (lastLogged.get(kind) ?? 0) < REFUSAL_LOG_INTERVAL_MILLIS) continue
+      pending.delete(kind)
+      lastLogged.set(kind, now)
+      due.push([kind, entry])
+    }
+    return Effect.forEach(due, ([kind, { count, example }]) =>
+      Effect.logInfo("delivery server refused requests").pipe(
+        Effect.annotateLogs({ refusal: kind, count, example })
+      ), { discard: true })
+  })
+  yield* flush.pipe(Effect.zipLeft(Effect.sleep("1 second")), Effect.forever, Effect.forkScoped)
+  const refusals: Refusals = {
+    note: (kind, detail) => {
+      const entry = pending.get(kind)
+      if (entry === undefined) pending.set(kind, { count: 1, example: detail })
+      else entry.count += 1
+    }
+  }
+  return refusals
+})
+
+// ---- the node server ----
+
+/** The parts of `ws` used here (the package ships no types of its own). */
+interface WsConnection {
+  on(event: "error", listener: (error: Error & { readonly code?: string }) => void): void
+  close(code?: number, reason?: string): void
+}
+interface WsServer {
+  handleUpgrade(
+    request: Http.IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+    done: (connection: WsConnection) => void
+  ): void
+  close(done?: () => void): void
+}
+const { WebSocketServer } = createRequire(import.meta.url)("ws") as {
+  readonly WebSocketServer: new(options: { readonly noServer: true; readonly maxPayload: number }) => WsServer
+}
+
+/** A raw HTTP refusal for a socket no HTTP parser reads: the body is an RPC protocol defect line. */
+const refuseSocket = (socket: Duplex, status: string, detail: string) => {
+  const body = JSON.stringify({ _tag: "Defect", defect: detail }) + "\n"
+  socket.on("error", () => {})
+  socket.resume()
+  socket.end(
+    `HTTP/1.1 ${status}\r\ncontent-type: application/ndjson\r\nconnection: close\r\n` +
+      `content-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
+  )
+  setTimeout(() => socket.destroy(), 1000).unref()
+}
+
+export interface Gate {
+  readonly limits: Required<TransportLimits>
+  readonly refusals: Refusals
+  /** A node server with the limits applied; its WebSocket connections go to `sockets`. */
+  readonly createServer: () => Http.Server
+  /** WebSocket connections on `path`, as a `SocketServer` the RPC socket protocol runs on. */
+  readonly sockets: SocketServer.SocketServer["Type"]
+}
+export const Gate = Context.GenericTag<Gate>("converge/DeliveryServer/Gate")
+
+export const layerGate = (limits: TransportLimits, path: string): Layer.Layer<Gate> =>
+  Layer.scoped(Gate, makeGate(resolveLimits(limits), path))
+
+const makeGate = (limits: Required<TransportLimits>, path: string) =>
+  Effect.gen(function*() {
+    const refusals = yield* makeRefusals
+    const wss = yield* Effect.acquireRelease(
+      Effect.sync(() => new WebSocketServer({ noServer: true, maxPayload: limits.maxBodyBytes })),
+      (wss) => Effect.async<void>((resume) => wss.close(() => resume(Effect.void)))
+    )
+    const onConnection = new Set<(connection: WsConnection) => void>()
+    let server: Http.Server | undefined
+
+    const upgrade = (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
+      if (new URL(request.url ?? "/", "http://localhost").pathname !== path || onConnection.size === 0) {
+        return refuseSocket(socket, "404 Not Found", `no WebSocket endpoint at ${request.url}`)
+      }
+      wss.handleUpgrade(request, socket, head, (connection) => {
+        // After the upgrade: `ws` clears the socket's timeout when it takes it over.
+        const tcp = socket as Net.Socket
+        tcp.setTimeout(limits.idleTimeoutMillis)
+        tcp.on("timeout", () => {
+          refusals.note("idleWebSocket", `no traffic for ${limits.idleTimeoutMillis} ms`)
+          tcp.destroy()
+        })
+        connection.on("error", (error) => {
+          if (error.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH") {
+            refusals.note("messageTooLarge", `a WebSocket message over ${limits.maxBodyBytes} bytes`)
+          }
+        })
+        for (const listener of onConnection) listener(connection)
+      })
+    }
+
+    const createServer = () => {
+      const created = Http.createServer({
+        headersTimeout: Math.min(limits.headersTimeoutMillis, limits.requestTimeoutMillis),
+        requestTimeout: limits.requestTimeoutMillis,
+        keepAliveTimeout: limits.keepAliveTimeoutMillis,
+        // Node checks the two timeouts above only this often (default 30 s).
+        connectionsCheckingInterval: Math.min(1000, limits.headersTimeoutMillis)
+      })
+      let open = 0
+      const emit = created.emit.bind(created)
+      created.emit = ((event: string | symbol, ...args: Array<unknown>): boolean => {
+        if (event === "connection") {
+          const socket = args[0] as Net.Socket
+          if (open >= limits.maxConnections) {
+            refusals.note("connections", `over ${limits.maxConnections} open connections`)
+            refuseSocket(socket, "503 Service Unavailable", `too many connections (limit ${limits.maxConnections})`)
+            return true
+          }
+          open += 1
+          socket.once("close", () => open -= 1)
+        } else if (event === "upgrade") {
+          upgrade(args[0] as Http.IncomingMessage, args[1] as Duplex, args[2] as Buffer)
+          return true
+        }
+        return emit(event as string, ...args)
+      }) as typeof created.emit
+      server = created
+      return created
+    }
+
+    const sockets = SocketServer.SocketServer.of({
+      get address(): SocketServer.Address {
+        const address = server?.address()
+        return typeof address === "object" && address !== null
+          ? { _tag: "TcpAddress", hostname: address.address, port: address.port }
+          : { _tag: "UnixAddress", path: String(address) }
+      },
+      run: (handler) =>
+        Effect.gen(function*() {
+          const runFork = yield* FiberSet.makeRuntime<never>()
+          const listener = (connection: WsConnection) =>
+            runFork(
+              Socket.fromWebSocket(
+                Effect.acquireRelease(
+                  Effect.succeed(connection as unknown as globalThis.WebSocket),
+                  (ws) => Effect.sync(() => ws.close())
+                )
+              ).pipe(
+                Effect.flatMap(handler),
+                Effect.catchAllCause((cause) => Effect.logDebug("WebSocket connection failed", cause))
+              ) as Effect.Effect<unknown>
+            )
+          yield* Effect.acquireRelease(
+            Effect.sync(() => onConnection.add(listener)),
+            () => Effect.sync(() => onConnection.delete(listener))
+          )
+          return yield* Effect.never
+        }).pipe(Effect.scoped)
+    })
+
+    return { limits, refusals, createServer, sockets } satisfies Gate
+  })
+
+// ---- calls in flight, and readers that do not read ----
+
+/** The RPCs whose answer is a stream. */
+const STREAMS = new Set(["subscribeGroupMessages", "subscribeWelcomeMessages"])
+
+/**
+ * The node response of the HTTP request being handled: set by the HTTP guard around the RPC
+ * app, read when the request's RPC messages are admitted (on the same fiber).
+ */
+export const currentHttpResponse = FiberRef.unsafeMake<Http.ServerResponse | undefined>(undefined)
+
+/** An RPC exit failing with a retryable `DeliveryError("LimitExceeded")`, as the client decodes it. */
+const limitExceeded = (requestId: string, detail: string): RpcMessage.FromServerEncoded => ({
+  _tag: "Exit",
+  requestId,
+  exit: {
+    _tag: "Failure",
+    cause: {
+      _tag: "Fail",
+      error: { _tag: "DeliveryError", reason: "LimitExceeded", retryable: true, detail }
+    }
+  }
+})
+
+interface ClientState {
+  /** Request id -> whether it is a stream. */
+  readonly running: Map<string, boolean>
+  streams: number
+  readonly response: Http.ServerResponse | undefined
+}
+
+/**
+ * Waits until `response` can take more (true), or cuts it off after `timeoutMillis` (false).
+ * A response already gone is false too.
+ */
+const drained = (response: Http.ServerResponse, timeoutMillis: number, refusals: Refusals): Effect.Effect<boolean> =>
+  Effect.async<void>((resume) => {
+    if (!response.writableNeedDrain || response.destroyed) return resume(Effect.void)
+    const done = () => resume(Effect.void)
+    response.once("drain", done)
+    response.once("close", done)
+    return Effect.sync(() => {
+      response.off("drain", done)
+      response.off("close", done)
+    })
+  }).pipe(
+    Effect.timeoutOption(timeoutMillis),
+    Effect.map(Option.match({
+      onSome: () => !response.destroyed,
+      onNone: () => {
+        refusals.note("slowReader", `an HTTP stream unread for ${timeoutMillis} ms`)
+        response.destroy()
+        return false
+      }
+    }))
+  )
+
+/**
+ * Wraps an RPC server protocol: a request past its connection's caps is answered at once with
+ * a typed, retryable `LimitExceeded` and never reaches the server; and a stream chunk for an
+ * HTTP response waits until the previous ones were taken by the socket.
+ */
+export const guardProtocol = (
+  inner: RpcServer.Protocol["Type"],
+  gate: Gate
+): Effect.Effect<RpcServer.Protocol["Type"], never, Scope.Scope> =>
+  RpcServer.Protocol.make((writeRequest) =>
+    Effect.gen(function*() {
+      const { limits, refusals } = gate
+      const clients = new Map<number, ClientState>()
+
+      const admit = (clientId: number, message: RpcMessage.FromClientEncoded) =>
+        Effect.gen(function*() {
+          if (message._tag !== "Request") return yield* writeRequest(clientId, message)
+          let state = clients.get(clientId)
+          if (state === undefined) {
+            state = { running: new Map(), streams: 0, response: yield* FiberRef.get(currentHttpResponse) }
+            clients.set(clientId, state)
+          }
+          const isStream = STREAMS.has(message.tag)
+          if (state.running.size >= limits.maxInFlightPerConnection) {
+            refusals.note("inFlight", `over ${limits.maxInFlightPerConnection} calls in flight on one connection`)
+            return yield* inner.send(clientId, limitExceeded(message.id, `more than ${limits.maxInFlightPerConnection} calls in flight on this connection`))
+          }
+          if (isStream && state.streams >= limits.maxSubscriptionsPerConnection) {
+            refusals.note("subscriptions", `over ${limits.maxSubscriptionsPerConnection} subscriptions on one connection`)
+            return yield* inner.send(clientId, limitExceeded(message.id, `more than ${limits.maxSubscriptionsPerConnection} subscriptions on this connection`))
+          }
+          state.running.set(message.id, isStream)
+          if (isStream) state.streams += 1
+          return yield* writeRequest(clientId, message)
+        })
+
+      const settle = (clientId: number, requestId: string) => {
+        const state = clients.get(clientId)
+        const isStream = state?.running.get(requestId)
+        if (state === undefined || isStream === undefined) return
+        state.running.delete(requestId)
+        if (isStream) state.streams -= 1
+      }
+
+      yield* inner.run(admit).pipe(Effect.forkScoped)
+      // The server learns of disconnects from this mailbox; so do we, to forget the client.
+      const disconnects = yield* Mailbox.make<number>()
+      yield* inner.disconnects.take.pipe(
+        Effect.tap((clientId) => Effect.sync(() => clients.delete(clientId))),
+        Effect.flatMap((clientId) => disconnects.offer(clientId)),
+        Effect.forever,
+        Effect.ignore,
+        Effect.forkScoped
+      )
+      /**
+       * A client whose response is gone: its calls are interrupted rather than left to fill
+       * the transport's unbounded buffer with chunks nobody will read.
+       */
+      const cutOff = (clientId: number) =>
+        Effect.forEach(
+          Array.from(clients.get(clientId)?.running.keys() ?? []),
+          (requestId) => writeRequest(clientId, { _tag: "Interrupt", requestId }),
+          { discard: true }
+        )
+
+      return {
+        disconnects,
+        send: (clientId, response, transferables) => {
+          if (response._tag === "Exit") settle(clientId, response.requestId)
+          const forward = inner.send(clientId, response, transferables)
+          const httpResponse = clients.get(clientId)?.response
+          if (response._tag !== "Chunk" || httpResponse === undefined) return forward
+          return Effect.flatMap(
+            drained(httpResponse, limits.slowReaderTimeoutMillis, refusals),
+            (writable) => (writable ? forward : cutOff(clientId))
+          )
+        },
+        end: (clientId) => Effect.zipRight(Effect.sync(() => clients.delete(clientId)), inner.end(clientId)),
+        clientIds: inner.clientIds,
+        initialMessage: inner.initialMessage,
+        supportsAck: inner.supportsAck,
+        supportsTransferables: inner.supportsTransferables,
+        supportsSpanPropagation: inner.supportsSpanPropagation
+      }
+    })
+  )
+
+/** A server protocol layer with `guardProtocol` around it. */
+export const guarded = <E, R>(
+  inner: Layer.Layer<RpcServer.Protocol, E, R>
+): Layer.Layer<RpcServer.Protocol, E, R | Gate> =>
+  Layer.scoped(
+    RpcServer.Protocol,
+    Effect.gen(function*() {
+      return yield* guardProtocol(yield* RpcServer.Protocol, yield* Gate)
+    })
+  ).pipe(Layer.provide(inner))
