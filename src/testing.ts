@@ -20,7 +20,7 @@ import type { InstallationId } from "./domain/Ids.ts"
 import * as MemoryDelivery from "./layers/MemoryDeliveryService.ts"
 import { Client, type ClientOptions } from "./services/Client.ts"
 import { DeliveryService } from "./services/DeliveryService.ts"
-import type { CrashPoint } from "./services/Engine.ts"
+import type { CrashPoint } from "./services/EngineContext.ts"
 import { MlsCrypto } from "./services/MlsCrypto.ts"
 import { Storage } from "./services/Storage.ts"
 

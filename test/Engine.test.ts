@@ -201,6 +201,10 @@ describe("Engine", () => {
       yield* group.send("second")
       const summary = yield* bob.syncAll
       expect(summary.skipped).toBeGreaterThanOrEqual(3)
+      // Each skip is counted under its reason.
+      expect(summary.skippedBy.foreignGroup).toBe(1)
+      expect(summary.skippedBy.malformed).toBe(2)
+      expect(Object.values(summary.skippedBy).reduce((a, b) => a + b, 0)).toBe(summary.skipped)
       expect((yield* (yield* open(bob, group.id)).messages()).map((m) => m.text)).toEqual(["first", "second"])
       yield* (yield* open(bob, group.id)).send("still talking")
       yield* alice.syncAll

@@ -41,16 +41,10 @@ import { GroupMetadata, GroupMetadataJson, Member, Message, SyncSummary } from "
 import { GroupRow, MessageRow } from "../domain/Rows.ts"
 import type { MembershipState } from "../domain/Rows.ts"
 import { DeliveryService } from "./DeliveryService.ts"
-import {
-  defaultEngineOptions,
-  type EngineEnv,
-  type EngineOptions,
-  groupTopic,
-  loadGroupRow,
-  makeStateCache,
-  newLeaveRequest,
-  queueIntent as queueIntentIn
-} from "./Engine.ts"
+import { groupTopic, welcomeTopic } from "../domain/Topics.ts"
+import { defaultEngineOptions, type EngineContext, type EngineOptions, loadGroupRow } from "./EngineContext.ts"
+import * as GroupStateCache from "./GroupStateCache.ts"
+import { newLeaveRequest, queueIntent as queueIntentIn } from "./IntentQueue.ts"
 import * as GroupSync from "./GroupSync.ts"
 import { Identity, type IdentityOptions } from "./Identity.ts"
 import * as IdentityService from "./Identity.ts"
@@ -155,14 +149,14 @@ export const make = (options: ClientOptions = {}) =>
       return lock
     }
     const stored = yield* Effect.acquireRelease(PubSub.unbounded<MessageRow>(), PubSub.shutdown)
-    const env: EngineEnv = {
+    const env: EngineContext = {
       storage,
       crypto,
       ds,
       identity,
       options: engineOptions,
       withGroupLock: (groupId) => lockOf(groupId).withPermits(1),
-      ...makeStateCache(crypto),
+      ...GroupStateCache.make(crypto),
       stored
     }
     const sync = GroupSync.make(env)
@@ -275,6 +269,7 @@ export const make = (options: ClientOptions = {}) =>
         messages: outcome?.messages ?? 0,
         commits: outcome?.commits ?? 0,
         skipped: outcome?.skipped ?? 0,
+        skippedBy: outcome?.skippedBy ?? {},
         published: extra.published ?? 0,
         joined: extra.joined ?? 0
       })
@@ -558,7 +553,12 @@ export const make = (options: ClientOptions = {}) =>
       // New or revoked devices of members become UpdateInstallations intents (pending below).
       yield* Effect.forEach(active, (g) => publisher.checkInstallations(g.id), { discard: true })
       const pending = new Set((yield* storage.intents.byState(["ToPublish", "Published", "Committed"])).map((i) => i.group_id))
-      let summary = SyncSummary.make({ ...SyncSummary.empty, joined: joined.joined.length, skipped: joined.skipped })
+      let summary = SyncSummary.make({
+        ...SyncSummary.empty,
+        joined: joined.joined.length,
+        skipped: joined.skipped,
+        skippedBy: joined.skipped === 0 ? {} : { badWelcome: joined.skipped }
+      })
       for (const group of active) {
         if (!news.has(group.id) && !pending.has(group.id)) continue
         summary = SyncSummary.combine(summary, yield* syncGroup(group.id))
@@ -575,7 +575,7 @@ export const make = (options: ClientOptions = {}) =>
       const active = yield* storage.groups.list({ includeInactive: false })
       const filters = yield* Effect.forEach(active, (g) =>
         storage.cursors.get(groupTopic(g.id)).pipe(Effect.map((afterSequenceId) => ({ groupId: g.id, afterSequenceId }))))
-      const welcomeCursor = yield* storage.cursors.get(`w/${identity.installationId}`)
+      const welcomeCursor = yield* storage.cursors.get(welcomeTopic(identity.installationId))
       const groupEvents = filters.length === 0
         ? Stream.never
         : ds.subscribeGroupMessages(filters).pipe(Stream.map((e) => ({ _tag: "group" as const, groupId: e.groupId })))

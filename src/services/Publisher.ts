@@ -31,7 +31,8 @@ import {
 import type { IntentData } from "../domain/Intent.ts"
 import type { IntentRow } from "../domain/Rows.ts"
 import { GroupMessageInput } from "../domain/Wire.ts"
-import { type EngineEnv, failIntent as failIntentIn, failPendingIntents, loadGroupRow } from "./Engine.ts"
+import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
+import { failIntent as failIntentIn, failPendingIntents } from "./IntentQueue.ts"
 import type * as GroupSync from "./GroupSync.ts"
 import type { MlsGroupState } from "./MlsCrypto.ts"
 
@@ -49,10 +50,10 @@ type Derived =
     readonly postCommit: PostCommitData | undefined
   }
 
-export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) => {
-  const { crypto, ds, identity, storage } = env
+export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>) => {
+  const { crypto, ds, identity, storage } = ctx
 
-  const failIntent = (intent: IntentRow, cause: string) => storage.transaction(failIntentIn(env, intent, cause))
+  const failIntent = (intent: IntentRow, cause: string) => storage.transaction(failIntentIn(ctx, intent, cause))
 
   /**
    * The installation diff of some inboxes against their identity logs: current installations
@@ -169,14 +170,14 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
    */
   const publishPending = (groupId: GroupId) =>
     Effect.gen(function*() {
-      const group = yield* loadGroupRow(env, groupId)
+      const group = yield* loadGroupRow(ctx, groupId)
       const pending = yield* storage.intents.byGroup(groupId, ["Published", "ToPublish"])
       if (pending.length === 0) return 0
       if (group.membership_state === "inactive") {
-        yield* storage.transaction(failPendingIntents(env, groupId))
+        yield* storage.transaction(failPendingIntents(ctx, groupId))
         return 0
       }
-      let state = yield* env.loadState(group)
+      let state = yield* ctx.loadState(group)
       let published = 0
       for (const intent of pending) {
         const epoch = crypto.view(state).epoch
@@ -203,11 +204,11 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
           yield* storage.intents.markProcessed(intent.id)
           continue
         }
-        yield* env.options.crashPoint("publish.beforeWriteAhead")
+        yield* ctx.options.crashPoint("publish.beforeWriteAhead")
         // Write ahead: after this, a crash resends exactly these bytes.
         yield* storage.transaction(Effect.gen(function*() {
           if (derived.state !== undefined) {
-            yield* storage.groups.saveState(groupId, { epoch, mlsState: env.encodeState(groupId, derived.state) })
+            yield* storage.groups.saveState(groupId, { epoch, mlsState: ctx.encodeState(groupId, derived.state) })
           }
           yield* storage.intents.markPublished(intent.id, {
             payloadHash: sha256Hex(derived.payload),
@@ -220,9 +221,9 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
           })
         }))
         if (derived.state !== undefined) state = derived.state
-        yield* env.options.crashPoint("publish.afterWriteAheadBeforeSend")
+        yield* ctx.options.crashPoint("publish.afterWriteAheadBeforeSend")
         yield* send(groupId, derived.payload)
-        yield* env.options.crashPoint("publish.afterSendBeforeSync")
+        yield* ctx.options.crashPoint("publish.afterSendBeforeSync")
         published++
         if (isCommitKind(intent.kind)) return published
       }
@@ -240,11 +241,11 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
     Effect.gen(function*() {
       const now = yield* Clock.currentTimeNanos
       const last = lastInstallationCheck.get(groupId)
-      if (last !== undefined && now - last < Duration.toNanos(env.options.installationCheckInterval).pipe(Option.getOrElse(() => 0n))) return
+      if (last !== undefined && now - last < Duration.toNanos(ctx.options.installationCheckInterval).pipe(Option.getOrElse(() => 0n))) return
       lastInstallationCheck.set(groupId, now)
-      const group = yield* loadGroupRow(env, groupId)
+      const group = yield* loadGroupRow(ctx, groupId)
       if (group.membership_state !== "active") return
-      const state = yield* env.loadState(group)
+      const state = yield* ctx.loadState(group)
       const { add, remove } = yield* installationDiff(state, crypto.view(state).members.map((m) => m.inboxId))
       if (add.length === 0 && remove.length === 0) return
       const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
@@ -262,7 +263,7 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
 
   /** One round: read, publish, read what we published, send welcomes. Under the group lock. */
   const round = (groupId: GroupId) =>
-    env.withGroupLock(groupId)(Effect.gen(function*() {
+    ctx.withGroupLock(groupId)(Effect.gen(function*() {
       const before = yield* sync.receive(groupId)
       yield* checkInstallations(groupId)
       const published = yield* publishPending(groupId)
@@ -292,7 +293,7 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
           })
         default: {
           if (intent.conflicts > before.conflicts) {
-            const group = yield* loadGroupRow(env, groupId)
+            const group = yield* loadGroupRow(ctx, groupId)
             return yield* new EpochConflict({
               groupId,
               intentId,
@@ -306,10 +307,10 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
     })
     return attempt.pipe(
       Effect.retry({
-        schedule: env.options.transportSchedule,
+        schedule: ctx.options.transportSchedule,
         while: (e) => e._tag === "IntentPending" || (e._tag === "DeliveryError" && e.retryable)
       }),
-      Effect.retry({ schedule: env.options.conflictSchedule, while: (e) => e._tag === "EpochConflict" }),
+      Effect.retry({ schedule: ctx.options.conflictSchedule, while: (e) => e._tag === "EpochConflict" }),
       Effect.catchTags({
         EpochConflict: (conflict) =>
           Effect.gen(function*() {
@@ -335,6 +336,6 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
     )
   }
 
-  return { publishPending, round, resolve, checkInstallations: (groupId: GroupId) => env.withGroupLock(groupId)(checkInstallations(groupId)) }
+  return { publishPending, round, resolve, checkInstallations: (groupId: GroupId) => ctx.withGroupLock(groupId)(checkInstallations(groupId)) }
 }
 

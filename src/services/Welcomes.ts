@@ -11,11 +11,13 @@ import { GroupMetadata, GroupMetadataJson } from "../domain/Model.ts"
 import { GroupRow } from "../domain/Rows.ts"
 import { WelcomePayloadJson } from "../domain/Wire.ts"
 import type { WelcomeMessageEnvelope } from "../domain/Wire.ts"
-import { type EngineEnv, failPendingIntents, groupTopic, welcomeTopic } from "./Engine.ts"
+import { groupTopic, welcomeTopic } from "../domain/Topics.ts"
+import { type EngineContext } from "./EngineContext.ts"
+import { failPendingIntents } from "./IntentQueue.ts"
 import type * as GroupSync from "./GroupSync.ts"
 
-export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) => {
-  const { crypto, ds, identity, storage } = env
+export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>) => {
+  const { crypto, ds, identity, storage } = ctx
   const topic = welcomeTopic(identity.installationId)
   // One reader of the welcome topic at a time: two would join the same welcome twice.
   const lock = Effect.unsafeMakeSemaphore(1)
@@ -30,7 +32,7 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
       const existing = yield* storage.groups.get(groupId)
       if (Option.isNone(existing) || existing.value.membership_state === "inactive") return existing
       if (commitSequenceId <= (yield* storage.cursors.get(groupTopic(groupId)))) return undefined
-      yield* env.withGroupLock(groupId)(sync.receive(groupId))
+      yield* ctx.withGroupLock(groupId)(sync.receive(groupId))
       const now = yield* storage.groups.get(groupId)
       return Option.isSome(now) && now.value.membership_state === "inactive" ? now : undefined
     })
@@ -91,7 +93,7 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
         if (Option.isSome(existing)) {
           // Taken back: nothing queued before the removal may go out now (a stale leave request
           // or removal would undo the re-add).
-          yield* failPendingIntents(env, payload.groupId)
+          yield* failPendingIntents(ctx, payload.groupId)
           yield* storage.groups.saveState(payload.groupId, { epoch: view.epoch, mlsState: crypto.serialize(state) })
           yield* storage.groups.setMembership(payload.groupId, "active")
         } else {
@@ -128,7 +130,7 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
       const page = yield* ds.queryWelcomeMessages({
         installationId: identity.installationId,
         afterSequenceId: cursor,
-        limit: env.options.pageSize
+        limit: ctx.options.pageSize
       })
       for (const envelope of page.items) {
         const result = yield* join(envelope).pipe(
