@@ -22,6 +22,7 @@ import { Client, type ClientOptions } from "./services/Client.ts"
 import { DeliveryService } from "./services/DeliveryService.ts"
 import type { CrashPoint } from "./services/EngineContext.ts"
 import { MlsCrypto } from "./services/MlsCrypto.ts"
+import * as SqliteStorage from "./layers/SqliteStorage.ts"
 import { Storage } from "./services/Storage.ts"
 
 type ClientShape = Context.Tag.Service<Client>
@@ -152,7 +153,8 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
           ...clientOptions,
           crashPoint: crashHook(name, clientOptions.crashPoint ?? options.clientDefaults?.crashPoint)
         }
-        const layer = Layer.merge(Client.layer(engineOptions), Storage.layer).pipe(
+        const layer = Client.layer(engineOptions).pipe(
+          Layer.provideMerge(SqliteStorage.layer),
           // A literal config cannot fail to load.
           Layer.provide(Layer.orDie(SqliteClient.layer({ filename }))),
           Layer.provide(Layer.succeed(DeliveryService, deliveryFor(name))),
@@ -170,7 +172,7 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
           client,
           storage,
           scope,
-          rootSecretKey: identity._tag === "Some" ? identity.value.root_secret_key ?? undefined : undefined
+          rootSecretKey: identity._tag === "Some" ? identity.value.rootSecretKey ?? undefined : undefined
         }
         incarnations.set(name, incarnation)
         return incarnation

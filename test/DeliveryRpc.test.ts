@@ -28,6 +28,7 @@ import {
 } from "../src/domain/Wire.ts"
 import { serve } from "../src/layers/DeliveryServer.ts"
 import * as Memory from "../src/layers/MemoryDeliveryService.ts"
+import * as SqliteStorage from "../src/layers/SqliteStorage.ts"
 import { Client } from "../src/services/Client.ts"
 import { DeliveryService } from "../src/services/DeliveryService.ts"
 import { DeliveryStore } from "../src/services/DeliveryStore.ts"
@@ -566,6 +567,7 @@ describe("engine over RPC", () => {
       const makeClient = (name: string) =>
         Layer.build(
           Client.layer({ transportSchedule: Schedule.recurs(3), conflictSchedule: Schedule.recurs(5) }).pipe(
+            Layer.provide(SqliteStorage.layer),
             Layer.provide(Layer.orDie(SqliteClient.layer({ filename: path.join(dir, `${name}.sqlite`) }))),
             Layer.provide(clientLayer(address.url)),
             Layer.provide(Layer.succeedContext(crypto))

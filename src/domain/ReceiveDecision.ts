@@ -14,7 +14,7 @@ import { ApplicationContentJson } from "./Content.ts"
 import type { InboxId, InstallationId } from "./Ids.ts"
 import type { IntentKind, IntentState } from "./Intent.ts"
 import { isCommitKind } from "./Intent.ts"
-import type { ConversationKind, MembershipState } from "./Rows.ts"
+import type { ConversationKind, MembershipState } from "./Stored.ts"
 
 /** What can be read from an envelope without any group state (`MlsCrypto.inspect`). */
 export interface EnvelopeHeader {

@@ -3,7 +3,6 @@
  * (the contract is `shared/API.md`). Every user action queues an intent in one transaction
  * and then runs the typed `resolve` program; reads come from the local store.
  */
-import type { SqlClient } from "@effect/sql"
 import {
   Clock,
   Context,
@@ -38,8 +37,8 @@ import {
 } from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
 import { GroupMetadata, GroupMetadataJson, Member, Message, SyncSummary } from "../domain/Model.ts"
-import { GroupRow, MessageRow } from "../domain/Rows.ts"
-import type { MembershipState } from "../domain/Rows.ts"
+import { StoredGroup, StoredMessage } from "../domain/Stored.ts"
+import type { MembershipState } from "../domain/Stored.ts"
 import { DeliveryService } from "./DeliveryService.ts"
 import { groupTopic, welcomeTopic } from "../domain/Topics.ts"
 import { defaultEngineOptions, type EngineContext, type EngineOptions, loadGroupRow } from "./EngineContext.ts"
@@ -110,13 +109,12 @@ export class Client extends Context.Tag("converge/Client")<Client, {
   readonly streamMessages: Stream.Stream<Message, ConvergeError>
 }>() {
   /**
-   * A client over a SQLite database (any `SqlClient`), a delivery service and MLS crypto.
-   * Creates the identity on first open and loads it afterwards.
+   * A client over a local store (`SqliteStorage.layer` over a `SqlClient`), a delivery service
+   * and MLS crypto. Creates the identity on first open and loads it afterwards.
    */
   static readonly layer = (
     options: ClientOptions = {}
-  ): Layer.Layer<Client, ConvergeError, DeliveryService | MlsCrypto | SqlClient.SqlClient> =>
-    Layer.scoped(this, make(options)).pipe(Layer.provide(Storage.layer))
+  ): Layer.Layer<Client, ConvergeError, DeliveryService | MlsCrypto | Storage> => Layer.scoped(this, make(options))
 }
 
 const decodeInbox = Schema.decodeUnknown(InboxId)
@@ -148,7 +146,7 @@ export const make = (options: ClientOptions = {}) =>
       }
       return lock
     }
-    const stored = yield* Effect.acquireRelease(PubSub.unbounded<MessageRow>(), PubSub.shutdown)
+    const stored = yield* Effect.acquireRelease(PubSub.unbounded<StoredMessage>(), PubSub.shutdown)
     const env: EngineContext = {
       storage,
       crypto,
@@ -212,15 +210,15 @@ export const make = (options: ClientOptions = {}) =>
     const activeGroup = (groupId: GroupId) =>
       Effect.gen(function*() {
         const group = yield* loadGroupRow(env, groupId)
-        if (group.membership_state === "inactive") return yield* new GroupInactive({ groupId })
+        if (group.membershipState === "inactive") return yield* new GroupInactive({ groupId })
         return group
       })
 
-    const groupMembers = (group: GroupRow) =>
+    const groupMembers = (group: StoredGroup) =>
       env.loadState(group).pipe(Effect.map((state) => GroupSync.membersByInbox(crypto.view(state))))
 
     /** Stores the message as unpublished and queues its intent, in one transaction. */
-    const queueMessage = (group: GroupRow, text: string) =>
+    const queueMessage = (group: StoredGroup, text: string) =>
       Effect.gen(function*() {
         if (new TextEncoder().encode(text).length > MAX_TEXT_BYTES) {
           return yield* new InvalidInput({ reason: `message text is over ${MAX_TEXT_BYTES} bytes` })
@@ -228,18 +226,19 @@ export const make = (options: ClientOptions = {}) =>
         const nonce = toHex(randomBytes(16))
         const messageId = messageIdOf(group.id, identity.installationId, nonce)
         const now = yield* Clock.currentTimeNanos
-        const row = MessageRow.make({
+        const row = StoredMessage.make({
           id: messageId,
-          group_id: group.id,
-          conversation_id: group.dm_id ?? (group.id as unknown as ConversationId),
-          sender_inbox_id: self,
-          sender_installation_id: identity.installationId,
-          sent_at_ns: now,
-          sequence_id: null,
+          groupId: group.id,
+          conversationId: group.dmId ?? (group.id as unknown as ConversationId),
+          senderInboxId: self,
+          senderInstallationId: identity.installationId,
+          sentAtNs: now,
+          sequenceId: null,
           kind: "text",
           content: text,
-          delivery_status: "unpublished",
-          inserted_at_ns: now
+          membershipChange: null,
+          deliveryStatus: "unpublished",
+          insertedAtNs: now
         })
         const intentId = yield* storage.transaction(Effect.gen(function*() {
           yield* storage.messages.insert(row)
@@ -250,17 +249,17 @@ export const make = (options: ClientOptions = {}) =>
         return { messageId, intentId }
       })
 
-    const toMessage = (row: MessageRow) =>
+    const toMessage = (row: StoredMessage) =>
       Message.make({
         id: row.id,
-        conversationId: row.conversation_id,
-        groupId: row.group_id,
-        senderInboxId: row.sender_inbox_id,
-        senderInstallationId: row.sender_installation_id,
-        sentAtNs: row.sent_at_ns,
+        conversationId: row.conversationId,
+        groupId: row.groupId,
+        senderInboxId: row.senderInboxId,
+        senderInstallationId: row.senderInstallationId,
+        sentAtNs: row.sentAtNs,
         kind: row.kind,
         text: row.content,
-        deliveryStatus: row.delivery_status
+        deliveryStatus: row.deliveryStatus
       })
 
     const summarize = (outcome: GroupSync.PageOutcome | undefined, extra: Partial<SyncSummary> = {}) =>
@@ -293,14 +292,14 @@ export const make = (options: ClientOptions = {}) =>
     const primaryOf = (id: ConversationId, kind: "group" | "dm") =>
       Effect.gen(function*() {
         const groups = yield* groupsOf(id, kind)
-        const primary = groups.find((g) => g.membership_state !== "inactive") ?? groups[0]
+        const primary = groups.find((g) => g.membershipState !== "inactive") ?? groups[0]
         if (primary === undefined) return yield* new ConversationNotFound({ conversationId: id })
         return primary
       })
 
     const activePrimary = (id: ConversationId, kind: "group" | "dm") =>
       primaryOf(id, kind).pipe(
-        Effect.filterOrFail((g) => g.membership_state !== "inactive", (g) => new GroupInactive({ groupId: g.id }))
+        Effect.filterOrFail((g) => g.membershipState !== "inactive", (g) => new GroupInactive({ groupId: g.id }))
       )
 
     const handle = (id: ConversationId, kind: "group" | "dm"): Conversation => {
@@ -317,7 +316,7 @@ export const make = (options: ClientOptions = {}) =>
           const ids = yield* validInboxes(inboxIds)
           if (ids.length === 0) return yield* new InvalidInput({ reason: "the member list is empty" })
           const group = yield* activePrimary(id, kind)
-          if (group.membership_state === "pendingRemove") {
+          if (group.membershipState === "pendingRemove") {
             // An inbox on its way out does not shape the group it leaves (and members it added
             // could not read its request; GroupSync has it repeat the request for them).
             return yield* new InvalidInput({ reason: "this inbox has asked to leave the group: it can no longer change its members" })
@@ -327,7 +326,7 @@ export const make = (options: ClientOptions = {}) =>
           yield* publisher.resolve(group.id, intentId)
         }).pipe(span(name))
 
-      const forEachGroup = <A>(f: (group: GroupRow) => Effect.Effect<A, ConvergeError>) =>
+      const forEachGroup = <A>(f: (group: StoredGroup) => Effect.Effect<A, ConvergeError>) =>
         groupsOf(id, kind).pipe(Effect.flatMap((groups) => Effect.forEach(groups, f)))
 
       return {
@@ -358,7 +357,7 @@ export const make = (options: ClientOptions = {}) =>
           })
         ).pipe(Effect.asVoid, span("publishPending")),
         sync: forEachGroup((group) =>
-          group.membership_state === "inactive" ? Effect.succeed(SyncSummary.empty) : syncGroup(group.id)
+          group.membershipState === "inactive" ? Effect.succeed(SyncSummary.empty) : syncGroup(group.id)
         ).pipe(Effect.map((all) => all.reduce(SyncSummary.combine, SyncSummary.empty)), span("sync")),
         messages: (query = {}) =>
           Effect.gen(function*() {
@@ -391,10 +390,10 @@ export const make = (options: ClientOptions = {}) =>
         leave: Effect.gen(function*() {
           if (kind === "dm") return yield* new InvalidInput({ reason: "a DM cannot be left" })
           const group = yield* primaryOf(id, kind)
-          if (group.membership_state === "inactive") return yield* new NotAMember({ groupId: group.id, inboxId: self })
+          if (group.membershipState === "inactive") return yield* new NotAMember({ groupId: group.id, inboxId: self })
           const members = yield* groupMembers(group)
           if (members.size < 2) return yield* new InvalidInput({ reason: "you are the only member; nobody would remove you" })
-          if (group.membership_state === "pendingRemove") {
+          if (group.membershipState === "pendingRemove") {
             // Already asked (here or on another of our devices): just make sure it is out.
             const pending = yield* storage.intents.byGroup(group.id, ["ToPublish", "Published"])
             for (const intent of pending) yield* publisher.resolve(group.id, intent.id)
@@ -407,7 +406,7 @@ export const make = (options: ClientOptions = {}) =>
           }))
           yield* publisher.resolve(group.id, intentId)
         }).pipe(span("leave")),
-        state: primaryOf(id, kind).pipe(Effect.map((g) => g.membership_state), span("state")),
+        state: primaryOf(id, kind).pipe(Effect.map((g) => g.membershipState), span("state")),
         metadata: kind === "dm"
           ? Effect.succeed(GroupMetadata.none)
           : primaryOf(id, kind).pipe(
@@ -422,14 +421,14 @@ export const make = (options: ClientOptions = {}) =>
             groupIds: [primary.id, ...groups.filter((g) => g.id !== primary.id).map((g) => g.id)],
             epoch: view.epoch,
             epochAuthenticator: view.epochAuthenticator,
-            maybeForked: groups.some((g) => g.maybe_forked)
+            maybeForked: groups.some((g) => g.maybeForked)
           }
         }).pipe(span("debugInfo"))
       }
     }
 
-    const handleOf = (group: GroupRow) =>
-      handle(group.dm_id ?? (group.id as unknown as ConversationId), group.kind)
+    const handleOf = (group: StoredGroup) =>
+      handle(group.dmId ?? (group.id as unknown as ConversationId), group.kind)
 
     /** Creates an MLS group with this installation as its only member, then adds `members`. */
     const newGroup = (
@@ -452,20 +451,21 @@ export const make = (options: ClientOptions = {}) =>
           unnamed ? undefined : utf8(Schema.encodeSync(GroupMetadataJson)(metadata))
         )
         const now = yield* Clock.currentTimeNanos
-        const row = GroupRow.make({
+        const row = StoredGroup.make({
           id: groupId,
           kind: dmId === undefined ? "group" : "dm",
-          dm_id: dmId ?? null,
-          membership_state: "active",
+          dmId: dmId ?? null,
+          membershipState: "active",
           epoch: crypto.view(state).epoch,
-          mls_state: crypto.serialize(state),
-          maybe_forked: false,
-          fork_details: null,
+          mlsState: crypto.serialize(state),
+          maybeForked: false,
+          forkDetails: null,
+          quarantine: null,
           name: metadata.name,
           description: metadata.description,
-          added_by_inbox_id: self,
-          created_at_ns: now,
-          last_message_ns: now
+          addedByInboxId: self,
+          createdAtNs: now,
+          lastMessageNs: now
         })
         // The add intent is queued with the group, so a crash cannot leave a group without its members.
         const intentId = yield* storage.transaction(Effect.gen(function*() {
@@ -496,7 +496,7 @@ export const make = (options: ClientOptions = {}) =>
         if (valid === self) return yield* new InvalidInput({ reason: "a DM needs another inbox than your own" })
         const id = dmId(self, valid!)
         const existing = yield* storage.groups.byDmId(id)
-        if (existing.some((g) => g.membership_state !== "inactive")) return handle(id, "dm")
+        if (existing.some((g) => g.membershipState !== "inactive")) return handle(id, "dm")
         yield* checkAddable([valid!])
         return yield* newGroup([valid!], { dmId: id })
       }).pipe(Effect.withSpan("Client.findOrCreateDm"))
@@ -520,7 +520,7 @@ export const make = (options: ClientOptions = {}) =>
         const out: Array<Conversation> = []
         for (const row of rows) {
           if (query.kind !== undefined && row.kind !== query.kind) continue
-          const key = row.dm_id ?? row.id
+          const key = row.dmId ?? row.id
           if (seen.has(key)) continue
           seen.add(key)
           out.push(handleOf(row))
@@ -529,7 +529,7 @@ export const make = (options: ClientOptions = {}) =>
       }).pipe(Effect.withSpan("Client.conversations"))
 
     /** Which active groups have news: one batched query for all topics. */
-    const groupsWithNews = (groups: ReadonlyArray<GroupRow>) =>
+    const groupsWithNews = (groups: ReadonlyArray<StoredGroup>) =>
       Effect.gen(function*() {
         const queries = yield* Effect.forEach(groups, (g) =>
           storage.cursors.get(groupTopic(g.id)).pipe(
@@ -552,7 +552,7 @@ export const make = (options: ClientOptions = {}) =>
       const news = yield* groupsWithNews(active)
       // New or revoked devices of members become UpdateInstallations intents (pending below).
       yield* Effect.forEach(active, (g) => publisher.checkInstallations(g.id), { discard: true })
-      const pending = new Set((yield* storage.intents.byState(["ToPublish", "Published", "Committed"])).map((i) => i.group_id))
+      const pending = new Set((yield* storage.intents.byState(["ToPublish", "Published", "Committed"])).map((i) => i.groupId))
       let summary = SyncSummary.make({
         ...SyncSummary.empty,
         joined: joined.joined.length,

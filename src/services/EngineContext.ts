@@ -7,7 +7,7 @@ import { type Duration, Effect, type PubSub, Schedule } from "effect"
 import { ConversationNotFound } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import type { CryptoError } from "../domain/Errors.ts"
-import type { GroupRow, MessageRow } from "../domain/Rows.ts"
+import type { StoredGroup, StoredMessage } from "../domain/Stored.ts"
 import type { DeliveryService } from "./DeliveryService.ts"
 import type { Identity } from "./Identity.ts"
 import type { MlsCrypto, MlsGroupState } from "./MlsCrypto.ts"
@@ -64,12 +64,12 @@ export interface EngineContext {
   /** Serialises publish and sync per group within this process. */
   readonly withGroupLock: (groupId: GroupId) => <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
   /** Every message row stored for the first time, after its transaction commits. */
-  readonly stored: PubSub.PubSub<MessageRow>
+  readonly stored: PubSub.PubSub<StoredMessage>
   /**
    * The group's MLS state from its stored bytes, decoded once: states are immutable values,
    * so the last decode is reused while the stored bytes are the same.
    */
-  readonly loadState: (group: GroupRow) => Effect.Effect<MlsGroupState, CryptoError>
+  readonly loadState: (group: StoredGroup) => Effect.Effect<MlsGroupState, CryptoError>
   /** Serializes and remembers a state about to be stored, so the next load needs no decode. */
   readonly encodeState: (groupId: GroupId, state: MlsGroupState) => Uint8Array
 }

@@ -6,18 +6,18 @@
 import { Effect } from "effect"
 import { bytesEqual } from "../domain/Bytes.ts"
 import type { GroupId } from "../domain/Ids.ts"
-import type { GroupRow } from "../domain/Rows.ts"
+import type { StoredGroup } from "../domain/Stored.ts"
 import type { MlsCrypto, MlsGroupState } from "./MlsCrypto.ts"
 
 export const make = (crypto: MlsCrypto["Type"]) => {
   const cache = new Map<GroupId, { readonly bytes: Uint8Array; readonly state: MlsGroupState }>()
-  const loadState = (group: GroupRow) => {
+  const loadState = (group: StoredGroup) => {
     const hit = cache.get(group.id)
-    if (hit !== undefined && (hit.bytes === group.mls_state || bytesEqual(hit.bytes, group.mls_state))) {
+    if (hit !== undefined && (hit.bytes === group.mlsState || bytesEqual(hit.bytes, group.mlsState))) {
       return Effect.succeed(hit.state)
     }
-    return crypto.deserialize(group.mls_state).pipe(
-      Effect.tap((state) => Effect.sync(() => cache.set(group.id, { bytes: group.mls_state, state })))
+    return crypto.deserialize(group.mlsState).pipe(
+      Effect.tap((state) => Effect.sync(() => cache.set(group.id, { bytes: group.mlsState, state })))
     )
   }
   const encodeState = (groupId: GroupId, state: MlsGroupState) => {

@@ -7,8 +7,7 @@
  */
 import { Clock, Effect, PubSub, Schema } from "effect"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
-import { PostCommitDataJson } from "../domain/Intent.ts"
-import type { IntentRow } from "../domain/Rows.ts"
+import type { StoredIntent } from "../domain/Stored.ts"
 import { groupTopic } from "../domain/Topics.ts"
 import { WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
@@ -56,7 +55,7 @@ export const make = (ctx: EngineContext) => {
   const settleLoneLeaver = (groupId: GroupId) =>
     Effect.gen(function*() {
       const group = yield* loadGroupRow(ctx, groupId)
-      if (group.membership_state !== "pendingRemove") return
+      if (group.membershipState !== "pendingRemove") return
       const view = crypto.view(yield* ctx.loadState(group))
       if (!view.members.every((m) => m.inboxId === identity.inboxId)) return
       const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
@@ -93,18 +92,18 @@ export const make = (ctx: EngineContext) => {
     }
   })
 
-  const sendWelcomes = (groupId: GroupId, intent: IntentRow) =>
+  const sendWelcomes = (groupId: GroupId, intent: StoredIntent) =>
     Effect.gen(function*() {
       const group = yield* loadGroupRow(ctx, groupId)
-      if (intent.post_commit_data !== null && intent.sequence_id !== null) {
-        const post = Schema.decodeSync(PostCommitDataJson)(intent.post_commit_data)
+      const post = intent.postCommit
+      if (post !== null && intent.sequenceId !== null) {
         const payload = new TextEncoder().encode(
           Schema.encodeSync(WelcomePayloadJson)(
             WelcomePayload.make({
               groupId,
-              commitSequenceId: intent.sequence_id,
+              commitSequenceId: intent.sequenceId,
               welcome: post.welcome,
-              ...(group.dm_id === null ? {} : { dmId: group.dm_id })
+              ...(group.dmId === null ? {} : { dmId: group.dmId })
             })
           )
         )

@@ -2,28 +2,27 @@
  * The intent queue: what a user (or the engine on a member's behalf) asked for, waiting to be
  * published. Queueing and failing run in the caller's transaction.
  */
-import { Effect, Option, Schema } from "effect"
+import { Effect } from "effect"
 import { randomBytes } from "node:crypto"
 import { toHex } from "../domain/Bytes.ts"
 import { GroupInactive } from "../domain/Errors.ts"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
-import { type IntentData, IntentDataJson, LeaveData, RemoveMembersData } from "../domain/Intent.ts"
-import type { IntentRow } from "../domain/Rows.ts"
+import { type IntentData, LeaveData, RemoveMembersData } from "../domain/Intent.ts"
+import type { StoredIntent } from "../domain/Stored.ts"
 import type { EngineContext } from "./EngineContext.ts"
 
 /** Queues an intent (`ToPublish`); returns its id. */
 export const queueIntent = (ctx: EngineContext, groupId: GroupId, data: IntentData, createdAtNs: bigint) =>
-  ctx.storage.intents.insert({ groupId, kind: data._tag, data: Schema.encodeSync(IntentDataJson)(data), createdAtNs })
+  ctx.storage.intents.insert({ groupId, data, createdAtNs })
 
 /** A new request to leave (each one its own message, so a repeat is not taken for a replay). */
 export const newLeaveRequest = () => LeaveData.make({ nonce: toHex(randomBytes(16)) })
 
 /** An intent ends in `Error`; a message it was sending is `failed`. */
-export const failIntent = (ctx: EngineContext, intent: IntentRow, cause: string) =>
+export const failIntent = (ctx: EngineContext, intent: StoredIntent, cause: string) =>
   Effect.gen(function*() {
     yield* ctx.storage.intents.markError(intent.id, cause)
-    const data = Schema.decodeUnknownOption(IntentDataJson)(intent.data)
-    if (Option.isSome(data) && data.value._tag === "SendMessage") yield* ctx.storage.messages.markFailed(data.value.messageId)
+    if (intent.data._tag === "SendMessage") yield* ctx.storage.messages.markFailed(intent.data.messageId)
   })
 
 /**
@@ -42,10 +41,7 @@ export const failPendingIntents = (ctx: EngineContext, groupId: GroupId) =>
 export const queueRemoval = (ctx: EngineContext, groupId: GroupId, inboxId: InboxId, now: bigint) =>
   Effect.gen(function*() {
     const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish", "Published"])
-    const already = pending.some((intent) => {
-      const data = Schema.decodeUnknownOption(IntentDataJson)(intent.data)
-      return Option.isSome(data) && data.value._tag === "RemoveMembers" && data.value.inboxIds.includes(inboxId)
-    })
+    const already = pending.some((intent) => intent.data._tag === "RemoveMembers" && intent.data.inboxIds.includes(inboxId))
     if (already) return
     yield* queueIntent(ctx, groupId, RemoveMembersData.make({ inboxIds: [inboxId] }), now)
   })

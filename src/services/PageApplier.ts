@@ -10,7 +10,6 @@ import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
 import { MembershipChange, MembershipChangeJson, membershipChangeIdOf, messageIdOf } from "../domain/Content.ts"
 import type { StorageError } from "../domain/Errors.ts"
 import type { ConversationId, GroupId, InboxId } from "../domain/Ids.ts"
-import { IntentDataJson } from "../domain/Intent.ts"
 import {
   addSkipCounts,
   ApplicationDecision,
@@ -27,7 +26,7 @@ import {
   type SkipReason,
   skipReasonOf
 } from "../domain/ReceiveDecision.ts"
-import { type GroupRow, type IntentRow, type MembershipState, MessageRow } from "../domain/Rows.ts"
+import { type StoredGroup, type StoredIntent, type MembershipState, StoredMessage } from "../domain/Stored.ts"
 import { groupTopic } from "../domain/Topics.ts"
 import type { GroupMessageEnvelope } from "../domain/Wire.ts"
 import type { EngineContext } from "./EngineContext.ts"
@@ -54,14 +53,14 @@ export const addOutcomes = (a: PageOutcome, b: PageOutcome): PageOutcome => ({
 })
 
 /** Starts a page read from `cursor` of a group held at `initial`. */
-export const start = (ctx: EngineContext, group: GroupRow, initial: MlsGroupState, cursor: bigint, now: bigint) => {
+export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupState, cursor: bigint, now: bigint) => {
   const { crypto, identity, storage } = ctx
   const groupId = group.id
   let state = initial
-  let membership: MembershipState = group.membership_state
+  let membership: MembershipState = group.membershipState
   let forked: string | undefined
   const writes: Array<Effect.Effect<unknown, StorageError>> = []
-  const newMessages: Array<MessageRow> = []
+  const newMessages: Array<StoredMessage> = []
   const handledIntents = new Set<number>()
   /** Inboxes that asked to leave: the remaining members commit their removal. */
   const leaving = new Set<InboxId>()
@@ -86,28 +85,30 @@ export const start = (ctx: EngineContext, group: GroupRow, initial: MlsGroupStat
       })
     )
 
-  const conversationOf = (): ConversationId => group.dm_id ?? (group.id as unknown as ConversationId)
+  const conversationOf = (): ConversationId => group.dmId ?? (group.id as unknown as ConversationId)
 
   /** The transcript entry of a commit: the same id and text on every member. */
   const recordTranscript = (diff: MembershipDiff | undefined, committer: LeafMember, envelope: GroupMessageEnvelope) => {
     if (diff === undefined) return
-    newMessages.push(MessageRow.make({
+    const change = MembershipChange.make({
+      epoch: diff.epoch,
+      addedInboxes: diff.added,
+      removedInboxes: diff.removed,
+      committedBy: committer.inboxId
+    })
+    newMessages.push(StoredMessage.make({
       id: membershipChangeIdOf(groupId, diff.epoch),
-      group_id: groupId,
-      conversation_id: conversationOf(),
-      sender_inbox_id: committer.inboxId,
-      sender_installation_id: committer.installationId,
-      sent_at_ns: envelope.serverTimeNs,
-      sequence_id: envelope.sequenceId,
+      groupId: groupId,
+      conversationId: conversationOf(),
+      senderInboxId: committer.inboxId,
+      senderInstallationId: committer.installationId,
+      sentAtNs: envelope.serverTimeNs,
+      sequenceId: envelope.sequenceId,
       kind: "membershipChange",
-      content: Schema.encodeSync(MembershipChangeJson)(MembershipChange.make({
-        epoch: diff.epoch,
-        addedInboxes: diff.added,
-        removedInboxes: diff.removed,
-        committedBy: committer.inboxId
-      })),
-      delivery_status: "published",
-      inserted_at_ns: now
+      content: Schema.encodeSync(MembershipChangeJson)(change),
+      membershipChange: change,
+      deliveryStatus: "published",
+      insertedAtNs: now
     }))
   }
 
@@ -120,8 +121,8 @@ export const start = (ctx: EngineContext, group: GroupRow, initial: MlsGroupStat
   }
 
   /** Our text or leave request landed: it is published where the DS put it. */
-  const ownMessage = (intent: IntentRow, envelope: GroupMessageEnvelope) => {
-    const data = Schema.decodeSync(IntentDataJson)(intent.data)
+  const ownMessage = (intent: StoredIntent, envelope: GroupMessageEnvelope) => {
+    const data = intent.data
     if (data._tag === "SendMessage") {
       writes.push(
         storage.messages.markPublished(data.messageId, { sentAtNs: envelope.serverTimeNs, sequenceId: envelope.sequenceId }),
@@ -133,9 +134,9 @@ export const start = (ctx: EngineContext, group: GroupRow, initial: MlsGroupStat
   }
 
   /** Our commit is first for its epoch: its staged state becomes the group's. */
-  const ownCommitWon = (intent: IntentRow, envelope: GroupMessageEnvelope, before: GroupSnapshot) =>
+  const ownCommitWon = (intent: StoredIntent, envelope: GroupMessageEnvelope, before: GroupSnapshot) =>
     Effect.gen(function*() {
-      const staged = yield* crypto.deserialize(intent.staged_state!)
+      const staged = yield* crypto.deserialize(intent.stagedState!)
       const after = crypto.view(staged)
       const me = crypto.view(state).members.find((m) => m.leafIndex === before.ownLeafIndex)!
       adopt(staged, ownCommitChanges(before, after), me, envelope)
@@ -179,18 +180,19 @@ export const start = (ctx: EngineContext, group: GroupRow, initial: MlsGroupStat
           leaving.add(inboxId)
         },
         Text: ({ nonce, text }) => {
-          newMessages.push(MessageRow.make({
+          newMessages.push(StoredMessage.make({
             id: messageIdOf(groupId, sender.installationId, nonce),
-            group_id: groupId,
-            conversation_id: conversationOf(),
-            sender_inbox_id: sender.inboxId,
-            sender_installation_id: sender.installationId,
-            sent_at_ns: envelope.serverTimeNs,
-            sequence_id: envelope.sequenceId,
+            groupId: groupId,
+            conversationId: conversationOf(),
+            senderInboxId: sender.inboxId,
+            senderInstallationId: sender.installationId,
+            sentAtNs: envelope.serverTimeNs,
+            sequenceId: envelope.sequenceId,
             kind: "text",
             content: text,
-            delivery_status: "published",
-            inserted_at_ns: now
+            membershipChange: null,
+            deliveryStatus: "published",
+            insertedAtNs: now
           }))
           outcome = { ...outcome, messages: outcome.messages + 1 }
         },
@@ -214,7 +216,7 @@ export const start = (ctx: EngineContext, group: GroupRow, initial: MlsGroupStat
       const header = settled ? Option.none() : yield* crypto.inspect(envelope.payload).pipe(Effect.option)
       const own = Option.isSome(header) && header.value.groupId === groupId
         ? yield* ownIntentOf(envelope)
-        : Option.none<IntentRow>()
+        : Option.none<StoredIntent>()
       return { header, own }
     })
 
@@ -227,7 +229,7 @@ export const start = (ctx: EngineContext, group: GroupRow, initial: MlsGroupStat
         sequenceId: envelope.sequenceId,
         cursor,
         header,
-        ownIntent: Option.map(own, (i) => ({ id: i.id, kind: i.kind, state: i.state, hasStagedState: i.staged_state !== null })),
+        ownIntent: Option.map(own, (i) => ({ id: i.id, kind: i.kind, state: i.state, hasStagedState: i.stagedState !== null })),
         handledIntents,
         group: before,
         maxPastEpochs: ctx.options.maxPastEpochs
@@ -258,23 +260,20 @@ export const start = (ctx: EngineContext, group: GroupRow, initial: MlsGroupStat
     })
 
   /** A DM's groups each record the same membership changes: the conversation shows them once. */
-  const repeatsInDm = (row: MessageRow) =>
+  const repeatsInDm = (row: StoredMessage) =>
     Effect.gen(function*() {
-      const change = Schema.decodeSync(MembershipChangeJson)(row.content)
-      const key = (c: MembershipChange) => JSON.stringify([c.addedInboxes, c.removedInboxes])
-      const earlier = yield* storage.messages.membershipChanges(row.conversation_id)
-      return earlier.some((m) =>
-        m.group_id !== row.group_id && key(Schema.decodeSync(MembershipChangeJson)(m.content)) === key(change)
-      )
+      const key = (c: MembershipChange | null) => JSON.stringify([c?.addedInboxes, c?.removedInboxes])
+      const earlier = yield* storage.messages.membershipChanges(row.conversationId)
+      return earlier.some((m) => m.groupId !== row.groupId && key(m.membershipChange) === key(row.membershipChange))
     })
 
   /** Stores the page's new messages; returns those stored for the first time. */
   const insertMessages = Effect.gen(function*() {
-    const fresh: Array<MessageRow> = []
+    const fresh: Array<StoredMessage> = []
     for (const row of newMessages) {
       if (row.kind === "membershipChange" && group.kind === "dm" && (yield* repeatsInDm(row))) continue
       if (yield* storage.messages.insert(row)) fresh.push(row)
-      if (row.kind === "text") yield* storage.groups.touch(groupId, row.sent_at_ns)
+      if (row.kind === "text") yield* storage.groups.touch(groupId, row.sentAtNs)
     }
     return fresh
   })
@@ -290,8 +289,8 @@ export const start = (ctx: EngineContext, group: GroupRow, initial: MlsGroupStat
       if (state !== initial) {
         yield* storage.groups.saveState(groupId, { epoch: crypto.view(state).epoch, mlsState: ctx.encodeState(groupId, state) })
       }
-      if (membership !== group.membership_state) yield* storage.groups.setMembership(groupId, membership)
-      if (membership === "inactive" && group.membership_state !== "inactive") yield* failPendingIntents(ctx, groupId)
+      if (membership !== group.membershipState) yield* storage.groups.setMembership(groupId, membership)
+      if (membership === "inactive" && group.membershipState !== "inactive") yield* failPendingIntents(ctx, groupId)
       if (forked !== undefined) yield* storage.groups.markForked(groupId, forked)
       // Out of the group, we queue nothing for it (failPendingIntents above would miss it).
       if (membership !== "inactive") for (const inboxId of leaving) yield* queueRemoval(ctx, groupId, inboxId, now)

@@ -22,14 +22,12 @@ import {
 import { currentInstallations } from "../domain/IdentityLog.ts"
 import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
 import {
-  IntentDataJson,
   isCommitKind,
   PostCommitData,
-  PostCommitDataJson,
   UpdateInstallationsData
 } from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
-import type { IntentRow } from "../domain/Rows.ts"
+import type { StoredIntent } from "../domain/Stored.ts"
 import { GroupMessageInput } from "../domain/Wire.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
 import { failIntent as failIntentIn, failPendingIntents } from "./IntentQueue.ts"
@@ -53,7 +51,7 @@ type Derived =
 export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>) => {
   const { crypto, ds, identity, storage } = ctx
 
-  const failIntent = (intent: IntentRow, cause: string) => storage.transaction(failIntentIn(ctx, intent, cause))
+  const failIntent = (intent: StoredIntent, cause: string) => storage.transaction(failIntentIn(ctx, intent, cause))
 
   /**
    * The installation diff of some inboxes against their identity logs: current installations
@@ -173,7 +171,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       const group = yield* loadGroupRow(ctx, groupId)
       const pending = yield* storage.intents.byGroup(groupId, ["Published", "ToPublish"])
       if (pending.length === 0) return 0
-      if (group.membership_state === "inactive") {
+      if (group.membershipState === "inactive") {
         yield* storage.transaction(failPendingIntents(ctx, groupId))
         return 0
       }
@@ -182,7 +180,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       for (const intent of pending) {
         const epoch = crypto.view(state).epoch
         if (intent.state === "Published") {
-          if (intent.published_epoch === epoch && intent.payload !== null) {
+          if (intent.publishedEpoch === epoch && intent.payload !== null) {
             yield* send(groupId, intent.payload)
             published++
             if (isCommitKind(intent.kind)) return published
@@ -191,7 +189,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
           // Never seen on the topic and its epoch is gone: derive it afresh below.
           yield* storage.intents.resetToPublish(intent.id, { conflict: false })
         }
-        const data = Schema.decodeSync(IntentDataJson)(intent.data)
+        const data = intent.data
         const derived = yield* derive(state, data).pipe(
           Effect.catchTags({
             CryptoError: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
@@ -215,9 +213,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
             payload: derived.payload,
             publishedEpoch: epoch,
             stagedState: derived.staged === undefined ? null : crypto.serialize(derived.staged),
-            postCommitData: derived.postCommit === undefined
-              ? null
-              : Schema.encodeSync(PostCommitDataJson)(derived.postCommit)
+            postCommit: derived.postCommit ?? null
           })
         }))
         if (derived.state !== undefined) state = derived.state
@@ -244,7 +240,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       if (last !== undefined && now - last < Duration.toNanos(ctx.options.installationCheckInterval).pipe(Option.getOrElse(() => 0n))) return
       lastInstallationCheck.set(groupId, now)
       const group = yield* loadGroupRow(ctx, groupId)
-      if (group.membership_state !== "active") return
+      if (group.membershipState !== "active") return
       const state = yield* ctx.loadState(group)
       const { add, remove } = yield* installationDiff(state, crypto.view(state).members.map((m) => m.inboxId))
       if (add.length === 0 && remove.length === 0) return
@@ -252,8 +248,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       if (pending.some((intent) => intent.kind === "UpdateInstallations")) return
       yield* storage.intents.insert({
         groupId,
-        kind: "UpdateInstallations",
-        data: Schema.encodeSync(IntentDataJson)(UpdateInstallationsData.make({})),
+        data: UpdateInstallationsData.make({}),
         createdAtNs: now
       })
     }).pipe(
@@ -272,8 +267,15 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       return { before, published, after }
     }))
 
+  /** An intent we cannot read back (its row quarantined as unreadable) has failed. */
   const getIntent = (intentId: number) =>
-    storage.intents.get(intentId).pipe(Effect.map(Option.getOrThrowWith(() => new Error(`intent ${intentId} vanished`))))
+    storage.intents.get(intentId).pipe(
+      Effect.flatMap(Option.match({
+        onSome: Effect.succeed,
+        onNone: () =>
+          Effect.fail(new IntentFailed({ intentId, kind: "unknown", attempts: 0, cause: "its stored row is unreadable" }))
+      }))
+    )
 
   /** Runs rounds until the intent is Processed; typed failures say why it is not. */
   const resolve = (groupId: GroupId, intentId: number) => {
@@ -297,7 +299,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
             return yield* new EpochConflict({
               groupId,
               intentId,
-              publishedEpoch: before.published_epoch ?? group.epoch,
+              publishedEpoch: before.publishedEpoch ?? group.epoch,
               currentEpoch: group.epoch
             })
           }

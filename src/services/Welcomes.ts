@@ -8,7 +8,7 @@ import { Clock, Effect, Option, Schema } from "effect"
 import { CryptoError } from "../domain/Errors.ts"
 import { dmPeer, type GroupId } from "../domain/Ids.ts"
 import { GroupMetadata, GroupMetadataJson } from "../domain/Model.ts"
-import { GroupRow } from "../domain/Rows.ts"
+import { StoredGroup } from "../domain/Stored.ts"
 import { WelcomePayloadJson } from "../domain/Wire.ts"
 import type { WelcomeMessageEnvelope } from "../domain/Wire.ts"
 import { groupTopic, welcomeTopic } from "../domain/Topics.ts"
@@ -30,11 +30,11 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
   const settleExisting = (groupId: GroupId, commitSequenceId: bigint) =>
     Effect.gen(function*() {
       const existing = yield* storage.groups.get(groupId)
-      if (Option.isNone(existing) || existing.value.membership_state === "inactive") return existing
+      if (Option.isNone(existing) || existing.value.membershipState === "inactive") return existing
       if (commitSequenceId <= (yield* storage.cursors.get(groupTopic(groupId)))) return undefined
       yield* ctx.withGroupLock(groupId)(sync.receive(groupId))
       const now = yield* storage.groups.get(groupId)
-      return Option.isSome(now) && now.value.membership_state === "inactive" ? now : undefined
+      return Option.isSome(now) && now.value.membershipState === "inactive" ? now : undefined
     })
 
   /**
@@ -97,20 +97,21 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
           yield* storage.groups.saveState(payload.groupId, { epoch: view.epoch, mlsState: crypto.serialize(state) })
           yield* storage.groups.setMembership(payload.groupId, "active")
         } else {
-          yield* storage.groups.insert(GroupRow.make({
+          yield* storage.groups.insert(StoredGroup.make({
             id: payload.groupId,
             kind: payload.dmId === undefined ? "group" : "dm",
-            dm_id: payload.dmId ?? null,
-            membership_state: "active",
+            dmId: payload.dmId ?? null,
+            membershipState: "active",
             epoch: view.epoch,
-            mls_state: crypto.serialize(state),
-            maybe_forked: false,
-            fork_details: null,
+            mlsState: crypto.serialize(state),
+            maybeForked: false,
+            forkDetails: null,
+            quarantine: null,
             name: metadata.name,
             description: metadata.description,
-            added_by_inbox_id: null,
-            created_at_ns: now,
-            last_message_ns: envelope.serverTimeNs
+            addedByInboxId: null,
+            createdAtNs: now,
+            lastMessageNs: envelope.serverTimeNs
           }))
         }
         // A rejoin reads again from the commit that re-added us: while inactive, the cursor

@@ -322,7 +322,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
         if (client === undefined) continue
         const storage = yield* net.storage(client)
         const rows = yield* storage.groups.list({ includeInactive: true })
-        const found = rows.find((r) => r.kind === "group" && r.added_by_inbox_id === client.inboxId && r.name === `g${g}`)
+        const found = rows.find((r) => r.kind === "group" && r.addedByInboxId === client.inboxId && r.name === `g${g}`)
         if (found !== undefined) world.groups[g] = found.id
       }
     }).pipe(Effect.catchAll(() => Effect.void))
@@ -600,7 +600,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
         const groups = yield* storage.groups.list({ includeInactive: true })
         for (const g of groups) {
           const messages = yield* storage.messages.byConversation(g.id as unknown as ConversationId, {})
-          parts.push(`${client.name}:${g.id}:${g.epoch}:${g.membership_state}:${messages.length}:${messages.map((m) => m.delivery_status[0]).join("")}`)
+          parts.push(`${client.name}:${g.id}:${g.epoch}:${g.membershipState}:${messages.length}:${messages.map((m) => m.deliveryStatus[0]).join("")}`)
         }
         const intents = yield* storage.intents.byState(["ToPublish", "Published", "Committed", "Processed", "Error"])
         parts.push(`${client.name}:intents:${intents.map((i) => `${i.id}${i.state}`).join(",")}`)
