@@ -6,6 +6,7 @@ import { SqliteClient } from "@effect/sql-sqlite-node"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Layer, Option, Schedule } from "effect"
 import { randomBytes } from "node:crypto"
+import type { EpochConflict, InvalidInput, StorageError } from "../src/domain/Errors.ts"
 import type { ConversationId, GroupId } from "../src/domain/Ids.ts"
 import { GroupMetadata, MAX_GROUP_DESCRIPTION, MAX_GROUP_NAME } from "../src/domain/Model.ts"
 import { GroupMessageInput } from "../src/domain/Wire.ts"
@@ -26,7 +27,22 @@ const open = (client: TestClient, id: ConversationId) => client.conversation(id)
 const allEnvelopes = (net: TestNetwork, groupId: GroupId) =>
   net.delivery.queryGroupMessages({ groupId, afterSequenceId: 0n, limit: 100 }).pipe(Effect.map((p) => p.items))
 
+/** What a conversation operation can fail with, read off its type. */
+type ErrorOf<K extends keyof Conversation> = Conversation[K] extends (...args: ReadonlyArray<never>) => Effect.Effect<unknown, infer E>
+  ? E
+  : Conversation[K] extends Effect.Effect<unknown, infer E> ? E
+  : never
+/** Checked by the type checker (`npm run typecheck`): these lines do not compile if a channel widens. */
+const conflictsNeverEscape: [{ [K in keyof Conversation]: Extract<ErrorOf<K>, EpochConflict> }[keyof Conversation]] extends
+  [never] ? true : false = true
+const readingCannotFailOnTheNetwork: [Exclude<ErrorOf<"messages">, StorageError | InvalidInput>] extends [never] ? true
+  : false = true
+
 describe("Engine", () => {
+  it("error channels are narrow: no EpochConflict anywhere, messages fails only on input or storage", () => {
+    expect([conflictsNeverEscape, readingCannotFailOnTheNetwork]).toEqual([true, true])
+  })
+
   it.scoped("three members chat and read the same history with the right senders", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

@@ -20,8 +20,12 @@ import { messageIdOf } from "../domain/Content.ts"
 import {
   type ConvergeError,
   ConversationNotFound,
+  type CryptoError,
+  type DeliveryError,
   GroupInactive,
   InboxNotFound,
+  type IntentFailed,
+  InvalidIdentityUpdate,
   InvalidInput,
   NotAMember,
   KeyPackageUnavailable,
@@ -49,7 +53,7 @@ import { Identity, type IdentityOptions } from "./Identity.ts"
 import * as IdentityService from "./Identity.ts"
 import { MlsCrypto } from "./MlsCrypto.ts"
 import * as Publisher from "./Publisher.ts"
-import { Storage } from "./Storage.ts"
+import { type MessageQuery, Storage } from "./Storage.ts"
 import * as Welcomes from "./Welcomes.ts"
 
 export interface ConversationDebugInfo {
@@ -59,30 +63,44 @@ export interface ConversationDebugInfo {
   readonly maybeForked: boolean
 }
 
+/** Reading what the local store holds: the conversation may be unknown, the store may fail. */
+export type LookupError = ConversationNotFound | StorageError
+/** Reading a group's MLS state as well. */
+export type ReadError = LookupError | CryptoError
+/**
+ * Syncing and publishing: the network, the store and MLS can fail, and a member's identity log
+ * may not verify. (`EpochConflict` never escapes: it is retried, then becomes `IntentFailed`.)
+ */
+export type SyncError = ReadError | DeliveryError | InvalidIdentityUpdate
+/** A user action that queues an intent and waits until it is published and seen. */
+export type ActionError = SyncError | GroupInactive | IntentFailed
+
 export interface Conversation {
   readonly id: ConversationId
   readonly kind: "group" | "dm"
   /** Resolves once the message is published and seen on the group topic. */
-  readonly send: (text: string) => Effect.Effect<MessageId, ConvergeError>
+  readonly send: (text: string) => Effect.Effect<MessageId, ActionError | InvalidInput>
   /** Stores the message as `unpublished` now; `publishPending` (or any sync) publishes it. */
-  readonly sendOptimistic: (text: string) => Effect.Effect<MessageId, ConvergeError>
-  readonly publishPending: Effect.Effect<void, ConvergeError>
-  readonly sync: Effect.Effect<SyncSummary, ConvergeError>
+  readonly sendOptimistic: (text: string) => Effect.Effect<MessageId, LookupError | GroupInactive | InvalidInput>
+  readonly publishPending: Effect.Effect<void, SyncError | IntentFailed>
+  readonly sync: Effect.Effect<SyncSummary, SyncError>
   readonly messages: (options?: {
     readonly limit?: number
     readonly direction?: "asc" | "desc"
     readonly afterNs?: bigint
-  }) => Effect.Effect<ReadonlyArray<Message>, ConvergeError>
-  readonly members: Effect.Effect<ReadonlyArray<Member>, ConvergeError>
-  readonly addMembers: (inboxIds: ReadonlyArray<InboxId>) => Effect.Effect<void, ConvergeError>
-  readonly removeMembers: (inboxIds: ReadonlyArray<InboxId>) => Effect.Effect<void, ConvergeError>
+  }) => Effect.Effect<ReadonlyArray<Message>, StorageError | InvalidInput>
+  readonly members: Effect.Effect<ReadonlyArray<Member>, ReadError>
+  readonly addMembers: (
+    inboxIds: ReadonlyArray<InboxId>
+  ) => Effect.Effect<void, ActionError | InvalidInput | InboxNotFound | KeyPackageUnavailable>
+  readonly removeMembers: (inboxIds: ReadonlyArray<InboxId>) => Effect.Effect<void, ActionError | InvalidInput | NotAMember>
   /** Rotates this installation's leaf key (a self-update commit). */
-  readonly updateKeys: Effect.Effect<void, ConvergeError>
-  readonly leave: Effect.Effect<void, ConvergeError>
-  readonly state: Effect.Effect<MembershipState, ConvergeError>
+  readonly updateKeys: Effect.Effect<void, ActionError>
+  readonly leave: Effect.Effect<void, ActionError | InvalidInput | NotAMember>
+  readonly state: Effect.Effect<MembershipState, LookupError>
   /** The name and description the group was created with; none for a DM. */
-  readonly metadata: Effect.Effect<GroupMetadata, ConvergeError>
-  readonly debugInfo: Effect.Effect<ConversationDebugInfo, ConvergeError>
+  readonly metadata: Effect.Effect<GroupMetadata, LookupError>
+  readonly debugInfo: Effect.Effect<ConversationDebugInfo, ReadError>
 }
 
 export interface ClientOptions extends Partial<EngineOptions>, IdentityOptions {}
@@ -96,17 +114,19 @@ export class Client extends Context.Tag("converge/Client")<Client, {
   readonly createGroup: (
     members: ReadonlyArray<InboxId>,
     options?: { readonly name?: string; readonly description?: string }
-  ) => Effect.Effect<Conversation, ConvergeError>
-  readonly findOrCreateDm: (peer: InboxId) => Effect.Effect<Conversation, ConvergeError>
-  readonly conversation: (id: ConversationId) => Effect.Effect<Conversation, ConversationNotFound | InvalidInput | StorageError>
+  ) => Effect.Effect<Conversation, ActionError | InvalidInput | InboxNotFound | KeyPackageUnavailable>
+  readonly findOrCreateDm: (
+    peer: InboxId
+  ) => Effect.Effect<Conversation, ActionError | InvalidInput | InboxNotFound | KeyPackageUnavailable>
+  readonly conversation: (id: ConversationId) => Effect.Effect<Conversation, LookupError | InvalidInput>
   readonly conversations: (options?: {
     readonly kind?: "group" | "dm"
     readonly includeInactive?: boolean
-  }) => Effect.Effect<ReadonlyArray<Conversation>, ConvergeError>
+  }) => Effect.Effect<ReadonlyArray<Conversation>, StorageError>
   /** Welcomes first, then every active group that has news or pending intents. */
-  readonly syncAll: Effect.Effect<SyncSummary, ConvergeError>
+  readonly syncAll: Effect.Effect<SyncSummary, SyncError>
   /** New messages across all conversations, including groups joined while streaming. */
-  readonly streamMessages: Stream.Stream<Message, ConvergeError>
+  readonly streamMessages: Stream.Stream<Message, SyncError>
 }>() {
   /**
    * A client over a local store (`SqliteStorage.layer` over a `SqlClient`), a delivery service
@@ -303,15 +323,18 @@ export const make = (options: ClientOptions = {}) =>
       )
 
     const handle = (id: ConversationId, kind: "group" | "dm"): Conversation => {
-      const span = (name: string) => Effect.withSpan(`Conversation.${name}`, { attributes: { conversationId: id } })
+      const traced = { attributes: { conversationId: id } }
+      /** For the operations that are effects rather than functions (`Effect.fn` needs a function). */
+      const span = (name: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+        effect.pipe(Effect.annotateLogs({ conversationId: id }), Effect.withSpan(`Conversation.${name}`, traced))
+      const annotated = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.annotateLogs(effect, { conversationId: id })
 
-      const changeMembers = (
+      const changeMembers = <E>(
         name: string,
-        inboxIds: ReadonlyArray<InboxId>,
-        check: (ids: ReadonlyArray<InboxId>, present: ReadonlySet<InboxId>, groupId: GroupId) => Effect.Effect<void, ConvergeError>,
+        check: (ids: ReadonlyArray<InboxId>, present: ReadonlySet<InboxId>, groupId: GroupId) => Effect.Effect<void, E>,
         data: (ids: ReadonlyArray<InboxId>) => IntentData
       ) =>
-        Effect.gen(function*() {
+        Effect.fn(`Conversation.${name}`, traced)(function*(inboxIds: ReadonlyArray<InboxId>) {
           if (kind === "dm") return yield* new InvalidInput({ reason: "a DM's membership cannot change" })
           const ids = yield* validInboxes(inboxIds)
           if (ids.length === 0) return yield* new InvalidInput({ reason: "the member list is empty" })
@@ -324,27 +347,24 @@ export const make = (options: ClientOptions = {}) =>
           yield* check(ids, new Set((yield* groupMembers(group)).keys()), group.id)
           const intentId = yield* queueIntent(group.id, data(ids))
           yield* publisher.resolve(group.id, intentId)
-        }).pipe(span(name))
+        }, annotated)
 
-      const forEachGroup = <A>(f: (group: StoredGroup) => Effect.Effect<A, ConvergeError>) =>
+      const forEachGroup = <A, E>(f: (group: StoredGroup) => Effect.Effect<A, E>) =>
         groupsOf(id, kind).pipe(Effect.flatMap((groups) => Effect.forEach(groups, f)))
 
       return {
         id,
         kind,
-        send: (text) =>
-          Effect.gen(function*() {
-            const group = yield* activePrimary(id, kind)
-            const { intentId, messageId } = yield* queueMessage(group, text)
-            yield* publisher.resolve(group.id, intentId)
-            return messageId
-          }).pipe(span("send")),
-        sendOptimistic: (text) =>
-          activePrimary(id, kind).pipe(
-            Effect.flatMap((g) => queueMessage(g, text)),
-            Effect.map((queued) => queued.messageId),
-            span("sendOptimistic")
-          ),
+        send: Effect.fn("Conversation.send", traced)(function*(text: string) {
+          const group = yield* activePrimary(id, kind)
+          const { intentId, messageId } = yield* queueMessage(group, text)
+          yield* publisher.resolve(group.id, intentId)
+          return messageId
+        }, annotated),
+        sendOptimistic: Effect.fn("Conversation.sendOptimistic", traced)(function*(text: string) {
+          const queued = yield* queueMessage(yield* activePrimary(id, kind), text)
+          return queued.messageId
+        }, annotated),
         publishPending: forEachGroup((group) =>
           Effect.gen(function*() {
             const pending = yield* storage.intents.byGroup(group.id, ["ToPublish", "Published", "Committed"])
@@ -359,29 +379,26 @@ export const make = (options: ClientOptions = {}) =>
         sync: forEachGroup((group) =>
           group.membershipState === "inactive" ? Effect.succeed(SyncSummary.empty) : syncGroup(group.id)
         ).pipe(Effect.map((all) => all.reduce(SyncSummary.combine, SyncSummary.empty)), span("sync")),
-        messages: (query = {}) =>
-          Effect.gen(function*() {
-            if (query.limit !== undefined && (!Number.isInteger(query.limit) || query.limit < 1)) {
-              return yield* new InvalidInput({ reason: "limit must be a positive integer" })
-            }
-            const rows = yield* storage.messages.byConversation(id, query)
-            return rows.map(toMessage)
-          }).pipe(span("messages")),
+        messages: Effect.fn("Conversation.messages", traced)(function*(query: MessageQuery = {}) {
+          if (query.limit !== undefined && (!Number.isInteger(query.limit) || query.limit < 1)) {
+            return yield* new InvalidInput({ reason: "limit must be a positive integer" })
+          }
+          const rows = yield* storage.messages.byConversation(id, query)
+          return rows.map(toMessage)
+        }, annotated),
         members: Effect.gen(function*() {
           const byInbox = yield* groupMembers(yield* primaryOf(id, kind))
           return [...byInbox.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([inboxId, leaves]) =>
             Member.make({ inboxId, installationIds: leaves.map((l) => l.installationId).sort() })
           )
         }).pipe(span("members")),
-        addMembers: (inboxIds) =>
-          changeMembers("addMembers", inboxIds, checkNewMembers, (ids) => AddMembersData.make({ inboxIds: ids })),
-        removeMembers: (inboxIds) =>
-          changeMembers("removeMembers", inboxIds, (ids, present, groupId) =>
-            Effect.gen(function*() {
-              if (ids.includes(self)) return yield* new InvalidInput({ reason: "to remove yourself, leave the group" })
-              const absent = ids.find((i) => !present.has(i))
-              if (absent !== undefined) return yield* new NotAMember({ groupId, inboxId: absent })
-            }), (ids) => RemoveMembersData.make({ inboxIds: ids })),
+        addMembers: changeMembers("addMembers", checkNewMembers, (ids) => AddMembersData.make({ inboxIds: ids })),
+        removeMembers: changeMembers("removeMembers", (ids, present, groupId) =>
+          Effect.gen(function*() {
+            if (ids.includes(self)) return yield* new InvalidInput({ reason: "to remove yourself, leave the group" })
+            const absent = ids.find((i) => !present.has(i))
+            if (absent !== undefined) return yield* new NotAMember({ groupId, inboxId: absent })
+          }), (ids) => RemoveMembersData.make({ inboxIds: ids })),
         updateKeys: Effect.gen(function*() {
           const group = yield* activePrimary(id, kind)
           const intentId = yield* queueIntent(group.id, KeyUpdateData.make({}))
@@ -476,57 +493,55 @@ export const make = (options: ClientOptions = {}) =>
         return handleOf(row)
       })
 
-    const createGroup = (
+    const createGroup = Effect.fn("Client.createGroup")(function*(
       members: ReadonlyArray<InboxId>,
       groupOptions: { readonly name?: string; readonly description?: string } = {}
-    ) =>
-      Effect.gen(function*() {
-        const ids = yield* validInboxes(members)
-        const metadata = yield* Schema.decodeUnknown(GroupMetadata)({
-          name: groupOptions.name ?? null,
-          description: groupOptions.description ?? null
-        }).pipe(Effect.mapError((e) => new InvalidInput({ reason: `group name or description: ${e.message}` })))
-        yield* checkNewMembers(ids, new Set())
-        return yield* newGroup(ids, { metadata })
-      }).pipe(Effect.withSpan("Client.createGroup"))
+    ) {
+      const ids = yield* validInboxes(members)
+      const metadata = yield* Schema.decodeUnknown(GroupMetadata)({
+        name: groupOptions.name ?? null,
+        description: groupOptions.description ?? null
+      }).pipe(Effect.mapError((e) => new InvalidInput({ reason: `group name or description: ${e.message}` })))
+      yield* checkNewMembers(ids, new Set())
+      return yield* newGroup(ids, { metadata })
+    })
 
-    const findOrCreateDm = (peer: InboxId) =>
-      Effect.gen(function*() {
-        const [valid] = yield* validInboxes([peer])
-        if (valid === self) return yield* new InvalidInput({ reason: "a DM needs another inbox than your own" })
-        const id = dmId(self, valid!)
-        const existing = yield* storage.groups.byDmId(id)
-        if (existing.some((g) => g.membershipState !== "inactive")) return handle(id, "dm")
-        yield* checkAddable([valid!])
-        return yield* newGroup([valid!], { dmId: id })
-      }).pipe(Effect.withSpan("Client.findOrCreateDm"))
+    const findOrCreateDm = Effect.fn("Client.findOrCreateDm")(function*(peer: InboxId) {
+      const [valid] = yield* validInboxes([peer])
+      if (valid === self) return yield* new InvalidInput({ reason: "a DM needs another inbox than your own" })
+      const id = dmId(self, valid!)
+      const existing = yield* storage.groups.byDmId(id)
+      if (existing.some((g) => g.membershipState !== "inactive")) return handle(id, "dm")
+      yield* checkAddable([valid!])
+      return yield* newGroup([valid!], { dmId: id })
+    })
 
-    const conversation = (id: ConversationId) =>
-      Effect.gen(function*() {
-        const valid = yield* Schema.decodeUnknown(ConversationId)(id).pipe(
-          Effect.mapError(() => new InvalidInput({ reason: `not a conversation id: ${String(id)}` }))
-        )
-        const kind = valid.startsWith("dm:") ? "dm" : "group"
-        const rows = yield* groupsOf(valid, kind)
-        if (rows[0] === undefined) return yield* new ConversationNotFound({ conversationId: valid })
-        // The id of one of a DM's groups opens the DM: its membership must not change.
-        return handleOf(rows[0])
-      }).pipe(Effect.withSpan("Client.conversation"))
+    const conversation = Effect.fn("Client.conversation")(function*(id: ConversationId) {
+      const valid = yield* Schema.decodeUnknown(ConversationId)(id).pipe(
+        Effect.mapError(() => new InvalidInput({ reason: `not a conversation id: ${String(id)}` }))
+      )
+      const kind = valid.startsWith("dm:") ? "dm" : "group"
+      const rows = yield* groupsOf(valid, kind)
+      if (rows[0] === undefined) return yield* new ConversationNotFound({ conversationId: valid })
+      // The id of one of a DM's groups opens the DM: its membership must not change.
+      return handleOf(rows[0])
+    })
 
-    const conversations = (query: { readonly kind?: "group" | "dm"; readonly includeInactive?: boolean } = {}) =>
-      Effect.gen(function*() {
-        const rows = yield* storage.groups.list({ includeInactive: query.includeInactive ?? false })
-        const seen = new Set<string>()
-        const out: Array<Conversation> = []
-        for (const row of rows) {
-          if (query.kind !== undefined && row.kind !== query.kind) continue
-          const key = row.dmId ?? row.id
-          if (seen.has(key)) continue
-          seen.add(key)
-          out.push(handleOf(row))
-        }
-        return out
-      }).pipe(Effect.withSpan("Client.conversations"))
+    const conversations = Effect.fn("Client.conversations")(function*(
+      query: { readonly kind?: "group" | "dm"; readonly includeInactive?: boolean } = {}
+    ) {
+      const rows = yield* storage.groups.list({ includeInactive: query.includeInactive ?? false })
+      const seen = new Set<string>()
+      const out: Array<Conversation> = []
+      for (const row of rows) {
+        if (query.kind !== undefined && row.kind !== query.kind) continue
+        const key = row.dmId ?? row.id
+        if (seen.has(key)) continue
+        seen.add(key)
+        out.push(handleOf(row))
+      }
+      return out
+    })
 
     /** Which active groups have news: one batched query for all topics. */
     const groupsWithNews = (groups: ReadonlyArray<StoredGroup>) =>
@@ -593,12 +608,12 @@ export const make = (options: ClientOptions = {}) =>
         Stream.runDrain
       )
     }).pipe(
-      Effect.tapError((e) => Effect.logWarning(`message stream: ${e.message}; resubscribing`)),
+      Effect.tapError((e) => Effect.logWarning("message stream failed; resubscribing", e.message)),
       Effect.retry(Schedule.spaced("100 millis")),
       Effect.forever
     )
 
-    const streamMessages: Stream.Stream<Message, ConvergeError> = Stream.unwrapScoped(
+    const streamMessages: Stream.Stream<Message, SyncError> = Stream.unwrapScoped(
       Effect.gen(function*() {
         // Subscribe before following the network, so nothing stored in between is missed.
         const subscription = yield* PubSub.subscribe(stored)

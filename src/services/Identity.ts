@@ -121,14 +121,11 @@ export const make = (options: IdentityOptions) =>
         return Either.isRight(replayed) ? Option.getOrUndefined(replayed.right) : undefined
       })
 
-    const inboxState = (target: InboxId) =>
-      refresh(target).pipe(
-        Effect.flatMap(Option.match({
-          onNone: () => Effect.fail(new InboxNotFound({ inboxId: target })),
-          onSome: Effect.succeed
-        })),
-        Effect.withSpan("Identity.inboxState", { attributes: { inboxId: target } })
-      )
+    const inboxState = Effect.fn("Identity.inboxState")(function*(target: InboxId) {
+      const state = yield* refresh(target)
+      if (Option.isNone(state)) return yield* new InboxNotFound({ inboxId: target })
+      return state.value
+    })
 
     const isValidLeaf = Effect.fn("Identity.isValidLeaf")(function*(leaf: LeafMember) {
       // Registered now, or once and revoked since: a welcome or commit may be read after a

@@ -166,65 +166,64 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
    * commit is in flight per group, and what follows it is derived once it has landed.
    * Runs under the group lock.
    */
-  const publishPending = (groupId: GroupId) =>
-    Effect.gen(function*() {
-      const group = yield* loadGroupRow(ctx, groupId)
-      const pending = yield* storage.intents.byGroup(groupId, ["Published", "ToPublish"])
-      if (pending.length === 0) return 0
-      if (group.membershipState === "inactive") {
-        yield* storage.transaction(failPendingIntents(ctx, groupId))
-        return 0
-      }
-      let state = yield* ctx.loadState(group)
-      let published = 0
-      for (const intent of pending) {
-        const epoch = crypto.view(state).epoch
-        if (intent.state === "Published") {
-          if (intent.publishedEpoch === epoch && intent.payload !== null) {
-            yield* send(groupId, intent.payload)
-            published++
-            if (isCommitKind(intent.kind)) return published
-            continue
-          }
-          // Never seen on the topic and its epoch is gone: derive it afresh below.
-          yield* storage.intents.resetToPublish(intent.id, { conflict: false })
-        }
-        const data = intent.data
-        const derived = yield* derive(state, data).pipe(
-          Effect.catchTags({
-            CryptoError: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
-            KeyPackageUnavailable: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
-            InboxNotFound: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined))
-          })
-        )
-        if (derived === undefined) continue
-        if (derived._tag === "NoOp") {
-          yield* storage.intents.markProcessed(intent.id)
+  const publishPending = Effect.fn("Publisher.publishPending")(function*(groupId: GroupId) {
+    const group = yield* loadGroupRow(ctx, groupId)
+    const pending = yield* storage.intents.byGroup(groupId, ["Published", "ToPublish"])
+    if (pending.length === 0) return 0
+    if (group.membershipState === "inactive") {
+      yield* storage.transaction(failPendingIntents(ctx, groupId))
+      return 0
+    }
+    let state = yield* ctx.loadState(group)
+    let published = 0
+    for (const intent of pending) {
+      const epoch = crypto.view(state).epoch
+      if (intent.state === "Published") {
+        if (intent.publishedEpoch === epoch && intent.payload !== null) {
+          yield* send(groupId, intent.payload)
+          published++
+          if (isCommitKind(intent.kind)) return published
           continue
         }
-        yield* ctx.options.crashPoint("publish.beforeWriteAhead")
-        // Write ahead: after this, a crash resends exactly these bytes.
-        yield* storage.transaction(Effect.gen(function*() {
-          if (derived.state !== undefined) {
-            yield* storage.groups.saveState(groupId, { epoch, mlsState: ctx.encodeState(groupId, derived.state) })
-          }
-          yield* storage.intents.markPublished(intent.id, {
-            payloadHash: sha256Hex(derived.payload),
-            payload: derived.payload,
-            publishedEpoch: epoch,
-            stagedState: derived.staged === undefined ? null : crypto.serialize(derived.staged),
-            postCommit: derived.postCommit ?? null
-          })
-        }))
-        if (derived.state !== undefined) state = derived.state
-        yield* ctx.options.crashPoint("publish.afterWriteAheadBeforeSend")
-        yield* send(groupId, derived.payload)
-        yield* ctx.options.crashPoint("publish.afterSendBeforeSync")
-        published++
-        if (isCommitKind(intent.kind)) return published
+        // Never seen on the topic and its epoch is gone: derive it afresh below.
+        yield* storage.intents.resetToPublish(intent.id, { conflict: false })
       }
-      return published
-    }).pipe(Effect.withSpan("Publisher.publishPending", { attributes: { groupId } }))
+      const data = intent.data
+      const derived = yield* derive(state, data).pipe(
+        Effect.catchTags({
+          CryptoError: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
+          KeyPackageUnavailable: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
+          InboxNotFound: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined))
+        })
+      )
+      if (derived === undefined) continue
+      if (derived._tag === "NoOp") {
+        yield* storage.intents.markProcessed(intent.id)
+        continue
+      }
+      yield* ctx.options.crashPoint("publish.beforeWriteAhead")
+      // Write ahead: after this, a crash resends exactly these bytes.
+      yield* storage.transaction(Effect.gen(function*() {
+        if (derived.state !== undefined) {
+          yield* storage.groups.saveState(groupId, { epoch, mlsState: ctx.encodeState(groupId, derived.state) })
+        }
+        yield* storage.intents.markPublished(intent.id, {
+          payloadHash: sha256Hex(derived.payload),
+          payload: derived.payload,
+          publishedEpoch: epoch,
+          stagedState: derived.staged === undefined ? null : crypto.serialize(derived.staged),
+          postCommit: derived.postCommit ?? null
+        })
+      }))
+      if (derived.state !== undefined) state = derived.state
+      yield* ctx.options.crashPoint("publish.afterWriteAheadBeforeSend")
+      yield* send(groupId, derived.payload)
+      yield* ctx.options.crashPoint("publish.afterSendBeforeSync")
+      published++
+      if (isCommitKind(intent.kind)) return published
+    }
+    return published
+  })
 
   const lastInstallationCheck = new Map<GroupId, bigint>()
 
@@ -233,32 +232,32 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
    * or revoked, queue one `UpdateInstallations` intent (whoever lands it first wins; the others
    * re-derive to a no-op). A failed check is logged and tried again next time.
    */
-  const checkInstallations = (groupId: GroupId) =>
-    Effect.gen(function*() {
-      const now = yield* Clock.currentTimeNanos
-      const last = lastInstallationCheck.get(groupId)
-      if (last !== undefined && now - last < Duration.toNanos(ctx.options.installationCheckInterval).pipe(Option.getOrElse(() => 0n))) return
-      lastInstallationCheck.set(groupId, now)
-      const group = yield* loadGroupRow(ctx, groupId)
-      if (group.membershipState !== "active") return
-      const state = yield* ctx.loadState(group)
-      const { add, remove } = yield* installationDiff(state, crypto.view(state).members.map((m) => m.inboxId))
-      if (add.length === 0 && remove.length === 0) return
-      const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
-      if (pending.some((intent) => intent.kind === "UpdateInstallations")) return
-      yield* storage.intents.insert({
-        groupId,
-        data: UpdateInstallationsData.make({}),
-        createdAtNs: now
-      })
-    }).pipe(
-      Effect.catchAll((e) => Effect.logWarning(`installation check of group ${groupId} failed: ${e.message}`)),
-      Effect.withSpan("Publisher.checkInstallations", { attributes: { groupId } })
-    )
+  const checkInstallations = Effect.fn("Publisher.checkInstallations")(function*(groupId: GroupId) {
+    const now = yield* Clock.currentTimeNanos
+    const last = lastInstallationCheck.get(groupId)
+    if (last !== undefined && now - last < Duration.toNanos(ctx.options.installationCheckInterval).pipe(Option.getOrElse(() => 0n))) return
+    lastInstallationCheck.set(groupId, now)
+    const group = yield* loadGroupRow(ctx, groupId)
+    if (group.membershipState !== "active") return
+    const state = yield* ctx.loadState(group)
+    const { add, remove } = yield* installationDiff(state, crypto.view(state).members.map((m) => m.inboxId))
+    if (add.length === 0 && remove.length === 0) return
+    const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
+    if (pending.some((intent) => intent.kind === "UpdateInstallations")) return
+    yield* storage.intents.insert({
+      groupId,
+      data: UpdateInstallationsData.make({}),
+      createdAtNs: now
+    })
+  }, (effect, groupId) =>
+    effect.pipe(
+      Effect.catchAll((e) => Effect.logWarning("installation check failed; tried again next time", e.message)),
+      Effect.annotateLogs({ groupId })
+    ))
 
   /** One round: read, publish, read what we published, send welcomes. Under the group lock. */
-  const round = (groupId: GroupId) =>
-    ctx.withGroupLock(groupId)(Effect.gen(function*() {
+  const round = Effect.fn("Publisher.round")(function*(groupId: GroupId) {
+    return yield* ctx.withGroupLock(groupId)(Effect.gen(function*() {
       const before = yield* sync.receive(groupId)
       yield* checkInstallations(groupId)
       const published = yield* publishPending(groupId)
@@ -266,6 +265,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       yield* sync.postCommit(groupId)
       return { before, published, after }
     }))
+  }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
 
   /** An intent we cannot read back (its row quarantined as unreadable) has failed. */
   const getIntent = (intentId: number) =>
@@ -278,7 +278,14 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     )
 
   /** Runs rounds until the intent is Processed; typed failures say why it is not. */
-  const resolve = (groupId: GroupId, intentId: number) => {
+  const resolve = Effect.fn("Publisher.resolve")(
+    function*(groupId: GroupId, intentId: number) {
+      return yield* resolveRounds(groupId, intentId)
+    },
+    (effect, groupId, intentId) => Effect.annotateLogs(effect, { groupId, intentId })
+  )
+
+  const resolveRounds = (groupId: GroupId, intentId: number) => {
     const attempt = Effect.gen(function*() {
       const before = yield* getIntent(intentId)
       yield* round(groupId)
@@ -333,8 +340,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
               detail: `intent ${pending.intentId} still ${pending.state}; it will be published on a later sync`
             })
           )
-      }),
-      Effect.withSpan("Publisher.resolve", { attributes: { groupId, intentId } })
+      })
     )
   }
 

@@ -52,75 +52,74 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       )
 
   /** Joins one welcome; returns the group id if a group was joined (or re-joined). */
-  const join = (envelope: WelcomeMessageEnvelope) =>
-    Effect.gen(function*() {
-      const payload = yield* Schema.decodeUnknown(WelcomePayloadJson)(new TextDecoder().decode(envelope.payload)).pipe(
-        Effect.mapError(() => new CryptoError({ reason: "Malformed", detail: "welcome payload does not decode" }))
-      )
-      const existing = yield* settleExisting(payload.groupId, payload.commitSequenceId)
-      if (existing === undefined) return undefined
-      const state = yield* crypto.joinFromWelcome(payload.welcome, yield* identity.keyPackages)
-      const view = crypto.view(state)
-      if (view.groupId !== payload.groupId) {
-        return yield* new CryptoError({ reason: "Malformed", detail: "welcome names another group than its metadata" })
+  const join = Effect.fn("Welcomes.join")(function*(envelope: WelcomeMessageEnvelope) {
+    const payload = yield* Schema.decodeUnknown(WelcomePayloadJson)(new TextDecoder().decode(envelope.payload)).pipe(
+      Effect.mapError(() => new CryptoError({ reason: "Malformed", detail: "welcome payload does not decode" }))
+    )
+    const existing = yield* settleExisting(payload.groupId, payload.commitSequenceId)
+    if (existing === undefined) return undefined
+    const state = yield* crypto.joinFromWelcome(payload.welcome, yield* identity.keyPackages)
+    const view = crypto.view(state)
+    if (view.groupId !== payload.groupId) {
+      return yield* new CryptoError({ reason: "Malformed", detail: "welcome names another group than its metadata" })
+    }
+    if (Option.isSome(existing) && view.epoch <= existing.value.epoch) {
+      // An old welcome (replayed or re-sent) must not bring a removed member back.
+      return yield* new CryptoError({
+        reason: "WrongEpoch",
+        detail: `welcome for epoch ${view.epoch} is not newer than the stored epoch ${existing.value.epoch}`
+      })
+    }
+    if (payload.dmId !== undefined) {
+      // A DM names both inboxes; nobody else may be in it.
+      const peer = dmPeer(payload.dmId, identity.inboxId)
+      const stranger = view.members.find((m) => m.inboxId !== identity.inboxId && m.inboxId !== peer)
+      if (peer === undefined || stranger !== undefined) {
+        return yield* new CryptoError({ reason: "Malformed", detail: `welcome to DM ${payload.dmId} has other members` })
       }
-      if (Option.isSome(existing) && view.epoch <= existing.value.epoch) {
-        // An old welcome (replayed or re-sent) must not bring a removed member back.
+    }
+    for (const leaf of view.members) {
+      if (!(yield* identity.isValidLeaf(leaf))) {
         return yield* new CryptoError({
-          reason: "WrongEpoch",
-          detail: `welcome for epoch ${view.epoch} is not newer than the stored epoch ${existing.value.epoch}`
+          reason: "Unauthenticated",
+          detail: `member ${leaf.installationId} is not a current installation of inbox ${leaf.inboxId}`
         })
       }
-      if (payload.dmId !== undefined) {
-        // A DM names both inboxes; nobody else may be in it.
-        const peer = dmPeer(payload.dmId, identity.inboxId)
-        const stranger = view.members.find((m) => m.inboxId !== identity.inboxId && m.inboxId !== peer)
-        if (peer === undefined || stranger !== undefined) {
-          return yield* new CryptoError({ reason: "Malformed", detail: `welcome to DM ${payload.dmId} has other members` })
-        }
+    }
+    const metadata = payload.dmId === undefined ? yield* metadataOf(view.metadata) : GroupMetadata.none
+    const now = yield* Clock.currentTimeNanos
+    yield* storage.transaction(Effect.gen(function*() {
+      if (Option.isSome(existing)) {
+        // Taken back: nothing queued before the removal may go out now (a stale leave request
+        // or removal would undo the re-add).
+        yield* failPendingIntents(ctx, payload.groupId)
+        yield* storage.groups.saveState(payload.groupId, { epoch: view.epoch, mlsState: crypto.serialize(state) })
+        yield* storage.groups.setMembership(payload.groupId, "active")
+      } else {
+        yield* storage.groups.insert(StoredGroup.make({
+          id: payload.groupId,
+          kind: payload.dmId === undefined ? "group" : "dm",
+          dmId: payload.dmId ?? null,
+          membershipState: "active",
+          epoch: view.epoch,
+          mlsState: crypto.serialize(state),
+          maybeForked: false,
+          forkDetails: null,
+          quarantine: null,
+          name: metadata.name,
+          description: metadata.description,
+          addedByInboxId: null,
+          createdAtNs: now,
+          lastMessageNs: envelope.serverTimeNs
+        }))
       }
-      for (const leaf of view.members) {
-        if (!(yield* identity.isValidLeaf(leaf))) {
-          return yield* new CryptoError({
-            reason: "Unauthenticated",
-            detail: `member ${leaf.installationId} is not a current installation of inbox ${leaf.inboxId}`
-          })
-        }
-      }
-      const metadata = payload.dmId === undefined ? yield* metadataOf(view.metadata) : GroupMetadata.none
-      const now = yield* Clock.currentTimeNanos
-      yield* storage.transaction(Effect.gen(function*() {
-        if (Option.isSome(existing)) {
-          // Taken back: nothing queued before the removal may go out now (a stale leave request
-          // or removal would undo the re-add).
-          yield* failPendingIntents(ctx, payload.groupId)
-          yield* storage.groups.saveState(payload.groupId, { epoch: view.epoch, mlsState: crypto.serialize(state) })
-          yield* storage.groups.setMembership(payload.groupId, "active")
-        } else {
-          yield* storage.groups.insert(StoredGroup.make({
-            id: payload.groupId,
-            kind: payload.dmId === undefined ? "group" : "dm",
-            dmId: payload.dmId ?? null,
-            membershipState: "active",
-            epoch: view.epoch,
-            mlsState: crypto.serialize(state),
-            maybeForked: false,
-            forkDetails: null,
-            quarantine: null,
-            name: metadata.name,
-            description: metadata.description,
-            addedByInboxId: null,
-            createdAtNs: now,
-            lastMessageNs: envelope.serverTimeNs
-          }))
-        }
-        // A rejoin reads again from the commit that re-added us: while inactive, the cursor
-        // moved past envelopes we could not read then and can now.
-        yield* storage.cursors.set(groupTopic(payload.groupId), payload.commitSequenceId)
-        yield* storage.cursors.advance(topic, envelope.sequenceId)
-      }))
-      return payload.groupId
-    })
+      // A rejoin reads again from the commit that re-added us: while inactive, the cursor
+      // moved past envelopes we could not read then and can now.
+      yield* storage.cursors.set(groupTopic(payload.groupId), payload.commitSequenceId)
+      yield* storage.cursors.advance(topic, envelope.sequenceId)
+    }))
+    return payload.groupId
+  })
 
   /** Reads the welcome topic to its end; returns the groups joined. */
   const syncWelcomes = lock.withPermits(1)(Effect.gen(function*() {
@@ -134,19 +133,14 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
         limit: ctx.options.pageSize
       })
       for (const envelope of page.items) {
+        const skip = (e: { readonly message: string }) =>
+          Effect.logWarning("skipping welcome", e.message).pipe(
+            Effect.annotateLogs({ sequenceId: envelope.sequenceId.toString() }),
+            Effect.tap(() => skipped++),
+            Effect.as(undefined)
+          )
         const result = yield* join(envelope).pipe(
-          Effect.catchTags({
-            CryptoError: (e) =>
-              Effect.logWarning(`skipping welcome ${envelope.sequenceId}: ${e.message}`).pipe(
-                Effect.tap(() => skipped++),
-                Effect.as(undefined)
-              ),
-            InvalidIdentityUpdate: (e) =>
-              Effect.logWarning(`skipping welcome ${envelope.sequenceId}: ${e.message}`).pipe(
-                Effect.tap(() => skipped++),
-                Effect.as(undefined)
-              )
-          })
+          Effect.catchTags({ CryptoError: skip, InvalidIdentityUpdate: skip })
         )
         if (result !== undefined) joined.push(result)
         yield* storage.cursors.advance(topic, envelope.sequenceId)

@@ -124,8 +124,10 @@ export const run = (options: Options): Effect.Effect<Report> => {
   const started = Date.now()
   const trace: Array<TraceEntry> = []
   let logs: Array<string> = []
-  const logger = Logger.make(({ logLevel, message }) => {
-    logs.push(`${logLevel.label}: ${firstLine(formatLogMessage(message))}`)
+  const logger = Logger.make(({ annotations, logLevel, message }) => {
+    // Ids travel as log annotations (groupId, intentId, sequenceId), not inside the message.
+    const ids = [...annotations].map(([key, value]) => `${key}=${String(value)}`).join(" ")
+    logs.push(`${logLevel.label}: ${firstLine(formatLogMessage(message))}${ids === "" ? "" : ` (${ids})`}`)
   })
   const program = Effect.gen(function*() {
     const ops = Plan.plan(options)
