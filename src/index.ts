@@ -7,7 +7,7 @@ export * from "./domain/Ids.ts"
 export { GroupMetadata, MAX_GROUP_DESCRIPTION, MAX_GROUP_NAME, Member, Message, SyncSummary } from "./domain/Model.ts"
 /** The JSON in `Message.text` of a `membershipChange` message. */
 export { MembershipChange, MembershipChangeJson } from "./domain/Content.ts"
-export type { MembershipState } from "./domain/Rows.ts"
+export type { MembershipState } from "./domain/Stored.ts"
 export {
   Client,
   type ClientOptions,
@@ -18,6 +18,7 @@ export { DeliveryServer } from "./layers/DeliveryServer.ts"
 export { Identity } from "./services/Identity.ts"
 export type { FaultControls, FaultStats, FaultyDelivery } from "./layers/FaultyDeliveryService.ts"
 export { Storage } from "./services/Storage.ts"
+export * as SqliteStorage from "./layers/SqliteStorage.ts"
 export * as Wire from "./domain/Wire.ts"
 
 // ---- ports with their adapters' layers ----

@@ -33,8 +33,9 @@ import { Client, type ClientOptions } from "./services/Client.ts"
 import { DeliveryService } from "./services/DeliveryService.ts"
 import { authenticatedAs, installationSigner } from "./services/DeliveryAuth.ts"
 import { DeliveryStore, groupTopic, type StoredEntry, type Topic, welcomeTopic } from "./services/DeliveryStore.ts"
-import type { CrashPoint } from "./services/Engine.ts"
+import type { CrashPoint } from "./services/EngineContext.ts"
 import { MlsCrypto } from "./services/MlsCrypto.ts"
+import * as SqliteStorage from "./layers/SqliteStorage.ts"
 import { Storage } from "./services/Storage.ts"
 
 type ClientShape = Context.Tag.Service<Client>
@@ -270,7 +271,8 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
           ...clientOptions,
           crashPoint: crashHook(name, clientOptions.crashPoint ?? options.clientDefaults?.crashPoint)
         }
-        const layer = Layer.merge(Client.layer(engineOptions), Storage.layer).pipe(
+        const layer = Client.layer(engineOptions).pipe(
+          Layer.provideMerge(SqliteStorage.layer),
           // A literal config cannot fail to load.
           Layer.provide(Layer.orDie(SqliteClient.layer({ filename }))),
           Layer.provide(Layer.succeed(DeliveryService, deliveryFor(name))),
@@ -288,7 +290,7 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
           client,
           storage,
           scope,
-          rootSecretKey: identity._tag === "Some" ? identity.value.root_secret_key ?? undefined : undefined
+          rootSecretKey: identity._tag === "Some" ? identity.value.rootSecretKey ?? undefined : undefined
         }
         incarnations.set(name, incarnation)
         return incarnation
@@ -377,7 +379,7 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
         Effect.gen(function*() {
           const identity = yield* incarnationOf(testClient.name).storage.identity.get.pipe(Effect.orDie)
           if (Option.isNone(identity)) return yield* Effect.dieMessage(`${testClient.name} has no identity`)
-          const signer = installationSigner(identity.value.installation_id, identity.value.signature_private_key)
+          const signer = installationSigner(identity.value.installationId, identity.value.signaturePrivateKey)
           return authenticatedAs(memory.service, signer)
         }),
       inspect: {

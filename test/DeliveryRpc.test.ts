@@ -29,6 +29,7 @@ import {
 import { serve } from "../src/layers/DeliveryServer.ts"
 import * as FaultyDeliveryService from "../src/layers/FaultyDeliveryService.ts"
 import type { StoreDeliveryOptions } from "../src/layers/StoreDeliveryService.ts"
+import * as SqliteStorage from "../src/layers/SqliteStorage.ts"
 import { Client } from "../src/services/Client.ts"
 import { DeliveryService } from "../src/index.ts"
 import { DeliveryStore } from "../src/index.ts"
@@ -579,6 +580,7 @@ describe("engine over RPC", () => {
       const makeClient = (name: string) =>
         Layer.build(
           Client.layer({ transportSchedule: Schedule.recurs(3), conflictSchedule: Schedule.recurs(5) }).pipe(
+            Layer.provide(SqliteStorage.layer),
             Layer.provide(Layer.orDie(SqliteClient.layer({ filename: path.join(dir, `${name}.sqlite`) }))),
             Layer.provide(clientLayer(address.url)),
             Layer.provide(Layer.succeedContext(crypto))

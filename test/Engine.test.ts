@@ -2,9 +2,11 @@
  * The engine's stories: several clients, one in-memory delivery service, real SQLite files
  * and real ts-mls. Each scenario reads like the behaviour it checks.
  */
+import { SqliteClient } from "@effect/sql-sqlite-node"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Schedule } from "effect"
+import { Effect, Layer, Option, Schedule } from "effect"
 import { randomBytes } from "node:crypto"
+import type { EpochConflict, InvalidInput, StorageError } from "../src/domain/Errors.ts"
 import type { ConversationId, GroupId } from "../src/domain/Ids.ts"
 import { GroupMetadata, MAX_GROUP_DESCRIPTION, MAX_GROUP_NAME } from "../src/domain/Model.ts"
 import { GroupMessageInput } from "../src/domain/Wire.ts"
@@ -26,7 +28,22 @@ const allEnvelopes = (net: TestNetwork, groupId: GroupId) => net.inspect.groupMe
 
 
 
+/** What a conversation operation can fail with, read off its type. */
+type ErrorOf<K extends keyof Conversation> = Conversation[K] extends (...args: ReadonlyArray<never>) => Effect.Effect<unknown, infer E>
+  ? E
+  : Conversation[K] extends Effect.Effect<unknown, infer E> ? E
+  : never
+/** Checked by the type checker (`npm run typecheck`): these lines do not compile if a channel widens. */
+const conflictsNeverEscape: [{ [K in keyof Conversation]: Extract<ErrorOf<K>, EpochConflict> }[keyof Conversation]] extends
+  [never] ? true : false = true
+const readingCannotFailOnTheNetwork: [Exclude<ErrorOf<"messages">, StorageError | InvalidInput>] extends [never] ? true
+  : false = true
+
 describe("Engine", () => {
+  it("error channels are narrow: no EpochConflict anywhere, messages fails only on input or storage", () => {
+    expect([conflictsNeverEscape, readingCannotFailOnTheNetwork]).toEqual([true, true])
+  })
+
   it.scoped("three members chat and read the same history with the right senders", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make
@@ -209,10 +226,49 @@ describe("Engine", () => {
       yield* group.send("second")
       const summary = yield* bob.syncAll
       expect(summary.skipped).toBeGreaterThanOrEqual(1)
+      // Each skip is counted under its reason.
+      expect(Object.values(summary.skippedBy).reduce((a, b) => a + b, 0)).toBe(summary.skipped)
       expect((yield* (yield* open(bob, group.id)).messages()).map((m) => m.text)).toEqual(["first", "second"])
       yield* (yield* open(bob, group.id)).send("still talking")
       yield* alice.syncAll
       expect((yield* chat(group)).map((m) => m.text)).toEqual(["first", "second", "still talking"])
+    }))
+
+  it.scoped("stored rows that do not decode are quarantined and skipped; the group keeps syncing", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* bob.syncAll
+      yield* group.send("before")
+      const unsent = yield* group.sendOptimistic("queued, then corrupted")
+
+      // Another connection to Alice's database damages three rows, as a bad disk or a bug would.
+      yield* Effect.gen(function*() {
+        const raw = yield* SqliteClient.SqliteClient
+        yield* raw`UPDATE converge_intents SET data = substr(data, 1, length(data) - 5) WHERE state = 'ToPublish'`
+        yield* raw`UPDATE converge_messages SET sender_inbox_id = 'nobody' WHERE content = 'before'`
+        yield* raw`UPDATE converge_messages SET content = '{' WHERE kind = 'membershipChange'`
+      }).pipe(Effect.provide(Layer.orDie(SqliteClient.layer({ filename: alice.filename }))))
+
+      const summary = yield* alice.syncAll
+      expect(summary.published).toBe(0)
+      const groupId = group.id as unknown as GroupId
+      const stored = Option.getOrThrow(yield* (yield* net.storage(alice)).groups.get(groupId))
+      expect(stored.quarantine).not.toBeNull()
+      // The unreadable intent failed, and the message it was sending with it.
+      const atAlice = yield* group.messages()
+      expect(atAlice.map((m) => [m.text, m.deliveryStatus])).toEqual([["queued, then corrupted", "failed"]])
+      expect(atAlice[0]!.id).toBe(unsent)
+
+      yield* group.send("after")
+      yield* (yield* open(bob, group.id)).send("bob still here")
+      yield* Effect.all([alice.syncAll, bob.syncAll])
+      expect((yield* chat(group)).filter((m) => m.deliveryStatus === "published").map((m) => m.text)).toEqual([
+        "after",
+        "bob still here"
+      ])
+      expect((yield* chat(yield* open(bob, group.id))).map((m) => m.text)).toEqual(["before", "after", "bob still here"])
     }))
 
   it.scoped("bad input gets typed errors", () =>

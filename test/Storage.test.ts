@@ -5,7 +5,10 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import type { ConversationId, GroupId, InboxId, InstallationId, MessageId } from "../src/domain/Ids.ts"
-import { GroupRow, IdentityRow, InboxLogRow, KeyPackageRow, MessageRow } from "../src/domain/Rows.ts"
+import { StoredGroup, StoredIdentity, InboxLogEntry, StoredKeyPackage, StoredMessage } from "../src/domain/Stored.ts"
+import { AddMembersData, PostCommitData } from "../src/domain/Intent.ts"
+import { IdentityUpdate } from "../src/domain/Wire.ts"
+import * as SqliteStorage from "../src/layers/SqliteStorage.ts"
 import { Storage } from "../src/services/Storage.ts"
 
 const hex = (n: number, fill: string) => fill.repeat(n)
@@ -13,41 +16,43 @@ const groupId = hex(32, "a") as GroupId
 const inbox = hex(64, "b") as InboxId
 const installation = hex(64, "c") as InstallationId
 
-const memoryStore = Storage.layer.pipe(Layer.provide(SqliteClient.layer({ filename: ":memory:" })))
-const fileStore = (filename: string) => Storage.layer.pipe(Layer.provide(SqliteClient.layer({ filename })))
+const memoryStore = SqliteStorage.layer.pipe(Layer.provide(SqliteClient.layer({ filename: ":memory:" })))
+const fileStore = (filename: string) => SqliteStorage.layer.pipe(Layer.provide(SqliteClient.layer({ filename })))
 
-const group = (overrides: Partial<GroupRow> = {}) =>
-  GroupRow.make({
+const group = (overrides: Partial<StoredGroup> = {}) =>
+  StoredGroup.make({
     id: groupId,
     kind: "group",
-    dm_id: null,
-    membership_state: "active",
+    dmId: null,
+    membershipState: "active",
     epoch: 0n,
-    mls_state: new Uint8Array([1, 2, 3]),
-    maybe_forked: false,
-    fork_details: null,
+    mlsState: new Uint8Array([1, 2, 3]),
+    maybeForked: false,
+    forkDetails: null,
+    quarantine: null,
     name: "team",
     description: null,
-    added_by_inbox_id: null,
+    addedByInboxId: null,
     // Beyond 2^53: nanosecond times must survive as bigint.
-    created_at_ns: 1_763_700_000_123_456_789n,
-    last_message_ns: 1_763_700_000_123_456_789n,
+    createdAtNs: 1_763_700_000_123_456_789n,
+    lastMessageNs: 1_763_700_000_123_456_789n,
     ...overrides
   })
 
 const message = (id: string, sentAtNs: bigint) =>
-  MessageRow.make({
+  StoredMessage.make({
     id: id.repeat(64).slice(0, 64) as MessageId,
-    group_id: groupId,
-    conversation_id: groupId as unknown as ConversationId,
-    sender_inbox_id: inbox,
-    sender_installation_id: installation,
-    sent_at_ns: sentAtNs,
-    sequence_id: null,
+    groupId: groupId,
+    conversationId: groupId as unknown as ConversationId,
+    senderInboxId: inbox,
+    senderInstallationId: installation,
+    sentAtNs: sentAtNs,
+    sequenceId: null,
     kind: "text",
     content: `hello ${id}`,
-    delivery_status: "unpublished",
-    inserted_at_ns: sentAtNs
+    membershipChange: null,
+    deliveryStatus: "unpublished",
+    insertedAtNs: sentAtNs
   })
 
 describe("Storage", () => {
@@ -63,7 +68,7 @@ describe("Storage", () => {
         const storage = yield* Storage
         return yield* storage.groups.get(groupId)
       }).pipe(Effect.provide(fileStore(filename)))
-      expect(Option.getOrThrow(reopened).created_at_ns).toBe(1_763_700_000_123_456_789n)
+      expect(Option.getOrThrow(reopened).createdAtNs).toBe(1_763_700_000_123_456_789n)
       fs.rmSync(dir, { recursive: true, force: true })
     }))
 
@@ -72,8 +77,8 @@ describe("Storage", () => {
       const storage = yield* Storage
       const dm = `dm:${inbox}:${"d".repeat(64)}` as ConversationId
       yield* storage.groups.insert(group())
-      yield* storage.groups.insert(group({ id: hex(32, "1") as GroupId, kind: "dm", dm_id: dm, last_message_ns: 5n }))
-      yield* storage.groups.insert(group({ id: hex(32, "2") as GroupId, kind: "dm", dm_id: dm, last_message_ns: 7n }))
+      yield* storage.groups.insert(group({ id: hex(32, "1") as GroupId, kind: "dm", dmId: dm, lastMessageNs: 5n }))
+      yield* storage.groups.insert(group({ id: hex(32, "2") as GroupId, kind: "dm", dmId: dm, lastMessageNs: 7n }))
       expect(Option.getOrThrow(yield* storage.groups.get(groupId))).toEqual(group())
 
       yield* storage.groups.touch(hex(32, "1") as GroupId, 9n)
@@ -84,7 +89,7 @@ describe("Storage", () => {
       yield* storage.groups.markForked(groupId, "future epoch 9")
       yield* storage.groups.setMembership(groupId, "inactive")
       const saved = Option.getOrThrow(yield* storage.groups.get(groupId))
-      expect([saved.epoch, Array.from(saved.mls_state), saved.maybe_forked, saved.membership_state])
+      expect([saved.epoch, Array.from(saved.mlsState), saved.maybeForked, saved.membershipState])
         .toEqual([4n, [9], true, "inactive"])
       expect((yield* storage.groups.list({ includeInactive: false })).map((g) => g.id)).not.toContain(groupId)
       expect((yield* storage.groups.list({ includeInactive: true })).map((g) => g.id)).toContain(groupId)
@@ -101,7 +106,7 @@ describe("Storage", () => {
       yield* storage.messages.markPublished(id, { sentAtNs: 30n, sequenceId: 4n })
       const conversation = groupId as unknown as ConversationId
       const asc = yield* storage.messages.byConversation(conversation, {})
-      expect(asc.map((m) => [m.content, m.sent_at_ns, m.delivery_status])).toEqual([
+      expect(asc.map((m) => [m.content, m.sentAtNs, m.deliveryStatus])).toEqual([
         ["hello 1", 10n, "unpublished"],
         ["hello 2", 30n, "published"]
       ])
@@ -109,47 +114,49 @@ describe("Storage", () => {
       expect(latest.map((m) => m.content)).toEqual(["hello 2"])
       expect((yield* storage.messages.byConversation(conversation, { afterNs: 10n })).length).toBe(1)
       yield* storage.messages.markFailed(message("1", 0n).id)
-      expect(Option.getOrThrow(yield* storage.messages.get(message("1", 0n).id)).delivery_status).toBe("failed")
+      expect(Option.getOrThrow(yield* storage.messages.get(message("1", 0n).id)).deliveryStatus).toBe("failed")
     }).pipe(Effect.provide(memoryStore)))
 
   it.effect("intents move through their states with guarded transitions", () =>
     Effect.gen(function*() {
       const storage = yield* Storage
       yield* storage.groups.insert(group())
-      const id = yield* storage.intents.insert({ groupId, kind: "AddMembers", data: "{}", createdAtNs: 1n })
+      const id = yield* storage.intents.insert({ groupId, data: AddMembersData.make({ inboxIds: [inbox] }), createdAtNs: 1n })
       yield* storage.intents.markPublished(id, {
         payloadHash: "ab",
         payload: new Uint8Array([7]),
         publishedEpoch: 3n,
         stagedState: new Uint8Array([8]),
-        postCommitData: "welcomes"
+        postCommit: PostCommitData.make({ welcome: new Uint8Array([9]), installationIds: [installation] })
       })
       const published = Option.getOrThrow(yield* storage.intents.byPayloadHash("ab"))
-      expect([published.state, published.published_epoch, published.attempts]).toEqual(["Published", 3n, 1])
+      const welcomes = PostCommitData.make({ welcome: new Uint8Array([1, 2]), installationIds: [] })
+      expect([published.state, published.publishedEpoch, published.attempts]).toEqual(["Published", 3n, 1])
       // A second write-ahead of the same intent is refused: it is no longer ToPublish.
       yield* storage.intents.markPublished(id, {
         payloadHash: "cd",
         payload: new Uint8Array(),
         publishedEpoch: 4n,
         stagedState: null,
-        postCommitData: null
+        postCommit: null
       })
       expect(Option.isNone(yield* storage.intents.byPayloadHash("cd"))).toBe(true)
 
       yield* storage.intents.resetToPublish(id, { conflict: true })
       const reset = Option.getOrThrow(yield* storage.intents.get(id))
-      expect([reset.state, reset.payload_hash, reset.staged_state, reset.conflicts]).toEqual(["ToPublish", null, null, 1])
+      expect([reset.state, reset.payloadHash, reset.stagedState, reset.conflicts]).toEqual(["ToPublish", null, null, 1])
 
       yield* storage.intents.markPublished(id, {
         payloadHash: "ef",
         payload: new Uint8Array([1]),
         publishedEpoch: 4n,
         stagedState: null,
-        postCommitData: "w"
+        postCommit: welcomes
       })
       yield* storage.intents.markCommitted(id, 12n)
       const committed = Option.getOrThrow(yield* storage.intents.get(id))
-      expect([committed.state, committed.sequence_id, committed.post_commit_data]).toEqual(["Committed", 12n, "w"])
+      expect([committed.state, committed.sequenceId, committed.postCommit]).toEqual(["Committed", 12n, welcomes])
+      expect(committed.data).toEqual(AddMembersData.make({ inboxIds: [inbox] }))
       expect((yield* storage.intents.byGroup(groupId, ["Committed"])).map((i) => i.id)).toEqual([id])
       yield* storage.intents.markProcessed(id)
       yield* storage.intents.markError(id, "too late") // terminal: ignored
@@ -168,31 +175,41 @@ describe("Storage", () => {
   it.effect("identity, key packages and cached identity logs round-trip", () =>
     Effect.gen(function*() {
       const storage = yield* Storage
-      const identity = IdentityRow.make({
-        inbox_id: inbox,
-        installation_id: installation,
-        root_secret_key: new Uint8Array([1]),
-        signature_private_key: new Uint8Array([2]),
-        signature_public_key: new Uint8Array([3]),
+      const identity = StoredIdentity.make({
+        inboxId: inbox,
+        installationId: installation,
+        rootSecretKey: new Uint8Array([1]),
+        signaturePrivateKey: new Uint8Array([2]),
+        signaturePublicKey: new Uint8Array([3]),
         registered: false,
-        created_at_ns: 1n
+        createdAtNs: 1n
       })
       yield* storage.identity.insert(identity)
       yield* storage.identity.markRegistered
-      expect(Option.getOrThrow(yield* storage.identity.get)).toEqual(IdentityRow.make({ ...identity, registered: true }))
+      expect(Option.getOrThrow(yield* storage.identity.get)).toEqual(StoredIdentity.make({ ...identity, registered: true }))
 
-      const kp = KeyPackageRow.make({
+      const kp = StoredKeyPackage.make({
         ref: "r1",
-        public_package: new Uint8Array([4]),
-        private_package: new Uint8Array([5]),
-        created_at_ns: 2n
+        publicPackage: new Uint8Array([4]),
+        privatePackage: new Uint8Array([5]),
+        createdAtNs: 2n
       })
       yield* storage.keyPackages.insert(kp)
       expect(yield* storage.keyPackages.list).toEqual([kp])
       yield* storage.keyPackages.remove("r1")
       expect(yield* storage.keyPackages.list).toEqual([])
 
-      const entry = InboxLogRow.make({ inbox_id: inbox, sequence: 1, update_json: "{}" })
+      const entry = InboxLogEntry.make({
+        inboxId: inbox,
+        sequence: 1,
+        update: IdentityUpdate.make({
+          inboxId: inbox,
+          sequence: 1,
+          previousHash: "",
+          action: { _tag: "RevokeInstallation", installationId: installation },
+          signature: "00"
+        })
+      })
       yield* storage.inboxLogs.append([entry, entry])
       expect(yield* storage.inboxLogs.entries(inbox)).toEqual([entry])
     }).pipe(Effect.provide(memoryStore)))

@@ -7,6 +7,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
 import { RPC_PATH } from "../layers/DeliveryServer.ts"
+import * as SqliteStorage from "../layers/SqliteStorage.ts"
 import { Client } from "../services/Client.ts"
 import * as RpcDeliveryService from "../layers/RpcDeliveryService.ts"
 import * as TsMlsCrypto from "../layers/TsMlsCrypto.ts"
@@ -55,6 +56,7 @@ export const openSqlite = (filename: string) =>
 /** The client of a profile: its SQLite file, the network delivery service, ts-mls. */
 export const clientLayer = (dir: string, server: string) =>
   Client.layer().pipe(
+    Layer.provide(SqliteStorage.layer),
     Layer.provide(openSqlite(files(dir).database)),
     Layer.provide(RpcDeliveryService.layer({ url: rpcUrl(server) })),
     Layer.provide(TsMlsCrypto.layer())

@@ -2,6 +2,7 @@
 import { Schema } from "effect"
 import { DeliveryStatus, MessageKind } from "./Content.ts"
 import { ConversationId, GroupId, InboxId, InstallationId, MessageId } from "./Ids.ts"
+import { addSkipCounts } from "./ReceiveDecision.ts"
 
 export class Message extends Schema.Class<Message>("Message")({
   id: MessageId,
@@ -44,18 +45,29 @@ export class SyncSummary extends Schema.Class<SyncSummary>("SyncSummary")({
   commits: Schema.Number,
   /** Envelopes skipped as undecryptable, malformed, stale or replayed. */
   skipped: Schema.Number,
+  /** `skipped` by reason (a `ReceiveDecision.SkipReason`); reasons that did not occur are absent. */
+  skippedBy: Schema.Record({ key: Schema.String, value: Schema.Number }),
   /** Intents published in this sync. */
   published: Schema.Number,
   /** Groups joined from welcomes. */
   joined: Schema.Number
 }) {
-  static readonly empty = new SyncSummary({ received: 0, messages: 0, commits: 0, skipped: 0, published: 0, joined: 0 })
+  static readonly empty = new SyncSummary({
+    received: 0,
+    messages: 0,
+    commits: 0,
+    skipped: 0,
+    skippedBy: {},
+    published: 0,
+    joined: 0
+  })
   static combine(a: SyncSummary, b: SyncSummary): SyncSummary {
     return new SyncSummary({
       received: a.received + b.received,
       messages: a.messages + b.messages,
       commits: a.commits + b.commits,
       skipped: a.skipped + b.skipped,
+      skippedBy: addSkipCounts(a.skippedBy, b.skippedBy) as Record<string, number>,
       published: a.published + b.published,
       joined: a.joined + b.joined
     })

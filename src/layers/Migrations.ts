@@ -94,8 +94,15 @@ const createTables = Effect.gen(function*() {
   )`
 })
 
+/** Where a group records that some of its rows were set aside as unreadable. */
+const addGroupQuarantine = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`ALTER TABLE converge_groups ADD COLUMN quarantine TEXT`
+})
+
 export const loader = Migrator.fromRecord({
-  "0001_create_tables": createTables
+  "0001_create_tables": createTables,
+  "0002_group_quarantine": addGroupQuarantine
 })
 
 /** Runs pending migrations; a no-op on a database that is up to date. */

@@ -1,46 +1,232 @@
 /**
  * `Storage` over `@effect/sql` (SQLite). Integers are read as safe integers (bigint): times
- * are nanoseconds. Every failure becomes a `StorageError` naming the operation.
+ * are nanoseconds. Rows are decoded here into the port's domain values, stored JSON included;
+ * a row that does not decode is logged, quarantined (an intent fails, its group is flagged) and
+ * skipped, so one bad row never stops a group. Every failure is a `StorageError` naming the
+ * operation.
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect, Option, type ParseResult, Schema } from "effect"
+import { Effect, Layer, Option, ParseResult, Schema } from "effect"
+import { DeliveryStatus, MembershipChangeJson, MessageKind } from "../domain/Content.ts"
 import { StorageError } from "../domain/Errors.ts"
-import type { IntentState } from "../domain/Intent.ts"
-import { GroupRow, IdentityRow, InboxLogRow, IntentRow, KeyPackageRow, MessageRow } from "../domain/Rows.ts"
-import type { Storage } from "../services/Storage.ts"
+import { ConversationId, GroupId, InboxId, InstallationId, MessageId } from "../domain/Ids.ts"
+import { IntentDataJson, IntentKind, IntentState, PostCommitDataJson } from "../domain/Intent.ts"
+import {
+  ConversationKind,
+  InboxLogEntry,
+  MembershipState,
+  StoredGroup,
+  StoredIdentity,
+  StoredIntent,
+  StoredKeyPackage,
+  StoredMessage
+} from "../domain/Stored.ts"
+import { IdentityUpdate } from "../domain/Wire.ts"
+import { Storage } from "../services/Storage.ts"
 import * as Migrations from "./Migrations.ts"
+
+// ---- rows: how the domain values sit in SQLite (private to this adapter) ----
+
+/** SQLite hands back bigint (safe integers) or number; counters are numbers in the domain. */
+const Int = Schema.transform(Schema.Union(Schema.BigIntFromSelf, Schema.Number), Schema.Number, {
+  strict: true,
+  decode: (n) => Number(n),
+  encode: (n) => n
+})
+const Flag = Schema.transform(Schema.Union(Schema.BigIntFromSelf, Schema.Number), Schema.Boolean, {
+  strict: true,
+  decode: (n) => Number(n) !== 0,
+  encode: (b) => (b ? 1 : 0)
+})
+const Big = Schema.transform(Schema.Union(Schema.BigIntFromSelf, Schema.Number), Schema.BigIntFromSelf, {
+  strict: true,
+  decode: (n) => BigInt(n),
+  encode: (n) => n
+})
+/** SQLite hands back Node Buffers; normalise them to plain Uint8Arrays. */
+const Bytes = Schema.transform(Schema.Uint8ArrayFromSelf, Schema.Uint8ArrayFromSelf, {
+  strict: true,
+  decode: (bytes) => (bytes.constructor === Uint8Array ? bytes : new Uint8Array(bytes)),
+  encode: (bytes) => bytes
+})
+const Nullable = Schema.NullOr
+/** A camelCase field read from its snake_case column. */
+const column = <S extends Schema.Schema.All>(schema: S, name: string) =>
+  Schema.propertySignature(schema).pipe(Schema.fromKey(name))
+
+const GroupRow = Schema.Struct({
+  id: GroupId,
+  kind: ConversationKind,
+  dmId: column(Nullable(ConversationId), "dm_id"),
+  membershipState: column(MembershipState, "membership_state"),
+  epoch: Big,
+  mlsState: column(Bytes, "mls_state"),
+  maybeForked: column(Flag, "maybe_forked"),
+  forkDetails: column(Nullable(Schema.String), "fork_details"),
+  quarantine: Nullable(Schema.String),
+  name: Nullable(Schema.String),
+  description: Nullable(Schema.String),
+  addedByInboxId: column(Nullable(InboxId), "added_by_inbox_id"),
+  createdAtNs: column(Big, "created_at_ns"),
+  lastMessageNs: column(Big, "last_message_ns")
+})
+
+const MessageColumns = Schema.Struct({
+  id: MessageId,
+  groupId: column(GroupId, "group_id"),
+  conversationId: column(ConversationId, "conversation_id"),
+  senderInboxId: column(InboxId, "sender_inbox_id"),
+  senderInstallationId: column(InstallationId, "sender_installation_id"),
+  sentAtNs: column(Big, "sent_at_ns"),
+  sequenceId: column(Nullable(Big), "sequence_id"),
+  kind: MessageKind,
+  content: Schema.String,
+  deliveryStatus: column(DeliveryStatus, "delivery_status"),
+  insertedAtNs: column(Big, "inserted_at_ns")
+})
+
+/** A membership change's content is its transcript entry: decoded here, and must decode. */
+const MessageRow = Schema.transformOrFail(MessageColumns, Schema.typeSchema(StoredMessage), {
+  strict: true,
+  decode: (row, _, ast) =>
+    row.kind === "text"
+      ? ParseResult.succeed({ ...row, membershipChange: null })
+      : Schema.decodeUnknown(MembershipChangeJson)(row.content).pipe(
+        Effect.map((membershipChange) => ({ ...row, membershipChange })),
+        Effect.mapError((e) => new ParseResult.Type(ast, row.content, `membership change content: ${e.message}`))
+      ),
+  encode: ({ membershipChange: _, ...row }) => ParseResult.succeed(row)
+})
+
+const IntentRow = Schema.Struct({
+  id: Int,
+  groupId: column(GroupId, "group_id"),
+  kind: IntentKind,
+  data: IntentDataJson,
+  state: IntentState,
+  payloadHash: column(Nullable(Schema.String), "payload_hash"),
+  payload: Nullable(Bytes),
+  publishedEpoch: column(Nullable(Big), "published_epoch"),
+  stagedState: column(Nullable(Bytes), "staged_state"),
+  postCommit: column(Nullable(PostCommitDataJson), "post_commit_data"),
+  sequenceId: column(Nullable(Big), "sequence_id"),
+  attempts: Int,
+  conflicts: Int,
+  error: Nullable(Schema.String),
+  createdAtNs: column(Big, "created_at_ns")
+})
+
+const IdentityRow = Schema.Struct({
+  inboxId: column(InboxId, "inbox_id"),
+  installationId: column(InstallationId, "installation_id"),
+  rootSecretKey: column(Nullable(Bytes), "root_secret_key"),
+  signaturePrivateKey: column(Bytes, "signature_private_key"),
+  signaturePublicKey: column(Bytes, "signature_public_key"),
+  registered: Flag,
+  createdAtNs: column(Big, "created_at_ns")
+})
+
+const KeyPackageRow = Schema.Struct({
+  ref: Schema.String,
+  publicPackage: column(Bytes, "public_package"),
+  privatePackage: column(Bytes, "private_package"),
+  createdAtNs: column(Big, "created_at_ns")
+})
+
+const InboxLogRow = Schema.Struct({
+  inboxId: column(InboxId, "inbox_id"),
+  sequence: Int,
+  update: column(Schema.parseJson(IdentityUpdate), "update_json")
+})
+
+// The rows decode to exactly the port's values.
+const _rowsMatchDomain: [
+  typeof GroupRow.Type extends StoredGroup ? true : false,
+  typeof MessageRow.Type extends StoredMessage ? true : false,
+  typeof IntentRow.Type extends StoredIntent ? true : false,
+  typeof IdentityRow.Type extends StoredIdentity ? true : false,
+  typeof KeyPackageRow.Type extends StoredKeyPackage ? true : false,
+  typeof InboxLogRow.Type extends InboxLogEntry ? true : false
+] = [true, true, true, true, true, true]
 
 const toStorageError = (operation: string) => (error: SqlError | ParseResult.ParseError | { readonly message: string }) =>
   new StorageError({ operation, detail: error.message })
+
+/** A stored row as SQLite returns it, before decoding. */
+type RawRow = { readonly [column: string]: unknown }
 
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   yield* Migrations.run.pipe(Effect.mapError(toStorageError("migrate")))
 
-  /** Runs a statement with safe integers and a span, mapping errors to `StorageError`. */
+  /**
+   * Runs a statement with safe integers, mapping errors to `StorageError`. No span: these are
+   * the hot paths of every sync, traced by the engine step that calls them.
+   */
   const run = <A>(operation: string, effect: Effect.Effect<A, SqlError | ParseResult.ParseError>) =>
-    effect.pipe(
-      Effect.provideService(SqlClient.SafeIntegers, true),
-      Effect.mapError(toStorageError(operation)),
-      Effect.withSpan(`Storage.${operation}`)
-    )
+    effect.pipe(Effect.provideService(SqlClient.SafeIntegers, true), Effect.mapError(toStorageError(operation)))
 
-  const decodeAll = <A, I>(schema: Schema.Schema<A, I>) => Schema.decodeUnknown(Schema.Array(schema))
+  /** Flags a group: some of its stored rows were set aside. */
+  const flagGroup = (groupId: unknown, why: string) =>
+    typeof groupId === "string" ? sql`UPDATE converge_groups SET quarantine = ${why} WHERE id = ${groupId}` : Effect.void
+
+  /** What to do with a row that does not decode, per table (besides logging and skipping it). */
+  const quarantine = {
+    groups: (row: RawRow, why: string) => flagGroup(row.id, `group row: ${why}`),
+    messages: (row: RawRow, why: string) => flagGroup(row.group_id, `message ${String(row.id)}: ${why}`),
+    intents: (row: RawRow, why: string) =>
+      Effect.gen(function*() {
+        // Nothing can be derived from an intent we cannot read: it fails, and its message with it.
+        yield* sql`UPDATE converge_intents SET state = 'Error', error = ${`stored intent does not decode: ${why}`},
+                   staged_state = NULL WHERE id = ${row.id as bigint} AND state NOT IN ('Processed', 'Error')`
+        yield* sql`UPDATE converge_messages SET delivery_status = 'failed'
+                   WHERE delivery_status = 'unpublished' AND id = ${messageIdIn(row.data)}`
+        yield* flagGroup(row.group_id, `intent ${String(row.id)}: ${why}`)
+      }),
+    none: () => Effect.void
+  }
+
+  /** Decodes each row; one that does not decode is logged, quarantined and left out. */
+  const decodeEach = <A, I>(
+    schema: Schema.Schema<A, I>,
+    table: string,
+    onBadRow: (row: RawRow, why: string) => Effect.Effect<unknown, SqlError>
+  ) =>
+  (rows: ReadonlyArray<unknown>) =>
+    Effect.gen(function*() {
+      const decoded: Array<A> = []
+      for (const row of rows) {
+        const result = yield* Schema.decodeUnknown(schema)(row).pipe(Effect.either)
+        if (result._tag === "Right") {
+          decoded.push(result.right)
+          continue
+        }
+        yield* Effect.logWarning("stored row does not decode: quarantined and skipped", result.left.message).pipe(
+          Effect.annotateLogs({ table, rowId: String((row as RawRow).id ?? (row as RawRow).ref ?? "?") })
+        )
+        yield* onBadRow(row as RawRow, result.left.message)
+      }
+      return decoded
+    })
   const first = <A>(rows: ReadonlyArray<A>) => Option.fromNullable(rows[0])
 
+  const decodeGroups = decodeEach(GroupRow, "converge_groups", quarantine.groups)
+  const decodeMessages = decodeEach(MessageRow, "converge_messages", quarantine.messages)
+  const decodeIntents = decodeEach(IntentRow, "converge_intents", quarantine.intents)
+
   const groups: Storage["Type"]["groups"] = {
-    insert: (row) =>
+    insert: (group) =>
       run(
         "groups.insert",
-        Schema.encode(GroupRow)(row).pipe(
-          Effect.flatMap((encoded) => sql`INSERT INTO converge_groups ${sql.insert(encoded as never)}`)
+        Schema.encode(GroupRow)(group).pipe(
+          Effect.flatMap((row) => sql`INSERT INTO converge_groups ${sql.insert(row as never)}`)
         )
       ),
     get: (id) =>
       run(
         "groups.get",
-        sql`SELECT * FROM converge_groups WHERE id = ${id}`.pipe(Effect.flatMap(decodeAll(GroupRow)), Effect.map(first))
+        sql`SELECT * FROM converge_groups WHERE id = ${id}`.pipe(Effect.flatMap(decodeGroups), Effect.map(first))
       ),
     list: ({ includeInactive }) =>
       run(
@@ -48,13 +234,13 @@ export const make = Effect.gen(function*() {
         (includeInactive
           ? sql`SELECT * FROM converge_groups ORDER BY last_message_ns DESC, id`
           : sql`SELECT * FROM converge_groups WHERE membership_state != 'inactive'
-                ORDER BY last_message_ns DESC, id`).pipe(Effect.flatMap(decodeAll(GroupRow)))
+                ORDER BY last_message_ns DESC, id`).pipe(Effect.flatMap(decodeGroups))
       ),
     byDmId: (dmId) =>
       run(
         "groups.byDmId",
         sql`SELECT * FROM converge_groups WHERE dm_id = ${dmId} ORDER BY last_message_ns DESC, id`.pipe(
-          Effect.flatMap(decodeAll(GroupRow))
+          Effect.flatMap(decodeGroups)
         )
       ),
     saveState: (id, { epoch, mlsState }) =>
@@ -74,12 +260,12 @@ export const make = Effect.gen(function*() {
   }
 
   const messages: Storage["Type"]["messages"] = {
-    insert: (row) =>
+    insert: (message) =>
       run(
         "messages.insert",
-        Schema.encode(MessageRow)(row).pipe(
-          Effect.flatMap((encoded) =>
-            sql`INSERT INTO converge_messages ${sql.insert(encoded as never)} ON CONFLICT (id) DO NOTHING RETURNING id`
+        Schema.encode(MessageRow)(message).pipe(
+          Effect.flatMap((row) =>
+            sql`INSERT INTO converge_messages ${sql.insert(row as never)} ON CONFLICT (id) DO NOTHING RETURNING id`
           ),
           Effect.map((rows) => rows.length > 0)
         )
@@ -87,7 +273,7 @@ export const make = Effect.gen(function*() {
     get: (id) =>
       run(
         "messages.get",
-        sql`SELECT * FROM converge_messages WHERE id = ${id}`.pipe(Effect.flatMap(decodeAll(MessageRow)), Effect.map(first))
+        sql`SELECT * FROM converge_messages WHERE id = ${id}`.pipe(Effect.flatMap(decodeMessages), Effect.map(first))
       ),
     markPublished: (id, { sentAtNs, sequenceId }) =>
       run(
@@ -108,67 +294,74 @@ export const make = Effect.gen(function*() {
             ORDER BY sent_at_ns ${direction === "asc" ? sql`ASC` : sql`DESC`},
                      coalesce(sequence_id, 9223372036854775807) ${direction === "asc" ? sql`ASC` : sql`DESC`},
                      id ${direction === "asc" ? sql`ASC` : sql`DESC`}
-            ${limit === undefined ? sql`` : sql`LIMIT ${limit}`}`.pipe(Effect.flatMap(decodeAll(MessageRow)))
+            ${limit === undefined ? sql`` : sql`LIMIT ${limit}`}`.pipe(Effect.flatMap(decodeMessages))
       ),
     membershipChanges: (id) =>
       run(
         "messages.membershipChanges",
         sql`SELECT * FROM converge_messages WHERE conversation_id = ${id} AND kind = 'membershipChange'
-            ORDER BY sent_at_ns`.pipe(Effect.flatMap(decodeAll(MessageRow)))
+            ORDER BY sent_at_ns`.pipe(Effect.flatMap(decodeMessages))
       ),
     insertedAfter: (insertedAtNs, limit) =>
       run(
         "messages.insertedAfter",
         sql`SELECT * FROM converge_messages WHERE inserted_at_ns > ${insertedAtNs}
-            ORDER BY inserted_at_ns, id LIMIT ${limit}`.pipe(Effect.flatMap(decodeAll(MessageRow)))
+            ORDER BY inserted_at_ns, id LIMIT ${limit}`.pipe(Effect.flatMap(decodeMessages))
       )
   }
 
   const inStates = (states: ReadonlyArray<IntentState>) => sql.in(states as Array<IntentState>)
 
   const intents: Storage["Type"]["intents"] = {
-    insert: ({ createdAtNs, data, groupId, kind }) =>
+    insert: ({ createdAtNs, data, groupId }) =>
       run(
         "intents.insert",
-        sql<{ id: bigint }>`INSERT INTO converge_intents (group_id, kind, data, state, created_at_ns)
-            VALUES (${groupId}, ${kind}, ${data}, 'ToPublish', ${createdAtNs}) RETURNING id`.pipe(
+        Schema.encode(IntentDataJson)(data).pipe(
+          Effect.flatMap((json) =>
+            sql<{ id: bigint }>`INSERT INTO converge_intents (group_id, kind, data, state, created_at_ns)
+                VALUES (${groupId}, ${data._tag}, ${json}, 'ToPublish', ${createdAtNs}) RETURNING id`
+          ),
           Effect.map((rows) => Number(rows[0]!.id))
         )
       ),
     get: (id) =>
       run(
         "intents.get",
-        sql`SELECT * FROM converge_intents WHERE id = ${id}`.pipe(Effect.flatMap(decodeAll(IntentRow)), Effect.map(first))
+        sql`SELECT * FROM converge_intents WHERE id = ${id}`.pipe(Effect.flatMap(decodeIntents), Effect.map(first))
       ),
     byGroup: (groupId, states) =>
       run(
         "intents.byGroup",
         sql`SELECT * FROM converge_intents WHERE group_id = ${groupId} AND state IN ${inStates(states)} ORDER BY id`.pipe(
-          Effect.flatMap(decodeAll(IntentRow))
+          Effect.flatMap(decodeIntents)
         )
       ),
     byState: (states) =>
       run(
         "intents.byState",
         sql`SELECT * FROM converge_intents WHERE state IN ${inStates(states)} ORDER BY id`.pipe(
-          Effect.flatMap(decodeAll(IntentRow))
+          Effect.flatMap(decodeIntents)
         )
       ),
     byPayloadHash: (hash) =>
       run(
         "intents.byPayloadHash",
         sql`SELECT * FROM converge_intents WHERE payload_hash = ${hash}`.pipe(
-          Effect.flatMap(decodeAll(IntentRow)),
+          Effect.flatMap(decodeIntents),
           Effect.map(first)
         )
       ),
     markPublished: (id, p) =>
       run(
         "intents.markPublished",
-        sql`UPDATE converge_intents SET state = 'Published', payload_hash = ${p.payloadHash}, payload = ${p.payload},
-            published_epoch = ${p.publishedEpoch}, staged_state = ${p.stagedState},
-            post_commit_data = ${p.postCommitData}, attempts = attempts + 1
-            WHERE id = ${id} AND state = 'ToPublish'`
+        Schema.encode(Schema.NullOr(PostCommitDataJson))(p.postCommit).pipe(
+          Effect.flatMap((postCommit) =>
+            sql`UPDATE converge_intents SET state = 'Published', payload_hash = ${p.payloadHash},
+                payload = ${p.payload}, published_epoch = ${p.publishedEpoch}, staged_state = ${p.stagedState},
+                post_commit_data = ${postCommit}, attempts = attempts + 1
+                WHERE id = ${id} AND state = 'ToPublish'`
+          )
+        )
       ),
     resetToPublish: (id, { conflict }) =>
       run(
@@ -225,38 +418,39 @@ export const make = Effect.gen(function*() {
   }
 
   const identity: Storage["Type"]["identity"] = {
+    // No quarantine: without its identity the installation cannot run; the error says why.
     get: run(
       "identity.get",
       sql`SELECT * FROM converge_identity WHERE singleton = 1`.pipe(
-        Effect.flatMap(decodeAll(IdentityRow)),
+        Effect.flatMap(Schema.decodeUnknown(Schema.Array(IdentityRow))),
         Effect.map(first)
       )
     ),
-    insert: (row) =>
+    insert: (stored) =>
       run(
         "identity.insert",
-        Schema.encode(IdentityRow)(row).pipe(
-          Effect.flatMap((encoded) =>
-            sql`INSERT INTO converge_identity ${sql.insert({ singleton: 1, ...encoded } as never)}`
-          )
+        Schema.encode(IdentityRow)(stored).pipe(
+          Effect.flatMap((row) => sql`INSERT INTO converge_identity ${sql.insert({ singleton: 1, ...row } as never)}`)
         )
       ),
     markRegistered: run("identity.markRegistered", sql`UPDATE converge_identity SET registered = 1 WHERE singleton = 1`)
   }
 
   const keyPackages: Storage["Type"]["keyPackages"] = {
-    insert: (row) =>
+    insert: (keyPackage) =>
       run(
         "keyPackages.insert",
-        Schema.encode(KeyPackageRow)(row).pipe(
-          Effect.flatMap((encoded) =>
-            sql`INSERT INTO converge_key_packages ${sql.insert(encoded as never)} ON CONFLICT (ref) DO NOTHING`
+        Schema.encode(KeyPackageRow)(keyPackage).pipe(
+          Effect.flatMap((row) =>
+            sql`INSERT INTO converge_key_packages ${sql.insert(row as never)} ON CONFLICT (ref) DO NOTHING`
           )
         )
       ),
     list: run(
       "keyPackages.list",
-      sql`SELECT * FROM converge_key_packages ORDER BY created_at_ns DESC`.pipe(Effect.flatMap(decodeAll(KeyPackageRow)))
+      sql`SELECT * FROM converge_key_packages ORDER BY created_at_ns DESC`.pipe(
+        Effect.flatMap(decodeEach(KeyPackageRow, "converge_key_packages", quarantine.none))
+      )
     ),
     remove: (ref) => run("keyPackages.remove", sql`DELETE FROM converge_key_packages WHERE ref = ${ref}`)
   }
@@ -265,18 +459,19 @@ export const make = Effect.gen(function*() {
     entries: (inboxId) =>
       run(
         "inboxLogs.entries",
+        // A skipped entry breaks the chain: the log is then replayed from the network.
         sql`SELECT * FROM converge_inbox_log WHERE inbox_id = ${inboxId} ORDER BY sequence`.pipe(
-          Effect.flatMap(decodeAll(InboxLogRow))
+          Effect.flatMap(decodeEach(InboxLogRow, "converge_inbox_log", quarantine.none))
         )
       ),
-    append: (rows) =>
-      rows.length === 0
+    append: (entries) =>
+      entries.length === 0
         ? Effect.void
         : run(
           "inboxLogs.append",
-          Schema.encode(Schema.Array(InboxLogRow))(rows).pipe(
-            Effect.flatMap((encoded) =>
-              sql`INSERT INTO converge_inbox_log ${sql.insert(encoded as never)}
+          Schema.encode(Schema.Array(InboxLogRow))(entries).pipe(
+            Effect.flatMap((rows) =>
+              sql`INSERT INTO converge_inbox_log ${sql.insert(rows as never)}
                   ON CONFLICT (inbox_id, sequence) DO NOTHING`
             )
           )
@@ -291,5 +486,12 @@ export const make = Effect.gen(function*() {
       )
     ) as Effect.Effect<A, E | StorageError, R>
 
-  return { groups, messages, intents, cursors, identity, keyPackages, inboxLogs, transaction } satisfies Storage["Type"]
+  return Storage.of({ groups, messages, intents, cursors, identity, keyPackages, inboxLogs, transaction })
 })
+
+/** The message an unreadable intent was sending, if its (maybe truncated) JSON still names one. */
+const messageIdIn = (data: unknown): string | null =>
+  typeof data === "string" ? (/"messageId"\s*:\s*"([0-9a-f]{64})"/.exec(data)?.[1] ?? null) : null
+
+/** SQLite (or any `SqlClient`): runs the migrations, then serves the repositories. */
+export const layer: Layer.Layer<Storage, StorageError, SqlClient.SqlClient> = Layer.effect(Storage, make)

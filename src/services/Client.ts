@@ -3,7 +3,6 @@
  * (the contract is `shared/API.md`). Every user action queues an intent in one transaction
  * and then runs the typed `resolve` program; reads come from the local store.
  */
-import type { SqlClient } from "@effect/sql"
 import {
   Clock,
   Context,
@@ -21,8 +20,12 @@ import { messageIdOf } from "../domain/Content.ts"
 import {
   type ConvergeError,
   ConversationNotFound,
+  type CryptoError,
+  type DeliveryError,
   GroupInactive,
   InboxNotFound,
+  type IntentFailed,
+  InvalidIdentityUpdate,
   InvalidInput,
   NotAMember,
   KeyPackageUnavailable,
@@ -38,26 +41,20 @@ import {
 } from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
 import { GroupMetadata, GroupMetadataJson, Member, Message, SyncSummary } from "../domain/Model.ts"
-import { GroupRow, MessageRow } from "../domain/Rows.ts"
-import type { MembershipState } from "../domain/Rows.ts"
+import { StoredGroup, StoredMessage } from "../domain/Stored.ts"
+import type { MembershipState } from "../domain/Stored.ts"
 import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
 import { DeliveryService } from "./DeliveryService.ts"
-import {
-  defaultEngineOptions,
-  type EngineEnv,
-  type EngineOptions,
-  groupTopic,
-  loadGroupRow,
-  makeStateCache,
-  newLeaveRequest,
-  queueIntent as queueIntentIn
-} from "./Engine.ts"
+import { groupTopic, welcomeTopic } from "../domain/Topics.ts"
+import { defaultEngineOptions, type EngineContext, type EngineOptions, loadGroupRow } from "./EngineContext.ts"
+import * as GroupStateCache from "./GroupStateCache.ts"
+import { newLeaveRequest, queueIntent as queueIntentIn } from "./IntentQueue.ts"
 import * as GroupSync from "./GroupSync.ts"
 import { Identity, type IdentityOptions } from "./Identity.ts"
 import * as IdentityService from "./Identity.ts"
 import { MlsCrypto } from "./MlsCrypto.ts"
 import * as Publisher from "./Publisher.ts"
-import { Storage } from "./Storage.ts"
+import { type MessageQuery, Storage } from "./Storage.ts"
 import * as Welcomes from "./Welcomes.ts"
 
 export interface ConversationDebugInfo {
@@ -67,30 +64,44 @@ export interface ConversationDebugInfo {
   readonly maybeForked: boolean
 }
 
+/** Reading what the local store holds: the conversation may be unknown, the store may fail. */
+export type LookupError = ConversationNotFound | StorageError
+/** Reading a group's MLS state as well. */
+export type ReadError = LookupError | CryptoError
+/**
+ * Syncing and publishing: the network, the store and MLS can fail, and a member's identity log
+ * may not verify. (`EpochConflict` never escapes: it is retried, then becomes `IntentFailed`.)
+ */
+export type SyncError = ReadError | DeliveryError | InvalidIdentityUpdate
+/** A user action that queues an intent and waits until it is published and seen. */
+export type ActionError = SyncError | GroupInactive | IntentFailed
+
 export interface Conversation {
   readonly id: ConversationId
   readonly kind: "group" | "dm"
   /** Resolves once the message is published and seen on the group topic. */
-  readonly send: (text: string) => Effect.Effect<MessageId, ConvergeError>
+  readonly send: (text: string) => Effect.Effect<MessageId, ActionError | InvalidInput>
   /** Stores the message as `unpublished` now; `publishPending` (or any sync) publishes it. */
-  readonly sendOptimistic: (text: string) => Effect.Effect<MessageId, ConvergeError>
-  readonly publishPending: Effect.Effect<void, ConvergeError>
-  readonly sync: Effect.Effect<SyncSummary, ConvergeError>
+  readonly sendOptimistic: (text: string) => Effect.Effect<MessageId, LookupError | GroupInactive | InvalidInput>
+  readonly publishPending: Effect.Effect<void, SyncError | IntentFailed>
+  readonly sync: Effect.Effect<SyncSummary, SyncError>
   readonly messages: (options?: {
     readonly limit?: number
     readonly direction?: "asc" | "desc"
     readonly afterNs?: bigint
-  }) => Effect.Effect<ReadonlyArray<Message>, ConvergeError>
-  readonly members: Effect.Effect<ReadonlyArray<Member>, ConvergeError>
-  readonly addMembers: (inboxIds: ReadonlyArray<InboxId>) => Effect.Effect<void, ConvergeError>
-  readonly removeMembers: (inboxIds: ReadonlyArray<InboxId>) => Effect.Effect<void, ConvergeError>
+  }) => Effect.Effect<ReadonlyArray<Message>, StorageError | InvalidInput>
+  readonly members: Effect.Effect<ReadonlyArray<Member>, ReadError>
+  readonly addMembers: (
+    inboxIds: ReadonlyArray<InboxId>
+  ) => Effect.Effect<void, ActionError | InvalidInput | InboxNotFound | KeyPackageUnavailable>
+  readonly removeMembers: (inboxIds: ReadonlyArray<InboxId>) => Effect.Effect<void, ActionError | InvalidInput | NotAMember>
   /** Rotates this installation's leaf key (a self-update commit). */
-  readonly updateKeys: Effect.Effect<void, ConvergeError>
-  readonly leave: Effect.Effect<void, ConvergeError>
-  readonly state: Effect.Effect<MembershipState, ConvergeError>
+  readonly updateKeys: Effect.Effect<void, ActionError>
+  readonly leave: Effect.Effect<void, ActionError | InvalidInput | NotAMember>
+  readonly state: Effect.Effect<MembershipState, LookupError>
   /** The name and description the group was created with; none for a DM. */
-  readonly metadata: Effect.Effect<GroupMetadata, ConvergeError>
-  readonly debugInfo: Effect.Effect<ConversationDebugInfo, ConvergeError>
+  readonly metadata: Effect.Effect<GroupMetadata, LookupError>
+  readonly debugInfo: Effect.Effect<ConversationDebugInfo, ReadError>
 }
 
 export interface ClientOptions extends Partial<EngineOptions>, IdentityOptions {}
@@ -104,26 +115,27 @@ export class Client extends Context.Tag("converge/Client")<Client, {
   readonly createGroup: (
     members: ReadonlyArray<InboxId>,
     options?: { readonly name?: string; readonly description?: string }
-  ) => Effect.Effect<Conversation, ConvergeError>
-  readonly findOrCreateDm: (peer: InboxId) => Effect.Effect<Conversation, ConvergeError>
-  readonly conversation: (id: ConversationId) => Effect.Effect<Conversation, ConversationNotFound | InvalidInput | StorageError>
+  ) => Effect.Effect<Conversation, ActionError | InvalidInput | InboxNotFound | KeyPackageUnavailable>
+  readonly findOrCreateDm: (
+    peer: InboxId
+  ) => Effect.Effect<Conversation, ActionError | InvalidInput | InboxNotFound | KeyPackageUnavailable>
+  readonly conversation: (id: ConversationId) => Effect.Effect<Conversation, LookupError | InvalidInput>
   readonly conversations: (options?: {
     readonly kind?: "group" | "dm"
     readonly includeInactive?: boolean
-  }) => Effect.Effect<ReadonlyArray<Conversation>, ConvergeError>
+  }) => Effect.Effect<ReadonlyArray<Conversation>, StorageError>
   /** Welcomes first, then every active group that has news or pending intents. */
-  readonly syncAll: Effect.Effect<SyncSummary, ConvergeError>
+  readonly syncAll: Effect.Effect<SyncSummary, SyncError>
   /** New messages across all conversations, including groups joined while streaming. */
-  readonly streamMessages: Stream.Stream<Message, ConvergeError>
+  readonly streamMessages: Stream.Stream<Message, SyncError>
 }>() {
   /**
-   * A client over a SQLite database (any `SqlClient`), a delivery service and MLS crypto.
-   * Creates the identity on first open and loads it afterwards.
+   * A client over a local store (`SqliteStorage.layer` over a `SqlClient`), a delivery service
+   * and MLS crypto. Creates the identity on first open and loads it afterwards.
    */
   static readonly layer = (
     options: ClientOptions = {}
-  ): Layer.Layer<Client, ConvergeError, DeliveryService | MlsCrypto | SqlClient.SqlClient> =>
-    Layer.scoped(this, make(options)).pipe(Layer.provide(Storage.layer))
+  ): Layer.Layer<Client, ConvergeError, DeliveryService | MlsCrypto | Storage> => Layer.scoped(this, make(options))
 }
 
 const decodeInbox = Schema.decodeUnknown(InboxId)
@@ -157,15 +169,15 @@ export const make = (options: ClientOptions = {}) =>
       }
       return lock
     }
-    const stored = yield* Effect.acquireRelease(PubSub.unbounded<MessageRow>(), PubSub.shutdown)
-    const env: EngineEnv = {
+    const stored = yield* Effect.acquireRelease(PubSub.unbounded<StoredMessage>(), PubSub.shutdown)
+    const env: EngineContext = {
       storage,
       crypto,
       ds,
       identity,
       options: engineOptions,
       withGroupLock: (groupId) => lockOf(groupId).withPermits(1),
-      ...makeStateCache(crypto),
+      ...GroupStateCache.make(crypto),
       stored
     }
     const sync = GroupSync.make(env)
@@ -221,15 +233,15 @@ export const make = (options: ClientOptions = {}) =>
     const activeGroup = (groupId: GroupId) =>
       Effect.gen(function*() {
         const group = yield* loadGroupRow(env, groupId)
-        if (group.membership_state === "inactive") return yield* new GroupInactive({ groupId })
+        if (group.membershipState === "inactive") return yield* new GroupInactive({ groupId })
         return group
       })
 
-    const groupMembers = (group: GroupRow) =>
+    const groupMembers = (group: StoredGroup) =>
       env.loadState(group).pipe(Effect.map((state) => GroupSync.membersByInbox(crypto.view(state))))
 
     /** Stores the message as unpublished and queues its intent, in one transaction. */
-    const queueMessage = (group: GroupRow, text: string) =>
+    const queueMessage = (group: StoredGroup, text: string) =>
       Effect.gen(function*() {
         if (new TextEncoder().encode(text).length > MAX_TEXT_BYTES) {
           return yield* new InvalidInput({ reason: `message text is over ${MAX_TEXT_BYTES} bytes` })
@@ -237,18 +249,19 @@ export const make = (options: ClientOptions = {}) =>
         const nonce = toHex(randomBytes(16))
         const messageId = messageIdOf(group.id, identity.installationId, nonce)
         const now = yield* Clock.currentTimeNanos
-        const row = MessageRow.make({
+        const row = StoredMessage.make({
           id: messageId,
-          group_id: group.id,
-          conversation_id: group.dm_id ?? (group.id as unknown as ConversationId),
-          sender_inbox_id: self,
-          sender_installation_id: identity.installationId,
-          sent_at_ns: now,
-          sequence_id: null,
+          groupId: group.id,
+          conversationId: group.dmId ?? (group.id as unknown as ConversationId),
+          senderInboxId: self,
+          senderInstallationId: identity.installationId,
+          sentAtNs: now,
+          sequenceId: null,
           kind: "text",
           content: text,
-          delivery_status: "unpublished",
-          inserted_at_ns: now
+          membershipChange: null,
+          deliveryStatus: "unpublished",
+          insertedAtNs: now
         })
         const intentId = yield* storage.transaction(Effect.gen(function*() {
           yield* storage.messages.insert(row)
@@ -259,17 +272,17 @@ export const make = (options: ClientOptions = {}) =>
         return { messageId, intentId }
       })
 
-    const toMessage = (row: MessageRow) =>
+    const toMessage = (row: StoredMessage) =>
       Message.make({
         id: row.id,
-        conversationId: row.conversation_id,
-        groupId: row.group_id,
-        senderInboxId: row.sender_inbox_id,
-        senderInstallationId: row.sender_installation_id,
-        sentAtNs: row.sent_at_ns,
+        conversationId: row.conversationId,
+        groupId: row.groupId,
+        senderInboxId: row.senderInboxId,
+        senderInstallationId: row.senderInstallationId,
+        sentAtNs: row.sentAtNs,
         kind: row.kind,
         text: row.content,
-        deliveryStatus: row.delivery_status
+        deliveryStatus: row.deliveryStatus
       })
 
     const summarize = (outcome: GroupSync.PageOutcome | undefined, extra: Partial<SyncSummary> = {}) =>
@@ -278,6 +291,7 @@ export const make = (options: ClientOptions = {}) =>
         messages: outcome?.messages ?? 0,
         commits: outcome?.commits ?? 0,
         skipped: outcome?.skipped ?? 0,
+        skippedBy: outcome?.skippedBy ?? {},
         published: extra.published ?? 0,
         joined: extra.joined ?? 0
       })
@@ -301,31 +315,34 @@ export const make = (options: ClientOptions = {}) =>
     const primaryOf = (id: ConversationId, kind: "group" | "dm") =>
       Effect.gen(function*() {
         const groups = yield* groupsOf(id, kind)
-        const primary = groups.find((g) => g.membership_state !== "inactive") ?? groups[0]
+        const primary = groups.find((g) => g.membershipState !== "inactive") ?? groups[0]
         if (primary === undefined) return yield* new ConversationNotFound({ conversationId: id })
         return primary
       })
 
     const activePrimary = (id: ConversationId, kind: "group" | "dm") =>
       primaryOf(id, kind).pipe(
-        Effect.filterOrFail((g) => g.membership_state !== "inactive", (g) => new GroupInactive({ groupId: g.id }))
+        Effect.filterOrFail((g) => g.membershipState !== "inactive", (g) => new GroupInactive({ groupId: g.id }))
       )
 
     const handle = (id: ConversationId, kind: "group" | "dm"): Conversation => {
-      const span = (name: string) => Effect.withSpan(`Conversation.${name}`, { attributes: { conversationId: id } })
+      const traced = { attributes: { conversationId: id } }
+      /** For the operations that are effects rather than functions (`Effect.fn` needs a function). */
+      const span = (name: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+        effect.pipe(Effect.annotateLogs({ conversationId: id }), Effect.withSpan(`Conversation.${name}`, traced))
+      const annotated = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.annotateLogs(effect, { conversationId: id })
 
-      const changeMembers = (
+      const changeMembers = <E>(
         name: string,
-        inboxIds: ReadonlyArray<InboxId>,
-        check: (ids: ReadonlyArray<InboxId>, present: ReadonlySet<InboxId>, groupId: GroupId) => Effect.Effect<void, ConvergeError>,
+        check: (ids: ReadonlyArray<InboxId>, present: ReadonlySet<InboxId>, groupId: GroupId) => Effect.Effect<void, E>,
         data: (ids: ReadonlyArray<InboxId>) => IntentData
       ) =>
-        Effect.gen(function*() {
+        Effect.fn(`Conversation.${name}`, traced)(function*(inboxIds: ReadonlyArray<InboxId>) {
           if (kind === "dm") return yield* new InvalidInput({ reason: "a DM's membership cannot change" })
           const ids = yield* validInboxes(inboxIds)
           if (ids.length === 0) return yield* new InvalidInput({ reason: "the member list is empty" })
           const group = yield* activePrimary(id, kind)
-          if (group.membership_state === "pendingRemove") {
+          if (group.membershipState === "pendingRemove") {
             // An inbox on its way out does not shape the group it leaves (and members it added
             // could not read its request; GroupSync has it repeat the request for them).
             return yield* new InvalidInput({ reason: "this inbox has asked to leave the group: it can no longer change its members" })
@@ -333,27 +350,24 @@ export const make = (options: ClientOptions = {}) =>
           yield* check(ids, new Set((yield* groupMembers(group)).keys()), group.id)
           const intentId = yield* queueIntent(group.id, data(ids))
           yield* publisher.resolve(group.id, intentId)
-        }).pipe(span(name))
+        }, annotated)
 
-      const forEachGroup = <A>(f: (group: GroupRow) => Effect.Effect<A, ConvergeError>) =>
+      const forEachGroup = <A, E>(f: (group: StoredGroup) => Effect.Effect<A, E>) =>
         groupsOf(id, kind).pipe(Effect.flatMap((groups) => Effect.forEach(groups, f)))
 
       return {
         id,
         kind,
-        send: (text) =>
-          Effect.gen(function*() {
-            const group = yield* activePrimary(id, kind)
-            const { intentId, messageId } = yield* queueMessage(group, text)
-            yield* publisher.resolve(group.id, intentId)
-            return messageId
-          }).pipe(span("send")),
-        sendOptimistic: (text) =>
-          activePrimary(id, kind).pipe(
-            Effect.flatMap((g) => queueMessage(g, text)),
-            Effect.map((queued) => queued.messageId),
-            span("sendOptimistic")
-          ),
+        send: Effect.fn("Conversation.send", traced)(function*(text: string) {
+          const group = yield* activePrimary(id, kind)
+          const { intentId, messageId } = yield* queueMessage(group, text)
+          yield* publisher.resolve(group.id, intentId)
+          return messageId
+        }, annotated),
+        sendOptimistic: Effect.fn("Conversation.sendOptimistic", traced)(function*(text: string) {
+          const queued = yield* queueMessage(yield* activePrimary(id, kind), text)
+          return queued.messageId
+        }, annotated),
         publishPending: forEachGroup((group) =>
           Effect.gen(function*() {
             const pending = yield* storage.intents.byGroup(group.id, ["ToPublish", "Published", "Committed"])
@@ -366,31 +380,28 @@ export const make = (options: ClientOptions = {}) =>
           })
         ).pipe(Effect.asVoid, span("publishPending")),
         sync: forEachGroup((group) =>
-          group.membership_state === "inactive" ? Effect.succeed(SyncSummary.empty) : syncGroup(group.id)
+          group.membershipState === "inactive" ? Effect.succeed(SyncSummary.empty) : syncGroup(group.id)
         ).pipe(Effect.map((all) => all.reduce(SyncSummary.combine, SyncSummary.empty)), span("sync")),
-        messages: (query = {}) =>
-          Effect.gen(function*() {
-            if (query.limit !== undefined && (!Number.isInteger(query.limit) || query.limit < 1)) {
-              return yield* new InvalidInput({ reason: "limit must be a positive integer" })
-            }
-            const rows = yield* storage.messages.byConversation(id, query)
-            return rows.map(toMessage)
-          }).pipe(span("messages")),
+        messages: Effect.fn("Conversation.messages", traced)(function*(query: MessageQuery = {}) {
+          if (query.limit !== undefined && (!Number.isInteger(query.limit) || query.limit < 1)) {
+            return yield* new InvalidInput({ reason: "limit must be a positive integer" })
+          }
+          const rows = yield* storage.messages.byConversation(id, query)
+          return rows.map(toMessage)
+        }, annotated),
         members: Effect.gen(function*() {
           const byInbox = yield* groupMembers(yield* primaryOf(id, kind))
           return [...byInbox.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([inboxId, leaves]) =>
             Member.make({ inboxId, installationIds: leaves.map((l) => l.installationId).sort() })
           )
         }).pipe(span("members")),
-        addMembers: (inboxIds) =>
-          changeMembers("addMembers", inboxIds, checkNewMembers, (ids) => AddMembersData.make({ inboxIds: ids })),
-        removeMembers: (inboxIds) =>
-          changeMembers("removeMembers", inboxIds, (ids, present, groupId) =>
-            Effect.gen(function*() {
-              if (ids.includes(self)) return yield* new InvalidInput({ reason: "to remove yourself, leave the group" })
-              const absent = ids.find((i) => !present.has(i))
-              if (absent !== undefined) return yield* new NotAMember({ groupId, inboxId: absent })
-            }), (ids) => RemoveMembersData.make({ inboxIds: ids })),
+        addMembers: changeMembers("addMembers", checkNewMembers, (ids) => AddMembersData.make({ inboxIds: ids })),
+        removeMembers: changeMembers("removeMembers", (ids, present, groupId) =>
+          Effect.gen(function*() {
+            if (ids.includes(self)) return yield* new InvalidInput({ reason: "to remove yourself, leave the group" })
+            const absent = ids.find((i) => !present.has(i))
+            if (absent !== undefined) return yield* new NotAMember({ groupId, inboxId: absent })
+          }), (ids) => RemoveMembersData.make({ inboxIds: ids })),
         updateKeys: Effect.gen(function*() {
           const group = yield* activePrimary(id, kind)
           const intentId = yield* queueIntent(group.id, KeyUpdateData.make({}))
@@ -399,10 +410,10 @@ export const make = (options: ClientOptions = {}) =>
         leave: Effect.gen(function*() {
           if (kind === "dm") return yield* new InvalidInput({ reason: "a DM cannot be left" })
           const group = yield* primaryOf(id, kind)
-          if (group.membership_state === "inactive") return yield* new NotAMember({ groupId: group.id, inboxId: self })
+          if (group.membershipState === "inactive") return yield* new NotAMember({ groupId: group.id, inboxId: self })
           const members = yield* groupMembers(group)
           if (members.size < 2) return yield* new InvalidInput({ reason: "you are the only member; nobody would remove you" })
-          if (group.membership_state === "pendingRemove") {
+          if (group.membershipState === "pendingRemove") {
             // Already asked (here or on another of our devices): just make sure it is out.
             const pending = yield* storage.intents.byGroup(group.id, ["ToPublish", "Published"])
             for (const intent of pending) yield* publisher.resolve(group.id, intent.id)
@@ -415,7 +426,7 @@ export const make = (options: ClientOptions = {}) =>
           }))
           yield* publisher.resolve(group.id, intentId)
         }).pipe(span("leave")),
-        state: primaryOf(id, kind).pipe(Effect.map((g) => g.membership_state), span("state")),
+        state: primaryOf(id, kind).pipe(Effect.map((g) => g.membershipState), span("state")),
         metadata: kind === "dm"
           ? Effect.succeed(GroupMetadata.none)
           : primaryOf(id, kind).pipe(
@@ -430,14 +441,14 @@ export const make = (options: ClientOptions = {}) =>
             groupIds: [primary.id, ...groups.filter((g) => g.id !== primary.id).map((g) => g.id)],
             epoch: view.epoch,
             epochAuthenticator: view.epochAuthenticator,
-            maybeForked: groups.some((g) => g.maybe_forked)
+            maybeForked: groups.some((g) => g.maybeForked)
           }
         }).pipe(span("debugInfo"))
       }
     }
 
-    const handleOf = (group: GroupRow) =>
-      handle(group.dm_id ?? (group.id as unknown as ConversationId), group.kind)
+    const handleOf = (group: StoredGroup) =>
+      handle(group.dmId ?? (group.id as unknown as ConversationId), group.kind)
 
     /** Creates an MLS group with this installation as its only member, then adds `members`. */
     const newGroup = (
@@ -460,20 +471,21 @@ export const make = (options: ClientOptions = {}) =>
           unnamed ? undefined : utf8(Schema.encodeSync(GroupMetadataJson)(metadata))
         )
         const now = yield* Clock.currentTimeNanos
-        const row = GroupRow.make({
+        const row = StoredGroup.make({
           id: groupId,
           kind: dmId === undefined ? "group" : "dm",
-          dm_id: dmId ?? null,
-          membership_state: "active",
+          dmId: dmId ?? null,
+          membershipState: "active",
           epoch: crypto.view(state).epoch,
-          mls_state: crypto.serialize(state),
-          maybe_forked: false,
-          fork_details: null,
+          mlsState: crypto.serialize(state),
+          maybeForked: false,
+          forkDetails: null,
+          quarantine: null,
           name: metadata.name,
           description: metadata.description,
-          added_by_inbox_id: self,
-          created_at_ns: now,
-          last_message_ns: now
+          addedByInboxId: self,
+          createdAtNs: now,
+          lastMessageNs: now
         })
         // The add intent is queued with the group, so a crash cannot leave a group without its members.
         const intentId = yield* storage.transaction(Effect.gen(function*() {
@@ -484,60 +496,58 @@ export const make = (options: ClientOptions = {}) =>
         return handleOf(row)
       })
 
-    const createGroup = (
+    const createGroup = Effect.fn("Client.createGroup")(function*(
       members: ReadonlyArray<InboxId>,
       groupOptions: { readonly name?: string; readonly description?: string } = {}
-    ) =>
-      Effect.gen(function*() {
-        const ids = yield* validInboxes(members)
-        const metadata = yield* Schema.decodeUnknown(GroupMetadata)({
-          name: groupOptions.name ?? null,
-          description: groupOptions.description ?? null
-        }).pipe(Effect.mapError((e) => new InvalidInput({ reason: `group name or description: ${e.message}` })))
-        yield* checkNewMembers(ids, new Set())
-        return yield* newGroup(ids, { metadata })
-      }).pipe(Effect.withSpan("Client.createGroup"))
+    ) {
+      const ids = yield* validInboxes(members)
+      const metadata = yield* Schema.decodeUnknown(GroupMetadata)({
+        name: groupOptions.name ?? null,
+        description: groupOptions.description ?? null
+      }).pipe(Effect.mapError((e) => new InvalidInput({ reason: `group name or description: ${e.message}` })))
+      yield* checkNewMembers(ids, new Set())
+      return yield* newGroup(ids, { metadata })
+    })
 
-    const findOrCreateDm = (peer: InboxId) =>
-      Effect.gen(function*() {
-        const [valid] = yield* validInboxes([peer])
-        if (valid === self) return yield* new InvalidInput({ reason: "a DM needs another inbox than your own" })
-        const id = dmId(self, valid!)
-        const existing = yield* storage.groups.byDmId(id)
-        if (existing.some((g) => g.membership_state !== "inactive")) return handle(id, "dm")
-        yield* checkAddable([valid!])
-        return yield* newGroup([valid!], { dmId: id })
-      }).pipe(Effect.withSpan("Client.findOrCreateDm"))
+    const findOrCreateDm = Effect.fn("Client.findOrCreateDm")(function*(peer: InboxId) {
+      const [valid] = yield* validInboxes([peer])
+      if (valid === self) return yield* new InvalidInput({ reason: "a DM needs another inbox than your own" })
+      const id = dmId(self, valid!)
+      const existing = yield* storage.groups.byDmId(id)
+      if (existing.some((g) => g.membershipState !== "inactive")) return handle(id, "dm")
+      yield* checkAddable([valid!])
+      return yield* newGroup([valid!], { dmId: id })
+    })
 
-    const conversation = (id: ConversationId) =>
-      Effect.gen(function*() {
-        const valid = yield* Schema.decodeUnknown(ConversationId)(id).pipe(
-          Effect.mapError(() => new InvalidInput({ reason: `not a conversation id: ${String(id)}` }))
-        )
-        const kind = valid.startsWith("dm:") ? "dm" : "group"
-        const rows = yield* groupsOf(valid, kind)
-        if (rows[0] === undefined) return yield* new ConversationNotFound({ conversationId: valid })
-        // The id of one of a DM's groups opens the DM: its membership must not change.
-        return handleOf(rows[0])
-      }).pipe(Effect.withSpan("Client.conversation"))
+    const conversation = Effect.fn("Client.conversation")(function*(id: ConversationId) {
+      const valid = yield* Schema.decodeUnknown(ConversationId)(id).pipe(
+        Effect.mapError(() => new InvalidInput({ reason: `not a conversation id: ${String(id)}` }))
+      )
+      const kind = valid.startsWith("dm:") ? "dm" : "group"
+      const rows = yield* groupsOf(valid, kind)
+      if (rows[0] === undefined) return yield* new ConversationNotFound({ conversationId: valid })
+      // The id of one of a DM's groups opens the DM: its membership must not change.
+      return handleOf(rows[0])
+    })
 
-    const conversations = (query: { readonly kind?: "group" | "dm"; readonly includeInactive?: boolean } = {}) =>
-      Effect.gen(function*() {
-        const rows = yield* storage.groups.list({ includeInactive: query.includeInactive ?? false })
-        const seen = new Set<string>()
-        const out: Array<Conversation> = []
-        for (const row of rows) {
-          if (query.kind !== undefined && row.kind !== query.kind) continue
-          const key = row.dm_id ?? row.id
-          if (seen.has(key)) continue
-          seen.add(key)
-          out.push(handleOf(row))
-        }
-        return out
-      }).pipe(Effect.withSpan("Client.conversations"))
+    const conversations = Effect.fn("Client.conversations")(function*(
+      query: { readonly kind?: "group" | "dm"; readonly includeInactive?: boolean } = {}
+    ) {
+      const rows = yield* storage.groups.list({ includeInactive: query.includeInactive ?? false })
+      const seen = new Set<string>()
+      const out: Array<Conversation> = []
+      for (const row of rows) {
+        if (query.kind !== undefined && row.kind !== query.kind) continue
+        const key = row.dmId ?? row.id
+        if (seen.has(key)) continue
+        seen.add(key)
+        out.push(handleOf(row))
+      }
+      return out
+    })
 
     /** Which active groups have news: one batched query for all topics. */
-    const groupsWithNews = (groups: ReadonlyArray<GroupRow>) =>
+    const groupsWithNews = (groups: ReadonlyArray<StoredGroup>) =>
       Effect.gen(function*() {
         const queries = yield* Effect.forEach(groups, (g) =>
           storage.cursors.get(groupTopic(g.id)).pipe(
@@ -570,8 +580,13 @@ export const make = (options: ClientOptions = {}) =>
       const news = yield* groupsWithNews(active)
       // New or revoked devices of members become UpdateInstallations intents (pending below).
       yield* Effect.forEach(active, (g) => publisher.checkInstallations(g.id), { discard: true })
-      const pending = new Set((yield* storage.intents.byState(["ToPublish", "Published", "Committed"])).map((i) => i.group_id))
-      let summary = SyncSummary.make({ ...SyncSummary.empty, joined: joined.joined.length, skipped: joined.skipped })
+      const pending = new Set((yield* storage.intents.byState(["ToPublish", "Published", "Committed"])).map((i) => i.groupId))
+      let summary = SyncSummary.make({
+        ...SyncSummary.empty,
+        joined: joined.joined.length,
+        skipped: joined.skipped,
+        skippedBy: joined.skipped === 0 ? {} : { badWelcome: joined.skipped }
+      })
       for (const group of active) {
         if (!news.has(group.id) && !pending.has(group.id)) continue
         summary = SyncSummary.combine(summary, yield* syncGroup(group.id))
@@ -588,7 +603,7 @@ export const make = (options: ClientOptions = {}) =>
       const active = yield* storage.groups.list({ includeInactive: false })
       const filters = yield* Effect.forEach(active, (g) =>
         storage.cursors.get(groupTopic(g.id)).pipe(Effect.map((afterSequenceId) => ({ groupId: g.id, afterSequenceId }))))
-      const welcomeCursor = yield* storage.cursors.get(`w/${identity.installationId}`)
+      const welcomeCursor = yield* storage.cursors.get(welcomeTopic(identity.installationId))
       const groupEvents = filters.length === 0
         ? Stream.never
         : ds.subscribeGroupMessages(filters).pipe(Stream.map((e) => ({ _tag: "group" as const, groupId: e.groupId })))
@@ -606,12 +621,12 @@ export const make = (options: ClientOptions = {}) =>
         Stream.runDrain
       )
     }).pipe(
-      Effect.tapError((e) => Effect.logWarning(`message stream: ${e.message}; resubscribing`)),
+      Effect.tapError((e) => Effect.logWarning("message stream failed; resubscribing", e.message)),
       Effect.retry(Schedule.spaced("100 millis")),
       Effect.forever
     )
 
-    const streamMessages: Stream.Stream<Message, ConvergeError> = Stream.unwrapScoped(
+    const streamMessages: Stream.Stream<Message, SyncError> = Stream.unwrapScoped(
       Effect.gen(function*() {
         // Subscribe before following the network, so nothing stored in between is missed.
         const subscription = yield* PubSub.subscribe(stored)

@@ -12,16 +12,10 @@
 import { Context, Data, type Effect, type Queue, type Scope } from "effect"
 import type { InboxState } from "../domain/IdentityLog.ts"
 import type { InboxId, InstallationId } from "../domain/Ids.ts"
+import type { Topic } from "../domain/Topics.ts"
 import type { IdentityUpdate, IdentityUpdateEnvelope } from "../domain/Wire.ts"
 
-/**
- * A topic's name: `g/<group id>` for a group, `w/<installation id>` for an installation's
- * welcomes. A store treats it as opaque.
- */
-export type Topic = string & { readonly _Topic: unique symbol }
-
-export const groupTopic = (groupId: string): Topic => `g/${groupId}` as Topic
-export const welcomeTopic = (installationId: string): Topic => `w/${installationId}` as Topic
+export { groupTopic, type Topic, welcomeTopic } from "../domain/Topics.ts"
 
 /**
  * "Every topic may have grown": announced when changes may have been missed (e.g. a store's

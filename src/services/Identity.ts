@@ -18,7 +18,7 @@ import {
 } from "../domain/Errors.ts"
 import type { InboxId, InstallationId } from "../domain/Ids.ts"
 import * as IdentityLog from "../domain/IdentityLog.ts"
-import { IdentityRow, InboxLogRow, KeyPackageRow } from "../domain/Rows.ts"
+import { StoredIdentity, InboxLogEntry, StoredKeyPackage } from "../domain/Stored.ts"
 import { IdentityUpdate, KeyPackageUpload } from "../domain/Wire.ts"
 import { ed25519Seed } from "../domain/RequestAuth.ts"
 import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
@@ -66,12 +66,12 @@ export const make = (options: IdentityOptions) =>
     const crypto = yield* MlsCrypto
 
     const row = yield* loadOrCreate(options)
-    const inboxId = row.inbox_id
-    const installationId = row.installation_id
-    const signatureKeys = { publicKey: row.signature_public_key, privateKey: row.signature_private_key }
+    const inboxId = row.inboxId
+    const installationId = row.installationId
+    const signatureKeys = { publicKey: row.signaturePublicKey, privateKey: row.signaturePrivateKey }
     // Everything this installation asks of the delivery service is signed by it.
     const ds = authenticatedAs(yield* DeliveryService, installationSigner(installationId, signatureKeys.privateKey))
-    const rootSecretKey = Option.fromNullable(row.root_secret_key)
+    const rootSecretKey = Option.fromNullable(row.rootSecretKey)
     const cache = yield* Ref.make(HashMap.empty<InboxId, IdentityLog.InboxState>())
 
     /**
@@ -85,17 +85,17 @@ export const make = (options: IdentityOptions) =>
       const fetched = yield* ds.getIdentityUpdates(
         [...known].map(([inboxId, state]) => ({ inboxId, afterSequence: state?.sequence ?? 0 }))
       )
-      const fresh: Array<InboxLogRow> = []
+      const fresh: Array<InboxLogEntry> = []
       for (const { inboxId, updates } of fetched) {
         let state = known.get(inboxId)
         for (const envelope of updates) {
           const next = IdentityLog.applyUpdate(state, envelope.update)
           if (Either.isLeft(next)) return yield* next.left
           state = next.right
-          fresh.push(InboxLogRow.make({
-            inbox_id: inboxId,
+          fresh.push(InboxLogEntry.make({
+            inboxId: inboxId,
             sequence: envelope.update.sequence,
-            update_json: encodeUpdate(envelope.update)
+            update: envelope.update
           }))
         }
         known.set(inboxId, state)
@@ -119,19 +119,16 @@ export const make = (options: IdentityOptions) =>
     const fromStore = (target: InboxId) =>
       Effect.gen(function*() {
         const rows = yield* storage.inboxLogs.entries(target)
-        const replayed = IdentityLog.replay(rows.map((r) => decodeUpdate(r.update_json)))
+        const replayed = IdentityLog.replay(rows.map((r) => r.update))
         // The cache was verified on the way in; a failure here means local corruption: start over.
         return Either.isRight(replayed) ? Option.getOrUndefined(replayed.right) : undefined
       })
 
-    const inboxState = (target: InboxId) =>
-      refresh(target).pipe(
-        Effect.flatMap(Option.match({
-          onNone: () => Effect.fail(new InboxNotFound({ inboxId: target })),
-          onSome: Effect.succeed
-        })),
-        Effect.withSpan("Identity.inboxState", { attributes: { inboxId: target } })
-      )
+    const inboxState = Effect.fn("Identity.inboxState")(function*(target: InboxId) {
+      const state = yield* refresh(target)
+      if (Option.isNone(state)) return yield* new InboxNotFound({ inboxId: target })
+      return state.value
+    })
 
     const isValidLeaf = Effect.fn("Identity.isValidLeaf")(function*(leaf: LeafMember) {
       // Registered now, or once and revoked since: a welcome or commit may be read after a
@@ -167,11 +164,11 @@ export const make = (options: IdentityOptions) =>
 
     const rotateKeyPackage = Effect.gen(function*() {
       const bundle = yield* crypto.generateKeyPackage({ inboxId, installationId }, signatureKeys)
-      yield* storage.keyPackages.insert(KeyPackageRow.make({
+      yield* storage.keyPackages.insert(StoredKeyPackage.make({
         ref: bundle.ref,
-        public_package: bundle.publicPackage,
-        private_package: bundle.privatePackage,
-        created_at_ns: yield* Clock.currentTimeNanos
+        publicPackage: bundle.publicPackage,
+        privatePackage: bundle.privatePackage,
+        createdAtNs: yield* Clock.currentTimeNanos
       }))
       yield* ds.uploadKeyPackage(KeyPackageUpload.make({ installationId, keyPackage: bundle.publicPackage }))
     }).pipe(Effect.withSpan("Identity.rotateKeyPackage"))
@@ -206,7 +203,7 @@ export const make = (options: IdentityOptions) =>
       rootSecretKey,
       keyPackages: storage.keyPackages.list.pipe(
         Effect.map((rows) =>
-          rows.map((r) => ({ ref: r.ref, publicPackage: r.public_package, privatePackage: r.private_package }))
+          rows.map((r) => ({ ref: r.ref, publicPackage: r.publicPackage, privatePackage: r.privatePackage }))
         )
       ),
       rotateKeyPackage,
@@ -220,9 +217,6 @@ export const make = (options: IdentityOptions) =>
     }
   })
 
-const UpdateJson = Schema.parseJson(IdentityUpdate)
-const encodeUpdate = Schema.encodeSync(UpdateJson)
-const decodeUpdate = Schema.decodeSync(UpdateJson)
 
 /** Loads this database's identity, or creates one (new keys; a new inbox unless one is joined). */
 const loadOrCreate = (options: IdentityOptions) =>
@@ -233,14 +227,14 @@ const loadOrCreate = (options: IdentityOptions) =>
     if (Option.isSome(existing)) return existing.value
     const rootSecretKey = options.rootSecretKey ?? ed25519.utils.randomSecretKey()
     const keys = yield* crypto.generateSignatureKeyPair
-    const row = IdentityRow.make({
-      inbox_id: IdentityLog.inboxIdOf(ed25519.getPublicKey(rootSecretKey)),
-      installation_id: IdentityLog.installationIdOf(keys.publicKey),
-      root_secret_key: rootSecretKey,
-      signature_private_key: keys.privateKey,
-      signature_public_key: keys.publicKey,
+    const row = StoredIdentity.make({
+      inboxId: IdentityLog.inboxIdOf(ed25519.getPublicKey(rootSecretKey)),
+      installationId: IdentityLog.installationIdOf(keys.publicKey),
+      rootSecretKey: rootSecretKey,
+      signaturePrivateKey: keys.privateKey,
+      signaturePublicKey: keys.publicKey,
       registered: false,
-      created_at_ns: yield* Clock.currentTimeNanos
+      createdAtNs: yield* Clock.currentTimeNanos
     })
     yield* storage.identity.insert(row)
     return row

@@ -22,16 +22,15 @@ import {
 import { currentInstallations } from "../domain/IdentityLog.ts"
 import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
 import {
-  IntentDataJson,
   isCommitKind,
   PostCommitData,
-  PostCommitDataJson,
   UpdateInstallationsData
 } from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
-import type { IntentRow } from "../domain/Rows.ts"
+import type { StoredIntent } from "../domain/Stored.ts"
 import { GroupMessageInput } from "../domain/Wire.ts"
-import { type EngineEnv, failIntent as failIntentIn, failPendingIntents, loadGroupRow } from "./Engine.ts"
+import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
+import { failIntent as failIntentIn, failPendingIntents } from "./IntentQueue.ts"
 import type * as GroupSync from "./GroupSync.ts"
 import type { MlsGroupState } from "./MlsCrypto.ts"
 
@@ -49,10 +48,10 @@ type Derived =
     readonly postCommit: PostCommitData | undefined
   }
 
-export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) => {
-  const { crypto, ds, identity, storage } = env
+export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>) => {
+  const { crypto, ds, identity, storage } = ctx
 
-  const failIntent = (intent: IntentRow, cause: string) => storage.transaction(failIntentIn(env, intent, cause))
+  const failIntent = (intent: StoredIntent, cause: string) => storage.transaction(failIntentIn(ctx, intent, cause))
 
   /**
    * The installation diff of some inboxes against their identity logs: current installations
@@ -167,67 +166,64 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
    * commit is in flight per group, and what follows it is derived once it has landed.
    * Runs under the group lock.
    */
-  const publishPending = (groupId: GroupId) =>
-    Effect.gen(function*() {
-      const group = yield* loadGroupRow(env, groupId)
-      const pending = yield* storage.intents.byGroup(groupId, ["Published", "ToPublish"])
-      if (pending.length === 0) return 0
-      if (group.membership_state === "inactive") {
-        yield* storage.transaction(failPendingIntents(env, groupId))
-        return 0
-      }
-      let state = yield* env.loadState(group)
-      let published = 0
-      for (const intent of pending) {
-        const epoch = crypto.view(state).epoch
-        if (intent.state === "Published") {
-          if (intent.published_epoch === epoch && intent.payload !== null) {
-            yield* send(groupId, intent.payload)
-            published++
-            if (isCommitKind(intent.kind)) return published
-            continue
-          }
-          // Never seen on the topic and its epoch is gone: derive it afresh below.
-          yield* storage.intents.resetToPublish(intent.id, { conflict: false })
-        }
-        const data = Schema.decodeSync(IntentDataJson)(intent.data)
-        const derived = yield* derive(state, data).pipe(
-          Effect.catchTags({
-            CryptoError: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
-            KeyPackageUnavailable: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
-            InboxNotFound: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined))
-          })
-        )
-        if (derived === undefined) continue
-        if (derived._tag === "NoOp") {
-          yield* storage.intents.markProcessed(intent.id)
+  const publishPending = Effect.fn("Publisher.publishPending")(function*(groupId: GroupId) {
+    const group = yield* loadGroupRow(ctx, groupId)
+    const pending = yield* storage.intents.byGroup(groupId, ["Published", "ToPublish"])
+    if (pending.length === 0) return 0
+    if (group.membershipState === "inactive") {
+      yield* storage.transaction(failPendingIntents(ctx, groupId))
+      return 0
+    }
+    let state = yield* ctx.loadState(group)
+    let published = 0
+    for (const intent of pending) {
+      const epoch = crypto.view(state).epoch
+      if (intent.state === "Published") {
+        if (intent.publishedEpoch === epoch && intent.payload !== null) {
+          yield* send(groupId, intent.payload)
+          published++
+          if (isCommitKind(intent.kind)) return published
           continue
         }
-        yield* env.options.crashPoint("publish.beforeWriteAhead")
-        // Write ahead: after this, a crash resends exactly these bytes.
-        yield* storage.transaction(Effect.gen(function*() {
-          if (derived.state !== undefined) {
-            yield* storage.groups.saveState(groupId, { epoch, mlsState: env.encodeState(groupId, derived.state) })
-          }
-          yield* storage.intents.markPublished(intent.id, {
-            payloadHash: sha256Hex(derived.payload),
-            payload: derived.payload,
-            publishedEpoch: epoch,
-            stagedState: derived.staged === undefined ? null : crypto.serialize(derived.staged),
-            postCommitData: derived.postCommit === undefined
-              ? null
-              : Schema.encodeSync(PostCommitDataJson)(derived.postCommit)
-          })
-        }))
-        if (derived.state !== undefined) state = derived.state
-        yield* env.options.crashPoint("publish.afterWriteAheadBeforeSend")
-        yield* send(groupId, derived.payload)
-        yield* env.options.crashPoint("publish.afterSendBeforeSync")
-        published++
-        if (isCommitKind(intent.kind)) return published
+        // Never seen on the topic and its epoch is gone: derive it afresh below.
+        yield* storage.intents.resetToPublish(intent.id, { conflict: false })
       }
-      return published
-    }).pipe(Effect.withSpan("Publisher.publishPending", { attributes: { groupId } }))
+      const data = intent.data
+      const derived = yield* derive(state, data).pipe(
+        Effect.catchTags({
+          CryptoError: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
+          KeyPackageUnavailable: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
+          InboxNotFound: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined))
+        })
+      )
+      if (derived === undefined) continue
+      if (derived._tag === "NoOp") {
+        yield* storage.intents.markProcessed(intent.id)
+        continue
+      }
+      yield* ctx.options.crashPoint("publish.beforeWriteAhead")
+      // Write ahead: after this, a crash resends exactly these bytes.
+      yield* storage.transaction(Effect.gen(function*() {
+        if (derived.state !== undefined) {
+          yield* storage.groups.saveState(groupId, { epoch, mlsState: ctx.encodeState(groupId, derived.state) })
+        }
+        yield* storage.intents.markPublished(intent.id, {
+          payloadHash: sha256Hex(derived.payload),
+          payload: derived.payload,
+          publishedEpoch: epoch,
+          stagedState: derived.staged === undefined ? null : crypto.serialize(derived.staged),
+          postCommit: derived.postCommit ?? null
+        })
+      }))
+      if (derived.state !== undefined) state = derived.state
+      yield* ctx.options.crashPoint("publish.afterWriteAheadBeforeSend")
+      yield* send(groupId, derived.payload)
+      yield* ctx.options.crashPoint("publish.afterSendBeforeSync")
+      published++
+      if (isCommitKind(intent.kind)) return published
+    }
+    return published
+  })
 
   const lastInstallationCheck = new Map<GroupId, bigint>()
 
@@ -236,33 +232,32 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
    * or revoked, queue one `UpdateInstallations` intent (whoever lands it first wins; the others
    * re-derive to a no-op). A failed check is logged and tried again next time.
    */
-  const checkInstallations = (groupId: GroupId) =>
-    Effect.gen(function*() {
-      const now = yield* Clock.currentTimeNanos
-      const last = lastInstallationCheck.get(groupId)
-      if (last !== undefined && now - last < Duration.toNanos(env.options.installationCheckInterval).pipe(Option.getOrElse(() => 0n))) return
-      lastInstallationCheck.set(groupId, now)
-      const group = yield* loadGroupRow(env, groupId)
-      if (group.membership_state !== "active") return
-      const state = yield* env.loadState(group)
-      const { add, remove } = yield* installationDiff(state, crypto.view(state).members.map((m) => m.inboxId))
-      if (add.length === 0 && remove.length === 0) return
-      const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
-      if (pending.some((intent) => intent.kind === "UpdateInstallations")) return
-      yield* storage.intents.insert({
-        groupId,
-        kind: "UpdateInstallations",
-        data: Schema.encodeSync(IntentDataJson)(UpdateInstallationsData.make({})),
-        createdAtNs: now
-      })
-    }).pipe(
-      Effect.catchAll((e) => Effect.logWarning(`installation check of group ${groupId} failed: ${e.message}`)),
-      Effect.withSpan("Publisher.checkInstallations", { attributes: { groupId } })
-    )
+  const checkInstallations = Effect.fn("Publisher.checkInstallations")(function*(groupId: GroupId) {
+    const now = yield* Clock.currentTimeNanos
+    const last = lastInstallationCheck.get(groupId)
+    if (last !== undefined && now - last < Duration.toNanos(ctx.options.installationCheckInterval).pipe(Option.getOrElse(() => 0n))) return
+    lastInstallationCheck.set(groupId, now)
+    const group = yield* loadGroupRow(ctx, groupId)
+    if (group.membershipState !== "active") return
+    const state = yield* ctx.loadState(group)
+    const { add, remove } = yield* installationDiff(state, crypto.view(state).members.map((m) => m.inboxId))
+    if (add.length === 0 && remove.length === 0) return
+    const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
+    if (pending.some((intent) => intent.kind === "UpdateInstallations")) return
+    yield* storage.intents.insert({
+      groupId,
+      data: UpdateInstallationsData.make({}),
+      createdAtNs: now
+    })
+  }, (effect, groupId) =>
+    effect.pipe(
+      Effect.catchAll((e) => Effect.logWarning("installation check failed; tried again next time", e.message)),
+      Effect.annotateLogs({ groupId })
+    ))
 
   /** One round: read, publish, read what we published, send welcomes. Under the group lock. */
-  const round = (groupId: GroupId) =>
-    env.withGroupLock(groupId)(Effect.gen(function*() {
+  const round = Effect.fn("Publisher.round")(function*(groupId: GroupId) {
+    return yield* ctx.withGroupLock(groupId)(Effect.gen(function*() {
       const before = yield* sync.receive(groupId)
       yield* checkInstallations(groupId)
       const published = yield* publishPending(groupId)
@@ -270,12 +265,27 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
       yield* sync.postCommit(groupId)
       return { before, published, after }
     }))
+  }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
 
+  /** An intent we cannot read back (its row quarantined as unreadable) has failed. */
   const getIntent = (intentId: number) =>
-    storage.intents.get(intentId).pipe(Effect.map(Option.getOrThrowWith(() => new Error(`intent ${intentId} vanished`))))
+    storage.intents.get(intentId).pipe(
+      Effect.flatMap(Option.match({
+        onSome: Effect.succeed,
+        onNone: () =>
+          Effect.fail(new IntentFailed({ intentId, kind: "unknown", attempts: 0, cause: "its stored row is unreadable" }))
+      }))
+    )
 
   /** Runs rounds until the intent is Processed; typed failures say why it is not. */
-  const resolve = (groupId: GroupId, intentId: number) => {
+  const resolve = Effect.fn("Publisher.resolve")(
+    function*(groupId: GroupId, intentId: number) {
+      return yield* resolveRounds(groupId, intentId)
+    },
+    (effect, groupId, intentId) => Effect.annotateLogs(effect, { groupId, intentId })
+  )
+
+  const resolveRounds = (groupId: GroupId, intentId: number) => {
     const attempt = Effect.gen(function*() {
       const before = yield* getIntent(intentId)
       yield* round(groupId)
@@ -292,11 +302,11 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
           })
         default: {
           if (intent.conflicts > before.conflicts) {
-            const group = yield* loadGroupRow(env, groupId)
+            const group = yield* loadGroupRow(ctx, groupId)
             return yield* new EpochConflict({
               groupId,
               intentId,
-              publishedEpoch: before.published_epoch ?? group.epoch,
+              publishedEpoch: before.publishedEpoch ?? group.epoch,
               currentEpoch: group.epoch
             })
           }
@@ -306,10 +316,10 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
     })
     return attempt.pipe(
       Effect.retry({
-        schedule: env.options.transportSchedule,
+        schedule: ctx.options.transportSchedule,
         while: (e) => e._tag === "IntentPending" || (e._tag === "DeliveryError" && e.retryable)
       }),
-      Effect.retry({ schedule: env.options.conflictSchedule, while: (e) => e._tag === "EpochConflict" }),
+      Effect.retry({ schedule: ctx.options.conflictSchedule, while: (e) => e._tag === "EpochConflict" }),
       Effect.catchTags({
         EpochConflict: (conflict) =>
           Effect.gen(function*() {
@@ -330,11 +340,10 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
               detail: `intent ${pending.intentId} still ${pending.state}; it will be published on a later sync`
             })
           )
-      }),
-      Effect.withSpan("Publisher.resolve", { attributes: { groupId, intentId } })
+      })
     )
   }
 
-  return { publishPending, round, resolve, checkInstallations: (groupId: GroupId) => env.withGroupLock(groupId)(checkInstallations(groupId)) }
+  return { publishPending, round, resolve, checkInstallations: (groupId: GroupId) => ctx.withGroupLock(groupId)(checkInstallations(groupId)) }
 }
 

@@ -3,24 +3,23 @@
  * key packages. One port with a repository per table; `transaction` makes writes that belong
  * together atomic (MLS state, messages, intent states and cursors change in one transaction).
  *
- * The implementation is SQLite (`Storage.layer`, over any `SqlClient`); the engine runs its own
- * migrations when the store opens.
+ * Repositories speak decoded domain values (`domain/Stored.ts`). A stored row that does not
+ * decode is the adapter's to log, quarantine and leave out: reads never die of one bad row.
+ * The implementation is `layers/SqliteStorage.ts` (`SqliteStorage.layer`, over any `SqlClient`).
  */
-import type { SqlClient } from "@effect/sql"
-import { Context, type Effect, Layer, type Option } from "effect"
+import { Context, type Effect, type Option } from "effect"
 import type { StorageError } from "../domain/Errors.ts"
 import type { ConversationId, GroupId, InboxId, MessageId } from "../domain/Ids.ts"
-import type { IntentKind, IntentState } from "../domain/Intent.ts"
+import type { IntentData, IntentState, PostCommitData } from "../domain/Intent.ts"
 import type {
-  GroupRow,
-  IdentityRow,
-  InboxLogRow,
-  IntentRow,
-  KeyPackageRow,
+  InboxLogEntry,
   MembershipState,
-  MessageRow
-} from "../domain/Rows.ts"
-import * as Sqlite from "../layers/SqliteStorage.ts"
+  StoredGroup,
+  StoredIdentity,
+  StoredIntent,
+  StoredKeyPackage,
+  StoredMessage
+} from "../domain/Stored.ts"
 
 type Io<A> = Effect.Effect<A, StorageError>
 
@@ -31,34 +30,34 @@ export interface MessageQuery {
 }
 
 export interface GroupRepository {
-  readonly insert: (row: GroupRow) => Io<void>
-  readonly get: (id: GroupId) => Io<Option.Option<GroupRow>>
-  readonly list: (options: { readonly includeInactive: boolean }) => Io<ReadonlyArray<GroupRow>>
+  readonly insert: (row: StoredGroup) => Io<void>
+  readonly get: (id: GroupId) => Io<Option.Option<StoredGroup>>
+  readonly list: (options: { readonly includeInactive: boolean }) => Io<ReadonlyArray<StoredGroup>>
   /** Every group of one DM, the most recently used first. */
-  readonly byDmId: (dmId: ConversationId) => Io<ReadonlyArray<GroupRow>>
+  readonly byDmId: (dmId: ConversationId) => Io<ReadonlyArray<StoredGroup>>
   readonly saveState: (id: GroupId, state: { readonly epoch: bigint; readonly mlsState: Uint8Array }) => Io<void>
   readonly setMembership: (id: GroupId, state: MembershipState) => Io<void>
   readonly markForked: (id: GroupId, details: string) => Io<void>
-  /** Moves `last_message_ns` forward only. */
+  /** Moves `lastMessageNs` forward only. */
   readonly touch: (id: GroupId, atNs: bigint) => Io<void>
 }
 
 export interface MessageRepository {
   /** Stores a message once; returns false if its id was already stored. */
-  readonly insert: (row: MessageRow) => Io<boolean>
-  readonly get: (id: MessageId) => Io<Option.Option<MessageRow>>
+  readonly insert: (row: StoredMessage) => Io<boolean>
+  readonly get: (id: MessageId) => Io<Option.Option<StoredMessage>>
   readonly markPublished: (id: MessageId, at: { readonly sentAtNs: bigint; readonly sequenceId: bigint }) => Io<void>
   readonly markFailed: (id: MessageId) => Io<void>
-  readonly byConversation: (id: ConversationId, query: MessageQuery) => Io<ReadonlyArray<MessageRow>>
-  readonly membershipChanges: (id: ConversationId) => Io<ReadonlyArray<MessageRow>>
+  readonly byConversation: (id: ConversationId, query: MessageQuery) => Io<ReadonlyArray<StoredMessage>>
+  readonly membershipChanges: (id: ConversationId) => Io<ReadonlyArray<StoredMessage>>
   /** Messages stored after a local insertion point, across conversations, for streams. */
-  readonly insertedAfter: (insertedAtNs: bigint, limit: number) => Io<ReadonlyArray<MessageRow>>
+  readonly insertedAfter: (insertedAtNs: bigint, limit: number) => Io<ReadonlyArray<StoredMessage>>
 }
 
 export interface NewIntent {
   readonly groupId: GroupId
-  readonly kind: IntentKind
-  readonly data: string
+  /** Its tag is the intent's kind. */
+  readonly data: IntentData
   readonly createdAtNs: bigint
 }
 
@@ -67,15 +66,15 @@ export interface PublishedIntent {
   readonly payload: Uint8Array
   readonly publishedEpoch: bigint
   readonly stagedState: Uint8Array | null
-  readonly postCommitData: string | null
+  readonly postCommit: PostCommitData | null
 }
 
 export interface IntentRepository {
   readonly insert: (intent: NewIntent) => Io<number>
-  readonly get: (id: number) => Io<Option.Option<IntentRow>>
-  readonly byGroup: (groupId: GroupId, states: ReadonlyArray<IntentState>) => Io<ReadonlyArray<IntentRow>>
-  readonly byState: (states: ReadonlyArray<IntentState>) => Io<ReadonlyArray<IntentRow>>
-  readonly byPayloadHash: (hash: string) => Io<Option.Option<IntentRow>>
+  readonly get: (id: number) => Io<Option.Option<StoredIntent>>
+  readonly byGroup: (groupId: GroupId, states: ReadonlyArray<IntentState>) => Io<ReadonlyArray<StoredIntent>>
+  readonly byState: (states: ReadonlyArray<IntentState>) => Io<ReadonlyArray<StoredIntent>>
+  readonly byPayloadHash: (hash: string) => Io<Option.Option<StoredIntent>>
   /** ToPublish -> Published, with everything needed to resend or adopt (write-ahead). */
   readonly markPublished: (id: number, published: PublishedIntent) => Io<void>
   /** Published -> ToPublish: drops the staged payload so it is re-derived; counts a conflict. */
@@ -95,21 +94,21 @@ export interface CursorRepository {
 }
 
 export interface IdentityRepository {
-  readonly get: Io<Option.Option<IdentityRow>>
-  readonly insert: (row: IdentityRow) => Io<void>
+  readonly get: Io<Option.Option<StoredIdentity>>
+  readonly insert: (row: StoredIdentity) => Io<void>
   readonly markRegistered: Io<void>
 }
 
 export interface KeyPackageRepository {
-  readonly insert: (row: KeyPackageRow) => Io<void>
-  readonly list: Io<ReadonlyArray<KeyPackageRow>>
+  readonly insert: (row: StoredKeyPackage) => Io<void>
+  readonly list: Io<ReadonlyArray<StoredKeyPackage>>
   readonly remove: (ref: string) => Io<void>
 }
 
 /** A cache of other inboxes' identity logs, verified on the way in. */
 export interface InboxLogRepository {
-  readonly entries: (inboxId: InboxId) => Io<ReadonlyArray<InboxLogRow>>
-  readonly append: (rows: ReadonlyArray<InboxLogRow>) => Io<void>
+  readonly entries: (inboxId: InboxId) => Io<ReadonlyArray<InboxLogEntry>>
+  readonly append: (rows: ReadonlyArray<InboxLogEntry>) => Io<void>
 }
 
 export class Storage extends Context.Tag("converge/Storage")<Storage, {
@@ -122,7 +121,4 @@ export class Storage extends Context.Tag("converge/Storage")<Storage, {
   readonly inboxLogs: InboxLogRepository
   /** Runs `effect` in one transaction; it must not wait on the network or other fibers. */
   readonly transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | StorageError, R>
-}>() {
-  /** SQLite (or any `SqlClient`): runs the migrations, then serves the repositories. */
-  static readonly layer: Layer.Layer<Storage, StorageError, SqlClient.SqlClient> = Layer.effect(this, Sqlite.make)
-}
+}>() {}

@@ -8,14 +8,16 @@ import { Clock, Effect, Option, Schema } from "effect"
 import { CryptoError } from "../domain/Errors.ts"
 import { dmPeer, type GroupId } from "../domain/Ids.ts"
 import { GroupMetadata, GroupMetadataJson } from "../domain/Model.ts"
-import { GroupRow } from "../domain/Rows.ts"
+import { StoredGroup } from "../domain/Stored.ts"
 import { WelcomePayloadJson } from "../domain/Wire.ts"
 import type { WelcomeMessageEnvelope } from "../domain/Wire.ts"
-import { type EngineEnv, failPendingIntents, groupTopic, welcomeTopic } from "./Engine.ts"
+import { groupTopic, welcomeTopic } from "../domain/Topics.ts"
+import { type EngineContext } from "./EngineContext.ts"
+import { failPendingIntents } from "./IntentQueue.ts"
 import type * as GroupSync from "./GroupSync.ts"
 
-export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) => {
-  const { crypto, ds, identity, storage } = env
+export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>) => {
+  const { crypto, ds, identity, storage } = ctx
   const topic = welcomeTopic(identity.installationId)
   // One reader of the welcome topic at a time: two would join the same welcome twice.
   const lock = Effect.unsafeMakeSemaphore(1)
@@ -28,11 +30,11 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
   const settleExisting = (groupId: GroupId, commitSequenceId: bigint) =>
     Effect.gen(function*() {
       const existing = yield* storage.groups.get(groupId)
-      if (Option.isNone(existing) || existing.value.membership_state === "inactive") return existing
+      if (Option.isNone(existing) || existing.value.membershipState === "inactive") return existing
       if (commitSequenceId <= (yield* storage.cursors.get(groupTopic(groupId)))) return undefined
-      yield* env.withGroupLock(groupId)(sync.receive(groupId))
+      yield* ctx.withGroupLock(groupId)(sync.receive(groupId))
       const now = yield* storage.groups.get(groupId)
-      return Option.isSome(now) && now.value.membership_state === "inactive" ? now : undefined
+      return Option.isSome(now) && now.value.membershipState === "inactive" ? now : undefined
     })
 
   /**
@@ -50,74 +52,74 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
       )
 
   /** Joins one welcome; returns the group id if a group was joined (or re-joined). */
-  const join = (envelope: WelcomeMessageEnvelope) =>
-    Effect.gen(function*() {
-      const payload = yield* Schema.decodeUnknown(WelcomePayloadJson)(new TextDecoder().decode(envelope.payload)).pipe(
-        Effect.mapError(() => new CryptoError({ reason: "Malformed", detail: "welcome payload does not decode" }))
-      )
-      const existing = yield* settleExisting(payload.groupId, payload.commitSequenceId)
-      if (existing === undefined) return undefined
-      const state = yield* crypto.joinFromWelcome(payload.welcome, yield* identity.keyPackages)
-      const view = crypto.view(state)
-      if (view.groupId !== payload.groupId) {
-        return yield* new CryptoError({ reason: "Malformed", detail: "welcome names another group than its metadata" })
+  const join = Effect.fn("Welcomes.join")(function*(envelope: WelcomeMessageEnvelope) {
+    const payload = yield* Schema.decodeUnknown(WelcomePayloadJson)(new TextDecoder().decode(envelope.payload)).pipe(
+      Effect.mapError(() => new CryptoError({ reason: "Malformed", detail: "welcome payload does not decode" }))
+    )
+    const existing = yield* settleExisting(payload.groupId, payload.commitSequenceId)
+    if (existing === undefined) return undefined
+    const state = yield* crypto.joinFromWelcome(payload.welcome, yield* identity.keyPackages)
+    const view = crypto.view(state)
+    if (view.groupId !== payload.groupId) {
+      return yield* new CryptoError({ reason: "Malformed", detail: "welcome names another group than its metadata" })
+    }
+    if (Option.isSome(existing) && view.epoch <= existing.value.epoch) {
+      // An old welcome (replayed or re-sent) must not bring a removed member back.
+      return yield* new CryptoError({
+        reason: "WrongEpoch",
+        detail: `welcome for epoch ${view.epoch} is not newer than the stored epoch ${existing.value.epoch}`
+      })
+    }
+    if (payload.dmId !== undefined) {
+      // A DM names both inboxes; nobody else may be in it.
+      const peer = dmPeer(payload.dmId, identity.inboxId)
+      const stranger = view.members.find((m) => m.inboxId !== identity.inboxId && m.inboxId !== peer)
+      if (peer === undefined || stranger !== undefined) {
+        return yield* new CryptoError({ reason: "Malformed", detail: `welcome to DM ${payload.dmId} has other members` })
       }
-      if (Option.isSome(existing) && view.epoch <= existing.value.epoch) {
-        // An old welcome (replayed or re-sent) must not bring a removed member back.
+    }
+    for (const leaf of view.members) {
+      if (!(yield* identity.isValidLeaf(leaf))) {
         return yield* new CryptoError({
-          reason: "WrongEpoch",
-          detail: `welcome for epoch ${view.epoch} is not newer than the stored epoch ${existing.value.epoch}`
+          reason: "Unauthenticated",
+          detail: `member ${leaf.installationId} is not a current installation of inbox ${leaf.inboxId}`
         })
       }
-      if (payload.dmId !== undefined) {
-        // A DM names both inboxes; nobody else may be in it.
-        const peer = dmPeer(payload.dmId, identity.inboxId)
-        const stranger = view.members.find((m) => m.inboxId !== identity.inboxId && m.inboxId !== peer)
-        if (peer === undefined || stranger !== undefined) {
-          return yield* new CryptoError({ reason: "Malformed", detail: `welcome to DM ${payload.dmId} has other members` })
-        }
+    }
+    const metadata = payload.dmId === undefined ? yield* metadataOf(view.metadata) : GroupMetadata.none
+    const now = yield* Clock.currentTimeNanos
+    yield* storage.transaction(Effect.gen(function*() {
+      if (Option.isSome(existing)) {
+        // Taken back: nothing queued before the removal may go out now (a stale leave request
+        // or removal would undo the re-add).
+        yield* failPendingIntents(ctx, payload.groupId)
+        yield* storage.groups.saveState(payload.groupId, { epoch: view.epoch, mlsState: crypto.serialize(state) })
+        yield* storage.groups.setMembership(payload.groupId, "active")
+      } else {
+        yield* storage.groups.insert(StoredGroup.make({
+          id: payload.groupId,
+          kind: payload.dmId === undefined ? "group" : "dm",
+          dmId: payload.dmId ?? null,
+          membershipState: "active",
+          epoch: view.epoch,
+          mlsState: crypto.serialize(state),
+          maybeForked: false,
+          forkDetails: null,
+          quarantine: null,
+          name: metadata.name,
+          description: metadata.description,
+          addedByInboxId: null,
+          createdAtNs: now,
+          lastMessageNs: envelope.serverTimeNs
+        }))
       }
-      for (const leaf of view.members) {
-        if (!(yield* identity.isValidLeaf(leaf))) {
-          return yield* new CryptoError({
-            reason: "Unauthenticated",
-            detail: `member ${leaf.installationId} is not a current installation of inbox ${leaf.inboxId}`
-          })
-        }
-      }
-      const metadata = payload.dmId === undefined ? yield* metadataOf(view.metadata) : GroupMetadata.none
-      const now = yield* Clock.currentTimeNanos
-      yield* storage.transaction(Effect.gen(function*() {
-        if (Option.isSome(existing)) {
-          // Taken back: nothing queued before the removal may go out now (a stale leave request
-          // or removal would undo the re-add).
-          yield* failPendingIntents(env, payload.groupId)
-          yield* storage.groups.saveState(payload.groupId, { epoch: view.epoch, mlsState: crypto.serialize(state) })
-          yield* storage.groups.setMembership(payload.groupId, "active")
-        } else {
-          yield* storage.groups.insert(GroupRow.make({
-            id: payload.groupId,
-            kind: payload.dmId === undefined ? "group" : "dm",
-            dm_id: payload.dmId ?? null,
-            membership_state: "active",
-            epoch: view.epoch,
-            mls_state: crypto.serialize(state),
-            maybe_forked: false,
-            fork_details: null,
-            name: metadata.name,
-            description: metadata.description,
-            added_by_inbox_id: null,
-            created_at_ns: now,
-            last_message_ns: envelope.serverTimeNs
-          }))
-        }
-        // A rejoin reads again from the commit that re-added us: while inactive, the cursor
-        // moved past envelopes we could not read then and can now.
-        yield* storage.cursors.set(groupTopic(payload.groupId), payload.commitSequenceId)
-        yield* storage.cursors.advance(topic, envelope.sequenceId)
-      }))
-      return payload.groupId
-    })
+      // A rejoin reads again from the commit that re-added us: while inactive, the cursor
+      // moved past envelopes we could not read then and can now.
+      yield* storage.cursors.set(groupTopic(payload.groupId), payload.commitSequenceId)
+      yield* storage.cursors.advance(topic, envelope.sequenceId)
+    }))
+    return payload.groupId
+  })
 
   /** Reads the welcome topic to its end; returns the groups joined. */
   const syncWelcomes = lock.withPermits(1)(Effect.gen(function*() {
@@ -128,22 +130,17 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
       const page = yield* ds.queryWelcomeMessages({
         installationId: identity.installationId,
         afterSequenceId: cursor,
-        limit: env.options.pageSize
+        limit: ctx.options.pageSize
       })
       for (const envelope of page.items) {
+        const skip = (e: { readonly message: string }) =>
+          Effect.logWarning("skipping welcome", e.message).pipe(
+            Effect.annotateLogs({ sequenceId: envelope.sequenceId.toString() }),
+            Effect.tap(() => skipped++),
+            Effect.as(undefined)
+          )
         const result = yield* join(envelope).pipe(
-          Effect.catchTags({
-            CryptoError: (e) =>
-              Effect.logWarning(`skipping welcome ${envelope.sequenceId}: ${e.message}`).pipe(
-                Effect.tap(() => skipped++),
-                Effect.as(undefined)
-              ),
-            InvalidIdentityUpdate: (e) =>
-              Effect.logWarning(`skipping welcome ${envelope.sequenceId}: ${e.message}`).pipe(
-                Effect.tap(() => skipped++),
-                Effect.as(undefined)
-              )
-          })
+          Effect.catchTags({ CryptoError: skip, InvalidIdentityUpdate: skip })
         )
         if (result !== undefined) joined.push(result)
         yield* storage.cursors.advance(topic, envelope.sequenceId)

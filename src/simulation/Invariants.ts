@@ -16,8 +16,7 @@ import { sha256Hex } from "../domain/Bytes.ts"
 import { MembershipChangeJson } from "../domain/Content.ts"
 import * as IdentityLog from "../domain/IdentityLog.ts"
 import type { ConversationId, GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
-import { IntentDataJson } from "../domain/Intent.ts"
-import type { GroupRow, IntentRow, MessageRow } from "../domain/Rows.ts"
+import type { StoredGroup, StoredIntent, StoredMessage } from "../domain/Stored.ts"
 import type { GroupMessageEnvelope, WelcomeMessageEnvelope } from "../domain/Wire.ts"
 import { WelcomePayloadJson } from "../domain/Wire.ts"
 import type { Violation } from "./Report.ts"
@@ -27,8 +26,8 @@ const short = (hex: string) => hex.slice(0, 8)
 
 /** One installation's view of one group. */
 interface Held {
-  readonly row: GroupRow
-  readonly messages: ReadonlyArray<MessageRow>
+  readonly row: StoredGroup
+  readonly messages: ReadonlyArray<StoredMessage>
   readonly info?: {
     readonly epoch: bigint
     readonly authenticator: string
@@ -72,11 +71,11 @@ export const dmGroups = (world: World) =>
     for (const [c, client] of booted(world)) {
       const storage = yield* world.net.storage(client)
       for (const row of yield* storage.groups.list({ includeInactive: true })) {
-        if (row.kind !== "dm" || row.dm_id === null) continue
-        const known = found.get(row.id) ?? { dmId: row.dm_id, creator: undefined, createdAt: row.created_at_ns }
-        if (row.added_by_inbox_id !== null) {
+        if (row.kind !== "dm" || row.dmId === null) continue
+        const known = found.get(row.id) ?? { dmId: row.dmId, creator: undefined, createdAt: row.createdAtNs }
+        if (row.addedByInboxId !== null) {
           known.creator = c
-          known.createdAt = row.created_at_ns
+          known.createdAt = row.createdAtNs
         }
         found.set(row.id, known)
       }
@@ -202,40 +201,40 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
     for (const [c, storage] of storages) {
       const stuck = yield* storage.intents.byState(["ToPublish", "Published", "Committed"])
       for (const intent of stuck) {
-        violate("stuck-intent", `${name(c)}: ${intent.kind} intent ${intent.id} of group ${intent.group_id} left ${intent.state}`)
+        violate("stuck-intent", `${name(c)}: ${intent.kind} intent ${intent.id} of group ${intent.groupId} left ${intent.state}`)
       }
       const failed = yield* storage.intents.byState(["Error"])
       for (const intent of failed) yield* checkFailedIntent(c, intent)
       const groups = yield* storage.groups.list({ includeInactive: true })
       for (const group of groups) {
-        if (group.maybe_forked) {
-          violate("forked", `${name(c)}: group ${group.id} marked maybeForked (${group.fork_details ?? "?"})`)
+        if (group.maybeForked) {
+          violate("forked", `${name(c)}: group ${group.id} marked maybeForked (${group.forkDetails ?? "?"})`)
         }
-        if (group.membership_state === "pendingRemove") {
+        if (group.membershipState === "pendingRemove") {
           violate("leave-incomplete", `${name(c)}: group ${group.id} is still pendingRemove: its inbox asked to leave and was never removed`)
         }
       }
       for (const sent of world.sent.filter((s) => s.c === c && s.confirmed)) {
         const row = yield* storage.messages.get(sent.id)
-        if (Option.isNone(row) || row.value.delivery_status !== "published") {
+        if (Option.isNone(row) || row.value.deliveryStatus !== "published") {
           violate(
             "confirmed-send-not-published",
-            `${name(c)}: send "${sent.text}" (op ${sent.op}) succeeded but the message is ${Option.isNone(row) ? "missing" : row.value.delivery_status}`
+            `${name(c)}: send "${sent.text}" (op ${sent.op}) succeeded but the message is ${Option.isNone(row) ? "missing" : row.value.deliveryStatus}`
           )
         }
       }
     }
 
-    function checkFailedIntent(c: number, intent: IntentRow) {
+    function checkFailedIntent(c: number, intent: StoredIntent) {
       return Effect.gen(function*() {
         if (intent.kind !== "SendMessage") return
-        const data = Schema.decodeSync(IntentDataJson)(intent.data)
+        const data = intent.data
         if (data._tag !== "SendMessage") return
         const row = yield* storages.get(c)!.messages.get(data.messageId)
-        if (Option.isSome(row) && row.value.delivery_status !== "failed") {
+        if (Option.isSome(row) && row.value.deliveryStatus !== "failed") {
           violate(
             "failed-intent-message-not-failed",
-            `${name(c)}: SendMessage intent ${intent.id} is Error but its message "${data.text}" is ${row.value.delivery_status}`
+            `${name(c)}: SendMessage intent ${intent.id} is Error but its message "${data.text}" is ${row.value.deliveryStatus}`
           )
         }
       })
@@ -275,11 +274,11 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
         for (const [c, storage] of storages) {
           const row = yield* storage.groups.get(groupId)
           if (Option.isNone(row)) continue
-          const messages = (yield* storage.messages.byConversation(row.value.dm_id ?? (groupId as unknown as ConversationId), {
+          const messages = (yield* storage.messages.byConversation(row.value.dmId ?? (groupId as unknown as ConversationId), {
             direction: "asc"
-          })).filter((m) => m.group_id === groupId)
+          })).filter((m) => m.groupId === groupId)
           let info: Held["info"]
-          if (row.value.membership_state !== "inactive") {
+          if (row.value.membershipState !== "inactive") {
             if (dm === undefined) {
               const conversation = yield* clients.get(c)!.conversation(groupId as unknown as ConversationId)
               const debug = yield* conversation.debugInfo
@@ -293,7 +292,7 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
               }
             } else {
               // The DM handle speaks for its primary group: read this one's state itself.
-              const view = net.crypto.view(yield* net.crypto.deserialize(row.value.mls_state))
+              const view = net.crypto.view(yield* net.crypto.deserialize(row.value.mlsState))
               info = {
                 epoch: view.epoch,
                 authenticator: view.epochAuthenticator,
@@ -377,7 +376,7 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
         // ---- convergence of state ----
         // A deserted group (its last members asked to leave and nobody remained to commit the
         // removal, so they went inactive themselves) takes in no new devices: nobody is there.
-        const deserted = held.size > 0 && [...held.values()].every((v) => v.row.membership_state === "inactive")
+        const deserted = held.size > 0 && [...held.values()].every((v) => v.row.membershipState === "inactive")
         for (const inbox of deserted ? [] : expectedMembers) {
           for (const installation of currentOf(inbox)) {
             const c = byInstallation.get(installation)
@@ -386,7 +385,7 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
               violate(
                 "member-not-joined",
                 `${label}: ${installationName(installation)} is a current installation of ${inboxName(inbox)}, a member at epoch ${finalEpoch}, but ${
-                  view === undefined ? "never joined" : `is ${view.row.membership_state}`
+                  view === undefined ? "never joined" : `is ${view.row.membershipState}`
                 }`
               )
             }
@@ -441,51 +440,51 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
 
         // ---- messages ----
         const idAtSequence = new Map<bigint, { readonly id: string; readonly c: number }>()
-        const rowsById = new Map<number, Map<string, MessageRow>>()
+        const rowsById = new Map<number, Map<string, StoredMessage>>()
         for (const [c, view] of held) {
           const self = clients.get(c)!
-          const byId = new Map<string, MessageRow>()
+          const byId = new Map<string, StoredMessage>()
           rowsById.set(c, byId)
           const texts = new Map<string, number>()
           let lastSequence = 0n
           // Where this installation recorded its own removal (commit sequences).
           const removals = view.messages.flatMap((m) => {
-            if (m.kind !== "membershipChange" || m.sequence_id === null) return []
+            if (m.kind !== "membershipChange" || m.sequenceId === null) return []
             const change = Schema.decodeUnknownOption(MembershipChangeJson)(m.content)
-            return Option.isSome(change) && change.value.removedInboxes.includes(self.inboxId) ? [m.sequence_id] : []
+            return Option.isSome(change) && change.value.removedInboxes.includes(self.inboxId) ? [m.sequenceId] : []
           })
           for (const m of view.messages) {
             byId.set(m.id, m)
             if (m.kind === "text") texts.set(m.content, (texts.get(m.content) ?? 0) + 1)
-            if (m.delivery_status === "unpublished") {
+            if (m.deliveryStatus === "unpublished") {
               violate("stuck-unpublished", `${name(c)}: ${label} message "${m.content}" is still unpublished`)
             }
-            if (m.sequence_id === null) continue
-            if (m.sequence_id <= lastSequence) {
-              violate("order", `${name(c)}: ${label} lists sequence ${m.sequence_id} after ${lastSequence}`)
+            if (m.sequenceId === null) continue
+            if (m.sequenceId <= lastSequence) {
+              violate("order", `${name(c)}: ${label} lists sequence ${m.sequenceId} after ${lastSequence}`)
             }
-            lastSequence = m.sequence_id > lastSequence ? m.sequence_id : lastSequence
-            const first = idAtSequence.get(m.sequence_id)
-            if (first === undefined) idAtSequence.set(m.sequence_id, { id: m.id, c })
+            lastSequence = m.sequenceId > lastSequence ? m.sequenceId : lastSequence
+            const first = idAtSequence.get(m.sequenceId)
+            if (first === undefined) idAtSequence.set(m.sequenceId, { id: m.id, c })
             else if (first.id !== m.id) {
               violate(
                 "order",
-                `${label}: sequence ${m.sequence_id} is message ${short(first.id)} at ${name(first.c)} but ${short(m.id)} at ${name(c)}`
+                `${label}: sequence ${m.sequenceId} is message ${short(first.id)} at ${name(first.c)} but ${short(m.id)} at ${name(c)}`
               )
             }
             // Nobody may hold a message of an epoch it was not in, or one sent after its removal.
-            const own = m.sender_installation_id === self.installationId
+            const own = m.senderInstallationId === self.installationId
             if (m.kind === "text" && !own) {
-              const claim = claimed.get(m.sequence_id)
-              const position = inForce.get(m.sequence_id)
+              const claim = claimed.get(m.sequenceId)
+              const position = inForce.get(m.sequenceId)
               if (claim === undefined || position === undefined) {
-                violate("phantom-message", `${name(c)}: ${label} holds "${m.content}" at sequence ${m.sequence_id}, which is not a message of this group`)
+                violate("phantom-message", `${name(c)}: ${label} holds "${m.content}" at sequence ${m.sequenceId}, which is not a message of this group`)
                 continue
               }
               if (!memberThroughout(self.inboxId, claim.epoch, position)) {
                 violate(
                   "read-after-removal",
-                  `${name(c)}: ${label} holds "${m.content}" (epoch ${claim.epoch}, sequence ${m.sequence_id}, epoch in force ${position}) but its inbox was not a member throughout`
+                  `${name(c)}: ${label} holds "${m.content}" (epoch ${claim.epoch}, sequence ${m.sequenceId}, epoch in force ${position}) but its inbox was not a member throughout`
                 )
                 continue
               }
@@ -493,17 +492,17 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
               if (join === undefined) {
                 violate(
                   "read-before-join",
-                  `${name(c)}: ${label} holds "${m.content}" (epoch ${claim.epoch}, sequence ${m.sequence_id}) but joined only later (${
+                  `${name(c)}: ${label} holds "${m.content}" (epoch ${claim.epoch}, sequence ${m.sequenceId}) but joined only later (${
                     (mayHaveJoined.get(c) ?? []).map((j) => `at epoch ${j.epoch} by sequence ${j.sequence}`).join(", ") || "no welcome"
                   })`
                 )
                 continue
               }
-              const removedSince = removals.find((r) => r > join.sequence && r < m.sequence_id!)
+              const removedSince = removals.find((r) => r > join.sequence && r < m.sequenceId!)
               if (removedSince !== undefined) {
                 violate(
                   "read-after-removal",
-                  `${name(c)}: ${label} holds "${m.content}" (sequence ${m.sequence_id}) sent after its removal at sequence ${removedSince}`
+                  `${name(c)}: ${label} holds "${m.content}" (sequence ${m.sequenceId}) sent after its removal at sequence ${removedSince}`
                 )
               }
             }
@@ -518,8 +517,8 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
         for (const [c, view] of held) {
           const self = clients.get(c)!
           for (const m of view.messages) {
-            if (m.kind !== "text" || m.sender_installation_id !== self.installationId) continue
-            if (m.delivery_status === "failed") {
+            if (m.kind !== "text" || m.senderInstallationId !== self.installationId) continue
+            if (m.deliveryStatus === "failed") {
               for (const [other, byId] of rowsById) {
                 if (other !== c && byId.has(m.id)) {
                   violate("failed-but-delivered", `${label}: "${m.content}" failed at its sender ${name(c)} but ${name(other)} stores it`)
@@ -527,11 +526,11 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
               }
               continue
             }
-            if (m.delivery_status !== "published" || m.sequence_id === null) continue
-            const claim = claimed.get(m.sequence_id)
-            const position = inForce.get(m.sequence_id)
+            if (m.deliveryStatus !== "published" || m.sequenceId === null) continue
+            const claim = claimed.get(m.sequenceId)
+            const position = inForce.get(m.sequenceId)
             if (claim === undefined || position === undefined || claim.kind !== "application") {
-              violate("phantom-message", `${name(c)}: its "${m.content}" in ${label} is marked published at sequence ${m.sequence_id}, which is not its message`)
+              violate("phantom-message", `${name(c)}: its "${m.content}" in ${label} is marked published at sequence ${m.sequenceId}, which is not its message`)
               continue
             }
             if (claim.epoch > position) {
@@ -553,15 +552,15 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
               // A revoked device is removed by some commit after its revocation: what landed
               // before the revocation was surely still for it, if it had joined by then. From
               // its revocation on, the delivery service no longer serves it its welcomes.
-              if (revoked !== undefined && (m.sent_at_ns >= revoked || !held.has(other))) continue
+              if (revoked !== undefined && (m.sentAtNs >= revoked || !held.has(other))) continue
               const got = rowsById.get(other)?.get(m.id)
               if (got === undefined) {
                 violate(
                   "lost-message",
-                  `${label}: "${m.content}" by ${name(c)} (epoch ${claim.epoch}, sequence ${m.sequence_id}) is missing at ${name(other)}, in the group from epoch ${join.epoch} throughout`
+                  `${label}: "${m.content}" by ${name(c)} (epoch ${claim.epoch}, sequence ${m.sequenceId}) is missing at ${name(other)}, in the group from epoch ${join.epoch} throughout`
                 )
-              } else if (got.sequence_id !== m.sequence_id) {
-                violate("order", `${label}: "${m.content}" is at sequence ${got.sequence_id} at ${name(other)}, ${m.sequence_id} at its sender`)
+              } else if (got.sequenceId !== m.sequenceId) {
+                violate("order", `${label}: "${m.content}" is at sequence ${got.sequenceId} at ${name(other)}, ${m.sequenceId} at its sender`)
               }
             }
           }
@@ -598,20 +597,20 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
         .map(([c]) => c)
       const createdAt = (d: DmGroup) => {
         const row = d.creator === undefined ? undefined : checked.get(d.groupId)?.held.get(d.creator)?.row
-        return row?.created_at_ns
+        return row?.createdAtNs
       }
       const creations = groups.map(createdAt).filter((t): t is bigint => t !== undefined)
       const firstCreation = creations.reduce<bigint | undefined>((a, t) => (a === undefined || t < a ? t : a), undefined)
 
       // Every installation that existed before the DM began is in all its groups from their
       // start: they all hold the same messages.
-      const texts = new Map<number, Map<string, MessageRow>>()
+      const texts = new Map<number, Map<string, StoredMessage>>()
       for (const c of parties) {
         const rows = yield* storages.get(c)!.messages.byConversation(dm, { direction: "asc" })
-        texts.set(c, new Map(rows.filter((m) => m.kind === "text" && m.delivery_status === "published").map((m) => [m.id, m])))
+        texts.set(c, new Map(rows.filter((m) => m.kind === "text" && m.deliveryStatus === "published").map((m) => [m.id, m])))
         for (const m of rows) {
-          if (!groups.some((d) => d.groupId === m.group_id)) {
-            violate("dm-phantom", `${name(c)}: ${label(dm)} lists "${m.content}" of group ${m.group_id}, which is not one of its groups`)
+          if (!groups.some((d) => d.groupId === m.groupId)) {
+            violate("dm-phantom", `${name(c)}: ${label(dm)} lists "${m.content}" of group ${m.groupId}, which is not one of its groups`)
           }
         }
       }
@@ -620,7 +619,7 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
         const at = registered(c)
         return at !== undefined && firstCreation !== undefined && at < firstCreation
       })
-      const union = new Map<string, MessageRow>()
+      const union = new Map<string, StoredMessage>()
       for (const c of fromStart) for (const [id, m] of texts.get(c)!) union.set(id, m)
       for (const c of fromStart) {
         const mine = texts.get(c)!
@@ -636,7 +635,7 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
       // Once the last message landed after everything else that touched the DM (a group
       // created, a welcome, a failed send), every installation sends on that message's group.
       const published = [...texts.values()].flatMap((m) => [...m.values()])
-      const last = published.reduce<MessageRow | undefined>((a, m) => (a === undefined || m.sent_at_ns > a.sent_at_ns ? m : a), undefined)
+      const last = published.reduce<StoredMessage | undefined>((a, m) => (a === undefined || m.sentAtNs > a.sentAtNs ? m : a), undefined)
       if (last === undefined) continue
       const events: Array<bigint> = [...creations]
       for (const d of groups) {
@@ -647,20 +646,20 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
       for (const [c, storage] of storages) {
         if (!pair.includes(world.installs[c]!.inbox)) continue
         for (const m of yield* storage.messages.byConversation(dm, {})) {
-          if (m.delivery_status !== "published") events.push(m.sent_at_ns)
+          if (m.deliveryStatus !== "published") events.push(m.sentAtNs)
         }
       }
-      const settled = events.every((t) => t < last.sent_at_ns) &&
-        published.filter((m) => m.sent_at_ns === last.sent_at_ns && m.id !== last.id).length === 0
+      const settled = events.every((t) => t < last.sentAtNs) &&
+        published.filter((m) => m.sentAtNs === last.sentAtNs && m.id !== last.id).length === 0
       if (!settled) continue
       for (const c of parties) {
-        const view = checked.get(last.group_id)?.held.get(c)
-        if (view === undefined || view.row.membership_state === "inactive") continue
+        const view = checked.get(last.groupId)?.held.get(c)
+        if (view === undefined || view.row.membershipState === "inactive") continue
         const info = yield* (yield* clients.get(c)!.conversation(dm)).debugInfo
-        if (info.groupIds[0] !== last.group_id) {
+        if (info.groupIds[0] !== last.groupId) {
           violate(
             "dm-primary-divergent",
-            `${label(dm)}: ${name(c)} sends on ${info.groupIds[0]}, but the last message ("${last.content}") went to ${last.group_id} after every other change`
+            `${label(dm)}: ${name(c)} sends on ${info.groupIds[0]}, but the last message ("${last.content}") went to ${last.groupId} after every other change`
           )
         }
       }

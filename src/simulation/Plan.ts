@@ -10,7 +10,7 @@
  * make sense; when a run goes otherwise (an add failed, a welcome is not read yet), the
  * operation meets a typed error, which the runner records.
  */
-import type { CrashPoint } from "../services/Engine.ts"
+import type { CrashPoint } from "../services/EngineContext.ts"
 import * as Prng from "./Prng.ts"
 
 /**

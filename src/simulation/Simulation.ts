@@ -34,7 +34,7 @@ import * as IdentityLog from "../domain/IdentityLog.ts"
 import { type ConversationId, dmId, type GroupId, type InboxId } from "../domain/Ids.ts"
 import type { SyncSummary } from "../domain/Model.ts"
 import { GroupMessageInput, WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
-import { defaultEngineOptions } from "../services/Engine.ts"
+import { defaultEngineOptions } from "../services/EngineContext.ts"
 import { simulatedCrashOf, type TestClient, type TestDelivery, TestNetwork } from "../testing.ts"
 import * as Invariants from "./Invariants.ts"
 import * as Plan from "./Plan.ts"
@@ -126,8 +126,10 @@ export const run = (options: Options): Effect.Effect<Report> => {
   const started = Date.now()
   const trace: Array<TraceEntry> = []
   let logs: Array<string> = []
-  const logger = Logger.make(({ logLevel, message }) => {
-    logs.push(`${logLevel.label}: ${firstLine(formatLogMessage(message))}`)
+  const logger = Logger.make(({ annotations, logLevel, message }) => {
+    // Ids travel as log annotations (groupId, intentId, sequenceId), not inside the message.
+    const ids = [...annotations].map(([key, value]) => `${key}=${String(value)}`).join(" ")
+    logs.push(`${logLevel.label}: ${firstLine(formatLogMessage(message))}${ids === "" ? "" : ` (${ids})`}`)
   })
   const program = Effect.gen(function*() {
     const ops = Plan.plan(options)
@@ -324,7 +326,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
         if (client === undefined) continue
         const storage = yield* net.storage(client)
         const rows = yield* storage.groups.list({ includeInactive: true })
-        const found = rows.find((r) => r.kind === "group" && r.added_by_inbox_id === client.inboxId && r.name === `g${g}`)
+        const found = rows.find((r) => r.kind === "group" && r.addedByInboxId === client.inboxId && r.name === `g${g}`)
         if (found !== undefined) world.groups[g] = found.id
       }
     }).pipe(Effect.catchAll(() => Effect.void))
@@ -608,7 +610,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
         const groups = yield* storage.groups.list({ includeInactive: true })
         for (const g of groups) {
           const messages = yield* storage.messages.byConversation(g.id as unknown as ConversationId, {})
-          parts.push(`${client.name}:${g.id}:${g.epoch}:${g.membership_state}:${messages.length}:${messages.map((m) => m.delivery_status[0]).join("")}`)
+          parts.push(`${client.name}:${g.id}:${g.epoch}:${g.membershipState}:${messages.length}:${messages.map((m) => m.deliveryStatus[0]).join("")}`)
         }
         const intents = yield* storage.intents.byState(["ToPublish", "Published", "Committed", "Processed", "Error"])
         parts.push(`${client.name}:intents:${intents.map((i) => `${i.id}${i.state}`).join(",")}`)

@@ -1,0 +1,109 @@
+/**
+ * What the local store holds, as domain values: decoded, camelCase, stored JSON already parsed.
+ * The `Storage` port speaks these; how they sit in SQLite (snake_case rows, integer flags, JSON
+ * columns) is the adapter's business.
+ */
+import { Schema } from "effect"
+import { DeliveryStatus, MembershipChange, MessageKind } from "./Content.ts"
+import { ConversationId, GroupId, InboxId, InstallationId, MessageId } from "./Ids.ts"
+import { IntentData, IntentKind, IntentState, PostCommitData } from "./Intent.ts"
+import { IdentityUpdate } from "./Wire.ts"
+
+export const MembershipState = Schema.Literal("active", "pendingRemove", "inactive")
+export type MembershipState = typeof MembershipState.Type
+
+export const ConversationKind = Schema.Literal("group", "dm")
+export type ConversationKind = typeof ConversationKind.Type
+
+const Bytes = Schema.Uint8ArrayFromSelf
+const Nullable = Schema.NullOr
+
+export const StoredGroup = Schema.Struct({
+  id: GroupId,
+  kind: ConversationKind,
+  /** `dm:<a>:<b>` for DMs: several groups may share it (stitching). */
+  dmId: Nullable(ConversationId),
+  membershipState: MembershipState,
+  epoch: Schema.BigIntFromSelf,
+  mlsState: Bytes,
+  maybeForked: Schema.Boolean,
+  forkDetails: Nullable(Schema.String),
+  /** Why some of the group's stored rows were set aside as unreadable, if any were. */
+  quarantine: Nullable(Schema.String),
+  name: Nullable(Schema.String),
+  description: Nullable(Schema.String),
+  addedByInboxId: Nullable(InboxId),
+  createdAtNs: Schema.BigIntFromSelf,
+  lastMessageNs: Schema.BigIntFromSelf
+})
+export type StoredGroup = typeof StoredGroup.Type
+
+export const StoredMessage = Schema.Struct({
+  id: MessageId,
+  groupId: GroupId,
+  conversationId: ConversationId,
+  senderInboxId: InboxId,
+  senderInstallationId: InstallationId,
+  /** Server time once published; local time while unpublished. */
+  sentAtNs: Schema.BigIntFromSelf,
+  /** Position on the group topic, once published. */
+  sequenceId: Nullable(Schema.BigIntFromSelf),
+  kind: MessageKind,
+  /** The text; for a membership change, its transcript entry as JSON (what the API shows). */
+  content: Schema.String,
+  /** The transcript entry of a `membershipChange` message, decoded; null for a text. */
+  membershipChange: Nullable(MembershipChange),
+  deliveryStatus: DeliveryStatus,
+  insertedAtNs: Schema.BigIntFromSelf
+})
+export type StoredMessage = typeof StoredMessage.Type
+
+export const StoredIntent = Schema.Struct({
+  id: Schema.Number,
+  groupId: GroupId,
+  kind: IntentKind,
+  /** What the user asked for, re-derived at each publish. */
+  data: IntentData,
+  state: IntentState,
+  payloadHash: Nullable(Schema.String),
+  /** The exact bytes sent, so a send with an unknown outcome is repeated byte for byte. */
+  payload: Nullable(Bytes),
+  publishedEpoch: Nullable(Schema.BigIntFromSelf),
+  stagedState: Nullable(Bytes),
+  /** Welcomes to send once the commit is confirmed. */
+  postCommit: Nullable(PostCommitData),
+  /** Where the payload landed on the group topic. */
+  sequenceId: Nullable(Schema.BigIntFromSelf),
+  attempts: Schema.Number,
+  conflicts: Schema.Number,
+  error: Nullable(Schema.String),
+  createdAtNs: Schema.BigIntFromSelf
+})
+export type StoredIntent = typeof StoredIntent.Type
+
+export const StoredIdentity = Schema.Struct({
+  inboxId: InboxId,
+  installationId: InstallationId,
+  rootSecretKey: Nullable(Bytes),
+  signaturePrivateKey: Bytes,
+  signaturePublicKey: Bytes,
+  registered: Schema.Boolean,
+  createdAtNs: Schema.BigIntFromSelf
+})
+export type StoredIdentity = typeof StoredIdentity.Type
+
+export const StoredKeyPackage = Schema.Struct({
+  ref: Schema.String,
+  publicPackage: Bytes,
+  privatePackage: Bytes,
+  createdAtNs: Schema.BigIntFromSelf
+})
+export type StoredKeyPackage = typeof StoredKeyPackage.Type
+
+/** One verified entry of another inbox's identity log, cached. */
+export const InboxLogEntry = Schema.Struct({
+  inboxId: InboxId,
+  sequence: Schema.Number,
+  update: IdentityUpdate
+})
+export type InboxLogEntry = typeof InboxLogEntry.Type

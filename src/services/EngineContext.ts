@@ -1,0 +1,83 @@
+/**
+ * What every engine program (intent queue, publisher, group sync, welcomes) shares: the ports,
+ * one lock per group, the client's options, the decoded-state cache and the local feed of
+ * newly stored messages (which `streamMessages` reads).
+ */
+import { type Duration, Effect, type PubSub, Schedule } from "effect"
+import { ConversationNotFound } from "../domain/Errors.ts"
+import type { GroupId } from "../domain/Ids.ts"
+import type { CryptoError } from "../domain/Errors.ts"
+import type { StoredGroup, StoredMessage } from "../domain/Stored.ts"
+import type { DeliveryService } from "./DeliveryService.ts"
+import type { Identity } from "./Identity.ts"
+import type { MlsCrypto, MlsGroupState } from "./MlsCrypto.ts"
+import type { Storage } from "./Storage.ts"
+
+export interface EngineOptions {
+  /** Past epochs whose application messages still decrypt (default 3). */
+  readonly maxPastEpochs: number
+  /** Retries of a commit that lost its epoch; after it the intent fails (default: 5, spaced 10 ms). */
+  readonly conflictSchedule: Schedule.Schedule<unknown, unknown>
+  /** Retries of retryable transport failures; never consumes the conflict budget. */
+  readonly transportSchedule: Schedule.Schedule<unknown, unknown>
+  /** Envelopes per page when reading a topic (default 100). */
+  readonly pageSize: number
+  /**
+   * How often a sync compares each member inbox's installations with its identity log, to
+   * add new devices and remove revoked ones (default 5 seconds).
+   */
+  readonly installationCheckInterval: Duration.DurationInput
+  /**
+   * Called at each named point inside publish and sync. The default does nothing; the
+   * simulation makes it die there to crash the client mid-step.
+   */
+  readonly crashPoint: (point: CrashPoint) => Effect.Effect<void>
+}
+
+/** The places where a crash leaves the most interesting half-done state. */
+export type CrashPoint =
+  | "publish.beforeWriteAhead"
+  | "publish.afterWriteAheadBeforeSend"
+  | "publish.afterSendBeforeSync"
+  | "sync.midPage"
+  | "postCommit.beforeWelcomes"
+
+
+export const defaultEngineOptions: EngineOptions = {
+  maxPastEpochs: 3,
+  conflictSchedule: Schedule.recurs(5).pipe(Schedule.intersect(Schedule.spaced("10 millis"))),
+  transportSchedule: Schedule.exponential("50 millis", 2).pipe(
+    Schedule.jittered,
+    Schedule.intersect(Schedule.recurs(6))
+  ),
+  pageSize: 100,
+  installationCheckInterval: "5 seconds",
+  crashPoint: () => Effect.void
+}
+
+export interface EngineContext {
+  readonly storage: Storage["Type"]
+  readonly crypto: MlsCrypto["Type"]
+  readonly ds: DeliveryService["Type"]
+  readonly identity: Identity["Type"]
+  readonly options: EngineOptions
+  /** Serialises publish and sync per group within this process. */
+  readonly withGroupLock: (groupId: GroupId) => <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  /** Every message row stored for the first time, after its transaction commits. */
+  readonly stored: PubSub.PubSub<StoredMessage>
+  /**
+   * The group's MLS state from its stored bytes, decoded once: states are immutable values,
+   * so the last decode is reused while the stored bytes are the same.
+   */
+  readonly loadState: (group: StoredGroup) => Effect.Effect<MlsGroupState, CryptoError>
+  /** Serializes and remembers a state about to be stored, so the next load needs no decode. */
+  readonly encodeState: (groupId: GroupId, state: MlsGroupState) => Uint8Array
+}
+
+/** The group's stored row, or `ConversationNotFound`. */
+export const loadGroupRow = (ctx: EngineContext, groupId: GroupId) =>
+  ctx.storage.groups.get(groupId).pipe(
+    Effect.flatMap((row) =>
+      row._tag === "Some" ? Effect.succeed(row.value) : Effect.fail(new ConversationNotFound({ conversationId: groupId }))
+    )
+  )

@@ -1,0 +1,61 @@
+/**
+ * The intent queue: what a user (or the engine on a member's behalf) asked for, waiting to be
+ * published. Queueing and failing run in the caller's transaction.
+ */
+import { Effect } from "effect"
+import { randomBytes } from "node:crypto"
+import { toHex } from "../domain/Bytes.ts"
+import { GroupInactive } from "../domain/Errors.ts"
+import type { GroupId, InboxId } from "../domain/Ids.ts"
+import { type IntentData, LeaveData, RemoveMembersData } from "../domain/Intent.ts"
+import type { StoredIntent } from "../domain/Stored.ts"
+import type { EngineContext } from "./EngineContext.ts"
+
+/** Queues an intent (`ToPublish`); returns its id. */
+export const queueIntent = (ctx: EngineContext, groupId: GroupId, data: IntentData, createdAtNs: bigint) =>
+  ctx.storage.intents.insert({ groupId, data, createdAtNs })
+
+/** A new request to leave (each one its own message, so a repeat is not taken for a replay). */
+export const newLeaveRequest = () => LeaveData.make({ nonce: toHex(randomBytes(16)) })
+
+/** An intent ends in `Error`; a message it was sending is `failed`. */
+export const failIntent = (ctx: EngineContext, intent: StoredIntent, cause: string) =>
+  Effect.gen(function*() {
+    yield* ctx.storage.intents.markError(intent.id, cause)
+    if (intent.data._tag === "SendMessage") yield* ctx.storage.messages.markFailed(intent.data.messageId)
+  })
+
+/**
+ * Out of the group: nothing still pending can land any more, and an unsent intent kept would be
+ * re-derived (a removal or leave request replayed) if the group ever took this installation back.
+ */
+export const failPendingIntents = (ctx: EngineContext, groupId: GroupId) =>
+  Effect.gen(function*() {
+    const cause = new GroupInactive({ groupId }).message
+    for (const intent of yield* ctx.storage.intents.byGroup(groupId, ["ToPublish", "Published"])) {
+      yield* failIntent(ctx, intent, cause)
+    }
+  })
+
+/** Queues the removal of an inbox that asked to leave, unless one is already pending. */
+export const queueRemoval = (ctx: EngineContext, groupId: GroupId, inboxId: InboxId, now: bigint) =>
+  Effect.gen(function*() {
+    const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish", "Published"])
+    const already = pending.some((intent) => intent.data._tag === "RemoveMembers" && intent.data.inboxIds.includes(inboxId))
+    if (already) return
+    yield* queueIntent(ctx, groupId, RemoveMembersData.make({ inboxIds: [inboxId] }), now)
+  })
+
+/**
+ * Asks to leave again. A leave request is an application message of its epoch: members added
+ * after it never read it, and if none of those who did is left, nobody would ever commit the
+ * removal. So a pendingRemove installation repeats the request when a page it reads brings in
+ * installations.
+ */
+export const queueLeaveAgain = (ctx: EngineContext, groupId: GroupId, now: bigint) =>
+  Effect.gen(function*() {
+    // An unsent request is derived at the epoch it goes out in: the newcomers will read it.
+    const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish"])
+    if (pending.some((intent) => intent.kind === "Leave")) return
+    yield* queueIntent(ctx, groupId, newLeaveRequest(), now)
+  })

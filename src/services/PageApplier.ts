@@ -1,0 +1,322 @@
+/**
+ * Applies the receive decisions (`domain/ReceiveDecision`) of one page of a group topic. It
+ * gathers each envelope's facts (MLS header, own intent), asks the table what the envelope is,
+ * runs MLS where the answer says so, and accumulates the page's writes: MLS state, stored
+ * messages, intent transitions, membership, the fork flag and the removals to queue. `commit`
+ * writes them all with the cursor in one transaction, so a crash replays the whole page.
+ */
+import { Effect, Option, Schema } from "effect"
+import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
+import { MembershipChange, MembershipChangeJson, membershipChangeIdOf, messageIdOf } from "../domain/Content.ts"
+import type { StorageError } from "../domain/Errors.ts"
+import type { ConversationId, GroupId, InboxId } from "../domain/Ids.ts"
+import {
+  addSkipCounts,
+  ApplicationDecision,
+  applicationSkipReason,
+  classifyApplication,
+  classifyEnvelope,
+  commitChanges,
+  type CommitChanges,
+  EnvelopeDecision,
+  type GroupSnapshot,
+  type MembershipDiff,
+  newLeaves,
+  ownCommitChanges,
+  type SkipReason,
+  skipReasonOf
+} from "../domain/ReceiveDecision.ts"
+import { type StoredGroup, type StoredIntent, type MembershipState, StoredMessage } from "../domain/Stored.ts"
+import { groupTopic } from "../domain/Topics.ts"
+import type { GroupMessageEnvelope } from "../domain/Wire.ts"
+import type { EngineContext } from "./EngineContext.ts"
+import { failPendingIntents, queueLeaveAgain, queueRemoval } from "./IntentQueue.ts"
+import type { LeafMember, MlsGroupState } from "./MlsCrypto.ts"
+
+export interface PageOutcome {
+  readonly received: number
+  readonly messages: number
+  readonly commits: number
+  /** Every envelope skipped; `skippedBy` says why, per reason. */
+  readonly skipped: number
+  readonly skippedBy: Readonly<Partial<Record<SkipReason, number>>>
+}
+
+export const emptyOutcome: PageOutcome = { received: 0, messages: 0, commits: 0, skipped: 0, skippedBy: {} }
+
+export const addOutcomes = (a: PageOutcome, b: PageOutcome): PageOutcome => ({
+  received: a.received + b.received,
+  messages: a.messages + b.messages,
+  commits: a.commits + b.commits,
+  skipped: a.skipped + b.skipped,
+  skippedBy: addSkipCounts(a.skippedBy, b.skippedBy)
+})
+
+/** Starts a page read from `cursor` of a group held at `initial`. */
+export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupState, cursor: bigint, now: bigint) => {
+  const { crypto, identity, storage } = ctx
+  const groupId = group.id
+  let state = initial
+  let membership: MembershipState = group.membershipState
+  let forked: string | undefined
+  const writes: Array<Effect.Effect<unknown, StorageError>> = []
+  const newMessages: Array<StoredMessage> = []
+  const handledIntents = new Set<number>()
+  /** Inboxes that asked to leave: the remaining members commit their removal. */
+  const leaving = new Set<InboxId>()
+  /** Whether a commit of this page brought in installations (that never saw our leave request). */
+  let joined = false
+  let outcome: PageOutcome = emptyOutcome
+
+  const snapshot = (): GroupSnapshot => {
+    const view = crypto.view(state)
+    return { groupId, kind: group.kind, membership, epoch: view.epoch, ownLeafIndex: view.ownLeafIndex, members: view.members }
+  }
+
+  const skip = (envelope: GroupMessageEnvelope, reason: SkipReason, detail?: string) =>
+    Effect.logDebug("skipping envelope", detail ?? reason).pipe(
+      Effect.annotateLogs({ sequenceId: envelope.sequenceId.toString(), reason }),
+      Effect.tap(() => {
+        outcome = {
+          ...outcome,
+          skipped: outcome.skipped + 1,
+          skippedBy: addSkipCounts(outcome.skippedBy, { [reason]: 1 })
+        }
+      })
+    )
+
+  const conversationOf = (): ConversationId => group.dmId ?? (group.id as unknown as ConversationId)
+
+  /** The transcript entry of a commit: the same id and text on every member. */
+  const recordTranscript = (diff: MembershipDiff | undefined, committer: LeafMember, envelope: GroupMessageEnvelope) => {
+    if (diff === undefined) return
+    const change = MembershipChange.make({
+      epoch: diff.epoch,
+      addedInboxes: diff.added,
+      removedInboxes: diff.removed,
+      committedBy: committer.inboxId
+    })
+    newMessages.push(StoredMessage.make({
+      id: membershipChangeIdOf(groupId, diff.epoch),
+      groupId: groupId,
+      conversationId: conversationOf(),
+      senderInboxId: committer.inboxId,
+      senderInstallationId: committer.installationId,
+      sentAtNs: envelope.serverTimeNs,
+      sequenceId: envelope.sequenceId,
+      kind: "membershipChange",
+      content: Schema.encodeSync(MembershipChangeJson)(change),
+      membershipChange: change,
+      deliveryStatus: "published",
+      insertedAtNs: now
+    }))
+  }
+
+  const adopt = (next: MlsGroupState, changes: CommitChanges, committer: LeafMember, envelope: GroupMessageEnvelope) => {
+    recordTranscript(changes.transcript, committer, envelope)
+    joined ||= changes.broughtNewcomers
+    state = next
+    if (changes.leftGroup) membership = "inactive"
+    outcome = { ...outcome, commits: outcome.commits + 1 }
+  }
+
+  /** Our text or leave request landed: it is published where the DS put it. */
+  const ownMessage = (intent: StoredIntent, envelope: GroupMessageEnvelope) => {
+    const data = intent.data
+    if (data._tag === "SendMessage") {
+      writes.push(
+        storage.messages.markPublished(data.messageId, { sentAtNs: envelope.serverTimeNs, sequenceId: envelope.sequenceId }),
+        storage.groups.touch(groupId, envelope.serverTimeNs)
+      )
+    }
+    writes.push(storage.intents.markCommitted(intent.id, envelope.sequenceId), storage.intents.markProcessed(intent.id))
+    outcome = { ...outcome, messages: outcome.messages + 1 }
+  }
+
+  /** Our commit is first for its epoch: its staged state becomes the group's. */
+  const ownCommitWon = (intent: StoredIntent, envelope: GroupMessageEnvelope, before: GroupSnapshot) =>
+    Effect.gen(function*() {
+      const staged = yield* crypto.deserialize(intent.stagedState!)
+      const after = crypto.view(staged)
+      const me = crypto.view(state).members.find((m) => m.leafIndex === before.ownLeafIndex)!
+      adopt(staged, ownCommitChanges(before, after), me, envelope)
+      writes.push(storage.intents.markCommitted(intent.id, envelope.sequenceId))
+    })
+
+  /** Someone's commit for our epoch: process it, and take it only if every new leaf is a current installation. */
+  const commit = (envelope: GroupMessageEnvelope, before: GroupSnapshot) =>
+    Effect.gen(function*() {
+      const processed = yield* crypto.process(state, envelope.payload).pipe(Effect.either)
+      if (processed._tag === "Left" || processed.right.kind !== "commit") {
+        return yield* skip(envelope, "unprocessable", processed._tag === "Left" ? processed.left.message : "not a commit")
+      }
+      const after = crypto.view(processed.right.state)
+      for (const leaf of newLeaves(before.members, after.members)) {
+        if (!(yield* identity.isValidLeaf(leaf))) {
+          return yield* skip(envelope, "unauthenticatedCommit", `adds unregistered installation ${leaf.installationId}`)
+        }
+      }
+      adopt(processed.right.state, commitChanges(before, after, identity.inboxId), processed.right.committer, envelope)
+    })
+
+  /** Someone's application message: decrypt it, then do what it asks. */
+  const applicationMessage = (envelope: GroupMessageEnvelope, epoch: bigint, before: GroupSnapshot) =>
+    Effect.gen(function*() {
+      const processed = yield* crypto.process(state, envelope.payload).pipe(Effect.either)
+      if (processed._tag === "Left" || processed.right.kind !== "application") {
+        return yield* skip(envelope, "unprocessable", processed._tag === "Left" ? processed.left.message : "not an application message")
+      }
+      const { plaintext, sender } = processed.right
+      // Decrypting advances the receive ratchet, whatever the content turns out to be.
+      state = processed.right.state
+      const decision = classifyApplication({ epoch, sender, plaintext, group: before, ownInboxId: identity.inboxId })
+      const reason = applicationSkipReason(decision)
+      if (reason !== undefined) return yield* skip(envelope, reason)
+      ApplicationDecision.$match(decision, {
+        OwnInboxLeaving: () => {
+          if (membership === "active") membership = "pendingRemove"
+        },
+        MemberLeaving: ({ inboxId }) => {
+          leaving.add(inboxId)
+        },
+        Text: ({ nonce, text }) => {
+          newMessages.push(StoredMessage.make({
+            id: messageIdOf(groupId, sender.installationId, nonce),
+            groupId: groupId,
+            conversationId: conversationOf(),
+            senderInboxId: sender.inboxId,
+            senderInstallationId: sender.installationId,
+            sentAtNs: envelope.serverTimeNs,
+            sequenceId: envelope.sequenceId,
+            kind: "text",
+            content: text,
+            membershipChange: null,
+            deliveryStatus: "published",
+            insertedAtNs: now
+          }))
+          outcome = { ...outcome, messages: outcome.messages + 1 }
+        },
+        SenderRemoved: () => {},
+        UndecodableContent: () => {},
+        LeaveRequestInDm: () => {}
+      })
+    })
+
+  /** The own intent that published this payload, if any. */
+  const ownIntentOf = (envelope: GroupMessageEnvelope) =>
+    storage.intents.byPayloadHash(sha256Hex(envelope.payload)).pipe(
+      // A hash match must also be a byte match: the hash is ours, the bytes are the DS's.
+      Effect.map(Option.filter((intent) => intent.payload === null || bytesEqual(intent.payload, envelope.payload)))
+    )
+
+  /** Reads what the table needs; envelopes already read or of a group we left need nothing. */
+  const factsOf = (envelope: GroupMessageEnvelope, before: GroupSnapshot) =>
+    Effect.gen(function*() {
+      const settled = envelope.sequenceId <= cursor || before.membership === "inactive"
+      const header = settled ? Option.none() : yield* crypto.inspect(envelope.payload).pipe(Effect.option)
+      const own = Option.isSome(header) && header.value.groupId === groupId
+        ? yield* ownIntentOf(envelope)
+        : Option.none<StoredIntent>()
+      return { header, own }
+    })
+
+  const apply = (envelope: GroupMessageEnvelope) =>
+    Effect.gen(function*() {
+      outcome = { ...outcome, received: outcome.received + 1 }
+      const before = snapshot()
+      const { header, own } = yield* factsOf(envelope, before)
+      const decision = classifyEnvelope({
+        sequenceId: envelope.sequenceId,
+        cursor,
+        header,
+        ownIntent: Option.map(own, (i) => ({ id: i.id, kind: i.kind, state: i.state, hasStagedState: i.stagedState !== null })),
+        handledIntents,
+        group: before,
+        maxPastEpochs: ctx.options.maxPastEpochs
+      })
+      if (Option.isSome(own) && decision._tag !== "Duplicate") handledIntents.add(own.value.id)
+      switch (decision._tag) {
+        case "OwnMessage":
+          return ownMessage(Option.getOrThrow(own), envelope)
+        case "OwnCommitWon":
+          return yield* ownCommitWon(Option.getOrThrow(own), envelope, before)
+        case "OwnCommitLost":
+          yield* Effect.logDebug(`own commit for epoch ${decision.epoch} lost; group is at ${decision.currentEpoch}`).pipe(
+            Effect.annotateLogs({ intentId: decision.intentId })
+          )
+          writes.push(storage.intents.resetToPublish(decision.intentId, { conflict: true }))
+          break
+        case "FutureEpochCommit":
+          forked = `commit for epoch ${decision.epoch} at sequence ${envelope.sequenceId}; group at ${decision.currentEpoch}`
+          yield* Effect.logWarning("group may be forked", forked)
+          break
+        case "Commit":
+          return yield* commit(envelope, before)
+        case "ApplicationMessage":
+          return yield* applicationMessage(envelope, decision.epoch, before)
+      }
+      const reason = skipReasonOf(decision)
+      if (reason !== undefined) yield* skip(envelope, reason, describe(decision))
+    })
+
+  /** A DM's groups each record the same membership changes: the conversation shows them once. */
+  const repeatsInDm = (row: StoredMessage) =>
+    Effect.gen(function*() {
+      const key = (c: MembershipChange | null) => JSON.stringify([c?.addedInboxes, c?.removedInboxes])
+      const earlier = yield* storage.messages.membershipChanges(row.conversationId)
+      return earlier.some((m) => m.groupId !== row.groupId && key(m.membershipChange) === key(row.membershipChange))
+    })
+
+  /** Stores the page's new messages; returns those stored for the first time. */
+  const insertMessages = Effect.gen(function*() {
+    const fresh: Array<StoredMessage> = []
+    for (const row of newMessages) {
+      if (row.kind === "membershipChange" && group.kind === "dm" && (yield* repeatsInDm(row))) continue
+      if (yield* storage.messages.insert(row)) fresh.push(row)
+      if (row.kind === "text") yield* storage.groups.touch(groupId, row.sentAtNs)
+    }
+    return fresh
+  })
+
+  /** Writes the page and moves the cursor to `last`, in one transaction; returns the messages stored. */
+  const commitPage = (last: bigint) =>
+    storage.transaction(Effect.gen(function*() {
+      for (const write of writes) yield* write
+      // A crash here rolls the whole page back: it is replayed from the old cursor and state.
+      yield* ctx.options.crashPoint("sync.midPage")
+      const fresh = yield* insertMessages
+      // A page of only our own messages leaves the state as it was: nothing to write.
+      if (state !== initial) {
+        yield* storage.groups.saveState(groupId, { epoch: crypto.view(state).epoch, mlsState: ctx.encodeState(groupId, state) })
+      }
+      if (membership !== group.membershipState) yield* storage.groups.setMembership(groupId, membership)
+      if (membership === "inactive" && group.membershipState !== "inactive") yield* failPendingIntents(ctx, groupId)
+      if (forked !== undefined) yield* storage.groups.markForked(groupId, forked)
+      // Out of the group, we queue nothing for it (failPendingIntents above would miss it).
+      if (membership !== "inactive") for (const inboxId of leaving) yield* queueRemoval(ctx, groupId, inboxId, now)
+      if (joined && membership === "pendingRemove") yield* queueLeaveAgain(ctx, groupId, now)
+      yield* storage.cursors.advance(groupTopic(groupId), last)
+      return fresh
+    }))
+
+  return { apply, commit: commitPage, outcome: () => outcome }
+}
+
+/** A skip's detail for the debug log. */
+const describe = (decision: EnvelopeDecision): string =>
+  EnvelopeDecision.$match(decision, {
+    AlreadyRead: () => "already read",
+    NotAMemberAnymore: () => "this installation is no longer a member",
+    Malformed: () => "malformed",
+    ForeignGroup: ({ groupId }) => `belongs to group ${groupId ?? "?"}`,
+    Duplicate: ({ intentId }) => `duplicate of own intent ${intentId}`,
+    OwnMessage: () => "own message",
+    OwnCommitWon: () => "own commit",
+    OwnCommitLost: ({ epoch }) => `own commit for epoch ${epoch} lost`,
+    PastEpochCommit: ({ epoch }) => `commit for past epoch ${epoch} lost the race`,
+    FutureEpochCommit: ({ epoch }) => `commit for future epoch ${epoch}`,
+    Commit: () => "commit",
+    Unexpected: ({ kind }) => `unexpected ${kind}`,
+    TooOldApplication: ({ epoch }) => `application message from epoch ${epoch} is older than maxPastEpochs`,
+    ApplicationMessage: () => "application message"
+  })
