@@ -1,6 +1,6 @@
 import { ed25519 } from "@noble/curves/ed25519.js"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Option } from "effect"
+import { Effect, Either, Option, TestClock } from "effect"
 import { toHex } from "../src/domain/Bytes.ts"
 import * as IdentityLog from "../src/domain/IdentityLog.ts"
 import { IdentityUpdate } from "../src/domain/Wire.ts"
@@ -155,6 +155,33 @@ describe("Identity through the delivery service", () => {
       const forged = sign(ed25519.utils.randomSecretKey(), alice.inboxId, state, add(intruder))
       const refused = yield* net.delivery.publishIdentityUpdate(forged).pipe(Effect.flip)
       expect(refused._tag).toBe("InvalidIdentityUpdate")
+    }))
+
+  it.scoped("a key package serves one welcome: replaced at once, its private part gone after the grace period", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+      const ref = (bytes: Uint8Array | undefined) => net.crypto.keyPackageInfo(bytes!).pipe(Effect.map((i) => i.ref))
+      const [served] = yield* net.delivery.fetchKeyPackages([bob.installationId])
+      const used = yield* ref(served!.keyPackage)
+      const group = yield* alice.createGroup([bob.inboxId])
+      expect((yield* bob.syncAll).joined).toBe(1)
+      // The server hands out a fresh one from now on.
+      const [fresh] = yield* net.delivery.fetchKeyPackages([bob.installationId])
+      expect(yield* ref(fresh!.keyPackage)).not.toBe(used)
+      const privateRefs = Effect.flatMap(net.storage(bob), (s) => s.keyPackages.list).pipe(
+        Effect.map((rows) => rows.map((r) => r.ref))
+      )
+      // Kept for welcomes sealed to it that may still be on their way...
+      expect(yield* privateRefs).toContain(used)
+      yield* TestClock.adjust("25 hours")
+      yield* bob.syncAll
+      // ...and gone once the grace period is over; the group goes on.
+      expect(yield* privateRefs).not.toContain(used)
+      yield* group.send("still here")
+      yield* bob.syncAll
+      const messages = yield* (yield* bob.conversation(group.id)).messages()
+      expect(messages.map((m) => m.text)).toContain("still here")
     }))
 
   it.scoped("a revoked installation can no longer be added to a group", () =>

@@ -114,7 +114,9 @@ layer(TsMlsCrypto.layer())("MlsCrypto (ts-mls)", (it) => {
         const sealed = yield* crypto.sealToKeyPackage(bob.keyPackage.publicPackage, secret)
         // Nothing of the plaintext shows.
         expect(toHex(sealed).includes(toHex(secret))).toBe(false)
-        expect(fromUtf8(yield* crypto.openSealed(sealed, [carol.keyPackage, bob.keyPackage]))).toBe(fromUtf8(secret))
+        const opened = yield* crypto.openSealed(sealed, [carol.keyPackage, bob.keyPackage])
+        expect(fromUtf8(opened.plaintext)).toBe(fromUtf8(secret))
+        expect(opened.keyPackageRef).toBe(bob.keyPackage.ref)
         expectReason(yield* Effect.flip(crypto.openSealed(sealed, [carol.keyPackage])), "CannotDecrypt")
         const tampered = sealed.slice()
         tampered[tampered.length - 1] = tampered[tampered.length - 1]! ^ 1

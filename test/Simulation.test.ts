@@ -269,10 +269,21 @@ describe("simulation: regressions", () => {
       yield* group.removeMembers([bob.inboxId])
       yield* bob.syncAll
       expect(yield* (yield* bob.conversation(group.id)).state).toBe("inactive")
-      // Anyone who can write to Bob's welcome topic replays his first welcome, re-encoded.
+      // The strongest replayer holds the plaintext of Bob's first welcome (his adder, say), and
+      // seals it again to Bob's current key package, re-encoded.
       const [first] = yield* net.inspect.welcomes(bob.installationId)
-      const payload = Schema.decodeSync(WelcomePayloadJson)(new TextDecoder().decode(first!.payload))
-      const replay = new TextEncoder().encode(` ${Schema.encodeSync(WelcomePayloadJson)(payload)}`)
+      const bobKeys = (yield* (yield* net.storage(bob)).keyPackages.list).map((k) => ({
+        ref: k.ref,
+        publicPackage: k.publicPackage,
+        privatePackage: k.privatePackage
+      }))
+      const plain = (yield* net.crypto.openSealed(first!.payload, bobKeys)).plaintext
+      const payload = Schema.decodeSync(WelcomePayloadJson)(new TextDecoder().decode(plain))
+      const [current] = yield* net.delivery.fetchKeyPackages([bob.installationId])
+      const replay = yield* net.crypto.sealToKeyPackage(
+        current!.keyPackage!,
+        new TextEncoder().encode(` ${Schema.encodeSync(WelcomePayloadJson)(payload)}`)
+      )
       const intruder = yield* net.intruder
       yield* intruder.sendWelcomeMessages([WelcomeMessageInput.make({ installationId: bob.installationId, payload: replay })])
       yield* bob.syncAll

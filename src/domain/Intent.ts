@@ -85,6 +85,11 @@ export const IntentDataJson = Schema.parseJson(IntentData)
 /** What to do once an own commit is confirmed on the topic: send its welcomes. */
 export class PostCommitData extends Schema.Class<PostCommitData>("PostCommitData")({
   welcome: Schema.Uint8ArrayFromBase64,
-  installationIds: Schema.Array(InstallationId)
+  installationIds: Schema.Array(InstallationId),
+  /**
+   * The public key package each installation was added with (same order): its welcome is
+   * sealed to it. Absent in rows written before welcomes were sealed.
+   */
+  keyPackages: Schema.optionalWith(Schema.Array(Schema.Uint8ArrayFromBase64), { default: () => [] })
 }) {}
 export const PostCommitDataJson = Schema.parseJson(PostCommitData)

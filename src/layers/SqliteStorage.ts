@@ -448,7 +448,7 @@ export const make = Effect.gen(function*() {
       ),
     list: run(
       "keyPackages.list",
-      sql`SELECT * FROM converge_key_packages ORDER BY created_at_ns DESC`.pipe(
+      sql`SELECT * FROM converge_key_packages ORDER BY created_at_ns DESC, rowid DESC`.pipe(
         Effect.flatMap(decodeEach(KeyPackageRow, "converge_key_packages", quarantine.none))
       )
     ),

@@ -619,8 +619,9 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
       for (const bundle of keyPackages) {
         const { privatePackage, publicPackage } = yield* decodeBundle(bundle)
         if (!bytesEqual(yield* tryMls("open", () => makeKeyPackageRef(publicPackage, cs.hash)), ref)) continue
-        return yield* tryMls("open", async () =>
+        const plaintext = yield* tryMls("open", async () =>
           decryptWithLabel(await cs.hpke.importPrivateKey(privatePackage.initPrivateKey), WRAPPER_LABEL, ref, enc, ct, cs.hpke))
+        return { plaintext, keyPackageRef: toHex(ref) }
       }
       return yield* fail("CannotDecrypt", "sealed to none of the given key packages")
     })

@@ -6,7 +6,9 @@
  * cursor with the old state and nothing is applied twice.
  */
 import { Clock, Effect, PubSub, Schema } from "effect"
+import type { DeliveryError } from "../domain/Errors.ts"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
+import type { PostCommitData } from "../domain/Intent.ts"
 import type { StoredIntent } from "../domain/Stored.ts"
 import { groupTopic } from "../domain/Topics.ts"
 import { WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
@@ -92,6 +94,12 @@ export const make = (ctx: EngineContext) => {
     }
   })
 
+  /** The key packages the recipients were added with (fetched again for rows from before they were kept). */
+  const welcomeKeyPackages = (post: PostCommitData): Effect.Effect<ReadonlyArray<Uint8Array | undefined>, DeliveryError> =>
+    post.keyPackages.length === post.installationIds.length
+      ? Effect.succeed(post.keyPackages)
+      : Effect.map(ds.fetchKeyPackages(post.installationIds), (fetched) => fetched.map((f) => f.keyPackage))
+
   const sendWelcomes = (groupId: GroupId, intent: StoredIntent) =>
     Effect.gen(function*() {
       const group = yield* loadGroupRow(ctx, groupId)
@@ -107,8 +115,23 @@ export const make = (ctx: EngineContext) => {
             })
           )
         )
-        // Identical bytes per recipient: a resend after a crash is stored once by the DS.
-        const messages = post.installationIds.map((installationId) => WelcomeMessageInput.make({ installationId, payload }))
+        // Sealed to each recipient's key package: the server and everyone else see no group id,
+        // no cursor and no DM peer. Sealing is randomized, so a resend after a crash stores a
+        // second copy; the joiner takes a group once.
+        const keyPackages = yield* welcomeKeyPackages(post)
+        const messages: Array<WelcomeMessageInput> = []
+        for (const [i, installationId] of post.installationIds.entries()) {
+          const keyPackage = keyPackages[i]
+          if (keyPackage === undefined) {
+            yield* Effect.logWarning("no key package to seal a welcome to; the installation is not welcomed").pipe(
+              Effect.annotateLogs({ groupId, installationId })
+            )
+            continue
+          }
+          // The commit was built with this very key package, so it decodes: a failure is a bug.
+          const sealed = yield* crypto.sealToKeyPackage(keyPackage, payload).pipe(Effect.orDie)
+          messages.push(WelcomeMessageInput.make({ installationId, payload: sealed }))
+        }
         for (let i = 0; i < messages.length; i += 50) yield* ds.sendWelcomeMessages(messages.slice(i, i + 50))
       }
       yield* storage.intents.markProcessed(intent.id)

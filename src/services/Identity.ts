@@ -7,7 +7,7 @@
  * cached in the store; a leaf is valid only if its key is a current installation of its inbox.
  */
 import { ed25519 } from "@noble/curves/ed25519.js"
-import { Clock, Context, Effect, Either, HashMap, HashSet, Layer, Option, Ref, Schema } from "effect"
+import { Clock, Context, Duration, Effect, Either, HashMap, HashSet, Layer, Option, Ref, Schema } from "effect"
 import { toHex } from "../domain/Bytes.ts"
 import {
   type CryptoError,
@@ -28,7 +28,15 @@ import { Storage } from "./Storage.ts"
 
 export type IdentityError = DeliveryError | InvalidIdentityUpdate | StorageError | CryptoError
 
+/**
+ * How long a replaced key package's private part is kept: welcomes sealed to it before the
+ * replacement may still be on their way (an adder fetched it, its commit lands later).
+ */
+export const DEFAULT_KEY_PACKAGE_GRACE = Duration.hours(24)
+
 export interface IdentityOptions {
+  /** How long a replaced key package stays usable. Default 24 hours. */
+  readonly keyPackageGrace?: Duration.DurationInput
   /**
    * Join an existing inbox as a new installation: its root secret key (another device of the
    * same user hands it over). Without it a new inbox is created.
@@ -46,6 +54,13 @@ export class Identity extends Context.Tag("converge/Identity")<Identity, {
   readonly keyPackages: Effect.Effect<ReadonlyArray<KeyPackageBundle>, StorageError>
   /** Uploads a fresh key package, keeping the old private parts for welcomes in flight. */
   readonly rotateKeyPackage: Effect.Effect<void, IdentityError>
+  /**
+   * A welcome was joined with this key package: if it is the one the server hands out, a
+   * fresh one replaces it there at once (until then it stays usable, as a last resort).
+   */
+  readonly keyPackageUsed: (ref: string) => Effect.Effect<void, IdentityError>
+  /** Deletes the private parts of key packages replaced more than `keyPackageGrace` ago. */
+  readonly pruneKeyPackages: Effect.Effect<number, StorageError>
   /** The verified current state of an inbox, refreshed from the delivery service. */
   readonly inboxState: (inboxId: InboxId) => Effect.Effect<IdentityLog.InboxState, InboxNotFound | IdentityError>
   /** Refreshes several inboxes in one request; returns what is now known of each. */
@@ -170,8 +185,35 @@ export const make = (options: IdentityOptions) =>
         privatePackage: bundle.privatePackage,
         createdAtNs: yield* Clock.currentTimeNanos
       }))
-      yield* ds.uploadKeyPackage(KeyPackageUpload.make({ installationId, keyPackage: bundle.publicPackage }))
+      // The newest stored key package must be the one the server hands out: if the upload
+      // fails, the new one goes again (the old one stays the server's, and is not retired).
+      yield* ds.uploadKeyPackage(KeyPackageUpload.make({ installationId, keyPackage: bundle.publicPackage })).pipe(
+        Effect.tapError(() => storage.keyPackages.remove(bundle.ref))
+      )
     }).pipe(Effect.withSpan("Identity.rotateKeyPackage"))
+
+    const keyPackageUsed = Effect.fn("Identity.keyPackageUsed")(function*(ref: string) {
+      const [newest] = yield* storage.keyPackages.list
+      if (newest?.ref === ref) yield* rotateKeyPackage
+    })
+
+    const grace = Duration.toNanos(Duration.decode(options.keyPackageGrace ?? DEFAULT_KEY_PACKAGE_GRACE)).pipe(
+      Option.getOrElse(() => 0n)
+    )
+
+    /** A key package is retired when a newer one is made; its private part goes `grace` later. */
+    const pruneKeyPackages = Effect.gen(function*() {
+      const now = yield* Clock.currentTimeNanos
+      const newestFirst = yield* storage.keyPackages.list
+      let removed = 0
+      for (let i = 1; i < newestFirst.length; i++) {
+        const retiredAt = newestFirst[i - 1]!.createdAtNs
+        if (now - retiredAt < grace) continue
+        yield* storage.keyPackages.remove(newestFirst[i]!.ref)
+        removed++
+      }
+      return removed
+    }).pipe(Effect.withSpan("Identity.pruneKeyPackages"))
 
     /** Idempotent: publishes only the log entries that are missing, so a lost response is harmless. */
     const register = Effect.gen(function*() {
@@ -207,6 +249,8 @@ export const make = (options: IdentityOptions) =>
         )
       ),
       rotateKeyPackage,
+      keyPackageUsed,
+      pruneKeyPackages,
       inboxState,
       refreshMany,
       isValidLeaf,

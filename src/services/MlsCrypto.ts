@@ -133,10 +133,10 @@ export class MlsCrypto extends Context.Tag("converge/MlsCrypto")<MlsCrypto, {
   readonly serialize: (state: MlsGroupState) => Uint8Array
   /** Seals bytes to an installation's public key package (HPKE to its init key): only it can open them. */
   readonly sealToKeyPackage: (keyPackage: Uint8Array, plaintext: Uint8Array) => Effect.Effect<Uint8Array, CryptoError>
-  /** Opens bytes sealed to one of these (own) key packages. */
+  /** Opens bytes sealed to one of these (own) key packages; says which one (its ref). */
   readonly openSealed: (
     sealed: Uint8Array,
     keyPackages: ReadonlyArray<KeyPackageBundle>
-  ) => Effect.Effect<Uint8Array, CryptoError>
+  ) => Effect.Effect<{ readonly plaintext: Uint8Array; readonly keyPackageRef: string }, CryptoError>
   readonly deserialize: (bytes: Uint8Array) => Effect.Effect<MlsGroupState, CryptoError>
 }>() {}

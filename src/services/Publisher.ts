@@ -94,7 +94,11 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
         staged: result.staged,
         postCommit: result.welcome === undefined
           ? undefined
-          : PostCommitData.make({ welcome: result.welcome, installationIds: add })
+          : PostCommitData.make({
+            welcome: result.welcome,
+            installationIds: add,
+            keyPackages: fetched.map((f) => f.keyPackage!)
+          })
       } as Derived
     })
 

@@ -53,7 +53,9 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
 
   /** Joins one welcome; returns the group id if a group was joined (or re-joined). */
   const join = Effect.fn("Welcomes.join")(function*(envelope: WelcomeMessageEnvelope) {
-    const payload = yield* Schema.decodeUnknown(WelcomePayloadJson)(new TextDecoder().decode(envelope.payload)).pipe(
+    // Sealed to one of our key packages: nobody else could read where it leads.
+    const opened = yield* crypto.openSealed(envelope.payload, yield* identity.keyPackages)
+    const payload = yield* Schema.decodeUnknown(WelcomePayloadJson)(new TextDecoder().decode(opened.plaintext)).pipe(
       Effect.mapError(() => new CryptoError({ reason: "Malformed", detail: "welcome payload does not decode" }))
     )
     const existing = yield* settleExisting(payload.groupId, payload.commitSequenceId)
@@ -118,6 +120,11 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       yield* storage.cursors.set(groupTopic(payload.groupId), payload.commitSequenceId)
       yield* storage.cursors.advance(topic, envelope.sequenceId)
     }))
+    // A key package is for one welcome: the server hands out a fresh one from now on. The
+    // join stands even if that fails; the old one stays usable as a last resort meanwhile.
+    yield* identity.keyPackageUsed(opened.keyPackageRef).pipe(
+      Effect.catchAll((e) => Effect.logWarning("could not replace a used key package", e.message))
+    )
     return payload.groupId
   })
 
@@ -145,7 +152,11 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
         if (result !== undefined) joined.push(result)
         yield* storage.cursors.advance(topic, envelope.sequenceId)
       }
-      if (page.next === undefined) return { joined, skipped }
+      if (page.next === undefined) {
+        // Only once the topic is read to its end: a welcome already waiting is never cut off.
+        yield* identity.pruneKeyPackages
+        return { joined, skipped }
+      }
     }
   })).pipe(Effect.withSpan("Welcomes.sync"))
 

@@ -29,9 +29,9 @@ import {
   Schema,
   Stream
 } from "effect"
-import { sha256Hex } from "../domain/Bytes.ts"
+import { sha256Hex, utf8 } from "../domain/Bytes.ts"
 import * as IdentityLog from "../domain/IdentityLog.ts"
-import { type ConversationId, dmId, type GroupId, type InboxId } from "../domain/Ids.ts"
+import { type ConversationId, dmId, type GroupId, type InboxId, type InstallationId } from "../domain/Ids.ts"
 import type { SyncSummary } from "../domain/Model.ts"
 import { GroupMessageInput, WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
 import { defaultEngineOptions } from "../services/EngineContext.ts"
@@ -423,6 +423,14 @@ export const run = (options: Options): Effect.Effect<Report> => {
     const welcomesOf = (c: number) =>
       clientOf(c).pipe(Effect.flatMap((client) => Invariants.readWelcomes(world, client.installationId)))
 
+    /** Seals bytes to an installation's current (public) key package, as anyone can. */
+    const sealTo = (installationId: InstallationId, plaintext: Uint8Array) =>
+      Effect.gen(function*() {
+        const [fetched] = yield* net.delivery.fetchKeyPackages([installationId])
+        if (fetched?.keyPackage === undefined) return yield* new Skipped({ reason: "no key package to seal to" })
+        return yield* net.crypto.sealToKeyPackage(fetched.keyPackage, plaintext)
+      })
+
     const forgeWelcome = (op: Extract<Plan.Op, { _tag: "ForgeWelcome" }>) =>
       Effect.gen(function*() {
         const target = (yield* clientOf(op.c)).installationId
@@ -444,6 +452,8 @@ export const run = (options: Options): Effect.Effect<Report> => {
           case "garbage":
             return yield* send(rng.bytes(rng.between(1, 200)))
           case "badWelcome": {
+            // Well sealed to the target (key packages are public), with a group id it may
+            // know but a welcome that is garbage: it must open it and refuse what is inside.
             const known = world.groups.filter((g): g is GroupId => g !== undefined)
             if (known.length === 0) return yield* new Skipped({ reason: "no group yet" })
             const payload = WelcomePayload.make({
@@ -451,7 +461,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
               commitSequenceId: 1n,
               welcome: rng.bytes(rng.between(16, 400))
             })
-            return yield* send(new TextEncoder().encode(Schema.encodeSync(WelcomePayloadJson)(payload)))
+            return yield* send(yield* sealTo(target, utf8(Schema.encodeSync(WelcomePayloadJson)(payload))))
           }
           case "misaddressed": {
             const others = booted(world).map(([i]) => i).filter((i) => i !== op.c)
@@ -465,16 +475,27 @@ export const run = (options: Options): Effect.Effect<Report> => {
             return yield* send(all[op.pick % all.length]!.payload)
           }
           case "stale": {
-            const own = yield* welcomesOf(op.c)
-            const real = own.filter((w) =>
-              Option.isSome(Schema.decodeUnknownOption(WelcomePayloadJson)(new TextDecoder().decode(w.payload)))
+            // The strongest replayer: one who holds the plaintext of an old welcome of the
+            // target (its old adder, say), and seals it again, its fields in another order.
+            const client = yield* clientOf(op.c)
+            const own = yield* net.storage(client).pipe(Effect.flatMap((s) => s.keyPackages.list), Effect.orDie)
+            const bundles = own.map((k) => ({ ref: k.ref, publicPackage: k.publicPackage, privatePackage: k.privatePackage }))
+            const opened = yield* Effect.forEach(yield* welcomesOf(op.c), (w) =>
+              net.crypto.openSealed(w.payload, bundles).pipe(
+                Effect.map((opened) => ({ w, plain: opened.plaintext })),
+                Effect.option
+              ))
+            const real = opened.flatMap((o) =>
+              Option.isSome(o) &&
+                Option.isSome(Schema.decodeUnknownOption(WelcomePayloadJson)(new TextDecoder().decode(o.value.plain)))
+                ? [o.value]
+                : []
             )
             if (real.length === 0) return yield* new Skipped({ reason: `${clientName(op.c)} has no welcome yet` })
             const original = real[op.pick % real.length]!
-            // The same welcome, its fields in another order: the DS sees new bytes.
-            const fields = Object.entries(JSON.parse(new TextDecoder().decode(original.payload)) as object).reverse()
-            const text = ` ${JSON.stringify(Object.fromEntries(fields))}`
-            return `re-sent welcome ${original.sequenceId}: ${yield* send(new TextEncoder().encode(text), false)}`
+            const fields = Object.entries(JSON.parse(new TextDecoder().decode(original.plain)) as object).reverse()
+            const resealed = yield* sealTo(target, utf8(` ${JSON.stringify(Object.fromEntries(fields))}`))
+            return `re-sent welcome ${original.w.sequenceId}: ${yield* send(resealed, false)}`
           }
         }
       })
