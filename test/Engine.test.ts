@@ -271,6 +271,32 @@ describe("Engine", () => {
       expect((yield* chat(yield* open(bob, group.id))).map((m) => m.text)).toEqual(["before", "after", "bob still here"])
     }))
 
+  it.scoped("a forged future-epoch commit header flags a possible fork only until the next real commit", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* bob.syncAll
+      const groupId = group.id as unknown as GroupId
+      const [commit] = (yield* allEnvelopes(net, groupId)).slice(-1)
+      // A PrivateMessage: version, wire format, group id (length 16), then the epoch (8 bytes).
+      const forged = commit!.payload.slice()
+      new DataView(forged.buffer, forged.byteOffset).setBigUint64(2 + 2 + 1 + 16, 40n)
+      const header = yield* net.crypto.inspect(forged)
+      expect(header).toMatchObject({ kind: "commit", groupId, epoch: 40n })
+      yield* (yield* net.intruder).sendGroupMessages([GroupMessageInput.make({ groupId, payload: forged })])
+      yield* bob.syncAll
+      const atBob = yield* open(bob, group.id)
+      expect((yield* atBob.debugInfo).maybeForked).toBe(true)
+      // A commit bob can process proves the group goes on: the flag was a forgery's.
+      yield* group.updateKeys
+      yield* bob.syncAll
+      expect((yield* atBob.debugInfo).maybeForked).toBe(false)
+      yield* group.send("not forked")
+      yield* bob.syncAll
+      expect((yield* atBob.messages()).map((m) => m.text)).toContain("not forked")
+    }))
+
   it.scoped("bad input gets typed errors", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

@@ -252,6 +252,11 @@ export const make = Effect.gen(function*() {
         "groups.markForked",
         sql`UPDATE converge_groups SET maybe_forked = 1, fork_details = ${details} WHERE id = ${id}`
       ),
+    clearForked: (id) =>
+      run(
+        "groups.clearForked",
+        sql`UPDATE converge_groups SET maybe_forked = 0, fork_details = NULL WHERE id = ${id} AND maybe_forked = 1`
+      ),
     touch: (id, atNs) =>
       run(
         "groups.touch",

@@ -59,6 +59,13 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
   let state = initial
   let membership: MembershipState = group.membershipState
   let forked: string | undefined
+  /**
+   * Whether a commit was applied after the last future-epoch commit of this page. A commit for
+   * an epoch we never reached cannot be authenticated (its keys are in an epoch we do not
+   * have): anyone who may post could forge its header. A fork is real only if nothing we can
+   * process follows it, so the next commit we apply clears the flag again.
+   */
+  let progressedSinceFork = false
   const writes: Array<Effect.Effect<unknown, StorageError>> = []
   const newMessages: Array<StoredMessage> = []
   const handledIntents = new Set<number>()
@@ -116,6 +123,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
     recordTranscript(changes.transcript, committer, envelope)
     joined ||= changes.broughtNewcomers
     state = next
+    progressedSinceFork = true
     if (changes.leftGroup) membership = "inactive"
     outcome = { ...outcome, commits: outcome.commits + 1 }
   }
@@ -248,6 +256,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
           break
         case "FutureEpochCommit":
           forked = `commit for epoch ${decision.epoch} at sequence ${envelope.sequenceId}; group at ${decision.currentEpoch}`
+          progressedSinceFork = false
           yield* Effect.logWarning("group may be forked", forked)
           break
         case "Commit":
@@ -291,7 +300,8 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       }
       if (membership !== group.membershipState) yield* storage.groups.setMembership(groupId, membership)
       if (membership === "inactive" && group.membershipState !== "inactive") yield* failPendingIntents(ctx, groupId)
-      if (forked !== undefined) yield* storage.groups.markForked(groupId, forked)
+      if (forked !== undefined && !progressedSinceFork) yield* storage.groups.markForked(groupId, forked)
+      else if (progressedSinceFork && group.maybeForked) yield* storage.groups.clearForked(groupId)
       // Out of the group, we queue nothing for it (failPendingIntents above would miss it).
       if (membership !== "inactive") for (const inboxId of leaving) yield* queueRemoval(ctx, groupId, inboxId, now)
       if (joined && membership === "pendingRemove") yield* queueLeaveAgain(ctx, groupId, now)

@@ -38,6 +38,8 @@ export interface GroupRepository {
   readonly saveState: (id: GroupId, state: { readonly epoch: bigint; readonly mlsState: Uint8Array }) => Io<void>
   readonly setMembership: (id: GroupId, state: MembershipState) => Io<void>
   readonly markForked: (id: GroupId, details: string) => Io<void>
+  /** The group processed a commit after the one that looked like a fork: it was not one. */
+  readonly clearForked: (id: GroupId) => Io<void>
   /** Moves `lastMessageNs` forward only. */
   readonly touch: (id: GroupId, atNs: bigint) => Io<void>
 }
