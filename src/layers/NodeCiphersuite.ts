@@ -134,14 +134,22 @@ interface X25519Public {
   readonly raw: Uint8Array
   readonly key: KeyObject
 }
-interface X25519Private {
-  readonly type: "private"
-  readonly raw: Uint8Array
-  readonly key: KeyObject
-  readonly publicRaw: Uint8Array
-}
 
 const rawPublicOf = (key: KeyObject): Uint8Array => own(key.export({ format: "der", type: "spki" })).slice(-32)
+
+const publicFromKey = (key: KeyObject): X25519Public => ({ type: "public", raw: rawPublicOf(key), key })
+
+class X25519Private {
+  readonly type = "private"
+  private publicKey: X25519Public | undefined
+  constructor(readonly raw: Uint8Array, readonly key: KeyObject, publicKey?: X25519Public) {
+    this.publicKey = publicKey
+  }
+  /** Computed on first use (a scalar multiplication): only decapsulation and derivation need it. */
+  get public(): X25519Public {
+    return this.publicKey ??= publicFromKey(createPublicKey(this.key))
+  }
+}
 
 const x25519Public = (raw: Uint8Array): X25519Public => {
   if (raw.length !== 32) throw new CryptoError(`an X25519 public key is 32 bytes, not ${raw.length}`)
@@ -152,17 +160,14 @@ const x25519Public = (raw: Uint8Array): X25519Public => {
 const x25519Private = (raw: Uint8Array): X25519Private => {
   if (raw.length !== 32) throw new CryptoError(`an X25519 private key is 32 bytes, not ${raw.length}`)
   const key = createPrivateKey({ key: Buffer.concat([X25519_PKCS8_PREFIX, raw]), format: "der", type: "pkcs8" })
-  return { type: "private", raw: Uint8Array.from(raw), key, publicRaw: rawPublicOf(createPublicKey(key)) }
+  return new X25519Private(Uint8Array.from(raw), key)
 }
 
 const generateX25519 = () => {
   const pair = generateKeyPairSync("x25519")
   const raw = own(pair.privateKey.export({ format: "der", type: "pkcs8" })).slice(-32)
-  const publicRaw = rawPublicOf(pair.publicKey)
-  return {
-    privateKey: { type: "private", raw, key: pair.privateKey, publicRaw } satisfies X25519Private,
-    publicKey: { type: "public", raw: publicRaw, key: pair.publicKey } satisfies X25519Public
-  }
+  const publicKey = publicFromKey(pair.publicKey)
+  return { privateKey: new X25519Private(raw, pair.privateKey, publicKey), publicKey }
 }
 
 const asPublic = (k: PublicKey): X25519Public => {
@@ -171,9 +176,8 @@ const asPublic = (k: PublicKey): X25519Public => {
   return key as X25519Public
 }
 const asPrivate = (k: PrivateKey): X25519Private => {
-  const key = k as unknown as Partial<X25519Private>
-  if (key.type !== "private" || !(key.raw instanceof Uint8Array)) throw new CryptoError("not a private key of this provider")
-  return key as X25519Private
+  if (!((k as unknown) instanceof X25519Private)) throw new CryptoError("not a private key of this provider")
+  return k as unknown as X25519Private
 }
 const toPublicKey = (k: X25519Public): PublicKey => k as unknown as PublicKey
 const toPrivateKey = (k: X25519Private): PrivateKey => k as unknown as PrivateKey
@@ -213,7 +217,7 @@ const encap = (recipient: X25519Public) => {
 
 const decap = (enc: Uint8Array, recipient: X25519Private) => {
   const dh = own(diffieHellman({ privateKey: recipient.key, publicKey: x25519Public(enc).key }))
-  return kemSharedSecret(dh, enc, recipient.publicRaw)
+  return kemSharedSecret(dh, enc, recipient.public.raw)
 }
 
 /** KeySchedule for mode_base (no PSK). */
@@ -270,7 +274,7 @@ const hpke: Hpke = {
   decryptAead: async (key, nonce, aad, ciphertext) => asCryptoError(() => aesGcmOpen(key, nonce, aad ?? EMPTY, ciphertext)),
   deriveKeyPair: async (ikm) => {
     const privateKey = deriveX25519(ikm)
-    return { privateKey: toPrivateKey(privateKey), publicKey: toPublicKey(x25519Public(privateKey.publicRaw)) }
+    return { privateKey: toPrivateKey(privateKey), publicKey: toPublicKey(privateKey.public) }
   },
   generateKeyPair: async () => {
     const { privateKey, publicKey } = generateX25519()
