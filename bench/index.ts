@@ -392,13 +392,9 @@ const suiteOf = (provider: Provider) =>
     provider === "native" ? nodeCryptoProvider : defaultCryptoProvider
   )
 
-interface RawFigures {
-  readonly encrypt: Stats
-  readonly process: Stats
-  readonly commit: Stats
-  readonly commitProcess: Stats
-  readonly join: Stats
-}
+const RAW_CASES = ["encrypt", "process", "commit", "commitProcess", "join"] as const
+type RawSamples = Record<(typeof RAW_CASES)[number], Array<number>>
+type RawFigures = Record<(typeof RAW_CASES)[number], Stats>
 
 /**
  * Plain ts-mls calls, no Converge code: a creator adds `size - 1` members in one commit and one of
@@ -406,7 +402,7 @@ interface RawFigures {
  * add-one-member commit created from the same pre-commit state each time (so the group keeps its
  * size), processed by the joiner, its welcome joined by the newcomer with ts-mls's `joinGroup`.
  */
-const rawLoops = async (provider: Provider, size: number, messages: number, commits: number): Promise<RawFigures> => {
+const rawLoops = async (provider: Provider, size: number, messages: number, commits: number): Promise<RawSamples> => {
   const cs = await suiteOf(provider)
   const newPackage = (name: string) =>
     generateKeyPackage({ credentialType: "basic", identity: new TextEncoder().encode(name) }, defaultCapabilities(), defaultLifetime, [], cs)
@@ -448,14 +444,27 @@ const rawLoops = async (provider: Provider, size: number, messages: number, comm
     await clock(record ? join : [], () =>
       joinGroup(result.welcome!, newcomer.publicPackage, newcomer.privatePackage, emptyPskIndex, cs))
   }
-  return {
-    encrypt: statsOf(encrypt),
-    process: statsOf(process),
-    commit: statsOf(commit),
-    commitProcess: statsOf(commitProcess),
-    join: statsOf(join)
-  }
+  return { encrypt, process, commit, commitProcess, join }
 }
+
+/**
+ * Each provider's loops in `rounds` alternating slices, samples pooled: on a shared machine the
+ * load drifts, and a provider measured in one block could meet a busier minute than the other.
+ */
+const rawFiguresBySize = (size: number, messages: number, commits: number, rounds = 3) =>
+  Effect.gen(function*() {
+    const pooled = new Map(PROVIDERS.map((p) => [p, Object.fromEntries(RAW_CASES.map((c) => [c, []])) as unknown as RawSamples]))
+    for (let round = 0; round < rounds; round++) {
+      for (const provider of round % 2 === 0 ? PROVIDERS : [...PROVIDERS].reverse()) {
+        const samples = yield* Effect.promise(() =>
+          rawLoops(provider, size, Math.ceil(messages / rounds), Math.ceil(commits / rounds)))
+        for (const c of RAW_CASES) pooled.get(provider)![c].push(...samples[c])
+      }
+    }
+    const figuresOf = (provider: Provider) =>
+      Object.fromEntries(RAW_CASES.map((c) => [c, statsOf(pooled.get(provider)![c])])) as RawFigures
+    return { fast: figuresOf("native"), slow: figuresOf("default") }
+  })
 
 const acceptAll = () => "accept" as const
 
@@ -471,12 +480,7 @@ const benchProviders = Effect.gen(function*() {
   for (const provider of PROVIDERS) yield* Effect.promise(() => rawLoops(provider, 2, 30, 3))
   const rows: Array<Array<string>> = []
   for (const size of [2, 100]) {
-    const figures = new Map<Provider, RawFigures>()
-    for (const provider of PROVIDERS) {
-      figures.set(provider, yield* Effect.promise(() => rawLoops(provider, size, n(size === 2 ? 300 : 150), n(size === 2 ? 15 : 6))))
-    }
-    const fast = figures.get("native")!
-    const slow = figures.get("default")!
+    const { fast, slow } = yield* rawFiguresBySize(size, n(size === 2 ? 300 : 150), n(size === 2 ? 15 : 6, 3))
     const row = (label: string, pick: (f: RawFigures) => Stats, key: string) => {
       summary[`raw${key}${size}Native`] = pick(fast).median
       summary[`raw${key}${size}Default`] = pick(slow).median
