@@ -25,6 +25,7 @@ const native = nodeCiphersuite
 const defaultSuite = (): Promise<CiphersuiteImpl> =>
   getCiphersuiteImpl(getCiphersuiteFromName(NATIVE_CIPHERSUITE), defaultCryptoProvider)
 
+const EMPTY_INFO = new Uint8Array(0)
 const random = (n: number) => new Uint8Array(randomBytes(n))
 const hexOf = async (p: Promise<Uint8Array>) => toHex(await p)
 
@@ -150,6 +151,13 @@ describe("NodeCiphersuite: primitives against the default provider", () => {
       }
     }
     await expect(native.hpke.importPublicKey(random(31))).rejects.toBeInstanceOf(MlsCryptoError)
+    // A small-order X25519 point gives an all-zero shared secret: both providers refuse it (RFC 9180 §7.1.4).
+    for (const [, cs] of await pairs()) {
+      const zero = new Uint8Array(32)
+      await expect(cs.hpke.seal(await cs.hpke.importPublicKey(zero), random(8), EMPTY_INFO)).rejects.toThrow()
+      const { privateKey } = await cs.hpke.generateKeyPair()
+      await expect(cs.hpke.open(privateKey, zero, random(24), EMPTY_INFO)).rejects.toBeInstanceOf(MlsCryptoError)
+    }
     expect(native.rng.randomBytes(48).length).toBe(48)
   })
 })
