@@ -1,20 +1,35 @@
 /**
  * The node:crypto provider against ts-mls's default (WebCrypto, @hpke/core) provider, byte for byte:
  * (a) every primitive on random inputs, both directions; (b) RFC 9180's published HPKE vector and
- * MLS crypto-basics / key-schedule / secret-tree vectors generated with the default provider; (c) a
- * group whose members use different providers, through the MlsCrypto port.
+ * MLS crypto-basics / key-schedule / secret-tree / tree-hash vectors generated with the default
+ * provider (ts-mls 1.6.4 does not ship the mls-implementations JSON vectors); (c) a group whose
+ * members use different providers, through the MlsCrypto port.
  */
 import { describe, expect, it } from "@effect/vitest"
 import { createHash, randomBytes } from "node:crypto"
 import { Effect } from "effect"
-import { type CiphersuiteImpl, defaultCryptoProvider, getCiphersuiteFromName, getCiphersuiteImpl } from "ts-mls"
+import {
+  type CiphersuiteImpl,
+  createCommit,
+  createGroup,
+  defaultCapabilities,
+  defaultCryptoProvider,
+  defaultLifetime,
+  generateKeyPackage,
+  getCiphersuiteFromName,
+  getCiphersuiteImpl,
+  type Proposal
+} from "ts-mls"
 import { refhash } from "ts-mls/crypto/hash.js"
 import { decryptWithLabel, encryptWithLabel } from "ts-mls/crypto/hpke.js"
 import { deriveSecret, deriveTreeSecret, expandWithLabel } from "ts-mls/crypto/kdf.js"
 import { signWithLabel, verifyWithLabel } from "ts-mls/crypto/signature.js"
 import { initializeEpoch, mlsExporter } from "ts-mls/keySchedule.js"
 import { CryptoError as MlsCryptoError } from "ts-mls/mlsError.js"
+import { verifyParentHashes } from "ts-mls/parentHash.js"
 import { allSecretTreeValues, createSecretTree } from "ts-mls/secretTree.js"
+import { treeHash, treeHashRoot } from "ts-mls/treeHash.js"
+import { toNodeIndex } from "ts-mls/treemath.js"
 import { fromHex, fromUtf8, sha256Hex, toHex, utf8 } from "../src/domain/Bytes.ts"
 import type { GroupId, InboxId } from "../src/domain/Ids.ts"
 import { installationIdOf } from "../src/domain/IdentityLog.ts"
@@ -239,6 +254,32 @@ describe("NodeCiphersuite: test vectors", () => {
   })
 })
 
+describe("NodeCiphersuite: tree operations", () => {
+  it("tree hashes and parent hashes of a tree grown by adds, updates and removals", async () => {
+    const other = await defaultSuite()
+    const newPackage = (name: string) =>
+      generateKeyPackage({ credentialType: "basic", identity: utf8(name) }, defaultCapabilities(), defaultLifetime, [], other)
+    const creator = await newPackage("creator")
+    const members = await Promise.all(Array.from({ length: 9 }, (_, i) => newPackage(`member ${i}`)))
+    let state = await createGroup(random(16), creator.publicPackage, creator.privatePackage, [], other)
+    const commitWith = async (extraProposals: Array<Proposal>) =>
+      (await createCommit({ state, cipherSuite: other }, { extraProposals })).newState
+    state = await commitWith(members.map((m): Proposal => ({ proposalType: "add", add: { keyPackage: m.publicPackage } })))
+    state = await commitWith([]) // an UpdatePath: parent nodes with keys and parent hashes
+    state = await commitWith([{ proposalType: "remove", remove: { removed: 3 } }, { proposalType: "remove", remove: { removed: 7 } }])
+    state = await commitWith([{ proposalType: "add", add: { keyPackage: (await newPackage("late")).publicPackage } }])
+    const tree = state.ratchetTree
+    expect(tree.some((node) => node === undefined)).toBe(true)
+    expect(tree.some((node) => node?.nodeType === "parent")).toBe(true)
+    expect(await hexOf(treeHashRoot(tree, native.hash))).toBe(toHex(state.groupContext.treeHash))
+    for (let i = 0; i < tree.length; i++) {
+      const index = toNodeIndex(i)
+      expect(await hexOf(treeHash(tree, index, native.hash))).toBe(await hexOf(treeHash(tree, index, other.hash)))
+    }
+    expect(await verifyParentHashes(tree, native.hash)).toBe(true)
+  })
+})
+
 // ---- (c) one group, two providers, through the MlsCrypto port -----------------------------------------
 
 type Crypto = MlsCrypto["Type"]
@@ -328,15 +369,21 @@ describe("NodeCiphersuite: a group mixing native and default providers", () => {
       const carolSees = yield* carol.crypto.process(carol.state, removal.commit)
       expect(carol.crypto.view(carolSees.state).active).toBe(false)
       expect(expectConverged([alice, bob, dave]).epoch).toBe(5n)
+      // A native joiner of a default-made welcome.
+      const erin = yield* newMember("erin", fast)
+      const withErin = yield* commit(bob, [alice, dave], { add: [erin.keyPackage.publicPackage] })
+      erin.state = yield* erin.crypto.joinFromWelcome(withErin.welcome!, [erin.keyPackage])
+      expect(expectConverged([alice, bob, dave, erin]).epoch).toBe(6n)
+      yield* send("from native erin", erin, [alice, bob, dave])
 
       // A state stored under one provider is loaded and used by the other, both ways.
       alice.state = yield* slow.deserialize(fast.serialize(alice.state))
       const aliceOnDefault = { ...alice, crypto: slow }
-      yield* send("alice, reloaded on default", aliceOnDefault, [bob, dave])
+      yield* send("alice, reloaded on default", aliceOnDefault, [bob, dave, erin])
       bob.state = yield* fast.deserialize(slow.serialize(bob.state))
       const bobOnNative = { ...bob, crypto: fast }
-      yield* commit(bobOnNative, [aliceOnDefault, dave], {})
-      yield* send("bob, reloaded on native", bobOnNative, [aliceOnDefault, dave])
-      expect(expectConverged([aliceOnDefault, bobOnNative, dave]).metadata).toEqual(utf8("mixed"))
+      yield* commit(bobOnNative, [aliceOnDefault, dave, erin], {})
+      yield* send("bob, reloaded on native", bobOnNative, [aliceOnDefault, dave, erin])
+      expect(expectConverged([aliceOnDefault, bobOnNative, dave, erin]).metadata).toEqual(utf8("mixed"))
     }))
 })
