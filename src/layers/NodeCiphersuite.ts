@@ -45,6 +45,37 @@ export const NATIVE_CIPHERSUITE = "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519"
 /** Node hands out Buffers; ts-mls gets plain Uint8Arrays (a Buffer's `slice` shares memory). */
 const own = (buffer: Buffer): Uint8Array => new Uint8Array(buffer)
 
+// ---- pacing --------------------------------------------------------------------------------------
+
+/**
+ * Every primitive here completes synchronously, so ts-mls's awaits resolve as microtasks and a long
+ * run of MLS work (a catch-up over hundreds of messages, a simulation) would never let the event
+ * loop run: no socket reads, no timers, for seconds. WebCrypto's thread-pool round trips used to
+ * yield on every call; here a call yields (one `setImmediate`) only once `MAX_BLOCK_MS` have passed
+ * since the last yield.
+ */
+const MAX_BLOCK_MS = 10
+let lastTurn = performance.now()
+
+const paced = <A>(run: () => Promise<A>): Promise<A> => {
+  if (performance.now() - lastTurn < MAX_BLOCK_MS) return run()
+  return new Promise((resolve) =>
+    setImmediate(() => {
+      lastTurn = performance.now()
+      resolve(run())
+    })
+  )
+}
+
+/** The same methods, each behind `paced`. */
+const pacedMethods = <T extends object>(methods: T): T =>
+  Object.fromEntries(
+    Object.entries(methods).map(([name, value]) => [
+      name,
+      typeof value === "function" ? (...args: Array<unknown>) => paced(() => value(...args)) : value
+    ])
+  ) as T
+
 // ---- hash, HMAC, HKDF (SHA-256) ------------------------------------------------------------------
 
 const HASH_LENGTH = 32
@@ -53,14 +84,14 @@ const digest = (data: Uint8Array): Uint8Array => own(createHash("sha256").update
 
 const hmac = (key: Uint8Array, data: Uint8Array): Uint8Array => own(createHmac("sha256", key).update(data).digest())
 
-const hash: Hash = {
+const hash: Hash = pacedMethods({
   digest: async (data) => digest(data),
   mac: async (key, data) => hmac(key, data),
   verifyMac: async (key, mac, data) => {
     const expected = hmac(key, data)
     return mac.length === expected.length && timingSafeEqual(mac, expected)
   }
-}
+})
 
 /** RFC 5869 HKDF-Expand; MLS asks for at most one block almost always. */
 const hkdfExpand = (prk: Uint8Array, info: Uint8Array, length: number): Uint8Array => {
@@ -75,11 +106,11 @@ const hkdfExpand = (prk: Uint8Array, info: Uint8Array, length: number): Uint8Arr
   return out
 }
 
-const kdf: Kdf = {
+const kdf: Kdf = pacedMethods({
   extract: async (salt, ikm) => hmac(salt, ikm),
   expand: async (prk, info, length) => hkdfExpand(prk, info, length),
   size: HASH_LENGTH
-}
+})
 
 // ---- AES-GCM ---------------------------------------------------------------------------------------
 
@@ -112,7 +143,7 @@ const aesGcmOpen = (key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, sealed:
 
 // ---- Ed25519 ---------------------------------------------------------------------------------------
 
-const signature: Signature = {
+const signature: Signature = pacedMethods({
   sign: async (signKey, message) => signEd25519(signKey, message),
   verify: async (publicKey, message, sig) => verifyEd25519(publicKey, message, sig),
   keygen: async () => {
@@ -121,7 +152,7 @@ const signature: Signature = {
     const signKey = own(pair.privateKey.export({ format: "der", type: "pkcs8" }))
     return { signKey, publicKey: own(pair.publicKey.export({ format: "der", type: "spki" })).slice(-32) }
   }
-}
+})
 
 // ---- X25519 keys -----------------------------------------------------------------------------------
 
@@ -244,7 +275,7 @@ const asCryptoError = <A>(f: () => A): A => {
   }
 }
 
-const hpke: Hpke = {
+const hpke: Hpke = pacedMethods<Hpke>({
   // Single-shot seal/open use sequence number 0, so the nonce is the base nonce.
   seal: async (publicKey, plaintext, info, aad) => {
     const { enc, sharedSecret } = encap(asPublic(publicKey))
@@ -282,7 +313,7 @@ const hpke: Hpke = {
   },
   keyLength: KEY_LENGTH,
   nonceLength: NONCE_LENGTH
-}
+})
 
 const rng: Rng = {
   randomBytes: (n) => randomFillSync(new Uint8Array(n))
