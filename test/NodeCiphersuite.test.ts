@@ -32,6 +32,7 @@ import { treeHash, treeHashRoot } from "ts-mls/treeHash.js"
 import { toNodeIndex } from "ts-mls/treemath.js"
 import { fromHex, fromUtf8, sha256Hex, toHex, utf8 } from "../src/domain/Bytes.ts"
 import type { GroupId, InboxId } from "../src/domain/Ids.ts"
+import { LruCache } from "../src/domain/Ed25519.ts"
 import { installationIdOf } from "../src/domain/IdentityLog.ts"
 import { NATIVE_CIPHERSUITE, nodeCiphersuite, nodeCryptoProvider } from "../src/layers/NodeCiphersuite.ts"
 import { type KeyPackageBundle, type LeafIdentity, MlsCrypto, type MlsGroupState } from "../src/services/MlsCrypto.ts"
@@ -174,6 +175,18 @@ describe("NodeCiphersuite: primitives against the default provider", () => {
       await expect(cs.hpke.open(privateKey, zero, random(24), EMPTY_INFO)).rejects.toBeInstanceOf(MlsCryptoError)
     }
     expect(native.rng.randomBytes(48).length).toBe(48)
+  })
+})
+
+describe("NodeCiphersuite: the key cache", () => {
+  it("keeps at most its capacity, forgetting the least recently used key", () => {
+    const cache = new LruCache<number>(3)
+    for (const [key, value] of [["a", 1], ["b", 2], ["c", 3]] as const) cache.set(key, value)
+    expect(cache.get("a")).toBe(1) // now the most recent
+    cache.set("d", 4)
+    expect([cache.size, cache.get("b"), cache.get("a"), cache.get("c"), cache.get("d")]).toEqual([3, undefined, 1, 3, 4])
+    cache.set("c", 30) // replacing does not grow it
+    expect([cache.size, cache.get("c")]).toEqual([3, 30])
   })
 })
 
