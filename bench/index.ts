@@ -6,7 +6,8 @@
  * its samples. Everything runs in one process: the in-memory delivery service of
  * `TestNetwork`, SQLite files on local disk and real ts-mls.
  *
- * `BENCH_SCALE=0.3 npm run bench` shrinks every iteration count (a quick smoke run).
+ * `BENCH_SCALE=0.3 npm run bench` shrinks every iteration count (a quick smoke run);
+ * `BENCH_ONLY=providers,receive npm run bench` runs only the named sections.
  */
 import { Clock, Effect, Logger, LogLevel, Tracer } from "effect"
 import { randomBytes } from "node:crypto"
@@ -28,10 +29,15 @@ import {
   generateKeyPackage,
   getCiphersuiteFromName,
   getCiphersuiteImpl,
+  createApplicationMessage,
+  defaultCryptoProvider,
   joinGroup,
+  type MLSMessage,
+  processMessage,
   type Proposal
 } from "ts-mls"
 import { defaultClientConfig } from "ts-mls/clientConfig.js"
+import { NATIVE_CIPHERSUITE, nodeCryptoProvider } from "../src/layers/NodeCiphersuite.ts"
 import { joinFromWelcome } from "../src/layers/TsMlsWelcome.ts"
 
 // ---- scale -------------------------------------------------------------------------------
@@ -377,6 +383,130 @@ const benchJoin = Effect.gen(function*() {
   summary["joinTsMls"] = theirs.median
 })
 
+// ---- 1c. Raw ts-mls loops: the node:crypto provider against ts-mls's default ---------------------
+
+type Provider = "native" | "default"
+const PROVIDERS: ReadonlyArray<Provider> = ["native", "default"]
+const suiteOf = (provider: Provider) =>
+  getCiphersuiteImpl(
+    getCiphersuiteFromName(NATIVE_CIPHERSUITE),
+    provider === "native" ? nodeCryptoProvider : defaultCryptoProvider
+  )
+
+const RAW_CASES = ["encrypt", "process", "commit", "commitProcess", "join"] as const
+type RawSamples = Record<(typeof RAW_CASES)[number], Array<number>>
+type RawFigures = Record<(typeof RAW_CASES)[number], Stats>
+
+/**
+ * Plain ts-mls calls, no Converge code: a creator adds `size - 1` members in one commit and one of
+ * them joins; then encrypt (creator) / processMessage (joiner) of 100-byte messages, and an
+ * add-one-member commit created from the same pre-commit state each time (so the group keeps its
+ * size), processed by the joiner, its welcome joined by the newcomer with ts-mls's `joinGroup`.
+ */
+const rawLoops = async (provider: Provider, size: number, messages: number, commits: number): Promise<RawSamples> => {
+  const cs = await suiteOf(provider)
+  const newPackage = (name: string) =>
+    generateKeyPackage({ credentialType: "basic", identity: new TextEncoder().encode(name) }, defaultCapabilities(), defaultLifetime, [], cs)
+  const creator = await newPackage("creator")
+  const members = await Promise.all(Array.from({ length: size - 1 }, (_, i) => newPackage(`member-${i}`)))
+  const addAll = members.map((m): Proposal => ({ proposalType: "add", add: { keyPackage: m.publicPackage } }))
+  const founded = await createGroup(randomBytes(16), creator.publicPackage, creator.privatePackage, [], cs)
+  const setup = await createCommit({ state: founded, cipherSuite: cs }, { extraProposals: addAll, ratchetTreeExtension: true })
+  let sender = setup.newState
+  let receiver = await joinGroup(setup.welcome!, members[0]!.publicPackage, members[0]!.privatePackage, emptyPskIndex, cs)
+  const clock = async <A>(samples: Array<number>, run: () => Promise<A>): Promise<A> => {
+    const start = performance.now()
+    const value = await run()
+    samples.push(performance.now() - start)
+    return value
+  }
+  const encrypt: Array<number> = []
+  const process: Array<number> = []
+  const commit: Array<number> = []
+  const commitProcess: Array<number> = []
+  const join: Array<number> = []
+  const plaintext = randomBytes(100)
+  const warmup = Math.max(2, Math.round(messages / 10))
+  for (let i = 0; i < warmup + messages; i++) {
+    const record = i >= warmup
+    const sent = await clock(record ? encrypt : [], () => createApplicationMessage(sender, plaintext, cs))
+    sender = sent.newState
+    const wire = { version: "mls10" as const, wireformat: "mls_private_message" as const, privateMessage: sent.privateMessage }
+    receiver = (await clock(record ? process : [], () => processMessage(wire, receiver, emptyPskIndex, acceptAll, cs))).newState
+  }
+  for (let i = 0; i < 1 + commits; i++) {
+    const record = i >= 1
+    const newcomer = await newPackage(`newcomer-${i}`)
+    const add: Proposal = { proposalType: "add", add: { keyPackage: newcomer.publicPackage } }
+    const result = await clock(record ? commit : [], () =>
+      createCommit({ state: sender, cipherSuite: cs }, { extraProposals: [add], ratchetTreeExtension: true }))
+    const commitMessage = groupMessage(result.commit)
+    await clock(record ? commitProcess : [], () => processMessage(commitMessage, receiver, emptyPskIndex, acceptAll, cs))
+    await clock(record ? join : [], () =>
+      joinGroup(result.welcome!, newcomer.publicPackage, newcomer.privatePackage, emptyPskIndex, cs))
+  }
+  return { encrypt, process, commit, commitProcess, join }
+}
+
+/**
+ * Each provider's loops in `rounds` alternating slices, samples pooled: on a shared machine the
+ * load drifts, and a provider measured in one block could meet a busier minute than the other.
+ */
+const rawFiguresBySize = (size: number, messages: number, commits: number, rounds = 3) =>
+  Effect.gen(function*() {
+    const pooled = new Map(PROVIDERS.map((p) => [p, Object.fromEntries(RAW_CASES.map((c) => [c, []])) as unknown as RawSamples]))
+    for (let round = 0; round < rounds; round++) {
+      for (const provider of round % 2 === 0 ? PROVIDERS : [...PROVIDERS].reverse()) {
+        const samples = yield* Effect.promise(() =>
+          rawLoops(provider, size, Math.ceil(messages / rounds), Math.ceil(commits / rounds)))
+        for (const c of RAW_CASES) pooled.get(provider)![c].push(...samples[c])
+      }
+    }
+    const figuresOf = (provider: Provider) =>
+      Object.fromEntries(RAW_CASES.map((c) => [c, statsOf(pooled.get(provider)![c])])) as RawFigures
+    return { fast: figuresOf("native"), slow: figuresOf("default") }
+  })
+
+const acceptAll = () => "accept" as const
+
+const groupMessage = (message: MLSMessage) => {
+  if (message.wireformat !== "mls_private_message" && message.wireformat !== "mls_public_message") {
+    throw new Error(`${message.wireformat} is not a group message`)
+  }
+  return message
+}
+
+const benchProviders = Effect.gen(function*() {
+  // One short untimed pass each first: whichever ran first would otherwise pay for JIT warm-up.
+  for (const provider of PROVIDERS) yield* Effect.promise(() => rawLoops(provider, 2, 30, 3))
+  const rows: Array<Array<string>> = []
+  for (const size of [2, 100]) {
+    const { fast, slow } = yield* rawFiguresBySize(size, n(size === 2 ? 300 : 150), n(size === 2 ? 15 : 6, 3))
+    const row = (label: string, pick: (f: RawFigures) => Stats, key: string) => {
+      summary[`raw${key}${size}Native`] = pick(fast).median
+      summary[`raw${key}${size}Default`] = pick(slow).median
+      summary[`raw${key}${size}NativeOps`] = pick(fast).opsPerSec
+      summary[`raw${key}${size}DefaultOps`] = pick(slow).opsPerSec
+      const cells = (f: RawFigures) => [fmt(pick(f).median, 3), fmt(pick(f).p95, 3), fmt(1000 / pick(f).median, 0)]
+      return [label, String(size), ...cells(fast), ...cells(slow), ratio(pick(slow).median, pick(fast).median)]
+    }
+    rows.push(
+      row("encrypt (createApplicationMessage)", (f) => f.encrypt, "Encrypt"),
+      row("decrypt (processMessage)", (f) => f.process, "Process"),
+      row("add 1 member: createCommit", (f) => f.commit, "AddCommit"),
+      row("add 1 member: processMessage", (f) => f.commitProcess, "AddProcess"),
+      row("welcome join (joinGroup)", (f) => f.join, "Join")
+    )
+  }
+  printTable(
+    "1c. Raw ts-mls 1.6.4 loops, node:crypto provider vs ts-mls's default (medians; 100-byte messages)",
+    ["case", "members", "native ms", "p95", "native /s", "default ms", "p95", "default /s", "native gain"],
+    rows
+  )
+  // Not 1000 / mean here: on a shared 2-core machine one preempted sample of a 0.07 ms call moves the mean 10x.
+  console.log("   /s = 1000 / median; gain = default median / native median")
+})
+
 // ---- 2. Engine send --------------------------------------------------------------------------
 
 const benchSend = (time: JumpingClock) => Effect.scoped(Effect.gen(function*() {
@@ -677,8 +807,12 @@ const benchManyGroups = (time: JumpingClock) => Effect.scoped(Effect.gen(functio
 
 // ---- main ------------------------------------------------------------------------------------
 
+const ONLY = process.env["BENCH_ONLY"]?.split(",").map((name) => name.trim())
+
 const section = <A, E, R>(name: string, effect: Effect.Effect<A, E, R>) =>
-  timed(effect).pipe(Effect.tap(([ms]) => Effect.sync(() => console.log(`   [${name}: ${fmt(ms / 1000, 1)} s]`))))
+  ONLY !== undefined && !ONLY.includes(name)
+    ? Effect.void
+    : timed(effect).pipe(Effect.tap(([ms]) => Effect.sync(() => console.log(`   [${name}: ${fmt(ms / 1000, 1)} s]`))))
 
 const main = Effect.gen(function*() {
   console.log(`Converge benchmarks — node ${process.version}, ${os.cpus().length} CPU(s) ${os.cpus()[0]?.model ?? ""}, scale ${SCALE}`)
@@ -686,6 +820,7 @@ const main = Effect.gen(function*() {
   const [total] = yield* timed(Effect.gen(function*() {
     yield* section("MlsCrypto raw", benchCrypto)
     yield* section("welcome join", benchJoin)
+    yield* section("providers", benchProviders)
     yield* section("engine send", withJumpingClock(benchSend))
     yield* section("receive", benchReceive)
     yield* section("membership", benchMembership)
@@ -713,6 +848,17 @@ const main = Effect.gen(function*() {
     `optimistic batch ${fmt(s["batchMsgsPerSec"]!, 0)} msgs/s; receive ${fmt(s["receiveMsgsPerSec"]!, 0)} msgs/s; ` +
     `raw encrypt ${fmt(s["rawEncrypt"]!, 3)} ms, process ${fmt(s["rawProcess"]!, 3)} ms`)
   console.log(`  ${line.join("; ")}`)
+  const gain = (key: string, size: number) => {
+    const [fast, slow] = [s[`raw${key}${size}Native`]!, s[`raw${key}${size}Default`]!]
+    return `${fmt(1000 / fast, 0)} vs ${fmt(1000 / slow, 0)}/s (${ratio(slow, fast)})`
+  }
+  const commitMs = (size: number) =>
+    `${fmt(s[`rawAddCommit${size}Native`]!, 1)} vs ${fmt(s[`rawAddCommit${size}Default`]!, 1)} ms ` +
+    `(${ratio(s[`rawAddCommit${size}Default`]!, s[`rawAddCommit${size}Native`]!)})`
+  for (const size of [2, 100]) {
+    console.log(`  raw ts-mls, ${size} members, native vs default provider (medians): encrypt ${gain("Encrypt", size)}, ` +
+      `decrypt ${gain("Process", size)}, add-member commit ${commitMs(size)}, join ${gain("Join", size)}`)
+  }
   console.log(`  total ${fmt(total / 1000, 1)} s`)
 })
 

@@ -1,7 +1,9 @@
-import { ed25519 } from "@noble/curves/ed25519.js"
+import { ED25519_TORSION_SUBGROUP as ED25519_TORSION, ed25519 } from "@noble/curves/ed25519.js"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Either, Option, TestClock } from "effect"
-import { toHex } from "../src/domain/Bytes.ts"
+import { randomBytes } from "node:crypto"
+import { fromHex, toHex } from "../src/domain/Bytes.ts"
+import * as Ed25519 from "../src/domain/Ed25519.ts"
 import * as IdentityLog from "../src/domain/IdentityLog.ts"
 import { IdentityUpdate } from "../src/domain/Wire.ts"
 import { TestNetwork } from "../src/testing.ts"
@@ -136,6 +138,88 @@ describe("IdentityLog", () => {
       sign(root, inboxId, state, { ...add(laptop), installationId: phone.installationId })
     )
     expect(Either.isLeft(wrongKey)).toBe(true)
+  })
+})
+
+/** The same signature with S + L in place of S: the equation still holds, the encoding is not canonical. */
+const nonCanonicalS = (signatureHex: string): string => {
+  const bytes = fromHex(signatureHex)
+  const s = BigInt(`0x${toHex(bytes.slice(32).reverse())}`) + ED25519_L
+  const le = fromHex(s.toString(16).padStart(64, "0")).reverse()
+  return toHex(bytes.slice(0, 32)) + toHex(le)
+}
+const ED25519_L = 2n ** 252n + 27742317777372353535851937790883648493n
+
+describe("IdentityLog signature encodings", () => {
+  const { inboxId, root } = newInbox()
+  const create = { _tag: "CreateInbox" as const, rootPublicKey: toHex(ed25519.getPublicKey(root)) }
+  const signed = IdentityLog.signUpdate(root, inboxId, undefined, create)
+  const withSignature = (u: IdentityUpdate, signature: string) => IdentityUpdate.make({ ...u, signature })
+  const refusal = (u: IdentityUpdate, state?: IdentityLog.InboxState) => {
+    const result = IdentityLog.applyUpdate(state, u)
+    return Either.isLeft(result) ? result.left.reason : "accepted"
+  }
+
+  it("an entry signed before the move to node:crypto still verifies, with the same signature", () => {
+    // Produced by the @noble/curves implementation this module used before (seed 1..32).
+    const recorded = IdentityUpdate.make({
+      inboxId: "65b60673d6ed884bf01c2c222d82ada0740f29ac3355d6a925c81f17f47a27b8" as typeof inboxId,
+      sequence: 1,
+      previousHash: IdentityLog.GENESIS_HASH,
+      action: { _tag: "CreateInbox", rootPublicKey: "79b5562e8fe654f94078b112e8a98ba7901f853ae695bed7e0e3910bad049664" },
+      signature: "43f476d4b2b07a80d582ef0a9feccdf0cb5d0223baf4c4413abb9659a1cfd999" +
+        "35c11472618c3ad59b4454382848ec4273b08ef935dd81d8a23b2d18d86b3c01"
+    })
+    expect(refusal(recorded)).toBe("accepted")
+    const seed = Uint8Array.from({ length: 32 }, (_, i) => i + 1)
+    const resigned = IdentityLog.signUpdate(seed, recorded.inboxId, undefined, recorded.action)
+    expect(resigned.signature).toBe(recorded.signature)
+    // Random keys and messages: node:crypto and the pure-JS implementation agree both ways.
+    for (let i = 0; i < 20; i++) {
+      const secret = ed25519.utils.randomSecretKey()
+      const message = new Uint8Array(randomBytes(i * 7))
+      const signature = Ed25519.signEd25519(secret, message)
+      expect(toHex(signature)).toBe(toHex(ed25519.sign(message, secret)))
+      const publicKey = toHex(ed25519.getPublicKey(secret))
+      expect(Ed25519.verifyStrict(publicKey, message, toHex(ed25519.sign(message, secret)))).toBe(true)
+      expect(Ed25519.verifyStrict(publicKey, Uint8Array.of(...message, 0), toHex(signature))).toBe(false)
+    }
+  })
+
+  it("refuses other spellings of a valid signature: uppercase, junk-suffixed, truncated, S + L", () => {
+    expect(refusal(signed)).toBe("accepted")
+    expect(refusal(withSignature(signed, signed.signature.toUpperCase()))).toContain("bad root signature")
+    expect(refusal(withSignature(signed, `${signed.signature}zz`))).toContain("bad root signature")
+    expect(refusal(withSignature(signed, `${signed.signature}00`))).toContain("bad root signature")
+    expect(refusal(withSignature(signed, signed.signature.slice(0, 126)))).toContain("bad root signature")
+    expect(refusal(withSignature(signed, nonCanonicalS(signed.signature)))).toContain("bad root signature")
+  })
+
+  it("refuses a small-order or non-canonically encoded root key, whose 'signatures' anyone can make", () => {
+    // With the identity point as key, R = identity and S = 0 satisfy the verification equation
+    // for every message; plain RFC 8032 verifiers (OpenSSL's, noble's ZIP-215 mode) accept it.
+    const anySignature = `01${"00".repeat(31)}${"00".repeat(32)}`
+    for (const key of [`01${"00".repeat(31)}`, `ee${"ff".repeat(30)}7f`]) {
+      const forged = IdentityUpdate.make({
+        inboxId: IdentityLog.inboxIdOf(fromHex(key)),
+        sequence: 1,
+        previousHash: IdentityLog.GENESIS_HASH,
+        action: { _tag: "CreateInbox", rootPublicKey: key },
+        signature: anySignature
+      })
+      expect(refusal(forged)).toContain("bad root signature")
+    }
+  })
+
+  it.each([
+    ["a real public key", () => ed25519.getPublicKey(ed25519.utils.randomSecretKey()), true],
+    ["y = p (non-canonical zero)", () => fromHex(`ed${"ff".repeat(30)}7f`), false],
+    ["y = p + 1 (non-canonical identity)", () => fromHex(`ee${"ff".repeat(30)}7f`), false],
+    ["the identity with the sign bit set", () => fromHex(`01${"00".repeat(30)}80`), false],
+    ...ED25519_TORSION.map((hex) => [`small-order point ${hex.slice(0, 8)}`, () => fromHex(hex), false] as const),
+    ["31 bytes", () => new Uint8Array(31), false]
+  ] as const)("isStrictPoint: %s -> %s", (_, point, strict) => {
+    expect(Ed25519.isStrictPoint(point())).toBe(strict)
   })
 })
 

@@ -1,5 +1,8 @@
 /** Byte helpers shared by the domain and the layers. Pure. */
-import { sha256 } from "@noble/hashes/sha2.js"
+import { createHash } from "node:crypto"
+
+/** SHA-256 on node:crypto: about 10x the pure-JS speed on message-sized inputs. */
+const sha256 = (bytes: Uint8Array): Uint8Array => new Uint8Array(createHash("sha256").update(bytes).digest())
 
 const encoder = new TextEncoder()
 const decoder = new TextDecoder("utf-8", { fatal: true })

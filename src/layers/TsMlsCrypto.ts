@@ -28,6 +28,7 @@ import {
   decodeGroupState,
   decodeMlsMessage,
   defaultCapabilities,
+  defaultCryptoProvider,
   defaultKeyRetentionConfig,
   emptyPskIndex,
   encodeGroupState,
@@ -62,6 +63,7 @@ import {
   type MlsGroupState,
   type Processed
 } from "../services/MlsCrypto.ts"
+import { nodeCryptoProvider } from "./NodeCiphersuite.ts"
 import { joinFromWelcome as joinWelcome } from "./TsMlsWelcome.ts"
 
 type Service = Context.Tag.Service<MlsCrypto>
@@ -282,7 +284,8 @@ const withinLifetime = (kp: KeyPackage): boolean => {
 
 export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
   Effect.gen(function*() {
-    const cs = yield* Effect.promise(() => getCiphersuiteImpl(getCiphersuiteFromName(CIPHERSUITE)))
+    const provider = options.provider === "default" ? defaultCryptoProvider : nodeCryptoProvider
+    const cs = yield* Effect.promise(() => getCiphersuiteImpl(getCiphersuiteFromName(CIPHERSUITE), provider))
 
     const authService: AuthenticationService = {
       async validateCredential(credential, signaturePublicKey) {

@@ -103,6 +103,11 @@ export interface MlsCryptoOptions {
   readonly maxPastEpochs?: number
   /** Extra credential check; the structural check (installation id = hash of key) always runs. */
   readonly authenticate?: Authenticate
+  /**
+   * The primitives under ts-mls: "native" (default) is node:crypto (layers/NodeCiphersuite),
+   * "default" is ts-mls's own WebCrypto provider. Both read and write the same keys and states.
+   */
+  readonly provider?: "native" | "default"
 }
 
 export class MlsCrypto extends Context.Tag("converge/MlsCrypto")<MlsCrypto, {
