@@ -13,7 +13,7 @@
  */
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { ed25519 } from "@noble/curves/ed25519.js"
-import { Cause, Context, Data, Effect, Either, Exit, Layer, Option, Schedule, Scope } from "effect"
+import { Cause, Context, Data, Effect, Either, Exit, Layer, Option, type Redacted, Schedule, Scope } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -87,6 +87,8 @@ export interface TestNetworkOptions extends StoreDeliveryService.StoreDeliveryOp
   readonly clientDefaults?: ClientOptions
   /** Default `"memory"`. */
   readonly delivery?: TestDelivery
+  /** Seal every client's secrets at rest under this key (see `StorageKey`). Default: none. */
+  readonly storageKey?: Redacted.Redacted<Uint8Array>
 }
 
 /** The delivery service of a test network, without faults, and the store behind it. */
@@ -100,7 +102,7 @@ const makeDelivery = (
   Scope.Scope
 > =>
   Effect.gen(function*() {
-    const { clientDefaults: _, delivery = "memory", ...storeOptions } = options
+    const { clientDefaults: _, delivery = "memory", storageKey: __, ...storeOptions } = options
     const storeLayer: Layer.Layer<DeliveryStore> = delivery === "sqlite"
       ? SqlDeliveryStore.layerSqlite.pipe(
         Layer.provide(SqliteClient.layer({ filename: path.join(dir, "delivery.sqlite") })),
@@ -272,7 +274,9 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
           crashPoint: crashHook(name, clientOptions.crashPoint ?? options.clientDefaults?.crashPoint)
         }
         const layer = Client.layer(engineOptions).pipe(
-          Layer.provideMerge(SqliteStorage.layer),
+          Layer.provideMerge(
+            options.storageKey === undefined ? SqliteStorage.layer : SqliteStorage.layerWithKey(options.storageKey)
+          ),
           // A literal config cannot fail to load.
           Layer.provide(Layer.orDie(SqliteClient.layer({ filename }))),
           Layer.provide(Layer.succeed(DeliveryService, deliveryFor(name))),

@@ -4,7 +4,7 @@
  */
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Option, Schedule } from "effect"
+import { Effect, Layer, Option, Redacted, Schedule } from "effect"
 import { randomBytes } from "node:crypto"
 import type { EpochConflict, InvalidInput, StorageError } from "../src/domain/Errors.ts"
 import type { ConversationId, GroupId } from "../src/domain/Ids.ts"
@@ -295,6 +295,20 @@ describe("Engine", () => {
       yield* group.send("not forked")
       yield* bob.syncAll
       expect((yield* atBob.messages()).map((m) => m.text)).toContain("not forked")
+    }))
+
+  it.scoped("with secrets sealed at rest, clients chat and restart as before", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.makeWith({ storageKey: Redacted.make(new Uint8Array(32).fill(42)) })
+      const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* group.send("sealed")
+      yield* net.restart(alice)
+      yield* net.restart(bob)
+      yield* bob.syncAll
+      yield* (yield* open(bob, group.id)).send("still sealed")
+      yield* alice.syncAll
+      expect((yield* chat(yield* open(alice, group.id))).map((m) => m.text)).toEqual(["sealed", "still sealed"])
     }))
 
   it.scoped("bad input gets typed errors", () =>

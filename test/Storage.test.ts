@@ -1,6 +1,7 @@
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Option } from "effect"
+import { SqlClient } from "@effect/sql"
+import { Effect, Layer, Option, Redacted } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -229,4 +230,67 @@ describe("Storage", () => {
       expect(yield* storage.messages.byConversation(groupId as unknown as ConversationId, {})).toEqual([])
       expect(yield* storage.cursors.get(`g/${groupId}`)).toBe(0n)
     }).pipe(Effect.provide(memoryStore)))
+})
+
+describe("secrets at rest", () => {
+  const key = Redacted.make(new Uint8Array(32).fill(7))
+  const otherKey = Redacted.make(new Uint8Array(32).fill(9))
+  const sealedStore = (filename: string, k: Redacted.Redacted<Uint8Array> | undefined) =>
+    (k === undefined ? SqliteStorage.layer : SqliteStorage.layerWithKey(k)).pipe(
+      Layer.provideMerge(SqliteClient.layer({ filename }))
+    )
+  const identity = StoredIdentity.make({
+    inboxId: inbox,
+    installationId: installation,
+    rootSecretKey: new Uint8Array(32).fill(1),
+    signaturePrivateKey: new Uint8Array(48).fill(2),
+    signaturePublicKey: new Uint8Array(32).fill(3),
+    registered: true,
+    createdAtNs: 1n
+  })
+  const secretState = new Uint8Array(64).fill(5)
+
+  it.effect("keys and group states are sealed in the file, and open only with the same key", () =>
+    Effect.gen(function*() {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "converge-sealed-"))
+      const filename = path.join(dir, "client.sqlite")
+      yield* Effect.gen(function*() {
+        const storage = yield* Storage
+        yield* storage.identity.insert(identity)
+        yield* storage.groups.insert(group({ mlsState: secretState }))
+        yield* storage.groups.saveState(groupId, { epoch: 1n, mlsState: secretState })
+        // What the file holds: none of the secrets in the clear.
+        const sql = yield* SqlClient.SqlClient
+        const [row] = yield* sql<{ root_secret_key: Uint8Array; signature_private_key: Uint8Array }>`
+          SELECT root_secret_key, signature_private_key FROM converge_identity`
+        const [state] = yield* sql<{ mls_state: Uint8Array }>`SELECT mls_state FROM converge_groups`
+        for (const [sealed, secret] of [
+          [row!.root_secret_key, identity.rootSecretKey!],
+          [row!.signature_private_key, identity.signaturePrivateKey],
+          [state!.mls_state, secretState]
+        ] as const) {
+          expect(Buffer.from(sealed).subarray(0, 3).toString()).toBe("cv1")
+          expect(Buffer.from(sealed).includes(Buffer.from(secret))).toBe(false)
+        }
+        expect((yield* storage.identity.get).pipe(Option.getOrThrow).signaturePrivateKey).toEqual(identity.signaturePrivateKey)
+      }).pipe(Effect.provide(sealedStore(filename, key)))
+
+      // Reopened with the key: everything reads back.
+      const again = yield* Effect.gen(function*() {
+        const storage = yield* Storage
+        return [yield* storage.identity.get, yield* storage.groups.get(groupId)] as const
+      }).pipe(Effect.provide(sealedStore(filename, key)))
+      expect(Option.getOrThrow(again[0]).rootSecretKey).toEqual(identity.rootSecretKey)
+      expect(Option.getOrThrow(again[1]).mlsState).toEqual(secretState)
+
+      // Without the key, or with another: a typed error, never a fresh identity.
+      for (const wrong of [undefined, otherKey]) {
+        const failure = yield* Effect.flatMap(Storage, (s) => s.identity.get).pipe(
+          Effect.provide(sealedStore(filename, wrong)),
+          Effect.flip
+        )
+        expect(failure).toMatchObject({ _tag: "StorageError", detail: expect.stringMatching(/storage key/) })
+      }
+      fs.rmSync(dir, { recursive: true, force: true })
+    }))
 })

@@ -7,7 +7,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Effect, Layer, Option, ParseResult, Schema } from "effect"
+import { type ConfigError, Effect, Layer, Option, ParseResult, type Redacted, Schema } from "effect"
 import { DeliveryStatus, MembershipChangeJson, MessageKind } from "../domain/Content.ts"
 import { StorageError } from "../domain/Errors.ts"
 import { ConversationId, GroupId, InboxId, InstallationId, MessageId } from "../domain/Ids.ts"
@@ -25,6 +25,8 @@ import {
 import { IdentityUpdate } from "../domain/Wire.ts"
 import { Storage } from "../services/Storage.ts"
 import * as Migrations from "./Migrations.ts"
+import * as StorageKeys from "./StorageKey.ts"
+import { Sealed, sealFor, StorageKey } from "./StorageKey.ts"
 
 // ---- rows: how the domain values sit in SQLite (private to this adapter) ----
 
@@ -61,7 +63,7 @@ const GroupRow = Schema.Struct({
   dmId: column(Nullable(ConversationId), "dm_id"),
   membershipState: column(MembershipState, "membership_state"),
   epoch: Big,
-  mlsState: column(Bytes, "mls_state"),
+  mlsState: column(Sealed("mls_state"), "mls_state"),
   maybeForked: column(Flag, "maybe_forked"),
   forkDetails: column(Nullable(Schema.String), "fork_details"),
   quarantine: Nullable(Schema.String),
@@ -108,7 +110,7 @@ const IntentRow = Schema.Struct({
   payloadHash: column(Nullable(Schema.String), "payload_hash"),
   payload: Nullable(Bytes),
   publishedEpoch: column(Nullable(Big), "published_epoch"),
-  stagedState: column(Nullable(Bytes), "staged_state"),
+  stagedState: column(Nullable(Sealed("staged_state")), "staged_state"),
   postCommit: column(Nullable(PostCommitDataJson), "post_commit_data"),
   sequenceId: column(Nullable(Big), "sequence_id"),
   attempts: Int,
@@ -120,8 +122,8 @@ const IntentRow = Schema.Struct({
 const IdentityRow = Schema.Struct({
   inboxId: column(InboxId, "inbox_id"),
   installationId: column(InstallationId, "installation_id"),
-  rootSecretKey: column(Nullable(Bytes), "root_secret_key"),
-  signaturePrivateKey: column(Bytes, "signature_private_key"),
+  rootSecretKey: column(Nullable(Sealed("root_secret_key")), "root_secret_key"),
+  signaturePrivateKey: column(Sealed("signature_private_key"), "signature_private_key"),
   signaturePublicKey: column(Bytes, "signature_public_key"),
   registered: Flag,
   createdAtNs: column(Big, "created_at_ns")
@@ -130,7 +132,7 @@ const IdentityRow = Schema.Struct({
 const KeyPackageRow = Schema.Struct({
   ref: Schema.String,
   publicPackage: column(Bytes, "public_package"),
-  privatePackage: column(Bytes, "private_package"),
+  privatePackage: column(Sealed("private_package"), "private_package"),
   createdAtNs: column(Big, "created_at_ns")
 })
 
@@ -156,7 +158,8 @@ const toStorageError = (operation: string) => (error: SqlError | ParseResult.Par
 /** A stored row as SQLite returns it, before decoding. */
 type RawRow = { readonly [column: string]: unknown }
 
-export const make = Effect.gen(function*() {
+/** The storage; with a key, the secrets in it are sealed at rest (see `StorageKey`). */
+export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   yield* Migrations.run.pipe(Effect.mapError(toStorageError("migrate")))
 
@@ -164,8 +167,12 @@ export const make = Effect.gen(function*() {
    * Runs a statement with safe integers, mapping errors to `StorageError`. No span: these are
    * the hot paths of every sync, traced by the engine step that calls them.
    */
-  const run = <A>(operation: string, effect: Effect.Effect<A, SqlError | ParseResult.ParseError>) =>
-    effect.pipe(Effect.provideService(SqlClient.SafeIntegers, true), Effect.mapError(toStorageError(operation)))
+  const run = <A>(operation: string, effect: Effect.Effect<A, SqlError | ParseResult.ParseError, StorageKey>) =>
+    effect.pipe(
+      Effect.provideService(SqlClient.SafeIntegers, true),
+      Effect.provideService(StorageKey, key),
+      Effect.mapError(toStorageError(operation))
+    )
 
   /** Flags a group: some of its stored rows were set aside. */
   const flagGroup = (groupId: unknown, why: string) =>
@@ -189,7 +196,7 @@ export const make = Effect.gen(function*() {
 
   /** Decodes each row; one that does not decode is logged, quarantined and left out. */
   const decodeEach = <A, I>(
-    schema: Schema.Schema<A, I>,
+    schema: Schema.Schema<A, I, StorageKey>,
     table: string,
     onBadRow: (row: RawRow, why: string) => Effect.Effect<unknown, SqlError>
   ) =>
@@ -244,7 +251,13 @@ export const make = Effect.gen(function*() {
         )
       ),
     saveState: (id, { epoch, mlsState }) =>
-      run("groups.saveState", sql`UPDATE converge_groups SET epoch = ${epoch}, mls_state = ${mlsState} WHERE id = ${id}`),
+      run(
+        "groups.saveState",
+        Effect.flatMap(
+          sealFor("mls_state")(mlsState),
+          (sealed) => sql`UPDATE converge_groups SET epoch = ${epoch}, mls_state = ${sealed} WHERE id = ${id}`
+        )
+      ),
     setMembership: (id, state) =>
       run("groups.setMembership", sql`UPDATE converge_groups SET membership_state = ${state} WHERE id = ${id}`),
     markForked: (id, details) =>
@@ -359,10 +372,13 @@ export const make = Effect.gen(function*() {
     markPublished: (id, p) =>
       run(
         "intents.markPublished",
-        Schema.encode(Schema.NullOr(PostCommitDataJson))(p.postCommit).pipe(
-          Effect.flatMap((postCommit) =>
+        Effect.all([
+          Schema.encode(Schema.NullOr(PostCommitDataJson))(p.postCommit),
+          p.stagedState === null ? Effect.succeed(null) : sealFor("staged_state")(p.stagedState)
+        ]).pipe(
+          Effect.flatMap(([postCommit, stagedState]) =>
             sql`UPDATE converge_intents SET state = 'Published', payload_hash = ${p.payloadHash},
-                payload = ${p.payload}, published_epoch = ${p.publishedEpoch}, staged_state = ${p.stagedState},
+                payload = ${p.payload}, published_epoch = ${p.publishedEpoch}, staged_state = ${stagedState},
                 post_commit_data = ${postCommit}, attempts = attempts + 1
                 WHERE id = ${id} AND state = 'ToPublish'`
           )
@@ -498,5 +514,17 @@ export const make = Effect.gen(function*() {
 const messageIdIn = (data: unknown): string | null =>
   typeof data === "string" ? (/"messageId"\s*:\s*"([0-9a-f]{64})"/.exec(data)?.[1] ?? null) : null
 
-/** SQLite (or any `SqlClient`): runs the migrations, then serves the repositories. */
+/** The storage without a key: secrets are stored as they are. */
+export const make = makeWith(StorageKey.none)
+
+/** SQLite (or any `SqlClient`): runs the migrations, then serves the repositories. No storage key. */
 export const layer: Layer.Layer<Storage, StorageError, SqlClient.SqlClient> = Layer.effect(Storage, make)
+
+/** The same, with the secrets sealed at rest under `key` (32 bytes; see `StorageKey`). */
+export const layerWithKey = (
+  key: Redacted.Redacted<Uint8Array>
+): Layer.Layer<Storage, StorageError, SqlClient.SqlClient> => Layer.effect(Storage, makeWith(Option.some(key)))
+
+/** The key from `CONVERGE_STORAGE_KEY` (64 hex characters) if it is set, else none. */
+export const layerConfig: Layer.Layer<Storage, StorageError | ConfigError.ConfigError, SqlClient.SqlClient> = Layer
+  .effect(Storage, Effect.flatMap(StorageKeys.fromConfig, makeWith))
