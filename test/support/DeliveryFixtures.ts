@@ -161,12 +161,13 @@ export interface Registered {
   readonly ds: Service
 }
 
-/** A new inbox with one installation, registered on `ds`. */
-export const registerInstallation = (
-  ds: Service,
-  installation: InstallationKeys = newInstallationKeys()
-) =>
+/**
+ * A new inbox with one installation (new keys unless given), registered on `ds`. Keys and
+ * inbox are made when the effect runs, so running it twice registers two installations.
+ */
+export const registerInstallation = (ds: Service, keys?: InstallationKeys) =>
   Effect.gen(function*() {
+    const installation = keys ?? newInstallationKeys()
     const inbox = newInbox()
     yield* ds.publishIdentityUpdate(inbox.create())
     yield* ds.publishIdentityUpdate(inbox.add(installation))
