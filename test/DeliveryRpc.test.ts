@@ -8,7 +8,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Socket } from "@effect/platform"
 import { NodeSocket } from "@effect/platform-node"
 import { SqliteClient } from "@effect/sql-sqlite-node"
-import { Chunk, Context, Effect, Exit, Fiber, Layer, Ref, Schedule, Scope, Stream } from "effect"
+import { Chunk, Context, Effect, Exit, Fiber, Layer, Ref, Schedule, Schema, Scope, Stream } from "effect"
 import * as fs from "node:fs"
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
@@ -16,6 +16,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { fromUtf8, utf8 } from "../src/domain/Bytes.ts"
 import type { GroupId } from "../src/domain/Ids.ts"
+import { AUTH_HEADER, RequestAuthJson, requestDigests } from "../src/domain/RequestAuth.ts"
 import { type GroupMessageEnvelope, GroupMessageInput, KeyPackageUpload, WelcomeMessageInput } from "../src/domain/Wire.ts"
 import { serve } from "../src/layers/DeliveryServer.ts"
 import * as FaultyDeliveryService from "../src/layers/FaultyDeliveryService.ts"
@@ -519,6 +520,57 @@ describe("bad requests", () => {
       ]))
       expect(tooBig).toMatchObject({ _tag: "DeliveryError", reason: "PayloadTooLarge", retryable: false })
       expect((yield* smallClient.sendGroupMessages([mlsMessage(groupId, "small")]))[0]!.sequenceId).toBe(1n)
+    }))
+
+  it.scopedLive("a request's signature rides in its x-converge-auth header; a missing, malformed or borrowed one is refused", () =>
+    Effect.gen(function*() {
+      const { address, memory } = yield* memoryServer()
+      const { installation } = yield* registerInstallation(memory.service)
+      const groupId = newGroupId()
+      const messages = [mlsMessage(groupId, "by hand")]
+      const statementFor = (signed: ReadonlyArray<GroupMessageInput>) =>
+        Effect.map(
+          installation.signer("sendGroupMessages", requestDigests.sendGroupMessages(signed)),
+          Schema.encodeSync(RequestAuthJson)
+        )
+      /** One sendGroupMessages request in ndjson, as any HTTP client could send it; its exit. */
+      const send = (auth: string | undefined) =>
+        Effect.promise(async () => {
+          const request = {
+            _tag: "Request",
+            id: "1",
+            tag: "sendGroupMessages",
+            payload: {
+              messages: messages.map((m) => ({ groupId: m.groupId, payload: Buffer.from(m.payload).toString("base64") }))
+            },
+            headers: auth === undefined ? [] : [[AUTH_HEADER, auth]]
+          }
+          const response = await fetch(address.url, {
+            method: "POST",
+            headers: { "content-type": "application/ndjson" },
+            body: JSON.stringify(request) + "\n"
+          })
+          const [exit] = (await response.text()).split("\n").filter((line) => line.length > 0)
+          return JSON.parse(exit!) as Record<string, unknown>
+        })
+      const refused = {
+        _tag: "Exit",
+        exit: { _tag: "Failure", cause: { _tag: "Fail", error: { _tag: "DeliveryError", reason: "Unauthenticated" } } }
+      }
+
+      expect(yield* send(undefined)).toMatchObject(refused)
+      expect(yield* send("not a statement")).toMatchObject(refused)
+      // A statement for another request.
+      expect(yield* send(yield* statementFor([mlsMessage(groupId, "something else")]))).toMatchObject(refused)
+      // A genuine statement, padded past the header's size limit (still valid JSON).
+      expect(yield* send((yield* statementFor(messages)).padEnd(2000))).toMatchObject(refused)
+      expect(yield* readAll(memory.service, groupId)).toEqual([])
+
+      const statement = yield* statementFor(messages)
+      expect(yield* send(statement)).toMatchObject({ _tag: "Exit", exit: { _tag: "Success" } })
+      // The same header again is a replay.
+      expect(yield* send(statement)).toMatchObject(refused)
+      expect(textsOf(yield* readAll(memory.service, groupId))).toEqual(["by hand"])
     }))
 
   it.scopedLive("garbage on a WebSocket gets a protocol error and the server keeps serving others", () =>
