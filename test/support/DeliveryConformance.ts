@@ -37,6 +37,7 @@ import { MlsCrypto } from "../../src/index.ts"
 import {
   type Inbox,
   type InstallationKeys,
+  mlsGroupInfo,
   mlsMessage,
   mlsPayload,
   newGroupId,
@@ -381,9 +382,12 @@ export const deliveryConformance = (
 
         expect(yield* send(utf8("plain text, not MLS"))).toMatchObject(invalid)
         expect(yield* send(mlsPayload(other, "for another group"))).toMatchObject(invalid)
-        // An MLS message that is no group message: a key package.
+        // MLS messages that are no group messages: a key package, and a GroupInfo naming this very group.
         const keyPackage = (yield* newInstallation(newInbox())).keyPackage
         expect(yield* send(keyPackage)).toMatchObject(invalid)
+        const groupInfo = mlsGroupInfo(groupId)
+        expect(yield* (yield* MlsCrypto).inspect(groupInfo)).toMatchObject({ kind: "other", groupId })
+        expect(yield* send(groupInfo)).toMatchObject(invalid)
         // Truncated MLS.
         expect(yield* send(mlsPayload(groupId, "cut short").subarray(0, 20))).toMatchObject(invalid)
         // One bad message spoils the batch: nothing is stored, no topic comes into existence.

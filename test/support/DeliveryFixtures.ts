@@ -69,6 +69,31 @@ export const mlsPayload = (groupId: GroupId, text: string, options: MlsPayloadOp
     vector(utf8(text)) // ciphertext
   )
 
+const WIRE_FORMAT_GROUP_INFO = 4
+const CIPHER_SUITE_X25519_AES128GCM_SHA256_ED25519 = 1
+
+/**
+ * An MLS GroupInfo (§12.4.3) naming `groupId`, with empty hashes and signature: an MLS message
+ * of the group that is not a group message (no application, proposal or commit).
+ */
+export const mlsGroupInfo = (groupId: GroupId): Uint8Array =>
+  concat(
+    u16(MLS_10),
+    u16(WIRE_FORMAT_GROUP_INFO),
+    // GroupContext
+    u16(MLS_10),
+    u16(CIPHER_SUITE_X25519_AES128GCM_SHA256_ED25519),
+    vector(fromHex(groupId)),
+    u64(1n),
+    vector(new Uint8Array(0)), // tree_hash
+    vector(new Uint8Array(0)), // confirmed_transcript_hash
+    vector(new Uint8Array(0)), // group context extensions
+    vector(new Uint8Array(0)), // extensions
+    vector(new Uint8Array(0)), // confirmation_tag
+    new Uint8Array(4), // signer (u32)
+    vector(new Uint8Array(0)) // signature
+  )
+
 export const mlsMessage = (groupId: GroupId, text: string, options?: MlsPayloadOptions): GroupMessageInput =>
   GroupMessageInput.make({ groupId, payload: mlsPayload(groupId, text, options) })
 
