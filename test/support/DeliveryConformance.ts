@@ -79,6 +79,10 @@ const publisherLayer = Layer.effect(Publisher, Effect.flatMap(DeliveryService, (
 /** The delivery service as the suite's publisher: every call signed. */
 const asPublisher = Effect.map(Publisher, (publisher) => publisher.ds)
 
+/** The delivery service as `installation`: every call signed by it. */
+const signedBy = (installation: InstallationKeys) =>
+  Effect.map(DeliveryService, (ds) => authenticatedAs(ds, installation.signer))
+
 /** An installation with real MLS keys and a key package naming it (for its inbox). */
 interface Installation extends InstallationKeys {
   /** A genuine, signed MLS key package of this installation (for its inbox). */
@@ -140,10 +144,6 @@ export const deliveryConformance = (
   const maxPayloadBytes = options.maxPayloadBytes ?? 1024 * 1024
   const pageSize = options.pageSize ?? 100
   const maxBatch = options.maxBatch ?? 50
-
-  /** The delivery service as `installation`: every call signed by it. */
-  const signedBy = (installation: InstallationKeys) =>
-    Effect.map(DeliveryService, (ds) => authenticatedAs(ds, installation.signer))
 
   layerSuite(Layer.provideMerge(publisherLayer, Layer.merge(layer, MlsCrypto.layer())), {
     excludeTestServices: true,
