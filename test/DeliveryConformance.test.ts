@@ -10,20 +10,21 @@ import { Chunk, Context, Effect, Fiber, Layer, Stream } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { toHex, utf8 } from "../src/domain/Bytes.ts"
-import type { GroupId } from "../src/domain/Ids.ts"
+import { toHex } from "../src/domain/Bytes.ts"
 import type { DeliveryError } from "../src/domain/Errors.ts"
-import { type GroupMessageEnvelope, GroupMessageInput } from "../src/domain/Wire.ts"
+import type { GroupMessageEnvelope } from "../src/domain/Wire.ts"
+import type { StoreDeliveryOptions } from "../src/layers/StoreDeliveryService.ts"
+import { authenticatedAs } from "../src/services/DeliveryAuth.ts"
 import { DeliveryService } from "../src/index.ts"
 import { DeliveryStore } from "../src/index.ts"
 import { MlsCrypto } from "../src/index.ts"
 import { type ConformanceOptions, deliveryConformance } from "./support/DeliveryConformance.ts"
+import { mlsMessage, newGroupId, range, registerInstallation, textOf } from "./support/DeliveryFixtures.ts"
 import * as PgDeliveryStore from "../src/postgres.ts"
 import * as Postgres from "./support/Postgres.ts"
 
 /** What the store-backed layers are configured with, and so what the suite expects of them. */
-const storeOptions = { maxIdentityUpdates: 8 }
-const storeConformance: ConformanceOptions = { verifiesKeyPackages: true, maxIdentityUpdates: 8 }
+const storeOptions = { maxIdentityUpdates: 8 } satisfies StoreDeliveryOptions
 
 /** A SQLite database in a temp directory, removed when the layer is released. */
 const tempSqlite = Layer.unwrapScoped(
@@ -36,20 +37,28 @@ const tempSqlite = Layer.unwrapScoped(
   })
 )
 
-const onSqlite = DeliveryService.layerStore(storeOptions).pipe(
-  Layer.provide(DeliveryStore.layerSqlite),
-  Layer.provide(tempSqlite),
-  Layer.provide(MlsCrypto.layer())
-)
+const onSqlite = (options: StoreDeliveryOptions) =>
+  DeliveryService.layerStore(options).pipe(
+    Layer.provide(DeliveryStore.layerSqlite),
+    Layer.provide(tempSqlite),
+    Layer.provide(MlsCrypto.layer())
+  )
 
-const onPostgres = DeliveryService.layerStore(storeOptions).pipe(
-  Layer.provide(PgDeliveryStore.layerPg()),
-  Layer.provide(Postgres.layer("conformance")),
-  Layer.provide(MlsCrypto.layer())
-)
+const onPostgres = (options: StoreDeliveryOptions) =>
+  DeliveryService.layerStore(options).pipe(
+    Layer.provide(PgDeliveryStore.layerPg()),
+    Layer.provide(Postgres.layer("conformance")),
+    Layer.provide(MlsCrypto.layer())
+  )
 
-deliveryConformance("memory store", DeliveryService.layerMemoryWith(storeOptions), storeConformance)
-deliveryConformance("sqlite store", onSqlite, storeConformance)
+/** The suite's options for a store: its limits, and a fresh service of that store with a given rate limit. */
+const conformanceOf = (build: (options: StoreDeliveryOptions) => Layer.Layer<DeliveryService, unknown>): ConformanceOptions => ({
+  maxIdentityUpdates: storeOptions.maxIdentityUpdates,
+  rateLimited: (rateLimit) => build({ ...storeOptions, authentication: { rateLimit } })
+})
+
+deliveryConformance("memory store", DeliveryService.layerMemoryWith(storeOptions), conformanceOf(DeliveryService.layerMemoryWith))
+deliveryConformance("sqlite store", onSqlite(storeOptions), conformanceOf(onSqlite))
 
 const pgUp = await Postgres.reachable()
 if (!pgUp && Postgres.required) {
@@ -64,7 +73,7 @@ if (!pgUp && Postgres.required) {
 }
 
 if (pgUp) {
-  deliveryConformance("postgres store", onPostgres, storeConformance)
+  deliveryConformance("postgres store", onPostgres(storeOptions), conformanceOf(onPostgres))
 } else {
   describe.skip("DeliveryService conformance: postgres store (no database at CONVERGE_TEST_PG_URL)", () => {
     it("skipped", () => {})
@@ -72,10 +81,6 @@ if (pgUp) {
 }
 
 // ---- several servers on one Postgres ----
-
-const newGroupId = () => toHex(crypto.getRandomValues(new Uint8Array(16))) as GroupId
-const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes)
-const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => BigInt(from + i))
 
 /** One server: its own pool, its own LISTEN connection, its own delivery service. */
 const serverInstance = (options: {
@@ -106,7 +111,9 @@ describe.runIf(pgUp)("several servers on one Postgres", () => {
         // The subscriber's server never polls within the test: it must be woken by NOTIFY
         // from the other servers' commits.
         const [a, b, c] = [yield* build(5000), yield* build(5000), yield* build(600_000)]
-        const servers = [a, b]
+        // One installation publishes through both servers; each checks its signatures on its own.
+        const { installation } = yield* registerInstallation(a)
+        const servers = [authenticatedAs(a, installation.signer), authenticatedAs(b, installation.signer)]
         const groupId = newGroupId()
         const publishers = 20
         const perPublisher = 10
@@ -139,9 +146,7 @@ describe.runIf(pgUp)("several servers on one Postgres", () => {
                 Effect.gen(function*() {
                   // Spread across both servers, also within one publisher.
                   const server = servers[(p + i) % 2]!
-                  yield* server.sendGroupMessages([
-                    GroupMessageInput.make({ groupId, payload: utf8(`p${p}-m${i}`) })
-                  ])
+                  yield* server.sendGroupMessages([mlsMessage(groupId, `p${p}-m${i}`)])
                   if (p === 0 && i === perPublisher / 2) {
                     // A second subscriber joins mid-stream, from the start.
                     midway = yield* Effect.fork(
@@ -164,16 +169,16 @@ describe.runIf(pgUp)("several servers on one Postgres", () => {
         const tailedIn = Date.now() - started
 
         expect(seen.map((e) => e.sequenceId)).toEqual(range(1, total))
-        expect(new Set(seen.map((e) => text(e.payload))).size).toBe(total)
+        expect(new Set(seen.map((e) => textOf(e.payload))).size).toBe(total)
         expect(seenMidway.map((e) => e.sequenceId)).toEqual(range(1, total))
         // Every server serves the same topic.
         const fromA = yield* a.queryGroupMessages({ groupId, afterSequenceId: 0n, limit: 100 })
         const fromB = yield* b.queryGroupMessages({ groupId, afterSequenceId: 0n, limit: 100 })
-        expect(fromA.items.map((e) => text(e.payload))).toEqual(fromB.items.map((e) => text(e.payload)))
-        expect(fromA.items.map((e) => text(e.payload))).toEqual(seen.slice(0, 100).map((e) => text(e.payload)))
+        expect(fromA.items.map((e) => textOf(e.payload))).toEqual(fromB.items.map((e) => textOf(e.payload)))
+        expect(fromA.items.map((e) => textOf(e.payload))).toEqual(seen.slice(0, 100).map((e) => textOf(e.payload)))
         // Each publisher's messages in its own order.
         for (let p = 0; p < publishers; p++) {
-          const mine = seen.map((e) => text(e.payload)).filter((t) => t.startsWith(`p${p}-`))
+          const mine = seen.map((e) => textOf(e.payload)).filter((t) => t.startsWith(`p${p}-`))
           expect(mine).toEqual(Array.from({ length: perPublisher }, (_, i) => `p${p}-m${i}`))
         }
         yield* Effect.logInfo(`multi-server: published ${total} in ${publishedIn} ms, tailed in ${tailedIn} ms`)
@@ -185,10 +190,10 @@ describe.runIf(pgUp)("several servers on one Postgres", () => {
     Effect.scoped(Effect.gen(function*() {
       const schema = yield* Layer.build(Postgres.layerSchema("relisten"))
       const provideSchema = Layer.provide(Layer.succeedContext(schema))
-      const publisher = Context.get(
+      const { ds: publisher } = yield* registerInstallation(Context.get(
         yield* Layer.build(serverInstance({ pollMillis: 5000 }).pipe(provideSchema)),
         DeliveryService
-      )
+      ))
       const appName = `converge-relisten-${toHex(crypto.getRandomValues(new Uint8Array(4)))}`
       // Polling is off for the test's length: only NOTIFY (and the re-listen) can wake it.
       const subscriber = Context.get(
@@ -206,8 +211,7 @@ describe.runIf(pgUp)("several servers on one Postgres", () => {
           (e) => Effect.sync(() => received.push(e.sequenceId))
         )
       )
-      const send = (i: number) =>
-        publisher.sendGroupMessages([GroupMessageInput.make({ groupId, payload: utf8(`m${i}`) })])
+      const send = (i: number) => publisher.sendGroupMessages([mlsMessage(groupId, `m${i}`)])
       const waitFor = (n: number) =>
         Effect.gen(function*() {
           while (received.length < n) yield* Effect.sleep("5 millis")

@@ -5,87 +5,48 @@
  * by stopping the server and starting another on the same port over the same store.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { ed25519 } from "@noble/curves/ed25519.js"
 import { Socket } from "@effect/platform"
 import { NodeSocket } from "@effect/platform-node"
 import { SqliteClient } from "@effect/sql-sqlite-node"
-import { Chunk, Context, Effect, Exit, Fiber, Layer, Ref, Schedule, Scope, Stream } from "effect"
+import { Chunk, Context, Effect, Exit, Fiber, Layer, Ref, Schedule, Schema, Scope, Stream } from "effect"
 import * as fs from "node:fs"
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
-import { toHex, utf8 } from "../src/domain/Bytes.ts"
-import { hashOfUpdate, inboxIdOf, installationIdOf, signUpdate } from "../src/domain/IdentityLog.ts"
-import type { GroupId, InboxId, InstallationId } from "../src/domain/Ids.ts"
-import {
-  type GroupMessageEnvelope,
-  GroupMessageInput,
-  type IdentityAction,
-  type IdentityUpdate,
-  KeyPackageUpload,
-  WelcomeMessageInput
-} from "../src/domain/Wire.ts"
+import { fromUtf8, utf8 } from "../src/domain/Bytes.ts"
+import type { GroupId } from "../src/domain/Ids.ts"
+import { AUTH_HEADER, RequestAuthJson, requestDigests } from "../src/domain/RequestAuth.ts"
+import { type GroupMessageEnvelope, GroupMessageInput, KeyPackageUpload, WelcomeMessageInput } from "../src/domain/Wire.ts"
 import { serve } from "../src/layers/DeliveryServer.ts"
 import * as FaultyDeliveryService from "../src/layers/FaultyDeliveryService.ts"
+import type { RateLimit } from "../src/layers/RequestAuthenticator.ts"
 import type { StoreDeliveryOptions } from "../src/layers/StoreDeliveryService.ts"
 import * as SqliteStorage from "../src/layers/SqliteStorage.ts"
 import { Client } from "../src/services/Client.ts"
+import { authenticatedAs } from "../src/services/DeliveryAuth.ts"
 import { DeliveryService } from "../src/index.ts"
 import { DeliveryStore } from "../src/index.ts"
 import { MlsCrypto } from "../src/index.ts"
 import { deliveryConformance } from "./support/DeliveryConformance.ts"
+import {
+  mlsMessage,
+  newGroupId,
+  newInbox,
+  newInstallationKeys,
+  randomBytes,
+  range,
+  readAll,
+  registerInstallation,
+  textOf,
+  textsOf
+} from "./support/DeliveryFixtures.ts"
 import { type ClientOptions, clientLayer, cuttableProxy, fastClientOptions, rpcLayer } from "./support/RpcHarness.ts"
 
 // ---- fixtures ----
 
-const randomBytes = (n: number) => crypto.getRandomValues(new Uint8Array(n))
-const newGroupId = () => toHex(randomBytes(16)) as GroupId
-const message = (groupId: GroupId, body: string) => GroupMessageInput.make({ groupId, payload: utf8(body) })
-const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes)
-const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => BigInt(from + i))
-
-interface Installation {
-  readonly id: InstallationId
-  readonly signaturePublicKey: string
-}
-const newInstallation = (): Installation => {
-  const key = randomBytes(32)
-  return { id: installationIdOf(key), signaturePublicKey: toHex(key) }
-}
-
-/** An inbox whose log the test signs entry by entry. */
-const newInbox = () => {
-  const rootSecretKey = ed25519.utils.randomSecretKey()
-  const rootPublicKey = ed25519.getPublicKey(rootSecretKey)
-  const inboxId: InboxId = inboxIdOf(rootPublicKey)
-  let head: { sequence: number; headHash: string } | undefined
-  const next = (action: IdentityAction, signingKey: Uint8Array = rootSecretKey): IdentityUpdate => {
-    const update = signUpdate(signingKey, inboxId, head, action)
-    head = { sequence: update.sequence, headHash: hashOfUpdate(update) }
-    return update
-  }
-  return {
-    inboxId,
-    create: () => next({ _tag: "CreateInbox", rootPublicKey: toHex(rootPublicKey) }),
-    add: (installation: Installation) =>
-      next({ _tag: "AddInstallation", installationId: installation.id, signaturePublicKey: installation.signaturePublicKey }),
-    forge: (action: IdentityAction) => next(action, ed25519.utils.randomSecretKey())
-  }
-}
-
-/** Reads a whole topic by paging through it. */
-const readAll = (ds: DeliveryService["Type"], groupId: GroupId) =>
-  Effect.gen(function*() {
-    const all: Array<GroupMessageEnvelope> = []
-    let cursor = 0n
-    for (;;) {
-      const page = yield* ds.queryGroupMessages({ groupId, afterSequenceId: cursor })
-      all.push(...page.items)
-      if (page.next === undefined) return all
-      cursor = page.next
-    }
-  })
+/** A new installation registered on `ds`, and `ds` as that installation. */
+const signedIn = (ds: DeliveryService["Type"]) => Effect.map(registerInstallation(ds), (registered) => registered.ds)
 
 /** The in-memory delivery service wrapped in fault controls, in the current scope. */
 const memoryWithFaults = (options: StoreDeliveryOptions = {}) =>
@@ -113,23 +74,39 @@ describe.each(transports)("over %s", (transport) => {
   it.scopedLive("every operation round-trips, with typed errors arriving as themselves", () =>
     Effect.gen(function*() {
       const { address } = yield* memoryServer({ maxPayloadBytes: 1024, pageSize: 3 })
-      const ds = yield* connect(address.url, { transport })
+      const network = yield* connect(address.url, { transport })
       const groupId = newGroupId()
 
+      // identity: an inbox and the installation the rest of the test acts as
+      const inbox = newInbox()
+      const installation = newInstallationKeys()
+      const created = yield* network.publishIdentityUpdate(inbox.create())
+      expect(created.update.inboxId).toBe(inbox.inboxId)
+      expect(created.sequenceId).toBeTypeOf("bigint")
+      yield* network.publishIdentityUpdate(inbox.add(installation))
+      const updates = yield* network.getIdentityUpdates([
+        { inboxId: inbox.inboxId, afterSequence: 0 },
+        { inboxId: newInbox().inboxId, afterSequence: 0 }
+      ])
+      expect(updates[0]!.updates.map((u) => u.update.action._tag)).toEqual(["CreateInbox", "AddInstallation"])
+      expect(updates[1]!.updates).toEqual([])
+      // Each request is signed by the installation and the statement travels in a header.
+      const ds = authenticatedAs(network, installation.signer)
+
       // group messages: send, dedup of an identical resend, paging, batch query
-      const sent = yield* ds.sendGroupMessages([message(groupId, "a"), message(groupId, "b")])
-      expect(sent.map((e) => [e.groupId, e.sequenceId, text(e.payload)])).toEqual([[groupId, 1n, "a"], [groupId, 2n, "b"]])
+      const sent = yield* ds.sendGroupMessages([mlsMessage(groupId, "a"), mlsMessage(groupId, "b")])
+      expect(sent.map((e) => [e.groupId, e.sequenceId, textOf(e.payload)])).toEqual([[groupId, 1n, "a"], [groupId, 2n, "b"]])
       expect(sent[0]!.serverTimeNs).toBeTypeOf("bigint")
-      const again = yield* ds.sendGroupMessages([message(groupId, "a")])
+      const again = yield* ds.sendGroupMessages([mlsMessage(groupId, "a")])
       expect(again[0]!.sequenceId).toBe(1n)
-      for (const body of ["c", "d", "e"]) yield* ds.sendGroupMessages([message(groupId, body)])
+      for (const body of ["c", "d", "e"]) yield* ds.sendGroupMessages([mlsMessage(groupId, body)])
       const first = yield* ds.queryGroupMessages({ groupId, afterSequenceId: 0n })
-      expect(first.items.map((e) => text(e.payload))).toEqual(["a", "b", "c"])
+      expect(textsOf(first.items)).toEqual(["a", "b", "c"])
       expect(first.next).toBe(3n)
       const last = yield* ds.queryGroupMessages({ groupId, afterSequenceId: 3n, limit: 5 })
       expect(last.items.map((e) => e.sequenceId)).toEqual([4n, 5n])
       expect(last.next).toBeUndefined()
-      expect((yield* readAll(ds, groupId)).map((e) => e.sequenceId)).toEqual(range(1, 5))
+      expect((yield* readAll(network, groupId)).map((e) => e.sequenceId)).toEqual(range(1, 5))
       const empty = newGroupId()
       const batch = yield* ds.batchQueryGroupMessages([
         { groupId, afterSequenceId: 4n },
@@ -138,38 +115,25 @@ describe.each(transports)("over %s", (transport) => {
       expect(batch.map((p) => p.items.map((e) => e.sequenceId))).toEqual([[5n], []])
       expect(batch[1]!.next).toBeUndefined()
 
-      // welcomes
-      const installation = newInstallation()
+      // welcomes, to the installation's own topic (only it may read them)
       const welcomes = yield* ds.sendWelcomeMessages([
         WelcomeMessageInput.make({ installationId: installation.id, payload: utf8("w1") }),
         WelcomeMessageInput.make({ installationId: installation.id, payload: utf8("w2") })
       ])
       expect(welcomes.map((w) => w.sequenceId)).toEqual([1n, 2n])
       const welcomePage = yield* ds.queryWelcomeMessages({ installationId: installation.id, afterSequenceId: 1n })
-      expect(welcomePage.items.map((w) => text(w.payload))).toEqual(["w2"])
+      expect(welcomePage.items.map((w) => fromUtf8(w.payload))).toEqual(["w2"])
       const welcomeStream = yield* ds.subscribeWelcomeMessages({ installationId: installation.id, afterSequenceId: 0n })
         .pipe(Stream.take(2), Stream.runCollect)
-      expect(Chunk.toArray(welcomeStream).map((w) => text(w.payload))).toEqual(["w1", "w2"])
+      expect(Chunk.toArray(welcomeStream).map((w) => fromUtf8(w.payload))).toEqual(["w1", "w2"])
 
-      // identity + key packages
-      const inbox = newInbox()
-      const created = yield* ds.publishIdentityUpdate(inbox.create())
-      expect(created.update.inboxId).toBe(inbox.inboxId)
-      expect(created.sequenceId).toBeTypeOf("bigint")
-      yield* ds.publishIdentityUpdate(inbox.add(installation))
-      const updates = yield* ds.getIdentityUpdates([
-        { inboxId: inbox.inboxId, afterSequence: 0 },
-        { inboxId: newInbox().inboxId, afterSequence: 0 }
-      ])
-      expect(updates[0]!.updates.map((u) => u.update.action._tag)).toEqual(["CreateInbox", "AddInstallation"])
-      expect(updates[1]!.updates).toEqual([])
-      // Bytes that are no key package are refused (the conformance suite round-trips real ones).
+      // key packages: bytes that are no key package are refused (the conformance suite round-trips real ones)
       const keyPackage = randomBytes(100)
       const garbage = yield* Effect.flip(
         ds.uploadKeyPackage(KeyPackageUpload.make({ installationId: installation.id, keyPackage }))
       )
       expect(garbage).toMatchObject({ _tag: "DeliveryError", reason: "InvalidKeyPackage" })
-      const stranger = newInstallation()
+      const stranger = newInstallationKeys()
       const fetched = yield* ds.fetchKeyPackages([installation.id, stranger.id])
       expect(fetched).toEqual([
         { installationId: installation.id, keyPackage: undefined },
@@ -186,10 +150,20 @@ describe.each(transports)("over %s", (transport) => {
         installationId: installation.id
       })))
       expect(forged._tag).toBe("InvalidIdentityUpdate")
-      const unregistered = yield* Effect.flip(
+      const forSomeoneElse = yield* Effect.flip(
         ds.uploadKeyPackage(KeyPackageUpload.make({ installationId: stranger.id, keyPackage }))
       )
-      expect(unregistered).toMatchObject({ _tag: "DeliveryError", reason: "InvalidKeyPackage" })
+      expect(forSomeoneElse).toMatchObject({ _tag: "DeliveryError", reason: "Forbidden", retryable: false })
+      const othersWelcomes = yield* Effect.flip(ds.queryWelcomeMessages({ installationId: stranger.id, afterSequenceId: 0n }))
+      expect(othersWelcomes).toMatchObject({ _tag: "DeliveryError", reason: "Forbidden" })
+      const unsigned = yield* Effect.flip(network.sendGroupMessages([mlsMessage(groupId, "unsigned")]))
+      expect(unsigned).toMatchObject({ _tag: "DeliveryError", reason: "Unauthenticated", retryable: false })
+      const unsignedStream = yield* Effect.flip(
+        Stream.runCollect(network.subscribeWelcomeMessages({ installationId: installation.id, afterSequenceId: 0n }))
+      )
+      expect(unsignedStream).toMatchObject({ _tag: "DeliveryError", reason: "Unauthenticated" })
+      const notMls = yield* Effect.flip(ds.sendGroupMessages([GroupMessageInput.make({ groupId, payload: utf8("m") })]))
+      expect(notMls).toMatchObject({ _tag: "DeliveryError", reason: "InvalidRequest" })
       const negative = yield* Effect.flip(ds.queryGroupMessages({ groupId, afterSequenceId: -1n }))
       expect(negative).toMatchObject({ _tag: "DeliveryError", reason: "InvalidRequest" })
       const zeroLimit = yield* Effect.flip(ds.queryGroupMessages({ groupId, afterSequenceId: 0n, limit: 0 }))
@@ -209,33 +183,36 @@ describe.each(transports)("over %s", (transport) => {
   it.scopedLive("a subscriber gets the backlog, then every live message once, in order, under concurrent publishers", () =>
     Effect.gen(function*() {
       const { address } = yield* memoryServer()
-      const publisher = yield* connect(address.url, { transport })
+      const publisher = yield* signedIn(yield* connect(address.url, { transport }))
       const subscriber = yield* connect(address.url, { transport })
       const groupId = newGroupId()
       const other = newGroupId()
-      for (let i = 0; i < 10; i++) yield* publisher.sendGroupMessages([message(groupId, `early-${i}`)])
+      for (let i = 0; i < 10; i++) yield* publisher.sendGroupMessages([mlsMessage(groupId, `early-${i}`)])
 
       const total = 10 + 5 * 20
       const received = yield* Effect.fork(
         Stream.runCollect(Stream.take(subscriber.subscribeGroupMessages([{ groupId, afterSequenceId: 0n }]), total))
       )
-      // Five publishers, each with its own connection, also writing to a topic nobody follows.
-      const publishers = yield* Effect.forEach(Array.from({ length: 5 }, (_, p) => p), () => connect(address.url, { transport }))
+      // Five publishers, each an installation with its own connection, also writing to a topic nobody follows.
+      const publishers = yield* Effect.forEach(
+        Array.from({ length: 5 }, (_, p) => p),
+        () => Effect.flatMap(connect(address.url, { transport }), signedIn)
+      )
       yield* Effect.forEach(
         publishers,
         (ds, p) =>
           Effect.forEach(
             Array.from({ length: 20 }, (_, i) => i),
-            (i) => ds.sendGroupMessages([message(groupId, `live-${p}-${i}`), message(other, `other-${p}-${i}`)])
+            (i) => ds.sendGroupMessages([mlsMessage(groupId, `live-${p}-${i}`), mlsMessage(other, `other-${p}-${i}`)])
           ),
         { concurrency: "unbounded", discard: true }
       )
       const got = Chunk.toArray(yield* Fiber.join(received))
       expect(got.map((e) => e.sequenceId)).toEqual(range(1, total))
       expect(got.every((e) => e.groupId === groupId)).toBe(true)
-      expect(new Set(got.map((e) => text(e.payload))).size).toBe(total)
+      expect(new Set(got.map((e) => textOf(e.payload))).size).toBe(total)
       const stored = yield* readAll(publisher, groupId)
-      expect(got.map((e) => text(e.payload))).toEqual(stored.map((e) => text(e.payload)))
+      expect(got.map((e) => textOf(e.payload))).toEqual(stored.map((e) => textOf(e.payload)))
     }))
 
   it.scopedLive("a subscription resumes from its cursors after its connection is cut, without loss or duplicate", () =>
@@ -245,8 +222,8 @@ describe.each(transports)("over %s", (transport) => {
       const ds = yield* connect(proxy.url(address.url), { transport })
       const a = newGroupId()
       const b = newGroupId()
-      const direct = memory.service
-      yield* direct.sendGroupMessages([message(a, "a-0"), message(b, "b-0")])
+      const direct = yield* signedIn(memory.service)
+      yield* direct.sendGroupMessages([mlsMessage(a, "a-0"), mlsMessage(b, "b-0")])
 
       // Per topic: 1 before, 3 rounds of 9 around the cuts, 3 after.
       const total = 2 * (1 + 3 * 9 + 3)
@@ -267,7 +244,7 @@ describe.each(transports)("over %s", (transport) => {
       for (let round = 0; round < 3; round++) {
         const publishing = yield* Effect.fork(
           Effect.forEach(range(1, 9), (i) =>
-            direct.sendGroupMessages([message(a, `a-${round}-${i}`), message(b, `b-${round}-${i}`)]).pipe(
+            direct.sendGroupMessages([mlsMessage(a, `a-${round}-${i}`), mlsMessage(b, `b-${round}-${i}`)]).pipe(
               Effect.zipLeft(Effect.sleep("2 millis"))
             ), { discard: true })
         )
@@ -281,8 +258,8 @@ describe.each(transports)("over %s", (transport) => {
         yield* waitFor(2 + 18 * (round + 1))
       }
       yield* direct.sendGroupMessages(
-        Array.from({ length: 3 }, (_, i) => message(a, `tail-a-${i}`)).concat(
-          Array.from({ length: 3 }, (_, i) => message(b, `tail-b-${i}`))
+        Array.from({ length: 3 }, (_, i) => mlsMessage(a, `tail-a-${i}`)).concat(
+          Array.from({ length: 3 }, (_, i) => mlsMessage(b, `tail-b-${i}`))
         )
       )
       yield* Fiber.join(consumer)
@@ -291,7 +268,7 @@ describe.each(transports)("over %s", (transport) => {
         const mine = got.filter((e) => e.groupId === groupId)
         expect(mine.map((e) => e.sequenceId)).toEqual(range(1, total / 2))
         const stored = yield* readAll(direct, groupId)
-        expect(mine.map((e) => text(e.payload))).toEqual(stored.map((e) => text(e.payload)))
+        expect(mine.map((e) => textOf(e.payload))).toEqual(stored.map((e) => textOf(e.payload)))
       }
       // The cuts really did reconnect.
       expect(yield* proxy.accepted).toBeGreaterThan(transport === "websocket" ? 3 : 4)
@@ -300,36 +277,39 @@ describe.each(transports)("over %s", (transport) => {
   it.scopedLive("a subscription survives a server restart on the same port over the same store", () =>
     Effect.gen(function*() {
       const memory = yield* memoryWithFaults()
-      const direct = memory.service
+      // Another server's publisher, writing to the same store.
+      const direct = yield* signedIn(memory.service)
       const startServer = (port: number) =>
         Effect.gen(function*() {
           const scope = yield* Scope.make()
           const address = yield* serve({ port }).pipe(
-            Effect.provideService(DeliveryService, direct),
+            Effect.provideService(DeliveryService, memory.service),
             Scope.extend(scope)
           )
           return { address, stop: Scope.close(scope, Exit.void) }
         })
       const first = yield* startServer(0)
-      const ds = yield* connect(first.address.url, { transport })
+      const network = yield* connect(first.address.url, { transport })
+      const ds = yield* signedIn(network)
       const groupId = newGroupId()
-      const installation = newInstallation()
-      yield* ds.sendGroupMessages([message(groupId, "m-0")])
+      // The welcomes' recipient reads them over its own signed subscription, re-signed when it resumes.
+      const { installation, ds: recipient } = yield* registerInstallation(network)
+      yield* ds.sendGroupMessages([mlsMessage(groupId, "m-0")])
 
       const groupStream = yield* Effect.fork(
         Stream.runCollect(Stream.take(ds.subscribeGroupMessages([{ groupId, afterSequenceId: 0n }]), 20))
       )
       const welcomeStream = yield* Effect.fork(
         Stream.runCollect(
-          Stream.take(ds.subscribeWelcomeMessages({ installationId: installation.id, afterSequenceId: 0n }), 10)
+          Stream.take(recipient.subscribeWelcomeMessages({ installationId: installation.id, afterSequenceId: 0n }), 10)
         )
       )
-      for (let i = 1; i < 5; i++) yield* ds.sendGroupMessages([message(groupId, `m-${i}`)])
+      for (let i = 1; i < 5; i++) yield* ds.sendGroupMessages([mlsMessage(groupId, `m-${i}`)])
       yield* ds.sendWelcomeMessages([WelcomeMessageInput.make({ installationId: installation.id, payload: utf8("w-0") })])
       yield* Effect.sleep("50 millis")
       yield* first.stop
       // While the server is down the store keeps taking writes (another instance, say).
-      for (let i = 5; i < 15; i++) yield* direct.sendGroupMessages([message(groupId, `m-${i}`)])
+      for (let i = 5; i < 15; i++) yield* direct.sendGroupMessages([mlsMessage(groupId, `m-${i}`)])
       for (let i = 1; i < 5; i++) {
         yield* direct.sendWelcomeMessages([WelcomeMessageInput.make({ installationId: installation.id, payload: utf8(`w-${i}`) })])
       }
@@ -342,14 +322,14 @@ describe.each(transports)("over %s", (transport) => {
       expect(down).toMatchObject({ _tag: "DeliveryError", reason: "Unavailable", retryable: true })
 
       const second = yield* startServer(first.address.port)
-      for (let i = 15; i < 20; i++) yield* ds.sendGroupMessages([message(groupId, `m-${i}`)])
+      for (let i = 15; i < 20; i++) yield* ds.sendGroupMessages([mlsMessage(groupId, `m-${i}`)])
       for (let i = 5; i < 10; i++) {
         yield* ds.sendWelcomeMessages([WelcomeMessageInput.make({ installationId: installation.id, payload: utf8(`w-${i}`) })])
       }
       const groupGot = Chunk.toArray(yield* Fiber.join(groupStream))
-      expect(groupGot.map((e) => text(e.payload))).toEqual(Array.from({ length: 20 }, (_, i) => `m-${i}`))
+      expect(groupGot.map((e) => textOf(e.payload))).toEqual(Array.from({ length: 20 }, (_, i) => `m-${i}`))
       const welcomeGot = Chunk.toArray(yield* Fiber.join(welcomeStream))
-      expect(welcomeGot.map((e) => text(e.payload))).toEqual(Array.from({ length: 10 }, (_, i) => `w-${i}`))
+      expect(welcomeGot.map((e) => fromUtf8(e.payload))).toEqual(Array.from({ length: 10 }, (_, i) => `w-${i}`))
       yield* second.stop
     }))
 })
@@ -366,35 +346,36 @@ describe("client policies", () => {
         queryGroupMessages: () => Effect.zipRight(Ref.update(calls, (n) => n + 1), Effect.never)
       }
       const address = yield* serve({ port: 0 }).pipe(Effect.provideService(DeliveryService, hanging))
-      const ds = yield* connect(address.url, {
+      const ds = yield* signedIn(yield* connect(address.url, {
         timeout: "150 millis",
         retrySchedule: Schedule.recurs(2)
-      })
+      }))
       const error = yield* Effect.flip(ds.queryGroupMessages({ groupId: newGroupId(), afterSequenceId: 0n }))
       expect(error).toMatchObject({ _tag: "DeliveryError", reason: "Timeout", retryable: true })
       // Idempotent: tried once and retried twice.
       expect(yield* Ref.get(calls)).toBe(3)
       // The connection is still good for other calls.
-      expect((yield* ds.sendGroupMessages([message(newGroupId(), "x")]))[0]!.sequenceId).toBe(1n)
+      expect((yield* ds.sendGroupMessages([mlsMessage(newGroupId(), "x")]))[0]!.sequenceId).toBe(1n)
     }))
 
   it.scopedLive("idempotent calls are retried through transient failures; publishIdentityUpdate is not", () =>
     Effect.gen(function*() {
       const { address, memory } = yield* memoryServer()
-      const ds = yield* connect(address.url)
+      const ds = yield* signedIn(yield* connect(address.url))
       const groupId = newGroupId()
 
+      // Each attempt is signed anew: a retry is not refused as a replay.
       yield* memory.faults.dropNext(2, "sendGroupMessages")
-      expect((yield* ds.sendGroupMessages([message(groupId, "m")]))[0]!.sequenceId).toBe(1n)
+      expect((yield* ds.sendGroupMessages([mlsMessage(groupId, "m")]))[0]!.sequenceId).toBe(1n)
       // The response of a stored send is lost: the retry gets the same envelope, stored once.
       yield* memory.faults.loseNextResponse(1, "sendGroupMessages")
-      expect((yield* ds.sendGroupMessages([message(groupId, "n")]))[0]!.sequenceId).toBe(2n)
+      expect((yield* ds.sendGroupMessages([mlsMessage(groupId, "n")]))[0]!.sequenceId).toBe(2n)
       yield* memory.faults.dropNext(2, "queryGroupMessages")
       expect((yield* ds.queryGroupMessages({ groupId, afterSequenceId: 0n })).items.length).toBe(2)
       yield* memory.faults.dropNext(1, "getIdentityUpdates")
       yield* ds.getIdentityUpdates([{ inboxId: newInbox().inboxId, afterSequence: 0 }])
       yield* memory.faults.dropNext(1, "fetchKeyPackages")
-      yield* ds.fetchKeyPackages([newInstallation().id])
+      yield* ds.fetchKeyPackages([newInstallationKeys().id])
 
       const inbox = newInbox()
       yield* memory.faults.loseNextResponse(1, "publishIdentityUpdate")
@@ -451,7 +432,7 @@ describe("client policies", () => {
         retrySchedule: Schedule.recurs(1)
       })
       const started = Date.now()
-      const error = yield* Effect.flip(ds.fetchKeyPackages([newInstallation().id]))
+      const error = yield* Effect.flip(ds.fetchKeyPackages([newInstallationKeys().id]))
       expect(error).toMatchObject({ _tag: "DeliveryError", reason: "Unavailable", retryable: true })
       expect(Date.now() - started).toBeLessThan(5000)
       expect(requests).toBe(2)
@@ -468,9 +449,9 @@ describe("bad requests", () => {
   it.scopedLive("malformed HTTP bodies and payloads get error responses and the server keeps serving", () =>
     Effect.gen(function*() {
       const { address } = yield* memoryServer()
-      const ds = yield* connect(address.url)
+      const ds = yield* signedIn(yield* connect(address.url))
       const groupId = newGroupId()
-      yield* ds.sendGroupMessages([message(groupId, "before")])
+      yield* ds.sendGroupMessages([mlsMessage(groupId, "before")])
 
       const post = (body: string, url: string = address.url) =>
         Effect.promise(async () => {
@@ -525,21 +506,72 @@ describe("bad requests", () => {
       expect(wrongPath).toBe(404)
 
       // Still serving, over both transports.
-      yield* ds.sendGroupMessages([message(groupId, "after")])
+      yield* ds.sendGroupMessages([mlsMessage(groupId, "after")])
       const viaHttp = yield* connect(address.url, { transport: "http" })
-      expect((yield* readAll(viaHttp, groupId)).map((e) => text(e.payload))).toEqual(["before", "after"])
+      expect((yield* readAll(viaHttp, groupId)).map((e) => textOf(e.payload))).toEqual(["before", "after"])
 
       // A body over the server's limit: 413, which the HTTP client reports as PayloadTooLarge.
       const memory = yield* memoryWithFaults()
       const small = yield* serve({ port: 0, maxBodyBytes: 4096 }).pipe(Effect.provideService(DeliveryService, memory.service))
       const huge = yield* post("x".repeat(10_000) + "\n", small.url)
       expect(huge.status).toBe(413)
-      const smallClient = yield* connect(small.url, { transport: "http" })
+      const smallClient = yield* signedIn(yield* connect(small.url, { transport: "http" }))
       const tooBig = yield* Effect.flip(smallClient.sendGroupMessages([
         GroupMessageInput.make({ groupId, payload: randomBytes(8000) })
       ]))
       expect(tooBig).toMatchObject({ _tag: "DeliveryError", reason: "PayloadTooLarge", retryable: false })
-      expect((yield* smallClient.sendGroupMessages([message(groupId, "small")]))[0]!.sequenceId).toBe(1n)
+      expect((yield* smallClient.sendGroupMessages([mlsMessage(groupId, "small")]))[0]!.sequenceId).toBe(1n)
+    }))
+
+  it.scopedLive("a request's signature rides in its x-converge-auth header; a missing, malformed or borrowed one is refused", () =>
+    Effect.gen(function*() {
+      const { address, memory } = yield* memoryServer()
+      const { installation } = yield* registerInstallation(memory.service)
+      const groupId = newGroupId()
+      const messages = [mlsMessage(groupId, "by hand")]
+      const statementFor = (signed: ReadonlyArray<GroupMessageInput>) =>
+        Effect.map(
+          installation.signer("sendGroupMessages", requestDigests.sendGroupMessages(signed)),
+          Schema.encodeSync(RequestAuthJson)
+        )
+      /** One sendGroupMessages request in ndjson, as any HTTP client could send it; its exit. */
+      const send = (auth: string | undefined) =>
+        Effect.promise(async () => {
+          const request = {
+            _tag: "Request",
+            id: "1",
+            tag: "sendGroupMessages",
+            payload: {
+              messages: messages.map((m) => ({ groupId: m.groupId, payload: Buffer.from(m.payload).toString("base64") }))
+            },
+            headers: auth === undefined ? [] : [[AUTH_HEADER, auth]]
+          }
+          const response = await fetch(address.url, {
+            method: "POST",
+            headers: { "content-type": "application/ndjson" },
+            body: JSON.stringify(request) + "\n"
+          })
+          const [exit] = (await response.text()).split("\n").filter((line) => line.length > 0)
+          return JSON.parse(exit!) as Record<string, unknown>
+        })
+      const refused = {
+        _tag: "Exit",
+        exit: { _tag: "Failure", cause: { _tag: "Fail", error: { _tag: "DeliveryError", reason: "Unauthenticated" } } }
+      }
+
+      expect(yield* send(undefined)).toMatchObject(refused)
+      expect(yield* send("not a statement")).toMatchObject(refused)
+      // A statement for another request.
+      expect(yield* send(yield* statementFor([mlsMessage(groupId, "something else")]))).toMatchObject(refused)
+      // A genuine statement, padded past the header's size limit (still valid JSON).
+      expect(yield* send((yield* statementFor(messages)).padEnd(2000))).toMatchObject(refused)
+      expect(yield* readAll(memory.service, groupId)).toEqual([])
+
+      const statement = yield* statementFor(messages)
+      expect(yield* send(statement)).toMatchObject({ _tag: "Exit", exit: { _tag: "Success" } })
+      // The same header again is a replay.
+      expect(yield* send(statement)).toMatchObject(refused)
+      expect(textsOf(yield* readAll(memory.service, groupId))).toEqual(["by hand"])
     }))
 
   it.scopedLive("garbage on a WebSocket gets a protocol error and the server keeps serving others", () =>
@@ -563,8 +595,8 @@ describe("bad requests", () => {
       )
       expect(replies.length).toBeGreaterThan(0)
       expect(replies.join("\n")).toMatch(/Defect|Die/)
-      const ds = yield* connect(address.url)
-      expect((yield* ds.sendGroupMessages([message(newGroupId(), "fine")]))[0]!.sequenceId).toBe(1n)
+      const ds = yield* signedIn(yield* connect(address.url))
+      expect((yield* ds.sendGroupMessages([mlsMessage(newGroupId(), "fine")]))[0]!.sequenceId).toBe(1n)
     }))
 })
 
@@ -618,11 +650,17 @@ describe("engine over RPC", () => {
 
 // ---- the port's conformance suite, over the network ----
 
-deliveryConformance("over RPC (websocket, memory-backed server)", rpcLayer(DeliveryService.layerMemory))
-deliveryConformance(
-  "over RPC (http, memory-backed server)",
-  rpcLayer(DeliveryService.layerMemory, { ...fastClientOptions, transport: "http" })
-)
+/** A memory-backed server with this rate limit, over the network. */
+const rateLimitedOverRpc = (options: ClientOptions) => (rateLimit: Partial<RateLimit>) =>
+  rpcLayer(DeliveryService.layerMemoryWith({ authentication: { rateLimit } }), options)
+
+deliveryConformance("over RPC (websocket, memory-backed server)", rpcLayer(DeliveryService.layerMemory), {
+  rateLimited: rateLimitedOverRpc(fastClientOptions)
+})
+const overHttp: ClientOptions = { ...fastClientOptions, transport: "http" }
+deliveryConformance("over RPC (http, memory-backed server)", rpcLayer(DeliveryService.layerMemory, overHttp), {
+  rateLimited: rateLimitedOverRpc(overHttp)
+})
 
 /** The server `converge serve` runs by default: the store-backed service on a SQLite file. */
 const sqliteStoreService = DeliveryService.layerStore({ maxIdentityUpdates: 8 }).pipe(
@@ -640,7 +678,4 @@ const sqliteStoreService = DeliveryService.layerStore({ maxIdentityUpdates: 8 })
   ),
   Layer.provide(MlsCrypto.layer())
 )
-deliveryConformance("over RPC (websocket, SQLite-store server)", rpcLayer(sqliteStoreService), {
-  verifiesKeyPackages: true,
-  maxIdentityUpdates: 8
-})
+deliveryConformance("over RPC (websocket, SQLite-store server)", rpcLayer(sqliteStoreService), { maxIdentityUpdates: 8 })

@@ -3,30 +3,53 @@
  * SQLite or Postgres store, over the network) must do alike. Register it from a test file:
  *
  * ```ts
- * deliveryConformance("memory", DeliveryService.layerMemory)
- * deliveryConformance("sqlite", storeOnSqlite, { verifiesKeyPackages: true, maxIdentityUpdates: 8 })
+ * deliveryConformance("memory", DeliveryService.layerMemory, {
+ *   rateLimited: (rateLimit) => DeliveryService.layerMemoryWith({ authentication: { rateLimit } })
+ * })
+ * deliveryConformance("sqlite", storeOnSqlite, { maxIdentityUpdates: 8 })
  * ```
  *
  * The layer is built once for the suite and shared by its tests; every test works on fresh
  * random groups, installations and inboxes, so a store shared with other suites is fine. The
- * tests run on the real clock (subscriptions wait for real publishers).
+ * tests run on the real clock (subscriptions wait for real publishers, signed requests carry
+ * the real time).
+ *
+ * The service authenticates writes and welcome reads, so the suite registers one publisher
+ * installation when the layer is built and writes through its signed view (`asPublisher`);
+ * group payloads are MLS messages of their topic's group (`mlsMessage`, see DeliveryFixtures).
  */
 import { expect, layer as layerSuite } from "@effect/vitest"
-import { ed25519 } from "@noble/curves/ed25519.js"
-import { Chunk, Duration, Effect, Fiber, Layer, Stream } from "effect"
-import { toHex, utf8 } from "../../src/domain/Bytes.ts"
-import { hashOfUpdate, inboxIdOf, installationIdOf, signUpdate } from "../../src/domain/IdentityLog.ts"
+import { Chunk, Context, Duration, Effect, Fiber, Layer, Stream } from "effect"
+import { fromUtf8, utf8 } from "../../src/domain/Bytes.ts"
 import type { GroupId, InboxId, InstallationId } from "../../src/domain/Ids.ts"
+import { type RequestAuth, requestDigests, signRequest } from "../../src/domain/RequestAuth.ts"
 import {
-  type GroupMessageEnvelope,
   GroupMessageInput,
   type IdentityAction,
-  type IdentityUpdate,
+  IdentityUpdate,
   KeyPackageUpload,
   WelcomeMessageInput
 } from "../../src/domain/Wire.ts"
+import type { RateLimit } from "../../src/layers/RequestAuthenticator.ts"
+import { authenticatedAs } from "../../src/services/DeliveryAuth.ts"
 import { DeliveryService } from "../../src/index.ts"
 import { MlsCrypto } from "../../src/index.ts"
+import {
+  type Inbox,
+  type InstallationKeys,
+  mlsGroupInfo,
+  mlsMessage,
+  mlsPayload,
+  newGroupId,
+  newInbox,
+  newInstallationKeys,
+  range,
+  readAll,
+  type Registered,
+  registerInstallation,
+  textOf,
+  textsOf
+} from "./DeliveryFixtures.ts"
 
 export interface ConformanceOptions {
   /** The layer's payload limit in bytes (default 1 MiB, the memory layer's default). */
@@ -35,28 +58,33 @@ export interface ConformanceOptions {
   readonly pageSize?: number
   /** The layer's batch limit (default 50). */
   readonly maxBatch?: number
-  /**
-   * Whether the layer verifies key packages (decodes them, checks signatures and that they
-   * name the uploading installation). The memory layer does not; a server must.
-   */
-  readonly verifiesKeyPackages?: boolean
   /** The layer's cap on an inbox's identity log, if it has one: then it is tested. */
   readonly maxIdentityUpdates?: number
+  /**
+   * The same kind of service as `layer`, built afresh with this per-installation rate limit:
+   * then the limit is tested (on a service of its own, so the suite's publisher is not slowed).
+   */
+  readonly rateLimited?: (rateLimit: Partial<RateLimit>) => Layer.Layer<DeliveryService, unknown>
   /** How long building the layer may take. Default 60 seconds. */
   readonly buildTimeout?: Duration.DurationInput
 }
 
 // ---- fixtures ----
 
-const randomBytes = (n: number) => crypto.getRandomValues(new Uint8Array(n))
-const newGroupId = () => toHex(randomBytes(16)) as GroupId
-const message = (groupId: GroupId, text: string) => GroupMessageInput.make({ groupId, payload: utf8(text) })
-const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes)
-const range = (from: number, to: number) => Array.from({ length: to - from + 1 }, (_, i) => BigInt(from + i))
+/** The installation the suite writes as, registered once when the suite's layer is built. */
+class Publisher extends Context.Tag("test/DeliveryConformance/Publisher")<Publisher, Registered>() {}
 
-interface Installation {
-  readonly id: InstallationId
-  readonly signaturePublicKey: string
+const publisherLayer = Layer.effect(Publisher, Effect.flatMap(DeliveryService, (ds) => registerInstallation(ds)))
+
+/** The delivery service as the suite's publisher: every call signed. */
+const asPublisher = Effect.map(Publisher, (publisher) => publisher.ds)
+
+/** The delivery service as `installation`: every call signed by it. */
+const signedBy = (installation: InstallationKeys) =>
+  Effect.map(DeliveryService, (ds) => authenticatedAs(ds, installation.signer))
+
+/** An installation with real MLS keys and a key package naming it (for its inbox). */
+interface Installation extends InstallationKeys {
   /** A genuine, signed MLS key package of this installation (for its inbox). */
   readonly keyPackage: Uint8Array
   /** Another genuine key package of the same installation. */
@@ -65,80 +93,29 @@ interface Installation {
   readonly keyPackageClaiming: (inboxId: InboxId) => Effect.Effect<Uint8Array, unknown, MlsCrypto>
 }
 
-/** An inbox whose log the test signs entry by entry, tracking the head as the server would. */
-const newInbox = () => {
-  const rootSecretKey = ed25519.utils.randomSecretKey()
-  const rootPublicKey = ed25519.getPublicKey(rootSecretKey)
-  const inboxId: InboxId = inboxIdOf(rootPublicKey)
-  let head: { sequence: number; headHash: string } | undefined
-  const next = (action: IdentityAction, signingKey: Uint8Array = rootSecretKey): IdentityUpdate => {
-    const update = signUpdate(signingKey, inboxId, head, action)
-    head = { sequence: update.sequence, headHash: hashOfUpdate(update) }
-    return update
-  }
-  return {
-    inboxId,
-    create: () => next({ _tag: "CreateInbox", rootPublicKey: toHex(rootPublicKey) }),
-    add: (installation: Pick<Installation, "id" | "signaturePublicKey">) =>
-      next({
-        _tag: "AddInstallation",
-        installationId: installation.id,
-        signaturePublicKey: installation.signaturePublicKey
-      }),
-    revoke: (installation: Pick<Installation, "id">) =>
-      next({ _tag: "RevokeInstallation", installationId: installation.id }),
-    /** Signs the next entry with some other key: a forgery. */
-    forge: (action: IdentityAction) => next(action, ed25519.utils.randomSecretKey())
-  }
-}
-type Inbox = ReturnType<typeof newInbox>
-
-/** An installation of `inbox` with real MLS keys and a key package naming it. */
 const newInstallation = (inbox: Pick<Inbox, "inboxId">) =>
   Effect.gen(function*() {
     const crypto = yield* MlsCrypto
     const keys = yield* crypto.generateSignatureKeyPair
-    const id = installationIdOf(keys.publicKey)
+    const installation = newInstallationKeys(keys.privateKey)
     const keyPackageClaiming = (inboxId: InboxId) =>
-      Effect.map(crypto.generateKeyPackage({ inboxId, installationId: id }, keys), (bundle) => bundle.publicPackage)
+      Effect.map(
+        crypto.generateKeyPackage({ inboxId, installationId: installation.id }, keys),
+        (bundle) => bundle.publicPackage
+      )
     const freshKeyPackage = keyPackageClaiming(inbox.inboxId)
     const keyPackage = yield* freshKeyPackage
-    return {
-      id,
-      signaturePublicKey: toHex(keys.publicKey),
-      keyPackage,
-      freshKeyPackage,
-      keyPackageClaiming
-    } satisfies Installation
+    return { ...installation, keyPackage, freshKeyPackage, keyPackageClaiming } satisfies Installation
   })
 
-/** An installation key without MLS material: enough for identity logs and welcomes. */
-const bareInstallation = () => {
-  const key = randomBytes(32)
-  return { id: installationIdOf(key), signaturePublicKey: toHex(key) }
-}
-
-/** An installation id nobody registered (welcomes need no registration). */
-const strangerId = () => bareInstallation().id
-
-/** Reads a whole topic by paging through it. */
-const readAll = (ds: DeliveryService["Type"], groupId: GroupId) =>
-  Effect.gen(function*() {
-    const all: Array<GroupMessageEnvelope> = []
-    let cursor = 0n
-    for (;;) {
-      const page = yield* ds.queryGroupMessages({ groupId, afterSequenceId: cursor })
-      all.push(...page.items)
-      if (page.next === undefined) return all
-      cursor = page.next
-    }
-  })
+/** An installation id nobody registered (welcomes need no registration of their recipient). */
+const strangerId = () => newInstallationKeys().id
 
 /** Sends many messages to one topic in batches the layer accepts. */
 const sendMany = (ds: DeliveryService["Type"], groupId: GroupId, texts: ReadonlyArray<string>, maxBatch: number) =>
   Effect.forEach(
     Array.from({ length: Math.ceil(texts.length / maxBatch) }, (_, i) => texts.slice(i * maxBatch, (i + 1) * maxBatch)),
-    (chunk) => ds.sendGroupMessages(chunk.map((t) => message(groupId, t))),
+    (chunk) => ds.sendGroupMessages(chunk.map((t) => mlsMessage(groupId, t))),
     { discard: true }
   )
 
@@ -150,6 +127,13 @@ const joinWithin = <A, E>(fiber: Fiber.Fiber<A, E>, within: Duration.DurationInp
     Effect.timeoutFail({ duration: within, onTimeout: () => new Error(`subscriber did not finish within ${Duration.format(within)}`) })
   )
 
+/** Signs one request as `installation` at a chosen time (the service allows a few minutes of skew). */
+const signedAt = (installation: InstallationKeys, timeNs: bigint) => (op: Parameters<typeof signRequest>[2], digest: string) =>
+  Effect.succeed(signRequest(installation.id, installation.secretKey, op, digest, timeNs))
+
+const unauthenticated = { _tag: "DeliveryError", reason: "Unauthenticated", retryable: false }
+const forbidden = { _tag: "DeliveryError", reason: "Forbidden", retryable: false }
+
 // ---- the suite ----
 
 export const deliveryConformance = (
@@ -160,9 +144,8 @@ export const deliveryConformance = (
   const maxPayloadBytes = options.maxPayloadBytes ?? 1024 * 1024
   const pageSize = options.pageSize ?? 100
   const maxBatch = options.maxBatch ?? 50
-  const verifiesKeyPackages = options.verifiesKeyPackages ?? false
 
-  layerSuite(Layer.merge(layer, MlsCrypto.layer()), {
+  layerSuite(Layer.provideMerge(publisherLayer, Layer.merge(layer, MlsCrypto.layer())), {
     excludeTestServices: true,
     timeout: options.buildTimeout ?? Duration.seconds(60)
   })(`DeliveryService conformance: ${label}`, (it) => {
@@ -170,27 +153,27 @@ export const deliveryConformance = (
 
     it.effect("20 concurrent publishers get gap-free increasing ids, each payload once", () =>
       Effect.gen(function*() {
-        const ds = yield* DeliveryService
+        const ds = yield* asPublisher
         const groupId = newGroupId()
         const publishers = Array.from({ length: 20 }, (_, p) =>
           Effect.forEach(
             Array.from({ length: 5 }, (_, i) => `p${p}-m${i}`),
-            (body) => ds.sendGroupMessages([message(groupId, body)]).pipe(Effect.zipLeft(Effect.yieldNow()))
+            (body) => ds.sendGroupMessages([mlsMessage(groupId, body)]).pipe(Effect.zipLeft(Effect.yieldNow()))
           ))
         const returned = (yield* Effect.all(publishers, { concurrency: "unbounded" })).flat(2)
 
         const stored = yield* readAll(ds, groupId)
         expect(stored.map((e) => e.sequenceId)).toEqual(range(1, 100))
-        expect(new Set(stored.map((e) => text(e.payload))).size).toBe(100)
+        expect(new Set(stored.map((e) => textOf(e.payload))).size).toBe(100)
         // What each publisher was told matches what the topic holds.
         for (const envelope of returned) {
           const at = stored[Number(envelope.sequenceId) - 1]!
-          expect(text(at.payload)).toBe(text(envelope.payload))
+          expect(textOf(at.payload)).toBe(textOf(envelope.payload))
           expect(at.serverTimeNs).toBe(envelope.serverTimeNs)
         }
         // Each publisher's own messages landed in the order it sent them.
         for (let p = 0; p < 20; p++) {
-          const mine = stored.filter((e) => text(e.payload).startsWith(`p${p}-`)).map((e) => text(e.payload))
+          const mine = stored.filter((e) => textOf(e.payload).startsWith(`p${p}-`)).map((e) => textOf(e.payload))
           expect(mine).toEqual(Array.from({ length: 5 }, (_, i) => `p${p}-m${i}`))
         }
         // Server timestamps never go backwards along the topic.
@@ -201,10 +184,10 @@ export const deliveryConformance = (
 
     it.effect("a subscriber started mid-stream sees every later message exactly once, in order", () =>
       Effect.gen(function*() {
-        const ds = yield* DeliveryService
+        const ds = yield* asPublisher
         const groupId = newGroupId()
         const other = newGroupId()
-        for (let i = 0; i < 10; i++) yield* ds.sendGroupMessages([message(groupId, `early-${i}`)])
+        for (let i = 0; i < 10; i++) yield* ds.sendGroupMessages([mlsMessage(groupId, `early-${i}`)])
 
         // Publishers keep going while the subscribers start.
         const publishers = yield* Effect.fork(
@@ -213,7 +196,7 @@ export const deliveryConformance = (
               Effect.forEach(
                 Array.from({ length: 20 }, (_, i) => i),
                 (i) =>
-                  ds.sendGroupMessages([message(groupId, `live-${p}-${i}`), message(other, `other-${p}-${i}`)]).pipe(
+                  ds.sendGroupMessages([mlsMessage(groupId, `live-${p}-${i}`), mlsMessage(other, `other-${p}-${i}`)]).pipe(
                     Effect.zipLeft(Effect.sleep("1 millis"))
                   )
               )),
@@ -236,7 +219,7 @@ export const deliveryConformance = (
         const seenFromStart = yield* joinWithin(fromStart)
         const seenFromK = yield* joinWithin(fromK)
         expect(seenFromStart.map((e) => e.sequenceId)).toEqual(range(1, total))
-        expect(seenFromStart.map((e) => text(e.payload))).toEqual(stored.map((e) => text(e.payload)))
+        expect(seenFromStart.map((e) => textOf(e.payload))).toEqual(stored.map((e) => textOf(e.payload)))
         expect(seenFromK.map((e) => e.sequenceId)).toEqual(range(Number(k) + 1, total))
         // Only the subscribed topic comes through.
         expect(seenFromStart.every((e) => e.groupId === groupId)).toBe(true)
@@ -244,9 +227,9 @@ export const deliveryConformance = (
 
     it.effect("a subscription over several topics keeps each topic in order", () =>
       Effect.gen(function*() {
-        const ds = yield* DeliveryService
+        const ds = yield* asPublisher
         const [a, b] = [newGroupId(), newGroupId()]
-        yield* ds.sendGroupMessages([message(a, "a1"), message(b, "b1"), message(a, "a2")])
+        yield* ds.sendGroupMessages([mlsMessage(a, "a1"), mlsMessage(b, "b1"), mlsMessage(a, "a2")])
         const collected = yield* collect(
           ds.subscribeGroupMessages([
             { groupId: a, afterSequenceId: 1n },
@@ -256,15 +239,15 @@ export const deliveryConformance = (
           ]),
           4
         )
-        yield* ds.sendGroupMessages([message(b, "b2"), message(a, "a3")])
+        yield* ds.sendGroupMessages([mlsMessage(b, "b2"), mlsMessage(a, "a3")])
         const seen = yield* joinWithin(collected)
-        expect(seen.filter((e) => e.groupId === a).map((e) => text(e.payload))).toEqual(["a2", "a3"])
-        expect(seen.filter((e) => e.groupId === b).map((e) => text(e.payload))).toEqual(["b1", "b2"])
+        expect(seen.filter((e) => e.groupId === a).map((e) => textOf(e.payload))).toEqual(["a2", "a3"])
+        expect(seen.filter((e) => e.groupId === b).map((e) => textOf(e.payload))).toEqual(["b1", "b2"])
       }))
 
     it.effect("a subscription with no filters ends at once", () =>
       Effect.gen(function*() {
-        const ds = yield* DeliveryService
+        const ds = yield* asPublisher
         const seen = yield* Stream.runCollect(ds.subscribeGroupMessages([])).pipe(Effect.timeout("5 seconds"))
         expect(Chunk.size(seen)).toBe(0)
       }))
@@ -273,39 +256,233 @@ export const deliveryConformance = (
 
     it.effect("welcomes are ordered per installation, replay from a cursor and go live", () =>
       Effect.gen(function*() {
-        const ds = yield* DeliveryService
-        const [alice, bob] = [strangerId(), strangerId()]
+        const ds = yield* asPublisher
+        // The publisher welcomes two installations; each reads its own welcomes.
+        const alice = yield* registerInstallation(yield* DeliveryService)
+        const bob = strangerId()
+        const aliceId = alice.installation.id
         const sent = yield* ds.sendWelcomeMessages([
-          WelcomeMessageInput.make({ installationId: alice, payload: utf8("w-a1") }),
+          WelcomeMessageInput.make({ installationId: aliceId, payload: utf8("w-a1") }),
           WelcomeMessageInput.make({ installationId: bob, payload: utf8("w-b1") }),
-          WelcomeMessageInput.make({ installationId: alice, payload: utf8("w-a2") })
+          WelcomeMessageInput.make({ installationId: aliceId, payload: utf8("w-a2") })
         ])
         expect(sent.map((e) => e.sequenceId)).toEqual([1n, 1n, 2n])
-        expect(sent.map((e) => e.installationId)).toEqual([alice, bob, alice])
-        const page = yield* ds.queryWelcomeMessages({ installationId: alice, afterSequenceId: 1n })
-        expect(page.items.map((e) => text(e.payload))).toEqual(["w-a2"])
+        expect(sent.map((e) => e.installationId)).toEqual([aliceId, bob, aliceId])
+        const page = yield* alice.ds.queryWelcomeMessages({ installationId: aliceId, afterSequenceId: 1n })
+        expect(page.items.map((e) => fromUtf8(e.payload))).toEqual(["w-a2"])
         expect(page.next).toBeUndefined()
-        const limited = yield* ds.queryWelcomeMessages({ installationId: alice, afterSequenceId: 0n, limit: 1 })
-        expect(limited.items.map((e) => text(e.payload))).toEqual(["w-a1"])
+        const limited = yield* alice.ds.queryWelcomeMessages({ installationId: aliceId, afterSequenceId: 0n, limit: 1 })
+        expect(limited.items.map((e) => fromUtf8(e.payload))).toEqual(["w-a1"])
         expect(limited.next).toBe(1n)
 
-        const replayed = yield* collect(ds.subscribeWelcomeMessages({ installationId: alice, afterSequenceId: 0n }), 3)
-        yield* ds.sendWelcomeMessages([WelcomeMessageInput.make({ installationId: alice, payload: utf8("w-a3") })])
+        const replayed = yield* collect(alice.ds.subscribeWelcomeMessages({ installationId: aliceId, afterSequenceId: 0n }), 3)
+        yield* ds.sendWelcomeMessages([WelcomeMessageInput.make({ installationId: aliceId, payload: utf8("w-a3") })])
         const seen = yield* joinWithin(replayed)
-        expect(seen.map((e) => [e.sequenceId, text(e.payload)])).toEqual([[1n, "w-a1"], [2n, "w-a2"], [3n, "w-a3"]])
-        expect(seen.every((e) => e.installationId === alice)).toBe(true)
+        expect(seen.map((e) => [e.sequenceId, fromUtf8(e.payload)])).toEqual([[1n, "w-a1"], [2n, "w-a2"], [3n, "w-a3"]])
+        expect(seen.every((e) => e.installationId === aliceId)).toBe(true)
         // Identical welcomes are stored once, like group messages.
         const [again] = yield* ds.sendWelcomeMessages([
-          WelcomeMessageInput.make({ installationId: alice, payload: utf8("w-a2") })
+          WelcomeMessageInput.make({ installationId: aliceId, payload: utf8("w-a2") })
         ])
         expect(again!.sequenceId).toBe(2n)
       }))
+
+    it.effect("an installation reads only its own welcomes", () =>
+      Effect.gen(function*() {
+        const publisher = yield* Publisher
+        const alice = yield* registerInstallation(yield* DeliveryService)
+        const own = { installationId: publisher.installation.id, afterSequenceId: 0n }
+        yield* alice.ds.sendWelcomeMessages([WelcomeMessageInput.make({ installationId: own.installationId, payload: utf8("w") })])
+
+        const query = yield* Effect.flip(alice.ds.queryWelcomeMessages(own))
+        expect(query).toMatchObject(forbidden)
+        const subscription = yield* Effect.flip(Stream.runCollect(alice.ds.subscribeWelcomeMessages(own)))
+        expect(subscription).toMatchObject(forbidden)
+        // Unsigned, nobody learns anything either.
+        const anonymous = yield* Effect.flip((yield* DeliveryService).queryWelcomeMessages(own))
+        expect(anonymous).toMatchObject(unauthenticated)
+        const anonymousStream = yield* Effect.flip(Stream.runCollect((yield* DeliveryService).subscribeWelcomeMessages(own)))
+        expect(anonymousStream).toMatchObject(unauthenticated)
+        // The owner reads it.
+        const mine = yield* publisher.ds.queryWelcomeMessages(own)
+        expect(mine.items.map((e) => fromUtf8(e.payload))).toContain("w")
+      }))
+
+    // ---- authentication ----
+
+    it.effect("writes need the signature of a current installation; group reads need none", () =>
+      Effect.gen(function*() {
+        const anonymous = yield* DeliveryService
+        const publisher = yield* Publisher
+        const groupId = newGroupId()
+        const welcome = WelcomeMessageInput.make({ installationId: strangerId(), payload: utf8("w") })
+
+        expect(yield* Effect.flip(anonymous.sendGroupMessages([mlsMessage(groupId, "unsigned")])))
+          .toMatchObject(unauthenticated)
+        expect(yield* Effect.flip(anonymous.sendWelcomeMessages([welcome]))).toMatchObject(unauthenticated)
+        // A key pair nobody registered.
+        const unregistered = authenticatedAs(anonymous, newInstallationKeys().signer)
+        expect(yield* Effect.flip(unregistered.sendGroupMessages([mlsMessage(groupId, "unregistered")])))
+          .toMatchObject(unauthenticated)
+        // The publisher's id, signed with another key.
+        const impostor: InstallationKeys = { ...newInstallationKeys(), id: publisher.installation.id }
+        const asImpostor = authenticatedAs(anonymous, signedAt(impostor, BigInt(Date.now()) * 1_000_000n))
+        expect(yield* Effect.flip(asImpostor.sendGroupMessages([mlsMessage(groupId, "impostor")])))
+          .toMatchObject(unauthenticated)
+        expect(yield* readAll(anonymous, groupId)).toEqual([])
+
+        // Signed by the publisher, the same write goes through, and anyone may read it.
+        yield* publisher.ds.sendGroupMessages([mlsMessage(groupId, "signed")])
+        expect(textsOf(yield* readAll(anonymous, groupId))).toEqual(["signed"])
+      }))
+
+    it.effect("a signed request is good once, for that request only", () =>
+      Effect.gen(function*() {
+        const anonymous = yield* DeliveryService
+        const { installation } = yield* Publisher
+        const groupId = newGroupId()
+        const messages = [mlsMessage(groupId, "once")]
+        const auth = yield* installation.signer("sendGroupMessages", requestDigests.sendGroupMessages(messages))
+        /** A captured statement, presented again and again. */
+        const replaying = authenticatedAs(anonymous, (): Effect.Effect<RequestAuth> => Effect.succeed(auth))
+
+        // It signs that request, not another one.
+        expect(yield* Effect.flip(replaying.sendGroupMessages([mlsMessage(groupId, "something else")])))
+          .toMatchObject(unauthenticated)
+        yield* replaying.sendGroupMessages(messages)
+        expect(yield* Effect.flip(replaying.sendGroupMessages(messages))).toMatchObject(unauthenticated)
+        expect(textsOf(yield* readAll(anonymous, groupId))).toEqual(["once"])
+      }))
+
+    it.effect("a signed request from outside the time window is refused", () =>
+      Effect.gen(function*() {
+        const anonymous = yield* DeliveryService
+        const { installation } = yield* Publisher
+        const groupId = newGroupId()
+        const nowNs = BigInt(Date.now()) * 1_000_000n
+        const tenMinutesNs = 10n * 60n * 1_000_000_000n
+        for (const timeNs of [nowNs - tenMinutesNs, nowNs + tenMinutesNs]) {
+          const skewed = authenticatedAs(anonymous, signedAt(installation, timeNs))
+          expect(yield* Effect.flip(skewed.sendGroupMessages([mlsMessage(groupId, `at ${timeNs}`)])))
+            .toMatchObject(unauthenticated)
+        }
+        expect(yield* readAll(anonymous, groupId)).toEqual([])
+        // A few seconds of skew are fine.
+        yield* authenticatedAs(anonymous, signedAt(installation, nowNs - 5_000_000_000n))
+          .sendGroupMessages([mlsMessage(groupId, "a little late")])
+        expect(textsOf(yield* readAll(anonymous, groupId))).toEqual(["a little late"])
+      }))
+
+    it.effect("a group topic takes only MLS group messages of its own group", () =>
+      Effect.gen(function*() {
+        const ds = yield* asPublisher
+        const [groupId, other] = [newGroupId(), newGroupId()]
+        const invalid = { _tag: "DeliveryError", reason: "InvalidRequest", retryable: false }
+        const send = (payload: Uint8Array) => Effect.flip(ds.sendGroupMessages([GroupMessageInput.make({ groupId, payload })]))
+
+        expect(yield* send(utf8("plain text, not MLS"))).toMatchObject(invalid)
+        expect(yield* send(mlsPayload(other, "for another group"))).toMatchObject(invalid)
+        // MLS messages that are no group messages: a key package, and a GroupInfo naming this very group.
+        const keyPackage = (yield* newInstallation(newInbox())).keyPackage
+        expect(yield* send(keyPackage)).toMatchObject(invalid)
+        const groupInfo = mlsGroupInfo(groupId)
+        expect(yield* (yield* MlsCrypto).inspect(groupInfo)).toMatchObject({ kind: "other", groupId })
+        expect(yield* send(groupInfo)).toMatchObject(invalid)
+        // Truncated MLS.
+        expect(yield* send(mlsPayload(groupId, "cut short").subarray(0, 20))).toMatchObject(invalid)
+        // One bad message spoils the batch: nothing is stored, no topic comes into existence.
+        const mixed = yield* Effect.flip(ds.sendGroupMessages([
+          mlsMessage(groupId, "fine"),
+          GroupMessageInput.make({ groupId, payload: mlsPayload(other, "misfiled") })
+        ]))
+        expect(mixed).toMatchObject(invalid)
+        expect(yield* readAll(ds, groupId)).toEqual([])
+        expect(yield* readAll(ds, other)).toEqual([])
+
+        // Application messages, commits and proposals of the group are taken.
+        yield* ds.sendGroupMessages([
+          mlsMessage(groupId, "app"),
+          mlsMessage(groupId, "commit", { contentType: "commit", epoch: 1n }),
+          mlsMessage(groupId, "proposal", { contentType: "proposal", epoch: 2n })
+        ])
+        expect(textsOf(yield* readAll(ds, groupId))).toEqual(["app", "commit", "proposal"])
+      }))
+
+    it.effect("an installation is added only with its own proof of possession", () =>
+      Effect.gen(function*() {
+        const ds = yield* DeliveryService
+        const inbox = newInbox()
+        yield* ds.publishIdentityUpdate(inbox.create())
+        const device = newInstallationKeys()
+
+        // Someone else's key (a device the root does not control): the proof is made with another key.
+        const unproven = yield* Effect.flip(ds.publishIdentityUpdate(inbox.add(device, newInstallationKeys().secretKey)))
+        expect(unproven).toMatchObject({ _tag: "InvalidIdentityUpdate", inboxId: inbox.inboxId })
+        inbox.rewind()
+        // No proof at all (the root signature does not cover it, so only the proof check can refuse it).
+        const genuine = inbox.add(device)
+        inbox.rewind()
+        const stripped = yield* Effect.flip(ds.publishIdentityUpdate(
+          IdentityUpdate.make({ ...genuine, action: { ...genuine.action, installationSignature: "" } as IdentityAction })
+        ))
+        expect(stripped._tag).toBe("InvalidIdentityUpdate")
+        // A genuine proof of the same device for another inbox's entry does not transfer.
+        const elsewhere = newInbox()
+        elsewhere.create()
+        const borrowedProof = (elsewhere.add(device).action as { readonly installationSignature: string }).installationSignature
+        const borrowed = yield* Effect.flip(ds.publishIdentityUpdate(
+          IdentityUpdate.make({ ...genuine, action: { ...genuine.action, installationSignature: borrowedProof } as IdentityAction })
+        ))
+        expect(borrowed._tag).toBe("InvalidIdentityUpdate")
+        const [log] = yield* ds.getIdentityUpdates([{ inboxId: inbox.inboxId, afterSequence: 0 }])
+        expect(log!.updates.map((e) => e.update.action._tag)).toEqual(["CreateInbox"])
+        // The device cannot act yet; once added with its own proof, it can.
+        const asDevice = authenticatedAs(ds, device.signer)
+        const groupId = newGroupId()
+        expect(yield* Effect.flip(asDevice.sendGroupMessages([mlsMessage(groupId, "hello")]))).toMatchObject(unauthenticated)
+        yield* ds.publishIdentityUpdate(genuine)
+        yield* asDevice.sendGroupMessages([mlsMessage(groupId, "hello")])
+        expect(textsOf(yield* readAll(ds, groupId))).toEqual(["hello"])
+      }))
+
+    const rateLimited = options.rateLimited
+    if (rateLimited !== undefined) {
+      it.effect("each installation is held to its rate limit, retryably; others are not affected", () =>
+        Effect.scoped(Effect.gen(function*() {
+          const burst = 3
+          // Next to no refill within the test: the burst is all there is.
+          const limited = Context.get(
+            yield* Layer.build(rateLimited({ requestBurst: burst, requestsPerSecond: 0.001, byteBurst: 4096, bytesPerSecond: 1 })),
+            DeliveryService
+          )
+          const [alice, bob, carol] = [
+            yield* registerInstallation(limited),
+            yield* registerInstallation(limited),
+            yield* registerInstallation(limited)
+          ]
+          const groupId = newGroupId()
+          for (let i = 0; i < burst; i++) yield* alice.ds.sendGroupMessages([mlsMessage(groupId, `alice-${i}`)])
+          const over = yield* Effect.flip(alice.ds.sendGroupMessages([mlsMessage(groupId, "one too many")]))
+          expect(over).toMatchObject({ _tag: "DeliveryError", reason: "RateLimited", retryable: true })
+          // Every authenticated operation draws on the same bucket.
+          const welcome = WelcomeMessageInput.make({ installationId: bob.installation.id, payload: utf8("w") })
+          expect(yield* Effect.flip(alice.ds.sendWelcomeMessages([welcome]))).toMatchObject({ reason: "RateLimited" })
+          // Another installation has its own bucket, and reads are not metered.
+          yield* bob.ds.sendGroupMessages([mlsMessage(groupId, "bob")])
+          expect(textsOf(yield* readAll(alice.ds, groupId))).toEqual(["alice-0", "alice-1", "alice-2", "bob"])
+          // Bytes are metered too: more than the byte burst at once is refused, whatever the request count.
+          const bulky = yield* Effect.flip(carol.ds.sendGroupMessages([mlsMessage(groupId, "x".repeat(5000))]))
+          expect(bulky).toMatchObject({ reason: "RateLimited", retryable: true })
+          yield* carol.ds.sendGroupMessages([mlsMessage(groupId, "carol")])
+          expect(textsOf(yield* readAll(limited, groupId))).toHaveLength(5)
+        })))
+    }
 
     // ---- queries ----
 
     it.effect("paging returns everything in order; limit is honoured and capped by the page size", () =>
       Effect.gen(function*() {
-        const ds = yield* DeliveryService
+        const ds = yield* asPublisher
         const groupId = newGroupId()
         const count = 2 * pageSize + 1
         yield* sendMany(ds, groupId, Array.from({ length: count }, (_, i) => `m${i}`), maxBatch)
@@ -328,13 +505,13 @@ export const deliveryConformance = (
         expect(huge.items).toEqual([])
 
         const all = yield* readAll(ds, groupId)
-        expect(all.map((e) => text(e.payload))).toEqual(Array.from({ length: count }, (_, i) => `m${i}`))
+        expect(all.map((e) => textOf(e.payload))).toEqual(Array.from({ length: count }, (_, i) => `m${i}`))
         expect(all.map((e) => e.sequenceId)).toEqual(range(1, count))
       }))
 
     it.effect("a full last page points on; the next page is empty and ends", () =>
       Effect.gen(function*() {
-        const ds = yield* DeliveryService
+        const ds = yield* asPublisher
         const groupId = newGroupId()
         yield* sendMany(ds, groupId, Array.from({ length: 6 }, (_, i) => `m${i}`), maxBatch)
         const second = yield* ds.queryGroupMessages({ groupId, afterSequenceId: 3n, limit: 3 })
@@ -349,62 +526,62 @@ export const deliveryConformance = (
 
     it.effect("batch query returns one page per topic in request order", () =>
       Effect.gen(function*() {
-        const ds = yield* DeliveryService
+        const ds = yield* asPublisher
         const [a, b, c] = [newGroupId(), newGroupId(), newGroupId()]
         yield* ds.sendGroupMessages([
-          ...Array.from({ length: 5 }, (_, i) => message(a, `a${i}`)),
-          ...Array.from({ length: 2 }, (_, i) => message(b, `b${i}`))
+          ...Array.from({ length: 5 }, (_, i) => mlsMessage(a, `a${i}`)),
+          ...Array.from({ length: 2 }, (_, i) => mlsMessage(b, `b${i}`))
         ])
         const pages = yield* ds.batchQueryGroupMessages([
           { groupId: b, afterSequenceId: 0n },
           { groupId: c, afterSequenceId: 0n },
           { groupId: a, afterSequenceId: 1n, limit: 2 }
         ])
-        expect(pages.map((p) => p.items.map((e) => text(e.payload)))).toEqual([["b0", "b1"], [], ["a1", "a2"]])
+        expect(pages.map((p) => p.items.map((e) => textOf(e.payload)))).toEqual([["b0", "b1"], [], ["a1", "a2"]])
         expect(pages.map((p) => p.next)).toEqual([undefined, undefined, 3n])
         expect(pages[2]!.items.every((e) => e.groupId === a)).toBe(true)
       }))
 
     it.effect("an identical payload published twice is stored once", () =>
       Effect.gen(function*() {
-        const ds = yield* DeliveryService
+        const ds = yield* asPublisher
         const [groupId, other] = [newGroupId(), newGroupId()]
-        const [first] = yield* ds.sendGroupMessages([message(groupId, "same")])
-        const [again] = yield* ds.sendGroupMessages([message(groupId, "same")])
+        const [first] = yield* ds.sendGroupMessages([mlsMessage(groupId, "same")])
+        const [again] = yield* ds.sendGroupMessages([mlsMessage(groupId, "same")])
         expect(again!.sequenceId).toBe(first!.sequenceId)
         expect(again!.serverTimeNs).toBe(first!.serverTimeNs)
-        const [next] = yield* ds.sendGroupMessages([message(groupId, "different")])
+        const [next] = yield* ds.sendGroupMessages([mlsMessage(groupId, "different")])
         expect(next!.sequenceId).toBe(2n)
         // Another topic is another topic.
-        const [elsewhere] = yield* ds.sendGroupMessages([message(other, "same")])
+        const [elsewhere] = yield* ds.sendGroupMessages([mlsMessage(other, "same")])
         expect(elsewhere!.sequenceId).toBe(1n)
         // Twice in one batch: stored once, both answered with the same envelope.
-        const twice = yield* ds.sendGroupMessages([message(groupId, "twin"), message(groupId, "twin")])
+        const twice = yield* ds.sendGroupMessages([mlsMessage(groupId, "twin"), mlsMessage(groupId, "twin")])
         expect(twice.map((e) => e.sequenceId)).toEqual([3n, 3n])
-        expect((yield* readAll(ds, groupId)).map((e) => text(e.payload))).toEqual(["same", "different", "twin"])
+        expect((yield* readAll(ds, groupId)).map((e) => textOf(e.payload))).toEqual(["same", "different", "twin"])
       }))
 
     it.effect("a stored payload does not change when the sender reuses its buffer", () =>
       Effect.gen(function*() {
-        const ds = yield* DeliveryService
+        const ds = yield* asPublisher
         const groupId = newGroupId()
-        const buffer = utf8("original")
+        const buffer = mlsPayload(groupId, "original")
         const [returned] = yield* ds.sendGroupMessages([GroupMessageInput.make({ groupId, payload: buffer })])
         buffer.fill(0)
         const [stored] = yield* readAll(ds, groupId)
-        expect(text(stored!.payload)).toBe("original")
-        expect(text(returned!.payload)).toBe("original")
+        expect(textOf(stored!.payload)).toBe("original")
+        expect(textOf(returned!.payload)).toBe("original")
       }))
 
     // ---- garbage in ----
 
     it.effect("payloads, batches, cursors and ids are checked, and a send is all or nothing", () =>
       Effect.gen(function*() {
-        const ds = yield* DeliveryService
+        const ds = yield* asPublisher
         const groupId = newGroupId()
         const oversizeText = "x".repeat(maxPayloadBytes + 1)
 
-        const oversize = yield* Effect.flip(ds.sendGroupMessages([message(groupId, oversizeText)]))
+        const oversize = yield* Effect.flip(ds.sendGroupMessages([mlsMessage(groupId, oversizeText)]))
         expect(oversize).toMatchObject({ _tag: "DeliveryError", reason: "PayloadTooLarge", retryable: false })
 
         const empty = yield* Effect.flip(
@@ -416,7 +593,7 @@ export const deliveryConformance = (
         expect(noMessages).toMatchObject({ _tag: "DeliveryError", reason: "InvalidRequest" })
 
         const tooMany = yield* Effect.flip(
-          ds.sendGroupMessages(Array.from({ length: maxBatch + 1 }, (_, i) => message(groupId, `m${i}`)))
+          ds.sendGroupMessages(Array.from({ length: maxBatch + 1 }, (_, i) => mlsMessage(groupId, `m${i}`)))
         )
         expect(tooMany).toMatchObject({ _tag: "DeliveryError", reason: "BatchTooLarge", retryable: false })
         const tooManyQueries = yield* Effect.flip(
@@ -426,7 +603,7 @@ export const deliveryConformance = (
 
         // A good message next to a bad one: neither is stored.
         const mixed = yield* Effect.flip(
-          ds.sendGroupMessages([message(groupId, "fine"), message(groupId, oversizeText)])
+          ds.sendGroupMessages([mlsMessage(groupId, "fine"), mlsMessage(groupId, oversizeText)])
         )
         expect(mixed).toMatchObject({ reason: "PayloadTooLarge" })
         expect(yield* readAll(ds, groupId)).toEqual([])
@@ -468,7 +645,7 @@ export const deliveryConformance = (
 
     it.effect("forged, replayed and out-of-order identity updates are rejected", () =>
       Effect.gen(function*() {
-        const ds = yield* DeliveryService
+        const ds = yield* asPublisher
 
         // A CreateInbox signed by someone other than the root key.
         const forgedInbox = newInbox()
@@ -484,11 +661,10 @@ export const deliveryConformance = (
         const installation = yield* newInstallation(inbox)
         const forged = yield* Effect.flip(
           ds.publishIdentityUpdate(
-            inbox.forge({
-              _tag: "AddInstallation",
-              installationId: installation.id,
-              signaturePublicKey: installation.signaturePublicKey
-            })
+            inbox.forge(
+              { _tag: "AddInstallation", installationId: installation.id, signaturePublicKey: installation.signaturePublicKey },
+              installation.secretKey
+            )
           )
         )
         expect(forged).toMatchObject({ _tag: "InvalidIdentityUpdate", inboxId: inbox.inboxId })
@@ -513,7 +689,7 @@ export const deliveryConformance = (
 
     it.effect("the same update published concurrently is stored once", () =>
       Effect.gen(function*() {
-        const ds = yield* DeliveryService
+        const ds = yield* asPublisher
         const inbox = newInbox()
         const create = inbox.create()
         const outcomes = yield* Effect.all(
@@ -532,26 +708,33 @@ export const deliveryConformance = (
         expect(log!.updates.map((e) => e.update.sequence)).toEqual([1, 2])
       }))
 
-    it.effect("key packages are accepted only from registered installations", () =>
+    it.effect("key packages are accepted only from registered installations, each for itself", () =>
       Effect.gen(function*() {
-        const ds = yield* DeliveryService
+        const ds = yield* asPublisher
         const inbox = newInbox()
         const stranger = yield* newInstallation(inbox)
-        // Not registered at all (the inbox does not even exist).
-        const refused = yield* Effect.flip(
-          ds.uploadKeyPackage(KeyPackageUpload.make({ installationId: stranger.id, keyPackage: stranger.keyPackage }))
-        )
-        expect(refused).toMatchObject({ _tag: "DeliveryError", reason: "InvalidKeyPackage", retryable: false })
+        const asStranger = yield* signedBy(stranger)
+        const upload = KeyPackageUpload.make({ installationId: stranger.id, keyPackage: stranger.keyPackage })
+        // Not registered at all (the inbox does not even exist): its signature counts for nothing.
+        const refused = yield* Effect.flip(asStranger.uploadKeyPackage(upload))
+        expect(refused).toMatchObject(unauthenticated)
         // The inbox exists, the installation is not one of its installations.
         yield* ds.publishIdentityUpdate(inbox.create())
-        const stillRefused = yield* Effect.flip(
-          ds.uploadKeyPackage(KeyPackageUpload.make({ installationId: stranger.id, keyPackage: stranger.keyPackage }))
-        )
-        expect(stillRefused).toMatchObject({ reason: "InvalidKeyPackage" })
+        const stillRefused = yield* Effect.flip(asStranger.uploadKeyPackage(upload))
+        expect(stillRefused).toMatchObject(unauthenticated)
+        // Once registered, another installation (the publisher) still cannot upload for it.
+        yield* ds.publishIdentityUpdate(inbox.add(stranger))
+        const forSomeoneElse = yield* Effect.flip(ds.uploadKeyPackage(upload))
+        expect(forSomeoneElse).toMatchObject(forbidden)
+        const anonymous = yield* Effect.flip((yield* DeliveryService).uploadKeyPackage(upload))
+        expect(anonymous).toMatchObject(unauthenticated)
         const [fetched] = yield* ds.fetchKeyPackages([stranger.id])
         expect(fetched).toEqual({ installationId: stranger.id, keyPackage: undefined })
+        // The installation itself can.
+        yield* asStranger.uploadKeyPackage(upload)
+        expect(yield* ds.fetchKeyPackages([stranger.id])).toEqual([{ installationId: stranger.id, keyPackage: stranger.keyPackage }])
         const oversize = yield* Effect.flip(
-          ds.uploadKeyPackage(
+          asStranger.uploadKeyPackage(
             KeyPackageUpload.make({ installationId: stranger.id, keyPackage: new Uint8Array(maxPayloadBytes + 1) })
           )
         )
@@ -559,51 +742,50 @@ export const deliveryConformance = (
         expect(yield* ds.fetchKeyPackages([])).toEqual([])
       }))
 
-    if (verifiesKeyPackages) {
-      it.effect("a key package that does not verify, or names another installation, is refused", () =>
-        Effect.gen(function*() {
-          const ds = yield* DeliveryService
-          const inbox = newInbox()
-          const [mine, other] = [yield* newInstallation(inbox), yield* newInstallation(inbox)]
-          yield* ds.publishIdentityUpdate(inbox.create())
-          yield* ds.publishIdentityUpdate(inbox.add(mine))
-          yield* ds.publishIdentityUpdate(inbox.add(other))
+    it.effect("a key package that does not verify, or names another installation, is refused", () =>
+      Effect.gen(function*() {
+        const ds = yield* asPublisher
+        const inbox = newInbox()
+        const [mine, other] = [yield* newInstallation(inbox), yield* newInstallation(inbox)]
+        yield* ds.publishIdentityUpdate(inbox.create())
+        yield* ds.publishIdentityUpdate(inbox.add(mine))
+        yield* ds.publishIdentityUpdate(inbox.add(other))
+        const asMine = yield* signedBy(mine)
 
-          // One flipped bit in the signature at the end of the package.
-          const tampered = mine.keyPackage.slice()
-          tampered[tampered.length - 1]! ^= 1
-          const badSignature = yield* Effect.flip(
-            ds.uploadKeyPackage(KeyPackageUpload.make({ installationId: mine.id, keyPackage: tampered }))
-          )
-          expect(badSignature).toMatchObject({ _tag: "DeliveryError", reason: "InvalidKeyPackage", retryable: false })
+        // One flipped bit in the signature at the end of the package.
+        const tampered = mine.keyPackage.slice()
+        tampered[tampered.length - 1]! ^= 1
+        const badSignature = yield* Effect.flip(
+          asMine.uploadKeyPackage(KeyPackageUpload.make({ installationId: mine.id, keyPackage: tampered }))
+        )
+        expect(badSignature).toMatchObject({ _tag: "DeliveryError", reason: "InvalidKeyPackage", retryable: false })
 
-          const garbage = yield* Effect.flip(
-            ds.uploadKeyPackage(KeyPackageUpload.make({ installationId: mine.id, keyPackage: utf8("not a key package") }))
-          )
-          expect(garbage).toMatchObject({ reason: "InvalidKeyPackage" })
+        const garbage = yield* Effect.flip(
+          asMine.uploadKeyPackage(KeyPackageUpload.make({ installationId: mine.id, keyPackage: utf8("not a key package") }))
+        )
+        expect(garbage).toMatchObject({ reason: "InvalidKeyPackage" })
 
-          // A genuine package of another installation, uploaded as this one's.
-          const misfiled = yield* Effect.flip(
-            ds.uploadKeyPackage(KeyPackageUpload.make({ installationId: mine.id, keyPackage: other.keyPackage }))
-          )
-          expect(misfiled).toMatchObject({ reason: "InvalidKeyPackage" })
+        // A genuine package of another installation, uploaded as this one's.
+        const misfiled = yield* Effect.flip(
+          asMine.uploadKeyPackage(KeyPackageUpload.make({ installationId: mine.id, keyPackage: other.keyPackage }))
+        )
+        expect(misfiled).toMatchObject({ reason: "InvalidKeyPackage" })
 
-          // A genuine package of this installation whose credential claims another inbox.
-          const claimingOther = yield* mine.keyPackageClaiming(newInbox().inboxId)
-          const crossed = yield* Effect.flip(
-            ds.uploadKeyPackage(KeyPackageUpload.make({ installationId: mine.id, keyPackage: claimingOther }))
-          )
-          expect(crossed).toMatchObject({ reason: "InvalidKeyPackage" })
+        // A genuine package of this installation whose credential claims another inbox.
+        const claimingOther = yield* mine.keyPackageClaiming(newInbox().inboxId)
+        const crossed = yield* Effect.flip(
+          asMine.uploadKeyPackage(KeyPackageUpload.make({ installationId: mine.id, keyPackage: claimingOther }))
+        )
+        expect(crossed).toMatchObject({ reason: "InvalidKeyPackage" })
 
-          expect((yield* ds.fetchKeyPackages([mine.id]))[0]!.keyPackage).toBeUndefined()
-          yield* ds.uploadKeyPackage(KeyPackageUpload.make({ installationId: mine.id, keyPackage: mine.keyPackage }))
-          expect((yield* ds.fetchKeyPackages([mine.id]))[0]!.keyPackage).toEqual(mine.keyPackage)
-        }))
-    }
+        expect((yield* ds.fetchKeyPackages([mine.id]))[0]!.keyPackage).toBeUndefined()
+        yield* asMine.uploadKeyPackage(KeyPackageUpload.make({ installationId: mine.id, keyPackage: mine.keyPackage }))
+        expect((yield* ds.fetchKeyPackages([mine.id]))[0]!.keyPackage).toEqual(mine.keyPackage)
+      }))
 
     it.effect("an installation cannot be claimed by a second inbox", () =>
       Effect.gen(function*() {
-        const ds = yield* DeliveryService
+        const ds = yield* asPublisher
         const [owner, squatter] = [newInbox(), newInbox()]
         const installation = yield* newInstallation(owner)
         yield* ds.publishIdentityUpdate(owner.create())
@@ -619,7 +801,7 @@ export const deliveryConformance = (
 
     it.effect("create, add and revoke: the log is served and the revoked key package is gone", () =>
       Effect.gen(function*() {
-        const ds = yield* DeliveryService
+        const ds = yield* asPublisher
         const inbox = newInbox()
         const laptop = yield* newInstallation(inbox)
         const phone = yield* newInstallation(inbox)
@@ -628,11 +810,12 @@ export const deliveryConformance = (
           yield* ds.publishIdentityUpdate(inbox.add(laptop)),
           yield* ds.publishIdentityUpdate(inbox.add(phone))
         ]
-        yield* ds.uploadKeyPackage(KeyPackageUpload.make({ installationId: laptop.id, keyPackage: laptop.keyPackage }))
+        const [asLaptop, asPhone] = [yield* signedBy(laptop), yield* signedBy(phone)]
+        yield* asLaptop.uploadKeyPackage(KeyPackageUpload.make({ installationId: laptop.id, keyPackage: laptop.keyPackage }))
         // A new upload replaces the previous one: one key package per installation is kept.
         const laptopNext = yield* laptop.freshKeyPackage
-        yield* ds.uploadKeyPackage(KeyPackageUpload.make({ installationId: laptop.id, keyPackage: laptopNext }))
-        yield* ds.uploadKeyPackage(KeyPackageUpload.make({ installationId: phone.id, keyPackage: phone.keyPackage }))
+        yield* asLaptop.uploadKeyPackage(KeyPackageUpload.make({ installationId: laptop.id, keyPackage: laptopNext }))
+        yield* asPhone.uploadKeyPackage(KeyPackageUpload.make({ installationId: phone.id, keyPackage: phone.keyPackage }))
         const before = yield* ds.fetchKeyPackages([laptop.id, phone.id, laptop.id])
         expect(before.map((k) => k.installationId)).toEqual([laptop.id, phone.id, laptop.id])
         expect(before.map((k) => k.keyPackage)).toEqual([laptopNext, phone.keyPackage, laptopNext])
@@ -662,10 +845,13 @@ export const deliveryConformance = (
         const after = yield* ds.fetchKeyPackages([laptop.id, phone.id])
         expect(after.map((k) => k.installationId)).toEqual([laptop.id, phone.id])
         expect(after.map((k) => k.keyPackage)).toEqual([undefined, phone.keyPackage])
+        // A revoked installation's signature counts for nothing any more.
         const refused = yield* Effect.flip(
-          ds.uploadKeyPackage(KeyPackageUpload.make({ installationId: laptop.id, keyPackage: laptop.keyPackage }))
+          asLaptop.uploadKeyPackage(KeyPackageUpload.make({ installationId: laptop.id, keyPackage: laptop.keyPackage }))
         )
-        expect(refused).toMatchObject({ reason: "InvalidKeyPackage" })
+        expect(refused).toMatchObject(unauthenticated)
+        const silenced = yield* Effect.flip(asLaptop.sendGroupMessages([mlsMessage(newGroupId(), "still here?")]))
+        expect(silenced).toMatchObject(unauthenticated)
         // A revoked installation never comes back.
         const back = yield* Effect.flip(ds.publishIdentityUpdate(inbox.add(laptop)))
         expect(back._tag).toBe("InvalidIdentityUpdate")
@@ -675,11 +861,11 @@ export const deliveryConformance = (
     if (maxIdentityUpdates !== undefined) {
       it.effect(`an identity log holds at most ${maxIdentityUpdates} entries`, () =>
         Effect.gen(function*() {
-          const ds = yield* DeliveryService
+          const ds = yield* asPublisher
           const inbox = newInbox()
           yield* ds.publishIdentityUpdate(inbox.create())
-          for (let i = 1; i < maxIdentityUpdates; i++) yield* ds.publishIdentityUpdate(inbox.add(bareInstallation()))
-          const full = yield* Effect.flip(ds.publishIdentityUpdate(inbox.add(bareInstallation())))
+          for (let i = 1; i < maxIdentityUpdates; i++) yield* ds.publishIdentityUpdate(inbox.add(newInstallationKeys()))
+          const full = yield* Effect.flip(ds.publishIdentityUpdate(inbox.add(newInstallationKeys())))
           expect(full).toMatchObject({ _tag: "DeliveryError", reason: "LimitExceeded", retryable: false })
           const [log] = yield* ds.getIdentityUpdates([{ inboxId: inbox.inboxId, afterSequence: 0 }])
           expect(log!.updates).toHaveLength(maxIdentityUpdates)
