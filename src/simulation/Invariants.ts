@@ -20,6 +20,7 @@ import type { StoredGroup, StoredIntent, StoredMessage } from "../domain/Stored.
 import type { GroupMessageEnvelope, WelcomeMessageEnvelope } from "../domain/Wire.ts"
 import { WelcomePayloadJson } from "../domain/Wire.ts"
 import type { Violation } from "./Report.ts"
+import type { TestClient } from "../testing.ts"
 import { booted, clientName, type World } from "./World.ts"
 
 const short = (hex: string) => hex.slice(0, 8)
@@ -63,6 +64,26 @@ export const readTopic = (world: World, groupId: GroupId) => world.net.inspect.g
 
 /** A whole welcome topic as the server holds it. */
 export const readWelcomes = (world: World, installationId: InstallationId) => world.net.inspect.welcomes(installationId)
+
+/**
+ * A client's welcomes as only it can read them: opened with its own key packages (what it
+ * cannot open, it could never act on).
+ */
+export const openWelcomes = (world: World, client: TestClient) =>
+  Effect.gen(function*() {
+    const storage = yield* world.net.storage(client)
+    const bundles = (yield* storage.keyPackages.list.pipe(Effect.orDie)).map((k) => ({
+      ref: k.ref,
+      publicPackage: k.publicPackage,
+      privatePackage: k.privatePackage
+    }))
+    const opened = yield* Effect.forEach(yield* readWelcomes(world, client.installationId), (envelope) =>
+      world.net.crypto.openSealed(envelope.payload, bundles).pipe(
+        Effect.map((o) => Option.some({ envelope, plaintext: o.plaintext })),
+        Effect.orElseSucceed(() => Option.none())
+      ))
+    return opened.flatMap((o) => Option.isSome(o) ? [o.value] : [])
+  })
 
 /** Every MLS group beneath a DM that any installation holds, labelled in creation order. */
 export const dmGroups = (world: World) =>
@@ -244,8 +265,8 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
     const welcomes = new Map<GroupId, Array<WelcomeSeen>>()
     for (const [c, client] of all) {
       const forged = world.forgedWelcomes.get(c) ?? new Set<string>()
-      for (const envelope of yield* readWelcomes(world, client.installationId)) {
-        const payload = decodeWelcome(new TextDecoder().decode(envelope.payload))
+      for (const { envelope, plaintext } of yield* openWelcomes(world, client)) {
+        const payload = decodeWelcome(new TextDecoder().decode(plaintext))
         if (Option.isNone(payload)) continue
         const seen: WelcomeSeen = {
           c,
