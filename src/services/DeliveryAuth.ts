@@ -30,7 +30,10 @@ export const receivedSigner = (auth: RequestAuth): RequestSigner => () => Effect
 
 type Service = DeliveryService["Type"]
 
-/** Every call of `service` made through the result is signed by `signer`. */
+/**
+ * Every call of `service` made through the result is signed by `signer`. A client's view: do
+ * not serve it (`DeliveryServer`), or every caller would act as this installation.
+ */
 export const authenticatedAs = (service: Service, signer: RequestSigner): Service => {
   const signed = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.locally(effect, currentSigner, Option.some(signer))
   const signedStream = <A, E>(stream: Stream.Stream<A, E>) =>
