@@ -14,6 +14,8 @@ import { randomBytes } from "node:crypto"
 import * as os from "node:os"
 import { sha256Hex, toHex } from "../src/domain/Bytes.ts"
 import { installationIdOf } from "../src/domain/IdentityLog.ts"
+import { requestDigests, signRequest, verifyRequest } from "../src/domain/RequestAuth.ts"
+import { ed25519 } from "@noble/curves/ed25519.js"
 import type { GroupId, InboxId } from "../src/domain/Ids.ts"
 import type { Conversation } from "../src/services/Client.ts"
 import { type KeyPackageBundle, type LeafIdentity, type MlsCrypto as _MlsCryptoPort, type MlsGroupState } from "../src/services/MlsCrypto.ts"
@@ -805,6 +807,30 @@ const benchManyGroups = (time: JumpingClock) => Effect.scoped(Effect.gen(functio
   summary["idleCheck50"] = idleCheckDue.median
 }))
 
+// ---- 1d. What request authentication costs -----------------------------------------------
+
+/**
+ * Every write and welcome read is signed by the client and verified by the service (with a
+ * store lookup of the installation's key). The raw sign + verify of one statement, and a send
+ * through the in-memory service, whose every request pays it.
+ */
+const benchAuth = Effect.gen(function*() {
+  const secret = ed25519.utils.randomSecretKey()
+  const publicKey = toHex(ed25519.getPublicKey(secret))
+  const installationId = installationIdOf(ed25519.getPublicKey(secret))
+  const payload = new Uint8Array(200).fill(7)
+  const digest = requestDigests.sendGroupMessages([{ groupId: "a".repeat(32), payload }])
+  const sign = yield* sample(n(50), n(500), Effect.sync(() => signRequest(installationId, secret, "sendGroupMessages", digest, 1n)))
+  const auth = signRequest(installationId, secret, "sendGroupMessages", digest, 1n)
+  const verify = yield* sample(n(50), n(500), Effect.sync(() => verifyRequest(auth, "sendGroupMessages", digest, publicKey)))
+  printTable("1d. Request authentication (per request)", STAT_HEADERS, [
+    statRow("sign a statement (client)", sign),
+    statRow("verify a statement (server, without the key lookup)", verify)
+  ])
+  summary["authSign"] = sign.median
+  summary["authVerify"] = verify.median
+})
+
 // ---- main ------------------------------------------------------------------------------------
 
 const ONLY = process.env["BENCH_ONLY"]?.split(",").map((name) => name.trim())
@@ -821,6 +847,7 @@ const main = Effect.gen(function*() {
     yield* section("MlsCrypto raw", benchCrypto)
     yield* section("welcome join", benchJoin)
     yield* section("providers", benchProviders)
+    yield* section("authentication", benchAuth)
     yield* section("engine send", withJumpingClock(benchSend))
     yield* section("receive", benchReceive)
     yield* section("membership", benchMembership)
@@ -841,7 +868,8 @@ const main = Effect.gen(function*() {
     `syncAll no news, check due / not due = ${ratio(s["idleCheck50"]!, s["idle50"]!)}`,
     `deserialize 50 / 10 members = ${ratio(s["deserialize50"]!, s["deserialize"]!)}`,
     `welcome join Converge / ts-mls = ${ratio(s["joinOurs"]!, s["joinTsMls"]!)}`,
-    `send 50-member / 3-member group = ${ratio(s["send50"]!, s["send"]!)}`
+    `send 50-member / 3-member group = ${ratio(s["send50"]!, s["send"]!)}`,
+    `request authentication (sign + verify) / engine send = ${ratio(s["authSign"]! + s["authVerify"]!, s["send"]!)}`
   ]
   console.log("\nSummary")
   console.log(`  send ${fmt(s["send"]!, 2)} ms (${fmt(s["sendOpsPerSec"]!, 0)} msgs/s, ~${fmt(s["sendStatements"]!, 0)} SQL statements each); ` +

@@ -10,9 +10,9 @@
  * apart from MLS's own signatures (RFC 9420 SignWithLabel uses "MLS 1.0 "), so one can never be
  * passed off as the other.
  */
-import { ed25519 } from "@noble/curves/ed25519.js"
 import { Schema } from "effect"
-import { fromHex, labelledHash, sha256Hex, toHex, utf8 } from "./Bytes.ts"
+import { labelledHash, sha256Hex, toHex, utf8 } from "./Bytes.ts"
+import { signEd25519, verifyStrict } from "./Ed25519.ts"
 import { InstallationId } from "./Ids.ts"
 
 /** The header that carries a request's authentication over the network (JSON of `RequestAuth`). */
@@ -52,7 +52,7 @@ const statement = (
 
 /**
  * ts-mls keeps Ed25519 private keys as PKCS#8 (48 bytes: a 16-byte header, then the 32-byte
- * seed); @noble takes the seed.
+ * seed); some signers take the seed.
  */
 const PKCS8_ED25519_HEADER = "302e020100300506032b657004220420"
 export const ed25519Seed = (privateKey: Uint8Array): Uint8Array => {
@@ -69,7 +69,7 @@ export const signRequest = (
   timeNs: bigint
 ): RequestAuth => {
   const unsigned = { installationId, timeNs: String(timeNs), nonce: toHex(crypto.getRandomValues(new Uint8Array(16))) }
-  const signature = toHex(ed25519.sign(statement(op, digest, unsigned), ed25519Seed(privateKey)))
+  const signature = toHex(signEd25519(privateKey, statement(op, digest, unsigned)))
   return new RequestAuth({ ...unsigned, signature })
 }
 
@@ -81,7 +81,7 @@ export const verifyRequest = (
   signaturePublicKey: string
 ): boolean => {
   try {
-    return ed25519.verify(fromHex(auth.signature), statement(op, digest, auth), fromHex(signaturePublicKey))
+    return verifyStrict(signaturePublicKey, statement(op, digest, auth), auth.signature)
   } catch {
     return false
   }
