@@ -1,56 +1,23 @@
 /**
  * The command line as a user runs it: `converge serve` in one process, two profiles talking
- * through it from others, and a server restart that loses nothing it stored.
+ * through it from others, and a server restart that loses nothing it stored. Every command
+ * runs the built package from a folder outside the repository.
  */
-import { describe, expect, it } from "@effect/vitest"
+import { beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { type ChildProcess, execFile, spawn } from "node:child_process"
-import * as fs from "node:fs"
-import * as os from "node:os"
 import * as path from "node:path"
+import * as Cli from "./support/Cli.ts"
 
-const bin = path.resolve(import.meta.dirname, "../bin/converge")
-
-/** Runs one CLI command; resolves with its exit code and output. */
-const converge = (...args: ReadonlyArray<string>) =>
-  Effect.async<{ readonly code: number; readonly stdout: string; readonly stderr: string }>((resume) => {
-    execFile(bin, args, { timeout: 60_000 }, (error, stdout, stderr) => {
-      resume(Effect.succeed({ code: error === null ? 0 : (error.code as number | undefined) ?? 1, stdout, stderr }))
-    })
-  })
-
-const ok = (...args: ReadonlyArray<string>) =>
-  converge(...args).pipe(
-    Effect.filterOrDieMessage((r) => r.code === 0, `converge ${args.join(" ")} failed`),
-    Effect.map((r) => r.stdout.trim())
-  )
-
-/** Starts `converge serve` and waits for the line with its URL. */
-const startServer = (db: string, port = 0) =>
-  Effect.acquireRelease(
-    Effect.async<{ readonly process: ChildProcess; readonly url: string }>((resume) => {
-      const child = spawn(bin, ["serve", "--port", String(port), "--db", db], { stdio: ["ignore", "pipe", "pipe"] })
-      let output = ""
-      child.stdout.on("data", (chunk: Buffer) => {
-        output += chunk.toString()
-        const match = /on (http:\/\/\S+)/.exec(output)
-        if (match !== null) resume(Effect.succeed({ process: child, url: match[1]! }))
-      })
-      child.on("exit", (code) => resume(Effect.dieMessage(`converge serve exited with ${code}: ${output}`)))
-    }),
-    ({ process }) =>
-      Effect.async<void>((resume) => {
-        if (process.exitCode !== null) return resume(Effect.void)
-        process.on("exit", () => resume(Effect.void))
-        process.kill("SIGTERM")
-      })
-  )
+beforeAll(Cli.ensureBuilt, 120_000)
 
 describe("converge CLI", () => {
   it.live("two profiles chat through `converge serve`; a server restart loses nothing stored", () =>
     Effect.scoped(Effect.gen(function*() {
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "converge-cli-"))
-      yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true })))
+      const dir = yield* Cli.tempDir
+      const at = { cwd: dir }
+      const ok = (...args: ReadonlyArray<string>) => Cli.ok(at, args)
+      const converge = (...args: ReadonlyArray<string>) => Cli.run(at, args)
+      const startServer = (db: string, port = 0) => Cli.startServer(at, ["--port", String(port), "--db", db])
       const db = path.join(dir, "ds.sqlite")
       const alice = path.join(dir, "alice")
       const bob = path.join(dir, "bob")
