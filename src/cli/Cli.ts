@@ -10,7 +10,6 @@ import { ConversationId, InboxId } from "../domain/Ids.ts"
 import type { Message } from "../domain/Model.ts"
 import { Client } from "../services/Client.ts"
 import { clientLayer, ProfileFile, readProfile, writeProfile } from "./Profile.ts"
-import * as Serve from "./Serve.ts"
 
 const profile = Options.directory("profile").pipe(
   Options.withDescription("folder holding this installation's database and settings"),
@@ -165,7 +164,8 @@ const serve = Command.make(
     db: Options.file("db").pipe(Options.withDefault("./converge-ds.sqlite")),
     postgres: Options.text("postgres").pipe(Options.optional)
   },
-  (options) => Serve.serve(options)
+  // Loaded only here: the server, its stores and drivers (pg) are not part of any client command's start-up.
+  (options) => Effect.promise(() => import("./Serve.ts")).pipe(Effect.flatMap((Serve) => Serve.serve(options)))
 ).pipe(Command.withDescription("run a delivery service (SQLite by default, or Postgres)"))
 
 export const root = Command.make("converge").pipe(
