@@ -4,11 +4,14 @@
  */
 import { PgClient } from "@effect/sql-pg"
 import { Console, Effect, Layer, Option, Redacted } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
 import { DeliveryServer } from "../layers/DeliveryServer.ts"
 import { DeliveryService } from "../services/DeliveryService.ts"
 import { DeliveryStore, type DeliveryStoreError } from "../services/DeliveryStore.ts"
 import { MlsCrypto } from "../services/MlsCrypto.ts"
+import { UsageError } from "./Errors.ts"
 import { openSqlite } from "./Profile.ts"
 
 export interface ServeOptions {
@@ -32,11 +35,39 @@ export const deliveryLayer = (options: Pick<ServeOptions, "db" | "postgres">) =>
   return DeliveryService.layerStore().pipe(Layer.provide(store), Layer.provide(MlsCrypto.layer()))
 }
 
+/** The code of a Node system error inside a `ServeError`, e.g. `EADDRINUSE`. */
+const systemCode = (cause: unknown) =>
+  typeof cause === "object" && cause !== null && "code" in cause ? String(cause.code) : undefined
+
+const listenError = (options: ServeOptions) => (error: { readonly cause: unknown }) => {
+  const code = systemCode(error.cause)
+  if (code === "EADDRINUSE") {
+    return new UsageError({
+      argument: `--port ${options.port}`,
+      reason: `the address ${options.host}:${options.port} is already in use`,
+      hint: "stop what listens there, or choose another --port (0 picks a free one)"
+    })
+  }
+  const detail = error.cause instanceof Error ? error.cause.message : String(error.cause)
+  return new UsageError({ argument: `--host ${options.host}`, reason: `cannot listen on ${options.host}:${options.port}: ${detail}` })
+}
+
 export const serve = (options: ServeOptions) =>
   Effect.scoped(Effect.gen(function*() {
+    const folder = path.dirname(path.resolve(options.db))
+    if (Option.isNone(options.postgres) && !fs.existsSync(folder)) {
+      return yield* new UsageError({
+        argument: `--db ${options.db}`,
+        reason: `the folder ${folder} does not exist`,
+        hint: `create it first (mkdir -p ${folder}) or name a file in an existing folder`
+      })
+    }
     // Built into this scope, so the store outlives `serve`'s own setup and closes on shutdown.
     const delivery = yield* Layer.build(deliveryLayer(options))
-    const address = yield* DeliveryServer.serve({ port: options.port, host: options.host }).pipe(Effect.provide(delivery))
+    const address = yield* DeliveryServer.serve({ port: options.port, host: options.host }).pipe(
+      Effect.provide(delivery),
+      Effect.mapError(listenError(options))
+    )
     const store = Option.isSome(options.postgres) ? "postgres" : `sqlite ${options.db}`
     yield* Console.log(`converge delivery service on ${address.url} (${store})`)
     return yield* Effect.never
