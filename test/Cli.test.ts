@@ -180,6 +180,10 @@ describe("converge CLI", () => {
           "hint: `converge conversations` lists them; `converge sync` fetches new ones"
         ]
       })
+      // Logs go to stderr: stdout holds only the result.
+      const logged = yield* Cli.run({ cwd: dir, env: { CONVERGE_LOG_LEVEL: "Debug" } }, ["whoami", "--profile", alice])
+      expect(logged.stdout).toMatch(/^[0-9a-f]{64}\n$/)
+      expect(logged.stderr).toContain("level=DEBUG")
       // No colour into a pipe, even without NO_COLOR; help describes options and defaults.
       const help = yield* Cli.run({ cwd: dir, env: { NO_COLOR: "" } }, ["serve", "--help"])
       expect(help.code).toBe(0)
