@@ -121,11 +121,18 @@ describe("converge CLI", () => {
       )
       expect(yield* ok("conversations", "--profile", alice)).toContain("offline")
       expect((yield* ok("members", "--profile", alice, setup.group)).split("\n")).toHaveLength(3)
+      const statusOf = (profile: string) =>
+        ok("status", "--profile", profile, "--json").pipe(
+          Effect.map((out) => (jsonOf(out) as { conversations: Array<{ pendingIntents: number; behind: string | null }> }).conversations[0])
+        )
+      expect(yield* statusOf(alice)).toMatchObject({ pendingIntents: 1, behind: null })
 
       yield* Effect.scoped(Effect.gen(function*() {
         yield* startServer(db, Number(new URL(setup.url).port))
         yield* ok("sync", "--profile", alice)
         yield* ok("sync", "--profile", alice) // a second sync sends nothing again
+        expect(yield* statusOf(alice)).toMatchObject({ pendingIntents: 0, behind: "0" })
+        expect(yield* statusOf(bob)).toMatchObject({ pendingIntents: 0, behind: "1" })
         const texts = (profile: string) =>
           ok("messages", "--profile", profile, "--json", setup.group).pipe(
             Effect.map((out) => (jsonOf(out) as Array<{ text: string; deliveryStatus: string }>).filter((m) => m.text === "sent while offline"))

@@ -15,9 +15,11 @@ import { Config, Console, Effect, Option, Stream } from "effect"
 import * as os from "node:os"
 import * as path from "node:path"
 import { ConversationNotFound } from "../domain/Errors.ts"
-import type { InboxId } from "../domain/Ids.ts"
+import type { GroupId, InboxId } from "../domain/Ids.ts"
+import { groupTopic } from "../domain/Topics.ts"
 import type { Conversation } from "../services/Client.ts"
 import { Client } from "../services/Client.ts"
+import { DeliveryService } from "../services/DeliveryService.ts"
 import { Storage } from "../services/Storage.ts"
 import { Unreachable, UsageError } from "./Errors.ts"
 import * as Output from "./Output.ts"
@@ -40,6 +42,7 @@ const inboxArgs = Args.text({ name: "inbox-id" }).pipe(Args.withDescription("an 
 interface Session {
   readonly client: Client["Type"]
   readonly storage: Storage["Type"]
+  readonly delivery: DeliveryService["Type"]
   readonly server: string
 }
 
@@ -49,7 +52,7 @@ const withClient = <A, E>(dir: string, f: (session: Session) => Effect.Effect<A,
     const saved = yield* readProfile(dir)
     const server = yield* Config.string("CONVERGE_SERVER").pipe(Config.withDefault(saved.server))
     return yield* Effect.gen(function*() {
-      const session: Session = { client: yield* Client, storage: yield* Storage, server }
+      const session: Session = { client: yield* Client, storage: yield* Storage, delivery: yield* DeliveryService, server }
       return yield* f(session)
     }).pipe(Effect.provide(clientLayer(dir, server)))
   })
@@ -315,6 +318,55 @@ const watch = Command.make("watch", { profile }, ({ profile }) =>
       )
     }))).pipe(Command.withDescription("print new messages of every conversation as they arrive"))
 
+/** Envelopes on the server after each group's stored cursor, counted up to `STATUS_PAGE` ("100+" beyond). */
+const STATUS_PAGE = 100
+const behindOf = (session: Session, groupIds: ReadonlyArray<GroupId>) =>
+  Effect.gen(function*() {
+    const queries = yield* Effect.forEach(groupIds, (groupId) =>
+      Effect.map(session.storage.cursors.get(groupTopic(groupId)), (afterSequenceId) => ({ groupId, afterSequenceId, limit: STATUS_PAGE })))
+    const pages = yield* reach(session.server)(session.delivery.batchQueryGroupMessages(queries))
+    const count = pages.reduce((n, page) => n + page.items.length, 0)
+    return pages.some((page) => page.next !== undefined) ? `${count}+` : String(count)
+  })
+
+const statusRow = (session: Session, online: { value: boolean }) => (c: Conversation) =>
+  Effect.gen(function*() {
+    const info = yield* c.debugInfo
+    const pending = yield* Effect.forEach(info.groupIds, (g) => session.storage.intents.byGroup(g, ["ToPublish", "Published", "Committed"]))
+    const behind = online.value
+      ? yield* behindOf(session, info.groupIds).pipe(Effect.catchTag("Unreachable", (e) => {
+        online.value = false
+        return Effect.as(Output.note(`warning: ${e.message}; lag unknown`), null)
+      }))
+      : null
+    return {
+      id: c.id,
+      kind: c.kind,
+      state: yield* c.state,
+      label: yield* labelOf(c, session.client.inboxId),
+      epoch: info.epoch,
+      pendingIntents: pending.flat().length,
+      behind,
+      maybeForked: info.maybeForked
+    }
+  })
+
+const status = Command.make("status", { profile, json }, ({ json, profile }) =>
+  withClient(profile, (session) =>
+    Effect.gen(function*() {
+      const online = { value: true }
+      const rows = yield* Effect.forEach(yield* session.client.conversations({ includeInactive: true }), statusRow(session, online))
+      const header = { profile, server: session.server, inboxId: session.client.inboxId, installationId: session.client.installationId }
+      if (json) return yield* Output.json({ ...header, conversations: rows })
+      yield* Console.log(`profile ${profile}  server ${session.server}\ninbox   ${session.client.inboxId}\n`)
+      yield* Console.log(Output.table(
+        ["ID", "KIND", "STATE", "EPOCH", "PENDING", "BEHIND", "FORKED", "NAME"],
+        rows.map((r) => [r.id, r.kind, r.state, String(r.epoch), String(r.pendingIntents), r.behind ?? "?", r.maybeForked ? "maybe" : "no", r.label])
+      ))
+    }))).pipe(Command.withDescription(
+    "per conversation: state, epoch, pending intents, envelopes not yet synced (BEHIND) and fork suspicion"
+  ))
+
 const port = Options.integer("port").pipe(
   Options.withDescription("TCP port to listen on, 0 picks a free one; default 5555 (env CONVERGE_PORT)"),
   Options.withFallbackConfig(Config.integer("CONVERGE_PORT")),
@@ -352,11 +404,11 @@ const serve = Command.make(
 
 export const commandNames = [
   "serve", "init", "whoami", "group", "create", "add", "remove", "dm", "conversations", "members", "send",
-  "messages", "sync", "leave", "watch"
+  "messages", "sync", "leave", "watch", "status"
 ]
 
 export const root = Command.make("converge").pipe(
-  Command.withSubcommands([serve, init, whoami, group, dm, conversations, members, send, messages, sync, leave, watch]),
+  Command.withSubcommands([serve, init, whoami, group, dm, conversations, members, send, messages, sync, leave, watch, status]),
   Command.withDescription("Converge: MLS group messaging")
 )
 

@@ -61,11 +61,12 @@ export const NETWORK_BOUND = Duration.seconds(5)
 export const clientLayer = (dir: string, server: string) =>
   Layer.merge(
     Client.layer({ transportSchedule: Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(3))) }),
-    // To tell whether a change is queued (the client keeps its own Storage private).
+    // To tell whether a change is queued, and for `status` (the client keeps its own Storage private).
     Storage.layer
   ).pipe(
     Layer.provide(openSqlite(files(dir).database)),
-    Layer.provide(DeliveryService.layerRpc({
+    // Shared with the commands too (`status` asks the server how far behind each group is).
+    Layer.provideMerge(DeliveryService.layerRpc({
       url: rpcUrl(server),
       timeout: "3 seconds",
       retrySchedule: Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(2)))
