@@ -65,6 +65,8 @@ export const show = (error: Tagged, command: string): Shown => {
       return { what: `group ${str(error["groupId"])}`, why: "you are no longer a member" }
     case "KeyPackageUnavailable":
       return { what: `inbox ${str(error["inboxId"])}`, why: "has no key package on the server: it cannot be added yet" }
+    case "IntentFailed":
+      return { what: error["kind"] === "SendMessage" ? "message not sent" : "change not made", why: str(error["cause"]) }
     case "InvalidInput":
       return { what: "invalid input", why: str(error["reason"]), hint: usage }
     default:
