@@ -2,7 +2,8 @@
 /**
  * The `converge` executable. Expected failures print `error: <what>: <why>` and a hint and exit
  * 1; a change queued for lack of a server exits 3; a defect prints one line and exits 2.
- * Logs go to stderr (level from CONVERGE_LOG_LEVEL, default Error).
+ * Logs go to stderr (level from CONVERGE_LOG_LEVEL, default Error); spans and metrics go to an
+ * OTLP collector when CONVERGE_OTLP_URL is set (cli/Telemetry.ts).
  */
 import { ValidationError } from "@effect/cli"
 import { NodeContext, NodeRuntime } from "@effect/platform-node"
@@ -10,6 +11,7 @@ import { Cause, Config, Console, Effect, Logger, LogLevel } from "effect"
 import { commandNames, run } from "./cli/Cli.ts"
 import * as Errors from "./cli/Errors.ts"
 import { colourEnabled, stripAnsi } from "./cli/Output.ts"
+import * as Telemetry from "./cli/Telemetry.ts"
 
 /** The command words of this invocation, for a usage hint: `group add`, `send`, ... */
 const commandOf = (argv: ReadonlyArray<string>) => {
@@ -47,6 +49,8 @@ Effect.gen(function*() {
   const console = yield* cliConsole
   return yield* run(process.argv).pipe(Effect.withConsole(console), Logger.withMinimumLogLevel(level))
 }).pipe(
+  // Spans of a command are exported (and flushed) before its errors are printed.
+  Effect.provide(Telemetry.layer(command)),
   Effect.catchAll((error) => {
     process.exitCode = 1
     // @effect/cli has already printed its own validation errors (through cliConsole).

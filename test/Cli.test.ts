@@ -6,6 +6,8 @@
 import { beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import * as fs from "node:fs"
+import * as http from "node:http"
+import type { AddressInfo } from "node:net"
 import * as path from "node:path"
 import * as Cli from "./support/Cli.ts"
 
@@ -197,4 +199,34 @@ describe("converge CLI", () => {
       expect(help.stdout).not.toContain("\x1b[")
       expect(help.stdout).toContain("default 5555 (env CONVERGE_PORT)")
     })), { timeout: 300_000 })
+
+  it.live("with CONVERGE_OTLP_URL, a command exports its spans to an OTLP/HTTP collector", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const { dir, startServer } = yield* workspace
+      const spanNames: Array<string> = []
+      const collector = yield* Effect.acquireRelease(
+        Effect.async<http.Server>((resume) => {
+          const server = http.createServer((req, res) => {
+            let text = ""
+            req.on("data", (chunk: Buffer) => (text += chunk.toString()))
+            req.on("end", () => {
+              if (req.url === "/v1/traces") {
+                const body = JSON.parse(text) as { resourceSpans: Array<{ scopeSpans: Array<{ spans: Array<{ name: string }> }> }> }
+                for (const rs of body.resourceSpans) for (const ss of rs.scopeSpans) spanNames.push(...ss.spans.map((s) => s.name))
+              }
+              res.writeHead(200, { "content-type": "application/json" }).end("{}")
+            })
+          })
+          server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
+        }),
+        (server) => Effect.async<void>((resume) => {
+          server.close(() => resume(Effect.void))
+        })
+      )
+      const { url } = yield* startServer(path.join(dir, "ds.sqlite"))
+      const otlp = `http://127.0.0.1:${(collector.address() as AddressInfo).port}`
+      yield* Cli.ok({ cwd: dir, env: { CONVERGE_OTLP_URL: otlp } }, ["init", "--profile", path.join(dir, "alice"), "--server", url])
+      expect(spanNames).toContain("Identity.register")
+      expect(spanNames).toContain("DeliveryRpc.publishIdentityUpdate")
+    })), { timeout: 120_000 })
 })
