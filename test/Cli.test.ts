@@ -7,6 +7,7 @@ import { beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as http from "node:http"
+import * as net from "node:net"
 import type { AddressInfo } from "node:net"
 import * as path from "node:path"
 import * as Cli from "./support/Cli.ts"
@@ -26,6 +27,14 @@ const workspace = Effect.gen(function*() {
 })
 
 const jsonOf = (text: string): unknown => JSON.parse(text)
+
+/** A port nobody listens on right now. */
+const freePort = Effect.async<number>((resume) => {
+  const server = net.createServer().listen(0, "127.0.0.1", () => {
+    const { port } = server.address() as AddressInfo
+    server.close(() => resume(Effect.succeed(port)))
+  })
+})
 
 describe("converge CLI", () => {
   it.live("two profiles chat through `converge serve`; --json, prefixes, confirmations; a restart loses nothing", () =>
@@ -200,7 +209,7 @@ describe("converge CLI", () => {
       expect(help.stdout).toContain("default 5555 (env CONVERGE_PORT)")
     })), { timeout: 300_000 })
 
-  it.live("with CONVERGE_OTLP_URL, a command exports its spans to an OTLP/HTTP collector", () =>
+  it.live("with CONVERGE_OTLP_URL, a command exports its spans; serve --metrics-port exposes Prometheus text", () =>
     Effect.scoped(Effect.gen(function*() {
       const { dir, startServer } = yield* workspace
       const spanNames: Array<string> = []
@@ -223,10 +232,18 @@ describe("converge CLI", () => {
           server.close(() => resume(Effect.void))
         })
       )
-      const { url } = yield* startServer(path.join(dir, "ds.sqlite"))
+      const metricsPort = yield* freePort
+      const { url } = yield* Cli.startServer({ cwd: dir }, [
+        "--port", "0", "--db", path.join(dir, "ds.sqlite"), "--metrics-port", String(metricsPort)
+      ])
       const otlp = `http://127.0.0.1:${(collector.address() as AddressInfo).port}`
       yield* Cli.ok({ cwd: dir, env: { CONVERGE_OTLP_URL: otlp } }, ["init", "--profile", path.join(dir, "alice"), "--server", url])
       expect(spanNames).toContain("Identity.register")
       expect(spanNames).toContain("DeliveryRpc.publishIdentityUpdate")
+
+      const metrics = yield* Effect.promise(() => fetch(`http://127.0.0.1:${metricsPort}/metrics`).then((r) => r.text()))
+      expect(metrics).toContain("# TYPE converge_ds_requests_total counter")
+      expect(metrics).toMatch(/^converge_ds_requests_total\{method="publishIdentityUpdate"\} [1-9]/m)
+      expect(metrics).toMatch(/^converge_ds_request_duration_milliseconds_count\{time_unit="milliseconds",method="uploadKeyPackage"\} 1$/m)
     })), { timeout: 120_000 })
 })

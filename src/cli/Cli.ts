@@ -392,6 +392,11 @@ const serve = Command.make(
       Options.withFallbackConfig(Config.string("CONVERGE_DB")),
       Options.withDefault("./converge-ds.sqlite")
     ),
+    metricsPort: Options.integer("metrics-port").pipe(
+      Options.withDescription("serve Prometheus metrics on GET /metrics of this port; default off (env CONVERGE_METRICS_PORT)"),
+      Options.withFallbackConfig(Config.integer("CONVERGE_METRICS_PORT")),
+      Options.optional
+    ),
     postgres: Options.text("postgres").pipe(
       Options.withDescription("store in Postgres at this URL instead of SQLite (env CONVERGE_POSTGRES)"),
       Options.withFallbackConfig(Config.string("CONVERGE_POSTGRES")),

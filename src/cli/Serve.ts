@@ -3,7 +3,7 @@
  * default) or Postgres (several instances may share one database).
  */
 import { PgClient } from "@effect/sql-pg"
-import { Console, Effect, Layer, Option, Redacted } from "effect"
+import { Console, Context, Effect, Layer, Option, Redacted } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
@@ -12,6 +12,7 @@ import { DeliveryService } from "../services/DeliveryService.ts"
 import { DeliveryStore, type DeliveryStoreError } from "../services/DeliveryStore.ts"
 import { MlsCrypto } from "../services/MlsCrypto.ts"
 import { UsageError } from "./Errors.ts"
+import * as Metrics from "./Metrics.ts"
 import { openSqlite } from "./Profile.ts"
 
 export interface ServeOptions {
@@ -19,6 +20,8 @@ export interface ServeOptions {
   readonly host: string
   readonly db: string
   readonly postgres: Option.Option<string>
+  /** Serve Prometheus text on `GET /metrics` of this port (same host). */
+  readonly metricsPort: Option.Option<number>
 }
 
 /** The store-backed delivery service a server runs. */
@@ -39,13 +42,13 @@ export const deliveryLayer = (options: Pick<ServeOptions, "db" | "postgres">) =>
 const systemCode = (cause: unknown) =>
   typeof cause === "object" && cause !== null && "code" in cause ? String(cause.code) : undefined
 
-const listenError = (options: ServeOptions) => (error: { readonly cause: unknown }) => {
+const listenError = (options: ServeOptions, flag = "--port") => (error: { readonly cause: unknown }) => {
   const code = systemCode(error.cause)
   if (code === "EADDRINUSE") {
     return new UsageError({
-      argument: `--port ${options.port}`,
+      argument: `${flag} ${options.port}`,
       reason: `the address ${options.host}:${options.port} is already in use`,
-      hint: "stop what listens there, or choose another --port (0 picks a free one)"
+      hint: `stop what listens there, or choose another ${flag} (0 picks a free one)`
     })
   }
   const detail = error.cause instanceof Error ? error.cause.message : String(error.cause)
@@ -64,11 +67,19 @@ export const serve = (options: ServeOptions) =>
     }
     // Built into this scope, so the store outlives `serve`'s own setup and closes on shutdown.
     const delivery = yield* Layer.build(deliveryLayer(options))
+    const measured = Metrics.instrument(Context.get(delivery, DeliveryService))
     const address = yield* DeliveryServer.serve({ port: options.port, host: options.host }).pipe(
-      Effect.provide(delivery),
+      Effect.provideService(DeliveryService, measured),
       Effect.mapError(listenError(options))
     )
     const store = Option.isSome(options.postgres) ? "postgres" : `sqlite ${options.db}`
     yield* Console.log(`converge delivery service on ${address.url} (${store})`)
+    if (Option.isSome(options.metricsPort)) {
+      const port = options.metricsPort.value
+      const url = yield* Metrics.serveMetrics(options.host, port).pipe(
+        Effect.mapError((e) => listenError({ ...options, port }, "--metrics-port")({ cause: e }))
+      )
+      yield* Console.log(`metrics on ${url}`)
+    }
     return yield* Effect.never
   }))
