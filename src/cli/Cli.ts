@@ -175,8 +175,13 @@ const resolveMembers = (conversation: Conversation, given: ReadonlyArray<string>
     const members = (yield* conversation.members).map((m) => m.inboxId as string)
     return yield* Effect.forEach(given, (text) => {
       const matches = members.filter((m) => m.startsWith(text))
-      if (members.includes(text) || matches.length !== 1) return Effect.succeed(text as InboxId)
-      return Effect.succeed(matches[0]! as InboxId)
+      if (members.includes(text) || matches.length === 0) return Effect.succeed(text as InboxId)
+      if (matches.length === 1) return Effect.succeed(matches[0]! as InboxId)
+      return Effect.fail(new UsageError({
+        argument: `<inbox-id> ${text}`,
+        reason: `matches ${matches.length} members (${matches.join(", ")})`,
+        hint: "give more of the id"
+      }))
     })
   })
 
