@@ -7,9 +7,8 @@
  *   a delivery server on a loopback port:  DeliveryServer.serve({ port: 0 })
  *     <- DeliveryService.layerStore()              verifies identities and key packages
  *     <- DeliveryStore.layerSqlite                 over its own SQLite file
- *   Client.layer()                                 needs  DeliveryService | MlsCrypto | Storage
- *     <- SqliteStorage.layer                       the local store (needs SqlClient)
- *     <- SqliteClient.layer({ filename })          one database file per client
+ *   Client.layer()                                 needs  DeliveryService | MlsCrypto | SqlClient
+ *     <- SqliteClient.layer({ filename })          one database file per client (its SQLite store)
  *     <- DeliveryService.layerRpc({ url })         its own connection to the server
  *     <- MlsCrypto.layer()                         ts-mls, shared
  *
@@ -22,7 +21,6 @@ import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Cause, Context, Duration, Effect, Exit, Layer, Logger, LogLevel, Option } from "effect"
 import { deliveryLayer } from "../src/cli/Serve.ts"
 import { DeliveryServer } from "../src/layers/DeliveryServer.ts"
-import * as SqliteStorage from "../src/layers/SqliteStorage.ts"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -113,7 +111,6 @@ const startServer = (dir: string) =>
 /** A client over its own SQLite file and its own connection to the server, alive for the scope. */
 const openClient = (crypto: Context.Context<MlsCrypto>, url: string, filename: string) =>
   Client.layer().pipe(
-    Layer.provide(SqliteStorage.layer),
     Layer.provide(SqliteClient.layer({ filename })),
     Layer.provide(DeliveryService.layerRpc({ url })),
     Layer.provide(Layer.succeedContext(crypto)),

@@ -9,7 +9,6 @@ export { GroupMetadata, MAX_GROUP_DESCRIPTION, MAX_GROUP_NAME, Member, Message, 
 export { MembershipChange, MembershipChangeJson } from "./domain/Content.ts"
 export type { MembershipState } from "./domain/Stored.ts"
 export {
-  Client,
   type ClientOptions,
   type Conversation,
   type ConversationDebugInfo
@@ -26,11 +25,14 @@ export * as Wire from "./domain/Wire.ts"
 // (`DeliveryService.layerMemory`, `MlsCrypto.layer`, ...) hang the adapters' layers on them here.
 // Postgres lives apart, in `converge/postgres`, so that only its users load the driver.
 
+import { Layer } from "effect"
 import * as MemoryDeliveryStore from "./layers/MemoryDeliveryStore.ts"
 import * as RpcDeliveryService from "./layers/RpcDeliveryService.ts"
 import * as SqlDeliveryStore from "./layers/SqlDeliveryStore.ts"
 import * as StoreDeliveryService from "./layers/StoreDeliveryService.ts"
 import * as TsMlsCrypto from "./layers/TsMlsCrypto.ts"
+import * as SqliteStorageLayer from "./layers/SqliteStorage.ts"
+import { Client as ClientProgram, type ClientOptions as Options } from "./services/Client.ts"
 import { DeliveryService as DeliveryServicePort } from "./services/DeliveryService.ts"
 import { DeliveryStore as DeliveryStorePort } from "./services/DeliveryStore.ts"
 import { MlsCrypto as MlsCryptoPort } from "./services/MlsCrypto.ts"
@@ -53,4 +55,14 @@ export class DeliveryStore extends DeliveryStorePort {
 export class MlsCrypto extends MlsCryptoPort {
   /** ts-mls 1.6.4. */
   static readonly layer = TsMlsCrypto.layer
+}
+
+export class Client extends ClientProgram {
+  /**
+   * A client from `DeliveryService | MlsCrypto | SqlClient`: its store is SQLite
+   * (`SqliteStorage.layer`, migrations on open). `layerWithStorage` takes any `Storage`, for
+   * example `SqliteStorage.layerWithKey(key)` to seal secrets at rest.
+   */
+  static readonly layer = (options?: Options) =>
+    ClientProgram.layerWithStorage(options).pipe(Layer.provide(SqliteStorageLayer.layer))
 }

@@ -273,7 +273,7 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
           ...clientOptions,
           crashPoint: crashHook(name, clientOptions.crashPoint ?? options.clientDefaults?.crashPoint)
         }
-        const layer = Client.layer(engineOptions).pipe(
+        const layer = Client.layerWithStorage(engineOptions).pipe(
           Layer.provideMerge(
             options.storageKey === undefined ? SqliteStorage.layer : SqliteStorage.layerWithKey(options.storageKey)
           ),

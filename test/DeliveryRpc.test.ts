@@ -611,7 +611,7 @@ describe("engine over RPC", () => {
       const crypto = yield* Layer.build(MlsCrypto.layer())
       const makeClient = (name: string) =>
         Layer.build(
-          Client.layer({ transportSchedule: Schedule.recurs(3), conflictSchedule: Schedule.recurs(5) }).pipe(
+          Client.layerWithStorage({ transportSchedule: Schedule.recurs(3), conflictSchedule: Schedule.recurs(5) }).pipe(
             Layer.provide(SqliteStorage.layer),
             Layer.provide(Layer.orDie(SqliteClient.layer({ filename: path.join(dir, `${name}.sqlite`) }))),
             Layer.provide(clientLayer(address.url)),

@@ -2,7 +2,7 @@
  * A CLI profile: a folder holding one installation's database and the server it talks to.
  */
 import { SqliteClient } from "@effect/sql-sqlite-node"
-import { Effect, Layer, Schema } from "effect"
+import { Duration, Effect, Layer, Schedule, Schema } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
@@ -11,6 +11,9 @@ import * as SqliteStorage from "../layers/SqliteStorage.ts"
 import { Client } from "../services/Client.ts"
 import * as RpcDeliveryService from "../layers/RpcDeliveryService.ts"
 import * as TsMlsCrypto from "../layers/TsMlsCrypto.ts"
+import { DeliveryService } from "../services/DeliveryService.ts"
+import { Storage } from "../services/Storage.ts"
+import { Unreachable, UsageError } from "./Errors.ts"
 
 export class ProfileFile extends Schema.Class<ProfileFile>("ProfileFile")({
   server: Schema.String
@@ -19,31 +22,28 @@ const ProfileJson = Schema.parseJson(ProfileFile)
 
 const files = (dir: string) => ({ profile: path.join(dir, "profile.json"), database: path.join(dir, "client.sqlite") })
 
+const errorText = (e: unknown) => (e instanceof Error ? e.message : String(e))
+
 export const readProfile = (dir: string) =>
   Effect.gen(function*() {
     const { profile } = files(dir)
     if (!fs.existsSync(profile)) {
-      return yield* new InvalidInput({ reason: `no profile in ${dir}: run \`converge init --profile ${dir} --server URL\` first` })
+      return yield* new UsageError({
+        argument: `--profile ${dir}`,
+        reason: "no profile in this folder",
+        hint: `create one with \`converge init --profile ${dir} --server URL\` (or set CONVERGE_PROFILE)`
+      })
     }
     const text = yield* Effect.try({
       try: () => fs.readFileSync(profile, "utf8"),
-      catch: (e) => new InvalidInput({ reason: `cannot read ${profile}: ${e instanceof Error ? e.message : String(e)}` })
+      catch: (e) => new UsageError({ argument: `--profile ${dir}`, reason: `cannot read ${profile}: ${errorText(e)}` })
     })
     return yield* Schema.decodeUnknown(ProfileJson)(text).pipe(
-      Effect.mapError(() => new InvalidInput({ reason: `${profile} is not a valid profile` }))
+      Effect.mapError(() => new UsageError({ argument: `--profile ${dir}`, reason: `${profile} is not a valid profile` }))
     )
   })
 
-export const writeProfile = (dir: string, profile: ProfileFile) =>
-  Effect.try({
-    try: () => {
-      fs.mkdirSync(dir, { recursive: true })
-      fs.writeFileSync(files(dir).profile, Schema.encodeSync(ProfileJson)(profile) + "\n")
-    },
-    catch: (e) => new InvalidInput({ reason: `cannot write a profile in ${dir}: ${e instanceof Error ? e.message : String(e)}` })
-  })
-
-/** Accepts the server's base URL or its RPC endpoint. */
+/** The RPC endpoint of a server; its base URL or the endpoint itself may be given. */
 export const rpcUrl = (server: string) =>
   server.endsWith(RPC_PATH) ? server : `${server.replace(/\/+$/, "")}${RPC_PATH}`
 
@@ -53,11 +53,90 @@ export const openSqlite = (filename: string) =>
     Layer.mapError((e) => new InvalidInput({ reason: `cannot open the database ${filename}: ${e.message}` }))
   )
 
-/** The client of a profile: its SQLite file, the network delivery service, ts-mls. */
+/**
+ * How long a command waits for the server before it reports it unreachable. A person is
+ * waiting: a text message or a commit round trip on a live server takes milliseconds.
+ */
+export const NETWORK_BOUND = Duration.seconds(5)
+
+/** The client of a profile: its SQLite file, the network delivery service (short timeouts), ts-mls. */
 export const clientLayer = (dir: string, server: string) =>
-  Client.layer().pipe(
-    Layer.provide(SqliteStorage.layer),
+  Client.layerWithStorage({ transportSchedule: Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(3))) }).pipe(
+    // Exposed too: to tell whether a change is queued, and for `status`. Secrets are sealed at
+    // rest when CONVERGE_STORAGE_KEY is set.
+    Layer.provideMerge(
+      SqliteStorage.layerConfig.pipe(
+        Layer.catchAll((e) =>
+          Layer.fail(
+            e._tag === "StorageError" ? e : new InvalidInput({ reason: `CONVERGE_STORAGE_KEY: ${e.message}` })
+          )
+        )
+      )
+    ),
     Layer.provide(openSqlite(files(dir).database)),
-    Layer.provide(RpcDeliveryService.layer({ url: rpcUrl(server) })),
+    // Shared with the commands too (`status` asks the server how far behind each group is).
+    Layer.provideMerge(RpcDeliveryService.layer({
+      url: rpcUrl(server),
+      timeout: "3 seconds",
+      retrySchedule: Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(2)))
+    })),
     Layer.provide(TsMlsCrypto.layer())
   )
+
+const isUnreachable = (e: unknown): e is { readonly _tag: "DeliveryError"; readonly detail: string } =>
+  typeof e === "object" && e !== null && (e as { _tag?: unknown })._tag === "DeliveryError" &&
+  (e as { retryable?: unknown }).retryable === true
+
+/**
+ * A step that needs the server, bounded by `NETWORK_BOUND`. Not reaching the server (refused,
+ * dropped, no answer) becomes `Unreachable` naming it; every other error passes through.
+ */
+export const reach = (server: string) => <A, E, R>(step: Effect.Effect<A, E, R>) =>
+  step.pipe(
+    Effect.timeoutFail({
+      duration: NETWORK_BOUND,
+      onTimeout: () => new Unreachable({ server, detail: `no answer within ${Duration.format(NETWORK_BOUND)}` })
+    }),
+    Effect.catchAll((e) => Effect.fail(isUnreachable(e) ? new Unreachable({ server, detail: e.detail }) : e))
+  )
+
+/**
+ * Creates a profile all or nothing: the folder is assembled under a temporary name beside it
+ * and renamed into place only once the inbox is registered, so a failed `init` leaves nothing.
+ */
+export const initProfile = (dir: string, server: string) =>
+  Effect.gen(function*() {
+    const target = path.resolve(dir)
+    const argument = `--profile ${dir}`
+    if (fs.existsSync(files(target).profile)) {
+      return yield* new UsageError({ argument, reason: "this folder already holds a profile", hint: "choose another --profile folder" })
+    }
+    if (fs.existsSync(target) && fs.readdirSync(target).length > 0) {
+      return yield* new UsageError({ argument, reason: "the folder exists and is not empty", hint: "choose a new or empty folder" })
+    }
+    const parent = path.dirname(target)
+    if (!fs.existsSync(parent)) {
+      return yield* new UsageError({ argument, reason: `the folder ${parent} does not exist`, hint: `create it first: mkdir -p ${parent}` })
+    }
+    const staging = yield* Effect.acquireRelease(
+      Effect.try({
+        try: () => fs.mkdtempSync(path.join(parent, `.${path.basename(target)}.init-`)),
+        catch: (e) => new UsageError({ argument, reason: `cannot create a folder in ${parent}: ${errorText(e)}` })
+      }),
+      (staging) => Effect.sync(() => fs.rmSync(staging, { recursive: true, force: true }))
+    )
+    fs.writeFileSync(files(staging).profile, Schema.encodeSync(ProfileJson)(ProfileFile.make({ server })) + "\n")
+    // Registers the inbox; the database is closed again before the folder moves.
+    const inboxId = yield* Effect.map(Client, (client) => client.inboxId).pipe(
+      Effect.provide(clientLayer(staging, server)),
+      reach(server)
+    )
+    yield* Effect.try({
+      try: () => {
+        if (fs.existsSync(target)) fs.rmdirSync(target)
+        fs.renameSync(staging, target)
+      },
+      catch: (e) => new UsageError({ argument, reason: `cannot create the profile folder: ${errorText(e)}` })
+    })
+    return inboxId
+  }).pipe(Effect.scoped)

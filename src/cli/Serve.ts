@@ -3,51 +3,33 @@
  * default) or Postgres (several instances may share one database).
  */
 import { PgClient } from "@effect/sql-pg"
-import { Console, Effect, Layer, Option, Redacted } from "effect"
+import { Console, Context, Effect, Layer, Option, Redacted } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
-import { DEFAULT_MAX_IDENTITY_ENTRIES, DeliveryServer, type ServerOptions } from "../layers/DeliveryServer.ts"
+import type { ServerOptions } from "../layers/DeliveryServer.ts"
+import { DeliveryServer } from "../layers/DeliveryServer.ts"
 import * as PgDeliveryStore from "../layers/PgDeliveryStore.ts"
-import { DEFAULT_TRANSPORT_LIMITS } from "../layers/ServerLimits.ts"
 import * as SqlDeliveryStore from "../layers/SqlDeliveryStore.ts"
 import * as StoreDeliveryService from "../layers/StoreDeliveryService.ts"
 import * as TsMlsCrypto from "../layers/TsMlsCrypto.ts"
+import { DeliveryService } from "../services/DeliveryService.ts"
 import type { DeliveryStore, DeliveryStoreError } from "../services/DeliveryStore.ts"
+import { UsageError } from "./Errors.ts"
+import * as Metrics from "./Metrics.ts"
 import { openSqlite } from "./Profile.ts"
 
-/** The limits `converge serve` takes, in the units of its options (timeouts in seconds). */
-export interface ServeLimits {
-  readonly maxBodyBytes: number
-  readonly maxConnections: number
-  readonly maxInFlight: number
-  readonly maxSubscriptions: number
-  readonly maxIdentityEntries: number
-  readonly headersTimeout: number
-  readonly requestTimeout: number
-  readonly keepAliveTimeout: number
-  readonly idleTimeout: number
-  readonly slowReaderTimeout: number
-}
+import { DEFAULT_SERVE_LIMITS, type ServeLimits } from "./ServeLimits.ts"
 
-const seconds = (millis: number) => millis / 1000
-
-export const DEFAULT_SERVE_LIMITS: ServeLimits = {
-  maxBodyBytes: DEFAULT_TRANSPORT_LIMITS.maxBodyBytes,
-  maxConnections: DEFAULT_TRANSPORT_LIMITS.maxConnections,
-  maxInFlight: DEFAULT_TRANSPORT_LIMITS.maxInFlightPerConnection,
-  maxSubscriptions: DEFAULT_TRANSPORT_LIMITS.maxSubscriptionsPerConnection,
-  maxIdentityEntries: DEFAULT_MAX_IDENTITY_ENTRIES,
-  headersTimeout: seconds(DEFAULT_TRANSPORT_LIMITS.headersTimeoutMillis),
-  requestTimeout: seconds(DEFAULT_TRANSPORT_LIMITS.requestTimeoutMillis),
-  keepAliveTimeout: seconds(DEFAULT_TRANSPORT_LIMITS.keepAliveTimeoutMillis),
-  idleTimeout: seconds(DEFAULT_TRANSPORT_LIMITS.idleTimeoutMillis),
-  slowReaderTimeout: seconds(DEFAULT_TRANSPORT_LIMITS.slowReaderTimeoutMillis)
-}
+export { DEFAULT_SERVE_LIMITS, type ServeLimits } from "./ServeLimits.ts"
 
 export interface ServeOptions extends Partial<ServeLimits> {
   readonly port: number
   readonly host: string
   readonly db: string
   readonly postgres: Option.Option<string>
+  /** Serve Prometheus text on `GET /metrics` of this port (same host). */
+  readonly metricsPort: Option.Option<number>
 }
 
 /** The server options for `options`; a limit that is not a positive integer is the user's to fix. */
@@ -90,13 +72,49 @@ export const deliveryLayer = (options: Pick<ServeOptions, "db" | "postgres">) =>
   return StoreDeliveryService.layer().pipe(Layer.provide(store), Layer.provide(TsMlsCrypto.layer()))
 }
 
+/** The code of a Node system error inside a `ServeError`, e.g. `EADDRINUSE`. */
+const systemCode = (cause: unknown) =>
+  typeof cause === "object" && cause !== null && "code" in cause ? String(cause.code) : undefined
+
+const listenError = (options: ServeOptions, flag = "--port") => (error: { readonly cause: unknown }) => {
+  const code = systemCode(error.cause)
+  if (code === "EADDRINUSE") {
+    return new UsageError({
+      argument: `${flag} ${options.port}`,
+      reason: `the address ${options.host}:${options.port} is already in use`,
+      hint: `stop what listens there, or choose another ${flag} (0 picks a free one)`
+    })
+  }
+  const detail = error.cause instanceof Error ? error.cause.message : String(error.cause)
+  return new UsageError({ argument: `--host ${options.host}`, reason: `cannot listen on ${options.host}:${options.port}: ${detail}` })
+}
+
 export const serve = (options: ServeOptions) =>
   Effect.scoped(Effect.gen(function*() {
+    const folder = path.dirname(path.resolve(options.db))
+    if (Option.isNone(options.postgres) && !fs.existsSync(folder)) {
+      return yield* new UsageError({
+        argument: `--db ${options.db}`,
+        reason: `the folder ${folder} does not exist`,
+        hint: `create it first (mkdir -p ${folder}) or name a file in an existing folder`
+      })
+    }
     // Built into this scope, so the store outlives `serve`'s own setup and closes on shutdown.
     const server = yield* serverOptions(options)
     const delivery = yield* Layer.build(deliveryLayer(options))
-    const address = yield* DeliveryServer.serve(server).pipe(Effect.provide(delivery))
+    const measured = Metrics.instrument(Context.get(delivery, DeliveryService))
+    const address = yield* DeliveryServer.serve(server).pipe(
+      Effect.provideService(DeliveryService, measured),
+      Effect.mapError(listenError(options))
+    )
     const store = Option.isSome(options.postgres) ? "postgres" : `sqlite ${options.db}`
     yield* Console.log(`converge delivery service on ${address.url} (${store})`)
+    if (Option.isSome(options.metricsPort)) {
+      const port = options.metricsPort.value
+      const url = yield* Metrics.serveMetrics(options.host, port).pipe(
+        Effect.mapError((e) => listenError({ ...options, port }, "--metrics-port")({ cause: e }))
+      )
+      yield* Console.log(`metrics on ${url}`)
+    }
     return yield* Effect.never
   }))

@@ -209,7 +209,9 @@ export interface AnswerLimits {
   readonly maxIdentityEntries?: number
 }
 
-export const DEFAULT_MAX_IDENTITY_ENTRIES = 500
+import { DEFAULT_MAX_IDENTITY_ENTRIES } from "./TransportLimits.ts"
+
+export { DEFAULT_MAX_IDENTITY_ENTRIES } from "./TransportLimits.ts"
 
 /** Counts a typed refusal by its reason; a store failure is no refusal (the service logs it). */
 const noteRefusal = (refusals: Refusals) => (error: DeliveryError | InvalidIdentityUpdate) =>

@@ -130,10 +130,11 @@ export class Client extends Context.Tag("converge/Client")<Client, {
   readonly streamMessages: Stream.Stream<Message, SyncError>
 }>() {
   /**
-   * A client over a local store (`SqliteStorage.layer` over a `SqlClient`), a delivery service
-   * and MLS crypto. Creates the identity on first open and loads it afterwards.
+   * A client over any local `Storage`, a delivery service and MLS crypto. Creates the identity
+   * on first open and loads it afterwards. (`Client.layer` in the package root is this over
+   * SQLite, as the API contract has it.)
    */
-  static readonly layer = (
+  static readonly layerWithStorage = (
     options: ClientOptions = {}
   ): Layer.Layer<Client, ConvergeError, DeliveryService | MlsCrypto | Storage> => Layer.scoped(this, make(options))
 }
