@@ -49,6 +49,11 @@ describe("converge CLI", () => {
         const bobInbox = yield* ok("init", "--profile", bob, "--server", url)
         const carolInbox = yield* ok("init", "--profile", carol, "--server", url)
         expect(aliceInbox).toMatch(/^[0-9a-f]{64}$/)
+        // A profile holds keys: its folder and files are the owner's alone.
+        const mode = (file: string) => fs.statSync(file).mode & 0o777
+        expect(mode(alice)).toBe(0o700)
+        expect(mode(path.join(alice, "profile.json"))).toBe(0o600)
+        expect(mode(path.join(alice, "client.sqlite"))).toBe(0o600)
         expect(jsonOf(yield* ok("whoami", "--profile", bob, "--json"))).toMatchObject({ inboxId: bobInbox, server: url })
 
         const group = yield* ok("group", "create", "--profile", alice, "--name", "Ropes & knots", bobInbox)

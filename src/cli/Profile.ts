@@ -50,8 +50,17 @@ export const rpcUrl = (server: string) =>
 /** A SQLite file the user named: failing to open it is theirs to fix, a typed one-line error. */
 export const openSqlite = (filename: string) =>
   SqliteClient.layer({ filename }).pipe(
-    Layer.mapError((e) => new InvalidInput({ reason: `cannot open the database ${filename}: ${e.message}` }))
+    Layer.mapError((e) => new InvalidInput({ reason: `cannot open the database ${filename}: ${e.message}` })),
+    // Readable by its owner only (SQLite creates files after the umask, usually 0644).
+    Layer.tap(() => Effect.sync(() => privateFiles(filename)))
   )
+
+/** The database and its journal files: owner read and write only. */
+const privateFiles = (filename: string) => {
+  for (const file of [filename, `${filename}-wal`, `${filename}-shm`, `${filename}-journal`]) {
+    if (fs.existsSync(file)) fs.chmodSync(file, 0o600)
+  }
+}
 
 /**
  * How long a command waits for the server before it reports it unreachable. A person is
@@ -125,7 +134,10 @@ export const initProfile = (dir: string, server: string) =>
       }),
       (staging) => Effect.sync(() => fs.rmSync(staging, { recursive: true, force: true }))
     )
-    fs.writeFileSync(files(staging).profile, Schema.encodeSync(ProfileJson)(ProfileFile.make({ server })) + "\n")
+    // mkdtemp makes the folder 0700; the files in it are the owner's alone too.
+    fs.writeFileSync(files(staging).profile, Schema.encodeSync(ProfileJson)(ProfileFile.make({ server })) + "\n", {
+      mode: 0o600
+    })
     // Registers the inbox; the database is closed again before the folder moves.
     const inboxId = yield* Effect.map(Client, (client) => client.inboxId).pipe(
       Effect.provide(clientLayer(staging, server)),
