@@ -10,6 +10,7 @@ import { authenticatedAs } from "../src/services/DeliveryAuth.ts"
 import type { InstallationId } from "../src/domain/Ids.ts"
 import { DeliveryService, MlsCrypto } from "../src/index.ts"
 import { mlsMessage, newGroupId, newInstallationKeys, readAll, registerInstallation, textOf } from "./support/DeliveryFixtures.ts"
+import { TestNetwork } from "../src/testing.ts"
 
 // ---- faults ----
 
@@ -254,4 +255,22 @@ describe.each(inners)("faults around the %s delivery service", (_, inner) => {
       expect(got.map((e) => textOf(e.payload))).toEqual(["m1", "m2"])
       expect((yield* net.faults.stats).duplicated).toBe(0)
     })))
+})
+
+describe("a lying delivery service", () => {
+  it.scoped("substituteKeyPackages answers with another installation's key package, then tells the truth again", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, mallory] = yield* Effect.all([net.client("alice"), net.client("bob"), net.client("mallory")])
+      const lying = yield* FaultyDeliveryService.make(net.delivery)
+      const truth = yield* lying.service.fetchKeyPackages([bob.installationId, mallory.installationId])
+      yield* lying.faults.substituteKeyPackages(1)
+      const [lie] = yield* lying.service.fetchKeyPackages([bob.installationId])
+      expect(lie!.installationId).toBe(bob.installationId)
+      expect(lie!.keyPackage).toEqual(truth[1]!.keyPackage)
+      expect((yield* lying.faults.stats).substituted).toBe(1)
+      const [again] = yield* lying.service.fetchKeyPackages([bob.installationId])
+      expect(again!.keyPackage).toEqual(truth[0]!.keyPackage)
+      expect(alice.inboxId).not.toBe(bob.inboxId)
+    }))
 })

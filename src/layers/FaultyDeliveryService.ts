@@ -12,7 +12,7 @@ import { Effect, HashSet, Ref, type Scope, Stream, SubscriptionRef } from "effec
 import { DeliveryError } from "../domain/Errors.ts"
 import type { GroupId, InstallationId } from "../domain/Ids.ts"
 import type { GroupMessageEnvelope, WelcomeMessageEnvelope } from "../domain/Wire.ts"
-import type { DeliveryService, GroupQuery } from "../services/DeliveryService.ts"
+import type { DeliveryService, FetchedKeyPackage, GroupQuery } from "../services/DeliveryService.ts"
 
 type Service = DeliveryService["Type"]
 
@@ -33,6 +33,8 @@ export interface FaultStats {
   readonly duplicated: number
   /** Deliveries to subscribers held back by a paused subscriber or a held topic. */
   readonly delayed: number
+  /** Key packages answered with another installation's (`substituteKeyPackages`). */
+  readonly substituted: number
 }
 
 export interface FaultControls {
@@ -67,6 +69,12 @@ export interface FaultControls {
   readonly holdTopic: (groupId: GroupId) => Effect.Effect<void>
   readonly releaseTopic: (groupId: GroupId) => Effect.Effect<void>
   /**
+   * A lying delivery service: the next `n` answers of `fetchKeyPackages` hand out, for each
+   * installation asked, the key package of another installation seen before (an attacker
+   * putting its own device into someone's group). Clients must notice and refuse it.
+   */
+  readonly substituteKeyPackages: (n: number) => Effect.Effect<void>
+  /**
    * Clears every pending fault, partition, paused subscriber and held topic (the stats stay);
    * held deliveries then flow.
    */
@@ -98,6 +106,8 @@ interface FaultState {
   readonly rules: ReadonlyArray<FaultRule>
   /** Publishes still to be delivered twice. */
   readonly duplicates: number
+  /** `fetchKeyPackages` answers still to be falsified. */
+  readonly substitutions: number
   readonly stats: FaultStats
 }
 
@@ -142,7 +152,16 @@ export const make = (inner: Service): Effect.Effect<FaultyDelivery, never, Scope
     const faultState = yield* Ref.make<FaultState>({
       rules: [],
       duplicates: 0,
-      stats: { dropped: 0, lostResponses: 0, partitionRejections: 0, streamsCut: 0, duplicated: 0, delayed: 0 }
+      substitutions: 0,
+      stats: {
+        dropped: 0,
+        lostResponses: 0,
+        partitionRejections: 0,
+        streamsCut: 0,
+        duplicated: 0,
+        delayed: 0,
+        substituted: 0
+      }
     })
     // Observable, so live streams can watch for their partition without waking on every request.
     const partitioned = yield* SubscriptionRef.make(HashSet.empty<InstallationId>())
@@ -270,6 +289,26 @@ export const make = (inner: Service): Effect.Effect<FaultyDelivery, never, Scope
       )
     }
 
+    /** Key packages seen in answers, by installation: what a lying service hands out instead. */
+    const seenKeyPackages = new Map<InstallationId, Uint8Array>()
+
+    /** Answers a fetch, falsified while substitutions are armed: each package swapped for another's. */
+    const lieAbout = (fetched: ReadonlyArray<FetchedKeyPackage>) =>
+      Ref.modify(faultState, (state): readonly [ReadonlyArray<FetchedKeyPackage>, FaultState] => {
+        for (const f of fetched) if (f.keyPackage !== undefined) seenKeyPackages.set(f.installationId, f.keyPackage)
+        if (state.substitutions === 0) return [fetched, state]
+        let swapped = 0
+        const lies = fetched.map((f) => {
+          const other = [...seenKeyPackages].find(([id]) => id !== f.installationId)
+          if (f.keyPackage === undefined || other === undefined) return f
+          swapped++
+          return { installationId: f.installationId, keyPackage: other[1] }
+        })
+        if (swapped === 0) return [fetched, state]
+        const next = { ...state, substitutions: state.substitutions - 1 }
+        return [lies, { ...next, stats: { ...next.stats, substituted: next.stats.substituted + swapped } }]
+      })
+
     const checkCount = (n: number, what: string) =>
       Number.isInteger(n) && n >= 0
         ? Effect.void
@@ -297,8 +336,12 @@ export const make = (inner: Service): Effect.Effect<FaultyDelivery, never, Scope
       resumeSubscriber: (id) => SubscriptionRef.update(paused, HashSet.remove(id)),
       holdTopic: (groupId) => SubscriptionRef.update(held, HashSet.add(groupId)),
       releaseTopic: (groupId) => SubscriptionRef.update(held, HashSet.remove(groupId)),
+      substituteKeyPackages: (n) =>
+        checkCount(n, "substituteKeyPackages").pipe(
+          Effect.zipRight(Ref.update(faultState, (s) => ({ ...s, substitutions: s.substitutions + n })))
+        ),
       healAll: Effect.all([
-        Ref.update(faultState, (s) => ({ ...s, rules: [], duplicates: 0 })),
+        Ref.update(faultState, (s) => ({ ...s, rules: [], duplicates: 0, substitutions: 0 })),
         SubscriptionRef.set(partitioned, HashSet.empty()),
         SubscriptionRef.set(paused, HashSet.empty()),
         SubscriptionRef.set(held, HashSet.empty())
@@ -327,7 +370,8 @@ export const make = (inner: Service): Effect.Effect<FaultyDelivery, never, Scope
           inner.subscribeWelcomeMessages(filter).pipe(Stream.mapConcat(twiceIfMarked(welcomeTopicOf)))
         ),
       uploadKeyPackage: (upload) => serve("uploadKeyPackage", installation, inner.uploadKeyPackage(upload)),
-      fetchKeyPackages: (ids) => serve("fetchKeyPackages", installation, inner.fetchKeyPackages(ids)),
+      fetchKeyPackages: (ids) =>
+        serve("fetchKeyPackages", installation, inner.fetchKeyPackages(ids)).pipe(Effect.flatMap(lieAbout)),
       publishIdentityUpdate: (update) => serve("publishIdentityUpdate", installation, inner.publishIdentityUpdate(update)),
       getIdentityUpdates: (queries) => serve("getIdentityUpdates", installation, inner.getIdentityUpdates(queries))
     })

@@ -759,5 +759,5 @@ const emptyFigures: Figures = {
   leaves: 0,
   dms: 0,
   quiescenceRounds: 0,
-  ds: { dropped: 0, lostResponses: 0, partitionRejections: 0, streamsCut: 0, duplicated: 0, delayed: 0 }
+  ds: { dropped: 0, lostResponses: 0, partitionRejections: 0, streamsCut: 0, duplicated: 0, delayed: 0, substituted: 0 }
 }
