@@ -431,6 +431,14 @@ describe("converge serve under attack", () => {
       const { requestBurst, requestsPerSecond } = defaultRateLimit
       expect(outcomes.accepted).toBeGreaterThanOrEqual(requestBurst)
       expect(outcomes.accepted).toBeLessThanOrEqual(requestBurst + Math.ceil(requestsPerSecond * seconds))
+      // A refused send stored nothing: the topic holds the accepted ones and the bystander's.
+      let stored = 0
+      for (let cursor: string | undefined = "0"; cursor !== undefined;) {
+        const page = await post(request("queryGroupMessages", { query: { groupId: group, afterSequenceId: cursor } }))
+        stored += page.last.exit.value.items.length
+        cursor = page.last.exit.value.next
+      }
+      expect(stored).toBe(outcomes.accepted + 1)
       await afterAttack("send flood by one installation")
     }), 60_000)
 
