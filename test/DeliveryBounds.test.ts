@@ -2,23 +2,25 @@
  * The store-backed delivery service (SQLite) and its RPC server bound what one request may
  * cost: pages and stream chunks by bytes as well as count, subscriptions by topics, lookups by
  * ids, identity-log answers by entries; and the RPC client hides the bounds from its callers.
+ *
+ * The large topics are written the only way the service takes them: by a registered
+ * installation (signed requests), as MLS messages of the topic's group.
  */
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { describe, expect, it } from "@effect/vitest"
-import { ed25519 } from "@noble/curves/ed25519.js"
 import { Chunk, Context, Effect, Layer, Stream } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { toHex } from "../src/domain/Bytes.ts"
 import type { GroupId, InstallationId } from "../src/domain/Ids.ts"
-import { hashOfUpdate, inboxIdOf, installationIdOf, signUpdate } from "../src/domain/IdentityLog.ts"
 import { type GroupMessageEnvelope, GroupMessageInput, type IdentityUpdate, type QueryPage } from "../src/domain/Wire.ts"
 import { MAX_PAGE_BYTES } from "../src/layers/DeliveryRequests.ts"
 import { serve } from "../src/layers/DeliveryServer.ts"
 import { DeliveryService } from "../src/index.ts"
 import { DeliveryStore } from "../src/index.ts"
 import { MlsCrypto } from "../src/index.ts"
+import { mlsPayloadOfSize, newInbox, newInstallationKeys, registerInstallation } from "./support/DeliveryFixtures.ts"
 import { clientLayer } from "./support/RpcHarness.ts"
 
 const MiB = 1024 * 1024
@@ -45,44 +47,28 @@ const built = <E>(layer: Layer.Layer<DeliveryService, E>) => Effect.map(Layer.bu
 const randomHex = (bytes: number) => toHex(crypto.getRandomValues(new Uint8Array(bytes)))
 const groupId = () => randomHex(16) as GroupId
 
-/** A payload of `size` bytes, distinct per `tag` (identical payloads are stored once). */
-const payload = (size: number, tag: number) => {
-  const bytes = new Uint8Array(size)
-  new DataView(bytes.buffer).setUint32(0, tag)
-  return bytes
-}
+/** An MLS message of `group` of exactly `size` bytes, distinct per `tag` (identical payloads are stored once). */
+const message = (group: GroupId, size: number, tag: number) =>
+  new GroupMessageInput({ groupId: group, payload: mlsPayloadOfSize(group, size, tag) })
 
-/** An identity log of `length` entries: the inbox, then installations with random keys. */
+/** The service as a newly registered installation: every write signed by it. */
+const writer = (ds: DeliveryService["Type"]) => Effect.map(registerInstallation(ds), (registered) => registered.ds)
+
+/** An identity log of `length` entries: the inbox, then installations proving their keys. */
 const identityLog = (length: number) => {
-  const root = ed25519.utils.randomSecretKey()
-  const rootPublicKey = ed25519.getPublicKey(root)
-  const inboxId = inboxIdOf(rootPublicKey)
-  const updates: Array<IdentityUpdate> = []
-  let head: { sequence: number; headHash: string } | undefined
-  for (let i = 0; i < length; i++) {
-    const key = crypto.getRandomValues(new Uint8Array(32))
-    const update = signUpdate(
-      root,
-      inboxId,
-      head,
-      i === 0
-        ? { _tag: "CreateInbox", rootPublicKey: toHex(rootPublicKey) }
-        : { _tag: "AddInstallation", installationId: installationIdOf(key), signaturePublicKey: toHex(key) }
-    )
-    head = { sequence: update.sequence, headHash: hashOfUpdate(update) }
-    updates.push(update)
-  }
-  return { inboxId, updates }
+  const inbox = newInbox()
+  const updates: Array<IdentityUpdate> = [inbox.create()]
+  while (updates.length < length) updates.push(inbox.add(newInstallationKeys()))
+  return { inboxId: inbox.inboxId, updates }
 }
 
 describe("pages bounded by bytes", () => {
   it.scopedLive("ten 1 MiB payloads come back in pages of at most 4 MiB, each pointing on, all in order", () =>
     Effect.gen(function*() {
       const ds = yield* built(onSqlite)
+      const sender = yield* writer(ds)
       const group = groupId()
-      for (let i = 0; i < 10; i++) {
-        yield* ds.sendGroupMessages([new GroupMessageInput({ groupId: group, payload: payload(MiB, i) })])
-      }
+      for (let i = 0; i < 10; i++) yield* sender.sendGroupMessages([message(group, MiB, i)])
       const sizes: Array<number> = []
       const seen: Array<bigint> = []
       let cursor: bigint | undefined = 0n
@@ -107,9 +93,10 @@ describe("pages bounded by bytes", () => {
           Layer.provide(MlsCrypto.layer())
         )
       )
+      const sender = yield* writer(ds)
       const group = groupId()
-      yield* ds.sendGroupMessages([new GroupMessageInput({ groupId: group, payload: payload(5 * MiB, 1) })])
-      yield* ds.sendGroupMessages([new GroupMessageInput({ groupId: group, payload: payload(10, 2) })])
+      yield* sender.sendGroupMessages([message(group, 5 * MiB, 1)])
+      yield* sender.sendGroupMessages([message(group, 100, 2)])
       const first = yield* ds.queryGroupMessages({ groupId: group, afterSequenceId: 0n })
       expect(first.items.map((e) => e.payload.length)).toEqual([5 * MiB])
       expect(first.next).toBe(1n)
@@ -126,10 +113,9 @@ describe("pages bounded by bytes", () => {
   it.scopedLive("a subscription replays a backlog of large payloads at once, in chunks of at most 4 MiB", () =>
     Effect.gen(function*() {
       const ds = yield* built(onSqlite)
+      const sender = yield* writer(ds)
       const group = groupId()
-      for (let i = 0; i < 9; i++) {
-        yield* ds.sendGroupMessages([new GroupMessageInput({ groupId: group, payload: payload(MiB, i) })])
-      }
+      for (let i = 0; i < 9; i++) yield* sender.sendGroupMessages([message(group, MiB, i)])
       const started = Date.now()
       const chunks = yield* ds.subscribeGroupMessages([{ groupId: group, afterSequenceId: 0n }]).pipe(
         Stream.chunks,

@@ -1,11 +1,14 @@
 /**
- * Issue 11's attacks, replayed without an account against a real `converge serve` process on
- * loopback (SQLite in a temp dir). After each one the server is still up, a normal request
+ * Issue 11's attacks, replayed against a real `converge serve` process on loopback (SQLite in a
+ * temp dir), the way an attacker would make them: reads that need no account are made without
+ * one; writes are tried without an account (refused at the door) and then with one, a
+ * registered installation signing its requests as any client does, which the byte, page, filter
+ * and rate caps must still bound. After each attack the server is still up, a normal request
  * answers within a second, and its resident memory stays under 1 GiB. Every loop is bounded in
  * count and time; the timeouts of the server are shortened so the suite stays short.
  */
 import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Schema } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import * as fs from "node:fs"
 import { createRequire } from "node:module"
@@ -13,8 +16,16 @@ import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
 import { toHex } from "../src/domain/Bytes.ts"
-import { hashOfUpdate, inboxIdOf, installationIdOf, signUpdate } from "../src/domain/IdentityLog.ts"
-import { ed25519 } from "@noble/curves/ed25519.js"
+import type { GroupId } from "../src/domain/Ids.ts"
+import { AUTH_HEADER, RequestAuthJson, requestDigests, signRequest } from "../src/domain/RequestAuth.ts"
+import { defaultRateLimit } from "../src/layers/RequestAuthenticator.ts"
+import {
+  type InstallationKeys,
+  mlsPayload,
+  mlsPayloadOfSize,
+  newInbox,
+  newInstallationKeys
+} from "./support/DeliveryFixtures.ts"
 
 const bin = path.resolve(import.meta.dirname, "../bin/converge")
 const MiB = 1024 * 1024
@@ -93,6 +104,7 @@ const rssBytes = (): number => {
 }
 
 const randomHex = (bytes: number) => toHex(crypto.getRandomValues(new Uint8Array(bytes)))
+const randomGroup = () => randomHex(16) as GroupId
 
 /** One RPC over HTTP with a raw ndjson body; the status, the last line parsed, and the time it took. */
 const post = async (body: string, timeoutMillis = 15_000) => {
@@ -113,8 +125,15 @@ const post = async (body: string, timeoutMillis = 15_000) => {
   }
 }
 
-const request = (tag: string, payload: unknown) =>
-  JSON.stringify({ _tag: "Request", id: "1", tag, payload, headers: [] }) + "\n"
+const request = (tag: string, payload: unknown, headers: ReadonlyArray<readonly [string, string]> = []) =>
+  JSON.stringify({ _tag: "Request", id: "1", tag, payload, headers }) + "\n"
+
+/** The exit of a call the service refused with `reason`. */
+const refusedWith = (reason: string) => ({
+  _tag: "Exit",
+  exit: { _tag: "Failure", cause: { _tag: "Fail", error: { _tag: "DeliveryError", reason } } }
+})
+const succeeded = { _tag: "Exit", exit: { _tag: "Success" } }
 
 /** A normal request (one page of an empty topic) and how long it took; it must succeed. */
 const probe = async () => {
@@ -133,31 +152,65 @@ const afterAttack = async (name: string) => {
   expect(rss).toBeLessThan(GiB)
 }
 
-/** A 1 MiB payload, distinct per tag (identical payloads are stored once), as base64. */
-const bigPayload = (tag: number) => {
-  const bytes = Buffer.alloc(MiB)
-  bytes.writeUInt32BE(tag, 0)
-  bytes.writeUInt32BE(Math.floor(Math.random() * 2 ** 32), 4)
-  return bytes.toString("base64")
+// ---- attackers with an account ----
+
+/** A new inbox with one installation, registered the way any user registers (proof of possession). */
+const register = async (): Promise<InstallationKeys> => {
+  const installation = newInstallationKeys()
+  const inbox = newInbox()
+  for (const update of [inbox.create(), inbox.add(installation)]) {
+    const stored = await post(request("publishIdentityUpdate", { update }))
+    expect(stored.last).toMatchObject(succeeded)
+  }
+  return installation
 }
 
-const sendGroup = (groupId: string, payloads: ReadonlyArray<string>) =>
-  request("sendGroupMessages", { messages: payloads.map((payload) => ({ groupId, payload })) })
+const encodeAuth = Schema.encodeSync(RequestAuthJson)
 
-const poisonedGroup = randomHex(16)
+/** A sendGroupMessages body, signed now by `sender` as its client would sign it (unsigned without one). */
+const sendGroup = (groupId: GroupId, payloads: ReadonlyArray<Uint8Array>, sender?: InstallationKeys) => {
+  const messages = payloads.map((payload) => ({ groupId, payload }))
+  const headers: Array<readonly [string, string]> = []
+  if (sender !== undefined) {
+    const digest = requestDigests.sendGroupMessages(messages)
+    const nowNs = BigInt(Date.now()) * 1_000_000n
+    headers.push([AUTH_HEADER, encodeAuth(signRequest(sender.id, sender.secretKey, "sendGroupMessages", digest, nowNs))])
+  }
+  const wire = messages.map((m) => ({ groupId, payload: Buffer.from(m.payload).toString("base64") }))
+  return request("sendGroupMessages", { messages: wire }, headers)
+}
+
+const poisonedGroup = randomGroup()
+
+/** A 1 MiB MLS message of the poisoned group, distinct per tag (identical payloads are stored once). */
+const bigPayload = (tag: number) => mlsPayloadOfSize(poisonedGroup, MiB, `${tag}.${randomHex(4)}`)
+const bigPayloads = (count: number, from = 0) => Array.from({ length: count }, (_, i) => bigPayload(from + i))
 
 const sleep = (millis: number) => new Promise((resolve) => setTimeout(resolve, millis))
 
 describe("converge serve under attack", () => {
-  it.live("large payload batches, then a page of 100: bounded by bytes, the server stays up", () =>
+  it.live("large payload batches, then a page of 100: refused without an account, bounded by bytes with one", () =>
     Effect.promise(async () => {
-      // The issue's batch (ten 1 MiB payloads) is over the 8 MiB body limit.
-      const tooBig = await post(sendGroup(poisonedGroup, Array.from({ length: 10 }, (_, i) => bigPayload(i))))
+      const emptyPage = request("queryGroupMessages", { query: { groupId: poisonedGroup, afterSequenceId: "0" } })
+      // Without an account, a batch under the body limit is refused before anything is stored.
+      const anonymous = await post(sendGroup(poisonedGroup, bigPayloads(5)))
+      expect(anonymous.last).toMatchObject(refusedWith("Unauthenticated"))
+      expect((await post(emptyPage)).last.exit.value.items).toEqual([])
+      // With one: the issue's batch (ten 1 MiB payloads) is over the 8 MiB body limit.
+      const attackers = [await register(), await register()]
+      const tooBig = await post(sendGroup(poisonedGroup, bigPayloads(10), attackers[0]))
       expect(tooBig.status).toBe(413)
-      // 100 MiB stored in batches under the limit, then the page that used to take 4.5 GB of heap.
+      // Bytes that are not MLS messages of this group are refused too: no poisoning with junk.
+      const junk = await post(sendGroup(poisonedGroup, [new Uint8Array(MiB).fill(7)], attackers[0]))
+      expect(junk.last).toMatchObject(refusedWith("InvalidRequest"))
+      const otherGroup = await post(sendGroup(poisonedGroup, [mlsPayloadOfSize(randomGroup(), MiB, 0)], attackers[0]))
+      expect(otherGroup.last).toMatchObject(refusedWith("InvalidRequest"))
+      expect((await post(emptyPage)).last.exit.value.items).toEqual([])
+      // 100 MiB of well-formed messages stored in batches under the limit (by two accounts: one
+      // stays within its byte burst), then the page that used to take 4.5 GB of heap.
       for (let batch = 0; batch < 20; batch++) {
-        const sent = await post(sendGroup(poisonedGroup, Array.from({ length: 5 }, (_, i) => bigPayload(batch * 5 + i))))
-        expect(sent.last).toMatchObject({ _tag: "Exit", exit: { _tag: "Success" } })
+        const sent = await post(sendGroup(poisonedGroup, bigPayloads(5, batch * 5), attackers[batch % 2]))
+        expect(sent.last).toMatchObject(succeeded)
       }
       let peak = rssBytes()
       for (let round = 0; round < 5; round++) {
@@ -259,17 +312,13 @@ describe("converge serve under attack", () => {
 
   it.live("getIdentityUpdates asking 100 times for one long log answers a bounded page", () =>
     Effect.promise(async () => {
-      const root = ed25519.utils.randomSecretKey()
-      const rootPublicKey = ed25519.getPublicKey(root)
-      const inboxId = inboxIdOf(rootPublicKey)
-      let head: { sequence: number; headHash: string } | undefined
+      // An inbox needs no account: its log is signed by its own root key, each added
+      // installation proving possession of its key.
+      const inbox = newInbox()
+      const { inboxId } = inbox
       const entries = 300
       for (let i = 0; i < entries; i++) {
-        const key = crypto.getRandomValues(new Uint8Array(32))
-        const update = signUpdate(root, inboxId, head, i === 0
-          ? { _tag: "CreateInbox", rootPublicKey: toHex(rootPublicKey) }
-          : { _tag: "AddInstallation", installationId: installationIdOf(key), signaturePublicKey: toHex(key) })
-        head = { sequence: update.sequence, headHash: hashOfUpdate(update) }
+        const update = i === 0 ? inbox.create() : inbox.add(newInstallationKeys())
         const stored = await post(request("publishIdentityUpdate", { update }))
         expect(stored.last).toMatchObject({ exit: { _tag: "Success" } })
       }
@@ -343,6 +392,56 @@ describe("converge serve under attack", () => {
       await afterAttack("never-reading HTTP subscribers")
     }), 30_000)
 
+  it.live("an installation flooding sends is rate limited; another installation's send still answers within 1 s", () =>
+    Effect.promise(async () => {
+      const [flooder, bystander] = [await register(), await register()]
+      const group = randomGroup()
+      const outcomes = { accepted: 0, rateLimited: 0, other: [] as Array<unknown> }
+      let sent = 0
+      let done = false
+      const started = performance.now()
+      // Eight connections sending small, well-formed, signed messages back to back: bounded
+      // by count and time, and stopped once the bystander has its answer.
+      const flood = async () => {
+        while (!done && sent < 5000 && performance.now() - started < 30_000) {
+          const answer = await post(sendGroup(group, [mlsPayload(group, `flood ${sent++}`)], flooder))
+          if (answer.last?.exit?._tag === "Success") outcomes.accepted += 1
+          else if (answer.last?.exit?.cause?.error?.reason === "RateLimited") {
+            expect(answer.last.exit.cause.error.retryable).toBe(true)
+            outcomes.rateLimited += 1
+          } else outcomes.other.push(answer.last ?? answer.status)
+        }
+      }
+      const flooding = Promise.all(Array.from({ length: 8 }, flood))
+      while (outcomes.rateLimited === 0 && performance.now() - started < 30_000) await sleep(20)
+      expect(outcomes.rateLimited).toBeGreaterThan(0)
+      // While the flood goes on and is being refused, another installation sends as usual.
+      const normal = await post(sendGroup(group, [mlsPayload(group, "hello from a bystander")], bystander), 5000)
+      done = true
+      await flooding
+      const seconds = (performance.now() - started) / 1000
+      console.log(
+        `[hostile] flood of ${sent} sends in ${seconds.toFixed(1)} s: ${outcomes.accepted} accepted, ` +
+          `${outcomes.rateLimited} rate limited; another installation's send ${normal.millis.toFixed(0)} ms`
+      )
+      expect(normal.last).toMatchObject(succeeded)
+      expect(normal.millis).toBeLessThan(1000)
+      expect(outcomes.other).toEqual([])
+      // The burst, then the sustained rate: no more.
+      const { requestBurst, requestsPerSecond } = defaultRateLimit
+      expect(outcomes.accepted).toBeGreaterThanOrEqual(requestBurst)
+      expect(outcomes.accepted).toBeLessThanOrEqual(requestBurst + Math.ceil(requestsPerSecond * seconds))
+      // A refused send stored nothing: the topic holds the accepted ones and the bystander's.
+      let stored = 0
+      for (let cursor: string | undefined = "0"; cursor !== undefined;) {
+        const page = await post(request("queryGroupMessages", { query: { groupId: group, afterSequenceId: cursor } }))
+        stored += page.last.exit.value.items.length
+        cursor = page.last.exit.value.next
+      }
+      expect(stored).toBe(outcomes.accepted + 1)
+      await afterAttack("send flood by one installation")
+    }), 60_000)
+
   it.live("refusals are logged at Info, one line per class and interval", () =>
     Effect.promise(async () => {
       await sleep(1500)
@@ -350,10 +449,20 @@ describe("converge serve under attack", () => {
       const counts = new Map<string, number>()
       for (const c of classes) counts.set(c, (counts.get(c) ?? 0) + 1)
       console.log(`[hostile] refusal log lines: ${JSON.stringify(Object.fromEntries(counts))}`)
-      for (const kind of ["bodyTooLarge", "LimitExceeded", "connections", "idleWebSocket", "messageTooLarge"]) {
-        expect(counts.get(kind) ?? 0, kind).toBeGreaterThan(0)
-      }
-      // 200 refused connections in one burst: one line, not one per connection.
+      const kinds = [
+        "bodyTooLarge",
+        "LimitExceeded",
+        "connections",
+        "idleWebSocket",
+        "messageTooLarge",
+        "Unauthenticated",
+        "InvalidRequest",
+        "RateLimited"
+      ]
+      for (const kind of kinds) expect(counts.get(kind) ?? 0, kind).toBeGreaterThan(0)
+      // 200 refused connections in one burst, hundreds of rate-limited sends in a few seconds:
+      // a line or two, not one per refusal.
       expect(counts.get("connections")).toBeLessThanOrEqual(3)
+      expect(counts.get("RateLimited")).toBeLessThanOrEqual(3)
     }), 10_000)
 })

@@ -97,6 +97,22 @@ export const mlsGroupInfo = (groupId: GroupId): Uint8Array =>
 export const mlsMessage = (groupId: GroupId, text: string, options?: MlsPayloadOptions): GroupMessageInput =>
   GroupMessageInput.make({ groupId, payload: mlsPayload(groupId, text, options) })
 
+/**
+ * An `mlsPayload` of exactly `size` bytes whose text starts with `tag` (distinct tags give
+ * distinct payloads): for tests of byte bounds, which must count the MLS framing too.
+ */
+export const mlsPayloadOfSize = (groupId: GroupId, size: number, tag: string | number): Uint8Array => {
+  const prefix = `${tag}:`
+  // The framing is fixed but for the ciphertext's length prefix (1, 2 or 4 bytes).
+  const framing = mlsPayload(groupId, "").length - 1
+  for (const lengthBytes of [1, 2, 4]) {
+    const textLength = size - framing - lengthBytes
+    if (textLength < prefix.length || varint(textLength).length !== lengthBytes) continue
+    return mlsPayload(groupId, prefix + "x".repeat(textLength - prefix.length))
+  }
+  throw new Error(`no mlsPayload of exactly ${size} bytes with tag ${tag}`)
+}
+
 /** The text `mlsPayload` put in a payload. */
 export const textOf = (payload: Uint8Array): string => {
   let offset = 4 // version, wire format
