@@ -328,6 +328,29 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
         const envelopes = yield* readTopic(world, groupId)
         const { claimed, finalEpoch, inForce, winners } = yield* walkTopic(world, groupId, envelopes)
 
+        // Nobody is in a group unless a member asked for its inbox (a lying delivery service
+        // cannot put its own device in), and every text is by the inbox that sent it.
+        const invited = dm === undefined ? world.invited.get(world.groups.indexOf(groupId)) : undefined
+        for (const [c, view] of held) {
+          for (const inbox of view.info?.inboxes ?? []) {
+            if (invited !== undefined && !invited.has(inbox as InboxId)) {
+              violate("uninvited-member", `${label}: ${name(c)} sees ${inboxName(inbox)} as a member, whom nobody added`)
+            }
+          }
+          for (const m of view.messages) {
+            if (m.kind !== "text") continue
+            // Every text the run sends names its sending installation: "m<op>-<installation>".
+            const sender = /^m\d+-(\S+)$/.exec(m.content)?.[1]
+            const install = world.installs.find((i) => i.name === sender)
+            if (install === undefined || world.inboxIds[install.inbox] !== m.senderInboxId) {
+              violate(
+                "misattributed",
+                `${label}: ${name(c)} holds "${m.content}" as sent by ${inboxName(m.senderInboxId)}, who did not send it`
+              )
+            }
+          }
+        }
+
         // Which inboxes were members at each epoch. A DM's never change once its peer is in;
         // a group's come from the transcript every member writes.
         const membersAt: Array<Set<string>> = []

@@ -124,6 +124,8 @@ export type Op =
     readonly pick: number
     readonly salt: number
   }
+  /** A lying delivery service: the next `n` key-package fetches answer with another installation's. */
+  | { readonly _tag: "LieKeyPackages"; readonly n: number }
 
 export type OpKind = Op["_tag"]
 
@@ -150,7 +152,8 @@ export const isFault = (op: Op): boolean =>
   ["Drop", "LoseResponse", "Partition", "Duplicate", "PauseSubscriber", "HoldTopic", "Crash"].includes(op._tag) ||
   isHostile(op)
 
-export const isHostile = (op: Op): boolean => op._tag.startsWith("Inject") || op._tag === "ForgeWelcome"
+export const isHostile = (op: Op): boolean =>
+  op._tag.startsWith("Inject") || op._tag === "ForgeWelcome" || op._tag === "LieKeyPackages"
 
 /** The actions of an operation (two for a race, several for a watch). */
 export const actionsOf = (op: Op): ReadonlyArray<Action> => {
@@ -176,7 +179,7 @@ export const actionsOf = (op: Op): ReadonlyArray<Action> => {
   }
 }
 
-type FaultKind = Exclude<OpKind, Action["_tag"] | "Restart" | "Race" | "Watch" | "AddDevice" | "RevokeDevice">
+type FaultKind = Exclude<OpKind, Action["_tag"] | "Restart" | "Race" | "Watch" | "AddDevice" | "RevokeDevice" | "LieKeyPackages">
 
 /** Weights of the operations the `classic` generator plans (kept as they were: see `Profile`). */
 const classicWeights = {
@@ -207,7 +210,7 @@ const classicWeights = {
   InjectReplay: 1,
   InjectForeign: 1,
   ForgeWelcome: 2
-} satisfies Record<Exclude<OpKind, "Leave" | "Dm" | "SendDm" | "AddDevice" | "RevokeDevice">, number>
+} satisfies Record<Exclude<OpKind, "Leave" | "Dm" | "SendDm" | "AddDevice" | "RevokeDevice" | "LieKeyPackages">, number>
 
 const classicActionWeights = {
   Send: 10,
@@ -256,7 +259,7 @@ const fullWeights = {
   InjectReplay: 1,
   InjectForeign: 1,
   ForgeWelcome: 2
-} satisfies Record<OpKind | "DmRace", number>
+} satisfies Record<Exclude<OpKind, "LieKeyPackages"> | "DmRace", number>
 
 const fullActionWeights = {
   Send: 9,
@@ -346,7 +349,19 @@ const planFault = (rng: Prng.Prng, kind: FaultKind, c: number, model: FaultModel
 }
 
 export const plan = (params: Params): ReadonlyArray<Op> =>
-  params.profile === "classic" ? planClassic(params) : planFull(params)
+  params.profile === "classic" ? planClassic(params) : withAdversaries(planFull(params), params.seed)
+
+/**
+ * Adversaries the delivery service can be: a lying service answering key-package fetches with
+ * another installation's package. Drawn from a stream of their own and inserted between the
+ * planned operations, so a seed's other operations stay what they were.
+ */
+const withAdversaries = (ops: ReadonlyArray<Op>, seed: number): ReadonlyArray<Op> => {
+  const rng = Prng.make(seed ^ 0x5eed_a5a5)
+  return ops.flatMap((op): ReadonlyArray<Op> =>
+    rng.next() < 0.04 ? [{ _tag: "LieKeyPackages", n: rng.between(1, 2) }, op] : [op]
+  )
+}
 
 /** One installation of the history: which inbox it belongs to, and its name in traces. */
 export interface Installation {
@@ -807,6 +822,8 @@ export const describe = (op: Op, names: Names = defaultNames): string => {
       return `hostile: envelope #${op.pick} of ${gr(op.from)} onto ${gr(op.g)}`
     case "ForgeWelcome":
       return `hostile: forged welcome (${op.variant}) onto ${cl(op.c)}'s welcome topic`
+    case "LieKeyPackages":
+      return `hostile: the delivery service answers the next ${op.n} key-package fetch(es) with another installation's`
   }
 }
 

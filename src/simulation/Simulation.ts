@@ -151,6 +151,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
       creators: [],
       sent: [],
       forgedWelcomes: new Map(),
+      invited: new Map(),
       violations: [],
       maxPastEpochs: defaultEngineOptions.maxPastEpochs
     }
@@ -223,6 +224,12 @@ export const run = (options: Options): Effect.Effect<Report> => {
       )
 
     const inboxes = (is: ReadonlyArray<number>): Array<InboxId> => is.map((i) => world.inboxIds[i]!)
+    /** Recorded before the action runs: whatever it does, these inboxes were asked for. */
+    const invite = (g: number, added: ReadonlyArray<InboxId>) => {
+      const set = world.invited.get(g) ?? new Set<InboxId>()
+      for (const inbox of added) set.add(inbox)
+      world.invited.set(g, set)
+    }
 
     const dmWith = (c: number, peer: number) =>
       clientOf(c).pipe(Effect.map((client) => dmId(client.inboxId, world.inboxIds[peer]!)))
@@ -245,12 +252,14 @@ export const run = (options: Options): Effect.Effect<Report> => {
         case "CreateGroup":
           return Effect.gen(function*() {
             world.creators[a.g] = a.c
+            invite(a.g, [client.inboxId, ...inboxes(a.members)])
             // Named after its label: every member must read that name (Invariants).
             const conversation = yield* client.createGroup(inboxes(a.members), { name: `g${a.g}` })
             world.groups[a.g] = conversation.id as unknown as GroupId
             return "ok"
           })
         case "Add":
+          invite(a.g, inboxes(a.targets))
           return conversationOf(a.c, a.g).pipe(Effect.flatMap((cv) => cv.addMembers(inboxes(a.targets))), Effect.as("ok"))
         case "Remove":
           return conversationOf(a.c, a.g).pipe(
@@ -552,6 +561,8 @@ export const run = (options: Options): Effect.Effect<Report> => {
           })
         case "ForgeWelcome":
           return forgeWelcome(op)
+        case "LieKeyPackages":
+          return f.substituteKeyPackages(op.n).pipe(Effect.as("armed"))
         default:
           return Effect.dieMessage(`not a fault: ${op._tag}`)
       }

@@ -37,6 +37,8 @@ export interface World {
    * the checks do not take them for real invitations.
    */
   readonly forgedWelcomes: Map<number, Set<string>>
+  /** Per group (by creation index): every inbox a member asked to have in it (creator included). */
+  readonly invited: Map<number, Set<InboxId>>
   readonly violations: Array<Violation>
   /** Engine option the checks need: how many past epochs still decrypt. */
   readonly maxPastEpochs: number
