@@ -11,6 +11,7 @@
  */
 import { Clock, Effect, Logger, LogLevel, Tracer } from "effect"
 import { randomBytes } from "node:crypto"
+import * as fs from "node:fs"
 import * as os from "node:os"
 import { sha256Hex, toHex } from "../src/domain/Bytes.ts"
 import { installationIdOf } from "../src/domain/IdentityLog.ts"
@@ -888,7 +889,64 @@ const main = Effect.gen(function*() {
       `decrypt ${gain("Process", size)}, add-member commit ${commitMs(size)}, join ${gain("Join", size)}`)
   }
   console.log(`  total ${fmt(total / 1000, 1)} s`)
+  const goals = goalsOf(s)
+  printTable("Goals (issue 16): this run's figures against each goal", ["goal", "figure", "target", "verdict"], goals.map((g) =>
+    [g.goal, g.figure === undefined ? "-" : `${fmt(g.figure, 2)} ${g.unit}`, g.target, g.verdict]
+  ))
+  if (process.argv.includes("--json")) {
+    const file = "bench-results.json"
+    fs.writeFileSync(file, JSON.stringify({ machine: machineOf(), summary: s, goals }, null, 2) + "\n")
+    console.log(`  wrote ${file}`)
+  }
 })
+
+const machineOf = () => ({ node: process.version, cpus: os.cpus().length, model: os.cpus()[0]?.model ?? "", scale: SCALE })
+
+interface Goal {
+  readonly goal: string
+  readonly figure: number | undefined
+  readonly unit: string
+  readonly target: string
+  readonly verdict: "met" | "missed" | "not measured"
+}
+
+/** The goals of issue 16 that this bench measures, each judged on this run; the others say so. */
+const goalsOf = (s: Record<string, number>): ReadonlyArray<Goal> => {
+  const judge = (goal: string, figure: number | undefined, unit: string, target: string, ok: (x: number) => boolean): Goal =>
+    ({ goal, figure, unit, target, verdict: figure === undefined || !Number.isFinite(figure) ? "not measured" : ok(figure) ? "met" : "missed" })
+  const get = (key: string) => s[key]
+  const per = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? undefined : a / b)
+  const rawEncryptPerSec = per(1000, get("rawEncrypt"))
+  const missing = (goal: string, target: string): Goal => ({ goal, figure: undefined, unit: "", target, verdict: "not measured" })
+  return [
+    judge("send end to end (libxmtp 216/s)", get("sendOpsPerSec"), "msgs/s", ">= 325 msgs/s", (x) => x >= 325),
+    judge("optimistic batch publish (libxmtp 441/s)", get("batchMsgsPerSec"), "msgs/s", ">= 880 msgs/s", (x) => x >= 880),
+    judge("catch-up receive (libxmtp 804-849/s)", get("receiveMsgsPerSec"), "msgs/s", ">= 1,275 msgs/s", (x) => x >= 1275),
+    judge("syncAll, 50 idle groups (libxmtp ~58 ms)", get("idle50"), "ms", "<= 11.6 ms (5x ahead)", (x) => x <= 11.6),
+    judge("catch-up / raw process", per(get("rawProcess"), get("receivePerMsg100")), "x", ">= 0.8x", (x) => x >= 0.8),
+    judge("optimistic publish / raw encrypt", per(get("batchMsgsPerSec"), rawEncryptPerSec), "x", ">= 0.7x", (x) => x >= 0.7),
+    judge(
+      "send / (raw encrypt + process)",
+      per(get("send"), (get("rawEncrypt") ?? NaN) + (get("rawProcess") ?? NaN)),
+      "x",
+      "<= 2x",
+      (x) => x <= 2
+    ),
+    judge("welcome join, ours / ts-mls joinGroup (50 members)", per(get("joinOurs"), get("joinTsMls")), "x", "<= 1.2x", (x) => x <= 1.2),
+    judge(
+      "request authentication (sign + verify) / send",
+      per((get("authSign") ?? NaN) + (get("authVerify") ?? NaN), get("send")),
+      "x",
+      "small (< 0.1x)",
+      (x) => x < 0.1
+    ),
+    missing("syncAll, 1,000 idle groups, memory / RPC", "<= 100 ms / <= 250 ms"),
+    missing("resident memory, 1,000 groups of 100 members", "< 512 MiB"),
+    missing("latest 50 of 100,000 messages; conversations() of 1,000 groups", "<= 5 ms; <= 20 ms"),
+    missing("converge serve, 50 authenticated publishers", ">= 5,000/s SQLite, >= 3,000/s Postgres"),
+    missing("add 1 to a 100-member group / raw create + process", "<= 1.3x")
+  ]
+}
 
 Effect.runPromise(main.pipe(Logger.withMinimumLogLevel(LogLevel.Error))).catch((error: unknown) => {
   console.error("benchmark failed:", error)
