@@ -19,6 +19,8 @@ export type { FaultControls, FaultStats, FaultyDelivery } from "./layers/FaultyD
 export { Storage } from "./services/Storage.ts"
 export * as SqliteStorage from "./layers/SqliteStorage.ts"
 export * as Wire from "./domain/Wire.ts"
+/** The engine's Effect metrics: messages, commits, epoch conflicts, retries, skips by reason, sync lag, publish time. */
+export * as EngineMetrics from "./services/EngineMetrics.ts"
 
 // ---- ports with their adapters' layers ----
 // The ports (src/services) import no adapter and no driver; the names of the API contract

@@ -4,7 +4,8 @@
  */
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, Option, Redacted, Schedule } from "effect"
+import { Effect, Layer, Metric, Option, Redacted, Schedule } from "effect"
+import * as EngineMetrics from "../src/services/EngineMetrics.ts"
 import { randomBytes } from "node:crypto"
 import type { EpochConflict, InvalidInput, StorageError } from "../src/domain/Errors.ts"
 import type { ConversationId, GroupId } from "../src/domain/Ids.ts"
@@ -309,6 +310,25 @@ describe("Engine", () => {
       yield* (yield* open(bob, group.id)).send("still sealed")
       yield* alice.syncAll
       expect((yield* chat(yield* open(alice, group.id))).map((m) => m.text)).toEqual(["sealed", "still sealed"])
+    }))
+
+  it.scoped("the engine's metrics count what a sync received, applied and skipped, and time publishing", () =>
+    Effect.gen(function*() {
+      const count = (metric: Metric.Metric.Counter<number>) => Effect.map(Metric.value(metric), (s) => s.count)
+      const before = {
+        received: yield* count(EngineMetrics.messagesReceived),
+        commits: yield* count(EngineMetrics.commitsApplied),
+        publishes: (yield* Metric.value(EngineMetrics.publishDuration)).count
+      }
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* group.send("one")
+      yield* group.send("two")
+      yield* bob.syncAll
+      expect((yield* count(EngineMetrics.messagesReceived)) - before.received).toBeGreaterThanOrEqual(2)
+      expect((yield* count(EngineMetrics.commitsApplied)) - before.commits).toBeGreaterThanOrEqual(1)
+      expect((yield* Metric.value(EngineMetrics.publishDuration)).count - before.publishes).toBeGreaterThanOrEqual(3)
     }))
 
   it.scoped("bad input gets typed errors", () =>

@@ -15,6 +15,7 @@ import { WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../doma
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
 import { failPendingIntents, queueRemoval } from "./IntentQueue.ts"
 import type { GroupView, LeafMember } from "./MlsCrypto.ts"
+import * as EngineMetrics from "./EngineMetrics.ts"
 import * as PageApplier from "./PageApplier.ts"
 
 export type { PageOutcome } from "./PageApplier.ts"
@@ -82,6 +83,7 @@ export const make = (ctx: EngineContext) => {
       if (!more) break
     }
     yield* settleLoneLeaver(groupId)
+    yield* EngineMetrics.recordSync(total)
     return total
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
 

@@ -9,7 +9,7 @@
  * until the intent is Processed. A lost epoch race is an `EpochConflict` in its error channel,
  * retried under the conflict schedule; transport failures retry under their own schedule.
  */
-import { Clock, Data, Duration, Effect, Option, Schema } from "effect"
+import { Clock, Data, Duration, Effect, Metric, Option, Schema } from "effect"
 import { sha256Hex, utf8 } from "../domain/Bytes.ts"
 import { type ApplicationContent, ApplicationContentJson } from "../domain/Content.ts"
 import {
@@ -30,6 +30,7 @@ import type { IntentData } from "../domain/Intent.ts"
 import type { StoredIntent } from "../domain/Stored.ts"
 import { GroupMessageInput } from "../domain/Wire.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
+import * as EngineMetrics from "./EngineMetrics.ts"
 import { failIntent as failIntentIn, failPendingIntents } from "./IntentQueue.ts"
 import type * as GroupSync from "./GroupSync.ts"
 import type { MlsGroupState } from "./MlsCrypto.ts"
@@ -284,7 +285,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
   /** Runs rounds until the intent is Processed; typed failures say why it is not. */
   const resolve = Effect.fn("Publisher.resolve")(
     function*(groupId: GroupId, intentId: number) {
-      return yield* resolveRounds(groupId, intentId)
+      return yield* resolveRounds(groupId, intentId).pipe(Metric.trackDuration(EngineMetrics.publishDuration))
     },
     (effect, groupId, intentId) => Effect.annotateLogs(effect, { groupId, intentId })
   )
@@ -306,6 +307,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
           })
         default: {
           if (intent.conflicts > before.conflicts) {
+            yield* Metric.increment(EngineMetrics.epochConflicts)
             const group = yield* loadGroupRow(ctx, groupId)
             return yield* new EpochConflict({
               groupId,
@@ -318,11 +320,11 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
         }
       }
     })
+    const retryable = (e: { readonly _tag: string; readonly retryable?: boolean }) =>
+      e._tag === "IntentPending" || (e._tag === "DeliveryError" && e.retryable === true)
     return attempt.pipe(
-      Effect.retry({
-        schedule: ctx.options.transportSchedule,
-        while: (e) => e._tag === "IntentPending" || (e._tag === "DeliveryError" && e.retryable)
-      }),
+      Effect.tapError((e) => (retryable(e) ? Metric.increment(EngineMetrics.transportRetries) : Effect.void)),
+      Effect.retry({ schedule: ctx.options.transportSchedule, while: retryable }),
       Effect.retry({ schedule: ctx.options.conflictSchedule, while: (e) => e._tag === "EpochConflict" }),
       Effect.catchTags({
         EpochConflict: (conflict) =>

@@ -1,0 +1,43 @@
+/**
+ * The engine's Effect `Metric`s: what a client sent and received, the commits it applied, the
+ * races it lost, its retries, what it skipped and why, how far behind a sync found it, and how
+ * long publishing took. Exported wherever the application exports Effect metrics
+ * (`converge serve --metrics-port`, the OpenTelemetry exporter of the CLI).
+ */
+import { Effect, Metric, MetricBoundaries } from "effect"
+
+export const messagesReceived = Metric.counter("converge_messages_received_total", {
+  description: "application messages stored from others, and own messages confirmed on their topic"
+})
+export const commitsApplied = Metric.counter("converge_commits_total", { description: "commits applied (own and others')" })
+export const epochConflicts = Metric.counter("converge_epoch_conflicts_total", {
+  description: "own commits that lost their epoch and were derived again"
+})
+export const transportRetries = Metric.counter("converge_publish_retries_total", {
+  description: "publish rounds retried after a retryable delivery error or a pending intent"
+})
+export const skipped = Metric.counter("converge_skipped_envelopes_total", { description: "envelopes skipped, by reason" })
+/** Envelopes a sync of one group read: how far behind the group was. */
+export const syncLag = Metric.histogram(
+  "converge_sync_lag_envelopes",
+  MetricBoundaries.fromIterable([0, 1, 2, 5, 10, 25, 50, 100, 250, 1000]),
+  "envelopes a group sync read"
+)
+export const publishDuration = Metric.timerWithBoundaries(
+  "converge_publish_duration_milliseconds",
+  [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000]
+)
+
+/** Records one group sync's outcome. */
+export const recordSync = (outcome: {
+  readonly received: number
+  readonly messages: number
+  readonly commits: number
+  readonly skippedBy: Readonly<Record<string, number>>
+}) =>
+  Effect.all([
+    Metric.incrementBy(messagesReceived, outcome.messages),
+    Metric.incrementBy(commitsApplied, outcome.commits),
+    Metric.update(syncLag, outcome.received),
+    ...Object.entries(outcome.skippedBy).map(([reason, n]) => Metric.incrementBy(Metric.tagged(skipped, "reason", reason), n))
+  ], { discard: true })
