@@ -230,7 +230,8 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
     yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true })))
     const delivery = yield* makeDelivery(options, crypto, dir)
     const memory = yield* FaultyDeliveryService.make(delivery.service)
-    const intruder = yield* Effect.cached(registerIntruder(memory.service))
+    // The intruder has its own way in: the faults injected for the clients do not touch it.
+    const intruder = yield* Effect.cached(registerIntruder(delivery.service))
     const incarnations = new Map<string, Incarnation>()
     /** Known once a client first booted; kept across restarts so a partition holds during them. */
     const installations = new Map<string, InstallationId>()

@@ -17,7 +17,8 @@ import {
   EpochConflict,
   InboxNotFound,
   IntentFailed,
-  KeyPackageUnavailable
+  KeyPackageUnavailable,
+  type StorageError,
 } from "../domain/Errors.ts"
 import { currentInstallations } from "../domain/IdentityLog.ts"
 import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
@@ -164,11 +165,14 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       }
     })
 
-  const send = (groupId: GroupId, payload: Uint8Array) => ds.sendGroupMessages([GroupMessageInput.make({ groupId, payload })])
+  /** Most application messages written ahead in one transaction and sent in one call. */
+  const MAX_BATCH = 50
 
   /**
    * Publishes the group's pending intents in order, stopping after a commit: at most one
    * commit is in flight per group, and what follows it is derived once it has landed.
+   * Application messages go in batches: derived one after the other, written ahead in one
+   * transaction (their payloads and the group state after the last), then sent in one call.
    * Runs under the group lock.
    */
   const publishPending = Effect.fn("Publisher.publishPending")(function*(groupId: GroupId) {
@@ -181,20 +185,56 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     }
     let state = yield* ctx.loadState(group)
     let published = 0
+    /** Payloads to send next, in order; those derived in this round still to be written ahead. */
+    let batch: Array<Uint8Array> = []
+    let writeAhead: Array<Effect.Effect<void, StorageError>> = []
+    let stateToSave: MlsGroupState | undefined
+
+    const flush = Effect.gen(function*() {
+      if (batch.length === 0) return
+      if (writeAhead.length > 0) {
+        yield* ctx.options.crashPoint("publish.beforeWriteAhead")
+        const writes = writeAhead
+        const saved = stateToSave
+        // Write ahead: after this, a crash resends exactly these bytes.
+        yield* storage.transaction(Effect.gen(function*() {
+          if (saved !== undefined) {
+            yield* storage.groups.saveState(groupId, { epoch: crypto.view(saved).epoch, mlsState: ctx.encodeState(groupId, saved) })
+          }
+          for (const write of writes) yield* write
+        }))
+        yield* ctx.options.crashPoint("publish.afterWriteAheadBeforeSend")
+      }
+      const payloads = batch
+      for (let i = 0; i < payloads.length; i += MAX_BATCH) {
+        yield* ds.sendGroupMessages(payloads.slice(i, i + MAX_BATCH).map((payload) => GroupMessageInput.make({ groupId, payload })))
+      }
+      yield* ctx.options.crashPoint("publish.afterSendBeforeSync")
+      published += payloads.length
+      batch = []
+      writeAhead = []
+      stateToSave = undefined
+    })
+
     for (const intent of pending) {
+      const commit = isCommitKind(intent.kind)
+      // A commit goes alone, after everything before it.
+      if (commit) yield* flush
       const epoch = crypto.view(state).epoch
       if (intent.state === "Published") {
         if (intent.publishedEpoch === epoch && intent.payload !== null) {
-          yield* send(groupId, intent.payload)
-          published++
-          if (isCommitKind(intent.kind)) return published
+          batch.push(intent.payload)
+          if (commit) {
+            yield* flush
+            return published
+          }
+          if (batch.length >= MAX_BATCH) yield* flush
           continue
         }
         // Never seen on the topic and its epoch is gone: derive it afresh below.
         yield* storage.intents.resetToPublish(intent.id, { conflict: false })
       }
-      const data = intent.data
-      const derived = yield* derive(state, data).pipe(
+      const derived = yield* derive(state, intent.data).pipe(
         Effect.catchTags({
           CryptoError: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
           KeyPackageUnavailable: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
@@ -206,27 +246,25 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
         yield* storage.intents.markProcessed(intent.id)
         continue
       }
-      yield* ctx.options.crashPoint("publish.beforeWriteAhead")
-      // Write ahead: after this, a crash resends exactly these bytes.
-      yield* storage.transaction(Effect.gen(function*() {
-        if (derived.state !== undefined) {
-          yield* storage.groups.saveState(groupId, { epoch, mlsState: ctx.encodeState(groupId, derived.state) })
-        }
-        yield* storage.intents.markPublished(intent.id, {
-          payloadHash: sha256Hex(derived.payload),
-          payload: derived.payload,
-          publishedEpoch: epoch,
-          stagedState: derived.staged === undefined ? null : crypto.serialize(derived.staged),
-          postCommit: derived.postCommit ?? null
-        })
+      writeAhead.push(storage.intents.markPublished(intent.id, {
+        payloadHash: sha256Hex(derived.payload),
+        payload: derived.payload,
+        publishedEpoch: epoch,
+        stagedState: derived.staged === undefined ? null : crypto.serialize(derived.staged),
+        postCommit: derived.postCommit ?? null
       }))
-      if (derived.state !== undefined) state = derived.state
-      yield* ctx.options.crashPoint("publish.afterWriteAheadBeforeSend")
-      yield* send(groupId, derived.payload)
-      yield* ctx.options.crashPoint("publish.afterSendBeforeSync")
-      published++
-      if (isCommitKind(intent.kind)) return published
+      batch.push(derived.payload)
+      if (derived.state !== undefined) {
+        state = derived.state
+        stateToSave = derived.state
+      }
+      if (commit) {
+        yield* flush
+        return published
+      }
+      if (batch.length >= MAX_BATCH) yield* flush
     }
+    yield* flush
     return published
   })
 
