@@ -157,7 +157,8 @@ describe.each(inners)("faults around the %s delivery service", (_, inner) => {
         partitionRejections: 0,
         streamsCut: 0,
         duplicated: 0,
-        delayed: 0
+        delayed: 0,
+        substituted: 0
       })
     }))
 
