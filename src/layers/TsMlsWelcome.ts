@@ -170,6 +170,28 @@ export const validateRatchetTree = async (
   return undefined
 }
 
+/**
+ * RFC 9420 §7.9 (tree invariant) and §12.4.3.1: a joiner knows the private key of every non-blank
+ * node above it that it is not listed under as unmerged, and it learns those keys only from the
+ * welcome's path secret. So each non-blank ancestor the path secret does not cover must list the
+ * joiner as unmerged; otherwise the joiner could not decrypt a later commit encrypted to that node.
+ * ts-mls 1.6.4 does not check (its main branch does, since rc.13).
+ */
+export const joinerCoversAncestors = (
+  tree: RatchetTree,
+  joiner: number,
+  keysFromPathSecret: Readonly<Record<number, Uint8Array>>
+): ValidationError | undefined => {
+  for (const ancestor of directPath(leafToNodeIndex(toLeafIndex(joiner)), leafWidth(tree.length))) {
+    const node = tree[ancestor]
+    if (node?.nodeType !== "parent" || keysFromPathSecret[ancestor] !== undefined) continue
+    if (!node.parent.unmergedLeaves.includes(joiner)) {
+      return new ValidationError(`node ${ancestor} above the joiner neither lists it as unmerged nor is in its path secret`)
+    }
+  }
+  return undefined
+}
+
 // ---- the join (RFC 9420 §12.4.3.1) -----------------------------------------------------------
 
 /**
@@ -191,7 +213,7 @@ export const privateKeysFromPathSecret = async (
       node?.nodeType !== "parent" ||
       !constantTimeEqual(await cs.hpke.exportPublicKey(publicKey), node.parent.hpkePublicKey)
     ) {
-      throw new ValidationError(`the welcome's path secret does not give the key of node ${index}`)
+      throw new ValidationError(`the path secret does not give the key of node ${index}`)
     }
     privateKeys[Number(index)] = await cs.hpke.exportPrivateKey(privateKey)
   }
@@ -247,6 +269,8 @@ export const joinFromWelcome = async (
   const pathKeys = groupSecrets.pathSecret === undefined
     ? {}
     : await privateKeysFromPathSecret(tree, ancestor, groupSecrets.pathSecret, cs)
+  const uncovered = joinerCoversAncestors(tree, ownLeaf, pathKeys)
+  if (uncovered !== undefined) throw uncovered
   const privatePath = {
     leafIndex: ownLeaf,
     privateKeys: { ...pathKeys, [leafToNodeIndex(ownLeaf)]: privateKeys.hpkePrivateKey }

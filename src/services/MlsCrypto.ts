@@ -95,8 +95,17 @@ export type Processed =
     readonly state: MlsGroupState
   }
 
-/** Decides whether a leaf credential may be in a group: the hook for identity checks. */
-export type Authenticate = (identity: LeafIdentity, signaturePublicKey: Uint8Array) => Promise<boolean>
+/**
+ * Decides whether a leaf credential may be in a group: the hook for identity checks, called by
+ * ts-mls on every leaf it validates. `newLeaf` is true for a leaf entering the group (an Add), which
+ * must be a current installation; false for a leaf that may already be there (a commit's path
+ * leaf, a welcome's tree), which may also be a revoked one awaiting its removal.
+ */
+export type Authenticate = (
+  identity: LeafIdentity,
+  signaturePublicKey: Uint8Array,
+  newLeaf: boolean
+) => Promise<boolean>
 
 export interface MlsCryptoOptions {
   /** How many past epochs' application messages stay decryptable (default 3). */
@@ -105,7 +114,9 @@ export interface MlsCryptoOptions {
   readonly authenticate?: Authenticate
 }
 
-export class MlsCrypto extends Context.Tag("converge/MlsCrypto")<MlsCrypto, {
+export interface MlsCryptoShape {
+  /** The same service, with `authenticate` deciding every leaf credential (RFC 9420 §5.3.1). */
+  readonly authenticatedBy: (authenticate: Authenticate) => MlsCryptoShape
   readonly generateSignatureKeyPair: Effect.Effect<SignatureKeyPair, CryptoError>
   readonly generateKeyPackage: (identity: LeafIdentity, keys: SignatureKeyPair) => Effect.Effect<KeyPackageBundle, CryptoError>
   /** Decodes and verifies a public key package (signature, lifetime, credential). */
@@ -132,6 +143,8 @@ export class MlsCrypto extends Context.Tag("converge/MlsCrypto")<MlsCrypto, {
   readonly view: (state: MlsGroupState) => GroupView
   readonly serialize: (state: MlsGroupState) => Uint8Array
   readonly deserialize: (bytes: Uint8Array) => Effect.Effect<MlsGroupState, CryptoError>
-}>() {
+}
+
+export class MlsCrypto extends Context.Tag("converge/MlsCrypto")<MlsCrypto, MlsCryptoShape>() {
   static readonly layer = (options: MlsCryptoOptions = {}) => Layer.effect(this, TsMls.make(options))
 }
