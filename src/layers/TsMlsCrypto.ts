@@ -64,7 +64,7 @@ import type {
 } from "../services/MlsCrypto.ts"
 import * as Rules from "./TsMlsCommitRules.ts"
 import { installRejectionGuard } from "./TsMlsRejectionGuard.ts"
-import { joinFromWelcome as joinWelcome } from "./TsMlsWelcome.ts"
+import { joinWithSigner } from "./TsMlsWelcome.ts"
 
 type Service = Context.Tag.Service<MlsCrypto>
 
@@ -88,9 +88,12 @@ const capabilities = (): Capabilities => {
 
 interface Held {
   readonly client: ClientState
+  /** For a state just joined from a welcome: the leaf that signed its GroupInfo. Not persisted. */
+  readonly inviter?: number
 }
 
-const wrap = (client: ClientState): MlsGroupState => ({ client } satisfies Held) as unknown as MlsGroupState
+const wrap = (client: ClientState, inviter?: number): MlsGroupState =>
+  (inviter === undefined ? { client } : { client, inviter } satisfies Held) as unknown as MlsGroupState
 const unwrapRaw = (state: MlsGroupState): ClientState => (state as unknown as Held).client
 
 // ---- errors ----------------------------------------------------------------------------
@@ -515,11 +518,11 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
           // Recomputed rather than trusting `bundle.ref`, which came from storage.
           if (!addressed.has(yield* keyPackageRef(publicPackage))) continue
           // Not ts-mls's `joinGroup`: its tree check refuses trees ts-mls builds (see TsMlsWelcome).
-          const client = yield* tryMls(
+          const joined = yield* tryMls(
             "joinFromWelcome",
-            () => joinWelcome(welcome, publicPackage, privatePackage, cs, clientConfig)
+            () => joinWithSigner(welcome, publicPackage, privatePackage, cs, clientConfig)
           )
-          return wrap(client)
+          return wrap(joined.client, joined.signer)
         }
         return yield* fail("CannotDecrypt", "the welcome is not addressed to any of the given key packages")
       }
@@ -609,7 +612,8 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       const before = client
       yield* tryMls("process", () =>
         Rules.updatePathKeysMatchSecrets(before, result.newState, received.committer, received.commit, cs))
-      const member = leafMemberAt(result.newState.ratchetTree, committer) ?? leafMemberAt(client.ratchetTree, committer)
+      // Who signed it: the committer's leaf as it was, not as its own UpdatePath renamed it.
+      const member = leafMemberAt(client.ratchetTree, committer) ?? leafMemberAt(result.newState.ratchetTree, committer)
       if (member === undefined) return yield* fail("Internal", `cannot resolve committer leaf ${committer}`)
       // If this commit removed us, the state stays at the old epoch, marked removed.
       const next = wrap(result.newState)
@@ -627,6 +631,11 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
         ownLeafIndex: client.privatePath.leafIndex,
         metadata: client.groupContext.extensions.find((e) => e.extensionType === METADATA_EXTENSION)?.extensionData
       }
+    }
+
+    const inviterOf: Service["inviterOf"] = (state) => {
+      const inviter = (state as unknown as Held).inviter
+      return inviter === undefined ? undefined : leafMemberAt(unwrapRaw(state).ratchetTree, inviter)
     }
 
     const serialize: Service["serialize"] = (state) => encodeGroupState(unwrapRaw(state))
@@ -650,6 +659,7 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       view,
       serialize,
       deserialize,
+      inviterOf,
       authenticatedBy: (authenticate) => serviceOn(cs, { ...options, authenticate })
     } satisfies Service
 }

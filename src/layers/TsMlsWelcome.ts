@@ -232,7 +232,16 @@ export const joinFromWelcome = async (
   privateKeys: PrivateKeyPackage,
   cs: CiphersuiteImpl,
   config: ClientConfig
-): Promise<ClientState> => {
+): Promise<ClientState> => (await joinWithSigner(welcome, keyPackage, privateKeys, cs, config)).client
+
+/** `joinFromWelcome`, also saying which leaf signed the welcome's GroupInfo (the member who added us). */
+export const joinWithSigner = async (
+  welcome: Welcome,
+  keyPackage: KeyPackage,
+  privateKeys: PrivateKeyPackage,
+  cs: CiphersuiteImpl,
+  config: ClientConfig
+): Promise<{ readonly client: ClientState; readonly signer: number }> => {
   const keyPackageRef = await makeKeyPackageRef(keyPackage, cs.hash)
   const initKey = await cs.hpke.importPrivateKey(privateKeys.initPrivateKey)
   const groupSecrets = await decryptGroupSecrets(initKey, keyPackageRef, welcome, cs.hpke)
@@ -282,7 +291,7 @@ export const joinFromWelcome = async (
   const secretTree = await createSecretTree(leafWidth(tree.length), encryptionSecret, cs.kdf)
   zeroOutUint8Array(encryptionSecret)
   zeroOutUint8Array(groupSecrets.joinerSecret)
-  return {
+  const client: ClientState = {
     groupContext: context,
     ratchetTree: tree,
     privatePath,
@@ -295,4 +304,5 @@ export const joinFromWelcome = async (
     groupActiveState: { kind: "active" },
     clientConfig: config
   }
+  return { client, signer: groupInfo.signer }
 }

@@ -19,7 +19,16 @@ import { IntentDataJson, isCommitKind, PostCommitDataJson, RemoveMembersData } f
 import { type GroupRow, type IntentRow, type MembershipState, MessageRow } from "../domain/Rows.ts"
 import { WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
 import type { GroupMessageEnvelope } from "../domain/Wire.ts"
-import { type EngineEnv, failPendingIntents, groupTopic, loadGroupRow, newLeaveRequest, queueIntent } from "./Engine.ts"
+import {
+  type EngineEnv,
+  failIntent,
+  failPendingIntents,
+  groupTopic,
+  loadGroupRow,
+  newLeaveRequest,
+  queueIntent
+} from "./Engine.ts"
+import * as LeafAuthentication from "./LeafAuthentication.ts"
 import type { GroupView, LeafMember, MlsGroupState } from "./MlsCrypto.ts"
 
 export interface PageOutcome {
@@ -143,17 +152,12 @@ export const make = (env: EngineEnv) => {
       yield* queueIntent(env, groupId, newLeaveRequest(), now)
     })
 
-  /** Every leaf of a commit's result must be a current installation of the inbox it names. */
-  const unauthenticatedLeaves = (before: GroupView, after: GroupView) =>
-    Effect.gen(function*() {
-      const known = new Set(before.members.map((m) => `${m.installationId}:${m.leafIndex}`))
-      const invalid: Array<LeafMember> = []
-      for (const leaf of after.members) {
-        if (known.has(`${leaf.installationId}:${leaf.leafIndex}`)) continue
-        if (!(yield* identity.isValidLeaf(leaf))) invalid.push(leaf)
-      }
-      return invalid
-    })
+  /**
+   * Every leaf of a commit's result, others' and our own, against the identity log
+   * (`LeafAuthentication.commitLeavesProblem`): the reason to refuse the commit, or undefined.
+   */
+  const unauthenticatedLeaves = (before: GroupView, after: GroupView, committer: LeafMember) =>
+    LeafAuthentication.commitLeavesProblem(identity, before, after, committer)
 
   /**
    * Reads one page and applies it. Returns the outcome and whether the topic may have more.
@@ -233,6 +237,13 @@ export const make = (env: EngineEnv) => {
             const staged = yield* crypto.deserialize(intent.staged_state)
             const after = crypto.view(staged)
             const me = current.members.find((m) => m.leafIndex === current.ownLeafIndex)!
+            const refused = yield* unauthenticatedLeaves(current, after, me)
+            if (refused !== undefined) {
+              // Built from what the delivery service handed us: the other members refuse it too.
+              writes.push(failIntent(env, intent, `own commit refused: ${refused}`))
+              yield* skip(envelope, `own commit of intent ${intent.id} refused: ${refused}`)
+              continue
+            }
             const change = membershipChangeRow(group, current, after, me, envelope, now)
             if (change !== undefined) newMessages.push(change)
             joined ||= hasNewcomers(current, after)
@@ -266,9 +277,9 @@ export const make = (env: EngineEnv) => {
             continue
           }
           const after = crypto.view(processed.right.state)
-          const invalid = yield* unauthenticatedLeaves(current, after)
-          if (invalid.length > 0) {
-            yield* skip(envelope, `commit adds unregistered installation ${invalid[0]!.installationId}`)
+          const refused = yield* unauthenticatedLeaves(current, after, processed.right.committer)
+          if (refused !== undefined) {
+            yield* skip(envelope, `commit refused: ${refused}`)
             continue
           }
           // Our removal is our inbox's removal only if no other device of ours stays: a revoked

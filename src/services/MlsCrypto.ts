@@ -141,6 +141,8 @@ export interface MlsCryptoShape {
   /** Processes someone else's message. Never feed an own commit here: adopt its staged state. */
   readonly process: (state: MlsGroupState, message: Uint8Array) => Effect.Effect<Processed, CryptoError>
   readonly view: (state: MlsGroupState) => GroupView
+  /** For a state `joinFromWelcome` just returned: the member whose signature the welcome carries. */
+  readonly inviterOf: (state: MlsGroupState) => LeafMember | undefined
   readonly serialize: (state: MlsGroupState) => Uint8Array
   readonly deserialize: (bytes: Uint8Array) => Effect.Effect<MlsGroupState, CryptoError>
 }

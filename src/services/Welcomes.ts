@@ -13,6 +13,7 @@ import { WelcomePayloadJson } from "../domain/Wire.ts"
 import type { WelcomeMessageEnvelope } from "../domain/Wire.ts"
 import { type EngineEnv, failPendingIntents, groupTopic, welcomeTopic } from "./Engine.ts"
 import type * as GroupSync from "./GroupSync.ts"
+import * as LeafAuthentication from "./LeafAuthentication.ts"
 
 export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) => {
   const { crypto, ds, identity, storage } = env
@@ -68,6 +69,11 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
           reason: "WrongEpoch",
           detail: `welcome for epoch ${view.epoch} is not newer than the stored epoch ${existing.value.epoch}`
         })
+      }
+      if (Option.isSome(existing)) {
+        const stored = crypto.view(yield* env.loadState(existing.value))
+        const unrelated = LeafAuthentication.reactivationProblem(stored, view, crypto.inviterOf(state))
+        if (unrelated !== undefined) return yield* new CryptoError({ reason: "Unauthenticated", detail: unrelated })
       }
       if (payload.dmId !== undefined) {
         // A DM names both inboxes; nobody else may be in it.

@@ -1,0 +1,146 @@
+/**
+ * Who may hold a leaf: the rules binding every MLS leaf, and every key package we add, to the
+ * identity log (RFC 9420 §5.3: the Authentication Service is the application's). Each rule is
+ * named and returns the reason it refuses, or undefined.
+ *
+ * The MLS adapter applies them as a leaf enters (ts-mls's credential hook, `authenticateWith`);
+ * the engine applies them again to the whole result of every commit, others' and its own
+ * (`commitLeavesProblem`), with identity-log errors in its error channel, so a delivery service
+ * that fails an identity query delays a commit instead of getting it refused or accepted.
+ */
+import { Effect, Runtime } from "effect"
+import type { InboxId, InstallationId } from "../domain/Ids.ts"
+import type { Identity, IdentityError } from "./Identity.ts"
+import type { Authenticate, GroupView, LeafMember, MlsCrypto } from "./MlsCrypto.ts"
+
+type IdentityShape = Identity["Type"]
+
+const sameKey = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((byte, i) => byte === b[i])
+
+/**
+ * RFC 9420 §5.3.3 and Converge's identity: a leaf that stays in the group keeps its identity. The
+ * same installation at the same leaf keeps its inbox and signature key, the committer's leaf stays
+ * the committer's, and no installation holds two leaves. (A leaf can only refresh its encryption
+ * key; the adapter's `pathLeafChangesIdentity` refuses the rest before ts-mls applies it.)
+ */
+export const leafIdentityChange = (
+  before: GroupView,
+  after: GroupView,
+  committer: LeafMember | undefined
+): string | undefined => {
+  const prior = new Map(before.members.map((m) => [m.leafIndex, m]))
+  const seen = new Set<InstallationId>()
+  for (const leaf of after.members) {
+    if (seen.has(leaf.installationId)) return `installation ${leaf.installationId} holds two leaves`
+    seen.add(leaf.installationId)
+    const was = prior.get(leaf.leafIndex)
+    if (was === undefined || was.installationId !== leaf.installationId) continue
+    if (was.inboxId !== leaf.inboxId) return `leaf ${leaf.leafIndex} moved from inbox ${was.inboxId} to ${leaf.inboxId}`
+    if (!sameKey(was.signaturePublicKey, leaf.signaturePublicKey)) return `leaf ${leaf.leafIndex} changed its signature key`
+  }
+  if (committer !== undefined) {
+    const now = after.members.find((m) => m.leafIndex === committer.leafIndex)
+    if (now !== undefined && (now.installationId !== committer.installationId || now.inboxId !== committer.inboxId)) {
+      return `the committer's leaf ${committer.leafIndex} became installation ${now.installationId} of ${now.inboxId}`
+    }
+  }
+  return undefined
+}
+
+/** The leaves a commit brought in: not at their index, as the same installation, before it. */
+export const enteringLeaves = (before: GroupView, after: GroupView): ReadonlyArray<LeafMember> => {
+  const known = new Set(before.members.map((m) => `${m.installationId}:${m.leafIndex}`))
+  return after.members.filter((m) => !known.has(`${m.installationId}:${m.leafIndex}`))
+}
+
+/**
+ * Every leaf of a commit's result, others' commits and our own: identities unchanged
+ * (`leafIdentityChange`), and every entering leaf a current installation of the inbox it names with
+ * the logged key (revoked installations stay only where they already were, until removed).
+ */
+export const commitLeavesProblem = (
+  identity: IdentityShape,
+  before: GroupView,
+  after: GroupView,
+  committer: LeafMember | undefined
+): Effect.Effect<string | undefined, IdentityError> =>
+  Effect.gen(function*() {
+    const changed = leafIdentityChange(before, after, committer)
+    if (changed !== undefined) return changed
+    for (const leaf of enteringLeaves(before, after)) {
+      if (!(yield* identity.isCurrentLeaf(leaf))) {
+        return `installation ${leaf.installationId} is not a current installation of inbox ${leaf.inboxId}`
+      }
+    }
+    return undefined
+  })
+
+/**
+ * A key package the delivery service handed us for an installation we asked for: it must be that
+ * installation's (the service could answer with anyone's), of the inbox we are adding, with the
+ * signature key the inbox's log holds for it. Otherwise a lying service puts its own device in
+ * our group in place of the one we meant.
+ */
+export const fetchedKeyPackageProblem = (
+  crypto: MlsCrypto["Type"],
+  identity: IdentityShape,
+  asked: { readonly installationId: InstallationId; readonly inboxId: InboxId },
+  keyPackage: Uint8Array
+): Effect.Effect<string | undefined, IdentityError> =>
+  Effect.gen(function*() {
+    const info = yield* crypto.keyPackageInfo(keyPackage).pipe(Effect.either)
+    if (info._tag === "Left") return `the key package for ${asked.installationId} is invalid: ${info.left.message}`
+    if (info.right.installationId !== asked.installationId) {
+      return `asked for installation ${asked.installationId}, got a key package of ${info.right.installationId}`
+    }
+    if (info.right.inboxId !== asked.inboxId) {
+      return `the key package of ${asked.installationId} names inbox ${info.right.inboxId}, not ${asked.inboxId}`
+    }
+    if (!(yield* identity.isCurrentLeaf(info.right))) {
+      return `installation ${asked.installationId} is not a current installation of inbox ${asked.inboxId}`
+    }
+    return undefined
+  })
+
+/**
+ * ts-mls's credential hook, answered from the identity log. A leaf entering the group must be a
+ * current installation; one that may already be there (a path leaf, a welcome's tree) may also be
+ * revoked since. When the log cannot be read, the hook lets the leaf through: the engine's own
+ * check after processing (`commitLeavesProblem`, the welcome's member check) then fails with the
+ * error and the envelope is read again later, rather than a valid commit being refused for good.
+ */
+export const authenticateWith = (identity: IdentityShape, runtime: Runtime.Runtime<never>): Authenticate =>
+(leaf, signaturePublicKey, newLeaf) =>
+  Runtime.runPromise(runtime)(
+    (newLeaf
+      ? identity.isCurrentLeaf({ ...leaf, signaturePublicKey })
+      : identity.isValidLeaf({ ...leaf, signaturePublicKey, leafIndex: -1 })).pipe(
+        Effect.orElseSucceed(() => true)
+      )
+  )
+
+/**
+ * A welcome for a group we were removed from takes us back only into the same group's history.
+ * The group id alone proves nothing (anyone can create a group with any id), and a removed member
+ * cannot follow the epochs it missed. What it can check: the welcome is signed by an installation
+ * that was in the group with us, with the same key (a delivery service or a stranger cannot sign
+ * as one), and the group context's metadata, fixed for the group's life (GroupContextExtensions
+ * are refused), is the one we hold. A former co-member could still forge such a welcome; it could
+ * as well have added us anew.
+ */
+export const reactivationProblem = (
+  stored: GroupView,
+  joined: GroupView,
+  inviter: LeafMember | undefined
+): string | undefined => {
+  const sameMetadata = stored.metadata === undefined
+    ? joined.metadata === undefined
+    : joined.metadata !== undefined && sameKey(stored.metadata, joined.metadata)
+  if (!sameMetadata) return "the welcome's group metadata differs from the group we were in"
+  if (inviter === undefined) return "the welcome's signer is unknown"
+  const knewInviter = stored.members.some((m) =>
+    m.leafIndex !== stored.ownLeafIndex && m.installationId === inviter.installationId &&
+    m.inboxId === inviter.inboxId && sameKey(m.signaturePublicKey, inviter.signaturePublicKey)
+  )
+  return knewInviter ? undefined : `the welcome is signed by ${inviter.installationId}, who was not in the group with us`
+}
