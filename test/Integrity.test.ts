@@ -5,7 +5,7 @@
  * converging, and every process still running (vitest fails the run on an unhandled rejection).
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Option } from "effect"
+import { Effect, Either, Option, Schema, TestClock } from "effect"
 import {
   type ClientState,
   type KeyPackage,
@@ -30,7 +30,6 @@ import { fromHex, toHex, utf8 } from "../src/domain/Bytes.ts"
 import * as IdentityLog from "../src/domain/IdentityLog.ts"
 import type { ConversationId, GroupId, InstallationId } from "../src/domain/Ids.ts"
 import { GroupMessageInput, WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../src/domain/Wire.ts"
-import { Schema } from "effect"
 import type { Conversation } from "../src/services/Client.ts"
 import { type TestClient, TestNetwork } from "../src/testing.ts"
 
@@ -139,6 +138,33 @@ const threeMembers = (net: Network, name?: string) =>
     return { alice: alice!, bob: bob!, mallory: mallory!, group, groupId: yield* groupIdOf(group) }
   })
 
+/**
+ * The welcome re-encrypted to the joiner without its path secret. (The committer knows the group
+ * secrets it encrypts; the test reads them back with the joiner's init key instead.)
+ */
+const withoutPathSecret = (net: Network, joiner: TestClient, keyPackage: KeyPackage, welcome: Welcome) =>
+  Effect.gen(function*() {
+    const cs = yield* cipherSuite
+    const rows = yield* (yield* net.storage(joiner)).keyPackages.list
+    const ref = yield* Effect.promise(() => makeKeyPackageRef(keyPackage, cs.hash))
+    const row = rows.find((r) => r.ref === toHex(ref))!
+    // Converge's private package: a format byte, then length-prefixed keys, the init key first.
+    const length = new DataView(row.private_package.buffer, row.private_package.byteOffset).getUint32(1)
+    const initPrivate = yield* Effect.promise(() => cs.hpke.importPrivateKey(row.private_package.slice(5, 5 + length)))
+    const secrets = yield* Effect.promise(() => decryptGroupSecrets(initPrivate, ref, welcome, cs.hpke))
+    expect(secrets?.pathSecret).toBeDefined()
+    const sealed = yield* Effect.promise(async () =>
+      encryptGroupSecrets(await cs.hpke.importPublicKey(keyPackage.initKey), welcome.encryptedGroupInfo, {
+        ...secrets!,
+        pathSecret: undefined
+      }, cs.hpke)
+    )
+    return {
+      ...welcome,
+      secrets: [{ newMember: ref, encryptedGroupSecrets: { kemOutput: sealed.enc, ciphertext: sealed.ct } }]
+    } satisfies Welcome
+  })
+
 describe("A malicious member", () => {
   it.scoped("1. cannot post as another inbox by renaming its leaf in an UpdatePath", () =>
     Effect.gen(function*() {
@@ -224,6 +250,164 @@ describe("A malicious member", () => {
       expect((yield* (yield* open(carol, group.id)).metadata).name).toBe("book club")
       for (const client of [alice, bob]) expect(yield* (yield* open(client, group.id)).state).toBe("active")
       yield* stillConverging(group.id, [alice, bob, mallory, carol], "not suspended")
+    }))
+
+  it.scoped("4. cannot put a key on the tree that its path secret does not derive (RFC 9420 §7.5)", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const { alice, bob, mallory, group, groupId } = yield* threeMembers(net)
+      const state = yield* stateOf(net, mallory, groupId)
+      // A ciphersuite whose second key derivation (the first parent node of the UpdatePath) gives a
+      // random key: the path secrets are sent as usual, the tree gets a key nobody can open.
+      const cs = yield* cipherSuite
+      let derivations = 0
+      const hpke = Object.create(cs.hpke) as typeof cs.hpke
+      hpke.deriveKeyPair = (ikm) => ++derivations === 2 ? cs.hpke.generateKeyPair() : cs.hpke.deriveKeyPair(ikm)
+      const epoch = (yield* group.debugInfo).epoch
+      const swapped = yield* commitWith(state, [], { ...cs, hpke })
+      yield* post(net, groupId, swapped.commit)
+
+      yield* Effect.all([alice.syncAll, bob.syncAll, mallory.syncAll])
+      expect((yield* group.debugInfo).epoch).toBe(epoch)
+      yield* stillConverging(group.id, [alice, bob, mallory], "the tree is sound")
+      // A commit by someone else afterwards still reaches everyone.
+      yield* (yield* open(bob, group.id)).updateKeys
+      yield* stillConverging(group.id, [alice, bob, mallory], "after a key update")
+    }))
+
+  it.scoped("5. cannot add a leaf that copies a member's encryption key", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const { alice, bob, mallory, group, groupId } = yield* threeMembers(net)
+      // Mallory's second device, registered after the group's installation checks ran.
+      const mallory2 = yield* net.client("mallory2", { sameInboxAs: mallory })
+      const state = yield* stateOf(net, mallory, groupId)
+      const aliceLeaf = state.ratchetTree[0]!
+      if (aliceLeaf.nodeType !== "leaf") throw new Error("expected Alice's leaf")
+      const { signKey } = yield* signingKeyOf(net, mallory2)
+      const copying = yield* resign(yield* keyPackageOf(net, mallory2.installationId), signKey, () => ({
+        hpkePublicKey: aliceLeaf.leaf.hpkePublicKey
+      }))
+      const epoch = (yield* group.debugInfo).epoch
+      yield* post(net, groupId, (yield* commitWith(state, [add(copying)])).commit)
+
+      yield* Effect.all([alice.syncAll, bob.syncAll])
+      expect((yield* group.debugInfo).epoch).toBe(epoch)
+      // The group can still add members.
+      const carol = yield* net.client("carol")
+      yield* group.addMembers([carol.inboxId])
+      yield* Effect.all([carol.syncAll, mallory.syncAll, mallory2.syncAll])
+      yield* stillConverging(group.id, [alice, bob, carol], "carol is in")
+    }))
+
+  it.scoped("6. cannot bring back a revoked device", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const { alice, bob, mallory, group, groupId } = yield* threeMembers(net)
+      const alice2 = yield* net.client("alice2", { sameInboxAs: alice })
+      // Mallory keeps the device's key package, then Alice revokes the device (it was stolen).
+      const stolen = yield* keyPackageOf(net, alice2.installationId)
+      const log = yield* net.delivery.getIdentityUpdates([{ inboxId: alice.inboxId, afterSequence: 0 }])
+      const head = Option.getOrThrow(Either.getOrThrow(IdentityLog.replay(log[0]!.updates.map((e) => e.update))))
+      yield* net.delivery.publishIdentityUpdate(
+        IdentityLog.signUpdate(alice.rootSecretKey!, alice.inboxId, head, {
+          _tag: "RevokeInstallation",
+          installationId: alice2.installationId
+        })
+      )
+      const state = yield* stateOf(net, mallory, groupId)
+      const epoch = (yield* group.debugInfo).epoch
+      yield* post(net, groupId, (yield* commitWith(state, [add(stolen)])).commit)
+
+      yield* Effect.all([alice.syncAll, bob.syncAll])
+      expect((yield* group.debugInfo).epoch).toBe(epoch)
+      for (const client of [alice, bob]) {
+        const members = yield* (yield* open(client, group.id)).members
+        expect(members.flatMap((m) => m.installationIds)).not.toContain(alice2.installationId)
+      }
+      yield* stillConverging(group.id, [alice, bob, mallory], "without the stolen device")
+    }))
+
+  it.scoped("8. cannot take over a removed member's conversation with an unrelated group of the same id", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, mallory] = yield* Effect.all(["alice", "bob", "mallory"].map((n) => net.client(n)))
+      const group = yield* alice!.createGroup([bob!.inboxId], { name: "old friends" })
+      const groupId = yield* groupIdOf(group)
+      yield* bob!.syncAll
+      yield* group.removeMembers([bob!.inboxId])
+      yield* bob!.syncAll
+      const atBob = yield* open(bob!, group.id)
+      expect(yield* atBob.state).toBe("inactive")
+
+      // Mallory, never in the group, makes one with its id and metadata, past Bob's epoch, with Bob in it.
+      const cs = yield* cipherSuite
+      const keys = yield* signingKeyOf(net, mallory!)
+      const own = yield* Effect.promise(() =>
+        generateKeyPackageWithKey(
+          { credentialType: "basic", identity: utf8(`${mallory!.inboxId}:${mallory!.installationId}`) },
+          { ...defaultCapabilities(), extensions: [...defaultCapabilities().extensions, METADATA_EXTENSION] },
+          { notBefore: 0n, notAfter: 2n ** 40n },
+          [],
+          keys,
+          cs
+        )
+      )
+      const metadata = utf8(JSON.stringify({ name: "old friends", description: null }))
+      let state = yield* Effect.promise(() =>
+        createGroup(fromHex(groupId), own.publicPackage, own.privatePackage, [{ extensionType: METADATA_EXTENSION, extensionData: metadata }], cs)
+      )
+      for (let i = 0; i < 4; i++) state = (yield* commitWith(state, [])).newState
+      const adding = yield* commitWith(state, [add(yield* keyPackageOf(net, bob!.installationId))])
+      const payload = Schema.encodeSync(WelcomePayloadJson)(WelcomePayload.make({
+        groupId,
+        commitSequenceId: 1n as never,
+        welcome: encodeMlsMessage({ version: "mls10", wireformat: "mls_welcome", welcome: adding.welcome! })
+      }))
+      yield* net.delivery.sendWelcomeMessages([WelcomeMessageInput.make({ installationId: bob!.installationId, payload: utf8(payload) })])
+
+      yield* bob!.syncAll
+      expect(yield* atBob.state).toBe("inactive")
+      // Taken back by a member of the group's own history, Bob is active again.
+      yield* group.addMembers([bob!.inboxId])
+      yield* bob!.syncAll
+      expect(yield* atBob.state).toBe("active")
+      yield* stillConverging(group.id, [alice!, bob!], "welcome back")
+    }))
+
+  it.scoped("9. cannot leave a joiner without the keys of its ancestors (welcome without path secret)", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const { alice, bob, mallory, group, groupId } = yield* threeMembers(net)
+      const mallory2 = yield* net.client("mallory2", { sameInboxAs: mallory })
+      // Mallory's second device joins first, through Mallory's next installation check.
+      yield* TestClock.adjust("10 seconds")
+      yield* (yield* open(mallory, group.id)).sync
+      yield* Effect.all([alice.syncAll, bob.syncAll, mallory2.syncAll])
+      const carol = yield* net.client("carol")
+
+      // A commit removing Mallory's other device and adding Carol carries an UpdatePath: Carol
+      // needs its path secret. Mallory's welcome leaves it out.
+      const state = yield* stateOf(net, mallory, groupId)
+      const device2 = (yield* group.members).flatMap((m) => m.installationIds).includes(mallory2.installationId)
+      expect(device2).toBe(true)
+      const leaf2 = state.ratchetTree.findIndex((n) =>
+        n?.nodeType === "leaf" && new TextDecoder().decode(n.leaf.credential.credentialType === "basic" ? n.leaf.credential.identity : new Uint8Array()).endsWith(mallory2.installationId)
+      ) / 2
+      const carolPackage = yield* keyPackageOf(net, carol.installationId)
+      const committed = yield* commitWith(state, [{ proposalType: "remove", remove: { removed: leaf2 } }, add(carolPackage)])
+      const sequenceId = yield* post(net, groupId, committed.commit)
+      const welcome = yield* withoutPathSecret(net, carol, carolPackage, committed.welcome!)
+      const payload = Schema.encodeSync(WelcomePayloadJson)(WelcomePayload.make({
+        groupId,
+        commitSequenceId: sequenceId,
+        welcome: encodeMlsMessage({ version: "mls10", wireformat: "mls_welcome", welcome })
+      }))
+      yield* net.delivery.sendWelcomeMessages([WelcomeMessageInput.make({ installationId: carol.installationId, payload: utf8(payload) })])
+
+      yield* Effect.all([alice.syncAll, bob.syncAll, carol.syncAll])
+      expect(yield* carol.conversations()).toEqual([])
+      yield* stillConverging(group.id, [alice, bob], "carol never joined")
     }))
 })
 
