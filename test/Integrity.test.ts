@@ -194,26 +194,39 @@ describe("A malicious member", () => {
       const net = yield* TestNetwork.make
       const { alice, bob, mallory, group, groupId } = yield* threeMembers(net)
       const state = yield* stateOf(net, mallory, groupId)
-      // What every member supports (ts-mls checks that much), so only later Adds could fail it.
-      const required = encodeRequiredCapabilities({ extensionTypes: [METADATA_EXTENSION], proposalTypes: [], credentialTypes: [] })
+      // x509 credentials: every member's capabilities list them (ts-mls checks that much).
+      const required = encodeRequiredCapabilities({ extensionTypes: [], proposalTypes: [], credentialTypes: ["x509"] })
       const gce = yield* commitWith(state, [{
         proposalType: "group_context_extensions",
         groupContextExtensions: { extensions: [...state.groupContext.extensions, { extensionType: "required_capabilities", extensionData: required }] }
       }])
       yield* post(net, groupId, gce.commit)
-      // Two Adds whose credentials no member accepts, at the current epoch: ts-mls 1.6.4 rejects
-      // them in its async reduce, one rejection unobserved, which ended the process before.
+      // Then two Adds that fail it. Mallory's own ts-mls would fail them too: in her copy of the
+      // state the extension is typed by number (3, the same bytes on the wire), which it skips.
       const cs = yield* cipherSuite
-      const strangers = yield* Effect.forEach([1, 2], (n) =>
+      const strangers = yield* Effect.forEach([1, 2], () =>
         Effect.promise(async () => {
           const keys = await cs.signature.keygen()
-          const identity = utf8(`stranger-${n}`)
-          const capabilities = { ...defaultCapabilities(), extensions: [...defaultCapabilities().extensions, METADATA_EXTENSION] }
+          const identity = utf8(`${mallory.inboxId}:${IdentityLog.installationIdOf(keys.publicKey)}`)
+          const capabilities = {
+            ...defaultCapabilities(),
+            credentials: ["basic" as const],
+            extensions: [...defaultCapabilities().extensions, METADATA_EXTENSION, 3]
+          }
           const now = BigInt(Math.floor(Date.now() / 1000))
           return generateKeyPackageWithKey({ credentialType: "basic", identity }, capabilities, { notBefore: now - 60n, notAfter: now + 3600n }, [], keys, cs)
         }))
-      const adds = yield* commitWith(state, strangers.map((s) => add(s.publicPackage)))
-      yield* post(net, groupId, adds.commit)
+      const after = gce.newState
+      const blind = {
+        ...after,
+        groupContext: {
+          ...after.groupContext,
+          extensions: after.groupContext.extensions.map((e) => e.extensionType === "required_capabilities" ? { ...e, extensionType: 3 } : e)
+        }
+      }
+      yield* post(net, groupId, (yield* commitWith(blind, strangers.map((s) => add(s.publicPackage)))).commit)
+      // And the same Adds at the current epoch, where only Converge's identity check stops them.
+      yield* post(net, groupId, (yield* commitWith(state, strangers.map((s) => add(s.publicPackage)))).commit)
 
       yield* Effect.all([alice.syncAll, bob.syncAll])
       // Again after a restart: the cursor moved past both, nothing replays into a crash.
