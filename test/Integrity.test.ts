@@ -186,7 +186,28 @@ describe("A malicious member", () => {
       yield* Effect.all([alice.syncAll, bob.syncAll, mallory.syncAll])
       yield* nothingFrom(group.id, [alice, bob], victim.inboxId)
       expect(yield* memberInboxes(group)).toEqual([alice.inboxId, bob.inboxId, mallory.inboxId].sort())
-      yield* stillConverging(group.id, [alice, bob, mallory], "after the forged commit")
+
+      // Nor by switching her leaf to another key and inbox: the new leaf is signed with the new key
+      // (the first signature ts-mls makes), the commit with her own.
+      const cs = yield* cipherSuite
+      const other = yield* Effect.promise(() => cs.signature.keygen())
+      const switched = state.ratchetTree.slice()
+      switched[own] = {
+        nodeType: "leaf",
+        leaf: {
+          ...leaf.leaf,
+          signaturePublicKey: other.publicKey,
+          credential: { credentialType: "basic", identity: utf8(`${victim.inboxId}:${IdentityLog.installationIdOf(other.publicKey)}`) }
+        }
+      }
+      let signatures = 0
+      const signature = Object.create(cs.signature) as typeof cs.signature
+      signature.sign = (key, message) => cs.signature.sign(++signatures === 1 ? other.signKey : key, message)
+      const rekeyed = yield* commitWith({ ...state, ratchetTree: switched }, [], { ...cs, signature })
+      yield* post(net, groupId, rekeyed.commit)
+      yield* Effect.all([alice.syncAll, bob.syncAll, mallory.syncAll])
+      expect(yield* memberInboxes(group)).toEqual([alice.inboxId, bob.inboxId, mallory.inboxId].sort())
+      yield* stillConverging(group.id, [alice, bob, mallory], "after the forged commits")
     }))
 
   it.scoped("3. cannot end anyone's process: required_capabilities by GCE, then a commit with failing Adds", () =>
