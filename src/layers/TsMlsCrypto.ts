@@ -409,8 +409,8 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
         await verifyKeyPackage(kp, cs.signature)
       if (!signed) return new MlsError.CryptoVerificationError("Invalid keypackage signature")
       if (sentByClient && !withinLifetime(kp)) return new MlsError.ValidationError("Current time not within Lifetime")
-      // A new leaf: only a current installation of the inbox it names (revoked ones never come back).
-      await authenticateLeaf(kp.leafNode.credential, kp.leafNode.signaturePublicKey, true)
+      // What we add must be a current installation; what others added may have been revoked since.
+      await authenticateLeaf(kp.leafNode.credential, kp.leafNode.signaturePublicKey, sentByClient)
       const lacking = Rules.lacksRequiredCapabilities(client.groupContext, kp.leafNode)
       if (lacking !== undefined) return new MlsError.ValidationError(lacking)
       if (!extensionsSupportedByCapabilities(kp.leafNode.extensions, kp.leafNode.capabilities)) {

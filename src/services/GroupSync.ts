@@ -15,7 +15,13 @@ import {
 } from "../domain/Content.ts"
 import type { StorageError } from "../domain/Errors.ts"
 import type { ConversationId, GroupId, InboxId } from "../domain/Ids.ts"
-import { IntentDataJson, isCommitKind, PostCommitDataJson, RemoveMembersData } from "../domain/Intent.ts"
+import {
+  IntentDataJson,
+  isCommitKind,
+  PostCommitDataJson,
+  RemoveMembersData,
+  UpdateInstallationsData
+} from "../domain/Intent.ts"
 import { type GroupRow, type IntentRow, type MembershipState, MessageRow } from "../domain/Rows.ts"
 import { WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
 import type { GroupMessageEnvelope } from "../domain/Wire.ts"
@@ -121,6 +127,14 @@ export const make = (env: EngineEnv) => {
       return earlier.some((m) => m.group_id !== row.group_id && key(Schema.decodeSync(MembershipChangeJson)(m.content)) === key(change))
     })
 
+  /** Queues bringing the group's leaves in line with the identity logs, unless already pending. */
+  const queueInstallationUpdate = (groupId: GroupId, now: bigint) =>
+    Effect.gen(function*() {
+      const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
+      if (pending.some((intent) => intent.kind === "UpdateInstallations")) return
+      yield* queueIntent(env, groupId, UpdateInstallationsData.make({}), now)
+    })
+
   /** Queues the removal of an inbox that asked to leave, unless one is already pending. */
   const queueRemoval = (groupId: GroupId, inboxId: InboxId, now: bigint) =>
     Effect.gen(function*() {
@@ -182,6 +196,8 @@ export const make = (env: EngineEnv) => {
       const leaving = new Set<InboxId>()
       /** Whether a commit of this page brought in installations (that never saw our leave request). */
       let joined = false
+      /** Whether a commit of this page brought in a revoked installation: its removal is queued. */
+      let revokedEntered = false
       let outcome: PageOutcome = { ...zero, received: page.items.length }
       const now = yield* Clock.currentTimeNanos
       const skip = (envelope: GroupMessageEnvelope, why: string) =>
@@ -294,6 +310,7 @@ export const make = (env: EngineEnv) => {
             : undefined
           if (change !== undefined) newMessages.push(change)
           joined ||= after.active && hasNewcomers(current, after)
+          if (after.active && (yield* LeafAuthentication.enteringRevoked(identity, current, after))) revokedEntered = true
           state = processed.right.state
           if (!after.active) membership = "inactive"
           outcome = { ...outcome, commits: outcome.commits + 1 }
@@ -373,6 +390,7 @@ export const make = (env: EngineEnv) => {
         // Out of the group, we queue nothing for it (failPendingIntents above would miss it).
         if (membership !== "inactive") for (const inboxId of leaving) yield* queueRemoval(groupId, inboxId, now)
         if (joined && membership === "pendingRemove") yield* queueLeaveAgain(groupId, now)
+        if (revokedEntered && membership === "active") yield* queueInstallationUpdate(groupId, now)
         yield* storage.cursors.advance(topic, last)
         return fresh
       }))

@@ -55,8 +55,11 @@ export const enteringLeaves = (before: GroupView, after: GroupView): ReadonlyArr
 
 /**
  * Every leaf of a commit's result, others' commits and our own: identities unchanged
- * (`leafIdentityChange`), and every entering leaf a current installation of the inbox it names with
- * the logged key (revoked installations stay only where they already were, until removed).
+ * (`leafIdentityChange`), and every entering leaf an installation the inbox it names registered
+ * with that key. A leaf revoked since is let in here and removed at once (`enteringRevoked`):
+ * whether a revocation came before or after a commit depends on when each member reads the log,
+ * so refusing it would split the group. What we add ourselves must be current
+ * (`fetchedKeyPackageProblem`, and the adapter's check of our own Adds).
  */
 export const commitLeavesProblem = (
   identity: IdentityShape,
@@ -68,11 +71,24 @@ export const commitLeavesProblem = (
     const changed = leafIdentityChange(before, after, committer)
     if (changed !== undefined) return changed
     for (const leaf of enteringLeaves(before, after)) {
-      if (!(yield* identity.isCurrentLeaf(leaf))) {
-        return `installation ${leaf.installationId} is not a current installation of inbox ${leaf.inboxId}`
+      if (!(yield* identity.isValidLeaf(leaf))) {
+        return `installation ${leaf.installationId} was never an installation of inbox ${leaf.inboxId} with this key`
       }
     }
     return undefined
+  })
+
+/** Whether a commit brought in an installation revoked since: its removal is queued at once. */
+export const enteringRevoked = (
+  identity: IdentityShape,
+  before: GroupView,
+  after: GroupView
+): Effect.Effect<boolean, IdentityError> =>
+  Effect.gen(function*() {
+    for (const leaf of enteringLeaves(before, after)) {
+      if (!(yield* identity.isCurrentLeaf(leaf))) return true
+    }
+    return false
   })
 
 /**
@@ -103,9 +119,9 @@ export const fetchedKeyPackageProblem = (
   })
 
 /**
- * ts-mls's credential hook, answered from the identity log. A leaf entering the group must be a
- * current installation; one that may already be there (a path leaf, a welcome's tree) may also be
- * revoked since. When the log cannot be read, the hook lets the leaf through: the engine's own
+ * ts-mls's credential hook, answered from the identity log. A leaf we add must be a current
+ * installation; any other (an Add by someone else, a path leaf, a welcome's tree) may also be one
+ * revoked since (see `commitLeavesProblem`). When the log cannot be read, the hook lets the leaf through: the engine's own
  * check after processing (`commitLeavesProblem`, the welcome's member check) then fails with the
  * error and the envelope is read again later, rather than a valid commit being refused for good.
  */

@@ -97,9 +97,9 @@ export type Processed =
 
 /**
  * Decides whether a leaf credential may be in a group: the hook for identity checks, called by
- * ts-mls on every leaf it validates. `newLeaf` is true for a leaf entering the group (an Add), which
- * must be a current installation; false for a leaf that may already be there (a commit's path
- * leaf, a welcome's tree), which may also be a revoked one awaiting its removal.
+ * ts-mls on every leaf it validates. `newLeaf` is true for a leaf this installation adds, which must
+ * be a current installation; false for any other (an Add we receive, a commit's path leaf, a
+ * welcome's tree), which may also be one revoked since, awaiting its removal.
  */
 export type Authenticate = (
   identity: LeafIdentity,
