@@ -28,9 +28,11 @@ import { encodeRequiredCapabilities } from "ts-mls/requiredCapabilities.js"
 import { decryptGroupSecrets, encryptGroupSecrets, type Welcome } from "ts-mls/welcome.js"
 import { fromHex, toHex, utf8 } from "../src/domain/Bytes.ts"
 import * as IdentityLog from "../src/domain/IdentityLog.ts"
-import type { ConversationId, GroupId, InstallationId } from "../src/domain/Ids.ts"
+import type { ConversationId, GroupId, InboxId, InstallationId } from "../src/domain/Ids.ts"
 import { GroupMessageInput, WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../src/domain/Wire.ts"
 import type { Conversation } from "../src/services/Client.ts"
+import * as LeafAuthentication from "../src/services/LeafAuthentication.ts"
+import type { GroupView, LeafMember } from "../src/services/MlsCrypto.ts"
 import { type TestClient, TestNetwork } from "../src/testing.ts"
 
 type Network = Effect.Effect.Success<typeof TestNetwork.make>
@@ -501,4 +503,55 @@ describe("A malicious delivery service", () => {
       expect((yield* atBob.messages()).filter((m) => m.kind === "text").map((m) => m.text)).toEqual(["hi Bob"])
       expect(yield* memberInboxes(atBob)).toEqual([alice.inboxId, bob.inboxId].sort())
     }))
+})
+
+describe("the leaf rules, case by case", () => {
+  const key = (n: number) => new Uint8Array(32).fill(n)
+  const leaf = (leafIndex: number, inbox: string, installation: string, k: number): LeafMember => ({
+    leafIndex,
+    inboxId: inbox.padEnd(64, "0") as InboxId,
+    installationId: installation.padEnd(64, "0") as InstallationId,
+    signaturePublicKey: key(k)
+  })
+  const view = (members: ReadonlyArray<LeafMember>, metadata?: Uint8Array): GroupView => ({
+    groupId: "0".repeat(32) as GroupId,
+    epoch: 3n,
+    epochAuthenticator: "",
+    members,
+    active: true,
+    ownLeafIndex: 0,
+    metadata
+  })
+  const alice = leaf(0, "a", "a1", 1)
+  const bob = leaf(1, "b", "b1", 2)
+
+  it("leafIdentityChange: a leaf keeps its inbox and key; the committer stays itself; one leaf per installation", () => {
+    const before = view([alice, bob])
+    expect(LeafAuthentication.leafIdentityChange(before, view([alice, bob]), bob)).toBeUndefined()
+    expect(LeafAuthentication.leafIdentityChange(before, view([alice, { ...bob, inboxId: alice.inboxId }]), bob))
+      .toContain("moved from inbox")
+    expect(LeafAuthentication.leafIdentityChange(before, view([alice, { ...bob, signaturePublicKey: key(9) }]), bob))
+      .toContain("signature key")
+    expect(LeafAuthentication.leafIdentityChange(before, view([alice, leaf(1, "c", "c1", 3)]), bob))
+      .toContain("the committer's leaf 1 became")
+    expect(LeafAuthentication.leafIdentityChange(before, view([alice, bob, { ...bob, leafIndex: 2 }]), alice))
+      .toContain("holds two leaves")
+    // A removal and a new leaf in the freed slot, by someone else: a new leaf, not a change.
+    expect(LeafAuthentication.leafIdentityChange(before, view([alice, leaf(1, "c", "c1", 3)]), alice)).toBeUndefined()
+    expect(LeafAuthentication.enteringLeaves(before, view([alice, leaf(1, "c", "c1", 3)])).map((m) => m.leafIndex)).toEqual([1])
+  })
+
+  it("reactivationProblem: the same metadata, signed by someone who was in the group with us", () => {
+    const meta = utf8("{}")
+    const stored = view([alice, bob], meta)
+    expect(LeafAuthentication.reactivationProblem(stored, view([alice, bob], meta), bob)).toBeUndefined()
+    expect(LeafAuthentication.reactivationProblem(stored, view([alice, bob], utf8("{ }")), bob)).toContain("metadata")
+    expect(LeafAuthentication.reactivationProblem(stored, view([alice, bob]), bob)).toContain("metadata")
+    expect(LeafAuthentication.reactivationProblem(stored, view([alice, bob], meta), leaf(1, "m", "m1", 7))).toContain("not in the group")
+    expect(LeafAuthentication.reactivationProblem(stored, view([alice, bob], meta), { ...bob, signaturePublicKey: key(8) }))
+      .toContain("not in the group")
+    // Our own leaf (at our own index) vouches for nothing.
+    expect(LeafAuthentication.reactivationProblem(stored, view([alice, bob], meta), alice)).toContain("not in the group")
+    expect(LeafAuthentication.reactivationProblem(stored, view([alice, bob], meta), undefined)).toContain("unknown")
+  })
 })
