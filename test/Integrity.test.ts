@@ -544,14 +544,17 @@ describe("the leaf rules, case by case", () => {
   it("reactivationProblem: the same metadata, signed by someone who was in the group with us", () => {
     const meta = utf8("{}")
     const stored = view([alice, bob], meta)
-    expect(LeafAuthentication.reactivationProblem(stored, view([alice, bob], meta), bob)).toBeUndefined()
-    expect(LeafAuthentication.reactivationProblem(stored, view([alice, bob], utf8("{ }")), bob)).toContain("metadata")
-    expect(LeafAuthentication.reactivationProblem(stored, view([alice, bob]), bob)).toContain("metadata")
-    expect(LeafAuthentication.reactivationProblem(stored, view([alice, bob], meta), leaf(1, "m", "m1", 7))).toContain("not in the group")
-    expect(LeafAuthentication.reactivationProblem(stored, view([alice, bob], meta), { ...bob, signaturePublicKey: key(8) }))
-      .toContain("not in the group")
-    // Our own leaf (at our own index) vouches for nothing.
-    expect(LeafAuthentication.reactivationProblem(stored, view([alice, bob], meta), alice)).toContain("not in the group")
-    expect(LeafAuthentication.reactivationProblem(stored, view([alice, bob], meta), undefined)).toContain("unknown")
+    const mallory = leaf(2, "m", "m1", 7)
+    const problem = (joined: GroupView, inviter: LeafMember | undefined, groupSigned: ReadonlyArray<LeafMember> = []) =>
+      LeafAuthentication.reactivationProblem(stored, joined, inviter, groupSigned)
+    expect(problem(view([alice, bob], meta), bob)).toBeUndefined()
+    expect(problem(view([alice, bob], utf8("{ }")), bob)).toContain("metadata")
+    expect(problem(view([alice, bob]), bob)).toContain("metadata")
+    expect(problem(view([alice, bob, mallory], meta), mallory)).toContain("nobody")
+    expect(problem(view([alice, bob], meta), { ...bob, signaturePublicKey: key(8) })).toContain("nobody")
+    // Our own leaf vouches for nothing; a leaf signed for the group by someone we knew does.
+    expect(problem(view([alice, bob, mallory], meta), alice, [alice])).toContain("nobody")
+    expect(problem(view([alice, bob, mallory], meta), mallory, [bob])).toBeUndefined()
+    expect(problem(view([alice, bob, mallory], meta), undefined, [mallory])).toContain("nobody")
   })
 })

@@ -638,6 +638,14 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       return inviter === undefined ? undefined : leafMemberAt(unwrapRaw(state).ratchetTree, inviter)
     }
 
+    const groupSignedMembers: Service["groupSignedMembers"] = (state) => {
+      const tree = unwrapRaw(state).ratchetTree
+      return membersOf(tree).filter((m) => {
+        const node = tree[m.leafIndex * 2]
+        return node?.nodeType === "leaf" && node.leaf.leafNodeSource !== "key_package"
+      })
+    }
+
     const serialize: Service["serialize"] = (state) => encodeGroupState(unwrapRaw(state))
 
     const deserialize: Service["deserialize"] = Effect.fn("MlsCrypto.deserialize")(function*(bytes) {
@@ -660,6 +668,7 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       serialize,
       deserialize,
       inviterOf,
+      groupSignedMembers,
       authenticatedBy: (authenticate) => serviceOn(cs, { ...options, authenticate })
     } satisfies Service
 }

@@ -138,25 +138,29 @@ export const authenticateWith = (identity: IdentityShape, runtime: Runtime.Runti
 /**
  * A welcome for a group we were removed from takes us back only into the same group's history.
  * The group id alone proves nothing (anyone can create a group with any id), and a removed member
- * cannot follow the epochs it missed. What it can check: the welcome is signed by an installation
- * that was in the group with us, with the same key (a delivery service or a stranger cannot sign
- * as one), and the group context's metadata, fixed for the group's life (GroupContextExtensions
- * are refused), is the one we hold. A former co-member could still forge such a welcome; it could
- * as well have added us anew.
+ * cannot follow the epochs it missed. What it can check: the group context's metadata, fixed for
+ * the group's life (GroupContextExtensions are refused), is the one we hold; and someone who was in
+ * the group with us vouches for it, either by signing the welcome or by a leaf signed for this
+ * group (`groupSigned`: a commit's or update's leaf, bound to the group id and its index, which
+ * neither a delivery service nor a stranger ever sees in clear). A former co-member could still
+ * forge such a welcome; it could as well have added us anew.
  */
 export const reactivationProblem = (
   stored: GroupView,
   joined: GroupView,
-  inviter: LeafMember | undefined
+  inviter: LeafMember | undefined,
+  groupSigned: ReadonlyArray<LeafMember>
 ): string | undefined => {
   const sameMetadata = stored.metadata === undefined
     ? joined.metadata === undefined
     : joined.metadata !== undefined && sameKey(stored.metadata, joined.metadata)
   if (!sameMetadata) return "the welcome's group metadata differs from the group we were in"
-  if (inviter === undefined) return "the welcome's signer is unknown"
-  const knewInviter = stored.members.some((m) =>
-    m.leafIndex !== stored.ownLeafIndex && m.installationId === inviter.installationId &&
-    m.inboxId === inviter.inboxId && sameKey(m.signaturePublicKey, inviter.signaturePublicKey)
-  )
-  return knewInviter ? undefined : `the welcome is signed by ${inviter.installationId}, who was not in the group with us`
+  const wasWithUs = (leaf: LeafMember) =>
+    stored.members.some((m) =>
+      m.leafIndex !== stored.ownLeafIndex && m.installationId === leaf.installationId &&
+      m.inboxId === leaf.inboxId && sameKey(m.signaturePublicKey, leaf.signaturePublicKey)
+    )
+  if (inviter !== undefined && wasWithUs(inviter)) return undefined
+  if (groupSigned.some((leaf) => leaf.leafIndex !== joined.ownLeafIndex && wasWithUs(leaf))) return undefined
+  return "nobody in the welcome's group was in the group with us"
 }

@@ -143,6 +143,11 @@ export interface MlsCryptoShape {
   readonly view: (state: MlsGroupState) => GroupView
   /** For a state `joinFromWelcome` just returned: the member whose signature the welcome carries. */
   readonly inviterOf: (state: MlsGroupState) => LeafMember | undefined
+  /**
+   * The members whose leaf is signed for this group (by a commit or an update, RFC 9420 §7.2), not
+   * only published in a key package: nobody who never saw this group's tree can copy such a leaf.
+   */
+  readonly groupSignedMembers: (state: MlsGroupState) => ReadonlyArray<LeafMember>
   readonly serialize: (state: MlsGroupState) => Uint8Array
   readonly deserialize: (bytes: Uint8Array) => Effect.Effect<MlsGroupState, CryptoError>
 }

@@ -72,7 +72,12 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
       }
       if (Option.isSome(existing)) {
         const stored = crypto.view(yield* env.loadState(existing.value))
-        const unrelated = LeafAuthentication.reactivationProblem(stored, view, crypto.inviterOf(state))
+        const unrelated = LeafAuthentication.reactivationProblem(
+          stored,
+          view,
+          crypto.inviterOf(state),
+          crypto.groupSignedMembers(state)
+        )
         if (unrelated !== undefined) return yield* new CryptoError({ reason: "Unauthenticated", detail: unrelated })
       }
       if (payload.dmId !== undefined) {
