@@ -29,12 +29,14 @@ export const leafIdentityChange = (
   committer: LeafMember | undefined
 ): string | undefined => {
   const prior = new Map(before.members.map((m) => [m.leafIndex, m]))
-  const seen = new Set<InstallationId>()
+  const leavesOf = new Map<InstallationId, number>()
+  for (const leaf of after.members) leavesOf.set(leaf.installationId, (leavesOf.get(leaf.installationId) ?? 0) + 1)
   for (const leaf of after.members) {
-    if (seen.has(leaf.installationId)) return `installation ${leaf.installationId} holds two leaves`
-    seen.add(leaf.installationId)
     const was = prior.get(leaf.leafIndex)
-    if (was === undefined || was.installationId !== leaf.installationId) continue
+    // Judged on what the commit brings in, so a group that already holds a duplicate is not stuck.
+    const entering = was === undefined || was.installationId !== leaf.installationId
+    if (entering && leavesOf.get(leaf.installationId)! > 1) return `installation ${leaf.installationId} holds two leaves`
+    if (entering) continue
     if (was.inboxId !== leaf.inboxId) return `leaf ${leaf.leafIndex} moved from inbox ${was.inboxId} to ${leaf.inboxId}`
     if (!sameKey(was.signaturePublicKey, leaf.signaturePublicKey)) return `leaf ${leaf.leafIndex} changed its signature key`
   }
