@@ -545,8 +545,23 @@ describe("the leaf rules, case by case", () => {
     const meta = utf8("{}")
     const stored = view([alice, bob], meta)
     const mallory = leaf(2, "m", "m1", 7)
-    const problem = (joined: GroupView, inviter: LeafMember | undefined, groupSigned: ReadonlyArray<LeafMember> = []) =>
-      LeafAuthentication.reactivationProblem(stored, joined, inviter, groupSigned)
+    const details = (members: ReadonlyArray<LeafMember>, signed: ReadonlyArray<LeafMember>, rotated: ReadonlyArray<LeafMember> = []) =>
+      members.map((m) => ({
+        ...m,
+        encryptionKey: key(rotated.includes(m) ? 100 + m.leafIndex : 50 + m.leafIndex),
+        groupSigned: signed.includes(m)
+      }))
+    const problem = (
+      joined: GroupView,
+      inviter: LeafMember | undefined,
+      groupSigned: ReadonlyArray<LeafMember> = [],
+      rotated: ReadonlyArray<LeafMember> = joined.members
+    ) =>
+      LeafAuthentication.reactivationProblem(
+        { view: stored, leaves: details(stored.members, []) },
+        { view: joined, leaves: details(joined.members, groupSigned, rotated) },
+        inviter
+      )
     expect(problem(view([alice, bob], meta), bob)).toBeUndefined()
     expect(problem(view([alice, bob], utf8("{ }")), bob)).toContain("metadata")
     expect(problem(view([alice, bob]), bob)).toContain("metadata")
@@ -556,5 +571,8 @@ describe("the leaf rules, case by case", () => {
     expect(problem(view([alice, bob, mallory], meta), alice, [alice])).toContain("nobody")
     expect(problem(view([alice, bob, mallory], meta), mallory, [bob])).toBeUndefined()
     expect(problem(view([alice, bob, mallory], meta), undefined, [mallory])).toContain("nobody")
+    // The very key-package leaf we knew (same encryption key) vouches; a fresh key package does not.
+    expect(problem(view([alice, bob, mallory], meta), mallory, [], [alice, mallory])).toBeUndefined()
+    expect(problem(view([alice, bob, mallory], meta), mallory, [], [alice, bob, mallory])).toContain("nobody")
   })
 })

@@ -638,11 +638,12 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       return inviter === undefined ? undefined : leafMemberAt(unwrapRaw(state).ratchetTree, inviter)
     }
 
-    const groupSignedMembers: Service["groupSignedMembers"] = (state) => {
+    const leafDetails: Service["leafDetails"] = (state) => {
       const tree = unwrapRaw(state).ratchetTree
-      return membersOf(tree).filter((m) => {
+      return membersOf(tree).flatMap((m) => {
         const node = tree[m.leafIndex * 2]
-        return node?.nodeType === "leaf" && node.leaf.leafNodeSource !== "key_package"
+        if (node?.nodeType !== "leaf") return []
+        return [{ ...m, encryptionKey: node.leaf.hpkePublicKey, groupSigned: node.leaf.leafNodeSource !== "key_package" }]
       })
     }
 
@@ -668,7 +669,7 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       serialize,
       deserialize,
       inviterOf,
-      groupSignedMembers,
+      leafDetails,
       authenticatedBy: (authenticate) => serviceOn(cs, { ...options, authenticate })
     } satisfies Service
 }

@@ -11,7 +11,7 @@
 import { Effect, Runtime } from "effect"
 import type { InboxId, InstallationId } from "../domain/Ids.ts"
 import type { Identity, IdentityError } from "./Identity.ts"
-import type { Authenticate, GroupView, LeafMember, MlsCrypto } from "./MlsCrypto.ts"
+import type { Authenticate, GroupView, LeafDetails, LeafMember, MlsCrypto } from "./MlsCrypto.ts"
 
 type IdentityShape = Identity["Type"]
 
@@ -142,27 +142,29 @@ export const authenticateWith = (identity: IdentityShape, runtime: Runtime.Runti
  * The group id alone proves nothing (anyone can create a group with any id), and a removed member
  * cannot follow the epochs it missed. What it can check: the group context's metadata, fixed for
  * the group's life (GroupContextExtensions are refused), is the one we hold; and someone who was in
- * the group with us vouches for it, either by signing the welcome or by a leaf signed for this
- * group (`groupSigned`: a commit's or update's leaf, bound to the group id and its index, which
- * neither a delivery service nor a stranger ever sees in clear). A former co-member could still
- * forge such a welcome; it could as well have added us anew.
+ * the group with us vouches for it: by signing the welcome, by a leaf signed for this group
+ * (bound to the group id and its index), or by the very leaf we knew (the same encryption key: a
+ * key package used once, rotated since). A stranger has none of these; a former co-member, or a
+ * delivery service that kept the key packages it served, could still forge such a welcome.
  */
 export const reactivationProblem = (
-  stored: GroupView,
-  joined: GroupView,
-  inviter: LeafMember | undefined,
-  groupSigned: ReadonlyArray<LeafMember>
+  stored: { readonly view: GroupView; readonly leaves: ReadonlyArray<LeafDetails> },
+  joined: { readonly view: GroupView; readonly leaves: ReadonlyArray<LeafDetails> },
+  inviter: LeafMember | undefined
 ): string | undefined => {
-  const sameMetadata = stored.metadata === undefined
-    ? joined.metadata === undefined
-    : joined.metadata !== undefined && sameKey(stored.metadata, joined.metadata)
+  const sameMetadata = stored.view.metadata === undefined
+    ? joined.view.metadata === undefined
+    : joined.view.metadata !== undefined && sameKey(stored.view.metadata, joined.view.metadata)
   if (!sameMetadata) return "the welcome's group metadata differs from the group we were in"
-  const wasWithUs = (leaf: LeafMember) =>
-    stored.members.some((m) =>
-      m.leafIndex !== stored.ownLeafIndex && m.installationId === leaf.installationId &&
+  const knownAs = (leaf: LeafMember) =>
+    stored.leaves.find((m) =>
+      m.leafIndex !== stored.view.ownLeafIndex && m.installationId === leaf.installationId &&
       m.inboxId === leaf.inboxId && sameKey(m.signaturePublicKey, leaf.signaturePublicKey)
     )
-  if (inviter !== undefined && wasWithUs(inviter)) return undefined
-  if (groupSigned.some((leaf) => leaf.leafIndex !== joined.ownLeafIndex && wasWithUs(leaf))) return undefined
-  return "nobody in the welcome's group was in the group with us"
+  if (inviter !== undefined && knownAs(inviter) !== undefined) return undefined
+  const vouching = joined.leaves.some((leaf) => {
+    const known = leaf.leafIndex === joined.view.ownLeafIndex ? undefined : knownAs(leaf)
+    return known !== undefined && (leaf.groupSigned || sameKey(known.encryptionKey, leaf.encryptionKey))
+  })
+  return vouching ? undefined : "nobody in the welcome's group was in the group with us"
 }

@@ -27,6 +27,15 @@ export interface LeafMember extends LeafIdentity {
   readonly signaturePublicKey: Uint8Array
 }
 
+export interface LeafDetails extends LeafMember {
+  readonly encryptionKey: Uint8Array
+  /**
+   * Signed for this group by a commit or an update (RFC 9420 §7.2: bound to the group id and the
+   * leaf index), not only published in a key package: only who saw this group's tree can copy it.
+   */
+  readonly groupSigned: boolean
+}
+
 export interface GroupView {
   readonly groupId: GroupId
   readonly epoch: bigint
@@ -143,11 +152,8 @@ export interface MlsCryptoShape {
   readonly view: (state: MlsGroupState) => GroupView
   /** For a state `joinFromWelcome` just returned: the member whose signature the welcome carries. */
   readonly inviterOf: (state: MlsGroupState) => LeafMember | undefined
-  /**
-   * The members whose leaf is signed for this group (by a commit or an update, RFC 9420 §7.2), not
-   * only published in a key package: nobody who never saw this group's tree can copy such a leaf.
-   */
-  readonly groupSignedMembers: (state: MlsGroupState) => ReadonlyArray<LeafMember>
+  /** Every member with its leaf's encryption key and whether the leaf is signed for this group. */
+  readonly leafDetails: (state: MlsGroupState) => ReadonlyArray<LeafDetails>
   readonly serialize: (state: MlsGroupState) => Uint8Array
   readonly deserialize: (bytes: Uint8Array) => Effect.Effect<MlsGroupState, CryptoError>
 }

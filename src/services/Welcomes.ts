@@ -71,12 +71,11 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
         })
       }
       if (Option.isSome(existing)) {
-        const stored = crypto.view(yield* env.loadState(existing.value))
+        const storedState = yield* env.loadState(existing.value)
         const unrelated = LeafAuthentication.reactivationProblem(
-          stored,
-          view,
-          crypto.inviterOf(state),
-          crypto.groupSignedMembers(state)
+          { view: crypto.view(storedState), leaves: crypto.leafDetails(storedState) },
+          { view, leaves: crypto.leafDetails(state) },
+          crypto.inviterOf(state)
         )
         if (unrelated !== undefined) return yield* new CryptoError({ reason: "Unauthenticated", detail: unrelated })
       }
