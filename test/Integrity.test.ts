@@ -545,6 +545,7 @@ describe("the leaf rules, case by case", () => {
     const meta = utf8("{}")
     const stored = view([alice, bob], meta)
     const mallory = leaf(2, "m", "m1", 7)
+    const carol = leaf(3, "c", "c2", 11)
     const details = (members: ReadonlyArray<LeafMember>, signed: ReadonlyArray<LeafMember>, rotated: ReadonlyArray<LeafMember> = []) =>
       members.map((m) => ({
         ...m,
@@ -558,7 +559,7 @@ describe("the leaf rules, case by case", () => {
       rotated: ReadonlyArray<LeafMember> = joined.members
     ) =>
       LeafAuthentication.reactivationProblem(
-        { view: stored, leaves: details(stored.members, []) },
+        { view: stored, leaves: details(stored.members, []), formerInboxes: new Set([carol.inboxId]) },
         { view: joined, leaves: details(joined.members, groupSigned, rotated) },
         inviter
       )
@@ -574,5 +575,7 @@ describe("the leaf rules, case by case", () => {
     // The very key-package leaf we knew (same encryption key) vouches; a fresh key package does not.
     expect(problem(view([alice, bob, mallory], meta), mallory, [], [alice, mallory])).toBeUndefined()
     expect(problem(view([alice, bob, mallory], meta), mallory, [], [alice, bob, mallory])).toContain("nobody")
+    // Signed by a device of an inbox our transcript shows in the group before (it left before we did).
+    expect(problem(view([alice, mallory, carol], meta), carol)).toBeUndefined()
   })
 })

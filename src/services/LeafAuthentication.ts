@@ -142,13 +142,18 @@ export const authenticateWith = (identity: IdentityShape, runtime: Runtime.Runti
  * The group id alone proves nothing (anyone can create a group with any id), and a removed member
  * cannot follow the epochs it missed. What it can check: the group context's metadata, fixed for
  * the group's life (GroupContextExtensions are refused), is the one we hold; and someone who was in
- * the group with us vouches for it: by signing the welcome, by a leaf signed for this group
- * (bound to the group id and its index), or by the very leaf we knew (the same encryption key: a
- * key package used once, rotated since). A stranger has none of these; a former co-member, or a
- * delivery service that kept the key packages it served, could still forge such a welcome.
+ * the group with us vouches for it: by signing the welcome (an installation we knew there, or one
+ * of an inbox that our transcript shows in the group, `formerInboxes`), by a leaf signed for this
+ * group (bound to the group id and its index), or by the very leaf we knew (the same encryption
+ * key: a key package used once, rotated since). A stranger has none of these; a former co-member,
+ * or a delivery service that kept the key packages it served, could still forge such a welcome.
  */
 export const reactivationProblem = (
-  stored: { readonly view: GroupView; readonly leaves: ReadonlyArray<LeafDetails> },
+  stored: {
+    readonly view: GroupView
+    readonly leaves: ReadonlyArray<LeafDetails>
+    readonly formerInboxes: ReadonlySet<string>
+  },
   joined: { readonly view: GroupView; readonly leaves: ReadonlyArray<LeafDetails> },
   inviter: LeafMember | undefined
 ): string | undefined => {
@@ -161,7 +166,9 @@ export const reactivationProblem = (
       m.leafIndex !== stored.view.ownLeafIndex && m.installationId === leaf.installationId &&
       m.inboxId === leaf.inboxId && sameKey(m.signaturePublicKey, leaf.signaturePublicKey)
     )
-  if (inviter !== undefined && knownAs(inviter) !== undefined) return undefined
+  if (inviter !== undefined && (knownAs(inviter) !== undefined || stored.formerInboxes.has(inviter.inboxId))) {
+    return undefined
+  }
   const vouching = joined.leaves.some((leaf) => {
     const known = leaf.leafIndex === joined.view.ownLeafIndex ? undefined : knownAs(leaf)
     return known !== undefined && (leaf.groupSigned || sameKey(known.encryptionKey, leaf.encryptionKey))

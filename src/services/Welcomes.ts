@@ -6,7 +6,8 @@
  */
 import { Clock, Effect, Option, Schema } from "effect"
 import { CryptoError } from "../domain/Errors.ts"
-import { dmPeer, type GroupId } from "../domain/Ids.ts"
+import { MembershipChangeJson } from "../domain/Content.ts"
+import { type ConversationId, dmPeer, type GroupId } from "../domain/Ids.ts"
 import { GroupMetadata, GroupMetadataJson } from "../domain/Model.ts"
 import { GroupRow } from "../domain/Rows.ts"
 import { WelcomePayloadJson } from "../domain/Wire.ts"
@@ -50,6 +51,22 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
           ))
       )
 
+  /** The inboxes this group's transcript shows added or removed while we were in it (not us). */
+  const inboxesInTranscript = (group: GroupRow) =>
+    storage.messages.membershipChanges(group.dm_id ?? (group.id as unknown as ConversationId)).pipe(
+      Effect.map((rows) => {
+        const inboxes = new Set<string>()
+        for (const row of rows) {
+          if (row.group_id !== group.id) continue
+          const change = Schema.decodeUnknownOption(MembershipChangeJson)(row.content)
+          if (Option.isNone(change)) continue
+          for (const inbox of [...change.value.addedInboxes, ...change.value.removedInboxes]) inboxes.add(inbox)
+        }
+        inboxes.delete(identity.inboxId)
+        return inboxes
+      })
+    )
+
   /** Joins one welcome; returns the group id if a group was joined (or re-joined). */
   const join = (envelope: WelcomeMessageEnvelope) =>
     Effect.gen(function*() {
@@ -73,7 +90,11 @@ export const make = (env: EngineEnv, sync: ReturnType<typeof GroupSync.make>) =>
       if (Option.isSome(existing)) {
         const storedState = yield* env.loadState(existing.value)
         const unrelated = LeafAuthentication.reactivationProblem(
-          { view: crypto.view(storedState), leaves: crypto.leafDetails(storedState) },
+          {
+            view: crypto.view(storedState),
+            leaves: crypto.leafDetails(storedState),
+            formerInboxes: yield* inboxesInTranscript(existing.value)
+          },
           { view, leaves: crypto.leafDetails(state) },
           crypto.inviterOf(state)
         )
