@@ -72,6 +72,8 @@ export const simulatedCrashOf = (cause: Cause.Cause<unknown>): SimulatedCrash | 
 export interface TestClientOptions extends ClientOptions {
   /** Make this client a further installation of another client's inbox. */
   readonly sameInboxAs?: TestClient
+  /** What this client's delivery service does instead (a lying server, in tests of the threat model). */
+  readonly wrapDelivery?: (honest: Context.Tag.Service<DeliveryService>) => Context.Tag.Service<DeliveryService>
 }
 
 /**
@@ -236,7 +238,7 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
     /** Known once a client first booted; kept across restarts so a partition holds during them. */
     const installations = new Map<string, InstallationId>()
     /** The options each client was made with, kept while it is down between incarnations. */
-    const madeWith = new Map<string, ClientOptions>()
+    const madeWith = new Map<string, TestClientOptions>()
     /** Armed crash points per client name. */
     const armed = new Map<string, Set<CrashPoint>>()
     const crashes: Array<SimulatedCrash> = []
@@ -265,13 +267,14 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
         })
       )
 
-    const boot = (name: string, filename: string, clientOptions: ClientOptions) =>
+    const boot = (name: string, filename: string, clientOptions: TestClientOptions) =>
       Effect.gen(function*() {
         const scope = yield* Scope.fork(outer, { _tag: "Sequential" } as never)
+        const { wrapDelivery, sameInboxAs: _, ...engineOwn } = clientOptions
         const engineOptions: ClientOptions = {
           ...testDefaults,
           ...options.clientDefaults,
-          ...clientOptions,
+          ...engineOwn,
           crashPoint: crashHook(name, clientOptions.crashPoint ?? options.clientDefaults?.crashPoint)
         }
         const layer = Client.layerWithStorage(engineOptions).pipe(
@@ -280,7 +283,7 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
           ),
           // A literal config cannot fail to load.
           Layer.provide(Layer.orDie(SqliteClient.layer({ filename }))),
-          Layer.provide(Layer.succeed(DeliveryService, deliveryFor(name))),
+          Layer.provide(Layer.succeed(DeliveryService, wrapDelivery?.(deliveryFor(name)) ?? deliveryFor(name))),
           Layer.provide(Layer.succeed(MlsCrypto, crypto))
         )
         const context = yield* Layer.buildWithScope(layer, scope).pipe(

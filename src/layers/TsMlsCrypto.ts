@@ -12,6 +12,8 @@ import { type Context, Effect, Layer } from "effect"
 import {
   type AuthenticationService,
   type Capabilities,
+  type CiphersuiteImpl,
+  type Commit,
   type ClientConfig,
   type ClientState,
   type Credential,
@@ -38,7 +40,6 @@ import {
   getCiphersuiteImpl,
   processMessage
 } from "ts-mls"
-import { validateLeafNodeCredentialAndKeyUniqueness } from "ts-mls/clientState.js"
 import { defaultClientConfig } from "ts-mls/clientConfig.js"
 import { extensionsSupportedByCapabilities } from "ts-mls/extension.js"
 import { decryptWithLabel, encryptWithLabel } from "ts-mls/crypto/hpke.js"
@@ -64,7 +65,9 @@ import {
   type Processed
 } from "../services/MlsCrypto.ts"
 import { nodeCryptoProvider } from "./NodeCiphersuite.ts"
-import { joinFromWelcome as joinWelcome } from "./TsMlsWelcome.ts"
+import * as Rules from "./TsMlsCommitRules.ts"
+import { installRejectionGuard } from "./TsMlsRejectionGuard.ts"
+import { joinWithSigner } from "./TsMlsWelcome.ts"
 
 type Service = Context.Tag.Service<MlsCrypto>
 
@@ -88,10 +91,13 @@ const capabilities = (): Capabilities => {
 
 interface Held {
   readonly client: ClientState
+  /** For a state just joined from a welcome: the leaf that signed its GroupInfo. Not persisted. */
+  readonly inviter?: number
 }
 
-const wrap = (client: ClientState): MlsGroupState => ({ client } satisfies Held) as unknown as MlsGroupState
-const unwrap = (state: MlsGroupState): ClientState => (state as unknown as Held).client
+const wrap = (client: ClientState, inviter?: number): MlsGroupState =>
+  (inviter === undefined ? { client } : { client, inviter } satisfies Held) as unknown as MlsGroupState
+const unwrapRaw = (state: MlsGroupState): ClientState => (state as unknown as Held).client
 
 // ---- errors ----------------------------------------------------------------------------
 
@@ -286,16 +292,28 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
   Effect.gen(function*() {
     const provider = options.provider === "default" ? defaultCryptoProvider : nodeCryptoProvider
     const cs = yield* Effect.promise(() => getCiphersuiteImpl(getCiphersuiteFromName(CIPHERSUITE), provider))
+    installRejectionGuard()
+    return serviceOn(cs, options)
+  })
 
-    const authService: AuthenticationService = {
-      async validateCredential(credential, signaturePublicKey) {
-        const identity = structuralIdentity(credential, signaturePublicKey)
-        if (typeof identity === "string") throw new CredentialRejected(identity)
-        if (options.authenticate !== undefined && !(await options.authenticate(identity, signaturePublicKey))) {
-          throw new CredentialRejected(`installation ${identity.installationId} of inbox ${identity.inboxId} rejected`)
-        }
-        return true
+/** The service over one ciphersuite implementation; `authenticatedBy` makes a copy with another hook. */
+const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
+    /** The structural check, then the caller's hook: throws `CredentialRejected` with the reason. */
+    const authenticateLeaf = async (credential: Credential, signaturePublicKey: Uint8Array, newLeaf: boolean) => {
+      const identity = structuralIdentity(credential, signaturePublicKey)
+      if (typeof identity === "string") throw new CredentialRejected(identity)
+      if (options.authenticate !== undefined && !(await options.authenticate(identity, signaturePublicKey, newLeaf))) {
+        const which = newLeaf ? "a current installation" : "an installation"
+        throw new CredentialRejected(
+          `installation ${identity.installationId} is not ${which} of inbox ${identity.inboxId} with this key`
+        )
       }
+      return true
+    }
+
+    // ts-mls calls this on commit path leaves, welcome trees and (after `checkAdds`) Adds.
+    const authService: AuthenticationService = {
+      validateCredential: (credential, signaturePublicKey) => authenticateLeaf(credential, signaturePublicKey, false)
     }
 
     const clientConfig: ClientConfig = {
@@ -307,6 +325,8 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
       },
       authService
     }
+    /** A state's ts-mls client with this service's config (and so its `authenticate`), wherever it was made. */
+    const unwrap = (state: MlsGroupState): ClientState => ({ ...unwrapRaw(state), clientConfig })
 
     const keyPackageRef = (kp: KeyPackage) =>
       tryMls("keyPackageRef", () => makeKeyPackageRef(kp, cs.hash)).pipe(Effect.map(toHex))
@@ -394,8 +414,7 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
      * awaiting the previous one, so when an Add fails and a later one fails or is still
      * pending, the earlier rejection goes unobserved: an unhandled rejection, which ends a Node
      * process by default. The same checks, run here one at a time first, fail cleanly instead
-     * and leave ts-mls's own copies nothing to reject. (Required-capabilities checks are left
-     * out: our groups carry no required_capabilities extension.)
+     * and leave ts-mls's own copies nothing to reject (the rejection guard is the backstop).
      */
     const checkAdds = (client: ClientState, adds: ReadonlyArray<KeyPackage>, sentByClient: boolean) =>
       tryMls("validateKeyPackage", async () => {
@@ -410,30 +429,35 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
       if (kp.cipherSuite !== cipherSuite || kp.version !== version) {
         return new MlsError.ValidationError("key package ciphersuite or version differs from the group's")
       }
-      const notUnique = await validateLeafNodeCredentialAndKeyUniqueness(client.ratchetTree, kp.leafNode)
-      if (notUnique !== undefined) return notUnique
       const signed = await verifyLeafNodeSignatureKeyPackage(kp.leafNode, cs.signature) &&
         await verifyKeyPackage(kp, cs.signature)
       if (!signed) return new MlsError.CryptoVerificationError("Invalid keypackage signature")
       if (sentByClient && !withinLifetime(kp)) return new MlsError.ValidationError("Current time not within Lifetime")
-      const { credential, signaturePublicKey } = kp.leafNode
-      if (!(await client.clientConfig.authService.validateCredential(credential, signaturePublicKey))) {
-        return new MlsError.ValidationError("Could not validate credential")
-      }
+      // What we add must be a current installation; what others added may have been revoked since.
+      await authenticateLeaf(kp.leafNode.credential, kp.leafNode.signaturePublicKey, sentByClient)
+      const lacking = Rules.lacksRequiredCapabilities(client.groupContext, kp.leafNode)
+      if (lacking !== undefined) return new MlsError.ValidationError(lacking)
       if (!extensionsSupportedByCapabilities(kp.leafNode.extensions, kp.leafNode.capabilities)) {
         return new MlsError.ValidationError("LeafNode contains extension not listed in capabilities")
       }
       if (!extensionsSupportedByCapabilities(client.groupContext.extensions, kp.leafNode.capabilities)) {
         return new MlsError.ValidationError("key package does not support the group's context extensions")
       }
-      if (bytesEqual(kp.initKey, kp.leafNode.hpkePublicKey)) {
-        return new MlsError.ValidationError("Cannot have identical init and encryption keys")
+      if (!kp.leafNode.capabilities.credentials.includes("basic")) {
+        return new MlsError.ValidationError("key package does not support basic credentials")
       }
       return undefined
     }
 
-    /** The Adds a commit carries by value, read ahead of processMessage for `checkAdds`. */
-    const addsInCommit = (client: ClientState, message: MLSMessage) =>
+    /** The structural rules of `TsMlsCommitRules`, in order; the first refusal wins. */
+    const commitProblem = (client: ClientState, committer: number, commit: Commit): string | undefined =>
+      Rules.forbiddenProposal(commit) ??
+        Rules.badRemoval(client.ratchetTree, committer, commit) ??
+        Rules.pathLeafChangesIdentity(client.ratchetTree, committer, commit) ??
+        Rules.duplicateLeafKeys(client.ratchetTree, committer, commit)
+
+    /** A commit's content, read ahead of processMessage for the rules above. */
+    const commitContent = (client: ClientState, message: MLSMessage) =>
       Effect.gen(function*() {
         let content: FramedContent
         if (message.wireformat === "mls_public_message") {
@@ -452,12 +476,22 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
             ))
           content = unprotected.content.content
         } else {
-          return []
+          return yield* fail("Malformed", `${message.wireformat} is not a commit`)
         }
-        if (content.contentType !== "commit") return []
-        return content.commit.proposals.flatMap((p) =>
-          p.proposalOrRefType === "proposal" && p.proposal.proposalType === "add" ? [p.proposal.add.keyPackage] : []
-        )
+        if (content.contentType !== "commit") return yield* fail("Malformed", "not a commit")
+        // External commits (a new member's own) are never sent by Converge.
+        if (content.sender.senderType !== "member") return yield* fail("Malformed", "commits from non-members are not accepted")
+        return { commit: content.commit, committer: content.sender.leafIndex }
+      })
+
+    /** Every rule a received commit must pass before ts-mls applies it. */
+    const checkReceivedCommit = (client: ClientState, message: MLSMessage) =>
+      Effect.gen(function*() {
+        const { commit, committer } = yield* commitContent(client, message)
+        const problem = commitProblem(client, committer, commit)
+        if (problem !== undefined) return yield* fail("Malformed", problem)
+        yield* checkAdds(client, Rules.addsOf(commit), false)
+        return { commit, committer }
       })
 
     const createCommit: Service["createCommit"] = Effect.fn("MlsCrypto.createCommit")(
@@ -470,6 +504,11 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
           ...removed.map((leaf): Proposal => ({ proposalType: "remove", remove: { removed: leaf } })),
           ...adds.map((keyPackage): Proposal => ({ proposalType: "add", add: { keyPackage } }))
         ]
+        const problem = Rules.duplicateLeafKeys(client.ratchetTree, client.privatePath.leafIndex, {
+          proposals: proposals.map((proposal) => ({ proposalOrRefType: "proposal", proposal })),
+          path: undefined
+        })
+        if (problem !== undefined) return yield* fail("Malformed", problem)
         yield* checkAdds(client, adds, true)
         // An empty proposal list is a self-update: ts-mls then sends an UpdatePath.
         const result = yield* tryMls(
@@ -503,11 +542,11 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
           // Recomputed rather than trusting `bundle.ref`, which came from storage.
           if (!addressed.has(yield* keyPackageRef(publicPackage))) continue
           // Not ts-mls's `joinGroup`: its tree check refuses trees ts-mls builds (see TsMlsWelcome).
-          const client = yield* tryMls(
+          const joined = yield* tryMls(
             "joinFromWelcome",
-            () => joinWelcome(welcome, publicPackage, privatePackage, cs, clientConfig)
+            () => joinWithSigner(welcome, publicPackage, privatePackage, cs, clientConfig)
           )
-          return wrap(client)
+          return wrap(joined.client, joined.signer)
         }
         return yield* fail("CannotDecrypt", "the welcome is not addressed to any of the given key packages")
       }
@@ -575,7 +614,7 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
         return yield* fail("WrongEpoch", `commit for past epoch ${header.epoch}; group is at ${epoch}`)
       }
 
-      if (header.kind === "commit") yield* checkAdds(client, yield* addsInCommit(client, message), false)
+      const received = header.kind === "commit" ? yield* checkReceivedCommit(client, message) : undefined
 
       let committer: number | undefined
       const result = yield* tryMls("process", () =>
@@ -591,8 +630,14 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
         const plaintext = result.message
         return { kind: "application", plaintext, sender, epoch: header.epoch, state: next } satisfies Processed
       }
-      if (committer === undefined) return yield* fail("Malformed", "commits from non-members are not accepted")
-      const member = leafMemberAt(result.newState.ratchetTree, committer) ?? leafMemberAt(client.ratchetTree, committer)
+      if (committer === undefined || received === undefined || committer !== received.committer) {
+        return yield* fail("Malformed", "commits from non-members are not accepted")
+      }
+      const before = client
+      yield* tryMls("process", () =>
+        Rules.updatePathKeysMatchSecrets(before, result.newState, received.committer, received.commit, cs))
+      // Who signed it: the committer's leaf as it was, not as its own UpdatePath renamed it.
+      const member = leafMemberAt(client.ratchetTree, committer) ?? leafMemberAt(result.newState.ratchetTree, committer)
       if (member === undefined) return yield* fail("Internal", `cannot resolve committer leaf ${committer}`)
       // If this commit removed us, the state stays at the old epoch, marked removed.
       const next = wrap(result.newState)
@@ -630,7 +675,7 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
     })
 
     const view: Service["view"] = (state): GroupView => {
-      const client = unwrap(state)
+      const client = unwrapRaw(state)
       return {
         groupId: toHex(client.groupContext.groupId) as GroupId,
         epoch: client.groupContext.epoch,
@@ -642,7 +687,21 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
       }
     }
 
-    const serialize: Service["serialize"] = (state) => encodeGroupState(unwrap(state))
+    const inviterOf: Service["inviterOf"] = (state) => {
+      const inviter = (state as unknown as Held).inviter
+      return inviter === undefined ? undefined : leafMemberAt(unwrapRaw(state).ratchetTree, inviter)
+    }
+
+    const leafDetails: Service["leafDetails"] = (state) => {
+      const tree = unwrapRaw(state).ratchetTree
+      return membersOf(tree).flatMap((m) => {
+        const node = tree[m.leafIndex * 2]
+        if (node?.nodeType !== "leaf") return []
+        return [{ ...m, encryptionKey: node.leaf.hpkePublicKey, groupSigned: node.leaf.leafNodeSource !== "key_package" }]
+      })
+    }
+
+    const serialize: Service["serialize"] = (state) => encodeGroupState(unwrapRaw(state))
 
     const deserialize: Service["deserialize"] = Effect.fn("MlsCrypto.deserialize")(function*(bytes) {
       const decoded = yield* decodeAll("group state", decodeGroupState, bytes)
@@ -664,9 +723,12 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
       process,
       view,
       serialize,
-      deserialize
+      deserialize,
+      inviterOf,
+      leafDetails,
+      authenticatedBy: (authenticate) => serviceOn(cs, { ...options, authenticate })
     } satisfies Service
-  })
+}
 
 /** `MlsCrypto` on ts-mls 1.6.4 (`MlsCrypto.layer` in the package root). */
 export const layer = (options: MlsCryptoOptions = {}): Layer.Layer<MlsCrypto> => Layer.effect(MlsCrypto, make(options))

@@ -46,6 +46,7 @@ import {
   leafWidth,
   type NodeIndex,
   nodeToLeafIndex,
+  root,
   toLeafIndex,
   toNodeIndex
 } from "ts-mls/treemath.js"
@@ -170,6 +171,28 @@ export const validateRatchetTree = async (
   return undefined
 }
 
+/**
+ * RFC 9420 §7.9 (tree invariant) and §12.4.3.1: a joiner knows the private key of every non-blank
+ * node above it that it is not listed under as unmerged, and it learns those keys only from the
+ * welcome's path secret. So each non-blank ancestor the path secret does not cover must list the
+ * joiner as unmerged; otherwise the joiner could not decrypt a later commit encrypted to that node.
+ * ts-mls 1.6.4 does not check (its main branch does, since rc.13).
+ */
+export const joinerCoversAncestors = (
+  tree: RatchetTree,
+  joiner: number,
+  keysFromPathSecret: Readonly<Record<number, Uint8Array>>
+): ValidationError | undefined => {
+  for (const ancestor of directPath(leafToNodeIndex(toLeafIndex(joiner)), leafWidth(tree.length))) {
+    const node = tree[ancestor]
+    if (node?.nodeType !== "parent" || keysFromPathSecret[ancestor] !== undefined) continue
+    if (!node.parent.unmergedLeaves.includes(joiner)) {
+      return new ValidationError(`node ${ancestor} above the joiner neither lists it as unmerged nor is in its path secret`)
+    }
+  }
+  return undefined
+}
+
 // ---- the join (RFC 9420 §12.4.3.1) -----------------------------------------------------------
 
 /**
@@ -187,11 +210,15 @@ export const privateKeysFromPathSecret = async (
   for (const [index, secret] of Object.entries(await pathToRoot(tree, ancestor, pathSecret, cs.kdf))) {
     const { privateKey, publicKey } = await cs.hpke.deriveKeyPair(await deriveSecret(secret, "node", cs.kdf))
     const node = tree[Number(index)]
+    // ts-mls derives a secret for the root even when the path left it blank (its copath side is
+    // empty): there is no key to compare it with.
+    const unchecked = node === undefined && Number(index) === root(leafWidth(tree.length))
     if (
-      node?.nodeType !== "parent" ||
-      !constantTimeEqual(await cs.hpke.exportPublicKey(publicKey), node.parent.hpkePublicKey)
+      !unchecked &&
+      (node?.nodeType !== "parent" ||
+        !constantTimeEqual(await cs.hpke.exportPublicKey(publicKey), node.parent.hpkePublicKey))
     ) {
-      throw new ValidationError(`the welcome's path secret does not give the key of node ${index}`)
+      throw new ValidationError(`the path secret does not give the key of node ${index}`)
     }
     privateKeys[Number(index)] = await cs.hpke.exportPrivateKey(privateKey)
   }
@@ -210,7 +237,16 @@ export const joinFromWelcome = async (
   privateKeys: PrivateKeyPackage,
   cs: CiphersuiteImpl,
   config: ClientConfig
-): Promise<ClientState> => {
+): Promise<ClientState> => (await joinWithSigner(welcome, keyPackage, privateKeys, cs, config)).client
+
+/** `joinFromWelcome`, also saying which leaf signed the welcome's GroupInfo (the member who added us). */
+export const joinWithSigner = async (
+  welcome: Welcome,
+  keyPackage: KeyPackage,
+  privateKeys: PrivateKeyPackage,
+  cs: CiphersuiteImpl,
+  config: ClientConfig
+): Promise<{ readonly client: ClientState; readonly signer: number }> => {
   const keyPackageRef = await makeKeyPackageRef(keyPackage, cs.hash)
   const initKey = await cs.hpke.importPrivateKey(privateKeys.initPrivateKey)
   const groupSecrets = await decryptGroupSecrets(initKey, keyPackageRef, welcome, cs.hpke)
@@ -247,6 +283,8 @@ export const joinFromWelcome = async (
   const pathKeys = groupSecrets.pathSecret === undefined
     ? {}
     : await privateKeysFromPathSecret(tree, ancestor, groupSecrets.pathSecret, cs)
+  const uncovered = joinerCoversAncestors(tree, ownLeaf, pathKeys)
+  if (uncovered !== undefined) throw uncovered
   const privatePath = {
     leafIndex: ownLeaf,
     privateKeys: { ...pathKeys, [leafToNodeIndex(ownLeaf)]: privateKeys.hpkePrivateKey }
@@ -258,7 +296,7 @@ export const joinFromWelcome = async (
   const secretTree = await createSecretTree(leafWidth(tree.length), encryptionSecret, cs.kdf)
   zeroOutUint8Array(encryptionSecret)
   zeroOutUint8Array(groupSecrets.joinerSecret)
-  return {
+  const client: ClientState = {
     groupContext: context,
     ratchetTree: tree,
     privatePath,
@@ -271,4 +309,5 @@ export const joinFromWelcome = async (
     groupActiveState: { kind: "active" },
     clientConfig: config
   }
+  return { client, signer: groupInfo.signer }
 }

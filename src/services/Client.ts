@@ -52,6 +52,7 @@ import { newLeaveRequest, queueIntent as queueIntentIn } from "./IntentQueue.ts"
 import * as GroupSync from "./GroupSync.ts"
 import { Identity, type IdentityOptions } from "./Identity.ts"
 import * as IdentityService from "./Identity.ts"
+import * as LeafAuthentication from "./LeafAuthentication.ts"
 import { MlsCrypto } from "./MlsCrypto.ts"
 import * as Publisher from "./Publisher.ts"
 import { type MessageQuery, Storage } from "./Storage.ts"
@@ -144,15 +145,19 @@ const decodeInbox = Schema.decodeUnknown(InboxId)
 export const make = (options: ClientOptions = {}) =>
   Effect.gen(function*() {
     const storage = yield* Storage
-    const crypto = yield* MlsCrypto
+    const unauthenticated = yield* MlsCrypto
     const network = yield* DeliveryService
     const identity = yield* IdentityService.make(options).pipe(
       Effect.provideService(Storage, storage),
-      Effect.provideService(MlsCrypto, crypto),
+      Effect.provideService(MlsCrypto, unauthenticated),
       Effect.provideService(DeliveryService, network)
     )
     // Every request of this installation is signed by it (DeliveryAuth).
     const ds = authenticatedAs(network, installationSigner(identity.installationId, identity.signatureKeys.privateKey))
+    // Every leaf ts-mls validates is checked against the identity log (RFC 9420 §5.3.1).
+    const crypto = unauthenticated.authenticatedBy(
+      LeafAuthentication.authenticateWith(identity, yield* Effect.runtime<never>())
+    )
     const engineOptions: EngineOptions = {
       maxPastEpochs: options.maxPastEpochs ?? defaultEngineOptions.maxPastEpochs,
       conflictSchedule: options.conflictSchedule ?? defaultEngineOptions.conflictSchedule,
@@ -205,7 +210,16 @@ export const make = (options: ClientOptions = {}) =>
         }
         const all = [...installationsOf.values()].flat()
         const fetched = all.length === 0 ? [] : yield* ds.fetchKeyPackages(all)
-        const missing = new Set(fetched.filter((f) => f.keyPackage === undefined).map((f) => f.installationId))
+        const missing = new Set<InstallationId>()
+        for (const [inboxId, installations] of installationsOf) {
+          for (const installationId of installations) {
+            const keyPackage = fetched.find((f) => f.installationId === installationId)?.keyPackage
+            const problem = keyPackage === undefined
+              ? "no key package"
+              : yield* LeafAuthentication.fetchedKeyPackageProblem(crypto, identity, { installationId, inboxId }, keyPackage)
+            if (problem !== undefined) missing.add(installationId)
+          }
+        }
         for (const [inboxId, installations] of installationsOf) {
           const lacking = installations.filter((i) => missing.has(i))
           if (installations.length === 0 || lacking.length > 0) {

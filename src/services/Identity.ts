@@ -23,7 +23,7 @@ import { IdentityUpdate, KeyPackageUpload } from "../domain/Wire.ts"
 import { ed25519Seed } from "../domain/RequestAuth.ts"
 import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
 import { DeliveryService } from "./DeliveryService.ts"
-import { type KeyPackageBundle, type LeafMember, MlsCrypto, type SignatureKeyPair } from "./MlsCrypto.ts"
+import { type KeyPackageBundle, type LeafIdentity, type LeafMember, MlsCrypto, type SignatureKeyPair } from "./MlsCrypto.ts"
 import { Storage } from "./Storage.ts"
 
 export type IdentityError = DeliveryError | InvalidIdentityUpdate | StorageError | CryptoError
@@ -69,6 +69,11 @@ export class Identity extends Context.Tag("converge/Identity")<Identity, {
   ) => Effect.Effect<ReadonlyMap<InboxId, IdentityLog.InboxState | undefined>, IdentityError>
   /** Was this leaf ever registered to the inbox it names (current or revoked since)? Refreshes once if not. */
   readonly isValidLeaf: (leaf: LeafMember) => Effect.Effect<boolean, IdentityError>
+  /**
+   * Is this leaf a current installation of the inbox it names, with exactly the logged signature
+   * key? The test for a leaf entering a group: a revoked installation never comes back.
+   */
+  readonly isCurrentLeaf: (leaf: LeafIdentity & { readonly signaturePublicKey: Uint8Array }) => Effect.Effect<boolean, IdentityError>
   /** Publishes a signed change to this inbox's log (needs the root key). */
   readonly revokeInstallation: (installationId: InstallationId) => Effect.Effect<void, IdentityError>
 }>() {
@@ -158,6 +163,16 @@ export const make = (options: IdentityOptions) =>
       if (Option.isSome(cached) && check(cached.value)) return true
       const fresh = yield* refresh(leaf.inboxId)
       return check(Option.getOrUndefined(fresh))
+    })
+
+    const isCurrentLeaf = Effect.fn("Identity.isCurrentLeaf")(function*(
+      leaf: LeafIdentity & { readonly signaturePublicKey: Uint8Array }
+    ) {
+      const check = (state: IdentityLog.InboxState | undefined) =>
+        state !== undefined && IdentityLog.isCurrentInstallation(state, leaf.installationId, leaf.signaturePublicKey)
+      const cached = HashMap.get(yield* Ref.get(cache), leaf.inboxId)
+      if (Option.isSome(cached) && check(cached.value)) return true
+      return check(Option.getOrUndefined(yield* refresh(leaf.inboxId)))
     })
 
     const publishOwn = (action: IdentityLog.UnsignedIdentityAction) =>
@@ -254,6 +269,7 @@ export const make = (options: IdentityOptions) =>
       inboxState,
       refreshMany,
       isValidLeaf,
+      isCurrentLeaf,
       revokeInstallation: (target: InstallationId) =>
         publishOwn({ _tag: "RevokeInstallation", installationId: target }).pipe(
           Effect.withSpan("Identity.revokeInstallation")

@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto"
 import { toHex } from "../domain/Bytes.ts"
 import { GroupInactive } from "../domain/Errors.ts"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
-import { type IntentData, LeaveData, RemoveMembersData } from "../domain/Intent.ts"
+import { type IntentData, LeaveData, RemoveMembersData, UpdateInstallationsData } from "../domain/Intent.ts"
 import type { StoredIntent } from "../domain/Stored.ts"
 import type { EngineContext } from "./EngineContext.ts"
 
@@ -58,4 +58,12 @@ export const queueLeaveAgain = (ctx: EngineContext, groupId: GroupId, now: bigin
     const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish"])
     if (pending.some((intent) => intent.kind === "Leave")) return
     yield* queueIntent(ctx, groupId, newLeaveRequest(), now)
+  })
+
+/** Queues bringing the group's leaves in line with the identity logs, unless one is already pending. */
+export const queueInstallationUpdate = (ctx: EngineContext, groupId: GroupId, now: bigint) =>
+  Effect.gen(function*() {
+    const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish", "Published"])
+    if (pending.some((intent) => intent.kind === "UpdateInstallations")) return
+    yield* queueIntent(ctx, groupId, UpdateInstallationsData.make({}), now)
   })

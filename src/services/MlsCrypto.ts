@@ -27,6 +27,15 @@ export interface LeafMember extends LeafIdentity {
   readonly signaturePublicKey: Uint8Array
 }
 
+export interface LeafDetails extends LeafMember {
+  readonly encryptionKey: Uint8Array
+  /**
+   * Signed for this group by a commit or an update (RFC 9420 §7.2: bound to the group id and the
+   * leaf index), not only published in a key package: only who saw this group's tree can copy it.
+   */
+  readonly groupSigned: boolean
+}
+
 export interface GroupView {
   readonly groupId: GroupId
   readonly epoch: bigint
@@ -95,8 +104,17 @@ export type Processed =
     readonly state: MlsGroupState
   }
 
-/** Decides whether a leaf credential may be in a group: the hook for identity checks. */
-export type Authenticate = (identity: LeafIdentity, signaturePublicKey: Uint8Array) => Promise<boolean>
+/**
+ * Decides whether a leaf credential may be in a group: the hook for identity checks, called by
+ * ts-mls on every leaf it validates. `newLeaf` is true for a leaf this installation adds, which must
+ * be a current installation; false for any other (an Add we receive, a commit's path leaf, a
+ * welcome's tree), which may also be one revoked since, awaiting its removal.
+ */
+export type Authenticate = (
+  identity: LeafIdentity,
+  signaturePublicKey: Uint8Array,
+  newLeaf: boolean
+) => Promise<boolean>
 
 export interface MlsCryptoOptions {
   /** How many past epochs' application messages stay decryptable (default 3). */
@@ -110,7 +128,9 @@ export interface MlsCryptoOptions {
   readonly provider?: "native" | "default"
 }
 
-export class MlsCrypto extends Context.Tag("converge/MlsCrypto")<MlsCrypto, {
+export interface MlsCryptoShape {
+  /** The same service, with `authenticate` deciding every leaf credential (RFC 9420 §5.3.1). */
+  readonly authenticatedBy: (authenticate: Authenticate) => MlsCryptoShape
   readonly generateSignatureKeyPair: Effect.Effect<SignatureKeyPair, CryptoError>
   readonly generateKeyPackage: (identity: LeafIdentity, keys: SignatureKeyPair) => Effect.Effect<KeyPackageBundle, CryptoError>
   /** Decodes and verifies a public key package (signature, lifetime, credential). */
@@ -135,6 +155,10 @@ export class MlsCrypto extends Context.Tag("converge/MlsCrypto")<MlsCrypto, {
   /** Processes someone else's message. Never feed an own commit here: adopt its staged state. */
   readonly process: (state: MlsGroupState, message: Uint8Array) => Effect.Effect<Processed, CryptoError>
   readonly view: (state: MlsGroupState) => GroupView
+  /** For a state `joinFromWelcome` just returned: the member whose signature the welcome carries. */
+  readonly inviterOf: (state: MlsGroupState) => LeafMember | undefined
+  /** Every member with its leaf's encryption key and whether the leaf is signed for this group. */
+  readonly leafDetails: (state: MlsGroupState) => ReadonlyArray<LeafDetails>
   readonly serialize: (state: MlsGroupState) => Uint8Array
   /** Seals bytes to an installation's public key package (HPKE to its init key): only it can open them. */
   readonly sealToKeyPackage: (keyPackage: Uint8Array, plaintext: Uint8Array) => Effect.Effect<Uint8Array, CryptoError>
@@ -144,4 +168,6 @@ export class MlsCrypto extends Context.Tag("converge/MlsCrypto")<MlsCrypto, {
     keyPackages: ReadonlyArray<KeyPackageBundle>
   ) => Effect.Effect<{ readonly plaintext: Uint8Array; readonly keyPackageRef: string }, CryptoError>
   readonly deserialize: (bytes: Uint8Array) => Effect.Effect<MlsGroupState, CryptoError>
-}>() {}
+}
+
+export class MlsCrypto extends Context.Tag("converge/MlsCrypto")<MlsCrypto, MlsCryptoShape>() {}

@@ -30,7 +30,8 @@ import { type StoredGroup, type StoredIntent, type MembershipState, StoredMessag
 import { groupTopic } from "../domain/Topics.ts"
 import type { GroupMessageEnvelope } from "../domain/Wire.ts"
 import type { EngineContext } from "./EngineContext.ts"
-import { failPendingIntents, queueLeaveAgain, queueRemoval } from "./IntentQueue.ts"
+import { failIntent, failPendingIntents, queueInstallationUpdate, queueLeaveAgain, queueRemoval } from "./IntentQueue.ts"
+import * as LeafAuthentication from "./LeafAuthentication.ts"
 import type { LeafMember, MlsGroupState } from "./MlsCrypto.ts"
 
 export interface PageOutcome {
@@ -73,6 +74,8 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
   const leaving = new Set<InboxId>()
   /** Whether a commit of this page brought in installations (that never saw our leave request). */
   let joined = false
+  /** Whether a commit of this page brought in a revoked installation: its removal is queued. */
+  let revokedEntered = false
   let outcome: PageOutcome = emptyOutcome
 
   const snapshot = (): GroupSnapshot => {
@@ -146,24 +149,32 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
     Effect.gen(function*() {
       const staged = yield* crypto.deserialize(intent.stagedState!)
       const after = crypto.view(staged)
-      const me = crypto.view(state).members.find((m) => m.leafIndex === before.ownLeafIndex)!
+      const current = crypto.view(state)
+      const me = current.members.find((m) => m.leafIndex === before.ownLeafIndex)!
+      // Built from what the delivery service handed us: checked as the other members check it.
+      const refused = yield* LeafAuthentication.commitLeavesProblem(identity, current, after, me)
+      if (refused !== undefined) {
+        writes.push(failIntent(ctx, intent, `own commit refused: ${refused}`))
+        return yield* skip(envelope, "unauthenticatedCommit", refused)
+      }
       adopt(staged, ownCommitChanges(before, after), me, envelope)
       writes.push(storage.intents.markCommitted(intent.id, envelope.sequenceId))
     })
 
-  /** Someone's commit for our epoch: process it, and take it only if every new leaf is a current installation. */
+  /** Someone's commit for our epoch: processed, then every leaf of its result checked. */
   const commit = (envelope: GroupMessageEnvelope, before: GroupSnapshot) =>
     Effect.gen(function*() {
+      const current = crypto.view(state)
       const processed = yield* crypto.process(state, envelope.payload).pipe(Effect.either)
       if (processed._tag === "Left" || processed.right.kind !== "commit") {
         return yield* skip(envelope, "unprocessable", processed._tag === "Left" ? processed.left.message : "not a commit")
       }
       const after = crypto.view(processed.right.state)
-      for (const leaf of newLeaves(before.members, after.members)) {
-        if (!(yield* identity.isValidLeaf(leaf))) {
-          return yield* skip(envelope, "unauthenticatedCommit", `adds unregistered installation ${leaf.installationId}`)
-        }
-      }
+      const refused = yield* LeafAuthentication.commitLeavesProblem(identity, current, after, processed.right.committer)
+      if (refused !== undefined) return yield* skip(envelope, "unauthenticatedCommit", refused)
+      // A device revoked since it was added is let in (members read revocations at different
+      // times) and removed at once.
+      if (after.active && (yield* LeafAuthentication.enteringRevoked(identity, current, after))) revokedEntered = true
       adopt(processed.right.state, commitChanges(before, after, identity.inboxId), processed.right.committer, envelope)
     })
 
@@ -305,6 +316,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       // Out of the group, we queue nothing for it (failPendingIntents above would miss it).
       if (membership !== "inactive") for (const inboxId of leaving) yield* queueRemoval(ctx, groupId, inboxId, now)
       if (joined && membership === "pendingRemove") yield* queueLeaveAgain(ctx, groupId, now)
+      if (revokedEntered && membership === "active") yield* queueInstallationUpdate(ctx, groupId, now)
       yield* storage.cursors.advance(groupTopic(groupId), last)
       return fresh
     }))

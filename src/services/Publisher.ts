@@ -34,7 +34,14 @@ import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
 import * as EngineMetrics from "./EngineMetrics.ts"
 import { failIntent as failIntentIn, failPendingIntents } from "./IntentQueue.ts"
 import type * as GroupSync from "./GroupSync.ts"
+import * as LeafAuthentication from "./LeafAuthentication.ts"
 import type { MlsGroupState } from "./MlsCrypto.ts"
+
+/** An installation to add, and the inbox it must belong to. */
+interface Wanted {
+  readonly installationId: InstallationId
+  readonly inboxId: InboxId
+}
 
 /** Internal: the intent is neither done nor failed yet (waiting behind a commit, or not yet seen). */
 class IntentPending extends Data.TaggedError("IntentPending")<{ readonly intentId: number; readonly state: string }> {}
@@ -64,12 +71,12 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       const states = yield* identity.refreshMany([...inboxIds])
       const view = crypto.view(state)
       const present = new Set(view.members.map((m) => m.installationId))
-      const add: Array<InstallationId> = []
+      const add: Array<Wanted> = []
       const remove: Array<InstallationId> = []
       for (const [inboxId, inbox] of states) {
         if (inbox === undefined) return yield* new InboxNotFound({ inboxId })
         const current = new Set(currentInstallations(inbox))
-        for (const installationId of current) if (!present.has(installationId)) add.push(installationId)
+        for (const installationId of current) if (!present.has(installationId)) add.push({ installationId, inboxId })
         for (const leaf of view.members) {
           if (leaf.inboxId === inboxId && !current.has(leaf.installationId) && leaf.leafIndex !== view.ownLeafIndex) {
             remove.push(leaf.installationId)
@@ -79,16 +86,35 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       return { add, remove }
     })
 
+  /**
+   * The key packages of the installations to add, each checked to be the one asked for
+   * (`LeafAuthentication.fetchedKeyPackageProblem`): the delivery service is not trusted with them.
+   */
+  const fetchKeyPackages = (add: ReadonlyArray<Wanted>) =>
+    Effect.gen(function*() {
+      if (add.length === 0) return []
+      const fetched = yield* ds.fetchKeyPackages(add.map((w) => w.installationId))
+      const packages: Array<Uint8Array> = []
+      for (const wanted of add) {
+        const keyPackage = fetched.find((f) => f.installationId === wanted.installationId)?.keyPackage
+        const problem = keyPackage === undefined
+          ? "no key package"
+          : yield* LeafAuthentication.fetchedKeyPackageProblem(crypto, identity, wanted, keyPackage)
+        if (problem !== undefined) {
+          yield* Effect.logWarning(`refusing the key package of ${wanted.installationId}: ${problem}`)
+          return yield* new KeyPackageUnavailable({ inboxId: wanted.inboxId, installationIds: [wanted.installationId] })
+        }
+        packages.push(keyPackage!)
+      }
+      return packages
+    })
+
   /** A commit adding (with welcomes) and removing installations; nothing to do if both are empty. */
-  const membershipCommit = (state: MlsGroupState, add: ReadonlyArray<InstallationId>, remove: ReadonlyArray<InstallationId>) =>
+  const membershipCommit = (state: MlsGroupState, add: ReadonlyArray<Wanted>, remove: ReadonlyArray<InstallationId>) =>
     Effect.gen(function*() {
       if (add.length === 0 && remove.length === 0) return { _tag: "NoOp" } as Derived
-      const fetched = add.length === 0 ? [] : yield* ds.fetchKeyPackages(add)
-      const unavailable = fetched.filter((f) => f.keyPackage === undefined).map((f) => f.installationId)
-      if (unavailable.length > 0) {
-        return yield* new KeyPackageUnavailable({ inboxId: "", installationIds: unavailable })
-      }
-      const result = yield* crypto.createCommit(state, { add: fetched.map((f) => f.keyPackage!), remove })
+      const packages = yield* fetchKeyPackages(add)
+      const result = yield* crypto.createCommit(state, { add: packages, remove })
       return {
         _tag: "Payload",
         payload: result.commit,
@@ -98,8 +124,8 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
           ? undefined
           : PostCommitData.make({
             welcome: result.welcome,
-            installationIds: add,
-            keyPackages: fetched.map((f) => f.keyPackage!)
+            installationIds: add.map((w) => w.installationId),
+            keyPackages: packages
           })
       } as Derived
     })

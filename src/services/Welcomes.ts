@@ -6,7 +6,7 @@
  */
 import { Clock, Effect, Option, Schema } from "effect"
 import { CryptoError } from "../domain/Errors.ts"
-import { dmPeer, type GroupId } from "../domain/Ids.ts"
+import { type ConversationId, dmPeer, type GroupId } from "../domain/Ids.ts"
 import { GroupMetadata, GroupMetadataJson } from "../domain/Model.ts"
 import { StoredGroup } from "../domain/Stored.ts"
 import { WelcomePayloadJson } from "../domain/Wire.ts"
@@ -15,6 +15,7 @@ import { groupTopic, welcomeTopic } from "../domain/Topics.ts"
 import { type EngineContext } from "./EngineContext.ts"
 import { failPendingIntents } from "./IntentQueue.ts"
 import type * as GroupSync from "./GroupSync.ts"
+import * as LeafAuthentication from "./LeafAuthentication.ts"
 
 export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>) => {
   const { crypto, ds, identity, storage } = ctx
@@ -51,6 +52,22 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
           ))
       )
 
+  /** The inboxes this group's transcript shows added or removed while we were in it (not us). */
+  const inboxesInTranscript = (group: StoredGroup) =>
+    storage.messages.membershipChanges(group.dmId ?? (group.id as unknown as ConversationId)).pipe(
+      Effect.map((rows) => {
+        const inboxes = new Set<string>()
+        for (const row of rows) {
+          if (row.groupId !== group.id || row.membershipChange === null) continue
+          for (const inbox of [...row.membershipChange.addedInboxes, ...row.membershipChange.removedInboxes]) {
+            inboxes.add(inbox)
+          }
+        }
+        inboxes.delete(identity.inboxId)
+        return inboxes
+      })
+    )
+
   /** Joins one welcome; returns the group id if a group was joined (or re-joined). */
   const join = Effect.fn("Welcomes.join")(function*(envelope: WelcomeMessageEnvelope) {
     // Sealed to one of our key packages: nobody else could read where it leads.
@@ -71,6 +88,21 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
         reason: "WrongEpoch",
         detail: `welcome for epoch ${view.epoch} is not newer than the stored epoch ${existing.value.epoch}`
       })
+    }
+    if (Option.isSome(existing)) {
+      // A welcome to a group we were removed from must come from that group's history, not
+      // from an unrelated group that took its id (see LeafAuthentication.reactivationProblem).
+      const storedState = yield* ctx.loadState(existing.value)
+      const unrelated = LeafAuthentication.reactivationProblem(
+        {
+          view: crypto.view(storedState),
+          leaves: crypto.leafDetails(storedState),
+          formerInboxes: yield* inboxesInTranscript(existing.value)
+        },
+        { view, leaves: crypto.leafDetails(state) },
+        crypto.inviterOf(state)
+      )
+      if (unrelated !== undefined) return yield* new CryptoError({ reason: "Unauthenticated", detail: unrelated })
     }
     if (payload.dmId !== undefined) {
       // A DM names both inboxes; nobody else may be in it.
