@@ -409,7 +409,7 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
       run(
         "intents.markError",
         sql`UPDATE converge_intents SET state = 'Error', error = ${error}, staged_state = NULL
-            WHERE id = ${id} AND state IN ('ToPublish', 'Published')`
+            WHERE id = ${id} AND state IN ('ToPublish', 'Published', 'Committed')`
       ),
     countAttempt: (id) =>
       run("intents.countAttempt", sql`UPDATE converge_intents SET attempts = attempts + 1 WHERE id = ${id}`)

@@ -606,6 +606,12 @@ export const make = (options: ClientOptions = {}) =>
         if (!news.has(group.id) && !pending.has(group.id)) continue
         summary = SyncSummary.combine(summary, yield* syncGroup(group.id))
       }
+      // Removed after one of our commits landed: its welcomes are still owed to those it added.
+      const activeIds = new Set(active.map((g) => g.id))
+      const owed = new Set((yield* storage.intents.byState(["Committed"])).map((i) => i.groupId))
+      for (const groupId of owed) {
+        if (!activeIds.has(groupId)) yield* env.withGroupLock(groupId)(sync.postCommit(groupId))
+      }
       return summary
     }).pipe(Effect.withSpan("Client.syncAll"))
 

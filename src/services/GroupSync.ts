@@ -13,7 +13,7 @@ import type { StoredIntent } from "../domain/Stored.ts"
 import { groupTopic } from "../domain/Topics.ts"
 import { WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
-import { failPendingIntents, queueRemoval } from "./IntentQueue.ts"
+import { failIntent, failPendingIntents, queueRemoval } from "./IntentQueue.ts"
 import type { GroupView, LeafMember } from "./MlsCrypto.ts"
 import * as EngineMetrics from "./EngineMetrics.ts"
 import * as PageApplier from "./PageApplier.ts"
@@ -30,6 +30,9 @@ export const membersByInbox = (view: GroupView): Map<InboxId, Array<LeafMember>>
   }
   return byInbox
 }
+
+/** The cause of an intent whose commit landed but whose welcomes could not be sent. */
+export const WELCOMES_UNDELIVERABLE = "welcomes undeliverable"
 
 export const make = (ctx: EngineContext) => {
   const { crypto, ds, identity, storage } = ctx
@@ -134,7 +137,17 @@ export const make = (ctx: EngineContext) => {
           const sealed = yield* crypto.sealToKeyPackage(keyPackage, payload).pipe(Effect.orDie)
           messages.push(WelcomeMessageInput.make({ installationId, payload: sealed }))
         }
-        for (let i = 0; i < messages.length; i += 50) yield* ds.sendWelcomeMessages(messages.slice(i, i + 50))
+        for (let i = 0; i < messages.length; i += 50) {
+          const refused = yield* ds.sendWelcomeMessages(messages.slice(i, i + 50)).pipe(
+            Effect.as(false),
+            // Revoked after its commit landed: the service takes nothing more from this
+            // installation, and nobody else holds these welcomes. The intent ends in Error.
+            Effect.catchIf((e) => e.reason === "Unauthenticated", () => Effect.succeed(true))
+          )
+          if (refused) {
+            return yield* failIntent(ctx, intent, `${WELCOMES_UNDELIVERABLE}: this installation was revoked`)
+          }
+        }
       }
       yield* storage.intents.markProcessed(intent.id)
     })

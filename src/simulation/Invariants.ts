@@ -21,6 +21,7 @@ import type { GroupMessageEnvelope, WelcomeMessageEnvelope } from "../domain/Wir
 import { WelcomePayloadJson } from "../domain/Wire.ts"
 import type { Violation } from "./Report.ts"
 import type { TestClient } from "../testing.ts"
+import { WELCOMES_UNDELIVERABLE } from "../services/GroupSync.ts"
 import { booted, clientName, type World } from "./World.ts"
 
 const short = (hex: string) => hex.slice(0, 8)
@@ -421,7 +422,12 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
         // A deserted group (its last members asked to leave and nobody remained to commit the
         // removal, so they went inactive themselves) takes in no new devices: nobody is there.
         const deserted = held.size > 0 && [...held.values()].every((v) => v.row.membershipState === "inactive")
-        for (const inbox of deserted ? [] : expectedMembers) {
+        // An installation revoked right after its commit added devices could not send their
+        // welcomes (the service takes nothing more from it): those devices never join.
+        const orphaning = (yield* Effect.forEach(storages.values(), (s) => s.intents.byState(["Error"])))
+          .flat()
+          .some((i) => i.groupId === groupId && (i.error ?? "").startsWith(WELCOMES_UNDELIVERABLE))
+        for (const inbox of deserted || orphaning ? [] : expectedMembers) {
           for (const installation of currentOf(inbox)) {
             const c = byInstallation.get(installation)
             const view = c === undefined ? undefined : held.get(c)
