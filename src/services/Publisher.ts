@@ -102,7 +102,17 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
           : yield* LeafAuthentication.fetchedKeyPackageProblem(crypto, identity, wanted, keyPackage)
         if (problem !== undefined) {
           yield* Effect.logWarning(`refusing the key package of ${wanted.installationId}: ${problem}`)
-          return yield* new KeyPackageUnavailable({ inboxId: wanted.inboxId, installationIds: [wanted.installationId] })
+          // No package, or an installation no longer current: the add cannot be done. Any other
+          // answer is not the package asked for (a lying or broken service): asked again later,
+          // the intent waits rather than fails.
+          if (keyPackage === undefined || / is not a current installation /.test(problem)) {
+            return yield* new KeyPackageUnavailable({ inboxId: wanted.inboxId, installationIds: [wanted.installationId] })
+          }
+          return yield* new DeliveryError({
+            reason: "InvalidKeyPackage",
+            retryable: true,
+            detail: `the delivery service answered for ${wanted.installationId} with another key package: ${problem}`
+          })
         }
         packages.push(keyPackage!)
       }
