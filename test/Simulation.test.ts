@@ -26,7 +26,8 @@ const runSeed = (params: Simulation.Plan.Params) =>
       Effect.sync(() => {
         // On failure the message carries the violations and the whole trace.
         expect(report.violations, Simulation.Report.format(report)).toEqual([])
-        expect(report.figures.operations).toBe(params.ops)
+        // The adversaries (a lying delivery service) come on top of the planned operations.
+        expect(report.figures.operations).toBeGreaterThanOrEqual(params.ops)
       })
     )
   )
