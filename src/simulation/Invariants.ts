@@ -137,6 +137,8 @@ const walkTopic = (world: World, groupId: GroupId, envelopes: ReadonlyArray<Grou
     const winners = new Map<bigint, bigint>()
     for (const envelope of envelopes) {
       inForce.set(envelope.sequenceId, epoch)
+      // A forged commit (the malicious member's) wins nothing: every honest member skips it.
+      if (world.forgedCommits.has(sha256Hex(envelope.payload))) continue
       const header = yield* world.net.crypto.inspect(envelope.payload).pipe(Effect.option)
       if (Option.isNone(header) || header.value.groupId !== groupId) continue
       claimed.set(envelope.sequenceId, { kind: header.value.kind, epoch: header.value.epoch })

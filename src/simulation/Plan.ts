@@ -126,6 +126,8 @@ export type Op =
   }
   /** A lying delivery service: the next `n` key-package fetches answer with another installation's. */
   | { readonly _tag: "LieKeyPackages"; readonly n: number }
+  /** A malicious member: installation `c` posts a commit Converge never sends to group `g`. */
+  | { readonly _tag: "ForgeCommit"; readonly c: number; readonly g: number; readonly variant: "rename" | "reinit" }
 
 export type OpKind = Op["_tag"]
 
@@ -153,7 +155,7 @@ export const isFault = (op: Op): boolean =>
   isHostile(op)
 
 export const isHostile = (op: Op): boolean =>
-  op._tag.startsWith("Inject") || op._tag === "ForgeWelcome" || op._tag === "LieKeyPackages"
+  op._tag.startsWith("Inject") || op._tag === "ForgeWelcome" || op._tag === "LieKeyPackages" || op._tag === "ForgeCommit"
 
 /** The actions of an operation (two for a race, several for a watch). */
 export const actionsOf = (op: Op): ReadonlyArray<Action> => {
@@ -179,7 +181,7 @@ export const actionsOf = (op: Op): ReadonlyArray<Action> => {
   }
 }
 
-type FaultKind = Exclude<OpKind, Action["_tag"] | "Restart" | "Race" | "Watch" | "AddDevice" | "RevokeDevice" | "LieKeyPackages">
+type FaultKind = Exclude<OpKind, Action["_tag"] | "Restart" | "Race" | "Watch" | "AddDevice" | "RevokeDevice" | "LieKeyPackages" | "ForgeCommit">
 
 /** Weights of the operations the `classic` generator plans (kept as they were: see `Profile`). */
 const classicWeights = {
@@ -210,7 +212,7 @@ const classicWeights = {
   InjectReplay: 1,
   InjectForeign: 1,
   ForgeWelcome: 2
-} satisfies Record<Exclude<OpKind, "Leave" | "Dm" | "SendDm" | "AddDevice" | "RevokeDevice" | "LieKeyPackages">, number>
+} satisfies Record<Exclude<OpKind, "Leave" | "Dm" | "SendDm" | "AddDevice" | "RevokeDevice" | "LieKeyPackages" | "ForgeCommit">, number>
 
 const classicActionWeights = {
   Send: 10,
@@ -259,7 +261,7 @@ const fullWeights = {
   InjectReplay: 1,
   InjectForeign: 1,
   ForgeWelcome: 2
-} satisfies Record<Exclude<OpKind, "LieKeyPackages"> | "DmRace", number>
+} satisfies Record<Exclude<OpKind, "LieKeyPackages" | "ForgeCommit"> | "DmRace", number>
 
 const fullActionWeights = {
   Send: 9,
@@ -352,15 +354,22 @@ export const plan = (params: Params): ReadonlyArray<Op> =>
   params.profile === "classic" ? planClassic(params) : withAdversaries(planFull(params), params.seed)
 
 /**
- * Adversaries the delivery service can be: a lying service answering key-package fetches with
- * another installation's package. Drawn from a stream of their own and inserted between the
- * planned operations, so a seed's other operations stay what they were.
+ * Adversaries: a lying delivery service (answering key-package fetches with another
+ * installation's package) and a malicious member (posting commits Converge never sends).
+ * Drawn from a stream of their own and inserted between the planned operations, so a seed's
+ * other operations stay what they were.
  */
 const withAdversaries = (ops: ReadonlyArray<Op>, seed: number): ReadonlyArray<Op> => {
   const rng = Prng.make(seed ^ 0x5eed_a5a5)
-  return ops.flatMap((op): ReadonlyArray<Op> =>
-    rng.next() < 0.04 ? [{ _tag: "LieKeyPackages", n: rng.between(1, 2) }, op] : [op]
-  )
+  const clients = Math.max(1, ...ops.flatMap((op) => ("c" in op && typeof op.c === "number" ? [op.c + 1] : [])))
+  return ops.flatMap((op): ReadonlyArray<Op> => {
+    const roll = rng.next()
+    if (roll < 0.04) return [{ _tag: "LieKeyPackages", n: rng.between(1, 2) }, op]
+    if (roll < 0.07) {
+      return [{ _tag: "ForgeCommit", c: rng.int(clients), g: rng.int(3), variant: rng.chance(0.5) ? "rename" : "reinit" }, op]
+    }
+    return [op]
+  })
 }
 
 /** One installation of the history: which inbox it belongs to, and its name in traces. */
@@ -824,6 +833,8 @@ export const describe = (op: Op, names: Names = defaultNames): string => {
       return `hostile: forged welcome (${op.variant}) onto ${cl(op.c)}'s welcome topic`
     case "LieKeyPackages":
       return `hostile: the delivery service answers the next ${op.n} key-package fetch(es) with another installation's`
+    case "ForgeCommit":
+      return `hostile: ${cl(op.c)} posts a forbidden ${op.variant} commit to g${op.g}`
   }
 }
 

@@ -37,6 +37,7 @@ import { GroupMessageInput, WelcomeMessageInput, WelcomePayload, WelcomePayloadJ
 import { defaultEngineOptions } from "../services/EngineContext.ts"
 import { simulatedCrashOf, type TestClient, type TestDelivery, TestNetwork } from "../testing.ts"
 import * as Invariants from "./Invariants.ts"
+import * as Adversary from "./Adversary.ts"
 import * as Plan from "./Plan.ts"
 import * as Prng from "./Prng.ts"
 import type { Figures, Report, TraceEntry, Violation } from "./Report.ts"
@@ -152,6 +153,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
       sent: [],
       forgedWelcomes: new Map(),
       invited: new Map(),
+      forgedCommits: new Set(),
       violations: [],
       maxPastEpochs: defaultEngineOptions.maxPastEpochs
     }
@@ -563,6 +565,19 @@ export const run = (options: Options): Effect.Effect<Report> => {
           return forgeWelcome(op)
         case "LieKeyPackages":
           return f.substituteKeyPackages(op.n).pipe(Effect.as("armed"))
+        case "ForgeCommit":
+          return Effect.gen(function*() {
+            const groupId = yield* groupOrSkip(op.g)
+            const client = yield* clientOf(op.c)
+            const row = yield* net.storage(client).pipe(Effect.flatMap((s) => s.groups.get(groupId)), Effect.orDie)
+            if (Option.isNone(row) || row.value.membershipState === "inactive") {
+              return yield* new Skipped({ reason: `${clientName(op.c)} is not in g${op.g}` })
+            }
+            const forged = yield* Adversary.forgeCommit(row.value.mlsState, op.variant)
+            if (forged === undefined) return yield* new Skipped({ reason: "ts-mls would not build it" })
+            world.forgedCommits.add(sha256Hex(forged))
+            return yield* inject(groupId, forged)
+          })
         default:
           return Effect.dieMessage(`not a fault: ${op._tag}`)
       }

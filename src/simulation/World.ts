@@ -37,6 +37,8 @@ export interface World {
    * the checks do not take them for real invitations.
    */
   readonly forgedWelcomes: Map<number, Set<string>>
+  /** Digests (sha256 hex) of the commits the malicious member forged: every honest member skips them. */
+  readonly forgedCommits: Set<string>
   /** Per group (by creation index): every inbox a member asked to have in it (creator included). */
   readonly invited: Map<number, Set<InboxId>>
   readonly violations: Array<Violation>

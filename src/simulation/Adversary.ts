@@ -1,0 +1,59 @@
+/**
+ * A malicious member, as the simulation plays it: it takes a member's stored MLS state and
+ * builds, outside the engine, a commit Converge never sends (a GroupContextExtensions commit
+ * renaming the group, or a ReInit suspending it). Every honest member must skip it.
+ * ts-mls is used directly here on purpose: the attacker does not go through `MlsCrypto`.
+ */
+import { Effect } from "effect"
+import {
+  type ClientState,
+  createCommit,
+  decodeGroupState,
+  encodeMlsMessage,
+  getCiphersuiteFromName,
+  getCiphersuiteImpl,
+  type Proposal
+} from "ts-mls"
+import { defaultClientConfig } from "ts-mls/clientConfig.js"
+import { utf8 } from "../domain/Bytes.ts"
+
+export type ForgedCommit = "rename" | "reinit"
+
+/** The group-context extension holding a group's metadata (see `layers/TsMlsCrypto.ts`). */
+const METADATA_EXTENSION = 0xf0c0
+
+const suite = getCiphersuiteImpl(getCiphersuiteFromName("MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519"))
+
+const proposalOf = (variant: ForgedCommit, state: ClientState): Proposal =>
+  variant === "rename"
+    ? {
+      proposalType: "group_context_extensions",
+      groupContextExtensions: {
+        extensions: [{
+          extensionType: METADATA_EXTENSION,
+          extensionData: utf8(JSON.stringify({ name: "pwned", description: null }))
+        }]
+      }
+    }
+    : {
+      proposalType: "reinit",
+      reinit: {
+        groupId: state.groupContext.groupId,
+        version: "mls10",
+        cipherSuite: state.groupContext.cipherSuite,
+        extensions: []
+      }
+    }
+
+/** The MLS bytes of a forbidden commit built from a member's serialized state, or undefined. */
+export const forgeCommit = (serializedState: Uint8Array, variant: ForgedCommit) =>
+  Effect.promise(async () => {
+    const decoded = decodeGroupState(serializedState, 0)
+    if (decoded === undefined) return undefined
+    const state = { ...decoded[0], clientConfig: defaultClientConfig } as ClientState
+    const result = await createCommit(
+      { state, cipherSuite: await suite },
+      { extraProposals: [proposalOf(variant, state)], ratchetTreeExtension: true }
+    ).catch(() => undefined)
+    return result === undefined ? undefined : encodeMlsMessage(result.commit)
+  })
