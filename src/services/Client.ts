@@ -7,6 +7,7 @@ import {
   Clock,
   Context,
   Effect,
+  HashMap,
   Layer,
   Option,
   PubSub,
@@ -48,7 +49,7 @@ import { DeliveryService } from "./DeliveryService.ts"
 import { groupTopic, welcomeTopic } from "../domain/Topics.ts"
 import { defaultEngineOptions, type EngineContext, type EngineOptions, loadGroupRow } from "./EngineContext.ts"
 import * as GroupStateCache from "./GroupStateCache.ts"
-import { newLeaveRequest, queueIntent as queueIntentIn } from "./IntentQueue.ts"
+import { failPendingIntents, newLeaveRequest, queueIntent as queueIntentIn } from "./IntentQueue.ts"
 import * as GroupSync from "./GroupSync.ts"
 import { Identity, type IdentityOptions } from "./Identity.ts"
 import * as IdentityService from "./Identity.ts"
@@ -579,14 +580,24 @@ export const make = (options: ClientOptions = {}) =>
         return news
       })
 
+    /** Whether our own inbox's log no longer lists this installation (it was revoked). */
+    const revokedItself = identity.inboxState(identity.inboxId).pipe(
+      Effect.map((state) => !HashMap.has(state.installations, identity.installationId)),
+      Effect.orElseSucceed(() => false)
+    )
+
     const syncAll = Effect.gen(function*() {
       // A revoked installation is refused its welcomes, but may still read its groups' topics:
       // it syncs them, reads its removal and goes inactive there.
+      let refused = false
       const joined = yield* welcomes.syncWelcomes.pipe(
         Effect.catchIf(
           (e) => e._tag === "DeliveryError" && e.reason === "Unauthenticated",
           (e) =>
             Effect.logWarning("the delivery service refuses this installation its welcomes", e.message).pipe(
+              Effect.tap(() => {
+                refused = true
+              }),
               Effect.as({ joined: [], skipped: 0 })
             )
         )
@@ -605,6 +616,16 @@ export const make = (options: ClientOptions = {}) =>
       for (const group of active) {
         if (!news.has(group.id) && !pending.has(group.id)) continue
         summary = SyncSummary.combine(summary, yield* syncGroup(group.id))
+      }
+      // Revoked (the identity log says so, not only the service): this installation is done.
+      // What was there to read has been read above; it takes part in no group any more.
+      if (refused && (yield* revokedItself)) {
+        for (const group of active) {
+          yield* storage.transaction(Effect.gen(function*() {
+            yield* storage.groups.setMembership(group.id, "inactive")
+            yield* failPendingIntents(env, group.id)
+          }))
+        }
       }
       // Removed after one of our commits landed: its welcomes are still owed to those it added.
       const activeIds = new Set(active.map((g) => g.id))
