@@ -15,6 +15,7 @@ import {
   type ClientConfig,
   type ClientState,
   type Credential,
+  type Extension,
   type FramedContent,
   type KeyPackage,
   type MLSMessage,
@@ -40,7 +41,7 @@ import {
 } from "ts-mls"
 import { validateLeafNodeCredentialAndKeyUniqueness } from "ts-mls/clientState.js"
 import { defaultClientConfig } from "ts-mls/clientConfig.js"
-import { extensionsSupportedByCapabilities } from "ts-mls/extension.js"
+import { extensionsEqual, extensionsSupportedByCapabilities } from "ts-mls/extension.js"
 import { decryptWithLabel, encryptWithLabel } from "ts-mls/crypto/hpke.js"
 import { decodeKeyPackage, encodeKeyPackage, makeKeyPackageRef, verifyKeyPackage } from "ts-mls/keyPackage.js"
 import { verifyLeafNodeSignatureKeyPackage } from "ts-mls/leafNode.js"
@@ -82,6 +83,38 @@ const METADATA_EXTENSION = 0xf0c0
 const capabilities = (): Capabilities => {
   const defaults = defaultCapabilities()
   return { ...defaults, extensions: [...defaults.extensions, METADATA_EXTENSION] }
+}
+
+// ---- the governed context: only the metadata extension may change after creation -----
+
+const metadataIn = (extensions: ReadonlyArray<Extension>): Uint8Array | undefined =>
+  extensions.find((e) => e.extensionType === METADATA_EXTENSION)?.extensionData
+
+const otherExtensions = (extensions: ReadonlyArray<Extension>): Array<Extension> =>
+  extensions.filter((e) => e.extensionType !== METADATA_EXTENSION)
+
+/** The context extensions with the metadata replaced, everything else kept as it was. */
+const withMetadata = (extensions: ReadonlyArray<Extension>, metadata: Uint8Array): Array<Extension> => [
+  ...otherExtensions(extensions),
+  { extensionType: METADATA_EXTENSION, extensionData: metadata }
+]
+
+/**
+ * Why a received commit's GroupContextExtensions proposal is refused, if it is: it may replace
+ * the metadata extension only, alone (one per commit), and never beside a Remove (ts-mls #742
+ * breaks receivers on that combination; refusing it keeps every member on the same side).
+ */
+const contextChangeProblem = (current: ReadonlyArray<Extension>, proposals: ReadonlyArray<Proposal>) => {
+  const changes = proposals.flatMap((p) => p.proposalType === "group_context_extensions" ? [p] : [])
+  if (changes.length === 0) return undefined
+  if (changes.length > 1) return "more than one GroupContextExtensions proposal"
+  if (proposals.some((p) => p.proposalType === "remove")) return "GroupContextExtensions beside a Remove (ts-mls #742)"
+  const next = changes[0]!.groupContextExtensions.extensions
+  if (!extensionsEqual(otherExtensions(next), otherExtensions(current))) {
+    return "GroupContextExtensions changes more than the metadata extension"
+  }
+  if (metadataIn(next) === undefined) return "GroupContextExtensions drops the metadata extension"
+  return undefined
 }
 
 // ---- opaque state ----------------------------------------------------------------------
@@ -432,8 +465,8 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
       return undefined
     }
 
-    /** The Adds a commit carries by value, read ahead of processMessage for `checkAdds`. */
-    const addsInCommit = (client: ClientState, message: MLSMessage) =>
+    /** The proposals a commit carries by value, read ahead of processMessage for the checks below. */
+    const proposalsInCommit = (client: ClientState, message: MLSMessage) =>
       Effect.gen(function*() {
         let content: FramedContent
         if (message.wireformat === "mls_public_message") {
@@ -455,20 +488,32 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
           return []
         }
         if (content.contentType !== "commit") return []
-        return content.commit.proposals.flatMap((p) =>
-          p.proposalOrRefType === "proposal" && p.proposal.proposalType === "add" ? [p.proposal.add.keyPackage] : []
-        )
+        return content.commit.proposals.flatMap((p) => p.proposalOrRefType === "proposal" ? [p.proposal] : [])
       })
+
+    /** The Adds a commit carries by value, for `checkAdds`. */
+    const addsIn = (proposals: ReadonlyArray<Proposal>) =>
+      proposals.flatMap((p) => p.proposalType === "add" ? [p.add.keyPackage] : [])
+
+    const metadataProposal = (client: ClientState, metadata: Uint8Array | undefined): Array<Proposal> =>
+      metadata === undefined ? [] : [{
+        proposalType: "group_context_extensions",
+        groupContextExtensions: { extensions: withMetadata(client.groupContext.extensions, metadata) }
+      }]
 
     const createCommit: Service["createCommit"] = Effect.fn("MlsCrypto.createCommit")(
       function*(state, changes: CommitChanges) {
         const client = unwrap(state)
         const adds = yield* Effect.forEach(changes.add ?? [], decodePublicPackage)
         const removed = yield* removalsFor(client, changes.remove ?? [])
-        // No GroupContextExtensions proposals: combined with a Remove they break receivers (ts-mls #742).
+        // A GroupContextExtensions proposal combined with a Remove breaks receivers (ts-mls #742).
+        if (changes.metadata !== undefined && removed.length > 0) {
+          return yield* fail("Internal", "a metadata change cannot share a commit with a removal (ts-mls #742)")
+        }
         const proposals: Array<Proposal> = [
           ...removed.map((leaf): Proposal => ({ proposalType: "remove", remove: { removed: leaf } })),
-          ...adds.map((keyPackage): Proposal => ({ proposalType: "add", add: { keyPackage } }))
+          ...adds.map((keyPackage): Proposal => ({ proposalType: "add", add: { keyPackage } })),
+          ...metadataProposal(client, changes.metadata)
         ]
         yield* checkAdds(client, adds, true)
         // An empty proposal list is a self-update: ts-mls then sends an UpdatePath.
@@ -575,7 +620,12 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
         return yield* fail("WrongEpoch", `commit for past epoch ${header.epoch}; group is at ${epoch}`)
       }
 
-      if (header.kind === "commit") yield* checkAdds(client, yield* addsInCommit(client, message), false)
+      if (header.kind === "commit") {
+        const proposals = yield* proposalsInCommit(client, message)
+        const problem = contextChangeProblem(client.groupContext.extensions, proposals)
+        if (problem !== undefined) return yield* fail("Malformed", problem)
+        yield* checkAdds(client, addsIn(proposals), false)
+      }
 
       let committer: number | undefined
       const result = yield* tryMls("process", () =>
@@ -596,7 +646,14 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
       if (member === undefined) return yield* fail("Internal", `cannot resolve committer leaf ${committer}`)
       // If this commit removed us, the state stays at the old epoch, marked removed.
       const next = wrap(result.newState)
-      return { kind: "commit", committer: member, epoch: header.epoch + 1n, state: next } satisfies Processed
+      return {
+        kind: "commit",
+        committer: member,
+        epoch: header.epoch + 1n,
+        state: next,
+        metadataBefore: metadataIn(client.groupContext.extensions),
+        metadataAfter: metadataIn(result.newState.groupContext.extensions)
+      } satisfies Processed
     })
 
     /**
@@ -638,7 +695,7 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
         members: membersOf(client.ratchetTree),
         active: client.groupActiveState.kind === "active",
         ownLeafIndex: client.privatePath.leafIndex,
-        metadata: client.groupContext.extensions.find((e) => e.extensionType === METADATA_EXTENSION)?.extensionData
+        metadata: metadataIn(client.groupContext.extensions)
       }
     }
 

@@ -40,7 +40,9 @@ import {
   SendMessageData
 } from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
-import { GroupMetadata, GroupMetadataJson, Member, Message, SyncSummary } from "../domain/Model.ts"
+import { PermissionPolicies, type PolicyPreset, presets } from "../domain/Governance.ts"
+import { decodeSettings, encodeSettings } from "../domain/GroupSettings.ts"
+import { GroupMetadata, Member, Message, SyncSummary } from "../domain/Model.ts"
 import { StoredGroup, StoredMessage } from "../domain/Stored.ts"
 import type { MembershipState } from "../domain/Stored.ts"
 import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
@@ -99,9 +101,18 @@ export interface Conversation {
   readonly updateKeys: Effect.Effect<void, ActionError>
   readonly leave: Effect.Effect<void, ActionError | InvalidInput | NotAMember>
   readonly state: Effect.Effect<MembershipState, LookupError>
-  /** The name and description the group was created with; none for a DM. */
-  readonly metadata: Effect.Effect<GroupMetadata, LookupError>
+  /** The group's settings at the epoch this installation holds; none for a DM. */
+  readonly metadata: Effect.Effect<GroupMetadata, ReadError>
   readonly debugInfo: Effect.Effect<ConversationDebugInfo, ReadError>
+}
+
+export interface CreateGroupOptions {
+  readonly name?: string
+  readonly description?: string
+  readonly imageUrl?: string
+  readonly appData?: string
+  /** A preset (default `"everyone"`) or every policy spelled out. */
+  readonly permissions?: PolicyPreset | PermissionPolicies
 }
 
 export interface ClientOptions extends Partial<EngineOptions>, IdentityOptions {}
@@ -114,7 +125,7 @@ export class Client extends Context.Tag("converge/Client")<Client, {
   readonly installationId: InstallationId
   readonly createGroup: (
     members: ReadonlyArray<InboxId>,
-    options?: { readonly name?: string; readonly description?: string }
+    options?: CreateGroupOptions
   ) => Effect.Effect<Conversation, ActionError | InvalidInput | InboxNotFound | KeyPackageUnavailable>
   readonly findOrCreateDm: (
     peer: InboxId
@@ -237,6 +248,12 @@ export const make = (options: ClientOptions = {}) =>
         if (group.membershipState === "inactive") return yield* new GroupInactive({ groupId })
         return group
       })
+
+    /** The settings in the group's context at the epoch held (defaults if they do not decode). */
+    const settingsOf = (group: StoredGroup) =>
+      env.loadState(group).pipe(
+        Effect.map((state) => Option.getOrElse(decodeSettings(crypto.view(state).metadata), () => GroupMetadata.none))
+      )
 
     const groupMembers = (group: StoredGroup) =>
       env.loadState(group).pipe(Effect.map((state) => GroupSync.membersByInbox(crypto.view(state))))
@@ -430,10 +447,7 @@ export const make = (options: ClientOptions = {}) =>
         state: primaryOf(id, kind).pipe(Effect.map((g) => g.membershipState), span("state")),
         metadata: kind === "dm"
           ? Effect.succeed(GroupMetadata.none)
-          : primaryOf(id, kind).pipe(
-            Effect.map((g) => new GroupMetadata({ name: g.name, description: g.description })),
-            span("metadata")
-          ),
+          : primaryOf(id, kind).pipe(Effect.flatMap(settingsOf), span("metadata")),
         debugInfo: Effect.gen(function*() {
           const groups = yield* groupsOf(id, kind)
           const primary = yield* primaryOf(id, kind)
@@ -464,13 +478,8 @@ export const make = (options: ClientOptions = {}) =>
         )
         const metadata = "metadata" in meta ? meta.metadata : GroupMetadata.none
         const dmId = "dmId" in meta ? meta.dmId : undefined
-        // In the group context, so every member reads the same, as the creator signed it.
-        const unnamed = metadata.name === null && metadata.description === null
-        const state = yield* crypto.createGroup(
-          groupId,
-          keyPackage,
-          unnamed ? undefined : utf8(Schema.encodeSync(GroupMetadataJson)(metadata))
-        )
+        // In the group context, so every member reads the same, as the creator signed it. A DM has none.
+        const state = yield* crypto.createGroup(groupId, keyPackage, dmId === undefined ? encodeSettings(metadata) : undefined)
         const now = yield* Clock.currentTimeNanos
         const row = StoredGroup.make({
           id: groupId,
@@ -499,13 +508,19 @@ export const make = (options: ClientOptions = {}) =>
 
     const createGroup = Effect.fn("Client.createGroup")(function*(
       members: ReadonlyArray<InboxId>,
-      groupOptions: { readonly name?: string; readonly description?: string } = {}
+      groupOptions: CreateGroupOptions = {}
     ) {
       const ids = yield* validInboxes(members)
+      const permissions = groupOptions.permissions ?? "everyone"
+      // The creator is the group's first super admin.
       const metadata = yield* Schema.decodeUnknown(GroupMetadata)({
         name: groupOptions.name ?? null,
-        description: groupOptions.description ?? null
-      }).pipe(Effect.mapError((e) => new InvalidInput({ reason: `group name or description: ${e.message}` })))
+        description: groupOptions.description ?? null,
+        imageUrl: groupOptions.imageUrl ?? null,
+        appData: groupOptions.appData ?? null,
+        superAdmins: [self],
+        policies: Schema.encodeSync(PermissionPolicies)(typeof permissions === "string" ? presets[permissions] : permissions)
+      }).pipe(Effect.mapError((e) => new InvalidInput({ reason: `group name or description (or image URL, app data, permissions): ${e.message}` })))
       yield* checkNewMembers(ids, new Set())
       return yield* newGroup(ids, { metadata })
     })

@@ -62,6 +62,11 @@ export interface CommitChanges {
   readonly add?: ReadonlyArray<Uint8Array>
   /** Installations to remove (every leaf of each). */
   readonly remove?: ReadonlyArray<InstallationId>
+  /**
+   * New bytes for the group's metadata (a GroupContextExtensions proposal that replaces only the
+   * metadata extension). Never together with `remove`: ts-mls 1.6.4 receivers fail on it (#742).
+   */
+  readonly metadata?: Uint8Array
 }
 
 export interface CommitResult {
@@ -93,6 +98,9 @@ export type Processed =
     /** The epoch after the commit. */
     readonly epoch: bigint
     readonly state: MlsGroupState
+    /** The metadata bytes of the epoch the commit was built for, and of the epoch it makes. */
+    readonly metadataBefore: Uint8Array | undefined
+    readonly metadataAfter: Uint8Array | undefined
   }
 
 /** Decides whether a leaf credential may be in a group: the hook for identity checks. */
@@ -115,7 +123,7 @@ export class MlsCrypto extends Context.Tag("converge/MlsCrypto")<MlsCrypto, {
   readonly generateKeyPackage: (identity: LeafIdentity, keys: SignatureKeyPair) => Effect.Effect<KeyPackageBundle, CryptoError>
   /** Decodes and verifies a public key package (signature, lifetime, credential). */
   readonly keyPackageInfo: (publicPackage: Uint8Array) => Effect.Effect<KeyPackageInfo, CryptoError>
-  /** `metadata`, fixed for the group's life, reaches every member through the group context. */
+  /** `metadata` reaches every member through the group context (changed later by a commit's `metadata`). */
   readonly createGroup: (
     groupId: GroupId,
     keyPackage: KeyPackageBundle,

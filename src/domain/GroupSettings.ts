@@ -1,0 +1,131 @@
+/**
+ * A group's governed settings as they change: the metadata a governance intent produces from
+ * the current one, and the effects of a commit as `Governance.checkCommit` judges them. Pure:
+ * the committer runs it before sending and every receiver runs it on what it processed, on
+ * the same epoch's settings, so they all decide alike.
+ */
+import { Either, Option, Schema } from "effect"
+import { fromUtf8, utf8 } from "./Bytes.ts"
+import { MetadataConflict, PermissionDenied } from "./Errors.ts"
+import { checkCommit, type CommitEffects, metadataConflict, PermissionPolicies } from "./Governance.ts"
+import type { InboxId } from "./Ids.ts"
+import type { IntentData } from "./Intent.ts"
+import { GroupMetadata, GroupMetadataJson, governedOf, METADATA_FIELDS } from "./Model.ts"
+
+/** The settings bytes of a group's context; absent means the defaults (a group created unnamed). */
+export const decodeSettings = (bytes: Uint8Array | undefined): Option.Option<GroupMetadata> => {
+  if (bytes === undefined) return Option.some(GroupMetadata.none)
+  try {
+    return Schema.decodeUnknownOption(GroupMetadataJson)(fromUtf8(bytes))
+  } catch {
+    return Option.none()
+  }
+}
+
+export const encodeSettings = (metadata: GroupMetadata): Uint8Array => utf8(Schema.encodeSync(GroupMetadataJson)(metadata))
+
+/** The intents that rewrite the settings. */
+export type GovernanceIntent = Extract<
+  IntentData,
+  { readonly _tag: "UpdateMetadata" | "SetRole" | "UpdatePermissions" | "SetMinProtocolVersion" }
+>
+
+export const isGovernanceIntent = (data: IntentData): data is GovernanceIntent =>
+  data._tag === "UpdateMetadata" || data._tag === "SetRole" || data._tag === "UpdatePermissions" ||
+  data._tag === "SetMinProtocolVersion"
+
+/** A patch's set fields only (an absent field leaves the current value). */
+const setFields = <A extends object>(patch: A): { [K in keyof A]-?: Exclude<A[K], undefined> } =>
+  Object.fromEntries(Object.entries(patch).filter(([, v]) => v !== undefined)) as never
+
+const withoutInbox = (list: ReadonlyArray<InboxId>, inboxId: InboxId) => list.filter((i) => i !== inboxId)
+
+/** The settings after the intent, without any check (`nextSettings` checks). */
+const applied = (current: GroupMetadata, data: GovernanceIntent): GroupMetadata => {
+  switch (data._tag) {
+    case "UpdateMetadata":
+      return new GroupMetadata({ ...current, ...setFields(data.patch) })
+    case "SetRole": {
+      const admins = withoutInbox(current.admins, data.inboxId)
+      const superAdmins = withoutInbox(current.superAdmins, data.inboxId)
+      return new GroupMetadata({
+        ...current,
+        admins: data.role === "admin" ? [...admins, data.inboxId] : admins,
+        superAdmins: data.role === "superAdmin" ? [...superAdmins, data.inboxId] : superAdmins
+      })
+    }
+    case "UpdatePermissions":
+      return new GroupMetadata({ ...current, policies: new PermissionPolicies({ ...current.policies, ...setFields(data.patch) }) })
+    case "SetMinProtocolVersion":
+      return new GroupMetadata({ ...current, minProtocolVersion: data.version })
+  }
+}
+
+/** The `ifMatch` fields of an update, as `Governance.metadataConflict` compares them. */
+const expectedFields = (ifMatch: Readonly<Record<string, unknown>>) =>
+  Object.fromEntries(
+    Object.entries(ifMatch).filter(([k]) => (METADATA_FIELDS as ReadonlyArray<string>).includes(k)).map((
+      [k, v]
+    ) => [k, typeof v === "bigint" ? v.toString() : v])
+  )
+
+/** What a settings-only commit by `committer` does, for `checkCommit`. */
+export const settingsEffects = (
+  members: ReadonlyArray<InboxId>,
+  before: GroupMetadata,
+  after: GroupMetadata
+): CommitEffects => ({
+  addedInboxes: [],
+  removedInboxes: [],
+  leaving: [],
+  membersBefore: members,
+  membersAfter: members,
+  before: governedOf(before),
+  after: governedOf(after)
+})
+
+/**
+ * The settings a governance intent leads to at this epoch, or why it may not: an `ifMatch`
+ * field that no longer holds, or a policy the committer does not meet. `undefined` when the
+ * intent changes nothing (it is then done).
+ */
+export const nextSettings = (
+  current: GroupMetadata,
+  data: GovernanceIntent,
+  committer: InboxId,
+  members: ReadonlyArray<InboxId>
+): Either.Either<GroupMetadata | undefined, MetadataConflict | PermissionDenied> => {
+  if (data._tag === "UpdateMetadata" && data.ifMatch !== undefined) {
+    const field = metadataConflict(governedOf(current).fields, expectedFields(data.ifMatch))
+    if (field !== undefined) return Either.left(new MetadataConflict({ field }))
+  }
+  const next = applied(current, data)
+  const effects = settingsEffects(members, current, next)
+  const verdict = checkCommit(committer, effects)
+  if (Either.isLeft(verdict)) {
+    return Either.left(new PermissionDenied({ action: verdict.left.action, required: verdict.left.required }))
+  }
+  const unchanged = Schema.encodeSync(GroupMetadataJson)(next) === Schema.encodeSync(GroupMetadataJson)(current)
+  return Either.right(unchanged ? undefined : next)
+}
+
+/** The effects of a received commit, from the two epochs' members and settings. */
+export const commitEffects = (input: {
+  readonly membersBefore: ReadonlyArray<InboxId>
+  readonly membersAfter: ReadonlyArray<InboxId>
+  readonly leaving: ReadonlyArray<InboxId>
+  readonly before: GroupMetadata
+  readonly after: GroupMetadata
+}): CommitEffects => {
+  const was = new Set(input.membersBefore)
+  const is = new Set(input.membersAfter)
+  return {
+    addedInboxes: [...is].filter((i) => !was.has(i)),
+    removedInboxes: [...was].filter((i) => !is.has(i)),
+    leaving: input.leaving,
+    membersBefore: [...was],
+    membersAfter: [...is],
+    before: governedOf(input.before),
+    after: governedOf(input.after)
+  }
+}
