@@ -174,6 +174,10 @@ export class ProtocolVersionTooOld extends Schema.TaggedError<ProtocolVersionToo
 export const GovernanceError = Schema.Union(PermissionDenied, MetadataConflict, ProtocolVersionTooOld)
 export type GovernanceError = typeof GovernanceError.Type
 export const GovernanceErrorJson = Schema.parseJson(GovernanceError)
+/** How an intent records a governance refusal (its `error`), so the caller gets it back typed. */
+export const encodeGovernanceError = (e: GovernanceError): string => Schema.encodeSync(GovernanceErrorJson)(e)
+/** The governance refusal an intent's failure cause holds, if it is one. */
+export const decodeGovernanceError = Schema.decodeUnknownOption(GovernanceErrorJson)
 
 export type ConvergeError =
   | ConversationNotFound

@@ -5,9 +5,9 @@
  * the same epoch's settings, so they all decide alike.
  */
 import { Either, Option, Schema } from "effect"
-import { fromUtf8, utf8 } from "./Bytes.ts"
+import { bytesEqual, fromUtf8, utf8 } from "./Bytes.ts"
 import { MetadataConflict, PermissionDenied } from "./Errors.ts"
-import { checkCommit, type CommitEffects, metadataConflict, PermissionPolicies } from "./Governance.ts"
+import { changedFields, checkCommit, type CommitEffects, metadataConflict, PermissionPolicies } from "./Governance.ts"
 import type { InboxId } from "./Ids.ts"
 import type { IntentData } from "./Intent.ts"
 import { GroupMetadata, GroupMetadataJson, governedOf, METADATA_FIELDS } from "./Model.ts"
@@ -128,4 +128,62 @@ export const commitEffects = (input: {
     before: governedOf(input.before),
     after: governedOf(input.after)
   }
+}
+
+/** Whether `committer` may add and remove these inboxes (removing one that asked to leave is anyone's to do). */
+export const membershipVerdict = (input: {
+  readonly settings: GroupMetadata
+  readonly committer: InboxId
+  readonly members: ReadonlyArray<InboxId>
+  readonly add?: ReadonlyArray<InboxId>
+  readonly remove?: ReadonlyArray<InboxId>
+  readonly leaving?: ReadonlyArray<InboxId>
+}): Either.Either<void, PermissionDenied> => {
+  const removed = new Set(input.remove ?? [])
+  const effects = commitEffects({
+    membersBefore: input.members,
+    membersAfter: [...input.members.filter((i) => !removed.has(i)), ...(input.add ?? [])],
+    leaving: input.leaving ?? [],
+    before: input.settings,
+    after: input.settings
+  })
+  return Either.mapLeft(
+    checkCommit(input.committer, effects),
+    (violation) => new PermissionDenied({ action: violation.action, required: violation.required })
+  )
+}
+
+/** Why a received commit is refused under the policy of the epoch it was built for, if it is. */
+export const commitRefusal = (input: {
+  readonly committer: InboxId
+  readonly membersBefore: ReadonlyArray<InboxId>
+  readonly membersAfter: ReadonlyArray<InboxId>
+  readonly leaving: ReadonlyArray<InboxId>
+  readonly settingsBefore: Uint8Array | undefined
+  readonly settingsAfter: Uint8Array | undefined
+}): string | undefined => {
+  // Settings that did not decode before are the defaults; new ones that do not decode are refused.
+  const before = Option.getOrElse(decodeSettings(input.settingsBefore), () => GroupMetadata.none)
+  const unchanged = input.settingsAfter === input.settingsBefore ||
+    (input.settingsAfter !== undefined && input.settingsBefore !== undefined &&
+      bytesEqual(input.settingsAfter, input.settingsBefore))
+  const after = unchanged ? Option.some(before) : decodeSettings(input.settingsAfter)
+  if (Option.isNone(after)) return "the commit's group settings do not decode"
+  const verdict = checkCommit(input.committer, commitEffects({ ...input, before, after: after.value }))
+  return Either.isLeft(verdict) ? verdict.left.detail : undefined
+}
+
+/** Which settings a commit changed (empty if none), in a stable order. */
+export const changedSettings = (before: Uint8Array | undefined, after: Uint8Array | undefined): ReadonlyArray<string> => {
+  if (before === after || (before !== undefined && after !== undefined && bytesEqual(before, after))) return []
+  const was = governedOf(Option.getOrElse(decodeSettings(before), () => GroupMetadata.none))
+  const is = governedOf(Option.getOrElse(decodeSettings(after), () => GroupMetadata.none))
+  const json = (x: unknown) => JSON.stringify(x)
+  return [
+    ...changedFields(was, is),
+    ...(["admins", "superAdmins", "policies", "minProtocolVersion"] as const).filter((k) =>
+      json(k === "admins" || k === "superAdmins" ? [...was[k]].sort() : was[k]) !==
+        json(k === "admins" || k === "superAdmins" ? [...is[k]].sort() : is[k])
+    )
+  ]
 }

@@ -59,7 +59,9 @@ export class AddMembersData extends Schema.Class<AddMembersData>("AddMembersData
 
 export class RemoveMembersData extends Schema.Class<RemoveMembersData>("RemoveMembersData")({
   _tag: Schema.tag("RemoveMembers"),
-  inboxIds: Schema.Array(InboxId)
+  inboxIds: Schema.Array(InboxId),
+  /** Queued because the inboxes asked to leave: allowed to anyone, whatever the removal policy. */
+  forLeaveRequest: Schema.optionalWith(Schema.Boolean, { default: () => false })
 }) {}
 
 export class KeyUpdateData extends Schema.Class<KeyUpdateData>("KeyUpdateData")({

@@ -7,7 +7,16 @@
  */
 import { Effect, Option, Schema } from "effect"
 import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
-import { MembershipChange, MembershipChangeJson, membershipChangeIdOf, messageIdOf } from "../domain/Content.ts"
+import {
+  MembershipChange,
+  MembershipChangeJson,
+  membershipChangeIdOf,
+  messageIdOf,
+  MetadataChange,
+  MetadataChangeJson,
+  metadataChangeIdOf
+} from "../domain/Content.ts"
+import { changedSettings, commitRefusal } from "../domain/GroupSettings.ts"
 import type { StorageError } from "../domain/Errors.ts"
 import type { ConversationId, GroupId, InboxId } from "../domain/Ids.ts"
 import {
@@ -30,8 +39,8 @@ import { type StoredGroup, type StoredIntent, type MembershipState, StoredMessag
 import { groupTopic } from "../domain/Topics.ts"
 import type { GroupMessageEnvelope } from "../domain/Wire.ts"
 import type { EngineContext } from "./EngineContext.ts"
-import { failPendingIntents, queueLeaveAgain, queueRemoval } from "./IntentQueue.ts"
-import type { LeafMember, MlsGroupState } from "./MlsCrypto.ts"
+import { failPendingIntents, leavingInboxes, queueLeaveAgain, queueRemoval } from "./IntentQueue.ts"
+import type { LeafMember, MlsGroupState, Processed } from "./MlsCrypto.ts"
 
 export interface PageOutcome {
   readonly received: number
@@ -119,8 +128,48 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
     }))
   }
 
+  /** The transcript entry of a commit that changed the group's settings: the same on every member. */
+  const recordSettingsChange = (next: MlsGroupState, committer: LeafMember, envelope: GroupMessageEnvelope) => {
+    const changed = changedSettings(crypto.view(state).metadata, crypto.view(next).metadata)
+    if (changed.length === 0) return
+    const epoch = crypto.view(state).epoch + 1n
+    const change = MetadataChange.make({ epoch, changed, committedBy: committer.inboxId })
+    newMessages.push(StoredMessage.make({
+      id: metadataChangeIdOf(groupId, epoch),
+      groupId,
+      conversationId: conversationOf(),
+      senderInboxId: committer.inboxId,
+      senderInstallationId: committer.installationId,
+      sentAtNs: envelope.serverTimeNs,
+      sequenceId: envelope.sequenceId,
+      kind: "metadataChange",
+      content: Schema.encodeSync(MetadataChangeJson)(change),
+      membershipChange: null,
+      deliveryStatus: "published",
+      insertedAtNs: now
+    }))
+  }
+
+  /**
+   * Why the group's policy refuses someone's commit, judged on the epoch it was built for: every
+   * member runs this on the same settings, members and leave requests, so all skip it alike.
+   */
+  const policyRefusal = (before: GroupSnapshot, processed: Extract<Processed, { kind: "commit" }>) =>
+    Effect.gen(function*() {
+      const stored = yield* leavingInboxes(ctx, groupId)
+      return commitRefusal({
+        committer: processed.committer.inboxId,
+        membersBefore: before.members.map((m) => m.inboxId),
+        membersAfter: crypto.view(processed.state).members.map((m) => m.inboxId),
+        leaving: [...leaving, ...stored],
+        settingsBefore: processed.metadataBefore,
+        settingsAfter: processed.metadataAfter
+      })
+    })
+
   const adopt = (next: MlsGroupState, changes: CommitChanges, committer: LeafMember, envelope: GroupMessageEnvelope) => {
     recordTranscript(changes.transcript, committer, envelope)
+    if (!changes.leftGroup) recordSettingsChange(next, committer, envelope)
     joined ||= changes.broughtNewcomers
     state = next
     progressedSinceFork = true
@@ -164,6 +213,8 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
           return yield* skip(envelope, "unauthenticatedCommit", `adds unregistered installation ${leaf.installationId}`)
         }
       }
+      const refusal = yield* policyRefusal(before, processed.right)
+      if (refusal !== undefined) return yield* skip(envelope, "policyViolation", refusal)
       adopt(processed.right.state, commitChanges(before, after, identity.inboxId), processed.right.committer, envelope)
     })
 

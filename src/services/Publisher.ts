@@ -9,21 +9,26 @@
  * until the intent is Processed. A lost epoch race is an `EpochConflict` in its error channel,
  * retried under the conflict schedule; transport failures retry under their own schedule.
  */
-import { Clock, Data, Duration, Effect, Option, Schema } from "effect"
+import { Clock, Data, Duration, Effect, Either, Option, Schema } from "effect"
 import { sha256Hex, utf8 } from "../domain/Bytes.ts"
 import { type ApplicationContent, ApplicationContentJson } from "../domain/Content.ts"
 import {
+  CryptoError,
   DeliveryError,
+  encodeGovernanceError,
   EpochConflict,
+  InvalidInput,
   InboxNotFound,
   IntentFailed,
   KeyPackageUnavailable
 } from "../domain/Errors.ts"
 import { currentInstallations } from "../domain/IdentityLog.ts"
 import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
+import { decodeSettings, encodeSettings, type GovernanceIntent, membershipVerdict, nextSettings } from "../domain/GroupSettings.ts"
 import {
   isCommitKind,
   PostCommitData,
+  type RemoveMembersData,
   UpdateInstallationsData
 } from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
@@ -102,9 +107,50 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       } as Derived
     })
 
+  /** The group's settings at this state's epoch; settings that do not decode stop governance changes. */
+  const settingsAt = (state: MlsGroupState) =>
+    Option.match(decodeSettings(crypto.view(state).metadata), {
+      onNone: () => Effect.fail(new CryptoError({ reason: "Malformed", detail: "the group's settings do not decode" })),
+      onSome: Effect.succeed
+    })
+
+  const memberInboxes = (state: MlsGroupState) => [...new Set(crypto.view(state).members.map((m) => m.inboxId))]
+
+  /** The committer's own check, the same every receiver runs on the commit (Governance.checkCommit). */
+  const checkMembership = (
+    state: MlsGroupState,
+    change: { readonly add?: ReadonlyArray<InboxId>; readonly remove?: ReadonlyArray<InboxId>; readonly leaving?: ReadonlyArray<InboxId> }
+  ) =>
+    Effect.gen(function*() {
+      const members = memberInboxes(state)
+      const verdict = membershipVerdict({
+        settings: yield* settingsAt(state),
+        committer: identity.inboxId,
+        members,
+        ...change,
+        add: (change.add ?? []).filter((i) => !members.includes(i))
+      })
+      if (Either.isLeft(verdict)) return yield* verdict.left
+    })
+
+  /** A commit that rewrites the group's settings (metadata, roles, policies, minimum version). */
+  const deriveSettings = (state: MlsGroupState, data: GovernanceIntent) =>
+    Effect.gen(function*() {
+      const current = yield* settingsAt(state)
+      const next = yield* Effect.try({
+        try: () => nextSettings(current, data, identity.inboxId, memberInboxes(state)),
+        catch: (e) => new InvalidInput({ reason: `group settings: ${e instanceof Error ? e.message : String(e)}` })
+      })
+      if (Either.isLeft(next)) return yield* next.left
+      if (next.right === undefined) return { _tag: "NoOp" } as Derived
+      const result = yield* crypto.createCommit(state, { metadata: encodeSettings(next.right) })
+      return { _tag: "Payload", payload: result.commit, state: undefined, staged: result.staged, postCommit: undefined } as Derived
+    })
+
   /** Every installation of each inbox that is not in the group yet, and this inbox's other devices. */
   const deriveAdd = (state: MlsGroupState, inboxIds: ReadonlyArray<InboxId>) =>
     Effect.gen(function*() {
+      yield* checkMembership(state, { add: inboxIds })
       const { add } = yield* installationDiff(state, [...inboxIds, identity.inboxId])
       return yield* membershipCommit(state, add, [])
     })
@@ -119,10 +165,15 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     })
 
   /** Removes every installation of the inboxes; for our own inbox (a lone leaver), the others. */
-  const deriveRemove = (state: MlsGroupState, inboxIds: ReadonlyArray<InboxId>) =>
+  const deriveRemove = (state: MlsGroupState, data: RemoveMembersData) =>
     Effect.gen(function*() {
+      const { inboxIds } = data
       const targets = new Set<string>(inboxIds)
       const view = crypto.view(state)
+      const present = inboxIds.filter((i) => i !== identity.inboxId && view.members.some((m) => m.inboxId === i))
+      if (present.length > 0) {
+        yield* checkMembership(state, { remove: present, leaving: data.forLeaveRequest ? present : [] })
+      }
       const leaving = view.members
         .filter((m) => targets.has(m.inboxId) && m.leafIndex !== view.ownLeafIndex)
         .map((m) => m.installationId)
@@ -151,11 +202,16 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
         case "AddMembers":
           return yield* deriveAdd(state, data.inboxIds)
         case "RemoveMembers":
-          return yield* deriveRemove(state, data.inboxIds)
+          return yield* deriveRemove(state, data)
         case "Leave":
           return yield* applicationMessage(state, { _tag: "LeaveRequest", nonce: data.nonce })
         case "UpdateInstallations":
           return yield* deriveInstallationUpdate(state)
+        case "UpdateMetadata":
+        case "SetRole":
+        case "UpdatePermissions":
+        case "SetMinProtocolVersion":
+          return yield* deriveSettings(state, data)
         case "KeyUpdate": {
           const result = yield* crypto.createCommit(state, {})
           return { _tag: "Payload", payload: result.commit, state: undefined, staged: result.staged, postCommit: undefined } as Derived
@@ -197,7 +253,11 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
         Effect.catchTags({
           CryptoError: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
           KeyPackageUnavailable: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
-          InboxNotFound: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined))
+          InboxNotFound: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
+          InvalidInput: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
+          // Stored typed, so the action that queued the intent fails with the same error.
+          PermissionDenied: (e) => failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined)),
+          MetadataConflict: (e) => failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined))
         })
       )
       if (derived === undefined) continue
