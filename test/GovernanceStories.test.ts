@@ -176,4 +176,44 @@ describe("Group governance", () => {
       expect(yield* atBob.minProtocolVersion).toBe(1)
       expect((yield* group.setMinProtocolVersion(0).pipe(Effect.flip))._tag).toBe("InvalidInput")
     }))
+
+  it.scoped("a super admin raises the minimum version: an old client is paused, reads, then upgrades and sends", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const alice = yield* net.client("alice", { protocolVersion: 2 })
+      const [bob, carol] = yield* Effect.all([net.client("bob", { protocolVersion: 1 }), net.client("carol", { protocolVersion: 1 })])
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* bob.syncAll
+      const atBob = yield* open(bob, group.id)
+      yield* atBob.send("before")
+      yield* group.setMinProtocolVersion(2)
+      yield* bob.syncAll
+      expect(yield* atBob.minProtocolVersion).toBe(2)
+      const paused = { _tag: "ProtocolVersionTooOld", required: 2, current: 1 }
+      expect(yield* atBob.send("while paused").pipe(Effect.flip)).toMatchObject(paused)
+      expect(yield* atBob.addMembers([carol.inboxId]).pipe(Effect.flip)).toMatchObject(paused)
+      expect(yield* atBob.updateMetadata({ name: "x" }).pipe(Effect.flip)).toMatchObject(paused)
+      // Paused, Bob still reads.
+      yield* group.send("hello")
+      yield* bob.syncAll
+      expect((yield* atBob.messages()).filter((m) => m.kind === "text").map((m) => m.text)).toEqual(["before", "hello"])
+
+      // Carol's key package advertises version 1: Alice cannot add her, and a hand-built add is refused by all.
+      expect(yield* group.addMembers([carol.inboxId]).pipe(Effect.flip)).toMatchObject(paused)
+      const groupId = group.id as unknown as GroupId
+      const row = Option.getOrThrow(yield* (yield* net.storage(alice)).groups.get(groupId))
+      const asAlice = yield* net.deliveryAs(alice)
+      const [fetched] = yield* asAlice.fetchKeyPackages([carol.installationId])
+      const forged = yield* net.crypto.createCommit(yield* net.crypto.deserialize(row.mlsState), { add: [fetched!.keyPackage!] })
+      yield* asAlice.sendGroupMessages([GroupMessageInput.make({ groupId, payload: forged.commit })])
+      expect((yield* bob.syncAll).skippedBy["policyViolation"]).toBe(1)
+      expect(yield* memberInboxes(atBob)).toEqual([alice.inboxId, bob.inboxId].sort())
+
+      // Bob upgrades: a restart with the newer version un-pauses him.
+      yield* net.restart(bob, { protocolVersion: 2 })
+      yield* (yield* open(bob, group.id)).send("upgraded")
+      yield* alice.syncAll
+      expect((yield* group.messages()).filter((m) => m.kind === "text").map((m) => m.text)).toEqual(["before", "hello", "upgraded"])
+      expect(yield* epochOf(group)).toBe(yield* epochOf(yield* open(bob, group.id)))
+    }))
 })

@@ -161,6 +161,8 @@ export const commitRefusal = (input: {
   readonly leaving: ReadonlyArray<InboxId>
   readonly settingsBefore: Uint8Array | undefined
   readonly settingsAfter: Uint8Array | undefined
+  /** The protocol versions the commit's new leaves advertise (1 for none). */
+  readonly newLeafVersions: ReadonlyArray<number>
 }): string | undefined => {
   // Settings that did not decode before are the defaults; new ones that do not decode are refused.
   const before = Option.getOrElse(decodeSettings(input.settingsBefore), () => GroupMetadata.none)
@@ -170,7 +172,10 @@ export const commitRefusal = (input: {
   const after = unchanged ? Option.some(before) : decodeSettings(input.settingsAfter)
   if (Option.isNone(after)) return "the commit's group settings do not decode"
   const verdict = checkCommit(input.committer, commitEffects({ ...input, before, after: after.value }))
-  return Either.isLeft(verdict) ? verdict.left.detail : undefined
+  if (Either.isLeft(verdict)) return verdict.left.detail
+  const floor = after.value.minProtocolVersion
+  const old = input.newLeafVersions.find((v) => v < floor)
+  return old === undefined ? undefined : `adds a leaf of protocol version ${old}; the group requires ${floor}`
 }
 
 /** Which settings a commit changed (empty if none), in a stable order. */

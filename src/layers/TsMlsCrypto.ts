@@ -80,9 +80,25 @@ const CLOCK_SKEW_SECONDS = 60n * 60n
  */
 const METADATA_EXTENSION = 0xf0c0
 
+/** The leaf node extension advertising the installation's protocol version (4 bytes, big-endian). */
+const PROTOCOL_VERSION_EXTENSION = 0xf0c1
+
 const capabilities = (): Capabilities => {
   const defaults = defaultCapabilities()
-  return { ...defaults, extensions: [...defaults.extensions, METADATA_EXTENSION] }
+  return { ...defaults, extensions: [...defaults.extensions, METADATA_EXTENSION, PROTOCOL_VERSION_EXTENSION] }
+}
+
+const protocolVersionExtension = (version: number): Extension => {
+  const data = new Uint8Array(4)
+  new DataView(data.buffer).setUint32(0, version)
+  return { extensionType: PROTOCOL_VERSION_EXTENSION, extensionData: data }
+}
+
+/** The version a leaf advertises, if it advertises a well-formed one. */
+const protocolVersionIn = (extensions: ReadonlyArray<Extension>): number | undefined => {
+  const data = extensions.find((e) => e.extensionType === PROTOCOL_VERSION_EXTENSION)?.extensionData
+  if (data?.length !== 4) return undefined
+  return new DataView(data.buffer, data.byteOffset, 4).getUint32(0)
 }
 
 // ---- the governed context: only the metadata extension may change after creation -----
@@ -197,7 +213,13 @@ const leafMemberAt = (tree: RatchetTree, leafIndex: number): LeafMember | undefi
   if (node?.nodeType !== "leaf") return undefined
   const identity = decodeIdentity(node.leaf.credential)
   if (identity === undefined) return undefined
-  return { ...identity, leafIndex, signaturePublicKey: node.leaf.signaturePublicKey }
+  const protocolVersion = protocolVersionIn(node.leaf.extensions)
+  return {
+    ...identity,
+    leafIndex,
+    signaturePublicKey: node.leaf.signaturePublicKey,
+    ...(protocolVersion === undefined ? {} : { protocolVersion })
+  }
 }
 
 const membersOf = (tree: RatchetTree): ReadonlyArray<LeafMember> =>
@@ -359,7 +381,7 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
       )
 
     const generateKeyPackage: Service["generateKeyPackage"] = Effect.fn("MlsCrypto.generateKeyPackage")(
-      function*(identity, keys) {
+      function*(identity, keys, options = {}) {
         if (installationIdOf(keys.publicKey) !== identity.installationId) {
           return yield* fail("Unauthenticated", "installation id is not the hash of the signature key")
         }
@@ -373,7 +395,8 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
             lifetime,
             [],
             { signKey: keys.privateKey, publicKey: keys.publicKey },
-            cs
+            cs,
+            options.protocolVersion === undefined ? [] : [protocolVersionExtension(options.protocolVersion)]
           ))
         return {
           ref: yield* keyPackageRef(publicPackage),
@@ -392,7 +415,13 @@ export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
       if (!withinLifetime(kp)) return yield* fail("Unauthenticated", "key package is outside its lifetime")
       const identity = structuralIdentity(kp.leafNode.credential, kp.leafNode.signaturePublicKey)
       if (typeof identity === "string") return yield* fail("Unauthenticated", identity)
-      return { ...identity, ref: yield* keyPackageRef(kp), signaturePublicKey: kp.leafNode.signaturePublicKey }
+      const protocolVersion = protocolVersionIn(kp.leafNode.extensions)
+      return {
+        ...identity,
+        ref: yield* keyPackageRef(kp),
+        signaturePublicKey: kp.leafNode.signaturePublicKey,
+        ...(protocolVersion === undefined ? {} : { protocolVersion })
+      }
     })
 
     const createGroup: Service["createGroup"] = Effect.fn("MlsCrypto.createGroup")(function*(groupId, bundle, metadata) {

@@ -33,7 +33,7 @@ import {
   type MetadataConflict,
   NotAMember,
   PermissionDenied,
-  type ProtocolVersionTooOld,
+  ProtocolVersionTooOld,
   KeyPackageUnavailable,
   type StorageError
 } from "../domain/Errors.ts"
@@ -51,7 +51,7 @@ import {
   UpdatePermissionsData
 } from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
-import { PermissionPolicies, type PolicyPreset, presets, type Role } from "../domain/Governance.ts"
+import { isPaused, PermissionPolicies, type PolicyPreset, presets, type Role } from "../domain/Governance.ts"
 import { decodeSettings, encodeSettings, type GovernanceIntent, membershipVerdict, nextSettings } from "../domain/GroupSettings.ts"
 import { GroupMetadata, Member, Message, METADATA_FIELDS, type MetadataField, SyncSummary } from "../domain/Model.ts"
 import { StoredGroup, StoredMessage } from "../domain/Stored.ts"
@@ -93,9 +93,11 @@ export interface Conversation {
   readonly id: ConversationId
   readonly kind: "group" | "dm"
   /** Resolves once the message is published and seen on the group topic. */
-  readonly send: (text: string) => Effect.Effect<MessageId, ActionError | InvalidInput>
+  readonly send: (text: string) => Effect.Effect<MessageId, ActionError | InvalidInput | ProtocolVersionTooOld>
   /** Stores the message as `unpublished` now; `publishPending` (or any sync) publishes it. */
-  readonly sendOptimistic: (text: string) => Effect.Effect<MessageId, LookupError | GroupInactive | InvalidInput>
+  readonly sendOptimistic: (
+    text: string
+  ) => Effect.Effect<MessageId, ReadError | GroupInactive | InvalidInput | ProtocolVersionTooOld>
   readonly publishPending: Effect.Effect<void, SyncError | IntentFailed>
   readonly sync: Effect.Effect<SyncSummary, SyncError>
   readonly messages: (options?: {
@@ -209,7 +211,8 @@ export const make = (options: ClientOptions = {}) =>
       transportSchedule: options.transportSchedule ?? defaultEngineOptions.transportSchedule,
       pageSize: options.pageSize ?? defaultEngineOptions.pageSize,
       installationCheckInterval: options.installationCheckInterval ?? defaultEngineOptions.installationCheckInterval,
-      crashPoint: options.crashPoint ?? defaultEngineOptions.crashPoint
+      crashPoint: options.crashPoint ?? defaultEngineOptions.crashPoint,
+      protocolVersion: options.protocolVersion ?? defaultEngineOptions.protocolVersion
     }
     const locks = new Map<GroupId, Effect.Semaphore>()
     const lockOf = (groupId: GroupId) => {
@@ -294,6 +297,16 @@ export const make = (options: ClientOptions = {}) =>
         Effect.map((state) => Option.getOrElse(decodeSettings(crypto.view(state).metadata), () => GroupMetadata.none))
       )
 
+    /** Below the group's minimum protocol version this installation reads and syncs, but writes nothing. */
+    const checkNotPaused = (group: StoredGroup) =>
+      Effect.gen(function*() {
+        const settings = yield* settingsOf(group)
+        const current = engineOptions.protocolVersion
+        if (isPaused(settings, current)) {
+          return yield* new ProtocolVersionTooOld({ required: settings.minProtocolVersion, current })
+        }
+      })
+
     /** Waits for an intent; a governance refusal it ended with comes back as its typed error. */
     const resolveTyped = (groupId: GroupId, intentId: number) =>
       publisher.resolve(groupId, intentId).pipe(
@@ -310,6 +323,7 @@ export const make = (options: ClientOptions = {}) =>
     /** Stores the message as unpublished and queues its intent, in one transaction. */
     const queueMessage = (group: StoredGroup, text: string) =>
       Effect.gen(function*() {
+        yield* checkNotPaused(group)
         if (new TextEncoder().encode(text).length > MAX_TEXT_BYTES) {
           return yield* new InvalidInput({ reason: `message text is over ${MAX_TEXT_BYTES} bytes` })
         }
@@ -414,6 +428,7 @@ export const make = (options: ClientOptions = {}) =>
             // could not read its request; GroupSync has it repeat the request for them).
             return yield* new InvalidInput({ reason: "this inbox has asked to leave the group: it can no longer change its members" })
           }
+          yield* checkNotPaused(group)
           const present = new Set((yield* groupMembers(group)).keys())
           yield* check(ids, present, group.id)
           // Fail fast on the policy; the publisher checks again at the epoch the commit is built for.
@@ -429,6 +444,7 @@ export const make = (options: ClientOptions = {}) =>
         Effect.gen(function*() {
           if (kind === "dm") return yield* new InvalidInput({ reason: "a DM has no group settings" })
           const group = yield* activePrimary(id, kind)
+          yield* checkNotPaused(group)
           const members = [...(yield* groupMembers(group)).keys()]
           const current = yield* settingsOf(group)
           const next = yield* Effect.try({
@@ -584,7 +600,8 @@ export const make = (options: ClientOptions = {}) =>
         const groupId = toHex(randomBytes(16)) as GroupId
         const keyPackage = yield* crypto.generateKeyPackage(
           { inboxId: self, installationId: identity.installationId },
-          identity.signatureKeys
+          identity.signatureKeys,
+          { protocolVersion: engineOptions.protocolVersion }
         )
         const metadata = "metadata" in meta ? meta.metadata : GroupMetadata.none
         const dmId = "dmId" in meta ? meta.dmId : undefined

@@ -25,6 +25,8 @@ export interface LeafIdentity {
 export interface LeafMember extends LeafIdentity {
   readonly leafIndex: number
   readonly signaturePublicKey: Uint8Array
+  /** The protocol version the leaf advertises; absent for leaves that advertise none (version 1). */
+  readonly protocolVersion?: number
 }
 
 export interface GroupView {
@@ -55,6 +57,8 @@ export interface KeyPackageBundle {
 export interface KeyPackageInfo extends LeafIdentity {
   readonly ref: string
   readonly signaturePublicKey: Uint8Array
+  /** The protocol version its leaf advertises; absent if none (version 1). */
+  readonly protocolVersion?: number
 }
 
 export interface CommitChanges {
@@ -120,7 +124,12 @@ export interface MlsCryptoOptions {
 
 export class MlsCrypto extends Context.Tag("converge/MlsCrypto")<MlsCrypto, {
   readonly generateSignatureKeyPair: Effect.Effect<SignatureKeyPair, CryptoError>
-  readonly generateKeyPackage: (identity: LeafIdentity, keys: SignatureKeyPair) => Effect.Effect<KeyPackageBundle, CryptoError>
+  /** `protocolVersion` is advertised in the leaf (a leaf node extension), for groups' minimum version. */
+  readonly generateKeyPackage: (
+    identity: LeafIdentity,
+    keys: SignatureKeyPair,
+    options?: { readonly protocolVersion?: number }
+  ) => Effect.Effect<KeyPackageBundle, CryptoError>
   /** Decodes and verifies a public key package (signature, lifetime, credential). */
   readonly keyPackageInfo: (publicPackage: Uint8Array) => Effect.Effect<KeyPackageInfo, CryptoError>
   /** `metadata` reaches every member through the group context (changed later by a commit's `metadata`). */

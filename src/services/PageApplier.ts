@@ -157,10 +157,12 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
   const policyRefusal = (before: GroupSnapshot, processed: Extract<Processed, { kind: "commit" }>) =>
     Effect.gen(function*() {
       const stored = yield* leavingInboxes(ctx, groupId)
+      const after = crypto.view(processed.state).members
       return commitRefusal({
         committer: processed.committer.inboxId,
         membersBefore: before.members.map((m) => m.inboxId),
-        membersAfter: crypto.view(processed.state).members.map((m) => m.inboxId),
+        membersAfter: after.map((m) => m.inboxId),
+        newLeafVersions: newLeaves(before.members, after).map((leaf) => leaf.protocolVersion ?? 1),
         leaving: [...leaving, ...stored],
         settingsBefore: processed.metadataBefore,
         settingsAfter: processed.metadataAfter

@@ -20,11 +20,21 @@ import {
   InvalidInput,
   InboxNotFound,
   IntentFailed,
-  KeyPackageUnavailable
+  KeyPackageUnavailable,
+  ProtocolVersionTooOld
 } from "../domain/Errors.ts"
 import { currentInstallations } from "../domain/IdentityLog.ts"
 import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
-import { decodeSettings, encodeSettings, type GovernanceIntent, membershipVerdict, nextSettings } from "../domain/GroupSettings.ts"
+import { isPaused } from "../domain/Governance.ts"
+import {
+  decodeSettings,
+  encodeSettings,
+  type GovernanceIntent,
+  isGovernanceIntent,
+  membershipVerdict,
+  nextSettings
+} from "../domain/GroupSettings.ts"
+import { GroupMetadata } from "../domain/Model.ts"
 import {
   isCommitKind,
   PostCommitData,
@@ -91,6 +101,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       if (unavailable.length > 0) {
         return yield* new KeyPackageUnavailable({ inboxId: "", installationIds: unavailable })
       }
+      yield* checkAddedVersions(state, fetched.map((f) => f.keyPackage!))
       const result = yield* crypto.createCommit(state, { add: fetched.map((f) => f.keyPackage!), remove })
       return {
         _tag: "Payload",
@@ -194,8 +205,32 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       }))
     )
 
+  /** Below the group's minimum version this installation reads but writes nothing (leave requests aside). */
+  const checkNotPaused = (state: MlsGroupState, data: IntentData) => {
+    const writes = data._tag === "SendMessage" || data._tag === "AddMembers" || data._tag === "RemoveMembers" ||
+      isGovernanceIntent(data)
+    const settings = Option.getOrElse(decodeSettings(crypto.view(state).metadata), () => GroupMetadata.none)
+    const current = ctx.options.protocolVersion
+    return writes && isPaused(settings, current)
+      ? Effect.fail(new ProtocolVersionTooOld({ required: settings.minProtocolVersion, current }))
+      : Effect.void
+  }
+
+  /** Key packages below the group's minimum version cannot be added (every receiver refuses them too). */
+  const checkAddedVersions = (state: MlsGroupState, keyPackages: ReadonlyArray<Uint8Array>) =>
+    Effect.gen(function*() {
+      const required = Option.getOrElse(decodeSettings(crypto.view(state).metadata), () => GroupMetadata.none)
+        .minProtocolVersion
+      if (required <= 1) return
+      for (const keyPackage of keyPackages) {
+        const current = (yield* crypto.keyPackageInfo(keyPackage)).protocolVersion ?? 1
+        if (current < required) return yield* new ProtocolVersionTooOld({ required, current })
+      }
+    })
+
   const derive = (state: MlsGroupState, data: IntentData) =>
     Effect.gen(function*() {
+      yield* checkNotPaused(state, data)
       switch (data._tag) {
         case "SendMessage":
           return yield* applicationMessage(state, { _tag: "Text", nonce: data.nonce, text: data.text })
@@ -257,7 +292,8 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
           InvalidInput: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
           // Stored typed, so the action that queued the intent fails with the same error.
           PermissionDenied: (e) => failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined)),
-          MetadataConflict: (e) => failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined))
+          MetadataConflict: (e) => failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined)),
+          ProtocolVersionTooOld: (e) => failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined))
         })
       )
       if (derived === undefined) continue
