@@ -17,7 +17,7 @@ import {
   metadataChangeIdOf
 } from "../domain/Content.ts"
 import { changedSettings, commitRefusal } from "../domain/GroupSettings.ts"
-import type { StorageError } from "../domain/Errors.ts"
+import { encodeGovernanceError, PermissionDenied, type StorageError } from "../domain/Errors.ts"
 import type { ConversationId, GroupId, InboxId } from "../domain/Ids.ts"
 import {
   addSkipCounts,
@@ -39,7 +39,7 @@ import { type StoredGroup, type StoredIntent, type MembershipState, StoredMessag
 import { groupTopic } from "../domain/Topics.ts"
 import type { GroupMessageEnvelope } from "../domain/Wire.ts"
 import type { EngineContext } from "./EngineContext.ts"
-import { failPendingIntents, leavingInboxes, queueLeaveAgain, queueRemoval } from "./IntentQueue.ts"
+import { failIntent, failPendingIntents, leavingInboxes, queueLeaveAgain, queueRemoval } from "./IntentQueue.ts"
 import type { LeafMember, MlsGroupState, Processed } from "./MlsCrypto.ts"
 
 export interface PageOutcome {
@@ -154,7 +154,10 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
    * Why the group's policy refuses someone's commit, judged on the epoch it was built for: every
    * member runs this on the same settings, members and leave requests, so all skip it alike.
    */
-  const policyRefusal = (before: GroupSnapshot, processed: Extract<Processed, { kind: "commit" }>) =>
+  const policyRefusal = (
+    before: GroupSnapshot,
+    processed: Pick<Extract<Processed, { kind: "commit" }>, "committer" | "state" | "metadataBefore" | "metadataAfter">
+  ) =>
     Effect.gen(function*() {
       const stored = yield* leavingInboxes(ctx, groupId)
       const after = crypto.view(processed.state).members
@@ -198,6 +201,18 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       const staged = yield* crypto.deserialize(intent.stagedState!)
       const after = crypto.view(staged)
       const me = crypto.view(state).members.find((m) => m.leafIndex === before.ownLeafIndex)!
+      // Judged like anyone's: if the others skip it, so do we, or the group would fork.
+      const refusal = yield* policyRefusal(before, {
+        committer: me,
+        state: staged,
+        metadataBefore: crypto.view(state).metadata,
+        metadataAfter: after.metadata
+      })
+      if (refusal !== undefined) {
+        const denied = new PermissionDenied({ action: "commit", required: refusal })
+        writes.push(failIntent(ctx, intent, encodeGovernanceError(denied)))
+        return yield* skip(envelope, "policyViolation", refusal)
+      }
       adopt(staged, ownCommitChanges(before, after), me, envelope)
       writes.push(storage.intents.markCommitted(intent.id, envelope.sequenceId))
     })
