@@ -16,6 +16,7 @@ import { sha256Hex } from "../domain/Bytes.ts"
 import { MembershipChangeJson } from "../domain/Content.ts"
 import * as IdentityLog from "../domain/IdentityLog.ts"
 import type { ConversationId, GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
+import { GroupMetadataJson } from "../domain/Model.ts"
 import type { StoredGroup, StoredIntent, StoredMessage } from "../domain/Stored.ts"
 import type { GroupMessageEnvelope, WelcomeMessageEnvelope } from "../domain/Wire.ts"
 import { WelcomePayloadJson } from "../domain/Wire.ts"
@@ -38,6 +39,8 @@ interface Held {
     readonly installations: ReadonlyArray<string>
     /** The group's name as this member reads it (groups only; the simulation names each by its label). */
     readonly name?: string | null
+    /** All the group's governed settings (metadata, roles, policies, minimum version) as JSON. */
+    readonly settings?: string
   }
 }
 
@@ -309,7 +312,8 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
                 authenticator: debug.epochAuthenticator,
                 inboxes: members.map((m) => m.inboxId).sort(),
                 installations: members.flatMap((m) => m.installationIds).sort(),
-                name: (yield* conversation.metadata).name
+                name: (yield* conversation.metadata).name,
+                settings: Schema.encodeSync(GroupMetadataJson)(yield* conversation.metadata)
               }
             } else {
               // The DM handle speaks for its primary group: read this one's state itself.
@@ -439,9 +443,18 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
           violate("dm-group-without-peer", `${label}: the DM group never got both inboxes (topic at epoch ${finalEpoch})`)
         }
         const authenticators = new Map<bigint, Set<string>>()
+        /** One settings per epoch: every member at an epoch reads the same metadata, roles, policies and minimum. */
+        const settingsAt = new Map<bigint, string>()
         for (const [c, view] of held) {
           if (view.info === undefined) continue
           const self = clients.get(c)!
+          if (view.info.settings !== undefined) {
+            const seen = settingsAt.get(view.info.epoch)
+            if (seen === undefined) settingsAt.set(view.info.epoch, view.info.settings)
+            else if (seen !== view.info.settings) {
+              violate("divergent-settings", `${label}: ${name(c)} reads ${view.info.settings} at epoch ${view.info.epoch}; another member reads ${seen}`)
+            }
+          }
           if (!expectedMembers.includes(self.inboxId)) {
             violate("non-member-active", `${label}: ${name(c)} is active at epoch ${view.info.epoch} but its inbox is not a member at epoch ${finalEpoch}`)
             continue
