@@ -151,6 +151,26 @@ describe("simulation: fixed seeds", () => {
 })
 
 /**
+ * Governance in seeded histories: renames, role and policy changes and forged role grabs among
+ * the classic operations and faults. Every member must read one settings per epoch, and no
+ * super admin may appear that nobody made one.
+ */
+describe("simulation: governance", () => {
+  for (const seed of [1, 2, 3, 4, 6, 7, 8, 9]) {
+    it.live(`seed ${seed} (5 inboxes, 40 operations, governance) converges`, () =>
+      Simulation.run({ seed, clients: 5, ops: 40, profile: "classic", governance: true }).pipe(
+        Effect.tap((report) =>
+          Effect.sync(() => {
+            expect(report.violations, Simulation.Report.format(report)).toEqual([])
+            const governed = report.trace.filter((t) => /renames|makes inbox|sets g|role grab|super admin of/.test(t.label))
+            expect(governed.length).toBeGreaterThan(0)
+          })
+        )
+      ))
+  }
+})
+
+/**
  * Histories in which the simulation found bugs. Each is kept as the seed that found it and as
  * a minimal scenario of the same history.
  */

@@ -142,8 +142,10 @@ const walkTopic = (world: World, groupId: GroupId, envelopes: ReadonlyArray<Grou
       const header = yield* world.net.crypto.inspect(envelope.payload).pipe(Effect.option)
       if (Option.isNone(header) || header.value.groupId !== groupId) continue
       claimed.set(envelope.sequenceId, { kind: header.value.kind, epoch: header.value.epoch })
-      // The first commit for the current epoch wins; later ones for it lost the race.
-      if (header.value.kind === "commit" && header.value.epoch === epoch) {
+      // The first commit for the current epoch wins; later ones for it lost the race. A forged
+      // commit the policy forbids is skipped by every member, as if it were not there.
+      const forged = world.forgedCommits.has(sha256Hex(envelope.payload))
+      if (header.value.kind === "commit" && header.value.epoch === epoch && !forged) {
         epoch++
         winners.set(envelope.sequenceId, epoch)
       }
@@ -445,10 +447,20 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
         const authenticators = new Map<bigint, Set<string>>()
         /** One settings per epoch: every member at an epoch reads the same metadata, roles, policies and minimum. */
         const settingsAt = new Map<bigint, string>()
+        const g = Number(label.slice(1))
         for (const [c, view] of held) {
           if (view.info === undefined) continue
           const self = clients.get(c)!
           if (view.info.settings !== undefined) {
+            // A super admin nobody made one through the API got there by a commit the policy forbade.
+            const { superAdmins } = JSON.parse(view.info.settings) as { readonly superAdmins: ReadonlyArray<InboxId> }
+            const allowed = new Set([
+              ...(creator === undefined ? [] : [world.inboxIds[world.installs[creator]!.inbox]]),
+              ...(world.promoted.get(g) ?? [])
+            ])
+            for (const inbox of superAdmins.filter((i) => !allowed.has(i))) {
+              violate("forbidden-commit-applied", `${label}: ${name(c)} holds ${inbox} as super admin; nobody made it one`)
+            }
             const seen = settingsAt.get(view.info.epoch)
             if (seen === undefined) settingsAt.set(view.info.epoch, view.info.settings)
             else if (seen !== view.info.settings) {
@@ -469,7 +481,7 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
           if (view.info.epoch !== finalEpoch) {
             violate("divergent-epoch", `${label}: ${name(c)} is at epoch ${view.info.epoch}; the topic's order says ${finalEpoch}`)
           }
-          if (dm === undefined && view.info.name !== label) {
+          if (dm === undefined && !world.renamed.has(g) && view.info.name !== label) {
             violate("divergent-metadata", `${label}: ${name(c)} reads the group's name as ${JSON.stringify(view.info.name)}`)
           }
           const at = authenticators.get(view.info.epoch) ?? new Set()
