@@ -115,6 +115,28 @@ describe("Group governance", () => {
       expect(new Set(yield* Effect.forEach([group, atBob, atCarol, atDave], epochOf)).size).toBe(1)
     }))
 
+  it.scoped("a hand-built removal the policy forbids is skipped by everyone, the removed member included", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol] = yield* Effect.all(["alice", "bob", "carol"].map((name) => net.client(name)))
+      const group = yield* alice!.createGroup([bob!.inboxId, carol!.inboxId], { permissions: "adminsOnly" })
+      yield* Effect.all([bob!.syncAll, carol!.syncAll])
+      const groupId = group.id as unknown as GroupId
+      const row = Option.getOrThrow(yield* (yield* net.storage(bob!)).groups.get(groupId))
+      const forged = yield* net.crypto.createCommit(yield* net.crypto.deserialize(row.mlsState), {
+        remove: [carol!.installationId]
+      })
+      yield* (yield* net.deliveryAs(bob!)).sendGroupMessages([GroupMessageInput.make({ groupId, payload: forged.commit })])
+      yield* Effect.all([alice!.syncAll, bob!.syncAll, carol!.syncAll])
+      const atCarol = yield* open(carol!, group.id)
+      expect(yield* atCarol.state).toBe("active")
+      // Carol is still in the group everyone holds: she reads what Alice sends next.
+      yield* group.send("still here?")
+      yield* carol!.syncAll
+      expect((yield* atCarol.messages()).filter((m) => m.kind === "text").map((m) => m.text)).toEqual(["still here?"])
+      expect(yield* epochOf(atCarol)).toBe(yield* epochOf(group))
+    }))
+
   it.scoped("promotion and demotion: an admin may then add, a demoted one may not; roles read the same everywhere", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make
