@@ -4,14 +4,27 @@
  */
 export * from "./domain/Errors.ts"
 export * from "./domain/Ids.ts"
-export { GroupMetadata, MAX_GROUP_DESCRIPTION, MAX_GROUP_NAME, Member, Message, SyncSummary } from "./domain/Model.ts"
-/** The JSON in `Message.text` of a `membershipChange` message. */
-export { MembershipChange, MembershipChangeJson } from "./domain/Content.ts"
+export {
+  GroupMetadata,
+  MAX_GROUP_APP_DATA,
+  MAX_GROUP_DESCRIPTION,
+  MAX_GROUP_IMAGE_URL,
+  MAX_GROUP_NAME,
+  Member,
+  Message,
+  PROTOCOL_VERSION,
+  SyncSummary
+} from "./domain/Model.ts"
+/** The JSON in `Message.text` of a `membershipChange` and a `metadataChange` message. */
+export { MembershipChange, MembershipChangeJson, MetadataChange, MetadataChangeJson } from "./domain/Content.ts"
+export { PermissionPolicies, Policy, PolicyPreset, presets as PolicyPresets, Role } from "./domain/Governance.ts"
 export type { MembershipState } from "./domain/Stored.ts"
 export {
   type ClientOptions,
   type Conversation,
-  type ConversationDebugInfo
+  type ConversationDebugInfo,
+  type CreateGroupOptions,
+  type GovernanceActionError
 } from "./services/Client.ts"
 export { DeliveryServer } from "./layers/DeliveryServer.ts"
 export { Identity } from "./services/Identity.ts"

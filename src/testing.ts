@@ -193,7 +193,11 @@ export interface TestNetwork {
    * Drops the client's in-memory state and reopens the same database. Safe after a crash:
    * the old incarnation's scope is closed whatever its fibers left half-done.
    */
-  readonly restart: (client: TestClient) => Effect.Effect<void, ConvergeError>
+  readonly restart: (
+    client: TestClient,
+    /** What changed across the restart: an upgrade to a newer protocol version. */
+    changed?: { readonly protocolVersion?: number }
+  ) => Effect.Effect<void, ConvergeError>
   /**
    * Arms a crash: the next time this client passes `point` (see `CrashPoint`), it dies there
    * with a `SimulatedCrash` defect, once. Arming an armed point again still crashes once.
@@ -344,7 +348,7 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
         return testClient
       }).pipe(Effect.withSpan("TestNetwork.client", { attributes: { name } }))
 
-    const restart = (testClient: TestClient) =>
+    const restart = (testClient: TestClient, changed: { readonly protocolVersion?: number } = {}) =>
       Effect.gen(function*() {
         const old = incarnations.get(testClient.name)
         if (old !== undefined) {
@@ -355,7 +359,7 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
         }
         // The identity is in the database now; the engine options are the ones it was made with.
         const { rootSecretKey: _, ...options } = madeWith.get(testClient.name) ?? {}
-        yield* boot(testClient.name, testClient.filename, options)
+        yield* boot(testClient.name, testClient.filename, { ...options, ...changed })
       }).pipe(Effect.uninterruptible, Effect.withSpan("TestNetwork.restart", { attributes: { name: testClient.name } }))
 
     const crashAt = (testClient: TestClient, point: CrashPoint) =>

@@ -87,8 +87,24 @@ describe("converge CLI", () => {
         expect(notMember.code).toBe(1)
         expect(notMember.stderr.split("\n")[0]).toBe(`error: inbox ${carolInbox}: not a member of group ${group}`)
 
+        // Governance: Alice renames the group and makes Bob an admin; policies stay hers to change.
+        expect(yield* ok("group", "rename", "--profile", alice, prefix, "Knots only")).toBe(
+          `renamed Ropes & knots to Knots only (${group})`
+        )
+        yield* ok("group", "role", "--profile", alice, prefix, bobInbox.slice(0, 10), "admin")
+        yield* ok("sync", "--profile", bob)
+        expect(jsonOf(yield* ok("group", "info", "--profile", bob, "--json", prefix))).toMatchObject({
+          name: "Knots only",
+          admins: [bobInbox],
+          superAdmins: [aliceInbox],
+          policies: { addMember: "everyone" }
+        })
+        const denied = yield* converge("group", "policy", "--profile", bob, prefix, "--add-member", "admins")
+        expect(denied.code).toBe(1)
+        expect(denied.stderr).toContain("updatePermissions needs superAdmins")
+
         const dm = yield* ok("dm", "--profile", bob, aliceInbox)
-        expect(yield* ok("leave", "--profile", bob, prefix)).toMatch(/^asked to leave Ropes & knots/)
+        expect(yield* ok("leave", "--profile", bob, prefix)).toMatch(/^asked to leave Knots only/)
         // Sent now, read by alice only after the server restarts.
         yield* ok("send", "--profile", bob, dm, "stored before the restart")
         return { url, dm }

@@ -371,14 +371,16 @@ describe("Engine", () => {
       yield* carol.syncAll
       const atCarol = yield* open(carol, group.id)
       for (const conversation of [group, atBob, atCarol]) {
-        expect(yield* conversation.metadata).toEqual(GroupMetadata.make({ name: "Climbing club", description: "Sundays, 9:00" }))
+        expect(yield* conversation.metadata).toEqual(
+          GroupMetadata.make({ name: "Climbing club", description: "Sundays, 9:00", superAdmins: [alice.inboxId] })
+        )
       }
       // A restarted member reads it from its database.
       yield* net.restart(bob)
       expect((yield* (yield* open(bob, group.id)).metadata).name).toBe("Climbing club")
       // No name given, none shown; a DM never has one.
       const plain = yield* alice.createGroup([bob.inboxId])
-      expect(yield* plain.metadata).toEqual(GroupMetadata.none)
+      expect(yield* plain.metadata).toEqual(GroupMetadata.make({ name: null, description: null, superAdmins: [alice.inboxId] }))
       expect(yield* (yield* alice.findOrCreateDm(carol.inboxId)).metadata).toEqual(GroupMetadata.none)
     }))
 

@@ -13,6 +13,14 @@ import {
   type MlsGroupState
 } from "../src/services/MlsCrypto.ts"
 import * as TsMlsCrypto from "../src/layers/TsMlsCrypto.ts"
+import {
+  type ClientState,
+  createCommit,
+  encodeMlsMessage,
+  getCiphersuiteFromName,
+  getCiphersuiteImpl,
+  type Proposal
+} from "ts-mls"
 
 type Crypto = MlsCrypto["Type"]
 
@@ -406,5 +414,76 @@ describe("authenticate hook", () => {
       // A credential naming another key's installation cannot even be made into a key package.
       const forged = { inboxId: sha256Hex(utf8("x")) as InboxId, installationId: installationIdOf(other.publicKey) }
       expectReason(yield* Effect.flip(crypto.generateKeyPackage(forged, keys)), "Unauthenticated")
+    }))
+})
+
+/** Commits the port never makes, built with ts-mls itself from a member's state (as a hostile member could). */
+const handBuiltCommit = (state: MlsGroupState, proposals: (client: ClientState) => Array<Proposal>) =>
+  Effect.promise(async () => {
+    const client = (state as unknown as { readonly client: ClientState }).client
+    const cs = await getCiphersuiteImpl(getCiphersuiteFromName("MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519"))
+    const result = await createCommit({ state: client, cipherSuite: cs }, {
+      extraProposals: proposals(client),
+      ratchetTreeExtension: true
+    })
+    return encodeMlsMessage(result.commit)
+  })
+
+layer(TsMlsCrypto.layer())("group settings in the context (extension 0xf0c0)", (it) => {
+  it.effect("a metadata commit reaches every member, who sees the settings before and after", () =>
+    Effect.gen(function*() {
+      const crypto = yield* MlsCrypto
+      const [alice, bob, carol] = (yield* setUpGroup(crypto, 3)) as [Member, Member, Member]
+      const { commit, staged } = yield* crypto.createCommit(alice.state, { metadata: utf8("{\"name\":\"new\"}") })
+      alice.state = staged
+      for (const member of [bob, carol]) {
+        const processed = yield* crypto.process(member.state, commit)
+        if (processed.kind !== "commit") throw new Error("expected a commit")
+        expect(processed.metadataBefore).toBeUndefined()
+        expect(fromUtf8(processed.metadataAfter!)).toBe("{\"name\":\"new\"}")
+        member.state = processed.state
+      }
+      expectSameEpoch(crypto, [alice, bob, carol])
+      expect(fromUtf8(crypto.view(carol.state).metadata!)).toBe("{\"name\":\"new\"}")
+      // A later joiner reads it from the group context too.
+      const dave = yield* newInstallation(crypto)
+      const { welcome } = yield* crypto.createCommit(alice.state, { add: [dave.keyPackage.publicPackage] })
+      const joined = yield* crypto.joinFromWelcome(welcome!, [dave.keyPackage])
+      expect(fromUtf8(crypto.view(joined).metadata!)).toBe("{\"name\":\"new\"}")
+    }))
+
+  it.effect("the port never puts a metadata change beside a removal (ts-mls #742)", () =>
+    Effect.gen(function*() {
+      const crypto = yield* MlsCrypto
+      const [alice, , carol] = (yield* setUpGroup(crypto, 3)) as [Member, Member, Member]
+      const refused = yield* Effect.flip(
+        crypto.createCommit(alice.state, { metadata: utf8("{}"), remove: [carol.identity.installationId] })
+      )
+      expectReason(refused, "Internal")
+    }))
+
+  it.effect("receivers refuse a context change beyond the metadata, or beside a Remove", () =>
+    Effect.gen(function*() {
+      const crypto = yield* MlsCrypto
+      const [alice, bob, carol] = (yield* setUpGroup(crypto, 3)) as [Member, Member, Member]
+      const settings = { extensionType: 0xf0c0, extensionData: utf8("{}") }
+      // 0xf0c1 is in every leaf's capabilities, so ts-mls alone would take it into the context.
+      const extra = handBuiltCommit(alice.state, (client) => [{
+        proposalType: "group_context_extensions",
+        groupContextExtensions: {
+          extensions: [...client.groupContext.extensions, settings, { extensionType: 0xf0c1, extensionData: new Uint8Array(4) }]
+        }
+      }])
+      const problem = yield* Effect.flip(crypto.process(bob.state, yield* extra))
+      expectReason(problem, "Malformed")
+      expect(problem.detail).toContain("more than the metadata")
+      const carolLeaf = crypto.view(carol.state).ownLeafIndex
+      const withRemove = handBuiltCommit(alice.state, () => [
+        { proposalType: "remove", remove: { removed: carolLeaf } },
+        { proposalType: "group_context_extensions", groupContextExtensions: { extensions: [settings] } }
+      ])
+      const refused = yield* Effect.flip(crypto.process(bob.state, yield* withRemove))
+      expectReason(refused, "Malformed")
+      expect(refused.detail).toContain("#742")
     }))
 })

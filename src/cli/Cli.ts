@@ -205,9 +205,106 @@ const groupRemove = Command.make("remove", { profile, conversation: conversation
       yield* change(session, `removing ${n} member(s) from ${label}`, conversation.removeMembers(inboxIds), `removed ${n} member(s) from ${label} (${conversation.id})`)
     }))).pipe(Command.withDescription("remove members from a group (unique prefixes of members' inbox ids accepted)"))
 
+const groupRename = Command.make(
+  "rename",
+  { profile, conversation: conversationArg, name: Args.text({ name: "name" }).pipe(Args.withDescription("the new name")) },
+  (args) =>
+    withClient(args.profile, (session) =>
+      Effect.gen(function*() {
+        const conversation = yield* findConversation(session, args.conversation)
+        const label = yield* labelOf(conversation, session.client.inboxId)
+        // Only if nobody renamed it since this installation last read it.
+        const { name } = yield* conversation.metadata
+        yield* change(
+          session,
+          `renaming ${label}`,
+          conversation.updateMetadata({ name: args.name }, { ifMatch: { name } }),
+          `renamed ${label} to ${args.name} (${conversation.id})`
+        )
+      }))
+).pipe(Command.withDescription("rename a group (fails if someone renamed it since your last sync)"))
+
+const groupRole = Command.make(
+  "role",
+  {
+    profile,
+    conversation: conversationArg,
+    inboxId: Args.text({ name: "inbox-id" }).pipe(Args.withDescription("a member's inbox id (or a unique prefix)")),
+    role: Args.choice([["member", "member"], ["admin", "admin"], ["superAdmin", "superAdmin"]] as const, { name: "role" })
+  },
+  (args) =>
+    withClient(args.profile, (session) =>
+      Effect.gen(function*() {
+        const conversation = yield* findConversation(session, args.conversation)
+        const [inboxId] = yield* resolveMembers(conversation, [args.inboxId])
+        yield* change(
+          session,
+          `making ${inboxId} ${args.role}`,
+          conversation.setRole(inboxId!, args.role),
+          `${inboxId} is now ${args.role} of ${conversation.id}`
+        )
+      }))
+).pipe(Command.withDescription("make a member a member, admin or super admin (super admins only)"))
+
+const policyOption = (name: string, what: string) =>
+  Options.choice(name, ["everyone", "admins", "superAdmins", "nobody"] as const).pipe(
+    Options.withDescription(`who may ${what}`),
+    Options.optional
+  )
+
+const groupPolicy = Command.make(
+  "policy",
+  {
+    profile,
+    conversation: conversationArg,
+    addMember: policyOption("add-member", "add members"),
+    removeMember: policyOption("remove-member", "remove members"),
+    updateMetadata: policyOption("update-metadata", "rename the group and change its metadata"),
+    setMinProtocolVersion: policyOption("set-min-version", "raise the minimum protocol version")
+  },
+  (args) =>
+    withClient(args.profile, (session) =>
+      Effect.gen(function*() {
+        const conversation = yield* findConversation(session, args.conversation)
+        const patch = Object.fromEntries(
+          (["addMember", "removeMember", "updateMetadata", "setMinProtocolVersion"] as const)
+            .flatMap((k) => Option.match(args[k], { onNone: () => [], onSome: (v) => [[k, v]] }))
+        )
+        yield* change(session, "changing the group's policies", conversation.updatePermissions(patch), `policies of ${conversation.id} changed`)
+      }))
+).pipe(Command.withDescription("change a group's permission policies (super admins only)"))
+
+const groupInfo = Command.make("info", { profile, json, conversation: conversationArg }, (args) =>
+  withClient(args.profile, (session) =>
+    Effect.gen(function*() {
+      const conversation = yield* findConversation(session, args.conversation)
+      const metadata = yield* conversation.metadata
+      const info = {
+        id: conversation.id,
+        name: metadata.name,
+        description: metadata.description,
+        imageUrl: metadata.imageUrl,
+        appData: metadata.appData,
+        admins: metadata.admins,
+        superAdmins: metadata.superAdmins,
+        policies: { ...metadata.policies },
+        minProtocolVersion: metadata.minProtocolVersion
+      }
+      if (args.json) return yield* Output.json(info)
+      yield* Console.log(Output.table(["FIELD", "VALUE"], [
+        ["name", info.name ?? ""],
+        ["description", info.description ?? ""],
+        ["image URL", info.imageUrl ?? ""],
+        ["super admins", info.superAdmins.join(", ")],
+        ["admins", info.admins.join(", ")],
+        ...Object.entries(info.policies).map(([k, v]): [string, string] => [`policy ${k}`, v]),
+        ["min protocol version", String(info.minProtocolVersion)]
+      ]))
+    }))).pipe(Command.withDescription("show a group's metadata, roles, policies and minimum version (local)"))
+
 const group = Command.make("group").pipe(
-  Command.withSubcommands([groupCreate, groupAdd, groupRemove]),
-  Command.withDescription("create groups and change their members")
+  Command.withSubcommands([groupCreate, groupAdd, groupRemove, groupRename, groupRole, groupPolicy, groupInfo]),
+  Command.withDescription("create groups, change their members, metadata, roles and policies")
 )
 
 const dm = Command.make("dm", { profile, peer: Args.text({ name: "inbox-id" }).pipe(Args.withDescription("the peer's inbox id")) }, ({ peer, profile }) =>

@@ -31,7 +31,11 @@ export const messageIdOf = (groupId: GroupId, sender: InstallationId, nonce: str
 export const membershipChangeIdOf = (groupId: GroupId, epoch: bigint): MessageId =>
   toHex(labelledHash("membership-change", utf8(groupId), utf8(epoch.toString()))) as MessageId
 
-export const MessageKind = Schema.Literal("text", "membershipChange")
+/** The transcript entry every member writes for a commit that changed the group's settings. */
+export const metadataChangeIdOf = (groupId: GroupId, epoch: bigint): MessageId =>
+  toHex(labelledHash("metadata-change", utf8(groupId), utf8(epoch.toString()))) as MessageId
+
+export const MessageKind = Schema.Literal("text", "membershipChange", "metadataChange")
 export type MessageKind = typeof MessageKind.Type
 
 export const DeliveryStatus = Schema.Literal("unpublished", "published", "failed")
@@ -45,3 +49,12 @@ export class MembershipChange extends Schema.Class<MembershipChange>("Membership
   committedBy: Schema.String
 }) {}
 export const MembershipChangeJson = Schema.parseJson(MembershipChange)
+
+/** The text of a metadata-change transcript entry: who changed which settings, the same on every member. */
+export class MetadataChange extends Schema.Class<MetadataChange>("MetadataChange")({
+  epoch: Schema.BigInt,
+  /** Metadata fields, and `admins`, `superAdmins`, `policies`, `minProtocolVersion` when they changed. */
+  changed: Schema.Array(Schema.String),
+  committedBy: Schema.String
+}) {}
+export const MetadataChangeJson = Schema.parseJson(MetadataChange)

@@ -141,6 +141,44 @@ export class IntentFailed extends Schema.TaggedError<IntentFailed>()("IntentFail
   }
 }
 
+/** The group's policy does not let this inbox do this (checked before sending, and by every receiver). */
+export class PermissionDenied extends Schema.TaggedError<PermissionDenied>()("PermissionDenied", {
+  action: Schema.String,
+  required: Schema.String
+}) {
+  override get message() {
+    return `${this.action} needs ${this.required}`
+  }
+}
+
+/** An `ifMatch` field no longer held at the epoch where the update would apply. */
+export class MetadataConflict extends Schema.TaggedError<MetadataConflict>()("MetadataConflict", {
+  field: Schema.String
+}) {
+  override get message() {
+    return `group ${this.field} changed since it was read`
+  }
+}
+
+/** This installation is below the group's minimum protocol version: it may read, not write. */
+export class ProtocolVersionTooOld extends Schema.TaggedError<ProtocolVersionTooOld>()("ProtocolVersionTooOld", {
+  required: Schema.Number,
+  current: Schema.Number
+}) {
+  override get message() {
+    return `the group requires protocol version ${this.required}; this installation speaks ${this.current}`
+  }
+}
+
+/** The governance refusals an intent can end with: stored with the intent, returned typed. */
+export const GovernanceError = Schema.Union(PermissionDenied, MetadataConflict, ProtocolVersionTooOld)
+export type GovernanceError = typeof GovernanceError.Type
+export const GovernanceErrorJson = Schema.parseJson(GovernanceError)
+/** How an intent records a governance refusal (its `error`), so the caller gets it back typed. */
+export const encodeGovernanceError = (e: GovernanceError): string => Schema.encodeSync(GovernanceErrorJson)(e)
+/** The governance refusal an intent's failure cause holds, if it is one. */
+export const decodeGovernanceError = Schema.decodeUnknownOption(GovernanceErrorJson)
+
 export type ConvergeError =
   | ConversationNotFound
   | InvalidInput
@@ -154,3 +192,6 @@ export type ConvergeError =
   | StorageError
   | CryptoError
   | InvalidIdentityUpdate
+  | PermissionDenied
+  | MetadataConflict
+  | ProtocolVersionTooOld

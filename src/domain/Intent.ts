@@ -3,6 +3,7 @@
  * payload from the intent's data at the group's current epoch (seed design, libxmtp #284).
  */
 import { Schema } from "effect"
+import { Policy, Role } from "./Governance.ts"
 import { InboxId, InstallationId, MessageId } from "./Ids.ts"
 
 export const IntentKind = Schema.Literal(
@@ -12,7 +13,11 @@ export const IntentKind = Schema.Literal(
   "KeyUpdate",
   "MetadataUpdate",
   "Leave",
-  "UpdateInstallations"
+  "UpdateInstallations",
+  "UpdateMetadata",
+  "SetRole",
+  "UpdatePermissions",
+  "SetMinProtocolVersion"
 )
 export type IntentKind = typeof IntentKind.Type
 
@@ -54,7 +59,9 @@ export class AddMembersData extends Schema.Class<AddMembersData>("AddMembersData
 
 export class RemoveMembersData extends Schema.Class<RemoveMembersData>("RemoveMembersData")({
   _tag: Schema.tag("RemoveMembers"),
-  inboxIds: Schema.Array(InboxId)
+  inboxIds: Schema.Array(InboxId),
+  /** Queued because the inboxes asked to leave: allowed to anyone, whatever the removal policy. */
+  forLeaveRequest: Schema.optionalWith(Schema.Boolean, { default: () => false })
 }) {}
 
 export class KeyUpdateData extends Schema.Class<KeyUpdateData>("KeyUpdateData")({
@@ -71,13 +78,55 @@ export class UpdateInstallationsData extends Schema.Class<UpdateInstallationsDat
   _tag: Schema.tag("UpdateInstallations")
 }) {}
 
+/** The metadata fields an update sets (bounds are checked by the API against `GroupMetadata`). */
+export const MetadataPatch = Schema.Struct({
+  name: Schema.optional(Schema.NullOr(Schema.String)),
+  description: Schema.optional(Schema.NullOr(Schema.String)),
+  imageUrl: Schema.optional(Schema.NullOr(Schema.String)),
+  appData: Schema.optional(Schema.NullOr(Schema.String)),
+  disappearAfterNs: Schema.optional(Schema.NullOr(Schema.BigInt))
+})
+export type MetadataPatch = typeof MetadataPatch.Type
+
+/** Sets metadata fields; with `ifMatch`, only if those fields still hold at the epoch it applies in. */
+export class UpdateMetadataData extends Schema.Class<UpdateMetadataData>("UpdateMetadataData")({
+  _tag: Schema.tag("UpdateMetadata"),
+  patch: MetadataPatch,
+  ifMatch: Schema.optional(MetadataPatch)
+}) {}
+
+export class SetRoleData extends Schema.Class<SetRoleData>("SetRoleData")({
+  _tag: Schema.tag("SetRole"),
+  inboxId: InboxId,
+  role: Role
+}) {}
+
+export class UpdatePermissionsData extends Schema.Class<UpdatePermissionsData>("UpdatePermissionsData")({
+  _tag: Schema.tag("UpdatePermissions"),
+  patch: Schema.Struct({
+    addMember: Schema.optional(Policy),
+    removeMember: Schema.optional(Policy),
+    updateMetadata: Schema.optional(Policy),
+    setMinProtocolVersion: Schema.optional(Policy)
+  })
+}) {}
+
+export class SetMinProtocolVersionData extends Schema.Class<SetMinProtocolVersionData>("SetMinProtocolVersionData")({
+  _tag: Schema.tag("SetMinProtocolVersion"),
+  version: Schema.Int.pipe(Schema.positive())
+}) {}
+
 export const IntentData = Schema.Union(
   SendMessageData,
   AddMembersData,
   RemoveMembersData,
   KeyUpdateData,
   LeaveData,
-  UpdateInstallationsData
+  UpdateInstallationsData,
+  UpdateMetadataData,
+  SetRoleData,
+  UpdatePermissionsData,
+  SetMinProtocolVersionData
 )
 export type IntentData = typeof IntentData.Type
 export const IntentDataJson = Schema.parseJson(IntentData)

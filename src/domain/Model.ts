@@ -3,6 +3,7 @@ import { Schema } from "effect"
 import { DeliveryStatus, MessageKind } from "./Content.ts"
 import { ConversationId, GroupId, InboxId, InstallationId, MessageId } from "./Ids.ts"
 import { addSkipCounts } from "./ReceiveDecision.ts"
+import { type Governed, PermissionPolicies, presets } from "./Governance.ts"
 
 export class Message extends Schema.Class<Message>("Message")({
   id: MessageId,
@@ -25,16 +26,53 @@ export class Member extends Schema.Class<Member>("Member")({
 export const MAX_GROUP_NAME = 100
 /** Longest group description `createGroup` accepts, in characters. */
 export const MAX_GROUP_DESCRIPTION = 1000
+/** Longest group image URL, in characters. */
+export const MAX_GROUP_IMAGE_URL = 2048
+/** Longest application data a group carries, in characters (it travels in every commit's context). */
+export const MAX_GROUP_APP_DATA = 8192
+/** The protocol version this library speaks (and advertises in its key packages). */
+export const PROTOCOL_VERSION = 1
 
-/** A group's name and description: set by its creator, the same on every member. DMs have neither. */
+const optionalNull = <S extends Schema.Schema.Any>(schema: S) =>
+  Schema.optionalWith(Schema.NullOr(schema), { default: () => null })
+
+/**
+ * A group's governed settings: what it is called and shows, who holds which role, what each
+ * policy allows and the oldest protocol version it admits. All of it lives in the group's MLS
+ * context, so every member reads the same at the same epoch. Fields added after the first
+ * release are optional with defaults: groups created before them decode as "everyone may".
+ */
 export class GroupMetadata extends Schema.Class<GroupMetadata>("GroupMetadata")({
   name: Schema.NullOr(Schema.String.pipe(Schema.maxLength(MAX_GROUP_NAME))),
-  description: Schema.NullOr(Schema.String.pipe(Schema.maxLength(MAX_GROUP_DESCRIPTION)))
+  description: Schema.NullOr(Schema.String.pipe(Schema.maxLength(MAX_GROUP_DESCRIPTION))),
+  imageUrl: optionalNull(Schema.String.pipe(Schema.maxLength(MAX_GROUP_IMAGE_URL))),
+  appData: optionalNull(Schema.String.pipe(Schema.maxLength(MAX_GROUP_APP_DATA))),
+  disappearAfterNs: optionalNull(Schema.BigInt.pipe(Schema.positiveBigInt())),
+  admins: Schema.optionalWith(Schema.Array(InboxId), { default: () => [] }),
+  superAdmins: Schema.optionalWith(Schema.Array(InboxId), { default: () => [] }),
+  policies: Schema.optionalWith(PermissionPolicies, { default: () => presets.everyone }),
+  minProtocolVersion: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { default: () => PROTOCOL_VERSION })
 }) {
   static readonly none = new GroupMetadata({ name: null, description: null })
 }
 /** How metadata travels inside the group's MLS context. */
 export const GroupMetadataJson = Schema.parseJson(GroupMetadata)
+
+/** The fields `updateMetadata` changes (and `ifMatch` compares). */
+export const METADATA_FIELDS = ["name", "description", "imageUrl", "appData", "disappearAfterNs"] as const
+export type MetadataField = typeof METADATA_FIELDS[number]
+
+/** The governed view `Governance.checkCommit` judges; bigints as strings so fields compare as JSON. */
+export const governedOf = (metadata: GroupMetadata): Governed => ({
+  fields: Object.fromEntries(METADATA_FIELDS.map((f) => {
+    const value = metadata[f]
+    return [f, typeof value === "bigint" ? value.toString() : value]
+  })),
+  admins: metadata.admins,
+  superAdmins: metadata.superAdmins,
+  policies: metadata.policies,
+  minProtocolVersion: metadata.minProtocolVersion
+})
 
 export class SyncSummary extends Schema.Class<SyncSummary>("SyncSummary")({
   /** Envelopes read from topics. */

@@ -153,7 +153,9 @@ export const SkipReason = Schema.Literal(
   "undecodableContent",
   "dmLeaveRequest",
   /** A welcome that does not decode, verify or join. */
-  "badWelcome"
+  "badWelcome",
+  /** A commit its committer was not allowed to make (Governance.checkCommit, judged on its epoch). */
+  "policyViolation"
 )
 export type SkipReason = typeof SkipReason.Type
 

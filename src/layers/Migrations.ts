@@ -100,9 +100,38 @@ const addGroupQuarantine = Effect.gen(function*() {
   yield* sql`ALTER TABLE converge_groups ADD COLUMN quarantine TEXT`
 })
 
+/**
+ * Messages may also be metadata-change transcript entries. SQLite cannot alter a CHECK, so the
+ * table is rebuilt with the wider one (same columns, same indexes).
+ */
+const allowMetadataChangeMessages = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`CREATE TABLE converge_messages_next (
+    id TEXT PRIMARY KEY,
+    group_id TEXT NOT NULL REFERENCES converge_groups (id),
+    conversation_id TEXT NOT NULL,
+    sender_inbox_id TEXT NOT NULL,
+    sender_installation_id TEXT NOT NULL,
+    sent_at_ns INTEGER NOT NULL,
+    sequence_id INTEGER,
+    kind TEXT NOT NULL CHECK (kind IN ('text', 'membershipChange', 'metadataChange')),
+    content TEXT NOT NULL,
+    delivery_status TEXT NOT NULL CHECK (delivery_status IN ('unpublished', 'published', 'failed')),
+    inserted_at_ns INTEGER NOT NULL
+  )`
+  yield* sql`INSERT INTO converge_messages_next SELECT id, group_id, conversation_id, sender_inbox_id,
+    sender_installation_id, sent_at_ns, sequence_id, kind, content, delivery_status, inserted_at_ns
+    FROM converge_messages`
+  yield* sql`DROP TABLE converge_messages`
+  yield* sql`ALTER TABLE converge_messages_next RENAME TO converge_messages`
+  yield* sql`CREATE INDEX converge_messages_conversation ON converge_messages (conversation_id, sent_at_ns, id)`
+  yield* sql`CREATE INDEX converge_messages_inserted ON converge_messages (inserted_at_ns)`
+})
+
 export const loader = Migrator.fromRecord({
   "0001_create_tables": createTables,
-  "0002_group_quarantine": addGroupQuarantine
+  "0002_group_quarantine": addGroupQuarantine,
+  "0003_metadata_change_messages": allowMetadataChangeMessages
 })
 
 /** Runs pending migrations; a no-op on a database that is up to date. */

@@ -92,7 +92,7 @@ const MessageColumns = Schema.Struct({
 const MessageRow = Schema.transformOrFail(MessageColumns, Schema.typeSchema(StoredMessage), {
   strict: true,
   decode: (row, _, ast) =>
-    row.kind === "text"
+    row.kind !== "membershipChange"
       ? ParseResult.succeed({ ...row, membershipChange: null })
       : Schema.decodeUnknown(MembershipChangeJson)(row.content).pipe(
         Effect.map((membershipChange) => ({ ...row, membershipChange })),

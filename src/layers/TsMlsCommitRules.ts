@@ -18,17 +18,22 @@ const leafAt = (tree: RatchetTree, leafIndex: number): LeafNode | undefined => {
 }
 
 /**
- * Converge sends commits whose proposals are Adds and Removes, by value (RFC 9420 §12.4), and
- * nothing else. A proposal by reference would need a standalone proposal first (refused); an
- * Update proposal, a PSK, a ReInit (which would suspend the group for everyone), an ExternalInit
- * or a GroupContextExtensions (which would rewrite the group's metadata or add
- * required_capabilities, see `lacksRequiredCapabilities`) is never sent by an honest member.
+ * Converge sends commits whose proposals are Adds, Removes and GroupContextExtensions (the
+ * group's settings, see governance), by value (RFC 9420 §12.4), and nothing else. A proposal by
+ * reference would need a standalone proposal first (refused); an Update proposal, a PSK, a
+ * ReInit (which would suspend the group for everyone) or an ExternalInit is never sent by an
+ * honest member. A context change that touches more than the settings extension (say, adding
+ * required_capabilities, see `lacksRequiredCapabilities`) is refused by `contextChangeProblem`.
  */
 export const forbiddenProposal = (commit: Commit): string | undefined => {
   for (const p of commit.proposals) {
     if (p.proposalOrRefType !== "proposal") return "proposals by reference are not accepted"
     const type = p.proposal.proposalType
-    if (type !== "add" && type !== "remove") return `${String(type)} proposals are not accepted`
+    // A context change is judged by what it changes (TsMlsCrypto.contextChangeProblem), and by
+    // the group's policy (Governance.checkCommit).
+    if (type !== "add" && type !== "remove" && type !== "group_context_extensions") {
+      return `${String(type)} proposals are not accepted`
+    }
   }
   return undefined
 }

@@ -17,6 +17,7 @@ import {
   type ClientConfig,
   type ClientState,
   type Credential,
+  type Extension,
   type FramedContent,
   type KeyPackage,
   type MLSMessage,
@@ -41,7 +42,7 @@ import {
   processMessage
 } from "ts-mls"
 import { defaultClientConfig } from "ts-mls/clientConfig.js"
-import { extensionsSupportedByCapabilities } from "ts-mls/extension.js"
+import { extensionsEqual, extensionsSupportedByCapabilities } from "ts-mls/extension.js"
 import { decryptWithLabel, encryptWithLabel } from "ts-mls/crypto/hpke.js"
 import { decodeKeyPackage, encodeKeyPackage, makeKeyPackageRef, verifyKeyPackage } from "ts-mls/keyPackage.js"
 import { verifyLeafNodeSignatureKeyPackage } from "ts-mls/leafNode.js"
@@ -82,9 +83,57 @@ const CLOCK_SKEW_SECONDS = 60n * 60n
  */
 const METADATA_EXTENSION = 0xf0c0
 
+/** The leaf node extension advertising the installation's protocol version (4 bytes, big-endian). */
+const PROTOCOL_VERSION_EXTENSION = 0xf0c1
+
 const capabilities = (): Capabilities => {
   const defaults = defaultCapabilities()
-  return { ...defaults, extensions: [...defaults.extensions, METADATA_EXTENSION] }
+  return { ...defaults, extensions: [...defaults.extensions, METADATA_EXTENSION, PROTOCOL_VERSION_EXTENSION] }
+}
+
+const protocolVersionExtension = (version: number): Extension => {
+  const data = new Uint8Array(4)
+  new DataView(data.buffer).setUint32(0, version)
+  return { extensionType: PROTOCOL_VERSION_EXTENSION, extensionData: data }
+}
+
+/** The version a leaf advertises, if it advertises a well-formed one. */
+const protocolVersionIn = (extensions: ReadonlyArray<Extension>): number | undefined => {
+  const data = extensions.find((e) => e.extensionType === PROTOCOL_VERSION_EXTENSION)?.extensionData
+  if (data?.length !== 4) return undefined
+  return new DataView(data.buffer, data.byteOffset, 4).getUint32(0)
+}
+
+// ---- the governed context: only the metadata extension may change after creation -----
+
+const metadataIn = (extensions: ReadonlyArray<Extension>): Uint8Array | undefined =>
+  extensions.find((e) => e.extensionType === METADATA_EXTENSION)?.extensionData
+
+const otherExtensions = (extensions: ReadonlyArray<Extension>): Array<Extension> =>
+  extensions.filter((e) => e.extensionType !== METADATA_EXTENSION)
+
+/** The context extensions with the metadata replaced, everything else kept as it was. */
+const withMetadata = (extensions: ReadonlyArray<Extension>, metadata: Uint8Array): Array<Extension> => [
+  ...otherExtensions(extensions),
+  { extensionType: METADATA_EXTENSION, extensionData: metadata }
+]
+
+/**
+ * Why a received commit's GroupContextExtensions proposal is refused, if it is: it may replace
+ * the metadata extension only, alone (one per commit), and never beside a Remove (ts-mls #742
+ * breaks receivers on that combination; refusing it keeps every member on the same side).
+ */
+const contextChangeProblem = (current: ReadonlyArray<Extension>, proposals: ReadonlyArray<Proposal>) => {
+  const changes = proposals.flatMap((p) => p.proposalType === "group_context_extensions" ? [p] : [])
+  if (changes.length === 0) return undefined
+  if (changes.length > 1) return "more than one GroupContextExtensions proposal"
+  if (proposals.some((p) => p.proposalType === "remove")) return "GroupContextExtensions beside a Remove (ts-mls #742)"
+  const next = changes[0]!.groupContextExtensions.extensions
+  if (!extensionsEqual(otherExtensions(next), otherExtensions(current))) {
+    return "GroupContextExtensions changes more than the metadata extension"
+  }
+  if (metadataIn(next) === undefined) return "GroupContextExtensions drops the metadata extension"
+  return undefined
 }
 
 // ---- opaque state ----------------------------------------------------------------------
@@ -170,7 +219,13 @@ const leafMemberAt = (tree: RatchetTree, leafIndex: number): LeafMember | undefi
   if (node?.nodeType !== "leaf") return undefined
   const identity = decodeIdentity(node.leaf.credential)
   if (identity === undefined) return undefined
-  return { ...identity, leafIndex, signaturePublicKey: node.leaf.signaturePublicKey }
+  const protocolVersion = protocolVersionIn(node.leaf.extensions)
+  return {
+    ...identity,
+    leafIndex,
+    signaturePublicKey: node.leaf.signaturePublicKey,
+    ...(protocolVersion === undefined ? {} : { protocolVersion })
+  }
 }
 
 const membersOf = (tree: RatchetTree): ReadonlyArray<LeafMember> =>
@@ -346,7 +401,7 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       )
 
     const generateKeyPackage: Service["generateKeyPackage"] = Effect.fn("MlsCrypto.generateKeyPackage")(
-      function*(identity, keys) {
+      function*(identity, keys, options = {}) {
         if (installationIdOf(keys.publicKey) !== identity.installationId) {
           return yield* fail("Unauthenticated", "installation id is not the hash of the signature key")
         }
@@ -360,7 +415,8 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
             lifetime,
             [],
             { signKey: keys.privateKey, publicKey: keys.publicKey },
-            cs
+            cs,
+            options.protocolVersion === undefined ? [] : [protocolVersionExtension(options.protocolVersion)]
           ))
         return {
           ref: yield* keyPackageRef(publicPackage),
@@ -379,7 +435,13 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       if (!withinLifetime(kp)) return yield* fail("Unauthenticated", "key package is outside its lifetime")
       const identity = structuralIdentity(kp.leafNode.credential, kp.leafNode.signaturePublicKey)
       if (typeof identity === "string") return yield* fail("Unauthenticated", identity)
-      return { ...identity, ref: yield* keyPackageRef(kp), signaturePublicKey: kp.leafNode.signaturePublicKey }
+      const protocolVersion = protocolVersionIn(kp.leafNode.extensions)
+      return {
+        ...identity,
+        ref: yield* keyPackageRef(kp),
+        signaturePublicKey: kp.leafNode.signaturePublicKey,
+        ...(protocolVersion === undefined ? {} : { protocolVersion })
+      }
     })
 
     const createGroup: Service["createGroup"] = Effect.fn("MlsCrypto.createGroup")(function*(groupId, bundle, metadata) {
@@ -452,6 +514,10 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
     /** The structural rules of `TsMlsCommitRules`, in order; the first refusal wins. */
     const commitProblem = (client: ClientState, committer: number, commit: Commit): string | undefined =>
       Rules.forbiddenProposal(commit) ??
+        contextChangeProblem(
+          client.groupContext.extensions,
+          commit.proposals.flatMap((p) => (p.proposalOrRefType === "proposal" ? [p.proposal] : []))
+        ) ??
         Rules.badRemoval(client.ratchetTree, committer, commit) ??
         Rules.pathLeafChangesIdentity(client.ratchetTree, committer, commit) ??
         Rules.duplicateLeafKeys(client.ratchetTree, committer, commit)
@@ -494,15 +560,29 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
         return { commit, committer }
       })
 
+    /** The Adds a commit carries by value, for `checkAdds`. */
+    const addsIn = (proposals: ReadonlyArray<Proposal>) =>
+      proposals.flatMap((p) => p.proposalType === "add" ? [p.add.keyPackage] : [])
+
+    const metadataProposal = (client: ClientState, metadata: Uint8Array | undefined): Array<Proposal> =>
+      metadata === undefined ? [] : [{
+        proposalType: "group_context_extensions",
+        groupContextExtensions: { extensions: withMetadata(client.groupContext.extensions, metadata) }
+      }]
+
     const createCommit: Service["createCommit"] = Effect.fn("MlsCrypto.createCommit")(
       function*(state, changes: CommitChanges) {
         const client = unwrap(state)
         const adds = yield* Effect.forEach(changes.add ?? [], decodePublicPackage)
         const removed = yield* removalsFor(client, changes.remove ?? [])
-        // No GroupContextExtensions proposals: combined with a Remove they break receivers (ts-mls #742).
+        // A GroupContextExtensions proposal combined with a Remove breaks receivers (ts-mls #742).
+        if (changes.metadata !== undefined && removed.length > 0) {
+          return yield* fail("Internal", "a metadata change cannot share a commit with a removal (ts-mls #742)")
+        }
         const proposals: Array<Proposal> = [
           ...removed.map((leaf): Proposal => ({ proposalType: "remove", remove: { removed: leaf } })),
-          ...adds.map((keyPackage): Proposal => ({ proposalType: "add", add: { keyPackage } }))
+          ...adds.map((keyPackage): Proposal => ({ proposalType: "add", add: { keyPackage } })),
+          ...metadataProposal(client, changes.metadata)
         ]
         const problem = Rules.duplicateLeafKeys(client.ratchetTree, client.privatePath.leafIndex, {
           proposals: proposals.map((proposal) => ({ proposalOrRefType: "proposal", proposal })),
@@ -641,7 +721,14 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       if (member === undefined) return yield* fail("Internal", `cannot resolve committer leaf ${committer}`)
       // If this commit removed us, the state stays at the old epoch, marked removed.
       const next = wrap(result.newState)
-      return { kind: "commit", committer: member, epoch: header.epoch + 1n, state: next } satisfies Processed
+      return {
+        kind: "commit",
+        committer: member,
+        epoch: header.epoch + 1n,
+        state: next,
+        metadataBefore: metadataIn(client.groupContext.extensions),
+        metadataAfter: metadataIn(result.newState.groupContext.extensions)
+      } satisfies Processed
     })
 
     /**
@@ -683,7 +770,7 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
         members: membersOf(client.ratchetTree),
         active: client.groupActiveState.kind === "active",
         ownLeafIndex: client.privatePath.leafIndex,
-        metadata: client.groupContext.extensions.find((e) => e.extensionType === METADATA_EXTENSION)?.extensionData
+        metadata: metadataIn(client.groupContext.extensions)
       }
     }
 

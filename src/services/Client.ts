@@ -7,6 +7,7 @@ import {
   Clock,
   Context,
   Effect,
+  Either,
   HashMap,
   Layer,
   Option,
@@ -27,8 +28,13 @@ import {
   InboxNotFound,
   type IntentFailed,
   InvalidIdentityUpdate,
+  decodeGovernanceError,
+  type GovernanceError,
   InvalidInput,
+  type MetadataConflict,
   NotAMember,
+  PermissionDenied,
+  ProtocolVersionTooOld,
   KeyPackageUnavailable,
   type StorageError
 } from "../domain/Errors.ts"
@@ -37,11 +43,18 @@ import { ConversationId, dmId, type GroupId, InboxId, type InstallationId, type 
 import {
   AddMembersData,
   KeyUpdateData,
+  type MetadataPatch,
   RemoveMembersData,
-  SendMessageData
+  SendMessageData,
+  SetMinProtocolVersionData,
+  SetRoleData,
+  UpdateMetadataData,
+  UpdatePermissionsData
 } from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
-import { GroupMetadata, GroupMetadataJson, Member, Message, SyncSummary } from "../domain/Model.ts"
+import { isPaused, PermissionPolicies, type PolicyPreset, presets, type Role } from "../domain/Governance.ts"
+import { decodeSettings, encodeSettings, type GovernanceIntent, membershipVerdict, nextSettings } from "../domain/GroupSettings.ts"
+import { GroupMetadata, Member, Message, METADATA_FIELDS, type MetadataField, SyncSummary } from "../domain/Model.ts"
 import { StoredGroup, StoredMessage } from "../domain/Stored.ts"
 import type { MembershipState } from "../domain/Stored.ts"
 import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
@@ -82,9 +95,11 @@ export interface Conversation {
   readonly id: ConversationId
   readonly kind: "group" | "dm"
   /** Resolves once the message is published and seen on the group topic. */
-  readonly send: (text: string) => Effect.Effect<MessageId, ActionError | InvalidInput>
+  readonly send: (text: string) => Effect.Effect<MessageId, ActionError | InvalidInput | ProtocolVersionTooOld>
   /** Stores the message as `unpublished` now; `publishPending` (or any sync) publishes it. */
-  readonly sendOptimistic: (text: string) => Effect.Effect<MessageId, LookupError | GroupInactive | InvalidInput>
+  readonly sendOptimistic: (
+    text: string
+  ) => Effect.Effect<MessageId, ReadError | GroupInactive | InvalidInput | ProtocolVersionTooOld>
   readonly publishPending: Effect.Effect<void, SyncError | IntentFailed>
   readonly sync: Effect.Effect<SyncSummary, SyncError>
   readonly messages: (options?: {
@@ -95,15 +110,48 @@ export interface Conversation {
   readonly members: Effect.Effect<ReadonlyArray<Member>, ReadError>
   readonly addMembers: (
     inboxIds: ReadonlyArray<InboxId>
-  ) => Effect.Effect<void, ActionError | InvalidInput | InboxNotFound | KeyPackageUnavailable>
-  readonly removeMembers: (inboxIds: ReadonlyArray<InboxId>) => Effect.Effect<void, ActionError | InvalidInput | NotAMember>
+  ) => Effect.Effect<void, ActionError | InvalidInput | InboxNotFound | KeyPackageUnavailable | GovernanceError>
+  readonly removeMembers: (
+    inboxIds: ReadonlyArray<InboxId>
+  ) => Effect.Effect<void, ActionError | InvalidInput | NotAMember | GovernanceError>
   /** Rotates this installation's leaf key (a self-update commit). */
   readonly updateKeys: Effect.Effect<void, ActionError>
-  readonly leave: Effect.Effect<void, ActionError | InvalidInput | NotAMember>
+  readonly leave: Effect.Effect<void, ActionError | InvalidInput | NotAMember | PermissionDenied>
   readonly state: Effect.Effect<MembershipState, LookupError>
-  /** The name and description the group was created with; none for a DM. */
-  readonly metadata: Effect.Effect<GroupMetadata, LookupError>
+  /** The group's settings at the epoch this installation holds; none for a DM. */
+  readonly metadata: Effect.Effect<GroupMetadata, ReadError>
   readonly debugInfo: Effect.Effect<ConversationDebugInfo, ReadError>
+  /** Sets metadata fields; `ifMatch` fields must still hold at the epoch the change lands in. */
+  readonly updateMetadata: (
+    patch: MetadataPatch,
+    options?: { readonly ifMatch?: Partial<GroupMetadata> }
+  ) => Effect.Effect<void, GovernanceActionError>
+  readonly roles: Effect.Effect<
+    { readonly admins: ReadonlyArray<InboxId>; readonly superAdmins: ReadonlyArray<InboxId> },
+    ReadError
+  >
+  readonly setRole: (inboxId: InboxId, role: Role) => Effect.Effect<void, GovernanceActionError | NotAMember>
+  readonly permissions: Effect.Effect<PermissionPolicies, ReadError>
+  readonly updatePermissions: (patch: Partial<PermissionPolicies>) => Effect.Effect<void, GovernanceActionError>
+  readonly minProtocolVersion: Effect.Effect<number, ReadError>
+  readonly setMinProtocolVersion: (version: number) => Effect.Effect<void, GovernanceActionError>
+}
+
+/** A settings change: refused by the group's policy, overtaken by a concurrent change, or as any action. */
+export type GovernanceActionError =
+  | ActionError
+  | InvalidInput
+  | PermissionDenied
+  | MetadataConflict
+  | ProtocolVersionTooOld
+
+export interface CreateGroupOptions {
+  readonly name?: string
+  readonly description?: string
+  readonly imageUrl?: string
+  readonly appData?: string
+  /** A preset (default `"everyone"`) or every policy spelled out. */
+  readonly permissions?: PolicyPreset | PermissionPolicies
 }
 
 export interface ClientOptions extends Partial<EngineOptions>, IdentityOptions {}
@@ -116,7 +164,7 @@ export class Client extends Context.Tag("converge/Client")<Client, {
   readonly installationId: InstallationId
   readonly createGroup: (
     members: ReadonlyArray<InboxId>,
-    options?: { readonly name?: string; readonly description?: string }
+    options?: CreateGroupOptions
   ) => Effect.Effect<Conversation, ActionError | InvalidInput | InboxNotFound | KeyPackageUnavailable>
   readonly findOrCreateDm: (
     peer: InboxId
@@ -143,6 +191,10 @@ export class Client extends Context.Tag("converge/Client")<Client, {
 
 const decodeInbox = Schema.decodeUnknown(InboxId)
 
+/** The metadata fields of a patch or an `ifMatch`, and nothing else. */
+const metadataPatchOf = (input: Partial<Record<MetadataField, unknown>>): MetadataPatch =>
+  Object.fromEntries(METADATA_FIELDS.filter((f) => input[f] !== undefined).map((f) => [f, input[f]])) as MetadataPatch
+
 export const make = (options: ClientOptions = {}) =>
   Effect.gen(function*() {
     const storage = yield* Storage
@@ -165,7 +217,8 @@ export const make = (options: ClientOptions = {}) =>
       transportSchedule: options.transportSchedule ?? defaultEngineOptions.transportSchedule,
       pageSize: options.pageSize ?? defaultEngineOptions.pageSize,
       installationCheckInterval: options.installationCheckInterval ?? defaultEngineOptions.installationCheckInterval,
-      crashPoint: options.crashPoint ?? defaultEngineOptions.crashPoint
+      crashPoint: options.crashPoint ?? defaultEngineOptions.crashPoint,
+      protocolVersion: options.protocolVersion ?? defaultEngineOptions.protocolVersion
     }
     const locks = new Map<GroupId, Effect.Semaphore>()
     const lockOf = (groupId: GroupId) => {
@@ -253,12 +306,39 @@ export const make = (options: ClientOptions = {}) =>
         return group
       })
 
+    /** The settings in the group's context at the epoch held (defaults if they do not decode). */
+    const settingsOf = (group: StoredGroup) =>
+      env.loadState(group).pipe(
+        Effect.map((state) => Option.getOrElse(decodeSettings(crypto.view(state).metadata), () => GroupMetadata.none))
+      )
+
+    /** Below the group's minimum protocol version this installation reads and syncs, but writes nothing. */
+    const checkNotPaused = (group: StoredGroup) =>
+      Effect.gen(function*() {
+        const settings = yield* settingsOf(group)
+        const current = engineOptions.protocolVersion
+        if (isPaused(settings, current)) {
+          return yield* new ProtocolVersionTooOld({ required: settings.minProtocolVersion, current })
+        }
+      })
+
+    /** Waits for an intent; a governance refusal it ended with comes back as its typed error. */
+    const resolveTyped = (groupId: GroupId, intentId: number) =>
+      publisher.resolve(groupId, intentId).pipe(
+        Effect.catchTag("IntentFailed", (failed) =>
+          Option.match(decodeGovernanceError(failed.cause), {
+            onNone: (): Effect.Effect<never, IntentFailed | GovernanceError> => Effect.fail(failed),
+            onSome: (refusal) => Effect.fail(refusal)
+          }))
+      )
+
     const groupMembers = (group: StoredGroup) =>
       env.loadState(group).pipe(Effect.map((state) => GroupSync.membersByInbox(crypto.view(state))))
 
     /** Stores the message as unpublished and queues its intent, in one transaction. */
     const queueMessage = (group: StoredGroup, text: string) =>
       Effect.gen(function*() {
+        yield* checkNotPaused(group)
         if (new TextEncoder().encode(text).length > MAX_TEXT_BYTES) {
           return yield* new InvalidInput({ reason: `message text is over ${MAX_TEXT_BYTES} bytes` })
         }
@@ -363,10 +443,40 @@ export const make = (options: ClientOptions = {}) =>
             // could not read its request; GroupSync has it repeat the request for them).
             return yield* new InvalidInput({ reason: "this inbox has asked to leave the group: it can no longer change its members" })
           }
-          yield* check(ids, new Set((yield* groupMembers(group)).keys()), group.id)
+          yield* checkNotPaused(group)
+          const present = new Set((yield* groupMembers(group)).keys())
+          yield* check(ids, present, group.id)
+          // Fail fast on the policy; the publisher checks again at the epoch the commit is built for.
+          const change = name === "addMembers" ? { add: ids } : { remove: ids }
+          const verdict = membershipVerdict({ settings: yield* settingsOf(group), committer: self, members: [...present], ...change })
+          if (Either.isLeft(verdict)) return yield* verdict.left
           const intentId = yield* queueIntent(group.id, data(ids))
-          yield* publisher.resolve(group.id, intentId)
+          yield* resolveTyped(group.id, intentId)
         }, annotated)
+
+      /** Queues a settings change after checking it at the epoch held, and waits for it. */
+      const changeSettings = (name: string, data: GovernanceIntent) =>
+        Effect.gen(function*() {
+          if (kind === "dm") return yield* new InvalidInput({ reason: "a DM has no group settings" })
+          const group = yield* activePrimary(id, kind)
+          yield* checkNotPaused(group)
+          const members = [...(yield* groupMembers(group)).keys()]
+          const current = yield* settingsOf(group)
+          const next = yield* Effect.try({
+            try: () => nextSettings(current, data, self, members),
+            catch: (e) => new InvalidInput({ reason: `group settings: ${e instanceof Error ? e.message : String(e)}` })
+          })
+          if (Either.isLeft(next)) return yield* next.left
+          if (next.right === undefined) return
+          const intentId = yield* queueIntent(group.id, data)
+          yield* resolveTyped(group.id, intentId)
+        }).pipe(span(name))
+
+      const settingsRead = <A>(read: (settings: GroupMetadata) => A, name: string) =>
+        (kind === "dm" ? Effect.succeed(GroupMetadata.none) : primaryOf(id, kind).pipe(Effect.flatMap(settingsOf))).pipe(
+          Effect.map(read),
+          span(name)
+        )
 
       const forEachGroup = <A, E>(f: (group: StoredGroup) => Effect.Effect<A, E>) =>
         groupsOf(id, kind).pipe(Effect.flatMap((groups) => Effect.forEach(groups, f)))
@@ -429,6 +539,11 @@ export const make = (options: ClientOptions = {}) =>
           if (group.membershipState === "inactive") return yield* new NotAMember({ groupId: group.id, inboxId: self })
           const members = yield* groupMembers(group)
           if (members.size < 2) return yield* new InvalidInput({ reason: "you are the only member; nobody would remove you" })
+          // Every receiver refuses the removal of the last super admin: name another one first.
+          const { superAdmins } = yield* settingsOf(group)
+          if (superAdmins.includes(self) && !superAdmins.some((i) => i !== self && members.has(i))) {
+            return yield* new PermissionDenied({ action: "leave", required: "another super admin (setRole first)" })
+          }
           if (group.membershipState === "pendingRemove") {
             // Already asked (here or on another of our devices): just make sure it is out.
             const pending = yield* storage.intents.byGroup(group.id, ["ToPublish", "Published"])
@@ -443,12 +558,37 @@ export const make = (options: ClientOptions = {}) =>
           yield* publisher.resolve(group.id, intentId)
         }).pipe(span("leave")),
         state: primaryOf(id, kind).pipe(Effect.map((g) => g.membershipState), span("state")),
+        updateMetadata: (patch, options = {}) =>
+          changeSettings(
+            "updateMetadata",
+            UpdateMetadataData.make({
+              patch: metadataPatchOf(patch),
+              ...(options.ifMatch === undefined ? {} : { ifMatch: metadataPatchOf(options.ifMatch) })
+            })
+          ),
+        roles: settingsRead((s) => ({ admins: s.admins, superAdmins: s.superAdmins }), "roles"),
+        setRole: (inboxId, role) =>
+          Effect.gen(function*() {
+            const [valid] = yield* validInboxes([inboxId])
+            const group = yield* activePrimary(id, kind)
+            if (!(yield* groupMembers(group)).has(valid!)) return yield* new NotAMember({ groupId: group.id, inboxId: valid! })
+            yield* changeSettings("setRole", SetRoleData.make({ inboxId: valid!, role }))
+          }),
+        permissions: settingsRead((s) => s.policies, "permissions"),
+        updatePermissions: (patch) =>
+          Schema.decodeUnknown(UpdatePermissionsData)({ _tag: "UpdatePermissions", patch }).pipe(
+            Effect.mapError((e) => new InvalidInput({ reason: `permissions: ${e.message}` })),
+            Effect.flatMap((data) => changeSettings("updatePermissions", data))
+          ),
+        minProtocolVersion: settingsRead((s) => s.minProtocolVersion, "minProtocolVersion"),
+        setMinProtocolVersion: (version) =>
+          Schema.decodeUnknown(SetMinProtocolVersionData)({ _tag: "SetMinProtocolVersion", version }).pipe(
+            Effect.mapError((e) => new InvalidInput({ reason: `minimum protocol version: ${e.message}` })),
+            Effect.flatMap((data) => changeSettings("setMinProtocolVersion", data))
+          ),
         metadata: kind === "dm"
           ? Effect.succeed(GroupMetadata.none)
-          : primaryOf(id, kind).pipe(
-            Effect.map((g) => new GroupMetadata({ name: g.name, description: g.description })),
-            span("metadata")
-          ),
+          : primaryOf(id, kind).pipe(Effect.flatMap(settingsOf), span("metadata")),
         debugInfo: Effect.gen(function*() {
           const groups = yield* groupsOf(id, kind)
           const primary = yield* primaryOf(id, kind)
@@ -475,17 +615,13 @@ export const make = (options: ClientOptions = {}) =>
         const groupId = toHex(randomBytes(16)) as GroupId
         const keyPackage = yield* crypto.generateKeyPackage(
           { inboxId: self, installationId: identity.installationId },
-          identity.signatureKeys
+          identity.signatureKeys,
+          { protocolVersion: engineOptions.protocolVersion }
         )
         const metadata = "metadata" in meta ? meta.metadata : GroupMetadata.none
         const dmId = "dmId" in meta ? meta.dmId : undefined
-        // In the group context, so every member reads the same, as the creator signed it.
-        const unnamed = metadata.name === null && metadata.description === null
-        const state = yield* crypto.createGroup(
-          groupId,
-          keyPackage,
-          unnamed ? undefined : utf8(Schema.encodeSync(GroupMetadataJson)(metadata))
-        )
+        // In the group context, so every member reads the same, as the creator signed it. A DM has none.
+        const state = yield* crypto.createGroup(groupId, keyPackage, dmId === undefined ? encodeSettings(metadata) : undefined)
         const now = yield* Clock.currentTimeNanos
         const row = StoredGroup.make({
           id: groupId,
@@ -514,13 +650,19 @@ export const make = (options: ClientOptions = {}) =>
 
     const createGroup = Effect.fn("Client.createGroup")(function*(
       members: ReadonlyArray<InboxId>,
-      groupOptions: { readonly name?: string; readonly description?: string } = {}
+      groupOptions: CreateGroupOptions = {}
     ) {
       const ids = yield* validInboxes(members)
+      const permissions = groupOptions.permissions ?? "everyone"
+      // The creator is the group's first super admin.
       const metadata = yield* Schema.decodeUnknown(GroupMetadata)({
         name: groupOptions.name ?? null,
-        description: groupOptions.description ?? null
-      }).pipe(Effect.mapError((e) => new InvalidInput({ reason: `group name or description: ${e.message}` })))
+        description: groupOptions.description ?? null,
+        imageUrl: groupOptions.imageUrl ?? null,
+        appData: groupOptions.appData ?? null,
+        superAdmins: [self],
+        policies: Schema.encodeSync(PermissionPolicies)(typeof permissions === "string" ? presets[permissions] : permissions)
+      }).pipe(Effect.mapError((e) => new InvalidInput({ reason: `group name or description (or image URL, app data, permissions): ${e.message}` })))
       yield* checkNewMembers(ids, new Set())
       return yield* newGroup(ids, { metadata })
     })

@@ -12,6 +12,7 @@ import type { DeliveryService } from "./DeliveryService.ts"
 import type { Identity } from "./Identity.ts"
 import type { MlsCrypto, MlsGroupState } from "./MlsCrypto.ts"
 import type { Storage } from "./Storage.ts"
+import { PROTOCOL_VERSION } from "../domain/Model.ts"
 
 export interface EngineOptions {
   /** Past epochs whose application messages still decrypt (default 3). */
@@ -32,6 +33,11 @@ export interface EngineOptions {
    * simulation makes it die there to crash the client mid-step.
    */
   readonly crashPoint: (point: CrashPoint) => Effect.Effect<void>
+  /**
+   * The protocol version this installation speaks (a positive integer, default the library's
+   * own). Below a group's minimum it is paused there: it reads, but does not write.
+   */
+  readonly protocolVersion: number
 }
 
 /** The places where a crash leaves the most interesting half-done state. */
@@ -52,7 +58,8 @@ export const defaultEngineOptions: EngineOptions = {
   ),
   pageSize: 100,
   installationCheckInterval: "5 seconds",
-  crashPoint: () => Effect.void
+  crashPoint: () => Effect.void,
+  protocolVersion: PROTOCOL_VERSION
 }
 
 export interface EngineContext {

@@ -25,6 +25,7 @@ import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
 import { DeliveryService } from "./DeliveryService.ts"
 import { type KeyPackageBundle, type LeafIdentity, type LeafMember, MlsCrypto, type SignatureKeyPair } from "./MlsCrypto.ts"
 import { Storage } from "./Storage.ts"
+import { PROTOCOL_VERSION } from "../domain/Model.ts"
 
 export type IdentityError = DeliveryError | InvalidIdentityUpdate | StorageError | CryptoError
 
@@ -42,6 +43,8 @@ export interface IdentityOptions {
    * same user hands it over). Without it a new inbox is created.
    */
   readonly rootSecretKey?: Uint8Array
+  /** The protocol version its key packages advertise (default the library's own). */
+  readonly protocolVersion?: number
 }
 
 export class Identity extends Context.Tag("converge/Identity")<Identity, {
@@ -193,7 +196,9 @@ export const make = (options: IdentityOptions) =>
       })
 
     const rotateKeyPackage = Effect.gen(function*() {
-      const bundle = yield* crypto.generateKeyPackage({ inboxId, installationId }, signatureKeys)
+      const bundle = yield* crypto.generateKeyPackage({ inboxId, installationId }, signatureKeys, {
+        protocolVersion: options.protocolVersion ?? PROTOCOL_VERSION
+      })
       yield* storage.keyPackages.insert(StoredKeyPackage.make({
         ref: bundle.ref,
         publicPackage: bundle.publicPackage,

@@ -41,9 +41,23 @@ export const failPendingIntents = (ctx: EngineContext, groupId: GroupId) =>
 export const queueRemoval = (ctx: EngineContext, groupId: GroupId, inboxId: InboxId, now: bigint) =>
   Effect.gen(function*() {
     const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish", "Published"])
-    const already = pending.some((intent) => intent.data._tag === "RemoveMembers" && intent.data.inboxIds.includes(inboxId))
+    const already = pending.some((intent) =>
+      intent.data._tag === "RemoveMembers" && intent.data.forLeaveRequest && intent.data.inboxIds.includes(inboxId)
+    )
     if (already) return
-    yield* queueIntent(ctx, groupId, RemoveMembersData.make({ inboxIds: [inboxId] }), now)
+    yield* queueIntent(ctx, groupId, RemoveMembersData.make({ inboxIds: [inboxId], forLeaveRequest: true }), now)
+  })
+
+/**
+ * The inboxes this installation knows asked to leave and are not out yet: their pending
+ * removals (queued from their requests). Every member read the same requests on the topic.
+ */
+export const leavingInboxes = (ctx: EngineContext, groupId: GroupId) =>
+  Effect.gen(function*() {
+    const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish", "Published"])
+    return pending.flatMap((intent) =>
+      intent.data._tag === "RemoveMembers" && intent.data.forLeaveRequest ? intent.data.inboxIds : []
+    )
   })
 
 /**

@@ -25,6 +25,8 @@ export interface LeafIdentity {
 export interface LeafMember extends LeafIdentity {
   readonly leafIndex: number
   readonly signaturePublicKey: Uint8Array
+  /** The protocol version the leaf advertises; absent for leaves that advertise none (version 1). */
+  readonly protocolVersion?: number
 }
 
 export interface LeafDetails extends LeafMember {
@@ -64,6 +66,8 @@ export interface KeyPackageBundle {
 export interface KeyPackageInfo extends LeafIdentity {
   readonly ref: string
   readonly signaturePublicKey: Uint8Array
+  /** The protocol version its leaf advertises; absent if none (version 1). */
+  readonly protocolVersion?: number
 }
 
 export interface CommitChanges {
@@ -71,6 +75,11 @@ export interface CommitChanges {
   readonly add?: ReadonlyArray<Uint8Array>
   /** Installations to remove (every leaf of each). */
   readonly remove?: ReadonlyArray<InstallationId>
+  /**
+   * New bytes for the group's metadata (a GroupContextExtensions proposal that replaces only the
+   * metadata extension). Never together with `remove`: ts-mls 1.6.4 receivers fail on it (#742).
+   */
+  readonly metadata?: Uint8Array
 }
 
 export interface CommitResult {
@@ -102,6 +111,9 @@ export type Processed =
     /** The epoch after the commit. */
     readonly epoch: bigint
     readonly state: MlsGroupState
+    /** The metadata bytes of the epoch the commit was built for, and of the epoch it makes. */
+    readonly metadataBefore: Uint8Array | undefined
+    readonly metadataAfter: Uint8Array | undefined
   }
 
 /**
@@ -132,10 +144,15 @@ export interface MlsCryptoShape {
   /** The same service, with `authenticate` deciding every leaf credential (RFC 9420 §5.3.1). */
   readonly authenticatedBy: (authenticate: Authenticate) => MlsCryptoShape
   readonly generateSignatureKeyPair: Effect.Effect<SignatureKeyPair, CryptoError>
-  readonly generateKeyPackage: (identity: LeafIdentity, keys: SignatureKeyPair) => Effect.Effect<KeyPackageBundle, CryptoError>
+  /** `protocolVersion` is advertised in the leaf (a leaf node extension), for groups' minimum version. */
+  readonly generateKeyPackage: (
+    identity: LeafIdentity,
+    keys: SignatureKeyPair,
+    options?: { readonly protocolVersion?: number }
+  ) => Effect.Effect<KeyPackageBundle, CryptoError>
   /** Decodes and verifies a public key package (signature, lifetime, credential). */
   readonly keyPackageInfo: (publicPackage: Uint8Array) => Effect.Effect<KeyPackageInfo, CryptoError>
-  /** `metadata`, fixed for the group's life, reaches every member through the group context. */
+  /** `metadata` reaches every member through the group context (changed later by a commit's `metadata`). */
   readonly createGroup: (
     groupId: GroupId,
     keyPackage: KeyPackageBundle,

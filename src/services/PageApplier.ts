@@ -7,8 +7,17 @@
  */
 import { Effect, Option, Schema } from "effect"
 import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
-import { MembershipChange, MembershipChangeJson, membershipChangeIdOf, messageIdOf } from "../domain/Content.ts"
-import type { StorageError } from "../domain/Errors.ts"
+import {
+  MembershipChange,
+  MembershipChangeJson,
+  membershipChangeIdOf,
+  messageIdOf,
+  MetadataChange,
+  MetadataChangeJson,
+  metadataChangeIdOf
+} from "../domain/Content.ts"
+import { changedSettings, commitRefusal } from "../domain/GroupSettings.ts"
+import { encodeGovernanceError, PermissionDenied, type StorageError } from "../domain/Errors.ts"
 import type { ConversationId, GroupId, InboxId } from "../domain/Ids.ts"
 import {
   addSkipCounts,
@@ -30,9 +39,16 @@ import { type StoredGroup, type StoredIntent, type MembershipState, StoredMessag
 import { groupTopic } from "../domain/Topics.ts"
 import type { GroupMessageEnvelope } from "../domain/Wire.ts"
 import type { EngineContext } from "./EngineContext.ts"
-import { failIntent, failPendingIntents, queueInstallationUpdate, queueLeaveAgain, queueRemoval } from "./IntentQueue.ts"
+import {
+  failIntent,
+  failPendingIntents,
+  leavingInboxes,
+  queueInstallationUpdate,
+  queueLeaveAgain,
+  queueRemoval
+} from "./IntentQueue.ts"
 import * as LeafAuthentication from "./LeafAuthentication.ts"
-import type { LeafMember, MlsGroupState } from "./MlsCrypto.ts"
+import type { LeafMember, MlsGroupState, Processed } from "./MlsCrypto.ts"
 
 export interface PageOutcome {
   readonly received: number
@@ -122,8 +138,53 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
     }))
   }
 
+  /** The transcript entry of a commit that changed the group's settings: the same on every member. */
+  const recordSettingsChange = (next: MlsGroupState, committer: LeafMember, envelope: GroupMessageEnvelope) => {
+    const changed = changedSettings(crypto.view(state).metadata, crypto.view(next).metadata)
+    if (changed.length === 0) return
+    const epoch = crypto.view(state).epoch + 1n
+    const change = MetadataChange.make({ epoch, changed, committedBy: committer.inboxId })
+    newMessages.push(StoredMessage.make({
+      id: metadataChangeIdOf(groupId, epoch),
+      groupId,
+      conversationId: conversationOf(),
+      senderInboxId: committer.inboxId,
+      senderInstallationId: committer.installationId,
+      sentAtNs: envelope.serverTimeNs,
+      sequenceId: envelope.sequenceId,
+      kind: "metadataChange",
+      content: Schema.encodeSync(MetadataChangeJson)(change),
+      membershipChange: null,
+      deliveryStatus: "published",
+      insertedAtNs: now
+    }))
+  }
+
+  /**
+   * Why the group's policy refuses someone's commit, judged on the epoch it was built for: every
+   * member runs this on the same settings, members and leave requests, so all skip it alike.
+   */
+  const policyRefusal = (
+    before: GroupSnapshot,
+    processed: Pick<Extract<Processed, { kind: "commit" }>, "committer" | "state" | "metadataBefore" | "metadataAfter">
+  ) =>
+    Effect.gen(function*() {
+      const stored = yield* leavingInboxes(ctx, groupId)
+      const after = crypto.view(processed.state).members
+      return commitRefusal({
+        committer: processed.committer.inboxId,
+        membersBefore: before.members.map((m) => m.inboxId),
+        membersAfter: after.map((m) => m.inboxId),
+        newLeafVersions: newLeaves(before.members, after).map((leaf) => leaf.protocolVersion ?? 1),
+        leaving: [...leaving, ...stored],
+        settingsBefore: processed.metadataBefore,
+        settingsAfter: processed.metadataAfter
+      })
+    })
+
   const adopt = (next: MlsGroupState, changes: CommitChanges, committer: LeafMember, envelope: GroupMessageEnvelope) => {
     recordTranscript(changes.transcript, committer, envelope)
+    if (!changes.leftGroup) recordSettingsChange(next, committer, envelope)
     joined ||= changes.broughtNewcomers
     state = next
     progressedSinceFork = true
@@ -157,6 +218,18 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
         writes.push(failIntent(ctx, intent, `own commit refused: ${refused}`))
         return yield* skip(envelope, "unauthenticatedCommit", refused)
       }
+      // Judged like anyone's: if the others skip it, so do we, or the group would fork.
+      const refusal = yield* policyRefusal(before, {
+        committer: me,
+        state: staged,
+        metadataBefore: current.metadata,
+        metadataAfter: after.metadata
+      })
+      if (refusal !== undefined) {
+        const denied = new PermissionDenied({ action: "commit", required: refusal })
+        writes.push(failIntent(ctx, intent, encodeGovernanceError(denied)))
+        return yield* skip(envelope, "policyViolation", refusal)
+      }
       adopt(staged, ownCommitChanges(before, after), me, envelope)
       writes.push(storage.intents.markCommitted(intent.id, envelope.sequenceId))
     })
@@ -172,6 +245,8 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       const after = crypto.view(processed.right.state)
       const refused = yield* LeafAuthentication.commitLeavesProblem(identity, current, after, processed.right.committer)
       if (refused !== undefined) return yield* skip(envelope, "unauthenticatedCommit", refused)
+      const refusal = yield* policyRefusal(before, processed.right)
+      if (refusal !== undefined) return yield* skip(envelope, "policyViolation", refusal)
       // A device revoked since it was added is let in (members read revocations at different
       // times) and removed at once.
       if (after.active && (yield* LeafAuthentication.enteringRevoked(identity, current, after))) revokedEntered = true

@@ -9,22 +9,37 @@
  * until the intent is Processed. A lost epoch race is an `EpochConflict` in its error channel,
  * retried under the conflict schedule; transport failures retry under their own schedule.
  */
-import { Clock, Data, Duration, Effect, Metric, Option, Schema } from "effect"
+import { Clock, Data, Duration, Effect, Either, Metric, Option, Schema } from "effect"
 import { sha256Hex, utf8 } from "../domain/Bytes.ts"
 import { type ApplicationContent, ApplicationContentJson } from "../domain/Content.ts"
 import {
+  CryptoError,
   DeliveryError,
+  encodeGovernanceError,
   EpochConflict,
+  InvalidInput,
   InboxNotFound,
   IntentFailed,
   KeyPackageUnavailable,
-  type StorageError,
+  ProtocolVersionTooOld,
+  type StorageError
 } from "../domain/Errors.ts"
 import { currentInstallations } from "../domain/IdentityLog.ts"
 import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
+import { isPaused } from "../domain/Governance.ts"
+import {
+  decodeSettings,
+  encodeSettings,
+  type GovernanceIntent,
+  isGovernanceIntent,
+  membershipVerdict,
+  nextSettings
+} from "../domain/GroupSettings.ts"
+import { GroupMetadata } from "../domain/Model.ts"
 import {
   isCommitKind,
   PostCommitData,
+  type RemoveMembersData,
   UpdateInstallationsData
 } from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
@@ -124,6 +139,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     Effect.gen(function*() {
       if (add.length === 0 && remove.length === 0) return { _tag: "NoOp" } as Derived
       const packages = yield* fetchKeyPackages(add)
+      yield* checkAddedVersions(state, packages)
       const result = yield* crypto.createCommit(state, { add: packages, remove })
       return {
         _tag: "Payload",
@@ -140,9 +156,50 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       } as Derived
     })
 
+  /** The group's settings at this state's epoch; settings that do not decode stop governance changes. */
+  const settingsAt = (state: MlsGroupState) =>
+    Option.match(decodeSettings(crypto.view(state).metadata), {
+      onNone: () => Effect.fail(new CryptoError({ reason: "Malformed", detail: "the group's settings do not decode" })),
+      onSome: Effect.succeed
+    })
+
+  const memberInboxes = (state: MlsGroupState) => [...new Set(crypto.view(state).members.map((m) => m.inboxId))]
+
+  /** The committer's own check, the same every receiver runs on the commit (Governance.checkCommit). */
+  const checkMembership = (
+    state: MlsGroupState,
+    change: { readonly add?: ReadonlyArray<InboxId>; readonly remove?: ReadonlyArray<InboxId>; readonly leaving?: ReadonlyArray<InboxId> }
+  ) =>
+    Effect.gen(function*() {
+      const members = memberInboxes(state)
+      const verdict = membershipVerdict({
+        settings: yield* settingsAt(state),
+        committer: identity.inboxId,
+        members,
+        ...change,
+        add: (change.add ?? []).filter((i) => !members.includes(i))
+      })
+      if (Either.isLeft(verdict)) return yield* verdict.left
+    })
+
+  /** A commit that rewrites the group's settings (metadata, roles, policies, minimum version). */
+  const deriveSettings = (state: MlsGroupState, data: GovernanceIntent) =>
+    Effect.gen(function*() {
+      const current = yield* settingsAt(state)
+      const next = yield* Effect.try({
+        try: () => nextSettings(current, data, identity.inboxId, memberInboxes(state)),
+        catch: (e) => new InvalidInput({ reason: `group settings: ${e instanceof Error ? e.message : String(e)}` })
+      })
+      if (Either.isLeft(next)) return yield* next.left
+      if (next.right === undefined) return { _tag: "NoOp" } as Derived
+      const result = yield* crypto.createCommit(state, { metadata: encodeSettings(next.right) })
+      return { _tag: "Payload", payload: result.commit, state: undefined, staged: result.staged, postCommit: undefined } as Derived
+    })
+
   /** Every installation of each inbox that is not in the group yet, and this inbox's other devices. */
   const deriveAdd = (state: MlsGroupState, inboxIds: ReadonlyArray<InboxId>) =>
     Effect.gen(function*() {
+      yield* checkMembership(state, { add: inboxIds })
       const { add } = yield* installationDiff(state, [...inboxIds, identity.inboxId])
       return yield* membershipCommit(state, add, [])
     })
@@ -157,10 +214,15 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     })
 
   /** Removes every installation of the inboxes; for our own inbox (a lone leaver), the others. */
-  const deriveRemove = (state: MlsGroupState, inboxIds: ReadonlyArray<InboxId>) =>
+  const deriveRemove = (state: MlsGroupState, data: RemoveMembersData) =>
     Effect.gen(function*() {
+      const { inboxIds } = data
       const targets = new Set<string>(inboxIds)
       const view = crypto.view(state)
+      const present = inboxIds.filter((i) => i !== identity.inboxId && view.members.some((m) => m.inboxId === i))
+      if (present.length > 0) {
+        yield* checkMembership(state, { remove: present, leaving: data.forLeaveRequest ? present : [] })
+      }
       const leaving = view.members
         .filter((m) => targets.has(m.inboxId) && m.leafIndex !== view.ownLeafIndex)
         .map((m) => m.installationId)
@@ -181,19 +243,48 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       }))
     )
 
+  /** Below the group's minimum version this installation reads but writes nothing (leave requests aside). */
+  const checkNotPaused = (state: MlsGroupState, data: IntentData) => {
+    const writes = data._tag === "SendMessage" || data._tag === "AddMembers" || data._tag === "RemoveMembers" ||
+      isGovernanceIntent(data)
+    const settings = Option.getOrElse(decodeSettings(crypto.view(state).metadata), () => GroupMetadata.none)
+    const current = ctx.options.protocolVersion
+    return writes && isPaused(settings, current)
+      ? Effect.fail(new ProtocolVersionTooOld({ required: settings.minProtocolVersion, current }))
+      : Effect.void
+  }
+
+  /** Key packages below the group's minimum version cannot be added (every receiver refuses them too). */
+  const checkAddedVersions = (state: MlsGroupState, keyPackages: ReadonlyArray<Uint8Array>) =>
+    Effect.gen(function*() {
+      const required = Option.getOrElse(decodeSettings(crypto.view(state).metadata), () => GroupMetadata.none)
+        .minProtocolVersion
+      if (required <= 1) return
+      for (const keyPackage of keyPackages) {
+        const current = (yield* crypto.keyPackageInfo(keyPackage)).protocolVersion ?? 1
+        if (current < required) return yield* new ProtocolVersionTooOld({ required, current })
+      }
+    })
+
   const derive = (state: MlsGroupState, data: IntentData) =>
     Effect.gen(function*() {
+      yield* checkNotPaused(state, data)
       switch (data._tag) {
         case "SendMessage":
           return yield* applicationMessage(state, { _tag: "Text", nonce: data.nonce, text: data.text })
         case "AddMembers":
           return yield* deriveAdd(state, data.inboxIds)
         case "RemoveMembers":
-          return yield* deriveRemove(state, data.inboxIds)
+          return yield* deriveRemove(state, data)
         case "Leave":
           return yield* applicationMessage(state, { _tag: "LeaveRequest", nonce: data.nonce })
         case "UpdateInstallations":
           return yield* deriveInstallationUpdate(state)
+        case "UpdateMetadata":
+        case "SetRole":
+        case "UpdatePermissions":
+        case "SetMinProtocolVersion":
+          return yield* deriveSettings(state, data)
         case "KeyUpdate": {
           const result = yield* crypto.createCommit(state, {})
           return { _tag: "Payload", payload: result.commit, state: undefined, staged: result.staged, postCommit: undefined } as Derived
@@ -274,7 +365,12 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
         Effect.catchTags({
           CryptoError: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
           KeyPackageUnavailable: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
-          InboxNotFound: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined))
+          InboxNotFound: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
+          InvalidInput: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
+          // Stored typed, so the action that queued the intent fails with the same error.
+          PermissionDenied: (e) => failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined)),
+          MetadataConflict: (e) => failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined)),
+          ProtocolVersionTooOld: (e) => failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined))
         })
       )
       if (derived === undefined) continue

@@ -1,7 +1,9 @@
 /**
  * A malicious member, as the simulation plays it: it takes a member's stored MLS state and
  * builds, outside the engine, a commit Converge never sends (a GroupContextExtensions commit
- * renaming the group, or a ReInit suspending it). Every honest member must skip it.
+ * that slips in an extension besides the settings, or a ReInit suspending the group). Every
+ * honest member must skip it. (Settings changes the policy forbids are played by the
+ * governance operations.)
  * ts-mls is used directly here on purpose: the attacker does not go through `MlsCrypto`.
  */
 import { Effect } from "effect"
@@ -17,7 +19,7 @@ import {
 import { defaultClientConfig } from "ts-mls/clientConfig.js"
 import { utf8 } from "../domain/Bytes.ts"
 
-export type ForgedCommit = "rename" | "reinit"
+export type ForgedCommit = "foreignExtension" | "reinit"
 
 /** The group-context extension holding a group's metadata (see `layers/TsMlsCrypto.ts`). */
 const METADATA_EXTENSION = 0xf0c0
@@ -25,14 +27,14 @@ const METADATA_EXTENSION = 0xf0c0
 const suite = getCiphersuiteImpl(getCiphersuiteFromName("MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519"))
 
 const proposalOf = (variant: ForgedCommit, state: ClientState): Proposal =>
-  variant === "rename"
+  variant === "foreignExtension"
     ? {
       proposalType: "group_context_extensions",
       groupContextExtensions: {
-        extensions: [{
-          extensionType: METADATA_EXTENSION,
-          extensionData: utf8(JSON.stringify({ name: "pwned", description: null }))
-        }]
+        extensions: [
+          ...state.groupContext.extensions.filter((e) => e.extensionType === METADATA_EXTENSION),
+          { extensionType: 0xff01, extensionData: utf8("slipped in") }
+        ]
       }
     }
     : {

@@ -16,6 +16,7 @@ import { sha256Hex } from "../domain/Bytes.ts"
 import { MembershipChangeJson } from "../domain/Content.ts"
 import * as IdentityLog from "../domain/IdentityLog.ts"
 import type { ConversationId, GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
+import { GroupMetadataJson } from "../domain/Model.ts"
 import type { StoredGroup, StoredIntent, StoredMessage } from "../domain/Stored.ts"
 import type { GroupMessageEnvelope, WelcomeMessageEnvelope } from "../domain/Wire.ts"
 import { WelcomePayloadJson } from "../domain/Wire.ts"
@@ -39,6 +40,8 @@ interface Held {
     readonly installations: ReadonlyArray<string>
     /** The group's name as this member reads it (groups only; the simulation names each by its label). */
     readonly name?: string | null
+    /** All the group's governed settings (metadata, roles, policies, minimum version) as JSON. */
+    readonly settings?: string
   }
 }
 
@@ -137,13 +140,13 @@ const walkTopic = (world: World, groupId: GroupId, envelopes: ReadonlyArray<Grou
     const winners = new Map<bigint, bigint>()
     for (const envelope of envelopes) {
       inForce.set(envelope.sequenceId, epoch)
-      // A forged commit (the malicious member's) wins nothing: every honest member skips it.
-      if (world.forgedCommits.has(sha256Hex(envelope.payload))) continue
       const header = yield* world.net.crypto.inspect(envelope.payload).pipe(Effect.option)
       if (Option.isNone(header) || header.value.groupId !== groupId) continue
       claimed.set(envelope.sequenceId, { kind: header.value.kind, epoch: header.value.epoch })
-      // The first commit for the current epoch wins; later ones for it lost the race.
-      if (header.value.kind === "commit" && header.value.epoch === epoch) {
+      // The first commit for the current epoch wins; later ones for it lost the race. A forged
+      // commit the policy forbids is skipped by every member, as if it were not there.
+      const forged = world.forgedCommits.has(sha256Hex(envelope.payload))
+      if (header.value.kind === "commit" && header.value.epoch === epoch && !forged) {
         epoch++
         winners.set(envelope.sequenceId, epoch)
       }
@@ -312,7 +315,8 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
                 authenticator: debug.epochAuthenticator,
                 inboxes: members.map((m) => m.inboxId).sort(),
                 installations: members.flatMap((m) => m.installationIds).sort(),
-                name: (yield* conversation.metadata).name
+                name: (yield* conversation.metadata).name,
+                settings: Schema.encodeSync(GroupMetadataJson)(yield* conversation.metadata)
               }
             } else {
               // The DM handle speaks for its primary group: read this one's state itself.
@@ -447,9 +451,28 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
           violate("dm-group-without-peer", `${label}: the DM group never got both inboxes (topic at epoch ${finalEpoch})`)
         }
         const authenticators = new Map<bigint, Set<string>>()
+        /** One settings per epoch: every member at an epoch reads the same metadata, roles, policies and minimum. */
+        const settingsAt = new Map<bigint, string>()
+        const g = Number(label.slice(1))
         for (const [c, view] of held) {
           if (view.info === undefined) continue
           const self = clients.get(c)!
+          if (view.info.settings !== undefined) {
+            // A super admin nobody made one through the API got there by a commit the policy forbade.
+            const { superAdmins } = JSON.parse(view.info.settings) as { readonly superAdmins: ReadonlyArray<InboxId> }
+            const allowed = new Set([
+              ...(creator === undefined ? [] : [world.inboxIds[world.installs[creator]!.inbox]]),
+              ...(world.promoted.get(g) ?? [])
+            ])
+            for (const inbox of superAdmins.filter((i) => !allowed.has(i))) {
+              violate("forbidden-commit-applied", `${label}: ${name(c)} holds ${inbox} as super admin; nobody made it one`)
+            }
+            const seen = settingsAt.get(view.info.epoch)
+            if (seen === undefined) settingsAt.set(view.info.epoch, view.info.settings)
+            else if (seen !== view.info.settings) {
+              violate("divergent-settings", `${label}: ${name(c)} reads ${view.info.settings} at epoch ${view.info.epoch}; another member reads ${seen}`)
+            }
+          }
           if (!expectedMembers.includes(self.inboxId)) {
             violate("non-member-active", `${label}: ${name(c)} is active at epoch ${view.info.epoch} but its inbox is not a member at epoch ${finalEpoch}`)
             continue
@@ -464,7 +487,7 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
           if (view.info.epoch !== finalEpoch) {
             violate("divergent-epoch", `${label}: ${name(c)} is at epoch ${view.info.epoch}; the topic's order says ${finalEpoch}`)
           }
-          if (dm === undefined && view.info.name !== label) {
+          if (dm === undefined && !world.renamed.has(g) && view.info.name !== label) {
             violate("divergent-metadata", `${label}: ${name(c)} reads the group's name as ${JSON.stringify(view.info.name)}`)
           }
           const at = authenticators.get(view.info.epoch) ?? new Set()

@@ -30,6 +30,12 @@ export interface Params {
   readonly ops: number
   /** Default `full`. */
   readonly profile?: Profile
+  /**
+   * Also plan governance: renames (with `ifMatch`), role and policy changes, and hostile role
+   * grabs (a member's commit, built outside the API, making itself super admin). Drawn from a
+   * stream of their own, so a seed's other operations stay what they were. Default off.
+   */
+  readonly governance?: boolean
 }
 
 /** Delivery-service operations a fault may be aimed at (undefined: any). */
@@ -127,7 +133,17 @@ export type Op =
   /** A lying delivery service: the next `n` key-package fetches answer with another installation's. */
   | { readonly _tag: "LieKeyPackages"; readonly n: number }
   /** A malicious member: installation `c` posts a commit Converge never sends to group `g`. */
-  | { readonly _tag: "ForgeCommit"; readonly c: number; readonly g: number; readonly variant: "rename" | "reinit" }
+  | { readonly _tag: "ForgeCommit"; readonly c: number; readonly g: number; readonly variant: "foreignExtension" | "reinit" }
+  // governance (`Params.governance`)
+  | { readonly _tag: "Rename"; readonly c: number; readonly g: number; readonly name: string }
+  | { readonly _tag: "SetRole"; readonly c: number; readonly g: number; readonly target: number; readonly role: GovernedRole }
+  | { readonly _tag: "SetPolicy"; readonly c: number; readonly g: number; readonly policy: "everyone" | "admins" }
+  /** Hostile: `c` commits, outside the API, settings that make its inbox a super admin. */
+  | { readonly _tag: "ForgeRoleGrab"; readonly c: number; readonly g: number }
+
+export type GovernedRole = "member" | "admin" | "superAdmin"
+/** The governance operations, planned only with `Params.governance`. */
+type GovernanceKind = "Rename" | "SetRole" | "SetPolicy" | "ForgeRoleGrab"
 
 export type OpKind = Op["_tag"]
 
@@ -155,7 +171,8 @@ export const isFault = (op: Op): boolean =>
   isHostile(op)
 
 export const isHostile = (op: Op): boolean =>
-  op._tag.startsWith("Inject") || op._tag === "ForgeWelcome" || op._tag === "LieKeyPackages" || op._tag === "ForgeCommit"
+  op._tag.startsWith("Inject") || op._tag === "ForgeWelcome" || op._tag === "LieKeyPackages" ||
+  op._tag === "ForgeCommit" || op._tag === "ForgeRoleGrab"
 
 /** The actions of an operation (two for a race, several for a watch). */
 export const actionsOf = (op: Op): ReadonlyArray<Action> => {
@@ -181,7 +198,10 @@ export const actionsOf = (op: Op): ReadonlyArray<Action> => {
   }
 }
 
-type FaultKind = Exclude<OpKind, Action["_tag"] | "Restart" | "Race" | "Watch" | "AddDevice" | "RevokeDevice" | "LieKeyPackages" | "ForgeCommit">
+type FaultKind = Exclude<
+  OpKind,
+  Action["_tag"] | "Restart" | "Race" | "Watch" | "AddDevice" | "RevokeDevice" | "LieKeyPackages" | "ForgeCommit" | GovernanceKind
+>
 
 /** Weights of the operations the `classic` generator plans (kept as they were: see `Profile`). */
 const classicWeights = {
@@ -212,7 +232,10 @@ const classicWeights = {
   InjectReplay: 1,
   InjectForeign: 1,
   ForgeWelcome: 2
-} satisfies Record<Exclude<OpKind, "Leave" | "Dm" | "SendDm" | "AddDevice" | "RevokeDevice" | "LieKeyPackages" | "ForgeCommit">, number>
+} satisfies Record<
+  Exclude<OpKind, "Leave" | "Dm" | "SendDm" | "AddDevice" | "RevokeDevice" | "LieKeyPackages" | "ForgeCommit" | GovernanceKind>,
+  number
+>
 
 const classicActionWeights = {
   Send: 10,
@@ -261,7 +284,7 @@ const fullWeights = {
   InjectReplay: 1,
   InjectForeign: 1,
   ForgeWelcome: 2
-} satisfies Record<Exclude<OpKind, "LieKeyPackages" | "ForgeCommit"> | "DmRace", number>
+} satisfies Record<Exclude<OpKind, "LieKeyPackages" | "ForgeCommit" | GovernanceKind> | "DmRace", number>
 
 const fullActionWeights = {
   Send: 9,
@@ -350,8 +373,36 @@ const planFault = (rng: Prng.Prng, kind: FaultKind, c: number, model: FaultModel
   }
 }
 
-export const plan = (params: Params): ReadonlyArray<Op> =>
-  params.profile === "classic" ? planClassic(params) : withAdversaries(planFull(params), params.seed)
+export const plan = (params: Params): ReadonlyArray<Op> => {
+  const ops = params.profile === "classic" ? planClassic(params) : withAdversaries(planFull(params), params.seed)
+  return params.governance === true ? withGovernance(ops, params) : ops
+}
+
+/**
+ * Governance operations between the planned ones, from a stream of their own: by first
+ * installations, on groups created so far.
+ */
+const withGovernance = (ops: ReadonlyArray<Op>, params: Params): ReadonlyArray<Op> => {
+  const rng = Prng.make(params.seed ^ 0x90fe_7a11)
+  let groups = 0
+  let renames = 0
+  const roles: ReadonlyArray<GovernedRole> = ["member", "admin", "superAdmin"]
+  return ops.flatMap((op): ReadonlyArray<Op> => {
+    groups += actionsOf(op).filter((a) => a._tag === "CreateGroup").length
+    if (groups === 0 || rng.next() >= 0.1) return [op]
+    const c = rng.int(params.clients)
+    const g = rng.int(groups)
+    const draw = rng.next()
+    const extra: Op = draw < 0.4
+      ? { _tag: "Rename", c, g, name: `${gr(g)}-r${renames++}` }
+      : draw < 0.75
+      ? { _tag: "SetRole", c, g, target: rng.int(params.clients), role: rng.pick(roles) }
+      : draw < 0.85
+      ? { _tag: "SetPolicy", c, g, policy: rng.next() < 0.5 ? "admins" : "everyone" }
+      : { _tag: "ForgeRoleGrab", c, g }
+    return [op, extra]
+  })
+}
 
 /**
  * Adversaries: a lying delivery service (answering key-package fetches with another
@@ -366,7 +417,7 @@ const withAdversaries = (ops: ReadonlyArray<Op>, seed: number): ReadonlyArray<Op
     const roll = rng.next()
     if (roll < 0.04) return [{ _tag: "LieKeyPackages", n: rng.between(1, 2) }, op]
     if (roll < 0.07) {
-      return [{ _tag: "ForgeCommit", c: rng.int(clients), g: rng.int(3), variant: rng.chance(0.5) ? "rename" : "reinit" }, op]
+      return [{ _tag: "ForgeCommit", c: rng.int(clients), g: rng.int(3), variant: rng.chance(0.5) ? "foreignExtension" : "reinit" }, op]
     }
     return [op]
   })
@@ -835,6 +886,14 @@ export const describe = (op: Op, names: Names = defaultNames): string => {
       return `hostile: the delivery service answers the next ${op.n} key-package fetch(es) with another installation's`
     case "ForgeCommit":
       return `hostile: ${cl(op.c)} posts a forbidden ${op.variant} commit to g${op.g}`
+    case "Rename":
+      return `${cl(op.c)} renames ${gr(op.g)} to "${op.name}" (ifMatch its current name)`
+    case "SetRole":
+      return `${cl(op.c)} makes inbox ${inbox(op.target)} ${op.role} of ${gr(op.g)}`
+    case "SetPolicy":
+      return `${cl(op.c)} sets ${gr(op.g)}'s add/remove/metadata policies to ${op.policy}`
+    case "ForgeRoleGrab":
+      return `hostile: ${cl(op.c)} commits itself super admin of ${gr(op.g)} outside the API`
   }
 }
 

@@ -32,7 +32,8 @@ import {
 import { sha256Hex, utf8 } from "../domain/Bytes.ts"
 import * as IdentityLog from "../domain/IdentityLog.ts"
 import { type ConversationId, dmId, type GroupId, type InboxId, type InstallationId } from "../domain/Ids.ts"
-import type { SyncSummary } from "../domain/Model.ts"
+import { decodeSettings, encodeSettings } from "../domain/GroupSettings.ts"
+import { GroupMetadata, type SyncSummary } from "../domain/Model.ts"
 import { GroupMessageInput, WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
 import { defaultEngineOptions } from "../services/EngineContext.ts"
 import { simulatedCrashOf, type TestClient, type TestDelivery, TestNetwork } from "../testing.ts"
@@ -88,6 +89,10 @@ const expectedErrors = new Set([
   "NotAMember",
   "KeyPackageUnavailable",
   "ConversationNotFound",
+  // Removing the group's last super admin (its creator, unless it named another) or its leaving.
+  "PermissionDenied",
+  // A rename whose ifMatch a concurrent change overtook.
+  "MetadataConflict",
   "Skipped"
 ])
 
@@ -153,6 +158,8 @@ export const run = (options: Options): Effect.Effect<Report> => {
       sent: [],
       forgedWelcomes: new Map(),
       invited: new Map(),
+      promoted: new Map(),
+      renamed: new Set(),
       forgedCommits: new Set(),
       violations: [],
       maxPastEpochs: defaultEngineOptions.maxPastEpochs
@@ -511,6 +518,62 @@ export const run = (options: Options): Effect.Effect<Report> => {
         }
       })
 
+    /** Governance through the API, and a role grab built outside it (`Params.governance`). */
+    const governance = (
+      op: Extract<Plan.Op, { readonly _tag: "Rename" | "SetRole" | "SetPolicy" | "ForgeRoleGrab" }>
+    ): Effect.Effect<string, unknown> =>
+      Effect.gen(function*() {
+        switch (op._tag) {
+          case "Rename": {
+            const cv = yield* conversationOf(op.c, op.g)
+            world.renamed.add(op.g)
+            const { name } = yield* cv.metadata
+            yield* cv.updateMetadata({ name: op.name }, { ifMatch: { name } })
+            return "ok"
+          }
+          case "SetRole": {
+            const cv = yield* conversationOf(op.c, op.g)
+            const target = world.inboxIds[op.target]!
+            // Recorded before it runs: whatever the outcome, this promotion was asked for.
+            if (op.role === "superAdmin") {
+              world.promoted.set(op.g, (world.promoted.get(op.g) ?? new Set()).add(target))
+            }
+            yield* cv.setRole(target, op.role)
+            return "ok"
+          }
+          case "SetPolicy": {
+            const cv = yield* conversationOf(op.c, op.g)
+            const { policy } = op
+            yield* cv.updatePermissions({ addMember: policy, removeMember: policy, updateMetadata: policy })
+            return "ok"
+          }
+          case "ForgeRoleGrab":
+            return yield* forgeRoleGrab(op.c, op.g)
+        }
+      })
+
+    /** `c` commits, from its own stored state and outside the API, settings naming itself super admin. */
+    const forgeRoleGrab = (c: number, g: number) =>
+      Effect.gen(function*() {
+        const client = yield* clientOf(c)
+        const groupId = yield* groupOrSkip(g)
+        const row = yield* (yield* net.storage(client)).groups.get(groupId)
+        if (Option.isNone(row) || row.value.membershipState === "inactive") {
+          return yield* new Skipped({ reason: `${clientName(c)} is not in ${groupId}` })
+        }
+        const state = yield* net.crypto.deserialize(row.value.mlsState)
+        const settings = Option.getOrElse(decodeSettings(net.crypto.view(state).metadata), () => GroupMetadata.none)
+        if (settings.superAdmins.includes(client.inboxId)) {
+          return yield* new Skipped({ reason: `${clientName(c)} is a super admin already` })
+        }
+        const grabbed = new GroupMetadata({ ...settings, superAdmins: [...settings.superAdmins, client.inboxId] })
+        const { commit } = yield* net.crypto.createCommit(state, { metadata: encodeSettings(grabbed) })
+        const ds = yield* net.deliveryAs(client)
+        world.forgedCommits.add(sha256Hex(commit))
+        yield* ds.sendGroupMessages([GroupMessageInput.make({ groupId, payload: commit })])
+        return `sent a forged role grab at epoch ${net.crypto.view(state).epoch}`
+      })
+
     const fault = (op: Plan.Op): Effect.Effect<string, unknown> => {
       const f = net.faults
       const withInstallation = <A, E>(c: number, f: (id: TestClient["installationId"]) => Effect.Effect<A, E>) =>
@@ -602,6 +665,12 @@ export const run = (options: Options): Effect.Effect<Report> => {
             break
           case "Restart":
             yield* restart(entry, op.c, "planned")
+            break
+          case "Rename":
+          case "SetRole":
+          case "SetPolicy":
+          case "ForgeRoleGrab":
+            record(entry, "", judge(yield* Effect.exit(governance(op))))
             break
           case "Watch": {
             let received = 0
@@ -760,7 +829,8 @@ export const run = (options: Options): Effect.Effect<Report> => {
         seed: options.seed,
         clients: options.clients,
         ops: options.ops,
-        ...(options.profile === undefined ? {} : { profile: options.profile })
+        ...(options.profile === undefined ? {} : { profile: options.profile }),
+        ...(options.governance === undefined ? {} : { governance: options.governance })
       },
       figures,
       violations,

@@ -37,10 +37,14 @@ export interface World {
    * the checks do not take them for real invitations.
    */
   readonly forgedWelcomes: Map<number, Set<string>>
-  /** Digests (sha256 hex) of the commits the malicious member forged: every honest member skips them. */
-  readonly forgedCommits: Set<string>
   /** Per group (by creation index): every inbox a member asked to have in it (creator included). */
   readonly invited: Map<number, Set<InboxId>>
+  /** Per group: inboxes someone asked, through the API, to make super admin (the creator aside). */
+  readonly promoted: Map<number, Set<InboxId>>
+  /** Digests (sha256 hex) of the policy-breaking commits the run forged (every member skips them). */
+  readonly forgedCommits: Set<string>
+  /** Groups someone asked to rename (their name is then no longer their label). */
+  readonly renamed: Set<number>
   readonly violations: Array<Violation>
   /** Engine option the checks need: how many past epochs still decrypt. */
   readonly maxPastEpochs: number

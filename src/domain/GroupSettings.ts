@@ -1,0 +1,194 @@
+/**
+ * A group's governed settings as they change: the metadata a governance intent produces from
+ * the current one, and the effects of a commit as `Governance.checkCommit` judges them. Pure:
+ * the committer runs it before sending and every receiver runs it on what it processed, on
+ * the same epoch's settings, so they all decide alike.
+ */
+import { Either, Option, Schema } from "effect"
+import { bytesEqual, fromUtf8, utf8 } from "./Bytes.ts"
+import { MetadataConflict, PermissionDenied } from "./Errors.ts"
+import { changedFields, checkCommit, type CommitEffects, metadataConflict, PermissionPolicies } from "./Governance.ts"
+import type { InboxId } from "./Ids.ts"
+import type { IntentData } from "./Intent.ts"
+import { GroupMetadata, GroupMetadataJson, governedOf, METADATA_FIELDS } from "./Model.ts"
+
+/** The settings bytes of a group's context; absent means the defaults (a group created unnamed). */
+export const decodeSettings = (bytes: Uint8Array | undefined): Option.Option<GroupMetadata> => {
+  if (bytes === undefined) return Option.some(GroupMetadata.none)
+  try {
+    return Schema.decodeUnknownOption(GroupMetadataJson)(fromUtf8(bytes))
+  } catch {
+    return Option.none()
+  }
+}
+
+export const encodeSettings = (metadata: GroupMetadata): Uint8Array => utf8(Schema.encodeSync(GroupMetadataJson)(metadata))
+
+/** The intents that rewrite the settings. */
+export type GovernanceIntent = Extract<
+  IntentData,
+  { readonly _tag: "UpdateMetadata" | "SetRole" | "UpdatePermissions" | "SetMinProtocolVersion" }
+>
+
+export const isGovernanceIntent = (data: IntentData): data is GovernanceIntent =>
+  data._tag === "UpdateMetadata" || data._tag === "SetRole" || data._tag === "UpdatePermissions" ||
+  data._tag === "SetMinProtocolVersion"
+
+/** A patch's set fields only (an absent field leaves the current value). */
+const setFields = <A extends object>(patch: A): { [K in keyof A]-?: Exclude<A[K], undefined> } =>
+  Object.fromEntries(Object.entries(patch).filter(([, v]) => v !== undefined)) as never
+
+const withoutInbox = (list: ReadonlyArray<InboxId>, inboxId: InboxId) => list.filter((i) => i !== inboxId)
+
+/** The settings after the intent, without any check (`nextSettings` checks). */
+const applied = (current: GroupMetadata, data: GovernanceIntent): GroupMetadata => {
+  switch (data._tag) {
+    case "UpdateMetadata":
+      return new GroupMetadata({ ...current, ...setFields(data.patch) })
+    case "SetRole": {
+      const admins = withoutInbox(current.admins, data.inboxId)
+      const superAdmins = withoutInbox(current.superAdmins, data.inboxId)
+      return new GroupMetadata({
+        ...current,
+        admins: data.role === "admin" ? [...admins, data.inboxId] : admins,
+        superAdmins: data.role === "superAdmin" ? [...superAdmins, data.inboxId] : superAdmins
+      })
+    }
+    case "UpdatePermissions":
+      return new GroupMetadata({ ...current, policies: new PermissionPolicies({ ...current.policies, ...setFields(data.patch) }) })
+    case "SetMinProtocolVersion":
+      return new GroupMetadata({ ...current, minProtocolVersion: data.version })
+  }
+}
+
+/** The `ifMatch` fields of an update, as `Governance.metadataConflict` compares them. */
+const expectedFields = (ifMatch: Readonly<Record<string, unknown>>) =>
+  Object.fromEntries(
+    Object.entries(ifMatch).filter(([k]) => (METADATA_FIELDS as ReadonlyArray<string>).includes(k)).map((
+      [k, v]
+    ) => [k, typeof v === "bigint" ? v.toString() : v])
+  )
+
+/** What a settings-only commit by `committer` does, for `checkCommit`. */
+export const settingsEffects = (
+  members: ReadonlyArray<InboxId>,
+  before: GroupMetadata,
+  after: GroupMetadata
+): CommitEffects => ({
+  addedInboxes: [],
+  removedInboxes: [],
+  leaving: [],
+  membersBefore: members,
+  membersAfter: members,
+  before: governedOf(before),
+  after: governedOf(after)
+})
+
+/**
+ * The settings a governance intent leads to at this epoch, or why it may not: an `ifMatch`
+ * field that no longer holds, or a policy the committer does not meet. `undefined` when the
+ * intent changes nothing (it is then done).
+ */
+export const nextSettings = (
+  current: GroupMetadata,
+  data: GovernanceIntent,
+  committer: InboxId,
+  members: ReadonlyArray<InboxId>
+): Either.Either<GroupMetadata | undefined, MetadataConflict | PermissionDenied> => {
+  if (data._tag === "UpdateMetadata" && data.ifMatch !== undefined) {
+    const field = metadataConflict(governedOf(current).fields, expectedFields(data.ifMatch))
+    if (field !== undefined) return Either.left(new MetadataConflict({ field }))
+  }
+  const next = applied(current, data)
+  const effects = settingsEffects(members, current, next)
+  const verdict = checkCommit(committer, effects)
+  if (Either.isLeft(verdict)) {
+    return Either.left(new PermissionDenied({ action: verdict.left.action, required: verdict.left.required }))
+  }
+  const unchanged = Schema.encodeSync(GroupMetadataJson)(next) === Schema.encodeSync(GroupMetadataJson)(current)
+  return Either.right(unchanged ? undefined : next)
+}
+
+/** The effects of a received commit, from the two epochs' members and settings. */
+export const commitEffects = (input: {
+  readonly membersBefore: ReadonlyArray<InboxId>
+  readonly membersAfter: ReadonlyArray<InboxId>
+  readonly leaving: ReadonlyArray<InboxId>
+  readonly before: GroupMetadata
+  readonly after: GroupMetadata
+}): CommitEffects => {
+  const was = new Set(input.membersBefore)
+  const is = new Set(input.membersAfter)
+  return {
+    addedInboxes: [...is].filter((i) => !was.has(i)),
+    removedInboxes: [...was].filter((i) => !is.has(i)),
+    leaving: input.leaving,
+    membersBefore: [...was],
+    membersAfter: [...is],
+    before: governedOf(input.before),
+    after: governedOf(input.after)
+  }
+}
+
+/** Whether `committer` may add and remove these inboxes (removing one that asked to leave is anyone's to do). */
+export const membershipVerdict = (input: {
+  readonly settings: GroupMetadata
+  readonly committer: InboxId
+  readonly members: ReadonlyArray<InboxId>
+  readonly add?: ReadonlyArray<InboxId>
+  readonly remove?: ReadonlyArray<InboxId>
+  readonly leaving?: ReadonlyArray<InboxId>
+}): Either.Either<void, PermissionDenied> => {
+  const removed = new Set(input.remove ?? [])
+  const effects = commitEffects({
+    membersBefore: input.members,
+    membersAfter: [...input.members.filter((i) => !removed.has(i)), ...(input.add ?? [])],
+    leaving: input.leaving ?? [],
+    before: input.settings,
+    after: input.settings
+  })
+  return Either.mapLeft(
+    checkCommit(input.committer, effects),
+    (violation) => new PermissionDenied({ action: violation.action, required: violation.required })
+  )
+}
+
+/** Why a received commit is refused under the policy of the epoch it was built for, if it is. */
+export const commitRefusal = (input: {
+  readonly committer: InboxId
+  readonly membersBefore: ReadonlyArray<InboxId>
+  readonly membersAfter: ReadonlyArray<InboxId>
+  readonly leaving: ReadonlyArray<InboxId>
+  readonly settingsBefore: Uint8Array | undefined
+  readonly settingsAfter: Uint8Array | undefined
+  /** The protocol versions the commit's new leaves advertise (1 for none). */
+  readonly newLeafVersions: ReadonlyArray<number>
+}): string | undefined => {
+  // Settings that did not decode before are the defaults; new ones that do not decode are refused.
+  const before = Option.getOrElse(decodeSettings(input.settingsBefore), () => GroupMetadata.none)
+  const unchanged = input.settingsAfter === input.settingsBefore ||
+    (input.settingsAfter !== undefined && input.settingsBefore !== undefined &&
+      bytesEqual(input.settingsAfter, input.settingsBefore))
+  const after = unchanged ? Option.some(before) : decodeSettings(input.settingsAfter)
+  if (Option.isNone(after)) return "the commit's group settings do not decode"
+  const verdict = checkCommit(input.committer, commitEffects({ ...input, before, after: after.value }))
+  if (Either.isLeft(verdict)) return verdict.left.detail
+  const floor = after.value.minProtocolVersion
+  const old = input.newLeafVersions.find((v) => v < floor)
+  return old === undefined ? undefined : `adds a leaf of protocol version ${old}; the group requires ${floor}`
+}
+
+/** Which settings a commit changed (empty if none), in a stable order. */
+export const changedSettings = (before: Uint8Array | undefined, after: Uint8Array | undefined): ReadonlyArray<string> => {
+  if (before === after || (before !== undefined && after !== undefined && bytesEqual(before, after))) return []
+  const was = governedOf(Option.getOrElse(decodeSettings(before), () => GroupMetadata.none))
+  const is = governedOf(Option.getOrElse(decodeSettings(after), () => GroupMetadata.none))
+  const json = (x: unknown) => JSON.stringify(x)
+  return [
+    ...changedFields(was, is),
+    ...(["admins", "superAdmins", "policies", "minProtocolVersion"] as const).filter((k) =>
+      json(k === "admins" || k === "superAdmins" ? [...was[k]].sort() : was[k]) !==
+        json(k === "admins" || k === "superAdmins" ? [...is[k]].sort() : is[k])
+    )
+  ]
+}

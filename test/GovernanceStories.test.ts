@@ -1,0 +1,241 @@
+/**
+ * Group governance as users meet it: renames, roles, policies every member enforces, and a
+ * commit built outside the API that breaks a policy.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Option } from "effect"
+import type { ConversationId, GroupId } from "../src/domain/Ids.ts"
+import { GroupMessageInput } from "../src/domain/Wire.ts"
+import type { Conversation } from "../src/services/Client.ts"
+import { type TestClient, TestNetwork } from "../src/testing.ts"
+
+const open = (client: TestClient, id: ConversationId) => client.conversation(id)
+const nameAt = (c: Conversation) => c.metadata.pipe(Effect.map((m) => m.name))
+const memberInboxes = (c: Conversation) => c.members.pipe(Effect.map((ms) => ms.map((m) => m.inboxId).sort()))
+const epochOf = (c: Conversation) =>
+  c.debugInfo.pipe(Effect.map((d) => `${d.epoch}:${d.epochAuthenticator}`))
+
+describe("Group governance", () => {
+  it.scoped("a rename reaches every member and leaves a metadataChange entry", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+      const group = yield* alice.createGroup([bob.inboxId], { name: "Climbing", imageUrl: "https://x.test/a.png" })
+      yield* bob.syncAll
+      const atBob = yield* open(bob, group.id)
+      yield* atBob.updateMetadata({ name: "Bouldering", appData: "{\"v\":1}" })
+      yield* alice.syncAll
+      for (const c of [group, atBob]) {
+        const metadata = yield* c.metadata
+        expect([metadata.name, metadata.imageUrl, metadata.appData]).toEqual(["Bouldering", "https://x.test/a.png", "{\"v\":1}"])
+      }
+      const entries = (yield* group.messages()).filter((m) => m.kind === "metadataChange")
+      expect(entries).toHaveLength(1)
+      expect(JSON.parse(entries[0]!.text)).toMatchObject({ changed: ["appData", "name"], committedBy: bob.inboxId })
+      expect(entries[0]!.id).toBe((yield* atBob.messages()).find((m) => m.kind === "metadataChange")?.id)
+      // Over the bound: refused before anything is queued.
+      const tooLong = yield* atBob.updateMetadata({ name: "x".repeat(101) }).pipe(Effect.flip)
+      expect(tooLong._tag).toBe("InvalidInput")
+    }))
+
+  it.scoped("of two concurrent renames with ifMatch, one wins everywhere and the other fails with MetadataConflict", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol] = yield* Effect.all([net.client("alice"), net.client("bob"), net.client("carol")])
+      const group = yield* alice.createGroup([bob.inboxId, carol.inboxId], { name: "Old" })
+      yield* Effect.all([bob.syncAll, carol.syncAll])
+      const atBob = yield* open(bob, group.id)
+      // Both read "Old" and rename at the same epoch: one commit wins, the other is re-derived
+      // at the next epoch, where "Old" no longer holds.
+      const outcomes = yield* Effect.all([
+        atBob.updateMetadata({ name: "Bob's" }, { ifMatch: { name: "Old" } }).pipe(Effect.either),
+        group.updateMetadata({ name: "Alice's" }, { ifMatch: { name: "Old" } }).pipe(Effect.either)
+      ], { concurrency: 2 })
+      const won = outcomes.flatMap((o, i) => o._tag === "Right" ? [["Bob's", "Alice's"][i]!] : [])
+      const lost = outcomes.flatMap((o) => o._tag === "Left" ? [o.left] : [])
+      expect(won).toHaveLength(1)
+      expect(lost).toHaveLength(1)
+      expect(lost[0]).toMatchObject({ _tag: "MetadataConflict", field: "name" })
+      yield* Effect.all([bob.syncAll, carol.syncAll])
+      const atCarol = yield* open(carol, group.id)
+      yield* alice.syncAll
+      for (const c of [group, atBob, atCarol]) expect(yield* nameAt(c)).toBe(won[0])
+      expect(new Set([yield* epochOf(group), yield* epochOf(atBob), yield* epochOf(atCarol)]).size).toBe(1)
+    }))
+
+  it.scoped("a member added after a rename reads the new name", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol] = yield* Effect.all([net.client("alice"), net.client("bob"), net.client("carol")])
+      const group = yield* alice.createGroup([bob.inboxId], { name: "Before" })
+      yield* group.updateMetadata({ name: "After", description: "new" })
+      yield* bob.syncAll
+      yield* (yield* open(bob, group.id)).addMembers([carol.inboxId])
+      yield* carol.syncAll
+      const atCarol = yield* open(carol, group.id)
+      expect(yield* nameAt(atCarol)).toBe("After")
+      expect((yield* atCarol.roles).superAdmins).toEqual([alice.inboxId])
+    }))
+
+  it.scoped("in an admins-only group a member's add fails, and a hand-built commit doing it is skipped by everyone", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol, dave] = yield* Effect.all(
+        ["alice", "bob", "carol", "dave"].map((name) => net.client(name))
+      )
+      const group = yield* alice!.createGroup([bob!.inboxId, carol!.inboxId], { permissions: "adminsOnly" })
+      yield* Effect.all([bob!.syncAll, carol!.syncAll])
+      const atBob = yield* open(bob!, group.id)
+      expect((yield* atBob.permissions).addMember).toBe("admins")
+      const denied = yield* atBob.addMembers([dave!.inboxId]).pipe(Effect.flip)
+      expect(denied).toMatchObject({ _tag: "PermissionDenied", action: "addMember", required: "admins" })
+      const renameDenied = yield* atBob.updateMetadata({ name: "mine" }).pipe(Effect.flip)
+      expect(renameDenied._tag).toBe("PermissionDenied")
+
+      // Bob builds the same add with MLS directly, from his own state, and publishes it.
+      const groupId = group.id as unknown as GroupId
+      const row = Option.getOrThrow(yield* (yield* net.storage(bob!)).groups.get(groupId))
+      const state = yield* net.crypto.deserialize(row.mlsState)
+      const asBob = yield* net.deliveryAs(bob!)
+      const [fetched] = yield* asBob.fetchKeyPackages([dave!.installationId])
+      const forged = yield* net.crypto.createCommit(state, { add: [fetched!.keyPackage!] })
+      yield* asBob.sendGroupMessages([GroupMessageInput.make({ groupId, payload: forged.commit })])
+
+      const summaries = yield* Effect.all([alice!.syncAll, carol!.syncAll])
+      for (const summary of summaries) expect(summary.skippedBy["policyViolation"]).toBe(1)
+      yield* bob!.syncAll
+      const atCarol = yield* open(carol!, group.id)
+      for (const c of [group, atBob, atCarol]) {
+        expect(yield* memberInboxes(c)).toEqual([alice!.inboxId, bob!.inboxId, carol!.inboxId].sort())
+      }
+      // The group goes on from the epoch the forgery was for: an allowed commit lands everywhere.
+      yield* group.addMembers([dave!.inboxId])
+      yield* Effect.all([bob!.syncAll, carol!.syncAll, dave!.syncAll])
+      const atDave = yield* open(dave!, group.id)
+      expect(new Set(yield* Effect.forEach([group, atBob, atCarol, atDave], epochOf)).size).toBe(1)
+    }))
+
+  it.scoped("a hand-built removal the policy forbids is skipped by everyone, the removed member included", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol] = yield* Effect.all(["alice", "bob", "carol"].map((name) => net.client(name)))
+      const group = yield* alice!.createGroup([bob!.inboxId, carol!.inboxId], { permissions: "adminsOnly" })
+      yield* Effect.all([bob!.syncAll, carol!.syncAll])
+      const groupId = group.id as unknown as GroupId
+      const row = Option.getOrThrow(yield* (yield* net.storage(bob!)).groups.get(groupId))
+      const forged = yield* net.crypto.createCommit(yield* net.crypto.deserialize(row.mlsState), {
+        remove: [carol!.installationId]
+      })
+      yield* (yield* net.deliveryAs(bob!)).sendGroupMessages([GroupMessageInput.make({ groupId, payload: forged.commit })])
+      yield* Effect.all([alice!.syncAll, bob!.syncAll, carol!.syncAll])
+      const atCarol = yield* open(carol!, group.id)
+      expect(yield* atCarol.state).toBe("active")
+      // Carol is still in the group everyone holds: she reads what Alice sends next.
+      yield* group.send("still here?")
+      yield* carol!.syncAll
+      expect((yield* atCarol.messages()).filter((m) => m.kind === "text").map((m) => m.text)).toEqual(["still here?"])
+      expect(yield* epochOf(atCarol)).toBe(yield* epochOf(group))
+    }))
+
+  it.scoped("promotion and demotion: an admin may then add, a demoted one may not; roles read the same everywhere", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol, dave] = yield* Effect.all(
+        ["alice", "bob", "carol", "dave"].map((name) => net.client(name))
+      )
+      const group = yield* alice!.createGroup([bob!.inboxId, carol!.inboxId], { permissions: "adminsOnly" })
+      yield* Effect.all([bob!.syncAll, carol!.syncAll])
+      const atBob = yield* open(bob!, group.id)
+      // Only super admins change roles.
+      expect((yield* atBob.setRole(carol!.inboxId, "admin").pipe(Effect.flip))._tag).toBe("PermissionDenied")
+      yield* group.setRole(bob!.inboxId, "admin")
+      yield* bob!.syncAll
+      yield* atBob.addMembers([dave!.inboxId])
+      yield* Effect.all([alice!.syncAll, carol!.syncAll, dave!.syncAll])
+      const atDave = yield* open(dave!, group.id)
+      expect(yield* atDave.roles).toEqual({ admins: [bob!.inboxId], superAdmins: [alice!.inboxId] })
+      yield* group.setRole(bob!.inboxId, "member")
+      yield* bob!.syncAll
+      const denied = yield* atBob.removeMembers([dave!.inboxId]).pipe(Effect.flip)
+      expect(denied._tag).toBe("PermissionDenied")
+      yield* Effect.all([carol!.syncAll, dave!.syncAll])
+      for (const c of [group, atBob, atDave, yield* open(carol!, group.id)]) {
+        expect(yield* c.roles).toEqual({ admins: [], superAdmins: [alice!.inboxId] })
+      }
+      const promoted = (yield* group.messages()).filter((m) => m.kind === "metadataChange").map((m) => JSON.parse(m.text).changed)
+      expect(promoted).toEqual([["admins"], ["admins"]])
+    }))
+
+  it.scoped("the last super admin cannot leave or be demoted; after naming another, it can leave", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* bob.syncAll
+      expect(yield* group.leave.pipe(Effect.flip)).toMatchObject({ _tag: "PermissionDenied", action: "leave" })
+      expect(yield* group.setRole(alice.inboxId, "admin").pipe(Effect.flip)).toMatchObject({ _tag: "PermissionDenied" })
+      yield* group.setRole(bob.inboxId, "superAdmin")
+      yield* group.leave
+      yield* bob.syncAll
+      yield* alice.syncAll
+      expect(yield* group.state).toBe("inactive")
+      expect(yield* memberInboxes(yield* open(bob, group.id))).toEqual([bob.inboxId])
+    }))
+
+  it.scoped("policies change only by a super admin, and the minimum version only goes up", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* bob.syncAll
+      const atBob = yield* open(bob, group.id)
+      expect((yield* atBob.updatePermissions({ updateMetadata: "nobody" }).pipe(Effect.flip))._tag).toBe("PermissionDenied")
+      yield* group.updatePermissions({ updateMetadata: "superAdmins" })
+      yield* bob.syncAll
+      expect((yield* atBob.permissions).updateMetadata).toBe("superAdmins")
+      expect((yield* atBob.updateMetadata({ name: "x" }).pipe(Effect.flip))._tag).toBe("PermissionDenied")
+      yield* group.setMinProtocolVersion(1)
+      expect(yield* atBob.minProtocolVersion).toBe(1)
+      expect((yield* group.setMinProtocolVersion(0).pipe(Effect.flip))._tag).toBe("InvalidInput")
+    }))
+
+  it.scoped("a super admin raises the minimum version: an old client is paused, reads, then upgrades and sends", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const alice = yield* net.client("alice", { protocolVersion: 2 })
+      const [bob, carol] = yield* Effect.all([net.client("bob", { protocolVersion: 1 }), net.client("carol", { protocolVersion: 1 })])
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* bob.syncAll
+      const atBob = yield* open(bob, group.id)
+      yield* atBob.send("before")
+      yield* group.setMinProtocolVersion(2)
+      yield* bob.syncAll
+      expect(yield* atBob.minProtocolVersion).toBe(2)
+      const paused = { _tag: "ProtocolVersionTooOld", required: 2, current: 1 }
+      expect(yield* atBob.send("while paused").pipe(Effect.flip)).toMatchObject(paused)
+      expect(yield* atBob.addMembers([carol.inboxId]).pipe(Effect.flip)).toMatchObject(paused)
+      expect(yield* atBob.updateMetadata({ name: "x" }).pipe(Effect.flip)).toMatchObject(paused)
+      // Paused, Bob still reads.
+      yield* group.send("hello")
+      yield* bob.syncAll
+      expect((yield* atBob.messages()).filter((m) => m.kind === "text").map((m) => m.text)).toEqual(["before", "hello"])
+
+      // Carol's key package advertises version 1: Alice cannot add her, and a hand-built add is refused by all.
+      expect(yield* group.addMembers([carol.inboxId]).pipe(Effect.flip)).toMatchObject(paused)
+      const groupId = group.id as unknown as GroupId
+      const row = Option.getOrThrow(yield* (yield* net.storage(alice)).groups.get(groupId))
+      const asAlice = yield* net.deliveryAs(alice)
+      const [fetched] = yield* asAlice.fetchKeyPackages([carol.installationId])
+      const forged = yield* net.crypto.createCommit(yield* net.crypto.deserialize(row.mlsState), { add: [fetched!.keyPackage!] })
+      yield* asAlice.sendGroupMessages([GroupMessageInput.make({ groupId, payload: forged.commit })])
+      expect((yield* bob.syncAll).skippedBy["policyViolation"]).toBe(1)
+      expect(yield* memberInboxes(atBob)).toEqual([alice.inboxId, bob.inboxId].sort())
+
+      // Bob upgrades: a restart with the newer version un-pauses him.
+      yield* net.restart(bob, { protocolVersion: 2 })
+      yield* (yield* open(bob, group.id)).send("upgraded")
+      yield* alice.syncAll
+      expect((yield* group.messages()).filter((m) => m.kind === "text").map((m) => m.text)).toEqual(["before", "hello", "upgraded"])
+      expect(yield* epochOf(group)).toBe(yield* epochOf(yield* open(bob, group.id)))
+    }))
+})
