@@ -1,5 +1,5 @@
 /**
- * `npm run simulate -- --seeds N --first-seed S --clients K --ops M [--delivery memory|sqlite|rpc] [--classic] [--trace] [--debug] [--plan] [--quiet]`
+ * `npm run simulate -- --seeds N --first-seed S --clients K --ops M [--delivery memory|sqlite|rpc] [--governance] [--classic] [--trace] [--debug] [--plan] [--quiet]`
  *
  * Runs seeds S, S+1, ..., S+N-1: each plans a random history of K inboxes (some with a second
  * installation, from the start or registered mid-run, some revoked later) and M operations
@@ -11,6 +11,7 @@
  *   --delivery the delivery service under test, always the store-backed service `converge serve`
  *             runs: over an in-memory store (default), a SQLite file, or behind a real server on
  *             a loopback port, reached over RPC
+ *   --governance also plan renames, role and policy changes, and forged role grabs
  *   --classic the generator the first regression seeds were found with (one installation per
  *             inbox, groups only; see `Plan.Profile`)
  *   --trace   print the trace of every seed, not only failing ones
@@ -25,7 +26,7 @@ import * as Simulation from "../src/simulation/Simulation.ts"
 import type { TestDelivery } from "../src/testing.ts"
 
 const usage =
-  "usage: npm run simulate -- [--seeds N] [--first-seed S] [--clients K] [--ops M] [--delivery memory|sqlite|rpc] [--classic] [--trace] [--debug] [--plan] [--quiet]"
+  "usage: npm run simulate -- [--seeds N] [--first-seed S] [--clients K] [--ops M] [--delivery memory|sqlite|rpc] [--governance] [--classic] [--trace] [--debug] [--plan] [--quiet]"
 
 const parse = (argv: ReadonlyArray<string>) => {
   const values = new Map<string, string>()
@@ -34,7 +35,7 @@ const parse = (argv: ReadonlyArray<string>) => {
     const arg = argv[i]!
     if (!arg.startsWith("--")) throw new Error(`unexpected argument ${arg}`)
     const [key, inline] = arg.slice(2).split("=", 2) as [string, string | undefined]
-    if (["trace", "plan", "quiet", "help", "classic", "debug"].includes(key)) {
+    if (["trace", "plan", "quiet", "help", "classic", "debug", "governance"].includes(key)) {
       flags.add(key)
       continue
     }
@@ -62,6 +63,7 @@ const parse = (argv: ReadonlyArray<string>) => {
     clients: int("clients", 5, 2),
     ops: int("ops", 60, 1),
     classic: flags.has("classic"),
+    governance: flags.has("governance"),
     trace: flags.has("trace"),
     debug: flags.has("debug"),
     plan: flags.has("plan"),
@@ -113,6 +115,7 @@ const main = async () => {
       clients: options.clients,
       ops: options.ops,
       delivery: options.delivery,
+      ...(options.governance ? { governance: true } : {}),
       ...(options.classic ? { profile: "classic" as const } : {})
     }
     if (options.plan) {
