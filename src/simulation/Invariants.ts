@@ -627,7 +627,13 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
               // A revoked device is removed by some commit after its revocation: what landed
               // before the revocation was surely still for it, if it had joined by then. From
               // its revocation on, the delivery service no longer serves it its welcomes.
-              if (revoked !== undefined && (m.sentAtNs >= revoked || !held.has(other))) continue
+              // Nor does it owe what lies past the epoch it had reached when it was cut off (a
+              // re-add it had not read yet when revoked).
+              const reached = held.get(other)?.row.epoch
+              if (
+                revoked !== undefined &&
+                (m.sentAtNs >= revoked || reached === undefined || claim.epoch > reached)
+              ) continue
               const got = rowsById.get(other)?.get(m.id)
               if (got === undefined) {
                 violate(
