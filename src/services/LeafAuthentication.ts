@@ -143,8 +143,9 @@ export const authenticateWith = (identity: IdentityShape, runtime: Runtime.Runti
 /**
  * A welcome for a group we were removed from takes us back only into the same group's history.
  * The group id alone proves nothing (anyone can create a group with any id), and a removed member
- * cannot follow the epochs it missed. What it can check: the group context's metadata, fixed for
- * the group's life (GroupContextExtensions are refused), is the one we hold; and someone who was in
+ * cannot follow the epochs it missed. What it can check: the welcome is for the same kind of
+ * conversation (a group carries a settings extension, a DM none; the settings themselves change
+ * by governed commits we did not see, so their bytes prove nothing); and someone who was in
  * the group with us vouches for it: by signing the welcome (an installation we knew there, or one
  * of an inbox that our transcript shows in the group, `formerInboxes`), by a leaf signed for this
  * group (bound to the group id and its index), or by the very leaf we knew (the same encryption
@@ -160,10 +161,9 @@ export const reactivationProblem = (
   joined: { readonly view: GroupView; readonly leaves: ReadonlyArray<LeafDetails> },
   inviter: LeafMember | undefined
 ): string | undefined => {
-  const sameMetadata = stored.view.metadata === undefined
-    ? joined.view.metadata === undefined
-    : joined.view.metadata !== undefined && sameKey(stored.view.metadata, joined.view.metadata)
-  if (!sameMetadata) return "the welcome's group metadata differs from the group we were in"
+  if ((stored.view.metadata === undefined) !== (joined.view.metadata === undefined)) {
+    return "the welcome is for a DM where we were in a group, or the reverse"
+  }
   const knownAs = (leaf: LeafMember) =>
     stored.leaves.find((m) =>
       m.leafIndex !== stored.view.ownLeafIndex && m.installationId === leaf.installationId &&
