@@ -166,6 +166,24 @@ describe("Group governance", () => {
       expect(promoted).toEqual([["admins"], ["admins"]])
     }))
 
+  it.scoped("in an admins-only group a plain member commits a leaver's removal, and the leaver accepts it", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol] = yield* Effect.all([net.client("alice"), net.client("bob"), net.client("carol")])
+      const group = yield* alice.createGroup([bob.inboxId, carol.inboxId], { permissions: "adminsOnly" })
+      yield* Effect.all([bob.syncAll, carol.syncAll])
+      const atCarol = yield* open(carol, group.id)
+      yield* atCarol.leave
+      // Bob may not remove anyone, but a member who asked to leave is anyone's to remove.
+      yield* bob.syncAll
+      yield* carol.syncAll
+      expect(yield* atCarol.state).toBe("inactive")
+      expect((yield* atCarol.debugInfo).maybeForked).toBe(false)
+      yield* alice.syncAll
+      expect(yield* memberInboxes(group)).toEqual([alice.inboxId, bob.inboxId].sort())
+      expect(yield* epochOf(group)).toBe(yield* epochOf(yield* open(bob, group.id)))
+    }))
+
   it.scoped("the last super admin cannot leave or be demoted; after naming another, it can leave", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

@@ -170,13 +170,15 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
   ) =>
     Effect.gen(function*() {
       const stored = yield* leavingInboxes(ctx, groupId)
+      // The leaver holds no removal intent for itself, yet it asked too: it judges like the others.
+      const own = membership === "pendingRemove" ? [identity.inboxId] : []
       const after = crypto.view(processed.state).members
       return commitRefusal({
         committer: processed.committer.inboxId,
         membersBefore: before.members.map((m) => m.inboxId),
         membersAfter: after.map((m) => m.inboxId),
         newLeafVersions: newLeaves(before.members, after).map((leaf) => leaf.protocolVersion ?? 1),
-        leaving: [...leaving, ...stored],
+        leaving: [...leaving, ...stored, ...own],
         settingsBefore: processed.metadataBefore,
         settingsAfter: processed.metadataAfter
       })
