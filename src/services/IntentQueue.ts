@@ -61,6 +61,22 @@ export const leavingInboxes = (ctx: EngineContext, groupId: GroupId) =>
   })
 
 /**
+ * Drops the unsent removals for leave requests that a commit has carried out (ours lost the race,
+ * or someone else was first): the request is settled, whatever membership comes after.
+ */
+export const settleLeaveRemovals = (ctx: EngineContext, groupId: GroupId, removed: ReadonlySet<InboxId>) =>
+  Effect.gen(function*() {
+    if (removed.size === 0) return
+    const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish"])
+    for (const intent of pending) {
+      if (
+        intent.data._tag === "RemoveMembers" && intent.data.forLeaveRequest &&
+        intent.data.inboxIds.every((inboxId) => removed.has(inboxId))
+      ) yield* ctx.storage.intents.markProcessed(intent.id)
+    }
+  })
+
+/**
  * Asks to leave again. A leave request is an application message of its epoch: members added
  * after it never read it, and if none of those who did is left, nobody would ever commit the
  * removal. So a pendingRemove installation repeats the request when a page it reads brings in

@@ -43,6 +43,7 @@ import {
   failIntent,
   failPendingIntents,
   leavingInboxes,
+  settleLeaveRemovals,
   queueInstallationUpdate,
   queueLeaveAgain,
   queueRemoval
@@ -88,6 +89,11 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
   const handledIntents = new Set<number>()
   /** Inboxes that asked to leave: the remaining members commit their removal. */
   const leaving = new Set<InboxId>()
+  /**
+   * Inboxes a commit of this page removed: a leave request is settled by the first removal, so an
+   * older removal intent must not strike again at a re-added member (nor excuse anyone's commit).
+   */
+  const removedHere = new Set<InboxId>()
   /** Whether a commit of this page brought in installations (that never saw our leave request). */
   let joined = false
   /** Whether a commit of this page brought in a revoked installation: its removal is queued. */
@@ -169,7 +175,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
     processed: Pick<Extract<Processed, { kind: "commit" }>, "committer" | "state" | "metadataBefore" | "metadataAfter">
   ) =>
     Effect.gen(function*() {
-      const stored = yield* leavingInboxes(ctx, groupId)
+      const stored = (yield* leavingInboxes(ctx, groupId)).filter((inboxId) => !removedHere.has(inboxId))
       // The leaver holds no removal intent for itself, yet it asked too: it judges like the others.
       const own = membership === "pendingRemove" ? [identity.inboxId] : []
       const after = crypto.view(processed.state).members
@@ -186,6 +192,10 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
 
   const adopt = (next: MlsGroupState, changes: CommitChanges, committer: LeafMember, envelope: GroupMessageEnvelope) => {
     recordTranscript(changes.transcript, committer, envelope)
+    for (const inboxId of changes.transcript?.removed ?? []) {
+      removedHere.add(inboxId)
+      leaving.delete(inboxId)
+    }
     if (!changes.leftGroup) recordSettingsChange(next, committer, envelope)
     joined ||= changes.broughtNewcomers
     state = next
@@ -390,6 +400,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       if (membership === "inactive" && group.membershipState !== "inactive") yield* failPendingIntents(ctx, groupId)
       if (forked !== undefined && !progressedSinceFork) yield* storage.groups.markForked(groupId, forked)
       else if (progressedSinceFork && group.maybeForked) yield* storage.groups.clearForked(groupId)
+      yield* settleLeaveRemovals(ctx, groupId, removedHere)
       // Out of the group, we queue nothing for it (failPendingIntents above would miss it).
       if (membership !== "inactive") for (const inboxId of leaving) yield* queueRemoval(ctx, groupId, inboxId, now)
       if (joined && membership === "pendingRemove") yield* queueLeaveAgain(ctx, groupId, now)
