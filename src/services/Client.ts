@@ -757,7 +757,16 @@ export const make = (options: ClientOptions = {}) =>
       })
       for (const group of active) {
         if (!news.has(group.id) && !pending.has(group.id)) continue
-        summary = SyncSummary.combine(summary, yield* syncGroup(group.id))
+        // Revoked: the service takes no commit or message from us any more; read on, then go inactive below.
+        const synced = yield* syncGroup(group.id).pipe(
+          Effect.catchIf(
+            (e) => refused && e._tag === "DeliveryError" && e.reason === "Unauthenticated",
+            (e) => Effect.logWarning("the delivery service refuses this installation's publishing", e.message).pipe(
+              Effect.as(SyncSummary.empty)
+            )
+          )
+        )
+        summary = SyncSummary.combine(summary, synced)
       }
       // Revoked (the identity log says so, not only the service): this installation is done.
       // What was there to read has been read above; it takes part in no group any more.
