@@ -37,14 +37,15 @@ export const failPendingIntents = (ctx: EngineContext, groupId: GroupId) =>
     }
   })
 
+/** The inboxes an intent removes because they asked to leave (none for any other intent). */
+const leaveRemovalOf = (intent: StoredIntent): ReadonlyArray<InboxId> =>
+  intent.data._tag === "RemoveMembers" && intent.data.forLeaveRequest ? intent.data.inboxIds : []
+
 /** Queues the removal of an inbox that asked to leave, unless one is already pending. */
 export const queueRemoval = (ctx: EngineContext, groupId: GroupId, inboxId: InboxId, now: bigint) =>
   Effect.gen(function*() {
     const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish", "Published"])
-    const already = pending.some((intent) =>
-      intent.data._tag === "RemoveMembers" && intent.data.forLeaveRequest && intent.data.inboxIds.includes(inboxId)
-    )
-    if (already) return
+    if (pending.some((intent) => leaveRemovalOf(intent).includes(inboxId))) return
     yield* queueIntent(ctx, groupId, RemoveMembersData.make({ inboxIds: [inboxId], forLeaveRequest: true }), now)
   })
 
@@ -55,9 +56,7 @@ export const queueRemoval = (ctx: EngineContext, groupId: GroupId, inboxId: Inbo
 export const leavingInboxes = (ctx: EngineContext, groupId: GroupId) =>
   Effect.gen(function*() {
     const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish", "Published"])
-    return pending.flatMap((intent) =>
-      intent.data._tag === "RemoveMembers" && intent.data.forLeaveRequest ? intent.data.inboxIds : []
-    )
+    return pending.flatMap(leaveRemovalOf)
   })
 
 /**
@@ -69,10 +68,10 @@ export const settleLeaveRemovals = (ctx: EngineContext, groupId: GroupId, remove
     if (removed.size === 0) return
     const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish"])
     for (const intent of pending) {
-      if (
-        intent.data._tag === "RemoveMembers" && intent.data.forLeaveRequest &&
-        intent.data.inboxIds.every((inboxId) => removed.has(inboxId))
-      ) yield* ctx.storage.intents.markProcessed(intent.id)
+      const inboxIds = leaveRemovalOf(intent)
+      if (inboxIds.length > 0 && inboxIds.every((inboxId) => removed.has(inboxId))) {
+        yield* ctx.storage.intents.markProcessed(intent.id)
+      }
     }
   })
 
