@@ -7,6 +7,7 @@ import {
   checkCommit,
   type CommitEffects,
   type Governed,
+  isLastSuperAdmin,
   isPaused,
   metadataConflict,
   type Policy,
@@ -160,5 +161,19 @@ describe("compare-and-swap and the version floor", () => {
   it("an installation below the floor is paused", () => {
     expect(isPaused({ minProtocolVersion: 2 }, 1)).toBe(true)
     expect(isPaused({ minProtocolVersion: 2 }, 2)).toBe(false)
+  })
+})
+
+describe("a leave the group cannot honour", () => {
+  const roles = { superAdmins: [owner, admin] }
+  const cases: ReadonlyArray<readonly [string, ReadonlyArray<InboxId>, InboxId, boolean]> = [
+    ["another super admin is a member: the leave can go ahead", [owner, admin, member], owner, false],
+    ["the other super admin is gone: the owner is the last", [owner, member], owner, true],
+    ["a super admin no longer a member does not count", [admin, member], admin, true],
+    ["a plain member may always leave", [owner, member], member, false],
+    ["an inbox not in the group is nobody's last super admin", [member], owner, false]
+  ]
+  it.each(cases)("%s", (_, members, inboxId, expected) => {
+    expect(isLastSuperAdmin(roles, members, inboxId)).toBe(expected)
   })
 })

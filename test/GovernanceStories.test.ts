@@ -200,6 +200,43 @@ describe("Group governance", () => {
       expect(yield* memberInboxes(yield* open(bob, group.id))).toEqual([bob.inboxId])
     }))
 
+  it.scoped("two super admins ask to leave at once: the first goes, the second stays as the last super admin", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol] = yield* Effect.all([net.client("alice"), net.client("bob"), net.client("carol")])
+      const group = yield* alice.createGroup([bob.inboxId, carol.inboxId])
+      yield* group.setRole(bob.inboxId, "superAdmin")
+      yield* Effect.all([bob.syncAll, carol.syncAll])
+      const atBob = yield* open(bob, group.id)
+      // Each sees another super admin when asking, so both requests go out.
+      yield* group.leave
+      yield* atBob.leave
+      // Alice asked first and is removed first (by bob on the way, or by carol); bob is then the
+      // last super admin, whom nobody may remove, so every member voids his request at that epoch.
+      yield* carol.syncAll
+      yield* Effect.all([alice.syncAll, bob.syncAll, carol.syncAll])
+      const atCarol = yield* open(carol, group.id)
+      expect(yield* group.state).toBe("inactive")
+      expect(yield* atBob.state).toBe("active")
+      expect(yield* memberInboxes(atCarol)).toEqual([bob.inboxId, carol.inboxId].sort())
+      expect(yield* epochOf(atBob)).toBe(yield* epochOf(atCarol))
+      // Nobody keeps trying to remove bob.
+      for (const member of [bob, carol]) {
+        const pending = yield* net.storage(member).pipe(Effect.flatMap((s) => s.intents.byState(["ToPublish", "Published"])))
+        expect(pending).toEqual([])
+      }
+      // Bob is a full member again: it writes, and after naming another super admin it can leave.
+      yield* atBob.send("still here")
+      yield* carol.syncAll
+      expect((yield* atCarol.messages()).map((m) => m.text)).toContain("still here")
+      yield* atBob.setRole(carol.inboxId, "superAdmin")
+      yield* atBob.leave
+      yield* carol.syncAll
+      yield* bob.syncAll
+      expect(yield* atBob.state).toBe("inactive")
+      expect(yield* memberInboxes(atCarol)).toEqual([carol.inboxId])
+    }))
+
   it.scoped("policies change only by a super admin, and the minimum version only goes up", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

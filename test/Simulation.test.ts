@@ -176,10 +176,13 @@ describe("simulation: governance", () => {
  * Governance seeds that found bugs (`npm run simulate -- --governance`, 5 inboxes, 60 operations):
  * 5003, a re-add refused because the group was renamed while the member was out; 5010, a leaver
  * judging a plain member's removal of it as a policy violation; 6350, an old leave-request removal
- * striking again at a member re-added since; 6394, a revoked device stuck on a group only it knew.
+ * striking again at a member re-added since; 6394, a revoked device stuck on a group only it knew;
+ * 6613, a super admin whose leave became impossible when the other super admin went first (it
+ * stayed pendingRemove forever; now every member voids the request at that epoch); 6664 and 6934,
+ * a DM created by a device that crashed before publishing it and was then revoked.
  */
 describe("simulation: governance regressions", () => {
-  for (const seed of [5003, 5010, 6350, 6394]) {
+  for (const seed of [5003, 5010, 6350, 6394, 6613, 6664, 6934]) {
     it.live(`seed ${seed} (5 inboxes, 60 operations, governance) converges`, () =>
       Simulation.run({ seed, clients: 5, ops: 60, governance: true }).pipe(
         Effect.tap((report) => Effect.sync(() => expect(report.violations, Simulation.Report.format(report)).toEqual([])))

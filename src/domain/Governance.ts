@@ -66,6 +66,18 @@ export const allows = (policy: Policy, role: Role): boolean => {
 export const policyFor = (policies: PermissionPolicies, action: Action): Policy =>
   action === "setRoles" || action === "updatePermissions" ? "superAdmins" : policies[action]
 
+/**
+ * Whether `inboxId` is the only super admin among the members: nobody may remove it, so a leave
+ * it asked for cannot be carried out (every member reads this off the same epoch).
+ */
+export const isLastSuperAdmin = (
+  roles: { readonly superAdmins: ReadonlyArray<InboxId> },
+  members: ReadonlyArray<InboxId>,
+  inboxId: InboxId
+): boolean =>
+  roles.superAdmins.includes(inboxId) && members.includes(inboxId) &&
+  !roles.superAdmins.some((other) => other !== inboxId && members.includes(other))
+
 /** The governed part of a group's context, as one epoch holds it. */
 export interface Governed {
   readonly fields: Readonly<Record<string, unknown>>

@@ -7,7 +7,14 @@
 import { Either, Option, Schema } from "effect"
 import { bytesEqual, fromUtf8, utf8 } from "./Bytes.ts"
 import { MetadataConflict, PermissionDenied } from "./Errors.ts"
-import { changedFields, checkCommit, type CommitEffects, metadataConflict, PermissionPolicies } from "./Governance.ts"
+import {
+  changedFields,
+  checkCommit,
+  type CommitEffects,
+  isLastSuperAdmin,
+  metadataConflict,
+  PermissionPolicies
+} from "./Governance.ts"
 import type { InboxId } from "./Ids.ts"
 import type { IntentData } from "./Intent.ts"
 import { GroupMetadata, GroupMetadataJson, governedOf, METADATA_FIELDS } from "./Model.ts"
@@ -177,6 +184,17 @@ export const commitRefusal = (input: {
   const old = input.newLeafVersions.find((v) => v < floor)
   return old === undefined ? undefined : `adds a leaf of protocol version ${old}; the group requires ${floor}`
 }
+
+/**
+ * Whether a leave request of `inboxId` can no longer be honoured in the epoch with these settings
+ * and members: it is the last super admin, whom no commit may remove. Members void the request
+ * at that epoch, and the leaver becomes active again.
+ */
+export const leaveBlocked = (
+  settings: Uint8Array | undefined,
+  members: ReadonlyArray<InboxId>,
+  inboxId: InboxId
+): boolean => isLastSuperAdmin(Option.getOrElse(decodeSettings(settings), () => GroupMetadata.none), members, inboxId)
 
 /** Which settings a commit changed (empty if none), in a stable order. */
 export const changedSettings = (before: Uint8Array | undefined, after: Uint8Array | undefined): ReadonlyArray<string> => {

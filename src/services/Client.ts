@@ -52,7 +52,7 @@ import {
   UpdatePermissionsData
 } from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
-import { isPaused, PermissionPolicies, type PolicyPreset, presets, type Role } from "../domain/Governance.ts"
+import { isLastSuperAdmin, isPaused, PermissionPolicies, type PolicyPreset, presets, type Role } from "../domain/Governance.ts"
 import { decodeSettings, encodeSettings, type GovernanceIntent, membershipVerdict, nextSettings } from "../domain/GroupSettings.ts"
 import { GroupMetadata, Member, Message, METADATA_FIELDS, type MetadataField, SyncSummary } from "../domain/Model.ts"
 import { StoredGroup, StoredMessage } from "../domain/Stored.ts"
@@ -540,8 +540,7 @@ export const make = (options: ClientOptions = {}) =>
           const members = yield* groupMembers(group)
           if (members.size < 2) return yield* new InvalidInput({ reason: "you are the only member; nobody would remove you" })
           // Every receiver refuses the removal of the last super admin: name another one first.
-          const { superAdmins } = yield* settingsOf(group)
-          if (superAdmins.includes(self) && !superAdmins.some((i) => i !== self && members.has(i))) {
+          if (isLastSuperAdmin(yield* settingsOf(group), [...members.keys()], self)) {
             return yield* new PermissionDenied({ action: "leave", required: "another super admin (setRole first)" })
           }
           if (group.membershipState === "pendingRemove") {

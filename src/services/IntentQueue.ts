@@ -76,6 +76,28 @@ export const settleLeaveRemovals = (ctx: EngineContext, groupId: GroupId, remove
   })
 
 /**
+ * Settles leave requests that the group can no longer honour (the leaver became its last super
+ * admin): the pending removals of those inboxes fail, and so does our own unsent request if we
+ * are one of them, with the permission that is missing.
+ */
+export const voidLeaveRequests = (
+  ctx: EngineContext,
+  groupId: GroupId,
+  voided: ReadonlySet<InboxId>,
+  cause: string
+) =>
+  Effect.gen(function*() {
+    if (voided.size === 0) return
+    const ownVoided = voided.has(ctx.identity.inboxId)
+    for (const intent of yield* ctx.storage.intents.byGroup(groupId, ["ToPublish", "Published"])) {
+      const inboxIds = leaveRemovalOf(intent)
+      const voidedRemoval = inboxIds.length > 0 && inboxIds.every((inboxId) => voided.has(inboxId))
+      const voidedLeave = ownVoided && intent.kind === "Leave" && intent.state === "ToPublish"
+      if (voidedRemoval || voidedLeave) yield* failIntent(ctx, intent, cause)
+    }
+  })
+
+/**
  * Asks to leave again. A leave request is an application message of its epoch: members added
  * after it never read it, and if none of those who did is left, nobody would ever commit the
  * removal. So a pendingRemove installation repeats the request when a page it reads brings in

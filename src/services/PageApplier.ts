@@ -16,7 +16,7 @@ import {
   MetadataChangeJson,
   metadataChangeIdOf
 } from "../domain/Content.ts"
-import { changedSettings, commitRefusal } from "../domain/GroupSettings.ts"
+import { changedSettings, commitRefusal, leaveBlocked } from "../domain/GroupSettings.ts"
 import { encodeGovernanceError, PermissionDenied, type StorageError } from "../domain/Errors.ts"
 import type { ConversationId, GroupId, InboxId } from "../domain/Ids.ts"
 import {
@@ -46,7 +46,8 @@ import {
   settleLeaveRemovals,
   queueInstallationUpdate,
   queueLeaveAgain,
-  queueRemoval
+  queueRemoval,
+  voidLeaveRequests
 } from "./IntentQueue.ts"
 import * as LeafAuthentication from "./LeafAuthentication.ts"
 import type { LeafMember, MlsGroupState, Processed } from "./MlsCrypto.ts"
@@ -94,6 +95,11 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
    * older removal intent must not strike again at a re-added member (nor excuse anyone's commit).
    */
   const removedHere = new Set<InboxId>()
+  /**
+   * Inboxes whose leave request this page voided: they became the group's last super admin,
+   * whom nobody may remove. Decided per epoch, so every member voids at the same commit.
+   */
+  const voidedHere = new Set<InboxId>()
   /** Whether a commit of this page brought in installations (that never saw our leave request). */
   let joined = false
   /** Whether a commit of this page brought in a revoked installation: its removal is queued. */
@@ -175,7 +181,8 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
     processed: Pick<Extract<Processed, { kind: "commit" }>, "committer" | "state" | "metadataBefore" | "metadataAfter">
   ) =>
     Effect.gen(function*() {
-      const stored = (yield* leavingInboxes(ctx, groupId)).filter((inboxId) => !removedHere.has(inboxId))
+      const stored = (yield* leavingInboxes(ctx, groupId))
+        .filter((inboxId) => !removedHere.has(inboxId) && !voidedHere.has(inboxId))
       // The leaver holds no removal intent for itself, yet it asked too: it judges like the others.
       const own = membership === "pendingRemove" ? [identity.inboxId] : []
       const after = crypto.view(processed.state).members
@@ -203,6 +210,28 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
     if (changes.leftGroup) membership = "inactive"
     outcome = { ...outcome, commits: outcome.commits + 1 }
   }
+
+  /** Whether, in the epoch held now, a leave request of this inbox can no longer be carried out. */
+  const blockedLeaver = (inboxId: InboxId) => {
+    const view = crypto.view(state)
+    return leaveBlocked(view.metadata, view.members.map((m) => m.inboxId), inboxId)
+  }
+
+  /** After a commit: voids the leave requests it made impossible (ours included: we are active again). */
+  const voidBlockedLeaves = Effect.gen(function*() {
+    if (membership === "inactive") return
+    const stored = yield* leavingInboxes(ctx, groupId)
+    const own = membership === "pendingRemove" ? [identity.inboxId] : []
+    for (const inboxId of new Set([...leaving, ...stored, ...own])) {
+      if (removedHere.has(inboxId) || voidedHere.has(inboxId) || !blockedLeaver(inboxId)) continue
+      leaving.delete(inboxId)
+      voidedHere.add(inboxId)
+      if (inboxId === identity.inboxId) membership = "active"
+      yield* Effect.logInfo("leave request voided: the leaver is the group's last super admin").pipe(
+        Effect.annotateLogs({ inboxId })
+      )
+    }
+  })
 
   /** Our text or leave request landed: it is published where the DS put it. */
   const ownMessage = (intent: StoredIntent, envelope: GroupMessageEnvelope) => {
@@ -244,6 +273,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       }
       adopt(staged, ownCommitChanges(before, after), me, envelope)
       writes.push(storage.intents.markCommitted(intent.id, envelope.sequenceId))
+      yield* voidBlockedLeaves
     })
 
   /** Someone's commit for our epoch: processed, then every leaf of its result checked. */
@@ -263,6 +293,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       // times) and removed at once.
       if (after.active && (yield* LeafAuthentication.enteringRevoked(identity, current, after))) revokedEntered = true
       adopt(processed.right.state, commitChanges(before, after, identity.inboxId), processed.right.committer, envelope)
+      yield* voidBlockedLeaves
     })
 
   /** Someone's application message: decrypt it, then do what it asks. */
@@ -279,11 +310,22 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       const reason = applicationSkipReason(decision)
       if (reason !== undefined) return yield* skip(envelope, reason)
       ApplicationDecision.$match(decision, {
+        // A request the group cannot honour in this epoch is void for every member alike.
         OwnInboxLeaving: () => {
-          if (membership === "active") membership = "pendingRemove"
+          if (blockedLeaver(identity.inboxId)) {
+            voidedHere.add(identity.inboxId)
+          } else {
+            voidedHere.delete(identity.inboxId)
+            if (membership === "active") membership = "pendingRemove"
+          }
         },
         MemberLeaving: ({ inboxId }) => {
-          leaving.add(inboxId)
+          if (blockedLeaver(inboxId)) {
+            voidedHere.add(inboxId)
+          } else {
+            voidedHere.delete(inboxId)
+            leaving.add(inboxId)
+          }
         },
         Text: ({ nonce, text }) => {
           newMessages.push(StoredMessage.make({
@@ -401,6 +443,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       if (forked !== undefined && !progressedSinceFork) yield* storage.groups.markForked(groupId, forked)
       else if (progressedSinceFork && group.maybeForked) yield* storage.groups.clearForked(groupId)
       yield* settleLeaveRemovals(ctx, groupId, removedHere)
+      yield* voidLeaveRequests(ctx, groupId, voidedHere, voidedCause)
       // Out of the group, we queue nothing for it (failPendingIntents above would miss it).
       if (membership !== "inactive") for (const inboxId of leaving) yield* queueRemoval(ctx, groupId, inboxId, now)
       if (joined && membership === "pendingRemove") yield* queueLeaveAgain(ctx, groupId, now)
@@ -411,6 +454,10 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
 
   return { apply, commit: commitPage, outcome: () => outcome }
 }
+
+const voidedCause = encodeGovernanceError(
+  new PermissionDenied({ action: "leave", required: "another super admin (setRole first)" })
+)
 
 /** A skip's detail for the debug log. */
 const describe = (decision: EnvelopeDecision): string =>
