@@ -13,7 +13,7 @@ await esbuild.build({
   format: "esm",
   platform: "node",
   target: "node20",
-  external: ["better-sqlite3", "pg-native", "bufferutil", "utf-8-validate", "msgpackr-extract"],
+  external: ["better-sqlite3", "pg-native", "bufferutil", "utf-8-validate", "msgpackr-extract", "@grpc/grpc-js", "@xmtp/proto"],
   // Bundled CommonJS packages call `require` for Node built-ins.
   banner: { js: "import { createRequire as __convergeRequire } from 'node:module'; const require = __convergeRequire(import.meta.url);" },
   legalComments: "none",

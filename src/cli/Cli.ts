@@ -506,6 +506,11 @@ const serve = Command.make(
       Options.withFallbackConfig(Config.integer("CONVERGE_METRICS_PORT")),
       Options.optional
     ),
+    xmtpPort: Options.integer("xmtp-port").pipe(
+      Options.withDescription("also serve XMTP's V3 gRPC API (MlsApi, IdentityApi; h2c) on this port, same database; default off (env CONVERGE_XMTP_PORT)"),
+      Options.withFallbackConfig(Config.integer("CONVERGE_XMTP_PORT")),
+      Options.optional
+    ),
     postgres: Options.text("postgres").pipe(
       Options.withDescription("store in Postgres at this URL instead of SQLite (env CONVERGE_POSTGRES)"),
       Options.withFallbackConfig(Config.string("CONVERGE_POSTGRES")),

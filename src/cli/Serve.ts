@@ -2,6 +2,7 @@
  * `converge serve`: a delivery service over the network, stored in SQLite (the embedded
  * default) or Postgres (several instances may share one database).
  */
+import type { SqlClient } from "@effect/sql"
 import { PgClient } from "@effect/sql-pg"
 import { Console, Context, Effect, Layer, Option, Redacted } from "effect"
 import * as fs from "node:fs"
@@ -30,6 +31,8 @@ export interface ServeOptions extends Partial<ServeLimits> {
   readonly postgres: Option.Option<string>
   /** Serve Prometheus text on `GET /metrics` of this port (same host). */
   readonly metricsPort: Option.Option<number>
+  /** Also serve XMTP's V3 gRPC API on this port (same host, same database). */
+  readonly xmtpPort?: Option.Option<number>
 }
 
 /** The server options for `options`; a limit that is not a positive integer is the user's to fix. */
@@ -58,19 +61,23 @@ export const serverOptions = (options: ServeOptions): Effect.Effect<ServerOption
   })
 }
 
-/** The store-backed delivery service a server runs. */
-export const deliveryLayer = (options: Pick<ServeOptions, "db" | "postgres">) => {
-  const store: Layer.Layer<DeliveryStore, DeliveryStoreError | InvalidInput> = Option.match(options.postgres, {
-    onNone: () => SqlDeliveryStore.layerSqlite.pipe(Layer.provide(openSqlite(options.db))),
+/** The server's store, and the SQL client it is on (the XMTP face keeps its tables there too). */
+export const storeLayer = (
+  options: Pick<ServeOptions, "db" | "postgres">
+): Layer.Layer<DeliveryStore | SqlClient.SqlClient, DeliveryStoreError | InvalidInput> =>
+  Option.match(options.postgres, {
+    onNone: () => SqlDeliveryStore.layerSqlite.pipe(Layer.provideMerge(openSqlite(options.db))),
     // A wrong URL or an unreachable server is the user's to fix: a typed error, one line.
     onSome: (url) =>
       PgDeliveryStore.layerPg().pipe(
-        Layer.provide(PgClient.layer({ url: Redacted.make(url) })),
+        Layer.provideMerge(PgClient.layer({ url: Redacted.make(url) })),
         Layer.mapError((e) => new InvalidInput({ reason: `cannot use Postgres at --postgres: ${e.message}` }))
       )
   })
-  return StoreDeliveryService.layer().pipe(Layer.provide(store), Layer.provide(TsMlsCrypto.layer()))
-}
+
+/** The store-backed delivery service a server runs. */
+export const deliveryLayer = (options: Pick<ServeOptions, "db" | "postgres">) =>
+  StoreDeliveryService.layer().pipe(Layer.provide(storeLayer(options)), Layer.provide(TsMlsCrypto.layer()))
 
 /** The code of a Node system error inside a `ServeError`, e.g. `EADDRINUSE`. */
 const systemCode = (cause: unknown) =>
@@ -89,6 +96,20 @@ const listenError = (options: ServeOptions, flag = "--port") => (error: { readon
   return new UsageError({ argument: `--host ${options.host}`, reason: `cannot listen on ${options.host}:${options.port}: ${detail}` })
 }
 
+/** The XMTP V3 face on `port`, with the Converge face's bounds, beside it on the same store. */
+const serveXmtp = (options: ServeOptions, port: number, limits: ServerOptions) =>
+  Effect.gen(function*() {
+    const { XmtpServer, XmtpStore } = yield* Effect.promise(() => import("../xmtp/index.ts"))
+    const store = yield* Layer.build(XmtpStore.layer).pipe(
+      Effect.mapError((e) => new InvalidInput({ reason: `cannot prepare the XMTP tables: ${e.message}` }))
+    )
+    const address = yield* XmtpServer.serve({ ...limits, port, host: options.host }).pipe(
+      Effect.provide(store),
+      Effect.mapError((cause) => listenError({ ...options, port }, "--xmtp-port")({ cause }))
+    )
+    return address.url
+  })
+
 export const serve = (options: ServeOptions) =>
   Effect.scoped(Effect.gen(function*() {
     const folder = path.dirname(path.resolve(options.db))
@@ -101,7 +122,10 @@ export const serve = (options: ServeOptions) =>
     }
     // Built into this scope, so the store outlives `serve`'s own setup and closes on shutdown.
     const server = yield* serverOptions(options)
-    const delivery = yield* Layer.build(deliveryLayer(options))
+    const stores = yield* Layer.build(storeLayer(options))
+    const delivery = yield* Layer.build(
+      StoreDeliveryService.layer().pipe(Layer.provide(Layer.succeedContext(stores)), Layer.provide(TsMlsCrypto.layer()))
+    )
     const measured = Metrics.instrument(Context.get(delivery, DeliveryService))
     const address = yield* DeliveryServer.serve(server).pipe(
       Effect.provideService(DeliveryService, measured),
@@ -109,6 +133,11 @@ export const serve = (options: ServeOptions) =>
     )
     const store = Option.isSome(options.postgres) ? "postgres" : `sqlite ${options.db}`
     yield* Console.log(`converge delivery service on ${address.url} (${store})`)
+    const xmtpPort = options.xmtpPort ?? Option.none()
+    if (Option.isSome(xmtpPort)) {
+      const url = yield* serveXmtp(options, xmtpPort.value, server).pipe(Effect.provide(stores))
+      yield* Console.log(`XMTP V3 API (gRPC, h2c) on ${url}`)
+    }
     if (Option.isSome(options.metricsPort)) {
       const port = options.metricsPort.value
       const url = yield* Metrics.serveMetrics(options.host, port).pipe(

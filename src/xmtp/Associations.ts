@@ -1,0 +1,317 @@
+/**
+ * XMTP identity updates, verified the way node-go's validation service does it (libxmtp's
+ * association state): an update is applied on top of the state its inbox's log replays to,
+ * every signature is checked against the update's signature text, and a signature seen
+ * before in the log is a replay.
+ *
+ * Signatures: ERC-191 (secp256k1 recovery over keccak-256 of the Ethereum signed-message
+ * prefix and text) for wallets, Ed25519ph with the context "IDENTITY UPDATE SIGNATURE" for
+ * installation keys. Smart-contract wallets (ERC-1271/6492) would need a chain to ask, and
+ * passkeys and legacy V2 keys are not supported here: such updates are refused by name.
+ */
+import { ed25519ph } from "@noble/curves/ed25519.js"
+import { secp256k1 } from "@noble/curves/secp256k1.js"
+import { sha256 } from "@noble/hashes/sha2.js"
+import { keccak_256 } from "@noble/hashes/sha3.js"
+import { Data, Either } from "effect"
+import type { IdentityAction, IdentityUpdate, MemberIdentifier, Signature } from "./Proto.ts"
+import { IdentifierKind, int64 } from "./Proto.ts"
+
+/** An update that does not apply; `reason` goes back to the caller. */
+export class InvalidIdentityUpdate extends Data.TaggedError("InvalidIdentityUpdate")<{ readonly reason: string }> {}
+
+/** node-go refuses to grow an inbox's log past this many entries. */
+export const MAX_LOG_ENTRIES = 256
+/** libxmtp's limit on an inbox's installations. */
+export const MAX_INSTALLATIONS_PER_INBOX = 10
+/** Most actions in one update: a client sends at most a handful. */
+export const MAX_ACTIONS_PER_UPDATE = 16
+
+export type MemberKind = "ethereum" | "installation"
+
+export interface Member {
+  readonly key: string
+  readonly kind: MemberKind
+  /** The member that added it (its key); none for the inbox's creator. */
+  readonly addedBy: string | undefined
+}
+
+export interface AssociationState {
+  readonly inboxId: string
+  readonly members: ReadonlyMap<string, Member>
+  /** An Ethereum address, lowercase. */
+  readonly recovery: string
+  readonly seen: ReadonlySet<string>
+}
+
+const hex = (bytes: Uint8Array) => Buffer.from(bytes).toString("hex")
+const utf8 = (text: string) => new TextEncoder().encode(text)
+
+const ethKey = (address: string) => `eth:${address}`
+const installationKey = (publicKey: Uint8Array) => `inst:${hex(publicKey)}`
+
+/** The Ethereum address in an identifier, lowercase, or undefined if it is not one. */
+export const ethereumAddress = (identifier: string): string | undefined =>
+  /^0x[0-9a-fA-F]{40}$/.test(identifier) ? identifier.toLowerCase() : undefined
+
+/** libxmtp's inbox id: sha256 hex of the lowercase address followed by the nonce in decimal. */
+export const inboxIdOf = (address: string, nonce: bigint) => hex(sha256(utf8(`${address}${nonce}`)))
+
+// ---- signature text ----
+
+interface Identified {
+  readonly key: string
+  readonly kind: MemberKind
+  /** How the signature text names it. */
+  readonly text: string
+}
+
+const member = (identifier: MemberIdentifier | undefined): Either.Either<Identified, InvalidIdentityUpdate> => {
+  if (identifier?.ethereumAddress !== undefined) {
+    const address = ethereumAddress(identifier.ethereumAddress)
+    return address === undefined
+      ? Either.left(new InvalidIdentityUpdate({ reason: `not an Ethereum address: ${identifier.ethereumAddress.slice(0, 64)}` }))
+      : Either.right({ key: ethKey(address), kind: "ethereum", text: address })
+  }
+  if (identifier?.installationPublicKey !== undefined) {
+    const publicKey = identifier.installationPublicKey
+    return publicKey.length === 32
+      ? Either.right({ key: installationKey(publicKey), kind: "installation", text: hex(publicKey) })
+      : Either.left(new InvalidIdentityUpdate({ reason: "an installation key is not 32 bytes" }))
+  }
+  if (identifier?.passkey !== undefined) {
+    return Either.left(new InvalidIdentityUpdate({ reason: "passkey members are not supported by this server" }))
+  }
+  return Either.left(new InvalidIdentityUpdate({ reason: "a member identifier is missing" }))
+}
+
+const actionLine = (kind: MemberKind, verbs: { readonly installation: string; readonly ethereum: string }, text: string) =>
+  kind === "installation" ? `- ${verbs.installation}\n  (ID: ${text})` : `- ${verbs.ethereum}\n  (Address: ${text})`
+
+const actionText = (action: IdentityAction): Either.Either<string, InvalidIdentityUpdate> => {
+  if (action.createInbox !== undefined) {
+    const address = ethereumAddress(action.createInbox.initialIdentifier)
+    if (action.createInbox.initialIdentifierKind === IdentifierKind.Passkey) {
+      return Either.left(new InvalidIdentityUpdate({ reason: "passkey inboxes are not supported by this server" }))
+    }
+    return address === undefined
+      ? Either.left(new InvalidIdentityUpdate({ reason: "create inbox: the initial identifier is not an Ethereum address" }))
+      : Either.right(`- Create inbox\n  (Owner: ${address})`)
+  }
+  if (action.add !== undefined) {
+    return Either.map(member(action.add.newMemberIdentifier), (m) =>
+      actionLine(m.kind, { installation: "Grant messaging access to app", ethereum: "Link address to inbox" }, m.text))
+  }
+  if (action.revoke !== undefined) {
+    return Either.map(member(action.revoke.memberToRevoke), (m) =>
+      actionLine(m.kind, { installation: "Revoke messaging access from app", ethereum: "Unlink address from inbox" }, m.text))
+  }
+  if (action.changeRecoveryAddress !== undefined) {
+    const address = ethereumAddress(action.changeRecoveryAddress.newRecoveryIdentifier)
+    return address === undefined
+      ? Either.left(new InvalidIdentityUpdate({ reason: "change recovery address: not an Ethereum address" }))
+      : Either.right(`- Change inbox recovery address\n  (Address: ${address})`)
+  }
+  return Either.left(new InvalidIdentityUpdate({ reason: "an action of no known kind" }))
+}
+
+/** RFC 3339 in whole seconds, UTC, as chrono's `to_rfc3339_opts(Secs, true)` writes it. */
+const prettyTimestamp = (ns: bigint) => new Date(Number(ns / 1_000_000_000n) * 1000).toISOString().replace(/\.\d{3}Z$/, "Z")
+
+/** Latest client timestamp accepted: year 9999 (beyond it the text's date has no RFC 3339 form). */
+const MAX_TIMESTAMP_NS = 253_402_300_799n * 1_000_000_000n
+
+/** The text every signature of `update` signs (libxmtp `UnsignedIdentityUpdate::signature_text`). */
+export const signatureText = (update: IdentityUpdate): Either.Either<string, InvalidIdentityUpdate> =>
+  Either.gen(function*() {
+    const ns = int64(update.clientTimestampNs)
+    if (ns < 0n || ns > MAX_TIMESTAMP_NS) return yield* Either.left(new InvalidIdentityUpdate({ reason: "client timestamp out of range" }))
+    const lines: Array<string> = []
+    for (const action of update.actions) lines.push(yield* actionText(action))
+    return `XMTP : Authenticate to inbox\n\nInbox ID: ${update.inboxId}\nCurrent time: ${prettyTimestamp(ns)}\n\n` +
+      `${lines.join("\n")}\n\nFor more info: https://xmtp.org/signatures`
+  })
+
+// ---- signatures ----
+
+interface Verified {
+  readonly signer: string
+  readonly kind: "erc191" | "installationKey"
+  /** The bytes a replay is recognised by (hex). */
+  readonly raw: string
+}
+
+const INSTALLATION_KEY_CONTEXT = utf8("IDENTITY UPDATE SIGNATURE")
+const HALF_ORDER = secp256k1.Point.CURVE().n >> 1n
+
+/** The address that signed `text` with ERC-191, from a 65-byte r‖s‖v signature (s normalized low). */
+const recoverErc191 = (text: string, bytes: Uint8Array): Either.Either<Verified, InvalidIdentityUpdate> => {
+  if (bytes.length !== 65) return Either.left(new InvalidIdentityUpdate({ reason: "an ERC-191 signature is not 65 bytes" }))
+  const v = bytes[64]!
+  let recovery = v >= 27 ? v - 27 : v
+  if (recovery !== 0 && recovery !== 1) return Either.left(new InvalidIdentityUpdate({ reason: "an ERC-191 signature has a bad recovery id" }))
+  try {
+    let signature = secp256k1.Signature.fromBytes(bytes.subarray(0, 64), "compact")
+    if (signature.s > HALF_ORDER) {
+      // The low-s twin of a signature recovers the same key with the other recovery id.
+      signature = new secp256k1.Signature(signature.r, secp256k1.Point.CURVE().n - signature.s)
+      recovery ^= 1
+    }
+    const message = utf8(text)
+    const prefixed = new Uint8Array([...utf8(`\x19Ethereum Signed Message:\n${message.length}`), ...message])
+    const publicKey = signature.addRecoveryBit(recovery).recoverPublicKey(keccak_256(prefixed)).toBytes(false)
+    const address = `0x${hex(keccak_256(publicKey.subarray(1)).subarray(12))}`
+    // A replay is recognised by r and the low s, whatever the recovery byte's form.
+    return Either.right({ signer: ethKey(address), kind: "erc191", raw: hex(signature.toBytes("compact")) })
+  } catch {
+    return Either.left(new InvalidIdentityUpdate({ reason: "an ERC-191 signature does not recover" }))
+  }
+}
+
+const verifySignature = (text: string, signature: Signature | undefined): Either.Either<Verified, InvalidIdentityUpdate> => {
+  if (signature?.erc191 !== undefined) return recoverErc191(text, signature.erc191.bytes)
+  if (signature?.installationKey !== undefined) {
+    const { bytes, publicKey } = signature.installationKey
+    let valid = false
+    try {
+      valid = bytes.length === 64 && publicKey.length === 32 &&
+        ed25519ph.verify(bytes, utf8(text), publicKey, { context: INSTALLATION_KEY_CONTEXT, zip215: false })
+    } catch {
+      valid = false
+    }
+    return valid
+      ? Either.right({ signer: installationKey(publicKey), kind: "installationKey", raw: hex(bytes) })
+      : Either.left(new InvalidIdentityUpdate({ reason: "an installation key signature does not verify" }))
+  }
+  if (signature?.erc6492 !== undefined) {
+    return Either.left(new InvalidIdentityUpdate({
+      reason: "smart-contract wallet signatures (ERC-1271/6492) are not supported: this server reaches no chain"
+    }))
+  }
+  if (signature?.passkey !== undefined) return Either.left(new InvalidIdentityUpdate({ reason: "passkey signatures are not supported by this server" }))
+  if (signature?.delegatedErc191 !== undefined) {
+    return Either.left(new InvalidIdentityUpdate({ reason: "legacy delegated (V2) signatures are not supported by this server" }))
+  }
+  return Either.left(new InvalidIdentityUpdate({ reason: "a signature is missing" }))
+}
+
+const allowedFor = (kind: MemberKind, signature: Verified) =>
+  kind === "ethereum" ? signature.kind === "erc191" : signature.kind === "installationKey"
+
+// ---- replay ----
+
+const fail = (reason: string) => Either.left(new InvalidIdentityUpdate({ reason }))
+
+const notReplayed = (state: AssociationState, signatures: ReadonlyArray<Verified>) =>
+  signatures.some((s) => state.seen.has(s.raw)) ? fail("replay: a signature was already used in this inbox's log") : Either.right(undefined)
+
+const withMember = (state: AssociationState, m: Member): AssociationState => ({
+  ...state,
+  members: new Map(state.members).set(m.key, m)
+})
+
+/**
+ * One action on the state so far. Its signatures are added to `used`: libxmtp records them as
+ * seen only once the whole update applied (one wallet signature may serve several actions).
+ */
+const applyAction = (
+  state: AssociationState | undefined,
+  action: IdentityAction,
+  text: string,
+  used: Array<string>
+): Either.Either<AssociationState, InvalidIdentityUpdate> =>
+  Either.gen(function*() {
+    if (action.createInbox !== undefined) {
+      if (state !== undefined) return yield* fail("the inbox was already created")
+      const address = ethereumAddress(action.createInbox.initialIdentifier)!
+      const signature = yield* verifySignature(text, action.createInbox.initialIdentifierSignature)
+      if (signature.signer !== ethKey(address)) return yield* fail("create inbox: not signed by the initial identifier")
+      const inboxId = inboxIdOf(address, int64(action.createInbox.nonce))
+      const creator: Member = { key: ethKey(address), kind: "ethereum", addedBy: undefined }
+      used.push(signature.raw)
+      return { inboxId, members: new Map([[creator.key, creator]]), recovery: address, seen: new Set() }
+    }
+    if (state === undefined) return yield* fail("the inbox was not created yet")
+    if (action.add !== undefined) {
+      const added = yield* member(action.add.newMemberIdentifier)
+      const newSignature = yield* verifySignature(text, action.add.newMemberSignature)
+      const existingSignature = yield* verifySignature(text, action.add.existingMemberSignature)
+      yield* notReplayed(state, [newSignature, existingSignature])
+      if (newSignature.signer !== added.key) return yield* fail("add: the new member's signature is not the new member's")
+      if (newSignature.signer === existingSignature.signer) return yield* fail("add: a member cannot add itself")
+      if (!allowedFor(added.kind, newSignature)) return yield* fail(`add: a ${newSignature.kind} signature cannot sign for a ${added.kind} member`)
+      const existing = state.members.get(existingSignature.signer)
+      const existingKind: MemberKind | undefined = existing?.kind ??
+        (existingSignature.signer === ethKey(state.recovery) ? "ethereum" : undefined)
+      if (existingKind === undefined) return yield* fail("add: not signed by a member of the inbox or its recovery address")
+      if (!allowedFor(existingKind, existingSignature)) return yield* fail("add: the existing member's signature is of the wrong kind")
+      if (existingKind === "installation" && added.kind === "installation") return yield* fail("add: an installation cannot add an installation")
+      used.push(newSignature.raw, existingSignature.raw)
+      return withMember(state, { key: added.key, kind: added.kind, addedBy: existingSignature.signer })
+    }
+    if (action.revoke !== undefined) {
+      const revoked = yield* member(action.revoke.memberToRevoke)
+      const signature = yield* verifySignature(text, action.revoke.recoveryIdentifierSignature)
+      yield* notReplayed(state, [signature])
+      if (signature.signer !== ethKey(state.recovery)) return yield* fail("revoke: not signed by the recovery address")
+      const members = new Map(state.members)
+      members.delete(revoked.key)
+      for (const [key, m] of state.members) if (m.addedBy === revoked.key && m.kind === "installation") members.delete(key)
+      used.push(signature.raw)
+      return { ...state, members }
+    }
+    const change = action.changeRecoveryAddress!
+    const signature = yield* verifySignature(text, change.existingRecoveryIdentifierSignature)
+    yield* notReplayed(state, [signature])
+    if (signature.signer !== ethKey(state.recovery)) return yield* fail("change recovery address: not signed by the recovery address")
+    used.push(signature.raw)
+    return { ...state, recovery: ethereumAddress(change.newRecoveryIdentifier)! }
+  })
+
+const installations = (state: AssociationState) => Array.from(state.members.values()).filter((m) => m.kind === "installation").length
+
+/** The state after `update`, applied on `state` (undefined before the inbox's first update). */
+export const applyUpdate = (
+  state: AssociationState | undefined,
+  update: IdentityUpdate
+): Either.Either<AssociationState, InvalidIdentityUpdate> =>
+  Either.gen(function*() {
+    if (update.actions.length === 0) return yield* fail("an update with no actions")
+    if (update.actions.length > MAX_ACTIONS_PER_UPDATE) return yield* fail(`more than ${MAX_ACTIONS_PER_UPDATE} actions in one update`)
+    const text = yield* signatureText(update)
+    let next = state
+    const used: Array<string> = []
+    for (const action of update.actions) next = yield* applyAction(next, action, text, used)
+    if (next === undefined || next.inboxId !== update.inboxId) return yield* fail("the update names another inbox id")
+    if (installations(next) > MAX_INSTALLATIONS_PER_INBOX) {
+      return yield* fail(`an inbox may have at most ${MAX_INSTALLATIONS_PER_INBOX} installations`)
+    }
+    return { ...next, seen: new Set([...next.seen, ...used]) }
+  })
+
+/** Replays a whole log; a stored log that no longer replays is a defect of the store. */
+export const replay = (updates: ReadonlyArray<IdentityUpdate>): Either.Either<AssociationState | undefined, InvalidIdentityUpdate> => {
+  let state: AssociationState | undefined
+  for (const update of updates) {
+    const next = applyUpdate(state, update)
+    if (Either.isLeft(next)) return next
+    state = next.right
+  }
+  return Either.right(state)
+}
+
+/** The Ethereum addresses an update associates with its inbox (created with or linked). */
+export const addressesAdded = (update: IdentityUpdate): ReadonlyArray<string> =>
+  update.actions.flatMap((a) => {
+    const address = a.createInbox?.initialIdentifier ?? a.add?.newMemberIdentifier?.ethereumAddress
+    const normalized = address === undefined ? undefined : ethereumAddress(address)
+    return normalized === undefined ? [] : [normalized]
+  })
+
+/** The Ethereum addresses an update unlinks from its inbox. */
+export const addressesRevoked = (update: IdentityUpdate): ReadonlyArray<string> =>
+  update.actions.flatMap((a) => {
+    const address = a.revoke?.memberToRevoke?.ethereumAddress
+    const normalized = address === undefined ? undefined : ethereumAddress(address)
+    return normalized === undefined ? [] : [normalized]
+  })

@@ -1,0 +1,168 @@
+/**
+ * The XMTP V3 face of `converge serve`: `xmtp.mls.api.v1.MlsApi` and
+ * `xmtp.identity.api.v1.IdentityApi` as gRPC over HTTP/2 cleartext (what libxmtp's tonic
+ * client speaks for `http://` URLs), on `@grpc/grpc-js` with `@xmtp/proto`'s codecs.
+ *
+ * The transport keeps the Converge face's bounds: this module owns the TCP listener and hands
+ * each accepted socket to grpc-js (a connection injector), refusing past `maxConnections`;
+ * message size, calls in flight per connection (HTTP/2 concurrent streams), subscriptions per
+ * connection, idle sockets, unary deadlines and readers that stop reading are all bounded.
+ * A refused or failed call gets a gRPC status with a reason; nothing is stored for it.
+ */
+import * as Grpc from "@grpc/grpc-js"
+import { Cause, Effect, Exit, Fiber, Option, Runtime, type Scope, Stream } from "effect"
+import * as Net from "node:net"
+import { resolveLimits, type TransportLimits } from "../layers/ServerLimits.ts"
+import { IDENTITY_API, MLS_API } from "./Proto.ts"
+import * as IdentityApi from "./XmtpIdentityApi.ts"
+import * as MlsApi from "./XmtpMlsApi.ts"
+import type { Unary } from "./XmtpMlsApi.ts"
+import { Code, DEFAULT_XMTP_LIMITS, type XmtpLimits, XmtpStatus } from "./XmtpStatus.ts"
+import type { XmtpStore } from "./XmtpStore.ts"
+import * as Subscriptions from "./XmtpSubscriptions.ts"
+import type { Streaming } from "./XmtpSubscriptions.ts"
+
+export interface XmtpServerOptions extends TransportLimits, Partial<XmtpLimits> {
+  readonly port: number
+  readonly host: string
+}
+
+
+const statusOf = (cause: Cause.Cause<XmtpStatus>): Partial<Grpc.StatusObject> => {
+  const failure = Cause.failureOption(cause)
+  if (Option.isSome(failure)) return { code: failure.value.code, details: failure.value.reason }
+  if (Cause.isInterruptedOnly(cause)) return { code: Grpc.status.CANCELLED, details: "cancelled" }
+  return { code: Code.Internal, details: "internal error" }
+}
+
+/** Waits until `call` takes more, or gives up after `millis` (false). */
+const writable = (call: Grpc.ServerWritableStream<unknown, unknown>, millis: number) =>
+  Effect.async<boolean>((resume) => {
+    if (!call.writableNeedDrain) return resume(Effect.succeed(true))
+    const done = () => resume(Effect.succeed(!call.destroyed))
+    const timer = setTimeout(() => resume(Effect.succeed(false)), millis)
+    call.once("drain", done)
+    call.once("close", done)
+    return Effect.sync(() => {
+      clearTimeout(timer)
+      call.off("drain", done)
+      call.off("close", done)
+    })
+  })
+
+const makeHandlers = (
+  runtime: Runtime.Runtime<XmtpStore>,
+  limits: Required<TransportLimits>,
+  subscriptionsPerPeer: Map<string, number>
+) => {
+  const unary = (name: string, handler: Unary): Grpc.handleUnaryCall<unknown, unknown> => (call, callback) => {
+    const effect = (handler(call.request as never) as Effect.Effect<unknown, XmtpStatus, XmtpStore>).pipe(
+      Effect.timeoutFail({
+        duration: limits.requestTimeoutMillis,
+        onTimeout: () => new XmtpStatus({ code: Grpc.status.DEADLINE_EXCEEDED, reason: `${name} took longer than ${limits.requestTimeoutMillis} ms` })
+      }),
+      Effect.tapErrorCause((cause) =>
+        Cause.isFailure(cause) && Option.isNone(Cause.failureOption(cause))
+          ? Effect.logError(`xmtp: ${name} failed`, cause)
+          : Effect.void),
+      Effect.annotateLogs({ rpc: name })
+    )
+    const fiber = Runtime.runFork(runtime)(effect)
+    call.once("cancelled", () => Runtime.runFork(runtime)(Fiber.interrupt(fiber)))
+    fiber.addObserver((exit) =>
+      Exit.isSuccess(exit) ? callback(null, exit.value) : callback(statusOf(exit.cause), null))
+  }
+
+  const streaming = (name: string, handler: Streaming): Grpc.handleServerStreamingCall<unknown, unknown> => (call) => {
+    // node-go sends headers at once: tonic's client waits for them before the stream counts as open.
+    call.sendMetadata(new Grpc.Metadata())
+    const peer = call.getPeer()
+    const open = subscriptionsPerPeer.get(peer) ?? 0
+    if (open >= limits.maxSubscriptionsPerConnection) {
+      call.emit("error", {
+        code: Code.ResourceExhausted,
+        details: `more than ${limits.maxSubscriptionsPerConnection} subscriptions on this connection`
+      })
+      return
+    }
+    subscriptionsPerPeer.set(peer, open + 1)
+    const run = Stream.runForEach(
+      handler(call.request as never) as Stream.Stream<unknown, XmtpStatus, XmtpStore>,
+      (message) =>
+        Effect.flatMap(Effect.sync(() => call.write(message)), () =>
+          Effect.flatMap(writable(call, limits.slowReaderTimeoutMillis), (ok) =>
+            ok ? Effect.void : Effect.fail(new XmtpStatus({ code: Code.ResourceExhausted, reason: "the reader did not keep up" }))))
+    ).pipe(Effect.annotateLogs({ rpc: name }))
+    const fiber = Runtime.runFork(runtime)(run)
+    const stop = () => Runtime.runFork(runtime)(Fiber.interrupt(fiber))
+    call.once("cancelled", stop)
+    call.once("close", stop)
+    fiber.addObserver((exit) => {
+      const left = (subscriptionsPerPeer.get(peer) ?? 1) - 1
+      if (left <= 0) subscriptionsPerPeer.delete(peer)
+      else subscriptionsPerPeer.set(peer, left)
+      if (call.cancelled || call.destroyed) return
+      if (Exit.isSuccess(exit)) call.end()
+      else call.emit("error", statusOf(exit.cause))
+    })
+  }
+  return { unary, streaming }
+}
+
+const grpcOptions = (limits: Required<TransportLimits>): Grpc.ServerOptions => ({
+  "grpc.max_receive_message_length": limits.maxBodyBytes,
+  "grpc.max_send_message_length": limits.maxBodyBytes * 2,
+  "grpc.max_concurrent_streams": limits.maxInFlightPerConnection,
+  // Pings keep a quiet subscription's connection alive, and find dead peers.
+  "grpc.keepalive_time_ms": 30_000,
+  "grpc.keepalive_timeout_ms": 10_000,
+  "grpc.keepalive_permit_without_calls": 1,
+  "grpc.http2.min_ping_interval_without_data_ms": 5_000,
+  "grpc.max_connection_idle_ms": limits.idleTimeoutMillis
+})
+
+/** Listens on `options.host:options.port` until the scope closes; returns the address. */
+export const serve = (options: XmtpServerOptions): Effect.Effect<{ readonly port: number; readonly url: string }, Error, XmtpStore | Scope.Scope> =>
+  Effect.gen(function*() {
+    const limits = resolveLimits(options)
+    const apiLimits: XmtpLimits = { ...DEFAULT_XMTP_LIMITS, ...options }
+    const runtime = yield* Effect.runtime<XmtpStore>()
+    const { streaming, unary } = makeHandlers(runtime, limits, new Map())
+    const server = new Grpc.Server(grpcOptions(limits))
+    const mls: Record<string, Unary> = MlsApi.make(apiLimits)
+    const subscriptions: Record<string, Streaming> = Subscriptions.make(apiLimits)
+    const identity: Record<string, Unary> = IdentityApi.make(apiLimits)
+    const implementation = (handlers: Record<string, Unary>, streams: Record<string, Streaming>) =>
+      Object.fromEntries([
+        ...Object.entries(handlers).map(([name, h]) => [name, unary(name, h)] as const),
+        ...Object.entries(streams).map(([name, h]) => [name, streaming(name, h)] as const)
+      ])
+    server.addService(MLS_API, implementation(mls, subscriptions))
+    server.addService(IDENTITY_API, implementation(identity, {}))
+    const injector = server.createConnectionInjector(Grpc.ServerCredentials.createInsecure())
+
+    let open = 0
+    const listener = Net.createServer((socket) => {
+      if (open >= limits.maxConnections) return socket.destroy()
+      open += 1
+      socket.once("close", () => open -= 1)
+      // Any traffic (HTTP/2 pings included) keeps a socket; a silent one is closed.
+      socket.setTimeout(limits.idleTimeoutMillis, () => socket.destroy())
+      socket.on("error", () => {})
+      injector.injectConnection(socket)
+    })
+    yield* Effect.acquireRelease(
+      Effect.async<void, Error>((resume) => {
+        listener.once("error", (e) => resume(Effect.fail(e)))
+        listener.listen(options.port, options.host, () => resume(Effect.void))
+      }),
+      () =>
+        Effect.async<void>((resume) => {
+          injector.destroy()
+          server.forceShutdown()
+          listener.close(() => resume(Effect.void))
+        })
+    )
+    const address = listener.address() as Net.AddressInfo
+    return { port: address.port, url: `http://${options.host.includes(":") ? `[${options.host}]` : options.host}:${address.port}` }
+  })
