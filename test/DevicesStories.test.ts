@@ -81,6 +81,37 @@ describe("A new installation", () => {
       yield* bob2.syncAll
       expect(yield* texts(yield* open(bob2, group.id))).toContain("welcome, second phone")
     }))
+
+  it.scoped("a member in many groups learns of it in one batched call, with no identity request per group", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const calls = { syncQuery: 0, getIdentityUpdates: 0 }
+      const alice = yield* net.client("alice")
+      const bob = yield* net.client("bob", {
+        wrapDelivery: (ds) => ({
+          ...ds,
+          syncQuery: (query) => Effect.suspend(() => (calls.syncQuery++, ds.syncQuery(query))),
+          getIdentityUpdates: (queries) => Effect.suspend(() => (calls.getIdentityUpdates++, ds.getIdentityUpdates(queries)))
+        })
+      })
+      const groups = yield* Effect.forEach([1, 2, 3, 4, 5], (i) => bob.createGroup([alice.inboxId], { name: `g${i}` }))
+      yield* Effect.all([alice.syncAll, bob.syncAll])
+
+      // A quiet round: one batched call, nothing else.
+      calls.syncQuery = calls.getIdentityUpdates = 0
+      yield* bob.syncAll
+      expect(calls).toEqual({ syncQuery: 1, getIdentityUpdates: 0 })
+
+      const alice2 = yield* net.client("alice2", { sameInboxAs: alice })
+      calls.syncQuery = calls.getIdentityUpdates = 0
+      yield* bob.syncAll // adds alice2 to all five groups
+      expect(calls).toEqual({ syncQuery: 1, getIdentityUpdates: 0 })
+      yield* alice2.syncAll
+      for (const group of groups) {
+        expect(yield* installationsOf(group, alice)).toEqual([alice.installationId, alice2.installationId].sort())
+      }
+      expect((yield* alice2.conversations()).length).toBe(5)
+    }))
 })
 
 describe("Revoking an installation", () => {
