@@ -14,7 +14,6 @@ import type { StoredGroup } from "../domain/Stored.ts"
 import { groupTopic } from "../domain/Topics.ts"
 import type { GroupQuery, IdentityQuery, InboxUpdates } from "./DeliveryService.ts"
 import type { EngineContext } from "./EngineContext.ts"
-import type { MlsGroupState } from "./MlsCrypto.ts"
 
 /** Topics per round trip: the service's batch limit. */
 const GROUPS_PER_CALL = 50
@@ -26,23 +25,40 @@ export const make = (
   publisher: { readonly checkInstallationsKnown: (groupId: GroupId) => Effect.Effect<boolean> }
 ) => {
   const { crypto, ds, identity, storage } = ctx
-  /** Member inboxes per decoded state: states are immutable, so this is computed once per epoch. */
-  const inboxesOf = new WeakMap<MlsGroupState, ReadonlyArray<InboxId>>()
+  /** Member inboxes per group at an epoch (membership changes only with the epoch). */
+  const inboxesOf = new Map<GroupId, { readonly epoch: bigint; readonly inboxes: ReadonlyArray<InboxId> }>()
+  /**
+   * Groups found in line with the identity states at an epoch and identity version: checked
+   * again only when either moves, so a quiet round costs no per-group work.
+   */
+  const inLine = new Map<GroupId, { readonly epoch: bigint; readonly version: number }>()
+
+  const membersOf = (group: StoredGroup) =>
+    Effect.gen(function*() {
+      const memo = inboxesOf.get(group.id)
+      if (memo !== undefined && memo.epoch === group.epoch) return memo.inboxes
+      const state = yield* ctx.loadState(group).pipe(Effect.option)
+      if (state._tag === "None") return []
+      const inboxes = [...new Set(crypto.view(state.value).members.map((m) => m.inboxId))]
+      inboxesOf.set(group.id, { epoch: group.epoch, inboxes })
+      return inboxes
+    })
 
   const memberInboxes = (groups: ReadonlyArray<StoredGroup>) =>
     Effect.gen(function*() {
       const inboxes = new Set<InboxId>([identity.inboxId])
-      for (const group of groups) {
-        const state = yield* ctx.loadState(group).pipe(Effect.option)
-        if (state._tag === "None") continue
-        let members = inboxesOf.get(state.value)
-        if (members === undefined) {
-          members = [...new Set(crypto.view(state.value).members.map((m) => m.inboxId))]
-          inboxesOf.set(state.value, members)
-        }
-        for (const inbox of members) inboxes.add(inbox)
-      }
+      for (const group of groups) for (const inbox of yield* membersOf(group)) inboxes.add(inbox)
       return [...inboxes]
+    })
+
+  /** Checks the group against the identity states held, unless nothing moved since it was in line. */
+  const checkGroup = (group: StoredGroup, version: number) =>
+    Effect.gen(function*() {
+      const last = inLine.get(group.id)
+      if (last !== undefined && last.epoch === group.epoch && last.version === version) return
+      const differs = yield* publisher.checkInstallationsKnown(group.id)
+      if (differs) inLine.delete(group.id)
+      else inLine.set(group.id, { epoch: group.epoch, version })
     })
 
   /**
@@ -89,9 +105,11 @@ export const make = (
   const newsAndDevices = Effect.fn("DeviceSync.newsAndDevices")(function*(groups: ReadonlyArray<StoredGroup>) {
     if (groups.length === 0) return new Set<GroupId>()
     const { news } = yield* fetch(groups)
-    // Every group, not only those of inboxes that changed just now: a change may have been
-    // learnt by another request (a leaf check, a send) since the last sync. It is local work.
-    yield* Effect.forEach(groups, (g) => publisher.checkInstallationsKnown(g.id), { discard: true })
+    // Every group whose epoch or held identity states moved since it was last in line, not
+    // only those of inboxes that changed just now: a change may have been learnt by another
+    // request (a leaf check, a send) since the last sync. Local work, no request.
+    const version = yield* identity.version
+    yield* Effect.forEach(groups, (g) => checkGroup(g, version), { discard: true })
     return news
   })
 

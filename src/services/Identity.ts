@@ -100,6 +100,8 @@ export class Identity extends Context.Tag("converge/Identity")<Identity, {
   readonly absorb: (
     fetched: ReadonlyArray<{ readonly inboxId: InboxId; readonly updates: ReadonlyArray<{ readonly update: IdentityUpdate }> }>
   ) => Effect.Effect<ReadonlySet<InboxId>, StorageError>
+  /** Grows whenever a state this installation holds changes: cached conclusions drawn from them are stale. */
+  readonly version: Effect.Effect<number>
   /** Was this leaf ever registered to the inbox it names (current or revoked since)? Refreshes once if not. */
   readonly isValidLeaf: (leaf: LeafMember) => Effect.Effect<boolean, IdentityError>
   /**
@@ -128,6 +130,7 @@ export const make = (options: IdentityOptions) =>
     const ds = authenticatedAs(yield* DeliveryService, installationSigner(installationId, signatureKeys.privateKey))
     const rootSecretKey = Option.fromNullable(row.rootSecretKey)
     const cache = yield* Ref.make(HashMap.empty<InboxId, IdentityLog.InboxState>())
+    let version = 0
 
     /**
      * Verifies fetched log entries onto what we hold, persists and caches them. Each inbox's
@@ -162,7 +165,10 @@ export const make = (options: IdentityOptions) =>
             rejected.push(failure)
             continue
           }
-          if (entries.length > 0) changed.add(inboxId)
+          if (entries.length > 0) {
+            changed.add(inboxId)
+            version++
+          }
           fresh.push(...entries)
           known.set(inboxId, state)
         }
@@ -368,6 +374,7 @@ export const make = (options: IdentityOptions) =>
       refreshMany,
       knownStates,
       absorb,
+      version: Effect.sync(() => version),
       isValidLeaf,
       isCurrentLeaf,
       revokeInstallation: (target: InstallationId) =>

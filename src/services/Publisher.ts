@@ -420,6 +420,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
   /**
    * Queues one `UpdateInstallations` intent if the members' leaves differ from `states`
    * (unless one is pending already: it derives from fresh logs when it is published).
+   * Whether they differ.
    */
   const queueIfDiffers = (
     groupId: GroupId,
@@ -433,7 +434,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       const removals = options.onlyRevoked ? remove.filter((i) => !unexplained.includes(i)) : remove
       if (add.length === 0 && removals.length === 0) return false
       const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
-      if (pending.some((intent) => intent.kind === "UpdateInstallations")) return false
+      if (pending.some((intent) => intent.kind === "UpdateInstallations")) return true
       yield* storage.intents.insert({
         groupId,
         data: UpdateInstallationsData.make({}),
@@ -446,7 +447,8 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
    * Immediate join and revocation: the members' leaves against the identity states this
    * installation already holds (just refreshed by a sync's batched query), no request. Run
    * for every active group on every `syncAll`; the periodic `checkInstallations` stays as a
-   * safety net for states this installation has not heard of. Under the group lock.
+   * safety net for states this installation has not heard of. Under the group lock. Whether
+   * the leaves differ from the states (a failed check counts as differing: check again).
    */
   const checkInstallationsKnown = Effect.fn("Publisher.checkInstallationsKnown")(function*(groupId: GroupId) {
     const group = yield* loadGroupRow(ctx, groupId)
@@ -460,7 +462,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     return yield* queueIfDiffers(groupId, state, known, { onlyRevoked: true })
   }, (effect, groupId) =>
     effect.pipe(
-      Effect.catchAll((e) => Effect.logWarning("installation check failed; tried again next time", e.message).pipe(Effect.as(false))),
+      Effect.catchAll((e) => Effect.logWarning("installation check failed; tried again next time", e.message).pipe(Effect.as(true))),
       Effect.annotateLogs({ groupId })
     ))
 
