@@ -782,7 +782,7 @@ const benchManyGroups = (time: JumpingClock) => Effect.scoped(Effect.gen(functio
       const { totals } = yield* withProfile(bob.syncAll)
       const count = (name: string) => totals.get(`DeliveryService.${name}`)?.count ?? 0
       const identity = count("getIdentityUpdates")
-      return `${count("batchQueryGroupMessages")} batch + ${count("queryGroupMessages")} single queries` +
+      return `${count("syncQuery") || count("batchQueryGroupMessages")} batch + ${count("queryGroupMessages")} single queries` +
         `${identity > 0 ? ` + ${identity} getIdentityUpdates` : ""}, ${group(totals, "Storage.").count} statements` +
         `${checkDue ? `, ${totals.get("MlsCrypto.deserialize")?.count ?? 0} deserializes` : ""}`
     })
@@ -807,6 +807,75 @@ const benchManyGroups = (time: JumpingClock) => Effect.scoped(Effect.gen(functio
   summary["all50"] = all.median
   summary["idleCheck50"] = idleCheckDue.median
 }))
+
+// ---- 6. A new device: registration to first readable message -----------------------------------
+
+/**
+ * Alice and Bob share `groups` groups; a new installation of Alice's inbox registers. A round
+ * is one syncAll of each existing member; after each round the new device syncs, Bob sends a
+ * probe to every group and the device syncs again. Counted: rounds until the device reads a
+ * probe in every group, and milliseconds from its registration to that read (on the live
+ * clock, so the 5-second periodic installation check never falls due in between).
+ */
+const deviceJoin = (groups: number) =>
+  Effect.scoped(Effect.gen(function*() {
+    const net = yield* TestNetwork.make
+    const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+    const conversations = yield* Effect.forEach(Array.from({ length: groups }), () => bob.createGroup([alice.inboxId]))
+    yield* Effect.all([alice.syncAll, bob.syncAll])
+    const runs = n(5, 2)
+    const rounds: Array<number> = []
+    const millis: Array<number> = []
+    const registration: Array<number> = []
+    for (let r = 0; r < runs; r++) {
+      const [tRegister, device] = yield* timed(net.client(`alice-device-${r}`, { sameInboxAs: alice }))
+      registration.push(tRegister)
+      const start = performance.now()
+      let round = 0
+      let readable = false
+      while (!readable && round < 10) {
+        round++
+        yield* bob.syncAll
+        yield* alice.syncAll
+        yield* device.syncAll
+        for (const c of conversations) yield* c.send(`probe ${r}.${round}`)
+        yield* device.syncAll
+        const seen = yield* Effect.forEach(conversations, (c) =>
+          device.conversation(c.id).pipe(
+            Effect.flatMap((mine) => mine.messages()),
+            Effect.map((ms) => ms.some((m) => m.text === `probe ${r}.${round}`)),
+            Effect.orElseSucceed(() => false)
+          ))
+        readable = seen.every(Boolean)
+      }
+      millis.push(performance.now() - start)
+      rounds.push(readable ? round : Number.POSITIVE_INFINITY)
+    }
+    return { groups, rounds: statsOf(rounds), millis: statsOf(millis), registration: statsOf(registration) }
+  }))
+
+const benchDevices = Effect.gen(function*() {
+  const results = [yield* deviceJoin(1), yield* deviceJoin(10)]
+  printTable(
+    "6. A new device of an inbox: from registration to its first readable message (no waiting for a periodic check)",
+    ["case", "runs", "rounds (median)", "rounds (max)", "median ms", "p95 ms", "registration ms", "notes"],
+    results.map((r) => [
+      `alice's new device, ${r.groups} shared group(s)`,
+      String(r.millis.n),
+      fmt(r.rounds.median, 0),
+      fmt(r.rounds.p95, 0),
+      fmt(r.millis.median, 1),
+      fmt(r.millis.p95, 1),
+      fmt(r.registration.median, 1),
+      "round: each member syncAll; then the device syncs, bob sends a probe per group, the device syncs"
+    ])
+  )
+  summary["deviceJoinRounds1"] = results[0]!.rounds.median
+  summary["deviceJoinMs1"] = results[0]!.millis.median
+  summary["deviceJoinRounds10"] = results[1]!.rounds.median
+  summary["deviceJoinMs10"] = results[1]!.millis.median
+  summary["deviceRegistrationMs"] = results[0]!.registration.median
+})
 
 // ---- 1d. What request authentication costs -----------------------------------------------
 
@@ -853,6 +922,7 @@ const main = Effect.gen(function*() {
     yield* section("receive", benchReceive)
     yield* section("membership", benchMembership)
     yield* section("many groups", withJumpingClock(benchManyGroups))
+    yield* section("devices", benchDevices)
   }))
 
   const s = summary
@@ -870,7 +940,9 @@ const main = Effect.gen(function*() {
     `deserialize 50 / 10 members = ${ratio(s["deserialize50"]!, s["deserialize"]!)}`,
     `welcome join Converge / ts-mls = ${ratio(s["joinOurs"]!, s["joinTsMls"]!)}`,
     `send 50-member / 3-member group = ${ratio(s["send50"]!, s["send"]!)}`,
-    `request authentication (sign + verify) / engine send = ${ratio(s["authSign"]! + s["authVerify"]!, s["send"]!)}`
+    `request authentication (sign + verify) / engine send = ${ratio(s["authSign"]! + s["authVerify"]!, s["send"]!)}`,
+    `new device readable after ${fmt(s["deviceJoinRounds1"]!, 0)} round(s), ${fmt(s["deviceJoinMs1"]!, 0)} ms ` +
+    `(10 groups: ${fmt(s["deviceJoinRounds10"]!, 0)} round(s), ${fmt(s["deviceJoinMs10"]!, 0)} ms)`
   ]
   console.log("\nSummary")
   console.log(`  send ${fmt(s["send"]!, 2)} ms (${fmt(s["sendOpsPerSec"]!, 0)} msgs/s, ~${fmt(s["sendStatements"]!, 0)} SQL statements each); ` +

@@ -343,7 +343,9 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
           },
           get streamMessages() {
             return current(name).streamMessages
-          }
+          },
+          installations: Effect.suspend(() => current(name).installations),
+          revokeInstallation: (id) => Effect.suspend(() => current(name).revokeInstallation(id))
         }
         return testClient
       }).pipe(Effect.withSpan("TestNetwork.client", { attributes: { name } }))

@@ -23,6 +23,7 @@ import { Client } from "../services/Client.ts"
 import { DeliveryService } from "../services/DeliveryService.ts"
 import { Storage } from "../services/Storage.ts"
 import { Unreachable, UsageError } from "./Errors.ts"
+import * as Devices from "./Devices.ts"
 import * as Output from "./Output.ts"
 import { clientLayer, initProfile, readProfile, reach } from "./Profile.ts"
 
@@ -132,17 +133,34 @@ const init = Command.make(
   {
     profile,
     server: Options.text("server").pipe(
-      Options.withDescription("delivery service URL, e.g. http://127.0.0.1:5555 (env CONVERGE_SERVER)"),
-      Options.withFallbackConfig(Config.string("CONVERGE_SERVER"))
+      Options.withDescription("delivery service URL, e.g. http://127.0.0.1:5555 (env CONVERGE_SERVER); with --same-inbox-as, default that profile's"),
+      Options.withFallbackConfig(Config.string("CONVERGE_SERVER")),
+      Options.optional
+    ),
+    sameInboxAs: Options.directory("same-inbox-as").pipe(
+      Options.withDescription(
+        "make this a further installation (device) of the inbox of that profile folder, which signs it in; its root key stays there"
+      ),
+      Options.optional
     )
   },
-  ({ profile, server }) =>
+  ({ profile, sameInboxAs, server }) =>
     Effect.gen(function*() {
-      const inboxId = yield* initProfile(profile, server)
+      const first = Option.getOrUndefined(sameInboxAs)
+      const url = Option.isSome(server)
+        ? server.value
+        : first !== undefined
+        ? (yield* readProfile(first)).server
+        : yield* new UsageError({ argument: "--server", reason: "missing", hint: "converge init --profile DIR --server URL" })
+      const inboxId = yield* initProfile(profile, url, first)
       yield* Console.log(inboxId)
-      yield* Output.note(`created the profile ${profile} on ${server}`)
+      yield* Output.note(first === undefined
+        ? `created the profile ${profile} on ${url}`
+        : `created the profile ${profile} on ${url}: a further installation of the inbox of ${first}`)
     })
-).pipe(Command.withDescription("create this installation's inbox and register it with the server; prints the inbox id"))
+).pipe(Command.withDescription(
+  "create this installation's inbox (or, with --same-inbox-as, join an existing one) and register it with the server; prints the inbox id"
+))
 
 const whoami = Command.make("whoami", { profile, json }, ({ json, profile }) =>
   withClient(profile, ({ client, server }) =>
@@ -538,13 +556,15 @@ const serve = Command.make(
     )
 ).pipe(Command.withDescription("run a delivery service (SQLite by default, or Postgres)"))
 
+const devices = Devices.make({ profile, json, withClient })
+
 export const commandNames = [
   "serve", "init", "whoami", "group", "create", "add", "remove", "dm", "conversations", "members", "send",
-  "messages", "sync", "leave", "watch", "status"
+  "messages", "sync", "leave", "watch", "status", "devices", "list", "revoke"
 ]
 
 export const root = Command.make("converge").pipe(
-  Command.withSubcommands([serve, init, whoami, group, dm, conversations, members, send, messages, sync, leave, watch, status]),
+  Command.withSubcommands([serve, init, whoami, group, dm, conversations, members, send, messages, sync, leave, watch, status, devices]),
   Command.withDescription("Converge: MLS group messaging")
 )
 

@@ -67,6 +67,14 @@ export const show = (error: Tagged, command: string): Shown => {
       return { what: `inbox ${str(error["inboxId"])}`, why: "has no key package on the server: it cannot be added yet" }
     case "IntentFailed":
       return { what: error["kind"] === "SendMessage" ? "message not sent" : "change not made", why: str(error["cause"]) }
+    case "InstallationNotFound":
+      return {
+        what: `installation ${str(error["installationId"])}`,
+        why: "not an installation of this inbox",
+        hint: "`converge devices list` lists them"
+      }
+    case "InvalidIdentityUpdate":
+      return { what: "identity change refused", why: str(error["reason"]) }
     case "InvalidInput":
       return { what: "invalid input", why: str(error["reason"]), hint: usage }
     default:

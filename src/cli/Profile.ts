@@ -2,13 +2,14 @@
  * A CLI profile: a folder holding one installation's database and the server it talks to.
  */
 import { SqliteClient } from "@effect/sql-sqlite-node"
-import { Duration, Effect, Layer, Schedule, Schema } from "effect"
+import { Context, Duration, Effect, Layer, Option, Schedule, Schema } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
 import { RPC_PATH } from "../layers/DeliveryServer.ts"
 import * as SqliteStorage from "../layers/SqliteStorage.ts"
-import { Client } from "../services/Client.ts"
+import { Client, type ClientOptions } from "../services/Client.ts"
+import { Identity } from "../services/Identity.ts"
 import * as RpcDeliveryService from "../layers/RpcDeliveryService.ts"
 import * as TsMlsCrypto from "../layers/TsMlsCrypto.ts"
 import { DeliveryService } from "../services/DeliveryService.ts"
@@ -69,28 +70,60 @@ const privateFiles = (filename: string) => {
 export const NETWORK_BOUND = Duration.seconds(5)
 
 /** The client of a profile: its SQLite file, the network delivery service (short timeouts), ts-mls. */
-export const clientLayer = (dir: string, server: string) =>
-  Client.layerWithStorage({ transportSchedule: Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(3))) }).pipe(
+export const clientLayer = (dir: string, server: string, options: ClientOptions = {}) =>
+  Client.layerWithStorage({
+    transportSchedule: Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(3))),
+    ...options
+  }).pipe(
     // Exposed too: to tell whether a change is queued, and for `status`. Secrets are sealed at
     // rest when CONVERGE_STORAGE_KEY is set.
-    Layer.provideMerge(
-      SqliteStorage.layerConfig.pipe(
-        Layer.catchAll((e) =>
-          Layer.fail(
-            e._tag === "StorageError" ? e : new InvalidInput({ reason: `CONVERGE_STORAGE_KEY: ${e.message}` })
-          )
-        )
-      )
-    ),
+    Layer.provideMerge(storageLayer),
     Layer.provide(openSqlite(files(dir).database)),
     // Shared with the commands too (`status` asks the server how far behind each group is).
-    Layer.provideMerge(RpcDeliveryService.layer({
-      url: rpcUrl(server),
-      timeout: "3 seconds",
-      retrySchedule: Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(2)))
-    })),
+    Layer.provideMerge(deliveryLayer(server)),
     Layer.provide(TsMlsCrypto.layer())
   )
+
+const deliveryLayer = (server: string) =>
+  RpcDeliveryService.layer({
+    url: rpcUrl(server),
+    timeout: "3 seconds",
+    retrySchedule: Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(2)))
+  })
+
+/** The sealed-storage key's config error as the user's to fix. */
+const storageLayer = SqliteStorage.layerConfig.pipe(
+  Layer.catchAll((e) =>
+    Layer.fail(e._tag === "StorageError" ? e : new InvalidInput({ reason: `CONVERGE_STORAGE_KEY: ${e.message}` }))
+  )
+)
+
+/**
+ * The identity of an existing profile, to sign a new device into its inbox: the root key stays
+ * in that profile's database (read in this process only), the new profile never holds it.
+ */
+const approverOf = (dir: string, server: string) =>
+  Effect.gen(function*() {
+    const argument = `--same-inbox-as ${dir}`
+    if (!fs.existsSync(files(dir).profile) || !fs.existsSync(files(dir).database)) {
+      return yield* new UsageError({ argument, reason: "no profile in this folder", hint: "name the folder of the inbox's first profile" })
+    }
+    const context = yield* Layer.build(Identity.layer().pipe(
+      Layer.provide(storageLayer),
+      Layer.provide(openSqlite(files(dir).database)),
+      Layer.provide(deliveryLayer(server)),
+      Layer.provide(TsMlsCrypto.layer())
+    ))
+    const approver = Context.get(context, Identity)
+    if (Option.isNone(approver.rootSecretKey)) {
+      return yield* new UsageError({
+        argument,
+        reason: "that profile does not hold its inbox's root key (it was itself added with --same-inbox-as)",
+        hint: "name the inbox's first profile"
+      })
+    }
+    return approver
+  })
 
 const isUnreachable = (e: unknown): e is { readonly _tag: "DeliveryError"; readonly detail: string } =>
   typeof e === "object" && e !== null && (e as { _tag?: unknown })._tag === "DeliveryError" &&
@@ -113,7 +146,7 @@ export const reach = (server: string) => <A, E, R>(step: Effect.Effect<A, E, R>)
  * Creates a profile all or nothing: the folder is assembled under a temporary name beside it
  * and renamed into place only once the inbox is registered, so a failed `init` leaves nothing.
  */
-export const initProfile = (dir: string, server: string) =>
+export const initProfile = (dir: string, server: string, sameInboxAs?: string) =>
   Effect.gen(function*() {
     const target = path.resolve(dir)
     const argument = `--profile ${dir}`
@@ -138,9 +171,14 @@ export const initProfile = (dir: string, server: string) =>
     fs.writeFileSync(files(staging).profile, Schema.encodeSync(ProfileJson)(ProfileFile.make({ server })) + "\n", {
       mode: 0o600
     })
+    // A second device of an existing inbox: that inbox's first profile signs it in.
+    const joinInbox = sameInboxAs === undefined ? undefined : yield* Effect.map(
+      reach(server)(approverOf(path.resolve(sameInboxAs), server)),
+      (approver) => ({ inboxId: approver.inboxId, approve: approver.approveInstallation })
+    )
     // Registers the inbox; the database is closed again before the folder moves.
     const inboxId = yield* Effect.map(Client, (client) => client.inboxId).pipe(
-      Effect.provide(clientLayer(staging, server)),
+      Effect.provide(clientLayer(staging, server, joinInbox === undefined ? {} : { joinInbox })),
       reach(server)
     )
     yield* Effect.try({

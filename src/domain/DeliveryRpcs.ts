@@ -204,6 +204,12 @@ export const InboxUpdatesWire = Schema.Struct({
   truncated: Schema.optional(Schema.Boolean)
 })
 
+/** `syncQuery`'s answer: group pages in request order, then only the inboxes with new log entries. */
+export const SyncAnswerWire = Schema.Struct({
+  groups: Schema.Array(GroupMessagePageWire),
+  identities: Schema.Array(Schema.Struct({ inboxId: AnyId, updates: Schema.Array(IdentityUpdateEnvelopeWire) }))
+})
+
 // ---- conversions between the wire and the port's classes ----
 
 export const toGroupMessageEnvelope = (e: typeof GroupMessageEnvelopeWire.Type): GroupMessageEnvelope =>
@@ -248,6 +254,11 @@ export class DeliveryRpcs extends RpcGroup.make(
   Rpc.make("batchQueryGroupMessages", {
     payload: { queries: Schema.Array(GroupQueryWire) },
     success: Schema.Array(GroupMessagePageWire),
+    error: DeliveryError
+  }),
+  Rpc.make("syncQuery", {
+    payload: { groups: Schema.Array(GroupQueryWire), identities: Schema.Array(IdentityQueryWire) },
+    success: SyncAnswerWire,
     error: DeliveryError
   }),
   Rpc.make("subscribeGroupMessages", {

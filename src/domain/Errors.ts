@@ -41,6 +41,15 @@ export class InboxNotFound extends Schema.TaggedError<InboxNotFound>()("InboxNot
   }
 }
 
+/** A well-formed installation id that is not a current installation of this inbox (nor a revoked one). */
+export class InstallationNotFound extends Schema.TaggedError<InstallationNotFound>()("InstallationNotFound", {
+  installationId: Schema.String
+}) {
+  override get message() {
+    return `installation ${this.installationId} is not an installation of this inbox`
+  }
+}
+
 export class KeyPackageUnavailable extends Schema.TaggedError<KeyPackageUnavailable>()("KeyPackageUnavailable", {
   inboxId: Schema.String,
   installationIds: Schema.Array(Schema.String)
@@ -185,6 +194,7 @@ export type ConvergeError =
   | NotAMember
   | GroupInactive
   | InboxNotFound
+  | InstallationNotFound
   | KeyPackageUnavailable
   | IntentFailed
   | EpochConflict

@@ -71,15 +71,22 @@ const possessionBytes = (u: Omit<IdentityUpdate, "signature">): Uint8Array =>
   labelledHash("installation-possession", signedBytes(u))
 
 /**
+ * Signs an added installation's proof of possession with its own key, where that key lives
+ * (another device joining the inbox keeps its key and hands out only this signer).
+ */
+export type InstallationProver = (possession: Uint8Array) => Uint8Array
+
+/**
  * Builds and signs the next entry of a log whose state is `previous` (or the first entry).
- * Adding an installation also needs that installation's own Ed25519 secret key (32-byte seed).
+ * Adding an installation also needs that installation's own Ed25519 secret key (32-byte seed),
+ * or a signer holding it.
  */
 export const signUpdate = (
   rootSecretKey: Uint8Array,
   inboxId: InboxId,
   previous: Pick<InboxState, "sequence" | "headHash"> | undefined,
   action: UnsignedIdentityAction,
-  installationSecretKey?: Uint8Array
+  installationSecretKey?: Uint8Array | InstallationProver
 ): IdentityUpdate => {
   const position = {
     inboxId,
@@ -90,7 +97,10 @@ export const signUpdate = (
   if (action._tag === "AddInstallation") {
     if (installationSecretKey === undefined) throw new Error("adding an installation needs its secret key")
     const proof = possessionBytes({ ...position, action: { ...action, installationSignature: "" } })
-    full = { ...action, installationSignature: toHex(signEd25519(installationSecretKey, proof)) }
+    const signature = typeof installationSecretKey === "function"
+      ? installationSecretKey(proof)
+      : signEd25519(installationSecretKey, proof)
+    full = { ...action, installationSignature: toHex(signature) }
   } else {
     full = action
   }

@@ -62,7 +62,13 @@ import {
   type QueryPage,
   WelcomeMessageInput
 } from "../domain/Wire.ts"
-import { DeliveryService, type GroupQuery, type IdentityQuery, type WelcomeQuery } from "../services/DeliveryService.ts"
+import {
+  DeliveryService,
+  type GroupQuery,
+  type IdentityQuery,
+  type SyncQuery,
+  type WelcomeQuery
+} from "../services/DeliveryService.ts"
 import { checkIdCount, MAX_PAGE_BYTES } from "./DeliveryRequests.ts"
 import { currentHttpResponse, Gate, guarded, layerGate, type Refusals, type TransportLimits } from "./ServerLimits.ts"
 
@@ -147,8 +153,19 @@ const boundedBatchQuery = (
   queries: ReadonlyArray<GroupQuery>,
   maxPageBytes: number
 ): Effect.Effect<ReadonlyArray<QueryPage<GroupMessageEnvelope>>, DeliveryError> =>
+  Effect.flatMap(
+    ds.batchQueryGroupMessages(queries.map((q) => ({ ...q, limit: 1 }))),
+    (firsts) => fillPages(ds, queries, firsts, maxPageBytes)
+  )
+
+/** Reads on the topics whose one-entry page has more, in order, while the answer is under budget. */
+const fillPages = (
+  ds: DeliveryService["Type"],
+  queries: ReadonlyArray<GroupQuery>,
+  firsts: ReadonlyArray<QueryPage<GroupMessageEnvelope>>,
+  maxPageBytes: number
+): Effect.Effect<ReadonlyArray<QueryPage<GroupMessageEnvelope>>, DeliveryError> =>
   Effect.gen(function*() {
-    const firsts = yield* ds.batchQueryGroupMessages(queries.map((q) => ({ ...q, limit: 1 })))
     let budget = maxPageBytes
     const pages: Array<QueryPage<GroupMessageEnvelope>> = []
     for (const [i, first] of firsts.entries()) {
@@ -160,6 +177,28 @@ const boundedBatchQuery = (
       pages.push(page)
     }
     return pages
+  })
+
+/**
+ * `syncQuery` bounded like the batch query (one entry per topic first, then more within the
+ * byte budget), with at most `maxEntries` identity-log entries (each inbox a prefix of its news).
+ */
+const boundedSyncQuery = (
+  ds: DeliveryService["Type"],
+  query: SyncQuery,
+  maxPageBytes: number,
+  maxEntries: number
+) =>
+  Effect.gen(function*() {
+    const answer = yield* ds.syncQuery({ ...query, groups: query.groups.map((q) => ({ ...q, limit: 1 })) })
+    const groups = yield* fillPages(ds, query.groups, answer.groups, maxPageBytes)
+    let budget = maxEntries
+    const identities = answer.identities.flatMap(({ inboxId, updates }) => {
+      const taken = updates.slice(0, Math.max(0, budget))
+      budget -= taken.length
+      return taken.length === 0 ? [] : [{ inboxId, updates: taken }]
+    })
+    return { groups: groups.map(fromQueryPage), identities }
   })
 
 type InboxUpdatesAnswer = Wire<typeof InboxUpdatesWire>
@@ -252,6 +291,13 @@ export const handlersWith = (limits: AnswerLimits = {}) => DeliveryRpcs.toLayer(
         withCaller(headers)(
           Effect.map(boundedBatchQuery(ds, queries.map(groupQuery), maxPageBytes), (pages) => pages.map(fromQueryPage))
         ),
+      syncQuery: ({ groups, identities }, { headers }) =>
+        withCaller(headers)(boundedSyncQuery(
+          ds,
+          { groups: groups.map(groupQuery), identities: identities.map(identityQuery) },
+          maxPageBytes,
+          maxIdentityEntries
+        )),
       subscribeGroupMessages: ({ filters }, { headers }) =>
         withCallerStream(headers)(ds.subscribeGroupMessages(filters.map(groupFilter))),
       sendWelcomeMessages: ({ messages }, { headers }) =>

@@ -131,7 +131,7 @@ const judge = (
   }
   // A dropped request never reaches the server, so drops take precedence over lost responses.
   for (const kind of kinds) {
-    const index = state.rules.findIndex((r) => r.kind === kind && (r.op === undefined || r.op === op))
+    const index = state.rules.findIndex((r) => r.kind === kind && (r.op === undefined || r.op === op || aliasOf(op) === r.op))
     const rule = state.rules[index]
     if (rule === undefined) continue
     const rules = rule.remaining > 1
@@ -143,6 +143,13 @@ const judge = (
 }
 
 // ---- the wrapper ----
+
+/**
+ * `syncQuery` is the batch query that also carries identity changes: faults aimed at the batch
+ * query hit it too, so seeded plans (which name their targets) keep reaching the sync path.
+ */
+const aliasOf = (op: DeliveryOperation): DeliveryOperation | undefined =>
+  op === "syncQuery" ? "batchQueryGroupMessages" : undefined
 
 const groupTopicOf = (e: GroupMessageEnvelope) => `g/${e.groupId}`
 const welcomeTopicOf = (e: WelcomeMessageEnvelope) => `w/${e.installationId}`
@@ -357,6 +364,7 @@ export const make = (inner: Service): Effect.Effect<FaultyDelivery, never, Scope
       queryGroupMessages: (query) => serve("queryGroupMessages", installation, inner.queryGroupMessages(query)),
       batchQueryGroupMessages: (queries) =>
         serve("batchQueryGroupMessages", installation, inner.batchQueryGroupMessages(queries)),
+      syncQuery: (query) => serve("syncQuery", installation, inner.syncQuery(query)),
       subscribeGroupMessages: (filters) => serveStream("subscribeGroupMessages", installation, subscribeGroups(filters)),
       sendWelcomeMessages: (messages) =>
         serve("sendWelcomeMessages", installation, inner.sendWelcomeMessages(messages)).pipe(

@@ -188,6 +188,22 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
     // Log entries are numbered densely from 1, so those after n start at index n.
     Effect.sync(() => (inboxes.get(inboxId)?.log ?? []).slice(Math.max(0, afterSequence)))
 
+  const identityChanges: Service["identityChanges"] = (cursors, limit) =>
+    Effect.sync(() => {
+      const lowest = new Map<InboxId, number>()
+      for (const { afterSequence, inboxId } of cursors) {
+        lowest.set(inboxId, Math.min(afterSequence, lowest.get(inboxId) ?? afterSequence))
+      }
+      const out: Array<IdentityUpdateEnvelope> = []
+      for (const inboxId of [...lowest.keys()].sort()) {
+        for (const envelope of (inboxes.get(inboxId)?.log ?? []).slice(Math.max(0, lowest.get(inboxId)!))) {
+          if (out.length >= limit) return out
+          out.push(envelope)
+        }
+      }
+      return out
+    })
+
   const putKeyPackage: Service["putKeyPackage"] = (installationId, inboxId, keyPackage) =>
     lock.withPermits(1)(Effect.sync(() => {
       if (installations.get(installationId)?.inboxId !== inboxId) return false
@@ -213,6 +229,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
     appendIdentityUpdate,
     installation,
     identityUpdates,
+    identityChanges,
     putKeyPackage,
     getKeyPackages
   } satisfies Service

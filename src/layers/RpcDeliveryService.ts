@@ -348,6 +348,22 @@ export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never,
         ).pipe(
           Effect.map((pages) => pages.map((page) => toQueryPage(page, toGroupMessageEnvelope)))
         ),
+      syncQuery: (query) =>
+        idempotent(
+          "syncQuery",
+          client.syncQuery({
+            groups: query.groups.map((q) => ({ ...q, afterSequenceId: toWireCursor(q.afterSequenceId) })),
+            identities: query.identities
+          })
+        ).pipe(
+          Effect.map((answer) => ({
+            groups: answer.groups.map((page) => toQueryPage(page, toGroupMessageEnvelope)),
+            identities: answer.identities.map((i): InboxUpdates => ({
+              inboxId: i.inboxId as InboxUpdates["inboxId"],
+              updates: i.updates.map(toIdentityUpdateEnvelope)
+            }))
+          }))
+        ),
       subscribeGroupMessages: (filters) => {
         if (filters.length === 0) {
           // Nothing to follow: the server ends the stream at once (or says why not).

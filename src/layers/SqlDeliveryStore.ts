@@ -371,6 +371,19 @@ export const makeWith = (
             new IdentityUpdateEnvelope({ sequenceId: big(row.id), serverTimeNs: big(row.server_time_ns), update })))
       }).pipe(failed("identityUpdates"))
 
+    const identityChanges: Service["identityChanges"] = (cursors, limit) =>
+      Effect.gen(function*() {
+        if (cursors.length === 0 || limit <= 0) return []
+        // One range per inbox on the (inbox_id, sequence) index, OR-ed: nothing new is one cheap read.
+        const ranges = cursors.map((c) => sql`(inbox_id = ${c.inboxId} AND sequence > ${c.afterSequence})`)
+        const rows = yield* sql<{ id: unknown; server_time_ns: unknown; body: string }>`
+          SELECT id, server_time_ns, body FROM ds_identity_updates
+          WHERE ${sql.or(ranges)} ORDER BY inbox_id, sequence LIMIT ${limit}`
+        return yield* Effect.forEach(rows, (row) =>
+          Effect.map(decodeUpdate(row.body), (update) =>
+            new IdentityUpdateEnvelope({ sequenceId: big(row.id), serverTimeNs: big(row.server_time_ns), update })))
+      }).pipe(failed("identityChanges"))
+
     // ---- key packages ----
 
     const putKeyPackage: Service["putKeyPackage"] = (installationId, inboxId, keyPackage) =>
@@ -407,6 +420,7 @@ export const makeWith = (
       appendIdentityUpdate,
       installation,
       identityUpdates,
+      identityChanges,
       putKeyPackage,
       getKeyPackages
     }

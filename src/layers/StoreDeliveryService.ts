@@ -49,6 +49,8 @@ import { MlsCrypto } from "../services/MlsCrypto.ts"
 import { requestDigests } from "../domain/RequestAuth.ts"
 import * as MemoryDeliveryStore from "./MemoryDeliveryStore.ts"
 import * as Authenticator from "./RequestAuthenticator.ts"
+import * as SyncQuery from "./SyncQuery.ts"
+import { DEFAULT_MAX_IDENTITY_ENTRIES } from "./TransportLimits.ts"
 import * as TsMlsCrypto from "./TsMlsCrypto.ts"
 
 export interface StoreDeliveryOptions {
@@ -493,10 +495,19 @@ export const make = (
         )
       }).pipe(Effect.withSpan("DeliveryService.getIdentityUpdates"))
 
+    const syncQuery = SyncQuery.make({
+      store,
+      stored,
+      batchQueryGroupMessages,
+      maxIdentityUpdates,
+      maxEntries: DEFAULT_MAX_IDENTITY_ENTRIES
+    })
+
     return {
       sendGroupMessages,
       queryGroupMessages,
       batchQueryGroupMessages,
+      syncQuery,
       subscribeGroupMessages,
       sendWelcomeMessages,
       queryWelcomeMessages,

@@ -26,6 +26,7 @@ import {
   type DeliveryError,
   GroupInactive,
   InboxNotFound,
+  type InstallationNotFound,
   type IntentFailed,
   InvalidIdentityUpdate,
   decodeGovernanceError,
@@ -63,8 +64,10 @@ import { groupTopic, welcomeTopic } from "../domain/Topics.ts"
 import { defaultEngineOptions, type EngineContext, type EngineOptions, loadGroupRow } from "./EngineContext.ts"
 import * as GroupStateCache from "./GroupStateCache.ts"
 import { failPendingIntents, newLeaveRequest, queueIntent as queueIntentIn } from "./IntentQueue.ts"
+import * as Devices from "./Devices.ts"
+import * as DeviceSync from "./DeviceSync.ts"
 import * as GroupSync from "./GroupSync.ts"
-import { Identity, type IdentityOptions } from "./Identity.ts"
+import { Identity, type IdentityError, type IdentityOptions } from "./Identity.ts"
 import * as IdentityService from "./Identity.ts"
 import * as LeafAuthentication from "./LeafAuthentication.ts"
 import { MlsCrypto } from "./MlsCrypto.ts"
@@ -178,6 +181,16 @@ export class Client extends Context.Tag("converge/Client")<Client, {
   readonly syncAll: Effect.Effect<SyncSummary, SyncError>
   /** New messages across all conversations, including groups joined while streaming. */
   readonly streamMessages: Stream.Stream<Message, SyncError>
+  /** The inbox's current installations (refreshed from its identity log); `current` marks this one. */
+  readonly installations: Effect.Effect<ReadonlyArray<Devices.InstallationInfo>, IdentityError | InboxNotFound>
+  /**
+   * Revokes another installation of this inbox (needs the root key); every group drops it in
+   * its members' next `syncAll`. `InvalidInput` for a malformed id or this installation,
+   * `InstallationNotFound` for one the inbox never had; revoking a revoked one does nothing.
+   */
+  readonly revokeInstallation: (
+    id: InstallationId
+  ) => Effect.Effect<void, IdentityError | InboxNotFound | InvalidInput | InstallationNotFound>
 }>() {
   /**
    * A client over any local `Storage`, a delivery service and MLS crypto. Creates the identity
@@ -243,6 +256,7 @@ export const make = (options: ClientOptions = {}) =>
     const sync = GroupSync.make(env)
     const publisher = Publisher.make(env, sync)
     const welcomes = Welcomes.make(env, sync)
+    const deviceSync = DeviceSync.make(env, publisher)
     const self = identity.inboxId
 
     // ---- input checks ----
@@ -703,24 +717,6 @@ export const make = (options: ClientOptions = {}) =>
       return out
     })
 
-    /** Which active groups have news: one batched query for all topics. */
-    const groupsWithNews = (groups: ReadonlyArray<StoredGroup>) =>
-      Effect.gen(function*() {
-        const queries = yield* Effect.forEach(groups, (g) =>
-          storage.cursors.get(groupTopic(g.id)).pipe(
-            Effect.map((cursor) => ({ groupId: g.id, afterSequenceId: cursor, limit: 1 }))
-          ))
-        const news = new Set<GroupId>()
-        for (let i = 0; i < queries.length; i += 50) {
-          const chunk = queries.slice(i, i + 50)
-          const pages = yield* ds.batchQueryGroupMessages(chunk)
-          pages.forEach((page, j) => {
-            if (page.items.length > 0) news.add(chunk[j]!.groupId)
-          })
-        }
-        return news
-      })
-
     /** Whether our own inbox's log no longer lists this installation (it was revoked). */
     const revokedItself = identity.inboxState(identity.inboxId).pipe(
       Effect.map((state) => !HashMap.has(state.installations, identity.installationId)),
@@ -744,8 +740,9 @@ export const make = (options: ClientOptions = {}) =>
         )
       )
       const active = yield* storage.groups.list({ includeInactive: false })
-      const news = yield* groupsWithNews(active)
-      // New or revoked devices of members become UpdateInstallations intents (pending below).
+      // News, and members' new or revoked devices as UpdateInstallations intents (pending below),
+      // in one batched round trip; the periodic check behind it is a safety net.
+      const news = yield* deviceSync.newsAndDevices(active)
       yield* Effect.forEach(active, (g) => publisher.checkInstallations(g.id), { discard: true })
       const pending = new Set((yield* storage.intents.byState(["ToPublish", "Published", "Committed"])).map((i) => i.groupId))
       let summary = SyncSummary.make({
@@ -835,7 +832,8 @@ export const make = (options: ClientOptions = {}) =>
       conversation,
       conversations,
       syncAll,
-      streamMessages
+      streamMessages,
+      ...Devices.make(identity)
     })
   })
 

@@ -42,6 +42,7 @@ export const authenticatedAs = (service: Service, signer: RequestSigner): Servic
     sendGroupMessages: (messages) => signed(service.sendGroupMessages(messages)),
     queryGroupMessages: (query) => signed(service.queryGroupMessages(query)),
     batchQueryGroupMessages: (queries) => signed(service.batchQueryGroupMessages(queries)),
+    syncQuery: (query) => signed(service.syncQuery(query)),
     subscribeGroupMessages: (filters) => signedStream(service.subscribeGroupMessages(filters)),
     sendWelcomeMessages: (messages) => signed(service.sendWelcomeMessages(messages)),
     queryWelcomeMessages: (query) => signed(service.queryWelcomeMessages(query)),

@@ -40,6 +40,27 @@ export interface InboxUpdates {
   readonly updates: ReadonlyArray<IdentityUpdateEnvelope>
 }
 
+/**
+ * One round trip of a sync: the group topics' pages and the identity changes of the inboxes
+ * the caller shares groups with, so a new or revoked device is learnt with the messages.
+ */
+export interface SyncQuery {
+  /** One page per topic, as `batchQueryGroupMessages` (at most the batch limit). */
+  readonly groups: ReadonlyArray<GroupQuery>
+  /** Each inbox from the last log entry the caller holds (at most 100 inboxes). */
+  readonly identities: ReadonlyArray<IdentityQuery>
+}
+
+export interface SyncAnswer {
+  /** In request order. */
+  readonly groups: ReadonlyArray<QueryPage<GroupMessageEnvelope>>
+  /**
+   * Only inboxes with new entries, each a prefix of what is new, in log order: a log cut
+   * short (the answer is bounded) continues from its last entry on the next call.
+   */
+  readonly identities: ReadonlyArray<InboxUpdates>
+}
+
 export interface FetchedKeyPackage {
   readonly installationId: InstallationId
   readonly keyPackage: Uint8Array | undefined
@@ -57,6 +78,11 @@ export class DeliveryService extends Context.Tag("converge/DeliveryService")<Del
   readonly batchQueryGroupMessages: (
     queries: ReadonlyArray<GroupQuery>
   ) => Effect.Effect<ReadonlyArray<QueryPage<GroupMessageEnvelope>>, DeliveryError>
+  /**
+   * Group pages and identity changes in one call. A read, like the two it combines: the
+   * identity part reveals which inboxes the caller looks up, as `getIdentityUpdates` does.
+   */
+  readonly syncQuery: (query: SyncQuery) => Effect.Effect<SyncAnswer, DeliveryError>
   /** Replays each topic from its cursor, then goes live: no gap, no duplicate. */
   readonly subscribeGroupMessages: (
     filters: ReadonlyArray<Omit<GroupQuery, "limit">>

@@ -57,6 +57,12 @@ export type AppendIdentityResult =
   /** The installation being added is a current installation of another inbox. */
   | { readonly _tag: "InstallationTaken"; readonly owner: InboxId }
 
+/** Where a reader of an inbox's identity log is: the last entry it holds (0 = none). */
+export interface IdentityCursor {
+  readonly inboxId: InboxId
+  readonly afterSequence: number
+}
+
 export interface CurrentInstallation {
   readonly inboxId: InboxId
   readonly signaturePublicKey: string
@@ -106,6 +112,18 @@ export class DeliveryStore extends Context.Tag("converge/DeliveryStore")<Deliver
   readonly identityUpdates: (
     inboxId: InboxId,
     afterSequence: number
+  ) => Effect.Effect<ReadonlyArray<IdentityUpdateEnvelope>, DeliveryStoreError>
+  /**
+   * Identity changes of several inboxes since each one's cursor, in one read: the entries
+   * with `sequence > afterSequence` of each asked inbox (an inbox asked twice: from its lowest
+   * cursor), grouped by inbox id ascending and in log order within it, at most `limit`
+   * entries in all, so each inbox gets a prefix of what is new and continues from its last
+   * entry. Inboxes with nothing new, or unknown, are absent. The common case (nothing
+   * changed) is one indexed read, whatever the number of inboxes.
+   */
+  readonly identityChanges: (
+    cursors: ReadonlyArray<IdentityCursor>,
+    limit: number
   ) => Effect.Effect<ReadonlyArray<IdentityUpdateEnvelope>, DeliveryStoreError>
 
   // ---- key packages ----

@@ -21,6 +21,7 @@ import * as IdentityLog from "../domain/IdentityLog.ts"
 import { StoredIdentity, InboxLogEntry, StoredKeyPackage } from "../domain/Stored.ts"
 import { IdentityUpdate, KeyPackageUpload } from "../domain/Wire.ts"
 import { ed25519Seed } from "../domain/RequestAuth.ts"
+import { signEd25519 } from "../domain/Ed25519.ts"
 import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
 import { DeliveryService } from "./DeliveryService.ts"
 import { type KeyPackageBundle, type LeafIdentity, type LeafMember, MlsCrypto, type SignatureKeyPair } from "./MlsCrypto.ts"
@@ -45,6 +46,24 @@ export interface IdentityOptions {
   readonly rootSecretKey?: Uint8Array
   /** The protocol version its key packages advertise (default the library's own). */
   readonly protocolVersion?: number
+  /**
+   * Join an existing inbox as a new installation without its root key: `approve` (an
+   * installation holding the root key, `Identity.approveInstallation`) signs this
+   * installation into the inbox's log. Only this installation's public key and a proof of
+   * possession signer leave it; the root key never comes here.
+   */
+  readonly joinInbox?: {
+    readonly inboxId: InboxId
+    readonly approve: (candidate: InstallationCandidate) => Effect.Effect<void, IdentityError>
+  }
+}
+
+/** A new installation asking to be added to an inbox: its key, and a signer for the proof of possession. */
+export interface InstallationCandidate {
+  readonly installationId: InstallationId
+  /** Hex of its Ed25519 signature public key. */
+  readonly signaturePublicKey: string
+  readonly prove: IdentityLog.InstallationProver
 }
 
 export class Identity extends Context.Tag("converge/Identity")<Identity, {
@@ -70,6 +89,19 @@ export class Identity extends Context.Tag("converge/Identity")<Identity, {
   readonly refreshMany: (
     inboxIds: ReadonlyArray<InboxId>
   ) => Effect.Effect<ReadonlyMap<InboxId, IdentityLog.InboxState | undefined>, IdentityError>
+  /** What this installation holds of these inboxes, without asking the network. */
+  readonly knownStates: (
+    inboxIds: ReadonlyArray<InboxId>
+  ) => Effect.Effect<ReadonlyMap<InboxId, IdentityLog.InboxState | undefined>, StorageError>
+  /**
+   * Verifies and keeps identity changes fetched with a sync; returns the inboxes that changed.
+   * Entries that do not verify are logged and skipped (that inbox only).
+   */
+  readonly absorb: (
+    fetched: ReadonlyArray<{ readonly inboxId: InboxId; readonly updates: ReadonlyArray<{ readonly update: IdentityUpdate }> }>
+  ) => Effect.Effect<ReadonlySet<InboxId>, StorageError>
+  /** Grows whenever a state this installation holds changes: cached conclusions drawn from them are stale. */
+  readonly version: Effect.Effect<number>
   /** Was this leaf ever registered to the inbox it names (current or revoked since)? Refreshes once if not. */
   readonly isValidLeaf: (leaf: LeafMember) => Effect.Effect<boolean, IdentityError>
   /**
@@ -79,6 +111,8 @@ export class Identity extends Context.Tag("converge/Identity")<Identity, {
   readonly isCurrentLeaf: (leaf: LeafIdentity & { readonly signaturePublicKey: Uint8Array }) => Effect.Effect<boolean, IdentityError>
   /** Publishes a signed change to this inbox's log (needs the root key). */
   readonly revokeInstallation: (installationId: InstallationId) => Effect.Effect<void, IdentityError>
+  /** Signs another device into this inbox's log (needs the root key): see `IdentityOptions.joinInbox`. */
+  readonly approveInstallation: (candidate: InstallationCandidate) => Effect.Effect<void, IdentityError>
 }>() {
   static readonly layer = (options: IdentityOptions = {}) => Layer.effect(this, make(options))
 }
@@ -96,6 +130,53 @@ export const make = (options: IdentityOptions) =>
     const ds = authenticatedAs(yield* DeliveryService, installationSigner(installationId, signatureKeys.privateKey))
     const rootSecretKey = Option.fromNullable(row.rootSecretKey)
     const cache = yield* Ref.make(HashMap.empty<InboxId, IdentityLog.InboxState>())
+    let version = 0
+
+    /**
+     * Verifies fetched log entries onto what we hold, persists and caches them. Each inbox's
+     * entries either all verify or none are taken; the inboxes whose entries did not verify
+     * come back in `rejected` with the reason.
+     */
+    const verifyOnto = (
+      known: Map<InboxId, IdentityLog.InboxState | undefined>,
+      fetched: ReadonlyArray<{ readonly inboxId: InboxId; readonly updates: ReadonlyArray<{ readonly update: IdentityUpdate }> }>
+    ) =>
+      Effect.gen(function*() {
+        const fresh: Array<InboxLogEntry> = []
+        const rejected: Array<InvalidIdentityUpdate> = []
+        const changed = new Set<InboxId>()
+        for (const { inboxId, updates } of fetched) {
+          if (!known.has(inboxId)) known.set(inboxId, yield* knownState(inboxId))
+          let state = known.get(inboxId)
+          const entries: Array<InboxLogEntry> = []
+          let failure: InvalidIdentityUpdate | undefined
+          for (const envelope of updates) {
+            const next = envelope.update.inboxId === inboxId
+              ? IdentityLog.applyUpdate(state, envelope.update)
+              : Either.left(new InvalidIdentityUpdate({ inboxId, reason: "an entry of another inbox" }))
+            if (Either.isLeft(next)) {
+              failure = next.left
+              break
+            }
+            state = next.right
+            entries.push(InboxLogEntry.make({ inboxId, sequence: envelope.update.sequence, update: envelope.update }))
+          }
+          if (failure !== undefined) {
+            rejected.push(failure)
+            continue
+          }
+          if (entries.length > 0) {
+            changed.add(inboxId)
+            version++
+          }
+          fresh.push(...entries)
+          known.set(inboxId, state)
+        }
+        yield* storage.inboxLogs.append(fresh)
+        const verified = [...known].filter((entry): entry is [InboxId, IdentityLog.InboxState] => entry[1] !== undefined)
+        yield* Ref.update(cache, (c) => verified.reduce((acc, [id, state]) => HashMap.set(acc, id, state), c))
+        return { changed, rejected }
+      })
 
     /**
      * Fetches the entries newer than what we hold for several inboxes in one request, verifies
@@ -108,25 +189,34 @@ export const make = (options: IdentityOptions) =>
       const fetched = yield* ds.getIdentityUpdates(
         [...known].map(([inboxId, state]) => ({ inboxId, afterSequence: state?.sequence ?? 0 }))
       )
-      const fresh: Array<InboxLogEntry> = []
-      for (const { inboxId, updates } of fetched) {
-        let state = known.get(inboxId)
-        for (const envelope of updates) {
-          const next = IdentityLog.applyUpdate(state, envelope.update)
-          if (Either.isLeft(next)) return yield* next.left
-          state = next.right
-          fresh.push(InboxLogEntry.make({
-            inboxId: inboxId,
-            sequence: envelope.update.sequence,
-            update: envelope.update
-          }))
-        }
-        known.set(inboxId, state)
-      }
-      yield* storage.inboxLogs.append(fresh)
+      const { rejected } = yield* verifyOnto(known, fetched)
+      if (rejected[0] !== undefined) return yield* rejected[0]
+      return known
+    })
+
+    /** What we hold of these inboxes, without asking the network (and now cached). */
+    const knownStates = Effect.fn("Identity.knownStates")(function*(targets: ReadonlyArray<InboxId>) {
+      const known = new Map<InboxId, IdentityLog.InboxState | undefined>()
+      for (const target of new Set(targets)) known.set(target, yield* knownState(target))
       const verified = [...known].filter((entry): entry is [InboxId, IdentityLog.InboxState] => entry[1] !== undefined)
       yield* Ref.update(cache, (c) => verified.reduce((acc, [id, state]) => HashMap.set(acc, id, state), c))
-      return known
+      return known as ReadonlyMap<InboxId, IdentityLog.InboxState | undefined>
+    })
+
+    /**
+     * Takes identity changes fetched elsewhere (with a sync's group pages). Entries that do not
+     * verify are logged and skipped, inbox by inbox: a bad answer costs only that inbox's news.
+     */
+    const absorb = Effect.fn("Identity.absorb")(function*(
+      fetched: ReadonlyArray<{ readonly inboxId: InboxId; readonly updates: ReadonlyArray<{ readonly update: IdentityUpdate }> }>
+    ) {
+      const { changed, rejected } = yield* verifyOnto(new Map(), fetched)
+      for (const e of rejected) {
+        yield* Effect.logWarning("identity changes that do not verify; skipped", e.reason).pipe(
+          Effect.annotateLogs({ inboxId: e.inboxId })
+        )
+      }
+      return changed as ReadonlySet<InboxId>
     })
 
     const refresh = (target: InboxId) =>
@@ -178,7 +268,7 @@ export const make = (options: IdentityOptions) =>
       return check(Option.getOrUndefined(yield* refresh(leaf.inboxId)))
     })
 
-    const publishOwn = (action: IdentityLog.UnsignedIdentityAction) =>
+    const publishOwn = (action: IdentityLog.UnsignedIdentityAction, prover?: IdentityLog.InstallationProver) =>
       Effect.gen(function*() {
         if (Option.isNone(rootSecretKey)) {
           return yield* new InvalidIdentityUpdate({ inboxId, reason: "this installation does not hold the root key" })
@@ -189,7 +279,7 @@ export const make = (options: IdentityOptions) =>
           inboxId,
           Option.getOrUndefined(head),
           action,
-          ed25519Seed(signatureKeys.privateKey)
+          prover ?? ed25519Seed(signatureKeys.privateKey)
         )
         yield* ds.publishIdentityUpdate(update)
         yield* refresh(inboxId)
@@ -245,7 +335,16 @@ export const make = (options: IdentityOptions) =>
         yield* publishOwn({ _tag: "CreateInbox", rootPublicKey: toHex(ed25519.getPublicKey(rootSecretKey.value)) })
       }
       const state = yield* inboxState(inboxId)
-      if (!HashMap.has(state.installations, installationId)) {
+      if (!HashMap.has(state.installations, installationId) && Option.isNone(rootSecretKey) && options.joinInbox !== undefined) {
+        // Another device signs us in; our key signs only the proof of possession.
+        const seed = ed25519Seed(signatureKeys.privateKey)
+        yield* options.joinInbox.approve({
+          installationId,
+          signaturePublicKey: toHex(signatureKeys.publicKey),
+          prove: (bytes) => signEd25519(seed, bytes)
+        })
+        yield* refresh(inboxId)
+      } else if (!HashMap.has(state.installations, installationId)) {
         yield* publishOwn({
           _tag: "AddInstallation",
           installationId,
@@ -273,12 +372,20 @@ export const make = (options: IdentityOptions) =>
       pruneKeyPackages,
       inboxState,
       refreshMany,
+      knownStates,
+      absorb,
+      version: Effect.sync(() => version),
       isValidLeaf,
       isCurrentLeaf,
       revokeInstallation: (target: InstallationId) =>
         publishOwn({ _tag: "RevokeInstallation", installationId: target }).pipe(
           Effect.withSpan("Identity.revokeInstallation")
-        )
+        ),
+      approveInstallation: (candidate: InstallationCandidate) =>
+        publishOwn(
+          { _tag: "AddInstallation", installationId: candidate.installationId, signaturePublicKey: candidate.signaturePublicKey },
+          candidate.prove
+        ).pipe(Effect.withSpan("Identity.approveInstallation"))
     }
   })
 
@@ -290,12 +397,13 @@ const loadOrCreate = (options: IdentityOptions) =>
     const crypto = yield* MlsCrypto
     const existing = yield* storage.identity.get
     if (Option.isSome(existing)) return existing.value
-    const rootSecretKey = options.rootSecretKey ?? ed25519.utils.randomSecretKey()
+    const joining = options.rootSecretKey === undefined ? options.joinInbox : undefined
+    const rootSecretKey = joining !== undefined ? null : options.rootSecretKey ?? ed25519.utils.randomSecretKey()
     const keys = yield* crypto.generateSignatureKeyPair
     const row = StoredIdentity.make({
-      inboxId: IdentityLog.inboxIdOf(ed25519.getPublicKey(rootSecretKey)),
+      inboxId: joining?.inboxId ?? IdentityLog.inboxIdOf(ed25519.getPublicKey(rootSecretKey!)),
       installationId: IdentityLog.installationIdOf(keys.publicKey),
-      rootSecretKey: rootSecretKey,
+      rootSecretKey,
       signaturePrivateKey: keys.privateKey,
       signaturePublicKey: keys.publicKey,
       registered: false,

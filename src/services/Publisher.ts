@@ -9,7 +9,7 @@
  * until the intent is Processed. A lost epoch race is an `EpochConflict` in its error channel,
  * retried under the conflict schedule; transport failures retry under their own schedule.
  */
-import { Clock, Data, Duration, Effect, Either, Metric, Option, Schema } from "effect"
+import { Clock, Data, Duration, Effect, Either, HashSet, Metric, Option, Schema } from "effect"
 import { sha256Hex, utf8 } from "../domain/Bytes.ts"
 import { type ApplicationContent, ApplicationContentJson } from "../domain/Content.ts"
 import {
@@ -24,7 +24,7 @@ import {
   ProtocolVersionTooOld,
   type StorageError
 } from "../domain/Errors.ts"
-import { currentInstallations } from "../domain/IdentityLog.ts"
+import { currentInstallations, type InboxState } from "../domain/IdentityLog.ts"
 import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
 import { isPaused } from "../domain/Governance.ts"
 import {
@@ -82,12 +82,17 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
    * missing from the group, and leaves whose installation is no longer current (revoked).
    */
   const installationDiff = (state: MlsGroupState, inboxIds: Iterable<InboxId>) =>
+    Effect.flatMap(identity.refreshMany([...inboxIds]), (states) => diffAgainst(state, states))
+
+  /** The same diff against identity states already at hand. */
+  const diffAgainst = (state: MlsGroupState, states: ReadonlyMap<InboxId, InboxState | undefined>) =>
     Effect.gen(function*() {
-      const states = yield* identity.refreshMany([...inboxIds])
       const view = crypto.view(state)
       const present = new Set(view.members.map((m) => m.installationId))
       const add: Array<Wanted> = []
       const remove: Array<InstallationId> = []
+      /** Leaves to remove that the states do not list as revoked either: the states may be behind. */
+      const unexplained: Array<InstallationId> = []
       for (const [inboxId, inbox] of states) {
         if (inbox === undefined) return yield* new InboxNotFound({ inboxId })
         const current = new Set(currentInstallations(inbox))
@@ -95,10 +100,11 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
         for (const leaf of view.members) {
           if (leaf.inboxId === inboxId && !current.has(leaf.installationId) && leaf.leafIndex !== view.ownLeafIndex) {
             remove.push(leaf.installationId)
+            if (!HashSet.has(inbox.revoked, leaf.installationId)) unexplained.push(leaf.installationId)
           }
         }
       }
-      return { add, remove }
+      return { add, remove, unexplained }
     })
 
   /**
@@ -207,7 +213,16 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
   /** Brings every member inbox's leaves in line with its identity log. */
   const deriveInstallationUpdate = (state: MlsGroupState) =>
     Effect.gen(function*() {
-      const { add, remove } = yield* installationDiff(state, crypto.view(state).members.map((m) => m.inboxId))
+      const inboxes = [...new Set(crypto.view(state).members.map((m) => m.inboxId))]
+      // The states a sync just refreshed in its batched query, unless they cannot explain a
+      // leaf (behind, or never fetched): then one request for fresh ones.
+      const known = yield* identity.knownStates(inboxes)
+      const fromKnown = [...known.values()].every((inbox) => inbox !== undefined)
+        ? yield* diffAgainst(state, known)
+        : undefined
+      const { add, remove } = fromKnown !== undefined && fromKnown.unexplained.length === 0
+        ? fromKnown
+        : yield* installationDiff(state, inboxes)
       // Removals first, on their own: a new leaf may take a removed device's slot, and ts-mls
       // 1.6.4 then cannot show the removed device its removal. The adds follow in the next check.
       return yield* (remove.length > 0 ? membershipCommit(state, [], remove) : membershipCommit(state, add, []))
@@ -403,6 +418,55 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
   const lastInstallationCheck = new Map<GroupId, bigint>()
 
   /**
+   * Queues one `UpdateInstallations` intent if the members' leaves differ from `states`
+   * (unless one is pending already: it derives from fresh logs when it is published).
+   * Whether they differ.
+   */
+  const queueIfDiffers = (
+    groupId: GroupId,
+    state: MlsGroupState,
+    states: ReadonlyMap<InboxId, InboxState | undefined>,
+    options: { readonly onlyRevoked: boolean } = { onlyRevoked: false }
+  ) =>
+    Effect.gen(function*() {
+      const { add, remove, unexplained } = yield* diffAgainst(state, states)
+      // States held locally may be behind: a leaf they do not list is no reason to act on them.
+      const removals = options.onlyRevoked ? remove.filter((i) => !unexplained.includes(i)) : remove
+      if (add.length === 0 && removals.length === 0) return false
+      const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
+      if (pending.some((intent) => intent.kind === "UpdateInstallations")) return true
+      yield* storage.intents.insert({
+        groupId,
+        data: UpdateInstallationsData.make({}),
+        createdAtNs: yield* Clock.currentTimeNanos
+      })
+      return true
+    })
+
+  /**
+   * Immediate join and revocation: the members' leaves against the identity states this
+   * installation already holds (just refreshed by a sync's batched query), no request. Run
+   * for every active group on every `syncAll`; the periodic `checkInstallations` stays as a
+   * safety net for states this installation has not heard of. Under the group lock. Whether
+   * the leaves differ from the states (a failed check counts as differing: check again).
+   */
+  const checkInstallationsKnown = Effect.fn("Publisher.checkInstallationsKnown")(function*(groupId: GroupId) {
+    const group = yield* loadGroupRow(ctx, groupId)
+    if (group.membershipState !== "active") return false
+    const state = yield* ctx.loadState(group)
+    const inboxes = new Set(crypto.view(state).members.map((m) => m.inboxId))
+    const states = yield* identity.knownStates([...inboxes])
+    // An inbox we hold nothing of is the safety net's business (it asks the network).
+    const known = new Map([...states].filter(([, inbox]) => inbox !== undefined))
+    if (known.size === 0) return false
+    return yield* queueIfDiffers(groupId, state, known, { onlyRevoked: true })
+  }, (effect, groupId) =>
+    effect.pipe(
+      Effect.catchAll((e) => Effect.logWarning("installation check failed; tried again next time", e.message).pipe(Effect.as(true))),
+      Effect.annotateLogs({ groupId })
+    ))
+
+  /**
    * Every so often, compare the members' leaves with their identity logs; if a device was added
    * or revoked, queue one `UpdateInstallations` intent (whoever lands it first wins; the others
    * re-derive to a no-op). A failed check is logged and tried again next time.
@@ -415,15 +479,8 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     const group = yield* loadGroupRow(ctx, groupId)
     if (group.membershipState !== "active") return
     const state = yield* ctx.loadState(group)
-    const { add, remove } = yield* installationDiff(state, crypto.view(state).members.map((m) => m.inboxId))
-    if (add.length === 0 && remove.length === 0) return
-    const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
-    if (pending.some((intent) => intent.kind === "UpdateInstallations")) return
-    yield* storage.intents.insert({
-      groupId,
-      data: UpdateInstallationsData.make({}),
-      createdAtNs: now
-    })
+    const states = yield* identity.refreshMany(crypto.view(state).members.map((m) => m.inboxId))
+    yield* queueIfDiffers(groupId, state, states)
   }, (effect, groupId) =>
     effect.pipe(
       Effect.catchAll((e) => Effect.logWarning("installation check failed; tried again next time", e.message)),
@@ -520,6 +577,12 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     )
   }
 
-  return { publishPending, round, resolve, checkInstallations: (groupId: GroupId) => ctx.withGroupLock(groupId)(checkInstallations(groupId)) }
+  return {
+    publishPending,
+    round,
+    resolve,
+    checkInstallations: (groupId: GroupId) => ctx.withGroupLock(groupId)(checkInstallations(groupId)),
+    checkInstallationsKnown: (groupId: GroupId) => ctx.withGroupLock(groupId)(checkInstallationsKnown(groupId))
+  }
 }
 

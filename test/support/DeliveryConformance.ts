@@ -857,6 +857,46 @@ export const deliveryConformance = (
         expect(back._tag).toBe("InvalidIdentityUpdate")
       }))
 
+    it.effect("syncQuery: group pages and the identity changes since each cursor in one call, bounded", () =>
+      Effect.gen(function*() {
+        const ds = yield* asPublisher
+        const [a, b] = [newGroupId(), newGroupId()]
+        yield* ds.sendGroupMessages([mlsMessage(a, "a0"), mlsMessage(a, "a1")])
+        const [steady, growing] = [newInbox(), newInbox()]
+        yield* ds.publishIdentityUpdate(steady.create())
+        yield* ds.publishIdentityUpdate(growing.create())
+        const phone = yield* newInstallation(growing)
+        const added = yield* ds.publishIdentityUpdate(growing.add(phone))
+
+        // The caller holds both logs up to their first entry: only the new device comes back.
+        const answer = yield* ds.syncQuery({
+          groups: [{ groupId: a, afterSequenceId: 0n, limit: 1 }, { groupId: b, afterSequenceId: 0n }],
+          identities: [{ inboxId: steady.inboxId, afterSequence: 1 }, { inboxId: growing.inboxId, afterSequence: 1 }]
+        })
+        expect(answer.groups.map((p) => p.items.map((e) => textOf(e.payload)))).toEqual([["a0"], []])
+        expect(answer.groups[0]!.next).toBe(1n)
+        expect(answer.identities).toEqual([{ inboxId: growing.inboxId, updates: [added] }])
+        // Nothing new: no identity answer at all; no groups is fine too.
+        const quiet = yield* ds.syncQuery({
+          groups: [],
+          identities: [{ inboxId: steady.inboxId, afterSequence: 1 }, { inboxId: growing.inboxId, afterSequence: 2 }]
+        })
+        expect(quiet).toEqual({ groups: [], identities: [] })
+
+        const invalid = { _tag: "DeliveryError", reason: "InvalidRequest", retryable: false }
+        const ask = (identities: ReadonlyArray<{ readonly inboxId: InboxId; readonly afterSequence: number }>) =>
+          Effect.flip(ds.syncQuery({ groups: [], identities }))
+        expect(yield* ask([{ inboxId: steady.inboxId, afterSequence: -1 }])).toMatchObject(invalid)
+        expect(yield* ask([{ inboxId: steady.inboxId, afterSequence: 1.5 }])).toMatchObject(invalid)
+        expect(yield* ask([{ inboxId: steady.inboxId, afterSequence: 2 ** 40 }])).toMatchObject(invalid)
+        expect(yield* ask([{ inboxId: "not-an-inbox" as InboxId, afterSequence: 0 }])).toMatchObject(invalid)
+        const tooMany = Array.from({ length: 101 }, () => ({ inboxId: newInbox().inboxId, afterSequence: 0 }))
+        expect(yield* ask(tooMany)).toMatchObject({ _tag: "DeliveryError", retryable: false })
+        // The group part is held to the batch query's rules.
+        const badCursor = yield* Effect.flip(ds.syncQuery({ groups: [{ groupId: a, afterSequenceId: -1n }], identities: [] }))
+        expect(badCursor).toMatchObject(invalid)
+      }))
+
     const maxIdentityUpdates = options.maxIdentityUpdates
     if (maxIdentityUpdates !== undefined) {
       it.effect(`an identity log holds at most ${maxIdentityUpdates} entries`, () =>

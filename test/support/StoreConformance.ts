@@ -180,5 +180,37 @@ export const storeConformance = <E>(name: string, storeLayer: Layer.Layer<Delive
           expect([...state.revoked]).toEqual([installation])
           expect(yield* store.putKeyPackage(installation, inboxId, utf8("kp-3"))).toBe(false)
         }))
+
+      it.effect("identity changes: several inboxes since each one's cursor in one read, bounded, nothing for the unchanged", () =>
+        Effect.gen(function*() {
+          const store = yield* DeliveryStore
+          // Sorted ids, so the expected order (by inbox id) reads off the test.
+          const [quiet, busy, fresh] = [newInboxId(), newInboxId(), newInboxId()].sort()
+          const [phone, laptop] = [newInstallationId(), newInstallationId()]
+          yield* store.appendIdentityUpdate(created(quiet!), "q1")
+          yield* store.appendIdentityUpdate(created(busy!), "b1")
+          yield* store.appendIdentityUpdate(added(busy!, 2, "b1", phone), "b2")
+          yield* store.appendIdentityUpdate(added(busy!, 3, "b2", laptop), "b3")
+          yield* store.appendIdentityUpdate(created(fresh!), "f1")
+          const entries = (cursors: ReadonlyArray<readonly [InboxId, number]>, limit: number) =>
+            store.identityChanges(cursors.map(([inboxId, afterSequence]) => ({ inboxId, afterSequence })), limit).pipe(
+              Effect.map((es) => es.map((e) => `${e.update.inboxId === quiet ? "q" : e.update.inboxId === busy ? "b" : "f"}${e.update.sequence}`))
+            )
+          // The quiet inbox is caught up, the busy one is two behind, the fresh one never read; one unknown.
+          const cursors = [[fresh!, 0], [quiet!, 1], [busy!, 1], [newInboxId(), 0]] as const
+          expect(yield* entries(cursors, 100)).toEqual(["b2", "b3", "f1"])
+          // Nothing new anywhere: nothing at all.
+          expect(yield* entries([[quiet!, 1], [busy!, 3], [fresh!, 1]], 100)).toEqual([])
+          // Bounded: each inbox gets a prefix of its news, continued from its last entry.
+          const firstTwo = yield* entries(cursors, 2)
+          expect(firstTwo).toHaveLength(2)
+          expect(firstTwo).toEqual((yield* entries(cursors, 100)).slice(0, 2))
+          // Asked twice, an inbox is read from its lowest cursor.
+          expect(yield* entries([[busy!, 2], [busy!, 1]], 100)).toEqual(["b2", "b3"])
+          expect(yield* entries([], 100)).toEqual([])
+          // The envelopes are the log's own, as identityUpdates gives them.
+          const viaChanges = yield* store.identityChanges([{ inboxId: busy!, afterSequence: 0 }], 100)
+          expect(viaChanges).toEqual(yield* store.identityUpdates(busy!, 0))
+        }))
     })
   })
