@@ -1,5 +1,5 @@
 /**
- * `npm run simulate -- --seeds N --first-seed S --clients K --ops M [--delivery memory|sqlite|rpc] [--governance] [--classic] [--trace] [--debug] [--plan] [--quiet]`
+ * `npm run simulate -- --seeds N --first-seed S --clients K --ops M [--delivery memory|sqlite|rpc] [--governance] [--classic] [--check-interval-ms MS] [--trace] [--debug] [--plan] [--quiet]`
  *
  * Runs seeds S, S+1, ..., S+N-1: each plans a random history of K inboxes (some with a second
  * installation, from the start or registered mid-run, some revoked later) and M operations
@@ -12,6 +12,8 @@
  *             runs: over an in-memory store (default), a SQLite file, or behind a real server on
  *             a loopback port, reached over RPC
  *   --governance also plan renames, role and policy changes, and forged role grabs
+ *   --check-interval-ms the clients' periodic installation check (default: every sync); a long one
+ *             leaves new and revoked devices to immediate join
  *   --classic the generator the first regression seeds were found with (one installation per
  *             inbox, groups only; see `Plan.Profile`)
  *   --trace   print the trace of every seed, not only failing ones
@@ -21,12 +23,12 @@
  *
  * Exit code: 0 when no seed found a violation, 1 otherwise (2 on bad arguments).
  */
-import { Effect, LogLevel } from "effect"
+import { Duration, Effect, LogLevel } from "effect"
 import * as Simulation from "../src/simulation/Simulation.ts"
 import type { TestDelivery } from "../src/testing.ts"
 
 const usage =
-  "usage: npm run simulate -- [--seeds N] [--first-seed S] [--clients K] [--ops M] [--delivery memory|sqlite|rpc] [--governance] [--classic] [--trace] [--debug] [--plan] [--quiet]"
+  "usage: npm run simulate -- [--seeds N] [--first-seed S] [--clients K] [--ops M] [--delivery memory|sqlite|rpc] [--governance] [--classic] [--check-interval-ms MS] [--trace] [--debug] [--plan] [--quiet]"
 
 const parse = (argv: ReadonlyArray<string>) => {
   const values = new Map<string, string>()
@@ -56,7 +58,9 @@ const parse = (argv: ReadonlyArray<string>) => {
   if (delivery !== "memory" && delivery !== "sqlite" && delivery !== "rpc") {
     throw new Error(`--delivery must be memory, sqlite or rpc, got ${delivery}`)
   }
+  const checkIntervalMs = values.has("check-interval-ms") ? int("check-interval-ms", 0, 0) : undefined
   const options = {
+    checkIntervalMs,
     delivery: delivery as TestDelivery,
     seeds: int("seeds", 10, 1),
     firstSeed: int("first-seed", 1, 0),
@@ -116,7 +120,8 @@ const main = async () => {
       ops: options.ops,
       delivery: options.delivery,
       ...(options.governance ? { governance: true } : {}),
-      ...(options.classic ? { profile: "classic" as const } : {})
+      ...(options.classic ? { profile: "classic" as const } : {}),
+      ...(options.checkIntervalMs === undefined ? {} : { installationCheckInterval: Duration.millis(options.checkIntervalMs) })
     }
     if (options.plan) {
       const ops = Simulation.Plan.plan(params)

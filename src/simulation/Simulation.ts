@@ -57,6 +57,11 @@ export interface Options extends Plan.Params {
   readonly logLevel?: LogLevel.LogLevel
   /** The delivery service under test (always the store-backed one): memory (default), sqlite or rpc. */
   readonly delivery?: TestDelivery
+  /**
+   * The clients' periodic installation check, instead of the profile's (`full`: every sync).
+   * A long one leaves new and revoked devices to immediate join (the batched identity changes).
+   */
+  readonly installationCheckInterval?: Duration.DurationInput
 }
 
 /**
@@ -143,7 +148,9 @@ export const run = (options: Options): Effect.Effect<Report> => {
     const installs = Plan.installations(options, ops)
     /** Installations by name: `c3`, `c3b` (inbox c3's second device), ... */
     const clientName = Plan.namesOf(options, ops)
-    const clientOptions = clientOptionsFor(options.profile)
+    const clientOptions = options.installationCheckInterval === undefined
+      ? clientOptionsFor(options.profile)
+      : { installationCheckInterval: options.installationCheckInterval }
     const opTimeout = options.opTimeout ?? "30 seconds"
     const net = yield* TestNetwork.makeWith({ delivery: options.delivery ?? "memory" })
     const clients: Array<TestClient | undefined> = installs.map(() => undefined)
