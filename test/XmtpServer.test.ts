@@ -291,6 +291,10 @@ layer(XmtpHarness.layer({ maxSubscriptionsPerConnection: 1 }))("The XMTP V3 face
       const second = yield* subscribe(mls, "SubscribeGroupMessages", { filters: [{ groupId: newGroupId(), idCursor: 0 }] })
       const error = yield* second.messages.pipe(Stream.runDrain, Effect.flip)
       expect([error.code, error.details]).toEqual([8, "more than 1 subscriptions on this connection"])
+      // The limit is per connection: another connection subscribes.
+      const other = yield* XmtpHarness.otherConnection
+      const third = yield* subscribe(other, "SubscribeGroupMessages", { filters: [{ groupId: newGroupId(), idCursor: 0 }] })
+      yield* third.headers.pipe(Effect.timeout("5 seconds"))
     }))
 })
 
