@@ -73,7 +73,9 @@ const makeHandlers = (
 
   const streaming = (name: string, handler: Streaming): Grpc.handleServerStreamingCall<unknown, unknown> => (call) => {
     // node-go sends headers at once: tonic's client waits for them before the stream counts as open.
-    call.sendMetadata(new Grpc.Metadata())
+    const headers = new Grpc.Metadata()
+    headers.set("subscribed", "true")
+    call.sendMetadata(headers)
     const peer = call.getPeer()
     const open = subscriptionsPerPeer.get(peer) ?? 0
     if (open >= limits.maxSubscriptionsPerConnection) {
