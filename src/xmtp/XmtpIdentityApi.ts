@@ -64,24 +64,27 @@ const publishIdentityUpdate = (limits: XmtpLimits) => (request: PublishIdentityU
     return yield* new XmtpStatus({ code: Code.Aborted, reason: "the inbox's log kept changing; try again" })
   }).pipe(Effect.annotateLogs({ rpc: "PublishIdentityUpdate" }))
 
+/**
+ * Every inbox's log after its cursor, at most `maxIdentityEntries` entries in all (the Converge
+ * face's bound): inboxes past the budget get what is left of it, possibly nothing, and their
+ * clients ask again from where they got to.
+ */
 const getIdentityUpdates = (limits: XmtpLimits) => (request: GetIdentityUpdatesRequest) =>
   Effect.gen(function*() {
     const store = yield* XmtpStore
     yield* checkCount("GetIdentityUpdates", request.requests, limits.maxIdsPerLookup)
     for (const r of request.requests) if (!INBOX_ID.test(r.inboxId)) return yield* refuse(`malformed inbox id`)
-    const responses = yield* Effect.forEach(request.requests, (r) =>
-      Effect.gen(function*() {
-        const log = yield* stored(store.identityLog(r.inboxId, int64(r.sequenceId), MAX_LOG_ENTRIES))
-        const updates = yield* decodeLog(log.map((e) => e.body))
-        return {
-          inboxId: r.inboxId,
-          updates: log.map((e, i) => ({
-            sequenceId: String(e.sequenceId),
-            serverTimestampNs: String(e.serverTimeNs),
-            update: updates[i]
-          }))
-        }
-      }))
+    let budget = limits.maxIdentityEntries
+    const responses = []
+    for (const r of request.requests) {
+      const log = budget <= 0 ? [] : yield* stored(store.identityLog(r.inboxId, int64(r.sequenceId), Math.min(MAX_LOG_ENTRIES, budget)))
+      budget -= log.length
+      const updates = yield* decodeLog(log.map((e) => e.body))
+      responses.push({
+        inboxId: r.inboxId,
+        updates: log.map((e, i) => ({ sequenceId: String(e.sequenceId), serverTimestampNs: String(e.serverTimeNs), update: updates[i] }))
+      })
+    }
     return { responses }
   })
 

@@ -12,7 +12,7 @@
 import type { mlsApi } from "@xmtp/proto"
 import { Clock, Effect } from "effect"
 import type { DeliveryStoreError, StoredEntry, Topic } from "../services/DeliveryStore.ts"
-import { pageMayContinue } from "../layers/DeliveryRequests.ts"
+import { MAX_PAGE_BYTES, pageMayContinue } from "../layers/DeliveryRequests.ts"
 import { inspectGroupMessage, verifyXmtpKeyPackage } from "./MlsInspect.ts"
 import { codecs, int64, SORT_ASCENDING } from "./Proto.ts"
 import { commitLogTopic, groupTopic, welcomeTopic, XmtpStore } from "./XmtpStore.ts"
@@ -176,15 +176,26 @@ const queryWelcomeMessages = (limits: XmtpLimits) => (request: mlsApi.QueryWelco
     return yield* page(welcomeTopic(request.installationKey), request.pagingInfo, limits.maxPayloadBytes, welcomeMessageOf)
   })
 
+/** With content, an answer carries at most this much payload (a newest message may be up to 1 MiB). */
+const MAX_NEWEST_CONTENT_BYTES = MAX_PAGE_BYTES
+
 const getNewestGroupMessage = (limits: XmtpLimits) => (request: mlsApi.GetNewestGroupMessageRequest) =>
   Effect.gen(function*() {
     const store = yield* XmtpStore
     yield* checkCount("GetNewestGroupMessage", request.groupIds, limits.maxFilters)
     for (const id of request.groupIds) yield* checkId("group id", id)
-    const responses = yield* Effect.forEach(request.groupIds, (groupId) =>
-      Effect.map(stored(store.read(groupTopic(groupId), 0n, 1, true)), (entries) =>
-        entries[0] === undefined ? {} : { groupMessage: groupMessageOf(entries[0], request.includeContent) }), { concurrency: 4 })
-    return { responses }
+    const newest = yield* Effect.forEach(request.groupIds, (groupId) =>
+      Effect.map(stored(store.read(groupTopic(groupId), 0n, 1, true)), (entries) => entries[0]), { concurrency: 4 })
+    const bytes = newest.reduce((n, e) => n + (e?.payload.length ?? 0), 0)
+    if (request.includeContent && bytes > MAX_NEWEST_CONTENT_BYTES) {
+      return yield* new XmtpStatus({
+        code: Code.ResourceExhausted,
+        reason: `the newest messages of ${request.groupIds.length} groups exceed ${MAX_NEWEST_CONTENT_BYTES} bytes: ask for fewer groups`
+      })
+    }
+    return {
+      responses: newest.map((entry) => entry === undefined ? {} : { groupMessage: groupMessageOf(entry, request.includeContent) })
+    }
   })
 
 const batchPublishCommitLog = (limits: XmtpLimits) => (request: mlsApi.BatchPublishCommitLogRequest) =>
