@@ -282,7 +282,45 @@ layer(XmtpHarness.layer())("The XMTP V3 face", (it) => {
   })
 })
 
-layer(XmtpHarness.layer({ maxSubscriptionsPerConnection: 1 }))("The XMTP V3 face's transport bounds", (it) => {
+layer(XmtpHarness.layer({ maxSubscriptionsPerConnection: 1, maxIdentityEntries: 2 }))("The XMTP V3 face's answer bounds", (it) => {
+  it.effect("an identity answer carries at most --max-identity-entries; the client asks on from its cursor", () =>
+    Effect.gen(function*() {
+      const { identity } = yield* Xmtp
+      const alice = newWallet()
+      const { inboxId, update } = registration(alice, newInstallation())
+      yield* call(identity, "PublishIdentityUpdate", { identityUpdate: update })
+      for (let i = 0; i < 2; i++) {
+        const laptop = newInstallation()
+        const member = { installationPublicKey: laptop.publicKey }
+        yield* call(identity, "PublishIdentityUpdate", {
+          identityUpdate: signUpdate({ inboxId, clientTimestampNs: nowNs(), actions: [{ add: { newMemberIdentifier: member } }] }, (text) => [{
+            add: {
+              newMemberIdentifier: member,
+              existingMemberSignature: { erc191: { bytes: alice.sign(text) } },
+              newMemberSignature: { installationKey: { bytes: laptop.sign(text), publicKey: laptop.publicKey } }
+            }
+          }])
+        })
+      }
+      const sequences = (answer: any) => answer.responses.map((r: any) => r.updates.map((u: any) => u.sequenceId.toString()))
+      const both = yield* call(identity, "GetIdentityUpdates", { requests: [{ inboxId, sequenceId: 0 }, { inboxId, sequenceId: 0 }] })
+      expect(sequences(both)).toEqual([["1", "2"], []])
+      expect(sequences(yield* call(identity, "GetIdentityUpdates", { requests: [{ inboxId, sequenceId: 2 }] }))).toEqual([["3"]])
+    }))
+
+  it.effect("the newest messages with content are refused past 4 MiB, and served without it", () =>
+    Effect.gen(function*() {
+      const { mls } = yield* Xmtp
+      const groups = Array.from({ length: 5 }, () => newGroupId())
+      for (const group of groups) {
+        yield* call(mls, "SendGroupMessages", { messages: [groupInput(privateMessage(group, "application", "x".repeat(1_000_000)))] })
+      }
+      const refused = yield* refusal(mls, "GetNewestGroupMessage", { groupIds: groups, includeContent: true })
+      expect([refused.code, refused.details]).toEqual([8, expect.stringMatching(/ask for fewer groups/)])
+      const bare = yield* call(mls, "GetNewestGroupMessage", { groupIds: groups, includeContent: false })
+      expect(bare.responses.map((r: any) => r.groupMessage.v1.id.toString())).toEqual(["1", "1", "1", "1", "1"])
+    }))
+
   it.scoped("a connection past its subscription limit gets RESOURCE_EXHAUSTED", () =>
     Effect.gen(function*() {
       const { mls } = yield* Xmtp
@@ -291,6 +329,10 @@ layer(XmtpHarness.layer({ maxSubscriptionsPerConnection: 1 }))("The XMTP V3 face
       const second = yield* subscribe(mls, "SubscribeGroupMessages", { filters: [{ groupId: newGroupId(), idCursor: 0 }] })
       const error = yield* second.messages.pipe(Stream.runDrain, Effect.flip)
       expect([error.code, error.details]).toEqual([8, "more than 1 subscriptions on this connection"])
+      // The limit is per connection: another connection subscribes.
+      const other = yield* XmtpHarness.otherConnection
+      const third = yield* subscribe(other, "SubscribeGroupMessages", { filters: [{ groupId: newGroupId(), idCursor: 0 }] })
+      yield* third.headers.pipe(Effect.timeout("5 seconds"))
     }))
 })
 

@@ -12,7 +12,7 @@
 import type { mlsApi } from "@xmtp/proto"
 import { Clock, Effect } from "effect"
 import type { DeliveryStoreError, StoredEntry, Topic } from "../services/DeliveryStore.ts"
-import { pageMayContinue } from "../layers/DeliveryRequests.ts"
+import { MAX_PAGE_BYTES, pageMayContinue } from "../layers/DeliveryRequests.ts"
 import { inspectGroupMessage, verifyXmtpKeyPackage } from "./MlsInspect.ts"
 import { codecs, int64, SORT_ASCENDING } from "./Proto.ts"
 import { commitLogTopic, groupTopic, welcomeTopic, XmtpStore } from "./XmtpStore.ts"
@@ -82,160 +82,171 @@ const page = <A>(
 /** A unary RPC: its decoded request to its response (a plain object the codec completes). */
 export type Unary = (request: never) => Effect.Effect<unknown, XmtpStatus, XmtpStore>
 
-export const make = (limits: XmtpLimits): Record<string, Unary> => {
-  const sendGroupMessages = (request: mlsApi.SendGroupMessagesRequest) =>
-    Effect.gen(function*() {
-      const store = yield* XmtpStore
-      yield* checkCount("SendGroupMessages", request.messages, limits.maxBatch)
-      // Everything is checked before anything is stored: a send is all or nothing.
-      const entries: Array<{ topic: Topic; payload: Uint8Array }> = []
-      for (const input of request.messages) {
-        const v1 = input.v1
-        if (v1 === undefined) return yield* refuse("invalid group message")
-        yield* checkBytes("group message", v1.data, limits.maxPayloadBytes)
-        yield* checkMaxBytes("sender hmac", v1.senderHmac, 1024)
-        const facts = yield* inspectGroupMessage(v1.data).pipe(
-          Effect.mapError((e) => invalid(`invalid group message: ${e.reason}`))
-        )
-        const record = {
-          v1: { groupId: facts.groupId, data: v1.data, senderHmac: v1.senderHmac, shouldPush: v1.shouldPush, isCommit: facts.isCommit }
-        }
-        entries.push({ topic: groupTopic(facts.groupId), payload: codecs.groupMessage.encode(codecs.groupMessage.fromPartial(record)).finish() })
-      }
-      yield* stored(store.append(entries))
-      return {}
-    })
-
-  const welcomeEntry = (input: mlsApi.SendWelcomeMessagesRequest["messages"][number]) =>
-    Effect.gen(function*() {
+const sendGroupMessages = (limits: XmtpLimits) => (request: mlsApi.SendGroupMessagesRequest) =>
+  Effect.gen(function*() {
+    const store = yield* XmtpStore
+    yield* checkCount("SendGroupMessages", request.messages, limits.maxBatch)
+    // Everything is checked before anything is stored: a send is all or nothing.
+    const entries: Array<{ topic: Topic; payload: Uint8Array }> = []
+    for (const input of request.messages) {
       const v1 = input.v1
-      if (v1 !== undefined) {
-        yield* checkId("installation key", v1.installationKey)
-        yield* checkBytes("welcome", v1.data, limits.maxPayloadBytes)
-        yield* checkMaxBytes("welcome metadata", v1.welcomeMetadata, 64 * 1024)
-        if (v1.hpkePublicKey.length === 0 && v1.wrapperAlgorithm !== 3) return yield* refuse("invalid welcome message")
-        yield* checkMaxBytes("hpke public key", v1.hpkePublicKey, 4096)
-        return { topic: welcomeTopic(v1.installationKey), message: { v1: { ...v1, id: "0", createdNs: "0" } } }
-      }
-      const pointer = input.welcomePointer
-      if (pointer === undefined) return yield* refuse("invalid welcome message: missing version")
-      yield* checkId("installation key", pointer.installationKey)
-      yield* checkBytes("welcome pointer", pointer.welcomePointer, limits.maxPayloadBytes)
-      yield* checkBytes("hpke public key", pointer.hpkePublicKey, 4096)
-      if (pointer.wrapperAlgorithm !== 2) return yield* refuse("invalid welcome pointer wrapper algorithm")
-      return { topic: welcomeTopic(pointer.installationKey), message: { welcomePointer: { ...pointer, id: "0", createdNs: "0" } } }
-    })
-
-  const sendWelcomeMessages = (request: mlsApi.SendWelcomeMessagesRequest) =>
-    Effect.gen(function*() {
-      const store = yield* XmtpStore
-      yield* checkCount("SendWelcomeMessages", request.messages, limits.maxBatch)
-      const entries = yield* Effect.forEach(request.messages, welcomeEntry)
-      yield* stored(store.append(entries.map(({ message, topic }) => ({
-        topic,
-        payload: codecs.welcomeMessage.encode(codecs.welcomeMessage.fromPartial(message)).finish()
-      }))))
-      return {}
-    })
-
-  const uploadKeyPackage = (request: mlsApi.UploadKeyPackageRequest) =>
-    Effect.gen(function*() {
-      const store = yield* XmtpStore
-      const bytes = request.keyPackage?.keyPackageTlsSerialized
-      if (bytes === undefined) return yield* refuse("no key package")
-      yield* checkBytes("key package", bytes, limits.maxPayloadBytes)
-      const now = yield* Clock.currentTimeMillis
-      const facts = yield* verifyXmtpKeyPackage(bytes, BigInt(Math.floor(now / 1000))).pipe(
-        Effect.mapError((e) => invalid(`invalid identity: ${e.reason}`))
+      if (v1 === undefined) return yield* refuse("invalid group message")
+      yield* checkBytes("group message", v1.data, limits.maxPayloadBytes)
+      yield* checkMaxBytes("sender hmac", v1.senderHmac, 1024)
+      const facts = yield* inspectGroupMessage(v1.data).pipe(
+        Effect.mapError((e) => invalid(`invalid group message: ${e.reason}`))
       )
-      yield* stored(store.putKeyPackage(facts.installationKey, bytes))
-      return {}
-    })
-
-  const fetchKeyPackages = (request: mlsApi.FetchKeyPackagesRequest) =>
-    Effect.gen(function*() {
-      const store = yield* XmtpStore
-      yield* checkCount("FetchKeyPackages", request.installationKeys, limits.maxIdsPerLookup)
-      for (const key of request.installationKeys) yield* checkId("installation key", key)
-      const found = yield* stored(store.keyPackages(request.installationKeys))
-      return {
-        keyPackages: request.installationKeys.map((key) => ({
-          keyPackageTlsSerialized: found.get(Buffer.from(key).toString("hex")) ?? new Uint8Array(0)
-        }))
+      const record = {
+        v1: { groupId: facts.groupId, data: v1.data, senderHmac: v1.senderHmac, shouldPush: v1.shouldPush, isCommit: facts.isCommit }
       }
-    })
+      entries.push({ topic: groupTopic(facts.groupId), payload: codecs.groupMessage.encode(codecs.groupMessage.fromPartial(record)).finish() })
+    }
+    yield* stored(store.append(entries))
+    return {}
+  })
 
-  const queryGroupMessages = (request: mlsApi.QueryGroupMessagesRequest) =>
-    Effect.gen(function*() {
-      yield* checkId("group id", request.groupId)
-      return yield* page(groupTopic(request.groupId), request.pagingInfo, limits.maxPayloadBytes, (e) => groupMessageOf(e))
-    })
+const welcomeEntry = (limits: XmtpLimits) => (input: mlsApi.SendWelcomeMessagesRequest["messages"][number]) =>
+  Effect.gen(function*() {
+    const v1 = input.v1
+    if (v1 !== undefined) {
+      yield* checkId("installation key", v1.installationKey)
+      yield* checkBytes("welcome", v1.data, limits.maxPayloadBytes)
+      yield* checkMaxBytes("welcome metadata", v1.welcomeMetadata, 64 * 1024)
+      if (v1.hpkePublicKey.length === 0 && v1.wrapperAlgorithm !== 3) return yield* refuse("invalid welcome message")
+      yield* checkMaxBytes("hpke public key", v1.hpkePublicKey, 4096)
+      return { topic: welcomeTopic(v1.installationKey), message: { v1: { ...v1, id: "0", createdNs: "0" } } }
+    }
+    const pointer = input.welcomePointer
+    if (pointer === undefined) return yield* refuse("invalid welcome message: missing version")
+    yield* checkId("installation key", pointer.installationKey)
+    yield* checkBytes("welcome pointer", pointer.welcomePointer, limits.maxPayloadBytes)
+    yield* checkBytes("hpke public key", pointer.hpkePublicKey, 4096)
+    if (pointer.wrapperAlgorithm !== 2) return yield* refuse("invalid welcome pointer wrapper algorithm")
+    return { topic: welcomeTopic(pointer.installationKey), message: { welcomePointer: { ...pointer, id: "0", createdNs: "0" } } }
+  })
 
-  const queryWelcomeMessages = (request: mlsApi.QueryWelcomeMessagesRequest) =>
-    Effect.gen(function*() {
-      yield* checkId("installation key", request.installationKey)
-      return yield* page(welcomeTopic(request.installationKey), request.pagingInfo, limits.maxPayloadBytes, welcomeMessageOf)
-    })
+const sendWelcomeMessages = (limits: XmtpLimits) => (request: mlsApi.SendWelcomeMessagesRequest) =>
+  Effect.gen(function*() {
+    const store = yield* XmtpStore
+    yield* checkCount("SendWelcomeMessages", request.messages, limits.maxBatch)
+    const entries = yield* Effect.forEach(request.messages, welcomeEntry(limits))
+    yield* stored(store.append(entries.map(({ message, topic }) => ({
+      topic,
+      payload: codecs.welcomeMessage.encode(codecs.welcomeMessage.fromPartial(message)).finish()
+    }))))
+    return {}
+  })
 
-  const getNewestGroupMessage = (request: mlsApi.GetNewestGroupMessageRequest) =>
-    Effect.gen(function*() {
-      const store = yield* XmtpStore
-      yield* checkCount("GetNewestGroupMessage", request.groupIds, limits.maxFilters)
-      for (const id of request.groupIds) yield* checkId("group id", id)
-      const responses = yield* Effect.forEach(request.groupIds, (groupId) =>
-        Effect.map(stored(store.read(groupTopic(groupId), 0n, 1, true)), (entries) =>
-          entries[0] === undefined ? {} : { groupMessage: groupMessageOf(entries[0], request.includeContent) }), { concurrency: 4 })
-      return { responses }
-    })
+const uploadKeyPackage = (limits: XmtpLimits) => (request: mlsApi.UploadKeyPackageRequest) =>
+  Effect.gen(function*() {
+    const store = yield* XmtpStore
+    const bytes = request.keyPackage?.keyPackageTlsSerialized
+    if (bytes === undefined) return yield* refuse("no key package")
+    yield* checkBytes("key package", bytes, limits.maxPayloadBytes)
+    const now = yield* Clock.currentTimeMillis
+    const facts = yield* verifyXmtpKeyPackage(bytes, BigInt(Math.floor(now / 1000))).pipe(
+      Effect.mapError((e) => invalid(`invalid identity: ${e.reason}`))
+    )
+    yield* stored(store.putKeyPackage(facts.installationKey, bytes))
+    return {}
+  })
 
-  const batchPublishCommitLog = (request: mlsApi.BatchPublishCommitLogRequest) =>
-    Effect.gen(function*() {
-      const store = yield* XmtpStore
-      yield* checkCount("BatchPublishCommitLog", request.requests, MAX_COMMIT_LOG_INSERTS)
-      const entries: Array<{ topic: Topic; payload: Uint8Array }> = []
-      for (const entry of request.requests) {
-        yield* checkId("group id", entry.groupId)
-        yield* checkBytes("commit log entry", entry.serializedCommitLogEntry, limits.maxPayloadBytes)
-        if (entry.signature === undefined) return yield* refuse("invalid commit log entry")
-        const record = { sequenceId: "0", serializedCommitLogEntry: entry.serializedCommitLogEntry, signature: entry.signature }
-        entries.push({
-          topic: commitLogTopic(entry.groupId),
-          payload: codecs.commitLogEntry.encode(codecs.commitLogEntry.fromPartial(record)).finish()
-        })
-      }
-      yield* stored(store.append(entries))
-      return {}
-    })
+const fetchKeyPackages = (limits: XmtpLimits) => (request: mlsApi.FetchKeyPackagesRequest) =>
+  Effect.gen(function*() {
+    const store = yield* XmtpStore
+    yield* checkCount("FetchKeyPackages", request.installationKeys, limits.maxIdsPerLookup)
+    for (const key of request.installationKeys) yield* checkId("installation key", key)
+    const found = yield* stored(store.keyPackages(request.installationKeys))
+    return {
+      keyPackages: request.installationKeys.map((key) => ({
+        keyPackageTlsSerialized: found.get(Buffer.from(key).toString("hex")) ?? new Uint8Array(0)
+      }))
+    }
+  })
 
-  const batchQueryCommitLog = (request: mlsApi.BatchQueryCommitLogRequest) =>
-    Effect.gen(function*() {
-      yield* checkCount("BatchQueryCommitLog", request.requests, MAX_COMMIT_LOG_QUERIES)
-      const responses = yield* Effect.forEach(request.requests, (query) =>
-        Effect.gen(function*() {
-          yield* checkId("group id", query.groupId)
-          if (query.pagingInfo?.direction === 2) return yield* refuse("descending direction is not supported")
-          const paging = { direction: SORT_ASCENDING, limit: query.pagingInfo?.limit ?? 0, idCursor: query.pagingInfo?.idCursor } as PagingInfo
-          const found = yield* page(commitLogTopic(query.groupId), paging, limits.maxPayloadBytes, (e) => ({
-            ...codecs.commitLogEntry.decode(e.payload),
-            sequenceId: String(e.sequenceId)
-          }))
-          return { groupId: query.groupId, commitLogEntries: found.messages, pagingInfo: found.pagingInfo }
+const queryGroupMessages = (limits: XmtpLimits) => (request: mlsApi.QueryGroupMessagesRequest) =>
+  Effect.gen(function*() {
+    yield* checkId("group id", request.groupId)
+    return yield* page(groupTopic(request.groupId), request.pagingInfo, limits.maxPayloadBytes, (e) => groupMessageOf(e))
+  })
+
+const queryWelcomeMessages = (limits: XmtpLimits) => (request: mlsApi.QueryWelcomeMessagesRequest) =>
+  Effect.gen(function*() {
+    yield* checkId("installation key", request.installationKey)
+    return yield* page(welcomeTopic(request.installationKey), request.pagingInfo, limits.maxPayloadBytes, welcomeMessageOf)
+  })
+
+/** With content, an answer carries at most this much payload (a newest message may be up to 1 MiB). */
+const MAX_NEWEST_CONTENT_BYTES = MAX_PAGE_BYTES
+
+const getNewestGroupMessage = (limits: XmtpLimits) => (request: mlsApi.GetNewestGroupMessageRequest) =>
+  Effect.gen(function*() {
+    const store = yield* XmtpStore
+    yield* checkCount("GetNewestGroupMessage", request.groupIds, limits.maxFilters)
+    for (const id of request.groupIds) yield* checkId("group id", id)
+    const newest = yield* Effect.forEach(request.groupIds, (groupId) =>
+      Effect.map(stored(store.read(groupTopic(groupId), 0n, 1, true)), (entries) => entries[0]), { concurrency: 4 })
+    const bytes = newest.reduce((n, e) => n + (e?.payload.length ?? 0), 0)
+    if (request.includeContent && bytes > MAX_NEWEST_CONTENT_BYTES) {
+      return yield* new XmtpStatus({
+        code: Code.ResourceExhausted,
+        reason: `the newest messages of ${request.groupIds.length} groups exceed ${MAX_NEWEST_CONTENT_BYTES} bytes: ask for fewer groups`
+      })
+    }
+    return {
+      responses: newest.map((entry) => entry === undefined ? {} : { groupMessage: groupMessageOf(entry, request.includeContent) })
+    }
+  })
+
+const batchPublishCommitLog = (limits: XmtpLimits) => (request: mlsApi.BatchPublishCommitLogRequest) =>
+  Effect.gen(function*() {
+    const store = yield* XmtpStore
+    yield* checkCount("BatchPublishCommitLog", request.requests, MAX_COMMIT_LOG_INSERTS)
+    const entries: Array<{ topic: Topic; payload: Uint8Array }> = []
+    for (const entry of request.requests) {
+      yield* checkId("group id", entry.groupId)
+      yield* checkBytes("commit log entry", entry.serializedCommitLogEntry, limits.maxPayloadBytes)
+      if (entry.signature === undefined) return yield* refuse("invalid commit log entry")
+      const record = { sequenceId: "0", serializedCommitLogEntry: entry.serializedCommitLogEntry, signature: entry.signature }
+      entries.push({
+        topic: commitLogTopic(entry.groupId),
+        payload: codecs.commitLogEntry.encode(codecs.commitLogEntry.fromPartial(record)).finish()
+      })
+    }
+    yield* stored(store.append(entries))
+    return {}
+  })
+
+const batchQueryCommitLog = (limits: XmtpLimits) => (request: mlsApi.BatchQueryCommitLogRequest) =>
+  Effect.gen(function*() {
+    yield* checkCount("BatchQueryCommitLog", request.requests, MAX_COMMIT_LOG_QUERIES)
+    const responses = yield* Effect.forEach(request.requests, (query) =>
+      Effect.gen(function*() {
+        yield* checkId("group id", query.groupId)
+        if (query.pagingInfo?.direction === 2) return yield* refuse("descending direction is not supported")
+        const paging = { direction: SORT_ASCENDING, limit: query.pagingInfo?.limit ?? 0, idCursor: query.pagingInfo?.idCursor } as PagingInfo
+        const found = yield* page(commitLogTopic(query.groupId), paging, limits.maxPayloadBytes, (e) => ({
+          ...codecs.commitLogEntry.decode(e.payload),
+          sequenceId: String(e.sequenceId)
         }))
-      return { responses }
-    })
+        return { groupId: query.groupId, commitLogEntries: found.messages, pagingInfo: found.pagingInfo }
+      }))
+    return { responses }
+  })
 
-  const unimplemented = (reason: string) => () => Effect.fail(new XmtpStatus({ code: Code.Unimplemented, reason }))
+const unimplemented = (reason: string) => () => Effect.fail(new XmtpStatus({ code: Code.Unimplemented, reason }))
 
+export const make = (limits: XmtpLimits): Record<string, Unary> => {
   return {
-    SendGroupMessages: sendGroupMessages,
-    SendWelcomeMessages: sendWelcomeMessages,
-    UploadKeyPackage: uploadKeyPackage,
-    FetchKeyPackages: fetchKeyPackages,
-    QueryGroupMessages: queryGroupMessages,
-    QueryWelcomeMessages: queryWelcomeMessages,
-    GetNewestGroupMessage: getNewestGroupMessage,
-    BatchPublishCommitLog: batchPublishCommitLog,
-    BatchQueryCommitLog: batchQueryCommitLog,
+    SendGroupMessages: sendGroupMessages(limits),
+    SendWelcomeMessages: sendWelcomeMessages(limits),
+    UploadKeyPackage: uploadKeyPackage(limits),
+    FetchKeyPackages: fetchKeyPackages(limits),
+    QueryGroupMessages: queryGroupMessages(limits),
+    QueryWelcomeMessages: queryWelcomeMessages(limits),
+    GetNewestGroupMessage: getNewestGroupMessage(limits),
+    BatchPublishCommitLog: batchPublishCommitLog(limits),
+    BatchQueryCommitLog: batchQueryCommitLog(limits),
     RegisterInstallation: unimplemented("RegisterInstallation is deprecated: use UploadKeyPackage"),
     RevokeInstallation: unimplemented("unimplemented"),
     GetIdentityUpdates: unimplemented("unimplemented: use xmtp.identity.api.v1.IdentityApi")

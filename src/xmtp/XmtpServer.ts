@@ -61,10 +61,8 @@ const makeHandlers = (
         duration: limits.requestTimeoutMillis,
         onTimeout: () => new XmtpStatus({ code: Grpc.status.DEADLINE_EXCEEDED, reason: `${name} took longer than ${limits.requestTimeoutMillis} ms` })
       }),
-      Effect.tapErrorCause((cause) =>
-        Cause.isFailure(cause) && Option.isNone(Cause.failureOption(cause))
-          ? Effect.logError(`xmtp: ${name} failed`, cause)
-          : Effect.void),
+      // A defect is ours: logged, and answered INTERNAL without its details.
+      Effect.tapErrorCause((cause) => Cause.isDie(cause) ? Effect.logError(`xmtp: ${name} failed`, cause) : Effect.void),
       Effect.annotateLogs({ rpc: name })
     )
     const fiber = Runtime.runFork(runtime)(effect)
@@ -75,7 +73,9 @@ const makeHandlers = (
 
   const streaming = (name: string, handler: Streaming): Grpc.handleServerStreamingCall<unknown, unknown> => (call) => {
     // node-go sends headers at once: tonic's client waits for them before the stream counts as open.
-    call.sendMetadata(new Grpc.Metadata())
+    const headers = new Grpc.Metadata()
+    headers.set("subscribed", "true")
+    call.sendMetadata(headers)
     const peer = call.getPeer()
     const open = subscriptionsPerPeer.get(peer) ?? 0
     if (open >= limits.maxSubscriptionsPerConnection) {
@@ -113,8 +113,8 @@ const grpcOptions = (limits: Required<TransportLimits>): Grpc.ServerOptions => (
   "grpc.max_receive_message_length": limits.maxBodyBytes,
   "grpc.max_send_message_length": limits.maxBodyBytes * 2,
   "grpc.max_concurrent_streams": limits.maxInFlightPerConnection,
-  // Pings keep a quiet subscription's connection alive, and find dead peers.
-  "grpc.keepalive_time_ms": 30_000,
+  // Pings keep a quiet subscription's connection alive (well within the idle timeout), and find dead peers.
+  "grpc.keepalive_time_ms": Math.max(1000, Math.min(30_000, Math.floor(limits.idleTimeoutMillis / 2))),
   "grpc.keepalive_timeout_ms": 10_000,
   "grpc.keepalive_permit_without_calls": 1,
   "grpc.http2.min_ping_interval_without_data_ms": 5_000,

@@ -44,6 +44,8 @@ export interface XmtpLimits {
   readonly maxFilters: number
   /** How often a subscription re-reads its topics when told nothing (a safety net). */
   readonly pollMillis: number
+  /** Most identity-log entries in one `GetIdentityUpdates` answer (`--max-identity-entries`). */
+  readonly maxIdentityEntries: number
 }
 
 export const DEFAULT_XMTP_LIMITS: XmtpLimits = {
@@ -51,7 +53,8 @@ export const DEFAULT_XMTP_LIMITS: XmtpLimits = {
   maxBatch: 50,
   maxIdsPerLookup: 100,
   maxFilters: 1000,
-  pollMillis: 5000
+  pollMillis: 5000,
+  maxIdentityEntries: 500
 }
 
 /** node-go's page size: a larger or missing limit means this. */

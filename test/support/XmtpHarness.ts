@@ -29,6 +29,22 @@ export interface Xmtp {
 }
 export const Xmtp = Context.GenericTag<Xmtp>("test/Xmtp")
 
+/** A server on `store` (an XMTP store and what it needs), on a random port, with its clients. */
+export const serverOn = (
+  store: Layer.Layer<XmtpStore.XmtpStore, unknown>,
+  options: Partial<XmtpServer.XmtpServerOptions> = {}
+) =>
+  Effect.gen(function*() {
+    const context = yield* Layer.build(store)
+    const { port } = yield* XmtpServer.serve({ port: 0, host: "127.0.0.1", ...options }).pipe(Effect.provide(context))
+    const address = `127.0.0.1:${port}`
+    const credentials = Grpc.credentials.createInsecure()
+    const mls = new (Grpc.makeClientConstructor(MLS_API, "MlsApi"))(address, credentials) as GrpcClient
+    const identity = new (Grpc.makeClientConstructor(IDENTITY_API, "IdentityApi"))(address, credentials) as GrpcClient
+    yield* Effect.addFinalizer(() => Effect.sync(() => (mls.close(), identity.close())))
+    return { port, mls, identity } satisfies Xmtp
+  }).pipe(Effect.orDie)
+
 /** A server on a fresh SQLite file, with its clients; `options` tighten its limits. */
 export const layer = (options: Partial<XmtpServer.XmtpServerOptions> = {}): Layer.Layer<Xmtp> =>
   Layer.scoped(
@@ -42,16 +58,22 @@ export const layer = (options: Partial<XmtpServer.XmtpServerOptions> = {}): Laye
         Layer.provideMerge(layerSqlite),
         Layer.provide(SqliteClient.layer({ filename: path.join(dir, "ds.sqlite") }))
       )
-      const context = yield* Layer.build(store)
-      const { port } = yield* XmtpServer.serve({ port: 0, host: "127.0.0.1", ...options }).pipe(Effect.provide(context))
-      const address = `127.0.0.1:${port}`
-      const credentials = Grpc.credentials.createInsecure()
-      const mls = new (Grpc.makeClientConstructor(MLS_API, "MlsApi"))(address, credentials) as GrpcClient
-      const identity = new (Grpc.makeClientConstructor(IDENTITY_API, "IdentityApi"))(address, credentials) as GrpcClient
-      yield* Effect.addFinalizer(() => Effect.sync(() => (mls.close(), identity.close())))
-      return { port, mls, identity }
-    }).pipe(Effect.orDie)
+      return yield* serverOn(store, options)
+    })
   )
+
+/** An MlsApi client on a connection of its own (grpc-js shares one per target otherwise); closed with the scope. */
+export const otherConnection = Effect.gen(function*() {
+  const { port } = yield* Xmtp
+  return yield* Effect.acquireRelease(
+    Effect.sync(() =>
+      new (Grpc.makeClientConstructor(MLS_API, "MlsApi"))(`127.0.0.1:${port}`, Grpc.credentials.createInsecure(), {
+        "grpc.use_local_subchannel_pool": 1
+      }) as GrpcClient
+    ),
+    (client) => Effect.sync(() => client.close())
+  )
+})
 
 /** A unary call: its response, or its gRPC error in the failure channel. */
 export const call = (client: GrpcClient, method: string, request: unknown) =>
