@@ -9,6 +9,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Clock, Effect } from "effect"
 import type { ConversationId, InstallationId } from "../src/domain/Ids.ts"
 import type { Conversation } from "../src/services/Client.ts"
+import * as Simulation from "../src/simulation/Simulation.ts"
 import { type TestClient, TestNetwork } from "../src/testing.ts"
 
 const open = (client: TestClient, id: ConversationId) => client.conversation(id)
@@ -165,4 +166,25 @@ describe("Revoking an installation", () => {
       yield* alice.revokeInstallation(alice2.installationId)
       expect(yield* alice.installations).toEqual([{ installationId: alice.installationId, current: true }])
     }))
+})
+
+/**
+ * Seeded histories with devices registered and revoked mid-run, and the periodic check pushed
+ * out of reach (one hour): immediate join alone must keep every installation of every member
+ * inbox in its groups. Seed 13 breaks the invariants without it (5 violations:
+ * installations-not-in-sync, member-not-joined).
+ */
+describe("Devices in seeded histories, without the periodic check", () => {
+  for (const seed of [13, 17]) {
+    it.live(`seed ${seed} (5 inboxes, 60 operations): devices come and go by immediate join alone`, () =>
+      Simulation.run({ seed, clients: 5, ops: 60, installationCheckInterval: "1 hour" }).pipe(
+        Effect.tap((report) =>
+          Effect.sync(() => {
+            expect(report.violations, Simulation.Report.format(report)).toEqual([])
+            expect(report.figures.installations).toBeGreaterThan(5)
+            expect(report.figures.revocations).toBeGreaterThan(0)
+          })
+        )
+      ), 120_000)
+  }
 })
