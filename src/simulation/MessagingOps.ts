@@ -29,10 +29,42 @@ export interface Lookups<E> {
 
 const texts = (messages: ReadonlyArray<Message>) => messages.filter((m) => m.kind === "text" && !m.deleted)
 
-export const run = <E>(world: World, log: MessagingLog, lookups: Lookups<E>, index: number, op: MessagingOp) =>
+/**
+ * The first inbox from `c` on (first installations, wrapping) that holds the group active: the
+ * plan cannot know who is in a group by then, so the operation goes to a member if there is one.
+ */
+const actorFor = <E>(world: World, lookups: Lookups<E>, c: number, g: number) =>
   Effect.gen(function*() {
-    const client = yield* lookups.clientOf(op.c)
-    const cv = yield* lookups.conversationOf(op.c, op.g)
+    const inboxes = world.inboxIds.length
+    for (let i = 0; i < inboxes; i++) {
+      const candidate = (c + i) % inboxes
+      const found = yield* Effect.either(Effect.gen(function*() {
+        const cv = yield* lookups.conversationOf(candidate, g)
+        if ((yield* cv.state) !== "active") return yield* Effect.fail("inactive")
+        return { c: candidate, client: yield* lookups.clientOf(candidate), cv }
+      }))
+      if (found._tag === "Right") return found.right
+    }
+    return undefined
+  })
+
+export const run = <E>(world: World, log: MessagingLog, lookups: Lookups<E>, index: number, planned: MessagingOp) =>
+  Effect.gen(function*() {
+    const actor = yield* actorFor(world, lookups, planned.c, planned.g)
+    if (actor === undefined) return `skipped: nobody is in g${planned.g}`
+    const result = yield* perform(world, log, actor, index, { ...planned, c: actor.c })
+    return actor.c === planned.c ? result : `by ${clientName(actor.c, world)}: ${result}`
+  })
+
+const perform = (
+  world: World,
+  log: MessagingLog,
+  actor: { readonly client: TestClient; readonly cv: Conversation },
+  index: number,
+  op: MessagingOp
+) =>
+  Effect.gen(function*() {
+    const { client, cv } = actor
     const text = "k" in op ? textOf(op.k, clientName(op.c, world)) : ""
     switch (op._tag) {
       case "SendDirect": {
