@@ -59,8 +59,9 @@ describe("simulation: planning", () => {
       const a = Simulation.Plan.plan({ seed: 7, clients: 5, ops: 80, profile })
       expect(Simulation.Plan.plan({ seed: 7, clients: 5, ops: 80, profile })).toEqual(a)
       expect(Simulation.Plan.plan({ seed: 8, clients: 5, ops: 80, profile })).not.toEqual(a)
-      // The adversaries (a lying delivery service, a malicious member) come on top of the planned operations.
-      expect(a.filter((op) => op._tag !== "LieKeyPackages" && op._tag !== "ForgeCommit")).toHaveLength(80)
+      // The adversaries (a lying delivery service, a malicious member) and the messaging operations
+      // come on top of the planned operations.
+      expect(a.filter((op) => op._tag !== "LieKeyPackages" && op._tag !== "ForgeCommit" && op._tag !== "Messaging")).toHaveLength(80)
       // Second installations from the start come first, then the first group.
       expect(a.find((op) => op._tag !== "AddDevice")?._tag).toBe("CreateGroup")
     }
