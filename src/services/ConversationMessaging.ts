@@ -113,43 +113,51 @@ export const make = <ActionError>(h: Helpers<ActionError>) => {
       return messageId
     }, annotated)
 
-    /** Where a deletion of `row` travels: its own conversation (a direct message's is the DM). */
-    const conversationFor = (row: StoredMessage) =>
-      row.conversationId === id || (kind === "group" && row.groupContext === (id as unknown as GroupId))
-        ? Option.some({ id: row.conversationId, kind: row.conversationId.startsWith("dm:") ? "dm" as const : "group" as const })
-        : Option.none()
-
-    const deleteMessage = Effect.fn("Conversation.deleteMessage", traced)(function*(messageId: MessageId) {
-      const target = yield* decodeMessageId(messageId).pipe(
-        Effect.mapError(() => new InvalidInput({ reason: `not a message id: ${String(messageId)}` }))
-      )
-      const row = Option.getOrUndefined(yield* ctx.storage.messages.get(target))
-      const travel = row === undefined ? undefined : Option.getOrUndefined(conversationFor(row))
-      if (row === undefined || travel === undefined) return yield* new MessageNotFound({ messageId: target })
-      if (row.kind !== "text") return yield* new InvalidInput({ reason: "membership and settings entries cannot be deleted" })
-      const group = yield* h.primaryOf(travel.id, travel.kind).pipe(Effect.flatMap(activeOf))
-      const pending = yield* ctx.storage.intents.byGroup(group.id, ["ToPublish", "Published"])
-      if (row.deleted || pending.some((i) => i.data._tag === "DeleteMessage" && i.data.target === target)) {
-        return yield* new MessageAlreadyDeleted({ messageId: target })
-      }
-      yield* h.checkNotPaused(group)
-      const superAdmins = travel.kind === "group" ? (yield* h.settingsOf(group)).superAdmins : []
-      // Checked here at the epoch held; every receiver checks again where the deletion lands.
-      const verdict = deletionVerdict({
-        deleter: self,
-        conversationId: travel.id,
-        conversationKind: travel.kind,
-        deleterIsSuperAdmin: superAdmins.includes(self),
-        target: { conversationId: row.conversationId, senderInboxId: row.senderInboxId, kind: row.kind, deleted: row.deleted }
-      })
-      if (verdict._tag !== "Apply") {
-        const required = travel.kind === "dm" ? "the sender (in a DM)" : "the sender or a super admin"
-        return yield* new PermissionDenied({ action: "deleteMessage", required })
-      }
-      const intentId = yield* h.queueIntent(group.id, DeleteMessageData.make({ nonce: toHex(randomBytes(16)), target }))
-      yield* h.resolveTyped(group.id, intentId)
-    }, annotated)
+    const deleteMessage = deleteMessageOf(h, id, kind)
 
     return { sendDirect, directMessages, sendContent, deleteMessage }
   }
+}
+
+/** `deleteMessage` of one conversation handle: checked here at the epoch held, judged again by every receiver. */
+const deleteMessageOf = <ActionError>(h: Helpers<ActionError>, id: ConversationId, kind: "group" | "dm") => {
+  const { ctx } = h
+  const self = ctx.identity.inboxId
+  const traced = { attributes: { conversationId: id } }
+  /** Where a deletion of `row` travels: its own conversation (a direct message's is the DM). */
+  const conversationFor = (row: StoredMessage) =>
+    row.conversationId === id || (kind === "group" && row.groupContext === (id as unknown as GroupId))
+      ? Option.some({ id: row.conversationId, kind: row.conversationId.startsWith("dm:") ? "dm" as const : "group" as const })
+      : Option.none()
+
+  return Effect.fn("Conversation.deleteMessage", traced)(function*(messageId: MessageId) {
+    const target = yield* decodeMessageId(messageId).pipe(
+      Effect.mapError(() => new InvalidInput({ reason: `not a message id: ${String(messageId)}` }))
+    )
+    const row = Option.getOrUndefined(yield* ctx.storage.messages.get(target))
+    const travel = row === undefined ? undefined : Option.getOrUndefined(conversationFor(row))
+    if (row === undefined || travel === undefined) return yield* new MessageNotFound({ messageId: target })
+    if (row.kind !== "text") return yield* new InvalidInput({ reason: "membership and settings entries cannot be deleted" })
+    const group = yield* h.primaryOf(travel.id, travel.kind).pipe(Effect.flatMap(activeOf))
+    const pending = yield* ctx.storage.intents.byGroup(group.id, ["ToPublish", "Published"])
+    if (row.deleted || pending.some((i) => i.data._tag === "DeleteMessage" && i.data.target === target)) {
+      return yield* new MessageAlreadyDeleted({ messageId: target })
+    }
+    yield* h.checkNotPaused(group)
+    const superAdmins = travel.kind === "group" ? (yield* h.settingsOf(group)).superAdmins : []
+    // Checked here at the epoch held; every receiver checks again where the deletion lands.
+    const verdict = deletionVerdict({
+      deleter: self,
+      conversationId: travel.id,
+      conversationKind: travel.kind,
+      deleterIsSuperAdmin: superAdmins.includes(self),
+      target: { conversationId: row.conversationId, senderInboxId: row.senderInboxId, kind: row.kind, deleted: row.deleted }
+    })
+    if (verdict._tag !== "Apply") {
+      const required = travel.kind === "dm" ? "the sender (in a DM)" : "the sender or a super admin"
+      return yield* new PermissionDenied({ action: "deleteMessage", required })
+    }
+    const intentId = yield* h.queueIntent(group.id, DeleteMessageData.make({ nonce: toHex(randomBytes(16)), target }))
+    yield* h.resolveTyped(group.id, intentId)
+  }, (effect) => Effect.annotateLogs(effect, { conversationId: id }))
 }
