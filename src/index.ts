@@ -17,6 +17,11 @@ export {
 } from "./domain/Model.ts"
 /** The JSON in `Message.text` of a `membershipChange` and a `metadataChange` message. */
 export { MembershipChange, MembershipChangeJson, MetadataChange, MetadataChangeJson } from "./domain/Content.ts"
+/** Typed content: the codec pattern and the two example codecs (the engine never looks inside content). */
+export { type ContentCodec, type EncodedContent, jsonCodec, type ReceivedContent } from "./domain/codecs/ContentCodec.ts"
+export { Reply } from "./domain/codecs/Reply.ts"
+export { Reaction } from "./domain/codecs/Reaction.ts"
+export { MAX_CONTENT_BYTES, MAX_CONTENT_TYPE_LENGTH } from "./domain/Content.ts"
 export { PermissionPolicies, Policy, PolicyPreset, presets as PolicyPresets, Role } from "./domain/Governance.ts"
 export type { MembershipState } from "./domain/Stored.ts"
 export {

@@ -217,11 +217,11 @@ describe("classifyApplication", () => {
   const base = { epoch: 10n, sender: from(bob), plaintext: text("hi"), group, ownInboxId: me }
 
   const rows: ReadonlyArray<readonly [string, Parameters<typeof classifyApplication>[0], ApplicationDecision]> = [
-    ["a text is stored", base, ApplicationDecision.Text({ nonce: "ab".repeat(16), text: "hi" })],
+    ["a text is stored", base, ApplicationDecision.Text({ nonce: "ab".repeat(16), text: "hi", groupContext: undefined, content: undefined })],
     [
       "a text from an old epoch by a member still in is stored",
       { ...base, epoch: 8n },
-      ApplicationDecision.Text({ nonce: "ab".repeat(16), text: "hi" })
+      ApplicationDecision.Text({ nonce: "ab".repeat(16), text: "hi", groupContext: undefined, content: undefined })
     ],
     [
       "a text from an old epoch by someone removed since is refused",

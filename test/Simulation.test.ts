@@ -59,8 +59,9 @@ describe("simulation: planning", () => {
       const a = Simulation.Plan.plan({ seed: 7, clients: 5, ops: 80, profile })
       expect(Simulation.Plan.plan({ seed: 7, clients: 5, ops: 80, profile })).toEqual(a)
       expect(Simulation.Plan.plan({ seed: 8, clients: 5, ops: 80, profile })).not.toEqual(a)
-      // The adversaries (a lying delivery service, a malicious member) come on top of the planned operations.
-      expect(a.filter((op) => op._tag !== "LieKeyPackages" && op._tag !== "ForgeCommit")).toHaveLength(80)
+      // The adversaries (a lying delivery service, a malicious member) and the messaging operations
+      // come on top of the planned operations.
+      expect(a.filter((op) => op._tag !== "LieKeyPackages" && op._tag !== "ForgeCommit" && op._tag !== "Messaging")).toHaveLength(80)
       // Second installations from the start come first, then the first group.
       expect(a.find((op) => op._tag !== "AddDevice")?._tag).toBe("CreateGroup")
     }
@@ -102,9 +103,11 @@ describe("simulation: planning", () => {
   it("plans mix actions, faults, crashes and hostile input", () => {
     const ops = SEEDS.flatMap((seed) => Simulation.Plan.plan({ seed, ...FIXED }))
     const kinds = new Set(ops.flatMap((op) => [op._tag, ...Simulation.Plan.actionsOf(op).map((a) => a._tag)]))
-    for (const kind of ["Send", "SendOptimistic", "CreateGroup", "Add", "Remove", "UpdateKeys", "Sync", "SyncAll", "Restart", "Race", "Drop", "LoseResponse", "Partition", "Duplicate", "Crash", "InjectGarbage", "ForgeWelcome", "Leave", "Dm", "SendDm", "AddDevice", "RevokeDevice"]) {
+    for (const kind of ["Send", "SendOptimistic", "CreateGroup", "Add", "Remove", "UpdateKeys", "Sync", "SyncAll", "Restart", "Race", "Drop", "LoseResponse", "Partition", "Duplicate", "Crash", "InjectGarbage", "ForgeWelcome", "Leave", "Dm", "SendDm", "AddDevice", "RevokeDevice", "Messaging"]) {
       expect(kinds.has(kind as never), kind).toBe(true)
     }
+    const messaging = new Set(ops.flatMap((op) => (op._tag === "Messaging" ? [op.op._tag] : [])))
+    expect([...messaging].sort()).toEqual(["DeleteMessage", "SendContent", "SendDirect"])
     // Both sides of a DM creating it at once.
     expect(ops.some((op) => op._tag === "Race" && op.actions.every((a) => a._tag === "Dm"))).toBe(true)
   })
@@ -184,7 +187,8 @@ describe("simulation: governance", () => {
 describe("simulation: governance regressions", () => {
   for (const seed of [5003, 5010, 6350, 6394, 6613, 6664, 6934]) {
     it.live(`seed ${seed} (5 inboxes, 60 operations, governance) converges`, () =>
-      Simulation.run({ seed, clients: 5, ops: 60, governance: true }).pipe(
+      // Without the messaging operations planned since: the histories that found these bugs.
+      Simulation.run({ seed, clients: 5, ops: 60, governance: true, messaging: false }).pipe(
         Effect.tap((report) => Effect.sync(() => expect(report.violations, Simulation.Report.format(report)).toEqual([])))
       ))
   }

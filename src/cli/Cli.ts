@@ -11,11 +11,11 @@
  *   id, or of a member's inbox id for `group remove`) is accepted.
  */
 import { Args, Command, HelpDoc, Options, ValidationError } from "@effect/cli"
-import { Config, Console, Effect, FiberRef, Logger, LogLevel, Option, Schema, Stream } from "effect"
+import { Config, type ConfigError, Console, Effect, FiberRef, Logger, LogLevel, Option, Schema, Stream } from "effect"
 import * as os from "node:os"
 import { DEFAULT_SERVE_LIMITS } from "./ServeLimits.ts"
 import * as path from "node:path"
-import { ConversationNotFound } from "../domain/Errors.ts"
+import { type ConvergeError, ConversationNotFound } from "../domain/Errors.ts"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
 import { groupTopic } from "../domain/Topics.ts"
 import type { Conversation } from "../services/Client.ts"
@@ -24,6 +24,7 @@ import { DeliveryService } from "../services/DeliveryService.ts"
 import { Storage } from "../services/Storage.ts"
 import { Unreachable, UsageError } from "./Errors.ts"
 import * as Devices from "./Devices.ts"
+import * as MessagingCommands from "./MessagingCommands.ts"
 import * as Output from "./Output.ts"
 import { clientLayer, initProfile, readProfile, reach } from "./Profile.ts"
 
@@ -306,7 +307,8 @@ const groupInfo = Command.make("info", { profile, json, conversation: conversati
         admins: metadata.admins,
         superAdmins: metadata.superAdmins,
         policies: { ...metadata.policies },
-        minProtocolVersion: metadata.minProtocolVersion
+        minProtocolVersion: metadata.minProtocolVersion,
+        disappearAfterNs: metadata.disappearAfterNs
       }
       if (args.json) return yield* Output.json(info)
       yield* Console.log(Output.table(["FIELD", "VALUE"], [
@@ -316,12 +318,24 @@ const groupInfo = Command.make("info", { profile, json, conversation: conversati
         ["super admins", info.superAdmins.join(", ")],
         ["admins", info.admins.join(", ")],
         ...Object.entries(info.policies).map(([k, v]): [string, string] => [`policy ${k}`, v]),
-        ["min protocol version", String(info.minProtocolVersion)]
+        ["min protocol version", String(info.minProtocolVersion)],
+        ["disappear after", info.disappearAfterNs === null ? "off" : MessagingCommands.formatDisappearAfter(info.disappearAfterNs)]
       ]))
     }))).pipe(Command.withDescription("show a group's metadata, roles, policies and minimum version (local)"))
 
+const messaging = MessagingCommands.make<Session, ConvergeError | UsageError | ConfigError.ConfigError | Unreachable>({
+  profile,
+  conversationArg,
+  withClient,
+  findConversation,
+  conversations: (session: Session) => session.client.conversations(),
+  resolveMembers,
+  change,
+  reach: (session, effect) => reach(session.server)(effect)
+})
+
 const group = Command.make("group").pipe(
-  Command.withSubcommands([groupCreate, groupAdd, groupRemove, groupRename, groupRole, groupPolicy, groupInfo]),
+  Command.withSubcommands([groupCreate, groupAdd, groupRemove, groupRename, groupRole, groupPolicy, groupInfo, messaging.groupSet]),
   Command.withDescription("create groups, change their members, metadata, roles and policies")
 )
 
@@ -331,10 +345,16 @@ const dm = Command.make("dm", { profile, peer: Args.text({ name: "inbox-id" }).p
     Command.withDescription("find or create the DM with an inbox; prints its conversation id")
   )
 
-const send = Command.make("send", { profile, conversation: conversationArg, text: Args.text({ name: "text" }).pipe(Args.withDescription("the message")) }, (args) =>
+const to = Options.text("to").pipe(
+  Options.withDescription("send to this member of the group only (inbox id or unique prefix), in your DM with them"),
+  Options.optional
+)
+
+const send = Command.make("send", { profile, to, conversation: conversationArg, text: Args.text({ name: "text" }).pipe(Args.withDescription("the message")) }, (args) =>
   withClient(args.profile, (session) =>
     Effect.gen(function*() {
       const conversation = yield* findConversation(session, args.conversation)
+      if (Option.isSome(args.to)) return yield* messaging.sendDirect(session, conversation, args.to.value, args.text)
       // Stored first: whatever happens next, this message is sent once, now or by a later command.
       const messageId = yield* conversation.sendOptimistic(args.text)
       const outcome = yield* Effect.either(reach(session.server)(conversation.publishPending))
@@ -560,11 +580,14 @@ const devices = Devices.make({ profile, json, withClient })
 
 export const commandNames = [
   "serve", "init", "whoami", "group", "create", "add", "remove", "dm", "conversations", "members", "send",
-  "messages", "sync", "leave", "watch", "status", "devices", "list", "revoke"
+  "messages", "sync", "leave", "watch", "status", "devices", "list", "revoke", "delete", "set"
 ]
 
 export const root = Command.make("converge").pipe(
-  Command.withSubcommands([serve, init, whoami, group, dm, conversations, members, send, messages, sync, leave, watch, status, devices]),
+  Command.withSubcommands([
+    serve, init, whoami, group, dm, conversations, members, send, messages, sync, leave, watch, status, devices,
+    messaging.deleteCommand
+  ]),
   Command.withDescription("Converge: MLS group messaging")
 )
 

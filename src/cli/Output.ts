@@ -36,6 +36,10 @@ export const time = (ns: bigint) => {
 
 /** What a message says: its text, or for a membership change who was added and removed. */
 export const messageText = (m: Message, name: (inboxId: string) => string) => {
+  if (m.deleted) return "(deleted)"
+  const direct = m.groupContext === null ? "" : `(direct, in group ${m.groupContext}) `
+  if (m.content !== null) return `${direct}[${m.content.type}] ${m.text}`
+  if (direct !== "") return `${direct}${m.text}`
   if (m.kind === "membershipChange") {
     const change = Schema.decodeOption(MembershipChangeJson)(m.text)
     if (Option.isSome(change)) {
@@ -62,6 +66,9 @@ export const messageJson = (m: Message) => ({
   sender: m.senderInboxId,
   kind: m.kind,
   text: m.text,
+  groupContext: m.groupContext,
+  contentType: m.content?.type ?? null,
+  deleted: m.deleted,
   sentAtNs: m.sentAtNs,
   sentAt: time(m.sentAtNs),
   deliveryStatus: m.deliveryStatus

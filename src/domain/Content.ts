@@ -5,11 +5,50 @@
  */
 import { Schema } from "effect"
 import { labelledHash, toHex, utf8 } from "./Bytes.ts"
-import type { GroupId, InstallationId, MessageId } from "./Ids.ts"
+import { GroupId, type InstallationId, MessageId } from "./Ids.ts"
 
+/** Longest content type, in characters (`"app.example/reaction:1"`). */
+export const MAX_CONTENT_TYPE_LENGTH = 128
+/** Largest typed content, in bytes (the fallback text is bounded like any text). */
+export const MAX_CONTENT_BYTES = 64 * 1024
+
+/** A content type: a short name of letters, digits and `. _ / : + -`, starting with a letter or digit. */
+export const ContentType = Schema.String.pipe(
+  Schema.maxLength(MAX_CONTENT_TYPE_LENGTH),
+  Schema.pattern(/^[A-Za-z0-9][A-Za-z0-9._/:+-]*$/, {
+    message: () => `a content type is 1 to ${MAX_CONTENT_TYPE_LENGTH} of letters, digits and . _ / : + -`
+  })
+)
+
+/** Typed content as it travels: its type and its bytes (base64 in the JSON). */
+export const WireTypedContent = Schema.Struct({
+  type: ContentType,
+  bytes: Schema.Uint8ArrayFromBase64.pipe(
+    Schema.filter((b) => b.length <= MAX_CONTENT_BYTES || `content is over ${MAX_CONTENT_BYTES} bytes`)
+  )
+})
+
+/**
+ * A message. `groupContext` and `content` came after the first release: both are optional, and a
+ * receiver that does not know them (Schema ignores unknown fields) still reads `text`, which for
+ * typed content is its fallback.
+ */
 export const TextContent = Schema.TaggedStruct("Text", {
   nonce: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{32}$/)),
-  text: Schema.String
+  text: Schema.String,
+  /** A direct message: the group (of sender and recipient) it was written in. */
+  groupContext: Schema.optional(GroupId),
+  content: Schema.optional(WireTypedContent)
+})
+
+/**
+ * "Delete this message for everyone": an in-band message of the conversation the target lives
+ * in. Every receiver judges it (`Messaging.deletionVerdict`); receivers that predate it skip it
+ * as undecodable content.
+ */
+export const DeleteContent = Schema.TaggedStruct("Delete", {
+  nonce: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{32}$/)),
+  target: MessageId
 })
 
 /**
@@ -20,7 +59,7 @@ export const LeaveRequestContent = Schema.TaggedStruct("LeaveRequest", {
   nonce: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{32}$/))
 })
 
-export const ApplicationContent = Schema.Union(TextContent, LeaveRequestContent)
+export const ApplicationContent = Schema.Union(TextContent, LeaveRequestContent, DeleteContent)
 export type ApplicationContent = typeof ApplicationContent.Type
 export const ApplicationContentJson = Schema.parseJson(ApplicationContent)
 

@@ -179,6 +179,24 @@ export class ProtocolVersionTooOld extends Schema.TaggedError<ProtocolVersionToo
   }
 }
 
+/** A well-formed message id that names no message of this conversation (as this installation holds it). */
+export class MessageNotFound extends Schema.TaggedError<MessageNotFound>()("MessageNotFound", {
+  messageId: Schema.String
+}) {
+  override get message() {
+    return `message ${this.messageId} not found in this conversation`
+  }
+}
+
+/** The message is already deleted for everyone (or its deletion is on its way). */
+export class MessageAlreadyDeleted extends Schema.TaggedError<MessageAlreadyDeleted>()("MessageAlreadyDeleted", {
+  messageId: Schema.String
+}) {
+  override get message() {
+    return `message ${this.messageId} is already deleted`
+  }
+}
+
 /** The governance refusals an intent can end with: stored with the intent, returned typed. */
 export const GovernanceError = Schema.Union(PermissionDenied, MetadataConflict, ProtocolVersionTooOld)
 export type GovernanceError = typeof GovernanceError.Type
@@ -205,3 +223,5 @@ export type ConvergeError =
   | PermissionDenied
   | MetadataConflict
   | ProtocolVersionTooOld
+  | MessageNotFound
+  | MessageAlreadyDeleted

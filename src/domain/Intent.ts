@@ -4,7 +4,8 @@
  */
 import { Schema } from "effect"
 import { Policy, Role } from "./Governance.ts"
-import { InboxId, InstallationId, MessageId } from "./Ids.ts"
+import { WireTypedContent } from "./Content.ts"
+import { GroupId, InboxId, InstallationId, MessageId } from "./Ids.ts"
 
 export const IntentKind = Schema.Literal(
   "SendMessage",
@@ -17,7 +18,8 @@ export const IntentKind = Schema.Literal(
   "UpdateMetadata",
   "SetRole",
   "UpdatePermissions",
-  "SetMinProtocolVersion"
+  "SetMinProtocolVersion",
+  "DeleteMessage"
 )
 export type IntentKind = typeof IntentKind.Type
 
@@ -41,7 +43,8 @@ export const canTransition = (from: IntentState, to: IntentState): boolean => tr
 export const isTerminal = (state: IntentState): boolean => transitions[state].length === 0
 
 /** Intents whose payload is a commit (changes the epoch) rather than an application message. */
-export const isCommitKind = (kind: IntentKind): boolean => kind !== "SendMessage" && kind !== "Leave"
+export const isCommitKind = (kind: IntentKind): boolean =>
+  kind !== "SendMessage" && kind !== "Leave" && kind !== "DeleteMessage"
 
 // ---- intent data, one schema per kind ----
 
@@ -49,7 +52,18 @@ export class SendMessageData extends Schema.Class<SendMessageData>("SendMessageD
   _tag: Schema.tag("SendMessage"),
   messageId: MessageId,
   nonce: Schema.String,
-  text: Schema.String
+  text: Schema.String,
+  /** A direct message (sent in the DM): the group it belongs to. */
+  groupContext: Schema.optional(GroupId),
+  /** Typed content; `text` is its fallback. */
+  content: Schema.optional(WireTypedContent)
+}) {}
+
+/** Deletes a message for every member: an application message of the target's conversation. */
+export class DeleteMessageData extends Schema.Class<DeleteMessageData>("DeleteMessageData")({
+  _tag: Schema.tag("DeleteMessage"),
+  nonce: Schema.String,
+  target: MessageId
 }) {}
 
 export class AddMembersData extends Schema.Class<AddMembersData>("AddMembersData")({
@@ -126,7 +140,8 @@ export const IntentData = Schema.Union(
   UpdateMetadataData,
   SetRoleData,
   UpdatePermissionsData,
-  SetMinProtocolVersionData
+  SetMinProtocolVersionData,
+  DeleteMessageData
 )
 export type IntentData = typeof IntentData.Type
 export const IntentDataJson = Schema.parseJson(IntentData)

@@ -14,7 +14,13 @@ export class Message extends Schema.Class<Message>("Message")({
   sentAtNs: Schema.BigInt,
   kind: MessageKind,
   text: Schema.String,
-  deliveryStatus: DeliveryStatus
+  deliveryStatus: DeliveryStatus,
+  /** The group a direct message belongs to (as its receiver judged it); null for any other message. */
+  groupContext: Schema.NullOr(GroupId),
+  /** Typed content (`text` is then its fallback); null for plain text. */
+  content: Schema.NullOr(Schema.Struct({ type: Schema.String, bytes: Schema.Uint8ArrayFromSelf })),
+  /** Deleted for everyone: `text` is empty and `content` null. */
+  deleted: Schema.Boolean
 }) {}
 
 export class Member extends Schema.Class<Member>("Member")({

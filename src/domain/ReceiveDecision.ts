@@ -11,7 +11,7 @@
  */
 import { Data, Option, Schema } from "effect"
 import { ApplicationContentJson } from "./Content.ts"
-import type { InboxId, InstallationId } from "./Ids.ts"
+import type { GroupId, InboxId, InstallationId, MessageId } from "./Ids.ts"
 import type { IntentKind, IntentState } from "./Intent.ts"
 import { isCommitKind } from "./Intent.ts"
 import type { ConversationKind, MembershipState } from "./Stored.ts"
@@ -279,7 +279,15 @@ export type ApplicationDecision = Data.TaggedEnum<{
   OwnInboxLeaving: {}
   /** A member inbox asked to leave: the remaining members commit its removal. */
   MemberLeaving: { readonly inboxId: InboxId }
-  Text: { readonly nonce: string; readonly text: string }
+  Text: {
+    readonly nonce: string
+    readonly text: string
+    /** The group a direct message claims (the receiver judges the claim). */
+    readonly groupContext: GroupId | undefined
+    readonly content: { readonly type: string; readonly bytes: Uint8Array } | undefined
+  }
+  /** A member asks to delete a message for everyone (the receiver judges who may). */
+  Delete: { readonly nonce: string; readonly target: MessageId }
 }>
 export const ApplicationDecision = Data.taggedEnum<ApplicationDecision>()
 
@@ -293,7 +301,11 @@ export const classifyApplication = (facts: ApplicationFacts): ApplicationDecisio
   }
   const content = decodeContent(new TextDecoder().decode(facts.plaintext))
   if (Option.isNone(content)) return ApplicationDecision.UndecodableContent()
-  if (content.value._tag === "Text") return ApplicationDecision.Text({ nonce: content.value.nonce, text: content.value.text })
+  const value = content.value
+  if (value._tag === "Text") {
+    return ApplicationDecision.Text({ nonce: value.nonce, text: value.text, groupContext: value.groupContext, content: value.content })
+  }
+  if (value._tag === "Delete") return ApplicationDecision.Delete({ nonce: value.nonce, target: value.target })
   if (group.kind === "dm") return ApplicationDecision.LeaveRequestInDm()
   return sender.inboxId === facts.ownInboxId
     ? ApplicationDecision.OwnInboxLeaving()
@@ -307,5 +319,6 @@ export const applicationSkipReason = (decision: ApplicationDecision): SkipReason
     LeaveRequestInDm: () => "dmLeaveRequest" as const,
     OwnInboxLeaving: () => undefined,
     MemberLeaving: () => undefined,
-    Text: () => undefined
+    Text: () => undefined,
+    Delete: () => undefined
   })

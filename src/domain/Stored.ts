@@ -54,7 +54,17 @@ export const StoredMessage = Schema.Struct({
   /** The transcript entry of a `membershipChange` message, decoded; null for a text. */
   membershipChange: Nullable(MembershipChange),
   deliveryStatus: DeliveryStatus,
-  insertedAtNs: Schema.BigIntFromSelf
+  insertedAtNs: Schema.BigIntFromSelf,
+  // Messaging fields: optional with defaults, so rows built without them stay plain texts.
+  /** A direct message: the group it was written in, as the receiver judged it (null otherwise). */
+  groupContext: Schema.optionalWith(Nullable(GroupId), { default: () => null }),
+  /** Typed content (`content` then holds its fallback text); null for plain text. */
+  contentType: Schema.optionalWith(Nullable(Schema.String), { default: () => null }),
+  contentBytes: Schema.optionalWith(Nullable(Bytes), { default: () => null }),
+  /** Deleted for everyone: its text and content are erased, its place kept. */
+  deleted: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+  /** When it disappears (server time + the group's setting where it landed); null: never. */
+  expiresAtNs: Schema.optionalWith(Nullable(Schema.BigIntFromSelf), { default: () => null })
 })
 export type StoredMessage = typeof StoredMessage.Type
 

@@ -128,10 +128,33 @@ const allowMetadataChangeMessages = Effect.gen(function*() {
   yield* sql`CREATE INDEX converge_messages_inserted ON converge_messages (inserted_at_ns)`
 })
 
+/**
+ * Messaging: direct messages (the group they belong to), typed content, deletion for everyone
+ * and disappearing messages; and the deletions whose target has not arrived yet.
+ */
+const addMessagingColumns = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`ALTER TABLE converge_messages ADD COLUMN group_context TEXT`
+  yield* sql`ALTER TABLE converge_messages ADD COLUMN content_type TEXT`
+  yield* sql`ALTER TABLE converge_messages ADD COLUMN content_bytes BLOB`
+  yield* sql`ALTER TABLE converge_messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0`
+  yield* sql`ALTER TABLE converge_messages ADD COLUMN expires_at_ns INTEGER`
+  yield* sql`CREATE INDEX converge_messages_group_context ON converge_messages (group_context, sent_at_ns, id)
+             WHERE group_context IS NOT NULL`
+  yield* sql`CREATE INDEX converge_messages_expiry ON converge_messages (expires_at_ns) WHERE expires_at_ns IS NOT NULL`
+  yield* sql`CREATE TABLE converge_message_deletions (
+    target_id TEXT PRIMARY KEY,
+    conversation_id TEXT NOT NULL,
+    deleter_inbox_id TEXT NOT NULL,
+    by_super_admin INTEGER NOT NULL
+  )`
+})
+
 export const loader = Migrator.fromRecord({
   "0001_create_tables": createTables,
   "0002_group_quarantine": addGroupQuarantine,
-  "0003_metadata_change_messages": allowMetadataChangeMessages
+  "0003_metadata_change_messages": allowMetadataChangeMessages,
+  "0004_messaging_direct_content_deletion": addMessagingColumns
 })
 
 /** Runs pending migrations; a no-op on a database that is up to date. */

@@ -85,7 +85,18 @@ const MessageColumns = Schema.Struct({
   kind: MessageKind,
   content: Schema.String,
   deliveryStatus: column(DeliveryStatus, "delivery_status"),
-  insertedAtNs: column(Big, "inserted_at_ns")
+  insertedAtNs: column(Big, "inserted_at_ns"),
+  groupContext: column(Nullable(GroupId), "group_context"),
+  contentType: column(Nullable(Schema.String), "content_type"),
+  contentBytes: column(Nullable(Bytes), "content_bytes"),
+  deleted: Flag,
+  expiresAtNs: column(Nullable(Big), "expires_at_ns")
+})
+
+const PendingDeletionRow = Schema.Struct({
+  conversationId: column(ConversationId, "conversation_id"),
+  deleterInboxId: column(InboxId, "deleter_inbox_id"),
+  bySuperAdmin: column(Flag, "by_super_admin")
 })
 
 /** A membership change's content is its transcript entry: decoded here, and must decode. */
@@ -162,6 +173,8 @@ type RawRow = { readonly [column: string]: unknown }
 export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
   yield* Migrations.run.pipe(Effect.mapError(toStorageError("migrate")))
+  // Deleted and expired messages are overwritten on disk, not only unlinked (SQLite only).
+  yield* sql`PRAGMA secure_delete = ON`.pipe(Effect.ignore)
 
   /**
    * Runs a statement with safe integers, mapping errors to `StorageError`. No span: these are
@@ -277,6 +290,12 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
       )
   }
 
+  /** A deleted or expired message's text also leaves the intent that sent it. */
+  const eraseIntentText = (ids: ReadonlyArray<string>) =>
+    ids.length === 0 ? Effect.void : sql`UPDATE converge_intents
+      SET data = json_remove(json_set(data, '$.text', ''), '$.content')
+      WHERE kind = 'SendMessage' AND json_extract(data, '$.messageId') IN ${sql.in(ids)}`
+
   const messages: Storage["Type"]["messages"] = {
     insert: (message) =>
       run(
@@ -293,11 +312,63 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
         "messages.get",
         sql`SELECT * FROM converge_messages WHERE id = ${id}`.pipe(Effect.flatMap(decodeMessages), Effect.map(first))
       ),
-    markPublished: (id, { sentAtNs, sequenceId }) =>
+    markPublished: (id, { expiresAtNs = null, sentAtNs, sequenceId }) =>
       run(
         "messages.markPublished",
         sql`UPDATE converge_messages SET delivery_status = 'published', sent_at_ns = ${sentAtNs},
-            sequence_id = ${sequenceId} WHERE id = ${id}`
+            sequence_id = ${sequenceId}, expires_at_ns = ${expiresAtNs} WHERE id = ${id}`
+      ),
+    erase: (id) =>
+      run(
+        "messages.erase",
+        Effect.gen(function*() {
+          yield* sql`UPDATE converge_messages SET deleted = 1, content = '', content_type = NULL, content_bytes = NULL
+                     WHERE id = ${id}`
+          yield* eraseIntentText([id])
+        })
+      ),
+    expire: (now) =>
+      run(
+        "messages.expire",
+        Effect.gen(function*() {
+          const gone = yield* sql<{ id: string }>`DELETE FROM converge_messages WHERE expires_at_ns <= ${now} RETURNING id`
+          yield* eraseIntentText(gone.map((r) => r.id))
+          return gone.length
+        })
+      ),
+    nextExpiry: run(
+      "messages.nextExpiry",
+      sql<{ next: bigint | number | null }>`SELECT min(expires_at_ns) AS next FROM converge_messages
+          WHERE expires_at_ns IS NOT NULL`.pipe(
+        Effect.map((rows) => Option.map(Option.fromNullable(rows[0]?.next), BigInt))
+      )
+    ),
+    directMessages: (groupId, { direction = "asc", limit }) =>
+      run(
+        "messages.directMessages",
+        sql`SELECT * FROM converge_messages WHERE group_context = ${groupId}
+            ORDER BY sent_at_ns ${direction === "asc" ? sql`ASC` : sql`DESC`},
+                     coalesce(sequence_id, 9223372036854775807) ${direction === "asc" ? sql`ASC` : sql`DESC`},
+                     id ${direction === "asc" ? sql`ASC` : sql`DESC`}
+            ${limit === undefined ? sql`` : sql`LIMIT ${limit}`}`.pipe(Effect.flatMap(decodeMessages))
+      ),
+    rememberDeletion: (targetId, pending) =>
+      run(
+        "messages.rememberDeletion",
+        Schema.encode(PendingDeletionRow)(pending).pipe(
+          Effect.flatMap((row) =>
+            sql`INSERT INTO converge_message_deletions ${sql.insert({ target_id: targetId, ...row } as never)}
+                ON CONFLICT (target_id) DO NOTHING`
+          )
+        )
+      ),
+    takeDeletion: (targetId) =>
+      run(
+        "messages.takeDeletion",
+        sql`DELETE FROM converge_message_deletions WHERE target_id = ${targetId} RETURNING *`.pipe(
+          Effect.flatMap(decodeEach(PendingDeletionRow, "converge_message_deletions", quarantine.none)),
+          Effect.map(first)
+        )
       ),
     markFailed: (id) =>
       run(

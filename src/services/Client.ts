@@ -37,6 +37,8 @@ import {
   PermissionDenied,
   ProtocolVersionTooOld,
   KeyPackageUnavailable,
+  type MessageAlreadyDeleted,
+  type MessageNotFound,
   type StorageError
 } from "../domain/Errors.ts"
 import { currentInstallations } from "../domain/IdentityLog.ts"
@@ -62,6 +64,7 @@ import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
 import { DeliveryService } from "./DeliveryService.ts"
 import { groupTopic, welcomeTopic } from "../domain/Topics.ts"
 import { defaultEngineOptions, type EngineContext, type EngineOptions, loadGroupRow } from "./EngineContext.ts"
+import * as ConversationMessaging from "./ConversationMessaging.ts"
 import * as GroupStateCache from "./GroupStateCache.ts"
 import { failPendingIntents, newLeaveRequest, queueIntent as queueIntentIn } from "./IntentQueue.ts"
 import * as Devices from "./Devices.ts"
@@ -74,6 +77,7 @@ import { MlsCrypto } from "./MlsCrypto.ts"
 import * as Publisher from "./Publisher.ts"
 import { type MessageQuery, Storage } from "./Storage.ts"
 import * as Welcomes from "./Welcomes.ts"
+import * as DisappearingMessages from "./DisappearingMessages.ts"
 
 export interface ConversationDebugInfo {
   readonly groupIds: ReadonlyArray<GroupId>
@@ -138,6 +142,32 @@ export interface Conversation {
   readonly updatePermissions: (patch: Partial<PermissionPolicies>) => Effect.Effect<void, GovernanceActionError>
   readonly minProtocolVersion: Effect.Effect<number, ReadError>
   readonly setMinProtocolVersion: (version: number) => Effect.Effect<void, GovernanceActionError>
+  /** A message to one member of this group only: it travels in the DM of the two inboxes. */
+  readonly sendDirect: (
+    member: InboxId,
+    text: string
+  ) => Effect.Effect<
+    MessageId,
+    ActionError | InvalidInput | NotAMember | InboxNotFound | KeyPackageUnavailable | ProtocolVersionTooOld
+  >
+  /** The direct messages this installation sent or received in this group's context, in order. */
+  readonly directMessages: (options?: {
+    readonly limit?: number
+    readonly direction?: "asc" | "desc"
+  }) => Effect.Effect<ReadonlyArray<Message>, StorageError | InvalidInput>
+  /** Typed content; `fallback` is the text shown by clients that do not know the type. */
+  readonly sendContent: (content: {
+    readonly type: string
+    readonly bytes: Uint8Array
+    readonly fallback?: string
+  }) => Effect.Effect<MessageId, ActionError | InvalidInput | ProtocolVersionTooOld>
+  /** Deletes a message for every member: its sender may, and in a group a super admin. */
+  readonly deleteMessage: (
+    id: MessageId
+  ) => Effect.Effect<
+    void,
+    ActionError | InvalidInput | MessageNotFound | MessageAlreadyDeleted | PermissionDenied | ProtocolVersionTooOld
+  >
 }
 
 /** A settings change: refused by the group's policy, overtaken by a concurrent change, or as any action. */
@@ -254,6 +284,8 @@ export const make = (options: ClientOptions = {}) =>
       stored
     }
     const sync = GroupSync.make(env)
+    // Disappearing messages go when the clock passes their deadline, whatever else runs.
+    const wakeSweeper = yield* DisappearingMessages.start(storage)
     const publisher = Publisher.make(env, sync)
     const welcomes = Welcomes.make(env, sync)
     const deviceSync = DeviceSync.make(env, publisher)
@@ -350,7 +382,7 @@ export const make = (options: ClientOptions = {}) =>
       env.loadState(group).pipe(Effect.map((state) => GroupSync.membersByInbox(crypto.view(state))))
 
     /** Stores the message as unpublished and queues its intent, in one transaction. */
-    const queueMessage = (group: StoredGroup, text: string) =>
+    const queueMessage = (group: StoredGroup, text: string, extras: ConversationMessaging.MessageExtras = {}) =>
       Effect.gen(function*() {
         yield* checkNotPaused(group)
         if (new TextEncoder().encode(text).length > MAX_TEXT_BYTES) {
@@ -371,12 +403,15 @@ export const make = (options: ClientOptions = {}) =>
           content: text,
           membershipChange: null,
           deliveryStatus: "unpublished",
-          insertedAtNs: now
+          insertedAtNs: now,
+          groupContext: extras.groupContext ?? null,
+          contentType: extras.content?.type ?? null,
+          contentBytes: extras.content?.bytes ?? null
         })
         const intentId = yield* storage.transaction(Effect.gen(function*() {
           yield* storage.messages.insert(row)
           yield* storage.groups.touch(group.id, now)
-          return yield* queueIntent(group.id, SendMessageData.make({ messageId, nonce, text }))
+          return yield* queueIntent(group.id, SendMessageData.make({ messageId, nonce, text, ...extras }))
         }))
         yield* PubSub.publish(stored, row)
         return { messageId, intentId }
@@ -392,7 +427,10 @@ export const make = (options: ClientOptions = {}) =>
         sentAtNs: row.sentAtNs,
         kind: row.kind,
         text: row.content,
-        deliveryStatus: row.deliveryStatus
+        deliveryStatus: row.deliveryStatus,
+        groupContext: row.groupContext,
+        content: row.contentType === null ? null : { type: row.contentType, bytes: row.contentBytes ?? new Uint8Array() },
+        deleted: row.deleted
       })
 
     const summarize = (outcome: GroupSync.PageOutcome | undefined, extra: Partial<SyncSummary> = {}) =>
@@ -410,7 +448,8 @@ export const make = (options: ClientOptions = {}) =>
       publisher.round(groupId).pipe(
         Effect.map(({ after, before, published }) =>
           SyncSummary.combine(summarize(before, { published }), summarize(after))
-        )
+        ),
+        Effect.tap(wakeSweeper)
       )
 
     // ---- conversations ----
@@ -434,6 +473,21 @@ export const make = (options: ClientOptions = {}) =>
       primaryOf(id, kind).pipe(
         Effect.filterOrFail((g) => g.membershipState !== "inactive", (g) => new GroupInactive({ groupId: g.id }))
       )
+
+    const messagingOf = ConversationMessaging.make<ActionError>({
+      ctx: env,
+      primaryOf,
+      groupMembers,
+      settingsOf,
+      checkNotPaused,
+      queueMessage,
+      queueIntent,
+      resolve: (groupId, intentId) => publisher.resolve(groupId, intentId).pipe(Effect.tap(wakeSweeper)),
+      // A deletion ends refused only with PermissionDenied or ProtocolVersionTooOld, never a metadata conflict.
+      resolveTyped: (groupId, intentId) => resolveTyped(groupId, intentId).pipe(Effect.catchTag("MetadataConflict", Effect.die)),
+      findOrCreateDm: (peer) => findOrCreateDm(peer),
+      toMessage
+    })
 
     const handle = (id: ConversationId, kind: "group" | "dm"): Conversation => {
       const traced = { attributes: { conversationId: id } }
@@ -498,10 +552,12 @@ export const make = (options: ClientOptions = {}) =>
       return {
         id,
         kind,
+        ...messagingOf(id, kind),
         send: Effect.fn("Conversation.send", traced)(function*(text: string) {
           const group = yield* activePrimary(id, kind)
           const { intentId, messageId } = yield* queueMessage(group, text)
           yield* publisher.resolve(group.id, intentId)
+          yield* wakeSweeper
           return messageId
         }, annotated),
         sendOptimistic: Effect.fn("Conversation.sendOptimistic", traced)(function*(text: string) {
@@ -518,7 +574,7 @@ export const make = (options: ClientOptions = {}) =>
               yield* publisher.resolve(group.id, intent.id)
             }
           })
-        ).pipe(Effect.asVoid, span("publishPending")),
+        ).pipe(Effect.asVoid, Effect.tap(wakeSweeper), span("publishPending")),
         sync: forEachGroup((group) =>
           group.membershipState === "inactive" ? Effect.succeed(SyncSummary.empty) : syncGroup(group.id)
         ).pipe(Effect.map((all) => all.reduce(SyncSummary.combine, SyncSummary.empty)), span("sync")),

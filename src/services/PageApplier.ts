@@ -18,7 +18,7 @@ import {
 } from "../domain/Content.ts"
 import { changedSettings, commitRefusal, leaveBlocked } from "../domain/GroupSettings.ts"
 import { encodeGovernanceError, PermissionDenied, type StorageError } from "../domain/Errors.ts"
-import type { ConversationId, GroupId, InboxId } from "../domain/Ids.ts"
+import type { ConversationId, GroupId, InboxId, MessageId } from "../domain/Ids.ts"
 import {
   addSkipCounts,
   ApplicationDecision,
@@ -50,6 +50,8 @@ import {
   voidLeaveRequests
 } from "./IntentQueue.ts"
 import * as LeafAuthentication from "./LeafAuthentication.ts"
+import * as MessagingReceive from "./MessagingReceive.ts"
+import { expiresAt } from "../domain/Messaging.ts"
 import type { LeafMember, MlsGroupState, Processed } from "./MlsCrypto.ts"
 
 export interface PageOutcome {
@@ -87,6 +89,8 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
   let progressedSinceFork = false
   const writes: Array<Effect.Effect<unknown, StorageError>> = []
   const newMessages: Array<StoredMessage> = []
+  /** Deletions read in this page (ours included), applied after the page's messages are stored. */
+  const deletions: Array<MessagingReceive.Deletion> = []
   const handledIntents = new Set<number>()
   /** Inboxes that asked to leave: the remaining members commit their removal. */
   const leaving = new Set<InboxId>()
@@ -237,14 +241,70 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
   const ownMessage = (intent: StoredIntent, envelope: GroupMessageEnvelope) => {
     const data = intent.data
     if (data._tag === "SendMessage") {
+      const expiresAtNs = disappearsAt(envelope)
       writes.push(
-        storage.messages.markPublished(data.messageId, { sentAtNs: envelope.serverTimeNs, sequenceId: envelope.sequenceId }),
+        storage.messages.markPublished(data.messageId, { sentAtNs: envelope.serverTimeNs, sequenceId: envelope.sequenceId, expiresAtNs }),
         storage.groups.touch(groupId, envelope.serverTimeNs)
       )
+    }
+    if (data._tag === "DeleteMessage") {
+      // Judged like anyone's deletion, once the page's messages are stored; the intent ends there.
+      deletions.push({ ...deletionBy(identity.inboxId, data.target), own: { intent, sequenceId: envelope.sequenceId } })
+      return
     }
     writes.push(storage.intents.markCommitted(intent.id, envelope.sequenceId), storage.intents.markProcessed(intent.id))
     outcome = { ...outcome, messages: outcome.messages + 1 }
   }
+
+  /** When a text landing here disappears: the group's setting in force at this point of the topic. */
+  const disappearsAt = (envelope: GroupMessageEnvelope) =>
+    group.kind === "group"
+      ? expiresAt(envelope.serverTimeNs, MessagingReceive.settingsIn(ctx, state).disappearAfterNs)
+      : null
+
+  /** A deletion judged on the settings every member holds at this point of the topic. */
+  const deletionBy = (deleter: InboxId, target: MessageId): MessagingReceive.Deletion => ({
+    target,
+    deleter,
+    conversationId: conversationOf(),
+    conversationKind: group.kind,
+    deleterIsSuperAdmin: MessagingReceive.settingsIn(ctx, state).superAdmins.includes(deleter)
+  })
+
+  /** Someone's text (maybe typed content, maybe a direct message): stored unless already gone. */
+  const textMessage = (
+    text: Extract<ApplicationDecision, { _tag: "Text" }>,
+    sender: LeafMember,
+    envelope: GroupMessageEnvelope
+  ) =>
+    Effect.gen(function*() {
+      outcome = { ...outcome, messages: outcome.messages + 1 }
+      const expiresAtNs = disappearsAt(envelope)
+      // Read after its deadline (a member that was offline): it disappeared before it was stored.
+      if (expiresAtNs !== null && expiresAtNs <= now) return
+      const groupContext = text.groupContext === undefined
+        ? null
+        : yield* MessagingReceive.judgeGroupContext(ctx, { claimed: text.groupContext, arrivedIn: group.kind, sender: sender.inboxId })
+      newMessages.push(StoredMessage.make({
+        id: messageIdOf(groupId, sender.installationId, text.nonce),
+        groupId: groupId,
+        conversationId: conversationOf(),
+        senderInboxId: sender.inboxId,
+        senderInstallationId: sender.installationId,
+        sentAtNs: envelope.serverTimeNs,
+        sequenceId: envelope.sequenceId,
+        kind: "text",
+        content: text.text,
+        membershipChange: null,
+        deliveryStatus: "published",
+        insertedAtNs: now,
+        groupContext,
+        contentType: text.content?.type ?? null,
+        contentBytes: text.content?.bytes ?? null,
+        deleted: false,
+        expiresAtNs
+      }))
+    })
 
   /** Our commit is first for its epoch: its staged state becomes the group's. */
   const ownCommitWon = (intent: StoredIntent, envelope: GroupMessageEnvelope, before: GroupSnapshot) =>
@@ -309,6 +369,8 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       const decision = classifyApplication({ epoch, sender, plaintext, group: before, ownInboxId: identity.inboxId })
       const reason = applicationSkipReason(decision)
       if (reason !== undefined) return yield* skip(envelope, reason)
+      if (decision._tag === "Text") return yield* textMessage(decision, sender, envelope)
+      if (decision._tag === "Delete") return deletions.push(deletionBy(sender.inboxId, decision.target))
       ApplicationDecision.$match(decision, {
         // A request the group cannot honour in this epoch is void for every member alike.
         OwnInboxLeaving: () => {
@@ -327,23 +389,8 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
             leaving.add(inboxId)
           }
         },
-        Text: ({ nonce, text }) => {
-          newMessages.push(StoredMessage.make({
-            id: messageIdOf(groupId, sender.installationId, nonce),
-            groupId: groupId,
-            conversationId: conversationOf(),
-            senderInboxId: sender.inboxId,
-            senderInstallationId: sender.installationId,
-            sentAtNs: envelope.serverTimeNs,
-            sequenceId: envelope.sequenceId,
-            kind: "text",
-            content: text,
-            membershipChange: null,
-            deliveryStatus: "published",
-            insertedAtNs: now
-          }))
-          outcome = { ...outcome, messages: outcome.messages + 1 }
-        },
+        Text: () => {},
+        Delete: () => {},
         SenderRemoved: () => {},
         UndecodableContent: () => {},
         LeaveRequestInDm: () => {}
@@ -421,7 +468,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
     const fresh: Array<StoredMessage> = []
     for (const row of newMessages) {
       if (row.kind === "membershipChange" && group.kind === "dm" && (yield* repeatsInDm(row))) continue
-      if (yield* storage.messages.insert(row)) fresh.push(row)
+      if (yield* MessagingReceive.insertMessage(ctx, row)) fresh.push(row)
       if (row.kind === "text") yield* storage.groups.touch(groupId, row.sentAtNs)
     }
     return fresh
@@ -434,6 +481,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       // A crash here rolls the whole page back: it is replayed from the old cursor and state.
       yield* ctx.options.crashPoint("sync.midPage")
       const fresh = yield* insertMessages
+      for (const deletion of deletions) yield* MessagingReceive.applyDeletion(ctx, deletion)
       // A page of only our own messages leaves the state as it was: nothing to write.
       if (state !== initial) {
         yield* storage.groups.saveState(groupId, { epoch: crypto.view(state).epoch, mlsState: ctx.encodeState(groupId, state) })

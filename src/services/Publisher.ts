@@ -260,7 +260,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
 
   /** Below the group's minimum version this installation reads but writes nothing (leave requests aside). */
   const checkNotPaused = (state: MlsGroupState, data: IntentData) => {
-    const writes = data._tag === "SendMessage" || data._tag === "AddMembers" || data._tag === "RemoveMembers" ||
+    const writes = data._tag === "SendMessage" || data._tag === "DeleteMessage" || data._tag === "AddMembers" || data._tag === "RemoveMembers" ||
       isGovernanceIntent(data)
     const settings = Option.getOrElse(decodeSettings(crypto.view(state).metadata), () => GroupMetadata.none)
     const current = ctx.options.protocolVersion
@@ -286,7 +286,15 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       yield* checkNotPaused(state, data)
       switch (data._tag) {
         case "SendMessage":
-          return yield* applicationMessage(state, { _tag: "Text", nonce: data.nonce, text: data.text })
+          return yield* applicationMessage(state, {
+            _tag: "Text",
+            nonce: data.nonce,
+            text: data.text,
+            ...(data.groupContext === undefined ? {} : { groupContext: data.groupContext }),
+            ...(data.content === undefined ? {} : { content: data.content })
+          })
+        case "DeleteMessage":
+          return yield* applicationMessage(state, { _tag: "Delete", nonce: data.nonce, target: data.target })
         case "AddMembers":
           return yield* deriveAdd(state, data.inboxIds)
         case "RemoveMembers":

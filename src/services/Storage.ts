@@ -11,6 +11,7 @@ import { Context, type Effect, type Option } from "effect"
 import type { StorageError } from "../domain/Errors.ts"
 import type { ConversationId, GroupId, InboxId, MessageId } from "../domain/Ids.ts"
 import type { IntentData, IntentState, PostCommitData } from "../domain/Intent.ts"
+import type { PendingDeletion } from "../domain/Messaging.ts"
 import type {
   InboxLogEntry,
   MembershipState,
@@ -48,7 +49,25 @@ export interface MessageRepository {
   /** Stores a message once; returns false if its id was already stored. */
   readonly insert: (row: StoredMessage) => Io<boolean>
   readonly get: (id: MessageId) => Io<Option.Option<StoredMessage>>
-  readonly markPublished: (id: MessageId, at: { readonly sentAtNs: bigint; readonly sequenceId: bigint }) => Io<void>
+  readonly markPublished: (
+    id: MessageId,
+    at: { readonly sentAtNs: bigint; readonly sequenceId: bigint; readonly expiresAtNs?: bigint | null }
+  ) => Io<void>
+  /** Deleted for everyone: flags it and erases its text and content (and the text its intent kept). */
+  readonly erase: (id: MessageId) => Io<void>
+  /** Removes every message whose `expiresAtNs` has passed, content and all; returns how many. */
+  readonly expire: (now: bigint) => Io<number>
+  /** The earliest `expiresAtNs` of the stored messages, if any will expire. */
+  readonly nextExpiry: Io<Option.Option<bigint>>
+  /** Direct messages that belong to a group (their `groupContext`), in order. */
+  readonly directMessages: (
+    groupId: GroupId,
+    query: Pick<MessageQuery, "limit" | "direction">
+  ) => Io<ReadonlyArray<StoredMessage>>
+  /** Remembers a deletion whose target has not arrived (the first one for a target stays). */
+  readonly rememberDeletion: (targetId: MessageId, pending: PendingDeletion) => Io<void>
+  /** The remembered deletion of a message, removed from memory. */
+  readonly takeDeletion: (targetId: MessageId) => Io<Option.Option<PendingDeletion>>
   readonly markFailed: (id: MessageId) => Io<void>
   readonly byConversation: (id: ConversationId, query: MessageQuery) => Io<ReadonlyArray<StoredMessage>>
   readonly membershipChanges: (id: ConversationId) => Io<ReadonlyArray<StoredMessage>>

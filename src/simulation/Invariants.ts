@@ -345,7 +345,8 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
             }
           }
           for (const m of view.messages) {
-            if (m.kind !== "text") continue
+            // (A deleted message's text is erased: MessagingInvariants checks those.)
+            if (m.kind !== "text" || m.deleted) continue
             // Every text the run sends names its sending installation: "m<op>-<installation>".
             const sender = /^m\d+-(\S+)$/.exec(m.content)?.[1]
             const install = world.installs.find((i) => i.name === sender)
@@ -537,7 +538,7 @@ export const check = (world: World, dms: ReadonlyArray<DmGroup>) =>
           })
           for (const m of view.messages) {
             byId.set(m.id, m)
-            if (m.kind === "text") texts.set(m.content, (texts.get(m.content) ?? 0) + 1)
+            if (m.kind === "text" && !m.deleted) texts.set(m.content, (texts.get(m.content) ?? 0) + 1)
             if (m.deliveryStatus === "unpublished") {
               violate("stuck-unpublished", `${name(c)}: ${label} message "${m.content}" is still unpublished`)
             }

@@ -10,6 +10,7 @@
  * make sense; when a run goes otherwise (an add failed, a welcome is not read yet), the
  * operation meets a typed error, which the runner records.
  */
+import * as MessagingPlan from "./MessagingPlan.ts"
 import type { CrashPoint } from "../services/EngineContext.ts"
 import * as Prng from "./Prng.ts"
 
@@ -36,6 +37,11 @@ export interface Params {
    * stream of their own, so a seed's other operations stay what they were. Default off.
    */
   readonly governance?: boolean
+  /**
+   * Also plan messaging (the `full` profile only): direct messages inside groups, typed content
+   * and deletions, from a stream of their own. Default on.
+   */
+  readonly messaging?: boolean
 }
 
 /** Delivery-service operations a fault may be aimed at (undefined: any). */
@@ -140,10 +146,12 @@ export type Op =
   | { readonly _tag: "SetPolicy"; readonly c: number; readonly g: number; readonly policy: "everyone" | "admins" }
   /** Hostile: `c` commits, outside the API, settings that make its inbox a super admin. */
   | { readonly _tag: "ForgeRoleGrab"; readonly c: number; readonly g: number }
+  /** Direct messages, typed content, deletions (`MessagingPlan`; `Params.messaging`). */
+  | { readonly _tag: "Messaging"; readonly op: MessagingPlan.MessagingOp }
 
 export type GovernedRole = "member" | "admin" | "superAdmin"
 /** The governance operations, planned only with `Params.governance`. */
-type GovernanceKind = "Rename" | "SetRole" | "SetPolicy" | "ForgeRoleGrab"
+type GovernanceKind = "Rename" | "SetRole" | "SetPolicy" | "ForgeRoleGrab" | "Messaging"
 
 export type OpKind = Op["_tag"]
 
@@ -375,7 +383,20 @@ const planFault = (rng: Prng.Prng, kind: FaultKind, c: number, model: FaultModel
 
 export const plan = (params: Params): ReadonlyArray<Op> => {
   const ops = params.profile === "classic" ? planClassic(params) : withAdversaries(planFull(params), params.seed)
-  return params.governance === true ? withGovernance(ops, params) : ops
+  const governed = params.governance === true ? withGovernance(ops, params) : ops
+  return params.profile !== "classic" && params.messaging !== false ? withMessaging(governed, params) : governed
+}
+
+/** Messaging operations between the planned ones, from a stream of their own (`MessagingPlan`). */
+const withMessaging = (ops: ReadonlyArray<Op>, params: Params): ReadonlyArray<Op> => {
+  const rng = Prng.make(params.seed ^ 0x3e55_a9e5)
+  let groups = 0
+  let k = 0
+  return ops.flatMap((op): ReadonlyArray<Op> => {
+    groups += actionsOf(op).filter((a) => a._tag === "CreateGroup").length
+    if (groups === 0 || rng.next() >= 0.12) return [op]
+    return [op, { _tag: "Messaging", op: MessagingPlan.draw(rng, params.clients, groups, k++) }]
+  })
 }
 
 /**
@@ -894,6 +915,8 @@ export const describe = (op: Op, names: Names = defaultNames): string => {
       return `${cl(op.c)} sets ${gr(op.g)}'s add/remove/metadata policies to ${op.policy}`
     case "ForgeRoleGrab":
       return `hostile: ${cl(op.c)} commits itself super admin of ${gr(op.g)} outside the API`
+    case "Messaging":
+      return MessagingPlan.describe(op.op, cl)
   }
 }
 

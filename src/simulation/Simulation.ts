@@ -38,6 +38,8 @@ import { GroupMessageInput, WelcomeMessageInput, WelcomePayload, WelcomePayloadJ
 import { defaultEngineOptions } from "../services/EngineContext.ts"
 import { simulatedCrashOf, type TestClient, type TestDelivery, TestNetwork } from "../testing.ts"
 import * as Invariants from "./Invariants.ts"
+import * as MessagingInvariants from "./MessagingInvariants.ts"
+import * as MessagingOps from "./MessagingOps.ts"
 import * as Adversary from "./Adversary.ts"
 import * as Plan from "./Plan.ts"
 import * as Prng from "./Prng.ts"
@@ -98,6 +100,9 @@ const expectedErrors = new Set([
   "PermissionDenied",
   // A rename whose ifMatch a concurrent change overtook.
   "MetadataConflict",
+  // Deleting what a concurrent deletion took already (or what this installation does not hold).
+  "MessageAlreadyDeleted",
+  "MessageNotFound",
   "Skipped"
 ])
 
@@ -172,6 +177,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
       maxPastEpochs: defaultEngineOptions.maxPastEpochs
     }
     const violate = (invariant: string, detail: string) => world.violations.push({ invariant, detail })
+    const messagingLog = MessagingOps.makeLog()
     let actions = 0
     let leaves = 0
     let revocations = 0
@@ -679,6 +685,9 @@ export const run = (options: Options): Effect.Effect<Report> => {
           case "ForgeRoleGrab":
             record(entry, "", judge(yield* Effect.exit(governance(op))))
             break
+          case "Messaging":
+            record(entry, "", judge(yield* Effect.exit(MessagingOps.run(world, messagingLog, { clientOf, conversationOf }, index, op.op))))
+            break
           case "Watch": {
             let received = 0
             const watcher = clients[op.c]
@@ -792,6 +801,9 @@ export const run = (options: Options): Effect.Effect<Report> => {
       )
     )
     world.violations.push(...found)
+    world.violations.push(...yield* MessagingInvariants.check(world, messagingLog).pipe(
+      Effect.catchAllCause((cause) => Effect.succeed([{ invariant: "check-failed", detail: Cause.pretty(cause) }]))
+    ))
     checks.outcomes.push(`${world.violations.length} violation(s)`)
     const named = namer(new Map(dms.map((d) => [d.groupId, d.label])))
     for (const entry of trace) {
@@ -837,7 +849,8 @@ export const run = (options: Options): Effect.Effect<Report> => {
         clients: options.clients,
         ops: options.ops,
         ...(options.profile === undefined ? {} : { profile: options.profile }),
-        ...(options.governance === undefined ? {} : { governance: options.governance })
+        ...(options.governance === undefined ? {} : { governance: options.governance }),
+        ...(options.messaging === undefined ? {} : { messaging: options.messaging })
       },
       figures,
       violations,
