@@ -343,7 +343,12 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
           },
           get streamMessages() {
             return current(name).streamMessages
-          }
+          },
+          get historySync() {
+            return current(name).historySync
+          },
+          setConsent: (subject, state) => Effect.suspend(() => current(name).setConsent(subject, state)),
+          consentOf: (subject) => Effect.suspend(() => current(name).consentOf(subject))
         }
         return testClient
       }).pipe(Effect.withSpan("TestNetwork.client", { attributes: { name } }))

@@ -128,10 +128,43 @@ const allowMetadataChangeMessages = Effect.gen(function*() {
   yield* sql`CREATE INDEX converge_messages_inserted ON converge_messages (inserted_at_ns)`
 })
 
+/**
+ * History sync and consent: consent records shared by an inbox's installations, this
+ * installation's import progress (one row) and the answers it is sending to new installations.
+ */
+const historyConsentTables = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`CREATE TABLE converge_consent (
+    subject TEXT PRIMARY KEY,
+    state TEXT NOT NULL CHECK (state IN ('allowed', 'denied', 'unknown')),
+    at_ns INTEGER NOT NULL,
+    by_installation TEXT NOT NULL,
+    unsent INTEGER NOT NULL DEFAULT 0
+  )`
+  yield* sql`CREATE TABLE converge_history_progress (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    state TEXT NOT NULL CHECK (state IN ('idle', 'requesting', 'importing', 'done')),
+    request_id TEXT,
+    responder TEXT,
+    next_index INTEGER NOT NULL DEFAULT 0,
+    pages_imported INTEGER NOT NULL DEFAULT 0,
+    messages_imported INTEGER NOT NULL DEFAULT 0
+  )`
+  yield* sql`CREATE TABLE converge_history_answers (
+    request_id TEXT PRIMARY KEY,
+    requester TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    phase TEXT NOT NULL CHECK (phase IN ('groups', 'messages', 'consent', 'done')),
+    cursor TEXT NOT NULL,
+    page_index INTEGER NOT NULL
+  )`
+})
+
 export const loader = Migrator.fromRecord({
   "0001_create_tables": createTables,
   "0002_group_quarantine": addGroupQuarantine,
-  "0003_metadata_change_messages": allowMetadataChangeMessages
+  "0003_metadata_change_messages": allowMetadataChangeMessages,
+  "0004_history_consent": historyConsentTables
 })
 
 /** Runs pending migrations; a no-op on a database that is up to date. */

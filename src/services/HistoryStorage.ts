@@ -1,0 +1,72 @@
+/**
+ * The part of the local store that history sync and consent use: consent records, the import
+ * progress of this installation, the answers it is sending to others, and keyset reads of the
+ * archive. Repositories of the `Storage` port (`storage.consent`, `storage.history`).
+ */
+import type { Effect, Option } from "effect"
+import type { ConsentKey, ConsentRecord } from "../domain/Consent.ts"
+import type { StorageError } from "../domain/Errors.ts"
+import type { AnswerPhase } from "../domain/HistoryArchive.ts"
+import type { GroupId, InstallationId, MessageId } from "../domain/Ids.ts"
+import type { StoredGroup, StoredMessage } from "../domain/Stored.ts"
+
+type Io<A> = Effect.Effect<A, StorageError>
+
+export interface ConsentRepository {
+  readonly get: (key: ConsentKey) => Io<Option.Option<ConsentRecord>>
+  /** Every record (one per subject), for filtering lists. */
+  readonly all: Io<ReadonlyArray<ConsentRecord>>
+  /** Records after a key, in key order (archive pages). */
+  readonly page: (afterKey: string, limit: number) => Io<ReadonlyArray<ConsentRecord>>
+  /** Stores the record if it wins over the stored one (`Consent.wins`); returns whether it did. */
+  readonly put: (record: ConsentRecord, options: { readonly unsent: boolean }) => Io<boolean>
+  /** Local decisions not yet sent to the other installations. */
+  readonly unsent: (limit: number) => Io<ReadonlyArray<ConsentRecord>>
+  readonly markSent: (keys: ReadonlyArray<ConsentKey>) => Io<void>
+  /** The highest stamp of any record (0 when there is none). */
+  readonly highestStamp: Io<bigint>
+}
+
+export type HistoryState = "idle" | "requesting" | "importing" | "done"
+
+export interface HistoryProgress {
+  readonly state: HistoryState
+  readonly requestId: string | null
+  /** The installation whose answer is being imported (the first to answer). */
+  readonly responder: InstallationId | null
+  /** The index of the next page expected from it. */
+  readonly nextIndex: number
+  readonly pagesImported: number
+  readonly messagesImported: number
+}
+
+/** An answer this installation is sending: where it stands, so a restart resumes it. */
+export interface HistoryAnswer {
+  readonly requestId: string
+  readonly requester: InstallationId
+  readonly groupId: GroupId
+  readonly phase: AnswerPhase
+  /** The last key sent in this phase ("" before the first). */
+  readonly cursor: string
+  readonly pageIndex: number
+}
+
+export interface HistoryRepository {
+  readonly progress: Io<Option.Option<HistoryProgress>>
+  readonly saveProgress: (progress: HistoryProgress) => Io<void>
+  /** Answers not finished yet. */
+  readonly openAnswers: Io<ReadonlyArray<HistoryAnswer>>
+  readonly answer: (requestId: string) => Io<Option.Option<HistoryAnswer>>
+  readonly saveAnswer: (answer: HistoryAnswer) => Io<void>
+  /** Conversations' groups after an id, in id order, own-devices groups left out. */
+  readonly groupsAfter: (afterId: string, limit: number) => Io<ReadonlyArray<StoredGroup>>
+  /** Published messages after a position (insertion order), own-devices groups left out. */
+  readonly messagesAfter: (
+    after: { readonly insertedAtNs: bigint; readonly id: string },
+    limit: number
+  ) => Io<ReadonlyArray<StoredMessage>>
+  /** Payloads read from own-devices groups and not handled yet, in topic order. */
+  readonly inbound: (groupIds: ReadonlyArray<GroupId>, limit: number) => Io<ReadonlyArray<StoredMessage>>
+  /** Drops a handled payload (in the transaction that applies it). */
+  readonly dropMessage: (id: MessageId) => Io<void>
+}
