@@ -847,7 +847,10 @@ export const make = (options: ClientOptions = {}) =>
         Stream.mapEffect((event) =>
           event._tag === "group"
             ? syncGroup(event.groupId).pipe(Effect.as(false))
-            : welcomes.syncWelcomes.pipe(Effect.map((r) => r.joined.length > 0))
+            : welcomes.syncWelcomes.pipe(
+              Effect.tap((r) => consent.onJoined(r.joined).pipe(Effect.catchAll(() => Effect.void))),
+              Effect.map((r) => r.joined.length > 0)
+            )
         ),
         Stream.takeUntil((joinedNewGroup) => joinedNewGroup),
         Stream.runDrain

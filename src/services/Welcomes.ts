@@ -126,12 +126,14 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     }
     const metadata = payload.dmId === undefined ? yield* metadataOf(view.metadata) : GroupMetadata.none
     const now = yield* Clock.currentTimeNanos
+    // Through the state cache: the joined state (which knows its inviter) is what the next load returns.
+    const mlsState = ctx.encodeState(payload.groupId, state)
     yield* storage.transaction(Effect.gen(function*() {
       if (Option.isSome(existing) || historyOnly) {
         // Taken back: nothing queued before the removal may go out now (a stale leave request
         // or removal would undo the re-add).
         yield* failPendingIntents(ctx, payload.groupId)
-        yield* storage.groups.saveState(payload.groupId, { epoch: view.epoch, mlsState: crypto.serialize(state) })
+        yield* storage.groups.saveState(payload.groupId, { epoch: view.epoch, mlsState })
         yield* storage.groups.setMembership(payload.groupId, "active")
       } else {
         yield* storage.groups.insert(StoredGroup.make({
@@ -140,7 +142,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
           dmId: payload.dmId ?? null,
           membershipState: "active",
           epoch: view.epoch,
-          mlsState: crypto.serialize(state),
+          mlsState,
           maybeForked: false,
           forkDetails: null,
           quarantine: null,
