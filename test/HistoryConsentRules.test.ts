@@ -91,11 +91,11 @@ describe("archive pages", () => {
     it(name, () => expect(pageCut(sizes, { maxItems, maxBytes })).toBe(expected))
   }
 
-  it("phases run groups, messages, consent, done", () => {
-    expect([nextPhase("groups"), nextPhase("messages"), nextPhase("consent"), nextPhase("done")]).toEqual([
-      "messages",
+  it("an answer sends the backlog, then consent, then stays live; a closed one stays closed", () => {
+    expect([nextPhase("feed"), nextPhase("consent"), nextPhase("live"), nextPhase("done")]).toEqual([
       "consent",
-      "done",
+      "live",
+      "live",
       "done"
     ])
   })

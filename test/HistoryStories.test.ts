@@ -97,6 +97,29 @@ describe("History for new installations", () => {
       expect((yield* alice2.conversations()).map((c) => c.id)).not.toContain(own[0]!.id)
     }))
 
+  it.scoped("after the import the phone stays level: what reaches only the old phone is passed on", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      // Installation checks fall due only every 5 seconds, and the test clock stands still:
+      // the new phone is not added to Bob's group (Alice's phone checked it when it joined)
+      // before Alice is removed from it. The own-devices group is new, so checked at once.
+      const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+      const group = yield* bob.createGroup([alice.inboxId], { name: "Short-lived" })
+      yield* alice.syncAll
+      const alice2 = yield* net.client("alice2", { sameInboxAs: alice })
+      yield* settle(alice, alice2)
+      expect(yield* alice2.historySync).toMatchObject({ state: "done" })
+      const before = (yield* alice2.historySync).pagesImported
+
+      yield* group.send("only the old phone is in here")
+      yield* alice.syncAll
+      yield* group.removeMembers([alice.inboxId])
+      yield* settle(alice, alice2)
+      expect((yield* historyOf(alice2, group.id)).map((m) => m.text)).toContain("only the old phone is in here")
+      expect(yield* historyOf(alice2, group.id)).toEqual(yield* historyOf(alice, group.id))
+      expect((yield* alice2.historySync).pagesImported).toBeGreaterThan(before)
+    }))
+
   it.scoped("a crash halfway through the import resumes where it stopped, without duplicates", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

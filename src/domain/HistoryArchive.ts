@@ -74,11 +74,15 @@ export const SyncPayload = Schema.Union(HistoryRequest, HistoryPage, ConsentUpda
 export type SyncPayload = typeof SyncPayload.Type
 export const SyncPayloadJson = Schema.parseJson(SyncPayload)
 
-/** Where an answer stands: which part it is sending and the last key it sent of that part. */
-export const AnswerPhase = Schema.Literal("groups", "messages", "consent", "done")
+/**
+ * Where an answer stands: sending the backlog (`feed`, everything held so far in the order it came),
+ * then the consent records, then `live` (what arrives from now on, while the requester is current),
+ * or `done` (closed: the requester was revoked).
+ */
+export const AnswerPhase = Schema.Literal("feed", "consent", "live", "done")
 export type AnswerPhase = typeof AnswerPhase.Type
 export const nextPhase = (phase: AnswerPhase): AnswerPhase =>
-  phase === "groups" ? "messages" : phase === "messages" ? "consent" : "done"
+  phase === "feed" ? "consent" : phase === "consent" ? "live" : phase
 
 /**
  * How many of `items` (already in archive order) the next page takes: at most `maxItems`, and no

@@ -154,10 +154,21 @@ const historyConsentTables = Effect.gen(function*() {
     request_id TEXT PRIMARY KEY,
     requester TEXT NOT NULL,
     group_id TEXT NOT NULL,
-    phase TEXT NOT NULL CHECK (phase IN ('groups', 'messages', 'consent', 'done')),
+    phase TEXT NOT NULL CHECK (phase IN ('feed', 'consent', 'live', 'done')),
     cursor TEXT NOT NULL,
+    feed_cursor TEXT NOT NULL,
     page_index INTEGER NOT NULL
   )`
+  // What this installation came to hold, in the order it did: groups stored and messages
+  // published. Answers page through it by sequence. Filled by triggers (SqliteHistoryStorage).
+  yield* sql`CREATE TABLE converge_history_feed (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('group', 'message')),
+    ref TEXT NOT NULL
+  )`
+  yield* sql`INSERT INTO converge_history_feed (kind, ref) SELECT 'group', id FROM converge_groups ORDER BY rowid`
+  yield* sql`INSERT INTO converge_history_feed (kind, ref)
+    SELECT 'message', id FROM converge_messages WHERE delivery_status = 'published' ORDER BY rowid`
 })
 
 export const loader = Migrator.fromRecord({

@@ -10,7 +10,13 @@ import { ConsentKey, ConsentRecord, ConsentState, wins } from "../domain/Consent
 import { AnswerPhase, OWN_DEVICES_GROUP_NAME } from "../domain/HistoryArchive.ts"
 import { GroupId, InstallationId } from "../domain/Ids.ts"
 import type { StoredGroup, StoredMessage } from "../domain/Stored.ts"
-import type { ConsentRepository, HistoryAnswer, HistoryProgress, HistoryRepository } from "../services/HistoryStorage.ts"
+import type {
+  ConsentRepository,
+  FeedEntry,
+  HistoryAnswer,
+  HistoryProgress,
+  HistoryRepository
+} from "../services/HistoryStorage.ts"
 import type { StorageError } from "../domain/Errors.ts"
 import type { StorageKey } from "./StorageKey.ts"
 
@@ -49,6 +55,7 @@ const AnswerRow = Schema.Struct({
   group_id: GroupId,
   phase: AnswerPhase,
   cursor: Schema.String,
+  feed_cursor: Schema.String,
   page_index: Int
 })
 const toAnswer = (row: typeof AnswerRow.Type): HistoryAnswer => ({
@@ -57,6 +64,7 @@ const toAnswer = (row: typeof AnswerRow.Type): HistoryAnswer => ({
   groupId: row.group_id,
   phase: row.phase,
   cursor: row.cursor,
+  feedCursor: row.feed_cursor,
   pageIndex: row.page_index
 })
 
@@ -171,26 +179,35 @@ export const make = (
     saveAnswer: (a) =>
       run(
         "history.saveAnswer",
-        sql`INSERT INTO converge_history_answers (request_id, requester, group_id, phase, cursor, page_index)
-          VALUES (${a.requestId}, ${a.requester}, ${a.groupId}, ${a.phase}, ${a.cursor}, ${a.pageIndex})
+        sql`INSERT INTO converge_history_answers (request_id, requester, group_id, phase, cursor, feed_cursor, page_index)
+          VALUES (${a.requestId}, ${a.requester}, ${a.groupId}, ${a.phase}, ${a.cursor}, ${a.feedCursor}, ${a.pageIndex})
           ON CONFLICT (request_id) DO UPDATE SET phase = excluded.phase, cursor = excluded.cursor,
-            page_index = excluded.page_index`
+            feed_cursor = excluded.feed_cursor, page_index = excluded.page_index`
       ),
-    groupsAfter: (afterId, limit) =>
+    feedAfter: (afterSeq, limit) =>
       run(
-        "history.groupsAfter",
-        sql`SELECT * FROM converge_groups WHERE id > ${afterId}
-            AND (name IS NULL OR name != ${OWN_DEVICES_GROUP_NAME}) ORDER BY id LIMIT ${limit}`.pipe(
-          Effect.flatMap(decodeGroups)
-        )
-      ),
-    messagesAfter: ({ id, insertedAtNs }, limit) =>
-      run(
-        "history.messagesAfter",
-        sql`SELECT * FROM converge_messages WHERE delivery_status = 'published'
-            AND (inserted_at_ns > ${insertedAtNs} OR (inserted_at_ns = ${insertedAtNs} AND id > ${id}))
-            AND group_id NOT IN (SELECT id FROM converge_groups WHERE name = ${OWN_DEVICES_GROUP_NAME})
-            ORDER BY inserted_at_ns, id LIMIT ${limit}`.pipe(Effect.flatMap(decodeMessages))
+        "history.feedAfter",
+        Effect.gen(function*() {
+          const rows = yield* sql<{ seq: bigint; kind: string; ref: string }>`SELECT seq, kind, ref
+            FROM converge_history_feed WHERE seq > ${afterSeq} ORDER BY seq LIMIT ${limit}`
+          const own = new Set((yield* sql<{ id: string }>`SELECT id FROM converge_groups
+            WHERE name = ${OWN_DEVICES_GROUP_NAME}`).map((r) => r.id))
+          const entries: Array<FeedEntry> = []
+          for (const row of rows) {
+            const seq = Number(row.seq)
+            if (row.kind === "group") {
+              const [group] = own.has(row.ref)
+                ? []
+                : yield* sql`SELECT * FROM converge_groups WHERE id = ${row.ref}`.pipe(Effect.flatMap(decodeGroups))
+              entries.push(group === undefined ? { seq } : { seq, group })
+            } else {
+              const [message] = yield* sql`SELECT * FROM converge_messages WHERE id = ${row.ref}
+                AND delivery_status = 'published'`.pipe(Effect.flatMap(decodeMessages))
+              entries.push(message === undefined || own.has(message.groupId) ? { seq } : { seq, message })
+            }
+          }
+          return entries
+        })
       ),
     inbound: (groupIds, limit) =>
       groupIds.length === 0
@@ -203,5 +220,23 @@ export const make = (
     dropMessage: (id) => run("history.dropMessage", sql`DELETE FROM converge_messages WHERE id = ${id}`)
   }
 
-  return { consent, history }
+  /**
+   * The feed's triggers, made sure of at every open: a later migration that rebuilds a table
+   * drops its triggers, and the feed must not miss what is stored after that.
+   */
+  const ensureFeedTriggers = run(
+    "history.ensureFeedTriggers",
+    Effect.all([
+      sql`CREATE TRIGGER IF NOT EXISTS converge_history_feed_group AFTER INSERT ON converge_groups
+        BEGIN INSERT INTO converge_history_feed (kind, ref) VALUES ('group', new.id); END`,
+      sql`CREATE TRIGGER IF NOT EXISTS converge_history_feed_message AFTER INSERT ON converge_messages
+        WHEN new.delivery_status = 'published'
+        BEGIN INSERT INTO converge_history_feed (kind, ref) VALUES ('message', new.id); END`,
+      sql`CREATE TRIGGER IF NOT EXISTS converge_history_feed_published AFTER UPDATE OF delivery_status ON converge_messages
+        WHEN new.delivery_status = 'published' AND old.delivery_status != 'published'
+        BEGIN INSERT INTO converge_history_feed (kind, ref) VALUES ('message', new.id); END`
+    ], { discard: true })
+  )
+
+  return { consent, history, ensureFeedTriggers }
 }

@@ -508,7 +508,8 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
       )
     ) as Effect.Effect<A, E | StorageError, R>
 
-  const { consent, history } = SqliteHistoryStorage.make(sql, run, decodeGroups, decodeMessages)
+  const { consent, ensureFeedTriggers, history } = SqliteHistoryStorage.make(sql, run, decodeGroups, decodeMessages)
+  yield* ensureFeedTriggers
 
   return Storage.of({ groups, messages, intents, cursors, identity, keyPackages, inboxLogs, consent, history, transaction })
 })

@@ -51,50 +51,37 @@ const archivedMessage = (m: StoredMessage) =>
     deliveryStatus: m.deliveryStatus
   })
 
-/** A message's position in insertion order, as the answer's cursor. */
-const messageCursor = (m: StoredMessage) => `${m.insertedAtNs}:${m.id}`
-const parseMessageCursor = (cursor: string) => {
-  const [at, id] = cursor.split(":")
-  return cursor === "" ? { insertedAtNs: -1n, id: "" } : { insertedAtNs: BigInt(at ?? "-1"), id: id ?? "" }
-}
-
 const sizeOf = (value: unknown) => JSON.stringify(value, (_, v) => (typeof v === "bigint" ? v.toString() : v)).length
 
-/** The items the next page holds, by the paging rule; `exhausted` when the read found no more (a cut page is not). */
-const cut = <A>(items: ReadonlyArray<A>, limit: number) => ({
-  rows: items.slice(0, pageCut(items.map(sizeOf), { maxItems: limit, maxBytes: MAX_PAGE_BYTES })),
-  exhausted: items.length < limit
-})
+/** The entries the next page holds, by the paging rule; `exhausted` when the read found no more (a cut page is not). */
+const cut = <A>(items: ReadonlyArray<A>, sizes: ReadonlyArray<number>, limit: number) => {
+  const taken = pageCut(sizes, { maxItems: limit, maxBytes: MAX_PAGE_BYTES })
+  return { rows: items.slice(0, taken), exhausted: items.length < limit && taken === items.length }
+}
+
+const empty = () => ({ groups: [] as Array<ArchivedGroup>, messages: [] as Array<ArchivedMessage>, consent: [] as Array<ConsentRecord> })
 
 export const make = (ctx: EngineContext, pageItems: number) => {
   const { identity, storage } = ctx
 
-  /** The next page of an answer and where the answer stands after it. */
+  /** The next page of an answer: what it holds, the cursor after it, and whether its part is exhausted. */
   const nextPage = (answer: HistoryAnswer) =>
     Effect.gen(function*() {
-      const empty = { groups: [] as Array<ArchivedGroup>, messages: [] as Array<ArchivedMessage>, consent: [] as Array<ConsentRecord> }
-      switch (answer.phase) {
-        case "groups": {
-          const read = yield* storage.history.groupsAfter(answer.cursor, pageItems)
-          const { exhausted, rows } = cut(read, pageItems)
-          const cursor = rows.at(-1)?.id
-          return { content: { ...empty, groups: rows.map(archivedGroup) }, cursor, exhausted: exhausted && rows.length === read.length }
-        }
-        case "messages": {
-          const read = yield* storage.history.messagesAfter(parseMessageCursor(answer.cursor), pageItems)
-          const { exhausted, rows } = cut(read, pageItems)
-          const last = rows.at(-1)
-          return {
-            content: { ...empty, messages: rows.map(archivedMessage) },
-            cursor: last === undefined ? undefined : messageCursor(last),
-            exhausted: exhausted && rows.length === read.length
-          }
-        }
-        default: {
-          const rows = yield* storage.consent.page(answer.cursor, pageItems)
-          return { content: { ...empty, consent: rows }, cursor: rows.at(-1)?.key, exhausted: rows.length < pageItems }
-        }
+      if (answer.phase === "consent") {
+        const rows = yield* storage.consent.page(answer.cursor, pageItems)
+        return { content: { ...empty(), consent: rows }, cursor: rows.at(-1)?.key ?? answer.cursor, exhausted: rows.length < pageItems }
       }
+      const entries = yield* storage.history.feedAfter(answer.cursor === "" ? 0 : Number(answer.cursor), pageItems)
+      const archived = entries.map((e) =>
+        e.group !== undefined ? archivedGroup(e.group) : e.message !== undefined ? archivedMessage(e.message) : undefined
+      )
+      const { exhausted, rows } = cut(entries, archived.map((a) => (a === undefined ? 0 : sizeOf(a))), pageItems)
+      const content = empty()
+      for (const item of archived.slice(0, rows.length)) {
+        if (item instanceof ArchivedGroup) content.groups.push(item)
+        else if (item !== undefined) content.messages.push(item)
+      }
+      return { content, cursor: String(rows.at(-1)?.seq ?? (answer.cursor === "" ? 0 : answer.cursor)), exhausted }
     })
 
   /** Queues a payload as a message of the own-devices group (no local copy: it is not a conversation message). */
@@ -107,17 +94,29 @@ export const make = (ctx: EngineContext, pageItems: number) => {
     })
 
   /**
-   * Queues the answer's next page; returns the intent and whether the answer is complete. A phase
-   * that has nothing more moves on; the consent phase's last page says `last`.
+   * Queues the answer's next page with the answer's new position, in one transaction; none when a
+   * live answer has nothing new. The backlog's last page (the end of the consent records) says `last`.
    */
   const queueNextPage = (answer: HistoryAnswer) =>
     Effect.gen(function*() {
       const page = yield* nextPage(answer)
+      const isEmpty = page.content.groups.length + page.content.messages.length === 0
+      if (answer.phase === "live" && isEmpty) {
+        // Passed-over entries still move the cursor, so they are not read again.
+        if (page.cursor !== answer.cursor) yield* storage.history.saveAnswer({ ...answer, cursor: page.cursor })
+        return { intentId: undefined, next: answer, exhausted: true }
+      }
       const now = yield* Clock.currentTimeNanos
       const last = answer.phase === "consent" && page.exhausted
-      const next: HistoryAnswer = page.exhausted
-        ? { ...answer, phase: nextPhase(answer.phase), cursor: "", pageIndex: answer.pageIndex + 1 }
-        : { ...answer, cursor: page.cursor ?? answer.cursor, pageIndex: answer.pageIndex + 1 }
+      const moveOn = page.exhausted && answer.phase !== "live"
+      const next: HistoryAnswer = {
+        ...answer,
+        phase: moveOn ? nextPhase(answer.phase) : answer.phase,
+        // The feed's position carries on into `live`; the consent records' does not.
+        cursor: answer.phase === "consent" ? (moveOn ? answer.feedCursor : page.cursor) : page.cursor,
+        feedCursor: answer.phase === "consent" ? answer.feedCursor : page.cursor,
+        pageIndex: answer.pageIndex + 1
+      }
       const intentId = yield* storage.transaction(Effect.gen(function*() {
         yield* storage.history.saveAnswer(next)
         return yield* queuePayload(answer.groupId, {
@@ -129,7 +128,7 @@ export const make = (ctx: EngineContext, pageItems: number) => {
           ...page.content
         }, now)
       }))
-      return { intentId, next }
+      return { intentId, next, exhausted: page.exhausted }
     })
 
   return { queueNextPage, queuePayload }

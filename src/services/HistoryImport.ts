@@ -92,7 +92,7 @@ export const make = (ctx: EngineContext) => {
         imported,
         progress: {
           ...progress,
-          state: page.last ? "done" as const : "importing" as const,
+          state: page.last || progress.state === "done" ? "done" as const : "importing" as const,
           responder,
           nextIndex: page.index + 1,
           pagesImported: progress.pagesImported + 1,
@@ -125,8 +125,9 @@ export const make = (ctx: EngineContext) => {
                   requestId: payload.requestId,
                   requester: payload.requester,
                   groupId: row.groupId,
-                  phase: "groups",
+                  phase: "feed",
                   cursor: "",
+                  feedCursor: "",
                   pageIndex: 0
                 })
               }
@@ -134,7 +135,7 @@ export const make = (ctx: EngineContext) => {
             return { progress, imported: 0, page: false }
           case "HistoryPage": {
             yield* mergeConsent(payload.consent)
-            if (payload.requestId !== progress.requestId || progress.state === "done") {
+            if (payload.requestId !== progress.requestId) {
               return { progress, imported: 0, page: false }
             }
             const result = yield* importPage(payload, progress, now)

@@ -46,9 +46,17 @@ export interface HistoryAnswer {
   readonly requester: InstallationId
   readonly groupId: GroupId
   readonly phase: AnswerPhase
-  /** The last key sent in this phase ("" before the first). */
+  /** The last key sent in this phase ("" before the first; a feed sequence in `feed` and `live`). */
   readonly cursor: string
+  /** How far the feed was sent: where `live` carries on after the consent records. */
+  readonly feedCursor: string
   readonly pageIndex: number
+}
+
+export interface FeedEntry {
+  readonly seq: number
+  readonly group?: StoredGroup
+  readonly message?: StoredMessage
 }
 
 export interface HistoryRepository {
@@ -58,13 +66,12 @@ export interface HistoryRepository {
   readonly openAnswers: Io<ReadonlyArray<HistoryAnswer>>
   readonly answer: (requestId: string) => Io<Option.Option<HistoryAnswer>>
   readonly saveAnswer: (answer: HistoryAnswer) => Io<void>
-  /** Conversations' groups after an id, in id order, own-devices groups left out. */
-  readonly groupsAfter: (afterId: string, limit: number) => Io<ReadonlyArray<StoredGroup>>
-  /** Published messages after a position (insertion order), own-devices groups left out. */
-  readonly messagesAfter: (
-    after: { readonly insertedAtNs: bigint; readonly id: string },
-    limit: number
-  ) => Io<ReadonlyArray<StoredMessage>>
+  /**
+   * The next entries of this installation's feed after sequence `afterSeq`: groups as stored,
+   * messages once published, in the order they came. An entry whose row is gone, unpublished
+   * again, or of an own-devices group carries neither (it is only passed over).
+   */
+  readonly feedAfter: (afterSeq: number, limit: number) => Io<ReadonlyArray<FeedEntry>>
   /** Payloads read from own-devices groups and not handled yet, in topic order. */
   readonly inbound: (groupIds: ReadonlyArray<GroupId>, limit: number) => Io<ReadonlyArray<StoredMessage>>
   /** Drops a handled payload (in the transaction that applies it). */

@@ -2,7 +2,7 @@
  * History sync between the installations of one inbox, end-to-end encrypted through an
  * own-devices MLS group: a hidden group (named `OWN_DEVICES_GROUP_NAME`) whose members are exactly
  * the inbox's current installations, kept in step with the identity log by the same installation
- * check as every group. The oldest current installation creates it when there is none.
+ * check as every group. The oldest current installation creates it once there are two.
  *
  * One `step` per `syncAll`, after the groups are read: apply what arrived (pages, consent,
  * requests; `HistoryImport`), ask for the history once (a new installation), answer requests
@@ -132,12 +132,15 @@ export const make = (
       yield* publish(primary.id, intentId)
     })
 
-  /** Sends every open answer to its end, a few pages per publish. */
+  /**
+   * Sends each open answer as far as it goes: the backlog to its end, then what came since (a
+   * live answer keeps the requester level with this installation). A few pages per publish.
+   */
   const answerAll = (groups: ReadonlyArray<OwnGroup>, order: InstallationOrder) =>
     Effect.gen(function*() {
       for (const open of yield* storage.history.openAnswers) {
         if (!order.current.has(open.requester)) {
-          // Revoked (or never ours): it gets nothing.
+          // Revoked (or never ours): it gets nothing more.
           yield* storage.history.saveAnswer({ ...open, phase: "done" })
           continue
         }
@@ -146,11 +149,14 @@ export const make = (
         let answer = open
         let queued = 0
         let lastIntent: number | undefined
-        while (answer.phase !== "done") {
-          const { intentId, next } = yield* answers.queueNextPage(answer)
+        while (true) {
+          const { exhausted, intentId, next } = yield* answers.queueNextPage(answer)
           answer = next
-          lastIntent = intentId
-          if (++queued % PAGES_PER_PUBLISH === 0) yield* publish(group.id, intentId)
+          if (intentId !== undefined) {
+            lastIntent = intentId
+            if (++queued % PAGES_PER_PUBLISH === 0) yield* publish(group.id, intentId)
+          }
+          if (answer.phase === "live" && (exhausted || intentId === undefined)) break
         }
         if (lastIntent !== undefined) yield* publish(group.id, lastIntent)
       }
@@ -182,7 +188,8 @@ export const make = (
     // Revoked: it neither asks nor tells anything any more.
     if (!order.current.has(me)) return 0
     let groups = yield* ownGroups
-    if (groups.length === 0 && order.oldestCurrent === me) {
+    // Created once there is another device to talk to, by the oldest: one group, not one per device.
+    if (groups.length === 0 && order.oldestCurrent === me && order.current.size > 1) {
       yield* deps.createOwnDevicesGroup.pipe(
         Effect.catchAll((e) => Effect.logWarning("could not create the own-devices group", String(e)))
       )
