@@ -145,10 +145,15 @@ const historyConsentTables = Effect.gen(function*() {
     singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
     state TEXT NOT NULL CHECK (state IN ('idle', 'requesting', 'importing', 'done')),
     request_id TEXT,
-    responder TEXT,
-    next_index INTEGER NOT NULL DEFAULT 0,
+    requested_from TEXT NOT NULL DEFAULT '',
     pages_imported INTEGER NOT NULL DEFAULT 0,
     messages_imported INTEGER NOT NULL DEFAULT 0
+  )`
+  yield* sql`CREATE TABLE converge_history_sources (
+    request_id TEXT NOT NULL,
+    responder TEXT NOT NULL,
+    next_index INTEGER NOT NULL,
+    PRIMARY KEY (request_id, responder)
   )`
   yield* sql`CREATE TABLE converge_history_answers (
     request_id TEXT PRIMARY KEY,

@@ -43,8 +43,7 @@ const toRecord = (row: typeof ConsentRow.Type) =>
 const ProgressRow = Schema.Struct({
   state: Schema.Literal("idle", "requesting", "importing", "done"),
   request_id: Schema.NullOr(Schema.String),
-  responder: Schema.NullOr(InstallationId),
-  next_index: Int,
+  requested_from: Schema.String,
   pages_imported: Int,
   messages_imported: Int
 })
@@ -143,8 +142,7 @@ export const make = (
           Option.fromNullable(rows[0]).pipe(Option.map((r): HistoryProgress => ({
             state: r.state,
             requestId: r.request_id,
-            responder: r.responder,
-            nextIndex: r.next_index,
+            requestedFrom: r.requested_from,
             pagesImported: r.pages_imported,
             messagesImported: r.messages_imported
           })))
@@ -155,11 +153,25 @@ export const make = (
       run(
         "history.saveProgress",
         sql`INSERT INTO converge_history_progress
-            (singleton, state, request_id, responder, next_index, pages_imported, messages_imported)
-          VALUES (1, ${p.state}, ${p.requestId}, ${p.responder}, ${p.nextIndex}, ${p.pagesImported}, ${p.messagesImported})
+            (singleton, state, request_id, requested_from, pages_imported, messages_imported)
+          VALUES (1, ${p.state}, ${p.requestId}, ${p.requestedFrom}, ${p.pagesImported}, ${p.messagesImported})
           ON CONFLICT (singleton) DO UPDATE SET state = excluded.state, request_id = excluded.request_id,
-            responder = excluded.responder, next_index = excluded.next_index,
+            requested_from = excluded.requested_from,
             pages_imported = excluded.pages_imported, messages_imported = excluded.messages_imported`
+      ),
+    nextIndex: (requestId, responder) =>
+      run(
+        "history.nextIndex",
+        sql<{ next_index: bigint }>`SELECT next_index FROM converge_history_sources
+          WHERE request_id = ${requestId} AND responder = ${responder}`.pipe(
+          Effect.map((rows) => Number(rows[0]?.next_index ?? 0))
+        )
+      ),
+    saveNextIndex: (requestId, responder, next) =>
+      run(
+        "history.saveNextIndex",
+        sql`INSERT INTO converge_history_sources (request_id, responder, next_index) VALUES (${requestId}, ${responder}, ${next})
+          ON CONFLICT (request_id, responder) DO UPDATE SET next_index = excluded.next_index`
       ),
     openAnswers: run(
       "history.openAnswers",

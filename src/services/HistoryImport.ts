@@ -72,19 +72,20 @@ export const make = (ctx: EngineContext) => {
     Effect.forEach(records, (r) => storage.consent.put(r, { unsent: false }), { discard: true })
 
   /**
-   * A page of the answer we follow (the first responder to answer our request). A page out of
-   * order means one was lost: the request starts over (a new id), and nothing imported is lost.
+   * A page answering our request, from any installation that answers it. A page out of order
+   * means one was lost: the request starts over (a new id) and nothing imported is lost.
    */
   const importPage = (page: HistoryPage, progress: HistoryProgress, now: bigint) =>
     Effect.gen(function*() {
-      const responder = progress.responder ?? page.responder
-      if (page.responder !== responder) return { progress, imported: 0 }
-      if (page.index !== progress.nextIndex) {
+      const expected = yield* storage.history.nextIndex(page.requestId, page.responder)
+      if (page.index !== expected) {
         yield* Effect.logWarning("history page missing: requesting again").pipe(
-          Effect.annotateLogs({ expected: progress.nextIndex, got: page.index })
+          Effect.annotateLogs({ expected, got: page.index })
         )
-        return { progress: { ...progress, state: "idle" as const, requestId: null, responder: null, nextIndex: 0 }, imported: 0 }
+        const state = progress.state === "done" ? "done" as const : "idle" as const
+        return { progress: { ...progress, state, requestId: null, requestedFrom: "" }, imported: 0 }
       }
+      yield* storage.history.saveNextIndex(page.requestId, page.responder, page.index + 1)
       yield* Effect.forEach(page.groups, importGroup, { discard: true })
       let imported = 0
       for (const m of page.messages) if (yield* importMessage(m, now)) imported++
@@ -93,8 +94,6 @@ export const make = (ctx: EngineContext) => {
         progress: {
           ...progress,
           state: page.last || progress.state === "done" ? "done" as const : "importing" as const,
-          responder,
-          nextIndex: page.index + 1,
           pagesImported: progress.pagesImported + 1,
           messagesImported: progress.messagesImported + imported
         }
@@ -118,8 +117,12 @@ export const make = (ctx: EngineContext) => {
             yield* mergeConsent(payload.records)
             return { progress, imported: 0, page: false }
           case "HistoryRequest":
-            // Only an installation that holds the whole history answers; the others leave it to it.
-            if (progress.state === "done" && payload.requester === row.senderInstallationId) {
+            // Noted now, answered once this installation holds the whole history itself. A newer
+            // request from the same installation replaces its older ones.
+            if (payload.requester === row.senderInstallationId) {
+              for (const older of yield* storage.history.openAnswers) {
+                if (older.requester === payload.requester) yield* storage.history.saveAnswer({ ...older, phase: "done" })
+              }
               if (Option.isNone(yield* storage.history.answer(payload.requestId))) {
                 yield* storage.history.saveAnswer({
                   requestId: payload.requestId,

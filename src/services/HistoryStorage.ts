@@ -32,10 +32,8 @@ export type HistoryState = "idle" | "requesting" | "importing" | "done"
 export interface HistoryProgress {
   readonly state: HistoryState
   readonly requestId: string | null
-  /** The installation whose answer is being imported (the first to answer). */
-  readonly responder: InstallationId | null
-  /** The index of the next page expected from it. */
-  readonly nextIndex: number
+  /** The other installations the request went to (sorted, comma-separated): a newcomer is asked again. */
+  readonly requestedFrom: string
   readonly pagesImported: number
   readonly messagesImported: number
 }
@@ -61,6 +59,9 @@ export interface FeedEntry {
 
 export interface HistoryRepository {
   readonly progress: Io<Option.Option<HistoryProgress>>
+  /** The index of the next page expected from a responder to a request (0 before the first). */
+  readonly nextIndex: (requestId: string, responder: InstallationId) => Io<number>
+  readonly saveNextIndex: (requestId: string, responder: InstallationId, next: number) => Io<void>
   readonly saveProgress: (progress: HistoryProgress) => Io<void>
   /** Answers not finished yet. */
   readonly openAnswers: Io<ReadonlyArray<HistoryAnswer>>

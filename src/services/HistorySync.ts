@@ -88,8 +88,7 @@ export const make = (
   const initialProgress = (order: InstallationOrder): HistoryProgress => ({
     state: order.first === me ? "done" : "idle",
     requestId: null,
-    responder: null,
-    nextIndex: 0,
+    requestedFrom: "",
     pagesImported: 0,
     messagesImported: 0
   })
@@ -117,16 +116,27 @@ export const make = (
       Effect.catchAll((e) => Effect.logWarning("own-devices message not published yet; retried on the next sync", e.message))
     )
 
-  /** A new installation asks once, in the first own-devices group, as soon as another device is there. */
+  /**
+   * Every installation asks the others for what they hold: a new one for the history, the others
+   * for what only it holds. Asked again whenever an installation it did not ask yet appears.
+   */
   const request = (progress: HistoryProgress, groups: ReadonlyArray<OwnGroup>, order: InstallationOrder) =>
     Effect.gen(function*() {
       const primary = groups[0]
-      if (progress.state !== "idle" || primary === undefined || primary.leaves.length < 2) return
+      if (primary === undefined) return
+      const others = primary.leaves.filter((leaf) => leaf !== me)
+      const asked = new Set(progress.requestedFrom.split(",").filter((s) => s !== ""))
+      if (others.length === 0 || (progress.requestId !== null && others.every((o) => asked.has(o)))) return
       if (!(yield* sendable(primary, order))) return
       const requestId = toHex(randomBytes(16))
       const now = yield* Clock.currentTimeNanos
       const intentId = yield* storage.transaction(Effect.gen(function*() {
-        yield* storage.history.saveProgress({ ...progress, state: "requesting", requestId, responder: null, nextIndex: 0 })
+        yield* storage.history.saveProgress({
+          ...progress,
+          state: progress.state === "done" ? "done" : "requesting",
+          requestId,
+          requestedFrom: [...others].sort().join(",")
+        })
         return yield* answers.queuePayload(primary.id, { _tag: "HistoryRequest", requestId, requester: me }, now)
       }))
       yield* publish(primary.id, intentId)
@@ -136,8 +146,10 @@ export const make = (
    * Sends each open answer as far as it goes: the backlog to its end, then what came since (a
    * live answer keeps the requester level with this installation). A few pages per publish.
    */
-  const answerAll = (groups: ReadonlyArray<OwnGroup>, order: InstallationOrder) =>
+  const answerAll = (progress: HistoryProgress, groups: ReadonlyArray<OwnGroup>, order: InstallationOrder) =>
     Effect.gen(function*() {
+      // Only an installation that holds the whole history answers: a partial answer would end an import early.
+      if (progress.state !== "done") return
       for (const open of yield* storage.history.openAnswers) {
         if (!order.current.has(open.requester)) {
           // Revoked (or never ours): it gets nothing more.
@@ -197,7 +209,7 @@ export const make = (
     }
     const { imported, progress } = yield* importer.applyInbound(groups.map((g) => g.id), yield* loadProgress(order))
     yield* request(progress, groups, order)
-    yield* answerAll(groups, order)
+    yield* answerAll(progress, groups, order)
     yield* flushConsentIn(groups, order)
     return imported
   }).pipe(logged(0), Effect.withSpan("HistorySync.step"))
