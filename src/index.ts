@@ -19,6 +19,8 @@ export {
 export { MembershipChange, MembershipChangeJson, MetadataChange, MetadataChangeJson } from "./domain/Content.ts"
 export { PermissionPolicies, Policy, PolicyPreset, presets as PolicyPresets, Role } from "./domain/Governance.ts"
 export type { MembershipState } from "./domain/Stored.ts"
+export { ConsentState, ConsentSubject } from "./domain/Consent.ts"
+export type { HistorySyncStatus } from "./services/HistorySync.ts"
 export {
   type ClientOptions,
   type Conversation,

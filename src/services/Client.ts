@@ -695,11 +695,13 @@ export const make = (options: ClientOptions = {}) =>
       const [valid] = yield* validInboxes([peer])
       if (valid === self) return yield* new InvalidInput({ reason: "a DM needs another inbox than your own" })
       const id = dmId(self, valid!)
-      yield* consent.setIfUnset(id, "allowed")
       const existing = yield* storage.groups.byDmId(id)
-      if (existing.some((g) => g.membershipState !== "inactive")) return handle(id, "dm")
-      yield* checkAddable([valid!])
-      return yield* newGroup([valid!], { dmId: id })
+      const dm = existing.some((g) => g.membershipState !== "inactive")
+        ? handle(id, "dm")
+        : yield* checkAddable([valid!]).pipe(Effect.zipRight(newGroup([valid!], { dmId: id })))
+      // Starting (or opening) a DM allows it, unless a decision was made.
+      yield* consent.setIfUnset(id, "allowed")
+      return dm
     })
 
     const conversation = Effect.fn("Client.conversation")(function*(id: ConversationId) {

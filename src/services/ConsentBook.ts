@@ -6,16 +6,15 @@
  */
 import { Clock, Effect, Option } from "effect"
 import {
-  type ConsentRecord,
+  type ConsentKey,
+  ConsentRecord,
   type ConsentState,
   type ConsentSubject,
-  ConsentRecord as Record,
   effectiveConsent,
   nextStamp,
   subjectKey
 } from "../domain/Consent.ts"
-import type { ConsentKey } from "../domain/Consent.ts"
-import type { ConversationId, GroupId } from "../domain/Ids.ts"
+import { type ConversationId, dmPeer, type GroupId } from "../domain/Ids.ts"
 import type { EngineContext } from "./EngineContext.ts"
 
 export const make = (ctx: EngineContext) => {
@@ -26,7 +25,7 @@ export const make = (ctx: EngineContext) => {
   const set = (subject: ConsentSubject, state: ConsentState) =>
     Effect.gen(function*() {
       const now = yield* Clock.currentTimeNanos
-      const record = new Record({
+      const record = new ConsentRecord({
         key: subjectKey(subject) as ConsentKey,
         state,
         atNs: nextStamp(now, yield* storage.consent.highestStamp),
@@ -54,7 +53,21 @@ export const make = (ctx: EngineContext) => {
       ? effectiveConsent(subject.conversationId, self, recordOf)
       : recordOf(subjectKey(subject))?.state ?? "unknown"
 
-  const stateOf = (subject: ConsentSubject) => snapshot.pipe(Effect.map((recordOf) => stateIn(recordOf, subject)))
+  /** One subject's consent, reading only the records it depends on. */
+  const stateOf = (subject: ConsentSubject) =>
+    Effect.gen(function*() {
+      const keys = [subjectKey(subject)]
+      if ("conversationId" in subject) {
+        const peer = dmPeer(subject.conversationId, self)
+        if (peer !== undefined) keys.push(subjectKey({ inboxId: peer }))
+      }
+      const found = new Map<string, ConsentRecord>()
+      for (const key of keys) {
+        const record = yield* storage.consent.get(key as ConsentKey)
+        if (Option.isSome(record)) found.set(key, record.value)
+      }
+      return stateIn((key) => found.get(key), subject)
+    })
 
   /** Groups just joined whose welcome came from a denied inbox: recorded, but denied. */
   const onJoined = (groupIds: ReadonlyArray<GroupId>) =>
