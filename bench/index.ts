@@ -42,6 +42,7 @@ import {
 import { defaultClientConfig } from "ts-mls/clientConfig.js"
 import { NATIVE_CIPHERSUITE, nodeCryptoProvider } from "../src/layers/NodeCiphersuite.ts"
 import { joinFromWelcome } from "../src/layers/TsMlsWelcome.ts"
+import { benchHistory } from "./History.ts"
 
 // ---- scale -------------------------------------------------------------------------------
 
@@ -923,6 +924,7 @@ const main = Effect.gen(function*() {
     yield* section("membership", benchMembership)
     yield* section("many groups", withJumpingClock(benchManyGroups))
     yield* section("devices", benchDevices)
+    yield* section("history", benchHistory(n(20_000, 1_000)))
   }))
 
   const s = summary

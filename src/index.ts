@@ -24,6 +24,8 @@ export { Reaction } from "./domain/codecs/Reaction.ts"
 export { MAX_CONTENT_BYTES, MAX_CONTENT_TYPE_LENGTH } from "./domain/Content.ts"
 export { PermissionPolicies, Policy, PolicyPreset, presets as PolicyPresets, Role } from "./domain/Governance.ts"
 export type { MembershipState } from "./domain/Stored.ts"
+export { ConsentState, ConsentSubject } from "./domain/Consent.ts"
+export type { HistorySyncStatus } from "./services/HistorySync.ts"
 export {
   type ClientOptions,
   type Conversation,

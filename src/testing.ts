@@ -345,7 +345,12 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
             return current(name).streamMessages
           },
           installations: Effect.suspend(() => current(name).installations),
-          revokeInstallation: (id) => Effect.suspend(() => current(name).revokeInstallation(id))
+          revokeInstallation: (id) => Effect.suspend(() => current(name).revokeInstallation(id)),
+          get historySync() {
+            return current(name).historySync
+          },
+          setConsent: (subject, state) => Effect.suspend(() => current(name).setConsent(subject, state)),
+          consentOf: (subject) => Effect.suspend(() => current(name).consentOf(subject))
         }
         return testClient
       }).pipe(Effect.withSpan("TestNetwork.client", { attributes: { name } }))

@@ -22,6 +22,7 @@ import type { Conversation } from "../services/Client.ts"
 import { Client } from "../services/Client.ts"
 import { DeliveryService } from "../services/DeliveryService.ts"
 import { Storage } from "../services/Storage.ts"
+import * as ConsentCommand from "./ConsentCommand.ts"
 import { Unreachable, UsageError } from "./Errors.ts"
 import * as Devices from "./Devices.ts"
 import * as MessagingCommands from "./MessagingCommands.ts"
@@ -74,7 +75,7 @@ const labelOf = (conversation: Conversation, self: string) =>
 
 /** Conversations whose id, or DM peer's inbox id, starts with `given`. */
 const matching = (session: Session, given: string) =>
-  Effect.map(session.client.conversations({ includeInactive: true }), (all) => {
+  Effect.map(session.client.conversations({ includeInactive: true, consent: ["allowed", "denied", "unknown"] }), (all) => {
     const exact = all.filter((c) => c.id === given)
     if (exact.length > 0 || given.length === 0) return exact
     const self = session.client.inboxId
@@ -580,13 +581,16 @@ const devices = Devices.make({ profile, json, withClient })
 
 export const commandNames = [
   "serve", "init", "whoami", "group", "create", "add", "remove", "dm", "conversations", "members", "send",
-  "messages", "sync", "leave", "watch", "status", "devices", "list", "revoke", "delete", "set"
+  "messages", "sync", "leave", "watch", "status", "devices", "list", "revoke", "delete", "set", "consent", "show",
+  "rename", "role", "policy", "info"
 ]
+
+const consent = ConsentCommand.make({ profile, json, withClient, findConversation })
 
 export const root = Command.make("converge").pipe(
   Command.withSubcommands([
     serve, init, whoami, group, dm, conversations, members, send, messages, sync, leave, watch, status, devices,
-    messaging.deleteCommand
+    messaging.deleteCommand, consent
   ]),
   Command.withDescription("Converge: MLS group messaging")
 )

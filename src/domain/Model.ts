@@ -94,7 +94,9 @@ export class SyncSummary extends Schema.Class<SyncSummary>("SyncSummary")({
   /** Intents published in this sync. */
   published: Schema.Number,
   /** Groups joined from welcomes. */
-  joined: Schema.Number
+  joined: Schema.Number,
+  /** Messages imported from the history the inbox's other installations sent. */
+  historyImported: Schema.optionalWith(Schema.Number, { default: () => 0 })
 }) {
   static readonly empty = new SyncSummary({
     received: 0,
@@ -103,7 +105,8 @@ export class SyncSummary extends Schema.Class<SyncSummary>("SyncSummary")({
     skipped: 0,
     skippedBy: {},
     published: 0,
-    joined: 0
+    joined: 0,
+    historyImported: 0
   })
   static combine(a: SyncSummary, b: SyncSummary): SyncSummary {
     return new SyncSummary({
@@ -113,7 +116,8 @@ export class SyncSummary extends Schema.Class<SyncSummary>("SyncSummary")({
       skipped: a.skipped + b.skipped,
       skippedBy: addSkipCounts(a.skippedBy, b.skippedBy) as Record<string, number>,
       published: a.published + b.published,
-      joined: a.joined + b.joined
+      joined: a.joined + b.joined,
+      historyImported: a.historyImported + b.historyImported
     })
   }
 }

@@ -150,11 +150,60 @@ const addMessagingColumns = Effect.gen(function*() {
   )`
 })
 
+/**
+ * History sync and consent: consent records shared by an inbox's installations, this
+ * installation's import progress (one row) and the answers it is sending to new installations.
+ */
+const historyConsentTables = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`CREATE TABLE converge_consent (
+    subject TEXT PRIMARY KEY,
+    state TEXT NOT NULL CHECK (state IN ('allowed', 'denied', 'unknown')),
+    at_ns INTEGER NOT NULL,
+    by_installation TEXT NOT NULL,
+    unsent INTEGER NOT NULL DEFAULT 0
+  )`
+  yield* sql`CREATE TABLE converge_history_progress (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+    state TEXT NOT NULL CHECK (state IN ('idle', 'requesting', 'importing', 'done')),
+    request_id TEXT,
+    requested_from TEXT NOT NULL DEFAULT '',
+    pages_imported INTEGER NOT NULL DEFAULT 0,
+    messages_imported INTEGER NOT NULL DEFAULT 0
+  )`
+  yield* sql`CREATE TABLE converge_history_sources (
+    request_id TEXT NOT NULL,
+    responder TEXT NOT NULL,
+    next_index INTEGER NOT NULL,
+    PRIMARY KEY (request_id, responder)
+  )`
+  yield* sql`CREATE TABLE converge_history_answers (
+    request_id TEXT PRIMARY KEY,
+    requester TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    phase TEXT NOT NULL CHECK (phase IN ('feed', 'consent', 'live', 'done')),
+    cursor TEXT NOT NULL,
+    feed_cursor TEXT NOT NULL,
+    page_index INTEGER NOT NULL
+  )`
+  // What this installation came to hold, in the order it did: groups stored and messages
+  // published. Answers page through it by sequence. Filled by triggers (SqliteHistoryStorage).
+  yield* sql`CREATE TABLE converge_history_feed (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('group', 'message')),
+    ref TEXT NOT NULL
+  )`
+  yield* sql`INSERT INTO converge_history_feed (kind, ref) SELECT 'group', id FROM converge_groups ORDER BY rowid`
+  yield* sql`INSERT INTO converge_history_feed (kind, ref)
+    SELECT 'message', id FROM converge_messages WHERE delivery_status = 'published' ORDER BY rowid`
+})
+
 export const loader = Migrator.fromRecord({
   "0001_create_tables": createTables,
   "0002_group_quarantine": addGroupQuarantine,
   "0003_metadata_change_messages": allowMetadataChangeMessages,
-  "0004_messaging_direct_content_deletion": addMessagingColumns
+  "0004_messaging_direct_content_deletion": addMessagingColumns,
+  "0005_history_consent": historyConsentTables
 })
 
 /** Runs pending migrations; a no-op on a database that is up to date. */

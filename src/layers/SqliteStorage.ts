@@ -25,6 +25,7 @@ import {
 import { IdentityUpdate } from "../domain/Wire.ts"
 import { Storage } from "../services/Storage.ts"
 import * as Migrations from "./Migrations.ts"
+import * as SqliteHistoryStorage from "./SqliteHistoryStorage.ts"
 import * as StorageKeys from "./StorageKey.ts"
 import { Sealed, sealFor, StorageKey } from "./StorageKey.ts"
 
@@ -578,7 +579,10 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
       )
     ) as Effect.Effect<A, E | StorageError, R>
 
-  return Storage.of({ groups, messages, intents, cursors, identity, keyPackages, inboxLogs, transaction })
+  const { consent, ensureFeedTriggers, history } = SqliteHistoryStorage.make(sql, run, decodeGroups, decodeMessages)
+  yield* ensureFeedTriggers
+
+  return Storage.of({ groups, messages, intents, cursors, identity, keyPackages, inboxLogs, consent, history, transaction })
 })
 
 /** The message an unreadable intent was sending, if its (maybe truncated) JSON still names one. */

@@ -41,6 +41,8 @@ import {
   type MessageNotFound,
   type StorageError
 } from "../domain/Errors.ts"
+import { ConsentState, ConsentSubject, DEFAULT_VISIBLE } from "../domain/Consent.ts"
+import { OWN_DEVICES_GROUP_NAME } from "../domain/HistoryArchive.ts"
 import { currentInstallations } from "../domain/IdentityLog.ts"
 import { ConversationId, dmId, type GroupId, InboxId, type InstallationId, type MessageId } from "../domain/Ids.ts"
 import {
@@ -65,7 +67,9 @@ import { DeliveryService } from "./DeliveryService.ts"
 import { groupTopic, welcomeTopic } from "../domain/Topics.ts"
 import { defaultEngineOptions, type EngineContext, type EngineOptions, loadGroupRow } from "./EngineContext.ts"
 import * as ConversationMessaging from "./ConversationMessaging.ts"
+import * as ConsentBook from "./ConsentBook.ts"
 import * as GroupStateCache from "./GroupStateCache.ts"
+import * as HistorySync from "./HistorySync.ts"
 import { failPendingIntents, newLeaveRequest, queueIntent as queueIntentIn } from "./IntentQueue.ts"
 import * as Devices from "./Devices.ts"
 import * as DeviceSync from "./DeviceSync.ts"
@@ -187,7 +191,7 @@ export interface CreateGroupOptions {
   readonly permissions?: PolicyPreset | PermissionPolicies
 }
 
-export interface ClientOptions extends Partial<EngineOptions>, IdentityOptions {}
+export interface ClientOptions extends Partial<EngineOptions>, IdentityOptions, HistorySync.HistoryOptions {}
 
 /** Largest text `send` accepts; the delivery service also caps whole payloads. */
 export const MAX_TEXT_BYTES = 64 * 1024
@@ -206,10 +210,12 @@ export class Client extends Context.Tag("converge/Client")<Client, {
   readonly conversations: (options?: {
     readonly kind?: "group" | "dm"
     readonly includeInactive?: boolean
+    /** Default: allowed and unknown. */
+    readonly consent?: ReadonlyArray<ConsentState>
   }) => Effect.Effect<ReadonlyArray<Conversation>, StorageError>
   /** Welcomes first, then every active group that has news or pending intents. */
   readonly syncAll: Effect.Effect<SyncSummary, SyncError>
-  /** New messages across all conversations, including groups joined while streaming. */
+  /** New messages across all conversations, including groups joined while streaming; denied ones left out. */
   readonly streamMessages: Stream.Stream<Message, SyncError>
   /** The inbox's current installations (refreshed from its identity log); `current` marks this one. */
   readonly installations: Effect.Effect<ReadonlyArray<Devices.InstallationInfo>, IdentityError | InboxNotFound>
@@ -221,6 +227,11 @@ export class Client extends Context.Tag("converge/Client")<Client, {
   readonly revokeInstallation: (
     id: InstallationId
   ) => Effect.Effect<void, IdentityError | InboxNotFound | InvalidInput | InstallationNotFound>
+  /** Where the import of the history held by the inbox's other installations stands. */
+  readonly historySync: Effect.Effect<HistorySync.HistorySyncStatus, StorageError>
+  /** Records a consent decision here and sends it to the inbox's other installations. */
+  readonly setConsent: (subject: ConsentSubject, state: ConsentState) => Effect.Effect<void, StorageError | InvalidInput>
+  readonly consentOf: (subject: ConsentSubject) => Effect.Effect<ConsentState, StorageError | InvalidInput>
 }>() {
   /**
    * A client over any local `Storage`, a delivery service and MLS crypto. Creates the identity
@@ -289,6 +300,7 @@ export const make = (options: ClientOptions = {}) =>
     const publisher = Publisher.make(env, sync)
     const welcomes = Welcomes.make(env, sync)
     const deviceSync = DeviceSync.make(env, publisher)
+    const consent = ConsentBook.make(env)
     const self = identity.inboxId
 
     // ---- input checks ----
@@ -388,6 +400,8 @@ export const make = (options: ClientOptions = {}) =>
         if (new TextEncoder().encode(text).length > MAX_TEXT_BYTES) {
           return yield* new InvalidInput({ reason: `message text is over ${MAX_TEXT_BYTES} bytes` })
         }
+        // Answering a DM allows it (unless a decision was made).
+        if (group.dmId !== null) yield* consent.setIfUnset(group.dmId, "allowed")
         const nonce = toHex(randomBytes(16))
         const messageId = messageIdOf(group.id, identity.installationId, nonce)
         const now = yield* Clock.currentTimeNanos
@@ -717,6 +731,13 @@ export const make = (options: ClientOptions = {}) =>
         return handleOf(row)
       })
 
+    const history = HistorySync.make(env, {
+      publisher,
+      createOwnDevicesGroup: newGroup([], {
+        metadata: new GroupMetadata({ name: OWN_DEVICES_GROUP_NAME, description: null, superAdmins: [self] })
+      }).pipe(Effect.map((c) => c.id as unknown as GroupId))
+    }, options)
+
     const createGroup = Effect.fn("Client.createGroup")(function*(
       members: ReadonlyArray<InboxId>,
       groupOptions: CreateGroupOptions = {}
@@ -732,8 +753,11 @@ export const make = (options: ClientOptions = {}) =>
         superAdmins: [self],
         policies: Schema.encodeSync(PermissionPolicies)(typeof permissions === "string" ? presets[permissions] : permissions)
       }).pipe(Effect.mapError((e) => new InvalidInput({ reason: `group name or description (or image URL, app data, permissions): ${e.message}` })))
+      if (metadata.name === OWN_DEVICES_GROUP_NAME) return yield* new InvalidInput({ reason: "that group name is reserved" })
       yield* checkNewMembers(ids, new Set())
-      return yield* newGroup(ids, { metadata })
+      const created = yield* newGroup(ids, { metadata })
+      yield* consent.setIfUnset(created.id, "allowed")
+      return created
     })
 
     const findOrCreateDm = Effect.fn("Client.findOrCreateDm")(function*(peer: InboxId) {
@@ -741,9 +765,12 @@ export const make = (options: ClientOptions = {}) =>
       if (valid === self) return yield* new InvalidInput({ reason: "a DM needs another inbox than your own" })
       const id = dmId(self, valid!)
       const existing = yield* storage.groups.byDmId(id)
-      if (existing.some((g) => g.membershipState !== "inactive")) return handle(id, "dm")
-      yield* checkAddable([valid!])
-      return yield* newGroup([valid!], { dmId: id })
+      const dm = existing.some((g) => g.membershipState !== "inactive")
+        ? handle(id, "dm")
+        : yield* checkAddable([valid!]).pipe(Effect.zipRight(newGroup([valid!], { dmId: id })))
+      // Starting (or opening) a DM allows it, unless a decision was made.
+      yield* consent.setIfUnset(id, "allowed")
+      return dm
     })
 
     const conversation = Effect.fn("Client.conversation")(function*(id: ConversationId) {
@@ -752,20 +779,30 @@ export const make = (options: ClientOptions = {}) =>
       )
       const kind = valid.startsWith("dm:") ? "dm" : "group"
       const rows = yield* groupsOf(valid, kind)
-      if (rows[0] === undefined) return yield* new ConversationNotFound({ conversationId: valid })
+      if (rows[0] === undefined || rows[0].name === OWN_DEVICES_GROUP_NAME) {
+        return yield* new ConversationNotFound({ conversationId: valid })
+      }
       // The id of one of a DM's groups opens the DM: its membership must not change.
       return handleOf(rows[0])
     })
 
     const conversations = Effect.fn("Client.conversations")(function*(
-      query: { readonly kind?: "group" | "dm"; readonly includeInactive?: boolean } = {}
+      query: {
+        readonly kind?: "group" | "dm"
+        readonly includeInactive?: boolean
+        readonly consent?: ReadonlyArray<ConsentState>
+      } = {}
     ) {
       const rows = yield* storage.groups.list({ includeInactive: query.includeInactive ?? false })
+      const recordOf = yield* consent.snapshot
+      const shown = new Set(query.consent ?? DEFAULT_VISIBLE)
       const seen = new Set<string>()
       const out: Array<Conversation> = []
       for (const row of rows) {
         if (query.kind !== undefined && row.kind !== query.kind) continue
+        if (row.name === OWN_DEVICES_GROUP_NAME) continue
         const key = row.dmId ?? row.id
+        if (!shown.has(consent.stateIn(recordOf, { conversationId: key as ConversationId }))) continue
         if (seen.has(key)) continue
         seen.add(key)
         out.push(handleOf(row))
@@ -794,6 +831,9 @@ export const make = (options: ClientOptions = {}) =>
               Effect.as({ joined: [], skipped: 0 })
             )
         )
+      )
+      yield* consent.onJoined(joined.joined).pipe(
+        Effect.catchAll((e) => Effect.logWarning("consent of joined groups not settled", e.message))
       )
       const active = yield* storage.groups.list({ includeInactive: false })
       // News, and members' new or revoked devices as UpdateInstallations intents (pending below),
@@ -836,7 +876,8 @@ export const make = (options: ClientOptions = {}) =>
       for (const groupId of owed) {
         if (!activeIds.has(groupId)) yield* env.withGroupLock(groupId)(sync.postCommit(groupId))
       }
-      return summary
+      const historyImported = yield* history.step
+      return SyncSummary.combine(summary, SyncSummary.make({ ...SyncSummary.empty, historyImported }))
     }).pipe(Effect.withSpan("Client.syncAll"))
 
     /**
@@ -860,7 +901,10 @@ export const make = (options: ClientOptions = {}) =>
         Stream.mapEffect((event) =>
           event._tag === "group"
             ? syncGroup(event.groupId).pipe(Effect.as(false))
-            : welcomes.syncWelcomes.pipe(Effect.map((r) => r.joined.length > 0))
+            : welcomes.syncWelcomes.pipe(
+              Effect.tap((r) => consent.onJoined(r.joined).pipe(Effect.catchAll(() => Effect.void))),
+              Effect.map((r) => r.joined.length > 0)
+            )
         ),
         Stream.takeUntil((joinedNewGroup) => joinedNewGroup),
         Stream.runDrain
@@ -876,9 +920,34 @@ export const make = (options: ClientOptions = {}) =>
         // Subscribe before following the network, so nothing stored in between is missed.
         const subscription = yield* PubSub.subscribe(stored)
         yield* Effect.forkScoped(followNetwork)
-        return Stream.fromQueue(subscription).pipe(Stream.map(toMessage))
+        return Stream.fromQueue(subscription).pipe(Stream.filterEffect(streamed), Stream.map(toMessage))
       })
     ).pipe(Stream.withSpan("Client.streamMessages"))
+
+    /** Whether a stored message is streamed: not an own-devices payload, not in a denied conversation. */
+    const streamed = (row: StoredMessage) =>
+      Effect.gen(function*() {
+        const group = yield* storage.groups.get(row.groupId)
+        if (Option.isSome(group) && group.value.name === OWN_DEVICES_GROUP_NAME) return false
+        return (yield* consent.stateOf({ conversationId: row.conversationId })) !== "denied"
+      }).pipe(Effect.orElseSucceed(() => true))
+
+    const validSubject = (subject: ConsentSubject) =>
+      Schema.decodeUnknown(ConsentSubject)(subject).pipe(
+        Effect.mapError(() => new InvalidInput({ reason: "a consent subject is { conversationId } or { inboxId }" }))
+      )
+
+    const setConsent = Effect.fn("Client.setConsent")(function*(subject: ConsentSubject, state: ConsentState) {
+      const valid = yield* validSubject(subject)
+      if (!Schema.is(ConsentState)(state)) return yield* new InvalidInput({ reason: `not a consent state: ${String(state)}` })
+      yield* consent.set(valid, state)
+      // Sent now when it can be; otherwise with the next sync.
+      yield* history.flushConsent
+    })
+
+    const consentOf = Effect.fn("Client.consentOf")(function*(subject: ConsentSubject) {
+      return yield* consent.stateOf(yield* validSubject(subject))
+    })
 
     return Client.of({
       inboxId: self,
@@ -889,6 +958,9 @@ export const make = (options: ClientOptions = {}) =>
       conversations,
       syncAll,
       streamMessages,
+      historySync: history.status,
+      setConsent,
+      consentOf,
       ...Devices.make(identity)
     })
   })

@@ -47,6 +47,7 @@ export type CrashPoint =
   | "publish.afterSendBeforeSync"
   | "sync.midPage"
   | "postCommit.beforeWelcomes"
+  | "history.afterPage"
 
 
 export const defaultEngineOptions: EngineOptions = {

@@ -12,6 +12,7 @@ import type { StorageError } from "../domain/Errors.ts"
 import type { ConversationId, GroupId, InboxId, MessageId } from "../domain/Ids.ts"
 import type { IntentData, IntentState, PostCommitData } from "../domain/Intent.ts"
 import type { PendingDeletion } from "../domain/Messaging.ts"
+import type { ConsentRepository, HistoryRepository } from "./HistoryStorage.ts"
 import type {
   InboxLogEntry,
   MembershipState,
@@ -140,6 +141,10 @@ export class Storage extends Context.Tag("converge/Storage")<Storage, {
   readonly identity: IdentityRepository
   readonly keyPackages: KeyPackageRepository
   readonly inboxLogs: InboxLogRepository
+  /** Consent records shared by the inbox's installations (`HistoryStorage.ts`). */
+  readonly consent: ConsentRepository
+  /** History sync progress and archive reads (`HistoryStorage.ts`). */
+  readonly history: HistoryRepository
   /** Runs `effect` in one transaction; it must not wait on the network or other fibers. */
   readonly transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | StorageError, R>
 }>() {}

@@ -7,6 +7,7 @@
 import { Clock, Effect, Option, Schema } from "effect"
 import { CryptoError } from "../domain/Errors.ts"
 import { type ConversationId, dmPeer, type GroupId } from "../domain/Ids.ts"
+import { isHistoryOnly } from "../domain/HistoryArchive.ts"
 import { GroupMetadata, GroupMetadataJson } from "../domain/Model.ts"
 import { StoredGroup } from "../domain/Stored.ts"
 import { WelcomePayloadJson } from "../domain/Wire.ts"
@@ -75,8 +76,11 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     const payload = yield* Schema.decodeUnknown(WelcomePayloadJson)(new TextDecoder().decode(opened.plaintext)).pipe(
       Effect.mapError(() => new CryptoError({ reason: "Malformed", detail: "welcome payload does not decode" }))
     )
-    const existing = yield* settleExisting(payload.groupId, payload.commitSequenceId)
-    if (existing === undefined) return undefined
+    const settled = yield* settleExisting(payload.groupId, payload.commitSequenceId)
+    if (settled === undefined) return undefined
+    // A conversation known only from history (no MLS state here) is joined as a new one.
+    const historyOnly = Option.isSome(settled) && isHistoryOnly(settled.value)
+    const existing = historyOnly ? Option.none<StoredGroup>() : settled
     const state = yield* crypto.joinFromWelcome(payload.welcome, yield* identity.keyPackages)
     const view = crypto.view(state)
     if (view.groupId !== payload.groupId) {
@@ -122,12 +126,14 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     }
     const metadata = payload.dmId === undefined ? yield* metadataOf(view.metadata) : GroupMetadata.none
     const now = yield* Clock.currentTimeNanos
+    // Through the state cache: the joined state (which knows its inviter) is what the next load returns.
+    const mlsState = ctx.encodeState(payload.groupId, state)
     yield* storage.transaction(Effect.gen(function*() {
-      if (Option.isSome(existing)) {
+      if (Option.isSome(existing) || historyOnly) {
         // Taken back: nothing queued before the removal may go out now (a stale leave request
         // or removal would undo the re-add).
         yield* failPendingIntents(ctx, payload.groupId)
-        yield* storage.groups.saveState(payload.groupId, { epoch: view.epoch, mlsState: crypto.serialize(state) })
+        yield* storage.groups.saveState(payload.groupId, { epoch: view.epoch, mlsState })
         yield* storage.groups.setMembership(payload.groupId, "active")
       } else {
         yield* storage.groups.insert(StoredGroup.make({
@@ -136,7 +142,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
           dmId: payload.dmId ?? null,
           membershipState: "active",
           epoch: view.epoch,
-          mlsState: crypto.serialize(state),
+          mlsState,
           maybeForked: false,
           forkDetails: null,
           quarantine: null,

@@ -37,6 +37,8 @@ import { GroupMetadata, type SyncSummary } from "../domain/Model.ts"
 import { GroupMessageInput, WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
 import { defaultEngineOptions } from "../services/EngineContext.ts"
 import { simulatedCrashOf, type TestClient, type TestDelivery, TestNetwork } from "../testing.ts"
+import * as HistoryInvariants from "./HistoryInvariants.ts"
+import * as HistoryOps from "./HistoryOps.ts"
 import * as Invariants from "./Invariants.ts"
 import * as MessagingInvariants from "./MessagingInvariants.ts"
 import * as MessagingOps from "./MessagingOps.ts"
@@ -661,6 +663,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
 
     // ---- the history ----
 
+    const consentOps = full ? HistoryOps.plan(options.seed, ops.length) : new Map<number, HistoryOps.ConsentOp>()
     for (const [index, op] of ops.entries()) {
       const entry = newEntry(index, Plan.describe(op, clientName))
       if (Plan.isAction(op)) {
@@ -714,6 +717,8 @@ export const run = (options: Options): Effect.Effect<Report> => {
           }
         }
       }
+      const consent = consentOps.get(index)
+      if (consent !== undefined) record(entry, "consent: ", judge(yield* Effect.exit(HistoryOps.run(world, consent))))
       yield* settle(entry)
     }
 
@@ -802,6 +807,9 @@ export const run = (options: Options): Effect.Effect<Report> => {
     )
     world.violations.push(...found)
     world.violations.push(...yield* MessagingInvariants.check(world, messagingLog).pipe(
+      Effect.catchAllCause((cause) => Effect.succeed([{ invariant: "check-failed", detail: Cause.pretty(cause) }]))
+    ))
+    world.violations.push(...yield* HistoryInvariants.check(world).pipe(
       Effect.catchAllCause((cause) => Effect.succeed([{ invariant: "check-failed", detail: Cause.pretty(cause) }]))
     ))
     checks.outcomes.push(`${world.violations.length} violation(s)`)

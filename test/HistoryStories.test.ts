@@ -1,0 +1,176 @@
+/**
+ * A new phone shows what the old one holds: the history of every conversation travels from the
+ * inbox's other installations, end-to-end encrypted in their own-devices group, resumes after a
+ * crash, and never reaches a revoked device.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Either, Exit, Option } from "effect"
+import { OWN_DEVICES_GROUP_NAME } from "../src/domain/HistoryArchive.ts"
+import * as IdentityLog from "../src/domain/IdentityLog.ts"
+import type { ConversationId, InstallationId } from "../src/domain/Ids.ts"
+import type { Message } from "../src/domain/Model.ts"
+import { simulatedCrashOf, type TestClient, TestNetwork } from "../src/testing.ts"
+
+/** Every sync checks the members' installations (the periodic check, without waiting for it). */
+const fast = { installationCheckInterval: "0 millis" } as const
+
+const revoke = (net: TestNetwork, device: TestClient) =>
+  Effect.gen(function*() {
+    const [log] = yield* net.delivery.getIdentityUpdates([{ inboxId: device.inboxId, afterSequence: 0 }])
+    const state = Option.getOrThrow(Either.getOrThrow(IdentityLog.replay(log!.updates.map((u) => u.update))))
+    yield* net.delivery.publishIdentityUpdate(
+      IdentityLog.signUpdate(device.rootSecretKey!, device.inboxId, state, {
+        _tag: "RevokeInstallation",
+        installationId: device.installationId as InstallationId
+      })
+    )
+  })
+
+/** What a reader sees of a message: who sent it, what, when, and whether it went out. */
+const shown = (m: Message) => ({
+  id: m.id,
+  sender: m.senderInstallationId,
+  kind: m.kind,
+  text: m.text,
+  sentAtNs: m.sentAtNs,
+  status: m.deliveryStatus
+})
+
+const historyOf = (client: TestClient, id: ConversationId) =>
+  client.conversation(id).pipe(
+    Effect.flatMap((c) => c.messages()),
+    Effect.map((ms) => ms.map(shown))
+  )
+
+/** Rounds of the two devices taking turns: request, answer, import. */
+const settle = (...clients: ReadonlyArray<TestClient>) =>
+  Effect.forEach([1, 2, 3], () => Effect.forEach(clients, (c) => c.syncAll, { discard: true }), { discard: true })
+
+describe("History for new installations", () => {
+  it.scoped("a second phone sees the whole earlier history: groups, a DM and a group it was removed from", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol] = yield* Effect.all([net.client("alice", fast), net.client("bob", fast), net.client("carol", fast)])
+      const club = yield* alice.createGroup([bob.inboxId], { name: "Club" })
+      yield* club.send("welcome to the club")
+      yield* bob.syncAll
+      yield* (yield* bob.conversation(club.id)).send("glad to be here")
+      const dm = yield* alice.findOrCreateDm(carol.inboxId)
+      yield* dm.send("hi Carol")
+      yield* carol.syncAll
+      yield* (yield* carol.conversation(dm.id)).send("hi Alice")
+      // Bob's group, where Alice says something and is then removed.
+      const gone = yield* bob.createGroup([alice.inboxId], { name: "Gone" })
+      yield* gone.send("before the split")
+      yield* alice.syncAll
+      yield* (yield* alice.conversation(gone.id)).send("I was here")
+      yield* bob.syncAll
+      yield* gone.removeMembers([alice.inboxId])
+      yield* alice.syncAll
+      expect(yield* (yield* alice.conversation(gone.id)).state).toBe("inactive")
+
+      // Alice's new phone.
+      const alice2 = yield* net.client("alice2", { ...fast, sameInboxAs: alice })
+      yield* settle(alice, alice2)
+      expect(yield* alice2.historySync).toMatchObject({ state: "done" })
+
+      for (const id of [club.id, dm.id, gone.id]) {
+        const before = yield* historyOf(alice, id)
+        expect(before.length).toBeGreaterThan(1)
+        expect(yield* historyOf(alice2, id)).toEqual(before)
+      }
+      expect(yield* (yield* alice2.conversation(gone.id)).state).toBe("inactive")
+      const listed = (yield* alice2.conversations({ includeInactive: true })).map((c) => c.id).sort()
+      expect(listed).toEqual([club.id, dm.id, gone.id].sort())
+      // The phone is a member of the groups Alice is still in, and reads on from there.
+      yield* (yield* bob.conversation(club.id)).send("a new day")
+      yield* alice2.syncAll
+      expect((yield* historyOf(alice2, club.id)).map((m) => m.text)).toContain("a new day")
+      expect((yield* alice2.historySync).messagesImported).toBeGreaterThan(0)
+      // The pages went through the own-devices group, and the delivery service saw only ciphertext.
+      const own = (yield* (yield* net.storage(alice)).groups.list({ includeInactive: false }))
+        .filter((g) => g.name === OWN_DEVICES_GROUP_NAME)
+      expect(own).toHaveLength(1)
+      const carried = yield* net.inspect.groupMessages(own[0]!.id)
+      expect(carried.length).toBeGreaterThan(2)
+      for (const envelope of carried) expect(Buffer.from(envelope.payload).toString("latin1")).not.toContain("hi Carol")
+      expect((yield* alice2.conversations()).map((c) => c.id)).not.toContain(own[0]!.id)
+    }))
+
+  it.scoped("after the import the phone stays level: what reaches only the old phone is passed on", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      // Installation checks fall due only every 5 seconds, and the test clock stands still:
+      // the new phone is not added to Bob's group (Alice's phone checked it when it joined)
+      // before Alice is removed from it. The own-devices group is new, so checked at once.
+      const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+      const group = yield* bob.createGroup([alice.inboxId], { name: "Short-lived" })
+      yield* alice.syncAll
+      const alice2 = yield* net.client("alice2", { sameInboxAs: alice })
+      yield* settle(alice, alice2)
+      expect(yield* alice2.historySync).toMatchObject({ state: "done" })
+      const before = (yield* alice2.historySync).pagesImported
+
+      yield* group.send("only the old phone is in here")
+      yield* alice.syncAll
+      yield* group.removeMembers([alice.inboxId])
+      yield* settle(alice, alice2)
+      expect((yield* historyOf(alice2, group.id)).map((m) => m.text)).toContain("only the old phone is in here")
+      expect(yield* historyOf(alice2, group.id)).toEqual(yield* historyOf(alice, group.id))
+      expect((yield* alice2.historySync).pagesImported).toBeGreaterThan(before)
+    }))
+
+  it.scoped("a crash halfway through the import resumes where it stopped, without duplicates", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      // Alice answers in pages of five messages.
+      const alice = yield* net.client("alice", { ...fast, historyPageItems: 5 })
+      const bob = yield* net.client("bob", fast)
+      const group = yield* alice.createGroup([bob.inboxId], { name: "Many" })
+      for (let i = 0; i < 12; i++) yield* group.sendOptimistic(`message ${i}`)
+      yield* group.publishPending
+      const alice2 = yield* net.client("alice2", { ...fast, sameInboxAs: alice })
+      yield* Effect.forEach([alice, alice2, alice], (c) => c.syncAll, { discard: true })
+
+      yield* net.crashAt(alice2, "history.afterPage")
+      const crashed = yield* Effect.exit(alice2.syncAll)
+      expect(Exit.isFailure(crashed) && simulatedCrashOf(crashed.cause)?.point).toBe("history.afterPage")
+      yield* net.restart(alice2)
+      const halfway = yield* alice2.historySync
+      expect(halfway).toMatchObject({ state: "importing", pagesImported: 1 })
+
+      const summary = yield* alice2.syncAll
+      const done = yield* alice2.historySync
+      expect(done.state).toBe("done")
+      expect(done.pagesImported).toBeGreaterThan(3)
+      expect(summary.historyImported + halfway.messagesImported).toBe(done.messagesImported)
+      const messages = yield* historyOf(alice2, group.id)
+      expect(new Set(messages.map((m) => m.id)).size).toBe(messages.length)
+      expect(messages).toEqual(yield* historyOf(alice, group.id))
+    }))
+
+  it.scoped("a device revoked after asking receives no history", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice", fast), net.client("bob", fast)])
+      const group = yield* alice.createGroup([bob.inboxId], { name: "Secrets" })
+      yield* group.send("the old plans")
+      const stolen = yield* net.client("stolen", { ...fast, sameInboxAs: alice })
+      // The stolen phone joins Alice's own-devices group and asks; then Alice revokes it.
+      yield* alice.syncAll
+      yield* stolen.syncAll
+      expect(yield* stolen.historySync).toMatchObject({ state: "requesting" })
+      yield* revoke(net, stolen)
+      yield* settle(alice, stolen)
+
+      expect(yield* stolen.historySync).toMatchObject({ state: "requesting", pagesImported: 0, messagesImported: 0 })
+      const readable = yield* stolen.conversations({ includeInactive: true })
+      for (const c of readable) {
+        expect((yield* c.messages()).map((m) => m.text)).not.toContain("the old plans")
+      }
+      // A phone registered afterwards still gets it.
+      const alice3 = yield* net.client("alice3", { ...fast, sameInboxAs: alice })
+      yield* settle(alice, alice3)
+      expect((yield* historyOf(alice3, group.id)).map((m) => m.text)).toContain("the old plans")
+    }))
+})
