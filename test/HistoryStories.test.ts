@@ -9,6 +9,7 @@ import { OWN_DEVICES_GROUP_NAME } from "../src/domain/HistoryArchive.ts"
 import * as IdentityLog from "../src/domain/IdentityLog.ts"
 import type { ConversationId, InstallationId } from "../src/domain/Ids.ts"
 import type { Message } from "../src/domain/Model.ts"
+import { Reply } from "../src/domain/codecs/Reply.ts"
 import { simulatedCrashOf, type TestClient, TestNetwork } from "../src/testing.ts"
 
 /** Every sync checks the members' installations (the periodic check, without waiting for it). */
@@ -118,6 +119,42 @@ describe("History for new installations", () => {
       expect((yield* historyOf(alice2, group.id)).map((m) => m.text)).toContain("only the old phone is in here")
       expect(yield* historyOf(alice2, group.id)).toEqual(yield* historyOf(alice, group.id))
       expect((yield* alice2.historySync).pagesImported).toBeGreaterThan(before)
+    }))
+
+  it.scoped("the new phone shows direct messages with their group, typed content and deletions as the old one does", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol] = yield* Effect.all([net.client("alice", fast), net.client("bob", fast), net.client("carol", fast)])
+      const trip = yield* alice.createGroup([bob.inboxId, carol.inboxId], { name: "Trip" })
+      const question = yield* trip.send("who brings the tent?")
+      const secret = yield* trip.send("my phone number is 555-0100")
+      yield* trip.deleteMessage(secret)
+      yield* Effect.all([bob.syncAll, carol.syncAll])
+      const atBob = yield* bob.conversation(trip.id)
+      yield* atBob.sendContent(Reply.encode(new Reply({ reference: question, text: "me!" })))
+      yield* atBob.sendDirect(alice.inboxId, "psst: it only fits two")
+      yield* alice.syncAll
+
+      const alice2 = yield* net.client("alice2", { ...fast, sameInboxAs: alice })
+      yield* settle(alice, alice2)
+      expect(yield* alice2.historySync).toMatchObject({ state: "done" })
+      const view = (m: Message) => ({
+        id: m.id,
+        text: m.text,
+        deleted: m.deleted,
+        groupContext: m.groupContext,
+        content: m.content === null ? null : { type: m.content.type, bytes: [...m.content.bytes] }
+      })
+      const [before, after] = yield* Effect.forEach([alice, alice2], (device) =>
+        Effect.gen(function*() {
+          const group = yield* device.conversation(trip.id)
+          return { group: (yield* group.messages()).map(view), direct: (yield* group.directMessages()).map(view) }
+        }))
+      expect(after).toEqual(before)
+      const deleted = after!.group.find((m) => m.id === secret)
+      expect(deleted).toMatchObject({ deleted: true, text: "" })
+      expect(after!.group.some((m) => m.content?.type === Reply.contentType)).toBe(true)
+      expect(after!.direct).toMatchObject([{ text: "psst: it only fits two", groupContext: trip.id }])
     }))
 
   it.scoped("a crash halfway through the import resumes where it stopped, without duplicates", () =>

@@ -7,7 +7,7 @@
  */
 import { Schema } from "effect"
 import { ConsentRecord } from "./Consent.ts"
-import { DeliveryStatus, MessageKind } from "./Content.ts"
+import { ContentType, DeliveryStatus, MAX_CONTENT_BYTES, MessageKind } from "./Content.ts"
 import { ConversationId, GroupId, InboxId, InstallationId, MessageId } from "./Ids.ts"
 import { ConversationKind } from "./Stored.ts"
 
@@ -46,7 +46,17 @@ export class ArchivedMessage extends Schema.Class<ArchivedMessage>("ArchivedMess
   sequenceId: Schema.NullOr(Schema.BigInt),
   kind: MessageKind,
   content: Schema.String.pipe(Schema.maxLength(MAX_PAGE_BYTES)),
-  deliveryStatus: DeliveryStatus
+  deliveryStatus: DeliveryStatus,
+  // Messaging fields travel too, so a new device shows a direct message's group, a typed
+  // content, a deletion and a disappearing deadline as the others do.
+  groupContext: Schema.optionalWith(Schema.NullOr(GroupId), { default: () => null }),
+  contentType: Schema.optionalWith(Schema.NullOr(ContentType), { default: () => null }),
+  contentBytes: Schema.optionalWith(
+    Schema.NullOr(Schema.Uint8ArrayFromBase64.pipe(Schema.filter((b) => b.length <= MAX_CONTENT_BYTES))),
+    { default: () => null }
+  ),
+  deleted: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+  expiresAtNs: Schema.optionalWith(Schema.NullOr(Schema.BigInt), { default: () => null })
 }) {}
 
 export const HistoryRequest = Schema.TaggedStruct("HistoryRequest", {

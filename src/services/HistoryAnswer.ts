@@ -48,10 +48,19 @@ const archivedMessage = (m: StoredMessage) =>
     sequenceId: m.sequenceId,
     kind: m.kind,
     content: m.content,
-    deliveryStatus: m.deliveryStatus
+    deliveryStatus: m.deliveryStatus,
+    groupContext: m.groupContext,
+    contentType: m.contentType,
+    contentBytes: m.contentBytes,
+    deleted: m.deleted,
+    expiresAtNs: m.expiresAtNs
   })
 
-const sizeOf = (value: unknown) => JSON.stringify(value, (_, v) => (typeof v === "bigint" ? v.toString() : v)).length
+/** About the encoded size: bigints as digits, bytes as base64 (4 characters per 3 bytes). */
+const sizeOf = (value: unknown) =>
+  JSON.stringify(value, (_, v) =>
+    typeof v === "bigint" ? v.toString() : v instanceof Uint8Array ? "=".repeat(Math.ceil(v.length / 3) * 4) : v
+  ).length
 
 /** The entries the next page holds, by the paging rule; `exhausted` when the read found no more (a cut page is not). */
 const cut = <A>(items: ReadonlyArray<A>, sizes: ReadonlyArray<number>, limit: number) => {
