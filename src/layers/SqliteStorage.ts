@@ -288,6 +288,20 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
           Effect.map((rows) => rows.length > 0)
         )
       ),
+    insertMany: (messages) =>
+      run(
+        "messages.insertMany",
+        Effect.gen(function*() {
+          const stored: Array<MessageId> = []
+          for (let i = 0; i < messages.length; i += 100) {
+            const rows = yield* Effect.forEach(messages.slice(i, i + 100), (m) => Schema.encode(MessageRow)(m))
+            const inserted = yield* sql<{ id: MessageId }>`INSERT INTO converge_messages ${sql.insert(rows as never)}
+              ON CONFLICT (id) DO NOTHING RETURNING id`
+            stored.push(...inserted.map((row) => row.id))
+          }
+          return stored
+        })
+      ),
     get: (id) =>
       run(
         "messages.get",
@@ -368,6 +382,19 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
           Effect.flatMap(decodeIntents),
           Effect.map(first)
         )
+      ),
+    byPayloadHashes: (hashes) =>
+      run(
+        "intents.byPayloadHashes",
+        Effect.gen(function*() {
+          const found: Array<StoredIntent> = []
+          // Chunked far below SQLite's parameter limit; a page is 100 envelopes by default.
+          for (let i = 0; i < hashes.length; i += 500) {
+            const rows = yield* sql`SELECT * FROM converge_intents WHERE ${sql.in("payload_hash", hashes.slice(i, i + 500))}`
+            found.push(...(yield* decodeIntents(rows)))
+          }
+          return found
+        })
       ),
     markPublished: (id, p) =>
       run(

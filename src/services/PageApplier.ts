@@ -308,9 +308,22 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       })
     })
 
+  /** Own intents by payload hash, read for the whole page at once (`prefetch`); page writes come at commit. */
+  let published: Map<string, StoredIntent> | undefined
+
+  /** Reads, in one query, the own intents any envelope of the page may be. */
+  const prefetch = (envelopes: ReadonlyArray<GroupMessageEnvelope>) =>
+    storage.intents.byPayloadHashes(envelopes.map((e) => sha256Hex(e.payload))).pipe(
+      Effect.map((intents) => {
+        published = new Map(intents.flatMap((i) => (i.payloadHash === null ? [] : [[i.payloadHash, i] as const])))
+      })
+    )
+
   /** The own intent that published this payload, if any. */
   const ownIntentOf = (envelope: GroupMessageEnvelope) =>
-    storage.intents.byPayloadHash(sha256Hex(envelope.payload)).pipe(
+    (published === undefined
+      ? storage.intents.byPayloadHash(sha256Hex(envelope.payload))
+      : Effect.succeed(Option.fromNullable(published.get(sha256Hex(envelope.payload))))).pipe(
       // A hash match must also be a byte match: the hash is ours, the bytes are the DS's.
       Effect.map(Option.filter((intent) => intent.payload === null || bytesEqual(intent.payload, envelope.payload)))
     )
@@ -376,12 +389,19 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
 
   /** Stores the page's new messages; returns those stored for the first time. */
   const insertMessages = Effect.gen(function*() {
-    const fresh: Array<StoredMessage> = []
+    const rows: Array<StoredMessage> = []
     for (const row of newMessages) {
       if (row.kind === "membershipChange" && group.kind === "dm" && (yield* repeatsInDm(row))) continue
-      if (yield* storage.messages.insert(row)) fresh.push(row)
-      if (row.kind === "text") yield* storage.groups.touch(groupId, row.sentAtNs)
+      rows.push(row)
     }
+    // One statement for the page's rows, one touch for its latest text.
+    const inserted = new Set(yield* storage.messages.insertMany(rows))
+    const fresh = rows.filter((row) => inserted.delete(row.id))
+    const lastText = rows.reduce<bigint | undefined>(
+      (last, row) => row.kind === "text" && (last === undefined || row.sentAtNs > last) ? row.sentAtNs : last,
+      undefined
+    )
+    if (lastText !== undefined) yield* storage.groups.touch(groupId, lastText)
     return fresh
   })
 
@@ -409,7 +429,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       return fresh
     }))
 
-  return { apply, commit: commitPage, outcome: () => outcome }
+  return { prefetch, apply, commit: commitPage, outcome: () => outcome }
 }
 
 /** A skip's detail for the debug log. */

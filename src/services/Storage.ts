@@ -47,6 +47,8 @@ export interface GroupRepository {
 export interface MessageRepository {
   /** Stores a message once; returns false if its id was already stored. */
   readonly insert: (row: StoredMessage) => Io<boolean>
+  /** Stores each message once, in one statement per hundred; returns the ids stored now (not before). */
+  readonly insertMany: (rows: ReadonlyArray<StoredMessage>) => Io<ReadonlyArray<MessageId>>
   readonly get: (id: MessageId) => Io<Option.Option<StoredMessage>>
   readonly markPublished: (id: MessageId, at: { readonly sentAtNs: bigint; readonly sequenceId: bigint }) => Io<void>
   readonly markFailed: (id: MessageId) => Io<void>
@@ -77,6 +79,8 @@ export interface IntentRepository {
   readonly byGroup: (groupId: GroupId, states: ReadonlyArray<IntentState>) => Io<ReadonlyArray<StoredIntent>>
   readonly byState: (states: ReadonlyArray<IntentState>) => Io<ReadonlyArray<StoredIntent>>
   readonly byPayloadHash: (hash: string) => Io<Option.Option<StoredIntent>>
+  /** The intents published with any of these payload hashes: one query for a whole page. */
+  readonly byPayloadHashes: (hashes: ReadonlyArray<string>) => Io<ReadonlyArray<StoredIntent>>
   /** ToPublish -> Published, with everything needed to resend or adopt (write-ahead). */
   readonly markPublished: (id: number, published: PublishedIntent) => Io<void>
   /** Published -> ToPublish: drops the staged payload so it is re-derived; counts a conflict. */
