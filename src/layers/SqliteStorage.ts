@@ -74,6 +74,11 @@ const GroupRow = Schema.Struct({
   lastMessageNs: column(Big, "last_message_ns")
 })
 
+/** A group row without its MLS state. */
+const GroupSummaryRow = GroupRow.omit("mlsState")
+const SUMMARY_COLUMNS = "id, kind, dm_id, membership_state, epoch, maybe_forked, fork_details, quarantine, name, " +
+  "description, added_by_inbox_id, created_at_ns, last_message_ns"
+
 const MessageColumns = Schema.Struct({
   id: MessageId,
   groupId: column(GroupId, "group_id"),
@@ -219,6 +224,7 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
   const first = <A>(rows: ReadonlyArray<A>) => Option.fromNullable(rows[0])
 
   const decodeGroups = decodeEach(GroupRow, "converge_groups", quarantine.groups)
+  const decodeSummaries = decodeEach(GroupSummaryRow, "converge_groups", quarantine.groups)
   const decodeMessages = decodeEach(MessageRow, "converge_messages", quarantine.messages)
   const decodeIntents = decodeEach(IntentRow, "converge_intents", quarantine.intents)
 
@@ -242,6 +248,14 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
           ? sql`SELECT * FROM converge_groups ORDER BY last_message_ns DESC, id`
           : sql`SELECT * FROM converge_groups WHERE membership_state != 'inactive'
                 ORDER BY last_message_ns DESC, id`).pipe(Effect.flatMap(decodeGroups))
+      ),
+    summaries: ({ includeInactive }) =>
+      run(
+        "groups.summaries",
+        (includeInactive
+          ? sql`SELECT ${sql.literal(SUMMARY_COLUMNS)} FROM converge_groups ORDER BY last_message_ns DESC, id`
+          : sql`SELECT ${sql.literal(SUMMARY_COLUMNS)} FROM converge_groups WHERE membership_state != 'inactive'
+                ORDER BY last_message_ns DESC, id`).pipe(Effect.flatMap(decodeSummaries))
       ),
     byDmId: (dmId) =>
       run(
@@ -449,6 +463,19 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
         sql<{ sequence_id: bigint }>`SELECT sequence_id FROM converge_cursors WHERE topic = ${topic}`.pipe(
           Effect.map((rows) => (rows[0] === undefined ? 0n : BigInt(rows[0].sequence_id)))
         )
+      ),
+    getMany: (topics) =>
+      run(
+        "cursors.getMany",
+        Effect.gen(function*() {
+          const found = new Map<string, bigint>(topics.map((topic) => [topic, 0n]))
+          for (let i = 0; i < topics.length; i += 500) {
+            const rows = yield* sql<{ topic: string; sequence_id: bigint }>`
+              SELECT topic, sequence_id FROM converge_cursors WHERE ${sql.in("topic", topics.slice(i, i + 500))}`
+            for (const row of rows) found.set(row.topic, BigInt(row.sequence_id))
+          }
+          return found as ReadonlyMap<string, bigint>
+        })
       ),
     advance: (topic, sequenceId) =>
       run(

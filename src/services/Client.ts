@@ -603,8 +603,17 @@ export const make = (options: ClientOptions = {}) =>
       }
     }
 
-    const handleOf = (group: StoredGroup) =>
-      handle(group.dmId ?? (group.id as unknown as ConversationId), group.kind)
+    /** A handle holds nothing but its id and kind, and costs spans and traced functions to build: one each. */
+    const handles = new Map<string, Conversation>()
+    const handleOf = (group: Pick<StoredGroup, "id" | "dmId" | "kind">) => {
+      const id = group.dmId ?? (group.id as unknown as ConversationId)
+      const key = `${group.kind} ${id}`
+      const known = handles.get(key)
+      if (known !== undefined) return known
+      const made = handle(id, group.kind)
+      handles.set(key, made)
+      return made
+    }
 
     /** Creates an MLS group with this installation as its only member, then adds `members`. */
     const newGroup = (
@@ -691,7 +700,7 @@ export const make = (options: ClientOptions = {}) =>
     const conversations = Effect.fn("Client.conversations")(function*(
       query: { readonly kind?: "group" | "dm"; readonly includeInactive?: boolean } = {}
     ) {
-      const rows = yield* storage.groups.list({ includeInactive: query.includeInactive ?? false })
+      const rows = yield* storage.groups.summaries({ includeInactive: query.includeInactive ?? false })
       const seen = new Set<string>()
       const out: Array<Conversation> = []
       for (const row of rows) {
@@ -705,12 +714,10 @@ export const make = (options: ClientOptions = {}) =>
     })
 
     /** Which active groups have news: one batched query for all topics. */
-    const groupsWithNews = (groups: ReadonlyArray<StoredGroup>) =>
+    const groupsWithNews = (groups: ReadonlyArray<Pick<StoredGroup, "id">>) =>
       Effect.gen(function*() {
-        const queries = yield* Effect.forEach(groups, (g) =>
-          storage.cursors.get(groupTopic(g.id)).pipe(
-            Effect.map((cursor) => ({ groupId: g.id, afterSequenceId: cursor, limit: 1 }))
-          ))
+        const cursors = yield* storage.cursors.getMany(groups.map((g) => groupTopic(g.id)))
+        const queries = groups.map((g) => ({ groupId: g.id, afterSequenceId: cursors.get(groupTopic(g.id)) ?? 0n, limit: 1 }))
         const news = new Set<GroupId>()
         for (let i = 0; i < queries.length; i += 50) {
           const chunk = queries.slice(i, i + 50)
@@ -744,7 +751,7 @@ export const make = (options: ClientOptions = {}) =>
             )
         )
       )
-      const active = yield* storage.groups.list({ includeInactive: false })
+      const active = yield* storage.groups.summaries({ includeInactive: false })
       const news = yield* groupsWithNews(active)
       // New or revoked devices of members become UpdateInstallations intents (pending below).
       yield* Effect.forEach(active, (g) => publisher.checkInstallations(g.id), { discard: true })

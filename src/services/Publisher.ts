@@ -520,6 +520,20 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     )
   }
 
-  return { publishPending, round, resolve, checkInstallations: (groupId: GroupId) => ctx.withGroupLock(groupId)(checkInstallations(groupId)) }
+  /** Whether the group's periodic check is due: read without the lock, so idle groups cost a map lookup. */
+  const checkDue = (groupId: GroupId) =>
+    Effect.map(Clock.currentTimeNanos, (now) => {
+      const last = lastInstallationCheck.get(groupId)
+      const interval = Duration.toNanos(ctx.options.installationCheckInterval).pipe(Option.getOrElse(() => 0n))
+      return last === undefined || now - last >= interval
+    })
+
+  return {
+    publishPending,
+    round,
+    resolve,
+    checkInstallations: (groupId: GroupId) =>
+      Effect.flatMap(checkDue(groupId), (due) => (due ? ctx.withGroupLock(groupId)(checkInstallations(groupId)) : Effect.void))
+  }
 }
 

@@ -29,10 +29,15 @@ export interface MessageQuery {
   readonly afterNs?: bigint
 }
 
+/** A group's row without its MLS state (tens of kilobytes a group). */
+export type GroupSummary = Omit<StoredGroup, "mlsState">
+
 export interface GroupRepository {
   readonly insert: (row: StoredGroup) => Io<void>
   readonly get: (id: GroupId) => Io<Option.Option<StoredGroup>>
   readonly list: (options: { readonly includeInactive: boolean }) => Io<ReadonlyArray<StoredGroup>>
+  /** As `list`, without the MLS states: what listing and syncing many groups need. */
+  readonly summaries: (options: { readonly includeInactive: boolean }) => Io<ReadonlyArray<GroupSummary>>
   /** Every group of one DM, the most recently used first. */
   readonly byDmId: (dmId: ConversationId) => Io<ReadonlyArray<StoredGroup>>
   readonly saveState: (id: GroupId, state: { readonly epoch: bigint; readonly mlsState: Uint8Array }) => Io<void>
@@ -93,6 +98,8 @@ export interface IntentRepository {
 
 export interface CursorRepository {
   readonly get: (topic: string) => Io<bigint>
+  /** The cursors of many topics in one query (0 for a topic never read). */
+  readonly getMany: (topics: ReadonlyArray<string>) => Io<ReadonlyMap<string, bigint>>
   /** Moves a cursor forward only. */
   readonly advance: (topic: string, sequenceId: bigint) => Io<void>
   /** Puts a cursor anywhere: only for a rejoin, which must read again what it skipped. */
