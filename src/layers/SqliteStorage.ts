@@ -160,6 +160,10 @@ const _rowsMatchDomain: [
 const toStorageError = (operation: string) => (error: SqlError | ParseResult.ParseError | { readonly message: string }) =>
   new StorageError({ operation, detail: error.message })
 
+/** Consecutive slices of at most `size` (one statement each). */
+const chunksOf = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> =>
+  Array.from({ length: Math.ceil(items.length / size) }, (_, i) => items.slice(i * size, (i + 1) * size))
+
 /** A stored row as SQLite returns it, before decoding. */
 type RawRow = { readonly [column: string]: unknown }
 
@@ -327,6 +331,14 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
         sql`UPDATE converge_messages SET delivery_status = 'published', sent_at_ns = ${sentAtNs},
             sequence_id = ${sequenceId} WHERE id = ${id}`
       ),
+    markPublishedMany: (rows) =>
+      run(
+        "messages.markPublishedMany",
+        Effect.forEach(chunksOf(rows, 100), (chunk) =>
+          sql`UPDATE converge_messages SET delivery_status = 'published', sent_at_ns = v.column2, sequence_id = v.column3
+              FROM (VALUES ${sql.csv(chunk.map((r) => sql`(${r.id}, ${r.sentAtNs}, ${r.sequenceId})`))}) AS v
+              WHERE converge_messages.id = v.column1`, { discard: true })
+      ),
     markFailed: (id) =>
       run(
         "messages.markFailed",
@@ -445,6 +457,17 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
         "intents.markProcessed",
         sql`UPDATE converge_intents SET state = 'Processed', staged_state = NULL, payload = NULL,
             post_commit_data = NULL WHERE id = ${id} AND state IN ('ToPublish', 'Published', 'Committed')`
+      ),
+    markDelivered: (rows) =>
+      run(
+        "intents.markDelivered",
+        // markCommitted (only from Published: it records the sequence id) and markProcessed in one.
+        Effect.forEach(chunksOf(rows, 100), (chunk) =>
+          sql`UPDATE converge_intents SET
+                sequence_id = CASE WHEN state = 'Published' THEN v.column2 ELSE sequence_id END,
+                state = 'Processed', staged_state = NULL, payload = NULL, post_commit_data = NULL
+              FROM (VALUES ${sql.csv(chunk.map((r) => sql`(${r.id}, ${r.sequenceId})`))}) AS v
+              WHERE converge_intents.id = v.column1 AND state IN ('ToPublish', 'Published', 'Committed')`, { discard: true })
       ),
     markError: (id, error) =>
       run(

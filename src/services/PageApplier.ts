@@ -18,7 +18,7 @@ import {
 } from "../domain/Content.ts"
 import { changedSettings, commitRefusal } from "../domain/GroupSettings.ts"
 import { encodeGovernanceError, PermissionDenied, type StorageError } from "../domain/Errors.ts"
-import type { ConversationId, GroupId, InboxId } from "../domain/Ids.ts"
+import type { ConversationId, GroupId, InboxId, MessageId } from "../domain/Ids.ts"
 import {
   addSkipCounts,
   ApplicationDecision,
@@ -204,18 +204,30 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
     outcome = { ...outcome, commits: outcome.commits + 1 }
   }
 
+  /** Own messages that landed on this page: written together at commit (an intent is handled once a page). */
+  const delivered = {
+    messages: [] as Array<{ readonly id: MessageId; readonly sentAtNs: bigint; readonly sequenceId: bigint }>,
+    intents: [] as Array<{ readonly id: number; readonly sequenceId: bigint }>
+  }
+
   /** Our text or leave request landed: it is published where the DS put it. */
   const ownMessage = (intent: StoredIntent, envelope: GroupMessageEnvelope) => {
     const data = intent.data
     if (data._tag === "SendMessage") {
-      writes.push(
-        storage.messages.markPublished(data.messageId, { sentAtNs: envelope.serverTimeNs, sequenceId: envelope.sequenceId }),
-        storage.groups.touch(groupId, envelope.serverTimeNs)
-      )
+      delivered.messages.push({ id: data.messageId, sentAtNs: envelope.serverTimeNs, sequenceId: envelope.sequenceId })
     }
-    writes.push(storage.intents.markCommitted(intent.id, envelope.sequenceId), storage.intents.markProcessed(intent.id))
+    delivered.intents.push({ id: intent.id, sequenceId: envelope.sequenceId })
     outcome = { ...outcome, messages: outcome.messages + 1 }
   }
+
+  /** The page's own messages: published, their intents done, the group touched once. */
+  const writeDelivered = Effect.gen(function*() {
+    if (delivered.messages.length > 0) {
+      yield* storage.messages.markPublishedMany(delivered.messages)
+      yield* storage.groups.touch(groupId, delivered.messages.reduce((t, m) => (m.sentAtNs > t ? m.sentAtNs : t), 0n))
+    }
+    if (delivered.intents.length > 0) yield* storage.intents.markDelivered(delivered.intents)
+  })
 
   /** Our commit is first for its epoch: its staged state becomes the group's. */
   const ownCommitWon = (intent: StoredIntent, envelope: GroupMessageEnvelope, before: GroupSnapshot) =>
@@ -409,6 +421,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
   const commitPage = (last: bigint) =>
     storage.transaction(Effect.gen(function*() {
       for (const write of writes) yield* write
+      yield* writeDelivered
       // A crash here rolls the whole page back: it is replayed from the old cursor and state.
       yield* ctx.options.crashPoint("sync.midPage")
       const fresh = yield* insertMessages

@@ -57,6 +57,10 @@ export interface MessageRepository {
   readonly get: (id: MessageId) => Io<Option.Option<StoredMessage>>
   readonly markPublished: (id: MessageId, at: { readonly sentAtNs: bigint; readonly sequenceId: bigint }) => Io<void>
   readonly markFailed: (id: MessageId) => Io<void>
+  /** `markPublished` for many messages, one statement per hundred (own messages read back in one page). */
+  readonly markPublishedMany: (
+    rows: ReadonlyArray<{ readonly id: MessageId; readonly sentAtNs: bigint; readonly sequenceId: bigint }>
+  ) => Io<void>
   readonly byConversation: (id: ConversationId, query: MessageQuery) => Io<ReadonlyArray<StoredMessage>>
   readonly membershipChanges: (id: ConversationId) => Io<ReadonlyArray<StoredMessage>>
   /** Messages stored after a local insertion point, across conversations, for streams. */
@@ -92,6 +96,11 @@ export interface IntentRepository {
   readonly resetToPublish: (id: number, options: { readonly conflict: boolean }) => Io<void>
   readonly markCommitted: (id: number, sequenceId: bigint) => Io<void>
   readonly markProcessed: (id: number) => Io<void>
+  /**
+   * Own application messages read back from the topic: `markCommitted` then `markProcessed` for
+   * each, in one statement per hundred.
+   */
+  readonly markDelivered: (rows: ReadonlyArray<{ readonly id: number; readonly sequenceId: bigint }>) => Io<void>
   readonly markError: (id: number, error: string) => Io<void>
   readonly countAttempt: (id: number) => Io<void>
 }
