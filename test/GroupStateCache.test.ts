@@ -61,4 +61,19 @@ describe("GroupStateCache", () => {
       yield* cache.loadState(row(2, 500))
       expect(decoded).toEqual([1, 2])
     }))
+
+  it.effect("an own commit's staged state is adopted without a decode, and stored without another encode", () =>
+    Effect.gen(function*() {
+      const { crypto, decoded } = countingCrypto()
+      const cache = GroupStateCache.make(crypto, 1000)
+      const group = "g1" as GroupId
+      const state = { bytes: new Uint8Array(40).fill(5) } as unknown as MlsGroupState
+      const written = cache.encodeStaged(group, state)
+      // The row read back holds a copy of the bytes written ahead.
+      expect(yield* cache.loadStaged(group, Uint8Array.from(written))).toBe(state)
+      expect(cache.encodeState(group, state)).toBe(written)
+      // Other bytes (another commit, or after a restart) are decoded.
+      yield* cache.loadStaged(group, new Uint8Array(40).fill(6))
+      expect(decoded).toEqual([6])
+    }))
 })

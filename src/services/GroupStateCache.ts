@@ -47,12 +47,35 @@ export const make = (crypto: MlsCrypto["Type"], maxBytes: number = DEFAULT_MAX_B
       Effect.tap((state) => Effect.sync(() => remember(group.id, group.mlsState, state)))
     )
   }
+  /**
+   * The staged state of each group's last own commit: written ahead as bytes, adopted when the
+   * commit lands. Kept decoded so adopting it costs no decode (a 100-member state takes tens of
+   * ms); a few groups at most have a commit in flight.
+   */
+  const staged = new Map<GroupId, { readonly bytes: Uint8Array; readonly state: MlsGroupState }>()
+  const MAX_STAGED = 64
+
   const encodeState = (groupId: GroupId, state: MlsGroupState) => {
     const hit = cache.get(groupId)
     if (hit !== undefined && hit.state === state) return hit.bytes
-    const bytes = crypto.serialize(state)
+    const adopted = staged.get(groupId)
+    const bytes = adopted !== undefined && adopted.state === state ? adopted.bytes : crypto.serialize(state)
+    if (adopted?.state === state) staged.delete(groupId)
     remember(groupId, bytes, state)
     return bytes
   }
-  return { loadState, encodeState, size: () => ({ states: cache.size, bytes: total }) }
+  const encodeStaged = (groupId: GroupId, state: MlsGroupState) => {
+    const bytes = crypto.serialize(state)
+    staged.delete(groupId)
+    staged.set(groupId, { bytes, state })
+    if (staged.size > MAX_STAGED) staged.delete(staged.keys().next().value!)
+    return bytes
+  }
+  const loadStaged = (groupId: GroupId, bytes: Uint8Array) => {
+    const hit = staged.get(groupId)
+    return hit !== undefined && (hit.bytes === bytes || bytesEqual(hit.bytes, bytes))
+      ? Effect.succeed(hit.state)
+      : crypto.deserialize(bytes)
+  }
+  return { loadState, encodeState, encodeStaged, loadStaged, size: () => ({ states: cache.size, bytes: total }) }
 }

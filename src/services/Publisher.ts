@@ -382,7 +382,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
         payloadHash: sha256Hex(derived.payload),
         payload: derived.payload,
         publishedEpoch: epoch,
-        stagedState: derived.staged === undefined ? null : crypto.serialize(derived.staged),
+        stagedState: derived.staged === undefined ? null : ctx.encodeStaged(groupId, derived.staged),
         postCommit: derived.postCommit ?? null
       }))
       batch.push(derived.payload)
