@@ -584,14 +584,14 @@ const benchSend = (time: JumpingClock) => Effect.scoped(Effect.gen(function*() {
         .map(([k, t]) => `${k.slice(prefix.length)} ${fmt(t.count / ops, 1)}`).join(", ")
     return {
       rows: [
-        row("Storage statements (all)", group(totals, "Storage.")),
+        row("SQL statements (all)", group(totals, "sql.execute")),
         row("SQL transactions (incl. their statements)", totals.get("sql.transaction") ?? { count: 0, ms: 0 }),
         row("delivery-service calls (all)", group(totals, "DeliveryService.")),
         row("MlsCrypto.encrypt", totals.get("MlsCrypto.encrypt") ?? { count: 0, ms: 0 }),
         row("MlsCrypto.deserialize", totals.get("MlsCrypto.deserialize") ?? { count: 0, ms: 0 }),
         row("MlsCrypto.inspect", totals.get("MlsCrypto.inspect") ?? { count: 0, ms: 0 })
       ],
-      storage: names("Storage."),
+      storage: names("sql."),
       ds: names("DeliveryService.")
     }
   }
@@ -605,9 +605,9 @@ const benchSend = (time: JumpingClock) => Effect.scoped(Effect.gen(function*() {
       ["wall time per message (instrumented)", "", fmt(sendWall / profiledSends, 3), "", fmt(batchWall / batch, 3)]
     ]
   )
-  console.log(`   send, Storage per message:  ${sendOps.storage}`)
+  console.log(`   send, SQL per message:      ${sendOps.storage}`)
   console.log(`   send, DS per message:       ${sendOps.ds}`)
-  console.log(`   batch, Storage per message: ${batchOps.storage}`)
+  console.log(`   batch, SQL per message:     ${batchOps.storage}`)
   console.log(`   batch, DS per message:      ${batchOps.ds}`)
 
   summary["send"] = send.median
@@ -617,7 +617,7 @@ const benchSend = (time: JumpingClock) => Effect.scoped(Effect.gen(function*() {
   summary["sendOpsPerSec"] = send.opsPerSec
   summary["batchPerMessage"] = perMessage.median
   summary["batchMsgsPerSec"] = 1000 / perMessage.mean
-  summary["sendStatements"] = group(sendProfile.totals, "Storage.").count / profiledSends
+  summary["sendStatements"] = group(sendProfile.totals, "sql.execute").count / profiledSends
 }))
 
 // ---- 3. Receive catch-up -----------------------------------------------------------------------
@@ -676,8 +676,8 @@ const benchReceive = Effect.gen(function*() {
   const st = (name: string) => r100.totals.get(name) ?? { count: 0, ms: 0 }
   const per = (t: SpanTotals) => `${fmt(t.count / r100.count, 2)} calls, ${fmt(t.ms / r100.count, 3)} ms`
   console.log(`   per received message (pageSize 100, instrumented): MlsCrypto.process ${per(st("MlsCrypto.process"))}; ` +
-    `MlsCrypto.inspect ${per(st("MlsCrypto.inspect"))}; Storage ${per(group(r100.totals, "Storage."))}`)
-  console.log(`   of which intents.byPayloadHash ${per(st("Storage.intents.byPayloadHash"))}, messages.insert ${per(st("Storage.messages.insert"))}, groups.touch ${per(st("Storage.groups.touch"))}`)
+    `MlsCrypto.inspect ${per(st("MlsCrypto.inspect"))}; SQL statements ${per(group(r100.totals, "sql.execute"))} ` +
+    `(page-level queries: own intents, messages and deliveries once per page)`)
   for (const r of results) {
     console.log(`   alice publishPending of ${r.count} (pageSize ${r.pageSize}): median ${fmt(r.publish.median, 0)} ms ` +
       `= ${fmt(r.publish.median / r.count, 3)} ms/msg`)
@@ -790,7 +790,7 @@ const benchManyGroups = (time: JumpingClock) => Effect.scoped(Effect.gen(functio
       const count = (name: string) => totals.get(`DeliveryService.${name}`)?.count ?? 0
       const identity = count("getIdentityUpdates")
       return `${count("batchQueryGroupMessages")} batch + ${count("queryGroupMessages")} single queries` +
-        `${identity > 0 ? ` + ${identity} getIdentityUpdates` : ""}, ${group(totals, "Storage.").count} statements` +
+        `${identity > 0 ? ` + ${identity} getIdentityUpdates` : ""}, ${group(totals, "sql.execute").count} statements` +
         `${checkDue ? `, ${totals.get("MlsCrypto.deserialize")?.count ?? 0} deserializes` : ""}`
     })
   const idleCalls = yield* calls(0)
