@@ -8,7 +8,8 @@
  *   returns the current head, inserts after it, advances the counter and commits. The next
  *   append on the topic waits for that commit before it reads the head, so ids become visible
  *   in order, also across servers sharing one Postgres. SQLite has one connection and one
- *   transaction at a time, which serializes appends the same way.
+ *   transaction at a time, which serializes appends the same way. Within one server, appends
+ *   that arrive while a write runs are stored together in the next transaction (group commit).
  * - Identity updates are compare-and-set on the inbox's log head (`ds_inboxes`): the caller
  *   verifies against `loadInbox`, the append fails as `Stale` if the head moved meanwhile.
  * - Changes: SQLite announces after the commit through an in-process PubSub. Postgres sends
