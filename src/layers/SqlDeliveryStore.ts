@@ -28,6 +28,7 @@ import {
   Deferred,
   Duration,
   Effect,
+  Exit,
   HashMap,
   Layer,
   HashSet,
@@ -268,12 +269,13 @@ export const makeWith = (
         count++
       }
       const group = waiting.splice(0, count)
-      const together = yield* Effect.either(appendGroup(group))
-      if (together._tag === "Right") {
-        for (const [i, w] of group.entries()) yield* Deferred.succeed(w.done, together.right[i]!)
+      // An exit, not an either: a defect must reach the waiters too, or they would wait forever.
+      const together = yield* Effect.exit(appendGroup(group))
+      if (Exit.isSuccess(together)) {
+        for (const [i, w] of group.entries()) yield* Deferred.succeed(w.done, together.value[i]!)
         return
       }
-      if (group.length === 1) return yield* Deferred.fail(group[0]!.done, together.left)
+      if (group.length === 1) return yield* Deferred.failCause(group[0]!.done, together.cause)
       for (const w of group) yield* Deferred.complete(w.done, Effect.map(appendGroup([w]), (r) => r[0]!))
     }))
 
