@@ -118,6 +118,33 @@ describe("Storage", () => {
       expect(Option.getOrThrow(yield* storage.messages.get(message("1", 0n).id)).deliveryStatus).toBe("failed")
     }).pipe(Effect.provide(memoryStore)))
 
+  it.effect("a page's messages are stored in one call: each id once, and only those new are reported", () =>
+    Effect.gen(function*() {
+      const storage = yield* Storage
+      yield* storage.groups.insert(group())
+      yield* storage.messages.insert(message("1", 10n))
+      const stored = yield* storage.messages.insertMany([message("1", 10n), message("2", 20n), message("3", 30n), message("2", 20n)])
+      expect(stored).toEqual([message("2", 0n).id, message("3", 0n).id])
+      const all = yield* storage.messages.byConversation(groupId as unknown as ConversationId, {})
+      expect(all.map((m) => m.content)).toEqual(["hello 1", "hello 2", "hello 3"])
+      expect(yield* storage.messages.insertMany([])).toEqual([])
+    }).pipe(Effect.provide(memoryStore)))
+
+  it.effect("own intents of a whole page are found by their payload hashes in one call", () =>
+    Effect.gen(function*() {
+      const storage = yield* Storage
+      yield* storage.groups.insert(group())
+      const ids = yield* Effect.forEach(["aa", "bb"], (hash) =>
+        Effect.gen(function*() {
+          const id = yield* storage.intents.insert({ groupId, data: AddMembersData.make({ inboxIds: [inbox] }), createdAtNs: 1n })
+          yield* storage.intents.markPublished(id, { payloadHash: hash, payload: new Uint8Array([1]), publishedEpoch: 1n, stagedState: null, postCommit: null })
+          return id
+        }))
+      const found = yield* storage.intents.byPayloadHashes(["bb", "cc", "aa"])
+      expect(found.map((i) => i.id).sort()).toEqual([...ids].sort())
+      expect(yield* storage.intents.byPayloadHashes([])).toEqual([])
+    }).pipe(Effect.provide(memoryStore)))
+
   it.effect("intents move through their states with guarded transitions", () =>
     Effect.gen(function*() {
       const storage = yield* Storage

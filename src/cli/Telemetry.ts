@@ -15,7 +15,8 @@ export const otlpUrl = Config.string("CONVERGE_OTLP_URL").pipe(
 export const layer = (command: string): Layer.Layer<never> =>
   Layer.unwrapEffect(Effect.gen(function*() {
     const url = yield* otlpUrl.pipe(Effect.orElseSucceed(() => Option.none<string>()))
-    if (Option.isNone(url)) return Layer.empty
+    // Nobody reads the spans: not making them (nor their stack traces) saves a few percent of CPU.
+    if (Option.isNone(url)) return Layer.setTracerEnabled(false)
     // Loaded only when asked for: an exporter is not part of a command's start-up otherwise.
     const [Otlp, FetchHttpClient] = yield* Effect.promise(() =>
       Promise.all([import("@effect/opentelemetry/Otlp"), import("@effect/platform/FetchHttpClient")])

@@ -8,7 +8,8 @@
  *   returns the current head, inserts after it, advances the counter and commits. The next
  *   append on the topic waits for that commit before it reads the head, so ids become visible
  *   in order, also across servers sharing one Postgres. SQLite has one connection and one
- *   transaction at a time, which serializes appends the same way.
+ *   transaction at a time, which serializes appends the same way. Within one server, appends
+ *   that arrive while a write runs are stored together in the next transaction (group commit).
  * - Identity updates are compare-and-set on the inbox's log head (`ds_inboxes`): the caller
  *   verifies against `loadInbox`, the append fails as `Stale` if the head moved meanwhile.
  * - Changes: SQLite announces after the commit through an in-process PubSub. Postgres sends
@@ -27,6 +28,7 @@ import {
   Deferred,
   Duration,
   Effect,
+  Exit,
   HashMap,
   Layer,
   HashSet,
@@ -170,14 +172,30 @@ export const makeWith = (
         Effect.withSpan(`DeliveryStore.${operation}`)
       )
 
-    const append: Service["append"] = (entries) =>
+    /** An append waiting for the next write transaction; its digests are hashed before it queues. */
+    interface Waiting {
+      readonly entries: ReadonlyArray<{ readonly topic: Topic; readonly payload: Uint8Array }>
+      readonly digests: ReadonlyArray<string>
+      readonly done: Deferred.Deferred<ReadonlyArray<StoredEntry>, DeliveryStoreError>
+    }
+    /**
+     * Group commit: appends that arrive while a write transaction runs queue here, and the next
+     * writer stores them all in one transaction (one commit, one flush), each caller getting
+     * its own entries back. Ids stay per topic, gap-free and in order: one transaction at a
+     * time allocates them, in queue order.
+     */
+    const waiting: Array<Waiting> = []
+    const writer = yield* Effect.makeSemaphore(1)
+    /** Entries per group-commit transaction (an append bigger than this still goes whole). */
+    const MAX_GROUP_ENTRIES = 500
+
+    /** Stores the appends of one group commit in one transaction; one result per append. */
+    const appendGroup = (group: ReadonlyArray<Waiting>) =>
       Effect.gen(function*() {
-        if (entries.length === 0) return []
         const now = yield* Clock.currentTimeNanos
-        const topics = Array.from(new Set(entries.map((e) => e.topic))).sort()
-        // Hashed before the transaction: it holds the topics' locks (SQLite: the only writer).
-        const digests = entries.map((e) => sha256Hex(e.payload))
-        const { out, grown } = yield* sql.withTransaction(Effect.gen(function*() {
+        const all = group.flatMap((w) => w.entries.map((entry, i) => ({ ...entry, digest: w.digests[i]! })))
+        const topics = Array.from(new Set(all.map((e) => e.topic))).sort()
+        const { results, grown } = yield* sql.withTransaction(Effect.gen(function*() {
           // Lock each topic's counter (creating it) in a fixed order, and read its head.
           const heads = new Map<Topic, { sequenceId: bigint; timeNs: bigint }>()
           for (const topic of topics) {
@@ -188,37 +206,42 @@ export const makeWith = (
             if (head === undefined) return yield* Effect.dieMessage(`no counter row for topic ${topic}`)
             heads.set(topic, { sequenceId: big(head.last_sequence_id), timeNs: big(head.last_time_ns) })
           }
-          const out: Array<StoredEntry> = []
-          const grown = new Map<Topic, bigint>()
-          for (const [index, { payload, topic }] of entries.entries()) {
-            const digest = digests[index]!
-            // Idempotent resend: an identical payload already on the topic (committed, or
-            // earlier in this transaction) comes back as it was stored.
-            const sameDigest = yield* sql<{ sequence_id: unknown; server_time_ns: unknown; payload: unknown }>`
-              SELECT sequence_id, server_time_ns, payload FROM ds_envelopes
-              WHERE topic = ${topic} AND digest = ${digest} ORDER BY sequence_id`
-            const duplicate = sameDigest
-              .map((row) => ({ row, bytes: bytesOf(row.payload) }))
-              .find(({ bytes }) => bytesEqual(bytes, payload))
-            if (duplicate !== undefined) {
-              out.push({
-                topic,
-                sequenceId: big(duplicate.row.sequence_id),
-                serverTimeNs: big(duplicate.row.server_time_ns),
-                payload: duplicate.bytes
-              })
-              continue
+          // Idempotent resend: an identical payload already on the topic (committed, or earlier
+          // in this transaction) comes back as it was stored. One query for the whole group.
+          const earlier = new Map<string, Array<StoredEntry>>()
+          const key = (topic: Topic, digest: string) => `${topic} ${digest}`
+          const digests = Array.from(new Set(all.map((e) => e.digest)))
+          for (let i = 0; i < digests.length; i += 500) {
+            const rows = yield* sql<{ topic: Topic; digest: string; sequence_id: unknown; server_time_ns: unknown; payload: unknown }>`
+              SELECT topic, digest, sequence_id, server_time_ns, payload FROM ds_envelopes
+              WHERE ${sql.in("topic", topics)} AND ${sql.in("digest", digests.slice(i, i + 500))} ORDER BY sequence_id`
+            for (const row of rows) {
+              const stored = { topic: row.topic, sequenceId: big(row.sequence_id), serverTimeNs: big(row.server_time_ns), payload: bytesOf(row.payload) }
+              earlier.set(key(row.topic, row.digest), [...(earlier.get(key(row.topic, row.digest)) ?? []), stored])
             }
-            const head = heads.get(topic)!
-            const sequenceId = head.sequenceId + 1n
-            // Never let a topic's timestamps go backwards, even if a server's clock does.
-            const timeNs = now > head.timeNs ? now : head.timeNs
-            const stored = payload.slice()
-            yield* sql`INSERT INTO ds_envelopes (topic, sequence_id, server_time_ns, digest, payload)
-              VALUES (${topic}, ${sequenceId}, ${String(timeNs)}, ${digest}, ${stored})`
-            heads.set(topic, { sequenceId, timeNs })
-            grown.set(topic, sequenceId)
-            out.push({ topic, sequenceId, serverTimeNs: timeNs, payload: stored })
+          }
+          const rows: Array<{ topic: Topic; sequence_id: bigint; server_time_ns: string; digest: string; payload: Uint8Array }> = []
+          const grown = new Map<Topic, bigint>()
+          const results = group.map((w) =>
+            w.entries.map(({ payload, topic }, index): StoredEntry => {
+              const digest = w.digests[index]!
+              const duplicate = earlier.get(key(topic, digest))?.find((e) => bytesEqual(e.payload, payload))
+              if (duplicate !== undefined) return duplicate
+              const head = heads.get(topic)!
+              const sequenceId = head.sequenceId + 1n
+              // Never let a topic's timestamps go backwards, even if a server's clock does.
+              const timeNs = now > head.timeNs ? now : head.timeNs
+              const entry: StoredEntry = { topic, sequenceId, serverTimeNs: timeNs, payload: payload.slice() }
+              rows.push({ topic, sequence_id: sequenceId, server_time_ns: String(timeNs), digest, payload: entry.payload })
+              heads.set(topic, { sequenceId, timeNs })
+              grown.set(topic, sequenceId)
+              earlier.set(key(topic, digest), [...(earlier.get(key(topic, digest)) ?? []), entry])
+              return entry
+            })
+          )
+          // 5 parameters a row: 100 rows stay far below every driver's parameter limit.
+          for (let i = 0; i < rows.length; i += 100) {
+            yield* sql`INSERT INTO ds_envelopes ${sql.insert(rows.slice(i, i + 100))}`
           }
           for (const [topic, sequenceId] of grown) {
             const head = heads.get(topic)!
@@ -227,11 +250,60 @@ export const makeWith = (
           }
           const changes = Array.from(grown, ([topic, sequenceId]): TopicChange => ({ topic, sequenceId }))
           if (changes.length > 0) yield* announcer.inTransaction(changes)
-          return { out, grown: changes }
+          return { results, grown: changes }
         }))
         if (grown.length > 0) yield* announcer.afterCommit(grown)
-        return out
-      }).pipe(failed("append"))
+        return results
+      }).pipe(Effect.mapError((cause) => new DeliveryStoreError({ operation: "append", cause })))
+
+    /**
+     * Takes the oldest waiting appends (at most `MAX_GROUP_ENTRIES` entries, at least one append)
+     * and settles them. If their shared transaction fails, each is retried alone, so one bad
+     * append fails only its own caller. Uninterruptible: others wait on the outcome.
+     */
+    const writeNextGroup = Effect.uninterruptible(Effect.gen(function*() {
+      let count = 0
+      let size = 0
+      while (count < waiting.length && (count === 0 || size + waiting[count]!.entries.length <= MAX_GROUP_ENTRIES)) {
+        size += waiting[count]!.entries.length
+        count++
+      }
+      const group = waiting.splice(0, count)
+      // An exit, not an either: a defect must reach the waiters too, or they would wait forever.
+      const together = yield* Effect.exit(appendGroup(group))
+      if (Exit.isSuccess(together)) {
+        for (const [i, w] of group.entries()) yield* Deferred.succeed(w.done, together.value[i]!)
+        return
+      }
+      if (group.length === 1) return yield* Deferred.failCause(group[0]!.done, together.cause)
+      for (const w of group) yield* Deferred.complete(w.done, Effect.map(appendGroup([w]), (r) => r[0]!))
+    }))
+
+    const append: Service["append"] = (entries) =>
+      Effect.gen(function*() {
+        if (entries.length === 0) return []
+        // Hashed before queueing: the writer holds the topics' locks (SQLite: the only writer).
+        const self: Waiting = {
+          entries,
+          digests: entries.map((e) => sha256Hex(e.payload)),
+          done: yield* Deferred.make<ReadonlyArray<StoredEntry>, DeliveryStoreError>()
+        }
+        waiting.push(self)
+        // Whoever holds the writer stores everything queued so far; an append already stored
+        // by an earlier writer only collects its result.
+        yield* writer.withPermits(1)(Effect.suspend(function loop(): Effect.Effect<void> {
+          return waiting.includes(self) ? Effect.zipRight(writeNextGroup, Effect.suspend(loop)) : Effect.void
+        })).pipe(
+          // A caller gone before any writer took its append: nothing of it is stored.
+          Effect.onInterrupt(() =>
+            Effect.sync(() => {
+              const at = waiting.indexOf(self)
+              if (at >= 0) waiting.splice(at, 1)
+            })
+          )
+        )
+        return yield* Deferred.await(self.done)
+      }).pipe(Effect.withSpan("DeliveryStore.append"))
 
     /**
      * Reads sizes first (neither driver loads a blob to measure it), then only the payloads

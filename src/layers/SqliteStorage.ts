@@ -75,6 +75,11 @@ const GroupRow = Schema.Struct({
   lastMessageNs: column(Big, "last_message_ns")
 })
 
+/** A group row without its MLS state. */
+const GroupSummaryRow = GroupRow.omit("mlsState")
+const SUMMARY_COLUMNS = "id, kind, dm_id, membership_state, epoch, maybe_forked, fork_details, quarantine, name, " +
+  "description, added_by_inbox_id, created_at_ns, last_message_ns"
+
 const MessageColumns = Schema.Struct({
   id: MessageId,
   groupId: column(GroupId, "group_id"),
@@ -99,6 +104,7 @@ const PendingDeletionRow = Schema.Struct({
   deleterInboxId: column(InboxId, "deleter_inbox_id"),
   bySuperAdmin: column(Flag, "by_super_admin")
 })
+const TargetedDeletionRow = Schema.Struct({ targetId: column(MessageId, "target_id"), ...PendingDeletionRow.fields })
 
 /** A membership change's content is its transcript entry: decoded here, and must decode. */
 const MessageRow = Schema.transformOrFail(MessageColumns, Schema.typeSchema(StoredMessage), {
@@ -167,6 +173,10 @@ const _rowsMatchDomain: [
 const toStorageError = (operation: string) => (error: SqlError | ParseResult.ParseError | { readonly message: string }) =>
   new StorageError({ operation, detail: error.message })
 
+/** Consecutive slices of at most `size` (one statement each). */
+const chunksOf = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> =>
+  Array.from({ length: Math.ceil(items.length / size) }, (_, i) => items.slice(i * size, (i + 1) * size))
+
 /** A stored row as SQLite returns it, before decoding. */
 type RawRow = { readonly [column: string]: unknown }
 
@@ -233,6 +243,7 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
   const first = <A>(rows: ReadonlyArray<A>) => Option.fromNullable(rows[0])
 
   const decodeGroups = decodeEach(GroupRow, "converge_groups", quarantine.groups)
+  const decodeSummaries = decodeEach(GroupSummaryRow, "converge_groups", quarantine.groups)
   const decodeMessages = decodeEach(MessageRow, "converge_messages", quarantine.messages)
   const decodeIntents = decodeEach(IntentRow, "converge_intents", quarantine.intents)
 
@@ -256,6 +267,14 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
           ? sql`SELECT * FROM converge_groups ORDER BY last_message_ns DESC, id`
           : sql`SELECT * FROM converge_groups WHERE membership_state != 'inactive'
                 ORDER BY last_message_ns DESC, id`).pipe(Effect.flatMap(decodeGroups))
+      ),
+    summaries: ({ includeInactive }) =>
+      run(
+        "groups.summaries",
+        (includeInactive
+          ? sql`SELECT ${sql.literal(SUMMARY_COLUMNS)} FROM converge_groups ORDER BY last_message_ns DESC, id`
+          : sql`SELECT ${sql.literal(SUMMARY_COLUMNS)} FROM converge_groups WHERE membership_state != 'inactive'
+                ORDER BY last_message_ns DESC, id`).pipe(Effect.flatMap(decodeSummaries))
       ),
     byDmId: (dmId) =>
       run(
@@ -307,6 +326,20 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
           ),
           Effect.map((rows) => rows.length > 0)
         )
+      ),
+    insertMany: (messages) =>
+      run(
+        "messages.insertMany",
+        Effect.gen(function*() {
+          const stored: Array<MessageId> = []
+          for (let i = 0; i < messages.length; i += 100) {
+            const rows = yield* Effect.forEach(messages.slice(i, i + 100), (m) => Schema.encode(MessageRow)(m))
+            const inserted = yield* sql<{ id: MessageId }>`INSERT INTO converge_messages ${sql.insert(rows as never)}
+              ON CONFLICT (id) DO NOTHING RETURNING id`
+            stored.push(...inserted.map((row) => row.id))
+          }
+          return stored
+        })
       ),
     get: (id) =>
       run(
@@ -370,6 +403,23 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
           Effect.flatMap(decodeEach(PendingDeletionRow, "converge_message_deletions", quarantine.none)),
           Effect.map(first)
         )
+      ),
+    takeDeletions: (targetIds) =>
+      run(
+        "messages.takeDeletions",
+        Effect.forEach(chunksOf(targetIds, 100), (chunk) =>
+          sql`DELETE FROM converge_message_deletions WHERE target_id IN ${sql.in(chunk)} RETURNING *`.pipe(
+            Effect.flatMap(decodeEach(TargetedDeletionRow, "converge_message_deletions", quarantine.none))
+          )).pipe(Effect.map((chunks) => new Map(chunks.flat().map((d) => [d.targetId, d] as const))))
+      ),
+    markPublishedMany: (rows) =>
+      run(
+        "messages.markPublishedMany",
+        Effect.forEach(chunksOf(rows, 100), (chunk) =>
+          sql`UPDATE converge_messages SET delivery_status = 'published', sent_at_ns = v.column2, sequence_id = v.column3,
+                expires_at_ns = v.column4
+              FROM (VALUES ${sql.csv(chunk.map((r) => sql`(${r.id}, ${r.sentAtNs}, ${r.sequenceId}, ${r.expiresAtNs})`))}) AS v
+              WHERE converge_messages.id = v.column1`, { discard: true })
       ),
     markFailed: (id) =>
       run(
@@ -441,6 +491,19 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
           Effect.map(first)
         )
       ),
+    byPayloadHashes: (hashes) =>
+      run(
+        "intents.byPayloadHashes",
+        Effect.gen(function*() {
+          const found: Array<StoredIntent> = []
+          // Chunked far below SQLite's parameter limit; a page is 100 envelopes by default.
+          for (let i = 0; i < hashes.length; i += 500) {
+            const rows = yield* sql`SELECT * FROM converge_intents WHERE ${sql.in("payload_hash", hashes.slice(i, i + 500))}`
+            found.push(...(yield* decodeIntents(rows)))
+          }
+          return found
+        })
+      ),
     markPublished: (id, p) =>
       run(
         "intents.markPublished",
@@ -477,6 +540,17 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
         sql`UPDATE converge_intents SET state = 'Processed', staged_state = NULL, payload = NULL,
             post_commit_data = NULL WHERE id = ${id} AND state IN ('ToPublish', 'Published', 'Committed')`
       ),
+    markDelivered: (rows) =>
+      run(
+        "intents.markDelivered",
+        // markCommitted (only from Published: it records the sequence id) and markProcessed in one.
+        Effect.forEach(chunksOf(rows, 100), (chunk) =>
+          sql`UPDATE converge_intents SET
+                sequence_id = CASE WHEN state = 'Published' THEN v.column2 ELSE sequence_id END,
+                state = 'Processed', staged_state = NULL, payload = NULL, post_commit_data = NULL
+              FROM (VALUES ${sql.csv(chunk.map((r) => sql`(${r.id}, ${r.sequenceId})`))}) AS v
+              WHERE converge_intents.id = v.column1 AND state IN ('ToPublish', 'Published', 'Committed')`, { discard: true })
+      ),
     markError: (id, error) =>
       run(
         "intents.markError",
@@ -494,6 +568,19 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
         sql<{ sequence_id: bigint }>`SELECT sequence_id FROM converge_cursors WHERE topic = ${topic}`.pipe(
           Effect.map((rows) => (rows[0] === undefined ? 0n : BigInt(rows[0].sequence_id)))
         )
+      ),
+    getMany: (topics) =>
+      run(
+        "cursors.getMany",
+        Effect.gen(function*() {
+          const found = new Map<string, bigint>(topics.map((topic) => [topic, 0n]))
+          for (let i = 0; i < topics.length; i += 500) {
+            const rows = yield* sql<{ topic: string; sequence_id: bigint }>`
+              SELECT topic, sequence_id FROM converge_cursors WHERE ${sql.in("topic", topics.slice(i, i + 500))}`
+            for (const row of rows) found.set(row.topic, BigInt(row.sequence_id))
+          }
+          return found as ReadonlyMap<string, bigint>
+        })
       ),
     advance: (topic, sequenceId) =>
       run(

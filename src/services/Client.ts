@@ -686,8 +686,17 @@ export const make = (options: ClientOptions = {}) =>
       }
     }
 
-    const handleOf = (group: StoredGroup) =>
-      handle(group.dmId ?? (group.id as unknown as ConversationId), group.kind)
+    /** A handle holds nothing but its id and kind, and costs spans and traced functions to build: one each. */
+    const handles = new Map<string, Conversation>()
+    const handleOf = (group: Pick<StoredGroup, "id" | "dmId" | "kind">) => {
+      const id = group.dmId ?? (group.id as unknown as ConversationId)
+      const key = `${group.kind} ${id}`
+      const known = handles.get(key)
+      if (known !== undefined) return known
+      const made = handle(id, group.kind)
+      handles.set(key, made)
+      return made
+    }
 
     /** Creates an MLS group with this installation as its only member, then adds `members`. */
     const newGroup = (
@@ -793,7 +802,7 @@ export const make = (options: ClientOptions = {}) =>
         readonly consent?: ReadonlyArray<ConsentState>
       } = {}
     ) {
-      const rows = yield* storage.groups.list({ includeInactive: query.includeInactive ?? false })
+      const rows = yield* storage.groups.summaries({ includeInactive: query.includeInactive ?? false })
       const recordOf = yield* consent.snapshot
       const shown = new Set(query.consent ?? DEFAULT_VISIBLE)
       const seen = new Set<string>()
@@ -835,7 +844,7 @@ export const make = (options: ClientOptions = {}) =>
       yield* consent.onJoined(joined.joined).pipe(
         Effect.catchAll((e) => Effect.logWarning("consent of joined groups not settled", e.message))
       )
-      const active = yield* storage.groups.list({ includeInactive: false })
+      const active = yield* storage.groups.summaries({ includeInactive: false })
       // News, and members' new or revoked devices as UpdateInstallations intents (pending below),
       // in one batched round trip; the periodic check behind it is a safety net.
       const news = yield* deviceSync.newsAndDevices(active)

@@ -10,10 +10,10 @@
  */
 import { Effect } from "effect"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
-import type { StoredGroup } from "../domain/Stored.ts"
 import { groupTopic } from "../domain/Topics.ts"
 import type { GroupQuery, IdentityQuery, InboxUpdates } from "./DeliveryService.ts"
 import type { EngineContext } from "./EngineContext.ts"
+import type { GroupSummary } from "./Storage.ts"
 
 /** Topics per round trip: the service's batch limit. */
 const GROUPS_PER_CALL = 50
@@ -33,18 +33,21 @@ export const make = (
    */
   const inLine = new Map<GroupId, { readonly epoch: bigint; readonly version: number }>()
 
-  const membersOf = (group: StoredGroup) =>
+  const membersOf = (group: GroupSummary) =>
     Effect.gen(function*() {
       const memo = inboxesOf.get(group.id)
       if (memo !== undefined && memo.epoch === group.epoch) return memo.inboxes
-      const state = yield* ctx.loadState(group).pipe(Effect.option)
+      // Summaries carry no MLS state: the row is read once per epoch of the group.
+      const row = yield* storage.groups.get(group.id)
+      if (row._tag === "None") return []
+      const state = yield* ctx.loadState(row.value).pipe(Effect.option)
       if (state._tag === "None") return []
       const inboxes = [...new Set(crypto.view(state.value).members.map((m) => m.inboxId))]
       inboxesOf.set(group.id, { epoch: group.epoch, inboxes })
       return inboxes
     })
 
-  const memberInboxes = (groups: ReadonlyArray<StoredGroup>) =>
+  const memberInboxes = (groups: ReadonlyArray<GroupSummary>) =>
     Effect.gen(function*() {
       const inboxes = new Set<InboxId>([identity.inboxId])
       for (const group of groups) for (const inbox of yield* membersOf(group)) inboxes.add(inbox)
@@ -52,7 +55,7 @@ export const make = (
     })
 
   /** Checks the group against the identity states held, unless nothing moved since it was in line. */
-  const checkGroup = (group: StoredGroup, version: number) =>
+  const checkGroup = (group: GroupSummary, version: number) =>
     Effect.gen(function*() {
       const last = inLine.get(group.id)
       if (last !== undefined && last.epoch === group.epoch && last.version === version) return
@@ -65,12 +68,14 @@ export const make = (
    * One or more `syncQuery` round trips (one unless there are over 50 groups or 100 inboxes):
    * the groups with news, and the identity changes, verified and kept.
    */
-  const fetch = (groups: ReadonlyArray<StoredGroup>) =>
+  const fetch = (groups: ReadonlyArray<GroupSummary>) =>
     Effect.gen(function*() {
-      const groupQueries: Array<GroupQuery> = yield* Effect.forEach(groups, (g) =>
-        storage.cursors.get(groupTopic(g.id)).pipe(
-          Effect.map((cursor) => ({ groupId: g.id, afterSequenceId: cursor, limit: 1 }))
-        ))
+      const cursors = yield* storage.cursors.getMany(groups.map((g) => groupTopic(g.id)))
+      const groupQueries: Array<GroupQuery> = groups.map((g) => ({
+        groupId: g.id,
+        afterSequenceId: cursors.get(groupTopic(g.id)) ?? 0n,
+        limit: 1
+      }))
       const inboxes = yield* memberInboxes(groups)
       const known = yield* identity.knownStates(inboxes)
       const identityQueries: Array<IdentityQuery> = inboxes.map((inboxId) => ({
@@ -102,7 +107,7 @@ export const make = (
    * Which active groups have news; on the way, every group whose members' devices differ from
    * their identity logs gets its `UpdateInstallations` intent (pending, so `syncAll` publishes it).
    */
-  const newsAndDevices = Effect.fn("DeviceSync.newsAndDevices")(function*(groups: ReadonlyArray<StoredGroup>) {
+  const newsAndDevices = Effect.fn("DeviceSync.newsAndDevices")(function*(groups: ReadonlyArray<GroupSummary>) {
     if (groups.length === 0) return new Set<GroupId>()
     const { news } = yield* fetch(groups)
     // Every group whose epoch or held identity states moved since it was last in line, not

@@ -80,6 +80,10 @@ export interface EngineContext {
   readonly loadState: (group: StoredGroup) => Effect.Effect<MlsGroupState, CryptoError>
   /** Serializes and remembers a state about to be stored, so the next load needs no decode. */
   readonly encodeState: (groupId: GroupId, state: MlsGroupState) => Uint8Array
+  /** Serializes an own commit's staged state for the write-ahead, keeping it decoded until it is adopted. */
+  readonly encodeStaged: (groupId: GroupId, state: MlsGroupState) => Uint8Array
+  /** The staged state written ahead as these bytes: the kept one if the bytes match, else decoded. */
+  readonly loadStaged: (groupId: GroupId, bytes: Uint8Array) => Effect.Effect<MlsGroupState, CryptoError>
 }
 
 /** The group's stored row, or `ConversationNotFound`. */

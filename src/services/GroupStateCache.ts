@@ -2,6 +2,9 @@
  * Decoded MLS states, one per group, keyed by the exact stored bytes. Deserializing a ts-mls
  * state is the costliest step of a sync; states are immutable values, so the last decode is
  * reused while the stored bytes are the same.
+ *
+ * Bounded in bytes (the stored size of each state stands for its decoded size): least recently
+ * used states go first, so a client in thousands of groups keeps only its busy ones decoded.
  */
 import { Effect } from "effect"
 import { bytesEqual } from "../domain/Bytes.ts"
@@ -9,23 +12,70 @@ import type { GroupId } from "../domain/Ids.ts"
 import type { StoredGroup } from "../domain/Stored.ts"
 import type { MlsCrypto, MlsGroupState } from "./MlsCrypto.ts"
 
-export const make = (crypto: MlsCrypto["Type"]) => {
+/** Stored bytes of the states kept decoded: 32 MiB (a decoded state takes a few times its bytes). */
+export const DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+
+export const make = (crypto: MlsCrypto["Type"], maxBytes: number = DEFAULT_MAX_BYTES) => {
+  /** In use order, least recent first (a Map keeps insertion order). */
   const cache = new Map<GroupId, { readonly bytes: Uint8Array; readonly state: MlsGroupState }>()
+  let total = 0
+
+  const remember = (groupId: GroupId, bytes: Uint8Array, state: MlsGroupState) => {
+    forget(groupId)
+    cache.set(groupId, { bytes, state })
+    total += bytes.length
+    for (const [oldest, entry] of cache) {
+      if (total <= maxBytes || oldest === groupId) break
+      cache.delete(oldest)
+      total -= entry.bytes.length
+    }
+  }
+  const forget = (groupId: GroupId) => {
+    const hit = cache.get(groupId)
+    if (hit === undefined) return
+    cache.delete(groupId)
+    total -= hit.bytes.length
+  }
+
   const loadState = (group: StoredGroup) => {
     const hit = cache.get(group.id)
     if (hit !== undefined && (hit.bytes === group.mlsState || bytesEqual(hit.bytes, group.mlsState))) {
+      remember(group.id, hit.bytes, hit.state)
       return Effect.succeed(hit.state)
     }
     return crypto.deserialize(group.mlsState).pipe(
-      Effect.tap((state) => Effect.sync(() => cache.set(group.id, { bytes: group.mlsState, state })))
+      Effect.tap((state) => Effect.sync(() => remember(group.id, group.mlsState, state)))
     )
   }
+  /**
+   * The staged state of each group's last own commit: written ahead as bytes, adopted when the
+   * commit lands. Kept decoded so adopting it costs no decode (a 100-member state takes tens of
+   * ms); a few groups at most have a commit in flight.
+   */
+  const staged = new Map<GroupId, { readonly bytes: Uint8Array; readonly state: MlsGroupState }>()
+  const MAX_STAGED = 64
+
   const encodeState = (groupId: GroupId, state: MlsGroupState) => {
     const hit = cache.get(groupId)
     if (hit !== undefined && hit.state === state) return hit.bytes
-    const bytes = crypto.serialize(state)
-    cache.set(groupId, { bytes, state })
+    const adopted = staged.get(groupId)
+    const bytes = adopted !== undefined && adopted.state === state ? adopted.bytes : crypto.serialize(state)
+    if (adopted?.state === state) staged.delete(groupId)
+    remember(groupId, bytes, state)
     return bytes
   }
-  return { loadState, encodeState }
+  const encodeStaged = (groupId: GroupId, state: MlsGroupState) => {
+    const bytes = crypto.serialize(state)
+    staged.delete(groupId)
+    staged.set(groupId, { bytes, state })
+    if (staged.size > MAX_STAGED) staged.delete(staged.keys().next().value!)
+    return bytes
+  }
+  const loadStaged = (groupId: GroupId, bytes: Uint8Array) => {
+    const hit = staged.get(groupId)
+    return hit !== undefined && (hit.bytes === bytes || bytesEqual(hit.bytes, bytes))
+      ? Effect.succeed(hit.state)
+      : crypto.deserialize(bytes)
+  }
+  return { loadState, encodeState, encodeStaged, loadStaged, size: () => ({ states: cache.size, bytes: total }) }
 }

@@ -47,6 +47,7 @@ export const make = (ctx: EngineContext) => {
     if (page.items.length === 0) return { outcome: PageApplier.emptyOutcome, more: false }
     const group = yield* loadGroupRow(ctx, groupId)
     const applier = PageApplier.start(ctx, group, yield* ctx.loadState(group), cursor, yield* Clock.currentTimeNanos)
+    yield* applier.prefetch(page.items)
     for (const ctxelope of page.items) yield* applier.apply(ctxelope)
     const inserted = yield* applier.commit(page.items[page.items.length - 1]!.sequenceId)
     yield* PubSub.publishAll(ctx.stored, inserted)

@@ -100,6 +100,25 @@ export const applyDeletion = (ctx: EngineContext, deletion: Deletion) =>
   })
 
 /**
+ * Erases the messages just stored whose deletion arrived before them (and may take them), with
+ * one query for the page; returns the ids erased.
+ */
+export const settleDeletionsOf = (ctx: EngineContext, stored: ReadonlyArray<StoredMessage>) =>
+  Effect.gen(function*() {
+    const erased = new Set<MessageId>()
+    if (stored.length === 0) return erased
+    const pending = yield* ctx.storage.messages.takeDeletions(stored.map((row) => row.id))
+    for (const row of stored) {
+      const deletion = pending.get(row.id)
+      if (deletion !== undefined && pendingDeletionApplies(deletion, targetOf(row))) {
+        yield* ctx.storage.messages.erase(row.id)
+        erased.add(row.id)
+      }
+    }
+    return erased
+  })
+
+/**
  * Stores a message; a deletion that arrived before it (and may take it) erases it at once.
  * Returns whether it was stored for the first time and is shown (not deleted).
  */

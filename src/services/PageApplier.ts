@@ -237,24 +237,40 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
     }
   })
 
+  /** Own messages that landed on this page: written together at commit (an intent is handled once a page). */
+  const delivered = {
+    messages: [] as Array<{ readonly id: MessageId; readonly sentAtNs: bigint; readonly sequenceId: bigint; readonly expiresAtNs: bigint | null }>,
+    intents: [] as Array<{ readonly id: number; readonly sequenceId: bigint }>
+  }
+
   /** Our text or leave request landed: it is published where the DS put it. */
   const ownMessage = (intent: StoredIntent, envelope: GroupMessageEnvelope) => {
     const data = intent.data
     if (data._tag === "SendMessage") {
-      const expiresAtNs = disappearsAt(envelope)
-      writes.push(
-        storage.messages.markPublished(data.messageId, { sentAtNs: envelope.serverTimeNs, sequenceId: envelope.sequenceId, expiresAtNs }),
-        storage.groups.touch(groupId, envelope.serverTimeNs)
-      )
+      delivered.messages.push({
+        id: data.messageId,
+        sentAtNs: envelope.serverTimeNs,
+        sequenceId: envelope.sequenceId,
+        expiresAtNs: disappearsAt(envelope)
+      })
     }
     if (data._tag === "DeleteMessage") {
       // Judged like anyone's deletion, once the page's messages are stored; the intent ends there.
       deletions.push({ ...deletionBy(identity.inboxId, data.target), own: { intent, sequenceId: envelope.sequenceId } })
       return
     }
-    writes.push(storage.intents.markCommitted(intent.id, envelope.sequenceId), storage.intents.markProcessed(intent.id))
+    delivered.intents.push({ id: intent.id, sequenceId: envelope.sequenceId })
     outcome = { ...outcome, messages: outcome.messages + 1 }
   }
+
+  /** The page's own messages: published, their intents done, the group touched once. */
+  const writeDelivered = Effect.gen(function*() {
+    if (delivered.messages.length > 0) {
+      yield* storage.messages.markPublishedMany(delivered.messages)
+      yield* storage.groups.touch(groupId, delivered.messages.reduce((t, m) => (m.sentAtNs > t ? m.sentAtNs : t), 0n))
+    }
+    if (delivered.intents.length > 0) yield* storage.intents.markDelivered(delivered.intents)
+  })
 
   /** When a text landing here disappears: the group's setting in force at this point of the topic. */
   const disappearsAt = (envelope: GroupMessageEnvelope) =>
@@ -309,7 +325,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
   /** Our commit is first for its epoch: its staged state becomes the group's. */
   const ownCommitWon = (intent: StoredIntent, envelope: GroupMessageEnvelope, before: GroupSnapshot) =>
     Effect.gen(function*() {
-      const staged = yield* crypto.deserialize(intent.stagedState!)
+      const staged = yield* ctx.loadStaged(groupId, intent.stagedState!)
       const after = crypto.view(staged)
       const current = crypto.view(state)
       const me = current.members.find((m) => m.leafIndex === before.ownLeafIndex)!
@@ -397,9 +413,22 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       })
     })
 
+  /** Own intents by payload hash, read for the whole page at once (`prefetch`); page writes come at commit. */
+  let published: Map<string, StoredIntent> | undefined
+
+  /** Reads, in one query, the own intents any envelope of the page may be. */
+  const prefetch = (envelopes: ReadonlyArray<GroupMessageEnvelope>) =>
+    storage.intents.byPayloadHashes(envelopes.map((e) => sha256Hex(e.payload))).pipe(
+      Effect.map((intents) => {
+        published = new Map(intents.flatMap((i) => (i.payloadHash === null ? [] : [[i.payloadHash, i] as const])))
+      })
+    )
+
   /** The own intent that published this payload, if any. */
   const ownIntentOf = (envelope: GroupMessageEnvelope) =>
-    storage.intents.byPayloadHash(sha256Hex(envelope.payload)).pipe(
+    (published === undefined
+      ? storage.intents.byPayloadHash(sha256Hex(envelope.payload))
+      : Effect.succeed(Option.fromNullable(published.get(sha256Hex(envelope.payload))))).pipe(
       // A hash match must also be a byte match: the hash is ours, the bytes are the DS's.
       Effect.map(Option.filter((intent) => intent.payload === null || bytesEqual(intent.payload, envelope.payload)))
     )
@@ -465,12 +494,21 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
 
   /** Stores the page's new messages; returns those stored for the first time. */
   const insertMessages = Effect.gen(function*() {
-    const fresh: Array<StoredMessage> = []
+    const rows: Array<StoredMessage> = []
     for (const row of newMessages) {
       if (row.kind === "membershipChange" && group.kind === "dm" && (yield* repeatsInDm(row))) continue
-      if (yield* MessagingReceive.insertMessage(ctx, row)) fresh.push(row)
-      if (row.kind === "text") yield* storage.groups.touch(groupId, row.sentAtNs)
+      rows.push(row)
     }
+    // One statement for the page's rows, one touch for its latest text.
+    const inserted = new Set(yield* storage.messages.insertMany(rows))
+    // A deletion that arrived before its message (and may take it) erases it at once.
+    const erased = yield* MessagingReceive.settleDeletionsOf(ctx, rows.filter((row) => inserted.has(row.id)))
+    const fresh = rows.filter((row) => inserted.delete(row.id) && !erased.has(row.id))
+    const lastText = rows.reduce<bigint | undefined>(
+      (last, row) => row.kind === "text" && (last === undefined || row.sentAtNs > last) ? row.sentAtNs : last,
+      undefined
+    )
+    if (lastText !== undefined) yield* storage.groups.touch(groupId, lastText)
     return fresh
   })
 
@@ -478,6 +516,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
   const commitPage = (last: bigint) =>
     storage.transaction(Effect.gen(function*() {
       for (const write of writes) yield* write
+      yield* writeDelivered
       // A crash here rolls the whole page back: it is replayed from the old cursor and state.
       yield* ctx.options.crashPoint("sync.midPage")
       const fresh = yield* insertMessages
@@ -500,7 +539,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       return fresh
     }))
 
-  return { apply, commit: commitPage, outcome: () => outcome }
+  return { prefetch, apply, commit: commitPage, outcome: () => outcome }
 }
 
 const voidedCause = encodeGovernanceError(

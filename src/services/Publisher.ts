@@ -405,7 +405,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
         payloadHash: sha256Hex(derived.payload),
         payload: derived.payload,
         publishedEpoch: epoch,
-        stagedState: derived.staged === undefined ? null : crypto.serialize(derived.staged),
+        stagedState: derived.staged === undefined ? null : ctx.encodeStaged(groupId, derived.staged),
         postCommit: derived.postCommit ?? null
       }))
       batch.push(derived.payload)
@@ -585,11 +585,20 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     )
   }
 
+  /** Whether the group's periodic check is due: read without the lock, so idle groups cost a map lookup. */
+  const checkDue = (groupId: GroupId) =>
+    Effect.map(Clock.currentTimeNanos, (now) => {
+      const last = lastInstallationCheck.get(groupId)
+      const interval = Duration.toNanos(ctx.options.installationCheckInterval).pipe(Option.getOrElse(() => 0n))
+      return last === undefined || now - last >= interval
+    })
+
   return {
     publishPending,
     round,
     resolve,
-    checkInstallations: (groupId: GroupId) => ctx.withGroupLock(groupId)(checkInstallations(groupId)),
+    checkInstallations: (groupId: GroupId) =>
+      Effect.flatMap(checkDue(groupId), (due) => (due ? ctx.withGroupLock(groupId)(checkInstallations(groupId)) : Effect.void)),
     checkInstallationsKnown: (groupId: GroupId) => ctx.withGroupLock(groupId)(checkInstallationsKnown(groupId))
   }
 }

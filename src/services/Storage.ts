@@ -31,10 +31,15 @@ export interface MessageQuery {
   readonly afterNs?: bigint
 }
 
+/** A group's row without its MLS state (tens of kilobytes a group). */
+export type GroupSummary = Omit<StoredGroup, "mlsState">
+
 export interface GroupRepository {
   readonly insert: (row: StoredGroup) => Io<void>
   readonly get: (id: GroupId) => Io<Option.Option<StoredGroup>>
   readonly list: (options: { readonly includeInactive: boolean }) => Io<ReadonlyArray<StoredGroup>>
+  /** As `list`, without the MLS states: what listing and syncing many groups need. */
+  readonly summaries: (options: { readonly includeInactive: boolean }) => Io<ReadonlyArray<GroupSummary>>
   /** Every group of one DM, the most recently used first. */
   readonly byDmId: (dmId: ConversationId) => Io<ReadonlyArray<StoredGroup>>
   readonly saveState: (id: GroupId, state: { readonly epoch: bigint; readonly mlsState: Uint8Array }) => Io<void>
@@ -49,6 +54,8 @@ export interface GroupRepository {
 export interface MessageRepository {
   /** Stores a message once; returns false if its id was already stored. */
   readonly insert: (row: StoredMessage) => Io<boolean>
+  /** Stores each message once, in one statement per hundred; returns the ids stored now (not before). */
+  readonly insertMany: (rows: ReadonlyArray<StoredMessage>) => Io<ReadonlyArray<MessageId>>
   readonly get: (id: MessageId) => Io<Option.Option<StoredMessage>>
   readonly markPublished: (
     id: MessageId,
@@ -69,7 +76,18 @@ export interface MessageRepository {
   readonly rememberDeletion: (targetId: MessageId, pending: PendingDeletion) => Io<void>
   /** The remembered deletion of a message, removed from memory. */
   readonly takeDeletion: (targetId: MessageId) => Io<Option.Option<PendingDeletion>>
+  /** The remembered deletions of these messages (one statement per hundred), removed from memory. */
+  readonly takeDeletions: (targetIds: ReadonlyArray<MessageId>) => Io<ReadonlyMap<MessageId, PendingDeletion>>
   readonly markFailed: (id: MessageId) => Io<void>
+  /** `markPublished` for many messages, one statement per hundred (own messages read back in one page). */
+  readonly markPublishedMany: (
+    rows: ReadonlyArray<{
+      readonly id: MessageId
+      readonly sentAtNs: bigint
+      readonly sequenceId: bigint
+      readonly expiresAtNs: bigint | null
+    }>
+  ) => Io<void>
   readonly byConversation: (id: ConversationId, query: MessageQuery) => Io<ReadonlyArray<StoredMessage>>
   readonly membershipChanges: (id: ConversationId) => Io<ReadonlyArray<StoredMessage>>
   /** Messages stored after a local insertion point, across conversations, for streams. */
@@ -97,18 +115,27 @@ export interface IntentRepository {
   readonly byGroup: (groupId: GroupId, states: ReadonlyArray<IntentState>) => Io<ReadonlyArray<StoredIntent>>
   readonly byState: (states: ReadonlyArray<IntentState>) => Io<ReadonlyArray<StoredIntent>>
   readonly byPayloadHash: (hash: string) => Io<Option.Option<StoredIntent>>
+  /** The intents published with any of these payload hashes: one query for a whole page. */
+  readonly byPayloadHashes: (hashes: ReadonlyArray<string>) => Io<ReadonlyArray<StoredIntent>>
   /** ToPublish -> Published, with everything needed to resend or adopt (write-ahead). */
   readonly markPublished: (id: number, published: PublishedIntent) => Io<void>
   /** Published -> ToPublish: drops the staged payload so it is re-derived; counts a conflict. */
   readonly resetToPublish: (id: number, options: { readonly conflict: boolean }) => Io<void>
   readonly markCommitted: (id: number, sequenceId: bigint) => Io<void>
   readonly markProcessed: (id: number) => Io<void>
+  /**
+   * Own application messages read back from the topic: `markCommitted` then `markProcessed` for
+   * each, in one statement per hundred.
+   */
+  readonly markDelivered: (rows: ReadonlyArray<{ readonly id: number; readonly sequenceId: bigint }>) => Io<void>
   readonly markError: (id: number, error: string) => Io<void>
   readonly countAttempt: (id: number) => Io<void>
 }
 
 export interface CursorRepository {
   readonly get: (topic: string) => Io<bigint>
+  /** The cursors of many topics in one query (0 for a topic never read). */
+  readonly getMany: (topics: ReadonlyArray<string>) => Io<ReadonlyMap<string, bigint>>
   /** Moves a cursor forward only. */
   readonly advance: (topic: string, sequenceId: bigint) => Io<void>
   /** Puts a cursor anywhere: only for a rejoin, which must read again what it skipped. */

@@ -76,6 +76,39 @@ export const storeConformance = <E>(name: string, storeLayer: Layer.Layer<Delive
           for (let i = 1; i < all.length; i++) expect(all[i]!.serverTimeNs >= all[i - 1]!.serverTimeNs).toBe(true)
         }))
 
+      it.effect("60 concurrent appenders over 3 topics, some resending the same payload, each get back what they stored", () =>
+        Effect.gen(function*() {
+          const store = yield* DeliveryStore
+          const topics = [newTopic(), newTopic(), newTopic()]
+          // Appender i sends two messages to topic i % 3; every fifth one resends appender 0's first.
+          const sent = (i: number) =>
+            i % 5 === 0 && i > 0 ? ["a0-0", `a${i}-1`] : [`a${i}-0`, `a${i}-1`]
+          const answers = yield* Effect.forEach(
+            Array.from({ length: 60 }, (_, i) => i),
+            (i) => appendText(topics[i % 3]!, ...sent(i)),
+            { concurrency: "unbounded" }
+          )
+          for (const [i, answer] of answers.entries()) {
+            expect(answer.map((e) => text(e.payload))).toEqual(sent(i))
+            expect(answer.every((e) => e.topic === topics[i % 3])).toBe(true)
+          }
+          for (const topic of topics) {
+            const all = yield* store.read(topic, 0n, 100)
+            expect(all.map((e) => e.sequenceId)).toEqual(all.map((_, k) => BigInt(k + 1)))
+            expect(new Set(all.map((e) => text(e.payload))).size).toBe(all.length)
+            // What each appender got back is what a reader finds at that id.
+            const byId = new Map(all.map((e) => [e.sequenceId, text(e.payload)]))
+            for (const [i, answer] of answers.entries()) {
+              if (topics[i % 3] !== topic) continue
+              for (const e of answer) expect(byId.get(e.sequenceId)).toBe(text(e.payload))
+            }
+          }
+          // Topic 0 holds "a0-0" once, though appenders 15, 30 and 45 sent it again.
+          const first = yield* store.read(topics[0]!, 0n, 100)
+          expect(first.filter((e) => text(e.payload) === "a0-0")).toHaveLength(1)
+          expect(first).toHaveLength(20 * 2 - 3)
+        }))
+
       it.effect("reads are ascending after the cursor, at most `limit`, and empty past the end", () =>
         Effect.gen(function*() {
           const store = yield* DeliveryStore

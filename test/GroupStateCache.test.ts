@@ -1,0 +1,79 @@
+/** The decoded-state cache: reused while the stored bytes match, bounded in bytes, least recently used out first. */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import type { GroupId } from "../src/domain/Ids.ts"
+import type { StoredGroup } from "../src/domain/Stored.ts"
+import * as GroupStateCache from "../src/services/GroupStateCache.ts"
+import type { MlsCrypto, MlsGroupState } from "../src/services/MlsCrypto.ts"
+
+/** A stand-in crypto that counts decodes; a "state" is an object holding its bytes. */
+const countingCrypto = () => {
+  const decoded: Array<number> = []
+  const crypto = {
+    deserialize: (bytes: Uint8Array) =>
+      Effect.sync(() => {
+        decoded.push(bytes[0]!)
+        return { bytes } as unknown as MlsGroupState
+      }),
+    serialize: (state: MlsGroupState) => (state as unknown as { bytes: Uint8Array }).bytes
+  } as unknown as MlsCrypto["Type"]
+  return { crypto, decoded }
+}
+
+/** A group row whose state is `size` bytes, all `tag` (a fresh array each time, as a database read gives). */
+const row = (tag: number, size = 40) =>
+  ({ id: `g${tag}` as GroupId, mlsState: new Uint8Array(size).fill(tag) }) as unknown as StoredGroup
+
+describe("GroupStateCache", () => {
+  it.effect("decodes a group once while its stored bytes stay the same, and again when they change", () =>
+    Effect.gen(function*() {
+      const { crypto, decoded } = countingCrypto()
+      const cache = GroupStateCache.make(crypto, 1000)
+      const first = yield* cache.loadState(row(1))
+      expect(yield* cache.loadState(row(1))).toBe(first)
+      yield* cache.loadState({ ...row(1), mlsState: new Uint8Array(40).fill(9) })
+      expect(decoded).toEqual([1, 9])
+    }))
+
+  it.effect("keeps at most its byte budget decoded, dropping the least recently used group first", () =>
+    Effect.gen(function*() {
+      const { crypto, decoded } = countingCrypto()
+      const cache = GroupStateCache.make(crypto, 100)
+      yield* cache.loadState(row(1))
+      yield* cache.loadState(row(2))
+      yield* cache.loadState(row(1)) // group 1 is now the most recent
+      yield* cache.loadState(row(3)) // over 100 bytes: group 2 goes
+      expect(cache.size()).toEqual({ states: 2, bytes: 80 })
+      yield* cache.loadState(row(1))
+      yield* cache.loadState(row(3))
+      expect(decoded).toEqual([1, 2, 3])
+      yield* cache.loadState(row(2))
+      expect(decoded).toEqual([1, 2, 3, 2])
+    }))
+
+  it.effect("a state bigger than the whole budget is still kept, alone, for the group using it", () =>
+    Effect.gen(function*() {
+      const { crypto, decoded } = countingCrypto()
+      const cache = GroupStateCache.make(crypto, 100)
+      yield* cache.loadState(row(1))
+      yield* cache.loadState(row(2, 500))
+      expect(cache.size()).toEqual({ states: 1, bytes: 500 })
+      yield* cache.loadState(row(2, 500))
+      expect(decoded).toEqual([1, 2])
+    }))
+
+  it.effect("an own commit's staged state is adopted without a decode, and stored without another encode", () =>
+    Effect.gen(function*() {
+      const { crypto, decoded } = countingCrypto()
+      const cache = GroupStateCache.make(crypto, 1000)
+      const group = "g1" as GroupId
+      const state = { bytes: new Uint8Array(40).fill(5) } as unknown as MlsGroupState
+      const written = cache.encodeStaged(group, state)
+      // The row read back holds a copy of the bytes written ahead.
+      expect(yield* cache.loadStaged(group, Uint8Array.from(written))).toBe(state)
+      expect(cache.encodeState(group, state)).toBe(written)
+      // Other bytes (another commit, or after a restart) are decoded.
+      yield* cache.loadStaged(group, new Uint8Array(40).fill(6))
+      expect(decoded).toEqual([6])
+    }))
+})
