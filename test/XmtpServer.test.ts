@@ -5,7 +5,8 @@
  * official SDK runs the same server in `npm run test:xmtp`.
  */
 import { describe, expect, layer } from "@effect/vitest"
-import { Chunk, Effect, Fiber, Stream } from "effect"
+import { Chunk, Clock, Duration, Effect, Fiber, Stream } from "effect"
+import * as Net from "node:net"
 import { inboxIdOf } from "../src/xmtp/Associations.ts"
 import {
   call,
@@ -336,3 +337,36 @@ layer(XmtpHarness.layer({ maxSubscriptionsPerConnection: 1, maxIdentityEntries: 
     }))
 })
 
+
+layer(XmtpHarness.layer({ maxConnections: 2, headersTimeoutMillis: 1500 }))("The XMTP V3 face's connection bounds", (it) => {
+  /** A raw TCP connection to the server: whether it is closed within `millis`. */
+  const closedWithin = (port: number, millis: number) =>
+    Effect.async<boolean>((resume) => {
+      const socket = Net.connect({ host: "127.0.0.1", port })
+      const timer = setTimeout(() => resume(Effect.succeed(false)), millis)
+      socket.on("error", () => {})
+      socket.once("close", () => {
+        clearTimeout(timer)
+        resume(Effect.succeed(true))
+      })
+      return Effect.sync(() => {
+        clearTimeout(timer)
+        socket.destroy()
+      })
+    })
+
+  it.effect("connections past --max-connections are closed at once; silent ones after --headers-timeout", () =>
+    Effect.gen(function*() {
+      const { port } = yield* Xmtp
+      const [a, b, c] = yield* Effect.all([
+        Effect.timed(closedWithin(port, 4000)),
+        Effect.timed(closedWithin(port, 4000)),
+        // Opened once the two silent ones hold both places.
+        Effect.delay(Effect.timed(closedWithin(port, 500)), "300 millis")
+      ], { concurrency: 3 })
+      expect(c[1]).toBe(true)
+      expect([a[1], b[1]]).toEqual([true, true])
+      expect(Math.min(Duration.toMillis(a[0]), Duration.toMillis(b[0]))).toBeGreaterThan(1000)
+      // Real time: the server's timeouts are real ones.
+    }).pipe(Effect.withClock(Clock.make())))
+})

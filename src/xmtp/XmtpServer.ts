@@ -146,10 +146,17 @@ export const serve = (options: XmtpServerOptions): Effect.Effect<{ readonly port
       if (open >= limits.maxConnections) return socket.destroy()
       open += 1
       socket.once("close", () => open -= 1)
-      // Any traffic (HTTP/2 pings included) keeps a socket; a silent one is closed.
-      socket.setTimeout(limits.idleTimeoutMillis, () => socket.destroy())
       socket.on("error", () => {})
-      injector.injectConnection(socket)
+      // Once Node's HTTP/2 session holds the socket, its timeouts no longer fire: a peer that
+      // sends nothing is closed here, before the hand-over (the Converge face's header timeout).
+      const silent = setTimeout(() => socket.destroy(), limits.headersTimeoutMillis)
+      socket.once("data", (first: Buffer) => {
+        clearTimeout(silent)
+        socket.pause()
+        socket.unshift(first)
+        injector.injectConnection(socket)
+      })
+      socket.once("close", () => clearTimeout(silent))
     })
     yield* Effect.acquireRelease(
       Effect.async<void, Error>((resume) => {
