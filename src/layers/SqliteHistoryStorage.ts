@@ -246,6 +246,10 @@ export const make = (
         BEGIN INSERT INTO converge_history_feed (kind, ref) VALUES ('message', new.id); END`,
       sql`CREATE TRIGGER IF NOT EXISTS converge_history_feed_published AFTER UPDATE OF delivery_status ON converge_messages
         WHEN new.delivery_status = 'published' AND old.delivery_status != 'published'
+        BEGIN INSERT INTO converge_history_feed (kind, ref) VALUES ('message', new.id); END`,
+      // A deletion after the message went out is passed on too: the other devices erase it.
+      sql`CREATE TRIGGER IF NOT EXISTS converge_history_feed_deleted AFTER UPDATE OF deleted ON converge_messages
+        WHEN new.deleted = 1 AND old.deleted = 0 AND new.delivery_status = 'published'
         BEGIN INSERT INTO converge_history_feed (kind, ref) VALUES ('message', new.id); END`
     ], { discard: true })
   )

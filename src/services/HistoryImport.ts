@@ -65,6 +65,11 @@ export const make = (ctx: EngineContext) => {
         insertedAtNs: now
       }))
       if (inserted) yield* storage.groups.touch(m.groupId, m.sentAtNs)
+      // Deleted on another of our devices since we imported it: erased here too.
+      if (!inserted && m.deleted) {
+        const held = yield* storage.messages.get(m.id)
+        if (Option.isSome(held) && !held.value.deleted) yield* storage.messages.erase(m.id)
+      }
       return inserted
     })
 
