@@ -64,9 +64,13 @@ export const make = (
   const importer = HistoryImport.make(ctx)
   const answers = HistoryAnswer.make(ctx, pageItems)
 
-  /** Our inbox's installations in the order its log added them (refreshed from the network). */
+  /**
+   * Our inbox's installations in the order its log added them. `syncAll` has just fetched our
+   * log's news with the groups' (DeviceSync), so what we hold is current: no request of its own.
+   */
   const installationOrder = Effect.gen(function*() {
-    const state = yield* identity.inboxState(self)
+    const held = (yield* identity.knownStates([self])).get(self)
+    const state = held ?? (yield* identity.inboxState(self))
     const entries = yield* storage.inboxLogs.entries(self)
     const added = entries.flatMap((e) => (e.update.action._tag === "AddInstallation" ? [e.update.action.installationId] : []))
     const current = added.filter((i) => HashMap.has(state.installations, i))
@@ -75,12 +79,16 @@ export const make = (
 
   /** The own-devices groups we are active in whose every leaf is one of our inbox's installations. */
   const ownGroups = Effect.gen(function*() {
-    const rows = (yield* storage.groups.list({ includeInactive: false })).filter((r) => r.name === OWN_DEVICES_GROUP_NAME)
+    // Summaries carry no MLS state: only the own-devices groups' rows are read whole.
+    const summaries = (yield* storage.groups.summaries({ includeInactive: false }))
+      .filter((r) => r.name === OWN_DEVICES_GROUP_NAME)
     const out: Array<OwnGroup> = []
-    for (const row of rows) {
-      const members = crypto.view(yield* ctx.loadState(row)).members
-      if (!isOwnDevicesGroup(row.name, members.map((m) => m.inboxId), self)) continue
-      out.push({ id: row.id, leaves: members.map((m) => m.installationId) })
+    for (const summary of summaries) {
+      const row = yield* storage.groups.get(summary.id)
+      if (Option.isNone(row)) continue
+      const members = crypto.view(yield* ctx.loadState(row.value)).members
+      if (!isOwnDevicesGroup(summary.name, members.map((m) => m.inboxId), self)) continue
+      out.push({ id: summary.id, leaves: members.map((m) => m.installationId) })
     }
     return out.sort((a, b) => a.id.localeCompare(b.id))
   })
