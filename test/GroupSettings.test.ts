@@ -9,6 +9,7 @@ import {
   decodeSettings,
   encodeSettings,
   type GovernanceIntent,
+  leaveBlocked,
   nextSettings
 } from "../src/domain/GroupSettings.ts"
 import type { InboxId } from "../src/domain/Ids.ts"
@@ -115,5 +116,20 @@ describe("settings bytes", () => {
     const after = new GroupMetadata({ ...club, name: "New", admins: [admin, member], disappearAfterNs: 5n })
     expect(changedSettings(encodeSettings(club), encodeSettings(after))).toEqual(["disappearAfterNs", "name", "admins"])
     expect(changedSettings(encodeSettings(club), encodeSettings(club))).toEqual([])
+  })
+})
+
+describe("a leave request the group cannot honour", () => {
+  const settings = encodeSettings(club)
+  it.each([
+    ["the only super admin, others remain: void", [owner, admin, member], owner, true],
+    ["the only super admin, alone with its own devices: it deserts the group", [owner], owner, false],
+    ["a plain member: never blocked", [owner, member], member, false],
+    ["an admin is no super admin: still void", [owner, admin], owner, true]
+  ] as const)("%s", (_, present, leaver, expected) => {
+    expect(leaveBlocked(settings, present, leaver)).toBe(expected)
+  })
+  it("settings that do not decode name no super admin: nobody is blocked", () => {
+    expect(leaveBlocked(utf8("not json"), [owner, member], owner)).toBe(false)
   })
 })

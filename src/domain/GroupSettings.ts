@@ -187,14 +187,17 @@ export const commitRefusal = (input: {
 
 /**
  * Whether a leave request of `inboxId` can no longer be honoured in the epoch with these settings
- * and members: it is the last super admin, whom no commit may remove. Members void the request
- * at that epoch, and the leaver becomes active again.
+ * and members: it is the last super admin, whom no commit may remove, and others remain to be
+ * governed. Members void the request at that epoch, and the leaver becomes active again. (A
+ * leaver whose inbox is all that is left deserts the group instead: nobody remains to remove it.)
  */
 export const leaveBlocked = (
   settings: Uint8Array | undefined,
   members: ReadonlyArray<InboxId>,
   inboxId: InboxId
-): boolean => isLastSuperAdmin(Option.getOrElse(decodeSettings(settings), () => GroupMetadata.none), members, inboxId)
+): boolean =>
+  members.some((other) => other !== inboxId) &&
+  isLastSuperAdmin(Option.getOrElse(decodeSettings(settings), () => GroupMetadata.none), members, inboxId)
 
 /** Which settings a commit changed (empty if none), in a stable order. */
 export const changedSettings = (before: Uint8Array | undefined, after: Uint8Array | undefined): ReadonlyArray<string> => {
