@@ -54,6 +54,8 @@ export const make = (ctx: EngineContext) => {
     Effect.gen(function*() {
       const group = yield* storage.groups.get(m.groupId)
       if (Option.isNone(group) || m.deliveryStatus !== "published") return false
+      // Past its deadline it disappeared everywhere: a new device never stores it.
+      if (m.expiresAtNs !== null && m.expiresAtNs <= now) return false
       if (m.conversationId !== (group.value.dmId ?? (group.value.id as unknown as ConversationId))) return false
       const membershipChange = m.kind === "membershipChange"
         ? yield* Schema.decodeUnknown(MembershipChangeJson)(m.content).pipe(Effect.option)
