@@ -1,7 +1,8 @@
 /**
  * The Converge half of `npm run bench:xmtp` (`e2e/xmtp/bench.mjs` starts the server and runs the
  * SDK half): Converge's own client over the network against the running `converge serve`, the
- * same cases as the XMTP SDK's, and the raw publish throughput of both server faces. Prints one
+ * same cases as the XMTP SDK's, and the raw publish and query throughput of both server faces
+ * (the Converge face over both of its transports). Prints one
  * JSON line of figures (milliseconds) on stdout.
  *
  * Env: CONVERGE_RPC_URL (the Converge face), XMTP_ADDR (host:port of the V3 face), BENCH_SCALE.
@@ -36,11 +37,14 @@ const timed = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
 const samples = <E, R>(count: number, effect: Effect.Effect<unknown, E, R>) =>
   Effect.forEach(Array.from({ length: count }), () => timed(effect))
 
-const delivery = RpcDeliveryService.layer({
-  url: rpcUrl,
-  timeout: "30 seconds",
-  retrySchedule: Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(3)))
-})
+const deliveryOver = (transport: "websocket" | "http") =>
+  RpcDeliveryService.layer({
+    url: rpcUrl,
+    transport,
+    timeout: "30 seconds",
+    retrySchedule: Schedule.exponential("50 millis").pipe(Schedule.intersect(Schedule.recurs(3)))
+  })
+const delivery = deliveryOver("websocket")
 
 /** A Converge client with its own SQLite file, over the network. */
 const newClient = (name: string) =>
@@ -61,8 +65,11 @@ const clientCases = Effect.gen(function*() {
   const group = yield* alice.createGroup([bob.inboxId])
   yield* bob.syncAll
   const bobGroup = yield* bob.conversation(group.id)
-  yield* group.send("warm up")
-  yield* bobGroup.sync
+  // As many warm-up rounds as measured sends: the first few dozen sends (and receives) of a fresh
+  // process run at 3-5 times the steady cost while V8 warms up (the SDK is native code).
+  yield* Effect.forEach(Array.from({ length: n(40) }), () => Effect.zipRight(group.send("warm up"), bobGroup.sync), {
+    discard: true
+  })
   const send = yield* samples(n(40), group.send(TEXT))
   yield* bobGroup.sync
   const endToEnd = yield* samples(n(20), Effect.zipRight(group.send(TEXT), bobGroup.sync))
@@ -80,7 +87,7 @@ const clientCases = Effect.gen(function*() {
   const catchUp = yield* timed(bobGroup.sync)
   const groups = n(50, 5)
   for (let i = 0; i < groups; i++) yield* alice.createGroup([bob.inboxId])
-  yield* bob.syncAll
+  yield* Effect.repeatN(bob.syncAll, n(10, 3))
   const syncAll = yield* samples(n(10, 3), bob.syncAll)
   return {
     send: median(send),
@@ -95,8 +102,11 @@ const clientCases = Effect.gen(function*() {
 
 const PUBLISH_BATCH = 50
 
-/** The Converge face's sendGroupMessages, one message a call and 50 a call: messages per second. */
-const convergeFacePublish = Effect.gen(function*() {
+/**
+ * The Converge face's sendGroupMessages, one message a call and 50 a call (messages per second),
+ * and a one-message query a call (round trips per second), over `transport`.
+ */
+const convergeFacePublish = (transport: "websocket" | "http") => Effect.gen(function*() {
   const ds = yield* DeliveryService
   const { ds: signedIn } = yield* registerInstallation(ds)
   const groupId = newGroupId()
@@ -106,8 +116,14 @@ const convergeFacePublish = Effect.gen(function*() {
     signedIn.sendGroupMessages([mlsMessage(groupId, `single ${i++}`)]), { discard: true }))
   const batched = yield* timed(Effect.forEach(Array.from({ length: count / PUBLISH_BATCH }), () =>
     signedIn.sendGroupMessages(Array.from({ length: PUBLISH_BATCH }, () => mlsMessage(groupId, `batch ${i++}`))), { discard: true }))
-  return { single: (count / single) * 1000, batched: (Math.floor(count / PUBLISH_BATCH) * PUBLISH_BATCH / batched) * 1000 }
-}).pipe(Effect.provide(delivery))
+  const query = yield* timed(Effect.forEach(Array.from({ length: count }), () =>
+    ds.queryGroupMessages({ groupId, afterSequenceId: 0n, limit: 1 }), { discard: true }))
+  return {
+    single: (count / single) * 1000,
+    batched: (Math.floor(count / PUBLISH_BATCH) * PUBLISH_BATCH / batched) * 1000,
+    query: (count / query) * 1000
+  }
+}).pipe(Effect.provide(deliveryOver(transport)))
 
 type Callback = (error: Grpc.ServiceError | null) => void
 
@@ -127,15 +143,24 @@ const xmtpFacePublish = Effect.gen(function*() {
     send([groupInput(privateMessage(group, "application", `single ${i++}`))]), { discard: true }))
   const batched = yield* timed(Effect.forEach(Array.from({ length: count / PUBLISH_BATCH }), () =>
     send(Array.from({ length: PUBLISH_BATCH }, () => groupInput(privateMessage(group, "application", `batch ${i++}`)))), { discard: true }))
-  return { single: (count / single) * 1000, batched: (Math.floor(count / PUBLISH_BATCH) * PUBLISH_BATCH / batched) * 1000 }
+  const query = yield* timed(Effect.forEach(Array.from({ length: count }), () =>
+    Effect.async<void, Grpc.ServiceError>((resume) =>
+      client["QueryGroupMessages"]!({ groupId: group, pagingInfo: { limit: 1 } }, (e) =>
+        resume(e ? Effect.fail(e) : Effect.void))), { discard: true }))
+  return {
+    single: (count / single) * 1000,
+    batched: (Math.floor(count / PUBLISH_BATCH) * PUBLISH_BATCH / batched) * 1000,
+    query: (count / query) * 1000
+  }
 })
 
 const main = Effect.gen(function*() {
   // The faces first, alone: the clients' background work would share this process's time.
   const xmtpFace = yield* Effect.scoped(xmtpFacePublish)
-  const convergeFace = yield* Effect.scoped(convergeFacePublish)
+  const convergeFace = yield* Effect.scoped(convergeFacePublish("websocket"))
+  const convergeFaceHttp = yield* Effect.scoped(convergeFacePublish("http"))
   const client = yield* Effect.scoped(clientCases)
-  process.stdout.write(`${JSON.stringify({ client, convergeFace, xmtpFace })}\n`)
+  process.stdout.write(`${JSON.stringify({ client, convergeFace, convergeFaceHttp, xmtpFace })}\n`)
 }).pipe(Effect.scoped, Logger.withMinimumLogLevel(LogLevel.Warning))
 
 Effect.runPromise(main).then(() => process.exit(0), (error) => {

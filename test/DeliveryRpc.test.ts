@@ -215,6 +215,21 @@ describe.each(transports)("over %s", (transport) => {
       expect(got.map((e) => textOf(e.payload))).toEqual(stored.map((e) => textOf(e.payload)))
     }))
 
+  it.scopedLive("a client's calls, one after another, travel over one connection", () =>
+    Effect.gen(function*() {
+      const { address } = yield* memoryServer()
+      const proxy = yield* cuttableProxy(address.port)
+      const ds = yield* signedIn(yield* connect(proxy.url(address.url), { transport }))
+      const groupId = newGroupId()
+      for (const text of ["a", "b", "c", "d"]) {
+        yield* ds.sendGroupMessages([mlsMessage(groupId, text)])
+        yield* ds.queryGroupMessages({ groupId, afterSequenceId: 0n })
+      }
+      expect(textsOf(yield* readAll(ds, groupId))).toEqual(["a", "b", "c", "d"])
+      // HTTP keeps its connection alive between calls, as WebSocket does: no handshake per call.
+      expect(yield* proxy.accepted).toBe(1)
+    }))
+
   it.scopedLive("a subscription resumes from its cursors after its connection is cut, without loss or duplicate", () =>
     Effect.gen(function*() {
       const { address, memory } = yield* memoryServer()

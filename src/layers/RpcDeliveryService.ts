@@ -117,14 +117,22 @@ const withScheme = (url: string, secure: string, plain: string) =>
  * cut it short, a non-RPC error page) would leave the caller waiting forever. This wraps the
  * protocol so such a call ends as if the server had interrupted it, which the client turns
  * into a retryable `Unavailable`.
+ *
+ * It also holds each call's `Exit` until its response has ended. The RPC client interrupts a
+ * call's request as soon as the `Exit` arrives, and that aborts the request while node:http
+ * still holds the socket, which destroys it: every call would then pay a new TCP connection
+ * (and the server a new socket) instead of reusing the kept-alive one.
  */
 const guardHttpProtocol = (
   inner: RpcClient.Protocol["Type"]
 ): Effect.Effect<RpcClient.Protocol["Type"], never, Scope.Scope> =>
   RpcClient.Protocol.make((writeResponse) => {
-    const exited = new Set<string>()
+    const inFlight = new Map<string, RpcMessage.FromServerEncoded | undefined>()
     return inner.run((message) => {
-      if (message._tag === "Exit") exited.add(message.requestId)
+      if (message._tag === "Exit" && inFlight.has(message.requestId)) {
+        inFlight.set(message.requestId, message)
+        return Effect.void
+      }
       return writeResponse(message)
     }).pipe(
       Effect.forkScoped,
@@ -132,22 +140,38 @@ const guardHttpProtocol = (
         send: (request: RpcMessage.FromClientEncoded) =>
           request._tag !== "Request"
             ? inner.send(request)
-            : inner.send(request).pipe(
-              Effect.zipRight(Effect.suspend(() => {
-                if (exited.delete(request.id)) return Effect.void
-                return writeResponse({
-                  _tag: "Exit",
-                  requestId: request.id,
-                  exit: { _tag: "Failure", cause: { _tag: "Interrupt", fiberId: { _tag: "None" } } }
-                })
-              })),
-              Effect.ensuring(Effect.sync(() => exited.delete(request.id)))
-            ),
+            : Effect.suspend(() => {
+              inFlight.set(request.id, undefined)
+              return inner.send(request).pipe(
+                Effect.exit,
+                Effect.flatMap((sent) => {
+                  // An answer that arrived counts, whatever happened to the connection after it.
+                  const exit = inFlight.get(request.id)
+                  if (exit !== undefined) return writeResponse(exit)
+                  if (sent._tag === "Failure") return sent
+                  return writeResponse({
+                    _tag: "Exit",
+                    requestId: request.id,
+                    exit: { _tag: "Failure", cause: { _tag: "Interrupt", fiberId: { _tag: "None" } } }
+                  })
+                }),
+                Effect.ensuring(Effect.sync(() => inFlight.delete(request.id)))
+              )
+            }),
         supportsAck: inner.supportsAck,
         supportsTransferables: inner.supportsTransferables
       })
     )
   })
+
+/**
+ * node:http with connections kept alive between calls (a new `http.Agent` closes each one after
+ * its response). The agent retires an idle socket before the server's announced keep-alive
+ * timeout, so it does not send on one the server is closing.
+ */
+const httpClientLayer: Layer.Layer<HttpClient.HttpClient> = NodeHttpClient.layerWithoutAgent.pipe(
+  Layer.provide(NodeHttpClient.makeAgentLayer({ keepAlive: true }))
+)
 
 const protocolLayer = (options: RpcDeliveryOptions): Layer.Layer<RpcClient.Protocol> => {
   if (options.transport === "http") {
@@ -163,7 +187,7 @@ const protocolLayer = (options: RpcDeliveryOptions): Layer.Layer<RpcClient.Proto
       })
     ).pipe(
       // node:http rather than undici: undici's 300 s body timeout would cut quiet subscriptions.
-      Layer.provide([NodeHttpClient.layer, RpcSerialization.layerNdjson])
+      Layer.provide([httpClientLayer, RpcSerialization.layerNdjson])
     )
   }
   return RpcClient.layerProtocolSocket({
