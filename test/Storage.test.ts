@@ -130,6 +130,21 @@ describe("Storage", () => {
       expect(yield* storage.messages.insertMany([])).toEqual([])
     }).pipe(Effect.provide(memoryStore)))
 
+  it.effect("group summaries list every group by last activity, without states; a damaged row is set aside", () =>
+    Effect.gen(function*() {
+      const storage = yield* Storage
+      const other = "b".repeat(32) as GroupId
+      yield* storage.groups.insert(group())
+      yield* storage.groups.insert(group({ id: other, lastMessageNs: 1n }))
+      const listed = yield* storage.groups.summaries({ includeInactive: false })
+      expect(listed.map((g) => g.id)).toEqual([groupId, other])
+      expect("mlsState" in listed[0]!).toBe(false)
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`UPDATE converge_groups SET added_by_inbox_id = 'nobody' WHERE id = ${other}`
+      expect((yield* storage.groups.summaries({ includeInactive: true })).map((g) => g.id)).toEqual([groupId])
+      expect(Option.getOrThrow(yield* storage.groups.get(groupId)).quarantine).toBeNull()
+    }).pipe(Effect.provide(SqliteStorage.layer.pipe(Layer.provideMerge(SqliteClient.layer({ filename: ":memory:" }))))))
+
   it.effect("own intents of a whole page are found by their payload hashes in one call", () =>
     Effect.gen(function*() {
       const storage = yield* Storage

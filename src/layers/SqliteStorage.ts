@@ -243,7 +243,11 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
   const first = <A>(rows: ReadonlyArray<A>) => Option.fromNullable(rows[0])
 
   const decodeGroups = decodeEach(GroupRow, "converge_groups", quarantine.groups)
-  const decodeSummaries = decodeEach(GroupSummaryRow, "converge_groups", quarantine.groups)
+  const decodeSummariesEach = decodeEach(GroupSummaryRow, "converge_groups", quarantine.groups)
+  const decodeSummariesAll = Schema.decodeUnknown(Schema.Array(GroupSummaryRow))
+  /** All rows in one decode (a client in a thousand groups lists them all); row by row only if one is bad. */
+  const decodeSummaries = (rows: ReadonlyArray<unknown>) =>
+    decodeSummariesAll(rows).pipe(Effect.catchAll(() => decodeSummariesEach(rows)))
   const decodeMessages = decodeEach(MessageRow, "converge_messages", quarantine.messages)
   const decodeIntents = decodeEach(IntentRow, "converge_intents", quarantine.intents)
 
