@@ -18,18 +18,8 @@ import type {
   HistoryRepository
 } from "../services/HistoryStorage.ts"
 import type { StorageError } from "../domain/Errors.ts"
+import { Big, Int } from "./SqliteColumns.ts"
 import type { StorageKey } from "./StorageKey.ts"
-
-const Big = Schema.transform(Schema.Union(Schema.BigIntFromSelf, Schema.Number), Schema.BigIntFromSelf, {
-  strict: true,
-  decode: (n) => BigInt(n),
-  encode: (n) => n
-})
-const Int = Schema.transform(Schema.Union(Schema.BigIntFromSelf, Schema.Number), Schema.Number, {
-  strict: true,
-  decode: (n) => Number(n),
-  encode: (n) => n
-})
 
 const ConsentRow = Schema.Struct({
   subject: ConsentKey,

@@ -25,38 +25,13 @@ import {
 import { IdentityUpdate } from "../domain/Wire.ts"
 import { Storage } from "../services/Storage.ts"
 import * as Migrations from "./Migrations.ts"
+import { Big, Bytes, column, Flag, Int, Nullable } from "./SqliteColumns.ts"
 import * as SqliteHistoryStorage from "./SqliteHistoryStorage.ts"
 import * as StorageKeys from "./StorageKey.ts"
 import { Sealed, sealFor, StorageKey } from "./StorageKey.ts"
 
 // ---- rows: how the domain values sit in SQLite (private to this adapter) ----
 
-/** SQLite hands back bigint (safe integers) or number; counters are numbers in the domain. */
-const Int = Schema.transform(Schema.Union(Schema.BigIntFromSelf, Schema.Number), Schema.Number, {
-  strict: true,
-  decode: (n) => Number(n),
-  encode: (n) => n
-})
-const Flag = Schema.transform(Schema.Union(Schema.BigIntFromSelf, Schema.Number), Schema.Boolean, {
-  strict: true,
-  decode: (n) => Number(n) !== 0,
-  encode: (b) => (b ? 1 : 0)
-})
-const Big = Schema.transform(Schema.Union(Schema.BigIntFromSelf, Schema.Number), Schema.BigIntFromSelf, {
-  strict: true,
-  decode: (n) => BigInt(n),
-  encode: (n) => n
-})
-/** SQLite hands back Node Buffers; normalise them to plain Uint8Arrays. */
-const Bytes = Schema.transform(Schema.Uint8ArrayFromSelf, Schema.Uint8ArrayFromSelf, {
-  strict: true,
-  decode: (bytes) => (bytes.constructor === Uint8Array ? bytes : new Uint8Array(bytes)),
-  encode: (bytes) => bytes
-})
-const Nullable = Schema.NullOr
-/** A camelCase field read from its snake_case column. */
-const column = <S extends Schema.Schema.All>(schema: S, name: string) =>
-  Schema.propertySignature(schema).pipe(Schema.fromKey(name))
 
 const GroupRow = Schema.Struct({
   id: GroupId,
