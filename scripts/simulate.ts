@@ -1,5 +1,5 @@
 /**
- * `npm run simulate -- --seeds N --first-seed S --clients K --ops M [--delivery memory|sqlite|rpc] [--governance] [--no-messaging] [--classic] [--check-interval-ms MS] [--trace] [--debug] [--plan] [--quiet]`
+ * `npm run simulate -- --seeds N --first-seed S --clients K --ops M [--delivery memory|sqlite|rpc] [--governance] [--no-version-bumps] [--no-messaging] [--classic] [--check-interval-ms MS] [--trace] [--debug] [--plan] [--quiet]`
  *
  * Runs seeds S, S+1, ..., S+N-1: each plans a random history of K inboxes (some with a second
  * installation, from the start or registered mid-run, some revoked later) and M operations
@@ -14,6 +14,7 @@
  *   --governance also plan renames, role and policy changes, and forged role grabs
  *   --check-interval-ms the clients' periodic installation check (default: every sync); a long one
  *             leaves new and revoked devices to immediate join
+ *   --no-version-bumps with --governance, leave out minimum-version bumps (planned by default)
  *   --no-messaging leave out direct messages, typed content and deletions (planned by default)
  *   --classic the generator the first regression seeds were found with (one installation per
  *             inbox, groups only; see `Plan.Profile`)
@@ -29,7 +30,7 @@ import * as Simulation from "../src/simulation/Simulation.ts"
 import type { TestDelivery } from "../src/testing.ts"
 
 const usage =
-  "usage: npm run simulate -- [--seeds N] [--first-seed S] [--clients K] [--ops M] [--delivery memory|sqlite|rpc] [--governance] [--no-messaging] [--classic] [--check-interval-ms MS] [--trace] [--debug] [--plan] [--quiet]"
+  "usage: npm run simulate -- [--seeds N] [--first-seed S] [--clients K] [--ops M] [--delivery memory|sqlite|rpc] [--governance] [--no-version-bumps] [--no-messaging] [--classic] [--check-interval-ms MS] [--trace] [--debug] [--plan] [--quiet]"
 
 const parse = (argv: ReadonlyArray<string>) => {
   const values = new Map<string, string>()
@@ -38,7 +39,7 @@ const parse = (argv: ReadonlyArray<string>) => {
     const arg = argv[i]!
     if (!arg.startsWith("--")) throw new Error(`unexpected argument ${arg}`)
     const [key, inline] = arg.slice(2).split("=", 2) as [string, string | undefined]
-    if (["trace", "plan", "quiet", "help", "classic", "debug", "governance", "no-messaging"].includes(key)) {
+    if (["trace", "plan", "quiet", "help", "classic", "debug", "governance", "no-messaging", "no-version-bumps"].includes(key)) {
       flags.add(key)
       continue
     }
@@ -70,6 +71,7 @@ const parse = (argv: ReadonlyArray<string>) => {
     classic: flags.has("classic"),
     governance: flags.has("governance"),
     messaging: !flags.has("no-messaging"),
+    versionBumps: !flags.has("no-version-bumps"),
     trace: flags.has("trace"),
     debug: flags.has("debug"),
     plan: flags.has("plan"),
@@ -122,6 +124,7 @@ const main = async () => {
       ops: options.ops,
       delivery: options.delivery,
       ...(options.governance ? { governance: true } : {}),
+      ...(options.versionBumps ? {} : { versionBumps: false }),
       ...(options.messaging ? {} : { messaging: false }),
       ...(options.classic ? { profile: "classic" as const } : {}),
       ...(options.checkIntervalMs === undefined ? {} : { installationCheckInterval: Duration.millis(options.checkIntervalMs) })

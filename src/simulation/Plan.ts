@@ -38,6 +38,12 @@ export interface Params {
    */
   readonly governance?: boolean
   /**
+   * With `governance`: also plan minimum-version bumps (every client then runs
+   * `SIMULATION_PROTOCOL_VERSION`; a bump asks for a version from 1 to it), from a stream of their
+   * own. Default on; the regression seeds found before them pass `false` to replay as found.
+   */
+  readonly versionBumps?: boolean
+  /**
    * Also plan messaging (the `full` profile only): direct messages inside groups, typed content
    * and deletions, from a stream of their own. Default on.
    */
@@ -146,12 +152,20 @@ export type Op =
   | { readonly _tag: "SetPolicy"; readonly c: number; readonly g: number; readonly policy: "everyone" | "admins" }
   /** Hostile: `c` commits, outside the API, settings that make its inbox a super admin. */
   | { readonly _tag: "ForgeRoleGrab"; readonly c: number; readonly g: number }
+  /** `c` sets the group's minimum protocol version (`Params.versionBumps`). */
+  | { readonly _tag: "SetMinVersion"; readonly c: number; readonly g: number; readonly version: number }
   /** Direct messages, typed content, deletions (`MessagingPlan`; `Params.messaging`). */
   | { readonly _tag: "Messaging"; readonly op: MessagingPlan.MessagingOp }
 
 export type GovernedRole = "member" | "admin" | "superAdmin"
 /** The governance operations, planned only with `Params.governance`. */
-type GovernanceKind = "Rename" | "SetRole" | "SetPolicy" | "ForgeRoleGrab" | "Messaging"
+type GovernanceKind = "Rename" | "SetRole" | "SetPolicy" | "ForgeRoleGrab" | "SetMinVersion" | "Messaging"
+
+/**
+ * The protocol version every client of a governance run advertises: above the library's first,
+ * so that a bump can raise a group's floor without pausing anyone (pausing has its stories).
+ */
+export const SIMULATION_PROTOCOL_VERSION = 2
 
 export type OpKind = Op["_tag"]
 
@@ -383,7 +397,11 @@ const planFault = (rng: Prng.Prng, kind: FaultKind, c: number, model: FaultModel
 
 export const plan = (params: Params): ReadonlyArray<Op> => {
   const ops = params.profile === "classic" ? planClassic(params) : withAdversaries(planFull(params), params.seed)
-  const governed = params.governance === true ? withGovernance(ops, params) : ops
+  const governed = params.governance !== true
+    ? ops
+    : params.versionBumps === false
+    ? withGovernance(ops, params)
+    : withVersionBumps(withGovernance(ops, params), params)
   return params.profile !== "classic" && params.messaging !== false ? withMessaging(governed, params) : governed
 }
 
@@ -422,6 +440,22 @@ const withGovernance = (ops: ReadonlyArray<Op>, params: Params): ReadonlyArray<O
       ? { _tag: "SetPolicy", c, g, policy: rng.next() < 0.5 ? "admins" : "everyone" }
       : { _tag: "ForgeRoleGrab", c, g }
     return [op, extra]
+  })
+}
+
+/**
+ * Minimum-version bumps between the planned ones, from a stream of their own: a version from 1
+ * to the clients' own, by anyone (the policy lets only super admins, and the floor never goes
+ * down: both are expected refusals).
+ */
+const withVersionBumps = (ops: ReadonlyArray<Op>, params: Params): ReadonlyArray<Op> => {
+  const rng = Prng.make(params.seed ^ 0x7e25_10b5)
+  let groups = 0
+  return ops.flatMap((op): ReadonlyArray<Op> => {
+    groups += actionsOf(op).filter((a) => a._tag === "CreateGroup").length
+    if (groups === 0 || rng.next() >= 0.03) return [op]
+    const version = rng.between(1, SIMULATION_PROTOCOL_VERSION)
+    return [op, { _tag: "SetMinVersion", c: rng.int(params.clients), g: rng.int(groups), version }]
   })
 }
 
@@ -915,6 +949,8 @@ export const describe = (op: Op, names: Names = defaultNames): string => {
       return `${cl(op.c)} sets ${gr(op.g)}'s add/remove/metadata policies to ${op.policy}`
     case "ForgeRoleGrab":
       return `hostile: ${cl(op.c)} commits itself super admin of ${gr(op.g)} outside the API`
+    case "SetMinVersion":
+      return `${cl(op.c)} sets ${gr(op.g)}'s minimum protocol version to ${op.version}`
     case "Messaging":
       return MessagingPlan.describe(op.op, cl)
   }

@@ -155,9 +155,14 @@ export const run = (options: Options): Effect.Effect<Report> => {
     const installs = Plan.installations(options, ops)
     /** Installations by name: `c3`, `c3b` (inbox c3's second device), ... */
     const clientName = Plan.namesOf(options, ops)
-    const clientOptions = options.installationCheckInterval === undefined
-      ? clientOptionsFor(options.profile)
-      : { installationCheckInterval: options.installationCheckInterval }
+    const clientOptions = {
+      ...(options.installationCheckInterval === undefined
+        ? clientOptionsFor(options.profile)
+        : { installationCheckInterval: options.installationCheckInterval }),
+      ...(options.governance === true && options.versionBumps !== false
+        ? { protocolVersion: Plan.SIMULATION_PROTOCOL_VERSION }
+        : {})
+    }
     const opTimeout = options.opTimeout ?? "30 seconds"
     const net = yield* TestNetwork.makeWith({ delivery: options.delivery ?? "memory" })
     const clients: Array<TestClient | undefined> = installs.map(() => undefined)
@@ -535,7 +540,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
 
     /** Governance through the API, and a role grab built outside it (`Params.governance`). */
     const governance = (
-      op: Extract<Plan.Op, { readonly _tag: "Rename" | "SetRole" | "SetPolicy" | "ForgeRoleGrab" }>
+      op: Extract<Plan.Op, { readonly _tag: "Rename" | "SetRole" | "SetPolicy" | "ForgeRoleGrab" | "SetMinVersion" }>
     ): Effect.Effect<string, unknown> =>
       Effect.gen(function*() {
         switch (op._tag) {
@@ -564,6 +569,11 @@ export const run = (options: Options): Effect.Effect<Report> => {
           }
           case "ForgeRoleGrab":
             return yield* forgeRoleGrab(op.c, op.g)
+          case "SetMinVersion": {
+            const cv = yield* conversationOf(op.c, op.g)
+            yield* cv.setMinProtocolVersion(op.version)
+            return "ok"
+          }
         }
       })
 
@@ -686,6 +696,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
           case "SetRole":
           case "SetPolicy":
           case "ForgeRoleGrab":
+          case "SetMinVersion":
             record(entry, "", judge(yield* Effect.exit(governance(op))))
             break
           case "Messaging":
