@@ -210,4 +210,24 @@ describe("History for new installations", () => {
       yield* settle(alice, alice3)
       expect((yield* historyOf(alice3, group.id)).map((m) => m.text)).toContain("the old plans")
     }))
+
+  it.scoped("a phone that is in no conversation yet still brings a new phone into history sync", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice", fast), net.client("bob", fast)])
+      // Alice has no conversation yet, only a decision: she wants nothing from Bob.
+      yield* alice.setConsent({ inboxId: bob.inboxId }, "denied")
+      yield* alice.syncAll
+      // Her new phone registers itself; the old phone learns of it only from the network.
+      const alice2 = yield* net.client("alice2", { ...fast, sameInboxAs: alice })
+      yield* settle(alice, alice2)
+
+      expect(yield* alice2.historySync).toMatchObject({ state: "done" })
+      expect(yield* alice2.consentOf({ inboxId: bob.inboxId })).toBe("denied")
+      // What the old phone starts afterwards reaches the new one too.
+      const club = yield* alice.createGroup([], { name: "Club" })
+      yield* club.send("first words")
+      yield* settle(alice, alice2)
+      expect((yield* historyOf(alice2, club.id)).map((m) => m.text)).toContain("first words")
+    }))
 })

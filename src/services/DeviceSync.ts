@@ -108,7 +108,8 @@ export const make = (
    * their identity logs gets its `UpdateInstallations` intent (pending, so `syncAll` publishes it).
    */
   const newsAndDevices = Effect.fn("DeviceSync.newsAndDevices")(function*(groups: ReadonlyArray<GroupSummary>) {
-    // Even with no group, our own inbox's news is fetched: a device learns of its siblings here.
+    // Asked even with no group: our own log's news (a sibling device registered since) is what
+    // history sync reads to create the own-devices group, and a groupless device still has siblings.
     const { news } = yield* fetch(groups)
     // Every group whose epoch or held identity states moved since it was last in line, not
     // only those of inboxes that changed just now: a change may have been learnt by another
