@@ -179,7 +179,8 @@ describe("simulation: governance", () => {
  * Governance seeds that found bugs (`npm run simulate -- --governance`, 5 inboxes, 60 operations):
  * 5003, a re-add refused because the group was renamed while the member was out; 5010, a leaver
  * judging a plain member's removal of it as a policy violation; 6350, an old leave-request removal
- * striking again at a member re-added since; 6394, a revoked device stuck on a group only it knew;
+ * striking again at a member re-added since; 6394, a revoked device stuck on a group only it knew
+ * (and later a new phone left without history: its groupless sibling never read its own log);
  * 6613, a super admin whose leave became impossible when the other super admin went first (it
  * stayed pendingRemove forever; now every member voids the request at that epoch); 6664 and 6934,
  * a DM created by a device that crashed before publishing it and was then revoked.
