@@ -4,28 +4,15 @@
  * crash, and never reaches a revoked device.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either, Exit, Option } from "effect"
+import { Effect, Exit } from "effect"
 import { OWN_DEVICES_GROUP_NAME } from "../src/domain/HistoryArchive.ts"
-import * as IdentityLog from "../src/domain/IdentityLog.ts"
-import type { ConversationId, InstallationId } from "../src/domain/Ids.ts"
+import type { ConversationId } from "../src/domain/Ids.ts"
 import type { Message } from "../src/domain/Model.ts"
 import { Reply } from "../src/domain/codecs/Reply.ts"
 import { simulatedCrashOf, type TestClient, TestNetwork } from "../src/testing.ts"
 
 /** Every sync checks the members' installations (the periodic check, without waiting for it). */
 const fast = { installationCheckInterval: "0 millis" } as const
-
-const revoke = (net: TestNetwork, device: TestClient) =>
-  Effect.gen(function*() {
-    const [log] = yield* net.delivery.getIdentityUpdates([{ inboxId: device.inboxId, afterSequence: 0 }])
-    const state = Option.getOrThrow(Either.getOrThrow(IdentityLog.replay(log!.updates.map((u) => u.update))))
-    yield* net.delivery.publishIdentityUpdate(
-      IdentityLog.signUpdate(device.rootSecretKey!, device.inboxId, state, {
-        _tag: "RevokeInstallation",
-        installationId: device.installationId as InstallationId
-      })
-    )
-  })
 
 /** What a reader sees of a message: who sent it, what, when, and whether it went out. */
 const shown = (m: Message) => ({
@@ -197,7 +184,7 @@ describe("History for new installations", () => {
       yield* alice.syncAll
       yield* stolen.syncAll
       expect(yield* stolen.historySync).toMatchObject({ state: "requesting" })
-      yield* revoke(net, stolen)
+      yield* alice.revokeInstallation(stolen.installationId)
       yield* settle(alice, stolen)
 
       expect(yield* stolen.historySync).toMatchObject({ state: "requesting", pagesImported: 0, messagesImported: 0 })
