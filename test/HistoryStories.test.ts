@@ -4,7 +4,7 @@
  * crash, and never reaches a revoked device.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit } from "effect"
+import { Effect, Exit, Option, TestClock } from "effect"
 import { OWN_DEVICES_GROUP_NAME } from "../src/domain/HistoryArchive.ts"
 import type { ConversationId } from "../src/domain/Ids.ts"
 import type { Message } from "../src/domain/Model.ts"
@@ -106,6 +106,56 @@ describe("History for new installations", () => {
       expect((yield* historyOf(alice2, group.id)).map((m) => m.text)).toContain("only the old phone is in here")
       expect(yield* historyOf(alice2, group.id)).toEqual(yield* historyOf(alice, group.id))
       expect((yield* alice2.historySync).pagesImported).toBeGreaterThan(before)
+    }))
+
+  it.scoped("a deletion that reaches only the old phone after the import is passed on", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice", { protocolVersion: 2 }), net.client("bob", { protocolVersion: 2 })])
+      const group = yield* bob.createGroup([alice.inboxId], { name: "Loose lips" })
+      // An older build cannot join this group: all it reads there comes through the old phone.
+      yield* group.setMinProtocolVersion(2)
+      const slip = yield* group.send("the door code is 4711")
+      yield* group.send("see you there")
+      yield* alice.syncAll
+      const alice2 = yield* net.client("alice2", { sameInboxAs: alice, protocolVersion: 1 })
+      yield* settle(alice, alice2)
+      expect((yield* historyOf(alice2, group.id)).map((m) => m.text)).toContain("the door code is 4711")
+
+      yield* group.deleteMessage(slip)
+      yield* settle(alice, alice2)
+      const [atOld, atNew] = yield* Effect.forEach([alice, alice2], (device) =>
+        device.conversation(group.id).pipe(Effect.flatMap((c) => c.messages())))
+      expect(atOld!.find((m) => m.id === slip)).toMatchObject({ deleted: true, text: "" })
+      expect(atNew!.find((m) => m.id === slip)).toMatchObject({ deleted: true, text: "" })
+      expect(atNew!.map((m) => m.text)).toContain("see you there")
+      expect((yield* group.members).find((m) => m.inboxId === alice.inboxId)?.installationIds).toEqual([alice.installationId])
+      const held = yield* (yield* net.storage(alice2)).messages.get(slip)
+      expect(Option.map(held, (m) => m.content)).toEqual(Option.some(""))
+    }))
+
+  it.scoped("a disappearing message whose deadline passes on the way is never stored by the new phone", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice", fast), net.client("bob", fast)])
+      const group = yield* alice.createGroup([bob.inboxId], { name: "Fleeting" })
+      const kept = yield* group.send("this one stays")
+      yield* group.updateMetadata({ disappearAfterNs: 60_000_000_000n })
+      const doomed = yield* group.send("gone in a minute")
+      const alice2 = yield* net.client("alice2", { ...fast, sameInboxAs: alice })
+      // The new phone asks, the old one answers while the message still lives...
+      yield* Effect.forEach([alice, alice2, alice], (c) => c.syncAll, { discard: true })
+      const answered = (yield* historyOf(alice, group.id)).map((m) => m.id)
+      expect(answered).toContain(doomed)
+      // ...and the page is read after the deadline: everything in it but that message is imported.
+      yield* TestClock.adjust("61 seconds")
+      yield* alice2.syncAll
+
+      expect(yield* alice2.historySync).toMatchObject({ state: "done", messagesImported: answered.length - 1 })
+      const ids = (yield* historyOf(alice2, group.id)).map((m) => m.id)
+      expect(ids).toContain(kept)
+      expect(ids).not.toContain(doomed)
+      expect(yield* (yield* net.storage(alice2)).messages.get(doomed)).toEqual(Option.none())
     }))
 
   it.scoped("the new phone shows direct messages with their group, typed content and deletions as the old one does", () =>
