@@ -108,3 +108,21 @@ export const format = (report: Report, options: { readonly trace?: boolean } = {
 /** The plan alone, as it will run: what a seed means before anything happens. */
 export const formatPlan = (ops: ReadonlyArray<Plan.Op>, names?: Plan.Names): string =>
   ops.map((op, i) => `${String(i).padStart(String(ops.length).length)}  ${Plan.describe(op, names)}`).join("\n")
+
+export const emptyFigures: Figures = {
+  operations: 0,
+  actions: 0,
+  faults: 0,
+  hostile: 0,
+  crashesArmed: 0,
+  crashes: 0,
+  restarts: 0,
+  expectedErrors: 0,
+  sent: 0,
+  installations: 0,
+  revocations: 0,
+  leaves: 0,
+  dms: 0,
+  quiescenceRounds: 0,
+  ds: { dropped: 0, lostResponses: 0, partitionRejections: 0, streamsCut: 0, duplicated: 0, delayed: 0, substituted: 0 }
+}
