@@ -539,7 +539,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       return fresh
     }))
 
-  return { prefetch, apply, commit: commitPage, outcome: () => outcome }
+  return { prefetch, apply, commit: commitPage, outcome: () => outcome, membership: () => membership }
 }
 
 const voidedCause = encodeGovernanceError(
