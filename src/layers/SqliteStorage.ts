@@ -7,7 +7,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { type ConfigError, Effect, Layer, Option, ParseResult, type Redacted, Schema } from "effect"
+import { type ConfigError, Context, Effect, Layer, Option, ParseResult, type Redacted, Schema } from "effect"
 import { DeliveryStatus, MembershipChangeJson, MessageKind } from "../domain/Content.ts"
 import { StorageError } from "../domain/Errors.ts"
 import { ConversationId, GroupId, InboxId, InstallationId, MessageId } from "../domain/Ids.ts"
@@ -172,10 +172,11 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
    * Runs a statement with safe integers, mapping errors to `StorageError`. No span: these are
    * the hot paths of every sync, traced by the engine step that calls them.
    */
+  const runContext = Context.make(SqlClient.SafeIntegers, true).pipe(Context.add(StorageKey, key))
   const run = <A>(operation: string, effect: Effect.Effect<A, SqlError | ParseResult.ParseError, StorageKey>) =>
     effect.pipe(
-      Effect.provideService(SqlClient.SafeIntegers, true),
-      Effect.provideService(StorageKey, key),
+      // Both services in one context change: every statement pays for it.
+      Effect.provide(runContext),
       Effect.mapError(toStorageError(operation))
     )
 
