@@ -67,9 +67,8 @@ export const Sealed = (column: string) =>
   })
 
 /**
- * `Sealed` for a key known up front: decodes synchronously (no service to look up), so a row
- * schema built with it decodes without the effectful parser. Encoding still seals through
- * `Sealed`.
+ * `Sealed` for a key known up front: seals and opens synchronously (no service to look up), so
+ * a row schema built with it decodes without the effectful parser.
  */
 export const SealedWith = (key: StorageKey["Type"], column: string) =>
   Schema.transformOrFail(Schema.Uint8ArrayFromSelf, Schema.Uint8ArrayFromSelf, {
@@ -87,7 +86,8 @@ export const SealedWith = (key: StorageKey["Type"], column: string) =>
         return ParseResult.fail(new ParseResult.Type(ast, "sealed", `${column} does not open with the storage key`))
       }
     },
-    encode: ParseResult.succeed
+    encode: (bytes) =>
+      ParseResult.succeed(Option.isNone(key) ? bytes : seal(Redacted.value(key.value), column, bytes))
   })
 
 /** A 32-byte key from 64 hex characters. */
