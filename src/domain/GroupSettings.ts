@@ -19,14 +19,27 @@ import type { InboxId } from "./Ids.ts"
 import type { IntentData } from "./Intent.ts"
 import { GroupMetadata, GroupMetadataJson, governedOf, METADATA_FIELDS } from "./Model.ts"
 
+/**
+ * Settings decoded per bytes object: every step reads them from the state (the same bytes for a
+ * whole epoch), and the roles and admin lists of a big group take a while to decode. Nothing
+ * writes into a state's bytes once it exists.
+ */
+const decodedSettings = new WeakMap<Uint8Array, Option.Option<GroupMetadata>>()
+const decodeSettingsJson = Schema.decodeUnknownOption(GroupMetadataJson)
+
 /** The settings bytes of a group's context; absent means the defaults (a group created unnamed). */
 export const decodeSettings = (bytes: Uint8Array | undefined): Option.Option<GroupMetadata> => {
   if (bytes === undefined) return Option.some(GroupMetadata.none)
+  const known = decodedSettings.get(bytes)
+  if (known !== undefined) return known
+  let decoded: Option.Option<GroupMetadata>
   try {
-    return Schema.decodeUnknownOption(GroupMetadataJson)(fromUtf8(bytes))
+    decoded = decodeSettingsJson(fromUtf8(bytes))
   } catch {
-    return Option.none()
+    decoded = Option.none()
   }
+  decodedSettings.set(bytes, decoded)
+  return decoded
 }
 
 export const encodeSettings = (metadata: GroupMetadata): Uint8Array => utf8(Schema.encodeSync(GroupMetadataJson)(metadata))

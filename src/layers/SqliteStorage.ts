@@ -7,7 +7,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { type ConfigError, Effect, Layer, Option, ParseResult, type Redacted, Schema } from "effect"
+import { type ConfigError, Context, Effect, Layer, Option, ParseResult, type Redacted, Schema } from "effect"
 import { DeliveryStatus, MembershipChangeJson, MessageKind } from "../domain/Content.ts"
 import { StorageError } from "../domain/Errors.ts"
 import { ConversationId, GroupId, InboxId, InstallationId, MessageId } from "../domain/Ids.ts"
@@ -28,18 +28,21 @@ import * as Migrations from "./Migrations.ts"
 import { Big, Bytes, column, Flag, Int, Nullable } from "./SqliteColumns.ts"
 import * as SqliteHistoryStorage from "./SqliteHistoryStorage.ts"
 import * as StorageKeys from "./StorageKey.ts"
-import { Sealed, sealFor, StorageKey } from "./StorageKey.ts"
+import { Sealed, SealedWith, sealFor, StorageKey } from "./StorageKey.ts"
 
 // ---- rows: how the domain values sit in SQLite (private to this adapter) ----
 
 
-const GroupRow = Schema.Struct({
+/** Sealed columns: `Sealed` (effectful, for encoding), or `SealedWith` a known key (decoding). */
+type SealedColumn = (column: string) => ReturnType<typeof Sealed> | ReturnType<typeof SealedWith>
+
+const groupRowWith = <S extends SealedColumn>(sealed: S) => Schema.Struct({
   id: GroupId,
   kind: ConversationKind,
   dmId: column(Nullable(ConversationId), "dm_id"),
   membershipState: column(MembershipState, "membership_state"),
   epoch: Big,
-  mlsState: column(Sealed("mls_state"), "mls_state"),
+  mlsState: column(sealed("mls_state") as ReturnType<S>, "mls_state"),
   maybeForked: column(Flag, "maybe_forked"),
   forkDetails: column(Nullable(Schema.String), "fork_details"),
   quarantine: Nullable(Schema.String),
@@ -49,6 +52,7 @@ const GroupRow = Schema.Struct({
   createdAtNs: column(Big, "created_at_ns"),
   lastMessageNs: column(Big, "last_message_ns")
 })
+const GroupRow = groupRowWith(Sealed)
 
 /** A group row without its MLS state. */
 const GroupSummaryRow = GroupRow.omit("mlsState")
@@ -94,7 +98,7 @@ const MessageRow = Schema.transformOrFail(MessageColumns, Schema.typeSchema(Stor
   encode: ({ membershipChange: _, ...row }) => ParseResult.succeed(row)
 })
 
-const IntentRow = Schema.Struct({
+const intentRowWith = <S extends SealedColumn>(sealed: S) => Schema.Struct({
   id: Int,
   groupId: column(GroupId, "group_id"),
   kind: IntentKind,
@@ -103,7 +107,7 @@ const IntentRow = Schema.Struct({
   payloadHash: column(Nullable(Schema.String), "payload_hash"),
   payload: Nullable(Bytes),
   publishedEpoch: column(Nullable(Big), "published_epoch"),
-  stagedState: column(Nullable(Sealed("staged_state")), "staged_state"),
+  stagedState: column(Nullable(sealed("staged_state") as ReturnType<S>), "staged_state"),
   postCommit: column(Nullable(PostCommitDataJson), "post_commit_data"),
   sequenceId: column(Nullable(Big), "sequence_id"),
   attempts: Int,
@@ -111,6 +115,7 @@ const IntentRow = Schema.Struct({
   error: Nullable(Schema.String),
   createdAtNs: column(Big, "created_at_ns")
 })
+const IntentRow = intentRowWith(Sealed)
 
 const IdentityRow = Schema.Struct({
   inboxId: column(InboxId, "inbox_id"),
@@ -122,12 +127,13 @@ const IdentityRow = Schema.Struct({
   createdAtNs: column(Big, "created_at_ns")
 })
 
-const KeyPackageRow = Schema.Struct({
+const keyPackageRowWith = <S extends SealedColumn>(sealed: S) => Schema.Struct({
   ref: Schema.String,
   publicPackage: column(Bytes, "public_package"),
-  privatePackage: column(Sealed("private_package"), "private_package"),
+  privatePackage: column(sealed("private_package") as ReturnType<S>, "private_package"),
   createdAtNs: column(Big, "created_at_ns")
 })
+const KeyPackageRow = keyPackageRowWith(Sealed)
 
 const InboxLogRow = Schema.Struct({
   inboxId: column(InboxId, "inbox_id"),
@@ -166,10 +172,11 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
    * Runs a statement with safe integers, mapping errors to `StorageError`. No span: these are
    * the hot paths of every sync, traced by the engine step that calls them.
    */
+  const runContext = Context.make(SqlClient.SafeIntegers, true).pipe(Context.add(StorageKey, key))
   const run = <A>(operation: string, effect: Effect.Effect<A, SqlError | ParseResult.ParseError, StorageKey>) =>
     effect.pipe(
-      Effect.provideService(SqlClient.SafeIntegers, true),
-      Effect.provideService(StorageKey, key),
+      // Both services in one context change: every statement pays for it.
+      Effect.provide(runContext),
       Effect.mapError(toStorageError(operation))
     )
 
@@ -193,38 +200,46 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
     none: () => Effect.void
   }
 
-  /** Decodes each row; one that does not decode is logged, quarantined and left out. */
+  /**
+   * Decodes each row; one that does not decode is logged, quarantined and left out. The decoder
+   * is built once and runs synchronously (sealed columns open with the key given here).
+   */
   const decodeEach = <A, I>(
-    schema: Schema.Schema<A, I, StorageKey>,
+    schema: Schema.Schema<A, I, never>,
     table: string,
     onBadRow: (row: RawRow, why: string) => Effect.Effect<unknown, SqlError>
-  ) =>
-  (rows: ReadonlyArray<unknown>) =>
-    Effect.gen(function*() {
+  ) => {
+    const decode = Schema.decodeUnknownEither(schema)
+    return (rows: ReadonlyArray<unknown>): Effect.Effect<Array<A>, SqlError> => {
       const decoded: Array<A> = []
+      let bad: Array<{ readonly row: RawRow; readonly why: string }> | undefined
       for (const row of rows) {
-        const result = yield* Schema.decodeUnknown(schema)(row).pipe(Effect.either)
-        if (result._tag === "Right") {
-          decoded.push(result.right)
-          continue
-        }
-        yield* Effect.logWarning("stored row does not decode: quarantined and skipped", result.left.message).pipe(
-          Effect.annotateLogs({ table, rowId: String((row as RawRow).id ?? (row as RawRow).ref ?? "?") })
-        )
-        yield* onBadRow(row as RawRow, result.left.message)
+        const result = decode(row)
+        if (result._tag === "Right") decoded.push(result.right)
+        else (bad ??= []).push({ row: row as RawRow, why: result.left.message })
       }
-      return decoded
-    })
+      if (bad === undefined) return Effect.succeed(decoded)
+      return Effect.as(
+        Effect.forEach(bad, ({ row, why }) =>
+          Effect.logWarning("stored row does not decode: quarantined and skipped", why).pipe(
+            Effect.annotateLogs({ table, rowId: String(row.id ?? row.ref ?? "?") }),
+            Effect.zipRight(onBadRow(row, why))
+          ), { discard: true }),
+        decoded
+      )
+    }
+  }
   const first = <A>(rows: ReadonlyArray<A>) => Option.fromNullable(rows[0])
 
-  const decodeGroups = decodeEach(GroupRow, "converge_groups", quarantine.groups)
+  const sealedWithKey = (column: string) => SealedWith(key, column)
+  const decodeGroups = decodeEach(groupRowWith(sealedWithKey), "converge_groups", quarantine.groups)
   const decodeSummariesEach = decodeEach(GroupSummaryRow, "converge_groups", quarantine.groups)
   const decodeSummariesAll = Schema.decodeUnknown(Schema.Array(GroupSummaryRow))
   /** All rows in one decode (a client in a thousand groups lists them all); row by row only if one is bad. */
   const decodeSummaries = (rows: ReadonlyArray<unknown>) =>
     decodeSummariesAll(rows).pipe(Effect.catchAll(() => decodeSummariesEach(rows)))
   const decodeMessages = decodeEach(MessageRow, "converge_messages", quarantine.messages)
-  const decodeIntents = decodeEach(IntentRow, "converge_intents", quarantine.intents)
+  const decodeIntents = decodeEach(intentRowWith(sealedWithKey), "converge_intents", quarantine.intents)
 
   const groups: Storage["Type"]["groups"] = {
     insert: (group) =>
@@ -608,7 +623,7 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
     list: run(
       "keyPackages.list",
       sql`SELECT * FROM converge_key_packages ORDER BY created_at_ns DESC, rowid DESC`.pipe(
-        Effect.flatMap(decodeEach(KeyPackageRow, "converge_key_packages", quarantine.none))
+        Effect.flatMap(decodeEach(keyPackageRowWith(sealedWithKey), "converge_key_packages", quarantine.none))
       )
     ),
     remove: (ref) => run("keyPackages.remove", sql`DELETE FROM converge_key_packages WHERE ref = ${ref}`)

@@ -66,6 +66,30 @@ export const Sealed = (column: string) =>
     encode: (bytes) => sealFor(column)(bytes)
   })
 
+/**
+ * `Sealed` for a key known up front: seals and opens synchronously (no service to look up), so
+ * a row schema built with it decodes without the effectful parser.
+ */
+export const SealedWith = (key: StorageKey["Type"], column: string) =>
+  Schema.transformOrFail(Schema.Uint8ArrayFromSelf, Schema.Uint8ArrayFromSelf, {
+    strict: true,
+    decode: (raw, _, ast) => {
+      // SQLite hands back a fresh Node Buffer per read: a plain Uint8Array view of it, no copy.
+      const stored = raw.constructor === Uint8Array ? raw : new Uint8Array(raw.buffer, raw.byteOffset, raw.byteLength)
+      if (!isSealed(stored)) return ParseResult.succeed(stored)
+      if (Option.isNone(key)) {
+        return ParseResult.fail(new ParseResult.Type(ast, "sealed", `${column} is sealed and no storage key is given`))
+      }
+      try {
+        return ParseResult.succeed(open(Redacted.value(key.value), column, stored))
+      } catch {
+        return ParseResult.fail(new ParseResult.Type(ast, "sealed", `${column} does not open with the storage key`))
+      }
+    },
+    encode: (bytes) =>
+      ParseResult.succeed(Option.isNone(key) ? bytes : seal(Redacted.value(key.value), column, bytes))
+  })
+
 /** A 32-byte key from 64 hex characters. */
 export const fromHex = (hex: string): Option.Option<Redacted.Redacted<Uint8Array>> =>
   /^[0-9a-fA-F]{64}$/.test(hex) ? Option.some(Redacted.make(new Uint8Array(Buffer.from(hex, "hex")))) : Option.none()

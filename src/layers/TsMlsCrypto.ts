@@ -1,6 +1,6 @@
 /**
  * The `MlsCrypto` port on ts-mls 1.6.4, ciphersuite 1 (X25519, AES-128-GCM, SHA-256, Ed25519).
- * Only this module and TsMlsWelcome (its join) import ts-mls; see /work/shared/notes/ts-mls.md for the
+ * Only this module, TsMlsWelcome (its join) and TsMlsStateCodec (its state bytes) import ts-mls; see /work/shared/notes/ts-mls.md for the
  * version-specific facts it relies on (sender recovery, pending commits, error classes).
  *
  * Leaf credentials are basic credentials whose identity is UTF-8 `inboxId:installationId`,
@@ -28,13 +28,11 @@ import {
   createApplicationMessage,
   createCommit as mlsCreateCommit,
   createGroup as mlsCreateGroup,
-  decodeGroupState,
   decodeMlsMessage,
   defaultCapabilities,
   defaultCryptoProvider,
   defaultKeyRetentionConfig,
   emptyPskIndex,
-  encodeGroupState,
   encodeMlsMessage,
   generateKeyPackageWithKey,
   getCiphersuiteFromName,
@@ -49,6 +47,7 @@ import { verifyLeafNodeSignatureKeyPackage } from "ts-mls/leafNode.js"
 import { unprotectPrivateMessage } from "ts-mls/messageProtection.js"
 import * as MlsError from "ts-mls/mlsError.js"
 import { decryptSenderData } from "ts-mls/privateMessage.js"
+import * as StateCodec from "./TsMlsStateCodec.ts"
 import { bytesEqual, concat, fromHex, fromUtf8, toHex, utf8 } from "../domain/Bytes.ts"
 import { CryptoError, type CryptoErrorReason } from "../domain/Errors.ts"
 import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
@@ -228,9 +227,16 @@ const leafMemberAt = (tree: RatchetTree, leafIndex: number): LeafMember | undefi
   }
 }
 
-const membersOf = (tree: RatchetTree): ReadonlyArray<LeafMember> =>
-  Array.from({ length: Math.ceil(tree.length / 2) }, (_, leafIndex) => leafMemberAt(tree, leafIndex))
+/** Members by tree: trees are immutable values and read on every step (O(members) to list). */
+const membersByTree = new WeakMap<RatchetTree, ReadonlyArray<LeafMember>>()
+const membersOf = (tree: RatchetTree): ReadonlyArray<LeafMember> => {
+  const known = membersByTree.get(tree)
+  if (known !== undefined) return known
+  const members = Array.from({ length: Math.ceil(tree.length / 2) }, (_, leafIndex) => leafMemberAt(tree, leafIndex))
     .filter((m): m is LeafMember => m !== undefined)
+  membersByTree.set(tree, members)
+  return members
+}
 
 // ---- codecs ----------------------------------------------------------------------------
 
@@ -788,10 +794,11 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       })
     }
 
-    const serialize: Service["serialize"] = (state) => encodeGroupState(unwrapRaw(state))
+    // Byte for byte encodeGroupState / decodeGroupState, without re-encoding unchanged parts.
+    const serialize: Service["serialize"] = (state) => StateCodec.encodeState(unwrapRaw(state))
 
     const deserialize: Service["deserialize"] = Effect.fn("MlsCrypto.deserialize")(function*(bytes) {
-      const decoded = yield* decodeAll("group state", decodeGroupState, bytes)
+      const decoded = yield* decodeAll("group state", StateCodec.decodeState, bytes)
       // The encoding leaves out clientConfig (it holds functions), so it is re-attached here.
       return wrap({ ...decoded, clientConfig })
     })

@@ -393,8 +393,16 @@ export const make = (options: ClientOptions = {}) =>
     const groupMembers = (group: StoredGroup) =>
       env.loadState(group).pipe(Effect.map((state) => GroupSync.membersByInbox(crypto.view(state))))
 
-    /** Stores the message as unpublished and queues its intent, in one transaction. */
-    const queueMessage = (group: StoredGroup, text: string, extras: ConversationMessaging.MessageExtras = {}) =>
+    /**
+     * Stores the message as unpublished and queues its intent, in one transaction. `writtenAhead`
+     * (for `send`): if nothing is queued ahead, the intent is stored already written ahead.
+     */
+    const queueMessage = (
+      group: StoredGroup,
+      text: string,
+      extras: ConversationMessaging.MessageExtras = {},
+      options: { readonly writtenAhead?: boolean } = {}
+    ) =>
       Effect.gen(function*() {
         yield* checkNotPaused(group)
         if (new TextEncoder().encode(text).length > MAX_TEXT_BYTES) {
@@ -422,11 +430,12 @@ export const make = (options: ClientOptions = {}) =>
           contentType: extras.content?.type ?? null,
           contentBytes: extras.content?.bytes ?? null
         })
-        const intentId = yield* storage.transaction(Effect.gen(function*() {
-          yield* storage.messages.insert(row)
-          yield* storage.groups.touch(group.id, now)
-          return yield* queueIntent(group.id, SendMessageData.make({ messageId, nonce, text, ...extras }))
-        }))
+        const data = SendMessageData.make({ messageId, nonce, text, ...extras })
+        const storeMessage = Effect.zipRight(storage.messages.insert(row), storage.groups.touch(group.id, now))
+        const writtenAhead = options.writtenAhead === true
+          ? yield* publisher.queueWrittenAhead(group.id, data, now, storeMessage)
+          : undefined
+        const intentId = writtenAhead ?? (yield* storage.transaction(Effect.zipRight(storeMessage, queueIntent(group.id, data))))
         yield* PubSub.publish(stored, row)
         return { messageId, intentId }
       })
@@ -569,7 +578,7 @@ export const make = (options: ClientOptions = {}) =>
         ...messagingOf(id, kind),
         send: Effect.fn("Conversation.send", traced)(function*(text: string) {
           const group = yield* activePrimary(id, kind)
-          const { intentId, messageId } = yield* queueMessage(group, text)
+          const { intentId, messageId } = yield* queueMessage(group, text, {}, { writtenAhead: true })
           yield* publisher.resolve(group.id, intentId)
           yield* wakeSweeper
           return messageId

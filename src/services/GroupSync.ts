@@ -9,7 +9,7 @@ import { Clock, Effect, PubSub, Schema } from "effect"
 import type { DeliveryError } from "../domain/Errors.ts"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
 import type { PostCommitData } from "../domain/Intent.ts"
-import type { StoredIntent } from "../domain/Stored.ts"
+import type { MembershipState, StoredIntent } from "../domain/Stored.ts"
 import { groupTopic } from "../domain/Topics.ts"
 import { WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
@@ -44,14 +44,14 @@ export const make = (ctx: EngineContext) => {
   const receivePage = Effect.fn("GroupSync.receivePage")(function*(groupId: GroupId) {
     const cursor = yield* storage.cursors.get(groupTopic(groupId))
     const page = yield* ds.queryGroupMessages({ groupId, afterSequenceId: cursor, limit: ctx.options.pageSize })
-    if (page.items.length === 0) return { outcome: PageApplier.emptyOutcome, more: false }
+    if (page.items.length === 0) return { outcome: PageApplier.emptyOutcome, more: false, membership: undefined }
     const group = yield* loadGroupRow(ctx, groupId)
     const applier = PageApplier.start(ctx, group, yield* ctx.loadState(group), cursor, yield* Clock.currentTimeNanos)
     yield* applier.prefetch(page.items)
     for (const ctxelope of page.items) yield* applier.apply(ctxelope)
     const inserted = yield* applier.commit(page.items[page.items.length - 1]!.sequenceId)
     yield* PubSub.publishAll(ctx.stored, inserted)
-    return { outcome: applier.outcome(), more: page.next !== undefined }
+    return { outcome: applier.outcome(), more: page.next !== undefined, membership: applier.membership() }
   })
   /**
    * Asked to leave, and nobody else is left to commit the removal: we are out, once our own
@@ -59,8 +59,10 @@ export const make = (ctx: EngineContext) => {
    * still in the group are removed by commit first: one of them may not have read the request
    * yet, and what it sends meanwhile must either reach us or be refused by the group.
    */
-  const settleLoneLeaver = (groupId: GroupId) =>
+  const settleLoneLeaver = (groupId: GroupId, known: MembershipState | undefined) =>
     Effect.gen(function*() {
+      // The membership a page just stored, if one was read: only a pending removal needs the row.
+      if (known !== undefined && known !== "pendingRemove") return
       const group = yield* loadGroupRow(ctx, groupId)
       if (group.membershipState !== "pendingRemove") return
       const view = crypto.view(yield* ctx.loadState(group))
@@ -81,12 +83,14 @@ export const make = (ctx: EngineContext) => {
   /** Reads the topic to its end. */
   const receive = Effect.fn("GroupSync.receive")(function*(groupId: GroupId) {
     let total = PageApplier.emptyOutcome
+    let membership: MembershipState | undefined
     while (true) {
-      const { more, outcome } = yield* receivePage(groupId)
-      total = PageApplier.addOutcomes(total, outcome)
-      if (!more) break
+      const page = yield* receivePage(groupId)
+      total = PageApplier.addOutcomes(total, page.outcome)
+      membership = page.membership ?? membership
+      if (!page.more) break
     }
-    yield* settleLoneLeaver(groupId)
+    yield* settleLoneLeaver(groupId, membership)
     yield* EngineMetrics.recordSync(total)
     return total
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))

@@ -36,6 +36,7 @@ import {
   skipReasonOf
 } from "../domain/ReceiveDecision.ts"
 import { type StoredGroup, type StoredIntent, type MembershipState, StoredMessage } from "../domain/Stored.ts"
+import { isCommitKind } from "../domain/Intent.ts"
 import { groupTopic } from "../domain/Topics.ts"
 import type { GroupMessageEnvelope } from "../domain/Wire.ts"
 import type { EngineContext } from "./EngineContext.ts"
@@ -433,10 +434,26 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       Effect.map(Option.filter((intent) => intent.payload === null || bytesEqual(intent.payload, envelope.payload)))
     )
 
+  /**
+   * Our own payload, byte for byte (prefetched with the page): its header is what it was written
+   * with (this group, the epoch it was derived at, a commit or not), so it needs no decoding.
+   */
+  const ownHeaderOf = (envelope: GroupMessageEnvelope) =>
+    Option.flatMap(Option.fromNullable(published?.get(sha256Hex(envelope.payload))), (intent) =>
+      intent.groupId === groupId && intent.publishedEpoch !== null && intent.payload !== null &&
+        bytesEqual(intent.payload, envelope.payload)
+        ? Option.some({
+          own: intent,
+          header: { kind: isCommitKind(intent.kind) ? "commit" : "application", groupId, epoch: intent.publishedEpoch } as const
+        })
+        : Option.none())
+
   /** Reads what the table needs; envelopes already read or of a group we left need nothing. */
   const factsOf = (envelope: GroupMessageEnvelope, before: GroupSnapshot) =>
     Effect.gen(function*() {
       const settled = envelope.sequenceId <= cursor || before.membership === "inactive"
+      const mine = settled ? Option.none() : ownHeaderOf(envelope)
+      if (Option.isSome(mine)) return { header: Option.some(mine.value.header), own: Option.some(mine.value.own) }
       const header = settled ? Option.none() : yield* crypto.inspect(envelope.payload).pipe(Effect.option)
       const own = Option.isSome(header) && header.value.groupId === groupId
         ? yield* ownIntentOf(envelope)
@@ -539,7 +556,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       return fresh
     }))
 
-  return { prefetch, apply, commit: commitPage, outcome: () => outcome }
+  return { prefetch, apply, commit: commitPage, outcome: () => outcome, membership: () => membership }
 }
 
 const voidedCause = encodeGovernanceError(
