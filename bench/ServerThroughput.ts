@@ -28,6 +28,8 @@ export interface ServerRun {
   readonly rssMiB: number
   /** The server's CPU time per message (robust to a busy machine, unlike the rate). */
   readonly serverCpuMsPerMessage: number
+  /** The harness's own CPU time per message (publishers and subscribers, this process): what the server competes with. */
+  readonly harnessCpuMsPerMessage: number
   /** Topics whose ids were not exactly 1..n, and subscriber deliveries missing or repeated. */
   readonly gaps: number
   readonly subscriberErrors: number
@@ -134,6 +136,7 @@ export const runServerThroughput = (options: {
     const latencies: Array<number> = []
     const started = performance.now()
     const cpuBefore = cpuMs(server.child.pid!)
+    const harnessBefore = process.cpuUsage()
     let peakRss = rssMiB(server.child.pid!)
     const sampler = yield* Effect.fork(Effect.forever(
       Effect.sleep("100 millis").pipe(Effect.tap(() => Effect.sync(() => {
@@ -152,6 +155,8 @@ export const runServerThroughput = (options: {
       }), { concurrency: "unbounded", discard: true })
     const seconds = (performance.now() - started) / 1000
     const serverCpu = cpuMs(server.child.pid!) - cpuBefore
+    const harnessUsage = process.cpuUsage(harnessBefore)
+    const harnessCpu = (harnessUsage.user + harnessUsage.system) / 1000
     yield* Fiber.interrupt(sampler)
     yield* Effect.forEach(subscribers, Fiber.join).pipe(Effect.timeout("20 seconds"), Effect.ignore)
 
@@ -181,6 +186,7 @@ export const runServerThroughput = (options: {
       p99: quantile(sorted, 0.99),
       rssMiB: peakRss,
       serverCpuMsPerMessage: serverCpu / total,
+      harnessCpuMsPerMessage: harnessCpu / total,
       gaps,
       subscriberErrors: yield* Ref.get(subscriberErrors)
     } satisfies ServerRun
