@@ -146,6 +146,12 @@ class InstallationTaken extends Data.TaggedError("InstallationTaken")<{ readonly
 
 // ---- the store ----
 
+/** Resumes after the I/O callbacks of the current event-loop turn (`setImmediate`). */
+const endOfTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
+  const timer = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(timer))
+})
+
 export interface Announcer {
   /** Runs inside the append transaction (Postgres: `pg_notify`, sent on commit). */
   readonly inTransaction: (changes: ReadonlyArray<TopicChange>) => Effect.Effect<void, unknown>
@@ -289,6 +295,10 @@ export const makeWith = (
           done: yield* Deferred.make<ReadonlyArray<StoredEntry>, DeliveryStoreError>()
         }
         waiting.push(self)
+        // SQLite's driver is synchronous: a writer that started at once would commit before any
+        // other request of this turn was even decoded, one transaction per append. Waiting for
+        // the end of this event-loop turn lets every append of the turn share its commit.
+        yield* endOfTurn
         // Whoever holds the writer stores everything queued so far; an append already stored
         // by an earlier writer only collects its result.
         yield* writer.withPermits(1)(Effect.suspend(function loop(): Effect.Effect<void> {
