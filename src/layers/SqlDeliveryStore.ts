@@ -51,7 +51,7 @@ import {
   type Topic,
   type TopicChange
 } from "../services/DeliveryStore.ts"
-import { MAX_PAGE_BYTES } from "./DeliveryRequests.ts"
+import { MAX_PAGE_BYTES, SPAN } from "./DeliveryRequests.ts"
 
 type Service = DeliveryStore["Type"]
 
@@ -175,7 +175,7 @@ export const makeWith = (
     const failed = (operation: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       effect.pipe(
         Effect.mapError((cause) => new DeliveryStoreError({ operation, cause })),
-        Effect.withSpan(`DeliveryStore.${operation}`)
+        Effect.withSpan(`DeliveryStore.${operation}`, SPAN)
       )
 
     /** An append waiting for the next write transaction; its digests are hashed before it queues. */
@@ -313,7 +313,7 @@ export const makeWith = (
           )
         )
         return yield* Deferred.await(self.done)
-      }).pipe(Effect.withSpan("DeliveryStore.append"))
+      }).pipe(Effect.withSpan("DeliveryStore.append", SPAN))
 
     /**
      * Reads sizes first (neither driver loads a blob to measure it), then only the payloads

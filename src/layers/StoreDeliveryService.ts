@@ -15,7 +15,7 @@
  *   duplicate, strict order per topic, also when other servers append to the store.
  */
 import { Chunk, Effect, Either, Layer, Queue, Schema, type Scope, Stream } from "effect"
-import { checkFilterCount, checkIdCount, invalidRequest, makeChecks, pageMayContinue } from "./DeliveryRequests.ts"
+import { checkFilterCount, checkIdCount, invalidRequest, makeChecks, pageMayContinue, SPAN } from "./DeliveryRequests.ts"
 import { DeliveryError, InvalidIdentityUpdate } from "../domain/Errors.ts"
 import { applyUpdate } from "../domain/IdentityLog.ts"
 import { GroupId, InstallationId } from "../domain/Ids.ts"
@@ -266,7 +266,7 @@ export const make = (
           store.append(messages.map((m: GroupMessageInput) => ({ topic: groupTopic(m.groupId), payload: m.payload })))
         )
         return entries.map((e, i) => toGroupEnvelope(messages[i]!.groupId)(e))
-      }).pipe(Effect.withSpan("DeliveryService.sendGroupMessages"))
+      }).pipe(Effect.withSpan("DeliveryService.sendGroupMessages", SPAN))
 
     const queryGroupMessages: Service["queryGroupMessages"] = (query) =>
       Effect.gen(function*() {
@@ -274,7 +274,7 @@ export const make = (
         yield* checkCursor(query.afterSequenceId, "queryGroupMessages")
         const limit = yield* checkLimit(query.limit, "queryGroupMessages")
         return yield* page(groupTopic(query.groupId), query.afterSequenceId, limit, toGroupEnvelope(query.groupId))
-      }).pipe(Effect.withSpan("DeliveryService.queryGroupMessages"))
+      }).pipe(Effect.withSpan("DeliveryService.queryGroupMessages", SPAN))
 
     const batchQueryGroupMessages: Service["batchQueryGroupMessages"] = (queries) =>
       Effect.gen(function*() {
@@ -291,7 +291,7 @@ export const make = (
           (q, i) => page(groupTopic(q.groupId), q.afterSequenceId, limits[i] ?? pageSize, toGroupEnvelope(q.groupId)),
           { concurrency: 4 }
         )
-      }).pipe(Effect.withSpan("DeliveryService.batchQueryGroupMessages"))
+      }).pipe(Effect.withSpan("DeliveryService.batchQueryGroupMessages", SPAN))
 
     const subscribeGroupMessages: Service["subscribeGroupMessages"] = (filters) =>
       Stream.unwrap(
@@ -313,7 +313,7 @@ export const make = (
             { concurrency: "unbounded" }
           )
         })
-      ).pipe(Stream.withSpan("DeliveryService.subscribeGroupMessages"))
+      ).pipe(Stream.withSpan("DeliveryService.subscribeGroupMessages", SPAN))
 
     const sendWelcomeMessages: Service["sendWelcomeMessages"] = (messages) =>
       Effect.gen(function*() {
@@ -333,7 +333,7 @@ export const make = (
           )
         )
         return entries.map((e, i) => toWelcomeEnvelope(messages[i]!.installationId)(e))
-      }).pipe(Effect.withSpan("DeliveryService.sendWelcomeMessages"))
+      }).pipe(Effect.withSpan("DeliveryService.sendWelcomeMessages", SPAN))
 
     const queryWelcomeMessages: Service["queryWelcomeMessages"] = (query: WelcomeQuery) =>
       Effect.gen(function*() {
@@ -351,7 +351,7 @@ export const make = (
           limit,
           toWelcomeEnvelope(query.installationId)
         )
-      }).pipe(Effect.withSpan("DeliveryService.queryWelcomeMessages"))
+      }).pipe(Effect.withSpan("DeliveryService.queryWelcomeMessages", SPAN))
 
     const subscribeWelcomeMessages: Service["subscribeWelcomeMessages"] = (filter) =>
       Stream.unwrap(
@@ -369,7 +369,7 @@ export const make = (
             toWelcomeEnvelope(filter.installationId)
           )
         })
-      ).pipe(Stream.withSpan("DeliveryService.subscribeWelcomeMessages"))
+      ).pipe(Stream.withSpan("DeliveryService.subscribeWelcomeMessages", SPAN))
 
     const uploadKeyPackage: Service["uploadKeyPackage"] = (upload: KeyPackageUpload) =>
       Effect.gen(function*() {
@@ -407,7 +407,7 @@ export const make = (
             )
           )
         }
-      }).pipe(Effect.withSpan("DeliveryService.uploadKeyPackage"))
+      }).pipe(Effect.withSpan("DeliveryService.uploadKeyPackage", SPAN))
 
     const fetchKeyPackages: Service["fetchKeyPackages"] = (installationIds) =>
       Effect.gen(function*() {
@@ -419,7 +419,7 @@ export const make = (
           installationId,
           keyPackage: found.get(installationId)
         }))
-      }).pipe(Effect.withSpan("DeliveryService.fetchKeyPackages"))
+      }).pipe(Effect.withSpan("DeliveryService.fetchKeyPackages", SPAN))
 
     // ---- IdentityApi ----
 
@@ -471,7 +471,7 @@ export const make = (
               return yield* attempt(retriesLeft - 1)
           }
         })
-      return attempt(STALE_RETRIES).pipe(Effect.withSpan("DeliveryService.publishIdentityUpdate"))
+      return attempt(STALE_RETRIES).pipe(Effect.withSpan("DeliveryService.publishIdentityUpdate", SPAN))
     }
 
     const getIdentityUpdates: Service["getIdentityUpdates"] = (queries: ReadonlyArray<IdentityQuery>) =>
@@ -493,7 +493,7 @@ export const make = (
             ),
           { concurrency: 4 }
         )
-      }).pipe(Effect.withSpan("DeliveryService.getIdentityUpdates"))
+      }).pipe(Effect.withSpan("DeliveryService.getIdentityUpdates", SPAN))
 
     const syncQuery = SyncQuery.make({
       store,
