@@ -133,7 +133,9 @@ export const makePg = (
         Effect.forEach(changes, (change) => pg`SELECT pg_notify(${channel}, ${encodeChange(change)})`, {
           discard: true
         }),
-      afterCommit: () => Effect.void,
+      // And to this instance's own subscribers at once, with the entries, so they need not read
+      // them back; the NOTIFY that follows finds them delivered.
+      afterCommit: (changes) => PubSub.publishAll(pubsub, changes),
       changes: PubSub.subscribe(pubsub)
     }, maxPageBytes).pipe(Effect.provideService(SqlClient.SqlClient, pg))
   })

@@ -228,6 +228,7 @@ export const makeWith = (
           }
           const rows: Array<{ topic: Topic; sequence_id: bigint; server_time_ns: string; digest: string; payload: Uint8Array }> = []
           const grown = new Map<Topic, bigint>()
+          const fresh: Array<StoredEntry> = []
           const results = group.map((w) =>
             w.entries.map(({ payload, topic }, index): StoredEntry => {
               const digest = w.digests[index]!
@@ -239,6 +240,7 @@ export const makeWith = (
               const timeNs = now > head.timeNs ? now : head.timeNs
               const entry: StoredEntry = { topic, sequenceId, serverTimeNs: timeNs, payload: payload.slice() }
               rows.push({ topic, sequence_id: sequenceId, server_time_ns: String(timeNs), digest, payload: entry.payload })
+              fresh.push(entry)
               heads.set(topic, { sequenceId, timeNs })
               grown.set(topic, sequenceId)
               earlier.set(key(topic, digest), [...(earlier.get(key(topic, digest)) ?? []), entry])
@@ -254,7 +256,9 @@ export const makeWith = (
             yield* sql`UPDATE ds_topics SET last_sequence_id = ${sequenceId}, last_time_ns = ${String(head.timeNs)}
               WHERE topic = ${topic}`
           }
-          const changes = Array.from(grown, ([topic, sequenceId]): TopicChange => ({ topic, sequenceId }))
+          const added = new Map<Topic, Array<StoredEntry>>()
+          for (const entry of fresh) added.set(entry.topic, [...(added.get(entry.topic) ?? []), entry])
+          const changes = Array.from(grown, ([topic, sequenceId]): TopicChange => ({ topic, sequenceId, entries: added.get(topic)! }))
           if (changes.length > 0) yield* announcer.inTransaction(changes)
           return { results, grown: changes }
         }))
