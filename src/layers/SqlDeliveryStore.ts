@@ -45,6 +45,7 @@ import { IdentityUpdate, IdentityUpdateEnvelope } from "../domain/Wire.ts"
 import {
   ANY_TOPIC,
   type AppendIdentityResult,
+  type CurrentInstallation,
   DeliveryStore,
   DeliveryStoreError,
   type StoredEntry,
@@ -52,6 +53,7 @@ import {
   type TopicChange
 } from "../services/DeliveryStore.ts"
 import { MAX_PAGE_BYTES, SPAN } from "./DeliveryRequests.ts"
+import { endOfTurn, makeTurnBatcher } from "./TurnBatcher.ts"
 
 type Service = DeliveryStore["Type"]
 
@@ -145,12 +147,6 @@ const decodeUpdate = Schema.decodeUnknown(IdentityUpdateJson)
 class InstallationTaken extends Data.TaggedError("InstallationTaken")<{ readonly owner: InboxId }> {}
 
 // ---- the store ----
-
-/** Resumes after the I/O callbacks of the current event-loop turn (`setImmediate`). */
-const endOfTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
-  const timer = setImmediate(() => resume(Effect.void))
-  return Effect.sync(() => clearImmediate(timer))
-})
 
 export interface Announcer {
   /** Runs inside the append transaction (Postgres: `pg_notify`, sent on commit). */
@@ -440,12 +436,25 @@ export const makeWith = (
         failed("appendIdentityUpdate")
       )
 
-    const installation: Service["installation"] = (installationId) =>
+    /**
+     * Every request is authenticated against its installation's current key, so this runs once
+     * per request: the lookups of one event-loop turn share one query.
+     */
+    const installations = makeTurnBatcher((ids: ReadonlyArray<InstallationId>) =>
       Effect.gen(function*() {
-        const [row] = yield* sql<{ inbox_id: InboxId; signature_public_key: string }>`
-          SELECT inbox_id, signature_public_key FROM ds_installations WHERE installation_id = ${installationId}`
-        return row === undefined ? undefined : { inboxId: row.inbox_id, signaturePublicKey: row.signature_public_key }
+        const found = new Map<InstallationId, CurrentInstallation>()
+        for (let i = 0; i < ids.length; i += 500) {
+          const rows = yield* sql<{ installation_id: InstallationId; inbox_id: InboxId; signature_public_key: string }>`
+            SELECT installation_id, inbox_id, signature_public_key FROM ds_installations
+            WHERE ${sql.in("installation_id", ids.slice(i, i + 500))}`
+          for (const row of rows) {
+            found.set(row.installation_id, { inboxId: row.inbox_id, signaturePublicKey: row.signature_public_key })
+          }
+        }
+        return found
       }).pipe(failed("installation"))
+    )
+    const installation: Service["installation"] = installations
 
     const identityUpdates: Service["identityUpdates"] = (inboxId, afterSequence) =>
       Effect.gen(function*() {
