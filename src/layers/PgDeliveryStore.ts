@@ -129,10 +129,13 @@ export const makePg = (
 
     return yield* makeWith({
       // Postgres delivers these when (and only if) the transaction commits.
+      // One statement (one round trip) per 100 changes.
       inTransaction: (changes) =>
-        Effect.forEach(changes, (change) => pg`SELECT pg_notify(${channel}, ${encodeChange(change)})`, {
-          discard: true
-        }),
+        Effect.forEach(
+          Array.from({ length: Math.ceil(changes.length / 100) }, (_, i) => changes.slice(i * 100, (i + 1) * 100)),
+          (chunk) => pg`SELECT ${pg.csv(chunk.map((change) => pg`pg_notify(${channel}, ${encodeChange(change)})`))}`,
+          { discard: true }
+        ),
       // And to this instance's own subscribers at once, with the entries, so they need not read
       // them back; the NOTIFY that follows finds them delivered.
       afterCommit: (changes) => PubSub.publishAll(pubsub, changes),

@@ -198,15 +198,21 @@ export const makeWith = (
         const all = group.flatMap((w) => w.entries.map((entry, i) => ({ ...entry, digest: w.digests[i]! })))
         const topics = Array.from(new Set(all.map((e) => e.topic))).sort()
         const { results, grown } = yield* sql.withTransaction(Effect.gen(function*() {
-          // Lock each topic's counter (creating it) in a fixed order, and read its head.
+          // Lock each topic's counter (creating it) in a fixed order, and read its head: one
+          // statement per 200 topics, whose rows Postgres locks in the (sorted) order given.
           const heads = new Map<Topic, { sequenceId: bigint; timeNs: bigint }>()
-          for (const topic of topics) {
-            const [head] = yield* sql<{ last_sequence_id: unknown; last_time_ns: unknown }>`
-              INSERT INTO ds_topics (topic, last_sequence_id, last_time_ns) VALUES (${topic}, 0, '0')
+          for (let i = 0; i < topics.length; i += 200) {
+            const fresh = topics.slice(i, i + 200).map((topic) => ({ topic, last_sequence_id: 0, last_time_ns: "0" }))
+            const rows = yield* sql<{ topic: Topic; last_sequence_id: unknown; last_time_ns: unknown }>`
+              INSERT INTO ds_topics ${sql.insert(fresh)}
               ON CONFLICT (topic) DO UPDATE SET last_sequence_id = ds_topics.last_sequence_id
-              RETURNING last_sequence_id, last_time_ns`
-            if (head === undefined) return yield* Effect.dieMessage(`no counter row for topic ${topic}`)
-            heads.set(topic, { sequenceId: big(head.last_sequence_id), timeNs: big(head.last_time_ns) })
+              RETURNING topic, last_sequence_id, last_time_ns`
+            for (const head of rows) {
+              heads.set(head.topic, { sequenceId: big(head.last_sequence_id), timeNs: big(head.last_time_ns) })
+            }
+          }
+          for (const topic of topics) {
+            if (!heads.has(topic)) return yield* Effect.dieMessage(`no counter row for topic ${topic}`)
           }
           // Idempotent resend: an identical payload already on the topic (committed, or earlier
           // in this transaction) comes back as it was stored. One query for the whole group.
@@ -247,10 +253,16 @@ export const makeWith = (
           for (let i = 0; i < rows.length; i += 100) {
             yield* sql`INSERT INTO ds_envelopes ${sql.insert(rows.slice(i, i + 100))}`
           }
-          for (const [topic, sequenceId] of grown) {
-            const head = heads.get(topic)!
-            yield* sql`UPDATE ds_topics SET last_sequence_id = ${sequenceId}, last_time_ns = ${String(head.timeNs)}
-              WHERE topic = ${topic}`
+          // The new heads, one statement per 200 topics (the rows exist and are locked).
+          const advanced = Array.from(grown, ([topic, sequenceId]) => ({
+            topic,
+            last_sequence_id: sequenceId,
+            last_time_ns: String(heads.get(topic)!.timeNs)
+          }))
+          for (let i = 0; i < advanced.length; i += 200) {
+            yield* sql`INSERT INTO ds_topics ${sql.insert(advanced.slice(i, i + 200))}
+              ON CONFLICT (topic) DO UPDATE
+              SET last_sequence_id = excluded.last_sequence_id, last_time_ns = excluded.last_time_ns`
           }
           const added = new Map<Topic, Array<StoredEntry>>()
           for (const entry of fresh) added.set(entry.topic, [...(added.get(entry.topic) ?? []), entry])
