@@ -16,7 +16,8 @@
  *   `pg_notify` inside the append transaction (Postgres delivers it only on commit, and
  *   after the commit is visible); every store instance LISTENs on one connection, fans out
  *   through its own PubSub, and checks that connection with a heartbeat, re-LISTENing (and
- *   telling subscribers to re-read) if it is lost.
+ *   telling subscribers to re-read) if it is lost. Both also hand their own commits' entries
+ *   to their subscribers with the announcement, so those need not read them back.
  *
  * Transactions hold only SQL: no network, no waiting on other fibers (SQLite's single
  * connection would deadlock).
@@ -153,6 +154,8 @@ export interface Announcer {
   readonly inTransaction: (changes: ReadonlyArray<TopicChange>) => Effect.Effect<void, unknown>
   /** Runs after the commit (SQLite: the in-process PubSub). */
   readonly afterCommit: (changes: ReadonlyArray<TopicChange>) => Effect.Effect<void>
+  /** Runs when a transaction that announced `inTransaction` failed (rolled back, or its outcome is unknown). */
+  readonly afterFailure?: (changes: ReadonlyArray<TopicChange>) => Effect.Effect<void>
   readonly changes: Effect.Effect<Queue.Dequeue<TopicChange>, never, Scope.Scope>
 }
 
@@ -197,6 +200,7 @@ export const makeWith = (
         const now = yield* Clock.currentTimeNanos
         const all = group.flatMap((w) => w.entries.map((entry, i) => ({ ...entry, digest: w.digests[i]! })))
         const topics = Array.from(new Set(all.map((e) => e.topic))).sort()
+        let announcedInTransaction: ReadonlyArray<TopicChange> = []
         const { results, grown } = yield* sql.withTransaction(Effect.gen(function*() {
           // Lock each topic's counter (creating it) in a fixed order, and read its head: one
           // statement per 200 topics, whose rows Postgres locks in the (sorted) order given.
@@ -267,9 +271,18 @@ export const makeWith = (
           const added = new Map<Topic, Array<StoredEntry>>()
           for (const entry of fresh) added.set(entry.topic, [...(added.get(entry.topic) ?? []), entry])
           const changes = Array.from(grown, ([topic, sequenceId]): TopicChange => ({ topic, sequenceId, entries: added.get(topic)! }))
-          if (changes.length > 0) yield* announcer.inTransaction(changes)
+          if (changes.length > 0) {
+            announcedInTransaction = changes
+            yield* announcer.inTransaction(changes)
+          }
           return { results, grown: changes }
-        }))
+        })).pipe(
+          Effect.tapErrorCause(() =>
+            announcer.afterFailure === undefined || announcedInTransaction.length === 0
+              ? Effect.void
+              : announcer.afterFailure(announcedInTransaction)
+          )
+        )
         if (grown.length > 0) yield* announcer.afterCommit(grown)
         return results
       }).pipe(Effect.mapError((cause) => new DeliveryStoreError({ operation: "append", cause })))

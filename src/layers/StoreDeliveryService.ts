@@ -216,6 +216,10 @@ export const make = (
               return true
             }
             if (change.topic !== topic || change.sequenceId <= lastDelivered) return false
+            // Another announcement of entries already given (Postgres: the NOTIFY after the
+            // writer's own announcement): covered, if they turn out to follow on without a gap.
+            const given = announced[announced.length - 1]
+            if (change.entries === undefined && given !== undefined && change.sequenceId <= given.sequenceId) return false
             const bytes = change.entries?.reduce((n, e) => n + e.payload.length, 0) ?? 0
             if (
               change.entries === undefined || announced.length + change.entries.length > pageSize ||
