@@ -4,6 +4,7 @@
  *   them back, but only when they follow what it delivered without a gap; and
  * - the authentication lookups of one event-loop turn share one store query.
  */
+import type { SqlClient } from "@effect/sql"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Either, Fiber, Layer, Queue, Stream } from "effect"
@@ -42,7 +43,7 @@ const storeAnnouncing = (rewrite: (change: TopicChange, index: number) => TopicC
     }))
   ).pipe(Layer.provide(SqlDeliveryStore.layerSqlite))
 
-const serviceOver = (store: Layer.Layer<DeliveryStore, unknown, SqliteClient.SqliteClient>) =>
+const serviceOver = (store: Layer.Layer<DeliveryStore, unknown, SqlClient.SqlClient>) =>
   StoreDeliveryService.layer().pipe(
     Layer.provide(store),
     Layer.provide(SqliteClient.layer({ filename: ":memory:" })),
