@@ -28,6 +28,10 @@ export interface ServerRun {
   readonly rssMiB: number
   /** The server's CPU time per message (robust to a busy machine, unlike the rate). */
   readonly serverCpuMsPerMessage: number
+  /** The harness's own CPU time per message (publishers and subscribers, this process): what the server competes with. */
+  readonly harnessCpuMsPerMessage: number
+  /** Postgres runs: the CPU time of every `postgres` process of this machine per message (NaN for SQLite). */
+  readonly databaseCpuMsPerMessage: number
   /** Topics whose ids were not exactly 1..n, and subscriber deliveries missing or repeated. */
   readonly gaps: number
   readonly subscriberErrors: number
@@ -69,6 +73,17 @@ const cpuMs = (pid: number) => {
   const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").replace(/^.*\) /, "").split(" ")
   return (Number(fields[11]) + Number(fields[12])) * (1000 / 100)
 }
+
+/** The CPU time (ms) of every process named `postgres` on this machine: the database's share. */
+const postgresCpuMs = () =>
+  fs.readdirSync("/proc").filter((d) => /^[0-9]+$/.test(d)).reduce((sum, pid) => {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+      return /^\d+ \(postgres\)/.test(stat) ? sum + cpuMs(Number(pid)) : sum
+    } catch {
+      return sum // gone meanwhile
+    }
+  }, 0)
 
 const quantile = (sorted: ReadonlyArray<number>, q: number) => sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * q))] ?? NaN
 
@@ -134,6 +149,8 @@ export const runServerThroughput = (options: {
     const latencies: Array<number> = []
     const started = performance.now()
     const cpuBefore = cpuMs(server.child.pid!)
+    const harnessBefore = process.cpuUsage()
+    const databaseBefore = options.postgresUrl === undefined ? NaN : postgresCpuMs()
     let peakRss = rssMiB(server.child.pid!)
     const sampler = yield* Effect.fork(Effect.forever(
       Effect.sleep("100 millis").pipe(Effect.tap(() => Effect.sync(() => {
@@ -152,6 +169,9 @@ export const runServerThroughput = (options: {
       }), { concurrency: "unbounded", discard: true })
     const seconds = (performance.now() - started) / 1000
     const serverCpu = cpuMs(server.child.pid!) - cpuBefore
+    const harnessUsage = process.cpuUsage(harnessBefore)
+    const harnessCpu = (harnessUsage.user + harnessUsage.system) / 1000
+    const databaseCpu = options.postgresUrl === undefined ? NaN : postgresCpuMs() - databaseBefore
     yield* Fiber.interrupt(sampler)
     yield* Effect.forEach(subscribers, Fiber.join).pipe(Effect.timeout("20 seconds"), Effect.ignore)
 
@@ -181,6 +201,8 @@ export const runServerThroughput = (options: {
       p99: quantile(sorted, 0.99),
       rssMiB: peakRss,
       serverCpuMsPerMessage: serverCpu / total,
+      harnessCpuMsPerMessage: harnessCpu / total,
+      databaseCpuMsPerMessage: databaseCpu / total,
       gaps,
       subscriberErrors: yield* Ref.get(subscriberErrors)
     } satisfies ServerRun

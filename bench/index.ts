@@ -928,7 +928,7 @@ const benchServer = Effect.gen(function*() {
   }
   printTable(
     "8. converge serve: 50 authenticated RPC publishers (one message per request), 10 groups, one subscriber per group",
-    ["store", "messages", "msgs/s", "p50 ms", "p99 ms", "server CPU ms/msg", "peak RSS MiB", "gaps", "subscriber errors"],
+    ["store", "messages", "msgs/s", "p50 ms", "p99 ms", "server CPU ms/msg", "harness CPU ms/msg", "Postgres CPU ms/msg", "peak RSS MiB", "gaps", "subscriber errors"],
     runs.map((r) => [
       r.store,
       String(r.messages),
@@ -936,6 +936,8 @@ const benchServer = Effect.gen(function*() {
       fmt(r.p50, 1),
       fmt(r.p99, 1),
       fmt(r.serverCpuMsPerMessage, 3),
+      fmt(r.harnessCpuMsPerMessage, 3),
+      r.store === "postgres" ? fmt(r.databaseCpuMsPerMessage, 3) : "-",
       fmt(r.rssMiB, 0),
       String(r.gaps),
       String(r.subscriberErrors)
@@ -948,6 +950,8 @@ const benchServer = Effect.gen(function*() {
     summary[`${key}P99`] = r.p99
     summary[`${key}Rss`] = r.rssMiB
     summary[`${key}Cpu`] = r.serverCpuMsPerMessage
+    summary[`${key}HarnessCpu`] = r.harnessCpuMsPerMessage
+    if (r.store === "postgres") summary[`${key}DatabaseCpu`] = r.databaseCpuMsPerMessage
     summary[`${key}Faults`] = r.gaps + r.subscriberErrors
   }
 })

@@ -18,25 +18,34 @@ const subscriptions = Metric.counter("converge_ds_subscriptions_total", { descri
 const tagOf = (error: unknown) =>
   typeof error === "object" && error !== null && "_tag" in error ? String(error._tag) : "unknown"
 
-/** Wraps one call: counted, timed and, on failure, counted by its error tag. */
-const measured = <A, E, R>(method: string, call: Effect.Effect<A, E, R>) =>
-  call.pipe(
-    Metric.trackDuration(Metric.tagged(latency, "method", method)),
-    Effect.tapError((e) => Metric.increment(Metric.tagged(Metric.tagged(failures, "method", method), "error", tagOf(e)))),
-    Effect.ensuring(Metric.increment(Metric.tagged(requests, "method", method)))
-  )
+/**
+ * Wraps one call: counted, timed and, on failure, counted by its error tag. The method's
+ * tagged metrics are made once: tagging anew on every call hashed the keys each time.
+ */
+const measuredAs = (method: string) => {
+  const timed = Metric.trackDuration(Metric.tagged(latency, "method", method))
+  const counted = Metric.increment(Metric.tagged(requests, "method", method))
+  const failed = Metric.tagged(failures, "method", method)
+  return <A, E, R>(call: Effect.Effect<A, E, R>) =>
+    call.pipe(
+      timed,
+      Effect.tapError((e) => Metric.increment(Metric.tagged(failed, "error", tagOf(e)))),
+      Effect.ensuring(counted)
+    )
+}
 
 /** The delivery service a server runs, with every method measured. */
 export const instrument = (service: DeliveryService["Type"]): DeliveryService["Type"] => {
   const wrapped: Record<string, unknown> = {}
   for (const [method, value] of Object.entries(service)) {
+    const measured = measuredAs(method)
     wrapped[method] = typeof value !== "function" ? value : (...args: Array<unknown>) => {
       const result: unknown = (value as (...a: Array<unknown>) => unknown).apply(service, args)
       if (Effect.isEffect(result)) {
         const call = method === "sendGroupMessages"
           ? Effect.tap(result, () => Metric.incrementBy(stored, Array.isArray(args[0]) ? args[0].length : 0))
           : result
-        return measured(method, call)
+        return measured(call)
       }
       if (Stream.StreamTypeId in (result as object)) {
         return Stream.onStart(result as Stream.Stream<unknown, unknown>, Metric.increment(Metric.tagged(subscriptions, "method", method)))

@@ -113,3 +113,10 @@ export const checkIdCount = (ids: ReadonlyArray<unknown>, what: string): Effect.
       detail: `${what}: ${ids.length} ids exceed the limit of ${MAX_IDS_PER_LOOKUP} per call`
     })
   )
+
+/**
+ * Span options of the server's hot paths: no call-site stack trace. The names already say where
+ * a span comes from, and capturing a trace (a `new Error()`) on every request cost about 0.08 ms
+ * of server CPU per message, spans exported or not.
+ */
+export const SPAN = { captureStackTrace: false } as const

@@ -29,6 +29,8 @@ const STARTUP_TIMEOUT = Duration.seconds(15)
 
 /** Heartbeats and probes share the channel with changes; no topic starts with `~`. */
 const HEARTBEAT_PREFIX = "~hb "
+/** Own notifications remembered until they come back (see `ownChanges`). */
+const MAX_OWN_CHANGES = 10_000
 
 const encodeChange = (change: TopicChange) => `${change.topic} ${change.sequenceId}`
 
@@ -70,10 +72,29 @@ export const makePg = (
     const ownBeats = `${HEARTBEAT_PREFIX}${instance} `
     let beatCount = 0
 
+    /**
+     * The notifications of this instance's own appends, sent inside their transactions: this
+     * instance announces those commits itself, with their entries, so its subscribers need not
+     * read them back; their NOTIFY is dropped when it comes. Bounded: past the cap the oldest
+     * are forgotten and their NOTIFY passes (one extra read). Should a commit's outcome be lost
+     * after it happened, its NOTIFY may have been dropped before that was known: the subscribers'
+     * poll catches up. A transaction that failed forgets its notifications (`afterFailure`).
+     */
+    const ownChanges = new Set<string>()
+    const noteOwn = (changes: ReadonlyArray<TopicChange>) =>
+      Effect.sync(() => {
+        for (const change of changes) {
+          ownChanges.add(encodeChange(change))
+          if (ownChanges.size > MAX_OWN_CHANGES) ownChanges.delete(ownChanges.values().next().value!)
+        }
+      })
+
     const onPayload = (payload: string): Effect.Effect<void> =>
       payload.startsWith(HEARTBEAT_PREFIX)
         // Other instances' heartbeats share the channel: only ours matter here.
         ? (payload.startsWith(ownBeats) ? Queue.offer(beats, payload) : Effect.void)
+        : ownChanges.delete(payload)
+        ? Effect.void
         : PubSub.publish(pubsub, decodeChange(payload))
 
     /** Sends one heartbeat and waits until it comes back through the LISTEN connection. */
@@ -129,11 +150,21 @@ export const makePg = (
 
     return yield* makeWith({
       // Postgres delivers these when (and only if) the transaction commits.
+      // One statement (one round trip) per 100 changes.
       inTransaction: (changes) =>
-        Effect.forEach(changes, (change) => pg`SELECT pg_notify(${channel}, ${encodeChange(change)})`, {
-          discard: true
+        Effect.zipRight(noteOwn(changes), Effect.forEach(
+          Array.from({ length: Math.ceil(changes.length / 100) }, (_, i) => changes.slice(i * 100, (i + 1) * 100)),
+          (chunk) => pg`SELECT ${pg.csv(chunk.map((change) => pg`pg_notify(${channel}, ${encodeChange(change)})`))}`,
+          { discard: true }
+        )),
+      // And to this instance's own subscribers at once, with the entries, so they need not read
+      // them back (their NOTIFY is dropped, see `ownChanges`).
+      afterCommit: (changes) => PubSub.publishAll(pubsub, changes),
+      // Not committed (or not known to be): its NOTIFY, if any, must pass.
+      afterFailure: (changes) =>
+        Effect.sync(() => {
+          for (const change of changes) ownChanges.delete(encodeChange(change))
         }),
-      afterCommit: () => Effect.void,
       changes: PubSub.subscribe(pubsub)
     }, maxPageBytes).pipe(Effect.provideService(SqlClient.SqlClient, pg))
   })

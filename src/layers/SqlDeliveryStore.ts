@@ -16,7 +16,8 @@
  *   `pg_notify` inside the append transaction (Postgres delivers it only on commit, and
  *   after the commit is visible); every store instance LISTENs on one connection, fans out
  *   through its own PubSub, and checks that connection with a heartbeat, re-LISTENing (and
- *   telling subscribers to re-read) if it is lost.
+ *   telling subscribers to re-read) if it is lost. Both also hand their own commits' entries
+ *   to their subscribers with the announcement, so those need not read them back.
  *
  * Transactions hold only SQL: no network, no waiting on other fibers (SQLite's single
  * connection would deadlock).
@@ -45,13 +46,15 @@ import { IdentityUpdate, IdentityUpdateEnvelope } from "../domain/Wire.ts"
 import {
   ANY_TOPIC,
   type AppendIdentityResult,
+  type CurrentInstallation,
   DeliveryStore,
   DeliveryStoreError,
   type StoredEntry,
   type Topic,
   type TopicChange
 } from "../services/DeliveryStore.ts"
-import { MAX_PAGE_BYTES } from "./DeliveryRequests.ts"
+import { MAX_PAGE_BYTES, SPAN } from "./DeliveryRequests.ts"
+import { endOfTurn, makeTurnBatcher } from "./TurnBatcher.ts"
 
 type Service = DeliveryStore["Type"]
 
@@ -151,6 +154,8 @@ export interface Announcer {
   readonly inTransaction: (changes: ReadonlyArray<TopicChange>) => Effect.Effect<void, unknown>
   /** Runs after the commit (SQLite: the in-process PubSub). */
   readonly afterCommit: (changes: ReadonlyArray<TopicChange>) => Effect.Effect<void>
+  /** Runs when a transaction that announced `inTransaction` failed (rolled back, or its outcome is unknown). */
+  readonly afterFailure?: (changes: ReadonlyArray<TopicChange>) => Effect.Effect<void>
   readonly changes: Effect.Effect<Queue.Dequeue<TopicChange>, never, Scope.Scope>
 }
 
@@ -169,7 +174,7 @@ export const makeWith = (
     const failed = (operation: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       effect.pipe(
         Effect.mapError((cause) => new DeliveryStoreError({ operation, cause })),
-        Effect.withSpan(`DeliveryStore.${operation}`)
+        Effect.withSpan(`DeliveryStore.${operation}`, SPAN)
       )
 
     /** An append waiting for the next write transaction; its digests are hashed before it queues. */
@@ -195,16 +200,23 @@ export const makeWith = (
         const now = yield* Clock.currentTimeNanos
         const all = group.flatMap((w) => w.entries.map((entry, i) => ({ ...entry, digest: w.digests[i]! })))
         const topics = Array.from(new Set(all.map((e) => e.topic))).sort()
+        let announcedInTransaction: ReadonlyArray<TopicChange> = []
         const { results, grown } = yield* sql.withTransaction(Effect.gen(function*() {
-          // Lock each topic's counter (creating it) in a fixed order, and read its head.
+          // Lock each topic's counter (creating it) in a fixed order, and read its head: one
+          // statement per 200 topics, whose rows Postgres locks in the (sorted) order given.
           const heads = new Map<Topic, { sequenceId: bigint; timeNs: bigint }>()
-          for (const topic of topics) {
-            const [head] = yield* sql<{ last_sequence_id: unknown; last_time_ns: unknown }>`
-              INSERT INTO ds_topics (topic, last_sequence_id, last_time_ns) VALUES (${topic}, 0, '0')
+          for (let i = 0; i < topics.length; i += 200) {
+            const fresh = topics.slice(i, i + 200).map((topic) => ({ topic, last_sequence_id: 0, last_time_ns: "0" }))
+            const rows = yield* sql<{ topic: Topic; last_sequence_id: unknown; last_time_ns: unknown }>`
+              INSERT INTO ds_topics ${sql.insert(fresh)}
               ON CONFLICT (topic) DO UPDATE SET last_sequence_id = ds_topics.last_sequence_id
-              RETURNING last_sequence_id, last_time_ns`
-            if (head === undefined) return yield* Effect.dieMessage(`no counter row for topic ${topic}`)
-            heads.set(topic, { sequenceId: big(head.last_sequence_id), timeNs: big(head.last_time_ns) })
+              RETURNING topic, last_sequence_id, last_time_ns`
+            for (const head of rows) {
+              heads.set(head.topic, { sequenceId: big(head.last_sequence_id), timeNs: big(head.last_time_ns) })
+            }
+          }
+          for (const topic of topics) {
+            if (!heads.has(topic)) return yield* Effect.dieMessage(`no counter row for topic ${topic}`)
           }
           // Idempotent resend: an identical payload already on the topic (committed, or earlier
           // in this transaction) comes back as it was stored. One query for the whole group.
@@ -222,6 +234,7 @@ export const makeWith = (
           }
           const rows: Array<{ topic: Topic; sequence_id: bigint; server_time_ns: string; digest: string; payload: Uint8Array }> = []
           const grown = new Map<Topic, bigint>()
+          const fresh: Array<StoredEntry> = []
           const results = group.map((w) =>
             w.entries.map(({ payload, topic }, index): StoredEntry => {
               const digest = w.digests[index]!
@@ -233,6 +246,7 @@ export const makeWith = (
               const timeNs = now > head.timeNs ? now : head.timeNs
               const entry: StoredEntry = { topic, sequenceId, serverTimeNs: timeNs, payload: payload.slice() }
               rows.push({ topic, sequence_id: sequenceId, server_time_ns: String(timeNs), digest, payload: entry.payload })
+              fresh.push(entry)
               heads.set(topic, { sequenceId, timeNs })
               grown.set(topic, sequenceId)
               earlier.set(key(topic, digest), [...(earlier.get(key(topic, digest)) ?? []), entry])
@@ -243,15 +257,32 @@ export const makeWith = (
           for (let i = 0; i < rows.length; i += 100) {
             yield* sql`INSERT INTO ds_envelopes ${sql.insert(rows.slice(i, i + 100))}`
           }
-          for (const [topic, sequenceId] of grown) {
-            const head = heads.get(topic)!
-            yield* sql`UPDATE ds_topics SET last_sequence_id = ${sequenceId}, last_time_ns = ${String(head.timeNs)}
-              WHERE topic = ${topic}`
+          // The new heads, one statement per 200 topics (the rows exist and are locked).
+          const advanced = Array.from(grown, ([topic, sequenceId]) => ({
+            topic,
+            last_sequence_id: sequenceId,
+            last_time_ns: String(heads.get(topic)!.timeNs)
+          }))
+          for (let i = 0; i < advanced.length; i += 200) {
+            yield* sql`INSERT INTO ds_topics ${sql.insert(advanced.slice(i, i + 200))}
+              ON CONFLICT (topic) DO UPDATE
+              SET last_sequence_id = excluded.last_sequence_id, last_time_ns = excluded.last_time_ns`
           }
-          const changes = Array.from(grown, ([topic, sequenceId]): TopicChange => ({ topic, sequenceId }))
-          if (changes.length > 0) yield* announcer.inTransaction(changes)
+          const added = new Map<Topic, Array<StoredEntry>>()
+          for (const entry of fresh) added.set(entry.topic, [...(added.get(entry.topic) ?? []), entry])
+          const changes = Array.from(grown, ([topic, sequenceId]): TopicChange => ({ topic, sequenceId, entries: added.get(topic)! }))
+          if (changes.length > 0) {
+            announcedInTransaction = changes
+            yield* announcer.inTransaction(changes)
+          }
           return { results, grown: changes }
-        }))
+        })).pipe(
+          Effect.tapErrorCause(() =>
+            announcer.afterFailure === undefined || announcedInTransaction.length === 0
+              ? Effect.void
+              : announcer.afterFailure(announcedInTransaction)
+          )
+        )
         if (grown.length > 0) yield* announcer.afterCommit(grown)
         return results
       }).pipe(Effect.mapError((cause) => new DeliveryStoreError({ operation: "append", cause })))
@@ -289,6 +320,10 @@ export const makeWith = (
           done: yield* Deferred.make<ReadonlyArray<StoredEntry>, DeliveryStoreError>()
         }
         waiting.push(self)
+        // SQLite's driver is synchronous: a writer that started at once would commit before any
+        // other request of this turn was even decoded, one transaction per append. Waiting for
+        // the end of this event-loop turn lets every append of the turn share its commit.
+        yield* endOfTurn
         // Whoever holds the writer stores everything queued so far; an append already stored
         // by an earlier writer only collects its result.
         yield* writer.withPermits(1)(Effect.suspend(function loop(): Effect.Effect<void> {
@@ -303,7 +338,7 @@ export const makeWith = (
           )
         )
         return yield* Deferred.await(self.done)
-      }).pipe(Effect.withSpan("DeliveryStore.append"))
+      }).pipe(Effect.withSpan("DeliveryStore.append", SPAN))
 
     /**
      * Reads sizes first (neither driver loads a blob to measure it), then only the payloads
@@ -426,12 +461,25 @@ export const makeWith = (
         failed("appendIdentityUpdate")
       )
 
-    const installation: Service["installation"] = (installationId) =>
+    /**
+     * Every request is authenticated against its installation's current key, so this runs once
+     * per request: the lookups of one event-loop turn share one query.
+     */
+    const installations = makeTurnBatcher((ids: ReadonlyArray<InstallationId>) =>
       Effect.gen(function*() {
-        const [row] = yield* sql<{ inbox_id: InboxId; signature_public_key: string }>`
-          SELECT inbox_id, signature_public_key FROM ds_installations WHERE installation_id = ${installationId}`
-        return row === undefined ? undefined : { inboxId: row.inbox_id, signaturePublicKey: row.signature_public_key }
+        const found = new Map<InstallationId, CurrentInstallation>()
+        for (let i = 0; i < ids.length; i += 500) {
+          const rows = yield* sql<{ installation_id: InstallationId; inbox_id: InboxId; signature_public_key: string }>`
+            SELECT installation_id, inbox_id, signature_public_key FROM ds_installations
+            WHERE ${sql.in("installation_id", ids.slice(i, i + 500))}`
+          for (const row of rows) {
+            found.set(row.installation_id, { inboxId: row.inbox_id, signaturePublicKey: row.signature_public_key })
+          }
+        }
+        return found
       }).pipe(failed("installation"))
+    )
+    const installation: Service["installation"] = installations
 
     const identityUpdates: Service["identityUpdates"] = (inboxId, afterSequence) =>
       Effect.gen(function*() {

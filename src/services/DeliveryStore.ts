@@ -35,6 +35,12 @@ export interface StoredEntry {
 export interface TopicChange {
   readonly topic: Topic
   readonly sequenceId: bigint
+  /**
+   * The entries this commit added to the topic, in order and ending at `sequenceId`, when the
+   * announcer holds them (the writing process): a subscriber that has delivered up to just
+   * below the first may hand them on without reading the store. Shared: copy before handing out.
+   */
+  readonly entries?: ReadonlyArray<StoredEntry>
 }
 
 /**
