@@ -366,6 +366,19 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       return true
     }
 
+    /** Hands the hook every structurally sound leaf of a tree about to be validated leaf by leaf. */
+    const prepareTree = async (tree: RatchetTree): Promise<void> => {
+      if (options.prepareAuthentication === undefined) return
+      const leaves: Array<LeafIdentity & { readonly signaturePublicKey: Uint8Array }> = []
+      for (const node of tree) {
+        if (node?.nodeType !== "leaf") continue
+        const identity = structuralIdentity(node.leaf.credential, node.leaf.signaturePublicKey)
+        if (typeof identity !== "string") leaves.push({ ...identity, signaturePublicKey: node.leaf.signaturePublicKey })
+      }
+      // A warm-up only: if it fails, each leaf's own check meets the failure.
+      await options.prepareAuthentication(leaves).catch(() => undefined)
+    }
+
     // ts-mls calls this on commit path leaves, welcome trees and (after `checkAdds`) Adds.
     const authService: AuthenticationService = {
       validateCredential: (credential, signaturePublicKey) => authenticateLeaf(credential, signaturePublicKey, false)
@@ -624,7 +637,7 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
           // Not ts-mls's `joinGroup`: its tree check refuses trees ts-mls builds (see TsMlsWelcome).
           const joined = yield* tryMls(
             "joinFromWelcome",
-            () => joinWithSigner(welcome, publicPackage, privatePackage, cs, clientConfig)
+            () => joinWithSigner(welcome, publicPackage, privatePackage, cs, clientConfig, prepareTree)
           )
           return wrap(joined.client, joined.signer)
         }
@@ -813,7 +826,8 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       deserialize,
       inviterOf,
       leafDetails,
-      authenticatedBy: (authenticate) => serviceOn(cs, { ...options, authenticate })
+      authenticatedBy: (authenticate, prepare) =>
+        serviceOn(cs, { ...options, authenticate, ...(prepare === undefined ? {} : { prepareAuthentication: prepare }) })
     } satisfies Service
 }
 

@@ -1,0 +1,63 @@
+/**
+ * Large groups: what joining and adding cost in requests, and that no shortcut lets in a
+ * member the identity log does not vouch for.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import type { DeliveryService } from "../src/services/DeliveryService.ts"
+import { TestNetwork } from "../src/testing.ts"
+
+type Delivery = DeliveryService["Type"]
+
+/** A delivery service that counts identity lookups, and can withhold one inbox's log. */
+const watched = (calls: { identity: number }, withhold?: () => string | undefined) => (ds: Delivery): Delivery => ({
+  ...ds,
+  getIdentityUpdates: (queries) =>
+    Effect.suspend(() => {
+      calls.identity++
+      return ds.getIdentityUpdates(queries).pipe(
+        Effect.map((answers) => answers.map((a) => (a.inboxId === withhold?.() ? { ...a, updates: [] } : a)))
+      )
+    })
+})
+
+describe("Joining a large group", () => {
+  it.scoped("a newcomer fetches the identity logs of every member in one request, not one per inbox", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const alice = yield* net.client("alice")
+      const others = yield* Effect.forEach(["bob", "carol", "dave", "erin", "frank", "grace"], (n) => net.client(n))
+      const group = yield* alice.createGroup(others.map((o) => o.inboxId))
+      const calls = { identity: 0 }
+      const newcomer = yield* net.client("newcomer", { wrapDelivery: watched(calls) })
+      yield* group.addMembers([newcomer.inboxId])
+
+      calls.identity = 0
+      const joined = yield* newcomer.syncAll
+      expect(joined.joined).toBe(1)
+      // Seven inboxes to verify: one lookup for all of them, and one for the new member's first
+      // check of the group's installations (one per inbox, eight, without the batch).
+      expect(calls.identity).toBe(2)
+      yield* group.send("hello, eight of us")
+      yield* newcomer.syncAll
+      const messages = yield* (yield* newcomer.conversation(group.id)).messages()
+      expect(messages.map((m) => m.text)).toContain("hello, eight of us")
+    }))
+
+  it.scoped("a member whose inbox log does not hold its leaf still keeps the newcomer out", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const alice = yield* net.client("alice")
+      const others = yield* Effect.forEach(["bob", "carol", "dave"], (n) => net.client(n))
+      const group = yield* alice.createGroup(others.map((o) => o.inboxId))
+      // The newcomer's service hides carol's log: her leaf cannot be vouched for.
+      const calls = { identity: 0 }
+      const newcomer = yield* net.client("newcomer", { wrapDelivery: watched(calls, () => others[1]!.inboxId) })
+      yield* group.addMembers([newcomer.inboxId])
+
+      const result = yield* newcomer.syncAll
+      expect(result.joined).toBe(0)
+      expect(result.skippedBy).toEqual({ badWelcome: 1 })
+      expect(yield* newcomer.conversations()).toHaveLength(0)
+    }))
+})
