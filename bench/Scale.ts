@@ -319,3 +319,35 @@ export const latestOfStitchedDm = (count: number) =>
       latest50: yield* samples(20, handle.messages({ limit: 50, direction: "desc" }))
     }
   }))
+
+/**
+ * What a newcomer to a group of `inboxes` other inboxes must verify before trusting its tree, and
+ * raw ts-mls's joinGroup does not: each inbox's log (create, add installation) with its three
+ * Ed25519 signatures. The median of `rounds` replays of all the logs, in ms.
+ */
+export const identityLogVerification = (inboxes: number, rounds: number) => {
+  const logs = Array.from({ length: inboxes }, () => {
+    const root = ed25519.utils.randomSecretKey()
+    const installation = ed25519.utils.randomSecretKey()
+    const inboxId = IdentityLog.inboxIdOf(ed25519.getPublicKey(root))
+    const created = IdentityLog.signUpdate(root, inboxId, undefined, {
+      _tag: "CreateInbox",
+      rootPublicKey: toHex(ed25519.getPublicKey(root))
+    })
+    const head = Either.getOrThrow(IdentityLog.applyUpdate(undefined, created))
+    const publicKey = ed25519.getPublicKey(installation)
+    const added = IdentityLog.signUpdate(root, inboxId, head, {
+      _tag: "AddInstallation",
+      installationId: IdentityLog.installationIdOf(publicKey),
+      signaturePublicKey: toHex(publicKey)
+    }, installation)
+    return [created, added]
+  })
+  const out: Array<number> = []
+  for (let r = 0; r < rounds + 1; r++) {
+    const start = performance.now()
+    for (const log of logs) Either.getOrThrow(IdentityLog.replay(log))
+    if (r > 0) out.push(performance.now() - start)
+  }
+  return median(out)
+}

@@ -900,6 +900,7 @@ const benchScale = Effect.gen(function*() {
   const history = yield* Scale.latestOfMany(n(100_000, 5000))
   const stitched = yield* Scale.latestOfStitchedDm(n(100_000, 5000))
   const large = yield* Scale.largeGroup(100, n(5, 2))
+  const identityLogs = Scale.identityLogVerification(100, n(10, 3))
   const resident = yield* Scale.manyLargeGroups(LARGE_GROUP_COUNT, 100)
   const row = (label: string, ms: number, notes: string) => [label, fmt(ms, 2), notes]
   printTable("7. Scale (medians, ms)", ["case", "ms", "notes"], [
@@ -917,6 +918,8 @@ const benchScale = Effect.gen(function*() {
   ])
   console.log(`   process RSS with ${memory.groups} groups (2 clients of 2-member groups, in-memory service): ${fmt(memory.rssMiB, 0)} MiB ` +
     `(+${fmt(memory.rssGrowthMiB, 0)} MiB for the groups)`)
+  console.log(`   the welcome join verifies the identity log of every member's inbox first (raw joinGroup does not): ` +
+    `100 inboxes' logs (300 Ed25519 signatures) take ${fmt(identityLogs, 1)} ms here`)
   const mib = (m: { readonly rss: number; readonly heap: number }) => `RSS ${fmt(m.rss, 0)} MiB, heap ${fmt(m.heap, 0)} MiB`
   console.log(`   a client in ${resident.groups} groups of ${resident.size} members (built in ${fmt(resident.setupMs / 1000, 1)} s), ` +
     `after GC: restarted ${mib(resident.before)}; after syncAll (${fmt(resident.syncMs, 0)} ms) ${mib(resident.afterSync)}; ` +
@@ -933,6 +936,7 @@ const benchScale = Effect.gen(function*() {
   summary["rssLargeGroups"] = Math.max(resident.afterSync.rss, resident.afterRead.rss)
   summary["add100"] = large.add
   summary["join100"] = large.join
+  summary["identityLogs100"] = identityLogs
 })
 
 // ---- 8. converge serve under 50 authenticated publishers ----------------------------------
@@ -1182,7 +1186,8 @@ const goalsOf = (s: Record<string, number>): ReadonlyArray<Goal> => {
       ratio: x(addRatio)
     }),
     judge("welcome join into a 100-member group / raw joinGroup", joinRatio, "x", "<= 1.2x", (v) => v <= 1.2, {
-      rawNative: ms(get("rawJoin100Native")),
+      // Raw joinGroup checks no identity log; the engine must verify 100 (the second figure).
+      rawNative: `${ms(get("rawJoin100Native"))} + ${ms(get("identityLogs100"))} logs`,
       rawDefault: ms(get("rawJoin100Default")),
       ratio: x(joinRatio)
     }),
