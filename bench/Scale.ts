@@ -209,6 +209,7 @@ export const manyLargeGroups = (groups: number, size: number) =>
     const storage = yield* net.storage(bob)
     const crypto = net.crypto
     const me = Option.getOrThrow(yield* storage.identity.get)
+    let stateBytes = 0
     const [setupMs] = yield* time(Effect.forEach(Array.from({ length: groups }), () =>
       Effect.gen(function*() {
         const groupId = toHex(randomBytes(16)) as GroupId
@@ -220,13 +221,15 @@ export const manyLargeGroups = (groups: number, size: number) =>
         const created = yield* crypto.createGroup(groupId, own, encodeSettings(metadata))
         const { staged } = yield* crypto.createCommit(created, { add: keyPackages })
         const now = yield* Clock.currentTimeNanos
+        const mlsState = crypto.serialize(staged)
+        stateBytes = mlsState.length
         yield* storage.transaction(storage.groups.insert(StoredGroup.make({
           id: groupId,
           kind: "group",
           dmId: null,
           membershipState: "active",
           epoch: crypto.view(staged).epoch,
-          mlsState: crypto.serialize(staged),
+          mlsState,
           maybeForked: false,
           forkDetails: null,
           quarantine: null,
@@ -255,6 +258,7 @@ export const manyLargeGroups = (groups: number, size: number) =>
     return {
       groups: conversations.length,
       size,
+      stateBytes,
       setupMs,
       syncMs,
       readMs,

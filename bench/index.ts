@@ -921,7 +921,8 @@ const benchScale = Effect.gen(function*() {
   console.log(`   the welcome join verifies the identity log of every member's inbox first (raw joinGroup does not): ` +
     `100 inboxes' logs (300 Ed25519 signatures) take ${fmt(identityLogs, 1)} ms here`)
   const mib = (m: { readonly rss: number; readonly heap: number }) => `RSS ${fmt(m.rss, 0)} MiB, heap ${fmt(m.heap, 0)} MiB`
-  console.log(`   a client in ${resident.groups} groups of ${resident.size} members (built in ${fmt(resident.setupMs / 1000, 1)} s), ` +
+  console.log(`   a client in ${resident.groups} groups of ${resident.size} members (states of ${fmt(resident.stateBytes / 1024, 0)} KiB; ` +
+    `built in ${fmt(resident.setupMs / 1000, 1)} s), ` +
     `after GC: restarted ${mib(resident.before)}; after syncAll (${fmt(resident.syncMs, 0)} ms) ${mib(resident.afterSync)}; ` +
     `after reading every group's members (${fmt(resident.readMs, 0)} ms) ${mib(resident.afterRead)}`)
   summary["groups"] = memory.groups
