@@ -4,10 +4,21 @@
  * them, the latest 50 of a conversation of 100,000 stored messages, and adding one member to a
  * 100-member group and that member's welcome join. Sizes shrink with `BENCH_SCALE`.
  */
-import { Effect } from "effect"
+import { ed25519 } from "@noble/curves/ed25519.js"
+import { Clock, Effect, Either, Option } from "effect"
+import { randomBytes } from "node:crypto"
+import * as v8 from "node:v8"
+import * as vm from "node:vm"
+import { toHex } from "../src/domain/Bytes.ts"
 import { messageIdOf } from "../src/domain/Content.ts"
+import { encodeSettings } from "../src/domain/GroupSettings.ts"
+import * as IdentityLog from "../src/domain/IdentityLog.ts"
+import { GroupMetadata } from "../src/domain/Model.ts"
+import { ed25519Seed } from "../src/domain/RequestAuth.ts"
+import { KeyPackageUpload } from "../src/domain/Wire.ts"
+import { authenticatedAs, installationSigner } from "../src/services/DeliveryAuth.ts"
 import type { ConversationId, GroupId, InstallationId } from "../src/domain/Ids.ts"
-import { StoredMessage } from "../src/domain/Stored.ts"
+import { StoredGroup, StoredMessage } from "../src/domain/Stored.ts"
 import { TestNetwork, type TestDelivery } from "../src/testing.ts"
 
 const median = (samples: ReadonlyArray<number>) => {
@@ -31,6 +42,23 @@ const samples = <A, E, R>(count: number, effect: Effect.Effect<A, E, R>) =>
   })
 
 const rssMiB = () => process.memoryUsage().rss / (1024 * 1024)
+
+/** A full collection without `--expose-gc` on the command line (the flag may be set at run time). */
+const collect = (() => {
+  v8.setFlagsFromString("--expose-gc")
+  const gc = vm.runInNewContext("gc") as () => void
+  return () => {
+    gc()
+    gc()
+  }
+})()
+
+/** RSS and the JS heap in use (with buffers outside it) after a full collection, in MiB. */
+const settled = () => {
+  collect()
+  const usage = process.memoryUsage()
+  return { rss: usage.rss / (1024 * 1024), heap: (usage.heapUsed + usage.external) / (1024 * 1024) }
+}
 
 /**
  * Bob is in `groups` groups that Alice created (joined from welcomes in one syncAll). Then:
@@ -133,3 +161,197 @@ export const largeGroup = (size: number, rounds: number) =>
     }
     return { size, add: median(adds), join: median(joins) }
   }))
+
+/**
+ * An inbox with one installation and its key package on the service, without a client (a client
+ * per member would weigh in the process's RSS): what a member that never syncs leaves there.
+ */
+const registerMember = (net: TestNetwork) =>
+  Effect.gen(function*() {
+    const root = ed25519.utils.randomSecretKey()
+    const inboxId = IdentityLog.inboxIdOf(ed25519.getPublicKey(root))
+    const keys = yield* net.crypto.generateSignatureKeyPair
+    const installationId = IdentityLog.installationIdOf(keys.publicKey)
+    const created = IdentityLog.signUpdate(root, inboxId, undefined, {
+      _tag: "CreateInbox",
+      rootPublicKey: toHex(ed25519.getPublicKey(root))
+    })
+    yield* net.delivery.publishIdentityUpdate(created)
+    const head = Either.getOrThrow(IdentityLog.applyUpdate(undefined, created))
+    yield* net.delivery.publishIdentityUpdate(IdentityLog.signUpdate(root, inboxId, head, {
+      _tag: "AddInstallation",
+      installationId,
+      signaturePublicKey: toHex(keys.publicKey)
+    }, ed25519Seed(keys.privateKey)))
+    const bundle = yield* net.crypto.generateKeyPackage({ inboxId, installationId }, keys)
+    const ds = authenticatedAs(net.delivery, installationSigner(installationId, keys.privateKey))
+    yield* ds.uploadKeyPackage(KeyPackageUpload.make({ installationId, keyPackage: bundle.publicPackage }))
+    return bundle.publicPackage
+  })
+
+/**
+ * The measured client (Bob) in `groups` groups of `size` members, the other `size - 1` inboxes
+ * (one installation each, `registerMember`) shared by all groups. Creating thousands of 100-member groups through
+ * the API would seal and store a welcome per member per group (about 1 s a group here), so Bob's
+ * groups are made directly with his keys: a real MLS group per id, his commit adding the others'
+ * key packages (fetched from the delivery service), stored as the engine stores a group it
+ * created. Nobody else holds these states; nothing is sent in them.
+ * RSS and JS heap after a full GC: before (Bob restarted, nothing decoded), after a syncAll over
+ * all groups, and after reading each group's members (which decodes each group's state through
+ * the state cache, an LRU bounded in bytes). The process RSS is an upper bound of Bob's: it also
+ * holds the in-memory delivery service and what building the groups left behind.
+ */
+export const manyLargeGroups = (groups: number, size: number) =>
+  Effect.scoped(Effect.gen(function*() {
+    const net = yield* TestNetwork.make
+    const bob = yield* net.client("bob")
+    const keyPackages = yield* Effect.forEach(Array.from({ length: size - 1 }), () => registerMember(net))
+    const storage = yield* net.storage(bob)
+    const crypto = net.crypto
+    const me = Option.getOrThrow(yield* storage.identity.get)
+    let stateBytes = 0
+    const [setupMs] = yield* time(Effect.forEach(Array.from({ length: groups }), () =>
+      Effect.gen(function*() {
+        const groupId = toHex(randomBytes(16)) as GroupId
+        const own = yield* crypto.generateKeyPackage(
+          { inboxId: me.inboxId, installationId: me.installationId },
+          { publicKey: me.signaturePublicKey, privateKey: me.signaturePrivateKey }
+        )
+        const metadata = GroupMetadata.make({ ...GroupMetadata.none, superAdmins: [me.inboxId] })
+        const created = yield* crypto.createGroup(groupId, own, encodeSettings(metadata))
+        const { staged } = yield* crypto.createCommit(created, { add: keyPackages })
+        const now = yield* Clock.currentTimeNanos
+        const mlsState = crypto.serialize(staged)
+        stateBytes = mlsState.length
+        yield* storage.transaction(storage.groups.insert(StoredGroup.make({
+          id: groupId,
+          kind: "group",
+          dmId: null,
+          membershipState: "active",
+          epoch: crypto.view(staged).epoch,
+          mlsState,
+          maybeForked: false,
+          forkDetails: null,
+          quarantine: null,
+          name: null,
+          description: null,
+          addedByInboxId: me.inboxId,
+          createdAtNs: now,
+          lastMessageNs: now
+        })))
+      }), { discard: true }))
+    // Bob starts from his database, as after a restart: no state decoded yet.
+    yield* net.restart(bob)
+    const before = settled()
+    const [syncMs] = yield* time(bob.syncAll)
+    const afterSync = settled()
+    const conversations = yield* bob.conversations()
+    let members = 0
+    const [readMs] = yield* time(Effect.forEach(conversations, (c) =>
+      c.members.pipe(Effect.map((m) => {
+        members += m.length
+      })), { discard: true }))
+    const afterRead = settled()
+    if (conversations.length !== groups || members !== groups * size) {
+      console.log(`   (warning: ${members} members over ${conversations.length} groups, expected ${groups} x ${size})`)
+    }
+    return {
+      groups: conversations.length,
+      size,
+      stateBytes,
+      setupMs,
+      syncMs,
+      readMs,
+      before,
+      afterSync,
+      afterRead
+    }
+  }))
+
+/**
+ * A DM between Alice and Bob stitched over three groups (Alice, her second device and Bob start it
+ * at once), with `count` messages spread over the three groups in Bob's database (written
+ * directly, as a long history would be); then its latest 50 through the API.
+ */
+export const latestOfStitchedDm = (count: number) =>
+  Effect.scoped(Effect.gen(function*() {
+    const net = yield* TestNetwork.make
+    const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+    const alice2 = yield* net.client("alice2", { sameInboxAs: alice })
+    const [dm] = yield* Effect.all([
+      alice.findOrCreateDm(bob.inboxId),
+      alice2.findOrCreateDm(bob.inboxId),
+      bob.findOrCreateDm(alice.inboxId)
+    ], { concurrency: 3 })
+    yield* bob.syncAll
+    const handle = yield* bob.conversation(dm.id)
+    const groupIds = (yield* handle.debugInfo).groupIds as unknown as ReadonlyArray<GroupId>
+    if (groupIds.length !== 3) console.log(`   (warning: the DM has ${groupIds.length} groups at Bob, expected 3)`)
+    const storage = yield* net.storage(bob)
+    const sender = "a".repeat(64) as InstallationId
+    // After the DM's own first messages (who joined), so the newest 50 are these.
+    const base = (yield* Clock.currentTimeNanos) + 1_000_000_000n
+    for (let from = 0; from < count; from += 5000) {
+      const rows = Array.from({ length: Math.min(5000, count - from) }, (_, k) => {
+        const i = from + k
+        const groupId = groupIds[i % groupIds.length]!
+        return StoredMessage.make({
+          id: messageIdOf(groupId, sender, `n${i}`),
+          groupId,
+          conversationId: dm.id as ConversationId,
+          senderInboxId: alice.inboxId,
+          senderInstallationId: sender,
+          sentAtNs: base + BigInt(i) * 1_000_000n,
+          sequenceId: BigInt(Math.floor(i / groupIds.length) + 10),
+          kind: "text",
+          content: `message ${i} ${"x".repeat(60)}`,
+          membershipChange: null,
+          deliveryStatus: "published",
+          insertedAtNs: base
+        })
+      })
+      yield* storage.transaction(storage.messages.insertMany(rows))
+    }
+    const latest = yield* handle.messages({ limit: 50, direction: "desc" })
+    const groupsSeen = new Set(latest.map((m) => m.groupId)).size
+    if (latest.length !== 50 || latest[0]?.text.startsWith(`message ${count - 1} `) !== true || groupsSeen !== groupIds.length) {
+      console.log(`   (warning: the latest 50 of the DM are not the newest stored: ${latest[0]?.text.slice(0, 20)}, ${groupsSeen} groups)`)
+    }
+    return {
+      count,
+      groups: groupIds.length,
+      latest50: yield* samples(20, handle.messages({ limit: 50, direction: "desc" }))
+    }
+  }))
+
+/**
+ * What a newcomer to a group of `inboxes` other inboxes must verify before trusting its tree, and
+ * raw ts-mls's joinGroup does not: each inbox's log (create, add installation) with its three
+ * Ed25519 signatures. The median of `rounds` replays of all the logs, in ms.
+ */
+export const identityLogVerification = (inboxes: number, rounds: number) => {
+  const logs = Array.from({ length: inboxes }, () => {
+    const root = ed25519.utils.randomSecretKey()
+    const installation = ed25519.utils.randomSecretKey()
+    const inboxId = IdentityLog.inboxIdOf(ed25519.getPublicKey(root))
+    const created = IdentityLog.signUpdate(root, inboxId, undefined, {
+      _tag: "CreateInbox",
+      rootPublicKey: toHex(ed25519.getPublicKey(root))
+    })
+    const head = Either.getOrThrow(IdentityLog.applyUpdate(undefined, created))
+    const publicKey = ed25519.getPublicKey(installation)
+    const added = IdentityLog.signUpdate(root, inboxId, head, {
+      _tag: "AddInstallation",
+      installationId: IdentityLog.installationIdOf(publicKey),
+      signaturePublicKey: toHex(publicKey)
+    }, installation)
+    return [created, added]
+  })
+  const out: Array<number> = []
+  for (let r = 0; r < rounds + 1; r++) {
+    const start = performance.now()
+    for (const log of logs) Either.getOrThrow(IdentityLog.replay(log))
+    if (r > 0) out.push(performance.now() - start)
+  }
+  return median(out)
+}

@@ -406,6 +406,44 @@ describe("authenticate hook", () => {
       expect(lenient.view(yield* lenient.joinFromWelcome(welcome!, [carol.keyPackage])).members).toHaveLength(4)
     }))
 
+  it.effect("a welcome's whole tree is announced to the prepare hook first; each leaf is still judged on its own", () =>
+    Effect.gen(function*() {
+      const lenient = yield* withOptions({})
+      const banned = yield* newInstallation(lenient)
+      const order: Array<string> = []
+      const prepared: Array<ReadonlyArray<LeafIdentity>> = []
+      const authenticate = (identity: LeafIdentity) => {
+        order.push("authenticate")
+        return Promise.resolve(identity.installationId !== banned.identity.installationId)
+      }
+      // A prepare hook that fails (a delivery service down) decides nothing either way.
+      const prepare = (leaves: ReadonlyArray<LeafIdentity>) => {
+        order.push("prepare")
+        prepared.push(leaves)
+        return Promise.reject(new Error("identity service unavailable"))
+      }
+      const strict = (yield* withOptions({})).authenticatedBy(authenticate, prepare)
+
+      const [alice] = (yield* setUpGroup(lenient, 3)) as [Member, Member, Member]
+      const carol = yield* newInstallation(lenient)
+      const fine = yield* lenient.createCommit(alice.state, { add: [carol.keyPackage.publicPackage] })
+      const joined = yield* strict.joinFromWelcome(fine.welcome!, [carol.keyPackage])
+      expect(strict.view(joined).members).toHaveLength(4)
+      // Once, before any single check, with every leaf of the tree (the joiner's own too).
+      expect(order[0]).toBe("prepare")
+      expect(order.filter((o) => o === "prepare")).toHaveLength(1)
+      expect(prepared[0]!.map((l) => l.installationId).sort()).toEqual(
+        strict.view(joined).members.map((m) => m.installationId).sort()
+      )
+
+      const dave = yield* newInstallation(lenient)
+      const bad = yield* lenient.createCommit(fine.staged, {
+        add: [banned.keyPackage.publicPackage, dave.keyPackage.publicPackage]
+      })
+      expectReason(yield* Effect.flip(strict.joinFromWelcome(bad.welcome!, [dave.keyPackage])), "Unauthenticated")
+      expect(prepared[1]!.map((l) => l.installationId)).toContain(banned.identity.installationId)
+    }))
+
   it.effect("the structural check runs without any hook", () =>
     Effect.gen(function*() {
       const crypto = yield* withOptions({})

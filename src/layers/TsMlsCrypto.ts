@@ -46,7 +46,6 @@ import { decodeKeyPackage, encodeKeyPackage, makeKeyPackageRef, verifyKeyPackage
 import { verifyLeafNodeSignatureKeyPackage } from "ts-mls/leafNode.js"
 import { unprotectPrivateMessage } from "ts-mls/messageProtection.js"
 import * as MlsError from "ts-mls/mlsError.js"
-import { decryptSenderData } from "ts-mls/privateMessage.js"
 import * as StateCodec from "./TsMlsStateCodec.ts"
 import { bytesEqual, concat, fromHex, fromUtf8, toHex, utf8 } from "../domain/Bytes.ts"
 import { CryptoError, type CryptoErrorReason } from "../domain/Errors.ts"
@@ -372,6 +371,19 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       return true
     }
 
+    /** Hands the hook every structurally sound leaf of a tree about to be validated leaf by leaf. */
+    const prepareTree = async (tree: RatchetTree): Promise<void> => {
+      if (options.prepareAuthentication === undefined) return
+      const leaves: Array<LeafIdentity & { readonly signaturePublicKey: Uint8Array }> = []
+      for (const node of tree) {
+        if (node?.nodeType !== "leaf") continue
+        const identity = structuralIdentity(node.leaf.credential, node.leaf.signaturePublicKey)
+        if (typeof identity !== "string") leaves.push({ ...identity, signaturePublicKey: node.leaf.signaturePublicKey })
+      }
+      // A warm-up only: if it fails, each leaf's own check meets the failure.
+      await options.prepareAuthentication(leaves).catch(() => undefined)
+    }
+
     // ts-mls calls this on commit path leaves, welcome trees and (after `checkAdds`) Adds.
     const authService: AuthenticationService = {
       validateCredential: (credential, signaturePublicKey) => authenticateLeaf(credential, signaturePublicKey, false)
@@ -630,7 +642,7 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
           // Not ts-mls's `joinGroup`: its tree check refuses trees ts-mls builds (see TsMlsWelcome).
           const joined = yield* tryMls(
             "joinFromWelcome",
-            () => joinWithSigner(welcome, publicPackage, privatePackage, cs, clientConfig)
+            () => joinWithSigner(welcome, publicPackage, privatePackage, cs, clientConfig, prepareTree)
           )
           return wrap(joined.client, joined.signer)
         }
@@ -654,21 +666,43 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
     })
 
     /**
-     * 1.6.4 does not say who sent an application message (notes §2). The sender data names the
-     * leaf, and processMessage has already verified the signature against that leaf's key, so
-     * decrypting the sender data again in the message's epoch identifies the sender.
+     * An application message: ts-mls 1.6.4's `processPrivateMessage` steps for that case (current
+     * epoch, or a past one still retained), keeping the sender its sender data names, which
+     * 1.6.4's result drops (notes §2). `unprotectPrivateMessage` decrypts the sender data, checks
+     * the leaf is non-blank, decrypts the content and verifies its signature against that leaf.
      */
-    const senderOf = (client: ClientState, pm: PrivateMessage) =>
-      Effect.gen(function*() {
-        const epochData = pm.epoch === client.groupContext.epoch
-          ? { senderDataSecret: client.keySchedule.senderDataSecret, ratchetTree: client.ratchetTree }
-          : client.historicalReceiverData.get(pm.epoch)
-        if (epochData === undefined) return yield* fail("WrongEpoch", `no keys for epoch ${pm.epoch}`)
-        const senderData = yield* tryMls("process", () => decryptSenderData(pm, epochData.senderDataSecret, cs))
-        const sender = senderData && leafMemberAt(epochData.ratchetTree, senderData.leafIndex)
-        if (sender === undefined) return yield* fail("Internal", "cannot resolve the sender leaf")
-        return sender
-      })
+    const processApplication = async (client: ClientState, pm: PrivateMessage) => {
+      const past = pm.epoch < client.groupContext.epoch ? client.historicalReceiverData.get(pm.epoch) : undefined
+      if (pm.epoch < client.groupContext.epoch && past === undefined) {
+        throw new MlsError.ValidationError("Cannot process message, epoch too old")
+      }
+      const keys = past ?? {
+        senderDataSecret: client.keySchedule.senderDataSecret,
+        secretTree: client.secretTree,
+        ratchetTree: client.ratchetTree,
+        groupContext: client.groupContext
+      }
+      const result = await unprotectPrivateMessage(
+        keys.senderDataSecret,
+        pm,
+        keys.secretTree,
+        keys.ratchetTree,
+        keys.groupContext,
+        client.clientConfig.keyRetentionConfig,
+        cs
+      )
+      const content = result.content.content
+      if (content.contentType !== "application" || content.sender.senderType !== "member") {
+        throw new MlsError.ValidationError("not an application message from a member")
+      }
+      const newState: ClientState = past === undefined
+        ? { ...client, secretTree: result.tree }
+        : {
+          ...client,
+          historicalReceiverData: new Map(client.historicalReceiverData).set(pm.epoch, { ...past, secretTree: result.tree })
+        }
+      return { plaintext: content.applicationData, leafIndex: content.sender.leafIndex, tree: keys.ratchetTree, newState }
+    }
 
     const process: Service["process"] = Effect.fn("MlsCrypto.process")(function*(state, bytes) {
       const client = unwrap(state)
@@ -700,6 +734,18 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
         return yield* fail("WrongEpoch", `commit for past epoch ${header.epoch}; group is at ${epoch}`)
       }
 
+      if (header.kind === "application" && message.wireformat === "mls_private_message") {
+        const app = yield* tryMls("process", () => processApplication(client, message.privateMessage))
+        const sender = leafMemberAt(app.tree, app.leafIndex)
+        if (sender === undefined) return yield* fail("Internal", "cannot resolve the sender leaf")
+        return {
+          kind: "application",
+          plaintext: app.plaintext,
+          sender,
+          epoch: header.epoch,
+          state: wrap(app.newState)
+        } satisfies Processed
+      }
       const received = header.kind === "commit" ? yield* checkReceivedCommit(client, message) : undefined
 
       let committer: number | undefined
@@ -709,13 +755,7 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
           return "accept"
         }, cs))
 
-      if (result.kind === "applicationMessage") {
-        if (message.wireformat !== "mls_private_message") return yield* fail("Malformed", "unexpected public message")
-        const sender = yield* senderOf(client, message.privateMessage)
-        const next = wrap(result.newState)
-        const plaintext = result.message
-        return { kind: "application", plaintext, sender, epoch: header.epoch, state: next } satisfies Processed
-      }
+      if (result.kind === "applicationMessage") return yield* fail("Malformed", "unexpected application message")
       if (committer === undefined || received === undefined || committer !== received.committer) {
         return yield* fail("Malformed", "commits from non-members are not accepted")
       }
@@ -820,7 +860,8 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       deserialize,
       inviterOf,
       leafDetails,
-      authenticatedBy: (authenticate) => serviceOn(cs, { ...options, authenticate })
+      authenticatedBy: (authenticate, prepare) =>
+        serviceOn(cs, { ...options, authenticate, ...(prepare === undefined ? {} : { prepareAuthentication: prepare }) })
     } satisfies Service
 }
 

@@ -245,7 +245,9 @@ export const joinWithSigner = async (
   keyPackage: KeyPackage,
   privateKeys: PrivateKeyPackage,
   cs: CiphersuiteImpl,
-  config: ClientConfig
+  config: ClientConfig,
+  /** Runs before the tree's leaves are authenticated one by one (a batched identity lookup). */
+  beforeTreeValidation?: (tree: RatchetTree) => Promise<void>
 ): Promise<{ readonly client: ClientState; readonly signer: number }> => {
   const keyPackageRef = await makeKeyPackageRef(keyPackage, cs.hash)
   const initKey = await cs.hpke.importPrivateKey(privateKeys.initPrivateKey)
@@ -261,6 +263,7 @@ export const joinWithSigner = async (
   const tree = ratchetTreeFromExtension(groupInfo)
   if (tree === undefined) throw new UsageError("No RatchetTree passed and no ratchet_tree extension")
 
+  if (beforeTreeValidation !== undefined) await beforeTreeValidation(tree)
   const signer = tree[leafToNodeIndex(toLeafIndex(groupInfo.signer))]
   if (signer === undefined) throw new ValidationError("Could not find signer leafNode")
   if (signer.nodeType === "parent") throw new ValidationError("Expected non blank leaf node")

@@ -262,8 +262,10 @@ export const make = (options: ClientOptions = {}) =>
     // Every request of this installation is signed by it (DeliveryAuth).
     const ds = authenticatedAs(network, installationSigner(identity.installationId, identity.signatureKeys.privateKey))
     // Every leaf ts-mls validates is checked against the identity log (RFC 9420 §5.3.1).
+    const runtime = yield* Effect.runtime<never>()
     const crypto = unauthenticated.authenticatedBy(
-      LeafAuthentication.authenticateWith(identity, yield* Effect.runtime<never>())
+      LeafAuthentication.authenticateWith(identity, runtime),
+      LeafAuthentication.prepareWith(identity, runtime)
     )
     const engineOptions: EngineOptions = {
       maxPastEpochs: options.maxPastEpochs ?? defaultEngineOptions.maxPastEpochs,

@@ -12,8 +12,13 @@ import type { GroupId } from "../domain/Ids.ts"
 import type { StoredGroup } from "../domain/Stored.ts"
 import type { MlsCrypto, MlsGroupState } from "./MlsCrypto.ts"
 
-/** Stored bytes of the states kept decoded: 32 MiB (a decoded state takes a few times its bytes). */
-export const DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+/**
+ * Stored bytes of the states kept decoded: 8 MiB. A decoded state takes about 8 times its bytes
+ * (a 100-member state: 56 KiB stored, 0.44 MiB of heap), so this is about 64 MiB of heap: 150
+ * states of 100-member groups, thousands of small ones. At 32 MiB a client in 1,000 groups of
+ * 100 members went past 512 MiB resident.
+ */
+export const DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 
 export const make = (crypto: MlsCrypto["Type"], maxBytes: number = DEFAULT_MAX_BYTES) => {
   /** In use order, least recent first (a Map keeps insertion order). */

@@ -66,6 +66,21 @@ export interface InstallationCandidate {
   readonly prove: IdentityLog.InstallationProver
 }
 
+/** A leaf as the identity log judges it: who it claims to be, and its signature key. */
+export type LeafIdentityKey = LeafIdentity & { readonly signaturePublicKey: Uint8Array }
+
+/** Most inboxes asked for in one identity request (the delivery service's lookup bound). */
+const LOOKUP_CHUNK = 100
+
+/**
+ * `isValidLeaf`'s rule: registered now with exactly this key, or once and revoked since (the
+ * installation id is the hash of the leaf's key, which MlsCrypto checks, so the id binds the key).
+ */
+const registeredLeaf = (state: IdentityLog.InboxState | undefined, leaf: LeafIdentityKey): boolean =>
+  state !== undefined &&
+  (IdentityLog.isCurrentInstallation(state, leaf.installationId, leaf.signaturePublicKey) ||
+    HashSet.has(state.revoked, leaf.installationId))
+
 export class Identity extends Context.Tag("converge/Identity")<Identity, {
   readonly inboxId: InboxId
   readonly installationId: InstallationId
@@ -102,6 +117,11 @@ export class Identity extends Context.Tag("converge/Identity")<Identity, {
   ) => Effect.Effect<ReadonlySet<InboxId>, StorageError>
   /** Grows whenever a state this installation holds changes: cached conclusions drawn from them are stale. */
   readonly version: Effect.Effect<number>
+  /**
+   * Before many `isValidLeaf` calls (a welcome's tree): refreshes, in as few requests as the
+   * service's lookup bound allows, every inbox whose cached state does not already pass this leaf.
+   */
+  readonly prefetchLeaves: (leaves: ReadonlyArray<LeafIdentityKey>) => Effect.Effect<void, IdentityError>
   /** Was this leaf ever registered to the inbox it names (current or revoked since)? Refreshes once if not. */
   readonly isValidLeaf: (leaf: LeafMember) => Effect.Effect<boolean, IdentityError>
   /**
@@ -185,13 +205,23 @@ export const make = (options: IdentityOptions) =>
     const refreshMany = Effect.fn("Identity.refreshMany")(function*(targets: ReadonlyArray<InboxId>) {
       const known = new Map<InboxId, IdentityLog.InboxState | undefined>()
       for (const target of new Set(targets)) known.set(target, yield* knownState(target))
-      if (known.size === 0) return known
-      const fetched = yield* ds.getIdentityUpdates(
-        [...known].map(([inboxId, state]) => ({ inboxId, afterSequence: state?.sequence ?? 0 }))
-      )
-      const { rejected } = yield* verifyOnto(known, fetched)
-      if (rejected[0] !== undefined) return yield* rejected[0]
+      const queries = [...known].map(([inboxId, state]) => ({ inboxId, afterSequence: state?.sequence ?? 0 }))
+      // The service answers at most LOOKUP_CHUNK inboxes per request: a large group takes several.
+      for (let from = 0; from < queries.length; from += LOOKUP_CHUNK) {
+        const fetched = yield* ds.getIdentityUpdates(queries.slice(from, from + LOOKUP_CHUNK))
+        const { rejected } = yield* verifyOnto(known, fetched)
+        if (rejected[0] !== undefined) return yield* rejected[0]
+      }
       return known
+    })
+
+    const prefetchLeaves = Effect.fn("Identity.prefetchLeaves")(function*(leaves: ReadonlyArray<LeafIdentityKey>) {
+      const held = yield* Ref.get(cache)
+      const stale = new Set<InboxId>()
+      for (const leaf of leaves) {
+        if (!registeredLeaf(Option.getOrUndefined(HashMap.get(held, leaf.inboxId)), leaf)) stale.add(leaf.inboxId)
+      }
+      if (stale.size > 0) yield* refreshMany([...stale])
     })
 
     /** What we hold of these inboxes, without asking the network (and now cached). */
@@ -246,16 +276,11 @@ export const make = (options: IdentityOptions) =>
     const isValidLeaf = Effect.fn("Identity.isValidLeaf")(function*(leaf: LeafMember) {
       // Registered now, or once and revoked since: a welcome or commit may be read after a
       // revocation it predates. Members remove revoked devices with their next installation
-      // check; refusing the leaf instead would split the group. (The installation id is the
-      // hash of the leaf's key, which MlsCrypto checks, so the id alone binds the key.)
-      const check = (state: IdentityLog.InboxState | undefined) =>
-        state !== undefined &&
-        (IdentityLog.isCurrentInstallation(state, leaf.installationId, leaf.signaturePublicKey) ||
-          HashSet.has(state.revoked, leaf.installationId))
+      // check; refusing the leaf instead would split the group.
       const cached = HashMap.get(yield* Ref.get(cache), leaf.inboxId)
-      if (Option.isSome(cached) && check(cached.value)) return true
+      if (Option.isSome(cached) && registeredLeaf(cached.value, leaf)) return true
       const fresh = yield* refresh(leaf.inboxId)
-      return check(Option.getOrUndefined(fresh))
+      return registeredLeaf(Option.getOrUndefined(fresh), leaf)
     })
 
     const isCurrentLeaf = Effect.fn("Identity.isCurrentLeaf")(function*(
@@ -375,6 +400,7 @@ export const make = (options: IdentityOptions) =>
       knownStates,
       absorb,
       version: Effect.sync(() => version),
+      prefetchLeaves,
       isValidLeaf,
       isCurrentLeaf,
       revokeInstallation: (target: InstallationId) =>

@@ -11,7 +11,7 @@
 import { Effect, Runtime } from "effect"
 import type { InboxId, InstallationId } from "../domain/Ids.ts"
 import type { Identity, IdentityError } from "./Identity.ts"
-import type { Authenticate, GroupView, LeafDetails, LeafMember, MlsCrypto } from "./MlsCrypto.ts"
+import type { Authenticate, GroupView, PrepareAuthentication, LeafDetails, LeafMember, MlsCrypto } from "./MlsCrypto.ts"
 
 type IdentityShape = Identity["Type"]
 
@@ -139,6 +139,14 @@ export const authenticateWith = (identity: IdentityShape, runtime: Runtime.Runti
         Effect.orElseSucceed(() => true)
       )
   )
+
+/**
+ * Before ts-mls authenticates a whole tree leaf by leaf (a welcome's), the identity logs those
+ * leaves need are fetched in one round instead of one request per inbox. Only a warm-up: each
+ * leaf is still judged by `authenticateWith`, and a failure here is left for that to meet.
+ */
+export const prepareWith = (identity: IdentityShape, runtime: Runtime.Runtime<never>): PrepareAuthentication => (leaves) =>
+  Runtime.runPromise(runtime)(identity.prefetchLeaves(leaves).pipe(Effect.orElse(() => Effect.void)))
 
 /**
  * A welcome for a group we were removed from takes us back only into the same group's history.

@@ -128,11 +128,22 @@ export type Authenticate = (
   newLeaf: boolean
 ) => Promise<boolean>
 
+/**
+ * Called once with every leaf of a tree before its leaves are authenticated one by one (a
+ * welcome's tree), so the hook can fetch what it needs for all of them in one round. A warm-up
+ * only: every leaf still goes through `Authenticate`, and a failure here decides nothing.
+ */
+export type PrepareAuthentication = (
+  leaves: ReadonlyArray<LeafIdentity & { readonly signaturePublicKey: Uint8Array }>
+) => Promise<void>
+
 export interface MlsCryptoOptions {
   /** How many past epochs' application messages stay decryptable (default 3). */
   readonly maxPastEpochs?: number
   /** Extra credential check; the structural check (installation id = hash of key) always runs. */
   readonly authenticate?: Authenticate
+  /** Warms `authenticate` up for a whole tree at once (see `PrepareAuthentication`). */
+  readonly prepareAuthentication?: PrepareAuthentication
   /**
    * The primitives under ts-mls: "native" (default) is node:crypto (layers/NodeCiphersuite),
    * "default" is ts-mls's own WebCrypto provider. Both read and write the same keys and states.
@@ -142,7 +153,7 @@ export interface MlsCryptoOptions {
 
 export interface MlsCryptoShape {
   /** The same service, with `authenticate` deciding every leaf credential (RFC 9420 §5.3.1). */
-  readonly authenticatedBy: (authenticate: Authenticate) => MlsCryptoShape
+  readonly authenticatedBy: (authenticate: Authenticate, prepare?: PrepareAuthentication) => MlsCryptoShape
   readonly generateSignatureKeyPair: Effect.Effect<SignatureKeyPair, CryptoError>
   /** `protocolVersion` is advertised in the leaf (a leaf node extension), for groups' minimum version. */
   readonly generateKeyPackage: (
