@@ -232,7 +232,7 @@ describe("converge CLI", () => {
 
   it.live("with CONVERGE_OTLP_URL, a command exports its spans; serve --metrics-port exposes Prometheus text", () =>
     Effect.scoped(Effect.gen(function*() {
-      const { dir, startServer } = yield* workspace
+      const { dir } = yield* workspace
       const spanNames: Array<string> = []
       const collector = yield* Effect.acquireRelease(
         Effect.async<http.Server>((resume) => {

@@ -11,7 +11,7 @@
  *   id, or of a member's inbox id for `group remove`) is accepted.
  */
 import { Args, Command, HelpDoc, Options, ValidationError } from "@effect/cli"
-import { Config, type ConfigError, Console, Effect, FiberRef, Logger, LogLevel, Option, Schema, Stream } from "effect"
+import { Config, type ConfigError, Console, Effect, FiberRef, Logger, LogLevel, Option, Stream } from "effect"
 import * as os from "node:os"
 import { DEFAULT_SERVE_LIMITS } from "./ServeLimits.ts"
 import * as path from "node:path"

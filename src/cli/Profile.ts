@@ -12,8 +12,6 @@ import { Client, type ClientOptions } from "../services/Client.ts"
 import { Identity } from "../services/Identity.ts"
 import * as RpcDeliveryService from "../layers/RpcDeliveryService.ts"
 import * as TsMlsCrypto from "../layers/TsMlsCrypto.ts"
-import { DeliveryService } from "../services/DeliveryService.ts"
-import { Storage } from "../services/Storage.ts"
 import { Unreachable, UsageError } from "./Errors.ts"
 
 export class ProfileFile extends Schema.Class<ProfileFile>("ProfileFile")({

@@ -27,7 +27,6 @@ import {
   Clock,
   Data,
   Deferred,
-  Duration,
   Effect,
   Exit,
   HashMap,
@@ -36,15 +35,13 @@ import {
   PubSub,
   Queue,
   Schema,
-  type Scope,
-  Stream
+  type Scope
 } from "effect"
-import { bytesEqual, sha256Hex, toHex } from "../domain/Bytes.ts"
+import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
 import type { InboxState } from "../domain/IdentityLog.ts"
 import type { InboxId, InstallationId } from "../domain/Ids.ts"
 import { IdentityUpdate, IdentityUpdateEnvelope } from "../domain/Wire.ts"
 import {
-  ANY_TOPIC,
   type AppendIdentityResult,
   type CurrentInstallation,
   DeliveryStore,

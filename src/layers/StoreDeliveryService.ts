@@ -14,7 +14,7 @@
  *   then read after the last delivered id whenever their topic changes: no gap, no
  *   duplicate, strict order per topic, also when other servers append to the store.
  */
-import { Chunk, Effect, Either, Layer, Queue, Schema, type Scope, Stream } from "effect"
+import { Chunk, Effect, Either, Layer, Queue, type Scope, Stream } from "effect"
 import { checkFilterCount, checkIdCount, invalidRequest, makeChecks, pageMayContinue, SPAN } from "./DeliveryRequests.ts"
 import { DeliveryError, InvalidIdentityUpdate } from "../domain/Errors.ts"
 import { applyUpdate } from "../domain/IdentityLog.ts"

@@ -578,10 +578,6 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
         return { commit, committer }
       })
 
-    /** The Adds a commit carries by value, for `checkAdds`. */
-    const addsIn = (proposals: ReadonlyArray<Proposal>) =>
-      proposals.flatMap((p) => p.proposalType === "add" ? [p.add.keyPackage] : [])
-
     const metadataProposal = (client: ClientState, metadata: Uint8Array | undefined): Array<Proposal> =>
       metadata === undefined ? [] : [{
         proposalType: "group_context_extensions",

@@ -7,7 +7,7 @@
  * cached in the store; a leaf is valid only if its key is a current installation of its inbox.
  */
 import { ed25519 } from "@noble/curves/ed25519.js"
-import { Clock, Context, Duration, Effect, Either, HashMap, HashSet, Layer, Option, Ref, Schema } from "effect"
+import { Clock, Context, Duration, Effect, Either, HashMap, HashSet, Layer, Option, Ref } from "effect"
 import { toHex } from "../domain/Bytes.ts"
 import {
   type CryptoError,
