@@ -239,6 +239,11 @@ describe("simulation: regressions", () => {
   // lands after the removal commit. c0 skips it (inactive) and fails it; the others store it.
   it.live("seed 876 (5 clients, 60 operations, classic)", () => runSeed({ seed: 876, clients: 5, ops: 60, ...CLASSIC }))
 
+  // Seed 40114 (full generator, messaging): c3 reacts in g0, is removed while offline, c0 deletes
+  // the reaction, and a welcome takes c3 back past both; c3 cannot read a deletion from epochs it
+  // was out of. The invariant (not the engine) was wrong: it counted only removals c3 had read.
+  it.live("seed 40114 (5 inboxes, 60 operations, messaging)", () => runSeed({ seed: 40114, clients: 5, ops: 60 }))
+
   it.live("a message that lands just after its sender's removal: sender and members agree on it", () =>
     Effect.scoped(Effect.gen(function*() {
       const net = yield* TestNetwork.make

@@ -65,6 +65,8 @@ export const check = (world: World, log: MessagingLog) =>
         if (Option.isNone(group) || group.value.membershipState !== "active") continue
         // Out of the group for a while since the message (removed, then added again): it may have missed the deletion.
         if (yield* wasOutSince(storages.get(c)!, row.value, inboxOf(c))) continue
+        // Also when it never read its removal: a welcome took it back past the removal and the deletion.
+        if (world.removed.get(world.groups.indexOf(row.value.groupId))?.has(inboxOf(c)) === true) continue
         violate("deletion-not-applied", `op ${e.op}: ${name(c)} still shows "${row.value.content}" that ${name(e.c)} deleted`)
       }
     }

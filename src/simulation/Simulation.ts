@@ -115,6 +115,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
       sent: [],
       forgedWelcomes: new Map(),
       invited: new Map(),
+      removed: new Map(),
       promoted: new Map(),
       renamed: new Set(),
       forgedCommits: new Set(),
@@ -198,6 +199,13 @@ export const run = (options: Options): Effect.Effect<Report> => {
       world.invited.set(g, set)
     }
 
+    /** Recorded before the action runs, like `invite`. */
+    const removing = (g: number, removed: ReadonlyArray<InboxId>) => {
+      const set = world.removed.get(g) ?? new Set<InboxId>()
+      for (const inbox of removed) set.add(inbox)
+      world.removed.set(g, set)
+    }
+
     const dmWith = (c: number, peer: number) =>
       clientOf(c).pipe(Effect.map((client) => dmId(client.inboxId, world.inboxIds[peer]!)))
 
@@ -229,6 +237,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
           invite(a.g, inboxes(a.targets))
           return conversationOf(a.c, a.g).pipe(Effect.flatMap((cv) => cv.addMembers(inboxes(a.targets))), Effect.as("ok"))
         case "Remove":
+          removing(a.g, inboxes(a.targets))
           return conversationOf(a.c, a.g).pipe(
             Effect.flatMap((cv) => cv.removeMembers(inboxes(a.targets))),
             Effect.as("ok")
@@ -243,6 +252,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
         case "SyncAll":
           return Effect.suspend(() => client.syncAll).pipe(Effect.map((s) => `ok: ${describeSummary(s)}`))
         case "Leave":
+          removing(a.g, [client.inboxId])
           return conversationOf(a.c, a.g).pipe(
             Effect.flatMap((cv) => cv.leave),
             Effect.tap(() => Effect.sync(() => leaves++)),

@@ -39,6 +39,12 @@ export interface World {
   readonly forgedWelcomes: Map<number, Set<string>>
   /** Per group (by creation index): every inbox a member asked to have in it (creator included). */
   readonly invited: Map<number, Set<InboxId>>
+  /**
+   * Per group (by creation index): every inbox someone asked to remove, or that asked to leave.
+   * One that is a member again was out for a while: a welcome brought it back at a later epoch,
+   * past whatever it could not read meanwhile.
+   */
+  readonly removed: Map<number, Set<InboxId>>
   /** Per group: inboxes someone asked, through the API, to make super admin (the creator aside). */
   readonly promoted: Map<number, Set<InboxId>>
   /** Digests (sha256 hex) of the policy-breaking commits the run forged (every member skips them). */
