@@ -463,6 +463,18 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
         "intents.get",
         sql`SELECT * FROM converge_intents WHERE id = ${id}`.pipe(Effect.flatMap(decodeIntents), Effect.map(first))
       ),
+    getMany: (ids) =>
+      run(
+        "intents.getMany",
+        Effect.gen(function*() {
+          const found: Array<StoredIntent> = []
+          for (let i = 0; i < ids.length; i += 100) {
+            const rows = yield* sql`SELECT * FROM converge_intents WHERE ${sql.in("id", ids.slice(i, i + 100))}`
+            found.push(...(yield* decodeIntents(rows)))
+          }
+          return found
+        })
+      ),
     byGroup: (groupId, states) =>
       run(
         "intents.byGroup",

@@ -590,11 +590,15 @@ export const make = (options: ClientOptions = {}) =>
         publishPending: forEachGroup((group) =>
           Effect.gen(function*() {
             const pending = yield* storage.intents.byGroup(group.id, ["ToPublish", "Published", "Committed"])
-            for (const intent of pending) {
-              // One round usually settles every queued message: skip those it already resolved.
-              const now = yield* storage.intents.get(intent.id)
-              if (Option.isSome(now) && now.value.state === "Processed") continue
-              yield* publisher.resolve(group.id, intent.id)
+            let ids = pending.map((intent) => intent.id)
+            while (ids.length > 0) {
+              // One round usually settles every queued message: read them back in one go and
+              // resolve the first one still open (an unreadable row too: resolving it says so).
+              const now = new Map((yield* storage.intents.getMany(ids)).map((intent) => [intent.id, intent.state]))
+              const open = ids.findIndex((id) => now.get(id) !== "Processed")
+              if (open < 0) break
+              yield* publisher.resolve(group.id, ids[open]!)
+              ids = ids.slice(open + 1)
             }
           })
         ).pipe(Effect.asVoid, Effect.tap(wakeSweeper), span("publishPending")),
