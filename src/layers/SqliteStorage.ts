@@ -116,6 +116,8 @@ const intentRowWith = <S extends SealedColumn>(sealed: S) => Schema.Struct({
   createdAtNs: column(Big, "created_at_ns")
 })
 const IntentRow = intentRowWith(Sealed)
+/** Built once: a schema made per call builds its encoder anew each time (every published intent). */
+const encodePostCommit = Schema.encode(Schema.NullOr(PostCommitDataJson))
 
 const IdentityRow = Schema.Struct({
   inboxId: column(InboxId, "inbox_id"),
@@ -514,7 +516,7 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
       run(
         "intents.markPublished",
         Effect.all([
-          Schema.encode(Schema.NullOr(PostCommitDataJson))(p.postCommit),
+          encodePostCommit(p.postCommit),
           p.stagedState === null ? Effect.succeed(null) : sealFor("staged_state")(p.stagedState)
         ]).pipe(
           Effect.flatMap(([postCommit, stagedState]) =>

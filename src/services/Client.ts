@@ -48,9 +48,9 @@ import { ConversationId, dmId, type GroupId, InboxId, type InstallationId, type 
 import {
   AddMembersData,
   KeyUpdateData,
+  makeSendMessageData,
   type MetadataPatch,
   RemoveMembersData,
-  SendMessageData,
   SetMinProtocolVersionData,
   SetRoleData,
   UpdateMetadataData,
@@ -430,7 +430,7 @@ export const make = (options: ClientOptions = {}) =>
           contentType: extras.content?.type ?? null,
           contentBytes: extras.content?.bytes ?? null
         })
-        const data = SendMessageData.make({ messageId, nonce, text, ...extras })
+        const data = makeSendMessageData({ messageId, nonce, text, ...extras })
         const storeMessage = Effect.zipRight(storage.messages.insert(row), storage.groups.touch(group.id, now))
         const writtenAhead = options.writtenAhead === true
           ? yield* publisher.queueWrittenAhead(group.id, data, now, storeMessage)
