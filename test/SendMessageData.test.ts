@@ -1,8 +1,10 @@
-/** A queued message's intent data: built by a validator made once, checked exactly as the class constructor checks it. */
+/** Values made on every send (intent data, published payloads): validators built once, the same checks as the class constructors. */
 import { describe, expect, it } from "@effect/vitest"
 import { MAX_CONTENT_BYTES } from "../src/domain/Content.ts"
 import type { GroupId, MessageId } from "../src/domain/Ids.ts"
 import { makeSendMessageData, SendMessageData } from "../src/domain/Intent.ts"
+import { validatedMaker } from "../src/domain/SchemaClass.ts"
+import { GroupMessageInput } from "../src/domain/Wire.ts"
 
 const messageId = "ab".repeat(32) as MessageId
 const groupId = "cd".repeat(16) as GroupId
@@ -29,5 +31,22 @@ describe("SendMessageData", () => {
     const big = { messageId, nonce: "n", text: "hi", content: { type: "example.org/blob:1", bytes: new Uint8Array(MAX_CONTENT_BYTES + 1) } }
     expect(() => SendMessageData.make(big)).toThrow()
     expect(() => makeSendMessageData(big)).toThrow(/content is over/)
+  })
+})
+
+describe("validatedMaker", () => {
+  const makeInput = validatedMaker(GroupMessageInput)
+
+  it("a published payload is the same value GroupMessageInput.make makes", () => {
+    const props = { groupId, payload: new Uint8Array([9, 8, 7]) }
+    const made = makeInput(props)
+    expect(made).toBeInstanceOf(GroupMessageInput)
+    expect(made).toEqual(GroupMessageInput.make(props))
+  })
+
+  it("a payload for a malformed group id is refused, as by GroupMessageInput.make", () => {
+    const bad = { groupId: "not-a-group" as GroupId, payload: new Uint8Array([1]) }
+    expect(() => GroupMessageInput.make(bad)).toThrow()
+    expect(() => makeInput(bad)).toThrow()
   })
 })

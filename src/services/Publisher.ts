@@ -44,6 +44,7 @@ import {
   UpdateInstallationsData
 } from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
+import { validatedMaker } from "../domain/SchemaClass.ts"
 import type { StoredIntent } from "../domain/Stored.ts"
 import { GroupMessageInput } from "../domain/Wire.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
@@ -72,6 +73,9 @@ type Derived =
     readonly staged: MlsGroupState | undefined
     readonly postCommit: PostCommitData | undefined
   }
+
+/** Every published payload goes out as one: its validator built once. */
+const makeGroupMessageInput = validatedMaker(GroupMessageInput)
 
 export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>) => {
   const { crypto, ds, identity, storage } = ctx
@@ -358,7 +362,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       }
       const payloads = batch
       for (let i = 0; i < payloads.length; i += MAX_BATCH) {
-        yield* ds.sendGroupMessages(payloads.slice(i, i + MAX_BATCH).map((payload) => GroupMessageInput.make({ groupId, payload })))
+        yield* ds.sendGroupMessages(payloads.slice(i, i + MAX_BATCH).map((payload) => makeGroupMessageInput({ groupId, payload })))
       }
       yield* ctx.options.crashPoint("publish.afterSendBeforeSync")
       published += payloads.length
