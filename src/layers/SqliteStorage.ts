@@ -272,6 +272,14 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
           : sql`SELECT ${sql.literal(SUMMARY_COLUMNS)} FROM converge_groups WHERE membership_state != 'inactive'
                 ORDER BY last_message_ns DESC, id`).pipe(Effect.flatMap(decodeSummaries))
       ),
+    summary: (id) =>
+      run(
+        "groups.summary",
+        sql`SELECT ${sql.literal(SUMMARY_COLUMNS)} FROM converge_groups WHERE id = ${id}`.pipe(
+          Effect.flatMap(decodeSummariesEach),
+          Effect.map(first)
+        )
+      ),
     byDmId: (dmId) =>
       run(
         "groups.byDmId",

@@ -40,6 +40,8 @@ export interface GroupRepository {
   readonly list: (options: { readonly includeInactive: boolean }) => Io<ReadonlyArray<StoredGroup>>
   /** As `list`, without the MLS states: what listing and syncing many groups need. */
   readonly summaries: (options: { readonly includeInactive: boolean }) => Io<ReadonlyArray<GroupSummary>>
+  /** One group's row without its MLS state: for checks that need only its membership or flags. */
+  readonly summary: (id: GroupId) => Io<Option.Option<GroupSummary>>
   /** Every group of one DM, the most recently used first. */
   readonly byDmId: (dmId: ConversationId) => Io<ReadonlyArray<StoredGroup>>
   readonly saveState: (id: GroupId, state: { readonly epoch: bigint; readonly mlsState: Uint8Array }) => Io<void>
