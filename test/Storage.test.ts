@@ -174,6 +174,31 @@ describe("Storage", () => {
       expect(yield* storage.intents.getMany([])).toEqual([])
     }).pipe(Effect.provide(SqliteStorage.layer.pipe(Layer.provideMerge(SqliteClient.layer({ filename: ":memory:" }))))))
 
+  it.effect("a batch of application messages is written ahead in one call; an intent no longer queued is left as it is", () =>
+    Effect.gen(function*() {
+      const storage = yield* Storage
+      yield* storage.groups.insert(group())
+      const ids = yield* Effect.forEach([1n, 2n, 3n], (createdAtNs) =>
+        storage.intents.insert({ groupId, data: AddMembersData.make({ inboxIds: [inbox] }), createdAtNs }))
+      yield* storage.intents.markError(ids[2]!, "gone")
+      yield* storage.intents.markPublishedMany(ids.map((id, i) => ({
+        id,
+        payloadHash: `h${i}`,
+        payload: new Uint8Array([i + 1]),
+        publishedEpoch: 7n
+      })))
+      const read = yield* storage.intents.getMany(ids)
+      const byId = new Map(read.map((i) => [i.id, i]))
+      for (const [i, id] of ids.slice(0, 2).entries()) {
+        const intent = byId.get(id)!
+        expect([intent.state, intent.payloadHash, intent.publishedEpoch, intent.attempts]).toEqual(["Published", `h${i}`, 7n, 1])
+        expect(intent.payload).toEqual(new Uint8Array([i + 1]))
+        expect(Option.getOrThrow(yield* storage.intents.byPayloadHash(`h${i}`)).id).toBe(id)
+      }
+      expect(byId.get(ids[2]!)!.state).toBe("Error")
+      expect(byId.get(ids[2]!)!.payload).toBeNull()
+    }).pipe(Effect.provide(SqliteStorage.layer.pipe(Layer.provideMerge(SqliteClient.layer({ filename: ":memory:" }))))))
+
   it.effect("own intents of a whole page are found by their payload hashes in one call", () =>
     Effect.gen(function*() {
       const storage = yield* Storage

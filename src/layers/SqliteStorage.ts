@@ -535,6 +535,15 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
           )
         )
       ),
+    markPublishedMany: (rows) =>
+      run(
+        "intents.markPublishedMany",
+        Effect.forEach(chunksOf(rows, 100), (chunk) =>
+          sql`UPDATE converge_intents SET state = 'Published', payload_hash = v.column2, payload = v.column3,
+                published_epoch = v.column4, staged_state = NULL, post_commit_data = NULL, attempts = attempts + 1
+              FROM (VALUES ${sql.csv(chunk.map((r) => sql`(${r.id}, ${r.payloadHash}, ${r.payload}, ${r.publishedEpoch})`))}) AS v
+              WHERE converge_intents.id = v.column1 AND state = 'ToPublish'`, { discard: true })
+      ),
     resetToPublish: (id, { conflict }) =>
       run(
         "intents.resetToPublish",

@@ -343,10 +343,13 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     /** Payloads to send next, in order; those derived in this round still to be written ahead. */
     let batch: Array<Uint8Array> = []
     let writeAhead: Array<Effect.Effect<void, StorageError>> = []
+    /** The application messages of `batch` to mark Published: one statement for them all. */
+    let marks: Array<{ id: number; payloadHash: string; payload: Uint8Array; publishedEpoch: bigint }> = []
     let stateToSave: MlsGroupState | undefined
 
     const flush = Effect.gen(function*() {
       if (batch.length === 0) return
+      if (marks.length > 0) writeAhead.push(storage.intents.markPublishedMany(marks))
       if (writeAhead.length > 0) {
         yield* ctx.options.crashPoint("publish.beforeWriteAhead")
         const writes = writeAhead
@@ -368,6 +371,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       published += payloads.length
       batch = []
       writeAhead = []
+      marks = []
       stateToSave = undefined
     })
 
@@ -406,13 +410,18 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
         yield* storage.intents.markProcessed(intent.id)
         continue
       }
-      writeAhead.push(storage.intents.markPublished(intent.id, {
-        payloadHash: sha256Hex(derived.payload),
-        payload: derived.payload,
-        publishedEpoch: epoch,
-        stagedState: derived.staged === undefined ? null : ctx.encodeStaged(groupId, derived.staged),
-        postCommit: derived.postCommit ?? null
-      }))
+      const payloadHash = sha256Hex(derived.payload)
+      if (derived.staged === undefined && derived.postCommit === undefined) {
+        marks.push({ id: intent.id, payloadHash, payload: derived.payload, publishedEpoch: epoch })
+      } else {
+        writeAhead.push(storage.intents.markPublished(intent.id, {
+          payloadHash,
+          payload: derived.payload,
+          publishedEpoch: epoch,
+          stagedState: derived.staged === undefined ? null : ctx.encodeStaged(groupId, derived.staged),
+          postCommit: derived.postCommit ?? null
+        }))
+      }
       batch.push(derived.payload)
       if (derived.state !== undefined) {
         state = derived.state

@@ -123,6 +123,15 @@ export interface IntentRepository {
   readonly byPayloadHashes: (hashes: ReadonlyArray<string>) => Io<ReadonlyArray<StoredIntent>>
   /** ToPublish -> Published, with everything needed to resend or adopt (write-ahead). */
   readonly markPublished: (id: number, published: PublishedIntent) => Io<void>
+  /** `markPublished` for application messages (nothing staged, nothing after), one statement per hundred. */
+  readonly markPublishedMany: (
+    rows: ReadonlyArray<{
+      readonly id: number
+      readonly payloadHash: string
+      readonly payload: Uint8Array
+      readonly publishedEpoch: bigint
+    }>
+  ) => Io<void>
   /** Published -> ToPublish: drops the staged payload so it is re-derived; counts a conflict. */
   readonly resetToPublish: (id: number, options: { readonly conflict: boolean }) => Io<void>
   readonly markCommitted: (id: number, sequenceId: bigint) => Io<void>
