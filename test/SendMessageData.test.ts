@@ -5,6 +5,7 @@ import type { GroupId, MessageId } from "../src/domain/Ids.ts"
 import { makeSendMessageData, SendMessageData } from "../src/domain/Intent.ts"
 import { validatedMaker } from "../src/domain/SchemaClass.ts"
 import { GroupMessageInput } from "../src/domain/Wire.ts"
+import { Message } from "../src/domain/Model.ts"
 
 const messageId = "ab".repeat(32) as MessageId
 const groupId = "cd".repeat(16) as GroupId
@@ -48,5 +49,26 @@ describe("validatedMaker", () => {
     const bad = { groupId: "not-a-group" as GroupId, payload: new Uint8Array([1]) }
     expect(() => GroupMessageInput.make(bad)).toThrow()
     expect(() => makeInput(bad)).toThrow()
+  })
+
+  it("a message read back is the same value Message.make makes, and a bad one is refused", () => {
+    const makeMessage = validatedMaker(Message)
+    const props = {
+      id: messageId,
+      conversationId: groupId as unknown as Message["conversationId"],
+      groupId,
+      senderInboxId: "ef".repeat(32) as Message["senderInboxId"],
+      senderInstallationId: "01".repeat(32) as Message["senderInstallationId"],
+      sentAtNs: 5n,
+      kind: "text" as const,
+      text: "hello",
+      deliveryStatus: "published" as const,
+      groupContext: null,
+      content: { type: "example.org/reaction:1", bytes: new Uint8Array([1]) },
+      deleted: false
+    }
+    expect(makeMessage(props)).toEqual(Message.make(props))
+    expect(makeMessage(props)).toBeInstanceOf(Message)
+    expect(() => makeMessage({ ...props, sentAtNs: "5" as unknown as bigint })).toThrow()
   })
 })
