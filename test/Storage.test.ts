@@ -145,6 +145,60 @@ describe("Storage", () => {
       expect(Option.getOrThrow(yield* storage.groups.get(groupId)).quarantine).toBeNull()
     }).pipe(Effect.provide(SqliteStorage.layer.pipe(Layer.provideMerge(SqliteClient.layer({ filename: ":memory:" }))))))
 
+  it.effect("one group's summary is its row without the state; a damaged row reads as none", () =>
+    Effect.gen(function*() {
+      const storage = yield* Storage
+      const other = "b".repeat(32) as GroupId
+      yield* storage.groups.insert(group())
+      yield* storage.groups.insert(group({ id: other }))
+      yield* storage.groups.setMembership(groupId, "pendingRemove")
+      const summary = Option.getOrThrow(yield* storage.groups.summary(groupId))
+      expect(summary.membershipState).toBe("pendingRemove")
+      expect(summary.id).toBe(groupId)
+      expect("mlsState" in summary).toBe(false)
+      expect(yield* storage.groups.summary("c".repeat(32) as GroupId)).toEqual(Option.none())
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`UPDATE converge_groups SET added_by_inbox_id = 'nobody' WHERE id = ${other}`
+      expect(yield* storage.groups.summary(other)).toEqual(Option.none())
+    }).pipe(Effect.provide(SqliteStorage.layer.pipe(Layer.provideMerge(SqliteClient.layer({ filename: ":memory:" }))))))
+
+  it.effect("queued intents are read back many at once; an id without a row is left out", () =>
+    Effect.gen(function*() {
+      const storage = yield* Storage
+      yield* storage.groups.insert(group())
+      const ids = yield* Effect.forEach([1n, 2n, 3n], (createdAtNs) =>
+        storage.intents.insert({ groupId, data: AddMembersData.make({ inboxIds: [inbox] }), createdAtNs }))
+      yield* storage.intents.markProcessed(ids[1]!)
+      const found = yield* storage.intents.getMany([ids[2]!, 999, ids[0]!, ids[1]!])
+      expect(new Map(found.map((i) => [i.id, i.state]))).toEqual(new Map([[ids[0]!, "ToPublish"], [ids[1]!, "Processed"], [ids[2]!, "ToPublish"]]))
+      expect(yield* storage.intents.getMany([])).toEqual([])
+    }).pipe(Effect.provide(SqliteStorage.layer.pipe(Layer.provideMerge(SqliteClient.layer({ filename: ":memory:" }))))))
+
+  it.effect("a batch of application messages is written ahead in one call; an intent no longer queued is left as it is", () =>
+    Effect.gen(function*() {
+      const storage = yield* Storage
+      yield* storage.groups.insert(group())
+      const ids = yield* Effect.forEach([1n, 2n, 3n], (createdAtNs) =>
+        storage.intents.insert({ groupId, data: AddMembersData.make({ inboxIds: [inbox] }), createdAtNs }))
+      yield* storage.intents.markError(ids[2]!, "gone")
+      yield* storage.intents.markPublishedMany(ids.map((id, i) => ({
+        id,
+        payloadHash: `h${i}`,
+        payload: new Uint8Array([i + 1]),
+        publishedEpoch: 7n
+      })))
+      const read = yield* storage.intents.getMany(ids)
+      const byId = new Map(read.map((i) => [i.id, i]))
+      for (const [i, id] of ids.slice(0, 2).entries()) {
+        const intent = byId.get(id)!
+        expect([intent.state, intent.payloadHash, intent.publishedEpoch, intent.attempts]).toEqual(["Published", `h${i}`, 7n, 1])
+        expect(intent.payload).toEqual(new Uint8Array([i + 1]))
+        expect(Option.getOrThrow(yield* storage.intents.byPayloadHash(`h${i}`)).id).toBe(id)
+      }
+      expect(byId.get(ids[2]!)!.state).toBe("Error")
+      expect(byId.get(ids[2]!)!.payload).toBeNull()
+    }).pipe(Effect.provide(SqliteStorage.layer.pipe(Layer.provideMerge(SqliteClient.layer({ filename: ":memory:" }))))))
+
   it.effect("own intents of a whole page are found by their payload hashes in one call", () =>
     Effect.gen(function*() {
       const storage = yield* Storage

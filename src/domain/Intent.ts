@@ -59,6 +59,16 @@ export class SendMessageData extends Schema.Class<SendMessageData>("SendMessageD
   content: Schema.optional(WireTypedContent)
 }) {}
 
+const validateSendMessage = Schema.validateSync(Schema.Struct(SendMessageData.fields))
+
+/**
+ * `SendMessageData.make` with the same checks, by a validator built once: effect's class
+ * constructor builds its validator anew on each call when a field transforms (the typed
+ * content's bytes), about 0.1 ms, a tenth of an optimistic send.
+ */
+export const makeSendMessageData = (props: Omit<SendMessageData, "_tag">): SendMessageData =>
+  new SendMessageData(validateSendMessage({ ...props, _tag: "SendMessage" }), true)
+
 /** Deletes a message for every member: an application message of the target's conversation. */
 export class DeleteMessageData extends Schema.Class<DeleteMessageData>("DeleteMessageData")({
   _tag: Schema.tag("DeleteMessage"),

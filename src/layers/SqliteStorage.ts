@@ -116,6 +116,8 @@ const intentRowWith = <S extends SealedColumn>(sealed: S) => Schema.Struct({
   createdAtNs: column(Big, "created_at_ns")
 })
 const IntentRow = intentRowWith(Sealed)
+/** Built once: a schema made per call builds its encoder anew each time (every published intent). */
+const encodePostCommit = Schema.encode(Schema.NullOr(PostCommitDataJson))
 
 const IdentityRow = Schema.Struct({
   inboxId: column(InboxId, "inbox_id"),
@@ -269,6 +271,14 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
           ? sql`SELECT ${sql.literal(SUMMARY_COLUMNS)} FROM converge_groups ORDER BY last_message_ns DESC, id`
           : sql`SELECT ${sql.literal(SUMMARY_COLUMNS)} FROM converge_groups WHERE membership_state != 'inactive'
                 ORDER BY last_message_ns DESC, id`).pipe(Effect.flatMap(decodeSummaries))
+      ),
+    summary: (id) =>
+      run(
+        "groups.summary",
+        sql`SELECT ${sql.literal(SUMMARY_COLUMNS)} FROM converge_groups WHERE id = ${id}`.pipe(
+          Effect.flatMap(decodeSummariesEach),
+          Effect.map(first)
+        )
       ),
     byDmId: (dmId) =>
       run(
@@ -463,6 +473,18 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
         "intents.get",
         sql`SELECT * FROM converge_intents WHERE id = ${id}`.pipe(Effect.flatMap(decodeIntents), Effect.map(first))
       ),
+    getMany: (ids) =>
+      run(
+        "intents.getMany",
+        Effect.gen(function*() {
+          const found: Array<StoredIntent> = []
+          for (let i = 0; i < ids.length; i += 100) {
+            const rows = yield* sql`SELECT * FROM converge_intents WHERE ${sql.in("id", ids.slice(i, i + 100))}`
+            found.push(...(yield* decodeIntents(rows)))
+          }
+          return found
+        })
+      ),
     byGroup: (groupId, states) =>
       run(
         "intents.byGroup",
@@ -502,7 +524,7 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
       run(
         "intents.markPublished",
         Effect.all([
-          Schema.encode(Schema.NullOr(PostCommitDataJson))(p.postCommit),
+          encodePostCommit(p.postCommit),
           p.stagedState === null ? Effect.succeed(null) : sealFor("staged_state")(p.stagedState)
         ]).pipe(
           Effect.flatMap(([postCommit, stagedState]) =>
@@ -512,6 +534,15 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
                 WHERE id = ${id} AND state = 'ToPublish'`
           )
         )
+      ),
+    markPublishedMany: (rows) =>
+      run(
+        "intents.markPublishedMany",
+        Effect.forEach(chunksOf(rows, 100), (chunk) =>
+          sql`UPDATE converge_intents SET state = 'Published', payload_hash = v.column2, payload = v.column3,
+                published_epoch = v.column4, staged_state = NULL, post_commit_data = NULL, attempts = attempts + 1
+              FROM (VALUES ${sql.csv(chunk.map((r) => sql`(${r.id}, ${r.payloadHash}, ${r.payload}, ${r.publishedEpoch})`))}) AS v
+              WHERE converge_intents.id = v.column1 AND state = 'ToPublish'`, { discard: true })
       ),
     resetToPublish: (id, { conflict }) =>
       run(

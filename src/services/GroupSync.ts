@@ -5,7 +5,7 @@
  * intent states and cursor in one transaction, so a crash replays the page from the old
  * cursor with the old state and nothing is applied twice.
  */
-import { Clock, Effect, PubSub, Schema } from "effect"
+import { Clock, Effect, Option, PubSub, Schema } from "effect"
 import type { DeliveryError } from "../domain/Errors.ts"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
 import type { PostCommitData } from "../domain/Intent.ts"
@@ -63,6 +63,9 @@ export const make = (ctx: EngineContext) => {
     Effect.gen(function*() {
       // The membership a page just stored, if one was read: only a pending removal needs the row.
       if (known !== undefined && known !== "pendingRemove") return
+      // No page read (a sync without news): the row's membership, without its MLS state.
+      const summary = yield* storage.groups.summary(groupId)
+      if (Option.isSome(summary) && summary.value.membershipState !== "pendingRemove") return
       const group = yield* loadGroupRow(ctx, groupId)
       if (group.membershipState !== "pendingRemove") return
       const view = crypto.view(yield* ctx.loadState(group))

@@ -44,6 +44,7 @@ import {
   UpdateInstallationsData
 } from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
+import { validatedMaker } from "../domain/SchemaClass.ts"
 import type { StoredIntent } from "../domain/Stored.ts"
 import { GroupMessageInput } from "../domain/Wire.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
@@ -72,6 +73,9 @@ type Derived =
     readonly staged: MlsGroupState | undefined
     readonly postCommit: PostCommitData | undefined
   }
+
+/** Every published payload goes out as one: its validator built once. */
+const makeGroupMessageInput = validatedMaker(GroupMessageInput)
 
 export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>) => {
   const { crypto, ds, identity, storage } = ctx
@@ -339,10 +343,13 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     /** Payloads to send next, in order; those derived in this round still to be written ahead. */
     let batch: Array<Uint8Array> = []
     let writeAhead: Array<Effect.Effect<void, StorageError>> = []
+    /** The application messages of `batch` to mark Published: one statement for them all. */
+    let marks: Array<{ id: number; payloadHash: string; payload: Uint8Array; publishedEpoch: bigint }> = []
     let stateToSave: MlsGroupState | undefined
 
     const flush = Effect.gen(function*() {
       if (batch.length === 0) return
+      if (marks.length > 0) writeAhead.push(storage.intents.markPublishedMany(marks))
       if (writeAhead.length > 0) {
         yield* ctx.options.crashPoint("publish.beforeWriteAhead")
         const writes = writeAhead
@@ -358,12 +365,13 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       }
       const payloads = batch
       for (let i = 0; i < payloads.length; i += MAX_BATCH) {
-        yield* ds.sendGroupMessages(payloads.slice(i, i + MAX_BATCH).map((payload) => GroupMessageInput.make({ groupId, payload })))
+        yield* ds.sendGroupMessages(payloads.slice(i, i + MAX_BATCH).map((payload) => makeGroupMessageInput({ groupId, payload })))
       }
       yield* ctx.options.crashPoint("publish.afterSendBeforeSync")
       published += payloads.length
       batch = []
       writeAhead = []
+      marks = []
       stateToSave = undefined
     })
 
@@ -402,13 +410,18 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
         yield* storage.intents.markProcessed(intent.id)
         continue
       }
-      writeAhead.push(storage.intents.markPublished(intent.id, {
-        payloadHash: sha256Hex(derived.payload),
-        payload: derived.payload,
-        publishedEpoch: epoch,
-        stagedState: derived.staged === undefined ? null : ctx.encodeStaged(groupId, derived.staged),
-        postCommit: derived.postCommit ?? null
-      }))
+      const payloadHash = sha256Hex(derived.payload)
+      if (derived.staged === undefined && derived.postCommit === undefined) {
+        marks.push({ id: intent.id, payloadHash, payload: derived.payload, publishedEpoch: epoch })
+      } else {
+        writeAhead.push(storage.intents.markPublished(intent.id, {
+          payloadHash,
+          payload: derived.payload,
+          publishedEpoch: epoch,
+          stagedState: derived.staged === undefined ? null : ctx.encodeStaged(groupId, derived.staged),
+          postCommit: derived.postCommit ?? null
+        }))
+      }
       batch.push(derived.payload)
       if (derived.state !== undefined) {
         state = derived.state

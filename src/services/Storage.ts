@@ -40,6 +40,8 @@ export interface GroupRepository {
   readonly list: (options: { readonly includeInactive: boolean }) => Io<ReadonlyArray<StoredGroup>>
   /** As `list`, without the MLS states: what listing and syncing many groups need. */
   readonly summaries: (options: { readonly includeInactive: boolean }) => Io<ReadonlyArray<GroupSummary>>
+  /** One group's row without its MLS state: for checks that need only its membership or flags. */
+  readonly summary: (id: GroupId) => Io<Option.Option<GroupSummary>>
   /** Every group of one DM, the most recently used first. */
   readonly byDmId: (dmId: ConversationId) => Io<ReadonlyArray<StoredGroup>>
   readonly saveState: (id: GroupId, state: { readonly epoch: bigint; readonly mlsState: Uint8Array }) => Io<void>
@@ -112,6 +114,8 @@ export interface PublishedIntent {
 export interface IntentRepository {
   readonly insert: (intent: NewIntent) => Io<number>
   readonly get: (id: number) => Io<Option.Option<StoredIntent>>
+  /** `get` for many intents, one statement per hundred; an id without a readable row is left out. */
+  readonly getMany: (ids: ReadonlyArray<number>) => Io<ReadonlyArray<StoredIntent>>
   readonly byGroup: (groupId: GroupId, states: ReadonlyArray<IntentState>) => Io<ReadonlyArray<StoredIntent>>
   readonly byState: (states: ReadonlyArray<IntentState>) => Io<ReadonlyArray<StoredIntent>>
   readonly byPayloadHash: (hash: string) => Io<Option.Option<StoredIntent>>
@@ -119,6 +123,15 @@ export interface IntentRepository {
   readonly byPayloadHashes: (hashes: ReadonlyArray<string>) => Io<ReadonlyArray<StoredIntent>>
   /** ToPublish -> Published, with everything needed to resend or adopt (write-ahead). */
   readonly markPublished: (id: number, published: PublishedIntent) => Io<void>
+  /** `markPublished` for application messages (nothing staged, nothing after), one statement per hundred. */
+  readonly markPublishedMany: (
+    rows: ReadonlyArray<{
+      readonly id: number
+      readonly payloadHash: string
+      readonly payload: Uint8Array
+      readonly publishedEpoch: bigint
+    }>
+  ) => Io<void>
   /** Published -> ToPublish: drops the staged payload so it is re-derived; counts a conflict. */
   readonly resetToPublish: (id: number, options: { readonly conflict: boolean }) => Io<void>
   readonly markCommitted: (id: number, sequenceId: bigint) => Io<void>
