@@ -143,15 +143,15 @@ const InboxLogRow = Schema.Struct({
   update: column(Schema.parseJson(IdentityUpdate), "update_json")
 })
 
-// The rows decode to exactly the port's values.
-const _rowsMatchDomain: [
+// The rows decode to exactly the port's values (checked by the compiler).
+void ([true, true, true, true, true, true] satisfies [
   typeof GroupRow.Type extends StoredGroup ? true : false,
   typeof MessageRow.Type extends StoredMessage ? true : false,
   typeof IntentRow.Type extends StoredIntent ? true : false,
   typeof IdentityRow.Type extends StoredIdentity ? true : false,
   typeof KeyPackageRow.Type extends StoredKeyPackage ? true : false,
   typeof InboxLogRow.Type extends InboxLogEntry ? true : false
-] = [true, true, true, true, true, true]
+])
 
 const toStorageError = (operation: string) => (error: SqlError | ParseResult.ParseError | { readonly message: string }) =>
   new StorageError({ operation, detail: error.message })

@@ -17,7 +17,7 @@ import {
   Stream
 } from "effect"
 import { randomBytes } from "node:crypto"
-import { toHex, utf8 } from "../domain/Bytes.ts"
+import { toHex } from "../domain/Bytes.ts"
 import { messageIdOf } from "../domain/Content.ts"
 import {
   type ConvergeError,
@@ -66,7 +66,7 @@ import type { MembershipState } from "../domain/Stored.ts"
 import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
 import { DeliveryService } from "./DeliveryService.ts"
 import { groupTopic, welcomeTopic } from "../domain/Topics.ts"
-import { defaultEngineOptions, type EngineContext, type EngineOptions, loadGroupRow } from "./EngineContext.ts"
+import { defaultEngineOptions, type EngineContext, type EngineOptions } from "./EngineContext.ts"
 import * as ConversationMessaging from "./ConversationMessaging.ts"
 import * as ConsentBook from "./ConsentBook.ts"
 import * as GroupStateCache from "./GroupStateCache.ts"
@@ -75,7 +75,7 @@ import { failPendingIntents, newLeaveRequest, queueIntent as queueIntentIn } fro
 import * as Devices from "./Devices.ts"
 import * as DeviceSync from "./DeviceSync.ts"
 import * as GroupSync from "./GroupSync.ts"
-import { Identity, type IdentityError, type IdentityOptions } from "./Identity.ts"
+import type { IdentityError, IdentityOptions } from "./Identity.ts"
 import * as IdentityService from "./Identity.ts"
 import * as LeafAuthentication from "./LeafAuthentication.ts"
 import { MlsCrypto } from "./MlsCrypto.ts"
@@ -361,13 +361,6 @@ export const make = (options: ClientOptions = {}) =>
 
     const queueIntent = (groupId: GroupId, data: IntentData) =>
       Clock.currentTimeNanos.pipe(Effect.flatMap((now) => queueIntentIn(env, groupId, data, now)))
-
-    const activeGroup = (groupId: GroupId) =>
-      Effect.gen(function*() {
-        const group = yield* loadGroupRow(env, groupId)
-        if (group.membershipState === "inactive") return yield* new GroupInactive({ groupId })
-        return group
-      })
 
     /** The settings in the group's context at the epoch held (defaults if they do not decode). */
     const settingsOf = (group: StoredGroup) =>

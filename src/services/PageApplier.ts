@@ -18,7 +18,7 @@ import {
 } from "../domain/Content.ts"
 import { changedSettings, commitRefusal, leaveBlocked } from "../domain/GroupSettings.ts"
 import { encodeGovernanceError, PermissionDenied, type StorageError } from "../domain/Errors.ts"
-import type { ConversationId, GroupId, InboxId, MessageId } from "../domain/Ids.ts"
+import type { ConversationId, InboxId, MessageId } from "../domain/Ids.ts"
 import {
   addSkipCounts,
   ApplicationDecision,
