@@ -14,12 +14,9 @@ import { messageIdOf } from "../src/domain/Content.ts"
 import { encodeSettings } from "../src/domain/GroupSettings.ts"
 import * as IdentityLog from "../src/domain/IdentityLog.ts"
 import { GroupMetadata } from "../src/domain/Model.ts"
-import { ed25519Seed } from "../src/domain/RequestAuth.ts"
-import { KeyPackageUpload } from "../src/domain/Wire.ts"
-import { authenticatedAs, installationSigner } from "../src/services/DeliveryAuth.ts"
 import type { ConversationId, GroupId, InstallationId } from "../src/domain/Ids.ts"
 import { StoredGroup, StoredMessage } from "../src/domain/Stored.ts"
-import { TestNetwork, type TestDelivery } from "../src/testing.ts"
+import { registerBareInbox, TestNetwork, type TestDelivery } from "../src/testing.ts"
 
 const median = (samples: ReadonlyArray<number>) => {
   const sorted = [...samples].sort((a, b) => a - b)
@@ -162,32 +159,9 @@ export const largeGroup = (size: number, rounds: number) =>
     return { size, add: median(adds), join: median(joins) }
   }))
 
-/**
- * An inbox with one installation and its key package on the service, without a client (a client
- * per member would weigh in the process's RSS): what a member that never syncs leaves there.
- */
+/** A member that never syncs (see `registerBareInbox`): its key package. */
 const registerMember = (net: TestNetwork) =>
-  Effect.gen(function*() {
-    const root = ed25519.utils.randomSecretKey()
-    const inboxId = IdentityLog.inboxIdOf(ed25519.getPublicKey(root))
-    const keys = yield* net.crypto.generateSignatureKeyPair
-    const installationId = IdentityLog.installationIdOf(keys.publicKey)
-    const created = IdentityLog.signUpdate(root, inboxId, undefined, {
-      _tag: "CreateInbox",
-      rootPublicKey: toHex(ed25519.getPublicKey(root))
-    })
-    yield* net.delivery.publishIdentityUpdate(created)
-    const head = Either.getOrThrow(IdentityLog.applyUpdate(undefined, created))
-    yield* net.delivery.publishIdentityUpdate(IdentityLog.signUpdate(root, inboxId, head, {
-      _tag: "AddInstallation",
-      installationId,
-      signaturePublicKey: toHex(keys.publicKey)
-    }, ed25519Seed(keys.privateKey)))
-    const bundle = yield* net.crypto.generateKeyPackage({ inboxId, installationId }, keys)
-    const ds = authenticatedAs(net.delivery, installationSigner(installationId, keys.privateKey))
-    yield* ds.uploadKeyPackage(KeyPackageUpload.make({ installationId, keyPackage: bundle.publicPackage }))
-    return bundle.publicPackage
-  })
+  registerBareInbox(net).pipe(Effect.map((inbox) => inbox.keyPackage))
 
 /**
  * The measured client (Bob) in `groups` groups of `size` members, the other `size - 1` inboxes

@@ -21,7 +21,8 @@ import type { ConvergeError } from "./domain/Errors.ts"
 import { toHex } from "./domain/Bytes.ts"
 import * as IdentityLog from "./domain/IdentityLog.ts"
 import type { GroupId, InstallationId } from "./domain/Ids.ts"
-import { GroupMessageEnvelope, WelcomeMessageEnvelope } from "./domain/Wire.ts"
+import { ed25519Seed } from "./domain/RequestAuth.ts"
+import { GroupMessageEnvelope, KeyPackageUpload, WelcomeMessageEnvelope } from "./domain/Wire.ts"
 import { serve as serveDelivery } from "./layers/DeliveryServer.ts"
 import * as FaultyDeliveryService from "./layers/FaultyDeliveryService.ts"
 import * as MemoryDeliveryStore from "./layers/MemoryDeliveryStore.ts"
@@ -426,3 +427,32 @@ export const TestNetwork = {
   make: makeNetwork(),
   makeWith: makeNetwork
 }
+
+/**
+ * An inbox with one installation and its key package on the service, and no client behind it:
+ * what a member that never syncs leaves there (a client per member would weigh in a process's
+ * memory). Its key package, for adding it to a group.
+ */
+export const registerBareInbox = (net: TestNetwork) =>
+  Effect.gen(function*() {
+    const root = ed25519.utils.randomSecretKey()
+    const inboxId = IdentityLog.inboxIdOf(ed25519.getPublicKey(root))
+    const keys = yield* net.crypto.generateSignatureKeyPair
+    const installationId = IdentityLog.installationIdOf(keys.publicKey)
+    const created = IdentityLog.signUpdate(root, inboxId, undefined, {
+      _tag: "CreateInbox",
+      rootPublicKey: toHex(ed25519.getPublicKey(root))
+    })
+    yield* net.delivery.publishIdentityUpdate(created)
+    yield* net.delivery.publishIdentityUpdate(IdentityLog.signUpdate(
+      root,
+      inboxId,
+      Either.getOrThrow(IdentityLog.applyUpdate(undefined, created)),
+      { _tag: "AddInstallation", installationId, signaturePublicKey: toHex(keys.publicKey) },
+      ed25519Seed(keys.privateKey)
+    ))
+    const bundle = yield* net.crypto.generateKeyPackage({ inboxId, installationId }, keys)
+    yield* authenticatedAs(net.delivery, installationSigner(installationId, keys.privateKey))
+      .uploadKeyPackage(KeyPackageUpload.make({ installationId, keyPackage: bundle.publicPackage }))
+    return { inboxId, installationId, keyPackage: bundle.publicPackage }
+  })

@@ -2,16 +2,10 @@
  * Large groups: what joining and adding cost in requests, and that no shortcut lets in a
  * member the identity log does not vouch for.
  */
-import { ed25519 } from "@noble/curves/ed25519.js"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Either } from "effect"
-import { toHex } from "../src/domain/Bytes.ts"
-import * as IdentityLog from "../src/domain/IdentityLog.ts"
-import { ed25519Seed } from "../src/domain/RequestAuth.ts"
-import { KeyPackageUpload } from "../src/domain/Wire.ts"
-import { authenticatedAs, installationSigner } from "../src/services/DeliveryAuth.ts"
+import { Effect } from "effect"
 import type { DeliveryService } from "../src/services/DeliveryService.ts"
-import { TestNetwork } from "../src/testing.ts"
+import { registerBareInbox, TestNetwork } from "../src/testing.ts"
 
 type Delivery = DeliveryService["Type"]
 
@@ -28,29 +22,7 @@ const watched = (calls: { identity: number }, withhold?: () => string | undefine
 })
 
 /** An inbox with one installation and a key package on the service, and no client behind it. */
-const bareInbox = (net: TestNetwork) =>
-  Effect.gen(function*() {
-    const root = ed25519.utils.randomSecretKey()
-    const inboxId = IdentityLog.inboxIdOf(ed25519.getPublicKey(root))
-    const keys = yield* net.crypto.generateSignatureKeyPair
-    const installationId = IdentityLog.installationIdOf(keys.publicKey)
-    const created = IdentityLog.signUpdate(root, inboxId, undefined, {
-      _tag: "CreateInbox",
-      rootPublicKey: toHex(ed25519.getPublicKey(root))
-    })
-    yield* net.delivery.publishIdentityUpdate(created)
-    yield* net.delivery.publishIdentityUpdate(IdentityLog.signUpdate(
-      root,
-      inboxId,
-      Either.getOrThrow(IdentityLog.applyUpdate(undefined, created)),
-      { _tag: "AddInstallation", installationId, signaturePublicKey: toHex(keys.publicKey) },
-      ed25519Seed(keys.privateKey)
-    ))
-    const bundle = yield* net.crypto.generateKeyPackage({ inboxId, installationId }, keys)
-    yield* authenticatedAs(net.delivery, installationSigner(installationId, keys.privateKey))
-      .uploadKeyPackage(KeyPackageUpload.make({ installationId, keyPackage: bundle.publicPackage }))
-    return inboxId
-  }).pipe(Effect.orDie)
+const bareInbox = (net: TestNetwork) => registerBareInbox(net).pipe(Effect.map((inbox) => inbox.inboxId), Effect.orDie)
 
 describe("A group of more than 100 inboxes", () => {
   it.scoped("grows past the service's lookup bound, and a newcomer joins it with lookups the service accepts", () =>
