@@ -50,6 +50,25 @@ describe("A group of more than 100 inboxes", () => {
     }), 120_000)
 })
 
+describe("Creating a large group at once", () => {
+  it.scoped("120 inboxes in one createGroup: key packages fetched in calls the service accepts", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const sizes: Array<number> = []
+      const counting = (ds: Delivery): Delivery => ({
+        ...ds,
+        fetchKeyPackages: (ids) => Effect.suspend(() => (sizes.push(ids.length), ds.fetchKeyPackages(ids)))
+      })
+      const alice = yield* net.client("alice", { wrapDelivery: counting })
+      const everyone = yield* Effect.forEach(Array.from({ length: 120 }), () => bareInbox(net))
+      const group = yield* alice.createGroup(everyone)
+      expect((yield* group.members).length).toBe(121)
+      // The service refuses more than 100 ids per call: 120 installations take two.
+      expect(Math.max(...sizes)).toBeLessThanOrEqual(100)
+      expect(sizes.filter((n) => n > 0).length).toBeGreaterThanOrEqual(2)
+    }), 120_000)
+})
+
 describe("Joining a large group", () => {
   it.scoped("a newcomer fetches the identity logs of every member in one request, not one per inbox", () =>
     Effect.gen(function*() {

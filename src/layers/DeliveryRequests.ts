@@ -5,6 +5,7 @@
 import { Effect, Schema } from "effect"
 import { DeliveryError } from "../domain/Errors.ts"
 import { GroupId, InstallationId } from "../domain/Ids.ts"
+import { MAX_IDS_PER_LOOKUP } from "../services/DeliveryService.ts"
 
 export const invalidRequest = (detail: string) => new DeliveryError({ reason: "InvalidRequest", retryable: false, detail })
 
@@ -102,8 +103,8 @@ export const checkFilterCount = (filters: ReadonlyArray<unknown>, what: string):
     })
   )
 
-/** Most ids in one `fetchKeyPackages` or `getIdentityUpdates` call. */
-export const MAX_IDS_PER_LOOKUP = 100
+/** Most ids in one `fetchKeyPackages` or `getIdentityUpdates` call (the port's contract). */
+export { MAX_IDS_PER_LOOKUP }
 
 export const checkIdCount = (ids: ReadonlyArray<unknown>, what: string): Effect.Effect<void, DeliveryError> =>
   ids.length <= MAX_IDS_PER_LOOKUP ? Effect.void : Effect.fail(

@@ -64,7 +64,7 @@ import { validatedMaker } from "../domain/SchemaClass.ts"
 import { StoredGroup, StoredMessage } from "../domain/Stored.ts"
 import type { MembershipState } from "../domain/Stored.ts"
 import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
-import { DeliveryService } from "./DeliveryService.ts"
+import { DeliveryService, fetchKeyPackagesInChunks } from "./DeliveryService.ts"
 import { groupTopic, welcomeTopic } from "../domain/Topics.ts"
 import { defaultEngineOptions, type EngineContext, type EngineOptions } from "./EngineContext.ts"
 import * as ConversationMessaging from "./ConversationMessaging.ts"
@@ -326,7 +326,7 @@ export const make = (options: ClientOptions = {}) =>
           installationsOf.set(inboxId, currentInstallations(inbox))
         }
         const all = [...installationsOf.values()].flat()
-        const fetched = all.length === 0 ? [] : yield* ds.fetchKeyPackages(all)
+        const fetched = all.length === 0 ? [] : yield* fetchKeyPackagesInChunks(ds, all)
         const missing = new Set<InstallationId>()
         for (const [inboxId, installations] of installationsOf) {
           for (const installationId of installations) {

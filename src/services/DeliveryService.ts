@@ -3,7 +3,7 @@
  * layer maps onto it one to one. Each group topic has one total order (strictly increasing
  * sequence ids); that order is the truth every client converges on.
  */
-import { Context, type Effect, type Stream } from "effect"
+import { Context, Effect, type Stream } from "effect"
 import type { DeliveryError, InvalidIdentityUpdate } from "../domain/Errors.ts"
 import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
 import type {
@@ -109,3 +109,21 @@ export class DeliveryService extends Context.Tag("converge/DeliveryService")<Del
     queries: ReadonlyArray<IdentityQuery>
   ) => Effect.Effect<ReadonlyArray<InboxUpdates>, DeliveryError>
 }>() {}
+
+/** Most ids one `fetchKeyPackages` or `getIdentityUpdates` call may carry: a server refuses more. */
+export const MAX_IDS_PER_LOOKUP = 100
+
+/** `fetchKeyPackages` for any number of installations: calls of at most `MAX_IDS_PER_LOOKUP` ids, answers in order. */
+export const fetchKeyPackagesInChunks = (
+  ds: Pick<DeliveryService["Type"], "fetchKeyPackages">,
+  installationIds: ReadonlyArray<InstallationId>
+): Effect.Effect<ReadonlyArray<FetchedKeyPackage>, DeliveryError> =>
+  installationIds.length <= MAX_IDS_PER_LOOKUP
+    ? ds.fetchKeyPackages(installationIds)
+    : Effect.forEach(
+      Array.from(
+        { length: Math.ceil(installationIds.length / MAX_IDS_PER_LOOKUP) },
+        (_, i) => installationIds.slice(i * MAX_IDS_PER_LOOKUP, (i + 1) * MAX_IDS_PER_LOOKUP)
+      ),
+      (chunk) => ds.fetchKeyPackages(chunk)
+    ).pipe(Effect.map((answers) => answers.flat()))

@@ -11,14 +11,14 @@
 import { Effect } from "effect"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
 import { groupTopic } from "../domain/Topics.ts"
-import type { GroupQuery, IdentityQuery, InboxUpdates } from "./DeliveryService.ts"
+import { type GroupQuery, type IdentityQuery, type InboxUpdates, MAX_IDS_PER_LOOKUP } from "./DeliveryService.ts"
 import type { EngineContext } from "./EngineContext.ts"
 import type { GroupSummary } from "./Storage.ts"
 
 /** Topics per round trip: the service's batch limit. */
 const GROUPS_PER_CALL = 50
 /** Inboxes per round trip: the service's lookup limit. */
-const INBOXES_PER_CALL = 100
+const INBOXES_PER_CALL = MAX_IDS_PER_LOOKUP
 
 export const make = (
   ctx: EngineContext,

@@ -12,6 +12,7 @@ import type { PostCommitData } from "../domain/Intent.ts"
 import type { MembershipState, StoredIntent } from "../domain/Stored.ts"
 import { groupTopic } from "../domain/Topics.ts"
 import { WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
+import { fetchKeyPackagesInChunks } from "./DeliveryService.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
 import { failIntent, failPendingIntents, queueRemoval } from "./IntentQueue.ts"
 import type { GroupView, LeafMember } from "./MlsCrypto.ts"
@@ -111,7 +112,7 @@ export const make = (ctx: EngineContext) => {
   const welcomeKeyPackages = (post: PostCommitData): Effect.Effect<ReadonlyArray<Uint8Array | undefined>, DeliveryError> =>
     post.keyPackages.length === post.installationIds.length
       ? Effect.succeed(post.keyPackages)
-      : Effect.map(ds.fetchKeyPackages(post.installationIds), (fetched) => fetched.map((f) => f.keyPackage))
+      : Effect.map(fetchKeyPackagesInChunks(ds, post.installationIds), (fetched) => fetched.map((f) => f.keyPackage))
 
   const sendWelcomes = (groupId: GroupId, intent: StoredIntent) =>
     Effect.gen(function*() {

@@ -23,7 +23,7 @@ import { IdentityUpdate, KeyPackageUpload } from "../domain/Wire.ts"
 import { ed25519Seed } from "../domain/RequestAuth.ts"
 import { signEd25519 } from "../domain/Ed25519.ts"
 import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
-import { DeliveryService } from "./DeliveryService.ts"
+import { DeliveryService, MAX_IDS_PER_LOOKUP } from "./DeliveryService.ts"
 import { type KeyPackageBundle, type LeafIdentity, type LeafMember, MlsCrypto, type SignatureKeyPair } from "./MlsCrypto.ts"
 import { Storage } from "./Storage.ts"
 import { PROTOCOL_VERSION } from "../domain/Model.ts"
@@ -70,7 +70,7 @@ export interface InstallationCandidate {
 export type LeafIdentityKey = LeafIdentity & { readonly signaturePublicKey: Uint8Array }
 
 /** Most inboxes asked for in one identity request (the delivery service's lookup bound). */
-const LOOKUP_CHUNK = 100
+const LOOKUP_CHUNK = MAX_IDS_PER_LOOKUP
 
 /**
  * `isValidLeaf`'s rule: registered now with exactly this key, or once and revoked since (the

@@ -47,6 +47,7 @@ import type { IntentData } from "../domain/Intent.ts"
 import { validatedMaker } from "../domain/SchemaClass.ts"
 import type { StoredIntent } from "../domain/Stored.ts"
 import { GroupMessageInput } from "../domain/Wire.ts"
+import { fetchKeyPackagesInChunks } from "./DeliveryService.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
 import * as EngineMetrics from "./EngineMetrics.ts"
 import { failIntent as failIntentIn, failPendingIntents } from "./IntentQueue.ts"
@@ -119,7 +120,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
   const fetchKeyPackages = (add: ReadonlyArray<Wanted>) =>
     Effect.gen(function*() {
       if (add.length === 0) return []
-      const fetched = yield* ds.fetchKeyPackages(add.map((w) => w.installationId))
+      const fetched = yield* fetchKeyPackagesInChunks(ds, add.map((w) => w.installationId))
       const packages: Array<Uint8Array> = []
       for (const wanted of add) {
         const keyPackage = fetched.find((f) => f.installationId === wanted.installationId)?.keyPackage
