@@ -14,7 +14,8 @@ import { messageIdOf } from "../src/domain/Content.ts"
 import { encodeSettings } from "../src/domain/GroupSettings.ts"
 import * as IdentityLog from "../src/domain/IdentityLog.ts"
 import { GroupMetadata } from "../src/domain/Model.ts"
-import type { ConversationId, GroupId, InstallationId } from "../src/domain/Ids.ts"
+import type { ConversationId, GroupId, InboxId, InstallationId } from "../src/domain/Ids.ts"
+import type { Storage } from "../src/services/Storage.ts"
 import { StoredGroup, StoredMessage } from "../src/domain/Stored.ts"
 import { registerBareInbox, TestNetwork, type TestDelivery } from "../src/testing.ts"
 
@@ -89,6 +90,47 @@ export const manyGroups = (groups: number, delivery: TestDelivery) =>
   }))
 
 /**
+ * `count` published texts of one conversation written straight into a client's database, in
+ * transactions of 5,000, round-robin over its groups (one, or a stitched DM's several), 1 ms
+ * apart from `base`: as a long history would lie there.
+ */
+const storeHistory = (
+  storage: Storage["Type"],
+  history: {
+    readonly count: number
+    readonly conversationId: ConversationId
+    readonly groupIds: ReadonlyArray<GroupId>
+    readonly senderInboxId: InboxId
+    readonly base: bigint
+  }
+) =>
+  Effect.gen(function*() {
+    const { base, conversationId, count, groupIds, senderInboxId } = history
+    const sender = "a".repeat(64) as InstallationId
+    for (let from = 0; from < count; from += 5000) {
+      const rows = Array.from({ length: Math.min(5000, count - from) }, (_, k) => {
+        const i = from + k
+        const groupId = groupIds[i % groupIds.length]!
+        return StoredMessage.make({
+          id: messageIdOf(groupId, sender, `n${i}`),
+          groupId,
+          conversationId,
+          senderInboxId,
+          senderInstallationId: sender,
+          sentAtNs: base + BigInt(i) * 1_000_000n,
+          sequenceId: BigInt(Math.floor(i / groupIds.length) + 10),
+          kind: "text",
+          content: `message ${i} ${"x".repeat(60)}`,
+          membershipChange: null,
+          deliveryStatus: "published",
+          insertedAtNs: base
+        })
+      })
+      yield* storage.transaction(storage.messages.insertMany(rows))
+    }
+  })
+
+/**
  * A conversation with `count` stored messages (written to Bob's database directly, as a long
  * history would be), then the latest 50 read through the API.
  */
@@ -100,28 +142,13 @@ export const latestOfMany = (count: number) =>
     yield* bob.syncAll
     const storage = yield* net.storage(bob)
     const groupId = conversation.id as unknown as GroupId
-    const sender = "a".repeat(64) as InstallationId
-    const base = 1_700_000_000_000_000_000n
-    for (let from = 0; from < count; from += 5000) {
-      const rows = Array.from({ length: Math.min(5000, count - from) }, (_, k) => {
-        const i = from + k
-        return StoredMessage.make({
-          id: messageIdOf(groupId, sender, `n${i}`),
-          groupId,
-          conversationId: conversation.id as ConversationId,
-          senderInboxId: alice.inboxId,
-          senderInstallationId: sender,
-          sentAtNs: base + BigInt(i) * 1_000_000n,
-          sequenceId: BigInt(i + 10),
-          kind: "text",
-          content: `message ${i} ${"x".repeat(60)}`,
-          membershipChange: null,
-          deliveryStatus: "published",
-          insertedAtNs: base
-        })
-      })
-      yield* storage.transaction(storage.messages.insertMany(rows))
-    }
+    yield* storeHistory(storage, {
+      count,
+      conversationId: conversation.id as ConversationId,
+      groupIds: [groupId],
+      senderInboxId: alice.inboxId,
+      base: 1_700_000_000_000_000_000n
+    })
     const handle = yield* bob.conversation(conversation.id)
     const latest = yield* handle.messages({ limit: 50, direction: "desc" })
     if (latest.length !== 50 || latest[0]?.text.startsWith(`message ${count - 1} `) !== true) {
@@ -262,30 +289,14 @@ export const latestOfStitchedDm = (count: number) =>
     const groupIds = (yield* handle.debugInfo).groupIds as unknown as ReadonlyArray<GroupId>
     if (groupIds.length !== 3) console.log(`   (warning: the DM has ${groupIds.length} groups at Bob, expected 3)`)
     const storage = yield* net.storage(bob)
-    const sender = "a".repeat(64) as InstallationId
     // After the DM's own first messages (who joined), so the newest 50 are these.
-    const base = (yield* Clock.currentTimeNanos) + 1_000_000_000n
-    for (let from = 0; from < count; from += 5000) {
-      const rows = Array.from({ length: Math.min(5000, count - from) }, (_, k) => {
-        const i = from + k
-        const groupId = groupIds[i % groupIds.length]!
-        return StoredMessage.make({
-          id: messageIdOf(groupId, sender, `n${i}`),
-          groupId,
-          conversationId: dm.id as ConversationId,
-          senderInboxId: alice.inboxId,
-          senderInstallationId: sender,
-          sentAtNs: base + BigInt(i) * 1_000_000n,
-          sequenceId: BigInt(Math.floor(i / groupIds.length) + 10),
-          kind: "text",
-          content: `message ${i} ${"x".repeat(60)}`,
-          membershipChange: null,
-          deliveryStatus: "published",
-          insertedAtNs: base
-        })
-      })
-      yield* storage.transaction(storage.messages.insertMany(rows))
-    }
+    yield* storeHistory(storage, {
+      count,
+      conversationId: dm.id as ConversationId,
+      groupIds,
+      senderInboxId: alice.inboxId,
+      base: (yield* Clock.currentTimeNanos) + 1_000_000_000n
+    })
     const latest = yield* handle.messages({ limit: 50, direction: "desc" })
     const groupsSeen = new Set(latest.map((m) => m.groupId)).size
     if (latest.length !== 50 || latest[0]?.text.startsWith(`message ${count - 1} `) !== true || groupsSeen !== groupIds.length) {

@@ -15,17 +15,6 @@ import * as Cli from "./support/Cli.ts"
 beforeAll(Cli.ensureBuilt, 180_000)
 
 /** A scratch folder with runners bound to it. */
-const workspace = Effect.gen(function*() {
-  const dir = yield* Cli.tempDir
-  const at = { cwd: dir }
-  return {
-    dir,
-    ok: (...args: ReadonlyArray<string>) => Cli.ok(at, args),
-    converge: (...args: ReadonlyArray<string>) => Cli.run(at, args),
-    startServer: (db: string, port = 0) => Cli.startServer(at, ["--port", String(port), "--db", db])
-  }
-})
-
 const jsonOf = (text: string): unknown => JSON.parse(text)
 
 /** A port nobody listens on right now. */
@@ -39,7 +28,7 @@ const freePort = Effect.async<number>((resume) => {
 describe("converge CLI", () => {
   it.live("two profiles chat through `converge serve`; --json, prefixes, confirmations; a restart loses nothing", () =>
     Effect.scoped(Effect.gen(function*() {
-      const { converge, dir, ok, startServer } = yield* workspace
+      const { converge, dir, ok, startServer } = yield* Cli.workspace
       const db = path.join(dir, "ds.sqlite")
       const [alice, bob, carol] = ["alice", "bob", "carol"].map((name) => path.join(dir, name)) as [string, string, string]
 
@@ -125,7 +114,7 @@ describe("converge CLI", () => {
 
   it.live("a send with the server down is queued (exit 3), reads work offline, and it is sent once later", () =>
     Effect.scoped(Effect.gen(function*() {
-      const { converge, dir, ok, startServer } = yield* workspace
+      const { converge, dir, ok, startServer } = yield* Cli.workspace
       const db = path.join(dir, "ds.sqlite")
       const [alice, bob] = [path.join(dir, "alice"), path.join(dir, "bob")]
 
@@ -176,7 +165,7 @@ describe("converge CLI", () => {
 
   it.live("each mistake prints one error line naming it, a hint, and exit 1; a failed init leaves nothing", () =>
     Effect.scoped(Effect.gen(function*() {
-      const { converge, dir, startServer } = yield* workspace
+      const { converge, dir, startServer } = yield* Cli.workspace
       const firstLines = (args: ReadonlyArray<string>) =>
         converge(...args).pipe(Effect.map((r) => ({ code: r.code, lines: r.stderr.trim().split("\n") })))
 
@@ -232,7 +221,7 @@ describe("converge CLI", () => {
 
   it.live("with CONVERGE_OTLP_URL, a command exports its spans; serve --metrics-port exposes Prometheus text", () =>
     Effect.scoped(Effect.gen(function*() {
-      const { dir } = yield* workspace
+      const { dir } = yield* Cli.workspace
       const spanNames: Array<string> = []
       const collector = yield* Effect.acquireRelease(
         Effect.async<http.Server>((resume) => {

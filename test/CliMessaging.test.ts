@@ -34,11 +34,8 @@ describe("converge messaging commands", () => {
 
   it.live("send --to writes one member in the group's context; delete erases a message for everyone; group set --disappear-after", () =>
     Effect.scoped(Effect.gen(function*() {
-      const dir = yield* Cli.tempDir
-      const at = { cwd: dir }
-      const ok = (...args: ReadonlyArray<string>) => Cli.ok(at, args)
-      const converge = (...args: ReadonlyArray<string>) => Cli.run(at, args)
-      const { url } = yield* Cli.startServer(at, ["--port", "0", "--db", path.join(dir, "ds.sqlite")])
+      const { converge, dir, ok, startServer } = yield* Cli.workspace
+      const { url } = yield* startServer(path.join(dir, "ds.sqlite"))
       const [alice, bob, carol] = ["alice", "bob", "carol"].map((name) => path.join(dir, name)) as [string, string, string]
       const aliceInbox = yield* ok("init", "--profile", alice, "--server", url)
       const bobInbox = yield* ok("init", "--profile", bob, "--server", url)

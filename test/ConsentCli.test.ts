@@ -12,10 +12,8 @@ beforeAll(Cli.ensureBuilt, 180_000)
 describe("converge consent", () => {
   it.live("show and set consent of a conversation (by prefix) and of an inbox; a bad state is a usage error", () =>
     Effect.scoped(Effect.gen(function*() {
-      const dir = yield* Cli.tempDir
-      const at = { cwd: dir }
-      const ok = (...args: ReadonlyArray<string>) => Cli.ok(at, args)
-      const { url } = yield* Cli.startServer(at, ["--port", "0", "--db", path.join(dir, "ds.sqlite")])
+      const { converge, dir, ok, startServer } = yield* Cli.workspace
+      const { url } = yield* startServer(path.join(dir, "ds.sqlite"))
       const [alice, bob] = [path.join(dir, "alice"), path.join(dir, "bob")]
       const aliceInbox = yield* ok("init", "--profile", alice, "--server", url)
       const bobInbox = yield* ok("init", "--profile", bob, "--server", url)
@@ -34,7 +32,7 @@ describe("converge consent", () => {
       expect(yield* ok("conversations", "--profile", alice)).not.toContain(group)
       expect(yield* ok("consent", "show", "--profile", alice)).toMatch(new RegExp(`${group}\\s+group\\s+denied`))
 
-      const bad = yield* Cli.run(at, ["consent", "set", "--profile", alice, "maybe", group])
+      const bad = yield* converge("consent", "set", "--profile", alice, "maybe", group)
       expect(bad.code).toBe(1)
       expect(bad.stderr).toContain("allowed, denied, unknown")
     })), 120_000)

@@ -14,11 +14,8 @@ const jsonOf = (text: string): unknown => JSON.parse(text)
 describe("converge devices", () => {
   it.live("a second device joins with init --same-inbox-as, reads the group after one sync of the other member, and is revoked", () =>
     Effect.scoped(Effect.gen(function*() {
-      const dir = yield* Cli.tempDir
-      const at = { cwd: dir }
-      const ok = (...args: ReadonlyArray<string>) => Cli.ok(at, args)
-      const converge = (...args: ReadonlyArray<string>) => Cli.run(at, args)
-      const { url } = yield* Cli.startServer(at, ["--port", "0", "--db", path.join(dir, "ds.sqlite")])
+      const { converge, dir, ok, startServer } = yield* Cli.workspace
+      const { url } = yield* startServer(path.join(dir, "ds.sqlite"))
       const [laptop, phone, bob] = ["laptop", "phone", "bob"].map((name) => path.join(dir, name)) as [string, string, string]
 
       const aliceInbox = yield* ok("init", "--profile", laptop, "--server", url)

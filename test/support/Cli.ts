@@ -105,3 +105,15 @@ export const startServer = (options: RunOptions, args: ReadonlyArray<string>) =>
         process.kill("SIGTERM")
       })
   )
+
+/** A scratch directory with the command bound to it: `ok` for a success's output, `converge` for any run. */
+export const workspace = Effect.gen(function*() {
+  const dir = yield* tempDir
+  const at = { cwd: dir }
+  return {
+    dir,
+    ok: (...args: ReadonlyArray<string>) => ok(at, args),
+    converge: (...args: ReadonlyArray<string>) => run(at, args),
+    startServer: (db: string, port = 0) => startServer(at, ["--port", String(port), "--db", db])
+  }
+})
