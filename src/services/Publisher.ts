@@ -533,16 +533,22 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       Effect.annotateLogs({ groupId })
     ))
 
+  /** Whether the group's periodic check is due: read without the lock, so idle groups cost a map lookup. */
+  const checkDue = (groupId: GroupId) =>
+    Effect.map(Clock.currentTimeNanos, (now) => {
+      const last = lastInstallationCheck.get(groupId)
+      const interval = Duration.toNanos(ctx.options.installationCheckInterval).pipe(Option.getOrElse(() => 0n))
+      return last === undefined || now - last >= interval
+    })
+
   /**
    * Every so often, compare the members' leaves with their identity logs; if a device was added
    * or revoked, queue one `UpdateInstallations` intent (whoever lands it first wins; the others
    * re-derive to a no-op). A failed check is logged and tried again next time.
    */
   const checkInstallations = Effect.fn("Publisher.checkInstallations")(function*(groupId: GroupId) {
-    const now = yield* Clock.currentTimeNanos
-    const last = lastInstallationCheck.get(groupId)
-    if (last !== undefined && now - last < Duration.toNanos(ctx.options.installationCheckInterval).pipe(Option.getOrElse(() => 0n))) return
-    lastInstallationCheck.set(groupId, now)
+    if (!(yield* checkDue(groupId))) return
+    lastInstallationCheck.set(groupId, yield* Clock.currentTimeNanos)
     const group = yield* loadGroupRow(ctx, groupId)
     if (group.membershipState !== "active") return
     const state = yield* ctx.loadState(group)
@@ -643,14 +649,6 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       })
     )
   }
-
-  /** Whether the group's periodic check is due: read without the lock, so idle groups cost a map lookup. */
-  const checkDue = (groupId: GroupId) =>
-    Effect.map(Clock.currentTimeNanos, (now) => {
-      const last = lastInstallationCheck.get(groupId)
-      const interval = Duration.toNanos(ctx.options.installationCheckInterval).pipe(Option.getOrElse(() => 0n))
-      return last === undefined || now - last >= interval
-    })
 
   return {
     publishPending,
