@@ -31,13 +31,11 @@ import { makeKeyPackageRef } from "ts-mls/keyPackage.js"
 import { deriveKeySchedule } from "ts-mls/keySchedule.js"
 import { verifyLeafNodeSignatureKeyPackage } from "ts-mls/leafNode.js"
 import { CodecError, CryptoVerificationError, type MlsError, UsageError, ValidationError } from "ts-mls/mlsError.js"
-import { verifyParentHashes } from "ts-mls/parentHash.js"
 import { pathToRoot } from "ts-mls/pathSecrets.js"
 import { accumulatePskSecret, emptyPskIndex } from "ts-mls/pskIndex.js"
 import { findLeafIndex } from "ts-mls/ratchetTree.js"
 import { decodeRequiredCapabilities, type RequiredCapabilities } from "ts-mls/requiredCapabilities.js"
 import { createSecretTree } from "ts-mls/secretTree.js"
-import { treeHashRoot } from "ts-mls/treeHash.js"
 import {
   directPath,
   isAncestor,
@@ -54,6 +52,7 @@ import { firstCommonAncestor } from "ts-mls/updatePath.js"
 import { bytesToBase64, zeroOutUint8Array } from "ts-mls/util/byteArray.js"
 import { constantTimeEqual } from "ts-mls/util/constantTimeCompare.js"
 import { decryptGroupInfo, decryptGroupSecrets, type Welcome } from "ts-mls/welcome.js"
+import { TreeHashes, verifyParentHashes } from "./TsMlsTreeHashes.ts"
 
 // ---- tree validation (RFC 9420 §12.4.3.1) ---------------------------------------------------
 
@@ -164,8 +163,9 @@ export const validateRatchetTree = async (
       return new ValidationError("LeafNode has credential that is not supported by member of the group")
     }
   }
-  if (!(await verifyParentHashes(tree, cs.hash))) return new CryptoVerificationError("Unable to verify parent hash")
-  if (!constantTimeEqual(context.treeHash, await treeHashRoot(tree, cs.hash))) {
+  const hashes = new TreeHashes(tree, cs.hash)
+  if (!(await verifyParentHashes(tree, hashes))) return new CryptoVerificationError("Unable to verify parent hash")
+  if (!constantTimeEqual(context.treeHash, await hashes.root())) {
     return new ValidationError("Unable to verify tree hash")
   }
   return undefined
