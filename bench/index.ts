@@ -408,10 +408,11 @@ type RawSamples = Record<(typeof RAW_CASES)[number], Array<number>>
 type RawFigures = Record<(typeof RAW_CASES)[number], Stats>
 
 /**
- * Plain ts-mls calls, no Converge code: a creator adds `size - 1` members in one commit and one of
- * them joins; then encrypt (creator) / processMessage (joiner) of 100-byte messages, and an
- * add-one-member commit created from the same pre-commit state each time (so the group keeps its
- * size), processed by the joiner, its welcome joined by the newcomer with ts-mls's `joinGroup`.
+ * Plain ts-mls calls, no Converge code: a creator adds `size` members in one commit, one of them
+ * joins, the last is removed (so the creator's path is set, as in any group after a removal); then
+ * encrypt (creator) / processMessage (joiner) of 100-byte messages, and an add-one-member commit
+ * created from the same pre-commit state each time (so the group keeps its size), processed by the
+ * joiner, its welcome joined by the newcomer with ts-mls's `joinGroup`.
  */
 const rawLoops = async (provider: Provider, size: number, messages: number, commits: number): Promise<RawSamples> => {
   const cs = await suiteOf(provider)
@@ -420,10 +421,21 @@ const rawLoops = async (provider: Provider, size: number, messages: number, comm
   const creator = await newPackage("creator")
   const members = await Promise.all(Array.from({ length: size - 1 }, (_, i) => newPackage(`member-${i}`)))
   const addAll = members.map((m): Proposal => ({ proposalType: "add", add: { keyPackage: m.publicPackage } }))
+  const leaving = await newPackage("leaving")
   const founded = await createGroup(randomBytes(16), creator.publicPackage, creator.privatePackage, [], cs)
-  const setup = await createCommit({ state: founded, cipherSuite: cs }, { extraProposals: addAll, ratchetTreeExtension: true })
-  let sender = setup.newState
+  const setup = await createCommit({ state: founded, cipherSuite: cs }, {
+    extraProposals: [...addAll, { proposalType: "add", add: { keyPackage: leaving.publicPackage } }],
+    ratchetTreeExtension: true
+  })
   let receiver = await joinGroup(setup.welcome!, members[0]!.publicPackage, members[0]!.privatePackage, emptyPskIndex, cs)
+  // One member leaves (a commit with a path), as in the engine's group: the creator's ancestors
+  // are set, so a newcomer's tree has parent-hash chains to verify, as every real group's does.
+  const removal = await createCommit({ state: setup.newState, cipherSuite: cs }, {
+    extraProposals: [{ proposalType: "remove", remove: { removed: size } }],
+    ratchetTreeExtension: true
+  })
+  let sender = removal.newState
+  receiver = (await processMessage(groupMessage(removal.commit), receiver, emptyPskIndex, acceptAll, cs)).newState
   const clock = async <A>(samples: Array<number>, run: () => Promise<A>): Promise<A> => {
     const start = performance.now()
     const value = await run()
