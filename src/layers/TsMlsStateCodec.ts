@@ -11,9 +11,9 @@
  * reused while the part is the same object, at every level: each ratchet-tree node, each
  * secret-tree node, each past epoch (a commit keeps all but the path's nodes and adds one past
  * epoch whose tree is the previous state's: 1 ms to write a 100-member state after an add instead
- * of 30). Decoding remembers the
- * bytes each part was read from, so a state loaded from disk is written again without
- * re-encoding them either. Remembered bytes live as long as the objects (weak keys).
+ * of 30). Decoding remembers the bytes each part was read from, so a state loaded from disk is
+ * written again without re-encoding them either. Remembered bytes live as long as the objects
+ * (weak keys).
  */
 import type { ClientState } from "ts-mls"
 import { decodeGroupContext, groupContextEncoder } from "ts-mls/groupContext.js"
