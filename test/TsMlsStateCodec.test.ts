@@ -5,8 +5,10 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { randomBytes } from "node:crypto"
+import { isDeepStrictEqual } from "node:util"
 import {
   type ClientState,
+  type KeyPackage,
   createApplicationMessage,
   createCommit,
   createGroup,
@@ -109,6 +111,36 @@ describe("TsMlsStateCodec", () => {
     expectSameAsTsMls(bob)
     const final = await createApplicationMessage(bob, utf8("still here"), cs)
     expectSameAsTsMls(final.newState)
+  })
+
+  it("reads a state back as ts-mls does, with the nodes its past epochs' trees share with the current tree shared", async () => {
+    const cs = await suite()
+    const newPackage = (name: string) =>
+      generateKeyPackage({ credentialType: "basic", identity: utf8(name) }, defaultCapabilities(), defaultLifetime, [], cs)
+    const packages = await Promise.all(Array.from({ length: 8 }, (_, i) => newPackage(`member ${i}`)))
+    let state = await createGroup(randomBytes(16), packages[0]!.publicPackage, packages[0]!.privatePackage, [], cs)
+    const add = (p: { readonly publicPackage: KeyPackage }): Proposal => ({ proposalType: "add", add: { keyPackage: p.publicPackage } })
+    state = (await createCommit({ state, cipherSuite: cs }, { extraProposals: packages.slice(1, 6).map(add) })).newState
+    state = (await createCommit({ state, cipherSuite: cs }, { extraProposals: [add(packages[6]!)] })).newState
+    state = (await createCommit({ state, cipherSuite: cs }, { extraProposals: [{ proposalType: "remove", remove: { removed: 2 } }] })).newState
+    expect(state.historicalReceiverData.size).toBeGreaterThanOrEqual(2)
+
+    const bytes = encodeGroupState(state)
+    const [ours] = decodeState(bytes, 0)!
+    const [theirs] = decodeGroupState(bytes, 0)!
+    expect(ours).toEqual(theirs)
+    // Leaves no commit touched are one object in every tree that holds them.
+    let shared = 0
+    for (const past of ours.historicalReceiverData.values()) {
+      for (const [index, node] of past.ratchetTree.entries()) {
+        const current = ours.ratchetTree[index]
+        if (node === undefined || current === undefined) continue
+        if (!isDeepStrictEqual(node, current)) continue
+        expect(node).toBe(current)
+        shared++
+      }
+    }
+    expect(shared).toBeGreaterThan(5)
   })
 
   it("refuses bytes that are not a whole state", async () => {

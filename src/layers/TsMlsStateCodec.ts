@@ -15,7 +15,7 @@
  * written again without re-encoding them either. Remembered bytes live as long as the objects
  * (weak keys).
  */
-import type { ClientState } from "ts-mls"
+import type { ClientState, RatchetTree } from "ts-mls"
 import { decodeGroupContext, groupContextEncoder } from "ts-mls/groupContext.js"
 import { decodeGroupActiveState, groupActiveStateEncoder } from "ts-mls/groupActiveState.js"
 import type { EpochReceiverData } from "ts-mls/epochReceiverData.js"
@@ -71,10 +71,56 @@ const secretTree = {
   encoder: varLenTypeEncoder(secretTreeNode.encoder),
   decoder: decodeVarLenType(secretTreeNode.decoder)
 }
+type TreeNode = RatchetTree[number]
+const decodeOptionalNode = decodeOptional(treeNode.decoder)
+
+/**
+ * The trees decoded so far within one state, node by node with the bytes each came from. A state
+ * holds the current tree and one per retained past epoch, mostly the same nodes: a node whose
+ * bytes equal those of the node at the same index in an earlier tree is that node (decoding is a
+ * function of the bytes it reads), so it is shared instead of decoded again, as ts-mls shares it
+ * in memory. ts-mls's node decoder is slow (each enum value rebuilds a reverse map), and five
+ * copies of every leaf would also take five times the memory.
+ */
+let earlierTrees: Array<{ readonly nodes: Array<TreeNode>; readonly bytes: Array<Uint8Array | undefined> }> = []
+
+const sameBytes = (b: Uint8Array, offset: number, known: Uint8Array): boolean => {
+  if (offset + known.length > b.length) return false
+  for (let i = 0; i < known.length; i++) if (b[offset + i] !== known[i]) return false
+  return true
+}
+
+/** ts-mls's `decodeVarLenType(decodeOptional(decodeNode))`, sharing equal nodes of earlier trees. */
+const decodeTreeNodes: Decoder<Array<TreeNode>> = (b, offset) => {
+  const references = earlierTrees
+  const nodes: Array<TreeNode> = []
+  const bytes: Array<Uint8Array | undefined> = []
+  const element: Decoder<TreeNode> = (elements, at) => {
+    const index = nodes.length
+    if (elements[at] === 1) {
+      for (const reference of references) {
+        const known = reference.bytes[index]
+        if (known === undefined || !sameBytes(elements, at + 1, known)) continue
+        nodes.push(reference.nodes[index])
+        bytes.push(known)
+        return [reference.nodes[index], known.length + 1]
+      }
+    }
+    const decoded = decodeOptionalNode(elements, at)
+    if (decoded === undefined) return undefined
+    nodes.push(decoded[0])
+    bytes.push(decoded[0] === undefined ? undefined : elements.subarray(at + 1, at + decoded[1]))
+    return decoded
+  }
+  const decoded = decodeVarLenType(element)(b, offset)
+  if (decoded !== undefined) earlierTrees = [...references, { nodes, bytes }]
+  return decoded
+}
+
 /** ts-mls's `ratchetTreeEncoder` / `decodeRatchetTree`, over remembered nodes. */
 const ratchetTree = remembered(
   contramapBufferEncoder(varLenTypeEncoder(optionalEncoder(treeNode.encoder)), stripBlankNodes),
-  mapDecoder(decodeVarLenType(decodeOptional(treeNode.decoder)), extendRatchetTree)
+  mapDecoder(decodeTreeNodes, extendRatchetTree)
 )
 /** ts-mls's `epochReceiverDataEncoder` / `decodeEpochReceiverData`, field for field. */
 const pastEpoch = remembered<EpochReceiverData>(
@@ -167,4 +213,11 @@ const stateDecoder: Decoder<EncodedState> = mapDecoders(
 export const encodeState: (state: EncodedState) => Uint8Array = encode(stateEncoder)
 
 /** `decodeGroupState`, remembering the bytes of the parts it reads. */
-export const decodeState: Decoder<EncodedState> = stateDecoder
+export const decodeState: Decoder<EncodedState> = (b, offset) => {
+  earlierTrees = []
+  try {
+    return stateDecoder(b, offset)
+  } finally {
+    earlierTrees = []
+  }
+}
