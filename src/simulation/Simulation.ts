@@ -61,6 +61,11 @@ export interface Options extends Plan.Params {
    * A long one leaves new and revoked devices to immediate join (the batched identity changes).
    */
   readonly installationCheckInterval?: Duration.DurationInput
+  /**
+   * Runs after quiescence, before the invariants are checked. For tests of the checks
+   * themselves: damage the world and see the right invariant fire.
+   */
+  readonly beforeChecks?: (world: World) => Effect.Effect<void>
 }
 
 /**
@@ -529,6 +534,7 @@ export const run = (options: Options): Effect.Effect<Report> => {
 
     // ---- invariants ----
 
+    if (options.beforeChecks !== undefined) yield* options.beforeChecks(world)
     const checks = newEntry(ops.length + rounds + 1, "check invariants")
     const dms = yield* Invariants.dmGroups(world).pipe(Effect.orElseSucceed(() => []))
     const found = yield* Invariants.check(world, dms).pipe(
