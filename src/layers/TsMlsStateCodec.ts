@@ -21,12 +21,13 @@ import { decodeGroupActiveState, groupActiveStateEncoder } from "ts-mls/groupAct
 import type { EpochReceiverData } from "ts-mls/epochReceiverData.js"
 import { decodeKeySchedule, keyScheduleEncoder } from "ts-mls/keySchedule.js"
 import { decodePrivateKeyPath, privateKeyPathEncoder } from "ts-mls/privateKeyPath.js"
-import { decodeNode, extendRatchetTree, nodeEncoder, stripBlankNodes } from "ts-mls/ratchetTree.js"
+import { extendRatchetTree, nodeEncoder, stripBlankNodes } from "ts-mls/ratchetTree.js"
 import { decodeSecretTreeNode, secretTreeNodeEncoder } from "ts-mls/secretTree.js"
 import { decodeUnappliedProposals, unappliedProposalsEncoder } from "ts-mls/unappliedProposals.js"
 import { type BufferEncoder, contramapBufferEncoder, contramapBufferEncoders, encode } from "ts-mls/codec/tlsEncoder.js"
 import { type Decoder, mapDecoder, mapDecoders } from "ts-mls/codec/tlsDecoder.js"
 import { decodeOptional, optionalEncoder } from "ts-mls/codec/optional.js"
+import { decodeNode } from "./TsMlsNodeDecoder.ts"
 import {
   bigintMapEncoder,
   decodeBigintMap,

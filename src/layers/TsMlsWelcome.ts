@@ -26,7 +26,7 @@ import type {
 import { validateLeafNodeUpdateOrCommit } from "ts-mls/clientState.js"
 import { deriveSecret } from "ts-mls/crypto/kdf.js"
 import { extensionsSupportedByCapabilities } from "ts-mls/extension.js"
-import { ratchetTreeFromExtension, verifyGroupInfoConfirmationTag, verifyGroupInfoSignature } from "ts-mls/groupInfo.js"
+import { verifyGroupInfoConfirmationTag, verifyGroupInfoSignature } from "ts-mls/groupInfo.js"
 import { makeKeyPackageRef } from "ts-mls/keyPackage.js"
 import { deriveKeySchedule } from "ts-mls/keySchedule.js"
 import { verifyLeafNodeSignatureKeyPackage } from "ts-mls/leafNode.js"
@@ -52,6 +52,7 @@ import { firstCommonAncestor } from "ts-mls/updatePath.js"
 import { bytesToBase64, zeroOutUint8Array } from "ts-mls/util/byteArray.js"
 import { constantTimeEqual } from "ts-mls/util/constantTimeCompare.js"
 import { decryptGroupInfo, decryptGroupSecrets, type Welcome } from "ts-mls/welcome.js"
+import { ratchetTreeFromExtension } from "./TsMlsNodeDecoder.ts"
 import { TreeHashes, verifyParentHashes } from "./TsMlsTreeHashes.ts"
 
 // ---- tree validation (RFC 9420 §12.4.3.1) ---------------------------------------------------

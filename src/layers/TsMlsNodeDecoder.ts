@@ -1,0 +1,95 @@
+/**
+ * ts-mls 1.6.4's ratchet-tree node decoder (`decodeNode`), giving the same values faster.
+ *
+ * ts-mls turns every enum number back into its name by rebuilding a reverse map of the whole
+ * enum on each call (`enumNumberToKey`), and every leaf lists the 19 cipher suites ts-mls knows
+ * in its capabilities: 19 rebuilds of a 19-entry map per leaf, most of the time of reading a
+ * 100-member tree (and of every key package). Here the capabilities are read with reverse maps
+ * built once, with ts-mls's own rules (an unknown value of an open enum reads as its decimal
+ * string, of a closed one refuses the whole encoding; a later key with the same number wins).
+ * The rest of a leaf, and every parent node, is decoded by ts-mls's own decoders.
+ */
+import type { GroupInfo, RatchetTree } from "ts-mls"
+import { decodeOptional } from "ts-mls/codec/optional.js"
+import { credentialTypes } from "ts-mls/credentialType.js"
+import { ciphersuites } from "ts-mls/crypto/ciphersuite.js"
+import { decodeUint16, decodeUint8 } from "ts-mls/codec/number.js"
+import { type Decoder, mapDecoder, mapDecoderOption, mapDecoders } from "ts-mls/codec/tlsDecoder.js"
+import { decodeVarLenData, decodeVarLenType } from "ts-mls/codec/variableLength.js"
+import { decodeCredential } from "ts-mls/credential.js"
+import { decodeLeafNodeInfoOmitted } from "ts-mls/leafNode.js"
+import { CodecError } from "ts-mls/mlsError.js"
+import { decodeParentNode } from "ts-mls/parentNode.js"
+import { extendRatchetTree } from "ts-mls/ratchetTree.js"
+import { protocolVersions } from "ts-mls/protocolVersion.js"
+
+type TreeNode = NonNullable<RatchetTree[number]>
+
+/** ts-mls's `enumNumberToKey` (closed) or `openEnumNumberToKey` (open), its reverse map built once. */
+const enumNames = <K extends string>(values: Readonly<Record<K, number>>, open: boolean) => {
+  const names = new Map<number, K>()
+  for (const [key, value] of Object.entries(values) as Array<[K, number]>) names.set(value, key)
+  return (n: number): K | string | undefined => names.get(n) ?? (open ? n.toString() : undefined)
+}
+
+/** ts-mls's `decodeCapabilities`, field for field. */
+const decodeCapabilities = mapDecoders(
+  [
+    decodeVarLenType(mapDecoderOption(decodeUint16, enumNames(protocolVersions, false))),
+    decodeVarLenType(mapDecoderOption(decodeUint16, enumNames(ciphersuites, true))),
+    decodeVarLenType(decodeUint16),
+    decodeVarLenType(decodeUint16),
+    decodeVarLenType(mapDecoderOption(decodeUint16, enumNames(credentialTypes, true)))
+  ],
+  (versions, ciphersuites, extensions, proposals, credentials) => ({
+    versions,
+    ciphersuites,
+    extensions,
+    proposals,
+    credentials
+  })
+)
+
+/** ts-mls's `decodeLeafNodeData`, field for field. */
+const decodeLeafNodeData = mapDecoders(
+  [decodeVarLenData, decodeVarLenData, decodeCredential, decodeCapabilities],
+  (hpkePublicKey, signaturePublicKey, credential, capabilities) => ({
+    hpkePublicKey,
+    signaturePublicKey,
+    credential,
+    capabilities
+  })
+)
+
+/** ts-mls's `decodeLeafNode`, field for field. */
+const decodeLeafNode = mapDecoders(
+  [decodeLeafNodeData, decodeLeafNodeInfoOmitted, decodeVarLenData],
+  (data, info, signature) => ({ ...data, ...info, signature })
+)
+
+/** ts-mls's `decodeNode`: a node type (1 leaf, 2 parent), then that node. */
+export const decodeNode: Decoder<TreeNode> = (b, offset) => {
+  const nodeType = decodeUint8(b, offset)
+  if (nodeType === undefined) return undefined
+  if (nodeType[0] === 1) {
+    const leaf = decodeLeafNode(b, offset + nodeType[1])
+    return leaf === undefined ? undefined : [{ nodeType: "leaf", leaf: leaf[0] } as TreeNode, nodeType[1] + leaf[1]]
+  }
+  if (nodeType[0] === 2) {
+    const parent = decodeParentNode(b, offset + nodeType[1])
+    return parent === undefined ? undefined : [{ nodeType: "parent", parent: parent[0] }, nodeType[1] + parent[1]]
+  }
+  return undefined
+}
+
+/** ts-mls's `decodeRatchetTree`, over the node decoder above. */
+export const decodeRatchetTree: Decoder<RatchetTree> = mapDecoder(decodeVarLenType(decodeOptional(decodeNode)), extendRatchetTree)
+
+/** ts-mls's `ratchetTreeFromExtension`: the tree a GroupInfo carries, if it carries one. */
+export const ratchetTreeFromExtension = (info: GroupInfo): RatchetTree | undefined => {
+  const treeExtension = info.extensions.find((ex) => ex.extensionType === "ratchet_tree")
+  if (treeExtension === undefined) return undefined
+  const tree = decodeRatchetTree(treeExtension.extensionData, 0)
+  if (tree === undefined) throw new CodecError("Could not decode RatchetTree")
+  return tree[0]
+}

@@ -1,0 +1,117 @@
+/**
+ * The ratchet-tree decoder in src/layers/TsMlsNodeDecoder.ts must read every byte string exactly
+ * as ts-mls 1.6.4's `decodeNode` / `decodeRatchetTree` do: the same values for real trees, the
+ * same names for unknown enum values, the same refusals for damaged bytes. A member that read a
+ * tree differently from the others would compute another tree hash and split from the group.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { isDeepStrictEqual } from "node:util"
+import {
+  type ClientState,
+  createCommit,
+  createGroup,
+  defaultCapabilities,
+  defaultLifetime,
+  generateKeyPackage,
+  type Proposal
+} from "ts-mls"
+import { encode } from "ts-mls/codec/tlsEncoder.js"
+import { varLenDataEncoder } from "ts-mls/codec/variableLength.js"
+import { encodeCredential } from "ts-mls/credential.js"
+import { decodeNode as tsMlsDecodeNode, decodeRatchetTree as tsMlsDecodeRatchetTree, encodeNode, encodeRatchetTree } from "ts-mls/ratchetTree.js"
+import { utf8 } from "../src/domain/Bytes.ts"
+import { nodeCiphersuite as cs } from "../src/layers/NodeCiphersuite.ts"
+import { decodeNode, decodeRatchetTree } from "../src/layers/TsMlsNodeDecoder.ts"
+import * as Prng from "../src/simulation/Prng.ts"
+
+const encodeVarLenData = encode(varLenDataEncoder)
+
+const newPackage = (name: string) =>
+  generateKeyPackage({ credentialType: "basic", identity: utf8(name) }, defaultCapabilities(), defaultLifetime, [], cs)
+
+/** Twelve members, one of them removed (so parent nodes are set), one added after. */
+const groupTree = async () => {
+  const packages = await Promise.all(Array.from({ length: 12 }, (_, i) => newPackage(`member ${i}`)))
+  let state: ClientState = await createGroup(utf8("node-decoder"), packages[0]!.publicPackage, packages[0]!.privatePackage, [], cs)
+  const commit = async (proposals: Array<Proposal>) =>
+    (state = (await createCommit({ state, cipherSuite: cs }, { extraProposals: proposals })).newState)
+  await commit(packages.slice(1, 11).map((p): Proposal => ({ proposalType: "add", add: { keyPackage: p.publicPackage } })))
+  await commit([{ proposalType: "remove", remove: { removed: 4 } }])
+  await commit([{ proposalType: "add", add: { keyPackage: packages[11]!.publicPackage } }])
+  return state.ratchetTree
+}
+
+/** What a decoder made of the bytes: its value and length, nothing, or that it threw. */
+const outcome = <A>(decode: () => A): A | "throws" => {
+  try {
+    return decode()
+  } catch {
+    return "throws"
+  }
+}
+
+const expectSameReading = (bytes: Uint8Array) => {
+  const ours = outcome(() => decodeNode(bytes, 0))
+  const theirs = outcome(() => tsMlsDecodeNode(bytes, 0))
+  expect(isDeepStrictEqual(ours, theirs), `bytes ${Buffer.from(bytes).toString("hex")}`).toBe(true)
+  return theirs
+}
+
+describe("the ratchet-tree node decoder", () => {
+  it.effect("reads real trees as ts-mls does, node by node and whole", () =>
+    Effect.promise(async () => {
+      const tree = await groupTree()
+      const nodes = tree.filter((n) => n !== undefined)
+      expect(nodes.some((n) => n!.nodeType === "parent")).toBe(true)
+      for (const node of nodes) {
+        const read = expectSameReading(encodeNode(node!))
+        expect(read).not.toBe("throws")
+        expect(read).not.toBeUndefined()
+      }
+      const whole = encodeRatchetTree(tree)
+      expect(decodeRatchetTree(whole, 0)).toEqual(tsMlsDecodeRatchetTree(whole, 0))
+    }))
+
+  it.effect("names unknown cipher suites and credential types as ts-mls does, and refuses an unknown version as it does", () =>
+    Effect.promise(async () => {
+      const tree = await groupTree()
+      const leaf = tree.find((n) => n?.nodeType === "leaf")!
+      if (leaf.nodeType !== "leaf") throw new Error("not a leaf")
+      // Unknown numbers of the open enums are written from their decimal names.
+      const unknown = {
+        ...leaf,
+        leaf: {
+          ...leaf.leaf,
+          capabilities: { ...leaf.leaf.capabilities, ciphersuites: ["1234"], credentials: ["basic", "4321"] }
+        }
+      } as unknown as typeof leaf
+      const read = expectSameReading(encodeNode(unknown))
+      expect(read).not.toBeUndefined()
+      // The version list starts the capabilities, after the node type, the two keys and the credential.
+      const bytes = encodeNode(leaf)
+      const at = 1 + encodeVarLenData(leaf.leaf.hpkePublicKey).length + encodeVarLenData(leaf.leaf.signaturePublicKey).length +
+        encodeCredential(leaf.leaf.credential).length
+      expect([bytes[at + 1], bytes[at + 2]]).toEqual([0, 1]) // mls10
+      const unknownVersion = Uint8Array.from(bytes)
+      unknownVersion[at + 2] = 9
+      expect(expectSameReading(unknownVersion)).toBeUndefined()
+    }))
+
+  it.effect("refuses or reads damaged and truncated bytes exactly as ts-mls does", () =>
+    Effect.promise(async () => {
+      const tree = await groupTree()
+      const nodes = tree.filter((n) => n !== undefined).map((n) => encodeNode(n!))
+      const rng = Prng.make(20261202)
+      let refused = 0
+      for (let i = 0; i < 600; i++) {
+        const original = rng.pick(nodes)
+        const copy = Uint8Array.from(original)
+        for (let flips = rng.between(1, 3); flips > 0; flips--) copy[rng.int(copy.length)] = rng.int(256)
+        const cut = rng.chance(0.3) ? copy.subarray(0, rng.int(copy.length)) : copy
+        const theirs = expectSameReading(cut)
+        if (theirs === undefined || theirs === "throws") refused++
+      }
+      expect(refused).toBeGreaterThan(20)
+    }))
+})
