@@ -27,7 +27,7 @@ import { decodeUnappliedProposals, unappliedProposalsEncoder } from "ts-mls/unap
 import { type BufferEncoder, contramapBufferEncoder, contramapBufferEncoders, encode } from "ts-mls/codec/tlsEncoder.js"
 import { type Decoder, mapDecoder, mapDecoders } from "ts-mls/codec/tlsDecoder.js"
 import { decodeOptional, optionalEncoder } from "ts-mls/codec/optional.js"
-import { decodeNode } from "./TsMlsNodeDecoder.ts"
+import { decodeNode } from "./TsMlsDecoders.ts"
 import {
   bigintMapEncoder,
   decodeBigintMap,

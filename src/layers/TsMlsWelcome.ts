@@ -52,7 +52,7 @@ import { firstCommonAncestor } from "ts-mls/updatePath.js"
 import { bytesToBase64, zeroOutUint8Array } from "ts-mls/util/byteArray.js"
 import { constantTimeEqual } from "ts-mls/util/constantTimeCompare.js"
 import { decryptGroupInfo, decryptGroupSecrets, type Welcome } from "ts-mls/welcome.js"
-import { ratchetTreeFromExtension } from "./TsMlsNodeDecoder.ts"
+import { ratchetTreeFromExtension } from "./TsMlsDecoders.ts"
 import { TreeHashes, verifyParentHashes } from "./TsMlsTreeHashes.ts"
 
 // ---- tree validation (RFC 9420 §12.4.3.1) ---------------------------------------------------

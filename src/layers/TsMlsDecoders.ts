@@ -1,15 +1,16 @@
 /**
- * ts-mls 1.6.4's ratchet-tree node decoder (`decodeNode`), giving the same values faster.
+ * ts-mls 1.6.4's decoders of ratchet-tree nodes and key packages, giving the same values faster.
  *
  * ts-mls turns every enum number back into its name by rebuilding a reverse map of the whole
  * enum on each call (`enumNumberToKey`), and every leaf lists the 19 cipher suites ts-mls knows
  * in its capabilities: 19 rebuilds of a 19-entry map per leaf, most of the time of reading a
- * 100-member tree (and of every key package). Here the capabilities are read with reverse maps
+ * 100-member tree or a batch of key packages. Here the capabilities are read with reverse maps
  * built once, with ts-mls's own rules (an unknown value of an open enum reads as its decimal
  * string, of a closed one refuses the whole encoding; a later key with the same number wins).
- * The rest of a leaf, and every parent node, is decoded by ts-mls's own decoders.
+ * The rest of a leaf, every parent node and a key package's extensions are decoded by ts-mls's
+ * own decoders.
  */
-import type { GroupInfo, RatchetTree } from "ts-mls"
+import type { GroupInfo, KeyPackage, RatchetTree } from "ts-mls"
 import { decodeOptional } from "ts-mls/codec/optional.js"
 import { credentialTypes } from "ts-mls/credentialType.js"
 import { ciphersuites } from "ts-mls/crypto/ciphersuite.js"
@@ -17,6 +18,7 @@ import { decodeUint16, decodeUint8 } from "ts-mls/codec/number.js"
 import { type Decoder, mapDecoder, mapDecoderOption, mapDecoders } from "ts-mls/codec/tlsDecoder.js"
 import { decodeVarLenData, decodeVarLenType } from "ts-mls/codec/variableLength.js"
 import { decodeCredential } from "ts-mls/credential.js"
+import { decodeExtension } from "ts-mls/extension.js"
 import { decodeLeafNodeInfoOmitted } from "ts-mls/leafNode.js"
 import { CodecError } from "ts-mls/mlsError.js"
 import { decodeParentNode } from "ts-mls/parentNode.js"
@@ -32,11 +34,14 @@ const enumNames = <K extends string>(values: Readonly<Record<K, number>>, open: 
   return (n: number): K | string | undefined => names.get(n) ?? (open ? n.toString() : undefined)
 }
 
+const decodeProtocolVersion = mapDecoderOption(decodeUint16, enumNames(protocolVersions, false))
+const decodeCiphersuite = mapDecoderOption(decodeUint16, enumNames(ciphersuites, true))
+
 /** ts-mls's `decodeCapabilities`, field for field. */
 const decodeCapabilities = mapDecoders(
   [
-    decodeVarLenType(mapDecoderOption(decodeUint16, enumNames(protocolVersions, false))),
-    decodeVarLenType(mapDecoderOption(decodeUint16, enumNames(ciphersuites, true))),
+    decodeVarLenType(decodeProtocolVersion),
+    decodeVarLenType(decodeCiphersuite),
     decodeVarLenType(decodeUint16),
     decodeVarLenType(decodeUint16),
     decodeVarLenType(mapDecoderOption(decodeUint16, enumNames(credentialTypes, true)))
@@ -93,3 +98,21 @@ export const ratchetTreeFromExtension = (info: GroupInfo): RatchetTree | undefin
   if (tree === undefined) throw new CodecError("Could not decode RatchetTree")
   return tree[0]
 }
+
+/** ts-mls's `decodeKeyPackage`, field for field: its leaf must come from a key package. */
+export const decodeKeyPackage: Decoder<KeyPackage> = mapDecoders(
+  [
+    mapDecoders(
+      [
+        decodeProtocolVersion,
+        decodeCiphersuite,
+        decodeVarLenData,
+        mapDecoderOption(decodeLeafNode, (leafNode) => leafNode.leafNodeSource === "key_package" ? leafNode : undefined),
+        decodeVarLenType(decodeExtension)
+      ],
+      (version, cipherSuite, initKey, leafNode, extensions) => ({ version, cipherSuite, initKey, leafNode, extensions })
+    ),
+    decodeVarLenData
+  ],
+  (keyPackageTBS, signature) => ({ ...keyPackageTBS, signature }) as KeyPackage
+)

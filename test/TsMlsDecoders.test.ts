@@ -1,5 +1,5 @@
 /**
- * The ratchet-tree decoder in src/layers/TsMlsNodeDecoder.ts must read every byte string exactly
+ * The ratchet-tree decoder in src/layers/TsMlsDecoders.ts must read every byte string exactly
  * as ts-mls 1.6.4's `decodeNode` / `decodeRatchetTree` do: the same values for real trees, the
  * same names for unknown enum values, the same refusals for damaged bytes. A member that read a
  * tree differently from the others would compute another tree hash and split from the group.
@@ -19,10 +19,11 @@ import {
 import { encode } from "ts-mls/codec/tlsEncoder.js"
 import { varLenDataEncoder } from "ts-mls/codec/variableLength.js"
 import { encodeCredential } from "ts-mls/credential.js"
+import { decodeKeyPackage as tsMlsDecodeKeyPackage, encodeKeyPackage } from "ts-mls/keyPackage.js"
 import { decodeNode as tsMlsDecodeNode, decodeRatchetTree as tsMlsDecodeRatchetTree, encodeNode, encodeRatchetTree } from "ts-mls/ratchetTree.js"
 import { utf8 } from "../src/domain/Bytes.ts"
 import { nodeCiphersuite as cs } from "../src/layers/NodeCiphersuite.ts"
-import { decodeNode, decodeRatchetTree } from "../src/layers/TsMlsNodeDecoder.ts"
+import { decodeKeyPackage, decodeNode, decodeRatchetTree } from "../src/layers/TsMlsDecoders.ts"
 import * as Prng from "../src/simulation/Prng.ts"
 
 const encodeVarLenData = encode(varLenDataEncoder)
@@ -58,7 +59,7 @@ const expectSameReading = (bytes: Uint8Array) => {
   return theirs
 }
 
-describe("the ratchet-tree node decoder", () => {
+describe("the ratchet-tree node and key package decoders", () => {
   it.effect("reads real trees as ts-mls does, node by node and whole", () =>
     Effect.promise(async () => {
       const tree = await groupTree()
@@ -113,5 +114,24 @@ describe("the ratchet-tree node decoder", () => {
         if (theirs === undefined || theirs === "throws") refused++
       }
       expect(refused).toBeGreaterThan(20)
+    }))
+
+  it.effect("read key packages, whole and damaged, as ts-mls does", () =>
+    Effect.promise(async () => {
+      const packages = await Promise.all(Array.from({ length: 5 }, (_, i) => newPackage(`package ${i}`)))
+      const encoded = packages.map((p) => encodeKeyPackage(p.publicPackage))
+      for (const bytes of encoded) {
+        const ours = decodeKeyPackage(bytes, 0)
+        expect(ours).toEqual(tsMlsDecodeKeyPackage(bytes, 0))
+        expect(ours?.[1]).toBe(bytes.length)
+      }
+      const rng = Prng.make(1202)
+      for (let i = 0; i < 300; i++) {
+        const copy = Uint8Array.from(rng.pick(encoded))
+        for (let flips = rng.between(1, 3); flips > 0; flips--) copy[rng.int(copy.length)] = rng.int(256)
+        const ours = outcome(() => decodeKeyPackage(copy, 0))
+        const theirs = outcome(() => tsMlsDecodeKeyPackage(copy, 0))
+        expect(isDeepStrictEqual(ours, theirs), Buffer.from(copy).toString("hex")).toBe(true)
+      }
     }))
 })
