@@ -46,7 +46,7 @@ import {
 import type { IntentData } from "../domain/Intent.ts"
 import { validatedMaker } from "../domain/SchemaClass.ts"
 import type { StoredIntent } from "../domain/Stored.ts"
-import { GroupMessageInput } from "../domain/Wire.ts"
+import { type GroupMessageEnvelope, GroupMessageInput } from "../domain/Wire.ts"
 import { fetchKeyPackagesInChunks } from "./DeliveryService.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
 import * as EngineMetrics from "./EngineMetrics.ts"
@@ -334,13 +334,14 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
   const publishPending = Effect.fn("Publisher.publishPending")(function*(groupId: GroupId) {
     const group = yield* loadGroupRow(ctx, groupId)
     const pending = yield* storage.intents.byGroup(groupId, ["Published", "ToPublish"])
-    if (pending.length === 0) return 0
+    /** Every payload sent, in order, and the service's answers: how the round reads them back. */
+    const sent = { payloads: [] as Array<Uint8Array>, answer: [] as Array<GroupMessageEnvelope> }
+    if (pending.length === 0) return sent
     if (group.membershipState === "inactive") {
       yield* storage.transaction(failPendingIntents(ctx, groupId))
-      return 0
+      return sent
     }
     let state = yield* ctx.loadState(group)
-    let published = 0
     /** Payloads to send next, in order; those derived in this round still to be written ahead. */
     let batch: Array<Uint8Array> = []
     let writeAhead: Array<Effect.Effect<void, StorageError>> = []
@@ -366,10 +367,12 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       }
       const payloads = batch
       for (let i = 0; i < payloads.length; i += MAX_BATCH) {
-        yield* ds.sendGroupMessages(payloads.slice(i, i + MAX_BATCH).map((payload) => makeGroupMessageInput({ groupId, payload })))
+        const chunk = payloads.slice(i, i + MAX_BATCH)
+        const answer = yield* ds.sendGroupMessages(chunk.map((payload) => makeGroupMessageInput({ groupId, payload })))
+        sent.payloads.push(...chunk)
+        sent.answer.push(...answer)
       }
       yield* ctx.options.crashPoint("publish.afterSendBeforeSync")
-      published += payloads.length
       batch = []
       writeAhead = []
       marks = []
@@ -386,7 +389,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
           batch.push(intent.payload)
           if (commit) {
             yield* flush
-            return published
+            return sent
           }
           if (batch.length >= MAX_BATCH) yield* flush
           continue
@@ -430,12 +433,12 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       }
       if (commit) {
         yield* flush
-        return published
+        return sent
       }
       if (batch.length >= MAX_BATCH) yield* flush
     }
     yield* flush
-    return published
+    return sent
   })
 
   /**
@@ -565,8 +568,10 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     return yield* ctx.withGroupLock(groupId)(Effect.gen(function*() {
       const before = yield* sync.receive(groupId)
       yield* checkInstallations(groupId)
-      const published = yield* publishPending(groupId)
-      const after = published > 0 ? yield* sync.receive(groupId) : undefined
+      const sent = yield* publishPending(groupId)
+      const published = sent.payloads.length
+      // What we sent is read back from the send's answer when it continues our cursor.
+      const after = published > 0 ? yield* sync.receiveSent(groupId, sent) : undefined
       yield* sync.postCommit(groupId)
       return { before, published, after }
     }))
