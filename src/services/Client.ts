@@ -433,9 +433,10 @@ export const make = (options: ClientOptions = {}) =>
         const writtenAhead = options.writtenAhead === true
           ? yield* publisher.queueWrittenAhead(group.id, data, now, storeMessage)
           : undefined
-        const intentId = writtenAhead ?? (yield* storage.transaction(Effect.zipRight(storeMessage, queueIntent(group.id, data))))
+        const intentId = writtenAhead?.intentId ??
+          (yield* storage.transaction(Effect.zipRight(storeMessage, queueIntent(group.id, data))))
         yield* PubSub.publish(stored, row)
-        return { messageId, intentId }
+        return { messageId, intentId, known: writtenAhead?.known }
       })
 
     const toMessage = (row: StoredMessage) =>
@@ -576,8 +577,8 @@ export const make = (options: ClientOptions = {}) =>
         ...messagingOf(id, kind),
         send: Effect.fn("Conversation.send", traced)(function*(text: string) {
           const group = yield* activePrimary(id, kind)
-          const { intentId, messageId } = yield* queueMessage(group, text, {}, { writtenAhead: true })
-          yield* publisher.resolve(group.id, intentId)
+          const { intentId, known, messageId } = yield* queueMessage(group, text, {}, { writtenAhead: true })
+          yield* publisher.resolve(group.id, intentId, known)
           yield* wakeSweeper
           return messageId
         }, annotated),

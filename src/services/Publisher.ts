@@ -75,6 +75,15 @@ type Derived =
     readonly postCommit: PostCommitData | undefined
   }
 
+/**
+ * An intent as its writer just stored it: the first round of `resolve` takes it as read instead
+ * of reading it back (later rounds read it).
+ */
+export interface KnownIntent {
+  readonly conflicts: number
+  readonly publishedEpoch: bigint | null
+}
+
 /** Every published payload goes out as one: its validator built once. */
 const makeGroupMessageInput = validatedMaker(GroupMessageInput)
 
@@ -447,7 +456,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
    * payload, hash and epoch) and the state after it: one transaction instead of two (queue, then
    * write-ahead), with the same crash points around it. The next round sends those bytes as it
    * sends any written-ahead payload (re-derived if the epoch has moved on by then). Returns the
-   * intent, or `undefined` when something is queued ahead, the group is not active or the
+   * intent's id and what `resolve` may take as known of it, or `undefined` when something is queued ahead, the group is not active or the
    * message cannot be derived here: then the caller queues it as usual, and the usual publish
    * path deals with it.
    */
@@ -469,19 +478,17 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       yield* ctx.options.crashPoint("publish.beforeWriteAhead")
       const intentId = yield* storage.transaction(Effect.gen(function*() {
         yield* storeMessage
-        const id = yield* storage.intents.insert({ groupId, data, createdAtNs })
-        yield* storage.intents.markPublished(id, {
+        const id = yield* storage.intents.insertPublished({ groupId, data, createdAtNs }, {
           payloadHash: sha256Hex(derived.payload),
           payload: derived.payload,
-          publishedEpoch: epoch,
-          stagedState: null,
-          postCommit: null
+          publishedEpoch: epoch
         })
         yield* storage.groups.saveState(groupId, { epoch: crypto.view(after).epoch, mlsState: ctx.encodeState(groupId, after) })
         return id
       }))
       yield* ctx.options.crashPoint("publish.afterWriteAheadBeforeSend")
-      return intentId
+      const known: KnownIntent = { conflicts: 0, publishedEpoch: epoch }
+      return { intentId, known }
     }))
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
 
@@ -589,15 +596,17 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
 
   /** Runs rounds until the intent is Processed; typed failures say why it is not. */
   const resolve = Effect.fn("Publisher.resolve")(
-    function*(groupId: GroupId, intentId: number) {
-      return yield* resolveRounds(groupId, intentId).pipe(Metric.trackDuration(EngineMetrics.publishDuration))
+    function*(groupId: GroupId, intentId: number, known?: KnownIntent) {
+      return yield* resolveRounds(groupId, intentId, known).pipe(Metric.trackDuration(EngineMetrics.publishDuration))
     },
     (effect, groupId, intentId) => Effect.annotateLogs(effect, { groupId, intentId })
   )
 
-  const resolveRounds = (groupId: GroupId, intentId: number) => {
+  const resolveRounds = (groupId: GroupId, intentId: number, known: KnownIntent | undefined) => {
+    let first = known
     const attempt = Effect.gen(function*() {
-      const before = yield* getIntent(intentId)
+      const before = first ?? (yield* getIntent(intentId))
+      first = undefined
       yield* round(groupId)
       const intent = yield* getIntent(intentId)
       switch (intent.state) {
