@@ -61,7 +61,7 @@ import { isLastSuperAdmin, isPaused, PermissionPolicies, type PolicyPreset, pres
 import { decodeSettings, encodeSettings, type GovernanceIntent, membershipVerdict, nextSettings } from "../domain/GroupSettings.ts"
 import { GroupMetadata, Member, Message, METADATA_FIELDS, type MetadataField, SyncSummary } from "../domain/Model.ts"
 import { validatedMaker } from "../domain/SchemaClass.ts"
-import { StoredGroup, StoredMessage } from "../domain/Stored.ts"
+import { makeStoredMessage, StoredGroup, StoredMessage } from "../domain/Stored.ts"
 import type { MembershipState } from "../domain/Stored.ts"
 import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
 import { DeliveryService, fetchKeyPackagesInChunks } from "./DeliveryService.ts"
@@ -411,7 +411,7 @@ export const make = (options: ClientOptions = {}) =>
         const nonce = toHex(randomBytes(16))
         const messageId = messageIdOf(group.id, identity.installationId, nonce)
         const now = yield* Clock.currentTimeNanos
-        const row = StoredMessage.make({
+        const row = makeStoredMessage({
           id: messageId,
           groupId: group.id,
           conversationId: group.dmId ?? (group.id as unknown as ConversationId),
