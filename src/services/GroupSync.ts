@@ -9,14 +9,14 @@ import { Clock, Effect, Option, PubSub, Schema } from "effect"
 import type { DeliveryError } from "../domain/Errors.ts"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
 import type { PostCommitData } from "../domain/Intent.ts"
-import type { MembershipState, StoredIntent } from "../domain/Stored.ts"
+import type { MembershipState, StoredGroup, StoredIntent } from "../domain/Stored.ts"
 import { groupTopic } from "../domain/Topics.ts"
 import { continuesCursor } from "../domain/SentAnswer.ts"
 import { type GroupMessageEnvelope, WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
 import { fetchKeyPackagesInChunks } from "./DeliveryService.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
 import { failIntent, failPendingIntents, queueRemoval } from "./IntentQueue.ts"
-import type { GroupView, LeafMember } from "./MlsCrypto.ts"
+import type { GroupView, LeafMember, MlsGroupState } from "./MlsCrypto.ts"
 import * as EngineMetrics from "./EngineMetrics.ts"
 import * as PageApplier from "./PageApplier.ts"
 
@@ -40,6 +40,14 @@ export const WELCOMES_UNDELIVERABLE = "welcomes undeliverable"
 export interface Sent {
   readonly payloads: ReadonlyArray<Uint8Array>
   readonly answer: ReadonlyArray<GroupMessageEnvelope>
+  /** The group's row and state as the publisher left them (stored), if it read them under this lock. */
+  readonly held?: Held
+}
+
+/** A group's row and its state as stored, read under the group lock that is still held. */
+interface Held {
+  readonly group: StoredGroup
+  readonly state: MlsGroupState
 }
 
 export const make = (ctx: EngineContext) => {
@@ -56,11 +64,15 @@ export const make = (ctx: EngineContext) => {
     return { ...(yield* applyPage(groupId, cursor, page.items)), more: page.next !== undefined }
   })
 
-  /** Applies the topic's entries after `cursor` as one page, in one transaction. Under the group lock. */
-  const applyPage = (groupId: GroupId, cursor: bigint, items: ReadonlyArray<GroupMessageEnvelope>) =>
+  /**
+   * Applies the topic's entries after `cursor` as one page, in one transaction. Under the group
+   * lock; `held`: the row and state as stored, when the caller has just read them under it.
+   */
+  const applyPage = (groupId: GroupId, cursor: bigint, items: ReadonlyArray<GroupMessageEnvelope>, held?: Held) =>
     Effect.gen(function*() {
-      const group = yield* loadGroupRow(ctx, groupId)
-      const applier = PageApplier.start(ctx, group, yield* ctx.loadState(group), cursor, yield* Clock.currentTimeNanos)
+      const group = held?.group ?? (yield* loadGroupRow(ctx, groupId))
+      const state = held?.state ?? (yield* ctx.loadState(group))
+      const applier = PageApplier.start(ctx, group, state, cursor, yield* Clock.currentTimeNanos)
       yield* applier.prefetch(items)
       for (const envelope of items) yield* applier.apply(envelope)
       const inserted = yield* applier.commit(items[items.length - 1]!.sequenceId)
@@ -124,7 +136,9 @@ export const make = (ctx: EngineContext) => {
     let total = PageApplier.emptyOutcome
     let membership: MembershipState | undefined
     for (let i = 0; i < sent.answer.length; i += ctx.options.pageSize) {
-      const page = yield* applyPage(groupId, cursor + BigInt(i), sent.answer.slice(i, i + ctx.options.pageSize))
+      // A page may change the state: only the first starts from what the publisher held.
+      const held = i === 0 ? sent.held : undefined
+      const page = yield* applyPage(groupId, cursor + BigInt(i), sent.answer.slice(i, i + ctx.options.pageSize), held)
       total = PageApplier.addOutcomes(total, page.outcome)
       membership = page.membership
     }

@@ -351,6 +351,11 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       return sent
     }
     let state = yield* ctx.loadState(group)
+    /**
+     * The row and state as stored once this round is done: nothing here changes the row but its
+     * state, and every state derived here is written ahead before anything is sent.
+     */
+    const done = () => ({ ...sent, held: { group, state } })
     /** Payloads to send next, in order; those derived in this round still to be written ahead. */
     let batch: Array<Uint8Array> = []
     let writeAhead: Array<Effect.Effect<void, StorageError>> = []
@@ -398,7 +403,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
           batch.push(intent.payload)
           if (commit) {
             yield* flush
-            return sent
+            return done()
           }
           if (batch.length >= MAX_BATCH) yield* flush
           continue
@@ -442,12 +447,12 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       }
       if (commit) {
         yield* flush
-        return sent
+        return done()
       }
       if (batch.length >= MAX_BATCH) yield* flush
     }
     yield* flush
-    return sent
+    return done()
   })
 
   /**
