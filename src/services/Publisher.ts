@@ -351,11 +351,9 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       return sent
     }
     let state = yield* ctx.loadState(group)
-    /**
-     * The row and state as stored once this round is done: nothing here changes the row but its
-     * state, and every state derived here is written ahead before anything is sent.
-     */
-    const done = () => ({ ...sent, held: { group, state } })
+    /** The row as stored: nothing here changes it but its state, and each state is written ahead. */
+    let row = group
+    const done = () => ({ ...sent, held: { group: row, state } })
     /** Payloads to send next, in order; those derived in this round still to be written ahead. */
     let batch: Array<Uint8Array> = []
     let writeAhead: Array<Effect.Effect<void, StorageError>> = []
@@ -373,7 +371,9 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
         // Write ahead: after this, a crash resends exactly these bytes.
         yield* storage.transaction(Effect.gen(function*() {
           if (saved !== undefined) {
-            yield* storage.groups.saveState(groupId, { epoch: crypto.view(saved).epoch, mlsState: ctx.encodeState(groupId, saved) })
+            const stored = { epoch: crypto.view(saved).epoch, mlsState: ctx.encodeState(groupId, saved) }
+            yield* storage.groups.saveState(groupId, stored)
+            row = { ...row, ...stored }
           }
           for (const write of writes) yield* write
         }))
@@ -461,9 +461,9 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
    * payload, hash and epoch) and the state after it: one transaction instead of two (queue, then
    * write-ahead), with the same crash points around it. The next round sends those bytes as it
    * sends any written-ahead payload (re-derived if the epoch has moved on by then). Returns the
-   * intent's id and what `resolve` may take as known of it, or `undefined` when something is queued ahead, the group is not active or the
-   * message cannot be derived here: then the caller queues it as usual, and the usual publish
-   * path deals with it.
+   * intent's id and what `resolve` may take as known of it, or `undefined` when something is
+   * queued ahead, the group is not active or the message cannot be derived here: then the caller
+   * queues it as usual, and the usual publish path deals with it.
    */
   const queueWrittenAhead = Effect.fn("Publisher.queueWrittenAhead")(function*(
     groupId: GroupId,
