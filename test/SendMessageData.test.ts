@@ -6,6 +6,7 @@ import { makeSendMessageData, SendMessageData } from "../src/domain/Intent.ts"
 import { validatedMaker } from "../src/domain/SchemaClass.ts"
 import { GroupMessageInput } from "../src/domain/Wire.ts"
 import { Message } from "../src/domain/Model.ts"
+import { makeStoredMessage, StoredMessage } from "../src/domain/Stored.ts"
 
 const messageId = "ab".repeat(32) as MessageId
 const groupId = "cd".repeat(16) as GroupId
@@ -70,5 +71,38 @@ describe("validatedMaker", () => {
     expect(makeMessage(props)).toEqual(Message.make(props))
     expect(makeMessage(props)).toBeInstanceOf(Message)
     expect(() => makeMessage({ ...props, sentAtNs: "5" as unknown as bigint })).toThrow()
+  })
+})
+
+describe("structMaker", () => {
+  const row = {
+    id: messageId,
+    groupId,
+    conversationId: groupId as unknown as StoredMessage["conversationId"],
+    senderInboxId: "ef".repeat(32) as StoredMessage["senderInboxId"],
+    senderInstallationId: "01".repeat(32) as StoredMessage["senderInstallationId"],
+    sentAtNs: 5n,
+    sequenceId: null,
+    kind: "text" as const,
+    content: "hello",
+    membershipChange: null,
+    deliveryStatus: "unpublished" as const,
+    insertedAtNs: 5n
+  }
+
+  it("a message stored as it is sent is the same value StoredMessage.make makes, defaults filled in", () => {
+    const made = makeStoredMessage(row)
+    expect(made).toEqual(StoredMessage.make(row))
+    expect([made.groupContext, made.contentType, made.contentBytes, made.deleted, made.expiresAtNs]).toEqual([null, null, null, false, null])
+    const typed = { ...row, contentType: "example.org/reaction:1", contentBytes: new Uint8Array([1]) }
+    expect(makeStoredMessage(typed)).toEqual(StoredMessage.make(typed))
+  })
+
+  it("a malformed row is refused, as by StoredMessage.make", () => {
+    const bad = { ...row, id: "not-hex" as MessageId }
+    expect(() => StoredMessage.make(bad)).toThrow()
+    expect(() => makeStoredMessage(bad)).toThrow()
+    const wrongKind = { ...row, kind: "poem" as unknown as "text" }
+    expect(() => makeStoredMessage(wrongKind)).toThrow()
   })
 })

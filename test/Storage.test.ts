@@ -7,7 +7,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import type { ConversationId, GroupId, InboxId, InstallationId, MessageId } from "../src/domain/Ids.ts"
 import { StoredGroup, StoredIdentity, InboxLogEntry, StoredKeyPackage, StoredMessage } from "../src/domain/Stored.ts"
-import { AddMembersData, PostCommitData } from "../src/domain/Intent.ts"
+import { AddMembersData, makeSendMessageData, PostCommitData } from "../src/domain/Intent.ts"
 import { IdentityUpdate } from "../src/domain/Wire.ts"
 import * as SqliteStorage from "../src/layers/SqliteStorage.ts"
 import { Storage } from "../src/services/Storage.ts"
@@ -197,6 +197,25 @@ describe("Storage", () => {
       }
       expect(byId.get(ids[2]!)!.state).toBe("Error")
       expect(byId.get(ids[2]!)!.payload).toBeNull()
+    }).pipe(Effect.provide(SqliteStorage.layer.pipe(Layer.provideMerge(SqliteClient.layer({ filename: ":memory:" }))))))
+
+  it.effect("a message queued already written ahead is stored Published with its payload, in one call", () =>
+    Effect.gen(function*() {
+      const storage = yield* Storage
+      yield* storage.groups.insert(group())
+      const data = makeSendMessageData({ messageId: "ab".repeat(32) as MessageId, nonce: "n1", text: "hello" })
+      const id = yield* storage.intents.insertPublished({ groupId, data, createdAtNs: 5n }, {
+        payloadHash: "h-written-ahead",
+        payload: new Uint8Array([9, 8]),
+        publishedEpoch: 3n
+      })
+      const intent = Option.getOrThrow(yield* storage.intents.get(id))
+      expect([intent.state, intent.kind, intent.payloadHash, intent.publishedEpoch, intent.attempts, intent.conflicts])
+        .toEqual(["Published", "SendMessage", "h-written-ahead", 3n, 1, 0])
+      expect([intent.payload, intent.stagedState, intent.postCommit, intent.createdAtNs]).toEqual([new Uint8Array([9, 8]), null, null, 5n])
+      expect(intent.data).toEqual(data)
+      expect(Option.getOrThrow(yield* storage.intents.byPayloadHash("h-written-ahead")).id).toBe(id)
+      expect((yield* storage.intents.byGroup(groupId, ["Published"])).map((i) => i.id)).toEqual([id])
     }).pipe(Effect.provide(SqliteStorage.layer.pipe(Layer.provideMerge(SqliteClient.layer({ filename: ":memory:" }))))))
 
   it.effect("own intents of a whole page are found by their payload hashes in one call", () =>

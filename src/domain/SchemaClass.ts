@@ -13,3 +13,10 @@ export const validatedMaker = <Fields extends Schema.Struct.Fields, Self>(
   const validate = Schema.validateSync(Schema.Struct(cls.fields))
   return (props: Schema.Struct.Type<Fields>): Self => new cls(validate(props) as Schema.Struct.Type<Fields>, true)
 }
+
+/** `schema.make` for a struct: defaults filled in and the same checks, validator built once. */
+export const structMaker = <Fields extends Schema.Struct.Fields>(schema: Schema.Struct<Fields>) => {
+  const validate = Schema.validateSync(schema)
+  return (props: Parameters<Schema.Struct<Fields>["make"]>[0]): Schema.Struct.Type<Fields> =>
+    validate(schema.make(props, { disableValidation: true })) as Schema.Struct.Type<Fields>
+}

@@ -8,6 +8,7 @@ import { DeliveryStatus, MembershipChange, MessageKind } from "./Content.ts"
 import { ConversationId, GroupId, InboxId, InstallationId, MessageId } from "./Ids.ts"
 import { IntentData, IntentKind, IntentState, PostCommitData } from "./Intent.ts"
 import { IdentityUpdate } from "./Wire.ts"
+import { structMaker } from "./SchemaClass.ts"
 
 export const MembershipState = Schema.Literal("active", "pendingRemove", "inactive")
 export type MembershipState = typeof MembershipState.Type
@@ -67,6 +68,8 @@ export const StoredMessage = Schema.Struct({
   expiresAtNs: Schema.optionalWith(Nullable(Schema.BigIntFromSelf), { default: () => null })
 })
 export type StoredMessage = typeof StoredMessage.Type
+/** `StoredMessage.make` with its validator built once (every message sent is made with it). */
+export const makeStoredMessage = structMaker(StoredMessage)
 
 export const StoredIntent = Schema.Struct({
   id: Schema.Number,

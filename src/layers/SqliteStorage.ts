@@ -118,6 +118,8 @@ const intentRowWith = <S extends SealedColumn>(sealed: S) => Schema.Struct({
 const IntentRow = intentRowWith(Sealed)
 /** Built once: a schema made per call builds its encoder anew each time (every published intent). */
 const encodePostCommit = Schema.encode(Schema.NullOr(PostCommitDataJson))
+/** Built once: every queued intent is encoded with it. */
+const encodeIntentData = Schema.encode(IntentDataJson)
 
 const IdentityRow = Schema.Struct({
   inboxId: column(InboxId, "inbox_id"),
@@ -460,10 +462,23 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
     insert: ({ createdAtNs, data, groupId }) =>
       run(
         "intents.insert",
-        Schema.encode(IntentDataJson)(data).pipe(
+        encodeIntentData(data).pipe(
           Effect.flatMap((json) =>
             sql<{ id: bigint }>`INSERT INTO converge_intents (group_id, kind, data, state, created_at_ns)
                 VALUES (${groupId}, ${data._tag}, ${json}, 'ToPublish', ${createdAtNs}) RETURNING id`
+          ),
+          Effect.map((rows) => Number(rows[0]!.id))
+        )
+      ),
+    insertPublished: ({ createdAtNs, data, groupId }, p) =>
+      run(
+        "intents.insertPublished",
+        encodeIntentData(data).pipe(
+          Effect.flatMap((json) =>
+            sql<{ id: bigint }>`INSERT INTO converge_intents
+                (group_id, kind, data, state, created_at_ns, payload_hash, payload, published_epoch, attempts)
+                VALUES (${groupId}, ${data._tag}, ${json}, 'Published', ${createdAtNs}, ${p.payloadHash}, ${p.payload},
+                        ${p.publishedEpoch}, 1) RETURNING id`
           ),
           Effect.map((rows) => Number(rows[0]!.id))
         )

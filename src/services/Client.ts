@@ -61,7 +61,7 @@ import { isLastSuperAdmin, isPaused, PermissionPolicies, type PolicyPreset, pres
 import { decodeSettings, encodeSettings, type GovernanceIntent, membershipVerdict, nextSettings } from "../domain/GroupSettings.ts"
 import { GroupMetadata, Member, Message, METADATA_FIELDS, type MetadataField, SyncSummary } from "../domain/Model.ts"
 import { validatedMaker } from "../domain/SchemaClass.ts"
-import { StoredGroup, StoredMessage } from "../domain/Stored.ts"
+import { makeStoredMessage, StoredGroup, StoredMessage } from "../domain/Stored.ts"
 import type { MembershipState } from "../domain/Stored.ts"
 import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
 import { DeliveryService, fetchKeyPackagesInChunks } from "./DeliveryService.ts"
@@ -411,7 +411,7 @@ export const make = (options: ClientOptions = {}) =>
         const nonce = toHex(randomBytes(16))
         const messageId = messageIdOf(group.id, identity.installationId, nonce)
         const now = yield* Clock.currentTimeNanos
-        const row = StoredMessage.make({
+        const row = makeStoredMessage({
           id: messageId,
           groupId: group.id,
           conversationId: group.dmId ?? (group.id as unknown as ConversationId),
@@ -433,9 +433,10 @@ export const make = (options: ClientOptions = {}) =>
         const writtenAhead = options.writtenAhead === true
           ? yield* publisher.queueWrittenAhead(group.id, data, now, storeMessage)
           : undefined
-        const intentId = writtenAhead ?? (yield* storage.transaction(Effect.zipRight(storeMessage, queueIntent(group.id, data))))
+        const intentId = writtenAhead?.intentId ??
+          (yield* storage.transaction(Effect.zipRight(storeMessage, queueIntent(group.id, data))))
         yield* PubSub.publish(stored, row)
-        return { messageId, intentId }
+        return { messageId, intentId, known: writtenAhead?.known }
       })
 
     const toMessage = (row: StoredMessage) =>
@@ -576,8 +577,8 @@ export const make = (options: ClientOptions = {}) =>
         ...messagingOf(id, kind),
         send: Effect.fn("Conversation.send", traced)(function*(text: string) {
           const group = yield* activePrimary(id, kind)
-          const { intentId, messageId } = yield* queueMessage(group, text, {}, { writtenAhead: true })
-          yield* publisher.resolve(group.id, intentId)
+          const { intentId, known, messageId } = yield* queueMessage(group, text, {}, { writtenAhead: true })
+          yield* publisher.resolve(group.id, intentId, known)
           yield* wakeSweeper
           return messageId
         }, annotated),

@@ -9,13 +9,14 @@ import { Clock, Effect, Option, PubSub, Schema } from "effect"
 import type { DeliveryError } from "../domain/Errors.ts"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
 import type { PostCommitData } from "../domain/Intent.ts"
-import type { MembershipState, StoredIntent } from "../domain/Stored.ts"
+import type { MembershipState, StoredGroup, StoredIntent } from "../domain/Stored.ts"
 import { groupTopic } from "../domain/Topics.ts"
-import { WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
+import { continuesCursor } from "../domain/SentAnswer.ts"
+import { type GroupMessageEnvelope, WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
 import { fetchKeyPackagesInChunks } from "./DeliveryService.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
 import { failIntent, failPendingIntents, queueRemoval } from "./IntentQueue.ts"
-import type { GroupView, LeafMember } from "./MlsCrypto.ts"
+import type { GroupView, LeafMember, MlsGroupState } from "./MlsCrypto.ts"
 import * as EngineMetrics from "./EngineMetrics.ts"
 import * as PageApplier from "./PageApplier.ts"
 
@@ -35,6 +36,20 @@ export const membersByInbox = (view: GroupView): Map<InboxId, Array<LeafMember>>
 /** The cause of an intent whose commit landed but whose welcomes could not be sent. */
 export const WELCOMES_UNDELIVERABLE = "welcomes undeliverable"
 
+/** What a publish sent to a group topic, in order, and the service's answer (the stored envelopes). */
+export interface Sent {
+  readonly payloads: ReadonlyArray<Uint8Array>
+  readonly answer: ReadonlyArray<GroupMessageEnvelope>
+  /** The group's row and state as the publisher left them (stored), if it read them under this lock. */
+  readonly held?: Held
+}
+
+/** A group's row and its state as stored, read under the group lock that is still held. */
+interface Held {
+  readonly group: StoredGroup
+  readonly state: MlsGroupState
+}
+
 export const make = (ctx: EngineContext) => {
   const { crypto, ds, identity, storage } = ctx
 
@@ -46,14 +61,24 @@ export const make = (ctx: EngineContext) => {
     const cursor = yield* storage.cursors.get(groupTopic(groupId))
     const page = yield* ds.queryGroupMessages({ groupId, afterSequenceId: cursor, limit: ctx.options.pageSize })
     if (page.items.length === 0) return { outcome: PageApplier.emptyOutcome, more: false, membership: undefined }
-    const group = yield* loadGroupRow(ctx, groupId)
-    const applier = PageApplier.start(ctx, group, yield* ctx.loadState(group), cursor, yield* Clock.currentTimeNanos)
-    yield* applier.prefetch(page.items)
-    for (const ctxelope of page.items) yield* applier.apply(ctxelope)
-    const inserted = yield* applier.commit(page.items[page.items.length - 1]!.sequenceId)
-    yield* PubSub.publishAll(ctx.stored, inserted)
-    return { outcome: applier.outcome(), more: page.next !== undefined, membership: applier.membership() }
+    return { ...(yield* applyPage(groupId, cursor, page.items)), more: page.next !== undefined }
   })
+
+  /**
+   * Applies the topic's entries after `cursor` as one page, in one transaction. Under the group
+   * lock; `held`: the row and state as stored, when the caller has just read them under it.
+   */
+  const applyPage = (groupId: GroupId, cursor: bigint, items: ReadonlyArray<GroupMessageEnvelope>, held?: Held) =>
+    Effect.gen(function*() {
+      const group = held?.group ?? (yield* loadGroupRow(ctx, groupId))
+      const state = held?.state ?? (yield* ctx.loadState(group))
+      const applier = PageApplier.start(ctx, group, state, cursor, yield* Clock.currentTimeNanos)
+      yield* applier.prefetch(items)
+      for (const envelope of items) yield* applier.apply(envelope)
+      const inserted = yield* applier.commit(items[items.length - 1]!.sequenceId)
+      yield* PubSub.publishAll(ctx.stored, inserted)
+      return { outcome: applier.outcome(), membership: applier.membership() }
+    })
   /**
    * Asked to leave, and nobody else is left to commit the removal: we are out, once our own
    * request is out too (our other devices must learn that the inbox left). Our other devices
@@ -93,6 +118,29 @@ export const make = (ctx: EngineContext) => {
       total = PageApplier.addOutcomes(total, page.outcome)
       membership = page.membership ?? membership
       if (!page.more) break
+    }
+    yield* settleLoneLeaver(groupId, membership)
+    yield* EngineMetrics.recordSync(total)
+    return total
+  }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
+
+  /**
+   * Reads back what this installation just published. When the send's answer continues the
+   * cursor exactly (`domain/SentAnswer`), it is the topic's next page: applied as a query's page
+   * would be (same applier, same checks, one transaction per page), without asking again.
+   * Otherwise the topic is read to its end as `receive` does. Under the group lock.
+   */
+  const receiveSent = Effect.fn("GroupSync.receiveSent")(function*(groupId: GroupId, sent: Sent) {
+    const cursor = yield* storage.cursors.get(groupTopic(groupId))
+    if (!continuesCursor(groupId, cursor, sent.payloads, sent.answer)) return yield* receive(groupId)
+    let total = PageApplier.emptyOutcome
+    let membership: MembershipState | undefined
+    for (let i = 0; i < sent.answer.length; i += ctx.options.pageSize) {
+      // A page may change the state: only the first starts from what the publisher held.
+      const held = i === 0 ? sent.held : undefined
+      const page = yield* applyPage(groupId, cursor + BigInt(i), sent.answer.slice(i, i + ctx.options.pageSize), held)
+      total = PageApplier.addOutcomes(total, page.outcome)
+      membership = page.membership
     }
     yield* settleLoneLeaver(groupId, membership)
     yield* EngineMetrics.recordSync(total)
@@ -161,5 +209,5 @@ export const make = (ctx: EngineContext) => {
       yield* storage.intents.markProcessed(intent.id)
     })
 
-  return { receive, postCommit, membersByInbox }
+  return { receive, receiveSent, postCommit, membersByInbox }
 }

@@ -46,7 +46,7 @@ import {
 import type { IntentData } from "../domain/Intent.ts"
 import { validatedMaker } from "../domain/SchemaClass.ts"
 import type { StoredIntent } from "../domain/Stored.ts"
-import { GroupMessageInput } from "../domain/Wire.ts"
+import { type GroupMessageEnvelope, GroupMessageInput } from "../domain/Wire.ts"
 import { fetchKeyPackagesInChunks } from "./DeliveryService.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
 import * as EngineMetrics from "./EngineMetrics.ts"
@@ -74,6 +74,15 @@ type Derived =
     readonly staged: MlsGroupState | undefined
     readonly postCommit: PostCommitData | undefined
   }
+
+/**
+ * An intent as its writer just stored it: the first round of `resolve` takes it as read instead
+ * of reading it back (later rounds read it).
+ */
+export interface KnownIntent {
+  readonly conflicts: number
+  readonly publishedEpoch: bigint | null
+}
 
 /** Every published payload goes out as one: its validator built once. */
 const makeGroupMessageInput = validatedMaker(GroupMessageInput)
@@ -334,13 +343,17 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
   const publishPending = Effect.fn("Publisher.publishPending")(function*(groupId: GroupId) {
     const group = yield* loadGroupRow(ctx, groupId)
     const pending = yield* storage.intents.byGroup(groupId, ["Published", "ToPublish"])
-    if (pending.length === 0) return 0
+    /** Every payload sent, in order, and the service's answers: how the round reads them back. */
+    const sent = { payloads: [] as Array<Uint8Array>, answer: [] as Array<GroupMessageEnvelope> }
+    if (pending.length === 0) return sent
     if (group.membershipState === "inactive") {
       yield* storage.transaction(failPendingIntents(ctx, groupId))
-      return 0
+      return sent
     }
     let state = yield* ctx.loadState(group)
-    let published = 0
+    /** The row as stored: nothing here changes it but its state, and each state is written ahead. */
+    let row = group
+    const done = () => ({ ...sent, held: { group: row, state } })
     /** Payloads to send next, in order; those derived in this round still to be written ahead. */
     let batch: Array<Uint8Array> = []
     let writeAhead: Array<Effect.Effect<void, StorageError>> = []
@@ -358,7 +371,9 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
         // Write ahead: after this, a crash resends exactly these bytes.
         yield* storage.transaction(Effect.gen(function*() {
           if (saved !== undefined) {
-            yield* storage.groups.saveState(groupId, { epoch: crypto.view(saved).epoch, mlsState: ctx.encodeState(groupId, saved) })
+            const stored = { epoch: crypto.view(saved).epoch, mlsState: ctx.encodeState(groupId, saved) }
+            yield* storage.groups.saveState(groupId, stored)
+            row = { ...row, ...stored }
           }
           for (const write of writes) yield* write
         }))
@@ -366,10 +381,12 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       }
       const payloads = batch
       for (let i = 0; i < payloads.length; i += MAX_BATCH) {
-        yield* ds.sendGroupMessages(payloads.slice(i, i + MAX_BATCH).map((payload) => makeGroupMessageInput({ groupId, payload })))
+        const chunk = payloads.slice(i, i + MAX_BATCH)
+        const answer = yield* ds.sendGroupMessages(chunk.map((payload) => makeGroupMessageInput({ groupId, payload })))
+        sent.payloads.push(...chunk)
+        sent.answer.push(...answer)
       }
       yield* ctx.options.crashPoint("publish.afterSendBeforeSync")
-      published += payloads.length
       batch = []
       writeAhead = []
       marks = []
@@ -386,7 +403,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
           batch.push(intent.payload)
           if (commit) {
             yield* flush
-            return published
+            return done()
           }
           if (batch.length >= MAX_BATCH) yield* flush
           continue
@@ -430,12 +447,12 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       }
       if (commit) {
         yield* flush
-        return published
+        return done()
       }
       if (batch.length >= MAX_BATCH) yield* flush
     }
     yield* flush
-    return published
+    return done()
   })
 
   /**
@@ -444,9 +461,9 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
    * payload, hash and epoch) and the state after it: one transaction instead of two (queue, then
    * write-ahead), with the same crash points around it. The next round sends those bytes as it
    * sends any written-ahead payload (re-derived if the epoch has moved on by then). Returns the
-   * intent, or `undefined` when something is queued ahead, the group is not active or the
-   * message cannot be derived here: then the caller queues it as usual, and the usual publish
-   * path deals with it.
+   * intent's id and what `resolve` may take as known of it, or `undefined` when something is
+   * queued ahead, the group is not active or the message cannot be derived here: then the caller
+   * queues it as usual, and the usual publish path deals with it.
    */
   const queueWrittenAhead = Effect.fn("Publisher.queueWrittenAhead")(function*(
     groupId: GroupId,
@@ -466,19 +483,17 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       yield* ctx.options.crashPoint("publish.beforeWriteAhead")
       const intentId = yield* storage.transaction(Effect.gen(function*() {
         yield* storeMessage
-        const id = yield* storage.intents.insert({ groupId, data, createdAtNs })
-        yield* storage.intents.markPublished(id, {
+        const id = yield* storage.intents.insertPublished({ groupId, data, createdAtNs }, {
           payloadHash: sha256Hex(derived.payload),
           payload: derived.payload,
-          publishedEpoch: epoch,
-          stagedState: null,
-          postCommit: null
+          publishedEpoch: epoch
         })
         yield* storage.groups.saveState(groupId, { epoch: crypto.view(after).epoch, mlsState: ctx.encodeState(groupId, after) })
         return id
       }))
       yield* ctx.options.crashPoint("publish.afterWriteAheadBeforeSend")
-      return intentId
+      const known: KnownIntent = { conflicts: 0, publishedEpoch: epoch }
+      return { intentId, known }
     }))
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
 
@@ -565,8 +580,10 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     return yield* ctx.withGroupLock(groupId)(Effect.gen(function*() {
       const before = yield* sync.receive(groupId)
       yield* checkInstallations(groupId)
-      const published = yield* publishPending(groupId)
-      const after = published > 0 ? yield* sync.receive(groupId) : undefined
+      const sent = yield* publishPending(groupId)
+      const published = sent.payloads.length
+      // What we sent is read back from the send's answer when it continues our cursor.
+      const after = published > 0 ? yield* sync.receiveSent(groupId, sent) : undefined
       yield* sync.postCommit(groupId)
       return { before, published, after }
     }))
@@ -584,15 +601,17 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
 
   /** Runs rounds until the intent is Processed; typed failures say why it is not. */
   const resolve = Effect.fn("Publisher.resolve")(
-    function*(groupId: GroupId, intentId: number) {
-      return yield* resolveRounds(groupId, intentId).pipe(Metric.trackDuration(EngineMetrics.publishDuration))
+    function*(groupId: GroupId, intentId: number, known?: KnownIntent) {
+      return yield* resolveRounds(groupId, intentId, known).pipe(Metric.trackDuration(EngineMetrics.publishDuration))
     },
     (effect, groupId, intentId) => Effect.annotateLogs(effect, { groupId, intentId })
   )
 
-  const resolveRounds = (groupId: GroupId, intentId: number) => {
+  const resolveRounds = (groupId: GroupId, intentId: number, known: KnownIntent | undefined) => {
+    let first = known
     const attempt = Effect.gen(function*() {
-      const before = yield* getIntent(intentId)
+      const before = first ?? (yield* getIntent(intentId))
+      first = undefined
       yield* round(groupId)
       const intent = yield* getIntent(intentId)
       switch (intent.state) {

@@ -121,6 +121,14 @@ export interface IntentRepository {
   readonly byPayloadHash: (hash: string) => Io<Option.Option<StoredIntent>>
   /** The intents published with any of these payload hashes: one query for a whole page. */
   readonly byPayloadHashes: (hashes: ReadonlyArray<string>) => Io<ReadonlyArray<StoredIntent>>
+  /**
+   * `insert` then `markPublished` in one statement, for an application message written ahead as
+   * it is queued (nothing staged, nothing after). Returns the new intent's id.
+   */
+  readonly insertPublished: (
+    intent: NewIntent,
+    published: { readonly payloadHash: string; readonly payload: Uint8Array; readonly publishedEpoch: bigint }
+  ) => Io<number>
   /** ToPublish -> Published, with everything needed to resend or adopt (write-ahead). */
   readonly markPublished: (id: number, published: PublishedIntent) => Io<void>
   /** `markPublished` for application messages (nothing staged, nothing after), one statement per hundred. */

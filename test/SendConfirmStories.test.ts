@@ -1,0 +1,125 @@
+/**
+ * Stories of how a sender learns its message landed. The service answers a send with the stored
+ * envelopes; when they are exactly the topic's next entries after the sender's cursor, the sender
+ * reads them back from that answer. Whatever lands in between (someone's message, a commit), the
+ * outcome is the one a fresh read of the topic gives: same order, same epoch, nothing twice.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Effect } from "effect"
+import type { ConversationId, GroupId } from "../src/domain/Ids.ts"
+import type { CrashPoint } from "../src/services/EngineContext.ts"
+import { type TestClient, TestNetwork } from "../src/testing.ts"
+
+const texts = (client: TestClient, id: ConversationId) =>
+  client.conversation(id).pipe(
+    Effect.flatMap((c) => c.messages()),
+    Effect.map((ms) => ms.filter((m) => m.kind === "text").map((m) => [m.text, m.deliveryStatus] as const))
+  )
+
+/** The sender's stored texts with the topic ids they landed at. */
+const landedAt = (net: TestNetwork, client: TestClient, id: ConversationId) =>
+  Effect.gen(function*() {
+    const rows = yield* (yield* net.storage(client)).messages.byConversation(id, {})
+    return rows.filter((m) => m.kind === "text").map((m) => [m.content, m.sequenceId] as const)
+  })
+
+/** Runs `during` once, the first time the client passes `point` after `arm` is called. */
+const hook = () => {
+  let armed: { readonly point: CrashPoint; readonly during: Effect.Effect<void> } | undefined
+  return {
+    crashPoint: (point: CrashPoint) =>
+      Effect.suspend(() => {
+        if (armed?.point !== point) return Effect.void
+        const during = armed.during
+        armed = undefined
+        return during
+      }),
+    arm: (point: CrashPoint, during: Effect.Effect<void, unknown>) =>
+      Effect.sync(() => {
+        armed = { point, during: Effect.orDie(during) }
+      })
+  }
+}
+
+describe("confirming a send", () => {
+  it.live("Alice's messages land where the service says: she and Bob hold them at the same ids, in order", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = [yield* net.client("alice", { pageSize: 4 }), yield* net.client("bob")]
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* group.send("one")
+      yield* group.send("two")
+      // More than a page at once: read back a page at a time.
+      for (let i = 0; i < 10; i++) yield* group.sendOptimistic(`batch ${i}`)
+      yield* group.publishPending
+      const all = ["one", "two", ...Array.from({ length: 10 }, (_, i) => `batch ${i}`)]
+      expect(yield* texts(alice, group.id)).toEqual(all.map((t) => [t, "published"]))
+
+      const ids = (yield* landedAt(net, alice, group.id)).map(([, id]) => id)
+      const page = yield* net.delivery.queryGroupMessages({ groupId: group.id as unknown as GroupId, afterSequenceId: 0n, limit: 100 })
+      expect(ids).toEqual(page.items.slice(1).map((e) => e.sequenceId))
+      yield* bob.syncAll
+      expect(yield* landedAt(net, bob, group.id)).toEqual(yield* landedAt(net, alice, group.id))
+      // Alice's cursor is at the topic's end: her next sync reads nothing again.
+      const again = yield* alice.syncAll
+      expect(again.messages).toBe(0)
+    })))
+
+  it.live("Bob's message lands between Alice's write-ahead and her send: she reads it, before her own", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const interleave = hook()
+      const alice = yield* net.client("alice", { crashPoint: interleave.crashPoint })
+      const bob = yield* net.client("bob")
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* group.send("hello")
+      yield* bob.syncAll
+      const atBob = yield* bob.conversation(group.id)
+
+      yield* group.sendOptimistic("first")
+      yield* group.sendOptimistic("second")
+      yield* interleave.arm("publish.afterWriteAheadBeforeSend", atBob.send("bob, in between"))
+      yield* group.publishPending
+
+      const expected = [["hello", "published"], ["bob, in between", "published"], ["first", "published"], ["second", "published"]]
+      expect(yield* texts(alice, group.id)).toEqual(expected)
+      yield* bob.syncAll
+      expect(yield* texts(bob, group.id)).toEqual(expected)
+      expect(yield* landedAt(net, bob, group.id)).toEqual(yield* landedAt(net, alice, group.id))
+    })))
+
+  it.live("Bob removes Carol while Alice's send is written ahead: it goes out once, at the new epoch, and Bob reads it", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const interleave = hook()
+      const alice = yield* net.client("alice", { crashPoint: interleave.crashPoint })
+      const [bob, carol] = [yield* net.client("bob"), yield* net.client("carol")]
+      const group = yield* alice.createGroup([bob.inboxId, carol.inboxId])
+      const groupId = group.id as unknown as GroupId
+      yield* group.send("hello")
+      yield* bob.syncAll
+      yield* carol.syncAll
+      const atBob = yield* bob.conversation(group.id)
+      const topicBefore = (yield* net.delivery.queryGroupMessages({ groupId, afterSequenceId: 0n, limit: 100 })).items
+
+      // Alice's message is encrypted and stored (written ahead) at the epoch she holds; before
+      // it goes out, Bob's removal of Carol lands.
+      yield* interleave.arm("publish.afterWriteAheadBeforeSend", atBob.removeMembers([carol.inboxId]))
+      yield* group.send("after carol left")
+
+      const added = (yield* net.delivery.queryGroupMessages({ groupId, afterSequenceId: 0n, limit: 100 })).items
+        .slice(topicBefore.length)
+      expect(added).toHaveLength(2)
+      const [removal, message] = yield* Effect.forEach(added, (e) => net.crypto.inspect(e.payload))
+      expect(removal!.kind).toBe("commit")
+      // Not the bytes written ahead at Carol's last epoch: derived again after the removal.
+      expect(message).toEqual({ kind: "application", groupId, epoch: removal!.epoch + 1n })
+
+      const expected = [["hello", "published"], ["after carol left", "published"]]
+      expect(yield* texts(alice, group.id)).toEqual(expected)
+      yield* bob.syncAll
+      expect(yield* texts(bob, group.id)).toEqual(expected)
+      yield* carol.syncAll
+      expect(yield* texts(carol, group.id)).toEqual([["hello", "published"]])
+    })))
+})
