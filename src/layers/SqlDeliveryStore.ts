@@ -553,6 +553,12 @@ export const makeSqlite = (
   maxPageBytes: number = MAX_PAGE_BYTES
 ): Effect.Effect<Service, DeliveryStoreError, SqlClient.SqlClient | Scope.Scope> =>
   Effect.gen(function*() {
+    // An acknowledged append survives a power loss: SQLite opens a file already in WAL mode
+    // with synchronous=NORMAL, which could undo it and hand its id to another message.
+    const sql = yield* SqlClient.SqlClient
+    yield* sql`PRAGMA synchronous = FULL`.pipe(
+      Effect.mapError((cause) => new DeliveryStoreError({ operation: "open", cause }))
+    )
     yield* migrate
     const pubsub = yield* Effect.acquireRelease(PubSub.unbounded<TopicChange>(), PubSub.shutdown)
     return yield* makeWith({

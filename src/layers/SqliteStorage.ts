@@ -168,6 +168,10 @@ type RawRow = { readonly [column: string]: unknown }
 /** The storage; with a key, the secrets in it are sealed at rest (see `StorageKey`). */
 export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
+  // Every commit reaches the disk before it returns. SQLite opens a file already in WAL mode
+  // with synchronous=NORMAL, where a power loss may undo the last commits: a write-ahead
+  // record undone after its message went out would be sent again with the same key and nonce.
+  yield* sql`PRAGMA synchronous = FULL`.pipe(Effect.mapError(toStorageError("open")))
   yield* Migrations.run.pipe(Effect.mapError(toStorageError("migrate")))
   // Deleted and expired messages are overwritten on disk, not only unlinked (SQLite only).
   yield* sql`PRAGMA secure_delete = ON`.pipe(Effect.ignore)
