@@ -1,6 +1,6 @@
 /**
  * Group sync: read a group topic from the stored cursor, in the delivery service's order,
- * one page at a time. What each ctxelope means is decided by `domain/ReceiveDecision`;
+ * one page at a time. What each envelope means is decided by `domain/ReceiveDecision`;
  * `PageApplier` applies the decisions and writes the page's MLS state, stored messages,
  * intent states and cursor in one transaction, so a crash replays the page from the old
  * cursor with the old state and nothing is applied twice.
@@ -49,7 +49,7 @@ export const make = (ctx: EngineContext) => {
     const group = yield* loadGroupRow(ctx, groupId)
     const applier = PageApplier.start(ctx, group, yield* ctx.loadState(group), cursor, yield* Clock.currentTimeNanos)
     yield* applier.prefetch(page.items)
-    for (const ctxelope of page.items) yield* applier.apply(ctxelope)
+    yield* applier.applyAll(page.items)
     const inserted = yield* applier.commit(page.items[page.items.length - 1]!.sequenceId)
     yield* PubSub.publishAll(ctx.stored, inserted)
     return { outcome: applier.outcome(), more: page.next !== undefined, membership: applier.membership() }
