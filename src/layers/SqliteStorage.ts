@@ -98,6 +98,9 @@ const MessageRow = Schema.transformOrFail(MessageColumns, Schema.typeSchema(Stor
   encode: ({ membershipChange: _, ...row }) => ParseResult.succeed(row)
 })
 
+/** Built once and synchronous (an Either is an Effect): a receive page encodes one row per message. */
+const encodeMessageRow = Schema.encodeEither(MessageRow)
+
 const intentRowWith = <S extends SealedColumn>(sealed: S) => Schema.Struct({
   id: Int,
   groupId: column(GroupId, "group_id"),
@@ -337,7 +340,8 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
         Effect.gen(function*() {
           const stored: Array<MessageId> = []
           for (let i = 0; i < messages.length; i += 100) {
-            const rows = yield* Effect.forEach(messages.slice(i, i + 100), (m) => Schema.encode(MessageRow)(m))
+            const rows: Array<typeof MessageRow.Encoded> = []
+            for (const message of messages.slice(i, i + 100)) rows.push(yield* encodeMessageRow(message))
             const inserted = yield* sql<{ id: MessageId }>`INSERT INTO converge_messages ${sql.insert(rows as never)}
               ON CONFLICT (id) DO NOTHING RETURNING id`
             stored.push(...inserted.map((row) => row.id))
