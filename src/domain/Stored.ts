@@ -68,12 +68,6 @@ export const StoredMessage = Schema.Struct({
 })
 export type StoredMessage = typeof StoredMessage.Type
 
-/**
- * `StoredMessage.make` with its validator built once: effect re-derives a struct's validator on
- * every `make` when a field has a default (see SchemaClass.ts), and a catch-up makes one per message.
- */
-const validateStoredMessage = Schema.validateSync(StoredMessage)
-export const makeStoredMessage = (props: typeof StoredMessage.Type): StoredMessage => validateStoredMessage(props)
 
 export const StoredIntent = Schema.Struct({
   id: Schema.Number,

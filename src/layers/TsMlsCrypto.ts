@@ -249,6 +249,15 @@ const senderAt = (tree: RatchetTree, leafIndex: number): LeafMember | undefined 
   return leaves.get(leafIndex)
 }
 
+/** Views by the parts they are read from (states are immutable values; see `view`). */
+const viewsByContext = new WeakMap<ClientState["groupContext"], {
+  readonly keySchedule: ClientState["keySchedule"]
+  readonly ratchetTree: RatchetTree
+  readonly privatePath: ClientState["privatePath"]
+  readonly groupActiveState: ClientState["groupActiveState"]
+  readonly view: GroupView
+}>()
+
 // ---- codecs ----------------------------------------------------------------------------
 
 /** Decodes a whole buffer with a ts-mls decoder; trailing bytes or a throwing decoder mean garbage. */
@@ -891,7 +900,13 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
 
     const view: Service["view"] = (state): GroupView => {
       const client = unwrapRaw(state)
-      return {
+      // An application message changes only the secret tree: its state shares every part a view reads.
+      const known = viewsByContext.get(client.groupContext)
+      if (
+        known !== undefined && known.keySchedule === client.keySchedule && known.ratchetTree === client.ratchetTree &&
+        known.privatePath === client.privatePath && known.groupActiveState === client.groupActiveState
+      ) return known.view
+      const made: GroupView = {
         groupId: toHex(client.groupContext.groupId) as GroupId,
         epoch: client.groupContext.epoch,
         epochAuthenticator: toHex(client.keySchedule.epochAuthenticator),
@@ -900,6 +915,9 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
         ownLeafIndex: client.privatePath.leafIndex,
         metadata: metadataIn(client.groupContext.extensions)
       }
+      const { groupActiveState, keySchedule, privatePath, ratchetTree } = client
+      viewsByContext.set(client.groupContext, { keySchedule, ratchetTree, privatePath, groupActiveState, view: made })
+      return made
     }
 
     const inviterOf: Service["inviterOf"] = (state) => {

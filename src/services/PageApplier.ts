@@ -35,7 +35,7 @@ import {
   type SkipReason,
   skipReasonOf
 } from "../domain/ReceiveDecision.ts"
-import { makeStoredMessage, type StoredGroup, type StoredIntent, type MembershipState, StoredMessage } from "../domain/Stored.ts"
+import { type StoredGroup, type StoredIntent, type MembershipState, StoredMessage } from "../domain/Stored.ts"
 import { isCommitKind } from "../domain/Intent.ts"
 import { groupTopic } from "../domain/Topics.ts"
 import type { GroupMessageEnvelope } from "../domain/Wire.ts"
@@ -302,7 +302,9 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
     // Read after its deadline (a member that was offline): it disappeared before it was stored.
     if (expiresAtNs !== null && expiresAtNs <= now) return undefined
     const store = (groupContext: GroupId | null) => {
-      newMessages.push(makeStoredMessage({
+      // Built from values decoded at the boundary (envelope, content, the sender's credential)
+      // or derived from them: typed, not validated a second time (a schema pass per message).
+      const row: StoredMessage = {
         id: messageIdOf(groupId, sender.installationId, text.nonce),
         groupId: groupId,
         conversationId: conversationOf(),
@@ -320,7 +322,8 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
         contentBytes: text.content?.bytes ?? null,
         deleted: false,
         expiresAtNs
-      }))
+      }
+      newMessages.push(row)
     }
     if (text.groupContext === undefined) {
       store(null)
