@@ -68,7 +68,6 @@ export const StoredMessage = Schema.Struct({
 })
 export type StoredMessage = typeof StoredMessage.Type
 
-
 export const StoredIntent = Schema.Struct({
   id: Schema.Number,
   groupId: GroupId,
