@@ -288,16 +288,20 @@ const decodeAll = <A>(
 }
 
 /**
- * Messages decoded, by their bytes object: a receiver reads an envelope's header and then
- * processes the same bytes, so the second read reuses the first (entries go with the envelope).
+ * Messages a receiver's `header` decoded, by their bytes object, until the next read of the same
+ * bytes (`inspect` or `process`) takes them: the envelope is decoded once. Taken, not kept: an
+ * in-memory delivery service holds its payloads for good, and inspects every one it stores.
  */
 const decodedMessages = new WeakMap<Uint8Array, MLSMessage>()
-const decodeMessageOrError = (bytes: Uint8Array): MLSMessage | CryptoError => {
+const decodeMessageOrError = (bytes: Uint8Array, keep = false): MLSMessage | CryptoError => {
   const known = decodedMessages.get(bytes)
-  if (known !== undefined) return known
+  if (known !== undefined) {
+    if (!keep) decodedMessages.delete(bytes)
+    return known
+  }
   const decoded = decodeAllOrError("MLS message", decodeMlsMessage, bytes)
   if (decoded instanceof CryptoError) return decoded
-  decodedMessages.set(bytes, decoded.ok)
+  if (keep) decodedMessages.set(bytes, decoded.ok)
   return decoded.ok
 }
 const decodeMessage = (bytes: Uint8Array): Effect.Effect<MLSMessage, CryptoError> => {
@@ -797,7 +801,7 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
     }
 
     const header: Service["header"] = (bytes) => {
-      const message = decodeMessageOrError(bytes)
+      const message = decodeMessageOrError(bytes, true)
       return message instanceof CryptoError ? undefined : headerOf(message)
     }
 
