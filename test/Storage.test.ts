@@ -130,6 +130,26 @@ describe("Storage", () => {
       expect(yield* storage.messages.insertMany([])).toEqual([])
     }).pipe(Effect.provide(memoryStore)))
 
+  it.effect("a page's messages keep every field they were stored with, typed content and expiry included", () =>
+    Effect.gen(function*() {
+      const storage = yield* Storage
+      yield* storage.groups.insert(group())
+      const plain = { ...message("4", 40n), sequenceId: 7n, deliveryStatus: "published" as const }
+      const typed = StoredMessage.make({
+        ...message("5", 1_763_700_000_123_456_789n),
+        sequenceId: 8n,
+        deliveryStatus: "published",
+        groupContext: hex(32, "d") as GroupId,
+        contentType: "converge/reaction",
+        contentBytes: new Uint8Array([0, 1, 254, 255]),
+        deleted: true,
+        expiresAtNs: 1_763_700_999_000_000_000n
+      })
+      expect(yield* storage.messages.insertMany([plain, typed])).toEqual([plain.id, typed.id])
+      expect(Option.getOrThrow(yield* storage.messages.get(plain.id))).toEqual(plain)
+      expect(Option.getOrThrow(yield* storage.messages.get(typed.id))).toEqual(typed)
+    }).pipe(Effect.provide(memoryStore)))
+
   it.effect("group summaries list every group by last activity, without states; a damaged row is set aside", () =>
     Effect.gen(function*() {
       const storage = yield* Storage

@@ -292,6 +292,8 @@ export type ApplicationDecision = Data.TaggedEnum<{
 export const ApplicationDecision = Data.taggedEnum<ApplicationDecision>()
 
 const decodeContent = Schema.decodeUnknownOption(ApplicationContentJson)
+/** Not fatal: invalid UTF-8 becomes U+FFFD, and the content schema then refuses it. */
+const plaintextDecoder = new TextDecoder()
 
 export const classifyApplication = (facts: ApplicationFacts): ApplicationDecision => {
   const { group, sender } = facts
@@ -299,7 +301,7 @@ export const classifyApplication = (facts: ApplicationFacts): ApplicationDecisio
     // (and the sender, inactive, records its message as failed)
     return ApplicationDecision.SenderRemoved({ installationId: sender.installationId })
   }
-  const content = decodeContent(new TextDecoder().decode(facts.plaintext))
+  const content = decodeContent(plaintextDecoder.decode(facts.plaintext))
   if (Option.isNone(content)) return ApplicationDecision.UndecodableContent()
   const value = content.value
   if (value._tag === "Text") {

@@ -8,7 +8,7 @@
  * check runs inside ts-mls's AuthenticationService hook on every leaf it validates, followed
  * by the caller's `authenticate`.
  */
-import { type Context, Effect, Layer } from "effect"
+import { type Context, Effect, Either, Layer } from "effect"
 import {
   type AuthenticationService,
   type Capabilities,
@@ -62,7 +62,8 @@ import {
   MlsCrypto,
   type MlsCryptoOptions,
   type MlsGroupState,
-  type Processed
+  type Processed,
+  type ProcessedApplication
 } from "../services/MlsCrypto.ts"
 import { nodeCryptoProvider } from "./NodeCiphersuite.ts"
 import * as Rules from "./TsMlsCommitRules.ts"
@@ -238,25 +239,76 @@ const membersOf = (tree: RatchetTree): ReadonlyArray<LeafMember> => {
   return members
 }
 
+/** A leaf's member by index: `leafMemberAt` from the tree's member list, indexed once per tree. */
+const leavesByTree = new WeakMap<RatchetTree, ReadonlyMap<number, LeafMember>>()
+const senderAt = (tree: RatchetTree, leafIndex: number): LeafMember | undefined => {
+  let leaves = leavesByTree.get(tree)
+  if (leaves === undefined) {
+    leaves = new Map(membersOf(tree).map((m) => [m.leafIndex, m]))
+    leavesByTree.set(tree, leaves)
+  }
+  return leaves.get(leafIndex)
+}
+
+/** Views by the parts they are read from (states are immutable values; see `view`). */
+const viewsByContext = new WeakMap<ClientState["groupContext"], {
+  readonly keySchedule: ClientState["keySchedule"]
+  readonly ratchetTree: RatchetTree
+  readonly privatePath: ClientState["privatePath"]
+  readonly groupActiveState: ClientState["groupActiveState"]
+  readonly view: GroupView
+}>()
+
 // ---- codecs ----------------------------------------------------------------------------
 
 /** Decodes a whole buffer with a ts-mls decoder; trailing bytes or a throwing decoder mean garbage. */
+const decodeAllOrError = <A>(
+  what: string,
+  decode: (bytes: Uint8Array, offset: number) => [A, number] | undefined,
+  bytes: Uint8Array
+): { readonly ok: A } | CryptoError => {
+  let decoded: [A, number] | undefined
+  try {
+    decoded = decode(bytes, 0)
+  } catch (e) {
+    return new CryptoError({ reason: "Malformed", detail: `${what}: ${describe(e)}` })
+  }
+  if (decoded === undefined || decoded[1] !== bytes.length) {
+    return new CryptoError({ reason: "Malformed", detail: `${what}: cannot decode` })
+  }
+  return { ok: decoded[0] }
+}
+
 const decodeAll = <A>(
   what: string,
   decode: (bytes: Uint8Array, offset: number) => [A, number] | undefined,
   bytes: Uint8Array
 ): Effect.Effect<A, CryptoError> => {
-  let decoded: [A, number] | undefined
-  try {
-    decoded = decode(bytes, 0)
-  } catch (e) {
-    return fail("Malformed", `${what}: ${describe(e)}`)
-  }
-  if (decoded === undefined || decoded[1] !== bytes.length) return fail("Malformed", `${what}: cannot decode`)
-  return Effect.succeed(decoded[0])
+  const decoded = decodeAllOrError(what, decode, bytes)
+  return decoded instanceof CryptoError ? Effect.fail(decoded) : Effect.succeed(decoded.ok)
 }
 
-const decodeMessage = (bytes: Uint8Array) => decodeAll("MLS message", decodeMlsMessage, bytes)
+/**
+ * Messages a receiver's `header` decoded, by their bytes object, until the next read of the same
+ * bytes (`inspect` or `process`) takes them: the envelope is decoded once. Taken, not kept: an
+ * in-memory delivery service holds its payloads for good, and inspects every one it stores.
+ */
+const decodedMessages = new WeakMap<Uint8Array, MLSMessage>()
+const decodeMessageOrError = (bytes: Uint8Array, keep = false): MLSMessage | CryptoError => {
+  const known = decodedMessages.get(bytes)
+  if (known !== undefined) {
+    if (!keep) decodedMessages.delete(bytes)
+    return known
+  }
+  const decoded = decodeAllOrError("MLS message", decodeMlsMessage, bytes)
+  if (decoded instanceof CryptoError) return decoded
+  if (keep) decodedMessages.set(bytes, decoded.ok)
+  return decoded.ok
+}
+const decodeMessage = (bytes: Uint8Array): Effect.Effect<MLSMessage, CryptoError> => {
+  const decoded = decodeMessageOrError(bytes)
+  return decoded instanceof CryptoError ? Effect.fail(decoded) : Effect.succeed(decoded)
+}
 const decodePublicPackage = (bytes: Uint8Array) => decodeAll("key package", decodeKeyPackage, bytes)
 
 const PRIVATE_PACKAGE_FORMAT = 1
@@ -701,11 +753,13 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       return { plaintext: content.applicationData, leafIndex: content.sender.leafIndex, tree: keys.ratchetTree, newState }
     }
 
-    const process: Service["process"] = Effect.fn("MlsCrypto.process")(function*(state, bytes) {
-      const client = unwrap(state)
-      const message = yield* decodeMessage(bytes)
+    /** What `process` checks before any decryption: the refusal, or the group message and its header. */
+    const screen = (client: ClientState, bytes: Uint8Array) => {
+      const refuse = (reason: CryptoErrorReason, detail: string) => new CryptoError({ reason, detail })
+      const message = decodeMessageOrError(bytes)
+      if (message instanceof CryptoError) return message
       if (message.wireformat !== "mls_private_message" && message.wireformat !== "mls_public_message") {
-        return yield* fail("Malformed", `${message.wireformat} is not a group message`)
+        return refuse("Malformed", `${message.wireformat} is not a group message`)
       }
       const header = headerOf(message)
       const groupId = message.wireformat === "mls_private_message"
@@ -713,35 +767,80 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
         : message.publicMessage.content.groupId
       if (!bytesEqual(groupId, client.groupContext.groupId)) {
         const ours = toHex(client.groupContext.groupId)
-        return yield* fail("CannotDecrypt", `message is for group ${toHex(groupId)}, not ${ours}`)
+        return refuse("CannotDecrypt", `message is for group ${toHex(groupId)}, not ${ours}`)
       }
       // We never send standalone proposals, and an accepted one would block sending (notes §2).
-      if (header.kind === "proposal") return yield* fail("Malformed", "standalone proposals are not accepted")
+      if (header.kind === "proposal") return refuse("Malformed", "standalone proposals are not accepted")
       if (header.kind === "application" && message.wireformat === "mls_public_message") {
-        return yield* fail("Malformed", "application messages must be private")
+        return refuse("Malformed", "application messages must be private")
       }
       const epoch = client.groupContext.epoch
       if (header.epoch > epoch) {
         // ts-mls would fail with an undifferentiated CryptoError; a removed member never catches up.
-        return yield* client.groupActiveState.kind === "removedFromGroup"
-          ? fail("NotAMember", `removed at epoch ${epoch}; message is from epoch ${header.epoch}`)
-          : fail("WrongEpoch", `message is from future epoch ${header.epoch}; group is at ${epoch}`)
+        return client.groupActiveState.kind === "removedFromGroup"
+          ? refuse("NotAMember", `removed at epoch ${epoch}; message is from epoch ${header.epoch}`)
+          : refuse("WrongEpoch", `message is from future epoch ${header.epoch}; group is at ${epoch}`)
       }
       if (header.kind === "commit" && header.epoch < epoch) {
-        return yield* fail("WrongEpoch", `commit for past epoch ${header.epoch}; group is at ${epoch}`)
+        return refuse("WrongEpoch", `commit for past epoch ${header.epoch}; group is at ${epoch}`)
       }
+      return { message, header }
+    }
 
+    /** A screened private application message, decrypted and verified: the result `process` gives. */
+    const applicationResult = async (client: ClientState, pm: PrivateMessage, epoch: bigint) => {
+      const app = await processApplication(client, pm)
+      const sender = senderAt(app.tree, app.leafIndex)
+      if (sender === undefined) return new CryptoError({ reason: "Internal", detail: "cannot resolve the sender leaf" })
+      return {
+        kind: "application",
+        plaintext: app.plaintext,
+        sender,
+        epoch,
+        state: wrap(app.newState)
+      } satisfies Processed
+    }
+
+    const header: Service["header"] = (bytes) => {
+      const message = decodeMessageOrError(bytes, true)
+      return message instanceof CryptoError ? undefined : headerOf(message)
+    }
+
+    /**
+     * One promise for a page's run: per message the same screen and steps as `process`, each
+     * from the state the previous success left; a refused message leaves the state as it was.
+     */
+    const processApplications: Service["processApplications"] = (state, messages) =>
+      Effect.promise(async () => {
+        const results: Array<Either.Either<ProcessedApplication, CryptoError>> = []
+        let current = state
+        for (const bytes of messages) {
+          const client = unwrap(current)
+          const screened = screen(client, bytes)
+          if (screened instanceof CryptoError) {
+            results.push(Either.left(screened))
+            continue
+          }
+          const { header, message } = screened
+          if (header.kind !== "application" || message.wireformat !== "mls_private_message") {
+            results.push(Either.left(new CryptoError({ reason: "Malformed", detail: "not an application message" })))
+            continue
+          }
+          const app = await applicationResult(client, message.privateMessage, header.epoch).catch(toCryptoError("process"))
+          if (!(app instanceof CryptoError)) current = app.state
+          results.push(app instanceof CryptoError ? Either.left(app) : Either.right(app))
+        }
+        return { results, state: current }
+      }).pipe(Effect.withSpan("MlsCrypto.processApplications", { attributes: { messages: messages.length } }))
+
+    const process: Service["process"] = Effect.fn("MlsCrypto.process")(function*(state, bytes) {
+      const client = unwrap(state)
+      const screened = screen(client, bytes)
+      if (screened instanceof CryptoError) return yield* Effect.fail(screened)
+      const { header, message } = screened
       if (header.kind === "application" && message.wireformat === "mls_private_message") {
-        const app = yield* tryMls("process", () => processApplication(client, message.privateMessage))
-        const sender = leafMemberAt(app.tree, app.leafIndex)
-        if (sender === undefined) return yield* fail("Internal", "cannot resolve the sender leaf")
-        return {
-          kind: "application",
-          plaintext: app.plaintext,
-          sender,
-          epoch: header.epoch,
-          state: wrap(app.newState)
-        } satisfies Processed
+        const app = yield* tryMls("process", () => applicationResult(client, message.privateMessage, header.epoch))
+        return app instanceof CryptoError ? yield* Effect.fail(app) : app
       }
       const received = header.kind === "commit" ? yield* checkReceivedCommit(client, message) : undefined
 
@@ -806,7 +905,13 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
 
     const view: Service["view"] = (state): GroupView => {
       const client = unwrapRaw(state)
-      return {
+      // An application message changes only the secret tree: its state shares every part a view reads.
+      const known = viewsByContext.get(client.groupContext)
+      if (
+        known !== undefined && known.keySchedule === client.keySchedule && known.ratchetTree === client.ratchetTree &&
+        known.privatePath === client.privatePath && known.groupActiveState === client.groupActiveState
+      ) return known.view
+      const made: GroupView = {
         groupId: toHex(client.groupContext.groupId) as GroupId,
         epoch: client.groupContext.epoch,
         epochAuthenticator: toHex(client.keySchedule.epochAuthenticator),
@@ -815,6 +920,9 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
         ownLeafIndex: client.privatePath.leafIndex,
         metadata: metadataIn(client.groupContext.extensions)
       }
+      const { groupActiveState, keySchedule, privatePath, ratchetTree } = client
+      viewsByContext.set(client.groupContext, { keySchedule, ratchetTree, privatePath, groupActiveState, view: made })
+      return made
     }
 
     const inviterOf: Service["inviterOf"] = (state) => {
@@ -851,7 +959,9 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       joinFromWelcome,
       encrypt,
       inspect,
+      header,
       process,
+      processApplications,
       view,
       serialize,
       deserialize,

@@ -1,6 +1,6 @@
 /**
  * Group sync: read a group topic from the stored cursor, in the delivery service's order,
- * one page at a time. What each ctxelope means is decided by `domain/ReceiveDecision`;
+ * one page at a time. What each envelope means is decided by `domain/ReceiveDecision`;
  * `PageApplier` applies the decisions and writes the page's MLS state, stored messages,
  * intent states and cursor in one transaction, so a crash replays the page from the old
  * cursor with the old state and nothing is applied twice.
@@ -74,7 +74,7 @@ export const make = (ctx: EngineContext) => {
       const state = held?.state ?? (yield* ctx.loadState(group))
       const applier = PageApplier.start(ctx, group, state, cursor, yield* Clock.currentTimeNanos)
       yield* applier.prefetch(items)
-      for (const envelope of items) yield* applier.apply(envelope)
+      yield* applier.applyAll(items)
       const inserted = yield* applier.commit(items[items.length - 1]!.sequenceId)
       yield* PubSub.publishAll(ctx.stored, inserted)
       return { outcome: applier.outcome(), membership: applier.membership() }

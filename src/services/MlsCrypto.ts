@@ -7,7 +7,7 @@
  * leaves the pre-commit state usable, so a commit that loses its epoch can be dropped and the
  * winning commit processed from the old state.
  */
-import { Context, type Effect } from "effect"
+import { Context, type Effect, type Either } from "effect"
 import type { CryptoError } from "../domain/Errors.ts"
 import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
 
@@ -137,6 +137,8 @@ export type PrepareAuthentication = (
   leaves: ReadonlyArray<LeafIdentity & { readonly signaturePublicKey: Uint8Array }>
 ) => Promise<void>
 
+export type ProcessedApplication = Extract<Processed, { readonly kind: "application" }>
+
 export interface MlsCryptoOptions {
   /** How many past epochs' application messages stay decryptable (default 3). */
   readonly maxPastEpochs?: number
@@ -180,8 +182,21 @@ export interface MlsCryptoShape {
     plaintext: Uint8Array
   ) => Effect.Effect<{ readonly message: Uint8Array; readonly state: MlsGroupState }, CryptoError>
   readonly inspect: (message: Uint8Array) => Effect.Effect<MessageHeader, CryptoError>
+  /** `inspect` as a plain call (a page's envelopes are read in one loop); undefined when it is not an MLS message. */
+  readonly header: (message: Uint8Array) => MessageHeader | undefined
   /** Processes someone else's message. Never feed an own commit here: adopt its staged state. */
   readonly process: (state: MlsGroupState, message: Uint8Array) => Effect.Effect<Processed, CryptoError>
+  /**
+   * Someone else's application messages of a page, in order, in one call: each gets `process`'s
+   * checks and result (or its error), from the state the previous success left.
+   */
+  readonly processApplications: (
+    state: MlsGroupState,
+    messages: ReadonlyArray<Uint8Array>
+  ) => Effect.Effect<{
+    readonly results: ReadonlyArray<Either.Either<ProcessedApplication, CryptoError>>
+    readonly state: MlsGroupState
+  }>
   readonly view: (state: MlsGroupState) => GroupView
   /** For a state `joinFromWelcome` just returned: the member whose signature the welcome carries. */
   readonly inviterOf: (state: MlsGroupState) => LeafMember | undefined

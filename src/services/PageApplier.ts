@@ -5,7 +5,7 @@
  * messages, intent transitions, membership, the fork flag and the removals to queue. `commit`
  * writes them all with the cursor in one transaction, so a crash replays the whole page.
  */
-import { Effect, Option, Schema } from "effect"
+import { Effect, Either, Option, Schema } from "effect"
 import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
 import {
   MembershipChange,
@@ -18,7 +18,7 @@ import {
 } from "../domain/Content.ts"
 import { changedSettings, commitRefusal, leaveBlocked } from "../domain/GroupSettings.ts"
 import { encodeGovernanceError, PermissionDenied, type StorageError } from "../domain/Errors.ts"
-import type { ConversationId, InboxId, MessageId } from "../domain/Ids.ts"
+import type { ConversationId, GroupId, InboxId, MessageId } from "../domain/Ids.ts"
 import {
   addSkipCounts,
   ApplicationDecision,
@@ -53,7 +53,7 @@ import {
 import * as LeafAuthentication from "./LeafAuthentication.ts"
 import * as MessagingReceive from "./MessagingReceive.ts"
 import { expiresAt } from "../domain/Messaging.ts"
-import type { LeafMember, MlsGroupState, Processed } from "./MlsCrypto.ts"
+import type { LeafMember, MlsGroupState, Processed, ProcessedApplication } from "./MlsCrypto.ts"
 
 export interface PageOutcome {
   readonly received: number
@@ -288,21 +288,23 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
     deleterIsSuperAdmin: MessagingReceive.settingsIn(ctx, state).superAdmins.includes(deleter)
   })
 
-  /** Someone's text (maybe typed content, maybe a direct message): stored unless already gone. */
+  /**
+   * Someone's text (maybe typed content, maybe a direct message): stored unless already gone.
+   * An effect only when a direct message's group must be judged; otherwise done on the spot.
+   */
   const textMessage = (
     text: Extract<ApplicationDecision, { _tag: "Text" }>,
     sender: LeafMember,
     envelope: GroupMessageEnvelope
-  ) =>
-    Effect.gen(function*() {
-      outcome = { ...outcome, messages: outcome.messages + 1 }
-      const expiresAtNs = disappearsAt(envelope)
-      // Read after its deadline (a member that was offline): it disappeared before it was stored.
-      if (expiresAtNs !== null && expiresAtNs <= now) return
-      const groupContext = text.groupContext === undefined
-        ? null
-        : yield* MessagingReceive.judgeGroupContext(ctx, { claimed: text.groupContext, arrivedIn: group.kind, sender: sender.inboxId })
-      newMessages.push(StoredMessage.make({
+  ): Effect.Effect<void, StorageError> | undefined => {
+    outcome = { ...outcome, messages: outcome.messages + 1 }
+    const expiresAtNs = disappearsAt(envelope)
+    // Read after its deadline (a member that was offline): it disappeared before it was stored.
+    if (expiresAtNs !== null && expiresAtNs <= now) return undefined
+    const store = (groupContext: GroupId | null) => {
+      // Built from values decoded at the boundary (envelope, content, the sender's credential)
+      // or derived from them: typed, not validated a second time (a schema pass per message).
+      const row: StoredMessage = {
         id: messageIdOf(groupId, sender.installationId, text.nonce),
         groupId: groupId,
         conversationId: conversationOf(),
@@ -320,8 +322,18 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
         contentBytes: text.content?.bytes ?? null,
         deleted: false,
         expiresAtNs
-      }))
-    })
+      }
+      newMessages.push(row)
+    }
+    if (text.groupContext === undefined) {
+      store(null)
+      return undefined
+    }
+    return Effect.map(
+      MessagingReceive.judgeGroupContext(ctx, { claimed: text.groupContext, arrivedIn: group.kind, sender: sender.inboxId }),
+      store
+    )
+  }
 
   /** Our commit is first for its epoch: its staged state becomes the group's. */
   const ownCommitWon = (intent: StoredIntent, envelope: GroupMessageEnvelope, before: GroupSnapshot) =>
@@ -380,46 +392,71 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       if (processed._tag === "Left" || processed.right.kind !== "application") {
         return yield* skip(envelope, "unprocessable", processed._tag === "Left" ? processed.left.message : "not an application message")
       }
-      const { plaintext, sender } = processed.right
-      // Decrypting advances the receive ratchet, whatever the content turns out to be.
-      state = processed.right.state
-      const decision = classifyApplication({ epoch, sender, plaintext, group: before, ownInboxId: identity.inboxId })
-      const reason = applicationSkipReason(decision)
-      if (reason !== undefined) return yield* skip(envelope, reason)
-      if (decision._tag === "Text") return yield* textMessage(decision, sender, envelope)
-      if (decision._tag === "Delete") return deletions.push(deletionBy(sender.inboxId, decision.target))
-      ApplicationDecision.$match(decision, {
-        // A request the group cannot honour in this epoch is void for every member alike.
-        OwnInboxLeaving: () => {
-          if (blockedLeaver(identity.inboxId)) {
-            voidedHere.add(identity.inboxId)
-          } else {
-            voidedHere.delete(identity.inboxId)
-            if (membership === "active") membership = "pendingRemove"
-          }
-        },
-        MemberLeaving: ({ inboxId }) => {
-          if (blockedLeaver(inboxId)) {
-            voidedHere.add(inboxId)
-          } else {
-            voidedHere.delete(inboxId)
-            leaving.add(inboxId)
-          }
-        },
-        Text: () => {},
-        Delete: () => {},
-        SenderRemoved: () => {},
-        UndecodableContent: () => {},
-        LeaveRequestInDm: () => {}
-      })
+      const next = decrypted(envelope, epoch, before, processed.right)
+      if (next !== undefined) yield* next
     })
+
+  /** What a decrypted application message asks for; an effect only where one is needed. */
+  const decrypted = (
+    envelope: GroupMessageEnvelope,
+    epoch: bigint,
+    before: GroupSnapshot,
+    processed: ProcessedApplication
+  ): Effect.Effect<void, StorageError> | undefined => {
+    const { plaintext, sender } = processed
+    // Decrypting advances the receive ratchet, whatever the content turns out to be.
+    state = processed.state
+    const decision = classifyApplication({ epoch, sender, plaintext, group: before, ownInboxId: identity.inboxId })
+    const reason = applicationSkipReason(decision)
+    if (reason !== undefined) return skip(envelope, reason)
+    if (decision._tag === "Text") return textMessage(decision, sender, envelope)
+    if (decision._tag === "Delete") {
+      deletions.push(deletionBy(sender.inboxId, decision.target))
+      return undefined
+    }
+    ApplicationDecision.$match(decision, {
+      // A request the group cannot honour in this epoch is void for every member alike.
+      OwnInboxLeaving: () => {
+        if (blockedLeaver(identity.inboxId)) {
+          voidedHere.add(identity.inboxId)
+        } else {
+          voidedHere.delete(identity.inboxId)
+          if (membership === "active") membership = "pendingRemove"
+        }
+      },
+      MemberLeaving: ({ inboxId }) => {
+        if (blockedLeaver(inboxId)) {
+          voidedHere.add(inboxId)
+        } else {
+          voidedHere.delete(inboxId)
+          leaving.add(inboxId)
+        }
+      },
+      Text: () => {},
+      Delete: () => {},
+      SenderRemoved: () => {},
+      UndecodableContent: () => {},
+      LeaveRequestInDm: () => {}
+    })
+    return undefined
+  }
 
   /** Own intents by payload hash, read for the whole page at once (`prefetch`); page writes come at commit. */
   let published: Map<string, StoredIntent> | undefined
 
+  /** Payload hashes, computed once per envelope. */
+  const hashes = new Map<GroupMessageEnvelope, string>()
+  const hashOf = (envelope: GroupMessageEnvelope): string => {
+    const known = hashes.get(envelope)
+    if (known !== undefined) return known
+    const hash = sha256Hex(envelope.payload)
+    hashes.set(envelope, hash)
+    return hash
+  }
+
   /** Reads, in one query, the own intents any envelope of the page may be. */
   const prefetch = (envelopes: ReadonlyArray<GroupMessageEnvelope>) =>
-    storage.intents.byPayloadHashes(envelopes.map((e) => sha256Hex(e.payload))).pipe(
+    storage.intents.byPayloadHashes(envelopes.map(hashOf)).pipe(
       Effect.map((intents) => {
         published = new Map(intents.flatMap((i) => (i.payloadHash === null ? [] : [[i.payloadHash, i] as const])))
       })
@@ -428,8 +465,8 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
   /** The own intent that published this payload, if any. */
   const ownIntentOf = (envelope: GroupMessageEnvelope) =>
     (published === undefined
-      ? storage.intents.byPayloadHash(sha256Hex(envelope.payload))
-      : Effect.succeed(Option.fromNullable(published.get(sha256Hex(envelope.payload))))).pipe(
+      ? storage.intents.byPayloadHash(hashOf(envelope))
+      : Effect.succeed(Option.fromNullable(published.get(hashOf(envelope))))).pipe(
       // A hash match must also be a byte match: the hash is ours, the bytes are the DS's.
       Effect.map(Option.filter((intent) => intent.payload === null || bytesEqual(intent.payload, envelope.payload)))
     )
@@ -439,7 +476,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
    * with (this group, the epoch it was derived at, a commit or not), so it needs no decoding.
    */
   const ownHeaderOf = (envelope: GroupMessageEnvelope) =>
-    Option.flatMap(Option.fromNullable(published?.get(sha256Hex(envelope.payload))), (intent) =>
+    Option.flatMap(Option.fromNullable(published?.get(hashOf(envelope))), (intent) =>
       intent.groupId === groupId && intent.publishedEpoch !== null && intent.payload !== null &&
         bytesEqual(intent.payload, envelope.payload)
         ? Option.some({
@@ -501,6 +538,64 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       if (reason !== undefined) yield* skip(envelope, reason, describe(decision))
     })
 
+  /**
+   * Someone's application message within reach, decided as `apply` decides it (the same table,
+   * no own intent with this payload, the header read once); undefined for anything else.
+   */
+  const plainApplication = (envelope: GroupMessageEnvelope, before: GroupSnapshot): bigint | undefined => {
+    if (envelope.sequenceId <= cursor || before.membership === "inactive") return undefined
+    if (published === undefined || published.has(hashOf(envelope))) return undefined
+    const header = crypto.header(envelope.payload)
+    if (header === undefined || header.kind !== "application") return undefined
+    const decision = classifyEnvelope({
+      sequenceId: envelope.sequenceId,
+      cursor,
+      header: Option.some(header),
+      ownIntent: Option.none(),
+      handledIntents,
+      group: before,
+      maxPastEpochs: ctx.options.maxPastEpochs
+    })
+    return decision._tag === "ApplicationMessage" ? decision.epoch : undefined
+  }
+
+  /**
+   * Someone's application messages in a row, decrypted in one call and applied in a plain loop:
+   * the same steps as `apply` for each, without an effect per message. Application messages
+   * change neither the epoch nor the members, so one snapshot serves the whole run.
+   */
+  const applyApplications = (run: ReadonlyArray<PlainApplication>, before: GroupSnapshot) =>
+    Effect.gen(function*() {
+      const { results } = yield* crypto.processApplications(state, run.map((r) => r.envelope.payload))
+      for (const [i, { envelope, epoch }] of run.entries()) {
+        outcome = { ...outcome, received: outcome.received + 1 }
+        const processed = results[i]!
+        const next = Either.isLeft(processed)
+          ? skip(envelope, "unprocessable", processed.left.message)
+          : decrypted(envelope, epoch, before, processed.right)
+        if (next !== undefined) yield* next
+      }
+    })
+
+  /** Applies a page's envelopes in order: runs of someone's application messages together, the rest one by one. */
+  const applyAll = (envelopes: ReadonlyArray<GroupMessageEnvelope>) =>
+    Effect.gen(function*() {
+      let before = snapshot()
+      let run: Array<PlainApplication> = []
+      for (const envelope of envelopes) {
+        const epoch = plainApplication(envelope, before)
+        if (epoch !== undefined) {
+          run.push({ envelope, epoch })
+          continue
+        }
+        if (run.length > 0) yield* applyApplications(run, before)
+        run = []
+        yield* apply(envelope)
+        before = snapshot()
+      }
+      if (run.length > 0) yield* applyApplications(run, before)
+    })
+
   /** A DM's groups each record the same membership changes: the conversation shows them once. */
   const repeatsInDm = (row: StoredMessage) =>
     Effect.gen(function*() {
@@ -556,7 +651,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       return fresh
     }))
 
-  return { prefetch, apply, commit: commitPage, outcome: () => outcome, membership: () => membership }
+  return { prefetch, apply, applyAll, commit: commitPage, outcome: () => outcome, membership: () => membership }
 }
 
 const voidedCause = encodeGovernanceError(
@@ -581,3 +676,9 @@ const describe = (decision: EnvelopeDecision): string =>
     TooOldApplication: ({ epoch }) => `application message from epoch ${epoch} is older than maxPastEpochs`,
     ApplicationMessage: () => "application message"
   })
+
+/** Someone's application message within reach, and the epoch its header names. */
+interface PlainApplication {
+  readonly envelope: GroupMessageEnvelope
+  readonly epoch: bigint
+}
