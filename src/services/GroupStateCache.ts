@@ -6,11 +6,33 @@
  * Bounded in bytes (the stored size of each state stands for its decoded size): least recently
  * used states go first, so a client in thousands of groups keeps only its busy ones decoded.
  */
-import { Effect } from "effect"
-import { bytesEqual } from "../domain/Bytes.ts"
+import { Effect, Metric } from "effect"
+import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import type { StoredGroup } from "../domain/Stored.ts"
-import type { MlsCrypto, MlsGroupState } from "./MlsCrypto.ts"
+import * as EngineMetrics from "./EngineMetrics.ts"
+import type { GroupView, LeafIdentity, MlsCrypto, MlsGroupState } from "./MlsCrypto.ts"
+
+/**
+ * Who holds which leaf of a group at a stored state: all that the installation checks (is every
+ * member's device in the group, is a revoked one still there) need of the state.
+ */
+export interface Roster {
+  readonly ownLeafIndex: number
+  readonly members: ReadonlyArray<LeafIdentity & { readonly leafIndex: number }>
+}
+
+/** The roster of a decoded state (kept small: no keys). */
+export const rosterOf = (view: Pick<GroupView, "members" | "ownLeafIndex">): Roster => ({
+  ownLeafIndex: view.ownLeafIndex,
+  members: view.members.map((m) => ({ inboxId: m.inboxId, installationId: m.installationId, leafIndex: m.leafIndex }))
+})
+
+/**
+ * Rosters kept per group (a 100-member roster is about 20 KB of heap, a decoded state 0.44 MiB):
+ * enough for every group of a client in thousands, so the checks of a sync decode no state twice.
+ */
+export const DEFAULT_MAX_ROSTERS = 4096
 
 /**
  * Stored bytes of the states kept decoded: 8 MiB. A decoded state takes about 8 times its bytes
@@ -20,7 +42,11 @@ import type { MlsCrypto, MlsGroupState } from "./MlsCrypto.ts"
  */
 export const DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 
-export const make = (crypto: MlsCrypto["Type"], maxBytes: number = DEFAULT_MAX_BYTES) => {
+export const make = (
+  crypto: MlsCrypto["Type"],
+  maxBytes: number = DEFAULT_MAX_BYTES,
+  maxRosters: number = DEFAULT_MAX_ROSTERS
+) => {
   /** In use order, least recent first (a Map keeps insertion order). */
   const cache = new Map<GroupId, { readonly bytes: Uint8Array; readonly state: MlsGroupState }>()
   let total = 0
@@ -48,10 +74,42 @@ export const make = (crypto: MlsCrypto["Type"], maxBytes: number = DEFAULT_MAX_B
       remember(group.id, hit.bytes, hit.state)
       return Effect.succeed(hit.state)
     }
-    return crypto.deserialize(group.mlsState).pipe(
+    return decode(group.mlsState).pipe(
       Effect.tap((state) => Effect.sync(() => remember(group.id, group.mlsState, state)))
     )
   }
+  let decodes = 0
+  const decode = (bytes: Uint8Array) =>
+    Effect.suspend(() => {
+      decodes++
+      return Effect.zipLeft(crypto.deserialize(bytes), Metric.increment(EngineMetrics.stateDecodes))
+    })
+
+  /** Rosters by group, keyed by the digest of the stored state they were read from; least recent first. */
+  const rosters = new Map<GroupId, { readonly digest: string; readonly roster: Roster }>()
+  const keepRoster = (groupId: GroupId, digest: string, roster: Roster) => {
+    rosters.delete(groupId)
+    rosters.set(groupId, { digest, roster })
+    if (rosters.size > maxRosters) rosters.delete(rosters.keys().next().value!)
+  }
+  /**
+   * The group's roster at its stored state: from the decoded state if it is cached, else from
+   * the roster kept for these exact bytes, else decoded once (and the state cached as usual).
+   */
+  const loadRoster = (group: StoredGroup) =>
+    Effect.suspend(() => {
+      const digest = sha256Hex(group.mlsState)
+      const memo = rosters.get(group.id)
+      if (memo !== undefined && memo.digest === digest) {
+        keepRoster(group.id, digest, memo.roster)
+        return Effect.succeed(memo.roster)
+      }
+      return Effect.map(loadState(group), (state) => {
+        const roster = rosterOf(crypto.view(state))
+        keepRoster(group.id, digest, roster)
+        return roster
+      })
+    })
   /**
    * The staged state of each group's last own commit: written ahead as bytes, adopted when the
    * commit lands. Kept decoded so adopting it costs no decode (a 100-member state takes tens of
@@ -80,7 +138,16 @@ export const make = (crypto: MlsCrypto["Type"], maxBytes: number = DEFAULT_MAX_B
     const hit = staged.get(groupId)
     return hit !== undefined && (hit.bytes === bytes || bytesEqual(hit.bytes, bytes))
       ? Effect.succeed(hit.state)
-      : crypto.deserialize(bytes)
+      : decode(bytes)
   }
-  return { loadState, encodeState, encodeStaged, loadStaged, size: () => ({ states: cache.size, bytes: total }) }
+  return {
+    loadState,
+    loadRoster,
+    encodeState,
+    encodeStaged,
+    loadStaged,
+    size: () => ({ states: cache.size, bytes: total }),
+    /** States decoded since the client started, and rosters kept. */
+    stats: () => ({ decodes, states: cache.size, bytes: total, rosters: rosters.size })
+  }
 }
