@@ -296,7 +296,7 @@ export const make = (options: ClientOptions = {}) =>
       identity,
       options: engineOptions,
       withGroupLock: (groupId) => lockOf(groupId).withPermits(1),
-      ...GroupStateCache.make(crypto),
+      ...GroupStateCache.make(crypto, GroupStateCache.DEFAULT_MAX_BYTES, { stored: storage.rosters }),
       stored
     }
     const sync = GroupSync.make(env)

@@ -6,27 +6,16 @@
  * Bounded in bytes (the stored size of each state stands for its decoded size): least recently
  * used states go first, so a client in thousands of groups keeps only its busy ones decoded.
  */
-import { Effect, Metric } from "effect"
-import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
+import { Effect, Metric, Option } from "effect"
+import { bytesEqual } from "../domain/Bytes.ts"
 import type { GroupId } from "../domain/Ids.ts"
+import { type Roster, rosterOf, stateDigest } from "../domain/Roster.ts"
 import type { StoredGroup } from "../domain/Stored.ts"
 import * as EngineMetrics from "./EngineMetrics.ts"
-import type { GroupView, LeafIdentity, MlsCrypto, MlsGroupState } from "./MlsCrypto.ts"
+import type { MlsCrypto, MlsGroupState } from "./MlsCrypto.ts"
+import type { RosterRepository } from "./RosterStorage.ts"
 
-/**
- * Who holds which leaf of a group at a stored state: all that the installation checks (is every
- * member's device in the group, is a revoked one still there) need of the state.
- */
-export interface Roster {
-  readonly ownLeafIndex: number
-  readonly members: ReadonlyArray<LeafIdentity & { readonly leafIndex: number }>
-}
-
-/** The roster of a decoded state (kept small: no keys). */
-export const rosterOf = (view: Pick<GroupView, "members" | "ownLeafIndex">): Roster => ({
-  ownLeafIndex: view.ownLeafIndex,
-  members: view.members.map((m) => ({ inboxId: m.inboxId, installationId: m.installationId, leafIndex: m.leafIndex }))
-})
+export type { Roster } from "../domain/Roster.ts"
 
 /**
  * Rosters kept per group (a 100-member roster is about 20 KB of heap, a decoded state 0.44 MiB):
@@ -45,8 +34,13 @@ export const DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 export const make = (
   crypto: MlsCrypto["Type"],
   maxBytes: number = DEFAULT_MAX_BYTES,
-  maxRosters: number = DEFAULT_MAX_ROSTERS
+  options: {
+    readonly maxRosters?: number
+    /** Where rosters are kept across restarts (none: each process decodes each state once). */
+    readonly stored?: RosterRepository
+  } = {}
 ) => {
+  const { maxRosters = DEFAULT_MAX_ROSTERS, stored } = options
   /** In use order, least recent first (a Map keeps insertion order). */
   const cache = new Map<GroupId, { readonly bytes: Uint8Array; readonly state: MlsGroupState }>()
   let total = 0
@@ -92,24 +86,44 @@ export const make = (
     rosters.set(groupId, { digest, roster })
     if (rosters.size > maxRosters) rosters.delete(rosters.keys().next().value!)
   }
+  /** The roster kept on disk for these exact bytes, if any (a failed read is only a miss). */
+  const storedRoster = (groupId: GroupId, digest: string) =>
+    stored === undefined
+      ? Effect.succeed(Option.none<Roster>())
+      : stored.get(groupId).pipe(
+        Effect.map(Option.flatMap((row) => (row.stateDigest === digest ? Option.some(row.roster) : Option.none()))),
+        Effect.orElseSucceed(() => Option.none<Roster>())
+      )
+  const storeRoster = (groupId: GroupId, digest: string, roster: Roster) =>
+    stored === undefined
+      ? Effect.void
+      : stored.put({ groupId, stateDigest: digest, roster }).pipe(
+        Effect.catchAll((e) => Effect.logDebug("roster not kept; read from the state next time", e.message))
+      )
+
   /**
-   * The group's roster at its stored state: from the decoded state if it is cached, else from
-   * the roster kept for these exact bytes, else decoded once (and the state cached as usual).
+   * The group's roster at its stored state: the one kept for these exact bytes (in memory, else
+   * on disk), else read from the state (decoded once and cached as usual) and kept.
    */
   const loadRoster = (group: StoredGroup) =>
-    Effect.suspend(() => {
-      const digest = sha256Hex(group.mlsState)
+    Effect.gen(function*() {
+      const digest = stateDigest(group.mlsState)
       const memo = rosters.get(group.id)
       if (memo !== undefined && memo.digest === digest) {
         keepRoster(group.id, digest, memo.roster)
-        return Effect.succeed(memo.roster)
+        return memo.roster
       }
-      return Effect.map(loadState(group), (state) => {
-        const roster = rosterOf(crypto.view(state))
-        keepRoster(group.id, digest, roster)
-        return roster
-      })
+      const kept = yield* storedRoster(group.id, digest)
+      if (Option.isSome(kept)) {
+        keepRoster(group.id, digest, kept.value)
+        return kept.value
+      }
+      const roster = rosterOf(crypto.view(yield* loadState(group)))
+      keepRoster(group.id, digest, roster)
+      yield* storeRoster(group.id, digest, roster)
+      return roster
     })
+
   /**
    * The staged state of each group's last own commit: written ahead as bytes, adopted when the
    * commit lands. Kept decoded so adopting it costs no decode (a 100-member state takes tens of
