@@ -859,7 +859,7 @@ export const make = (options: ClientOptions = {}) =>
       // News, and members' new or revoked devices as UpdateInstallations intents (pending below),
       // in one batched round trip; the periodic check behind it is a safety net.
       const news = yield* deviceSync.newsAndDevices(active)
-      yield* Effect.forEach(active, (g) => publisher.checkInstallations(g.id), { discard: true })
+      yield* publisher.checkInstallationsMany(active.map((g) => g.id))
       const pending = new Set((yield* storage.intents.byState(["ToPublish", "Published", "Committed"])).map((i) => i.groupId))
       let summary = SyncSummary.make({
         ...SyncSummary.empty,

@@ -560,6 +560,44 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       Effect.annotateLogs({ groupId })
     ))
 
+  /**
+   * The periodic check of many groups (a `syncAll`'s), with one identity request per hundred
+   * distinct member inboxes instead of one per group: a client in 1,000 groups of the same
+   * people asked the same logs 1,000 times. Each group is then judged under its lock against
+   * the fresh states of its own members, exactly as `checkInstallations` judges it. If the
+   * shared request fails (one inbox's log does not verify), each group asks on its own, so one
+   * bad log holds back only the groups it is in.
+   */
+  const checkInstallationsMany = Effect.fn("Publisher.checkInstallationsMany")(function*(groupIds: ReadonlyArray<GroupId>) {
+    const due = yield* Effect.filter(groupIds, checkDue)
+    const inboxes = new Set<InboxId>()
+    for (const groupId of due) {
+      const roster = yield* loadGroupRow(ctx, groupId).pipe(Effect.flatMap(ctx.loadRoster), Effect.option)
+      if (roster._tag === "Some") for (const m of roster.value.members) inboxes.add(m.inboxId)
+    }
+    const fresh = inboxes.size === 0 ? undefined : yield* identity.refreshMany([...inboxes]).pipe(Effect.option)
+    yield* Effect.forEach(due, (groupId) =>
+      fresh === undefined || fresh._tag === "None"
+        ? ctx.withGroupLock(groupId)(checkInstallations(groupId))
+        : ctx.withGroupLock(groupId)(checkWith(groupId, fresh.value)), { discard: true })
+  })
+
+  /** `checkInstallations` with the members' states already fetched (one that lacks some asks for itself). */
+  const checkWith = (groupId: GroupId, fresh: ReadonlyMap<InboxId, InboxState | undefined>) =>
+    Effect.gen(function*() {
+      if (!(yield* checkDue(groupId))) return
+      const group = yield* loadGroupRow(ctx, groupId)
+      if (group.membershipState !== "active") return
+      const roster = yield* ctx.loadRoster(group)
+      const inboxes = new Set(roster.members.map((m) => m.inboxId))
+      if (![...inboxes].every((inbox) => fresh.has(inbox))) return yield* checkInstallations(groupId)
+      lastInstallationCheck.set(groupId, yield* Clock.currentTimeNanos)
+      yield* queueIfDiffers(groupId, roster, new Map([...inboxes].map((inbox) => [inbox, fresh.get(inbox)])))
+    }).pipe(
+      Effect.catchAll((e) => Effect.logWarning("installation check failed; tried again next time", e.message)),
+      Effect.annotateLogs({ groupId })
+    )
+
   /** One round: read, publish, read what we published, send welcomes. Under the group lock. */
   const round = Effect.fn("Publisher.round")(function*(groupId: GroupId) {
     return yield* ctx.withGroupLock(groupId)(Effect.gen(function*() {
@@ -657,7 +695,8 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     resolve,
     checkInstallations: (groupId: GroupId) =>
       Effect.flatMap(checkDue(groupId), (due) => (due ? ctx.withGroupLock(groupId)(checkInstallations(groupId)) : Effect.void)),
-    checkInstallationsKnown: (groupId: GroupId) => ctx.withGroupLock(groupId)(checkInstallationsKnown(groupId))
+    checkInstallationsKnown: (groupId: GroupId) => ctx.withGroupLock(groupId)(checkInstallationsKnown(groupId)),
+    checkInstallationsMany
   }
 }
 
