@@ -2,8 +2,9 @@
  * One client alone in its own process, as a user's app would run it: compiled JavaScript (the
  * package's public API, built by the bench into `.tmp/`), an existing SQLite database, the
  * delivery service over RPC. It runs the first `syncAll` after its restart, reads every group
- * (the conversation list, each group's latest 50 messages and its members, which decodes each
- * group's state through the bounded cache), and reports its resident memory and JS heap after a
+ * (the conversation list, each group's latest 50 messages, its members, which come from the
+ * roster kept beside the state, and its settings, which decode each group's state through the
+ * bounded cache), and reports its resident memory and JS heap after a
  * full GC, and its peak RSS, as one JSON line on stdout.
  *
  * Run by `Scale.manyLargeGroups`:
@@ -61,6 +62,8 @@ const program = Effect.gen(function*() {
   for (const conversation of conversations) {
     messages += (yield* conversation.messages({ limit: 50, direction: "desc" })).length
     members += (yield* conversation.members).length
+    // The group's settings are read from its state: each state is decoded through the bounded cache.
+    yield* conversation.metadata
   }
   const read = { wallMs: performance.now() - readStarted, cpuMs: cpuMs(readCpu), decodes: (yield* decodes()) - sync.decodes }
   const afterRead = settled()

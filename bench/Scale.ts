@@ -186,7 +186,7 @@ const registerMember = (net: TestNetwork) =>
  * Bob then runs one `syncAll` here (a client that has been running), and his database is opened
  * by a separate process (`ResidentClient.mjs`, the package compiled to JavaScript) that talks to this process's delivery service over
  * RPC on loopback: Bob's restart. That process alone is measured: its first `syncAll`, reading
- * every group (latest 50 messages and members, which decodes each state through the LRU bounded
+ * every group (latest 50 messages, members from the kept rosters, and settings, which decode each state through the LRU bounded
  * in bytes), and its RSS and heap after a full GC, and its peak RSS.
  */
 export const manyLargeGroups = (groups: number, size: number) =>

@@ -925,7 +925,7 @@ const benchScale = Effect.gen(function*() {
     `built in ${fmt(resident.setupMs / 1000, 1)} s; its syncAll before the restart, rosters not yet kept: ${fmt(resident.runningSyncMs / 1000, 1)} s), ` +
     `restarted in its own process over RPC (ResidentClient.mjs, compiled JS):`)
   console.log(`     first syncAll ${fmt(resident.sync.wallMs, 0)} ms (CPU ${fmt(resident.sync.cpuMs, 0)} ms, ${resident.sync.decodes} states decoded); ` +
-    `reading every group's latest 50 and members ${fmt(resident.read.wallMs, 0)} ms (CPU ${fmt(resident.read.cpuMs, 0)} ms, ${resident.read.decodes} decoded)`)
+    `reading every group's latest 50, members and settings ${fmt(resident.read.wallMs, 0)} ms (CPU ${fmt(resident.read.cpuMs, 0)} ms, ${resident.read.decodes} decoded)`)
   console.log(`     after GC: opened ${mib(resident.opened)}; after syncAll ${mib(resident.afterSync)}; after reading ${mib(resident.afterRead)}; ` +
     `peak RSS ${fmt(resident.peakRss, 0)} MiB`)
   summary["groups"] = memory.groups

@@ -39,10 +39,16 @@ describe("After a restart", () => {
       expect(caughtUp.joined).toBe(0)
       expect((yield* bob.conversations()).length).toBe(groups.length)
 
-      // Reading a group's members is what needs its state: decoded then, once.
-      const { decodes: reading } = yield* countingDecodes(Effect.forEach(groups, (g) =>
+      // Listing members reads the kept rosters too; the settings are read from the state itself.
+      const { decodes: listing, value: members } = yield* countingDecodes(Effect.forEach(groups, (g) =>
         Effect.flatMap(bob.conversation(g.id), (c) => c.members)))
-      expect(reading).toBe(groups.length)
+      expect(listing).toBe(0)
+      expect(members.map((m) => m.map((member) => member.inboxId).sort())).toEqual(
+        groups.map(() => [alice.inboxId, bob.inboxId, carol.inboxId].sort())
+      )
+      const { decodes: settings } = yield* countingDecodes(Effect.forEach(groups, (g) =>
+        Effect.flatMap(bob.conversation(g.id), (c) => c.metadata)))
+      expect(settings).toBe(groups.length)
     }))
 
   it.scoped("a member's new device is still added to every group, each group's state decoded once to do it", () =>

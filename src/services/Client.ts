@@ -611,9 +611,12 @@ export const make = (options: ClientOptions = {}) =>
           return rows.map(toMessage)
         }, annotated),
         members: Effect.gen(function*() {
-          const byInbox = yield* groupMembers(yield* primaryOf(id, kind))
-          return [...byInbox.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([inboxId, leaves]) =>
-            Member.make({ inboxId, installationIds: leaves.map((l) => l.installationId).sort() })
+          // The roster kept for the stored state: listing members decodes no state.
+          const roster = yield* env.loadRoster(yield* primaryOf(id, kind))
+          const byInbox = new Map<InboxId, Array<InstallationId>>()
+          for (const leaf of roster.members) byInbox.set(leaf.inboxId, [...(byInbox.get(leaf.inboxId) ?? []), leaf.installationId])
+          return [...byInbox.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([inboxId, installationIds]) =>
+            Member.make({ inboxId, installationIds: installationIds.sort() })
           )
         }).pipe(span("members")),
         addMembers: changeMembers("addMembers", checkNewMembers, (ids) => AddMembersData.make({ inboxIds: ids })),
