@@ -928,6 +928,9 @@ const benchScale = Effect.gen(function*() {
     `reading every group's latest 50, members and settings ${fmt(resident.read.wallMs, 0)} ms (CPU ${fmt(resident.read.cpuMs, 0)} ms, ${resident.read.decodes} decoded)`)
   console.log(`     after GC: opened ${mib(resident.opened)}; after syncAll ${mib(resident.afterSync)}; after reading ${mib(resident.afterRead)}; ` +
     `peak RSS ${fmt(resident.peakRss, 0)} MiB`)
+  console.log(`     the same restart with --max-old-space-size=${Scale.CAPPED_OLD_SPACE_MIB}: peak RSS ${fmt(resident.capped.peakRss, 0)} MiB, ` +
+    `after reading ${mib(resident.capped.afterRead)}, reading CPU ${fmt(resident.capped.read.cpuMs, 0)} ms ` +
+    `(the default peak is mostly decode garbage awaiting collection, not live data)`)
   summary["groups"] = memory.groups
   summary["idleMany"] = memory.idleSyncAll
   summary["idleManyRpc"] = rpc.idleSyncAll
@@ -940,6 +943,7 @@ const benchScale = Effect.gen(function*() {
   summary["rssLargeGroups"] = resident.peakRss
   summary["restartSyncLargeGroups"] = resident.sync.wallMs
   summary["restartSyncLargeGroupsCpu"] = resident.sync.cpuMs
+  summary["rssLargeGroupsCapped"] = resident.capped.peakRss
   summary["add100"] = large.add
   summary["join100"] = large.join
   summary["identityLogs100"] = identityLogs
