@@ -186,8 +186,11 @@ export class Storage extends Context.Tag("converge/Storage")<Storage, {
   readonly consent: ConsentRepository
   /** History sync progress and archive reads (`HistoryStorage.ts`). */
   readonly history: HistoryRepository
-  /** Rosters kept beside group states (`RosterStorage.ts`). */
-  readonly rosters: RosterRepository
+  /**
+   * Rosters kept beside group states (`RosterStorage.ts`). Optional: a store without it costs a
+   * restarted client one decode per group for its installation checks.
+   */
+  readonly rosters?: RosterRepository
   /** Runs `effect` in one transaction; it must not wait on the network or other fibers. */
   readonly transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | StorageError, R>
 }>() {}
