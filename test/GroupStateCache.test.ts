@@ -1,8 +1,10 @@
 /** The decoded-state cache: reused while the stored bytes match, bounded in bytes, least recently used out first. */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Option } from "effect"
 import type { GroupId } from "../src/domain/Ids.ts"
+import type { StoredRoster } from "../src/domain/Roster.ts"
 import type { StoredGroup } from "../src/domain/Stored.ts"
+import type { RosterRepository } from "../src/services/RosterStorage.ts"
 import * as GroupStateCache from "../src/services/GroupStateCache.ts"
 import type { MlsCrypto, MlsGroupState } from "../src/services/MlsCrypto.ts"
 
@@ -15,7 +17,12 @@ const countingCrypto = () => {
         decoded.push(bytes[0]!)
         return { bytes } as unknown as MlsGroupState
       }),
-    serialize: (state: MlsGroupState) => (state as unknown as { bytes: Uint8Array }).bytes
+    serialize: (state: MlsGroupState) => (state as unknown as { bytes: Uint8Array }).bytes,
+    // One member, whose leaf index is the state's tag.
+    view: (state: MlsGroupState) => ({
+      ownLeafIndex: 0,
+      members: [{ inboxId: "a".repeat(64), installationId: "b".repeat(64), leafIndex: (state as unknown as { bytes: Uint8Array }).bytes[0] }]
+    })
   } as unknown as MlsCrypto["Type"]
   return { crypto, decoded }
 }
@@ -75,5 +82,39 @@ describe("GroupStateCache", () => {
       // Other bytes (another commit, or after a restart) are decoded.
       yield* cache.loadStaged(group, new Uint8Array(40).fill(6))
       expect(decoded).toEqual([6])
+    }))
+
+  it.effect("rosters: each group's state is decoded once for its roster, even when fewer states fit the budget than there are groups", () =>
+    Effect.gen(function*() {
+      const { crypto, decoded } = countingCrypto()
+      const cache = GroupStateCache.make(crypto, 100) // two states of 40 bytes fit, not five
+      // A sync's three passes (member inboxes, the check against known logs, the periodic check).
+      for (let pass = 0; pass < 3; pass++) {
+        for (let tag = 1; tag <= 5; tag++) expect((yield* cache.loadRoster(row(tag))).members[0]!.leafIndex).toBe(tag)
+      }
+      expect(decoded).toEqual([1, 2, 3, 4, 5])
+      expect(cache.stats()).toMatchObject({ decodes: 5, rosters: 5 })
+    }))
+
+  it.effect("rosters kept on disk spare a restarted client the decodes, but only for the exact bytes they were read from", () =>
+    Effect.gen(function*() {
+      const disk = new Map<string, StoredRoster>()
+      const stored: RosterRepository = {
+        get: (groupId) => Effect.succeed(Option.fromNullable(disk.get(groupId))),
+        put: (roster) => Effect.sync(() => void disk.set(roster.groupId, roster))
+      }
+      const before = countingCrypto()
+      const first = GroupStateCache.make(before.crypto, 100, { stored })
+      for (let tag = 1; tag <= 3; tag++) yield* first.loadRoster(row(tag))
+      expect(before.decoded).toEqual([1, 2, 3])
+
+      const after = countingCrypto()
+      const restarted = GroupStateCache.make(after.crypto, 100, { stored })
+      for (let tag = 1; tag <= 3; tag++) expect((yield* restarted.loadRoster(row(tag))).members[0]!.leafIndex).toBe(tag)
+      expect(after.decoded).toEqual([])
+      // Group 2's state moved on: its kept roster is not trusted for the new bytes.
+      const moved = { ...row(2), mlsState: new Uint8Array(40).fill(7) }
+      expect((yield* restarted.loadRoster(moved)).members[0]!.leafIndex).toBe(7)
+      expect(after.decoded).toEqual([7])
     }))
 })

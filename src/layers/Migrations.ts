@@ -198,12 +198,26 @@ const historyConsentTables = Effect.gen(function*() {
     SELECT 'message', id FROM converge_messages WHERE delivery_status = 'published' ORDER BY rowid`
 })
 
+/**
+ * Rosters (who holds which leaf) kept beside group states, keyed by the digest of the state they
+ * were read from: a restart's installation checks read them instead of decoding every state.
+ */
+const groupRosters = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`CREATE TABLE converge_group_rosters (
+    group_id TEXT PRIMARY KEY,
+    state_digest TEXT NOT NULL,
+    roster TEXT NOT NULL
+  )`
+})
+
 export const loader = Migrator.fromRecord({
   "0001_create_tables": createTables,
   "0002_group_quarantine": addGroupQuarantine,
   "0003_metadata_change_messages": allowMetadataChangeMessages,
   "0004_messaging_direct_content_deletion": addMessagingColumns,
-  "0005_history_consent": historyConsentTables
+  "0005_history_consent": historyConsentTables,
+  "0006_memory_restart_group_rosters": groupRosters
 })
 
 /** Runs pending migrations; a no-op on a database that is up to date. */

@@ -28,6 +28,7 @@ import * as Migrations from "./Migrations.ts"
 import { Big, Bytes, column, Flag, Int, Nullable } from "./SqliteColumns.ts"
 import * as SqliteHistoryStorage from "./SqliteHistoryStorage.ts"
 import * as StorageKeys from "./StorageKey.ts"
+import * as SqliteRosterStorage from "./SqliteRosterStorage.ts"
 import { Sealed, SealedWith, sealFor, StorageKey } from "./StorageKey.ts"
 
 // ---- rows: how the domain values sit in SQLite (private to this adapter) ----
@@ -738,7 +739,9 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
   const { consent, ensureFeedTriggers, history } = SqliteHistoryStorage.make(sql, run, decodeGroups, decodeMessages)
   yield* ensureFeedTriggers
 
-  return Storage.of({ groups, messages, intents, cursors, identity, keyPackages, inboxLogs, consent, history, transaction })
+  const rosters = SqliteRosterStorage.make(sql, run)
+
+  return Storage.of({ groups, messages, intents, cursors, identity, keyPackages, inboxLogs, consent, history, rosters, transaction })
 })
 
 /** The message an unreadable intent was sending, if its (maybe truncated) JSON still names one. */

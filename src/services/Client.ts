@@ -296,7 +296,7 @@ export const make = (options: ClientOptions = {}) =>
       identity,
       options: engineOptions,
       withGroupLock: (groupId) => lockOf(groupId).withPermits(1),
-      ...GroupStateCache.make(crypto),
+      ...GroupStateCache.make(crypto, GroupStateCache.DEFAULT_MAX_BYTES, { stored: storage.rosters }),
       stored
     }
     const sync = GroupSync.make(env)
@@ -612,9 +612,12 @@ export const make = (options: ClientOptions = {}) =>
           return rows.map(toMessage)
         }, annotated),
         members: Effect.gen(function*() {
-          const byInbox = yield* groupMembers(yield* primaryOf(id, kind))
-          return [...byInbox.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([inboxId, leaves]) =>
-            Member.make({ inboxId, installationIds: leaves.map((l) => l.installationId).sort() })
+          // The roster kept for the stored state: listing members decodes no state.
+          const roster = yield* env.loadRoster(yield* primaryOf(id, kind))
+          const byInbox = new Map<InboxId, Array<InstallationId>>()
+          for (const leaf of roster.members) byInbox.set(leaf.inboxId, [...(byInbox.get(leaf.inboxId) ?? []), leaf.installationId])
+          return [...byInbox.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([inboxId, installationIds]) =>
+            Member.make({ inboxId, installationIds: installationIds.sort() })
           )
         }).pipe(span("members")),
         addMembers: changeMembers("addMembers", checkNewMembers, (ids) => AddMembersData.make({ inboxIds: ids })),
@@ -860,7 +863,7 @@ export const make = (options: ClientOptions = {}) =>
       // News, and members' new or revoked devices as UpdateInstallations intents (pending below),
       // in one batched round trip; the periodic check behind it is a safety net.
       const news = yield* deviceSync.newsAndDevices(active)
-      yield* Effect.forEach(active, (g) => publisher.checkInstallations(g.id), { discard: true })
+      yield* publisher.checkInstallationsMany(active.map((g) => g.id))
       const pending = new Set((yield* storage.intents.byState(["ToPublish", "Published", "Committed"])).map((i) => i.groupId))
       let summary = SyncSummary.make({
         ...SyncSummary.empty,

@@ -24,7 +24,7 @@ export const make = (
   ctx: EngineContext,
   publisher: { readonly checkInstallationsKnown: (groupId: GroupId) => Effect.Effect<boolean> }
 ) => {
-  const { crypto, ds, identity, storage } = ctx
+  const { ds, identity, storage } = ctx
   /** Member inboxes per group at an epoch (membership changes only with the epoch). */
   const inboxesOf = new Map<GroupId, { readonly epoch: bigint; readonly inboxes: ReadonlyArray<InboxId> }>()
   /**
@@ -40,9 +40,9 @@ export const make = (
       // Summaries carry no MLS state: the row is read once per epoch of the group.
       const row = yield* storage.groups.get(group.id)
       if (row._tag === "None") return []
-      const state = yield* ctx.loadState(row.value).pipe(Effect.option)
-      if (state._tag === "None") return []
-      const inboxes = [...new Set(crypto.view(state.value).members.map((m) => m.inboxId))]
+      const roster = yield* ctx.loadRoster(row.value).pipe(Effect.option)
+      if (roster._tag === "None") return []
+      const inboxes = [...new Set(roster.value.members.map((m) => m.inboxId))]
       inboxesOf.set(group.id, { epoch: group.epoch, inboxes })
       return inboxes
     })

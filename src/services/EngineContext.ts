@@ -9,6 +9,7 @@ import type { GroupId } from "../domain/Ids.ts"
 import type { CryptoError } from "../domain/Errors.ts"
 import type { StoredGroup, StoredMessage } from "../domain/Stored.ts"
 import type { DeliveryService } from "./DeliveryService.ts"
+import type { Roster } from "./GroupStateCache.ts"
 import type { Identity } from "./Identity.ts"
 import type { MlsCrypto, MlsGroupState } from "./MlsCrypto.ts"
 import type { Storage } from "./Storage.ts"
@@ -78,6 +79,11 @@ export interface EngineContext {
    * so the last decode is reused while the stored bytes are the same.
    */
   readonly loadState: (group: StoredGroup) => Effect.Effect<MlsGroupState, CryptoError>
+  /**
+   * Who holds which leaf at the group's stored state, without decoding it again when its roster
+   * or its decoded state is kept: what the installation checks read.
+   */
+  readonly loadRoster: (group: StoredGroup) => Effect.Effect<Roster, CryptoError>
   /** Serializes and remembers a state about to be stored, so the next load needs no decode. */
   readonly encodeState: (groupId: GroupId, state: MlsGroupState) => Uint8Array
   /** Serializes an own commit's staged state for the write-ahead, keeping it decoded until it is adopted. */

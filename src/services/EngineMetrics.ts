@@ -23,6 +23,10 @@ export const syncLag = Metric.histogram(
   MetricBoundaries.fromIterable([0, 1, 2, 5, 10, 25, 50, 100, 250, 1000]),
   "envelopes a group sync read"
 )
+/** Group states decoded from their stored bytes (each costs milliseconds in a large group). */
+export const stateDecodes = Metric.counter("converge_state_decodes_total", {
+  description: "MLS group states decoded from storage (a cache miss)"
+})
 export const publishDuration = Metric.timerWithBoundaries(
   "converge_publish_duration_milliseconds",
   [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000]

@@ -51,6 +51,7 @@ import { fetchKeyPackagesInChunks } from "./DeliveryService.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
 import * as EngineMetrics from "./EngineMetrics.ts"
 import { failIntent as failIntentIn, failPendingIntents } from "./IntentQueue.ts"
+import type { Roster } from "./GroupStateCache.ts"
 import type * as GroupSync from "./GroupSync.ts"
 import * as LeafAuthentication from "./LeafAuthentication.ts"
 import type { MlsGroupState } from "./MlsCrypto.ts"
@@ -97,12 +98,11 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
    * missing from the group, and leaves whose installation is no longer current (revoked).
    */
   const installationDiff = (state: MlsGroupState, inboxIds: Iterable<InboxId>) =>
-    Effect.flatMap(identity.refreshMany([...inboxIds]), (states) => diffAgainst(state, states))
+    Effect.flatMap(identity.refreshMany([...inboxIds]), (states) => diffAgainst(crypto.view(state), states))
 
-  /** The same diff against identity states already at hand. */
-  const diffAgainst = (state: MlsGroupState, states: ReadonlyMap<InboxId, InboxState | undefined>) =>
+  /** The same diff against identity states already at hand (the leaves of a view or a roster). */
+  const diffAgainst = (view: Roster, states: ReadonlyMap<InboxId, InboxState | undefined>) =>
     Effect.gen(function*() {
-      const view = crypto.view(state)
       const present = new Set(view.members.map((m) => m.installationId))
       const add: Array<Wanted> = []
       const remove: Array<InstallationId> = []
@@ -233,7 +233,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       // leaf (behind, or never fetched): then one request for fresh ones.
       const known = yield* identity.knownStates(inboxes)
       const fromKnown = [...known.values()].every((inbox) => inbox !== undefined)
-        ? yield* diffAgainst(state, known)
+        ? yield* diffAgainst(crypto.view(state), known)
         : undefined
       const { add, remove } = fromKnown !== undefined && fromKnown.unexplained.length === 0
         ? fromKnown
@@ -506,12 +506,12 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
    */
   const queueIfDiffers = (
     groupId: GroupId,
-    state: MlsGroupState,
+    roster: Roster,
     states: ReadonlyMap<InboxId, InboxState | undefined>,
     options: { readonly onlyRevoked: boolean } = { onlyRevoked: false }
   ) =>
     Effect.gen(function*() {
-      const { add, remove, unexplained } = yield* diffAgainst(state, states)
+      const { add, remove, unexplained } = yield* diffAgainst(roster, states)
       // States held locally may be behind: a leaf they do not list is no reason to act on them.
       const removals = options.onlyRevoked ? remove.filter((i) => !unexplained.includes(i)) : remove
       if (add.length === 0 && removals.length === 0) return false
@@ -535,13 +535,13 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
   const checkInstallationsKnown = Effect.fn("Publisher.checkInstallationsKnown")(function*(groupId: GroupId) {
     const group = yield* loadGroupRow(ctx, groupId)
     if (group.membershipState !== "active") return false
-    const state = yield* ctx.loadState(group)
-    const inboxes = new Set(crypto.view(state).members.map((m) => m.inboxId))
+    const roster = yield* ctx.loadRoster(group)
+    const inboxes = new Set(roster.members.map((m) => m.inboxId))
     const states = yield* identity.knownStates([...inboxes])
     // An inbox we hold nothing of is the safety net's business (it asks the network).
     const known = new Map([...states].filter(([, inbox]) => inbox !== undefined))
     if (known.size === 0) return false
-    return yield* queueIfDiffers(groupId, state, known, { onlyRevoked: true })
+    return yield* queueIfDiffers(groupId, roster, known, { onlyRevoked: true })
   }, (effect, groupId) =>
     effect.pipe(
       Effect.catchAll((e) => Effect.logWarning("installation check failed; tried again next time", e.message).pipe(Effect.as(true))),
@@ -566,14 +566,52 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     lastInstallationCheck.set(groupId, yield* Clock.currentTimeNanos)
     const group = yield* loadGroupRow(ctx, groupId)
     if (group.membershipState !== "active") return
-    const state = yield* ctx.loadState(group)
-    const states = yield* identity.refreshMany(crypto.view(state).members.map((m) => m.inboxId))
-    yield* queueIfDiffers(groupId, state, states)
+    const roster = yield* ctx.loadRoster(group)
+    const states = yield* identity.refreshMany(roster.members.map((m) => m.inboxId))
+    yield* queueIfDiffers(groupId, roster, states)
   }, (effect, groupId) =>
     effect.pipe(
       Effect.catchAll((e) => Effect.logWarning("installation check failed; tried again next time", e.message)),
       Effect.annotateLogs({ groupId })
     ))
+
+  /**
+   * The periodic check of many groups (a `syncAll`'s), with one identity request per hundred
+   * distinct member inboxes instead of one per group: a client in 1,000 groups of the same
+   * people asked the same logs 1,000 times. Each group is then judged under its lock against
+   * the fresh states of its own members, exactly as `checkInstallations` judges it. If the
+   * shared request fails (one inbox's log does not verify), each group asks on its own, so one
+   * bad log holds back only the groups it is in.
+   */
+  const checkInstallationsMany = Effect.fn("Publisher.checkInstallationsMany")(function*(groupIds: ReadonlyArray<GroupId>) {
+    const due = yield* Effect.filter(groupIds, checkDue)
+    const inboxes = new Set<InboxId>()
+    for (const groupId of due) {
+      const roster = yield* loadGroupRow(ctx, groupId).pipe(Effect.flatMap(ctx.loadRoster), Effect.option)
+      if (roster._tag === "Some") for (const m of roster.value.members) inboxes.add(m.inboxId)
+    }
+    const fresh = inboxes.size === 0 ? undefined : yield* identity.refreshMany([...inboxes]).pipe(Effect.option)
+    yield* Effect.forEach(due, (groupId) =>
+      fresh === undefined || fresh._tag === "None"
+        ? ctx.withGroupLock(groupId)(checkInstallations(groupId))
+        : ctx.withGroupLock(groupId)(checkWith(groupId, fresh.value)), { discard: true })
+  })
+
+  /** `checkInstallations` with the members' states already fetched (one that lacks some asks for itself). */
+  const checkWith = (groupId: GroupId, fresh: ReadonlyMap<InboxId, InboxState | undefined>) =>
+    Effect.gen(function*() {
+      if (!(yield* checkDue(groupId))) return
+      const group = yield* loadGroupRow(ctx, groupId)
+      if (group.membershipState !== "active") return
+      const roster = yield* ctx.loadRoster(group)
+      const inboxes = new Set(roster.members.map((m) => m.inboxId))
+      if (![...inboxes].every((inbox) => fresh.has(inbox))) return yield* checkInstallations(groupId)
+      lastInstallationCheck.set(groupId, yield* Clock.currentTimeNanos)
+      yield* queueIfDiffers(groupId, roster, new Map([...inboxes].map((inbox) => [inbox, fresh.get(inbox)])))
+    }).pipe(
+      Effect.catchAll((e) => Effect.logWarning("installation check failed; tried again next time", e.message)),
+      Effect.annotateLogs({ groupId })
+    )
 
   /** One round: read, publish, read what we published, send welcomes. Under the group lock. */
   const round = Effect.fn("Publisher.round")(function*(groupId: GroupId) {
@@ -676,7 +714,8 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     resolve,
     checkInstallations: (groupId: GroupId) =>
       Effect.flatMap(checkDue(groupId), (due) => (due ? ctx.withGroupLock(groupId)(checkInstallations(groupId)) : Effect.void)),
-    checkInstallationsKnown: (groupId: GroupId) => ctx.withGroupLock(groupId)(checkInstallationsKnown(groupId))
+    checkInstallationsKnown: (groupId: GroupId) => ctx.withGroupLock(groupId)(checkInstallationsKnown(groupId)),
+    checkInstallationsMany
   }
 }
 

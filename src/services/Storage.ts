@@ -13,6 +13,7 @@ import type { ConversationId, GroupId, InboxId, MessageId } from "../domain/Ids.
 import type { IntentData, IntentState, PostCommitData } from "../domain/Intent.ts"
 import type { PendingDeletion } from "../domain/Messaging.ts"
 import type { ConsentRepository, HistoryRepository } from "./HistoryStorage.ts"
+import type { RosterRepository } from "./RosterStorage.ts"
 import type {
   InboxLogEntry,
   MembershipState,
@@ -193,6 +194,11 @@ export class Storage extends Context.Tag("converge/Storage")<Storage, {
   readonly consent: ConsentRepository
   /** History sync progress and archive reads (`HistoryStorage.ts`). */
   readonly history: HistoryRepository
+  /**
+   * Rosters kept beside group states (`RosterStorage.ts`). Optional: a store without it costs a
+   * restarted client one decode per group for its installation checks.
+   */
+  readonly rosters?: RosterRepository
   /** Runs `effect` in one transaction; it must not wait on the network or other fibers. */
   readonly transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | StorageError, R>
 }>() {}
