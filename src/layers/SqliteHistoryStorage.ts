@@ -1,6 +1,6 @@
 /**
  * The consent and history repositories of `SqliteStorage` (tables of migration
- * `0004_history_consent`). Rows are decoded here; the group and message decoders are the ones
+ * `0005_history_consent`). Rows are decoded here; the group and message decoders are the ones
  * `SqliteStorage` uses, handed in so a bad row is quarantined the same way.
  */
 import type { SqlClient } from "@effect/sql"
