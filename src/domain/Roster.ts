@@ -13,7 +13,15 @@ const LeafIndex = Schema.Int.pipe(Schema.nonNegative())
 export const RosterMember = Schema.Struct({ inboxId: InboxId, installationId: InstallationId, leafIndex: LeafIndex })
 export type RosterMember = typeof RosterMember.Type
 
-export const Roster = Schema.Struct({ ownLeafIndex: LeafIndex, members: Schema.Array(RosterMember) })
+export const Roster = Schema.Struct({
+  ownLeafIndex: LeafIndex,
+  members: Schema.Array(RosterMember),
+  /**
+   * The group context's settings bytes (hex; null: the group has none), so reading a group's
+   * name and policies needs no decode either. Absent from rosters kept before it was added.
+   */
+  metadata: Schema.optional(Schema.NullOr(Schema.String))
+})
 export type Roster = typeof Roster.Type
 
 /** A group's roster and the digest of the stored state it was read from. */
@@ -23,11 +31,13 @@ export type StoredRoster = typeof StoredRoster.Type
 /** The digest that ties a roster to the exact stored state bytes it was read from. */
 export const stateDigest = (mlsState: Uint8Array): string => toHex(labelledHash("group-roster", mlsState))
 
-/** The roster of a group view (leaves without their keys). */
+/** The roster of a group view (leaves without their keys, and the settings bytes). */
 export const rosterOf = (view: {
   readonly ownLeafIndex: number
   readonly members: ReadonlyArray<RosterMember>
+  readonly metadata: Uint8Array | undefined
 }): Roster => ({
   ownLeafIndex: view.ownLeafIndex,
-  members: view.members.map((m) => ({ inboxId: m.inboxId, installationId: m.installationId, leafIndex: m.leafIndex }))
+  members: view.members.map((m) => ({ inboxId: m.inboxId, installationId: m.installationId, leafIndex: m.leafIndex })),
+  metadata: view.metadata === undefined ? null : toHex(view.metadata)
 })

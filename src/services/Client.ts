@@ -364,8 +364,8 @@ export const make = (options: ClientOptions = {}) =>
 
     /** The settings in the group's context at the epoch held (defaults if they do not decode). */
     const settingsOf = (group: StoredGroup) =>
-      env.loadState(group).pipe(
-        Effect.map((state) => Option.getOrElse(decodeSettings(crypto.view(state).metadata), () => GroupMetadata.none))
+      env.loadMetadata(group).pipe(
+        Effect.map((metadata) => Option.getOrElse(decodeSettings(metadata), () => GroupMetadata.none))
       )
 
     /** Below the group's minimum protocol version this installation reads and syncs, but writes nothing. */

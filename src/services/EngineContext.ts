@@ -84,6 +84,8 @@ export interface EngineContext {
    * or its decoded state is kept: what the installation checks read.
    */
   readonly loadRoster: (group: StoredGroup) => Effect.Effect<Roster, CryptoError>
+  /** The group context's settings bytes at the group's stored state, decoding it only when neither it nor its roster is kept. */
+  readonly loadMetadata: (group: StoredGroup) => Effect.Effect<Uint8Array | undefined, CryptoError>
   /** Serializes and remembers a state about to be stored, so the next load needs no decode. */
   readonly encodeState: (groupId: GroupId, state: MlsGroupState) => Uint8Array
   /** Serializes an own commit's staged state for the write-ahead, keeping it decoded until it is adopted. */

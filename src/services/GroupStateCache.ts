@@ -11,7 +11,7 @@
  * member list read it, so a restarted client in 1,000 large groups decodes no state to catch up.
  */
 import { Effect, Metric, Option } from "effect"
-import { bytesEqual } from "../domain/Bytes.ts"
+import { bytesEqual, fromHex } from "../domain/Bytes.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import { type Roster, rosterOf, stateDigest } from "../domain/Roster.ts"
 import type { StoredGroup } from "../domain/Stored.ts"
@@ -104,7 +104,8 @@ export const make = (
   }
   const compact = (roster: Roster): Roster => ({
     ownLeafIndex: roster.ownLeafIndex,
-    members: roster.members.map((m) => ({ inboxId: intern(m.inboxId), installationId: intern(m.installationId), leafIndex: m.leafIndex }))
+    members: roster.members.map((m) => ({ inboxId: intern(m.inboxId), installationId: intern(m.installationId), leafIndex: m.leafIndex })),
+    ...(roster.metadata === undefined ? {} : { metadata: roster.metadata })
   })
   /** The roster kept on disk for these exact bytes, if any (a failed read is only a miss). */
   const storedRoster = (groupId: GroupId, digest: string) =>
@@ -146,6 +147,23 @@ export const make = (
     })
 
   /**
+   * The group context's settings bytes at the group's stored state: from the decoded state when
+   * it is kept, else from its roster (so listing many groups' names after a restart decodes no
+   * state), else from the state decoded.
+   */
+  const loadMetadata = (group: StoredGroup) =>
+    Effect.gen(function*() {
+      const hit = cache.get(group.id)
+      if (hit !== undefined && (hit.bytes === group.mlsState || bytesEqual(hit.bytes, group.mlsState))) {
+        return crypto.view(hit.state).metadata
+      }
+      const roster = yield* loadRoster(group)
+      if (roster.metadata === null) return undefined
+      if (roster.metadata !== undefined) return fromHex(roster.metadata)
+      return crypto.view(yield* loadState(group)).metadata
+    })
+
+  /**
    * The staged state of each group's last own commit: written ahead as bytes, adopted when the
    * commit lands. Kept decoded so adopting it costs no decode (a 100-member state takes tens of
    * ms); a few groups at most have a commit in flight.
@@ -178,6 +196,7 @@ export const make = (
   return {
     loadState,
     loadRoster,
+    loadMetadata,
     encodeState,
     encodeStaged,
     loadStaged,

@@ -101,7 +101,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     Effect.flatMap(identity.refreshMany([...inboxIds]), (states) => diffAgainst(crypto.view(state), states))
 
   /** The same diff against identity states already at hand (the leaves of a view or a roster). */
-  const diffAgainst = (view: Roster, states: ReadonlyMap<InboxId, InboxState | undefined>) =>
+  const diffAgainst = (view: Pick<Roster, "ownLeafIndex" | "members">, states: ReadonlyMap<InboxId, InboxState | undefined>) =>
     Effect.gen(function*() {
       const present = new Set(view.members.map((m) => m.installationId))
       const add: Array<Wanted> = []
