@@ -3,7 +3,7 @@
  * regression seeds were found with it: they depend on its every draw.
  */
 import type { Action, GovernanceKind, Op, OpKind, Params } from "./Ops.ts"
-import { planFault } from "./PlanFaults.ts"
+import { faultWeights, planFault } from "./PlanFaults.ts"
 import * as Prng from "./Prng.ts"
 
 /** Weights of the operations the `classic` generator plans (kept as they were: see `Profile`). */
@@ -20,21 +20,7 @@ const classicWeights = {
   Restart: 3,
   Race: 7,
   Watch: 3,
-  Drop: 3,
-  LoseResponse: 3,
-  Partition: 2,
-  Heal: 2,
-  Duplicate: 2,
-  PauseSubscriber: 1,
-  ResumeSubscriber: 1,
-  HoldTopic: 1,
-  ReleaseTopic: 1,
-  Crash: 6,
-  InjectGarbage: 1,
-  InjectTruncated: 1,
-  InjectReplay: 1,
-  InjectForeign: 1,
-  ForgeWelcome: 2
+  ...faultWeights
 } satisfies Record<
   Exclude<OpKind, "Leave" | "Dm" | "SendDm" | "AddDevice" | "RevokeDevice" | "LieKeyPackages" | "ForgeCommit" | GovernanceKind>,
   number

@@ -11,6 +11,28 @@ export type FaultKind = Exclude<
 >
 
 /** What the fault planner keeps track of, whatever the generator. */
+/**
+ * Weights of the faults both generators plan, last in their tables in this order: a weighted
+ * draw walks the keys in order, so the seeds of either generator replay as they were found.
+ */
+export const faultWeights = {
+  Drop: 3,
+  LoseResponse: 3,
+  Partition: 2,
+  Heal: 2,
+  Duplicate: 2,
+  PauseSubscriber: 1,
+  ResumeSubscriber: 1,
+  HoldTopic: 1,
+  ReleaseTopic: 1,
+  Crash: 6,
+  InjectGarbage: 1,
+  InjectTruncated: 1,
+  InjectReplay: 1,
+  InjectForeign: 1,
+  ForgeWelcome: 2
+} as const
+
 export interface FaultModel {
   readonly groups: ReadonlyArray<unknown>
   readonly partitioned: Set<number>

@@ -3,7 +3,7 @@
  * mid-run), device revocations, leaving, and DMs (including both sides creating one at once).
  */
 import type { Action, GovernanceKind, Op, OpKind, Params } from "./Ops.ts"
-import { planFault } from "./PlanFaults.ts"
+import { faultWeights, planFault } from "./PlanFaults.ts"
 import * as Prng from "./Prng.ts"
 
 /** Weights of the `full` generator; `DmRace` is a race of both sides creating one DM. */
@@ -26,21 +26,7 @@ const fullWeights = {
   Watch: 2,
   AddDevice: 2,
   RevokeDevice: 1,
-  Drop: 3,
-  LoseResponse: 3,
-  Partition: 2,
-  Heal: 2,
-  Duplicate: 2,
-  PauseSubscriber: 1,
-  ResumeSubscriber: 1,
-  HoldTopic: 1,
-  ReleaseTopic: 1,
-  Crash: 6,
-  InjectGarbage: 1,
-  InjectTruncated: 1,
-  InjectReplay: 1,
-  InjectForeign: 1,
-  ForgeWelcome: 2
+  ...faultWeights
 } satisfies Record<Exclude<OpKind, "LieKeyPackages" | "ForgeCommit" | GovernanceKind> | "DmRace", number>
 
 const fullActionWeights = {
