@@ -66,9 +66,15 @@ export const make = (
     total -= hit.bytes.length
   }
 
-  const loadState = (group: StoredGroup) => {
+  /** The decoded state kept for exactly the group's stored bytes, if any. */
+  const keptState = (group: StoredGroup) => {
     const hit = cache.get(group.id)
-    if (hit !== undefined && (hit.bytes === group.mlsState || bytesEqual(hit.bytes, group.mlsState))) {
+    return hit !== undefined && (hit.bytes === group.mlsState || bytesEqual(hit.bytes, group.mlsState)) ? hit : undefined
+  }
+
+  const loadState = (group: StoredGroup) => {
+    const hit = keptState(group)
+    if (hit !== undefined) {
       remember(group.id, hit.bytes, hit.state)
       return Effect.succeed(hit.state)
     }
@@ -153,10 +159,8 @@ export const make = (
    */
   const loadMetadata = (group: StoredGroup) =>
     Effect.gen(function*() {
-      const hit = cache.get(group.id)
-      if (hit !== undefined && (hit.bytes === group.mlsState || bytesEqual(hit.bytes, group.mlsState))) {
-        return crypto.view(hit.state).metadata
-      }
+      const hit = keptState(group)
+      if (hit !== undefined) return crypto.view(hit.state).metadata
       const roster = yield* loadRoster(group)
       if (roster.metadata === null) return undefined
       if (roster.metadata !== undefined) return fromHex(roster.metadata)
