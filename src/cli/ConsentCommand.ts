@@ -2,7 +2,7 @@
  * `converge consent`: show and set consent for a conversation or an inbox. `show` with nothing
  * lists every conversation (inactive and denied ones included) with its consent; `set` records
  * a decision here and sends it to the inbox's other installations when the server answers.
- * Built from the helpers `Cli.ts` hands in, so this module does not import it back.
+ * Built from the session helpers `Cli.ts` hands in (`Session.ts`), so this module does not import it back.
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Option } from "effect"

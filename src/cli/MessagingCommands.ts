@@ -1,7 +1,7 @@
 /**
  * The messaging commands of `converge`: `send --to` (a direct message inside a group), `delete`
- * (a message, for everyone) and `group set --disappear-after`. They are built from `Cli.ts`'s
- * own helpers, passed in, so this module does not import it back.
+ * (a message, for everyone) and `group set --disappear-after`. They are built from the CLI's
+ * session helpers (`Session.ts`), passed in by `MessagingWiring.ts`, so this module does not import them.
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Console, Effect, Option } from "effect"
@@ -9,7 +9,7 @@ import type { InboxId, MessageId } from "../domain/Ids.ts"
 import type { Conversation } from "../services/Client.ts"
 import { UsageError } from "./Errors.ts"
 
-/** What the commands need from `Cli.ts`. */
+/** What the commands need from the session helpers. */
 export interface CliHelpers<Session, E> {
   readonly profile: Options.Options<string>
   readonly conversationArg: Args.Args<string>
