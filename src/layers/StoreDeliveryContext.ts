@@ -1,0 +1,45 @@
+/**
+ * What every part of the store-backed delivery service (`StoreDeliveryService.ts`) works with:
+ * the store, the crypto that inspects payloads, the limits, request checks and authentication,
+ * and how a store failure reaches the caller.
+ */
+import { Effect } from "effect"
+import { DeliveryError } from "../domain/Errors.ts"
+import type { DeliveryStore, DeliveryStoreError } from "../services/DeliveryStore.ts"
+import type { MlsCrypto } from "../services/MlsCrypto.ts"
+import type { makeChecks } from "./DeliveryRequests.ts"
+import type * as Authenticator from "./RequestAuthenticator.ts"
+
+export interface StoreDeliveryContext {
+  readonly store: DeliveryStore["Type"]
+  readonly crypto: MlsCrypto["Type"]
+  readonly maxPayloadBytes: number
+  readonly pageSize: number
+  readonly maxIdentityUpdates: number
+  readonly pollMillis: number
+  /** Runs a store operation, reporting its failure as a retryable `Unavailable`. */
+  readonly stored: <A>(effect: Effect.Effect<A, DeliveryStoreError>) => Effect.Effect<A, DeliveryError>
+  /** Validation shared with every delivery-service layer. */
+  readonly checks: ReturnType<typeof makeChecks>
+  readonly authenticate: ReturnType<typeof Authenticator.make>["authenticate"]
+}
+
+/**
+ * A store failure: the outcome is unknown to the caller, and every operation is safe to retry.
+ * The caller learns which operation failed; the cause (SQL, connection details) stays in the
+ * server's log.
+ */
+export const unavailable = (error: DeliveryStoreError) =>
+  Effect.logWarning(`DeliveryService: store failed in ${error.operation}`, error.cause).pipe(
+    Effect.zipRight(
+      Effect.fail(
+        new DeliveryError({
+          reason: "Unavailable",
+          retryable: true,
+          detail: `the delivery store is unavailable (${error.operation})`
+        })
+      )
+    )
+  )
+
+export const forbidden = (detail: string) => new DeliveryError({ reason: "Forbidden", retryable: false, detail })

@@ -1,0 +1,98 @@
+/** The group-message operations of the store-backed delivery service: send, query, batch query, subscribe. */
+import { Effect, Stream } from "effect"
+import type { GroupId } from "../domain/Ids.ts"
+import { requestDigests } from "../domain/RequestAuth.ts"
+import type { GroupMessageInput } from "../domain/Wire.ts"
+import type { DeliveryService, GroupQuery } from "../services/DeliveryService.ts"
+import { groupTopic } from "../services/DeliveryStore.ts"
+import { checkFilterCount, invalidRequest, SPAN } from "./DeliveryRequests.ts"
+import type { StoreDeliveryContext } from "./StoreDeliveryContext.ts"
+import { follow } from "./StoreTopicFollower.ts"
+import { page, toGroupEnvelope } from "./StoreTopicPages.ts"
+
+type Service = DeliveryService["Type"]
+
+/**
+ * A group topic takes only MLS group messages of its own group (the server reads the
+ * header, as xmtp-node-go does): nobody can fill a topic with bytes no member can use, and
+ * a topic comes into existence only with a well-formed message for it.
+ */
+const checkGroupMessage = (c: StoreDeliveryContext, m: GroupMessageInput) =>
+  c.crypto.inspect(m.payload).pipe(
+    Effect.mapError((e) => invalidRequest(`sendGroupMessages to ${m.groupId}: not an MLS message (${e.detail})`)),
+    Effect.flatMap((header) =>
+      header.groupId === m.groupId &&
+        (header.kind === "application" || header.kind === "commit" || header.kind === "proposal")
+        ? Effect.void
+        : Effect.fail(invalidRequest(
+          `sendGroupMessages to ${m.groupId}: a ${header.kind} message of group ${header.groupId ?? "none"}`
+        ))
+    )
+  )
+
+export const sendGroupMessages = (c: StoreDeliveryContext): Service["sendGroupMessages"] => (messages) =>
+  Effect.gen(function*() {
+    // Validate everything before storing anything: a send is all or nothing.
+    yield* c.checks.batch(messages, "sendGroupMessages")
+    for (const m of messages) {
+      yield* c.checks.groupId(m.groupId, "sendGroupMessages")
+      yield* c.checks.payload(m.payload, `sendGroupMessages to ${m.groupId}`)
+    }
+    yield* c.authenticate(
+      "sendGroupMessages",
+      requestDigests.sendGroupMessages(messages),
+      messages.reduce((n, m) => n + m.payload.length, 0)
+    )
+    for (const m of messages) yield* checkGroupMessage(c, m)
+    const entries = yield* c.stored(
+      c.store.append(messages.map((m: GroupMessageInput) => ({ topic: groupTopic(m.groupId), payload: m.payload })))
+    )
+    return entries.map((e, i) => toGroupEnvelope(messages[i]!.groupId)(e))
+  }).pipe(Effect.withSpan("DeliveryService.sendGroupMessages", SPAN))
+
+export const queryGroupMessages = (c: StoreDeliveryContext): Service["queryGroupMessages"] => (query) =>
+  Effect.gen(function*() {
+    yield* c.checks.groupId(query.groupId, "queryGroupMessages")
+    yield* c.checks.cursor(query.afterSequenceId, "queryGroupMessages")
+    const limit = yield* c.checks.limit(query.limit, "queryGroupMessages")
+    return yield* page(c, groupTopic(query.groupId), query.afterSequenceId, limit, toGroupEnvelope(query.groupId))
+  }).pipe(Effect.withSpan("DeliveryService.queryGroupMessages", SPAN))
+
+export const batchQueryGroupMessages = (c: StoreDeliveryContext): Service["batchQueryGroupMessages"] => (queries) =>
+  Effect.gen(function*() {
+    yield* c.checks.batch(queries, "batchQueryGroupMessages")
+    // Validate all first, so a bad query anywhere fails the whole call.
+    const limits = yield* Effect.forEach(queries, (q: GroupQuery) =>
+      Effect.gen(function*() {
+        yield* c.checks.groupId(q.groupId, "batchQueryGroupMessages")
+        yield* c.checks.cursor(q.afterSequenceId, "batchQueryGroupMessages")
+        return yield* c.checks.limit(q.limit, "batchQueryGroupMessages")
+      }))
+    return yield* Effect.forEach(
+      queries,
+      (q, i) => page(c, groupTopic(q.groupId), q.afterSequenceId, limits[i] ?? c.pageSize, toGroupEnvelope(q.groupId)),
+      { concurrency: 4 }
+    )
+  }).pipe(Effect.withSpan("DeliveryService.batchQueryGroupMessages", SPAN))
+
+export const subscribeGroupMessages = (c: StoreDeliveryContext): Service["subscribeGroupMessages"] => (filters) =>
+  Stream.unwrap(
+    Effect.gen(function*() {
+      yield* checkFilterCount(filters, "subscribeGroupMessages")
+      for (const f of filters) {
+        yield* c.checks.groupId(f.groupId, "subscribeGroupMessages")
+        yield* c.checks.cursor(f.afterSequenceId, "subscribeGroupMessages")
+      }
+      // One stream per topic: several filters for one group follow it from the lowest cursor.
+      const cursors = new Map<GroupId, bigint>()
+      for (const f of filters) {
+        const seen = cursors.get(f.groupId)
+        cursors.set(f.groupId, seen === undefined || f.afterSequenceId < seen ? f.afterSequenceId : seen)
+      }
+      // No filters: nothing to follow, so the stream ends at once.
+      return Stream.mergeAll(
+        Array.from(cursors, ([groupId, after]) => follow(c, groupTopic(groupId), after, toGroupEnvelope(groupId))),
+        { concurrency: "unbounded" }
+      )
+    })
+  ).pipe(Stream.withSpan("DeliveryService.subscribeGroupMessages", SPAN))

@@ -1,0 +1,125 @@
+/**
+ * A subscription to one topic of the store: it replays the topic after a cursor, then follows
+ * it live. The change subscription is opened before the first read, so every append committed
+ * after that read is announced to it. Once caught up, the entries a change carries (the
+ * writer's own commits) are handed on without reading the store when they follow the last
+ * delivered id without a gap; any other change, a gap, or too many waiting entries mean a read,
+ * as without them. No gap, no duplicate, strict order, also when other servers append.
+ */
+import { Chunk, Effect, Queue, Stream } from "effect"
+import type { DeliveryError } from "../domain/Errors.ts"
+import { ANY_TOPIC, type StoredEntry, type Topic, type TopicChange } from "../services/DeliveryStore.ts"
+import { pageMayContinue } from "./DeliveryRequests.ts"
+import type { StoreDeliveryContext } from "./StoreDeliveryContext.ts"
+
+/** Most payload bytes a subscription holds from announcements before it reads the store instead. */
+const MAX_ANNOUNCED_BYTES = 256 * 1024
+
+/** Where one subscription stands. */
+interface Following {
+  lastDelivered: bigint
+  /** Entries announced since the last pull, and whether something announced needs a read. */
+  announced: Array<StoredEntry>
+  announcedBytes: number
+  mustRead: boolean
+  /** Set once a read came back short: the topic holds nothing more until it changes. */
+  caughtUp: boolean
+}
+
+/** Notes a change; whether it may concern this topic beyond what was delivered. */
+const note = (s: Following, topic: Topic, pageSize: number, change: TopicChange): boolean => {
+  if (change.topic === ANY_TOPIC) {
+    s.mustRead = true
+    return true
+  }
+  if (change.topic !== topic || change.sequenceId <= s.lastDelivered) return false
+  // Another announcement of entries already given (Postgres: the NOTIFY after the
+  // writer's own announcement): covered, if they turn out to follow on without a gap.
+  const given = s.announced[s.announced.length - 1]
+  if (change.entries === undefined && given !== undefined && change.sequenceId <= given.sequenceId) return false
+  const bytes = change.entries?.reduce((n, e) => n + e.payload.length, 0) ?? 0
+  if (
+    change.entries === undefined || s.announced.length + change.entries.length > pageSize ||
+    s.announcedBytes + bytes > MAX_ANNOUNCED_BYTES
+  ) {
+    // Held back by size (or never given): the store has them.
+    s.announced = []
+    s.announcedBytes = 0
+    s.mustRead = true
+  } else {
+    s.announced.push(...change.entries)
+    s.announcedBytes += bytes
+  }
+  return true
+}
+
+/** The next items: the announced entries when they follow on without a gap, else a read of the store. */
+const pull = <E>(
+  c: StoreDeliveryContext,
+  s: Following,
+  topic: Topic,
+  awaitChange: Effect.Effect<void>,
+  toEnvelope: (e: StoredEntry) => E
+) =>
+  Effect.gen(function*() {
+    if (s.caughtUp) yield* awaitChange
+    const given = s.announced
+    const read = s.mustRead
+    s.announced = []
+    s.announcedBytes = 0
+    s.mustRead = false
+    if (s.caughtUp && !read && given.length > 0) {
+      const fresh = given.filter((e) => e.sequenceId > s.lastDelivered)
+      if (fresh.every((e, i) => e.sequenceId === s.lastDelivered + 1n + BigInt(i))) {
+        const last = fresh[fresh.length - 1]
+        if (last !== undefined) s.lastDelivered = last.sequenceId
+        return fresh.map((e) => toEnvelope({ ...e, payload: e.payload.slice() }))
+      }
+    }
+    const entries = yield* c.stored(c.store.read(topic, s.lastDelivered, c.pageSize))
+    s.caughtUp = !pageMayContinue(entries, c.pageSize, c.maxPayloadBytes)
+    // Strictly above the last delivered id, in order: a guard that costs nothing.
+    const fresh = entries.filter((e) => e.sequenceId > s.lastDelivered)
+    const last = fresh[fresh.length - 1]
+    if (last !== undefined) s.lastDelivered = last.sequenceId
+    return fresh.map(toEnvelope)
+  })
+
+/** Replays the topic after `after`, then follows it live. */
+export const follow = <E>(
+  c: StoreDeliveryContext,
+  topic: Topic,
+  after: bigint,
+  toEnvelope: (e: StoredEntry) => E
+): Stream.Stream<E, DeliveryError> =>
+  Stream.unwrapScoped(
+    Effect.gen(function*() {
+      const changes = yield* c.store.changes
+      const s: Following = { lastDelivered: after, announced: [], announcedBytes: 0, mustRead: false, caughtUp: false }
+      // Drain the change queue all the time into one flag (the latch) and a bounded buffer,
+      // so a subscriber that is slow to pull holds bounded memory here, however busy the
+      // other topics are.
+      const changed = yield* Effect.makeLatch(false)
+      yield* Queue.take(changes).pipe(
+        Effect.zip(Queue.takeAll(changes)),
+        Effect.flatMap(([first, rest]) => {
+          let concerned = note(s, topic, c.pageSize, first)
+          for (const change of rest) concerned = note(s, topic, c.pageSize, change) || concerned
+          return concerned ? changed.open : Effect.void
+        }),
+        Effect.forever,
+        Effect.forkScoped
+      )
+      /**
+       * Caught up: waits for a change of this topic (or the poll interval, a safety net),
+       * then closes the latch before the read, so a change during the read re-opens it.
+       */
+      const awaitChange = changed.await.pipe(
+        Effect.timeoutOption(c.pollMillis),
+        Effect.zipRight(changed.close)
+      )
+      return Stream.repeatEffectChunk(
+        Effect.map(pull(c, s, topic, awaitChange, toEnvelope), (items) => Chunk.unsafeFromArray(items))
+      )
+    })
+  )
