@@ -1,0 +1,111 @@
+/**
+ * The connection of the RPC delivery client: WebSocket by default (one multiplexed connection;
+ * the RPC client pings it every 10 s and reconnects with `reconnectSchedule` when it drops or
+ * goes silent), or HTTP ndjson (one POST per call, a long-lived response per stream) over
+ * kept-alive node:http connections.
+ */
+import { HttpClient, HttpClientRequest } from "@effect/platform"
+import { NodeHttpClient, NodeSocket } from "@effect/platform-node"
+import { RpcClient, type RpcMessage, RpcSerialization } from "@effect/rpc"
+import { Effect, Layer, Schedule, type Scope } from "effect"
+
+/** What the connection needs of `RpcDeliveryOptions`. */
+export interface RpcProtocolOptions {
+  readonly url: string
+  readonly transport?: "websocket" | "http"
+  readonly reconnectSchedule?: Schedule.Schedule<unknown, unknown>
+}
+
+const defaultReconnectSchedule: Schedule.Schedule<unknown, unknown> = Schedule.exponential("100 millis").pipe(
+  Schedule.either(Schedule.spaced("2 seconds"))
+)
+
+/** `http(s)://` -> `ws(s)://` and back; other URLs are left alone. */
+const withScheme = (url: string, secure: string, plain: string) =>
+  url.replace(/^(https?|wss?):\/\//, (_, scheme: string) => (scheme.endsWith("s") ? secure : plain) + "://")
+
+/**
+ * HTTP: a call whose response ends without its `Exit` (the server died mid-answer, a proxy
+ * cut it short, a non-RPC error page) would leave the caller waiting forever. This wraps the
+ * protocol so such a call ends as if the server had interrupted it, which the client turns
+ * into a retryable `Unavailable`.
+ *
+ * It also holds each call's `Exit` until its response has ended. The RPC client interrupts a
+ * call's request as soon as the `Exit` arrives, and that aborts the request while node:http
+ * still holds the socket, which destroys it: every call would then pay a new TCP connection
+ * (and the server a new socket) instead of reusing the kept-alive one.
+ */
+const guardHttpProtocol = (
+  inner: RpcClient.Protocol["Type"]
+): Effect.Effect<RpcClient.Protocol["Type"], never, Scope.Scope> =>
+  RpcClient.Protocol.make((writeResponse) => {
+    const inFlight = new Map<string, RpcMessage.FromServerEncoded | undefined>()
+    return inner.run((message) => {
+      if (message._tag === "Exit" && inFlight.has(message.requestId)) {
+        inFlight.set(message.requestId, message)
+        return Effect.void
+      }
+      return writeResponse(message)
+    }).pipe(
+      Effect.forkScoped,
+      Effect.as({
+        send: (request: RpcMessage.FromClientEncoded) =>
+          request._tag !== "Request"
+            ? inner.send(request)
+            : Effect.suspend(() => {
+              inFlight.set(request.id, undefined)
+              return inner.send(request).pipe(
+                Effect.exit,
+                Effect.flatMap((sent) => {
+                  // An answer that arrived counts, whatever happened to the connection after it.
+                  const exit = inFlight.get(request.id)
+                  if (exit !== undefined) return writeResponse(exit)
+                  if (sent._tag === "Failure") return sent
+                  return writeResponse({
+                    _tag: "Exit",
+                    requestId: request.id,
+                    exit: { _tag: "Failure", cause: { _tag: "Interrupt", fiberId: { _tag: "None" } } }
+                  })
+                }),
+                Effect.ensuring(Effect.sync(() => inFlight.delete(request.id)))
+              )
+            }),
+        supportsAck: inner.supportsAck,
+        supportsTransferables: inner.supportsTransferables
+      })
+    )
+  })
+
+/**
+ * node:http with connections kept alive between calls (a new `http.Agent` closes each one after
+ * its response). The agent retires an idle socket before the server's announced keep-alive
+ * timeout, so it does not send on one the server is closing.
+ */
+const httpClientLayer: Layer.Layer<HttpClient.HttpClient> = NodeHttpClient.layerWithoutAgent.pipe(
+  Layer.provide(NodeHttpClient.makeAgentLayer({ keepAlive: true }))
+)
+
+export const protocolLayer = (options: RpcProtocolOptions): Layer.Layer<RpcClient.Protocol> => {
+  if (options.transport === "http") {
+    return Layer.scoped(
+      RpcClient.Protocol,
+      Effect.gen(function*() {
+        const inner = yield* RpcClient.makeProtocolHttp(
+          HttpClient.filterStatusOk(yield* HttpClient.HttpClient).pipe(
+            HttpClient.mapRequest(HttpClientRequest.prependUrl(withScheme(options.url, "https", "http")))
+          )
+        )
+        return yield* guardHttpProtocol(inner)
+      })
+    ).pipe(
+      // node:http rather than undici: undici's 300 s body timeout would cut quiet subscriptions.
+      Layer.provide([httpClientLayer, RpcSerialization.layerNdjson])
+    )
+  }
+  return RpcClient.layerProtocolSocket({
+    retryTransientErrors: false,
+    retrySchedule: options.reconnectSchedule ?? defaultReconnectSchedule
+  }).pipe(
+    Layer.provide([NodeSocket.layerWebSocket(withScheme(options.url, "wss", "ws")), RpcSerialization.layerJson])
+  )
+}
