@@ -2,7 +2,7 @@
  * The state of one simulated run while it runs: the plan, the network and its clients, the
  * `World` the checks read, the counters the report's figures come from, and the recording of
  * verdicts into the trace. Every step of the run (`ClientActions`, `Installations`, `Recovery`,
- * `History`, `Quiescence`, `FinalChecks`) works on it.
+ * `PlanRunner`, `Quiescence`, `FinalChecks`) works on it.
  */
 import { type Duration, Effect } from "effect"
 import { defaultEngineOptions } from "../services/EngineContext.ts"

@@ -19,7 +19,7 @@ import { Cause, Effect, Logger, LogLevel } from "effect"
 import * as ClientActions from "./ClientActions.ts"
 import * as FaultOps from "./FaultOps.ts"
 import * as FinalChecks from "./FinalChecks.ts"
-import * as History from "./History.ts"
+import * as PlanRunner from "./PlanRunner.ts"
 import * as Installations from "./Installations.ts"
 import * as MessagingOps from "./MessagingOps.ts"
 import * as Quiescence from "./Quiescence.ts"
@@ -44,8 +44,8 @@ const program = (options: Options, recorder: Trace.TraceRecorder) =>
     const recovery = Recovery.make(s)
     const { clientOf, conversationOf, groupOrSkip } = actions
     const faults = FaultOps.make({ world: s.world, full: s.full, clientName: s.clientName, clientOf, groupOrSkip, conversationOf })
-    const steps: History.Steps = { actions, installations, recovery, faults, messagingLog }
-    yield* History.run(s, steps)
+    const steps: PlanRunner.Steps = { actions, installations, recovery, faults, messagingLog }
+    yield* PlanRunner.run(s, steps)
     const rounds = yield* Quiescence.run(s, steps)
     return yield* FinalChecks.run(s, recorder.trace, messagingLog, rounds)
   })
