@@ -22,6 +22,7 @@
 import { Rpc, RpcGroup } from "@effect/rpc"
 import { ParseResult, Schema } from "effect"
 
+import { Base64Bytes } from "./Base64.ts"
 import { DeliveryError, InvalidIdentityUpdate } from "./Errors.ts"
 import { GroupId, InboxId, InstallationId } from "./Ids.ts"
 import {
@@ -40,31 +41,7 @@ export const MAX_DECIMAL_DIGITS = 20
 export const MAX_ID_CHARS = 128
 /** Longest key, signature or hash string (hex or base64 of at most a P-521 key or signature). */
 export const MAX_KEY_CHARS = 512
-/** Largest byte field: above any request body a server accepts, so only the body limit binds. */
-export const MAX_BYTES_FIELD = 64 * 1024 * 1024
-
-const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/
-
-/**
- * Bytes as standard, padded base64, decoded and encoded by `Buffer` in native code. The
- * alphabet and length are checked first, since `Buffer` silently skips what it cannot read.
- */
-export const Base64Bytes: Schema.Schema<Uint8Array, string> = Schema.transformOrFail(
-  Schema.String.pipe(Schema.maxLength(Math.ceil(MAX_BYTES_FIELD / 3) * 4)),
-  Schema.Uint8ArrayFromSelf,
-  {
-    strict: true,
-    decode: (text, _, ast) => {
-      if (text.length % 4 !== 0 || !BASE64.test(text)) {
-        return ParseResult.fail(new ParseResult.Type(ast, `${text.slice(0, 16)}...`, "not padded base64"))
-      }
-      const buffer = Buffer.from(text, "base64")
-      return ParseResult.succeed(new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength))
-    },
-    encode: (bytes) =>
-      ParseResult.succeed(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64"))
-  }
-)
+export { Base64Bytes, MAX_BYTES_FIELD } from "./Base64.ts"
 
 const DECIMAL = new RegExp(`^-?[0-9]{1,${MAX_DECIMAL_DIGITS}}$`)
 

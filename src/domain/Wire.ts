@@ -5,9 +5,10 @@
  * strings) so a network layer can carry them as they are.
  */
 import { Schema } from "effect"
+import { Base64Bytes } from "./Base64.ts"
 import { ConversationId, GroupId, InboxId, InstallationId } from "./Ids.ts"
 
-const Bytes = Schema.Uint8ArrayFromBase64
+const Bytes = Base64Bytes
 /** A position on a topic. `0n` means "from the beginning". */
 export const Cursor = Schema.BigInt
 /** Nanoseconds since the Unix epoch, as stamped by the delivery service's clock. */

@@ -37,7 +37,7 @@ import type {
   Signature
 } from "ts-mls"
 import { CryptoError, DependencyError } from "ts-mls/mlsError.js"
-import { concat, fromHex, utf8 } from "../domain/Bytes.ts"
+import { concat, fromHex, toHex, utf8 } from "../domain/Bytes.ts"
 import { signEd25519, verifyEd25519 } from "../domain/Ed25519.ts"
 
 export const NATIVE_CIPHERSUITE = "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519" as const
@@ -156,8 +156,42 @@ const signature: Signature = pacedMethods({
 
 // ---- X25519 keys -----------------------------------------------------------------------------------
 
-const X25519_SPKI_PREFIX = fromHex("302a300506032b656e032100")
+/**
+ * X25519 keys go in and out of OpenSSL as JWK: its DER encoders and decoders cost 65-500 us a
+ * key (a PKCS#8 import is the slowest), JWK 1-40 us, and HPKE imports or exports a key or two per
+ * seal and open (a 100-member commit seals to every copath resolution).
+ */
+const base64url = (bytes: Uint8Array) => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString("base64url")
+const fromBase64url = (text: string | undefined): Uint8Array => {
+  const bytes = own(Buffer.from(text ?? "", "base64url"))
+  if (bytes.length !== 32) throw new CryptoError("OpenSSL exported an X25519 key that is not 32 bytes")
+  return bytes
+}
+
+/**
+ * A private key from its 32 raw bytes. Node takes an OKP private JWK from `d` alone (OpenSSL
+ * derives the public part) but insists that `x` be a string: it gets an empty one. Should a Node
+ * version check `x`, the import fails and DER is used instead (`privateImport` is decided once).
+ */
 const X25519_PKCS8_PREFIX = fromHex("302e020100300506032b656e04220420")
+
+const importPrivateJwk = (raw: Uint8Array) =>
+  createPrivateKey({ key: { kty: "OKP", crv: "X25519", d: base64url(raw), x: "" }, format: "jwk" })
+const importPrivateDer = (raw: Uint8Array) =>
+  createPrivateKey({ key: Buffer.concat([X25519_PKCS8_PREFIX, raw]), format: "der", type: "pkcs8" })
+
+/** The JWK import if it gives RFC 7748 section 6.1's key pair (Alice's) exactly, else DER. */
+const privateImport = ((): (raw: Uint8Array) => KeyObject => {
+  const secret = fromHex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
+  const expected = "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a"
+  try {
+    const exported = createPublicKey(importPrivateJwk(secret)).export({ format: "jwk" }).x
+    if (toHex(fromBase64url(exported)) === expected) return importPrivateJwk
+  } catch {
+    // Falls through to DER.
+  }
+  return importPrivateDer
+})()
 
 /** The HPKE key objects this provider hands ts-mls, which only passes them back to it. */
 interface X25519Public {
@@ -166,7 +200,7 @@ interface X25519Public {
   readonly key: KeyObject
 }
 
-const rawPublicOf = (key: KeyObject): Uint8Array => own(key.export({ format: "der", type: "spki" })).slice(-32)
+const rawPublicOf = (key: KeyObject): Uint8Array => fromBase64url(key.export({ format: "jwk" }).x)
 
 const publicFromKey = (key: KeyObject): X25519Public => ({ type: "public", raw: rawPublicOf(key), key })
 
@@ -184,21 +218,21 @@ class X25519Private {
 
 const x25519Public = (raw: Uint8Array): X25519Public => {
   if (raw.length !== 32) throw new CryptoError(`an X25519 public key is 32 bytes, not ${raw.length}`)
-  const key = createPublicKey({ key: Buffer.concat([X25519_SPKI_PREFIX, raw]), format: "der", type: "spki" })
+  const key = createPublicKey({ key: { kty: "OKP", crv: "X25519", x: base64url(raw) }, format: "jwk" })
   return { type: "public", raw: Uint8Array.from(raw), key }
 }
 
 const x25519Private = (raw: Uint8Array): X25519Private => {
   if (raw.length !== 32) throw new CryptoError(`an X25519 private key is 32 bytes, not ${raw.length}`)
-  const key = createPrivateKey({ key: Buffer.concat([X25519_PKCS8_PREFIX, raw]), format: "der", type: "pkcs8" })
-  return new X25519Private(Uint8Array.from(raw), key)
+  return new X25519Private(Uint8Array.from(raw), privateImport(raw))
 }
 
 const generateX25519 = () => {
   const pair = generateKeyPairSync("x25519")
-  const raw = own(pair.privateKey.export({ format: "der", type: "pkcs8" })).slice(-32)
-  const publicKey = publicFromKey(pair.publicKey)
-  return { privateKey: new X25519Private(raw, pair.privateKey, publicKey), publicKey }
+  // One export gives both halves.
+  const jwk = pair.privateKey.export({ format: "jwk" })
+  const publicKey: X25519Public = { type: "public", raw: fromBase64url(jwk.x), key: pair.publicKey }
+  return { privateKey: new X25519Private(fromBase64url(jwk.d), pair.privateKey, publicKey), publicKey }
 }
 
 const asPublic = (k: PublicKey): X25519Public => {

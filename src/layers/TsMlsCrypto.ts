@@ -47,6 +47,7 @@ import { verifyLeafNodeSignatureKeyPackage } from "ts-mls/leafNode.js"
 import { unprotectPrivateMessage } from "ts-mls/messageProtection.js"
 import * as MlsError from "ts-mls/mlsError.js"
 import { decodeKeyPackage } from "./TsMlsDecoders.ts"
+import { LruCache } from "../domain/Ed25519.ts"
 import * as StateCodec from "./TsMlsStateCodec.ts"
 import { bytesEqual, concat, fromHex, fromUtf8, toHex, utf8 } from "../domain/Bytes.ts"
 import { CryptoError, type CryptoErrorReason } from "../domain/Errors.ts"
@@ -497,12 +498,27 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       }
     )
 
+    /**
+     * Key packages that decoded and verified, by their bytes: an add reads the newcomer's twice
+     * (the caller's check, then the commit's derivation). Only the lifetime depends on the time.
+     */
+    const verifiedPackages = new LruCache<KeyPackage>(256)
+    const verifiedPackage = (bytes: Uint8Array) =>
+      Effect.gen(function*() {
+        const id = toHex(bytes)
+        const known = verifiedPackages.get(id)
+        if (known !== undefined) return known
+        const kp = yield* decodePublicPackage(bytes)
+        if (kp.cipherSuite !== cs.name) return yield* fail("Malformed", `key package uses ${kp.cipherSuite}`)
+        const signed = yield* tryMls("keyPackageInfo", async () =>
+          await verifyKeyPackage(kp, cs.signature) && await verifyLeafNodeSignatureKeyPackage(kp.leafNode, cs.signature))
+        if (!signed) return yield* fail("BadSignature", "key package signature does not verify")
+        verifiedPackages.set(id, kp)
+        return kp
+      })
+
     const keyPackageInfo: Service["keyPackageInfo"] = Effect.fn("MlsCrypto.keyPackageInfo")(function*(bytes) {
-      const kp = yield* decodePublicPackage(bytes)
-      if (kp.cipherSuite !== cs.name) return yield* fail("Malformed", `key package uses ${kp.cipherSuite}`)
-      const signed = yield* tryMls("keyPackageInfo", async () =>
-        await verifyKeyPackage(kp, cs.signature) && await verifyLeafNodeSignatureKeyPackage(kp.leafNode, cs.signature))
-      if (!signed) return yield* fail("BadSignature", "key package signature does not verify")
+      const kp = yield* verifiedPackage(bytes)
       if (!withinLifetime(kp)) return yield* fail("Unauthenticated", "key package is outside its lifetime")
       const identity = structuralIdentity(kp.leafNode.credential, kp.leafNode.signaturePublicKey)
       if (typeof identity === "string") return yield* fail("Unauthenticated", identity)

@@ -164,7 +164,13 @@ export const make = (ctx: EngineContext) => {
 
   const sendWelcomes = (groupId: GroupId, intent: StoredIntent) =>
     Effect.gen(function*() {
-      const group = yield* loadGroupRow(ctx, groupId)
+      // Only its DM id is needed: the summary, without the MLS state's bytes.
+      const group = yield* storage.groups.summary(groupId).pipe(
+        Effect.flatMap(Option.match({
+          onSome: Effect.succeed,
+          onNone: () => loadGroupRow(ctx, groupId)
+        }))
+      )
       const post = intent.postCommit
       if (post !== null && intent.sequenceId !== null) {
         const payload = new TextEncoder().encode(

@@ -186,7 +186,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
     processed: Pick<Extract<Processed, { kind: "commit" }>, "committer" | "state" | "metadataBefore" | "metadataAfter">
   ) =>
     Effect.gen(function*() {
-      const stored = (yield* leavingInboxes(ctx, groupId))
+      const stored = (yield* storedLeavers)
         .filter((inboxId) => !removedHere.has(inboxId) && !voidedHere.has(inboxId))
       // The leaver holds no removal intent for itself, yet it asked too: it judges like the others.
       const own = membership === "pendingRemove" ? [identity.inboxId] : []
@@ -201,6 +201,18 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
         settingsAfter: processed.metadataAfter
       })
     })
+
+  /**
+   * The leave requests this installation holds (its pending removals for them), read once a page:
+   * the page's writes wait for its commit, so they are the same for every commit of the page, and
+   * each read decodes every pending intent (an own commit's staged state among them).
+   */
+  let leavers: ReadonlyArray<InboxId> | undefined
+  const storedLeavers = Effect.suspend(() =>
+    leavers !== undefined ? Effect.succeed(leavers) : Effect.tap(leavingInboxes(ctx, groupId), (read) => {
+      leavers = read
+    })
+  )
 
   const adopt = (next: MlsGroupState, changes: CommitChanges, committer: LeafMember, envelope: GroupMessageEnvelope) => {
     recordTranscript(changes.transcript, committer, envelope)
@@ -225,7 +237,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
   /** After a commit: voids the leave requests it made impossible (ours included: we are active again). */
   const voidBlockedLeaves = Effect.gen(function*() {
     if (membership === "inactive") return
-    const stored = yield* leavingInboxes(ctx, groupId)
+    const stored = yield* storedLeavers
     const own = membership === "pendingRemove" ? [identity.inboxId] : []
     for (const inboxId of new Set([...leaving, ...stored, ...own])) {
       if (removedHere.has(inboxId) || voidedHere.has(inboxId) || !blockedLeaver(inboxId)) continue
