@@ -43,8 +43,8 @@ export interface Sent {
   /** The group's row and state as the publisher left them (stored), if it read them under this lock. */
   readonly held?: Held
   /**
-   * The intents behind `payloads` as the publisher stored them under this lock, where it knows
-   * them whole (application messages): reading the page back needs no query for them.
+   * The intents behind `payloads` as stored, where the publisher holds their rows whole (read or
+   * just written ahead under this lock): reading a page of only these back asks for none of them.
    */
   readonly intents?: ReadonlyArray<StoredIntent>
 }
