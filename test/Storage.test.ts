@@ -194,6 +194,37 @@ describe("Storage", () => {
       expect(yield* storage.intents.getMany([])).toEqual([])
     }).pipe(Effect.provide(SqliteStorage.layer.pipe(Layer.provideMerge(SqliteClient.layer({ filename: ":memory:" }))))))
 
+  it.effect("what waits for a publish is listed by id, oldest first, and its states read back without the rows", () =>
+    Effect.gen(function*() {
+      const storage = yield* Storage
+      yield* storage.groups.insert(group())
+      const ids = yield* Effect.forEach([1n, 2n, 3n, 4n], (createdAtNs) =>
+        storage.intents.insert({ groupId, data: AddMembersData.make({ inboxIds: [inbox] }), createdAtNs }))
+      yield* storage.intents.markProcessed(ids[1]!)
+      yield* storage.intents.markError(ids[3]!, "gone")
+      expect(yield* storage.intents.idsByGroup(groupId, ["ToPublish", "Published", "Committed"])).toEqual([ids[0]!, ids[2]!])
+      expect(yield* storage.intents.idsByGroup(groupId, ["Processed", "Error"])).toEqual([ids[1]!, ids[3]!])
+      const states = yield* storage.intents.statesOf([ids[3]!, 999, ids[0]!, ids[1]!])
+      expect(states).toEqual(new Map([[ids[3]!, "Error"], [ids[0]!, "ToPublish"], [ids[1]!, "Processed"]]))
+      expect(yield* storage.intents.statesOf([])).toEqual(new Map())
+    }).pipe(Effect.provide(memoryStore)))
+
+  it.effect("a queued message moves its group up the list as it is stored; a received one does not by itself", () =>
+    Effect.gen(function*() {
+      const storage = yield* Storage
+      yield* storage.groups.insert(group())
+      const lastMessage = Effect.map(storage.groups.get(groupId), (g) => Option.getOrThrow(g).lastMessageNs)
+      const before = yield* lastMessage
+      yield* storage.messages.insert(message("1", before + 10n))
+      expect(yield* lastMessage).toBe(before + 10n)
+      // An older queued message leaves it where it is.
+      yield* storage.messages.insert(message("2", before + 5n))
+      expect(yield* lastMessage).toBe(before + 10n)
+      // A received page's rows are published: the page touches the group itself.
+      yield* storage.messages.insertMany([{ ...message("3", before + 20n), deliveryStatus: "published", sequenceId: 3n }])
+      expect(yield* lastMessage).toBe(before + 10n)
+    }).pipe(Effect.provide(memoryStore)))
+
   it.effect("a batch of application messages is written ahead in one call; an intent no longer queued is left as it is", () =>
     Effect.gen(function*() {
       const storage = yield* Storage

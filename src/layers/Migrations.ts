@@ -211,13 +211,28 @@ const groupRosters = Effect.gen(function*() {
   )`
 })
 
+/**
+ * A message queued to send (stored `unpublished`, only ever by its own sender) moves its group up
+ * the conversation list as it is stored: an optimistic send is one statement fewer.
+ */
+const optimisticSendTouchTrigger = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`CREATE TRIGGER converge_messages_queued_touch AFTER INSERT ON converge_messages
+    WHEN new.delivery_status = 'unpublished'
+    BEGIN
+      UPDATE converge_groups SET last_message_ns = new.sent_at_ns
+      WHERE id = new.group_id AND last_message_ns < new.sent_at_ns;
+    END`
+})
+
 export const loader = Migrator.fromRecord({
   "0001_create_tables": createTables,
   "0002_group_quarantine": addGroupQuarantine,
   "0003_metadata_change_messages": allowMetadataChangeMessages,
   "0004_messaging_direct_content_deletion": addMessagingColumns,
   "0005_history_consent": historyConsentTables,
-  "0006_memory_restart_group_rosters": groupRosters
+  "0006_memory_restart_group_rosters": groupRosters,
+  "0007_optimistic_send_touch_trigger": optimisticSendTouchTrigger
 })
 
 /** Runs pending migrations; a no-op on a database that is up to date. */

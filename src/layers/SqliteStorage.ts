@@ -142,6 +142,8 @@ const intentRowWith = <S extends SealedColumn>(sealed: S) => Schema.Struct({
   createdAtNs: column(Big, "created_at_ns")
 })
 const IntentRow = intentRowWith(Sealed)
+/** An intent's id and state alone: how far it got, without decoding its data. */
+const IntentStateRow = Schema.Struct({ id: Int, state: IntentState })
 /** Built once: a schema made per call builds its encoder anew each time (every published intent). */
 const encodePostCommit = Schema.encode(Schema.NullOr(PostCommitDataJson))
 /** Built once: every queued intent is encoded with it. */
@@ -274,6 +276,7 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
     decodeSummariesAll(rows).pipe(Effect.catchAll(() => decodeSummariesEach(rows)))
   const decodeMessages = decodeEach(MessageRow, "converge_messages", quarantine.messages)
   const decodeIntents = decodeEach(intentRowWith(sealedWithKey), "converge_intents", quarantine.intents)
+  const decodeIntentStates = decodeEach(IntentStateRow, "converge_intents", quarantine.intents)
 
   const groups: Storage["Type"]["groups"] = {
     insert: (group) =>
@@ -356,12 +359,9 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
     insert: (message) =>
       run(
         "messages.insert",
-        Schema.encode(MessageRow)(message).pipe(
-          Effect.flatMap((row) =>
-            sql`INSERT INTO converge_messages ${sql.insert(row as never)} ON CONFLICT (id) DO NOTHING RETURNING id`
-          ),
-          Effect.map((rows) => rows.length > 0)
-        )
+        // Written out as `insertMany` writes a page's rows: every optimistic send stores one.
+        sql`INSERT INTO converge_messages ${sql.insert(messageColumns(message) as never)} ON CONFLICT (id) DO NOTHING
+            RETURNING id`.pipe(Effect.map((rows) => rows.length > 0))
       ),
     insertMany: (messages) =>
       run(
@@ -536,6 +536,24 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
         sql`SELECT * FROM converge_intents WHERE group_id = ${groupId} AND state IN ${inStates(states)} ORDER BY id`.pipe(
           Effect.flatMap(decodeIntents)
         )
+      ),
+    idsByGroup: (groupId, states) =>
+      run(
+        "intents.idsByGroup",
+        sql<{ id: bigint | number }>`SELECT id FROM converge_intents WHERE group_id = ${groupId} AND state IN ${inStates(states)}
+            ORDER BY id`.pipe(Effect.map((rows) => rows.map((row) => Number(row.id))))
+      ),
+    statesOf: (ids) =>
+      run(
+        "intents.statesOf",
+        Effect.gen(function*() {
+          const states = new Map<number, IntentState>()
+          for (const chunk of chunksOf(ids, 100)) {
+            const rows = yield* sql`SELECT id, state FROM converge_intents WHERE ${sql.in("id", chunk)}`
+            for (const row of yield* decodeIntentStates(rows)) states.set(row.id, row.state)
+          }
+          return states
+        })
       ),
     byState: (states) =>
       run(

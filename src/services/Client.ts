@@ -429,7 +429,8 @@ export const make = (options: ClientOptions = {}) =>
           contentBytes: extras.content?.bytes ?? null
         })
         const data = makeSendMessageData({ messageId, nonce, text, ...extras })
-        const storeMessage = Effect.zipRight(storage.messages.insert(row), storage.groups.touch(group.id, now))
+        // Stored `unpublished`, it moves the group up the list as it is inserted (a trigger: one statement).
+        const storeMessage = Effect.asVoid(storage.messages.insert(row))
         const writtenAhead = options.writtenAhead === true
           ? yield* publisher.queueWrittenAhead(group.id, data, now, storeMessage)
           : undefined
@@ -588,16 +589,15 @@ export const make = (options: ClientOptions = {}) =>
         }, annotated),
         publishPending: forEachGroup((group) =>
           Effect.gen(function*() {
-            const pending = yield* storage.intents.byGroup(group.id, ["ToPublish", "Published", "Committed"])
-            let ids = pending.map((intent) => intent.id)
+            let ids = yield* storage.intents.idsByGroup(group.id, ["ToPublish", "Published", "Committed"])
             while (ids.length > 0) {
-              // One round usually settles every queued message: read them back in one go and
-              // resolve the first one still open (an unreadable row too: resolving it says so).
-              const now = new Map((yield* storage.intents.getMany(ids)).map((intent) => [intent.id, intent.state]))
-              const open = ids.findIndex((id) => now.get(id) !== "Processed")
-              if (open < 0) break
-              yield* publisher.resolve(group.id, ids[open]!)
-              ids = ids.slice(open + 1)
+              yield* publisher.resolve(group.id, ids[0]!)
+              // One round usually settles every queued message: read their states back in one go
+              // and go on from the first one still open (an unreadable row too: resolving it says so).
+              const rest = ids.slice(1)
+              const now = yield* storage.intents.statesOf(rest)
+              const open = rest.findIndex((id) => now.get(id) !== "Processed")
+              ids = open < 0 ? [] : rest.slice(open)
             }
           })
         ).pipe(Effect.asVoid, Effect.tap(wakeSweeper), span("publishPending")),

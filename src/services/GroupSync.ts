@@ -42,6 +42,11 @@ export interface Sent {
   readonly answer: ReadonlyArray<GroupMessageEnvelope>
   /** The group's row and state as the publisher left them (stored), if it read them under this lock. */
   readonly held?: Held
+  /**
+   * The intents behind `payloads` as stored, where the publisher holds their rows whole (read or
+   * just written ahead under this lock): reading a page of only these back asks for none of them.
+   */
+  readonly intents?: ReadonlyArray<StoredIntent>
 }
 
 /** A group's row and its state as stored, read under the group lock that is still held. */
@@ -68,12 +73,18 @@ export const make = (ctx: EngineContext) => {
    * Applies the topic's entries after `cursor` as one page, in one transaction. Under the group
    * lock; `held`: the row and state as stored, when the caller has just read them under it.
    */
-  const applyPage = (groupId: GroupId, cursor: bigint, items: ReadonlyArray<GroupMessageEnvelope>, held?: Held) =>
+  const applyPage = (
+    groupId: GroupId,
+    cursor: bigint,
+    items: ReadonlyArray<GroupMessageEnvelope>,
+    held?: Held,
+    known?: ReadonlyArray<StoredIntent>
+  ) =>
     Effect.gen(function*() {
       const group = held?.group ?? (yield* loadGroupRow(ctx, groupId))
       const state = held?.state ?? (yield* ctx.loadState(group))
       const applier = PageApplier.start(ctx, group, state, cursor, yield* Clock.currentTimeNanos)
-      yield* applier.prefetch(items)
+      yield* applier.prefetch(items, known)
       yield* applier.applyAll(items)
       const inserted = yield* applier.commit(items[items.length - 1]!.sequenceId)
       yield* PubSub.publishAll(ctx.stored, inserted)
@@ -138,7 +149,7 @@ export const make = (ctx: EngineContext) => {
     for (let i = 0; i < sent.answer.length; i += ctx.options.pageSize) {
       // A page may change the state: only the first starts from what the publisher held.
       const held = i === 0 ? sent.held : undefined
-      const page = yield* applyPage(groupId, cursor + BigInt(i), sent.answer.slice(i, i + ctx.options.pageSize), held)
+      const page = yield* applyPage(groupId, cursor + BigInt(i), sent.answer.slice(i, i + ctx.options.pageSize), held, sent.intents)
       total = PageApplier.addOutcomes(total, page.outcome)
       membership = page.membership
     }

@@ -466,13 +466,24 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
     return hash
   }
 
-  /** Reads, in one query, the own intents any envelope of the page may be. */
-  const prefetch = (envelopes: ReadonlyArray<GroupMessageEnvelope>) =>
-    storage.intents.byPayloadHashes(envelopes.map(hashOf)).pipe(
+  /**
+   * Reads, in one query, the own intents any envelope of the page may be; none when `known` (the
+   * intents the caller just stored, under the group lock still held) has one for every envelope.
+   */
+  const prefetch = (envelopes: ReadonlyArray<GroupMessageEnvelope>, known?: ReadonlyArray<StoredIntent>) => {
+    const byHash = (intents: ReadonlyArray<StoredIntent>) =>
+      new Map(intents.flatMap((i) => (i.payloadHash === null ? [] : [[i.payloadHash, i] as const])))
+    const kept = known === undefined ? undefined : byHash(known)
+    if (kept !== undefined && envelopes.every((envelope) => kept.has(hashOf(envelope)))) {
+      published = kept
+      return Effect.void
+    }
+    return storage.intents.byPayloadHashes(envelopes.map(hashOf)).pipe(
       Effect.map((intents) => {
-        published = new Map(intents.flatMap((i) => (i.payloadHash === null ? [] : [[i.payloadHash, i] as const])))
+        published = byHash(intents)
       })
     )
+  }
 
   /** The own intent that published this payload, if any. */
   const ownIntentOf = (envelope: GroupMessageEnvelope) =>
@@ -589,12 +600,43 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       }
     })
 
+  /**
+   * Our own application message (what a publish reads back), decided as `apply` decides it (the
+   * same table, the header it was written with): its intent if it is `OwnMessage`, else undefined.
+   */
+  const ownApplication = (envelope: GroupMessageEnvelope, before: GroupSnapshot): StoredIntent | undefined => {
+    if (envelope.sequenceId <= cursor || before.membership === "inactive") return undefined
+    const mine = Option.getOrUndefined(ownHeaderOf(envelope))
+    if (mine === undefined || mine.header.kind !== "application") return undefined
+    const { own } = mine
+    const decision = classifyEnvelope({
+      sequenceId: envelope.sequenceId,
+      cursor,
+      header: Option.some(mine.header),
+      ownIntent: Option.some({ id: own.id, kind: own.kind, state: own.state, hasStagedState: own.stagedState !== null }),
+      handledIntents,
+      group: before,
+      maxPastEpochs: ctx.options.maxPastEpochs
+    })
+    return decision._tag === "OwnMessage" ? own : undefined
+  }
+
   /** Applies a page's envelopes in order: runs of someone's application messages together, the rest one by one. */
   const applyAll = (envelopes: ReadonlyArray<GroupMessageEnvelope>) =>
     Effect.gen(function*() {
       let before = snapshot()
       let run: Array<PlainApplication> = []
       for (const envelope of envelopes) {
+        // Our own message changes neither state nor members: `apply`'s steps, without an effect each.
+        const own = ownApplication(envelope, before)
+        if (own !== undefined) {
+          if (run.length > 0) yield* applyApplications(run, before)
+          run = []
+          outcome = { ...outcome, received: outcome.received + 1 }
+          handledIntents.add(own.id)
+          ownMessage(own, envelope)
+          continue
+        }
         const epoch = plainApplication(envelope, before)
         if (epoch !== undefined) {
           run.push({ envelope, epoch })

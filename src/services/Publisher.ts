@@ -343,8 +343,16 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
   const publishPending = Effect.fn("Publisher.publishPending")(function*(groupId: GroupId) {
     const group = yield* loadGroupRow(ctx, groupId)
     const pending = yield* storage.intents.byGroup(groupId, ["Published", "ToPublish"])
-    /** Every payload sent, in order, and the service's answers: how the round reads them back. */
-    const sent = { payloads: [] as Array<Uint8Array>, answer: [] as Array<GroupMessageEnvelope> }
+    /**
+     * Every payload sent, in order, and the service's answers: how the round reads them back. With
+     * them, the application messages' intents as stored by the write-ahead, so reading them back
+     * asks for none of them again.
+     */
+    const sent = {
+      payloads: [] as Array<Uint8Array>,
+      answer: [] as Array<GroupMessageEnvelope>,
+      intents: [] as Array<StoredIntent>
+    }
     if (pending.length === 0) return sent
     if (group.membershipState === "inactive") {
       yield* storage.transaction(failPendingIntents(ctx, groupId))
@@ -401,6 +409,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       if (intent.state === "Published") {
         if (intent.publishedEpoch === epoch && intent.payload !== null) {
           batch.push(intent.payload)
+          sent.intents.push(intent)
           if (commit) {
             yield* flush
             return done()
@@ -431,6 +440,17 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       const payloadHash = sha256Hex(derived.payload)
       if (derived.staged === undefined && derived.postCommit === undefined) {
         marks.push({ id: intent.id, payloadHash, payload: derived.payload, publishedEpoch: epoch })
+        // The row as `markPublishedMany` leaves it (it was ToPublish, read under this lock).
+        sent.intents.push({
+          ...intent,
+          state: "Published",
+          payloadHash,
+          payload: derived.payload,
+          publishedEpoch: epoch,
+          stagedState: null,
+          postCommit: null,
+          attempts: intent.attempts + 1
+        })
       } else {
         writeAhead.push(storage.intents.markPublished(intent.id, {
           payloadHash,

@@ -118,6 +118,13 @@ export interface IntentRepository {
   /** `get` for many intents, one statement per hundred; an id without a readable row is left out. */
   readonly getMany: (ids: ReadonlyArray<number>) => Io<ReadonlyArray<StoredIntent>>
   readonly byGroup: (groupId: GroupId, states: ReadonlyArray<IntentState>) => Io<ReadonlyArray<StoredIntent>>
+  /**
+   * `byGroup`'s ids, oldest first, without reading the rows: what waits for a publish (a batch of
+   * optimistic messages is read back whole by the publisher anyway).
+   */
+  readonly idsByGroup: (groupId: GroupId, states: ReadonlyArray<IntentState>) => Io<ReadonlyArray<number>>
+  /** The states of these intents, one statement per hundred; an id without a row is left out. */
+  readonly statesOf: (ids: ReadonlyArray<number>) => Io<ReadonlyMap<number, IntentState>>
   readonly byState: (states: ReadonlyArray<IntentState>) => Io<ReadonlyArray<StoredIntent>>
   readonly byPayloadHash: (hash: string) => Io<Option.Option<StoredIntent>>
   /** The intents published with any of these payload hashes: one query for a whole page. */
