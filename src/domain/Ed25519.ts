@@ -80,6 +80,19 @@ export const signEd25519 = (signKey: Uint8Array, message: Uint8Array): Uint8Arra
 export const verifyEd25519 = (publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): boolean =>
   verify(null, message, publicKeyObject(publicKey), signature)
 
+/**
+ * The same check on libuv's thread pool (OpenSSL, off the main thread). Never rejects: a key that is
+ * not 32 bytes, or any failure, answers `false`.
+ */
+export const verifyEd25519Async = (publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): Promise<boolean> =>
+  new Promise((resolve) => {
+    try {
+      verify(null, message, publicKeyObject(publicKey), signature, (error, valid) => resolve(error === null && valid))
+    } catch {
+      resolve(false)
+    }
+  })
+
 // ---- strict encodings ------------------------------------------------------------------------
 
 /** The low 255 bits (y) of the encodings of the eight points of order dividing 8. */

@@ -66,6 +66,7 @@ import {
   type Processed,
   type ProcessedApplication
 } from "../services/MlsCrypto.ts"
+import { deferSignatures } from "./DeferredSignatures.ts"
 import { nodeCryptoProvider } from "./NodeCiphersuite.ts"
 import * as Rules from "./TsMlsCommitRules.ts"
 import { installRejectionGuard } from "./TsMlsRejectionGuard.ts"
@@ -736,7 +737,7 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
      * 1.6.4's result drops (notes §2). `unprotectPrivateMessage` decrypts the sender data, checks
      * the leaf is non-blank, decrypts the content and verifies its signature against that leaf.
      */
-    const processApplication = async (client: ClientState, pm: PrivateMessage) => {
+    const processApplication = async (client: ClientState, pm: PrivateMessage, suite: CiphersuiteImpl) => {
       const past = pm.epoch < client.groupContext.epoch ? client.historicalReceiverData.get(pm.epoch) : undefined
       if (pm.epoch < client.groupContext.epoch && past === undefined) {
         throw new MlsError.ValidationError("Cannot process message, epoch too old")
@@ -754,7 +755,7 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
         keys.ratchetTree,
         keys.groupContext,
         client.clientConfig.keyRetentionConfig,
-        cs
+        suite
       )
       const content = result.content.content
       if (content.contentType !== "application" || content.sender.senderType !== "member") {
@@ -804,8 +805,13 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
     }
 
     /** A screened private application message, decrypted and verified: the result `process` gives. */
-    const applicationResult = async (client: ClientState, pm: PrivateMessage, epoch: bigint) => {
-      const app = await processApplication(client, pm)
+    const applicationResult = async (
+      client: ClientState,
+      pm: PrivateMessage,
+      epoch: bigint,
+      suite: CiphersuiteImpl = cs
+    ) => {
+      const app = await processApplication(client, pm, suite)
       const sender = senderAt(app.tree, app.leafIndex)
       if (sender === undefined) return new CryptoError({ reason: "Internal", detail: "cannot resolve the sender leaf" })
       return {
@@ -823,31 +829,43 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
     }
 
     /**
-     * One promise for a page's run: per message the same screen and steps as `process`, each
-     * from the state the previous success left; a refused message leaves the state as it was.
+     * A page's run: per message the same screen and steps as `process`, each from the state the
+     * previous success left; a refused message leaves the state as it was. With more than one
+     * message the signatures are checked on the thread pool meanwhile (DeferredSignatures); if any
+     * fails, the run is redone with the real checks, so the answer is always the sequential one.
      */
     const processApplications: Service["processApplications"] = (state, messages) =>
       Effect.promise(async () => {
-        const results: Array<Either.Either<ProcessedApplication, CryptoError>> = []
-        let current = state
-        for (const bytes of messages) {
-          const client = unwrap(current)
-          const screened = screen(client, bytes)
-          if (screened instanceof CryptoError) {
-            results.push(Either.left(screened))
-            continue
-          }
-          const { header, message } = screened
-          if (header.kind !== "application" || message.wireformat !== "mls_private_message") {
-            results.push(Either.left(new CryptoError({ reason: "Malformed", detail: "not an application message" })))
-            continue
-          }
-          const app = await applicationResult(client, message.privateMessage, header.epoch).catch(toCryptoError("process"))
-          if (!(app instanceof CryptoError)) current = app.state
-          results.push(app instanceof CryptoError ? Either.left(app) : Either.right(app))
+        const deferred = messages.length > 1 ? deferSignatures(cs) : undefined
+        if (deferred !== undefined) {
+          const provisional = await applicationsRun(deferred.ciphersuite, state, messages)
+          if (await deferred.allValid()) return provisional
         }
-        return { results, state: current }
+        return applicationsRun(cs, state, messages)
       }).pipe(Effect.withSpan("MlsCrypto.processApplications", { attributes: { messages: messages.length } }))
+
+    const applicationsRun = async (suite: CiphersuiteImpl, state: MlsGroupState, messages: ReadonlyArray<Uint8Array>) => {
+      const results: Array<Either.Either<ProcessedApplication, CryptoError>> = []
+      let current = state
+      for (const bytes of messages) {
+        const client = unwrap(current)
+        const screened = screen(client, bytes)
+        if (screened instanceof CryptoError) {
+          results.push(Either.left(screened))
+          continue
+        }
+        const { header, message } = screened
+        if (header.kind !== "application" || message.wireformat !== "mls_private_message") {
+          results.push(Either.left(new CryptoError({ reason: "Malformed", detail: "not an application message" })))
+          continue
+        }
+        const app = await applicationResult(client, message.privateMessage, header.epoch, suite)
+          .catch(toCryptoError("process"))
+        if (!(app instanceof CryptoError)) current = app.state
+        results.push(app instanceof CryptoError ? Either.left(app) : Either.right(app))
+      }
+      return { results, state: current }
+    }
 
     const process: Service["process"] = Effect.fn("MlsCrypto.process")(function*(state, bytes) {
       const client = unwrap(state)
