@@ -27,7 +27,7 @@ const makeGroupMessageInput = validatedMaker(GroupMessageInput)
  * them, the application messages' intents as stored by the write-ahead, so reading them back
  * asks for none of them again.
  */
-interface SentSoFar {
+export interface SentSoFar {
   readonly payloads: Array<Uint8Array>
   readonly answer: Array<GroupMessageEnvelope>
   readonly intents: Array<StoredIntent>
