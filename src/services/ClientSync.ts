@@ -10,6 +10,7 @@ import { type Message, SyncSummary } from "../domain/Model.ts"
 import type { StoredMessage } from "../domain/Stored.ts"
 import { groupTopic, welcomeTopic } from "../domain/Topics.ts"
 import type { ClientContext } from "./ClientContext.ts"
+import type { EngineContext } from "./EngineContext.ts"
 import { toMessage } from "./ClientMessages.ts"
 import type { SyncError } from "./Conversation.ts"
 import type * as GroupSync from "./GroupSync.ts"
@@ -36,18 +37,19 @@ export const syncGroupWith = ({ publisher, wakeSweeper }: ClientContext) => (gro
     Effect.tap(wakeSweeper)
   )
 
-export const make = (ctx: ClientContext, history: ReturnType<typeof HistorySync.make>) => {
-  const { consent, deviceSync, env, publisher, sync, welcomes } = ctx
-  const { ds, identity, storage, stored } = env
-  const syncGroup = syncGroupWith(ctx)
-
-  /** Whether our own inbox's log no longer lists this installation (it was revoked). */
-  const revokedItself = identity.inboxState(identity.inboxId).pipe(
+/** Whether our own inbox's log no longer lists this installation (it was revoked). */
+const revokedItself = ({ identity }: EngineContext) =>
+  identity.inboxState(identity.inboxId).pipe(
     Effect.map((state) => !HashMap.has(state.installations, identity.installationId)),
     Effect.orElseSucceed(() => false)
   )
 
-  const syncAll = Effect.gen(function*() {
+/** Welcomes first, then every active group that has news or pending intents. */
+const syncAllOf = (ctx: ClientContext, history: ReturnType<typeof HistorySync.make>) =>
+  Effect.gen(function*() {
+    const { consent, deviceSync, env, publisher, sync, welcomes } = ctx
+    const { storage } = env
+    const syncGroup = syncGroupWith(ctx)
     // A revoked installation is refused its welcomes, but may still read its groups' topics:
     // it syncs them, reads its removal and goes inactive there.
     let refused = false
@@ -93,7 +95,7 @@ export const make = (ctx: ClientContext, history: ReturnType<typeof HistorySync.
     }
     // Revoked (the identity log says so, not only the service): this installation is done.
     // What was there to read has been read above; it takes part in no group any more.
-    if (refused && (yield* revokedItself)) {
+    if (refused && (yield* revokedItself(env))) {
       for (const group of active) {
         yield* storage.transaction(Effect.gen(function*() {
           yield* storage.groups.setMembership(group.id, "inactive")
@@ -111,11 +113,15 @@ export const make = (ctx: ClientContext, history: ReturnType<typeof HistorySync.
     return SyncSummary.combine(summary, SyncSummary.make({ ...SyncSummary.empty, historyImported }))
   }).pipe(Effect.withSpan("Client.syncAll"))
 
-  /**
-   * Keeps the local store current from the delivery service's pushes: every group topic and
-   * the welcome topic, resubscribing (from the stored cursors) whenever a group is joined.
-   */
-  const followNetwork = Effect.gen(function*() {
+/**
+ * Keeps the local store current from the delivery service's pushes: every group topic and
+ * the welcome topic, resubscribing (from the stored cursors) whenever a group is joined.
+ */
+const followNetwork = (ctx: ClientContext, syncAll: Effect.Effect<SyncSummary, SyncError>) =>
+  Effect.gen(function*() {
+    const { consent, env, welcomes } = ctx
+    const { ds, identity, storage } = env
+    const syncGroup = syncGroupWith(ctx)
     yield* syncAll
     const active = yield* storage.groups.list({ includeInactive: false })
     const filters = yield* Effect.forEach(active, (g) =>
@@ -146,22 +152,26 @@ export const make = (ctx: ClientContext, history: ReturnType<typeof HistorySync.
     Effect.forever
   )
 
+/** Whether a stored message is streamed: not an own-devices payload, not in a denied conversation. */
+const streamedIn = ({ consent, env: { storage } }: ClientContext) => (row: StoredMessage) =>
+  Effect.gen(function*() {
+    const group = yield* storage.groups.get(row.groupId)
+    if (Option.isSome(group) && group.value.name === OWN_DEVICES_GROUP_NAME) return false
+    return (yield* consent.stateOf({ conversationId: row.conversationId })) !== "denied"
+  }).pipe(Effect.orElseSucceed(() => true))
+
+export const make = (ctx: ClientContext, history: ReturnType<typeof HistorySync.make>) => {
+  const { stored } = ctx.env
+  const syncAll = syncAllOf(ctx, history)
+
   const streamMessages: Stream.Stream<Message, SyncError> = Stream.unwrapScoped(
     Effect.gen(function*() {
       // Subscribe before following the network, so nothing stored in between is missed.
       const subscription = yield* PubSub.subscribe(stored)
-      yield* Effect.forkScoped(followNetwork)
-      return Stream.fromQueue(subscription).pipe(Stream.filterEffect(streamed), Stream.map(toMessage))
+      yield* Effect.forkScoped(followNetwork(ctx, syncAll))
+      return Stream.fromQueue(subscription).pipe(Stream.filterEffect(streamedIn(ctx)), Stream.map(toMessage))
     })
   ).pipe(Stream.withSpan("Client.streamMessages"))
-
-  /** Whether a stored message is streamed: not an own-devices payload, not in a denied conversation. */
-  const streamed = (row: StoredMessage) =>
-    Effect.gen(function*() {
-      const group = yield* storage.groups.get(row.groupId)
-      if (Option.isSome(group) && group.value.name === OWN_DEVICES_GROUP_NAME) return false
-      return (yield* consent.stateOf({ conversationId: row.conversationId })) !== "denied"
-    }).pipe(Effect.orElseSucceed(() => true))
 
   return { syncAll, streamMessages }
 }
