@@ -26,55 +26,65 @@ export interface CreateGroupOptions {
   readonly permissions?: PolicyPreset | PermissionPolicies
 }
 
+/** Creates an MLS group with this installation as its only member, then adds `members`. */
+const newGroupIn = (
+  { ctx, intents }: HandleParts,
+  handleOf: ReturnType<typeof ConversationHandle.make>["handleOf"],
+  members: ReadonlyArray<InboxId>,
+  meta: { readonly metadata: GroupMetadata } | { readonly dmId: ConversationId }
+) =>
+  Effect.gen(function*() {
+    const { publisher, self } = ctx
+    const { crypto, identity, storage } = ctx.env
+    const engineOptions = ctx.env.options
+    const groupId = toHex(randomBytes(16)) as GroupId
+    const keyPackage = yield* crypto.generateKeyPackage(
+      { inboxId: self, installationId: identity.installationId },
+      identity.signatureKeys,
+      { protocolVersion: engineOptions.protocolVersion }
+    )
+    const metadata = "metadata" in meta ? meta.metadata : GroupMetadata.none
+    const dmId = "dmId" in meta ? meta.dmId : undefined
+    // In the group context, so every member reads the same, as the creator signed it. A DM has none.
+    const state = yield* crypto.createGroup(groupId, keyPackage, dmId === undefined ? encodeSettings(metadata) : undefined)
+    const now = yield* Clock.currentTimeNanos
+    const row = StoredGroup.make({
+      id: groupId,
+      kind: dmId === undefined ? "group" : "dm",
+      dmId: dmId ?? null,
+      membershipState: "active",
+      epoch: crypto.view(state).epoch,
+      mlsState: crypto.serialize(state),
+      maybeForked: false,
+      forkDetails: null,
+      quarantine: null,
+      name: metadata.name,
+      description: metadata.description,
+      addedByInboxId: self,
+      createdAtNs: now,
+      lastMessageNs: now
+    })
+    // The add intent is queued with the group, so a crash cannot leave a group without its members.
+    const intentId = yield* storage.transaction(Effect.gen(function*() {
+      yield* storage.groups.insert(row)
+      return yield* intents.queueIntent(groupId, AddMembersData.make({ inboxIds: members }))
+    }))
+    yield* publisher.resolve(groupId, intentId)
+    return handleOf(row)
+  })
+
 export const make = (
-  { checks, ctx, intents }: HandleParts,
+  parts: HandleParts,
   { handle, handleOf }: Pick<ReturnType<typeof ConversationHandle.make>, "handle" | "handleOf">
 ) => {
-  const { consent, publisher, self } = ctx
-  const { crypto, identity, storage } = ctx.env
-  const engineOptions = ctx.env.options
+  const { checks, ctx } = parts
+  const { consent, self } = ctx
+  const { storage } = ctx.env
 
-  /** Creates an MLS group with this installation as its only member, then adds `members`. */
   const newGroup = (
     members: ReadonlyArray<InboxId>,
     meta: { readonly metadata: GroupMetadata } | { readonly dmId: ConversationId }
-  ) =>
-    Effect.gen(function*() {
-      const groupId = toHex(randomBytes(16)) as GroupId
-      const keyPackage = yield* crypto.generateKeyPackage(
-        { inboxId: self, installationId: identity.installationId },
-        identity.signatureKeys,
-        { protocolVersion: engineOptions.protocolVersion }
-      )
-      const metadata = "metadata" in meta ? meta.metadata : GroupMetadata.none
-      const dmId = "dmId" in meta ? meta.dmId : undefined
-      // In the group context, so every member reads the same, as the creator signed it. A DM has none.
-      const state = yield* crypto.createGroup(groupId, keyPackage, dmId === undefined ? encodeSettings(metadata) : undefined)
-      const now = yield* Clock.currentTimeNanos
-      const row = StoredGroup.make({
-        id: groupId,
-        kind: dmId === undefined ? "group" : "dm",
-        dmId: dmId ?? null,
-        membershipState: "active",
-        epoch: crypto.view(state).epoch,
-        mlsState: crypto.serialize(state),
-        maybeForked: false,
-        forkDetails: null,
-        quarantine: null,
-        name: metadata.name,
-        description: metadata.description,
-        addedByInboxId: self,
-        createdAtNs: now,
-        lastMessageNs: now
-      })
-      // The add intent is queued with the group, so a crash cannot leave a group without its members.
-      const intentId = yield* storage.transaction(Effect.gen(function*() {
-        yield* storage.groups.insert(row)
-        return yield* intents.queueIntent(groupId, AddMembersData.make({ inboxIds: members }))
-      }))
-      yield* publisher.resolve(groupId, intentId)
-      return handleOf(row)
-    })
+  ) => newGroupIn(parts, handleOf, members, meta)
 
   const createGroup = Effect.fn("Client.createGroup")(function*(
     members: ReadonlyArray<InboxId>,
