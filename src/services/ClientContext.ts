@@ -1,0 +1,98 @@
+/**
+ * What every part of a client shares: the engine context (signed delivery, authenticated
+ * crypto, the group locks and state cache, the stored-message feed) and the engine's services
+ * built over it, once per client. The client's modules take this record where they used to
+ * close over `Client.make`'s locals.
+ */
+import { Effect, PubSub } from "effect"
+import type { GroupId, InboxId } from "../domain/Ids.ts"
+import type { StoredMessage } from "../domain/Stored.ts"
+import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
+import { DeliveryService } from "./DeliveryService.ts"
+import { defaultEngineOptions, type EngineContext, type EngineOptions } from "./EngineContext.ts"
+import * as ConsentBook from "./ConsentBook.ts"
+import * as DeviceSync from "./DeviceSync.ts"
+import * as DisappearingMessages from "./DisappearingMessages.ts"
+import * as GroupStateCache from "./GroupStateCache.ts"
+import * as GroupSync from "./GroupSync.ts"
+import type * as HistorySync from "./HistorySync.ts"
+import type { IdentityOptions } from "./Identity.ts"
+import * as IdentityService from "./Identity.ts"
+import * as LeafAuthentication from "./LeafAuthentication.ts"
+import { MlsCrypto } from "./MlsCrypto.ts"
+import * as Publisher from "./Publisher.ts"
+import { Storage } from "./Storage.ts"
+import * as Welcomes from "./Welcomes.ts"
+
+export interface ClientOptions extends Partial<EngineOptions>, IdentityOptions, HistorySync.HistoryOptions {}
+
+export interface ClientContext {
+  readonly env: EngineContext
+  /** This installation's inbox. */
+  readonly self: InboxId
+  readonly sync: ReturnType<typeof GroupSync.make>
+  readonly publisher: ReturnType<typeof Publisher.make>
+  readonly welcomes: ReturnType<typeof Welcomes.make>
+  readonly deviceSync: ReturnType<typeof DeviceSync.make>
+  readonly consent: ReturnType<typeof ConsentBook.make>
+  /** Wakes the disappearing-message sweeper after something may have changed a deadline. */
+  readonly wakeSweeper: Effect.Effect.Success<ReturnType<typeof DisappearingMessages.start>>
+}
+
+export const make = (options: ClientOptions) =>
+  Effect.gen(function*() {
+    const storage = yield* Storage
+    const unauthenticated = yield* MlsCrypto
+    const network = yield* DeliveryService
+    const identity = yield* IdentityService.make(options).pipe(
+      Effect.provideService(Storage, storage),
+      Effect.provideService(MlsCrypto, unauthenticated),
+      Effect.provideService(DeliveryService, network)
+    )
+    // Every request of this installation is signed by it (DeliveryAuth).
+    const ds = authenticatedAs(network, installationSigner(identity.installationId, identity.signatureKeys.privateKey))
+    // Every leaf ts-mls validates is checked against the identity log (RFC 9420 §5.3.1).
+    const runtime = yield* Effect.runtime<never>()
+    const crypto = unauthenticated.authenticatedBy(
+      LeafAuthentication.authenticateWith(identity, runtime),
+      LeafAuthentication.prepareWith(identity, runtime)
+    )
+    const engineOptions: EngineOptions = {
+      maxPastEpochs: options.maxPastEpochs ?? defaultEngineOptions.maxPastEpochs,
+      conflictSchedule: options.conflictSchedule ?? defaultEngineOptions.conflictSchedule,
+      transportSchedule: options.transportSchedule ?? defaultEngineOptions.transportSchedule,
+      pageSize: options.pageSize ?? defaultEngineOptions.pageSize,
+      installationCheckInterval: options.installationCheckInterval ?? defaultEngineOptions.installationCheckInterval,
+      crashPoint: options.crashPoint ?? defaultEngineOptions.crashPoint,
+      protocolVersion: options.protocolVersion ?? defaultEngineOptions.protocolVersion
+    }
+    const locks = new Map<GroupId, Effect.Semaphore>()
+    const lockOf = (groupId: GroupId) => {
+      let lock = locks.get(groupId)
+      if (lock === undefined) {
+        lock = Effect.unsafeMakeSemaphore(1)
+        locks.set(groupId, lock)
+      }
+      return lock
+    }
+    const stored = yield* Effect.acquireRelease(PubSub.unbounded<StoredMessage>(), PubSub.shutdown)
+    const env: EngineContext = {
+      storage,
+      crypto,
+      ds,
+      identity,
+      options: engineOptions,
+      withGroupLock: (groupId) => lockOf(groupId).withPermits(1),
+      ...GroupStateCache.make(crypto, GroupStateCache.DEFAULT_MAX_BYTES, { stored: storage.rosters }),
+      stored
+    }
+    const sync = GroupSync.make(env)
+    // Disappearing messages go when the clock passes their deadline, whatever else runs.
+    const wakeSweeper = yield* DisappearingMessages.start(storage)
+    const publisher = Publisher.make(env, sync)
+    const welcomes = Welcomes.make(env, sync)
+    const deviceSync = DeviceSync.make(env, publisher)
+    const consent = ConsentBook.make(env)
+    const context: ClientContext = { env, self: identity.inboxId, sync, publisher, welcomes, deviceSync, consent, wakeSweeper }
+    return context
+  })

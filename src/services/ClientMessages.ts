@@ -1,0 +1,97 @@
+/**
+ * A message as this client stores it and shows it: an outgoing message stored `unpublished`
+ * with its intent, and a stored row read back as the public `Message`.
+ */
+import { Clock, Effect, PubSub } from "effect"
+import { randomBytes } from "node:crypto"
+import { toHex } from "../domain/Bytes.ts"
+import { messageIdOf } from "../domain/Content.ts"
+import { InvalidInput } from "../domain/Errors.ts"
+import type { ConversationId } from "../domain/Ids.ts"
+import { makeSendMessageData } from "../domain/Intent.ts"
+import { Message } from "../domain/Model.ts"
+import { validatedMaker } from "../domain/SchemaClass.ts"
+import { makeStoredMessage, type StoredGroup, type StoredMessage } from "../domain/Stored.ts"
+import type { ClientContext } from "./ClientContext.ts"
+import type * as ConversationMessaging from "./ConversationMessaging.ts"
+import type * as GroupIntents from "./GroupIntents.ts"
+
+/** Largest text `send` accepts; the delivery service also caps whole payloads. */
+export const MAX_TEXT_BYTES = 64 * 1024
+
+/** Every message read goes through it: `Message.make` builds its validator anew per call (~0.15 ms). */
+const makeMessage = validatedMaker(Message)
+
+export const toMessage = (row: StoredMessage) =>
+  makeMessage({
+    id: row.id,
+    conversationId: row.conversationId,
+    groupId: row.groupId,
+    senderInboxId: row.senderInboxId,
+    senderInstallationId: row.senderInstallationId,
+    sentAtNs: row.sentAtNs,
+    kind: row.kind,
+    text: row.content,
+    deliveryStatus: row.deliveryStatus,
+    groupContext: row.groupContext,
+    content: row.contentType === null ? null : { type: row.contentType, bytes: row.contentBytes ?? new Uint8Array() },
+    deleted: row.deleted
+  })
+
+export const make = (
+  { consent, env, publisher, self }: ClientContext,
+  { checkNotPaused, queueIntent }: ReturnType<typeof GroupIntents.make>
+) => {
+  const { identity, storage, stored } = env
+
+  /**
+   * Stores the message as unpublished and queues its intent, in one transaction. `writtenAhead`
+   * (for `send`): if nothing is queued ahead, the intent is stored already written ahead.
+   */
+  const queueMessage = (
+    group: StoredGroup,
+    text: string,
+    extras: ConversationMessaging.MessageExtras = {},
+    options: { readonly writtenAhead?: boolean } = {}
+  ) =>
+    Effect.gen(function*() {
+      yield* checkNotPaused(group)
+      if (new TextEncoder().encode(text).length > MAX_TEXT_BYTES) {
+        return yield* new InvalidInput({ reason: `message text is over ${MAX_TEXT_BYTES} bytes` })
+      }
+      // Answering a DM allows it (unless a decision was made).
+      if (group.dmId !== null) yield* consent.setIfUnset(group.dmId, "allowed")
+      const nonce = toHex(randomBytes(16))
+      const messageId = messageIdOf(group.id, identity.installationId, nonce)
+      const now = yield* Clock.currentTimeNanos
+      const row = makeStoredMessage({
+        id: messageId,
+        groupId: group.id,
+        conversationId: group.dmId ?? (group.id as unknown as ConversationId),
+        senderInboxId: self,
+        senderInstallationId: identity.installationId,
+        sentAtNs: now,
+        sequenceId: null,
+        kind: "text",
+        content: text,
+        membershipChange: null,
+        deliveryStatus: "unpublished",
+        insertedAtNs: now,
+        groupContext: extras.groupContext ?? null,
+        contentType: extras.content?.type ?? null,
+        contentBytes: extras.content?.bytes ?? null
+      })
+      const data = makeSendMessageData({ messageId, nonce, text, ...extras })
+      // Stored `unpublished`, it moves the group up the list as it is inserted (a trigger: one statement).
+      const storeMessage = Effect.asVoid(storage.messages.insert(row))
+      const writtenAhead = options.writtenAhead === true
+        ? yield* publisher.queueWrittenAhead(group.id, data, now, storeMessage)
+        : undefined
+      const intentId = writtenAhead?.intentId ??
+        (yield* storage.transaction(Effect.zipRight(storeMessage, queueIntent(group.id, data))))
+      yield* PubSub.publish(stored, row)
+      return { messageId, intentId, known: writtenAhead?.known }
+    })
+
+  return { queueMessage }
+}

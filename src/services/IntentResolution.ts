@@ -1,0 +1,129 @@
+/**
+ * `resolve`, the typed program behind every user action: rounds (sync, publish, sync,
+ * post-commit) until the intent is Processed. A lost epoch race is an `EpochConflict`, retried
+ * under the conflict schedule; transport failures and an intent still waiting retry under their
+ * own schedule.
+ */
+import { Data, Effect, Metric, Option } from "effect"
+import { DeliveryError, EpochConflict, IntentFailed, type StorageError } from "../domain/Errors.ts"
+import type { GroupId } from "../domain/Ids.ts"
+import type { StoredIntent } from "../domain/Stored.ts"
+import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
+import * as EngineMetrics from "./EngineMetrics.ts"
+import type * as PublishRound from "./PublishRound.ts"
+
+/** Internal: the intent is neither done nor failed yet (waiting behind a commit, or not yet seen). */
+class IntentPending extends Data.TaggedError("IntentPending")<{ readonly intentId: number; readonly state: string }> {}
+
+/**
+ * An intent as its writer just stored it: the first round of `resolve` takes it as read instead
+ * of reading it back (later rounds read it).
+ */
+export interface KnownIntent {
+  readonly conflicts: number
+  readonly publishedEpoch: bigint | null
+}
+
+/** What `resolve` runs: the engine, a publish round, and failing an intent for good. */
+interface Rounds {
+  readonly ctx: EngineContext
+  readonly round: ReturnType<typeof PublishRound.make>["round"]
+  readonly failIntent: (intent: StoredIntent, cause: string) => Effect.Effect<void, StorageError>
+}
+
+/** An intent we cannot read back (its row quarantined as unreadable) has failed. */
+const getIntent = ({ storage }: EngineContext, intentId: number) =>
+  storage.intents.get(intentId).pipe(
+    Effect.flatMap(Option.match({
+      onSome: Effect.succeed,
+      onNone: () =>
+        Effect.fail(new IntentFailed({ intentId, kind: "unknown", attempts: 0, cause: "its stored row is unreadable" }))
+    }))
+  )
+
+/** The intent after a round: done, failed, overtaken by another epoch (its conflicts grew), or still pending. */
+const judge = (ctx: EngineContext, groupId: GroupId, intentId: number, before: KnownIntent, intent: StoredIntent) =>
+  Effect.gen(function*() {
+    switch (intent.state) {
+      case "Processed":
+        return
+      case "Error":
+        return yield* new IntentFailed({
+          intentId,
+          kind: intent.kind,
+          attempts: intent.attempts,
+          cause: intent.error ?? "unknown"
+        })
+      default: {
+        if (intent.conflicts > before.conflicts) {
+          yield* Metric.increment(EngineMetrics.epochConflicts)
+          const group = yield* loadGroupRow(ctx, groupId)
+          return yield* new EpochConflict({
+            groupId,
+            intentId,
+            publishedEpoch: before.publishedEpoch ?? group.epoch,
+            currentEpoch: group.epoch
+          })
+        }
+        return yield* new IntentPending({ intentId, state: intent.state })
+      }
+    }
+  })
+
+const retryable = (e: { readonly _tag: string; readonly retryable?: boolean }) =>
+  e._tag === "IntentPending" || (e._tag === "DeliveryError" && e.retryable === true)
+
+const resolveRounds = ({ ctx, failIntent, round }: Rounds, groupId: GroupId, intentId: number, known: KnownIntent | undefined) => {
+  let first = known
+  const attempt = Effect.gen(function*() {
+    const before = first ?? (yield* getIntent(ctx, intentId))
+    first = undefined
+    yield* round(groupId)
+    const intent = yield* getIntent(ctx, intentId)
+    return yield* judge(ctx, groupId, intentId, before, intent)
+  })
+  return attempt.pipe(
+    Effect.tapError((e) => (retryable(e) ? Metric.increment(EngineMetrics.transportRetries) : Effect.void)),
+    Effect.retry({ schedule: ctx.options.transportSchedule, while: retryable }),
+    Effect.retry({ schedule: ctx.options.conflictSchedule, while: (e) => e._tag === "EpochConflict" }),
+    Effect.catchTags({
+      EpochConflict: (conflict) =>
+        Effect.gen(function*() {
+          const intent = yield* getIntent(ctx, intentId)
+          yield* failIntent(intent, conflict.message)
+          return yield* new IntentFailed({
+            intentId,
+            kind: intent.kind,
+            attempts: intent.attempts,
+            cause: `epoch conflicts exhausted: ${conflict.message}`
+          })
+        }),
+      IntentPending: (pending) =>
+        Effect.fail(
+          new DeliveryError({
+            reason: "Timeout",
+            retryable: true,
+            detail: `intent ${pending.intentId} still ${pending.state}; it will be published on a later sync`
+          })
+        )
+    })
+  )
+}
+
+export const make = (
+  ctx: EngineContext,
+  { round }: ReturnType<typeof PublishRound.make>,
+  failIntent: (intent: StoredIntent, cause: string) => Effect.Effect<void, StorageError>
+) => {
+  const rounds: Rounds = { ctx, round, failIntent }
+
+  /** Runs rounds until the intent is Processed; typed failures say why it is not. */
+  const resolve = Effect.fn("Publisher.resolve")(
+    function*(groupId: GroupId, intentId: number, known?: KnownIntent) {
+      return yield* resolveRounds(rounds, groupId, intentId, known).pipe(Metric.trackDuration(EngineMetrics.publishDuration))
+    },
+    (effect, groupId, intentId) => Effect.annotateLogs(effect, { groupId, intentId })
+  )
+
+  return { resolve }
+}

@@ -1,0 +1,232 @@
+/**
+ * Publishing a group's pending intents in order, under its lock: each payload derived at the
+ * current epoch (or a written-ahead one re-sent byte for byte while its epoch is current), written
+ * ahead, then sent. Application messages go in batches; a commit goes alone and ends the call.
+ */
+import { Effect } from "effect"
+import { sha256Hex } from "../domain/Bytes.ts"
+import { encodeGovernanceError, type StorageError } from "../domain/Errors.ts"
+import type { GroupId } from "../domain/Ids.ts"
+import { isCommitKind } from "../domain/Intent.ts"
+import { validatedMaker } from "../domain/SchemaClass.ts"
+import type { StoredGroup, StoredIntent } from "../domain/Stored.ts"
+import { type GroupMessageEnvelope, GroupMessageInput } from "../domain/Wire.ts"
+import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
+import type * as IntentDerivation from "./IntentDerivation.ts"
+import { failPendingIntents } from "./IntentQueue.ts"
+import type { MlsGroupState } from "./MlsCrypto.ts"
+
+/** Most application messages written ahead in one transaction and sent in one call. */
+const MAX_BATCH = 50
+
+/** Every published payload goes out as one: its validator built once. */
+const makeGroupMessageInput = validatedMaker(GroupMessageInput)
+
+/**
+ * Every payload sent, in order, and the service's answers: how the round reads them back. With
+ * them, the application messages' intents as stored by the write-ahead, so reading them back
+ * asks for none of them again.
+ */
+export interface SentSoFar {
+  readonly payloads: Array<Uint8Array>
+  readonly answer: Array<GroupMessageEnvelope>
+  readonly intents: Array<StoredIntent>
+}
+
+/** One call's progress through the group's pending intents. */
+interface Progress {
+  readonly groupId: GroupId
+  readonly sent: SentSoFar
+  /** The state the next intent derives from. */
+  state: MlsGroupState
+  /** The row as stored: nothing here changes it but its state, and each state is written ahead. */
+  row: StoredGroup
+  /** Payloads to send next, in order; those derived in this round still to be written ahead. */
+  batch: Array<Uint8Array>
+  writeAhead: Array<Effect.Effect<void, StorageError>>
+  /** The application messages of `batch` to mark Published: one statement for them all. */
+  marks: Array<{ id: number; payloadHash: string; payload: Uint8Array; publishedEpoch: bigint }>
+  stateToSave: MlsGroupState | undefined
+}
+
+/** What publishing needs besides the progress record. */
+interface Deps {
+  readonly ctx: EngineContext
+  readonly derive: ReturnType<typeof IntentDerivation.make>["derive"]
+  readonly failIntent: (intent: StoredIntent, cause: string) => Effect.Effect<void, StorageError>
+}
+
+const done = (p: Progress) => ({ ...p.sent, held: { group: p.row, state: p.state } })
+
+/** Writes the batch ahead (payloads, marks and the state after them, in one transaction), then sends it. */
+const flush = (ctx: EngineContext, p: Progress) =>
+  Effect.gen(function*() {
+    const { crypto, ds, storage } = ctx
+    const { groupId, sent } = p
+    if (p.batch.length === 0) return
+    if (p.marks.length > 0) p.writeAhead.push(storage.intents.markPublishedMany(p.marks))
+    if (p.writeAhead.length > 0) {
+      yield* ctx.options.crashPoint("publish.beforeWriteAhead")
+      const writes = p.writeAhead
+      const saved = p.stateToSave
+      // Write ahead: after this, a crash resends exactly these bytes.
+      yield* storage.transaction(Effect.gen(function*() {
+        if (saved !== undefined) {
+          const stored = { epoch: crypto.view(saved).epoch, mlsState: ctx.encodeState(groupId, saved) }
+          yield* storage.groups.saveState(groupId, stored)
+          p.row = { ...p.row, ...stored }
+        }
+        for (const write of writes) yield* write
+      }))
+      yield* ctx.options.crashPoint("publish.afterWriteAheadBeforeSend")
+    }
+    const payloads = p.batch
+    for (let i = 0; i < payloads.length; i += MAX_BATCH) {
+      const chunk = payloads.slice(i, i + MAX_BATCH)
+      const answer = yield* ds.sendGroupMessages(chunk.map((payload) => makeGroupMessageInput({ groupId, payload })))
+      sent.payloads.push(...chunk)
+      sent.answer.push(...answer)
+    }
+    yield* ctx.options.crashPoint("publish.afterSendBeforeSync")
+    p.batch = []
+    p.writeAhead = []
+    p.marks = []
+    p.stateToSave = undefined
+  })
+
+/** The intent's payload, or `undefined` once a refusal has failed it (stored typed where the action needs it). */
+const deriveOrFail = ({ derive, failIntent }: Deps, intent: StoredIntent, state: MlsGroupState) =>
+  derive(state, intent.data).pipe(
+    Effect.catchTags({
+      CryptoError: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
+      KeyPackageUnavailable: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
+      InboxNotFound: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
+      InvalidInput: (e) => failIntent(intent, e.message).pipe(Effect.as(undefined)),
+      // Stored typed, so the action that queued the intent fails with the same error.
+      PermissionDenied: (e) => failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined)),
+      MetadataConflict: (e) => failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined)),
+      ProtocolVersionTooOld: (e) => failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined))
+    })
+  )
+
+/** Adds a freshly derived payload to the batch, with the write-ahead that goes with it. */
+const stage = (
+  ctx: EngineContext,
+  p: Progress,
+  intent: StoredIntent,
+  derived: IntentDerivation.Derived & { _tag: "Payload" },
+  epoch: bigint
+) => {
+  const { storage } = ctx
+  const payloadHash = sha256Hex(derived.payload)
+  if (derived.staged === undefined && derived.postCommit === undefined) {
+    p.marks.push({ id: intent.id, payloadHash, payload: derived.payload, publishedEpoch: epoch })
+    // The row as `markPublishedMany` leaves it (it was ToPublish, read under this lock).
+    p.sent.intents.push({
+      ...intent,
+      state: "Published",
+      payloadHash,
+      payload: derived.payload,
+      publishedEpoch: epoch,
+      stagedState: null,
+      postCommit: null,
+      attempts: intent.attempts + 1
+    })
+  } else {
+    p.writeAhead.push(storage.intents.markPublished(intent.id, {
+      payloadHash,
+      payload: derived.payload,
+      publishedEpoch: epoch,
+      stagedState: derived.staged === undefined ? null : ctx.encodeStaged(p.groupId, derived.staged),
+      postCommit: derived.postCommit ?? null
+    }))
+  }
+  p.batch.push(derived.payload)
+  if (derived.state !== undefined) {
+    p.state = derived.state
+    p.stateToSave = derived.state
+  }
+}
+
+/** After a payload joined the batch: a commit is sent at once and ends the call; a full batch is sent. */
+const afterStaged = (ctx: EngineContext, p: Progress, commit: boolean) =>
+  Effect.gen(function*() {
+    if (commit) {
+      yield* flush(ctx, p)
+      return true
+    }
+    if (p.batch.length >= MAX_BATCH) yield* flush(ctx, p)
+    return false
+  })
+
+/** One pending intent into the batch (or failed, or a no-op); whether the call ends here. */
+const publishOne = (deps: Deps, p: Progress, intent: StoredIntent) =>
+  Effect.gen(function*() {
+    const { ctx } = deps
+    const { crypto, storage } = ctx
+    const commit = isCommitKind(intent.kind)
+    // A commit goes alone, after everything before it.
+    if (commit) yield* flush(ctx, p)
+    const epoch = crypto.view(p.state).epoch
+    if (intent.state === "Published") {
+      if (intent.publishedEpoch === epoch && intent.payload !== null) {
+        p.batch.push(intent.payload)
+        p.sent.intents.push(intent)
+        return yield* afterStaged(ctx, p, commit)
+      }
+      // Never seen on the topic and its epoch is gone: derive it afresh below.
+      yield* storage.intents.resetToPublish(intent.id, { conflict: false })
+    }
+    const derived = yield* deriveOrFail(deps, intent, p.state)
+    if (derived === undefined) return false
+    if (derived._tag === "NoOp") {
+      yield* storage.intents.markProcessed(intent.id)
+      return false
+    }
+    stage(ctx, p, intent, derived, epoch)
+    return yield* afterStaged(ctx, p, commit)
+  })
+
+export const make = (
+  ctx: EngineContext,
+  { derive }: Pick<ReturnType<typeof IntentDerivation.make>, "derive">,
+  failIntent: (intent: StoredIntent, cause: string) => Effect.Effect<void, StorageError>
+) => {
+  const { storage } = ctx
+  const deps: Deps = { ctx, derive, failIntent }
+
+  /**
+   * Publishes the group's pending intents in order, stopping after a commit: at most one
+   * commit is in flight per group, and what follows it is derived once it has landed.
+   * Application messages go in batches: derived one after the other, written ahead in one
+   * transaction (their payloads and the group state after the last), then sent in one call.
+   * Runs under the group lock.
+   */
+  const publishPending = Effect.fn("Publisher.publishPending")(function*(groupId: GroupId) {
+    const group = yield* loadGroupRow(ctx, groupId)
+    const pending = yield* storage.intents.byGroup(groupId, ["Published", "ToPublish"])
+    const sent: SentSoFar = { payloads: [], answer: [], intents: [] }
+    if (pending.length === 0) return sent
+    if (group.membershipState === "inactive") {
+      yield* storage.transaction(failPendingIntents(ctx, groupId))
+      return sent
+    }
+    const p: Progress = {
+      groupId,
+      sent,
+      state: yield* ctx.loadState(group),
+      row: group,
+      batch: [],
+      writeAhead: [],
+      marks: [],
+      stateToSave: undefined
+    }
+    for (const intent of pending) {
+      if (yield* publishOne(deps, p, intent)) return done(p)
+    }
+    yield* flush(ctx, p)
+    return done(p)
+  })
+
+  return { publishPending }
+}

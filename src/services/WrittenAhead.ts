@@ -1,0 +1,60 @@
+/**
+ * `send`'s short path: with nothing queued ahead in the group, the message is derived at once
+ * and stored with its intent already written ahead, in one transaction.
+ */
+import { Effect } from "effect"
+import { sha256Hex } from "../domain/Bytes.ts"
+import type { StorageError } from "../domain/Errors.ts"
+import type { GroupId } from "../domain/Ids.ts"
+import type { SendMessageData } from "../domain/Intent.ts"
+import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
+import type * as IntentDerivation from "./IntentDerivation.ts"
+import type { KnownIntent } from "./IntentResolution.ts"
+
+export const make = (ctx: EngineContext, { derive }: Pick<ReturnType<typeof IntentDerivation.make>, "derive">) => {
+  const { crypto, storage } = ctx
+
+  /**
+   * `send` with nothing queued ahead in the group: the message is derived at once, under the
+   * group lock, and stored together with its intent already written ahead (Published, with its
+   * payload, hash and epoch) and the state after it: one transaction instead of two (queue, then
+   * write-ahead), with the same crash points around it. The next round sends those bytes as it
+   * sends any written-ahead payload (re-derived if the epoch has moved on by then). Returns the
+   * intent's id and what `resolve` may take as known of it, or `undefined` when something is
+   * queued ahead, the group is not active or the message cannot be derived here: then the caller
+   * queues it as usual, and the usual publish path deals with it.
+   */
+  const queueWrittenAhead = Effect.fn("Publisher.queueWrittenAhead")(function*(
+    groupId: GroupId,
+    data: SendMessageData,
+    createdAtNs: bigint,
+    storeMessage: Effect.Effect<void, StorageError>
+  ) {
+    return yield* ctx.withGroupLock(groupId)(Effect.gen(function*() {
+      const group = yield* loadGroupRow(ctx, groupId)
+      if (group.membershipState !== "active") return undefined
+      if ((yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])).length > 0) return undefined
+      const state = yield* ctx.loadState(group)
+      const derived = yield* derive(state, data).pipe(Effect.orElseSucceed(() => undefined))
+      if (derived?._tag !== "Payload" || derived.state === undefined) return undefined
+      const after = derived.state
+      const epoch = crypto.view(state).epoch
+      yield* ctx.options.crashPoint("publish.beforeWriteAhead")
+      const intentId = yield* storage.transaction(Effect.gen(function*() {
+        yield* storeMessage
+        const id = yield* storage.intents.insertPublished({ groupId, data, createdAtNs }, {
+          payloadHash: sha256Hex(derived.payload),
+          payload: derived.payload,
+          publishedEpoch: epoch
+        })
+        yield* storage.groups.saveState(groupId, { epoch: crypto.view(after).epoch, mlsState: ctx.encodeState(groupId, after) })
+        return id
+      }))
+      yield* ctx.options.crashPoint("publish.afterWriteAheadBeforeSend")
+      const known: KnownIntent = { conflicts: 0, publishedEpoch: epoch }
+      return { intentId, known }
+    }))
+  }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
+
+  return { queueWrittenAhead }
+}
