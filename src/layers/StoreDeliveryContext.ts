@@ -43,3 +43,20 @@ export const unavailable = (error: DeliveryStoreError) =>
   )
 
 export const forbidden = (detail: string) => new DeliveryError({ reason: "Forbidden", retryable: false, detail })
+
+/**
+ * A send of addressed payloads, checked whole before anything is stored (all or nothing): the
+ * batch size, each address and payload, then the caller's signature over the whole request.
+ */
+export const checkedSend = <M extends { readonly payload: Uint8Array }>(
+  c: StoreDeliveryContext,
+  op: "sendGroupMessages" | "sendWelcomeMessages",
+  messages: ReadonlyArray<M>,
+  address: (m: M) => Effect.Effect<unknown, DeliveryError>,
+  digest: string
+): Effect.Effect<void, DeliveryError> =>
+  Effect.gen(function*() {
+    yield* c.checks.batch(messages, op)
+    for (const m of messages) yield* address(m)
+    yield* c.authenticate(op, digest, messages.reduce((n, m) => n + m.payload.length, 0))
+  })

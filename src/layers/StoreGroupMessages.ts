@@ -6,7 +6,7 @@ import type { GroupMessageInput } from "../domain/Wire.ts"
 import type { DeliveryService, GroupQuery } from "../services/DeliveryService.ts"
 import { groupTopic } from "../services/DeliveryStore.ts"
 import { checkFilterCount, invalidRequest, SPAN } from "./DeliveryRequests.ts"
-import type { StoreDeliveryContext } from "./StoreDeliveryContext.ts"
+import { checkedSend, type StoreDeliveryContext } from "./StoreDeliveryContext.ts"
 import { follow } from "./StoreTopicFollower.ts"
 import { page, toGroupEnvelope } from "./StoreTopicPages.ts"
 
@@ -32,17 +32,11 @@ const checkGroupMessage = (c: StoreDeliveryContext, m: GroupMessageInput) =>
 
 export const sendGroupMessages = (c: StoreDeliveryContext): Service["sendGroupMessages"] => (messages) =>
   Effect.gen(function*() {
-    // Validate everything before storing anything: a send is all or nothing.
-    yield* c.checks.batch(messages, "sendGroupMessages")
-    for (const m of messages) {
-      yield* c.checks.groupId(m.groupId, "sendGroupMessages")
-      yield* c.checks.payload(m.payload, `sendGroupMessages to ${m.groupId}`)
-    }
-    yield* c.authenticate(
-      "sendGroupMessages",
-      requestDigests.sendGroupMessages(messages),
-      messages.reduce((n, m) => n + m.payload.length, 0)
-    )
+    yield* checkedSend(c, "sendGroupMessages", messages, (m) =>
+      Effect.zipRight(
+        c.checks.groupId(m.groupId, "sendGroupMessages"),
+        c.checks.payload(m.payload, `sendGroupMessages to ${m.groupId}`)
+      ), requestDigests.sendGroupMessages(messages))
     for (const m of messages) yield* checkGroupMessage(c, m)
     const entries = yield* c.stored(
       c.store.append(messages.map((m: GroupMessageInput) => ({ topic: groupTopic(m.groupId), payload: m.payload })))

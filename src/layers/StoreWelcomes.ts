@@ -6,7 +6,7 @@ import type { WelcomeMessageInput } from "../domain/Wire.ts"
 import type { DeliveryService, WelcomeQuery } from "../services/DeliveryService.ts"
 import { welcomeTopic } from "../services/DeliveryStore.ts"
 import { SPAN } from "./DeliveryRequests.ts"
-import { forbidden, type StoreDeliveryContext } from "./StoreDeliveryContext.ts"
+import { checkedSend, forbidden, type StoreDeliveryContext } from "./StoreDeliveryContext.ts"
 import { follow } from "./StoreTopicFollower.ts"
 import { page, toWelcomeEnvelope } from "./StoreTopicPages.ts"
 
@@ -26,16 +26,11 @@ const ownWelcomes = (
 
 export const sendWelcomeMessages = (c: StoreDeliveryContext): Service["sendWelcomeMessages"] => (messages) =>
   Effect.gen(function*() {
-    yield* c.checks.batch(messages, "sendWelcomeMessages")
-    for (const m of messages) {
-      yield* c.checks.installationId(m.installationId, "sendWelcomeMessages")
-      yield* c.checks.payload(m.payload, `sendWelcomeMessages to ${m.installationId}`)
-    }
-    yield* c.authenticate(
-      "sendWelcomeMessages",
-      requestDigests.sendWelcomeMessages(messages),
-      messages.reduce((n, m) => n + m.payload.length, 0)
-    )
+    yield* checkedSend(c, "sendWelcomeMessages", messages, (m) =>
+      Effect.zipRight(
+        c.checks.installationId(m.installationId, "sendWelcomeMessages"),
+        c.checks.payload(m.payload, `sendWelcomeMessages to ${m.installationId}`)
+      ), requestDigests.sendWelcomeMessages(messages))
     const entries = yield* c.stored(
       c.store.append(
         messages.map((m: WelcomeMessageInput) => ({ topic: welcomeTopic(m.installationId), payload: m.payload }))
