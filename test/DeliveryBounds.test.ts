@@ -144,6 +144,17 @@ describe("request caps", () => {
       expect(yield* Effect.flip(ds.getIdentityUpdates(queries))).toMatchObject({ reason: "BatchTooLarge" })
       expect(yield* ds.fetchKeyPackages(ids.slice(0, 100))).toHaveLength(100)
     }))
+
+  it.scopedLive("a send of 60,000 small messages is refused as too large (typed), not crashed by hashing it first", () =>
+    Effect.gen(function*() {
+      const ds = yield* built(onSqlite)
+      const group = groupId()
+      const tiny = mlsPayloadOfSize(group, 100, 0)
+      const groupMessages = Array.from({ length: 60_000 }, () => new GroupMessageInput({ groupId: group, payload: tiny }))
+      expect(yield* Effect.flip(ds.sendGroupMessages(groupMessages))).toMatchObject({ reason: "BatchTooLarge" })
+      const welcomes = Array.from({ length: 60_000 }, () => ({ installationId: randomHex(32) as InstallationId, payload: tiny }))
+      expect(yield* Effect.flip(ds.sendWelcomeMessages(welcomes))).toMatchObject({ reason: "BatchTooLarge" })
+    }))
 })
 
 describe("identity logs over RPC", () => {

@@ -46,17 +46,18 @@ export const forbidden = (detail: string) => new DeliveryError({ reason: "Forbid
 
 /**
  * A send of addressed payloads, checked whole before anything is stored (all or nothing): the
- * batch size, each address and payload, then the caller's signature over the whole request.
+ * batch size, each address and payload, then the caller's signature over the whole request. The
+ * request's digest is computed only once the batch is known to be within bounds.
  */
 export const checkedSend = <M extends { readonly payload: Uint8Array }>(
   c: StoreDeliveryContext,
   op: "sendGroupMessages" | "sendWelcomeMessages",
   messages: ReadonlyArray<M>,
   address: (m: M) => Effect.Effect<unknown, DeliveryError>,
-  digest: string
+  digestOf: (messages: ReadonlyArray<M>) => string
 ): Effect.Effect<void, DeliveryError> =>
   Effect.gen(function*() {
     yield* c.checks.batch(messages, op)
     for (const m of messages) yield* address(m)
-    yield* c.authenticate(op, digest, messages.reduce((n, m) => n + m.payload.length, 0))
+    yield* c.authenticate(op, digestOf(messages), messages.reduce((n, m) => n + m.payload.length, 0))
   })

@@ -36,7 +36,7 @@ export const sendGroupMessages = (c: StoreDeliveryContext): Service["sendGroupMe
       Effect.zipRight(
         c.checks.groupId(m.groupId, "sendGroupMessages"),
         c.checks.payload(m.payload, `sendGroupMessages to ${m.groupId}`)
-      ), requestDigests.sendGroupMessages(messages))
+      ), requestDigests.sendGroupMessages)
     for (const m of messages) yield* checkGroupMessage(c, m)
     const entries = yield* c.stored(
       c.store.append(messages.map((m: GroupMessageInput) => ({ topic: groupTopic(m.groupId), payload: m.payload })))

@@ -30,7 +30,7 @@ export const sendWelcomeMessages = (c: StoreDeliveryContext): Service["sendWelco
       Effect.zipRight(
         c.checks.installationId(m.installationId, "sendWelcomeMessages"),
         c.checks.payload(m.payload, `sendWelcomeMessages to ${m.installationId}`)
-      ), requestDigests.sendWelcomeMessages(messages))
+      ), requestDigests.sendWelcomeMessages)
     const entries = yield* c.stored(
       c.store.append(
         messages.map((m: WelcomeMessageInput) => ({ topic: welcomeTopic(m.installationId), payload: m.payload }))
