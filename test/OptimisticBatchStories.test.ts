@@ -4,8 +4,9 @@
  * transaction and sends it in one delivery call. Restarts and crashes around that may delay a
  * message, never lose it, send it twice or change its order.
  */
+import { SqliteClient } from "@effect/sql-sqlite-node"
 import { describe, expect, it } from "@effect/vitest"
-import { type Context, Effect, Exit } from "effect"
+import { type Context, Effect, Exit, Layer } from "effect"
 import type { ConversationId, GroupId } from "../src/domain/Ids.ts"
 import type { DeliveryService } from "../src/services/DeliveryService.ts"
 import { simulatedCrashOf, type TestClient, TestNetwork } from "../src/testing.ts"
@@ -36,6 +37,29 @@ const countingSends = (calls: Array<number>) => (ds: Delivery): Delivery => ({
 const batch = ["one", "two", "three", "four", "five"]
 
 describe("optimistic batch", () => {
+  it.live("a queued message whose stored row was damaged fails alone: the ones queued after it still go out", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = [yield* net.client("alice"), yield* net.client("bob")]
+      const group = yield* alice.createGroup([bob.inboxId])
+      for (const text of ["damaged", "intact one", "intact two"]) yield* group.sendOptimistic(text)
+      // Another connection damages the first queued intent's row, as a bad disk or a bug would.
+      yield* Effect.gen(function*() {
+        const raw = yield* SqliteClient.SqliteClient
+        yield* raw`UPDATE converge_intents SET data = substr(data, 1, length(data) - 5)
+          WHERE id = (SELECT MIN(id) FROM converge_intents WHERE state = 'ToPublish')`
+      }).pipe(Effect.provide(Layer.orDie(SqliteClient.layer({ filename: alice.filename }))))
+
+      yield* group.publishPending
+      yield* bob.syncAll
+      expect(yield* texts(bob, group.id)).toEqual(["intact one", "intact two"])
+      expect(yield* textsWithStatus(alice, group.id)).toEqual([
+        ["damaged", "failed"],
+        ["intact one", "published"],
+        ["intact two", "published"]
+      ])
+    })))
+
   it.live("Alice queues five messages and restarts before publishing: they go out once, in order, in one call", () =>
     Effect.scoped(Effect.gen(function*() {
       const net = yield* TestNetwork.make

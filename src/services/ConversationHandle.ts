@@ -17,6 +17,7 @@ import * as ConversationMessaging from "./ConversationMessaging.ts"
 import { type HandleParts, type HandleScope, scopeOf } from "./ConversationScope.ts"
 import * as ConversationSettings from "./ConversationSettings.ts"
 import type { MessageQuery } from "./Storage.ts"
+import { isUnreadableIntent } from "./IntentResolution.ts"
 
 type SendingOperations = Pick<Conversation, "send" | "sendOptimistic" | "publishPending" | "sync">
 type ReadingOperations = Pick<Conversation, "messages" | "members" | "state" | "debugInfo">
@@ -47,9 +48,11 @@ const sending = (
       Effect.gen(function*() {
         let ids = yield* storage.intents.idsByGroup(group.id, ["ToPublish", "Published", "Committed"])
         while (ids.length > 0) {
-          yield* publisher.resolve(group.id, ids[0]!)
+          // A row that does not decode was quarantined by that read (failed, its group flagged):
+          // the messages queued behind it still go out, as when listing the queue skipped it.
+          yield* publisher.resolve(group.id, ids[0]!).pipe(Effect.catchIf(isUnreadableIntent, () => Effect.void))
           // One round usually settles every queued message: read their states back in one go
-          // and go on from the first one still open (an unreadable row too: resolving it says so).
+          // and go on from the first one still open.
           const rest = ids.slice(1)
           const now = yield* storage.intents.statesOf(rest)
           const open = rest.findIndex((id) => now.get(id) !== "Processed")

@@ -31,13 +31,20 @@ interface Rounds {
   readonly failIntent: (intent: StoredIntent, cause: string) => Effect.Effect<void, StorageError>
 }
 
+/** The kind an intent failed as when its row could not be read back: what it was is unknown. */
+const UNREADABLE = "unknown"
+
+/** Whether resolving failed because the intent's row does not decode (the read quarantined it). */
+export const isUnreadableIntent = (error: unknown): error is IntentFailed =>
+  error instanceof IntentFailed && error.kind === UNREADABLE
+
 /** An intent we cannot read back (its row quarantined as unreadable) has failed. */
 const getIntent = ({ storage }: EngineContext, intentId: number) =>
   storage.intents.get(intentId).pipe(
     Effect.flatMap(Option.match({
       onSome: Effect.succeed,
       onNone: () =>
-        Effect.fail(new IntentFailed({ intentId, kind: "unknown", attempts: 0, cause: "its stored row is unreadable" }))
+        Effect.fail(new IntentFailed({ intentId, kind: UNREADABLE, attempts: 0, cause: "its stored row is unreadable" }))
     }))
   )
 
