@@ -276,7 +276,9 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
     decodeSummariesAll(rows).pipe(Effect.catchAll(() => decodeSummariesEach(rows)))
   const decodeMessages = decodeEach(MessageRow, "converge_messages", quarantine.messages)
   const decodeIntents = decodeEach(intentRowWith(sealedWithKey), "converge_intents", quarantine.intents)
-  const decodeIntentStates = decodeEach(IntentStateRow, "converge_intents", quarantine.intents)
+  // Only id and state are read here: a bad state is logged and skipped, and quarantined when the
+  // whole row is read (resolving an intent reads it), where its message and group are known.
+  const decodeIntentStates = decodeEach(IntentStateRow, "converge_intents", quarantine.none)
 
   const groups: Storage["Type"]["groups"] = {
     insert: (group) =>

@@ -49,7 +49,7 @@ import * as MlsError from "ts-mls/mlsError.js"
 import { decodeKeyPackage } from "./TsMlsDecoders.ts"
 import { LruCache } from "../domain/Ed25519.ts"
 import * as StateCodec from "./TsMlsStateCodec.ts"
-import { bytesEqual, concat, fromHex, fromUtf8, toHex, utf8 } from "../domain/Bytes.ts"
+import { bytesEqual, concat, fromHex, fromUtf8, sha256Hex, toHex, utf8 } from "../domain/Bytes.ts"
 import { CryptoError, type CryptoErrorReason } from "../domain/Errors.ts"
 import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
 import { installationIdOf } from "../domain/IdentityLog.ts"
@@ -403,6 +403,9 @@ const withinLifetime = (kp: KeyPackage): boolean => {
 
 // ---- the service -----------------------------------------------------------------------
 
+/** Key packages up to this size are kept once verified: 256 of them hold at most 4 MiB of input. */
+const MAX_CACHED_PACKAGE_BYTES = 16 * 1024
+
 export const make = (options: MlsCryptoOptions): Effect.Effect<Service> =>
   Effect.gen(function*() {
     const provider = options.provider === "default" ? defaultCryptoProvider : nodeCryptoProvider
@@ -500,21 +503,23 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
     )
 
     /**
-     * Key packages that decoded and verified, by their bytes: an add reads the newcomer's twice
-     * (the caller's check, then the commit's derivation). Only the lifetime depends on the time.
+     * Key packages that decoded and verified, by a hash of their bytes: an add reads the newcomer's
+     * twice (the caller's check, then the commit's derivation). Only the lifetime depends on the
+     * time. Bounded in bytes too (a server shares one instance): packages past a normal size (a few
+     * hundred bytes) are verified every time, never kept.
      */
     const verifiedPackages = new LruCache<KeyPackage>(256)
     const verifiedPackage = (bytes: Uint8Array) =>
       Effect.gen(function*() {
-        const id = toHex(bytes)
-        const known = verifiedPackages.get(id)
+        const id = bytes.length <= MAX_CACHED_PACKAGE_BYTES ? sha256Hex(bytes) : undefined
+        const known = id === undefined ? undefined : verifiedPackages.get(id)
         if (known !== undefined) return known
         const kp = yield* decodePublicPackage(bytes)
         if (kp.cipherSuite !== cs.name) return yield* fail("Malformed", `key package uses ${kp.cipherSuite}`)
         const signed = yield* tryMls("keyPackageInfo", async () =>
           await verifyKeyPackage(kp, cs.signature) && await verifyLeafNodeSignatureKeyPackage(kp.leafNode, cs.signature))
         if (!signed) return yield* fail("BadSignature", "key package signature does not verify")
-        verifiedPackages.set(id, kp)
+        if (id !== undefined) verifiedPackages.set(id, kp)
         return kp
       })
 
