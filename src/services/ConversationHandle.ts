@@ -26,7 +26,7 @@ const sending = (
   { queueMessage }: ReturnType<typeof ClientMessages.make>,
   { annotated, id, kind, span, traced }: HandleScope
 ): SendingOperations => {
-  const { publisher, wakeSweeper } = ctx
+  const { publisher } = ctx
   const { storage } = ctx.env
   const syncGroup = syncGroupWith(ctx)
   const forEachGroup = <A, E>(f: (group: StoredGroup) => Effect.Effect<A, E>) =>
@@ -36,7 +36,6 @@ const sending = (
       const group = yield* groups.activePrimary(id, kind)
       const { intentId, known, messageId } = yield* queueMessage(group, text, {}, { writtenAhead: true })
       yield* publisher.resolve(group.id, intentId, known)
-      yield* wakeSweeper
       return messageId
     }, annotated),
     sendOptimistic: Effect.fn("Conversation.sendOptimistic", traced)(function*(text: string) {
@@ -56,7 +55,7 @@ const sending = (
           ids = open < 0 ? [] : rest.slice(open)
         }
       })
-    ).pipe(Effect.asVoid, Effect.tap(wakeSweeper), span("publishPending")),
+    ).pipe(Effect.asVoid, span("publishPending")),
     sync: forEachGroup((group) =>
       group.membershipState === "inactive" ? Effect.succeed(SyncSummary.empty) : syncGroup(group.id)
     ).pipe(Effect.map((all) => all.reduce(SyncSummary.combine, SyncSummary.empty)), span("sync"))
@@ -117,7 +116,7 @@ export const make = (
     checkNotPaused: intents.checkNotPaused,
     queueMessage: messages.queueMessage,
     queueIntent: intents.queueIntent,
-    resolve: (groupId, intentId) => ctx.publisher.resolve(groupId, intentId).pipe(Effect.tap(ctx.wakeSweeper)),
+    resolve: (groupId, intentId) => ctx.publisher.resolve(groupId, intentId),
     // A deletion ends refused only with PermissionDenied or ProtocolVersionTooOld, never a metadata conflict.
     resolveTyped: (groupId, intentId) =>
       intents.resolveTyped(groupId, intentId).pipe(Effect.catchTag("MetadataConflict", Effect.die)),

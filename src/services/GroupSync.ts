@@ -88,6 +88,7 @@ export const make = (ctx: EngineContext) => {
       yield* applier.applyAll(items)
       const inserted = yield* applier.commit(items[items.length - 1]!.sequenceId)
       yield* PubSub.publishAll(ctx.stored, inserted)
+      if (applier.storesDeadline()) yield* ctx.wakeSweeper
       return { outcome: applier.outcome(), membership: applier.membership() }
     })
   /**

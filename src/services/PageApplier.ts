@@ -705,7 +705,19 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       return fresh
     }))
 
-  return { prefetch, apply, applyAll, commit: commitPage, outcome: () => outcome, membership: () => membership }
+  /** Whether the page stores a message with a deadline (the disappearing-message sweeper must hear of it). */
+  const storesDeadline = () =>
+    delivered.messages.some((m) => m.expiresAtNs !== null) || newMessages.some((row) => row.expiresAtNs !== null)
+
+  return {
+    prefetch,
+    apply,
+    applyAll,
+    commit: commitPage,
+    outcome: () => outcome,
+    membership: () => membership,
+    storesDeadline
+  }
 }
 
 const voidedCause = encodeGovernanceError(
