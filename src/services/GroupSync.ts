@@ -89,7 +89,7 @@ export const make = (ctx: EngineContext) => {
       const inserted = yield* applier.commit(items[items.length - 1]!.sequenceId)
       yield* PubSub.publishAll(ctx.stored, inserted)
       if (applier.storesDeadline()) yield* ctx.wakeSweeper
-      return { outcome: applier.outcome(), membership: applier.membership() }
+      return { outcome: applier.outcome(), membership: applier.membership(), delivered: applier.delivered() }
     })
   /**
    * Asked to leave, and nobody else is left to commit the removal: we are out, once our own
@@ -140,9 +140,10 @@ export const make = (ctx: EngineContext) => {
    * Reads back what this installation just published. When the send's answer continues the
    * cursor exactly (`domain/SentAnswer`), it is the topic's next page: applied as a query's page
    * would be (same applier, same checks, one transaction per page), without asking again.
-   * Otherwise the topic is read to its end as `receive` does. Under the group lock.
+   * Otherwise the topic is read to its end as `receive` does. Under the group lock. `confirmed`
+   * collects the own intents the read-back settled (Processed, committed): nobody reads them again.
    */
-  const receiveSent = Effect.fn("GroupSync.receiveSent")(function*(groupId: GroupId, sent: Sent) {
+  const receiveSent = Effect.fn("GroupSync.receiveSent")(function*(groupId: GroupId, sent: Sent, confirmed?: Set<number>) {
     const cursor = yield* storage.cursors.get(groupTopic(groupId))
     if (!continuesCursor(groupId, cursor, sent.payloads, sent.answer)) return yield* receive(groupId)
     let total = PageApplier.emptyOutcome
@@ -151,6 +152,7 @@ export const make = (ctx: EngineContext) => {
       // A page may change the state: only the first starts from what the publisher held.
       const held = i === 0 ? sent.held : undefined
       const page = yield* applyPage(groupId, cursor + BigInt(i), sent.answer.slice(i, i + ctx.options.pageSize), held, sent.intents)
+      for (const id of page.delivered) confirmed?.add(id)
       total = PageApplier.addOutcomes(total, page.outcome)
       membership = page.membership
     }

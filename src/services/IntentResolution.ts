@@ -78,7 +78,9 @@ const resolveRounds = ({ ctx, failIntent, round }: Rounds, groupId: GroupId, int
   const attempt = Effect.gen(function*() {
     const before = first ?? (yield* getIntent(ctx, intentId))
     first = undefined
-    yield* round(groupId)
+    const { confirmed } = yield* round(groupId)
+    // Read back as landed, Processed in a committed page: done, and a Processed intent stays so.
+    if (confirmed.has(intentId)) return
     const intent = yield* getIntent(ctx, intentId)
     return yield* judge(ctx, groupId, intentId, before, intent)
   })

@@ -716,7 +716,9 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
     commit: commitPage,
     outcome: () => outcome,
     membership: () => membership,
-    storesDeadline
+    storesDeadline,
+    /** Own intents this page settles as Processed (its own messages that landed), once committed. */
+    delivered: () => delivered.intents.map((i) => i.id)
   }
 }
 

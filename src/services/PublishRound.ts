@@ -12,17 +12,21 @@ export const make = (
   { checkInstallationsLocked: checkInstallations }: Pick<ReturnType<typeof InstallationChecks.make>, "checkInstallationsLocked">,
   { publishPending }: ReturnType<typeof PublishPending.make>
 ) => {
-  /** One round: read, publish, read what we published, send welcomes. Under the group lock. */
+  /**
+   * One round: read, publish, read what we published, send welcomes. Under the group lock.
+   * `confirmed`: the own intents the read-back settled as Processed (so `resolve` need not ask).
+   */
   const round = Effect.fn("Publisher.round")(function*(groupId: GroupId) {
     return yield* ctx.withGroupLock(groupId)(Effect.gen(function*() {
       const before = yield* sync.receive(groupId)
       yield* checkInstallations(groupId)
       const sent = yield* publishPending(groupId)
       const published = sent.payloads.length
+      const confirmed = new Set<number>()
       // What we sent is read back from the send's answer when it continues our cursor.
-      const after = published > 0 ? yield* sync.receiveSent(groupId, sent) : undefined
+      const after = published > 0 ? yield* sync.receiveSent(groupId, sent, confirmed) : undefined
       yield* sync.postCommit(groupId)
-      return { before, published, after }
+      return { before, published, after, confirmed: confirmed as ReadonlySet<number> }
     }))
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
 
