@@ -4,7 +4,7 @@
  * under the conflict schedule; transport failures and an intent still waiting retry under their
  * own schedule.
  */
-import { Data, Effect, Metric, Option } from "effect"
+import { Data, Effect, type Exit, Metric, Option } from "effect"
 import { DeliveryError, EpochConflict, IntentFailed, type StorageError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import type { StoredIntent } from "../domain/Stored.ts"
@@ -22,7 +22,11 @@ class IntentPending extends Data.TaggedError("IntentPending")<{ readonly intentI
 export interface KnownIntent {
   readonly conflicts: number
   readonly publishedEpoch: bigint | null
+  /** Its first round, already run by the writer under the lock it wrote the intent under. */
+  readonly first?: Exit.Exit<Round, Effect.Effect.Error<ReturnType<Rounds["round"]>>>
 }
+
+type Round = Effect.Effect.Success<ReturnType<ReturnType<typeof PublishRound.make>["round"]>>
 
 /** What `resolve` runs: the engine, a publish round, and failing an intent for good. */
 interface Rounds {
@@ -77,8 +81,9 @@ const resolveRounds = ({ ctx, failIntent, round }: Rounds, groupId: GroupId, int
   let first = known
   const attempt = Effect.gen(function*() {
     const before = first ?? (yield* getIntent(ctx, intentId))
+    const ran = first?.first
     first = undefined
-    const { confirmed } = yield* round(groupId)
+    const { confirmed } = yield* (ran ?? round(groupId))
     // Read back as landed, Processed in a committed page: done, and a Processed intent stays so.
     if (confirmed.has(intentId)) return
     const intent = yield* getIntent(ctx, intentId)

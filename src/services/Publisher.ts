@@ -34,8 +34,8 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
   const derivation = IntentDerivation.make(ctx)
   const checks = InstallationChecks.make(ctx, derivation)
   const pending = PublishPending.make(ctx, derivation, failIntent)
-  const { queueWrittenAhead } = WrittenAhead.make(ctx, derivation)
   const rounds = PublishRound.make(ctx, sync, checks, pending)
+  const { queueWrittenAhead } = WrittenAhead.make(ctx, derivation, rounds)
   const { resolve } = IntentResolution.make(ctx, rounds, failIntent)
 
   return {
