@@ -46,10 +46,12 @@ const sending = (
       Effect.gen(function*() {
         let ids = yield* storage.intents.idsByGroup(group.id, ["ToPublish", "Published", "Committed"])
         while (ids.length > 0) {
-          yield* publisher.resolve(group.id, ids[0]!)
-          // One round usually settles every queued message: read their states back in one go
-          // and go on from the first one still open (an unreadable row too: resolving it says so).
+          const settled = yield* publisher.resolveSettling(group.id, ids[0]!)
+          // One round usually settles every queued message: its read-back says which; the others'
+          // states are read back in one go, going on from the first one still open (an unreadable
+          // row too: resolving it says so).
           const rest = ids.slice(1)
+          if (rest.every((id) => settled.has(id))) break
           const now = yield* storage.intents.statesOf(rest)
           const open = rest.findIndex((id) => now.get(id) !== "Processed")
           ids = open < 0 ? [] : rest.slice(open)

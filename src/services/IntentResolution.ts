@@ -85,9 +85,10 @@ const resolveRounds = ({ ctx, failIntent, round }: Rounds, groupId: GroupId, int
     first = undefined
     const { confirmed } = yield* (ran ?? round(groupId))
     // Read back as landed, Processed in a committed page: done, and a Processed intent stays so.
-    if (confirmed.has(intentId)) return
+    if (confirmed.has(intentId)) return confirmed
     const intent = yield* getIntent(ctx, intentId)
-    return yield* judge(ctx, groupId, intentId, before, intent)
+    yield* judge(ctx, groupId, intentId, before, intent)
+    return confirmed
   })
   return attempt.pipe(
     Effect.tapError((e) => (retryable(e) ? Metric.increment(EngineMetrics.transportRetries) : Effect.void)),
@@ -124,13 +125,20 @@ export const make = (
 ) => {
   const rounds: Rounds = { ctx, round, failIntent }
 
-  /** Runs rounds until the intent is Processed; typed failures say why it is not. */
-  const resolve = Effect.fn("Publisher.resolve")(
+  /**
+   * Runs rounds until the intent is Processed; typed failures say why it is not. Returns the own
+   * intents its last round's read-back settled as Processed (it among them, unless read again).
+   */
+  const resolveSettling = Effect.fn("Publisher.resolve")(
     function*(groupId: GroupId, intentId: number, known?: KnownIntent) {
       return yield* resolveRounds(rounds, groupId, intentId, known).pipe(Metric.trackDuration(EngineMetrics.publishDuration))
     },
     (effect, groupId, intentId) => Effect.annotateLogs(effect, { groupId, intentId })
   )
 
-  return { resolve }
+  /** Runs rounds until the intent is Processed; typed failures say why it is not. */
+  const resolve = (groupId: GroupId, intentId: number, known?: KnownIntent) =>
+    Effect.asVoid(resolveSettling(groupId, intentId, known))
+
+  return { resolve, resolveSettling }
 }

@@ -36,13 +36,14 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
   const pending = PublishPending.make(ctx, derivation, failIntent)
   const rounds = PublishRound.make(ctx, sync, checks, pending)
   const { queueWrittenAhead } = WrittenAhead.make(ctx, derivation, rounds)
-  const { resolve } = IntentResolution.make(ctx, rounds, failIntent)
+  const { resolve, resolveSettling } = IntentResolution.make(ctx, rounds, failIntent)
 
   return {
     publishPending: pending.publishPending,
     queueWrittenAhead,
     round: rounds.round,
     resolve,
+    resolveSettling,
     checkInstallations: checks.checkInstallations,
     checkInstallationsKnown: checks.checkInstallationsKnown,
     checkInstallationsMany: checks.checkInstallationsMany
