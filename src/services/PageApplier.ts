@@ -276,12 +276,9 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
     outcome = { ...outcome, messages: outcome.messages + 1 }
   }
 
-  /** The page's own messages: published, their intents done, the group touched once. */
+  /** The page's own messages: published (which moves the group up: a trigger), their intents done. */
   const writeDelivered = Effect.gen(function*() {
-    if (delivered.messages.length > 0) {
-      yield* storage.messages.markPublishedMany(delivered.messages)
-      yield* storage.groups.touch(groupId, delivered.messages.reduce((t, m) => (m.sentAtNs > t ? m.sentAtNs : t), 0n))
-    }
+    if (delivered.messages.length > 0) yield* storage.messages.markPublishedMany(delivered.messages)
     if (delivered.intents.length > 0) yield* storage.intents.markDelivered(delivered.intents)
   })
 
