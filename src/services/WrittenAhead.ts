@@ -44,7 +44,7 @@ export const make = (
     return yield* ctx.withGroupLock(groupId)(Effect.gen(function*() {
       const group = yield* loadGroupRow(ctx, groupId)
       if (group.membershipState !== "active") return undefined
-      if ((yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])).length > 0) return undefined
+      if ((yield* storage.intents.idsByGroup(groupId, ["ToPublish", "Published"])).length > 0) return undefined
       const state = yield* ctx.loadState(group)
       const derived = yield* derive(state, data).pipe(Effect.orElseSucceed(() => undefined))
       if (derived?._tag !== "Payload" || derived.state === undefined) return undefined
