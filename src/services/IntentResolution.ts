@@ -4,7 +4,7 @@
  * under the conflict schedule; transport failures and an intent still waiting retry under their
  * own schedule.
  */
-import { Data, Effect, type Exit, Metric, Option } from "effect"
+import { Clock, Data, Duration, Effect, type Exit, Metric, Option } from "effect"
 import { DeliveryError, EpochConflict, IntentFailed, type StorageError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import type { StoredIntent } from "../domain/Stored.ts"
@@ -24,6 +24,8 @@ export interface KnownIntent {
   readonly publishedEpoch: bigint | null
   /** Its first round, already run by the writer under the lock it wrote the intent under. */
   readonly first?: Exit.Exit<Round, Effect.Effect.Error<ReturnType<Rounds["round"]>>>
+  /** When that first round started: the publish's duration counts from there. */
+  readonly firstStartedNs?: bigint
 }
 
 type Round = Effect.Effect.Success<ReturnType<ReturnType<typeof PublishRound.make>["round"]>>
@@ -131,7 +133,10 @@ export const make = (
    */
   const resolveSettling = Effect.fn("Publisher.resolve")(
     function*(groupId: GroupId, intentId: number, known?: KnownIntent) {
-      return yield* resolveRounds(rounds, groupId, intentId, known).pipe(Metric.trackDuration(EngineMetrics.publishDuration))
+      const started = known?.firstStartedNs ?? (yield* Clock.currentTimeNanos)
+      const record = Effect.flatMap(Clock.currentTimeNanos, (end) =>
+        Metric.update(EngineMetrics.publishDuration, Duration.nanos(end - started)))
+      return yield* resolveRounds(rounds, groupId, intentId, known).pipe(Effect.onExit(() => record))
     },
     (effect, groupId, intentId) => Effect.annotateLogs(effect, { groupId, intentId })
   )

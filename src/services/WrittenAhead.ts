@@ -2,7 +2,7 @@
  * `send`'s short path: with nothing queued ahead in the group, the message is derived at once
  * and stored with its intent already written ahead, in one transaction.
  */
-import { Effect } from "effect"
+import { Clock, Effect } from "effect"
 import { sha256Hex } from "../domain/Bytes.ts"
 import type { StorageError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
@@ -84,8 +84,9 @@ export const make = (
         error: null,
         createdAtNs
       }
+      const firstStartedNs = yield* Clock.currentTimeNanos
       const first = yield* Effect.exit(roundLocked(groupId, { group: { ...group, ...saved }, state: after, pending: [intent] }))
-      return { intentId, known, first }
+      return { intentId, known: { ...known, firstStartedNs }, first }
     }))
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
 
