@@ -237,4 +237,31 @@ describe("Disappearing messages", () => {
       expect(textOf(yield* texts(yield* open(carol, group.id)))).toEqual(["this one stays"])
       expect(yield* (yield* net.storage(carol)).messages.get(doomed)).toEqual(Option.none())
     }))
+
+  it.scoped("a shorter setting's message vanishes first, on sender and reader alike, with nobody calling anything more", () =>
+    Effect.gen(function*() {
+      const { atBob, bob, group } = yield* threeFriends
+      yield* group.updateMetadata({ disappearAfterNs: 600n * SECOND })
+      const slow = yield* group.send("gone in ten minutes")
+      yield* bob.syncAll
+      // Both sweepers now sleep until the ten-minute deadline; a five-second one must wake them.
+      yield* group.updateMetadata({ disappearAfterNs: 5n * SECOND })
+      const fast = yield* group.sendOptimistic("gone in five seconds")
+      yield* group.publishPending
+      yield* bob.syncAll
+      expect((yield* texts(atBob)).map((m) => m.id)).toEqual([slow, fast])
+
+      yield* TestClock.adjust("6 seconds")
+      const fastGone = Effect.all([texts(group), texts(atBob)]).pipe(
+        Effect.map((all) => all.every((ms) => ms.length === 1))
+      )
+      yield* settle(fastGone)
+      for (const c of [group, atBob]) expect((yield* texts(c)).map((m) => m.id)).toEqual([slow])
+
+      // A sync that brings nothing new changes no deadline: the ten-minute one still holds.
+      yield* bob.syncAll
+      yield* TestClock.adjust("10 minutes")
+      yield* settle(Effect.all([texts(group), texts(atBob)]).pipe(Effect.map((all) => all.every((ms) => ms.length === 0))))
+      for (const c of [group, atBob]) expect(yield* texts(c)).toEqual([])
+    }))
 })

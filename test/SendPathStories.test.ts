@@ -56,6 +56,28 @@ describe("send path", () => {
       expect(yield* texts(carol, group.id)).toEqual(everyone)
     })))
 
+  it.live("Bob's new phone appears while Alice sends with the device check due: the same send adds it, after her message", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const fast = { installationCheckInterval: "0 millis" } as const
+      const [alice, bob] = [yield* net.client("alice", fast), yield* net.client("bob", fast)]
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* group.send("before the phone")
+      const phone = yield* net.client("bob-phone", { ...fast, sameInboxAs: bob })
+      yield* group.send("to both of bob's devices")
+      // No sync of Alice's since: the send itself queued and published the add.
+      const members = yield* group.members
+      expect(members.find((m) => m.inboxId === bob.inboxId)?.installationIds.length).toBe(2)
+      yield* phone.syncAll
+      yield* group.send("after the phone")
+      yield* phone.syncAll
+      yield* bob.syncAll
+      expect(yield* texts(phone, group.id)).toEqual(["after the phone"])
+      expect(yield* texts(bob, group.id)).toEqual(["before the phone", "to both of bob's devices", "after the phone"])
+      const storage = yield* net.storage(alice)
+      expect(yield* storage.intents.byState(["ToPublish", "Published", "Committed"])).toEqual([])
+    })))
+
   it.live("a message queued ahead goes first: send waits its turn behind an optimistic message", () =>
     Effect.scoped(Effect.gen(function*() {
       const net = yield* TestNetwork.make

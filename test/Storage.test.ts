@@ -225,6 +225,25 @@ describe("Storage", () => {
       expect(yield* lastMessage).toBe(before + 10n)
     }).pipe(Effect.provide(memoryStore)))
 
+  it.effect("a queued message the service confirms moves its group to the service's time, never backwards", () =>
+    Effect.gen(function*() {
+      const storage = yield* Storage
+      yield* storage.groups.insert(group())
+      const lastMessage = Effect.map(storage.groups.get(groupId), (g) => Option.getOrThrow(g).lastMessageNs)
+      const before = yield* lastMessage
+      yield* storage.messages.insert(message("1", before + 10n))
+      yield* storage.messages.insert(message("2", before + 11n))
+      yield* storage.messages.markPublishedMany([
+        { id: message("1", 0n).id, sentAtNs: before + 30n, sequenceId: 4n, expiresAtNs: null },
+        { id: message("2", 0n).id, sentAtNs: before + 25n, sequenceId: 5n, expiresAtNs: null }
+      ])
+      expect(yield* lastMessage).toBe(before + 30n)
+      // A confirmation at an older server time leaves the group where it is.
+      yield* storage.messages.insert(message("3", before + 12n))
+      yield* storage.messages.markPublishedMany([{ id: message("3", 0n).id, sentAtNs: before + 20n, sequenceId: 6n, expiresAtNs: null }])
+      expect(yield* lastMessage).toBe(before + 30n)
+    }).pipe(Effect.provide(memoryStore)))
+
   it.effect("a batch of application messages is written ahead in one call; an intent no longer queued is left as it is", () =>
     Effect.gen(function*() {
       const storage = yield* Storage

@@ -225,6 +225,20 @@ const optimisticSendTouchTrigger = Effect.gen(function*() {
     END`
 })
 
+/**
+ * A queued message that the service confirms moves its group to where the service put it, in
+ * the statement that marks it published: the confirmation's transaction needs no `touch` of its own.
+ */
+const sendStatementsPublishTouchTrigger = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`CREATE TRIGGER converge_messages_published_touch AFTER UPDATE OF sent_at_ns ON converge_messages
+    WHEN new.delivery_status = 'published'
+    BEGIN
+      UPDATE converge_groups SET last_message_ns = new.sent_at_ns
+      WHERE id = new.group_id AND last_message_ns < new.sent_at_ns;
+    END`
+})
+
 export const loader = Migrator.fromRecord({
   "0001_create_tables": createTables,
   "0002_group_quarantine": addGroupQuarantine,
@@ -232,7 +246,8 @@ export const loader = Migrator.fromRecord({
   "0004_messaging_direct_content_deletion": addMessagingColumns,
   "0005_history_consent": historyConsentTables,
   "0006_memory_restart_group_rosters": groupRosters,
-  "0007_optimistic_send_touch_trigger": optimisticSendTouchTrigger
+  "0007_optimistic_send_touch_trigger": optimisticSendTouchTrigger,
+  "0008_send_statements_publish_touch_trigger": sendStatementsPublishTouchTrigger
 })
 
 /** Runs pending migrations; a no-op on a database that is up to date. */

@@ -35,7 +35,7 @@ export interface ClientContext {
   readonly welcomes: ReturnType<typeof Welcomes.make>
   readonly deviceSync: ReturnType<typeof DeviceSync.make>
   readonly consent: ReturnType<typeof ConsentBook.make>
-  /** Wakes the disappearing-message sweeper after something may have changed a deadline. */
+  /** Wakes the disappearing-message sweeper (the engine does, whenever it stores a deadline). */
   readonly wakeSweeper: Effect.Effect.Success<ReturnType<typeof DisappearingMessages.start>>
 }
 
@@ -76,6 +76,8 @@ export const make = (options: ClientOptions) =>
       return lock
     }
     const stored = yield* Effect.acquireRelease(PubSub.unbounded<StoredMessage>(), PubSub.shutdown)
+    // Disappearing messages go when the clock passes their deadline, whatever else runs.
+    const wakeSweeper = yield* DisappearingMessages.start(storage)
     const env: EngineContext = {
       storage,
       crypto,
@@ -83,12 +85,11 @@ export const make = (options: ClientOptions) =>
       identity,
       options: engineOptions,
       withGroupLock: (groupId) => lockOf(groupId).withPermits(1),
+      wakeSweeper,
       ...GroupStateCache.make(crypto, GroupStateCache.DEFAULT_MAX_BYTES, { stored: storage.rosters }),
       stored
     }
     const sync = GroupSync.make(env)
-    // Disappearing messages go when the clock passes their deadline, whatever else runs.
-    const wakeSweeper = yield* DisappearingMessages.start(storage)
     const publisher = Publisher.make(env, sync)
     const welcomes = Welcomes.make(env, sync)
     const deviceSync = DeviceSync.make(env, publisher)

@@ -84,13 +84,17 @@ export const make = (
       const data = makeSendMessageData({ messageId, nonce, text, ...extras })
       // Stored `unpublished`, it moves the group up the list as it is inserted (a trigger: one statement).
       const storeMessage = Effect.asVoid(storage.messages.insert(row))
+      const announce = Effect.asVoid(PubSub.publish(stored, row))
+      // Written ahead, its first publish round has run too (`known.first`), announced in between.
       const writtenAhead = options.writtenAhead === true
-        ? yield* publisher.queueWrittenAhead(group.id, data, now, storeMessage)
+        ? yield* publisher.queueWrittenAhead(group.id, data, now, storeMessage, announce)
         : undefined
-      const intentId = writtenAhead?.intentId ??
-        (yield* storage.transaction(Effect.zipRight(storeMessage, queueIntent(group.id, data))))
-      yield* PubSub.publish(stored, row)
-      return { messageId, intentId, known: writtenAhead?.known }
+      if (writtenAhead !== undefined) {
+        return { messageId, intentId: writtenAhead.intentId, known: { ...writtenAhead.known, first: writtenAhead.first } }
+      }
+      const intentId = yield* storage.transaction(Effect.zipRight(storeMessage, queueIntent(group.id, data)))
+      yield* announce
+      return { messageId, intentId, known: undefined }
     })
 
   return { queueMessage }

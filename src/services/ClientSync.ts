@@ -29,12 +29,11 @@ const summarize = (outcome: GroupSync.PageOutcome | undefined, extra: Partial<Sy
   })
 
 /** One round of a group (read, publish, read back), summarized. */
-export const syncGroupWith = ({ publisher, wakeSweeper }: ClientContext) => (groupId: GroupId) =>
+export const syncGroupWith = ({ publisher }: ClientContext) => (groupId: GroupId) =>
   publisher.round(groupId).pipe(
     Effect.map(({ after, before, published }) =>
       SyncSummary.combine(summarize(before, { published }), summarize(after))
-    ),
-    Effect.tap(wakeSweeper)
+    )
   )
 
 /** Whether our own inbox's log no longer lists this installation (it was revoked). */

@@ -27,7 +27,7 @@ const sending = (
   { queueMessage }: ReturnType<typeof ClientMessages.make>,
   { annotated, id, kind, span, traced }: HandleScope
 ): SendingOperations => {
-  const { publisher, wakeSweeper } = ctx
+  const { publisher } = ctx
   const { storage } = ctx.env
   const syncGroup = syncGroupWith(ctx)
   const forEachGroup = <A, E>(f: (group: StoredGroup) => Effect.Effect<A, E>) =>
@@ -37,7 +37,6 @@ const sending = (
       const group = yield* groups.activePrimary(id, kind)
       const { intentId, known, messageId } = yield* queueMessage(group, text, {}, { writtenAhead: true })
       yield* publisher.resolve(group.id, intentId, known)
-      yield* wakeSweeper
       return messageId
     }, annotated),
     sendOptimistic: Effect.fn("Conversation.sendOptimistic", traced)(function*(text: string) {
@@ -50,16 +49,19 @@ const sending = (
         while (ids.length > 0) {
           // A row that does not decode was quarantined by that read (failed, its group flagged):
           // the messages queued behind it still go out, as when listing the queue skipped it.
-          yield* publisher.resolve(group.id, ids[0]!).pipe(Effect.catchIf(isUnreadableIntent, () => Effect.void))
-          // One round usually settles every queued message: read their states back in one go
-          // and go on from the first one still open.
+          const settled = yield* publisher.resolveSettling(group.id, ids[0]!).pipe(
+            Effect.catchIf(isUnreadableIntent, () => Effect.succeed(new Set<number>()))
+          )
+          // One round usually settles every queued message: its read-back says which; the others'
+          // states are read back in one go, going on from the first one still open.
           const rest = ids.slice(1)
+          if (rest.every((id) => settled.has(id))) break
           const now = yield* storage.intents.statesOf(rest)
           const open = rest.findIndex((id) => now.get(id) !== "Processed")
           ids = open < 0 ? [] : rest.slice(open)
         }
       })
-    ).pipe(Effect.asVoid, Effect.tap(wakeSweeper), span("publishPending")),
+    ).pipe(Effect.asVoid, span("publishPending")),
     sync: forEachGroup((group) =>
       group.membershipState === "inactive" ? Effect.succeed(SyncSummary.empty) : syncGroup(group.id)
     ).pipe(Effect.map((all) => all.reduce(SyncSummary.combine, SyncSummary.empty)), span("sync"))
@@ -120,7 +122,7 @@ export const make = (
     checkNotPaused: intents.checkNotPaused,
     queueMessage: messages.queueMessage,
     queueIntent: intents.queueIntent,
-    resolve: (groupId, intentId) => ctx.publisher.resolve(groupId, intentId).pipe(Effect.tap(ctx.wakeSweeper)),
+    resolve: (groupId, intentId) => ctx.publisher.resolve(groupId, intentId),
     // A deletion ends refused only with PermissionDenied or ProtocolVersionTooOld, never a metadata conflict.
     resolveTyped: (groupId, intentId) =>
       intents.resolveTyped(groupId, intentId).pipe(Effect.catchTag("MetadataConflict", Effect.die)),

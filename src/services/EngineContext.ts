@@ -72,6 +72,11 @@ export interface EngineContext {
   readonly options: EngineOptions
   /** Serialises publish and sync per group within this process. */
   readonly withGroupLock: (groupId: GroupId) => <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  /**
+   * Wakes the disappearing-message sweeper: called once a transaction has stored a message
+   * with a deadline (only then can its next deadline be earlier than the one it sleeps until).
+   */
+  readonly wakeSweeper: Effect.Effect<void>
   /** Every message row stored for the first time, after its transaction commits. */
   readonly stored: PubSub.PubSub<StoredMessage>
   /**

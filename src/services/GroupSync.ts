@@ -65,8 +65,9 @@ export const make = (ctx: EngineContext) => {
   const receivePage = Effect.fn("GroupSync.receivePage")(function*(groupId: GroupId) {
     const cursor = yield* storage.cursors.get(groupTopic(groupId))
     const page = yield* ds.queryGroupMessages({ groupId, afterSequenceId: cursor, limit: ctx.options.pageSize })
-    if (page.items.length === 0) return { outcome: PageApplier.emptyOutcome, more: false, membership: undefined }
-    return { ...(yield* applyPage(groupId, cursor, page.items)), more: page.next !== undefined }
+    if (page.items.length === 0) return { outcome: PageApplier.emptyOutcome, more: false, membership: undefined, cursor }
+    const last = page.items[page.items.length - 1]!.sequenceId
+    return { ...(yield* applyPage(groupId, cursor, page.items)), more: page.next !== undefined, cursor: last }
   })
 
   /**
@@ -88,7 +89,8 @@ export const make = (ctx: EngineContext) => {
       yield* applier.applyAll(items)
       const inserted = yield* applier.commit(items[items.length - 1]!.sequenceId)
       yield* PubSub.publishAll(ctx.stored, inserted)
-      return { outcome: applier.outcome(), membership: applier.membership() }
+      if (applier.storesDeadline()) yield* ctx.wakeSweeper
+      return { outcome: applier.outcome(), membership: applier.membership(), delivered: applier.delivered() }
     })
   /**
    * Asked to leave, and nobody else is left to commit the removal: we are out, once our own
@@ -120,29 +122,43 @@ export const make = (ctx: EngineContext) => {
       }))
     })
 
-  /** Reads the topic to its end. */
-  const receive = Effect.fn("GroupSync.receive")(function*(groupId: GroupId) {
+  /**
+   * Reads the topic to its end. `known`: the group's membership as the caller read it under the
+   * group lock still held (what a sync without news would otherwise read again).
+   */
+  const receiveTo = Effect.fn("GroupSync.receive")(function*(groupId: GroupId, known?: MembershipState) {
     let total = PageApplier.emptyOutcome
-    let membership: MembershipState | undefined
+    let membership: MembershipState | undefined = known
+    let cursor: bigint
     while (true) {
       const page = yield* receivePage(groupId)
       total = PageApplier.addOutcomes(total, page.outcome)
       membership = page.membership ?? membership
+      cursor = page.cursor
       if (!page.more) break
     }
     yield* settleLoneLeaver(groupId, membership)
     yield* EngineMetrics.recordSync(total)
-    return total
+    return { total, cursor }
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
+  const receive = (groupId: GroupId, known?: MembershipState) =>
+    Effect.map(receiveTo(groupId, known), ({ total }) => total)
 
   /**
    * Reads back what this installation just published. When the send's answer continues the
    * cursor exactly (`domain/SentAnswer`), it is the topic's next page: applied as a query's page
    * would be (same applier, same checks, one transaction per page), without asking again.
-   * Otherwise the topic is read to its end as `receive` does. Under the group lock.
+   * Otherwise the topic is read to its end as `receive` does. Under the group lock. `confirmed`
+   * collects the own intents the read-back settled (Processed, committed): nobody reads them again.
+   * `at`: the cursor as `receiveTo` left it, when the caller knows nothing can have moved it since.
    */
-  const receiveSent = Effect.fn("GroupSync.receiveSent")(function*(groupId: GroupId, sent: Sent) {
-    const cursor = yield* storage.cursors.get(groupTopic(groupId))
+  const receiveSent = Effect.fn("GroupSync.receiveSent")(function*(
+    groupId: GroupId,
+    sent: Sent,
+    confirmed?: Set<number>,
+    at?: bigint
+  ) {
+    const cursor = at ?? (yield* storage.cursors.get(groupTopic(groupId)))
     if (!continuesCursor(groupId, cursor, sent.payloads, sent.answer)) return yield* receive(groupId)
     let total = PageApplier.emptyOutcome
     let membership: MembershipState | undefined
@@ -150,6 +166,7 @@ export const make = (ctx: EngineContext) => {
       // A page may change the state: only the first starts from what the publisher held.
       const held = i === 0 ? sent.held : undefined
       const page = yield* applyPage(groupId, cursor + BigInt(i), sent.answer.slice(i, i + ctx.options.pageSize), held, sent.intents)
+      for (const id of page.delivered) confirmed?.add(id)
       total = PageApplier.addOutcomes(total, page.outcome)
       membership = page.membership
     }
@@ -226,5 +243,5 @@ export const make = (ctx: EngineContext) => {
       yield* storage.intents.markProcessed(intent.id)
     })
 
-  return { receive, receiveSent, postCommit, membersByInbox }
+  return { receive, receiveTo, receiveSent, postCommit, membersByInbox }
 }

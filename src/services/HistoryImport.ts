@@ -168,6 +168,8 @@ export const make = (ctx: EngineContext) => {
           const result = yield* applyRow(row, progress)
           progress = result.progress
           imported += result.imported
+          // Imported messages may carry deadlines: the sweeper hears of them once they are stored.
+          if (result.imported > 0) yield* ctx.wakeSweeper
           if (result.page) yield* ctx.options.crashPoint("history.afterPage")
         }
       }

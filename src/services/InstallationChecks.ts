@@ -151,6 +151,8 @@ export const make = (ctx: EngineContext, { diffAgainst }: Pick<ReturnType<typeof
       Effect.flatMap(checkDue(c, groupId), (due) => (due ? ctx.withGroupLock(groupId)(checkInstallations(groupId)) : Effect.void)),
     /** The periodic check, the caller holding the group lock. */
     checkInstallationsLocked: checkInstallations,
+    /** Whether the periodic check is due (it may queue an intent then). */
+    checkDue: (groupId: GroupId) => checkDue(c, groupId),
     checkInstallationsKnown: (groupId: GroupId) => ctx.withGroupLock(groupId)(checkInstallationsKnown(groupId)),
     checkInstallationsMany
   }

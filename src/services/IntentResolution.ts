@@ -4,7 +4,7 @@
  * under the conflict schedule; transport failures and an intent still waiting retry under their
  * own schedule.
  */
-import { Data, Effect, Metric, Option } from "effect"
+import { Clock, Data, Duration, Effect, type Exit, Metric, Option } from "effect"
 import { DeliveryError, EpochConflict, IntentFailed, type StorageError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import type { StoredIntent } from "../domain/Stored.ts"
@@ -22,7 +22,13 @@ class IntentPending extends Data.TaggedError("IntentPending")<{ readonly intentI
 export interface KnownIntent {
   readonly conflicts: number
   readonly publishedEpoch: bigint | null
+  /** Its first round, already run by the writer under the lock it wrote the intent under. */
+  readonly first?: Exit.Exit<Round, Effect.Effect.Error<ReturnType<Rounds["round"]>>>
+  /** When that first round started: the publish's duration counts from there. */
+  readonly firstStartedNs?: bigint
 }
+
+type Round = Effect.Effect.Success<ReturnType<ReturnType<typeof PublishRound.make>["round"]>>
 
 /** What `resolve` runs: the engine, a publish round, and failing an intent for good. */
 interface Rounds {
@@ -84,10 +90,14 @@ const resolveRounds = ({ ctx, failIntent, round }: Rounds, groupId: GroupId, int
   let first = known
   const attempt = Effect.gen(function*() {
     const before = first ?? (yield* getIntent(ctx, intentId))
+    const ran = first?.first
     first = undefined
-    yield* round(groupId)
+    const { confirmed } = yield* (ran ?? round(groupId))
+    // Read back as landed, Processed in a committed page: done, and a Processed intent stays so.
+    if (confirmed.has(intentId)) return confirmed
     const intent = yield* getIntent(ctx, intentId)
-    return yield* judge(ctx, groupId, intentId, before, intent)
+    yield* judge(ctx, groupId, intentId, before, intent)
+    return confirmed
   })
   return attempt.pipe(
     Effect.tapError((e) => (retryable(e) ? Metric.increment(EngineMetrics.transportRetries) : Effect.void)),
@@ -124,13 +134,23 @@ export const make = (
 ) => {
   const rounds: Rounds = { ctx, round, failIntent }
 
-  /** Runs rounds until the intent is Processed; typed failures say why it is not. */
-  const resolve = Effect.fn("Publisher.resolve")(
+  /**
+   * Runs rounds until the intent is Processed; typed failures say why it is not. Returns the own
+   * intents its last round's read-back settled as Processed (it among them, unless read again).
+   */
+  const resolveSettling = Effect.fn("Publisher.resolve")(
     function*(groupId: GroupId, intentId: number, known?: KnownIntent) {
-      return yield* resolveRounds(rounds, groupId, intentId, known).pipe(Metric.trackDuration(EngineMetrics.publishDuration))
+      const started = known?.firstStartedNs ?? (yield* Clock.currentTimeNanos)
+      const record = Effect.flatMap(Clock.currentTimeNanos, (end) =>
+        Metric.update(EngineMetrics.publishDuration, Duration.nanos(end - started)))
+      return yield* resolveRounds(rounds, groupId, intentId, known).pipe(Effect.onExit(() => record))
     },
     (effect, groupId, intentId) => Effect.annotateLogs(effect, { groupId, intentId })
   )
 
-  return { resolve }
+  /** Runs rounds until the intent is Processed; typed failures say why it is not. */
+  const resolve = (groupId: GroupId, intentId: number, known?: KnownIntent) =>
+    Effect.asVoid(resolveSettling(groupId, intentId, known))
+
+  return { resolve, resolveSettling }
 }

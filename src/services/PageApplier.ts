@@ -276,12 +276,9 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
     outcome = { ...outcome, messages: outcome.messages + 1 }
   }
 
-  /** The page's own messages: published, their intents done, the group touched once. */
+  /** The page's own messages: published (which moves the group up: a trigger), their intents done. */
   const writeDelivered = Effect.gen(function*() {
-    if (delivered.messages.length > 0) {
-      yield* storage.messages.markPublishedMany(delivered.messages)
-      yield* storage.groups.touch(groupId, delivered.messages.reduce((t, m) => (m.sentAtNs > t ? m.sentAtNs : t), 0n))
-    }
+    if (delivered.messages.length > 0) yield* storage.messages.markPublishedMany(delivered.messages)
     if (delivered.intents.length > 0) yield* storage.intents.markDelivered(delivered.intents)
   })
 
@@ -705,7 +702,21 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       return fresh
     }))
 
-  return { prefetch, apply, applyAll, commit: commitPage, outcome: () => outcome, membership: () => membership }
+  /** Whether the page stores a message with a deadline (the disappearing-message sweeper must hear of it). */
+  const storesDeadline = () =>
+    delivered.messages.some((m) => m.expiresAtNs !== null) || newMessages.some((row) => row.expiresAtNs !== null)
+
+  return {
+    prefetch,
+    apply,
+    applyAll,
+    commit: commitPage,
+    outcome: () => outcome,
+    membership: () => membership,
+    storesDeadline,
+    /** Own intents this page settles as Processed (its own messages that landed), once committed. */
+    delivered: () => delivered.intents.map((i) => i.id)
+  }
 }
 
 const voidedCause = encodeGovernanceError(

@@ -49,6 +49,16 @@ interface Progress {
   stateToSave: MlsGroupState | undefined
 }
 
+/**
+ * The group's row, state and pending intents as stored, when the caller has just written them
+ * under the group lock it still holds (`send`'s write-ahead): publishing reads none of them again.
+ */
+export interface HeldPending {
+  readonly group: StoredGroup
+  readonly state: MlsGroupState
+  readonly pending: ReadonlyArray<StoredIntent>
+}
+
 /** What publishing needs besides the progress record. */
 interface Deps {
   readonly ctx: EngineContext
@@ -202,9 +212,9 @@ export const make = (
    * transaction (their payloads and the group state after the last), then sent in one call.
    * Runs under the group lock.
    */
-  const publishPending = Effect.fn("Publisher.publishPending")(function*(groupId: GroupId) {
-    const group = yield* loadGroupRow(ctx, groupId)
-    const pending = yield* storage.intents.byGroup(groupId, ["Published", "ToPublish"])
+  const publishPending = Effect.fn("Publisher.publishPending")(function*(groupId: GroupId, held?: HeldPending) {
+    const group = held?.group ?? (yield* loadGroupRow(ctx, groupId))
+    const pending = held?.pending ?? (yield* storage.intents.byGroup(groupId, ["Published", "ToPublish"]))
     const sent: SentSoFar = { payloads: [], answer: [], intents: [] }
     if (pending.length === 0) return sent
     if (group.membershipState === "inactive") {
@@ -214,7 +224,7 @@ export const make = (
     const p: Progress = {
       groupId,
       sent,
-      state: yield* ctx.loadState(group),
+      state: held?.state ?? (yield* ctx.loadState(group)),
       row: group,
       batch: [],
       writeAhead: [],

@@ -9,22 +9,36 @@ import type * as PublishPending from "./PublishPending.ts"
 export const make = (
   ctx: EngineContext,
   sync: ReturnType<typeof GroupSync.make>,
-  { checkInstallationsLocked: checkInstallations }: Pick<ReturnType<typeof InstallationChecks.make>, "checkInstallationsLocked">,
+  { checkDue, checkInstallationsLocked: checkInstallations }: Pick<
+    ReturnType<typeof InstallationChecks.make>,
+    "checkInstallationsLocked" | "checkDue"
+  >,
   { publishPending }: ReturnType<typeof PublishPending.make>
 ) => {
-  /** One round: read, publish, read what we published, send welcomes. Under the group lock. */
-  const round = Effect.fn("Publisher.round")(function*(groupId: GroupId) {
-    return yield* ctx.withGroupLock(groupId)(Effect.gen(function*() {
-      const before = yield* sync.receive(groupId)
-      yield* checkInstallations(groupId)
-      const sent = yield* publishPending(groupId)
-      const published = sent.payloads.length
-      // What we sent is read back from the send's answer when it continues our cursor.
-      const after = published > 0 ? yield* sync.receiveSent(groupId, sent) : undefined
-      yield* sync.postCommit(groupId)
-      return { before, published, after }
-    }))
+  /**
+   * One round, the caller holding the group lock. `held`: the row, state and pending intents the
+   * caller just wrote under that lock; publishing uses them when nothing changed them since (no
+   * page read before, no installation check due, which may queue an intent).
+   * `confirmed`: the own intents the read-back settled as Processed (so `resolve` need not ask).
+   */
+  const roundLocked = Effect.fn("Publisher.round")(function*(groupId: GroupId, held?: PublishPending.HeldPending) {
+    const { cursor, total: before } = yield* sync.receiveTo(groupId, held?.group.membershipState)
+    const unchanged = held !== undefined && before.received === 0 && !(yield* checkDue(groupId))
+    yield* checkInstallations(groupId)
+    const sent = yield* publishPending(groupId, unchanged ? held : undefined)
+    const published = sent.payloads.length
+    const confirmed = new Set<number>()
+    // What we sent is read back from the send's answer when it continues our cursor (as read
+    // above when the group was held throughout: only a page, under this lock, moves it then).
+    const after = published > 0
+      ? yield* sync.receiveSent(groupId, sent, confirmed, unchanged ? cursor : undefined)
+      : undefined
+    yield* sync.postCommit(groupId)
+    return { before, published, after, confirmed: confirmed as ReadonlySet<number> }
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
 
-  return { round }
+  /** One round: read, publish, read what we published, send welcomes. Under the group lock. */
+  const round = (groupId: GroupId) => ctx.withGroupLock(groupId)(roundLocked(groupId))
+
+  return { round, roundLocked }
 }

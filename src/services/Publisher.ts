@@ -34,15 +34,16 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
   const derivation = IntentDerivation.make(ctx)
   const checks = InstallationChecks.make(ctx, derivation)
   const pending = PublishPending.make(ctx, derivation, failIntent)
-  const { queueWrittenAhead } = WrittenAhead.make(ctx, derivation)
   const rounds = PublishRound.make(ctx, sync, checks, pending)
-  const { resolve } = IntentResolution.make(ctx, rounds, failIntent)
+  const { queueWrittenAhead } = WrittenAhead.make(ctx, derivation, rounds)
+  const { resolve, resolveSettling } = IntentResolution.make(ctx, rounds, failIntent)
 
   return {
     publishPending: pending.publishPending,
     queueWrittenAhead,
     round: rounds.round,
     resolve,
+    resolveSettling,
     checkInstallations: checks.checkInstallations,
     checkInstallationsKnown: checks.checkInstallationsKnown,
     checkInstallationsMany: checks.checkInstallationsMany

@@ -2,16 +2,22 @@
  * `send`'s short path: with nothing queued ahead in the group, the message is derived at once
  * and stored with its intent already written ahead, in one transaction.
  */
-import { Effect } from "effect"
+import { Clock, Effect } from "effect"
 import { sha256Hex } from "../domain/Bytes.ts"
 import type { StorageError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import type { SendMessageData } from "../domain/Intent.ts"
+import type { StoredIntent } from "../domain/Stored.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
 import type * as IntentDerivation from "./IntentDerivation.ts"
 import type { KnownIntent } from "./IntentResolution.ts"
+import type * as PublishRound from "./PublishRound.ts"
 
-export const make = (ctx: EngineContext, { derive }: Pick<ReturnType<typeof IntentDerivation.make>, "derive">) => {
+export const make = (
+  ctx: EngineContext,
+  { derive }: Pick<ReturnType<typeof IntentDerivation.make>, "derive">,
+  { roundLocked }: Pick<ReturnType<typeof PublishRound.make>, "roundLocked">
+) => {
   const { crypto, storage } = ctx
 
   /**
@@ -23,36 +29,64 @@ export const make = (ctx: EngineContext, { derive }: Pick<ReturnType<typeof Inte
    * intent's id and what `resolve` may take as known of it, or `undefined` when something is
    * queued ahead, the group is not active or the message cannot be derived here: then the caller
    * queues it as usual, and the usual publish path deals with it.
+   *
+   * The first publish round runs at once, under the same lock: it starts from the row, state and
+   * intent just written (nothing else can have changed them), and its outcome comes back as an
+   * `Exit` for `resolve` to take as its first round. `stored` runs once the transaction commits.
    */
   const queueWrittenAhead = Effect.fn("Publisher.queueWrittenAhead")(function*(
     groupId: GroupId,
     data: SendMessageData,
     createdAtNs: bigint,
-    storeMessage: Effect.Effect<void, StorageError>
+    storeMessage: Effect.Effect<void, StorageError>,
+    stored: Effect.Effect<void>
   ) {
     return yield* ctx.withGroupLock(groupId)(Effect.gen(function*() {
       const group = yield* loadGroupRow(ctx, groupId)
       if (group.membershipState !== "active") return undefined
-      if ((yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])).length > 0) return undefined
+      if ((yield* storage.intents.idsByGroup(groupId, ["ToPublish", "Published"])).length > 0) return undefined
       const state = yield* ctx.loadState(group)
       const derived = yield* derive(state, data).pipe(Effect.orElseSucceed(() => undefined))
       if (derived?._tag !== "Payload" || derived.state === undefined) return undefined
       const after = derived.state
       const epoch = crypto.view(state).epoch
+      const payloadHash = sha256Hex(derived.payload)
+      const saved = { epoch: crypto.view(after).epoch, mlsState: ctx.encodeState(groupId, after) }
       yield* ctx.options.crashPoint("publish.beforeWriteAhead")
       const intentId = yield* storage.transaction(Effect.gen(function*() {
         yield* storeMessage
         const id = yield* storage.intents.insertPublished({ groupId, data, createdAtNs }, {
-          payloadHash: sha256Hex(derived.payload),
+          payloadHash,
           payload: derived.payload,
           publishedEpoch: epoch
         })
-        yield* storage.groups.saveState(groupId, { epoch: crypto.view(after).epoch, mlsState: ctx.encodeState(groupId, after) })
+        yield* storage.groups.saveState(groupId, saved)
         return id
       }))
+      yield* stored
       yield* ctx.options.crashPoint("publish.afterWriteAheadBeforeSend")
       const known: KnownIntent = { conflicts: 0, publishedEpoch: epoch }
-      return { intentId, known }
+      // The intent as `insertPublished` stored it: the only pending one of the group.
+      const intent: StoredIntent = {
+        id: intentId,
+        groupId,
+        kind: data._tag,
+        data,
+        state: "Published",
+        payloadHash,
+        payload: derived.payload,
+        publishedEpoch: epoch,
+        stagedState: null,
+        postCommit: null,
+        sequenceId: null,
+        attempts: 1,
+        conflicts: 0,
+        error: null,
+        createdAtNs
+      }
+      const firstStartedNs = yield* Clock.currentTimeNanos
+      const first = yield* Effect.exit(roundLocked(groupId, { group: { ...group, ...saved }, state: after, pending: [intent] }))
+      return { intentId, known: { ...known, firstStartedNs }, first }
     }))
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
 
