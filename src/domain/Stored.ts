@@ -94,6 +94,27 @@ export const StoredIntent = Schema.Struct({
 })
 export type StoredIntent = typeof StoredIntent.Type
 
+/** What an application message's write-ahead records: the exact bytes and the epoch they were made at. */
+export interface PublishedPayload {
+  readonly payloadHash: string
+  readonly payload: Uint8Array
+  readonly publishedEpoch: bigint
+}
+
+/**
+ * The intent as storage leaves it once its application message is written ahead (one attempt
+ * more, nothing staged): what a publisher holding the row under the group lock may use instead of
+ * reading it back.
+ */
+export const publishedIntent = (intent: StoredIntent, published: PublishedPayload): StoredIntent => ({
+  ...intent,
+  ...published,
+  state: "Published",
+  stagedState: null,
+  postCommit: null,
+  attempts: intent.attempts + 1
+})
+
 export const StoredIdentity = Schema.Struct({
   inboxId: InboxId,
   installationId: InstallationId,

@@ -9,7 +9,7 @@ import { encodeGovernanceError, type StorageError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import { isCommitKind } from "../domain/Intent.ts"
 import { validatedMaker } from "../domain/SchemaClass.ts"
-import type { StoredGroup, StoredIntent } from "../domain/Stored.ts"
+import { publishedIntent, type StoredGroup, type StoredIntent } from "../domain/Stored.ts"
 import { type GroupMessageEnvelope, GroupMessageInput } from "../domain/Wire.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
 import type * as IntentDerivation from "./IntentDerivation.ts"
@@ -132,16 +132,7 @@ const stage = (
   if (derived.staged === undefined && derived.postCommit === undefined) {
     p.marks.push({ id: intent.id, payloadHash, payload: derived.payload, publishedEpoch: epoch })
     // The row as `markPublishedMany` leaves it (it was ToPublish, read under this lock).
-    p.sent.intents.push({
-      ...intent,
-      state: "Published",
-      payloadHash,
-      payload: derived.payload,
-      publishedEpoch: epoch,
-      stagedState: null,
-      postCommit: null,
-      attempts: intent.attempts + 1
-    })
+    p.sent.intents.push(publishedIntent(intent, { payloadHash, payload: derived.payload, publishedEpoch: epoch }))
   } else {
     p.writeAhead.push(storage.intents.markPublished(intent.id, {
       payloadHash,

@@ -7,7 +7,7 @@ import { sha256Hex } from "../domain/Bytes.ts"
 import type { StorageError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import type { SendMessageData } from "../domain/Intent.ts"
-import type { StoredIntent } from "../domain/Stored.ts"
+import { publishedIntent, type StoredIntent } from "../domain/Stored.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
 import type * as IntentDerivation from "./IntentDerivation.ts"
 import type { KnownIntent } from "./IntentResolution.ts"
@@ -66,24 +66,26 @@ export const make = (
       yield* stored
       yield* ctx.options.crashPoint("publish.afterWriteAheadBeforeSend")
       const known: KnownIntent = { conflicts: 0, publishedEpoch: epoch }
-      // The intent as `insertPublished` stored it: the only pending one of the group.
-      const intent: StoredIntent = {
+      // The intent as `insertPublished` stored it (a new one, written ahead at once): the only
+      // pending one of the group.
+      const queued: StoredIntent = {
         id: intentId,
         groupId,
         kind: data._tag,
         data,
-        state: "Published",
-        payloadHash,
-        payload: derived.payload,
-        publishedEpoch: epoch,
+        state: "ToPublish",
+        payloadHash: null,
+        payload: null,
+        publishedEpoch: null,
         stagedState: null,
         postCommit: null,
         sequenceId: null,
-        attempts: 1,
+        attempts: 0,
         conflicts: 0,
         error: null,
         createdAtNs
       }
+      const intent = publishedIntent(queued, { payloadHash, payload: derived.payload, publishedEpoch: epoch })
       const firstStartedNs = yield* Clock.currentTimeNanos
       const first = yield* Effect.exit(roundLocked(groupId, { group: { ...group, ...saved }, state: after, pending: [intent] }))
       return { intentId, known: { ...known, firstStartedNs }, first }
