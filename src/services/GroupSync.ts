@@ -148,31 +148,33 @@ export const make = (ctx: EngineContext) => {
    * Reads back what this installation just published. When the send's answer continues the
    * cursor exactly (`domain/SentAnswer`), it is the topic's next page: applied as a query's page
    * would be (same applier, same checks, one transaction per page), without asking again.
-   * Otherwise the topic is read to its end as `receive` does. Under the group lock. `confirmed`
-   * collects the own intents the read-back settled (Processed, committed): nobody reads them again.
+   * Otherwise the topic is read to its end as `receive` does. Under the group lock. With the
+   * outcome, the own intents the read-back settled (Processed, committed): nobody reads them again.
    * `at`: the cursor as `receiveTo` left it, when the caller knows nothing can have moved it since.
    */
   const receiveSent = Effect.fn("GroupSync.receiveSent")(function*(
     groupId: GroupId,
     sent: Sent,
-    confirmed?: Set<number>,
     at?: bigint
   ) {
+    const confirmed = new Set<number>()
     const cursor = at ?? (yield* storage.cursors.get(groupTopic(groupId)))
-    if (!continuesCursor(groupId, cursor, sent.payloads, sent.answer)) return yield* receive(groupId)
+    if (!continuesCursor(groupId, cursor, sent.payloads, sent.answer)) {
+      return { total: yield* receive(groupId), confirmed }
+    }
     let total = PageApplier.emptyOutcome
     let membership: MembershipState | undefined
     for (let i = 0; i < sent.answer.length; i += ctx.options.pageSize) {
       // A page may change the state: only the first starts from what the publisher held.
       const held = i === 0 ? sent.held : undefined
       const page = yield* applyPage(groupId, cursor + BigInt(i), sent.answer.slice(i, i + ctx.options.pageSize), held, sent.intents)
-      for (const id of page.delivered) confirmed?.add(id)
+      for (const id of page.delivered) confirmed.add(id)
       total = PageApplier.addOutcomes(total, page.outcome)
       membership = page.membership
     }
     yield* settleLoneLeaver(groupId, membership)
     yield* EngineMetrics.recordSync(total)
-    return total
+    return { total, confirmed: confirmed as ReadonlySet<number> }
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
 
   /** Sends the welcomes of own commits that are confirmed, then marks them Processed. */

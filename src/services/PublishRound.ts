@@ -27,14 +27,11 @@ export const make = (
     yield* checkInstallations(groupId)
     const sent = yield* publishPending(groupId, unchanged ? held : undefined)
     const published = sent.payloads.length
-    const confirmed = new Set<number>()
     // What we sent is read back from the send's answer when it continues our cursor (as read
     // above when the group was held throughout: only a page, under this lock, moves it then).
-    const after = published > 0
-      ? yield* sync.receiveSent(groupId, sent, confirmed, unchanged ? cursor : undefined)
-      : undefined
+    const readBack = published > 0 ? yield* sync.receiveSent(groupId, sent, unchanged ? cursor : undefined) : undefined
     yield* sync.postCommit(groupId)
-    return { before, published, after, confirmed: confirmed as ReadonlySet<number> }
+    return { before, published, after: readBack?.total, confirmed: readBack?.confirmed ?? new Set<number>() }
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
 
   /** One round: read, publish, read what we published, send welcomes. Under the group lock. */
