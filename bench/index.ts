@@ -570,6 +570,11 @@ const benchSend = (time: JumpingClock) => Effect.scoped(Effect.gen(function*() {
   const send = yield* sample(15, n(120), conversation.send(TEXT_100))
   // The same, with the periodic check of the members' installations due (5 s since the last).
   const sendCheckDue = yield* sample(2, n(15, 5), Effect.zipRight(time.jump, conversation.send(TEXT_100)))
+  // The same group from a client whose every commit is synced (durability "commit"), for the
+  // cost of syncing what a power loss could undo only locally (the default syncs before sending).
+  const strict = yield* net.client("alice-strict", { durability: "commit" })
+  const strictConversation = yield* strict.createGroup([bob.inboxId, carol.inboxId])
+  const sendStrict = yield* sample(15, n(120), strictConversation.send(TEXT_100))
   // Bigger groups: a bigger MLS state to load and store around each send. A few key updates
   // first, so the state holds as many past epochs as it keeps in steady use.
   const crowd = yield* Effect.forEach(Array.from({ length: 97 }), (_, i) => net.client(`member-${i}`), { concurrency: 4 })
@@ -613,6 +618,7 @@ const benchSend = (time: JumpingClock) => Effect.scoped(Effect.gen(function*() {
   printTable("2. Engine send (3-member group unless noted, alice sends, 100-byte text)", STAT_HEADERS, [
     statRow("send (queue + publish + confirm via sync)", send, "one message end to end"),
     statRow("send, member-installation check due", sendCheckDue, "first send in a group after 5 s"),
+    statRow("send, durability \"commit\"", sendStrict, "every commit synced, not only before sends"),
     statRow("send, 10-member group", send10, "after 4 key updates"),
     statRow("send, 50-member group", send50, "after 4 key updates"),
     statRow("send, 100-member group", sendBySize.get(100)!, "after 4 key updates"),
@@ -655,6 +661,7 @@ const benchSend = (time: JumpingClock) => Effect.scoped(Effect.gen(function*() {
   console.log(`   batch, DS per message:      ${batchOps.ds}`)
 
   summary["send"] = send.median
+  summary["sendDurabilityCommit"] = sendStrict.median
   summary["send10"] = send10.median
   summary["send50"] = send50.median
   summary["send100"] = sendBySize.get(100)!.median

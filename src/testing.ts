@@ -75,6 +75,8 @@ export interface TestClientOptions extends ClientOptions {
   readonly sameInboxAs?: TestClient
   /** What this client's delivery service does instead (a lying server, in tests of the threat model). */
   readonly wrapDelivery?: (honest: Context.Tag.Service<DeliveryService>) => Context.Tag.Service<DeliveryService>
+  /** When this client's commits reach the disk (`SqliteStorage.SqliteStorageOptions`). Default `"publish"`. */
+  readonly durability?: SqliteStorage.SqliteStorageOptions["durability"]
 }
 
 /**
@@ -275,7 +277,7 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
     const boot = (name: string, filename: string, clientOptions: TestClientOptions) =>
       Effect.gen(function*() {
         const scope = yield* Scope.fork(outer, { _tag: "Sequential" } as never)
-        const { wrapDelivery, sameInboxAs: _, ...engineOwn } = clientOptions
+        const { durability, sameInboxAs: _, wrapDelivery, ...engineOwn } = clientOptions
         const engineOptions: ClientOptions = {
           ...testDefaults,
           ...options.clientDefaults,
@@ -284,7 +286,10 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
         }
         const layer = Client.layerWithStorage(engineOptions).pipe(
           Layer.provideMerge(
-            options.storageKey === undefined ? SqliteStorage.layer : SqliteStorage.layerWithKey(options.storageKey)
+            SqliteStorage.layerWith({
+              ...(options.storageKey === undefined ? {} : { key: options.storageKey }),
+              ...(durability === undefined ? {} : { durability })
+            })
           ),
           // A literal config cannot fail to load.
           Layer.provide(Layer.orDie(SqliteClient.layer({ filename }))),

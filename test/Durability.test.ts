@@ -1,19 +1,26 @@
 /**
- * A commit that returned is on disk. SQLite reopens a database already in WAL mode with
- * synchronous=NORMAL, where a power loss may undo the last commits: on a client, a write-ahead
- * record whose message went out (sent again after the restart, it would reuse its key and nonce);
- * on the server, an acknowledged append (whose id could go to another message). Both stores set
- * synchronous=FULL on the connection they are given, however it was opened.
+ * When commits reach the disk. Every commit survives a crash of the process when it returns;
+ * the question is what a power loss may undo. The rule that matters: nothing leaves the device
+ * ahead of the record it depends on (a write-ahead record undone after its message went out
+ * would have the message sent again with the same key and nonce). By default the client's
+ * storage commits with synchronous=NORMAL and syncs the WAL file before every request that
+ * writes to the delivery service (`Storage.flush`); `durability: "commit"` syncs every commit.
+ * The delivery service's SQLite store syncs every append (an acknowledged id must not go to
+ * another message). SQLite reopens a WAL database with synchronous=NORMAL, so each store sets
+ * its level on the connection it is given, however it was opened.
  */
 import { SqlClient } from "@effect/sql"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer } from "effect"
+import { Context, Effect, Layer } from "effect"
 import fs from "node:fs"
 import os from "node:os"
 import path from "node:path"
 import * as SqlDeliveryStore from "../src/layers/SqlDeliveryStore.ts"
 import * as SqliteStorage from "../src/layers/SqliteStorage.ts"
+import type { DeliveryService } from "../src/services/DeliveryService.ts"
+import { Storage } from "../src/services/Storage.ts"
+import { TestNetwork } from "../src/testing.ts"
 
 const synchronousLevel = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
@@ -35,6 +42,48 @@ const walFile = Effect.acquireRelease(
 const NORMAL = 1
 const FULL = 2
 
+type Delivery = Context.Tag.Service<DeliveryService>
+
+/** A storage on a reopened WAL file, with the level it commits at. */
+const storageOn = (filename: string, layer: Layer.Layer<Storage, unknown, SqlClient.SqlClient>) =>
+  Effect.gen(function*() {
+    const context = yield* Layer.build(layer.pipe(Layer.provideMerge(SqliteClient.layer({ filename }))))
+    const level = yield* synchronousLevel.pipe(Effect.provide(context))
+    return { storage: Context.get(context, Storage), level }
+  })
+
+/** A write to the client's storage (a cursor moves). */
+const someWrite = (storage: Context.Tag.Service<Storage>, n: bigint) => storage.cursors.set("durability-test", n)
+
+/**
+ * The client's view of the delivery service, which records every request that writes while its
+ * storage holds writes a power loss could undo.
+ */
+const refusingUnflushed = (
+  storageOf: () => Context.Tag.Service<Storage> | undefined,
+  writes: Array<string>,
+  ahead: Array<string>
+) =>
+(ds: Delivery): Delivery => {
+  const checked = <A, E>(name: string, request: Effect.Effect<A, E>) =>
+    Effect.gen(function*() {
+      const storage = storageOf()
+      if (storage !== undefined) {
+        writes.push(name)
+        const unflushed = yield* Effect.orDie(storage.unflushedWrites)
+        if (unflushed > 0) ahead.push(`${name}: ${unflushed} unflushed`)
+      }
+      return yield* request
+    })
+  return {
+    ...ds,
+    sendGroupMessages: (messages) => checked("sendGroupMessages", ds.sendGroupMessages(messages)),
+    sendWelcomeMessages: (messages) => checked("sendWelcomeMessages", ds.sendWelcomeMessages(messages)),
+    uploadKeyPackage: (upload) => checked("uploadKeyPackage", ds.uploadKeyPackage(upload)),
+    publishIdentityUpdate: (update) => checked("publishIdentityUpdate", ds.publishIdentityUpdate(update))
+  }
+}
+
 describe("durability of commits", () => {
   it.scoped("a reopened WAL database alone would commit with synchronous=NORMAL", () =>
     Effect.gen(function*() {
@@ -42,13 +91,30 @@ describe("durability of commits", () => {
       expect(yield* synchronousLevel.pipe(Effect.provide(SqliteClient.layer({ filename })))).toBe(NORMAL)
     }))
 
-  it.scoped("the client's storage commits with synchronous=FULL on a reopened database", () =>
+  it.scoped("by default the client's storage commits unsynced, and flush leaves nothing a power loss could undo", () =>
     Effect.gen(function*() {
       const filename = yield* walFile
-      const level = yield* synchronousLevel.pipe(
-        Effect.provide(SqliteStorage.layer.pipe(Layer.provideMerge(SqliteClient.layer({ filename }))))
-      )
+      const { level, storage } = yield* storageOn(filename, SqliteStorage.layer)
+      expect(level).toBe(NORMAL)
+      // Opening (migrations) is synced before the storage is handed out.
+      expect(yield* storage.unflushedWrites).toBe(0)
+      yield* someWrite(storage, 1n)
+      yield* storage.transaction(someWrite(storage, 2n))
+      expect(yield* storage.unflushedWrites).toBe(2)
+      yield* storage.flush
+      expect(yield* storage.unflushedWrites).toBe(0)
+      // Nothing new: a second flush has nothing to do, and the data reads back.
+      yield* storage.flush
+      expect(yield* storage.cursors.get("durability-test")).toBe(2n)
+    }))
+
+  it.scoped("with durability \"commit\", every commit is synced before it returns", () =>
+    Effect.gen(function*() {
+      const filename = yield* walFile
+      const { level, storage } = yield* storageOn(filename, SqliteStorage.layerWith({ durability: "commit" }))
       expect(level).toBe(FULL)
+      yield* someWrite(storage, 1n)
+      expect(yield* storage.unflushedWrites).toBe(0)
     }))
 
   it.scoped("the delivery service's SQLite store commits with synchronous=FULL on a reopened database", () =>
@@ -59,4 +125,35 @@ describe("durability of commits", () => {
       )
       expect(level).toBe(FULL)
     }))
+
+  it.live("nothing leaves a client ahead of its record: every request that writes finds its storage flushed", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const writes: Array<string> = []
+      const ahead: Array<string> = []
+      const storages = new Map<string, Context.Tag.Service<Storage>>()
+      const watched = (name: string) => ({ wrapDelivery: refusingUnflushed(() => storages.get(name), writes, ahead) })
+      const alice = yield* net.client("alice", watched("alice"))
+      const bob = yield* net.client("bob", watched("bob"))
+      const carol = yield* net.client("carol", watched("carol"))
+      for (const [name, client] of [["alice", alice], ["bob", bob], ["carol", carol]] as const) {
+        storages.set(name, yield* net.storage(client))
+      }
+
+      // A group with Bob (a commit and a welcome), messages sent and queued, a key update,
+      // Carol added; Bob and Carol join (each uses a key package, so each uploads a new one).
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* bob.syncAll
+      yield* group.send("hello")
+      for (const text of ["one", "two", "three"]) yield* group.sendOptimistic(text)
+      yield* group.publishPending
+      yield* group.updateKeys
+      yield* group.addMembers([carol.inboxId])
+      yield* carol.syncAll
+      yield* (yield* bob.conversation(group.id)).send("hi all")
+      yield* Effect.all([alice.syncAll, carol.syncAll])
+
+      expect(new Set(writes)).toEqual(new Set(["sendGroupMessages", "sendWelcomeMessages", "uploadKeyPackage"]))
+      expect(ahead).toEqual([])
+    })))
 })

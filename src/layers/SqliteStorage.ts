@@ -7,7 +7,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { type ConfigError, Context, Effect, Layer, Option, ParseResult, type Redacted, Schema } from "effect"
+import { Config, type ConfigError, Context, Effect, Layer, Option, ParseResult, type Redacted, Schema } from "effect"
 import { DeliveryStatus, MembershipChangeJson, MessageKind } from "../domain/Content.ts"
 import { StorageError } from "../domain/Errors.ts"
 import { ConversationId, GroupId, InboxId, InstallationId, MessageId } from "../domain/Ids.ts"
@@ -26,6 +26,7 @@ import { IdentityUpdate } from "../domain/Wire.ts"
 import { Storage } from "../services/Storage.ts"
 import * as Migrations from "./Migrations.ts"
 import { Big, Bytes, column, Flag, Int, Nullable } from "./SqliteColumns.ts"
+import * as SqliteDurability from "./SqliteDurability.ts"
 import * as SqliteHistoryStorage from "./SqliteHistoryStorage.ts"
 import * as StorageKeys from "./StorageKey.ts"
 import * as SqliteRosterStorage from "./SqliteRosterStorage.ts"
@@ -194,12 +195,10 @@ const chunksOf = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray
 type RawRow = { readonly [column: string]: unknown }
 
 /** The storage; with a key, the secrets in it are sealed at rest (see `StorageKey`). */
-export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
+export const makeWith = (key: StorageKey["Type"], options: SqliteStorageOptions = {}) => Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
-  // Every commit reaches the disk before it returns. SQLite opens a file already in WAL mode
-  // with synchronous=NORMAL, where a power loss may undo the last commits: a write-ahead
-  // record undone after its message went out would be sent again with the same key and nonce.
-  yield* sql`PRAGMA synchronous = FULL`.pipe(Effect.mapError(toStorageError("open")))
+  // When commits reach the disk: before anything that depends on them leaves (SqliteDurability).
+  const durability = yield* SqliteDurability.make(sql, options.durability ?? "publish")
   yield* Migrations.run.pipe(Effect.mapError(toStorageError("migrate")))
   // Deleted and expired messages are overwritten on disk, not only unlinked (SQLite only).
   yield* sql`PRAGMA secure_delete = ON`.pipe(Effect.ignore)
@@ -760,13 +759,40 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
   yield* ensureFeedTriggers
 
   const rosters = SqliteRosterStorage.make(sql, run)
+  // What opening wrote (migrations) survives a power loss before anything is sent.
+  yield* durability.flush
 
-  return Storage.of({ groups, messages, intents, cursors, identity, keyPackages, inboxLogs, consent, history, rosters, transaction })
+  return Storage.of({
+    groups,
+    messages,
+    intents,
+    cursors,
+    identity,
+    keyPackages,
+    inboxLogs,
+    consent,
+    history,
+    rosters,
+    transaction,
+    flush: durability.flush,
+    unflushedWrites: durability.unflushedWrites
+  })
 })
 
 /** The message an unreadable intent was sending, if its (maybe truncated) JSON still names one. */
 const messageIdIn = (data: unknown): string | null =>
   typeof data === "string" ? (/"messageId"\s*:\s*"([0-9a-f]{64})"/.exec(data)?.[1] ?? null) : null
+
+/** How the SQLite storage is opened. */
+export interface SqliteStorageOptions {
+  /**
+   * When commits reach the disk (see `SqliteDurability`). Default `"publish"`: before anything
+   * that depends on them leaves the device. `"commit"`: before each commit returns.
+   */
+  readonly durability?: SqliteDurability.Durability
+}
+
+const durabilityConfig = Config.literal("publish", "commit")("CONVERGE_DURABILITY").pipe(Config.withDefault("publish" as const))
 
 /** The storage without a key: secrets are stored as they are. */
 export const make = makeWith(StorageKey.none)
@@ -779,6 +805,21 @@ export const layerWithKey = (
   key: Redacted.Redacted<Uint8Array>
 ): Layer.Layer<Storage, StorageError, SqlClient.SqlClient> => Layer.effect(Storage, makeWith(Option.some(key)))
 
-/** The key from `CONVERGE_STORAGE_KEY` (64 hex characters) if it is set, else none. */
+/** With options: a storage key to seal secrets under, and when commits reach the disk. */
+export const layerWith = (
+  options: SqliteStorageOptions & { readonly key?: Redacted.Redacted<Uint8Array> }
+): Layer.Layer<Storage, StorageError, SqlClient.SqlClient> =>
+  Layer.effect(Storage, makeWith(Option.fromNullable(options.key), options))
+
+/**
+ * The key from `CONVERGE_STORAGE_KEY` (64 hex characters) if it is set, else none; the
+ * durability from `CONVERGE_DURABILITY` (`publish` or `commit`), else `publish`.
+ */
 export const layerConfig: Layer.Layer<Storage, StorageError | ConfigError.ConfigError, SqlClient.SqlClient> = Layer
-  .effect(Storage, Effect.flatMap(StorageKeys.fromConfig, makeWith))
+  .effect(
+    Storage,
+    Effect.flatMap(
+      Effect.all([StorageKeys.fromConfig, durabilityConfig]),
+      ([key, durability]) => makeWith(key, { durability })
+    )
+  )

@@ -230,6 +230,7 @@ export const make = (ctx: EngineContext) => {
           const sealed = yield* crypto.sealToKeyPackage(keyPackage, payload).pipe(Effect.orDie)
           messages.push(WelcomeMessageInput.make({ installationId, payload: sealed }))
         }
+        yield* storage.flush
         for (let i = 0; i < messages.length; i += 50) {
           const refused = yield* ds.sendWelcomeMessages(messages.slice(i, i + 50)).pipe(
             Effect.as(false),

@@ -306,6 +306,7 @@ export const make = (options: IdentityOptions) =>
           action,
           prover ?? ed25519Seed(signatureKeys.privateKey)
         )
+        yield* storage.flush
         yield* ds.publishIdentityUpdate(update)
         yield* refresh(inboxId)
       })
@@ -322,6 +323,8 @@ export const make = (options: IdentityOptions) =>
       }))
       // The newest stored key package must be the one the server hands out: if the upload
       // fails, the new one goes again (the old one stays the server's, and is not retired).
+      // Its private half is on disk before the public half is out.
+      yield* storage.flush
       yield* ds.uploadKeyPackage(KeyPackageUpload.make({ installationId, keyPackage: bundle.publicPackage })).pipe(
         Effect.tapError(() => storage.keyPackages.remove(bundle.ref))
       )

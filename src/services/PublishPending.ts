@@ -90,6 +90,8 @@ const flush = (ctx: EngineContext, p: Progress) =>
       }))
       yield* ctx.options.crashPoint("publish.afterWriteAheadBeforeSend")
     }
+    // Nothing leaves ahead of its record, even on a power loss (Storage.flush).
+    yield* storage.flush
     const payloads = p.batch
     for (let i = 0; i < payloads.length; i += MAX_BATCH) {
       const chunk = payloads.slice(i, i + MAX_BATCH)

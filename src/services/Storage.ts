@@ -208,4 +208,13 @@ export class Storage extends Context.Tag("converge/Storage")<Storage, {
   readonly rosters?: RosterRepository
   /** Runs `effect` in one transaction; it must not wait on the network or other fibers. */
   readonly transaction: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | StorageError, R>
+  /**
+   * Makes every write so far survive a power loss. Commits survive a crash of the process as
+   * soon as they return; a store may leave the disk sync for later, and the engine calls this
+   * before every request that writes to the delivery service, so nothing leaves the device
+   * ahead of the record it depends on (see `SqliteDurability`). Not inside `transaction`.
+   */
+  readonly flush: Effect.Effect<void, StorageError>
+  /** How many row writes a power loss could still undo (0 right after `flush`). */
+  readonly unflushedWrites: Effect.Effect<number, StorageError>
 }>() {}
