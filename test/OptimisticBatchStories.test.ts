@@ -1,6 +1,6 @@
 /**
  * Stories of optimistic sends: messages queued with `sendOptimistic` are stored at once (each in
- * its own durable transaction), then `publishPending` writes the whole batch ahead in one
+ * its own transaction), then `publishPending` writes the whole batch ahead in one
  * transaction and sends it in one delivery call. Restarts and crashes around that may delay a
  * message, never lose it, send it twice or change its order.
  */
