@@ -153,7 +153,26 @@ describe("durability of commits", () => {
       yield* (yield* bob.conversation(group.id)).send("hi all")
       yield* Effect.all([alice.syncAll, carol.syncAll])
 
-      expect(new Set(writes)).toEqual(new Set(["sendGroupMessages", "sendWelcomeMessages", "uploadKeyPackage"]))
+      // Alice signs in a phone, then revokes it: identity updates from her side.
+      const phone = yield* net.client("alice-phone", { sameInboxAs: alice })
+      yield* alice.revokeInstallation(phone.installationId)
+
+      expect(new Set(writes)).toEqual(
+        new Set(["sendGroupMessages", "sendWelcomeMessages", "uploadKeyPackage", "publishIdentityUpdate"])
+      )
       expect(ahead).toEqual([])
     })))
+
+  it.scoped("flush inside a transaction is a defect: its own writes would count as flushed before they commit", () =>
+    Effect.gen(function*() {
+      const filename = yield* walFile
+      const { storage } = yield* storageOn(filename, SqliteStorage.layer)
+      const exit = yield* storage.transaction(Effect.zipRight(someWrite(storage, 1n), storage.flush)).pipe(Effect.exit)
+      expect(exit._tag === "Failure" && exit.cause._tag === "Die").toBe(true)
+      // Nothing was taken for flushed: the write (rolled back with the transaction) left no mark.
+      yield* someWrite(storage, 2n)
+      expect(yield* storage.unflushedWrites).toBeGreaterThan(0)
+      yield* storage.flush
+      expect(yield* storage.unflushedWrites).toBe(0)
+    }))
 })

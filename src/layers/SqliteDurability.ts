@@ -6,32 +6,39 @@
  * answer matters for safety: nothing may leave the device ahead of the record it depends on.
  * A write-ahead record undone after its message went out would have the message sent again
  * with the same key and nonce; a key package undone after its upload would leave welcomes
- * nobody can open.
+ * nobody can open; a device key undone after another device signed it in would leave the
+ * inbox listing a key nobody holds.
  *
  * - `"publish"` (the default, libxmtp's choice too): commits use `synchronous=NORMAL`, and the
- *   engine calls `flush` before every request that writes to the delivery service. `flush`
- *   syncs the WAL file on libuv's thread pool, so every commit so far survives a power loss
- *   before anything that depends on it leaves. A power loss can undo only what never left:
- *   received pages and confirmations since (fetched and derived again on the next sync) and
- *   messages queued with `sendOptimistic` but not yet published.
+ *   engine calls `flush` before every request that writes to the delivery service (and before
+ *   another device signs this one in). `flush` syncs the WAL file on libuv's thread pool, so
+ *   every commit so far survives a power loss before anything that depends on it leaves. A
+ *   power loss can undo only local changes made since the last such request: received pages
+ *   and confirmations (fetched and derived again on the next sync), messages queued with
+ *   `sendOptimistic` and not yet published, and local-only decisions (consent not yet sent,
+ *   deletions, expiries, pruned keys, which then come back until done again).
  * - `"commit"`: every commit is synced before it returns (`synchronous=FULL`); `flush` has
  *   nothing left to do.
  *
  * A database that is not a file in WAL mode always gets `"commit"`'s behaviour: with a rollback
  * journal, `synchronous=NORMAL` can corrupt the file on a power loss, and a memory database has
  * no disk to reach.
+ *
+ * `flush` skips the sync when `total_changes()` has not moved since the last one. Writes that
+ * do not count there (`CREATE INDEX`, `ANALYZE`, `PRAGMA user_version`) happen only while the
+ * storage opens (migrations), before its first flush, which always syncs.
  */
-import type { SqlClient } from "@effect/sql"
-import { Effect, Schema } from "effect"
+import { SqlClient } from "@effect/sql"
+import { Effect, Option, Schema, type Scope } from "effect"
 import fs from "node:fs/promises"
-import path from "node:path"
 import { StorageError } from "../domain/Errors.ts"
+import { Int } from "./SqliteColumns.ts"
 
 export const Durability = Schema.Literal("publish", "commit")
 export type Durability = typeof Durability.Type
 
 export interface DurabilityControl {
-  /** Makes every write so far survive a power loss. */
+  /** Makes every write so far survive a power loss. Not inside a transaction (a defect there). */
   readonly flush: Effect.Effect<void, StorageError>
   /** How many row writes a power loss could still undo (0 right after `flush`). */
   readonly unflushedWrites: Effect.Effect<number, StorageError>
@@ -39,7 +46,8 @@ export interface DurabilityControl {
 
 const PragmaValue = Schema.Array(Schema.Struct({ journal_mode: Schema.String }))
 const DatabaseList = Schema.Array(Schema.Struct({ name: Schema.String, file: Schema.String }))
-const TotalChanges = Schema.Array(Schema.Struct({ changes: Schema.Number }))
+// An integer however the connection hands it out (number, or bigint under `SafeIntegers`).
+const TotalChanges = Schema.Array(Schema.Struct({ changes: Int }))
 
 const failed = (operation: string) => (error: { readonly message: string }) =>
   new StorageError({ operation, detail: error.message })
@@ -47,7 +55,10 @@ const failed = (operation: string) => (error: { readonly message: string }) =>
 const alwaysDurable: DurabilityControl = { flush: Effect.void, unflushedWrites: Effect.succeed(0) }
 
 /** Sets the connection's `synchronous` level for `durability` and returns its `flush`. */
-export const make = (sql: SqlClient.SqlClient, durability: Durability) =>
+export const make = (
+  sql: SqlClient.SqlClient,
+  durability: Durability
+): Effect.Effect<DurabilityControl, StorageError, Scope.Scope> =>
   Effect.gen(function*() {
     const [mode] = yield* sql`PRAGMA journal_mode`.pipe(Effect.flatMap(Schema.decodeUnknown(PragmaValue)))
     const databases = yield* sql`PRAGMA database_list`.pipe(Effect.flatMap(Schema.decodeUnknown(DatabaseList)))
@@ -57,7 +68,7 @@ export const make = (sql: SqlClient.SqlClient, durability: Durability) =>
       return alwaysDurable
     }
     yield* sql`PRAGMA synchronous = NORMAL`
-    return makeWalFlush(sql, file)
+    return yield* makeWalFlush(sql, `${file}-wal`)
   }).pipe(Effect.mapError(failed("open")))
 
 /** Rows changed on this connection since it opened (only ever grows). */
@@ -67,40 +78,39 @@ const totalChanges = (sql: SqlClient.SqlClient) =>
     Effect.map((rows) => rows[0]?.changes ?? 0)
   )
 
-/** Syncs a file (or directory) on libuv's thread pool. */
-const syncFile = (file: string) =>
-  Effect.tryPromise({
-    try: async () => {
-      const handle = await fs.open(file, "r")
-      try {
+/**
+ * Syncs the WAL through one handle kept open for the storage's life: a write error the kernel
+ * reports once is seen here, not consumed by a handle opened and closed before. SQLite keeps
+ * the same file while its connection is open, and syncs its directory entry when it creates it.
+ */
+const makeWalFlush = (sql: SqlClient.SqlClient, wal: string) =>
+  Effect.gen(function*() {
+    const lock = yield* Effect.makeSemaphore(1)
+    let handle: fs.FileHandle | undefined
+    yield* Effect.addFinalizer(() => Effect.promise(() => handle?.close() ?? Promise.resolve()).pipe(Effect.ignore))
+    const syncWal = Effect.tryPromise({
+      try: async () => {
+        // Read and write: Windows syncs only a handle opened for writing. Nothing is written.
+        handle ??= await fs.open(wal, "r+")
         await handle.datasync()
-      } finally {
-        await handle.close()
+      },
+      catch: (cause) => new StorageError({ operation: "flush", detail: `cannot sync ${wal}: ${String(cause)}` })
+    })
+    let flushedAt = -1
+    const flush = lock.withPermits(1)(Effect.gen(function*() {
+      // Inside a transaction its own writes would count as flushed before they commit.
+      if (Option.isSome(yield* Effect.serviceOption(SqlClient.TransactionConnection))) {
+        return yield* Effect.dieMessage("Storage.flush inside a transaction")
       }
-    },
-    catch: (cause) => new StorageError({ operation: "flush", detail: `cannot sync ${file}: ${String(cause)}` })
+      const changes = yield* totalChanges(sql).pipe(Effect.mapError(failed("flush")))
+      if (changes === flushedAt) return
+      yield* syncWal
+      // Writes that landed while the sync ran may or may not be on disk: they count as unflushed.
+      flushedAt = changes
+    }))
+    const unflushedWrites = totalChanges(sql).pipe(
+      Effect.map((changes) => Math.max(0, changes - Math.max(flushedAt, 0))),
+      Effect.mapError(failed("unflushedWrites"))
+    )
+    return { flush: Effect.withSpan(flush, "Storage.flush"), unflushedWrites } satisfies DurabilityControl
   })
-
-const makeWalFlush = (sql: SqlClient.SqlClient, databaseFile: string): DurabilityControl => {
-  const wal = `${databaseFile}-wal`
-  const lock = Effect.unsafeMakeSemaphore(1)
-  let flushedAt = -1
-  // The WAL file's own name must survive too: SQLite syncs its directory once, and so do we.
-  let directorySynced = false
-  const flush = lock.withPermits(1)(Effect.gen(function*() {
-    const changes = yield* totalChanges(sql).pipe(Effect.mapError(failed("flush")))
-    if (changes === flushedAt) return
-    yield* syncFile(wal)
-    if (!directorySynced) {
-      yield* syncFile(path.dirname(wal))
-      directorySynced = true
-    }
-    // Writes that landed while the sync ran may or may not be on disk: they count as unflushed.
-    flushedAt = changes
-  }))
-  const unflushedWrites = totalChanges(sql).pipe(
-    Effect.map((changes) => Math.max(0, changes - Math.max(flushedAt, 0))),
-    Effect.mapError(failed("unflushedWrites"))
-  )
-  return { flush: Effect.withSpan(flush, "Storage.flush"), unflushedWrites }
-}

@@ -798,25 +798,25 @@ const durabilityConfig = Config.literal("publish", "commit")("CONVERGE_DURABILIT
 export const make = makeWith(StorageKey.none)
 
 /** SQLite (or any `SqlClient`): runs the migrations, then serves the repositories. No storage key. */
-export const layer: Layer.Layer<Storage, StorageError, SqlClient.SqlClient> = Layer.effect(Storage, make)
+export const layer: Layer.Layer<Storage, StorageError, SqlClient.SqlClient> = Layer.scoped(Storage, make)
 
 /** The same, with the secrets sealed at rest under `key` (32 bytes; see `StorageKey`). */
 export const layerWithKey = (
   key: Redacted.Redacted<Uint8Array>
-): Layer.Layer<Storage, StorageError, SqlClient.SqlClient> => Layer.effect(Storage, makeWith(Option.some(key)))
+): Layer.Layer<Storage, StorageError, SqlClient.SqlClient> => Layer.scoped(Storage, makeWith(Option.some(key)))
 
 /** With options: a storage key to seal secrets under, and when commits reach the disk. */
 export const layerWith = (
   options: SqliteStorageOptions & { readonly key?: Redacted.Redacted<Uint8Array> }
 ): Layer.Layer<Storage, StorageError, SqlClient.SqlClient> =>
-  Layer.effect(Storage, makeWith(Option.fromNullable(options.key), options))
+  Layer.scoped(Storage, makeWith(Option.fromNullable(options.key), options))
 
 /**
  * The key from `CONVERGE_STORAGE_KEY` (64 hex characters) if it is set, else none; the
  * durability from `CONVERGE_DURABILITY` (`publish` or `commit`), else `publish`.
  */
 export const layerConfig: Layer.Layer<Storage, StorageError | ConfigError.ConfigError, SqlClient.SqlClient> = Layer
-  .effect(
+  .scoped(
     Storage,
     Effect.flatMap(
       Effect.all([StorageKeys.fromConfig, durabilityConfig]),

@@ -364,8 +364,10 @@ export const make = (options: IdentityOptions) =>
       }
       const state = yield* inboxState(inboxId)
       if (!HashMap.has(state.installations, installationId) && Option.isNone(rootSecretKey) && options.joinInbox !== undefined) {
-        // Another device signs us in; our key signs only the proof of possession.
+        // Another device signs us in; our key signs only the proof of possession. The key it
+        // signs in is on our disk first (the other device flushes its storage, not ours).
         const seed = ed25519Seed(signatureKeys.privateKey)
+        yield* storage.flush
         yield* options.joinInbox.approve({
           installationId,
           signaturePublicKey: toHex(signatureKeys.publicKey),
