@@ -183,8 +183,24 @@ export const initProfile = (dir: string, server: string, sameInboxAs?: string) =
       try: () => {
         if (fs.existsSync(target)) fs.rmdirSync(target)
         fs.renameSync(staging, target)
+        // The inbox is registered: its folder's name must survive a power loss too.
+        syncToDisk(files(target).profile)
+        syncToDisk(path.dirname(target))
       },
       catch: (e) => new UsageError({ argument, reason: `cannot create the profile folder: ${errorText(e)}` })
     })
     return inboxId
   }).pipe(Effect.scoped)
+
+/** fsync a file or folder; a platform that cannot sync a folder (Windows) leaves it to the OS, as SQLite does. */
+const syncToDisk = (file: string) => {
+  let fd: number | undefined
+  try {
+    fd = fs.openSync(file, "r")
+    fs.fsyncSync(fd)
+  } catch {
+    // Best effort, as above.
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd)
+  }
+}
