@@ -26,6 +26,7 @@ import { IdentityUpdate } from "../domain/Wire.ts"
 import { Storage } from "../services/Storage.ts"
 import * as Migrations from "./Migrations.ts"
 import { Big, Bytes, column, Flag, Int, Nullable } from "./SqliteColumns.ts"
+import { publishedAmong, recordMessages } from "./SqliteHistoryFeed.ts"
 import * as SqliteHistoryStorage from "./SqliteHistoryStorage.ts"
 import * as StorageKeys from "./StorageKey.ts"
 import * as SqliteRosterStorage from "./SqliteRosterStorage.ts"
@@ -362,8 +363,12 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
       run(
         "messages.insert",
         // Written out as `insertMany` writes a page's rows: every optimistic send stores one.
-        sql`INSERT INTO converge_messages ${sql.insert(messageColumns(message) as never)} ON CONFLICT (id) DO NOTHING
-            RETURNING id`.pipe(Effect.map((rows) => rows.length > 0))
+        Effect.gen(function*() {
+          const rows = yield* sql`INSERT INTO converge_messages ${sql.insert(messageColumns(message) as never)}
+            ON CONFLICT (id) DO NOTHING RETURNING id`
+          if (rows.length > 0 && message.deliveryStatus === "published") yield* recordMessages(sql, [message.id])
+          return rows.length > 0
+        })
       ),
     insertMany: (messages) =>
       run(
@@ -371,10 +376,11 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
         Effect.gen(function*() {
           const stored: Array<MessageId> = []
           for (let i = 0; i < messages.length; i += 100) {
-            const rows = messages.slice(i, i + 100).map(messageColumns)
-            const inserted = yield* sql<{ id: MessageId }>`INSERT INTO converge_messages ${sql.insert(rows as never)}
-              ON CONFLICT (id) DO NOTHING RETURNING id`
+            const chunk = messages.slice(i, i + 100)
+            const inserted = yield* sql<{ id: MessageId }>`INSERT INTO converge_messages
+              ${sql.insert(chunk.map(messageColumns) as never)} ON CONFLICT (id) DO NOTHING RETURNING id`
             stored.push(...inserted.map((row) => row.id))
+            yield* recordMessages(sql, publishedAmong(chunk, inserted))
           }
           return stored
         })
@@ -479,12 +485,6 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
         "messages.membershipChanges",
         sql`SELECT * FROM converge_messages WHERE conversation_id = ${id} AND kind = 'membershipChange'
             ORDER BY sent_at_ns`.pipe(Effect.flatMap(decodeMessages))
-      ),
-    insertedAfter: (insertedAtNs, limit) =>
-      run(
-        "messages.insertedAfter",
-        sql`SELECT * FROM converge_messages WHERE inserted_at_ns > ${insertedAtNs}
-            ORDER BY inserted_at_ns, id LIMIT ${limit}`.pipe(Effect.flatMap(decodeMessages))
       )
   }
 
