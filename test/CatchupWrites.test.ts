@@ -152,11 +152,18 @@ describe("Upgrading a database from before feed runs", () => {
         expect(yield* feedShown(7, 100)).toEqual([[8, "message 7"], [9, "message 9"]])
         expect((yield* storage.messages.byConversation(conversation, { direction: "desc", limit: 50 })).map((m) => m.content))
           .toEqual(["message 9", "message 8", "message 7", "message 6", "message 4", "message 3", "message 2", "message 1"])
+
+        // Many one-message rows: a page of entries spans more rows than are read at first.
+        for (let n = 100; n < 120; n++) yield* storage.messages.insert(message(n))
+        const later = yield* feedShown(9, 20)
+        expect(later.map(([seq]) => seq)).toEqual(Array.from({ length: 20 }, (_, i) => 10 + i))
+        expect(later.at(-1)).toEqual([29, "message 119"])
+        expect((yield* feedShown(0, 1000)).length).toBe(29)
       }).pipe(Effect.provide(upgraded))
 
       // Reopened: the migrations do not run again, and the feed reads the same.
       const again = yield* feedShown(0, 100).pipe(Effect.provide(upgraded))
-      expect(again.map(([seq]) => seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9])
+      expect(again.map(([seq]) => seq)).toEqual(Array.from({ length: 29 }, (_, i) => i + 1))
       fs.rmSync(dir, { recursive: true, force: true })
     }))
 })

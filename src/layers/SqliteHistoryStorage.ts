@@ -19,7 +19,7 @@ import type {
 } from "../services/HistoryStorage.ts"
 import type { StorageError } from "../domain/Errors.ts"
 import { Big, Int } from "./SqliteColumns.ts"
-import { entriesAfter, FeedRow } from "./SqliteHistoryFeed.ts"
+import { entriesAfter, type FeedItem, FeedRow } from "./SqliteHistoryFeed.ts"
 import type { StorageKey } from "./StorageKey.ts"
 
 const ConsentRow = Schema.Struct({
@@ -62,6 +62,9 @@ type Run = <A>(
   operation: string,
   effect: Effect.Effect<A, SqlError | ParseResult.ParseError, StorageKey>
 ) => Effect.Effect<A, StorageError>
+/** Feed rows read first for a page of entries: a few runs of received messages fill it. */
+const FIRST_ROWS = 16
+
 /** Consecutive slices of at most `size`. */
 const chunksOf = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> =>
   Array.from({ length: Math.ceil(items.length / size) }, (_, i) => items.slice(i * size, (i + 1) * size))
@@ -148,6 +151,27 @@ export const make = (
         Effect.flatMap(decodeMessages)
       )).pipe(Effect.map((chunks) => new Map(chunks.flat().map((m) => [m.id as string, m] as const))))
 
+  /**
+   * The next `limit` entries. A row holds at least one entry after the cursor and a run up to a
+   * page's worth, so a few rows are read first and then at most as many as entries are missing.
+   */
+  const feedItems = (afterSeq: number, limit: number) =>
+    Effect.gen(function*() {
+      const items: Array<FeedItem> = []
+      let after = afterSeq
+      let batch = Math.min(limit, FIRST_ROWS)
+      while (items.length < limit) {
+        const raw = yield* sql<{ seq: bigint | number }>`SELECT seq, kind, ref, ids FROM converge_history_feed
+          WHERE seq > ${after} ORDER BY seq LIMIT ${batch}`
+        items.push(...entriesAfter(yield* decodeFeedRows(raw), afterSeq, limit - items.length))
+        const last = raw.at(-1)
+        if (last === undefined || raw.length < batch) break
+        after = Number(last.seq)
+        batch = limit - items.length
+      }
+      return items
+    })
+
   const history: HistoryRepository = {
     progress: run(
       "history.progress",
@@ -215,10 +239,7 @@ export const make = (
       run(
         "history.feedAfter",
         Effect.gen(function*() {
-          // `limit` rows hold at least `limit` entries (a run row at least one after the cursor).
-          const rows = yield* sql`SELECT seq, kind, ref, ids FROM converge_history_feed
-            WHERE seq > ${afterSeq} ORDER BY seq LIMIT ${limit}`.pipe(Effect.flatMap(decodeFeedRows))
-          const items = entriesAfter(rows, afterSeq, limit)
+          const items = yield* feedItems(afterSeq, limit)
           const own = new Set((yield* sql<{ id: string }>`SELECT id FROM converge_groups
             WHERE name = ${OWN_DEVICES_GROUP_NAME}`).map((r) => r.id))
           const messages = yield* publishedMessages(items.flatMap((item) => (item.kind === "message" ? [item.ref] : [])))

@@ -363,17 +363,22 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
       run(
         "messages.insert",
         // Written out as `insertMany` writes a page's rows: every optimistic send stores one.
-        Effect.gen(function*() {
-          const rows = yield* sql`INSERT INTO converge_messages ${sql.insert(messageColumns(message) as never)}
-            ON CONFLICT (id) DO NOTHING RETURNING id`
-          if (rows.length > 0 && message.deliveryStatus === "published") yield* recordMessages(sql, [message.id])
-          return rows.length > 0
-        })
+        message.deliveryStatus !== "published"
+          ? sql`INSERT INTO converge_messages ${sql.insert(messageColumns(message) as never)} ON CONFLICT (id) DO NOTHING
+              RETURNING id`.pipe(Effect.map((rows) => rows.length > 0))
+          // With its feed entry, atomically (a savepoint inside a caller's transaction).
+          : sql.withTransaction(Effect.gen(function*() {
+            const rows = yield* sql`INSERT INTO converge_messages ${sql.insert(messageColumns(message) as never)}
+              ON CONFLICT (id) DO NOTHING RETURNING id`
+            if (rows.length > 0) yield* recordMessages(sql, [message.id])
+            return rows.length > 0
+          }))
       ),
     insertMany: (messages) =>
       run(
         "messages.insertMany",
-        Effect.gen(function*() {
+        // The rows and their feed runs together, even for a caller without a transaction.
+        messages.length === 0 ? Effect.succeed([]) : sql.withTransaction(Effect.gen(function*() {
           const stored: Array<MessageId> = []
           for (let i = 0; i < messages.length; i += 100) {
             const chunk = messages.slice(i, i + 100)
@@ -383,7 +388,7 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
             yield* recordMessages(sql, publishedAmong(chunk, inserted))
           }
           return stored
-        })
+        }))
       ),
     get: (id) =>
       run(
