@@ -7,7 +7,7 @@
  * page about as much CPU as the insert itself and four more WAL pages. Rows from before the
  * migration (`ref` = one message id, `ids` NULL) are runs of one, so stored cursors stay valid.
  */
-import type { SqlClient } from "@effect/sql"
+import { SqlClient } from "@effect/sql"
 import { Effect, Schema } from "effect"
 import { fromHex, toHex } from "../domain/Bytes.ts"
 import type { MessageId } from "../domain/Ids.ts"
@@ -93,3 +93,12 @@ export const publishedAmong = (
   }
   return ids
 }
+
+/**
+ * Runs statements that must land together (messages and their feed run) in one transaction: the
+ * caller's if there is one (the page's), without a savepoint; otherwise their own.
+ */
+export const atomically = <A, E, R>(sql: SqlClient.SqlClient, effect: Effect.Effect<A, E, R>) =>
+  Effect.serviceOption(SqlClient.TransactionConnection).pipe(
+    Effect.flatMap((inTransaction) => (inTransaction._tag === "Some" ? effect : sql.withTransaction(effect)))
+  )

@@ -26,7 +26,7 @@ import { IdentityUpdate } from "../domain/Wire.ts"
 import { Storage } from "../services/Storage.ts"
 import * as Migrations from "./Migrations.ts"
 import { Big, Bytes, column, Flag, Int, Nullable } from "./SqliteColumns.ts"
-import { publishedAmong, recordMessages } from "./SqliteHistoryFeed.ts"
+import { atomically, publishedAmong, recordMessages } from "./SqliteHistoryFeed.ts"
 import * as SqliteHistoryStorage from "./SqliteHistoryStorage.ts"
 import * as StorageKeys from "./StorageKey.ts"
 import * as SqliteRosterStorage from "./SqliteRosterStorage.ts"
@@ -366,8 +366,8 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
         message.deliveryStatus !== "published"
           ? sql`INSERT INTO converge_messages ${sql.insert(messageColumns(message) as never)} ON CONFLICT (id) DO NOTHING
               RETURNING id`.pipe(Effect.map((rows) => rows.length > 0))
-          // With its feed entry, atomically (a savepoint inside a caller's transaction).
-          : sql.withTransaction(Effect.gen(function*() {
+          // With its feed entry, atomically.
+          : atomically(sql, Effect.gen(function*() {
             const rows = yield* sql`INSERT INTO converge_messages ${sql.insert(messageColumns(message) as never)}
               ON CONFLICT (id) DO NOTHING RETURNING id`
             if (rows.length > 0) yield* recordMessages(sql, [message.id])
@@ -378,7 +378,7 @@ export const makeWith = (key: StorageKey["Type"]) => Effect.gen(function*() {
       run(
         "messages.insertMany",
         // The rows and their feed runs together, even for a caller without a transaction.
-        messages.length === 0 ? Effect.succeed([]) : sql.withTransaction(Effect.gen(function*() {
+        messages.length === 0 ? Effect.succeed([]) : atomically(sql, Effect.gen(function*() {
           const stored: Array<MessageId> = []
           for (let i = 0; i < messages.length; i += 100) {
             const chunk = messages.slice(i, i + 100)
