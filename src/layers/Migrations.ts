@@ -243,7 +243,7 @@ const sendStatementsPublishTouchTrigger = Effect.gen(function*() {
  * A received page writes less (catch-up): the `inserted_at_ns` index had no reader, and the
  * conversation index drops its trailing `id`. Readers order by `sent_at_ns`, then the sequence
  * id, then `id`, so the index only ever served `conversation_id` and `sent_at_ns`; the id made
- * each entry three times as large.
+ * each entry more than twice as large.
  */
 const catchupWritesMessageIndexes = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient

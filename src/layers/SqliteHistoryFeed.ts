@@ -4,8 +4,9 @@
  * statement that stores many published messages (a received page) records them as ONE row: their
  * ids packed in `ids` (32 bytes each, in the order they were given), the row's `seq` being the
  * last of the run's numbers and the `n - 1` before it reserved. A trigger row per message cost a
- * page about as much CPU as the insert itself and four more WAL pages. Rows from before the
- * migration (`ref` = one message id, `ids` NULL) are runs of one, so stored cursors stay valid.
+ * page of 100 a trigger run and an 80-byte row each (4 WAL pages); a run is one row (2). Rows
+ * from before the migration (`ref` = one message id, `ids` NULL) are runs of one, so stored
+ * cursors stay valid.
  */
 import { SqlClient } from "@effect/sql"
 import { Effect, Schema } from "effect"
