@@ -239,7 +239,30 @@ const sendStatementsPublishTouchTrigger = Effect.gen(function*() {
     END`
 })
 
-export const loader = Migrator.fromRecord({
+/**
+ * A received page writes less (catch-up): the `inserted_at_ns` index had no reader, and the
+ * conversation index drops its trailing `id`. Readers order by `sent_at_ns`, then the sequence
+ * id, then `id`, so the index only ever served `conversation_id` and `sent_at_ns`; the id made
+ * each entry more than twice as large.
+ */
+const catchupWritesMessageIndexes = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`DROP INDEX IF EXISTS converge_messages_inserted`
+  yield* sql`DROP INDEX IF EXISTS converge_messages_conversation`
+  yield* sql`CREATE INDEX converge_messages_conversation ON converge_messages (conversation_id, sent_at_ns)`
+})
+
+/**
+ * The history feed records a statement's published messages as one run (`SqliteHistoryFeed`),
+ * written by the store, instead of a row per message from a trigger.
+ */
+const catchupWritesHistoryFeedRuns = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`ALTER TABLE converge_history_feed ADD COLUMN ids BLOB`
+  yield* sql`DROP TRIGGER IF EXISTS converge_history_feed_message`
+})
+
+export const migrations = {
   "0001_create_tables": createTables,
   "0002_group_quarantine": addGroupQuarantine,
   "0003_metadata_change_messages": allowMetadataChangeMessages,
@@ -247,8 +270,12 @@ export const loader = Migrator.fromRecord({
   "0005_history_consent": historyConsentTables,
   "0006_memory_restart_group_rosters": groupRosters,
   "0007_optimistic_send_touch_trigger": optimisticSendTouchTrigger,
-  "0008_send_statements_publish_touch_trigger": sendStatementsPublishTouchTrigger
-})
+  "0008_send_statements_publish_touch_trigger": sendStatementsPublishTouchTrigger,
+  "0009_catchup_writes_message_indexes": catchupWritesMessageIndexes,
+  "0010_catchup_writes_history_feed_runs": catchupWritesHistoryFeedRuns
+}
+
+export const loader = Migrator.fromRecord(migrations)
 
 /** Runs pending migrations; a no-op on a database that is up to date. */
 export const run = Migrator.make({})({ loader, table: migrationsTable })

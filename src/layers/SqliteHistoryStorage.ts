@@ -19,6 +19,7 @@ import type {
 } from "../services/HistoryStorage.ts"
 import type { StorageError } from "../domain/Errors.ts"
 import { Big, Int } from "./SqliteColumns.ts"
+import { entriesAfter, type FeedItem, FeedRow } from "./SqliteHistoryFeed.ts"
 import type { StorageKey } from "./StorageKey.ts"
 
 const ConsentRow = Schema.Struct({
@@ -61,6 +62,13 @@ type Run = <A>(
   operation: string,
   effect: Effect.Effect<A, SqlError | ParseResult.ParseError, StorageKey>
 ) => Effect.Effect<A, StorageError>
+/** Feed rows read first for a page of entries: a few runs of received messages fill it. */
+const FIRST_ROWS = 16
+
+/** Consecutive slices of at most `size`. */
+const chunksOf = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> =>
+  Array.from({ length: Math.ceil(items.length / size) }, (_, i) => items.slice(i * size, (i + 1) * size))
+
 type Decode<A> = (rows: ReadonlyArray<unknown>) => Effect.Effect<Array<A>, SqlError | ParseResult.ParseError, StorageKey>
 
 export const make = (
@@ -122,6 +130,47 @@ export const make = (
       )
     )
   }
+
+  /** Feed rows; one that does not decode is logged and passed over (its numbers are skipped). */
+  const decodeFeedRow = Schema.decodeUnknownEither(FeedRow)
+  const decodeFeedRows = (rows: ReadonlyArray<unknown>) =>
+    Effect.gen(function*() {
+      const decoded: Array<FeedRow> = []
+      for (const row of rows) {
+        const result = decodeFeedRow(row)
+        if (result._tag === "Right") decoded.push(result.right)
+        else yield* Effect.logWarning("history feed row does not decode: passed over", result.left.message)
+      }
+      return decoded
+    })
+
+  /** The published messages among `ids`, by id, read in bounded statements. */
+  const publishedMessages = (ids: ReadonlyArray<string>) =>
+    Effect.forEach(chunksOf([...new Set(ids)], 100), (chunk) =>
+      sql`SELECT * FROM converge_messages WHERE id IN ${sql.in(chunk)} AND delivery_status = 'published'`.pipe(
+        Effect.flatMap(decodeMessages)
+      )).pipe(Effect.map((chunks) => new Map(chunks.flat().map((m) => [m.id as string, m] as const))))
+
+  /**
+   * The next `limit` entries. A row holds at least one entry after the cursor and a run up to a
+   * page's worth, so a few rows are read first and then at most as many as entries are missing.
+   */
+  const feedItems = (afterSeq: number, limit: number) =>
+    Effect.gen(function*() {
+      const items: Array<FeedItem> = []
+      let after = afterSeq
+      let batch = Math.min(limit, FIRST_ROWS)
+      while (items.length < limit) {
+        const raw = yield* sql<{ seq: bigint | number }>`SELECT seq, kind, ref, ids FROM converge_history_feed
+          WHERE seq > ${after} ORDER BY seq LIMIT ${batch}`
+        items.push(...entriesAfter(yield* decodeFeedRows(raw), afterSeq, limit - items.length))
+        const last = raw.at(-1)
+        if (last === undefined || raw.length < batch) break
+        after = Number(last.seq)
+        batch = limit - items.length
+      }
+      return items
+    })
 
   const history: HistoryRepository = {
     progress: run(
@@ -190,21 +239,19 @@ export const make = (
       run(
         "history.feedAfter",
         Effect.gen(function*() {
-          const rows = yield* sql<{ seq: bigint; kind: string; ref: string }>`SELECT seq, kind, ref
-            FROM converge_history_feed WHERE seq > ${afterSeq} ORDER BY seq LIMIT ${limit}`
+          const items = yield* feedItems(afterSeq, limit)
           const own = new Set((yield* sql<{ id: string }>`SELECT id FROM converge_groups
             WHERE name = ${OWN_DEVICES_GROUP_NAME}`).map((r) => r.id))
+          const messages = yield* publishedMessages(items.flatMap((item) => (item.kind === "message" ? [item.ref] : [])))
           const entries: Array<FeedEntry> = []
-          for (const row of rows) {
-            const seq = Number(row.seq)
-            if (row.kind === "group") {
-              const [group] = own.has(row.ref)
+          for (const { kind, ref, seq } of items) {
+            if (kind === "group") {
+              const [group] = own.has(ref)
                 ? []
-                : yield* sql`SELECT * FROM converge_groups WHERE id = ${row.ref}`.pipe(Effect.flatMap(decodeGroups))
+                : yield* sql`SELECT * FROM converge_groups WHERE id = ${ref}`.pipe(Effect.flatMap(decodeGroups))
               entries.push(group === undefined ? { seq } : { seq, group })
             } else {
-              const [message] = yield* sql`SELECT * FROM converge_messages WHERE id = ${row.ref}
-                AND delivery_status = 'published'`.pipe(Effect.flatMap(decodeMessages))
+              const message = messages.get(ref)
               entries.push(message === undefined || own.has(message.groupId) ? { seq } : { seq, message })
             }
           }
@@ -224,16 +271,14 @@ export const make = (
 
   /**
    * The feed's triggers, made sure of at every open: a later migration that rebuilds a table
-   * drops its triggers, and the feed must not miss what is stored after that.
+   * drops its triggers, and the feed must not miss what is stored after that. Messages stored
+   * published are recorded by the store itself, a run per statement (`SqliteHistoryFeed`).
    */
   const ensureFeedTriggers = run(
     "history.ensureFeedTriggers",
     Effect.all([
       sql`CREATE TRIGGER IF NOT EXISTS converge_history_feed_group AFTER INSERT ON converge_groups
         BEGIN INSERT INTO converge_history_feed (kind, ref) VALUES ('group', new.id); END`,
-      sql`CREATE TRIGGER IF NOT EXISTS converge_history_feed_message AFTER INSERT ON converge_messages
-        WHEN new.delivery_status = 'published'
-        BEGIN INSERT INTO converge_history_feed (kind, ref) VALUES ('message', new.id); END`,
       sql`CREATE TRIGGER IF NOT EXISTS converge_history_feed_published AFTER UPDATE OF delivery_status ON converge_messages
         WHEN new.delivery_status = 'published' AND old.delivery_status != 'published'
         BEGIN INSERT INTO converge_history_feed (kind, ref) VALUES ('message', new.id); END`,

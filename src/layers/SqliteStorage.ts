@@ -27,6 +27,7 @@ import { Storage } from "../services/Storage.ts"
 import * as Migrations from "./Migrations.ts"
 import { Big, Bytes, column, Flag, Int, Nullable } from "./SqliteColumns.ts"
 import * as SqliteDurability from "./SqliteDurability.ts"
+import { atomically, publishedAmong, recordMessages } from "./SqliteHistoryFeed.ts"
 import * as SqliteHistoryStorage from "./SqliteHistoryStorage.ts"
 import * as StorageKeys from "./StorageKey.ts"
 import * as SqliteRosterStorage from "./SqliteRosterStorage.ts"
@@ -361,22 +362,32 @@ export const makeWith = (key: StorageKey["Type"], options: SqliteStorageOptions 
       run(
         "messages.insert",
         // Written out as `insertMany` writes a page's rows: every optimistic send stores one.
-        sql`INSERT INTO converge_messages ${sql.insert(messageColumns(message) as never)} ON CONFLICT (id) DO NOTHING
-            RETURNING id`.pipe(Effect.map((rows) => rows.length > 0))
+        message.deliveryStatus !== "published"
+          ? sql`INSERT INTO converge_messages ${sql.insert(messageColumns(message) as never)} ON CONFLICT (id) DO NOTHING
+              RETURNING id`.pipe(Effect.map((rows) => rows.length > 0))
+          // With its feed entry, atomically.
+          : atomically(sql, Effect.gen(function*() {
+            const rows = yield* sql`INSERT INTO converge_messages ${sql.insert(messageColumns(message) as never)}
+              ON CONFLICT (id) DO NOTHING RETURNING id`
+            if (rows.length > 0) yield* recordMessages(sql, [message.id])
+            return rows.length > 0
+          }))
       ),
     insertMany: (messages) =>
       run(
         "messages.insertMany",
-        Effect.gen(function*() {
+        // The rows and their feed runs together, even for a caller without a transaction.
+        messages.length === 0 ? Effect.succeed([]) : atomically(sql, Effect.gen(function*() {
           const stored: Array<MessageId> = []
           for (let i = 0; i < messages.length; i += 100) {
-            const rows = messages.slice(i, i + 100).map(messageColumns)
-            const inserted = yield* sql<{ id: MessageId }>`INSERT INTO converge_messages ${sql.insert(rows as never)}
-              ON CONFLICT (id) DO NOTHING RETURNING id`
+            const chunk = messages.slice(i, i + 100)
+            const inserted = yield* sql<{ id: MessageId }>`INSERT INTO converge_messages
+              ${sql.insert(chunk.map(messageColumns) as never)} ON CONFLICT (id) DO NOTHING RETURNING id`
             stored.push(...inserted.map((row) => row.id))
+            yield* recordMessages(sql, publishedAmong(chunk, inserted))
           }
           return stored
-        })
+        }))
       ),
     get: (id) =>
       run(
@@ -478,12 +489,6 @@ export const makeWith = (key: StorageKey["Type"], options: SqliteStorageOptions 
         "messages.membershipChanges",
         sql`SELECT * FROM converge_messages WHERE conversation_id = ${id} AND kind = 'membershipChange'
             ORDER BY sent_at_ns`.pipe(Effect.flatMap(decodeMessages))
-      ),
-    insertedAfter: (insertedAtNs, limit) =>
-      run(
-        "messages.insertedAfter",
-        sql`SELECT * FROM converge_messages WHERE inserted_at_ns > ${insertedAtNs}
-            ORDER BY inserted_at_ns, id LIMIT ${limit}`.pipe(Effect.flatMap(decodeMessages))
       )
   }
 

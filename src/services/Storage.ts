@@ -93,8 +93,6 @@ export interface MessageRepository {
   ) => Io<void>
   readonly byConversation: (id: ConversationId, query: MessageQuery) => Io<ReadonlyArray<StoredMessage>>
   readonly membershipChanges: (id: ConversationId) => Io<ReadonlyArray<StoredMessage>>
-  /** Messages stored after a local insertion point, across conversations, for streams. */
-  readonly insertedAfter: (insertedAtNs: bigint, limit: number) => Io<ReadonlyArray<StoredMessage>>
 }
 
 export interface NewIntent {
