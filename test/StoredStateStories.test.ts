@@ -5,11 +5,11 @@
  * those read as they were and are written in the compact format on their next save.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Option, Redacted } from "effect"
+import { Effect, Exit, Option, Redacted } from "effect"
 import { encodeGroupState } from "ts-mls"
 import type { ConversationId, GroupId } from "../src/domain/Ids.ts"
 import { decodeStoredState } from "../src/layers/TsMlsStoredState.ts"
-import { type TestClient, TestNetwork } from "../src/testing.ts"
+import { simulatedCrashOf, type TestClient, TestNetwork } from "../src/testing.ts"
 
 const texts = (client: TestClient, id: ConversationId) =>
   client.conversation(id).pipe(
@@ -97,5 +97,39 @@ describe("stored group state", () => {
       yield* (yield* alice.conversation(group.id)).send("after the restart")
       yield* newcomers[3]!.syncAll
       expect(yield* texts(newcomers[3]!, group.id)).toEqual(["after the restart"])
+    })))
+
+  it.live("Alice crashes after sending her add, before reading it back: after the restart her add lands from its written-ahead changes, Dave joins, nothing is lost", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.makeWith({ storageKey: Redacted.make(new Uint8Array(32).fill(9)) })
+      const [alice, bob, dave] = yield* Effect.all([net.client("alice"), net.client("bob"), net.client("dave")])
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* group.send("hello")
+      yield* bob.syncAll
+      const atBob = yield* bob.conversation(group.id)
+      yield* atBob.send("Bob, before the add")
+
+      yield* net.crashAt(alice, "publish.afterSendBeforeSync")
+      const crashed = yield* Effect.exit(group.addMembers([dave.inboxId]))
+      expect(Exit.isFailure(crashed) && simulatedCrashOf(crashed.cause)?.point).toBe("publish.afterSendBeforeSync")
+      const [published] = yield* (yield* net.storage(alice)).intents.byState(["Published"])
+      // Written ahead: only what the add changed ("CVSS"), smaller than the state it was made from.
+      const stagedBytes = published!.stagedState!
+      expect(Buffer.from(stagedBytes.subarray(0, 4)).toString()).toBe("CVSS")
+      expect(stagedBytes.length).toBeLessThan((yield* storedState(net, alice, group.id)).bytes.length)
+      yield* atBob.send("Bob, meanwhile")
+
+      yield* net.restart(alice)
+      yield* alice.syncAll
+      expect((yield* dave.syncAll).joined).toBe(1)
+      const atAlice = yield* alice.conversation(group.id)
+      expect((yield* atAlice.members).map((m) => m.inboxId)).toContain(dave.inboxId)
+      yield* atAlice.send("welcome, Dave")
+      for (const member of [bob, dave]) yield* member.syncAll
+      expect(yield* texts(alice, group.id)).toEqual(["hello", "Bob, before the add", "Bob, meanwhile", "welcome, Dave"])
+      expect(yield* texts(bob, group.id)).toEqual(["hello", "Bob, before the add", "Bob, meanwhile", "welcome, Dave"])
+      // Bob's message came after the add (he read it first): Dave reads it too.
+      expect(yield* texts(dave, group.id)).toEqual(["Bob, meanwhile", "welcome, Dave"])
+      expect(isCompact((yield* storedState(net, alice, group.id)).bytes)).toBe(true)
     })))
 })

@@ -32,7 +32,13 @@ import { groupContextEncoder } from "ts-mls/groupContext.js"
 import { keyScheduleEncoder } from "ts-mls/keySchedule.js"
 import { utf8 } from "../src/domain/Bytes.ts"
 import { NATIVE_CIPHERSUITE, nodeCryptoProvider } from "../src/layers/NodeCiphersuite.ts"
-import { BLANK_SECRET_NODE, decodeStoredState, encodeStoredState } from "../src/layers/TsMlsStoredState.ts"
+import {
+  BLANK_SECRET_NODE,
+  decodeStagedState,
+  decodeStoredState,
+  encodeStagedState,
+  encodeStoredState
+} from "../src/layers/TsMlsStoredState.ts"
 
 const suite = () => getCiphersuiteImpl(getCiphersuiteFromName(NATIVE_CIPHERSUITE), nodeCryptoProvider)
 const acceptAll = () => "accept" as const
@@ -207,5 +213,56 @@ describe("TsMlsStoredState", () => {
     const huge = new Uint8Array(stored)
     new DataView(huge.buffer).setUint32(widthAt, 0x7fffffff)
     expect(attempt(huge)).toBe("refused")
+  })
+
+  it("writes an own commit's staged state as what the commit changed; read back against the state it was created from, it is the staged state", async () => {
+    const cs = await suite()
+    const packages = await Promise.all(Array.from({ length: 24 }, (_, i) => newPackage(`member ${i}`)))
+    let base = await createGroup(randomBytes(16), packages[0]!.publicPackage, packages[0]!.privatePackage, [], cs)
+    base = (await createCommit({ state: base, cipherSuite: cs }, { extraProposals: packages.slice(1, 20).map(addOf) })).newState
+    for (const p of packages.slice(20, 23)) {
+      base = (await createCommit({ state: base, cipherSuite: cs }, { extraProposals: [addOf(p)] })).newState
+    }
+    base = reloaded(base)
+    const staged = (await createCommit({ state: base, cipherSuite: cs }, { extraProposals: [addOf(packages[23]!)] })).newState
+
+    const written = encodeStagedState(staged, base)
+    expect(written.length * 4).toBeLessThan(encodeStoredState(staged).length)
+    const [read, length] = decodeStagedState(base)(written, 0)!
+    expect(length).toBe(written.length)
+    expect(encodeGroupState({ ...read, clientConfig: staged.clientConfig } as ClientState)).toEqual(encodeGroupState(leavesOnly(staged)))
+    expect(encodeStoredState(read)).toEqual(encodeStoredState(staged))
+    // Against a state at another epoch (here the staged one itself) it does not read.
+    expect(decodeStagedState(staged)(written, 0)).toBeUndefined()
+    // Whole stored states read as ever.
+    expect(decodeStagedState(base)(encodeStoredState(staged), 0)![1]).toBe(encodeStoredState(staged).length)
+  })
+
+  it("a staged state read back against its base as later messages of that epoch left it keeps their consumed keys consumed", async () => {
+    const cs = await suite()
+    const [alicePackage, bobPackage, carolPackage] = await Promise.all(["alice", "bob", "carol"].map(newPackage))
+    let alice = await createGroup(randomBytes(16), alicePackage!.publicPackage, alicePackage!.privatePackage, [], cs)
+    const added = await createCommit({ state: alice, cipherSuite: cs }, { extraProposals: [addOf(bobPackage!)], ratchetTreeExtension: true })
+    alice = added.newState
+    let bob = await joinGroup(added.welcome!, bobPackage!.publicPackage, bobPackage!.privatePackage, emptyPskIndex, cs)
+
+    // Alice stages an add; before it lands, Bob's first message of the epoch is read with her current state.
+    const staging = await createCommit({ state: alice, cipherSuite: cs }, { extraProposals: [addOf(carolPackage!)] })
+    const written = encodeStagedState(staging.newState, alice)
+    const first = await createApplicationMessage(bob, utf8("first"), cs)
+    const second = await createApplicationMessage(first.newState, utf8("second"), cs)
+    bob = second.newState
+    const afterFirst = await readText(alice, first)
+    expect(afterFirst.text).toBe("first")
+
+    // Her commit lands (after a restart, say): its staged state is read against the state she has now.
+    const adopted = { ...decodeStagedState(afterFirst.state)(written, 0)![0], clientConfig: alice.clientConfig } as ClientState
+    expect(encodeStoredState(adopted)).not.toEqual(encodeStoredState(staging.newState))
+    bob = (await processMessage(wire(staging.commit), bob, emptyPskIndex, acceptAll, cs)).newState
+    // Bob's second message, from the epoch before, is read late; the first, read already, is not again.
+    expect((await readText(adopted, second)).text).toBe("second")
+    await expect(readText(adopted, first)).rejects.toThrow()
+    const next = await createApplicationMessage(adopted, utf8("after the add"), cs)
+    expect((await readText(bob, next)).text).toBe("after the add")
   })
 })

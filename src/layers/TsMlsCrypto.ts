@@ -987,6 +987,14 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       return wrap({ ...decoded, clientConfig })
     })
 
+    const serializeStaged: Service["serializeStaged"] = (staged, base) =>
+      StoredState.encodeStagedState(unwrapRaw(staged), unwrapRaw(base))
+
+    const deserializeStaged: Service["deserializeStaged"] = Effect.fn("MlsCrypto.deserializeStaged")(function*(bytes, base) {
+      const decoded = yield* decodeAll("staged state", StoredState.decodeStagedState(unwrapRaw(base)), bytes)
+      return wrap({ ...decoded, clientConfig })
+    })
+
     return {
       sealToKeyPackage,
       openSealed,
@@ -1004,6 +1012,8 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       view,
       serialize,
       deserialize,
+      serializeStaged,
+      deserializeStaged,
       inviterOf,
       leafDetails,
       authenticatedBy: (authenticate, prepare) =>

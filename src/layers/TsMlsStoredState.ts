@@ -19,7 +19,7 @@
  * on their next save.
  */
 import type { RatchetTree } from "ts-mls"
-import { decodeUint32, decodeUint64, uint32Encoder, uint64Encoder } from "ts-mls/codec/number.js"
+import { decodeUint32, decodeUint64, decodeUint8, uint32Encoder, uint64Encoder, uint8Encoder } from "ts-mls/codec/number.js"
 import { decodeOptional, optionalEncoder } from "ts-mls/codec/optional.js"
 import { type Decoder, mapDecoders } from "ts-mls/codec/tlsDecoder.js"
 import { type BufferEncoder, contramapBufferEncoder, contramapBufferEncoders, encode } from "ts-mls/codec/tlsEncoder.js"
@@ -239,3 +239,141 @@ export const encodeStoredState: (state: EncodedState) => Uint8Array = encode(sta
 export const decodeStoredState: Decoder<EncodedState> = withinOneState((b, offset) =>
   hasMagic(b, offset) ? decodeCompact(b, offset) : decodeTsMlsState(b, offset)
 )
+
+// ---- staged states: what an own commit changed, against the state it was created from --------
+
+/** "CVSS": a staged state, written as its differences from the state its commit was created from. */
+const STAGED_MAGIC = new Uint8Array([0x43, 0x56, 0x53, 0x53])
+
+/** How a staged state's past epoch is written (its first byte): in full, or as the base's current or past epoch of that number. */
+const PAST_IN_FULL = 0
+const PAST_IS_BASE_CURRENT = 1
+const PAST_IS_BASE_PAST = 2
+
+/** The base's current epoch as ts-mls keeps it among the past epochs (`addHistoricalReceiverData`). */
+const isBaseCurrent = (past: EpochReceiverData, base: EncodedState) =>
+  past.secretTree === base.secretTree && past.ratchetTree === base.ratchetTree &&
+  past.groupContext === base.groupContext && past.senderDataSecret === base.keySchedule.senderDataSecret &&
+  past.resumptionPsk === base.keySchedule.resumptionPsk
+
+const pastEpochOf = (base: EncodedState, epoch: bigint): EpochReceiverData | undefined =>
+  epoch === base.groupContext.epoch
+    ? {
+      secretTree: base.secretTree,
+      ratchetTree: base.ratchetTree,
+      senderDataSecret: base.keySchedule.senderDataSecret,
+      groupContext: base.groupContext,
+      resumptionPsk: base.keySchedule.resumptionPsk
+    }
+    : base.historicalReceiverData.get(epoch)
+
+const stagedPastEncoder = (staged: EncodedState, base: EncodedState): BufferEncoder<readonly [bigint, EpochReceiverData]> => {
+  const inFull = pastEpochEncoder(staged.ratchetTree)
+  return ([epoch, past]) => {
+    if (epoch === base.groupContext.epoch && isBaseCurrent(past, base)) {
+      return contramapBufferEncoders([uint8Encoder, uint64Encoder], () => [PAST_IS_BASE_CURRENT, epoch] as const)(undefined)
+    }
+    if (base.historicalReceiverData.get(epoch) === past) {
+      return contramapBufferEncoders([uint8Encoder, uint64Encoder], () => [PAST_IS_BASE_PAST, epoch] as const)(undefined)
+    }
+    return contramapBufferEncoders([uint8Encoder, inFull], () => [PAST_IN_FULL, [epoch, past]] as const)(undefined)
+  }
+}
+
+const decodeStagedPast = (current: RatchetTree, base: EncodedState): Decoder<readonly [bigint, EpochReceiverData]> => {
+  const inFull = decodePastEpoch(current)
+  return (b, offset) => {
+    if (b[offset] === PAST_IN_FULL) {
+      const decoded = inFull(b, offset + 1)
+      return decoded === undefined ? undefined : [decoded[0], decoded[1] + 1]
+    }
+    const decoded = mapDecoders([decodeUint8, decodeUint64], (kind, epoch) => ({ epoch, kind }))(b, offset)
+    if (decoded === undefined) return undefined
+    const [{ epoch, kind }, length] = decoded
+    const fromBase = kind === PAST_IS_BASE_CURRENT
+      ? (epoch === base.groupContext.epoch ? pastEpochOf(base, epoch) : undefined)
+      : kind === PAST_IS_BASE_PAST
+      ? base.historicalReceiverData.get(epoch)
+      : undefined
+    return fromBase === undefined ? undefined : [[epoch, fromBase], length]
+  }
+}
+
+/**
+ * The bytes to write ahead for an own commit's staged state, given the state `base` its commit was
+ * created from: the new epoch in full, but its ratchet tree as changes to the base's, and the past
+ * epochs it shares with the base by reference. About 12 KB for a 100-member group instead of 80.
+ */
+export const encodeStagedState = (staged: EncodedState, base: EncodedState): Uint8Array =>
+  encode(contramapBufferEncoders(
+    [
+      (_: unknown) => [STAGED_MAGIC.length, (offset: number, buffer: ArrayBuffer) => new Uint8Array(buffer).set(STAGED_MAGIC, offset)],
+      uint64Encoder,
+      groupContextEncoder,
+      keyScheduleEncoder,
+      compactSecretTree.encoder,
+      treeChangesEncoder(base.ratchetTree),
+      privateKeyPathEncoder,
+      varLenDataEncoder,
+      unappliedProposalsEncoder,
+      varLenDataEncoder,
+      varLenTypeEncoder(stagedPastEncoder(staged, base)),
+      groupActiveStateEncoder
+    ] as const,
+    (s: EncodedState) =>
+      [
+        undefined,
+        base.groupContext.epoch,
+        s.groupContext,
+        s.keySchedule,
+        s.secretTree,
+        s.ratchetTree,
+        s.privatePath,
+        s.signaturePrivateKey,
+        s.unappliedProposals,
+        s.confirmationTag,
+        Array.from(s.historicalReceiverData.entries()),
+        s.groupActiveState
+      ] as const
+  ))(staged)
+
+const decodeStagedHead = (base: EncodedState) =>
+  mapDecoders(
+    [
+      decodeUint64,
+      decodeGroupContext,
+      decodeKeySchedule,
+      compactSecretTree.decoder,
+      decodeTreeChanges(base.ratchetTree),
+      decodePrivateKeyPath,
+      decodeVarLenData,
+      decodeUnappliedProposals,
+      decodeVarLenData
+    ],
+    (baseEpoch, groupContext, keySchedule, secretTree, ratchetTree, privatePath, signaturePrivateKey, unappliedProposals, confirmationTag) => ({
+      baseEpoch,
+      fields: { groupContext, keySchedule, secretTree, ratchetTree, privatePath, signaturePrivateKey, unappliedProposals, confirmationTag }
+    })
+  )
+
+/**
+ * A staged state from `encodeStagedState`'s bytes and the group's state at the epoch its commit
+ * was created in (the base, or the base as later messages of that epoch left it: their past
+ * epochs are then the ones it has now), or from a whole stored state's bytes. Undefined when the
+ * base is at another epoch.
+ */
+export const decodeStagedState = (base: EncodedState): Decoder<EncodedState> =>
+  withinOneState((b, offset) => {
+    if (!(b.length >= offset + STAGED_MAGIC.length && STAGED_MAGIC.every((byte, i) => b[offset + i] === byte))) {
+      return hasMagic(b, offset) ? decodeCompact(b, offset) : decodeTsMlsState(b, offset)
+    }
+    const head = decodeStagedHead(base)(b, offset + STAGED_MAGIC.length)
+    if (head === undefined || head[0].baseEpoch !== base.groupContext.epoch) return undefined
+    const [{ fields }, headLength] = head
+    const rest = mapDecoders(
+      [decodeVarLenType(decodeStagedPast(fields.ratchetTree, base)), decodeGroupActiveState],
+      (pastEpochs, groupActiveState) => ({ historicalReceiverData: new Map(pastEpochs), groupActiveState })
+    )(b, offset + STAGED_MAGIC.length + headLength)
+    if (rest === undefined) return undefined
+    return [{ ...fields, ...rest[0] }, STAGED_MAGIC.length + headLength + rest[1]]
+  })
