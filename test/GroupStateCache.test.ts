@@ -18,6 +18,13 @@ const countingCrypto = () => {
         return { bytes } as unknown as MlsGroupState
       }),
     serialize: (state: MlsGroupState) => (state as unknown as { bytes: Uint8Array }).bytes,
+    // A staged state's bytes: 255, then the state's (what it changed from a base, in the real one).
+    serializeStaged: (state: MlsGroupState) => Uint8Array.of(255, ...(state as unknown as { bytes: Uint8Array }).bytes),
+    deserializeStaged: (bytes: Uint8Array, base: MlsGroupState) =>
+      Effect.sync(() => {
+        decoded.push(bytes[1]!)
+        return { bytes: bytes.subarray(1), base } as unknown as MlsGroupState
+      }),
     // One member, whose leaf index is the state's tag.
     view: (state: MlsGroupState) => ({
       ownLeafIndex: 0,
@@ -69,18 +76,22 @@ describe("GroupStateCache", () => {
       expect(decoded).toEqual([1, 2])
     }))
 
-  it.effect("an own commit's staged state is adopted without a decode, and stored without another encode", () =>
+  it.effect("an own commit's staged state is adopted without a decode, then stored whole", () =>
     Effect.gen(function*() {
       const { crypto, decoded } = countingCrypto()
       const cache = GroupStateCache.make(crypto, 1000)
       const group = "g1" as GroupId
+      const base = { bytes: new Uint8Array(40).fill(4) } as unknown as MlsGroupState
       const state = { bytes: new Uint8Array(40).fill(5) } as unknown as MlsGroupState
-      const written = cache.encodeStaged(group, state)
+      const written = cache.encodeStaged(group, state, base)
+      expect(written[0]).toBe(255)
       // The row read back holds a copy of the bytes written ahead.
-      expect(yield* cache.loadStaged(group, Uint8Array.from(written))).toBe(state)
-      expect(cache.encodeState(group, state)).toBe(written)
-      // Other bytes (another commit, or after a restart) are decoded.
-      yield* cache.loadStaged(group, new Uint8Array(40).fill(6))
+      expect(yield* cache.loadStaged(group, Uint8Array.from(written), base)).toBe(state)
+      // The written-ahead bytes name only what changed: the group row gets the whole state.
+      expect(cache.encodeState(group, state)).toEqual(new Uint8Array(40).fill(5))
+      // Other bytes (another commit, or after a restart) are decoded against the group's state.
+      const other = yield* cache.loadStaged(group, Uint8Array.of(255, 6, 6), base)
+      expect((other as unknown as { base: MlsGroupState }).base).toBe(base)
       expect(decoded).toEqual([6])
     }))
 

@@ -14,7 +14,6 @@ import {
   createApplicationMessage,
   createCommit,
   createGroup,
-  decodeGroupState,
   defaultCapabilities,
   encodeMlsMessage,
   generateKeyPackageWithKey,
@@ -27,6 +26,7 @@ import { signLeafNodeKeyPackage } from "ts-mls/leafNode.js"
 import { encodeRequiredCapabilities } from "ts-mls/requiredCapabilities.js"
 import { decryptGroupSecrets, encryptGroupSecrets, type Welcome } from "ts-mls/welcome.js"
 import { fromHex, toHex, utf8 } from "../src/domain/Bytes.ts"
+import { decodeStoredState } from "../src/layers/TsMlsStoredState.ts"
 import * as IdentityLog from "../src/domain/IdentityLog.ts"
 import type { ConversationId, GroupId, InboxId, InstallationId } from "../src/domain/Ids.ts"
 import { GroupMessageInput, WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../src/domain/Wire.ts"
@@ -50,7 +50,7 @@ const groupIdOf = (c: Conversation) => c.debugInfo.pipe(Effect.map((d) => d.grou
 const stateOf = (net: Network, client: TestClient, groupId: GroupId) =>
   Effect.gen(function*() {
     const row = yield* (yield* net.storage(client)).groups.get(groupId)
-    const decoded = decodeGroupState(Option.getOrThrow(row).mlsState, 0)![0]
+    const decoded = decodeStoredState(Option.getOrThrow(row).mlsState, 0)![0]
     return { ...decoded, clientConfig: defaultClientConfig } as ClientState
   })
 

@@ -1,6 +1,6 @@
 /**
  * The `MlsCrypto` port on ts-mls 1.6.4, ciphersuite 1 (X25519, AES-128-GCM, SHA-256, Ed25519).
- * Only this module, TsMlsWelcome (its join) and TsMlsStateCodec (its state bytes) import ts-mls; see /work/shared/notes/ts-mls.md for the
+ * Only this module, TsMlsWelcome (its join), TsMlsStateCodec and TsMlsStoredState (its state bytes) import ts-mls; see /work/shared/notes/ts-mls.md for the
  * version-specific facts it relies on (sender recovery, pending commits, error classes).
  *
  * Leaf credentials are basic credentials whose identity is UTF-8 `inboxId:installationId`,
@@ -48,7 +48,7 @@ import { unprotectPrivateMessage } from "ts-mls/messageProtection.js"
 import * as MlsError from "ts-mls/mlsError.js"
 import { decodeKeyPackage } from "./TsMlsDecoders.ts"
 import { LruCache } from "../domain/Ed25519.ts"
-import * as StateCodec from "./TsMlsStateCodec.ts"
+import * as StoredState from "./TsMlsStoredState.ts"
 import { bytesEqual, concat, fromHex, fromUtf8, sha256Hex, toHex, utf8 } from "../domain/Bytes.ts"
 import { CryptoError, type CryptoErrorReason } from "../domain/Errors.ts"
 import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
@@ -978,12 +978,20 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       })
     }
 
-    // Byte for byte encodeGroupState / decodeGroupState, without re-encoding unchanged parts.
-    const serialize: Service["serialize"] = (state) => StateCodec.encodeState(unwrapRaw(state))
+    // The stored format (TsMlsStoredState): ts-mls's less its repeats, reusing the bytes of unchanged parts.
+    const serialize: Service["serialize"] = (state) => StoredState.encodeStoredState(unwrapRaw(state))
 
     const deserialize: Service["deserialize"] = Effect.fn("MlsCrypto.deserialize")(function*(bytes) {
-      const decoded = yield* decodeAll("group state", StateCodec.decodeState, bytes)
+      const decoded = yield* decodeAll("group state", StoredState.decodeStoredState, bytes)
       // The encoding leaves out clientConfig (it holds functions), so it is re-attached here.
+      return wrap({ ...decoded, clientConfig })
+    })
+
+    const serializeStaged: Service["serializeStaged"] = (staged, base) =>
+      StoredState.encodeStagedState(unwrapRaw(staged), unwrapRaw(base))
+
+    const deserializeStaged: Service["deserializeStaged"] = Effect.fn("MlsCrypto.deserializeStaged")(function*(bytes, base) {
+      const decoded = yield* decodeAll("staged state", StoredState.decodeStagedState(unwrapRaw(base)), bytes)
       return wrap({ ...decoded, clientConfig })
     })
 
@@ -1004,6 +1012,8 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       view,
       serialize,
       deserialize,
+      serializeStaged,
+      deserializeStaged,
       inviterOf,
       leafDetails,
       authenticatedBy: (authenticate, prepare) =>

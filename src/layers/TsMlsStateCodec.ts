@@ -41,17 +41,21 @@ import {
 export type EncodedState = Omit<ClientState, "clientConfig">
 
 /** An encoder and a decoder that share one memory of bytes per object. */
-const remembered = <T>(encoder: BufferEncoder<T>, decoder: Decoder<T>) => {
+export const remembered = <T>(encoder: BufferEncoder<T>, decoder: Decoder<T>) => {
   const bytesOf = new WeakMap<object, Uint8Array>()
   const encodeOnce = encode(encoder)
-  const rememberedEncoder: BufferEncoder<T> = (value) => {
+  /** The value's bytes, encoded once. */
+  const bytes = (value: T): Uint8Array => {
     const key = value as unknown as object
-    let bytes = bytesOf.get(key)
-    if (bytes === undefined) {
-      bytes = encodeOnce(value)
-      bytesOf.set(key, bytes)
+    let known = bytesOf.get(key)
+    if (known === undefined) {
+      known = encodeOnce(value)
+      bytesOf.set(key, known)
     }
-    const known = bytes
+    return known
+  }
+  const rememberedEncoder: BufferEncoder<T> = (value) => {
+    const known = bytes(value)
     return [known.length, (offset, buffer) => new Uint8Array(buffer).set(known, offset)]
   }
   const rememberedDecoder: Decoder<T> = (b, offset) => {
@@ -61,13 +65,13 @@ const remembered = <T>(encoder: BufferEncoder<T>, decoder: Decoder<T>) => {
     }
     return decoded
   }
-  return { encoder: rememberedEncoder, decoder: rememberedDecoder }
+  return { encoder: rememberedEncoder, decoder: rememberedDecoder, bytes }
 }
 
 // Each level is remembered: a commit replaces the tree but keeps most of its nodes, and adds one
 // past epoch to the map but keeps the others (whose trees are the earlier states' trees).
-const treeNode = remembered(nodeEncoder, decodeNode)
-const secretTreeNode = remembered(secretTreeNodeEncoder, decodeSecretTreeNode)
+export const treeNode = remembered(nodeEncoder, decodeNode)
+export const secretTreeNode = remembered(secretTreeNodeEncoder, decodeSecretTreeNode)
 const secretTree = {
   encoder: varLenTypeEncoder(secretTreeNode.encoder),
   decoder: decodeVarLenType(secretTreeNode.decoder)
@@ -119,7 +123,7 @@ const decodeTreeNodes: Decoder<Array<TreeNode>> = (b, offset) => {
 }
 
 /** ts-mls's `ratchetTreeEncoder` / `decodeRatchetTree`, over remembered nodes. */
-const ratchetTree = remembered(
+export const ratchetTree = remembered(
   contramapBufferEncoder(varLenTypeEncoder(optionalEncoder(treeNode.encoder)), stripBlankNodes),
   mapDecoder(decodeTreeNodes, extendRatchetTree)
 )
@@ -213,12 +217,15 @@ const stateDecoder: Decoder<EncodedState> = mapDecoders(
 /** `encodeGroupState`, reusing the bytes of unchanged parts. */
 export const encodeState: (state: EncodedState) => Uint8Array = encode(stateEncoder)
 
-/** `decodeGroupState`, remembering the bytes of the parts it reads. */
-export const decodeState: Decoder<EncodedState> = (b, offset) => {
+/** `decoder` with the trees of one state to share nodes with starting empty, and forgotten after. */
+export const withinOneState = <T>(decoder: Decoder<T>): Decoder<T> => (b, offset) => {
   earlierTrees = []
   try {
-    return stateDecoder(b, offset)
+    return decoder(b, offset)
   } finally {
     earlierTrees = []
   }
 }
+
+/** `decodeGroupState`, remembering the bytes of the parts it reads. */
+export const decodeState: Decoder<EncodedState> = withinOneState(stateDecoder)

@@ -93,10 +93,16 @@ export interface EngineContext {
   readonly loadMetadata: (group: StoredGroup) => Effect.Effect<Uint8Array | undefined, CryptoError>
   /** Serializes and remembers a state about to be stored, so the next load needs no decode. */
   readonly encodeState: (groupId: GroupId, state: MlsGroupState) => Uint8Array
-  /** Serializes an own commit's staged state for the write-ahead, keeping it decoded until it is adopted. */
-  readonly encodeStaged: (groupId: GroupId, state: MlsGroupState) => Uint8Array
-  /** The staged state written ahead as these bytes: the kept one if the bytes match, else decoded. */
-  readonly loadStaged: (groupId: GroupId, bytes: Uint8Array) => Effect.Effect<MlsGroupState, CryptoError>
+  /**
+   * Serializes an own commit's staged state for the write-ahead (what it changed from `base`, the
+   * state the commit was created from), keeping it decoded until it is adopted.
+   */
+  readonly encodeStaged: (groupId: GroupId, state: MlsGroupState, base: MlsGroupState) => Uint8Array
+  /**
+   * The staged state written ahead as these bytes: the kept one if the bytes match, else decoded
+   * against `base`, the group's state at the commit's epoch.
+   */
+  readonly loadStaged: (groupId: GroupId, bytes: Uint8Array, base: MlsGroupState) => Effect.Effect<MlsGroupState, CryptoError>
 }
 
 /** The group's stored row, or `ConversationNotFound`. */

@@ -28,10 +28,10 @@ export type { Roster } from "../domain/Roster.ts"
 export const DEFAULT_MAX_ROSTERS = 4096
 
 /**
- * Stored bytes of the states kept decoded: 8 MiB. A decoded state takes about 8 times its bytes
- * (a 100-member state: 56 KiB stored, 0.44 MiB of heap), so this is about 64 MiB of heap: 150
- * states of 100-member groups, thousands of small ones. At 32 MiB a client in 1,000 groups of
- * 100 members went past 512 MiB resident.
+ * Stored bytes of the states kept decoded: 8 MiB. A decoded state takes about 8 to 10 times its
+ * bytes (a 100-member state: 45 KiB stored, 56 KiB before the compact format, 0.44 MiB of heap),
+ * so this is about 64 to 80 MiB of heap: 150 to 180 states of 100-member groups, thousands of
+ * small ones. At 32 MiB a client in 1,000 groups of 100 members went past 512 MiB resident.
  */
 export const DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 
@@ -168,9 +168,10 @@ export const make = (
     })
 
   /**
-   * The staged state of each group's last own commit: written ahead as bytes, adopted when the
-   * commit lands. Kept decoded so adopting it costs no decode (a 100-member state takes tens of
-   * ms); a few groups at most have a commit in flight.
+   * The staged state of each group's last own commit: written ahead as bytes (what the commit
+   * changed, against the state it was created from), adopted when the commit lands. Kept decoded
+   * so adopting it costs no decode (a 100-member state takes tens of ms); a few groups at most
+   * have a commit in flight.
    */
   const staged = new Map<GroupId, { readonly bytes: Uint8Array; readonly state: MlsGroupState }>()
   const MAX_STAGED = 64
@@ -178,24 +179,24 @@ export const make = (
   const encodeState = (groupId: GroupId, state: MlsGroupState) => {
     const hit = cache.get(groupId)
     if (hit !== undefined && hit.state === state) return hit.bytes
-    const adopted = staged.get(groupId)
-    const bytes = adopted !== undefined && adopted.state === state ? adopted.bytes : crypto.serialize(state)
-    if (adopted?.state === state) staged.delete(groupId)
+    // An adopted staged state is stored whole (its written-ahead bytes only name what changed).
+    if (staged.get(groupId)?.state === state) staged.delete(groupId)
+    const bytes = crypto.serialize(state)
     remember(groupId, bytes, state)
     return bytes
   }
-  const encodeStaged = (groupId: GroupId, state: MlsGroupState) => {
-    const bytes = crypto.serialize(state)
+  const encodeStaged = (groupId: GroupId, state: MlsGroupState, base: MlsGroupState) => {
+    const bytes = crypto.serializeStaged(state, base)
     staged.delete(groupId)
     staged.set(groupId, { bytes, state })
     if (staged.size > MAX_STAGED) staged.delete(staged.keys().next().value!)
     return bytes
   }
-  const loadStaged = (groupId: GroupId, bytes: Uint8Array) => {
+  const loadStaged = (groupId: GroupId, bytes: Uint8Array, base: MlsGroupState) => {
     const hit = staged.get(groupId)
-    return hit !== undefined && (hit.bytes === bytes || bytesEqual(hit.bytes, bytes))
-      ? Effect.succeed(hit.state)
-      : decode(bytes)
+    if (hit !== undefined && (hit.bytes === bytes || bytesEqual(hit.bytes, bytes))) return Effect.succeed(hit.state)
+    decodes++
+    return Effect.zipLeft(crypto.deserializeStaged(bytes, base), Metric.increment(EngineMetrics.stateDecodes))
   }
   return {
     loadState,

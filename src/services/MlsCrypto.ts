@@ -211,6 +211,16 @@ export interface MlsCryptoShape {
     keyPackages: ReadonlyArray<KeyPackageBundle>
   ) => Effect.Effect<{ readonly plaintext: Uint8Array; readonly keyPackageRef: string }, CryptoError>
   readonly deserialize: (bytes: Uint8Array) => Effect.Effect<MlsGroupState, CryptoError>
+  /**
+   * An own commit's staged state as bytes to write ahead, given the state its commit was created
+   * from: only what the commit changed (the rest is the base's).
+   */
+  readonly serializeStaged: (staged: MlsGroupState, base: MlsGroupState) => Uint8Array
+  /**
+   * A staged state from `serializeStaged`'s bytes (or `serialize`'s) and the group's state at the
+   * epoch the commit was created in; fails when the base is at another epoch.
+   */
+  readonly deserializeStaged: (bytes: Uint8Array, base: MlsGroupState) => Effect.Effect<MlsGroupState, CryptoError>
 }
 
 export class MlsCrypto extends Context.Tag("converge/MlsCrypto")<MlsCrypto, MlsCryptoShape>() {}

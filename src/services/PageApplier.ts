@@ -347,7 +347,7 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
   /** Our commit is first for its epoch: its staged state becomes the group's. */
   const ownCommitWon = (intent: StoredIntent, envelope: GroupMessageEnvelope, before: GroupSnapshot) =>
     Effect.gen(function*() {
-      const staged = yield* ctx.loadStaged(groupId, intent.stagedState!)
+      const staged = yield* ctx.loadStaged(groupId, intent.stagedState!, state)
       const after = crypto.view(staged)
       const current = crypto.view(state)
       const me = current.members.find((m) => m.leafIndex === before.ownLeafIndex)!

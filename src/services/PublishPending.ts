@@ -140,7 +140,7 @@ const stage = (
       payloadHash,
       payload: derived.payload,
       publishedEpoch: epoch,
-      stagedState: derived.staged === undefined ? null : ctx.encodeStaged(p.groupId, derived.staged),
+      stagedState: derived.staged === undefined ? null : ctx.encodeStaged(p.groupId, derived.staged, p.state),
       postCommit: derived.postCommit ?? null
     }))
   }

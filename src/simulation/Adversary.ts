@@ -10,7 +10,6 @@ import { Effect } from "effect"
 import {
   type ClientState,
   createCommit,
-  decodeGroupState,
   encodeMlsMessage,
   getCiphersuiteFromName,
   getCiphersuiteImpl,
@@ -18,6 +17,7 @@ import {
 } from "ts-mls"
 import { defaultClientConfig } from "ts-mls/clientConfig.js"
 import { utf8 } from "../domain/Bytes.ts"
+import { decodeStoredState } from "../layers/TsMlsStoredState.ts"
 
 export type ForgedCommit = "foreignExtension" | "reinit"
 
@@ -50,7 +50,7 @@ const proposalOf = (variant: ForgedCommit, state: ClientState): Proposal =>
 /** The MLS bytes of a forbidden commit built from a member's serialized state, or undefined. */
 export const forgeCommit = (serializedState: Uint8Array, variant: ForgedCommit) =>
   Effect.promise(async () => {
-    const decoded = decodeGroupState(serializedState, 0)
+    const decoded = decodeStoredState(serializedState, 0)
     if (decoded === undefined) return undefined
     const state = { ...decoded[0], clientConfig: defaultClientConfig } as ClientState
     const result = await createCommit(
