@@ -28,6 +28,7 @@ import {
   type Proposal
 } from "ts-mls"
 import { encode } from "ts-mls/codec/tlsEncoder.js"
+import type { EpochReceiverData } from "ts-mls/epochReceiverData.js"
 import { groupContextEncoder } from "ts-mls/groupContext.js"
 import { keyScheduleEncoder } from "ts-mls/keySchedule.js"
 import { utf8 } from "../src/domain/Bytes.ts"
@@ -37,7 +38,8 @@ import {
   decodeStagedState,
   decodeStoredState,
   encodeStagedState,
-  encodeStoredState
+  encodeStoredState,
+  MAX_PAST_EPOCHS
 } from "../src/layers/TsMlsStoredState.ts"
 
 const suite = () => getCiphersuiteImpl(getCiphersuiteFromName(NATIVE_CIPHERSUITE), nodeCryptoProvider)
@@ -213,6 +215,27 @@ describe("TsMlsStoredState", () => {
     const huge = new Uint8Array(stored)
     new DataView(huge.buffer).setUint32(widthAt, 0x7fffffff)
     expect(attempt(huge)).toBe("refused")
+
+    // Past epochs claiming trees far longer than any tree the state holds, or more past epochs
+    // than a state keeps: a few KB of damaged row must not become a gigabyte of blank slots.
+    const pastEpochs = (count: number, treeLength: number) =>
+      new Map<bigint, EpochReceiverData>(Array.from({ length: count }, (_, i) => [
+        state.groupContext.epoch - 1n - BigInt(i),
+        {
+          resumptionPsk: new Uint8Array(0),
+          senderDataSecret: new Uint8Array(0),
+          groupContext: state.groupContext,
+          secretTree: [],
+          ratchetTree: new Array(treeLength)
+        }
+      ]))
+    const longTrees = encodeStoredState({ ...state, historicalReceiverData: pastEpochs(3, 2 ** 20) })
+    expect(longTrees.length).toBeLessThan(10_000)
+    expect(attempt(longTrees)).toBe("refused")
+    expect(attempt(encodeStoredState({ ...state, historicalReceiverData: pastEpochs(MAX_PAST_EPOCHS + 1, state.ratchetTree.length) })))
+      .toBe("refused")
+    expect(attempt(encodeStoredState({ ...state, historicalReceiverData: pastEpochs(MAX_PAST_EPOCHS, state.ratchetTree.length) })))
+      .toBe("whole")
   })
 
   it("writes an own commit's staged state as what the commit changed; read back against the state it was created from, it is the staged state", async () => {

@@ -449,10 +449,11 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
 
     const clientConfig: ClientConfig = {
       ...defaultClientConfig,
-      // ts-mls keeps every past epoch when this is 0 (`slice(-0)`), so 1 is the floor.
+      // ts-mls keeps every past epoch when this is 0 (`slice(-0)`), so 1 is the floor; the stored
+      // format reads at most MAX_PAST_EPOCHS back.
       keyRetentionConfig: {
         ...defaultKeyRetentionConfig,
-        retainKeysForEpochs: Math.max(1, options.maxPastEpochs ?? 3)
+        retainKeysForEpochs: Math.min(StoredState.MAX_PAST_EPOCHS, Math.max(1, options.maxPastEpochs ?? 3))
       },
       authService
     }

@@ -61,6 +61,19 @@ const MAGIC = new Uint8Array([0x43, 0x56, 0x53, 0x02])
  */
 const MAX_NODES = 2 ** 21
 
+/**
+ * Past epochs a stored state may hold (`MlsCrypto.layer`'s `maxPastEpochs` is capped to it): a
+ * damaged row claiming more is refused rather than read.
+ */
+export const MAX_PAST_EPOCHS = 64
+
+/** The number of nodes of the smallest full binary tree with at least `n` nodes (2^k - 1). */
+const fullTreeSize = (n: number): number => {
+  let size = 1
+  while (size < n) size = size * 2 + 1
+  return size
+}
+
 type TreeNode = RatchetTree[number]
 type SecretTreeNode = SecretTree[number]
 
@@ -128,7 +141,10 @@ const decodeTreeChanges = (current: RatchetTree): Decoder<RatchetTree> => (b, of
   const decoded = mapDecoders([decodeUint32, decodeVarLenType(decodeChange)], (length, changes) => ({ length, changes }))(b, offset)
   if (decoded === undefined) return undefined
   const [{ changes, length }, read] = decoded
-  if (length > MAX_NODES) return undefined
+  // A past tree is the current one grown or shrunk by the commits since: longer than the full
+  // tree holding both it and every node it names, it is a damaged row, not a tree.
+  const lastNamed = changes.reduce((last, [index]) => Math.max(last, index), -1)
+  if (length > MAX_NODES || length > fullTreeSize(Math.max(current.length, lastNamed + 1))) return undefined
   const tree: Array<TreeNode> = new Array(length)
   for (let index = 0; index < length; index++) tree[index] = current[index]
   for (const [index, node] of changes) {
@@ -229,7 +245,7 @@ const decodeCompact: Decoder<EncodedState> = (b, offset) => {
     [decodeVarLenType(decodePastEpoch(fields.ratchetTree)), decodeGroupActiveState],
     (pastEpochs, groupActiveState) => ({ historicalReceiverData: new Map(pastEpochs), groupActiveState })
   )(b, offset + MAGIC.length + headLength)
-  if (rest === undefined) return undefined
+  if (rest === undefined || rest[0].historicalReceiverData.size > MAX_PAST_EPOCHS) return undefined
   return [{ ...fields, ...rest[0] }, MAGIC.length + headLength + rest[1]]
 }
 
@@ -378,6 +394,6 @@ export const decodeStagedState = (base: EncodedState): Decoder<EncodedState> =>
       [decodeVarLenType(decodeStagedPast(fields.ratchetTree, base)), decodeGroupActiveState],
       (pastEpochs, groupActiveState) => ({ historicalReceiverData: new Map(pastEpochs), groupActiveState })
     )(b, offset + STAGED_MAGIC.length + headLength)
-    if (rest === undefined) return undefined
+    if (rest === undefined || rest[0].historicalReceiverData.size > MAX_PAST_EPOCHS) return undefined
     return [{ ...fields, ...rest[0] }, STAGED_MAGIC.length + headLength + rest[1]]
   })

@@ -140,7 +140,7 @@ export type PrepareAuthentication = (
 export type ProcessedApplication = Extract<Processed, { readonly kind: "application" }>
 
 export interface MlsCryptoOptions {
-  /** How many past epochs' application messages stay decryptable (default 3). */
+  /** How many past epochs' application messages stay decryptable (default 3, at most 64). */
   readonly maxPastEpochs?: number
   /** Extra credential check; the structural check (installation id = hash of key) always runs. */
   readonly authenticate?: Authenticate
