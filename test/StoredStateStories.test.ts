@@ -132,4 +132,46 @@ describe("stored group state", () => {
       expect(yield* texts(dave, group.id)).toEqual(["Bob, meanwhile", "welcome, Dave"])
       expect(isCompact((yield* storedState(net, alice, group.id)).bytes)).toBe(true)
     })))
+  it.live("Bob's messages Alice reads while her add is in flight keep their keys used once her add lands, restart or not", () =>
+    Effect.gen(function*() {
+      /** Alice's message generations, per leaf, of the epoch her add was made in, once it landed. */
+      const generationsAfterAdd = (restart: boolean) =>
+        Effect.scoped(Effect.gen(function*() {
+          const net = yield* TestNetwork.make
+          // Bob writes twice between Alice's write-ahead of the add and its sending.
+          let bobWrites: Effect.Effect<void, unknown> | undefined
+          const alice = yield* net.client("alice", {
+            crashPoint: (point) =>
+              point === "publish.afterWriteAheadBeforeSend" && bobWrites !== undefined
+                ? Effect.suspend(() => {
+                  const writes = bobWrites!
+                  bobWrites = undefined
+                  return Effect.orDie(writes)
+                })
+                : Effect.void
+          })
+          const [bob, dave] = yield* Effect.all([net.client("bob"), net.client("dave")])
+          const group = yield* alice.createGroup([bob.inboxId])
+          yield* bob.syncAll
+          const atBob = yield* bob.conversation(group.id)
+          const { epoch } = yield* storedState(net, alice, group.id)
+          bobWrites = Effect.zipRight(atBob.send("b1"), atBob.send("b2"))
+          if (restart) {
+            yield* net.crashAt(alice, "publish.afterSendBeforeSync")
+            yield* Effect.exit(group.addMembers([dave.inboxId]))
+            yield* net.restart(alice)
+            yield* alice.syncAll
+          } else {
+            yield* group.addMembers([dave.inboxId])
+          }
+          expect(yield* texts(alice, group.id)).toEqual(["b1", "b2"])
+          const after = yield* storedState(net, alice, group.id)
+          expect(after.epoch).toBe(epoch + 1n)
+          const past = decodeStoredState(after.bytes, 0)![0].historicalReceiverData.get(epoch)!
+          return past.secretTree.filter((_, i) => i % 2 === 0).map((leaf) => leaf.application.generation)
+        }))
+      // Alice's leaf sent nothing; Bob's two messages used their keys, and they stay used.
+      expect(yield* generationsAfterAdd(false)).toEqual([0, 2])
+      expect(yield* generationsAfterAdd(true)).toEqual([0, 2])
+    }))
 })

@@ -996,7 +996,13 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       return wrap({ ...decoded, clientConfig })
     })
 
+    const rebaseStaged: Service["rebaseStaged"] = (staged, was, now) => {
+      const rebased = StoredState.rebaseStaged(unwrapRaw(staged), unwrapRaw(was), unwrapRaw(now))
+      return rebased === unwrapRaw(staged) ? staged : wrap({ ...rebased, clientConfig })
+    }
+
     return {
+      rebaseStaged,
       sealToKeyPackage,
       openSealed,
       generateSignatureKeyPair,

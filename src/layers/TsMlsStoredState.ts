@@ -397,3 +397,23 @@ export const decodeStagedState = (base: EncodedState): Decoder<EncodedState> =>
     if (rest === undefined || rest[0].historicalReceiverData.size > MAX_PAST_EPOCHS) return undefined
     return [{ ...fields, ...rest[0] }, STAGED_MAGIC.length + headLength + rest[1]]
   })
+
+/**
+ * The staged state `staged`, created from `was`, as `decodeStagedState` would read it against
+ * `now` (the group's state at the same epoch when the commit lands): the past epochs it shares
+ * with `was` are taken from `now`. Messages read between the commit's creation and its landing
+ * used up their keys in `now`; adopting `staged` as it was would bring those keys back.
+ */
+export const rebaseStaged = (staged: EncodedState, was: EncodedState, now: EncodedState): EncodedState => {
+  if (was === now || was.groupContext.epoch !== now.groupContext.epoch) return staged
+  const historicalReceiverData = new Map<bigint, EpochReceiverData>()
+  for (const [epoch, past] of staged.historicalReceiverData) {
+    const fromNow = epoch === was.groupContext.epoch && isBaseCurrent(past, was)
+      ? pastEpochOf(now, epoch)
+      : was.historicalReceiverData.get(epoch) === past
+      ? now.historicalReceiverData.get(epoch)
+      : undefined
+    historicalReceiverData.set(epoch, fromNow ?? past)
+  }
+  return { ...staged, historicalReceiverData }
+}

@@ -173,7 +173,7 @@ export const make = (
    * so adopting it costs no decode (a 100-member state takes tens of ms); a few groups at most
    * have a commit in flight.
    */
-  const staged = new Map<GroupId, { readonly bytes: Uint8Array; readonly state: MlsGroupState }>()
+  const staged = new Map<GroupId, { readonly bytes: Uint8Array; readonly state: MlsGroupState; readonly base: MlsGroupState }>()
   const MAX_STAGED = 64
 
   const encodeState = (groupId: GroupId, state: MlsGroupState) => {
@@ -188,13 +188,18 @@ export const make = (
   const encodeStaged = (groupId: GroupId, state: MlsGroupState, base: MlsGroupState) => {
     const bytes = crypto.serializeStaged(state, base)
     staged.delete(groupId)
-    staged.set(groupId, { bytes, state })
+    staged.set(groupId, { bytes, state, base })
     if (staged.size > MAX_STAGED) staged.delete(staged.keys().next().value!)
     return bytes
   }
   const loadStaged = (groupId: GroupId, bytes: Uint8Array, base: MlsGroupState) => {
     const hit = staged.get(groupId)
-    if (hit !== undefined && (hit.bytes === bytes || bytesEqual(hit.bytes, bytes))) return Effect.succeed(hit.state)
+    if (hit !== undefined && (hit.bytes === bytes || bytesEqual(hit.bytes, bytes))) {
+      // Read as the bytes would be against `base`: keys used since the commit was made stay used.
+      const rebased = crypto.rebaseStaged(hit.state, hit.base, base)
+      if (rebased !== hit.state) staged.set(groupId, { ...hit, state: rebased, base })
+      return Effect.succeed(rebased)
+    }
     decodes++
     return Effect.zipLeft(crypto.deserializeStaged(bytes, base), Metric.increment(EngineMetrics.stateDecodes))
   }

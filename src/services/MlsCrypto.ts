@@ -221,6 +221,11 @@ export interface MlsCryptoShape {
    * epoch the commit was created in; fails when the base is at another epoch.
    */
   readonly deserializeStaged: (bytes: Uint8Array, base: MlsGroupState) => Effect.Effect<MlsGroupState, CryptoError>
+  /**
+   * The staged state `staged` (created from `was`) as `deserializeStaged` would read it against
+   * `now`: what it shares with `was` taken from `now`, so keys used since are not brought back.
+   */
+  readonly rebaseStaged: (staged: MlsGroupState, was: MlsGroupState, now: MlsGroupState) => MlsGroupState
 }
 
 export class MlsCrypto extends Context.Tag("converge/MlsCrypto")<MlsCrypto, MlsCryptoShape>() {}
