@@ -180,6 +180,19 @@ const pastEpochsEncoder = (current: RatchetTree): BufferEncoder<EncodedState["hi
 
 // ---- the state ------------------------------------------------------------------------------
 
+/** The fields written before the past epochs, in order (a whole state and a staged one alike). */
+const headFields = (s: EncodedState) =>
+  [
+    s.groupContext,
+    s.keySchedule,
+    s.secretTree,
+    s.ratchetTree,
+    s.privatePath,
+    s.signaturePrivateKey,
+    s.unappliedProposals,
+    s.confirmationTag
+  ] as const
+
 const magicEncoder: BufferEncoder<unknown> = () => [MAGIC.length, (offset, buffer) => new Uint8Array(buffer).set(MAGIC, offset)]
 
 const stateEncoder: BufferEncoder<EncodedState> = (state) =>
@@ -197,20 +210,7 @@ const stateEncoder: BufferEncoder<EncodedState> = (state) =>
       pastEpochsEncoder(state.ratchetTree),
       groupActiveStateEncoder
     ],
-    (s: EncodedState) =>
-      [
-        undefined,
-        s.groupContext,
-        s.keySchedule,
-        s.secretTree,
-        s.ratchetTree,
-        s.privatePath,
-        s.signaturePrivateKey,
-        s.unappliedProposals,
-        s.confirmationTag,
-        s.historicalReceiverData,
-        s.groupActiveState
-      ] as const
+    (s: EncodedState) => [undefined, ...headFields(s), s.historicalReceiverData, s.groupActiveState] as const
   )(state)
 
 /** The fields before the past epochs, in the order written. */
@@ -344,14 +344,7 @@ export const encodeStagedState = (staged: EncodedState, base: EncodedState): Uin
       [
         undefined,
         base.groupContext.epoch,
-        s.groupContext,
-        s.keySchedule,
-        s.secretTree,
-        s.ratchetTree,
-        s.privatePath,
-        s.signaturePrivateKey,
-        s.unappliedProposals,
-        s.confirmationTag,
+        ...headFields(s),
         Array.from(s.historicalReceiverData.entries()),
         s.groupActiveState
       ] as const
