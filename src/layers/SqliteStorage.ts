@@ -358,21 +358,18 @@ export const makeWith = (key: StorageKey["Type"], options: SqliteStorageOptions 
       WHERE kind = 'SendMessage' AND json_extract(data, '$.messageId') IN ${sql.in(ids)}`
 
   const messages: Storage["Type"]["messages"] = {
-    insert: (message) =>
-      run(
+    insert: (message) => {
+      // Written out as `insertMany` writes a page's rows: every optimistic send stores one.
+      const store = sql`INSERT INTO converge_messages ${sql.insert(messageColumns(message) as never)}
+        ON CONFLICT (id) DO NOTHING RETURNING id`.pipe(Effect.map((rows) => rows.length > 0))
+      return run(
         "messages.insert",
-        // Written out as `insertMany` writes a page's rows: every optimistic send stores one.
+        // A published one with its feed entry, atomically.
         message.deliveryStatus !== "published"
-          ? sql`INSERT INTO converge_messages ${sql.insert(messageColumns(message) as never)} ON CONFLICT (id) DO NOTHING
-              RETURNING id`.pipe(Effect.map((rows) => rows.length > 0))
-          // With its feed entry, atomically.
-          : atomically(sql, Effect.gen(function*() {
-            const rows = yield* sql`INSERT INTO converge_messages ${sql.insert(messageColumns(message) as never)}
-              ON CONFLICT (id) DO NOTHING RETURNING id`
-            if (rows.length > 0) yield* recordMessages(sql, [message.id])
-            return rows.length > 0
-          }))
-      ),
+          ? store
+          : atomically(sql, Effect.tap(store, (stored) => stored ? recordMessages(sql, [message.id]) : Effect.void))
+      )
+    },
     insertMany: (messages) =>
       run(
         "messages.insertMany",
