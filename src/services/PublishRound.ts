@@ -22,7 +22,11 @@ export const make = (
    * `confirmed`: the own intents the read-back settled as Processed (so `resolve` need not ask).
    */
   const roundLocked = Effect.fn("Publisher.round")(function*(groupId: GroupId, held?: PublishPending.HeldPending) {
-    const { cursor, total: before } = yield* sync.receiveTo(groupId, held?.group.membershipState)
+    // A held write-ahead reaches the disk while the topic is read (a read sends nothing), so the
+    // flush before the send finds nothing left to sync: the sync hides behind the read's round trip.
+    const { cursor, total: before } = held === undefined
+      ? yield* sync.receiveTo(groupId)
+      : (yield* Effect.zip(sync.receiveTo(groupId, held.group.membershipState), ctx.storage.flush, { concurrent: true }))[0]
     const unchanged = held !== undefined && before.received === 0 && !(yield* checkDue(groupId))
     yield* checkInstallations(groupId)
     const sent = yield* publishPending(groupId, unchanged ? held : undefined)
