@@ -91,16 +91,6 @@ describe("classifyEnvelope", () => {
       EnvelopeDecision.OwnMessage({ intentId: 7 })
     ],
     [
-      "our text landing after a commit it was not encrypted for goes out again (whom it added cannot read it)",
-      facts({ header: header("application", 9n), ownIntent: intent() }),
-      EnvelopeDecision.OwnMessageStale({ intentId: 7, epoch: 9n, currentEpoch: 10n })
-    ],
-    [
-      "so does our text from further back than maxPastEpochs, which nobody can open",
-      facts({ header: header("application", 6n), ownIntent: intent() }),
-      EnvelopeDecision.OwnMessageStale({ intentId: 7, epoch: 6n, currentEpoch: 10n })
-    ],
-    [
       "our payload seen twice in one page is a duplicate",
       facts({ ownIntent: intent(), handledIntents: new Set([7]) }),
       EnvelopeDecision.Duplicate({ intentId: 7 })

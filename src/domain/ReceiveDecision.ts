@@ -79,12 +79,6 @@ export type EnvelopeDecision = Data.TaggedEnum<{
   OwnCommitWon: { readonly intentId: number }
   /** Our commit was built for an epoch the group has left: re-derive the intent. */
   OwnCommitLost: { readonly intentId: number; readonly epoch: bigint; readonly currentEpoch: bigint }
-  /**
-   * Our application message landed after a commit it was not encrypted for: whom that commit
-   * added cannot open it (and past `maxPastEpochs` nobody can). It goes out again at the
-   * current epoch; members that read both copies keep one, by its message id.
-   */
-  OwnMessageStale: { readonly intentId: number; readonly epoch: bigint; readonly currentEpoch: bigint }
   /** Someone's commit that lost the race for an epoch we have passed. */
   PastEpochCommit: { readonly epoch: bigint }
   /** A commit for an epoch we never reached: we may be forked. Recorded, never guessed at. */
@@ -115,11 +109,7 @@ const classifyOwn = (intent: OwnIntent, header: EnvelopeHeader, facts: EnvelopeF
   if (facts.handledIntents.has(intent.id) || intent.state !== "Published") {
     return EnvelopeDecision.Duplicate({ intentId: intent.id })
   }
-  if (!isCommitKind(intent.kind)) {
-    return header.epoch < facts.group.epoch
-      ? EnvelopeDecision.OwnMessageStale({ intentId: intent.id, epoch: header.epoch, currentEpoch: facts.group.epoch })
-      : EnvelopeDecision.OwnMessage({ intentId: intent.id })
-  }
+  if (!isCommitKind(intent.kind)) return EnvelopeDecision.OwnMessage({ intentId: intent.id })
   // An own commit wins only if it was built for the epoch the group is in now.
   return header.epoch === facts.group.epoch && intent.hasStagedState
     ? EnvelopeDecision.OwnCommitWon({ intentId: intent.id })
@@ -150,8 +140,6 @@ export const SkipReason = Schema.Literal(
   "foreignGroup",
   "duplicate",
   "ownCommitLost",
-  /** Our application message that landed after a commit it was not encrypted for: sent again. */
-  "ownMessageStale",
   "pastEpochCommit",
   "futureEpochCommit",
   "unexpected",
@@ -192,7 +180,6 @@ export const skipReasonOf = (decision: EnvelopeDecision): SkipReason | undefined
     OwnMessage: () => undefined,
     OwnCommitWon: () => undefined,
     OwnCommitLost: () => "ownCommitLost" as const,
-    OwnMessageStale: () => "ownMessageStale" as const,
     PastEpochCommit: () => "pastEpochCommit" as const,
     FutureEpochCommit: () => "futureEpochCommit" as const,
     Commit: () => undefined,

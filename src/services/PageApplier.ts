@@ -544,13 +544,6 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
           )
           writes.push(storage.intents.resetToPublish(decision.intentId, { conflict: true }))
           break
-        case "OwnMessageStale":
-          // Whom the commits since added cannot read it: derived again at the current epoch.
-          yield* Effect.logDebug(`own message of epoch ${decision.epoch} landed at ${decision.currentEpoch}; sent again`).pipe(
-            Effect.annotateLogs({ intentId: decision.intentId })
-          )
-          writes.push(storage.intents.resetToPublish(decision.intentId, { conflict: false }))
-          break
         case "FutureEpochCommit":
           forked = `commit for epoch ${decision.epoch} at sequence ${envelope.sequenceId}; group at ${decision.currentEpoch}`
           progressedSinceFork = false
@@ -741,7 +734,6 @@ const describe = (decision: EnvelopeDecision): string =>
     OwnMessage: () => "own message",
     OwnCommitWon: () => "own commit",
     OwnCommitLost: ({ epoch }) => `own commit for epoch ${epoch} lost`,
-    OwnMessageStale: ({ epoch }) => `own message of epoch ${epoch} landed after a commit; sent again`,
     PastEpochCommit: ({ epoch }) => `commit for past epoch ${epoch} lost the race`,
     FutureEpochCommit: ({ epoch }) => `commit for future epoch ${epoch}`,
     Commit: () => "commit",
