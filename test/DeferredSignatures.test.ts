@@ -104,4 +104,26 @@ layer(TsMlsCrypto.layer())("a catch-up page with its signatures checked beside i
         "CannotDecrypt"
       )
     }))
+
+  it.effect("read without waiting for the checks, a page confirms only if every signature holds", () =>
+    Effect.gen(function*() {
+      const crypto = yield* MlsCrypto
+      const [alice, bob, mallory] = (yield* setUpGroup(crypto, 3)) as [Member, Member, Member]
+      const first = yield* exchange(crypto, "lunch at noon?", alice, [mallory])
+      const honest = [first, yield* encrypted(crypto, alice, "I booked a table")]
+      const confirmedHonest = yield* crypto.processApplicationsUnconfirmed(bob.state, honest)
+      expect(yield* confirmedHonest.confirmed).toBe(true)
+      expect(confirmedHonest.results.map((r) => Either.isRight(r) && fromUtf8(r.right.plaintext)))
+        .toEqual(["lunch at noon?", "I booked a table"])
+
+      // Forged under the key of Alice's next message: the provisional reading takes it, and the
+      // page says so by not confirming; read with every check awaited, it is refused alone.
+      const forged = yield* forgedAs(mallory, alice, "lunch is cancelled")
+      const page = [first, forged, yield* encrypted(crypto, alice, "see you there")]
+      const unconfirmed = yield* crypto.processApplicationsUnconfirmed(bob.state, page)
+      expect(yield* unconfirmed.confirmed).toBe(false)
+      const strict = yield* asPage(crypto, bob.state, page)
+      expect(strict.outcomes).toEqual((yield* oneByOne(crypto, bob.state, page)).outcomes)
+      expect(strict.outcomes[1]).toMatch(/^refused: /)
+    }))
 })

@@ -4,7 +4,7 @@
  * nonce, so a member cannot forge another member's message id.
  */
 import { Schema } from "effect"
-import { labelledHash, toHex, utf8 } from "./Bytes.ts"
+import { labelledHashHex, utf8 } from "./Bytes.ts"
 import { GroupId, type InstallationId, MessageId } from "./Ids.ts"
 
 /** Longest content type, in characters (`"app.example/reaction:1"`). */
@@ -64,15 +64,15 @@ export type ApplicationContent = typeof ApplicationContent.Type
 export const ApplicationContentJson = Schema.parseJson(ApplicationContent)
 
 export const messageIdOf = (groupId: GroupId, sender: InstallationId, nonce: string): MessageId =>
-  toHex(labelledHash("message", utf8(groupId), utf8(sender), utf8(nonce))) as MessageId
+  labelledHashHex("message", utf8(groupId), utf8(sender), utf8(nonce)) as MessageId
 
 /** The transcript entry every member writes for a commit: the same id everywhere. */
 export const membershipChangeIdOf = (groupId: GroupId, epoch: bigint): MessageId =>
-  toHex(labelledHash("membership-change", utf8(groupId), utf8(epoch.toString()))) as MessageId
+  labelledHashHex("membership-change", utf8(groupId), utf8(epoch.toString())) as MessageId
 
 /** The transcript entry every member writes for a commit that changed the group's settings. */
 export const metadataChangeIdOf = (groupId: GroupId, epoch: bigint): MessageId =>
-  toHex(labelledHash("metadata-change", utf8(groupId), utf8(epoch.toString()))) as MessageId
+  labelledHashHex("metadata-change", utf8(groupId), utf8(epoch.toString())) as MessageId
 
 export const MessageKind = Schema.Literal("text", "membershipChange", "metadataChange")
 export type MessageKind = typeof MessageKind.Type

@@ -850,6 +850,14 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
         return applicationsRun(cs, state, messages)
       }).pipe(Effect.withSpan("MlsCrypto.processApplications", { attributes: { messages: messages.length } }))
 
+    const processApplicationsUnconfirmed: Service["processApplicationsUnconfirmed"] = (state, messages) =>
+      Effect.promise(async () => {
+        const deferred = messages.length > 1 ? deferSignatures(cs) : undefined
+        if (deferred === undefined) return { ...(await applicationsRun(cs, state, messages)), confirmed: Effect.succeed(true) }
+        const provisional = await applicationsRun(deferred.ciphersuite, state, messages)
+        return { ...provisional, confirmed: Effect.promise(deferred.allValid) }
+      }).pipe(Effect.withSpan("MlsCrypto.processApplications", { attributes: { messages: messages.length } }))
+
     const applicationsRun = async (suite: CiphersuiteImpl, state: MlsGroupState, messages: ReadonlyArray<Uint8Array>) => {
       const results: Array<Either.Either<ProcessedApplication, CryptoError>> = []
       let current = state
@@ -1016,6 +1024,7 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       header,
       process,
       processApplications,
+      processApplicationsUnconfirmed,
       view,
       serialize,
       deserialize,

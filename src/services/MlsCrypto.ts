@@ -197,6 +197,20 @@ export interface MlsCryptoShape {
     readonly results: ReadonlyArray<Either.Either<ProcessedApplication, CryptoError>>
     readonly state: MlsGroupState
   }>
+  /**
+   * `processApplications` answering before the run's signature checks are done (they go on
+   * beside, on the thread pool): `results` and `state` count only once `confirmed` answers true.
+   * On false, throw them away and call `processApplications`, which refuses exactly what it
+   * always refuses. The caller does its own work (a page's rows) while the checks finish.
+   */
+  readonly processApplicationsUnconfirmed: (
+    state: MlsGroupState,
+    messages: ReadonlyArray<Uint8Array>
+  ) => Effect.Effect<{
+    readonly results: ReadonlyArray<Either.Either<ProcessedApplication, CryptoError>>
+    readonly state: MlsGroupState
+    readonly confirmed: Effect.Effect<boolean>
+  }>
   readonly view: (state: MlsGroupState) => GroupView
   /** For a state `joinFromWelcome` just returned: the member whose signature the welcome carries. */
   readonly inviterOf: (state: MlsGroupState) => LeafMember | undefined

@@ -5,7 +5,7 @@
  * messages, intent transitions, membership, the fork flag and the removals to queue. `commit`
  * writes them all with the cursor in one transaction, so a crash replays the whole page.
  */
-import { Effect, Either, Option, Schema } from "effect"
+import { Data, Effect, Either, Option, Schema } from "effect"
 import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
 import {
   MembershipChange,
@@ -74,8 +74,27 @@ export const addOutcomes = (a: PageOutcome, b: PageOutcome): PageOutcome => ({
   skippedBy: addSkipCounts(a.skippedBy, b.skippedBy)
 })
 
-/** Starts a page read from `cursor` of a group held at `initial`. */
-export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupState, cursor: bigint, now: bigint) => {
+/**
+ * A page whose runs were read before their signature checks were done, and one check failed: its
+ * transaction is rolled back, and the page must be read again with every check waited for
+ * (`strict`), which refuses the forged message exactly as reading one at a time does.
+ */
+export class UnconfirmedSignatures extends Data.TaggedError("UnconfirmedSignatures") {}
+
+/**
+ * Starts a page read from `cursor` of a group held at `initial`. Unless `strict`, runs of
+ * someone's application messages are read while their signatures are still being checked beside
+ * (on the thread pool); `commit` waits for those checks last, just before the transaction ends,
+ * and fails with `UnconfirmedSignatures` (writing nothing) if one failed.
+ */
+export const start = (
+  ctx: EngineContext,
+  group: StoredGroup,
+  initial: MlsGroupState,
+  cursor: bigint,
+  now: bigint,
+  strict = false
+) => {
   const { crypto, identity, storage } = ctx
   const groupId = group.id
   let state = initial
@@ -110,6 +129,8 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
   /** Whether a commit of this page brought in a revoked installation: its removal is queued. */
   let revokedEntered = false
   let outcome: PageOutcome = emptyOutcome
+  /** The signature checks of the runs read without waiting for them: all must answer true before commit. */
+  const confirmations: Array<Effect.Effect<boolean>> = []
 
   const snapshot = (): GroupSnapshot => {
     const view = crypto.view(state)
@@ -586,7 +607,12 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
    */
   const applyApplications = (run: ReadonlyArray<PlainApplication>, before: GroupSnapshot) =>
     Effect.gen(function*() {
-      const { results } = yield* crypto.processApplications(state, run.map((r) => r.envelope.payload))
+      const payloads = run.map((r) => r.envelope.payload)
+      const { results } = strict
+        ? yield* crypto.processApplications(state, payloads)
+        : yield* Effect.tap(crypto.processApplicationsUnconfirmed(state, payloads), (read) => {
+          confirmations.push(read.confirmed)
+        })
       for (const [i, { envelope, epoch }] of run.entries()) {
         outcome = { ...outcome, received: outcome.received + 1 }
         const processed = results[i]!
@@ -699,6 +725,8 @@ export const start = (ctx: EngineContext, group: StoredGroup, initial: MlsGroupS
       if (joined && membership === "pendingRemove") yield* queueLeaveAgain(ctx, groupId, now)
       if (revokedEntered && membership === "active") yield* queueInstallationUpdate(ctx, groupId, now)
       yield* storage.cursors.advance(groupTopic(groupId), last)
+      // Last, so the checks finish while the page is written: one failed, nothing of the page stays.
+      for (const confirmed of confirmations) if (!(yield* confirmed)) return yield* new UnconfirmedSignatures()
       return fresh
     }))
 
