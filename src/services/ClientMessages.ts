@@ -12,6 +12,7 @@ import { makeSendMessageData } from "../domain/Intent.ts"
 import { Message } from "../domain/Model.ts"
 import { validatedMaker } from "../domain/SchemaClass.ts"
 import { makeStoredMessage, type StoredGroup, type StoredMessage } from "../domain/Stored.ts"
+import type { GroupSummary } from "./Storage.ts"
 import type { ClientContext } from "./ClientContext.ts"
 import type * as ConversationMessaging from "./ConversationMessaging.ts"
 import type * as GroupIntents from "./GroupIntents.ts"
@@ -44,23 +45,12 @@ export const make = (
 ) => {
   const { identity, storage, stored } = env
 
-  /**
-   * Stores the message as unpublished and queues its intent, in one transaction. `writtenAhead`
-   * (for `send`): if nothing is queued ahead, the intent is stored already written ahead.
-   */
-  const queueMessage = (
-    group: StoredGroup,
-    text: string,
-    extras: ConversationMessaging.MessageExtras = {},
-    options: { readonly writtenAhead?: boolean } = {}
-  ) =>
+  /** The message as stored unpublished, its intent's data, and the effects that store and announce it. */
+  const prepare = (group: GroupSummary, text: string, extras: ConversationMessaging.MessageExtras) =>
     Effect.gen(function*() {
-      yield* checkNotPaused(group)
       if (new TextEncoder().encode(text).length > MAX_TEXT_BYTES) {
         return yield* new InvalidInput({ reason: `message text is over ${MAX_TEXT_BYTES} bytes` })
       }
-      // Answering a DM allows it (unless a decision was made).
-      if (group.dmId !== null) yield* consent.setIfUnset(group.dmId, "allowed")
       const nonce = toHex(randomBytes(16))
       const messageId = messageIdOf(group.id, identity.installationId, nonce)
       const now = yield* Clock.currentTimeNanos
@@ -81,21 +71,56 @@ export const make = (
         contentType: extras.content?.type ?? null,
         contentBytes: extras.content?.bytes ?? null
       })
-      const data = makeSendMessageData({ messageId, nonce, text, ...extras })
-      // Stored `unpublished`, it moves the group up the list as it is inserted (a trigger: one statement).
-      const storeMessage = Effect.asVoid(storage.messages.insert(row))
-      const announce = Effect.asVoid(PubSub.publish(stored, row))
-      // Written ahead, its first publish round has run too (`known.first`), announced in between.
-      const writtenAhead = options.writtenAhead === true
-        ? yield* publisher.queueWrittenAhead(group.id, data, now, storeMessage, announce)
-        : undefined
-      if (writtenAhead !== undefined) {
-        return { messageId, intentId: writtenAhead.intentId, known: { ...writtenAhead.known, first: writtenAhead.first } }
+      return {
+        messageId,
+        now,
+        data: makeSendMessageData({ messageId, nonce, text, ...extras }),
+        // Stored `unpublished`, it moves the group up the list as it is inserted (a trigger: one statement).
+        storeMessage: Effect.asVoid(storage.messages.insert(row)),
+        announce: Effect.asVoid(PubSub.publish(stored, row))
       }
-      const intentId = yield* storage.transaction(Effect.zipRight(storeMessage, queueIntent(group.id, data)))
-      yield* announce
-      return { messageId, intentId, known: undefined }
     })
 
-  return { queueMessage }
+  /** Answering a DM allows it (unless a decision was made). */
+  const allowAnsweredDm = (group: GroupSummary) =>
+    group.dmId === null ? Effect.void : consent.setIfUnset(group.dmId, "allowed")
+
+  /** Stores the message as unpublished and queues its intent, in one transaction. */
+  const queueMessage = (group: StoredGroup, text: string, extras: ConversationMessaging.MessageExtras = {}) =>
+    Effect.gen(function*() {
+      yield* checkNotPaused(group)
+      const message = yield* prepare(group, text, extras)
+      yield* allowAnsweredDm(group)
+      const intentId = yield* storage.transaction(Effect.zipRight(message.storeMessage, queueIntent(group.id, message.data)))
+      yield* message.announce
+      return { messageId: message.messageId, intentId }
+    })
+
+  /**
+   * `send`'s message: if nothing is queued ahead, its intent is stored already written ahead and
+   * its first publish round has run too (`known.first`); else it is queued as usual. The group's
+   * protocol-version floor is judged under the group lock, on the row the message is written
+   * after, so the caller needs only the group's summary (no state read and decoded twice).
+   */
+  const sendMessage = (group: GroupSummary, text: string) =>
+    Effect.gen(function*() {
+      const message = yield* prepare(group, text, {})
+      const writtenAhead = yield* publisher.queueWrittenAhead(
+        group.id,
+        message.data,
+        message.now,
+        message.storeMessage,
+        message.announce,
+        checkNotPaused
+      )
+      yield* allowAnsweredDm(group)
+      if (writtenAhead !== undefined) {
+        return { messageId: message.messageId, intentId: writtenAhead.intentId, known: { ...writtenAhead.known, first: writtenAhead.first } }
+      }
+      const intentId = yield* storage.transaction(Effect.zipRight(message.storeMessage, queueIntent(group.id, message.data)))
+      yield* message.announce
+      return { messageId: message.messageId, intentId, known: undefined }
+    })
+
+  return { queueMessage, sendMessage }
 }

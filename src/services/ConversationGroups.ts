@@ -25,5 +25,18 @@ export const make = (storage: Storage["Type"]) => {
       Effect.filterOrFail((g) => g.membershipState !== "inactive", (g) => new GroupInactive({ groupId: g.id }))
     )
 
-  return { groupsOf, primaryOf, activePrimary }
+  /**
+   * `activePrimary` without the MLS state where it is not needed: a group's summary row (its state
+   * is read once, under the group lock, by whoever writes after it); a DM picks among its groups.
+   */
+  const activePrimarySummary = (id: ConversationId, kind: "group" | "dm") =>
+    Effect.gen(function*() {
+      if (kind === "dm") return yield* activePrimary(id, kind)
+      const found = yield* storage.groups.summary(id as unknown as GroupId)
+      if (Option.isNone(found)) return yield* new ConversationNotFound({ conversationId: id })
+      if (found.value.membershipState === "inactive") return yield* new GroupInactive({ groupId: found.value.id })
+      return found.value
+    })
+
+  return { groupsOf, primaryOf, activePrimary, activePrimarySummary }
 }

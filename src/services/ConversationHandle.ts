@@ -24,7 +24,7 @@ type ReadingOperations = Pick<Conversation, "messages" | "members" | "state" | "
 
 const sending = (
   { ctx, groups }: HandleParts,
-  { queueMessage }: ReturnType<typeof ClientMessages.make>,
+  { queueMessage, sendMessage }: ReturnType<typeof ClientMessages.make>,
   { annotated, id, kind, span, traced }: HandleScope
 ): SendingOperations => {
   const { publisher } = ctx
@@ -34,8 +34,8 @@ const sending = (
     groups.groupsOf(id, kind).pipe(Effect.flatMap((all) => Effect.forEach(all, f)))
   return {
     send: Effect.fn("Conversation.send", traced)(function*(text: string) {
-      const group = yield* groups.activePrimary(id, kind)
-      const { intentId, known, messageId } = yield* queueMessage(group, text, {}, { writtenAhead: true })
+      const group = yield* groups.activePrimarySummary(id, kind)
+      const { intentId, known, messageId } = yield* sendMessage(group, text)
       yield* publisher.resolve(group.id, intentId, known)
       return messageId
     }, annotated),

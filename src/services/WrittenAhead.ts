@@ -4,10 +4,10 @@
  */
 import { Clock, Effect } from "effect"
 import { sha256Hex } from "../domain/Bytes.ts"
-import type { StorageError } from "../domain/Errors.ts"
+import type { CryptoError, ProtocolVersionTooOld, StorageError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import type { SendMessageData } from "../domain/Intent.ts"
-import { publishedIntent, type StoredIntent } from "../domain/Stored.ts"
+import { publishedIntent, type StoredGroup, type StoredIntent } from "../domain/Stored.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
 import type * as IntentDerivation from "./IntentDerivation.ts"
 import type { KnownIntent } from "./IntentResolution.ts"
@@ -33,16 +33,20 @@ export const make = (
    * The first publish round runs at once, under the same lock: it starts from the row, state and
    * intent just written (nothing else can have changed them), and its outcome comes back as an
    * `Exit` for `resolve` to take as its first round. `stored` runs once the transaction commits.
+   * `allowed` (the group's protocol-version floor) is judged first, on the row read under the lock,
+   * whatever the outcome: the caller reads no state before.
    */
   const queueWrittenAhead = Effect.fn("Publisher.queueWrittenAhead")(function*(
     groupId: GroupId,
     data: SendMessageData,
     createdAtNs: bigint,
     storeMessage: Effect.Effect<void, StorageError>,
-    stored: Effect.Effect<void>
+    stored: Effect.Effect<void>,
+    allowed: (group: StoredGroup) => Effect.Effect<void, CryptoError | ProtocolVersionTooOld>
   ) {
     return yield* ctx.withGroupLock(groupId)(Effect.gen(function*() {
       const group = yield* loadGroupRow(ctx, groupId)
+      yield* allowed(group)
       if (group.membershipState !== "active") return undefined
       if ((yield* storage.intents.idsByGroup(groupId, ["ToPublish", "Published"])).length > 0) return undefined
       const state = yield* ctx.loadState(group)
