@@ -20,6 +20,7 @@ import {
   type Extension,
   type FramedContent,
   type KeyPackage,
+  type LeafNode,
   type MLSMessage,
   type PrivateKeyPackage,
   type PrivateMessage,
@@ -216,18 +217,31 @@ const structuralIdentity = (credential: Credential, signaturePublicKey: Uint8Arr
   return identity
 }
 
+/**
+ * Each leaf's member, by leaf object: a leaf keeps its object (and index) across the epochs it
+ * stays in (ts-mls and the state decoder share unchanged nodes), so a new epoch's member list
+ * decodes only the leaves its commit brought in, not 100 credentials per commit.
+ */
+const membersByLeaf = new WeakMap<LeafNode, LeafMember | null>()
 const leafMemberAt = (tree: RatchetTree, leafIndex: number): LeafMember | undefined => {
   const node = tree[leafIndex * 2]
   if (node?.nodeType !== "leaf") return undefined
+  const known = membersByLeaf.get(node.leaf)
+  if (known !== undefined && (known === null || known.leafIndex === leafIndex)) return known ?? undefined
   const identity = decodeIdentity(node.leaf.credential)
-  if (identity === undefined) return undefined
+  if (identity === undefined) {
+    membersByLeaf.set(node.leaf, null)
+    return undefined
+  }
   const protocolVersion = protocolVersionIn(node.leaf.extensions)
-  return {
+  const member: LeafMember = {
     ...identity,
     leafIndex,
     signaturePublicKey: node.leaf.signaturePublicKey,
     ...(protocolVersion === undefined ? {} : { protocolVersion })
   }
+  membersByLeaf.set(node.leaf, member)
+  return member
 }
 
 /** Members by tree: trees are immutable values and read on every step (O(members) to list). */
