@@ -168,6 +168,29 @@ layer(TsMlsCrypto.layer())("MlsCrypto (ts-mls)", (it) => {
       }))
   })
 
+  describe("members by leaf", () => {
+    it.effect("a newcomer who takes a removed member's leaf is listed there, by the committer, the others and a reload", () =>
+      Effect.gen(function*() {
+        const crypto = yield* MlsCrypto
+        const [alice, bob, carol] = (yield* setUpGroup(crypto, 3)) as [Member, Member, Member]
+        const carolsLeaf = crypto.view(carol.state).ownLeafIndex
+        yield* commitAndDeliver(crypto, alice, [bob], { remove: [carol.identity.installationId] })
+        const dave = yield* newInstallation(crypto)
+        yield* commitAndDeliver(crypto, alice, [bob], { add: [dave.keyPackage.publicPackage] })
+        const reloaded = yield* crypto.deserialize(crypto.serialize(alice.state))
+        for (const state of [alice.state, bob.state, reloaded]) {
+          const members = crypto.view(state).members
+          expect(members.find((m) => m.leafIndex === carolsLeaf)?.installationId).toBe(dave.identity.installationId)
+          expect(members.map((m) => m.installationId).sort()).toEqual(
+            [alice, bob, dave].map((m) => m.identity.installationId).sort()
+          )
+          expect(members.find((m) => m.installationId === bob.identity.installationId)?.leafIndex).toBe(
+            crypto.view(bob.state).ownLeafIndex
+          )
+        }
+      }))
+  })
+
   describe("competing commits", () => {
     it.effect("the first commit on the topic wins; the loser processes it from its pre-commit state", () =>
       Effect.gen(function*() {

@@ -7,7 +7,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import type { ConversationId, GroupId, InboxId, InstallationId, MessageId } from "../src/domain/Ids.ts"
 import { StoredGroup, StoredIdentity, InboxLogEntry, StoredKeyPackage, StoredMessage } from "../src/domain/Stored.ts"
-import { AddMembersData, makeSendMessageData, PostCommitData } from "../src/domain/Intent.ts"
+import { AddMembersData, LeaveData, makeSendMessageData, PostCommitData, RemoveMembersData } from "../src/domain/Intent.ts"
 import { IdentityUpdate } from "../src/domain/Wire.ts"
 import * as SqliteStorage from "../src/layers/SqliteStorage.ts"
 import { Storage } from "../src/services/Storage.ts"
@@ -207,6 +207,24 @@ describe("Storage", () => {
       const states = yield* storage.intents.statesOf([ids[3]!, 999, ids[0]!, ids[1]!])
       expect(states).toEqual(new Map([[ids[3]!, "Error"], [ids[0]!, "ToPublish"], [ids[1]!, "Processed"]]))
       expect(yield* storage.intents.statesOf([])).toEqual(new Map())
+    }).pipe(Effect.provide(memoryStore)))
+
+  it.effect("a group's intents are read by kind as well as state: a read for removals returns no other kind", () =>
+    Effect.gen(function*() {
+      const storage = yield* Storage
+      yield* storage.groups.insert(group())
+      const [add, forLeave, remove, leave, done] = yield* Effect.forEach([
+        AddMembersData.make({ inboxIds: [inbox] }),
+        RemoveMembersData.make({ inboxIds: [inbox], forLeaveRequest: true }),
+        RemoveMembersData.make({ inboxIds: [inbox] }),
+        LeaveData.make({ nonce: hex(32, "d") }),
+        RemoveMembersData.make({ inboxIds: [inbox] })
+      ], (data, i) => storage.intents.insert({ groupId, data, createdAtNs: BigInt(i + 1) }))
+      yield* storage.intents.markProcessed(done!)
+      const pending = ["ToPublish", "Published"] as const
+      expect((yield* storage.intents.byGroup(groupId, pending, ["RemoveMembers"])).map((i) => i.id)).toEqual([forLeave, remove])
+      expect((yield* storage.intents.byGroup(groupId, pending, ["Leave", "AddMembers"])).map((i) => i.id)).toEqual([add, leave])
+      expect((yield* storage.intents.byGroup(groupId, pending)).map((i) => i.id)).toEqual([add, forLeave, remove, leave])
     }).pipe(Effect.provide(memoryStore)))
 
   it.effect("a queued message moves its group up the list as it is stored; a received one does not by itself", () =>

@@ -46,6 +46,15 @@ describe("wire bytes", () => {
       expect(Either.getOrThrow(decodeBytes(""))).toEqual(new Uint8Array(0))
       expect(Array.from(Either.getOrThrow(decodeBytes("AAEC/w==")))).toEqual([0, 1, 2, 255])
     }))
+
+  it.effect("padded base64 another encoder wrote with non-zero pad bits still reads, as Buffer reads it", () =>
+    Effect.sync(() => {
+      // Buffer writes "AA==" and "AAA=" for these bytes; the text is not what it writes back.
+      expect(Array.from(Either.getOrThrow(decodeBytes("AB==")))).toEqual([0])
+      expect(Array.from(Either.getOrThrow(decodeBytes("AAB=")))).toEqual([0, 0])
+      expect(Either.isLeft(decodeBytes("AB=A"))).toBe(true)
+      expect(Either.isLeft(decodeBytes("A_B="))).toBe(true)
+    }))
 })
 
 describe("wire decimals", () => {

@@ -533,12 +533,13 @@ export const makeWith = (key: StorageKey["Type"], options: SqliteStorageOptions 
           return found
         })
       ),
-    byGroup: (groupId, states) =>
+    byGroup: (groupId, states, kinds) =>
       run(
         "intents.byGroup",
-        sql`SELECT * FROM converge_intents WHERE group_id = ${groupId} AND state IN ${inStates(states)} ORDER BY id`.pipe(
-          Effect.flatMap(decodeIntents)
-        )
+        (kinds === undefined
+          ? sql`SELECT * FROM converge_intents WHERE group_id = ${groupId} AND state IN ${inStates(states)} ORDER BY id`
+          : sql`SELECT * FROM converge_intents WHERE group_id = ${groupId} AND state IN ${inStates(states)}
+                AND kind IN ${sql.in(kinds as Array<IntentKind>)} ORDER BY id`).pipe(Effect.flatMap(decodeIntents))
       ),
     idsByGroup: (groupId, states) =>
       run(

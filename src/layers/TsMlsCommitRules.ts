@@ -90,6 +90,20 @@ export const pathLeafChangesIdentity = (tree: RatchetTree, committer: number, co
 }
 
 /**
+ * A leaf's keys as hex, once per leaf object: a leaf outlives many epochs (ts-mls and the state
+ * decoder share unchanged nodes between trees), and every commit compares all of them.
+ */
+const leafKeys = new WeakMap<LeafNode, { readonly hpke: string; readonly signature: string }>()
+const leafKeysOf = (leaf: LeafNode) => {
+  let keys = leafKeys.get(leaf)
+  if (keys === undefined) {
+    keys = { hpke: toHex(leaf.hpkePublicKey), signature: toHex(leaf.signaturePublicKey) }
+    leafKeys.set(leaf, keys)
+  }
+  return keys
+}
+
+/**
  * RFC 9420 §7.3 / §12.1.1: the encryption key and the signature key of every new leaf (each Add's,
  * and the committer's UpdatePath leaf) are unique among the leaves of the group and among each
  * other; an Add's init key differs from its encryption key. ts-mls 1.6.4's
@@ -104,9 +118,10 @@ export const duplicateLeafKeys = (tree: RatchetTree, committer: number, commit: 
     if (node?.nodeType !== "leaf") continue
     const leafIndex = i / 2
     if (removed.has(leafIndex)) continue
+    const keys = leafKeysOf(node.leaf)
     // The committer's own encryption key is replaced by its UpdatePath leaf.
-    if (leafIndex !== committer || commit.path === undefined) hpke.add(toHex(node.leaf.hpkePublicKey))
-    signature.add(toHex(node.leaf.signaturePublicKey))
+    if (leafIndex !== committer || commit.path === undefined) hpke.add(keys.hpke)
+    signature.add(keys.signature)
   }
   if (commit.path !== undefined) {
     const key = toHex(commit.path.leafNode.hpkePublicKey)

@@ -20,6 +20,7 @@ import {
   type Extension,
   type FramedContent,
   type KeyPackage,
+  type LeafNode,
   type MLSMessage,
   type PrivateKeyPackage,
   type PrivateMessage,
@@ -216,18 +217,31 @@ const structuralIdentity = (credential: Credential, signaturePublicKey: Uint8Arr
   return identity
 }
 
+/**
+ * Each leaf's member, by leaf object: a leaf keeps its object (and index) across the epochs it
+ * stays in (ts-mls and the state decoder share unchanged nodes), so a new epoch's member list
+ * decodes only the leaves its commit brought in, not 100 credentials per commit.
+ */
+const membersByLeaf = new WeakMap<LeafNode, LeafMember | null>()
 const leafMemberAt = (tree: RatchetTree, leafIndex: number): LeafMember | undefined => {
   const node = tree[leafIndex * 2]
   if (node?.nodeType !== "leaf") return undefined
+  const known = membersByLeaf.get(node.leaf)
+  if (known !== undefined && (known === null || known.leafIndex === leafIndex)) return known ?? undefined
   const identity = decodeIdentity(node.leaf.credential)
-  if (identity === undefined) return undefined
+  if (identity === undefined) {
+    membersByLeaf.set(node.leaf, null)
+    return undefined
+  }
   const protocolVersion = protocolVersionIn(node.leaf.extensions)
-  return {
+  const member: LeafMember = {
     ...identity,
     leafIndex,
     signaturePublicKey: node.leaf.signaturePublicKey,
     ...(protocolVersion === undefined ? {} : { protocolVersion })
   }
+  membersByLeaf.set(node.leaf, member)
+  return member
 }
 
 /** Members by tree: trees are immutable values and read on every step (O(members) to list). */
@@ -510,6 +524,13 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
      * hundred bytes) are verified every time, never kept.
      */
     const verifiedPackages = new LruCache<KeyPackage>(256)
+    /** The packages `verifiedPackages` handed out: their signatures held (the objects are never changed). */
+    const signaturesHeld = new WeakSet<KeyPackage>()
+    /** The package kept for these bytes if they verified before (as an add's did in its checks), else decoded. */
+    const keptOrDecoded = (bytes: Uint8Array) => {
+      const kept = bytes.length <= MAX_CACHED_PACKAGE_BYTES ? verifiedPackages.get(sha256Hex(bytes)) : undefined
+      return kept === undefined ? decodePublicPackage(bytes) : Effect.succeed(kept)
+    }
     const verifiedPackage = (bytes: Uint8Array) =>
       Effect.gen(function*() {
         const id = bytes.length <= MAX_CACHED_PACKAGE_BYTES ? sha256Hex(bytes) : undefined
@@ -520,7 +541,10 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
         const signed = yield* tryMls("keyPackageInfo", async () =>
           await verifyKeyPackage(kp, cs.signature) && await verifyLeafNodeSignatureKeyPackage(kp.leafNode, cs.signature))
         if (!signed) return yield* fail("BadSignature", "key package signature does not verify")
-        if (id !== undefined) verifiedPackages.set(id, kp)
+        if (id !== undefined) {
+          verifiedPackages.set(id, kp)
+          signaturesHeld.add(kp)
+        }
         return kp
       })
 
@@ -585,8 +609,9 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
       if (kp.cipherSuite !== cipherSuite || kp.version !== version) {
         return new MlsError.ValidationError("key package ciphersuite or version differs from the group's")
       }
-      const signed = await verifyLeafNodeSignatureKeyPackage(kp.leafNode, cs.signature) &&
-        await verifyKeyPackage(kp, cs.signature)
+      // ts-mls verifies both again as it applies the Add; a package verified before is not redone here.
+      const signed = signaturesHeld.has(kp) || (await verifyLeafNodeSignatureKeyPackage(kp.leafNode, cs.signature) &&
+        await verifyKeyPackage(kp, cs.signature))
       if (!signed) return new MlsError.CryptoVerificationError("Invalid keypackage signature")
       if (sentByClient && !withinLifetime(kp)) return new MlsError.ValidationError("Current time not within Lifetime")
       // What we add must be a current installation; what others added may have been revoked since.
@@ -663,7 +688,7 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
     const createCommit: Service["createCommit"] = Effect.fn("MlsCrypto.createCommit")(
       function*(state, changes: CommitChanges) {
         const client = unwrap(state)
-        const adds = yield* Effect.forEach(changes.add ?? [], decodePublicPackage)
+        const adds = yield* Effect.forEach(changes.add ?? [], keptOrDecoded)
         const removed = yield* removalsFor(client, changes.remove ?? [])
         // A GroupContextExtensions proposal combined with a Remove breaks receivers (ts-mls #742).
         if (changes.metadata !== undefined && removed.length > 0) {

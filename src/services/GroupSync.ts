@@ -208,7 +208,8 @@ export const make = (ctx: EngineContext) => {
       ? Effect.succeed(post.keyPackages)
       : Effect.map(fetchKeyPackagesInChunks(ds, post.installationIds), (fetched) => fetched.map((f) => f.keyPackage))
 
-  const sendWelcomes = (groupId: GroupId, intent: StoredIntent) =>
+  /** A commit's welcomes, each sealed to the key package its recipient was added with. */
+  const sealWelcomes = (groupId: GroupId, commitSequenceId: bigint, post: PostCommitData) =>
     Effect.gen(function*() {
       // Only its DM id is needed: the summary, without the MLS state's bytes.
       const group = yield* storage.groups.summary(groupId).pipe(
@@ -217,36 +218,45 @@ export const make = (ctx: EngineContext) => {
           onNone: () => loadGroupRow(ctx, groupId)
         }))
       )
+      const payload = new TextEncoder().encode(
+        Schema.encodeSync(WelcomePayloadJson)(
+          WelcomePayload.make({
+            groupId,
+            commitSequenceId,
+            welcome: post.welcome,
+            ...(group.dmId === null ? {} : { dmId: group.dmId })
+          })
+        )
+      )
+      // Sealed to each recipient's key package: the server and everyone else see no group id,
+      // no cursor and no DM peer. Sealing is randomized, so a resend after a crash stores a
+      // second copy; the joiner takes a group once.
+      const keyPackages = yield* welcomeKeyPackages(post)
+      const messages: Array<WelcomeMessageInput> = []
+      for (const [i, installationId] of post.installationIds.entries()) {
+        const keyPackage = keyPackages[i]
+        if (keyPackage === undefined) {
+          yield* Effect.logWarning("no key package to seal a welcome to; the installation is not welcomed").pipe(
+            Effect.annotateLogs({ groupId, installationId })
+          )
+          continue
+        }
+        // The commit was built with this very key package, so it decodes: a failure is a bug.
+        const sealed = yield* crypto.sealToKeyPackage(keyPackage, payload).pipe(Effect.orDie)
+        messages.push(WelcomeMessageInput.make({ installationId, payload: sealed }))
+      }
+      return messages
+    })
+
+  const sendWelcomes = (groupId: GroupId, intent: StoredIntent) =>
+    Effect.gen(function*() {
       const post = intent.postCommit
       if (post !== null && intent.sequenceId !== null) {
-        const payload = new TextEncoder().encode(
-          Schema.encodeSync(WelcomePayloadJson)(
-            WelcomePayload.make({
-              groupId,
-              commitSequenceId: intent.sequenceId,
-              welcome: post.welcome,
-              ...(group.dmId === null ? {} : { dmId: group.dmId })
-            })
-          )
-        )
-        // Sealed to each recipient's key package: the server and everyone else see no group id,
-        // no cursor and no DM peer. Sealing is randomized, so a resend after a crash stores a
-        // second copy; the joiner takes a group once.
-        const keyPackages = yield* welcomeKeyPackages(post)
-        const messages: Array<WelcomeMessageInput> = []
-        for (const [i, installationId] of post.installationIds.entries()) {
-          const keyPackage = keyPackages[i]
-          if (keyPackage === undefined) {
-            yield* Effect.logWarning("no key package to seal a welcome to; the installation is not welcomed").pipe(
-              Effect.annotateLogs({ groupId, installationId })
-            )
-            continue
-          }
-          // The commit was built with this very key package, so it decodes: a failure is a bug.
-          const sealed = yield* crypto.sealToKeyPackage(keyPackage, payload).pipe(Effect.orDie)
-          messages.push(WelcomeMessageInput.make({ installationId, payload: sealed }))
-        }
-        yield* storage.flush
+        // The disk syncs (the page that confirmed the commit among the rest) while the welcomes
+        // are sealed, which writes nothing: they leave once both are done.
+        const [, messages] = yield* Effect.all([storage.flush, sealWelcomes(groupId, intent.sequenceId, post)], {
+          concurrency: 2
+        })
         for (let i = 0; i < messages.length; i += 50) {
           const refused = yield* ds.sendWelcomeMessages(messages.slice(i, i + 50)).pipe(
             Effect.as(false),

@@ -41,10 +41,13 @@ export const failPendingIntents = (ctx: EngineContext, groupId: GroupId) =>
 const leaveRemovalOf = (intent: StoredIntent): ReadonlyArray<InboxId> =>
   intent.data._tag === "RemoveMembers" && intent.data.forLeaveRequest ? intent.data.inboxIds : []
 
+/** The only kind `leaveRemovalOf` finds anything in: reads for it skip every other row (a pending commit's 60 KB). */
+const LEAVE_REMOVALS = ["RemoveMembers"] as const
+
 /** Queues the removal of an inbox that asked to leave, unless one is already pending. */
 export const queueRemoval = (ctx: EngineContext, groupId: GroupId, inboxId: InboxId, now: bigint) =>
   Effect.gen(function*() {
-    const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish", "Published"])
+    const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish", "Published"], LEAVE_REMOVALS)
     if (pending.some((intent) => leaveRemovalOf(intent).includes(inboxId))) return
     yield* queueIntent(ctx, groupId, RemoveMembersData.make({ inboxIds: [inboxId], forLeaveRequest: true }), now)
   })
@@ -55,7 +58,7 @@ export const queueRemoval = (ctx: EngineContext, groupId: GroupId, inboxId: Inbo
  */
 export const leavingInboxes = (ctx: EngineContext, groupId: GroupId) =>
   Effect.gen(function*() {
-    const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish", "Published"])
+    const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish", "Published"], LEAVE_REMOVALS)
     return pending.flatMap(leaveRemovalOf)
   })
 
@@ -66,7 +69,7 @@ export const leavingInboxes = (ctx: EngineContext, groupId: GroupId) =>
 export const settleLeaveRemovals = (ctx: EngineContext, groupId: GroupId, removed: ReadonlySet<InboxId>) =>
   Effect.gen(function*() {
     if (removed.size === 0) return
-    const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish"])
+    const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish"], LEAVE_REMOVALS)
     for (const intent of pending) {
       const inboxIds = leaveRemovalOf(intent)
       if (inboxIds.length > 0 && inboxIds.every((inboxId) => removed.has(inboxId))) {

@@ -33,6 +33,8 @@ export const leafIdentityChange = (
   for (const leaf of after.members) leavesOf.set(leaf.installationId, (leavesOf.get(leaf.installationId) ?? 0) + 1)
   for (const leaf of after.members) {
     const was = prior.get(leaf.leafIndex)
+    // The same member object: the same leaf, untouched (the adapter keeps one per leaf it decoded).
+    if (was === leaf) continue
     // Judged on what the commit brings in, so a group that already holds a duplicate is not stuck.
     const entering = was === undefined || was.installationId !== leaf.installationId
     if (entering && leavesOf.get(leaf.installationId)! > 1) return `installation ${leaf.installationId} holds two leaves`

@@ -24,8 +24,8 @@ const makeGroupMessageInput = validatedMaker(GroupMessageInput)
 
 /**
  * Every payload sent, in order, and the service's answers: how the round reads them back. With
- * them, the application messages' intents as stored by the write-ahead, so reading them back
- * asks for none of them again.
+ * them, the intents as stored by the write-ahead (a commit's with its staged state and welcomes),
+ * so reading them back asks for none of them again.
  */
 export interface SentSoFar {
   readonly payloads: Array<Uint8Array>
@@ -136,13 +136,13 @@ const stage = (
     // The row as `markPublishedMany` leaves it (it was ToPublish, read under this lock).
     p.sent.intents.push(publishedIntent(intent, { payloadHash, payload: derived.payload, publishedEpoch: epoch }))
   } else {
-    p.writeAhead.push(storage.intents.markPublished(intent.id, {
-      payloadHash,
-      payload: derived.payload,
-      publishedEpoch: epoch,
+    const written = {
       stagedState: derived.staged === undefined ? null : ctx.encodeStaged(p.groupId, derived.staged, p.state),
       postCommit: derived.postCommit ?? null
-    }))
+    }
+    p.writeAhead.push(storage.intents.markPublished(intent.id, { payloadHash, payload: derived.payload, publishedEpoch: epoch, ...written }))
+    // The row as `markPublished` leaves it: reading the commit back asks for none of its 60 KB again.
+    p.sent.intents.push({ ...publishedIntent(intent, { payloadHash, payload: derived.payload, publishedEpoch: epoch }), ...written })
   }
   p.batch.push(derived.payload)
   if (derived.state !== undefined) {

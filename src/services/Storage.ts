@@ -10,7 +10,7 @@
 import { Context, type Effect, type Option } from "effect"
 import type { StorageError } from "../domain/Errors.ts"
 import type { ConversationId, GroupId, InboxId, MessageId } from "../domain/Ids.ts"
-import type { IntentData, IntentState, PostCommitData } from "../domain/Intent.ts"
+import type { IntentData, IntentKind, IntentState, PostCommitData } from "../domain/Intent.ts"
 import type { PendingDeletion } from "../domain/Messaging.ts"
 import type { ConsentRepository, HistoryRepository } from "./HistoryStorage.ts"
 import type { RosterRepository } from "./RosterStorage.ts"
@@ -115,7 +115,15 @@ export interface IntentRepository {
   readonly get: (id: number) => Io<Option.Option<StoredIntent>>
   /** `get` for many intents, one statement per hundred; an id without a readable row is left out. */
   readonly getMany: (ids: ReadonlyArray<number>) => Io<ReadonlyArray<StoredIntent>>
-  readonly byGroup: (groupId: GroupId, states: ReadonlyArray<IntentState>) => Io<ReadonlyArray<StoredIntent>>
+  /**
+   * The group's intents in these states, oldest first; with `kinds`, only those kinds, so a
+   * read for leave removals decodes no pending commit (its staged state and welcomes, 60 KB).
+   */
+  readonly byGroup: (
+    groupId: GroupId,
+    states: ReadonlyArray<IntentState>,
+    kinds?: ReadonlyArray<IntentKind>
+  ) => Io<ReadonlyArray<StoredIntent>>
   /**
    * `byGroup`'s ids, oldest first, without reading the rows: what waits for a publish (a batch of
    * optimistic messages is read back whole by the publisher anyway).
