@@ -81,25 +81,29 @@ export const make = (ctx: EngineContext) => {
     held?: Held,
     known?: ReadonlyArray<StoredIntent>
   ) =>
-    applyPageOnce(groupId, cursor, items, held, known, false).pipe(
-      // A forged signature among the runs: the page's transaction rolled back; read it again, every check awaited.
-      Effect.catchTag("UnconfirmedSignatures", () =>
-        applyPageOnce(groupId, cursor, items, held, known, true).pipe(
-          // A strict read waits for each check where it is made: it has none left to fail at commit.
-          Effect.catchTag("UnconfirmedSignatures", Effect.die)
-        ))
-    )
+    Effect.gen(function*() {
+      // Read once: a rolled-back page's re-read starts from exactly this row and state (the
+      // provisional commit's serialization evicted the decoded state from the cache).
+      const group = held?.group ?? (yield* loadGroupRow(ctx, groupId))
+      const start: Held = { group, state: held?.state ?? (yield* ctx.loadState(group)) }
+      return yield* applyPageOnce(groupId, cursor, items, start, known, false).pipe(
+        // A forged signature among the runs: the page's transaction rolled back; read it again, every check awaited.
+        Effect.catchTag("UnconfirmedSignatures", () =>
+          applyPageOnce(groupId, cursor, items, start, known, true).pipe(
+            // A strict read waits for each check where it is made: it has none left to fail at commit.
+            Effect.catchTag("UnconfirmedSignatures", Effect.die)
+          ))
+      )
+    })
   const applyPageOnce = (
     groupId: GroupId,
     cursor: bigint,
     items: ReadonlyArray<GroupMessageEnvelope>,
-    held: Held | undefined,
+    { group, state }: Held,
     known: ReadonlyArray<StoredIntent> | undefined,
     strict: boolean
   ) =>
     Effect.gen(function*() {
-      const group = held?.group ?? (yield* loadGroupRow(ctx, groupId))
-      const state = held?.state ?? (yield* ctx.loadState(group))
       const applier = PageApplier.start(ctx, group, state, cursor, yield* Clock.currentTimeNanos, strict)
       yield* applier.prefetch(items, known)
       yield* applier.applyAll(items)
