@@ -20,6 +20,7 @@ import { DeliveryService } from "../src/services/DeliveryService.ts"
 import type { Storage } from "../src/services/Storage.ts"
 import { StoredGroup, StoredMessage } from "../src/domain/Stored.ts"
 import { registerBareInbox, TestNetwork, type TestDelivery } from "../src/testing.ts"
+import { progress } from "./Watchdog.ts"
 
 const median = (samples: ReadonlyArray<number>) => {
   const sorted = [...samples].sort((a, b) => a - b)
@@ -53,13 +54,17 @@ export const manyGroups = (groups: number, delivery: TestDelivery) =>
     const net = yield* TestNetwork.makeWith({ delivery })
     const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
     const rssBefore = rssMiB()
-    const [setupMs] = yield* time(Effect.forEach(Array.from({ length: groups }), () => alice.createGroup([bob.inboxId]), {
+    yield* progress("clients up")
+    const [setupMs] = yield* time(Effect.forEach(Array.from({ length: groups }), (_, i) =>
+      alice.createGroup([bob.inboxId]).pipe(Effect.tap(() => i % 50 === 49 ? progress(`${i + 1} groups created`) : Effect.void)), {
       discard: true
     }))
     const joined = yield* bob.syncAll
+    yield* progress(`joined ${joined.joined}`)
     // Idle from here; the periodic member-installation check is not due within the samples.
     yield* bob.syncAll
     const idleSyncAll = yield* samples(9, bob.syncAll)
+    yield* progress("idle syncAll sampled")
     const conversations = yield* samples(9, alice.conversations())
     const listed = yield* alice.conversations()
     return {
@@ -112,6 +117,7 @@ const storeHistory = (
         })
       })
       yield* storage.transaction(storage.messages.insertMany(rows))
+      yield* progress(`${from + rows.length} messages stored`)
     }
   })
 
@@ -125,6 +131,7 @@ export const latestOfMany = (count: number) =>
     const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
     const conversation = yield* alice.createGroup([bob.inboxId])
     yield* bob.syncAll
+    yield* progress("group joined")
     const storage = yield* net.storage(bob)
     const groupId = conversation.id as unknown as GroupId
     yield* storeHistory(storage, {
@@ -153,13 +160,18 @@ export const largeGroup = (size: number, rounds: number) =>
     const others = yield* Effect.forEach(Array.from({ length: size - 1 }), (_, i) => net.client(`member-${i}`), {
       concurrency: 4
     })
+    yield* progress(`${size - 1} members up`)
     const conversation = yield* alice.createGroup(others.map((o) => o.inboxId))
+    yield* progress("large group created")
     const adds: Array<number> = []
     const joins: Array<number> = []
     for (let r = 0; r < rounds + 1; r++) {
       const newcomer = yield* net.client(`newcomer-${r}`)
+      yield* progress(`round ${r}: newcomer up`)
       const [add] = yield* time(conversation.addMembers([newcomer.inboxId]))
+      yield* progress(`round ${r}: added`)
       const [join, joined] = yield* time(newcomer.syncAll)
+      yield* progress(`round ${r}: joined`)
       if (joined.joined !== 1) console.log(`   (warning: the newcomer joined ${joined.joined})`)
       // The first round warms up; the group grows by one per round (size, size + 1, ...).
       if (r > 0) {
@@ -167,6 +179,7 @@ export const largeGroup = (size: number, rounds: number) =>
         joins.push(join)
       }
       yield* conversation.removeMembers([newcomer.inboxId])
+      yield* progress(`round ${r}: removed`)
     }
     return { size, add: median(adds), join: median(joins) }
   }))
@@ -197,12 +210,14 @@ export const manyLargeGroups = (groups: number, size: number) =>
     const net = yield* TestNetwork.make
     const bob = yield* net.client("bob")
     const keyPackages = yield* Effect.forEach(Array.from({ length: size - 1 }), () => registerMember(net))
+    yield* progress(`${size - 1} bare members registered`)
     const storage = yield* net.storage(bob)
     const crypto = net.crypto
     const me = Option.getOrThrow(yield* storage.identity.get)
     let stateBytes = 0
-    const [setupMs] = yield* time(Effect.forEach(Array.from({ length: groups }), () =>
+    const [setupMs] = yield* time(Effect.forEach(Array.from({ length: groups }), (_, i) =>
       Effect.gen(function*() {
+        if (i % 5 === 0) yield* progress(`building group ${i + 1}`)
         const groupId = toHex(randomBytes(16)) as GroupId
         const own = yield* crypto.generateKeyPackage(
           { inboxId: me.inboxId, installationId: me.installationId },
@@ -233,12 +248,16 @@ export const manyLargeGroups = (groups: number, size: number) =>
       }), { discard: true }))
     // The running client's round before its restart (it keeps each group's roster).
     const [runningSyncMs] = yield* time(bob.syncAll)
+    yield* progress("the running client synced")
     const address = yield* serveDelivery({ port: 0, host: "127.0.0.1" }).pipe(
       Effect.provideService(DeliveryService, net.delivery),
       Effect.orDie
     )
+    yield* progress("serving over RPC")
     const entry = yield* compiledEntry
+    yield* progress("package compiled")
     const child = yield* Effect.promise(() => runResidentClient(entry, bob.filename, address.url, []))
+    yield* progress("resident client measured")
     // The same restart with V8's old space capped: what the peak is made of (garbage of decodes
     // not yet collected, or live data).
     const capped = yield* Effect.promise(() =>
@@ -320,7 +339,9 @@ export const latestOfStitchedDm = (count: number) =>
       alice2.findOrCreateDm(bob.inboxId),
       bob.findOrCreateDm(alice.inboxId)
     ], { concurrency: 3 })
+    yield* progress("DM started at once by three")
     yield* bob.syncAll
+    yield* progress("bob synced the DM")
     const handle = yield* bob.conversation(dm.id)
     const groupIds = (yield* handle.debugInfo).groupIds as unknown as ReadonlyArray<GroupId>
     if (groupIds.length !== 3) console.log(`   (warning: the DM has ${groupIds.length} groups at Bob, expected 3)`)

@@ -10,8 +10,10 @@
  * become 300); `BENCH_GROUPS=200` sets the group count of section 6 alone, `BENCH_LARGE_GROUPS`
  * the 100-member groups of the resident-memory case;
  * `BENCH_ONLY=providers,receive npm run bench` runs only the named sections;
- * `BENCH_POSTGRES_URL=postgres://...` adds a Postgres run of section 7 (it creates the
+ * `BENCH_POSTGRES_URL=postgres://...` adds a Postgres run of section 8 (it creates the
  * delivery service's tables in that database's default schema).
+ * `BENCH_TRACE=1` prints each step to stderr; `BENCH_WATCHDOG=<minutes>` ends a run that makes no
+ * progress for that long, with a dump of what it waits on (`Watchdog.ts`).
  */
 import { Clock, Effect, Logger, LogLevel, Tracer } from "effect"
 import { randomBytes } from "node:crypto"
@@ -48,6 +50,7 @@ import { NATIVE_CIPHERSUITE, nodeCryptoProvider } from "../src/layers/NodeCipher
 import { joinFromWelcome } from "../src/layers/TsMlsWelcome.ts"
 import { benchHistory } from "./History.ts"
 import * as Scale from "./Scale.ts"
+import * as Watchdog from "./Watchdog.ts"
 import { runServerThroughput, type ServerRun } from "./ServerThroughput.ts"
 
 // ---- scale -------------------------------------------------------------------------------
@@ -947,13 +950,13 @@ const LARGE_GROUP_COUNT = Number(process.env["BENCH_LARGE_GROUPS"] ?? "") || n(1
 const GROUP_COUNT = Number(process.env["BENCH_GROUPS"] ?? "") || n(1000, 20)
 
 const benchScale = Effect.gen(function*() {
-  const memory = yield* Scale.manyGroups(GROUP_COUNT, "memory")
-  const rpc = yield* Scale.manyGroups(GROUP_COUNT, "rpc")
-  const history = yield* Scale.latestOfMany(n(100_000, 5000))
-  const stitched = yield* Scale.latestOfStitchedDm(n(100_000, 5000))
-  const large = yield* Scale.largeGroup(100, n(5, 2))
+  const memory = yield* Watchdog.step("scale: syncAll, many groups, memory", Scale.manyGroups(GROUP_COUNT, "memory"))
+  const rpc = yield* Watchdog.step("scale: syncAll, many groups, rpc", Scale.manyGroups(GROUP_COUNT, "rpc"))
+  const history = yield* Watchdog.step("scale: latest of many", Scale.latestOfMany(n(100_000, 5000)))
+  const stitched = yield* Watchdog.step("scale: latest of a stitched DM", Scale.latestOfStitchedDm(n(100_000, 5000)))
+  const large = yield* Watchdog.step("scale: large group", Scale.largeGroup(100, n(5, 2)))
   const identityLogs = Scale.identityLogVerification(100, n(10, 3))
-  const resident = yield* Scale.manyLargeGroups(LARGE_GROUP_COUNT, 100)
+  const resident = yield* Watchdog.step("scale: many large groups", Scale.manyLargeGroups(LARGE_GROUP_COUNT, 100))
   const row = (label: string, ms: number, notes: string) => [label, fmt(ms, 2), notes]
   printTable("7. Scale (medians, ms)", ["case", "ms", "notes"], [
     row(`syncAll, ${memory.groups} idle groups, in memory`, memory.idleSyncAll, `setup ${fmt(memory.setupMs / 1000, 1)} s, joined ${memory.joined}`),
@@ -1071,7 +1074,7 @@ const ONLY = process.env["BENCH_ONLY"]?.split(",").map((name) => name.trim())
 const section = <A, E, R>(name: string, effect: Effect.Effect<A, E, R>) =>
   ONLY !== undefined && !ONLY.includes(name)
     ? Effect.void
-    : timed(effect).pipe(Effect.tap(([ms]) => Effect.sync(() => console.log(`   [${name}: ${fmt(ms / 1000, 1)} s]`))))
+    : timed(Watchdog.step(name, effect)).pipe(Effect.tap(([ms]) => Effect.sync(() => console.log(`   [${name}: ${fmt(ms / 1000, 1)} s]`))))
 
 const main = Effect.gen(function*() {
   console.log(`Converge benchmarks — node ${process.version}, ${os.cpus().length} CPU(s) ${os.cpus()[0]?.model ?? ""}, scale ${SCALE}`)
@@ -1273,7 +1276,7 @@ const goalsOf = (s: Record<string, number>): ReadonlyArray<Goal> => {
   ]
 }
 
-Effect.runPromise(main.pipe(Logger.withMinimumLogLevel(LogLevel.Error))).catch((error: unknown) => {
+Effect.runPromise(Watchdog.supervise(main).pipe(Logger.withMinimumLogLevel(LogLevel.Error))).catch((error: unknown) => {
   console.error("benchmark failed:", error)
   process.exitCode = 1
 })

@@ -227,12 +227,20 @@ const x25519Private = (raw: Uint8Array): X25519Private => {
   return new X25519Private(Uint8Array.from(raw), privateImport(raw))
 }
 
+/**
+ * A fresh key pair: 32 random bytes, clamped as OpenSSL's key generation clamps them, imported.
+ * Not `generateKeyPairSync` + JWK export: on Node 20 that export holds the key's mutex while it
+ * allocates, and a GC in that allocation may collect the generating job, whose destructor takes the
+ * same mutex: the main thread then waits on itself for good (no error, no CPU; about once in a few
+ * thousand generations under GC pressure, and it froze a whole bench run).
+ */
 const generateX25519 = () => {
-  const pair = generateKeyPairSync("x25519")
-  // One export gives both halves.
-  const jwk = pair.privateKey.export({ format: "jwk" })
-  const publicKey: X25519Public = { type: "public", raw: fromBase64url(jwk.x), key: pair.publicKey }
-  return { privateKey: new X25519Private(fromBase64url(jwk.d), pair.privateKey, publicKey), publicKey }
+  const raw = randomFillSync(new Uint8Array(32))
+  raw[0]! &= 248
+  raw[31]! &= 127
+  raw[31]! |= 64
+  const privateKey = new X25519Private(raw, privateImport(raw))
+  return { privateKey, publicKey: privateKey.public }
 }
 
 const asPublic = (k: PublicKey): X25519Public => {
