@@ -572,9 +572,8 @@ const benchSend = (time: JumpingClock) => Effect.scoped(Effect.gen(function*() {
   const conversation = yield* alice.createGroup([bob.inboxId, carol.inboxId])
   yield* Effect.all([bob.syncAll, carol.syncAll])
 
-  // Warm-ups are not scaled: a short run would otherwise time V8's first compilations, not sends.
   // Steady state, as a compiled client runs: V8 keeps optimizing the engine for about the first hundred
-  // sends (the first timed case measured 1.5x the later ones after 15 warm-up sends).
+  // sends (the first timed case measured 1.5x the later ones after 15 warm-up sends), at any scale.
   const send = yield* sample(SEND_WARMUP, n(120), conversation.send(TEXT_100))
   // The same, with the periodic check of the members' installations due (5 s since the last).
   const sendCheckDue = yield* sample(2, n(15, 5), Effect.zipRight(time.jump, conversation.send(TEXT_100)))
