@@ -153,6 +153,12 @@ export interface MlsCryptoOptions {
   readonly provider?: "native" | "default"
 }
 
+/** A run of someone's application messages read in one call: each result in order, and the state after them. */
+export interface ApplicationRun {
+  readonly results: ReadonlyArray<Either.Either<ProcessedApplication, CryptoError>>
+  readonly state: MlsGroupState
+}
+
 export interface MlsCryptoShape {
   /** The same service, with `authenticate` deciding every leaf credential (RFC 9420 §5.3.1). */
   readonly authenticatedBy: (authenticate: Authenticate, prepare?: PrepareAuthentication) => MlsCryptoShape
@@ -190,13 +196,7 @@ export interface MlsCryptoShape {
    * Someone else's application messages of a page, in order, in one call: each gets `process`'s
    * checks and result (or its error), from the state the previous success left.
    */
-  readonly processApplications: (
-    state: MlsGroupState,
-    messages: ReadonlyArray<Uint8Array>
-  ) => Effect.Effect<{
-    readonly results: ReadonlyArray<Either.Either<ProcessedApplication, CryptoError>>
-    readonly state: MlsGroupState
-  }>
+  readonly processApplications: (state: MlsGroupState, messages: ReadonlyArray<Uint8Array>) => Effect.Effect<ApplicationRun>
   /**
    * `processApplications` answering before the run's signature checks are done (they go on
    * beside, on the thread pool): `results` and `state` count only once `confirmed` answers true.
@@ -206,11 +206,7 @@ export interface MlsCryptoShape {
   readonly processApplicationsUnconfirmed: (
     state: MlsGroupState,
     messages: ReadonlyArray<Uint8Array>
-  ) => Effect.Effect<{
-    readonly results: ReadonlyArray<Either.Either<ProcessedApplication, CryptoError>>
-    readonly state: MlsGroupState
-    readonly confirmed: Effect.Effect<boolean>
-  }>
+  ) => Effect.Effect<ApplicationRun & { readonly confirmed: Effect.Effect<boolean> }>
   readonly view: (state: MlsGroupState) => GroupView
   /** For a state `joinFromWelcome` just returned: the member whose signature the welcome carries. */
   readonly inviterOf: (state: MlsGroupState) => LeafMember | undefined
