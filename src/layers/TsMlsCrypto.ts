@@ -1,6 +1,7 @@
 /**
  * The `MlsCrypto` port on ts-mls 1.6.4, ciphersuite 1 (X25519, AES-128-GCM, SHA-256, Ed25519).
- * Only this module, TsMlsWelcome (its join), TsMlsStateCodec and TsMlsStoredState (its state bytes) import ts-mls; see /work/shared/notes/ts-mls.md for the
+ * Only this module and its parts (TsMlsWelcome: its join; TsMlsStateCodec, TsMlsStoredState: its state bytes;
+ * TsMlsExtensions, TsMlsMembers, TsMlsCommitRules, TsMlsTreeHashes) import ts-mls; see /work/shared/notes/ts-mls.md for the
  * version-specific facts it relies on (sender recovery, pending commits, error classes).
  *
  * Leaf credentials are basic credentials whose identity is UTF-8 `inboxId:installationId`,
@@ -11,16 +12,13 @@
 import { type Context, Effect, Either, Layer } from "effect"
 import {
   type AuthenticationService,
-  type Capabilities,
   type CiphersuiteImpl,
   type Commit,
   type ClientConfig,
   type ClientState,
   type Credential,
-  type Extension,
   type FramedContent,
   type KeyPackage,
-  type LeafNode,
   type MLSMessage,
   type PrivateKeyPackage,
   type PrivateMessage,
@@ -30,7 +28,6 @@ import {
   createCommit as mlsCreateCommit,
   createGroup as mlsCreateGroup,
   decodeMlsMessage,
-  defaultCapabilities,
   defaultCryptoProvider,
   defaultKeyRetentionConfig,
   emptyPskIndex,
@@ -41,7 +38,7 @@ import {
   processMessage
 } from "ts-mls"
 import { defaultClientConfig } from "ts-mls/clientConfig.js"
-import { extensionsEqual, extensionsSupportedByCapabilities } from "ts-mls/extension.js"
+import { extensionsSupportedByCapabilities } from "ts-mls/extension.js"
 import { decryptWithLabel, encryptWithLabel } from "ts-mls/crypto/hpke.js"
 import { encodeKeyPackage, makeKeyPackageRef, verifyKeyPackage } from "ts-mls/keyPackage.js"
 import { verifyLeafNodeSignatureKeyPackage } from "ts-mls/leafNode.js"
@@ -50,16 +47,15 @@ import * as MlsError from "ts-mls/mlsError.js"
 import { decodeKeyPackage } from "./TsMlsDecoders.ts"
 import { LruCache } from "../domain/Ed25519.ts"
 import * as StoredState from "./TsMlsStoredState.ts"
-import { bytesEqual, concat, fromHex, fromUtf8, sha256Hex, toHex, utf8 } from "../domain/Bytes.ts"
+import { bytesEqual, concat, fromHex, sha256Hex, toHex } from "../domain/Bytes.ts"
 import { CryptoError, type CryptoErrorReason } from "../domain/Errors.ts"
-import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
+import type { GroupId, InstallationId } from "../domain/Ids.ts"
 import { installationIdOf } from "../domain/IdentityLog.ts"
 import {
   type CommitChanges,
   type GroupView,
   type KeyPackageBundle,
   type LeafIdentity,
-  type LeafMember,
   type MessageHeader,
   MlsCrypto,
   type MlsCryptoOptions,
@@ -70,6 +66,16 @@ import {
 import { deferSignatures } from "./DeferredSignatures.ts"
 import { nodeCryptoProvider } from "./NodeCiphersuite.ts"
 import * as Rules from "./TsMlsCommitRules.ts"
+import {
+  capabilities,
+  contextChangeProblem,
+  metadataIn,
+  METADATA_EXTENSION,
+  protocolVersionExtension,
+  protocolVersionIn,
+  withMetadata
+} from "./TsMlsExtensions.ts"
+import { encodeIdentity, leafMemberAt, membersOf, senderAt, structuralIdentity } from "./TsMlsMembers.ts"
 import { installRejectionGuard } from "./TsMlsRejectionGuard.ts"
 import { joinWithSigner } from "./TsMlsWelcome.ts"
 
@@ -79,66 +85,6 @@ const CIPHERSUITE = "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519" as const
 const KEY_PACKAGE_LIFETIME_SECONDS = 90n * 24n * 60n * 60n
 /** Key packages are valid from a little before their creation, to tolerate clock skew. */
 const CLOCK_SKEW_SECONDS = 60n * 60n
-/**
- * The GroupContext extension carrying a group's metadata (from RFC 9420's private-use range).
- * Every key package lists it in its capabilities, as RFC 9420 requires of members of a group
- * whose context has it.
- */
-const METADATA_EXTENSION = 0xf0c0
-
-/** The leaf node extension advertising the installation's protocol version (4 bytes, big-endian). */
-const PROTOCOL_VERSION_EXTENSION = 0xf0c1
-
-const capabilities = (): Capabilities => {
-  const defaults = defaultCapabilities()
-  return { ...defaults, extensions: [...defaults.extensions, METADATA_EXTENSION, PROTOCOL_VERSION_EXTENSION] }
-}
-
-const protocolVersionExtension = (version: number): Extension => {
-  const data = new Uint8Array(4)
-  new DataView(data.buffer).setUint32(0, version)
-  return { extensionType: PROTOCOL_VERSION_EXTENSION, extensionData: data }
-}
-
-/** The version a leaf advertises, if it advertises a well-formed one. */
-const protocolVersionIn = (extensions: ReadonlyArray<Extension>): number | undefined => {
-  const data = extensions.find((e) => e.extensionType === PROTOCOL_VERSION_EXTENSION)?.extensionData
-  if (data?.length !== 4) return undefined
-  return new DataView(data.buffer, data.byteOffset, 4).getUint32(0)
-}
-
-// ---- the governed context: only the metadata extension may change after creation -----
-
-const metadataIn = (extensions: ReadonlyArray<Extension>): Uint8Array | undefined =>
-  extensions.find((e) => e.extensionType === METADATA_EXTENSION)?.extensionData
-
-const otherExtensions = (extensions: ReadonlyArray<Extension>): Array<Extension> =>
-  extensions.filter((e) => e.extensionType !== METADATA_EXTENSION)
-
-/** The context extensions with the metadata replaced, everything else kept as it was. */
-const withMetadata = (extensions: ReadonlyArray<Extension>, metadata: Uint8Array): Array<Extension> => [
-  ...otherExtensions(extensions),
-  { extensionType: METADATA_EXTENSION, extensionData: metadata }
-]
-
-/**
- * Why a received commit's GroupContextExtensions proposal is refused, if it is: it may replace
- * the metadata extension only, alone (one per commit), and never beside a Remove (ts-mls #742
- * breaks receivers on that combination; refusing it keeps every member on the same side).
- */
-const contextChangeProblem = (current: ReadonlyArray<Extension>, proposals: ReadonlyArray<Proposal>) => {
-  const changes = proposals.flatMap((p) => p.proposalType === "group_context_extensions" ? [p] : [])
-  if (changes.length === 0) return undefined
-  if (changes.length > 1) return "more than one GroupContextExtensions proposal"
-  if (proposals.some((p) => p.proposalType === "remove")) return "GroupContextExtensions beside a Remove (ts-mls #742)"
-  const next = changes[0]!.groupContextExtensions.extensions
-  if (!extensionsEqual(otherExtensions(next), otherExtensions(current))) {
-    return "GroupContextExtensions changes more than the metadata extension"
-  }
-  if (metadataIn(next) === undefined) return "GroupContextExtensions drops the metadata extension"
-  return undefined
-}
-
 // ---- opaque state ----------------------------------------------------------------------
 
 interface Held {
@@ -187,84 +133,6 @@ const toCryptoError = (op: string) => (e: unknown): CryptoError =>
 
 const tryMls = <A>(op: string, run: () => Promise<A>): Effect.Effect<A, CryptoError> =>
   Effect.tryPromise({ try: run, catch: toCryptoError(op) })
-
-// ---- identities ------------------------------------------------------------------------
-
-const IDENTITY = /^([0-9a-f]{64}):([0-9a-f]{64})$/
-
-const encodeIdentity = (identity: LeafIdentity): Uint8Array => utf8(`${identity.inboxId}:${identity.installationId}`)
-
-const decodeIdentity = (credential: Credential): LeafIdentity | undefined => {
-  if (credential.credentialType !== "basic") return undefined
-  let text: string
-  try {
-    text = fromUtf8(credential.identity)
-  } catch {
-    return undefined
-  }
-  const match = IDENTITY.exec(text)
-  if (match === null) return undefined
-  return { inboxId: match[1] as InboxId, installationId: match[2] as InstallationId }
-}
-
-/** The check that always runs: the credential names the installation its signature key hashes to. */
-const structuralIdentity = (credential: Credential, signaturePublicKey: Uint8Array): LeafIdentity | string => {
-  const identity = decodeIdentity(credential)
-  if (identity === undefined) return "credential is not a basic inboxId:installationId credential"
-  if (installationIdOf(signaturePublicKey) !== identity.installationId) {
-    return `installation id ${identity.installationId} is not the hash of its signature key`
-  }
-  return identity
-}
-
-/**
- * Each leaf's member, by leaf object: a leaf keeps its object (and index) across the epochs it
- * stays in (ts-mls and the state decoder share unchanged nodes), so a new epoch's member list
- * decodes only the leaves its commit brought in, not 100 credentials per commit.
- */
-const membersByLeaf = new WeakMap<LeafNode, LeafMember | null>()
-const leafMemberAt = (tree: RatchetTree, leafIndex: number): LeafMember | undefined => {
-  const node = tree[leafIndex * 2]
-  if (node?.nodeType !== "leaf") return undefined
-  const known = membersByLeaf.get(node.leaf)
-  if (known !== undefined && (known === null || known.leafIndex === leafIndex)) return known ?? undefined
-  const identity = decodeIdentity(node.leaf.credential)
-  if (identity === undefined) {
-    membersByLeaf.set(node.leaf, null)
-    return undefined
-  }
-  const protocolVersion = protocolVersionIn(node.leaf.extensions)
-  const member: LeafMember = {
-    ...identity,
-    leafIndex,
-    signaturePublicKey: node.leaf.signaturePublicKey,
-    ...(protocolVersion === undefined ? {} : { protocolVersion })
-  }
-  membersByLeaf.set(node.leaf, member)
-  return member
-}
-
-/** Members by tree: trees are immutable values and read on every step (O(members) to list). */
-const membersByTree = new WeakMap<RatchetTree, ReadonlyArray<LeafMember>>()
-const membersOf = (tree: RatchetTree): ReadonlyArray<LeafMember> => {
-  const known = membersByTree.get(tree)
-  if (known !== undefined) return known
-  const members = Array.from({ length: Math.ceil(tree.length / 2) }, (_, leafIndex) => leafMemberAt(tree, leafIndex))
-    .filter((m): m is LeafMember => m !== undefined)
-  membersByTree.set(tree, members)
-  return members
-}
-
-/** A leaf's member by index: `leafMemberAt` from the tree's member list, indexed once per tree. */
-const leavesByTree = new WeakMap<RatchetTree, ReadonlyMap<number, LeafMember>>()
-const senderAt = (tree: RatchetTree, leafIndex: number): LeafMember | undefined => {
-  let leaves = leavesByTree.get(tree)
-  if (leaves === undefined) {
-    leaves = new Map(membersOf(tree).map((m) => [m.leafIndex, m]))
-    leavesByTree.set(tree, leaves)
-  }
-  return leaves.get(leafIndex)
-}
 
 /** Views by the parts they are read from (states are immutable values; see `view`). */
 const viewsByContext = new WeakMap<ClientState["groupContext"], {
