@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto"
 import { toHex } from "../domain/Bytes.ts"
 import { messageIdOf } from "../domain/Content.ts"
 import { InvalidInput } from "../domain/Errors.ts"
-import type { ConversationId } from "../domain/Ids.ts"
+import type { ConversationId, GroupId } from "../domain/Ids.ts"
 import { makeSendMessageData } from "../domain/Intent.ts"
 import { Message } from "../domain/Model.ts"
 import { validatedMaker } from "../domain/SchemaClass.ts"
@@ -85,15 +85,19 @@ export const make = (
   const allowAnsweredDm = (group: GroupSummary) =>
     group.dmId === null ? Effect.void : consent.setIfUnset(group.dmId, "allowed")
 
+  /** Stores the message as unpublished and queues its intent, in one transaction; then announces it. */
+  const queueAsUsual = (groupId: GroupId, message: Effect.Effect.Success<ReturnType<typeof prepare>>) =>
+    storage.transaction(Effect.zipRight(message.storeMessage, queueIntent(groupId, message.data))).pipe(
+      Effect.tap(() => message.announce)
+    )
+
   /** Stores the message as unpublished and queues its intent, in one transaction. */
   const queueMessage = (group: StoredGroup, text: string, extras: ConversationMessaging.MessageExtras = {}) =>
     Effect.gen(function*() {
       yield* checkNotPaused(group)
       const message = yield* prepare(group, text, extras)
       yield* allowAnsweredDm(group)
-      const intentId = yield* storage.transaction(Effect.zipRight(message.storeMessage, queueIntent(group.id, message.data)))
-      yield* message.announce
-      return { messageId: message.messageId, intentId }
+      return { messageId: message.messageId, intentId: yield* queueAsUsual(group.id, message) }
     })
 
   /**
@@ -105,6 +109,7 @@ export const make = (
   const sendMessage = (group: GroupSummary, text: string) =>
     Effect.gen(function*() {
       const message = yield* prepare(group, text, {})
+      yield* allowAnsweredDm(group)
       const writtenAhead = yield* publisher.queueWrittenAhead(
         group.id,
         message.data,
@@ -113,13 +118,10 @@ export const make = (
         message.announce,
         checkNotPaused
       )
-      yield* allowAnsweredDm(group)
       if (writtenAhead !== undefined) {
         return { messageId: message.messageId, intentId: writtenAhead.intentId, known: { ...writtenAhead.known, first: writtenAhead.first } }
       }
-      const intentId = yield* storage.transaction(Effect.zipRight(message.storeMessage, queueIntent(group.id, message.data)))
-      yield* message.announce
-      return { messageId: message.messageId, intentId, known: undefined }
+      return { messageId: message.messageId, intentId: yield* queueAsUsual(group.id, message), known: undefined }
     })
 
   return { queueMessage, sendMessage }

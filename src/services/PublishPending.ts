@@ -130,19 +130,19 @@ const stage = (
   epoch: bigint
 ) => {
   const { storage } = ctx
-  const payloadHash = sha256Hex(derived.payload)
+  const published = { payloadHash: sha256Hex(derived.payload), payload: derived.payload, publishedEpoch: epoch }
   if (derived.staged === undefined && derived.postCommit === undefined) {
-    p.marks.push({ id: intent.id, payloadHash, payload: derived.payload, publishedEpoch: epoch })
+    p.marks.push({ id: intent.id, ...published })
     // The row as `markPublishedMany` leaves it (it was ToPublish, read under this lock).
-    p.sent.intents.push(publishedIntent(intent, { payloadHash, payload: derived.payload, publishedEpoch: epoch }))
+    p.sent.intents.push(publishedIntent(intent, published))
   } else {
     const written = {
       stagedState: derived.staged === undefined ? null : ctx.encodeStaged(p.groupId, derived.staged, p.state),
       postCommit: derived.postCommit ?? null
     }
-    p.writeAhead.push(storage.intents.markPublished(intent.id, { payloadHash, payload: derived.payload, publishedEpoch: epoch, ...written }))
+    p.writeAhead.push(storage.intents.markPublished(intent.id, { ...published, ...written }))
     // The row as `markPublished` leaves it: reading the commit back asks for none of its 60 KB again.
-    p.sent.intents.push({ ...publishedIntent(intent, { payloadHash, payload: derived.payload, publishedEpoch: epoch }), ...written })
+    p.sent.intents.push({ ...publishedIntent(intent, published), ...written })
   }
   p.batch.push(derived.payload)
   if (derived.state !== undefined) {
