@@ -535,7 +535,7 @@ const benchProviders = Effect.gen(function*() {
   for (const size of [2, 100]) {
     // The backlog (section 3's raw counterpart) only where section 3 runs: 2 members, its message count.
     const backlog = size === 2 ? n(CATCH_UP, 50) : 0
-    const { fast, slow } = yield* rawFiguresBySize(size, n(size === 2 ? 300 : 150), n(size === 2 ? 15 : 6, 3), backlog)
+    const { fast, slow } = yield* rawFiguresBySize(size, n(size === 2 ? 300 : 150), n(size === 2 ? 15 : 9, 6), backlog)
     const row = (label: string, pick: (f: RawFigures) => Stats, key: string) => {
       summary[`raw${key}${size}Native`] = pick(fast).median
       summary[`raw${key}${size}Default`] = pick(slow).median
@@ -693,22 +693,41 @@ const catchUp = (pageSize: number) =>
     yield* publishBatch(conversation, Math.max(count, 200), "warm")
     yield* bob.syncAll
 
-    const runs = n(3, 2)
+    const runs = n(5, 3)
     const totals: Array<number> = []
     const publishes: Array<number> = []
+    // Each run is paired with a raw ts-mls backlog loop of the same count, run right before or
+    // after it (alternating): the ratio compares like with like at the same moment of the machine.
+    const pairedRatios: Array<number> = []
+    const pairedRaw: Array<number> = []
+    const rawBacklog = Effect.promise(() => rawLoops("native", 2, 0, 0, count)).pipe(Effect.map((raw) => raw.backlog[0]!))
+    yield* rawBacklog // warm-up: V8 compiles ts-mls's receive path, as the engine's warm-up did above
     let received = 0
     for (let r = 0; r < runs; r++) {
       const [tp] = yield* timed(publishBatch(conversation, count, `run ${r}`))
       publishes.push(tp)
+      const rawBefore = r % 2 === 0 ? yield* rawBacklog : undefined
       const [t, result] = yield* timed(bob.syncAll)
+      const raw = rawBefore ?? (yield* rawBacklog)
       totals.push(t)
+      pairedRatios.push(raw / (t / count))
+      pairedRaw.push(raw)
       received = result.messages
     }
     if (received !== count) console.log(`   (warning: bob received ${received}, expected ${count})`)
     // One more, instrumented, to count work per message.
     yield* publishBatch(conversation, count, "profile")
     const profile = yield* withProfile(bob.syncAll)
-    return { pageSize, count, total: statsOf(totals), publish: statsOf(publishes), totals: profile.totals, runs: totals }
+    return {
+      pageSize,
+      count,
+      total: statsOf(totals),
+      publish: statsOf(publishes),
+      totals: profile.totals,
+      runs: totals,
+      pairedRatio: statsOf(pairedRatios),
+      pairedRaw: statsOf(pairedRaw)
+    }
   }))
 
 const benchReceive = Effect.gen(function*() {
@@ -743,6 +762,11 @@ const benchReceive = Effect.gen(function*() {
     console.log(`   alice publishPending of ${r.count} (pageSize ${r.pageSize}): median ${fmt(r.publish.median, 0)} ms ` +
       `= ${fmt(r.publish.median / r.count, 3)} ms/msg`)
   }
+  console.log(`   paired with a raw ts-mls backlog loop of ${r100.count} (native provider) beside each run: raw ` +
+    `${fmt(r100.pairedRaw.median, 3)} ms/msg (median), catch-up / raw per pair: median ${fmt(r100.pairedRatio.median, 2)}x ` +
+    `(${fmt(r100.pairedRatio.min, 2)}-${fmt(r100.pairedRatio.max, 2)}x over ${r100.pairedRatio.n} pairs)`)
+  summary["catchUpPairedRatio"] = r100.pairedRatio.median
+  summary["catchUpPairedRaw"] = r100.pairedRaw.median
   summary["receivePerMsg100"] = r100.total.median / r100.count
   summary["receivePerMsg20"] = results[1]!.total.median / results[1]!.count
   summary["receiveMsgsPerSec"] = r100.count / (r100.total.median / 1000)
@@ -958,7 +982,7 @@ const benchScale = Effect.gen(function*() {
   const rpc = yield* Watchdog.step("scale: syncAll, many groups, rpc", Scale.manyGroups(GROUP_COUNT, "rpc"))
   const history = yield* Watchdog.step("scale: latest of many", Scale.latestOfMany(n(100_000, 5000)))
   const stitched = yield* Watchdog.step("scale: latest of a stitched DM", Scale.latestOfStitchedDm(n(100_000, 5000)))
-  const large = yield* Watchdog.step("scale: large group", Scale.largeGroup(100, n(5, 2)))
+  const large = yield* Watchdog.step("scale: large group", Scale.largeGroup(100, n(9, 5)))
   const identityLogs = Scale.identityLogVerification(100, n(10, 3))
   const resident = yield* Watchdog.step("scale: many large groups", Scale.manyLargeGroups(LARGE_GROUP_COUNT, 100))
   const row = (label: string, ms: number, notes: string) => [label, fmt(ms, 2), notes]
@@ -1201,9 +1225,10 @@ const goalsOf = (s: Record<string, number>): ReadonlyArray<Goal> => {
   const rawProc = get("rawProcess2Native")
   const sendRatio = per(get("send"), sum("rawEncrypt2Native", "rawProcess2Native"))
   const send100Ratio = per(get("send100"), sum("rawEncrypt100Native", "rawProcess100Native"))
-  // Like with like: section 3's catch-up is total / count over whole runs, so is the raw backlog loop.
-  const rawBacklog = get("rawBacklog2Native")
-  const catchUpRatio = per(rawBacklog, get("receivePerMsg100"))
+  // Like with like: each catch-up run of section 3 is paired with a raw backlog loop of the same
+  // count run beside it; the median of those per-pair ratios (section 1c's pooled loop if absent).
+  const rawBacklog = get("catchUpPairedRaw") ?? get("rawBacklog2Native")
+  const catchUpRatio = get("catchUpPairedRatio") ?? per(get("rawBacklog2Native"), get("receivePerMsg100"))
   const publishRatio = per(get("batchMsgsPerSec"), per(1000, rawEnc))
   const addRatio = per(get("add100"), sum("rawAddCommit100Native", "rawAddProcess100Native"))
   const joinRatio = per(get("join100"), get("rawJoin100Native"))
