@@ -21,6 +21,7 @@ import type { Storage } from "../src/services/Storage.ts"
 import { StoredGroup, StoredMessage } from "../src/domain/Stored.ts"
 import { registerBareInbox, TestNetwork, type TestDelivery } from "../src/testing.ts"
 import { progress } from "./Watchdog.ts"
+import { rawGroup } from "./RawTsMls.ts"
 
 const median = (samples: ReadonlyArray<number>) => {
   const sorted = [...samples].sort((a, b) => a - b)
@@ -152,9 +153,14 @@ export const latestOfMany = (count: number) =>
 /**
  * Alice's 100-member group (99 other inboxes, one installation each); she adds one more inbox
  * (create + confirm through the API), and the newcomer joins from the welcome in its syncAll.
+ * Each round is paired with a raw ts-mls add round in a raw group of the same size, run right
+ * before or after it (alternating), and the ratios are taken per pair: like with like, at the same
+ * moment of the machine.
  */
 export const largeGroup = (size: number, rounds: number) =>
   Effect.scoped(Effect.gen(function*() {
+    const raw = yield* Effect.promise(() => rawGroup("native", size))
+    const rawRound = Effect.promise(() => raw.addRound())
     const net = yield* TestNetwork.make
     const alice = yield* net.client("alice")
     const others = yield* Effect.forEach(Array.from({ length: size - 1 }), (_, i) => net.client(`member-${i}`), {
@@ -165,23 +171,34 @@ export const largeGroup = (size: number, rounds: number) =>
     yield* progress("large group created")
     const adds: Array<number> = []
     const joins: Array<number> = []
+    const addRatios: Array<number> = []
+    const joinRatios: Array<number> = []
+    const rawAdds: Array<number> = []
+    const rawJoins: Array<number> = []
     for (let r = 0; r < rounds + 1; r++) {
       const newcomer = yield* net.client(`newcomer-${r}`)
       yield* progress(`round ${r}: newcomer up`)
+      const rawBefore = r % 2 === 0 ? yield* rawRound : undefined
       const [add] = yield* time(conversation.addMembers([newcomer.inboxId]))
       yield* progress(`round ${r}: added`)
       const [join, joined] = yield* time(newcomer.syncAll)
       yield* progress(`round ${r}: joined`)
+      const rawPair = rawBefore ?? (yield* rawRound)
       if (joined.joined !== 1) console.log(`   (warning: the newcomer joined ${joined.joined})`)
-      // The first round warms up; the group grows by one per round (size, size + 1, ...).
+      // The first round warms up; the newcomer is removed again, so the group keeps its size.
       if (r > 0) {
         adds.push(add)
         joins.push(join)
+        addRatios.push(add / (rawPair.commit + rawPair.commitProcess))
+        joinRatios.push(join / rawPair.join)
+        rawAdds.push(rawPair.commit + rawPair.commitProcess)
+        rawJoins.push(rawPair.join)
       }
       yield* conversation.removeMembers([newcomer.inboxId])
       yield* progress(`round ${r}: removed`)
     }
-    return { size, add: median(adds), join: median(joins) }
+    return { size, add: median(adds), join: median(joins), addRatio: median(addRatios), joinRatio: median(joinRatios),
+      rawAdd: median(rawAdds), rawJoin: median(rawJoins) }
   }))
 
 /** A member that never syncs (see `registerBareInbox`): its key package. */

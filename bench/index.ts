@@ -38,20 +38,16 @@ import {
   generateKeyPackage,
   getCiphersuiteFromName,
   getCiphersuiteImpl,
-  createApplicationMessage,
-  defaultCryptoProvider,
   joinGroup,
-  type MLSMessage,
-  processMessage,
   type Proposal
 } from "ts-mls"
 import { defaultClientConfig } from "ts-mls/clientConfig.js"
-import { NATIVE_CIPHERSUITE, nodeCryptoProvider } from "../src/layers/NodeCiphersuite.ts"
 import { joinFromWelcome } from "../src/layers/TsMlsWelcome.ts"
 import { benchHistory } from "./History.ts"
 import * as Scale from "./Scale.ts"
 import * as Watchdog from "./Watchdog.ts"
 import { runServerThroughput, type ServerRun } from "./ServerThroughput.ts"
+import { type Provider, PROVIDERS, rawGroup } from "./RawTsMls.ts"
 
 // ---- scale -------------------------------------------------------------------------------
 
@@ -401,24 +397,14 @@ const benchJoin = Effect.gen(function*() {
 
 // ---- 1c. Raw ts-mls loops: the node:crypto provider against ts-mls's default ---------------------
 
-type Provider = "native" | "default"
-const PROVIDERS: ReadonlyArray<Provider> = ["native", "default"]
-const suiteOf = (provider: Provider) =>
-  getCiphersuiteImpl(
-    getCiphersuiteFromName(NATIVE_CIPHERSUITE),
-    provider === "native" ? nodeCryptoProvider : defaultCryptoProvider
-  )
-
 const RAW_CASES = ["encrypt", "process", "backlog", "commit", "commitProcess", "join"] as const
 type RawSamples = Record<(typeof RAW_CASES)[number], Array<number>>
 type RawFigures = Record<(typeof RAW_CASES)[number], Stats>
 
 /**
- * Plain ts-mls calls, no Converge code: a creator adds `size` members in one commit, one of them
- * joins, the last is removed (so the creator's path is set, as in any group after a removal); then
- * encrypt (creator) / processMessage (joiner) of 100-byte messages, and an add-one-member commit
- * created from the same pre-commit state each time (so the group keeps its size), processed by the
- * joiner, its welcome joined by the newcomer with ts-mls's `joinGroup`.
+ * Plain ts-mls loops on a raw group of `size` (RawTsMls.ts): encrypt (creator) / processMessage
+ * (member) of 100-byte messages, then add-one-member rounds (commit, the member's processMessage,
+ * the newcomer's joinGroup).
  *
  * `backlog`: the raw counterpart of section 3's catch-up. The creator encrypts `backlog` messages,
  * then the joiner processes all of them in one timed loop; the sample is that loop's total / count.
@@ -433,71 +419,27 @@ const rawLoops = async (
   commits: number,
   backlogCount = 0
 ): Promise<RawSamples> => {
-  const cs = await suiteOf(provider)
-  const newPackage = (name: string) =>
-    generateKeyPackage({ credentialType: "basic", identity: new TextEncoder().encode(name) }, defaultCapabilities(), defaultLifetime, [], cs)
-  const creator = await newPackage("creator")
-  const members = await Promise.all(Array.from({ length: size - 1 }, (_, i) => newPackage(`member-${i}`)))
-  const addAll = members.map((m): Proposal => ({ proposalType: "add", add: { keyPackage: m.publicPackage } }))
-  const leaving = await newPackage("leaving")
-  const founded = await createGroup(randomBytes(16), creator.publicPackage, creator.privatePackage, [], cs)
-  const setup = await createCommit({ state: founded, cipherSuite: cs }, {
-    extraProposals: [...addAll, { proposalType: "add", add: { keyPackage: leaving.publicPackage } }],
-    ratchetTreeExtension: true
-  })
-  let receiver = await joinGroup(setup.welcome!, members[0]!.publicPackage, members[0]!.privatePackage, emptyPskIndex, cs)
-  // One member leaves (a commit with a path), as in the engine's group: the creator's ancestors
-  // are set, so a newcomer's tree has parent-hash chains to verify, as every real group's does.
-  const removal = await createCommit({ state: setup.newState, cipherSuite: cs }, {
-    extraProposals: [{ proposalType: "remove", remove: { removed: size } }],
-    ratchetTreeExtension: true
-  })
-  let sender = removal.newState
-  receiver = (await processMessage(groupMessage(removal.commit), receiver, emptyPskIndex, acceptAll, cs)).newState
-  const clock = async <A>(samples: Array<number>, run: () => Promise<A>): Promise<A> => {
-    const start = performance.now()
-    const value = await run()
-    samples.push(performance.now() - start)
-    return value
-  }
-  const encrypt: Array<number> = []
-  const process: Array<number> = []
-  const backlog: Array<number> = []
-  const commit: Array<number> = []
-  const commitProcess: Array<number> = []
-  const join: Array<number> = []
+  const raw = await rawGroup(provider, size)
+  const samples: RawSamples = { encrypt: [], process: [], backlog: [], commit: [], commitProcess: [], join: [] }
   const plaintext = randomBytes(100)
   const warmup = Math.max(2, Math.round(messages / 10))
   for (let i = 0; i < warmup + messages; i++) {
-    const record = i >= warmup
-    const sent = await clock(record ? encrypt : [], () => createApplicationMessage(sender, plaintext, cs))
-    sender = sent.newState
-    const wire = { version: "mls10" as const, wireformat: "mls_private_message" as const, privateMessage: sent.privateMessage }
-    receiver = (await clock(record ? process : [], () => processMessage(wire, receiver, emptyPskIndex, acceptAll, cs))).newState
-  }
-  if (backlogCount > 0) {
-    const pending: Array<MLSMessage & { wireformat: "mls_private_message" }> = []
-    for (let i = 0; i < backlogCount; i++) {
-      const sent = await createApplicationMessage(sender, plaintext, cs)
-      sender = sent.newState
-      pending.push({ version: "mls10", wireformat: "mls_private_message", privateMessage: sent.privateMessage })
+    const { encrypt, process } = await raw.encryptAndProcess(plaintext)
+    if (i >= warmup) {
+      samples.encrypt.push(encrypt)
+      samples.process.push(process)
     }
-    const start = performance.now()
-    for (const wire of pending) receiver = (await processMessage(wire, receiver, emptyPskIndex, acceptAll, cs)).newState
-    backlog.push((performance.now() - start) / backlogCount)
   }
+  if (backlogCount > 0) samples.backlog.push(await raw.backlog(backlogCount))
   for (let i = 0; i < 1 + commits; i++) {
-    const record = i >= 1
-    const newcomer = await newPackage(`newcomer-${i}`)
-    const add: Proposal = { proposalType: "add", add: { keyPackage: newcomer.publicPackage } }
-    const result = await clock(record ? commit : [], () =>
-      createCommit({ state: sender, cipherSuite: cs }, { extraProposals: [add], ratchetTreeExtension: true }))
-    const commitMessage = groupMessage(result.commit)
-    await clock(record ? commitProcess : [], () => processMessage(commitMessage, receiver, emptyPskIndex, acceptAll, cs))
-    await clock(record ? join : [], () =>
-      joinGroup(result.welcome!, newcomer.publicPackage, newcomer.privatePackage, emptyPskIndex, cs))
+    const round = await raw.addRound()
+    if (i >= 1) {
+      samples.commit.push(round.commit)
+      samples.commitProcess.push(round.commitProcess)
+      samples.join.push(round.join)
+    }
   }
-  return { encrypt, process, backlog, commit, commitProcess, join }
+  return samples
 }
 
 /**
@@ -519,14 +461,6 @@ const rawFiguresBySize = (size: number, messages: number, commits: number, backl
     return { fast: figuresOf("native"), slow: figuresOf("default") }
   })
 
-const acceptAll = () => "accept" as const
-
-const groupMessage = (message: MLSMessage) => {
-  if (message.wireformat !== "mls_private_message" && message.wireformat !== "mls_public_message") {
-    throw new Error(`${message.wireformat} is not a group message`)
-  }
-  return message
-}
 
 const benchProviders = Effect.gen(function*() {
   // One short untimed pass each first: whichever ran first would otherwise pay for JIT warm-up.
@@ -700,7 +634,8 @@ const catchUp = (pageSize: number) =>
     // after it (alternating): the ratio compares like with like at the same moment of the machine.
     const pairedRatios: Array<number> = []
     const pairedRaw: Array<number> = []
-    const rawBacklog = Effect.promise(() => rawLoops("native", 2, 0, 0, count)).pipe(Effect.map((raw) => raw.backlog[0]!))
+    const raw = yield* Effect.promise(() => rawGroup("native", 2))
+    const rawBacklog = Effect.promise(() => raw.backlog(count))
     yield* rawBacklog // warm-up: V8 compiles ts-mls's receive path, as the engine's warm-up did above
     let received = 0
     for (let r = 0; r < runs; r++) {
@@ -996,8 +931,8 @@ const benchScale = Effect.gen(function*() {
       stitched.latest50,
       "the stitched conversation, desc, limit 50"
     ),
-    row("add 1 member to a 100-member group", large.add, "addMembers: commit + welcome, confirmed"),
-    row("welcome join into a 100-member group", large.join, "the newcomer's syncAll")
+    row("add 1 member to a 100-member group", large.add, `addMembers: commit + welcome, confirmed; / raw beside it: ${fmt(large.addRatio, 2)}x`),
+    row("welcome join into a 100-member group", large.join, `the newcomer's syncAll; / raw beside it: ${fmt(large.joinRatio, 2)}x`)
   ])
   console.log(`   process RSS with ${memory.groups} groups (2 clients of 2-member groups, in-memory service): ${fmt(memory.rssMiB, 0)} MiB ` +
     `(+${fmt(memory.rssGrowthMiB, 0)} MiB for the groups)`)
@@ -1029,6 +964,10 @@ const benchScale = Effect.gen(function*() {
   summary["rssLargeGroupsCapped"] = resident.capped.peakRss
   summary["add100"] = large.add
   summary["join100"] = large.join
+  summary["add100PairedRatio"] = large.addRatio
+  summary["rawAdd100Paired"] = large.rawAdd
+  summary["rawJoin100Paired"] = large.rawJoin
+  summary["join100PairedRatio"] = large.joinRatio
   summary["identityLogs100"] = identityLogs
 })
 
@@ -1162,7 +1101,7 @@ const main = Effect.gen(function*() {
   console.log(`  total ${fmt(total / 1000, 1)} s`)
   const goals = goalsOf(s)
   printTable(
-    "Goals (issue 16): this run's figures against each goal; raw = plain ts-mls loops of this run (section 1c)",
+    "Goals (issue 16): this run's figures against each goal; raw = plain ts-mls loops of this run (section 1c; catch-up, add and join: raw rounds run beside each engine run, ratios per pair)",
     ["goal", "figure", "raw native", "raw default", "ratio", "target", "verdict"],
     goals.map((g) => [
       g.goal,
@@ -1230,8 +1169,9 @@ const goalsOf = (s: Record<string, number>): ReadonlyArray<Goal> => {
   const rawBacklog = get("catchUpPairedRaw") ?? get("rawBacklog2Native")
   const catchUpRatio = get("catchUpPairedRatio") ?? per(get("rawBacklog2Native"), get("receivePerMsg100"))
   const publishRatio = per(get("batchMsgsPerSec"), per(1000, rawEnc))
-  const addRatio = per(get("add100"), sum("rawAddCommit100Native", "rawAddProcess100Native"))
-  const joinRatio = per(get("join100"), get("rawJoin100Native"))
+  // Section 7 pairs each add and join with a raw round beside it: the median of per-pair ratios.
+  const addRatio = get("add100PairedRatio") ?? per(get("add100"), sum("rawAddCommit100Native", "rawAddProcess100Native"))
+  const joinRatio = get("join100PairedRatio") ?? per(get("join100"), get("rawJoin100Native"))
   return [
     judge("send end to end, 3 members (libxmtp 216/s)", get("sendOpsPerSec"), "msgs/s", ">= 325 msgs/s", (v) => v >= 325, {
       rawNative: `${rate(sum("rawEncrypt2Native", "rawProcess2Native"))} enc+proc`,
@@ -1283,13 +1223,13 @@ const goalsOf = (s: Record<string, number>): ReadonlyArray<Goal> => {
     judge("converge serve, Postgres, 50 publishers", get("serverPg"), "msgs/s", ">= 3,000 msgs/s", (v) =>
       v >= 3000 && get("serverPgFaults") === 0),
     judge("add 1 to a 100-member group / raw create + process", addRatio, "x", "<= 1.3x", (v) => v <= 1.3, {
-      rawNative: ms(sum("rawAddCommit100Native", "rawAddProcess100Native")),
+      rawNative: ms(get("rawAdd100Paired") ?? sum("rawAddCommit100Native", "rawAddProcess100Native")),
       rawDefault: ms(sum("rawAddCommit100Default", "rawAddProcess100Default")),
       ratio: x(addRatio)
     }),
     judge("welcome join into a 100-member group / raw joinGroup", joinRatio, "x", "<= 1.2x", (v) => v <= 1.2, {
       // Raw joinGroup checks no identity log; the engine must verify 100 (the second figure).
-      rawNative: `${ms(get("rawJoin100Native"))} + ${ms(get("identityLogs100"))} logs`,
+      rawNative: `${ms(get("rawJoin100Paired") ?? get("rawJoin100Native"))} + ${ms(get("identityLogs100"))} logs`,
       rawDefault: ms(get("rawJoin100Default")),
       ratio: x(joinRatio)
     }),
