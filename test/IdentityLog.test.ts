@@ -141,6 +141,70 @@ describe("IdentityLog", () => {
   })
 })
 
+describe("IdentityLog signatures checked at once", () => {
+  const { inboxId, root } = newInbox()
+  const phone = newInstallation()
+  const laptop = newInstallation()
+  installationsById.set(phone.installationId, phone)
+  installationsById.set(laptop.installationId, laptop)
+  const create = { _tag: "CreateInbox" as const, rootPublicKey: toHex(ed25519.getPublicKey(root)) }
+
+  /** What a joiner does: every signature on the thread pool first, then the log replayed with those answers. */
+  const replayChecked = async (rootKey: string | undefined, state: IdentityLog.InboxState | undefined, updates: ReadonlyArray<IdentityUpdate>) => {
+    const checks = IdentityLog.signatureChecksOf(rootKey, updates)
+    const valid = await Promise.all(checks.map((c) => Ed25519.verifyStrictAsync(c.publicKey, c.message, c.signature)))
+    const verify = IdentityLog.preverified(checks, valid)
+    let current = state
+    for (const u of updates) {
+      const next = IdentityLog.applyUpdate(current, u, verify)
+      if (Either.isLeft(next)) return { checks, valid, result: next }
+      current = next.right
+    }
+    return { checks, valid, result: Either.right(current!) }
+  }
+
+  it("a log checked at once replays to the same state, every root signature and proof of possession among the checks", async () => {
+    const { updates, state } = build(root, inboxId, [create, add(phone), add(laptop), { _tag: "RevokeInstallation", installationId: phone.installationId }])
+    const { checks, valid, result } = await replayChecked(undefined, undefined, updates)
+    // 4 root signatures + 2 proofs of possession, all valid.
+    expect(checks.length).toBe(6)
+    expect(valid.every((v) => v)).toBe(true)
+    expect(IdentityLog.currentInstallations(Either.getOrThrow(result))).toEqual(IdentityLog.currentInstallations(state))
+    expect(Either.getOrThrow(result).headHash).toBe(state.headHash)
+  })
+
+  it("refuses exactly what one-by-one verification refuses: forged root signature, stolen proof, bent spelling", async () => {
+    const { state } = build(root, inboxId, [create])
+    const good = sign(root, inboxId, state, add(phone))
+    const action = good.action as Extract<IdentityUpdate["action"], { _tag: "AddInstallation" }>
+    const cases: ReadonlyArray<IdentityUpdate> = [
+      sign(ed25519.utils.randomSecretKey(), inboxId, state, add(phone)),
+      IdentityLog.signUpdate(root, inboxId, state, add(newInstallation()), ed25519.utils.randomSecretKey()),
+      IdentityUpdate.make({ ...good, signature: good.signature.toUpperCase() }),
+      IdentityUpdate.make({ ...good, signature: nonCanonicalS(good.signature) }),
+      IdentityUpdate.make({ ...good, action: { ...action, installationSignature: action.installationSignature.toUpperCase() } })
+    ]
+    for (const update of cases) {
+      const oneByOne = IdentityLog.applyUpdate(state, update)
+      const { result } = await replayChecked(state.rootPublicKey, state, [update])
+      expect(Either.isLeft(oneByOne)).toBe(true)
+      expect(Either.isLeft(result) && result.left.reason).toBe(Either.isLeft(oneByOne) && oneByOne.left.reason)
+    }
+    expect(Either.isRight((await replayChecked(state.rootPublicKey, state, [good])).result)).toBe(true)
+  })
+
+  it("an answer given for other bytes does not carry over: a valid check of one entry proves nothing about another", async () => {
+    const { state } = build(root, inboxId, [create])
+    const good = sign(root, inboxId, state, add(phone))
+    const checks = IdentityLog.signatureChecksOf(state.rootPublicKey, [good])
+    const verify = IdentityLog.preverified(checks, checks.map(() => true))
+    // The same signature on an entry that adds another installation: its bytes differ, so it is verified anew and fails.
+    const swapped = IdentityUpdate.make({ ...good, action: { ...(good.action as Extract<IdentityUpdate["action"], { _tag: "AddInstallation" }>), installationId: laptop.installationId, signaturePublicKey: toHex(laptop.key) } })
+    expect(Either.isLeft(IdentityLog.applyUpdate(state, swapped, verify))).toBe(true)
+    expect(Either.isRight(IdentityLog.applyUpdate(state, good, verify))).toBe(true)
+  })
+})
+
 /** The same signature with S + L in place of S: the equation still holds, the encoding is not canonical. */
 const nonCanonicalS = (signatureHex: string): string => {
   const bytes = fromHex(signatureHex)

@@ -130,9 +130,21 @@ const SIGNATURE_HEX = LOWER_HEX(64)
  * exact length), with canonical, non-small-order points. S < L is checked by OpenSSL.
  */
 export const verifyStrict = (publicKeyHex: string, message: Uint8Array, signatureHex: string): boolean => {
-  if (!PUBLIC_KEY_HEX.test(publicKeyHex) || !SIGNATURE_HEX.test(signatureHex)) return false
+  const parsed = strictEncodings(publicKeyHex, signatureHex)
+  return parsed !== undefined && verifyEd25519(parsed.publicKey, message, parsed.signature)
+}
+
+/** `verifyStrict` with the curve arithmetic on libuv's thread pool. Never rejects. */
+export const verifyStrictAsync = (publicKeyHex: string, message: Uint8Array, signatureHex: string): Promise<boolean> => {
+  const parsed = strictEncodings(publicKeyHex, signatureHex)
+  return parsed === undefined ? Promise.resolve(false) : verifyEd25519Async(parsed.publicKey, message, parsed.signature)
+}
+
+/** The key and signature as bytes if both are spelled and encoded as `verifyStrict` demands. */
+const strictEncodings = (publicKeyHex: string, signatureHex: string) => {
+  if (!PUBLIC_KEY_HEX.test(publicKeyHex) || !SIGNATURE_HEX.test(signatureHex)) return undefined
   const publicKey = fromHex(publicKeyHex)
   const signature = fromHex(signatureHex)
-  if (!isStrictPoint(publicKey) || !isStrictPoint(signature.subarray(0, 32))) return false
-  return verifyEd25519(publicKey, message, signature)
+  if (!isStrictPoint(publicKey) || !isStrictPoint(signature.subarray(0, 32))) return undefined
+  return { publicKey, signature }
 }

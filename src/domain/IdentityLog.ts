@@ -120,8 +120,53 @@ const verifyCanonical = (signature: string, message: Uint8Array, publicKey: stri
   }
 }
 
-const verifySignature = (rootPublicKey: string, u: IdentityUpdate): boolean =>
-  verifyCanonical(u.signature, signedBytes(u), rootPublicKey)
+/** Answers whether `signature` (hex) is `publicKey`'s (hex) signature of `message`, as `verifyCanonical` does. */
+export type SignatureVerifier = (signature: string, message: Uint8Array, publicKey: string) => boolean
+
+/** A signature an entry carries: whose key must have signed which bytes. */
+export interface SignatureCheck {
+  readonly publicKey: string
+  readonly message: Uint8Array
+  readonly signature: string
+}
+
+/**
+ * Every signature a run of one inbox's entries carries, given the root key of the state held
+ * (none: the run's own CreateInbox names it). Lets a caller check them all at once, off the main
+ * thread, before `applyUpdate` asks for them one by one (`preverified`).
+ */
+export const signatureChecksOf = (
+  rootPublicKey: string | undefined,
+  updates: Iterable<IdentityUpdate>
+): ReadonlyArray<SignatureCheck> => {
+  const checks: Array<SignatureCheck> = []
+  let root = rootPublicKey
+  for (const u of updates) {
+    if (root === undefined && u.action._tag === "CreateInbox") root = u.action.rootPublicKey
+    if (root !== undefined) checks.push({ publicKey: root, message: signedBytes(u), signature: u.signature })
+    if (u.action._tag === "AddInstallation") {
+      checks.push({ publicKey: u.action.signaturePublicKey, message: possessionBytes(u), signature: u.action.installationSignature })
+    }
+  }
+  return checks
+}
+
+const checkKey = (signature: string, message: Uint8Array, publicKey: string) =>
+  `${publicKey}:${signature}:${toHex(message)}`
+
+/**
+ * A verifier that knows the answers of checks already made (`valid[i]` for `checks[i]`): a check
+ * found valid there answers true at once; anything else is verified as usual, so the answers are
+ * exactly `verifyCanonical`'s whatever was checked before.
+ */
+export const preverified = (checks: ReadonlyArray<SignatureCheck>, valid: ReadonlyArray<boolean>): SignatureVerifier => {
+  const known = new Set<string>()
+  checks.forEach((c, i) => {
+    if (valid[i] === true) known.add(checkKey(c.signature, c.message, c.publicKey))
+  })
+  return (signature, message, publicKey) =>
+    known.has(checkKey(signature, message, publicKey)) || verifyCanonical(signature, message, publicKey)
+}
 
 /** Lower-case hex of exactly `bytes` bytes, nothing around it. */
 const isHex = (value: string, bytes: number) => value.length === bytes * 2 && /^[0-9a-f]*$/.test(value)
@@ -129,8 +174,10 @@ const isHex = (value: string, bytes: number) => value.length === bytes * 2 && /^
 /** Applies one entry to the state it claims to follow. */
 export const applyUpdate = (
   state: InboxState | undefined,
-  u: IdentityUpdate
+  u: IdentityUpdate,
+  verify: SignatureVerifier = verifyCanonical
 ): Either.Either<InboxState, InvalidIdentityUpdate> => {
+  const verifySignature = (rootPublicKey: string) => verify(u.signature, signedBytes(u), rootPublicKey)
   const expectedSequence = (state?.sequence ?? 0) + 1
   if (u.sequence !== expectedSequence) {
     return reject(u.inboxId, `expected entry ${expectedSequence}, got ${u.sequence} (replayed or out of order)`)
@@ -145,7 +192,7 @@ export const applyUpdate = (
     if (inboxIdOf(fromHex(action.rootPublicKey)) !== u.inboxId) {
       return reject(u.inboxId, "inbox id is not the hash of the root public key")
     }
-    if (!verifySignature(action.rootPublicKey, u)) return reject(u.inboxId, "bad root signature on CreateInbox")
+    if (!verifySignature(action.rootPublicKey)) return reject(u.inboxId, "bad root signature on CreateInbox")
     return Either.right({
       inboxId: u.inboxId,
       rootPublicKey: action.rootPublicKey,
@@ -156,7 +203,7 @@ export const applyUpdate = (
     })
   }
   if (u.inboxId !== state.inboxId) return reject(u.inboxId, "entry names another inbox")
-  if (!verifySignature(state.rootPublicKey, u)) return reject(u.inboxId, `bad root signature on ${action._tag}`)
+  if (!verifySignature(state.rootPublicKey)) return reject(u.inboxId, `bad root signature on ${action._tag}`)
   const next = { sequence: u.sequence, headHash: hashOfUpdate(u) }
   switch (action._tag) {
     case "CreateInbox":
@@ -166,7 +213,7 @@ export const applyUpdate = (
       if (installationIdOf(fromHex(action.signaturePublicKey)) !== action.installationId) {
         return reject(u.inboxId, "installation id is not the hash of its signature key")
       }
-      if (!verifyCanonical(action.installationSignature, possessionBytes(u), action.signaturePublicKey)) {
+      if (!verify(action.installationSignature, possessionBytes(u), action.signaturePublicKey)) {
         return reject(u.inboxId, `installation ${action.installationId} did not sign its addition (no proof of possession)`)
       }
       if (HashSet.has(state.revoked, action.installationId)) {

@@ -21,7 +21,7 @@ import * as IdentityLog from "../domain/IdentityLog.ts"
 import { StoredIdentity, InboxLogEntry, StoredKeyPackage } from "../domain/Stored.ts"
 import { IdentityUpdate, KeyPackageUpload } from "../domain/Wire.ts"
 import { ed25519Seed } from "../domain/RequestAuth.ts"
-import { signEd25519 } from "../domain/Ed25519.ts"
+import { signEd25519, verifyStrictAsync } from "../domain/Ed25519.ts"
 import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
 import { DeliveryService, MAX_IDS_PER_LOOKUP } from "./DeliveryService.ts"
 import { type KeyPackageBundle, type LeafIdentity, type LeafMember, MlsCrypto, type SignatureKeyPair } from "./MlsCrypto.ts"
@@ -76,6 +76,21 @@ const LOOKUP_CHUNK = MAX_IDS_PER_LOOKUP
  * `isValidLeaf`'s rule: registered now with exactly this key, or once and revoked since (the
  * installation id is the hash of the leaf's key, which MlsCrypto checks, so the id binds the key).
  */
+/**
+ * Every signature of the fetched entries checked at once on the thread pool (a large group's join
+ * meets hundreds), then handed to `applyUpdate` as known answers; it still decides each entry.
+ */
+const checkSignaturesAtOnce = (
+  known: ReadonlyMap<InboxId, IdentityLog.InboxState | undefined>,
+  fetched: ReadonlyArray<{ readonly inboxId: InboxId; readonly updates: ReadonlyArray<{ readonly update: IdentityUpdate }> }>
+) => {
+  const checks = fetched.flatMap(({ inboxId, updates }) =>
+    IdentityLog.signatureChecksOf(known.get(inboxId)?.rootPublicKey, updates.map((envelope) => envelope.update)))
+  return Effect.promise(() => Promise.all(checks.map((c) => verifyStrictAsync(c.publicKey, c.message, c.signature)))).pipe(
+    Effect.map((valid) => IdentityLog.preverified(checks, valid))
+  )
+}
+
 const registeredLeaf = (state: IdentityLog.InboxState | undefined, leaf: LeafIdentityKey): boolean =>
   state !== undefined &&
   (IdentityLog.isCurrentInstallation(state, leaf.installationId, leaf.signaturePublicKey) ||
@@ -165,14 +180,15 @@ export const make = (options: IdentityOptions) =>
         const fresh: Array<InboxLogEntry> = []
         const rejected: Array<InvalidIdentityUpdate> = []
         const changed = new Set<InboxId>()
+        for (const { inboxId } of fetched) if (!known.has(inboxId)) known.set(inboxId, yield* knownState(inboxId))
+        const verify = yield* checkSignaturesAtOnce(known, fetched)
         for (const { inboxId, updates } of fetched) {
-          if (!known.has(inboxId)) known.set(inboxId, yield* knownState(inboxId))
           let state = known.get(inboxId)
           const entries: Array<InboxLogEntry> = []
           let failure: InvalidIdentityUpdate | undefined
           for (const envelope of updates) {
             const next = envelope.update.inboxId === inboxId
-              ? IdentityLog.applyUpdate(state, envelope.update)
+              ? IdentityLog.applyUpdate(state, envelope.update, verify)
               : Either.left(new InvalidIdentityUpdate({ inboxId, reason: "an entry of another inbox" }))
             if (Either.isLeft(next)) {
               failure = next.left
