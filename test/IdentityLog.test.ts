@@ -58,13 +58,19 @@ const build = (
   return { updates, state: state! }
 }
 
-describe("IdentityLog", () => {
+/** An inbox with two installations (a phone and a laptop) known to `sign`, and its CreateInbox action. */
+const inboxWithDevices = () => {
   const { inboxId, root } = newInbox()
   const phone = newInstallation()
   const laptop = newInstallation()
   installationsById.set(phone.installationId, phone)
   installationsById.set(laptop.installationId, laptop)
   const create = { _tag: "CreateInbox" as const, rootPublicKey: toHex(ed25519.getPublicKey(root)) }
+  return { inboxId, root, phone, laptop, create }
+}
+
+describe("IdentityLog", () => {
+  const { inboxId, root, phone, laptop, create } = inboxWithDevices()
 
   it("replays a signed log into the current installations", () => {
     const { updates } = build(root, inboxId, [create, add(phone), add(laptop)])
@@ -142,12 +148,7 @@ describe("IdentityLog", () => {
 })
 
 describe("IdentityLog signatures checked at once", () => {
-  const { inboxId, root } = newInbox()
-  const phone = newInstallation()
-  const laptop = newInstallation()
-  installationsById.set(phone.installationId, phone)
-  installationsById.set(laptop.installationId, laptop)
-  const create = { _tag: "CreateInbox" as const, rootPublicKey: toHex(ed25519.getPublicKey(root)) }
+  const { inboxId, root, phone, laptop, create } = inboxWithDevices()
 
   /** What a joiner does: every signature on the thread pool first, then the log replayed with those answers. */
   const replayChecked = async (rootKey: string | undefined, state: IdentityLog.InboxState | undefined, updates: ReadonlyArray<IdentityUpdate>) => {
