@@ -83,10 +83,9 @@ export const subscribeGroupMessages = (c: StoreDeliveryContext): Service["subscr
         const seen = cursors.get(f.groupId)
         cursors.set(f.groupId, seen === undefined || f.afterSequenceId < seen ? f.afterSequenceId : seen)
       }
-      // No filters: nothing to follow, so the stream ends at once.
-      return Stream.mergeAll(
-        Array.from(cursors, ([groupId, after]) => follow(c, groupTopic(groupId), after, toGroupEnvelope(groupId))),
-        { concurrency: "unbounded" }
-      )
+      const streams = Array.from(cursors, ([groupId, after]) => follow(c, groupTopic(groupId), after, toGroupEnvelope(groupId)))
+      // One topic: its stream as it is, without a merge's queue and fiber per chunk. No filters:
+      // nothing to follow, so the stream ends at once.
+      return streams.length === 1 ? streams[0]! : Stream.mergeAll(streams, { concurrency: "unbounded" })
     })
   ).pipe(Stream.withSpan("DeliveryService.subscribeGroupMessages", SPAN))
