@@ -56,9 +56,23 @@ export const makeCalls = ({ resubscribeSchedule: resubscribeEvery, retrySchedule
       })
     )
 
-  /** An idempotent call: attempted again on retryable errors. */
-  const idempotent = <A>(op: string, call: Effect.Effect<A, DeliveryError | RpcClientError>) =>
-    attempt(op, call).pipe(Effect.retry({ schedule: retrySchedule, while: retryWhile }))
+  /**
+   * An idempotent call: attempted again on retryable errors. The retry schedule starts only
+   * after a first retryable failure, which it sees as its first input (so the delays and the
+   * number of attempts are the schedule's): a call that succeeds pays for no schedule.
+   */
+  const idempotent = <A>(op: string, call: Effect.Effect<A, DeliveryError | RpcClientError>) => {
+    const once = attempt(op, call)
+    return Effect.catchIf(once, retryWhile, (first) => {
+      let failedFirst = false
+      const again = Effect.suspend(() => {
+        if (failedFirst) return once
+        failedFirst = true
+        return Effect.fail(first)
+      })
+      return Effect.retry(again, { schedule: retrySchedule, while: retryWhile })
+    })
+  }
 
   /**
    * A stream that resumes: `open` subscribes from the cursors; deliveries at or below a
