@@ -33,10 +33,8 @@ const checkGroupMessage = (c: StoreDeliveryContext, m: GroupMessageInput) =>
 export const sendGroupMessages = (c: StoreDeliveryContext): Service["sendGroupMessages"] => (messages) =>
   Effect.gen(function*() {
     yield* checkedSend(c, "sendGroupMessages", messages, (m) =>
-      Effect.zipRight(
-        c.checks.groupId(m.groupId, "sendGroupMessages"),
-        c.checks.payload(m.payload, `sendGroupMessages to ${m.groupId}`)
-      ), requestDigests.sendGroupMessages)
+      c.checks.refusals.groupId(m.groupId, "sendGroupMessages") ??
+        c.checks.refusals.payload(m.payload, `sendGroupMessages to ${m.groupId}`), requestDigests.sendGroupMessages)
     for (const m of messages) yield* checkGroupMessage(c, m)
     const entries = yield* c.stored(
       c.store.append(messages.map((m: GroupMessageInput) => ({ topic: groupTopic(m.groupId), payload: m.payload })))
