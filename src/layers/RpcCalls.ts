@@ -4,13 +4,19 @@
  * and subscriptions that resume from their cursors after a retryable failure.
  */
 import type { RpcClientError } from "@effect/rpc/RpcClientError"
-import { Duration, Effect, FiberRef, Option, Schedule, Schema, Stream } from "effect"
+import { Duration, Effect, FiberRef, Option, Schedule, Stream } from "effect"
 import { DeliveryError } from "../domain/Errors.ts"
-import { AUTH_HEADER, type AuthenticatedOperation, RequestAuthJson } from "../domain/RequestAuth.ts"
+import { AUTH_HEADER, type AuthenticatedOperation, type RequestAuth } from "../domain/RequestAuth.ts"
 import { currentSigner } from "../services/DeliveryAuth.ts"
 import { transportErrors, unavailable } from "./RpcTransportErrors.ts"
 
-const encodeAuth = Schema.encodeSync(RequestAuthJson)
+/**
+ * The header's JSON: the statement's four strings, as `RequestAuthJson` encodes them. The
+ * statement is a `RequestAuth` (checked when it was made) and the server decodes the header
+ * with `RequestAuthJson` anyway, so the schema's encode would only check it a third time.
+ */
+const encodeAuth = (auth: RequestAuth): string =>
+  JSON.stringify({ installationId: auth.installationId, timeNs: auth.timeNs, nonce: auth.nonce, signature: auth.signature })
 
 /** `items` in runs of at most `size`; at least one run, so an empty call still reaches the server. */
 export const chunksOf = <A>(items: ReadonlyArray<A>, size: number): ReadonlyArray<ReadonlyArray<A>> =>
