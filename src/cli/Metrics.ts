@@ -3,7 +3,7 @@
  * timed by method (and failures by error tag), and every Effect `Metric` of the process is
  * exposed as Prometheus text on `GET /metrics` of a port of its own (`--metrics-port`).
  */
-import { Effect, Metric, MetricState, Stream } from "effect"
+import { Cause, Duration, Effect, Exit, FiberRef, Metric, MetricLabel, MetricState, Option, Stream } from "effect"
 import type { MetricPair } from "effect"
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
@@ -19,19 +19,31 @@ const tagOf = (error: unknown) =>
   typeof error === "object" && error !== null && "_tag" in error ? String(error._tag) : "unknown"
 
 /**
- * Wraps one call: counted, timed and, on failure, counted by its error tag. The method's
- * tagged metrics are made once: tagging anew on every call hashed the keys each time.
+ * Wraps one call: counted, timed and, on failure, counted by its error tag; `stored` adds the
+ * messages a successful call stored. The method's tagged metrics are made once: tagging anew
+ * on every call hashed the keys each time. Updated in one step when the call ends (with the
+ * fiber's metric labels, as `Metric.update` would), not as four effects around it.
  */
 const measuredAs = (method: string) => {
-  const timed = Metric.trackDuration(Metric.tagged(latency, "method", method))
-  const counted = Metric.increment(Metric.tagged(requests, "method", method))
+  const timed = Metric.tagged(latency, "method", method)
+  const counted = Metric.tagged(requests, "method", method)
   const failed = Metric.tagged(failures, "method", method)
-  return <A, E, R>(call: Effect.Effect<A, E, R>) =>
-    call.pipe(
-      timed,
-      Effect.tapError((e) => Metric.increment(Metric.tagged(failed, "error", tagOf(e)))),
-      Effect.ensuring(counted)
-    )
+  return <A, E, R>(call: Effect.Effect<A, E, R>, storedCount = 0) =>
+    Effect.flatMap(FiberRef.get(FiberRef.currentMetricLabels), (labels) =>
+      Effect.clockWith((clock) => {
+        const start = clock.unsafeCurrentTimeNanos()
+        return Effect.onExit(call, (exit) =>
+          Effect.sync(() => {
+            if (Exit.isSuccess(exit)) {
+              timed.unsafeUpdate(Duration.nanos(clock.unsafeCurrentTimeNanos() - start), labels)
+              if (storedCount > 0) stored.unsafeUpdate(storedCount, labels)
+            } else {
+              const error = Cause.failureOption(exit.cause)
+              if (Option.isSome(error)) failed.unsafeUpdate(1, [...labels, MetricLabel.make("error", tagOf(error.value))])
+            }
+            counted.unsafeUpdate(1, labels)
+          }))
+      }))
 }
 
 /** The delivery service a server runs, with every method measured. */
@@ -42,10 +54,8 @@ export const instrument = (service: DeliveryService["Type"]): DeliveryService["T
     wrapped[method] = typeof value !== "function" ? value : (...args: Array<unknown>) => {
       const result: unknown = (value as (...a: Array<unknown>) => unknown).apply(service, args)
       if (Effect.isEffect(result)) {
-        const call = method === "sendGroupMessages"
-          ? Effect.tap(result, () => Metric.incrementBy(stored, Array.isArray(args[0]) ? args[0].length : 0))
-          : result
-        return measured(call)
+        const count = method === "sendGroupMessages" && Array.isArray(args[0]) ? args[0].length : 0
+        return measured(result, count)
       }
       if (Stream.StreamTypeId in (result as object)) {
         return Stream.onStart(result as Stream.Stream<unknown, unknown>, Metric.increment(Metric.tagged(subscriptions, "method", method)))

@@ -18,51 +18,67 @@ export interface RequestLimits {
 const isGroupId = Schema.is(GroupId)
 const isInstallationId = Schema.is(InstallationId)
 
-export const makeChecks = ({ maxBatch, maxPayloadBytes, pageSize }: RequestLimits) => ({
-  payload: (payload: Uint8Array, what: string): Effect.Effect<void, DeliveryError> => {
-    if (!(payload instanceof Uint8Array)) return Effect.fail(invalidRequest(`${what}: payload is not bytes`))
-    if (payload.length === 0) return Effect.fail(invalidRequest(`${what}: empty payload`))
-    if (payload.length > maxPayloadBytes) {
-      return Effect.fail(
-        new DeliveryError({
+/** A refusal, or none: the checks of one request, run as plain code before any effect. */
+export type Refusal = DeliveryError | undefined
+
+const orVoid = (refusal: Refusal): Effect.Effect<void, DeliveryError> =>
+  refusal === undefined ? Effect.void : Effect.fail(refusal)
+
+export const makeChecks = ({ maxBatch, maxPayloadBytes, pageSize }: RequestLimits) => {
+  const refusals = {
+    payload: (payload: Uint8Array, what: string): Refusal => {
+      if (!(payload instanceof Uint8Array)) return invalidRequest(`${what}: payload is not bytes`)
+      if (payload.length === 0) return invalidRequest(`${what}: empty payload`)
+      if (payload.length > maxPayloadBytes) {
+        return new DeliveryError({
           reason: "PayloadTooLarge",
           retryable: false,
           detail: `${what}: payload of ${payload.length} bytes exceeds ${maxPayloadBytes}`
         })
-      )
-    }
-    return Effect.void
-  },
-  batch: (items: ReadonlyArray<unknown>, what: string): Effect.Effect<void, DeliveryError> => {
-    if (items.length === 0) return Effect.fail(invalidRequest(`${what}: no items`))
-    if (items.length > maxBatch) {
-      return Effect.fail(
-        new DeliveryError({
+      }
+      return undefined
+    },
+    batch: (items: ReadonlyArray<unknown>, what: string): Refusal => {
+      if (items.length === 0) return invalidRequest(`${what}: no items`)
+      if (items.length > maxBatch) {
+        return new DeliveryError({
           reason: "BatchTooLarge",
           retryable: false,
           detail: `${what}: ${items.length} items exceed the batch limit of ${maxBatch}`
         })
-      )
-    }
-    return Effect.void
-  },
-  cursor: (cursor: bigint, what: string): Effect.Effect<void, DeliveryError> =>
-    typeof cursor === "bigint" && cursor >= 0n
-      ? Effect.void
-      : Effect.fail(invalidRequest(`${what}: cursor must be a non-negative bigint, got ${String(cursor)}`)),
-  /** The effective page size; `limit` must be a positive integer when given. */
-  limit: (limit: number | undefined, what: string): Effect.Effect<number, DeliveryError> => {
-    if (limit === undefined) return Effect.succeed(pageSize)
-    if (!Number.isInteger(limit) || limit <= 0) {
-      return Effect.fail(invalidRequest(`${what}: limit must be a positive integer, got ${limit}`))
-    }
-    return Effect.succeed(Math.min(limit, pageSize))
-  },
-  groupId: (groupId: string, what: string): Effect.Effect<void, DeliveryError> =>
-    isGroupId(groupId) ? Effect.void : Effect.fail(invalidRequest(`${what}: malformed group id ${groupId}`)),
-  installationId: (id: string, what: string): Effect.Effect<void, DeliveryError> =>
-    isInstallationId(id) ? Effect.void : Effect.fail(invalidRequest(`${what}: malformed installation id ${id}`))
-})
+      }
+      return undefined
+    },
+    groupId: (groupId: string, what: string): Refusal =>
+      isGroupId(groupId) ? undefined : invalidRequest(`${what}: malformed group id ${groupId}`),
+    installationId: (id: string, what: string): Refusal =>
+      isInstallationId(id) ? undefined : invalidRequest(`${what}: malformed installation id ${id}`)
+  }
+  return {
+    /** The same checks as plain functions, for a request checked whole in one step. */
+    refusals,
+    payload: (payload: Uint8Array, what: string): Effect.Effect<void, DeliveryError> =>
+      orVoid(refusals.payload(payload, what)),
+    batch: (items: ReadonlyArray<unknown>, what: string): Effect.Effect<void, DeliveryError> =>
+      orVoid(refusals.batch(items, what)),
+    cursor: (cursor: bigint, what: string): Effect.Effect<void, DeliveryError> =>
+      typeof cursor === "bigint" && cursor >= 0n
+        ? Effect.void
+        : Effect.fail(invalidRequest(`${what}: cursor must be a non-negative bigint, got ${String(cursor)}`)),
+    /** The effective page size; `limit` must be a positive integer when given. */
+    limit: (limit: number | undefined, what: string): Effect.Effect<number, DeliveryError> => {
+      if (limit === undefined) return Effect.succeed(pageSize)
+      if (!Number.isInteger(limit) || limit <= 0) {
+        return Effect.fail(invalidRequest(`${what}: limit must be a positive integer, got ${limit}`))
+      }
+      return Effect.succeed(Math.min(limit, pageSize))
+    },
+    groupId: (groupId: string, what: string): Effect.Effect<void, DeliveryError> =>
+      orVoid(refusals.groupId(groupId, what)),
+    installationId: (id: string, what: string): Effect.Effect<void, DeliveryError> =>
+      orVoid(refusals.installationId(id, what))
+  }
+}
 
 // ---- bounds on one request's work and one answer's size ----
 

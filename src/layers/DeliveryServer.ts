@@ -33,7 +33,7 @@ import type { ServeError } from "@effect/platform/HttpServerError"
 import { SocketServer } from "@effect/platform"
 import { NodeHttpServer, NodeHttpServerRequest } from "@effect/platform-node"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
-import { Context, Effect, Layer, Option, Schema, type Scope, Stream } from "effect"
+import { Context, Effect, FiberRef, Layer, Option, Schema, type Scope, Stream } from "effect"
 import type * as Headers from "@effect/platform/Headers"
 import {
   DeliveryRpcs,
@@ -322,13 +322,22 @@ export const handlers = handlersWith()
 /** The server's own router, so it never shares routes with an app's `HttpRouter.Default`. */
 export class DeliveryRouter extends HttpRouter.Tag("converge/DeliveryServer/Router")<DeliveryRouter>() {}
 
-const rpcOverHttp = RpcServer.layer(DeliveryRpcs).pipe(
+/**
+ * The RPC server; with the tracer off (`converge serve` without an OTLP collector) it opens no
+ * span per request, which nobody would read. A new layer per transport: one shared layer value
+ * would be built once, and serve only the first transport.
+ */
+const rpcServer = () => Layer.unwrapEffect(
+  Effect.map(FiberRef.get(FiberRef.currentTracerEnabled), (enabled) => RpcServer.layer(DeliveryRpcs, { disableTracing: !enabled }))
+)
+
+const rpcOverHttp = rpcServer().pipe(
   Layer.provide(guarded(RpcServer.layerProtocolHttp({ path: RPC_PATH, routerTag: DeliveryRouter }))),
   Layer.provide(RpcSerialization.layerNdjson)
 )
 
 /** WebSocket connections come from the gate's own `ws` server (its message limit), not the router. */
-const rpcOverWebsocket = RpcServer.layer(DeliveryRpcs).pipe(
+const rpcOverWebsocket = rpcServer().pipe(
   Layer.provide(guarded(Layer.scoped(RpcServer.Protocol, RpcServer.makeProtocolSocketServer))),
   Layer.provide(Layer.effect(SocketServer.SocketServer, Effect.map(Gate, (gate) => gate.sockets))),
   Layer.provide(RpcSerialization.layerJson)

@@ -10,12 +10,12 @@
  * - Each installation has two token buckets: requests and bytes. An empty bucket is a
  *   retryable `RateLimited`, which clients retry under their transport `Schedule`.
  */
-import { Clock, Effect, FiberRef, Option } from "effect"
+import { Effect, FiberRef, Option } from "effect"
 import { DeliveryError } from "../domain/Errors.ts"
 import type { InboxId, InstallationId } from "../domain/Ids.ts"
-import { type AuthenticatedOperation, verifyRequest } from "../domain/RequestAuth.ts"
+import { type AuthenticatedOperation, type RequestAuth, verifyRequest } from "../domain/RequestAuth.ts"
 import { currentSigner } from "../services/DeliveryAuth.ts"
-import type { DeliveryStore, DeliveryStoreError } from "../services/DeliveryStore.ts"
+import type { CurrentInstallation, DeliveryStore, DeliveryStoreError } from "../services/DeliveryStore.ts"
 
 export interface RateLimit {
   /** Requests per second an installation may sustain. */
@@ -99,38 +99,57 @@ export const make = (
     return undefined
   }
 
+  /** The checks after the key lookup, as plain code: the signature, replays, the quotas. */
+  const admit = (
+    op: AuthenticatedOperation,
+    digest: string,
+    bytes: number,
+    auth: RequestAuth,
+    timeNs: bigint,
+    now: bigint,
+    installation: CurrentInstallation | undefined
+  ): Effect.Effect<Caller, DeliveryError> => {
+    if (installation === undefined) {
+      return Effect.fail(refused("Unauthenticated", `${op}: ${auth.installationId} is not a current installation`))
+    }
+    if (!verifyRequest(auth, op, digest, installation.signaturePublicKey)) {
+      return Effect.fail(refused("Unauthenticated", `${op}: the request's signature does not verify`))
+    }
+    const key = `${auth.installationId}/${auth.nonce}`
+    if (seen.has(key)) return Effect.fail(refused("Unauthenticated", `${op}: replayed request`))
+    remember(key, timeNs + windowNs, now)
+    const overLimit = meter(auth.installationId, bytes, now)
+    if (overLimit !== undefined) return Effect.fail(refused("RateLimited", `${op}: ${overLimit}; slow down`))
+    return Effect.succeed({ installationId: auth.installationId, inboxId: installation.inboxId })
+  }
+
   /**
    * The caller of this request, or a refusal. `bytes` is what the request asks the service to
-   * store, for the byte quota.
+   * store, for the byte quota. Every request comes this way: its pure steps are plain code
+   * between the three effects it needs (the signer, the clock, the key lookup).
    */
   const authenticate = (
     op: AuthenticatedOperation,
     digest: string,
     bytes = 0
   ): Effect.Effect<Caller, DeliveryError> =>
-    Effect.gen(function*() {
-      const signer = yield* FiberRef.get(currentSigner)
-      if (Option.isNone(signer)) return yield* refused("Unauthenticated", `${op} needs a signed request`)
-      const auth = yield* signer.value(op, digest)
-      const now = yield* Clock.currentTimeNanos
-      const timeNs = BigInt(auth.timeNs)
-      const skew = timeNs > now ? timeNs - now : now - timeNs
-      if (skew > windowNs) {
-        return yield* refused("Unauthenticated", `${op}: the request's time is more than ${windowNs / 1_000_000n} ms off`)
-      }
-      const installation = yield* stored(store.installation(auth.installationId))
-      if (installation === undefined) {
-        return yield* refused("Unauthenticated", `${op}: ${auth.installationId} is not a current installation`)
-      }
-      if (!verifyRequest(auth, op, digest, installation.signaturePublicKey)) {
-        return yield* refused("Unauthenticated", `${op}: the request's signature does not verify`)
-      }
-      const key = `${auth.installationId}/${auth.nonce}`
-      if (seen.has(key)) return yield* refused("Unauthenticated", `${op}: replayed request`)
-      remember(key, timeNs + windowNs, now)
-      const overLimit = meter(auth.installationId, bytes, now)
-      if (overLimit !== undefined) return yield* refused("RateLimited", `${op}: ${overLimit}; slow down`)
-      return { installationId: auth.installationId, inboxId: installation.inboxId }
+    Effect.flatMap(FiberRef.get(currentSigner), (signer) => {
+      if (Option.isNone(signer)) return Effect.fail(refused("Unauthenticated", `${op} needs a signed request`))
+      return Effect.flatMap(signer.value(op, digest), (auth) =>
+        Effect.clockWith((clock) => {
+          const now = clock.unsafeCurrentTimeNanos()
+          const timeNs = BigInt(auth.timeNs)
+          const skew = timeNs > now ? timeNs - now : now - timeNs
+          if (skew > windowNs) {
+            return Effect.fail(
+              refused("Unauthenticated", `${op}: the request's time is more than ${windowNs / 1_000_000n} ms off`)
+            )
+          }
+          return Effect.flatMap(
+            stored(store.installation(auth.installationId)),
+            (installation) => admit(op, digest, bytes, auth, timeNs, now, installation)
+          )
+        }))
     })
 
   return { authenticate }

@@ -4,13 +4,19 @@
  * and subscriptions that resume from their cursors after a retryable failure.
  */
 import type { RpcClientError } from "@effect/rpc/RpcClientError"
-import { Duration, Effect, FiberRef, Option, Schedule, Schema, Stream } from "effect"
+import { Duration, Effect, FiberRef, Option, Schedule, Stream } from "effect"
 import { DeliveryError } from "../domain/Errors.ts"
-import { AUTH_HEADER, type AuthenticatedOperation, RequestAuthJson } from "../domain/RequestAuth.ts"
+import { AUTH_HEADER, type AuthenticatedOperation, type RequestAuth } from "../domain/RequestAuth.ts"
 import { currentSigner } from "../services/DeliveryAuth.ts"
 import { transportErrors, unavailable } from "./RpcTransportErrors.ts"
 
-const encodeAuth = Schema.encodeSync(RequestAuthJson)
+/**
+ * The header's JSON: the statement's four strings, as `RequestAuthJson` encodes them. The
+ * statement is a `RequestAuth` (checked when it was made) and the server decodes the header
+ * with `RequestAuthJson` anyway, so the schema's encode would only check it a third time.
+ */
+const encodeAuth = (auth: RequestAuth): string =>
+  JSON.stringify({ installationId: auth.installationId, timeNs: auth.timeNs, nonce: auth.nonce, signature: auth.signature })
 
 /** `items` in runs of at most `size`; at least one run, so an empty call still reaches the server. */
 export const chunksOf = <A>(items: ReadonlyArray<A>, size: number): ReadonlyArray<ReadonlyArray<A>> =>
@@ -56,9 +62,23 @@ export const makeCalls = ({ resubscribeSchedule: resubscribeEvery, retrySchedule
       })
     )
 
-  /** An idempotent call: attempted again on retryable errors. */
-  const idempotent = <A>(op: string, call: Effect.Effect<A, DeliveryError | RpcClientError>) =>
-    attempt(op, call).pipe(Effect.retry({ schedule: retrySchedule, while: retryWhile }))
+  /**
+   * An idempotent call: attempted again on retryable errors. The retry schedule starts only
+   * after a first retryable failure, which it sees as its first input (so the delays and the
+   * number of attempts are the schedule's): a call that succeeds pays for no schedule.
+   */
+  const idempotent = <A>(op: string, call: Effect.Effect<A, DeliveryError | RpcClientError>) => {
+    const once = attempt(op, call)
+    return Effect.catchIf(once, retryWhile, (first) => {
+      let failedFirst = false
+      const again = Effect.suspend(() => {
+        if (failedFirst) return once
+        failedFirst = true
+        return Effect.fail(first)
+      })
+      return Effect.retry(again, { schedule: retrySchedule, while: retryWhile })
+    })
+  }
 
   /**
    * A stream that resumes: `open` subscribes from the cursors; deliveries at or below a

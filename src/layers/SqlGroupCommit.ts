@@ -9,7 +9,7 @@
  * topic, gap-free and in order: one transaction at a time allocates them, in queue order.
  */
 import type { SqlClient } from "@effect/sql"
-import { Clock, Deferred, Effect, Exit, type Queue, type Scope } from "effect"
+import { Clock, Deferred, Effect, Exit, FiberId, type Queue, type Scope } from "effect"
 import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
 import { type DeliveryStore, DeliveryStoreError, type StoredEntry, type Topic, type TopicChange } from "../services/DeliveryStore.ts"
 import { SPAN } from "./DeliveryRequests.ts"
@@ -176,11 +176,12 @@ const appendGroup = (sql: Sql, announcer: Announcer, group: ReadonlyArray<Waitin
     return results
   }).pipe(Effect.mapError((cause) => new DeliveryStoreError({ operation: "append", cause })))
 
-/** The store's `append`: queues the entries and takes part in (or waits for) the next group commit. */
+/** The store's `append`: queues the entries; one writer per event-loop turn stores the queue in group commits. */
 export const makeAppend = (sql: Sql, announcer: Announcer) =>
-  Effect.gen(function*() {
+  Effect.sync(() => {
     const waiting: Array<Waiting> = []
-    const writer = yield* Effect.makeSemaphore(1)
+    /** Whether a writer is scheduled or running: it stores everything queued until the queue is empty. */
+    let writing = false
 
     /**
      * Takes the oldest waiting appends (at most `MAX_GROUP_ENTRIES` entries, at least one append)
@@ -205,26 +206,43 @@ export const makeAppend = (sql: Sql, announcer: Announcer) =>
       for (const w of group) yield* Deferred.complete(w.done, Effect.map(appendGroup(sql, announcer, [w]), (r) => r[0]!))
     }))
 
+    /** Group commits until nothing waits; the check and the reset are one step, so no append is missed. */
+    const drain: Effect.Effect<void> = Effect.suspend(() => {
+      if (waiting.length > 0) return Effect.zipRight(writeNextGroup, drain)
+      writing = false
+      return Effect.void
+    })
+
+    /**
+     * SQLite's driver is synchronous: a writer that started at once would commit before any
+     * other request of this turn was even decoded, one transaction per append. The writer
+     * waits for the end of this event-loop turn, so every append of the turn shares its commit
+     * (and, while it writes to Postgres, the appends that arrive meanwhile queue for the next).
+     * It runs on a fiber of its own: callers only wait for their result, and one that goes away
+     * does not stop a commit the others wait on.
+     */
+    const startWriter = Effect.forkDaemon(Effect.zipRight(endOfTurn, drain).pipe(
+      // Never expected (every failure of a group reaches its waiters): no append may wait forever.
+      Effect.onExit((exit) =>
+        Exit.isSuccess(exit) ? Effect.void : Effect.suspend(() => {
+          writing = false
+          return Effect.forEach(waiting.splice(0), (w) => Deferred.failCause(w.done, exit.cause), { discard: true })
+        })
+      )
+    ))
+
     const append: DeliveryStore["Type"]["append"] = (entries) =>
-      Effect.gen(function*() {
-        if (entries.length === 0) return []
+      Effect.suspend(() => {
+        if (entries.length === 0) return Effect.succeed([])
         // Hashed before queueing: the writer holds the topics' locks (SQLite: the only writer).
         const self: Waiting = {
           entries,
           digests: entries.map((e) => sha256Hex(e.payload)),
-          done: yield* Deferred.make<ReadonlyArray<StoredEntry>, DeliveryStoreError>()
+          done: Deferred.unsafeMake<ReadonlyArray<StoredEntry>, DeliveryStoreError>(FiberId.none)
         }
         waiting.push(self)
-        // SQLite's driver is synchronous: a writer that started at once would commit before any
-        // other request of this turn was even decoded, one transaction per append. Waiting for
-        // the end of this event-loop turn lets every append of the turn share its commit.
-        yield* endOfTurn
-        // Whoever holds the writer stores everything queued so far; an append already stored
-        // by an earlier writer only collects its result.
-        yield* writer.withPermits(1)(Effect.suspend(function loop(): Effect.Effect<void> {
-          return waiting.includes(self) ? Effect.zipRight(writeNextGroup, Effect.suspend(loop)) : Effect.void
-        })).pipe(
-          // A caller gone before any writer took its append: nothing of it is stored.
+        const result = Deferred.await(self.done).pipe(
+          // A caller gone before the writer took its append: nothing of it is stored.
           Effect.onInterrupt(() =>
             Effect.sync(() => {
               const at = waiting.indexOf(self)
@@ -232,7 +250,9 @@ export const makeAppend = (sql: Sql, announcer: Announcer) =>
             })
           )
         )
-        return yield* Deferred.await(self.done)
+        if (writing) return result
+        writing = true
+        return Effect.zipRight(startWriter, result)
       }).pipe(Effect.withSpan("DeliveryStore.append", SPAN))
     return append
   })

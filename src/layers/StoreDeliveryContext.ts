@@ -7,7 +7,7 @@ import { Effect } from "effect"
 import { DeliveryError } from "../domain/Errors.ts"
 import type { DeliveryStore, DeliveryStoreError } from "../services/DeliveryStore.ts"
 import type { MlsCrypto } from "../services/MlsCrypto.ts"
-import type { makeChecks } from "./DeliveryRequests.ts"
+import type { makeChecks, Refusal } from "./DeliveryRequests.ts"
 import type * as Authenticator from "./RequestAuthenticator.ts"
 
 export interface StoreDeliveryContext {
@@ -53,11 +53,12 @@ export const checkedSend = <M extends { readonly payload: Uint8Array }>(
   c: StoreDeliveryContext,
   op: "sendGroupMessages" | "sendWelcomeMessages",
   messages: ReadonlyArray<M>,
-  address: (m: M) => Effect.Effect<unknown, DeliveryError>,
+  address: (m: M) => Refusal,
   digestOf: (messages: ReadonlyArray<M>) => string
-): Effect.Effect<void, DeliveryError> =>
-  Effect.gen(function*() {
-    yield* c.checks.batch(messages, op)
-    for (const m of messages) yield* address(m)
-    yield* c.authenticate(op, digestOf(messages), messages.reduce((n, m) => n + m.payload.length, 0))
-  })
+): Effect.Effect<void, DeliveryError> => {
+  // Plain checks first, in the same order, in one step: the first refusal is the answer.
+  let refusal = c.checks.refusals.batch(messages, op)
+  for (let i = 0; refusal === undefined && i < messages.length; i++) refusal = address(messages[i]!)
+  if (refusal !== undefined) return Effect.fail(refusal)
+  return c.authenticate(op, digestOf(messages), messages.reduce((n, m) => n + m.payload.length, 0))
+}

@@ -33,10 +33,8 @@ const checkGroupMessage = (c: StoreDeliveryContext, m: GroupMessageInput) =>
 export const sendGroupMessages = (c: StoreDeliveryContext): Service["sendGroupMessages"] => (messages) =>
   Effect.gen(function*() {
     yield* checkedSend(c, "sendGroupMessages", messages, (m) =>
-      Effect.zipRight(
-        c.checks.groupId(m.groupId, "sendGroupMessages"),
-        c.checks.payload(m.payload, `sendGroupMessages to ${m.groupId}`)
-      ), requestDigests.sendGroupMessages)
+      c.checks.refusals.groupId(m.groupId, "sendGroupMessages") ??
+        c.checks.refusals.payload(m.payload, `sendGroupMessages to ${m.groupId}`), requestDigests.sendGroupMessages)
     for (const m of messages) yield* checkGroupMessage(c, m)
     const entries = yield* c.stored(
       c.store.append(messages.map((m: GroupMessageInput) => ({ topic: groupTopic(m.groupId), payload: m.payload })))
@@ -83,10 +81,9 @@ export const subscribeGroupMessages = (c: StoreDeliveryContext): Service["subscr
         const seen = cursors.get(f.groupId)
         cursors.set(f.groupId, seen === undefined || f.afterSequenceId < seen ? f.afterSequenceId : seen)
       }
-      // No filters: nothing to follow, so the stream ends at once.
-      return Stream.mergeAll(
-        Array.from(cursors, ([groupId, after]) => follow(c, groupTopic(groupId), after, toGroupEnvelope(groupId))),
-        { concurrency: "unbounded" }
-      )
+      const streams = Array.from(cursors, ([groupId, after]) => follow(c, groupTopic(groupId), after, toGroupEnvelope(groupId)))
+      // One topic: its stream as it is, without a merge's queue and fiber per chunk. No filters:
+      // nothing to follow, so the stream ends at once.
+      return streams.length === 1 ? streams[0]! : Stream.mergeAll(streams, { concurrency: "unbounded" })
     })
   ).pipe(Stream.withSpan("DeliveryService.subscribeGroupMessages", SPAN))

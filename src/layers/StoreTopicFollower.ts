@@ -110,14 +110,14 @@ export const follow = <E>(
         Effect.forever,
         Effect.forkScoped
       )
+      // The safety net: the latch also opens every poll interval, so a caught-up subscription
+      // reads the store at least that often even if a change was never announced.
+      yield* changed.open.pipe(Effect.delay(c.pollMillis), Effect.forever, Effect.forkScoped)
       /**
-       * Caught up: waits for a change of this topic (or the poll interval, a safety net),
-       * then closes the latch before the read, so a change during the read re-opens it.
+       * Caught up: waits for a change of this topic (or the next poll), then closes the latch
+       * before the read, so a change during the read re-opens it.
        */
-      const awaitChange = changed.await.pipe(
-        Effect.timeoutOption(c.pollMillis),
-        Effect.zipRight(changed.close)
-      )
+      const awaitChange = Effect.zipRight(changed.await, changed.close)
       return Stream.repeatEffectChunk(
         Effect.map(pull(c, s, topic, awaitChange, toEnvelope), (items) => Chunk.unsafeFromArray(items))
       )

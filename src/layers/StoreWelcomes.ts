@@ -27,10 +27,8 @@ const ownWelcomes = (
 export const sendWelcomeMessages = (c: StoreDeliveryContext): Service["sendWelcomeMessages"] => (messages) =>
   Effect.gen(function*() {
     yield* checkedSend(c, "sendWelcomeMessages", messages, (m) =>
-      Effect.zipRight(
-        c.checks.installationId(m.installationId, "sendWelcomeMessages"),
-        c.checks.payload(m.payload, `sendWelcomeMessages to ${m.installationId}`)
-      ), requestDigests.sendWelcomeMessages)
+      c.checks.refusals.installationId(m.installationId, "sendWelcomeMessages") ??
+        c.checks.refusals.payload(m.payload, `sendWelcomeMessages to ${m.installationId}`), requestDigests.sendWelcomeMessages)
     const entries = yield* c.stored(
       c.store.append(
         messages.map((m: WelcomeMessageInput) => ({ topic: welcomeTopic(m.installationId), payload: m.payload }))
