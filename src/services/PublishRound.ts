@@ -28,13 +28,18 @@ export const make = (
       ? yield* sync.receiveTo(groupId)
       : (yield* Effect.zip(sync.receiveTo(groupId, held.group.membershipState), ctx.storage.flush, { concurrent: true }))[0]
     const unchanged = held !== undefined && before.received === 0 && !(yield* checkDue(groupId))
-    yield* checkInstallations(groupId)
-    const sent = yield* publishPending(groupId, unchanged ? held : undefined)
+    // Unchanged, the check was just found not due: it would only ask again.
+    if (!unchanged) yield* checkInstallations(groupId)
+    // Unchanged, the write-ahead reached the disk with the flush above and nothing was written
+    // since (an empty read writes nothing): publishing sends those bytes without syncing again.
+    const sent = yield* publishPending(groupId, unchanged ? { ...held, flushed: true } : undefined)
     const published = sent.payloads.length
     // What we sent is read back from the send's answer when it continues our cursor (as read
     // above when the group was held throughout: only a page, under this lock, moves it then).
     const readBack = published > 0 ? yield* sync.receiveSent(groupId, sent, unchanged ? cursor : undefined) : undefined
-    yield* sync.postCommit(groupId)
+    // Unchanged, nothing was Committed before (the held group had no other intent) and only
+    // application messages went out: no welcomes are waiting.
+    if (!unchanged) yield* sync.postCommit(groupId)
     return { before, published, after: readBack?.total, confirmed: readBack?.confirmed ?? new Set<number>() }
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
 

@@ -48,7 +48,8 @@ export const make = (
       const group = yield* loadGroupRow(ctx, groupId)
       yield* allowed(group)
       if (group.membershipState !== "active") return undefined
-      if ((yield* storage.intents.idsByGroup(groupId, ["ToPublish", "Published"])).length > 0) return undefined
+      // A Committed intent's welcomes are still to go: the usual round sends them.
+      if ((yield* storage.intents.idsByGroup(groupId, ["ToPublish", "Published", "Committed"])).length > 0) return undefined
       const state = yield* ctx.loadState(group)
       const derived = yield* derive(state, data).pipe(Effect.orElseSucceed(() => undefined))
       if (derived?._tag !== "Payload" || derived.state === undefined) return undefined
