@@ -1,5 +1,5 @@
 /** One publish round of a group, under its lock: read, publish, read what we published, send welcomes. */
-import { Effect } from "effect"
+import { Effect, Fiber } from "effect"
 import type { GroupId } from "../domain/Ids.ts"
 import type { EngineContext } from "./EngineContext.ts"
 import type * as GroupSync from "./GroupSync.ts"
@@ -26,7 +26,7 @@ export const make = (
     // flush before the send finds nothing left to sync: the sync hides behind the read's round trip.
     const { cursor, total: before } = held === undefined
       ? yield* sync.receiveTo(groupId)
-      : (yield* Effect.zip(sync.receiveTo(groupId, held.group.membershipState), ctx.storage.flush, { concurrent: true }))[0]
+      : yield* receiveFlushing(groupId, held)
     const unchanged = held !== undefined && before.received === 0 && !(yield* checkDue(groupId))
     // Unchanged, the check was just found not due: it would only ask again.
     if (!unchanged) yield* checkInstallations(groupId)
@@ -42,6 +42,20 @@ export const make = (
     if (!unchanged) yield* sync.postCommit(groupId)
     return { before, published, after: readBack?.total, confirmed: readBack?.confirmed ?? new Set<number>() }
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
+
+  /**
+   * The held group's topic read while its write-ahead is flushed: the flush on a fiber of its
+   * own (a plain fork, not a concurrent `zip`'s machinery: this runs once per `send`).
+   */
+  const receiveFlushing = (groupId: GroupId, held: PublishPending.HeldPending) =>
+    Effect.gen(function*() {
+      const flushing = yield* Effect.fork(ctx.storage.flush)
+      const read = yield* sync.receiveTo(groupId, held.group.membershipState).pipe(
+        Effect.onError(() => Fiber.interrupt(flushing))
+      )
+      yield* Fiber.join(flushing)
+      return read
+    })
 
   /** One round: read, publish, read what we published, send welcomes. Under the group lock. */
   const round = (groupId: GroupId) => ctx.withGroupLock(groupId)(roundLocked(groupId))
