@@ -60,6 +60,8 @@ export interface HeldPending {
   readonly group: StoredGroup
   readonly state: MlsGroupState
   readonly pending: ReadonlyArray<StoredIntent>
+  /** The group topic's cursor, as stored. */
+  readonly cursor: bigint
   /** Every write so far has been flushed (`Storage.flush`) since the write-ahead of `pending`. */
   readonly flushed?: boolean
 }

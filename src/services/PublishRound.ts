@@ -50,7 +50,7 @@ export const make = (
   const receiveFlushing = (groupId: GroupId, held: PublishPending.HeldPending) =>
     Effect.gen(function*() {
       const flushing = yield* Effect.fork(ctx.storage.flush)
-      const read = yield* sync.receiveTo(groupId, held.group.membershipState).pipe(
+      const read = yield* sync.receiveTo(groupId, held.group.membershipState, held.cursor).pipe(
         Effect.onError(() => Fiber.interrupt(flushing))
       )
       yield* Fiber.join(flushing)
