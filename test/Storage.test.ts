@@ -209,6 +209,24 @@ describe("Storage", () => {
       expect(yield* storage.intents.statesOf([])).toEqual(new Map())
     }).pipe(Effect.provide(memoryStore)))
 
+  it.effect("send's read under the group lock: the row, the topic's cursor and whether anything is queued ahead, in one", () =>
+    Effect.gen(function*() {
+      const storage = yield* Storage
+      const topic = `g/${groupId}`
+      yield* storage.groups.insert(group())
+      const fresh = Option.getOrThrow(yield* storage.groups.getForSend(groupId, topic, ["ToPublish", "Published", "Committed"]))
+      expect(fresh).toEqual({ group: group(), cursor: 0n, pending: false })
+      yield* storage.cursors.advance(topic, 41n)
+      const id = yield* storage.intents.insert({ groupId, data: AddMembersData.make({ inboxIds: [inbox] }), createdAtNs: 1n })
+      const queued = Option.getOrThrow(yield* storage.groups.getForSend(groupId, topic, ["ToPublish", "Published", "Committed"]))
+      expect([queued.cursor, queued.pending]).toEqual([41n, true])
+      // Only the states asked for count; another topic's cursor does not.
+      yield* storage.intents.markProcessed(id)
+      const done = Option.getOrThrow(yield* storage.groups.getForSend(groupId, "g/other", ["ToPublish", "Published", "Committed"]))
+      expect([done.cursor, done.pending]).toEqual([0n, false])
+      expect(yield* storage.groups.getForSend("c".repeat(32) as GroupId, topic, ["ToPublish"])).toEqual(Option.none())
+    }).pipe(Effect.provide(memoryStore)))
+
   it.effect("a group's intents are read by kind as well as state: a read for removals returns no other kind", () =>
     Effect.gen(function*() {
       const storage = yield* Storage

@@ -293,6 +293,26 @@ export const makeWith = (key: StorageKey["Type"], options: SqliteStorageOptions 
         "groups.get",
         sql`SELECT * FROM converge_groups WHERE id = ${id}`.pipe(Effect.flatMap(decodeGroups), Effect.map(first))
       ),
+    getForSend: (id, topic, states) =>
+      run(
+        "groups.getForSend",
+        sql<RawRow>`SELECT g.*,
+              (SELECT sequence_id FROM converge_cursors WHERE topic = ${topic}) AS converge_cursor,
+              EXISTS (SELECT 1 FROM converge_intents WHERE group_id = g.id AND state IN ${
+          sql.in(states as Array<IntentState>)
+        }) AS converge_pending
+            FROM converge_groups g WHERE g.id = ${id}`.pipe(
+          Effect.flatMap((rows) =>
+            // The row decodes as `get`'s (its extra columns ignored); one that does not is quarantined there.
+            Effect.map(decodeGroups(rows), (decoded) =>
+              Option.map(first(decoded), (group) => ({
+                group,
+                cursor: rows[0]!.converge_cursor == null ? 0n : BigInt(rows[0]!.converge_cursor as bigint),
+                pending: Number(rows[0]!.converge_pending) !== 0
+              })))
+          )
+        )
+      ),
     list: ({ includeInactive }) =>
       run(
         "groups.list",

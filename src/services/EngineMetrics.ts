@@ -39,9 +39,13 @@ export const recordSync = (outcome: {
   readonly commits: number
   readonly skippedBy: Readonly<Record<string, number>>
 }) =>
-  Effect.all([
-    Metric.incrementBy(messagesReceived, outcome.messages),
-    Metric.incrementBy(commitsApplied, outcome.commits),
-    Metric.update(syncLag, outcome.received),
-    ...Object.entries(outcome.skippedBy).map(([reason, n]) => Metric.incrementBy(Metric.tagged(skipped, "reason", reason), n))
-  ], { discard: true })
+  Effect.suspend(() => {
+    // Every sync is one observation of its lag; a counter's zero adds nothing (two syncs per `send`).
+    let record: Effect.Effect<void> = Metric.update(syncLag, outcome.received)
+    if (outcome.messages > 0) record = Effect.zipRight(record, Metric.incrementBy(messagesReceived, outcome.messages))
+    if (outcome.commits > 0) record = Effect.zipRight(record, Metric.incrementBy(commitsApplied, outcome.commits))
+    for (const [reason, n] of Object.entries(outcome.skippedBy)) {
+      record = Effect.zipRight(record, Metric.incrementBy(Metric.tagged(skipped, "reason", reason), n))
+    }
+    return record
+  })

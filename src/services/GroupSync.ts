@@ -62,8 +62,8 @@ export const make = (ctx: EngineContext) => {
    * Reads one page and applies it. Returns the outcome and whether the topic may have more.
    * Runs under the group lock.
    */
-  const receivePage = Effect.fn("GroupSync.receivePage")(function*(groupId: GroupId) {
-    const cursor = yield* storage.cursors.get(groupTopic(groupId))
+  const receivePage = Effect.fn("GroupSync.receivePage")(function*(groupId: GroupId, at?: bigint) {
+    const cursor = at ?? (yield* storage.cursors.get(groupTopic(groupId)))
     const page = yield* ds.queryGroupMessages({ groupId, afterSequenceId: cursor, limit: ctx.options.pageSize })
     if (page.items.length === 0) return { outcome: PageApplier.emptyOutcome, more: false, membership: undefined, cursor }
     const last = page.items[page.items.length - 1]!.sequenceId
@@ -144,14 +144,17 @@ export const make = (ctx: EngineContext) => {
 
   /**
    * Reads the topic to its end. `known`: the group's membership as the caller read it under the
-   * group lock still held (what a sync without news would otherwise read again).
+   * group lock still held (what a sync without news would otherwise read again); `at`: the cursor
+   * as stored, read under that lock too.
    */
-  const receiveTo = Effect.fn("GroupSync.receive")(function*(groupId: GroupId, known?: MembershipState) {
+  const receiveTo = Effect.fn("GroupSync.receive")(function*(groupId: GroupId, known?: MembershipState, at?: bigint) {
     let total = PageApplier.emptyOutcome
     let membership: MembershipState | undefined = known
     let cursor: bigint
+    let first = at
     while (true) {
-      const page = yield* receivePage(groupId)
+      const page = yield* receivePage(groupId, first)
+      first = undefined
       total = PageApplier.addOutcomes(total, page.outcome)
       membership = page.membership ?? membership
       cursor = page.cursor

@@ -4,7 +4,7 @@
  * under the conflict schedule; transport failures and an intent still waiting retry under their
  * own schedule.
  */
-import { Clock, Data, Duration, Effect, type Exit, Metric, Option } from "effect"
+import { Clock, Data, Duration, Effect, Exit, Metric, Option } from "effect"
 import { DeliveryError, EpochConflict, IntentFailed, type StorageError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import type { StoredIntent } from "../domain/Stored.ts"
@@ -143,6 +143,12 @@ export const make = (
       const started = known?.firstStartedNs ?? (yield* Clock.currentTimeNanos)
       const record = Effect.flatMap(Clock.currentTimeNanos, (end) =>
         Metric.update(EngineMetrics.publishDuration, Duration.nanos(end - started)))
+      // `send`'s usual case: its first round read the intent back as Processed. Nothing to retry.
+      const first = known?.first
+      if (first !== undefined && Exit.isSuccess(first) && first.value.confirmed.has(intentId)) {
+        yield* record
+        return first.value.confirmed
+      }
       return yield* resolveRounds(rounds, groupId, intentId, known).pipe(Effect.onExit(() => record))
     },
     (effect, groupId, intentId) => Effect.annotateLogs(effect, { groupId, intentId })

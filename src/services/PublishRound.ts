@@ -1,5 +1,5 @@
 /** One publish round of a group, under its lock: read, publish, read what we published, send welcomes. */
-import { Effect } from "effect"
+import { Effect, Fiber } from "effect"
 import type { GroupId } from "../domain/Ids.ts"
 import type { EngineContext } from "./EngineContext.ts"
 import type * as GroupSync from "./GroupSync.ts"
@@ -26,17 +26,36 @@ export const make = (
     // flush before the send finds nothing left to sync: the sync hides behind the read's round trip.
     const { cursor, total: before } = held === undefined
       ? yield* sync.receiveTo(groupId)
-      : (yield* Effect.zip(sync.receiveTo(groupId, held.group.membershipState), ctx.storage.flush, { concurrent: true }))[0]
+      : yield* receiveFlushing(groupId, held)
     const unchanged = held !== undefined && before.received === 0 && !(yield* checkDue(groupId))
-    yield* checkInstallations(groupId)
-    const sent = yield* publishPending(groupId, unchanged ? held : undefined)
+    // Unchanged, the check was just found not due: it would only ask again.
+    if (!unchanged) yield* checkInstallations(groupId)
+    // Unchanged, the write-ahead reached the disk with the flush above and nothing was written
+    // since (an empty read writes nothing): publishing sends those bytes without syncing again.
+    const sent = yield* publishPending(groupId, unchanged ? { ...held, flushed: true } : undefined)
     const published = sent.payloads.length
     // What we sent is read back from the send's answer when it continues our cursor (as read
     // above when the group was held throughout: only a page, under this lock, moves it then).
     const readBack = published > 0 ? yield* sync.receiveSent(groupId, sent, unchanged ? cursor : undefined) : undefined
-    yield* sync.postCommit(groupId)
+    // Unchanged, nothing was Committed before (the held group had no other intent) and only
+    // application messages went out: no welcomes are waiting.
+    if (!unchanged) yield* sync.postCommit(groupId)
     return { before, published, after: readBack?.total, confirmed: readBack?.confirmed ?? new Set<number>() }
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
+
+  /**
+   * The held group's topic read while its write-ahead is flushed: the flush on a fiber of its
+   * own (a plain fork, not a concurrent `zip`'s machinery: this runs once per `send`).
+   */
+  const receiveFlushing = (groupId: GroupId, held: PublishPending.HeldPending) =>
+    Effect.gen(function*() {
+      const flushing = yield* Effect.fork(ctx.storage.flush)
+      const read = yield* sync.receiveTo(groupId, held.group.membershipState, held.cursor).pipe(
+        Effect.onError(() => Fiber.interrupt(flushing))
+      )
+      yield* Fiber.join(flushing)
+      return read
+    })
 
   /** One round: read, publish, read what we published, send welcomes. Under the group lock. */
   const round = (groupId: GroupId) => ctx.withGroupLock(groupId)(roundLocked(groupId))

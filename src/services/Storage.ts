@@ -43,6 +43,15 @@ export interface GroupRepository {
   readonly summaries: (options: { readonly includeInactive: boolean }) => Io<ReadonlyArray<GroupSummary>>
   /** One group's row without its MLS state: for checks that need only its membership or flags. */
   readonly summary: (id: GroupId) => Io<Option.Option<GroupSummary>>
+  /**
+   * `get`, with the group topic's cursor (0 before any) and whether any of the group's intents is
+   * in `states`: what `send` reads under the group lock before writing ahead, in one statement.
+   */
+  readonly getForSend: (
+    id: GroupId,
+    topic: string,
+    states: ReadonlyArray<IntentState>
+  ) => Io<Option.Option<{ readonly group: StoredGroup; readonly cursor: bigint; readonly pending: boolean }>>
   /** Every group of one DM, the most recently used first. */
   readonly byDmId: (dmId: ConversationId) => Io<ReadonlyArray<StoredGroup>>
   readonly saveState: (id: GroupId, state: { readonly epoch: bigint; readonly mlsState: Uint8Array }) => Io<void>

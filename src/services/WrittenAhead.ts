@@ -2,16 +2,20 @@
  * `send`'s short path: with nothing queued ahead in the group, the message is derived at once
  * and stored with its intent already written ahead, in one transaction.
  */
-import { Clock, Effect } from "effect"
+import { Clock, Effect, Option } from "effect"
 import { sha256Hex } from "../domain/Bytes.ts"
-import type { CryptoError, ProtocolVersionTooOld, StorageError } from "../domain/Errors.ts"
+import { ConversationNotFound, type CryptoError, type ProtocolVersionTooOld, type StorageError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import type { SendMessageData } from "../domain/Intent.ts"
 import { publishedIntent, type StoredGroup, type StoredIntent } from "../domain/Stored.ts"
-import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
+import { groupTopic } from "../domain/Topics.ts"
+import type { EngineContext } from "./EngineContext.ts"
 import type * as IntentDerivation from "./IntentDerivation.ts"
 import type { KnownIntent } from "./IntentResolution.ts"
 import type * as PublishRound from "./PublishRound.ts"
+
+/** `queueWrittenAhead` found the group other than the caller took it for: it reads the group itself. */
+export const RECHECK = "recheck" as const
 
 export const make = (
   ctx: EngineContext,
@@ -35,6 +39,9 @@ export const make = (
    * `Exit` for `resolve` to take as its first round. `stored` runs once the transaction commits.
    * `allowed` (the group's protocol-version floor) is judged first, on the row read under the lock,
    * whatever the outcome: the caller reads no state before.
+   *
+   * `unread`: the caller read no row at all and took the group for a plain, not inactive one (no
+   * DM): if the row says otherwise, or there is none, `"recheck"` (nothing judged, nothing written).
    */
   const queueWrittenAhead = Effect.fn("Publisher.queueWrittenAhead")(function*(
     groupId: GroupId,
@@ -42,13 +49,21 @@ export const make = (
     createdAtNs: bigint,
     storeMessage: Effect.Effect<void, StorageError>,
     stored: Effect.Effect<void>,
-    allowed: (group: StoredGroup) => Effect.Effect<void, CryptoError | ProtocolVersionTooOld>
+    allowed: (group: StoredGroup) => Effect.Effect<void, CryptoError | ProtocolVersionTooOld>,
+    unread = false
   ) {
     return yield* ctx.withGroupLock(groupId)(Effect.gen(function*() {
-      const group = yield* loadGroupRow(ctx, groupId)
+      // The row, the topic's cursor and whether anything is queued ahead, in one read. A Committed
+      // intent's welcomes are still to go: the usual round sends them.
+      const found = yield* storage.groups.getForSend(groupId, groupTopic(groupId), ["ToPublish", "Published", "Committed"])
+      if (unread && (Option.isNone(found) || found.value.group.dmId !== null || found.value.group.membershipState === "inactive")) {
+        return RECHECK
+      }
+      if (Option.isNone(found)) return yield* new ConversationNotFound({ conversationId: groupId })
+      const { cursor, group, pending } = found.value
       yield* allowed(group)
       if (group.membershipState !== "active") return undefined
-      if ((yield* storage.intents.idsByGroup(groupId, ["ToPublish", "Published"])).length > 0) return undefined
+      if (pending) return undefined
       const state = yield* ctx.loadState(group)
       const derived = yield* derive(state, data).pipe(Effect.orElseSucceed(() => undefined))
       if (derived?._tag !== "Payload" || derived.state === undefined) return undefined
@@ -91,7 +106,7 @@ export const make = (
       }
       const intent = publishedIntent(queued, { payloadHash, payload: derived.payload, publishedEpoch: epoch })
       const firstStartedNs = yield* Clock.currentTimeNanos
-      const first = yield* Effect.exit(roundLocked(groupId, { group: { ...group, ...saved }, state: after, pending: [intent] }))
+      const first = yield* Effect.exit(roundLocked(groupId, { group: { ...group, ...saved }, state: after, pending: [intent], cursor }))
       return { intentId, known: { ...known, firstStartedNs }, first }
     }))
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
