@@ -231,8 +231,11 @@ export const makeAppend = (sql: Sql, announcer: Announcer) =>
       )
     ))
 
+    // Queueing and starting the writer are one uninterruptible step: a caller interrupted between
+    // them (at a scheduler yield) would leave `writing` set with no writer, and every later append
+    // waiting forever. Only the wait for the result can be interrupted.
     const append: DeliveryStore["Type"]["append"] = (entries) =>
-      Effect.suspend(() => {
+      Effect.uninterruptibleMask((restore) => Effect.suspend(() => {
         if (entries.length === 0) return Effect.succeed([])
         // Hashed before queueing: the writer holds the topics' locks (SQLite: the only writer).
         const self: Waiting = {
@@ -241,7 +244,7 @@ export const makeAppend = (sql: Sql, announcer: Announcer) =>
           done: Deferred.unsafeMake<ReadonlyArray<StoredEntry>, DeliveryStoreError>(FiberId.none)
         }
         waiting.push(self)
-        const result = Deferred.await(self.done).pipe(
+        const result = restore(Deferred.await(self.done)).pipe(
           // A caller gone before the writer took its append: nothing of it is stored.
           Effect.onInterrupt(() =>
             Effect.sync(() => {
@@ -253,6 +256,6 @@ export const makeAppend = (sql: Sql, announcer: Announcer) =>
         if (writing) return result
         writing = true
         return Effect.zipRight(startWriter, result)
-      }).pipe(Effect.withSpan("DeliveryStore.append", SPAN))
+      })).pipe(Effect.withSpan("DeliveryStore.append", SPAN))
     return append
   })

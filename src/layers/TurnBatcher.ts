@@ -29,8 +29,11 @@ export const makeTurnBatcher = <K, V, E>(
       )
     )
 
+  // Opening a batch and forking its closer are one uninterruptible step: a caller interrupted
+  // between them (at a scheduler yield) would leave a batch open that nobody closes, and every
+  // later lookup waiting on it. Only the wait for the answer can be interrupted.
   return (key) =>
-    Effect.suspend(() => {
+    Effect.uninterruptibleMask((restore) => Effect.suspend(() => {
       let batch = gathering
       if (batch === undefined) {
         const fresh = new Map<K, Deferred.Deferred<V | undefined, E>>()
@@ -43,10 +46,10 @@ export const makeTurnBatcher = <K, V, E>(
           })),
           Effect.zipRight(settle(fresh))
         )
-        return Effect.zipRight(Effect.forkDaemon(close), awaitKey(fresh, key))
+        return Effect.zipRight(Effect.forkDaemon(close), restore(awaitKey(fresh, key)))
       }
-      return awaitKey(batch, key)
-    })
+      return restore(awaitKey(batch, key))
+    }))
 
   function awaitKey(batch: Map<K, Deferred.Deferred<V | undefined, E>>, key: K) {
     let done = batch.get(key)
