@@ -47,8 +47,6 @@ interface Progress {
   /** The application messages of `batch` to mark Published: one statement for them all. */
   marks: Array<{ id: number; payloadHash: string; payload: Uint8Array; publishedEpoch: bigint }>
   stateToSave: MlsGroupState | undefined
-  /** Nothing written since the last `Storage.flush` (the caller's, for held intents). */
-  flushed: boolean
 }
 
 /**
@@ -62,8 +60,6 @@ export interface HeldPending {
   readonly pending: ReadonlyArray<StoredIntent>
   /** The group topic's cursor, as stored. */
   readonly cursor: bigint
-  /** Every write so far has been flushed (`Storage.flush`) since the write-ahead of `pending`. */
-  readonly flushed?: boolean
 }
 
 /** What publishing needs besides the progress record. */
@@ -83,7 +79,6 @@ const flush = (ctx: EngineContext, p: Progress) =>
     if (p.batch.length === 0) return
     if (p.marks.length > 0) p.writeAhead.push(storage.intents.markPublishedMany(p.marks))
     if (p.writeAhead.length > 0) {
-      p.flushed = false
       yield* ctx.options.crashPoint("publish.beforeWriteAhead")
       const writes = p.writeAhead
       const saved = p.stateToSave
@@ -98,8 +93,10 @@ const flush = (ctx: EngineContext, p: Progress) =>
       }))
       yield* ctx.options.crashPoint("publish.afterWriteAheadBeforeSend")
     }
-    // Nothing leaves ahead of its record, even on a power loss (Storage.flush).
-    if (!p.flushed) yield* storage.flush
+    // Nothing leaves ahead of its record, even on a power loss (Storage.flush). After the held
+    // round's flush during its read, this one usually finds nothing to sync (one statement); it
+    // still syncs what other fibers wrote meanwhile, so every write so far is on disk.
+    yield* storage.flush
     const payloads = p.batch
     for (let i = 0; i < payloads.length; i += MAX_BATCH) {
       const chunk = payloads.slice(i, i + MAX_BATCH)
@@ -112,8 +109,6 @@ const flush = (ctx: EngineContext, p: Progress) =>
     p.writeAhead = []
     p.marks = []
     p.stateToSave = undefined
-    // Later writes (a re-derived intent's reset, a no-op's mark) are synced before the next send.
-    p.flushed = false
   })
 
 /** The intent's payload, or `undefined` once a refusal has failed it (stored typed where the action needs it). */
@@ -232,8 +227,7 @@ export const make = (
       batch: [],
       writeAhead: [],
       marks: [],
-      stateToSave: undefined,
-      flushed: held?.flushed === true
+      stateToSave: undefined
     }
     for (const intent of pending) {
       if (yield* publishOne(deps, p, intent)) return done(p)

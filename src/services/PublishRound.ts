@@ -30,9 +30,7 @@ export const make = (
     const unchanged = held !== undefined && before.received === 0 && !(yield* checkDue(groupId))
     // Unchanged, the check was just found not due: it would only ask again.
     if (!unchanged) yield* checkInstallations(groupId)
-    // Unchanged, the write-ahead reached the disk with the flush above and nothing was written
-    // since (an empty read writes nothing): publishing sends those bytes without syncing again.
-    const sent = yield* publishPending(groupId, unchanged ? { ...held, flushed: true } : undefined)
+    const sent = yield* publishPending(groupId, unchanged ? held : undefined)
     const published = sent.payloads.length
     // What we sent is read back from the send's answer when it continues our cursor (as read
     // above when the group was held throughout: only a page, under this lock, moves it then).

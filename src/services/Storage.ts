@@ -46,6 +46,9 @@ export interface GroupRepository {
   /**
    * `get`, with the group topic's cursor (0 before any) and whether any of the group's intents is
    * in `states`: what `send` reads under the group lock before writing ahead, in one statement.
+   * The cursor stays valid while that lock is held for an active group: only a page read under
+   * the lock moves it then (a welcome sets it without the lock, but only for a group that is
+   * absent, inactive or known from history alone, which `send` does not take this way).
    */
   readonly getForSend: (
     id: GroupId,
