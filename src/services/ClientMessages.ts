@@ -2,13 +2,12 @@
  * A message as this client stores it and shows it: an outgoing message stored `unpublished`
  * with its intent, and a stored row read back as the public `Message`.
  */
-import { Clock, Effect, Either, PubSub } from "effect"
+import { Clock, Effect, PubSub } from "effect"
 import { randomBytes } from "node:crypto"
 import { toHex } from "../domain/Bytes.ts"
 import { messageIdOf } from "../domain/Content.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ConversationId, GroupId } from "../domain/Ids.ts"
-import { RECHECK } from "./WrittenAhead.ts"
 import { makeSendMessageData } from "../domain/Intent.ts"
 import { Message } from "../domain/Model.ts"
 import { validatedMaker } from "../domain/SchemaClass.ts"
@@ -47,7 +46,7 @@ export const make = (
   const { identity, storage, stored } = env
 
   /** The message as stored unpublished, its intent's data, and the effects that store and announce it. */
-  const prepare = (group: Pick<GroupSummary, "id" | "dmId">, text: string, extras: ConversationMessaging.MessageExtras) =>
+  const prepare = (group: GroupSummary, text: string, extras: ConversationMessaging.MessageExtras) =>
     Effect.gen(function*() {
       if (new TextEncoder().encode(text).length > MAX_TEXT_BYTES) {
         return yield* new InvalidInput({ reason: `message text is over ${MAX_TEXT_BYTES} bytes` })
@@ -83,7 +82,7 @@ export const make = (
     })
 
   /** Answering a DM allows it (unless a decision was made). */
-  const allowAnsweredDm = (group: Pick<GroupSummary, "dmId">) =>
+  const allowAnsweredDm = (group: GroupSummary) =>
     group.dmId === null ? Effect.void : consent.setIfUnset(group.dmId, "allowed")
 
   /** Stores the message as unpublished and queues its intent, in one transaction; then announces it. */
@@ -108,23 +107,8 @@ export const make = (
    * after, so the caller needs only the group's summary (no state read and decoded twice).
    */
   const sendMessage = (group: GroupSummary, text: string) =>
-    Effect.flatMap(sendPrepared(group, text, false), (sent) =>
-      sent === RECHECK ? Effect.dieMessage("sendMessage: a read group was found unread") : Effect.succeed(sent))
-
-  /**
-   * `sendMessage` to a group conversation, its row not read before: taken for a plain group (no
-   * DM), not inactive, which the row read under the lock confirms. `RECHECK` when it does not, or
-   * when the text is refused: then nothing was written, and `sendMessage` after reading the
-   * summary answers as always (the same errors, in the same order).
-   */
-  const sendToGroup = (groupId: GroupId, text: string) => sendPrepared({ id: groupId, dmId: null }, text, true)
-
-  const sendPrepared = (group: Pick<GroupSummary, "id" | "dmId">, text: string, unread: boolean) =>
     Effect.gen(function*() {
-      // Refused text: the group's own errors, if any, come first (nothing is written yet).
-      const prepared = yield* (unread ? Effect.either(prepare(group, text, {})) : Effect.map(prepare(group, text, {}), Either.right))
-      if (Either.isLeft(prepared)) return RECHECK
-      const message = prepared.right
+      const message = yield* prepare(group, text, {})
       yield* allowAnsweredDm(group)
       const writtenAhead = yield* publisher.queueWrittenAhead(
         group.id,
@@ -132,15 +116,13 @@ export const make = (
         message.now,
         message.storeMessage,
         message.announce,
-        checkNotPaused,
-        unread
+        checkNotPaused
       )
-      if (writtenAhead === RECHECK) return RECHECK
       if (writtenAhead !== undefined) {
         return { messageId: message.messageId, intentId: writtenAhead.intentId, known: { ...writtenAhead.known, first: writtenAhead.first } }
       }
       return { messageId: message.messageId, intentId: yield* queueAsUsual(group.id, message), known: undefined }
     })
 
-  return { queueMessage, sendMessage, sendToGroup }
+  return { queueMessage, sendMessage }
 }

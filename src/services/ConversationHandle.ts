@@ -5,7 +5,7 @@
  */
 import { Effect } from "effect"
 import { InvalidInput } from "../domain/Errors.ts"
-import type { ConversationId, GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
+import type { ConversationId, InboxId, InstallationId } from "../domain/Ids.ts"
 import { Member, SyncSummary } from "../domain/Model.ts"
 import type { StoredGroup } from "../domain/Stored.ts"
 import type * as ClientMessages from "./ClientMessages.ts"
@@ -18,14 +18,13 @@ import { type HandleParts, type HandleScope, scopeOf } from "./ConversationScope
 import * as ConversationSettings from "./ConversationSettings.ts"
 import type { MessageQuery } from "./Storage.ts"
 import { isUnreadableIntent } from "./IntentResolution.ts"
-import { RECHECK } from "./WrittenAhead.ts"
 
 type SendingOperations = Pick<Conversation, "send" | "sendOptimistic" | "publishPending" | "sync">
 type ReadingOperations = Pick<Conversation, "messages" | "members" | "state" | "debugInfo">
 
 const sending = (
   { ctx, groups }: HandleParts,
-  { queueMessage, sendMessage, sendToGroup }: ReturnType<typeof ClientMessages.make>,
+  { queueMessage, sendMessage }: ReturnType<typeof ClientMessages.make>,
   { annotated, id, kind, span, traced }: HandleScope
 ): SendingOperations => {
   const { publisher } = ctx
@@ -35,13 +34,6 @@ const sending = (
     groups.groupsOf(id, kind).pipe(Effect.flatMap((all) => Effect.forEach(all, f)))
   return {
     send: Effect.fn("Conversation.send", traced)(function*(text: string) {
-      // A group's row is read once, under its lock (the summary only if that read finds it other
-      // than a plain active group); a DM's primary group is picked from its summaries first.
-      const direct = kind === "group" ? yield* sendToGroup(id as unknown as GroupId, text) : RECHECK
-      if (direct !== RECHECK) {
-        yield* publisher.resolve(id as unknown as GroupId, direct.intentId, direct.known)
-        return direct.messageId
-      }
       const group = yield* groups.activePrimarySummary(id, kind)
       const { intentId, known, messageId } = yield* sendMessage(group, text)
       yield* publisher.resolve(group.id, intentId, known)

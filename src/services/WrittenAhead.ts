@@ -14,9 +14,6 @@ import type * as IntentDerivation from "./IntentDerivation.ts"
 import type { KnownIntent } from "./IntentResolution.ts"
 import type * as PublishRound from "./PublishRound.ts"
 
-/** `queueWrittenAhead` found the group other than the caller took it for: it reads the group itself. */
-export const RECHECK = "recheck" as const
-
 export const make = (
   ctx: EngineContext,
   { derive }: Pick<ReturnType<typeof IntentDerivation.make>, "derive">,
@@ -39,9 +36,6 @@ export const make = (
    * `Exit` for `resolve` to take as its first round. `stored` runs once the transaction commits.
    * `allowed` (the group's protocol-version floor) is judged first, on the row read under the lock,
    * whatever the outcome: the caller reads no state before.
-   *
-   * `unread`: the caller read no row at all and took the group for a plain, not inactive one (no
-   * DM): if the row says otherwise, or there is none, `"recheck"` (nothing judged, nothing written).
    */
   const queueWrittenAhead = Effect.fn("Publisher.queueWrittenAhead")(function*(
     groupId: GroupId,
@@ -49,16 +43,12 @@ export const make = (
     createdAtNs: bigint,
     storeMessage: Effect.Effect<void, StorageError>,
     stored: Effect.Effect<void>,
-    allowed: (group: StoredGroup) => Effect.Effect<void, CryptoError | ProtocolVersionTooOld>,
-    unread = false
+    allowed: (group: StoredGroup) => Effect.Effect<void, CryptoError | ProtocolVersionTooOld>
   ) {
     return yield* ctx.withGroupLock(groupId)(Effect.gen(function*() {
       // The row, the topic's cursor and whether anything is queued ahead, in one read. A Committed
       // intent's welcomes are still to go: the usual round sends them.
       const found = yield* storage.groups.getForSend(groupId, groupTopic(groupId), ["ToPublish", "Published", "Committed"])
-      if (unread && (Option.isNone(found) || found.value.group.dmId !== null || found.value.group.membershipState === "inactive")) {
-        return RECHECK
-      }
       if (Option.isNone(found)) return yield* new ConversationNotFound({ conversationId: groupId })
       const { cursor, group, pending } = found.value
       yield* allowed(group)
