@@ -21,6 +21,7 @@ import { OWN_DEVICES_GROUP_NAME } from "../domain/HistoryArchive.ts"
 import type { ConversationId, GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
 import { GroupMetadata, type Message, type SyncSummary } from "../domain/Model.ts"
 import * as ClientContext from "./ClientContext.ts"
+import * as EngineMetrics from "./EngineMetrics.ts"
 import type { ClientOptions } from "./ClientContext.ts"
 import * as ClientMessages from "./ClientMessages.ts"
 import * as ClientSync from "./ClientSync.ts"
@@ -104,6 +105,7 @@ export class Client extends Context.Tag("converge/Client")<Client, {
 export const make = (options: ClientOptions = {}) =>
   Effect.gen(function*() {
     const ctx = yield* ClientContext.make(options)
+    yield* EngineMetrics.registerCounters
     const { consent, self } = ctx
     const checks = MemberChecks.make(ctx)
     const intents = GroupIntents.make(ctx)

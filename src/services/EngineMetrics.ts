@@ -32,6 +32,16 @@ export const publishDuration = Metric.timerWithBoundaries(
   [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000]
 )
 
+/**
+ * Every untagged counter at 0, so an export lists each from the start: a counter appears in
+ * Effect's registry only once updated, and a client that only sends never received anything
+ * (a scraper then sees no series, not a zero, and a rate over it is undefined).
+ */
+export const registerCounters = Effect.all(
+  [messagesReceived, commitsApplied, epochConflicts, transportRetries, stateDecodes].map((counter) => Metric.incrementBy(counter, 0)),
+  { discard: true }
+)
+
 /** Records one group sync's outcome. */
 export const recordSync = (outcome: {
   readonly received: number
