@@ -10,6 +10,7 @@ import { ConsentRecord } from "./Consent.ts"
 import { ContentType, DeliveryStatus, MAX_CONTENT_BYTES, MessageKind } from "./Content.ts"
 import { ConversationId, GroupId, InboxId, InstallationId, MessageId } from "./Ids.ts"
 import { ConversationKind } from "./Stored.ts"
+import { validatedMaker } from "./SchemaClass.ts"
 
 /**
  * The name an own-devices group carries in its MLS context. Receivers trust such a group only
@@ -35,6 +36,8 @@ export class ArchivedGroup extends Schema.Class<ArchivedGroup>("ArchivedGroup")(
   createdAtNs: Schema.BigInt,
   lastMessageNs: Schema.BigInt
 }) {}
+/** `ArchivedGroup.make`, its validator built once. */
+export const makeArchivedGroup = validatedMaker(ArchivedGroup)
 
 export class ArchivedMessage extends Schema.Class<ArchivedMessage>("ArchivedMessage")({
   id: MessageId,
@@ -58,6 +61,8 @@ export class ArchivedMessage extends Schema.Class<ArchivedMessage>("ArchivedMess
   deleted: Schema.optionalWith(Schema.Boolean, { default: () => false }),
   expiresAtNs: Schema.optionalWith(Schema.NullOr(Schema.BigInt), { default: () => null })
 }) {}
+/** `ArchivedMessage.make`, its validator built once (a history answer makes one per message). */
+export const makeArchivedMessage = validatedMaker(ArchivedMessage)
 
 export const HistoryRequest = Schema.TaggedStruct("HistoryRequest", {
   requestId: Hex32,

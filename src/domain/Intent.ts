@@ -7,6 +7,7 @@ import { Base64Bytes } from "./Base64.ts"
 import { Policy, Role } from "./Governance.ts"
 import { WireTypedContent } from "./Content.ts"
 import { GroupId, InboxId, InstallationId, MessageId } from "./Ids.ts"
+import { validatedMaker } from "./SchemaClass.ts"
 
 export const IntentKind = Schema.Literal(
   "SendMessage",
@@ -167,4 +168,6 @@ export class PostCommitData extends Schema.Class<PostCommitData>("PostCommitData
    */
   keyPackages: Schema.optionalWith(Schema.Array(Base64Bytes), { default: () => [] })
 }) {}
+/** `PostCommitData.make`, its validator built once. */
+export const makePostCommitData = validatedMaker(PostCommitData)
 export const PostCommitDataJson = Schema.parseJson(PostCommitData)

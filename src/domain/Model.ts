@@ -4,6 +4,7 @@ import { DeliveryStatus, MessageKind } from "./Content.ts"
 import { ConversationId, GroupId, InboxId, InstallationId, MessageId } from "./Ids.ts"
 import { addSkipCounts } from "./ReceiveDecision.ts"
 import { type Governed, PermissionPolicies, presets } from "./Governance.ts"
+import { validatedMaker } from "./SchemaClass.ts"
 
 export class Message extends Schema.Class<Message>("Message")({
   id: MessageId,
@@ -27,6 +28,8 @@ export class Member extends Schema.Class<Member>("Member")({
   inboxId: InboxId,
   installationIds: Schema.Array(InstallationId)
 }) {}
+/** `Member.make`, its validator built once (a member list makes one per inbox). */
+export const makeMember = validatedMaker(Member)
 
 /** Longest group name `createGroup` accepts, in characters. */
 export const MAX_GROUP_NAME = 100
@@ -109,7 +112,7 @@ export class SyncSummary extends Schema.Class<SyncSummary>("SyncSummary")({
     historyImported: 0
   })
   static combine(a: SyncSummary, b: SyncSummary): SyncSummary {
-    return new SyncSummary({
+    return makeSyncSummary({
       received: a.received + b.received,
       messages: a.messages + b.messages,
       commits: a.commits + b.commits,
@@ -121,3 +124,5 @@ export class SyncSummary extends Schema.Class<SyncSummary>("SyncSummary")({
     })
   }
 }
+/** `SyncSummary.make`, its validator built once (a sync makes a few per group). */
+export const makeSyncSummary = validatedMaker(SyncSummary)

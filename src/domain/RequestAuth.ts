@@ -14,6 +14,7 @@ import { Schema } from "effect"
 import { labelledHash, sha256Hex, toHex, utf8 } from "./Bytes.ts"
 import { signEd25519, verifyStrict } from "./Ed25519.ts"
 import { InstallationId } from "./Ids.ts"
+import { validatedMaker } from "./SchemaClass.ts"
 
 /** The header that carries a request's authentication over the network (JSON of `RequestAuth`). */
 export const AUTH_HEADER = "x-converge-auth"
@@ -28,6 +29,8 @@ export class RequestAuth extends Schema.Class<RequestAuth>("RequestAuth")({
   signature: Hex(64)
 }) {}
 export const RequestAuthJson = Schema.parseJson(RequestAuth)
+/** `RequestAuth.make`, its validator built once: every authenticated request signs one. */
+const makeRequestAuth = validatedMaker(RequestAuth)
 
 /** The operations that need a caller: every write, and every read of a welcome topic. */
 export type AuthenticatedOperation =
@@ -70,7 +73,7 @@ export const signRequest = (
 ): RequestAuth => {
   const unsigned = { installationId, timeNs: String(timeNs), nonce: toHex(crypto.getRandomValues(new Uint8Array(16))) }
   const signature = toHex(signEd25519(privateKey, statement(op, digest, unsigned)))
-  return new RequestAuth({ ...unsigned, signature })
+  return makeRequestAuth({ ...unsigned, signature })
 }
 
 /** Does the signature hold for this operation and request under the installation's key (hex)? */

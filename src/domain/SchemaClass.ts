@@ -1,17 +1,25 @@
 /**
  * Constructors for Schema classes on hot paths. effect 3.x's class constructor derives its
- * validator anew on every call when a field transforms (bytes from base64, JSON): about 0.1 ms
- * per value, paid for every message sent. `validatedMaker` makes the same checks with a
- * validator built once.
+ * validator anew on every call when a field transforms (bytes from base64, a bigint from a
+ * string, JSON) or has a default: 0.08-0.3 ms per value here, paid for every request signed,
+ * identity entry served, welcome sealed and group synced. `validatedMaker` makes the same checks
+ * with a validator built once (5-20 us).
  */
 import { Schema } from "effect"
 
-/** `cls.make` for a class without a `_tag`: same checks (throws the same ParseError), validator built once. */
-export const validatedMaker = <Fields extends Schema.Struct.Fields, Self>(
-  cls: { readonly fields: Fields; new(props: Schema.Struct.Type<Fields>, options: true): Self }
+/**
+ * `cls.make` for a class without a `_tag`: defaults filled in and the same checks (throws the
+ * same ParseError), with a validator built once.
+ */
+export const validatedMaker = <Fields extends Schema.Struct.Fields, Props, Self>(
+  cls: { readonly fields: Fields; new(props: Props, options: true): Self }
 ) => {
   const validate = Schema.validateSync(Schema.Struct(cls.fields))
-  return (props: Schema.Struct.Type<Fields>): Self => new cls(validate(props) as Schema.Struct.Type<Fields>, true)
+  return (props: Props): Self => {
+    const made = new cls(props, true)
+    validate(made)
+    return made
+  }
 }
 
 /** `schema.make` for a struct: defaults filled in and the same checks, validator built once. */

@@ -7,6 +7,7 @@
 import { Schema } from "effect"
 import { Base64Bytes } from "./Base64.ts"
 import { ConversationId, GroupId, InboxId, InstallationId } from "./Ids.ts"
+import { validatedMaker } from "./SchemaClass.ts"
 
 const Bytes = Base64Bytes
 /** A position on a topic. `0n` means "from the beginning". */
@@ -33,6 +34,8 @@ export class WelcomeMessageInput extends Schema.Class<WelcomeMessageInput>("Welc
   installationId: InstallationId,
   payload: Bytes
 }) {}
+/** `WelcomeMessageInput.make`, its validator built once (one per welcome sealed). */
+export const makeWelcomeMessageInput = validatedMaker(WelcomeMessageInput)
 
 export class WelcomeMessageEnvelope extends Schema.Class<WelcomeMessageEnvelope>("WelcomeMessageEnvelope")({
   installationId: InstallationId,
@@ -52,6 +55,8 @@ export class WelcomePayload extends Schema.Class<WelcomePayload>("WelcomePayload
   /** Set when the group is (one of the groups of) a DM; the joiner checks it against the members. */
   dmId: Schema.optional(ConversationId)
 }) {}
+/** `WelcomePayload.make`, its validator built once. */
+export const makeWelcomePayload = validatedMaker(WelcomePayload)
 export const WelcomePayloadJson = Schema.parseJson(WelcomePayload)
 
 /** A public key package of one installation (MLS `KeyPackage` bytes). */
@@ -106,3 +111,5 @@ export class IdentityUpdateEnvelope extends Schema.Class<IdentityUpdateEnvelope>
   serverTimeNs: TimeNs,
   update: IdentityUpdate
 }) {}
+/** `IdentityUpdateEnvelope.make`, its validator built once (a 100-member join serves ~300). */
+export const makeIdentityUpdateEnvelope = validatedMaker(IdentityUpdateEnvelope)

@@ -16,7 +16,7 @@ import { Clock, Effect, HashMap, HashSet, Layer, PubSub, type Scope } from "effe
 import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
 import type { InboxState } from "../domain/IdentityLog.ts"
 import type { InboxId, InstallationId } from "../domain/Ids.ts"
-import { IdentityUpdateEnvelope } from "../domain/Wire.ts"
+import { type IdentityUpdateEnvelope, makeIdentityUpdateEnvelope } from "../domain/Wire.ts"
 import { MAX_PAGE_BYTES } from "./DeliveryRequests.ts"
 import {
   type AppendIdentityResult,
@@ -172,7 +172,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
           keyPackages.delete(action.installationId)
         }
         identitySequence += 1n
-        const envelope = new IdentityUpdateEnvelope({ sequenceId: identitySequence, serverTimeNs: timeNs, update })
+        const envelope = makeIdentityUpdateEnvelope({ sequenceId: identitySequence, serverTimeNs: timeNs, update })
         head.log.push(envelope)
         return { _tag: "Appended", envelope }
       }))

@@ -8,7 +8,7 @@ import type { SqlClient } from "@effect/sql"
 import { Clock, Data, Effect, HashMap, HashSet } from "effect"
 import type { InboxState } from "../domain/IdentityLog.ts"
 import type { InboxId, InstallationId } from "../domain/Ids.ts"
-import { type IdentityUpdate, IdentityUpdateEnvelope } from "../domain/Wire.ts"
+import { type IdentityUpdate, makeIdentityUpdateEnvelope } from "../domain/Wire.ts"
 import type { AppendIdentityResult, CurrentInstallation, DeliveryStore } from "../services/DeliveryStore.ts"
 import { big, decodeUpdate, encodeUpdate, failed } from "./SqlDeliveryRows.ts"
 import { makeTurnBatcher } from "./TurnBatcher.ts"
@@ -125,7 +125,7 @@ const appendIdentityUpdate = (sql: Sql, locks: Locks, update: IdentityUpdate, he
             INSERT INTO ds_identity_updates (inbox_id, sequence, server_time_ns, body)
             VALUES (${inboxId}, ${update.sequence}, ${String(timeNs)}, ${body}) RETURNING id`
       if (row === undefined) return yield* Effect.dieMessage("identity update insert returned no id")
-      const envelope = new IdentityUpdateEnvelope({ sequenceId: big(row.id), serverTimeNs: timeNs, update })
+      const envelope = makeIdentityUpdateEnvelope({ sequenceId: big(row.id), serverTimeNs: timeNs, update })
       return { _tag: "Appended", envelope } as const
     }))
   }).pipe(
@@ -163,7 +163,7 @@ const identityUpdates = (sql: Sql, inboxId: InboxId, afterSequence: number) =>
           WHERE inbox_id = ${inboxId} AND sequence > ${afterSequence} ORDER BY sequence`
     return yield* Effect.forEach(rows, (row) =>
       Effect.map(decodeUpdate(row.body), (update) =>
-        new IdentityUpdateEnvelope({ sequenceId: big(row.id), serverTimeNs: big(row.server_time_ns), update })))
+        makeIdentityUpdateEnvelope({ sequenceId: big(row.id), serverTimeNs: big(row.server_time_ns), update })))
   }).pipe(failed("identityUpdates"))
 
 const identityChanges = (sql: Sql, cursors: Parameters<Service["identityChanges"]>[0], limit: number) =>
@@ -176,7 +176,7 @@ const identityChanges = (sql: Sql, cursors: Parameters<Service["identityChanges"
           WHERE ${sql.or(ranges)} ORDER BY inbox_id, sequence LIMIT ${limit}`
     return yield* Effect.forEach(rows, (row) =>
       Effect.map(decodeUpdate(row.body), (update) =>
-        new IdentityUpdateEnvelope({ sequenceId: big(row.id), serverTimeNs: big(row.server_time_ns), update })))
+        makeIdentityUpdateEnvelope({ sequenceId: big(row.id), serverTimeNs: big(row.server_time_ns), update })))
   }).pipe(failed("identityChanges"))
 
 /** The identity operations of the store on `sql`. */

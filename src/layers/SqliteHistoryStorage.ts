@@ -28,8 +28,13 @@ const ConsentRow = Schema.Struct({
   at_ns: Big,
   by_installation: InstallationId
 })
+/**
+ * The row's schema checked each field as `ConsentRecord`'s would, so the class is built without
+ * checking again: its constructor derives a validator anew on every call (a list of 1,000
+ * conversations read 1,000 records, about half of its time).
+ */
 const toRecord = (row: typeof ConsentRow.Type) =>
-  new ConsentRecord({ key: row.subject, state: row.state, atNs: row.at_ns, by: row.by_installation })
+  new ConsentRecord({ key: row.subject, state: row.state, atNs: row.at_ns, by: row.by_installation }, true)
 
 const ProgressRow = Schema.Struct({
   state: Schema.Literal("idle", "requesting", "importing", "done"),

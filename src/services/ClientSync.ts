@@ -6,7 +6,7 @@
 import { Effect, HashMap, Option, PubSub, Schedule, Stream } from "effect"
 import type { GroupId } from "../domain/Ids.ts"
 import { OWN_DEVICES_GROUP_NAME } from "../domain/HistoryArchive.ts"
-import { type Message, SyncSummary } from "../domain/Model.ts"
+import { makeSyncSummary, type Message, SyncSummary } from "../domain/Model.ts"
 import type { StoredMessage } from "../domain/Stored.ts"
 import { groupTopic, welcomeTopic } from "../domain/Topics.ts"
 import type { ClientContext } from "./ClientContext.ts"
@@ -18,7 +18,7 @@ import type * as HistorySync from "./HistorySync.ts"
 import { failPendingIntents } from "./IntentQueue.ts"
 
 const summarize = (outcome: GroupSync.PageOutcome | undefined, extra: Partial<SyncSummary> = {}) =>
-  SyncSummary.make({
+  makeSyncSummary({
     received: outcome?.received ?? 0,
     messages: outcome?.messages ?? 0,
     commits: outcome?.commits ?? 0,
@@ -73,7 +73,7 @@ const syncAllOf = (ctx: ClientContext, history: ReturnType<typeof HistorySync.ma
     const news = yield* deviceSync.newsAndDevices(active)
     yield* publisher.checkInstallationsMany(active.map((g) => g.id))
     const pending = new Set((yield* storage.intents.byState(["ToPublish", "Published", "Committed"])).map((i) => i.groupId))
-    let summary = SyncSummary.make({
+    let summary = makeSyncSummary({
       ...SyncSummary.empty,
       joined: joined.joined.length,
       skipped: joined.skipped,
@@ -109,7 +109,7 @@ const syncAllOf = (ctx: ClientContext, history: ReturnType<typeof HistorySync.ma
       if (!activeIds.has(groupId)) yield* env.withGroupLock(groupId)(sync.postCommit(groupId))
     }
     const historyImported = yield* history.step
-    return SyncSummary.combine(summary, SyncSummary.make({ ...SyncSummary.empty, historyImported }))
+    return SyncSummary.combine(summary, makeSyncSummary({ ...SyncSummary.empty, historyImported }))
   }).pipe(Effect.withSpan("Client.syncAll"))
 
 /**

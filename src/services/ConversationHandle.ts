@@ -6,7 +6,7 @@
 import { Effect } from "effect"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ConversationId, InboxId, InstallationId } from "../domain/Ids.ts"
-import { Member, SyncSummary } from "../domain/Model.ts"
+import { makeMember, SyncSummary } from "../domain/Model.ts"
 import type { StoredGroup } from "../domain/Stored.ts"
 import type * as ClientMessages from "./ClientMessages.ts"
 import { toMessage } from "./ClientMessages.ts"
@@ -86,7 +86,7 @@ const reading = ({ ctx, groups }: HandleParts, { annotated, id, kind, span, trac
       const byInbox = new Map<InboxId, Array<InstallationId>>()
       for (const leaf of roster.members) byInbox.set(leaf.inboxId, [...(byInbox.get(leaf.inboxId) ?? []), leaf.installationId])
       return [...byInbox.entries()].sort(([a], [b]) => a.localeCompare(b)).map(([inboxId, installationIds]) =>
-        Member.make({ inboxId, installationIds: installationIds.sort() })
+        makeMember({ inboxId, installationIds: installationIds.sort() })
       )
     }).pipe(span("members")),
     state: primaryOf(id, kind).pipe(Effect.map((g) => g.membershipState), span("state")),

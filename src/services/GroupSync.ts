@@ -12,7 +12,7 @@ import type { PostCommitData } from "../domain/Intent.ts"
 import type { MembershipState, StoredGroup, StoredIntent } from "../domain/Stored.ts"
 import { groupTopic } from "../domain/Topics.ts"
 import { continuesCursor } from "../domain/SentAnswer.ts"
-import { type GroupMessageEnvelope, WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
+import { type GroupMessageEnvelope, makeWelcomeMessageInput, makeWelcomePayload, type WelcomeMessageInput, WelcomePayloadJson } from "../domain/Wire.ts"
 import { fetchKeyPackagesInChunks } from "./DeliveryService.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
 import { failIntent, failPendingIntents, queueRemoval } from "./IntentQueue.ts"
@@ -227,7 +227,7 @@ export const make = (ctx: EngineContext) => {
       )
       const payload = new TextEncoder().encode(
         Schema.encodeSync(WelcomePayloadJson)(
-          WelcomePayload.make({
+          makeWelcomePayload({
             groupId,
             commitSequenceId,
             welcome: post.welcome,
@@ -250,7 +250,7 @@ export const make = (ctx: EngineContext) => {
         }
         // The commit was built with this very key package, so it decodes: a failure is a bug.
         const sealed = yield* crypto.sealToKeyPackage(keyPackage, payload).pipe(Effect.orDie)
-        messages.push(WelcomeMessageInput.make({ installationId, payload: sealed }))
+        messages.push(makeWelcomeMessageInput({ installationId, payload: sealed }))
       }
       return messages
     })

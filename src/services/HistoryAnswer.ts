@@ -12,7 +12,9 @@ import { ConsentRecord } from "../domain/Consent.ts"
 import { messageIdOf } from "../domain/Content.ts"
 import {
   ArchivedGroup,
-  ArchivedMessage,
+  type ArchivedMessage,
+  makeArchivedGroup,
+  makeArchivedMessage,
   MAX_PAGE_BYTES,
   nextPhase,
   pageCut,
@@ -27,7 +29,7 @@ import type { HistoryAnswer } from "./HistoryStorage.ts"
 import { queueIntent } from "./IntentQueue.ts"
 
 const archivedGroup = (g: StoredGroup) =>
-  ArchivedGroup.make({
+  makeArchivedGroup({
     id: g.id,
     kind: g.kind,
     dmId: g.dmId,
@@ -38,7 +40,7 @@ const archivedGroup = (g: StoredGroup) =>
   })
 
 const archivedMessage = (m: StoredMessage) =>
-  ArchivedMessage.make({
+  makeArchivedMessage({
     id: m.id,
     groupId: m.groupId,
     conversationId: m.conversationId,

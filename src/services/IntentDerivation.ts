@@ -27,7 +27,7 @@ import {
   nextSettings
 } from "../domain/GroupSettings.ts"
 import { GroupMetadata } from "../domain/Model.ts"
-import { PostCommitData, type RemoveMembersData } from "../domain/Intent.ts"
+import { makePostCommitData, type PostCommitData, type RemoveMembersData } from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
 import { fetchKeyPackagesInChunks } from "./DeliveryService.ts"
 import type { EngineContext } from "./EngineContext.ts"
@@ -128,7 +128,7 @@ const membershipCommit = (ctx: EngineContext, state: MlsGroupState, add: Readonl
       staged: result.staged,
       postCommit: result.welcome === undefined
         ? undefined
-        : PostCommitData.make({
+        : makePostCommitData({
           welcome: result.welcome,
           installationIds: add.map((w) => w.installationId),
           keyPackages: packages
