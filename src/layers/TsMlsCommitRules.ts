@@ -1,9 +1,9 @@
 /**
  * The checks on a received commit that ts-mls 1.6.4 leaves out or gets wrong, each a named rule
  * with the RFC 9420 section or ts-mls gap it covers. Every rule returns the reason it refuses, or
- * undefined. `TsMlsCrypto.process` runs the structural rules on the decoded commit *before*
- * `processMessage` (so ts-mls never sees a proposal list it would mishandle) and
- * `updatePathKeysMatchSecrets` after it.
+ * undefined. `TsMlsCommits.checkReceivedCommit` runs the structural rules on the decoded commit
+ * *before* `processMessage` (so ts-mls never sees a proposal list it would mishandle), and
+ * `TsMlsReceive.process` runs `updatePathKeysMatchSecrets` after it.
  */
 import type { CiphersuiteImpl, ClientState, Commit, GroupContext, KeyPackage, LeafNode, RatchetTree } from "ts-mls"
 import { applyUpdatePathSecret } from "ts-mls/createCommit.js"
@@ -29,7 +29,7 @@ export const forbiddenProposal = (commit: Commit): string | undefined => {
   for (const p of commit.proposals) {
     if (p.proposalOrRefType !== "proposal") return "proposals by reference are not accepted"
     const type = p.proposal.proposalType
-    // A context change is judged by what it changes (TsMlsCrypto.contextChangeProblem), and by
+    // A context change is judged by what it changes (TsMlsExtensions.contextChangeProblem), and by
     // the group's policy (Governance.checkCommit).
     if (type !== "add" && type !== "remove" && type !== "group_context_extensions") {
       return `${String(type)} proposals are not accepted`
