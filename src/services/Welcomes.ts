@@ -10,13 +10,14 @@ import { type ConversationId, dmPeer, type GroupId } from "../domain/Ids.ts"
 import { isHistoryOnly } from "../domain/HistoryArchive.ts"
 import { GroupMetadata, GroupMetadataJson } from "../domain/Model.ts"
 import { StoredGroup } from "../domain/Stored.ts"
-import { WelcomePayloadJson } from "../domain/Wire.ts"
+import { type WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
 import type { WelcomeMessageEnvelope } from "../domain/Wire.ts"
 import { groupTopic, welcomeTopic } from "../domain/Topics.ts"
 import { type EngineContext } from "./EngineContext.ts"
 import { failPendingIntents } from "./IntentQueue.ts"
 import type * as GroupSync from "./GroupSync.ts"
 import * as LeafAuthentication from "./LeafAuthentication.ts"
+import type { GroupView, MlsGroupState } from "./MlsCrypto.ts"
 
 export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>) => {
   const { crypto, ds, identity, storage } = ctx
@@ -69,100 +70,148 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       })
     )
 
-  /** Joins one welcome; returns the group id if a group was joined (or re-joined). */
-  const join = Effect.fn("Welcomes.join")(function*(envelope: WelcomeMessageEnvelope) {
-    // Sealed to one of our key packages: nobody else could read where it leads.
-    const opened = yield* crypto.openSealed(envelope.payload, yield* identity.keyPackages)
-    const payload = yield* Schema.decodeUnknown(WelcomePayloadJson)(new TextDecoder().decode(opened.plaintext)).pipe(
-      Effect.mapError(() => new CryptoError({ reason: "Malformed", detail: "welcome payload does not decode" }))
-    )
-    const settled = yield* settleExisting(payload.groupId, payload.commitSequenceId)
-    if (settled === undefined) return undefined
-    // A conversation known only from history (no MLS state here) is joined as a new one.
-    const historyOnly = Option.isSome(settled) && isHistoryOnly(settled.value)
-    const existing = historyOnly ? Option.none<StoredGroup>() : settled
-    const state = yield* crypto.joinFromWelcome(payload.welcome, yield* identity.keyPackages)
-    const view = crypto.view(state)
-    if (view.groupId !== payload.groupId) {
-      return yield* new CryptoError({ reason: "Malformed", detail: "welcome names another group than its metadata" })
-    }
-    if (Option.isSome(existing) && view.epoch <= existing.value.epoch) {
-      // An old welcome (replayed or re-sent) must not bring a removed member back.
-      return yield* new CryptoError({
-        reason: "WrongEpoch",
-        detail: `welcome for epoch ${view.epoch} is not newer than the stored epoch ${existing.value.epoch}`
-      })
-    }
-    if (Option.isSome(existing)) {
-      // A welcome to a group we were removed from must come from that group's history, not
-      // from an unrelated group that took its id (see LeafAuthentication.reactivationProblem).
-      const storedState = yield* ctx.loadState(existing.value)
+  /** Opens a welcome sealed to one of our key packages and decodes what it carries. */
+  const openWelcome = (envelope: WelcomeMessageEnvelope) =>
+    Effect.gen(function*() {
+      // Sealed to one of our key packages: nobody else could read where it leads.
+      const opened = yield* crypto.openSealed(envelope.payload, yield* identity.keyPackages)
+      const payload = yield* Schema.decodeUnknown(WelcomePayloadJson)(new TextDecoder().decode(opened.plaintext)).pipe(
+        Effect.mapError(() => new CryptoError({ reason: "Malformed", detail: "welcome payload does not decode" }))
+      )
+      return { opened, payload }
+    })
+
+  /** The state the welcome joins: of the group its metadata names, newer than the one we hold. */
+  const joinedState = (payload: WelcomePayload, existing: Option.Option<StoredGroup>) =>
+    Effect.gen(function*() {
+      const state = yield* crypto.joinFromWelcome(payload.welcome, yield* identity.keyPackages)
+      const view = crypto.view(state)
+      if (view.groupId !== payload.groupId) {
+        return yield* new CryptoError({ reason: "Malformed", detail: "welcome names another group than its metadata" })
+      }
+      if (Option.isSome(existing) && view.epoch <= existing.value.epoch) {
+        // An old welcome (replayed or re-sent) must not bring a removed member back.
+        return yield* new CryptoError({
+          reason: "WrongEpoch",
+          detail: `welcome for epoch ${view.epoch} is not newer than the stored epoch ${existing.value.epoch}`
+        })
+      }
+      return { state, view }
+    })
+
+  /**
+   * A welcome to a group we were removed from must come from that group's history, not from an
+   * unrelated group that took its id (see LeafAuthentication.reactivationProblem).
+   */
+  const checkSameHistory = (existing: StoredGroup, state: MlsGroupState, view: GroupView) =>
+    Effect.gen(function*() {
+      const storedState = yield* ctx.loadState(existing)
       const unrelated = LeafAuthentication.reactivationProblem(
         {
           view: crypto.view(storedState),
           leaves: crypto.leafDetails(storedState),
-          formerInboxes: yield* inboxesInTranscript(existing.value)
+          formerInboxes: yield* inboxesInTranscript(existing)
         },
         { view, leaves: crypto.leafDetails(state) },
         crypto.inviterOf(state)
       )
       if (unrelated !== undefined) return yield* new CryptoError({ reason: "Unauthenticated", detail: unrelated })
-    }
-    if (payload.dmId !== undefined) {
-      // A DM names both inboxes; nobody else may be in it.
-      const peer = dmPeer(payload.dmId, identity.inboxId)
-      const stranger = view.members.find((m) => m.inboxId !== identity.inboxId && m.inboxId !== peer)
-      if (peer === undefined || stranger !== undefined) {
-        return yield* new CryptoError({ reason: "Malformed", detail: `welcome to DM ${payload.dmId} has other members` })
+    })
+
+  /** Every member a current installation of its inbox; a DM holds its two inboxes and nobody else. */
+  const checkMembers = (payload: WelcomePayload, view: GroupView) =>
+    Effect.gen(function*() {
+      if (payload.dmId !== undefined) {
+        // A DM names both inboxes; nobody else may be in it.
+        const peer = dmPeer(payload.dmId, identity.inboxId)
+        const stranger = view.members.find((m) => m.inboxId !== identity.inboxId && m.inboxId !== peer)
+        if (peer === undefined || stranger !== undefined) {
+          return yield* new CryptoError({ reason: "Malformed", detail: `welcome to DM ${payload.dmId} has other members` })
+        }
       }
-    }
-    for (const leaf of view.members) {
-      if (!(yield* identity.isValidLeaf(leaf))) {
-        return yield* new CryptoError({
-          reason: "Unauthenticated",
-          detail: `member ${leaf.installationId} is not a current installation of inbox ${leaf.inboxId}`
-        })
+      for (const leaf of view.members) {
+        if (!(yield* identity.isValidLeaf(leaf))) {
+          return yield* new CryptoError({
+            reason: "Unauthenticated",
+            detail: `member ${leaf.installationId} is not a current installation of inbox ${leaf.inboxId}`
+          })
+        }
       }
+    })
+
+  /**
+   * Stores the joined group (new, or taken back) with its cursor at the commit that added us, and
+   * the welcome as read, in one transaction.
+   */
+  const storeJoined = (
+    envelope: WelcomeMessageEnvelope,
+    payload: WelcomePayload,
+    { existing, historyOnly, state, view }: {
+      readonly existing: Option.Option<StoredGroup>
+      readonly historyOnly: boolean
+      readonly state: MlsGroupState
+      readonly view: GroupView
     }
-    const metadata = payload.dmId === undefined ? yield* metadataOf(view.metadata) : GroupMetadata.none
-    const now = yield* Clock.currentTimeNanos
-    // Through the state cache: the joined state (which knows its inviter) is what the next load returns.
-    const mlsState = ctx.encodeState(payload.groupId, state)
-    yield* storage.transaction(Effect.gen(function*() {
-      if (Option.isSome(existing) || historyOnly) {
-        // Taken back: nothing queued before the removal may go out now (a stale leave request
-        // or removal would undo the re-add).
-        yield* failPendingIntents(ctx, payload.groupId)
-        yield* storage.groups.saveState(payload.groupId, { epoch: view.epoch, mlsState })
-        yield* storage.groups.setMembership(payload.groupId, "active")
-      } else {
-        yield* storage.groups.insert(StoredGroup.make({
-          id: payload.groupId,
-          kind: payload.dmId === undefined ? "group" : "dm",
-          dmId: payload.dmId ?? null,
-          membershipState: "active",
-          epoch: view.epoch,
-          mlsState,
-          maybeForked: false,
-          forkDetails: null,
-          quarantine: null,
-          name: metadata.name,
-          description: metadata.description,
-          addedByInboxId: null,
-          createdAtNs: now,
-          lastMessageNs: envelope.serverTimeNs
-        }))
-      }
-      // A rejoin reads again from the commit that re-added us: while inactive, the cursor
-      // moved past envelopes we could not read then and can now.
-      yield* storage.cursors.set(groupTopic(payload.groupId), payload.commitSequenceId)
-      yield* storage.cursors.advance(topic, envelope.sequenceId)
-    }))
-    // A key package is for one welcome: the server hands out a fresh one from now on. The
-    // join stands even if that fails; the old one stays usable as a last resort meanwhile.
-    yield* identity.keyPackageUsed(opened.keyPackageRef).pipe(
+  ) =>
+    Effect.gen(function*() {
+      const metadata = payload.dmId === undefined ? yield* metadataOf(view.metadata) : GroupMetadata.none
+      const now = yield* Clock.currentTimeNanos
+      // Through the state cache: the joined state (which knows its inviter) is what the next load returns.
+      const mlsState = ctx.encodeState(payload.groupId, state)
+      yield* storage.transaction(Effect.gen(function*() {
+        if (Option.isSome(existing) || historyOnly) {
+          // Taken back: nothing queued before the removal may go out now (a stale leave request
+          // or removal would undo the re-add).
+          yield* failPendingIntents(ctx, payload.groupId)
+          yield* storage.groups.saveState(payload.groupId, { epoch: view.epoch, mlsState })
+          yield* storage.groups.setMembership(payload.groupId, "active")
+        } else {
+          yield* storage.groups.insert(StoredGroup.make({
+            id: payload.groupId,
+            kind: payload.dmId === undefined ? "group" : "dm",
+            dmId: payload.dmId ?? null,
+            membershipState: "active",
+            epoch: view.epoch,
+            mlsState,
+            maybeForked: false,
+            forkDetails: null,
+            quarantine: null,
+            name: metadata.name,
+            description: metadata.description,
+            addedByInboxId: null,
+            createdAtNs: now,
+            lastMessageNs: envelope.serverTimeNs
+          }))
+        }
+        // A rejoin reads again from the commit that re-added us: while inactive, the cursor
+        // moved past envelopes we could not read then and can now.
+        yield* storage.cursors.set(groupTopic(payload.groupId), payload.commitSequenceId)
+        yield* storage.cursors.advance(topic, envelope.sequenceId)
+      }))
+    })
+
+  /**
+   * A key package is for one welcome: the server hands out a fresh one from now on. The join
+   * stands even if that fails; the old one stays usable as a last resort meanwhile.
+   */
+  const replaceKeyPackage = (keyPackageRef: string) =>
+    identity.keyPackageUsed(keyPackageRef).pipe(
       Effect.catchAll((e) => Effect.logWarning("could not replace a used key package", e.message))
     )
+
+  /** Joins one welcome; returns the group id if a group was joined (or re-joined). */
+  const join = Effect.fn("Welcomes.join")(function*(envelope: WelcomeMessageEnvelope) {
+    const { opened, payload } = yield* openWelcome(envelope)
+    const settled = yield* settleExisting(payload.groupId, payload.commitSequenceId)
+    if (settled === undefined) return undefined
+    // A conversation known only from history (no MLS state here) is joined as a new one.
+    const historyOnly = Option.isSome(settled) && isHistoryOnly(settled.value)
+    const existing = historyOnly ? Option.none<StoredGroup>() : settled
+    const { state, view } = yield* joinedState(payload, existing)
+    if (Option.isSome(existing)) yield* checkSameHistory(existing.value, state, view)
+    yield* checkMembers(payload, view)
+    yield* storeJoined(envelope, payload, { existing, historyOnly, state, view })
+    yield* replaceKeyPackage(opened.keyPackageRef)
     return payload.groupId
   })
 
