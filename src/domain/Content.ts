@@ -6,6 +6,7 @@
 import { Schema } from "effect"
 import { labelledHashHex, utf8 } from "./Bytes.ts"
 import { GroupId, type InstallationId, MessageId } from "./Ids.ts"
+import { validatedMaker } from "./SchemaClass.ts"
 
 /** Longest content type, in characters (`"app.example/reaction:1"`). */
 export const MAX_CONTENT_TYPE_LENGTH = 128
@@ -88,6 +89,8 @@ export class MembershipChange extends Schema.Class<MembershipChange>("Membership
   committedBy: Schema.String
 }) {}
 export const MembershipChangeJson = Schema.parseJson(MembershipChange)
+/** `MembershipChange.make`, its validator built once (one per commit received). */
+export const makeMembershipChange = validatedMaker(MembershipChange)
 
 /** The text of a metadata-change transcript entry: who changed which settings, the same on every member. */
 export class MetadataChange extends Schema.Class<MetadataChange>("MetadataChange")({
@@ -97,3 +100,5 @@ export class MetadataChange extends Schema.Class<MetadataChange>("MetadataChange
   committedBy: Schema.String
 }) {}
 export const MetadataChangeJson = Schema.parseJson(MetadataChange)
+/** `MetadataChange.make`, its validator built once (one per settings commit received). */
+export const makeMetadataChange = validatedMaker(MetadataChange)

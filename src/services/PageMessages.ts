@@ -5,11 +5,11 @@
  */
 import { Effect, Schema } from "effect"
 import {
-  MembershipChange,
+  makeMembershipChange,
+  makeMetadataChange,
   MembershipChangeJson,
   membershipChangeIdOf,
   messageIdOf,
-  MetadataChange,
   MetadataChangeJson,
   metadataChangeIdOf
 } from "../domain/Content.ts"
@@ -34,7 +34,7 @@ export const make = (page: PageLedger) => {
   /** The transcript entry of a commit: the same id and text on every member. */
   const recordTranscript = (diff: MembershipDiff | undefined, committer: LeafMember, envelope: GroupMessageEnvelope) => {
     if (diff === undefined) return
-    const change = MembershipChange.make({
+    const change = makeMembershipChange({
       epoch: diff.epoch,
       addedInboxes: diff.added,
       removedInboxes: diff.removed,
@@ -61,7 +61,7 @@ export const make = (page: PageLedger) => {
     const changed = changedSettings(crypto.view(page.state).metadata, crypto.view(next).metadata)
     if (changed.length === 0) return
     const epoch = crypto.view(page.state).epoch + 1n
-    const change = MetadataChange.make({ epoch, changed, committedBy: committer.inboxId })
+    const change = makeMetadataChange({ epoch, changed, committedBy: committer.inboxId })
     newMessages.push(StoredMessage.make({
       id: metadataChangeIdOf(groupId, epoch),
       groupId,
