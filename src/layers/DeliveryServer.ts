@@ -70,7 +70,15 @@ import {
   type WelcomeQuery
 } from "../services/DeliveryService.ts"
 import { checkIdCount, MAX_PAGE_BYTES } from "./DeliveryRequests.ts"
-import { currentHttpResponse, Gate, guarded, layerGate, type Refusals, type TransportLimits } from "./ServerLimits.ts"
+import {
+  boundedRequestIds,
+  currentHttpResponse,
+  Gate,
+  guarded,
+  layerGate,
+  type Refusals,
+  type TransportLimits
+} from "./ServerLimits.ts"
 
 /** Where the RPC endpoint lives: `POST` for HTTP, `GET` (upgrade) for WebSocket. */
 export const RPC_PATH = "/rpc"
@@ -333,14 +341,14 @@ const rpcServer = () => Layer.unwrapEffect(
 
 const rpcOverHttp = rpcServer().pipe(
   Layer.provide(guarded(RpcServer.layerProtocolHttp({ path: RPC_PATH, routerTag: DeliveryRouter }))),
-  Layer.provide(RpcSerialization.layerNdjson)
+  Layer.provide(Layer.succeed(RpcSerialization.RpcSerialization, boundedRequestIds(RpcSerialization.ndjson)))
 )
 
 /** WebSocket connections come from the gate's own `ws` server (its message limit), not the router. */
 const rpcOverWebsocket = rpcServer().pipe(
   Layer.provide(guarded(Layer.scoped(RpcServer.Protocol, RpcServer.makeProtocolSocketServer))),
   Layer.provide(Layer.effect(SocketServer.SocketServer, Effect.map(Gate, (gate) => gate.sockets))),
-  Layer.provide(RpcSerialization.layerJson)
+  Layer.provide(Layer.succeed(RpcSerialization.RpcSerialization, boundedRequestIds(RpcSerialization.json)))
 )
 
 /** An ndjson line the RPC client reads as a protocol defect, for requests the RPC layer never sees. */

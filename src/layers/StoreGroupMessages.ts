@@ -4,10 +4,10 @@ import type { GroupId } from "../domain/Ids.ts"
 import { requestDigests } from "../domain/RequestAuth.ts"
 import type { GroupMessageInput } from "../domain/Wire.ts"
 import type { DeliveryService, GroupQuery } from "../services/DeliveryService.ts"
-import { groupTopic } from "../services/DeliveryStore.ts"
+import { groupTopic, type Topic } from "../services/DeliveryStore.ts"
 import { checkFilterCount, invalidRequest, SPAN } from "./DeliveryRequests.ts"
 import { checkedSend, type StoreDeliveryContext } from "./StoreDeliveryContext.ts"
-import { follow } from "./StoreTopicFollower.ts"
+import { follow, followMany } from "./StoreTopicFollower.ts"
 import { page, toGroupEnvelope } from "./StoreTopicPages.ts"
 
 type Service = DeliveryService["Type"]
@@ -81,9 +81,19 @@ export const subscribeGroupMessages = (c: StoreDeliveryContext): Service["subscr
         const seen = cursors.get(f.groupId)
         cursors.set(f.groupId, seen === undefined || f.afterSequenceId < seen ? f.afterSequenceId : seen)
       }
-      const streams = Array.from(cursors, ([groupId, after]) => follow(c, groupTopic(groupId), after, toGroupEnvelope(groupId)))
-      // One topic: its stream as it is, without a merge's queue and fiber per chunk. No filters:
-      // nothing to follow, so the stream ends at once.
-      return streams.length === 1 ? streams[0]! : Stream.mergeAll(streams, { concurrency: "unbounded" })
+      // No filters: nothing to follow, so the stream ends at once. One topic: its follower as
+      // it is. More: one reader for all of them (a follower per topic cost ~100 KB each).
+      if (cursors.size === 0) return Stream.empty
+      if (cursors.size === 1) {
+        const [groupId, after] = cursors.entries().next().value!
+        return follow(c, groupTopic(groupId), after, toGroupEnvelope(groupId))
+      }
+      const topics = new Map<Topic, bigint>()
+      const groups = new Map<Topic, GroupId>()
+      for (const [groupId, after] of cursors) {
+        topics.set(groupTopic(groupId), after)
+        groups.set(groupTopic(groupId), groupId)
+      }
+      return followMany(c, topics, (topic) => toGroupEnvelope(groups.get(topic)!))
     })
   ).pipe(Stream.withSpan("DeliveryService.subscribeGroupMessages", SPAN))
