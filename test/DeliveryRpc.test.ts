@@ -116,11 +116,10 @@ describe.each(transports)("over %s", (transport) => {
       expect(batch[1]!.next).toBeUndefined()
 
       // welcomes, to the installation's own topic (only it may read them)
-      const welcomes = yield* ds.sendWelcomeMessages([
+      yield* ds.sendWelcomeMessages([
         WelcomeMessageInput.make({ installationId: installation.id, payload: utf8("w1") }),
         WelcomeMessageInput.make({ installationId: installation.id, payload: utf8("w2") })
       ])
-      expect(welcomes.map((w) => w.sequenceId)).toEqual([1n, 2n])
       const welcomePage = yield* ds.queryWelcomeMessages({ installationId: installation.id, afterSequenceId: 1n })
       expect(welcomePage.items.map((w) => fromUtf8(w.payload))).toEqual(["w2"])
       const welcomeStream = yield* ds.subscribeWelcomeMessages({ installationId: installation.id, afterSequenceId: 0n })

@@ -246,7 +246,7 @@ export class DeliveryRpcs extends RpcGroup.make(
   }),
   Rpc.make("sendWelcomeMessages", {
     payload: { messages: Schema.Array(WelcomeMessageInputWire) },
-    success: Schema.Array(WelcomeMessageEnvelopeWire),
+    success: Schema.Void,
     error: DeliveryError
   }),
   Rpc.make("queryWelcomeMessages", {

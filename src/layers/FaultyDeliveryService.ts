@@ -9,9 +9,10 @@
  * only when and how often a subscriber is told.
  */
 import { Effect, HashSet, Ref, type Scope, Stream, SubscriptionRef } from "effect"
+import { sha256Hex } from "../domain/Bytes.ts"
 import { DeliveryError } from "../domain/Errors.ts"
 import type { GroupId, InstallationId } from "../domain/Ids.ts"
-import type { GroupMessageEnvelope, WelcomeMessageEnvelope } from "../domain/Wire.ts"
+import type { GroupMessageEnvelope, WelcomeMessageEnvelope, WelcomeMessageInput } from "../domain/Wire.ts"
 import type { DeliveryService, FetchedKeyPackage, GroupQuery } from "../services/DeliveryService.ts"
 
 type Service = DeliveryService["Type"]
@@ -152,7 +153,13 @@ const aliasOf = (op: DeliveryOperation): DeliveryOperation | undefined =>
   op === "syncQuery" ? "batchQueryGroupMessages" : undefined
 
 const groupTopicOf = (e: GroupMessageEnvelope) => `g/${e.groupId}`
-const welcomeTopicOf = (e: WelcomeMessageEnvelope) => `w/${e.installationId}`
+/**
+ * A welcome by its recipient and bytes: a send answers no position (it would tell the sender how
+ * many welcomes the recipient got), and the store keeps identical welcomes of a topic once, so
+ * these name one stored welcome as a topic and sequence id would.
+ */
+const welcomeKeyOf = (e: Pick<WelcomeMessageEnvelope, "installationId" | "payload">) =>
+  `w/${e.installationId}/${sha256Hex(e.payload)}`
 
 export const make = (inner: Service): Effect.Effect<FaultyDelivery, never, Scope.Scope> =>
   Effect.gen(function*() {
@@ -175,7 +182,7 @@ export const make = (inner: Service): Effect.Effect<FaultyDelivery, never, Scope
     /** Installations whose subscriptions are paused, and group topics whose deliveries are held. */
     const paused = yield* SubscriptionRef.make(HashSet.empty<InstallationId>())
     const held = yield* SubscriptionRef.make(HashSet.empty<GroupId>())
-    /** Published envelopes (topic/sequence) that subscriptions deliver twice. */
+    /** Published envelopes (topic/sequence, or a welcome's `welcomeKeyOf`) that subscriptions deliver twice. */
     const duplicated = new Set<string>()
     /**
      * The highest sequence id a send returned per topic: a send that returns nothing above it
@@ -191,6 +198,23 @@ export const make = (inner: Service): Effect.Effect<FaultyDelivery, never, Scope
             Effect.zipRight(set.changes.pipe(Stream.filter((s) => !HashSet.has(s, item)), Stream.runHead))
           )
           : Effect.void)
+
+    /** Welcomes sent so far (`welcomeKeyOf`): sending one again stores nothing new, and uses up no duplicate. */
+    const sentWelcomes = new Set<string>()
+    /** Marks the welcomes a send stored, while duplicates are armed. */
+    const markWelcomeDuplicates = (messages: ReadonlyArray<WelcomeMessageInput>) =>
+      Ref.update(faultState, (s) => {
+        let state = s
+        for (const message of messages) {
+          const key = welcomeKeyOf(message)
+          if (sentWelcomes.has(key)) continue
+          sentWelcomes.add(key)
+          if (state.duplicates === 0) continue
+          duplicated.add(key)
+          state = bump({ ...state, duplicates: state.duplicates - 1 }, "duplicated")
+        }
+        return state
+      })
 
     /** Marks what a send stored, while duplicates are armed. */
     const markDuplicates = <E extends { readonly sequenceId: bigint }>(
@@ -368,14 +392,16 @@ export const make = (inner: Service): Effect.Effect<FaultyDelivery, never, Scope
       subscribeGroupMessages: (filters) => serveStream("subscribeGroupMessages", installation, subscribeGroups(filters)),
       sendWelcomeMessages: (messages) =>
         serve("sendWelcomeMessages", installation, inner.sendWelcomeMessages(messages)).pipe(
-          Effect.tap((envelopes) => markDuplicates(envelopes, welcomeTopicOf))
+          Effect.tap(() => markWelcomeDuplicates(messages))
         ),
       queryWelcomeMessages: (query) => serve("queryWelcomeMessages", installation, inner.queryWelcomeMessages(query)),
       subscribeWelcomeMessages: (filter) =>
         serveStream(
           "subscribeWelcomeMessages",
           installation,
-          inner.subscribeWelcomeMessages(filter).pipe(Stream.mapConcat(twiceIfMarked(welcomeTopicOf)))
+          inner.subscribeWelcomeMessages(filter).pipe(
+            Stream.mapConcat((welcome) => (duplicated.has(welcomeKeyOf(welcome)) ? [welcome, welcome] : [welcome]))
+          )
         ),
       uploadKeyPackage: (upload) => serve("uploadKeyPackage", installation, inner.uploadKeyPackage(upload)),
       fetchKeyPackages: (ids) =>

@@ -126,8 +126,6 @@ export const welcomeMethods = (
         authHeaders("sendWelcomeMessages", requestDigests.sendWelcomeMessages(messages)),
         (headers) => client.sendWelcomeMessages({ messages }, { headers })
       )
-    ).pipe(
-      Effect.map((envelopes) => envelopes.map(toWelcomeMessageEnvelope))
     ),
   queryWelcomeMessages: (query) =>
     idempotent(

@@ -29,12 +29,11 @@ export const sendWelcomeMessages = (c: StoreDeliveryContext): Service["sendWelco
     yield* checkedSend(c, "sendWelcomeMessages", messages, (m) =>
       c.checks.refusals.installationId(m.installationId, "sendWelcomeMessages") ??
         c.checks.refusals.payload(m.payload, `sendWelcomeMessages to ${m.installationId}`), requestDigests.sendWelcomeMessages)
-    const entries = yield* c.stored(
+    yield* c.stored(
       c.store.append(
         messages.map((m: WelcomeMessageInput) => ({ topic: welcomeTopic(m.installationId), payload: m.payload }))
       )
     )
-    return entries.map((e, i) => toWelcomeEnvelope(messages[i]!.installationId)(e))
   }).pipe(Effect.withSpan("DeliveryService.sendWelcomeMessages", SPAN))
 
 export const queryWelcomeMessages = (c: StoreDeliveryContext): Service["queryWelcomeMessages"] => (query: WelcomeQuery) =>

@@ -87,9 +87,11 @@ export class DeliveryService extends Context.Tag("converge/DeliveryService")<Del
   readonly subscribeGroupMessages: (
     filters: ReadonlyArray<Omit<GroupQuery, "limit">>
   ) => Stream.Stream<GroupMessageEnvelope, DeliveryError>
-  readonly sendWelcomeMessages: (
-    messages: ReadonlyArray<WelcomeMessageInput>
-  ) => Effect.Effect<ReadonlyArray<WelcomeMessageEnvelope>, DeliveryError>
+  /**
+   * Stores each welcome on its recipient's topic. Answers nothing: a position on someone else's
+   * welcome topic would tell the sender how many welcomes (new groups, DMs) that installation got.
+   */
+  readonly sendWelcomeMessages: (messages: ReadonlyArray<WelcomeMessageInput>) => Effect.Effect<void, DeliveryError>
   readonly queryWelcomeMessages: (query: WelcomeQuery) => Effect.Effect<QueryPage<WelcomeMessageEnvelope>, DeliveryError>
   readonly subscribeWelcomeMessages: (
     filter: Omit<WelcomeQuery, "limit">

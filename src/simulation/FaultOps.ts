@@ -74,7 +74,7 @@ export const make = ({ clientName, clientOf, conversationOf, full, groupOrSkip, 
             net.intruder,
             (intruder) => intruder.sendWelcomeMessages([WelcomeMessageInput.make({ installationId: target, payload })])
           )
-        }).pipe(Effect.map(([e]) => `stored as welcome ${e?.sequenceId}`))
+        }).pipe(Effect.as("stored as a welcome"))
       switch (op.variant) {
         case "garbage":
           return yield* send(rng.bytes(rng.between(1, 200)))
