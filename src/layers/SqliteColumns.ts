@@ -4,6 +4,7 @@
  * plain Uint8Arrays, and camelCase fields.
  */
 import { Schema } from "effect"
+import type { Sealed, SealedWith } from "./StorageKey.ts"
 
 /** SQLite hands back bigint (safe integers) or number; counters are numbers in the domain. */
 export const Int = Schema.transform(Schema.Union(Schema.BigIntFromSelf, Schema.Number), Schema.Number, {
@@ -31,3 +32,8 @@ export const Nullable = Schema.NullOr
 /** A camelCase field read from its snake_case column. */
 export const column = <S extends Schema.Schema.All>(schema: S, name: string) =>
   Schema.propertySignature(schema).pipe(Schema.fromKey(name))
+
+/** Sealed columns: `Sealed` (effectful, for encoding), or `SealedWith` a known key (decoding). */
+export type SealedColumn = (column: string) => ReturnType<typeof Sealed> | ReturnType<typeof SealedWith>
+/** Sealed columns opened with the storage's key: how the repositories decode the rows they read. */
+export type SealedWithKey = (column: string) => ReturnType<typeof SealedWith>

@@ -1,7 +1,7 @@
 /**
  * The consent and history repositories of `SqliteStorage` (tables of migration
- * `0005_history_consent`). Rows are decoded here; the group and message decoders are the ones
- * `SqliteStorage` uses, handed in so a bad row is quarantined the same way.
+ * `0005_history_consent`). Rows are decoded here; the group and message decoders are those of
+ * `SqliteGroupStorage` and `SqliteMessageStorage`, handed in so a bad row is quarantined the same way.
  */
 import type { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
@@ -17,9 +17,9 @@ import type {
   HistoryProgress,
   HistoryRepository
 } from "../services/HistoryStorage.ts"
-import type { StorageError } from "../domain/Errors.ts"
 import { Big, Int } from "./SqliteColumns.ts"
 import { entriesAfter, type FeedItem, FeedRow } from "./SqliteHistoryFeed.ts"
+import { chunksOf, type Run } from "./SqliteStatements.ts"
 import type { StorageKey } from "./StorageKey.ts"
 
 const ConsentRow = Schema.Struct({
@@ -63,16 +63,8 @@ const toAnswer = (row: typeof AnswerRow.Type): HistoryAnswer => ({
   pageIndex: row.page_index
 })
 
-type Run = <A>(
-  operation: string,
-  effect: Effect.Effect<A, SqlError | ParseResult.ParseError, StorageKey>
-) => Effect.Effect<A, StorageError>
 /** Feed rows read first for a page of entries: a few runs of received messages fill it. */
 const FIRST_ROWS = 16
-
-/** Consecutive slices of at most `size`. */
-const chunksOf = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> =>
-  Array.from({ length: Math.ceil(items.length / size) }, (_, i) => items.slice(i * size, (i + 1) * size))
 
 type Decode<A> = (rows: ReadonlyArray<unknown>) => Effect.Effect<Array<A>, SqlError | ParseResult.ParseError, StorageKey>
 

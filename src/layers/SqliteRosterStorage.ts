@@ -3,13 +3,11 @@
  * A row that does not decode is no loss: the roster is read again from the state.
  */
 import type { SqlClient } from "@effect/sql"
-import type { SqlError } from "@effect/sql/SqlError"
-import { Effect, Option, type ParseResult, Schema } from "effect"
-import type { StorageError } from "../domain/Errors.ts"
+import { Effect, Option, Schema } from "effect"
 import { GroupId } from "../domain/Ids.ts"
 import { Roster } from "../domain/Roster.ts"
 import type { RosterRepository } from "../services/RosterStorage.ts"
-import type { StorageKey } from "./StorageKey.ts"
+import type { Run } from "./SqliteStatements.ts"
 
 const RosterRow = Schema.Struct({ group_id: GroupId, state_digest: Schema.String, roster: Schema.parseJson(Roster) })
 const decodeRow = Schema.decodeUnknownOption(RosterRow)
@@ -17,7 +15,7 @@ const encodeRoster = Schema.encodeSync(Schema.parseJson(Roster))
 
 export const make = (
   sql: SqlClient.SqlClient,
-  run: <A>(operation: string, effect: Effect.Effect<A, SqlError | ParseResult.ParseError, StorageKey>) => Effect.Effect<A, StorageError>
+  run: Run
 ): RosterRepository => ({
   get: (groupId) =>
     run(

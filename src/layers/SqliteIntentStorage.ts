@@ -1,0 +1,220 @@
+/**
+ * The intent repository of `SqliteStorage` (`converge_intents`): what this installation means to
+ * publish, and how far each intent got. A staged commit's state is sealed at rest.
+ */
+import type { SqlClient } from "@effect/sql"
+import { Effect, Schema } from "effect"
+import { GroupId } from "../domain/Ids.ts"
+import { IntentDataJson, IntentKind, IntentState, PostCommitDataJson } from "../domain/Intent.ts"
+import type { StoredIntent } from "../domain/Stored.ts"
+import type { IntentRepository } from "../services/Storage.ts"
+import { Big, Bytes, column, Int, Nullable, type SealedColumn, type SealedWithKey } from "./SqliteColumns.ts"
+import { decodeEach, type Quarantine } from "./SqliteQuarantine.ts"
+import { chunksOf, first, type Run } from "./SqliteStatements.ts"
+import { Sealed, sealFor } from "./StorageKey.ts"
+
+const intentRowWith = <S extends SealedColumn>(sealed: S) => Schema.Struct({
+  id: Int,
+  groupId: column(GroupId, "group_id"),
+  kind: IntentKind,
+  data: IntentDataJson,
+  state: IntentState,
+  payloadHash: column(Nullable(Schema.String), "payload_hash"),
+  payload: Nullable(Bytes),
+  publishedEpoch: column(Nullable(Big), "published_epoch"),
+  stagedState: column(Nullable(sealed("staged_state") as ReturnType<S>), "staged_state"),
+  postCommit: column(Nullable(PostCommitDataJson), "post_commit_data"),
+  sequenceId: column(Nullable(Big), "sequence_id"),
+  attempts: Int,
+  conflicts: Int,
+  error: Nullable(Schema.String),
+  createdAtNs: column(Big, "created_at_ns")
+})
+const IntentRow = intentRowWith(Sealed)
+/** An intent's id and state alone: how far it got, without decoding its data. */
+const IntentStateRow = Schema.Struct({ id: Int, state: IntentState })
+/** Built once: a schema made per call builds its encoder anew each time (every published intent). */
+const encodePostCommit = Schema.encode(Schema.NullOr(PostCommitDataJson))
+/** Built once: every queued intent is encoded with it. */
+const encodeIntentData = Schema.encode(IntentDataJson)
+
+// The row decodes to exactly the port's value (checked by the compiler).
+void (true satisfies (typeof IntentRow.Type extends StoredIntent ? true : false))
+
+export const make = (
+  sql: SqlClient.SqlClient,
+  run: Run,
+  sealedWithKey: SealedWithKey,
+  quarantine: Quarantine
+): IntentRepository => {
+  const decodeIntents = decodeEach(intentRowWith(sealedWithKey), "converge_intents", quarantine.intents)
+  // Only id and state are read here: a bad state is logged and skipped, and quarantined when the
+  // whole row is read (resolving an intent reads it), where its message and group are known.
+  const decodeIntentStates = decodeEach(IntentStateRow, "converge_intents", quarantine.none)
+
+  const inStates = (states: ReadonlyArray<IntentState>) => sql.in(states as Array<IntentState>)
+
+  const intents: IntentRepository = {
+    insert: ({ createdAtNs, data, groupId }) =>
+      run(
+        "intents.insert",
+        encodeIntentData(data).pipe(
+          Effect.flatMap((json) =>
+            sql<{ id: bigint }>`INSERT INTO converge_intents (group_id, kind, data, state, created_at_ns)
+                VALUES (${groupId}, ${data._tag}, ${json}, 'ToPublish', ${createdAtNs}) RETURNING id`
+          ),
+          Effect.map((rows) => Number(rows[0]!.id))
+        )
+      ),
+    insertPublished: ({ createdAtNs, data, groupId }, p) =>
+      run(
+        "intents.insertPublished",
+        encodeIntentData(data).pipe(
+          Effect.flatMap((json) =>
+            sql<{ id: bigint }>`INSERT INTO converge_intents
+                (group_id, kind, data, state, created_at_ns, payload_hash, payload, published_epoch, attempts)
+                VALUES (${groupId}, ${data._tag}, ${json}, 'Published', ${createdAtNs}, ${p.payloadHash}, ${p.payload},
+                        ${p.publishedEpoch}, 1) RETURNING id`
+          ),
+          Effect.map((rows) => Number(rows[0]!.id))
+        )
+      ),
+    get: (id) =>
+      run(
+        "intents.get",
+        sql`SELECT * FROM converge_intents WHERE id = ${id}`.pipe(Effect.flatMap(decodeIntents), Effect.map(first))
+      ),
+    getMany: (ids) =>
+      run(
+        "intents.getMany",
+        Effect.gen(function*() {
+          const found: Array<StoredIntent> = []
+          for (let i = 0; i < ids.length; i += 100) {
+            const rows = yield* sql`SELECT * FROM converge_intents WHERE ${sql.in("id", ids.slice(i, i + 100))}`
+            found.push(...(yield* decodeIntents(rows)))
+          }
+          return found
+        })
+      ),
+    byGroup: (groupId, states, kinds) =>
+      run(
+        "intents.byGroup",
+        (kinds === undefined
+          ? sql`SELECT * FROM converge_intents WHERE group_id = ${groupId} AND state IN ${inStates(states)} ORDER BY id`
+          : sql`SELECT * FROM converge_intents WHERE group_id = ${groupId} AND state IN ${inStates(states)}
+                AND kind IN ${sql.in(kinds as Array<IntentKind>)} ORDER BY id`).pipe(Effect.flatMap(decodeIntents))
+      ),
+    idsByGroup: (groupId, states) =>
+      run(
+        "intents.idsByGroup",
+        sql<{ id: bigint | number }>`SELECT id FROM converge_intents WHERE group_id = ${groupId} AND state IN ${inStates(states)}
+            ORDER BY id`.pipe(Effect.map((rows) => rows.map((row) => Number(row.id))))
+      ),
+    statesOf: (ids) =>
+      run(
+        "intents.statesOf",
+        Effect.gen(function*() {
+          const states = new Map<number, IntentState>()
+          for (const chunk of chunksOf(ids, 100)) {
+            const rows = yield* sql`SELECT id, state FROM converge_intents WHERE ${sql.in("id", chunk)}`
+            for (const row of yield* decodeIntentStates(rows)) states.set(row.id, row.state)
+          }
+          return states
+        })
+      ),
+    byState: (states) =>
+      run(
+        "intents.byState",
+        sql`SELECT * FROM converge_intents WHERE state IN ${inStates(states)} ORDER BY id`.pipe(
+          Effect.flatMap(decodeIntents)
+        )
+      ),
+    byPayloadHash: (hash) =>
+      run(
+        "intents.byPayloadHash",
+        sql`SELECT * FROM converge_intents WHERE payload_hash = ${hash}`.pipe(
+          Effect.flatMap(decodeIntents),
+          Effect.map(first)
+        )
+      ),
+    byPayloadHashes: (hashes) =>
+      run(
+        "intents.byPayloadHashes",
+        Effect.gen(function*() {
+          const found: Array<StoredIntent> = []
+          // Chunked far below SQLite's parameter limit; a page is 100 envelopes by default.
+          for (let i = 0; i < hashes.length; i += 500) {
+            const rows = yield* sql`SELECT * FROM converge_intents WHERE ${sql.in("payload_hash", hashes.slice(i, i + 500))}`
+            found.push(...(yield* decodeIntents(rows)))
+          }
+          return found
+        })
+      ),
+    markPublished: (id, p) =>
+      run(
+        "intents.markPublished",
+        Effect.all([
+          encodePostCommit(p.postCommit),
+          p.stagedState === null ? Effect.succeed(null) : sealFor("staged_state")(p.stagedState)
+        ]).pipe(
+          Effect.flatMap(([postCommit, stagedState]) =>
+            sql`UPDATE converge_intents SET state = 'Published', payload_hash = ${p.payloadHash},
+                payload = ${p.payload}, published_epoch = ${p.publishedEpoch}, staged_state = ${stagedState},
+                post_commit_data = ${postCommit}, attempts = attempts + 1
+                WHERE id = ${id} AND state = 'ToPublish'`
+          )
+        )
+      ),
+    markPublishedMany: (rows) =>
+      run(
+        "intents.markPublishedMany",
+        Effect.forEach(chunksOf(rows, 100), (chunk) =>
+          sql`UPDATE converge_intents SET state = 'Published', payload_hash = v.column2, payload = v.column3,
+                published_epoch = v.column4, staged_state = NULL, post_commit_data = NULL, attempts = attempts + 1
+              FROM (VALUES ${sql.csv(chunk.map((r) => sql`(${r.id}, ${r.payloadHash}, ${r.payload}, ${r.publishedEpoch})`))}) AS v
+              WHERE converge_intents.id = v.column1 AND state = 'ToPublish'`, { discard: true })
+      ),
+    resetToPublish: (id, { conflict }) =>
+      run(
+        "intents.resetToPublish",
+        sql`UPDATE converge_intents SET state = 'ToPublish', payload_hash = NULL, payload = NULL,
+            published_epoch = NULL, staged_state = NULL, post_commit_data = NULL,
+            conflicts = conflicts + ${conflict ? 1 : 0}
+            WHERE id = ${id} AND state = 'Published'`
+      ),
+    markCommitted: (id, sequenceId) =>
+      run(
+        "intents.markCommitted",
+        // The staged state has been adopted; keep the post-commit data until the welcomes are out.
+        sql`UPDATE converge_intents SET state = 'Committed', sequence_id = ${sequenceId}, staged_state = NULL
+            WHERE id = ${id} AND state = 'Published'`
+      ),
+    markProcessed: (id) =>
+      run(
+        "intents.markProcessed",
+        sql`UPDATE converge_intents SET state = 'Processed', staged_state = NULL, payload = NULL,
+            post_commit_data = NULL WHERE id = ${id} AND state IN ('ToPublish', 'Published', 'Committed')`
+      ),
+    markDelivered: (rows) =>
+      run(
+        "intents.markDelivered",
+        // markCommitted (only from Published: it records the sequence id) and markProcessed in one.
+        Effect.forEach(chunksOf(rows, 100), (chunk) =>
+          sql`UPDATE converge_intents SET
+                sequence_id = CASE WHEN state = 'Published' THEN v.column2 ELSE sequence_id END,
+                state = 'Processed', staged_state = NULL, payload = NULL, post_commit_data = NULL
+              FROM (VALUES ${sql.csv(chunk.map((r) => sql`(${r.id}, ${r.sequenceId})`))}) AS v
+              WHERE converge_intents.id = v.column1 AND state IN ('ToPublish', 'Published', 'Committed')`, { discard: true })
+      ),
+    markError: (id, error) =>
+      run(
+        "intents.markError",
+        sql`UPDATE converge_intents SET state = 'Error', error = ${error}, staged_state = NULL
+            WHERE id = ${id} AND state IN ('ToPublish', 'Published', 'Committed')`
+      ),
+    countAttempt: (id) =>
+      run("intents.countAttempt", sql`UPDATE converge_intents SET attempts = attempts + 1 WHERE id = ${id}`)
+  }
+
+  return intents
+}
