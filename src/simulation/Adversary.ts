@@ -21,7 +21,7 @@ import { decodeStoredState } from "../layers/TsMlsStoredState.ts"
 
 export type ForgedCommit = "foreignExtension" | "reinit"
 
-/** The group-context extension holding a group's metadata (see `layers/TsMlsCrypto.ts`). */
+/** The group-context extension holding a group's metadata (see `layers/TsMlsExtensions.ts`). */
 const METADATA_EXTENSION = 0xf0c0
 
 const suite = getCiphersuiteImpl(getCiphersuiteFromName("MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519"))
