@@ -4,7 +4,6 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Layer, Stream } from "effect"
-import { createRequire } from "node:module"
 import { serve } from "../src/layers/DeliveryServer.ts"
 import { DeliveryService } from "../src/index.ts"
 import { WelcomeMessageInput } from "../src/domain/Wire.ts"
@@ -14,15 +13,8 @@ import * as MemoryDeliveryStore from "../src/layers/MemoryDeliveryStore.ts"
 import * as StoreDeliveryService from "../src/layers/StoreDeliveryService.ts"
 import * as TsMlsCrypto from "../src/layers/TsMlsCrypto.ts"
 import { DeliveryStore } from "../src/services/DeliveryStore.ts"
+import { overWebSocket, WebSocket } from "./support/RawWebSocket.ts"
 
-interface WsClient {
-  on(event: "open" | "close" | "error" | "message", listener: (...args: Array<any>) => void): void
-  send(data: string): void
-  close(): void
-}
-const { WebSocket } = createRequire(import.meta.url)("ws") as {
-  readonly WebSocket: new(url: string) => WsClient
-}
 
 const groupId = "0".repeat(32)
 const requestWithId = (id: unknown, tag: string, payload: unknown) =>
@@ -41,30 +33,6 @@ const post = async (url: string, body: string) => {
   return { status: response.status, text, millis: performance.now() - started }
 }
 
-/** Opens a WebSocket, sends `frames`, collects the messages until `until` holds or it closes. */
-const overWebSocket = (
-  url: string,
-  frames: ReadonlyArray<string>,
-  until: (messages: ReadonlyArray<any>) => boolean
-) =>
-  new Promise<{ readonly messages: ReadonlyArray<any>; readonly millis: number }>((resolve) => {
-    const started = performance.now()
-    const ws = new WebSocket(url.replace(/^http/, "ws"))
-    const messages: Array<any> = []
-    const done = () => resolve({ messages, millis: performance.now() - started })
-    const timer = setTimeout(() => (ws.close(), done()), 60_000)
-    ws.on("open", () => frames.forEach((f) => ws.send(f)))
-    ws.on("error", () => {})
-    ws.on("message", (data: Buffer) => {
-      messages.push(JSON.parse(data.toString()))
-      if (until(messages)) {
-        clearTimeout(timer)
-        ws.close()
-        done()
-      }
-    })
-    ws.on("close", () => (clearTimeout(timer), done()))
-  })
 
 describe("request ids", () => {
   // @effect/rpc's server turns every request id into a BigInt (quadratic in the digits) and
@@ -93,7 +61,7 @@ describe("request ids", () => {
         queryWithId("7")
       ]
       const { messages, millis } = yield* Effect.promise(() =>
-        overWebSocket(url, frames, (m) => m.some((x) => x._tag === "Exit" && x.requestId === "7"))
+        overWebSocket(url, frames, (m) => m.some((x) => x._tag === "Exit" && x.requestId === "7"), 60_000)
       )
       expect(messages.some((x) => x._tag === "Exit" && x.requestId === "7")).toBe(true)
       expect(millis).toBeLessThan(1000)

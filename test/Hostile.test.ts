@@ -11,7 +11,6 @@ import { afterAll, beforeAll, describe, expect, it } from "@effect/vitest"
 import { Effect, Schema } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import * as fs from "node:fs"
-import { createRequire } from "node:module"
 import * as net from "node:net"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -26,6 +25,7 @@ import {
   newInbox,
   newInstallationKeys
 } from "./support/DeliveryFixtures.ts"
+import { WebSocket, type WsClient } from "./support/RawWebSocket.ts"
 
 const bin = path.resolve(import.meta.dirname, "../bin/converge")
 const MiB = 1024 * 1024
@@ -35,16 +35,6 @@ const GiB = 1024 * MiB
 const MAX_CONNECTIONS = 100
 const TIMEOUT_SECONDS = 2
 
-// `ws` ships no types; these are the parts the attacks use.
-interface WsClient {
-  on(event: "open" | "close" | "error" | "unexpected-response", listener: (...args: Array<any>) => void): void
-  send(data: Buffer): void
-  terminate(): void
-  readonly readyState: number
-}
-const { WebSocket } = createRequire(import.meta.url)("ws") as {
-  readonly WebSocket: new(url: string, options?: { readonly maxPayload?: number }) => WsClient
-}
 
 interface Server {
   readonly process: ChildProcess

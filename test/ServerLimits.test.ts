@@ -5,20 +5,12 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import { createRequire } from "node:module"
 import * as net from "node:net"
 import { serve } from "../src/layers/DeliveryServer.ts"
 import { DEFAULT_TRANSPORT_LIMITS } from "../src/layers/ServerLimits.ts"
 import { DeliveryService } from "../src/index.ts"
+import { overWebSocket } from "./support/RawWebSocket.ts"
 
-interface WsClient {
-  on(event: "open" | "close" | "error" | "message", listener: (...args: Array<any>) => void): void
-  send(data: string): void
-  close(): void
-}
-const { WebSocket } = createRequire(import.meta.url)("ws") as {
-  readonly WebSocket: new(url: string) => WsClient
-}
 
 const MiB = 1024 * 1024
 
@@ -51,28 +43,6 @@ const rawPost = (port: number, body: string, chunked: boolean) =>
     socket.on("close", () => resolve(Number(/^HTTP\/1\.1 (\d+)/.exec(answer)?.[1] ?? 0)))
   })
 
-/** Opens a WebSocket, sends `frames`, collects the messages until `until` holds or it closes. */
-const overWebSocket = (
-  url: string,
-  frames: ReadonlyArray<string>,
-  until: (messages: ReadonlyArray<any>) => boolean
-) =>
-  new Promise<{ readonly messages: ReadonlyArray<any>; readonly closeCode: number | undefined }>((resolve) => {
-    const ws = new WebSocket(url.replace(/^http/, "ws"))
-    const messages: Array<any> = []
-    const timer = setTimeout(() => (ws.close(), resolve({ messages, closeCode: undefined })), 10_000)
-    ws.on("open", () => frames.forEach((f) => ws.send(f)))
-    ws.on("error", () => {})
-    ws.on("message", (data: Buffer) => {
-      messages.push(JSON.parse(data.toString()))
-      if (until(messages)) {
-        clearTimeout(timer)
-        ws.close()
-        resolve({ messages, closeCode: undefined })
-      }
-    })
-    ws.on("close", (code: number) => (clearTimeout(timer), resolve({ messages, closeCode: code })))
-  })
 
 const exitsOf = (messages: ReadonlyArray<any>) => messages.filter((m) => m._tag === "Exit")
 const limitExceeded = (messages: ReadonlyArray<any>) =>
