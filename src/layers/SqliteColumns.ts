@@ -3,24 +3,38 @@
  * number for integers and Buffers for blobs; the domain wants numbers, bigints, booleans and
  * plain Uint8Arrays, and camelCase fields.
  */
-import { Schema } from "effect"
+import { ParseResult, Schema, type SchemaAST } from "effect"
 import type { Sealed, SealedWith } from "./StorageKey.ts"
 
-/** SQLite hands back bigint (safe integers) or number; counters are numbers in the domain. */
-export const Int = Schema.transform(Schema.Union(Schema.BigIntFromSelf, Schema.Number), Schema.Number, {
-  strict: true,
-  decode: (n) => Number(n),
-  encode: (n) => n
+/**
+ * An integer column's value as SQLite hands it back: a bigint (safe integers) or a number. One
+ * check, not a union of two schemas: every integer column of every row read passes through it.
+ */
+const SqlInteger = Schema.declare((u): u is bigint | number => typeof u === "bigint" || typeof u === "number", {
+  identifier: "SqlInteger"
 })
-export const Flag = Schema.transform(Schema.Union(Schema.BigIntFromSelf, Schema.Number), Schema.Boolean, {
+
+/** A REAL where an integer belongs is damage: refused, not turned into a defect by `BigInt`. */
+const integerOnly = (n: bigint | number, ast: SchemaAST.AST) =>
+  typeof n === "bigint" || Number.isSafeInteger(n)
+    ? ParseResult.succeed(n)
+    : ParseResult.fail(new ParseResult.Type(ast, n, `an integer column holds ${n}`))
+
+/** Counters are numbers in the domain. */
+export const Int = Schema.transformOrFail(SqlInteger, Schema.Number, {
   strict: true,
-  decode: (n) => Number(n) !== 0,
-  encode: (b) => (b ? 1 : 0)
+  decode: (n, _, ast) => ParseResult.map(integerOnly(n, ast), Number),
+  encode: ParseResult.succeed
 })
-export const Big = Schema.transform(Schema.Union(Schema.BigIntFromSelf, Schema.Number), Schema.BigIntFromSelf, {
+export const Flag = Schema.transformOrFail(SqlInteger, Schema.Boolean, {
   strict: true,
-  decode: (n) => BigInt(n),
-  encode: (n) => n
+  decode: (n, _, ast) => ParseResult.map(integerOnly(n, ast), (i) => Number(i) !== 0),
+  encode: (b) => ParseResult.succeed(b ? 1 : 0)
+})
+export const Big = Schema.transformOrFail(SqlInteger, Schema.BigIntFromSelf, {
+  strict: true,
+  decode: (n, _, ast) => ParseResult.map(integerOnly(n, ast), BigInt),
+  encode: ParseResult.succeed
 })
 /** SQLite hands back Node Buffers; normalise them to plain Uint8Arrays. */
 export const Bytes = Schema.transform(Schema.Uint8ArrayFromSelf, Schema.Uint8ArrayFromSelf, {

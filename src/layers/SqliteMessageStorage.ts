@@ -14,23 +14,27 @@ import { atomically, publishedAmong, recordMessages } from "./SqliteHistoryFeed.
 import { decodeEach, type Quarantine } from "./SqliteQuarantine.ts"
 import { chunksOf, first, type Run } from "./SqliteStatements.ts"
 
+/**
+ * A message row as SQLite holds it. Decoded under its column names and renamed in code below:
+ * a renaming property signature per field cost more than the field's own check.
+ */
 const MessageColumns = Schema.Struct({
   id: MessageId,
-  groupId: column(GroupId, "group_id"),
-  conversationId: column(ConversationId, "conversation_id"),
-  senderInboxId: column(InboxId, "sender_inbox_id"),
-  senderInstallationId: column(InstallationId, "sender_installation_id"),
-  sentAtNs: column(Big, "sent_at_ns"),
-  sequenceId: column(Nullable(Big), "sequence_id"),
+  group_id: GroupId,
+  conversation_id: ConversationId,
+  sender_inbox_id: InboxId,
+  sender_installation_id: InstallationId,
+  sent_at_ns: Big,
+  sequence_id: Nullable(Big),
   kind: MessageKind,
   content: Schema.String,
-  deliveryStatus: column(DeliveryStatus, "delivery_status"),
-  insertedAtNs: column(Big, "inserted_at_ns"),
-  groupContext: column(Nullable(GroupId), "group_context"),
-  contentType: column(Nullable(Schema.String), "content_type"),
-  contentBytes: column(Nullable(Bytes), "content_bytes"),
+  delivery_status: DeliveryStatus,
+  inserted_at_ns: Big,
+  group_context: Nullable(GroupId),
+  content_type: Nullable(Schema.String),
+  content_bytes: Nullable(Bytes),
   deleted: Flag,
-  expiresAtNs: column(Nullable(Big), "expires_at_ns")
+  expires_at_ns: Nullable(Big)
 })
 
 const PendingDeletionRow = Schema.Struct({
@@ -40,26 +44,52 @@ const PendingDeletionRow = Schema.Struct({
 })
 const TargetedDeletionRow = Schema.Struct({ targetId: column(MessageId, "target_id"), ...PendingDeletionRow.fields })
 
+/**
+ * The message decoded from its columns. Each field was checked by its column's schema, the same
+ * schemas `StoredMessage` checks with (the compiler holds their types equal in `fromColumns`), so the
+ * value is not checked a second time: that second pass cost as much as the decode (a read of 50 messages
+ * paid for 100).
+ */
+const DecodedMessage = Schema.declare((u): u is StoredMessage => typeof u === "object" && u !== null, {
+  identifier: "StoredMessage"
+})
+
+/** The columns renamed to the message's fields (`columnsOf` below is the way back). */
+const fromColumns = (row: typeof MessageColumns.Type, membershipChange: StoredMessage["membershipChange"]): StoredMessage => ({
+  id: row.id,
+  groupId: row.group_id,
+  conversationId: row.conversation_id,
+  senderInboxId: row.sender_inbox_id,
+  senderInstallationId: row.sender_installation_id,
+  sentAtNs: row.sent_at_ns,
+  sequenceId: row.sequence_id,
+  kind: row.kind,
+  content: row.content,
+  membershipChange,
+  deliveryStatus: row.delivery_status,
+  insertedAtNs: row.inserted_at_ns,
+  groupContext: row.group_context,
+  contentType: row.content_type,
+  contentBytes: row.content_bytes,
+  deleted: row.deleted,
+  expiresAtNs: row.expires_at_ns
+})
+
 /** A membership change's content is its transcript entry: decoded here, and must decode. */
-const MessageRow = Schema.transformOrFail(MessageColumns, Schema.typeSchema(StoredMessage), {
+const MessageRow = Schema.transformOrFail(MessageColumns, DecodedMessage, {
   strict: true,
   decode: (row, _, ast) =>
     row.kind !== "membershipChange"
-      ? ParseResult.succeed({ ...row, membershipChange: null })
+      ? ParseResult.succeed(fromColumns(row, null))
       : Schema.decodeUnknown(MembershipChangeJson)(row.content).pipe(
-        Effect.map((membershipChange) => ({ ...row, membershipChange })),
+        Effect.map((membershipChange) => fromColumns(row, membershipChange)),
         Effect.mapError((e) => new ParseResult.Type(ast, row.content, `membership change content: ${e.message}`))
       ),
-  encode: ({ membershipChange: _, ...row }) => ParseResult.succeed(row)
+  encode: (message) => ParseResult.succeed(columnsOf(message))
 })
 
-/**
- * A message's columns, as `MessageRow` encodes them, written out: a receive page inserts a row per
- * message, and the schema encoder (which validates the value again on the way) cost more than
- * SQLite's insert. The values are `StoredMessage`s, validated where they were made; the compiler
- * checks the shape against `MessageColumns`, test/Storage.test.ts every field's round trip.
- */
-const messageColumns = (m: StoredMessage): typeof MessageColumns.Encoded => ({
+/** A message's fields renamed to its columns (`fromColumns` is the way back). */
+const columnsOf = (m: StoredMessage): typeof MessageColumns.Type => ({
   id: m.id,
   group_id: m.groupId,
   conversation_id: m.conversationId,
@@ -74,12 +104,17 @@ const messageColumns = (m: StoredMessage): typeof MessageColumns.Encoded => ({
   group_context: m.groupContext,
   content_type: m.contentType,
   content_bytes: m.contentBytes,
-  deleted: m.deleted ? 1 : 0,
+  deleted: m.deleted,
   expires_at_ns: m.expiresAtNs
 })
 
-// The row decodes to exactly the port's value (checked by the compiler).
-void (true satisfies (typeof MessageRow.Type extends StoredMessage ? true : false))
+/**
+ * A message's columns as `MessageRow` encodes them, written out: a receive page inserts a row per
+ * message, and the schema encoder (which validates the value again on the way) cost more than
+ * SQLite's insert. The values are `StoredMessage`s, validated where they were made; the compiler
+ * checks the shape against `MessageColumns`, test/Storage.test.ts every field's round trip.
+ */
+const messageColumns = (m: StoredMessage): typeof MessageColumns.Encoded => ({ ...columnsOf(m), deleted: m.deleted ? 1 : 0 })
 
 /** The message decoder (`SqliteHistoryStorage` reads messages too) and the repository. */
 export const make = (sql: SqlClient.SqlClient, run: Run, quarantine: Quarantine) => {
