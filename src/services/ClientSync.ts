@@ -108,7 +108,7 @@ const syncAllOf = (ctx: ClientContext, history: ReturnType<typeof HistorySync.ma
     for (const groupId of owed) {
       if (!activeIds.has(groupId)) yield* env.withGroupLock(groupId)(sync.postCommit(groupId))
     }
-    const historyImported = yield* history.step
+    const historyImported = yield* history.step(active)
     return SyncSummary.combine(summary, makeSyncSummary({ ...SyncSummary.empty, historyImported }))
   }).pipe(Effect.withSpan("Client.syncAll"))
 

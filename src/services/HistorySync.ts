@@ -19,6 +19,7 @@ import type { EngineContext } from "./EngineContext.ts"
 import * as HistoryAnswer from "./HistoryAnswer.ts"
 import * as HistoryImport from "./HistoryImport.ts"
 import type { HistoryProgress } from "./HistoryStorage.ts"
+import type { GroupSummary } from "./Storage.ts"
 import type * as Publisher from "./Publisher.ts"
 
 export interface HistoryOptions {
@@ -77,21 +78,26 @@ export const make = (
     return { first: added[0], oldestCurrent: current[0], current: new Set(current) } satisfies InstallationOrder
   })
 
-  /** The own-devices groups we are active in whose every leaf is one of our inbox's installations. */
-  const ownGroups = Effect.gen(function*() {
-    // Summaries carry no MLS state: only the own-devices groups' rows are read whole.
-    const summaries = (yield* storage.groups.summaries({ includeInactive: false }))
-      .filter((r) => r.name === OWN_DEVICES_GROUP_NAME)
-    const out: Array<OwnGroup> = []
-    for (const summary of summaries) {
-      const row = yield* storage.groups.get(summary.id)
-      if (Option.isNone(row)) continue
-      const members = crypto.view(yield* ctx.loadState(row.value)).members
-      if (!isOwnDevicesGroup(summary.name, members.map((m) => m.inboxId), self)) continue
-      out.push({ id: summary.id, leaves: members.map((m) => m.installationId) })
-    }
-    return out.sort((a, b) => a.id.localeCompare(b.id))
-  })
+  /**
+   * The own-devices groups among `summaries` that we are still active in and whose every leaf is
+   * one of our inbox's installations.
+   */
+  const ownGroupsAmong = (summaries: ReadonlyArray<GroupSummary>) =>
+    Effect.gen(function*() {
+      const out: Array<OwnGroup> = []
+      for (const summary of summaries) {
+        if (summary.name !== OWN_DEVICES_GROUP_NAME) continue
+        // Only the own-devices groups' rows are read whole; one may have gone inactive since the summary.
+        const row = yield* storage.groups.get(summary.id)
+        if (Option.isNone(row) || row.value.membershipState === "inactive") continue
+        const members = crypto.view(yield* ctx.loadState(row.value)).members
+        if (!isOwnDevicesGroup(summary.name, members.map((m) => m.inboxId), self)) continue
+        out.push({ id: summary.id, leaves: members.map((m) => m.installationId) })
+      }
+      return out.sort((a, b) => a.id.localeCompare(b.id))
+    })
+
+  const ownGroups = storage.groups.summaries({ includeInactive: false }).pipe(Effect.flatMap(ownGroupsAmong))
 
   const initialProgress = (order: InstallationOrder): HistoryProgress => ({
     state: order.first === me ? "done" : "idle",
@@ -202,12 +208,15 @@ export const make = (
   const logged = <A>(fallback: A) => <E extends { readonly message: string }, R>(effect: Effect.Effect<A, E, R>) =>
     effect.pipe(Effect.catchAll((e) => Effect.logWarning("history sync step failed; tried again next sync", e.message).pipe(Effect.as(fallback))))
 
-  /** One round of history sync; returns the messages imported. Never fails: it resumes next time. */
-  const step = Effect.gen(function*() {
+  /**
+   * One round of history sync, given the summaries of the groups `syncAll` found active; returns
+   * the messages imported. Never fails: it resumes next time.
+   */
+  const step = (active: ReadonlyArray<GroupSummary>) => Effect.gen(function*() {
     const order = yield* installationOrder
     // Revoked: it neither asks nor tells anything any more.
     if (!order.current.has(me)) return 0
-    let groups = yield* ownGroups
+    let groups = yield* ownGroupsAmong(active)
     // Created once there is another device to talk to, by the oldest: one group, not one per device.
     if (groups.length === 0 && order.oldestCurrent === me && order.current.size > 1) {
       yield* deps.createOwnDevicesGroup.pipe(
