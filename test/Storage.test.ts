@@ -464,6 +464,20 @@ describe("Storage", () => {
       expect(yield* storage.cursors.get("g/x")).toBe(5n)
     }).pipe(Effect.provide(memoryStore)))
 
+  it.effect("a damaged cursor fails its read with a StorageError that names it, not a defect", () =>
+    Effect.gen(function*() {
+      const storage = yield* Storage
+      yield* storage.cursors.advance("g/x", 5n)
+      yield* storage.cursors.advance("g/y", 7n)
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`UPDATE converge_cursors SET sequence_id = 2.5 WHERE topic = 'g/x'`
+      const one = yield* Effect.flip(storage.cursors.get("g/x"))
+      expect(one).toMatchObject({ _tag: "StorageError", operation: "cursors.get" })
+      expect(one.detail).toContain("2.5")
+      expect(yield* Effect.flip(storage.cursors.getMany(["g/x", "g/y"]))).toMatchObject({ _tag: "StorageError" })
+      expect(yield* storage.cursors.get("g/y")).toBe(7n)
+    }).pipe(Effect.provide(SqliteStorage.layer.pipe(Layer.provideMerge(SqliteClient.layer({ filename: ":memory:" }))))))
+
   it.effect("identity, key packages and cached identity logs round-trip", () =>
     Effect.gen(function*() {
       const storage = yield* Storage

@@ -36,6 +36,9 @@ export const Big = Schema.transformOrFail(SqlInteger, Schema.BigIntFromSelf, {
   decode: (n, _, ast) => ParseResult.map(integerOnly(n, ast), BigInt),
   encode: ParseResult.succeed
 })
+/** One integer read outside a row schema (a cursor, a maximum): damage fails typed, as in a row. */
+export const decodeBig = Schema.decodeUnknown(Big)
+
 /** SQLite hands back Node Buffers; normalise them to plain Uint8Arrays. */
 export const Bytes = Schema.transform(Schema.Uint8ArrayFromSelf, Schema.Uint8ArrayFromSelf, {
   strict: true,

@@ -5,6 +5,7 @@
 import type { SqlClient } from "@effect/sql"
 import { Effect } from "effect"
 import type { CursorRepository } from "../services/Storage.ts"
+import { decodeBig } from "./SqliteColumns.ts"
 import type { Run } from "./SqliteStatements.ts"
 
 export const make = (sql: SqlClient.SqlClient, run: Run): CursorRepository => {
@@ -12,8 +13,8 @@ export const make = (sql: SqlClient.SqlClient, run: Run): CursorRepository => {
     get: (topic) =>
       run(
         "cursors.get",
-        sql<{ sequence_id: bigint }>`SELECT sequence_id FROM converge_cursors WHERE topic = ${topic}`.pipe(
-          Effect.map((rows) => (rows[0] === undefined ? 0n : BigInt(rows[0].sequence_id)))
+        sql<{ sequence_id: unknown }>`SELECT sequence_id FROM converge_cursors WHERE topic = ${topic}`.pipe(
+          Effect.flatMap((rows) => (rows[0] === undefined ? Effect.succeed(0n) : decodeBig(rows[0].sequence_id)))
         )
       ),
     getMany: (topics) =>
@@ -22,9 +23,9 @@ export const make = (sql: SqlClient.SqlClient, run: Run): CursorRepository => {
         Effect.gen(function*() {
           const found = new Map<string, bigint>(topics.map((topic) => [topic, 0n]))
           for (let i = 0; i < topics.length; i += 500) {
-            const rows = yield* sql<{ topic: string; sequence_id: bigint }>`
+            const rows = yield* sql<{ topic: string; sequence_id: unknown }>`
               SELECT topic, sequence_id FROM converge_cursors WHERE ${sql.in("topic", topics.slice(i, i + 500))}`
-            for (const row of rows) found.set(row.topic, BigInt(row.sequence_id))
+            for (const row of rows) found.set(row.topic, yield* decodeBig(row.sequence_id))
           }
           return found as ReadonlyMap<string, bigint>
         })

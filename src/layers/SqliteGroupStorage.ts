@@ -8,7 +8,7 @@ import { ConversationId, GroupId, InboxId } from "../domain/Ids.ts"
 import type { IntentState } from "../domain/Intent.ts"
 import { ConversationKind, MembershipState, type StoredGroup } from "../domain/Stored.ts"
 import type { GroupRepository, GroupSummary } from "../services/Storage.ts"
-import { Big, column, Flag, Nullable, type SealedColumn, type SealedWithKey } from "./SqliteColumns.ts"
+import { Big, column, decodeBig, Flag, Nullable, type SealedColumn, type SealedWithKey } from "./SqliteColumns.ts"
 import { decodeEach, type Quarantine } from "./SqliteQuarantine.ts"
 import { first, type RawRow, type Run } from "./SqliteStatements.ts"
 import { Sealed, sealFor } from "./StorageKey.ts"
@@ -117,12 +117,12 @@ export const make = (sql: SqlClient.SqlClient, run: Run, sealedWithKey: SealedWi
             FROM converge_groups g WHERE g.id = ${id}`.pipe(
           Effect.flatMap((rows) =>
             // The row decodes as `get`'s (its extra columns ignored); one that does not is quarantined there.
-            Effect.map(decodeGroups(rows), (decoded) =>
-              Option.map(first(decoded), (group) => ({
-                group,
-                cursor: rows[0]!.converge_cursor == null ? 0n : BigInt(rows[0]!.converge_cursor as bigint),
-                pending: Number(rows[0]!.converge_pending) !== 0
-              })))
+            Effect.gen(function*() {
+              const group = first(yield* decodeGroups(rows))
+              if (Option.isNone(group)) return Option.none()
+              const cursor = rows[0]!.converge_cursor == null ? 0n : yield* decodeBig(rows[0]!.converge_cursor)
+              return Option.some({ group: group.value, cursor, pending: Number(rows[0]!.converge_pending) !== 0 })
+            })
           )
         )
       ),

@@ -17,7 +17,7 @@ import type {
   HistoryProgress,
   HistoryRepository
 } from "../services/HistoryStorage.ts"
-import { Big, Int } from "./SqliteColumns.ts"
+import { Big, decodeBig, Int } from "./SqliteColumns.ts"
 import { entriesAfter, type FeedItem, FeedRow } from "./SqliteHistoryFeed.ts"
 import { chunksOf, type Run } from "./SqliteStatements.ts"
 import type { StorageKey } from "./StorageKey.ts"
@@ -122,8 +122,8 @@ export const make = (
         : run("consent.markSent", sql`UPDATE converge_consent SET unsent = 0 WHERE subject IN ${sql.in([...keys])}`),
     highestStamp: run(
       "consent.highestStamp",
-      sql<{ at: bigint | null }>`SELECT max(at_ns) AS at FROM converge_consent`.pipe(
-        Effect.map((rows) => BigInt(rows[0]?.at ?? 0))
+      sql<{ at: unknown }>`SELECT max(at_ns) AS at FROM converge_consent`.pipe(
+        Effect.flatMap((rows) => decodeBig(rows[0]?.at ?? 0))
       )
     )
   }

@@ -4,12 +4,12 @@
  * here, and must decode; a message stored published enters the history feed with it.
  */
 import type { SqlClient } from "@effect/sql"
-import { Effect, Option, ParseResult, Schema } from "effect"
+import { Effect, ParseResult, Schema } from "effect"
 import { DeliveryStatus, MembershipChangeJson, MessageKind } from "../domain/Content.ts"
 import { ConversationId, GroupId, InboxId, InstallationId, MessageId } from "../domain/Ids.ts"
 import { StoredMessage } from "../domain/Stored.ts"
 import type { MessageRepository } from "../services/Storage.ts"
-import { Big, Bytes, column, Flag, Nullable } from "./SqliteColumns.ts"
+import { Big, Bytes, column, decodeBig, Flag, Nullable } from "./SqliteColumns.ts"
 import { atomically, publishedAmong, recordMessages } from "./SqliteHistoryFeed.ts"
 import { decodeEach, type Quarantine } from "./SqliteQuarantine.ts"
 import { chunksOf, first, type Run } from "./SqliteStatements.ts"
@@ -186,9 +186,9 @@ export const make = (sql: SqlClient.SqlClient, run: Run, quarantine: Quarantine)
       ),
     nextExpiry: run(
       "messages.nextExpiry",
-      sql<{ next: bigint | number | null }>`SELECT min(expires_at_ns) AS next FROM converge_messages
+      sql<{ next: unknown }>`SELECT min(expires_at_ns) AS next FROM converge_messages
           WHERE expires_at_ns IS NOT NULL`.pipe(
-        Effect.map((rows) => Option.map(Option.fromNullable(rows[0]?.next), BigInt))
+        Effect.flatMap((rows) => rows[0]?.next == null ? Effect.succeedNone : Effect.asSome(decodeBig(rows[0].next)))
       )
     ),
     directMessages: (groupId, { direction = "asc", limit }) =>
