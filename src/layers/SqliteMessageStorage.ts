@@ -16,7 +16,7 @@ import { chunksOf, first, type Run } from "./SqliteStatements.ts"
 
 /**
  * A message row as SQLite holds it. Decoded under its column names and renamed in code below:
- * a renaming property signature per field cost more than the field's own check.
+ * renaming in the schema checks every field twice (the renamed struct is checked again).
  */
 const MessageColumns = Schema.Struct({
   id: MessageId,
@@ -46,9 +46,8 @@ const TargetedDeletionRow = Schema.Struct({ targetId: column(MessageId, "target_
 
 /**
  * The message decoded from its columns. Each field was checked by its column's schema, the same
- * schemas `StoredMessage` checks with (the compiler holds their types equal in `fromColumns`), so the
- * value is not checked a second time: that second pass cost as much as the decode (a read of 50 messages
- * paid for 100).
+ * schemas `StoredMessage` checks with (the compiler holds their types equal in `fromColumns`), so
+ * the value is not checked a second time: that pass cost as much as the decode.
  */
 const DecodedMessage = Schema.declare((u): u is StoredMessage => typeof u === "object" && u !== null, {
   identifier: "StoredMessage"
