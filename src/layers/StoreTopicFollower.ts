@@ -6,10 +6,11 @@
  * delivered id without a gap; any other change, a gap, or too many waiting entries mean a read,
  * as without them. No gap, no duplicate, strict order, also when other servers append.
  */
-import { Chunk, Effect, Option, Queue, Stream } from "effect"
+import { Chunk, Effect, Queue, Stream } from "effect"
 import type { DeliveryError } from "../domain/Errors.ts"
 import { ANY_TOPIC, type StoredEntry, type Topic, type TopicChange } from "../services/DeliveryStore.ts"
 import { pageMayContinue } from "./DeliveryRequests.ts"
+import * as MarkedTopics from "./MarkedTopics.ts"
 import type { StoreDeliveryContext } from "./StoreDeliveryContext.ts"
 
 /** Most payload bytes a subscription holds from announcements before it reads the store instead. */
@@ -160,7 +161,11 @@ export const followMany = <E>(
         envelopes.set(topic, toEnvelope(topic))
       }
       // Every topic is read once first (its backlog); then only the ones marked again.
-      const marked = new Set(states.keys())
+      const { awaitMarked, marked, wake } = yield* MarkedTopics.make(Array.from(states.keys()), {
+        pollMillis: c.pollMillis,
+        pollPage: c.pageSize,
+        initiallyMarked: true
+      })
       // Announced bytes held for all topics: past the cap, a topic reads the store instead.
       let heldBytes = 0
       const noteOne = (topic: Topic, s: Following, change: TopicChange) => {
@@ -183,39 +188,18 @@ export const followMany = <E>(
         const s = states.get(change.topic)
         if (s !== undefined) noteOne(change.topic, s, change)
       }
-      const changed = yield* Effect.makeLatch(false)
       yield* Queue.take(changes).pipe(
         Effect.zip(Queue.takeAll(changes)),
         Effect.flatMap(([first, rest]) =>
           Effect.suspend(() => {
             noteChange(first)
             for (const change of rest) noteChange(change)
-            return marked.size > 0 ? changed.open : Effect.void
+            return wake
           })
         ),
         Effect.forever,
         Effect.forkScoped
       )
-      /**
-       * Waits until a topic is marked. The poll (the safety net of `follow`) marks the next
-       * `pageSize` topics in turn, not all of them: each poll of an idle subscription costs at
-       * most that many reads (marking all 1,000 topics of each of a connection's 32
-       * subscriptions asked for 6,400 reads a second of an idle, anonymous connection).
-       */
-      const order = Array.from(states.keys())
-      let nextPolled = 0
-      const awaitMarked = Effect.gen(function*() {
-        while (marked.size === 0) {
-          const woke = yield* changed.await.pipe(Effect.timeoutOption(c.pollMillis))
-          yield* changed.close
-          if (Option.isNone(woke)) {
-            for (let i = 0; i < Math.min(c.pageSize, order.length); i++) {
-              marked.add(order[nextPolled]!)
-              nextPolled = (nextPolled + 1) % order.length
-            }
-          }
-        }
-      })
       const next = Effect.gen(function*() {
         yield* awaitMarked
         const topic = marked.values().next().value as Topic

@@ -5,8 +5,9 @@
  * first read, so an append during the replay is seen either by the replay or as a change.
  */
 import type { mlsApi } from "@xmtp/proto"
-import { Chunk, Effect, Option, Queue, Stream } from "effect"
+import { Chunk, Effect, Queue, Stream } from "effect"
 import { pageMayContinue } from "../layers/DeliveryRequests.ts"
+import * as MarkedTopics from "../layers/MarkedTopics.ts"
 import { ANY_TOPIC, type StoredEntry, type Topic } from "../services/DeliveryStore.ts"
 import { int64 } from "./Proto.ts"
 import { groupMessageOf, welcomeMessageOf } from "./XmtpMlsApi.ts"
@@ -18,8 +19,11 @@ const follow = <A>(cursors: Map<Topic, bigint>, serve: (entry: StoredEntry) => A
   Stream.unwrapScoped(Effect.gen(function*() {
     const store = yield* XmtpStore
     const changes = yield* store.changes
-    const dirty = new Set(cursors.keys())
-    const woken = yield* Effect.makeLatch(false)
+    const { awaitMarked, marked: dirty, wake } = yield* MarkedTopics.make(Array.from(cursors.keys()), {
+      pollMillis: limits.pollMillis,
+      pollPage: MAX_PAGE_SIZE,
+      initiallyMarked: true
+    })
     const mark = (topic: Topic) => {
       if (topic === ANY_TOPIC) for (const t of cursors.keys()) dirty.add(t)
       else if (cursors.has(topic)) dirty.add(topic)
@@ -31,31 +35,14 @@ const follow = <A>(cursors: Map<Topic, bigint>, serve: (entry: StoredEntry) => A
         Effect.suspend(() => {
           mark(first.topic)
           for (const change of rest) mark(change.topic)
-          return dirty.size > 0 ? woken.open : Effect.void
+          return wake
         })
       ),
       Effect.forever,
       Effect.forkScoped
     )
-    // The poll is a safety net for a lost notification: it looks at the next `MAX_PAGE_SIZE`
-    // topics again, in turn. Not all of them: 64 idle streams of 1,000 topics on one anonymous
-    // connection would ask for 12,800 reads a second.
-    const order = Array.from(cursors.keys())
-    let nextPolled = 0
-    const awaitWork = Effect.gen(function*() {
-      while (dirty.size === 0) {
-        const woke = yield* woken.await.pipe(Effect.timeoutOption(limits.pollMillis))
-        yield* woken.close
-        if (Option.isNone(woke)) {
-          for (let i = 0; i < Math.min(MAX_PAGE_SIZE, order.length); i++) {
-            dirty.add(order[nextPolled]!)
-            nextPolled = (nextPolled + 1) % order.length
-          }
-        }
-      }
-    })
     const pull = Effect.gen(function*() {
-      yield* awaitWork
+      yield* awaitMarked
       const topic = dirty.values().next().value as Topic
       // Taken off before the read: a change during the read puts it back.
       dirty.delete(topic)
