@@ -216,15 +216,12 @@ export const make = (inner: Service): Effect.Effect<FaultyDelivery, never, Scope
         return state
       })
 
-    /** Marks what a send stored, while duplicates are armed. */
-    const markDuplicates = <E extends { readonly sequenceId: bigint }>(
-      envelopes: ReadonlyArray<E>,
-      topicOf: (e: E) => string
-    ) =>
+    /** Marks the group messages a send stored, while duplicates are armed. */
+    const markDuplicates = (envelopes: ReadonlyArray<GroupMessageEnvelope>) =>
       Ref.update(faultState, (s) => {
         let state = s
         for (const envelope of envelopes) {
-          const topic = topicOf(envelope)
+          const topic = groupTopicOf(envelope)
           const isNew = envelope.sequenceId > (highestSent.get(topic) ?? 0n)
           if (!isNew) continue
           highestSent.set(topic, envelope.sequenceId)
@@ -295,9 +292,8 @@ export const make = (inner: Service): Effect.Effect<FaultyDelivery, never, Scope
       )
     }
 
-    const twiceIfMarked = <E extends { readonly sequenceId: bigint }>(topicOf: (e: E) => string) =>
-    (envelope: E): ReadonlyArray<E> =>
-      duplicated.has(`${topicOf(envelope)}/${envelope.sequenceId}`) ? [envelope, envelope] : [envelope]
+    const twiceIfMarked = (envelope: GroupMessageEnvelope): ReadonlyArray<GroupMessageEnvelope> =>
+      duplicated.has(`${groupTopicOf(envelope)}/${envelope.sequenceId}`) ? [envelope, envelope] : [envelope]
 
     /**
      * One inner subscription per group, so a held topic waits on its own while the other
@@ -310,7 +306,7 @@ export const make = (inner: Service): Effect.Effect<FaultyDelivery, never, Scope
       for (const f of filters) byGroup.set(f.groupId, [...(byGroup.get(f.groupId) ?? []), f])
       if (byGroup.size <= 1) {
         return inner.subscribeGroupMessages(filters).pipe(
-          Stream.mapConcat(twiceIfMarked(groupTopicOf)),
+          Stream.mapConcat(twiceIfMarked),
           Stream.tap((e) => waitUntilClear(held, e.groupId))
         )
       }
@@ -383,7 +379,7 @@ export const make = (inner: Service): Effect.Effect<FaultyDelivery, never, Scope
     const view = (installation: InstallationId | undefined): Service => ({
       sendGroupMessages: (messages) =>
         serve("sendGroupMessages", installation, inner.sendGroupMessages(messages)).pipe(
-          Effect.tap((envelopes) => markDuplicates(envelopes, groupTopicOf))
+          Effect.tap(markDuplicates)
         ),
       queryGroupMessages: (query) => serve("queryGroupMessages", installation, inner.queryGroupMessages(query)),
       batchQueryGroupMessages: (queries) =>
