@@ -48,6 +48,16 @@ export const make = (
   quarantine: Quarantine
 ): IntentRepository => {
   const decodeIntents = decodeEach(intentRowWith(sealedWithKey), "converge_intents", quarantine.intents)
+  /** The intents whose `column` is one of `values`, read `chunk` values per statement. */
+  const whereIn = (column: "id" | "payload_hash", values: ReadonlyArray<string | number>, chunk: number) =>
+    Effect.gen(function*() {
+      const found: Array<StoredIntent> = []
+      for (let i = 0; i < values.length; i += chunk) {
+        const rows = yield* sql`SELECT * FROM converge_intents WHERE ${sql.in(column, values.slice(i, i + chunk))}`
+        found.push(...(yield* decodeIntents(rows)))
+      }
+      return found
+    })
   // Only id and state are read here: a bad state is logged and skipped, and quarantined when the
   // whole row is read (resolving an intent reads it), where its message and group are known.
   const decodeIntentStates = decodeEach(IntentStateRow, "converge_intents", quarantine.none)
@@ -84,18 +94,7 @@ export const make = (
         "intents.get",
         sql`SELECT * FROM converge_intents WHERE id = ${id}`.pipe(Effect.flatMap(decodeIntents), Effect.map(first))
       ),
-    getMany: (ids) =>
-      run(
-        "intents.getMany",
-        Effect.gen(function*() {
-          const found: Array<StoredIntent> = []
-          for (let i = 0; i < ids.length; i += 100) {
-            const rows = yield* sql`SELECT * FROM converge_intents WHERE ${sql.in("id", ids.slice(i, i + 100))}`
-            found.push(...(yield* decodeIntents(rows)))
-          }
-          return found
-        })
-      ),
+    getMany: (ids) => run("intents.getMany", whereIn("id", ids, 100)),
     byGroup: (groupId, states, kinds) =>
       run(
         "intents.byGroup",
@@ -137,19 +136,8 @@ export const make = (
           Effect.map(first)
         )
       ),
-    byPayloadHashes: (hashes) =>
-      run(
-        "intents.byPayloadHashes",
-        Effect.gen(function*() {
-          const found: Array<StoredIntent> = []
-          // Chunked far below SQLite's parameter limit; a page is 100 envelopes by default.
-          for (let i = 0; i < hashes.length; i += 500) {
-            const rows = yield* sql`SELECT * FROM converge_intents WHERE ${sql.in("payload_hash", hashes.slice(i, i + 500))}`
-            found.push(...(yield* decodeIntents(rows)))
-          }
-          return found
-        })
-      ),
+    // Chunked far below SQLite's parameter limit; a page is 100 envelopes by default.
+    byPayloadHashes: (hashes) => run("intents.byPayloadHashes", whereIn("payload_hash", hashes, 500)),
     markPublished: (id, p) =>
       run(
         "intents.markPublished",
