@@ -111,8 +111,9 @@ export class SyncSummary extends Schema.Class<SyncSummary>("SyncSummary")({
     joined: 0,
     historyImported: 0
   })
+  /** Sums of numbers are numbers: built without checking them again (a sync combines a few per group). */
   static combine(a: SyncSummary, b: SyncSummary): SyncSummary {
-    return makeSyncSummary({
+    return new SyncSummary({
       received: a.received + b.received,
       messages: a.messages + b.messages,
       commits: a.commits + b.commits,
@@ -121,7 +122,7 @@ export class SyncSummary extends Schema.Class<SyncSummary>("SyncSummary")({
       published: a.published + b.published,
       joined: a.joined + b.joined,
       historyImported: a.historyImported + b.historyImported
-    })
+    }, true)
   }
 }
 /** `SyncSummary.make`, its validator built once (a sync makes a few per group). */
