@@ -10,7 +10,7 @@
  * by our own `ws` server, which has a `maxPayload`; the platform's has a fixed 100 MiB one).
  */
 import type { Rpc, RpcGroup, RpcMessage } from "@effect/rpc"
-import { RpcSchema, RpcSerialization, RpcServer } from "@effect/rpc"
+import { RpcSchema, RpcServer } from "@effect/rpc"
 import { Socket, SocketServer } from "@effect/platform"
 import { Context, Effect, FiberRef, FiberSet, Layer, Mailbox, Option, type Scope } from "effect"
 import * as Http from "node:http"
@@ -18,8 +18,10 @@ import { createRequire } from "node:module"
 import type * as Net from "node:net"
 import type { Duplex } from "node:stream"
 
+import { isShortRequestId } from "./RpcRequestIds.ts"
 import { DEFAULT_TRANSPORT_LIMITS, type TransportLimits } from "./TransportLimits.ts"
 
+export { boundedRequestIds, MAX_REQUEST_ID_DIGITS } from "./RpcRequestIds.ts"
 export { DEFAULT_TRANSPORT_LIMITS, type TransportLimits } from "./TransportLimits.ts"
 
 /** The limits with defaults filled in; a limit that is not a positive integer is a defect. */
@@ -212,51 +214,6 @@ const makeGate = (limits: Required<TransportLimits>, path: string) =>
     return { limits, refusals, createServer, sockets } satisfies Gate
   })
 
-// ---- request ids ----
-
-/** Longest request id taken: the RPC client counts from 0, so 20 digits (2^64) is plenty. */
-export const MAX_REQUEST_ID_DIGITS = 20
-const REQUEST_ID = new RegExp(`^[0-9]{1,${MAX_REQUEST_ID_DIGITS}}$`)
-
-/** The request id a client message carries, if it is of a kind that carries one. */
-const requestIdOf = (message: unknown): { readonly id: unknown } | undefined => {
-  if (typeof message !== "object" || message === null) return undefined
-  const m = message as { readonly _tag?: unknown; readonly id?: unknown; readonly requestId?: unknown }
-  if (m._tag === "Request") return { id: m.id }
-  if (m._tag === "Ack" || m._tag === "Interrupt") return { id: m.requestId }
-  return undefined
-}
-
-/**
- * A serialization whose decoder refuses a message with a request id that is not a short
- * decimal, before any RPC layer sees it: `@effect/rpc` turns every id into a `BigInt` (its parse
- * is quadratic in the digits: a 3-million-digit id held the event loop for 11 s) and echoes it
- * back, and throws on ids `BigInt` does not take. The refusal is the protocol defect a
- * malformed message gets (the message, and the rest of its frame or body, are dropped).
- */
-export const boundedRequestIds = (inner: RpcSerialization.RpcSerialization["Type"]) =>
-  RpcSerialization.RpcSerialization.of({
-    contentType: inner.contentType,
-    includesFraming: inner.includesFraming,
-    unsafeMake: () => {
-      const parser = inner.unsafeMake()
-      return {
-        encode: parser.encode,
-        decode: (data) => {
-          const messages = parser.decode(data)
-          for (const message of messages) {
-            const carried = requestIdOf(message)
-            if (carried === undefined) continue
-            const { id } = carried
-            if (typeof id === "bigint" ? id >= 0n : typeof id === "string" && REQUEST_ID.test(id)) continue
-            throw new Error(`malformed request: a request id must be a decimal of at most ${MAX_REQUEST_ID_DIGITS} digits`)
-          }
-          return messages
-        }
-      }
-    }
-  })
-
 // ---- calls in flight, and readers that do not read ----
 
 /** The RPCs a server answers, by tag: whether each answers with a stream. */
@@ -273,10 +230,8 @@ export const rpcKinds = <R extends Rpc.Any>(group: RpcGroup.RpcGroup<R>): RpcKin
  * "007" is answered as "7". Undefined for an id that is not a short decimal (refused before
  * this by `boundedRequestIds`).
  */
-const answeredId = (id: unknown): string | undefined => {
-  if (typeof id === "bigint") return id >= 0n ? String(id) : undefined
-  return typeof id === "string" && REQUEST_ID.test(id) ? id.replace(/^0+(?=.)/, "") : undefined
-}
+const answeredId = (id: unknown): string | undefined =>
+  !isShortRequestId(id) ? undefined : typeof id === "bigint" ? String(id) : String(id).replace(/^0+(?=.)/, "")
 
 /**
  * The current HTTP request's response: set by the HTTP guard around the RPC app, read when
