@@ -23,7 +23,7 @@ const defaultReconnectSchedule: Schedule.Schedule<unknown, unknown> = Schedule.e
 
 /** `http(s)://` -> `ws(s)://` and back; other URLs are left alone. */
 const withScheme = (url: string, secure: string, plain: string) =>
-  url.replace(/^(https?|wss?):\/\//, (_, scheme: string) => (scheme.endsWith("s") ? secure : plain) + "://")
+  url.replace(/^(https?|wss?):\/\//, (_, scheme: string) => (/^(https|wss)$/.test(scheme) ? secure : plain) + "://")
 
 /**
  * HTTP: a call whose response ends without its `Exit` (the server died mid-answer, a proxy
