@@ -372,6 +372,17 @@ describe("client policies", () => {
       expect((yield* ds.sendGroupMessages([mlsMessage(newGroupId(), "x")]))[0]!.sequenceId).toBe(1n)
     }))
 
+  // "ws" ends in "s" too: a ws:// URL was taken for wss:// (or https://) and met a plain server with TLS.
+  it.scopedLive("a ws:// URL reaches a plain server over either transport", () =>
+    Effect.gen(function*() {
+      const { address } = yield* memoryServer()
+      for (const transport of transports) {
+        const ds = yield* connect(address.url.replace(/^http/, "ws"), { transport })
+        const page = yield* ds.queryGroupMessages({ groupId: newGroupId(), afterSequenceId: 0n })
+        expect(page.items).toEqual([])
+      }
+    }))
+
   it.scopedLive("idempotent calls are retried through transient failures; publishIdentityUpdate is not", () =>
     Effect.gen(function*() {
       const { address, memory } = yield* memoryServer()

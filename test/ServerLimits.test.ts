@@ -4,12 +4,12 @@
  * caps answer the calls past them with a typed, retryable `LimitExceeded`.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Layer } from "effect"
 import * as net from "node:net"
 import { serve } from "../src/layers/DeliveryServer.ts"
 import { DEFAULT_TRANSPORT_LIMITS } from "../src/layers/ServerLimits.ts"
 import { DeliveryService } from "../src/index.ts"
-import { overWebSocket } from "./support/RawWebSocket.ts"
+import { openWebSocket, overWebSocket } from "./support/RawWebSocket.ts"
 
 
 const MiB = 1024 * 1024
@@ -97,5 +97,109 @@ describe("per-connection caps", () => {
       const { messages } = yield* Effect.promise(() => overWebSocket(url, frames, (m) => exitsOf(m).length === 2))
       expect(limitExceeded(messages).map((m) => m.requestId)).toEqual(["3"])
       expect(exitsOf(messages).find((m) => m.requestId === "4")).toMatchObject({ exit: { _tag: "Success" } })
+    }))
+})
+
+describe("a call's slot is freed however the call ends", () => {
+  const connect = (url: string) => Effect.acquireRelease(Effect.promise(() => openWebSocket(url)), (c) => Effect.sync(c.close))
+  /** The answer to request `id` (an Exit under any spelling of the id), or undefined. */
+  const answerTo = (id: number) => (messages: ReadonlyArray<any>) =>
+    exitsOf(messages).find((m) => Number(m.requestId) === id)
+  const defects = (messages: ReadonlyArray<any>) => messages.filter((m) => m._tag === "Defect")
+
+  // @effect/rpc answers a request for an RPC it does not have with a Defect that names no
+  // request: a connection that sent as many as its in-flight cap could make no more calls.
+  it.scopedLive("requests for unknown RPCs, or with a payload that does not decode, leave the cap to real calls", () =>
+    Effect.gen(function*() {
+      const { url } = yield* serve({ port: 0, maxInFlightPerConnection: 2 }).pipe(
+        Effect.provide(DeliveryService.layerMemory)
+      )
+      const connection = yield* connect(url)
+      for (let i = 1; i <= 4; i++) {
+        const answered = yield* Effect.promise(() =>
+          connection.exchange(request(i, "noSuchRpc", {}), (m) => defects(m).length === i || answerTo(i)(m) !== undefined)
+        )
+        // Answered as @effect/rpc answers it, not refused as one call too many.
+        expect(answerTo(i)(answered)).toBeUndefined()
+        expect(defects(answered)[i - 1].defect).toContain("Unknown request tag")
+      }
+      for (let i = 5; i <= 8; i++) {
+        const answered = yield* Effect.promise(() =>
+          connection.exchange(request(i, "queryGroupMessages", { query: 42 }), (m) => answerTo(i)(m) !== undefined)
+        )
+        expect(answerTo(i)(answered)).toMatchObject({ exit: { _tag: "Failure", cause: { _tag: "Die" } } })
+      }
+      const last = yield* Effect.promise(() => connection.exchange(query(9), (m) => answerTo(9)(m) !== undefined))
+      expect(answerTo(9)(last)).toMatchObject({ exit: { _tag: "Success" } })
+    }))
+
+  // The server answers "007" as "7" (it parses every id to a BigInt): the slot was kept
+  // under "007" and never freed.
+  it.scopedLive("a request id written with leading zeros is freed by its answer under the plain id", () =>
+    Effect.gen(function*() {
+      const { url } = yield* serve({ port: 0, maxInFlightPerConnection: 2 }).pipe(
+        Effect.provide(DeliveryService.layerMemory)
+      )
+      const connection = yield* connect(url)
+      for (let i = 1; i <= 4; i++) {
+        const frame = query(i).replace(`"id":"${i}"`, `"id":"00${i}"`)
+        const answered = yield* Effect.promise(() => connection.exchange(frame, (m) => answerTo(i)(m) !== undefined))
+        expect(answerTo(i)(answered)).toMatchObject({ exit: { _tag: "Success" } })
+      }
+    }))
+
+  // A handler's defect went out as a Defect naming no request (failing every call of the
+  // connection at the client), so its slot was never freed either.
+  it.scopedLive("a call whose handler dies frees its slot and fails alone", () =>
+    Effect.gen(function*() {
+      const dying = "f".repeat(32)
+      const service = Layer.effect(
+        DeliveryService,
+        Effect.map(DeliveryService, (ds) => ({
+          ...ds,
+          queryGroupMessages: (q: Parameters<typeof ds.queryGroupMessages>[0]) =>
+            q.groupId === dying ? Effect.die("a bug in the handler") : ds.queryGroupMessages(q)
+        }))
+      ).pipe(Layer.provide(DeliveryService.layerMemory))
+      const { url } = yield* serve({ port: 0, maxInFlightPerConnection: 2 }).pipe(Effect.provide(service))
+      const connection = yield* connect(url)
+      for (let i = 1; i <= 4; i++) {
+        const frame = request(i, "queryGroupMessages", { query: { groupId: dying, afterSequenceId: "0" } })
+        const answered = yield* Effect.promise(() => connection.exchange(frame, (m) => answerTo(i)(m) !== undefined))
+        expect(answerTo(i)(answered)).toMatchObject({ exit: { _tag: "Failure", cause: { _tag: "Die" } } })
+      }
+      const last = yield* Effect.promise(() => connection.exchange(query(5), (m) => answerTo(5)(m) !== undefined))
+      expect(answerTo(5)(last)).toMatchObject({ exit: { _tag: "Success" } })
+    }))
+
+  // A second request under a running request's id waited for it uncounted (any number of
+  // them), and took over its entry: a subscription's slot ended under the query's kind and
+  // was never given back.
+  it.scopedLive("a request id already in flight is refused at once and the subscription keeps its own slot", () =>
+    Effect.gen(function*() {
+      const { url } = yield* serve({ port: 0, maxSubscriptionsPerConnection: 1 }).pipe(
+        Effect.provide(DeliveryService.layerMemory)
+      )
+      const connection = yield* connect(url)
+      const subscribe = (id: number) =>
+        request(id, "subscribeGroupMessages", { filters: [{ groupId, afterSequenceId: "0" }] })
+      yield* Effect.promise(() => connection.exchange(subscribe(1), () => false, 200))
+      for (let n = 1; n <= 3; n++) {
+        const answered = yield* Effect.promise(() =>
+          connection.exchange(query(1), (m) => exitsOf(m).length === n, 2_000)
+        )
+        expect(exitsOf(answered)).toHaveLength(n)
+        expect(exitsOf(answered)[n - 1]).toMatchObject({
+          requestId: "1",
+          exit: { cause: { error: { reason: "InvalidRequest", retryable: false } } }
+        })
+      }
+      // The subscription ends; its slot is free for another.
+      const interrupt = JSON.stringify({ _tag: "Interrupt", requestId: "1" })
+      yield* Effect.promise(() => connection.exchange(interrupt, (m) => exitsOf(m).length === 4, 2_000))
+      yield* Effect.promise(() => connection.exchange(subscribe(2), () => false, 200))
+      const last = yield* Effect.promise(() => connection.exchange(query(3), (m) => answerTo(3)(m) !== undefined))
+      expect(answerTo(3)(last)).toMatchObject({ exit: { _tag: "Success" } })
+      expect(answerTo(2)(last)).toBeUndefined()
     }))
 })

@@ -332,21 +332,26 @@ export class DeliveryRouter extends HttpRouter.Tag("converge/DeliveryServer/Rout
 
 /**
  * The RPC server; with the tracer off (`converge serve` without an OTLP collector) it opens no
- * span per request, which nobody would read. A new layer per transport: one shared layer value
- * would be built once, and serve only the first transport.
+ * span per request, which nobody would read. A handler's defect ends its own call (an `Exit`
+ * under its id), not every call of the connection with a `Defect` naming none (whose slot the
+ * in-flight cap could never free). A new layer per transport: one shared layer value would be
+ * built once, and serve only the first transport.
  */
 const rpcServer = () => Layer.unwrapEffect(
-  Effect.map(FiberRef.get(FiberRef.currentTracerEnabled), (enabled) => RpcServer.layer(DeliveryRpcs, { disableTracing: !enabled }))
+  Effect.map(
+    FiberRef.get(FiberRef.currentTracerEnabled),
+    (enabled) => RpcServer.layer(DeliveryRpcs, { disableTracing: !enabled, disableFatalDefects: true })
+  )
 )
 
 const rpcOverHttp = rpcServer().pipe(
-  Layer.provide(guarded(RpcServer.layerProtocolHttp({ path: RPC_PATH, routerTag: DeliveryRouter }))),
+  Layer.provide(guarded(DeliveryRpcs, RpcServer.layerProtocolHttp({ path: RPC_PATH, routerTag: DeliveryRouter }))),
   Layer.provide(Layer.succeed(RpcSerialization.RpcSerialization, boundedRequestIds(RpcSerialization.ndjson)))
 )
 
 /** WebSocket connections come from the gate's own `ws` server (its message limit), not the router. */
 const rpcOverWebsocket = rpcServer().pipe(
-  Layer.provide(guarded(Layer.scoped(RpcServer.Protocol, RpcServer.makeProtocolSocketServer))),
+  Layer.provide(guarded(DeliveryRpcs, Layer.scoped(RpcServer.Protocol, RpcServer.makeProtocolSocketServer))),
   Layer.provide(Layer.effect(SocketServer.SocketServer, Effect.map(Gate, (gate) => gate.sockets))),
   Layer.provide(Layer.succeed(RpcSerialization.RpcSerialization, boundedRequestIds(RpcSerialization.json)))
 )

@@ -8,6 +8,7 @@ import { HttpClient, HttpClientRequest } from "@effect/platform"
 import { NodeHttpClient, NodeSocket } from "@effect/platform-node"
 import { RpcClient, type RpcMessage, RpcSerialization } from "@effect/rpc"
 import { Effect, Layer, Schedule, type Scope } from "effect"
+import { boundedRequestIds } from "./RpcRequestIds.ts"
 
 /** What the connection needs of `RpcDeliveryOptions`. */
 export interface RpcProtocolOptions {
@@ -22,7 +23,7 @@ const defaultReconnectSchedule: Schedule.Schedule<unknown, unknown> = Schedule.e
 
 /** `http(s)://` -> `ws(s)://` and back; other URLs are left alone. */
 const withScheme = (url: string, secure: string, plain: string) =>
-  url.replace(/^(https?|wss?):\/\//, (_, scheme: string) => (scheme.endsWith("s") ? secure : plain) + "://")
+  url.replace(/^(https?|wss?):\/\//, (_, scheme: string) => (/^(https|wss)$/.test(scheme) ? secure : plain) + "://")
 
 /**
  * HTTP: a call whose response ends without its `Exit` (the server died mid-answer, a proxy
@@ -85,6 +86,15 @@ const httpClientLayer: Layer.Layer<HttpClient.HttpClient> = NodeHttpClient.layer
   Layer.provide(NodeHttpClient.makeAgentLayer({ keepAlive: true }))
 )
 
+/**
+ * The wire format with answers under ids no call of ours has (ids count from 0: at most 20
+ * digits) left out before the RPC client parses them with `BigInt`: a server sending a
+ * multi-million-digit id would hold our event loop for seconds. The call it claims to answer
+ * ends by its timeout or its transport's end, as with any answer that never came.
+ */
+const serialization = (inner: RpcSerialization.RpcSerialization["Type"]) =>
+  Layer.succeed(RpcSerialization.RpcSerialization, boundedRequestIds(inner, "drop"))
+
 export const protocolLayer = (options: RpcProtocolOptions): Layer.Layer<RpcClient.Protocol> => {
   if (options.transport === "http") {
     return Layer.scoped(
@@ -99,13 +109,13 @@ export const protocolLayer = (options: RpcProtocolOptions): Layer.Layer<RpcClien
       })
     ).pipe(
       // node:http rather than undici: undici's 300 s body timeout would cut quiet subscriptions.
-      Layer.provide([httpClientLayer, RpcSerialization.layerNdjson])
+      Layer.provide([httpClientLayer, serialization(RpcSerialization.ndjson)])
     )
   }
   return RpcClient.layerProtocolSocket({
     retryTransientErrors: false,
     retrySchedule: options.reconnectSchedule ?? defaultReconnectSchedule
   }).pipe(
-    Layer.provide([NodeSocket.layerWebSocket(withScheme(options.url, "wss", "ws")), RpcSerialization.layerJson])
+    Layer.provide([NodeSocket.layerWebSocket(withScheme(options.url, "wss", "ws")), serialization(RpcSerialization.json)])
   )
 }

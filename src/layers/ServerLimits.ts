@@ -9,8 +9,8 @@
  * `connection` (to refuse past the cap with a 503 before any parsing) and `upgrade` (served
  * by our own `ws` server, which has a `maxPayload`; the platform's has a fixed 100 MiB one).
  */
-import type { RpcMessage } from "@effect/rpc"
-import { RpcSerialization, RpcServer } from "@effect/rpc"
+import type { Rpc, RpcGroup, RpcMessage } from "@effect/rpc"
+import { RpcSchema, RpcServer } from "@effect/rpc"
 import { Socket, SocketServer } from "@effect/platform"
 import { Context, Effect, FiberRef, FiberSet, Layer, Mailbox, Option, type Scope } from "effect"
 import * as Http from "node:http"
@@ -18,8 +18,10 @@ import { createRequire } from "node:module"
 import type * as Net from "node:net"
 import type { Duplex } from "node:stream"
 
+import { isShortRequestId } from "./RpcRequestIds.ts"
 import { DEFAULT_TRANSPORT_LIMITS, type TransportLimits } from "./TransportLimits.ts"
 
+export { boundedRequestIds, MAX_REQUEST_ID_DIGITS } from "./RpcRequestIds.ts"
 export { DEFAULT_TRANSPORT_LIMITS, type TransportLimits } from "./TransportLimits.ts"
 
 /** The limits with defaults filled in; a limit that is not a positive integer is a defect. */
@@ -212,71 +214,42 @@ const makeGate = (limits: Required<TransportLimits>, path: string) =>
     return { limits, refusals, createServer, sockets } satisfies Gate
   })
 
-// ---- request ids ----
-
-/** Longest request id taken: the RPC client counts from 0, so 20 digits (2^64) is plenty. */
-export const MAX_REQUEST_ID_DIGITS = 20
-const REQUEST_ID = new RegExp(`^[0-9]{1,${MAX_REQUEST_ID_DIGITS}}$`)
-
-/** The request id a client message carries, if it is of a kind that carries one. */
-const requestIdOf = (message: unknown): { readonly id: unknown } | undefined => {
-  if (typeof message !== "object" || message === null) return undefined
-  const m = message as { readonly _tag?: unknown; readonly id?: unknown; readonly requestId?: unknown }
-  if (m._tag === "Request") return { id: m.id }
-  if (m._tag === "Ack" || m._tag === "Interrupt") return { id: m.requestId }
-  return undefined
-}
-
-/**
- * A serialization whose decoder refuses a message with a request id that is not a short
- * decimal, before any RPC layer sees it: `@effect/rpc` turns every id into a `BigInt` (its parse
- * is quadratic in the digits: a 3-million-digit id held the event loop for 11 s) and echoes it
- * back, and throws on ids `BigInt` does not take. The refusal is the protocol defect a
- * malformed message gets (the message, and the rest of its frame or body, are dropped).
- */
-export const boundedRequestIds = (inner: RpcSerialization.RpcSerialization["Type"]) =>
-  RpcSerialization.RpcSerialization.of({
-    contentType: inner.contentType,
-    includesFraming: inner.includesFraming,
-    unsafeMake: () => {
-      const parser = inner.unsafeMake()
-      return {
-        encode: parser.encode,
-        decode: (data) => {
-          const messages = parser.decode(data)
-          for (const message of messages) {
-            const carried = requestIdOf(message)
-            if (carried === undefined) continue
-            const { id } = carried
-            if (typeof id === "bigint" ? id >= 0n : typeof id === "string" && REQUEST_ID.test(id)) continue
-            throw new Error(`malformed request: a request id must be a decimal of at most ${MAX_REQUEST_ID_DIGITS} digits`)
-          }
-          return messages
-        }
-      }
-    }
-  })
-
 // ---- calls in flight, and readers that do not read ----
 
-/** The RPCs whose answer is a stream. */
-const STREAMS = new Set(["subscribeGroupMessages", "subscribeWelcomeMessages"])
+/** The RPCs a server answers, by tag: whether each answers with a stream. */
+export type RpcKinds = ReadonlyMap<string, boolean>
+
+export const rpcKinds = <R extends Rpc.Any>(group: RpcGroup.RpcGroup<R>): RpcKinds =>
+  new Map(Array.from(group.requests, ([tag, rpc]) => {
+    const { successSchema } = rpc as unknown as Rpc.AnyWithProps
+    return [tag, RpcSchema.isStreamSchema(successSchema)]
+  }))
 
 /**
- * The node response of the HTTP request being handled: set by the HTTP guard around the RPC
- * app, read when the request's RPC messages are admitted (on the same fiber).
+ * A request id as the RPC server writes it in its answers: it parses ids with `BigInt`, so
+ * "007" is answered as "7". Undefined for an id that is not a short decimal (refused before
+ * this by `boundedRequestIds`).
+ */
+const answeredId = (id: unknown): string | undefined =>
+  !isShortRequestId(id) ? undefined : typeof id === "bigint" ? String(id) : String(id).replace(/^0+(?=.)/, "")
+
+/**
+ * The current HTTP request's response: set by the HTTP guard around the RPC app, read when
+ * the request's RPC messages are admitted (on the same fiber).
  */
 export const currentHttpResponse = FiberRef.unsafeMake<Http.ServerResponse | undefined>(undefined)
 
-/** An RPC exit failing with a retryable `DeliveryError("LimitExceeded")`, as the client decodes it. */
-const limitExceeded = (requestId: string, detail: string): RpcMessage.FromServerEncoded => ({
+type RefusalReason = "LimitExceeded" | "InvalidRequest"
+
+/** An RPC exit failing with a `DeliveryError`, as the client decodes it. */
+const refusal = (requestId: string, reason: RefusalReason, detail: string): RpcMessage.FromServerEncoded => ({
   _tag: "Exit",
   requestId,
   exit: {
     _tag: "Failure",
     cause: {
       _tag: "Fail",
-      error: { _tag: "DeliveryError", reason: "LimitExceeded", retryable: true, detail }
+      error: { _tag: "DeliveryError", reason, retryable: reason === "LimitExceeded", detail }
     }
   }
 })
@@ -314,14 +287,52 @@ const drained = (response: Http.ServerResponse, timeoutMillis: number, refusals:
     }))
   )
 
+/** What becomes of a request: counted while it runs, refused at once, or passed on uncounted. */
+type Admission =
+  | { readonly _tag: "Count"; readonly id: string; readonly isStream: boolean }
+  | { readonly _tag: "Refuse"; readonly kind: string; readonly reason: RefusalReason; readonly detail: string }
+  | { readonly _tag: "Pass" }
+
+/**
+ * Only a request the server will run is counted, under the id its `Exit` will carry: one for
+ * an RPC it does not have, or with an id it cannot read, it answers at once with a `Defect`
+ * that names no request, which would never free the slot. A second request under an id in
+ * flight is refused: the server would queue it behind the first, uncounted, and the two
+ * answers under one id could not tell which call ended.
+ */
+const admission = (
+  state: ClientState,
+  message: RpcMessage.RequestEncoded,
+  kinds: RpcKinds,
+  limits: Required<TransportLimits>
+): Admission => {
+  const isStream = typeof message.tag === "string" ? kinds.get(message.tag) : undefined
+  const id = answeredId(message.id)
+  if (isStream === undefined || id === undefined) return { _tag: "Pass" }
+  const refuse = (kind: string, reason: RefusalReason, detail: string): Admission => ({ _tag: "Refuse", kind, reason, detail })
+  if (state.running.has(id)) {
+    return refuse("duplicateId", "InvalidRequest", `request id ${id} is already in flight on this connection`)
+  }
+  const { maxInFlightPerConnection, maxSubscriptionsPerConnection } = limits
+  if (state.running.size >= maxInFlightPerConnection) {
+    return refuse("inFlight", "LimitExceeded", `more than ${maxInFlightPerConnection} calls in flight on this connection`)
+  }
+  if (isStream && state.streams >= maxSubscriptionsPerConnection) {
+    return refuse("subscriptions", "LimitExceeded", `more than ${maxSubscriptionsPerConnection} subscriptions on this connection`)
+  }
+  return { _tag: "Count", id, isStream }
+}
+
 /**
  * Wraps an RPC server protocol: a request past its connection's caps is answered at once with
- * a typed, retryable `LimitExceeded` and never reaches the server; and a stream chunk for an
- * HTTP response waits until the previous ones were taken by the socket.
+ * a typed, retryable `LimitExceeded` (one under an id in flight with `InvalidRequest`) and
+ * never reaches the server; and a stream chunk for an HTTP response waits until the previous
+ * ones were taken by the socket. `kinds` are the server's RPCs.
  */
 export const guardProtocol = (
   inner: RpcServer.Protocol["Type"],
-  gate: Gate
+  gate: Gate,
+  kinds: RpcKinds
 ): Effect.Effect<RpcServer.Protocol["Type"], never, Scope.Scope> =>
   RpcServer.Protocol.make((writeRequest) =>
     Effect.gen(function*() {
@@ -336,17 +347,15 @@ export const guardProtocol = (
             state = { running: new Map(), streams: 0, response: yield* FiberRef.get(currentHttpResponse) }
             clients.set(clientId, state)
           }
-          const isStream = STREAMS.has(message.tag)
-          if (state.running.size >= limits.maxInFlightPerConnection) {
-            refusals.note("inFlight", `over ${limits.maxInFlightPerConnection} calls in flight on one connection`)
-            return yield* inner.send(clientId, limitExceeded(message.id, `more than ${limits.maxInFlightPerConnection} calls in flight on this connection`))
+          const decided = admission(state, message, kinds, limits)
+          if (decided._tag === "Refuse") {
+            refusals.note(decided.kind, decided.detail)
+            return yield* inner.send(clientId, refusal(message.id, decided.reason, decided.detail))
           }
-          if (isStream && state.streams >= limits.maxSubscriptionsPerConnection) {
-            refusals.note("subscriptions", `over ${limits.maxSubscriptionsPerConnection} subscriptions on one connection`)
-            return yield* inner.send(clientId, limitExceeded(message.id, `more than ${limits.maxSubscriptionsPerConnection} subscriptions on this connection`))
+          if (decided._tag === "Count") {
+            state.running.set(decided.id, decided.isStream)
+            if (decided.isStream) state.streams += 1
           }
-          state.running.set(message.id, isStream)
-          if (isStream) state.streams += 1
           return yield* writeRequest(clientId, message)
         })
 
@@ -401,13 +410,14 @@ export const guardProtocol = (
     })
   )
 
-/** A server protocol layer with `guardProtocol` around it. */
-export const guarded = <E, R>(
+/** A server protocol layer with `guardProtocol` around it, for a server of `group`. */
+export const guarded = <Rpcs extends Rpc.Any, E, R>(
+  group: RpcGroup.RpcGroup<Rpcs>,
   inner: Layer.Layer<RpcServer.Protocol, E, R>
 ): Layer.Layer<RpcServer.Protocol, E, R | Gate> =>
   Layer.scoped(
     RpcServer.Protocol,
     Effect.gen(function*() {
-      return yield* guardProtocol(yield* RpcServer.Protocol, yield* Gate)
+      return yield* guardProtocol(yield* RpcServer.Protocol, yield* Gate, rpcKinds(group))
     })
   ).pipe(Layer.provide(inner))

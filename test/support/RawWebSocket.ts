@@ -47,3 +47,38 @@ export const overWebSocket = (
       ws.on("close", (code: number) => (clearTimeout(timer), done(code)))
     }
   )
+
+/** One open WebSocket, for exchanges that each wait for their answer before the next is sent. */
+export interface RawConnection {
+  /** Sends `frame` and resolves with every message so far once `until` holds (or after `timeoutMs`). */
+  readonly exchange: (
+    frame: string,
+    until: (messages: ReadonlyArray<any>) => boolean,
+    timeoutMs?: number
+  ) => Promise<ReadonlyArray<any>>
+  readonly close: () => void
+}
+
+export const openWebSocket = (url: string) =>
+  new Promise<RawConnection>((resolve, reject) => {
+    const ws = new WebSocket(url.replace(/^http/, "ws"))
+    const messages: Array<any> = []
+    let check = () => {}
+    ws.on("error", reject)
+    ws.on("message", (data: Buffer) => {
+      messages.push(JSON.parse(data.toString()))
+      check()
+    })
+    ws.on("open", () =>
+      resolve({
+        exchange: (frame, until, timeoutMs = 5_000) =>
+          new Promise((done) => {
+            const timer = setTimeout(() => done(messages), timeoutMs)
+            check = () => {
+              if (until(messages)) (clearTimeout(timer), done(messages))
+            }
+            ws.send(frame)
+          }),
+        close: () => ws.close()
+      }))
+  })

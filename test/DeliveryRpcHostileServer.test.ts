@@ -1,0 +1,109 @@
+/**
+ * The RPC delivery client against servers that answer what no `DeliveryServer` would: fake
+ * servers on loopback (a raw `ws` server, a raw node:http server) that speak the wire
+ * protocol by hand.
+ */
+import { describe, expect, it } from "@effect/vitest"
+import { Context, type Duration, Effect, Layer, Schedule } from "effect"
+import * as http from "node:http"
+import { createRequire } from "node:module"
+import type { AddressInfo } from "node:net"
+import type { GroupId } from "../src/domain/Ids.ts"
+import { DeliveryService } from "../src/index.ts"
+
+/** The parts of `ws`'s server used here (it ships no types). */
+interface WsServer {
+  on(event: "connection", listener: (socket: { on(event: "message", f: (data: Buffer) => void): void; send(data: string): void }) => void): void
+  on(event: "listening", listener: () => void): void
+  address(): AddressInfo
+  close(): void
+}
+const { WebSocketServer } = createRequire(import.meta.url)("ws") as {
+  readonly WebSocketServer: new(options: { readonly port: number; readonly host: string }) => WsServer
+}
+
+// @effect/rpc's client parses every answer's request id with `BigInt`: 5 million digits took
+// about a second each here (a server could send 100 MiB of them).
+const hugeId = "9".repeat(5_000_000)
+const hugeAnswers = [
+  JSON.stringify({ _tag: "Chunk", requestId: hugeId, values: [] }),
+  JSON.stringify({ _tag: "Exit", requestId: hugeId, exit: { _tag: "Success", value: { items: [] } } })
+]
+
+/** A WebSocket server that answers every request with `hugeAnswers`, one frame each. */
+const wsServer = Effect.acquireRelease(
+  Effect.async<WsServer>((resume) => {
+    const server = new WebSocketServer({ port: 0, host: "127.0.0.1" })
+    server.on("connection", (socket) =>
+      socket.on("message", (data) => {
+        if (JSON.parse(data.toString())._tag === "Request") hugeAnswers.forEach((frame) => socket.send(frame))
+      }))
+    server.on("listening", () => resume(Effect.succeed(server)))
+  }),
+  (server) => Effect.sync(() => server.close())
+)
+
+/** An HTTP server that answers every POST with `hugeAnswers` as ndjson. */
+const httpServer = Effect.acquireRelease(
+  Effect.async<http.Server>((resume) => {
+    const server = http.createServer((request, response) => {
+      request.resume()
+      request.on("end", () => {
+        response.writeHead(200, { "content-type": "application/ndjson" })
+        response.end(hugeAnswers.map((line) => line + "\n").join(""))
+      })
+    })
+    server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
+  }),
+  (server) => Effect.sync(() => server.close())
+)
+
+/** The longest gap between ticks of a 5 ms interval while `effect` runs. */
+const longestStall = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    let last = performance.now()
+    let longest = 0
+    const ticker = setInterval(() => {
+      const now = performance.now()
+      longest = Math.max(longest, now - last)
+      last = now
+    }, 5)
+    const started = performance.now()
+    const result = yield* Effect.either(effect).pipe(Effect.ensuring(Effect.sync(() => clearInterval(ticker))))
+    return { result, longest, millis: performance.now() - started }
+  })
+
+/** One query through an RPC client of `url` with no retries. */
+const queryThrough = (url: string, transport: "websocket" | "http", timeout: Duration.DurationInput) =>
+  Effect.gen(function*() {
+    const context = yield* Layer.build(DeliveryService.layerRpc({ url, transport, timeout, retrySchedule: Schedule.recurs(0) }))
+    return yield* Context.get(context, DeliveryService).queryGroupMessages({
+      groupId: "0".repeat(32) as GroupId,
+      afterSequenceId: 0n
+    })
+  })
+
+describe("a server answering with request ids no call of ours has", () => {
+  // Before: the event loop stood still for 1.2-1.3 s (both transports) while the RPC client
+  // parsed the two ids, and answered nothing else meanwhile.
+  it.scopedLive("over WebSocket, the answers are dropped: the call times out and the event loop never stalls", () =>
+    Effect.gen(function*() {
+      const server = yield* wsServer
+      const url = `http://127.0.0.1:${server.address().port}/rpc`
+      const { longest, millis, result } = yield* longestStall(queryThrough(url, "websocket", "500 millis"))
+      expect(result).toMatchObject({ _tag: "Left", left: { _tag: "DeliveryError", reason: "Timeout" } })
+      expect(longest).toBeLessThan(400)
+      expect(millis).toBeLessThan(3_000)
+    }))
+
+  it.scopedLive("over HTTP, the answers are dropped: the call ends Unavailable and the event loop never stalls", () =>
+    Effect.gen(function*() {
+      const server = yield* httpServer
+      const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/rpc`
+      const { longest, millis, result } = yield* longestStall(queryThrough(url, "http", "10 seconds"))
+      // The response ended without an answer the client could take.
+      expect(result).toMatchObject({ _tag: "Left", left: { _tag: "DeliveryError", reason: "Unavailable" } })
+      expect(longest).toBeLessThan(400)
+      expect(millis).toBeLessThan(3_000)
+    }))
+})
