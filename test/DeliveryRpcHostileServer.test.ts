@@ -23,8 +23,8 @@ const { WebSocketServer } = createRequire(import.meta.url)("ws") as {
 }
 
 // @effect/rpc's client parses every answer's request id with `BigInt`: 5 million digits took
-// about a second each here (a server could send 100 MiB of them).
-const hugeId = "9".repeat(5_000_000)
+// about a second each here, 10 million about four (a server could send 100 MiB of them).
+const hugeId = "9".repeat(10_000_000)
 const hugeAnswers = [
   JSON.stringify({ _tag: "Chunk", requestId: hugeId, values: [] }),
   JSON.stringify({ _tag: "Exit", requestId: hugeId, exit: { _tag: "Success", value: { items: [] } } })
@@ -84,16 +84,16 @@ const queryThrough = (url: string, transport: "websocket" | "http", timeout: Dur
   })
 
 describe("a server answering with request ids no call of ours has", () => {
-  // Before: the event loop stood still for 1.2-1.3 s (both transports) while the RPC client
-  // parsed the two ids, and answered nothing else meanwhile.
+  // Before: the event loop stood still for 1.2-1.3 s (both transports, 5 million digits) while
+  // the RPC client parsed the two ids, and answered nothing else meanwhile.
   it.scopedLive("over WebSocket, the answers are dropped: the call times out and the event loop never stalls", () =>
     Effect.gen(function*() {
       const server = yield* wsServer
       const url = `http://127.0.0.1:${server.address().port}/rpc`
       const { longest, millis, result } = yield* longestStall(queryThrough(url, "websocket", "500 millis"))
       expect(result).toMatchObject({ _tag: "Left", left: { _tag: "DeliveryError", reason: "Timeout" } })
-      expect(longest).toBeLessThan(400)
-      expect(millis).toBeLessThan(3_000)
+      expect(longest).toBeLessThan(1_000)
+      expect(millis).toBeLessThan(8_000)
     }))
 
   it.scopedLive("over HTTP, the answers are dropped: the call ends Unavailable and the event loop never stalls", () =>
@@ -103,7 +103,7 @@ describe("a server answering with request ids no call of ours has", () => {
       const { longest, millis, result } = yield* longestStall(queryThrough(url, "http", "10 seconds"))
       // The response ended without an answer the client could take.
       expect(result).toMatchObject({ _tag: "Left", left: { _tag: "DeliveryError", reason: "Unavailable" } })
-      expect(longest).toBeLessThan(400)
-      expect(millis).toBeLessThan(3_000)
+      expect(longest).toBeLessThan(1_000)
+      expect(millis).toBeLessThan(8_000)
     }))
 })
