@@ -106,6 +106,9 @@ describe("a call's slot is freed however the call ends", () => {
   const answerTo = (id: number) => (messages: ReadonlyArray<any>) =>
     exitsOf(messages).find((m) => Number(m.requestId) === id)
   const defects = (messages: ReadonlyArray<any>) => messages.filter((m) => m._tag === "Defect")
+  /** Sends `frame` and waits for the answer to request `id`. */
+  const answerOf = (connection: Effect.Effect.Success<ReturnType<typeof connect>>, frame: string, id: number) =>
+    Effect.promise(() => connection.exchange(frame, (m) => answerTo(id)(m) !== undefined)).pipe(Effect.map(answerTo(id)))
 
   // @effect/rpc answers a request for an RPC it does not have with a Defect that names no
   // request: a connection that sent as many as its in-flight cap could make no more calls.
@@ -124,13 +127,10 @@ describe("a call's slot is freed however the call ends", () => {
         expect(defects(answered)[i - 1].defect).toContain("Unknown request tag")
       }
       for (let i = 5; i <= 8; i++) {
-        const answered = yield* Effect.promise(() =>
-          connection.exchange(request(i, "queryGroupMessages", { query: 42 }), (m) => answerTo(i)(m) !== undefined)
-        )
-        expect(answerTo(i)(answered)).toMatchObject({ exit: { _tag: "Failure", cause: { _tag: "Die" } } })
+        const answer = yield* answerOf(connection, request(i, "queryGroupMessages", { query: 42 }), i)
+        expect(answer).toMatchObject({ exit: { _tag: "Failure", cause: { _tag: "Die" } } })
       }
-      const last = yield* Effect.promise(() => connection.exchange(query(9), (m) => answerTo(9)(m) !== undefined))
-      expect(answerTo(9)(last)).toMatchObject({ exit: { _tag: "Success" } })
+      expect(yield* answerOf(connection, query(9), 9)).toMatchObject({ exit: { _tag: "Success" } })
     }))
 
   // The server answers "007" as "7" (it parses every id to a BigInt): the slot was kept
@@ -143,8 +143,7 @@ describe("a call's slot is freed however the call ends", () => {
       const connection = yield* connect(url)
       for (let i = 1; i <= 4; i++) {
         const frame = query(i).replace(`"id":"${i}"`, `"id":"00${i}"`)
-        const answered = yield* Effect.promise(() => connection.exchange(frame, (m) => answerTo(i)(m) !== undefined))
-        expect(answerTo(i)(answered)).toMatchObject({ exit: { _tag: "Success" } })
+        expect(yield* answerOf(connection, frame, i)).toMatchObject({ exit: { _tag: "Success" } })
       }
     }))
 
@@ -165,11 +164,9 @@ describe("a call's slot is freed however the call ends", () => {
       const connection = yield* connect(url)
       for (let i = 1; i <= 4; i++) {
         const frame = request(i, "queryGroupMessages", { query: { groupId: dying, afterSequenceId: "0" } })
-        const answered = yield* Effect.promise(() => connection.exchange(frame, (m) => answerTo(i)(m) !== undefined))
-        expect(answerTo(i)(answered)).toMatchObject({ exit: { _tag: "Failure", cause: { _tag: "Die" } } })
+        expect(yield* answerOf(connection, frame, i)).toMatchObject({ exit: { _tag: "Failure", cause: { _tag: "Die" } } })
       }
-      const last = yield* Effect.promise(() => connection.exchange(query(5), (m) => answerTo(5)(m) !== undefined))
-      expect(answerTo(5)(last)).toMatchObject({ exit: { _tag: "Success" } })
+      expect(yield* answerOf(connection, query(5), 5)).toMatchObject({ exit: { _tag: "Success" } })
     }))
 
   // A second request under a running request's id waited for it uncounted (any number of
