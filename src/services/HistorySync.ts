@@ -87,11 +87,12 @@ export const make = (
       const out: Array<OwnGroup> = []
       for (const summary of summaries) {
         if (summary.name !== OWN_DEVICES_GROUP_NAME) continue
-        // Only the own-devices groups' rows are read whole; one may have gone inactive since the summary.
+        // Only the own-devices groups' rows are read whole, and judged as they are now: the
+        // summary may be from before this sync (the group gone inactive, or renamed, since).
         const row = yield* storage.groups.get(summary.id)
         if (Option.isNone(row) || row.value.membershipState === "inactive") continue
         const members = crypto.view(yield* ctx.loadState(row.value)).members
-        if (!isOwnDevicesGroup(summary.name, members.map((m) => m.inboxId), self)) continue
+        if (!isOwnDevicesGroup(row.value.name, members.map((m) => m.inboxId), self)) continue
         out.push({ id: summary.id, leaves: members.map((m) => m.installationId) })
       }
       return out.sort((a, b) => a.id.localeCompare(b.id))
@@ -218,7 +219,10 @@ export const make = (
     if (!order.current.has(me)) return 0
     let groups = yield* ownGroupsAmong(active)
     // Created once there is another device to talk to, by the oldest: one group, not one per device.
-    if (groups.length === 0 && order.oldestCurrent === me && order.current.size > 1) {
+    // Listed again first: another sync running beside this one may have created it meanwhile.
+    const creates = order.oldestCurrent === me && order.current.size > 1
+    if (groups.length === 0 && creates) groups = yield* ownGroups
+    if (groups.length === 0 && creates) {
       yield* deps.createOwnDevicesGroup.pipe(
         Effect.catchAll((e) => Effect.logWarning("could not create the own-devices group", String(e)))
       )
