@@ -36,7 +36,7 @@ const GroupRow = groupRowWith(Sealed)
  * under its column names and renamed in code: renaming in the schema checks every field twice
  * (the renamed struct is checked again), which cost as much as the first check.
  */
-const SummaryColumns = Schema.Struct({
+export const SummaryColumns = Schema.Struct({
   id: GroupId,
   kind: ConversationKind,
   dm_id: Nullable(ConversationId),
@@ -53,7 +53,10 @@ const SummaryColumns = Schema.Struct({
 })
 const SUMMARY_COLUMNS = Object.keys(SummaryColumns.fields).join(", ")
 
-/** The columns renamed to the summary's fields (the compiler holds each field's type to the port's). */
+/**
+ * The columns renamed to the summary's fields, not checked again: each column checks what its
+ * field does (test/Storage.test.ts holds each column's type to its field's, refinements included).
+ */
 const summaryOf = (row: typeof SummaryColumns.Type): GroupSummary => ({
   id: row.id,
   kind: row.kind,

@@ -18,7 +18,7 @@ import { chunksOf, first, type Run } from "./SqliteStatements.ts"
  * A message row as SQLite holds it. Decoded under its column names and renamed in code below:
  * renaming in the schema checks every field twice (the renamed struct is checked again).
  */
-const MessageColumns = Schema.Struct({
+export const MessageColumns = Schema.Struct({
   id: MessageId,
   group_id: GroupId,
   conversation_id: ConversationId,
@@ -46,8 +46,9 @@ const TargetedDeletionRow = Schema.Struct({ targetId: column(MessageId, "target_
 
 /**
  * The message decoded from its columns. Each field was checked by its column's schema, the same
- * schemas `StoredMessage` checks with (the compiler holds their types equal in `fromColumns`), so
- * the value is not checked a second time: that pass cost as much as the decode.
+ * schemas `StoredMessage` checks with (test/Storage.test.ts holds each column's type to its
+ * field's, refinements included), so the value is not checked a second time: that pass cost as
+ * much as the decode.
  */
 const DecodedMessage = Schema.declare((u): u is StoredMessage => typeof u === "object" && u !== null, {
   identifier: "StoredMessage"
@@ -185,8 +186,10 @@ export const make = (sql: SqlClient.SqlClient, run: Run, quarantine: Quarantine)
       ),
     nextExpiry: run(
       "messages.nextExpiry",
+      // Integers only (the partial index still serves it): a damaged value would fail every sweep;
+      // its row is set aside when read.
       sql<{ next: unknown }>`SELECT min(expires_at_ns) AS next FROM converge_messages
-          WHERE expires_at_ns IS NOT NULL`.pipe(
+          WHERE expires_at_ns IS NOT NULL AND typeof(expires_at_ns) = 'integer'`.pipe(
         Effect.flatMap((rows) => rows[0]?.next == null ? Effect.succeedNone : Effect.asSome(decodeBig(rows[0].next)))
       )
     ),

@@ -20,10 +20,11 @@ import type * as GroupIntents from "./GroupIntents.ts"
 export const MAX_TEXT_BYTES = 64 * 1024
 
 /**
- * A stored message as the API shows it. Built unchecked: every field is a `StoredMessage` field,
- * checked when the message was made and again when its row was decoded (the compiler holds the
- * types equal), and every message read comes through here (checking it a third time cost a read
- * of 50 messages about a third of its time).
+ * A stored message as the API shows it. Built unchecked: every field is a `StoredMessage` field
+ * (the compiler holds the types equal), checked when its row is decoded for a read, and for the
+ * live stream made from values decoded at the boundary (the envelope, the content, the sender's
+ * credential; `PageMessages`) or by a checked maker (our own sends, history imports). Every
+ * message read comes through here: checking it again cost a read of 50 messages a third of its time.
  */
 export const toMessage = (row: StoredMessage) =>
   new Message({
