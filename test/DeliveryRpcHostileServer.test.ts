@@ -10,6 +10,8 @@ import { createRequire } from "node:module"
 import type { AddressInfo } from "node:net"
 import type { GroupId } from "../src/domain/Ids.ts"
 import { DeliveryService } from "../src/index.ts"
+import { boundedRequestIds } from "../src/layers/RpcRequestIds.ts"
+import { RpcSerialization } from "@effect/rpc"
 
 /** The parts of `ws`'s server used here (it ships no types). */
 interface WsServer {
@@ -30,18 +32,21 @@ const hugeAnswers = [
   JSON.stringify({ _tag: "Exit", requestId: hugeId, exit: { _tag: "Success", value: { items: [] } } })
 ]
 
-/** A WebSocket server that answers every request with `hugeAnswers`, one frame each. */
-const wsServer = Effect.acquireRelease(
-  Effect.async<WsServer>((resume) => {
-    const server = new WebSocketServer({ port: 0, host: "127.0.0.1" })
-    server.on("connection", (socket) =>
-      socket.on("message", (data) => {
-        if (JSON.parse(data.toString())._tag === "Request") hugeAnswers.forEach((frame) => socket.send(frame))
-      }))
-    server.on("listening", () => resume(Effect.succeed(server)))
-  }),
-  (server) => Effect.sync(() => server.close())
-)
+/** A WebSocket server that answers every request with `answers(its id)`, one frame each. */
+const wsServerAnswering = (answers: (requestId: string) => ReadonlyArray<string>) =>
+  Effect.acquireRelease(
+    Effect.async<WsServer>((resume) => {
+      const server = new WebSocketServer({ port: 0, host: "127.0.0.1" })
+      server.on("connection", (socket) =>
+        socket.on("message", (data) => {
+          const message = JSON.parse(data.toString())
+          if (message._tag === "Request") answers(String(message.id)).forEach((frame) => socket.send(frame))
+        }))
+      server.on("listening", () => resume(Effect.succeed(server)))
+    }),
+    (server) => Effect.sync(() => server.close())
+  )
+const wsServer = wsServerAnswering(() => hugeAnswers)
 
 /** An HTTP server that answers every POST with `hugeAnswers` as ndjson. */
 const httpServer = Effect.acquireRelease(
@@ -84,6 +89,17 @@ const queryThrough = (url: string, transport: "websocket" | "http", timeout: Dur
   })
 
 describe("a server answering with request ids no call of ours has", () => {
+  // What the client reads, whatever the machine's speed: answers under long ids never reach the
+  // RPC client; answers under ids it could have sent do.
+  it("the client's wire format leaves out answers under ids longer than 20 digits, and only those", () => {
+    const decode = (frame: string) => boundedRequestIds(RpcSerialization.json, "drop").unsafeMake().decode(frame)
+    for (const frame of hugeAnswers) expect(decode(frame)).toEqual([])
+    expect(decode(JSON.stringify({ _tag: "Exit", requestId: "9".repeat(21), exit: {} }))).toEqual([])
+    const ours = { _tag: "Exit", requestId: "9".repeat(20), exit: { _tag: "Success", value: null } }
+    expect(decode(JSON.stringify(ours))).toEqual([ours])
+    expect(decode(JSON.stringify({ _tag: "Pong" }))).toEqual([{ _tag: "Pong" }])
+  })
+
   // Before: the event loop stood still for 1.2-1.3 s (both transports, 5 million digits) while
   // the RPC client parsed the two ids, and answered nothing else meanwhile.
   it.scopedLive("over WebSocket, the answers are dropped: the call times out and the event loop never stalls", () =>
@@ -105,5 +121,31 @@ describe("a server answering with request ids no call of ours has", () => {
       expect(result).toMatchObject({ _tag: "Left", left: { _tag: "DeliveryError", reason: "Unavailable" } })
       expect(longest).toBeLessThan(1_000)
       expect(millis).toBeLessThan(8_000)
+    }))
+})
+
+describe("a server answering a call with a defect", () => {
+  // The RPC client turns a `Die` over the wire, and an answer it cannot decode, into a defect in
+  // this process: a bug of the server's would have been one of ours.
+  const answeredWith = (exit: unknown) =>
+    Effect.gen(function*() {
+      const server = yield* wsServerAnswering((requestId) => [JSON.stringify({ _tag: "Exit", requestId, exit })])
+      return yield* Effect.exit(queryThrough(`http://127.0.0.1:${server.address().port}/rpc`, "websocket", "5 seconds"))
+    })
+
+  it.scopedLive("a handler's defect fails the call with a retryable Unavailable naming it", () =>
+    Effect.gen(function*() {
+      const exit = yield* answeredWith({ _tag: "Failure", cause: { _tag: "Die", defect: "a bug in the handler" } })
+      expect(exit).toMatchObject({
+        _tag: "Failure",
+        cause: { _tag: "Fail", error: { _tag: "DeliveryError", reason: "Unavailable", retryable: true } }
+      })
+      expect(JSON.stringify(exit)).toContain("a bug in the handler")
+    }))
+
+  it.scopedLive("an answer that does not decode fails the call the same way", () =>
+    Effect.gen(function*() {
+      const exit = yield* answeredWith({ _tag: "Success", value: { items: "not a list" } })
+      expect(exit).toMatchObject({ _tag: "Failure", cause: { _tag: "Fail", error: { _tag: "DeliveryError", reason: "Unavailable" } } })
     }))
 })

@@ -1,6 +1,6 @@
 /**
  * The RPC transport's own failures as the delivery port's errors: connection refused or lost,
- * a server shutting down, a response that ended early, HTTP status refusals.
+ * a server shutting down, a response that ended early, HTTP status refusals, a defect answered.
  */
 import type { RpcClientError } from "@effect/rpc/RpcClientError"
 import { Cause } from "effect"
@@ -20,6 +20,12 @@ export const transportErrors = <E extends { readonly _tag: string }>(
 ): Cause.Cause<Exclude<E, RpcClientError> | DeliveryError> => {
   if (Cause.isInterruptedOnly(cause)) {
     return Cause.fail(unavailable(`${op}: the server interrupted the call (shutting down or connection lost)`))
+  }
+  // A defect here is the server's, not ours: one its handler died with, or an answer the RPC
+  // client could not decode. This process carries on; the call failed.
+  if (Cause.isDie(cause) && Cause.failureOption(cause)._tag === "None") {
+    const defect = Cause.squash(cause)
+    return Cause.fail(unavailable(`${op}: the server's answer was a defect: ${defect instanceof Error ? defect.message : String(defect)}`))
   }
   return Cause.map(cause, (e) =>
     e._tag === "RpcClientError"
