@@ -21,11 +21,12 @@ export const transportErrors = <E extends { readonly _tag: string }>(
   if (Cause.isInterruptedOnly(cause)) {
     return Cause.fail(unavailable(`${op}: the server interrupted the call (shutting down or connection lost)`))
   }
-  // A defect here is the server's, not ours: one its handler died with, or an answer the RPC
-  // client could not decode. This process carries on; the call failed.
+  // A defect in a call comes almost always from the other side: a defect the server's handler
+  // died with, or an answer the RPC client could not decode. This process carries on: the call
+  // failed, and says with what (a defect of our own request encoding would read the same).
   if (Cause.isDie(cause) && Cause.failureOption(cause)._tag === "None") {
     const defect = Cause.squash(cause)
-    return Cause.fail(unavailable(`${op}: the server's answer was a defect: ${defect instanceof Error ? defect.message : String(defect)}`))
+    return Cause.fail(unavailable(`${op}: the call ended in a defect: ${defect instanceof Error ? defect.message : String(defect)}`))
   }
   return Cause.map(cause, (e) =>
     e._tag === "RpcClientError"
