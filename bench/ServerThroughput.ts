@@ -1,7 +1,7 @@
 /**
  * `converge serve` under load: a real server process (SQLite in a temp folder, or Postgres at
  * `BENCH_POSTGRES_URL`) on loopback, and `publishers` registered installations, each with its
- * own RPC connection, sending one signed `sendGroupMessages` of one message at a time, all at
+ * own RPC connection, sending signed `sendGroupMessages` requests of `perRequest` messages, all at
  * once, to `groups` groups (publishers share groups, so topics are contended). One subscriber
  * per group follows its topic over RPC. Afterwards: every topic's ids are 1..n with no gap, and
  * every subscriber saw each message once.
@@ -19,6 +19,8 @@ import { mlsPayload, newGroupId, newInbox, newInstallationKeys } from "../test/s
 export interface ServerRun {
   readonly store: "sqlite" | "postgres"
   readonly publishers: number
+  /** Messages per `sendGroupMessages` request (the engine's publish sends up to 50 of a group's at once). */
+  readonly perRequest: number
   readonly groups: number
   readonly messages: number
   readonly seconds: number
@@ -91,6 +93,7 @@ export const runServerThroughput = (options: {
   readonly publishers: number
   readonly groups: number
   readonly perPublisher: number
+  readonly perRequest: number
   readonly postgresUrl?: string
 }) =>
   Effect.scoped(Effect.gen(function*() {
@@ -160,10 +163,14 @@ export const runServerThroughput = (options: {
     yield* Effect.forEach(publishers, (ds, p) =>
       Effect.gen(function*() {
         const groupId = groups[p % groups.length]!
-        for (let i = 0; i < options.perPublisher; i++) {
-          const payload = mlsPayload(groupId, `publisher ${p} message ${i} ${"x".repeat(60)}`)
+        for (let i = 0; i < options.perPublisher; i += options.perRequest) {
+          const count = Math.min(options.perRequest, options.perPublisher - i)
+          const messages = Array.from({ length: count }, (_, k) => ({
+            groupId,
+            payload: mlsPayload(groupId, `publisher ${p} message ${i + k} ${"x".repeat(60)}`)
+          }))
           const t = performance.now()
-          yield* ds.sendGroupMessages([{ groupId, payload }])
+          yield* ds.sendGroupMessages(messages)
           latencies.push(performance.now() - t)
         }
       }), { concurrency: "unbounded", discard: true })
@@ -193,6 +200,7 @@ export const runServerThroughput = (options: {
     return {
       store: options.postgresUrl === undefined ? "sqlite" : "postgres",
       publishers: options.publishers,
+      perRequest: options.perRequest,
       groups: options.groups,
       messages: total,
       seconds,
