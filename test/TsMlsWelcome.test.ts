@@ -8,6 +8,7 @@ import { Effect } from "effect"
 import {
   type CiphersuiteImpl,
   type ClientState,
+  type Credential,
   type KeyPackage,
   type PrivateKeyPackage,
   type Proposal,
@@ -32,6 +33,7 @@ import { toNodeIndex } from "ts-mls/treemath.js"
 import {
   checkUnmergedLeaves,
   joinFromWelcome,
+  joinWithSigner,
   privateKeysFromPathSecret,
   validateRatchetTree
 } from "../src/layers/TsMlsWelcome.ts"
@@ -197,5 +199,61 @@ describe("joining from a welcome (TsMlsWelcome)", () => {
         validateRatchetTree(tampered, bob.groupContext, defaultClientConfig, cs)
       )
       expect(error?.message).toMatch(/parent hash|tree hash/)
+    }))
+
+  it.effect("identity lookups run while the tree is checked; a leaf they refuse still keeps the joiner out", () =>
+    Effect.gen(function*() {
+      const { cs, f, fWelcome } = yield* refilledTree
+      const events: Array<string> = []
+      let release: () => void = () => undefined
+      const lookupsDone = new Promise<void>((resolve) => (release = resolve))
+      // The lookups end only once the tree's signatures and hashes have all been checked.
+      const prepare = async () => {
+        events.push("lookups started")
+        await lookupsDone
+        events.push("lookups done")
+      }
+      const judging = (refused: string | undefined) => ({
+        ...defaultClientConfig,
+        authService: {
+          validateCredential: async (credential: Credential) => {
+            const name = credential.credentialType === "basic" ? new TextDecoder().decode(credential.identity) : "?"
+            events.push(`credential ${name}`)
+            return name !== refused
+          }
+        }
+      })
+      const watched: CiphersuiteImpl = {
+        ...cs,
+        signature: {
+          ...cs.signature,
+          verify: (publicKey, message, signature) => {
+            events.push("signature checked")
+            return cs.signature.verify(publicKey, message, signature)
+          }
+        }
+      }
+      const join = (refused: string | undefined) => {
+        events.length = 0
+        const joining = joinWithSigner(fWelcome, f.publicPackage, f.privatePackage, watched, judging(refused), prepare)
+        // The tree is checked while the lookups are still out; then they come in.
+        setTimeout(release, 50)
+        return joining
+      }
+      const refusedJoin = yield* Effect.promise(() => join("d").then(() => "joined", (e: Error) => e.message))
+      expect(refusedJoin).toBe("Could not validate credential")
+      expect(events[0]).toBe("lookups started")
+      // The group info's and every leaf's signature, checked before the lookups came in.
+      expect(events.slice(1, 7)).toEqual(Array(6).fill("signature checked"))
+      expect(events[7]).toBe("lookups done")
+      expect(events).toContain("credential d")
+
+      const joined = yield* Effect.promise(() => join(undefined))
+      expect(joined.client.groupContext.groupId).toEqual(utf8("refilled-leaf-gp"))
+      // Every leaf of the tree, the welcome's signer first, judged after the lookups.
+      const leaves = joined.client.ratchetTree.filter((node) => node?.nodeType === "leaf").length
+      expect(leaves).toBe(5)
+      expect(events.filter((e) => e.startsWith("credential")).length).toBe(1 + leaves)
+      expect(events.indexOf("lookups done")).toBeLessThan(events.findIndex((e) => e.startsWith("credential")))
     }))
 })

@@ -14,7 +14,9 @@
  * A test compares the state it builds with ts-mls's on welcomes both accept.
  */
 import type {
+  AuthenticationService,
   CiphersuiteImpl,
+  Credential,
   ClientConfig,
   ClientState,
   GroupContext,
@@ -194,6 +196,30 @@ export const joinerCoversAncestors = (
   return undefined
 }
 
+/**
+ * An authentication service that only notes what it is asked (and says yes), so a tree's other
+ * checks need not wait for the identity lookups; `allValid` then asks the real one about each,
+ * in order. Nothing is joined before it has answered.
+ */
+export class DeferredCredentials {
+  private readonly asked: Array<readonly [Credential, Uint8Array]> = []
+  constructor(private readonly inner: AuthenticationService) {}
+
+  readonly service: AuthenticationService = {
+    validateCredential: async (credential, signaturePublicKey) => {
+      this.asked.push([credential, signaturePublicKey])
+      return true
+    }
+  }
+
+  async allValid(): Promise<boolean> {
+    for (const [credential, signaturePublicKey] of this.asked) {
+      if (!(await this.inner.validateCredential(credential, signaturePublicKey))) return false
+    }
+    return true
+  }
+}
+
 // ---- the join (RFC 9420 §12.4.3.1) -----------------------------------------------------------
 
 /**
@@ -247,7 +273,7 @@ export const joinWithSigner = async (
   privateKeys: PrivateKeyPackage,
   cs: CiphersuiteImpl,
   config: ClientConfig,
-  /** Runs before the tree's leaves are authenticated one by one (a batched identity lookup). */
+  /** A batched identity lookup, run while the tree is checked; the leaves' credentials are judged after it. */
   beforeTreeValidation?: (tree: RatchetTree) => Promise<void>
 ): Promise<{ readonly client: ClientState; readonly signer: number }> => {
   const keyPackageRef = await makeKeyPackageRef(keyPackage, cs.hash)
@@ -264,21 +290,24 @@ export const joinWithSigner = async (
   const tree = ratchetTreeFromExtension(groupInfo)
   if (tree === undefined) throw new UsageError("No RatchetTree passed and no ratchet_tree extension")
 
-  if (beforeTreeValidation !== undefined) await beforeTreeValidation(tree)
+  // The identity lookups the leaves need (a fetch, and signatures checked on the thread pool) run
+  // while the tree is checked here; each credential is judged once they are in, before the join.
+  const prepared = beforeTreeValidation === undefined ? undefined : beforeTreeValidation(tree).catch(() => undefined)
+  const credentials = new DeferredCredentials(config.authService)
   const signer = tree[leafToNodeIndex(toLeafIndex(groupInfo.signer))]
   if (signer === undefined) throw new ValidationError("Could not find signer leafNode")
   if (signer.nodeType === "parent") throw new ValidationError("Expected non blank leaf node")
-  if (!(await config.authService.validateCredential(signer.leaf.credential, signer.leaf.signaturePublicKey))) {
-    throw new ValidationError("Could not validate credential")
-  }
+  await credentials.service.validateCredential(signer.leaf.credential, signer.leaf.signaturePublicKey)
   if (!(await verifyGroupInfoSignature(groupInfo, signer.leaf.signaturePublicKey, cs.signature))) {
     throw new CryptoVerificationError("Could not verify groupInfo signature")
   }
   if (context.cipherSuite !== keyPackage.cipherSuite) {
     throw new ValidationError("cipher suite in the GroupInfo does not match the cipher_suite in the KeyPackage")
   }
-  const treeError = await validateRatchetTree(tree, context, config, cs)
+  const treeError = await validateRatchetTree(tree, context, { ...config, authService: credentials.service }, cs)
   if (treeError !== undefined) throw treeError
+  await prepared
+  if (!(await credentials.allValid())) throw new ValidationError("Could not validate credential")
 
   const ownLeaf = findLeafIndex(tree, keyPackage.leafNode)
   if (ownLeaf === undefined) throw new ValidationError("Could not find own leaf when processing welcome")
