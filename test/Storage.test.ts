@@ -11,7 +11,7 @@ import { AddMembersData, LeaveData, makeSendMessageData, PostCommitData, RemoveM
 import { IdentityUpdate } from "../src/domain/Wire.ts"
 import * as SqliteStorage from "../src/layers/SqliteStorage.ts"
 import { MessageColumns } from "../src/layers/SqliteMessageStorage.ts"
-import { SummaryColumns } from "../src/layers/SqliteGroupStorage.ts"
+import { summariesQuery, SummaryColumns } from "../src/layers/SqliteGroupStorage.ts"
 import { Storage } from "../src/services/Storage.ts"
 
 const hex = (n: number, fill: string) => fill.repeat(n)
@@ -165,6 +165,17 @@ describe("Storage", () => {
       yield* sql`UPDATE converge_groups SET added_by_inbox_id = 'nobody' WHERE id = ${other}`
       expect((yield* storage.groups.summaries({ includeInactive: true })).map((g) => g.id)).toEqual([groupId])
       expect(Option.getOrThrow(yield* storage.groups.get(groupId)).quarantine).toBeNull()
+    }).pipe(Effect.provide(SqliteStorage.layer.pipe(Layer.provideMerge(SqliteClient.layer({ filename: ":memory:" }))))))
+
+  it.effect("group summaries come from one index, never from the rows that hold the states", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      for (const includeInactive of [false, true]) {
+        // A 100-member group's state is 60-80 KB in overflow pages: a listing walking them read
+        // 1,000 such rows in 21 ms instead of 3.7.
+        const plan = yield* sql.unsafe<{ detail: string }>(`EXPLAIN QUERY PLAN ${summariesQuery(includeInactive)}`)
+        expect(plan.map((step) => step.detail)).toEqual(["SCAN converge_groups USING COVERING INDEX converge_groups_summary"])
+      }
     }).pipe(Effect.provide(SqliteStorage.layer.pipe(Layer.provideMerge(SqliteClient.layer({ filename: ":memory:" }))))))
 
   // Rows are checked once, column by column, then renamed to the domain's fields without a second

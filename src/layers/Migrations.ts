@@ -262,6 +262,19 @@ const catchupWritesHistoryFeedRuns = Effect.gen(function*() {
   yield* sql`DROP TRIGGER IF EXISTS converge_history_feed_message`
 })
 
+/**
+ * Group summaries (every `syncAll`, `conversations()`, history sync) are read from one index that
+ * holds every summary column in list order, never from the table: the columns stored after a
+ * row's MLS state (60-80 KB in a 100-member group, in overflow pages) cost a walk over those pages
+ * for every group listed. It orders by recency as `converge_groups_recent` did, and replaces it.
+ */
+const groupSummariesCoveringIndex = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`CREATE INDEX converge_groups_summary ON converge_groups (last_message_ns DESC, id, kind, dm_id,
+    membership_state, epoch, maybe_forked, fork_details, quarantine, name, description, added_by_inbox_id, created_at_ns)`
+  yield* sql`DROP INDEX IF EXISTS converge_groups_recent`
+})
+
 export const migrations = {
   "0001_create_tables": createTables,
   "0002_group_quarantine": addGroupQuarantine,
@@ -272,7 +285,8 @@ export const migrations = {
   "0007_optimistic_send_touch_trigger": optimisticSendTouchTrigger,
   "0008_send_statements_publish_touch_trigger": sendStatementsPublishTouchTrigger,
   "0009_catchup_writes_message_indexes": catchupWritesMessageIndexes,
-  "0010_catchup_writes_history_feed_runs": catchupWritesHistoryFeedRuns
+  "0010_catchup_writes_history_feed_runs": catchupWritesHistoryFeedRuns,
+  "0011_group_summaries_covering_index": groupSummariesCoveringIndex
 }
 
 export const loader = Migrator.fromRecord(migrations)
