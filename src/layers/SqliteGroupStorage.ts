@@ -7,7 +7,7 @@ import { Effect, Option, ParseResult, Schema } from "effect"
 import { ConversationId, GroupId, InboxId } from "../domain/Ids.ts"
 import type { IntentState } from "../domain/Intent.ts"
 import { ConversationKind, MembershipState, type StoredGroup } from "../domain/Stored.ts"
-import type { GroupRepository, GroupSummary } from "../services/Storage.ts"
+import type { GroupListing, GroupRepository, GroupSummary } from "../services/Storage.ts"
 import { Big, column, decodeBig, Flag, Nullable, type SealedColumn, type SealedWithKey } from "./SqliteColumns.ts"
 import { decodeEach, type Quarantine } from "./SqliteQuarantine.ts"
 import { first, type RawRow, type Run } from "./SqliteStatements.ts"
@@ -57,8 +57,8 @@ const SUMMARY_COLUMNS = Object.keys(SummaryColumns.fields).join(", ")
  * The summary listing, newest activity first. SQLite answers it from the covering index of
  * migration 0011 alone (a test holds it to that): no row's MLS state is read.
  */
-export const summariesQuery = (includeInactive: boolean) =>
-  `SELECT ${SUMMARY_COLUMNS} FROM converge_groups${includeInactive ? "" : " WHERE membership_state != 'inactive'"}
+export const summariesQuery = (includeInactive: boolean, columns: string = SUMMARY_COLUMNS) =>
+  `SELECT ${columns} FROM converge_groups${includeInactive ? "" : " WHERE membership_state != 'inactive'"}
    ORDER BY last_message_ns DESC, id`
 
 /**
@@ -81,16 +81,40 @@ const summaryOf = (row: typeof SummaryColumns.Type): GroupSummary => ({
   lastMessageNs: row.last_message_ns
 })
 
-/** Summaries are only read: the way back is never taken. */
-const GroupSummaryRow = Schema.transformOrFail(
-  SummaryColumns,
-  Schema.declare((u): u is GroupSummary => typeof u === "object" && u !== null, { identifier: "GroupSummary" }),
-  {
-    strict: true,
-    decode: (row) => ParseResult.succeed(summaryOf(row)),
-    encode: (summary, _, ast) => ParseResult.fail(new ParseResult.Forbidden(ast, summary, "group summaries are not written"))
-  }
-)
+/** A listing's columns, a subset of the summary's (so the covering index answers it too). */
+const ListingColumns = SummaryColumns.pick("id", "kind", "dm_id", "name", "membership_state")
+const LISTING_COLUMNS = Object.keys(ListingColumns.fields).join(", ")
+
+/** Renamed unchecked, as `summaryOf`: each column checks what its field does. */
+const listingOf = (row: typeof ListingColumns.Type): GroupListing => ({
+  id: row.id,
+  kind: row.kind,
+  dmId: row.dm_id,
+  name: row.name,
+  membershipState: row.membership_state
+})
+
+/** Columns renamed to a read-only domain value: listings and summaries are only read, never written back. */
+const readOnlyRow = <I, C, A extends object>(
+  columns: Schema.Schema<C, I, never>,
+  rename: (row: C) => A,
+  identifier: string
+) =>
+  Schema.transformOrFail(
+    columns,
+    Schema.declare((u): u is A => typeof u === "object" && u !== null, { identifier }),
+    {
+      strict: true,
+      decode: (row) => ParseResult.succeed(rename(row)),
+      encode: (value, _, ast) => ParseResult.fail(new ParseResult.Forbidden(ast, value, `${identifier} rows are not written`))
+    }
+  )
+
+/** `summariesQuery` for a conversation list's columns: the same index answers it. */
+export const listingQuery = (includeInactive: boolean) => summariesQuery(includeInactive, LISTING_COLUMNS)
+
+const GroupListingRow = readOnlyRow(ListingColumns, listingOf, "GroupListing")
+const GroupSummaryRow = readOnlyRow(SummaryColumns, summaryOf, "GroupSummary")
 
 // The row decodes to exactly the port's value (checked by the compiler).
 void (true satisfies (typeof GroupRow.Type extends StoredGroup ? true : false))
@@ -98,11 +122,14 @@ void (true satisfies (typeof GroupRow.Type extends StoredGroup ? true : false))
 /** The group decoder (`SqliteHistoryStorage` reads groups too) and the repository. */
 export const make = (sql: SqlClient.SqlClient, run: Run, sealedWithKey: SealedWithKey, quarantine: Quarantine) => {
   const decodeGroups = decodeEach(groupRowWith(sealedWithKey), "converge_groups", quarantine.groups)
-  const decodeSummariesEach = decodeEach(GroupSummaryRow, "converge_groups", quarantine.groups)
-  const decodeSummariesAll = Schema.decodeUnknown(Schema.Array(GroupSummaryRow))
   /** All rows in one decode (a client in a thousand groups lists them all); row by row only if one is bad. */
-  const decodeSummaries = (rows: ReadonlyArray<unknown>) =>
-    decodeSummariesAll(rows).pipe(Effect.catchAll(() => decodeSummariesEach(rows)))
+  const decodeAllOrEach = <A, I>(schema: Schema.Schema<A, I, never>) => {
+    const each = decodeEach(schema, "converge_groups", quarantine.groups)
+    const all = Schema.decodeUnknown(Schema.Array(schema))
+    return { each, all: (rows: ReadonlyArray<unknown>) => all(rows).pipe(Effect.catchAll(() => each(rows))) }
+  }
+  const summaryRows = decodeAllOrEach(GroupSummaryRow)
+  const listingRows = decodeAllOrEach(GroupListingRow)
 
   const groups: GroupRepository = {
     insert: (group) =>
@@ -148,13 +175,18 @@ export const make = (sql: SqlClient.SqlClient, run: Run, sealedWithKey: SealedWi
     summaries: ({ includeInactive }) =>
       run(
         "groups.summaries",
-        sql.unsafe(summariesQuery(includeInactive)).pipe(Effect.flatMap(decodeSummaries))
+        sql.unsafe(summariesQuery(includeInactive)).pipe(Effect.flatMap(summaryRows.all))
+      ),
+    listing: ({ includeInactive }) =>
+      run(
+        "groups.listing",
+        sql.unsafe(listingQuery(includeInactive)).pipe(Effect.flatMap(listingRows.all))
       ),
     summary: (id) =>
       run(
         "groups.summary",
         sql`SELECT ${sql.literal(SUMMARY_COLUMNS)} FROM converge_groups WHERE id = ${id}`.pipe(
-          Effect.flatMap(decodeSummariesEach),
+          Effect.flatMap(summaryRows.each),
           Effect.map(first)
         )
       ),

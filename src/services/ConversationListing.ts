@@ -35,7 +35,7 @@ export const make = (
       readonly consent?: ReadonlyArray<ConsentState>
     } = {}
   ) {
-    const rows = yield* storage.groups.summaries({ includeInactive: query.includeInactive ?? false })
+    const rows = yield* storage.groups.listing({ includeInactive: query.includeInactive ?? false })
     const recordOf = yield* consent.snapshot
     const shown = new Set(query.consent ?? DEFAULT_VISIBLE)
     const seen = new Set<string>()

@@ -35,12 +35,21 @@ export interface MessageQuery {
 /** A group's row without its MLS state (tens of kilobytes a group). */
 export type GroupSummary = Omit<StoredGroup, "mlsState">
 
+/** What listing conversations reads of a group: which conversation it is, and whether to show it. */
+export type GroupListing = Pick<GroupSummary, "id" | "kind" | "dmId" | "name" | "membershipState">
+
 export interface GroupRepository {
   readonly insert: (row: StoredGroup) => Io<void>
   readonly get: (id: GroupId) => Io<Option.Option<StoredGroup>>
   readonly list: (options: { readonly includeInactive: boolean }) => Io<ReadonlyArray<StoredGroup>>
   /** As `list`, without the MLS states: what listing and syncing many groups need. */
   readonly summaries: (options: { readonly includeInactive: boolean }) => Io<ReadonlyArray<GroupSummary>>
+  /**
+   * As `summaries`, only what a conversation list needs of each group (a list of a thousand is
+   * read often). A row is set aside when one of these columns is damaged; a group damaged only
+   * elsewhere is listed, and the operations that read the rest of its row meet the damage.
+   */
+  readonly listing: (options: { readonly includeInactive: boolean }) => Io<ReadonlyArray<GroupListing>>
   /** One group's row without its MLS state: for checks that need only its membership or flags. */
   readonly summary: (id: GroupId) => Io<Option.Option<GroupSummary>>
   /**
