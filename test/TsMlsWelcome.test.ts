@@ -205,9 +205,11 @@ describe("joining from a welcome (TsMlsWelcome)", () => {
     Effect.gen(function*() {
       const { cs, f, fWelcome } = yield* refilledTree
       const events: Array<string> = []
+      // The lookups come in once the welcome's six signatures (its group info, its five leaves)
+      // have been checked, or after 2 s: a join that waits for them first never sees those checks.
+      const treeSignatures = 6
+      let lookupsDone: Promise<void> = Promise.resolve()
       let release: () => void = () => undefined
-      const lookupsDone = new Promise<void>((resolve) => (release = resolve))
-      // The lookups end only once the tree's signatures and hashes have all been checked.
       const prepare = async () => {
         events.push("lookups started")
         await lookupsDone
@@ -229,23 +231,25 @@ describe("joining from a welcome (TsMlsWelcome)", () => {
           ...cs.signature,
           verify: (publicKey, message, signature) => {
             events.push("signature checked")
+            if (events.filter((e) => e === "signature checked").length === treeSignatures) setImmediate(release)
             return cs.signature.verify(publicKey, message, signature)
           }
         }
       }
       const join = (refused: string | undefined) => {
         events.length = 0
-        const joining = joinWithSigner(fWelcome, f.publicPackage, f.privatePackage, watched, judging(refused), prepare)
-        // The tree is checked while the lookups are still out; then they come in.
-        setTimeout(release, 50)
-        return joining
+        lookupsDone = new Promise<void>((resolve) => {
+          release = resolve
+          setTimeout(resolve, 2_000)
+        })
+        return joinWithSigner(fWelcome, f.publicPackage, f.privatePackage, watched, judging(refused), prepare)
       }
       const refusedJoin = yield* Effect.promise(() => join("d").then(() => "joined", (e: Error) => e.message))
       expect(refusedJoin).toBe("Could not validate credential")
       expect(events[0]).toBe("lookups started")
       // The group info's and every leaf's signature, checked before the lookups came in.
-      expect(events.slice(1, 7)).toEqual(Array(6).fill("signature checked"))
-      expect(events[7]).toBe("lookups done")
+      expect(events.slice(1, 1 + treeSignatures)).toEqual(Array(treeSignatures).fill("signature checked"))
+      expect(events[1 + treeSignatures]).toBe("lookups done")
       expect(events).toContain("credential d")
 
       const joined = yield* Effect.promise(() => join(undefined))
