@@ -169,6 +169,10 @@ describe("Storage", () => {
       const sql = yield* SqlClient.SqlClient
       yield* sql`UPDATE converge_groups SET added_by_inbox_id = 'nobody' WHERE id = ${other}`
       expect((yield* storage.groups.summaries({ includeInactive: true })).map((g) => g.id)).toEqual([groupId])
+      // The listing reads five columns: damage elsewhere leaves the group listed, damage there sets it aside.
+      expect((yield* storage.groups.listing({ includeInactive: true })).map((g) => g.id)).toEqual([groupId, other])
+      yield* sql`UPDATE converge_groups SET dm_id = 'not a conversation' WHERE id = ${other}`
+      expect((yield* storage.groups.listing({ includeInactive: true })).map((g) => g.id)).toEqual([groupId])
       expect(Option.getOrThrow(yield* storage.groups.get(groupId)).quarantine).toBeNull()
     }).pipe(Effect.provide(SqliteStorage.layer.pipe(Layer.provideMerge(SqliteClient.layer({ filename: ":memory:" }))))))
 
