@@ -43,11 +43,14 @@ export const make = (
 
   /**
    * The held group's topic read while its write-ahead is flushed: the flush on a fiber of its
-   * own (a plain fork, not a concurrent `zip`'s machinery: this runs once per `send`).
+   * own (a plain fork, not a concurrent `zip`'s machinery: this runs once per `send`). The fork
+   * yields first, so the disk sync is under way before the read starts: without the yield, a
+   * read that never suspends (an in-process service) would run before the flush even began.
    */
   const receiveFlushing = (groupId: GroupId, held: PublishPending.HeldPending) =>
     Effect.gen(function*() {
       const flushing = yield* Effect.fork(ctx.storage.flush)
+      yield* Effect.yieldNow()
       const read = yield* sync.receiveTo(groupId, held.group.membershipState, held.cursor).pipe(
         Effect.onError(() => Fiber.interrupt(flushing))
       )
