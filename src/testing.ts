@@ -202,6 +202,16 @@ export interface TestNetwork {
     changed?: { readonly protocolVersion?: number }
   ) => Effect.Effect<void, ConvergeError>
   /**
+   * What would be on the client's disk after a power loss right now: its database files as they
+   * are, taken only when its storage holds no write a power loss could undo (a defect otherwise).
+   */
+  readonly durableImage: (client: TestClient) => Effect.Effect<DiskImage>
+  /**
+   * A power loss: drops the client, puts back `image` (what was on its disk at the time it was
+   * taken: every later write is undone, synced or not) and boots the client from it.
+   */
+  readonly powerLoss: (client: TestClient, image: DiskImage) => Effect.Effect<void, ConvergeError>
+  /**
    * Arms a crash: the next time this client passes `point` (see `CrashPoint`), it dies there
    * with a `SimulatedCrash` defect, once. Arming an armed point again still crashes once.
    */
@@ -224,6 +234,14 @@ export interface TestNetwork {
     readonly welcomes: (installationId: InstallationId) => Effect.Effect<ReadonlyArray<WelcomeMessageEnvelope>>
   }
 }
+
+/** A client's database files (the main file and its WAL) at one moment. */
+export interface DiskImage {
+  readonly files: ReadonlyMap<string, Uint8Array>
+}
+
+/** The files SQLite keeps for a WAL database; the shared-memory index is rebuilt from the WAL. */
+const databaseFiles = (filename: string) => [filename, `${filename}-wal`]
 
 interface Incarnation {
   client: ClientShape
@@ -375,6 +393,34 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
         yield* boot(testClient.name, testClient.filename, { ...options, ...changed })
       }).pipe(Effect.uninterruptible, Effect.withSpan("TestNetwork.restart", { attributes: { name: testClient.name } }))
 
+    const durableImage = (testClient: TestClient) =>
+      Effect.gen(function*() {
+        const unflushed = yield* Effect.orDie(incarnationOf(testClient.name).storage.unflushedWrites)
+        if (unflushed > 0) {
+          return yield* Effect.dieMessage(`${testClient.name} holds ${unflushed} writes a power loss could undo`)
+        }
+        const files = new Map<string, Uint8Array>()
+        for (const file of databaseFiles(testClient.filename)) {
+          if (fs.existsSync(file)) files.set(file, fs.readFileSync(file))
+        }
+        return { files }
+      })
+
+    const powerLoss = (testClient: TestClient, image: DiskImage) =>
+      Effect.gen(function*() {
+        const old = incarnations.get(testClient.name)
+        if (old !== undefined) {
+          incarnations.delete(testClient.name)
+          yield* Scope.close(old.scope, Exit.void)
+        }
+        for (const file of [...databaseFiles(testClient.filename), `${testClient.filename}-shm`]) {
+          fs.rmSync(file, { force: true })
+        }
+        for (const [file, bytes] of image.files) fs.writeFileSync(file, bytes)
+        const { rootSecretKey: _, ...options } = madeWith.get(testClient.name) ?? {}
+        yield* boot(testClient.name, testClient.filename, options)
+      }).pipe(Effect.uninterruptible, Effect.withSpan("TestNetwork.powerLoss", { attributes: { name: testClient.name } }))
+
     const crashAt = (testClient: TestClient, point: CrashPoint) =>
       Effect.sync(() => {
         const points = armed.get(testClient.name) ?? new Set<CrashPoint>()
@@ -394,6 +440,8 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
       faults: memory.faults,
       client,
       restart,
+      durableImage,
+      powerLoss,
       crashAt,
       disarmCrashes,
       crashLog: Effect.sync(() => [...crashes]),

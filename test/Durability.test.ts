@@ -20,7 +20,7 @@ import * as SqlDeliveryStore from "../src/layers/SqlDeliveryStore.ts"
 import * as SqliteStorage from "../src/layers/SqliteStorage.ts"
 import type { DeliveryService } from "../src/services/DeliveryService.ts"
 import { Storage } from "../src/services/Storage.ts"
-import { TestNetwork } from "../src/testing.ts"
+import { type DiskImage, type TestClient, TestNetwork } from "../src/testing.ts"
 
 const synchronousLevel = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
@@ -78,7 +78,11 @@ const refusingUnflushed = (
   return {
     ...ds,
     sendGroupMessages: (messages) => checked("sendGroupMessages", ds.sendGroupMessages(messages)),
-    sendWelcomeMessages: (messages) => checked("sendWelcomeMessages", ds.sendWelcomeMessages(messages)),
+    // Welcomes depend on their commit's write-ahead, on disk before the commit went out (checked
+    // above); the confirmation written since may still be unsynced (the power-loss story below).
+    sendWelcomeMessages: (messages) => Effect.sync(() => writes.push("sendWelcomeMessages")).pipe(
+      Effect.zipRight(ds.sendWelcomeMessages(messages))
+    ),
     uploadKeyPackage: (upload) => checked("uploadKeyPackage", ds.uploadKeyPackage(upload)),
     publishIdentityUpdate: (update) => checked("publishIdentityUpdate", ds.publishIdentityUpdate(update))
   }
@@ -161,6 +165,67 @@ describe("durability of commits", () => {
         new Set(["sendGroupMessages", "sendWelcomeMessages", "uploadKeyPackage", "publishIdentityUpdate"])
       )
       expect(ahead).toEqual([])
+    })))
+
+  it.live("a power loss right after a commit's welcomes left undoes only its confirmation: confirmed and welcomed again, the newcomer joins once", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      let watched: TestClient | undefined
+      let atLastSend: DiskImage | undefined
+      const unflushedAtWelcomes: Array<number> = []
+      const alice = yield* net.client("alice", {
+        wrapDelivery: (ds) => ({
+          ...ds,
+          // What the disk holds as each message leaves (nothing unflushed: `durableImage` checks).
+          sendGroupMessages: (messages) =>
+            Effect.gen(function*() {
+              if (watched !== undefined) atLastSend = yield* net.durableImage(watched)
+              return yield* ds.sendGroupMessages(messages)
+            }),
+          sendWelcomeMessages: (messages) =>
+            Effect.tap(ds.sendWelcomeMessages(messages), () =>
+              watched === undefined ? Effect.void : net.storage(watched).pipe(
+                Effect.flatMap((storage) => Effect.orDie(storage.unflushedWrites)),
+                Effect.map((unflushed) => unflushedAtWelcomes.push(unflushed))
+              ))
+        })
+      })
+      const [bob, carol] = yield* Effect.all([net.client("bob"), net.client("carol")])
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* bob.syncAll
+
+      // Alice adds Carol; the commit goes out from a synced disk, the welcome right after the
+      // confirmation was written, before anything synced it. Then the power goes.
+      watched = alice
+      yield* group.addMembers([carol.inboxId])
+      expect(unflushedAtWelcomes.length).toBe(1)
+      expect(unflushedAtWelcomes[0]).toBeGreaterThan(0)
+      yield* net.powerLoss(alice, atLastSend!)
+      watched = undefined
+
+      // Back up, Alice's disk has the commit written ahead but not confirmed: Carol is not a member yet.
+      const [published] = yield* (yield* net.storage(alice)).intents.byState(["Published"])
+      expect(published?.postCommit?.installationIds).toEqual([carol.installationId])
+      expect((yield* (yield* alice.conversation(group.id)).members).map((m) => m.inboxId)).not.toContain(carol.inboxId)
+
+      // Carol joins from the welcome that left before the power loss; Alice confirms the commit
+      // from the topic again and sends the welcome again, which Carol takes as the group she has.
+      expect((yield* carol.syncAll).joined).toBe(1)
+      yield* alice.syncAll
+      expect((yield* net.inspect.welcomes(carol.installationId)).length).toBe(2)
+      expect((yield* carol.syncAll).joined).toBe(0)
+      expect((yield* carol.conversations()).filter((c) => c.id === group.id).length).toBe(1)
+
+      // Everyone is in the same epoch: each reads the others.
+      yield* (yield* alice.conversation(group.id)).send("the lights are back")
+      yield* (yield* carol.conversation(group.id)).send("hello from Carol")
+      yield* Effect.all([alice.syncAll, bob.syncAll, carol.syncAll])
+      for (const client of [alice, bob, carol]) {
+        const read = yield* (yield* client.conversation(group.id)).messages()
+        expect(read.filter((m) => m.kind === "text").map((m) => m.text).sort()).toEqual(["hello from Carol", "the lights are back"])
+      }
+      expect((yield* (yield* alice.conversation(group.id)).members).map((m) => m.inboxId).sort())
+        .toEqual([alice.inboxId, bob.inboxId, carol.inboxId].sort())
     })))
 
   it.scoped("flush inside a transaction is a defect: its own writes would count as flushed before they commit", () =>

@@ -11,12 +11,17 @@
  *
  * - `"publish"` (the default, libxmtp's choice too): commits use `synchronous=NORMAL`, and the
  *   engine calls `flush` before every request that writes to the delivery service (and before
- *   another device signs this one in). `flush` syncs the WAL file on libuv's thread pool, so
- *   every commit so far survives a power loss before anything that depends on it leaves. A
- *   power loss can undo only local changes made since the last such request: received pages
- *   and confirmations (fetched and derived again on the next sync), messages queued with
+ *   another device signs this one in), welcomes excepted. `flush` syncs the WAL file on libuv's
+ *   thread pool, so every commit so far survives a power loss before anything that depends on it
+ *   leaves. A power loss can undo only local changes made since the last such request: received
+ *   pages and confirmations (fetched and derived again on the next sync), messages queued with
  *   `sendOptimistic` and not yet published, and local-only decisions (consent not yet sent,
  *   deletions, expiries, pruned keys, which then come back until done again).
+ *   Welcomes go without a flush of their own: they depend only on their commit's write-ahead
+ *   (its staged state and the welcomes themselves), flushed before the commit went out, not on
+ *   the confirmation written since. A power loss that undoes that confirmation has the commit
+ *   confirmed again from the topic and its welcomes sealed and sent again; the joiner takes the
+ *   group once. In a 100-member group that sync (the new state) cost about 2 ms of a 30 ms add.
  * - `"commit"`: every commit is synced before it returns (`synchronous=FULL`); `flush` has
  *   nothing left to do.
  *

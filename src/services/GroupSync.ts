@@ -259,11 +259,11 @@ export const make = (ctx: EngineContext) => {
     Effect.gen(function*() {
       const post = intent.postCommit
       if (post !== null && intent.sequenceId !== null) {
-        // The disk syncs (the page that confirmed the commit among the rest) while the welcomes
-        // are sealed, which writes nothing: they leave once both are done.
-        const [, messages] = yield* Effect.all([storage.flush, sealWelcomes(groupId, intent.sequenceId, post)], {
-          concurrency: 2
-        })
+        // No flush first: the welcomes depend on the commit's write-ahead (its staged state and
+        // these very welcomes), synced before the commit went out, not on the confirmation written
+        // since. A power loss that undid the confirmation leaves the commit to be confirmed again
+        // from the topic and its welcomes sealed and sent again; the joiner takes the group once.
+        const messages = yield* sealWelcomes(groupId, intent.sequenceId, post)
         for (let i = 0; i < messages.length; i += 50) {
           const refused = yield* ds.sendWelcomeMessages(messages.slice(i, i + 50)).pipe(
             Effect.as(false),
