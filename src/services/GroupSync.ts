@@ -259,10 +259,11 @@ export const make = (ctx: EngineContext) => {
     Effect.gen(function*() {
       const post = intent.postCommit
       if (post !== null && intent.sequenceId !== null) {
-        // No flush first: the welcomes depend on the commit's write-ahead (its staged state and
-        // these very welcomes), synced before the commit went out, not on the confirmation written
-        // since. A power loss that undid the confirmation leaves the commit to be confirmed again
-        // from the topic and its welcomes sealed and sent again; the joiner takes the group once.
+        // No flush first: the welcomes carry what the commit wrote ahead (these very welcomes, the
+        // key packages they are sealed to), synced before the commit went out, and the commit's
+        // sequence id, which reading the topic again gives back. A power loss that undid the
+        // confirmation has the commit confirmed again from the topic and its welcomes sealed and
+        // sent again (the same welcome, under fresh HPKE randomness); the joiner takes the group once.
         const messages = yield* sealWelcomes(groupId, intent.sequenceId, post)
         for (let i = 0; i < messages.length; i += 50) {
           const refused = yield* ds.sendWelcomeMessages(messages.slice(i, i + 50)).pipe(

@@ -239,7 +239,7 @@ export class Storage extends Context.Tag("converge/Storage")<Storage, {
    * Makes every write so far survive a power loss. Commits survive a crash of the process as
    * soon as they return; a store may leave the disk sync for later, and the engine calls this
    * before every request that writes to the delivery service (a commit's welcomes excepted: they
-   * depend only on the commit's write-ahead, flushed before the commit went), so nothing leaves
+   * carry what the commit wrote ahead, flushed before the commit went), so nothing leaves
    * the device ahead of the record it depends on (see `SqliteDurability`). Not inside `transaction`.
    */
   readonly flush: Effect.Effect<void, StorageError>
