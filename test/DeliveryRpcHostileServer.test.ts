@@ -79,9 +79,16 @@ const longestStall = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   })
 
 /** One query through an RPC client of `url` with no retries. */
-const queryThrough = (url: string, transport: "websocket" | "http", timeout: Duration.DurationInput) =>
+const queryThrough = (
+  url: string,
+  transport: "websocket" | "http",
+  timeout: Duration.DurationInput,
+  bounds: { readonly maxAnswerBytes?: number } = {}
+) =>
   Effect.gen(function*() {
-    const context = yield* Layer.build(DeliveryService.layerRpc({ url, transport, timeout, retrySchedule: Schedule.recurs(0) }))
+    const context = yield* Layer.build(
+      DeliveryService.layerRpc({ url, transport, timeout, retrySchedule: Schedule.recurs(0), ...bounds })
+    )
     return yield* Context.get(context, DeliveryService).queryGroupMessages({
       groupId: "0".repeat(32) as GroupId,
       afterSequenceId: 0n
@@ -147,5 +154,50 @@ describe("a server answering a call with a defect", () => {
     Effect.gen(function*() {
       const exit = yield* answeredWith({ _tag: "Success", value: { items: "not a list" } })
       expect(exit).toMatchObject({ _tag: "Failure", cause: { _tag: "Fail", error: { _tag: "DeliveryError", reason: "Unavailable" } } })
+    }))
+})
+
+describe("a server answering with more bytes than the client takes", () => {
+  // A well-formed answer (no messages) padded to 300 KB: what a server could send 100 MiB of.
+  const padded = (requestId: string) => [JSON.stringify({
+    _tag: "Exit",
+    requestId,
+    exit: { _tag: "Success", value: { items: [] } },
+    padding: "x".repeat(300_000)
+  })]
+
+  it.scopedLive("within the client's bound the answer is taken; over it the connection closes and the call ends Unavailable, long before its timeout", () =>
+    Effect.gen(function*() {
+      const server = yield* wsServerAnswering(padded)
+      const url = `http://127.0.0.1:${server.address().port}/rpc`
+      const taken = yield* Effect.either(queryThrough(url, "websocket", "5 seconds"))
+      expect(taken).toMatchObject({ _tag: "Right", right: { items: [] } })
+
+      const started = performance.now()
+      const refused = yield* Effect.either(queryThrough(url, "websocket", "5 seconds", { maxAnswerBytes: 64 * 1024 }))
+      expect(refused).toMatchObject({ _tag: "Left", left: { _tag: "DeliveryError", reason: "Unavailable" } })
+      expect(performance.now() - started).toBeLessThan(4_000)
+    }))
+
+  it.scopedLive("a call that met an oversized answer is retried once the client has reconnected, and answered", () =>
+    Effect.gen(function*() {
+      let answered = 0
+      const server = yield* wsServerAnswering((requestId) =>
+        answered++ === 0
+          ? padded(requestId)
+          : [JSON.stringify({ _tag: "Exit", requestId, exit: { _tag: "Success", value: { items: [] } } })]
+      )
+      const context = yield* Layer.build(DeliveryService.layerRpc({
+        url: `http://127.0.0.1:${server.address().port}/rpc`,
+        timeout: "5 seconds",
+        retrySchedule: Schedule.spaced("100 millis").pipe(Schedule.intersect(Schedule.recurs(20))),
+        maxAnswerBytes: 64 * 1024
+      }))
+      const page = yield* Context.get(context, DeliveryService).queryGroupMessages({
+        groupId: "0".repeat(32) as GroupId,
+        afterSequenceId: 0n
+      })
+      expect(page.items).toEqual([])
+      expect(answered).toBe(2)
     }))
 })

@@ -56,6 +56,12 @@ export interface RpcDeliveryOptions {
   readonly resubscribeSchedule?: Schedule.Schedule<unknown, DeliveryError>
   /** WebSocket only: reconnection attempts after the connection drops. Default: exponential from 100 ms, at most 2 s apart. */
   readonly reconnectSchedule?: Schedule.Schedule<unknown, unknown>
+  /**
+   * WebSocket only: the largest message taken from the server, in bytes. A larger one closes the
+   * connection (its calls end `Unavailable`; the client reconnects). Default 16 MiB, about three
+   * times the largest page a `DeliveryServer` answers.
+   */
+  readonly maxAnswerBytes?: number
 }
 
 const DEFAULT_TIMEOUT = Duration.seconds(10)

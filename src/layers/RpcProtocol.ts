@@ -4,10 +4,11 @@
  * goes silent), or HTTP ndjson (one POST per call, a long-lived response per stream) over
  * kept-alive node:http connections.
  */
-import { HttpClient, HttpClientRequest } from "@effect/platform"
-import { NodeHttpClient, NodeSocket } from "@effect/platform-node"
+import { HttpClient, HttpClientRequest, Socket } from "@effect/platform"
+import { NodeHttpClient } from "@effect/platform-node"
 import { RpcClient, type RpcMessage, RpcSerialization } from "@effect/rpc"
 import { Effect, Layer, Schedule, type Scope } from "effect"
+import { WebSocket } from "ws"
 import { boundedRequestIds } from "./RpcRequestIds.ts"
 
 /** What the connection needs of `RpcDeliveryOptions`. */
@@ -15,7 +16,15 @@ export interface RpcProtocolOptions {
   readonly url: string
   readonly transport?: "websocket" | "http"
   readonly reconnectSchedule?: Schedule.Schedule<unknown, unknown>
+  readonly maxAnswerBytes?: number
 }
+
+/**
+ * The largest WebSocket message taken from a server: a page of the server's is at most 4 MiB of
+ * payloads (`MAX_PAGE_BYTES`), about 5.4 MiB as JSON with its bytes in base64; `ws` alone would
+ * take 100 MiB from a server that sends more.
+ */
+export const DEFAULT_MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
 const defaultReconnectSchedule: Schedule.Schedule<unknown, unknown> = Schedule.exponential("100 millis").pipe(
   Schedule.either(Schedule.spaced("2 seconds"))
@@ -116,6 +125,23 @@ export const protocolLayer = (options: RpcProtocolOptions): Layer.Layer<RpcClien
     retryTransientErrors: false,
     retrySchedule: options.reconnectSchedule ?? defaultReconnectSchedule
   }).pipe(
-    Layer.provide([NodeSocket.layerWebSocket(withScheme(options.url, "wss", "ws")), serialization(RpcSerialization.json)])
+    Layer.provide([
+      boundedWebSocket(withScheme(options.url, "wss", "ws"), options.maxAnswerBytes ?? DEFAULT_MAX_ANSWER_BYTES),
+      serialization(RpcSerialization.json)
+    ])
   )
 }
+
+/**
+ * The connection as `NodeSocket.layerWebSocket` makes it on Node 20 (a `ws` client), with a bound
+ * on each message: `ws` closes the connection on a larger one (1009) before buffering it whole,
+ * so its calls end Unavailable and the client reconnects.
+ */
+const boundedWebSocket = (url: string, maxPayload: number): Layer.Layer<Socket.Socket> =>
+  Layer.scoped(Socket.Socket, Socket.makeWebSocket(url)).pipe(
+    Layer.provide(Layer.succeed(
+      Socket.WebSocketConstructor,
+      // `ws` implements the WebSocket interface the socket reads (its own typings differ in detail).
+      (address, protocols) => new WebSocket(address, protocols, { maxPayload }) as unknown as globalThis.WebSocket
+    ))
+  )
