@@ -287,7 +287,15 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
         return testClient
       }).pipe(Effect.withSpan("TestNetwork.client", { attributes: { name } }))
 
-    const restart = (testClient: TestClient, changed: { readonly protocolVersion?: number } = {}) =>
+    /**
+     * Drops the client's incarnation, runs `offDisk` while nothing has its database open, and
+     * boots it again with the options it was made with (and `changed`).
+     */
+    const reboot = (
+      testClient: TestClient,
+      changed: { readonly protocolVersion?: number },
+      offDisk: () => void
+    ) =>
       Effect.gen(function*() {
         const old = incarnations.get(testClient.name)
         if (old !== undefined) {
@@ -296,10 +304,16 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
           // half-done: the database's transactions are what make that safe.
           yield* Scope.close(old.scope, Exit.void)
         }
+        offDisk()
         // The identity is in the database now; the engine options are the ones it was made with.
         const { rootSecretKey: _, ...options } = madeWith.get(testClient.name) ?? {}
         yield* boot(testClient.name, testClient.filename, { ...options, ...changed })
-      }).pipe(Effect.uninterruptible, Effect.withSpan("TestNetwork.restart", { attributes: { name: testClient.name } }))
+      }).pipe(Effect.uninterruptible)
+
+    const restart = (testClient: TestClient, changed: { readonly protocolVersion?: number } = {}) =>
+      reboot(testClient, changed, () => undefined).pipe(
+        Effect.withSpan("TestNetwork.restart", { attributes: { name: testClient.name } })
+      )
 
     const durableImage = (testClient: TestClient) =>
       Effect.gen(function*() {
@@ -319,19 +333,12 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
       })
 
     const powerLoss = (testClient: TestClient, image: DiskImage) =>
-      Effect.gen(function*() {
-        const old = incarnations.get(testClient.name)
-        if (old !== undefined) {
-          incarnations.delete(testClient.name)
-          yield* Scope.close(old.scope, Exit.void)
-        }
+      reboot(testClient, {}, () => {
         for (const file of [...databaseFiles(testClient.filename), `${testClient.filename}-shm`]) {
           fs.rmSync(file, { force: true })
         }
         for (const [file, bytes] of image.files) fs.writeFileSync(file, bytes)
-        const { rootSecretKey: _, ...options } = madeWith.get(testClient.name) ?? {}
-        yield* boot(testClient.name, testClient.filename, options)
-      }).pipe(Effect.uninterruptible, Effect.withSpan("TestNetwork.powerLoss", { attributes: { name: testClient.name } }))
+      }).pipe(Effect.withSpan("TestNetwork.powerLoss", { attributes: { name: testClient.name } }))
 
     const crashAt = (testClient: TestClient, point: CrashPoint) =>
       Effect.sync(() => {
