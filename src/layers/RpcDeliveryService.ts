@@ -57,9 +57,10 @@ export interface RpcDeliveryOptions {
   /** WebSocket only: reconnection attempts after the connection drops. Default: exponential from 100 ms, at most 2 s apart. */
   readonly reconnectSchedule?: Schedule.Schedule<unknown, unknown>
   /**
-   * WebSocket only: the largest message taken from the server, in bytes. A larger one closes the
-   * connection (its calls end `Unavailable`; the client reconnects). Default 16 MiB, about three
-   * times the largest page a `DeliveryServer` answers.
+   * The largest answer taken from the server, in bytes: a WebSocket message (a larger one closes
+   * the connection: its calls end `Unavailable` and the client reconnects) or an ndjson line over
+   * HTTP (a larger one ends its response: that call ends `Unavailable`). Default 16 MiB, about
+   * three times the largest page a `DeliveryServer` answers.
    */
   readonly maxAnswerBytes?: number
 }

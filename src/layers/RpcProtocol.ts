@@ -9,6 +9,7 @@ import { NodeHttpClient } from "@effect/platform-node"
 import { RpcClient, type RpcMessage, RpcSerialization } from "@effect/rpc"
 import { Effect, Layer, Schedule, type Scope } from "effect"
 import { WebSocket } from "ws"
+import { boundedNdjson } from "./RpcNdjson.ts"
 import { boundedRequestIds } from "./RpcRequestIds.ts"
 
 /** What the connection needs of `RpcDeliveryOptions`. */
@@ -20,9 +21,9 @@ export interface RpcProtocolOptions {
 }
 
 /**
- * The largest WebSocket message taken from a server: a page of the server's is at most 4 MiB of
- * payloads (`MAX_PAGE_BYTES`), about 5.4 MiB as JSON with its bytes in base64; `ws` alone would
- * take 100 MiB from a server that sends more.
+ * The largest answer taken from a server (a WebSocket message, an ndjson line over HTTP): a page
+ * of the server's is at most 4 MiB of payloads (`MAX_PAGE_BYTES`), about 5.4 MiB as JSON with its
+ * bytes in base64; `ws` alone would take 100 MiB from a server that sends more.
  */
 export const DEFAULT_MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
@@ -118,7 +119,7 @@ export const protocolLayer = (options: RpcProtocolOptions): Layer.Layer<RpcClien
       })
     ).pipe(
       // node:http rather than undici: undici's 300 s body timeout would cut quiet subscriptions.
-      Layer.provide([httpClientLayer, serialization(RpcSerialization.ndjson)])
+      Layer.provide([httpClientLayer, serialization(boundedNdjson(options.maxAnswerBytes ?? DEFAULT_MAX_ANSWER_BYTES))])
     )
   }
   return RpcClient.layerProtocolSocket({
