@@ -167,3 +167,47 @@ describe("idle subscriptions", () => {
       expect(reads - before).toBeLessThanOrEqual(600)
     }))
 })
+
+describe("request headers", () => {
+  // @effect/rpc's server took a request's `headers` as given and threw on anything but a list of
+  // pairs: the WebSocket closed (1005) with every call in flight on it, an HTTP POST got an empty 500.
+  const malformed: ReadonlyArray<unknown> = [5, "abc", null, { name: "value" }, [[1, 2]], [["only-a-name"]], [["x-a", 5]]]
+  const queryWithHeaders = (id: string, headers: unknown) =>
+    JSON.stringify({ _tag: "Request", id, tag: "queryGroupMessages", payload: { query: { groupId, afterSequenceId: "0" } }, headers })
+  const refusedTyped = {
+    _tag: "Exit",
+    requestId: "1",
+    exit: { _tag: "Failure", cause: { _tag: "Fail", error: { _tag: "DeliveryError", reason: "InvalidRequest", retryable: false } } }
+  }
+
+  it.scopedLive("over WebSocket, malformed headers get a typed InvalidRequest and the connection goes on", () =>
+    Effect.gen(function*() {
+      const { url } = yield* serve({ port: 0 }).pipe(Effect.provide(DeliveryService.layerMemory))
+      for (const headers of malformed) {
+        const answer = yield* Effect.promise(() =>
+          overWebSocket(
+            url,
+            [queryWithHeaders("1", headers), queryWithHeaders("2", [])],
+            (m) => m.some((x) => x._tag === "Exit" && x.requestId === "2"),
+            5_000
+          )
+        )
+        expect(answer.closeCode, JSON.stringify(headers)).toBeUndefined()
+        expect(answer.messages[0], JSON.stringify(headers)).toMatchObject(refusedTyped)
+        expect(JSON.stringify(answer.messages[0])).toContain("headers must be a list of [name, value] string pairs")
+        expect(answer.messages[1]).toMatchObject({ requestId: "2", exit: { _tag: "Success", value: { items: [] } } })
+      }
+    }))
+
+  it.scopedLive("over HTTP, the same answer instead of an empty 500", () =>
+    Effect.gen(function*() {
+      const { url } = yield* serve({ port: 0 }).pipe(Effect.provide(DeliveryService.layerMemory))
+      for (const headers of [...malformed, undefined]) {
+        const answer = yield* Effect.promise(() => post(url, queryWithHeaders("1", headers) + "\n"))
+        expect(answer.status, JSON.stringify(headers)).toBe(200)
+        expect(JSON.parse(answer.text), JSON.stringify(headers)).toMatchObject(refusedTyped)
+      }
+      const normal = yield* Effect.promise(() => post(url, queryWithHeaders("1", []) + "\n"))
+      expect(JSON.parse(normal.text)).toMatchObject({ requestId: "1", exit: { _tag: "Success" } })
+    }))
+})

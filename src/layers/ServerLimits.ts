@@ -287,6 +287,15 @@ const drained = (response: Http.ServerResponse, timeoutMillis: number, refusals:
     }))
   )
 
+/**
+ * Headers as the RPC server reads them: `[name, value]` pairs of strings. Anything else made it
+ * throw while taking the request: the WebSocket closed (1005) with every call on it, an HTTP POST
+ * got an empty 500.
+ */
+const isHeaderList = (headers: unknown): boolean =>
+  Array.isArray(headers) &&
+  headers.every((pair) => Array.isArray(pair) && pair.length === 2 && typeof pair[0] === "string" && typeof pair[1] === "string")
+
 /** What becomes of a request: counted while it runs, refused at once, or passed on uncounted. */
 type Admission =
   | { readonly _tag: "Count"; readonly id: string; readonly isStream: boolean }
@@ -310,6 +319,9 @@ const admission = (
   const id = answeredId(message.id)
   if (isStream === undefined || id === undefined) return { _tag: "Pass" }
   const refuse = (kind: string, reason: RefusalReason, detail: string): Admission => ({ _tag: "Refuse", kind, reason, detail })
+  if (!isHeaderList(message.headers)) {
+    return refuse("malformedHeaders", "InvalidRequest", "malformed request: headers must be a list of [name, value] string pairs")
+  }
   if (state.running.has(id)) {
     return refuse("duplicateId", "InvalidRequest", `request id ${id} is already in flight on this connection`)
   }
@@ -325,8 +337,8 @@ const admission = (
 
 /**
  * Wraps an RPC server protocol: a request past its connection's caps is answered at once with
- * a typed, retryable `LimitExceeded` (one under an id in flight with `InvalidRequest`) and
- * never reaches the server; and a stream chunk for an HTTP response waits until the previous
+ * a typed, retryable `LimitExceeded` (one under an id in flight, or with malformed headers, with
+ * `InvalidRequest`) and never reaches the server; and a stream chunk for an HTTP response waits until the previous
  * ones were taken by the socket. `kinds` are the server's RPCs.
  */
 export const guardProtocol = (
