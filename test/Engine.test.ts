@@ -272,6 +272,55 @@ describe("Engine", () => {
       expect((yield* chat(yield* open(bob, group.id))).map((m) => m.text)).toEqual(["before", "after", "bob still here"])
     }))
 
+  it.scoped("a damaged cursor is logged, its group flagged and its topic read again: nothing lost, nothing twice, every group syncs", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol] = yield* Effect.all([net.client("alice"), net.client("bob"), net.client("carol")])
+      const group = yield* alice.createGroup([bob.inboxId])
+      const other = yield* alice.createGroup([bob.inboxId])
+      // Some history over three epochs, all read by Bob.
+      yield* group.send("one")
+      yield* group.addMembers([carol.inboxId])
+      yield* group.send("two")
+      yield* group.removeMembers([carol.inboxId])
+      yield* group.send("three")
+      yield* bob.syncAll
+      const groupId = group.id as unknown as GroupId
+
+      // Another connection to Bob's database damages the group's cursor and his welcomes' cursor.
+      yield* Effect.gen(function*() {
+        const raw = yield* SqliteClient.SqliteClient
+        yield* raw`UPDATE converge_cursors SET sequence_id = 'garbage' WHERE topic = ${`g/${groupId}`}`
+        yield* raw`UPDATE converge_cursors SET sequence_id = -1.5 WHERE topic = ${`w/${bob.installationId}`}`
+      }).pipe(Effect.provide(Layer.orDie(SqliteClient.layer({ filename: bob.filename }))))
+
+      yield* group.send("four")
+      yield* other.send("elsewhere")
+      yield* bob.syncAll
+      const atBob = yield* open(bob, group.id)
+      // Damaged again, then a send before any sync: its short path reads the cursor too.
+      yield* Effect.gen(function*() {
+        const raw = yield* SqliteClient.SqliteClient
+        yield* raw`UPDATE converge_cursors SET sequence_id = 'garbage' WHERE topic = ${`g/${groupId}`}`
+      }).pipe(Effect.provide(Layer.orDie(SqliteClient.layer({ filename: bob.filename }))))
+      yield* group.send("five")
+      yield* atBob.send("bob again")
+      const texts = (yield* chat(atBob)).map((m) => m.text)
+      expect(texts).toEqual(["one", "two", "three", "four", "five", "bob again"])
+      expect((yield* chat(yield* open(bob, other.id))).map((m) => m.text)).toEqual(["elsewhere"])
+      // Both welcomes read again, neither taken twice.
+      expect((yield* bob.conversations()).length).toBe(2)
+      const storage = yield* net.storage(bob)
+      expect(Option.getOrThrow(yield* storage.groups.get(groupId)).quarantine).toContain("cursor")
+      expect((yield* atBob.debugInfo).maybeForked).toBe(false)
+      // The cursor is whole again, past everything read.
+      const envelopes = yield* allEnvelopes(net, groupId)
+      expect(yield* storage.cursors.get(`g/${groupId}`)).toBe(envelopes[envelopes.length - 1]!.sequenceId)
+      // And the group goes on both ways.
+      yield* alice.syncAll
+      expect((yield* chat(group)).map((m) => m.text)).toEqual(["one", "two", "three", "four", "five", "bob again"])
+    }))
+
   it.scoped("a forged future-epoch commit header flags a possible fork only until the next real commit", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

@@ -1,20 +1,37 @@
 /**
  * The cursor repository of `SqliteStorage` (`converge_cursors`): per topic, the sequence id this
- * installation has read up to.
+ * installation has read up to. A cursor that does not decode is logged and quarantined (set back
+ * to the topic's start, its group flagged): one damaged row never stops a sync.
  */
 import type { SqlClient } from "@effect/sql"
-import { Effect } from "effect"
+import { Effect, Either, Schema } from "effect"
 import type { CursorRepository } from "../services/Storage.ts"
-import { decodeBig } from "./SqliteColumns.ts"
+import { Big } from "./SqliteColumns.ts"
+import type { Quarantine } from "./SqliteQuarantine.ts"
 import type { Run } from "./SqliteStatements.ts"
 
-export const make = (sql: SqlClient.SqlClient, run: Run): CursorRepository => {
+const decodeCursor = Schema.decodeUnknownEither(Big)
+
+/** A stored cursor's value, or the topic's start once a damaged one is logged and quarantined. */
+export const cursorReader = (quarantine: Quarantine) => (topic: string, stored: unknown) => {
+  const decoded = decodeCursor(stored)
+  if (Either.isRight(decoded)) return Effect.succeed(decoded.right)
+  return Effect.logWarning("stored cursor does not decode: the topic is read again from its start", decoded.left.message).pipe(
+    Effect.annotateLogs({ topic }),
+    Effect.zipRight(quarantine.cursors(topic, decoded.left.message)),
+    Effect.as(0n)
+  )
+}
+
+export const make = (sql: SqlClient.SqlClient, run: Run, quarantine: Quarantine): CursorRepository => {
+  const cursorOf = cursorReader(quarantine)
+
   const cursors: CursorRepository = {
     get: (topic) =>
       run(
         "cursors.get",
         sql<{ sequence_id: unknown }>`SELECT sequence_id FROM converge_cursors WHERE topic = ${topic}`.pipe(
-          Effect.flatMap((rows) => (rows[0] === undefined ? Effect.succeed(0n) : decodeBig(rows[0].sequence_id)))
+          Effect.flatMap((rows) => (rows[0] === undefined ? Effect.succeed(0n) : cursorOf(topic, rows[0].sequence_id)))
         )
       ),
     getMany: (topics) =>
@@ -25,7 +42,7 @@ export const make = (sql: SqlClient.SqlClient, run: Run): CursorRepository => {
           for (let i = 0; i < topics.length; i += 500) {
             const rows = yield* sql<{ topic: string; sequence_id: unknown }>`
               SELECT topic, sequence_id FROM converge_cursors WHERE ${sql.in("topic", topics.slice(i, i + 500))}`
-            for (const row of rows) found.set(row.topic, yield* decodeBig(row.sequence_id))
+            for (const row of rows) found.set(row.topic, yield* cursorOf(row.topic, row.sequence_id))
           }
           return found as ReadonlyMap<string, bigint>
         })

@@ -8,7 +8,8 @@ import { ConversationId, GroupId, InboxId } from "../domain/Ids.ts"
 import type { IntentState } from "../domain/Intent.ts"
 import { ConversationKind, MembershipState, type StoredGroup } from "../domain/Stored.ts"
 import type { GroupListing, GroupRepository, GroupSummary } from "../services/Storage.ts"
-import { Big, column, decodeBig, Flag, Nullable, type SealedColumn, type SealedWithKey } from "./SqliteColumns.ts"
+import { Big, column, Flag, Nullable, type SealedColumn, type SealedWithKey } from "./SqliteColumns.ts"
+import { cursorReader } from "./SqliteCursorStorage.ts"
 import { decodeEach, type Quarantine } from "./SqliteQuarantine.ts"
 import { first, type RawRow, type Run } from "./SqliteStatements.ts"
 import { Sealed, sealFor } from "./StorageKey.ts"
@@ -122,6 +123,7 @@ void (true satisfies (typeof GroupRow.Type extends StoredGroup ? true : false))
 /** The group decoder (`SqliteHistoryStorage` reads groups too) and the repository. */
 export const make = (sql: SqlClient.SqlClient, run: Run, sealedWithKey: SealedWithKey, quarantine: Quarantine) => {
   const decodeGroups = decodeEach(groupRowWith(sealedWithKey), "converge_groups", quarantine.groups)
+  const readCursor = cursorReader(quarantine)
   /** All rows in one decode (a client in a thousand groups lists them all); row by row only if one is bad. */
   const decodeAllOrEach = <A, I>(schema: Schema.Schema<A, I, never>) => {
     const each = decodeEach(schema, "converge_groups", quarantine.groups)
@@ -158,7 +160,8 @@ export const make = (sql: SqlClient.SqlClient, run: Run, sealedWithKey: SealedWi
             Effect.gen(function*() {
               const group = first(yield* decodeGroups(rows))
               if (Option.isNone(group)) return Option.none()
-              const cursor = rows[0]!.converge_cursor == null ? 0n : yield* decodeBig(rows[0]!.converge_cursor)
+              const stored = rows[0]!.converge_cursor
+              const cursor = stored == null ? 0n : yield* readCursor(topic, stored)
               return Option.some({ group: group.value, cursor, pending: Number(rows[0]!.converge_pending) !== 0 })
             })
           )

@@ -1,6 +1,6 @@
 /**
  * Stored rows that do not decode: each is logged, quarantined (per table: an intent fails, its
- * group is flagged) and skipped, so one bad row never stops a group.
+ * group is flagged, a cursor starts over) and skipped, so one bad row never stops a group.
  */
 import type { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
@@ -25,6 +25,15 @@ export const make = (sql: SqlClient.SqlClient) => {
                    WHERE delivery_status = 'unpublished' AND id = ${messageIdIn(row.data)}`
         yield* flagGroup(row.group_id, `intent ${String(row.id)}: ${why}`)
       }),
+    /**
+     * A cursor that does not decode is set back to the topic's start: its items are read again
+     * (the engine takes what it already has as such), so nothing past it is lost.
+     */
+    cursors: (topic: string, why: string) =>
+      Effect.zipRight(
+        sql`UPDATE converge_cursors SET sequence_id = 0 WHERE topic = ${topic}`,
+        flagGroup(topic.startsWith("g/") ? topic.slice(2) : undefined, `cursor: ${why}`)
+      ),
     none: () => Effect.void
   }
 }

@@ -3,8 +3,8 @@
  * are nanoseconds. Rows are decoded into the port's domain values by the repository modules
  * (`SqliteGroupStorage`, `SqliteMessageStorage`, `SqliteIntentStorage`, `SqliteCursorStorage`,
  * `SqliteIdentityStorage`, `SqliteHistoryStorage`, `SqliteRosterStorage`), stored JSON included;
- * a row that does not decode is logged, quarantined (an intent fails, its group is flagged) and
- * skipped (`SqliteQuarantine`), so one bad row never stops a group. Every failure is a
+ * a row that does not decode is logged, quarantined (an intent fails, its group is flagged, a
+ * cursor starts over) and skipped (`SqliteQuarantine`), so one bad row never stops a group. Every failure is a
  * `StorageError` naming the operation. This module opens the database and assembles them.
  */
 import { SqlClient } from "@effect/sql"
@@ -42,7 +42,7 @@ export const makeWith = (key: StorageKey["Type"], options: SqliteStorageOptions 
   const { decodeGroups, groups } = SqliteGroupStorage.make(sql, run, sealedWithKey, quarantine)
   const { decodeMessages, messages } = SqliteMessageStorage.make(sql, run, quarantine)
   const intents = SqliteIntentStorage.make(sql, run, sealedWithKey, quarantine)
-  const cursors = SqliteCursorStorage.make(sql, run)
+  const cursors = SqliteCursorStorage.make(sql, run, quarantine)
   const { identity, inboxLogs, keyPackages } = SqliteIdentityStorage.make(sql, run, sealedWithKey, quarantine)
 
   const transaction = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
