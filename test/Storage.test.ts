@@ -9,6 +9,7 @@ import type { ConversationId, GroupId, InboxId, InstallationId, MessageId } from
 import { StoredGroup, StoredIdentity, InboxLogEntry, StoredKeyPackage, StoredMessage } from "../src/domain/Stored.ts"
 import { AddMembersData, LeaveData, makeSendMessageData, PostCommitData, RemoveMembersData } from "../src/domain/Intent.ts"
 import { IdentityUpdate } from "../src/domain/Wire.ts"
+import { type ConsentKey, ConsentRecord } from "../src/domain/Consent.ts"
 import * as SqliteStorage from "../src/layers/SqliteStorage.ts"
 import { MessageColumns } from "../src/layers/SqliteMessageStorage.ts"
 import { listingQuery, summariesQuery, SummaryColumns } from "../src/layers/SqliteGroupStorage.ts"
@@ -520,6 +521,18 @@ describe("Storage", () => {
       expect(stored.map((r) => [r.topic, Number(r.sequence_id)])).toEqual([["g/x", 0], ["g/y", 7], ["w/z", 0]])
       yield* storage.cursors.advance("g/x", 3n)
       expect(yield* storage.cursors.get("g/x")).toBe(3n)
+    }).pipe(Effect.provide(SqliteStorage.layer.pipe(Layer.provideMerge(SqliteClient.layer({ filename: ":memory:" }))))))
+
+  it.effect("a damaged consent stamp does not stop new decisions: the highest stamp counts the readable ones", () =>
+    Effect.gen(function*() {
+      const storage = yield* Storage
+      const record = (id: string, atNs: bigint) =>
+        new ConsentRecord({ key: `inbox:${id.repeat(64)}` as ConsentKey, state: "allowed", atNs, by: installation })
+      yield* storage.consent.put(record("a", 10n), { unsent: false })
+      yield* storage.consent.put(record("b", 20n), { unsent: false })
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`UPDATE converge_consent SET at_ns = 'garbage' WHERE subject = ${`inbox:${"b".repeat(64)}`}`
+      expect(yield* storage.consent.highestStamp).toBe(10n)
     }).pipe(Effect.provide(SqliteStorage.layer.pipe(Layer.provideMerge(SqliteClient.layer({ filename: ":memory:" }))))))
 
   it.effect("identity, key packages and cached identity logs round-trip", () =>

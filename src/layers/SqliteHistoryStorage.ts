@@ -122,7 +122,8 @@ export const make = (
         : run("consent.markSent", sql`UPDATE converge_consent SET unsent = 0 WHERE subject IN ${sql.in([...keys])}`),
     highestStamp: run(
       "consent.highestStamp",
-      sql<{ at: unknown }>`SELECT max(at_ns) AS at FROM converge_consent`.pipe(
+      // Integers only: one damaged stamp (a text sorts above every number) would fail every decision.
+      sql<{ at: unknown }>`SELECT max(at_ns) AS at FROM converge_consent WHERE typeof(at_ns) = 'integer'`.pipe(
         Effect.flatMap((rows) => decodeBig(rows[0]?.at ?? 0))
       )
     )
