@@ -191,38 +191,6 @@ describe("NodeCiphersuite: the key cache", () => {
   })
 })
 
-describe("NodeCiphersuite: signatures found valid are remembered", () => {
-  it("answers true again only for the same key, message and signature; a failure is never remembered", async () => {
-    const { publicKey, signKey } = await native.signature.keygen()
-    const other = await native.signature.keygen()
-    const message = random(300)
-    const signature = await native.signature.sign(signKey, message)
-    const verify = (key: Uint8Array, m: Uint8Array, sig: Uint8Array) => native.signature.verify(key, m, sig)
-    expect(await verify(publicKey, message, signature)).toBe(true)
-    expect(await verify(publicKey, message, signature)).toBe(true)
-    // Each part changed alone: the remembered answer is not given.
-    const flipped = (bytes: Uint8Array, at: number) => Uint8Array.from(bytes, (b, i) => (i === at ? b ^ 1 : b))
-    expect(await verify(publicKey, flipped(message, 299), signature)).toBe(false)
-    expect(await verify(publicKey, message.subarray(0, 299), signature)).toBe(false)
-    expect(await verify(publicKey, message, flipped(signature, 40))).toBe(false)
-    expect(await verify(other.publicKey, message, signature)).toBe(false)
-    // The caller's buffer changed after it was found valid: what it says now is checked.
-    const reused = Uint8Array.from(message)
-    const reusedSignature = await native.signature.sign(signKey, reused)
-    expect(await verify(publicKey, reused, reusedSignature)).toBe(true)
-    reused[0]! ^= 1
-    expect(await verify(publicKey, reused, reusedSignature)).toBe(false)
-    // A signature that failed once still fails, and a valid one after it still verifies.
-    const bad = flipped(signature, 3)
-    expect([await verify(publicKey, message, bad), await verify(publicKey, message, bad)]).toEqual([false, false])
-    // A long message is checked each time, with the same answers.
-    const long = random(10_000)
-    const longSignature = await native.signature.sign(signKey, long)
-    expect([await verify(publicKey, long, longSignature), await verify(publicKey, flipped(long, 9_999), longSignature)])
-      .toEqual([true, false])
-  })
-})
-
 describe("NodeCiphersuite: the event loop", () => {
   it("a long run of awaited native calls still lets timers and I/O run", async () => {
     // Every call completes synchronously; without pacing, awaiting them is a microtask chain

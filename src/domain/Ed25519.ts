@@ -80,29 +80,6 @@ export const signEd25519 = (signKey: Uint8Array, message: Uint8Array): Uint8Arra
 export const verifyEd25519 = (publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): boolean =>
   verify(null, message, publicKeyObject(publicKey), signature)
 
-/** Signed messages longer than this are verified every time (MLS signs key packages and leaves in a few hundred bytes). */
-const MAX_REMEMBERED_MESSAGE_BYTES = 4096
-/** Signatures found valid, by key and signature, with the message they sign: at most 4 MiB of messages. */
-const validSignatures = new LruCache<Uint8Array>(1024)
-
-/**
- * `verifyEd25519`, answering from memory for a key, message and signature found valid before (all
- * three equal byte for byte; a failure is never remembered). ts-mls verifies a key package and its
- * leaf again when a commit adds it, after the checks that already did: an add costs two
- * verifications less, a commit received with an add four.
- */
-export const verifyEd25519Remembered = (publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): boolean => {
-  const id = message.length <= MAX_REMEMBERED_MESSAGE_BYTES && signature.length === 64
-    ? cacheKey(publicKey) + cacheKey(signature)
-    : undefined
-  const known = id === undefined ? undefined : validSignatures.get(id)
-  if (known !== undefined && bufferOf(known).equals(bufferOf(message))) return true
-  const valid = verifyEd25519(publicKey, message, signature)
-  // A copy: the caller may reuse its buffer.
-  if (valid && id !== undefined) validSignatures.set(id, Uint8Array.from(message))
-  return valid
-}
-
 /**
  * The same check on libuv's thread pool (OpenSSL, off the main thread). Never rejects: a key that is
  * not 32 bytes, or any failure, answers `false`.

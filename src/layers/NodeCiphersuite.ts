@@ -5,8 +5,7 @@
  * ts-mls 1.6.4's default provider goes through WebCrypto: it imports a key on every AES-GCM, HMAC
  * and Ed25519 call and awaits each one, and its HPKE (@hpke/core) does the same per step. Here
  * each primitive is one OpenSSL call, Ed25519 keys are parsed once and cached by their bytes
- * (domain/Ed25519), a signature found valid is not checked again for the same key and message,
- * and HPKE is RFC 9180 base mode written out over the same primitives.
+ * (domain/Ed25519), and HPKE is RFC 9180 base mode written out over the same primitives.
  *
  * Formats are the default provider's, so states, key packages and keys made by either work
  * with the other: Ed25519 private keys are 48-byte PKCS#8 (a raw 32-byte seed is accepted too),
@@ -39,7 +38,7 @@ import type {
 } from "ts-mls"
 import { CryptoError, DependencyError } from "ts-mls/mlsError.js"
 import { concat, fromHex, toHex, utf8 } from "../domain/Bytes.ts"
-import { signEd25519, verifyEd25519Remembered } from "../domain/Ed25519.ts"
+import { signEd25519, verifyEd25519 } from "../domain/Ed25519.ts"
 
 export const NATIVE_CIPHERSUITE = "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519" as const
 
@@ -146,7 +145,7 @@ const aesGcmOpen = (key: Uint8Array, nonce: Uint8Array, aad: Uint8Array, sealed:
 
 const signature: Signature = pacedMethods({
   sign: async (signKey, message) => signEd25519(signKey, message),
-  verify: async (publicKey, message, sig) => verifyEd25519Remembered(publicKey, message, sig),
+  verify: async (publicKey, message, sig) => verifyEd25519(publicKey, message, sig),
   keygen: async () => {
     const pair = generateKeyPairSync("ed25519")
     // PKCS#8 (48 bytes), as the default provider stores it.
