@@ -7,6 +7,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { labelledHash, labelledHashHex, sha256Hex, toHex, utf8 } from "../src/domain/Bytes.ts"
 import { membershipChangeIdOf, messageIdOf, metadataChangeIdOf } from "../src/domain/Content.ts"
 import type { GroupId, InstallationId } from "../src/domain/Ids.ts"
+import { groupOfTopic, groupTopic, welcomeTopic } from "../src/domain/Topics.ts"
 
 const groupId = "0a".repeat(16) as GroupId
 const long = new Uint8Array(300).map((_, i) => (i * 37 + 11) & 255)
@@ -29,5 +30,19 @@ describe("Derived ids", () => {
   it("keep every part's length in the hash: moving a byte from one part to the next changes the id", () => {
     expect(labelledHashHex("message", utf8("ab"), utf8("c"))).not.toBe(labelledHashHex("message", utf8("a"), utf8("bc")))
     expect(labelledHashHex("message", utf8("ab"))).not.toBe(labelledHashHex("message2", utf8("ab")))
+  })
+})
+
+describe("Topic names", () => {
+  it("name a group's topic and give the group back; other topics name no group", () => {
+    const cases: ReadonlyArray<readonly [string, string | undefined]> = [
+      [groupTopic(groupId), groupId],
+      [welcomeTopic("1b".repeat(32)), undefined],
+      ["", undefined],
+      ["g", undefined],
+      ["x/g/abc", undefined]
+    ]
+    for (const [topic, group] of cases) expect(groupOfTopic(topic), topic).toBe(group)
+    expect(groupTopic(groupId)).toBe(`g/${groupId}`)
   })
 })

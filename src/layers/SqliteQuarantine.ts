@@ -5,6 +5,7 @@
 import type { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Effect, Schema } from "effect"
+import { groupOfTopic } from "../domain/Topics.ts"
 import type { RawRow } from "./SqliteStatements.ts"
 
 /** What to do with a row that does not decode, per table (besides logging and skipping it). */
@@ -32,7 +33,7 @@ export const make = (sql: SqlClient.SqlClient) => {
     cursors: (topic: string, why: string) =>
       Effect.zipRight(
         sql`UPDATE converge_cursors SET sequence_id = 0 WHERE topic = ${topic}`,
-        flagGroup(topic.startsWith("g/") ? topic.slice(2) : undefined, `cursor: ${why}`)
+        flagGroup(groupOfTopic(topic), `cursor: ${why}`)
       ),
     none: () => Effect.void
   }
