@@ -8,21 +8,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
-import {
-  type ClientState,
-  type KeyPackage,
-  type MLSMessage,
-  type PrivateKeyPackage,
-  type Proposal,
-  type RatchetTree,
-  createCommit,
-  createGroup,
-  defaultCapabilities,
-  defaultLifetime,
-  emptyPskIndex,
-  generateKeyPackage,
-  processMessage
-} from "ts-mls"
+import { type ClientState, type Proposal, type RatchetTree, createCommit, createGroup, emptyPskIndex, processMessage } from "ts-mls"
 import { defaultClientConfig } from "ts-mls/clientConfig.js"
 import { verifyParentHashes as tsMlsVerifyParentHashes } from "ts-mls/parentHash.js"
 import { treeHashRoot } from "ts-mls/treeHash.js"
@@ -32,17 +18,7 @@ import { TreeHashes, verifyParentHashes } from "../src/layers/TsMlsTreeHashes.ts
 import { joinFromWelcome } from "../src/layers/TsMlsWelcome.ts"
 import * as Prng from "../src/simulation/Prng.ts"
 
-interface Package {
-  readonly publicPackage: KeyPackage
-  readonly privatePackage: PrivateKeyPackage
-}
-
-const newPackage = (name: string): Promise<Package> =>
-  generateKeyPackage({ credentialType: "basic", identity: utf8(name) }, defaultCapabilities(), defaultLifetime, [], cs)
-
-const acceptAll = () => "accept" as const
-
-const asGroupMessage = (message: MLSMessage) => message as Parameters<typeof processMessage>[0]
+import { acceptAll, asGroupMessage, newPackage } from "./support/TsMlsFixtures.ts"
 
 /** What a check did: its answer, or that it threw. */
 const outcome = async <A>(run: () => Promise<A>): Promise<A | "throws"> => {
@@ -55,14 +31,17 @@ const outcome = async <A>(run: () => Promise<A>): Promise<A | "throws"> => {
 
 const hex = (bytes: Uint8Array | "throws") => bytes === "throws" ? bytes : Buffer.from(bytes).toString("hex")
 
-/** Both implementations on one tree: equal answers, returned for the tally. */
-const compare = async (tree: RatchetTree) => {
+/**
+ * Both implementations on one tree: equal answers, returned for the tally. The tree hash also
+ * computed reusing the hashes of `earlier` (a tree sharing some of its node objects).
+ */
+const compare = async (tree: RatchetTree, earlier: RatchetTree) => {
   const theirs = await outcome(() => tsMlsVerifyParentHashes(tree, cs.hash))
   const ours = await outcome(() => verifyParentHashes(tree, new TreeHashes(tree, cs.hash)))
   expect(ours).toEqual(theirs)
-  expect(hex(await outcome(() => new TreeHashes(tree, cs.hash).root()))).toEqual(
-    hex(await outcome(() => treeHashRoot(tree, cs.hash)))
-  )
+  const rootHash = hex(await outcome(() => treeHashRoot(tree, cs.hash)))
+  expect(hex(await outcome(() => new TreeHashes(tree, cs.hash).root()))).toEqual(rootHash)
+  expect(hex(await outcome(() => new TreeHashes(tree, cs.hash, new TreeHashes(earlier, cs.hash)).root()))).toEqual(rootHash)
   return theirs
 }
 
@@ -160,12 +139,15 @@ describe("a joiner's tree hashes and parent-hash chains", () => {
       const tally = { verified: 0, refused: 0, threw: 0, listedUnmerged: 0 }
       for (const seed of [1, 2, 3]) {
         const rng = Prng.make(seed * 7919)
-        for (const tree of await evolvingGroupTrees(seed, 25)) {
+        const trees = await evolvingGroupTrees(seed, 25)
+        for (const [index, tree] of trees.entries()) {
           if (parentIndices(tree).some((i) => (tree[i] as ParentNode).parent.unmergedLeaves.length > 0)) {
             tally.listedUnmerged++
           }
-          for (const candidate of [tree, ...damaged(tree, rng)]) {
-            const decided = await compare(candidate)
+          // The tree against the one before it (a commit apart), each damaged copy against the tree it copies.
+          const pairs = [[tree, trees[Math.max(0, index - 1)]!], ...damaged(tree, rng).map((copy) => [copy, tree])] as const
+          for (const [candidate, earlier] of pairs) {
+            const decided = await compare(candidate, earlier)
             if (decided === true) tally.verified++
             else if (decided === false) tally.refused++
             else tally.threw++

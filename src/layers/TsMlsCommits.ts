@@ -6,7 +6,6 @@ import { Effect } from "effect"
 import {
   type ClientState,
   type Commit,
-  createCommit as mlsCreateCommit,
   encodeMlsMessage,
   type FramedContent,
   type KeyPackage,
@@ -21,6 +20,7 @@ import * as MlsError from "ts-mls/mlsError.js"
 import type { InstallationId } from "../domain/Ids.ts"
 import type { CommitChanges, MlsCryptoShape } from "../services/MlsCrypto.ts"
 import type { ClientSetup } from "./TsMlsClientConfig.ts"
+import { createMemberCommit } from "./TsMlsCommitCreation.ts"
 import * as Rules from "./TsMlsCommitRules.ts"
 import { fail, tryMls } from "./TsMlsErrors.ts"
 import { contextChangeProblem, withMetadata } from "./TsMlsExtensions.ts"
@@ -183,15 +183,8 @@ export const makeCommitCreation = (
       })
       if (problem !== undefined) return yield* fail("Malformed", problem)
       yield* checkAdds(client, adds, true)
-      // An empty proposal list is a self-update: ts-mls then sends an UpdatePath.
-      const result = yield* tryMls(
-        "createCommit",
-        () =>
-          mlsCreateCommit(
-            { state: client, cipherSuite: cs },
-            { extraProposals: proposals, ratchetTreeExtension: true }
-          )
-      )
+      // An empty proposal list is a self-update: the commit then carries an UpdatePath.
+      const result = yield* tryMls("createCommit", () => createMemberCommit(client, cs, proposals))
       // `result.consumed` is NOT zeroed: it holds the pre-commit init secret, which the
       // caller still needs if another commit wins this epoch (notes §3).
       return {

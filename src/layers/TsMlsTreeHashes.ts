@@ -48,23 +48,52 @@ const listsForeignLeaves = (tree: RatchetTree): boolean =>
     return node.parent.unmergedLeaves.some((leaf) => leaf < first || leaf > last)
   })
 
-/** Each subtree's hash, computed once (ts-mls `treeHash` encodings, node for node). */
+/** The node indices under (and including) a node: a node at level k spans 2^(k+1) - 1 nodes centred on it. */
+const nodeRange = (index: number): readonly [number, number] => {
+  let level = 0
+  while (((index >> level) & 1) === 1) level++
+  const half = (1 << level) - 1
+  return [index - half, index + half]
+}
+
+/**
+ * Each subtree's hash, computed once (ts-mls `treeHash` encodings, node for node). Given the
+ * hashes of an earlier tree (the one a commit started from), a subtree whose every node is the
+ * very same object there (blanks included) takes its hash from it: a commit replaces a path's
+ * nodes and keeps the others, so a 100-member tree's hash costs a few digests instead of 199.
+ */
 export class TreeHashes {
   private readonly plain = new Map<number, Uint8Array>()
-  constructor(private readonly tree: RatchetTree, readonly hashFunction: Hash) {}
+  constructor(
+    private readonly tree: RatchetTree,
+    readonly hashFunction: Hash,
+    private earlier: TreeHashes | undefined = undefined
+  ) {}
 
   /** The hash of the whole tree, as ts-mls's `treeHashRoot`. */
-  root(): Promise<Uint8Array> {
-    return this.of(rootFromNodeWidth(this.tree.length))
+  async root(): Promise<Uint8Array> {
+    const hash = await this.of(rootFromNodeWidth(this.tree.length))
+    // What the root needed from the earlier tree is now held here: trees do not chain in memory.
+    this.earlier = undefined
+    return hash
   }
 
   /** The hash of the subtree at `index`. */
   async of(index: number): Promise<Uint8Array> {
     const known = this.plain.get(index)
     if (known !== undefined) return known
-    const computed = await this.compute(index, [])
+    const computed = this.earlier !== undefined && this.earlier.holdsSameSubtree(this.tree, index)
+      ? await this.earlier.of(index)
+      : await this.compute(index, [])
     this.plain.set(index, computed)
     return computed
+  }
+
+  /** Whether `tree` holds this tree's very node objects throughout the subtree at `index`. */
+  private holdsSameSubtree(tree: RatchetTree, index: number): boolean {
+    const [first, last] = nodeRange(index)
+    for (let i = first; i <= last; i++) if (tree[i] !== this.tree[i]) return false
+    return true
   }
 
   /**
@@ -94,6 +123,29 @@ export class TreeHashes {
     const rightHash = await (removed.length === 0 ? this.of(right(nodeIndex)) : this.without(right(nodeIndex), removed))
     return this.hashFunction.digest(encode(parentNodeHashInputEncoder)({ nodeType: "parent", parentNode, leftHash, rightHash }))
   }
+}
+
+/**
+ * The hashes of the trees this process built or checked, by tree (a tree is never changed in
+ * place once built): the next commit's tree takes its unchanged subtrees' hashes from them.
+ */
+const knownHashes = new WeakMap<RatchetTree, TreeHashes>()
+
+/** The hashes of `tree`, known or to be computed. */
+export const treeHashesOf = (tree: RatchetTree, hashFunction: Hash): TreeHashes => {
+  let hashes = knownHashes.get(tree)
+  if (hashes === undefined) {
+    hashes = new TreeHashes(tree, hashFunction)
+    knownHashes.set(tree, hashes)
+  }
+  return hashes
+}
+
+/** The hashes of `after`, a tree made from `before`, reusing what the two share. */
+export const treeHashesAfter = (before: RatchetTree, after: RatchetTree, hashFunction: Hash): TreeHashes => {
+  const hashes = new TreeHashes(after, hashFunction, treeHashesOf(before, hashFunction))
+  knownHashes.set(after, hashes)
+  return hashes
 }
 
 /** The parent hash a node's nearest non-blank ancestor implies (ts-mls `calculateParentHash`). */

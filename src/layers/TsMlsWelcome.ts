@@ -37,7 +37,6 @@ import { pathToRoot } from "ts-mls/pathSecrets.js"
 import { accumulatePskSecret, emptyPskIndex } from "ts-mls/pskIndex.js"
 import { findLeafIndex } from "ts-mls/ratchetTree.js"
 import { decodeRequiredCapabilities, type RequiredCapabilities } from "ts-mls/requiredCapabilities.js"
-import { createSecretTree } from "ts-mls/secretTree.js"
 import {
   directPath,
   isAncestor,
@@ -55,7 +54,8 @@ import { bytesToBase64, zeroOutUint8Array } from "ts-mls/util/byteArray.js"
 import { constantTimeEqual } from "ts-mls/util/constantTimeCompare.js"
 import { decryptGroupInfo, decryptGroupSecrets, type Welcome } from "ts-mls/welcome.js"
 import { ratchetTreeFromExtension } from "./TsMlsDecoders.ts"
-import { TreeHashes, verifyParentHashes } from "./TsMlsTreeHashes.ts"
+import { leafSecretTree } from "./TsMlsSecretTree.ts"
+import { treeHashesOf, verifyParentHashes } from "./TsMlsTreeHashes.ts"
 
 // ---- tree validation (RFC 9420 §12.4.3.1) ---------------------------------------------------
 
@@ -166,7 +166,7 @@ export const validateRatchetTree = async (
       return new ValidationError("LeafNode has credential that is not supported by member of the group")
     }
   }
-  const hashes = new TreeHashes(tree, cs.hash)
+  const hashes = treeHashesOf(tree, cs.hash)
   if (!(await verifyParentHashes(tree, hashes))) return new CryptoVerificationError("Unable to verify parent hash")
   if (!constantTimeEqual(context.treeHash, await hashes.root())) {
     return new ValidationError("Unable to verify tree hash")
@@ -326,7 +326,7 @@ export const joinWithSigner = async (
   if (!(await verifyGroupInfoConfirmationTag(groupInfo, groupSecrets.joinerSecret, pskSecret, cs))) {
     throw new CryptoVerificationError("Could not verify confirmation tag")
   }
-  const secretTree = await createSecretTree(leafWidth(tree.length), encryptionSecret, cs.kdf)
+  const secretTree = await leafSecretTree(leafWidth(tree.length), encryptionSecret, cs.kdf)
   zeroOutUint8Array(encryptionSecret)
   zeroOutUint8Array(groupSecrets.joinerSecret)
   const client: ClientState = {
