@@ -3,12 +3,13 @@
  * someone else's commit (checked by TsMlsCommits before ts-mls applies it, and after).
  */
 import { Effect } from "effect"
-import { emptyPskIndex, processMessage } from "ts-mls"
+import { type CiphersuiteImpl, type ClientState, emptyPskIndex, processMessage } from "ts-mls"
 import { CryptoError } from "../domain/Errors.ts"
 import type { MlsCryptoShape, Processed } from "../services/MlsCrypto.ts"
 import type { ApplicationReceiver } from "./TsMlsApplications.ts"
 import type { ClientSetup } from "./TsMlsClientConfig.ts"
 import * as Rules from "./TsMlsCommitRules.ts"
+import { processMemberCommit } from "./TsMlsCommitProcessing.ts"
 import type { CheckReceivedCommit } from "./TsMlsCommits.ts"
 import { fail, tryMls } from "./TsMlsErrors.ts"
 import { metadataIn } from "./TsMlsExtensions.ts"
@@ -17,6 +18,25 @@ import { leafMemberAt } from "./TsMlsMembers.ts"
 import { screen } from "./TsMlsMessages.ts"
 
 type Service = MlsCryptoShape
+type GroupMessage = Parameters<typeof processMessage>[0]
+
+/**
+ * A commit (or proposal) applied: a member's commit of the current epoch by `processMemberCommit`
+ * (the same steps as ts-mls, less work), anything else by ts-mls's `processMessage`. `undefined`
+ * for an application message.
+ */
+const applyCommit = async (client: ClientState, message: GroupMessage, cs: CiphersuiteImpl) => {
+  if (message.wireformat === "mls_private_message") {
+    const processed = await processMemberCommit(client, message.privateMessage, cs)
+    if (processed !== undefined) return processed
+  }
+  let committer: number | undefined
+  const result = await processMessage(message, client, emptyPskIndex, (incoming) => {
+    if (incoming.kind === "commit") committer = incoming.senderLeafIndex
+    return "accept"
+  }, cs)
+  return result.kind === "applicationMessage" ? undefined : { newState: result.newState, committer }
+}
 
 export const makeProcess = (
   { cs, unwrap }: ClientSetup,
@@ -34,14 +54,9 @@ export const makeProcess = (
     }
     const received = header.kind === "commit" ? yield* checkReceivedCommit(client, message) : undefined
 
-    let committer: number | undefined
-    const result = yield* tryMls("process", () =>
-      processMessage(message, client, emptyPskIndex, (incoming) => {
-        if (incoming.kind === "commit") committer = incoming.senderLeafIndex
-        return "accept"
-      }, cs))
-
-    if (result.kind === "applicationMessage") return yield* fail("Malformed", "unexpected application message")
+    const result = yield* tryMls("process", () => applyCommit(client, message, cs))
+    if (result === undefined) return yield* fail("Malformed", "unexpected application message")
+    const { committer } = result
     if (committer === undefined || received === undefined || committer !== received.committer) {
       return yield* fail("Malformed", "commits from non-members are not accepted")
     }
