@@ -9,11 +9,15 @@ import { Effect } from "effect"
 import { isDeepStrictEqual } from "node:util"
 import {
   type ClientState,
+  createApplicationMessage,
   createCommit,
   createGroup,
+  decodeMlsMessage as tsMlsDecodeMlsMessage,
   defaultCapabilities,
   defaultLifetime,
+  encodeMlsMessage,
   generateKeyPackage,
+  type MLSMessage,
   type Proposal
 } from "ts-mls"
 import { encode } from "ts-mls/codec/tlsEncoder.js"
@@ -23,7 +27,7 @@ import { decodeKeyPackage as tsMlsDecodeKeyPackage, encodeKeyPackage } from "ts-
 import { decodeNode as tsMlsDecodeNode, decodeRatchetTree as tsMlsDecodeRatchetTree, encodeNode, encodeRatchetTree } from "ts-mls/ratchetTree.js"
 import { utf8 } from "../src/domain/Bytes.ts"
 import { nodeCiphersuite as cs } from "../src/layers/NodeCiphersuite.ts"
-import { decodeKeyPackage, decodeNode, decodeRatchetTree } from "../src/layers/TsMlsDecoders.ts"
+import { decodeKeyPackage, decodeMlsMessage, decodeNode, decodeRatchetTree } from "../src/layers/TsMlsDecoders.ts"
 import * as Prng from "../src/simulation/Prng.ts"
 
 const encodeVarLenData = encode(varLenDataEncoder)
@@ -133,5 +137,43 @@ describe("the ratchet-tree node and key package decoders", () => {
         const theirs = outcome(() => tsMlsDecodeKeyPackage(copy, 0))
         expect(isDeepStrictEqual(ours, theirs), Buffer.from(copy).toString("hex")).toBe(true)
       }
+    }))
+
+  it.effect("read MLS messages of every wireformat, whole, damaged, cut short or with bytes after, as ts-mls does", () =>
+    Effect.promise(async () => {
+      const packages = await Promise.all(Array.from({ length: 3 }, (_, i) => newPackage(`message ${i}`)))
+      const founded = await createGroup(utf8("message-decoder"), packages[0]!.publicPackage, packages[0]!.privatePackage, [], cs)
+      const added = await createCommit({ state: founded, cipherSuite: cs }, {
+        extraProposals: [{ proposalType: "add", add: { keyPackage: packages[1]!.publicPackage } }],
+        ratchetTreeExtension: true
+      })
+      const publicCommit = await createCommit({ state: added.newState, cipherSuite: cs }, { extraProposals: [], wireAsPublicMessage: true })
+      const application = await createApplicationMessage(added.newState, utf8("hello"), cs)
+      const messages: Array<MLSMessage> = [
+        added.commit,
+        publicCommit.commit,
+        { version: "mls10", wireformat: "mls_private_message", privateMessage: application.privateMessage },
+        { version: "mls10", wireformat: "mls_welcome", welcome: added.welcome! },
+        { version: "mls10", wireformat: "mls_key_package", keyPackage: packages[2]!.publicPackage }
+      ]
+      const encoded = messages.map(encodeMlsMessage)
+      const expectSameMessage = (bytes: Uint8Array) => {
+        const ours = outcome(() => decodeMlsMessage(bytes, 0))
+        const theirs = outcome(() => tsMlsDecodeMlsMessage(bytes, 0))
+        expect(isDeepStrictEqual(ours, theirs), Buffer.from(bytes).toString("hex").slice(0, 200)).toBe(true)
+        return theirs
+      }
+      for (const bytes of encoded) expect(expectSameMessage(bytes)).toEqual([expect.anything(), bytes.length])
+      const rng = Prng.make(20261203)
+      let refused = 0
+      for (let i = 0; i < 1500; i++) {
+        const copy = Uint8Array.from(rng.pick(encoded))
+        // Damage mostly the header, where the wireformat, lengths and content type are.
+        for (let flips = rng.between(1, 3); flips > 0; flips--) copy[rng.chance(0.7) ? rng.int(Math.min(40, copy.length)) : rng.int(copy.length)] = rng.int(256)
+        const variant = rng.chance(0.2) ? copy.subarray(0, rng.int(copy.length)) : rng.chance(0.1) ? Uint8Array.of(...copy, 0) : copy
+        const theirs = expectSameMessage(variant)
+        if (theirs === undefined || theirs === "throws") refused++
+      }
+      expect(refused).toBeGreaterThan(100)
     }))
 })

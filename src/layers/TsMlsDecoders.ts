@@ -8,13 +8,16 @@
  * built once, with ts-mls's own rules (an unknown value of an open enum reads as its decimal
  * string, of a closed one refuses the whole encoding; a later key with the same number wins).
  * The rest of a leaf, every parent node and a key package's extensions are decoded by ts-mls's
- * own decoders.
+ * own decoders. MLS messages too: ts-mls builds a message's decoder anew for its wireformat and
+ * rebuilds three reverse maps to read a private message's header, most of what a delivery service
+ * spends checking one; private messages are read here, every other wireformat by ts-mls.
  */
-import type { GroupInfo, KeyPackage, RatchetTree } from "ts-mls"
+import { decodeMlsMessage as tsMlsDecodeMlsMessage, type GroupInfo, type KeyPackage, type MLSMessage, type RatchetTree } from "ts-mls"
 import { decodeOptional } from "ts-mls/codec/optional.js"
 import { credentialTypes } from "ts-mls/credentialType.js"
 import { ciphersuites } from "ts-mls/crypto/ciphersuite.js"
-import { decodeUint16, decodeUint8 } from "ts-mls/codec/number.js"
+import { decodeUint16, decodeUint64, decodeUint8 } from "ts-mls/codec/number.js"
+import { contentTypes } from "ts-mls/contentType.js"
 import { type Decoder, mapDecoder, mapDecoderOption, mapDecoders } from "ts-mls/codec/tlsDecoder.js"
 import { decodeVarLenData, decodeVarLenType } from "ts-mls/codec/variableLength.js"
 import { decodeCredential } from "ts-mls/credential.js"
@@ -24,6 +27,7 @@ import { CodecError } from "ts-mls/mlsError.js"
 import { decodeParentNode } from "ts-mls/parentNode.js"
 import { extendRatchetTree } from "ts-mls/ratchetTree.js"
 import { protocolVersions } from "ts-mls/protocolVersion.js"
+import { wireformats } from "ts-mls/wireformat.js"
 
 type TreeNode = NonNullable<RatchetTree[number]>
 
@@ -116,3 +120,24 @@ export const decodeKeyPackage: Decoder<KeyPackage> = mapDecoders(
   ],
   (keyPackageTBS, signature) => ({ ...keyPackageTBS, signature }) as KeyPackage
 )
+
+const decodeWireformat = mapDecoderOption(decodeUint16, enumNames(wireformats, false))
+
+/** ts-mls's `decodePrivateMessage`, field for field. */
+const decodePrivateMessage = mapDecoders(
+  [decodeVarLenData, decodeUint64, mapDecoderOption(decodeUint8, enumNames(contentTypes, false)), decodeVarLenData, decodeVarLenData, decodeVarLenData],
+  (groupId, epoch, contentType, authenticatedData, encryptedSenderData, ciphertext) =>
+    ({ groupId, epoch, contentType, authenticatedData, encryptedSenderData, ciphertext }) as Extract<MLSMessage, { wireformat: "mls_private_message" }>["privateMessage"]
+)
+
+/** ts-mls's `decodeMlsMessage`: a version, a wireformat, then that message (private ones read here). */
+export const decodeMlsMessage: Decoder<MLSMessage> = (b, offset) => {
+  const version = decodeProtocolVersion(b, offset)
+  if (version === undefined) return undefined
+  const wireformat = decodeWireformat(b, offset + version[1])
+  if (wireformat?.[0] !== "mls_private_message") return tsMlsDecodeMlsMessage(b, offset)
+  const privateMessage = decodePrivateMessage(b, offset + version[1] + wireformat[1])
+  if (privateMessage === undefined) return undefined
+  const message = { wireformat: "mls_private_message", privateMessage: privateMessage[0], version: version[0] } as MLSMessage
+  return [message, version[1] + wireformat[1] + privateMessage[1]]
+}

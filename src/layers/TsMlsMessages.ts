@@ -3,11 +3,12 @@
  * every received message passes before anything is decrypted.
  */
 import { Effect } from "effect"
-import { type ClientState, decodeMlsMessage, type MLSMessage } from "ts-mls"
+import type { ClientState, MLSMessage } from "ts-mls"
 import { bytesEqual, toHex } from "../domain/Bytes.ts"
 import { CryptoError, type CryptoErrorReason } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import type { MessageHeader, MlsCryptoShape } from "../services/MlsCrypto.ts"
+import { decodeMlsMessage } from "./TsMlsDecoders.ts"
 import { decodeAllOrError } from "./TsMlsErrors.ts"
 
 type Service = MlsCryptoShape
@@ -64,6 +65,13 @@ const headerOf = (message: MLSMessage): MessageHeader => {
 
 export const inspect: Service["inspect"] = Effect.fn("MlsCrypto.inspect")(function*(bytes) {
   return headerOf(yield* decodeMessage(bytes))
+})
+
+export const inspectAll: Service["inspectAll"] = Effect.fn("MlsCrypto.inspectAll")(function*(messages) {
+  return messages.map((bytes) => {
+    const message = decodeMessageOrError(bytes)
+    return message instanceof CryptoError ? message : headerOf(message)
+  })
 })
 
 export const header: Service["header"] = (bytes) => {
