@@ -1,5 +1,6 @@
 /** The group-message operations of the store-backed delivery service: send, query, batch query, subscribe. */
 import { Effect, Stream } from "effect"
+import { CryptoError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import { requestDigests } from "../domain/RequestAuth.ts"
 import type { GroupMessageInput } from "../domain/Wire.ts"
@@ -15,27 +16,31 @@ type Service = DeliveryService["Type"]
 /**
  * A group topic takes only MLS group messages of its own group (the server reads the
  * header, as xmtp-node-go does): nobody can fill a topic with bytes no member can use, and
- * a topic comes into existence only with a well-formed message for it.
+ * a topic comes into existence only with a well-formed message for it. The first message
+ * that is not one fails the request; all are read in one step.
  */
-const checkGroupMessage = (c: StoreDeliveryContext, m: GroupMessageInput) =>
-  c.crypto.inspect(m.payload).pipe(
-    Effect.mapError((e) => invalidRequest(`sendGroupMessages to ${m.groupId}: not an MLS message (${e.detail})`)),
-    Effect.flatMap((header) =>
-      header.groupId === m.groupId &&
-        (header.kind === "application" || header.kind === "commit" || header.kind === "proposal")
-        ? Effect.void
-        : Effect.fail(invalidRequest(
+const checkGroupMessages = (c: StoreDeliveryContext, messages: ReadonlyArray<GroupMessageInput>) =>
+  c.crypto.inspectAll(messages.map((m) => m.payload)).pipe(Effect.flatMap((headers) => {
+    for (const [i, header] of headers.entries()) {
+      const m = messages[i]!
+      if (header instanceof CryptoError) {
+        return Effect.fail(invalidRequest(`sendGroupMessages to ${m.groupId}: not an MLS message (${header.detail})`))
+      }
+      if (header.groupId !== m.groupId || (header.kind !== "application" && header.kind !== "commit" && header.kind !== "proposal")) {
+        return Effect.fail(invalidRequest(
           `sendGroupMessages to ${m.groupId}: a ${header.kind} message of group ${header.groupId ?? "none"}`
         ))
-    )
-  )
+      }
+    }
+    return Effect.void
+  }))
 
 export const sendGroupMessages = (c: StoreDeliveryContext): Service["sendGroupMessages"] => (messages) =>
   Effect.gen(function*() {
     yield* checkedSend(c, "sendGroupMessages", messages, (m) =>
       c.checks.refusals.groupId(m.groupId, "sendGroupMessages") ??
         c.checks.refusals.payload(m.payload, `sendGroupMessages to ${m.groupId}`), requestDigests.sendGroupMessages)
-    for (const m of messages) yield* checkGroupMessage(c, m)
+    yield* checkGroupMessages(c, messages)
     const entries = yield* c.stored(
       c.store.append(messages.map((m: GroupMessageInput) => ({ topic: groupTopic(m.groupId), payload: m.payload })))
     )

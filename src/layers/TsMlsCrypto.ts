@@ -29,7 +29,7 @@ import { makeAddChecks, makeCommitCreation, makeReceivedCommitChecks } from "./T
 import { makeGroupCreation } from "./TsMlsGroupCreation.ts"
 import { inviterOf, leafDetails, makeStoredStates, view } from "./TsMlsGroupState.ts"
 import { makeKeyPackageGenerator, makeKeyPackageReader } from "./TsMlsKeyPackages.ts"
-import { header, inspect } from "./TsMlsMessages.ts"
+import { header, inspect, inspectAll } from "./TsMlsMessages.ts"
 import { makeProcess } from "./TsMlsReceive.ts"
 import { installRejectionGuard } from "./TsMlsRejectionGuard.ts"
 import { makeSealing } from "./TsMlsSealing.ts"
@@ -74,6 +74,7 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
     joinFromWelcome,
     encrypt: makeEncrypt(setup),
     inspect,
+    inspectAll,
     header,
     process,
     processApplications: applications.processApplications,

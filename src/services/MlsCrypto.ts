@@ -188,6 +188,8 @@ export interface MlsCryptoShape {
     plaintext: Uint8Array
   ) => Effect.Effect<{ readonly message: Uint8Array; readonly state: MlsGroupState }, CryptoError>
   readonly inspect: (message: Uint8Array) => Effect.Effect<MessageHeader, CryptoError>
+  /** `inspect` of each message, in one step (a delivery service checks every message of a request). */
+  readonly inspectAll: (messages: ReadonlyArray<Uint8Array>) => Effect.Effect<ReadonlyArray<MessageHeader | CryptoError>>
   /** `inspect` as a plain call (a page's envelopes are read in one loop); undefined when it is not an MLS message. */
   readonly header: (message: Uint8Array) => MessageHeader | undefined
   /** Processes someone else's message. Never feed an own commit here: adopt its staged state. */
