@@ -25,6 +25,7 @@ import { CryptoVerificationError, InternalError, ValidationError } from "ts-mls/
 import { pathToRoot } from "ts-mls/pathSecrets.js"
 import { mergePrivateKeyPaths, type PrivateKeyPath, toPrivateKeyPath } from "ts-mls/privateKeyPath.js"
 import { emptyPskIndex } from "ts-mls/pskIndex.js"
+import { findBlankLeafNodeIndex } from "ts-mls/ratchetTree.js"
 import { type LeafIndex, leafToNodeIndex, leafWidth, root, toLeafIndex, toNodeIndex } from "ts-mls/treemath.js"
 import { applyUpdatePath, type UpdatePath } from "ts-mls/updatePath.js"
 import { zeroOutUint8Array } from "ts-mls/util/byteArray.js"
@@ -109,11 +110,11 @@ export const processMemberCommit = async (
   return { newState, committer, consumed: [...unprotected.consumed, ...consumedEpochData, current.keySchedule.initSecret] }
 }
 
-/** The leaves the commit adds, left out of its UpdatePath's recipients (ts-mls's `excludeNodes`). */
+/** The leaves the UpdatePath left out of its recipients (ts-mls's `excludeNodes`): those the commit adds. */
 const addedNodes = (applied: Awaited<ReturnType<typeof applyProposals>>) =>
   applied.additionalResult.kind === "memberCommit"
     ? applied.additionalResult.addedLeafNodes.map(([leafIndex]) => leafToNodeIndex(toLeafIndex(leafIndex)))
-    : []
+    : [findBlankLeafNodeIndex(applied.tree) ?? toNodeIndex(applied.tree.length + 1)]
 
 /** Our keys on the committer's new path and the commit secret (ts-mls's `updatePrivateKeyPath`). */
 const privatePathAfter = async (
