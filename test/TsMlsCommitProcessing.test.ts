@@ -9,6 +9,7 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { type ClientState, type MLSMessage, type Proposal, createCommit, createGroup, emptyPskIndex, joinGroup, processMessage } from "ts-mls"
+import { unprotectPrivateMessage } from "ts-mls/messageProtection.js"
 import { utf8 } from "../src/domain/Bytes.ts"
 import { nodeCiphersuite as cs } from "../src/layers/NodeCiphersuite.ts"
 import { processMemberCommit } from "../src/layers/TsMlsCommitProcessing.ts"
@@ -49,6 +50,14 @@ const compareProcessing = async (receiver: ClientState, commit: MLSMessage) => {
   expect(leafStateBytes(ours.newState)).toBe(leafStateBytes(theirs.newState))
   expect(ours.newState.groupActiveState).toEqual(theirs.newState.groupActiveState)
   expect(ours.consumed.map(hex)).toEqual(theirs.consumed.map(hex))
+  // Given the commit as the engine's checks already decrypted it: the same again.
+  const pm = privateMessageOf(commit)
+  const decrypted = await unprotectPrivateMessage(
+    receiver.keySchedule.senderDataSecret, pm, receiver.secretTree, receiver.ratchetTree, receiver.groupContext,
+    receiver.clientConfig.keyRetentionConfig, cs
+  )
+  const reused = await processMemberCommit(receiver, pm, cs, decrypted)
+  expect(leafStateBytes(reused!.newState)).toBe(leafStateBytes(ours.newState))
   return ours.newState
 }
 

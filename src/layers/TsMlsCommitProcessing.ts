@@ -20,7 +20,7 @@ import { applyUpdatePathSecret } from "ts-mls/createCommit.js"
 import { deriveSecret } from "ts-mls/crypto/kdf.js"
 import { verifyConfirmationTag } from "ts-mls/framedContent.js"
 import { initializeEpoch } from "ts-mls/keySchedule.js"
-import { unprotectPrivateMessage } from "ts-mls/messageProtection.js"
+import { type UnprotectResult, unprotectPrivateMessage } from "ts-mls/messageProtection.js"
 import { CryptoVerificationError, InternalError, ValidationError } from "ts-mls/mlsError.js"
 import { pathToRoot } from "ts-mls/pathSecrets.js"
 import { mergePrivateKeyPaths, type PrivateKeyPath, toPrivateKeyPath } from "ts-mls/privateKeyPath.js"
@@ -42,14 +42,16 @@ export interface ProcessedCommit {
 /**
  * The commit in `message` applied to `state`, or `undefined` when the message is not a member's
  * commit of the current epoch (ts-mls's own `processMessage` is then the one to read it).
+ * `decrypted`: the message already unprotected against this very state (the commit checks did).
  */
 export const processMemberCommit = async (
   state: ClientState,
   message: PrivateMessage,
-  cs: CiphersuiteImpl
+  cs: CiphersuiteImpl,
+  decrypted?: UnprotectResult
 ): Promise<ProcessedCommit | undefined> => {
   if (message.epoch !== state.groupContext.epoch || message.contentType !== "commit") return undefined
-  const unprotected = await unprotectPrivateMessage(
+  const unprotected = decrypted ?? await unprotectPrivateMessage(
     state.keySchedule.senderDataSecret,
     message,
     state.secretTree,

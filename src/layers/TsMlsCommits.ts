@@ -15,7 +15,7 @@ import {
 import { extensionsSupportedByCapabilities } from "ts-mls/extension.js"
 import { verifyKeyPackage } from "ts-mls/keyPackage.js"
 import { verifyLeafNodeSignatureKeyPackage } from "ts-mls/leafNode.js"
-import { unprotectPrivateMessage } from "ts-mls/messageProtection.js"
+import { type UnprotectResult, unprotectPrivateMessage } from "ts-mls/messageProtection.js"
 import * as MlsError from "ts-mls/mlsError.js"
 import type { InstallationId } from "../domain/Ids.ts"
 import type { CommitChanges, MlsCryptoShape } from "../services/MlsCrypto.ts"
@@ -113,11 +113,12 @@ export const makeReceivedCommitChecks = ({ cs }: ClientSetup, checkAdds: CheckAd
   const commitContent = (client: ClientState, message: MLSMessage) =>
     Effect.gen(function*() {
       let content: FramedContent
+      let unprotected: UnprotectResult | undefined
       if (message.wireformat === "mls_public_message") {
         content = message.publicMessage.content
       } else if (message.wireformat === "mls_private_message") {
-        // Pure: the ratcheted secret tree it returns is dropped; processMessage redoes this.
-        const unprotected = yield* tryMls("process", () =>
+        // Pure: applying the commit goes on from it (`processMemberCommit`), nothing decrypted twice.
+        unprotected = yield* tryMls("process", () =>
           unprotectPrivateMessage(
             client.keySchedule.senderDataSecret,
             message.privateMessage,
@@ -134,17 +135,17 @@ export const makeReceivedCommitChecks = ({ cs }: ClientSetup, checkAdds: CheckAd
       if (content.contentType !== "commit") return yield* fail("Malformed", "not a commit")
       // External commits (a new member's own) are never sent by Converge.
       if (content.sender.senderType !== "member") return yield* fail("Malformed", "commits from non-members are not accepted")
-      return { commit: content.commit, committer: content.sender.leafIndex }
+      return { commit: content.commit, committer: content.sender.leafIndex, unprotected }
     })
 
-  /** Every rule a received commit must pass before ts-mls applies it. */
+  /** Every rule a received commit must pass before it is applied; a private one comes back decrypted. */
   const checkReceivedCommit = (client: ClientState, message: MLSMessage) =>
     Effect.gen(function*() {
-      const { commit, committer } = yield* commitContent(client, message)
+      const { commit, committer, unprotected } = yield* commitContent(client, message)
       const problem = commitProblem(client, committer, commit)
       if (problem !== undefined) return yield* fail("Malformed", problem)
       yield* checkAdds(client, Rules.addsOf(commit), false)
-      return { commit, committer }
+      return { commit, committer, unprotected }
     })
 
   return checkReceivedCommit

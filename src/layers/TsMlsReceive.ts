@@ -4,6 +4,7 @@
  */
 import { Effect } from "effect"
 import { type CiphersuiteImpl, type ClientState, emptyPskIndex, processMessage } from "ts-mls"
+import type { UnprotectResult } from "ts-mls/messageProtection.js"
 import { CryptoError } from "../domain/Errors.ts"
 import type { MlsCryptoShape, Processed } from "../services/MlsCrypto.ts"
 import type { ApplicationReceiver } from "./TsMlsApplications.ts"
@@ -25,9 +26,9 @@ type GroupMessage = Parameters<typeof processMessage>[0]
  * (the same steps as ts-mls, less work), anything else by ts-mls's `processMessage`. `undefined`
  * for an application message.
  */
-const applyCommit = async (client: ClientState, message: GroupMessage, cs: CiphersuiteImpl) => {
+const applyCommit = async (client: ClientState, message: GroupMessage, cs: CiphersuiteImpl, decrypted?: UnprotectResult) => {
   if (message.wireformat === "mls_private_message") {
-    const processed = await processMemberCommit(client, message.privateMessage, cs)
+    const processed = await processMemberCommit(client, message.privateMessage, cs, decrypted)
     if (processed !== undefined) return processed
   }
   let committer: number | undefined
@@ -54,7 +55,7 @@ export const makeProcess = (
     }
     const received = header.kind === "commit" ? yield* checkReceivedCommit(client, message) : undefined
 
-    const result = yield* tryMls("process", () => applyCommit(client, message, cs))
+    const result = yield* tryMls("process", () => applyCommit(client, message, cs, received?.unprotected))
     if (result === undefined) return yield* fail("Malformed", "unexpected application message")
     const { committer } = result
     if (committer === undefined || received === undefined || committer !== received.committer) {

@@ -15,15 +15,14 @@ import { varLenDataEncoder } from "ts-mls/codec/variableLength.js"
 import type { SecretTree } from "ts-mls/secretTree.js"
 import { isLeaf, left, type NodeIndex, nodeWidth, right, root } from "ts-mls/treemath.js"
 import { zeroOutUint8Array } from "ts-mls/util/byteArray.js"
+import { utf8 } from "../domain/Bytes.ts"
 import { BLANK_SECRET_NODE } from "./TsMlsStoredState.ts"
 
 const kdfLabelEncoder = encode(composeBufferEncoders([uint16Encoder, varLenDataEncoder, varLenDataEncoder]))
 
 /** The `KDFLabel` of `ExpandWithLabel(secret, label, context, length)`, as ts-mls encodes it. */
-export const kdfLabel = (label: string, context: Uint8Array, length: number): Uint8Array =>
-  kdfLabelEncoder([length, new TextEncoder().encode(`MLS 1.0 ${label}`), context])
-
-const utf8 = (text: string) => new TextEncoder().encode(text)
+const kdfLabel = (label: string, context: Uint8Array, length: number): Uint8Array =>
+  kdfLabelEncoder([length, utf8(`MLS 1.0 ${label}`), context])
 
 /**
  * The secret tree of an epoch whose tree is `leafWidth` leaves wide: each leaf's handshake and

@@ -32,12 +32,19 @@ import { constantTimeEqual } from "ts-mls/util/constantTimeCompare.js"
 
 type TreeNode = RatchetTree[number]
 
-/** The leaf indices under a node: a node at level k spans 2^k leaves centred on it. */
-const leafRange = (index: number): readonly [number, number] => {
+
+/** The node indices under (and including) a node: a node at level k spans 2^(k+1) - 1 nodes centred on it. */
+const nodeRange = (index: number): readonly [number, number] => {
   let level = 0
   while (((index >> level) & 1) === 1) level++
   const half = (1 << level) - 1
-  return [(index - half) / 2, (index + half) / 2]
+  return [index - half, index + half]
+}
+
+/** The leaf indices under a node (its first and last nodes are leaves). */
+const leafRange = (index: number): readonly [number, number] => {
+  const [first, last] = nodeRange(index)
+  return [first / 2, last / 2]
 }
 
 /** Some parent lists an unmerged leaf that is not below it: RFC trees never do. */
@@ -48,13 +55,6 @@ const listsForeignLeaves = (tree: RatchetTree): boolean =>
     return node.parent.unmergedLeaves.some((leaf) => leaf < first || leaf > last)
   })
 
-/** The node indices under (and including) a node: a node at level k spans 2^(k+1) - 1 nodes centred on it. */
-const nodeRange = (index: number): readonly [number, number] => {
-  let level = 0
-  while (((index >> level) & 1) === 1) level++
-  const half = (1 << level) - 1
-  return [index - half, index + half]
-}
 
 /**
  * Each subtree's hash, computed once (ts-mls `treeHash` encodings, node for node). Given the
