@@ -34,6 +34,7 @@ import { migrate } from "./SqlDeliverySchema.ts"
 import { big, bytesOf, failed, MAX_INT64 } from "./SqlDeliveryRows.ts"
 import { type Announcer, makeAppend } from "./SqlGroupCommit.ts"
 import * as SqlIdentityQueries from "./SqlIdentityQueries.ts"
+import * as SqliteCheckpointer from "./SqliteCheckpointer.ts"
 import * as SqlKeyPackages from "./SqlKeyPackages.ts"
 
 export { migrate, migrations, migrationsTable } from "./SqlDeliverySchema.ts"
@@ -104,7 +105,8 @@ export const makeSqlite = (
     // An acknowledged append survives a power loss: SQLite opens a file already in WAL mode
     // with synchronous=NORMAL, which could undo it and hand its id to another message.
     const sql = yield* SqlClient.SqlClient
-    yield* sql`PRAGMA synchronous = FULL`.pipe(
+    // Checkpoints off the event loop: the appends' commits only write and sync the log.
+    yield* Effect.zipRight(sql`PRAGMA synchronous = FULL`, SqliteCheckpointer.make(sql)).pipe(
       Effect.mapError((cause) => new DeliveryStoreError({ operation: "open", cause }))
     )
     yield* migrate
