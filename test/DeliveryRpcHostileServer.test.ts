@@ -10,6 +10,7 @@ import { createRequire } from "node:module"
 import type { AddressInfo } from "node:net"
 import type { GroupId } from "../src/domain/Ids.ts"
 import { DeliveryService } from "../src/index.ts"
+import { GroupMessageInput } from "../src/domain/Wire.ts"
 import { boundedRequestIds } from "../src/layers/RpcRequestIds.ts"
 import { RpcSerialization } from "@effect/rpc"
 
@@ -165,6 +166,46 @@ describe("a server answering a call with a defect", () => {
     Effect.gen(function*() {
       const exit = yield* answeredWith({ _tag: "Success", value: { items: "not a list" } })
       expect(exit).toMatchObject({ _tag: "Failure", cause: { _tag: "Fail", error: { _tag: "DeliveryError", reason: "Unavailable" } } })
+    }))
+})
+
+describe("a server answering a send with where the messages landed", () => {
+  // The answer is one position per message sent; the envelopes are rebuilt from what was sent.
+  const sendThrough = (positions: ReadonlyArray<{ readonly sequenceId: string; readonly serverTimeNs: string }>) =>
+    Effect.gen(function*() {
+      const server = yield* wsServerAnswering((requestId) => [
+        JSON.stringify({ _tag: "Exit", requestId, exit: { _tag: "Success", value: positions } })
+      ])
+      const context = yield* Layer.build(DeliveryService.layerRpc({
+        url: `http://127.0.0.1:${server.address().port}/rpc`,
+        transport: "websocket",
+        timeout: "5 seconds",
+        retrySchedule: Schedule.recurs(0)
+      }))
+      const groupId = "0".repeat(32) as GroupId
+      return yield* Effect.either(Context.get(context, DeliveryService).sendGroupMessages([
+        GroupMessageInput.make({ groupId, payload: new Uint8Array([1, 2, 3]) }),
+        GroupMessageInput.make({ groupId, payload: new Uint8Array([4, 5]) })
+      ]))
+    })
+
+  it.scopedLive("one position per message: the caller gets its own messages at those ids", () =>
+    Effect.gen(function*() {
+      const sent = yield* sendThrough([{ sequenceId: "7", serverTimeNs: "100" }, { sequenceId: "8", serverTimeNs: "101" }])
+      expect(sent).toMatchObject({
+        _tag: "Right",
+        right: [
+          { sequenceId: 7n, serverTimeNs: 100n, payload: new Uint8Array([1, 2, 3]) },
+          { sequenceId: 8n, serverTimeNs: 101n, payload: new Uint8Array([4, 5]) }
+        ]
+      })
+    }))
+
+  it.scopedLive("fewer positions than messages: the call ends Unavailable, saying so", () =>
+    Effect.gen(function*() {
+      const sent = yield* sendThrough([{ sequenceId: "7", serverTimeNs: "100" }])
+      expect(sent).toMatchObject({ _tag: "Left", left: { _tag: "DeliveryError", reason: "Unavailable" } })
+      if (sent._tag === "Left") expect(sent.left.detail).toContain("1 positions answered for 2 messages")
     }))
 })
 

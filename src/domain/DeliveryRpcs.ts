@@ -133,6 +133,16 @@ export const GroupMessageEnvelopeWire = Schema.Struct({
   serverTimeNs: TimeNs,
   payload: Bytes
 })
+/**
+ * Where a sent message landed: `sendGroupMessages` answers with one per message, in order. The
+ * caller holds the group ids and payloads it sent (an identical resend comes back as the entry
+ * already stored, the same bytes), so the answer does not carry them back: a batch of 50
+ * messages answered with their envelopes was most of the bytes both ends encoded and decoded.
+ */
+export const SentPositionWire = Schema.Struct({
+  sequenceId: Cursor,
+  serverTimeNs: TimeNs
+})
 export const WelcomeMessageEnvelopeWire = Schema.Struct({
   installationId: InstallationId,
   sequenceId: Cursor,
@@ -220,7 +230,7 @@ export class DeliveryRpcs extends RpcGroup.make(
   // ---- MlsApi ----
   Rpc.make("sendGroupMessages", {
     payload: { messages: Schema.Array(GroupMessageInputWire) },
-    success: Schema.Array(GroupMessageEnvelopeWire),
+    success: Schema.Array(SentPositionWire),
     error: DeliveryError
   }),
   Rpc.make("queryGroupMessages", {

@@ -293,7 +293,9 @@ export const handlersWith = (limits: AnswerLimits = {}) => DeliveryRpcs.toLayer(
     const maxPageBytes = limits.maxPageBytes ?? MAX_PAGE_BYTES
     const maxIdentityEntries = limits.maxIdentityEntries ?? DEFAULT_MAX_IDENTITY_ENTRIES
     return {
-      sendGroupMessages: ({ messages }, { headers }) => withCaller(headers)(ds.sendGroupMessages(messages.map(groupInput))),
+      sendGroupMessages: ({ messages }, { headers }) =>
+        withCaller(headers)(Effect.map(ds.sendGroupMessages(messages.map(groupInput)), (envelopes) =>
+          envelopes.map(({ sequenceId, serverTimeNs }) => ({ sequenceId, serverTimeNs })))),
       queryGroupMessages: ({ query }, { headers }) => withCaller(headers)(Effect.map(ds.queryGroupMessages(groupQuery(query)), fromQueryPage)),
       batchQueryGroupMessages: ({ queries }, { headers }) =>
         withCaller(headers)(

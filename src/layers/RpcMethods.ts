@@ -17,7 +17,7 @@ import {
 import type { DeliveryError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import { requestDigests } from "../domain/RequestAuth.ts"
-import type { GroupMessageEnvelope, IdentityUpdateEnvelope, WelcomeMessageEnvelope } from "../domain/Wire.ts"
+import { GroupMessageEnvelope, type IdentityUpdateEnvelope, type WelcomeMessageEnvelope } from "../domain/Wire.ts"
 import type { DeliveryService, FetchedKeyPackage, IdentityQuery, InboxUpdates } from "../services/DeliveryService.ts"
 import { MAX_IDS_PER_LOOKUP, MAX_SUBSCRIBE_FILTERS } from "./DeliveryRequests.ts"
 import { type Calls, chunksOf } from "./RpcCalls.ts"
@@ -77,7 +77,15 @@ export const groupMethods = (
         (headers) => client.sendGroupMessages({ messages }, { headers })
       )
     ).pipe(
-      Effect.map((envelopes) => envelopes.map(toGroupMessageEnvelope))
+      // The answer is where each message landed, in order; the rest is what we sent (copied:
+      // the caller may reuse its buffers).
+      Effect.flatMap((positions) =>
+        positions.length === messages.length
+          ? Effect.succeed(positions.map((position, i) =>
+            new GroupMessageEnvelope({ groupId: messages[i]!.groupId, payload: messages[i]!.payload.slice(), ...position }, true)
+          ))
+          : Effect.fail(unavailable(`sendGroupMessages: ${positions.length} positions answered for ${messages.length} messages`))
+      )
     ),
   queryGroupMessages: (query) =>
     idempotent(
