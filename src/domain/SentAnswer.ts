@@ -1,6 +1,7 @@
 /**
  * What a send's answer says about the topic. The delivery service answers `sendGroupMessages`
- * with the stored envelopes, ids included, and ids on a topic are gap-free and increasing. So
+ * with the stored envelopes, ids included (over RPC, the ids and times of the envelopes the
+ * client sent: the same claim), and ids on a topic are gap-free and increasing. So
  * when the answer carries, in order, exactly the bytes we sent at ids cursor + 1, cursor + 2, ...,
  * those envelopes are the topic's next entries after our cursor: reading them back by a query
  * would return the same page (trusting the service no more than a query does). Anything else
