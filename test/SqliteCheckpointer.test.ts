@@ -6,6 +6,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Deferred, Effect, Fiber, Layer, Schema } from "effect"
+import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -60,6 +61,33 @@ describe("SQLite delivery store: checkpoints off the request path", () => {
       expect(fs.existsSync(`${file}-wal`)).toBe(false)
     }).pipe(Effect.scoped), 30_000)
 
+  it("a program that closes the store goes on afterwards (the worker it waits for keeps the process alive)", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "converge-checkpoint-"))
+    try {
+      const repo = path.resolve(import.meta.dirname, "..")
+      const run = await new Promise<{ readonly code: number | null; readonly output: string }>((resolve) => {
+        const child = spawn(process.execPath, ["--import", "tsx", path.join(repo, "test/support/CheckpointedStoreLifetime.ts"), dir], {
+          cwd: repo,
+          stdio: ["ignore", "pipe", "pipe"]
+        })
+        let output = ""
+        child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()))
+        child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()))
+        const timer = setTimeout(() => child.kill("SIGKILL"), 60_000)
+        child.on("exit", (code) => {
+          clearTimeout(timer)
+          resolve({ code, output: output.trim() })
+        })
+      })
+      // Before the fix Node exited while the finalizer waited for the worker (13: a top-level await left
+      // unsettled; `npm run simulate` exited 0 without its totals), printing nothing.
+      expect(run).toEqual({ code: 0, output: "closed" })
+      expect(fs.existsSync(path.join(dir, "ds.sqlite-wal"))).toBe(false)
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  }, 90_000)
+
   /** A table on a fresh file with the checkpointer (bound `maxWalBytes`), and 64 KiB commits of it. */
   const withBlobs = <A, E>(maxWalBytes: number, f: (file: string, insert: Effect.Effect<unknown, unknown>) => Effect.Effect<A, E>) =>
     Effect.gen(function*() {
@@ -81,8 +109,8 @@ describe("SQLite delivery store: checkpoints off the request path", () => {
         // 32 MiB in commits of 64 KiB, one after another: the worker never catches up whole.
         for (let i = 0; i < 512; i++) yield* insert
         expect(yield* eventually(() => sizeOf(file) > 32 * MiB, 5_000)).toBe(true)
-        // The bound and one commit past it (without it: 52 MiB).
-        expect(sizeOf(`${file}-wal`)).toBeLessThan(10 * MiB)
+        // The bound, and what the writer added before its checkpoint's turn came (without the bound: 52 MiB).
+        expect(sizeOf(`${file}-wal`)).toBeLessThan(16 * MiB)
       })), 30_000)
 
   it.live("a reader holding a snapshot never stalls the writer: its commits stay quick and all land", () =>

@@ -135,8 +135,11 @@ export const make = (
       }).pipe(Effect.either),
       (started) =>
         // The worker's connection closes first: the writer's, closing last, checkpoints what is left.
+        // Referenced again while it stops: an unreferenced worker is all an ending process may wait
+        // for, and Node would exit under the waiting finalizer.
         started._tag === "Left" ? Effect.void : Effect.promise(() => {
           stopping = true
+          started.right.worker.ref()
           started.right.worker.postMessage("stop")
           return started.right.exited
         })
