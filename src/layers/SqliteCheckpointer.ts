@@ -14,9 +14,11 @@
  * worker's connection.
  */
 import { SqlClient } from "@effect/sql"
-import { Effect, Runtime, Schema, type Scope } from "effect"
+import type { SqlError } from "@effect/sql/SqlError"
+import { Effect, type ParseResult, Runtime, Schema, type Scope } from "effect"
 import { createRequire } from "node:module"
 import { Worker } from "node:worker_threads"
+import { walDatabaseFile } from "./SqliteStatements.ts"
 
 export interface CheckpointOptions {
   /** How often the worker checkpoints (default 100 ms). */
@@ -76,8 +78,6 @@ const describe = (error: unknown): string => {
 
 type WorkerMessage = { readonly _tag: "Ready" } | { readonly _tag: "OverBound" } | { readonly _tag: "Failed"; readonly detail: string }
 
-const JournalMode = Schema.Array(Schema.Struct({ journal_mode: Schema.String }))
-const DatabaseList = Schema.Array(Schema.Struct({ name: Schema.String, file: Schema.String }))
 const PageSize = Schema.Array(Schema.Struct({ page_size: Schema.Number }))
 
 /**
@@ -87,12 +87,10 @@ const PageSize = Schema.Array(Schema.Struct({ page_size: Schema.Number }))
 export const make = (
   sql: SqlClient.SqlClient,
   options: CheckpointOptions = {}
-): Effect.Effect<void, unknown, Scope.Scope> =>
+): Effect.Effect<void, SqlError | ParseResult.ParseError, Scope.Scope> =>
   Effect.gen(function*() {
-    const [mode] = yield* sql`PRAGMA journal_mode`.pipe(Effect.flatMap(Schema.decodeUnknown(JournalMode)))
-    const databases = yield* sql`PRAGMA database_list`.pipe(Effect.flatMap(Schema.decodeUnknown(DatabaseList)))
-    const file = databases.find((database) => database.name === "main")?.file ?? ""
-    if (mode?.journal_mode.toLowerCase() !== "wal" || file === "") return
+    const file = yield* walDatabaseFile(sql)
+    if (file === undefined) return
     const [page] = yield* sql`PRAGMA page_size`.pipe(Effect.flatMap(Schema.decodeUnknown(PageSize)))
     const maxWalBytes = options.maxWalBytes ?? 16 * 1024 * 1024
     // After the log starts over, its file is cut back to the bound.

@@ -39,6 +39,7 @@ import { Effect, Option, Schema, type Scope } from "effect"
 import fs from "node:fs/promises"
 import { StorageError } from "../domain/Errors.ts"
 import { Int } from "./SqliteColumns.ts"
+import { walDatabaseFile } from "./SqliteStatements.ts"
 
 export const Durability = Schema.Literal("publish", "commit")
 export type Durability = typeof Durability.Type
@@ -50,8 +51,6 @@ export interface DurabilityControl {
   readonly unflushedWrites: Effect.Effect<number, StorageError>
 }
 
-const PragmaValue = Schema.Array(Schema.Struct({ journal_mode: Schema.String }))
-const DatabaseList = Schema.Array(Schema.Struct({ name: Schema.String, file: Schema.String }))
 // An integer however the connection hands it out (number, or bigint under `SafeIntegers`).
 const TotalChanges = Schema.Array(Schema.Struct({ changes: Int }))
 
@@ -66,10 +65,8 @@ export const make = (
   durability: Durability
 ): Effect.Effect<DurabilityControl, StorageError, Scope.Scope> =>
   Effect.gen(function*() {
-    const [mode] = yield* sql`PRAGMA journal_mode`.pipe(Effect.flatMap(Schema.decodeUnknown(PragmaValue)))
-    const databases = yield* sql`PRAGMA database_list`.pipe(Effect.flatMap(Schema.decodeUnknown(DatabaseList)))
-    const file = databases.find((database) => database.name === "main")?.file ?? ""
-    if (durability === "commit" || mode?.journal_mode.toLowerCase() !== "wal" || file === "") {
+    const file = yield* walDatabaseFile(sql)
+    if (durability === "commit" || file === undefined) {
       yield* sql`PRAGMA synchronous = FULL`
       return alwaysDurable
     }

@@ -4,13 +4,31 @@
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { Context, Effect, Option, type ParseResult } from "effect"
+import { Context, Effect, Option, type ParseResult, Schema } from "effect"
 import { StorageError } from "../domain/Errors.ts"
 import { StorageKey } from "./StorageKey.ts"
 
 /** A failure as the `StorageError` of `operation`. */
 export const toStorageError = (operation: string) => (error: SqlError | ParseResult.ParseError | { readonly message: string }) =>
   new StorageError({ operation, detail: error.message })
+
+const JournalMode = Schema.Array(Schema.Struct({ journal_mode: Schema.String }))
+const DatabaseList = Schema.Array(Schema.Struct({ name: Schema.String, file: Schema.String }))
+
+/**
+ * The main database's file when the connection writes ahead to a log on disk (WAL mode), else
+ * `undefined` (in memory, temporary, or another journal mode): what a WAL file's sync and
+ * checkpoints work on.
+ */
+export const walDatabaseFile = (
+  sql: SqlClient.SqlClient
+): Effect.Effect<string | undefined, SqlError | ParseResult.ParseError> =>
+  Effect.gen(function*() {
+    const [mode] = yield* sql`PRAGMA journal_mode`.pipe(Effect.flatMap(Schema.decodeUnknown(JournalMode)))
+    const databases = yield* sql`PRAGMA database_list`.pipe(Effect.flatMap(Schema.decodeUnknown(DatabaseList)))
+    const file = databases.find((database) => database.name === "main")?.file ?? ""
+    return mode?.journal_mode.toLowerCase() === "wal" && file !== "" ? file : undefined
+  })
 
 /** Consecutive slices of at most `size` (one statement each). */
 export const chunksOf = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> =>
