@@ -32,7 +32,6 @@ import { constantTimeEqual } from "ts-mls/util/constantTimeCompare.js"
 
 type TreeNode = RatchetTree[number]
 
-
 /** The node indices under (and including) a node: a node at level k spans 2^(k+1) - 1 nodes centred on it. */
 const nodeRange = (index: number): readonly [number, number] => {
   let level = 0
@@ -54,7 +53,6 @@ const listsForeignLeaves = (tree: RatchetTree): boolean =>
     const [first, last] = leafRange(index)
     return node.parent.unmergedLeaves.some((leaf) => leaf < first || leaf > last)
   })
-
 
 /**
  * Each subtree's hash, computed once (ts-mls `treeHash` encodings, node for node). Given the
