@@ -42,20 +42,16 @@ export const make = (
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
 
   /**
-   * The held group's topic read while its write-ahead is flushed: the flush on a fiber of its
-   * own (a plain fork, not a concurrent `zip`'s machinery: this runs once per `send`). The fork
-   * yields first, so the disk sync is under way before the read starts: without the yield, a
-   * read that never suspends (an in-process service) would run before the flush even began.
+   * The held group's topic read while its write-ahead is flushed: the read forks and yields first,
+   * so its request is on its way (a read sends nothing) before the disk sync, which holds the
+   * thread (`SqliteDurability`), starts. An in-process service answers before the sync instead.
    */
   const receiveFlushing = (groupId: GroupId, held: PublishPending.HeldPending) =>
     Effect.gen(function*() {
-      const flushing = yield* Effect.fork(ctx.storage.flush)
+      const reading = yield* Effect.fork(sync.receiveTo(groupId, held.group.membershipState, held.cursor))
       yield* Effect.yieldNow()
-      const read = yield* sync.receiveTo(groupId, held.group.membershipState, held.cursor).pipe(
-        Effect.onError(() => Fiber.interrupt(flushing))
-      )
-      yield* Fiber.join(flushing)
-      return read
+      yield* ctx.storage.flush.pipe(Effect.onError(() => Fiber.interrupt(reading)))
+      return yield* Fiber.join(reading)
     })
 
   /** One round: read, publish, read what we published, send welcomes. Under the group lock. */
