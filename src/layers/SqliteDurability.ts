@@ -12,8 +12,9 @@
  * - `"publish"` (the default, libxmtp's choice too): commits use `synchronous=NORMAL`, and the
  *   engine calls `flush` before every request that writes to the delivery service (and before
  *   another device signs this one in), welcomes excepted. `flush` syncs the WAL file, so every
- *   commit so far survives a power loss before anything that depends on it leaves. A power loss can undo only local changes made since the last such request: received
- *   pages and confirmations (fetched and derived again on the next sync), messages queued with
+ *   commit so far survives a power loss before anything that depends on it leaves. A power loss
+ *   can undo only local changes made since the last such request: received pages and
+ *   confirmations (fetched and derived again on the next sync), messages queued with
  *   `sendOptimistic` and not yet published, and local-only decisions (consent not yet sent,
  *   deletions, expiries, pruned keys, which then come back until done again).
  *   Welcomes go without a flush of their own: they carry what their commit wrote ahead (the
@@ -86,9 +87,10 @@ const totalChanges = (sql: SqlClient.SqlClient) =>
  * the same file while its connection is open, and syncs its directory entry when it creates it.
  *
  * The sync runs on the calling thread, as SQLite's own `synchronous=FULL` commits do. On the
- * thread pool it cost a `send` more than the sync itself: 5.6-5.7 against 3.8-4.1 ms per `send`
- * on this machine kind (2 vCPUs), the sync alone taking the same 0.6 ms median either way. The
- * caller overlaps what it can with a request already on its way (`PublishRound`).
+ * thread pool it cost a `send` more than the sync itself on this machine kind (2 vCPUs): the same
+ * `fdatasync` (about 0.5-0.6 ms median), yet 4.0-4.8 against 3.9-4.0 ms per `send`, old and new
+ * code taken in turn. The caller overlaps what it can with a request already on its way
+ * (`PublishRound`).
  */
 const makeWalFlush = (sql: SqlClient.SqlClient, wal: string) =>
   Effect.gen(function*() {
