@@ -13,6 +13,7 @@ import { Clock, Deferred, Effect, Exit, FiberId, type Queue, type Scope } from "
 import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
 import { type DeliveryStore, DeliveryStoreError, type StoredEntry, type Topic, type TopicChange } from "../services/DeliveryStore.ts"
 import { SPAN } from "./DeliveryRequests.ts"
+import { failedCommitAsError } from "./FailedCommit.ts"
 import { big, bytesOf } from "./SqlDeliveryRows.ts"
 import { endOfTurn } from "./TurnBatcher.ts"
 
@@ -169,6 +170,7 @@ const appendGroup = (sql: Sql, announcer: Announcer, group: ReadonlyArray<Waitin
       }
       return { results: allocated.results, grown: changes }
     })).pipe(
+      failedCommitAsError,
       Effect.tapErrorCause(() =>
         announcer.afterFailure === undefined || announcedInTransaction.length === 0
           ? Effect.void

@@ -10,6 +10,7 @@ import type { InboxState } from "../domain/IdentityLog.ts"
 import type { InboxId, InstallationId } from "../domain/Ids.ts"
 import { type IdentityUpdate, makeIdentityUpdateEnvelope } from "../domain/Wire.ts"
 import type { AppendIdentityResult, CurrentInstallation, DeliveryStore } from "../services/DeliveryStore.ts"
+import { failedCommitAsError } from "./FailedCommit.ts"
 import { big, decodeUpdate, encodeUpdate, failed } from "./SqlDeliveryRows.ts"
 import { makeTurnBatcher } from "./TurnBatcher.ts"
 
@@ -52,7 +53,7 @@ const loadInbox = (sql: Sql, { forShare }: Locks, inboxId: InboxId) =>
       headHash: inbox.head_hash
     }
     return state
-  })).pipe(failed("loadInbox"))
+  })).pipe(failedCommitAsError, failed("loadInbox"))
 
 /**
  * Moves the inbox's log head to `update` (creating the inbox for `CreateInbox`); `Stale` when
@@ -127,7 +128,7 @@ const appendIdentityUpdate = (sql: Sql, locks: Locks, update: IdentityUpdate, he
       if (row === undefined) return yield* Effect.dieMessage("identity update insert returned no id")
       const envelope = makeIdentityUpdateEnvelope({ sequenceId: big(row.id), serverTimeNs: timeNs, update })
       return { _tag: "Appended", envelope } as const
-    }))
+    })).pipe(failedCommitAsError)
   }).pipe(
     Effect.catchTag(
       "InstallationTaken",

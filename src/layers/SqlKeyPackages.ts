@@ -6,6 +6,7 @@ import type { SqlClient } from "@effect/sql"
 import { Effect } from "effect"
 import type { InboxId, InstallationId } from "../domain/Ids.ts"
 import type { DeliveryStore } from "../services/DeliveryStore.ts"
+import { failedCommitAsError } from "./FailedCommit.ts"
 import { bytesOf, failed } from "./SqlDeliveryRows.ts"
 
 type Service = DeliveryStore["Type"]
@@ -23,7 +24,7 @@ export const make = (sql: SqlClient.SqlClient, { forShare }: { readonly forShare
       yield* sql`INSERT INTO ds_key_packages (installation_id, key_package) VALUES (${installationId}, ${stored})
           ON CONFLICT (installation_id) DO UPDATE SET key_package = excluded.key_package`
       return true
-    })).pipe(failed("putKeyPackage"))
+    })).pipe(failedCommitAsError, failed("putKeyPackage"))
 
   const getKeyPackages: Service["getKeyPackages"] = (installationIds) =>
     Effect.gen(function*() {

@@ -12,6 +12,7 @@ import { SqlClient } from "@effect/sql"
 import { Effect, Schema } from "effect"
 import { fromHex, toHex } from "../domain/Bytes.ts"
 import type { MessageId } from "../domain/Ids.ts"
+import { failedCommitAsError } from "./FailedCommit.ts"
 import { Bytes, Int, Nullable } from "./SqliteColumns.ts"
 
 /** Bytes of one packed message id (64 hex characters). */
@@ -101,5 +102,5 @@ export const publishedAmong = (
  */
 export const atomically = <A, E, R>(sql: SqlClient.SqlClient, effect: Effect.Effect<A, E, R>) =>
   Effect.serviceOption(SqlClient.TransactionConnection).pipe(
-    Effect.flatMap((inTransaction) => (inTransaction._tag === "Some" ? effect : sql.withTransaction(effect)))
+    Effect.flatMap((inTransaction) => (inTransaction._tag === "Some" ? effect : failedCommitAsError(sql.withTransaction(effect))))
   )

@@ -12,6 +12,7 @@ import type { SqlError } from "@effect/sql/SqlError"
 import { Config, type ConfigError, Effect, Layer, Option, type Redacted } from "effect"
 import { StorageError } from "../domain/Errors.ts"
 import { Storage } from "../services/Storage.ts"
+import { failedCommitAsError } from "./FailedCommit.ts"
 import * as Migrations from "./Migrations.ts"
 import * as SqliteCursorStorage from "./SqliteCursorStorage.ts"
 import * as SqliteDurability from "./SqliteDurability.ts"
@@ -47,6 +48,7 @@ export const makeWith = (key: StorageKey["Type"], options: SqliteStorageOptions 
 
   const transaction = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
     sql.withTransaction(effect).pipe(
+      failedCommitAsError,
       Effect.catchIf(
         (e): e is SqlError => (e as { _tag?: string })._tag === "SqlError",
         (e) => Effect.fail(toStorageError("transaction")(e))
