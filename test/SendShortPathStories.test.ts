@@ -5,7 +5,7 @@
  * with the same error as the usual path, in the same order.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { type Context, Effect } from "effect"
+import { type Context, Effect, Fiber, Queue } from "effect"
 import { DeliveryError } from "../src/domain/Errors.ts"
 import type { DeliveryService } from "../src/services/DeliveryService.ts"
 import type { Storage } from "../src/services/Storage.ts"
@@ -72,6 +72,48 @@ describe("send's short path", () => {
       yield* group.send("hello")
       armed = false
       expect(unflushedAtSend).toEqual([0])
+    })))
+
+  it.live("Alice's send is interrupted while it reads the topic: its read is over before her next send takes the group", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      let held = false
+      let readsInFlight = 0
+      /** Per held read, how many other reads were still running as it began. */
+      const alongside: Array<number> = []
+      const started = yield* Queue.unbounded<void>()
+      const wrapDelivery = (ds: Delivery): Delivery => ({
+        ...ds,
+        // While held, a read never answers (a network gone quiet) until it is interrupted.
+        queryGroupMessages: (query) =>
+          held
+            ? Effect.gen(function*() {
+              alongside.push(readsInFlight)
+              readsInFlight++
+              yield* Queue.offer(started, undefined)
+              return yield* Effect.never
+            }).pipe(Effect.ensuring(Effect.sync(() => readsInFlight--)))
+            : ds.queryGroupMessages(query)
+      })
+      const alice = yield* net.client("alice", { wrapDelivery })
+      const bob = yield* net.client("bob")
+      const group = yield* alice.createGroup([bob.inboxId])
+      held = true
+      const first = yield* Effect.fork(group.send("first"))
+      yield* Queue.take(started)
+      // The second send waits for the group's lock, which the first holds while it reads.
+      const second = yield* Effect.fork(group.send("second"))
+      yield* Effect.sleep("50 millis")
+      yield* Fiber.interrupt(first)
+      yield* Queue.take(started)
+      // The first read would otherwise still write the group's state and cursor beside the second.
+      expect(alongside).toEqual([0, 0])
+      yield* Fiber.interrupt(second)
+      held = false
+      yield* group.send("third")
+      yield* bob.syncAll
+      const atBob = yield* bob.conversation(group.id)
+      expect((yield* atBob.messages()).filter((m) => m.kind === "text").map((m) => m.text)).toContain("third")
     })))
 
   it.live("Carol, removed, sends: GroupInactive, whether her text is acceptable or too long", () =>

@@ -96,7 +96,14 @@ const makeWalFlush = (sql: SqlClient.SqlClient, wal: string) =>
   Effect.gen(function*() {
     const lock = yield* Effect.makeSemaphore(1)
     let fd: number | undefined
-    yield* Effect.addFinalizer(() => Effect.ignore(Effect.try(() => fd !== undefined && fs.closeSync(fd))))
+    // Forgotten as it closes: a late flush opens the file again instead of syncing a reused number.
+    yield* Effect.addFinalizer(() =>
+      Effect.ignore(Effect.try(() => {
+        const open = fd
+        fd = undefined
+        if (open !== undefined) fs.closeSync(open)
+      }))
+    )
     const syncWal = Effect.try({
       try: () => {
         // Read and write: Windows syncs only a handle opened for writing. Nothing is written.

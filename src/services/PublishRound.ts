@@ -1,5 +1,5 @@
 /** One publish round of a group, under its lock: read, publish, read what we published, send welcomes. */
-import { Effect, Fiber } from "effect"
+import { Effect, Exit, Fiber } from "effect"
 import type { GroupId } from "../domain/Ids.ts"
 import type { EngineContext } from "./EngineContext.ts"
 import type * as GroupSync from "./GroupSync.ts"
@@ -43,16 +43,20 @@ export const make = (
 
   /**
    * The held group's topic read while its write-ahead is flushed: the read forks and yields first,
-   * so its request is on its way (a read sends nothing) before the disk sync, which holds the
-   * thread (`SqliteDurability`), starts. An in-process service answers before the sync instead.
+   * so its request can leave before the disk sync, which holds the thread (`SqliteDurability`),
+   * starts. However the round ends (a failed sync, an interruption while it waits for the read),
+   * the read is over before it returns: the read writes the group's state and cursor, and must not
+   * outlive the group's lock.
    */
   const receiveFlushing = (groupId: GroupId, held: PublishPending.HeldPending) =>
-    Effect.gen(function*() {
-      const reading = yield* Effect.fork(sync.receiveTo(groupId, held.group.membershipState, held.cursor))
-      yield* Effect.yieldNow()
-      yield* ctx.storage.flush.pipe(Effect.onError(() => Fiber.interrupt(reading)))
-      return yield* Fiber.join(reading)
-    })
+    Effect.uninterruptibleMask((restore) =>
+      Effect.gen(function*() {
+        const reading = yield* Effect.fork(restore(sync.receiveTo(groupId, held.group.membershipState, held.cursor)))
+        return yield* restore(Effect.yieldNow().pipe(Effect.zipRight(ctx.storage.flush), Effect.zipRight(Fiber.join(reading)))).pipe(
+          Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : Fiber.interrupt(reading))
+        )
+      })
+    )
 
   /** One round: read, publish, read what we published, send welcomes. Under the group lock. */
   const round = (groupId: GroupId) => ctx.withGroupLock(groupId)(roundLocked(groupId))
