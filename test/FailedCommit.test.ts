@@ -5,10 +5,10 @@
  * (`ulimit -f`: a write past it fails as on a full disk).
  */
 import { describe, expect, it } from "@effect/vitest"
-import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import { runTestProgram } from "./support/TestProgram.ts"
 
 interface Refusal {
   readonly attempt: number
@@ -20,28 +20,17 @@ interface Refusal {
 }
 
 /** Runs the program for `kind` with files limited to 2 MiB; its one JSON line. */
-const onFullDisk = (kind: "storage" | "delivery") =>
-  new Promise<Refusal>((resolve, reject) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "converge-full-"))
-    const repo = path.resolve(import.meta.dirname, "..")
-    const program = path.join(repo, "test/support/FullDiskStore.ts")
-    const child = spawn("bash", ["-c", `ulimit -f 2048 && exec "$0" --import tsx "$1" "$2" "$3"`, process.execPath, program, dir, kind], {
-      cwd: repo,
-      stdio: ["ignore", "pipe", "pipe"]
-    })
-    let output = ""
-    let errors = ""
-    child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()))
-    child.stderr.on("data", (chunk: Buffer) => (errors += chunk.toString()))
-    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000)
-    child.on("exit", (code) => {
-      clearTimeout(timer)
-      fs.rmSync(dir, { recursive: true, force: true })
-      const line = output.trim().split("\n").at(-1) ?? ""
-      if (code !== 0 || !line.startsWith("{")) return reject(new Error(`exit ${code}: ${output}${errors}`))
-      resolve(JSON.parse(line) as Refusal)
-    })
-  })
+const onFullDisk = async (kind: "storage" | "delivery"): Promise<Refusal> => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "converge-full-"))
+  try {
+    const run = await runTestProgram("FullDiskStore.ts", [dir, kind], { fileSizeLimitKiB: 2048 })
+    const line = run.stdout.trim().split("\n").at(-1) ?? ""
+    if (run.code !== 0 || !line.startsWith("{")) throw new Error(`exit ${run.code}: ${run.stdout}${run.stderr}`)
+    return JSON.parse(line) as Refusal
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true })
+  }
+}
 
 describe("a full disk", () => {
   it("the client's storage: the transaction fails with a StorageError, and nothing of it is stored", async () => {

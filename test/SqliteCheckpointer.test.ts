@@ -6,7 +6,6 @@ import { describe, expect, it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Deferred, Effect, Fiber, Layer, Schema } from "effect"
-import { spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -14,6 +13,7 @@ import * as SqlDeliveryStore from "../src/layers/SqlDeliveryStore.ts"
 import * as SqliteCheckpointer from "../src/layers/SqliteCheckpointer.ts"
 import { DeliveryStore, groupTopic } from "../src/services/DeliveryStore.ts"
 import { newGroupId, randomBytes } from "./support/DeliveryFixtures.ts"
+import { runTestProgram } from "./support/TestProgram.ts"
 
 const sizeOf = (file: string) => (fs.existsSync(file) ? fs.statSync(file).size : 0)
 const MiB = 1024 * 1024
@@ -64,21 +64,8 @@ describe("SQLite delivery store: checkpoints off the request path", () => {
   it("a program that closes the store goes on afterwards (the worker it waits for keeps the process alive)", async () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "converge-checkpoint-"))
     try {
-      const repo = path.resolve(import.meta.dirname, "..")
-      const run = await new Promise<{ readonly code: number | null; readonly output: string }>((resolve) => {
-        const child = spawn(process.execPath, ["--import", "tsx", path.join(repo, "test/support/CheckpointedStoreLifetime.ts"), dir], {
-          cwd: repo,
-          stdio: ["ignore", "pipe", "pipe"]
-        })
-        let output = ""
-        child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()))
-        child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()))
-        const timer = setTimeout(() => child.kill("SIGKILL"), 60_000)
-        child.on("exit", (code) => {
-          clearTimeout(timer)
-          resolve({ code, output: output.trim() })
-        })
-      })
+      const ran = await runTestProgram("CheckpointedStoreLifetime.ts", [dir])
+      const run = { code: ran.code, output: (ran.stdout + ran.stderr).trim() }
       // Before the fix Node exited while the finalizer waited for the worker (13: a top-level await left
       // unsettled; `npm run simulate` exited 0 without its totals), printing nothing.
       expect(run).toEqual({ code: 0, output: "closed" })
