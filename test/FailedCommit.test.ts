@@ -38,11 +38,14 @@ describe("a full disk", () => {
     // Some transactions fit first; the one that does not is refused at its commit.
     expect(refusal.attempt).toBeGreaterThan(0)
     expect(refusal).toMatchObject({ defect: false, tag: "StorageError", refusedRowStored: false })
+    // The error says what SQLite said, not only "Failed to execute statement".
+    expect(refusal.message).toMatch(/SQLITE_(FULL|IOERR)/)
   }, 90_000)
 
   it("the delivery store: the append fails with a DeliveryStoreError", async () => {
     const refusal = await onFullDisk("delivery")
     expect(refusal.attempt).toBeGreaterThan(0)
     expect(refusal).toMatchObject({ defect: false, tag: "DeliveryStoreError" })
+    expect(refusal.message).toMatch(/SQLITE_(FULL|IOERR)/)
   }, 90_000)
 })

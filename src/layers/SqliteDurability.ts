@@ -38,6 +38,7 @@ import { SqlClient } from "@effect/sql"
 import { Effect, Option, Schema, type Scope } from "effect"
 import fs from "node:fs"
 import { StorageError } from "../domain/Errors.ts"
+import { withDriverCause } from "../domain/FailureDetail.ts"
 import { Int } from "./SqliteColumns.ts"
 import { walDatabaseFile } from "./SqliteStatements.ts"
 
@@ -54,8 +55,8 @@ export interface DurabilityControl {
 // An integer however the connection hands it out (number, or bigint under `SafeIntegers`).
 const TotalChanges = Schema.Array(Schema.Struct({ changes: Int }))
 
-const failed = (operation: string) => (error: { readonly message: string }) =>
-  new StorageError({ operation, detail: error.message })
+const failed = (operation: string) => (error: { readonly message: string; readonly cause?: unknown }) =>
+  new StorageError({ operation, detail: withDriverCause(error) })
 
 const alwaysDurable: DurabilityControl = { flush: Effect.void, unflushedWrites: Effect.succeed(0) }
 

@@ -6,11 +6,12 @@ import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Context, Effect, Option, type ParseResult, Schema } from "effect"
 import { StorageError } from "../domain/Errors.ts"
+import { withDriverCause } from "../domain/FailureDetail.ts"
 import { StorageKey } from "./StorageKey.ts"
 
-/** A failure as the `StorageError` of `operation`. */
+/** A failure as the `StorageError` of `operation`, the driver's words included (`withDriverCause`). */
 export const toStorageError = (operation: string) => (error: SqlError | ParseResult.ParseError | { readonly message: string }) =>
-  new StorageError({ operation, detail: error.message })
+  new StorageError({ operation, detail: withDriverCause(error) })
 
 const JournalMode = Schema.Array(Schema.Struct({ journal_mode: Schema.String }))
 const DatabaseList = Schema.Array(Schema.Struct({ name: Schema.String, file: Schema.String }))

@@ -10,6 +10,7 @@
  * once the entries it announces are committed.
  */
 import { Context, Data, type Effect, type Queue, type Scope } from "effect"
+import { withDriverCause } from "../domain/FailureDetail.ts"
 import type { InboxState } from "../domain/IdentityLog.ts"
 import type { InboxId, InstallationId } from "../domain/Ids.ts"
 import type { Topic } from "../domain/Topics.ts"
@@ -52,7 +53,9 @@ export class DeliveryStoreError extends Data.TaggedError("DeliveryStoreError")<{
   readonly cause: unknown
 }> {
   override get message() {
-    return `delivery store failed in ${this.operation}: ${String(this.cause)}`
+    const cause = this.cause
+    const said = cause instanceof Error ? `${cause.name}: ${withDriverCause(cause)}` : String(cause)
+    return `delivery store failed in ${this.operation}: ${said}`
   }
 }
 

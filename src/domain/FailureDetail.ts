@@ -1,0 +1,15 @@
+/**
+ * What a storage failure says to the person reading it. A database client's error often has a
+ * generic message of its own (@effect/sql's `SqlError`: "Failed to execute statement"), and the
+ * driver's words and code, the part that says what went wrong ("database or disk is full",
+ * SQLITE_FULL), sit in its `cause`.
+ */
+
+/** The failure's message, then its driver cause's message and code when they add anything. */
+export const withDriverCause = (error: { readonly message: string; readonly cause?: unknown }): string => {
+  const cause = error.cause
+  if (!(cause instanceof Error) || cause.message === "" || error.message.includes(cause.message)) return error.message
+  const code = (cause as { readonly code?: unknown }).code
+  const codeText = typeof code === "string" && code !== "" && !cause.message.includes(code) ? ` (${code})` : ""
+  return `${error.message}: ${cause.message}${codeText}`
+}
