@@ -35,12 +35,13 @@
  * storage opens (migrations), before its first flush, which always syncs.
  */
 import { SqlClient } from "@effect/sql"
-import { Effect, Option, Schema, type Scope } from "effect"
+import { Clock, Effect, Option, Schema, type Scope } from "effect"
 import fs from "node:fs"
 import { StorageError } from "../domain/Errors.ts"
 import { withDriverCause } from "../domain/FailureDetail.ts"
 import { Int } from "./SqliteColumns.ts"
 import { walDatabaseFile } from "./SqliteStatements.ts"
+import * as WalSyncPlacement from "./WalSyncPlacement.ts"
 
 export const Durability = Schema.Literal("publish", "commit")
 export type Durability = typeof Durability.Type
@@ -63,7 +64,8 @@ const alwaysDurable: DurabilityControl = { flush: Effect.void, unflushedWrites: 
 /** Sets the connection's `synchronous` level for `durability` and returns its `flush`. */
 export const make = (
   sql: SqlClient.SqlClient,
-  durability: Durability
+  durability: Durability,
+  syncs: WalSyncs = nodeWalSyncs
 ): Effect.Effect<DurabilityControl, StorageError, Scope.Scope> =>
   Effect.gen(function*() {
     const file = yield* walDatabaseFile(sql)
@@ -72,7 +74,7 @@ export const make = (
       return alwaysDurable
     }
     yield* sql`PRAGMA synchronous = NORMAL`
-    return yield* makeWalFlush(sql, `${file}-wal`)
+    return yield* makeWalFlush(sql, `${file}-wal`, syncs)
   }).pipe(Effect.mapError(failed("open")))
 
 /** Rows changed on this connection since it opened (only ever grows). */
@@ -82,18 +84,33 @@ const totalChanges = (sql: SqlClient.SqlClient) =>
     Effect.map((rows) => rows[0]?.changes ?? 0)
   )
 
+/** The two ways to sync the WAL's descriptor: on the calling thread, or on libuv's thread pool. */
+export interface WalSyncs {
+  readonly onThread: (fd: number) => Effect.Effect<void, unknown>
+  readonly onPool: (fd: number) => Effect.Effect<void, unknown>
+}
+
+export const nodeWalSyncs: WalSyncs = {
+  onThread: (fd) => Effect.try(() => fs.fdatasyncSync(fd)),
+  onPool: (fd) =>
+    Effect.async<void, NodeJS.ErrnoException>((resume) => {
+      fs.fdatasync(fd, (error) => resume(error === null ? Effect.void : Effect.fail(error)))
+    })
+}
+
 /**
  * Syncs the WAL through one handle kept open for the storage's life: a write error the kernel
  * reports once is seen here, not consumed by a handle opened and closed before. SQLite keeps
  * the same file while its connection is open, and syncs its directory entry when it creates it.
  *
- * The sync runs on the calling thread, as SQLite's own `synchronous=FULL` commits do. On the
- * thread pool it cost a `send` more than the sync itself on this machine kind (2 vCPUs): the same
- * `fdatasync` (about 0.5-0.6 ms median), yet 4.0-4.8 against 3.9-4.0 ms per `send`, old and new
- * code taken in turn. The caller overlaps what it can with a request already on its way
- * (`PublishRound`).
+ * The sync runs on the calling thread while the disk is quick, as SQLite's own
+ * `synchronous=FULL` commits do. On the thread pool it cost a `send` more than the sync itself on
+ * this machine kind (2 vCPUs): the same `fdatasync` (about 0.5-0.6 ms median), yet 4.0-4.8
+ * against 3.9-4.0 ms per `send`, old and new code taken in turn. On slow storage it moves to the
+ * pool, so it does not stall the process (`WalSyncPlacement`). The caller overlaps what it can
+ * with a request already on its way (`PublishRound`).
  */
-const makeWalFlush = (sql: SqlClient.SqlClient, wal: string) =>
+const makeWalFlush = (sql: SqlClient.SqlClient, wal: string, syncs: WalSyncs) =>
   Effect.gen(function*() {
     const lock = yield* Effect.makeSemaphore(1)
     let fd: number | undefined
@@ -105,14 +122,18 @@ const makeWalFlush = (sql: SqlClient.SqlClient, wal: string) =>
         if (open !== undefined) fs.closeSync(open)
       }))
     )
-    const syncWal = Effect.try({
-      try: () => {
-        // Read and write: Windows syncs only a handle opened for writing. Nothing is written.
-        fd ??= fs.openSync(wal, "r+")
-        fs.fdatasyncSync(fd)
-      },
-      catch: (cause) => new StorageError({ operation: "flush", detail: `cannot sync ${wal}: ${String(cause)}` })
-    })
+    let placement = WalSyncPlacement.initial
+    const syncWal = Effect.gen(function*() {
+      // Read and write: Windows syncs only a handle opened for writing. Nothing is written.
+      const open = fd ?? (fd = yield* Effect.try(() => fs.openSync(wal, "r+")))
+      const where = WalSyncPlacement.next(placement)
+      const startNs = yield* Clock.currentTimeNanos
+      yield* where === "thread" ? syncs.onThread(open) : syncs.onPool(open)
+      const millis = Number((yield* Clock.currentTimeNanos) - startNs) / 1e6
+      placement = WalSyncPlacement.observe(placement, where, millis)
+    }).pipe(
+      Effect.mapError((cause) => new StorageError({ operation: "flush", detail: `cannot sync ${wal}: ${String(cause)}` }))
+    )
     let flushedAt = -1
     const flush = lock.withPermits(1)(Effect.gen(function*() {
       // Inside a transaction its own writes would count as flushed before they commit.
