@@ -31,6 +31,11 @@ describe("withDriverCause", () => {
       error: { message: "EIO: i/o error, fdatasync", cause: new Error("EIO: i/o error, fdatasync") },
       text: "EIO: i/o error, fdatasync"
     },
+    {
+      story: "a cause with a code and no words gives its code",
+      error: { message: "Failed to execute statement", cause: Object.assign(new AggregateError([], ""), { code: "ECONNREFUSED" }) },
+      text: "Failed to execute statement (ECONNREFUSED)"
+    },
     { story: "an error without a cause keeps its message", error: new Error("no such table: x"), text: "no such table: x" }
   ])("$story", ({ error, text }) => {
     expect(withDriverCause(error)).toBe(text)

@@ -1,13 +1,13 @@
 /**
- * Where the client's WAL sync runs. Quick syncs stay on the calling thread (cheapest); a slow one
- * moves the next ones to libuv's pool so a slow disk cannot stall every fiber, with a try on the
- * thread now and then to come back. The rule is table-tested, then driven through a real storage
- * on a WAL file whose syncs are scripted (their duration told by the TestClock).
+ * Where the client's WAL sync runs. Quick syncs stay on the calling thread (cheapest); once slow
+ * ones repeat, the next go to libuv's pool so a slow disk cannot stall every fiber, with a try on
+ * the thread now and then to come back. The rule is table-tested, then driven through a real
+ * storage on a WAL file whose syncs are scripted.
  */
 import { SqlClient } from "@effect/sql"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Layer, TestClock } from "effect"
+import { Deferred, Effect, Exit, Fiber, Layer, Option } from "effect"
 import fs from "node:fs"
 import os from "node:os"
 import path from "node:path"
@@ -19,7 +19,9 @@ import {
   type Placement,
   type PlacementState,
   PROBE_EVERY,
-  STALL_MILLIS
+  SLOW_TO_MOVE,
+  STALL_MILLIS,
+  WINDOW
 } from "../src/layers/WalSyncPlacement.ts"
 
 /** Runs syncs of the given durations from `state`; where each ran. */
@@ -33,33 +35,58 @@ const placements = (durations: ReadonlyArray<number>, state: PlacementState = in
   return ran
 }
 
+/** A descriptor number no test process has open. */
+const NOT_OPEN = 1_999_999
+
 const times = <A>(n: number, a: A): Array<A> => Array.from({ length: n }, () => a)
+const SLOW = 20
+const QUICK = 0.5
 
 describe("WalSyncPlacement", () => {
   it.each([
-    { story: "quick syncs stay on the thread", durations: times(40, 0.5), expected: times(40, "thread") },
-    { story: "a sync just at the bound is still quick", durations: [STALL_MILLIS, 0.5], expected: ["thread", "thread"] },
+    { story: "quick syncs stay on the thread", durations: times(40, QUICK), expected: times(40, "thread") },
     {
-      story: "a slow sync sends the next ones to the pool, until a try on the thread",
-      durations: [20, ...times(PROBE_EVERY - 1, 20), 0.5, 0.5],
-      expected: ["thread", ...times(PROBE_EVERY - 1, "pool"), "thread", "thread"]
+      story: "a slow sync now and then, as on a busy machine, moves nothing",
+      durations: [SLOW, ...times(WINDOW - SLOW_TO_MOVE, QUICK), SLOW, ...times(WINDOW, QUICK), SLOW, QUICK],
+      expected: times(2 + WINDOW - SLOW_TO_MOVE + WINDOW + 2, "thread")
     },
     {
-      story: "a try on the thread that is slow again goes back to the pool for another round",
-      durations: [20, ...times(PROBE_EVERY - 1, 0.5), 20, ...times(PROBE_EVERY - 1, 0.5), 0.5],
-      expected: ["thread", ...times(PROBE_EVERY - 1, "pool"), "thread", ...times(PROBE_EVERY - 1, "pool"), "thread"]
+      story: "a sync just at the bound is quick",
+      durations: times(WINDOW, STALL_MILLIS),
+      expected: times(WINDOW, "thread")
+    },
+    {
+      story: "repeated slow syncs send the next ones to the pool, until a quick try on the thread",
+      durations: [...times(SLOW_TO_MOVE, SLOW), ...times(PROBE_EVERY - 1, SLOW), QUICK, QUICK],
+      expected: [...times(SLOW_TO_MOVE, "thread"), ...times(PROBE_EVERY - 1, "pool"), "thread", "thread"]
+    },
+    {
+      story: "a try that is slow again keeps them on the pool for another round",
+      durations: [...times(SLOW_TO_MOVE, SLOW), ...times(PROBE_EVERY - 1, QUICK), SLOW, ...times(PROBE_EVERY - 1, QUICK), QUICK],
+      expected: [
+        ...times(SLOW_TO_MOVE, "thread"),
+        ...times(PROBE_EVERY - 1, "pool"),
+        "thread",
+        ...times(PROBE_EVERY - 1, "pool"),
+        "thread"
+      ]
+    },
+    {
+      story: "back on the thread the record starts clean: one slow sync does not send them back",
+      durations: [...times(SLOW_TO_MOVE, SLOW), ...times(PROBE_EVERY - 1, QUICK), QUICK, SLOW, QUICK],
+      expected: [...times(SLOW_TO_MOVE, "thread"), ...times(PROBE_EVERY - 1, "pool"), "thread", "thread", "thread"]
     }
   ])("$story", ({ durations, expected }) => {
     expect(placements(durations)).toEqual(expected)
   })
 
   it("on a disk that stays slow, at most one sync in PROBE_EVERY waits on the thread", () => {
-    const ran = placements(times(10 * PROBE_EVERY, 30))
-    expect(ran.filter((where) => where === "thread").length).toBe(10)
+    const ran = placements(times(SLOW_TO_MOVE + 10 * PROBE_EVERY, 30))
+    expect(ran.filter((where) => where === "thread").length).toBe(SLOW_TO_MOVE + 10)
   })
 })
 
-/** A WAL database in a temporary folder. */
+/** A WAL database in a temporary folder; its file name. */
 const walDatabase = Layer.unwrapScoped(
   Effect.map(
     Effect.acquireRelease(
@@ -70,29 +97,82 @@ const walDatabase = Layer.unwrapScoped(
   )
 )
 
+/** A client database's durability with `syncs`, and a write that leaves something to flush. */
+const storageWith = (syncs: SqliteDurability.WalSyncs) =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql`CREATE TABLE notes (n INTEGER NOT NULL)`
+    const durability = yield* SqliteDurability.make(sql, "publish", syncs)
+    let n = 0
+    return { durability, write: Effect.asVoid(sql`INSERT INTO notes (n) VALUES (${n++})`) }
+  })
+
+/** Syncs that really sync; `onThread` reports the scripted durations instead of its own. */
+const scripted = (threadMillis: Array<number>, ran: Array<Placement>): SqliteDurability.WalSyncs => ({
+  onThread: (fd) =>
+    Effect.map(SqliteDurability.nodeWalSyncs.onThread(fd), () => {
+      ran.push("thread")
+      return threadMillis.shift() ?? QUICK
+    }),
+  onPool: (fd) => Effect.zipRight(Effect.sync(() => ran.push("pool")), SqliteDurability.nodeWalSyncs.onPool(fd))
+})
+
 describe("the storage's WAL sync", () => {
   it.scoped("moves to the pool while the disk is slow, and back once it is quick", () =>
     Effect.gen(function*() {
-      const sql = yield* SqlClient.SqlClient
-      yield* sql`CREATE TABLE notes (n INTEGER NOT NULL)`
-      // The disk: each sync on the thread takes the next scripted time; the pool's are real syncs.
-      const threadMillis = [1, 25, 1, 1]
       const ran: Array<Placement> = []
-      const durability = yield* SqliteDurability.make(sql, "publish", {
-        onThread: (fd) =>
-          Effect.gen(function*() {
-            ran.push("thread")
-            yield* SqliteDurability.nodeWalSyncs.onThread(fd)
-            yield* TestClock.adjust(`${threadMillis.shift() ?? 1} millis`)
-          }),
-        onPool: (fd) => Effect.zipRight(Effect.sync(() => ran.push("pool")), SqliteDurability.nodeWalSyncs.onPool(fd))
-      })
-      const writeAndFlush = (n: number) =>
-        Effect.zipRight(sql`INSERT INTO notes (n) VALUES (${n})`, durability.flush)
-      for (let n = 0; n < 2 + PROBE_EVERY + 1; n++) yield* writeAndFlush(n)
-      // Quick, then slow (25 ms): the pool until the try on the thread, quick again: the thread.
-      expect(ran).toEqual(["thread", "thread", ...times(PROBE_EVERY - 1, "pool"), "thread", "thread"])
-      // Wherever it ran, each flush left nothing unsynced behind it.
+      const { durability, write } = yield* storageWith(scripted([QUICK, ...times(SLOW_TO_MOVE, 25)], ran))
+      for (let i = 0; i < 1 + SLOW_TO_MOVE + PROBE_EVERY + 1; i++) yield* Effect.zipRight(write, durability.flush)
+      expect(ran).toEqual([...times(1 + SLOW_TO_MOVE, "thread"), ...times(PROBE_EVERY - 1, "pool"), "thread", "thread"])
       expect(yield* durability.unflushedWrites).toBe(0)
+    }).pipe(Effect.provide(walDatabase)))
+
+  it.scoped("a flush on the pool returns only once its sync is done, even when interrupted", () =>
+    Effect.gen(function*() {
+      const release = yield* Deferred.make<void>()
+      const started = yield* Deferred.make<void>()
+      let synced = false
+      const { durability, write } = yield* storageWith({
+        // Slow every time: after SLOW_TO_MOVE syncs the next one goes to the pool, and waits there.
+        onThread: (fd) => Effect.as(SqliteDurability.nodeWalSyncs.onThread(fd), 25),
+        onPool: (fd) =>
+          Deferred.succeed(started, undefined).pipe(
+            Effect.zipRight(Deferred.await(release)),
+            Effect.zipRight(SqliteDurability.nodeWalSyncs.onPool(fd)),
+            Effect.tap(() => (synced = true))
+          )
+      })
+      for (let i = 0; i < SLOW_TO_MOVE; i++) yield* Effect.zipRight(write, durability.flush)
+      yield* write
+      const flushing = yield* Effect.fork(durability.flush)
+      yield* Deferred.await(started)
+      yield* Effect.yieldNow()
+      expect(Option.isNone(yield* Fiber.poll(flushing))).toBe(true)
+      expect(yield* durability.unflushedWrites).toBe(1)
+      // Interrupted mid-sync, it still waits for the sync it handed over.
+      const interrupting = yield* Effect.fork(Fiber.interrupt(flushing))
+      yield* Effect.repeatN(Effect.yieldNow(), 100)
+      expect(Option.isNone(yield* Fiber.poll(interrupting))).toBe(true)
+      yield* Deferred.succeed(release, undefined)
+      expect(Exit.isInterrupted(yield* Fiber.join(interrupting))).toBe(true)
+      expect(synced).toBe(true)
+      // It did not count as flushed: the write is still unflushed, and the next flush syncs it.
+      expect(yield* durability.unflushedWrites).toBe(1)
+      yield* durability.flush
+      expect(yield* durability.unflushedWrites).toBe(0)
+    }).pipe(Effect.provide(walDatabase)))
+
+  it.scoped("a failed sync is a StorageError that says what the system said", () =>
+    Effect.gen(function*() {
+      const { durability, write } = yield* storageWith({
+        // The real calls, on a descriptor that is not open.
+        onThread: () => SqliteDurability.nodeWalSyncs.onThread(NOT_OPEN),
+        onPool: () => SqliteDurability.nodeWalSyncs.onPool(NOT_OPEN)
+      })
+      yield* write
+      const error = yield* Effect.flip(durability.flush)
+      expect(error._tag).toBe("StorageError")
+      expect(error.message).toMatch(/EBADF/)
+      expect(yield* durability.unflushedWrites).toBe(1)
     }).pipe(Effect.provide(walDatabase)))
 })

@@ -8,6 +8,7 @@ import { Console, Context, Effect, Layer, Option, Redacted } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
+import { withDriverCause } from "../domain/FailureDetail.ts"
 import type { ServerOptions } from "../layers/DeliveryServer.ts"
 import { DeliveryServer } from "../layers/DeliveryServer.ts"
 import * as PgDeliveryStore from "../layers/PgDeliveryStore.ts"
@@ -71,7 +72,7 @@ export const storeLayer = (
     onSome: (url) =>
       PgDeliveryStore.layerPg().pipe(
         Layer.provideMerge(PgClient.layer({ url: Redacted.make(url) })),
-        Layer.mapError((e) => new InvalidInput({ reason: `cannot use Postgres at --postgres: ${e.message}` }))
+        Layer.mapError((e) => new InvalidInput({ reason: `cannot use Postgres at --postgres: ${withDriverCause(e)}` }))
       )
   })
 

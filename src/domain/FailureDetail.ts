@@ -8,8 +8,11 @@
 /** The failure's message, then its driver cause's message and code when they add anything. */
 export const withDriverCause = (error: { readonly message: string; readonly cause?: unknown }): string => {
   const cause = error.cause
-  if (!(cause instanceof Error) || cause.message === "" || error.message.includes(cause.message)) return error.message
+  if (!(cause instanceof Error)) return error.message
   const code = (cause as { readonly code?: unknown }).code
-  const codeText = typeof code === "string" && code !== "" && !cause.message.includes(code) ? ` (${code})` : ""
-  return `${error.message}: ${cause.message}${codeText}`
+  const words = error.message.includes(cause.message) ? "" : cause.message
+  const codeText = typeof code === "string" && code !== "" && !`${error.message} ${words}`.includes(code) ? code : ""
+  if (words === "" && codeText === "") return error.message
+  if (words === "") return `${error.message} (${codeText})`
+  return `${error.message}: ${words}${codeText === "" ? "" : ` (${codeText})`}`
 }

@@ -35,7 +35,7 @@
  * storage opens (migrations), before its first flush, which always syncs.
  */
 import { SqlClient } from "@effect/sql"
-import { Clock, Effect, Option, Schema, type Scope } from "effect"
+import { Effect, Option, Schema, type Scope } from "effect"
 import fs from "node:fs"
 import { StorageError } from "../domain/Errors.ts"
 import { withDriverCause } from "../domain/FailureDetail.ts"
@@ -84,17 +84,32 @@ const totalChanges = (sql: SqlClient.SqlClient) =>
     Effect.map((rows) => rows[0]?.changes ?? 0)
   )
 
-/** The two ways to sync the WAL's descriptor: on the calling thread, or on libuv's thread pool. */
+/**
+ * The two ways to sync the WAL's descriptor: on the calling thread, timed (milliseconds), or on
+ * libuv's thread pool. Tests give scripted ones.
+ */
 export interface WalSyncs {
-  readonly onThread: (fd: number) => Effect.Effect<void, unknown>
+  readonly onThread: (fd: number) => Effect.Effect<number, unknown>
   readonly onPool: (fd: number) => Effect.Effect<void, unknown>
 }
 
+/**
+ * `fdatasync` itself. Timed with the process's monotonic clock, not Effect's `Clock`: a test or
+ * simulation clock says nothing about how long the disk took.
+ */
 export const nodeWalSyncs: WalSyncs = {
-  onThread: (fd) => Effect.try(() => fs.fdatasyncSync(fd)),
+  onThread: (fd) =>
+    Effect.try({
+      try: () => {
+        const start = performance.now()
+        fs.fdatasyncSync(fd)
+        return performance.now() - start
+      },
+      catch: (cause) => cause
+    }),
   onPool: (fd) =>
     Effect.async<void, NodeJS.ErrnoException>((resume) => {
-      fs.fdatasync(fd, (error) => resume(error === null ? Effect.void : Effect.fail(error)))
+      fs.fdatasync(fd, (error) => resume(error ? Effect.fail(error) : Effect.void))
     })
 }
 
@@ -113,23 +128,26 @@ export const nodeWalSyncs: WalSyncs = {
 const makeWalFlush = (sql: SqlClient.SqlClient, wal: string, syncs: WalSyncs) =>
   Effect.gen(function*() {
     const lock = yield* Effect.makeSemaphore(1)
-    let fd: number | undefined
-    // Forgotten as it closes: a late flush opens the file again instead of syncing a reused number.
+    let walFd: number | undefined
+    // Closed under the lock, after any sync in flight; forgotten as it closes, so a late flush
+    // opens the file again instead of syncing a number the process may have reused.
     yield* Effect.addFinalizer(() =>
-      Effect.ignore(Effect.try(() => {
-        const open = fd
-        fd = undefined
+      lock.withPermits(1)(Effect.ignore(Effect.try(() => {
+        const open = walFd
+        walFd = undefined
         if (open !== undefined) fs.closeSync(open)
-      }))
+      })))
     )
     let placement = WalSyncPlacement.initial
     const syncWal = Effect.gen(function*() {
       // Read and write: Windows syncs only a handle opened for writing. Nothing is written.
-      const open = fd ?? (fd = yield* Effect.try(() => fs.openSync(wal, "r+")))
+      walFd ??= yield* Effect.try({ try: () => fs.openSync(wal, "r+"), catch: (cause) => cause })
       const where = WalSyncPlacement.next(placement)
-      const startNs = yield* Clock.currentTimeNanos
-      yield* where === "thread" ? syncs.onThread(open) : syncs.onPool(open)
-      const millis = Number((yield* Clock.currentTimeNanos) - startNs) / 1e6
+      // A sync handed to the pool runs to its end whatever happens to the flush: the flush waits
+      // for it, holding the lock, so the descriptor is not closed (and its number reused) under it.
+      const millis = where === "thread"
+        ? yield* syncs.onThread(walFd)
+        : yield* Effect.as(Effect.uninterruptible(syncs.onPool(walFd)), 0)
       placement = WalSyncPlacement.observe(placement, where, millis)
     }).pipe(
       Effect.mapError((cause) => new StorageError({ operation: "flush", detail: `cannot sync ${wal}: ${String(cause)}` }))

@@ -4,17 +4,24 @@
  * On a quick disk the calling thread is cheaper: the pool's round trip cost a `send` more than the
  * sync itself on this machine kind (`SqliteDurability`). On slow storage (a network volume, a
  * loaded disk) a sync can take tens of milliseconds, and on the calling thread it stalls every
- * fiber of the process for that long. So a sync on the thread that takes longer than
- * `STALL_MILLIS` moves the next ones to the pool, and every `PROBE_EVERY`-th sync there is tried on
- * the thread again: one that is quick brings them back. On slow storage the thread then waits on
- * at most one sync in `PROBE_EVERY`.
+ * fiber of the process for that long.
  *
- * Pure: the storage keeps the state and measures the syncs (`SqliteDurability`).
+ * So syncs run on the thread until `SLOW_TO_MOVE` of the last `WINDOW` there took longer than
+ * `STALL_MILLIS` (one slow sync is common on a busy machine and moves nothing); then on the pool,
+ * where every `PROBE_EVERY`-th is tried on the thread again. A quick try brings them back with a
+ * clean record; a slow one keeps them on the pool. On storage that stays slow, the thread waits
+ * on at most one sync in `PROBE_EVERY`.
+ *
+ * Pure: the storage keeps the state and times the syncs (`SqliteDurability`).
  */
 
 /** A sync on the calling thread longer than this stalls the process more than the pool's round trip costs. */
 export const STALL_MILLIS = 2
-/** Syncs on the pool between two tries on the thread. */
+/** The syncs on the thread remembered, most recent last. */
+export const WINDOW = 8
+/** Slow syncs among the remembered ones that move the next syncs to the pool. */
+export const SLOW_TO_MOVE = 3
+/** Syncs between two tries on the thread, the try included. */
 export const PROBE_EVERY = 32
 
 export type Placement = "thread" | "pool"
@@ -23,16 +30,23 @@ export interface PlacementState {
   readonly placement: Placement
   /** Syncs on the pool since the last try on the thread. */
   readonly pooled: number
+  /** Whether each remembered sync on the thread was slow, oldest first. */
+  readonly slow: ReadonlyArray<boolean>
 }
 
-export const initial: PlacementState = { placement: "thread", pooled: 0 }
+export const initial: PlacementState = { placement: "thread", pooled: 0, slow: [] }
 
 /** Where the next sync runs. */
 export const next = (state: PlacementState): Placement =>
   state.placement === "thread" || state.pooled + 1 >= PROBE_EVERY ? "thread" : "pool"
 
-/** The state after a sync that ran at `ran` and took `millis`. */
+/** The state after a sync that ran at `ran` and took `millis` (timed on the thread only). */
 export const observe = (state: PlacementState, ran: Placement, millis: number): PlacementState => {
-  if (ran === "pool") return { placement: "pool", pooled: state.pooled + 1 }
-  return millis > STALL_MILLIS ? { placement: "pool", pooled: 0 } : initial
+  if (ran === "pool") return { ...state, pooled: state.pooled + 1 }
+  const wasSlow = millis > STALL_MILLIS
+  // A quick try from the pool: the disk is quick again.
+  if (state.placement === "pool" && !wasSlow) return initial
+  const slow = [...state.slow, wasSlow].slice(-WINDOW)
+  const moves = slow.filter((s) => s).length >= SLOW_TO_MOVE
+  return { placement: moves ? "pool" : "thread", pooled: 0, slow }
 }
