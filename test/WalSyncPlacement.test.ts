@@ -7,11 +7,12 @@
 import { SqlClient } from "@effect/sql"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Effect, Exit, Fiber, Layer, Option } from "effect"
+import { Deferred, Effect, Exit, Fiber, Layer, Metric, Option } from "effect"
 import fs from "node:fs"
 import os from "node:os"
 import path from "node:path"
 import * as SqliteDurability from "../src/layers/SqliteDurability.ts"
+import * as EngineMetrics from "../src/services/EngineMetrics.ts"
 import {
   initial,
   next,
@@ -121,10 +122,16 @@ describe("the storage's WAL sync", () => {
   it.scoped("moves to the pool while the disk is slow, and back once it is quick", () =>
     Effect.gen(function*() {
       const ran: Array<Placement> = []
+      const synced = Effect.all([Metric.value(EngineMetrics.walSyncsOnThread), Metric.value(EngineMetrics.walSyncsOnPool)])
+      const [threadBefore, poolBefore] = yield* synced
       const { durability, write } = yield* storageWith(scripted([QUICK, ...times(SLOW_TO_MOVE, 25)], ran))
       for (let i = 0; i < 1 + SLOW_TO_MOVE + PROBE_EVERY + 1; i++) yield* Effect.zipRight(write, durability.flush)
       expect(ran).toEqual([...times(1 + SLOW_TO_MOVE, "thread"), ...times(PROBE_EVERY - 1, "pool"), "thread", "thread"])
       expect(yield* durability.unflushedWrites).toBe(0)
+      // An operator sees where they ran: converge_wal_syncs_total{placement}.
+      const [threadAfter, poolAfter] = yield* synced
+      expect(threadAfter.count - threadBefore.count).toBe(1 + SLOW_TO_MOVE + 2)
+      expect(poolAfter.count - poolBefore.count).toBe(PROBE_EVERY - 1)
     }).pipe(Effect.provide(walDatabase)))
 
   it.scoped("a flush on the pool returns only once its sync is done, even when interrupted", () =>

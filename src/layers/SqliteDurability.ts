@@ -35,11 +35,12 @@
  * storage opens (migrations), before its first flush, which always syncs.
  */
 import { SqlClient } from "@effect/sql"
-import { Effect, Option, Schema, type Scope } from "effect"
+import { Effect, Metric, Option, Schema, type Scope } from "effect"
 import fs from "node:fs"
 import { StorageError } from "../domain/Errors.ts"
 import { withDriverCause } from "../domain/FailureDetail.ts"
 import { Int } from "./SqliteColumns.ts"
+import * as EngineMetrics from "../services/EngineMetrics.ts"
 import { walDatabaseFile } from "./SqliteStatements.ts"
 import * as WalSyncPlacement from "./WalSyncPlacement.ts"
 
@@ -149,6 +150,7 @@ const makeWalFlush = (sql: SqlClient.SqlClient, wal: string, syncs: WalSyncs) =>
         ? yield* syncs.onThread(walFd)
         : yield* Effect.as(Effect.uninterruptible(syncs.onPool(walFd)), 0)
       placement = WalSyncPlacement.observe(placement, where, millis)
+      yield* Metric.increment(where === "thread" ? EngineMetrics.walSyncsOnThread : EngineMetrics.walSyncsOnPool)
     }).pipe(
       Effect.mapError((cause) => new StorageError({ operation: "flush", detail: `cannot sync ${wal}: ${String(cause)}` }))
     )

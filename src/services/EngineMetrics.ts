@@ -32,13 +32,22 @@ export const publishDuration = Metric.timerWithBoundaries(
   [1, 2, 5, 10, 25, 50, 100, 250, 1000, 5000]
 )
 
+/** The client's WAL syncs before delivery writes, by where they ran: many on the pool mean slow storage. */
+export const walSyncs = Metric.counter("converge_wal_syncs_total", {
+  description: "WAL syncs of the client's storage, by where they ran (thread: the disk is quick; pool: it was found slow)"
+})
+export const walSyncsOnThread = Metric.tagged(walSyncs, "placement", "thread")
+export const walSyncsOnPool = Metric.tagged(walSyncs, "placement", "pool")
+
 /**
- * Every untagged counter at 0, so an export lists each from the start: a counter appears in
- * Effect's registry only once updated, and a client that only sends never received anything
- * (a scraper then sees no series, not a zero, and a rate over it is undefined).
+ * Every untagged counter, and both placements of the WAL syncs, at 0, so an export lists each
+ * from the start: a counter appears in Effect's registry only once updated, and a client that
+ * only sends never received anything (a scraper then sees no series, not a zero, and a rate over
+ * it is undefined).
  */
 export const registerCounters = Effect.all(
-  [messagesReceived, commitsApplied, epochConflicts, transportRetries, stateDecodes].map((counter) => Metric.incrementBy(counter, 0)),
+  [messagesReceived, commitsApplied, epochConflicts, transportRetries, stateDecodes, walSyncsOnThread, walSyncsOnPool]
+    .map((counter) => Metric.incrementBy(counter, 0)),
   { discard: true }
 )
 
