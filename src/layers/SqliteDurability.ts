@@ -38,10 +38,9 @@ import { SqlClient } from "@effect/sql"
 import { Effect, Metric, Option, Schema, type Scope } from "effect"
 import fs from "node:fs"
 import { StorageError } from "../domain/Errors.ts"
-import { withDriverCause } from "../domain/FailureDetail.ts"
-import { Int } from "./SqliteColumns.ts"
 import * as EngineMetrics from "../services/EngineMetrics.ts"
-import { walDatabaseFile } from "./SqliteStatements.ts"
+import { Int } from "./SqliteColumns.ts"
+import { toStorageError, walDatabaseFile } from "./SqliteStatements.ts"
 import * as WalSyncPlacement from "./WalSyncPlacement.ts"
 
 export const Durability = Schema.Literal("publish", "commit")
@@ -57,8 +56,8 @@ export interface DurabilityControl {
 // An integer however the connection hands it out (number, or bigint under `SafeIntegers`).
 const TotalChanges = Schema.Array(Schema.Struct({ changes: Int }))
 
-const failed = (operation: string) => (error: { readonly message: string; readonly cause?: unknown }) =>
-  new StorageError({ operation, detail: withDriverCause(error) })
+const countedOnThread = Metric.increment(EngineMetrics.walSyncsOnThread)
+const countedOnPool = Metric.increment(EngineMetrics.walSyncsOnPool)
 
 const alwaysDurable: DurabilityControl = { flush: Effect.void, unflushedWrites: Effect.succeed(0) }
 
@@ -76,7 +75,7 @@ export const make = (
     }
     yield* sql`PRAGMA synchronous = NORMAL`
     return yield* makeWalFlush(sql, `${file}-wal`, syncs)
-  }).pipe(Effect.mapError(failed("open")))
+  }).pipe(Effect.mapError(toStorageError("open")))
 
 /** Rows changed on this connection since it opened (only ever grows). */
 const totalChanges = (sql: SqlClient.SqlClient) =>
@@ -150,7 +149,7 @@ const makeWalFlush = (sql: SqlClient.SqlClient, wal: string, syncs: WalSyncs) =>
         ? yield* syncs.onThread(walFd)
         : yield* Effect.as(Effect.uninterruptible(syncs.onPool(walFd)), 0)
       placement = WalSyncPlacement.observe(placement, where, millis)
-      yield* Metric.increment(where === "thread" ? EngineMetrics.walSyncsOnThread : EngineMetrics.walSyncsOnPool)
+      yield* where === "thread" ? countedOnThread : countedOnPool
     }).pipe(
       Effect.mapError((cause) => new StorageError({ operation: "flush", detail: `cannot sync ${wal}: ${String(cause)}` }))
     )
@@ -160,7 +159,7 @@ const makeWalFlush = (sql: SqlClient.SqlClient, wal: string, syncs: WalSyncs) =>
       if (Option.isSome(yield* Effect.serviceOption(SqlClient.TransactionConnection))) {
         return yield* Effect.dieMessage("Storage.flush inside a transaction")
       }
-      const changes = yield* totalChanges(sql).pipe(Effect.mapError(failed("flush")))
+      const changes = yield* totalChanges(sql).pipe(Effect.mapError(toStorageError("flush")))
       if (changes === flushedAt) return
       yield* syncWal
       // Writes that landed while the sync ran may or may not be on disk: they count as unflushed.
@@ -168,7 +167,7 @@ const makeWalFlush = (sql: SqlClient.SqlClient, wal: string, syncs: WalSyncs) =>
     }))
     const unflushedWrites = totalChanges(sql).pipe(
       Effect.map((changes) => Math.max(0, changes - Math.max(flushedAt, 0))),
-      Effect.mapError(failed("unflushedWrites"))
+      Effect.mapError(toStorageError("unflushedWrites"))
     )
     return { flush: Effect.withSpan(flush, "Storage.flush"), unflushedWrites } satisfies DurabilityControl
   })

@@ -44,9 +44,9 @@ export const make = (
   /**
    * The held group's topic read while its write-ahead is flushed: the read forks and yields first,
    * so its request can leave before the disk sync starts (on a quick disk it holds the thread:
-   * `SqliteDurability`). However the round ends (a failed sync, an interruption while it waits for the read),
-   * the read is over before it returns: the read writes the group's state and cursor, and must not
-   * outlive the group's lock.
+   * `SqliteDurability`). However the round ends (a failed sync, an interruption while it waits
+   * for the read), the read is over before it returns: the read writes the group's state and
+   * cursor, and must not outlive the group's lock.
    */
   const receiveFlushing = (groupId: GroupId, held: PublishPending.HeldPending) =>
     Effect.uninterruptibleMask((restore) =>
