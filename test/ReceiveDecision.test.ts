@@ -91,6 +91,16 @@ describe("classifyEnvelope", () => {
       EnvelopeDecision.OwnMessage({ intentId: 7 })
     ],
     [
+      "our text maxPastEpochs back is still our own message",
+      facts({ header: header("application", 7n), ownIntent: intent() }),
+      EnvelopeDecision.OwnMessage({ intentId: 7 })
+    ],
+    [
+      "our text further back is skipped by every member: sent again",
+      facts({ header: header("application", 6n), ownIntent: intent() }),
+      EnvelopeDecision.OwnMessageTooOld({ intentId: 7, epoch: 6n, currentEpoch: 10n })
+    ],
+    [
       "our payload seen twice in one page is a duplicate",
       facts({ ownIntent: intent(), handledIntents: new Set([7]) }),
       EnvelopeDecision.Duplicate({ intentId: 7 })
@@ -147,6 +157,14 @@ describe("classifyEnvelope", () => {
   for (const [rule, input, expected] of rows) {
     it(rule, () => expect(classifyEnvelope(input)).toEqual(expected))
   }
+
+  it("we count our text as delivered exactly when every other member decrypts it", () => {
+    for (let epoch = 0n; epoch <= 10n; epoch++) {
+      const theirs = classifyEnvelope(facts({ header: header("application", epoch) }))
+      const ours = classifyEnvelope(facts({ header: header("application", epoch), ownIntent: intent() }))
+      expect([epoch, ours._tag === "OwnMessage"]).toEqual([epoch, theirs._tag === "ApplicationMessage"])
+    }
+  })
 
   it("only applied envelopes and those already read are not skips", () => {
     const applied = rows.map(([, input]) => classifyEnvelope(input)).filter((d) => skipReasonOf(d) === undefined)

@@ -122,4 +122,42 @@ describe("confirming a send", () => {
       yield* carol.syncAll
       expect(yield* texts(carol, group.id)).toEqual([["hello", "published"]])
     })))
+
+  for (const [changes, story] of [
+    [3, "still within maxPastEpochs: Bob reads it in the epoch it was sent in"],
+    [4, "too old for every member: it goes again at the current epoch, and Bob reads it once"]
+  ] as const) {
+    it.live(`Bob changes the group ${changes} times while Alice's message is written ahead: ${story}`, () =>
+      Effect.scoped(Effect.gen(function*() {
+        const net = yield* TestNetwork.make
+        const interleave = hook()
+        const alice = yield* net.client("alice", { crashPoint: interleave.crashPoint })
+        const bob = yield* net.client("bob")
+        const group = yield* alice.createGroup([bob.inboxId])
+        const groupId = group.id as unknown as GroupId
+        yield* bob.syncAll
+        const atBob = yield* bob.conversation(group.id)
+        const epochBefore = (yield* group.debugInfo).epoch
+
+        // Encrypted and written ahead at Alice's epoch; Bob's changes land before it goes out.
+        const renames = Effect.forEach(Array.from({ length: changes }, (_, i) => `name ${i}`), (name) =>
+          atBob.updateMetadata({ name }), { discard: true })
+        yield* group.sendOptimistic("are you there?")
+        yield* interleave.arm("publish.afterWriteAheadBeforeSend", renames)
+        yield* group.publishPending
+
+        const topic = (yield* net.delivery.queryGroupMessages({ groupId, afterSequenceId: 0n, limit: 100 })).items
+        const applications = (yield* Effect.forEach(topic, (e) => net.crypto.inspect(e.payload)))
+          .filter((h) => h.kind === "application")
+        // Every member skips a message more than maxPastEpochs (3) back: then it goes again.
+        expect(applications.map((h) => h.epoch)).toEqual(
+          changes <= 3 ? [epochBefore] : [epochBefore, epochBefore + BigInt(changes)]
+        )
+        const read = yield* atBob.sync
+        expect(read.skippedBy["tooOldApplication"] ?? 0).toBe(changes <= 3 ? 0 : 1)
+        expect(yield* texts(bob, group.id)).toEqual([["are you there?", "published"]])
+        expect(yield* texts(alice, group.id)).toEqual([["are you there?", "published"]])
+        expect(yield* landedAt(net, bob, group.id)).toEqual(yield* landedAt(net, alice, group.id))
+      })))
+  }
 })

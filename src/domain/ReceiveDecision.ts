@@ -75,6 +75,11 @@ export type EnvelopeDecision = Data.TaggedEnum<{
   Duplicate: { readonly intentId: number }
   /** Our application message (a text or a leave request) landed: it is published. */
   OwnMessage: { readonly intentId: number }
+  /**
+   * Our application message landed further back than `maxPastEpochs`: every member skips it as
+   * too old (`TooOldApplication`), so we send it again at the current epoch.
+   */
+  OwnMessageTooOld: { readonly intentId: number; readonly epoch: bigint; readonly currentEpoch: bigint }
   /** Our commit is the first for its epoch: adopt its staged state. */
   OwnCommitWon: { readonly intentId: number }
   /** Our commit was built for an epoch the group has left: re-derive the intent. */
@@ -105,11 +110,20 @@ export const classifyEnvelope = (facts: EnvelopeFacts): EnvelopeDecision => {
   return classifyExternal(header.value, facts)
 }
 
+/** An application message from further back than `maxPastEpochs`: its keys are gone. */
+const tooOld = (epoch: bigint, facts: EnvelopeFacts) => epoch + BigInt(facts.maxPastEpochs) < facts.group.epoch
+
 const classifyOwn = (intent: OwnIntent, header: EnvelopeHeader, facts: EnvelopeFacts): EnvelopeDecision => {
   if (facts.handledIntents.has(intent.id) || intent.state !== "Published") {
     return EnvelopeDecision.Duplicate({ intentId: intent.id })
   }
-  if (!isCommitKind(intent.kind)) return EnvelopeDecision.OwnMessage({ intentId: intent.id })
+  if (!isCommitKind(intent.kind)) {
+    // The receivers' rule for anyone's application message (`classifyExternal`), so we never
+    // count as delivered what every member skipped.
+    return tooOld(header.epoch, facts)
+      ? EnvelopeDecision.OwnMessageTooOld({ intentId: intent.id, epoch: header.epoch, currentEpoch: facts.group.epoch })
+      : EnvelopeDecision.OwnMessage({ intentId: intent.id })
+  }
   // An own commit wins only if it was built for the epoch the group is in now.
   return header.epoch === facts.group.epoch && intent.hasStagedState
     ? EnvelopeDecision.OwnCommitWon({ intentId: intent.id })
@@ -124,7 +138,7 @@ const classifyExternal = (header: EnvelopeHeader, facts: EnvelopeFacts): Envelop
       if (header.epoch > current) return EnvelopeDecision.FutureEpochCommit({ epoch: header.epoch, currentEpoch: current })
       return EnvelopeDecision.Commit()
     case "application":
-      return header.epoch + BigInt(facts.maxPastEpochs) < current
+      return tooOld(header.epoch, facts)
         ? EnvelopeDecision.TooOldApplication({ epoch: header.epoch })
         : EnvelopeDecision.ApplicationMessage({ epoch: header.epoch })
     default:
@@ -178,6 +192,7 @@ export const skipReasonOf = (decision: EnvelopeDecision): SkipReason | undefined
     ForeignGroup: () => "foreignGroup" as const,
     Duplicate: () => "duplicate" as const,
     OwnMessage: () => undefined,
+    OwnMessageTooOld: () => "tooOldApplication" as const,
     OwnCommitWon: () => undefined,
     OwnCommitLost: () => "ownCommitLost" as const,
     PastEpochCommit: () => "pastEpochCommit" as const,

@@ -61,6 +61,13 @@ export const make = (
           )
           writes.push(storage.intents.resetToPublish(decision.intentId, { conflict: true }))
           break
+        case "OwnMessageTooOld":
+          // Skipped by every member: derived afresh at the current epoch (same message id).
+          yield* Effect.logDebug(`own message for epoch ${decision.epoch} too old; group is at ${decision.currentEpoch}`).pipe(
+            Effect.annotateLogs({ intentId: decision.intentId })
+          )
+          writes.push(storage.intents.resetToPublish(decision.intentId, { conflict: true }))
+          break
         case "FutureEpochCommit":
           page.forked = `commit for epoch ${decision.epoch} at sequence ${envelope.sequenceId}; group at ${decision.currentEpoch}`
           page.progressedSinceFork = false
@@ -87,6 +94,7 @@ const describe = (decision: EnvelopeDecision): string =>
     ForeignGroup: ({ groupId }) => `belongs to group ${groupId ?? "?"}`,
     Duplicate: ({ intentId }) => `duplicate of own intent ${intentId}`,
     OwnMessage: () => "own message",
+    OwnMessageTooOld: ({ epoch }) => `own message from epoch ${epoch} is older than maxPastEpochs`,
     OwnCommitWon: () => "own commit",
     OwnCommitLost: ({ epoch }) => `own commit for epoch ${epoch} lost`,
     PastEpochCommit: ({ epoch }) => `commit for past epoch ${epoch} lost the race`,
