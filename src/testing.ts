@@ -160,6 +160,12 @@ interface Incarnation {
 const makeNetwork = (options: TestNetworkOptions = {}) =>
   Effect.gen(function*() {
     const crypto = yield* Layer.build(TsMlsCrypto.layer()).pipe(Effect.map(Context.get(MlsCrypto)))
+    /** A client reading further back than `crypto` keeps keys gets a crypto that keeps them, one per depth. */
+    const keeping = new Map<number, Context.Tag.Service<MlsCrypto>>()
+    const cryptoFor = (maxPastEpochs: number | undefined) =>
+      maxPastEpochs === undefined || maxPastEpochs <= crypto.maxPastEpochs || keeping.has(maxPastEpochs)
+        ? Effect.succeed(keeping.get(maxPastEpochs ?? -1) ?? crypto)
+        : Effect.tap(TsMlsCrypto.make({ maxPastEpochs }), (made) => void keeping.set(maxPastEpochs, made))
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "converge-net-"))
     yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true })))
     const { clientDefaults: _, delivery: deliveryKind = "memory", storageKey: __, ...storeOptions } = options
@@ -220,7 +226,7 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
           // A literal config cannot fail to load.
           Layer.provide(Layer.orDie(SqliteClient.layer({ filename }))),
           Layer.provide(Layer.succeed(DeliveryService, wrapDelivery?.(deliveryFor(name)) ?? deliveryFor(name))),
-          Layer.provide(Layer.succeed(MlsCrypto, crypto))
+          Layer.provide(Layer.succeed(MlsCrypto, yield* cryptoFor(engineOptions.maxPastEpochs)))
         )
         const context = yield* Layer.buildWithScope(layer, scope).pipe(
           Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : Scope.close(scope, Exit.void)))

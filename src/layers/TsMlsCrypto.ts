@@ -63,6 +63,7 @@ const serviceOn = (cs: CiphersuiteImpl, options: MlsCryptoOptions): Service => {
   )
 
   return {
+    maxPastEpochs: setup.clientConfig.keyRetentionConfig.retainKeysForEpochs,
     rebaseStaged,
     sealToKeyPackage,
     openSealed,

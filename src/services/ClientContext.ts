@@ -5,6 +5,7 @@
  * close over `Client.make`'s locals.
  */
 import { Effect, PubSub } from "effect"
+import { InvalidInput } from "../domain/Errors.ts"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
 import type { StoredMessage } from "../domain/Stored.ts"
 import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
@@ -39,6 +40,19 @@ export interface ClientContext {
   readonly wakeSweeper: Effect.Effect.Success<ReturnType<typeof DisappearingMessages.start>>
 }
 
+/**
+ * How far back the engine reads application messages: as asked (by default, as far as the crypto
+ * keeps keys), never further than the crypto keeps them.
+ */
+const pastEpochsReadable = (asked: number | undefined, kept: number) =>
+  asked === undefined || (Number.isSafeInteger(asked) && asked >= 0 && asked <= kept)
+    ? Effect.succeed(asked ?? kept)
+    : Effect.fail(
+      new InvalidInput({
+        reason: `maxPastEpochs ${asked} is not an integer from 0 to ${kept}, the past epochs whose keys the MlsCrypto layer keeps (MlsCrypto.layer({ maxPastEpochs }) keeps more)`
+      })
+    )
+
 export const make = (options: ClientOptions) =>
   Effect.gen(function*() {
     const storage = yield* Storage
@@ -58,7 +72,7 @@ export const make = (options: ClientOptions) =>
       LeafAuthentication.prepareWith(identity, runtime)
     )
     const engineOptions: EngineOptions = {
-      maxPastEpochs: options.maxPastEpochs ?? defaultEngineOptions.maxPastEpochs,
+      maxPastEpochs: yield* pastEpochsReadable(options.maxPastEpochs, unauthenticated.maxPastEpochs),
       conflictSchedule: options.conflictSchedule ?? defaultEngineOptions.conflictSchedule,
       transportSchedule: options.transportSchedule ?? defaultEngineOptions.transportSchedule,
       pageSize: options.pageSize ?? defaultEngineOptions.pageSize,

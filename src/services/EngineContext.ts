@@ -16,7 +16,10 @@ import type { Storage } from "./Storage.ts"
 import { PROTOCOL_VERSION } from "../domain/Model.ts"
 
 export interface EngineOptions {
-  /** Past epochs whose application messages still decrypt (default 3). */
+  /**
+   * Past epochs whose application messages still decrypt (default: as many as the `MlsCrypto`
+   * layer keeps keys for, 3 unless told; a client asking for more is refused at start).
+   */
   readonly maxPastEpochs: number
   /** Retries of a commit that lost its epoch; after it the intent fails (default: 5, spaced 10 ms). */
   readonly conflictSchedule: Schedule.Schedule<unknown, unknown>

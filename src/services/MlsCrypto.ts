@@ -160,6 +160,11 @@ export interface ApplicationRun {
 }
 
 export interface MlsCryptoShape {
+  /**
+   * Past epochs whose application-message keys this service keeps: an engine judging messages
+   * further back as readable would count as delivered what no member can decrypt.
+   */
+  readonly maxPastEpochs: number
   /** The same service, with `authenticate` deciding every leaf credential (RFC 9420 §5.3.1). */
   readonly authenticatedBy: (authenticate: Authenticate, prepare?: PrepareAuthentication) => MlsCryptoShape
   readonly generateSignatureKeyPair: Effect.Effect<SignatureKeyPair, CryptoError>
