@@ -151,6 +151,35 @@ describe("Leaving a group", () => {
       expect(yield* memberInboxes(group)).toEqual([alice!.inboxId, bob!.inboxId].sort())
     }))
 
+  it.scoped("Bob's removal of a leaver, written ahead when he crashed, dies with Alice's removal: re-added, the member stays", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol] = yield* Effect.all(["alice", "bob", "carol"].map((n) => net.client(n, fast)))
+      const group = yield* alice!.createGroup([bob!.inboxId, carol!.inboxId], { permissions: "adminsOnly" })
+      yield* Effect.all([bob!.syncAll, carol!.syncAll])
+      const atCarol = yield* open(carol!, group.id)
+      // Carol asks to leave; Bob (no admin: the request is what lets him) writes her removal ahead and crashes.
+      yield* atCarol.leave.pipe(Effect.either)
+      yield* net.crashAt(bob!, "publish.afterWriteAheadBeforeSend")
+      yield* Effect.exit(bob!.syncAll)
+      yield* net.restart(bob!)
+      // Meanwhile Alice, an admin, removes Carol and takes her back.
+      yield* alice!.syncAll
+      yield* alice!.syncAll
+      yield* group.addMembers([carol!.inboxId])
+      yield* carol!.syncAll
+
+      // Bob reads both: his old removal must not go out again, on a request everyone else has settled.
+      yield* bob!.syncAll
+      yield* bob!.syncAll
+      yield* Effect.all([alice!.syncAll, carol!.syncAll])
+      const atBob = yield* open(bob!, group.id)
+      const epochs = yield* Effect.forEach([group, atBob, atCarol], (c) => Effect.map(c.debugInfo, (d) => d.epoch))
+      expect(new Set(epochs).size).toBe(1)
+      expect(yield* atCarol.state).toBe("active")
+      for (const c of [group, atBob]) expect(yield* memberInboxes(c)).toEqual([alice!.inboxId, bob!.inboxId, carol!.inboxId].sort())
+    }))
+
   it.scoped("three members commit the removal at once: one wins, the others resolve as no-ops", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

@@ -63,13 +63,15 @@ export const leavingInboxes = (ctx: EngineContext, groupId: GroupId) =>
   })
 
 /**
- * Drops the unsent removals for leave requests that a commit has carried out (ours lost the race,
- * or someone else was first): the request is settled, whatever membership comes after.
+ * Drops the removals for leave requests that a commit has carried out (ours lost the race, or
+ * someone else was first): the request is settled, whatever membership comes after. A written-ahead
+ * one too: its commit, if it ever lands, is for an epoch gone, and re-derived later it would remove
+ * the leaver again after a re-add, on a request every other member has settled.
  */
 export const settleLeaveRemovals = (ctx: EngineContext, groupId: GroupId, removed: ReadonlySet<InboxId>) =>
   Effect.gen(function*() {
     if (removed.size === 0) return
-    const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish"], LEAVE_REMOVALS)
+    const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish", "Published"], LEAVE_REMOVALS)
     for (const intent of pending) {
       const inboxIds = leaveRemovalOf(intent)
       if (inboxIds.length > 0 && inboxIds.every((inboxId) => removed.has(inboxId))) {
