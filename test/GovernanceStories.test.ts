@@ -184,6 +184,29 @@ describe("Group governance", () => {
       expect(yield* epochOf(group)).toBe(yield* epochOf(yield* open(bob, group.id)))
     }))
 
+  it.scoped("a member paused below the minimum version still holds a leave request: it applies a plain member's removal of the leaver", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const v2 = { protocolVersion: 2 }
+      const [alice, bob, carol] = yield* Effect.all([net.client("alice", v2), net.client("bob", v2), net.client("carol", v2)])
+      const paula = yield* net.client("paula", { protocolVersion: 1 })
+      const group = yield* alice.createGroup([bob.inboxId, carol.inboxId, paula.inboxId], { permissions: "adminsOnly" })
+      yield* group.setMinProtocolVersion(2)
+      yield* Effect.all([bob.syncAll, carol.syncAll, paula.syncAll])
+      yield* (yield* open(carol, group.id)).leave
+      // Paula reads the request while paused: she cannot commit the removal, and must not forget it.
+      yield* paula.syncAll
+      yield* bob.syncAll
+      yield* Effect.all([paula.syncAll, alice.syncAll])
+
+      const atPaula = yield* open(paula, group.id)
+      expect(yield* epochOf(atPaula)).toBe(yield* epochOf(yield* open(bob, group.id)))
+      expect(yield* epochOf(group)).toBe(yield* epochOf(atPaula))
+      expect(yield* memberInboxes(atPaula)).toEqual([alice.inboxId, bob.inboxId, paula.inboxId].sort())
+      // Settled by Bob's commit, her removal is no longer pending.
+      expect(yield* (yield* net.storage(paula)).intents.byState(["ToPublish", "Published"])).toEqual([])
+    }))
+
   it.scoped("the last super admin cannot leave or be demoted; after naming another, it can leave", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

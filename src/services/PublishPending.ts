@@ -122,9 +122,14 @@ const deriveOrFail = ({ derive, failIntent }: Deps, intent: StoredIntent, state:
       // Stored typed, so the action that queued the intent fails with the same error.
       PermissionDenied: (e) => failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined)),
       MetadataConflict: (e) => failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined)),
-      ProtocolVersionTooOld: (e) => failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined))
+      // A paused member keeps its removal of a leaver queued: it is what says, until a commit settles
+      // the request, that the leaver is anyone's to remove (`leavingInboxes`), as every other member holds.
+      ProtocolVersionTooOld: (e) =>
+        isLeaveRemoval(intent) ? Effect.succeed(undefined) : failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined))
     })
   )
+
+const isLeaveRemoval = (intent: StoredIntent) => intent.data._tag === "RemoveMembers" && intent.data.forLeaveRequest
 
 /** Adds a freshly derived payload to the batch, with the write-ahead that goes with it. */
 const stage = (
