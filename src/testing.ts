@@ -162,10 +162,13 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
     const crypto = yield* Layer.build(TsMlsCrypto.layer()).pipe(Effect.map(Context.get(MlsCrypto)))
     /** A client reading further back than `crypto` keeps keys gets a crypto that keeps them, one per depth. */
     const keeping = new Map<number, Context.Tag.Service<MlsCrypto>>()
-    const cryptoFor = (maxPastEpochs: number | undefined) =>
-      maxPastEpochs === undefined || maxPastEpochs <= crypto.maxPastEpochs || keeping.has(maxPastEpochs)
-        ? Effect.succeed(keeping.get(maxPastEpochs ?? -1) ?? crypto)
+    const cryptoFor = (maxPastEpochs: number | undefined) => {
+      if (maxPastEpochs === undefined || maxPastEpochs <= crypto.maxPastEpochs) return Effect.succeed(crypto)
+      const kept = keeping.get(maxPastEpochs)
+      return kept !== undefined
+        ? Effect.succeed(kept)
         : Effect.tap(TsMlsCrypto.make({ maxPastEpochs }), (made) => void keeping.set(maxPastEpochs, made))
+    }
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "converge-net-"))
     yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true })))
     const { clientDefaults: _, delivery: deliveryKind = "memory", storageKey: __, ...storeOptions } = options

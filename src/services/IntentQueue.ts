@@ -38,7 +38,7 @@ export const failPendingIntents = (ctx: EngineContext, groupId: GroupId) =>
   })
 
 /** The inboxes an intent removes because they asked to leave (none for any other intent). */
-const leaveRemovalOf = (intent: StoredIntent): ReadonlyArray<InboxId> =>
+export const leaveRemovalOf = (intent: StoredIntent): ReadonlyArray<InboxId> =>
   intent.data._tag === "RemoveMembers" && intent.data.forLeaveRequest ? intent.data.inboxIds : []
 
 /** The only kind `leaveRemovalOf` finds anything in: reads for it skip every other row (a pending commit's 60 KB). */

@@ -55,15 +55,11 @@ export const make = (
           return ownMessage(Option.getOrThrow(own), envelope)
         case "OwnCommitWon":
           return yield* ownCommitWon(Option.getOrThrow(own), envelope, before)
+        // Lost, or skipped by every member as too old: derived afresh at the current epoch (a
+        // message keeps its id).
         case "OwnCommitLost":
-          yield* Effect.logDebug(`own commit for epoch ${decision.epoch} lost; group is at ${decision.currentEpoch}`).pipe(
-            Effect.annotateLogs({ intentId: decision.intentId })
-          )
-          writes.push(storage.intents.resetToPublish(decision.intentId, { conflict: true }))
-          break
         case "OwnMessageTooOld":
-          // Skipped by every member: derived afresh at the current epoch (same message id).
-          yield* Effect.logDebug(`own message for epoch ${decision.epoch} too old; group is at ${decision.currentEpoch}`).pipe(
+          yield* Effect.logDebug(`${describe(decision)}; group is at ${decision.currentEpoch}`).pipe(
             Effect.annotateLogs({ intentId: decision.intentId })
           )
           writes.push(storage.intents.resetToPublish(decision.intentId, { conflict: true }))

@@ -13,7 +13,7 @@ import { publishedIntent, type StoredGroup, type StoredIntent } from "../domain/
 import { type GroupMessageEnvelope, GroupMessageInput } from "../domain/Wire.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
 import type * as IntentDerivation from "./IntentDerivation.ts"
-import { failPendingIntents } from "./IntentQueue.ts"
+import { failPendingIntents, leaveRemovalOf } from "./IntentQueue.ts"
 import type { MlsGroupState } from "./MlsCrypto.ts"
 
 /** Most application messages written ahead in one transaction and sent in one call. */
@@ -125,11 +125,11 @@ const deriveOrFail = ({ derive, failIntent }: Deps, intent: StoredIntent, state:
       // A paused member keeps its removal of a leaver queued: it is what says, until a commit settles
       // the request, that the leaver is anyone's to remove (`leavingInboxes`), as every other member holds.
       ProtocolVersionTooOld: (e) =>
-        isLeaveRemoval(intent) ? Effect.succeed(undefined) : failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined))
+        leaveRemovalOf(intent).length > 0
+          ? Effect.succeed(undefined)
+          : failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined))
     })
   )
-
-const isLeaveRemoval = (intent: StoredIntent) => intent.data._tag === "RemoveMembers" && intent.data.forLeaveRequest
 
 /** Adds a freshly derived payload to the batch, with the write-ahead that goes with it. */
 const stage = (
