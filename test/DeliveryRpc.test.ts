@@ -395,8 +395,12 @@ describe("client policies", () => {
       // The response of a stored send is lost: the retry gets the same envelope, stored once.
       yield* memory.faults.loseNextResponse(1, "sendGroupMessages")
       expect((yield* ds.sendGroupMessages([mlsMessage(groupId, "n")]))[0]!.sequenceId).toBe(2n)
+      // So is a conditional send's: its retry finds its own bytes stored where they landed.
+      yield* memory.faults.loseNextResponse(1, "sendGroupMessageIf")
+      const conditional = yield* ds.sendGroupMessageIf(mlsMessage(groupId, "o"), 2n)
+      expect(conditional._tag === "Stored" && conditional.envelope.sequenceId).toBe(3n)
       yield* memory.faults.dropNext(2, "queryGroupMessages")
-      expect((yield* ds.queryGroupMessages({ groupId, afterSequenceId: 0n })).items.length).toBe(2)
+      expect((yield* ds.queryGroupMessages({ groupId, afterSequenceId: 0n })).items.length).toBe(3)
       yield* memory.faults.dropNext(1, "getIdentityUpdates")
       yield* ds.getIdentityUpdates([{ inboxId: newInbox().inboxId, afterSequence: 0 }])
       yield* memory.faults.dropNext(1, "fetchKeyPackages")
@@ -410,7 +414,7 @@ describe("client policies", () => {
       const log = yield* ds.getIdentityUpdates([{ inboxId: inbox.inboxId, afterSequence: 0 }])
       expect(log[0]!.updates.length).toBe(1)
       const stats = yield* memory.faults.stats
-      expect(stats).toMatchObject({ dropped: 6, lostResponses: 2 })
+      expect(stats).toMatchObject({ dropped: 6, lostResponses: 3 })
     }))
 
   it.scopedLive("with nothing listening, calls fail as Unavailable after their retries", () =>

@@ -76,13 +76,14 @@ const refusingUnflushed = (
         writes.push(name)
         const unflushed = yield* Effect.orDie(storage.unflushedWrites)
         if (unflushed > 0) ahead.push(`${name}: ${unflushed} unflushed`)
-        else if (name === "sendGroupMessages") groupSendFlushed = true
+        else if (name.startsWith("sendGroupMessage")) groupSendFlushed = true
       }
       return yield* request
     })
   return {
     ...ds,
     sendGroupMessages: (messages) => checked("sendGroupMessages", ds.sendGroupMessages(messages)),
+    sendGroupMessageIf: (message, at) => checked("sendGroupMessageIf", ds.sendGroupMessageIf(message, at)),
     // Welcomes carry what their commit wrote ahead, on disk before the commit went out (checked
     // above); the confirmation written since may still be unsynced (the power-loss story below).
     sendWelcomeMessages: (messages) =>
@@ -170,7 +171,7 @@ describe("durability of commits", () => {
       yield* alice.revokeInstallation(phone.installationId)
 
       expect(new Set(writes)).toEqual(
-        new Set(["sendGroupMessages", "sendWelcomeMessages", "uploadKeyPackage", "publishIdentityUpdate"])
+        new Set(["sendGroupMessages", "sendGroupMessageIf", "sendWelcomeMessages", "uploadKeyPackage", "publishIdentityUpdate"])
       )
       expect(ahead).toEqual([])
     })))

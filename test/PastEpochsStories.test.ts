@@ -36,8 +36,11 @@ describe("maxPastEpochs", () => {
       const atBob = yield* bob.conversation(group.id)
       const epoch = (yield* atBob.debugInfo).epoch
 
+      // Queued, then published: a batch goes on what the round read (`send` goes only where its
+      // read ended, so it never lands late).
       beforeSend = Effect.forEach([1, 2, 3, 4], () => group.updateKeys, { discard: true })
-      yield* atBob.send("four epochs late")
+      yield* atBob.sendOptimistic("four epochs late")
+      yield* atBob.publishPending
 
       yield* alice.syncAll
       expect(textsOf(yield* group.messages())).toEqual([["four epochs late", "published"]])

@@ -123,6 +123,49 @@ describe("confirming a send", () => {
       expect(yield* texts(carol, group.id)).toEqual([["hello", "published"]])
     })))
 
+  it.live("Bob adds Dave after Alice last read the group: her send does not land before the add, so Dave reads it", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, dave] = [yield* net.client("alice"), yield* net.client("bob"), yield* net.client("dave")]
+      const group = yield* alice.createGroup([bob.inboxId])
+      const groupId = group.id as unknown as GroupId
+      yield* group.send("hello")
+      yield* bob.syncAll
+      // Alice has read the topic to its end; Bob's add lands after that, and she does not sync.
+      yield* (yield* bob.conversation(group.id)).addMembers([dave.inboxId])
+      const epochAfterAdd = (yield* (yield* bob.conversation(group.id)).debugInfo).epoch
+      yield* group.send("welcome, dave")
+
+      const topic = (yield* net.delivery.queryGroupMessages({ groupId, afterSequenceId: 0n, limit: 100 })).items
+      const headers = yield* Effect.forEach(topic, (e) => net.crypto.inspect(e.payload))
+      // Sent once, after the add and at its epoch: not at the epoch Alice held when she sent.
+      expect(headers.map((h) => h.kind)).toEqual(["commit", "application", "commit", "application"])
+      expect(headers[3]!.epoch).toBe(epochAfterAdd)
+      yield* dave.syncAll
+      expect(yield* texts(dave, group.id)).toEqual([["welcome, dave", "published"]])
+      expect(yield* texts(alice, group.id)).toEqual([["hello", "published"], ["welcome, dave", "published"]])
+    })))
+
+  it.live("the answer to Alice's send is lost: she reads her message back from the topic, where it is once", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = [yield* net.client("alice"), yield* net.client("bob")]
+      const group = yield* alice.createGroup([bob.inboxId])
+      const groupId = group.id as unknown as GroupId
+      yield* group.send("hello")
+      yield* net.faults.loseNextResponse(1, "sendGroupMessageIf")
+      yield* group.send("did this arrive?")
+      expect((yield* net.faults.stats).lostResponses).toBe(1)
+
+      const topic = (yield* net.delivery.queryGroupMessages({ groupId, afterSequenceId: 0n, limit: 100 })).items
+      expect(topic).toHaveLength(3)
+      const expected = [["hello", "published"], ["did this arrive?", "published"]]
+      expect(yield* texts(alice, group.id)).toEqual(expected)
+      yield* bob.syncAll
+      expect(yield* texts(bob, group.id)).toEqual(expected)
+      expect(yield* landedAt(net, bob, group.id)).toEqual(yield* landedAt(net, alice, group.id))
+    })))
+
   for (const [changes, story] of [
     [3, "still within maxPastEpochs: Bob reads it in the epoch it was sent in"],
     [4, "too old for every member: it goes again at the current epoch, and Bob reads it once"]

@@ -1,8 +1,9 @@
 /**
  * Stories of `send`'s short path: with nothing queued ahead, the message is written ahead at once
- * and its round skips what it knows is done. What it skips must really be done: welcomes still
- * owed go out, every local write is on disk before the message leaves, and a refused send answers
- * with the same error as the usual path, in the same order.
+ * and its round skips what it knows is done (it reads the topic first only when the topic moved
+ * since the group was last read). What it skips must really be done: welcomes still owed go out,
+ * every local write is on disk before the message leaves, and a refused send answers with the
+ * same error as the usual path, in the same order.
  */
 import { describe, expect, it } from "@effect/vitest"
 import { type Context, Effect, Fiber, Queue } from "effect"
@@ -58,6 +59,11 @@ describe("send's short path", () => {
               ? Effect.zipRight(Effect.sleep("50 millis"), Effect.orDie(storage.cursors.set("another-fiber", 1n)))
               : Effect.void
           ),
+        sendGroupMessageIf: (message, ifTopicEndsAt) =>
+          Effect.gen(function*() {
+            if (armed && storage !== undefined) unflushedAtSend.push(yield* Effect.orDie(storage.unflushedWrites))
+            return yield* ds.sendGroupMessageIf(message, ifTopicEndsAt)
+          }),
         sendGroupMessages: (messages) =>
           Effect.gen(function*() {
             if (armed && storage !== undefined) unflushedAtSend.push(yield* Effect.orDie(storage.unflushedWrites))
@@ -68,10 +74,15 @@ describe("send's short path", () => {
       const bob = yield* net.client("bob")
       storage = yield* net.storage(alice)
       const group = yield* alice.createGroup([bob.inboxId])
+      // Bob writes after Alice's last read: her send, sent on the condition that the topic ends
+      // where she read, is refused, and she reads the topic before she sends again.
+      yield* bob.syncAll
+      yield* (yield* bob.conversation(group.id)).send("hi")
       armed = true
       yield* group.send("hello")
       armed = false
-      expect(unflushedAtSend).toEqual([0])
+      // The conditional send and the send after the read: both found the disk synced.
+      expect(unflushedAtSend).toEqual([0, 0])
     })))
 
   it.live("Alice's send is interrupted while it reads the topic: its read is over before her next send takes the group", () =>
@@ -98,6 +109,9 @@ describe("send's short path", () => {
       const alice = yield* net.client("alice", { wrapDelivery })
       const bob = yield* net.client("bob")
       const group = yield* alice.createGroup([bob.inboxId])
+      // Bob writes after Alice's last read: her sends go only after reading the topic.
+      yield* bob.syncAll
+      yield* (yield* bob.conversation(group.id)).send("hi")
       held = true
       const first = yield* Effect.fork(group.send("first"))
       yield* Queue.take(started)

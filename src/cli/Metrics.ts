@@ -12,7 +12,7 @@ import type { DeliveryService } from "../services/DeliveryService.ts"
 const requests = Metric.counter("converge_ds_requests_total", { description: "delivery-service calls answered" })
 const failures = Metric.counter("converge_ds_failures_total", { description: "delivery-service calls that failed, by error tag" })
 const latency = Metric.timerWithBoundaries("converge_ds_request_duration_milliseconds", [1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000])
-const stored = Metric.counter("converge_ds_group_messages_stored_total", { description: "group messages (commits and application messages) accepted by sendGroupMessages" })
+const stored = Metric.counter("converge_ds_group_messages_stored_total", { description: "group messages (commits and application messages) accepted by sendGroupMessages and sendGroupMessageIf" })
 const subscriptions = Metric.counter("converge_ds_subscriptions_total", { description: "subscriptions opened, by kind" })
 
 const tagOf = (error: unknown) =>
@@ -28,7 +28,7 @@ const measuredAs = (method: string) => {
   const timed = Metric.tagged(latency, "method", method)
   const counted = Metric.tagged(requests, "method", method)
   const failed = Metric.tagged(failures, "method", method)
-  return <A, E, R>(call: Effect.Effect<A, E, R>, storedCount = 0) =>
+  return <A, E, R>(call: Effect.Effect<A, E, R>, storedCount: number | ((value: A) => number) = 0) =>
     Effect.flatMap(FiberRef.get(FiberRef.currentMetricLabels), (labels) =>
       Effect.clockWith((clock) => {
         const start = clock.unsafeCurrentTimeNanos()
@@ -36,7 +36,8 @@ const measuredAs = (method: string) => {
           Effect.sync(() => {
             if (Exit.isSuccess(exit)) {
               timed.unsafeUpdate(Duration.nanos(clock.unsafeCurrentTimeNanos() - start), labels)
-              if (storedCount > 0) stored.unsafeUpdate(storedCount, labels)
+              const count = typeof storedCount === "number" ? storedCount : storedCount(exit.value)
+              if (count > 0) stored.unsafeUpdate(count, labels)
             } else {
               const error = Cause.failureOption(exit.cause)
               if (Option.isSome(error)) failed.unsafeUpdate(1, [...labels, MetricLabel.make("error", tagOf(error.value))])
@@ -54,8 +55,13 @@ export const instrument = (service: DeliveryService["Type"]): DeliveryService["T
     wrapped[method] = typeof value !== "function" ? value : (...args: Array<unknown>) => {
       const result: unknown = (value as (...a: Array<unknown>) => unknown).apply(service, args)
       if (Effect.isEffect(result)) {
-        const count = method === "sendGroupMessages" && Array.isArray(args[0]) ? args[0].length : 0
-        return measured(result, count)
+        // A conditional send stores its message only when the topic had not moved.
+        const count = method === "sendGroupMessages" && Array.isArray(args[0])
+          ? args[0].length
+          : method === "sendGroupMessageIf"
+          ? (answer: unknown) => (answer as { readonly _tag?: string })._tag === "Stored" ? 1 : 0
+          : 0
+        return measured(result as Effect.Effect<unknown, unknown, unknown>, count)
       }
       if (Stream.StreamTypeId in (result as object)) {
         return Stream.onStart(result as Stream.Stream<unknown, unknown>, Metric.increment(Metric.tagged(subscriptions, "method", method)))

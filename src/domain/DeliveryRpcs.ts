@@ -143,6 +143,11 @@ export const SentPositionWire = Schema.Struct({
   sequenceId: Cursor,
   serverTimeNs: TimeNs
 })
+/** `sendGroupMessageIf`'s answer: where the message landed, or where the topic ends instead. */
+export const ConditionalSendWire = Schema.Union(
+  Schema.TaggedStruct("Stored", { sequenceId: Cursor, serverTimeNs: TimeNs }),
+  Schema.TaggedStruct("TopicMoved", { lastSequenceId: Cursor })
+)
 export const WelcomeMessageEnvelopeWire = Schema.Struct({
   installationId: InstallationId,
   sequenceId: Cursor,
@@ -231,6 +236,11 @@ export class DeliveryRpcs extends RpcGroup.make(
   Rpc.make("sendGroupMessages", {
     payload: { messages: Schema.Array(GroupMessageInputWire) },
     success: Schema.Array(SentPositionWire),
+    error: DeliveryError
+  }),
+  Rpc.make("sendGroupMessageIf", {
+    payload: { message: GroupMessageInputWire, ifTopicEndsAt: Cursor },
+    success: ConditionalSendWire,
     error: DeliveryError
   }),
   Rpc.make("queryGroupMessages", {

@@ -381,6 +381,10 @@ export const make = (inner: Service): Effect.Effect<FaultyDelivery, never, Scope
         serve("sendGroupMessages", installation, inner.sendGroupMessages(messages)).pipe(
           Effect.tap(markDuplicates)
         ),
+      sendGroupMessageIf: (message, ifTopicEndsAt) =>
+        serve("sendGroupMessageIf", installation, inner.sendGroupMessageIf(message, ifTopicEndsAt)).pipe(
+          Effect.tap((outcome) => outcome._tag === "Stored" ? markDuplicates([outcome.envelope]) : Effect.void)
+        ),
       queryGroupMessages: (query) => serve("queryGroupMessages", installation, inner.queryGroupMessages(query)),
       batchQueryGroupMessages: (queries) =>
         serve("batchQueryGroupMessages", installation, inner.batchQueryGroupMessages(queries)),

@@ -20,6 +20,7 @@ import { type IdentityUpdateEnvelope, makeIdentityUpdateEnvelope } from "../doma
 import { MAX_PAGE_BYTES } from "./DeliveryRequests.ts"
 import {
   type AppendIdentityResult,
+  ConditionalAppend,
   DeliveryStore,
   type StoredEntry,
   type Topic,
@@ -63,41 +64,61 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
     return log
   }
 
+  /** The entry for this payload on its topic: the stored copy of an identical one, else a new last entry. Under the lock. */
+  const place = (topic: Topic, payload: Uint8Array, digest: string, now: bigint) => {
+    const log = topicLog(topic)
+    const same = log.byDigest.get(digest) ?? []
+    const duplicate = same.find((e) => bytesEqual(e.payload, payload))
+    if (duplicate !== undefined) return { entry: duplicate, fresh: false }
+    const timeNs = now > log.lastTimeNs ? now : log.lastTimeNs
+    const entry: StoredEntry = {
+      topic,
+      sequenceId: BigInt(log.entries.length + 1),
+      serverTimeNs: timeNs,
+      payload: payload.slice()
+    }
+    log.entries.push(entry)
+    log.byDigest.set(digest, [...same, entry])
+    log.lastTimeNs = timeNs
+    return { entry, fresh: true }
+  }
+
+  // Announced once everything is in place, as the SQL stores do after their commit.
+  const announce = (grown: ReadonlyMap<Topic, bigint>) =>
+    PubSub.publishAll(pubsub, Array.from(grown, ([topic, sequenceId]): TopicChange => ({ topic, sequenceId })))
+
   const append: Service["append"] = (entries) =>
     Effect.gen(function*() {
       if (entries.length === 0) return []
       const now = yield* Clock.currentTimeNanos
       const digests = entries.map((e) => sha256Hex(e.payload))
       const { grown, out } = yield* lock.withPermits(1)(Effect.sync(() => {
-        const out: Array<StoredEntry> = []
         const grown = new Map<Topic, bigint>()
-        for (const [index, { payload, topic }] of entries.entries()) {
-          const log = topicLog(topic)
-          const digest = digests[index]!
-          const same = log.byDigest.get(digest) ?? []
-          const duplicate = same.find((e) => bytesEqual(e.payload, payload))
-          if (duplicate !== undefined) {
-            out.push(duplicate)
-            continue
-          }
-          const timeNs = now > log.lastTimeNs ? now : log.lastTimeNs
-          const entry: StoredEntry = {
-            topic,
-            sequenceId: BigInt(log.entries.length + 1),
-            serverTimeNs: timeNs,
-            payload: payload.slice()
-          }
-          log.entries.push(entry)
-          log.byDigest.set(digest, [...same, entry])
-          log.lastTimeNs = timeNs
-          grown.set(topic, entry.sequenceId)
-          out.push(entry)
-        }
+        const out = entries.map(({ payload, topic }, index) => {
+          const { entry, fresh } = place(topic, payload, digests[index]!, now)
+          if (fresh) grown.set(topic, entry.sequenceId)
+          return entry
+        })
         return { out, grown }
       }))
-      // Announced once everything is in place, as the SQL stores do after their commit.
-      yield* PubSub.publishAll(pubsub, Array.from(grown, ([topic, sequenceId]): TopicChange => ({ topic, sequenceId })))
+      yield* announce(grown)
       return out
+    })
+
+  const appendIf: Service["appendIf"] = ({ payload, topic }, ifTopicEndsAt) =>
+    Effect.gen(function*() {
+      const now = yield* Clock.currentTimeNanos
+      const digest = sha256Hex(payload)
+      const { fresh, result } = yield* lock.withPermits(1)(Effect.sync(() => {
+        const log = topics.get(topic)
+        const duplicate = log?.byDigest.get(digest)?.find((e) => bytesEqual(e.payload, payload))
+        if (duplicate !== undefined) return { fresh: false, result: ConditionalAppend.Appended({ entry: duplicate }) }
+        const last = BigInt(log?.entries.length ?? 0)
+        if (last !== ifTopicEndsAt) return { fresh: false, result: ConditionalAppend.Moved({ lastSequenceId: last }) }
+        return { fresh: true, result: ConditionalAppend.Appended({ entry: place(topic, payload, digest, now).entry }) }
+      }))
+      if (fresh && result._tag === "Appended") yield* announce(new Map([[topic, result.entry.sequenceId]]))
+      return result
     })
 
   const read: Service["read"] = (topic, afterSequenceId, limit) =>
@@ -223,6 +244,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
 
   return {
     append,
+    appendIf,
     read,
     changes: PubSub.subscribe(pubsub),
     loadInbox,

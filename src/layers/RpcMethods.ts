@@ -18,7 +18,13 @@ import type { DeliveryError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import { requestDigests } from "../domain/RequestAuth.ts"
 import { GroupMessageEnvelope, type IdentityUpdateEnvelope, type WelcomeMessageEnvelope } from "../domain/Wire.ts"
-import type { DeliveryService, FetchedKeyPackage, IdentityQuery, InboxUpdates } from "../services/DeliveryService.ts"
+import {
+  ConditionalSend,
+  type DeliveryService,
+  type FetchedKeyPackage,
+  type IdentityQuery,
+  type InboxUpdates
+} from "../services/DeliveryService.ts"
 import { MAX_IDS_PER_LOOKUP, MAX_SUBSCRIBE_FILTERS } from "./DeliveryRequests.ts"
 import { type Calls, chunksOf } from "./RpcCalls.ts"
 import { transportErrors, unavailable } from "./RpcTransportErrors.ts"
@@ -67,7 +73,12 @@ export const groupMethods = (
   { authHeaders, idempotent, resumable }: Calls
 ): Pick<
   Service,
-  "sendGroupMessages" | "queryGroupMessages" | "batchQueryGroupMessages" | "syncQuery" | "subscribeGroupMessages"
+  | "sendGroupMessages"
+  | "sendGroupMessageIf"
+  | "queryGroupMessages"
+  | "batchQueryGroupMessages"
+  | "syncQuery"
+  | "subscribeGroupMessages"
 > => ({
   sendGroupMessages: (messages) =>
     idempotent(
@@ -85,6 +96,28 @@ export const groupMethods = (
             new GroupMessageEnvelope({ groupId: messages[i]!.groupId, payload: messages[i]!.payload.slice(), ...position }, true)
           ))
           : Effect.fail(unavailable(`sendGroupMessages: ${positions.length} positions answered for ${messages.length} messages`))
+      )
+    ),
+  // Idempotent as a resend is: the same payload again comes back `Stored` where it landed.
+  sendGroupMessageIf: (message, ifTopicEndsAt) =>
+    idempotent(
+      "sendGroupMessageIf",
+      Effect.flatMap(
+        authHeaders("sendGroupMessageIf", requestDigests.sendGroupMessageIf(message, ifTopicEndsAt)),
+        (headers) => client.sendGroupMessageIf({ message, ifTopicEndsAt: toWireCursor(ifTopicEndsAt) }, { headers })
+      )
+    ).pipe(
+      Effect.map((answer) =>
+        answer._tag === "TopicMoved"
+          ? ConditionalSend.TopicMoved({ lastSequenceId: answer.lastSequenceId })
+          : ConditionalSend.Stored({
+            envelope: new GroupMessageEnvelope({
+              groupId: message.groupId,
+              payload: message.payload.slice(),
+              sequenceId: answer.sequenceId,
+              serverTimeNs: answer.serverTimeNs
+            }, true)
+          })
       )
     ),
   queryGroupMessages: (query) =>

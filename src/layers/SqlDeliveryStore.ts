@@ -84,7 +84,7 @@ export const makeWith = (
     const sql = yield* SqlClient.SqlClient
     const locks = SqlIdentityQueries.rowLocks(sql)
     return {
-      append: yield* makeAppend(sql, announcer),
+      ...(yield* makeAppend(sql, announcer)),
       read: read(sql, maxPageBytes),
       changes: announcer.changes,
       ...SqlIdentityQueries.make(sql, locks),

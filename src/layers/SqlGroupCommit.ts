@@ -11,7 +11,14 @@
 import type { SqlClient } from "@effect/sql"
 import { Clock, Deferred, Effect, Exit, FiberId, type Queue, type Scope } from "effect"
 import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
-import { type DeliveryStore, DeliveryStoreError, type StoredEntry, type Topic, type TopicChange } from "../services/DeliveryStore.ts"
+import {
+  ConditionalAppend,
+  type DeliveryStore,
+  DeliveryStoreError,
+  type StoredEntry,
+  type Topic,
+  type TopicChange
+} from "../services/DeliveryStore.ts"
 import { SPAN } from "./DeliveryRequests.ts"
 import { failedCommitAsError } from "./FailedCommit.ts"
 import { big, bytesOf } from "./SqlDeliveryRows.ts"
@@ -27,12 +34,19 @@ export interface Announcer {
   readonly changes: Effect.Effect<Queue.Dequeue<TopicChange>, never, Scope.Scope>
 }
 
-/** An append waiting for the next write transaction; its digests are hashed before it queues. */
+/**
+ * An append waiting for the next write transaction; its digests are hashed before it queues.
+ * `ifTopicEndsAt`: a conditional append (one entry), stored only if its topic ends there then.
+ */
 interface Waiting {
   readonly entries: ReadonlyArray<{ readonly topic: Topic; readonly payload: Uint8Array }>
   readonly digests: ReadonlyArray<string>
-  readonly done: Deferred.Deferred<ReadonlyArray<StoredEntry>, DeliveryStoreError>
+  readonly ifTopicEndsAt?: bigint
+  readonly done: Deferred.Deferred<Outcome, DeliveryStoreError>
 }
+
+/** An append's entries as stored, or where its topic ended instead (a conditional append refused). */
+type Outcome = ReadonlyArray<StoredEntry> | Extract<ConditionalAppend, { _tag: "Moved" }>
 
 /** Entries per group-commit transaction (an append bigger than this still goes whole). */
 const MAX_GROUP_ENTRIES = 500
@@ -103,10 +117,17 @@ const allocate = (
   const rows: Array<EnvelopeRow> = []
   const grown = new Map<Topic, bigint>()
   const fresh: Array<StoredEntry> = []
-  const results = group.map((w) =>
-    w.entries.map(({ payload, topic }, index): StoredEntry => {
+  const duplicateOf = (topic: Topic, digest: string, payload: Uint8Array) =>
+    earlier.get(key(topic, digest))?.find((e) => bytesEqual(e.payload, payload))
+  const results = group.map((w): Outcome => {
+    const first = w.entries[0]!
+    if (
+      w.ifTopicEndsAt !== undefined && heads.get(first.topic)!.sequenceId !== w.ifTopicEndsAt &&
+      duplicateOf(first.topic, w.digests[0]!, first.payload) === undefined
+    ) return ConditionalAppend.Moved({ lastSequenceId: heads.get(first.topic)!.sequenceId })
+    return w.entries.map(({ payload, topic }, index): StoredEntry => {
       const digest = w.digests[index]!
-      const duplicate = earlier.get(key(topic, digest))?.find((e) => bytesEqual(e.payload, payload))
+      const duplicate = duplicateOf(topic, digest, payload)
       if (duplicate !== undefined) return duplicate
       const head = heads.get(topic)!
       const sequenceId = head.sequenceId + 1n
@@ -120,7 +141,7 @@ const allocate = (
       earlier.set(key(topic, digest), [...(earlier.get(key(topic, digest)) ?? []), entry])
       return entry
     })
-  )
+  })
   return { rows, grown, fresh, results }
 }
 
@@ -181,7 +202,7 @@ const appendGroup = (sql: Sql, announcer: Announcer, group: ReadonlyArray<Waitin
     return results
   }).pipe(Effect.mapError((cause) => new DeliveryStoreError({ operation: "append", cause })))
 
-/** The store's `append`: queues the entries; one writer per event-loop turn stores the queue in group commits. */
+/** The store's `append` and `appendIf`: queue the entries; one writer per event-loop turn stores the queue in group commits. */
 export const makeAppend = (sql: Sql, announcer: Announcer) =>
   Effect.sync(() => {
     const waiting: Array<Waiting> = []
@@ -239,14 +260,17 @@ export const makeAppend = (sql: Sql, announcer: Announcer) =>
     // Queueing and starting the writer are one uninterruptible step: a caller interrupted between
     // them (at a scheduler yield) would leave `writing` set with no writer, and every later append
     // waiting forever. Only the wait for the result can be interrupted.
-    const append: DeliveryStore["Type"]["append"] = (entries) =>
+    const enqueue = (
+      entries: ReadonlyArray<{ readonly topic: Topic; readonly payload: Uint8Array }>,
+      ifTopicEndsAt?: bigint
+    ) =>
       Effect.uninterruptibleMask((restore) => Effect.suspend(() => {
-        if (entries.length === 0) return Effect.succeed([])
         // Hashed before queueing: the writer holds the topics' locks (SQLite: the only writer).
         const self: Waiting = {
           entries,
           digests: entries.map((e) => sha256Hex(e.payload)),
-          done: Deferred.unsafeMake<ReadonlyArray<StoredEntry>, DeliveryStoreError>(FiberId.none)
+          ...(ifTopicEndsAt === undefined ? {} : { ifTopicEndsAt }),
+          done: Deferred.unsafeMake<Outcome, DeliveryStoreError>(FiberId.none)
         }
         waiting.push(self)
         const result = restore(Deferred.await(self.done)).pipe(
@@ -261,6 +285,18 @@ export const makeAppend = (sql: Sql, announcer: Announcer) =>
         if (writing) return result
         writing = true
         return Effect.zipRight(startWriter, result)
-      })).pipe(Effect.withSpan("DeliveryStore.append", SPAN))
-    return append
+      }))
+
+    const append: DeliveryStore["Type"]["append"] = (entries) =>
+      entries.length === 0 ? Effect.succeed([]) : enqueue(entries).pipe(
+        // Only a conditional append is ever refused.
+        Effect.flatMap((outcome) => "_tag" in outcome ? Effect.dieMessage("an unconditional append was refused") : Effect.succeed(outcome)),
+        Effect.withSpan("DeliveryStore.append", SPAN)
+      )
+    const appendIf: DeliveryStore["Type"]["appendIf"] = (entry, ifTopicEndsAt) =>
+      enqueue([entry], ifTopicEndsAt).pipe(
+        Effect.map((outcome) => "_tag" in outcome ? outcome : ConditionalAppend.Appended({ entry: outcome[0]! })),
+        Effect.withSpan("DeliveryStore.appendIf", SPAN)
+      )
+    return { append, appendIf }
   })

@@ -111,6 +111,7 @@ export const make = (
 
     return {
       sendGroupMessages: StoreGroupMessages.sendGroupMessages(c),
+      sendGroupMessageIf: StoreGroupMessages.sendGroupMessageIf(c),
       queryGroupMessages: StoreGroupMessages.queryGroupMessages(c),
       batchQueryGroupMessages,
       syncQuery,

@@ -4,7 +4,7 @@ import { CryptoError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import { requestDigests } from "../domain/RequestAuth.ts"
 import type { GroupMessageInput } from "../domain/Wire.ts"
-import type { DeliveryService, GroupQuery } from "../services/DeliveryService.ts"
+import { ConditionalSend, type DeliveryService, type GroupQuery } from "../services/DeliveryService.ts"
 import { groupTopic, type Topic } from "../services/DeliveryStore.ts"
 import { checkFilterCount, invalidRequest, SPAN } from "./DeliveryRequests.ts"
 import { checkedSend, type StoreDeliveryContext } from "./StoreDeliveryContext.ts"
@@ -46,6 +46,20 @@ export const sendGroupMessages = (c: StoreDeliveryContext): Service["sendGroupMe
     )
     return entries.map((e, i) => toGroupEnvelope(messages[i]!.groupId)(e))
   }).pipe(Effect.withSpan("DeliveryService.sendGroupMessages", SPAN))
+
+export const sendGroupMessageIf = (c: StoreDeliveryContext): Service["sendGroupMessageIf"] => (message, ifTopicEndsAt) =>
+  Effect.gen(function*() {
+    yield* c.checks.cursor(ifTopicEndsAt, "sendGroupMessageIf")
+    yield* checkedSend(c, "sendGroupMessageIf", [message], (m) =>
+      c.checks.refusals.groupId(m.groupId, "sendGroupMessageIf") ??
+        c.checks.refusals.payload(m.payload, `sendGroupMessageIf to ${m.groupId}`), ([m]) =>
+      requestDigests.sendGroupMessageIf(m!, ifTopicEndsAt))
+    yield* checkGroupMessages(c, [message])
+    const outcome = yield* c.stored(c.store.appendIf({ topic: groupTopic(message.groupId), payload: message.payload }, ifTopicEndsAt))
+    return outcome._tag === "Appended"
+      ? ConditionalSend.Stored({ envelope: toGroupEnvelope(message.groupId)(outcome.entry) })
+      : ConditionalSend.TopicMoved({ lastSequenceId: outcome.lastSequenceId })
+  }).pipe(Effect.withSpan("DeliveryService.sendGroupMessageIf", SPAN))
 
 export const queryGroupMessages = (c: StoreDeliveryContext): Service["queryGroupMessages"] => (query) =>
   Effect.gen(function*() {

@@ -3,7 +3,7 @@
  * layer maps onto it one to one. Each group topic has one total order (strictly increasing
  * sequence ids); that order is the truth every client converges on.
  */
-import { Context, Effect, type Stream } from "effect"
+import { Context, Data, Effect, type Stream } from "effect"
 import type { DeliveryError, InvalidIdentityUpdate } from "../domain/Errors.ts"
 import type { GroupId, InboxId, InstallationId } from "../domain/Ids.ts"
 import type {
@@ -61,6 +61,16 @@ export interface SyncAnswer {
   readonly identities: ReadonlyArray<InboxUpdates>
 }
 
+/**
+ * What a conditional send did: stored the message (or found the identical one already stored:
+ * a resend), or stored nothing because the topic no longer ended where the caller said.
+ */
+export type ConditionalSend = Data.TaggedEnum<{
+  Stored: { readonly envelope: GroupMessageEnvelope }
+  TopicMoved: { readonly lastSequenceId: bigint }
+}>
+export const ConditionalSend = Data.taggedEnum<ConditionalSend>()
+
 export interface FetchedKeyPackage {
   readonly installationId: InstallationId
   readonly keyPackage: Uint8Array | undefined
@@ -72,6 +82,16 @@ export class DeliveryService extends Context.Tag("converge/DeliveryService")<Del
   readonly sendGroupMessages: (
     messages: ReadonlyArray<GroupMessageInput>
   ) => Effect.Effect<ReadonlyArray<GroupMessageEnvelope>, DeliveryError>
+  /**
+   * Appends one message only if its topic still ends at `ifTopicEndsAt` (0: empty), so it lands
+   * right after what the caller last read: nothing (a commit above all) can have come between.
+   * Otherwise stores nothing and answers where the topic ends now. An identical payload already
+   * on the topic comes back `Stored`, wherever it is.
+   */
+  readonly sendGroupMessageIf: (
+    message: GroupMessageInput,
+    ifTopicEndsAt: bigint
+  ) => Effect.Effect<ConditionalSend, DeliveryError>
   /** Ascending from the cursor, at most `limit` (default and cap: the page size). */
   readonly queryGroupMessages: (query: GroupQuery) => Effect.Effect<QueryPage<GroupMessageEnvelope>, DeliveryError>
   /** Several topics in one call: one page each, in request order. */

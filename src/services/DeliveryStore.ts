@@ -59,6 +59,13 @@ export class DeliveryStoreError extends Data.TaggedError("DeliveryStoreError")<{
   }
 }
 
+/** What a conditional append did: the entry as stored (or its stored copy), or where the topic ends instead. */
+export type ConditionalAppend = Data.TaggedEnum<{
+  Appended: { readonly entry: StoredEntry }
+  Moved: { readonly lastSequenceId: bigint }
+}>
+export const ConditionalAppend = Data.taggedEnum<ConditionalAppend>()
+
 export type AppendIdentityResult =
   | { readonly _tag: "Appended"; readonly envelope: IdentityUpdateEnvelope }
   /** The inbox's log head is no longer the one the update follows: reload and verify again. */
@@ -87,6 +94,15 @@ export class DeliveryStore extends Context.Tag("converge/DeliveryStore")<Deliver
   readonly append: (
     entries: ReadonlyArray<{ readonly topic: Topic; readonly payload: Uint8Array }>
   ) => Effect.Effect<ReadonlyArray<StoredEntry>, DeliveryStoreError>
+  /**
+   * `append` of one entry, only if its topic's last id is `ifTopicEndsAt` (0: no entries) when
+   * it would be stored; else nothing is stored. A payload identical to one already on the topic
+   * comes back as stored, whatever the topic's end.
+   */
+  readonly appendIf: (
+    entry: { readonly topic: Topic; readonly payload: Uint8Array },
+    ifTopicEndsAt: bigint
+  ) => Effect.Effect<ConditionalAppend, DeliveryStoreError>
   /** Ascending entries of a topic after `afterSequenceId` (exclusive), at most `limit`. */
   readonly read: (
     topic: Topic,

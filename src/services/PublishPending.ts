@@ -20,7 +20,7 @@ import type { MlsGroupState } from "./MlsCrypto.ts"
 const MAX_BATCH = 50
 
 /** Every published payload goes out as one: its validator built once. */
-const makeGroupMessageInput = validatedMaker(GroupMessageInput)
+export const makeGroupMessageInput = validatedMaker(GroupMessageInput)
 
 /**
  * Every payload sent, in order, and the service's answers: how the round reads them back. With

@@ -1,10 +1,15 @@
-/** One publish round of a group, under its lock: read, publish, read what we published, send welcomes. */
+/**
+ * One publish round of a group, under its lock: read, publish, read what we published, send
+ * welcomes. `send`'s own message skips the first read: it goes on the condition that the topic
+ * still ends where the group was last read, and the usual round follows if it does not.
+ */
 import { Effect, Exit, Fiber } from "effect"
 import type { GroupId } from "../domain/Ids.ts"
 import type { EngineContext } from "./EngineContext.ts"
 import type * as GroupSync from "./GroupSync.ts"
 import type * as InstallationChecks from "./InstallationChecks.ts"
-import type * as PublishPending from "./PublishPending.ts"
+import * as PageApplier from "./PageApplier.ts"
+import * as PublishPending from "./PublishPending.ts"
 
 export const make = (
   ctx: EngineContext,
@@ -22,6 +27,8 @@ export const make = (
    * `confirmed`: the own intents the read-back settled as Processed (so `resolve` need not ask).
    */
   const roundLocked = Effect.fn("Publisher.round")(function*(groupId: GroupId, held?: PublishPending.HeldPending) {
+    const direct = held === undefined ? undefined : yield* publishHeldDirectly(groupId, held)
+    if (direct !== undefined) return direct
     // A held write-ahead reaches the disk while the topic is read (a read sends nothing), so the
     // flush before the send finds nothing left to sync: the sync hides behind the read's round trip.
     const { cursor, total: before } = held === undefined
@@ -40,6 +47,30 @@ export const make = (
     if (!unchanged) yield* sync.postCommit(groupId)
     return { before, published, after: readBack?.total, confirmed: readBack?.confirmed ?? new Set<number>() }
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
+
+  /**
+   * `send`'s one message, written ahead at the epoch the topic's cursor leaves the group in, sent
+   * on the condition that the topic still ends at that cursor: then nothing (no commit, no add of
+   * someone who must read it) came between, and no read is needed first. The answer is the
+   * topic's next entry, read back as a page. `undefined` when this cannot be done or the topic
+   * moved on (nothing stored): the usual round follows, which reads first.
+   */
+  const publishHeldDirectly = (groupId: GroupId, held: PublishPending.HeldPending) =>
+    Effect.gen(function*() {
+      const intent = held.pending.length === 1 ? held.pending[0]! : undefined
+      if (intent?.state !== "Published" || intent.payload === null || intent.kind !== "SendMessage") return undefined
+      // A due check may queue a commit, which goes first.
+      if (yield* checkDue(groupId)) return undefined
+      // Nothing leaves ahead of its record, even on a power loss.
+      yield* ctx.storage.flush
+      const payload = intent.payload
+      const outcome = yield* ctx.ds.sendGroupMessageIf(PublishPending.makeGroupMessageInput({ groupId, payload }), held.cursor)
+      if (outcome._tag === "TopicMoved") return undefined
+      yield* ctx.options.crashPoint("publish.afterSendBeforeSync")
+      const sent = { payloads: [payload], answer: [outcome.envelope], intents: [intent], held: { group: held.group, state: held.state } }
+      const readBack = yield* sync.receiveSent(groupId, sent, held.cursor)
+      return { before: PageApplier.emptyOutcome, published: 1, after: readBack.total, confirmed: readBack.confirmed }
+    })
 
   /**
    * The held group's topic read while its write-ahead is flushed: the read forks and yields first,

@@ -566,6 +566,36 @@ export const deliveryConformance = (
         expect((yield* readAll(ds, groupId)).map((e) => textOf(e.payload))).toEqual(["same", "different", "twin"])
       }))
 
+    it.effect("a conditional send lands only right after where its sender read to, signed and checked like a send", () =>
+      Effect.gen(function*() {
+        const anonymous = yield* DeliveryService
+        const { ds, installation } = yield* Publisher
+        const groupId = newGroupId()
+        const first = yield* ds.sendGroupMessageIf(mlsMessage(groupId, "a"), 0n)
+        expect(first._tag === "Stored" && [first.envelope.sequenceId, textOf(first.envelope.payload), first.envelope.groupId])
+          .toEqual([1n, "a", groupId])
+        // Bob's message comes in after Alice read the topic at 1: hers is not stored, and she learns where it ends.
+        yield* ds.sendGroupMessages([mlsMessage(groupId, "b")])
+        expect(yield* ds.sendGroupMessageIf(mlsMessage(groupId, "c"), 1n)).toMatchObject({ _tag: "TopicMoved", lastSequenceId: 2n })
+        expect(textsOf(yield* readAll(anonymous, groupId))).toEqual(["a", "b"])
+        const third = yield* ds.sendGroupMessageIf(mlsMessage(groupId, "c"), 2n)
+        expect(third._tag === "Stored" && third.envelope.sequenceId).toBe(3n)
+
+        // Unsigned, or signed for another condition: refused, nothing stored.
+        expect(yield* Effect.flip(anonymous.sendGroupMessageIf(mlsMessage(groupId, "d"), 3n))).toMatchObject(unauthenticated)
+        const auth = yield* installation.signer("sendGroupMessageIf", requestDigests.sendGroupMessageIf(mlsMessage(groupId, "d"), 9n))
+        const replaying = authenticatedAs(anonymous, (): Effect.Effect<RequestAuth> => Effect.succeed(auth))
+        expect(yield* Effect.flip(replaying.sendGroupMessageIf(mlsMessage(groupId, "d"), 3n))).toMatchObject(unauthenticated)
+        // A negative end, or bytes that are no MLS message of this group: a typed refusal.
+        expect(yield* Effect.flip(ds.sendGroupMessageIf(mlsMessage(groupId, "d"), -1n)))
+          .toMatchObject({ _tag: "DeliveryError", reason: "InvalidRequest", retryable: false })
+        expect(yield* Effect.flip(ds.sendGroupMessageIf(GroupMessageInput.make({ groupId, payload: utf8("not mls") }), 3n)))
+          .toMatchObject({ _tag: "DeliveryError", reason: "InvalidRequest", retryable: false })
+        const otherGroups = GroupMessageInput.make({ groupId, payload: mlsPayload(newGroupId(), "other group") })
+        expect(yield* Effect.flip(ds.sendGroupMessageIf(otherGroups, 3n))).toMatchObject({ _tag: "DeliveryError", reason: "InvalidRequest" })
+        expect(textsOf(yield* readAll(anonymous, groupId))).toEqual(["a", "b", "c"])
+      }))
+
     it.effect("a stored payload does not change when the sender reuses its buffer", () =>
       Effect.gen(function*() {
         const ds = yield* asPublisher

@@ -148,6 +148,68 @@ export const storeConformance = <E>(name: string, storeLayer: Layer.Layer<Delive
         }))
     })
 
+    describe("conditional appends", () => {
+      const appendIf = (topic: Topic, payload: string, ifTopicEndsAt: bigint) =>
+        Effect.flatMap(DeliveryStore, (store) => store.appendIf({ topic, payload: utf8(payload) }, ifTopicEndsAt))
+      const landedAt = (outcome: Effect.Effect.Success<ReturnType<typeof appendIf>>) =>
+        outcome._tag === "Appended" ? outcome.entry.sequenceId : undefined
+
+      it.effect("a conditional append lands only right after where its caller read to; a resend comes back wherever it is", () =>
+        Effect.gen(function*() {
+          const store = yield* DeliveryStore
+          const topic = newTopic()
+          expect(landedAt(yield* appendIf(topic, "first", 0n))).toBe(1n)
+          // Someone else's message came in after this caller read the topic at 1.
+          yield* appendText(topic, "theirs")
+          expect(yield* appendIf(topic, "mine", 1n)).toEqual({ _tag: "Moved", lastSequenceId: 2n })
+          expect((yield* store.read(topic, 0n, 10)).map((e) => text(e.payload))).toEqual(["first", "theirs"])
+          // Read again to 2: it goes.
+          expect(landedAt(yield* appendIf(topic, "mine", 2n))).toBe(3n)
+          // The same bytes again, on a stale condition: the stored copy, nothing new.
+          const resent = yield* appendIf(topic, "first", 0n)
+          expect(landedAt(resent)).toBe(1n)
+          expect(yield* store.read(topic, 3n, 10)).toEqual([])
+          // A topic nobody wrote to ends at 0.
+          expect(yield* appendIf(newTopic(), "early", 5n)).toEqual({ _tag: "Moved", lastSequenceId: 0n })
+        }))
+
+      it.effect("10 senders on the same end, beside plain appends: one lands there, the others are told where it ends", () =>
+        Effect.gen(function*() {
+          const store = yield* DeliveryStore
+          const topic = newTopic()
+          yield* appendText(topic, "a", "b")
+          const [conditional, plain] = yield* Effect.all([
+            Effect.forEach(Array.from({ length: 10 }, (_, i) => i), (i) => appendIf(topic, `c${i}`, 2n), { concurrency: "unbounded" }),
+            Effect.forEach(Array.from({ length: 3 }, (_, i) => i), (i) => appendText(topic, `p${i}`), { concurrency: "unbounded" })
+          ], { concurrency: "unbounded" })
+          const all = yield* store.read(topic, 0n, 100)
+          expect(all.map((e) => e.sequenceId)).toEqual(all.map((_, k) => BigInt(k + 1)))
+          const landed = conditional.filter((o) => o._tag === "Appended")
+          // At most one took the place after 2, and only if nothing came first: then it is entry 3.
+          expect(landed.length).toBeLessThanOrEqual(1)
+          if (landed.length === 1) expect(landedAt(landed[0]!)).toBe(3n)
+          else expect(text(all[2]!.payload)).toMatch(/^p/)
+          for (const refused of conditional.filter((o) => o._tag === "Moved")) {
+            expect(refused._tag === "Moved" && refused.lastSequenceId >= 3n).toBe(true)
+          }
+          expect(all).toHaveLength(2 + landed.length + plain.length)
+          expect(all.filter((e) => text(e.payload).startsWith("c"))).toHaveLength(landed.length)
+        }))
+
+      it.scoped("a conditional append is announced like any other", () =>
+        Effect.gen(function*() {
+          const store = yield* DeliveryStore
+          const topic = newTopic()
+          const changes = yield* store.changes
+          yield* appendIf(topic, "x", 0n)
+          let announced = false
+          while (!announced) {
+            const batch = Chunk.toReadonlyArray(yield* Queue.takeBetween(changes, 1, 100))
+            announced = batch.some((c) => c.topic === topic && c.sequenceId === 1n)
+          }
+        }))
+    })
+
     describe("identity", () => {
       it.effect("appends are compare-and-set on the log head", () =>
         Effect.gen(function*() {
