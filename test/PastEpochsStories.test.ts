@@ -36,8 +36,8 @@ describe("maxPastEpochs", () => {
       const atBob = yield* bob.conversation(group.id)
       const epoch = (yield* atBob.debugInfo).epoch
 
-      // Queued, then published: a batch goes on what the round read (`send` goes only where its
-      // read ended, so it never lands late).
+      // Queued, then published: a batch goes on what the round read (a `send` goes only right
+      // after what it last read, so it does not land late).
       beforeSend = Effect.forEach([1, 2, 3, 4], () => group.updateKeys, { discard: true })
       yield* atBob.sendOptimistic("four epochs late")
       yield* atBob.publishPending

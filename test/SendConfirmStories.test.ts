@@ -5,10 +5,13 @@
  * outcome is the one a fresh read of the topic gives: same order, same epoch, nothing twice.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { type Context, Effect } from "effect"
 import type { ConversationId, GroupId } from "../src/domain/Ids.ts"
+import type { DeliveryService } from "../src/services/DeliveryService.ts"
 import type { CrashPoint } from "../src/services/EngineContext.ts"
 import { type TestClient, TestNetwork } from "../src/testing.ts"
+
+type Delivery = Context.Tag.Service<DeliveryService>
 
 const texts = (client: TestClient, id: ConversationId) =>
   client.conversation(id).pipe(
@@ -144,6 +147,44 @@ describe("confirming a send", () => {
       yield* dave.syncAll
       expect(yield* texts(dave, group.id)).toEqual([["welcome, dave", "published"]])
       expect(yield* texts(alice, group.id)).toEqual([["hello", "published"], ["welcome, dave", "published"]])
+    })))
+
+  it.live("Alice writes and then changes the group four times while Bob's send is on its way: it lands only after all of it, at her last epoch", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const calls: Array<string> = []
+      let beforeSecondTry: Effect.Effect<void, unknown> | undefined
+      const wrapDelivery = (ds: Delivery): Delivery => ({
+        ...ds,
+        sendGroupMessageIf: (message, ifTopicEndsAt) =>
+          Effect.suspend(() => {
+            calls.push(`if@${ifTopicEndsAt}`)
+            const during = calls.length === 2 ? beforeSecondTry : undefined
+            return Effect.zipRight(during === undefined ? Effect.void : Effect.orDie(during), ds.sendGroupMessageIf(message, ifTopicEndsAt))
+          }),
+        sendGroupMessages: (messages) => Effect.zipRight(Effect.sync(() => calls.push("plain")), ds.sendGroupMessages(messages))
+      })
+      const alice = yield* net.client("alice")
+      const bob = yield* net.client("bob", { wrapDelivery })
+      const group = yield* alice.createGroup([bob.inboxId])
+      const groupId = group.id as unknown as GroupId
+      yield* bob.syncAll
+      const atBob = yield* bob.conversation(group.id)
+      // Bob last read the topic before Alice's message; her key updates land after his read of it.
+      yield* group.send("hi bob")
+      beforeSecondTry = Effect.forEach([1, 2, 3, 4], () => group.updateKeys, { discard: true })
+      yield* atBob.send("hi alice")
+
+      // Refused where he had read to, then where he read to next; the third try lands.
+      expect(calls).toEqual(["if@1", "if@2", "if@6"])
+      const topic = (yield* net.delivery.queryGroupMessages({ groupId, afterSequenceId: 0n, limit: 100 })).items
+      const headers = yield* Effect.forEach(topic, (e) => net.crypto.inspect(e.payload))
+      expect(headers.map((h) => h.kind)).toEqual(["commit", "application", "commit", "commit", "commit", "commit", "application"])
+      expect(headers[6]!.epoch).toBe((yield* group.debugInfo).epoch)
+      yield* alice.syncAll
+      const expected = [["hi bob", "published"], ["hi alice", "published"]]
+      expect(yield* texts(alice, group.id)).toEqual(expected)
+      expect(yield* texts(bob, group.id)).toEqual(expected)
     })))
 
   it.live("the answer to Alice's send is lost: she reads her message back from the topic, where it is once", () =>

@@ -102,10 +102,14 @@ export const groupMethods = (
   sendGroupMessageIf: (message, ifTopicEndsAt) =>
     idempotent(
       "sendGroupMessageIf",
-      Effect.flatMap(
-        authHeaders("sendGroupMessageIf", requestDigests.sendGroupMessageIf(message, ifTopicEndsAt)),
-        (headers) => client.sendGroupMessageIf({ message, ifTopicEndsAt: toWireCursor(ifTopicEndsAt) }, { headers })
-      )
+      Effect.suspend(() => {
+        // Signed as it travels: the server checks the digest of the condition it receives.
+        const wireEnd = toWireCursor(ifTopicEndsAt)
+        return Effect.flatMap(
+          authHeaders("sendGroupMessageIf", requestDigests.sendGroupMessageIf(message, wireEnd)),
+          (headers) => client.sendGroupMessageIf({ message, ifTopicEndsAt: wireEnd }, { headers })
+        )
+      })
     ).pipe(
       Effect.map((answer) =>
         answer._tag === "TopicMoved"

@@ -19,16 +19,20 @@ type Service = DeliveryService["Type"]
  * a topic comes into existence only with a well-formed message for it. The first message
  * that is not one fails the request; all are read in one step.
  */
-const checkGroupMessages = (c: StoreDeliveryContext, messages: ReadonlyArray<GroupMessageInput>) =>
+const checkGroupMessages = (
+  c: StoreDeliveryContext,
+  op: "sendGroupMessages" | "sendGroupMessageIf",
+  messages: ReadonlyArray<GroupMessageInput>
+) =>
   c.crypto.inspectAll(messages.map((m) => m.payload)).pipe(Effect.flatMap((headers) => {
     for (const [i, header] of headers.entries()) {
       const m = messages[i]!
       if (header instanceof CryptoError) {
-        return Effect.fail(invalidRequest(`sendGroupMessages to ${m.groupId}: not an MLS message (${header.detail})`))
+        return Effect.fail(invalidRequest(`${op} to ${m.groupId}: not an MLS message (${header.detail})`))
       }
       if (header.groupId !== m.groupId || (header.kind !== "application" && header.kind !== "commit" && header.kind !== "proposal")) {
         return Effect.fail(invalidRequest(
-          `sendGroupMessages to ${m.groupId}: a ${header.kind} message of group ${header.groupId ?? "none"}`
+          `${op} to ${m.groupId}: a ${header.kind} message of group ${header.groupId ?? "none"}`
         ))
       }
     }
@@ -40,7 +44,7 @@ export const sendGroupMessages = (c: StoreDeliveryContext): Service["sendGroupMe
     yield* checkedSend(c, "sendGroupMessages", messages, (m) =>
       c.checks.refusals.groupId(m.groupId, "sendGroupMessages") ??
         c.checks.refusals.payload(m.payload, `sendGroupMessages to ${m.groupId}`), requestDigests.sendGroupMessages)
-    yield* checkGroupMessages(c, messages)
+    yield* checkGroupMessages(c, "sendGroupMessages", messages)
     const entries = yield* c.stored(
       c.store.append(messages.map((m: GroupMessageInput) => ({ topic: groupTopic(m.groupId), payload: m.payload })))
     )
@@ -54,7 +58,7 @@ export const sendGroupMessageIf = (c: StoreDeliveryContext): Service["sendGroupM
       c.checks.refusals.groupId(m.groupId, "sendGroupMessageIf") ??
         c.checks.refusals.payload(m.payload, `sendGroupMessageIf to ${m.groupId}`), ([m]) =>
       requestDigests.sendGroupMessageIf(m!, ifTopicEndsAt))
-    yield* checkGroupMessages(c, [message])
+    yield* checkGroupMessages(c, "sendGroupMessageIf", [message])
     const outcome = yield* c.stored(c.store.appendIf({ topic: groupTopic(message.groupId), payload: message.payload }, ifTopicEndsAt))
     return outcome._tag === "Appended"
       ? ConditionalSend.Stored({ envelope: toGroupEnvelope(message.groupId)(outcome.entry) })

@@ -31,6 +31,8 @@ export interface SentSoFar {
   readonly payloads: Array<Uint8Array>
   readonly answer: Array<GroupMessageEnvelope>
   readonly intents: Array<StoredIntent>
+  /** A conditional send was refused (the topic moved): nothing of it is stored, and the call ended there. */
+  moved: boolean
 }
 
 /** One call's progress through the group's pending intents. */
@@ -47,6 +49,10 @@ interface Progress {
   /** The application messages of `batch` to mark Published: one statement for them all. */
   marks: Array<{ id: number; payloadHash: string; payload: Uint8Array; publishedEpoch: bigint }>
   stateToSave: MlsGroupState | undefined
+  /** Send a lone application message only if the topic still ends here (`sendGroupMessageIf`). */
+  readonly ifTopicEndsAt: bigint | undefined
+  /** Whether `batch` holds a commit (which never goes on that condition). */
+  commitInBatch: boolean
 }
 
 /**
@@ -98,17 +104,28 @@ const flush = (ctx: EngineContext, p: Progress) =>
     // still syncs what other fibers wrote meanwhile, so every write so far is on disk.
     yield* storage.flush
     const payloads = p.batch
-    for (let i = 0; i < payloads.length; i += MAX_BATCH) {
-      const chunk = payloads.slice(i, i + MAX_BATCH)
-      const answer = yield* ds.sendGroupMessages(chunk.map((payload) => makeGroupMessageInput({ groupId, payload })))
-      sent.payloads.push(...chunk)
-      sent.answer.push(...answer)
+    if (p.ifTopicEndsAt !== undefined && payloads.length === 1 && !p.commitInBatch) {
+      // `send`'s message, after its read: only right after what was read, or not at all.
+      const outcome = yield* ds.sendGroupMessageIf(makeGroupMessageInput({ groupId, payload: payloads[0]! }), p.ifTopicEndsAt)
+      if (outcome._tag === "TopicMoved") sent.moved = true
+      else {
+        sent.payloads.push(payloads[0]!)
+        sent.answer.push(outcome.envelope)
+      }
+    } else {
+      for (let i = 0; i < payloads.length; i += MAX_BATCH) {
+        const chunk = payloads.slice(i, i + MAX_BATCH)
+        const answer = yield* ds.sendGroupMessages(chunk.map((payload) => makeGroupMessageInput({ groupId, payload })))
+        sent.payloads.push(...chunk)
+        sent.answer.push(...answer)
+      }
     }
     yield* ctx.options.crashPoint("publish.afterSendBeforeSync")
     p.batch = []
     p.writeAhead = []
     p.marks = []
     p.stateToSave = undefined
+    p.commitInBatch = false
   })
 
 /** The intent's payload, or `undefined` once a refusal has failed it (stored typed where the action needs it). */
@@ -165,11 +182,12 @@ const stage = (
 const afterStaged = (ctx: EngineContext, p: Progress, commit: boolean) =>
   Effect.gen(function*() {
     if (commit) {
+      p.commitInBatch = true
       yield* flush(ctx, p)
       return true
     }
     if (p.batch.length >= MAX_BATCH) yield* flush(ctx, p)
-    return false
+    return p.sent.moved
   })
 
 /** One pending intent into the batch (or failed, or a no-op); whether the call ends here. */
@@ -178,8 +196,9 @@ const publishOne = (deps: Deps, p: Progress, intent: StoredIntent) =>
     const { ctx } = deps
     const { crypto, storage } = ctx
     const commit = isCommitKind(intent.kind)
-    // A commit goes alone, after everything before it.
+    // A commit goes alone, after everything before it (and not after a message the topic refused).
     if (commit) yield* flush(ctx, p)
+    if (p.sent.moved) return true
     const epoch = crypto.view(p.state).epoch
     if (intent.state === "Published") {
       if (intent.publishedEpoch === epoch && intent.payload !== null) {
@@ -213,12 +232,17 @@ export const make = (
    * commit is in flight per group, and what follows it is derived once it has landed.
    * Application messages go in batches: derived one after the other, written ahead in one
    * transaction (their payloads and the group state after the last), then sent in one call.
-   * Runs under the group lock.
+   * Runs under the group lock. `ifTopicEndsAt`: a lone application message goes only if the topic
+   * still ends there (`send`'s, after its read); refused, the call ends with `moved` and nothing sent.
    */
-  const publishPending = Effect.fn("Publisher.publishPending")(function*(groupId: GroupId, held?: HeldPending) {
+  const publishPending = Effect.fn("Publisher.publishPending")(function*(
+    groupId: GroupId,
+    held?: HeldPending,
+    ifTopicEndsAt?: bigint
+  ) {
     const group = held?.group ?? (yield* loadGroupRow(ctx, groupId))
     const pending = held?.pending ?? (yield* storage.intents.byGroup(groupId, ["Published", "ToPublish"]))
-    const sent: SentSoFar = { payloads: [], answer: [], intents: [] }
+    const sent: SentSoFar = { payloads: [], answer: [], intents: [], moved: false }
     if (pending.length === 0) return sent
     if (group.membershipState === "inactive") {
       yield* storage.transaction(failPendingIntents(ctx, groupId))
@@ -232,7 +256,9 @@ export const make = (
       batch: [],
       writeAhead: [],
       marks: [],
-      stateToSave: undefined
+      stateToSave: undefined,
+      ifTopicEndsAt,
+      commitInBatch: false
     }
     for (const intent of pending) {
       if (yield* publishOne(deps, p, intent)) return done(p)

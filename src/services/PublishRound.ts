@@ -1,7 +1,8 @@
 /**
  * One publish round of a group, under its lock: read, publish, read what we published, send
  * welcomes. `send`'s own message skips the first read: it goes on the condition that the topic
- * still ends where the group was last read, and the usual round follows if it does not.
+ * still ends where the group was last read, and after each read the usual round makes, on the
+ * same condition, until it lands.
  */
 import { Effect, Exit, Fiber } from "effect"
 import type { GroupId } from "../domain/Ids.ts"
@@ -10,6 +11,9 @@ import type * as GroupSync from "./GroupSync.ts"
 import type * as InstallationChecks from "./InstallationChecks.ts"
 import * as PageApplier from "./PageApplier.ts"
 import * as PublishPending from "./PublishPending.ts"
+
+/** How many times `send`'s message goes only right after a read before it goes as a batch would. */
+const MAX_CONDITIONAL_TRIES = 8
 
 export const make = (
   ctx: EngineContext,
@@ -22,30 +26,43 @@ export const make = (
 ) => {
   /**
    * One round, the caller holding the group lock. `held`: the row, state and pending intents the
-   * caller just wrote under that lock; publishing uses them when nothing changed them since (no
-   * page read before, no installation check due, which may queue an intent).
+   * caller just wrote under that lock (`send`'s); its message goes at once on the condition that
+   * the topic still ends where the group was last read. If the topic moved, the usual round runs:
+   * read, publish (held values used when nothing changed them since: no page read, no installation
+   * check due, which may queue an intent), read what was published, send welcomes; and a `send`'s
+   * lone message goes on the same condition after each read, up to `MAX_CONDITIONAL_TRIES` times.
    * `confirmed`: the own intents the read-back settled as Processed (so `resolve` need not ask).
    */
   const roundLocked = Effect.fn("Publisher.round")(function*(groupId: GroupId, held?: PublishPending.HeldPending) {
-    const direct = held === undefined ? undefined : yield* publishHeldDirectly(groupId, held)
-    if (direct !== undefined) return direct
-    // A held write-ahead reaches the disk while the topic is read (a read sends nothing), so the
-    // flush before the send finds nothing left to sync: the sync hides behind the read's round trip.
-    const { cursor, total: before } = held === undefined
-      ? yield* sync.receiveTo(groupId)
-      : yield* receiveFlushing(groupId, held)
-    const unchanged = held !== undefined && before.received === 0 && !(yield* checkDue(groupId))
-    // Unchanged, the check was just found not due: it would only ask again.
-    if (!unchanged) yield* checkInstallations(groupId)
-    const sent = yield* publishPending(groupId, unchanged ? held : undefined)
-    const published = sent.payloads.length
-    // What we sent is read back from the send's answer when it continues our cursor (as read
-    // above when the group was held throughout: only a page, under this lock, moves it then).
-    const readBack = published > 0 ? yield* sync.receiveSent(groupId, sent, unchanged ? cursor : undefined) : undefined
-    // Unchanged, nothing was Committed before (the held group had no other intent) and only
-    // application messages went out: no welcomes are waiting.
-    if (!unchanged) yield* sync.postCommit(groupId)
-    return { before, published, after: readBack?.total, confirmed: readBack?.confirmed ?? new Set<number>() }
+    const dueAtStart = held === undefined ? undefined : yield* checkDue(groupId)
+    if (held !== undefined && dueAtStart === false) {
+      const direct = yield* publishHeldDirectly(groupId, held)
+      if (direct !== undefined) return direct
+    }
+    let before = PageApplier.emptyOutcome
+    for (let tries = 1;; tries++) {
+      const first = tries === 1
+      // A held write-ahead reaches the disk while the topic is read (a read sends nothing), so the
+      // flush before the send finds nothing left to sync: the sync hides behind the read's round trip.
+      const read = first && held !== undefined ? yield* receiveFlushing(groupId, held) : yield* sync.receiveTo(groupId)
+      before = PageApplier.addOutcomes(before, read.total)
+      const unchanged = first && held !== undefined && read.total.received === 0 && dueAtStart === false
+      // Unchanged, the check was just found not due: it would only ask again.
+      if (!unchanged) yield* checkInstallations(groupId)
+      // A topic that outgrows every read and send gets the message as before: right after the read, most likely.
+      const condition = held !== undefined && tries <= MAX_CONDITIONAL_TRIES ? read.cursor : undefined
+      const sent = yield* publishPending(groupId, unchanged ? held : undefined, condition)
+      // Refused: nothing of it is stored. What came is read next, and it goes again.
+      if (sent.moved) continue
+      const published = sent.payloads.length
+      // What we sent is read back from the send's answer when it continues our cursor (as read
+      // above when the group was held throughout: only a page, under this lock, moves it then).
+      const readBack = published > 0 ? yield* sync.receiveSent(groupId, sent, unchanged ? read.cursor : undefined) : undefined
+      // Unchanged, nothing was Committed before (the held group had no other intent) and only
+      // application messages went out: no welcomes are waiting.
+      if (!unchanged) yield* sync.postCommit(groupId)
+      return { before, published, after: readBack?.total, confirmed: readBack?.confirmed ?? new Set<number>() }
+    }
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
 
   /**
@@ -59,8 +76,6 @@ export const make = (
     Effect.gen(function*() {
       const intent = held.pending.length === 1 ? held.pending[0]! : undefined
       if (intent?.state !== "Published" || intent.payload === null || intent.kind !== "SendMessage") return undefined
-      // A due check may queue a commit, which goes first.
-      if (yield* checkDue(groupId)) return undefined
       // Nothing leaves ahead of its record, even on a power loss.
       yield* ctx.storage.flush
       const payload = intent.payload
