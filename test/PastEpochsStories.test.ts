@@ -36,15 +36,17 @@ describe("maxPastEpochs", () => {
       const atBob = yield* bob.conversation(group.id)
       const epoch = (yield* atBob.debugInfo).epoch
 
-      // Queued, then published: a batch goes on what the round read (a `send` goes only right
-      // after what it last read, so it does not land late).
+      // Two queued, then published: a batch goes on what the round read (a lone message goes only
+      // right after what was read, so it does not land late).
       beforeSend = Effect.forEach([1, 2, 3, 4], () => group.updateKeys, { discard: true })
       yield* atBob.sendOptimistic("four epochs late")
+      yield* atBob.sendOptimistic("and this one")
       yield* atBob.publishPending
 
       yield* alice.syncAll
-      expect(textsOf(yield* group.messages())).toEqual([["four epochs late", "published"]])
-      expect(textsOf(yield* atBob.messages())).toEqual([["four epochs late", "published"]])
+      const both = [["four epochs late", "published"], ["and this one", "published"]]
+      expect(textsOf(yield* group.messages())).toEqual(both)
+      expect(textsOf(yield* atBob.messages())).toEqual(both)
       expect((yield* group.debugInfo).epoch).toBe(epoch + 4n)
     })))
 

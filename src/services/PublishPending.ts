@@ -105,7 +105,7 @@ const flush = (ctx: EngineContext, p: Progress) =>
     yield* storage.flush
     const payloads = p.batch
     if (p.ifTopicEndsAt !== undefined && payloads.length === 1 && !p.commitInBatch) {
-      // `send`'s message, after its read: only right after what was read, or not at all.
+      // A lone message, after the round's read: only right after what was read, or not at all.
       const outcome = yield* ds.sendGroupMessageIf(makeGroupMessageInput({ groupId, payload: payloads[0]! }), p.ifTopicEndsAt)
       if (outcome._tag === "TopicMoved") sent.moved = true
       else {
@@ -233,7 +233,7 @@ export const make = (
    * Application messages go in batches: derived one after the other, written ahead in one
    * transaction (their payloads and the group state after the last), then sent in one call.
    * Runs under the group lock. `ifTopicEndsAt`: a lone application message goes only if the topic
-   * still ends there (`send`'s, after its read); refused, the call ends with `moved` and nothing sent.
+   * still ends there (where the round read to); refused, the call ends with `moved` and nothing sent.
    */
   const publishPending = Effect.fn("Publisher.publishPending")(function*(
     groupId: GroupId,

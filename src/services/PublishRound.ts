@@ -1,8 +1,8 @@
 /**
  * One publish round of a group, under its lock: read, publish, read what we published, send
  * welcomes. `send`'s own message skips the first read: it goes on the condition that the topic
- * still ends where the group was last read, and after each read the usual round makes, on the
- * same condition, until it lands.
+ * still ends where the group was last read. A lone application message (`send`'s, a retry's, a
+ * single queued one) goes on that condition after each read the round makes, until it lands.
  */
 import { Effect, Exit, Fiber } from "effect"
 import type { GroupId } from "../domain/Ids.ts"
@@ -12,7 +12,7 @@ import type * as InstallationChecks from "./InstallationChecks.ts"
 import * as PageApplier from "./PageApplier.ts"
 import * as PublishPending from "./PublishPending.ts"
 
-/** How many times `send`'s message goes only right after a read before it goes as a batch would. */
+/** How many times a lone message goes only right after a read before it goes as a batch would. */
 const MAX_CONDITIONAL_TRIES = 8
 
 export const make = (
@@ -29,8 +29,8 @@ export const make = (
    * caller just wrote under that lock (`send`'s); its message goes at once on the condition that
    * the topic still ends where the group was last read. If the topic moved, the usual round runs:
    * read, publish (held values used when nothing changed them since: no page read, no installation
-   * check due, which may queue an intent), read what was published, send welcomes; and a `send`'s
-   * lone message goes on the same condition after each read, up to `MAX_CONDITIONAL_TRIES` times.
+   * check due, which may queue an intent), read what was published, send welcomes; and a lone
+   * application message goes on the same condition after each read, up to `MAX_CONDITIONAL_TRIES` times.
    * `confirmed`: the own intents the read-back settled as Processed (so `resolve` need not ask).
    */
   const roundLocked = Effect.fn("Publisher.round")(function*(groupId: GroupId, held?: PublishPending.HeldPending) {
@@ -49,8 +49,9 @@ export const make = (
       const unchanged = first && held !== undefined && read.total.received === 0 && dueAtStart === false
       // Unchanged, the check was just found not due: it would only ask again.
       if (!unchanged) yield* checkInstallations(groupId)
-      // A topic that outgrows every read and send gets the message as before: right after the read, most likely.
-      const condition = held !== undefined && tries <= MAX_CONDITIONAL_TRIES ? read.cursor : undefined
+      // A lone application message (a `send`'s, or its retry's) goes only right after this read; a
+      // topic that outgrows every read and send gets it as a batch would, most likely right after.
+      const condition = tries <= MAX_CONDITIONAL_TRIES ? read.cursor : undefined
       const sent = yield* publishPending(groupId, unchanged ? held : undefined, condition)
       // Refused: nothing of it is stored. What came is read next, and it goes again.
       if (sent.moved) continue
