@@ -17,7 +17,12 @@ import {
 import type { DeliveryError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import { requestDigests } from "../domain/RequestAuth.ts"
-import { GroupMessageEnvelope, type IdentityUpdateEnvelope, type WelcomeMessageEnvelope } from "../domain/Wire.ts"
+import {
+  GroupMessageEnvelope,
+  type GroupMessageInput,
+  type IdentityUpdateEnvelope,
+  type WelcomeMessageEnvelope
+} from "../domain/Wire.ts"
 import {
   ConditionalSend,
   type DeliveryService,
@@ -67,6 +72,21 @@ const subscribeGroups = (client: Client, resumable: Calls["resumable"]): Service
     })
   }
 
+/**
+ * A sent message as the service stored it, from where the answer says it landed and what was sent
+ * (copied: the caller may reuse its buffers).
+ */
+const landedAt = (
+  message: GroupMessageInput,
+  position: { readonly sequenceId: bigint; readonly serverTimeNs: bigint }
+) =>
+  new GroupMessageEnvelope({
+    groupId: message.groupId,
+    payload: message.payload.slice(),
+    sequenceId: position.sequenceId,
+    serverTimeNs: position.serverTimeNs
+  }, true)
+
 /** Group messages: send, query, batch query, sync query, subscribe. */
 export const groupMethods = (
   client: Client,
@@ -88,13 +108,10 @@ export const groupMethods = (
         (headers) => client.sendGroupMessages({ messages }, { headers })
       )
     ).pipe(
-      // The answer is where each message landed, in order; the rest is what we sent (copied:
-      // the caller may reuse its buffers).
+      // The answer is where each message landed, in order; the rest is what we sent.
       Effect.flatMap((positions) =>
         positions.length === messages.length
-          ? Effect.succeed(positions.map((position, i) =>
-            new GroupMessageEnvelope({ groupId: messages[i]!.groupId, payload: messages[i]!.payload.slice(), ...position }, true)
-          ))
+          ? Effect.succeed(positions.map((position, i) => landedAt(messages[i]!, position)))
           : Effect.fail(unavailable(`sendGroupMessages: ${positions.length} positions answered for ${messages.length} messages`))
       )
     ),
@@ -114,14 +131,7 @@ export const groupMethods = (
       Effect.map((answer) =>
         answer._tag === "TopicMoved"
           ? ConditionalSend.TopicMoved({ lastSequenceId: answer.lastSequenceId })
-          : ConditionalSend.Stored({
-            envelope: new GroupMessageEnvelope({
-              groupId: message.groupId,
-              payload: message.payload.slice(),
-              sequenceId: answer.sequenceId,
-              serverTimeNs: answer.serverTimeNs
-            }, true)
-          })
+          : ConditionalSend.Stored({ envelope: landedAt(message, answer) })
       )
     ),
   queryGroupMessages: (query) =>

@@ -55,19 +55,6 @@ interface Progress {
   commitInBatch: boolean
 }
 
-/**
- * The group's row, state and pending intents as stored, when the caller has just written them
- * under the group lock it still holds (`send`'s write-ahead): publishing reads none of them again.
- * `pending` is every intent of the group not yet Processed (none Committed, awaiting welcomes).
- */
-export interface HeldPending {
-  readonly group: StoredGroup
-  readonly state: MlsGroupState
-  readonly pending: ReadonlyArray<StoredIntent>
-  /** The group topic's cursor, as stored. */
-  readonly cursor: bigint
-}
-
 /** What publishing needs besides the progress record. */
 interface Deps {
   readonly ctx: EngineContext
@@ -235,13 +222,9 @@ export const make = (
    * Runs under the group lock. `ifTopicEndsAt`: a lone application message goes only if the topic
    * still ends there (where the round read to); refused, the call ends with `moved` and nothing sent.
    */
-  const publishPending = Effect.fn("Publisher.publishPending")(function*(
-    groupId: GroupId,
-    held?: HeldPending,
-    ifTopicEndsAt?: bigint
-  ) {
-    const group = held?.group ?? (yield* loadGroupRow(ctx, groupId))
-    const pending = held?.pending ?? (yield* storage.intents.byGroup(groupId, ["Published", "ToPublish"]))
+  const publishPending = Effect.fn("Publisher.publishPending")(function*(groupId: GroupId, ifTopicEndsAt?: bigint) {
+    const group = yield* loadGroupRow(ctx, groupId)
+    const pending = yield* storage.intents.byGroup(groupId, ["Published", "ToPublish"])
     const sent: SentSoFar = { payloads: [], answer: [], intents: [], moved: false }
     if (pending.length === 0) return sent
     if (group.membershipState === "inactive") {
@@ -251,7 +234,7 @@ export const make = (
     const p: Progress = {
       groupId,
       sent,
-      state: held?.state ?? (yield* ctx.loadState(group)),
+      state: yield* ctx.loadState(group),
       row: group,
       batch: [],
       writeAhead: [],

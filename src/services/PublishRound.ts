@@ -6,11 +6,25 @@
  */
 import { Effect, Exit, Fiber } from "effect"
 import type { GroupId } from "../domain/Ids.ts"
+import type { StoredGroup, StoredIntent } from "../domain/Stored.ts"
 import type { EngineContext } from "./EngineContext.ts"
 import type * as GroupSync from "./GroupSync.ts"
 import type * as InstallationChecks from "./InstallationChecks.ts"
+import type { MlsGroupState } from "./MlsCrypto.ts"
 import * as PageApplier from "./PageApplier.ts"
 import * as PublishPending from "./PublishPending.ts"
+
+/**
+ * `send`'s message as the caller just wrote it ahead (intent Published with its payload, the row
+ * and state after it, the topic's cursor as stored) under the group lock it still holds.
+ */
+export interface HeldSend {
+  readonly group: StoredGroup
+  readonly state: MlsGroupState
+  readonly intent: StoredIntent
+  readonly payload: Uint8Array
+  readonly cursor: bigint
+}
 
 /** How many times a lone message goes only right after a read before it goes as a batch would. */
 const MAX_CONDITIONAL_TRIES = 8
@@ -25,43 +39,34 @@ export const make = (
   { publishPending }: ReturnType<typeof PublishPending.make>
 ) => {
   /**
-   * One round, the caller holding the group lock. `held`: the row, state and pending intents the
-   * caller just wrote under that lock (`send`'s); its message goes at once on the condition that
-   * the topic still ends where the group was last read. If the topic moved, the usual round runs:
-   * read, publish (held values used when nothing changed them since: no page read, no installation
-   * check due, which may queue an intent), read what was published, send welcomes; and a lone
-   * application message goes on the same condition after each read, up to `MAX_CONDITIONAL_TRIES` times.
+   * One round, the caller holding the group lock. `held`: `send`'s message, which goes at once on
+   * the condition that the topic still ends where the group was last read (unless an installation
+   * check is due, which may queue a commit to go first). Otherwise, or if the topic moved: read,
+   * publish, read what was published, send welcomes; a lone application message goes on the same
+   * condition after each read, up to `MAX_CONDITIONAL_TRIES` times.
    * `confirmed`: the own intents the read-back settled as Processed (so `resolve` need not ask).
    */
-  const roundLocked = Effect.fn("Publisher.round")(function*(groupId: GroupId, held?: PublishPending.HeldPending) {
-    const dueAtStart = held === undefined ? undefined : yield* checkDue(groupId)
-    if (held !== undefined && dueAtStart === false) {
+  const roundLocked = Effect.fn("Publisher.round")(function*(groupId: GroupId, held?: HeldSend) {
+    if (held !== undefined && !(yield* checkDue(groupId))) {
       const direct = yield* publishHeldDirectly(groupId, held)
       if (direct !== undefined) return direct
     }
     let before = PageApplier.emptyOutcome
     for (let tries = 1;; tries++) {
-      const first = tries === 1
-      // A held write-ahead reaches the disk while the topic is read (a read sends nothing), so the
-      // flush before the send finds nothing left to sync: the sync hides behind the read's round trip.
-      const read = first && held !== undefined ? yield* receiveFlushing(groupId, held) : yield* sync.receiveTo(groupId)
+      // A held write-ahead not yet flushed reaches the disk while the topic is read (a read sends
+      // nothing), so the flush before the send finds nothing left to sync.
+      const read = tries === 1 && held !== undefined ? yield* receiveFlushing(groupId, held) : yield* sync.receiveTo(groupId)
       before = PageApplier.addOutcomes(before, read.total)
-      const unchanged = first && held !== undefined && read.total.received === 0 && dueAtStart === false
-      // Unchanged, the check was just found not due: it would only ask again.
-      if (!unchanged) yield* checkInstallations(groupId)
+      yield* checkInstallations(groupId)
       // A lone application message (a `send`'s, or its retry's) goes only right after this read; a
       // topic that outgrows every read and send gets it as a batch would, most likely right after.
-      const condition = tries <= MAX_CONDITIONAL_TRIES ? read.cursor : undefined
-      const sent = yield* publishPending(groupId, unchanged ? held : undefined, condition)
+      const sent = yield* publishPending(groupId, tries <= MAX_CONDITIONAL_TRIES ? read.cursor : undefined)
       // Refused: nothing of it is stored. What came is read next, and it goes again.
       if (sent.moved) continue
       const published = sent.payloads.length
-      // What we sent is read back from the send's answer when it continues our cursor (as read
-      // above when the group was held throughout: only a page, under this lock, moves it then).
-      const readBack = published > 0 ? yield* sync.receiveSent(groupId, sent, unchanged ? read.cursor : undefined) : undefined
-      // Unchanged, nothing was Committed before (the held group had no other intent) and only
-      // application messages went out: no welcomes are waiting.
-      if (!unchanged) yield* sync.postCommit(groupId)
+      // What we sent is read back from the send's answer when it continues our cursor.
+      const readBack = published > 0 ? yield* sync.receiveSent(groupId, sent) : undefined
+      yield* sync.postCommit(groupId)
       return { before, published, after: readBack?.total, confirmed: readBack?.confirmed ?? new Set<number>() }
     }
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
@@ -70,21 +75,18 @@ export const make = (
    * `send`'s one message, written ahead at the epoch the topic's cursor leaves the group in, sent
    * on the condition that the topic still ends at that cursor: then nothing (no commit, no add of
    * someone who must read it) came between, and no read is needed first. The answer is the
-   * topic's next entry, read back as a page. `undefined` when this cannot be done or the topic
-   * moved on (nothing stored): the usual round follows, which reads first.
+   * topic's next entry, read back as a page. `undefined` when the topic moved on (nothing
+   * stored): the usual round follows, which reads first.
    */
-  const publishHeldDirectly = (groupId: GroupId, held: PublishPending.HeldPending) =>
+  const publishHeldDirectly = (groupId: GroupId, { cursor, group, intent, payload, state }: HeldSend) =>
     Effect.gen(function*() {
-      const intent = held.pending.length === 1 ? held.pending[0]! : undefined
-      if (intent?.state !== "Published" || intent.payload === null || intent.kind !== "SendMessage") return undefined
       // Nothing leaves ahead of its record, even on a power loss.
       yield* ctx.storage.flush
-      const payload = intent.payload
-      const outcome = yield* ctx.ds.sendGroupMessageIf(PublishPending.makeGroupMessageInput({ groupId, payload }), held.cursor)
+      const outcome = yield* ctx.ds.sendGroupMessageIf(PublishPending.makeGroupMessageInput({ groupId, payload }), cursor)
       if (outcome._tag === "TopicMoved") return undefined
       yield* ctx.options.crashPoint("publish.afterSendBeforeSync")
-      const sent = { payloads: [payload], answer: [outcome.envelope], intents: [intent], held: { group: held.group, state: held.state } }
-      const readBack = yield* sync.receiveSent(groupId, sent, held.cursor)
+      const sent = { payloads: [payload], answer: [outcome.envelope], intents: [intent], held: { group, state } }
+      const readBack = yield* sync.receiveSent(groupId, sent, cursor)
       return { before: PageApplier.emptyOutcome, published: 1, after: readBack.total, confirmed: readBack.confirmed }
     })
 
@@ -95,7 +97,7 @@ export const make = (
    * for the read), the read is over before it returns: the read writes the group's state and
    * cursor, and must not outlive the group's lock.
    */
-  const receiveFlushing = (groupId: GroupId, held: PublishPending.HeldPending) =>
+  const receiveFlushing = (groupId: GroupId, held: HeldSend) =>
     Effect.uninterruptibleMask((restore) =>
       Effect.gen(function*() {
         const reading = yield* Effect.fork(restore(sync.receiveTo(groupId, held.group.membershipState, held.cursor)))

@@ -39,7 +39,6 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
   const { resolve, resolveSettling } = IntentResolution.make(ctx, rounds, failIntent)
 
   return {
-    publishPending: pending.publishPending,
     queueWrittenAhead,
     round: rounds.round,
     resolve,

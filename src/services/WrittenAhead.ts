@@ -96,7 +96,9 @@ export const make = (
       }
       const intent = publishedIntent(queued, { payloadHash, payload: derived.payload, publishedEpoch: epoch })
       const firstStartedNs = yield* Clock.currentTimeNanos
-      const first = yield* Effect.exit(roundLocked(groupId, { group: { ...group, ...saved }, state: after, pending: [intent], cursor }))
+      const first = yield* Effect.exit(
+        roundLocked(groupId, { group: { ...group, ...saved }, state: after, intent, payload: derived.payload, cursor })
+      )
       return { intentId, known: { ...known, firstStartedNs }, first }
     }))
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
