@@ -6,7 +6,7 @@
  * ```ts
  * const net = yield* TestNetwork.make
  * const alice = yield* net.client("alice")
- * yield* net.faults.loseNextResponse(1, "sendGroupMessageIf")
+ * yield* net.faults.loseNextResponse(1, "sendGroupMessagesIf")
  * yield* net.restart(alice)   // drop in-memory state, reopen the same database
  * yield* net.crashAt(alice, "publish.afterWriteAheadBeforeSend")  // dies there, once
  * ```

@@ -83,7 +83,7 @@ const refusingUnflushed = (
   return {
     ...ds,
     sendGroupMessages: (messages) => checked("sendGroupMessages", ds.sendGroupMessages(messages)),
-    sendGroupMessageIf: (message, at) => checked("sendGroupMessageIf", ds.sendGroupMessageIf(message, at)),
+    sendGroupMessagesIf: (message, at) => checked("sendGroupMessagesIf", ds.sendGroupMessagesIf(message, at)),
     // Welcomes carry what their commit wrote ahead, on disk before the commit went out (checked
     // above); the confirmation written since may still be unsynced (the power-loss story below).
     sendWelcomeMessages: (messages) =>
@@ -171,7 +171,7 @@ describe("durability of commits", () => {
       yield* alice.revokeInstallation(phone.installationId)
 
       expect(new Set(writes)).toEqual(
-        new Set(["sendGroupMessages", "sendGroupMessageIf", "sendWelcomeMessages", "uploadKeyPackage", "publishIdentityUpdate"])
+        new Set(["sendGroupMessages", "sendGroupMessagesIf", "sendWelcomeMessages", "uploadKeyPackage", "publishIdentityUpdate"])
       )
       expect(ahead).toEqual([])
     })))

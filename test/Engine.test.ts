@@ -162,7 +162,7 @@ describe("Engine", () => {
       const alice = yield* net.client("alice", { transportSchedule: Schedule.stop })
       const bob = yield* net.client("bob")
       const group = yield* alice.createGroup([bob.inboxId])
-      yield* net.faults.dropNext(1, "sendGroupMessageIf")
+      yield* net.faults.dropNext(1, "sendGroupMessagesIf")
       const failed = yield* group.send("survives").pipe(Effect.flip)
       expect(failed._tag).toBe("DeliveryError")
 
@@ -183,7 +183,7 @@ describe("Engine", () => {
       const alice = yield* net.client("alice", { transportSchedule: Schedule.stop })
       const bob = yield* net.client("bob")
       const group = yield* alice.createGroup([bob.inboxId])
-      yield* net.faults.loseNextResponse(1, "sendGroupMessageIf")
+      yield* net.faults.loseNextResponse(1, "sendGroupMessagesIf")
       expect((yield* group.send("landed").pipe(Effect.flip))._tag).toBe("DeliveryError")
 
       yield* net.restart(alice)

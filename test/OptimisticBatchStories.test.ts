@@ -29,9 +29,12 @@ const topicLength = (net: TestNetwork, id: ConversationId) =>
   )
 
 /** Counts Alice's calls that publish group messages, and the messages in each. */
+/** The size of every publish, conditional or not. */
 const countingSends = (calls: Array<number>) => (ds: Delivery): Delivery => ({
   ...ds,
-  sendGroupMessages: (messages) => Effect.suspend(() => (calls.push(messages.length), ds.sendGroupMessages(messages)))
+  sendGroupMessages: (messages) => Effect.suspend(() => (calls.push(messages.length), ds.sendGroupMessages(messages))),
+  sendGroupMessagesIf: (messages, ifTopicEndsAt) =>
+    Effect.suspend(() => (calls.push(messages.length), ds.sendGroupMessagesIf(messages, ifTopicEndsAt)))
 })
 
 const batch = ["one", "two", "three", "four", "five"]

@@ -10,6 +10,7 @@ import type { ConversationId, GroupId } from "../src/domain/Ids.ts"
 import type { DeliveryService } from "../src/services/DeliveryService.ts"
 import type { CrashPoint } from "../src/services/EngineContext.ts"
 import { type TestClient, TestNetwork } from "../src/testing.ts"
+import { withoutCondition } from "./support/WithoutCondition.ts"
 
 type Delivery = Context.Tag.Service<DeliveryService>
 
@@ -43,6 +44,29 @@ const hook = () => {
       })
   }
 }
+
+/** Every publish as "<messages> if@<end>" (conditional) or "<messages> plain". */
+const recordingSends = (calls: Array<string>) => (ds: Delivery): Delivery => ({
+  ...ds,
+  sendGroupMessagesIf: (messages, ifTopicEndsAt) =>
+    Effect.zipRight(Effect.sync(() => calls.push(`${messages.length} if@${ifTopicEndsAt}`)), ds.sendGroupMessagesIf(messages, ifTopicEndsAt)),
+  sendGroupMessages: (messages) =>
+    Effect.zipRight(Effect.sync(() => calls.push(`${messages.length} plain`)), ds.sendGroupMessages(messages))
+})
+
+/** Alice (her crash points hooked, her delivery wrapped) in a group with Bob, who has read it. */
+const aliceWithBob = (wrapDelivery: (ds: Delivery) => Delivery) =>
+  Effect.gen(function*() {
+    const net = yield* TestNetwork.make
+    const interleave = hook()
+    const alice = yield* net.client("alice", { crashPoint: interleave.crashPoint, wrapDelivery })
+    const bob = yield* net.client("bob")
+    const group = yield* alice.createGroup([bob.inboxId])
+    yield* bob.syncAll
+    const atBob = yield* bob.conversation(group.id)
+    const epochBefore = (yield* group.debugInfo).epoch
+    return { net, interleave, alice, bob, group, groupId: group.id as unknown as GroupId, atBob, epochBefore }
+  })
 
 describe("confirming a send", () => {
   it.live("Alice's messages land where the service says: she and Bob hold them at the same ids, in order", () =>
@@ -156,11 +180,11 @@ describe("confirming a send", () => {
       let beforeSecondTry: Effect.Effect<void, unknown> | undefined
       const wrapDelivery = (ds: Delivery): Delivery => ({
         ...ds,
-        sendGroupMessageIf: (message, ifTopicEndsAt) =>
+        sendGroupMessagesIf: (messages, ifTopicEndsAt) =>
           Effect.suspend(() => {
             calls.push(`if@${ifTopicEndsAt}`)
             const during = calls.length === 2 ? beforeSecondTry : undefined
-            return Effect.zipRight(during === undefined ? Effect.void : Effect.orDie(during), ds.sendGroupMessageIf(message, ifTopicEndsAt))
+            return Effect.zipRight(during === undefined ? Effect.void : Effect.orDie(during), ds.sendGroupMessagesIf(messages, ifTopicEndsAt))
           }),
         sendGroupMessages: (messages) => Effect.zipRight(Effect.sync(() => calls.push("plain")), ds.sendGroupMessages(messages))
       })
@@ -194,7 +218,7 @@ describe("confirming a send", () => {
       const group = yield* alice.createGroup([bob.inboxId])
       const groupId = group.id as unknown as GroupId
       yield* group.send("hello")
-      yield* net.faults.loseNextResponse(1, "sendGroupMessageIf")
+      yield* net.faults.loseNextResponse(1, "sendGroupMessagesIf")
       yield* group.send("did this arrive?")
       expect((yield* net.faults.stats).lostResponses).toBe(1)
 
@@ -207,24 +231,73 @@ describe("confirming a send", () => {
       expect(yield* landedAt(net, bob, group.id)).toEqual(yield* landedAt(net, alice, group.id))
     })))
 
+  it.live("Bob changes the group 3 times while Alice's two queued messages are written ahead: they land only after his changes, at his last epoch", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const calls: Array<string> = []
+      const { alice, atBob, bob, epochBefore, group, groupId, interleave, net } = yield* aliceWithBob(recordingSends(calls))
+
+      yield* group.sendOptimistic("are you there?")
+      yield* group.sendOptimistic("hello?")
+      yield* interleave.arm(
+        "publish.afterWriteAheadBeforeSend",
+        Effect.forEach(["name 0", "name 1", "name 2"], (name) => atBob.updateMetadata({ name }), { discard: true })
+      )
+      calls.length = 0
+      yield* group.publishPending
+
+      // Refused whole where Alice read to, then derived again after reading Bob's changes.
+      expect(calls).toEqual(["2 if@1", "2 if@4"])
+      const topic = (yield* net.delivery.queryGroupMessages({ groupId, afterSequenceId: 0n, limit: 100 })).items
+      const applications = (yield* Effect.forEach(topic, (e) => net.crypto.inspect(e.payload)))
+        .filter((h) => h.kind === "application")
+      expect(applications.map((h) => h.epoch)).toEqual([epochBefore + 3n, epochBefore + 3n])
+      const both = [["are you there?", "published"], ["hello?", "published"]]
+      yield* atBob.sync
+      expect(yield* texts(bob, group.id)).toEqual(both)
+      expect(yield* texts(alice, group.id)).toEqual(both)
+    })))
+
+  it.live("Alice removes and re-adds Bob while his two queued messages are written ahead: nothing of them lands, and he holds them failed", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const interleave = hook()
+      const alice = yield* net.client("alice")
+      const bob = yield* net.client("bob", { crashPoint: interleave.crashPoint })
+      const group = yield* alice.createGroup([bob.inboxId])
+      const groupId = group.id as unknown as GroupId
+      yield* bob.syncAll
+      const atBob = yield* bob.conversation(group.id)
+
+      yield* atBob.sendOptimistic("still here?")
+      yield* atBob.sendOptimistic("hello?")
+      yield* interleave.arm(
+        "publish.afterWriteAheadBeforeSend",
+        Effect.zipRight(group.removeMembers([bob.inboxId]), group.addMembers([bob.inboxId]))
+      )
+      yield* Effect.either(atBob.publishPending)
+
+      // Encrypted before his removal, they would have landed after his return, where Alice reads
+      // them while Bob, who read his removal, holds them failed. Refused, they never land.
+      const topic = (yield* net.delivery.queryGroupMessages({ groupId, afterSequenceId: 0n, limit: 100 })).items
+      const headers = yield* Effect.forEach(topic, (e) => net.crypto.inspect(e.payload))
+      expect(headers.map((h) => h.kind)).toEqual(["commit", "commit", "commit"])
+      expect(yield* texts(bob, group.id)).toEqual([["still here?", "failed"], ["hello?", "failed"]])
+      yield* Effect.all([alice.syncAll, bob.syncAll])
+      expect(yield* texts(alice, group.id)).toEqual([])
+      const rejoined = yield* bob.conversation(group.id)
+      expect(yield* rejoined.state).toBe("active")
+    })))
+
+  // The receivers' age rule, for messages from a client that publishes without the condition.
   for (const [changes, story] of [
     [3, "still within maxPastEpochs: Bob reads them in the epoch they were sent in"],
     [4, "too old for every member: they go again at the current epoch, and Bob reads each once"]
   ] as const) {
-    it.live(`Bob changes the group ${changes} times while Alice's two messages are written ahead: ${story}`, () =>
+    it.live(`Bob changes the group ${changes} times while Alice's two messages go without the condition: ${story}`, () =>
       Effect.scoped(Effect.gen(function*() {
-        const net = yield* TestNetwork.make
-        const interleave = hook()
-        const alice = yield* net.client("alice", { crashPoint: interleave.crashPoint })
-        const bob = yield* net.client("bob")
-        const group = yield* alice.createGroup([bob.inboxId])
-        const groupId = group.id as unknown as GroupId
-        yield* bob.syncAll
-        const atBob = yield* bob.conversation(group.id)
-        const epochBefore = (yield* group.debugInfo).epoch
+        const { alice, atBob, bob, epochBefore, group, groupId, interleave, net } = yield* aliceWithBob(withoutCondition)
 
-        // Encrypted and written ahead at Alice's epoch; Bob's changes land before they go out. Two
-        // queued messages go as a batch, after the round's read (a lone one goes only right after it).
+        // Encrypted and written ahead at Alice's epoch; Bob's changes land before they go out.
         const renames = Effect.forEach(Array.from({ length: changes }, (_, i) => `name ${i}`), (name) =>
           atBob.updateMetadata({ name }), { discard: true })
         yield* group.sendOptimistic("are you there?")

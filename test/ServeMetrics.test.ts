@@ -7,27 +7,27 @@ import { GroupMessageEnvelope } from "../src/domain/Wire.ts"
 import { mlsMessage, newGroupId } from "./support/DeliveryFixtures.ts"
 
 describe("serve metrics", () => {
-  it.effect("a conditional send counts as a stored message only when the topic took it", () =>
+  it.effect("a conditional send counts its messages as stored only when the topic took them", () =>
     Effect.gen(function*() {
       const groupId = newGroupId()
       const envelopeOf = (sequenceId: bigint) =>
         new GroupMessageEnvelope({ groupId, sequenceId, serverTimeNs: 1n, payload: new Uint8Array([1]) })
       const answers = [
-        ConditionalSend.Stored({ envelope: envelopeOf(1n) }),
+        ConditionalSend.Stored({ envelopes: [envelopeOf(1n)] }),
         ConditionalSend.TopicMoved({ lastSequenceId: 2n }),
-        ConditionalSend.Stored({ envelope: envelopeOf(3n) })
+        ConditionalSend.Stored({ envelopes: [envelopeOf(3n), envelopeOf(4n)] })
       ]
       const measured = Metrics.instrument({
-        sendGroupMessageIf: () => Effect.succeed(answers.shift()!),
+        sendGroupMessagesIf: () => Effect.succeed(answers.shift()!),
         sendGroupMessages: (messages) => Effect.succeed(messages.map((_, i) => envelopeOf(BigInt(10 + i))))
       } as Partial<DeliveryService["Type"]> as DeliveryService["Type"])
 
-      for (let i = 0; i < 3; i++) yield* measured.sendGroupMessageIf(mlsMessage(groupId, `m${i}`), BigInt(i))
+      for (let i = 0; i < 3; i++) yield* measured.sendGroupMessagesIf([mlsMessage(groupId, `m${i}`)], BigInt(i))
       yield* measured.sendGroupMessages([mlsMessage(groupId, "a"), mlsMessage(groupId, "b")])
 
       const text = yield* Metrics.prometheusText
-      // Two of the three conditional sends were stored, and both messages of the plain one.
-      expect(text).toMatch(/^converge_ds_group_messages_stored_total 4$/m)
-      expect(text).toMatch(/^converge_ds_requests_total\{method="sendGroupMessageIf"\} 3$/m)
+      // Two of the three conditional sends were stored (three messages), and both messages of the plain one.
+      expect(text).toMatch(/^converge_ds_group_messages_stored_total 5$/m)
+      expect(text).toMatch(/^converge_ds_requests_total\{method="sendGroupMessagesIf"\} 3$/m)
     }))
 })

@@ -12,7 +12,7 @@ import type { DeliveryService } from "../services/DeliveryService.ts"
 const requests = Metric.counter("converge_ds_requests_total", { description: "delivery-service calls answered" })
 const failures = Metric.counter("converge_ds_failures_total", { description: "delivery-service calls that failed, by error tag" })
 const latency = Metric.timerWithBoundaries("converge_ds_request_duration_milliseconds", [1, 5, 10, 25, 50, 100, 250, 500, 1000, 5000])
-const stored = Metric.counter("converge_ds_group_messages_stored_total", { description: "group messages (commits and application messages) accepted by sendGroupMessages and sendGroupMessageIf" })
+const stored = Metric.counter("converge_ds_group_messages_stored_total", { description: "group messages (commits and application messages) accepted by sendGroupMessages and sendGroupMessagesIf" })
 const subscriptions = Metric.counter("converge_ds_subscriptions_total", { description: "subscriptions opened, by kind" })
 
 const tagOf = (error: unknown) =>
@@ -55,11 +55,14 @@ export const instrument = (service: DeliveryService["Type"]): DeliveryService["T
     wrapped[method] = typeof value !== "function" ? value : (...args: Array<unknown>) => {
       const result: unknown = (value as (...a: Array<unknown>) => unknown).apply(service, args)
       if (Effect.isEffect(result)) {
-        // A conditional send stores its message only when the topic had not moved.
+        // A conditional send stores its messages only when the topic had not moved.
         const count = method === "sendGroupMessages" && Array.isArray(args[0])
           ? args[0].length
-          : method === "sendGroupMessageIf"
-          ? (answer: unknown) => (answer as { readonly _tag?: string })._tag === "Stored" ? 1 : 0
+          : method === "sendGroupMessagesIf"
+          ? (answer: unknown) => {
+            const outcome = answer as { readonly _tag?: string; readonly envelopes?: ReadonlyArray<unknown> }
+            return outcome._tag === "Stored" ? outcome.envelopes?.length ?? 0 : 0
+          }
           : 0
         return measured(result as Effect.Effect<unknown, unknown, unknown>, count)
       }

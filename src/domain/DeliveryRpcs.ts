@@ -143,9 +143,9 @@ export const SentPositionWire = Schema.Struct({
   sequenceId: Cursor,
   serverTimeNs: TimeNs
 })
-/** `sendGroupMessageIf`'s answer: where the message landed, or where the topic ends instead. */
+/** `sendGroupMessagesIf`'s answer: where each message landed, in order, or where the topic ends instead. */
 export const ConditionalSendWire = Schema.Union(
-  Schema.TaggedStruct("Stored", { sequenceId: Cursor, serverTimeNs: TimeNs }),
+  Schema.TaggedStruct("Stored", { positions: Schema.Array(SentPositionWire) }),
   Schema.TaggedStruct("TopicMoved", { lastSequenceId: Cursor })
 )
 export const WelcomeMessageEnvelopeWire = Schema.Struct({
@@ -238,8 +238,8 @@ export class DeliveryRpcs extends RpcGroup.make(
     success: Schema.Array(SentPositionWire),
     error: DeliveryError
   }),
-  Rpc.make("sendGroupMessageIf", {
-    payload: { message: GroupMessageInputWire, ifTopicEndsAt: Cursor },
+  Rpc.make("sendGroupMessagesIf", {
+    payload: { messages: Schema.Array(GroupMessageInputWire), ifTopicEndsAt: Cursor },
     success: ConditionalSendWire,
     error: DeliveryError
   }),

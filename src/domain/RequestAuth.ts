@@ -35,7 +35,7 @@ const makeRequestAuth = validatedMaker(RequestAuth)
 /** The operations that need a caller: every write, and every read of a welcome topic. */
 export type AuthenticatedOperation =
   | "sendGroupMessages"
-  | "sendGroupMessageIf"
+  | "sendGroupMessagesIf"
   | "sendWelcomeMessages"
   | "queryWelcomeMessages"
   | "subscribeWelcomeMessages"
@@ -95,8 +95,10 @@ export const verifyRequest = (
 export const requestDigests = {
   sendGroupMessages: (messages: ReadonlyArray<{ readonly groupId: string; readonly payload: Uint8Array }>) =>
     digestOf(...messages.flatMap((m) => [m.groupId, m.payload])),
-  sendGroupMessageIf: (message: { readonly groupId: string; readonly payload: Uint8Array }, ifTopicEndsAt: bigint) =>
-    digestOf(message.groupId, message.payload, ifTopicEndsAt),
+  sendGroupMessagesIf: (
+    messages: ReadonlyArray<{ readonly groupId: string; readonly payload: Uint8Array }>,
+    ifTopicEndsAt: bigint
+  ) => digestOf(ifTopicEndsAt, ...messages.flatMap((m) => [m.groupId, m.payload])),
   sendWelcomeMessages: (messages: ReadonlyArray<{ readonly installationId: string; readonly payload: Uint8Array }>) =>
     digestOf(...messages.flatMap((m) => [m.installationId, m.payload])),
   queryWelcomeMessages: (query: { readonly installationId: string; readonly afterSequenceId: bigint; readonly limit?: number }) =>

@@ -296,10 +296,13 @@ export const handlersWith = (limits: AnswerLimits = {}) => DeliveryRpcs.toLayer(
       sendGroupMessages: ({ messages }, { headers }) =>
         withCaller(headers)(Effect.map(ds.sendGroupMessages(messages.map(groupInput)), (envelopes) =>
           envelopes.map(({ sequenceId, serverTimeNs }) => ({ sequenceId, serverTimeNs })))),
-      sendGroupMessageIf: ({ ifTopicEndsAt, message }, { headers }) =>
-        withCaller(headers)(Effect.map(ds.sendGroupMessageIf(groupInput(message), ifTopicEndsAt), (outcome) =>
+      sendGroupMessagesIf: ({ ifTopicEndsAt, messages }, { headers }) =>
+        withCaller(headers)(Effect.map(ds.sendGroupMessagesIf(messages.map(groupInput), ifTopicEndsAt), (outcome) =>
           outcome._tag === "Stored"
-            ? { _tag: "Stored" as const, sequenceId: outcome.envelope.sequenceId, serverTimeNs: outcome.envelope.serverTimeNs }
+            ? {
+              _tag: "Stored" as const,
+              positions: outcome.envelopes.map(({ sequenceId, serverTimeNs }) => ({ sequenceId, serverTimeNs }))
+            }
             : { _tag: "TopicMoved" as const, lastSequenceId: outcome.lastSequenceId })),
       queryGroupMessages: ({ query }, { headers }) => withCaller(headers)(Effect.map(ds.queryGroupMessages(groupQuery(query)), fromQueryPage)),
       batchQueryGroupMessages: ({ queries }, { headers }) =>

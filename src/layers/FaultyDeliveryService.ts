@@ -381,9 +381,9 @@ export const make = (inner: Service): Effect.Effect<FaultyDelivery, never, Scope
         serve("sendGroupMessages", installation, inner.sendGroupMessages(messages)).pipe(
           Effect.tap(markDuplicates)
         ),
-      sendGroupMessageIf: (message, ifTopicEndsAt) =>
-        serve("sendGroupMessageIf", installation, inner.sendGroupMessageIf(message, ifTopicEndsAt)).pipe(
-          Effect.tap((outcome) => outcome._tag === "Stored" ? markDuplicates([outcome.envelope]) : Effect.void)
+      sendGroupMessagesIf: (messages, ifTopicEndsAt) =>
+        serve("sendGroupMessagesIf", installation, inner.sendGroupMessagesIf(messages, ifTopicEndsAt)).pipe(
+          Effect.tap((outcome) => outcome._tag === "Stored" ? markDuplicates(outcome.envelopes) : Effect.void)
         ),
       queryGroupMessages: (query) => serve("queryGroupMessages", installation, inner.queryGroupMessages(query)),
       batchQueryGroupMessages: (queries) =>

@@ -21,6 +21,7 @@ import { MAX_PAGE_BYTES } from "./DeliveryRequests.ts"
 import {
   type AppendIdentityResult,
   ConditionalAppend,
+  conditionalTopic,
   DeliveryStore,
   type StoredEntry,
   type Topic,
@@ -105,19 +106,28 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
       return out
     })
 
-  const appendIf: Service["appendIf"] = ({ payload, topic }, ifTopicEndsAt) =>
+  const appendIf: Service["appendIf"] = (entries, ifTopicEndsAt) =>
     Effect.gen(function*() {
+      const topic = yield* conditionalTopic(entries)
       const now = yield* Clock.currentTimeNanos
-      const digest = sha256Hex(payload)
-      const { fresh, result } = yield* lock.withPermits(1)(Effect.sync(() => {
+      const digests = entries.map((e) => sha256Hex(e.payload))
+      const { grown, result } = yield* lock.withPermits(1)(Effect.sync(() => {
         const log = topics.get(topic)
-        const duplicate = log?.byDigest.get(digest)?.find((e) => bytesEqual(e.payload, payload))
-        if (duplicate !== undefined) return { fresh: false, result: ConditionalAppend.Appended({ entry: duplicate }) }
+        const resend = entries.every(({ payload }, i) =>
+          log?.byDigest.get(digests[i]!)?.some((e) => bytesEqual(e.payload, payload)) === true
+        )
         const last = BigInt(log?.entries.length ?? 0)
-        if (last !== ifTopicEndsAt) return { fresh: false, result: ConditionalAppend.Moved({ lastSequenceId: last }) }
-        return { fresh: true, result: ConditionalAppend.Appended({ entry: place(topic, payload, digest, now).entry }) }
+        if (!resend && last !== ifTopicEndsAt) {
+          return { grown: undefined, result: ConditionalAppend.Moved({ lastSequenceId: last }) }
+        }
+        const placed = entries.map(({ payload }, i) => place(topic, payload, digests[i]!, now))
+        const fresh = placed.filter((p) => p.fresh)
+        return {
+          grown: fresh.length === 0 ? undefined : fresh[fresh.length - 1]!.entry.sequenceId,
+          result: ConditionalAppend.Appended({ entries: placed.map((p) => p.entry) })
+        }
       }))
-      if (fresh && result._tag === "Appended") yield* announce(new Map([[topic, result.entry.sequenceId]]))
+      if (grown !== undefined) yield* announce(new Map([[topic, grown]]))
       return result
     })
 

@@ -87,6 +87,16 @@ const landedAt = (
     serverTimeNs: position.serverTimeNs
   }, true)
 
+/** The answer is where each message landed, in order; the rest is what we sent. */
+const landedAll = (
+  op: string,
+  messages: ReadonlyArray<GroupMessageInput>,
+  positions: ReadonlyArray<{ readonly sequenceId: bigint; readonly serverTimeNs: bigint }>
+) =>
+  positions.length === messages.length
+    ? Effect.succeed(positions.map((position, i) => landedAt(messages[i]!, position)))
+    : Effect.fail(unavailable(`${op}: ${positions.length} positions answered for ${messages.length} messages`))
+
 /** Group messages: send, query, batch query, sync query, subscribe. */
 export const groupMethods = (
   client: Client,
@@ -94,7 +104,7 @@ export const groupMethods = (
 ): Pick<
   Service,
   | "sendGroupMessages"
-  | "sendGroupMessageIf"
+  | "sendGroupMessagesIf"
   | "queryGroupMessages"
   | "batchQueryGroupMessages"
   | "syncQuery"
@@ -107,31 +117,24 @@ export const groupMethods = (
         authHeaders("sendGroupMessages", requestDigests.sendGroupMessages(messages)),
         (headers) => client.sendGroupMessages({ messages }, { headers })
       )
-    ).pipe(
-      // The answer is where each message landed, in order; the rest is what we sent.
-      Effect.flatMap((positions) =>
-        positions.length === messages.length
-          ? Effect.succeed(positions.map((position, i) => landedAt(messages[i]!, position)))
-          : Effect.fail(unavailable(`sendGroupMessages: ${positions.length} positions answered for ${messages.length} messages`))
-      )
-    ),
+    ).pipe(Effect.flatMap((positions) => landedAll("sendGroupMessages", messages, positions))),
   // Idempotent as a resend is: the same payload again comes back `Stored` where it landed.
-  sendGroupMessageIf: (message, ifTopicEndsAt) =>
+  sendGroupMessagesIf: (messages, ifTopicEndsAt) =>
     idempotent(
-      "sendGroupMessageIf",
+      "sendGroupMessagesIf",
       Effect.suspend(() => {
         // Signed as it travels: the server checks the digest of the condition it receives.
         const wireEnd = toWireCursor(ifTopicEndsAt)
         return Effect.flatMap(
-          authHeaders("sendGroupMessageIf", requestDigests.sendGroupMessageIf(message, wireEnd)),
-          (headers) => client.sendGroupMessageIf({ message, ifTopicEndsAt: wireEnd }, { headers })
+          authHeaders("sendGroupMessagesIf", requestDigests.sendGroupMessagesIf(messages, wireEnd)),
+          (headers) => client.sendGroupMessagesIf({ messages, ifTopicEndsAt: wireEnd }, { headers })
         )
       })
     ).pipe(
-      Effect.map((answer) =>
+      Effect.flatMap((answer): Effect.Effect<ConditionalSend, DeliveryError> =>
         answer._tag === "TopicMoved"
-          ? ConditionalSend.TopicMoved({ lastSequenceId: answer.lastSequenceId })
-          : ConditionalSend.Stored({ envelope: landedAt(message, answer) })
+          ? Effect.succeed(ConditionalSend.TopicMoved({ lastSequenceId: answer.lastSequenceId }))
+          : Effect.map(landedAll("sendGroupMessagesIf", messages, answer.positions), (envelopes) => ConditionalSend.Stored({ envelopes }))
       )
     ),
   queryGroupMessages: (query) =>

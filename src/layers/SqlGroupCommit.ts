@@ -13,6 +13,7 @@ import { Clock, Deferred, Effect, Exit, FiberId, type Queue, type Scope } from "
 import { bytesEqual, sha256Hex } from "../domain/Bytes.ts"
 import {
   ConditionalAppend,
+  conditionalTopic,
   type DeliveryStore,
   DeliveryStoreError,
   type StoredEntry,
@@ -36,7 +37,7 @@ export interface Announcer {
 
 /**
  * An append waiting for the next write transaction; its digests are hashed before it queues.
- * `ifTopicEndsAt`: a conditional append (one entry), stored only if its topic ends there then.
+ * `ifTopicEndsAt`: a conditional append (entries of one topic), stored only if its topic ends there then.
  */
 interface Waiting {
   readonly entries: ReadonlyArray<{ readonly topic: Topic; readonly payload: Uint8Array }>
@@ -119,12 +120,17 @@ const allocate = (
   const fresh: Array<StoredEntry> = []
   const duplicateOf = (topic: Topic, digest: string, payload: Uint8Array) =>
     earlier.get(key(topic, digest))?.find((e) => bytesEqual(e.payload, payload))
+  // Refused unless its topic ends where the caller says, or it is all a resend.
+  const refused = (w: Waiting) => {
+    if (w.ifTopicEndsAt === undefined) return undefined
+    const head = heads.get(w.entries[0]!.topic)!.sequenceId
+    if (head === w.ifTopicEndsAt) return undefined
+    const resend = w.entries.every(({ payload, topic }, i) => duplicateOf(topic, w.digests[i]!, payload) !== undefined)
+    return resend ? undefined : ConditionalAppend.Moved({ lastSequenceId: head })
+  }
   const results = group.map((w): Outcome => {
-    const first = w.entries[0]!
-    if (
-      w.ifTopicEndsAt !== undefined && heads.get(first.topic)!.sequenceId !== w.ifTopicEndsAt &&
-      duplicateOf(first.topic, w.digests[0]!, first.payload) === undefined
-    ) return ConditionalAppend.Moved({ lastSequenceId: heads.get(first.topic)!.sequenceId })
+    const moved = refused(w)
+    if (moved !== undefined) return moved
     return w.entries.map(({ payload, topic }, index): StoredEntry => {
       const digest = w.digests[index]!
       const duplicate = duplicateOf(topic, digest, payload)
@@ -293,9 +299,10 @@ export const makeAppend = (sql: Sql, announcer: Announcer) =>
         Effect.flatMap((outcome) => "_tag" in outcome ? Effect.dieMessage("an unconditional append was refused") : Effect.succeed(outcome)),
         Effect.withSpan("DeliveryStore.append", SPAN)
       )
-    const appendIf: DeliveryStore["Type"]["appendIf"] = (entry, ifTopicEndsAt) =>
-      enqueue([entry], ifTopicEndsAt).pipe(
-        Effect.map((outcome) => "_tag" in outcome ? outcome : ConditionalAppend.Appended({ entry: outcome[0]! })),
+    const appendIf: DeliveryStore["Type"]["appendIf"] = (entries, ifTopicEndsAt) =>
+      conditionalTopic(entries).pipe(
+        Effect.zipRight(enqueue(entries, ifTopicEndsAt)),
+        Effect.map((outcome) => "_tag" in outcome ? outcome : ConditionalAppend.Appended({ entries: outcome })),
         Effect.withSpan("DeliveryStore.appendIf", SPAN)
       )
     return { append, appendIf }

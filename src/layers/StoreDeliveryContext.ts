@@ -51,7 +51,7 @@ export const forbidden = (detail: string) => new DeliveryError({ reason: "Forbid
  */
 export const checkedSend = <M extends { readonly payload: Uint8Array }>(
   c: StoreDeliveryContext,
-  op: "sendGroupMessages" | "sendGroupMessageIf" | "sendWelcomeMessages",
+  op: "sendGroupMessages" | "sendGroupMessagesIf" | "sendWelcomeMessages",
   messages: ReadonlyArray<M>,
   address: (m: M) => Refusal,
   digestOf: (messages: ReadonlyArray<M>) => string

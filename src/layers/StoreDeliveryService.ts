@@ -111,7 +111,7 @@ export const make = (
 
     return {
       sendGroupMessages: StoreGroupMessages.sendGroupMessages(c),
-      sendGroupMessageIf: StoreGroupMessages.sendGroupMessageIf(c),
+      sendGroupMessagesIf: StoreGroupMessages.sendGroupMessagesIf(c),
       queryGroupMessages: StoreGroupMessages.queryGroupMessages(c),
       batchQueryGroupMessages,
       syncQuery,

@@ -21,7 +21,7 @@ type Service = DeliveryService["Type"]
  */
 const checkGroupMessages = (
   c: StoreDeliveryContext,
-  op: "sendGroupMessages" | "sendGroupMessageIf",
+  op: "sendGroupMessages" | "sendGroupMessagesIf",
   messages: ReadonlyArray<GroupMessageInput>
 ) =>
   c.crypto.inspectAll(messages.map((m) => m.payload)).pipe(Effect.flatMap((headers) => {
@@ -51,19 +51,28 @@ export const sendGroupMessages = (c: StoreDeliveryContext): Service["sendGroupMe
     return entries.map((e, i) => toGroupEnvelope(messages[i]!.groupId)(e))
   }).pipe(Effect.withSpan("DeliveryService.sendGroupMessages", SPAN))
 
-export const sendGroupMessageIf = (c: StoreDeliveryContext): Service["sendGroupMessageIf"] => (message, ifTopicEndsAt) =>
+/** A condition is about one topic: every message of a conditional send is for the first one's group. */
+const sameGroup = (first: GroupMessageInput | undefined, m: GroupMessageInput) =>
+  first === undefined || m.groupId === first.groupId
+    ? undefined
+    : invalidRequest(`sendGroupMessagesIf: messages to ${first.groupId} and ${m.groupId}; one group a call`)
+
+export const sendGroupMessagesIf = (c: StoreDeliveryContext): Service["sendGroupMessagesIf"] => (messages, ifTopicEndsAt) =>
   Effect.gen(function*() {
-    yield* c.checks.cursor(ifTopicEndsAt, "sendGroupMessageIf")
-    yield* checkedSend(c, "sendGroupMessageIf", [message], (m) =>
-      c.checks.refusals.groupId(m.groupId, "sendGroupMessageIf") ??
-        c.checks.refusals.payload(m.payload, `sendGroupMessageIf to ${m.groupId}`), ([m]) =>
-      requestDigests.sendGroupMessageIf(m!, ifTopicEndsAt))
-    yield* checkGroupMessages(c, "sendGroupMessageIf", [message])
-    const outcome = yield* c.stored(c.store.appendIf({ topic: groupTopic(message.groupId), payload: message.payload }, ifTopicEndsAt))
+    yield* c.checks.cursor(ifTopicEndsAt, "sendGroupMessagesIf")
+    yield* checkedSend(c, "sendGroupMessagesIf", messages, (m) =>
+      c.checks.refusals.groupId(m.groupId, "sendGroupMessagesIf") ??
+        c.checks.refusals.payload(m.payload, `sendGroupMessagesIf to ${m.groupId}`) ??
+        sameGroup(messages[0], m), (ms) => requestDigests.sendGroupMessagesIf(ms, ifTopicEndsAt))
+    yield* checkGroupMessages(c, "sendGroupMessagesIf", messages)
+    const groupId = messages[0]!.groupId
+    const outcome = yield* c.stored(
+      c.store.appendIf(messages.map((m) => ({ topic: groupTopic(groupId), payload: m.payload })), ifTopicEndsAt)
+    )
     return outcome._tag === "Appended"
-      ? ConditionalSend.Stored({ envelope: toGroupEnvelope(message.groupId)(outcome.entry) })
+      ? ConditionalSend.Stored({ envelopes: outcome.entries.map(toGroupEnvelope(groupId)) })
       : ConditionalSend.TopicMoved({ lastSequenceId: outcome.lastSequenceId })
-  }).pipe(Effect.withSpan("DeliveryService.sendGroupMessageIf", SPAN))
+  }).pipe(Effect.withSpan("DeliveryService.sendGroupMessagesIf", SPAN))
 
 export const queryGroupMessages = (c: StoreDeliveryContext): Service["queryGroupMessages"] => (query) =>
   Effect.gen(function*() {

@@ -62,11 +62,11 @@ export interface SyncAnswer {
 }
 
 /**
- * What a conditional send did: stored the message (or found the identical one already stored:
- * a resend), or stored nothing because the topic no longer ended where the caller said.
+ * What a conditional send did: stored the messages (or found identical ones already stored: a
+ * resend), or stored nothing because the topic no longer ended where the caller said.
  */
 export type ConditionalSend = Data.TaggedEnum<{
-  Stored: { readonly envelope: GroupMessageEnvelope }
+  Stored: { readonly envelopes: ReadonlyArray<GroupMessageEnvelope> }
   TopicMoved: { readonly lastSequenceId: bigint }
 }>
 export const ConditionalSend = Data.taggedEnum<ConditionalSend>()
@@ -83,13 +83,13 @@ export class DeliveryService extends Context.Tag("converge/DeliveryService")<Del
     messages: ReadonlyArray<GroupMessageInput>
   ) => Effect.Effect<ReadonlyArray<GroupMessageEnvelope>, DeliveryError>
   /**
-   * Appends one message only if its topic still ends at `ifTopicEndsAt` (0: empty), so it lands
-   * right after what the caller last read: nothing (a commit above all) can have come between.
-   * Otherwise stores nothing and answers where the topic ends now. An identical payload already
-   * on the topic comes back `Stored`, wherever it is.
+   * Appends messages of one group only if its topic still ends at `ifTopicEndsAt` (0: empty), so
+   * they land right after what the caller last read, in order: nothing (a commit above all) can
+   * have come between. Otherwise stores nothing and answers where the topic ends now. Payloads
+   * all identical to ones already on the topic (a resend) come back `Stored`, wherever they are.
    */
-  readonly sendGroupMessageIf: (
-    message: GroupMessageInput,
+  readonly sendGroupMessagesIf: (
+    messages: ReadonlyArray<GroupMessageInput>,
     ifTopicEndsAt: bigint
   ) => Effect.Effect<ConditionalSend, DeliveryError>
   /** Ascending from the cursor, at most `limit` (default and cap: the page size). */

@@ -9,7 +9,7 @@
  * run concurrently and however many servers share the store. A change is announced only
  * once the entries it announces are committed.
  */
-import { Context, Data, type Effect, type Queue, type Scope } from "effect"
+import { Context, Data, Effect, type Queue, type Scope } from "effect"
 import { withDriverCause } from "../domain/FailureDetail.ts"
 import type { InboxState } from "../domain/IdentityLog.ts"
 import type { InboxId, InstallationId } from "../domain/Ids.ts"
@@ -59,12 +59,26 @@ export class DeliveryStoreError extends Data.TaggedError("DeliveryStoreError")<{
   }
 }
 
-/** What a conditional append did: the entry as stored (or its stored copy), or where the topic ends instead. */
+/** What a conditional append did: the entries as stored (or their stored copies), or where the topic ends instead. */
 export type ConditionalAppend = Data.TaggedEnum<{
-  Appended: { readonly entry: StoredEntry }
+  Appended: { readonly entries: ReadonlyArray<StoredEntry> }
   Moved: { readonly lastSequenceId: bigint }
 }>
 export const ConditionalAppend = Data.taggedEnum<ConditionalAppend>()
+
+/**
+ * The one topic of a conditional append's entries. None, or several topics, is the caller's bug:
+ * the service checks a request's messages before they reach the store.
+ */
+export const conditionalTopic = (
+  entries: ReadonlyArray<{ readonly topic: Topic }>
+): Effect.Effect<Topic> => {
+  const topic = entries[0]?.topic
+  if (topic === undefined) return Effect.dieMessage("a conditional append of no entries")
+  return entries.every((e) => e.topic === topic)
+    ? Effect.succeed(topic)
+    : Effect.dieMessage("a conditional append to more than one topic")
+}
 
 export type AppendIdentityResult =
   | { readonly _tag: "Appended"; readonly envelope: IdentityUpdateEnvelope }
@@ -95,12 +109,13 @@ export class DeliveryStore extends Context.Tag("converge/DeliveryStore")<Deliver
     entries: ReadonlyArray<{ readonly topic: Topic; readonly payload: Uint8Array }>
   ) => Effect.Effect<ReadonlyArray<StoredEntry>, DeliveryStoreError>
   /**
-   * `append` of one entry, only if its topic's last id is `ifTopicEndsAt` (0: no entries) when
-   * it would be stored; else nothing is stored. A payload identical to one already on the topic
-   * comes back as stored, whatever the topic's end.
+   * `append` of entries to one topic, only if its last id is `ifTopicEndsAt` (0: no entries)
+   * when they would be stored: then they land right after it, in order; else nothing is stored.
+   * Payloads all identical to ones already on the topic (a resend) come back as stored,
+   * whatever the topic's end. Every entry must be for the same topic (a defect otherwise).
    */
   readonly appendIf: (
-    entry: { readonly topic: Topic; readonly payload: Uint8Array },
+    entries: ReadonlyArray<{ readonly topic: Topic; readonly payload: Uint8Array }>,
     ifTopicEndsAt: bigint
   ) => Effect.Effect<ConditionalAppend, DeliveryStoreError>
   /** Ascending entries of a topic after `afterSequenceId` (exclusive), at most `limit`. */

@@ -49,8 +49,11 @@ interface Progress {
   /** The application messages of `batch` to mark Published: one statement for them all. */
   marks: Array<{ id: number; payloadHash: string; payload: Uint8Array; publishedEpoch: bigint }>
   stateToSave: MlsGroupState | undefined
-  /** Send a lone application message only if the topic still ends here (`sendGroupMessageIf`). */
-  readonly ifTopicEndsAt: bigint | undefined
+  /**
+   * Send application messages only if the topic still ends here (`sendGroupMessagesIf`); each
+   * batch that lands moves it to the batch's last entry.
+   */
+  ifTopicEndsAt: bigint | undefined
   /** Whether `batch` holds a commit (which never goes on that condition). */
   commitInBatch: boolean
 }
@@ -67,7 +70,7 @@ const done = (p: Progress) => ({ ...p.sent, held: { group: p.row, state: p.state
 /** Writes the batch ahead (payloads, marks and the state after them, in one transaction), then sends it. */
 const flush = (ctx: EngineContext, p: Progress) =>
   Effect.gen(function*() {
-    const { crypto, ds, storage } = ctx
+    const { crypto, storage } = ctx
     const { groupId, sent } = p
     if (p.batch.length === 0) return
     if (p.marks.length > 0) p.writeAhead.push(storage.intents.markPublishedMany(p.marks))
@@ -91,18 +94,11 @@ const flush = (ctx: EngineContext, p: Progress) =>
     // still syncs what other fibers wrote meanwhile, so every write so far is on disk.
     yield* storage.flush
     const payloads = p.batch
-    if (p.ifTopicEndsAt !== undefined && payloads.length === 1 && !p.commitInBatch) {
-      // A lone message, after the round's read: only right after what was read, or not at all.
-      const outcome = yield* ds.sendGroupMessageIf(makeGroupMessageInput({ groupId, payload: payloads[0]! }), p.ifTopicEndsAt)
-      if (outcome._tag === "TopicMoved") sent.moved = true
+    for (let i = 0; i < payloads.length && !sent.moved; i += MAX_BATCH) {
+      const chunk = payloads.slice(i, i + MAX_BATCH)
+      const answer = yield* sendChunk(ctx, p, chunk.map((payload) => makeGroupMessageInput({ groupId, payload })))
+      if (answer === undefined) sent.moved = true
       else {
-        sent.payloads.push(payloads[0]!)
-        sent.answer.push(outcome.envelope)
-      }
-    } else {
-      for (let i = 0; i < payloads.length; i += MAX_BATCH) {
-        const chunk = payloads.slice(i, i + MAX_BATCH)
-        const answer = yield* ds.sendGroupMessages(chunk.map((payload) => makeGroupMessageInput({ groupId, payload })))
         sent.payloads.push(...chunk)
         sent.answer.push(...answer)
       }
@@ -113,6 +109,20 @@ const flush = (ctx: EngineContext, p: Progress) =>
     p.marks = []
     p.stateToSave = undefined
     p.commitInBatch = false
+  })
+
+/**
+ * One call's worth of the batch. Application messages after the round's read go only right after
+ * what was read (or after the batch before them): `undefined` when the topic moved and nothing of
+ * them was stored. A commit goes without the condition (a lost race is found on the read back).
+ */
+const sendChunk = (ctx: EngineContext, p: Progress, messages: ReadonlyArray<GroupMessageInput>) =>
+  Effect.gen(function*() {
+    if (p.ifTopicEndsAt === undefined || p.commitInBatch) return yield* ctx.ds.sendGroupMessages(messages)
+    const outcome = yield* ctx.ds.sendGroupMessagesIf(messages, p.ifTopicEndsAt)
+    if (outcome._tag === "TopicMoved") return undefined
+    p.ifTopicEndsAt = outcome.envelopes[outcome.envelopes.length - 1]!.sequenceId
+    return outcome.envelopes
   })
 
 /** The intent's payload, or `undefined` once a refusal has failed it (stored typed where the action needs it). */
@@ -219,8 +229,8 @@ export const make = (
    * commit is in flight per group, and what follows it is derived once it has landed.
    * Application messages go in batches: derived one after the other, written ahead in one
    * transaction (their payloads and the group state after the last), then sent in one call.
-   * Runs under the group lock. `ifTopicEndsAt`: a lone application message goes only if the topic
-   * still ends there (where the round read to); refused, the call ends with `moved` and nothing sent.
+   * Runs under the group lock. `ifTopicEndsAt`: application messages go only if the topic still
+   * ends there (where the round read to); refused, the call ends with `moved`, nothing of that batch sent.
    */
   const publishPending = Effect.fn("Publisher.publishPending")(function*(groupId: GroupId, ifTopicEndsAt?: bigint) {
     const group = yield* loadGroupRow(ctx, groupId)

@@ -1,8 +1,8 @@
 /**
  * One publish round of a group, under its lock: read, publish, read what we published, send
  * welcomes. `send`'s own message skips the first read: it goes on the condition that the topic
- * still ends where the group was last read. A lone application message (`send`'s, a retry's, a
- * single queued one) goes on that condition after each read the round makes, until it lands.
+ * still ends where the group was last read. Application messages (`send`'s, a retry's, queued
+ * ones) go on that condition after each read the round makes, until they land.
  */
 import { Effect, Exit, Fiber } from "effect"
 import type { GroupId } from "../domain/Ids.ts"
@@ -26,7 +26,7 @@ export interface HeldSend {
   readonly cursor: bigint
 }
 
-/** How many times a lone message goes only right after a read before it goes as a batch would. */
+/** How many times application messages go only right after a read before they go without the condition. */
 const MAX_CONDITIONAL_TRIES = 8
 
 export const make = (
@@ -42,7 +42,7 @@ export const make = (
    * One round, the caller holding the group lock. `held`: `send`'s message, which goes at once on
    * the condition that the topic still ends where the group was last read (unless an installation
    * check is due, which may queue a commit to go first). Otherwise, or if the topic moved: read,
-   * publish, read what was published, send welcomes; a lone application message goes on the same
+   * publish, read what was published, send welcomes; application messages go on the same
    * condition after each read, up to `MAX_CONDITIONAL_TRIES` times.
    * `confirmed`: the own intents the read-back settled as Processed (so `resolve` need not ask).
    */
@@ -58,10 +58,10 @@ export const make = (
       const read = tries === 1 && held !== undefined ? yield* receiveFlushing(groupId, held) : yield* sync.receiveTo(groupId)
       before = PageApplier.addOutcomes(before, read.total)
       yield* checkInstallations(groupId)
-      // A lone application message (a `send`'s, or its retry's) goes only right after this read; a
-      // topic that outgrows every read and send gets it as a batch would, most likely right after.
+      // Application messages go only right after this read; a topic that outgrows every read and
+      // send gets them without the condition, most likely right after.
       const sent = yield* publishPending(groupId, tries <= MAX_CONDITIONAL_TRIES ? read.cursor : undefined)
-      // Refused: nothing of it is stored. What came is read next, and it goes again.
+      // Refused: nothing of that batch is stored. What came is read next, and it goes again.
       if (sent.moved) continue
       const published = sent.payloads.length
       // What we sent is read back from the send's answer when it continues our cursor.
@@ -82,10 +82,10 @@ export const make = (
     Effect.gen(function*() {
       // Nothing leaves ahead of its record, even on a power loss.
       yield* ctx.storage.flush
-      const outcome = yield* ctx.ds.sendGroupMessageIf(PublishPending.makeGroupMessageInput({ groupId, payload }), cursor)
+      const outcome = yield* ctx.ds.sendGroupMessagesIf([PublishPending.makeGroupMessageInput({ groupId, payload })], cursor)
       if (outcome._tag === "TopicMoved") return undefined
       yield* ctx.options.crashPoint("publish.afterSendBeforeSync")
-      const sent = { payloads: [payload], answer: [outcome.envelope], intents: [intent], held: { group, state } }
+      const sent = { payloads: [payload], answer: [...outcome.envelopes], intents: [intent], held: { group, state } }
       const readBack = yield* sync.receiveSent(groupId, sent, cursor)
       return { before: PageApplier.emptyOutcome, published: 1, after: readBack.total, confirmed: readBack.confirmed }
     })

@@ -45,7 +45,7 @@ export interface Params {
 /** Delivery-service operations a fault may be aimed at (undefined: any). */
 export const faultTargets = [
   "sendGroupMessages",
-  "sendGroupMessageIf",
+  "sendGroupMessagesIf",
   "queryGroupMessages",
   "batchQueryGroupMessages",
   "sendWelcomeMessages",

@@ -566,34 +566,42 @@ export const deliveryConformance = (
         expect((yield* readAll(ds, groupId)).map((e) => textOf(e.payload))).toEqual(["same", "different", "twin"])
       }))
 
-    it.effect("a conditional send lands only right after where its sender read to, signed and checked like a send", () =>
+    it.effect("a conditional send lands whole, only right after where its sender read to, signed and checked like a send", () =>
       Effect.gen(function*() {
         const anonymous = yield* DeliveryService
         const { ds, installation } = yield* Publisher
         const groupId = newGroupId()
-        const first = yield* ds.sendGroupMessageIf(mlsMessage(groupId, "a"), 0n)
-        expect(first._tag === "Stored" && [first.envelope.sequenceId, textOf(first.envelope.payload), first.envelope.groupId])
-          .toEqual([1n, "a", groupId])
-        // Bob's message comes in after Alice read the topic at 1: hers is not stored, and she learns where it ends.
+        const first = yield* ds.sendGroupMessagesIf([mlsMessage(groupId, "a")], 0n)
+        expect(first._tag === "Stored" && first.envelopes.map((e) => [e.sequenceId, textOf(e.payload), e.groupId]))
+          .toEqual([[1n, "a", groupId]])
+        // Bob's message comes in after Alice read the topic at 1: nothing of hers is stored, and she learns where it ends.
         yield* ds.sendGroupMessages([mlsMessage(groupId, "b")])
-        expect(yield* ds.sendGroupMessageIf(mlsMessage(groupId, "c"), 1n)).toMatchObject({ _tag: "TopicMoved", lastSequenceId: 2n })
+        const batch = [mlsMessage(groupId, "c"), mlsMessage(groupId, "d")]
+        expect(yield* ds.sendGroupMessagesIf(batch, 1n)).toMatchObject({ _tag: "TopicMoved", lastSequenceId: 2n })
         expect(textsOf(yield* readAll(anonymous, groupId))).toEqual(["a", "b"])
-        const third = yield* ds.sendGroupMessageIf(mlsMessage(groupId, "c"), 2n)
-        expect(third._tag === "Stored" && third.envelope.sequenceId).toBe(3n)
+        const third = yield* ds.sendGroupMessagesIf(batch, 2n)
+        expect(third._tag === "Stored" && third.envelopes.map((e) => e.sequenceId)).toEqual([3n, 4n])
 
-        // Unsigned, or signed for another condition: refused, nothing stored.
-        expect(yield* Effect.flip(anonymous.sendGroupMessageIf(mlsMessage(groupId, "d"), 3n))).toMatchObject(unauthenticated)
-        const auth = yield* installation.signer("sendGroupMessageIf", requestDigests.sendGroupMessageIf(mlsMessage(groupId, "d"), 9n))
-        const replaying = authenticatedAs(anonymous, (): Effect.Effect<RequestAuth> => Effect.succeed(auth))
-        expect(yield* Effect.flip(replaying.sendGroupMessageIf(mlsMessage(groupId, "d"), 3n))).toMatchObject(unauthenticated)
-        // A negative end, or bytes that are no MLS message of this group: a typed refusal.
-        expect(yield* Effect.flip(ds.sendGroupMessageIf(mlsMessage(groupId, "d"), -1n)))
-          .toMatchObject({ _tag: "DeliveryError", reason: "InvalidRequest", retryable: false })
-        expect(yield* Effect.flip(ds.sendGroupMessageIf(GroupMessageInput.make({ groupId, payload: utf8("not mls") }), 3n)))
-          .toMatchObject({ _tag: "DeliveryError", reason: "InvalidRequest", retryable: false })
-        const otherGroups = GroupMessageInput.make({ groupId, payload: mlsPayload(newGroupId(), "other group") })
-        expect(yield* Effect.flip(ds.sendGroupMessageIf(otherGroups, 3n))).toMatchObject({ _tag: "DeliveryError", reason: "InvalidRequest" })
-        expect(textsOf(yield* readAll(anonymous, groupId))).toEqual(["a", "b", "c"])
+        // Unsigned, or signed for another condition or other messages: refused, nothing stored.
+        const next = [mlsMessage(groupId, "e")]
+        expect(yield* Effect.flip(anonymous.sendGroupMessagesIf(next, 4n))).toMatchObject(unauthenticated)
+        for (const digest of [requestDigests.sendGroupMessagesIf(next, 9n), requestDigests.sendGroupMessagesIf([...next, ...next], 4n)]) {
+          const auth = yield* installation.signer("sendGroupMessagesIf", digest)
+          const replaying = authenticatedAs(anonymous, (): Effect.Effect<RequestAuth> => Effect.succeed(auth))
+          expect(yield* Effect.flip(replaying.sendGroupMessagesIf(next, 4n))).toMatchObject(unauthenticated)
+        }
+        // A negative end, no messages, messages to two groups, or bytes that are no MLS message of this group: a typed refusal.
+        const refusals = [
+          ds.sendGroupMessagesIf(next, -1n),
+          ds.sendGroupMessagesIf([], 4n),
+          ds.sendGroupMessagesIf([...next, mlsMessage(newGroupId(), "elsewhere")], 4n),
+          ds.sendGroupMessagesIf([GroupMessageInput.make({ groupId, payload: utf8("not mls") })], 4n),
+          ds.sendGroupMessagesIf([GroupMessageInput.make({ groupId, payload: mlsPayload(newGroupId(), "other group") })], 4n)
+        ]
+        for (const refused of refusals) {
+          expect(yield* Effect.flip(refused)).toMatchObject({ _tag: "DeliveryError", reason: "InvalidRequest", retryable: false })
+        }
+        expect(textsOf(yield* readAll(anonymous, groupId))).toEqual(["a", "b", "c", "d"])
       }))
 
     it.effect("a stored payload does not change when the sender reuses its buffer", () =>

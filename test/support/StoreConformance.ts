@@ -149,10 +149,13 @@ export const storeConformance = <E>(name: string, storeLayer: Layer.Layer<Delive
     })
 
     describe("conditional appends", () => {
-      const appendIf = (topic: Topic, payload: string, ifTopicEndsAt: bigint) =>
-        Effect.flatMap(DeliveryStore, (store) => store.appendIf({ topic, payload: utf8(payload) }, ifTopicEndsAt))
+      const appendIf = (topic: Topic, payload: string | ReadonlyArray<string>, ifTopicEndsAt: bigint) =>
+        Effect.flatMap(DeliveryStore, (store) =>
+          store.appendIf((typeof payload === "string" ? [payload] : payload).map((p) => ({ topic, payload: utf8(p) })), ifTopicEndsAt))
       const landedAt = (outcome: Effect.Effect.Success<ReturnType<typeof appendIf>>) =>
-        outcome._tag === "Appended" ? outcome.entry.sequenceId : undefined
+        outcome._tag === "Appended" ? outcome.entries[0]!.sequenceId : undefined
+      const landedAll = (outcome: Effect.Effect.Success<ReturnType<typeof appendIf>>) =>
+        outcome._tag === "Appended" ? outcome.entries.map((e) => e.sequenceId) : undefined
 
       it.effect("a conditional append lands only right after where its caller read to; a resend comes back wherever it is", () =>
         Effect.gen(function*() {
@@ -171,6 +174,23 @@ export const storeConformance = <E>(name: string, storeLayer: Layer.Layer<Delive
           expect(yield* store.read(topic, 3n, 10)).toEqual([])
           // A topic nobody wrote to ends at 0.
           expect(yield* appendIf(newTopic(), "early", 5n)).toEqual({ _tag: "Moved", lastSequenceId: 0n })
+        }))
+
+      it.effect("a batch lands whole right after where its caller read to, or nothing of it does; a whole resend comes back", () =>
+        Effect.gen(function*() {
+          const store = yield* DeliveryStore
+          const topic = newTopic()
+          expect(landedAll(yield* appendIf(topic, ["m1", "m2", "m3"], 0n))).toEqual([1n, 2n, 3n])
+          // A commit came in after the caller read to 3: nothing of the next batch is stored.
+          yield* appendText(topic, "commit")
+          expect(yield* appendIf(topic, ["m4", "m5"], 3n)).toEqual({ _tag: "Moved", lastSequenceId: 4n })
+          expect((yield* store.read(topic, 0n, 10)).map((e) => text(e.payload))).toEqual(["m1", "m2", "m3", "commit"])
+          // The answer to the first batch was lost: sent again on its stale condition, it comes back where it is.
+          expect(landedAll(yield* appendIf(topic, ["m1", "m2", "m3"], 0n))).toEqual([1n, 2n, 3n])
+          // Part resend, part new, on a stale condition: refused whole (the caller reads its own first).
+          expect(yield* appendIf(topic, ["m3", "m4"], 2n)).toEqual({ _tag: "Moved", lastSequenceId: 4n })
+          expect(landedAll(yield* appendIf(topic, ["m4", "m5"], 4n))).toEqual([5n, 6n])
+          expect((yield* store.read(topic, 0n, 10)).map((e) => text(e.payload))).toEqual(["m1", "m2", "m3", "commit", "m4", "m5"])
         }))
 
       it.effect("10 senders on the same end, beside plain appends: one lands there, the others are told where it ends", () =>
