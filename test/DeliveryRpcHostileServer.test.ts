@@ -171,10 +171,17 @@ describe("a server answering a call with a defect", () => {
 
 describe("a server answering a send with where the messages landed", () => {
   // The answer is one position per message sent; the envelopes are rebuilt from what was sent.
-  const sendThrough = (positions: ReadonlyArray<{ readonly sequenceId: string; readonly serverTimeNs: string }>) =>
+  type Position = { readonly sequenceId: string; readonly serverTimeNs: string }
+  const groupId = "0".repeat(32) as GroupId
+  const twoMessages = [
+    GroupMessageInput.make({ groupId, payload: new Uint8Array([1, 2, 3]) }),
+    GroupMessageInput.make({ groupId, payload: new Uint8Array([4, 5]) })
+  ]
+  /** The client of a server that answers every request with `value`. */
+  const clientOfServerAnswering = (value: unknown) =>
     Effect.gen(function*() {
       const server = yield* wsServerAnswering((requestId) => [
-        JSON.stringify({ _tag: "Exit", requestId, exit: { _tag: "Success", value: positions } })
+        JSON.stringify({ _tag: "Exit", requestId, exit: { _tag: "Success", value } })
       ])
       const context = yield* Layer.build(DeliveryService.layerRpc({
         url: `http://127.0.0.1:${server.address().port}/rpc`,
@@ -182,12 +189,10 @@ describe("a server answering a send with where the messages landed", () => {
         timeout: "5 seconds",
         retrySchedule: Schedule.recurs(0)
       }))
-      const groupId = "0".repeat(32) as GroupId
-      return yield* Effect.either(Context.get(context, DeliveryService).sendGroupMessages([
-        GroupMessageInput.make({ groupId, payload: new Uint8Array([1, 2, 3]) }),
-        GroupMessageInput.make({ groupId, payload: new Uint8Array([4, 5]) })
-      ]))
+      return Context.get(context, DeliveryService)
     })
+  const sendThrough = (positions: ReadonlyArray<Position>) =>
+    Effect.flatMap(clientOfServerAnswering(positions), (ds) => Effect.either(ds.sendGroupMessages(twoMessages)))
 
   it.scopedLive("one position per message: the caller gets its own messages at those ids", () =>
     Effect.gen(function*() {
@@ -206,6 +211,14 @@ describe("a server answering a send with where the messages landed", () => {
       const sent = yield* sendThrough([{ sequenceId: "7", serverTimeNs: "100" }])
       expect(sent).toMatchObject({ _tag: "Left", left: { _tag: "DeliveryError", reason: "Unavailable" } })
       if (sent._tag === "Left") expect(sent.left.detail).toContain("1 positions answered for 2 messages")
+    }))
+
+  it.scopedLive("a conditional send answered Stored with fewer positions than messages: Unavailable too", () =>
+    Effect.gen(function*() {
+      const ds = yield* clientOfServerAnswering({ _tag: "Stored", positions: [{ sequenceId: "7", serverTimeNs: "100" }] })
+      const sent = yield* Effect.either(ds.sendGroupMessagesIf(twoMessages, 6n))
+      expect(sent).toMatchObject({ _tag: "Left", left: { _tag: "DeliveryError", reason: "Unavailable" } })
+      if (sent._tag === "Left") expect(sent.left.detail).toContain("sendGroupMessagesIf: 1 positions answered for 2 messages")
     }))
 })
 

@@ -151,6 +151,46 @@ describe("optimistic batch", () => {
       expect(yield* textsWithStatus(alice, group.id)).toEqual(order.map((text) => [text, "published"]))
     })))
 
+  it.live("Bob renames the group between the two calls of Alice's 55 queued messages: 50 land, 5 go again at his epoch", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const calls: Array<number> = []
+      let betweenCalls: Effect.Effect<void, unknown> | undefined
+      // Bob's rename lands as Alice's second call leaves.
+      const wrapDelivery = (ds: Delivery): Delivery =>
+        countingSends(calls)({
+          ...ds,
+          sendGroupMessagesIf: (messages, ifTopicEndsAt) =>
+            Effect.suspend(() => {
+              const during = calls.length === 2 ? betweenCalls : undefined
+              return Effect.zipRight(during === undefined ? Effect.void : Effect.orDie(during), ds.sendGroupMessagesIf(messages, ifTopicEndsAt))
+            })
+        })
+      const alice = yield* net.client("alice", { wrapDelivery })
+      const bob = yield* net.client("bob")
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* bob.syncAll
+      const atBob = yield* bob.conversation(group.id)
+      const many = Array.from({ length: 55 }, (_, i) => `queued ${i}`)
+      for (const text of many) yield* group.sendOptimistic(text)
+      betweenCalls = atBob.updateMetadata({ name: "renamed" })
+      calls.length = 0
+      yield* group.publishPending
+
+      // 50, then 5 refused behind the rename, then the 5 derived again at its epoch.
+      expect(calls).toEqual([50, 5, 5])
+      const groupId = group.id as unknown as GroupId
+      const topic = (yield* net.delivery.queryGroupMessages({ groupId, afterSequenceId: 0n, limit: 100 })).items
+      const headers = yield* Effect.forEach(topic, (e) => net.crypto.inspect(e.payload))
+      const epoch = headers[0]!.epoch
+      expect(headers.slice(1, 51).every((h) => h.kind === "application" && h.epoch === epoch + 1n)).toBe(true)
+      expect(headers[51]).toMatchObject({ kind: "commit", epoch: epoch + 1n })
+      expect(headers.slice(52).map((h) => [h.kind, h.epoch])).toEqual(Array.from({ length: 5 }, () => ["application", epoch + 2n]))
+      yield* bob.syncAll
+      expect(yield* textsWithStatus(alice, group.id)).toEqual(many.map((text) => [text, "published"]))
+      expect(yield* texts(bob, group.id)).toEqual(many)
+    })))
+
   it.live("a queued message moves its conversation to the top of Alice's list before it is published", () =>
     Effect.scoped(Effect.gen(function*() {
       const net = yield* TestNetwork.make

@@ -288,6 +288,27 @@ describe("confirming a send", () => {
       expect(yield* rejoined.state).toBe("active")
     })))
 
+  it.live("Bob adds Dave while Alice's add of Carol is on its way: hers is refused, not stored, and goes again at his epoch", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const calls: Array<string> = []
+      const { alice, atBob, bob, group, groupId, interleave, net } = yield* aliceWithBob(recordingSends(calls))
+      const [carol, dave] = [yield* net.client("carol"), yield* net.client("dave")]
+      yield* interleave.arm("publish.afterWriteAheadBeforeSend", atBob.addMembers([dave.inboxId]))
+      calls.length = 0
+      yield* group.addMembers([carol.inboxId])
+
+      // Refused where Alice had read to; derived again after reading Bob's add, it lands.
+      expect(calls).toEqual(["1 if@1", "1 if@2"])
+      const topic = (yield* net.delivery.queryGroupMessages({ groupId, afterSequenceId: 0n, limit: 100 })).items
+      const headers = yield* Effect.forEach(topic, (e) => net.crypto.inspect(e.payload))
+      // No commit of an epoch gone for every member to download and skip: each follows the one before.
+      expect(headers.map((h) => [h.kind, h.epoch])).toEqual([["commit", 0n], ["commit", 1n], ["commit", 2n]])
+      for (const client of [alice, bob, carol, dave]) yield* client.syncAll
+      const members = yield* Effect.forEach([alice, bob, carol, dave], (c) =>
+        Effect.flatMap(c.conversation(group.id), (g) => g.members).pipe(Effect.map((ms) => ms.map((m) => m.inboxId).sort())))
+      for (const list of members) expect(list).toEqual([alice, bob, carol, dave].map((c) => c.inboxId).sort())
+    })))
+
   // The receivers' age rule, for messages from a client that publishes without the condition.
   for (const [changes, story] of [
     [3, "still within maxPastEpochs: Bob reads them in the epoch they were sent in"],

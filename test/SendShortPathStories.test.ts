@@ -59,10 +59,10 @@ describe("send's short path", () => {
               ? Effect.zipRight(Effect.sleep("50 millis"), Effect.orDie(storage.cursors.set("another-fiber", 1n)))
               : Effect.void
           ),
-        sendGroupMessagesIf: (message, ifTopicEndsAt) =>
+        sendGroupMessagesIf: (messages, ifTopicEndsAt) =>
           Effect.gen(function*() {
             if (armed && storage !== undefined) unflushedAtSend.push(yield* Effect.orDie(storage.unflushedWrites))
-            return yield* ds.sendGroupMessagesIf(message, ifTopicEndsAt)
+            return yield* ds.sendGroupMessagesIf(messages, ifTopicEndsAt)
           }),
         sendGroupMessages: (messages) =>
           Effect.gen(function*() {

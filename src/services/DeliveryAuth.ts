@@ -40,7 +40,7 @@ export const authenticatedAs = (service: Service, signer: RequestSigner): Servic
     Stream.unwrapScoped(Effect.as(Effect.locallyScoped(currentSigner, Option.some(signer)), stream))
   return {
     sendGroupMessages: (messages) => signed(service.sendGroupMessages(messages)),
-    sendGroupMessagesIf: (message, ifTopicEndsAt) => signed(service.sendGroupMessagesIf(message, ifTopicEndsAt)),
+    sendGroupMessagesIf: (messages, ifTopicEndsAt) => signed(service.sendGroupMessagesIf(messages, ifTopicEndsAt)),
     queryGroupMessages: (query) => signed(service.queryGroupMessages(query)),
     batchQueryGroupMessages: (queries) => signed(service.batchQueryGroupMessages(queries)),
     syncQuery: (query) => signed(service.syncQuery(query)),

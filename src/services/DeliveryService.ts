@@ -86,7 +86,8 @@ export class DeliveryService extends Context.Tag("converge/DeliveryService")<Del
    * Appends messages of one group only if its topic still ends at `ifTopicEndsAt` (0: empty), so
    * they land right after what the caller last read, in order: nothing (a commit above all) can
    * have come between. Otherwise stores nothing and answers where the topic ends now. Payloads
-   * all identical to ones already on the topic (a resend) come back `Stored`, wherever they are.
+   * identical to ones already on the topic come back where they are, as with `sendGroupMessages`
+   * (so a batch that is all a resend comes back `Stored` whatever the topic's end).
    */
   readonly sendGroupMessagesIf: (
     messages: ReadonlyArray<GroupMessageInput>,

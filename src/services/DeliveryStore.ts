@@ -110,9 +110,10 @@ export class DeliveryStore extends Context.Tag("converge/DeliveryStore")<Deliver
   ) => Effect.Effect<ReadonlyArray<StoredEntry>, DeliveryStoreError>
   /**
    * `append` of entries to one topic, only if its last id is `ifTopicEndsAt` (0: no entries)
-   * when they would be stored: then they land right after it, in order; else nothing is stored.
-   * Payloads all identical to ones already on the topic (a resend) come back as stored,
-   * whatever the topic's end. Every entry must be for the same topic (a defect otherwise).
+   * when they would be stored: then the new ones land right after it, in order; else nothing is
+   * stored. As with `append`, a payload already on the topic (or earlier in the call) comes back
+   * where it is; entries that all are (a resend) come back whatever the topic's end. Every entry
+   * must be for the same topic (a defect otherwise).
    */
   readonly appendIf: (
     entries: ReadonlyArray<{ readonly topic: Topic; readonly payload: Uint8Array }>,

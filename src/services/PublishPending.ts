@@ -50,12 +50,10 @@ interface Progress {
   marks: Array<{ id: number; payloadHash: string; payload: Uint8Array; publishedEpoch: bigint }>
   stateToSave: MlsGroupState | undefined
   /**
-   * Send application messages only if the topic still ends here (`sendGroupMessagesIf`); each
-   * batch that lands moves it to the batch's last entry.
+   * Send only if the topic still ends here (`sendGroupMessagesIf`); each batch that lands moves
+   * it to the batch's last entry.
    */
   ifTopicEndsAt: bigint | undefined
-  /** Whether `batch` holds a commit (which never goes on that condition). */
-  commitInBatch: boolean
 }
 
 /** What publishing needs besides the progress record. */
@@ -108,20 +106,21 @@ const flush = (ctx: EngineContext, p: Progress) =>
     p.writeAhead = []
     p.marks = []
     p.stateToSave = undefined
-    p.commitInBatch = false
   })
 
 /**
- * One call's worth of the batch. Application messages after the round's read go only right after
- * what was read (or after the batch before them): `undefined` when the topic moved and nothing of
- * them was stored. A commit goes without the condition (a lost race is found on the read back).
+ * One call's worth of the batch. After the round's read it goes only right after what was read (or
+ * after the batch before it): `undefined` when the topic moved and nothing of it was stored. So a
+ * commit that would lose its epoch's race is refused by the service instead of stored for every
+ * member to download and skip.
  */
 const sendChunk = (ctx: EngineContext, p: Progress, messages: ReadonlyArray<GroupMessageInput>) =>
   Effect.gen(function*() {
-    if (p.ifTopicEndsAt === undefined || p.commitInBatch) return yield* ctx.ds.sendGroupMessages(messages)
+    if (p.ifTopicEndsAt === undefined) return yield* ctx.ds.sendGroupMessages(messages)
     const outcome = yield* ctx.ds.sendGroupMessagesIf(messages, p.ifTopicEndsAt)
     if (outcome._tag === "TopicMoved") return undefined
-    p.ifTopicEndsAt = outcome.envelopes[outcome.envelopes.length - 1]!.sequenceId
+    // The furthest it reached: a resend's copies come back where they are, in any order.
+    p.ifTopicEndsAt = outcome.envelopes.reduce((end, e) => (e.sequenceId > end ? e.sequenceId : end), p.ifTopicEndsAt)
     return outcome.envelopes
   })
 
@@ -179,7 +178,6 @@ const stage = (
 const afterStaged = (ctx: EngineContext, p: Progress, commit: boolean) =>
   Effect.gen(function*() {
     if (commit) {
-      p.commitInBatch = true
       yield* flush(ctx, p)
       return true
     }
@@ -229,8 +227,8 @@ export const make = (
    * commit is in flight per group, and what follows it is derived once it has landed.
    * Application messages go in batches: derived one after the other, written ahead in one
    * transaction (their payloads and the group state after the last), then sent in one call.
-   * Runs under the group lock. `ifTopicEndsAt`: application messages go only if the topic still
-   * ends there (where the round read to); refused, the call ends with `moved`, nothing of that batch sent.
+   * Runs under the group lock. `ifTopicEndsAt`: everything goes only if the topic still ends there
+   * (where the round read to); refused, the call ends with `moved`, nothing of that batch sent.
    */
   const publishPending = Effect.fn("Publisher.publishPending")(function*(groupId: GroupId, ifTopicEndsAt?: bigint) {
     const group = yield* loadGroupRow(ctx, groupId)
@@ -250,8 +248,7 @@ export const make = (
       writeAhead: [],
       marks: [],
       stateToSave: undefined,
-      ifTopicEndsAt,
-      commitInBatch: false
+      ifTopicEndsAt
     }
     for (const intent of pending) {
       if (yield* publishOne(deps, p, intent)) return done(p)

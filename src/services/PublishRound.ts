@@ -1,8 +1,8 @@
 /**
  * One publish round of a group, under its lock: read, publish, read what we published, send
  * welcomes. `send`'s own message skips the first read: it goes on the condition that the topic
- * still ends where the group was last read. Application messages (`send`'s, a retry's, queued
- * ones) go on that condition after each read the round makes, until they land.
+ * still ends where the group was last read. Everything else the round publishes (a retry, queued
+ * messages, a commit) goes on that condition after each read it makes, until it lands.
  */
 import { Effect, Exit, Fiber } from "effect"
 import type { GroupId } from "../domain/Ids.ts"
@@ -26,7 +26,7 @@ export interface HeldSend {
   readonly cursor: bigint
 }
 
-/** How many times application messages go only right after a read before they go without the condition. */
+/** How many times a round publishes only right after a read before it publishes without the condition. */
 const MAX_CONDITIONAL_TRIES = 8
 
 export const make = (
@@ -42,7 +42,7 @@ export const make = (
    * One round, the caller holding the group lock. `held`: `send`'s message, which goes at once on
    * the condition that the topic still ends where the group was last read (unless an installation
    * check is due, which may queue a commit to go first). Otherwise, or if the topic moved: read,
-   * publish, read what was published, send welcomes; application messages go on the same
+   * publish, read what was published, send welcomes; what it publishes goes on the same
    * condition after each read, up to `MAX_CONDITIONAL_TRIES` times.
    * `confirmed`: the own intents the read-back settled as Processed (so `resolve` need not ask).
    */
@@ -58,8 +58,9 @@ export const make = (
       const read = tries === 1 && held !== undefined ? yield* receiveFlushing(groupId, held) : yield* sync.receiveTo(groupId)
       before = PageApplier.addOutcomes(before, read.total)
       yield* checkInstallations(groupId)
-      // Application messages go only right after this read; a topic that outgrows every read and
-      // send gets them without the condition, most likely right after.
+      // Published only right after this read (a commit that would lose its epoch's race is refused,
+      // not stored); a topic that outgrows every read and send gets it without the condition,
+      // most likely right after.
       const sent = yield* publishPending(groupId, tries <= MAX_CONDITIONAL_TRIES ? read.cursor : undefined)
       // Refused: nothing of that batch is stored. What came is read next, and it goes again.
       if (sent.moved) continue

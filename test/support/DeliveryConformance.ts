@@ -582,10 +582,16 @@ export const deliveryConformance = (
         const third = yield* ds.sendGroupMessagesIf(batch, 2n)
         expect(third._tag === "Stored" && third.envelopes.map((e) => e.sequenceId)).toEqual([3n, 4n])
 
-        // Unsigned, or signed for another condition or other messages: refused, nothing stored.
-        const next = [mlsMessage(groupId, "e")]
+        // Unsigned, or signed for another condition, other messages or another order: refused, nothing stored.
+        const next = [mlsMessage(groupId, "e"), mlsMessage(groupId, "f")]
         expect(yield* Effect.flip(anonymous.sendGroupMessagesIf(next, 4n))).toMatchObject(unauthenticated)
-        for (const digest of [requestDigests.sendGroupMessagesIf(next, 9n), requestDigests.sendGroupMessagesIf([...next, ...next], 4n)]) {
+        const signedOtherwise = [
+          requestDigests.sendGroupMessagesIf(next, 9n),
+          requestDigests.sendGroupMessagesIf([...next, ...next], 4n),
+          requestDigests.sendGroupMessagesIf([...next].reverse(), 4n),
+          requestDigests.sendGroupMessages(next)
+        ]
+        for (const digest of signedOtherwise) {
           const auth = yield* installation.signer("sendGroupMessagesIf", digest)
           const replaying = authenticatedAs(anonymous, (): Effect.Effect<RequestAuth> => Effect.succeed(auth))
           expect(yield* Effect.flip(replaying.sendGroupMessagesIf(next, 4n))).toMatchObject(unauthenticated)
@@ -601,6 +607,12 @@ export const deliveryConformance = (
         for (const refused of refusals) {
           expect(yield* Effect.flip(refused)).toMatchObject({ _tag: "DeliveryError", reason: "InvalidRequest", retryable: false })
         }
+        // Bounded like a send: the batch, and each payload.
+        const tooMany = Array.from({ length: maxBatch + 1 }, (_, i) => mlsMessage(groupId, `m${i}`))
+        expect(yield* Effect.flip(ds.sendGroupMessagesIf(tooMany, 4n)))
+          .toMatchObject({ _tag: "DeliveryError", reason: "BatchTooLarge", retryable: false })
+        expect(yield* Effect.flip(ds.sendGroupMessagesIf([mlsMessage(groupId, "x".repeat(maxPayloadBytes + 1))], 4n)))
+          .toMatchObject({ _tag: "DeliveryError", reason: "PayloadTooLarge", retryable: false })
         expect(textsOf(yield* readAll(anonymous, groupId))).toEqual(["a", "b", "c", "d"])
       }))
 

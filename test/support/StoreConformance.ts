@@ -193,6 +193,28 @@ export const storeConformance = <E>(name: string, storeLayer: Layer.Layer<Delive
           expect((yield* store.read(topic, 0n, 10)).map((e) => text(e.payload))).toEqual(["m1", "m2", "m3", "commit", "m4", "m5"])
         }))
 
+      it.effect("batches arriving together are judged in turn: one chained on another's end lands, a rival and a late one are refused, a resend is answered", () =>
+        Effect.gen(function*() {
+          const store = yield* DeliveryStore
+          const topic = newTopic()
+          // Started together, queued in this order: the SQL stores settle them in one group commit.
+          const [first, chained, rival, resend, plain, late] = yield* Effect.all([
+            appendIf(topic, ["a", "b"], 0n),
+            appendIf(topic, ["c"], 2n),
+            appendIf(topic, ["x", "y"], 0n),
+            appendIf(topic, ["a", "b"], 0n),
+            appendText(topic, "p"),
+            appendIf(topic, ["z"], 3n)
+          ], { concurrency: "unbounded" })
+          expect(landedAll(first)).toEqual([1n, 2n])
+          expect(landedAll(chained)).toEqual([3n])
+          expect(rival).toEqual({ _tag: "Moved", lastSequenceId: 3n })
+          expect(landedAll(resend)).toEqual([1n, 2n])
+          expect(plain.map((e) => e.sequenceId)).toEqual([4n])
+          expect(late).toEqual({ _tag: "Moved", lastSequenceId: 4n })
+          expect((yield* store.read(topic, 0n, 10)).map((e) => text(e.payload))).toEqual(["a", "b", "c", "p"])
+        }))
+
       it.effect("10 senders on the same end, beside plain appends: one lands there, the others are told where it ends", () =>
         Effect.gen(function*() {
           const store = yield* DeliveryStore
