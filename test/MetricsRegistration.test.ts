@@ -10,6 +10,7 @@ const COUNTERS = [
   "converge_messages_received_total",
   "converge_commits_total",
   "converge_epoch_conflicts_total",
+  "converge_publish_refusals_total",
   "converge_publish_retries_total",
   "converge_state_decodes_total"
 ]

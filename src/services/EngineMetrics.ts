@@ -13,6 +13,9 @@ export const commitsApplied = Metric.counter("converge_commits_total", { descrip
 export const epochConflicts = Metric.counter("converge_epoch_conflicts_total", {
   description: "own commits that lost their epoch and were derived again"
 })
+export const publishRefusals = Metric.counter("converge_publish_refusals_total", {
+  description: "publishes the service refused because the group's topic had moved since it was read (someone else's message or commit came first)"
+})
 export const transportRetries = Metric.counter("converge_publish_retries_total", {
   description: "publish rounds retried after a retryable delivery error or a pending intent"
 })
@@ -46,7 +49,16 @@ export const walSyncsOnPool = Metric.tagged(walSyncs, "placement", "pool")
  * it is undefined).
  */
 export const registerCounters = Effect.all(
-  [messagesReceived, commitsApplied, epochConflicts, transportRetries, stateDecodes, walSyncsOnThread, walSyncsOnPool]
+  [
+    messagesReceived,
+    commitsApplied,
+    epochConflicts,
+    publishRefusals,
+    transportRetries,
+    stateDecodes,
+    walSyncsOnThread,
+    walSyncsOnPool
+  ]
     .map((counter) => Metric.incrementBy(counter, 0)),
   { discard: true }
 )

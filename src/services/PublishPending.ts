@@ -3,7 +3,7 @@
  * current epoch (or a written-ahead one re-sent byte for byte while its epoch is current), written
  * ahead, then sent. Application messages go in batches; a commit goes alone and ends the call.
  */
-import { Effect } from "effect"
+import { Effect, Metric } from "effect"
 import { sha256Hex } from "../domain/Bytes.ts"
 import { encodeGovernanceError, type StorageError } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
@@ -12,6 +12,7 @@ import { validatedMaker } from "../domain/SchemaClass.ts"
 import { publishedIntent, type StoredGroup, type StoredIntent } from "../domain/Stored.ts"
 import { type GroupMessageEnvelope, GroupMessageInput } from "../domain/Wire.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
+import * as EngineMetrics from "./EngineMetrics.ts"
 import type * as IntentDerivation from "./IntentDerivation.ts"
 import { failPendingIntents, leaveRemovalOf } from "./IntentQueue.ts"
 import type { MlsGroupState } from "./MlsCrypto.ts"
@@ -118,7 +119,10 @@ const sendChunk = (ctx: EngineContext, p: Progress, messages: ReadonlyArray<Grou
   Effect.gen(function*() {
     if (p.ifTopicEndsAt === undefined) return yield* ctx.ds.sendGroupMessages(messages)
     const outcome = yield* ctx.ds.sendGroupMessagesIf(messages, p.ifTopicEndsAt)
-    if (outcome._tag === "TopicMoved") return undefined
+    if (outcome._tag === "TopicMoved") {
+      yield* Metric.increment(EngineMetrics.publishRefusals)
+      return undefined
+    }
     // The furthest it reached: a resend's copies come back where they are, in any order.
     p.ifTopicEndsAt = outcome.envelopes.reduce((end, e) => (e.sequenceId > end ? e.sequenceId : end), p.ifTopicEndsAt)
     return outcome.envelopes
@@ -201,8 +205,12 @@ const publishOne = (deps: Deps, p: Progress, intent: StoredIntent) =>
         p.sent.intents.push(intent)
         return yield* afterStaged(ctx, p, commit)
       }
-      // Never seen on the topic and its epoch is gone: derive it afresh below.
-      yield* storage.intents.resetToPublish(intent.id, { conflict: false })
+      // Never seen on the topic and its epoch is gone. A message is derived afresh below, at once.
+      // A commit lost its epoch's race (refused where its round read to, or written ahead before a
+      // restart): a conflict, derived again in a later round, after the conflict schedule's pause,
+      // since a busy group would have it derived (identities, key packages, a path) at every refusal.
+      yield* storage.intents.resetToPublish(intent.id, { conflict: commit })
+      if (commit) return true
     }
     const derived = yield* deriveOrFail(deps, intent, p.state)
     if (derived === undefined) return false
