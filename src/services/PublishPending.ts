@@ -52,7 +52,7 @@ interface Progress {
   stateToSave: MlsGroupState | undefined
   /**
    * Send only if the topic still ends here (`sendGroupMessagesIf`); each batch that lands moves
-   * it to the batch's last entry.
+   * it to the furthest entry the answer names.
    */
   ifTopicEndsAt: bigint | undefined
 }
