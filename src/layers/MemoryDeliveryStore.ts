@@ -65,12 +65,15 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
     return log
   }
 
+  /** The stored copy of an identical payload on the topic, if any. Under the lock. */
+  const storedCopy = (topic: Topic, payload: Uint8Array, digest: string) =>
+    topics.get(topic)?.byDigest.get(digest)?.find((e) => bytesEqual(e.payload, payload))
+
   /** The entry for this payload on its topic: the stored copy of an identical one, else a new last entry. Under the lock. */
   const place = (topic: Topic, payload: Uint8Array, digest: string, now: bigint) => {
-    const log = topicLog(topic)
-    const same = log.byDigest.get(digest) ?? []
-    const duplicate = same.find((e) => bytesEqual(e.payload, payload))
+    const duplicate = storedCopy(topic, payload, digest)
     if (duplicate !== undefined) return { entry: duplicate, fresh: false }
+    const log = topicLog(topic)
     const timeNs = now > log.lastTimeNs ? now : log.lastTimeNs
     const entry: StoredEntry = {
       topic,
@@ -79,7 +82,7 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
       payload: payload.slice()
     }
     log.entries.push(entry)
-    log.byDigest.set(digest, [...same, entry])
+    log.byDigest.set(digest, [...(log.byDigest.get(digest) ?? []), entry])
     log.lastTimeNs = timeNs
     return { entry, fresh: true }
   }
@@ -88,48 +91,47 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
   const announce = (grown: ReadonlyMap<Topic, bigint>) =>
     PubSub.publishAll(pubsub, Array.from(grown, ([topic, sequenceId]): TopicChange => ({ topic, sequenceId })))
 
-  const append: Service["append"] = (entries) =>
+  /**
+   * `append` and `appendIf`: the entries placed in order under the lock, unless `refusal`, judged
+   * under it before anything is placed, says where the topic ends instead; then what grew is announced.
+   */
+  const placeUnless = (
+    entries: ReadonlyArray<{ readonly topic: Topic; readonly payload: Uint8Array }>,
+    refusal: (digests: ReadonlyArray<string>) => ConditionalAppend | undefined
+  ) =>
     Effect.gen(function*() {
-      if (entries.length === 0) return []
       const now = yield* Clock.currentTimeNanos
       const digests = entries.map((e) => sha256Hex(e.payload))
-      const { grown, out } = yield* lock.withPermits(1)(Effect.sync(() => {
-        const grown = new Map<Topic, bigint>()
-        const out = entries.map(({ payload, topic }, index) => {
-          const { entry, fresh } = place(topic, payload, digests[index]!, now)
-          if (fresh) grown.set(topic, entry.sequenceId)
-          return entry
+      const grown = new Map<Topic, bigint>()
+      const outcome = yield* lock.withPermits(1)(Effect.sync(() =>
+        refusal(digests) ?? ConditionalAppend.Appended({
+          entries: entries.map(({ payload, topic }, index) => {
+            const { entry, fresh } = place(topic, payload, digests[index]!, now)
+            if (fresh) grown.set(topic, entry.sequenceId)
+            return entry
+          })
         })
-        return { out, grown }
-      }))
-      yield* announce(grown)
-      return out
+      ))
+      if (grown.size > 0) yield* announce(grown)
+      return outcome
     })
 
+  const append: Service["append"] = (entries) =>
+    entries.length === 0 ? Effect.succeed([]) : placeUnless(entries, () => undefined).pipe(
+      // Only a conditional append is ever refused.
+      Effect.flatMap((outcome) =>
+        outcome._tag === "Appended" ? Effect.succeed(outcome.entries) : Effect.dieMessage("an unconditional append was refused")
+      )
+    )
+
   const appendIf: Service["appendIf"] = (entries, ifTopicEndsAt) =>
-    Effect.gen(function*() {
-      const topic = yield* conditionalTopic(entries)
-      const now = yield* Clock.currentTimeNanos
-      const digests = entries.map((e) => sha256Hex(e.payload))
-      const { grown, result } = yield* lock.withPermits(1)(Effect.sync(() => {
-        const log = topics.get(topic)
-        const resend = entries.every(({ payload }, i) =>
-          log?.byDigest.get(digests[i]!)?.some((e) => bytesEqual(e.payload, payload)) === true
-        )
-        const last = BigInt(log?.entries.length ?? 0)
-        if (!resend && last !== ifTopicEndsAt) {
-          return { grown: undefined, result: ConditionalAppend.Moved({ lastSequenceId: last }) }
-        }
-        const placed = entries.map(({ payload }, i) => place(topic, payload, digests[i]!, now))
-        const fresh = placed.filter((p) => p.fresh)
-        return {
-          grown: fresh.length === 0 ? undefined : fresh[fresh.length - 1]!.entry.sequenceId,
-          result: ConditionalAppend.Appended({ entries: placed.map((p) => p.entry) })
-        }
+    Effect.flatMap(conditionalTopic(entries), (topic) =>
+      placeUnless(entries, (digests) => {
+        const last = BigInt(topics.get(topic)?.entries.length ?? 0)
+        if (last === ifTopicEndsAt) return undefined
+        const resend = entries.every(({ payload }, i) => storedCopy(topic, payload, digests[i]!) !== undefined)
+        return resend ? undefined : ConditionalAppend.Moved({ lastSequenceId: last })
       }))
-      if (grown !== undefined) yield* announce(new Map([[topic, grown]]))
-      return result
-    })
 
   const read: Service["read"] = (topic, afterSequenceId, limit) =>
     Effect.sync(() => {

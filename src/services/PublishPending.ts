@@ -118,14 +118,24 @@ const flush = (ctx: EngineContext, p: Progress) =>
 const sendChunk = (ctx: EngineContext, p: Progress, messages: ReadonlyArray<GroupMessageInput>) =>
   Effect.gen(function*() {
     if (p.ifTopicEndsAt === undefined) return yield* ctx.ds.sendGroupMessages(messages)
-    const outcome = yield* ctx.ds.sendGroupMessagesIf(messages, p.ifTopicEndsAt)
-    if (outcome._tag === "TopicMoved") {
-      yield* Metric.increment(EngineMetrics.publishRefusals)
-      return undefined
-    }
+    const envelopes = yield* sendIfTopicEndsAt(ctx, messages, p.ifTopicEndsAt)
     // The furthest it reached: a resend's copies come back where they are, in any order.
-    p.ifTopicEndsAt = outcome.envelopes.reduce((end, e) => (e.sequenceId > end ? e.sequenceId : end), p.ifTopicEndsAt)
-    return outcome.envelopes
+    if (envelopes !== undefined) {
+      p.ifTopicEndsAt = envelopes.reduce((end, e) => (e.sequenceId > end ? e.sequenceId : end), p.ifTopicEndsAt)
+    }
+    return envelopes
+  })
+
+/**
+ * Messages sent only if the group's topic still ends at `ifTopicEndsAt`: where they landed, or
+ * `undefined` when it moved and nothing was stored (counted: how often publishes meet a moved topic).
+ */
+export const sendIfTopicEndsAt = (ctx: EngineContext, messages: ReadonlyArray<GroupMessageInput>, ifTopicEndsAt: bigint) =>
+  Effect.gen(function*() {
+    const outcome = yield* ctx.ds.sendGroupMessagesIf(messages, ifTopicEndsAt)
+    if (outcome._tag === "Stored") return outcome.envelopes
+    yield* Metric.increment(EngineMetrics.publishRefusals)
+    return undefined
   })
 
 /** The intent's payload, or `undefined` once a refusal has failed it (stored typed where the action needs it). */

@@ -4,11 +4,10 @@
  * still ends where the group was last read. Everything else the round publishes (a retry, queued
  * messages, a commit) goes on that condition after each read it makes, until it lands.
  */
-import { Effect, Exit, Fiber, Metric } from "effect"
+import { Effect, Exit, Fiber } from "effect"
 import type { GroupId } from "../domain/Ids.ts"
 import type { StoredGroup, StoredIntent } from "../domain/Stored.ts"
 import type { EngineContext } from "./EngineContext.ts"
-import * as EngineMetrics from "./EngineMetrics.ts"
 import type * as GroupSync from "./GroupSync.ts"
 import type * as InstallationChecks from "./InstallationChecks.ts"
 import type { MlsGroupState } from "./MlsCrypto.ts"
@@ -84,13 +83,11 @@ export const make = (
     Effect.gen(function*() {
       // Nothing leaves ahead of its record, even on a power loss.
       yield* ctx.storage.flush
-      const outcome = yield* ctx.ds.sendGroupMessagesIf([PublishPending.makeGroupMessageInput({ groupId, payload })], cursor)
-      if (outcome._tag === "TopicMoved") {
-        yield* Metric.increment(EngineMetrics.publishRefusals)
-        return undefined
-      }
+      const message = PublishPending.makeGroupMessageInput({ groupId, payload })
+      const envelopes = yield* PublishPending.sendIfTopicEndsAt(ctx, [message], cursor)
+      if (envelopes === undefined) return undefined
       yield* ctx.options.crashPoint("publish.afterSendBeforeSync")
-      const sent = { payloads: [payload], answer: [...outcome.envelopes], intents: [intent], held: { group, state } }
+      const sent = { payloads: [payload], answer: [...envelopes], intents: [intent], held: { group, state } }
       const readBack = yield* sync.receiveSent(groupId, sent, cursor)
       return { before: PageApplier.emptyOutcome, published: 1, after: readBack.total, confirmed: readBack.confirmed }
     })
