@@ -5,7 +5,8 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { labelledHash, labelledHashHex, sha256Hex, toHex, utf8 } from "../src/domain/Bytes.ts"
-import { membershipChangeIdOf, messageIdOf, metadataChangeIdOf } from "../src/domain/Content.ts"
+import { membershipChangeIdOf, messageIdOf, metadataChangeIdOf, TextContent, timeOrderedNonce } from "../src/domain/Content.ts"
+import { Schema } from "effect"
 import type { GroupId, InstallationId } from "../src/domain/Ids.ts"
 import { groupOfTopic, groupTopic, welcomeTopic } from "../src/domain/Topics.ts"
 
@@ -30,6 +31,48 @@ describe("Derived ids", () => {
   it("keep every part's length in the hash: moving a byte from one part to the next changes the id", () => {
     expect(labelledHashHex("message", utf8("ab"), utf8("c"))).not.toBe(labelledHashHex("message", utf8("a"), utf8("bc")))
     expect(labelledHashHex("message", utf8("ab"))).not.toBe(labelledHashHex("message2", utf8("ab")))
+  })
+})
+
+describe("Time-ordered message ids", () => {
+  const alice = "1b".repeat(32) as InstallationId
+  const mallory = "2c".repeat(32) as InstallationId
+  const random = new Uint8Array(10).fill(0xab)
+  // 2026-12-04T09:00:00.123Z
+  const nowNs = 1_796_374_800_123_000_000n
+
+  it("begin with the sender's clock in milliseconds, then random bytes, in a nonce every receiver accepts", () => {
+    const nonce = timeOrderedNonce(nowNs, random)
+    expect(nonce).toBe(`${(1_796_374_800_123).toString(16).padStart(12, "0")}${"ab".repeat(10)}`)
+    expect(Schema.is(TextContent)({ _tag: "Text", nonce, text: "hi", idOrder: "time" })).toBe(true)
+    // 48 bits of milliseconds wrap instead of growing past 12 characters.
+    expect(timeOrderedNonce((1n << 48n) * 1_000_000n + 5_000_000n, random).slice(0, 12)).toBe("000000000005")
+  })
+
+  it("are the nonce's clock and the rest of the same hash as an id all hash", () => {
+    const nonce = timeOrderedNonce(nowNs, random)
+    const hash = messageIdOf(groupId, alice, nonce)
+    const ordered = messageIdOf(groupId, alice, nonce, "time")
+    expect(ordered).toMatch(/^[0-9a-f]{64}$/)
+    expect(ordered.slice(0, 12)).toBe(nonce.slice(0, 12))
+    expect(ordered.slice(12)).toBe(hash.slice(12))
+    // The same bytes on every version of the engine.
+    expect(messageIdOf(groupId, alice, "0123456789ab" + "cd".repeat(10), "time"))
+      .toBe("0123456789ab" + messageIdOf(groupId, alice, "0123456789ab" + "cd".repeat(10)).slice(12))
+  })
+
+  it("sort in the order they were sent, and stay bound to their sender", () => {
+    const ids = [0n, 1n, 1_000n, 86_400_000n].map((ms) =>
+      messageIdOf(groupId, alice, timeOrderedNonce(nowNs + ms * 1_000_000n, new Uint8Array(10).fill(Number(ms % 200n))), "time")
+    )
+    expect([...ids].sort()).toEqual(ids)
+    // Another member sending with the same nonce gets another id: only the clock part is shared.
+    const nonce = timeOrderedNonce(nowNs, random)
+    expect(messageIdOf(groupId, mallory, nonce, "time")).not.toBe(messageIdOf(groupId, alice, nonce, "time"))
+  })
+
+  it("fall back to the hash for a nonce that does not begin with a clock", () => {
+    expect(messageIdOf(groupId, alice, "nonce-x", "time")).toBe(messageIdOf(groupId, alice, "nonce-x"))
   })
 })
 

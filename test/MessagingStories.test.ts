@@ -265,3 +265,27 @@ describe("Disappearing messages", () => {
       for (const c of [group, atBob]) expect(yield* texts(c)).toEqual([])
     }))
 })
+
+describe("Message ids", () => {
+  it.scoped("alice's messages keep the id she was given at every member, in the order she sent them; bob's reply to one finds it at carol's", () =>
+    Effect.gen(function*() {
+      const { alice, atBob, atCarol, bob, carol, group } = yield* threeFriends
+      const ids: Array<MessageId> = []
+      for (const text of ["first", "second", "third"]) {
+        ids.push(yield* group.send(text))
+        yield* TestClock.adjust("1 second")
+      }
+      ids.push(yield* group.sendOptimistic("fourth"))
+      yield* group.publishPending
+      yield* Effect.all([bob.syncAll, carol.syncAll])
+
+      // Their ids begin with her clock: the later the message, the greater its id.
+      expect([...ids].sort()).toEqual(ids)
+      for (const c of [group, atBob, atCarol]) expect((yield* texts(c)).map((m) => m.id)).toEqual(ids)
+      yield* atBob.sendContent(Reply.encode(new Reply({ reference: ids[1]!, text: "agreed" })))
+      yield* carol.syncAll
+      const atCarolNow = yield* texts(atCarol)
+      const reply = Option.getOrThrow(Reply.decode(atCarolNow.at(-1)!))
+      expect(atCarolNow.find((m) => m.id === reply.reference)).toMatchObject({ text: "second", senderInboxId: alice.inboxId })
+    }))
+})

@@ -235,11 +235,25 @@ describe("classifyApplication", () => {
   const base = { epoch: 10n, sender: from(bob), plaintext: text("hi"), group, ownInboxId: me }
 
   const rows: ReadonlyArray<readonly [string, Parameters<typeof classifyApplication>[0], ApplicationDecision]> = [
-    ["a text is stored", base, ApplicationDecision.Text({ nonce: "ab".repeat(16), text: "hi", groupContext: undefined, content: undefined })],
+    [
+      "a text of an earlier sender (its id all hash) is stored",
+      base,
+      ApplicationDecision.Text({ nonce: "ab".repeat(16), text: "hi", idOrder: undefined, groupContext: undefined, content: undefined })
+    ],
+    [
+      "a text with its id in time order is stored, and says so",
+      { ...base, plaintext: utf8(JSON.stringify({ _tag: "Text", nonce: "ab".repeat(16), text: "hi", idOrder: "time" })) },
+      ApplicationDecision.Text({ nonce: "ab".repeat(16), text: "hi", idOrder: "time", groupContext: undefined, content: undefined })
+    ],
+    [
+      "a text with an id order nobody knows is undecodable",
+      { ...base, plaintext: utf8(JSON.stringify({ _tag: "Text", nonce: "ab".repeat(16), text: "hi", idOrder: "random" })) },
+      ApplicationDecision.UndecodableContent()
+    ],
     [
       "a text from an old epoch by a member still in is stored",
       { ...base, epoch: 8n },
-      ApplicationDecision.Text({ nonce: "ab".repeat(16), text: "hi", groupContext: undefined, content: undefined })
+      ApplicationDecision.Text({ nonce: "ab".repeat(16), text: "hi", idOrder: undefined, groupContext: undefined, content: undefined })
     ],
     [
       "a text from an old epoch by someone removed since is refused",
@@ -266,7 +280,18 @@ describe("classifyApplication", () => {
 
   it("refused and ignored payloads count as skips; texts and leave requests do not", () => {
     const skips = rows.map(([, input]) => applicationSkipReason(classifyApplication(input)))
-    expect(skips).toEqual([undefined, undefined, "senderRemoved", "undecodableContent", "undecodableContent", undefined, undefined, "dmLeaveRequest"])
+    expect(skips).toEqual([
+      undefined,
+      undefined,
+      "undecodableContent",
+      undefined,
+      "senderRemoved",
+      "undecodableContent",
+      "undecodableContent",
+      undefined,
+      undefined,
+      "dmLeaveRequest"
+    ])
   })
 })
 

@@ -4,7 +4,7 @@
  * nonce, so a member cannot forge another member's message id.
  */
 import { Schema } from "effect"
-import { labelledHashHex, utf8 } from "./Bytes.ts"
+import { labelledHashHex, toHex, utf8 } from "./Bytes.ts"
 import { GroupId, type InstallationId, MessageId } from "./Ids.ts"
 import { validatedMaker } from "./SchemaClass.ts"
 
@@ -30,13 +30,24 @@ export const WireTypedContent = Schema.Struct({
 })
 
 /**
- * A message. `groupContext` and `content` came after the first release: both are optional, and a
- * receiver that does not know them (Schema ignores unknown fields) still reads `text`, which for
- * typed content is its fallback.
+ * How a text's id is laid out (`messageIdOf`). `"time"`: it begins with the sender's clock, so the
+ * ids of new messages sort after older ones. Every store indexes messages by id: with ids all
+ * hash, each stored message landed on a random page of that index, and a received page of 100
+ * dirtied about 100 index pages (a 100,000-message store took about 33 us a message to write
+ * them, against 8 us with ids in time order). Absent: the whole id is the hash (earlier senders).
+ */
+export const IdOrder = Schema.Literal("time")
+export type IdOrder = typeof IdOrder.Type
+
+/**
+ * A message. `groupContext`, `content` and `idOrder` came after the first release: all are
+ * optional, and a receiver that does not know them (Schema ignores unknown fields) still reads
+ * `text`, which for typed content is its fallback.
  */
 export const TextContent = Schema.TaggedStruct("Text", {
   nonce: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{32}$/)),
   text: Schema.String,
+  idOrder: Schema.optional(IdOrder),
   /** A direct message: the group (of sender and recipient) it was written in. */
   groupContext: Schema.optional(GroupId),
   content: Schema.optional(WireTypedContent)
@@ -64,8 +75,28 @@ export const ApplicationContent = Schema.Union(TextContent, LeaveRequestContent,
 export type ApplicationContent = typeof ApplicationContent.Type
 export const ApplicationContentJson = Schema.parseJson(ApplicationContent)
 
-export const messageIdOf = (groupId: GroupId, sender: InstallationId, nonce: string): MessageId =>
-  labelledHashHex("message", utf8(groupId), utf8(sender), utf8(nonce)) as MessageId
+/** Hex characters of a time-ordered nonce (and id) that carry the sender's clock: 48 bits of milliseconds. */
+const TIME_PREFIX_LENGTH = 12
+const TIME_PREFIX = /^[0-9a-f]{12}/
+
+/**
+ * A text's id: the labelled hash of its group, sender installation and nonce. In `"time"` order
+ * its first 6 bytes are the nonce's (the sender's clock) and the other 26 the hash's: still bound
+ * to the sender (another member's nonce gives another hash), still 64 hex characters.
+ */
+export const messageIdOf = (groupId: GroupId, sender: InstallationId, nonce: string, idOrder?: IdOrder): MessageId => {
+  const hash = labelledHashHex("message", utf8(groupId), utf8(sender), utf8(nonce))
+  return (idOrder === "time" && TIME_PREFIX.test(nonce)
+    ? nonce.slice(0, TIME_PREFIX_LENGTH) + hash.slice(TIME_PREFIX_LENGTH)
+    : hash) as MessageId
+}
+
+/**
+ * A nonce for a `"time"`-ordered id: the sender's clock in milliseconds (12 hex characters, wrapping
+ * after 8,900 years), then 10 random bytes (`random`, at least 10): unique without a counter.
+ */
+export const timeOrderedNonce = (nowNs: bigint, random: Uint8Array): string =>
+  ((nowNs / 1_000_000n) % (1n << 48n)).toString(16).padStart(TIME_PREFIX_LENGTH, "0") + toHex(random.subarray(0, 10))
 
 /** The transcript entry every member writes for a commit: the same id everywhere. */
 export const membershipChangeIdOf = (groupId: GroupId, epoch: bigint): MessageId =>

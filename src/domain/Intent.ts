@@ -5,7 +5,7 @@
 import { Schema } from "effect"
 import { Base64Bytes } from "./Base64.ts"
 import { Policy, Role } from "./Governance.ts"
-import { WireTypedContent } from "./Content.ts"
+import { IdOrder, WireTypedContent } from "./Content.ts"
 import { GroupId, InboxId, InstallationId, MessageId } from "./Ids.ts"
 import { validatedMaker } from "./SchemaClass.ts"
 
@@ -55,6 +55,8 @@ export class SendMessageData extends Schema.Class<SendMessageData>("SendMessageD
   messageId: MessageId,
   nonce: Schema.String,
   text: Schema.String,
+  /** How `messageId` is laid out; absent for intents queued before ids were time-ordered. */
+  idOrder: Schema.optional(IdOrder),
   /** A direct message (sent in the DM): the group it belongs to. */
   groupContext: Schema.optional(GroupId),
   /** Typed content; `text` is its fallback. */

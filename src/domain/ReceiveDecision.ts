@@ -10,7 +10,7 @@
  * - `classifyApplication`: what a decrypted application payload asks for.
  */
 import { Data, Option, Schema } from "effect"
-import { ApplicationContentJson } from "./Content.ts"
+import { ApplicationContentJson, type IdOrder } from "./Content.ts"
 import type { GroupId, InboxId, InstallationId, MessageId } from "./Ids.ts"
 import type { IntentKind, IntentState } from "./Intent.ts"
 import { isCommitKind } from "./Intent.ts"
@@ -297,6 +297,8 @@ export type ApplicationDecision = Data.TaggedEnum<{
   Text: {
     readonly nonce: string
     readonly text: string
+    /** How the sender laid out the text's id (`Content.messageIdOf`). */
+    readonly idOrder: IdOrder | undefined
     /** The group a direct message claims (the receiver judges the claim). */
     readonly groupContext: GroupId | undefined
     readonly content: { readonly type: string; readonly bytes: Uint8Array } | undefined
@@ -320,7 +322,13 @@ export const classifyApplication = (facts: ApplicationFacts): ApplicationDecisio
   if (Option.isNone(content)) return ApplicationDecision.UndecodableContent()
   const value = content.value
   if (value._tag === "Text") {
-    return ApplicationDecision.Text({ nonce: value.nonce, text: value.text, groupContext: value.groupContext, content: value.content })
+    return ApplicationDecision.Text({
+      nonce: value.nonce,
+      text: value.text,
+      idOrder: value.idOrder,
+      groupContext: value.groupContext,
+      content: value.content
+    })
   }
   if (value._tag === "Delete") return ApplicationDecision.Delete({ nonce: value.nonce, target: value.target })
   if (group.kind === "dm") return ApplicationDecision.LeaveRequestInDm()

@@ -4,8 +4,7 @@
  */
 import { Clock, Effect, PubSub } from "effect"
 import { randomBytes } from "node:crypto"
-import { toHex } from "../domain/Bytes.ts"
-import { messageIdOf } from "../domain/Content.ts"
+import { messageIdOf, timeOrderedNonce } from "../domain/Content.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ConversationId, GroupId } from "../domain/Ids.ts"
 import { makeSendMessageData } from "../domain/Intent.ts"
@@ -54,9 +53,9 @@ export const make = (
       if (new TextEncoder().encode(text).length > MAX_TEXT_BYTES) {
         return yield* new InvalidInput({ reason: `message text is over ${MAX_TEXT_BYTES} bytes` })
       }
-      const nonce = toHex(randomBytes(16))
-      const messageId = messageIdOf(group.id, identity.installationId, nonce)
       const now = yield* Clock.currentTimeNanos
+      const nonce = timeOrderedNonce(now, randomBytes(10))
+      const messageId = messageIdOf(group.id, identity.installationId, nonce, "time")
       const row = makeStoredMessage({
         id: messageId,
         groupId: group.id,
@@ -77,7 +76,7 @@ export const make = (
       return {
         messageId,
         now,
-        data: makeSendMessageData({ messageId, nonce, text, ...extras }),
+        data: makeSendMessageData({ messageId, nonce, text, idOrder: "time", ...extras }),
         // Stored `unpublished`, it moves the group up the list as it is inserted (a trigger: one statement).
         storeMessage: Effect.asVoid(storage.messages.insert(row)),
         announce: Effect.asVoid(PubSub.publish(stored, row))

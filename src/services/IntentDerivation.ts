@@ -265,6 +265,7 @@ const derive = (ctx: EngineContext, state: MlsGroupState, data: IntentData) =>
           _tag: "Text",
           nonce: data.nonce,
           text: data.text,
+          ...(data.idOrder === undefined ? {} : { idOrder: data.idOrder }),
           ...(data.groupContext === undefined ? {} : { groupContext: data.groupContext }),
           ...(data.content === undefined ? {} : { content: data.content })
         })

@@ -110,7 +110,7 @@ export const make = (page: PageLedger) => {
       // Built from values decoded at the boundary (envelope, content, the sender's credential)
       // or derived from them: typed, not validated a second time (a schema pass per message).
       const row: StoredMessage = {
-        id: messageIdOf(groupId, sender.installationId, text.nonce),
+        id: messageIdOf(groupId, sender.installationId, text.nonce, text.idOrder),
         groupId: groupId,
         conversationId: conversationOf(),
         senderInboxId: sender.inboxId,
