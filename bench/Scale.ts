@@ -123,9 +123,15 @@ const storeHistory = (
     }
   })
 
+/** Catch-ups of `batch` new messages timed into a store: alice queues and publishes, bob's syncAll is timed. */
+const CATCH_UP_BATCH = 500
+const CATCH_UP_ROUNDS = 3
+
 /**
  * A conversation with `count` stored messages (written to Bob's database directly, as a long
- * history would be), then the latest 50 read through the API.
+ * history would be), then the latest 50 read through the API, then catch-ups of 500 new
+ * messages into that store (ms a message, median of 3): what a store's size costs a received
+ * page (each message enters the message-id index of `count` entries).
  */
 export const latestOfMany = (count: number) =>
   Effect.scoped(Effect.gen(function*() {
@@ -148,7 +154,14 @@ export const latestOfMany = (count: number) =>
     if (latest.length !== 50 || latest[0]?.text.startsWith(`message ${count - 1} `) !== true) {
       console.log(`   (warning: the latest 50 are not the newest stored: ${latest[0]?.text.slice(0, 20)})`)
     }
-    return { count, latest50: yield* samples(20, handle.messages({ limit: 50, direction: "desc" })) }
+    const latest50 = yield* samples(20, handle.messages({ limit: 50, direction: "desc" }))
+    const catchUps: Array<number> = []
+    for (let round = 0; round < CATCH_UP_ROUNDS; round++) {
+      for (let i = 0; i < CATCH_UP_BATCH; i++) yield* conversation.sendOptimistic(`new ${round}.${i} ${"x".repeat(60)}`)
+      yield* conversation.publishPending
+      catchUps.push((yield* time(bob.syncAll))[0] / CATCH_UP_BATCH)
+    }
+    return { count, latest50, catchUpPerMessage: median(catchUps) }
   }))
 
 /**

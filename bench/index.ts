@@ -927,6 +927,11 @@ const benchScale = Effect.gen(function*() {
     row(`conversations(), ${memory.groups} groups`, memory.conversations, `${memory.listed} listed, by last activity`),
     row(`latest 50 of ${history.count.toLocaleString("en-US")} messages`, history.latest50, "Conversation.messages desc, limit 50"),
     row(
+      `catch-up into those ${history.count.toLocaleString("en-US")}, per message`,
+      history.catchUpPerMessage,
+      `bob's syncAll of 500 new messages, median of 3: ${fmt(1000 / history.catchUpPerMessage, 0)} msgs/s`
+    ),
+    row(
       `latest 50 of a DM over ${stitched.groups} groups, ${stitched.count.toLocaleString("en-US")} messages`,
       stitched.latest50,
       "the stitched conversation, desc, limit 50"
@@ -957,6 +962,7 @@ const benchScale = Effect.gen(function*() {
   summary["rssMany"] = memory.rssMiB
   summary["historyCount"] = history.count
   summary["latest50"] = history.latest50
+  summary["catchUpIntoHistory"] = history.catchUpPerMessage
   summary["latest50Dm"] = stitched.latest50
   summary["largeGroupsCount"] = resident.groups
   summary["rssLargeGroups"] = resident.peakRss
