@@ -291,6 +291,7 @@ describe("Group governance", () => {
       expect(yield* atBob.minProtocolVersion).toBe(2)
       const paused = { _tag: "ProtocolVersionTooOld", required: 2, current: 1 }
       expect(yield* atBob.send("while paused").pipe(Effect.flip)).toMatchObject(paused)
+      expect(yield* atBob.sendOptimistic("queued while paused").pipe(Effect.flip)).toMatchObject(paused)
       expect(yield* atBob.addMembers([carol.inboxId]).pipe(Effect.flip)).toMatchObject(paused)
       expect(yield* atBob.updateMetadata({ name: "x" }).pipe(Effect.flip)).toMatchObject(paused)
       // Paused, Bob still reads.
@@ -308,6 +309,10 @@ describe("Group governance", () => {
       yield* asAlice.sendGroupMessages([GroupMessageInput.make({ groupId, payload: forged.commit })])
       expect((yield* bob.syncAll).skippedBy["policyViolation"]).toBe(1)
       expect(yield* memberInboxes(atBob)).toEqual([alice.inboxId, bob.inboxId].sort())
+
+      // Restarted on the same version, nothing decoded kept yet: still paused, judged on the stored row.
+      yield* net.restart(bob, { protocolVersion: 1 })
+      expect(yield* (yield* open(bob, group.id)).sendOptimistic("still paused").pipe(Effect.flip)).toMatchObject(paused)
 
       // Bob upgrades: a restart with the newer version un-pauses him.
       yield* net.restart(bob, { protocolVersion: 2 })

@@ -27,8 +27,10 @@ const countingCrypto = () => {
       }),
     // The real one takes what the staged state shares with its base from the newer base.
     rebaseStaged: (state: MlsGroupState) => state,
-    // One member, whose leaf index is the state's tag.
+    // One member, whose leaf index is the state's tag; the tag is its epoch and its settings bytes too.
     view: (state: MlsGroupState) => ({
+      epoch: BigInt((state as unknown as { bytes: Uint8Array }).bytes[0]!),
+      metadata: Uint8Array.of((state as unknown as { bytes: Uint8Array }).bytes[0]!),
       ownLeafIndex: 0,
       members: [{ inboxId: "a".repeat(64), installationId: "b".repeat(64), leafIndex: (state as unknown as { bytes: Uint8Array }).bytes[0] }]
     })
@@ -41,6 +43,21 @@ const row = (tag: number, size = 40) =>
   ({ id: `g${tag}` as GroupId, mlsState: new Uint8Array(size).fill(tag) }) as unknown as StoredGroup
 
 describe("GroupStateCache", () => {
+  it.effect("gives a summary's settings from the kept state only when that state is at the summary's epoch", () =>
+    Effect.gen(function*() {
+      const { crypto, decoded } = countingCrypto()
+      const cache = GroupStateCache.make(crypto, 1000)
+      const groupId = "g1" as GroupId
+      // Nothing kept: the caller reads the row.
+      expect(cache.keptMetadataAt(groupId, 1n)).toEqual(Option.none())
+      yield* cache.loadState(row(1))
+      expect(cache.keptMetadataAt(groupId, 1n)).toEqual(Option.some(Uint8Array.of(1)))
+      // The row is at another epoch than the state kept (a commit came since): not its settings.
+      expect(cache.keptMetadataAt(groupId, 2n)).toEqual(Option.none())
+      expect(cache.keptMetadataAt("g2" as GroupId, 1n)).toEqual(Option.none())
+      expect(decoded).toEqual([1])
+    }))
+
   it.effect("decodes a group once while its stored bytes stay the same, and again when they change", () =>
     Effect.gen(function*() {
       const { crypto, decoded } = countingCrypto()

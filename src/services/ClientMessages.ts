@@ -9,7 +9,7 @@ import { InvalidInput } from "../domain/Errors.ts"
 import type { ConversationId, GroupId } from "../domain/Ids.ts"
 import { makeSendMessageData } from "../domain/Intent.ts"
 import { Message } from "../domain/Model.ts"
-import { makeStoredMessage, type StoredGroup, type StoredMessage } from "../domain/Stored.ts"
+import { makeStoredMessage, type StoredMessage } from "../domain/Stored.ts"
 import type { GroupSummary } from "./Storage.ts"
 import type { ClientContext } from "./ClientContext.ts"
 import type * as ConversationMessaging from "./ConversationMessaging.ts"
@@ -43,7 +43,7 @@ export const toMessage = (row: StoredMessage) =>
 
 export const make = (
   { consent, env, publisher, self }: ClientContext,
-  { checkNotPaused, queueIntent }: ReturnType<typeof GroupIntents.make>
+  { checkNotPaused, checkSummaryNotPaused, queueIntent }: ReturnType<typeof GroupIntents.make>
 ) => {
   const { identity, storage, stored } = env
 
@@ -94,9 +94,10 @@ export const make = (
     )
 
   /** Stores the message as unpublished and queues its intent, in one transaction. */
-  const queueMessage = (group: StoredGroup, text: string, extras: ConversationMessaging.MessageExtras = {}) =>
+  const queueMessage = (group: GroupSummary, text: string, extras: ConversationMessaging.MessageExtras = {}) =>
     Effect.gen(function*() {
-      yield* checkNotPaused(group)
+      // Judged on the summary's epoch: a queued message needs no MLS state until it is published.
+      yield* checkSummaryNotPaused(group)
       const message = yield* prepare(group, text, extras)
       yield* allowAnsweredDm(group)
       return { messageId: message.messageId, intentId: yield* queueAsUsual(group.id, message) }

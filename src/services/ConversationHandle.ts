@@ -40,7 +40,7 @@ const sending = (
       return messageId
     }, annotated),
     sendOptimistic: Effect.fn("Conversation.sendOptimistic", traced)(function*(text: string) {
-      const queued = yield* queueMessage(yield* groups.activePrimary(id, kind), text)
+      const queued = yield* queueMessage(yield* groups.activePrimarySummary(id, kind), text)
       return queued.messageId
     }, annotated),
     publishPending: forEachGroup((group) =>

@@ -3,7 +3,7 @@
  * one lock per group, the client's options, the decoded-state cache and the local feed of
  * newly stored messages (which `streamMessages` reads).
  */
-import { type Duration, Effect, type PubSub, Schedule } from "effect"
+import { type Duration, Effect, type Option, type PubSub, Schedule } from "effect"
 import { ConversationNotFound } from "../domain/Errors.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import type { CryptoError } from "../domain/Errors.ts"
@@ -94,6 +94,11 @@ export interface EngineContext {
   readonly loadRoster: (group: StoredGroup) => Effect.Effect<Roster, CryptoError>
   /** The group context's settings bytes at the group's stored state, decoding it only when neither it nor its roster is kept. */
   readonly loadMetadata: (group: StoredGroup) => Effect.Effect<Uint8Array | undefined, CryptoError>
+  /**
+   * The settings bytes of the kept decoded state when it is at `epoch` (the context changes only
+   * with the epoch), or none: what a summary row, without its state, can be judged against.
+   */
+  readonly keptMetadataAt: (groupId: GroupId, epoch: bigint) => Option.Option<Uint8Array | undefined>
   /** Serializes and remembers a state about to be stored, so the next load needs no decode. */
   readonly encodeState: (groupId: GroupId, state: MlsGroupState) => Uint8Array
   /**

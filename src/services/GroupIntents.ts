@@ -12,7 +12,9 @@ import type { IntentData } from "../domain/Intent.ts"
 import { GroupMetadata } from "../domain/Model.ts"
 import type { StoredGroup } from "../domain/Stored.ts"
 import type { ClientContext } from "./ClientContext.ts"
+import { loadGroupRow } from "./EngineContext.ts"
 import * as GroupSync from "./GroupSync.ts"
+import type { GroupSummary } from "./Storage.ts"
 import { queueIntent as queueIntentIn } from "./IntentQueue.ts"
 
 export const make = ({ env, publisher }: ClientContext) => {
@@ -26,13 +28,22 @@ export const make = ({ env, publisher }: ClientContext) => {
     )
 
   /** Below the group's minimum protocol version this installation reads and syncs, but writes nothing. */
-  const checkNotPaused = (group: StoredGroup) =>
-    Effect.gen(function*() {
-      const settings = yield* settingsOf(group)
-      const current = env.options.protocolVersion
-      if (isPaused(settings, current)) {
-        return yield* new ProtocolVersionTooOld({ required: settings.minProtocolVersion, current })
-      }
+  const refuseIfPaused = (settings: GroupMetadata): Effect.Effect<void, ProtocolVersionTooOld> => {
+    const current = env.options.protocolVersion
+    return isPaused(settings, current)
+      ? Effect.fail(new ProtocolVersionTooOld({ required: settings.minProtocolVersion, current }))
+      : Effect.void
+  }
+  const checkNotPaused = (group: StoredGroup) => Effect.flatMap(settingsOf(group), refuseIfPaused)
+
+  /**
+   * `checkNotPaused` from the group's summary row: against the kept state's settings when it is at
+   * the summary's epoch, else against the stored row (read, and its state decoded if need be).
+   */
+  const checkSummaryNotPaused = (group: GroupSummary) =>
+    Option.match(env.keptMetadataAt(group.id, group.epoch), {
+      onSome: (metadata) => refuseIfPaused(Option.getOrElse(decodeSettings(metadata), () => GroupMetadata.none)),
+      onNone: () => Effect.flatMap(loadGroupRow(env, group.id), checkNotPaused)
     })
 
   /** Waits for an intent; a governance refusal it ended with comes back as its typed error. */
@@ -48,5 +59,5 @@ export const make = ({ env, publisher }: ClientContext) => {
   const groupMembers = (group: StoredGroup) =>
     env.loadState(group).pipe(Effect.map((state) => GroupSync.membersByInbox(env.crypto.view(state))))
 
-  return { queueIntent, settingsOf, checkNotPaused, resolveTyped, groupMembers }
+  return { queueIntent, settingsOf, checkNotPaused, checkSummaryNotPaused, resolveTyped, groupMembers }
 }

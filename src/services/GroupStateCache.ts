@@ -168,6 +168,18 @@ export const make = (
     })
 
   /**
+   * The settings bytes of the group's kept state when that state is at `epoch`, without the stored
+   * bytes to compare: a group's context (its settings among it) changes only with its epoch, so any
+   * state of the group at that epoch has the same. `Option.none()` when no state at that epoch is kept.
+   */
+  const keptMetadataAt = (groupId: GroupId, epoch: bigint): Option.Option<Uint8Array | undefined> => {
+    const hit = cache.get(groupId)
+    if (hit === undefined) return Option.none()
+    const view = crypto.view(hit.state)
+    return view.epoch === epoch ? Option.some(view.metadata) : Option.none()
+  }
+
+  /**
    * The staged state of each group's last own commit: written ahead as bytes (what the commit
    * changed, against the state it was created from), adopted when the commit lands. Kept decoded
    * so adopting it costs no decode (a 100-member state takes tens of ms); a few groups at most
@@ -207,6 +219,7 @@ export const make = (
     loadState,
     loadRoster,
     loadMetadata,
+    keptMetadataAt,
     encodeState,
     encodeStaged,
     loadStaged,
