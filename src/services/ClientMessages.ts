@@ -9,7 +9,7 @@ import { InvalidInput } from "../domain/Errors.ts"
 import type { ConversationId, GroupId } from "../domain/Ids.ts"
 import { makeSendMessageData } from "../domain/Intent.ts"
 import { Message } from "../domain/Model.ts"
-import { makeStoredMessage, type StoredMessage } from "../domain/Stored.ts"
+import { makeStoredMessage, type StoredGroup, type StoredMessage } from "../domain/Stored.ts"
 import type { GroupSummary } from "./Storage.ts"
 import type { ClientContext } from "./ClientContext.ts"
 import type * as ConversationMessaging from "./ConversationMessaging.ts"
@@ -94,7 +94,7 @@ export const make = (
     )
 
   /** Stores the message as unpublished and queues its intent, in one transaction. */
-  const queueMessage = (group: GroupSummary, text: string, extras: ConversationMessaging.MessageExtras = {}) =>
+  const queueMessage = (group: GroupSummary | StoredGroup, text: string, extras: ConversationMessaging.MessageExtras = {}) =>
     Effect.gen(function*() {
       // Judged on the summary's epoch: a queued message needs no MLS state until it is published.
       yield* checkSummaryNotPaused(group)

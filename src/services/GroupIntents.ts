@@ -38,12 +38,13 @@ export const make = ({ env, publisher }: ClientContext) => {
 
   /**
    * `checkNotPaused` from the group's summary row: against the kept state's settings when it is at
-   * the summary's epoch, else against the stored row (read, and its state decoded if need be).
+   * the summary's epoch, else against the stored row (the one given, or read; its state decoded if
+   * need be).
    */
-  const checkSummaryNotPaused = (group: GroupSummary) =>
+  const checkSummaryNotPaused = (group: GroupSummary | StoredGroup) =>
     Option.match(env.keptMetadataAt(group.id, group.epoch), {
       onSome: (metadata) => refuseIfPaused(Option.getOrElse(decodeSettings(metadata), () => GroupMetadata.none)),
-      onNone: () => Effect.flatMap(loadGroupRow(env, group.id), checkNotPaused)
+      onNone: () => "mlsState" in group ? checkNotPaused(group) : Effect.flatMap(loadGroupRow(env, group.id), checkNotPaused)
     })
 
   /** Waits for an intent; a governance refusal it ended with comes back as its typed error. */
