@@ -38,6 +38,8 @@ export { Identity } from "./services/Identity.ts"
 export type { FaultControls, FaultStats, FaultyDelivery } from "./layers/FaultyDeliveryService.ts"
 export { Storage } from "./services/Storage.ts"
 export * as SqliteStorage from "./layers/SqliteStorage.ts"
+/** The client's SQLite: `SqlClient` plus the lane its storage runs hot statements on (`SqliteConnection.layer({ filename })`). */
+export * as SqliteConnection from "./layers/SqliteConnection.ts"
 export * as Wire from "./domain/Wire.ts"
 /** The engine's Effect metrics: messages, commits, epoch conflicts, retries, skips by reason, sync lag, publish time. */
 export * as EngineMetrics from "./services/EngineMetrics.ts"

@@ -11,7 +11,7 @@
  * yield* net.crashAt(alice, "publish.afterWriteAheadBeforeSend")  // dies there, once
  * ```
  */
-import { SqliteClient } from "@effect/sql-sqlite-node"
+import * as SqliteConnection from "./layers/SqliteConnection.ts"
 import { ed25519 } from "@noble/curves/ed25519.js"
 import { Cause, Context, Data, Effect, Either, Exit, Layer, Option, type Redacted, Schedule, Scope } from "effect"
 import * as fs from "node:fs"
@@ -227,7 +227,7 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
             })
           ),
           // A literal config cannot fail to load.
-          Layer.provide(Layer.orDie(SqliteClient.layer({ filename }))),
+          Layer.provide(Layer.orDie(SqliteConnection.layer({ filename }))),
           Layer.provide(Layer.succeed(DeliveryService, wrapDelivery?.(deliveryFor(name)) ?? deliveryFor(name))),
           Layer.provide(Layer.succeed(MlsCrypto, yield* cryptoFor(engineOptions.maxPastEpochs)))
         )

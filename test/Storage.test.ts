@@ -1,7 +1,8 @@
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { describe, expect, it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
-import { Effect, Layer, Option, Redacted, Schema, SchemaAST } from "effect"
+import type { SqlError } from "@effect/sql/SqlError"
+import { type ConfigError, Effect, Layer, Option, Redacted, Schema, SchemaAST } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -10,6 +11,7 @@ import { StoredGroup, StoredIdentity, InboxLogEntry, StoredKeyPackage, StoredMes
 import { AddMembersData, LeaveData, makeSendMessageData, PostCommitData, RemoveMembersData } from "../src/domain/Intent.ts"
 import { IdentityUpdate } from "../src/domain/Wire.ts"
 import { type ConsentKey, ConsentRecord } from "../src/domain/Consent.ts"
+import * as SqliteConnection from "../src/layers/SqliteConnection.ts"
 import * as SqliteStorage from "../src/layers/SqliteStorage.ts"
 import { MessageColumns } from "../src/layers/SqliteMessageStorage.ts"
 import { listingQuery, summariesQuery, SummaryColumns } from "../src/layers/SqliteGroupStorage.ts"
@@ -20,8 +22,11 @@ const groupId = hex(32, "a") as GroupId
 const inbox = hex(64, "b") as InboxId
 const installation = hex(64, "c") as InstallationId
 
-const memoryStore = SqliteStorage.layer.pipe(Layer.provide(SqliteClient.layer({ filename: ":memory:" })))
-const fileStore = (filename: string) => SqliteStorage.layer.pipe(Layer.provide(SqliteClient.layer({ filename })))
+// The storage over either connection: @effect/sql-sqlite-node's, or ours with its lane for the hot paths.
+const connections: ReadonlyArray<readonly [string, (filename: string) => Layer.Layer<SqlClient.SqlClient, SqlError | ConfigError.ConfigError>]> = [
+  ["SqliteClient", (filename) => SqliteClient.layer({ filename })],
+  ["SqliteConnection", (filename) => SqliteConnection.layer({ filename })]
+]
 
 const group = (overrides: Partial<StoredGroup> = {}) =>
   StoredGroup.make({
@@ -59,7 +64,10 @@ const message = (id: string, sentAtNs: bigint) =>
     insertedAtNs: sentAtNs
   })
 
-describe("Storage", () => {
+describe.each(connections)("Storage over %s", (_, connect) => {
+  const memoryStore = SqliteStorage.layer.pipe(Layer.provide(connect(":memory:")))
+  const fileStore = (filename: string) => SqliteStorage.layer.pipe(Layer.provide(connect(filename)))
+
   it.effect("migrations run on a fresh file and are idempotent on reopen; data survives", () =>
     Effect.gen(function*() {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), "converge-storage-"))

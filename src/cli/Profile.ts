@@ -1,12 +1,12 @@
 /**
  * A CLI profile: a folder holding one installation's database and the server it talks to.
  */
-import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Context, Duration, Effect, Layer, Option, Schedule, Schema } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
 import { RPC_PATH } from "../layers/DeliveryServer.ts"
+import * as SqliteConnection from "../layers/SqliteConnection.ts"
 import * as SqliteStorage from "../layers/SqliteStorage.ts"
 import { Client, type ClientOptions } from "../services/Client.ts"
 import { Identity } from "../services/Identity.ts"
@@ -48,7 +48,7 @@ export const rpcUrl = (server: string) =>
 
 /** A SQLite file the user named: failing to open it is theirs to fix, a typed one-line error. */
 export const openSqlite = (filename: string) =>
-  SqliteClient.layer({ filename }).pipe(
+  SqliteConnection.layer({ filename }).pipe(
     Layer.mapError((e) => new InvalidInput({ reason: `cannot open the database ${filename}: ${e.message}` })),
     // Readable by its owner only (SQLite creates files after the umask, usually 0644).
     Layer.tap(() => Effect.sync(() => privateFiles(filename)))

@@ -50,9 +50,9 @@ export const make = (sql: SqlClient.SqlClient, run: Run, quarantine: Quarantine)
     advance: (topic, sequenceId) =>
       run(
         "cursors.advance",
-        sql`INSERT INTO converge_cursors (topic, sequence_id) VALUES (${topic}, ${sequenceId})
+        run.exec(sql`INSERT INTO converge_cursors (topic, sequence_id) VALUES (${topic}, ${sequenceId})
             ON CONFLICT (topic) DO UPDATE SET sequence_id = excluded.sequence_id
-            WHERE excluded.sequence_id > converge_cursors.sequence_id`
+            WHERE excluded.sequence_id > converge_cursors.sequence_id`)
       ),
     set: (topic, sequenceId) =>
       run(

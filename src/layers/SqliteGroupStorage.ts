@@ -144,17 +144,17 @@ export const make = (sql: SqlClient.SqlClient, run: Run, sealedWithKey: SealedWi
     get: (id) =>
       run(
         "groups.get",
-        sql`SELECT * FROM converge_groups WHERE id = ${id}`.pipe(Effect.flatMap(decodeGroups), Effect.map(first))
+        run.exec(sql`SELECT * FROM converge_groups WHERE id = ${id}`).pipe(Effect.flatMap(decodeGroups), Effect.map(first))
       ),
     getForSend: (id, topic, states) =>
       run(
         "groups.getForSend",
-        sql<RawRow>`SELECT g.*,
+        run.exec(sql<RawRow>`SELECT g.*,
               (SELECT sequence_id FROM converge_cursors WHERE topic = ${topic}) AS converge_cursor,
               EXISTS (SELECT 1 FROM converge_intents WHERE group_id = g.id AND state IN ${
           sql.in(states as Array<IntentState>)
         }) AS converge_pending
-            FROM converge_groups g WHERE g.id = ${id}`.pipe(
+            FROM converge_groups g WHERE g.id = ${id}`).pipe(
           Effect.flatMap((rows) =>
             // The row decodes as `get`'s (its extra columns ignored); one that does not is quarantined there.
             Effect.gen(function*() {
@@ -188,7 +188,7 @@ export const make = (sql: SqlClient.SqlClient, run: Run, sealedWithKey: SealedWi
     summary: (id) =>
       run(
         "groups.summary",
-        sql`SELECT ${sql.literal(SUMMARY_COLUMNS)} FROM converge_groups WHERE id = ${id}`.pipe(
+        run.exec(sql`SELECT ${sql.literal(SUMMARY_COLUMNS)} FROM converge_groups WHERE id = ${id}`).pipe(
           Effect.flatMap(summaryRows.each),
           Effect.map(first)
         )
@@ -205,7 +205,7 @@ export const make = (sql: SqlClient.SqlClient, run: Run, sealedWithKey: SealedWi
         "groups.saveState",
         Effect.flatMap(
           sealFor("mls_state")(mlsState),
-          (sealed) => sql`UPDATE converge_groups SET epoch = ${epoch}, mls_state = ${sealed} WHERE id = ${id}`
+          (sealed) => run.exec(sql`UPDATE converge_groups SET epoch = ${epoch}, mls_state = ${sealed} WHERE id = ${id}`)
         )
       ),
     setMembership: (id, state) =>

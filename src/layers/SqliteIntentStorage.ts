@@ -70,8 +70,8 @@ export const make = (
         "intents.insert",
         encodeIntentData(data).pipe(
           Effect.flatMap((json) =>
-            sql<{ id: bigint }>`INSERT INTO converge_intents (group_id, kind, data, state, created_at_ns)
-                VALUES (${groupId}, ${data._tag}, ${json}, 'ToPublish', ${createdAtNs}) RETURNING id`
+            run.exec(sql<{ id: bigint }>`INSERT INTO converge_intents (group_id, kind, data, state, created_at_ns)
+                VALUES (${groupId}, ${data._tag}, ${json}, 'ToPublish', ${createdAtNs}) RETURNING id`)
           ),
           Effect.map((rows) => Number(rows[0]!.id))
         )
@@ -81,10 +81,10 @@ export const make = (
         "intents.insertPublished",
         encodeIntentData(data).pipe(
           Effect.flatMap((json) =>
-            sql<{ id: bigint }>`INSERT INTO converge_intents
+            run.exec(sql<{ id: bigint }>`INSERT INTO converge_intents
                 (group_id, kind, data, state, created_at_ns, payload_hash, payload, published_epoch, attempts)
                 VALUES (${groupId}, ${data._tag}, ${json}, 'Published', ${createdAtNs}, ${p.payloadHash}, ${p.payload},
-                        ${p.publishedEpoch}, 1) RETURNING id`
+                        ${p.publishedEpoch}, 1) RETURNING id`)
           ),
           Effect.map((rows) => Number(rows[0]!.id))
         )
@@ -188,11 +188,11 @@ export const make = (
         "intents.markDelivered",
         // markCommitted (only from Published: it records the sequence id) and markProcessed in one.
         Effect.forEach(chunksOf(rows, 100), (chunk) =>
-          sql`UPDATE converge_intents SET
+          run.exec(sql`UPDATE converge_intents SET
                 sequence_id = CASE WHEN state = 'Published' THEN v.column2 ELSE sequence_id END,
                 state = 'Processed', staged_state = NULL, payload = NULL, post_commit_data = NULL
               FROM (VALUES ${sql.csv(chunk.map((r) => sql`(${r.id}, ${r.sequenceId})`))}) AS v
-              WHERE converge_intents.id = v.column1 AND state IN ('ToPublish', 'Published', 'Committed')`, { discard: true })
+              WHERE converge_intents.id = v.column1 AND state IN ('ToPublish', 'Published', 'Committed')`), { discard: true })
       ),
     markError: (id, error) =>
       run(

@@ -129,8 +129,8 @@ export const make = (sql: SqlClient.SqlClient, run: Run, quarantine: Quarantine)
   const messages: MessageRepository = {
     insert: (message) => {
       // Written out as `insertMany` writes a page's rows: every optimistic send stores one.
-      const store = sql`INSERT INTO converge_messages ${sql.insert(messageColumns(message) as never)}
-        ON CONFLICT (id) DO NOTHING RETURNING id`.pipe(Effect.map((rows) => rows.length > 0))
+      const store = run.exec(sql`INSERT INTO converge_messages ${sql.insert(messageColumns(message) as never)}
+        ON CONFLICT (id) DO NOTHING RETURNING id`).pipe(Effect.map((rows) => rows.length > 0))
       return run(
         "messages.insert",
         // A published one with its feed entry, atomically.
@@ -147,8 +147,8 @@ export const make = (sql: SqlClient.SqlClient, run: Run, quarantine: Quarantine)
           const stored: Array<MessageId> = []
           for (let i = 0; i < messages.length; i += 100) {
             const chunk = messages.slice(i, i + 100)
-            const inserted = yield* sql<{ id: MessageId }>`INSERT INTO converge_messages
-              ${sql.insert(chunk.map(messageColumns) as never)} ON CONFLICT (id) DO NOTHING RETURNING id`
+            const inserted = yield* run.exec(sql<{ id: MessageId }>`INSERT INTO converge_messages
+              ${sql.insert(chunk.map(messageColumns) as never)} ON CONFLICT (id) DO NOTHING RETURNING id`)
             stored.push(...inserted.map((row) => row.id))
             yield* recordMessages(sql, publishedAmong(chunk, inserted))
           }
@@ -232,10 +232,10 @@ export const make = (sql: SqlClient.SqlClient, run: Run, quarantine: Quarantine)
       run(
         "messages.markPublishedMany",
         Effect.forEach(chunksOf(rows, 100), (chunk) =>
-          sql`UPDATE converge_messages SET delivery_status = 'published', sent_at_ns = v.column2, sequence_id = v.column3,
+          run.exec(sql`UPDATE converge_messages SET delivery_status = 'published', sent_at_ns = v.column2, sequence_id = v.column3,
                 expires_at_ns = v.column4
               FROM (VALUES ${sql.csv(chunk.map((r) => sql`(${r.id}, ${r.sentAtNs}, ${r.sequenceId}, ${r.expiresAtNs})`))}) AS v
-              WHERE converge_messages.id = v.column1`, { discard: true })
+              WHERE converge_messages.id = v.column1`), { discard: true })
       ),
     markFailed: (id) =>
       run(

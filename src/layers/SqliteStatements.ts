@@ -4,9 +4,11 @@
  */
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
+import type * as Statement from "@effect/sql/Statement"
 import { Context, Effect, Option, type ParseResult, Schema } from "effect"
 import { StorageError } from "../domain/Errors.ts"
 import { withDriverCause } from "../domain/FailureDetail.ts"
+import type { SqliteLane } from "./SqliteConnection.ts"
 import { StorageKey } from "./StorageKey.ts"
 
 /** A failure as the `StorageError` of `operation`, the driver's words included (`withDriverCause`). */
@@ -39,25 +41,39 @@ export const chunksOf = <A>(items: ReadonlyArray<A>, size: number): Array<Readon
 export type RawRow = { readonly [column: string]: unknown }
 
 /** Runs a repository's statement: see `makeRun`. */
-export type Run = <A>(
-  operation: string,
-  effect: Effect.Effect<A, SqlError | ParseResult.ParseError, StorageKey>
-) => Effect.Effect<A, StorageError>
+export interface Run {
+  <A>(operation: string, effect: Effect.Effect<A, SqlError | ParseResult.ParseError, StorageKey>): Effect.Effect<A, StorageError>
+  /**
+   * A statement of the hot paths (a send, a queued message, a received page): in one step on the
+   * connection's `SqliteLane` when the storage has one, else as @effect/sql runs it.
+   */
+  readonly exec: <A extends object>(statement: Statement.Statement<A>) => Effect.Effect<ReadonlyArray<A>, SqlError>
+  /** `effect` with what every statement needs (safe integers, the storage key) provided once. */
+  readonly withRunContext: <A, E, R>(
+    effect: Effect.Effect<A, E, R>
+  ) => Effect.Effect<A, E, Exclude<R, StorageKey | SqlClient.SafeIntegers>>
+}
 
-/** The `run` of a storage opened with `key`. */
-export const makeRun = (key: StorageKey["Type"]): Run => {
+/** The `run` of a storage opened with `key`, over `lane` if its connection has one. */
+export const makeRun = (key: StorageKey["Type"], lane?: SqliteLane["Type"]): Run => {
   /**
    * Runs a statement with safe integers, mapping errors to `StorageError`. No span: these are
    * the hot paths of every sync, traced by the engine step that calls them.
    */
   const runContext = Context.make(SqlClient.SafeIntegers, true).pipe(Context.add(StorageKey, key))
+  // A storage transaction provides both once (`withRunContext`): its statements skip the change.
+  const provided = (context: Context.Context<never>) =>
+    Context.get(context, SqlClient.SafeIntegers) && Option.getOrUndefined(Context.getOption(context, StorageKey)) === key
   const run = <A>(operation: string, effect: Effect.Effect<A, SqlError | ParseResult.ParseError, StorageKey>) =>
-    effect.pipe(
-      // Both services in one context change: every statement pays for it.
-      Effect.provide(runContext),
-      Effect.mapError(toStorageError(operation))
-    )
-  return run
+    Effect.withFiberRuntime<A, StorageError>((fiber) => {
+      const ready = provided(fiber.currentContext)
+        ? (effect as Effect.Effect<A, SqlError | ParseResult.ParseError>)
+        : Effect.provide(effect, runContext)
+      return Effect.mapError(ready, toStorageError(operation))
+    })
+  const exec: Run["exec"] = lane === undefined ? (statement) => statement : lane.execute
+  const withRunContext = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.provide(effect, runContext)
+  return Object.assign(run, { exec, withRunContext })
 }
 
 /** The first row, if any. */

@@ -15,6 +15,7 @@ import { Storage } from "../services/Storage.ts"
 import { failedCommitAsError } from "./FailedCommit.ts"
 import * as Migrations from "./Migrations.ts"
 import * as SqliteCursorStorage from "./SqliteCursorStorage.ts"
+import { SqliteLane } from "./SqliteConnection.ts"
 import * as SqliteDurability from "./SqliteDurability.ts"
 import * as SqliteGroupStorage from "./SqliteGroupStorage.ts"
 import * as SqliteHistoryStorage from "./SqliteHistoryStorage.ts"
@@ -36,7 +37,8 @@ export const makeWith = (key: StorageKey["Type"], options: SqliteStorageOptions 
   // Deleted and expired messages are overwritten on disk, not only unlinked (SQLite only).
   yield* sql`PRAGMA secure_delete = ON`.pipe(Effect.ignore)
 
-  const run = makeRun(key)
+  // The hot paths' statements in one step when the connection has a lane (`SqliteConnection`).
+  const run = makeRun(key, Option.getOrUndefined(yield* Effect.serviceOption(SqliteLane)))
   const quarantine = SqliteQuarantine.make(sql)
   const sealedWithKey = (column: string) => SealedWith(key, column)
 
@@ -47,7 +49,8 @@ export const makeWith = (key: StorageKey["Type"], options: SqliteStorageOptions 
   const { identity, inboxLogs, keyPackages } = SqliteIdentityStorage.make(sql, run, sealedWithKey, quarantine)
 
   const transaction = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-    sql.withTransaction(effect).pipe(
+    // Safe integers and the key for all its statements at once (each would change the context).
+    sql.withTransaction(run.withRunContext(effect)).pipe(
       failedCommitAsError,
       Effect.catchIf(
         (e): e is SqlError => (e as { _tag?: string })._tag === "SqlError",
