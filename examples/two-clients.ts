@@ -8,8 +8,7 @@
  * own `Client` layer, but both talk to the same `DeliveryService` (two `layerMemory` layers
  * would be two separate networks).
  */
-import { SqliteClient } from "@effect/sql-sqlite-node"
-import { Client, DeliveryService, MlsCrypto } from "converge"
+import { Client, DeliveryService, MlsCrypto, SqliteConnection } from "converge"
 import { Context, Effect, Layer } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -19,7 +18,8 @@ import * as path from "node:path"
 const clientOn = (delivery: DeliveryService["Type"], filename: string) =>
   Layer.build(
     Client.layer().pipe(
-      Layer.provide(SqliteClient.layer({ filename })),
+      // Its SqlClient and the lane its storage runs hot statements on (SqliteClient.layer works too).
+      Layer.provide(SqliteConnection.layer({ filename })),
       Layer.provide(Layer.succeed(DeliveryService, delivery)),
       Layer.provide(MlsCrypto.layer())
     )

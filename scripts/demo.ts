@@ -8,7 +8,7 @@
  *     <- DeliveryService.layerStore()              verifies identities and key packages
  *     <- DeliveryStore.layerSqlite                 over its own SQLite file
  *   Client.layer()                                 needs  DeliveryService | MlsCrypto | SqlClient
- *     <- SqliteClient.layer({ filename })          one database file per client (its SQLite store)
+ *     <- SqliteConnection.layer({ filename })      one database file per client (its SQLite store)
  *     <- DeliveryService.layerRpc({ url })         its own connection to the server
  *     <- MlsCrypto.layer()                         ts-mls, shared
  *
@@ -17,7 +17,6 @@
  *
  * Exit code 0 only if every check held and nothing failed.
  */
-import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Cause, Context, Duration, Effect, Exit, Layer, Logger, LogLevel, Option } from "effect"
 import { deliveryLayer } from "../src/cli/Serve.ts"
 import { DeliveryServer } from "../src/layers/DeliveryServer.ts"
@@ -32,6 +31,7 @@ import {
   type Message,
   type MessageId,
   MlsCrypto,
+  SqliteConnection,
   type SyncSummary
 } from "../src/index.ts"
 
@@ -109,7 +109,7 @@ const startServer = (dir: string) =>
 /** A client over its own SQLite file and its own connection to the server, alive for the scope. */
 const openClient = (crypto: Context.Context<MlsCrypto>, url: string, filename: string) =>
   Client.layer().pipe(
-    Layer.provide(SqliteClient.layer({ filename })),
+    Layer.provide(SqliteConnection.layer({ filename })),
     Layer.provide(DeliveryService.layerRpc({ url })),
     Layer.provide(Layer.succeedContext(crypto)),
     Layer.build,

@@ -63,7 +63,7 @@ const closure = (file: string, seen = new Set<string>()): Set<string> => {
   return seen
 }
 
-const DRIVERS = ["@effect/sql-pg", "pg", "@effect/sql-sqlite-node", "ws", "@effect/rpc", "@effect/platform-node", "ts-mls"]
+const DRIVERS = ["@effect/sql-pg", "pg", "@effect/sql-sqlite-node", "better-sqlite3", "ws", "@effect/rpc", "@effect/platform-node", "ts-mls"]
 
 const inFolder = (folder: string) => [...graph.keys()].filter((f) => relative(f).startsWith(`${folder}/`))
 
