@@ -10,7 +10,6 @@
  * Run by `Scale.manyLargeGroups`:
  * `node --expose-gc bench/ResidentClient.mjs <compiled index.js> <database> <rpc url>`.
  */
-import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Effect, Layer, Metric, Schedule } from "effect"
 
 const [entry, filename, url] = process.argv.slice(2)
@@ -19,7 +18,7 @@ if (entry === undefined || filename === undefined || url === undefined) {
 }
 const gc = globalThis.gc
 if (gc === undefined) throw new Error("run with --expose-gc")
-const { Client, DeliveryService, EngineMetrics, MlsCrypto } = await import(entry)
+const { Client, DeliveryService, EngineMetrics, MlsCrypto, SqliteConnection } = await import(entry)
 
 const mib = (bytes) => bytes / (1024 * 1024)
 /** RSS and the JS heap in use (with buffers outside it) after a full collection, in MiB. */
@@ -36,7 +35,7 @@ const cpuMs = (since) => {
 const loaded = settled()
 
 const layer = Client.layer({}).pipe(
-  Layer.provide(SqliteClient.layer({ filename })),
+  Layer.provide(SqliteConnection.layer({ filename })),
   Layer.provide(DeliveryService.layerRpc({
     url,
     timeout: "30 seconds",

@@ -1,6 +1,6 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Effect, Exit, Fiber, Layer } from "effect"
+import { Deferred, Effect, Exit, Fiber } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -105,13 +105,11 @@ describe("SqliteConnection: the client's SQLite, with a lane for the hot paths",
       yield* Effect.addFinalizer(() => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true })))
       const filename = path.join(dir, "client.sqlite")
       const file = Connection.layer({ filename })
-      yield* Effect.scoped(Layer.build(file).pipe(Effect.flatMap((context) =>
-        Effect.provide(
-          Effect.zipRight(setUp, Effect.flatMap(SqliteLane, (lane) =>
-            Effect.flatMap(SqlClient.SqlClient, (sql) => lane.execute(sql`INSERT INTO notes (body) VALUES (${"durable"})`)))),
-          context
-        )
-      )))
+      const writeOnce = Effect.gen(function*() {
+        const { lane, sql } = yield* setUp
+        yield* lane.execute(sql`INSERT INTO notes (body) VALUES (${"durable"})`)
+      })
+      yield* Effect.scoped(Effect.provide(writeOnce, file))
       expect(yield* Effect.provide(bodies, file)).toEqual(["durable"])
     }))
 })

@@ -8,34 +8,7 @@
  */
 import { createPrivateKey, createPublicKey, type KeyObject, sign, verify } from "node:crypto"
 import { fromHex } from "./Bytes.ts"
-
-/** A Map that forgets its least recently used entry beyond `capacity`. */
-export class LruCache<V> {
-  private readonly entries = new Map<string, V>()
-  constructor(readonly capacity: number) {}
-
-  get(key: string): V | undefined {
-    const value = this.entries.get(key)
-    if (value !== undefined) {
-      this.entries.delete(key)
-      this.entries.set(key, value)
-    }
-    return value
-  }
-
-  set(key: string, value: V): void {
-    this.entries.delete(key)
-    if (this.entries.size >= this.capacity) {
-      const oldest = this.entries.keys().next()
-      if (oldest.done !== true) this.entries.delete(oldest.value)
-    }
-    this.entries.set(key, value)
-  }
-
-  get size(): number {
-    return this.entries.size
-  }
-}
+import { LruCache } from "./LruCache.ts"
 
 const bufferOf = (bytes: Uint8Array): Buffer => Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)
 const cacheKey = (bytes: Uint8Array): string => bufferOf(bytes).toString("latin1")

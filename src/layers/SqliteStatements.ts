@@ -42,7 +42,10 @@ export type RawRow = { readonly [column: string]: unknown }
 
 /** Runs a repository's statement: see `makeRun`. */
 export interface Run {
-  <A>(operation: string, effect: Effect.Effect<A, SqlError | ParseResult.ParseError, StorageKey>): Effect.Effect<A, StorageError>
+  <A>(
+    operation: string,
+    effect: Effect.Effect<A, SqlError | ParseResult.ParseError, StorageKey>
+  ): Effect.Effect<A, StorageError>
   /**
    * A statement of the hot paths (a send, a queued message, a received page): in one step on the
    * connection's `SqliteLane` when the storage has one, else as @effect/sql runs it.
@@ -63,7 +66,8 @@ export const makeRun = (key: StorageKey["Type"], lane?: SqliteLane["Type"]): Run
   const runContext = Context.make(SqlClient.SafeIntegers, true).pipe(Context.add(StorageKey, key))
   // A storage transaction provides both once (`withRunContext`): its statements skip the change.
   const provided = (context: Context.Context<never>) =>
-    Context.get(context, SqlClient.SafeIntegers) && Option.getOrUndefined(Context.getOption(context, StorageKey)) === key
+    Context.get(context, SqlClient.SafeIntegers) &&
+    Option.getOrUndefined(Context.getOption(context, StorageKey)) === key
   const run = <A>(operation: string, effect: Effect.Effect<A, SqlError | ParseResult.ParseError, StorageKey>) =>
     Effect.withFiberRuntime<A, StorageError>((fiber) => {
       const ready = provided(fiber.currentContext)

@@ -8,7 +8,7 @@ import { type CiphersuiteImpl, generateKeyPackageWithKey, type KeyPackage, type 
 import { encodeKeyPackage, makeKeyPackageRef, verifyKeyPackage } from "ts-mls/keyPackage.js"
 import { verifyLeafNodeSignatureKeyPackage } from "ts-mls/leafNode.js"
 import { concat, sha256Hex, toHex } from "../domain/Bytes.ts"
-import { LruCache } from "../domain/Ed25519.ts"
+import { LruCache } from "../domain/LruCache.ts"
 import type { CryptoError } from "../domain/Errors.ts"
 import { installationIdOf } from "../domain/IdentityLog.ts"
 import type { KeyPackageBundle, MlsCryptoShape } from "../services/MlsCrypto.ts"
