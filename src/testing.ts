@@ -226,7 +226,7 @@ const makeNetwork = (options: TestNetworkOptions = {}) =>
               ...(durability === undefined ? {} : { durability })
             })
           ),
-          // A literal config cannot fail to load.
+          // A fresh file in the kit's own temporary folder: failing to open it is the kit's bug.
           Layer.provide(Layer.orDie(SqliteConnection.layer({ filename }))),
           Layer.provide(Layer.succeed(DeliveryService, wrapDelivery?.(deliveryFor(name)) ?? deliveryFor(name))),
           Layer.provide(Layer.succeed(MlsCrypto, yield* cryptoFor(engineOptions.maxPastEpochs)))

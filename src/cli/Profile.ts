@@ -5,6 +5,7 @@ import { Context, Duration, Effect, Layer, Option, Schedule, Schema } from "effe
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
+import { withDriverCause } from "../domain/FailureDetail.ts"
 import { RPC_PATH } from "../layers/DeliveryServer.ts"
 import * as SqliteConnection from "../layers/SqliteConnection.ts"
 import * as SqliteStorage from "../layers/SqliteStorage.ts"
@@ -49,7 +50,8 @@ export const rpcUrl = (server: string) =>
 /** A SQLite file the user named: failing to open it is theirs to fix, a typed one-line error. */
 export const openSqlite = (filename: string) =>
   SqliteConnection.layer({ filename }).pipe(
-    Layer.mapError((e) => new InvalidInput({ reason: `cannot open the database ${filename}: ${e.message}` })),
+    // With SQLite's own words ("unable to open database file"), not only that it failed.
+    Layer.mapError((e) => new InvalidInput({ reason: `cannot open the database ${filename}: ${withDriverCause(e)}` })),
     // Readable by its owner only (SQLite creates files after the umask, usually 0644).
     Layer.tap(() => Effect.sync(() => privateFiles(filename)))
   )

@@ -41,7 +41,7 @@ import { StorageError } from "../domain/Errors.ts"
 import * as EngineMetrics from "../services/EngineMetrics.ts"
 import { Int } from "./SqliteColumns.ts"
 import { SqliteLane } from "./SqliteConnection.ts"
-import { toStorageError, walDatabaseFile } from "./SqliteStatements.ts"
+import { execOn, type Run, toStorageError, walDatabaseFile } from "./SqliteStatements.ts"
 import * as WalSyncPlacement from "./WalSyncPlacement.ts"
 
 export const Durability = Schema.Literal("publish", "commit")
@@ -79,8 +79,8 @@ export const make = (
   }).pipe(Effect.mapError(toStorageError("open")))
 
 /** Rows changed on this connection since it opened (only ever grows). */
-const totalChanges = (sql: SqlClient.SqlClient, lane: Option.Option<SqliteLane["Type"]>) =>
-  (Option.isSome(lane) ? lane.value.execute(sql`SELECT total_changes() AS changes`) : sql`SELECT total_changes() AS changes`).pipe(
+const totalChanges = (sql: SqlClient.SqlClient, exec: Run["exec"]) =>
+  exec(sql`SELECT total_changes() AS changes`).pipe(
     Effect.flatMap(Schema.decodeUnknown(TotalChanges)),
     Effect.map((rows) => rows[0]?.changes ?? 0)
   )
@@ -129,7 +129,7 @@ export const nodeWalSyncs: WalSyncs = {
 const makeWalFlush = (sql: SqlClient.SqlClient, wal: string, syncs: WalSyncs) =>
   Effect.gen(function*() {
     // Every send reads the count: in one step when the connection has a lane.
-    const lane = yield* Effect.serviceOption(SqliteLane)
+    const exec = execOn(Option.getOrUndefined(yield* Effect.serviceOption(SqliteLane)))
     const lock = yield* Effect.makeSemaphore(1)
     let walFd: number | undefined
     // Closed under the lock, after any sync in flight; forgotten as it closes, so a late flush
@@ -162,13 +162,13 @@ const makeWalFlush = (sql: SqlClient.SqlClient, wal: string, syncs: WalSyncs) =>
       if (Option.isSome(yield* Effect.serviceOption(SqlClient.TransactionConnection))) {
         return yield* Effect.dieMessage("Storage.flush inside a transaction")
       }
-      const changes = yield* totalChanges(sql, lane).pipe(Effect.mapError(toStorageError("flush")))
+      const changes = yield* totalChanges(sql, exec).pipe(Effect.mapError(toStorageError("flush")))
       if (changes === flushedAt) return
       yield* syncWal
       // Writes that landed while the sync ran may or may not be on disk: they count as unflushed.
       flushedAt = changes
     }))
-    const unflushedWrites = totalChanges(sql, lane).pipe(
+    const unflushedWrites = totalChanges(sql, exec).pipe(
       Effect.map((changes) => Math.max(0, changes - Math.max(flushedAt, 0))),
       Effect.mapError(toStorageError("unflushedWrites"))
     )

@@ -57,6 +57,10 @@ export interface Run {
   ) => Effect.Effect<A, E, Exclude<R, StorageKey | SqlClient.SafeIntegers>>
 }
 
+/** How a hot statement runs: on `lane` when the connection has one, else as @effect/sql runs it. */
+export const execOn = (lane: SqliteLane["Type"] | undefined): Run["exec"] =>
+  lane === undefined ? (statement) => statement : lane.execute
+
 /** The `run` of a storage opened with `key`, over `lane` if its connection has one. */
 export const makeRun = (key: StorageKey["Type"], lane?: SqliteLane["Type"]): Run => {
   /**
@@ -75,7 +79,7 @@ export const makeRun = (key: StorageKey["Type"], lane?: SqliteLane["Type"]): Run
         : Effect.provide(effect, runContext)
       return Effect.mapError(ready, toStorageError(operation))
     })
-  const exec: Run["exec"] = lane === undefined ? (statement) => statement : lane.execute
+  const exec = execOn(lane)
   const withRunContext = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.provide(effect, runContext)
   return Object.assign(run, { exec, withRunContext })
 }
