@@ -7,7 +7,6 @@ import {
   checkCommit,
   type CommitEffects,
   type Governed,
-  isLastSuperAdmin,
   isPaused,
   metadataConflict,
   type Policy,
@@ -15,6 +14,7 @@ import {
   type Role
 } from "../src/domain/Governance.ts"
 import type { InboxId } from "../src/domain/Ids.ts"
+import { isLastSuperAdmin } from "../src/domain/Leaving.ts"
 
 const inbox = (c: string) => c.repeat(64) as InboxId
 const [owner, admin, member, newcomer, leaver] = ["a", "b", "c", "d", "e"].map(inbox) as [
@@ -31,13 +31,13 @@ const group = (overrides: Partial<Governed> = {}): Governed => ({
   superAdmins: [owner],
   policies: presets.adminsOnly,
   minProtocolVersion: 1,
+  leaving: [],
   ...overrides
 })
 
 const commit = (overrides: Partial<CommitEffects> = {}): CommitEffects => ({
   addedInboxes: [],
   removedInboxes: [],
-  leaving: [],
   membersBefore: [owner, admin, member, leaver],
   membersAfter: [owner, admin, member, leaver],
   before: group(),
@@ -71,7 +71,7 @@ describe("policies", () => {
 describe("what a commit did", () => {
   it("names each action once, and a leaver's removal is nobody's permission", () => {
     expect(actionsOf(commit({ addedInboxes: [newcomer] }))).toEqual(["addMember"])
-    expect(actionsOf(commit({ removedInboxes: [leaver], leaving: [leaver] }))).toEqual([])
+    expect(actionsOf(commit({ removedInboxes: [leaver], before: group({ leaving: [leaver] }) }))).toEqual([])
     expect(actionsOf(commit({ removedInboxes: [member] }))).toEqual(["removeMember"])
     expect(actionsOf(commit({ after: group({ fields: { name: "Other", description: null } }) }))).toEqual([
       "updateMetadata"
@@ -99,7 +99,64 @@ describe("every receiver's check of a commit", () => {
       }),
       "allowed"
     ],
-    ["a member commits a leaver's removal", member, commit({ removedInboxes: [leaver], leaving: [leaver] }), "allowed"],
+    [
+      "a member commits a listed leaver's removal",
+      member,
+      commit({
+        removedInboxes: [leaver],
+        membersAfter: [owner, admin, member],
+        before: group({ leaving: [leaver] }),
+        after: group({ leaving: [leaver] })
+      }),
+      "allowed"
+    ],
+    [
+      "a member removes an inbox that is not listed as leaving",
+      member,
+      commit({ removedInboxes: [leaver], membersAfter: [owner, admin, member] }),
+      "denied removeMember"
+    ],
+    ["a member lists itself as leaving", member, commit({ after: group({ leaving: [member] }) }), "allowed"],
+    ["a member lists someone else as leaving", member, commit({ after: group({ leaving: [leaver] }) }), "denied leave"],
+    ["the last super admin lists itself as leaving", owner, commit({ after: group({ leaving: [owner] }) }), "denied leave"],
+    [
+      "a member drops a request to leave that still stands",
+      member,
+      commit({ before: group({ leaving: [leaver] }), after: group() }),
+      "denied leave"
+    ],
+    [
+      "a member drops the request of an inbox already gone",
+      member,
+      commit({ before: group({ leaving: [newcomer] }), after: group() }),
+      "allowed"
+    ],
+    [
+      "an admin adds back an inbox still listed as leaving",
+      admin,
+      commit({
+        addedInboxes: [newcomer],
+        membersAfter: [owner, admin, member, leaver, newcomer],
+        before: group({ leaving: [newcomer] }),
+        after: group({ leaving: [newcomer] })
+      }),
+      "denied leave"
+    ],
+    [
+      "a member removes a listed leaver who is the last super admin",
+      member,
+      commit({ removedInboxes: [owner], membersAfter: [admin, member, leaver], before: group({ leaving: [owner] }) }),
+      "denied removeMember"
+    ],
+    [
+      "the super admin demotes the other one and drops its own request, void from then on",
+      owner,
+      commit({
+        before: group({ superAdmins: [owner, admin], leaving: [owner] }),
+        after: group({ superAdmins: [owner], admins: [admin] })
+      }),
+      "allowed"
+    ],
     [
       "a member renames an admins-only group",
       member,

@@ -4,7 +4,9 @@
  */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option } from "effect"
+import { decodeSettings, encodeSettings } from "../src/domain/GroupSettings.ts"
 import type { ConversationId, GroupId } from "../src/domain/Ids.ts"
+import { GroupMetadata } from "../src/domain/Model.ts"
 import { GroupMessageInput } from "../src/domain/Wire.ts"
 import type { Conversation } from "../src/services/Client.ts"
 import { type TestClient, TestNetwork } from "../src/testing.ts"
@@ -14,6 +16,20 @@ const nameAt = (c: Conversation) => c.metadata.pipe(Effect.map((m) => m.name))
 const memberInboxes = (c: Conversation) => c.members.pipe(Effect.map((ms) => ms.map((m) => m.inboxId).sort()))
 const epochOf = (c: Conversation) =>
   c.debugInfo.pipe(Effect.map((d) => `${d.epoch}:${d.epochAuthenticator}`))
+
+/** Alice's admins-only group with Bob and Carol, Bob's state of it, and a way to post what Bob builds outside the API. */
+const adminsOnlyTrio = Effect.gen(function*() {
+  const net = yield* TestNetwork.make
+  const [alice, bob, carol] = yield* Effect.all([net.client("alice"), net.client("bob"), net.client("carol")])
+  const group = yield* alice.createGroup([bob.inboxId, carol.inboxId], { permissions: "adminsOnly" })
+  yield* Effect.all([bob.syncAll, carol.syncAll])
+  const groupId = group.id as unknown as GroupId
+  const row = Option.getOrThrow(yield* (yield* net.storage(bob)).groups.get(groupId))
+  const stateAtBob = yield* net.crypto.deserialize(row.mlsState)
+  const sendAsBob = (commit: { readonly commit: Uint8Array }) =>
+    Effect.flatMap(net.deliveryAs(bob), (ds) => ds.sendGroupMessages([GroupMessageInput.make({ groupId, payload: commit.commit })]))
+  return { alice, bob, carol, group, net, sendAsBob, stateAtBob }
+})
 
 describe("Group governance", () => {
   it.scoped("a rename reaches every member and leaves a metadataChange entry", () =>
@@ -117,23 +133,32 @@ describe("Group governance", () => {
 
   it.scoped("a hand-built removal the policy forbids is skipped by everyone, the removed member included", () =>
     Effect.gen(function*() {
-      const net = yield* TestNetwork.make
-      const [alice, bob, carol] = yield* Effect.all(["alice", "bob", "carol"].map((name) => net.client(name)))
-      const group = yield* alice!.createGroup([bob!.inboxId, carol!.inboxId], { permissions: "adminsOnly" })
-      yield* Effect.all([bob!.syncAll, carol!.syncAll])
-      const groupId = group.id as unknown as GroupId
-      const row = Option.getOrThrow(yield* (yield* net.storage(bob!)).groups.get(groupId))
-      const forged = yield* net.crypto.createCommit(yield* net.crypto.deserialize(row.mlsState), {
-        remove: [carol!.installationId]
-      })
-      yield* (yield* net.deliveryAs(bob!)).sendGroupMessages([GroupMessageInput.make({ groupId, payload: forged.commit })])
-      yield* Effect.all([alice!.syncAll, bob!.syncAll, carol!.syncAll])
-      const atCarol = yield* open(carol!, group.id)
+      const { alice, bob, carol, group, net, sendAsBob, stateAtBob } = yield* adminsOnlyTrio
+      yield* sendAsBob(yield* net.crypto.createCommit(stateAtBob, { remove: [carol.installationId] }))
+      yield* Effect.all([alice.syncAll, bob.syncAll, carol.syncAll])
+      const atCarol = yield* open(carol, group.id)
       expect(yield* atCarol.state).toBe("active")
       // Carol is still in the group everyone holds: she reads what Alice sends next.
       yield* group.send("still here?")
-      yield* carol!.syncAll
+      yield* carol.syncAll
       expect((yield* atCarol.messages()).filter((m) => m.kind === "text").map((m) => m.text)).toEqual(["still here?"])
+      expect(yield* epochOf(atCarol)).toBe(yield* epochOf(group))
+    }))
+
+  it.scoped("a hand-built commit listing another member as leaving is skipped by everyone: nobody removes her", () =>
+    Effect.gen(function*() {
+      const { alice, bob, carol, group, net, sendAsBob, stateAtBob } = yield* adminsOnlyTrio
+      const settings = Option.getOrThrow(decodeSettings(net.crypto.view(stateAtBob).metadata))
+      // Bob, a plain member, writes Carol onto the leaving list: were it taken, anyone could remove her.
+      yield* sendAsBob(yield* net.crypto.createCommit(stateAtBob, {
+        metadata: encodeSettings(new GroupMetadata({ ...settings, leaving: [carol.inboxId] }))
+      }))
+      const seen = yield* Effect.forEach([alice!, bob!, carol!], (c) => c.syncAll)
+      expect(seen.map((summary) => summary.skippedBy.policyViolation)).toEqual([1, 1, 1])
+      yield* Effect.all([alice!.syncAll, bob!.syncAll, carol!.syncAll])
+      const atCarol = yield* open(carol!, group.id)
+      expect(yield* atCarol.state).toBe("active")
+      expect(yield* memberInboxes(group)).toEqual([alice!.inboxId, bob!.inboxId, carol!.inboxId].sort())
       expect(yield* epochOf(atCarol)).toBe(yield* epochOf(group))
     }))
 
@@ -184,7 +209,7 @@ describe("Group governance", () => {
       expect(yield* epochOf(group)).toBe(yield* epochOf(yield* open(bob, group.id)))
     }))
 
-  it.scoped("a member paused below the minimum version still holds a leave request: it applies a plain member's removal of the leaver", () =>
+  it.scoped("a member paused below the minimum version applies a plain member's removal of a leaver, and queues none it could not commit", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make
       const v2 = { protocolVersion: 2 }
@@ -194,7 +219,7 @@ describe("Group governance", () => {
       yield* group.setMinProtocolVersion(2)
       yield* Effect.all([bob.syncAll, carol.syncAll, paula.syncAll])
       yield* (yield* open(carol, group.id)).leave
-      // Paula reads the request while paused: she cannot commit the removal, and must not forget it.
+      // Paula reads the request while paused: she cannot commit the removal, and the group's list says the rest.
       yield* paula.syncAll
       yield* bob.syncAll
       yield* Effect.all([paula.syncAll, alice.syncAll])
@@ -203,7 +228,7 @@ describe("Group governance", () => {
       expect(yield* epochOf(atPaula)).toBe(yield* epochOf(yield* open(bob, group.id)))
       expect(yield* epochOf(group)).toBe(yield* epochOf(atPaula))
       expect(yield* memberInboxes(atPaula)).toEqual([alice.inboxId, bob.inboxId, paula.inboxId].sort())
-      // Settled by Bob's commit, her removal is no longer pending.
+      // She queued no removal she could not commit.
       expect(yield* (yield* net.storage(paula)).intents.byState(["ToPublish", "Published"])).toEqual([])
     }))
 

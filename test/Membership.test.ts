@@ -67,7 +67,7 @@ describe("Leaving a group", () => {
       expect(yield* memberInboxes(group)).toEqual([alice!.inboxId])
     }))
 
-  it.scoped("members added after a leave request still remove the leaver: it asks again when they join", () =>
+  it.scoped("a member added after a leave request reads it in the group's settings and removes the leaver", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make
       const [alice, carol, dave] = yield* Effect.all(["alice", "carol", "dave"].map((n) => net.client(n, fast)))
@@ -79,19 +79,43 @@ describe("Leaving a group", () => {
       // Alice adds Dave, then drops off the network before she commits Carol's removal.
       yield* group.addMembers([dave!.inboxId])
       yield* net.faults.partition(alice!.installationId)
+      // Dave joins at an epoch whose settings list Carol as leaving: he removes her himself.
+      // (He could not remove Alice instead: she is the group's only super admin.)
       yield* dave!.syncAll
       const atDave = yield* open(dave!, group.id)
-      expect(yield* memberInboxes(atDave)).toEqual([alice!.inboxId, carol!.inboxId, dave!.inboxId].sort())
-      // Dave never read Carol's request, and Alice, who did, stays offline. (Dave cannot remove
-      // Alice instead: she is the group's only super admin.)
-      yield* carol!.syncAll // sees Dave join: asks to leave again, at an epoch Dave can read
-      yield* dave!.syncAll
+      expect(yield* memberInboxes(atDave)).toEqual([alice!.inboxId, dave!.inboxId].sort())
       yield* carol!.syncAll
       expect(yield* atCarol.state).toBe("inactive")
-      expect(yield* memberInboxes(atDave)).toEqual([alice!.inboxId, dave!.inboxId].sort())
       yield* net.faults.heal(alice!.installationId)
       yield* alice!.syncAll
       expect(yield* memberInboxes(group)).toEqual([alice!.inboxId, dave!.inboxId].sort())
+    }))
+
+  it.scoped("a member added while someone is leaving accepts a plain member's removal of the leaver, as everyone does", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol, dave] = yield* Effect.all(["alice", "bob", "carol", "dave"].map((n) => net.client(n, fast)))
+      const group = yield* alice!.createGroup([bob!.inboxId, carol!.inboxId], { permissions: "adminsOnly" })
+      yield* Effect.all([bob!.syncAll, carol!.syncAll])
+      yield* (yield* open(carol!, group.id)).leave
+      yield* net.faults.partition(carol!.installationId)
+
+      // Alice, the admin, adds Dave and drops off before she removes Carol: Bob, a plain member, does.
+      yield* group.addMembers([dave!.inboxId])
+      yield* net.faults.partition(alice!.installationId)
+      yield* bob!.syncAll
+      const atBob = yield* open(bob!, group.id)
+      expect(yield* memberInboxes(atBob)).toEqual([alice!.inboxId, bob!.inboxId, dave!.inboxId].sort())
+
+      // Dave joined after Carol asked: he must judge Bob's commit as Bob and Alice do.
+      yield* dave!.syncAll
+      const atDave = yield* open(dave!, group.id)
+      yield* Effect.forEach([alice!, carol!], (c) => net.faults.heal(c.installationId))
+      yield* Effect.all([alice!.syncAll, carol!.syncAll, dave!.syncAll, bob!.syncAll])
+      const epochs = yield* Effect.forEach([group, atBob, atDave], (c) => Effect.map(c.debugInfo, (d) => `${d.epoch}:${d.maybeForked}`))
+      expect(new Set(epochs).size).toBe(1)
+      expect(yield* memberInboxes(atDave)).toEqual([alice!.inboxId, bob!.inboxId, dave!.inboxId].sort())
+      expect(yield* (yield* open(carol!, group.id)).state).toBe("inactive")
     }))
 
   // Seed 20069 (6 inboxes, 150 ops): the last two members were devices of one inbox that left.
@@ -116,7 +140,8 @@ describe("Leaving a group", () => {
       yield* group.setRole(alice.inboxId, "superAdmin")
       yield* group.leave
       yield* atAlice.leave
-      yield* alice.syncAll
+      yield* alice.syncAll // commits Bob's removal (a round publishes one commit)
+      yield* alice.syncAll // alone with her own devices: removes her sibling, then goes
       yield* bob.syncAll
       expect(yield* group.state).toBe("inactive")
       expect(yield* atAlice.state).toBe("inactive")

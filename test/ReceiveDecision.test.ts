@@ -86,9 +86,9 @@ describe("classifyEnvelope", () => {
       EnvelopeDecision.OwnMessage({ intentId: 7 })
     ],
     [
-      "our leave request landing is our own message",
-      facts({ ownIntent: intent({ kind: "Leave" }) }),
-      EnvelopeDecision.OwnMessage({ intentId: 7 })
+      "our leave is a commit: first for its epoch, it wins",
+      facts({ header: header("commit", 10n), ownIntent: intent({ kind: "Leave", hasStagedState: true }) }),
+      EnvelopeDecision.OwnCommitWon({ intentId: 7 })
     ],
     [
       "our text maxPastEpochs back is still our own message",
@@ -177,35 +177,34 @@ describe("classifyEnvelope", () => {
 describe("commitChanges", () => {
   const dave = leaf("d", "5", 3)
 
-  it("an add records the inboxes that came in and brings newcomers", () => {
+  it("an add records the inboxes that came in", () => {
     const changes = commitChanges(group, { epoch: 11n, active: true, members: [...group.members, dave] }, me)
     expect(changes).toEqual({
       transcript: { epoch: 11n, added: [inbox("d")], removed: [] },
-      broughtNewcomers: true,
       leftGroup: false
     })
   })
 
   it("a key update changes nobody: no transcript entry", () => {
     const changes = commitChanges(group, { epoch: 11n, active: true, members: group.members }, me)
-    expect(changes).toEqual({ transcript: undefined, broughtNewcomers: false, leftGroup: false })
+    expect(changes).toEqual({ transcript: undefined, leftGroup: false })
   })
 
-  it("a new device of a member is a newcomer but no inbox change", () => {
+  it("a new device of a member is no inbox change", () => {
     const bobsPhone = leaf("b", "6", 3)
     const changes = commitChanges(group, { epoch: 11n, active: true, members: [...group.members, bobsPhone] }, me)
-    expect(changes).toEqual({ transcript: undefined, broughtNewcomers: true, leftGroup: false })
+    expect(changes).toEqual({ transcript: undefined, leftGroup: false })
   })
 
   it("our removal records our inbox leaving, dated by the epoch the commit starts", () => {
     const changes = commitChanges(group, { epoch: 10n, active: false, members: [bob, carol] }, me)
-    expect(changes).toEqual({ transcript: { epoch: 11n, added: [], removed: [me] }, broughtNewcomers: false, leftGroup: true })
+    expect(changes).toEqual({ transcript: { epoch: 11n, added: [], removed: [me] }, leftGroup: true })
   })
 
   it("a revoked device's removal, while another device of ours stays, records no inbox change", () => {
     const withTwoDevices = { ...group, members: [myLeaf, bob, carol, myOtherDevice] }
     const changes = commitChanges(withTwoDevices, { epoch: 10n, active: false, members: [bob, carol, myOtherDevice] }, me)
-    expect(changes).toEqual({ transcript: undefined, broughtNewcomers: false, leftGroup: true })
+    expect(changes).toEqual({ transcript: undefined, leftGroup: true })
   })
 
   it("a leaving inbox's removal is the inbox's even if another device of ours is still listed", () => {
@@ -217,7 +216,6 @@ describe("commitChanges", () => {
   it("our own winning commit records what the others record", () => {
     expect(ownCommitChanges(group, { epoch: 11n, active: true, members: [myLeaf, bob] })).toEqual({
       transcript: { epoch: 11n, added: [], removed: [inbox("c")] },
-      broughtNewcomers: false,
       leftGroup: false
     })
   })
@@ -262,23 +260,17 @@ describe("classifyApplication", () => {
     ],
     ["content that is no known payload is undecodable", { ...base, plaintext: utf8("{\"_tag\":\"Poll\"}") }, ApplicationDecision.UndecodableContent()],
     ["a text with a malformed nonce is undecodable", { ...base, plaintext: utf8(JSON.stringify({ _tag: "Text", nonce: "x", text: "hi" })) }, ApplicationDecision.UndecodableContent()],
-    ["a member's leave request queues its removal", { ...base, plaintext: leaveRequest }, ApplicationDecision.MemberLeaving({ inboxId: inbox("b") })],
     [
-      "a leave request from another device of ours means our inbox is leaving",
-      { ...base, sender: from(myOtherDevice), plaintext: leaveRequest },
-      ApplicationDecision.OwnInboxLeaving()
-    ],
-    [
-      "a leave request in a DM is ignored",
-      { ...base, group: { ...group, kind: "dm" }, plaintext: leaveRequest },
-      ApplicationDecision.LeaveRequestInDm()
+      "an old leave request is content this version does not read: leaving is a commit now",
+      { ...base, plaintext: leaveRequest },
+      ApplicationDecision.UndecodableContent()
     ]
   ]
   for (const [rule, input, expected] of rows) {
     it(rule, () => expect(classifyApplication(input)).toEqual(expected))
   }
 
-  it("refused and ignored payloads count as skips; texts and leave requests do not", () => {
+  it("refused and ignored payloads count as skips; texts and deletions do not", () => {
     const skips = rows.map(([, input]) => applicationSkipReason(classifyApplication(input)))
     expect(skips).toEqual([
       undefined,
@@ -288,9 +280,7 @@ describe("classifyApplication", () => {
       "senderRemoved",
       "undecodableContent",
       "undecodableContent",
-      undefined,
-      undefined,
-      "dmLeaveRequest"
+      "undecodableContent"
     ])
   })
 })

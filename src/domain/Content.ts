@@ -63,15 +63,7 @@ export const DeleteContent = Schema.TaggedStruct("Delete", {
   target: MessageId
 })
 
-/**
- * "Remove my inbox": sent by an installation of the leaving inbox. Its other installations
- * go `pendingRemove`; the remaining members commit the removal (seed: libxmtp #441).
- */
-export const LeaveRequestContent = Schema.TaggedStruct("LeaveRequest", {
-  nonce: Schema.String.pipe(Schema.pattern(/^[0-9a-f]{32}$/))
-})
-
-export const ApplicationContent = Schema.Union(TextContent, LeaveRequestContent, DeleteContent)
+export const ApplicationContent = Schema.Union(TextContent, DeleteContent)
 export type ApplicationContent = typeof ApplicationContent.Type
 export const ApplicationContentJson = Schema.parseJson(ApplicationContent)
 

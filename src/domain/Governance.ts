@@ -9,6 +9,7 @@
  */
 import { Either, Schema } from "effect"
 import { InboxId } from "./Ids.ts"
+import { leavingChangeProblem, liveLeavers } from "./Leaving.ts"
 
 export const Role = Schema.Literal("member", "admin", "superAdmin")
 export type Role = typeof Role.Type
@@ -66,18 +67,6 @@ export const allows = (policy: Policy, role: Role): boolean => {
 export const policyFor = (policies: PermissionPolicies, action: Action): Policy =>
   action === "setRoles" || action === "updatePermissions" ? "superAdmins" : policies[action]
 
-/**
- * Whether `inboxId` is the only super admin among the members: nobody may remove it, so a leave
- * it asked for cannot be carried out (every member reads this off the same epoch).
- */
-export const isLastSuperAdmin = (
-  roles: { readonly superAdmins: ReadonlyArray<InboxId> },
-  members: ReadonlyArray<InboxId>,
-  inboxId: InboxId
-): boolean =>
-  roles.superAdmins.includes(inboxId) && members.includes(inboxId) &&
-  !roles.superAdmins.some((other) => other !== inboxId && members.includes(other))
-
 /** The governed part of a group's context, as one epoch holds it. */
 export interface Governed {
   readonly fields: Readonly<Record<string, unknown>>
@@ -85,6 +74,8 @@ export interface Governed {
   readonly superAdmins: ReadonlyArray<InboxId>
   readonly policies: PermissionPolicies
   readonly minProtocolVersion: number
+  /** Inboxes that asked to leave (`Leaving`): their removal is anyone's to do while it stands. */
+  readonly leaving: ReadonlyArray<InboxId>
 }
 
 /** What a commit did, as every member can read it off the commit and the two epochs' contexts. */
@@ -93,8 +84,6 @@ export interface CommitEffects {
   readonly addedInboxes: ReadonlyArray<InboxId>
   /** Inboxes that had an installation before and have none after. */
   readonly removedInboxes: ReadonlyArray<InboxId>
-  /** Inboxes that asked to leave before this commit: their removal is allowed to anyone. */
-  readonly leaving: ReadonlyArray<InboxId>
   readonly membersBefore: ReadonlyArray<InboxId>
   readonly membersAfter: ReadonlyArray<InboxId>
   readonly before: Governed
@@ -126,8 +115,9 @@ export const actionsOf = (effects: CommitEffects): ReadonlyArray<Action> => {
   const { after, before } = effects
   const actions: Array<Action> = []
   if (effects.addedInboxes.length > 0) actions.push("addMember")
-  // Removing inboxes that asked to leave is everyone's to do (the leave request is the consent).
-  if (effects.removedInboxes.some((inbox) => !effects.leaving.includes(inbox))) actions.push("removeMember")
+  // Removing inboxes that asked to leave is everyone's to do (their listing is the consent).
+  const leaving = liveLeavers(before, effects.membersBefore)
+  if (effects.removedInboxes.some((inbox) => !leaving.includes(inbox))) actions.push("removeMember")
   if (changedFields(before, after).length > 0) actions.push("updateMetadata")
   if (!sameList(before.admins, after.admins) || !sameList(before.superAdmins, after.superAdmins)) {
     actions.push("setRoles")
@@ -166,6 +156,10 @@ export const checkCommit = (
       required: "superAdmins",
       detail: "the last super admin cannot be demoted or removed"
     }))
+  }
+  const leaving = leavingChangeProblem({ committer, ...effects })
+  if (leaving !== undefined) {
+    return Either.left(new PermissionViolation({ action: "leave", required: "nobody", detail: leaving }))
   }
   if (effects.after.minProtocolVersion < effects.before.minProtocolVersion) {
     return Either.left(new PermissionViolation({

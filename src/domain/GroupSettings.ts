@@ -11,12 +11,12 @@ import {
   changedFields,
   checkCommit,
   type CommitEffects,
-  isLastSuperAdmin,
   metadataConflict,
   PermissionPolicies
 } from "./Governance.ts"
 import type { InboxId } from "./Ids.ts"
 import type { IntentData } from "./Intent.ts"
+import { isLeaveBlocked, settledLeaving } from "./Leaving.ts"
 import { GroupMetadata, GroupMetadataJson, governedOf, METADATA_FIELDS } from "./Model.ts"
 
 /**
@@ -97,7 +97,6 @@ export const settingsEffects = (
 ): CommitEffects => ({
   addedInboxes: [],
   removedInboxes: [],
-  leaving: [],
   membersBefore: members,
   membersAfter: members,
   before: governedOf(before),
@@ -119,9 +118,19 @@ export const nextSettings = (
     const field = metadataConflict(governedOf(current).fields, expectedFields(data.ifMatch))
     if (field !== undefined) return Either.left(new MetadataConflict({ field }))
   }
-  const next = applied(current, data)
-  const effects = settingsEffects(members, current, next)
-  const verdict = checkCommit(committer, effects)
+  const changed = applied(current, data)
+  const leaving = settledLeaving(current, members, changed, members)
+  return checkedSettings(current, new GroupMetadata({ ...changed, leaving }), committer, members)
+}
+
+/** `next`, if `committer` may write it over `current` (as receivers judge it); `undefined` if nothing changes. */
+const checkedSettings = (
+  current: GroupMetadata,
+  next: GroupMetadata,
+  committer: InboxId,
+  members: ReadonlyArray<InboxId>
+): Either.Either<GroupMetadata | undefined, PermissionDenied> => {
+  const verdict = checkCommit(committer, settingsEffects(members, current, next))
   if (Either.isLeft(verdict)) {
     return Either.left(new PermissionDenied({ action: verdict.left.action, required: verdict.left.required }))
   }
@@ -129,11 +138,43 @@ export const nextSettings = (
   return Either.right(unchanged ? undefined : next)
 }
 
+/** Why the last super admin cannot leave (nobody could remove it). */
+export const lastSuperAdminLeaving = new PermissionDenied({ action: "leave", required: "another super admin (setRole first)" })
+
+/**
+ * The settings that ask for `committer`'s inbox to leave: listed, with the entries that no
+ * longer stand dropped. `undefined` when it is listed already; refused when it is the last super
+ * admin (nobody could remove it).
+ */
+export const leaveSettings = (
+  current: GroupMetadata,
+  committer: InboxId,
+  members: ReadonlyArray<InboxId>
+): Either.Either<GroupMetadata | undefined, PermissionDenied> => {
+  if (isLeaveBlocked(current, members, committer)) return Either.left(lastSuperAdminLeaving)
+  if (current.leaving.includes(committer)) return Either.right(undefined)
+  const leaving = [...settledLeaving(current, members, current, members), committer]
+  return checkedSettings(current, new GroupMetadata({ ...current, leaving }), committer, members)
+}
+
+/**
+ * The settings an add commit carries, if it must carry any: entries that no longer stand are
+ * dropped (an inbox removed after it asked to leave may be among those added back).
+ */
+export const settingsForAdd = (
+  current: GroupMetadata,
+  members: ReadonlyArray<InboxId>,
+  added: ReadonlyArray<InboxId>
+): GroupMetadata | undefined => {
+  const after = [...members, ...added.filter((i) => !members.includes(i))]
+  const leaving = settledLeaving(current, members, current, after)
+  return leaving.length === current.leaving.length ? undefined : new GroupMetadata({ ...current, leaving })
+}
+
 /** The effects of a received commit, from the two epochs' members and settings. */
 export const commitEffects = (input: {
   readonly membersBefore: ReadonlyArray<InboxId>
   readonly membersAfter: ReadonlyArray<InboxId>
-  readonly leaving: ReadonlyArray<InboxId>
   readonly before: GroupMetadata
   readonly after: GroupMetadata
 }): CommitEffects => {
@@ -142,7 +183,6 @@ export const commitEffects = (input: {
   return {
     addedInboxes: [...is].filter((i) => !was.has(i)),
     removedInboxes: [...was].filter((i) => !is.has(i)),
-    leaving: input.leaving,
     membersBefore: [...was],
     membersAfter: [...is],
     before: governedOf(input.before),
@@ -150,22 +190,21 @@ export const commitEffects = (input: {
   }
 }
 
-/** Whether `committer` may add and remove these inboxes (removing one that asked to leave is anyone's to do). */
+/** Whether `committer` may add and remove these inboxes (removing one listed as leaving is anyone's to do). */
 export const membershipVerdict = (input: {
   readonly settings: GroupMetadata
   readonly committer: InboxId
   readonly members: ReadonlyArray<InboxId>
   readonly add?: ReadonlyArray<InboxId>
   readonly remove?: ReadonlyArray<InboxId>
-  readonly leaving?: ReadonlyArray<InboxId>
 }): Either.Either<void, PermissionDenied> => {
   const removed = new Set(input.remove ?? [])
   const effects = commitEffects({
     membersBefore: input.members,
     membersAfter: [...input.members.filter((i) => !removed.has(i)), ...(input.add ?? [])],
-    leaving: input.leaving ?? [],
     before: input.settings,
-    after: input.settings
+    // An add carries the settings `settingsForAdd` writes, as the commit built for it will.
+    after: settingsForAdd(input.settings, input.members, input.add ?? []) ?? input.settings
   })
   return Either.mapLeft(
     checkCommit(input.committer, effects),
@@ -178,7 +217,8 @@ export const commitRefusal = (input: {
   readonly committer: InboxId
   readonly membersBefore: ReadonlyArray<InboxId>
   readonly membersAfter: ReadonlyArray<InboxId>
-  readonly leaving: ReadonlyArray<InboxId>
+  /** A DM cannot be left: its settings never list a leaver. */
+  readonly dm: boolean
   readonly settingsBefore: Uint8Array | undefined
   readonly settingsAfter: Uint8Array | undefined
   /** The protocol versions the commit's new leaves advertise (1 for none). */
@@ -191,26 +231,13 @@ export const commitRefusal = (input: {
       bytesEqual(input.settingsAfter, input.settingsBefore))
   const after = unchanged ? Option.some(before) : decodeSettings(input.settingsAfter)
   if (Option.isNone(after)) return "the commit's group settings do not decode"
+  if (input.dm && after.value.leaving.length > 0) return "a DM cannot be left: its settings list a leaver"
   const verdict = checkCommit(input.committer, commitEffects({ ...input, before, after: after.value }))
   if (Either.isLeft(verdict)) return verdict.left.detail
   const floor = after.value.minProtocolVersion
   const old = input.newLeafVersions.find((v) => v < floor)
   return old === undefined ? undefined : `adds a leaf of protocol version ${old}; the group requires ${floor}`
 }
-
-/**
- * Whether a leave request of `inboxId` can no longer be honoured in the epoch with these settings
- * and members: it is the last super admin, whom no commit may remove, and others remain to be
- * governed. Members void the request at that epoch, and the leaver becomes active again. (A
- * leaver whose inbox is all that is left deserts the group instead: nobody remains to remove it.)
- */
-export const leaveBlocked = (
-  settings: Uint8Array | undefined,
-  members: ReadonlyArray<InboxId>,
-  inboxId: InboxId
-): boolean =>
-  members.some((other) => other !== inboxId) &&
-  isLastSuperAdmin(Option.getOrElse(decodeSettings(settings), () => GroupMetadata.none), members, inboxId)
 
 /** Which settings a commit changed (empty if none), in a stable order. */
 export const changedSettings = (before: Uint8Array | undefined, after: Uint8Array | undefined): ReadonlyArray<string> => {

@@ -46,7 +46,7 @@ export const isTerminal = (state: IntentState): boolean => transitions[state].le
 
 /** Intents whose payload is a commit (changes the epoch) rather than an application message. */
 export const isCommitKind = (kind: IntentKind): boolean =>
-  kind !== "SendMessage" && kind !== "Leave" && kind !== "DeleteMessage"
+  kind !== "SendMessage" && kind !== "DeleteMessage"
 
 // ---- intent data, one schema per kind ----
 

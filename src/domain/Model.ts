@@ -60,7 +60,9 @@ export class GroupMetadata extends Schema.Class<GroupMetadata>("GroupMetadata")(
   admins: Schema.optionalWith(Schema.Array(InboxId), { default: () => [] }),
   superAdmins: Schema.optionalWith(Schema.Array(InboxId), { default: () => [] }),
   policies: Schema.optionalWith(PermissionPolicies, { default: () => presets.everyone }),
-  minProtocolVersion: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { default: () => PROTOCOL_VERSION })
+  minProtocolVersion: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { default: () => PROTOCOL_VERSION }),
+  /** Inboxes that asked to leave, each by a commit of its own (`Leaving`): anyone may remove them. */
+  leaving: Schema.optionalWith(Schema.Array(InboxId), { default: () => [] })
 }) {
   static readonly none = new GroupMetadata({ name: null, description: null })
 }
@@ -80,7 +82,8 @@ export const governedOf = (metadata: GroupMetadata): Governed => ({
   admins: metadata.admins,
   superAdmins: metadata.superAdmins,
   policies: metadata.policies,
-  minProtocolVersion: metadata.minProtocolVersion
+  minProtocolVersion: metadata.minProtocolVersion,
+  leaving: metadata.leaving
 })
 
 export class SyncSummary extends Schema.Class<SyncSummary>("SyncSummary")({

@@ -73,7 +73,7 @@ export type EnvelopeDecision = Data.TaggedEnum<{
   ForeignGroup: { readonly groupId: string | undefined }
   /** Our own payload again: matched earlier in the page, or its intent has moved on. */
   Duplicate: { readonly intentId: number }
-  /** Our application message (a text or a leave request) landed: it is published. */
+  /** Our application message (a text or a deletion) landed: it is published. */
   OwnMessage: { readonly intentId: number }
   /**
    * Our application message landed further back than `maxPastEpochs`: every member skips it as
@@ -165,7 +165,6 @@ export const SkipReason = Schema.Literal(
   /** An old-epoch application message from someone removed since. */
   "senderRemoved",
   "undecodableContent",
-  "dmLeaveRequest",
   /** A welcome that does not decode, verify or join. */
   "badWelcome",
   /** A commit its committer was not allowed to make (Governance.checkCommit, judged on its epoch). */
@@ -223,8 +222,6 @@ export interface GroupAfter {
 export interface CommitChanges {
   /** The transcript entry to record, if the commit changed which inboxes are in. */
   readonly transcript: MembershipDiff | undefined
-  /** Whether installations came in (they never saw a leave request sent before). */
-  readonly broughtNewcomers: boolean
   /** Whether this installation is out of the group from now on. */
   readonly leftGroup: boolean
 }
@@ -238,11 +235,6 @@ export const membershipDiff = (before: ReadonlyArray<Leaf>, after: GroupAfter): 
   return added.length === 0 && removed.length === 0 ? undefined : { epoch: after.epoch, added, removed }
 }
 
-export const hasNewcomers = (before: ReadonlyArray<Leaf>, after: ReadonlyArray<Leaf>): boolean => {
-  const known = new Set(before.map((m) => m.installationId))
-  return after.some((m) => !known.has(m.installationId))
-}
-
 /** Leaves that were not in the group before (each must be a current installation of its inbox). */
 export const newLeaves = <L extends Leaf>(before: ReadonlyArray<Leaf>, after: ReadonlyArray<L>): ReadonlyArray<L> => {
   const known = new Set(before.map((m) => `${m.installationId}:${m.leafIndex}`))
@@ -252,7 +244,7 @@ export const newLeaves = <L extends Leaf>(before: ReadonlyArray<Leaf>, after: Re
 /** What someone else's commit for the current epoch, processed from `group`, did for this installation. */
 export const commitChanges = (group: GroupSnapshot, after: GroupAfter, ownInboxId: InboxId): CommitChanges => {
   if (after.active) {
-    return { transcript: membershipDiff(group.members, after), broughtNewcomers: hasNewcomers(group.members, after.members), leftGroup: false }
+    return { transcript: membershipDiff(group.members, after), leftGroup: false }
   }
   // Our removal is our inbox's removal only if no other device of ours stays: a revoked
   // device's removal changes no inbox, and the other members record nothing for it.
@@ -261,7 +253,6 @@ export const commitChanges = (group: GroupSnapshot, after: GroupAfter, ownInboxI
   return {
     // Our state stays at the old epoch: the entry is dated by the epoch the commit starts.
     transcript: inboxGoes ? { epoch: group.epoch + 1n, added: [], removed: [ownInboxId] } : undefined,
-    broughtNewcomers: false,
     leftGroup: true
   }
 }
@@ -269,7 +260,6 @@ export const commitChanges = (group: GroupSnapshot, after: GroupAfter, ownInboxI
 /** What our own winning commit did: the same transcript the other members record. */
 export const ownCommitChanges = (group: GroupSnapshot, after: GroupAfter): CommitChanges => ({
   transcript: membershipDiff(group.members, after),
-  broughtNewcomers: hasNewcomers(group.members, after.members),
   leftGroup: false
 })
 
@@ -287,13 +277,8 @@ export interface ApplicationFacts {
 export type ApplicationDecision = Data.TaggedEnum<{
   /** Sent from an old epoch by someone removed since: the group does not take its word. */
   SenderRemoved: { readonly installationId: InstallationId }
+  /** Not content this version reads (an old leave request among it: leaving is a commit now). */
   UndecodableContent: {}
-  /** A DM cannot be left: a request to leave one is ignored. */
-  LeaveRequestInDm: {}
-  /** Another installation of our inbox is leaving: leaving is per inbox, so we are too. */
-  OwnInboxLeaving: {}
-  /** A member inbox asked to leave: the remaining members commit its removal. */
-  MemberLeaving: { readonly inboxId: InboxId }
   Text: {
     readonly nonce: string
     readonly text: string
@@ -330,20 +315,13 @@ export const classifyApplication = (facts: ApplicationFacts): ApplicationDecisio
       content: value.content
     })
   }
-  if (value._tag === "Delete") return ApplicationDecision.Delete({ nonce: value.nonce, target: value.target })
-  if (group.kind === "dm") return ApplicationDecision.LeaveRequestInDm()
-  return sender.inboxId === facts.ownInboxId
-    ? ApplicationDecision.OwnInboxLeaving()
-    : ApplicationDecision.MemberLeaving({ inboxId: sender.inboxId })
+  return ApplicationDecision.Delete({ nonce: value.nonce, target: value.target })
 }
 
 export const applicationSkipReason = (decision: ApplicationDecision): SkipReason | undefined =>
   ApplicationDecision.$match(decision, {
     SenderRemoved: () => "senderRemoved" as const,
     UndecodableContent: () => "undecodableContent" as const,
-    LeaveRequestInDm: () => "dmLeaveRequest" as const,
-    OwnInboxLeaving: () => undefined,
-    MemberLeaving: () => undefined,
     Text: () => undefined,
     Delete: () => undefined
   })

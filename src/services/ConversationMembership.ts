@@ -3,14 +3,14 @@
  * and rotating this installation's leaf key. A DM's membership never changes.
  */
 import { Effect, Either } from "effect"
-import { InvalidInput, NotAMember, PermissionDenied } from "../domain/Errors.ts"
-import { isLastSuperAdmin } from "../domain/Governance.ts"
-import { membershipVerdict } from "../domain/GroupSettings.ts"
+import { InvalidInput, NotAMember } from "../domain/Errors.ts"
+import { lastSuperAdminLeaving, membershipVerdict } from "../domain/GroupSettings.ts"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
 import { AddMembersData, type IntentData, KeyUpdateData, RemoveMembersData } from "../domain/Intent.ts"
+import { isLastSuperAdmin } from "../domain/Leaving.ts"
 import type { Conversation } from "./Conversation.ts"
 import type { HandleParts, HandleScope } from "./ConversationScope.ts"
-import { newLeaveRequest } from "./IntentQueue.ts"
+import { newLeave } from "./IntentQueue.ts"
 
 type MembershipOperations = Pick<Conversation, "addMembers" | "removeMembers" | "updateKeys" | "leave">
 
@@ -34,8 +34,7 @@ export const make = (
       if (ids.length === 0) return yield* new InvalidInput({ reason: "the member list is empty" })
       const group = yield* activePrimary(id, kind)
       if (group.membershipState === "pendingRemove") {
-        // An inbox on its way out does not shape the group it leaves (and members it added
-        // could not read its request; GroupSync has it repeat the request for them).
+        // An inbox on its way out does not shape the group it leaves.
         return yield* new InvalidInput({ reason: "this inbox has asked to leave the group: it can no longer change its members" })
       }
       yield* checkNotPaused(group)
@@ -69,9 +68,7 @@ export const make = (
       const members = yield* groupMembers(group)
       if (members.size < 2) return yield* new InvalidInput({ reason: "you are the only member; nobody would remove you" })
       // Every receiver refuses the removal of the last super admin: name another one first.
-      if (isLastSuperAdmin(yield* settingsOf(group), [...members.keys()], self)) {
-        return yield* new PermissionDenied({ action: "leave", required: "another super admin (setRole first)" })
-      }
+      if (isLastSuperAdmin(yield* settingsOf(group), [...members.keys()], self)) return yield* lastSuperAdminLeaving
       if (group.membershipState === "pendingRemove") {
         // Already asked (here or on another of our devices): just make sure it is out.
         const pending = yield* storage.intents.byGroup(group.id, ["ToPublish", "Published"])
@@ -81,7 +78,7 @@ export const make = (
       // Pending-remove from now on, and the request queued, in one transaction.
       const intentId = yield* storage.transaction(Effect.gen(function*() {
         yield* storage.groups.setMembership(group.id, "pendingRemove")
-        return yield* queueIntent(group.id, newLeaveRequest())
+        return yield* queueIntent(group.id, newLeave())
       }))
       yield* publisher.resolve(group.id, intentId)
     }).pipe(span("leave"))

@@ -114,8 +114,8 @@ export const make = (ctx: EngineContext) => {
     })
   /**
    * Asked to leave, and nobody else is left to commit the removal: we are out, once our own
-   * request is out too (our other devices must learn that the inbox left). Our other devices
-   * still in the group are removed by commit first: one of them may not have read the request
+   * leave has landed too (our other devices must learn that the inbox left). Our other devices
+   * still in the group are removed by commit first: one of them may not have read the leave
    * yet, and what it sends meanwhile must either reach us or be refused by the group.
    */
   const settleLoneLeaver = (groupId: GroupId, known: MembershipState | undefined) =>

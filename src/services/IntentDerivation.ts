@@ -23,9 +23,12 @@ import {
   encodeSettings,
   type GovernanceIntent,
   isGovernanceIntent,
+  leaveSettings,
   membershipVerdict,
-  nextSettings
+  nextSettings,
+  settingsForAdd
 } from "../domain/GroupSettings.ts"
+import { liveLeavers } from "../domain/Leaving.ts"
 import { GroupMetadata } from "../domain/Model.ts"
 import { makePostCommitData, type PostCommitData, type RemoveMembersData } from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
@@ -115,12 +118,22 @@ const fetchKeyPackages = (ctx: EngineContext, add: ReadonlyArray<Wanted>) =>
   })
 
 /** A commit adding (with welcomes) and removing installations; nothing to do if both are empty. */
-const membershipCommit = (ctx: EngineContext, state: MlsGroupState, add: ReadonlyArray<Wanted>, remove: ReadonlyArray<InstallationId>) =>
+const membershipCommit = (
+  ctx: EngineContext,
+  state: MlsGroupState,
+  add: ReadonlyArray<Wanted>,
+  remove: ReadonlyArray<InstallationId>,
+  metadata?: GroupMetadata
+) =>
   Effect.gen(function*() {
     if (add.length === 0 && remove.length === 0) return { _tag: "NoOp" } as Derived
     const packages = yield* fetchKeyPackages(ctx, add)
     yield* checkAddedVersions(ctx, state, packages)
-    const result = yield* ctx.crypto.createCommit(state, { add: packages, remove })
+    const result = yield* ctx.crypto.createCommit(state, {
+      add: packages,
+      remove,
+      ...(metadata === undefined ? {} : { metadata: encodeSettings(metadata) })
+    })
     return {
       _tag: "Payload",
       payload: result.commit,
@@ -149,7 +162,7 @@ const memberInboxes = (ctx: EngineContext, state: MlsGroupState) => [...new Set(
 const checkMembership = (
   ctx: EngineContext,
   state: MlsGroupState,
-  change: { readonly add?: ReadonlyArray<InboxId>; readonly remove?: ReadonlyArray<InboxId>; readonly leaving?: ReadonlyArray<InboxId> }
+  change: { readonly add?: ReadonlyArray<InboxId>; readonly remove?: ReadonlyArray<InboxId> }
 ) =>
   Effect.gen(function*() {
     const members = memberInboxes(ctx, state)
@@ -177,12 +190,27 @@ const deriveSettings = (ctx: EngineContext, state: MlsGroupState, data: Governan
     return { _tag: "Payload", payload: result.commit, state: undefined, staged: result.staged, postCommit: undefined } as Derived
   })
 
-/** Every installation of each inbox that is not in the group yet, and this inbox's other devices. */
+/**
+ * Every installation of each inbox that is not in the group yet, and this inbox's other devices.
+ * The settings come along when leave requests that no longer stand must go (an inbox added back
+ * after it left is not a leaver).
+ */
 const deriveAdd = (ctx: EngineContext, state: MlsGroupState, inboxIds: ReadonlyArray<InboxId>) =>
   Effect.gen(function*() {
     yield* checkMembership(ctx, state, { add: inboxIds })
     const { add } = yield* installationDiff(ctx, state, [...inboxIds, ctx.identity.inboxId])
-    return yield* membershipCommit(ctx, state, add, [])
+    const settings = settingsForAdd(yield* settingsAt(ctx, state), memberInboxes(ctx, state), add.map((w) => w.inboxId))
+    return yield* membershipCommit(ctx, state, add, [], settings)
+  })
+
+/** Lists this inbox as leaving, in a commit of its own (`domain/Leaving`); nothing to do if it is listed. */
+const deriveLeave = (ctx: EngineContext, state: MlsGroupState) =>
+  Effect.gen(function*() {
+    const next = leaveSettings(yield* settingsAt(ctx, state), ctx.identity.inboxId, memberInboxes(ctx, state))
+    if (Either.isLeft(next)) return yield* next.left
+    if (next.right === undefined) return { _tag: "NoOp" } as Derived
+    const result = yield* ctx.crypto.createCommit(state, { metadata: encodeSettings(next.right) })
+    return { _tag: "Payload", payload: result.commit, state: undefined, staged: result.staged, postCommit: undefined } as Derived
   })
 
 /** Brings every member inbox's leaves in line with its identity log. */
@@ -203,22 +231,30 @@ const deriveInstallationUpdate = (ctx: EngineContext, state: MlsGroupState) =>
     return yield* (remove.length > 0 ? membershipCommit(ctx, state, [], remove) : membershipCommit(ctx, state, add, []))
   })
 
-/** Removes every installation of the inboxes; for our own inbox (a lone leaver), the others. */
+/**
+ * Removes every installation of the inboxes; for our own inbox (a lone leaver), the others. A
+ * removal queued for a leaver removes it only while the group still lists it as leaving.
+ */
 const deriveRemove = (ctx: EngineContext, state: MlsGroupState, data: RemoveMembersData) =>
   Effect.gen(function*() {
-    const { inboxIds } = data
-    const targets = new Set<string>(inboxIds)
     const view = ctx.crypto.view(state)
+    const inboxIds = data.forLeaveRequest ? yield* standingLeavers(ctx, state, data.inboxIds) : data.inboxIds
+    const targets = new Set<string>(inboxIds)
     const present = inboxIds.filter((i) => i !== ctx.identity.inboxId && view.members.some((m) => m.inboxId === i))
-    if (present.length > 0) {
-      yield* checkMembership(ctx, state, { remove: present, leaving: data.forLeaveRequest ? present : [] })
-    }
+    if (present.length > 0) yield* checkMembership(ctx, state, { remove: present })
     const leaving = view.members
       .filter((m) => targets.has(m.inboxId) && m.leafIndex !== view.ownLeafIndex)
       .map((m) => m.installationId)
     if (leaving.length === 0) return { _tag: "NoOp" } as Derived
     const result = yield* ctx.crypto.createCommit(state, { remove: leaving })
     return { _tag: "Payload", payload: result.commit, state: undefined, staged: result.staged, postCommit: undefined } as Derived
+  })
+
+/** Those of `inboxIds` the group lists as leaving in this epoch (our own inbox: as a lone leaver, always). */
+const standingLeavers = (ctx: EngineContext, state: MlsGroupState, inboxIds: ReadonlyArray<InboxId>) =>
+  Effect.map(settingsAt(ctx, state), (settings) => {
+    const leaving = liveLeavers(settings, memberInboxes(ctx, state))
+    return inboxIds.filter((i) => i === ctx.identity.inboxId || leaving.includes(i))
   })
 
 /** Encrypting advances the sender ratchet: the new state is saved with the write-ahead. */
@@ -233,7 +269,7 @@ const applicationMessage = (ctx: EngineContext, state: MlsGroupState, content: A
     }))
   )
 
-/** Below the group's minimum version this installation reads but writes nothing (leave requests aside). */
+/** Below the group's minimum version this installation reads but writes nothing (its own leave aside). */
 const checkNotPaused = (ctx: EngineContext, state: MlsGroupState, data: IntentData) => {
   const writes = data._tag === "SendMessage" || data._tag === "DeleteMessage" || data._tag === "AddMembers" || data._tag === "RemoveMembers" ||
     isGovernanceIntent(data)
@@ -276,7 +312,7 @@ const derive = (ctx: EngineContext, state: MlsGroupState, data: IntentData) =>
       case "RemoveMembers":
         return yield* deriveRemove(ctx, state, data)
       case "Leave":
-        return yield* applicationMessage(ctx, state, { _tag: "LeaveRequest", nonce: data.nonce })
+        return yield* deriveLeave(ctx, state)
       case "UpdateInstallations":
         return yield* deriveInstallationUpdate(ctx, state)
       case "UpdateMetadata":

@@ -1,12 +1,11 @@
 /**
  * Someone's application messages on a page: one at a time (decrypted, then done what it asks:
- * store a text, judge a deletion, note a leave request), or a run of them in a row, decrypted in
+ * store a text, judge a deletion), or a run of them in a row, decrypted in
  * one call and applied in a plain loop, their signatures checked beside unless the page is strict.
  */
 import { Effect, Either, Option } from "effect"
 import type { StorageError } from "../domain/Errors.ts"
 import {
-  ApplicationDecision,
   applicationSkipReason,
   classifyApplication,
   classifyEnvelope,
@@ -15,7 +14,6 @@ import {
 import type { GroupMessageEnvelope } from "../domain/Wire.ts"
 import type { ProcessedApplication } from "./MlsCrypto.ts"
 import { type PageLedger, skip } from "./PageLedger.ts"
-import type * as PageLeaveRequests from "./PageLeaveRequests.ts"
 import type * as PageMessages from "./PageMessages.ts"
 import type * as PageOwnEnvelopes from "./PageOwnEnvelopes.ts"
 
@@ -28,10 +26,9 @@ export interface PlainApplication {
 export const make = (
   page: PageLedger,
   { deletionBy, textMessage }: ReturnType<typeof PageMessages.make>,
-  { blockedLeaver }: ReturnType<typeof PageLeaveRequests.make>,
   { mayBeOwn }: ReturnType<typeof PageOwnEnvelopes.make>
 ) => {
-  const { ctx, cursor, confirmations, deletions, handledIntents, leaving, voidedHere } = page
+  const { ctx, cursor, confirmations, deletions, handledIntents } = page
   const { crypto, identity } = ctx
 
   /** Someone's application message: decrypt it, then do what it asks. */
@@ -60,34 +57,7 @@ export const make = (
     const reason = applicationSkipReason(decision)
     if (reason !== undefined) return skip(page, envelope, reason)
     if (decision._tag === "Text") return textMessage(decision, sender, envelope)
-    if (decision._tag === "Delete") {
-      deletions.push(deletionBy(sender.inboxId, decision.target))
-      return undefined
-    }
-    ApplicationDecision.$match(decision, {
-      // A request the group cannot honour in this epoch is void for every member alike.
-      OwnInboxLeaving: () => {
-        if (blockedLeaver(identity.inboxId)) {
-          voidedHere.add(identity.inboxId)
-        } else {
-          voidedHere.delete(identity.inboxId)
-          if (page.membership === "active") page.membership = "pendingRemove"
-        }
-      },
-      MemberLeaving: ({ inboxId }) => {
-        if (blockedLeaver(inboxId)) {
-          voidedHere.add(inboxId)
-        } else {
-          voidedHere.delete(inboxId)
-          leaving.add(inboxId)
-        }
-      },
-      Text: () => {},
-      Delete: () => {},
-      SenderRemoved: () => {},
-      UndecodableContent: () => {},
-      LeaveRequestInDm: () => {}
-    })
+    if (decision._tag === "Delete") deletions.push(deletionBy(sender.inboxId, decision.target))
     return undefined
   }
 

@@ -6,7 +6,7 @@
  * writes them all with the cursor in one transaction, so a crash replays the whole page.
  *
  * The parts share the page's ledger (`PageLedger`): own envelopes (`PageOwnEnvelopes`), the
- * messages stored (`PageMessages`), leave requests (`PageLeaveRequests`), commits (`PageCommits`),
+ * messages stored (`PageMessages`), leaving (`PageLeaving`), commits (`PageCommits`),
  * someone's application messages and their runs (`PageApplications`), one envelope by the table
  * (`PageEnvelope`) and the closing transaction (`PageTransaction`).
  */
@@ -18,7 +18,7 @@ import type { MlsGroupState } from "./MlsCrypto.ts"
 import * as PageApplications from "./PageApplications.ts"
 import * as PageCommits from "./PageCommits.ts"
 import * as PageEnvelope from "./PageEnvelope.ts"
-import * as PageLeaveRequests from "./PageLeaveRequests.ts"
+import * as PageLeaving from "./PageLeaving.ts"
 import * as PageLedger from "./PageLedger.ts"
 import * as PageMessages from "./PageMessages.ts"
 import * as PageOwnEnvelopes from "./PageOwnEnvelopes.ts"
@@ -43,10 +43,10 @@ export const start = (
 ) => {
   const page = PageLedger.make(ctx, group, initial, cursor, now, strict)
   const messages = PageMessages.make(page)
-  const leaves = PageLeaveRequests.make(page)
+  const leaving = PageLeaving.make(page)
   const ownEnvelopes = PageOwnEnvelopes.make(page, messages)
-  const applications = PageApplications.make(page, messages, leaves, ownEnvelopes)
-  const { apply } = PageEnvelope.make(page, ownEnvelopes, PageCommits.make(page, messages, leaves), applications)
+  const applications = PageApplications.make(page, messages, ownEnvelopes)
+  const { apply } = PageEnvelope.make(page, ownEnvelopes, PageCommits.make(page, messages, leaving), applications)
   const { commit, storesDeadline } = PageTransaction.make(page)
   const { ownApplication, ownMessage } = ownEnvelopes
   const { applyApplications, plainApplication } = applications

@@ -2,7 +2,7 @@
  * The commits of a page: our own, first for its epoch (its staged state adopted once checked as
  * the others check it), and someone's for our epoch (processed, every leaf of its result checked,
  * judged by the group's policy). An adopted commit moves the page's state, membership and
- * transcript on, and voids the leave requests it made impossible.
+ * transcript on, and its settings say whether this inbox is on its way out.
  */
 import { Effect } from "effect"
 import { encodeGovernanceError, PermissionDenied } from "../domain/Errors.ts"
@@ -13,26 +13,21 @@ import { failIntent } from "./IntentQueue.ts"
 import * as LeafAuthentication from "./LeafAuthentication.ts"
 import type { LeafMember, MlsGroupState } from "./MlsCrypto.ts"
 import { type PageLedger, skip } from "./PageLedger.ts"
-import type * as PageLeaveRequests from "./PageLeaveRequests.ts"
+import type * as PageLeaving from "./PageLeaving.ts"
 import type * as PageMessages from "./PageMessages.ts"
 
 export const make = (
   page: PageLedger,
   { recordSettingsChange, recordTranscript }: ReturnType<typeof PageMessages.make>,
-  { policyRefusal, voidBlockedLeaves }: ReturnType<typeof PageLeaveRequests.make>
+  { policyRefusal, settleOwnLeave }: ReturnType<typeof PageLeaving.make>
 ) => {
-  const { ctx, leaving, removedHere, writes } = page
+  const { ctx, writes } = page
   const { crypto, identity, storage } = ctx
   const groupId = page.group.id
 
   const adopt = (next: MlsGroupState, changes: CommitChanges, committer: LeafMember, envelope: GroupMessageEnvelope) => {
     recordTranscript(changes.transcript, committer, envelope)
-    for (const inboxId of changes.transcript?.removed ?? []) {
-      removedHere.add(inboxId)
-      leaving.delete(inboxId)
-    }
     if (!changes.leftGroup) recordSettingsChange(next, committer, envelope)
-    page.joined ||= changes.broughtNewcomers
     page.state = next
     page.progressedSinceFork = true
     if (changes.leftGroup) page.membership = "inactive"
@@ -53,7 +48,7 @@ export const make = (
         return yield* skip(page, envelope, "unauthenticatedCommit", refused)
       }
       // Judged like anyone's: if the others skip it, so do we, or the group would fork.
-      const refusal = yield* policyRefusal(before, {
+      const refusal = policyRefusal(before, {
         committer: me,
         state: staged,
         metadataBefore: current.metadata,
@@ -66,7 +61,7 @@ export const make = (
       }
       adopt(staged, ownCommitChanges(before, after), me, envelope)
       writes.push(storage.intents.markCommitted(intent.id, envelope.sequenceId))
-      yield* voidBlockedLeaves
+      yield* settleOwnLeave
     })
 
   /** Someone's commit for our epoch: processed, then every leaf of its result checked. */
@@ -80,13 +75,13 @@ export const make = (
       const after = crypto.view(processed.right.state)
       const refused = yield* LeafAuthentication.commitLeavesProblem(identity, current, after, processed.right.committer)
       if (refused !== undefined) return yield* skip(page, envelope, "unauthenticatedCommit", refused)
-      const refusal = yield* policyRefusal(before, processed.right)
+      const refusal = policyRefusal(before, processed.right)
       if (refusal !== undefined) return yield* skip(page, envelope, "policyViolation", refusal)
       // A device revoked since it was added is let in (members read revocations at different
       // times) and removed at once.
       if (after.active && (yield* LeafAuthentication.enteringRevoked(identity, current, after))) page.revokedEntered = true
       adopt(processed.right.state, commitChanges(before, after, identity.inboxId), processed.right.committer, envelope)
-      yield* voidBlockedLeaves
+      yield* settleOwnLeave
     })
 
   return { ownCommitWon, commit }

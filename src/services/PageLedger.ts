@@ -1,13 +1,12 @@
 /**
  * The ledger of one page being applied: the group as it stood, the state and membership the page
  * has reached so far, and what the page owes the database at commit (MLS state, stored messages,
- * intent transitions, membership, the fork flag, the leave requests settled or voided, the
- * removals to queue), with the counts it reports. The page's steps share it; plain fields, so
+ * intent transitions, membership, the fork flag), with the counts it reports. The page's steps share it; plain fields, so
  * reading or updating one costs no effect.
  */
 import { Effect } from "effect"
 import type { StorageError } from "../domain/Errors.ts"
-import type { ConversationId, InboxId, MessageId } from "../domain/Ids.ts"
+import type { ConversationId, MessageId } from "../domain/Ids.ts"
 import { addSkipCounts, type GroupSnapshot, type SkipReason } from "../domain/ReceiveDecision.ts"
 import type { MembershipState, StoredGroup, StoredMessage } from "../domain/Stored.ts"
 import type { GroupMessageEnvelope } from "../domain/Wire.ts"
@@ -66,20 +65,6 @@ export interface PageLedger {
   /** Deletions read in this page (ours included), applied after the page's messages are stored. */
   readonly deletions: Array<MessagingReceive.Deletion>
   readonly handledIntents: Set<number>
-  /** Inboxes that asked to leave: the remaining members commit their removal. */
-  readonly leaving: Set<InboxId>
-  /**
-   * Inboxes a commit of this page removed: a leave request is settled by the first removal, so an
-   * older removal intent must not strike again at a re-added member (nor excuse anyone's commit).
-   */
-  readonly removedHere: Set<InboxId>
-  /**
-   * Inboxes whose leave request this page voided: they became the group's last super admin,
-   * whom nobody may remove. Decided per epoch, so every member voids at the same commit.
-   */
-  readonly voidedHere: Set<InboxId>
-  /** Whether a commit of this page brought in installations (that never saw our leave request). */
-  joined: boolean
   /** Whether a commit of this page brought in a revoked installation: its removal is queued. */
   revokedEntered: boolean
   outcome: PageOutcome
@@ -115,10 +100,6 @@ export const make = (
   newMessages: [],
   deletions: [],
   handledIntents: new Set(),
-  leaving: new Set(),
-  removedHere: new Set(),
-  voidedHere: new Set(),
-  joined: false,
   revokedEntered: false,
   outcome: emptyOutcome,
   confirmations: [],

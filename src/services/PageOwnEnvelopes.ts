@@ -99,7 +99,7 @@ export const make = (
     return decision._tag === "OwnMessage" ? own : undefined
   }
 
-  /** Our text or leave request landed: it is published where the DS put it. */
+  /** Our text or deletion landed: it is published where the DS put it. */
   const ownMessage = (intent: StoredIntent, envelope: GroupMessageEnvelope) => {
     const data = intent.data
     if (data._tag === "SendMessage") {

@@ -1,21 +1,13 @@
 /**
  * The transaction that ends a page: every write the page's ledger holds (intent transitions, own
- * messages delivered, new messages and deletions, MLS state, membership, the fork flag, leave
- * requests settled or voided, removals queued) with the cursor, so a crash replays the whole page.
+ * messages delivered, new messages and deletions, MLS state, membership, the fork flag, the
+ * removals of listed leavers queued) with the cursor, so a crash replays the whole page.
  */
 import { Data, Effect } from "effect"
 import type { MembershipChange } from "../domain/Content.ts"
 import type { StoredMessage } from "../domain/Stored.ts"
-import { encodeGovernanceError, PermissionDenied } from "../domain/Errors.ts"
 import { groupTopic } from "../domain/Topics.ts"
-import {
-  failPendingIntents,
-  queueInstallationUpdate,
-  queueLeaveAgain,
-  queueRemoval,
-  settleLeaveRemovals,
-  voidLeaveRequests
-} from "./IntentQueue.ts"
+import { failPendingIntents, queueInstallationUpdate, queueLeaverRemovals } from "./IntentQueue.ts"
 import * as MessagingReceive from "./MessagingReceive.ts"
 import type { PageLedger } from "./PageLedger.ts"
 
@@ -28,7 +20,6 @@ export class UnconfirmedSignatures extends Data.TaggedError("UnconfirmedSignatur
 
 export const make = (page: PageLedger) => {
   const { ctx, group, initial, now, writes, newMessages, deletions, delivered, confirmations } = page
-  const { leaving, removedHere, voidedHere } = page
   const { crypto, storage } = ctx
   const groupId = group.id
 
@@ -85,11 +76,9 @@ export const make = (page: PageLedger) => {
       if (membership === "inactive" && group.membershipState !== "inactive") yield* failPendingIntents(ctx, groupId)
       if (page.forked !== undefined && !page.progressedSinceFork) yield* storage.groups.markForked(groupId, page.forked)
       else if (page.progressedSinceFork && group.maybeForked) yield* storage.groups.clearForked(groupId)
-      yield* settleLeaveRemovals(ctx, groupId, removedHere)
-      yield* voidLeaveRequests(ctx, groupId, voidedHere, voidedCause)
-      // Out of the group, we queue nothing for it (failPendingIntents above would miss it).
-      if (membership !== "inactive") for (const inboxId of leaving) yield* queueRemoval(ctx, groupId, inboxId, now)
-      if (page.joined && membership === "pendingRemove") yield* queueLeaveAgain(ctx, groupId, now)
+      // A commit may have listed a leaver. Out of the group, we queue nothing for it
+      // (failPendingIntents above would miss it).
+      if (page.outcome.commits > 0 && membership !== "inactive") yield* queueLeaverRemovals(ctx, groupId, page.state, now)
       if (page.revokedEntered && membership === "active") yield* queueInstallationUpdate(ctx, groupId, now)
       yield* storage.cursors.advance(groupTopic(groupId), last)
       // Last, so the checks finish while the page is written: one failed, nothing of the page stays.
@@ -103,7 +92,3 @@ export const make = (page: PageLedger) => {
 
   return { commit: commitPage, storesDeadline }
 }
-
-const voidedCause = encodeGovernanceError(
-  new PermissionDenied({ action: "leave", required: "another super admin (setRole first)" })
-)

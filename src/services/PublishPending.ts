@@ -14,7 +14,7 @@ import { type GroupMessageEnvelope, GroupMessageInput } from "../domain/Wire.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
 import * as EngineMetrics from "./EngineMetrics.ts"
 import type * as IntentDerivation from "./IntentDerivation.ts"
-import { failPendingIntents, leaveRemovalOf } from "./IntentQueue.ts"
+import { failPendingIntents } from "./IntentQueue.ts"
 import type { MlsGroupState } from "./MlsCrypto.ts"
 
 /** Most application messages written ahead in one transaction and sent in one call. */
@@ -149,12 +149,7 @@ const deriveOrFail = ({ derive, failIntent }: Deps, intent: StoredIntent, state:
       // Stored typed, so the action that queued the intent fails with the same error.
       PermissionDenied: (e) => failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined)),
       MetadataConflict: (e) => failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined)),
-      // A paused member keeps its removal of a leaver queued: it is what says, until a commit settles
-      // the request, that the leaver is anyone's to remove (`leavingInboxes`), as every other member holds.
-      ProtocolVersionTooOld: (e) =>
-        leaveRemovalOf(intent).length > 0
-          ? Effect.succeed(undefined)
-          : failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined))
+      ProtocolVersionTooOld: (e) => failIntent(intent, encodeGovernanceError(e)).pipe(Effect.as(undefined))
     })
   )
 

@@ -8,13 +8,14 @@ import { Clock, Effect, Option, Schema } from "effect"
 import { CryptoError } from "../domain/Errors.ts"
 import { type ConversationId, dmPeer, type GroupId } from "../domain/Ids.ts"
 import { isHistoryOnly } from "../domain/HistoryArchive.ts"
+import { membershipIn } from "../domain/Leaving.ts"
 import { GroupMetadata, GroupMetadataJson } from "../domain/Model.ts"
 import { StoredGroup } from "../domain/Stored.ts"
 import { type WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
 import type { WelcomeMessageEnvelope } from "../domain/Wire.ts"
 import { groupTopic, welcomeTopic } from "../domain/Topics.ts"
 import { type EngineContext } from "./EngineContext.ts"
-import { failPendingIntents } from "./IntentQueue.ts"
+import { failPendingIntents, queueLeaverRemovals } from "./IntentQueue.ts"
 import type * as GroupSync from "./GroupSync.ts"
 import * as LeafAuthentication from "./LeafAuthentication.ts"
 import type { GroupView, MlsGroupState } from "./MlsCrypto.ts"
@@ -155,22 +156,24 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
   ) =>
     Effect.gen(function*() {
       const metadata = payload.dmId === undefined ? yield* metadataOf(view.metadata) : GroupMetadata.none
+      // A new device of an inbox the group lists as leaving joins on its way out.
+      const membership = membershipIn(metadata, view.members.map((m) => m.inboxId), identity.inboxId, "active")
       const now = yield* Clock.currentTimeNanos
       // Through the state cache: the joined state (which knows its inviter) is what the next load returns.
       const mlsState = ctx.encodeState(payload.groupId, state)
       yield* storage.transaction(Effect.gen(function*() {
         if (Option.isSome(existing) || historyOnly) {
-          // Taken back: nothing queued before the removal may go out now (a stale leave request
+          // Taken back: nothing queued before the removal may go out now (a stale leave
           // or removal would undo the re-add).
           yield* failPendingIntents(ctx, payload.groupId)
           yield* storage.groups.saveState(payload.groupId, { epoch: view.epoch, mlsState })
-          yield* storage.groups.setMembership(payload.groupId, "active")
+          yield* storage.groups.setMembership(payload.groupId, membership)
         } else {
           yield* storage.groups.insert(StoredGroup.make({
             id: payload.groupId,
             kind: payload.dmId === undefined ? "group" : "dm",
             dmId: payload.dmId ?? null,
-            membershipState: "active",
+            membershipState: membership,
             epoch: view.epoch,
             mlsState,
             maybeForked: false,
@@ -187,6 +190,8 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
         // moved past envelopes we could not read then and can now.
         yield* storage.cursors.set(groupTopic(payload.groupId), payload.commitSequenceId)
         yield* storage.cursors.advance(topic, envelope.sequenceId)
+        // The leavers the group lists: a member added after they asked removes them like the others.
+        if (payload.dmId === undefined) yield* queueLeaverRemovals(ctx, payload.groupId, state, now)
       }))
     })
 

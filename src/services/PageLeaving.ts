@@ -1,0 +1,49 @@
+/**
+ * Leaving across a page: the group policy's judgement of a commit (the leavers anyone may
+ * remove are those its epoch lists, `domain/Leaving`), and what an applied commit's settings
+ * mean for this installation: its inbox listed (on its way out), or its request void.
+ */
+import { Effect, Option } from "effect"
+import { commitRefusal, decodeSettings } from "../domain/GroupSettings.ts"
+import { membershipIn } from "../domain/Leaving.ts"
+import { GroupMetadata } from "../domain/Model.ts"
+import { type GroupSnapshot, newLeaves } from "../domain/ReceiveDecision.ts"
+import type { Processed } from "./MlsCrypto.ts"
+import type { PageLedger } from "./PageLedger.ts"
+
+export const make = (page: PageLedger) => {
+  const { crypto, identity } = page.ctx
+
+  /**
+   * Why the group's policy refuses someone's commit, judged on the epoch it was built for: every
+   * member runs this on the same settings and members, so all skip it alike.
+   */
+  const policyRefusal = (
+    before: GroupSnapshot,
+    processed: Pick<Extract<Processed, { kind: "commit" }>, "committer" | "state" | "metadataBefore" | "metadataAfter">
+  ) => {
+    const after = crypto.view(processed.state).members
+    return commitRefusal({
+      committer: processed.committer.inboxId,
+      membersBefore: before.members.map((m) => m.inboxId),
+      membersAfter: after.map((m) => m.inboxId),
+      newLeafVersions: newLeaves(before.members, after).map((leaf) => leaf.protocolVersion ?? 1),
+      dm: page.group.kind === "dm",
+      settingsBefore: processed.metadataBefore,
+      settingsAfter: processed.metadataAfter
+    })
+  }
+
+  /** After a commit: our membership as its settings have it (listed: leaving; a void request: active). */
+  const settleOwnLeave = Effect.suspend(() => {
+    const view = crypto.view(page.state)
+    const settings = Option.getOrElse(decodeSettings(view.metadata), () => GroupMetadata.none)
+    const next = membershipIn(settings, view.members.map((m) => m.inboxId), identity.inboxId, page.membership)
+    if (next === page.membership) return Effect.void
+    const voided = next === "active"
+    page.membership = next
+    return voided ? Effect.logInfo("leave request voided: this inbox is the group's last super admin") : Effect.void
+  })
+
+  return { policyRefusal, settleOwnLeave }
+}
