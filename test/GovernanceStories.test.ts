@@ -285,6 +285,45 @@ describe("Group governance", () => {
       expect(yield* memberInboxes(atCarol)).toEqual([carol.inboxId])
     }))
 
+  it.scoped("a leave voided when its inbox became the last super admin stays void: left alone later, it keeps the group", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [xena, sam, ann] = yield* Effect.all([net.client("xena"), net.client("sam"), net.client("ann")])
+      const group = yield* xena.createGroup([sam.inboxId, ann.inboxId])
+      yield* group.setRole(sam.inboxId, "superAdmin")
+      yield* Effect.all([sam.syncAll, ann.syncAll])
+      yield* group.leave
+      // Ann removes Sam first: Xena is the last super admin, and her request is void.
+      const atAnn = yield* open(ann, group.id)
+      yield* atAnn.removeMembers([sam.inboxId])
+      yield* xena.syncAll
+      expect(yield* group.state).toBe("active")
+      // Xena withdraws the request in a commit of her own, then removes Ann and is alone.
+      yield* xena.syncAll
+      yield* group.removeMembers([ann.inboxId])
+      yield* Effect.all([xena.syncAll, ann.syncAll, xena.syncAll])
+      expect(yield* memberInboxes(group)).toEqual([xena.inboxId])
+      expect(yield* group.state).toBe("active")
+      yield* group.send("still mine")
+    }))
+
+  it.scoped("a member on its way out with no leave listed or queued (an earlier version's request) asks again, as a commit", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* bob.syncAll
+      const groupId = group.id as unknown as GroupId
+      yield* (yield* net.storage(bob)).groups.setMembership(groupId, "pendingRemove")
+      // The next news in the group has Bob read it, and ask again.
+      yield* group.send("news")
+      yield* bob.syncAll
+      yield* alice.syncAll
+      yield* bob.syncAll
+      expect(yield* (yield* open(bob, group.id)).state).toBe("inactive")
+      expect(yield* memberInboxes(group)).toEqual([alice.inboxId])
+    }))
+
   it.scoped("policies change only by a super admin, and the minimum version only goes up", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

@@ -74,7 +74,6 @@ describe("commitRefusal", () => {
       committer: member,
       membersBefore: members,
       membersAfter: members,
-      dm: false,
       settingsBefore: bytes,
       settingsAfter: bytes,
       newLeafVersions: [],
@@ -96,8 +95,8 @@ describe("commitRefusal", () => {
     ],
     ["a member lists itself as leaving", { settingsAfter: encodeSettings(new GroupMetadata({ ...club, leaving: [member] })) }, "accepted"],
     [
-      "a member lists itself as leaving a DM",
-      { dm: true, settingsAfter: encodeSettings(new GroupMetadata({ ...club, leaving: [member] })) },
+      "a member lists itself twice",
+      { settingsAfter: encodeSettings(new GroupMetadata({ ...club, leaving: [member, member] })) },
       "denied"
     ],
     ["a member removes an inbox that did not ask", { membersAfter: [owner, member] }, "denied"],

@@ -157,6 +157,10 @@ export const leaveSettings = (
   return checkedSettings(current, new GroupMetadata({ ...current, leaving }), committer, members)
 }
 
+/** The settings with the leave requests that no longer stand dropped; `undefined` if none is. */
+export const settledSettings = (current: GroupMetadata, members: ReadonlyArray<InboxId>): GroupMetadata | undefined =>
+  settingsForAdd(current, members, [])
+
 /**
  * The settings an add commit carries, if it must carry any: entries that no longer stand are
  * dropped (an inbox removed after it asked to leave may be among those added back).
@@ -217,8 +221,6 @@ export const commitRefusal = (input: {
   readonly committer: InboxId
   readonly membersBefore: ReadonlyArray<InboxId>
   readonly membersAfter: ReadonlyArray<InboxId>
-  /** A DM cannot be left: its settings never list a leaver. */
-  readonly dm: boolean
   readonly settingsBefore: Uint8Array | undefined
   readonly settingsAfter: Uint8Array | undefined
   /** The protocol versions the commit's new leaves advertise (1 for none). */
@@ -231,7 +233,6 @@ export const commitRefusal = (input: {
       bytesEqual(input.settingsAfter, input.settingsBefore))
   const after = unchanged ? Option.some(before) : decodeSettings(input.settingsAfter)
   if (Option.isNone(after)) return "the commit's group settings do not decode"
-  if (input.dm && after.value.leaving.length > 0) return "a DM cannot be left: its settings list a leaver"
   const verdict = checkCommit(input.committer, commitEffects({ ...input, before, after: after.value }))
   if (Either.isLeft(verdict)) return verdict.left.detail
   const floor = after.value.minProtocolVersion

@@ -21,7 +21,8 @@ export const IntentKind = Schema.Literal(
   "SetRole",
   "UpdatePermissions",
   "SetMinProtocolVersion",
-  "DeleteMessage"
+  "DeleteMessage",
+  "SettleLeaving"
 )
 export type IntentKind = typeof IntentKind.Type
 
@@ -101,6 +102,14 @@ export class LeaveData extends Schema.Class<LeaveData>("LeaveData")({
   nonce: Schema.String
 }) {}
 
+/**
+ * Drop the leave requests in the group's settings that no longer stand: queued by a leaver whose
+ * request became void (it is the last super admin), so the request does not come back.
+ */
+export class SettleLeavingData extends Schema.Class<SettleLeavingData>("SettleLeavingData")({
+  _tag: Schema.tag("SettleLeaving")
+}) {}
+
 /** Bring the leaves in line with the identity logs: add new installations, remove revoked ones. */
 export class UpdateInstallationsData extends Schema.Class<UpdateInstallationsData>("UpdateInstallationsData")({
   _tag: Schema.tag("UpdateInstallations")
@@ -155,7 +164,8 @@ export const IntentData = Schema.Union(
   SetRoleData,
   UpdatePermissionsData,
   SetMinProtocolVersionData,
-  DeleteMessageData
+  DeleteMessageData,
+  SettleLeavingData
 )
 export type IntentData = typeof IntentData.Type
 export const IntentDataJson = Schema.parseJson(IntentData)

@@ -45,10 +45,6 @@ const isLive = (settings: Pick<LeavingSettings, "superAdmins">, members: Readonl
 export const liveLeavers = (settings: LeavingSettings, members: ReadonlyArray<InboxId>): ReadonlyArray<InboxId> =>
   settings.leaving.filter((inboxId) => isLive(settings, members, inboxId))
 
-/** Whether `inboxId` is listed but its leave cannot be carried out: its request is void. */
-export const isVoidedLeaver = (settings: LeavingSettings, members: ReadonlyArray<InboxId>, inboxId: InboxId) =>
-  settings.leaving.includes(inboxId) && members.includes(inboxId) && isLeaveBlocked(settings, members, inboxId)
-
 /**
  * The list a commit writes when it carries settings: entries that no longer stand (their inbox
  * is gone, or its leave became impossible) dropped, so a re-added inbox is not taken for a
@@ -77,10 +73,12 @@ export interface LeavingChange {
 /**
  * Why a commit's change to the list is not allowed, if it is not: an inbox lists itself only
  * (the commit is its consent), and only while its leave can be carried out; an entry goes only
- * once it no longer stands, in the epoch before or after; an inbox the commit adds is not listed.
+ * once it no longer stands, in the epoch before or after; an inbox the commit adds is not listed;
+ * no inbox is listed twice.
  */
 export const leavingChangeProblem = (change: LeavingChange): string | undefined => {
   const { after, before, committer } = change
+  if (new Set(after.leaving).size !== after.leaving.length) return "the leaving list names an inbox twice"
   for (const inboxId of after.leaving) {
     if (before.leaving.includes(inboxId)) continue
     if (inboxId !== committer) return `${committer} listed ${inboxId} as leaving: only an inbox may ask to leave`

@@ -7,15 +7,17 @@
  */
 import { Clock, Effect, Option, PubSub, Schema } from "effect"
 import type { DeliveryError } from "../domain/Errors.ts"
+import { decodeSettings } from "../domain/GroupSettings.ts"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
 import type { PostCommitData } from "../domain/Intent.ts"
+import { GroupMetadata } from "../domain/Model.ts"
 import type { MembershipState, StoredGroup, StoredIntent } from "../domain/Stored.ts"
 import { groupTopic } from "../domain/Topics.ts"
 import { continuesCursor } from "../domain/SentAnswer.ts"
 import { type GroupMessageEnvelope, makeWelcomeMessageInput, makeWelcomePayload, type WelcomeMessageInput, WelcomePayloadJson } from "../domain/Wire.ts"
 import { fetchKeyPackagesInChunks } from "./DeliveryService.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
-import { failIntent, failPendingIntents, queueRemoval } from "./IntentQueue.ts"
+import { failIntent, failPendingIntents, newLeave, queueIntent, queueRemoval } from "./IntentQueue.ts"
 import type { GroupView, LeafMember, MlsGroupState } from "./MlsCrypto.ts"
 import * as EngineMetrics from "./EngineMetrics.ts"
 import * as PageApplier from "./PageApplier.ts"
@@ -113,12 +115,14 @@ export const make = (ctx: EngineContext) => {
       return { outcome: applier.outcome(), membership: applier.membership(), delivered: applier.delivered() }
     })
   /**
-   * Asked to leave, and nobody else is left to commit the removal: we are out, once our own
-   * leave has landed too (our other devices must learn that the inbox left). Our other devices
-   * still in the group are removed by commit first: one of them may not have read the leave
-   * yet, and what it sends meanwhile must either reach us or be refused by the group.
+   * On our way out of a group. Asked to leave, and nobody else is left to commit the removal: we
+   * are out, once our own leave has landed too (our other devices must learn that the inbox
+   * left). Our other devices still in the group are removed by commit first: one of them may not
+   * have read the leave yet, and what it sends meanwhile must either reach us or be refused by
+   * the group. Neither listed as leaving nor with a leave on its way (a request an earlier
+   * version sent as a message): we ask again, as a commit.
    */
-  const settleLoneLeaver = (groupId: GroupId, known: MembershipState | undefined) =>
+  const settlePendingRemove = (groupId: GroupId, known: MembershipState | undefined) =>
     Effect.gen(function*() {
       // The membership a page just stored, if one was read: only a pending removal needs the row.
       if (known !== undefined && known !== "pendingRemove") return
@@ -128,9 +132,14 @@ export const make = (ctx: EngineContext) => {
       const group = yield* loadGroupRow(ctx, groupId)
       if (group.membershipState !== "pendingRemove") return
       const view = crypto.view(yield* ctx.loadState(group))
-      if (!view.members.every((m) => m.inboxId === identity.inboxId)) return
       const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
       if (pending.some((intent) => intent.kind === "Leave")) return
+      const settings = Option.getOrElse(decodeSettings(view.metadata), () => GroupMetadata.none)
+      if (!settings.leaving.includes(identity.inboxId)) {
+        yield* queueIntent(ctx, groupId, newLeave(), yield* Clock.currentTimeNanos)
+        return
+      }
+      if (!view.members.every((m) => m.inboxId === identity.inboxId)) return
       if (view.members.some((m) => m.leafIndex !== view.ownLeafIndex)) {
         // Removing our own inbox removes our other devices (Publisher: never this one).
         yield* queueRemoval(ctx, groupId, identity.inboxId, yield* Clock.currentTimeNanos)
@@ -160,7 +169,7 @@ export const make = (ctx: EngineContext) => {
       cursor = page.cursor
       if (!page.more) break
     }
-    yield* settleLoneLeaver(groupId, membership)
+    yield* settlePendingRemove(groupId, membership)
     yield* EngineMetrics.recordSync(total)
     return { total, cursor }
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))
@@ -195,7 +204,7 @@ export const make = (ctx: EngineContext) => {
       total = PageApplier.addOutcomes(total, page.outcome)
       membership = page.membership
     }
-    yield* settleLoneLeaver(groupId, membership)
+    yield* settlePendingRemove(groupId, membership)
     yield* EngineMetrics.recordSync(total)
     return { total, confirmed: confirmed as ReadonlySet<number> }
   }, (effect, groupId) => Effect.annotateLogs(effect, { groupId }))

@@ -26,7 +26,8 @@ import {
   leaveSettings,
   membershipVerdict,
   nextSettings,
-  settingsForAdd
+  settingsForAdd,
+  settledSettings
 } from "../domain/GroupSettings.ts"
 import { liveLeavers } from "../domain/Leaving.ts"
 import { GroupMetadata } from "../domain/Model.ts"
@@ -185,8 +186,14 @@ const deriveSettings = (ctx: EngineContext, state: MlsGroupState, data: Governan
       catch: (e) => new InvalidInput({ reason: `group settings: ${e instanceof Error ? e.message : String(e)}` })
     })
     if (Either.isLeft(next)) return yield* next.left
-    if (next.right === undefined) return { _tag: "NoOp" } as Derived
-    const result = yield* ctx.crypto.createCommit(state, { metadata: encodeSettings(next.right) })
+    return yield* settingsCommit(ctx, state, next.right)
+  })
+
+/** A commit of new settings alone; nothing to do without any. */
+const settingsCommit = (ctx: EngineContext, state: MlsGroupState, settings: GroupMetadata | undefined) =>
+  Effect.gen(function*() {
+    if (settings === undefined) return { _tag: "NoOp" } as Derived
+    const result = yield* ctx.crypto.createCommit(state, { metadata: encodeSettings(settings) })
     return { _tag: "Payload", payload: result.commit, state: undefined, staged: result.staged, postCommit: undefined } as Derived
   })
 
@@ -208,9 +215,13 @@ const deriveLeave = (ctx: EngineContext, state: MlsGroupState) =>
   Effect.gen(function*() {
     const next = leaveSettings(yield* settingsAt(ctx, state), ctx.identity.inboxId, memberInboxes(ctx, state))
     if (Either.isLeft(next)) return yield* next.left
-    if (next.right === undefined) return { _tag: "NoOp" } as Derived
-    const result = yield* ctx.crypto.createCommit(state, { metadata: encodeSettings(next.right) })
-    return { _tag: "Payload", payload: result.commit, state: undefined, staged: result.staged, postCommit: undefined } as Derived
+    return yield* settingsCommit(ctx, state, next.right)
+  })
+
+/** Drops the leave requests that no longer stand (ours, void, among them); nothing to do if all stand. */
+const deriveSettledLeaving = (ctx: EngineContext, state: MlsGroupState) =>
+  Effect.gen(function*() {
+    return yield* settingsCommit(ctx, state, settledSettings(yield* settingsAt(ctx, state), memberInboxes(ctx, state)))
   })
 
 /** Brings every member inbox's leaves in line with its identity log. */
@@ -313,6 +324,8 @@ const derive = (ctx: EngineContext, state: MlsGroupState, data: IntentData) =>
         return yield* deriveRemove(ctx, state, data)
       case "Leave":
         return yield* deriveLeave(ctx, state)
+      case "SettleLeaving":
+        return yield* deriveSettledLeaving(ctx, state)
       case "UpdateInstallations":
         return yield* deriveInstallationUpdate(ctx, state)
       case "UpdateMetadata":

@@ -5,11 +5,17 @@
 import { Effect, Option } from "effect"
 import { randomBytes } from "node:crypto"
 import { toHex } from "../domain/Bytes.ts"
-import { GroupInactive } from "../domain/Errors.ts"
+import { encodeGovernanceError, GroupInactive } from "../domain/Errors.ts"
 import { isPaused } from "../domain/Governance.ts"
-import { decodeSettings } from "../domain/GroupSettings.ts"
+import { decodeSettings, lastSuperAdminLeaving } from "../domain/GroupSettings.ts"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
-import { type IntentData, LeaveData, RemoveMembersData, UpdateInstallationsData } from "../domain/Intent.ts"
+import {
+  type IntentData,
+  LeaveData,
+  RemoveMembersData,
+  SettleLeavingData,
+  UpdateInstallationsData
+} from "../domain/Intent.ts"
 import { liveLeavers } from "../domain/Leaving.ts"
 import { GroupMetadata } from "../domain/Model.ts"
 import type { StoredIntent } from "../domain/Stored.ts"
@@ -23,11 +29,38 @@ export const queueIntent = (ctx: EngineContext, groupId: GroupId, data: IntentDa
 /** A new request to leave (its nonce tells one request's row from another's). */
 export const newLeave = () => LeaveData.make({ nonce: toHex(randomBytes(16)) })
 
-/** An intent ends in `Error`; a message it was sending is `failed`. */
+/**
+ * An intent ends in `Error`; a message it was sending is `failed`; a leave that failed leaves us
+ * active again (nobody was asked to remove us).
+ */
 export const failIntent = (ctx: EngineContext, intent: StoredIntent, cause: string) =>
   Effect.gen(function*() {
     yield* ctx.storage.intents.markError(intent.id, cause)
     if (intent.data._tag === "SendMessage") yield* ctx.storage.messages.markFailed(intent.data.messageId)
+    if (intent.data._tag === "Leave") {
+      const group = yield* ctx.storage.groups.summary(intent.groupId)
+      if (Option.isSome(group) && group.value.membershipState === "pendingRemove") {
+        yield* ctx.storage.groups.setMembership(intent.groupId, "active")
+      }
+    }
+  })
+
+/**
+ * Our request to leave can no longer be carried out (we became the group's last super admin):
+ * an unsent one fails with the permission missing, and a listed one is withdrawn by a commit of
+ * ours, so that it does not come back once the leave would be possible again.
+ */
+export const voidOwnLeave = (ctx: EngineContext, groupId: GroupId, listed: boolean, now: bigint) =>
+  Effect.gen(function*() {
+    const pending = yield* ctx.storage.intents.byGroup(groupId, ["ToPublish", "Published"])
+    for (const intent of pending) {
+      if (intent.kind === "Leave" && intent.state === "ToPublish") {
+        yield* ctx.storage.intents.markError(intent.id, encodeGovernanceError(lastSuperAdminLeaving))
+      }
+    }
+    if (listed && !pending.some((intent) => intent.kind === "SettleLeaving")) {
+      yield* queueIntent(ctx, groupId, SettleLeavingData.make({}), now)
+    }
   })
 
 /**
@@ -43,7 +76,7 @@ export const failPendingIntents = (ctx: EngineContext, groupId: GroupId) =>
   })
 
 /** The inboxes an intent removes because they asked to leave (none for any other intent). */
-export const leaveRemovalOf = (intent: StoredIntent): ReadonlyArray<InboxId> =>
+const leaveRemovalOf = (intent: StoredIntent): ReadonlyArray<InboxId> =>
   intent.data._tag === "RemoveMembers" && intent.data.forLeaveRequest ? intent.data.inboxIds : []
 
 /** The only kind `leaveRemovalOf` finds anything in: reads for it skip every other row (a pending commit's 60 KB). */

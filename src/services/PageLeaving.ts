@@ -8,6 +8,7 @@ import { commitRefusal, decodeSettings } from "../domain/GroupSettings.ts"
 import { membershipIn } from "../domain/Leaving.ts"
 import { GroupMetadata } from "../domain/Model.ts"
 import { type GroupSnapshot, newLeaves } from "../domain/ReceiveDecision.ts"
+import { voidOwnLeave } from "./IntentQueue.ts"
 import type { Processed } from "./MlsCrypto.ts"
 import type { PageLedger } from "./PageLedger.ts"
 
@@ -28,21 +29,25 @@ export const make = (page: PageLedger) => {
       membersBefore: before.members.map((m) => m.inboxId),
       membersAfter: after.map((m) => m.inboxId),
       newLeafVersions: newLeaves(before.members, after).map((leaf) => leaf.protocolVersion ?? 1),
-      dm: page.group.kind === "dm",
       settingsBefore: processed.metadataBefore,
       settingsAfter: processed.metadataAfter
     })
   }
 
-  /** After a commit: our membership as its settings have it (listed: leaving; a void request: active). */
+  /**
+   * After a commit: our membership as its settings have it (listed: leaving). A request of ours
+   * that became void makes us active again; the page withdraws it (`voidOwnLeave`).
+   */
   const settleOwnLeave = Effect.suspend(() => {
     const view = crypto.view(page.state)
     const settings = Option.getOrElse(decodeSettings(view.metadata), () => GroupMetadata.none)
     const next = membershipIn(settings, view.members.map((m) => m.inboxId), identity.inboxId, page.membership)
     if (next === page.membership) return Effect.void
-    const voided = next === "active"
     page.membership = next
-    return voided ? Effect.logInfo("leave request voided: this inbox is the group's last super admin") : Effect.void
+    if (next !== "active") return Effect.void
+    const listed = settings.leaving.includes(identity.inboxId)
+    page.writes.push(voidOwnLeave(page.ctx, page.group.id, listed, page.now))
+    return Effect.logInfo("leave request voided: this inbox is the group's last super admin")
   })
 
   return { policyRefusal, settleOwnLeave }

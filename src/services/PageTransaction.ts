@@ -78,7 +78,10 @@ export const make = (page: PageLedger) => {
       else if (page.progressedSinceFork && group.maybeForked) yield* storage.groups.clearForked(groupId)
       // A commit may have listed a leaver. Out of the group, we queue nothing for it
       // (failPendingIntents above would miss it).
-      if (page.outcome.commits > 0 && membership !== "inactive") yield* queueLeaverRemovals(ctx, groupId, page.state, now)
+      // (A DM is never left: nobody acts on its list.)
+      if (page.outcome.commits > 0 && membership !== "inactive" && group.kind === "group") {
+        yield* queueLeaverRemovals(ctx, groupId, page.state, now)
+      }
       if (page.revokedEntered && membership === "active") yield* queueInstallationUpdate(ctx, groupId, now)
       yield* storage.cursors.advance(groupTopic(groupId), last)
       // Last, so the checks finish while the page is written: one failed, nothing of the page stays.
