@@ -126,6 +126,13 @@ describe("every receiver's check of a commit", () => {
       "denied leave"
     ],
     [
+      "a commit in a group whose settings repeat an entry (as its creator wrote them) is not stopped by it",
+      member,
+      commit({ before: group({ leaving: [leaver, leaver] }), after: group({ leaving: [leaver, leaver] }) }),
+      "allowed"
+    ],
+    ["a member lists itself twice", member, commit({ after: group({ leaving: [member, member] }) }), "denied leave"],
+    [
       "a member drops the request of an inbox already gone",
       member,
       commit({ before: group({ leaving: [newcomer] }), after: group() }),

@@ -307,6 +307,28 @@ describe("Group governance", () => {
       yield* group.send("still mine")
     }))
 
+  it.scoped("a leave voided by the removal of the other super admin stays void when the leaver's own removals leave it alone", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [xena, sam, ann] = yield* Effect.all([net.client("xena"), net.client("sam"), net.client("ann")])
+      const group = yield* xena.createGroup([sam.inboxId, ann.inboxId])
+      yield* group.setRole(sam.inboxId, "superAdmin")
+      yield* Effect.all([sam.syncAll, ann.syncAll])
+      // All three ask, Xena last: she then holds the removals of Sam and of Ann, in that order.
+      yield* (yield* open(sam, group.id)).leave
+      yield* (yield* open(ann, group.id)).leave
+      yield* group.leave
+      yield* net.faults.partition(sam.installationId)
+      yield* net.faults.partition(ann.installationId)
+      // Sam's removal voids Xena's request (the last super admin, Ann still in); Ann's leaves her alone.
+      yield* xena.syncAll
+      yield* xena.syncAll
+      yield* xena.syncAll
+      expect(yield* memberInboxes(group)).toEqual([xena.inboxId])
+      expect(yield* group.state).toBe("active")
+      yield* group.send("still mine")
+    }))
+
   it.scoped("a member on its way out with no leave listed or queued (an earlier version's request) asks again, as a commit", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

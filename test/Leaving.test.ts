@@ -24,13 +24,14 @@ describe("who anyone may remove", () => {
 
 describe("this installation's membership after a commit", () => {
   it.each([
-    ["our inbox listed (another device asked): on our way out", settings([member]), member, "active", "pendingRemove"],
-    ["our request not out yet: still on our way out", settings([]), member, "pendingRemove", "pendingRemove"],
-    ["our request void (we are the last super admin): active again", settings([owner]), owner, "pendingRemove", "active"],
-    ["someone else listed: nothing for us", settings([member]), admin, "active", "active"],
-    ["out of the group: stays out", settings([member]), member, "inactive", "inactive"]
-  ] as const)("%s", (_, group, self, before, expected) => {
-    expect(membershipIn(group, members, self, before)).toBe(expected)
+    ["our inbox newly listed (another device asked): on our way out", settings([member]), members, member, "active", false, "pendingRemove"],
+    ["our request not out yet: still on our way out", settings([]), members, member, "pendingRemove", false, "pendingRemove"],
+    ["our request void (we are the last super admin): active again", settings([owner]), members, owner, "pendingRemove", true, "active"],
+    ["our void request, not withdrawn yet, when we are left alone: still active", settings([owner]), [owner], owner, "active", true, "active"],
+    ["someone else listed: nothing for us", settings([member]), members, admin, "active", false, "active"],
+    ["out of the group: stays out", settings([member]), members, member, "inactive", true, "inactive"]
+  ] as const)("%s", (_, group, present, self, before, listedBefore, expected) => {
+    expect(membershipIn(group, present, self, before, listedBefore)).toBe(expected)
   })
 })
 

@@ -56,7 +56,7 @@ export const settledLeaving = (
   after: Pick<LeavingSettings, "superAdmins">,
   membersAfter: ReadonlyArray<InboxId>
 ): ReadonlyArray<InboxId> =>
-  before.leaving.filter((inboxId) =>
+  [...new Set(before.leaving)].filter((inboxId) =>
     isLive(before, membersBefore, inboxId) && isLive(after, membersAfter, inboxId)
   )
 
@@ -74,11 +74,14 @@ export interface LeavingChange {
  * Why a commit's change to the list is not allowed, if it is not: an inbox lists itself only
  * (the commit is its consent), and only while its leave can be carried out; an entry goes only
  * once it no longer stands, in the epoch before or after; an inbox the commit adds is not listed;
- * no inbox is listed twice.
+ * an entry is not repeated (judged on what the commit adds, so that a state that holds a repeat
+ * never stops every later commit).
  */
 export const leavingChangeProblem = (change: LeavingChange): string | undefined => {
   const { after, before, committer } = change
-  if (new Set(after.leaving).size !== after.leaving.length) return "the leaving list names an inbox twice"
+  const count = (list: ReadonlyArray<InboxId>, inboxId: InboxId) => list.filter((i) => i === inboxId).length
+  const repeated = after.leaving.find((i) => count(after.leaving, i) > Math.max(1, count(before.leaving, i)))
+  if (repeated !== undefined) return `the leaving list names ${repeated} twice`
   for (const inboxId of after.leaving) {
     if (before.leaving.includes(inboxId)) continue
     if (inboxId !== committer) return `${committer} listed ${inboxId} as leaving: only an inbox may ask to leave`
@@ -97,18 +100,23 @@ export const leavingChangeProblem = (change: LeavingChange): string | undefined 
 }
 
 /**
- * This installation's membership as an epoch's settings have it: its inbox listed and anyone's
- * to remove means it is on its way out (another device of the inbox may have asked); a request
- * it made that can no longer be carried out (it became the last super admin) is void, and it is
- * active again. Whatever else stays as it was (a request of ours not yet out among it).
+ * This installation's membership as an epoch's settings have it: its inbox newly listed and
+ * anyone's to remove means it is on its way out (another device of the inbox may have asked); a
+ * request it made that can no longer be carried out (it became the last super admin) is void,
+ * and it is active again. An entry listed already (`listedBefore`) does not take an active member
+ * out again: that is a void request whose withdrawal has not landed yet, and the leave it would
+ * revive (left alone, the last super admin is no longer blocked) was cancelled. Whatever else
+ * stays as it was (a request of ours not yet out among it).
  */
 export const membershipIn = <M extends "active" | "pendingRemove" | "inactive">(
   settings: LeavingSettings,
   members: ReadonlyArray<InboxId>,
   self: InboxId,
-  membership: M
+  membership: M,
+  listedBefore: boolean
 ): M | "active" | "pendingRemove" => {
   if (membership === "inactive") return membership
-  if (liveLeavers(settings, members).includes(self)) return "pendingRemove"
+  const live = liveLeavers(settings, members).includes(self)
+  if (live && !(membership === "active" && listedBefore)) return "pendingRemove"
   return membership === "pendingRemove" && isLeaveBlocked(settings, members, self) ? "active" : membership
 }

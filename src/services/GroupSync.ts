@@ -130,7 +130,7 @@ export const make = (ctx: EngineContext) => {
       const summary = yield* storage.groups.summary(groupId)
       if (Option.isSome(summary) && summary.value.membershipState !== "pendingRemove") return
       const group = yield* loadGroupRow(ctx, groupId)
-      if (group.membershipState !== "pendingRemove") return
+      if (group.membershipState !== "pendingRemove" || group.kind !== "group") return
       const view = crypto.view(yield* ctx.loadState(group))
       const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
       if (pending.some((intent) => intent.kind === "Leave")) return

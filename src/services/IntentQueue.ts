@@ -29,21 +29,35 @@ export const queueIntent = (ctx: EngineContext, groupId: GroupId, data: IntentDa
 /** A new request to leave (its nonce tells one request's row from another's). */
 export const newLeave = () => LeaveData.make({ nonce: toHex(randomBytes(16)) })
 
-/**
- * An intent ends in `Error`; a message it was sending is `failed`; a leave that failed leaves us
- * active again (nobody was asked to remove us).
- */
+/** An intent ends in `Error`; a message it was sending is `failed`. */
 export const failIntent = (ctx: EngineContext, intent: StoredIntent, cause: string) =>
   Effect.gen(function*() {
     yield* ctx.storage.intents.markError(intent.id, cause)
     if (intent.data._tag === "SendMessage") yield* ctx.storage.messages.markFailed(intent.data.messageId)
-    if (intent.data._tag === "Leave") {
-      const group = yield* ctx.storage.groups.summary(intent.groupId)
-      if (Option.isSome(group) && group.value.membershipState === "pendingRemove") {
-        yield* ctx.storage.groups.setMembership(intent.groupId, "active")
-      }
-    }
   })
+
+/**
+ * `failIntent` for what publishing refused (outside any page): a leave that could not be derived
+ * or published leaves us active again, unless the group lists us anyway (another device of ours
+ * asked). (A refused own leave commit inside a page is the page's to judge:
+ * `PageLeaving.ownLeaveRefused`.)
+ */
+export const failPublishing = (ctx: EngineContext, intent: StoredIntent, cause: string) =>
+  Effect.gen(function*() {
+    yield* failIntent(ctx, intent, cause)
+    if (intent.data._tag !== "Leave") return
+    const group = yield* ctx.storage.groups.get(intent.groupId)
+    if (Option.isNone(group) || group.value.membershipState !== "pendingRemove") return
+    const listed = yield* ctx.loadState(group.value).pipe(
+      Effect.map((state) => settingsIn(ctx, state).leaving.includes(ctx.identity.inboxId)),
+      Effect.orElseSucceed(() => false)
+    )
+    if (!listed) yield* ctx.storage.groups.setMembership(intent.groupId, "active")
+  })
+
+/** The group's settings in a state (the defaults when they do not decode). */
+const settingsIn = (ctx: EngineContext, state: MlsGroupState) =>
+  Option.getOrElse(decodeSettings(ctx.crypto.view(state).metadata), () => GroupMetadata.none)
 
 /**
  * Our request to leave can no longer be carried out (we became the group's last super admin):
@@ -98,7 +112,7 @@ export const queueRemoval = (ctx: EngineContext, groupId: GroupId, inboxId: Inbo
 export const queueLeaverRemovals = (ctx: EngineContext, groupId: GroupId, state: MlsGroupState, now: bigint) =>
   Effect.gen(function*() {
     const view = ctx.crypto.view(state)
-    const settings = Option.getOrElse(decodeSettings(view.metadata), () => GroupMetadata.none)
+    const settings = settingsIn(ctx, state)
     if (settings.leaving.length === 0 || isPaused(settings, ctx.options.protocolVersion)) return
     const leavers = liveLeavers(settings, view.members.map((m) => m.inboxId)).filter((i) => i !== ctx.identity.inboxId)
     for (const inboxId of leavers) yield* queueRemoval(ctx, groupId, inboxId, now)

@@ -19,7 +19,7 @@ import type * as PageMessages from "./PageMessages.ts"
 export const make = (
   page: PageLedger,
   { recordSettingsChange, recordTranscript }: ReturnType<typeof PageMessages.make>,
-  { policyRefusal, settleOwnLeave }: ReturnType<typeof PageLeaving.make>
+  { ownLeaveRefused, policyRefusal, settleOwnLeave }: ReturnType<typeof PageLeaving.make>
 ) => {
   const { ctx, writes } = page
   const { crypto, identity, storage } = ctx
@@ -44,6 +44,7 @@ export const make = (
       // Built from what the delivery service handed us: checked as the other members check it.
       const refused = yield* LeafAuthentication.commitLeavesProblem(identity, current, after, me)
       if (refused !== undefined) {
+        if (intent.kind === "Leave") ownLeaveRefused()
         writes.push(failIntent(ctx, intent, `own commit refused: ${refused}`))
         return yield* skip(page, envelope, "unauthenticatedCommit", refused)
       }
@@ -55,13 +56,14 @@ export const make = (
         metadataAfter: after.metadata
       })
       if (refusal !== undefined) {
+        if (intent.kind === "Leave") ownLeaveRefused()
         const denied = new PermissionDenied({ action: "commit", required: refusal })
         writes.push(failIntent(ctx, intent, encodeGovernanceError(denied)))
         return yield* skip(page, envelope, "policyViolation", refusal)
       }
       adopt(staged, ownCommitChanges(before, after), me, envelope)
       writes.push(storage.intents.markCommitted(intent.id, envelope.sequenceId))
-      yield* settleOwnLeave
+      yield* settleOwnLeave(current.metadata)
     })
 
   /** Someone's commit for our epoch: processed, then every leaf of its result checked. */
@@ -81,7 +83,7 @@ export const make = (
       // times) and removed at once.
       if (after.active && (yield* LeafAuthentication.enteringRevoked(identity, current, after))) page.revokedEntered = true
       adopt(processed.right.state, commitChanges(before, after, identity.inboxId), processed.right.committer, envelope)
-      yield* settleOwnLeave
+      yield* settleOwnLeave(current.metadata)
     })
 
   return { ownCommitWon, commit }

@@ -34,14 +34,18 @@ export const make = (page: PageLedger) => {
     })
   }
 
+  const settingsOf = (metadata: Uint8Array | undefined) => Option.getOrElse(decodeSettings(metadata), () => GroupMetadata.none)
+
   /**
-   * After a commit: our membership as its settings have it (listed: leaving). A request of ours
-   * that became void makes us active again; the page withdraws it (`voidOwnLeave`).
+   * After a commit (`metadataBefore`: the settings it was built on): our membership as its settings
+   * have it (newly listed: leaving). A request of ours that became void makes us active again; the
+   * page withdraws it (`voidOwnLeave`).
    */
-  const settleOwnLeave = Effect.suspend(() => {
+  const settleOwnLeave = (metadataBefore: Uint8Array | undefined) => Effect.suspend(() => {
     const view = crypto.view(page.state)
-    const settings = Option.getOrElse(decodeSettings(view.metadata), () => GroupMetadata.none)
-    const next = membershipIn(settings, view.members.map((m) => m.inboxId), identity.inboxId, page.membership)
+    const settings = settingsOf(view.metadata)
+    const listedBefore = settingsOf(metadataBefore).leaving.includes(identity.inboxId)
+    const next = membershipIn(settings, view.members.map((m) => m.inboxId), identity.inboxId, page.membership, listedBefore)
     if (next === page.membership) return Effect.void
     page.membership = next
     if (next !== "active") return Effect.void
@@ -50,5 +54,11 @@ export const make = (page: PageLedger) => {
     return Effect.logInfo("leave request voided: this inbox is the group's last super admin")
   })
 
-  return { policyRefusal, settleOwnLeave }
+  /** Our own leave commit was refused: unless the group lists us anyway, nobody was asked to remove us. */
+  const ownLeaveRefused = () => {
+    const listed = settingsOf(crypto.view(page.state).metadata).leaving.includes(identity.inboxId)
+    if (page.membership === "pendingRemove" && !listed) page.membership = "active"
+  }
+
+  return { policyRefusal, settleOwnLeave, ownLeaveRefused }
 }

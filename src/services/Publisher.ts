@@ -19,7 +19,7 @@ import type * as GroupSync from "./GroupSync.ts"
 import * as InstallationChecks from "./InstallationChecks.ts"
 import * as IntentDerivation from "./IntentDerivation.ts"
 import * as IntentResolution from "./IntentResolution.ts"
-import { failIntent as failIntentIn } from "./IntentQueue.ts"
+import { failPublishing } from "./IntentQueue.ts"
 import * as PublishPending from "./PublishPending.ts"
 import * as PublishRound from "./PublishRound.ts"
 import * as WrittenAhead from "./WrittenAhead.ts"
@@ -29,7 +29,7 @@ export type { KnownIntent } from "./IntentResolution.ts"
 export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>) => {
   const { storage } = ctx
 
-  const failIntent = (intent: StoredIntent, cause: string) => storage.transaction(failIntentIn(ctx, intent, cause))
+  const failIntent = (intent: StoredIntent, cause: string) => storage.transaction(failPublishing(ctx, intent, cause))
 
   const derivation = IntentDerivation.make(ctx)
   const checks = InstallationChecks.make(ctx, derivation)

@@ -157,7 +157,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
     Effect.gen(function*() {
       const metadata = payload.dmId === undefined ? yield* metadataOf(view.metadata) : GroupMetadata.none
       // A new device of an inbox the group lists as leaving joins on its way out.
-      const membership = membershipIn(metadata, view.members.map((m) => m.inboxId), identity.inboxId, "active")
+      const membership = membershipIn(metadata, view.members.map((m) => m.inboxId), identity.inboxId, "active", false)
       const now = yield* Clock.currentTimeNanos
       // Through the state cache: the joined state (which knows its inviter) is what the next load returns.
       const mlsState = ctx.encodeState(payload.groupId, state)
