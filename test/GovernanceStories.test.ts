@@ -31,6 +31,17 @@ const adminsOnlyTrio = Effect.gen(function*() {
   return { alice, bob, carol, group, net, sendAsBob, stateAtBob }
 })
 
+/** A group of three whose creator names the second a super admin too; the others have joined. */
+const twoSuperAdmins = (first: string, second: string, third: string) =>
+  Effect.gen(function*() {
+    const net = yield* TestNetwork.make
+    const clients = yield* Effect.all([net.client(first), net.client(second), net.client(third)])
+    const group = yield* clients[0].createGroup([clients[1].inboxId, clients[2].inboxId])
+    yield* group.setRole(clients[1].inboxId, "superAdmin")
+    yield* Effect.all([clients[1].syncAll, clients[2].syncAll])
+    return { clients, group, net }
+  })
+
 describe("Group governance", () => {
   it.scoped("a rename reaches every member and leaves a metadataChange entry", () =>
     Effect.gen(function*() {
@@ -250,11 +261,7 @@ describe("Group governance", () => {
 
   it.scoped("two super admins ask to leave at once: the first goes, the second stays as the last super admin", () =>
     Effect.gen(function*() {
-      const net = yield* TestNetwork.make
-      const [alice, bob, carol] = yield* Effect.all([net.client("alice"), net.client("bob"), net.client("carol")])
-      const group = yield* alice.createGroup([bob.inboxId, carol.inboxId])
-      yield* group.setRole(bob.inboxId, "superAdmin")
-      yield* Effect.all([bob.syncAll, carol.syncAll])
+      const { clients: [alice, bob, carol], group, net } = yield* twoSuperAdmins("alice", "bob", "carol")
       const atBob = yield* open(bob, group.id)
       // Each sees another super admin when asking, so both requests go out.
       yield* group.leave
@@ -287,11 +294,7 @@ describe("Group governance", () => {
 
   it.scoped("a leave voided when its inbox became the last super admin stays void: left alone later, it keeps the group", () =>
     Effect.gen(function*() {
-      const net = yield* TestNetwork.make
-      const [xena, sam, ann] = yield* Effect.all([net.client("xena"), net.client("sam"), net.client("ann")])
-      const group = yield* xena.createGroup([sam.inboxId, ann.inboxId])
-      yield* group.setRole(sam.inboxId, "superAdmin")
-      yield* Effect.all([sam.syncAll, ann.syncAll])
+      const { clients: [xena, sam, ann], group } = yield* twoSuperAdmins("xena", "sam", "ann")
       yield* group.leave
       // Ann removes Sam first: Xena is the last super admin, and her request is void.
       const atAnn = yield* open(ann, group.id)
@@ -309,11 +312,7 @@ describe("Group governance", () => {
 
   it.scoped("a leave voided by the removal of the other super admin stays void when the leaver's own removals leave it alone", () =>
     Effect.gen(function*() {
-      const net = yield* TestNetwork.make
-      const [xena, sam, ann] = yield* Effect.all([net.client("xena"), net.client("sam"), net.client("ann")])
-      const group = yield* xena.createGroup([sam.inboxId, ann.inboxId])
-      yield* group.setRole(sam.inboxId, "superAdmin")
-      yield* Effect.all([sam.syncAll, ann.syncAll])
+      const { clients: [xena, sam, ann], group, net } = yield* twoSuperAdmins("xena", "sam", "ann")
       // All three ask, Xena last: she then holds the removals of Sam and of Ann, in that order.
       yield* (yield* open(sam, group.id)).leave
       yield* (yield* open(ann, group.id)).leave
