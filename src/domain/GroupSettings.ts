@@ -42,6 +42,10 @@ export const decodeSettings = (bytes: Uint8Array | undefined): Option.Option<Gro
   return decoded
 }
 
+/** The settings bytes decoded, or the defaults when they do not decode (what every rule then reads). */
+export const settingsOrDefaults = (bytes: Uint8Array | undefined): GroupMetadata =>
+  Option.getOrElse(decodeSettings(bytes), () => GroupMetadata.none)
+
 export const encodeSettings = (metadata: GroupMetadata): Uint8Array => utf8(Schema.encodeSync(GroupMetadataJson)(metadata))
 
 /** The intents that rewrite the settings. */
@@ -227,7 +231,7 @@ export const commitRefusal = (input: {
   readonly newLeafVersions: ReadonlyArray<number>
 }): string | undefined => {
   // Settings that did not decode before are the defaults; new ones that do not decode are refused.
-  const before = Option.getOrElse(decodeSettings(input.settingsBefore), () => GroupMetadata.none)
+  const before = settingsOrDefaults(input.settingsBefore)
   const unchanged = input.settingsAfter === input.settingsBefore ||
     (input.settingsAfter !== undefined && input.settingsBefore !== undefined &&
       bytesEqual(input.settingsAfter, input.settingsBefore))
@@ -243,8 +247,8 @@ export const commitRefusal = (input: {
 /** Which settings a commit changed (empty if none), in a stable order. */
 export const changedSettings = (before: Uint8Array | undefined, after: Uint8Array | undefined): ReadonlyArray<string> => {
   if (before === after || (before !== undefined && after !== undefined && bytesEqual(before, after))) return []
-  const was = governedOf(Option.getOrElse(decodeSettings(before), () => GroupMetadata.none))
-  const is = governedOf(Option.getOrElse(decodeSettings(after), () => GroupMetadata.none))
+  const was = governedOf(settingsOrDefaults(before))
+  const is = governedOf(settingsOrDefaults(after))
   const json = (x: unknown) => JSON.stringify(x)
   return [
     ...changedFields(was, is),

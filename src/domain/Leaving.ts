@@ -79,24 +79,34 @@ export interface LeavingChange {
  */
 export const leavingChangeProblem = (change: LeavingChange): string | undefined => {
   const { after, before, committer } = change
-  const count = (list: ReadonlyArray<InboxId>, inboxId: InboxId) => list.filter((i) => i === inboxId).length
-  const repeated = after.leaving.find((i) => count(after.leaving, i) > Math.max(1, count(before.leaving, i)))
-  if (repeated !== undefined) return `the leaving list names ${repeated} twice`
-  for (const inboxId of after.leaving) {
-    if (before.leaving.includes(inboxId)) continue
+  // Counted in one pass each: a list is as long as a hostile commit makes it.
+  const countsBefore = counts(before.leaving)
+  const countsAfter = counts(after.leaving)
+  for (const [inboxId, n] of countsAfter) {
+    if (n > Math.max(1, countsBefore.get(inboxId) ?? 0)) return `the leaving list names ${inboxId} twice`
+  }
+  const listedAfter = new Set(after.leaving)
+  for (const inboxId of listedAfter) {
+    if (countsBefore.has(inboxId)) continue
     if (inboxId !== committer) return `${committer} listed ${inboxId} as leaving: only an inbox may ask to leave`
     if (!isLive(after, change.membersAfter, inboxId)) {
       return `${inboxId} asked to leave, but its leave cannot be carried out (the last super admin)`
     }
   }
-  for (const inboxId of before.leaving) {
-    if (after.leaving.includes(inboxId)) continue
+  for (const inboxId of countsBefore.keys()) {
+    if (listedAfter.has(inboxId)) continue
     if (isLive(before, change.membersBefore, inboxId) && isLive(after, change.membersAfter, inboxId)) {
       return `${committer} dropped ${inboxId}'s request to leave while it stands`
     }
   }
-  const relisted = change.addedInboxes.find((inboxId) => after.leaving.includes(inboxId))
+  const relisted = change.addedInboxes.find((inboxId) => listedAfter.has(inboxId))
   return relisted === undefined ? undefined : `${relisted} is added while listed as leaving`
+}
+
+const counts = (list: ReadonlyArray<InboxId>): Map<InboxId, number> => {
+  const seen = new Map<InboxId, number>()
+  for (const inboxId of list) seen.set(inboxId, (seen.get(inboxId) ?? 0) + 1)
+  return seen
 }
 
 /**

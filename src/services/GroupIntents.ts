@@ -6,7 +6,7 @@
 import { Clock, Effect, Option } from "effect"
 import { decodeGovernanceError, type GovernanceError, type IntentFailed, ProtocolVersionTooOld } from "../domain/Errors.ts"
 import { isPaused } from "../domain/Governance.ts"
-import { decodeSettings } from "../domain/GroupSettings.ts"
+import { settingsOrDefaults } from "../domain/GroupSettings.ts"
 import type { GroupId } from "../domain/Ids.ts"
 import type { IntentData } from "../domain/Intent.ts"
 import { GroupMetadata } from "../domain/Model.ts"
@@ -24,7 +24,7 @@ export const make = ({ env, publisher }: ClientContext) => {
   /** The settings in the group's context at the epoch held (defaults if they do not decode). */
   const settingsOf = (group: StoredGroup) =>
     env.loadMetadata(group).pipe(
-      Effect.map((metadata) => Option.getOrElse(decodeSettings(metadata), () => GroupMetadata.none))
+      Effect.map((metadata) => settingsOrDefaults(metadata))
     )
 
   /** Below the group's minimum protocol version this installation reads and syncs, but writes nothing. */
@@ -43,7 +43,7 @@ export const make = ({ env, publisher }: ClientContext) => {
    */
   const checkSummaryNotPaused = (group: GroupSummary | StoredGroup) =>
     Option.match(env.keptMetadataAt(group.id, group.epoch), {
-      onSome: (metadata) => refuseIfPaused(Option.getOrElse(decodeSettings(metadata), () => GroupMetadata.none)),
+      onSome: (metadata) => refuseIfPaused(settingsOrDefaults(metadata)),
       onNone: () => "mlsState" in group ? checkNotPaused(group) : Effect.flatMap(loadGroupRow(env, group.id), checkNotPaused)
     })
 

@@ -7,10 +7,9 @@
  */
 import { Clock, Effect, Option, PubSub, Schema } from "effect"
 import type { DeliveryError } from "../domain/Errors.ts"
-import { decodeSettings } from "../domain/GroupSettings.ts"
+import { settingsOrDefaults } from "../domain/GroupSettings.ts"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
 import type { PostCommitData } from "../domain/Intent.ts"
-import { GroupMetadata } from "../domain/Model.ts"
 import type { MembershipState, StoredGroup, StoredIntent } from "../domain/Stored.ts"
 import { groupTopic } from "../domain/Topics.ts"
 import { continuesCursor } from "../domain/SentAnswer.ts"
@@ -134,7 +133,7 @@ export const make = (ctx: EngineContext) => {
       const view = crypto.view(yield* ctx.loadState(group))
       const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
       if (pending.some((intent) => intent.kind === "Leave")) return
-      const settings = Option.getOrElse(decodeSettings(view.metadata), () => GroupMetadata.none)
+      const settings = settingsOrDefaults(view.metadata)
       if (!settings.leaving.includes(identity.inboxId)) {
         yield* queueIntent(ctx, groupId, newLeave(), yield* Clock.currentTimeNanos)
         return

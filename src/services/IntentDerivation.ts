@@ -20,6 +20,7 @@ import type { InboxId, InstallationId } from "../domain/Ids.ts"
 import { isPaused } from "../domain/Governance.ts"
 import {
   decodeSettings,
+  settingsOrDefaults,
   encodeSettings,
   type GovernanceIntent,
   isGovernanceIntent,
@@ -284,7 +285,7 @@ const applicationMessage = (ctx: EngineContext, state: MlsGroupState, content: A
 const checkNotPaused = (ctx: EngineContext, state: MlsGroupState, data: IntentData) => {
   const writes = data._tag === "SendMessage" || data._tag === "DeleteMessage" || data._tag === "AddMembers" || data._tag === "RemoveMembers" ||
     isGovernanceIntent(data)
-  const settings = Option.getOrElse(decodeSettings(ctx.crypto.view(state).metadata), () => GroupMetadata.none)
+  const settings = settingsOrDefaults(ctx.crypto.view(state).metadata)
   const current = ctx.options.protocolVersion
   return writes && isPaused(settings, current)
     ? Effect.fail(new ProtocolVersionTooOld({ required: settings.minProtocolVersion, current }))
@@ -294,7 +295,7 @@ const checkNotPaused = (ctx: EngineContext, state: MlsGroupState, data: IntentDa
 /** Key packages below the group's minimum version cannot be added (every receiver refuses them too). */
 const checkAddedVersions = (ctx: EngineContext, state: MlsGroupState, keyPackages: ReadonlyArray<Uint8Array>) =>
   Effect.gen(function*() {
-    const required = Option.getOrElse(decodeSettings(ctx.crypto.view(state).metadata), () => GroupMetadata.none)
+    const required = settingsOrDefaults(ctx.crypto.view(state).metadata)
       .minProtocolVersion
     if (required <= 1) return
     for (const keyPackage of keyPackages) {

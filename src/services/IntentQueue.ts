@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto"
 import { toHex } from "../domain/Bytes.ts"
 import { encodeGovernanceError, GroupInactive } from "../domain/Errors.ts"
 import { isPaused } from "../domain/Governance.ts"
-import { decodeSettings, lastSuperAdminLeaving } from "../domain/GroupSettings.ts"
+import { lastSuperAdminLeaving, settingsOrDefaults } from "../domain/GroupSettings.ts"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
 import {
   type IntentData,
@@ -17,7 +17,6 @@ import {
   UpdateInstallationsData
 } from "../domain/Intent.ts"
 import { liveLeavers } from "../domain/Leaving.ts"
-import { GroupMetadata } from "../domain/Model.ts"
 import type { StoredIntent } from "../domain/Stored.ts"
 import type { EngineContext } from "./EngineContext.ts"
 import type { MlsGroupState } from "./MlsCrypto.ts"
@@ -49,15 +48,11 @@ export const failPublishing = (ctx: EngineContext, intent: StoredIntent, cause: 
     const group = yield* ctx.storage.groups.get(intent.groupId)
     if (Option.isNone(group) || group.value.membershipState !== "pendingRemove") return
     const listed = yield* ctx.loadState(group.value).pipe(
-      Effect.map((state) => settingsIn(ctx, state).leaving.includes(ctx.identity.inboxId)),
+      Effect.map((state) => settingsOrDefaults(ctx.crypto.view(state).metadata).leaving.includes(ctx.identity.inboxId)),
       Effect.orElseSucceed(() => false)
     )
     if (!listed) yield* ctx.storage.groups.setMembership(intent.groupId, "active")
   })
-
-/** The group's settings in a state (the defaults when they do not decode). */
-const settingsIn = (ctx: EngineContext, state: MlsGroupState) =>
-  Option.getOrElse(decodeSettings(ctx.crypto.view(state).metadata), () => GroupMetadata.none)
 
 /**
  * Our request to leave can no longer be carried out (we became the group's last super admin):
@@ -112,7 +107,7 @@ export const queueRemoval = (ctx: EngineContext, groupId: GroupId, inboxId: Inbo
 export const queueLeaverRemovals = (ctx: EngineContext, groupId: GroupId, state: MlsGroupState, now: bigint) =>
   Effect.gen(function*() {
     const view = ctx.crypto.view(state)
-    const settings = settingsIn(ctx, state)
+    const settings = settingsOrDefaults(ctx.crypto.view(state).metadata)
     if (settings.leaving.length === 0 || isPaused(settings, ctx.options.protocolVersion)) return
     const leavers = liveLeavers(settings, view.members.map((m) => m.inboxId)).filter((i) => i !== ctx.identity.inboxId)
     for (const inboxId of leavers) yield* queueRemoval(ctx, groupId, inboxId, now)

@@ -6,7 +6,7 @@
  */
 import { Effect, Option } from "effect"
 import { encodeGovernanceError, PermissionDenied } from "../domain/Errors.ts"
-import { decodeSettings } from "../domain/GroupSettings.ts"
+import { settingsOrDefaults } from "../domain/GroupSettings.ts"
 import type { ConversationId, GroupId, InboxId, MessageId } from "../domain/Ids.ts"
 import {
   type DeletionTarget,
@@ -23,7 +23,7 @@ import type { MlsGroupState } from "./MlsCrypto.ts"
 
 /** The group's settings in a state (defaults when they do not decode, and for a DM). */
 export const settingsIn = (ctx: EngineContext, state: MlsGroupState): GroupMetadata =>
-  Option.getOrElse(decodeSettings(ctx.crypto.view(state).metadata), () => GroupMetadata.none)
+  settingsOrDefaults(ctx.crypto.view(state).metadata)
 
 /**
  * The group a direct message is shown with: the one it claims if the recipient, as it holds

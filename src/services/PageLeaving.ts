@@ -3,10 +3,9 @@
  * remove are those its epoch lists, `domain/Leaving`), and what an applied commit's settings
  * mean for this installation: its inbox listed (on its way out), or its request void.
  */
-import { Effect, Option } from "effect"
-import { commitRefusal, decodeSettings } from "../domain/GroupSettings.ts"
+import { Effect } from "effect"
+import { commitRefusal, settingsOrDefaults } from "../domain/GroupSettings.ts"
 import { membershipIn } from "../domain/Leaving.ts"
-import { GroupMetadata } from "../domain/Model.ts"
 import { type GroupSnapshot, newLeaves } from "../domain/ReceiveDecision.ts"
 import { voidOwnLeave } from "./IntentQueue.ts"
 import type { Processed } from "./MlsCrypto.ts"
@@ -34,8 +33,6 @@ export const make = (page: PageLedger) => {
     })
   }
 
-  const settingsOf = (metadata: Uint8Array | undefined) => Option.getOrElse(decodeSettings(metadata), () => GroupMetadata.none)
-
   /**
    * After a commit (`metadataBefore`: the settings it was built on): our membership as its settings
    * have it (newly listed: leaving). A request of ours that became void makes us active again; the
@@ -43,8 +40,8 @@ export const make = (page: PageLedger) => {
    */
   const settleOwnLeave = (metadataBefore: Uint8Array | undefined) => Effect.suspend(() => {
     const view = crypto.view(page.state)
-    const settings = settingsOf(view.metadata)
-    const listedBefore = settingsOf(metadataBefore).leaving.includes(identity.inboxId)
+    const settings = settingsOrDefaults(view.metadata)
+    const listedBefore = settingsOrDefaults(metadataBefore).leaving.includes(identity.inboxId)
     const next = membershipIn(settings, view.members.map((m) => m.inboxId), identity.inboxId, page.membership, listedBefore)
     if (next === page.membership) return Effect.void
     page.membership = next
@@ -56,7 +53,7 @@ export const make = (page: PageLedger) => {
 
   /** Our own leave commit was refused: unless the group lists us anyway, nobody was asked to remove us. */
   const ownLeaveRefused = () => {
-    const listed = settingsOf(crypto.view(page.state).metadata).leaving.includes(identity.inboxId)
+    const listed = settingsOrDefaults(crypto.view(page.state).metadata).leaving.includes(identity.inboxId)
     if (page.membership === "pendingRemove" && !listed) page.membership = "active"
   }
 

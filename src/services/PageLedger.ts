@@ -1,8 +1,8 @@
 /**
  * The ledger of one page being applied: the group as it stood, the state and membership the page
  * has reached so far, and what the page owes the database at commit (MLS state, stored messages,
- * intent transitions, membership, the fork flag), with the counts it reports. The page's steps share it; plain fields, so
- * reading or updating one costs no effect.
+ * intent transitions, membership, the fork flag), with the counts it reports. The page's steps
+ * share it; plain fields, so reading or updating one costs no effect.
  */
 import { Effect } from "effect"
 import type { StorageError } from "../domain/Errors.ts"

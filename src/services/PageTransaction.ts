@@ -76,9 +76,8 @@ export const make = (page: PageLedger) => {
       if (membership === "inactive" && group.membershipState !== "inactive") yield* failPendingIntents(ctx, groupId)
       if (page.forked !== undefined && !page.progressedSinceFork) yield* storage.groups.markForked(groupId, page.forked)
       else if (page.progressedSinceFork && group.maybeForked) yield* storage.groups.clearForked(groupId)
-      // A commit may have listed a leaver. Out of the group, we queue nothing for it
-      // (failPendingIntents above would miss it).
-      // (A DM is never left: nobody acts on its list.)
+      // A commit may have listed a leaver. Out of the group we queue nothing for it (failPendingIntents
+      // above would miss it), and a DM is never left: nobody acts on its list.
       if (page.outcome.commits > 0 && membership !== "inactive" && group.kind === "group") {
         yield* queueLeaverRemovals(ctx, groupId, page.state, now)
       }

@@ -5,7 +5,7 @@
  */
 import { Effect, Option, Schema } from "effect"
 import { sha256Hex, utf8 } from "../domain/Bytes.ts"
-import { decodeSettings, encodeSettings } from "../domain/GroupSettings.ts"
+import { encodeSettings, settingsOrDefaults } from "../domain/GroupSettings.ts"
 import type { GroupId, InstallationId } from "../domain/Ids.ts"
 import { GroupMetadata } from "../domain/Model.ts"
 import { GroupMessageInput, WelcomeMessageInput, WelcomePayload, WelcomePayloadJson } from "../domain/Wire.ts"
@@ -176,7 +176,7 @@ export const make = ({ clientName, clientOf, conversationOf, full, groupOrSkip, 
         return yield* new Skipped({ reason: `${clientName(c)} is not in ${groupId}` })
       }
       const state = yield* net.crypto.deserialize(row.value.mlsState)
-      const settings = Option.getOrElse(decodeSettings(net.crypto.view(state).metadata), () => GroupMetadata.none)
+      const settings = settingsOrDefaults(net.crypto.view(state).metadata)
       if (settings.superAdmins.includes(client.inboxId)) {
         return yield* new Skipped({ reason: `${clientName(c)} is a super admin already` })
       }
