@@ -2,7 +2,7 @@ import { SqliteClient } from "@effect/sql-sqlite-node"
 import { describe, expect, it } from "@effect/vitest"
 import { SqlClient } from "@effect/sql"
 import type { SqlError } from "@effect/sql/SqlError"
-import { type ConfigError, Effect, Layer, Option, Redacted, Schema, SchemaAST } from "effect"
+import { type ConfigError, Effect, Layer, Option, Redacted, Schema, SchemaAST, TestClock } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -328,6 +328,32 @@ describe.each(connections)("Storage over %s", (_, connect) => {
       expect(states).toEqual(new Map([[ids[3]!, "Error"], [ids[0]!, "ToPublish"], [ids[1]!, "Processed"]]))
       expect(yield* storage.intents.statesOf([])).toEqual(new Map())
     }).pipe(Effect.provide(memoryStore)))
+
+  it.effect("settled intents are deleted once settled before the cut, a batch at a time; pending and failed ones stay", () =>
+    Effect.gen(function*() {
+      const storage = yield* Storage
+      yield* storage.groups.insert(group())
+      const ids = yield* Effect.forEach([1n, 2n, 3n, 4n, 5n, 6n], (createdAtNs) =>
+        storage.intents.insert({ groupId, data: AddMembersData.make({ inboxIds: [inbox] }), createdAtNs }))
+      const [pending, early, early2, late, failed, legacy] = ids as [number, number, number, number, number, number]
+      // Settled at the clock's time: the first two at 100 s, the next one at 200 s.
+      yield* TestClock.setTime(100_000)
+      yield* storage.intents.markProcessed(early)
+      yield* storage.intents.markDelivered([{ id: early2, sequenceId: 7n }])
+      yield* TestClock.setTime(200_000)
+      yield* storage.intents.markProcessed(late)
+      yield* storage.intents.markError(failed, "refused")
+      // Settled by a version that did not stamp the time.
+      const sql = yield* SqlClient.SqlClient
+      yield* sql`UPDATE converge_intents SET state = 'Processed' WHERE id = ${legacy}`
+
+      const cut = 150_000_000_000n
+      expect(yield* storage.intents.pruneSettled(cut, 2)).toBe(2)
+      expect(yield* storage.intents.pruneSettled(cut, 2)).toBe(1)
+      expect(yield* storage.intents.pruneSettled(cut, 2)).toBe(0)
+      const left = yield* storage.intents.statesOf(ids)
+      expect(left).toEqual(new Map([[pending, "ToPublish"], [late, "Processed"], [failed, "Error"]]))
+    }).pipe(Effect.provide(SqliteStorage.layer.pipe(Layer.provideMerge(connect(":memory:"))))))
 
   it.effect("send's read under the group lock: the row, the topic's cursor and whether anything is queued ahead, in one", () =>
     Effect.gen(function*() {

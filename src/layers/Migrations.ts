@@ -275,6 +275,15 @@ const groupSummariesCoveringIndex = Effect.gen(function*() {
   yield* sql`DROP INDEX IF EXISTS converge_groups_recent`
 })
 
+/**
+ * When an intent became Processed: settled intents are deleted some minutes later
+ * (`SettledIntents`), so the table holds what is in flight, not every message ever sent.
+ */
+const settledIntentsPruned = Effect.gen(function*() {
+  const sql = yield* SqlClient.SqlClient
+  yield* sql`ALTER TABLE converge_intents ADD COLUMN settled_at_ns INTEGER`
+})
+
 export const migrations = {
   "0001_create_tables": createTables,
   "0002_group_quarantine": addGroupQuarantine,
@@ -286,7 +295,8 @@ export const migrations = {
   "0008_send_statements_publish_touch_trigger": sendStatementsPublishTouchTrigger,
   "0009_catchup_writes_message_indexes": catchupWritesMessageIndexes,
   "0010_catchup_writes_history_feed_runs": catchupWritesHistoryFeedRuns,
-  "0011_group_summaries_covering_index": groupSummariesCoveringIndex
+  "0011_group_summaries_covering_index": groupSummariesCoveringIndex,
+  "0012_settled_intents_pruned": settledIntentsPruned
 }
 
 export const loader = Migrator.fromRecord(migrations)

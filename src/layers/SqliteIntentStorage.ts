@@ -3,7 +3,7 @@
  * publish, and how far each intent got. A staged commit's state is sealed at rest.
  */
 import type { SqlClient } from "@effect/sql"
-import { Effect, Schema } from "effect"
+import { Clock, Effect, Schema } from "effect"
 import { GroupId } from "../domain/Ids.ts"
 import { IntentDataJson, IntentKind, IntentState, PostCommitDataJson } from "../domain/Intent.ts"
 import type { StoredIntent } from "../domain/Stored.ts"
@@ -180,19 +180,22 @@ export const make = (
     markProcessed: (id) =>
       run(
         "intents.markProcessed",
-        sql`UPDATE converge_intents SET state = 'Processed', staged_state = NULL, payload = NULL,
-            post_commit_data = NULL WHERE id = ${id} AND state IN ('ToPublish', 'Published', 'Committed')`
+        Effect.flatMap(Clock.currentTimeNanos, (now) =>
+          sql`UPDATE converge_intents SET state = 'Processed', staged_state = NULL, payload = NULL,
+              post_commit_data = NULL, settled_at_ns = ${now}
+              WHERE id = ${id} AND state IN ('ToPublish', 'Published', 'Committed')`)
       ),
     markDelivered: (rows) =>
       run(
         "intents.markDelivered",
         // markCommitted (only from Published: it records the sequence id) and markProcessed in one.
-        Effect.forEach(chunksOf(rows, 100), (chunk) =>
-          run.exec(sql`UPDATE converge_intents SET
-                sequence_id = CASE WHEN state = 'Published' THEN v.column2 ELSE sequence_id END,
-                state = 'Processed', staged_state = NULL, payload = NULL, post_commit_data = NULL
-              FROM (VALUES ${sql.csv(chunk.map((r) => sql`(${r.id}, ${r.sequenceId})`))}) AS v
-              WHERE converge_intents.id = v.column1 AND state IN ('ToPublish', 'Published', 'Committed')`), { discard: true })
+        Effect.flatMap(Clock.currentTimeNanos, (now) =>
+          Effect.forEach(chunksOf(rows, 100), (chunk) =>
+            run.exec(sql`UPDATE converge_intents SET
+                  sequence_id = CASE WHEN state = 'Published' THEN v.column2 ELSE sequence_id END,
+                  state = 'Processed', staged_state = NULL, payload = NULL, post_commit_data = NULL, settled_at_ns = ${now}
+                FROM (VALUES ${sql.csv(chunk.map((r) => sql`(${r.id}, ${r.sequenceId})`))}) AS v
+                WHERE converge_intents.id = v.column1 AND state IN ('ToPublish', 'Published', 'Committed')`), { discard: true }))
       ),
     markError: (id, error) =>
       run(
@@ -201,7 +204,16 @@ export const make = (
             WHERE id = ${id} AND state IN ('ToPublish', 'Published', 'Committed')`
       ),
     countAttempt: (id) =>
-      run("intents.countAttempt", sql`UPDATE converge_intents SET attempts = attempts + 1 WHERE id = ${id}`)
+      run("intents.countAttempt", sql`UPDATE converge_intents SET attempts = attempts + 1 WHERE id = ${id}`),
+    pruneSettled: (settledBeforeNs, limit) =>
+      run(
+        "intents.pruneSettled",
+        // Rows settled before this column existed have none: long settled, they go too.
+        sql<{ id: unknown }>`DELETE FROM converge_intents WHERE id IN (
+              SELECT id FROM converge_intents WHERE state = 'Processed'
+              AND (settled_at_ns IS NULL OR settled_at_ns < ${settledBeforeNs}) LIMIT ${limit})
+            RETURNING id`.pipe(Effect.map((rows) => rows.length))
+      )
   }
 
   return intents

@@ -14,6 +14,7 @@ import { defaultEngineOptions, type EngineContext, type EngineOptions } from "./
 import * as ConsentBook from "./ConsentBook.ts"
 import * as DeviceSync from "./DeviceSync.ts"
 import * as DisappearingMessages from "./DisappearingMessages.ts"
+import * as SettledIntents from "./SettledIntents.ts"
 import * as GroupStateCache from "./GroupStateCache.ts"
 import * as GroupSync from "./GroupSync.ts"
 import type * as HistorySync from "./HistorySync.ts"
@@ -92,6 +93,7 @@ export const make = (options: ClientOptions) =>
     const stored = yield* Effect.acquireRelease(PubSub.unbounded<StoredMessage>(), PubSub.shutdown)
     // Disappearing messages go when the clock passes their deadline, whatever else runs.
     const wakeSweeper = yield* DisappearingMessages.start(storage)
+    yield* SettledIntents.start(storage)
     const env: EngineContext = {
       storage,
       crypto,

@@ -186,6 +186,11 @@ export interface IntentRepository {
   readonly markDelivered: (rows: ReadonlyArray<{ readonly id: number; readonly sequenceId: bigint }>) => Io<void>
   readonly markError: (id: number, error: string) => Io<void>
   readonly countAttempt: (id: number) => Io<void>
+  /**
+   * Deletes up to `limit` intents that became Processed before `settledBeforeNs` (the marks above
+   * stamp it from the `Clock`); returns how many went. Failed intents stay.
+   */
+  readonly pruneSettled: (settledBeforeNs: bigint, limit: number) => Io<number>
 }
 
 export interface CursorRepository {
