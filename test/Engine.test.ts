@@ -9,7 +9,7 @@ import * as EngineMetrics from "../src/services/EngineMetrics.ts"
 import { randomBytes } from "node:crypto"
 import type { EpochConflict, InvalidInput, StorageError } from "../src/domain/Errors.ts"
 import type { ConversationId, GroupId } from "../src/domain/Ids.ts"
-import { GroupMetadata, MAX_GROUP_DESCRIPTION, MAX_GROUP_NAME } from "../src/domain/Model.ts"
+import { GroupMetadata, MAX_GROUP_DESCRIPTION, MAX_GROUP_NAME, PROTOCOL_VERSION } from "../src/domain/Model.ts"
 import { GroupMessageInput } from "../src/domain/Wire.ts"
 import type { Conversation } from "../src/services/Client.ts"
 import { type TestClient, TestNetwork } from "../src/testing.ts"
@@ -421,7 +421,7 @@ describe("Engine", () => {
       const atCarol = yield* open(carol, group.id)
       for (const conversation of [group, atBob, atCarol]) {
         expect(yield* conversation.metadata).toEqual(
-          GroupMetadata.make({ name: "Climbing club", description: "Sundays, 9:00", superAdmins: [alice.inboxId] })
+          GroupMetadata.make({ name: "Climbing club", description: "Sundays, 9:00", superAdmins: [alice.inboxId], minProtocolVersion: PROTOCOL_VERSION })
         )
       }
       // A restarted member reads it from its database.
@@ -429,7 +429,7 @@ describe("Engine", () => {
       expect((yield* (yield* open(bob, group.id)).metadata).name).toBe("Climbing club")
       // No name given, none shown; a DM never has one.
       const plain = yield* alice.createGroup([bob.inboxId])
-      expect(yield* plain.metadata).toEqual(GroupMetadata.make({ name: null, description: null, superAdmins: [alice.inboxId] }))
+      expect(yield* plain.metadata).toEqual(GroupMetadata.make({ name: null, description: null, superAdmins: [alice.inboxId], minProtocolVersion: PROTOCOL_VERSION }))
       expect(yield* (yield* alice.findOrCreateDm(carol.inboxId)).metadata).toEqual(GroupMetadata.none)
     }))
 

@@ -6,7 +6,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option } from "effect"
 import { decodeSettings, encodeSettings } from "../src/domain/GroupSettings.ts"
 import type { ConversationId, GroupId } from "../src/domain/Ids.ts"
-import { GroupMetadata } from "../src/domain/Model.ts"
+import { GroupMetadata, PROTOCOL_VERSION } from "../src/domain/Model.ts"
 import { GroupMessageInput } from "../src/domain/Wire.ts"
 import type { Conversation } from "../src/services/Client.ts"
 import { type TestClient, TestNetwork } from "../src/testing.ts"
@@ -223,11 +223,11 @@ describe("Group governance", () => {
   it.scoped("a member paused below the minimum version applies a plain member's removal of a leaver, and queues none it could not commit", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make
-      const v2 = { protocolVersion: 2 }
-      const [alice, bob, carol] = yield* Effect.all([net.client("alice", v2), net.client("bob", v2), net.client("carol", v2)])
-      const paula = yield* net.client("paula", { protocolVersion: 1 })
+      const v3 = { protocolVersion: 3 }
+      const [alice, bob, carol] = yield* Effect.all([net.client("alice", v3), net.client("bob", v3), net.client("carol", v3)])
+      const paula = yield* net.client("paula", { protocolVersion: 2 })
       const group = yield* alice.createGroup([bob.inboxId, carol.inboxId, paula.inboxId], { permissions: "adminsOnly" })
-      yield* group.setMinProtocolVersion(2)
+      yield* group.setMinProtocolVersion(3)
       yield* Effect.all([bob.syncAll, carol.syncAll, paula.syncAll])
       yield* (yield* open(carol, group.id)).leave
       // Paula reads the request while paused: she cannot commit the removal, and the group's list says the rest.
@@ -357,24 +357,43 @@ describe("Group governance", () => {
       yield* bob.syncAll
       expect((yield* atBob.permissions).updateMetadata).toBe("superAdmins")
       expect((yield* atBob.updateMetadata({ name: "x" }).pipe(Effect.flip))._tag).toBe("PermissionDenied")
-      yield* group.setMinProtocolVersion(1)
-      expect(yield* atBob.minProtocolVersion).toBe(1)
+      // A new group admits this library's version and later; the super admin raises it.
+      expect(yield* atBob.minProtocolVersion).toBe(PROTOCOL_VERSION)
+      yield* group.setMinProtocolVersion(PROTOCOL_VERSION + 1)
+      yield* bob.syncAll
+      expect(yield* atBob.minProtocolVersion).toBe(PROTOCOL_VERSION + 1)
       expect((yield* group.setMinProtocolVersion(0).pipe(Effect.flip))._tag).toBe("InvalidInput")
+    }))
+
+  it.scoped("a new group keeps out installations of version 1, which do not read who is leaving; a group such a client creates admits it", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+      const old = yield* net.client("old", { protocolVersion: 1 })
+      const group = yield* alice.createGroup([bob.inboxId])
+      expect(PROTOCOL_VERSION).toBe(2)
+      expect(yield* group.minProtocolVersion).toBe(2)
+      expect(yield* group.addMembers([old.inboxId]).pipe(Effect.flip)).toMatchObject({ _tag: "ProtocolVersionTooOld", required: 2, current: 1 })
+      // Its own group admits its version, as the build it stands for made them; the others join it there.
+      const theirs = yield* old.createGroup([alice.inboxId])
+      expect(yield* theirs.minProtocolVersion).toBe(1)
+      yield* alice.syncAll
+      expect(yield* (yield* open(alice, theirs.id)).minProtocolVersion).toBe(1)
     }))
 
   it.scoped("a super admin raises the minimum version: an old client is paused, reads, then upgrades and sends", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make
-      const alice = yield* net.client("alice", { protocolVersion: 2 })
-      const [bob, carol] = yield* Effect.all([net.client("bob", { protocolVersion: 1 }), net.client("carol", { protocolVersion: 1 })])
+      const alice = yield* net.client("alice", { protocolVersion: 3 })
+      const [bob, carol] = yield* Effect.all([net.client("bob", { protocolVersion: 2 }), net.client("carol", { protocolVersion: 2 })])
       const group = yield* alice.createGroup([bob.inboxId])
       yield* bob.syncAll
       const atBob = yield* open(bob, group.id)
       yield* atBob.send("before")
-      yield* group.setMinProtocolVersion(2)
+      yield* group.setMinProtocolVersion(3)
       yield* bob.syncAll
-      expect(yield* atBob.minProtocolVersion).toBe(2)
-      const paused = { _tag: "ProtocolVersionTooOld", required: 2, current: 1 }
+      expect(yield* atBob.minProtocolVersion).toBe(3)
+      const paused = { _tag: "ProtocolVersionTooOld", required: 3, current: 2 }
       expect(yield* atBob.send("while paused").pipe(Effect.flip)).toMatchObject(paused)
       expect(yield* atBob.sendOptimistic("queued while paused").pipe(Effect.flip)).toMatchObject(paused)
       expect(yield* atBob.addMembers([carol.inboxId]).pipe(Effect.flip)).toMatchObject(paused)
@@ -384,7 +403,7 @@ describe("Group governance", () => {
       yield* bob.syncAll
       expect((yield* atBob.messages()).filter((m) => m.kind === "text").map((m) => m.text)).toEqual(["before", "hello"])
 
-      // Carol's key package advertises version 1: Alice cannot add her, and a hand-built add is refused by all.
+      // Carol's key package advertises version 2: Alice cannot add her, and a hand-built add is refused by all.
       expect(yield* group.addMembers([carol.inboxId]).pipe(Effect.flip)).toMatchObject(paused)
       const groupId = group.id as unknown as GroupId
       const row = Option.getOrThrow(yield* (yield* net.storage(alice)).groups.get(groupId))
@@ -396,11 +415,11 @@ describe("Group governance", () => {
       expect(yield* memberInboxes(atBob)).toEqual([alice.inboxId, bob.inboxId].sort())
 
       // Restarted on the same version, nothing decoded kept yet: still paused, judged on the stored row.
-      yield* net.restart(bob, { protocolVersion: 1 })
+      yield* net.restart(bob, { protocolVersion: 2 })
       expect(yield* (yield* open(bob, group.id)).sendOptimistic("still paused").pipe(Effect.flip)).toMatchObject(paused)
 
       // Bob upgrades: a restart with the newer version un-pauses him.
-      yield* net.restart(bob, { protocolVersion: 2 })
+      yield* net.restart(bob, { protocolVersion: 3 })
       yield* (yield* open(bob, group.id)).send("upgraded")
       yield* alice.syncAll
       expect((yield* group.messages()).filter((m) => m.kind === "text").map((m) => m.text)).toEqual(["before", "hello", "upgraded"])

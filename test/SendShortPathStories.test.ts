@@ -146,11 +146,11 @@ describe("send's short path", () => {
   it.live("Bob's client is below the group's version floor: a too-long text is InvalidInput, a fine one ProtocolVersionTooOld", () =>
     Effect.scoped(Effect.gen(function*() {
       const net = yield* TestNetwork.make
-      const alice = yield* net.client("alice", { protocolVersion: 2 })
-      const bob = yield* net.client("bob", { protocolVersion: 1 })
+      const alice = yield* net.client("alice", { protocolVersion: 3 })
+      const bob = yield* net.client("bob", { protocolVersion: 2 })
       const group = yield* alice.createGroup([bob.inboxId])
       yield* bob.syncAll
-      yield* group.setMinProtocolVersion(2)
+      yield* group.setMinProtocolVersion(3)
       yield* bob.syncAll
       const atBob = yield* bob.conversation(group.id)
       expect((yield* atBob.send("x".repeat(64 * 1024 + 1)).pipe(Effect.flip))._tag).toBe("InvalidInput")

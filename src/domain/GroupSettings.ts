@@ -17,7 +17,7 @@ import {
 import type { InboxId } from "./Ids.ts"
 import type { IntentData } from "./Intent.ts"
 import { isLeaveBlocked, settledLeaving } from "./Leaving.ts"
-import { GroupMetadata, GroupMetadataJson, governedOf, METADATA_FIELDS } from "./Model.ts"
+import { GroupMetadata, GroupMetadataJson, governedOf, METADATA_FIELDS, PROTOCOL_VERSION } from "./Model.ts"
 
 /**
  * Settings decoded per bytes object: every step reads them from the state (the same bytes for a
@@ -45,6 +45,16 @@ export const decodeSettings = (bytes: Uint8Array | undefined): Option.Option<Gro
 /** The settings bytes decoded, or the defaults when they do not decode (what every rule then reads). */
 export const settingsOrDefaults = (bytes: Uint8Array | undefined): GroupMetadata =>
   Option.getOrElse(decodeSettings(bytes), () => GroupMetadata.none)
+
+/**
+ * A new group's settings: they admit this library's protocol version and later (or the creator's,
+ * when it speaks an older one). An installation of an older version reads less of the settings
+ * (version 1: not who is leaving), so it would judge some commits differently from the others.
+ */
+export const settingsForCreation = (settings: GroupMetadata, creatorVersion: number): GroupMetadata => {
+  const floor = Math.max(settings.minProtocolVersion, Math.min(PROTOCOL_VERSION, creatorVersion))
+  return floor === settings.minProtocolVersion ? settings : new GroupMetadata({ ...settings, minProtocolVersion: floor })
+}
 
 export const encodeSettings = (metadata: GroupMetadata): Uint8Array => utf8(Schema.encodeSync(GroupMetadataJson)(metadata))
 

@@ -39,8 +39,16 @@ export const MAX_GROUP_DESCRIPTION = 1000
 export const MAX_GROUP_IMAGE_URL = 2048
 /** Longest application data a group carries, in characters (it travels in every commit's context). */
 export const MAX_GROUP_APP_DATA = 8192
-/** The protocol version this library speaks (and advertises in its key packages). */
-export const PROTOCOL_VERSION = 1
+/**
+ * The protocol version this library speaks (and advertises in its key packages):
+ * - 1: the first release;
+ * - 2: who is leaving is part of a group's settings (`GroupMetadata.leaving`, set by a commit).
+ *   Version 1 reads none of it, so it would judge removals of leavers differently.
+ */
+export const PROTOCOL_VERSION = 2
+
+/** What a group's settings without a minimum version admit: groups from before the field admit every version. */
+export const FIRST_PROTOCOL_VERSION = 1
 
 const optionalNull = <S extends Schema.Schema.Any>(schema: S) =>
   Schema.optionalWith(Schema.NullOr(schema), { default: () => null })
@@ -60,7 +68,7 @@ export class GroupMetadata extends Schema.Class<GroupMetadata>("GroupMetadata")(
   admins: Schema.optionalWith(Schema.Array(InboxId), { default: () => [] }),
   superAdmins: Schema.optionalWith(Schema.Array(InboxId), { default: () => [] }),
   policies: Schema.optionalWith(PermissionPolicies, { default: () => presets.everyone }),
-  minProtocolVersion: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { default: () => PROTOCOL_VERSION }),
+  minProtocolVersion: Schema.optionalWith(Schema.Int.pipe(Schema.positive()), { default: () => FIRST_PROTOCOL_VERSION }),
   /** Inboxes that asked to leave, each by a commit of its own (`Leaving`): anyone may remove them. */
   leaving: Schema.optionalWith(Schema.Array(InboxId), { default: () => [] })
 }) {

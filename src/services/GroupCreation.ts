@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto"
 import { toHex } from "../domain/Bytes.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import { PermissionPolicies, type PolicyPreset, presets } from "../domain/Governance.ts"
-import { encodeSettings } from "../domain/GroupSettings.ts"
+import { encodeSettings, settingsForCreation } from "../domain/GroupSettings.ts"
 import { OWN_DEVICES_GROUP_NAME } from "../domain/HistoryArchive.ts"
 import { type ConversationId, dmId, type GroupId, type InboxId } from "../domain/Ids.ts"
 import { AddMembersData } from "../domain/Intent.ts"
@@ -43,7 +43,7 @@ const newGroupIn = (
       identity.signatureKeys,
       { protocolVersion: engineOptions.protocolVersion }
     )
-    const metadata = "metadata" in meta ? meta.metadata : GroupMetadata.none
+    const metadata = "metadata" in meta ? settingsForCreation(meta.metadata, engineOptions.protocolVersion) : GroupMetadata.none
     const dmId = "dmId" in meta ? meta.dmId : undefined
     // In the group context, so every member reads the same, as the creator signed it. A DM has none.
     const state = yield* crypto.createGroup(groupId, keyPackage, dmId === undefined ? encodeSettings(metadata) : undefined)

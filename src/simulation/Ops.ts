@@ -3,6 +3,7 @@
  * inputs, devices coming and going, governance), how they are counted, and which installations
  * a plan uses. The generators are in `PlanClassic` and `PlanFull`; `Plan` puts them together.
  */
+import { PROTOCOL_VERSION } from "../domain/Model.ts"
 import type { CrashPoint } from "../services/EngineContext.ts"
 import type * as MessagingPlan from "./MessagingPlan.ts"
 
@@ -155,10 +156,10 @@ export type GovernedRole = "member" | "admin" | "superAdmin"
 export type GovernanceKind = "Rename" | "SetRole" | "SetPolicy" | "ForgeRoleGrab" | "SetMinVersion" | "Messaging"
 
 /**
- * The protocol version every client of a governance run advertises: above the library's first,
- * so that a bump can raise a group's floor without pausing anyone (pausing has its stories).
+ * The protocol version every client of a governance run advertises: above the library's own, so
+ * that a bump can raise a group's floor without pausing anyone (pausing has its stories).
  */
-export const SIMULATION_PROTOCOL_VERSION = 2
+export const SIMULATION_PROTOCOL_VERSION = PROTOCOL_VERSION + 1
 
 export type OpKind = Op["_tag"]
 
