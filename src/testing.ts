@@ -21,6 +21,7 @@ import type { ConvergeError } from "./domain/Errors.ts"
 import { toHex } from "./domain/Bytes.ts"
 import * as IdentityLog from "./domain/IdentityLog.ts"
 import type { GroupId, InstallationId } from "./domain/Ids.ts"
+import { PROTOCOL_VERSION } from "./domain/Model.ts"
 import { ed25519Seed } from "./domain/RequestAuth.ts"
 import { GroupMessageEnvelope, KeyPackageUpload, WelcomeMessageEnvelope } from "./domain/Wire.ts"
 import * as FaultyDeliveryService from "./layers/FaultyDeliveryService.ts"
@@ -432,7 +433,8 @@ export const registerBareInbox = (net: TestNetwork) =>
       { _tag: "AddInstallation", installationId, signaturePublicKey: toHex(keys.publicKey) },
       ed25519Seed(keys.privateKey)
     ))
-    const bundle = yield* net.crypto.generateKeyPackage({ inboxId, installationId }, keys)
+    // Advertising this library's version, as a client's key packages do.
+    const bundle = yield* net.crypto.generateKeyPackage({ inboxId, installationId }, keys, { protocolVersion: PROTOCOL_VERSION })
     yield* authenticatedAs(net.delivery, installationSigner(installationId, keys.privateKey))
       .uploadKeyPackage(KeyPackageUpload.make({ installationId, keyPackage: bundle.publicPackage }))
     return { inboxId, installationId, keyPackage: bundle.publicPackage }

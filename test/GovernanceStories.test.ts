@@ -348,7 +348,8 @@ describe("Group governance", () => {
   it.scoped("policies change only by a super admin, and the minimum version only goes up", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make
-      const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
+      // Alice speaks a version above the library's, so raising the minimum does not pause her.
+      const [alice, bob] = yield* Effect.all([net.client("alice", { protocolVersion: PROTOCOL_VERSION + 1 }), net.client("bob")])
       const group = yield* alice.createGroup([bob.inboxId])
       yield* bob.syncAll
       const atBob = yield* open(bob, group.id)
@@ -362,10 +363,12 @@ describe("Group governance", () => {
       yield* group.setMinProtocolVersion(PROTOCOL_VERSION + 1)
       yield* bob.syncAll
       expect(yield* atBob.minProtocolVersion).toBe(PROTOCOL_VERSION + 1)
+      expect(yield* group.setMinProtocolVersion(PROTOCOL_VERSION).pipe(Effect.flip)).toMatchObject({ _tag: "PermissionDenied", action: "setMinProtocolVersion" })
       expect((yield* group.setMinProtocolVersion(0).pipe(Effect.flip))._tag).toBe("InvalidInput")
+      expect(yield* group.minProtocolVersion).toBe(PROTOCOL_VERSION + 1)
     }))
 
-  it.scoped("a new group keeps out installations of version 1, which do not read who is leaving; a group such a client creates admits it", () =>
+  it.scoped("a new group keeps out installations of version 1, which do not read who is leaving, until they upgrade; a group such a client creates admits them", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make
       const [alice, bob] = yield* Effect.all([net.client("alice"), net.client("bob")])
@@ -379,6 +382,16 @@ describe("Group governance", () => {
       expect(yield* theirs.minProtocolVersion).toBe(1)
       yield* alice.syncAll
       expect(yield* (yield* open(alice, theirs.id)).minProtocolVersion).toBe(1)
+
+      // Upgraded, its first sync replaces the key package the server hands out: now it can be added.
+      yield* net.restart(old, { protocolVersion: 2 })
+      yield* old.syncAll
+      yield* group.addMembers([old.inboxId])
+      yield* old.syncAll
+      yield* group.send("welcome back")
+      yield* old.syncAll
+      const atOld = yield* open(old, group.id)
+      expect((yield* atOld.messages()).filter((m) => m.kind === "text").map((m) => m.text)).toEqual(["welcome back"])
     }))
 
   it.scoped("a super admin raises the minimum version: an old client is paused, reads, then upgrades and sends", () =>

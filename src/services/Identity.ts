@@ -26,7 +26,7 @@ import { authenticatedAs, installationSigner } from "./DeliveryAuth.ts"
 import { DeliveryService, MAX_IDS_PER_LOOKUP } from "./DeliveryService.ts"
 import { type KeyPackageBundle, type LeafIdentity, type LeafMember, MlsCrypto, type SignatureKeyPair } from "./MlsCrypto.ts"
 import { Storage } from "./Storage.ts"
-import { PROTOCOL_VERSION } from "../domain/Model.ts"
+import { FIRST_PROTOCOL_VERSION, PROTOCOL_VERSION } from "../domain/Model.ts"
 
 export type IdentityError = DeliveryError | InvalidIdentityUpdate | StorageError | CryptoError
 
@@ -113,6 +113,12 @@ export class Identity extends Context.Tag("converge/Identity")<Identity, {
   readonly keyPackageUsed: (ref: string) => Effect.Effect<void, IdentityError>
   /** Deletes the private parts of key packages replaced more than `keyPackageGrace` ago. */
   readonly pruneKeyPackages: Effect.Effect<number, StorageError>
+  /**
+   * Rotates the key package the server hands out if it advertises another protocol version than
+   * this installation speaks (an upgrade, or a restart with another `protocolVersion`): groups
+   * refuse key packages below their minimum. Checked once per process, on the first sync.
+   */
+  readonly ensureKeyPackageVersion: Effect.Effect<void, IdentityError>
   /** The verified current state of an inbox, refreshed from the delivery service. */
   readonly inboxState: (inboxId: InboxId) => Effect.Effect<IdentityLog.InboxState, InboxNotFound | IdentityError>
   /** Refreshes several inboxes in one request; returns what is now known of each. */
@@ -346,6 +352,21 @@ export const make = (options: IdentityOptions) =>
       )
     }).pipe(Effect.withSpan("Identity.rotateKeyPackage"))
 
+    let keyPackageVersionChecked = false
+    const ensureKeyPackageVersion = Effect.gen(function*() {
+      if (keyPackageVersionChecked) return
+      const [newest] = yield* storage.keyPackages.list
+      if (newest !== undefined) {
+        // One that no longer decodes is replaced as well.
+        const advertised = yield* crypto.keyPackageInfo(newest.publicPackage).pipe(
+          Effect.map((info) => info.protocolVersion ?? FIRST_PROTOCOL_VERSION),
+          Effect.orElseSucceed(() => undefined)
+        )
+        if (advertised !== (options.protocolVersion ?? PROTOCOL_VERSION)) yield* rotateKeyPackage
+      }
+      keyPackageVersionChecked = true
+    }).pipe(Effect.withSpan("Identity.ensureKeyPackageVersion"))
+
     const keyPackageUsed = Effect.fn("Identity.keyPackageUsed")(function*(ref: string) {
       const [newest] = yield* storage.keyPackages.list
       if (newest?.ref === ref) yield* rotateKeyPackage
@@ -416,6 +437,7 @@ export const make = (options: IdentityOptions) =>
       rotateKeyPackage,
       keyPackageUsed,
       pruneKeyPackages,
+      ensureKeyPackageVersion,
       inboxState,
       refreshMany,
       knownStates,

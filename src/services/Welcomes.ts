@@ -247,6 +247,7 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
       if (page.next === undefined) {
         // Only once the topic is read to its end: a welcome already waiting is never cut off.
         yield* identity.pruneKeyPackages
+        yield* identity.ensureKeyPackageVersion
         return { joined, skipped }
       }
     }
