@@ -57,7 +57,11 @@ const sending = (
           const rest = ids.slice(1)
           if (rest.every((id) => settled.has(id))) break
           const now = yield* storage.intents.statesOf(rest)
-          const open = rest.findIndex((id) => now.get(id) !== "Processed")
+          // An id without a row settled long ago (SettledIntents deleted it).
+          const open = rest.findIndex((id) => {
+            const state = now.get(id)
+            return state !== undefined && state !== "Processed"
+          })
           ids = open < 0 ? [] : rest.slice(open)
         }
       })

@@ -44,13 +44,21 @@ const UNREADABLE = "unknown"
 export const isUnreadableIntent = (error: unknown): error is IntentFailed =>
   error instanceof IntentFailed && error.kind === UNREADABLE
 
-/** An intent we cannot read back (its row quarantined as unreadable) has failed. */
+/**
+ * The intent's row, or none when it is gone: only a settled intent's row is deleted
+ * (`SettledIntents`), so a caller that reads long after another fiber settled it is done. An
+ * intent whose row is there but does not decode (quarantined as failed) has failed.
+ */
 const getIntent = ({ storage }: EngineContext, intentId: number) =>
   storage.intents.get(intentId).pipe(
     Effect.flatMap(Option.match({
-      onSome: Effect.succeed,
+      onSome: (intent) => Effect.succeed(Option.some(intent)),
       onNone: () =>
-        Effect.fail(new IntentFailed({ intentId, kind: UNREADABLE, attempts: 0, cause: "its stored row is unreadable" }))
+        storage.intents.statesOf([intentId]).pipe(Effect.flatMap((states) =>
+          states.has(intentId)
+            ? Effect.fail(new IntentFailed({ intentId, kind: UNREADABLE, attempts: 0, cause: "its stored row is unreadable" }))
+            : Effect.succeed(Option.none<StoredIntent>())
+        ))
     }))
   )
 
@@ -89,14 +97,15 @@ const retryable = (e: { readonly _tag: string; readonly retryable?: boolean }) =
 const resolveRounds = ({ ctx, failIntent, round }: Rounds, groupId: GroupId, intentId: number, known: KnownIntent | undefined) => {
   let first = known
   const attempt = Effect.gen(function*() {
-    const before = first ?? (yield* getIntent(ctx, intentId))
+    const before = first ?? Option.getOrUndefined(yield* getIntent(ctx, intentId))
+    if (before === undefined) return new Set([intentId])
     const ran = first?.first
     first = undefined
     const { confirmed } = yield* (ran ?? round(groupId))
     // Read back as landed, Processed in a committed page: done, and a Processed intent stays so.
     if (confirmed.has(intentId)) return confirmed
     const intent = yield* getIntent(ctx, intentId)
-    yield* judge(ctx, groupId, intentId, before, intent)
+    if (Option.isSome(intent)) yield* judge(ctx, groupId, intentId, before, intent.value)
     return confirmed
   })
   return attempt.pipe(
@@ -106,7 +115,10 @@ const resolveRounds = ({ ctx, failIntent, round }: Rounds, groupId: GroupId, int
     Effect.catchTags({
       EpochConflict: (conflict) =>
         Effect.gen(function*() {
-          const intent = yield* getIntent(ctx, intentId)
+          const stored = yield* getIntent(ctx, intentId)
+          // Settled meanwhile by another fiber (and its row since deleted): nothing failed.
+          if (Option.isNone(stored)) return new Set([intentId])
+          const intent = stored.value
           yield* failIntent(intent, conflict.message)
           return yield* new IntentFailed({
             intentId,

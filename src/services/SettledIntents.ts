@@ -2,11 +2,12 @@
  * Settled intents are deleted, so `converge_intents` holds what is in flight rather than a row
  * (and the text) of every message this installation ever sent.
  *
- * A Processed intent is kept for `RETENTION` first. Its row answers a caller that resolves the
- * intent after another fiber settled it (the caller reads the state after its round). It also
- * marks a second copy of our payload, which the delivery service may store twice, as a duplicate
- * rather than a message we cannot decrypt. Both happen within moments of settling. Failed intents
- * stay: they say why a message shows as failed.
+ * A Processed intent is kept for `RETENTION` first: its row answers a caller that resolves the
+ * intent after another fiber settled it (the caller reads the state after its round), which
+ * happens within moments; a caller later than that finds no row, which only a settled intent
+ * lacks (`IntentResolution`). The delivery service stores a payload once, so no second copy of
+ * ours needs the row to be known as a duplicate. Failed intents stay: they say why a message
+ * shows as failed.
  *
  * One fiber per client prunes at start (rows from before settling was stamped) and then every
  * `RETENTION`, in short transactions of `BATCH` rows.
