@@ -24,7 +24,7 @@ export const make = ({ env, publisher }: ClientContext) => {
   /** The settings in the group's context at the epoch held (defaults if they do not decode). */
   const settingsOf = (group: StoredGroup) =>
     env.loadMetadata(group).pipe(
-      Effect.map((metadata) => settingsOrDefaults(metadata))
+      Effect.map(settingsOrDefaults)
     )
 
   /** Below the group's minimum protocol version this installation reads and syncs, but writes nothing. */

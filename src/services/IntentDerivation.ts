@@ -31,7 +31,7 @@ import {
   settledSettings
 } from "../domain/GroupSettings.ts"
 import { liveLeavers } from "../domain/Leaving.ts"
-import { GroupMetadata } from "../domain/Model.ts"
+import { FIRST_PROTOCOL_VERSION, GroupMetadata } from "../domain/Model.ts"
 import { makePostCommitData, type PostCommitData, type RemoveMembersData } from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
 import { fetchKeyPackagesInChunks } from "./DeliveryService.ts"
@@ -297,9 +297,9 @@ const checkAddedVersions = (ctx: EngineContext, state: MlsGroupState, keyPackage
   Effect.gen(function*() {
     const required = settingsOrDefaults(ctx.crypto.view(state).metadata)
       .minProtocolVersion
-    if (required <= 1) return
+    if (required <= FIRST_PROTOCOL_VERSION) return
     for (const keyPackage of keyPackages) {
-      const current = (yield* ctx.crypto.keyPackageInfo(keyPackage)).protocolVersion ?? 1
+      const current = (yield* ctx.crypto.keyPackageInfo(keyPackage)).protocolVersion ?? FIRST_PROTOCOL_VERSION
       if (current < required) return yield* new ProtocolVersionTooOld({ required, current })
     }
   })

@@ -107,7 +107,7 @@ export const queueRemoval = (ctx: EngineContext, groupId: GroupId, inboxId: Inbo
 export const queueLeaverRemovals = (ctx: EngineContext, groupId: GroupId, state: MlsGroupState, now: bigint) =>
   Effect.gen(function*() {
     const view = ctx.crypto.view(state)
-    const settings = settingsOrDefaults(ctx.crypto.view(state).metadata)
+    const settings = settingsOrDefaults(view.metadata)
     if (settings.leaving.length === 0 || isPaused(settings, ctx.options.protocolVersion)) return
     const leavers = liveLeavers(settings, view.members.map((m) => m.inboxId)).filter((i) => i !== ctx.identity.inboxId)
     for (const inboxId of leavers) yield* queueRemoval(ctx, groupId, inboxId, now)

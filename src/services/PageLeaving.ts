@@ -6,6 +6,7 @@
 import { Effect } from "effect"
 import { commitRefusal, settingsOrDefaults } from "../domain/GroupSettings.ts"
 import { membershipIn } from "../domain/Leaving.ts"
+import { FIRST_PROTOCOL_VERSION } from "../domain/Model.ts"
 import { type GroupSnapshot, newLeaves } from "../domain/ReceiveDecision.ts"
 import { voidOwnLeave } from "./IntentQueue.ts"
 import type { Processed } from "./MlsCrypto.ts"
@@ -27,7 +28,7 @@ export const make = (page: PageLedger) => {
       committer: processed.committer.inboxId,
       membersBefore: before.members.map((m) => m.inboxId),
       membersAfter: after.map((m) => m.inboxId),
-      newLeafVersions: newLeaves(before.members, after).map((leaf) => leaf.protocolVersion ?? 1),
+      newLeafVersions: newLeaves(before.members, after).map((leaf) => leaf.protocolVersion ?? FIRST_PROTOCOL_VERSION),
       settingsBefore: processed.metadataBefore,
       settingsAfter: processed.metadataAfter
     })

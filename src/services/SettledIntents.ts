@@ -21,18 +21,17 @@ export const RETENTION = Duration.minutes(10)
 const BATCH = 1_000
 
 /** Deletes what settled more than `RETENTION` ago; returns how many went. */
-export const prune = (storage: Storage["Type"]) =>
-  Effect.gen(function*() {
-    const cut = (yield* Clock.currentTimeNanos) - Duration.unsafeToNanos(RETENTION)
-    let total = 0
-    for (;;) {
-      const gone = yield* storage.intents.pruneSettled(cut, BATCH)
-      total += gone
-      if (gone < BATCH) break
-    }
-    if (total > 0) yield* Effect.logDebug("settled intents pruned").pipe(Effect.annotateLogs({ count: total }))
-    return total
-  })
+export const prune = Effect.fn("SettledIntents.prune")(function*(storage: Storage["Type"]) {
+  const cut = (yield* Clock.currentTimeNanos) - Duration.unsafeToNanos(RETENTION)
+  let total = 0
+  for (;;) {
+    const gone = yield* storage.intents.pruneSettled(cut, BATCH)
+    total += gone
+    if (gone < BATCH) break
+  }
+  if (total > 0) yield* Effect.logDebug("settled intents pruned").pipe(Effect.annotateLogs({ count: total }))
+  return total
+})
 
 /** Starts the pruning fiber in the current scope. */
 export const start = (storage: Storage["Type"]) =>
