@@ -15,6 +15,7 @@ import {
   type InstallationNotFound,
   InvalidInput,
   type KeyPackageUnavailable,
+  type ProtocolVersionTooOld,
   type StorageError
 } from "../domain/Errors.ts"
 import { OWN_DEVICES_GROUP_NAME } from "../domain/HistoryArchive.ts"
@@ -61,7 +62,7 @@ export class Client extends Context.Tag("converge/Client")<Client, {
   readonly createGroup: (
     members: ReadonlyArray<InboxId>,
     options?: CreateGroupOptions
-  ) => Effect.Effect<Conversation, ActionError | InvalidInput | InboxNotFound | KeyPackageUnavailable>
+  ) => Effect.Effect<Conversation, ActionError | InvalidInput | InboxNotFound | KeyPackageUnavailable | ProtocolVersionTooOld>
   readonly findOrCreateDm: (
     peer: InboxId
   ) => Effect.Effect<Conversation, ActionError | InvalidInput | InboxNotFound | KeyPackageUnavailable>
@@ -115,8 +116,11 @@ export const make = (options: ClientOptions = {}) =>
     const creation = GroupCreation.make(parts, handles)
     const history = HistorySync.make(ctx.env, {
       publisher: ctx.publisher,
+      // Every version: it holds exactly this inbox's installations and never a leaver, and every
+      // build reads history, so a device of an earlier build gets its history too.
       createOwnDevicesGroup: creation.newGroup([], {
-        metadata: new GroupMetadata({ name: OWN_DEVICES_GROUP_NAME, description: null, superAdmins: [self] })
+        metadata: new GroupMetadata({ name: OWN_DEVICES_GROUP_NAME, description: null, superAdmins: [self] }),
+        everyVersion: true
       }).pipe(Effect.map((c) => c.id as unknown as GroupId))
     }, options)
     const listing = ConversationListing.make(parts, handles.handleOf)

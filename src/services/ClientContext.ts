@@ -15,6 +15,7 @@ import * as ConsentBook from "./ConsentBook.ts"
 import * as DeviceSync from "./DeviceSync.ts"
 import * as DisappearingMessages from "./DisappearingMessages.ts"
 import * as SettledIntents from "./SettledIntents.ts"
+import * as SkippedInstallations from "./SkippedInstallations.ts"
 import * as GroupStateCache from "./GroupStateCache.ts"
 import * as GroupSync from "./GroupSync.ts"
 import type * as HistorySync from "./HistorySync.ts"
@@ -103,7 +104,8 @@ export const make = (options: ClientOptions) =>
       withGroupLock: (groupId) => lockOf(groupId).withPermits(1),
       wakeSweeper,
       ...GroupStateCache.make(crypto, GroupStateCache.DEFAULT_MAX_BYTES, { stored: storage.rosters }),
-      stored
+      stored,
+      skippedInstallations: SkippedInstallations.make()
     }
     const sync = GroupSync.make(env)
     const publisher = Publisher.make(env, sync)

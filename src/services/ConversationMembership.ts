@@ -8,6 +8,7 @@ import { lastSuperAdminLeaving, membershipVerdict } from "../domain/GroupSetting
 import type { GroupId, InboxId } from "../domain/Ids.ts"
 import { AddMembersData, type IntentData, KeyUpdateData, RemoveMembersData } from "../domain/Intent.ts"
 import { isLastSuperAdmin } from "../domain/Leaving.ts"
+import type { GroupMetadata } from "../domain/Model.ts"
 import type { Conversation } from "./Conversation.ts"
 import type { HandleParts, HandleScope } from "./ConversationScope.ts"
 import { newLeave } from "./IntentQueue.ts"
@@ -25,7 +26,11 @@ export const make = (
 
   const changeMembers = <E>(
     name: string,
-    check: (ids: ReadonlyArray<InboxId>, present: ReadonlySet<InboxId>, groupId: GroupId) => Effect.Effect<void, E>,
+    check: (
+      ids: ReadonlyArray<InboxId>,
+      present: ReadonlySet<InboxId>,
+      group: { readonly id: GroupId; readonly settings: GroupMetadata }
+    ) => Effect.Effect<void, E>,
     data: (ids: ReadonlyArray<InboxId>) => IntentData
   ) =>
     Effect.fn(`Conversation.${name}`, traced)(function*(inboxIds: ReadonlyArray<InboxId>) {
@@ -39,18 +44,23 @@ export const make = (
       }
       yield* checkNotPaused(group)
       const present = new Set((yield* groupMembers(group)).keys())
-      yield* check(ids, present, group.id)
+      const settings = yield* settingsOf(group)
+      yield* check(ids, present, { id: group.id, settings })
       // Fail fast on the policy; the publisher checks again at the epoch the commit is built for.
       const change = name === "addMembers" ? { add: ids } : { remove: ids }
-      const verdict = membershipVerdict({ settings: yield* settingsOf(group), committer: self, members: [...present], ...change })
+      const verdict = membershipVerdict({ settings, committer: self, members: [...present], ...change })
       if (Either.isLeft(verdict)) return yield* verdict.left
       const intentId = yield* queueIntent(group.id, data(ids))
       yield* resolveTyped(group.id, intentId)
     }, annotated)
 
   return {
-    addMembers: changeMembers("addMembers", checks.checkNewMembers, (ids) => AddMembersData.make({ inboxIds: ids })),
-    removeMembers: changeMembers("removeMembers", (ids, present, groupId) =>
+    addMembers: changeMembers(
+      "addMembers",
+      (ids, present, group) => checks.checkNewMembers(ids, present, group.settings.minProtocolVersion),
+      (ids) => AddMembersData.make({ inboxIds: ids })
+    ),
+    removeMembers: changeMembers("removeMembers", (ids, present, { id: groupId }) =>
       Effect.gen(function*() {
         if (ids.includes(self)) return yield* new InvalidInput({ reason: "to remove yourself, leave the group" })
         const absent = ids.find((i) => !present.has(i))

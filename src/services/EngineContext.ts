@@ -12,6 +12,7 @@ import type { DeliveryService } from "./DeliveryService.ts"
 import type { Roster } from "./GroupStateCache.ts"
 import type { Identity } from "./Identity.ts"
 import type { MlsCrypto, MlsGroupState } from "./MlsCrypto.ts"
+import type { SkippedInstallations } from "./SkippedInstallations.ts"
 import type { Storage } from "./Storage.ts"
 import { PROTOCOL_VERSION } from "../domain/Model.ts"
 
@@ -82,6 +83,8 @@ export interface EngineContext {
   readonly wakeSweeper: Effect.Effect<void>
   /** Every message row stored for the first time, after its transaction commits. */
   readonly stored: PubSub.PubSub<StoredMessage>
+  /** Installations an add left out for their version, which the installation checks wait to try again. */
+  readonly skippedInstallations: SkippedInstallations
   /**
    * The group's MLS state from its stored bytes, decoded once: states are immutable values,
    * so the last decode is reused while the stored bytes are the same.

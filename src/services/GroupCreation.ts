@@ -26,12 +26,20 @@ export interface CreateGroupOptions {
   readonly permissions?: PolicyPreset | PermissionPolicies
 }
 
+/**
+ * What a new group is: one with settings (their minimum version raised to this library's unless
+ * `everyVersion`), or a DM's group (no settings: it admits every version).
+ */
+type NewGroupKind =
+  | { readonly metadata: GroupMetadata; readonly everyVersion?: boolean }
+  | { readonly dmId: ConversationId }
+
 /** Creates an MLS group with this installation as its only member, then adds `members`. */
 const newGroupIn = (
   { ctx, intents }: HandleParts,
   handleOf: ReturnType<typeof ConversationHandle.make>["handleOf"],
   members: ReadonlyArray<InboxId>,
-  meta: { readonly metadata: GroupMetadata } | { readonly dmId: ConversationId }
+  meta: NewGroupKind
 ) =>
   Effect.gen(function*() {
     const { publisher, self } = ctx
@@ -43,7 +51,11 @@ const newGroupIn = (
       identity.signatureKeys,
       { protocolVersion: engineOptions.protocolVersion }
     )
-    const metadata = "metadata" in meta ? settingsForCreation(meta.metadata, engineOptions.protocolVersion) : GroupMetadata.none
+    const metadata = !("metadata" in meta)
+      ? GroupMetadata.none
+      : meta.everyVersion === true
+      ? meta.metadata
+      : settingsForCreation(meta.metadata, engineOptions.protocolVersion)
     const dmId = "dmId" in meta ? meta.dmId : undefined
     // In the group context, so every member reads the same, as the creator signed it. A DM has none.
     const state = yield* crypto.createGroup(groupId, keyPackage, dmId === undefined ? encodeSettings(metadata) : undefined)
@@ -81,10 +93,7 @@ export const make = (
   const { consent, self } = ctx
   const { storage } = ctx.env
 
-  const newGroup = (
-    members: ReadonlyArray<InboxId>,
-    meta: { readonly metadata: GroupMetadata } | { readonly dmId: ConversationId }
-  ) => newGroupIn(parts, handleOf, members, meta)
+  const newGroup = (members: ReadonlyArray<InboxId>, meta: NewGroupKind) => newGroupIn(parts, handleOf, members, meta)
 
   const createGroup = Effect.fn("Client.createGroup")(function*(
     members: ReadonlyArray<InboxId>,
@@ -102,7 +111,9 @@ export const make = (
       policies: Schema.encodeSync(PermissionPolicies)(typeof permissions === "string" ? presets[permissions] : permissions)
     }).pipe(Effect.mapError((e) => new InvalidInput({ reason: `group name or description (or image URL, app data, permissions): ${e.message}` })))
     if (metadata.name === OWN_DEVICES_GROUP_NAME) return yield* new InvalidInput({ reason: "that group name is reserved" })
-    yield* checks.checkNewMembers(ids, new Set())
+    // Checked against the minimum the group will have, before anything is stored.
+    const { minProtocolVersion } = settingsForCreation(metadata, ctx.env.options.protocolVersion)
+    yield* checks.checkNewMembers(ids, new Set(), minProtocolVersion)
     const created = yield* newGroup(ids, { metadata })
     yield* consent.setIfUnset(created.id, "allowed")
     return created

@@ -5,8 +5,10 @@
  * against fresh ones as a safety net.
  */
 import { Clock, Duration, Effect, Option } from "effect"
+import { settingsOrDefaults } from "../domain/GroupSettings.ts"
 import type { InboxState } from "../domain/IdentityLog.ts"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
+import type { StoredGroup } from "../domain/Stored.ts"
 import { UpdateInstallationsData } from "../domain/Intent.ts"
 import { type EngineContext, loadGroupRow } from "./EngineContext.ts"
 import type { Roster } from "./GroupStateCache.ts"
@@ -26,24 +28,25 @@ interface Checks {
  */
 const queueIfDiffers = (
   { ctx, diffAgainst }: Checks,
-  groupId: GroupId,
+  group: StoredGroup,
   roster: Roster,
   states: ReadonlyMap<InboxId, InboxState | undefined>,
   options: { readonly onlyRevoked: boolean } = { onlyRevoked: false }
 ) =>
   Effect.gen(function*() {
     const { storage } = ctx
-    const { add, remove, unexplained } = yield* diffAgainst(roster, states)
+    const diff = yield* diffAgainst(roster, states)
     // States held locally may be behind: a leaf they do not list is no reason to act on them.
-    const removals = options.onlyRevoked ? remove.filter((i) => !unexplained.includes(i)) : remove
+    const removals = options.onlyRevoked ? diff.remove.filter((i) => !diff.unexplained.includes(i)) : diff.remove
+    // An installation left out for being below this group's minimum is asked for again only after a wait.
+    const now = yield* Clock.currentTimeNanos
+    const required = diff.add.length === 0 ? 0 : settingsOrDefaults(yield* ctx.loadMetadata(group)).minProtocolVersion
+    const add = diff.add.filter((w) => !ctx.skippedInstallations.waiting(w.installationId, required, now))
     if (add.length === 0 && removals.length === 0) return false
+    const groupId = group.id
     const pending = yield* storage.intents.byGroup(groupId, ["ToPublish", "Published"])
     if (pending.some((intent) => intent.kind === "UpdateInstallations")) return true
-    yield* storage.intents.insert({
-      groupId,
-      data: UpdateInstallationsData.make({}),
-      createdAtNs: yield* Clock.currentTimeNanos
-    })
+    yield* storage.intents.insert({ groupId, data: UpdateInstallationsData.make({}), createdAtNs: now })
     return true
   })
 
@@ -71,7 +74,7 @@ const checkWith = (
     const inboxes = new Set(roster.members.map((m) => m.inboxId))
     if (![...inboxes].every((inbox) => fresh.has(inbox))) return yield* checkInstallations(groupId)
     lastInstallationCheck.set(groupId, yield* Clock.currentTimeNanos)
-    yield* queueIfDiffers(c, groupId, roster, new Map([...inboxes].map((inbox) => [inbox, fresh.get(inbox)])))
+    yield* queueIfDiffers(c, group, roster, new Map([...inboxes].map((inbox) => [inbox, fresh.get(inbox)])))
   }).pipe(
     Effect.catchAll((e) => Effect.logWarning("installation check failed; tried again next time", e.message)),
     Effect.annotateLogs({ groupId })
@@ -97,7 +100,7 @@ export const make = (ctx: EngineContext, { diffAgainst }: Pick<ReturnType<typeof
     // An inbox we hold nothing of is the safety net's business (it asks the network).
     const known = new Map([...states].filter(([, inbox]) => inbox !== undefined))
     if (known.size === 0) return false
-    return yield* queueIfDiffers(c, groupId, roster, known, { onlyRevoked: true })
+    return yield* queueIfDiffers(c, group, roster, known, { onlyRevoked: true })
   }, (effect, groupId) =>
     effect.pipe(
       Effect.catchAll((e) => Effect.logWarning("installation check failed; tried again next time", e.message).pipe(Effect.as(true))),
@@ -116,7 +119,7 @@ export const make = (ctx: EngineContext, { diffAgainst }: Pick<ReturnType<typeof
     if (group.membershipState !== "active") return
     const roster = yield* ctx.loadRoster(group)
     const states = yield* identity.refreshMany(roster.members.map((m) => m.inboxId))
-    yield* queueIfDiffers(c, groupId, roster, states)
+    yield* queueIfDiffers(c, group, roster, states)
   }, (effect, groupId) =>
     effect.pipe(
       Effect.catchAll((e) => Effect.logWarning("installation check failed; tried again next time", e.message)),

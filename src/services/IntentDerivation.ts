@@ -4,7 +4,7 @@
  * line with the identity logs, settings rewritten, a key update), each checked first as every
  * receiver will check it. Nothing here writes: the publisher writes the result ahead.
  */
-import { Effect, Either, HashSet, Option, Schema } from "effect"
+import { Clock, Effect, Either, HashSet, Option, Schema } from "effect"
 import { utf8 } from "../domain/Bytes.ts"
 import { type ApplicationContent, ApplicationContentJson } from "../domain/Content.ts"
 import {
@@ -32,6 +32,7 @@ import {
 } from "../domain/GroupSettings.ts"
 import { liveLeavers } from "../domain/Leaving.ts"
 import { FIRST_PROTOCOL_VERSION, GroupMetadata } from "../domain/Model.ts"
+import { splitByVersion } from "../domain/VersionFloor.ts"
 import { makePostCommitData, type PostCommitData, type RemoveMembersData } from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
 import { fetchKeyPackagesInChunks } from "./DeliveryService.ts"
@@ -119,18 +120,60 @@ const fetchKeyPackages = (ctx: EngineContext, add: ReadonlyArray<Wanted>) =>
     return packages
   })
 
-/** A commit adding (with welcomes) and removing installations; nothing to do if both are empty. */
-const membershipCommit = (
+/** Installations to add with their key packages, in the same order. */
+interface Admitted {
+  readonly wanted: ReadonlyArray<Wanted>
+  readonly packages: ReadonlyArray<Uint8Array>
+}
+
+const NOBODY: Admitted = { wanted: [], packages: [] }
+
+/**
+ * The key packages of `add` that the group's minimum version at this state admits
+ * (`domain/VersionFloor`). The others are left out, and remembered so the installation checks
+ * wait before they try them again; an inbox of `asked` with none new enough fails the add.
+ */
+const admittedPackages = (
   ctx: EngineContext,
   state: MlsGroupState,
   add: ReadonlyArray<Wanted>,
+  asked: ReadonlySet<InboxId> = new Set()
+) =>
+  Effect.gen(function*() {
+    const packages = yield* fetchKeyPackages(ctx, add)
+    const required = settingsOrDefaults(ctx.crypto.view(state).metadata).minProtocolVersion
+    if (required <= FIRST_PROTOCOL_VERSION) return { wanted: add, packages } satisfies Admitted
+    const offered = yield* Effect.forEach(add, (wanted, i) =>
+      Effect.map(ctx.crypto.keyPackageInfo(packages[i]!), (info) => ({
+        ...wanted,
+        protocolVersion: info.protocolVersion ?? FIRST_PROTOCOL_VERSION
+      })))
+    const split = splitByVersion(required, offered, asked)
+    if (Either.isLeft(split)) return yield* split.left
+    const { tooOld } = split.right
+    if (tooOld.length > 0) {
+      ctx.skippedInstallations.skip(tooOld, yield* Clock.currentTimeNanos)
+      yield* Effect.logWarning("installations below the group's minimum protocol version left out of the add").pipe(
+        Effect.annotateLogs({ required, installations: tooOld.map((o) => `${o.installationId} (${o.protocolVersion})`).join(", ") })
+      )
+    }
+    const kept = new Set(split.right.admitted.map((o) => o.installationId))
+    return {
+      wanted: add.filter((w) => kept.has(w.installationId)),
+      packages: packages.filter((_, i) => kept.has(add[i]!.installationId))
+    } satisfies Admitted
+  })
+
+/** A commit adding (with welcomes) and removing installations; nothing to do if it would change nothing. */
+const membershipCommit = (
+  ctx: EngineContext,
+  state: MlsGroupState,
+  { packages, wanted }: Admitted,
   remove: ReadonlyArray<InstallationId>,
   metadata?: GroupMetadata
 ) =>
   Effect.gen(function*() {
-    if (add.length === 0 && remove.length === 0) return { _tag: "NoOp" } as Derived
-    const packages = yield* fetchKeyPackages(ctx, add)
-    yield* checkAddedVersions(ctx, state, packages)
+    if (wanted.length === 0 && remove.length === 0 && metadata === undefined) return { _tag: "NoOp" } as Derived
     const result = yield* ctx.crypto.createCommit(state, {
       add: packages,
       remove,
@@ -145,7 +188,7 @@ const membershipCommit = (
         ? undefined
         : makePostCommitData({
           welcome: result.welcome,
-          installationIds: add.map((w) => w.installationId),
+          installationIds: wanted.map((w) => w.installationId),
           keyPackages: packages
         })
     } as Derived
@@ -207,8 +250,10 @@ const deriveAdd = (ctx: EngineContext, state: MlsGroupState, inboxIds: ReadonlyA
   Effect.gen(function*() {
     yield* checkMembership(ctx, state, { add: inboxIds })
     const { add } = yield* installationDiff(ctx, state, [...inboxIds, ctx.identity.inboxId])
-    const settings = settingsForAdd(yield* settingsAt(ctx, state), memberInboxes(ctx, state), add.map((w) => w.inboxId))
-    return yield* membershipCommit(ctx, state, add, [], settings)
+    if (add.length === 0) return { _tag: "NoOp" } as Derived
+    const admitted = yield* admittedPackages(ctx, state, add, new Set(inboxIds))
+    const settings = settingsForAdd(yield* settingsAt(ctx, state), memberInboxes(ctx, state), admitted.wanted.map((w) => w.inboxId))
+    return yield* membershipCommit(ctx, state, admitted, [], settings)
   })
 
 /** Lists this inbox as leaving, in a commit of its own (`domain/Leaving`); nothing to do if it is listed. */
@@ -240,7 +285,8 @@ const deriveInstallationUpdate = (ctx: EngineContext, state: MlsGroupState) =>
       : yield* installationDiff(ctx, state, inboxes)
     // Removals first, on their own: a new leaf may take a removed device's slot, and ts-mls
     // 1.6.4 then cannot show the removed device its removal. The adds follow in the next check.
-    return yield* (remove.length > 0 ? membershipCommit(ctx, state, [], remove) : membershipCommit(ctx, state, add, []))
+    if (remove.length > 0) return yield* membershipCommit(ctx, state, NOBODY, remove)
+    return yield* membershipCommit(ctx, state, add.length === 0 ? NOBODY : yield* admittedPackages(ctx, state, add), [])
   })
 
 /**
@@ -291,18 +337,6 @@ const checkNotPaused = (ctx: EngineContext, state: MlsGroupState, data: IntentDa
     ? Effect.fail(new ProtocolVersionTooOld({ required: settings.minProtocolVersion, current }))
     : Effect.void
 }
-
-/** Key packages below the group's minimum version cannot be added (every receiver refuses them too). */
-const checkAddedVersions = (ctx: EngineContext, state: MlsGroupState, keyPackages: ReadonlyArray<Uint8Array>) =>
-  Effect.gen(function*() {
-    const required = settingsOrDefaults(ctx.crypto.view(state).metadata)
-      .minProtocolVersion
-    if (required <= FIRST_PROTOCOL_VERSION) return
-    for (const keyPackage of keyPackages) {
-      const current = (yield* ctx.crypto.keyPackageInfo(keyPackage)).protocolVersion ?? FIRST_PROTOCOL_VERSION
-      if (current < required) return yield* new ProtocolVersionTooOld({ required, current })
-    }
-  })
 
 const derive = (ctx: EngineContext, state: MlsGroupState, data: IntentData) =>
   Effect.gen(function*() {

@@ -1,9 +1,12 @@
 /**
  * The checks on inboxes a user names before anything is queued: well-formed ids, and for
- * inboxes to add, that they exist and every current installation has a usable key package.
+ * inboxes to add, that they exist, every current installation has a usable key package, and
+ * at least one of them is new enough for the group (the others are left out of the add).
  */
-import { Effect, Schema } from "effect"
+import { Effect, Either, Schema } from "effect"
 import { InboxNotFound, InvalidInput, KeyPackageUnavailable } from "../domain/Errors.ts"
+import { FIRST_PROTOCOL_VERSION } from "../domain/Model.ts"
+import { type OfferedInstallation, splitByVersion } from "../domain/VersionFloor.ts"
 import { currentInstallations } from "../domain/IdentityLog.ts"
 import { InboxId, type InstallationId } from "../domain/Ids.ts"
 import type { ClientContext } from "./ClientContext.ts"
@@ -19,10 +22,13 @@ export const validInboxes = (inboxIds: ReadonlyArray<unknown>) =>
 export const make = ({ env, self }: ClientContext) => {
   const { crypto, ds, identity } = env
 
-  /** Every inbox must exist and have a key package for each of its current installations. */
-  const checkAddable = (inboxIds: ReadonlyArray<InboxId>) =>
+  /**
+   * Every inbox must exist and have a key package for each of its current installations; the
+   * installations with the versions their key packages advertise.
+   */
+  const offeredInstallations = (inboxIds: ReadonlyArray<InboxId>) =>
     Effect.gen(function*() {
-      if (inboxIds.length === 0) return
+      if (inboxIds.length === 0) return []
       const states = yield* identity.refreshMany(inboxIds)
       const installationsOf = new Map<InboxId, ReadonlyArray<InstallationId>>()
       for (const inboxId of inboxIds) {
@@ -33,6 +39,7 @@ export const make = ({ env, self }: ClientContext) => {
       const all = [...installationsOf.values()].flat()
       const fetched = all.length === 0 ? [] : yield* fetchKeyPackagesInChunks(ds, all)
       const missing = new Set<InstallationId>()
+      const offered: Array<OfferedInstallation> = []
       for (const [inboxId, installations] of installationsOf) {
         for (const installationId of installations) {
           const keyPackage = fetched.find((f) => f.installationId === installationId)?.keyPackage
@@ -40,6 +47,10 @@ export const make = ({ env, self }: ClientContext) => {
             ? "no key package"
             : yield* LeafAuthentication.fetchedKeyPackageProblem(crypto, identity, { installationId, inboxId }, keyPackage)
           if (problem !== undefined) missing.add(installationId)
+          else {
+            const { protocolVersion } = yield* crypto.keyPackageInfo(keyPackage!)
+            offered.push({ inboxId, installationId, protocolVersion: protocolVersion ?? FIRST_PROTOCOL_VERSION })
+          }
         }
       }
       for (const [inboxId, installations] of installationsOf) {
@@ -48,9 +59,17 @@ export const make = ({ env, self }: ClientContext) => {
           return yield* new KeyPackageUnavailable({ inboxId, installationIds: lacking })
         }
       }
+      return offered
     })
 
-  const checkNewMembers = (inboxIds: ReadonlyArray<InboxId>, present: ReadonlySet<InboxId>) =>
+  /** Every inbox must exist and have a key package for each of its current installations. */
+  const checkAddable = (inboxIds: ReadonlyArray<InboxId>) => Effect.asVoid(offeredInstallations(inboxIds))
+
+  const checkNewMembers = (
+    inboxIds: ReadonlyArray<InboxId>,
+    present: ReadonlySet<InboxId>,
+    minProtocolVersion: number
+  ) =>
     Effect.gen(function*() {
       if (inboxIds.includes(self)) return yield* new InvalidInput({ reason: "cannot add yourself" })
       const seen = new Set<string>()
@@ -59,7 +78,9 @@ export const make = ({ env, self }: ClientContext) => {
         if (present.has(id)) return yield* new InvalidInput({ reason: `inbox ${id} is already a member` })
         seen.add(id)
       }
-      yield* checkAddable(inboxIds)
+      // One installation new enough per inbox: the group's minimum, or the one a new group will have.
+      const split = splitByVersion(minProtocolVersion, yield* offeredInstallations(inboxIds), new Set(inboxIds))
+      if (Either.isLeft(split)) return yield* split.left
     })
 
   return { validInboxes, checkAddable, checkNewMembers }
