@@ -106,6 +106,7 @@ const main = async () => {
     expected: 0,
     installations: 0,
     revocations: 0,
+    leftOutBelowMinimum: 0,
     leaves: 0,
     dms: 0,
     violations: 0
@@ -147,6 +148,7 @@ const main = async () => {
     totals.expected += f.expectedErrors
     totals.installations += f.installations
     totals.revocations += f.revocations
+    totals.leftOutBelowMinimum += f.leftOutBelowMinimum
     totals.leaves += f.leaves
     totals.dms += f.dms
     totals.violations += report.violations.length
@@ -164,7 +166,7 @@ const main = async () => {
       `faults ${totals.faults} (hostile inputs ${totals.hostile}, crash points armed ${totals.armed})`,
       `crashes ${totals.crashes}`,
       `sends confirmed ${totals.sent}`,
-      `installations ${totals.installations} (devices revoked ${totals.revocations}), leaves ${totals.leaves}, DM conversations ${totals.dms}`,
+      `installations ${totals.installations} (devices revoked ${totals.revocations}; left out of a group below its minimum version ${totals.leftOutBelowMinimum}), leaves ${totals.leaves}, DM conversations ${totals.dms}`,
       `expected errors ${totals.expected}`,
       `violations ${totals.violations}${failing.length > 0 ? ` in seed(s) ${failing.join(", ")}` : ""}`,
       ...(byInvariant.size === 0

@@ -55,7 +55,9 @@ export const describe = (op: Op, names: Names = defaultNames): string => {
     case "Watch":
       return `${cl(op.c)} streams while { ${op.actions.map((a) => describeAction(a, names)).join("; ")} }`
     case "AddDevice":
-      return `inbox ${inbox(op.inbox)} registers a new installation ${cl(op.d)}`
+      return `inbox ${inbox(op.inbox)} registers a new installation ${cl(op.d)}${
+        op.protocolVersion === undefined ? "" : ` of protocol version ${op.protocolVersion}`
+      }`
     case "RevokeDevice":
       return `${cl(op.d)} is revoked by its inbox`
     case "Drop":

@@ -76,6 +76,7 @@ const figuresOf = (s: RunState, rounds: number, dms: ReadonlyArray<{ readonly dm
       sent: world.sent.filter((s) => s.confirmed).length,
       installations: booted(world).length,
       revocations: counters.revocations,
+      leftOutBelowMinimum: world.leftOutBelowMinimum.length,
       leaves: counters.leaves,
       dms: new Set(dms.map((d) => d.dmId)).size,
       quiescenceRounds: rounds,

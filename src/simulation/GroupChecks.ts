@@ -27,6 +27,11 @@ interface GroupFacts {
   readonly memberThroughout: (inbox: string, from: bigint, to: bigint) => boolean
   readonly expectedMembers: ReadonlyArray<string>
   readonly expectedInstallations: ReadonlyArray<string>
+  /**
+   * Those of `expectedInstallations` below the group's final minimum version (devices of an
+   * earlier build): in if they joined before a bump raised it, else left out. Either is right.
+   */
+  readonly optionalInstallations: ReadonlyArray<string>
   /** Joins backed by a real welcome (or creation): where an installation surely was a member. */
   readonly joins: ReadonlyMap<number, ReadonlyArray<Join>>
   /** Joins including forged welcomes: where an installation might conceivably have got in. */
@@ -194,7 +199,7 @@ const joinsOf = (ctx: CheckContext, groupId: GroupId, creator: number | undefine
 const checkMembersJoined = (ctx: CheckContext, facts: GroupFacts) =>
   Effect.gen(function*() {
     const { byInstallation, clients, currentOf, inboxName, installationName, storages, violate, world } = ctx
-    const { dm, expectedMembers, finalEpoch, groupId, held, label } = facts
+    const { dm, expectedMembers, finalEpoch, groupId, held, label, optionalInstallations } = facts
     // A deserted group (its last members asked to leave and nobody remained to commit the
     // removal, so they went inactive themselves) takes in no new devices: nobody is there.
     const deserted = held.size > 0 && [...held.values()].every((v) => v.row.membershipState === "inactive")
@@ -205,6 +210,7 @@ const checkMembersJoined = (ctx: CheckContext, facts: GroupFacts) =>
       .some((i) => i.groupId === groupId && (i.error ?? "").startsWith(WELCOMES_UNDELIVERABLE))
     for (const inbox of deserted || orphaning ? [] : expectedMembers) {
       for (const installation of currentOf(inbox)) {
+        if (optionalInstallations.includes(installation)) continue
         const c = byInstallation.get(installation)
         const view = c === undefined ? undefined : held.get(c)
         if (view?.info === undefined) {
@@ -236,7 +242,8 @@ const checkMembersJoined = (ctx: CheckContext, facts: GroupFacts) =>
  */
 const checkViews = (ctx: CheckContext, facts: GroupFacts) => {
   const { clients, inboxName, installationName, name, violate, world } = ctx
-  const { creator, dm, expectedInstallations, expectedMembers, finalEpoch, held, label } = facts
+  const { creator, dm, expectedInstallations, expectedMembers, finalEpoch, held, label, optionalInstallations } = facts
+  const requiredInstallations = expectedInstallations.filter((i) => !optionalInstallations.includes(i))
   const authenticators = new Map<bigint, Set<string>>()
   /** One settings per epoch: every member at an epoch reads the same metadata, roles, policies and minimum. */
   const settingsAt = new Map<bigint, string>()
@@ -287,12 +294,15 @@ const checkViews = (ctx: CheckContext, facts: GroupFacts) => {
           expectedMembers.map(inboxName).join(",")
         }]`
       )
-    } else if (view.info.installations.join(",") !== expectedInstallations.join(",")) {
+    } else if (
+      requiredInstallations.some((i) => !view.info!.installations.includes(i)) ||
+      view.info.installations.some((i) => !expectedInstallations.includes(i))
+    ) {
       violate(
         "installations-not-in-sync",
         `${label}: ${name(c)} sees installations [${view.info.installations.map(installationName).join(",")}], the identity logs of its members say [${
           expectedInstallations.map(installationName).join(",")
-        }]`
+        }]${optionalInstallations.length === 0 ? "" : ` (below the minimum, either way: ${optionalInstallations.map(installationName).join(",")})`}`
       )
     }
   }
@@ -453,6 +463,21 @@ const checkDelivery = (ctx: CheckContext, facts: GroupFacts, rowsById: ReadonlyM
   }
 }
 
+/** The group's minimum version at its final epoch, as its members read it (they agree: `checkViews`). */
+const finalMinimum = (held: ReadonlyMap<number, Held>, finalEpoch: bigint): number => {
+  for (const view of held.values()) {
+    if (view.info?.settings === undefined || view.info.epoch !== finalEpoch) continue
+    return (JSON.parse(view.info.settings) as { readonly minProtocolVersion?: number }).minProtocolVersion ?? 1
+  }
+  return 1
+}
+
+/** The version an installation of the run advertises: its device's earlier build, or the run's own. */
+const versionOf = (ctx: CheckContext, installation: string): number => {
+  const c = ctx.byInstallation.get(installation)
+  return (c === undefined ? undefined : ctx.world.installs[c]?.protocolVersion) ?? Number.POSITIVE_INFINITY
+}
+
 /** Checks one group; `creator` made it (if booted), `dm` is set for a DM's group. */
 export const checkGroup = (
   ctx: CheckContext,
@@ -468,6 +493,8 @@ export const checkGroup = (
     const { claimed, finalEpoch, inForce, winners } = yield* walkTopic(ctx.world, groupId, envelopes)
     const membersAt = membersByEpoch(ctx, { label, creator, dm, held, finalEpoch })
     const expectedMembers = [...(membersAt[Number(finalEpoch)] ?? [])].sort()
+    const expectedInstallations = expectedMembers.flatMap((inbox) => [...ctx.currentOf(inbox)]).sort()
+    const floor = finalMinimum(held, finalEpoch)
     const facts: GroupFacts = {
       groupId,
       label,
@@ -482,8 +509,13 @@ export const checkGroup = (
         return true
       },
       expectedMembers,
-      expectedInstallations: expectedMembers.flatMap((inbox) => [...ctx.currentOf(inbox)]).sort(),
+      expectedInstallations,
+      optionalInstallations: expectedInstallations.filter((i) => versionOf(ctx, i) < floor),
       ...joinsOf(ctx, groupId, creator, winners)
+    }
+    for (const installation of facts.optionalInstallations) {
+      const inside = [...held.values()].some((v) => v.info?.installations.includes(installation))
+      if (!inside) ctx.world.leftOutBelowMinimum.push(`${label}: ${ctx.installationName(installation)}`)
     }
     yield* checkMembersJoined(ctx, facts)
     checkViews(ctx, facts)

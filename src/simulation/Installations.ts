@@ -12,7 +12,12 @@ export const make = (s: RunState, { clientOf }: Pick<ClientActions, "clientOf">)
   const bootDevice = (d: number, inbox: number) =>
     Effect.gen(function*() {
       const first = yield* clientOf(inbox)
-      const client = yield* s.net.client(s.clientName(d), { ...s.clientOptions, sameInboxAs: first })
+      const version = s.installs[d]?.protocolVersion
+      const client = yield* s.net.client(s.clientName(d), {
+        ...s.clientOptions,
+        sameInboxAs: first,
+        ...(version === undefined ? {} : { protocolVersion: version })
+      })
       s.clients[d] = client
       return `ok: registered`
     })

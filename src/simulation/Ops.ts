@@ -109,8 +109,11 @@ export type Op =
   | { readonly _tag: "Race"; readonly actions: readonly [Action, Action] }
   /** Client `c` streams messages (live subscriptions) while other clients act. */
   | { readonly _tag: "Watch"; readonly c: number; readonly actions: ReadonlyArray<Action> }
-  /** Inbox `inbox` registers a further installation, `d` (it joins the inbox's groups later). */
-  | { readonly _tag: "AddDevice"; readonly inbox: number; readonly d: number }
+  /**
+   * Inbox `inbox` registers a further installation, `d` (it joins the inbox's groups later); with
+   * `protocolVersion`, a device of an earlier build, left out of groups whose minimum is above it.
+   */
+  | { readonly _tag: "AddDevice"; readonly inbox: number; readonly d: number; readonly protocolVersion?: number }
   /** Installation `d`'s inbox revokes it (a RevokeInstallation signed with the inbox's root key). */
   | { readonly _tag: "RevokeDevice"; readonly d: number }
   // faults
@@ -218,6 +221,8 @@ export const actionsOf = (op: Op): ReadonlyArray<Action> => {
 export interface Installation {
   readonly inbox: number
   readonly name: string
+  /** An earlier build's version; none: the run's own. */
+  readonly protocolVersion?: number
 }
 
 /**
@@ -231,7 +236,11 @@ export const installations = (params: Params, ops: ReadonlyArray<Op>): ReadonlyA
     if (op._tag !== "AddDevice") continue
     const n = (perInbox.get(op.inbox) ?? 0) + 1
     perInbox.set(op.inbox, n)
-    out[op.d] = { inbox: op.inbox, name: `c${op.inbox}${String.fromCharCode(97 + n)}` }
+    out[op.d] = {
+      inbox: op.inbox,
+      name: `c${op.inbox}${String.fromCharCode(97 + n)}`,
+      ...(op.protocolVersion === undefined ? {} : { protocolVersion: op.protocolVersion })
+    }
   }
   return out
 }

@@ -26,7 +26,7 @@ export const plan = (params: Params): ReadonlyArray<Op> => {
     ? ops
     : params.versionBumps === false
     ? withGovernance(ops, params)
-    : withVersionBumps(withGovernance(ops, params), params)
+    : withOldDevices(withVersionBumps(withGovernance(ops, params), params), params.seed)
   return params.profile !== "classic" && params.messaging !== false ? withMessaging(governed, params) : governed
 }
 
@@ -82,6 +82,21 @@ const withVersionBumps = (ops: ReadonlyArray<Op>, params: Params): ReadonlyArray
     const version = rng.between(1, SIMULATION_PROTOCOL_VERSION)
     return [op, { _tag: "SetMinVersion", c: rng.int(params.clients), g: rng.int(groups), version }]
   })
+}
+
+/**
+ * Devices of earlier builds: half the further installations, drawn from a stream of their own,
+ * advertise a version below the run's (1 or 2): a group whose minimum is above it leaves them out
+ * (new groups admit 2 and later, a bump may raise it to 3), and a member a later bump leaves
+ * below the minimum is paused there (it reads but cannot write).
+ */
+const withOldDevices = (ops: ReadonlyArray<Op>, seed: number): ReadonlyArray<Op> => {
+  const rng = Prng.make(seed ^ 0x01d_de71)
+  return ops.map((op) =>
+    op._tag === "AddDevice" && rng.chance(0.5)
+      ? { ...op, protocolVersion: rng.between(1, SIMULATION_PROTOCOL_VERSION - 1) }
+      : op
+  )
 }
 
 /**

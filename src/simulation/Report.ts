@@ -40,6 +40,8 @@ export interface Figures {
   readonly installations: number
   /** Devices revoked (identity updates published). */
   readonly revocations: number
+  /** Installations of member inboxes left out of a group for being below its minimum version. */
+  readonly leftOutBelowMinimum: number
   /** `leave` calls that succeeded. */
   readonly leaves: number
   /** DM conversations at the end (each may have several MLS groups beneath). */
@@ -63,7 +65,9 @@ export const summaryLine = (report: Report): string => {
   return [
     `seed ${p.seed}`,
     `clients ${p.clients}${p.profile === "classic" ? " (classic)" : ""}`,
-    `installations ${f.installations} (revoked ${f.revocations})`,
+    `installations ${f.installations} (revoked ${f.revocations}${
+      f.leftOutBelowMinimum === 0 ? "" : `, left out below a minimum ${f.leftOutBelowMinimum}`
+    })`,
     `ops ${f.operations} (${f.actions} actions)`,
     `faults ${f.faults} (hostile ${f.hostile})`,
     `crashes ${f.crashes}/${f.crashesArmed} armed`,
@@ -121,6 +125,7 @@ export const emptyFigures: Figures = {
   sent: 0,
   installations: 0,
   revocations: 0,
+  leftOutBelowMinimum: 0,
   leaves: 0,
   dms: 0,
   quiescenceRounds: 0,

@@ -87,6 +87,7 @@ export const setUp = (options: Options, newEntry: RunState["newEntry"]) =>
       promoted: new Map(),
       renamed: new Set(),
       forgedCommits: new Set(),
+      leftOutBelowMinimum: [],
       violations: [],
       maxPastEpochs: defaultEngineOptions.maxPastEpochs
     }

@@ -47,7 +47,11 @@ export type Verdict =
 
 export const firstLine = (s: string) => s.split("\n")[0] ?? s
 
-export const judge = (exit: Exit.Exit<string, unknown>): Verdict => {
+/**
+ * `pausable`: the acting installation is of an earlier build, so a group's minimum may pause it
+ * (`ProtocolVersionTooOld` is then an expected refusal; from anyone else it is a violation).
+ */
+export const judge = (exit: Exit.Exit<string, unknown>, options: { readonly pausable?: boolean } = {}): Verdict => {
   if (Exit.isSuccess(exit)) return { kind: "ok", text: exit.value }
   const crash = simulatedCrashOf(exit.cause)
   if (crash !== undefined) return { kind: "crash", text: `crashed at ${crash.point}` }
@@ -56,7 +60,7 @@ export const judge = (exit: Exit.Exit<string, unknown>): Verdict => {
     const error = failure.value as { readonly _tag?: string; readonly message?: string }
     const tag = error._tag ?? "unknown"
     if (tag === "Hung") return { kind: "violation", invariant: "hung", text: `hung: ${error.message}` }
-    if (expectedErrors.has(tag)) return { kind: "expected", text: `${tag}: ${firstLine(error.message ?? "")}` }
+    if (expectedErrors.has(tag) || (tag === "ProtocolVersionTooOld" && options.pausable === true)) return { kind: "expected", text: `${tag}: ${firstLine(error.message ?? "")}` }
     return { kind: "violation", invariant: "unexpected-error", text: `unexpected ${tag}: ${error.message ?? String(error)}` }
   }
   if (Cause.isInterruptedOnly(exit.cause)) return { kind: "abandoned", text: "abandoned: its client crashed" }

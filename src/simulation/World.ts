@@ -51,6 +51,8 @@ export interface World {
   readonly forgedCommits: Set<string>
   /** Groups someone asked to rename (their name is then no longer their label). */
   readonly renamed: Set<number>
+  /** What the checks found left out of a group for being below its minimum version ("g1: c3b"). */
+  readonly leftOutBelowMinimum: Array<string>
   readonly violations: Array<Violation>
   /** Engine option the checks need: how many past epochs still decrypt. */
   readonly maxPastEpochs: number
