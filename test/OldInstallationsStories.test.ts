@@ -68,6 +68,23 @@ describe("installations below a group's minimum version", () => {
       expect((yield* daveOld.conversations()).map((c) => c.id)).not.toContain(group.id)
     }))
 
+  it.scoped("two members add the same inbox at once: the one whose add lands second finds it in, its old device aside, and succeeds", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, carol, dave] = yield* Effect.all([net.client("alice"), net.client("carol"), net.client("dave")])
+      const daveOld = yield* net.client("daveOld", { sameInboxAs: dave, protocolVersion: 1 })
+      const group = yield* alice.createGroup([carol.inboxId])
+      yield* carol.syncAll
+      const atCarol = yield* open(carol, group.id)
+      yield* group.addMembers([dave.inboxId])
+      // Carol has not seen Alice's add: hers loses the race, is derived again, and has nothing left to do.
+      yield* atCarol.addMembers([dave.inboxId])
+      yield* alice.syncAll
+      expect(yield* installationsOf(group, dave)).toEqual([dave.installationId])
+      expect(yield* installationsOf(atCarol, dave)).toEqual([dave.installationId])
+      expect((yield* daveOld.conversations()).map((c) => c.id)).not.toContain(group.id)
+    }))
+
   it.scoped("an inbox with no device new enough is refused before a group is made, and by an existing group", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

@@ -251,8 +251,11 @@ const deriveAdd = (ctx: EngineContext, state: MlsGroupState, inboxIds: ReadonlyA
     yield* checkMembership(ctx, state, { add: inboxIds })
     const { add } = yield* installationDiff(ctx, state, [...inboxIds, ctx.identity.inboxId])
     if (add.length === 0) return { _tag: "NoOp" } as Derived
-    const admitted = yield* admittedPackages(ctx, state, add, new Set(inboxIds))
-    const settings = settingsForAdd(yield* settingsAt(ctx, state), memberInboxes(ctx, state), admitted.wanted.map((w) => w.inboxId))
+    // An inbox a concurrent add brought in already is no longer asked for: its old devices may stay out.
+    const members = memberInboxes(ctx, state)
+    const admitted = yield* admittedPackages(ctx, state, add, new Set(inboxIds.filter((i) => !members.includes(i))))
+    if (admitted.wanted.length === 0) return { _tag: "NoOp" } as Derived
+    const settings = settingsForAdd(yield* settingsAt(ctx, state), members, admitted.wanted.map((w) => w.inboxId))
     return yield* membershipCommit(ctx, state, admitted, [], settings)
   })
 

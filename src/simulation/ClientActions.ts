@@ -148,7 +148,7 @@ const runActions = (s: RunState, perform: (index: number, a: Plan.Action) => Eff
             Effect.onExit((exit) =>
               Exit.isFailure(exit) && !Cause.isInterruptedOnly(exit.cause)
                 ? Effect.sync(() => {
-                  const verdict = judge(exit, { pausable: s.installs[a.c]?.protocolVersion !== undefined })
+                  const verdict = judge(exit, { olderVersion: s.installs[a.c]?.protocolVersion })
                   if (verdict.kind === "crash" || verdict.kind === "violation") s.broken.add(a.c)
                 }).pipe(Effect.zipRight(simulatedCrashOf(exit.cause) === undefined ? Effect.void : Deferred.succeed(signal, undefined)))
                 : Effect.void
@@ -162,7 +162,7 @@ const runActions = (s: RunState, perform: (index: number, a: Plan.Action) => Eff
       )
       exits.forEach((exit, i) => {
         const a = list[i]!
-        const verdict = judge(exit, { pausable: s.installs[a.c]?.protocolVersion !== undefined })
+        const verdict = judge(exit, { olderVersion: s.installs[a.c]?.protocolVersion })
         s.record(entry, labels ? `${Plan.describeAction(a, s.clientName)}: ` : "", verdict)
         // A defect leaves the client in an unknown state: restart it like a crash.
         if (verdict.kind === "violation" && verdict.invariant === "defect") s.broken.add(a.c)

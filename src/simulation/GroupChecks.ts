@@ -210,7 +210,9 @@ const checkMembersJoined = (ctx: CheckContext, facts: GroupFacts) =>
       .some((i) => i.groupId === groupId && (i.error ?? "").startsWith(WELCOMES_UNDELIVERABLE))
     for (const inbox of deserted || orphaning ? [] : expectedMembers) {
       for (const installation of currentOf(inbox)) {
-        if (optionalInstallations.includes(installation)) continue
+        // Below the minimum it may be left out; but once in the members' tree it must hold the group.
+        const listed = [...held.values()].some((v) => v.info?.installations.includes(installation))
+        if (optionalInstallations.includes(installation) && !listed) continue
         const c = byInstallation.get(installation)
         const view = c === undefined ? undefined : held.get(c)
         if (view?.info === undefined) {

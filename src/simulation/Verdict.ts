@@ -48,10 +48,18 @@ export type Verdict =
 export const firstLine = (s: string) => s.split("\n")[0] ?? s
 
 /**
- * `pausable`: the acting installation is of an earlier build, so a group's minimum may pause it
- * (`ProtocolVersionTooOld` is then an expected refusal; from anyone else it is a violation).
+ * `olderVersion`: the version of the acting installation when it is of an earlier build. A group's
+ * minimum may pause it: `ProtocolVersionTooOld` naming its own version is then an expected
+ * refusal. Any other (and from anyone else) is a violation: every inbox keeps a device of the
+ * run's version, so no add is refused for age.
  */
-export const judge = (exit: Exit.Exit<string, unknown>, options: { readonly pausable?: boolean } = {}): Verdict => {
+const isOwnPause = (error: { readonly _tag?: string }, olderVersion: number | undefined) => {
+  if (error._tag !== "ProtocolVersionTooOld" || olderVersion === undefined) return false
+  const { current, required } = error as { readonly current?: number; readonly required?: number }
+  return current === olderVersion && required !== undefined && required > current
+}
+
+export const judge = (exit: Exit.Exit<string, unknown>, options: { readonly olderVersion?: number | undefined } = {}): Verdict => {
   if (Exit.isSuccess(exit)) return { kind: "ok", text: exit.value }
   const crash = simulatedCrashOf(exit.cause)
   if (crash !== undefined) return { kind: "crash", text: `crashed at ${crash.point}` }
@@ -60,7 +68,7 @@ export const judge = (exit: Exit.Exit<string, unknown>, options: { readonly paus
     const error = failure.value as { readonly _tag?: string; readonly message?: string }
     const tag = error._tag ?? "unknown"
     if (tag === "Hung") return { kind: "violation", invariant: "hung", text: `hung: ${error.message}` }
-    if (expectedErrors.has(tag) || (tag === "ProtocolVersionTooOld" && options.pausable === true)) return { kind: "expected", text: `${tag}: ${firstLine(error.message ?? "")}` }
+    if (expectedErrors.has(tag) || isOwnPause(error, options.olderVersion)) return { kind: "expected", text: `${tag}: ${firstLine(error.message ?? "")}` }
     return { kind: "violation", invariant: "unexpected-error", text: `unexpected ${tag}: ${error.message ?? String(error)}` }
   }
   if (Cause.isInterruptedOnly(exit.cause)) return { kind: "abandoned", text: "abandoned: its client crashed" }
