@@ -11,7 +11,7 @@ import { LruCache } from "../domain/LruCache.ts"
 
 /** How long a left-out installation waits before a check tries to add it again. */
 export const SKIPPED_INSTALLATION_RETRY = Duration.minutes(1)
-const RETRY_NS = Duration.toNanos(SKIPPED_INSTALLATION_RETRY).pipe((o) => (o._tag === "Some" ? o.value : 0n))
+const RETRY_NS = Duration.unsafeToNanos(SKIPPED_INSTALLATION_RETRY)
 
 /** Remembered at most; beyond it the oldest are forgotten (and merely tried again sooner). */
 const CAPACITY = 10_000
