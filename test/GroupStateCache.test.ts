@@ -147,4 +147,39 @@ describe("GroupStateCache", () => {
       expect((yield* restarted.loadRoster(moved)).members[0]!.leafIndex).toBe(7)
       expect(after.decoded).toEqual([7])
     }))
+
+  it.effect("a roster outlives received application messages: same epoch authenticator, no read, write or decode; a commit makes it read again", () =>
+    Effect.gen(function*() {
+      const reads: Array<string> = []
+      const writes: Array<string> = []
+      const stored: RosterRepository = {
+        get: (groupId) => Effect.sync(() => (reads.push(groupId), Option.none())),
+        put: (roster) => Effect.sync(() => void writes.push(roster.groupId))
+      }
+      const { crypto, decoded } = countingCrypto()
+      // Byte 0 is the epoch (and the leaf, the settings); byte 1 moves with every received message.
+      const withAuthenticator = {
+        ...crypto,
+        view: (state: MlsGroupState) => ({
+          ...crypto.view(state),
+          epochAuthenticator: `epoch ${(state as unknown as { bytes: Uint8Array }).bytes[0]}`
+        })
+      } as unknown as MlsCrypto["Type"]
+      const cache = GroupStateCache.make(withAuthenticator, 1000, { stored })
+      const stateOf = (epoch: number, received: number) => ({ bytes: Uint8Array.of(epoch, received, 0, 0) }) as unknown as MlsGroupState
+      const stored1 = { id: "g1" as GroupId, mlsState: cache.encodeState("g1" as GroupId, stateOf(4, 0)) } as unknown as StoredGroup
+      expect((yield* cache.loadRoster(stored1)).members[0]!.leafIndex).toBe(4)
+      expect([reads.length, writes.length]).toEqual([1, 1])
+
+      // A page of application messages: new bytes, same epoch. Its state is kept as it is stored.
+      const afterMessages = { ...stored1, mlsState: cache.encodeState("g1" as GroupId, stateOf(4, 9)) } as StoredGroup
+      expect((yield* cache.loadRoster(afterMessages)).members[0]!.leafIndex).toBe(4)
+      expect([reads.length, writes.length]).toEqual([1, 1])
+
+      // A commit: a new epoch, so a new authenticator: read from the state again, and kept.
+      const afterCommit = { ...stored1, mlsState: cache.encodeState("g1" as GroupId, stateOf(5, 0)) } as StoredGroup
+      expect((yield* cache.loadRoster(afterCommit)).members[0]!.leafIndex).toBe(5)
+      expect([reads.length, writes.length]).toEqual([2, 2])
+      expect(decoded).toEqual([])
+    }))
 })

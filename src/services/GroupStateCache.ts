@@ -89,11 +89,14 @@ export const make = (
       return Effect.zipLeft(crypto.deserialize(bytes), Metric.increment(EngineMetrics.stateDecodes))
     })
 
-  /** Rosters by group, keyed by the digest of the stored state they were read from; least recent first. */
-  const rosters = new Map<GroupId, { readonly digest: string; readonly roster: Roster }>()
-  const keepRoster = (groupId: GroupId, digest: string, roster: Roster) => {
+  /**
+   * Rosters by group, keyed by the digest of the stored state they were read from, with the epoch
+   * authenticator of that state when it was read from a decoded one; least recent first.
+   */
+  const rosters = new Map<GroupId, { readonly digest: string; readonly roster: Roster; readonly authenticator?: string }>()
+  const keepRoster = (groupId: GroupId, digest: string, roster: Roster, authenticator?: string) => {
     rosters.delete(groupId)
-    rosters.set(groupId, { digest, roster })
+    rosters.set(groupId, authenticator === undefined ? { digest, roster } : { digest, roster, authenticator })
     if (rosters.size > maxRosters) rosters.delete(rosters.keys().next().value!)
   }
   /**
@@ -129,25 +132,36 @@ export const make = (
       )
 
   /**
-   * The group's roster at its stored state: the one kept for these exact bytes (in memory, else
-   * on disk), else read from the state (decoded once and cached as usual) and kept.
+   * The group's roster at its stored state: the one kept for these exact bytes, or for the same
+   * epoch of the kept decoded state (in memory), else the one on disk for these bytes, else read
+   * from the state (decoded once and cached as usual) and kept.
    */
   const loadRoster = (group: StoredGroup) =>
     Effect.gen(function*() {
       const digest = stateDigest(group.mlsState)
       const memo = rosters.get(group.id)
       if (memo !== undefined && memo.digest === digest) {
-        keepRoster(group.id, digest, memo.roster)
+        keepRoster(group.id, digest, memo.roster, memo.authenticator)
         return memo.roster
       }
-      const kept = yield* storedRoster(group.id, digest)
-      if (Option.isSome(kept)) {
-        const roster = compact(kept.value)
-        keepRoster(group.id, digest, roster)
+      // Received application messages change the stored bytes but not the epoch: a kept state with
+      // the same epoch authenticator (which commits to the tree and the group context) has the same
+      // roster, so it is carried over without a read or a write of the stored one.
+      const kept = keptState(group)
+      const authenticator = kept === undefined ? undefined : crypto.view(kept.state).epochAuthenticator
+      if (memo?.authenticator !== undefined && memo.authenticator === authenticator) {
+        keepRoster(group.id, digest, memo.roster, authenticator)
+        return memo.roster
+      }
+      const onDisk = yield* storedRoster(group.id, digest)
+      if (Option.isSome(onDisk)) {
+        const roster = compact(onDisk.value)
+        keepRoster(group.id, digest, roster, authenticator)
         return roster
       }
-      const roster = compact(rosterOf(crypto.view(yield* loadState(group))))
-      keepRoster(group.id, digest, roster)
+      const view = crypto.view(yield* loadState(group))
+      const roster = compact(rosterOf(view))
+      keepRoster(group.id, digest, roster, view.epochAuthenticator)
       yield* storeRoster(group.id, digest, roster)
       return roster
     })
