@@ -55,6 +55,23 @@ describe("installations below a group's minimum version", () => {
       expect(yield* texts(yield* open(tablet, group.id))).toEqual(["for the tablet too"])
     }))
 
+  it.scoped("an old tablet left out of a group still gets its history from the inbox's other device", () =>
+    Effect.gen(function*() {
+      const fast = { installationCheckInterval: "0 millis" } as const
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([net.client("alice", fast), net.client("bob", fast)])
+      const group = yield* alice.createGroup([bob.inboxId], { name: "Club" })
+      yield* group.send("before the tablet")
+      yield* bob.syncAll
+      const tablet = yield* net.client("bobTablet", { ...fast, sameInboxAs: bob, protocolVersion: 1 })
+      // Turns of request, answer and import between Bob's devices (Alice's syncs leave the tablet out).
+      for (let round = 0; round < 3; round++) yield* Effect.all([alice.syncAll, bob.syncAll, tablet.syncAll], { discard: true })
+      expect(yield* installationsOf(group, bob)).toEqual([bob.installationId])
+      const atTablet = yield* open(tablet, group.id)
+      expect(yield* atTablet.state).toBe("inactive")
+      expect(yield* texts(atTablet)).toEqual(["before the tablet"])
+    }))
+
   it.scoped("adding an inbox adds the devices that can read the group and leaves out the old ones", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

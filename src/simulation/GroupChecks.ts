@@ -319,7 +319,7 @@ const checkViews = (ctx: CheckContext, facts: GroupFacts) => {
  */
 const checkHeldMessages = (ctx: CheckContext, facts: GroupFacts) => {
   const { clients, heldBySibling, name, violate } = ctx
-  const { claimed, held, inForce, label, mayHaveJoined, memberThroughout } = facts
+  const { claimed, held, inForce, joins, label, mayHaveJoined, memberThroughout } = facts
   const idAtSequence = new Map<bigint, { readonly id: string; readonly c: number }>()
   const rowsById = new Map<number, Map<string, StoredMessage>>()
   for (const [c, view] of held) {
@@ -369,9 +369,10 @@ const checkHeldMessages = (ctx: CheckContext, facts: GroupFacts) => {
           )
           continue
         }
+        // Read before this device really joined (a forged welcome lets nobody in), by another of its
+        // inbox: it came with the history (a device below the group's minimum never joins, yet gets it).
+        if (joinedBy(joins.get(c), claim.epoch) === undefined && heldBySibling(m.id, self.installationId)) continue
         const join = joinedBy(mayHaveJoined.get(c), claim.epoch)
-        // Read before this device joined, by another of its inbox: it came with the history.
-        if (join === undefined && heldBySibling(m.id, self.installationId)) continue
         if (join === undefined) {
           violate(
             "read-before-join",
