@@ -1,6 +1,7 @@
 /** The decoded-state cache: reused while the stored bytes match, bounded in bytes, least recently used out first. */
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Option } from "effect"
+import { StorageError } from "../src/domain/Errors.ts"
 import type { GroupId } from "../src/domain/Ids.ts"
 import type { StoredRoster } from "../src/domain/Roster.ts"
 import type { StoredGroup } from "../src/domain/Stored.ts"
@@ -146,6 +147,29 @@ describe("GroupStateCache", () => {
       const moved = { ...row(2), mlsState: new Uint8Array(40).fill(7) }
       expect((yield* restarted.loadRoster(moved)).members[0]!.leafIndex).toBe(7)
       expect(after.decoded).toEqual([7])
+    }))
+
+  it.effect("a roster hint names who was last seen in a group, from memory or disk, without the group's row", () =>
+    Effect.gen(function*() {
+      const disk = new Map<string, StoredRoster>()
+      const stored: RosterRepository = {
+        get: (groupId) => Effect.succeed(Option.fromNullable(disk.get(groupId))),
+        put: (roster) => Effect.sync(() => void disk.set(roster.groupId, roster))
+      }
+      const leafOf = (hint: Option.Option<GroupStateCache.Roster>) => Option.map(hint, (roster) => roster.members[0]!.leafIndex)
+      const { crypto } = countingCrypto()
+      const cache = GroupStateCache.make(crypto, 100, { stored })
+      expect(yield* cache.rosterHint("g1" as GroupId)).toEqual(Option.none())
+      yield* cache.loadRoster(row(1))
+      expect(leafOf(yield* cache.rosterHint("g1" as GroupId))).toEqual(Option.some(1))
+      // After a restart, the one kept on disk, whatever bytes the group holds now.
+      const restarted = GroupStateCache.make(countingCrypto().crypto, 100, { stored })
+      expect(leafOf(yield* restarted.rosterHint("g1" as GroupId))).toEqual(Option.some(1))
+      // A damaged or unreadable store is only a missing hint.
+      const failing = GroupStateCache.make(crypto, 100, {
+        stored: { get: () => Effect.fail(new StorageError({ operation: "rosters.get", detail: "disk I/O error" })), put: () => Effect.void }
+      })
+      expect(yield* failing.rosterHint("g1" as GroupId)).toEqual(Option.none())
     }))
 
   it.effect("a roster outlives received application messages: same epoch authenticator, no read, write or decode; a commit makes it read again", () =>

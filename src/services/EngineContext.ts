@@ -95,6 +95,8 @@ export interface EngineContext {
    * or its decoded state is kept: what the installation checks read.
    */
   readonly loadRoster: (group: StoredGroup) => Effect.Effect<Roster, CryptoError>
+  /** The group's roster last kept, whatever state it was read from: a hint of who is in it, no row read. */
+  readonly rosterHint: (groupId: GroupId) => Effect.Effect<Option.Option<Roster>>
   /** The group context's settings bytes at the group's stored state, decoding it only when neither it nor its roster is kept. */
   readonly loadMetadata: (group: StoredGroup) => Effect.Effect<Uint8Array | undefined, CryptoError>
   /**

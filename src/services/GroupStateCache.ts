@@ -167,6 +167,22 @@ export const make = (
     })
 
   /**
+   * The roster last kept for the group, in memory or on disk, whatever state it was read from:
+   * who was in the group recently, without reading its row (tens of kilobytes with the state).
+   * Only a hint: whoever judges the group loads its roster at its stored state.
+   */
+  const rosterHint = (groupId: GroupId) => {
+    const memo = rosters.get(groupId)
+    if (memo !== undefined) return Effect.succeed(Option.some(memo.roster))
+    return stored === undefined
+      ? Effect.succeed(Option.none<Roster>())
+      : stored.get(groupId).pipe(
+        Effect.map(Option.map((row) => row.roster)),
+        Effect.orElseSucceed(() => Option.none<Roster>())
+      )
+  }
+
+  /**
    * The group context's settings bytes at the group's stored state: from the decoded state when
    * it is kept, else from its roster (so listing many groups' names after a restart decodes no
    * state), else from the state decoded.
@@ -232,6 +248,7 @@ export const make = (
   return {
     loadState,
     loadRoster,
+    rosterHint,
     loadMetadata,
     keptMetadataAt,
     encodeState,

@@ -136,9 +136,14 @@ export const make = (ctx: EngineContext, { diffAgainst }: Pick<ReturnType<typeof
    */
   const checkInstallationsMany = Effect.fn("Publisher.checkInstallationsMany")(function*(groupIds: ReadonlyArray<GroupId>) {
     const due = yield* Effect.filter(groupIds, (groupId) => checkDue(c, groupId))
+    // Whom to ask about, from the rosters last kept: a group whose members changed since asks
+    // for itself in `checkWith`, so a stale hint costs a request, never a wrong decision.
     const inboxes = new Set<InboxId>()
     for (const groupId of due) {
-      const roster = yield* loadGroupRow(ctx, groupId).pipe(Effect.flatMap(ctx.loadRoster), Effect.option)
+      const hint = yield* ctx.rosterHint(groupId)
+      const roster = Option.isSome(hint)
+        ? hint
+        : yield* loadGroupRow(ctx, groupId).pipe(Effect.flatMap(ctx.loadRoster), Effect.option)
       if (roster._tag === "Some") for (const m of roster.value.members) inboxes.add(m.inboxId)
     }
     const fresh = inboxes.size === 0 ? undefined : yield* identity.refreshMany([...inboxes]).pipe(Effect.option)
