@@ -172,7 +172,7 @@ describe("GroupStateCache", () => {
       expect(yield* failing.rosterHint("g1" as GroupId)).toEqual(Option.none())
     }))
 
-  it.effect("a roster outlives received application messages: same epoch authenticator, no read, write or decode; a commit makes it read again", () =>
+  it.effect("a roster outlives received application messages: same epoch authenticator, no read, write or decode; a commit, or our removal, makes it read again", () =>
     Effect.gen(function*() {
       const reads: Array<string> = []
       const writes: Array<string> = []
@@ -186,7 +186,9 @@ describe("GroupStateCache", () => {
         ...crypto,
         view: (state: MlsGroupState) => ({
           ...crypto.view(state),
-          epochAuthenticator: `epoch ${(state as unknown as { bytes: Uint8Array }).bytes[0]}`
+          epochAuthenticator: `epoch ${(state as unknown as { bytes: Uint8Array }).bytes[0]}`,
+          // Byte 2 set: a commit removed us (ts-mls keeps the key schedule, so the same authenticator).
+          active: (state as unknown as { bytes: Uint8Array }).bytes[2] === 0
         })
       } as unknown as MlsCrypto["Type"]
       const cache = GroupStateCache.make(withAuthenticator, 1000, { stored })
@@ -204,6 +206,11 @@ describe("GroupStateCache", () => {
       const afterCommit = { ...stored1, mlsState: cache.encodeState("g1" as GroupId, stateOf(5, 0)) } as StoredGroup
       expect((yield* cache.loadRoster(afterCommit)).members[0]!.leafIndex).toBe(5)
       expect([reads.length, writes.length]).toEqual([2, 2])
+
+      // A commit that removed us: the same authenticator, but not carried over (read again, and kept).
+      const removed = { ...stored1, mlsState: cache.encodeState("g1" as GroupId, { bytes: Uint8Array.of(5, 0, 1, 0) } as unknown as MlsGroupState) } as StoredGroup
+      yield* cache.loadRoster(removed)
+      expect([reads.length, writes.length]).toEqual([3, 3])
       expect(decoded).toEqual([])
     }))
 })

@@ -297,6 +297,25 @@ describe("Inboxes with several installations", () => {
       expect((yield* bob2.conversations()).map((c) => c.id)).toEqual([group.id])
     }))
 
+  it.scoped("a removed member sees the members as its removal left them, before and after a restart", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob, carol] = yield* Effect.all([net.client("alice"), net.client("bob"), net.client("carol")])
+      const group = yield* alice.createGroup([bob.inboxId, carol.inboxId])
+      yield* Effect.all([bob.syncAll, carol.syncAll])
+      // Bob has looked at the members (so his client remembers them) before Alice removes him.
+      expect(yield* memberInboxes(yield* open(bob, group.id))).toEqual([alice.inboxId, bob.inboxId, carol.inboxId].sort())
+
+      yield* group.removeMembers([bob.inboxId])
+      yield* bob.syncAll
+      const atBob = yield* open(bob, group.id)
+      expect(yield* atBob.state).toBe("inactive")
+      const seen = yield* memberInboxes(atBob)
+      expect(seen).toEqual([alice.inboxId, carol.inboxId].sort())
+      yield* net.restart(bob)
+      expect(yield* memberInboxes(yield* open(bob, group.id))).toEqual(seen)
+    }))
+
   it.scoped("a revoked device is removed and cannot read later messages", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

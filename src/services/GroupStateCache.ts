@@ -132,6 +132,14 @@ export const make = (
       )
 
   /**
+   * What a roster may be carried over on: the epoch authenticator of an active state. A commit that
+   * removes us leaves ts-mls's key schedule (and so the authenticator) as it was but takes the new
+   * tree, so an inactive state's roster is always read from its own bytes.
+   */
+  const carryKey = (view: { readonly epochAuthenticator: string; readonly active: boolean }) =>
+    view.active ? view.epochAuthenticator : undefined
+
+  /**
    * The group's roster at its stored state: the one kept for these exact bytes, or for the same
    * epoch of the kept decoded state (in memory), else the one on disk for these bytes, else read
    * from the state (decoded once and cached as usual) and kept.
@@ -148,7 +156,7 @@ export const make = (
       // the same epoch authenticator (which commits to the tree and the group context) has the same
       // roster, so it is carried over without a read or a write of the stored one.
       const kept = keptState(group)
-      const authenticator = kept === undefined ? undefined : crypto.view(kept.state).epochAuthenticator
+      const authenticator = kept === undefined ? undefined : carryKey(crypto.view(kept.state))
       if (memo?.authenticator !== undefined && memo.authenticator === authenticator) {
         keepRoster(group.id, digest, memo.roster, authenticator)
         return memo.roster
@@ -161,7 +169,7 @@ export const make = (
       }
       const view = crypto.view(yield* loadState(group))
       const roster = compact(rosterOf(view))
-      keepRoster(group.id, digest, roster, view.epochAuthenticator)
+      keepRoster(group.id, digest, roster, carryKey(view))
       yield* storeRoster(group.id, digest, roster)
       return roster
     })
