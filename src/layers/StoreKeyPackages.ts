@@ -6,6 +6,7 @@
  */
 import { Effect } from "effect"
 import { DeliveryError } from "../domain/Errors.ts"
+import { FIRST_PROTOCOL_VERSION } from "../domain/Model.ts"
 import { requestDigests } from "../domain/RequestAuth.ts"
 import type { KeyPackageUpload } from "../domain/Wire.ts"
 import type { DeliveryService, FetchedKeyPackage } from "../services/DeliveryService.ts"
@@ -41,6 +42,12 @@ export const uploadKeyPackage = (c: StoreDeliveryContext): Service["uploadKeyPac
         invalidKeyPackage(
           `key package names installation ${info.installationId}, uploaded for ${upload.installationId}`
         )
+      )
+    }
+    // Members refuse a leaf below version 1, so such a package could only ever fail an add.
+    if ((info.protocolVersion ?? FIRST_PROTOCOL_VERSION) < FIRST_PROTOCOL_VERSION) {
+      return yield* Effect.fail(
+        invalidKeyPackage(`key package for ${upload.installationId} advertises protocol version ${info.protocolVersion}; versions start at ${FIRST_PROTOCOL_VERSION}`)
       )
     }
     // Stored only if the installation is (still) a current installation of the inbox its

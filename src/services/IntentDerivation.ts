@@ -4,15 +4,13 @@
  * line with the identity logs, settings rewritten, a key update), each checked first as every
  * receiver will check it. Nothing here writes: the publisher writes the result ahead.
  */
-import { Clock, Effect, Either, HashSet, Option, Schema } from "effect"
+import { Effect, Either, HashSet, Option, Schema } from "effect"
 import { utf8 } from "../domain/Bytes.ts"
 import { type ApplicationContent, ApplicationContentJson } from "../domain/Content.ts"
 import {
   CryptoError,
-  DeliveryError,
   InvalidInput,
   InboxNotFound,
-  KeyPackageUnavailable,
   ProtocolVersionTooOld
 } from "../domain/Errors.ts"
 import { currentInstallations, type InboxState } from "../domain/IdentityLog.ts"
@@ -31,21 +29,15 @@ import {
   settledSettings
 } from "../domain/GroupSettings.ts"
 import { liveLeavers } from "../domain/Leaving.ts"
-import { FIRST_PROTOCOL_VERSION, GroupMetadata } from "../domain/Model.ts"
-import { splitByVersion } from "../domain/VersionFloor.ts"
+import { GroupMetadata } from "../domain/Model.ts"
 import { makePostCommitData, type PostCommitData, type RemoveMembersData } from "../domain/Intent.ts"
 import type { IntentData } from "../domain/Intent.ts"
-import { fetchKeyPackagesInChunks } from "./DeliveryService.ts"
 import type { EngineContext } from "./EngineContext.ts"
 import type { Roster } from "./GroupStateCache.ts"
-import * as LeafAuthentication from "./LeafAuthentication.ts"
+import { type Admitted, admittedPackages, NOBODY, type Wanted } from "./KeyPackageAdmission.ts"
 import type { MlsGroupState } from "./MlsCrypto.ts"
 
-/** An installation to add, and the inbox it must belong to. */
-export interface Wanted {
-  readonly installationId: InstallationId
-  readonly inboxId: InboxId
-}
+export type { Wanted } from "./KeyPackageAdmission.ts"
 
 /** A payload derived from an intent at the current epoch, or nothing to do. */
 export type Derived =
@@ -85,83 +77,6 @@ const diffAgainst = (view: Pick<Roster, "ownLeafIndex" | "members">, states: Rea
       }
     }
     return { add, remove, unexplained }
-  })
-
-/**
- * The key packages of the installations to add, each checked to be the one asked for
- * (`LeafAuthentication.fetchedKeyPackageProblem`): the delivery service is not trusted with them.
- */
-const fetchKeyPackages = (ctx: EngineContext, add: ReadonlyArray<Wanted>) =>
-  Effect.gen(function*() {
-    if (add.length === 0) return []
-    const fetched = yield* fetchKeyPackagesInChunks(ctx.ds, add.map((w) => w.installationId))
-    const packages: Array<Uint8Array> = []
-    for (const wanted of add) {
-      const keyPackage = fetched.find((f) => f.installationId === wanted.installationId)?.keyPackage
-      const problem = keyPackage === undefined
-        ? "no key package"
-        : yield* LeafAuthentication.fetchedKeyPackageProblem(ctx.crypto, ctx.identity, wanted, keyPackage)
-      if (problem !== undefined) {
-        yield* Effect.logWarning(`refusing the key package of ${wanted.installationId}: ${problem}`)
-        // No package, or an installation no longer current: the add cannot be done. Any other
-        // answer is not the package asked for (a lying or broken service): asked again later,
-        // the intent waits rather than fails.
-        if (keyPackage === undefined || / is not a current installation /.test(problem)) {
-          return yield* new KeyPackageUnavailable({ inboxId: wanted.inboxId, installationIds: [wanted.installationId] })
-        }
-        return yield* new DeliveryError({
-          reason: "InvalidKeyPackage",
-          retryable: true,
-          detail: `the delivery service answered for ${wanted.installationId} with another key package: ${problem}`
-        })
-      }
-      packages.push(keyPackage!)
-    }
-    return packages
-  })
-
-/** Installations to add with their key packages, in the same order. */
-interface Admitted {
-  readonly wanted: ReadonlyArray<Wanted>
-  readonly packages: ReadonlyArray<Uint8Array>
-}
-
-const NOBODY: Admitted = { wanted: [], packages: [] }
-
-/**
- * The key packages of `add` that the group's minimum version at this state admits
- * (`domain/VersionFloor`). The others are left out, and remembered so the installation checks
- * wait before they try them again; an inbox of `asked` with none new enough fails the add.
- */
-const admittedPackages = (
-  ctx: EngineContext,
-  state: MlsGroupState,
-  add: ReadonlyArray<Wanted>,
-  asked: ReadonlySet<InboxId> = new Set()
-) =>
-  Effect.gen(function*() {
-    const packages = yield* fetchKeyPackages(ctx, add)
-    const required = settingsOrDefaults(ctx.crypto.view(state).metadata).minProtocolVersion
-    if (required <= FIRST_PROTOCOL_VERSION) return { wanted: add, packages } satisfies Admitted
-    const offered = yield* Effect.forEach(add, (wanted, i) =>
-      Effect.map(ctx.crypto.keyPackageInfo(packages[i]!), (info) => ({
-        ...wanted,
-        protocolVersion: info.protocolVersion ?? FIRST_PROTOCOL_VERSION
-      })))
-    const split = splitByVersion(required, offered, asked)
-    if (Either.isLeft(split)) return yield* split.left
-    const { tooOld } = split.right
-    if (tooOld.length > 0) {
-      ctx.skippedInstallations.skip(tooOld, yield* Clock.currentTimeNanos)
-      yield* Effect.logWarning("installations below the group's minimum protocol version left out of the add").pipe(
-        Effect.annotateLogs({ required, installations: tooOld.map((o) => `${o.installationId} (${o.protocolVersion})`).join(", ") })
-      )
-    }
-    const kept = new Set(split.right.admitted.map((o) => o.installationId))
-    return {
-      wanted: add.filter((w) => kept.has(w.installationId)),
-      packages: packages.filter((_, i) => kept.has(add[i]!.installationId))
-    } satisfies Admitted
   })
 
 /** A commit adding (with welcomes) and removing installations; nothing to do if it would change nothing. */

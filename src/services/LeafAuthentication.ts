@@ -10,6 +10,7 @@
  */
 import { Effect, Runtime } from "effect"
 import type { InboxId, InstallationId } from "../domain/Ids.ts"
+import { FIRST_PROTOCOL_VERSION } from "../domain/Model.ts"
 import type { Identity, IdentityError } from "./Identity.ts"
 import type { Authenticate, GroupView, PrepareAuthentication, LeafDetails, LeafMember, MlsCrypto } from "./MlsCrypto.ts"
 
@@ -98,29 +99,44 @@ export const enteringRevoked = (
     return false
   })
 
+/** Why a fetched key package cannot go into a commit. */
+export interface KeyPackageProblem {
+  readonly reason: string
+  /** It is another installation's or inbox's package: the service lied or is broken (asking again may help). */
+  readonly answeredWrongly: boolean
+}
+
 /**
  * A key package the delivery service handed us for an installation we asked for: it must be that
  * installation's (the service could answer with anyone's), of the inbox we are adding, with the
  * signature key the inbox's log holds for it. Otherwise a lying service puts its own device in
- * our group in place of the one we meant.
+ * our group in place of the one we meant. It must also verify now (an installation offline for
+ * its package's lifetime holds an expired one) and advertise a protocol version (they start at 1:
+ * every receiver refuses a leaf below it).
  */
 export const fetchedKeyPackageProblem = (
   crypto: MlsCrypto["Type"],
   identity: IdentityShape,
   asked: { readonly installationId: InstallationId; readonly inboxId: InboxId },
   keyPackage: Uint8Array
-): Effect.Effect<string | undefined, IdentityError> =>
+): Effect.Effect<KeyPackageProblem | undefined, IdentityError> =>
   Effect.gen(function*() {
     const info = yield* crypto.keyPackageInfo(keyPackage).pipe(Effect.either)
-    if (info._tag === "Left") return `the key package for ${asked.installationId} is invalid: ${info.left.message}`
+    if (info._tag === "Left") {
+      return { reason: `the key package for ${asked.installationId} is invalid: ${info.left.message}`, answeredWrongly: false }
+    }
     if (info.right.installationId !== asked.installationId) {
-      return `asked for installation ${asked.installationId}, got a key package of ${info.right.installationId}`
+      return { reason: `asked for installation ${asked.installationId}, got a key package of ${info.right.installationId}`, answeredWrongly: true }
     }
     if (info.right.inboxId !== asked.inboxId) {
-      return `the key package of ${asked.installationId} names inbox ${info.right.inboxId}, not ${asked.inboxId}`
+      return { reason: `the key package of ${asked.installationId} names inbox ${info.right.inboxId}, not ${asked.inboxId}`, answeredWrongly: true }
+    }
+    const version = info.right.protocolVersion ?? FIRST_PROTOCOL_VERSION
+    if (version < FIRST_PROTOCOL_VERSION) {
+      return { reason: `the key package of ${asked.installationId} advertises protocol version ${version}; versions start at ${FIRST_PROTOCOL_VERSION}`, answeredWrongly: false }
     }
     if (!(yield* identity.isCurrentLeaf(info.right))) {
-      return `installation ${asked.installationId} is not a current installation of inbox ${asked.inboxId}`
+      return { reason: `installation ${asked.installationId} is not a current installation of inbox ${asked.inboxId}`, answeredWrongly: false }
     }
     return undefined
   })

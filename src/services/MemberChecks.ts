@@ -1,7 +1,7 @@
 /**
  * The checks on inboxes a user names before anything is queued: well-formed ids, and for
- * inboxes to add, that they exist, every current installation has a usable key package, and
- * at least one of them is new enough for the group (the others are left out of the add).
+ * inboxes to add, that they exist, and that at least one current installation has a usable key
+ * package new enough for the group (the others are left out of the add, and tried again later).
  */
 import { Effect, Either, Schema } from "effect"
 import { InboxNotFound, InvalidInput, KeyPackageUnavailable } from "../domain/Errors.ts"
@@ -23,8 +23,8 @@ export const make = ({ env, self }: ClientContext) => {
   const { crypto, ds, identity } = env
 
   /**
-   * Every inbox must exist and have a key package for each of its current installations; the
-   * installations with the versions their key packages advertise.
+   * Every inbox must exist and have a usable key package for at least one of its current
+   * installations; those installations, with the versions their key packages advertise.
    */
   const offeredInstallations = (inboxIds: ReadonlyArray<InboxId>) =>
     Effect.gen(function*() {
@@ -55,14 +55,14 @@ export const make = ({ env, self }: ClientContext) => {
       }
       for (const [inboxId, installations] of installationsOf) {
         const lacking = installations.filter((i) => missing.has(i))
-        if (installations.length === 0 || lacking.length > 0) {
+        if (lacking.length === installations.length) {
           return yield* new KeyPackageUnavailable({ inboxId, installationIds: lacking })
         }
       }
       return offered
     })
 
-  /** Every inbox must exist and have a key package for each of its current installations. */
+  /** Every inbox must exist and have a usable key package for one of its current installations at least. */
   const checkAddable = (inboxIds: ReadonlyArray<InboxId>) => Effect.asVoid(offeredInstallations(inboxIds))
 
   const checkNewMembers = (
