@@ -1,14 +1,15 @@
 /**
  * What the XMTP V3 server reads out of MLS bytes, as node-go's validation service does: the
  * group id of a group message and whether it is a commit (or proposal), and a key package's
- * installation key after verifying it (signatures, lifetime, an `MlsCredential` naming an
- * inbox). Nothing else of the MLS content is checked: clients validate commits themselves.
+ * installation key after verifying it (size and list bounds, canonical encoding, init key distinct
+ * from the leaf's encryption key, signatures, lifetime, an `MlsCredential` naming an inbox).
+ * Nothing else of the MLS content is checked: clients validate commits themselves.
  */
 import { ed25519 } from "@noble/curves/ed25519.js"
 import { Data, Effect } from "effect"
 import { decodeMlsMessage, type KeyPackage } from "ts-mls"
 import type { Signature } from "ts-mls/crypto/signature.js"
-import { verifyKeyPackage } from "ts-mls/keyPackage.js"
+import { encodeKeyPackage, verifyKeyPackage } from "ts-mls/keyPackage.js"
 import { decodeKeyPackage } from "../layers/TsMlsDecoders.ts"
 import { verifyLeafNodeSignatureKeyPackage } from "ts-mls/leafNode.js"
 import { codecs } from "./Proto.ts"
@@ -93,23 +94,94 @@ const checkLifetime = (kp: KeyPackage, nowSeconds: bigint): Effect.Effect<void, 
     : Effect.fail(new MalformedMls({ reason: `key package: outside its lifetime (${notBefore}..${notAfter})` }))
 }
 
+/**
+ * XMTP key packages are a few hundred bytes (under 2 KB with a post-quantum init key in an
+ * extension); anything far past that is refused before ts-mls spends time on it.
+ */
+export const MAX_KEY_PACKAGE_BYTES = 16 * 1024
+
+/**
+ * Entries in any one list of a key package (each capability list, each extension list): libxmtp's
+ * have a handful. ts-mls encodes a list through one nested closure per entry, so a long one
+ * overflows the stack when the signature is checked.
+ */
+export const MAX_KEY_PACKAGE_LIST_ENTRIES = 256
+
+const sameBytes = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((byte, i) => byte === b[i])
+
+/** What can be refused from the decoded value alone, before anything is re-encoded. */
+const checkShape = (kp: KeyPackage): Effect.Effect<void, MalformedMls> => {
+  const refuse = (reason: string) => Effect.fail(new MalformedMls({ reason: `key package: ${reason}` }))
+  const { capabilities, credential } = kp.leafNode
+  if (kp.cipherSuite !== XMTP_CIPHERSUITE) return refuse(`ciphersuite ${kp.cipherSuite} is not XMTP's`)
+  // Checked here, not after the signatures: an X.509 credential is one more list to re-encode.
+  if (credential.credentialType !== "basic") return refuse("the credential is not a basic credential")
+  const lists = [
+    capabilities.versions,
+    capabilities.ciphersuites,
+    capabilities.extensions,
+    capabilities.proposals,
+    capabilities.credentials,
+    kp.leafNode.extensions,
+    kp.extensions
+  ]
+  if (lists.some((list) => list.length > MAX_KEY_PACKAGE_LIST_ENTRIES)) {
+    return refuse(`a list of more than ${MAX_KEY_PACKAGE_LIST_ENTRIES} entries`)
+  }
+  if (kp.leafNode.signaturePublicKey.length !== 32) return refuse("the signature key is not an Ed25519 key")
+  // RFC 9420 10.1; openmls refuses it too (InitKeyEqualsEncryptionKey).
+  if (sameBytes(kp.initKey, kp.leafNode.hpkePublicKey)) return refuse("the init key is the leaf's encryption key")
+  return Effect.void
+}
+
+/**
+ * The signatures are checked over ts-mls's re-encoding of the decoded value, so the bytes received
+ * must be that encoding: otherwise a copy of another's key package with, say, a length written in a
+ * longer form would verify as theirs and replace it (openmls and tls_codec refuse such bytes).
+ */
+const checkCanonical = (kp: KeyPackage, bytes: Uint8Array): Effect.Effect<void, MalformedMls> =>
+  Effect.try({
+    try: () => encodeKeyPackage(kp),
+    catch: (e) => new MalformedMls({ reason: `key package: ${e instanceof Error ? e.message : String(e)}` })
+  }).pipe(
+    Effect.filterOrFail(
+      (encoded) => sameBytes(encoded, bytes),
+      () => new MalformedMls({ reason: "key package: not in the canonical encoding" })
+    ),
+    Effect.asVoid
+  )
+
+const checkSignatures = (kp: KeyPackage): Effect.Effect<void, MalformedMls> =>
+  Effect.tryPromise({
+    try: async () =>
+      await verifyKeyPackage(kp, ed25519Signature) &&
+      await verifyLeafNodeSignatureKeyPackage(kp.leafNode, ed25519Signature),
+    // No failure of ts-mls is a defect: whatever it throws on, the bytes are what is wrong.
+    catch: (e) => new MalformedMls({ reason: `key package: ${e instanceof Error ? e.message : String(e)}` })
+  }).pipe(
+    Effect.filterOrFail(
+      (signed) => signed,
+      () => new MalformedMls({ reason: "key package: signature does not verify" })
+    ),
+    Effect.asVoid
+  )
+
 /** Decodes and verifies a key package as node-go does (`VerifiedKeyPackageV2`). */
 export const verifyXmtpKeyPackage = (
   bytes: Uint8Array,
   nowSeconds: bigint
 ): Effect.Effect<KeyPackageFacts, MalformedMls> =>
   Effect.gen(function*() {
-    const kp = yield* decodeWhole("key package", decodeKeyPackage, bytes)
-    if (kp.cipherSuite !== XMTP_CIPHERSUITE) {
-      return yield* new MalformedMls({ reason: `key package: ciphersuite ${kp.cipherSuite} is not XMTP's` })
+    if (bytes.length > MAX_KEY_PACKAGE_BYTES) {
+      return yield* new MalformedMls({ reason: `key package: over ${MAX_KEY_PACKAGE_BYTES} bytes` })
     }
-    const signed = yield* Effect.promise(async () =>
-      await verifyKeyPackage(kp, ed25519Signature) &&
-      await verifyLeafNodeSignatureKeyPackage(kp.leafNode, ed25519Signature)
-    )
-    if (!signed) return yield* new MalformedMls({ reason: "key package: signature does not verify" })
+    const kp = yield* decodeWhole("key package", decodeKeyPackage, bytes)
+    yield* checkShape(kp)
+    yield* checkCanonical(kp, bytes)
+    yield* checkSignatures(kp)
     yield* checkLifetime(kp, nowSeconds)
     const credential = kp.leafNode.credential
+    // Refused in checkShape already; again here for the type.
     if (credential.credentialType !== "basic") {
       return yield* new MalformedMls({ reason: "key package: the credential is not a basic credential" })
     }
@@ -119,9 +191,6 @@ export const verifyXmtpKeyPackage = (
     })
     if (!/^[0-9a-f]{64}$/.test(inboxId)) {
       return yield* new MalformedMls({ reason: "key package: the credential names no inbox id" })
-    }
-    if (kp.leafNode.signaturePublicKey.length !== 32) {
-      return yield* new MalformedMls({ reason: "key package: the signature key is not an Ed25519 key" })
     }
     return { installationKey: kp.leafNode.signaturePublicKey, inboxId, notAfterSeconds: kp.leafNode.lifetime.notAfter }
   })
