@@ -127,8 +127,8 @@ layer(XmtpHarness.layer(), { excludeTestServices: true })("XMTP key packages und
         ...tbs,
         extensions: [{ extensionType: 0xff01, extensionData: new Uint8Array(size).fill(7) }]
       })
-      // libxmtp may carry an X-Wing public key (1,216 bytes) in an extension.
-      const postQuantum = yield* Effect.promise(() => xmtpKeyPackage(withData(1216)))
+      // libxmtp's carry a post-quantum key in an extension of 1,221 bytes (1,659 in all).
+      const postQuantum = yield* Effect.promise(() => xmtpKeyPackage(withData(1221)))
       expect((yield* upload(mls, postQuantum.bytes)).code).toBe(0)
       const large = yield* Effect.promise(() => xmtpKeyPackage(withData(MAX_KEY_PACKAGE_BYTES)))
       expect(yield* upload(mls, large.bytes)).toEqual({
