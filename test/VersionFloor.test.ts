@@ -55,10 +55,4 @@ describe("waiting to try a left-out installation again", () => {
     expect(skipped.waiting(phone.installationId, 2, minute / 2n)).toBe(false)
   })
 
-  it("one left out for having no usable key package waits in every group, for the retry wait", () => {
-    const skipped = SkippedInstallations.make()
-    skipped.skip([{ installationId: phone.installationId }], 0n)
-    for (const required of [1, 2, 3]) expect(skipped.waiting(phone.installationId, required, minute / 2n)).toBe(true)
-    expect(skipped.waiting(phone.installationId, 1, minute)).toBe(false)
-  })
 })

@@ -4,8 +4,11 @@
  * group admits (`domain/VersionFloor`). An installation that fails either is left out and its
  * inbox's other devices go in: one device that never uploaded a key package, let it expire, or
  * runs an earlier build must not hold back every other device of the group's members (every
- * membership commit of the group would fail, again at every sync). Left-out installations are
- * remembered (`SkippedInstallations`) so the installation checks wait before asking again.
+ * membership commit of the group would fail, again at every sync). The next installation check
+ * asks for a left-out installation again; one below the group's minimum is remembered
+ * (`SkippedInstallations`) so the checks wait a while first (only an upgrade changes that, and
+ * nothing tells the members). A missing or unusable key package is often a moment's fault (an
+ * upload lost, a service answering wrongly): it is asked for at the next check.
  *
  * Only an inbox the user asked to add, with nobody of it left to add, fails the add.
  */
@@ -72,8 +75,8 @@ const nobodyUsable = (asked: ReadonlySet<InboxId>, add: ReadonlyArray<Wanted>, u
 }
 
 /**
- * The key packages of `add` that this state's group takes in. The others are left out, logged and
- * remembered; an inbox of `asked` with nobody left to add fails the add: `KeyPackageUnavailable`
+ * The key packages of `add` that this state's group takes in. The others are left out and logged
+ * (the old ones remembered); an inbox of `asked` with nobody left to add fails the add: `KeyPackageUnavailable`
  * (or a retryable `DeliveryError` when the service answered with someone else's package), or
  * `ProtocolVersionTooOld` when its devices all run builds below the group's minimum.
  */
@@ -97,8 +100,8 @@ export const admittedPackages = (
     const split = splitByVersion(required, offered, asked)
     if (Either.isLeft(split)) return yield* split.left
     const { admitted, tooOld } = split.right
+    if (tooOld.length > 0) ctx.skippedInstallations.skip(tooOld, yield* Clock.currentTimeNanos)
     if (tooOld.length > 0 || unusable.length > 0) {
-      ctx.skippedInstallations.skip([...tooOld, ...unusable.map((u) => u.wanted)], yield* Clock.currentTimeNanos)
       yield* Effect.logWarning("installations left out of the add").pipe(Effect.annotateLogs({
         required,
         installations: [

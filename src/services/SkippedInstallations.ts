@@ -1,10 +1,9 @@
 /**
- * Installations a membership commit left out: their key package is below the group's minimum
- * protocol version (receivers refuse such an add), or it could not be used at all (none, expired,
- * not the one asked for). The committer adds the inbox's other devices and leaves these out; the
- * installation checks then leave them alone for a while instead of asking for their key packages
- * on every sync, and try again after the wait (an upgraded or returning installation hands out a
- * new key package, and nothing else tells the members).
+ * Installations a membership commit left out because their key package is below the group's
+ * minimum protocol version. Receivers refuse such an add, so the committer adds the inbox's
+ * other devices and leaves these out; the installation checks then leave them alone for a while
+ * instead of asking for their key packages on every sync, and try again after the wait (an
+ * upgraded installation hands out a new key package, and nothing else tells the members).
  */
 import { Duration } from "effect"
 import type { InstallationId } from "../domain/Ids.ts"
@@ -19,8 +18,8 @@ const CAPACITY = 10_000
 
 export interface SkippedInstallation {
   readonly installationId: InstallationId
-  /** The version its key package advertised; none when it had no usable key package. */
-  readonly protocolVersion?: number
+  /** The version its key package advertised. */
+  readonly protocolVersion: number
 }
 
 export interface SkippedInstallations {
@@ -28,23 +27,21 @@ export interface SkippedInstallations {
   readonly skip: (installations: ReadonlyArray<SkippedInstallation>, nowNs: bigint) => void
   /**
    * Whether a group of minimum `required` should wait before it tries the installation again: it
-   * was left out less than the retry wait before `nowNs` with no usable key package, or with a
-   * version below `required`. Groups with a lower minimum (a DM, an older group) add an old one meanwhile.
+   * was left out less than the retry wait before `nowNs` with a version below `required`. Groups
+   * with a lower minimum (a DM, an older group) add it meanwhile.
    */
   readonly waiting: (installationId: InstallationId, required: number, nowNs: bigint) => boolean
 }
 
 export const make = (): SkippedInstallations => {
-  const skipped = new LruCache<{ readonly atNs: bigint; readonly protocolVersion: number | undefined }>(CAPACITY)
+  const skipped = new LruCache<{ readonly atNs: bigint; readonly protocolVersion: number }>(CAPACITY)
   return {
     skip: (installations, nowNs) => {
       for (const { installationId, protocolVersion } of installations) skipped.set(installationId, { atNs: nowNs, protocolVersion })
     },
     waiting: (installationId, required, nowNs) => {
       const entry = skipped.get(installationId)
-      if (entry === undefined || nowNs - entry.atNs >= RETRY_NS) return false
-      // No usable key package: it waits in every group.
-      return entry.protocolVersion === undefined || entry.protocolVersion < required
+      return entry !== undefined && entry.protocolVersion < required && nowNs - entry.atNs < RETRY_NS
     }
   }
 }
