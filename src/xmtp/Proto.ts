@@ -157,6 +157,84 @@ export const encode = <T>(c: Codec<T>, message: unknown): Uint8Array => c.encode
 
 // ---- gRPC service definitions ----
 
+/**
+ * Most fields a request's top level may hold (every repeated field of every request is at its
+ * top level, but the identity update's actions), and most actions in an identity update. Far
+ * above any request the handlers take (1,000 filters at most), far below what a decoder turns
+ * into a heap blow-up: 8 MiB of empty repeated fields (gzip makes them 8 KiB on the wire) decode
+ * into about 800 MiB of objects, before any handler could count them.
+ */
+export const MAX_REQUEST_FIELDS = 4096
+export const MAX_IDENTITY_ACTIONS = 256
+
+/** A request refused before it was decoded; the handler answers RESOURCE_EXHAUSTED with the reason. */
+export class RefusedRequest {
+  constructor(readonly reason: string) {}
+}
+
+class TooManyFields extends Error {}
+
+/**
+ * Counts the fields at the top level of protobuf `bytes`, past `max` throwing `TooManyFields`. Returns the
+ * payload of the last length-delimited field numbered `wanted`, if asked. Malformed bytes stop the
+ * scan quietly: the decoder then refuses them as it always did.
+ */
+export const scanFields = (bytes: Uint8Array, max: number, what: string, wanted?: number): Uint8Array | undefined => {
+  let offset = 0
+  let count = 0
+  let found: Uint8Array | undefined
+  const varint = (): number | undefined => {
+    let value = 0
+    for (let shift = 0; shift < 64; shift += 7) {
+      if (offset >= bytes.length) return undefined
+      const byte = bytes[offset++]!
+      // Only lengths and tags are used: past 2^53 the bytes are malformed for this purpose.
+      value += (byte & 0x7f) * 2 ** shift
+      if ((byte & 0x80) === 0) return value
+    }
+    return undefined
+  }
+  while (offset < bytes.length) {
+    const tag = varint()
+    if (tag === undefined) return found
+    if (++count > max) throw new TooManyFields(`${what} holds more than ${max} fields`)
+    const field = Math.floor(tag / 8)
+    switch (tag & 7) {
+      case 0:
+        if (varint() === undefined) return found
+        break
+      case 1:
+        offset += 8
+        break
+      case 2: {
+        const length = varint()
+        if (length === undefined || offset + length > bytes.length) return found
+        if (field === wanted) found = bytes.subarray(offset, offset + length)
+        offset += length
+        break
+      }
+      case 5:
+        offset += 4
+        break
+      default:
+        return found
+    }
+  }
+  return found
+}
+
+/** Decodes a request once its field counts are known to be sane; else a `RefusedRequest`. */
+const boundedDecode = (name: string, codec: Codec<unknown>) => (bytes: Buffer): unknown => {
+  try {
+    const update = scanFields(bytes, MAX_REQUEST_FIELDS, name, name === "PublishIdentityUpdate" ? 1 : undefined)
+    if (update !== undefined) scanFields(update, MAX_IDENTITY_ACTIONS, `${name}'s identity update`)
+  } catch (error) {
+    if (error instanceof TooManyFields) return new RefusedRequest(error.message)
+    throw error
+  }
+  return codec.decode(bytes)
+}
+
 interface MethodSpec {
   readonly name: string
   readonly request: Codec<unknown>
@@ -179,7 +257,7 @@ const service = (fullName: string, methods: ReadonlyArray<MethodSpec>): ServiceD
       responseStream: m.stream === true,
       originalName: m.name,
       requestSerialize: (value: unknown) => toBuffer(m.request.encode(m.request.fromPartial(value)).finish()),
-      requestDeserialize: (bytes: Buffer) => m.request.decode(bytes),
+      requestDeserialize: boundedDecode(m.name, m.request),
       responseSerialize: (value: unknown) => toBuffer(m.response.encode(m.response.fromPartial(value)).finish()),
       responseDeserialize: (bytes: Buffer) => m.response.decode(bytes)
     }

@@ -24,8 +24,10 @@ import {
   Code,
   invalid,
   MAX_COMMIT_LOG_INSERTS,
+  MAX_ANSWER_BYTES,
   MAX_COMMIT_LOG_QUERIES,
   MAX_PAGE_SIZE,
+  MAX_RECORD_OVERHEAD,
   refuse,
   unavailable,
   type XmtpLimits,
@@ -57,12 +59,17 @@ export const welcomeMessageOf = (entry: StoredEntry): object => {
     : { welcomePointer: { ...message.welcomePointer!, ...stamp } }
 }
 
-/** A node-go page: direction, capped limit, and the cursor to continue from (0 when done). */
+/**
+ * A node-go page: direction, capped limit, and the cursor to continue from (0 when done). With a
+ * `budget`, the page keeps only the entries whose payloads fit it (the first one always when
+ * `atLeastOne`), and a page cut so names its last entry as the cursor.
+ */
 const page = <A>(
   topic: Topic,
   paging: PagingInfo,
   maxPayloadBytes: number,
-  serve: (entry: StoredEntry) => A
+  serve: (entry: StoredEntry) => A,
+  budget: { readonly bytes: number; readonly atLeastOne: boolean } = { bytes: Infinity, atLeastOne: true }
 ) =>
   Effect.gen(function*() {
     const store = yield* XmtpStore
@@ -70,12 +77,24 @@ const page = <A>(
     const requested = paging?.limit ?? 0
     const limit = requested > 0 && requested <= MAX_PAGE_SIZE ? requested : MAX_PAGE_SIZE
     const cursor = int64(paging?.idCursor)
-    const entries = yield* stored(store.read(topic, cursor, limit, !ascending))
+    const read = yield* stored(store.read(topic, cursor, limit, !ascending))
+    let bytes = 0
+    let kept = 0
+    for (const entry of read) {
+      if (bytes + entry.payload.length > budget.bytes && !(kept === 0 && budget.atLeastOne)) break
+      bytes += entry.payload.length
+      kept += 1
+    }
+    const entries = kept === read.length ? read : read.slice(0, kept)
     const last = entries[entries.length - 1]
-    const more = last !== undefined && pageMayContinue(entries, limit, maxPayloadBytes)
+    const more = last !== undefined &&
+      (kept < read.length || pageMayContinue(entries, limit, maxPayloadBytes + MAX_RECORD_OVERHEAD))
+    // Cut before its first entry: go on from where the caller asked (0 cannot say "again").
+    const next = more ? String(last.sequenceId) : kept < read.length ? String(cursor) : "0"
     return {
       messages: entries.map(serve),
-      pagingInfo: { direction: ascending ? 1 : 2, limit, idCursor: more ? String(last.sequenceId) : "0" }
+      pagingInfo: { direction: ascending ? 1 : 2, limit, idCursor: next },
+      bytes
     }
   })
 
@@ -157,12 +176,17 @@ const fetchKeyPackages = (limits: XmtpLimits) => (request: mlsApi.FetchKeyPackag
     yield* checkCount("FetchKeyPackages", request.installationKeys, limits.maxIdsPerLookup)
     for (const key of request.installationKeys) yield* checkId("installation key", key)
     const found = yield* stored(store.keyPackages(request.installationKeys))
-    return {
-      keyPackages: request.installationKeys.map((key) => ({
-        keyPackageTlsSerialized: found.get(Buffer.from(key).toString("hex")) ?? new Uint8Array(0)
-      }))
-    }
+    const answer = request.installationKeys.map((key) => found.get(Buffer.from(key).toString("hex")) ?? new Uint8Array(0))
+    // One key named many times is answered as many times: counted before anything is encoded.
+    yield* withinAnswer("FetchKeyPackages", answer.reduce((n, bytes) => n + bytes.length, 0), "ask for fewer installations")
+    return { keyPackages: answer.map((keyPackageTlsSerialized) => ({ keyPackageTlsSerialized })) }
   })
+
+/** RESOURCE_EXHAUSTED when an answer would carry more than `MAX_ANSWER_BYTES`. */
+const withinAnswer = (what: string, bytes: number, advice: string) =>
+  bytes <= MAX_ANSWER_BYTES
+    ? Effect.void
+    : Effect.fail(new XmtpStatus({ code: Code.ResourceExhausted, reason: `${what}: the answer would carry ${bytes} bytes, over ${MAX_ANSWER_BYTES}: ${advice}` }))
 
 const queryGroupMessages = (limits: XmtpLimits) => (request: mlsApi.QueryGroupMessagesRequest) =>
   Effect.gen(function*() {
@@ -179,22 +203,54 @@ const queryWelcomeMessages = (limits: XmtpLimits) => (request: mlsApi.QueryWelco
 /** With content, an answer carries at most this much payload (a newest message may be up to 1 MiB). */
 const MAX_NEWEST_CONTENT_BYTES = MAX_PAGE_BYTES
 
+/**
+ * Most payload bytes one `GetNewestGroupMessage` reads, content or not (telling a commit apart
+ * needs the stored record): 1,000 small groups fit many times over; 1,000 groups whose newest
+ * message is 1 MiB, each anyone may post, do not.
+ */
+const MAX_NEWEST_READ_BYTES = 16 * 1024 * 1024
+
+const newestTooLarge = (groups: number, bytes: number, max: number) =>
+  new XmtpStatus({
+    code: Code.ResourceExhausted,
+    reason: `the newest messages of ${groups} groups come to ${bytes} bytes, over ${max}: ask for fewer groups`
+  })
+
 const getNewestGroupMessage = (limits: XmtpLimits) => (request: mlsApi.GetNewestGroupMessageRequest) =>
   Effect.gen(function*() {
     const store = yield* XmtpStore
     yield* checkCount("GetNewestGroupMessage", request.groupIds, limits.maxFilters)
     for (const id of request.groupIds) yield* checkId("group id", id)
-    const newest = yield* Effect.forEach(request.groupIds, (groupId) =>
-      Effect.map(stored(store.read(groupTopic(groupId), 0n, 1, true)), (entries) => entries[0]), { concurrency: 4 })
-    const bytes = newest.reduce((n, e) => n + (e?.payload.length ?? 0), 0)
-    if (request.includeContent && bytes > MAX_NEWEST_CONTENT_BYTES) {
-      return yield* new XmtpStatus({
-        code: Code.ResourceExhausted,
-        reason: `the newest messages of ${request.groupIds.length} groups exceed ${MAX_NEWEST_CONTENT_BYTES} bytes: ask for fewer groups`
-      })
+    // Sizes first, so nothing over the budgets is read; a group named twice is read once.
+    const named = request.groupIds.map(groupTopic)
+    const topics = [...new Set(named)]
+    const sizes = yield* stored(store.newestSizes(topics))
+    const sizeOf = (topic: Topic) => sizes.get(topic) ?? 0
+    const read = topics.reduce((n, topic) => n + sizeOf(topic), 0)
+    if (read > MAX_NEWEST_READ_BYTES) return yield* newestTooLarge(topics.length, read, MAX_NEWEST_READ_BYTES)
+    const answered = named.reduce((n, topic) => n + sizeOf(topic), 0)
+    if (request.includeContent && answered > MAX_NEWEST_CONTENT_BYTES) {
+      return yield* newestTooLarge(request.groupIds.length, answered, MAX_NEWEST_CONTENT_BYTES)
     }
+    // Messages landing meanwhile are counted as they are read: the budget holds either way.
+    let loaded = 0
+    const newest = new Map<Topic, StoredEntry>()
+    yield* Effect.forEach(topics.filter((topic) => sizes.has(topic)), (topic) =>
+      Effect.flatMap(stored(store.read(topic, 0n, 1, true)), (entries) => {
+        const entry = entries[0]
+        if (entry === undefined) return Effect.void
+        loaded += entry.payload.length
+        if (loaded > MAX_NEWEST_READ_BYTES) return Effect.fail(newestTooLarge(topics.length, loaded, MAX_NEWEST_READ_BYTES))
+        newest.set(topic, entry)
+        return Effect.void
+      }), { concurrency: 4, discard: true })
+    const served = request.includeContent ? named.reduce((n, topic) => n + (newest.get(topic)?.payload.length ?? 0), 0) : 0
+    if (served > MAX_NEWEST_CONTENT_BYTES) return yield* newestTooLarge(request.groupIds.length, served, MAX_NEWEST_CONTENT_BYTES)
     return {
-      responses: newest.map((entry) => entry === undefined ? {} : { groupMessage: groupMessageOf(entry, request.includeContent) })
+      responses: named.map((topic) => {
+        const entry = newest.get(topic)
+        return entry === undefined ? {} : { groupMessage: groupMessageOf(entry, request.includeContent) }
+      })
     }
   })
 
@@ -206,7 +262,10 @@ const batchPublishCommitLog = (limits: XmtpLimits) => (request: mlsApi.BatchPubl
     for (const entry of request.requests) {
       yield* checkId("group id", entry.groupId)
       yield* checkBytes("commit log entry", entry.serializedCommitLogEntry, limits.maxPayloadBytes)
-      if (entry.signature === undefined) return yield* refuse("invalid commit log entry")
+      // An Ed25519 signature and key, as libxmtp makes them: anything else only inflates every reader's page.
+      if (entry.signature === undefined || entry.signature.bytes.length !== 64 || entry.signature.publicKey.length !== 32) {
+        return yield* refuse("invalid commit log entry: its signature must be 64 bytes and its public key 32")
+      }
       const record = { sequenceId: "0", serializedCommitLogEntry: entry.serializedCommitLogEntry, signature: entry.signature }
       entries.push({
         topic: commitLogTopic(entry.groupId),
@@ -217,18 +276,27 @@ const batchPublishCommitLog = (limits: XmtpLimits) => (request: mlsApi.BatchPubl
     return {}
   })
 
+/**
+ * Each group's page of its commit log, ascending. The pages share one answer's budget: anyone may
+ * post to any group's log, so five logs of 4 MiB would otherwise make every batch naming them
+ * fail. The first page always carries an entry, so a batch asked again always gets further.
+ */
 const batchQueryCommitLog = (limits: XmtpLimits) => (request: mlsApi.BatchQueryCommitLogRequest) =>
   Effect.gen(function*() {
     yield* checkCount("BatchQueryCommitLog", request.requests, MAX_COMMIT_LOG_QUERIES)
-    const responses = yield* Effect.forEach(request.requests, (query) =>
+    for (const query of request.requests) {
+      yield* checkId("group id", query.groupId)
+      if (query.pagingInfo?.direction === 2) return yield* refuse("descending direction is not supported")
+    }
+    let left = MAX_ANSWER_BYTES
+    const responses = yield* Effect.forEach(request.requests, (query, i) =>
       Effect.gen(function*() {
-        yield* checkId("group id", query.groupId)
-        if (query.pagingInfo?.direction === 2) return yield* refuse("descending direction is not supported")
         const paging = { direction: SORT_ASCENDING, limit: query.pagingInfo?.limit ?? 0, idCursor: query.pagingInfo?.idCursor } as PagingInfo
         const found = yield* page(commitLogTopic(query.groupId), paging, limits.maxPayloadBytes, (e) => ({
           ...codecs.commitLogEntry.decode(e.payload),
           sequenceId: String(e.sequenceId)
-        }))
+        }), { bytes: left, atLeastOne: i === 0 })
+        left -= found.bytes
         return { groupId: query.groupId, commitLogEntries: found.messages, pagingInfo: found.pagingInfo }
       }))
     return { responses }

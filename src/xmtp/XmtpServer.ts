@@ -11,9 +11,10 @@
  */
 import * as Grpc from "@grpc/grpc-js"
 import { Cause, Effect, Exit, Fiber, Option, Runtime, type Scope, Stream } from "effect"
+import * as Http2 from "node:http2"
 import * as Net from "node:net"
 import { resolveLimits, type TransportLimits } from "../layers/ServerLimits.ts"
-import { IDENTITY_API, MLS_API } from "./Proto.ts"
+import { IDENTITY_API, MLS_API, RefusedRequest } from "./Proto.ts"
 import * as IdentityApi from "./XmtpIdentityApi.ts"
 import * as MlsApi from "./XmtpMlsApi.ts"
 import type { Unary } from "./XmtpMlsApi.ts"
@@ -35,18 +36,30 @@ const statusOf = (cause: Cause.Cause<XmtpStatus>): Partial<Grpc.StatusObject> =>
   return { code: Code.Internal, details: "internal error" }
 }
 
-/** Waits until `call` takes more, or gives up after `millis` (false). */
-const writable = (call: Grpc.ServerWritableStream<unknown, unknown>, millis: number) =>
+/**
+ * Writes `message` and waits until HTTP/2 has taken it (its flow control holds it while the
+ * reader reads nothing), or gives up after `millis` (false). One message in flight per
+ * subscription: writing on until the stream's buffer says "drain" queued 16 serialized messages
+ * (16 MiB of 1 MiB messages) per subscription of a reader that reads nothing.
+ */
+const written = (call: Grpc.ServerWritableStream<unknown, unknown>, message: unknown, millis: number) =>
   Effect.async<boolean>((resume) => {
-    if (!call.writableNeedDrain) return resume(Effect.succeed(true))
-    const done = () => resume(Effect.succeed(!call.destroyed))
-    const timer = setTimeout(() => resume(Effect.succeed(false)), millis)
-    call.once("drain", done)
-    call.once("close", done)
-    return Effect.sync(() => {
+    let settled = false
+    const done = (ok: boolean) => {
+      if (settled) return
+      settled = true
       clearTimeout(timer)
-      call.off("drain", done)
-      call.off("close", done)
+      call.off("close", closed)
+      resume(Effect.succeed(ok))
+    }
+    const closed = () => done(false)
+    const timer = setTimeout(() => done(false), millis)
+    call.once("close", closed)
+    call.write(message, () => done(!call.destroyed))
+    return Effect.sync(() => {
+      settled = true
+      clearTimeout(timer)
+      call.off("close", closed)
     })
   })
 
@@ -56,6 +69,7 @@ const makeHandlers = (
   subscriptionsPerPeer: Map<string, number>
 ) => {
   const unary = (name: string, handler: Unary): Grpc.handleUnaryCall<unknown, unknown> => (call, callback) => {
+    if (call.request instanceof RefusedRequest) return callback({ code: Code.ResourceExhausted, details: call.request.reason }, null)
     const effect = (handler(call.request as never) as Effect.Effect<unknown, XmtpStatus, XmtpStore>).pipe(
       Effect.timeoutFail({
         duration: limits.requestTimeoutMillis,
@@ -76,6 +90,10 @@ const makeHandlers = (
     const headers = new Grpc.Metadata()
     headers.set("subscribed", "true")
     call.sendMetadata(headers)
+    if (call.request instanceof RefusedRequest) {
+      call.emit("error", { code: Code.ResourceExhausted, details: call.request.reason })
+      return
+    }
     const peer = call.getPeer()
     const open = subscriptionsPerPeer.get(peer) ?? 0
     if (open >= limits.maxSubscriptionsPerConnection) {
@@ -89,9 +107,8 @@ const makeHandlers = (
     const run = Stream.runForEach(
       handler(call.request as never) as Stream.Stream<unknown, XmtpStatus, XmtpStore>,
       (message) =>
-        Effect.flatMap(Effect.sync(() => call.write(message)), () =>
-          Effect.flatMap(writable(call, limits.slowReaderTimeoutMillis), (ok) =>
-            ok ? Effect.void : Effect.fail(new XmtpStatus({ code: Code.ResourceExhausted, reason: "the reader did not keep up" }))))
+        Effect.flatMap(written(call, message, limits.slowReaderTimeoutMillis), (ok) =>
+          ok ? Effect.void : Effect.fail(new XmtpStatus({ code: Code.ResourceExhausted, reason: "the reader did not keep up" })))
     ).pipe(Effect.annotateLogs({ rpc: name }))
     const fiber = Runtime.runFork(runtime)(run)
     const stop = () => Runtime.runFork(runtime)(Fiber.interrupt(fiber))
@@ -109,7 +126,52 @@ const makeHandlers = (
   return { unary, streaming }
 }
 
+/**
+ * Asks the peer to stop sending on a call answered before its request ended (RFC 9113 8.1:
+ * RST_STREAM with NO_ERROR): a status alone half-closes only our side, and grpc-js would go on
+ * taking in what the peer sends. grpc-js keeps the HTTP/2 stream in a private field of its call;
+ * without it (another version) the peer's own stop is waited for, as before.
+ */
+const resetStream = (call: Grpc.ServerInterceptingCallInterface) => {
+  const stream = (call as unknown as { readonly stream?: Partial<Pick<Http2.ServerHttp2Stream, "closed" | "close">> }).stream
+  if (stream?.closed === false && typeof stream.close === "function") stream.close(Http2.constants.NGHTTP2_NO_ERROR)
+}
+
+/**
+ * Ends a call whose request has not fully arrived (half-closed) within `millis`. grpc-js runs a
+ * handler only then, and holds what arrived until it does: 64 streams of 8 MiB each, never
+ * finished, held a connection's gigabyte forever (its idle timer waits for no stream to be open).
+ */
+const receiveDeadline = (millis: number): Grpc.ServerInterceptor => (_method, call) => {
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const stop = () => clearTimeout(timer)
+  return new Grpc.ServerInterceptingCall(call, {
+    start: (next) => {
+      timer = setTimeout(() => {
+        call.sendStatus({
+          code: Grpc.status.DEADLINE_EXCEEDED,
+          details: `the request did not arrive within ${millis} ms`,
+          metadata: new Grpc.Metadata()
+        })
+        resetStream(call)
+      }, millis)
+      next({
+        onReceiveHalfClose: (nextHalfClose) => {
+          stop()
+          nextHalfClose()
+        },
+        onCancel: stop
+      })
+    },
+    sendStatus: (status, next) => {
+      stop()
+      next(status)
+    }
+  })
+}
+
 const grpcOptions = (limits: Required<TransportLimits>): Grpc.ServerOptions => ({
+  interceptors: [receiveDeadline(limits.requestTimeoutMillis)],
   "grpc.max_receive_message_length": limits.maxBodyBytes,
   "grpc.max_send_message_length": limits.maxBodyBytes * 2,
   "grpc.max_concurrent_streams": limits.maxInFlightPerConnection,

@@ -65,6 +65,19 @@ export const MAX_COMMIT_LOG_QUERIES = 20
 /** Longest group id or installation key accepted (libxmtp's are 16 and 32 bytes). */
 export const MAX_ID_BYTES = 64
 
+/**
+ * How much a stored record may exceed its payload bound: a welcome's metadata (64 KiB) and HPKE
+ * key (4 KiB), a group message's sender HMAC (1 KiB), ids and framing. A page the store cut by
+ * bytes is told apart from a last page with this (a record is at most payload + overhead).
+ */
+export const MAX_RECORD_OVERHEAD = 72 * 1024
+
+/**
+ * Most payload bytes one answer carries, whatever it batches: what one page may (gRPC clients
+ * take 4 MiB messages unless told otherwise).
+ */
+export const MAX_ANSWER_BYTES = 4 * 1024 * 1024
+
 export const checkCount = (what: string, items: ReadonlyArray<unknown>, max: number, min = 1) =>
   items.length < min
     ? refuse(`${what}: nothing to do`)

@@ -101,6 +101,8 @@ export class XmtpStore extends Context.Tag("converge/xmtp/XmtpStore")<XmtpStore,
     limit: number,
     descending: boolean
   ) => Effect.Effect<ReadonlyArray<StoredEntry>, DeliveryStoreError>
+  /** The size of each topic's newest payload (topics with none are absent): a budget before the reads. */
+  readonly newestSizes: (topics: ReadonlyArray<Topic>) => Effect.Effect<ReadonlyMap<Topic, number>, DeliveryStoreError>
   readonly changes: Effect.Effect<Queue.Dequeue<TopicChange>, never, Scope.Scope>
   readonly identityLog: (inboxId: string, afterSequenceId: bigint, limit: number) => Effect.Effect<ReadonlyArray<IdentityEntry>, DeliveryStoreError>
   readonly appendIdentity: (
@@ -129,7 +131,8 @@ const make = Effect.gen(function*() {
   /** Newest first below `before` (0: from the newest); sizes first, so a page stops at `MAX_PAGE_BYTES`. */
   const readDescending = (topic: Topic, before: bigint, limit: number) =>
     Effect.gen(function*() {
-      const below = before > 0n ? before : MAX_INT64
+      // uint64 on the wire: a cursor past int64's range is "from the newest" too, not a failed bind.
+      const below = before > 0n && before < MAX_INT64 ? before : MAX_INT64
       const sizes = yield* sql<{ sequence_id: unknown; size: unknown }>`
         SELECT sequence_id, length(payload) AS size FROM ds_envelopes
         WHERE topic = ${topic} AND sequence_id < ${below} ORDER BY sequence_id DESC LIMIT ${limit}`
@@ -190,11 +193,21 @@ const make = Effect.gen(function*() {
   const service: XmtpStore["Type"] = {
     append: store.append,
     read: (topic, cursor, limit, descending) => descending ? readDescending(topic, cursor, limit) : store.read(topic, cursor, limit),
+    newestSizes: (topics) =>
+      Effect.gen(function*() {
+        if (topics.length === 0) return new Map<Topic, number>()
+        const rows = yield* sql<{ topic: string; size: unknown }>`
+          SELECT e.topic, length(e.payload) AS size FROM ds_envelopes e
+          WHERE e.topic IN ${sql.in([...new Set(topics)])}
+            AND e.sequence_id = (SELECT max(m.sequence_id) FROM ds_envelopes m WHERE m.topic = e.topic)`
+        return new Map(rows.map((row) => [row.topic as Topic, Number(row.size)] as const))
+      }).pipe(failed("newestSizes")),
     changes: store.changes,
     identityLog: (inboxId, after, limit) =>
       sql<{ sequence_id: unknown; server_time_ns: unknown; body: unknown }>`
         SELECT sequence_id, server_time_ns, body FROM xmtp_identity_updates
-        WHERE inbox_id = ${inboxId} AND sequence_id > ${after < 0n ? 0n : after} ORDER BY sequence_id LIMIT ${limit}`.pipe(
+        WHERE inbox_id = ${inboxId} AND sequence_id > ${after < 0n ? 0n : after > MAX_INT64 ? MAX_INT64 : after}
+        ORDER BY sequence_id LIMIT ${limit}`.pipe(
         Effect.map((rows) =>
           rows.map((row) => ({ sequenceId: big(row.sequence_id), serverTimeNs: big(row.server_time_ns), body: bytesOf(row.body) }))
         ),

@@ -12,7 +12,7 @@ import { ANY_TOPIC, type StoredEntry, type Topic } from "../services/DeliverySto
 import { int64 } from "./Proto.ts"
 import { groupMessageOf, welcomeMessageOf } from "./XmtpMlsApi.ts"
 import { groupTopic, welcomeTopic, XmtpStore } from "./XmtpStore.ts"
-import { checkCount, checkId, MAX_PAGE_SIZE, unavailable, type XmtpLimits, type XmtpStatus } from "./XmtpStatus.ts"
+import { checkCount, checkId, MAX_PAGE_SIZE, MAX_RECORD_OVERHEAD, unavailable, type XmtpLimits, type XmtpStatus } from "./XmtpStatus.ts"
 
 /** Follows `cursors` (topic -> last id seen), serving each new entry once, in each topic's order. */
 const follow = <A>(cursors: Map<Topic, bigint>, serve: (entry: StoredEntry) => A, limits: XmtpLimits) =>
@@ -48,13 +48,15 @@ const follow = <A>(cursors: Map<Topic, bigint>, serve: (entry: StoredEntry) => A
       dirty.delete(topic)
       const after = cursors.get(topic)!
       const entries = yield* Effect.catchAll(store.read(topic, after, MAX_PAGE_SIZE, false), unavailable)
-      if (pageMayContinue(entries, MAX_PAGE_SIZE, limits.maxPayloadBytes)) dirty.add(topic)
+      if (pageMayContinue(entries, MAX_PAGE_SIZE, limits.maxPayloadBytes + MAX_RECORD_OVERHEAD)) dirty.add(topic)
       const fresh = entries.filter((e) => e.sequenceId > after)
       const last = fresh[fresh.length - 1]
       if (last !== undefined) cursors.set(topic, last.sequenceId)
-      return Chunk.unsafeFromArray(fresh.map(serve))
+      return Chunk.unsafeFromArray(fresh)
     })
-    return Stream.repeatEffectChunk(pull)
+    // One message decoded at a time, as the reader takes it: a page decoded whole doubled what a
+    // reader that reads nothing holds.
+    return Stream.repeatEffectChunk(pull).pipe(Stream.rechunk(1), Stream.map(serve))
   }))
 
 /** The highest cursor named per topic (a topic named twice is followed once). */
