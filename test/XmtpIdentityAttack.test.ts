@@ -1,6 +1,8 @@
 /**
  * Attacks on the identity face of `converge serve` (XMTP V3, gRPC): a publish to a long inbox
- * log must not cost the server a replay of the whole log each time, nor hold its event loop.
+ * log must not cost the server a replay of the whole log each time, nor hold its event loop;
+ * and an update whose protobuf oneofs name two members must not be verified as one thing and
+ * served to libxmtp and node-go (which read the last member) as another.
  */
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { describe, expect, it, layer } from "@effect/vitest"
@@ -241,9 +243,9 @@ describe("XMTP identity attack: the verified states a server keeps", () => {
   })
 })
 
-// ---- what an update alone shows ----
+// ---- oneofs: the server read the first member set, protobuf readers (prost, Go) the last ----
 
-layer(XmtpHarness.layer())("XMTP identity attack: updates refused by their shape", (it) => {
+layer(XmtpHarness.layer())("XMTP identity attack: updates with two members of one oneof", (it) => {
   /** An inbox of `owner` with one installation, and a check that nothing was added to its log. */
   const inbox = (owner: Wallet) =>
     Effect.gen(function*() {
@@ -255,6 +257,73 @@ layer(XmtpHarness.layer())("XMTP identity attack: updates refused by their shape
       )
       return { server, inboxId, storedAfterwards }
     })
+
+  /** `owner` links `second` to the inbox; `forge` rewrites the signed action before it is sent. */
+  const forgedLink = (inboxId: string, owner: Wallet, second: Wallet, forge: (add: Record<string, unknown>) => Record<string, unknown>) => {
+    const member = { ethereumAddress: second.address }
+    return signUpdate({ inboxId, clientTimestampNs: nowNs(), actions: [{ add: { newMemberIdentifier: member } }] }, (text) => [
+      forge({ newMemberIdentifier: member, existingMemberSignature: erc191(owner, text), newMemberSignature: erc191(second, text) })
+    ])
+  }
+
+  it.effect("an add whose new member names both an address and an installation key is refused, not stored", () =>
+    Effect.gen(function*() {
+      const owner = newWallet()
+      const { server, inboxId, storedAfterwards } = yield* inbox(owner)
+      // Verified as "link address <second>", but field 2 (installation_public_key) comes last on the wire:
+      // libxmtp and node-go would read "grant messaging access to app <stranger>".
+      const stranger = newInstallation()
+      const forged = forgedLink(inboxId, owner, newWallet(), (add) => ({
+        add: { ...add, newMemberIdentifier: { ...(add.newMemberIdentifier as object), installationPublicKey: stranger.publicKey } }
+      }))
+      const answer = yield* refusedPublish(server, forged)
+      expect({ ...answer, stored: yield* storedAfterwards }).toEqual({
+        code: INVALID_ARGUMENT,
+        details: "invalid identity update: actions[0].add.new_member_identifier sets ethereum_address and installation_public_key, " +
+          "members of one oneof: at most one may be set",
+        stored: 0
+      })
+    }))
+
+  it.effect("an action that is both an add and a revoke is refused, not stored", () =>
+    Effect.gen(function*() {
+      const owner = newWallet()
+      const { server, inboxId, storedAfterwards } = yield* inbox(owner)
+      // Verified as the add; a Go reader sees the revoke (field 3, after the add's field 2) of the owner.
+      const forged = forgedLink(inboxId, owner, newWallet(), (add) => ({
+        add,
+        revoke: { memberToRevoke: { ethereumAddress: owner.address }, recoveryIdentifierSignature: add.existingMemberSignature }
+      }))
+      const answer = yield* refusedPublish(server, forged)
+      expect({ code: answer.code, details: answer.details, stored: yield* storedAfterwards }).toEqual({
+        code: INVALID_ARGUMENT,
+        details: expect.stringContaining("actions[0] sets add and revoke, members of one oneof"),
+        stored: 0
+      })
+    }))
+
+  it.effect("a signature that is both an ERC-191 and an installation key signature is refused, not stored", () =>
+    Effect.gen(function*() {
+      const owner = newWallet()
+      const { server, inboxId, storedAfterwards } = yield* inbox(owner)
+      // Verified as the owner's ERC-191 signature; a Go reader sees an installation key signature (field 3) of anyone's.
+      const stranger = newInstallation()
+      const forged = forgedLink(inboxId, owner, newWallet(), (add) => ({
+        add: {
+          ...add,
+          existingMemberSignature: {
+            ...(add.existingMemberSignature as object),
+            installationKey: { bytes: stranger.sign("anything"), publicKey: stranger.publicKey }
+          }
+        }
+      }))
+      const answer = yield* refusedPublish(server, forged)
+      expect({ code: answer.code, details: answer.details, stored: yield* storedAfterwards }).toEqual({
+        code: INVALID_ARGUMENT,
+        details: expect.stringContaining("actions[0].add.existing_member_signature sets erc_191 and installation_key"),
+        stored: 0
+      })
+    }))
 
   it.effect("an update naming one action twice is refused, not stored: it only multiplies the signature checks", () =>
     Effect.gen(function*() {

@@ -148,16 +148,68 @@ const actionCount = (update: IdentityUpdate): Either.Either<void, InvalidIdentit
     ? fail(`more than ${MAX_ACTIONS_PER_UPDATE} actions in one update`)
     : Either.void
 
+/** A oneof's members: the name ts-proto gives each, and the one the proto file gives it. */
+type OneofMembers = ReadonlyArray<readonly [string, string]>
+
+const ACTION_KINDS: OneofMembers = [
+  ["createInbox", "create_inbox"],
+  ["add", "add"],
+  ["revoke", "revoke"],
+  ["changeRecoveryAddress", "change_recovery_address"]
+]
+const IDENTIFIER_KINDS: OneofMembers = [
+  ["ethereumAddress", "ethereum_address"],
+  ["installationPublicKey", "installation_public_key"],
+  ["passkey", "passkey"]
+]
+const SIGNATURE_KINDS: OneofMembers = [
+  ["erc191", "erc_191"],
+  ["erc6492", "erc_6492"],
+  ["installationKey", "installation_key"],
+  ["delegatedErc191", "delegated_erc_191"],
+  ["passkey", "passkey"]
+]
+
+/**
+ * At most one member of a oneof set. The decoder keeps every member it reads and this server
+ * reads the first, while prost and Go keep the last on the wire: an update with two would be
+ * verified as one thing and served (re-encoded with both) as another.
+ */
+const oneMember = (field: string, message: object | undefined, members: OneofMembers): Either.Either<void, InvalidIdentityUpdate> => {
+  if (message === undefined) return Either.void
+  const set = members.filter(([name]) => (message as Record<string, unknown>)[name] !== undefined).map(([, proto]) => proto)
+  return set.length > 1 ? fail(`${field} sets ${set.join(" and ")}, members of one oneof: at most one may be set`) : Either.void
+}
+
+/** Every oneof of one action, and of the identifiers and signatures inside it. */
+const actionOneofs = (action: IdentityAction, at: string): Either.Either<void, InvalidIdentityUpdate> =>
+  Either.gen(function*() {
+    yield* oneMember(at, action, ACTION_KINDS)
+    const { createInbox, add, revoke, changeRecoveryAddress } = action
+    yield* oneMember(`${at}.create_inbox.initial_identifier_signature`, createInbox?.initialIdentifierSignature, SIGNATURE_KINDS)
+    yield* oneMember(`${at}.add.new_member_identifier`, add?.newMemberIdentifier, IDENTIFIER_KINDS)
+    yield* oneMember(`${at}.add.existing_member_signature`, add?.existingMemberSignature, SIGNATURE_KINDS)
+    yield* oneMember(`${at}.add.new_member_signature`, add?.newMemberSignature, SIGNATURE_KINDS)
+    yield* oneMember(`${at}.revoke.member_to_revoke`, revoke?.memberToRevoke, IDENTIFIER_KINDS)
+    yield* oneMember(`${at}.revoke.recovery_identifier_signature`, revoke?.recoveryIdentifierSignature, SIGNATURE_KINDS)
+    yield* oneMember(
+      `${at}.change_recovery_address.existing_recovery_identifier_signature`,
+      changeRecoveryAddress?.existingRecoveryIdentifierSignature,
+      SIGNATURE_KINDS
+    )
+  })
+
 /**
  * What a new update must satisfy whatever its inbox's log holds, checked before the log is
- * read (replaying a long log costs seconds of signature checks): its number of actions, the
- * fields the signature text needs, and no action twice (the text would say it twice: no
- * client means that, and a repeated action only multiplies the checks). Stored logs are not
- * held to the last: entries accepted before it still replay.
+ * read (replaying a long log costs seconds of signature checks): its number of actions, one
+ * member per oneof, fields the signature text needs, and no action twice (the text would say
+ * it twice: no client means that, and a repeated action only multiplies the checks). Stored
+ * logs are not held to the last two: entries accepted before them still replay.
  */
 export const checkShape = (update: IdentityUpdate): Either.Either<void, InvalidIdentityUpdate> =>
   Either.gen(function*() {
     yield* actionCount(update)
+    for (const [i, action] of update.actions.entries()) yield* actionOneofs(action, `actions[${i}]`)
     const lines = yield* actionLines(update)
     const first = lines.findIndex((line, i) => lines.indexOf(line) !== i)
     if (first !== -1) return yield* fail(`actions[${lines.indexOf(lines[first]!)}] and actions[${first}] are the same action`)
