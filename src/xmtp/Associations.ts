@@ -13,12 +13,14 @@ import { ed25519ph } from "@noble/curves/ed25519.js"
 import { secp256k1 } from "@noble/curves/secp256k1.js"
 import { sha256 } from "@noble/hashes/sha2.js"
 import { keccak_256 } from "@noble/hashes/sha3.js"
-import { Data, Either } from "effect"
+import { Data, Effect, Either } from "effect"
 import type { IdentityAction, IdentityUpdate, MemberIdentifier, Signature } from "./Proto.ts"
 import { IdentifierKind, int64 } from "./Proto.ts"
 
 /** An update that does not apply; `reason` goes back to the caller. */
 export class InvalidIdentityUpdate extends Data.TaggedError("InvalidIdentityUpdate")<{ readonly reason: string }> {}
+
+const fail = (reason: string) => Either.left(new InvalidIdentityUpdate({ reason }))
 
 /** node-go refuses to grow an inbox's log past this many entries. */
 export const MAX_LOG_ENTRIES = 256
@@ -121,15 +123,96 @@ const prettyTimestamp = (ns: bigint) => new Date(Number(ns / 1_000_000_000n) * 1
 /** Latest client timestamp accepted: year 9999 (beyond it the text's date has no RFC 3339 form). */
 const MAX_TIMESTAMP_NS = 253_402_300_799n * 1_000_000_000n
 
-/** The text every signature of `update` signs (libxmtp `UnsignedIdentityUpdate::signature_text`). */
-export const signatureText = (update: IdentityUpdate): Either.Either<string, InvalidIdentityUpdate> =>
+/** The signature text's lines, one per action, after checking the client timestamp. */
+const actionLines = (update: IdentityUpdate): Either.Either<ReadonlyArray<string>, InvalidIdentityUpdate> =>
   Either.gen(function*() {
     const ns = int64(update.clientTimestampNs)
     if (ns < 0n || ns > MAX_TIMESTAMP_NS) return yield* Either.left(new InvalidIdentityUpdate({ reason: "client timestamp out of range" }))
     const lines: Array<string> = []
     for (const action of update.actions) lines.push(yield* actionText(action))
-    return `XMTP : Authenticate to inbox\n\nInbox ID: ${update.inboxId}\nCurrent time: ${prettyTimestamp(ns)}\n\n` +
-      `${lines.join("\n")}\n\nFor more info: https://xmtp.org/signatures`
+    return lines
+  })
+
+/** The text every signature of `update` signs (libxmtp `UnsignedIdentityUpdate::signature_text`). */
+export const signatureText = (update: IdentityUpdate): Either.Either<string, InvalidIdentityUpdate> =>
+  Either.map(actionLines(update), (lines) =>
+    `XMTP : Authenticate to inbox\n\nInbox ID: ${update.inboxId}\nCurrent time: ${prettyTimestamp(int64(update.clientTimestampNs))}\n\n` +
+    `${lines.join("\n")}\n\nFor more info: https://xmtp.org/signatures`)
+
+// ---- shape: what can be refused before the inbox's log is read ----
+
+const actionCount = (update: IdentityUpdate): Either.Either<void, InvalidIdentityUpdate> =>
+  update.actions.length === 0
+    ? fail("an update with no actions")
+    : update.actions.length > MAX_ACTIONS_PER_UPDATE
+    ? fail(`more than ${MAX_ACTIONS_PER_UPDATE} actions in one update`)
+    : Either.void
+
+/** A oneof's members: the name ts-proto gives each, and the one the proto file gives it. */
+type OneofMembers = ReadonlyArray<readonly [string, string]>
+
+const ACTION_KINDS: OneofMembers = [
+  ["createInbox", "create_inbox"],
+  ["add", "add"],
+  ["revoke", "revoke"],
+  ["changeRecoveryAddress", "change_recovery_address"]
+]
+const IDENTIFIER_KINDS: OneofMembers = [
+  ["ethereumAddress", "ethereum_address"],
+  ["installationPublicKey", "installation_public_key"],
+  ["passkey", "passkey"]
+]
+const SIGNATURE_KINDS: OneofMembers = [
+  ["erc191", "erc_191"],
+  ["erc6492", "erc_6492"],
+  ["installationKey", "installation_key"],
+  ["delegatedErc191", "delegated_erc_191"],
+  ["passkey", "passkey"]
+]
+
+/**
+ * At most one member of a oneof set. The decoder keeps every member it reads and this server
+ * reads the first, while prost and Go keep the last on the wire: an update with two would be
+ * verified as one thing and served (re-encoded with both) as another.
+ */
+const oneMember = (field: string, message: object | undefined, members: OneofMembers): Either.Either<void, InvalidIdentityUpdate> => {
+  if (message === undefined) return Either.void
+  const set = members.filter(([name]) => (message as Record<string, unknown>)[name] !== undefined).map(([, proto]) => proto)
+  return set.length > 1 ? fail(`${field} sets ${set.join(" and ")}, members of one oneof: at most one may be set`) : Either.void
+}
+
+/** Every oneof of one action, and of the identifiers and signatures inside it. */
+const actionOneofs = (action: IdentityAction, at: string): Either.Either<void, InvalidIdentityUpdate> =>
+  Either.gen(function*() {
+    yield* oneMember(at, action, ACTION_KINDS)
+    const { createInbox, add, revoke, changeRecoveryAddress } = action
+    yield* oneMember(`${at}.create_inbox.initial_identifier_signature`, createInbox?.initialIdentifierSignature, SIGNATURE_KINDS)
+    yield* oneMember(`${at}.add.new_member_identifier`, add?.newMemberIdentifier, IDENTIFIER_KINDS)
+    yield* oneMember(`${at}.add.existing_member_signature`, add?.existingMemberSignature, SIGNATURE_KINDS)
+    yield* oneMember(`${at}.add.new_member_signature`, add?.newMemberSignature, SIGNATURE_KINDS)
+    yield* oneMember(`${at}.revoke.member_to_revoke`, revoke?.memberToRevoke, IDENTIFIER_KINDS)
+    yield* oneMember(`${at}.revoke.recovery_identifier_signature`, revoke?.recoveryIdentifierSignature, SIGNATURE_KINDS)
+    yield* oneMember(
+      `${at}.change_recovery_address.existing_recovery_identifier_signature`,
+      changeRecoveryAddress?.existingRecoveryIdentifierSignature,
+      SIGNATURE_KINDS
+    )
+  })
+
+/**
+ * What a new update must satisfy whatever its inbox's log holds, checked before the log is
+ * read (replaying a long log costs seconds of signature checks): its number of actions, one
+ * member per oneof, fields the signature text needs, and no action twice (the text would say
+ * it twice: no client means that, and a repeated action only multiplies the checks). Stored
+ * logs are not held to the last two: entries accepted before them still replay.
+ */
+export const checkShape = (update: IdentityUpdate): Either.Either<void, InvalidIdentityUpdate> =>
+  Either.gen(function*() {
+    yield* actionCount(update)
+    for (const [i, action] of update.actions.entries()) yield* actionOneofs(action, `actions[${i}]`)
+    const lines = yield* actionLines(update)
+    const first = lines.findIndex((line, i) => lines.indexOf(line) !== i)
+    if (first !== -1) return yield* fail(`actions[${lines.indexOf(lines[first]!)}] and actions[${first}] are the same action`)
   })
 
 // ---- signatures ----
@@ -195,12 +278,27 @@ const verifySignature = (text: string, signature: Signature | undefined): Either
   return Either.left(new InvalidIdentityUpdate({ reason: "a signature is missing" }))
 }
 
+/** Checks `text`'s signatures, each distinct one once: one wallet signature may serve every action of an update. */
+const signatureChecker = (text: string) => {
+  const known = new Map<string, Either.Either<Verified, InvalidIdentityUpdate>>()
+  return (signature: Signature | undefined): Either.Either<Verified, InvalidIdentityUpdate> => {
+    // Keyed by what verifySignature reads, in its order; the other kinds fail without cost.
+    const key = signature?.erc191 !== undefined
+      ? `erc191:${hex(signature.erc191.bytes)}`
+      : signature?.installationKey !== undefined
+      ? `installationKey:${hex(signature.installationKey.bytes)}:${hex(signature.installationKey.publicKey)}`
+      : undefined
+    if (key === undefined) return verifySignature(text, signature)
+    const verified = known.get(key) ?? verifySignature(text, signature)
+    known.set(key, verified)
+    return verified
+  }
+}
+
 const allowedFor = (kind: MemberKind, signature: Verified) =>
   kind === "ethereum" ? signature.kind === "erc191" : signature.kind === "installationKey"
 
 // ---- replay ----
-
-const fail = (reason: string) => Either.left(new InvalidIdentityUpdate({ reason }))
 
 const notReplayed = (state: AssociationState, signatures: ReadonlyArray<Verified>) =>
   signatures.some((s) => state.seen.has(s.raw)) ? fail("replay: a signature was already used in this inbox's log") : Either.right(undefined)
@@ -217,14 +315,14 @@ const withMember = (state: AssociationState, m: Member): AssociationState => ({
 const applyAction = (
   state: AssociationState | undefined,
   action: IdentityAction,
-  text: string,
+  verify: (signature: Signature | undefined) => Either.Either<Verified, InvalidIdentityUpdate>,
   used: Array<string>
 ): Either.Either<AssociationState, InvalidIdentityUpdate> =>
   Either.gen(function*() {
     if (action.createInbox !== undefined) {
       if (state !== undefined) return yield* fail("the inbox was already created")
       const address = ethereumAddress(action.createInbox.initialIdentifier)!
-      const signature = yield* verifySignature(text, action.createInbox.initialIdentifierSignature)
+      const signature = yield* verify(action.createInbox.initialIdentifierSignature)
       if (signature.signer !== ethKey(address)) return yield* fail("create inbox: not signed by the initial identifier")
       const inboxId = inboxIdOf(address, int64(action.createInbox.nonce))
       const creator: Member = { key: ethKey(address), kind: "ethereum", addedBy: undefined }
@@ -234,8 +332,8 @@ const applyAction = (
     if (state === undefined) return yield* fail("the inbox was not created yet")
     if (action.add !== undefined) {
       const added = yield* member(action.add.newMemberIdentifier)
-      const newSignature = yield* verifySignature(text, action.add.newMemberSignature)
-      const existingSignature = yield* verifySignature(text, action.add.existingMemberSignature)
+      const newSignature = yield* verify(action.add.newMemberSignature)
+      const existingSignature = yield* verify(action.add.existingMemberSignature)
       yield* notReplayed(state, [newSignature, existingSignature])
       if (newSignature.signer !== added.key) return yield* fail("add: the new member's signature is not the new member's")
       if (newSignature.signer === existingSignature.signer) return yield* fail("add: a member cannot add itself")
@@ -251,7 +349,7 @@ const applyAction = (
     }
     if (action.revoke !== undefined) {
       const revoked = yield* member(action.revoke.memberToRevoke)
-      const signature = yield* verifySignature(text, action.revoke.recoveryIdentifierSignature)
+      const signature = yield* verify(action.revoke.recoveryIdentifierSignature)
       yield* notReplayed(state, [signature])
       if (signature.signer !== ethKey(state.recovery)) return yield* fail("revoke: not signed by the recovery address")
       const members = new Map(state.members)
@@ -261,7 +359,7 @@ const applyAction = (
       return { ...state, members }
     }
     const change = action.changeRecoveryAddress!
-    const signature = yield* verifySignature(text, change.existingRecoveryIdentifierSignature)
+    const signature = yield* verify(change.existingRecoveryIdentifierSignature)
     yield* notReplayed(state, [signature])
     if (signature.signer !== ethKey(state.recovery)) return yield* fail("change recovery address: not signed by the recovery address")
     used.push(signature.raw)
@@ -276,12 +374,11 @@ export const applyUpdate = (
   update: IdentityUpdate
 ): Either.Either<AssociationState, InvalidIdentityUpdate> =>
   Either.gen(function*() {
-    if (update.actions.length === 0) return yield* fail("an update with no actions")
-    if (update.actions.length > MAX_ACTIONS_PER_UPDATE) return yield* fail(`more than ${MAX_ACTIONS_PER_UPDATE} actions in one update`)
-    const text = yield* signatureText(update)
+    yield* actionCount(update)
+    const verify = signatureChecker(yield* signatureText(update))
     let next = state
     const used: Array<string> = []
-    for (const action of update.actions) next = yield* applyAction(next, action, text, used)
+    for (const action of update.actions) next = yield* applyAction(next, action, verify, used)
     if (next === undefined || next.inboxId !== update.inboxId) return yield* fail("the update names another inbox id")
     if (installations(next) > MAX_INSTALLATIONS_PER_INBOX) {
       return yield* fail(`an inbox may have at most ${MAX_INSTALLATIONS_PER_INBOX} installations`)
@@ -289,16 +386,31 @@ export const applyUpdate = (
     return { ...next, seen: new Set([...next.seen, ...used]) }
   })
 
-/** Replays a whole log; a stored log that no longer replays is a defect of the store. */
-export const replay = (updates: ReadonlyArray<IdentityUpdate>): Either.Either<AssociationState | undefined, InvalidIdentityUpdate> => {
-  let state: AssociationState | undefined
-  for (const update of updates) {
-    const next = applyUpdate(state, update)
-    if (Either.isLeft(next)) return next
-    state = next.right
+/** A turn for the event loop's other callbacks (Effect.yieldNow may stay within microtasks). */
+const eventLoopTurn = Effect.async<void>((resume) => {
+  const turn = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(turn))
+})
+
+/**
+ * Applies `updates` on `from` (the state of the entries before them; undefined for a whole log).
+ * An entry may take 32 signature recoveries: the event loop gets a turn after each, so a long
+ * log delays other requests without stopping them, and a request timeout interrupts it.
+ * `applied` hears of the state after each entry, so a cache keeps what an interrupted replay did.
+ */
+export const replay = Effect.fn("Associations.replay")(function*(
+  updates: ReadonlyArray<IdentityUpdate>,
+  from: AssociationState | undefined = undefined,
+  applied: (state: AssociationState, count: number) => void = () => {}
+) {
+  let state = from
+  for (const [i, update] of updates.entries()) {
+    if (i > 0) yield* eventLoopTurn
+    state = yield* applyUpdate(state, update)
+    applied(state, i + 1)
   }
-  return Either.right(state)
-}
+  return state
+})
 
 /** The Ethereum addresses an update associates with its inbox (created with or linked). */
 export const addressesAdded = (update: IdentityUpdate): ReadonlyArray<string> =>
