@@ -80,37 +80,36 @@ const nobodyUsable = (asked: ReadonlySet<InboxId>, add: ReadonlyArray<Wanted>, u
  * (or a retryable `DeliveryError` when the service answered with someone else's package), or
  * `ProtocolVersionTooOld` when its devices all run builds below the group's minimum.
  */
-export const admittedPackages = (
+export const admittedPackages = Effect.fn("KeyPackageAdmission.admittedPackages")(function*(
   ctx: EngineContext,
   state: MlsGroupState,
   add: ReadonlyArray<Wanted>,
   asked: ReadonlySet<InboxId> = new Set()
-) =>
-  Effect.gen(function*() {
-    if (add.length === 0) return NOBODY
-    const { usable, unusable } = yield* fetchChecked(ctx, add)
-    const refused = nobodyUsable(asked, add, usable, unusable)
-    if (refused !== undefined) return yield* refused
-    const required = settingsOrDefaults(ctx.crypto.view(state).metadata).minProtocolVersion
-    const offered = yield* Effect.forEach(usable, ({ keyPackage, wanted }) =>
-      Effect.map(ctx.crypto.keyPackageInfo(keyPackage), (info) => ({
-        ...wanted,
-        protocolVersion: info.protocolVersion ?? FIRST_PROTOCOL_VERSION
-      })))
-    const split = splitByVersion(required, offered, asked)
-    if (Either.isLeft(split)) return yield* split.left
-    const { admitted, tooOld } = split.right
-    if (tooOld.length > 0) ctx.skippedInstallations.skip(tooOld, yield* Clock.currentTimeNanos)
-    if (tooOld.length > 0 || unusable.length > 0) {
-      yield* Effect.logWarning("installations left out of the add").pipe(Effect.annotateLogs({
-        required,
-        installations: [
-          ...tooOld.map((o) => `${o.installationId}: version ${o.protocolVersion}`),
-          ...unusable.map((u) => `${u.wanted.installationId}: ${u.reason}`)
-        ].join("; ")
-      }))
-    }
-    const kept = new Set(admitted.map((o) => o.installationId))
-    const taken = usable.filter((u) => kept.has(u.wanted.installationId))
-    return { wanted: taken.map((u) => u.wanted), packages: taken.map((u) => u.keyPackage) } satisfies Admitted
-  })
+) {
+  if (add.length === 0) return NOBODY
+  const { usable, unusable } = yield* fetchChecked(ctx, add)
+  const refused = nobodyUsable(asked, add, usable, unusable)
+  if (refused !== undefined) return yield* refused
+  const required = settingsOrDefaults(ctx.crypto.view(state).metadata).minProtocolVersion
+  const offered = yield* Effect.forEach(usable, ({ keyPackage, wanted }) =>
+    Effect.map(ctx.crypto.keyPackageInfo(keyPackage), (info) => ({
+      ...wanted,
+      protocolVersion: info.protocolVersion ?? FIRST_PROTOCOL_VERSION
+    })))
+  const split = splitByVersion(required, offered, asked)
+  if (Either.isLeft(split)) return yield* split.left
+  const { admitted, tooOld } = split.right
+  if (tooOld.length > 0) ctx.skippedInstallations.skip(tooOld, yield* Clock.currentTimeNanos)
+  if (tooOld.length > 0 || unusable.length > 0) {
+    yield* Effect.logWarning("installations left out of the add").pipe(Effect.annotateLogs({
+      required,
+      installations: [
+        ...tooOld.map((o) => `${o.installationId}: version ${o.protocolVersion}`),
+        ...unusable.map((u) => `${u.wanted.installationId}: ${u.reason}`)
+      ].join("; ")
+    }))
+  }
+  const kept = new Set(admitted.map((o) => o.installationId))
+  const taken = usable.filter((u) => kept.has(u.wanted.installationId))
+  return { wanted: taken.map((u) => u.wanted), packages: taken.map((u) => u.keyPackage) } satisfies Admitted
+})
