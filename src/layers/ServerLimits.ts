@@ -259,7 +259,53 @@ interface ClientState {
   readonly running: Map<string, boolean>
   streams: number
   readonly response: Http.ServerResponse | undefined
+  readonly socket: BufferedSocket | undefined
 }
+
+/** What a WebSocket client's connection tells of its reader: how much it has not taken yet. */
+interface BufferedSocket {
+  readonly bufferedAmount: number
+  readonly readyState: number
+  close(code?: number, reason?: string): void
+  /** `ws`'s: drops the connection at once (a close frame would wait behind what is unread). */
+  terminate?(): void
+}
+
+/**
+ * Bytes a WebSocket may hold unread before its answers wait for the reader and its new
+ * requests are refused: a few answers' worth (a page is at most about 5.4 MiB as JSON). `ws`
+ * buffers whatever it is given, so without this a client that sends small queries and never
+ * reads made the server hold every answer (1.3 GiB for 120 queries of 150 bytes).
+ */
+export const MAX_UNREAD_SOCKET_BYTES = 16 * 1024 * 1024
+
+const OPEN = 1
+
+/**
+ * Waits until `socket` holds at most `MAX_UNREAD_SOCKET_BYTES` unread (true), or closes it after
+ * `timeoutMillis` (false). `ws` has no drain event of its own: polled while behind, which only
+ * a reader that is behind costs.
+ */
+const socketDrained = (socket: BufferedSocket, timeoutMillis: number, refusals: Refusals): Effect.Effect<boolean> =>
+  Effect.suspend(() => {
+    if (socket.bufferedAmount <= MAX_UNREAD_SOCKET_BYTES || socket.readyState !== OPEN) return Effect.succeed(socket.readyState === OPEN)
+    return Effect.sleep(POLL_MILLIS).pipe(
+      Effect.repeat({ until: () => socket.bufferedAmount <= MAX_UNREAD_SOCKET_BYTES || socket.readyState !== OPEN }),
+      Effect.timeoutOption(timeoutMillis),
+      Effect.map(Option.match({
+        onSome: () => socket.readyState === OPEN,
+        onNone: () => {
+          refusals.note("slowReader", `a WebSocket unread for ${timeoutMillis} ms`)
+          // A close frame would queue behind what the reader does not take: dropped at once.
+          if (socket.terminate !== undefined) socket.terminate()
+          else socket.close(1013, "the reader did not keep up")
+          return false
+        }
+      }))
+    )
+  })
+
+const POLL_MILLIS = 20
 
 /**
  * Waits until `response` can take more (true), or cuts it off after `timeoutMillis` (false).
@@ -338,8 +384,10 @@ const admission = (
 /**
  * Wraps an RPC server protocol: a request past its connection's caps is answered at once with
  * a typed, retryable `LimitExceeded` (one under an id in flight, or with malformed headers, with
- * `InvalidRequest`) and never reaches the server; and a stream chunk for an HTTP response waits until the previous
- * ones were taken by the socket. `kinds` are the server's RPCs.
+ * `InvalidRequest`) and never reaches the server; and an answer (an exit or a stream chunk) waits until the
+ * reader has taken what came before it: an HTTP response's buffer drained, a WebSocket holding at most
+ * `MAX_UNREAD_SOCKET_BYTES` unread. A reader that stays behind for the slow-reader timeout is cut off, and a
+ * WebSocket that is behind gets its new requests refused. `kinds` are the server's RPCs.
  */
 export const guardProtocol = (
   inner: RpcServer.Protocol["Type"],
@@ -356,8 +404,20 @@ export const guardProtocol = (
           if (message._tag !== "Request") return yield* writeRequest(clientId, message)
           let state = clients.get(clientId)
           if (state === undefined) {
-            state = { running: new Map(), streams: 0, response: yield* FiberRef.get(currentHttpResponse) }
+            // A WebSocket client's requests run where @effect/platform provides its socket.
+            const socket = yield* Effect.serviceOption(Socket.WebSocket)
+            state = {
+              running: new Map(),
+              streams: 0,
+              response: yield* FiberRef.get(currentHttpResponse),
+              socket: Option.getOrUndefined(socket) as unknown as BufferedSocket | undefined
+            }
             clients.set(clientId, state)
+          }
+          if (state.socket !== undefined && state.socket.bufferedAmount > MAX_UNREAD_SOCKET_BYTES) {
+            const detail = `the connection holds ${state.socket.bufferedAmount} bytes its reader has not taken`
+            refusals.note("slowReader", detail)
+            return yield* inner.send(clientId, refusal(message.id, "LimitExceeded", detail))
           }
           const decided = admission(state, message, kinds, limits)
           if (decided._tag === "Refuse") {
@@ -403,14 +463,20 @@ export const guardProtocol = (
       return {
         disconnects,
         send: (clientId, response, transferables) => {
-          if (response._tag === "Exit") settle(clientId, response.requestId)
-          const forward = inner.send(clientId, response, transferables)
-          const httpResponse = clients.get(clientId)?.response
-          if (response._tag !== "Chunk" || httpResponse === undefined) return forward
-          return Effect.flatMap(
-            drained(httpResponse, limits.slowReaderTimeoutMillis, refusals),
-            (writable) => (writable ? forward : cutOff(clientId))
-          )
+          const state = clients.get(clientId)
+          // A call's slot is held until its answer is handed on: a reader that is behind gets
+          // no more calls running (each holding its answer) than the in-flight cap.
+          const settled = response._tag === "Exit"
+            ? Effect.sync(() => settle(clientId, response.requestId))
+            : Effect.void
+          const forward = Effect.zipRight(inner.send(clientId, response, transferables), settled)
+          const waited = state?.response !== undefined
+            ? drained(state.response, limits.slowReaderTimeoutMillis, refusals)
+            : state?.socket !== undefined
+            ? socketDrained(state.socket, limits.slowReaderTimeoutMillis, refusals)
+            : undefined
+          if (waited === undefined) return forward
+          return Effect.flatMap(waited, (writable) => (writable ? forward : Effect.zipRight(settled, cutOff(clientId))))
         },
         end: (clientId) => Effect.zipRight(Effect.sync(() => clients.delete(clientId)), inner.end(clientId)),
         clientIds: inner.clientIds,
