@@ -4,9 +4,9 @@
  *
  * - The signer must be a current installation (the store's `installation`), the signature must
  *   verify under its key, and its time must be within `windowMillis` of the service's clock.
- * - A nonce is accepted once per installation within the window. The replay memory is bounded
- *   (`maxRemembered`, oldest forgotten first); a statement older than the window is refused
- *   anyway, so only a flood of more than that many requests within one window could reopen it.
+ * - A nonce is accepted once per installation within the window. Only accepted requests are
+ *   remembered (a refused one, e.g. `RateLimited`, takes no room), in a set per installation;
+ *   see `replayMemory` for its bounds and why forgetting never reopens a replay.
  * - Each installation has two token buckets: requests and bytes. An empty bucket is a
  *   retryable `RateLimited`, which clients retry under their transport `Schedule`.
  */
@@ -30,7 +30,7 @@ export interface RateLimit {
 export interface AuthenticatorOptions {
   /** How far a request's time may be from the service's clock. Default 5 minutes. */
   readonly windowMillis?: number
-  /** Nonces remembered against replays. Default 200,000. */
+  /** Nonces remembered against replays, all installations together. Default 200,000. */
   readonly maxRemembered?: number
   readonly rateLimit?: Partial<RateLimit>
 }
@@ -58,8 +58,112 @@ interface Bucket {
   atNs: bigint
 }
 
-const refused = (reason: "Unauthenticated" | "RateLimited", detail: string) =>
+interface Refusal {
+  readonly reason: "Unauthenticated" | "RateLimited"
+  readonly detail: string
+}
+
+const refused = (reason: Refusal["reason"], detail: string) =>
   new DeliveryError({ reason, retryable: reason === "RateLimited", detail })
+
+/** An accepted statement the replay memory holds. */
+interface Remembered {
+  readonly timeNs: bigint
+  readonly installationId: InstallationId
+  readonly nonce: string
+}
+
+// A binary min-heap on statement time: the memory expires and forgets the oldest statement first.
+const heapPush = (heap: Array<Remembered>, entry: Remembered) => {
+  let i = heap.push(entry) - 1
+  while (i > 0) {
+    const parent = (i - 1) >> 1
+    if (heap[parent]!.timeNs <= entry.timeNs) break
+    heap[i] = heap[parent]!
+    i = parent
+  }
+  heap[i] = entry
+}
+
+const heapPop = (heap: Array<Remembered>): Remembered => {
+  const top = heap[0]!
+  const last = heap.pop()!
+  if (heap.length === 0) return top
+  let i = 0
+  for (;;) {
+    const left = 2 * i + 1
+    if (left >= heap.length) break
+    const child = left + 1 < heap.length && heap[left + 1]!.timeNs < heap[left]!.timeNs ? left + 1 : left
+    if (heap[child]!.timeNs >= last.timeNs) break
+    heap[i] = heap[child]!
+    i = child
+  }
+  heap[i] = last
+  return top
+}
+
+/**
+ * The nonces of accepted statements still inside the window, a set per installation.
+ *
+ * - An installation's set is bounded by its rate limit: a statement matters until its time plus
+ *   the window, and its time is at most a window ahead, so at most `maxPerInstallation` (burst
+ *   plus two windows of its rate) are live. Past that (its bucket was forgotten) its requests are
+ *   refused as `RateLimited`: an installation never pushes out anyone's nonces, even its own.
+ * - All sets together hold at most `maxRemembered`. Past that, many installations (a Sybil
+ *   flood) would push out others' nonces, so the oldest statement is forgotten and
+ *   `forgottenThroughNs` rises to its time: any statement signed at or before it is refused as
+ *   a possible replay. Forgetting the oldest keeps that mark below every statement still held,
+ *   so fresh statements pass; only old-but-valid ones fail, and clients sign each attempt anew.
+ *
+ * Invariant: an accepted statement still in the window is in its set, or is at or before
+ * `forgottenThroughNs`; either way it is refused if presented again.
+ */
+const replayMemory = (windowNs: bigint, maxRemembered: number, maxPerInstallation: number) => {
+  const nonces = new Map<InstallationId, Set<string>>()
+  const byTime: Array<Remembered> = []
+  let forgottenThroughNs = -1n
+
+  const forget = (entry: Remembered) => {
+    const set = nonces.get(entry.installationId)!
+    set.delete(entry.nonce)
+    if (set.size === 0) nonces.delete(entry.installationId)
+  }
+
+  /** Why this statement may not be accepted (after dropping the ones the window refuses anyway). */
+  const refusal = (
+    installationId: InstallationId,
+    nonce: string,
+    timeNs: bigint,
+    nowNs: bigint
+  ): Refusal | undefined => {
+    while (byTime.length > 0 && byTime[0]!.timeNs + windowNs < nowNs) forget(heapPop(byTime))
+    const set = nonces.get(installationId)
+    if (set?.has(nonce)) return { reason: "Unauthenticated", detail: "replayed request" }
+    if (timeNs <= forgottenThroughNs) {
+      const detail = "the request is older than the replay memory holds (a possible replay); sign it anew"
+      return { reason: "Unauthenticated", detail }
+    }
+    if ((set?.size ?? 0) >= maxPerInstallation) {
+      return { reason: "RateLimited", detail: `more than ${maxPerInstallation} requests within the time window; slow down` }
+    }
+    return undefined
+  }
+
+  /** Remembers an accepted statement; past the global bound the oldest is forgotten, behind the mark. */
+  const remember = (installationId: InstallationId, nonce: string, timeNs: bigint) => {
+    const set = nonces.get(installationId)
+    if (set === undefined) nonces.set(installationId, new Set([nonce]))
+    else set.add(nonce)
+    heapPush(byTime, { timeNs, installationId, nonce })
+    while (byTime.length > maxRemembered) {
+      const oldest = heapPop(byTime)
+      forget(oldest)
+      if (oldest.timeNs > forgottenThroughNs) forgottenThroughNs = oldest.timeNs
+    }
+  }
+
+  return { refusal, remember, size: () => byTime.length, installations: () => nonces.size }
+}
 
 export const make = (
   store: DeliveryStore["Type"],
@@ -69,18 +173,10 @@ export const make = (
   const windowNs = BigInt(options.windowMillis ?? DEFAULT_WINDOW_MILLIS) * 1_000_000n
   const maxRemembered = options.maxRemembered ?? DEFAULT_MAX_REMEMBERED
   const limit: RateLimit = { ...defaultRateLimit, ...options.rateLimit }
-  /** `installation/nonce` -> when it stops mattering (its statement leaves the window). */
-  const seen = new Map<string, bigint>()
+  // +1: a statement exactly at the window's edge is still accepted.
+  const maxPerInstallation = limit.requestBurst + Math.ceil(limit.requestsPerSecond * 2 * Number(windowNs) / 1e9) + 1
+  const memory = replayMemory(windowNs, maxRemembered, maxPerInstallation)
   const buckets = new Map<InstallationId, Bucket>()
-
-  /** Remembers a nonce; past the cap the oldest (first inserted, so first to expire) is forgotten. */
-  const remember = (key: string, untilNs: bigint, nowNs: bigint) => {
-    seen.set(key, untilNs)
-    for (const [old, until] of seen) {
-      if (seen.size <= maxRemembered && until > nowNs) break
-      seen.delete(old)
-    }
-  }
 
   /** Takes one request and `bytes` from the installation's buckets, refilled for the time passed. */
   const meter = (installationId: InstallationId, bytes: number, nowNs: bigint) => {
@@ -115,11 +211,12 @@ export const make = (
     if (!verifyRequest(auth, op, digest, installation.signaturePublicKey)) {
       return Effect.fail(refused("Unauthenticated", `${op}: the request's signature does not verify`))
     }
-    const key = `${auth.installationId}/${auth.nonce}`
-    if (seen.has(key)) return Effect.fail(refused("Unauthenticated", `${op}: replayed request`))
-    remember(key, timeNs + windowNs, now)
+    const notNew = memory.refusal(auth.installationId, auth.nonce, timeNs, now)
+    if (notNew !== undefined) return Effect.fail(refused(notNew.reason, `${op}: ${notNew.detail}`))
     const overLimit = meter(auth.installationId, bytes, now)
     if (overLimit !== undefined) return Effect.fail(refused("RateLimited", `${op}: ${overLimit}; slow down`))
+    // Only now, accepted: a refused request must take no room in the memory.
+    memory.remember(auth.installationId, auth.nonce, timeNs)
     return Effect.succeed({ installationId: auth.installationId, inboxId: installation.inboxId })
   }
 
@@ -152,5 +249,9 @@ export const make = (
         }))
     })
 
-  return { authenticate }
+  return {
+    authenticate,
+    /** Statements and installations the replay memory holds (for tests of its bounds). */
+    remembered: () => ({ statements: memory.size(), installations: memory.installations() })
+  }
 }
