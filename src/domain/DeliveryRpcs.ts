@@ -175,7 +175,10 @@ export const IdentityUpdateEnvelopeWire = Schema.Struct({
   })
 })
 
-/** A `QueryPage` on the wire. `next` is absent when the topic is exhausted. */
+/**
+ * A `QueryPage` on the wire. `next` is absent when the topic is exhausted; on an empty page of
+ * a batch or sync answer it is the cursor asked from (not read for lack of room: ask again).
+ */
 export const QueryPageWire = <A, I>(item: Schema.Schema<A, I>) =>
   Schema.Struct({ items: Schema.Array(item), next: Schema.optional(Cursor) })
 

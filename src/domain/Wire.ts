@@ -74,7 +74,10 @@ export class QueryRequest extends Schema.Class<QueryRequest>("QueryRequest")({
 export class QueryPage<A> {
   constructor(
     readonly items: ReadonlyArray<A>,
-    /** Cursor to continue from, absent when the topic is exhausted. */
+    /**
+     * Cursor to continue from, absent when the topic is exhausted. On an empty page (a batch
+     * answer out of bytes before this topic), the cursor it was asked from: not read, ask again.
+     */
     readonly next: bigint | undefined
   ) {}
 }

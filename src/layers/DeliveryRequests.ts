@@ -5,6 +5,7 @@
 import { Effect, Schema } from "effect"
 import { DeliveryError } from "../domain/Errors.ts"
 import { GroupId, InstallationId } from "../domain/Ids.ts"
+import { QueryPage } from "../domain/Wire.ts"
 import { MAX_IDS_PER_LOOKUP } from "../services/DeliveryService.ts"
 
 export const invalidRequest = (detail: string) => new DeliveryError({ reason: "InvalidRequest", retryable: false, detail })
@@ -105,6 +106,50 @@ export const pageMayContinue = (
   let bytes = 0
   for (const { payload } of payloads) bytes += payload.length
   return bytes > maxPageBytes - maxPayloadBytes
+}
+
+type Entry = { readonly sequenceId: bigint; readonly payload: Uint8Array }
+
+/**
+ * `page` cut to its longest prefix within `budget` payload bytes (at least one entry when
+ * `atLeastOne`). A page cut short points at its last entry kept or, with none kept, at `after`
+ * itself: nothing read, ask again from the same cursor. Only a topic read to its end has no `next`.
+ */
+export const cutPage = <A extends Entry>(
+  page: QueryPage<A>,
+  after: bigint,
+  budget: number,
+  atLeastOne: boolean
+): { readonly page: QueryPage<A>; readonly bytes: number } => {
+  let bytes = 0
+  let kept = 0
+  for (const item of page.items) {
+    if (bytes + item.payload.length > budget && !(atLeastOne && kept === 0)) break
+    bytes += item.payload.length
+    kept++
+  }
+  if (kept === page.items.length) return { page, bytes }
+  const items = page.items.slice(0, kept)
+  return { page: new QueryPage(items, kept === 0 ? after : items[kept - 1]!.sequenceId), bytes }
+}
+
+/**
+ * A batch answer's pages sharing one budget of payload bytes, in request order: a page that does
+ * not fit keeps what does (possibly nothing) and points on. The first entry of the answer is
+ * always kept, so asking again from the cursors answered always gets further.
+ */
+export const budgetPages = <A extends Entry>(
+  pages: ReadonlyArray<QueryPage<A>>,
+  afters: ReadonlyArray<bigint>,
+  budget: number
+): { readonly pages: ReadonlyArray<QueryPage<A>>; readonly bytes: number } => {
+  let bytes = 0
+  const cut = pages.map((page, i) => {
+    const taken = cutPage(page, afters[i]!, budget - bytes, bytes === 0)
+    bytes += taken.bytes
+    return taken.page
+  })
+  return { pages: cut, bytes }
 }
 
 /** Most topics one subscription may follow: each costs the server a reader. */

@@ -69,7 +69,7 @@ import {
   type SyncQuery,
   type WelcomeQuery
 } from "../services/DeliveryService.ts"
-import { checkIdCount, MAX_PAGE_BYTES } from "./DeliveryRequests.ts"
+import { budgetPages, checkIdCount, cutPage, MAX_PAGE_BYTES } from "./DeliveryRequests.ts"
 import {
   boundedRequestIds,
   currentHttpResponse,
@@ -151,10 +151,11 @@ const pageBytes = (page: QueryPage<{ readonly payload: Uint8Array }>) =>
   page.items.reduce((n, item) => n + item.payload.length, 0)
 
 /**
- * A batch query whose answer is bounded in bytes, not only per page: every topic is first
- * read one entry deep (which also validates the whole batch), then topics with more are read
- * in full, in order, while the answer is under `maxPageBytes`. A topic past the budget keeps
- * its one-entry page, whose `next` tells the caller to read on.
+ * A batch query whose answer is bounded in bytes: `maxPageBytes` of payload in all, as one
+ * page (so about 5.4 MiB as JSON, well within what the client takes). Every topic is first read
+ * one entry deep (which also validates the whole batch) and those entries are kept, in order,
+ * while they fit; then topics with more are read on, in order, within what is left. A topic
+ * past the budget comes back empty with `next` at its own cursor: nothing read, ask again.
  */
 const boundedBatchQuery = (
   ds: DeliveryService["Type"],
@@ -166,7 +167,10 @@ const boundedBatchQuery = (
     (firsts) => fillPages(ds, queries, firsts, maxPageBytes)
   )
 
-/** Reads on the topics whose one-entry page has more, in order, while the answer is under budget. */
+/**
+ * The one-entry pages cut to the budget (the answer's first entry always kept, so asking again
+ * gets further), then the topics with more read on while the budget lasts, each cut to what is left.
+ */
 const fillPages = (
   ds: DeliveryService["Type"],
   queries: ReadonlyArray<GroupQuery>,
@@ -174,21 +178,26 @@ const fillPages = (
   maxPageBytes: number
 ): Effect.Effect<ReadonlyArray<QueryPage<GroupMessageEnvelope>>, DeliveryError> =>
   Effect.gen(function*() {
-    let budget = maxPageBytes
+    const heads = budgetPages(firsts, queries.map((q) => q.afterSequenceId), maxPageBytes)
+    let left = maxPageBytes - heads.bytes
     const pages: Array<QueryPage<GroupMessageEnvelope>> = []
-    for (const [i, first] of firsts.entries()) {
+    for (const [i, head] of heads.pages.entries()) {
       const query = queries[i]!
-      const page = first.next === undefined || query.limit === 1 || budget <= 0
-        ? first
-        : yield* ds.queryGroupMessages(query)
-      budget -= pageBytes(page)
-      pages.push(page)
+      if (head.items.length === 0 || head.next === undefined || query.limit === 1 || left <= 0) {
+        pages.push(head)
+        continue
+      }
+      // Read again from the same cursor: the head is this page's first entry, already counted.
+      const headBytes = pageBytes(head)
+      const cut = cutPage(yield* ds.queryGroupMessages(query), query.afterSequenceId, headBytes + left, true)
+      left -= cut.bytes - headBytes
+      pages.push(cut.page)
     }
     return pages
   })
 
 /**
- * `syncQuery` bounded like the batch query (one entry per topic first, then more within the
+ * `syncQuery` bounded like the batch query (one entry per topic first, then more, all within the
  * byte budget), with at most `maxEntries` identity-log entries (each inbox a prefix of its news).
  */
 const boundedSyncQuery = (
@@ -250,7 +259,10 @@ const boundedIdentityUpdates = (
   })
 
 export interface AnswerLimits {
-  /** Most payload bytes in one batch-query answer beyond one entry per topic. Default `MAX_PAGE_BYTES` (4 MiB). */
+  /**
+   * Most payload bytes in one batch-query or `syncQuery` answer, all topics together (its first
+   * entry is always answered). Default `MAX_PAGE_BYTES` (4 MiB).
+   */
   readonly maxPageBytes?: number
   /** Most identity-log entries in one `getIdentityUpdates` answer. Default 500. */
   readonly maxIdentityEntries?: number

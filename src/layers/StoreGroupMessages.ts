@@ -6,7 +6,7 @@ import { requestDigests } from "../domain/RequestAuth.ts"
 import type { GroupMessageInput } from "../domain/Wire.ts"
 import { ConditionalSend, type DeliveryService, type GroupQuery } from "../services/DeliveryService.ts"
 import { groupTopic, type Topic } from "../services/DeliveryStore.ts"
-import { checkFilterCount, invalidRequest, SPAN } from "./DeliveryRequests.ts"
+import { budgetPages, checkFilterCount, invalidRequest, MAX_PAGE_BYTES, SPAN } from "./DeliveryRequests.ts"
 import { checkedSend, type StoreDeliveryContext } from "./StoreDeliveryContext.ts"
 import { follow, followMany } from "./StoreTopicFollower.ts"
 import { page, toGroupEnvelope } from "./StoreTopicPages.ts"
@@ -92,11 +92,14 @@ export const batchQueryGroupMessages = (c: StoreDeliveryContext): Service["batch
         yield* c.checks.cursor(q.afterSequenceId, "batchQueryGroupMessages")
         return yield* c.checks.limit(q.limit, "batchQueryGroupMessages")
       }))
-    return yield* Effect.forEach(
+    const pages = yield* Effect.forEach(
       queries,
       (q, i) => page(c, groupTopic(q.groupId), q.afterSequenceId, limits[i] ?? c.pageSize, toGroupEnvelope(q.groupId)),
       { concurrency: 4 }
     )
+    // One answer, one page's worth of bytes (as the RPC server answers it): topics past the
+    // budget come back empty, pointing at their own cursor, to be asked again.
+    return budgetPages(pages, queries.map((q) => q.afterSequenceId), MAX_PAGE_BYTES).pages
   }).pipe(Effect.withSpan("DeliveryService.batchQueryGroupMessages", SPAN))
 
 export const subscribeGroupMessages = (c: StoreDeliveryContext): Service["subscribeGroupMessages"] => (filters) =>

@@ -52,7 +52,7 @@ export interface SyncQuery {
 }
 
 export interface SyncAnswer {
-  /** In request order. */
+  /** In request order, bounded as `batchQueryGroupMessages` answers (an empty page with `next`: not read). */
   readonly groups: ReadonlyArray<QueryPage<GroupMessageEnvelope>>
   /**
    * Only inboxes with new entries, each a prefix of what is new, in log order: a log cut
@@ -95,7 +95,11 @@ export class DeliveryService extends Context.Tag("converge/DeliveryService")<Del
   ) => Effect.Effect<ConditionalSend, DeliveryError>
   /** Ascending from the cursor, at most `limit` (default and cap: the page size). */
   readonly queryGroupMessages: (query: GroupQuery) => Effect.Effect<QueryPage<GroupMessageEnvelope>, DeliveryError>
-  /** Several topics in one call: one page each, in request order. */
+  /**
+   * Several topics in one call: one page each, in request order, all within one page's bytes
+   * (`MAX_PAGE_BYTES`; the answer's first entry always). A topic past that budget comes back
+   * empty with `next` at its own cursor: not read (not done), to be asked again.
+   */
   readonly batchQueryGroupMessages: (
     queries: ReadonlyArray<GroupQuery>
   ) => Effect.Effect<ReadonlyArray<QueryPage<GroupMessageEnvelope>>, DeliveryError>

@@ -95,7 +95,9 @@ export const make = (
           identities: identityQueries.slice(i * INBOXES_PER_CALL, (i + 1) * INBOXES_PER_CALL)
         })
         answer.groups.forEach((page, j) => {
-          if (page.items.length > 0 && chunk[j] !== undefined) news.add(chunk[j].groupId)
+          // An empty page that points on was not read (the answer's byte budget was spent on
+          // other topics): it may hold news, and reading the group finds out.
+          if ((page.items.length > 0 || page.next !== undefined) && chunk[j] !== undefined) news.add(chunk[j].groupId)
         })
         changes.push(...answer.identities)
       }

@@ -66,6 +66,7 @@ export const make = (ctx: EngineContext) => {
   const receivePage = Effect.fn("GroupSync.receivePage")(function*(groupId: GroupId, at?: bigint) {
     const cursor = at ?? (yield* storage.cursors.get(groupTopic(groupId)))
     const page = yield* ds.queryGroupMessages({ groupId, afterSequenceId: cursor, limit: ctx.options.pageSize })
+    // Nothing read (the end, or a page that carried nothing): the cursor stays, so the next sync asks again from it.
     if (page.items.length === 0) return { outcome: PageApplier.emptyOutcome, more: false, membership: undefined, cursor }
     const last = page.items[page.items.length - 1]!.sequenceId
     return { ...(yield* applyPage(groupId, cursor, page.items)), more: page.next !== undefined, cursor: last }

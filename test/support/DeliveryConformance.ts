@@ -30,6 +30,7 @@ import {
   KeyPackageUpload,
   WelcomeMessageInput
 } from "../../src/domain/Wire.ts"
+import { MAX_PAGE_BYTES } from "../../src/layers/DeliveryRequests.ts"
 import type { RateLimit } from "../../src/layers/RequestAuthenticator.ts"
 import { authenticatedAs } from "../../src/services/DeliveryAuth.ts"
 import { DeliveryService } from "../../src/index.ts"
@@ -40,6 +41,7 @@ import {
   mlsGroupInfo,
   mlsMessage,
   mlsPayload,
+  mlsPayloadOfSize,
   newGroupId,
   newInbox,
   newInstallationKeys,
@@ -546,6 +548,36 @@ export const deliveryConformance = (
         expect(pages.map((p) => p.next)).toEqual([undefined, undefined, 3n])
         expect(pages[2]!.items.every((e) => e.groupId === a)).toBe(true)
       }))
+
+    if (maxPayloadBytes >= 1024 * 1024) {
+      it.effect("a batch answer holds one page of bytes: topics past it come back empty and point at their own cursor", () =>
+        Effect.gen(function*() {
+          const ds = yield* asPublisher
+          // Four of these fill the answer's 4 MiB but for 4 KiB; a fifth does not fit.
+          const big = 1024 * 1024 - 1024
+          const heavy = Array.from({ length: 5 }, () => newGroupId())
+          const [light, empty] = [newGroupId(), newGroupId()]
+          for (const [i, groupId] of heavy.entries()) {
+            yield* ds.sendGroupMessages([GroupMessageInput.make({ groupId, payload: mlsPayloadOfSize(groupId, big, i) })])
+          }
+          yield* ds.sendGroupMessages([mlsMessage(light, "l0")])
+          const queries = [...heavy, light, empty].map((groupId) => ({ groupId, afterSequenceId: 0n }))
+          const pages = yield* ds.batchQueryGroupMessages(queries)
+          const answered = pages.reduce((n, p) => n + p.items.reduce((m, e) => m + e.payload.length, 0), 0)
+          expect(answered).toBeLessThanOrEqual(MAX_PAGE_BYTES)
+          expect(pages.map((p) => p.items.length)).toEqual([1, 1, 1, 1, 0, 1, 0])
+          // The fifth was not read: unlike the topics read to their end, it points on, from where it was asked.
+          expect(pages.map((p) => p.next)).toEqual([undefined, undefined, undefined, undefined, 0n, undefined, undefined])
+          // Asked again from there, it is read; syncQuery answers its group part alike.
+          const again = yield* ds.batchQueryGroupMessages([queries[4]!])
+          expect(again.map((p) => p.items.map((e) => e.payload.length))).toEqual([[big]])
+          const sync = yield* ds.syncQuery({ groups: queries.map((q) => ({ ...q, limit: 1 })), identities: [] })
+          // One entry deep, a page read points on at its entry; the one not read, at its cursor.
+          expect(sync.groups.map((p) => [p.items.length, p.next])).toEqual(
+            [[1, 1n], [1, 1n], [1, 1n], [1, 1n], [0, 0n], [1, 1n], [0, undefined]]
+          )
+        }))
+    }
 
     it.effect("an identical payload published twice is stored once", () =>
       Effect.gen(function*() {
