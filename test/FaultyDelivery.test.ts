@@ -8,6 +8,7 @@ import * as FaultyDeliveryService from "../src/layers/FaultyDeliveryService.ts"
 import * as SqlDeliveryStore from "../src/layers/SqlDeliveryStore.ts"
 import { authenticatedAs } from "../src/services/DeliveryAuth.ts"
 import type { InstallationId } from "../src/domain/Ids.ts"
+import { QueryPage } from "../src/domain/Wire.ts"
 import { DeliveryService, MlsCrypto } from "../src/index.ts"
 import { mlsMessage, newGroupId, newInstallationKeys, readAll, registerInstallation, textOf } from "./support/DeliveryFixtures.ts"
 import { TestNetwork } from "../src/testing.ts"
@@ -259,6 +260,27 @@ describe.each(inners)("faults around the %s delivery service", (_, inner) => {
 })
 
 describe("a lying delivery service", () => {
+  it.scoped("answering every welcome query with an empty page that points on does not hold a sync forever", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const bob = yield* net.client("bob")
+      let asked = 0
+      const alice = yield* net.client("alice", {
+        wrapDelivery: (honest) => ({
+          ...honest,
+          // Past 50 questions the loop would go on forever (without yielding): end it as a failure.
+          queryWelcomeMessages: (query) =>
+            ++asked > 50 ? Effect.dieMessage("asked for the same page 50 times") : Effect.succeed(new QueryPage([], query.afterSequenceId))
+        })
+      })
+      yield* bob.createGroup([alice.inboxId])
+      // The sync ends (asking again next time) instead of asking the same page forever.
+      asked = 0
+      yield* alice.syncAll
+      expect(asked).toBe(1)
+      expect(yield* alice.conversations()).toEqual([])
+    }))
+
   it.scoped("substituteKeyPackages answers with another installation's key package, then tells the truth again", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

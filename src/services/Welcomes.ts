@@ -250,6 +250,12 @@ export const make = (ctx: EngineContext, sync: ReturnType<typeof GroupSync.make>
         yield* identity.ensureKeyPackageVersion
         return { joined, skipped }
       }
+      // A page that points on without moving the cursor would have this loop ask forever (a
+      // hostile or broken service): the next sync asks again.
+      if ((yield* storage.cursors.get(topic)) <= cursor) {
+        yield* Effect.logWarning("the delivery service points on without a new welcome; asking again at the next sync")
+        return { joined, skipped }
+      }
     }
   })).pipe(Effect.withSpan("Welcomes.sync"))
 
