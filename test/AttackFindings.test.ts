@@ -14,6 +14,7 @@ import * as StoreDeliveryService from "../src/layers/StoreDeliveryService.ts"
 import * as TsMlsCrypto from "../src/layers/TsMlsCrypto.ts"
 import { DeliveryStore } from "../src/services/DeliveryStore.ts"
 import { overWebSocket, WebSocket } from "./support/RawWebSocket.ts"
+import { postNdjson } from "./support/NdjsonPost.ts"
 
 
 const groupId = "0".repeat(32)
@@ -21,17 +22,7 @@ const requestWithId = (id: unknown, tag: string, payload: unknown) =>
   JSON.stringify({ _tag: "Request", id, tag, payload, headers: [] })
 const queryWithId = (id: unknown) => requestWithId(id, "queryGroupMessages", { query: { groupId, afterSequenceId: "0" } })
 
-const post = async (url: string, body: string) => {
-  const started = performance.now()
-  const response = await fetch(url, {
-    method: "POST",
-    headers: { "content-type": "application/ndjson" },
-    body,
-    signal: AbortSignal.timeout(60_000)
-  })
-  const text = await response.text()
-  return { status: response.status, text, millis: performance.now() - started }
-}
+const post = postNdjson
 
 
 describe("request ids", () => {

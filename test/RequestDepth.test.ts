@@ -14,6 +14,7 @@ import { makeDepthScanner, nestingDepth } from "../src/layers/JsonDepth.ts"
 import { boundedRequestIds, MAX_REQUEST_DEPTH } from "../src/layers/RpcRequestIds.ts"
 import { DeliveryService } from "../src/index.ts"
 import { overWebSocket } from "./support/RawWebSocket.ts"
+import { postNdjson } from "./support/NdjsonPost.ts"
 
 const groupId = "0".repeat(32)
 const request = (id: string, tag: string, payload: unknown, headers: unknown = []) =>
@@ -33,17 +34,7 @@ const refusedTooDeep = (requestId: string) => ({
   exit: { _tag: "Failure", cause: { _tag: "Fail", error: { _tag: "DeliveryError", reason: "InvalidRequest", retryable: false } } }
 })
 
-const post = async (url: string, body: string) => {
-  const started = performance.now()
-  const response = await fetch(url, {
-    method: "POST",
-    headers: { "content-type": "application/ndjson" },
-    body,
-    signal: AbortSignal.timeout(60_000)
-  })
-  const text = await response.text()
-  return { status: response.status, text, millis: performance.now() - started }
-}
+const post = postNdjson
 const lines = (text: string): Array<any> => text.split("\n").filter((line) => line !== "").map((line) => JSON.parse(line))
 
 describe("the nesting scan", () => {

@@ -1,0 +1,84 @@
+/**
+ * Readers that do not read: an answer for a client waits until the client has taken what came
+ * before it (an HTTP response's buffer drained, a WebSocket holding at most
+ * `MAX_UNREAD_SOCKET_BYTES` unread), and a reader that stays behind for the slow-reader timeout
+ * is cut off. Used by `ServerLimits.guardProtocol` around every answer.
+ */
+import { Effect, Option } from "effect"
+import type * as Http from "node:http"
+
+/** Where a cut-off is noted (`ServerLimits`' refusals, logged by class). */
+interface Refusals {
+  readonly note: (kind: string, detail: string) => void
+}
+
+/** What a WebSocket client's connection tells of its reader: how much it has not taken yet. */
+export interface BufferedSocket {
+  readonly bufferedAmount: number
+  readonly readyState: number
+  close(code?: number, reason?: string): void
+  /** `ws`'s: drops the connection at once (a close frame would wait behind what is unread). */
+  terminate?(): void
+}
+
+/**
+ * Bytes a WebSocket may hold unread before its answers wait for the reader and its new
+ * requests are refused: a few answers' worth (a page is at most about 5.4 MiB as JSON). `ws`
+ * buffers whatever it is given, so without this a client that sends small queries and never
+ * reads made the server hold every answer (1.3 GiB for 120 queries of 150 bytes).
+ */
+export const MAX_UNREAD_SOCKET_BYTES = 16 * 1024 * 1024
+
+const OPEN = 1
+
+/**
+ * Waits until `socket` holds at most `MAX_UNREAD_SOCKET_BYTES` unread (true), or closes it after
+ * `timeoutMillis` (false). `ws` has no drain event of its own: polled while behind, which only
+ * a reader that is behind costs.
+ */
+export const socketDrained = (socket: BufferedSocket, timeoutMillis: number, refusals: Refusals): Effect.Effect<boolean> =>
+  Effect.suspend(() => {
+    if (socket.bufferedAmount <= MAX_UNREAD_SOCKET_BYTES || socket.readyState !== OPEN) return Effect.succeed(socket.readyState === OPEN)
+    return Effect.sleep(POLL_MILLIS).pipe(
+      Effect.repeat({ until: () => socket.bufferedAmount <= MAX_UNREAD_SOCKET_BYTES || socket.readyState !== OPEN }),
+      Effect.timeoutOption(timeoutMillis),
+      Effect.map(Option.match({
+        onSome: () => socket.readyState === OPEN,
+        onNone: () => {
+          refusals.note("slowReader", `a WebSocket unread for ${timeoutMillis} ms`)
+          // A close frame would queue behind what the reader does not take: dropped at once.
+          if (socket.terminate !== undefined) socket.terminate()
+          else socket.close(1013, "the reader did not keep up")
+          return false
+        }
+      }))
+    )
+  })
+
+const POLL_MILLIS = 20
+
+/**
+ * Waits until `response` can take more (true), or cuts it off after `timeoutMillis` (false).
+ * A response already gone is false too.
+ */
+export const drained = (response: Http.ServerResponse, timeoutMillis: number, refusals: Refusals): Effect.Effect<boolean> =>
+  Effect.async<void>((resume) => {
+    if (!response.writableNeedDrain || response.destroyed) return resume(Effect.void)
+    const done = () => resume(Effect.void)
+    response.once("drain", done)
+    response.once("close", done)
+    return Effect.sync(() => {
+      response.off("drain", done)
+      response.off("close", done)
+    })
+  }).pipe(
+    Effect.timeoutOption(timeoutMillis),
+    Effect.map(Option.match({
+      onSome: () => !response.destroyed,
+      onNone: () => {
+        refusals.note("slowReader", `an HTTP stream unread for ${timeoutMillis} ms`)
+        response.destroy()
+        return false
+      }
+    }))
+  )
