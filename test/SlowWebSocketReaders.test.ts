@@ -10,30 +10,18 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect } from "effect"
 import { serve } from "../src/layers/DeliveryServer.ts"
 import { DeliveryService } from "../src/index.ts"
-import { GroupMessageInput } from "../src/domain/Wire.ts"
-import { mlsPayloadOfSize, newGroupId, registerInstallation } from "./support/DeliveryFixtures.ts"
+import { topicOfBigMessages } from "./support/DeliveryFixtures.ts"
 import { WebSocket } from "./support/RawWebSocket.ts"
 
 const MiB = 1024 * 1024
 const request = (id: number, tag: string, payload: unknown) =>
   JSON.stringify({ _tag: "Request", id: String(id), tag, payload, headers: [] })
 
-/** A fresh topic with four 1 MiB messages: one page answer of about 5.4 MB of JSON. */
-const bigTopic = Effect.gen(function*() {
-  const service = yield* DeliveryService
-  const writer = yield* registerInstallation(service)
-  const groupId = newGroupId()
-  for (let i = 0; i < 4; i++) {
-    yield* writer.ds.sendGroupMessages([GroupMessageInput.make({ groupId, payload: mlsPayloadOfSize(groupId, MiB - 64, i) })])
-  }
-  return groupId
-})
-
 describe("a WebSocket reader that reads nothing", () => {
   it.scopedLive("cannot make the server hold an answer for every query it sends", () =>
     Effect.gen(function*() {
-      const groupId = yield* bigTopic
       const service = yield* DeliveryService
+      const groupId = yield* topicOfBigMessages(service)
       const { url } = yield* serve({ port: 0 }).pipe(Effect.provideService(DeliveryService, service))
       const ws = new WebSocket(url.replace(/^http/, "ws")) as any
       yield* Effect.promise(() => new Promise<void>((resolve) => ws.on("open", () => resolve())))

@@ -255,11 +255,27 @@ const refusal = (requestId: string, reason: RefusalReason, detail: string): RpcM
   }
 })
 
+/**
+ * Calls at once on one HTTP connection, across its requests (pipelined POSTs included): each
+ * running, or holding an answer its reader has not taken. @effect/rpc collects a POST's answers
+ * before its response starts, so a POST of 60 queries never read held 690-953 MiB. An honest
+ * client sends one call per POST and one POST at a time on a connection (a subscription holds
+ * its connection), so this is a WebSocket's in-flight cap for the one reader HTTP allows.
+ */
+export const MAX_CALLS_PER_HTTP_CONNECTION = 4
+
+/** What one HTTP connection has at once, shared by its requests. */
+interface HttpConnectionCalls {
+  calls: number
+}
+
 interface ClientState {
   /** Request id -> whether it is a stream. */
   readonly running: Map<string, boolean>
   streams: number
   readonly response: Http.ServerResponse | undefined
+  /** For an HTTP request: its connection's count. */
+  readonly connection: HttpConnectionCalls | undefined
   readonly socket: BufferedSocket | undefined
 }
 
@@ -308,6 +324,13 @@ const admission = (
   if (isStream && state.streams >= maxSubscriptionsPerConnection) {
     return refuse("subscriptions", "LimitExceeded", `more than ${maxSubscriptionsPerConnection} subscriptions on this connection`)
   }
+  if (state.connection !== undefined && state.connection.calls >= MAX_CALLS_PER_HTTP_CONNECTION) {
+    return refuse(
+      "httpConnection",
+      "LimitExceeded",
+      `more than ${MAX_CALLS_PER_HTTP_CONNECTION} calls at once on this HTTP connection: send one call per request`
+    )
+  }
   return { _tag: "Count", id, isStream }
 }
 
@@ -328,6 +351,16 @@ export const guardProtocol = (
     Effect.gen(function*() {
       const { limits, refusals } = gate
       const clients = new Map<number, ClientState>()
+      const httpConnections = new WeakMap<Net.Socket, HttpConnectionCalls>()
+      const connectionOf = (response: Http.ServerResponse | undefined) => {
+        const socket = response?.req.socket
+        if (socket === undefined) return undefined
+        const known = httpConnections.get(socket)
+        if (known !== undefined) return known
+        const created: HttpConnectionCalls = { calls: 0 }
+        httpConnections.set(socket, created)
+        return created
+      }
 
       const admit = (clientId: number, message: RpcMessage.FromClientEncoded) =>
         Effect.gen(function*() {
@@ -336,10 +369,12 @@ export const guardProtocol = (
           if (state === undefined) {
             // A WebSocket client's requests run where @effect/platform provides its socket.
             const socket = yield* Effect.serviceOption(Socket.WebSocket)
+            const response = yield* FiberRef.get(currentHttpResponse)
             state = {
               running: new Map(),
               streams: 0,
-              response: yield* FiberRef.get(currentHttpResponse),
+              response,
+              connection: connectionOf(response),
               socket: Option.getOrUndefined(socket) as unknown as BufferedSocket | undefined
             }
             clients.set(clientId, state)
@@ -357,6 +392,7 @@ export const guardProtocol = (
           if (decided._tag === "Count") {
             state.running.set(decided.id, decided.isStream)
             if (decided.isStream) state.streams += 1
+            if (state.connection !== undefined) state.connection.calls += 1
           }
           return yield* writeRequest(clientId, message)
         })
@@ -367,13 +403,20 @@ export const guardProtocol = (
         if (state === undefined || isStream === undefined) return
         state.running.delete(requestId)
         if (isStream) state.streams -= 1
+        if (state.connection !== undefined) state.connection.calls -= 1
+      }
+      /** A client gone: the calls it still counted leave its HTTP connection's count. */
+      const forget = (clientId: number) => {
+        const state = clients.get(clientId)
+        if (state?.connection !== undefined) state.connection.calls -= state.running.size
+        clients.delete(clientId)
       }
 
       yield* inner.run(admit).pipe(Effect.forkScoped)
       // The server learns of disconnects from this mailbox; so do we, to forget the client.
       const disconnects = yield* Mailbox.make<number>()
       yield* inner.disconnects.take.pipe(
-        Effect.tap((clientId) => Effect.sync(() => clients.delete(clientId))),
+        Effect.tap((clientId) => Effect.sync(() => forget(clientId))),
         Effect.flatMap((clientId) => disconnects.offer(clientId)),
         Effect.forever,
         Effect.ignore,
@@ -408,7 +451,7 @@ export const guardProtocol = (
           if (waited === undefined) return forward
           return Effect.flatMap(waited, (writable) => (writable ? forward : Effect.zipRight(settled, cutOff(clientId))))
         },
-        end: (clientId) => Effect.zipRight(Effect.sync(() => clients.delete(clientId)), inner.end(clientId)),
+        end: (clientId) => Effect.zipRight(Effect.sync(() => forget(clientId)), inner.end(clientId)),
         clientIds: inner.clientIds,
         initialMessage: inner.initialMessage,
         supportsAck: inner.supportsAck,

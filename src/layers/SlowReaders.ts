@@ -59,22 +59,36 @@ const POLL_MILLIS = 20
 
 /**
  * Waits until `response` can take more (true), or cuts it off after `timeoutMillis` (false).
- * A response already gone is false too.
+ * A response already gone is false too. A pipelined response waits for its turn on the
+ * connection first: until then Node buffers whatever it is given, with no back-pressure.
  */
 export const drained = (response: Http.ServerResponse, timeoutMillis: number, refusals: Refusals): Effect.Effect<boolean> =>
   Effect.async<void>((resume) => {
-    if (!response.writableNeedDrain || response.destroyed) return resume(Effect.void)
-    const done = () => resume(Effect.void)
-    response.once("drain", done)
-    response.once("close", done)
-    return Effect.sync(() => {
-      response.off("drain", done)
-      response.off("close", done)
-    })
+    // A queued response is not told when its connection goes.
+    const connection = response.req.socket
+    const gone = () => response.destroyed || connection.destroyed
+    const ready = () => gone() || (response.socket !== null && !response.writableNeedDrain)
+    if (ready()) return resume(Effect.void)
+    const stopListening = () => {
+      response.off("socket", check)
+      response.off("drain", check)
+      response.off("close", check)
+      connection.off("close", check)
+    }
+    const check = () => {
+      if (!ready()) return
+      stopListening()
+      resume(Effect.void)
+    }
+    response.on("socket", check)
+    response.on("drain", check)
+    response.on("close", check)
+    connection.on("close", check)
+    return Effect.sync(stopListening)
   }).pipe(
     Effect.timeoutOption(timeoutMillis),
     Effect.map(Option.match({
-      onSome: () => !response.destroyed,
+      onSome: () => !response.destroyed && !response.req.socket.destroyed,
       onNone: () => {
         refusals.note("slowReader", `an HTTP stream unread for ${timeoutMillis} ms`)
         response.destroy()

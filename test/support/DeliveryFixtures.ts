@@ -215,6 +215,20 @@ export const registerInstallation = (ds: Service, keys?: InstallationKeys) =>
     return { inbox, installation, ds: authenticatedAs(ds, installation.signer) } satisfies Registered
   })
 
+/**
+ * A fresh topic on `ds` with four messages of about 1 MiB: one page, answered with about 5.4 MB
+ * of JSON. For readers that do not read.
+ */
+export const topicOfBigMessages = (ds: Service) =>
+  Effect.gen(function*() {
+    const writer = yield* registerInstallation(ds)
+    const groupId = newGroupId()
+    for (let i = 0; i < 4; i++) {
+      yield* writer.ds.sendGroupMessages([GroupMessageInput.make({ groupId, payload: mlsPayloadOfSize(groupId, 1024 * 1024 - 64, i) })])
+    }
+    return groupId
+  })
+
 /** Reads a whole topic by paging through it. */
 export const readAll = (ds: Service, groupId: GroupId) =>
   Effect.gen(function*() {
