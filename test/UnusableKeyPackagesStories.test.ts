@@ -94,6 +94,49 @@ describe("devices whose key packages cannot be used", () => {
       expect(yield* texts(yield* open(tablet, group.id))).toEqual(["for the tablet too"])
     }))
 
+  it.scoped("a device that never comes back costs one key-package request a minute for all its groups; once it can be added, it joins within a minute", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      let laptopId: InstallationId | undefined
+      let withoutKeyPackage = true
+      let askedForLaptop = 0
+      const bob = yield* net.client("bob")
+      const alice = yield* net.client("alice", {
+        wrapDelivery: (honest) => ({
+          ...honest,
+          fetchKeyPackages: (ids) => {
+            if (laptopId !== undefined && ids.includes(laptopId)) askedForLaptop += 1
+            return Effect.map(honest.fetchKeyPackages(ids), (answer) =>
+              answer.map((f) => (withoutKeyPackage && f.installationId === laptopId ? { installationId: f.installationId, keyPackage: undefined } : f)))
+          }
+        })
+      })
+      const groups = yield* Effect.forEach([1, 2, 3], () => alice.createGroup([bob.inboxId]))
+      // Bob's laptop registered, and its key package never reached the service.
+      laptopId = (yield* net.client("bobLaptop", { sameInboxAs: bob })).installationId
+
+      // Two minutes of Alice's syncs, every installation check due (every 5 s). Before, each of
+      // the three groups asked for the laptop at each check: 72 requests.
+      for (let i = 0; i < 24; i++) {
+        yield* TestClock.adjust("5 seconds")
+        yield* alice.syncAll
+      }
+      expect(askedForLaptop).toBeGreaterThan(0)
+      expect(askedForLaptop).toBeLessThanOrEqual(6)
+      for (const group of groups) expect(yield* installationsOf(group, bob)).toEqual([bob.installationId])
+      expect((yield* Effect.forEach(groups, (g) => intentsAt(net, alice, g))).flat().filter((i) => i.state === "Error")).toEqual([])
+
+      // Its key package arrives at last: within a minute it is in every group.
+      withoutKeyPackage = false
+      for (let i = 0; i < 12; i++) {
+        yield* TestClock.adjust("5 seconds")
+        yield* alice.syncAll
+      }
+      for (const group of groups) {
+        expect(yield* installationsOf(group, bob)).toEqual(sorted([bob.installationId, laptopId]))
+      }
+    }))
+
   it.scoped("a DM reaches the peer's devices that can be reached; a peer with none is refused before anything is stored", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

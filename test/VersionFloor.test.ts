@@ -55,4 +55,30 @@ describe("waiting to try a left-out installation again", () => {
     expect(skipped.waiting(phone.installationId, 2, minute / 2n)).toBe(false)
   })
 
+  const second = 1_000_000_000n
+  it.each([
+    { interval: 5n * second, failures: 1, wait: 5n * second },
+    { interval: 5n * second, failures: 2, wait: 10n * second },
+    { interval: 5n * second, failures: 4, wait: 40n * second },
+    { interval: 5n * second, failures: 5, wait: minute },
+    { interval: 5n * second, failures: 1_000, wait: minute },
+    { interval: 0n, failures: 7, wait: 0n }
+  ])("an unusable key package's $failures-th failure in a row waits $wait ns at a check interval of $interval ns", ({ failures, interval, wait }) => {
+    expect(SkippedInstallations.unusableWaitNs(interval, failures)).toBe(wait)
+  })
+
+  it("an unusable installation waits for every group alike, longer at each failure in a row, and not at all once admitted", () => {
+    const skipped = SkippedInstallations.make(5n * second)
+    skipped.unusable([phone.installationId], 0n)
+    expect(skipped.waiting(phone.installationId, 0, 4n * second)).toBe(true)
+    expect(skipped.waiting(phone.installationId, 2, 5n * second)).toBe(false)
+    skipped.unusable([phone.installationId], 5n * second)
+    expect(skipped.waiting(phone.installationId, 0, 14n * second)).toBe(true)
+    expect(skipped.waiting(phone.installationId, 0, 15n * second)).toBe(false)
+    skipped.admitted([phone.installationId])
+    expect(skipped.waiting(phone.installationId, 0, 15n * second - 1n)).toBe(false)
+    // Its next failure starts again from one interval.
+    skipped.unusable([phone.installationId], 20n * second)
+    expect(skipped.waiting(phone.installationId, 0, 25n * second)).toBe(false)
+  })
 })

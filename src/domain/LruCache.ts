@@ -26,6 +26,10 @@ export class LruCache<V> {
     this.entries.set(key, value)
   }
 
+  delete(key: string): void {
+    this.entries.delete(key)
+  }
+
   get size(): number {
     return this.entries.size
   }

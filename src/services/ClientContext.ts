@@ -4,7 +4,7 @@
  * built over it, once per client. The client's modules take this record where they used to
  * close over `Client.make`'s locals.
  */
-import { Effect, PubSub } from "effect"
+import { Duration, Effect, Option, PubSub } from "effect"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { GroupId, InboxId } from "../domain/Ids.ts"
 import type { StoredMessage } from "../domain/Stored.ts"
@@ -105,7 +105,9 @@ export const make = (options: ClientOptions) =>
       wakeSweeper,
       ...GroupStateCache.make(crypto, GroupStateCache.DEFAULT_MAX_BYTES, { stored: storage.rosters }),
       stored,
-      skippedInstallations: SkippedInstallations.make()
+      skippedInstallations: SkippedInstallations.make(
+        Duration.toNanos(engineOptions.installationCheckInterval).pipe(Option.getOrElse(() => 0n))
+      )
     }
     const sync = GroupSync.make(env)
     const publisher = Publisher.make(env, sync)

@@ -4,7 +4,7 @@
  * line with the identity logs, settings rewritten, a key update), each checked first as every
  * receiver will check it. Nothing here writes: the publisher writes the result ahead.
  */
-import { Effect, Either, HashSet, Option, Schema } from "effect"
+import { Clock, Effect, Either, HashSet, Option, Schema } from "effect"
 import { utf8 } from "../domain/Bytes.ts"
 import { type ApplicationContent, ApplicationContentJson } from "../domain/Content.ts"
 import {
@@ -204,7 +204,11 @@ const deriveInstallationUpdate = (ctx: EngineContext, state: MlsGroupState) =>
     // Removals first, on their own: a new leaf may take a removed device's slot, and ts-mls
     // 1.6.4 then cannot show the removed device its removal. The adds follow in the next check.
     if (remove.length > 0) return yield* membershipCommit(ctx, state, NOBODY, remove)
-    return yield* membershipCommit(ctx, state, add.length === 0 ? NOBODY : yield* admittedPackages(ctx, state, add), [])
+    // A device whose key package another group's add just found unusable is not asked for again
+    // by each of its groups in turn (the wait is the installation checks' own).
+    const now = yield* Clock.currentTimeNanos
+    const tried = add.filter((w) => !ctx.skippedInstallations.waiting(w.installationId, 0, now))
+    return yield* membershipCommit(ctx, state, tried.length === 0 ? NOBODY : yield* admittedPackages(ctx, state, tried), [])
   })
 
 /**

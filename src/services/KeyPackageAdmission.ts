@@ -8,7 +8,8 @@
  * asks for a left-out installation again; one below the group's minimum is remembered
  * (`SkippedInstallations`) so the checks wait a while first (only an upgrade changes that, and
  * nothing tells the members). A missing or unusable key package is often a moment's fault (an
- * upload lost, a service answering wrongly): it is asked for at the next check.
+ * upload lost, a service answering wrongly): it is asked for again after one check interval,
+ * and after twice as long at each failure in a row, up to a minute.
  *
  * Only an inbox the user asked to add, with nobody of it left to add, fails the add.
  */
@@ -99,7 +100,9 @@ export const admittedPackages = Effect.fn("KeyPackageAdmission.admittedPackages"
   const split = splitByVersion(required, offered, asked)
   if (Either.isLeft(split)) return yield* split.left
   const { admitted, tooOld } = split.right
-  if (tooOld.length > 0) ctx.skippedInstallations.skip(tooOld, yield* Clock.currentTimeNanos)
+  const now = yield* Clock.currentTimeNanos
+  if (tooOld.length > 0) ctx.skippedInstallations.skip(tooOld, now)
+  if (unusable.length > 0) ctx.skippedInstallations.unusable(unusable.map((u) => u.wanted.installationId), now)
   if (tooOld.length > 0 || unusable.length > 0) {
     yield* Effect.logWarning("installations left out of the add").pipe(Effect.annotateLogs({
       required,
@@ -110,6 +113,7 @@ export const admittedPackages = Effect.fn("KeyPackageAdmission.admittedPackages"
     }))
   }
   const kept = new Set(admitted.map((o) => o.installationId))
+  ctx.skippedInstallations.admitted([...kept])
   const taken = usable.filter((u) => kept.has(u.wanted.installationId))
   return { wanted: taken.map((u) => u.wanted), packages: taken.map((u) => u.keyPackage) } satisfies Admitted
 })
