@@ -1,10 +1,11 @@
 /**
  * The delivery service's replay memory (`RequestAuthenticator`): only accepted requests are
  * remembered, one installation cannot push out another's nonces, and when many installations
- * fill the memory, what is forgotten is refused rather than replayable.
+ * fill the memory, what is forgotten is refused rather than replayable: retryably, since an
+ * honest client's retry is signed anew and passes, while a replayed header never does.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { Clock, Effect, Option, TestClock } from "effect"
+import { Clock, Context, Effect, Layer, Option, Schedule, TestClock } from "effect"
 import { WelcomeMessageInput } from "../src/domain/Wire.ts"
 import { DeliveryService } from "../src/index.ts"
 import * as Authenticator from "../src/layers/RequestAuthenticator.ts"
@@ -12,8 +13,14 @@ import { type RequestAuth, signRequest } from "../src/domain/RequestAuth.ts"
 import { authenticatedAs, currentSigner, receivedSigner, type RequestSigner } from "../src/services/DeliveryAuth.ts"
 import type { DeliveryStore } from "../src/services/DeliveryStore.ts"
 import { type InstallationKeys, newInstallationKeys, registerInstallation } from "./support/DeliveryFixtures.ts"
+import { fastClientOptions, rpcLayer } from "./support/RpcHarness.ts"
 
 type Service = DeliveryService["Type"]
+
+/** What an honest client is told when its statement is older than what the memory still holds. */
+const signAnew = { _tag: "DeliveryError", reason: "LimitExceeded", retryable: true }
+/** What a replay of a statement the memory still holds is told. */
+const replayRefused = { _tag: "DeliveryError", reason: "Unauthenticated", retryable: false }
 
 /** A signer that records every statement it makes, as a wire tap would. */
 const recording = (keys: InstallationKeys, captured: Array<RequestAuth>): RequestSigner => (op, digest) =>
@@ -52,7 +59,7 @@ describe("the replay memory, through the delivery service", () => {
         if (r._tag === "Left" && r.left.reason === "RateLimited") rateLimited++
       }
       expect(rateLimited).toBe(1_600)
-      expect(yield* replay).toMatchObject({ _tag: "Left", left: { reason: "Unauthenticated", retryable: false } })
+      expect(yield* replay).toMatchObject({ _tag: "Left", left: replayRefused })
     }).pipe(Effect.provide(DeliveryService.layerMemoryWith({ authentication: { maxRemembered: 2_000 } }))))
 
   // 30 accounts of 5 accepted requests each fill a memory of 100: the victim's statement, the
@@ -70,9 +77,11 @@ describe("the replay memory, through the delivery service", () => {
           yield* sybil.ds.queryWelcomeMessages({ installationId: sybil.installation.id, afterSequenceId: 0n })
         }
       }
+      // Refused, as a request to sign anew: a replayed header cannot be signed anew, so it never passes.
       const refused = yield* replay
-      expect(refused).toMatchObject({ _tag: "Left", left: { reason: "Unauthenticated", retryable: false } })
+      expect(refused).toMatchObject({ _tag: "Left", left: signAnew })
       expect(refused._tag === "Left" && refused.left.detail).toContain("older than the replay memory holds")
+      expect(yield* replay).toMatchObject({ _tag: "Left", left: signAnew })
       // The victim's fresh requests still go through.
       yield* TestClock.adjust("1 second")
       expect((yield* victim.ds.queryWelcomeMessages(query)).items).toHaveLength(1)
@@ -174,11 +183,76 @@ describe("the replay memory of the authenticator", () => {
       }
       for (const auth of captured) {
         const replayed = yield* call(authenticator, receivedSigner(auth))
-        expect(replayed).toMatchObject({ _tag: "Left", left: { reason: "Unauthenticated", retryable: false } })
+        expect(replayed).toMatchObject({ _tag: "Left", left: signAnew })
       }
       expect(authenticator.remembered().statements).toBe(40)
       // Signed after what was forgotten, the victim's next request goes through.
       yield* TestClock.adjust("1 millis")
       expect(reasonOf(yield* call(authenticator, victim.signer))).toBe("accepted")
+    }))
+})
+
+// ---- an honest request caught behind the mark ----
+
+describe("an honest request signed just before a flood moves the replay memory's mark", () => {
+  // maxRemembered 10: a flood of 11 statements by another installation, all signed after the
+  // honest one, forgets at least one of them, so the mark passes the honest statement's time.
+  it.effect("is refused as retryable, and the same request signed anew is accepted; a true replay still is not", () =>
+    Effect.gen(function*() {
+      const alice = newInstallationKeys()
+      const flooder = newInstallationKeys()
+      const authenticator = authenticatorOver([alice, flooder], { maxRemembered: 10 })
+      // Alice signs; her request is still on the wire while the flood arrives.
+      const inFlight = yield* alice.signer("queryWelcomeMessages", "digest")
+      for (let i = 0; i < 11; i++) {
+        yield* TestClock.adjust("1 millis")
+        expect(reasonOf(yield* call(authenticator, flooder.signer))).toBe("accepted")
+      }
+      const late = yield* call(authenticator, receivedSigner(inFlight))
+      expect(late).toMatchObject({ _tag: "Left", left: signAnew })
+      expect(late._tag === "Left" && late.left.detail).toContain("sign it anew")
+      // Her client signs the retry anew (a new time and nonce): accepted.
+      const captured: Array<RequestAuth> = []
+      expect(reasonOf(yield* call(authenticator, recording(alice, captured)))).toBe("accepted")
+      // That statement is remembered: presented again it is a replay, and retrying cannot help.
+      expect(yield* call(authenticator, receivedSigner(captured[0]!))).toMatchObject({ _tag: "Left", left: replayRefused })
+    }))
+
+  // Over the network, as the engine calls it: the RPC client signs each attempt, so its retry
+  // of the refused call carries a new statement and goes through.
+  it.scopedLive("through the RPC client, the call is retried with a new statement and succeeds", () =>
+    Effect.gen(function*() {
+      const seenByRetries: Array<unknown> = []
+      const network = Context.get(
+        yield* Layer.build(rpcLayer(DeliveryService.layerMemoryWith({ authentication: { maxRemembered: 20 } }), {
+          ...fastClientOptions,
+          retrySchedule: Schedule.recurs(3).pipe(Schedule.tapInput((e) => Effect.sync(() => seenByRetries.push(e))))
+        })),
+        DeliveryService
+      )
+      const alice = yield* registerInstallation(network)
+      const flooder = yield* registerInstallation(network)
+      const flood = Effect.repeatN(
+        flooder.ds.queryWelcomeMessages({ installationId: flooder.installation.id, afterSequenceId: 0n }),
+        20
+      )
+      // Alice's first statement is held back until 21 of the flooder's requests are accepted.
+      const signed: Array<RequestAuth> = []
+      const heldBack: RequestSigner = (op, digest) =>
+        Effect.gen(function*() {
+          const auth = yield* alice.installation.signer(op, digest)
+          signed.push(auth)
+          if (signed.length === 1) yield* Effect.orDie(flood)
+          return auth
+        })
+      const query = { installationId: alice.installation.id, afterSequenceId: 0n }
+      const page = yield* authenticatedAs(network, heldBack).queryWelcomeMessages(query)
+      expect(page.items).toEqual([])
+      expect(seenByRetries).toHaveLength(1)
+      expect(seenByRetries[0]).toMatchObject(signAnew)
+      // Two attempts, two statements: a new nonce and a later time.
+      expect(signed).toHaveLength(2)
+      expect(signed[1]!.nonce).not.toBe(signed[0]!.nonce)
+      expect(BigInt(signed[1]!.timeNs)).toBeGreaterThan(BigInt(signed[0]!.timeNs))
     }))
 })

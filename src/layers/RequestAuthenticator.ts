@@ -9,6 +9,10 @@
  *   see `replayMemory` for its bounds and why forgetting never reopens a replay.
  * - Each installation has two token buckets: requests and bytes. An empty bucket is a
  *   retryable `RateLimited`, which clients retry under their transport `Schedule`.
+ * - A statement older than what the replay memory still holds is a retryable `LimitExceeded`
+ *   (the memory's bound, not the caller, refused it): clients sign each attempt anew, so the
+ *   retry carries a fresh time and nonce and passes. A replayed header stays refused however
+ *   often it is sent, so the flag gives an attacker nothing.
  */
 import { Effect, FiberRef, Option } from "effect"
 import { DeliveryError } from "../domain/Errors.ts"
@@ -59,12 +63,14 @@ interface Bucket {
 }
 
 interface Refusal {
-  readonly reason: "Unauthenticated" | "RateLimited"
+  readonly reason: "Unauthenticated" | "RateLimited" | "LimitExceeded"
   readonly detail: string
 }
 
+// Not `Unauthenticated` for what a fresh signature would pass: the engine reads that reason as
+// "this installation is revoked" (it fails the intent, stops reading its welcomes).
 const refused = (reason: Refusal["reason"], detail: string) =>
-  new DeliveryError({ reason, retryable: reason === "RateLimited", detail })
+  new DeliveryError({ reason, retryable: reason !== "Unauthenticated", detail })
 
 /** An accepted statement the replay memory holds. */
 interface Remembered {
@@ -112,8 +118,9 @@ const heapPop = (heap: Array<Remembered>): Remembered => {
  * - All sets together hold at most `maxRemembered`. Past that, many installations (a Sybil
  *   flood) would push out others' nonces, so the oldest statement is forgotten and
  *   `forgottenThroughNs` rises to its time: any statement signed at or before it is refused as
- *   a possible replay. Forgetting the oldest keeps that mark below every statement still held,
- *   so fresh statements pass; only old-but-valid ones fail, and clients sign each attempt anew.
+ *   a possible replay (retryably). Forgetting the oldest keeps that mark below every statement
+ *   still held, so fresh statements pass; only old-but-valid ones fail, and clients sign each
+ *   attempt anew.
  *
  * Invariant: an accepted statement still in the window is in its set, or is at or before
  * `forgottenThroughNs`; either way it is refused if presented again.
@@ -140,8 +147,9 @@ const replayMemory = (windowNs: bigint, maxRemembered: number, maxPerInstallatio
     const set = nonces.get(installationId)
     if (set?.has(nonce)) return { reason: "Unauthenticated", detail: "replayed request" }
     if (timeNs <= forgottenThroughNs) {
+      // Maybe an honest request signed just before a flood moved the mark: signed anew, it passes.
       const detail = "the request is older than the replay memory holds (a possible replay); sign it anew"
-      return { reason: "Unauthenticated", detail }
+      return { reason: "LimitExceeded", detail }
     }
     if ((set?.size ?? 0) >= maxPerInstallation) {
       return { reason: "RateLimited", detail: `more than ${maxPerInstallation} requests within the time window; slow down` }
