@@ -3,6 +3,7 @@
  * however its bytes are cut into chunks, and where a line too long for the client ends it.
  */
 import { describe, expect, it } from "@effect/vitest"
+import { AnswerTooDeep, MAX_ANSWER_DEPTH } from "../src/layers/RpcAnswerDepth.ts"
 import { AnswerTooLarge, boundedNdjson } from "../src/layers/RpcNdjson.ts"
 
 const bytes = (text: string) => new TextEncoder().encode(text)
@@ -50,6 +51,21 @@ describe("boundedNdjson", () => {
   it("starts afresh after a refused line: the next answer on the same parser is read", () => {
     const parser = boundedNdjson(50).unsafeMake()
     expect(() => parser.decode("y".repeat(80))).toThrow(AnswerTooLarge)
+    expect(parser.decode('{"_tag":"Pong"}\n')).toEqual([{ _tag: "Pong" }])
+  })
+
+  it("takes a line nested exactly to the depth bound and refuses one level more, before parsing it; the next answer is read", () => {
+    // message, exit, value, then `arrays` arrays.
+    const line = (arrays: number) =>
+      JSON.stringify({ _tag: "Exit", requestId: "1", exit: { _tag: "Success", value: null } })
+        .replace("null", "[".repeat(arrays) + "]".repeat(arrays))
+    expect(decodeAll(1_000, [line(MAX_ANSWER_DEPTH - 2) + "\n"])).toHaveLength(1)
+    const parser = boundedNdjson(2_000_000).unsafeMake()
+    expect(() => parser.decode(line(MAX_ANSWER_DEPTH - 1) + "\n")).toThrow(AnswerTooDeep)
+    // Half a million levels, split across chunks: refused as soon as its line is whole.
+    const deep = line(500_000)
+    expect(parser.decode(deep.slice(0, 300_000))).toEqual([])
+    expect(() => parser.decode(deep.slice(300_000) + "\n")).toThrow(/nested more than 64 levels deep/)
     expect(parser.decode('{"_tag":"Pong"}\n')).toEqual([{ _tag: "Pong" }])
   })
 

@@ -7,8 +7,9 @@
  * - **Timeouts.** Every unary call attempt gets `timeout` (default 10 s) and then fails with
  *   `DeliveryError("Timeout", retryable)`: the call may or may not have happened.
  * - **Transport failures** (connection refused or dropped, server shutting down, a response
- *   that ends early) become `DeliveryError("Unavailable", retryable)`. Typed errors from the
- *   server arrive as the same tagged errors an in-process service fails with.
+ *   that ends early, an answer that does not decode or nests more than `MAX_ANSWER_DEPTH` levels)
+ *   become `DeliveryError("Unavailable", retryable)`. Typed errors from the server arrive as the
+ *   same tagged errors an in-process service fails with.
  * - **Retries.** Idempotent calls are retried on retryable errors with `retrySchedule`:
  *   queries, fetches, `getIdentityUpdates`, `uploadKeyPackage` (a replace), and the sends
  *   (the server stores an identical payload on a topic once and returns the stored envelope

@@ -7,9 +7,11 @@
  *
  * Here each chunk is decoded as part of one stream and searched once; the pieces of an unfinished
  * line are kept as they came and joined once, when its newline arrives. A line longer than the
- * bound fails the response (the call ends `Unavailable`) as soon as it is known to be too long.
+ * bound fails the response (the call ends `Unavailable`) as soon as it is known to be too long,
+ * and so does one nested too deep (`parseAnswer`), before it is parsed.
  */
 import { RpcSerialization } from "@effect/rpc"
+import { parseAnswer } from "./RpcAnswerDepth.ts"
 
 /** Thrown by `decode` for a line over the bound; the parser has dropped what it held. */
 export class AnswerTooLarge extends Error {
@@ -48,7 +50,7 @@ export const boundedNdjson = (maxLineChars: number): RpcSerialization.RpcSeriali
             const line = pieces.join("")
             drop()
             from = newline + 1
-            if (line.length > 0) messages.push(JSON.parse(line))
+            if (line.length > 0) messages.push(parseAnswer(line))
           }
           if (from < text.length) {
             held += text.length - from

@@ -9,6 +9,7 @@ import { NodeHttpClient } from "@effect/platform-node"
 import { RpcClient, type RpcMessage, RpcSerialization } from "@effect/rpc"
 import { Effect, Layer, Schedule, type Scope } from "effect"
 import { WebSocket } from "ws"
+import { depthBoundedJson } from "./RpcAnswerDepth.ts"
 import { boundedNdjson } from "./RpcNdjson.ts"
 import { boundedRequestIds } from "./RpcRequestIds.ts"
 
@@ -128,7 +129,7 @@ export const protocolLayer = (options: RpcProtocolOptions): Layer.Layer<RpcClien
   }).pipe(
     Layer.provide([
       boundedWebSocket(withScheme(options.url, "wss", "ws"), options.maxAnswerBytes ?? DEFAULT_MAX_ANSWER_BYTES),
-      serialization(RpcSerialization.json)
+      serialization(depthBoundedJson)
     ])
   )
 }

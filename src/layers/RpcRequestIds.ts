@@ -135,7 +135,7 @@ const textDecoder = new TextDecoder()
  *
  * The server also scans every message's nesting before it is parsed: a request deeper than
  * `MAX_REQUEST_DEPTH` gets a typed `InvalidRequest` under its id, and the connection goes on.
- * The client does not: an answer's `Cause` nests as deep as the failures it holds.
+ * The client checks its answers' depth in its own wire formats (`RpcAnswerDepth`), with a bound of its own.
  */
 export const boundedRequestIds = (
   inner: RpcSerialization.RpcSerialization["Type"],
