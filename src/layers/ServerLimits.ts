@@ -277,6 +277,13 @@ interface ClientState {
   /** For an HTTP request: its connection's count. */
   readonly connection: HttpConnectionCalls | undefined
   readonly socket: BufferedSocket | undefined
+  /**
+   * A WebSocket's answers take turns from `socketDrained` to their write. Checked side by side,
+   * every answer saw the socket empty (a write comes after its encoding, and fibers yield in
+   * between), so all were written (61 MB for a reader that took nothing) and none was left
+   * waiting for the slow-reader timeout to cut the reader off.
+   */
+  readonly turn: Effect.Semaphore
 }
 
 /**
@@ -375,7 +382,8 @@ export const guardProtocol = (
               streams: 0,
               response,
               connection: connectionOf(response),
-              socket: Option.getOrUndefined(socket) as unknown as BufferedSocket | undefined
+              socket: Option.getOrUndefined(socket) as unknown as BufferedSocket | undefined,
+              turn: yield* Effect.makeSemaphore(1)
             }
             clients.set(clientId, state)
           }
@@ -449,7 +457,14 @@ export const guardProtocol = (
             ? socketDrained(state.socket, limits.slowReaderTimeoutMillis, refusals)
             : undefined
           if (waited === undefined) return forward
-          return Effect.flatMap(waited, (writable) => (writable ? forward : Effect.zipRight(settled, cutOff(clientId))))
+          const written = Effect.flatMap(waited, (writable) => (writable ? Effect.as(forward, true) : Effect.succeed(false)))
+          return Effect.flatMap(
+            state?.socket !== undefined ? state.turn.withPermits(1)(written) : written,
+            (wrote) => (wrote ? Effect.void : Effect.zipRight(settled, cutOff(clientId)))
+          ).pipe(
+            // The wait can be interrupted (the call interrupted by its client): its slot is freed all the same.
+            Effect.onInterrupt(() => settled)
+          )
         },
         end: (clientId) => Effect.zipRight(Effect.sync(() => forget(clientId)), inner.end(clientId)),
         clientIds: inner.clientIds,

@@ -34,13 +34,17 @@ const OPEN = 1
 /**
  * Waits until `socket` holds at most `MAX_UNREAD_SOCKET_BYTES` unread (true), or closes it after
  * `timeoutMillis` (false). `ws` has no drain event of its own: polled while behind, which only
- * a reader that is behind costs.
+ * a reader that is behind costs. True is room for one answer: it is written before the next is
+ * checked (`guardProtocol` gives a socket's answers turns), or they all pass on an empty socket.
  */
 export const socketDrained = (socket: BufferedSocket, timeoutMillis: number, refusals: Refusals): Effect.Effect<boolean> =>
   Effect.suspend(() => {
     if (socket.bufferedAmount <= MAX_UNREAD_SOCKET_BYTES || socket.readyState !== OPEN) return Effect.succeed(socket.readyState === OPEN)
     return Effect.sleep(POLL_MILLIS).pipe(
       Effect.repeat({ until: () => socket.bufferedAmount <= MAX_UNREAD_SOCKET_BYTES || socket.readyState !== OPEN }),
+      // The RPC server sends an exit from a fiber that cannot be interrupted: the timeout would
+      // wait for the wait it ends, i.e. for the reader it is meant to cut off.
+      Effect.interruptible,
       Effect.timeoutOption(timeoutMillis),
       Effect.map(Option.match({
         onSome: () => socket.readyState === OPEN,
@@ -86,6 +90,8 @@ export const drained = (response: Http.ServerResponse, timeoutMillis: number, re
     connection.on("close", check)
     return Effect.sync(stopListening)
   }).pipe(
+    // As for a WebSocket: else the timeout waits for the drain it is meant to give up on.
+    Effect.interruptible,
     Effect.timeoutOption(timeoutMillis),
     Effect.map(Option.match({
       onSome: () => !response.destroyed && !response.req.socket.destroyed,
