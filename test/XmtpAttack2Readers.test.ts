@@ -94,3 +94,29 @@ layer(XmtpHarness.layer({ requestTimeoutMillis: 5000 }), { excludeTestServices: 
       expect(held).toBeLessThan(64 * MiB)
     }), { timeout: 60_000 })
 })
+
+layer(XmtpHarness.layer({ slowReaderTimeoutMillis: 10_000 }), { excludeTestServices: true })("XMTP attack 2: subscribers that do not read", (it) => {
+  it.scoped("32 subscriptions on each of 2 connections to a group of 4 MiB, never read, are let go after the slow-reader timeout", () =>
+    Effect.gen(function*() {
+      const { mls, port } = yield* Xmtp
+      const group = XmtpHarness.newGroupId()
+      for (let i = 0; i < 4; i++) {
+        yield* call(mls, "SendGroupMessages", {
+          messages: [XmtpHarness.groupInput(XmtpHarness.privateMessage(group, "application", String(i).repeat(1_000_000)))]
+        })
+      }
+      const before = liveBytes()
+      const body = encode(codecs.subscribeGroupMessagesRequest, { filters: [{ groupId: group, idCursor: 0 }] })
+      const client = yield* nonReadingClient(port, 2, 32, "/xmtp.mls.api.v1.MlsApi/SubscribeGroupMessages", body)
+      let peak = 0
+      for (let i = 0; i < 16; i++) {
+        yield* Effect.sleep("500 millis")
+        peak = Math.max(peak, liveBytes() - before)
+      }
+      yield* Effect.sleep("17 seconds")
+      const after = liveBytes() - before
+      console.log(`subscribers: peak ${Math.round(peak / MiB)} MiB in the first 8 s, ${Math.round(after / MiB)} MiB at 25 s (slow-reader timeout 10 s); ended ${client.statuses().length} of 64`)
+      // The README: a reader that stops reading holds its page and one message, until the slow-reader timeout cuts it.
+      expect(after).toBeLessThan(16 * MiB)
+    }), { timeout: 60_000 })
+})
