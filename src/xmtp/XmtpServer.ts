@@ -29,6 +29,49 @@ export interface XmtpServerOptions extends TransportLimits, Partial<XmtpLimits> 
 }
 
 
+/**
+ * Bytes of unary answers not yet taken by HTTP/2 that one connection may hold; past it new calls and
+ * new answers are refused. Four 4 MiB pages: the Converge face's 4 calls at once per connection.
+ */
+export const MAX_UNREAD_ANSWER_BYTES_PER_CONNECTION = 16 * 1024 * 1024
+
+/** How deep grpc-js may wrap a call (handler call, our interceptors) before its HTTP/2 stream. */
+const MAX_CALL_WRAPPERS = 8
+
+/** The slow-reader cut: RST_STREAM ENHANCE_YOUR_CALM, which gRPC clients read as RESOURCE_EXHAUSTED. */
+const CUT = Http2.constants.NGHTTP2_ENHANCE_YOUR_CALM
+
+type Wrapped = { readonly stream?: unknown; readonly nextCall?: unknown; readonly call?: unknown }
+
+/**
+ * The HTTP/2 stream under a grpc-js call. grpc-js keeps it in private fields: a handler's call
+ * wraps (`call`) the interceptors' calls, each wrapping the next (`nextCall`), down to the one
+ * holding `stream`. Undefined in another grpc-js version (then nothing is reset or counted).
+ */
+const http2StreamOf = (call: unknown): Http2.ServerHttp2Stream | undefined => {
+  let current = call as Wrapped | undefined
+  for (let depth = 0; current !== undefined && current !== null && depth < MAX_CALL_WRAPPERS; depth++) {
+    const stream = current.stream as Partial<Http2.ServerHttp2Stream> | undefined
+    if (typeof stream?.close === "function" && typeof stream.writableLength === "number") {
+      return stream as Http2.ServerHttp2Stream
+    }
+    current = (current.nextCall ?? current.call) as Wrapped | undefined
+  }
+  return undefined
+}
+
+/**
+ * Resets the call's HTTP/2 stream (RST_STREAM `code`). A status is a frame behind what is queued:
+ * to a reader that reads nothing it never arrives, and the queued answer stays held with the
+ * stream's slot. A reset drops the queue at once.
+ */
+const resetStream = (call: unknown, code: number): boolean => {
+  const stream = http2StreamOf(call)
+  if (stream === undefined) return false
+  if (!stream.closed) stream.close(code)
+  return true
+}
+
 const statusOf = (cause: Cause.Cause<XmtpStatus>): Partial<Grpc.StatusObject> => {
   const failure = Cause.failureOption(cause)
   if (Option.isSome(failure)) return { code: failure.value.code, details: failure.value.reason }
@@ -40,7 +83,9 @@ const statusOf = (cause: Cause.Cause<XmtpStatus>): Partial<Grpc.StatusObject> =>
  * Writes `message` and waits until HTTP/2 has taken it (its flow control holds it while the
  * reader reads nothing), or gives up after `millis` (false). One message in flight per
  * subscription: writing on until the stream's buffer says "drain" queued 16 serialized messages
- * (16 MiB of 1 MiB messages) per subscription of a reader that reads nothing.
+ * (16 MiB of 1 MiB messages) per subscription of a reader that reads nothing. The callback is
+ * the HTTP/2 stream's own write callback, called once nghttp2 took the bytes (or the stream
+ * closed, hence the `destroyed` check), not when grpc-js queued them.
  */
 const written = (call: Grpc.ServerWritableStream<unknown, unknown>, message: unknown, millis: number) =>
   Effect.async<boolean>((resume) => {
@@ -63,13 +108,56 @@ const written = (call: Grpc.ServerWritableStream<unknown, unknown>, message: unk
     })
   })
 
+/** Per HTTP/2 connection, the bytes of its unary answers still queued behind its flow control. */
+type UnreadAnswers = WeakMap<Http2.ServerHttp2Session, number>
+
+const unreadRefusal = {
+  code: Code.ResourceExhausted,
+  details: `more than ${MAX_UNREAD_ANSWER_BYTES_PER_CONNECTION} bytes of answers on this connection are not yet read`
+}
+
+/** Whether the connection of `stream` already holds its share of unread answers. */
+const overBudget = (unread: UnreadAnswers, stream: Http2.ServerHttp2Stream) =>
+  (unread.get(stream.session as Http2.ServerHttp2Session) ?? 0) >= MAX_UNREAD_ANSWER_BYTES_PER_CONNECTION
+
+/**
+ * Answers a unary call, bounding what a reader that does not read holds. grpc-js queues a whole
+ * serialized answer behind HTTP/2 flow control with no deadline, and a connection with open
+ * streams is never idle: 64 calls on each of 2 connections that opened no window held 1.9 GiB
+ * forever. Here a connection whose queued answers reach `MAX_UNREAD_ANSWER_BYTES_PER_CONNECTION`
+ * gets RESOURCE_EXHAUSTED instead of more (no headers were sent: a trailers-only response,
+ * which flow control does not hold), and an answer not taken within `millis` has its stream reset.
+ */
+const answer = (call: unknown, callback: Grpc.sendUnaryData<unknown>, value: unknown, unread: UnreadAnswers, millis: number) => {
+  const stream = http2StreamOf(call)
+  if (stream === undefined) return callback(null, value)
+  const session = stream.session as Http2.ServerHttp2Session
+  if (overBudget(unread, stream)) return callback(unreadRefusal, null)
+  const before = stream.writableLength
+  callback(null, value)
+  // grpc-js serializes and writes at once: what the stream's queue grew by is this answer.
+  const held = stream.writableLength - before
+  if (held <= 0 || stream.closed) return
+  unread.set(session, (unread.get(session) ?? 0) + held)
+  const timer = setTimeout(() => stream.closed || stream.close(CUT), millis)
+  // A unary stream closes once its answer and status are sent (or it is reset).
+  stream.once("close", () => {
+    clearTimeout(timer)
+    unread.set(session, (unread.get(session) ?? 0) - held)
+  })
+}
+
 const makeHandlers = (
   runtime: Runtime.Runtime<XmtpStore>,
   limits: Required<TransportLimits>,
-  subscriptionsPerPeer: Map<string, number>
+  subscriptionsPerPeer: Map<string, number>,
+  unread: UnreadAnswers
 ) => {
   const unary = (name: string, handler: Unary): Grpc.handleUnaryCall<unknown, unknown> => (call, callback) => {
     if (call.request instanceof RefusedRequest) return callback({ code: Code.ResourceExhausted, details: call.request.reason }, null)
+    // Refused before the work: the answer would be refused anyway.
+    const stream = http2StreamOf(call)
+    if (stream !== undefined && overBudget(unread, stream)) return callback(unreadRefusal, null)
     const effect = (handler(call.request as never) as Effect.Effect<unknown, XmtpStatus, XmtpStore>).pipe(
       Effect.timeoutFail({
         duration: limits.requestTimeoutMillis,
@@ -82,14 +170,13 @@ const makeHandlers = (
     const fiber = Runtime.runFork(runtime)(effect)
     call.once("cancelled", () => Runtime.runFork(runtime)(Fiber.interrupt(fiber)))
     fiber.addObserver((exit) =>
-      Exit.isSuccess(exit) ? callback(null, exit.value) : callback(statusOf(exit.cause), null))
+      Exit.isSuccess(exit)
+        ? answer(call, callback, exit.value, unread, limits.slowReaderTimeoutMillis)
+        : callback(statusOf(exit.cause), null))
   }
 
   const streaming = (name: string, handler: Streaming): Grpc.handleServerStreamingCall<unknown, unknown> => (call) => {
-    // node-go sends headers at once: tonic's client waits for them before the stream counts as open.
-    const headers = new Grpc.Metadata()
-    headers.set("subscribed", "true")
-    call.sendMetadata(headers)
+    // Refusals go before any headers: a trailers-only response, which a reader's flow control does not hold.
     if (call.request instanceof RefusedRequest) {
       call.emit("error", { code: Code.ResourceExhausted, details: call.request.reason })
       return
@@ -104,12 +191,17 @@ const makeHandlers = (
       return
     }
     subscriptionsPerPeer.set(peer, open + 1)
+    // node-go sends headers at once: tonic's client waits for them before the stream counts as open.
+    const headers = new Grpc.Metadata()
+    headers.set("subscribed", "true")
+    call.sendMetadata(headers)
+    const slowReader = new XmtpStatus({ code: Code.ResourceExhausted, reason: "the reader did not keep up" })
     const run = Stream.runForEach(
       handler(call.request as never) as Stream.Stream<unknown, XmtpStatus, XmtpStore>,
       (message) =>
-        Effect.flatMap(written(call, message, limits.slowReaderTimeoutMillis), (ok) =>
-          ok ? Effect.void : Effect.fail(new XmtpStatus({ code: Code.ResourceExhausted, reason: "the reader did not keep up" })))
+        Effect.flatMap(written(call, message, limits.slowReaderTimeoutMillis), (ok) => ok ? Effect.void : Effect.fail(slowReader))
     ).pipe(Effect.annotateLogs({ rpc: name }))
+    const isCut = (cause: Cause.Cause<XmtpStatus>) => Option.getOrUndefined(Cause.failureOption(cause)) === slowReader
     const fiber = Runtime.runFork(runtime)(run)
     const stop = () => Runtime.runFork(runtime)(Fiber.interrupt(fiber))
     call.once("cancelled", stop)
@@ -120,21 +212,11 @@ const makeHandlers = (
       else subscriptionsPerPeer.set(peer, left)
       if (call.cancelled || call.destroyed) return
       if (Exit.isSuccess(exit)) call.end()
-      else call.emit("error", statusOf(exit.cause))
+      // Its status would wait behind the unread message forever: reset instead (read as RESOURCE_EXHAUSTED).
+      else if (!(isCut(exit.cause) && resetStream(call, CUT))) call.emit("error", statusOf(exit.cause))
     })
   }
   return { unary, streaming }
-}
-
-/**
- * Asks the peer to stop sending on a call answered before its request ended (RFC 9113 8.1:
- * RST_STREAM with NO_ERROR): a status alone half-closes only our side, and grpc-js would go on
- * taking in what the peer sends. grpc-js keeps the HTTP/2 stream in a private field of its call;
- * without it (another version) the peer's own stop is waited for, as before.
- */
-const resetStream = (call: Grpc.ServerInterceptingCallInterface) => {
-  const stream = (call as unknown as { readonly stream?: Partial<Pick<Http2.ServerHttp2Stream, "closed" | "close">> }).stream
-  if (stream?.closed === false && typeof stream.close === "function") stream.close(Http2.constants.NGHTTP2_NO_ERROR)
 }
 
 /**
@@ -153,7 +235,9 @@ const receiveDeadline = (millis: number): Grpc.ServerInterceptor => (_method, ca
           details: `the request did not arrive within ${millis} ms`,
           metadata: new Grpc.Metadata()
         })
-        resetStream(call)
+        // RST_STREAM NO_ERROR (RFC 9113 8.1): the peer stops sending; a status alone half-closes
+        // only our side, and grpc-js would go on taking in what the peer sends.
+        resetStream(call, Http2.constants.NGHTTP2_NO_ERROR)
       }, millis)
       next({
         onReceiveHalfClose: (nextHalfClose) => {
@@ -189,7 +273,7 @@ export const serve = (options: XmtpServerOptions): Effect.Effect<{ readonly port
     const limits = resolveLimits(options)
     const apiLimits: XmtpLimits = { ...DEFAULT_XMTP_LIMITS, ...options }
     const runtime = yield* Effect.runtime<XmtpStore>()
-    const { streaming, unary } = makeHandlers(runtime, limits, new Map())
+    const { streaming, unary } = makeHandlers(runtime, limits, new Map(), new WeakMap())
     const server = new Grpc.Server(grpcOptions(limits))
     const mls: Record<string, Unary> = MlsApi.make(apiLimits)
     const subscriptions: Record<string, Streaming> = Subscriptions.make(apiLimits)
