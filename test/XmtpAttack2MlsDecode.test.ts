@@ -1,0 +1,78 @@
+/**
+ * Second attack round on the XMTP V3 face: MLS bytes that take long to decode. A group message
+ * is decoded whole with ts-mls (`MlsInspect.inspectGroupMessage`); a PublicMessage commit of
+ * 520,000 empty proposal references is 1,040,044 bytes (under the 1 MiB bound) and takes ts-mls
+ * ~0.4 s; 7 of them fit a request (8 MiB) and are all decoded, in one go, before an 8th, invalid
+ * one refuses the request (nothing stored, so it may be sent again as it is). gzip (grpc-js takes
+ * it) sends it in a few kilobytes.
+ */
+import * as Grpc from "@grpc/grpc-js"
+import { expect, layer } from "@effect/vitest"
+import { Effect } from "effect"
+import * as zlib from "node:zlib"
+import { monitorEventLoopDelay } from "node:perf_hooks"
+import { codecs, encode, MLS_API } from "../src/xmtp/Proto.ts"
+import { call, refusal, Xmtp } from "./support/XmtpHarness.ts"
+import * as XmtpHarness from "./support/XmtpHarness.ts"
+
+const varlen = (n: number) => (n < 64 ? [n] : n < 16384 ? [0x40 | (n >> 8), n & 0xff] : [0x80 | (n >> 24), (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff])
+
+/** An MLS message (mls10, mls_welcome, XMTP's ciphersuite) of `count` empty secrets: 3 zero bytes each. */
+export const hostileWelcome = (count: number) => {
+  const head = [0x00, 0x01, 0x00, 0x03, 0x00, 0x01, ...varlen(count * 3)]
+  const bytes = new Uint8Array(head.length + count * 3 + 1)
+  bytes.set(head)
+  return bytes
+}
+
+/** An MLS PublicMessage commit (member sender, no path, empty signature and tags) of `count` empty proposal references. */
+export const hostileCommit = (count: number) => {
+  const head = [0, 1, 0, 1, ...varlen(16), ...Array(16).fill(7), 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 3, ...varlen(count * 2)]
+  const bytes = new Uint8Array(head.length + count * 2 + 4)
+  bytes.set(head)
+  for (let i = 0; i < count; i++) bytes[head.length + 2 * i] = 2
+  return bytes
+}
+
+layer(XmtpHarness.layer(), { excludeTestServices: true })("XMTP attack 2: MLS bytes that are slow to decode", (it) => {
+  it.scoped("a gzip-compressed SendGroupMessages of 7 such commits and one invalid message is refused without holding the event loop for seconds", () =>
+    Effect.gen(function*() {
+      const { mls, port } = yield* Xmtp
+      const data = hostileCommit(520_000)
+      const request = {
+        messages: [...Array.from({ length: 7 }, () => XmtpHarness.groupInput(data)), XmtpHarness.groupInput(hostileWelcome(1))]
+      }
+      const wire = zlib.gzipSync(encode(codecs.sendGroupMessagesRequest, request)).length
+      // A client that compresses its requests (grpc-js servers take gzip).
+      const gzipClient = yield* Effect.acquireRelease(
+        Effect.sync(() => new (Grpc.makeClientConstructor(MLS_API, "MlsApi"))(`127.0.0.1:${port}`, Grpc.credentials.createInsecure(), {
+          "grpc.default_compression_algorithm": 2,
+          "grpc.use_local_subchannel_pool": 1
+        }) as any),
+        (c) => Effect.sync(() => c.close())
+      )
+      const histogram = monitorEventLoopDelay({ resolution: 5 })
+      histogram.enable()
+      const start = performance.now()
+      let probeMs = 0
+      const probe = Effect.gen(function*() {
+        yield* Effect.sleep("20 millis")
+        const t = performance.now()
+        yield* call(mls, "QueryGroupMessages", { groupId: XmtpHarness.newGroupId() })
+        probeMs = Math.round(performance.now() - t)
+      })
+      const [answer] = yield* Effect.all([refusal(gzipClient, "SendGroupMessages", request), probe], { concurrency: "unbounded" })
+      histogram.disable()
+      const report = {
+        wireBytes: wire,
+        decodedBytes: data.length * 7,
+        wallMs: Math.round(performance.now() - start),
+        maxDelayMs: Math.round(histogram.max / 1e6),
+        trivialCallMs: probeMs,
+        answer
+      }
+      console.log(JSON.stringify(report))
+      expect(answer.code).toBe(3)
+      expect(report.maxDelayMs).toBeLessThan(100)
+    }), { timeout: 60_000 })
+})
