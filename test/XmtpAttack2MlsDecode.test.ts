@@ -14,25 +14,7 @@ import { monitorEventLoopDelay } from "node:perf_hooks"
 import { codecs, encode, MLS_API } from "../src/xmtp/Proto.ts"
 import { call, refusal, Xmtp } from "./support/XmtpHarness.ts"
 import * as XmtpHarness from "./support/XmtpHarness.ts"
-
-const varlen = (n: number) => (n < 64 ? [n] : n < 16384 ? [0x40 | (n >> 8), n & 0xff] : [0x80 | (n >> 24), (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff])
-
-/** An MLS message (mls10, mls_welcome, XMTP's ciphersuite) of `count` empty secrets: 3 zero bytes each. */
-export const hostileWelcome = (count: number) => {
-  const head = [0x00, 0x01, 0x00, 0x03, 0x00, 0x01, ...varlen(count * 3)]
-  const bytes = new Uint8Array(head.length + count * 3 + 1)
-  bytes.set(head)
-  return bytes
-}
-
-/** An MLS PublicMessage commit (member sender, no path, empty signature and tags) of `count` empty proposal references. */
-export const hostileCommit = (count: number) => {
-  const head = [0, 1, 0, 1, ...varlen(16), ...Array(16).fill(7), 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 3, ...varlen(count * 2)]
-  const bytes = new Uint8Array(head.length + count * 2 + 4)
-  bytes.set(head)
-  for (let i = 0; i < count; i++) bytes[head.length + 2 * i] = 2
-  return bytes
-}
+import { hostileCommit, hostileWelcome } from "./support/HostileMls.ts"
 
 layer(XmtpHarness.layer(), { excludeTestServices: true })("XMTP attack 2: MLS bytes that are slow to decode", (it) => {
   it.scoped("a gzip-compressed SendGroupMessages of 7 such commits and one invalid message is refused without holding the event loop for seconds", () =>
