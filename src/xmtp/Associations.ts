@@ -201,14 +201,16 @@ const actionOneofs = (action: IdentityAction, at: string): Either.Either<void, I
 
 /**
  * What a new update must satisfy whatever its inbox's log holds, checked before the log is
- * read (replaying a long log costs seconds of signature checks): its number of actions, one
- * member per oneof, fields the signature text needs, and no action twice (the text would say
- * it twice: no client means that, and a repeated action only multiplies the checks). Stored
- * logs are not held to the last two: entries accepted before them still replay.
+ * read (replaying a long log costs seconds of signature checks): its number of actions, the
+ * inbox id a CreateInbox makes, one member per oneof, fields the signature text needs, and no
+ * action twice (the text would say it twice: no client means that, and a repeated action only
+ * multiplies the checks). Stored logs are not held to the last two: entries accepted before
+ * them still replay.
  */
 export const checkShape = (update: IdentityUpdate): Either.Either<void, InvalidIdentityUpdate> =>
   Either.gen(function*() {
     yield* actionCount(update)
+    yield* createsNamedInbox(update)
     for (const [i, action] of update.actions.entries()) yield* actionOneofs(action, `actions[${i}]`)
     const lines = yield* actionLines(update)
     const first = lines.findIndex((line, i) => lines.indexOf(line) !== i)
@@ -219,138 +221,260 @@ export const checkShape = (update: IdentityUpdate): Either.Either<void, InvalidI
 
 interface Verified {
   readonly signer: string
-  readonly kind: "erc191" | "installationKey"
+  readonly kind: SignatureKind
   /** The bytes a replay is recognised by (hex). */
   readonly raw: string
+}
+
+type SignatureKind = "erc191" | "installationKey"
+
+/**
+ * A signature read but not yet verified: its kind and the bytes a replay is recognised by cost
+ * nothing to know, so an update is refused for them before any signature is verified.
+ */
+interface Parsed {
+  readonly kind: SignatureKind
+  readonly raw: string
+  /** Tells the same signature apart within one update: what `verify` reads. */
+  readonly key: string
+  /** The costly part: a secp256k1 key recovery (~2 ms) or an Ed25519ph verification (~1 ms). */
+  readonly verify: (text: string) => Either.Either<Verified, InvalidIdentityUpdate>
 }
 
 const INSTALLATION_KEY_CONTEXT = utf8("IDENTITY UPDATE SIGNATURE")
 const HALF_ORDER = secp256k1.Point.CURVE().n >> 1n
 
-/** The address that signed `text` with ERC-191, from a 65-byte r‖s‖v signature (s normalized low). */
-const recoverErc191 = (text: string, bytes: Uint8Array): Either.Either<Verified, InvalidIdentityUpdate> => {
-  if (bytes.length !== 65) return Either.left(new InvalidIdentityUpdate({ reason: "an ERC-191 signature is not 65 bytes" }))
+/** An ERC-191 signature, 65 bytes r‖s‖v, with s normalized low: the address that signed is recovered by `verify`. */
+const parseErc191 = (bytes: Uint8Array): Either.Either<Parsed, InvalidIdentityUpdate> => {
+  if (bytes.length !== 65) return fail("an ERC-191 signature is not 65 bytes")
   const v = bytes[64]!
   let recovery = v >= 27 ? v - 27 : v
-  if (recovery !== 0 && recovery !== 1) return Either.left(new InvalidIdentityUpdate({ reason: "an ERC-191 signature has a bad recovery id" }))
+  if (recovery !== 0 && recovery !== 1) return fail("an ERC-191 signature has a bad recovery id")
+  let signature: InstanceType<typeof secp256k1.Signature>
   try {
-    let signature = secp256k1.Signature.fromBytes(bytes.subarray(0, 64), "compact")
-    if (signature.s > HALF_ORDER) {
-      // The low-s twin of a signature recovers the same key with the other recovery id.
-      signature = new secp256k1.Signature(signature.r, secp256k1.Point.CURVE().n - signature.s)
-      recovery ^= 1
-    }
-    const message = utf8(text)
-    const prefixed = new Uint8Array([...utf8(`\x19Ethereum Signed Message:\n${message.length}`), ...message])
-    const publicKey = signature.addRecoveryBit(recovery).recoverPublicKey(keccak_256(prefixed)).toBytes(false)
-    const address = `0x${hex(keccak_256(publicKey.subarray(1)).subarray(12))}`
-    // A replay is recognised by r and the low s, whatever the recovery byte's form.
-    return Either.right({ signer: ethKey(address), kind: "erc191", raw: hex(signature.toBytes("compact")) })
+    signature = secp256k1.Signature.fromBytes(bytes.subarray(0, 64), "compact")
   } catch {
-    return Either.left(new InvalidIdentityUpdate({ reason: "an ERC-191 signature does not recover" }))
+    return fail("an ERC-191 signature does not recover")
   }
+  if (signature.s > HALF_ORDER) {
+    // The low-s twin of a signature recovers the same key with the other recovery id.
+    signature = new secp256k1.Signature(signature.r, secp256k1.Point.CURVE().n - signature.s)
+    recovery ^= 1
+  }
+  // A replay is recognised by r and the low s, whatever the recovery byte's form.
+  const raw = hex(signature.toBytes("compact"))
+  const [low, bit] = [signature, recovery]
+  const verify = (text: string): Either.Either<Verified, InvalidIdentityUpdate> => {
+    try {
+      const recoverable = low.addRecoveryBit(bit)
+      const message = utf8(text)
+      const prefixed = new Uint8Array([...utf8(`\x19Ethereum Signed Message:\n${message.length}`), ...message])
+      const publicKey = recoverable.recoverPublicKey(keccak_256(prefixed)).toBytes(false)
+      const address = `0x${hex(keccak_256(publicKey.subarray(1)).subarray(12))}`
+      return Either.right({ signer: ethKey(address), kind: "erc191", raw })
+    } catch {
+      return fail("an ERC-191 signature does not recover")
+    }
+  }
+  return Either.right({ kind: "erc191", raw, key: `erc191:${hex(bytes)}`, verify })
 }
 
-const verifySignature = (text: string, signature: Signature | undefined): Either.Either<Verified, InvalidIdentityUpdate> => {
-  if (signature?.erc191 !== undefined) return recoverErc191(text, signature.erc191.bytes)
-  if (signature?.installationKey !== undefined) {
-    const { bytes, publicKey } = signature.installationKey
+const parseInstallationKey = (bytes: Uint8Array, publicKey: Uint8Array): Either.Either<Parsed, InvalidIdentityUpdate> => {
+  if (bytes.length !== 64 || publicKey.length !== 32) return fail("an installation key signature does not verify")
+  const verify = (text: string): Either.Either<Verified, InvalidIdentityUpdate> => {
     let valid = false
     try {
-      valid = bytes.length === 64 && publicKey.length === 32 &&
-        ed25519ph.verify(bytes, utf8(text), publicKey, { context: INSTALLATION_KEY_CONTEXT, zip215: false })
+      valid = ed25519ph.verify(bytes, utf8(text), publicKey, { context: INSTALLATION_KEY_CONTEXT, zip215: false })
     } catch {
       valid = false
     }
     return valid
       ? Either.right({ signer: installationKey(publicKey), kind: "installationKey", raw: hex(bytes) })
-      : Either.left(new InvalidIdentityUpdate({ reason: "an installation key signature does not verify" }))
+      : fail("an installation key signature does not verify")
   }
+  return Either.right({ kind: "installationKey", raw: hex(bytes), key: `installationKey:${hex(bytes)}:${hex(publicKey)}`, verify })
+}
+
+const parseSignature = (signature: Signature | undefined): Either.Either<Parsed, InvalidIdentityUpdate> => {
+  if (signature?.erc191 !== undefined) return parseErc191(signature.erc191.bytes)
+  if (signature?.installationKey !== undefined) return parseInstallationKey(signature.installationKey.bytes, signature.installationKey.publicKey)
   if (signature?.erc6492 !== undefined) {
-    return Either.left(new InvalidIdentityUpdate({
-      reason: "smart-contract wallet signatures (ERC-1271/6492) are not supported: this server reaches no chain"
-    }))
+    return fail("smart-contract wallet signatures (ERC-1271/6492) are not supported: this server reaches no chain")
   }
-  if (signature?.passkey !== undefined) return Either.left(new InvalidIdentityUpdate({ reason: "passkey signatures are not supported by this server" }))
-  if (signature?.delegatedErc191 !== undefined) {
-    return Either.left(new InvalidIdentityUpdate({ reason: "legacy delegated (V2) signatures are not supported by this server" }))
+  if (signature?.passkey !== undefined) return fail("passkey signatures are not supported by this server")
+  if (signature?.delegatedErc191 !== undefined) return fail("legacy delegated (V2) signatures are not supported by this server")
+  return fail("a signature is missing")
+}
+
+/**
+ * Runs one signature check (a synchronous `verify`). The server's (`sharedVerification`) shares
+ * the CPU among requests; `takeTurns` gives the event loop a turn before each.
+ */
+export type Verification = <A, E>(verify: () => Either.Either<A, E>) => Effect.Effect<A, E>
+
+/** A turn for the event loop's other callbacks (Effect.yieldNow may stay within microtasks). */
+const eventLoopTurn = Effect.async<void>((resume) => {
+  const turn = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(turn))
+})
+
+export const takeTurns: Verification = (verify) => Effect.zipRight(eventLoopTurn, Effect.suspend(verify))
+
+/**
+ * One queue of signature checks for a whole server, run `perTurn` to a turn of the event loop in
+ * the order asked. A request asks for its next check only once its last is done, so requests take
+ * turns: a flood of costly updates holds the loop for `perTurn` checks at a time, and delays an
+ * honest update by one check of each flooding request, not all of theirs.
+ */
+export const sharedVerification = (perTurn: number): Verification => {
+  const queue: Array<() => void> = []
+  let scheduled = false
+  const drain = () => {
+    scheduled = false
+    for (const run of queue.splice(0, perTurn)) run()
+    if (queue.length > 0) schedule()
   }
-  return Either.left(new InvalidIdentityUpdate({ reason: "a signature is missing" }))
+  const schedule = () => {
+    if (scheduled) return
+    scheduled = true
+    setImmediate(drain)
+  }
+  return <A, E>(verify: () => Either.Either<A, E>) =>
+    Effect.async<A, E>((resume) => {
+      // The check runs here, in the loop's turn, not in whatever microtask the fiber resumes in.
+      const run = () => resume(verify())
+      queue.push(run)
+      schedule()
+      return Effect.sync(() => {
+        const at = queue.indexOf(run)
+        if (at !== -1) queue.splice(at, 1)
+      })
+    })
 }
 
 /** Checks `text`'s signatures, each distinct one once: one wallet signature may serve every action of an update. */
-const signatureChecker = (text: string) => {
-  const known = new Map<string, Either.Either<Verified, InvalidIdentityUpdate>>()
-  return (signature: Signature | undefined): Either.Either<Verified, InvalidIdentityUpdate> => {
-    // Keyed by what verifySignature reads, in its order; the other kinds fail without cost.
-    const key = signature?.erc191 !== undefined
-      ? `erc191:${hex(signature.erc191.bytes)}`
-      : signature?.installationKey !== undefined
-      ? `installationKey:${hex(signature.installationKey.bytes)}:${hex(signature.installationKey.publicKey)}`
-      : undefined
-    if (key === undefined) return verifySignature(text, signature)
-    const verified = known.get(key) ?? verifySignature(text, signature)
-    known.set(key, verified)
-    return verified
-  }
+const signatureChecker = (text: string, verification: Verification) => {
+  const known = new Map<string, Verified>()
+  return (signature: Signature | undefined): Effect.Effect<Verified, InvalidIdentityUpdate> =>
+    Effect.gen(function*() {
+      const parsed = yield* parseSignature(signature)
+      const cached = known.get(parsed.key)
+      if (cached !== undefined) return cached
+      const verified = yield* verification(() => parsed.verify(text))
+      known.set(parsed.key, verified)
+      return verified
+    })
 }
 
-const allowedFor = (kind: MemberKind, signature: Verified) =>
+const allowedFor = (kind: MemberKind, signature: { readonly kind: SignatureKind }) =>
   kind === "ethereum" ? signature.kind === "erc191" : signature.kind === "installationKey"
 
-// ---- replay ----
+// ---- what is checked before any signature is verified ----
 
-const notReplayed = (state: AssociationState, signatures: ReadonlyArray<Verified>) =>
-  signatures.some((s) => state.seen.has(s.raw)) ? fail("replay: a signature was already used in this inbox's log") : Either.right(undefined)
+/** The inbox id a CreateInbox makes must be the one the update names. */
+const createsNamedInbox = (update: IdentityUpdate): Either.Either<void, InvalidIdentityUpdate> => {
+  const create = update.actions[0]?.createInbox
+  const address = create === undefined ? undefined : ethereumAddress(create.initialIdentifier)
+  return create === undefined || address === undefined || inboxIdOf(address, int64(create.nonce)) === update.inboxId
+    ? Either.void
+    : fail("the update names another inbox id")
+}
+
+/** An action's signatures, parsed, each with the kind its signer must be (any: `undefined`). */
+const actionSignatures = (action: IdentityAction) =>
+  Either.gen(function*() {
+    const signed: Array<readonly [Parsed, SignatureKind | undefined, string]> = []
+    if (action.createInbox !== undefined) {
+      signed.push([yield* parseSignature(action.createInbox.initialIdentifierSignature), "erc191", "create inbox: not signed by the initial identifier"])
+    } else if (action.add !== undefined) {
+      const added = yield* member(action.add.newMemberIdentifier)
+      const kind: SignatureKind = added.kind === "ethereum" ? "erc191" : "installationKey"
+      const parsed = yield* parseSignature(action.add.newMemberSignature)
+      signed.push([parsed, kind, `add: a ${parsed.kind} signature cannot sign for a ${added.kind} member`])
+      signed.push([yield* parseSignature(action.add.existingMemberSignature), undefined, ""])
+    } else if (action.revoke !== undefined) {
+      signed.push([yield* parseSignature(action.revoke.recoveryIdentifierSignature), "erc191", "revoke: not signed by the recovery address"])
+    } else if (action.changeRecoveryAddress !== undefined) {
+      const signature = action.changeRecoveryAddress.existingRecoveryIdentifierSignature
+      signed.push([yield* parseSignature(signature), "erc191", "change recovery address: not signed by the recovery address"])
+    }
+    return signed
+  })
+
+/**
+ * Everything about `update` on `state` that needs no signature verified, checked before any is:
+ * the inbox it names and creates, where a CreateInbox may be, every signature's form and kind,
+ * and replays (a signature's replay bytes are known without verifying it). An update refused for
+ * any of these costs no signature check.
+ */
+const checkWithoutVerifying = (state: AssociationState | undefined, update: IdentityUpdate): Either.Either<void, InvalidIdentityUpdate> =>
+  Either.gen(function*() {
+    if (state !== undefined && state.inboxId !== update.inboxId) return yield* fail("the update names another inbox id")
+    yield* createsNamedInbox(update)
+    for (const [i, action] of update.actions.entries()) {
+      if (action.createInbox !== undefined && (state !== undefined || i > 0)) return yield* fail("the inbox was already created")
+      if (action.createInbox === undefined && state === undefined && i === 0) return yield* fail("the inbox was not created yet")
+      for (const [parsed, kind, wrongKind] of yield* actionSignatures(action)) {
+        if (kind !== undefined && parsed.kind !== kind) return yield* fail(wrongKind)
+        if (state?.seen.has(parsed.raw)) return yield* fail("replay: a signature was already used in this inbox's log")
+      }
+    }
+  })
+
+// ---- applying ----
 
 const withMember = (state: AssociationState, m: Member): AssociationState => ({
   ...state,
   members: new Map(state.members).set(m.key, m)
 })
 
+type Verify = (signature: Signature | undefined) => Effect.Effect<Verified, InvalidIdentityUpdate>
+
+const createInbox = (create: NonNullable<IdentityAction["createInbox"]>, verify: Verify, used: Array<string>) =>
+  Effect.gen(function*() {
+    const address = ethereumAddress(create.initialIdentifier)!
+    const signature = yield* verify(create.initialIdentifierSignature)
+    if (signature.signer !== ethKey(address)) return yield* fail("create inbox: not signed by the initial identifier")
+    const inboxId = inboxIdOf(address, int64(create.nonce))
+    const creator: Member = { key: ethKey(address), kind: "ethereum", addedBy: undefined }
+    used.push(signature.raw)
+    return { inboxId, members: new Map([[creator.key, creator]]), recovery: address, seen: new Set<string>() }
+  })
+
+const addMember = (state: AssociationState, add: NonNullable<IdentityAction["add"]>, verify: Verify, used: Array<string>) =>
+  Effect.gen(function*() {
+    const added = yield* member(add.newMemberIdentifier)
+    const newSignature = yield* verify(add.newMemberSignature)
+    if (newSignature.signer !== added.key) return yield* fail("add: the new member's signature is not the new member's")
+    const existingSignature = yield* verify(add.existingMemberSignature)
+    if (newSignature.signer === existingSignature.signer) return yield* fail("add: a member cannot add itself")
+    if (!allowedFor(added.kind, newSignature)) return yield* fail(`add: a ${newSignature.kind} signature cannot sign for a ${added.kind} member`)
+    const existing = state.members.get(existingSignature.signer)
+    const existingKind: MemberKind | undefined = existing?.kind ??
+      (existingSignature.signer === ethKey(state.recovery) ? "ethereum" : undefined)
+    if (existingKind === undefined) return yield* fail("add: not signed by a member of the inbox or its recovery address")
+    if (!allowedFor(existingKind, existingSignature)) return yield* fail("add: the existing member's signature is of the wrong kind")
+    if (existingKind === "installation" && added.kind === "installation") return yield* fail("add: an installation cannot add an installation")
+    used.push(newSignature.raw, existingSignature.raw)
+    return withMember(state, { key: added.key, kind: added.kind, addedBy: existingSignature.signer })
+  })
+
 /**
  * One action on the state so far. Its signatures are added to `used`: libxmtp records them as
  * seen only once the whole update applied (one wallet signature may serve several actions).
+ * Replays were refused before (`checkWithoutVerifying`): `seen` does not change within an update.
  */
-const applyAction = (
-  state: AssociationState | undefined,
-  action: IdentityAction,
-  verify: (signature: Signature | undefined) => Either.Either<Verified, InvalidIdentityUpdate>,
-  used: Array<string>
-): Either.Either<AssociationState, InvalidIdentityUpdate> =>
-  Either.gen(function*() {
+const applyAction = (state: AssociationState | undefined, action: IdentityAction, verify: Verify, used: Array<string>) =>
+  Effect.gen(function*() {
     if (action.createInbox !== undefined) {
       if (state !== undefined) return yield* fail("the inbox was already created")
-      const address = ethereumAddress(action.createInbox.initialIdentifier)!
-      const signature = yield* verify(action.createInbox.initialIdentifierSignature)
-      if (signature.signer !== ethKey(address)) return yield* fail("create inbox: not signed by the initial identifier")
-      const inboxId = inboxIdOf(address, int64(action.createInbox.nonce))
-      const creator: Member = { key: ethKey(address), kind: "ethereum", addedBy: undefined }
-      used.push(signature.raw)
-      return { inboxId, members: new Map([[creator.key, creator]]), recovery: address, seen: new Set() }
+      return yield* createInbox(action.createInbox, verify, used)
     }
     if (state === undefined) return yield* fail("the inbox was not created yet")
-    if (action.add !== undefined) {
-      const added = yield* member(action.add.newMemberIdentifier)
-      const newSignature = yield* verify(action.add.newMemberSignature)
-      const existingSignature = yield* verify(action.add.existingMemberSignature)
-      yield* notReplayed(state, [newSignature, existingSignature])
-      if (newSignature.signer !== added.key) return yield* fail("add: the new member's signature is not the new member's")
-      if (newSignature.signer === existingSignature.signer) return yield* fail("add: a member cannot add itself")
-      if (!allowedFor(added.kind, newSignature)) return yield* fail(`add: a ${newSignature.kind} signature cannot sign for a ${added.kind} member`)
-      const existing = state.members.get(existingSignature.signer)
-      const existingKind: MemberKind | undefined = existing?.kind ??
-        (existingSignature.signer === ethKey(state.recovery) ? "ethereum" : undefined)
-      if (existingKind === undefined) return yield* fail("add: not signed by a member of the inbox or its recovery address")
-      if (!allowedFor(existingKind, existingSignature)) return yield* fail("add: the existing member's signature is of the wrong kind")
-      if (existingKind === "installation" && added.kind === "installation") return yield* fail("add: an installation cannot add an installation")
-      used.push(newSignature.raw, existingSignature.raw)
-      return withMember(state, { key: added.key, kind: added.kind, addedBy: existingSignature.signer })
-    }
+    if (action.add !== undefined) return yield* addMember(state, action.add, verify, used)
     if (action.revoke !== undefined) {
       const revoked = yield* member(action.revoke.memberToRevoke)
       const signature = yield* verify(action.revoke.recoveryIdentifierSignature)
-      yield* notReplayed(state, [signature])
       if (signature.signer !== ethKey(state.recovery)) return yield* fail("revoke: not signed by the recovery address")
       const members = new Map(state.members)
       members.delete(revoked.key)
@@ -360,7 +484,6 @@ const applyAction = (
     }
     const change = action.changeRecoveryAddress!
     const signature = yield* verify(change.existingRecoveryIdentifierSignature)
-    yield* notReplayed(state, [signature])
     if (signature.signer !== ethKey(state.recovery)) return yield* fail("change recovery address: not signed by the recovery address")
     used.push(signature.raw)
     return { ...state, recovery: ethereumAddress(change.newRecoveryIdentifier)! }
@@ -368,14 +491,21 @@ const applyAction = (
 
 const installations = (state: AssociationState) => Array.from(state.members.values()).filter((m) => m.kind === "installation").length
 
-/** The state after `update`, applied on `state` (undefined before the inbox's first update). */
+/**
+ * The state after `update`, applied on `state` (undefined before the inbox's first update).
+ * Whatever needs no signature is checked first; each signature is then verified through
+ * `verification`, so the event loop gets turns between them.
+ */
 export const applyUpdate = (
   state: AssociationState | undefined,
-  update: IdentityUpdate
-): Either.Either<AssociationState, InvalidIdentityUpdate> =>
-  Either.gen(function*() {
+  update: IdentityUpdate,
+  verification: Verification = takeTurns
+): Effect.Effect<AssociationState, InvalidIdentityUpdate> =>
+  Effect.gen(function*() {
     yield* actionCount(update)
-    const verify = signatureChecker(yield* signatureText(update))
+    const text = yield* signatureText(update)
+    yield* checkWithoutVerifying(state, update)
+    const verify = signatureChecker(text, verification)
     let next = state
     const used: Array<string> = []
     for (const action of update.actions) next = yield* applyAction(next, action, verify, used)
@@ -386,27 +516,22 @@ export const applyUpdate = (
     return { ...next, seen: new Set([...next.seen, ...used]) }
   })
 
-/** A turn for the event loop's other callbacks (Effect.yieldNow may stay within microtasks). */
-const eventLoopTurn = Effect.async<void>((resume) => {
-  const turn = setImmediate(() => resume(Effect.void))
-  return Effect.sync(() => clearImmediate(turn))
-})
-
 /**
  * Applies `updates` on `from` (the state of the entries before them; undefined for a whole log).
- * An entry may take 32 signature recoveries: the event loop gets a turn after each, so a long
- * log delays other requests without stopping them, and a request timeout interrupts it.
- * `applied` hears of the state after each entry, so a cache keeps what an interrupted replay did.
+ * An entry may take 32 signature checks, each through `verification` (a turn of the event loop
+ * before each), so a long log delays other requests without stopping them, and a request
+ * timeout interrupts it. `applied` hears of the state after each entry, so a cache keeps what an
+ * interrupted replay did.
  */
 export const replay = Effect.fn("Associations.replay")(function*(
   updates: ReadonlyArray<IdentityUpdate>,
   from: AssociationState | undefined = undefined,
-  applied: (state: AssociationState, count: number) => void = () => {}
+  applied: (state: AssociationState, count: number) => void = () => {},
+  verification: Verification = takeTurns
 ) {
   let state = from
   for (const [i, update] of updates.entries()) {
-    if (i > 0) yield* eventLoopTurn
-    state = yield* applyUpdate(state, update)
+    state = yield* applyUpdate(state, update, verification)
     applied(state, i + 1)
   }
   return state

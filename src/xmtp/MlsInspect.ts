@@ -1,13 +1,13 @@
 /**
  * What the XMTP V3 server reads out of MLS bytes, as node-go's validation service does: the
- * group id of a group message and whether it is a commit (or proposal), and a key package's
+ * group id of a group message and whether it is a commit (or proposal), read from its header, and a key package's
  * installation key after verifying it (size and list bounds, canonical encoding, init key distinct
  * from the leaf's encryption key, signatures, lifetime, an `MlsCredential` naming an inbox).
  * Nothing else of the MLS content is checked: clients validate commits themselves.
  */
 import { ed25519 } from "@noble/curves/ed25519.js"
 import { Data, Effect } from "effect"
-import { decodeMlsMessage, type KeyPackage } from "ts-mls"
+import type { KeyPackage } from "ts-mls"
 import type { Signature } from "ts-mls/crypto/signature.js"
 import { encodeKeyPackage, verifyKeyPackage } from "ts-mls/keyPackage.js"
 import { decodeKeyPackage } from "../layers/TsMlsDecoders.ts"
@@ -43,27 +43,115 @@ export interface GroupMessageFacts {
   readonly isCommit: boolean
 }
 
-/** The group id and commit-ness of an MLS group message (a PrivateMessage or PublicMessage). */
+/** A bounded reader of TLS-encoded MLS fields: every read is O(1) and checked against the end. */
+class Reader {
+  private offset = 0
+  constructor(private readonly bytes: Uint8Array) {}
+
+  get done() {
+    return this.offset === this.bytes.length
+  }
+
+  uint(width: 1 | 2 | 4): number {
+    if (this.offset + width > this.bytes.length) throw new MalformedMls({ reason: "truncated" })
+    let value = 0
+    for (let i = 0; i < width; i++) value = value * 256 + this.bytes[this.offset++]!
+    return value
+  }
+
+  skip(n: number) {
+    if (this.offset + n > this.bytes.length) throw new MalformedMls({ reason: "truncated" })
+    this.offset += n
+  }
+
+  /** An `opaque<V>`: RFC 9420's variable-length integer (prefix 11 is invalid), then that many bytes. */
+  opaque(): Uint8Array {
+    const first = this.uint(1)
+    const prefix = first >> 6
+    if (prefix === 3) throw new MalformedMls({ reason: "invalid variable-length integer" })
+    let length = first & 0x3f
+    for (let i = 0; i < (1 << prefix) - 1; i++) length = length * 256 + this.uint(1)
+    const start = this.offset
+    this.skip(length)
+    return this.bytes.subarray(start, this.offset)
+  }
+}
+
+const WIRE_FORMATS: Record<number, string> = {
+  1: "mls_public_message",
+  2: "mls_private_message",
+  3: "mls_welcome",
+  4: "mls_group_info",
+  5: "mls_key_package"
+}
+const APPLICATION = 1
+const COMMIT = 3
+/** Sender types (RFC 9420 6): member and external carry a uint32 index, the new-member kinds nothing. */
+const SENDER_MEMBER = 1
+const SENDER_EXTERNAL = 2
+const SENDER_NEW_MEMBER_COMMIT = 4
+
+const contentType = (reader: Reader) => {
+  const type = reader.uint(1)
+  if (type < APPLICATION || type > COMMIT) throw new MalformedMls({ reason: `unknown content type ${type}` })
+  return type
+}
+
+/** A PrivateMessage is its header and three opaque fields: all of it is read. */
+const privateFacts = (reader: Reader): GroupMessageFacts => {
+  const groupId = reader.opaque().slice()
+  reader.skip(8) // epoch
+  const type = contentType(reader)
+  reader.opaque() // authenticated_data
+  reader.opaque() // encrypted_sender_data
+  reader.opaque() // ciphertext
+  if (!reader.done) throw new MalformedMls({ reason: "bytes after the message" })
+  return { groupId, isCommit: type !== APPLICATION }
+}
+
+/**
+ * A PublicMessage is read up to its content type, and an application message to its end. The
+ * content of a proposal or commit is not read: the server does not validate it (clients do), and
+ * decoding a commit whole costs time in proportion to what a sender chooses to put in it.
+ */
+const publicFacts = (reader: Reader): GroupMessageFacts => {
+  const groupId = reader.opaque().slice()
+  reader.skip(8) // epoch
+  const sender = reader.uint(1)
+  if (sender === SENDER_MEMBER || sender === SENDER_EXTERNAL) reader.skip(4)
+  else if (sender < SENDER_MEMBER || sender > SENDER_NEW_MEMBER_COMMIT) throw new MalformedMls({ reason: `unknown sender type ${sender}` })
+  reader.opaque() // authenticated_data
+  const type = contentType(reader)
+  if (type === APPLICATION) {
+    reader.opaque() // application_data
+    reader.opaque() // signature
+    if (sender === SENDER_MEMBER) reader.opaque() // membership_tag
+    if (!reader.done) throw new MalformedMls({ reason: "bytes after the message" })
+  }
+  return { groupId, isCommit: type !== APPLICATION }
+}
+
+/**
+ * The group id and commit-ness of an MLS group message (a PrivateMessage or PublicMessage), read
+ * from its header by hand in constant time, whatever the message's size.
+ */
 export const inspectGroupMessage = (bytes: Uint8Array): Effect.Effect<GroupMessageFacts, MalformedMls> =>
-  Effect.flatMap(decodeWhole("group message", decodeMlsMessage, bytes), (message) => {
-    switch (message.wireformat) {
-      case "mls_private_message": {
-        const { groupId, contentType } = message.privateMessage
-        return Effect.succeed({ groupId, isCommit: contentType !== "application" })
+  Effect.suspend(() => {
+    try {
+      const reader = new Reader(bytes)
+      if (reader.uint(2) !== 1) throw new MalformedMls({ reason: "not MLS 1.0" })
+      const wireFormat = reader.uint(2)
+      const facts = wireFormat === 2 ? privateFacts(reader) : wireFormat === 1 ? publicFacts(reader) : undefined
+      if (facts === undefined) {
+        const name = WIRE_FORMATS[wireFormat] ?? `wire format ${wireFormat}`
+        throw new MalformedMls({ reason: `a ${name} is not a group message` })
       }
-      case "mls_public_message": {
-        const { groupId, contentType } = message.publicMessage.content
-        return Effect.succeed({ groupId, isCommit: contentType !== "application" })
-      }
-      default:
-        return Effect.fail(new MalformedMls({ reason: `group message: a ${message.wireformat} is not a group message` }))
+      if (facts.groupId.length === 0) throw new MalformedMls({ reason: "empty group id" })
+      return Effect.succeed(facts)
+    } catch (e) {
+      return Effect.fail(new MalformedMls({ reason: `group message: ${e instanceof MalformedMls ? e.reason : String(e)}` }))
     }
-  }).pipe(
-    Effect.filterOrFail(
-      (facts) => facts.groupId.length > 0,
-      () => new MalformedMls({ reason: "group message: empty group id" })
-    )
-  )
+  })
 
 /** ts-mls's signature port on @noble/curves Ed25519 (verification only: the server signs nothing). */
 const ed25519Signature: Signature = {

@@ -10,8 +10,17 @@
 import { Effect, Either } from "effect"
 import { createHash } from "node:crypto"
 import type { DeliveryStoreError } from "../services/DeliveryStore.ts"
-import type { AssociationState } from "./Associations.ts"
-import { addressesAdded, addressesRevoked, applyUpdate, checkShape, ethereumAddress, MAX_LOG_ENTRIES, replay } from "./Associations.ts"
+import type { AssociationState, Verification } from "./Associations.ts"
+import {
+  addressesAdded,
+  addressesRevoked,
+  applyUpdate,
+  checkShape,
+  ethereumAddress,
+  MAX_LOG_ENTRIES,
+  replay,
+  sharedVerification
+} from "./Associations.ts"
 import type { GetIdentityUpdatesRequest, GetInboxIdsRequest, IdentityUpdate, PublishIdentityUpdateRequest } from "./Proto.ts"
 import { codecs, IdentifierKind, int64 } from "./Proto.ts"
 import type { Unary } from "./XmtpMlsApi.ts"
@@ -102,8 +111,7 @@ const SHORT_REPLAY = 16
 
 /** The state of the inbox's log as stored (`bodies`, with their prefix `digests`), replaying what the cache lacks. */
 const verifiedState = (
-  cache: VerifiedStates,
-  replaySlot: Effect.Semaphore,
+  { cache, replaySlot, verification }: Publisher,
   inboxId: string,
   bodies: ReadonlyArray<Uint8Array>,
   digests: ReadonlyArray<string>
@@ -117,7 +125,7 @@ const verifiedState = (
         const length = start.length + count
         cache.keep(inboxId, { length, digest: digests[length]!, state })
       }
-      return yield* replay(rest, start.state, kept).pipe(
+      return yield* replay(rest, start.state, kept, verification).pipe(
         Effect.mapError((e) => new XmtpStatus({ code: Code.Internal, reason: `the stored log does not replay: ${e.reason}` }))
       )
     })
@@ -130,7 +138,15 @@ const verifiedState = (
 interface Publisher {
   readonly cache: VerifiedStates
   readonly replaySlot: Effect.Semaphore
+  /** Every signature check of this server's publishes and replays goes through it. */
+  readonly verification: Verification
 }
+
+/**
+ * Signature checks run in one turn of the event loop, server-wide (~2 ms each): other requests
+ * wait a few milliseconds for a turn, however many costly updates are being checked.
+ */
+const CHECKS_PER_TURN = 2
 
 /** Verifies `update` on the inbox's current log and appends it, once the log is unchanged. */
 const publishOnce = (publisher: Publisher, update: IdentityUpdate, body: Uint8Array) =>
@@ -142,11 +158,10 @@ const publishOnce = (publisher: Publisher, update: IdentityUpdate, body: Uint8Ar
     }
     const bodies = log.map((e) => e.body)
     const digests = prefixDigests(bodies)
-    const state = yield* verifiedState(publisher.cache, publisher.replaySlot, update.inboxId, bodies, digests)
-    const next = yield* Either.match(applyUpdate(state, update), {
-      onLeft: (e) => Effect.fail(invalid(`invalid identity update: ${e.reason}`)),
-      onRight: Effect.succeed
-    })
+    const state = yield* verifiedState(publisher, update.inboxId, bodies, digests)
+    const next = yield* applyUpdate(state, update, publisher.verification).pipe(
+      Effect.mapError((e) => invalid(`invalid identity update: ${e.reason}`))
+    )
     const outcome = yield* stored(store.appendIdentity(update.inboxId, BigInt(log.length), body, MAX_LOG_ENTRIES, {
       added: addressesAdded(update),
       revoked: addressesRevoked(update)
@@ -163,6 +178,9 @@ const publishIdentityUpdate = (limits: XmtpLimits, publisher: Publisher) =>
     const update = request.identityUpdate
     if (update === undefined) return yield* refuse("no identity update")
     if (!INBOX_ID.test(update.inboxId)) return yield* refuse("invalid identity update: malformed inbox id")
+    // A publish starts in its turn of the server's queue of checks: 64 arriving at once (one
+    // connection's streams) would otherwise all run their cheap checks in one go of the loop.
+    yield* publisher.verification(() => Either.void)
     const body = codecs.identityUpdate.encode(update).finish()
     yield* checkBytes("identity update", body, limits.maxPayloadBytes)
     // Refused before the log is read: what no state of it could make valid.
@@ -216,7 +234,11 @@ const getInboxIds = (limits: XmtpLimits) => (request: GetInboxIdsRequest) =>
   })
 
 export const make = (limits: XmtpLimits): Record<string, Unary> => {
-  const publisher: Publisher = { cache: new VerifiedStates(), replaySlot: Effect.unsafeMakeSemaphore(1) }
+  const publisher: Publisher = {
+    cache: new VerifiedStates(),
+    replaySlot: Effect.unsafeMakeSemaphore(1),
+    verification: sharedVerification(CHECKS_PER_TURN)
+  }
   return {
     PublishIdentityUpdate: publishIdentityUpdate(limits, publisher),
     GetIdentityUpdates: getIdentityUpdates(limits),

@@ -1,6 +1,6 @@
 /**
  * `xmtp.mls.api.v1.MlsApi` with node-go's semantics:
- * - sends parse each MLS message for its group id and commit-ness and store it on the group's
+ * - sends read each MLS message's header for its group id and commit-ness and store it on the group's
  *   topic (identical payloads once); welcomes go to the installation's topic as they are;
  * - queries are newest first unless ASCENDING, the limit is capped at 100, ASC returns ids
  *   above the cursor and DESC ids below it (0: from the newest), and the answer's `id_cursor`
@@ -105,16 +105,23 @@ const sendGroupMessages = (limits: XmtpLimits) => (request: mlsApi.SendGroupMess
   Effect.gen(function*() {
     const store = yield* XmtpStore
     yield* checkCount("SendGroupMessages", request.messages, limits.maxBatch)
-    // Everything is checked before anything is stored: a send is all or nothing.
-    const entries: Array<{ topic: Topic; payload: Uint8Array }> = []
+    // Everything is checked before anything is stored: a send is all or nothing. Sizes of all
+    // first, then headers: reading a header is constant time (`inspectGroupMessage`).
+    const inputs: Array<NonNullable<mlsApi.GroupMessageInput["v1"]>> = []
     for (const input of request.messages) {
       const v1 = input.v1
       if (v1 === undefined) return yield* refuse("invalid group message")
       yield* checkBytes("group message", v1.data, limits.maxPayloadBytes)
       yield* checkMaxBytes("sender hmac", v1.senderHmac, 1024)
+      inputs.push(v1)
+    }
+    const entries: Array<{ topic: Topic; payload: Uint8Array }> = []
+    for (const v1 of inputs) {
       const facts = yield* inspectGroupMessage(v1.data).pipe(
         Effect.mapError((e) => invalid(`invalid group message: ${e.reason}`))
       )
+      // A group id no query could name (`QueryGroupMessages` checks it so) is refused here too.
+      yield* checkId("invalid group message: group id", facts.groupId)
       const record = {
         v1: { groupId: facts.groupId, data: v1.data, senderHmac: v1.senderHmac, shouldPush: v1.shouldPush, isCommit: facts.isCommit }
       }
