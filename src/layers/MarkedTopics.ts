@@ -1,9 +1,10 @@
 /**
  * The topics of a many-topic subscription that need a read, for one reader serving them all in
- * turn (`StoreTopicFollower.followMany`, the XMTP face's subscriptions). The change feed marks
- * topics; when nothing is marked for `pollMillis`, the next `pollPage` topics are marked in turn
- * as a safety net for a lost notification. Not all of them: 32 idle subscriptions of 1,000 topics
- * on one anonymous connection would ask for 6,400 reads a second.
+ * turn (`StoreTopicFollower.followMany`; the XMTP face's subscriptions keep their own, polling
+ * only where the feed can miss an append). The change feed marks topics; when nothing is marked
+ * for `pollMillis`, the next `pollPage` topics are marked in turn as a safety net for a lost
+ * notification. Not all of them: 32 idle subscriptions of 1,000 topics on one anonymous
+ * connection would ask for 6,400 reads a second.
  */
 import { Effect, Option } from "effect"
 import type { Topic } from "../services/DeliveryStore.ts"

@@ -42,8 +42,10 @@ export interface XmtpLimits {
   readonly maxIdsPerLookup: number
   /** Most topics one subscription or `GetNewestGroupMessage` may name. */
   readonly maxFilters: number
-  /** How often a subscription re-reads its topics when told nothing (a safety net). */
+  /** How often a subscription checks a page of its topics when told nothing (a safety net; Postgres only). */
   readonly pollMillis: number
+  /** Most topics all subscriptions of the server follow together (a topic followed twice counts twice). */
+  readonly maxSubscribedTopics: number
   /** Most identity-log entries in one `GetIdentityUpdates` answer (`--max-identity-entries`). */
   readonly maxIdentityEntries: number
 }
@@ -54,6 +56,9 @@ export const DEFAULT_XMTP_LIMITS: XmtpLimits = {
   maxIdsPerLookup: 100,
   maxFilters: 1000,
   pollMillis: 5000,
+  // About 200 MiB of subscription state at ~200 bytes a topic; the per-connection bound alone
+  // allows 1,024 connections x 32 subscriptions x 1,000 topics.
+  maxSubscribedTopics: 1_000_000,
   maxIdentityEntries: 500
 }
 

@@ -103,6 +103,14 @@ export class XmtpStore extends Context.Tag("converge/xmtp/XmtpStore")<XmtpStore,
   ) => Effect.Effect<ReadonlyArray<StoredEntry>, DeliveryStoreError>
   /** The size of each topic's newest payload (topics with none are absent): a budget before the reads. */
   readonly newestSizes: (topics: ReadonlyArray<Topic>) => Effect.Effect<ReadonlyMap<Topic, number>, DeliveryStoreError>
+  /** Each topic's last id (topics with none are absent), in one query: which topics of a subscription have news. */
+  readonly heads: (topics: ReadonlyArray<Topic>) => Effect.Effect<ReadonlyMap<Topic, bigint>, DeliveryStoreError>
+  /**
+   * Whether `changes` may miss an append, so that followers need a safety-net poll: on Postgres a
+   * commit whose outcome was lost may have had its notification dropped (`PgDeliveryStore`);
+   * SQLite's in-process feed announces every commit.
+   */
+  readonly changesMayMiss: boolean
   readonly changes: Effect.Effect<Queue.Dequeue<TopicChange>, never, Scope.Scope>
   readonly identityLog: (inboxId: string, afterSequenceId: bigint, limit: number) => Effect.Effect<ReadonlyArray<IdentityEntry>, DeliveryStoreError>
   readonly appendIdentity: (
@@ -202,6 +210,15 @@ const make = Effect.gen(function*() {
             AND e.sequence_id = (SELECT max(m.sequence_id) FROM ds_envelopes m WHERE m.topic = e.topic)`
         return new Map(rows.map((row) => [row.topic as Topic, Number(row.size)] as const))
       }).pipe(failed("newestSizes")),
+    heads: (topics) =>
+      Effect.gen(function*() {
+        if (topics.length === 0) return new Map<Topic, bigint>()
+        // ds_topics holds each topic's head, written in the transaction that appends its entries.
+        const rows = yield* sql<{ topic: string; last_sequence_id: unknown }>`
+          SELECT topic, last_sequence_id FROM ds_topics WHERE ${sql.in("topic", [...new Set(topics)])}`
+        return new Map(rows.map((row) => [row.topic as Topic, big(row.last_sequence_id)] as const))
+      }).pipe(failed("heads")),
+    changesMayMiss: sql.onDialectOrElse({ pg: () => true, orElse: () => false }),
     changes: store.changes,
     identityLog: (inboxId, after, limit) =>
       sql<{ sequence_id: unknown; server_time_ns: unknown; body: unknown }>`

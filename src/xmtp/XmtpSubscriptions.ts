@@ -1,57 +1,308 @@
 /**
  * `SubscribeGroupMessages` and `SubscribeWelcomeMessages` as node-go serves them: every topic
  * named is replayed from above its cursor, then followed live, with a high-water mark per
- * topic so nothing is sent twice or skipped. The store's change feed is joined before the
- * first read, so an append during the replay is seen either by the replay or as a change.
+ * topic so nothing is sent twice or skipped.
+ *
+ * What an idle subscription costs is about 150 bytes a topic (a short key, a slot, an entry in the
+ * server's index) and nothing per second: one fiber per server takes the store's change feed and marks only the subscriptions following a
+ * changed topic; the opening asks the store once per `HEADS_CHUNK` topics which have anything
+ * after their cursor and reads only those (1,000 reads per subscription of 1,000 topics stalled
+ * the event loop for seconds); a polling safety net runs only where the feed can miss an append.
+ * A subscription is registered with the feed before its first look at the store, so an append
+ * meanwhile is seen either by that look or as a change.
  */
 import type { mlsApi } from "@xmtp/proto"
-import { Chunk, Effect, Queue, Stream } from "effect"
+import { Chunk, Deferred, Effect, FiberId, Queue, Stream } from "effect"
 import { pageMayContinue } from "../layers/DeliveryRequests.ts"
-import * as MarkedTopics from "../layers/MarkedTopics.ts"
-import { ANY_TOPIC, type StoredEntry, type Topic } from "../services/DeliveryStore.ts"
+import { ANY_TOPIC, type StoredEntry, type Topic, type TopicChange } from "../services/DeliveryStore.ts"
 import { int64 } from "./Proto.ts"
 import { groupMessageOf, welcomeMessageOf } from "./XmtpMlsApi.ts"
 import { groupTopic, welcomeTopic, XmtpStore } from "./XmtpStore.ts"
-import { checkCount, checkId, MAX_PAGE_SIZE, MAX_RECORD_OVERHEAD, unavailable, type XmtpLimits, type XmtpStatus } from "./XmtpStatus.ts"
+import {
+  checkCount,
+  checkId,
+  Code,
+  MAX_PAGE_SIZE,
+  MAX_RECORD_OVERHEAD,
+  unavailable,
+  type XmtpLimits,
+  XmtpStatus
+} from "./XmtpStatus.ts"
 
-/** Follows `cursors` (topic -> last id seen), serving each new entry once, in each topic's order. */
-const follow = <A>(cursors: Map<Topic, bigint>, serve: (entry: StoredEntry) => A, limits: XmtpLimits) =>
+/** Topics per `heads` query: one short statement (about a millisecond on SQLite), far below any parameter limit. */
+const HEADS_CHUNK = 500
+/** Most milliseconds of subscription openings and closings per event-loop turn: what they add to others' latency. */
+const MAX_TURN_MS = 10
+
+/**
+ * Takes turns at the event loop for the openings' and closings' synchronous work (decoding 1,000
+ * topics, indexing them, better-sqlite3's queries): one holder at a time, and once a turn has
+ * run `MAX_TURN_MS` the next holder waits for a later turn (`setImmediate`). Yielding per step
+ * was not enough: Effect resumes ready fibers in microtasks, so 256 openings woken together ran
+ * back to back and held the loop for over a second.
+ */
+const makeTurns = () => {
+  const waiting: Array<() => void> = []
+  let busy = false
+  let armed = false
+  let turnStart = 0
+  const next = () => {
+    const resume = waiting.shift()
+    if (resume === undefined) return
+    busy = true
+    resume()
+  }
+  const tick = () => {
+    armed = false
+    turnStart = performance.now()
+    if (!busy) next()
+  }
+  const handOver = () => {
+    if (waiting.length === 0) return
+    if (performance.now() - turnStart < MAX_TURN_MS) next()
+    else if (!armed) {
+      armed = true
+      setImmediate(tick)
+    }
+  }
+  const acquire = Effect.async<void>((resume) => {
+    const entry = () => resume(Effect.void)
+    waiting.push(entry)
+    // Within a turn that began under `MAX_TURN_MS` ago, at once; else in a fresh one.
+    if (!busy) handOver()
+    return Effect.sync(() => {
+      const at = waiting.indexOf(entry)
+      if (at >= 0) waiting.splice(at, 1)
+    })
+  })
+  const release = Effect.sync(() => {
+    busy = false
+    handOver()
+  })
+  /** Runs `effect` in a turn of its own (uninterruptible while it waits: a closed subscription waits its turn). */
+  return <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.acquireUseRelease(acquire, () => effect, () => release)
+}
+
+/** The process's: the event loop is. */
+const inTurn = makeTurns()
+
+/**
+ * A topic as held here: its kind's letter and its id's bytes, a character each. The store's name
+ * (`xg/` + hex) is twice as long, and an idle subscription is mostly its 1,000 topics.
+ */
+type Key = string & { readonly XmtpTopicKey: unique symbol }
+
+/** One flat string (a concatenation is a rope, which V8 copies again when it is hashed). */
+const keyOf = (kind: "g" | "w", id: Uint8Array): Key => {
+  const bytes = Buffer.allocUnsafe(1 + id.length)
+  bytes[0] = kind.charCodeAt(0)
+  bytes.set(id, 1)
+  return bytes.toString("latin1") as Key
+}
+
+const topicOfKey = (key: Key): Topic =>
+  (key[0] === "g" ? groupTopic : welcomeTopic)(Buffer.from(key.slice(1), "latin1"))
+
+/** The key of a group or welcome topic; undefined for other topics (no subscription follows them). */
+const keyOfTopic = (topic: Topic): Key | undefined =>
+  topic.startsWith("xg/") ? keyOf("g", Buffer.from(topic.slice(3), "hex"))
+  : topic.startsWith("xw/") ? keyOf("w", Buffer.from(topic.slice(3), "hex"))
+  : undefined
+
+/** One subscription's state, shared with the server's fan-out. */
+interface Follower {
+  /** Topic -> last id served, for those past 0: most of an idle subscription's cursors are 0. */
+  readonly cursors: Map<Key, bigint>
+  readonly topics: ReadonlyArray<Key>
+  /** Topics to read; the reader takes one off before reading it (a change meanwhile puts it back). */
+  readonly marked: Set<Key>
+  /** Every topic's head to be compared with its cursor: at the opening, and when the feed may have missed changes. */
+  recheck: boolean
+  readonly woken: Effect.Latch
+}
+
+const cursorOf = (f: Follower, key: Key) => f.cursors.get(key) ?? 0n
+
+const markChange = (f: Follower, key: Key, change: TopicChange) => {
+  // An announcement the reader has already served (it read past it) needs no read.
+  if (change.sequenceId > cursorOf(f, key)) {
+    f.marked.add(key)
+    f.woken.unsafeOpen()
+  }
+}
+
+/** The followers of each topic: one follower (the common case) without a Set of its own. */
+const makeIndex = () => {
+  const byTopic = new Map<Key, Follower | Set<Follower>>()
+  const add = (f: Follower) => {
+    for (const key of f.topics) {
+      const found = byTopic.get(key)
+      if (found === undefined) byTopic.set(key, f)
+      else if (found instanceof Set) found.add(f)
+      else byTopic.set(key, new Set([found, f]))
+    }
+  }
+  const remove = (f: Follower) => {
+    for (const key of f.topics) {
+      const found = byTopic.get(key)
+      if (found === f) byTopic.delete(key)
+      else if (found instanceof Set) {
+        found.delete(f)
+        if (found.size === 1) byTopic.set(key, found.values().next().value!)
+      }
+    }
+  }
+  return { add, remove, get: (key: Key) => byTopic.get(key) }
+}
+
+/**
+ * The followers of each topic on one server, fed by one subscription to the store's change
+ * feed: an append wakes the subscriptions following its topic, not every subscription (each of
+ * which heard every append before). Also bounds the topics followed server-wide.
+ */
+const makeFanOut = (maxTopics: number) => {
+  const index = makeIndex()
+  const followers = new Set<Follower>()
+  let followed = 0
+  /** Completed once the feed is joined; unset until the first subscription, or after the store closed. */
+  let joined: Deferred.Deferred<void> | undefined
+
+  const dispatch = (change: TopicChange) => {
+    if (change.topic === ANY_TOPIC) {
+      for (const f of followers) {
+        f.recheck = true
+        f.woken.unsafeOpen()
+      }
+      return
+    }
+    const key = keyOfTopic(change.topic)
+    const found = key === undefined ? undefined : index.get(key)
+    if (found instanceof Set) for (const f of found) markChange(f, key!, change)
+    else if (found !== undefined) markChange(found, key!, change)
+  }
+
+  /** Runs as long as the store's feed (a daemon: it serves every subscription, not the first one's). */
+  const feed = (store: XmtpStore["Type"], ready: Deferred.Deferred<void>) =>
+    Effect.scoped(Effect.gen(function*() {
+      const changes = yield* store.changes
+      yield* Deferred.succeed(ready, undefined)
+      return yield* Queue.take(changes).pipe(
+        Effect.zip(Queue.takeAll(changes)),
+        Effect.map(([first, rest]) => {
+          dispatch(first)
+          for (const change of rest) dispatch(change)
+        }),
+        Effect.forever
+      )
+    })).pipe(Effect.ensuring(Effect.sync(() => (joined === ready ? (joined = undefined) : undefined))))
+
+  const register = (f: Follower) => {
+    followed += f.topics.length
+    followers.add(f)
+    index.add(f)
+  }
+
+  const unregister = (f: Follower) => {
+    followed -= f.topics.length
+    followers.delete(f)
+    index.remove(f)
+  }
+
+  /** Registers `f` until the scope closes, once the feed is joined; refused past the server's topic bound. */
+  const join = (store: XmtpStore["Type"], f: Follower) =>
+    Effect.gen(function*() {
+      yield* Effect.acquireRelease(
+        inTurn(Effect.suspend(() => {
+          if (followed + f.topics.length > maxTopics) {
+            return Effect.fail(new XmtpStatus({
+              code: Code.ResourceExhausted,
+              reason: `the server follows ${followed} topics; ${f.topics.length} more would pass its limit of ${maxTopics}`
+            }))
+          }
+          register(f)
+          return Effect.void
+        })),
+        () => inTurn(Effect.sync(() => unregister(f)))
+      )
+      const ready = yield* Effect.sync(() => {
+        if (joined !== undefined) return { ready: joined, start: false }
+        joined = Deferred.unsafeMake<void>(FiberId.none)
+        return { ready: joined, start: true }
+      })
+      if (ready.start) yield* Effect.forkDaemon(feed(store, ready.ready))
+      yield* Deferred.await(ready.ready)
+    })
+
+  return { join }
+}
+
+type FanOut = ReturnType<typeof makeFanOut>
+
+/** Marks those of `topics` that have entries after their cursor: one query per chunk, each in a turn (better-sqlite3 is synchronous). */
+const markNews = (store: XmtpStore["Type"], f: Follower, keys: ReadonlyArray<Key>) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < keys.length; i += HEADS_CHUNK) {
+      yield* inTurn(Effect.gen(function*() {
+        const chunk = new Map(keys.slice(i, i + HEADS_CHUNK).map((key) => [topicOfKey(key), key] as const))
+        const heads = yield* store.heads(Array.from(chunk.keys()))
+        for (const [topic, head] of heads) {
+          const key = chunk.get(topic)!
+          if (head > cursorOf(f, key)) f.marked.add(key)
+        }
+      }))
+    }
+  })
+
+/** Where the feed may miss an append: every `pollMillis`, the next page of topics is checked, in turn. */
+const safetyPoll = (store: XmtpStore["Type"], f: Follower, limits: XmtpLimits) => {
+  let next = 0
+  const page = Effect.suspend(() => {
+    const topics = f.topics.slice(next, next + MAX_PAGE_SIZE)
+    next = next + MAX_PAGE_SIZE >= f.topics.length ? 0 : next + MAX_PAGE_SIZE
+    return markNews(store, f, topics)
+  }).pipe(
+    Effect.zipRight(Effect.sync(() => (f.marked.size > 0 ? f.woken.unsafeOpen() : undefined))),
+    Effect.catchAll((error) => Effect.logWarning("xmtp: a subscription's safety poll failed", error))
+  )
+  return Effect.forever(Effect.zipRight(Effect.sleep(limits.pollMillis), page))
+}
+
+/** Follows `topics` after their cursors, serving each new entry once, in each topic's order. */
+const follow = <A>(fanOut: FanOut, { cursors, topics }: Parsed, serve: (entry: StoredEntry) => A, limits: XmtpLimits) =>
   Stream.unwrapScoped(Effect.gen(function*() {
     const store = yield* XmtpStore
-    const changes = yield* store.changes
-    const { awaitMarked, marked: dirty, wake } = yield* MarkedTopics.make(Array.from(cursors.keys()), {
-      pollMillis: limits.pollMillis,
-      pollPage: MAX_PAGE_SIZE,
-      initiallyMarked: true
-    })
-    const mark = (topic: Topic) => {
-      if (topic === ANY_TOPIC) for (const t of cursors.keys()) dirty.add(t)
-      else if (cursors.has(topic)) dirty.add(topic)
+    const f: Follower = {
+      cursors,
+      topics,
+      marked: new Set(),
+      recheck: true,
+      woken: yield* Effect.makeLatch(false)
     }
-    // Drains the feed all the time into `dirty`, so a slow reader holds O(topics) here.
-    yield* Queue.take(changes).pipe(
-      Effect.zip(Queue.takeAll(changes)),
-      Effect.flatMap(([first, rest]) =>
-        Effect.suspend(() => {
-          mark(first.topic)
-          for (const change of rest) mark(change.topic)
-          return wake
-        })
-      ),
-      Effect.forever,
-      Effect.forkScoped
-    )
+    yield* fanOut.join(store, f)
+    if (store.changesMayMiss) yield* Effect.forkScoped(safetyPoll(store, f, limits))
+    const awaitMarked = Effect.gen(function*() {
+      while (true) {
+        if (f.recheck) {
+          f.recheck = false
+          yield* Effect.catchAll(markNews(store, f, f.topics), unavailable)
+        }
+        if (f.marked.size > 0) return
+        yield* f.woken.await
+        // Closed before the state is looked at again: a mark after this opens it anew.
+        yield* f.woken.close
+      }
+    })
     const pull = Effect.gen(function*() {
       yield* awaitMarked
-      const topic = dirty.values().next().value as Topic
+      const key = f.marked.values().next().value as Key
       // Taken off before the read: a change during the read puts it back.
-      dirty.delete(topic)
-      const after = cursors.get(topic)!
-      const entries = yield* Effect.catchAll(store.read(topic, after, MAX_PAGE_SIZE, false), unavailable)
-      if (pageMayContinue(entries, MAX_PAGE_SIZE, limits.maxPayloadBytes + MAX_RECORD_OVERHEAD)) dirty.add(topic)
+      f.marked.delete(key)
+      const after = cursorOf(f, key)
+      const entries = yield* Effect.catchAll(store.read(topicOfKey(key), after, MAX_PAGE_SIZE, false), unavailable)
+      if (pageMayContinue(entries, MAX_PAGE_SIZE, limits.maxPayloadBytes + MAX_RECORD_OVERHEAD)) f.marked.add(key)
       const fresh = entries.filter((e) => e.sequenceId > after)
       const last = fresh[fresh.length - 1]
-      if (last !== undefined) cursors.set(topic, last.sequenceId)
+      if (last !== undefined) cursors.set(key, last.sequenceId)
       return Chunk.unsafeFromArray(fresh)
     })
     // One message decoded at a time, as the reader takes it: a page decoded whole doubled what a
@@ -59,33 +310,68 @@ const follow = <A>(cursors: Map<Topic, bigint>, serve: (entry: StoredEntry) => A
     return Stream.repeatEffectChunk(pull).pipe(Stream.rechunk(1), Stream.map(serve))
   }))
 
-/** The highest cursor named per topic (a topic named twice is followed once). */
-const cursorsOf = <F>(filters: ReadonlyArray<F>, topicOf: (f: F) => Topic, cursorOf: (f: F) => bigint) => {
-  const cursors = new Map<Topic, bigint>()
+interface Parsed {
+  readonly topics: ReadonlyArray<Key>
+  readonly cursors: Map<Key, bigint>
+}
+
+/** The topics named (a topic named twice is followed once, from its highest cursor) and their cursors past 0. */
+const cursorsOf = <F>(filters: ReadonlyArray<F>, topicOf: (f: F) => Key, cursorOf: (f: F) => bigint): Parsed => {
+  const all = new Map<Key, bigint>()
   for (const f of filters) {
     const topic = topicOf(f)
     const cursor = cursorOf(f)
-    if ((cursors.get(topic) ?? -1n) < cursor) cursors.set(topic, cursor)
+    if ((all.get(topic) ?? -1n) < cursor) all.set(topic, cursor)
   }
-  return cursors
+  const cursors = new Map<Key, bigint>()
+  for (const [topic, cursor] of all) if (cursor > 0n) cursors.set(topic, cursor)
+  return { topics: Array.from(all.keys()), cursors }
 }
 
 /** A streaming RPC: its decoded request to the messages it sends. */
 export type Streaming = (request: never) => Stream.Stream<unknown, XmtpStatus, XmtpStore>
 
-export const make = (limits: XmtpLimits): Record<string, Streaming> => ({
-  SubscribeGroupMessages: (request: mlsApi.SubscribeGroupMessagesRequest) =>
-    Stream.unwrap(Effect.gen(function*() {
-      yield* checkCount("SubscribeGroupMessages", request.filters, limits.maxFilters)
-      for (const f of request.filters) yield* checkId("group id", f.groupId)
-      const cursors = cursorsOf(request.filters, (f) => groupTopic(f.groupId), (f) => int64(f.idCursor))
-      return follow(cursors, (e) => groupMessageOf(e), limits)
-    })),
-  SubscribeWelcomeMessages: (request: mlsApi.SubscribeWelcomeMessagesRequest) =>
-    Stream.unwrap(Effect.gen(function*() {
-      yield* checkCount("SubscribeWelcomeMessages", request.filters, limits.maxFilters)
-      for (const f of request.filters) yield* checkId("installation key", f.installationKey)
-      const cursors = cursorsOf(request.filters, (f) => welcomeTopic(f.installationKey), (f) => int64(f.idCursor))
-      return follow(cursors, welcomeMessageOf, limits)
-    }))
-})
+/**
+ * A subscription to the topics `parse` finds in `request`, checked and parsed in a turn. The
+ * request's filters are let go of once parsed: grpc-js keeps the request on its call for the
+ * life of the stream, and 1,000 filters (each id a Buffer on the message's bytes, and the bytes)
+ * were most of what an idle subscription held.
+ */
+const subscription = <R extends { filters: Array<unknown> }>(
+  fanOut: FanOut,
+  limits: XmtpLimits,
+  request: R,
+  parse: (request: R) => Effect.Effect<Parsed, XmtpStatus>,
+  serve: (entry: StoredEntry) => unknown
+) => {
+  let held: R | undefined = request
+  return Stream.unwrap(Effect.suspend(() => {
+    const taken = held!
+    held = undefined
+    return inTurn(parse(taken)).pipe(
+      Effect.ensuring(Effect.sync(() => (taken.filters.length = 0))),
+      Effect.map((parsed) => follow(fanOut, parsed, serve, limits))
+    )
+  }))
+}
+
+/** The streaming RPCs of one server (they share its fan-out of the change feed and its topic bound). */
+export const make = (limits: XmtpLimits): Record<string, Streaming> => {
+  const fanOut = makeFanOut(limits.maxSubscribedTopics)
+  return {
+    SubscribeGroupMessages: (request: mlsApi.SubscribeGroupMessagesRequest) =>
+      subscription(fanOut, limits, request, (r) =>
+        Effect.gen(function*() {
+          yield* checkCount("SubscribeGroupMessages", r.filters, limits.maxFilters)
+          for (const f of r.filters) yield* checkId("group id", f.groupId)
+          return cursorsOf(r.filters, (f) => keyOf("g", f.groupId), (f) => int64(f.idCursor))
+        }), (e) => groupMessageOf(e)),
+    SubscribeWelcomeMessages: (request: mlsApi.SubscribeWelcomeMessagesRequest) =>
+      subscription(fanOut, limits, request, (r) =>
+        Effect.gen(function*() {
+          yield* checkCount("SubscribeWelcomeMessages", r.filters, limits.maxFilters)
+          for (const f of r.filters) yield* checkId("installation key", f.installationKey)
+          return cursorsOf(r.filters, (f) => keyOf("w", f.installationKey), (f) => int64(f.idCursor))
+        }), welcomeMessageOf)
+  }
+}
