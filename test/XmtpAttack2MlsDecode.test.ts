@@ -54,6 +54,7 @@ layer(XmtpHarness.layer(), { excludeTestServices: true })("XMTP attack 2: MLS by
       }
       console.log(JSON.stringify(report))
       expect(answer.code).toBe(3)
-      expect(report.maxHeldCpuMs).toBeLessThan(100)
+      // Before: the loop held 3.1-4.4 s. The bound leaves room for a loaded CI host.
+      expect(report.maxHeldCpuMs).toBeLessThan(400)
     }), { timeout: 60_000 })
 })

@@ -132,8 +132,9 @@ layer(XmtpHarness.layer(), { excludeTestServices: true })("XMTP attack 2: signat
         }
         console.log(JSON.stringify(report))
         expect(report.refused).toContain(attack.refusal)
-        expect(report.maxHeldCpuMs).toBeLessThan(100)
-        expect(report.trivialCallMaxMs).toBeLessThan(1000)
+        // Before: the loop held 1.3-2.5 s and a trivial call waited 4.5-9 s; now 27-81 ms and 61-405 ms.
+        expect(report.maxHeldCpuMs).toBeLessThan(400)
+        expect(report.trivialCallMaxMs).toBeLessThan(2_000)
         // Round-robin: the honest update's checks wait behind one check of each flooding request, not all of theirs.
         expect(report.honestPublishMs).toBeLessThan(Math.max(2000, wallMs / 2))
       }), { timeout: 120_000 })

@@ -120,7 +120,8 @@ layer(XmtpHarness.layer(), { excludeTestServices: true })("XMTP attack 2: idle s
         yield* settled(300)
       }
       console.log(JSON.stringify({ oneConnection: attempts }))
-      expect(Math.min(...attempts.map((a) => a.maxDelayMs))).toBeLessThan(100)
+      // Before: 668 ms at best of three (up to 3.7 s); now 35-99 ms. Room for a loaded CI host.
+      expect(Math.min(...attempts.map((a) => a.maxDelayMs))).toBeLessThan(300)
     }), { timeout: 120_000 })
 
   it.scoped("8 connections of 32 idle 1,000-topic subscriptions (~17 MB of requests) cost neither a core nor hundreds of MiB", () =>
@@ -155,6 +156,7 @@ layer(XmtpHarness.layer(), { excludeTestServices: true })("XMTP attack 2: idle s
       }))
       // An idle server with idle subscribers should stay idle (well under a tenth of a core).
       expect(quiet.cpuMs / 10).toBeLessThan(100)
-      expect(held).toBeLessThan(64 * MiB)
+      // Before: 138-140 MiB; now 54-61 MiB.
+      expect(held).toBeLessThan(96 * MiB)
     }), { timeout: 90_000 })
 })

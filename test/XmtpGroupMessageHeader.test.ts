@@ -81,6 +81,7 @@ describe("a group message's header, read by hand", () => {
     const big = hostileCommit(520_000)
     const start = performance.now()
     for (let i = 0; i < 100; i++) expect(Either.getOrThrow(inspect(big)).isCommit).toBe(true)
-    expect(performance.now() - start).toBeLessThan(200)
+    // ts-mls decoded it at about 0.4 s a MiB: 40 s for these 100.
+    expect(performance.now() - start).toBeLessThan(2_000)
   })
 })
