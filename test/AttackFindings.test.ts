@@ -12,7 +12,7 @@ import type { GroupId } from "../src/domain/Ids.ts"
 import * as MemoryDeliveryStore from "../src/layers/MemoryDeliveryStore.ts"
 import * as StoreDeliveryService from "../src/layers/StoreDeliveryService.ts"
 import * as TsMlsCrypto from "../src/layers/TsMlsCrypto.ts"
-import { DeliveryStore } from "../src/services/DeliveryStore.ts"
+import { DeliveryStore, groupTopic } from "../src/services/DeliveryStore.ts"
 import { overWebSocket, WebSocket } from "./support/RawWebSocket.ts"
 import { postNdjson } from "./support/NdjsonPost.ts"
 
@@ -130,8 +130,10 @@ describe("who receives welcomes", () => {
 describe("idle subscriptions", () => {
   // The safety-net poll re-read every followed topic each `pollMillis`: one anonymous
   // connection with 32 subscriptions of 1,000 topics asked for 6,400 store reads a second
-  // while nothing happened. A poll now reads at most a page's worth of topics per subscription.
-  it.scopedLive("a poll of an idle subscription to 1,000 topics reads at most 100 of them", () =>
+  // while nothing happened, and each opening read all 1,000 topics. Now the opening asks the
+  // store's heads, reads only topics with news, and an in-process feed (memory, SQLite) is not
+  // polled at all.
+  it.scopedLive("an idle subscription to 1,000 topics reads only those with news, and nothing while idle", () =>
     Effect.gen(function*() {
       let reads = 0
       const counting = Layer.effect(
@@ -141,21 +143,27 @@ describe("idle subscriptions", () => {
           read: (...args: Parameters<typeof store.read>) => Effect.suspend(() => (reads++, store.read(...args)))
         }))
       ).pipe(Layer.provide(MemoryDeliveryStore.layer))
-      const service = yield* Layer.build(
-        StoreDeliveryService.layer({ pollMillis: 200 }).pipe(Layer.provide(counting), Layer.provide(TsMlsCrypto.layer()))
-      ).pipe(Effect.map(Context.get(DeliveryService)))
+      const context = yield* Layer.build(
+        StoreDeliveryService.layer({ pollMillis: 200 }).pipe(Layer.provideMerge(counting), Layer.provide(TsMlsCrypto.layer()))
+      )
+      const service = Context.get(context, DeliveryService)
       const filters = Array.from({ length: 1000 }, () => ({
         groupId: Buffer.from(crypto.getRandomValues(new Uint8Array(16))).toString("hex") as GroupId,
         afterSequenceId: 0n
       }))
-      yield* Effect.forkScoped(Stream.runDrain(service.subscribeGroupMessages(filters)))
-      // The backlog: every topic read once.
+      // Two topics with a message each before the opening.
+      const store = Context.get(context, DeliveryStore)
+      for (const f of [filters[3]!, filters[600]!]) {
+        yield* store.append([{ topic: groupTopic(f.groupId), payload: new Uint8Array([1, 2, 3]) }])
+      }
+      const received: Array<string> = []
+      yield* Effect.forkScoped(Stream.runForEach(service.subscribeGroupMessages(filters), (e) => Effect.sync(() => received.push(e.groupId))))
       yield* Effect.sleep("1 second")
-      expect(reads).toBeGreaterThanOrEqual(1000)
-      const before = reads
+      expect(received.sort()).toEqual([filters[3]!.groupId, filters[600]!.groupId].sort())
+      expect(reads).toBe(2)
+      // Five poll intervals in that second: nothing read.
       yield* Effect.sleep("1 second")
-      // Five polls in that second: at most 100 topics each.
-      expect(reads - before).toBeLessThanOrEqual(600)
+      expect(reads).toBe(2)
     }))
 })
 

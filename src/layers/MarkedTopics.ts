@@ -1,42 +1,85 @@
 /**
  * The topics of a many-topic subscription that need a read, for one reader serving them all in
- * turn (`StoreTopicFollower.followMany`; the XMTP face's subscriptions keep their own, polling
- * only where the feed can miss an append). The change feed marks topics; when nothing is marked
- * for `pollMillis`, the next `pollPage` topics are marked in turn as a safety net for a lost
- * notification. Not all of them: 32 idle subscriptions of 1,000 topics on one anonymous
- * connection would ask for 6,400 reads a second.
+ * turn (`StoreTopicFollower.followMany`). The change feed marks the topics that changed; which
+ * others have news is asked of the store's `heads` (one query per `HEADS_CHUNK` topics): at the
+ * opening, when the feed says it may have missed changes (`recheck`), and, only where the feed
+ * can miss an append, a page of topics every `pollMillis` as a safety net. Reading every topic
+ * instead (1,000 reads per subscription of 1,000 topics) stalled `converge serve` for seconds
+ * when 256 such subscriptions opened, and the poll's reads kept it half busy while they idled.
  */
-import { Effect, Option } from "effect"
+import { Effect } from "effect"
 import type { Topic } from "../services/DeliveryStore.ts"
+import { inTurn } from "./EventLoopTurns.ts"
 
-export interface MarkedTopics {
+/** Topics per look at the store's heads, each in a turn of its own: one short query (about a millisecond on SQLite). */
+const HEADS_CHUNK = 500
+
+export interface MarkedTopics<E> {
   /** The topics to read; the reader takes one off before reading it (a change meanwhile puts it back). */
   readonly marked: Set<Topic>
   /** Wakes the reader if something is marked: after the feed has marked what changed. */
   readonly wake: Effect.Effect<void>
-  /** Waits until a topic is marked, marking the next page in turn after each quiet `pollMillis`. */
-  readonly awaitMarked: Effect.Effect<void>
+  /** Has every topic's head checked again before the next read: the feed may have missed changes. */
+  readonly recheck: Effect.Effect<void>
+  /** Waits until a topic is marked, checking every topic's head first at the opening and after a `recheck`. */
+  readonly awaitMarked: Effect.Effect<void, E>
 }
 
-export const make = (
-  topics: ReadonlyArray<Topic>,
-  options: { readonly pollMillis: number; readonly pollPage: number; readonly initiallyMarked: boolean }
-): Effect.Effect<MarkedTopics> =>
+export interface Options<E> {
+  /** Marks those of `topics` whose head is past what was delivered (at most `HEADS_CHUNK` at a time). */
+  readonly check: (topics: ReadonlyArray<Topic>) => Effect.Effect<void, E>
+  /** Whether the feed may miss an append: then a page of topics is checked every `pollMillis`. */
+  readonly poll: boolean
+  readonly pollMillis: number
+  readonly pollPage: number
+}
+
+export const make = <E>(topics: ReadonlyArray<Topic>, options: Options<E>) =>
   Effect.gen(function*() {
-    const marked = new Set<Topic>(options.initiallyMarked ? topics : [])
+    const marked = new Set<Topic>()
     const woken = yield* Effect.makeLatch(false)
-    let nextPolled = 0
-    const awaitMarked = Effect.gen(function*() {
-      while (marked.size === 0) {
-        const woke = yield* woken.await.pipe(Effect.timeoutOption(options.pollMillis))
-        yield* woken.close
-        if (Option.isNone(woke)) {
-          for (let i = 0; i < Math.min(options.pollPage, topics.length); i++) {
-            marked.add(topics[nextPolled]!)
-            nextPolled = (nextPolled + 1) % topics.length
-          }
-        }
+    // The opening's check: only topics with news are read.
+    let recheckDue = true
+    const wake = Effect.suspend(() => (marked.size > 0 ? woken.open : Effect.void))
+
+    const checkAll = Effect.gen(function*() {
+      for (let i = 0; i < topics.length; i += HEADS_CHUNK) {
+        yield* inTurn(options.check(topics.slice(i, i + HEADS_CHUNK)))
       }
     })
-    return { marked, wake: Effect.suspend(() => (marked.size > 0 ? woken.open : Effect.void)), awaitMarked }
+
+    const awaitMarked: Effect.Effect<void, E> = Effect.gen(function*() {
+      while (true) {
+        if (recheckDue) {
+          // Cleared first: a recheck asked for during this one runs again.
+          recheckDue = false
+          yield* checkAll
+        }
+        if (marked.size > 0) return
+        yield* woken.await
+        // Closed before the state is looked at again: a mark after this opens it anew.
+        yield* woken.close
+      }
+    })
+
+    if (options.poll && topics.length > 0) yield* Effect.forkScoped(safetyPoll(topics, options, wake))
+    const recheck = Effect.suspend(() => {
+      recheckDue = true
+      return woken.open
+    })
+    return { marked, wake, recheck, awaitMarked } satisfies MarkedTopics<E>
   })
+
+/** Every `pollMillis`, the next `pollPage` topics' heads are checked, in turn; a failure waits for the next round. */
+const safetyPoll = <E>(topics: ReadonlyArray<Topic>, options: Options<E>, wake: Effect.Effect<void>) => {
+  let next = 0
+  const page = Effect.suspend(() => {
+    const slice = topics.slice(next, next + Math.min(options.pollPage, HEADS_CHUNK))
+    next = next + slice.length >= topics.length ? 0 : next + slice.length
+    return inTurn(options.check(slice))
+  }).pipe(
+    Effect.zipRight(wake),
+    Effect.catchAll((error) => Effect.logWarning("DeliveryService: a subscription's safety poll failed", error))
+  )
+  return Effect.forever(Effect.zipRight(Effect.sleep(options.pollMillis), page))
+}

@@ -150,6 +150,16 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
       return page
     })
 
+  const heads: Service["heads"] = (asked) =>
+    Effect.sync(() => {
+      const found = new Map<Topic, bigint>()
+      for (const topic of asked) {
+        const length = topics.get(topic)?.entries.length ?? 0
+        if (length > 0) found.set(topic, BigInt(length))
+      }
+      return found
+    })
+
   const loadInbox: Service["loadInbox"] = (inboxId) =>
     Effect.sync(() => {
       const head = inboxes.get(inboxId)
@@ -258,7 +268,10 @@ export const make: Effect.Effect<Service, never, Scope.Scope> = Effect.gen(funct
     append,
     appendIf,
     read,
+    heads,
     changes: PubSub.subscribe(pubsub),
+    // Announced in process, after every append.
+    changesMayMiss: false,
     loadInbox,
     appendIdentityUpdate,
     installation,

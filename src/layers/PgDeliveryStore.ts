@@ -166,7 +166,8 @@ export const makePg = (
           for (const change of changes) ownChanges.delete(encodeChange(change))
         }),
       changes: PubSub.subscribe(pubsub)
-    }, maxPageBytes).pipe(Effect.provideService(SqlClient.SqlClient, pg))
+    // A commit whose outcome was lost may have had its NOTIFY dropped (`ownChanges`).
+    }, maxPageBytes, true).pipe(Effect.provideService(SqlClient.SqlClient, pg))
   })
 
 /** Postgres (`@effect/sql-pg`): several servers may share it; changes go through LISTEN/NOTIFY. */

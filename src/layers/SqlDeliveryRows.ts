@@ -19,6 +19,12 @@ export const bytesOf = (value: unknown): Uint8Array => {
   return new Uint8Array(view.buffer.slice(view.byteOffset, view.byteOffset + view.byteLength))
 }
 
+/** A BIGINT column as either driver returns it: text (pg), a number or a bigint (SQLite). */
+const BigIntColumn = Schema.Union(Schema.BigInt, Schema.BigIntFromNumber, Schema.BigIntFromSelf)
+
+/** A topic's head (`ds_topics`). */
+export const HeadRow = Schema.Struct({ topic: Schema.String, last_sequence_id: BigIntColumn })
+
 const IdentityUpdateJson = Schema.parseJson(IdentityUpdate)
 export const encodeUpdate = Schema.encodeSync(IdentityUpdateJson)
 export const decodeUpdate = Schema.decodeUnknown(IdentityUpdateJson)

@@ -27,11 +27,11 @@
  * `SqlDeliveryRows.ts`; reads and the SQLite layer here.
  */
 import { SqlClient } from "@effect/sql"
-import { Effect, Layer, PubSub, type Scope } from "effect"
-import { DeliveryStore, DeliveryStoreError, type StoredEntry, type TopicChange } from "../services/DeliveryStore.ts"
+import { Effect, Layer, PubSub, Schema, type Scope } from "effect"
+import { DeliveryStore, DeliveryStoreError, type StoredEntry, type Topic, type TopicChange } from "../services/DeliveryStore.ts"
 import { MAX_PAGE_BYTES } from "./DeliveryRequests.ts"
 import { migrate } from "./SqlDeliverySchema.ts"
-import { big, bytesOf, failed, MAX_INT64 } from "./SqlDeliveryRows.ts"
+import { big, bytesOf, failed, HeadRow, MAX_INT64 } from "./SqlDeliveryRows.ts"
 import { type Announcer, makeAppend } from "./SqlGroupCommit.ts"
 import * as SqlIdentityQueries from "./SqlIdentityQueries.ts"
 import * as SqliteCheckpointer from "./SqliteCheckpointer.ts"
@@ -75,10 +75,33 @@ const read = (sql: SqlClient.SqlClient, maxPageBytes: number): Service["read"] =
     }))
   }).pipe(failed("read"))
 
-/** The store on any `SqlClient`, announcing changes through `announcer`; a read returns at most `maxPageBytes` of payload. */
+/** Topics per `heads` query: one short indexed statement (about a millisecond on SQLite), far below any parameter limit. */
+const HEADS_CHUNK = 500
+
+const decodeHeads = Schema.decodeUnknown(Schema.Array(HeadRow))
+
+/** The heads from `ds_topics`, written in the transaction that appends a topic's entries. */
+const heads = (sql: SqlClient.SqlClient): Service["heads"] => (topics) =>
+  Effect.gen(function*() {
+    const unique = [...new Set(topics)]
+    const found = new Map<Topic, bigint>()
+    for (let i = 0; i < unique.length; i += HEADS_CHUNK) {
+      const rows = yield* decodeHeads(yield* sql`
+        SELECT topic, last_sequence_id FROM ds_topics WHERE ${sql.in("topic", unique.slice(i, i + HEADS_CHUNK))}`)
+      // A counter row of 0 (no entries): absent, as for a topic never written.
+      for (const row of rows) if (row.last_sequence_id > 0n) found.set(row.topic as Topic, row.last_sequence_id)
+    }
+    return found as ReadonlyMap<Topic, bigint>
+  }).pipe(failed("heads"))
+
+/**
+ * The store on any `SqlClient`, announcing changes through `announcer`; a read returns at most
+ * `maxPageBytes` of payload. `changesMayMiss`: whether the announcer may lose an append.
+ */
 export const makeWith = (
   announcer: Announcer,
-  maxPageBytes: number
+  maxPageBytes: number,
+  changesMayMiss: boolean
 ): Effect.Effect<Service, never, SqlClient.SqlClient> =>
   Effect.gen(function*() {
     const sql = yield* SqlClient.SqlClient
@@ -86,7 +109,9 @@ export const makeWith = (
     return {
       ...(yield* makeAppend(sql, announcer)),
       read: read(sql, maxPageBytes),
+      heads: heads(sql),
       changes: announcer.changes,
+      changesMayMiss,
       ...SqlIdentityQueries.make(sql, locks),
       ...SqlKeyPackages.make(sql, locks)
     }
@@ -115,7 +140,7 @@ export const makeSqlite = (
       inTransaction: () => Effect.void,
       afterCommit: (changes) => PubSub.publishAll(pubsub, changes),
       changes: PubSub.subscribe(pubsub)
-    }, maxPageBytes)
+    }, maxPageBytes, false)
   })
 
 /** Embedded SQLite (`@effect/sql-sqlite-node`): one server process; changes go through an in-process PubSub. */

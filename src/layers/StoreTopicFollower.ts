@@ -122,9 +122,9 @@ export const follow = <E>(
         Effect.forever,
         Effect.forkScoped
       )
-      // The safety net: the latch also opens every poll interval, so a caught-up subscription
-      // reads the store at least that often even if a change was never announced.
-      yield* changed.open.pipe(Effect.delay(c.pollMillis), Effect.forever, Effect.forkScoped)
+      // The safety net where the feed may miss an append: the latch also opens every poll
+      // interval, so a caught-up subscription reads the store at least that often.
+      if (c.store.changesMayMiss) yield* changed.open.pipe(Effect.delay(c.pollMillis), Effect.forever, Effect.forkScoped)
       /**
        * Caught up: waits for a change of this topic (or the next poll), then closes the latch
        * before the read, so a change during the read re-opens it.
@@ -138,13 +138,13 @@ export const follow = <E>(
 
 /**
  * Replays several topics after their cursors, then follows them live, with one reader for all
- * of them: a topic that changed (or was never read) is marked, and the reader serves the marked
- * topics one read at a time, in turn. What one more topic costs is its `Following` (a few
+ * of them: a topic that changed (or has news at the opening) is marked, and the reader serves the
+ * marked topics one read at a time, in turn. What one more topic costs is its `Following` (a few
  * fields) and its share of the announcements, not a reader of its own: a follower per topic (a
  * change subscription, two fibers and a merge's queue each) held about 100 KB and kept
  * `converge serve` busy for a minute after one connection with 8 subscriptions of 1,000
- * topics hung up. The same rules as `follow` per topic: no gap, no duplicate, strict order;
- * only the safety-net poll is slower per topic (below).
+ * topics hung up. Which topics have news is asked of the store's heads (`MarkedTopics`), not
+ * read topic by topic. The same rules as `follow` per topic: no gap, no duplicate, strict order.
  */
 export const followMany = <E>(
   c: StoreDeliveryContext,
@@ -153,65 +153,86 @@ export const followMany = <E>(
 ): Stream.Stream<E, DeliveryError> =>
   Stream.unwrapScoped(
     Effect.gen(function*() {
+      // Subscribed before the first look at the heads: an append meanwhile is seen by one or the other.
       const changes = yield* c.store.changes
       const states = new Map<Topic, Following>()
-      const envelopes = new Map<Topic, (e: StoredEntry) => E>()
       for (const [topic, after] of cursors) {
         states.set(topic, { lastDelivered: after, announced: [], announcedBytes: 0, mustRead: false, caughtUp: false })
-        envelopes.set(topic, toEnvelope(topic))
       }
-      // Every topic is read once first (its backlog); then only the ones marked again.
-      const { awaitMarked, marked, wake } = yield* MarkedTopics.make(Array.from(states.keys()), {
-        pollMillis: c.pollMillis,
-        pollPage: c.pageSize,
-        initiallyMarked: true
-      })
       // Announced bytes held for all topics: past the cap, a topic reads the store instead.
       let heldBytes = 0
+      /** The topic reads the store next time: what it was announced may not be all there is. */
+      const mustRead = (topic: Topic, s: Following) => {
+        heldBytes -= s.announcedBytes
+        s.announced = []
+        s.announcedBytes = 0
+        s.mustRead = true
+        marks.marked.add(topic)
+      }
+      const marks: MarkedTopics.MarkedTopics<DeliveryError> = yield* MarkedTopics.make(Array.from(states.keys()), {
+        check: (topics) => checkHeads(c, states, topics, mustRead, marks.marked),
+        poll: c.store.changesMayMiss,
+        pollMillis: c.pollMillis,
+        pollPage: c.pageSize
+      })
       const noteOne = (topic: Topic, s: Following, change: TopicChange) => {
         const before = s.announcedBytes
         const concerned = note(s, topic, c.pageSize, change)
         heldBytes += s.announcedBytes - before
-        if (heldBytes > MAX_ANNOUNCED_BYTES) {
-          heldBytes -= s.announcedBytes
-          s.announced = []
-          s.announcedBytes = 0
-          s.mustRead = true
-        }
-        if (concerned) marked.add(topic)
+        if (heldBytes > MAX_ANNOUNCED_BYTES) mustRead(topic, s)
+        else if (concerned) marks.marked.add(topic)
       }
-      const noteChange = (change: TopicChange) => {
-        if (change.topic === ANY_TOPIC) {
-          for (const [topic, s] of states) noteOne(topic, s, change)
-          return
-        }
+      const noteChange = (change: TopicChange): Effect.Effect<void> => {
+        // Changes may have been missed: the heads say which topics have news, not a read of each.
+        if (change.topic === ANY_TOPIC) return marks.recheck
         const s = states.get(change.topic)
         if (s !== undefined) noteOne(change.topic, s, change)
+        return Effect.void
       }
       yield* Queue.take(changes).pipe(
         Effect.zip(Queue.takeAll(changes)),
         Effect.flatMap(([first, rest]) =>
           Effect.suspend(() => {
-            noteChange(first)
-            for (const change of rest) noteChange(change)
-            return wake
+            const rechecks = [noteChange(first)]
+            for (const change of rest) rechecks.push(noteChange(change))
+            return Effect.zipRight(Effect.all(rechecks, { discard: true }), marks.wake)
           })
         ),
         Effect.forever,
         Effect.forkScoped
       )
       const next = Effect.gen(function*() {
-        yield* awaitMarked
-        const topic = marked.values().next().value as Topic
+        yield* marks.awaitMarked
+        const topic = marks.marked.values().next().value as Topic
         // Unmarked before the read: a change during the read marks it again.
-        marked.delete(topic)
+        marks.marked.delete(topic)
         const s = states.get(topic)!
         heldBytes -= s.announcedBytes
-        const items = yield* pullNow(c, s, topic, envelopes.get(topic)!)
+        const items = yield* pullNow(c, s, topic, toEnvelope(topic))
         // A page that may continue: read on, after the other marked topics.
-        if (!s.caughtUp) marked.add(topic)
+        if (!s.caughtUp) marks.marked.add(topic)
         return Chunk.unsafeFromArray(items)
       })
       return Stream.repeatEffectChunk(next)
     })
   )
+
+/**
+ * Compares `topics`' heads with what was delivered: a topic with more is to read the store; one
+ * without (and nothing pending) is caught up, so what the feed announces next can be handed on.
+ */
+const checkHeads = (
+  c: StoreDeliveryContext,
+  states: ReadonlyMap<Topic, Following>,
+  topics: ReadonlyArray<Topic>,
+  mustRead: (topic: Topic, s: Following) => void,
+  marked: ReadonlySet<Topic>
+) =>
+  Effect.map(c.stored(c.store.heads(topics)), (heads) => {
+    for (const topic of topics) {
+      const s = states.get(topic)!
+      if ((heads.get(topic) ?? 0n) > s.lastDelivered) mustRead(topic, s)
+      // The feed was joined before this look: whatever lands after it is announced.
+      else if (!marked.has(topic) && !s.mustRead && s.announced.length === 0) s.caughtUp = true
+    }
+  })

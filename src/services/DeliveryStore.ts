@@ -126,11 +126,22 @@ export class DeliveryStore extends Context.Tag("converge/DeliveryStore")<Deliver
     limit: number
   ) => Effect.Effect<ReadonlyArray<StoredEntry>, DeliveryStoreError>
   /**
+   * Each topic's last sequence id, for the topics that have entries (the others are absent), in
+   * one query: which topics of a many-topic subscription have anything after their cursors.
+   */
+  readonly heads: (topics: ReadonlyArray<Topic>) => Effect.Effect<ReadonlyMap<Topic, bigint>, DeliveryStoreError>
+  /**
    * Subscribes to topic changes. Once this returns, every append committed from then on is
    * announced on the queue (perhaps with extra or coalesced announcements, and `ANY_TOPIC`
    * when changes may have been missed). Unsubscribes when the scope closes.
    */
   readonly changes: Effect.Effect<Queue.Dequeue<TopicChange>, never, Scope.Scope>
+  /**
+   * Whether `changes` may miss an append without announcing `ANY_TOPIC`, so that followers need a
+   * safety-net poll: on Postgres a commit whose outcome was lost may have had its NOTIFY dropped
+   * (`PgDeliveryStore`). The in-process feeds (memory, SQLite) announce every commit.
+   */
+  readonly changesMayMiss: boolean
 
   // ---- identity ----
   /** The inbox's current verified state, consistent with one log head; undefined if unknown. */

@@ -14,6 +14,7 @@
 import type { mlsApi } from "@xmtp/proto"
 import { Chunk, Deferred, Effect, FiberId, Queue, Stream } from "effect"
 import { pageMayContinue } from "../layers/DeliveryRequests.ts"
+import { inTurn } from "../layers/EventLoopTurns.ts"
 import { ANY_TOPIC, type StoredEntry, type Topic, type TopicChange } from "../services/DeliveryStore.ts"
 import { int64 } from "./Proto.ts"
 import { groupMessageOf, welcomeMessageOf } from "./XmtpMlsApi.ts"
@@ -31,60 +32,6 @@ import {
 
 /** Topics per `heads` query: one short statement (about a millisecond on SQLite), far below any parameter limit. */
 const HEADS_CHUNK = 500
-/** Most milliseconds of subscription openings and closings per event-loop turn: what they add to others' latency. */
-const MAX_TURN_MS = 10
-
-/**
- * Takes turns at the event loop for the openings' and closings' synchronous work (decoding 1,000
- * topics, indexing them, better-sqlite3's queries): one holder at a time, and once a turn has
- * run `MAX_TURN_MS` the next holder waits for a later turn (`setImmediate`). Yielding per step
- * was not enough: Effect resumes ready fibers in microtasks, so 256 openings woken together ran
- * back to back and held the loop for over a second.
- */
-const makeTurns = () => {
-  const waiting: Array<() => void> = []
-  let busy = false
-  let armed = false
-  let turnStart = 0
-  const next = () => {
-    const resume = waiting.shift()
-    if (resume === undefined) return
-    busy = true
-    resume()
-  }
-  const tick = () => {
-    armed = false
-    turnStart = performance.now()
-    if (!busy) next()
-  }
-  const handOver = () => {
-    if (waiting.length === 0) return
-    if (performance.now() - turnStart < MAX_TURN_MS) next()
-    else if (!armed) {
-      armed = true
-      setImmediate(tick)
-    }
-  }
-  const acquire = Effect.async<void>((resume) => {
-    const entry = () => resume(Effect.void)
-    waiting.push(entry)
-    // Within a turn that began under `MAX_TURN_MS` ago, at once; else in a fresh one.
-    if (!busy) handOver()
-    return Effect.sync(() => {
-      const at = waiting.indexOf(entry)
-      if (at >= 0) waiting.splice(at, 1)
-    })
-  })
-  const release = Effect.sync(() => {
-    busy = false
-    handOver()
-  })
-  /** Runs `effect` in a turn of its own (uninterruptible while it waits: a closed subscription waits its turn). */
-  return <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.acquireUseRelease(acquire, () => effect, () => release)
-}
-
-/** The process's: the event loop is. */
-const inTurn = makeTurns()
 
 /**
  * A topic as held here: its kind's letter and its id's bytes, a character each. The store's name

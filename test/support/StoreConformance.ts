@@ -31,9 +31,35 @@ const added = (inboxId: InboxId, sequence: number, previous: string, installatio
 const appendText = (topic: Topic, ...texts: ReadonlyArray<string>) =>
   Effect.flatMap(DeliveryStore, (store) => store.append(texts.map((t) => ({ topic, payload: utf8(t) }))))
 
-export const storeConformance = <E>(name: string, storeLayer: Layer.Layer<DeliveryStore, E>) =>
+/** `changesMayMiss`: what the store says of its feed (only Postgres's may lose an append). */
+export const storeConformance = <E>(
+  name: string,
+  storeLayer: Layer.Layer<DeliveryStore, E>,
+  expected: { readonly changesMayMiss: boolean } = { changesMayMiss: false }
+) =>
   layer(storeLayer, { timeout: 60_000 })(`DeliveryStore conformance: ${name}`, (it) => {
     describe("topics", () => {
+      it.effect("heads: each topic's last id, in one call of any size; topics without entries are absent", () =>
+        Effect.gen(function*() {
+          const store = yield* DeliveryStore
+          // More topics than one query takes (500), with news at both ends and in another chunk.
+          const topics = Array.from({ length: 1200 }, newTopic)
+          const [first, middle, last] = [topics[0]!, topics[700]!, topics[1199]!]
+          yield* appendText(first, "f1", "f2", "f3")
+          yield* appendText(middle, "m1")
+          yield* appendText(last, "l1", "l2")
+          // A refused conditional append leaves its topic without entries.
+          const refused = topics[5]!
+          expect((yield* store.appendIf([{ topic: refused, payload: utf8("r") }], 3n))._tag).toBe("Moved")
+          const heads = yield* store.heads([...topics, first])
+          expect(Array.from(heads).sort()).toEqual([[first, 3n], [middle, 1n], [last, 2n]].sort())
+          expect((yield* store.heads([])).size).toBe(0)
+          // What a later append adds is in the next look.
+          yield* appendText(middle, "m2")
+          expect((yield* store.heads([middle])).get(middle)).toBe(2n)
+          expect(store.changesMayMiss).toBe(expected.changesMayMiss)
+        }))
+
       it.effect("ids start at 1 and grow by one per topic; topics are independent", () =>
         Effect.gen(function*() {
           const [a, b] = [newTopic(), newTopic()]
