@@ -17,10 +17,10 @@ const HEADS_CHUNK = 500
 export interface MarkedTopics<E> {
   /** The topics to read; the reader takes one off before reading it (a change meanwhile puts it back). */
   readonly marked: Set<Topic>
-  /** Wakes the reader if something is marked: after the feed has marked what changed. */
-  readonly wake: Effect.Effect<void>
+  /** Wakes the reader if something is marked: after the feed has marked what changed (on the feed's fiber, so at once). */
+  readonly wake: () => void
   /** Has every topic's head checked again before the next read: the feed may have missed changes. */
-  readonly recheck: Effect.Effect<void>
+  readonly recheck: () => void
   /** Waits until a topic is marked, checking every topic's head first at the opening and after a `recheck`. */
   readonly awaitMarked: Effect.Effect<void, E>
 }
@@ -40,7 +40,7 @@ export const make = <E>(topics: ReadonlyArray<Topic>, options: Options<E>) =>
     const woken = yield* Effect.makeLatch(false)
     // The opening's check: only topics with news are read.
     let recheckDue = true
-    const wake = Effect.suspend(() => (marked.size > 0 ? woken.open : Effect.void))
+    const wake = () => (marked.size > 0 ? woken.unsafeOpen() : undefined)
 
     const checkAll = Effect.gen(function*() {
       for (let i = 0; i < topics.length; i += HEADS_CHUNK) {
@@ -63,22 +63,22 @@ export const make = <E>(topics: ReadonlyArray<Topic>, options: Options<E>) =>
     })
 
     if (options.poll && topics.length > 0) yield* Effect.forkScoped(safetyPoll(topics, options, wake))
-    const recheck = Effect.suspend(() => {
+    const recheck = () => {
       recheckDue = true
-      return woken.open
-    })
+      woken.unsafeOpen()
+    }
     return { marked, wake, recheck, awaitMarked } satisfies MarkedTopics<E>
   })
 
 /** Every `pollMillis`, the next `pollPage` topics' heads are checked, in turn; a failure waits for the next round. */
-const safetyPoll = <E>(topics: ReadonlyArray<Topic>, options: Options<E>, wake: Effect.Effect<void>) => {
+const safetyPoll = <E>(topics: ReadonlyArray<Topic>, options: Options<E>, wake: () => void) => {
   let next = 0
   const page = Effect.suspend(() => {
     const slice = topics.slice(next, next + Math.min(options.pollPage, HEADS_CHUNK))
     next = next + slice.length >= topics.length ? 0 : next + slice.length
     return inTurn(options.check(slice))
   }).pipe(
-    Effect.zipRight(wake),
+    Effect.zipRight(Effect.sync(wake)),
     Effect.catchAll((error) => Effect.logWarning("DeliveryService: a subscription's safety poll failed", error))
   )
   return Effect.forever(Effect.zipRight(Effect.sleep(options.pollMillis), page))

@@ -9,6 +9,7 @@ import type { DeliveryStore, DeliveryStoreError } from "../services/DeliveryStor
 import type { MlsCrypto } from "../services/MlsCrypto.ts"
 import type { makeChecks, Refusal } from "./DeliveryRequests.ts"
 import type * as Authenticator from "./RequestAuthenticator.ts"
+import type { FanOut } from "./TopicFanOut.ts"
 
 export interface StoreDeliveryContext {
   readonly store: DeliveryStore["Type"]
@@ -22,6 +23,8 @@ export interface StoreDeliveryContext {
   /** Validation shared with every delivery-service layer. */
   readonly checks: ReturnType<typeof makeChecks>
   readonly authenticate: ReturnType<typeof Authenticator.make>["authenticate"]
+  /** The service's one reader of the store's change feed, handing each change to its topic's subscriptions. */
+  readonly fanOut: FanOut
 }
 
 /**

@@ -10,9 +10,12 @@
  * - Key packages are decoded and their signatures verified (`MlsCrypto.keyPackageInfo`); the
  *   package must name the uploading installation, which must be a current installation of
  *   the inbox the package names. One key package per installation is kept: the latest.
- * - Subscriptions subscribe to the store's changes first, then read the backlog in pages,
- *   then read after the last delivered id whenever their topic changes: no gap, no
- *   duplicate, strict order per topic, also when other servers append to the store. *
+ * - Subscriptions join the store's changes first, then read the backlog in pages, then read
+ *   after the last delivered id whenever their topic changes: no gap, no duplicate, strict
+ *   order per topic, also when other servers append to the store. One reader of the feed per
+ *   service hands each change to the subscriptions of its topic (`TopicFanOut`), and the
+ *   topics followed server-wide are bounded (`maxSubscribedTopics`, `LimitExceeded`).
+ *
  * Parts: `StoreGroupMessages`, `StoreWelcomes`, `StoreKeyPackages`, `StoreIdentity` (the
  * operations), `StoreTopicPages` and `StoreTopicFollower` (reading and following a topic),
  * `StoreDeliveryContext` (what they share).
@@ -31,6 +34,7 @@ import * as StoreIdentity from "./StoreIdentity.ts"
 import * as StoreKeyPackages from "./StoreKeyPackages.ts"
 import * as StoreWelcomes from "./StoreWelcomes.ts"
 import * as SyncQuery from "./SyncQuery.ts"
+import * as TopicFanOut from "./TopicFanOut.ts"
 import { DEFAULT_MAX_IDENTITY_ENTRIES } from "./TransportLimits.ts"
 import * as TsMlsCrypto from "./TsMlsCrypto.ts"
 
@@ -48,6 +52,11 @@ export interface StoreDeliveryOptions {
    * a safety net for lost notifications. Default 5 seconds.
    */
   readonly pollMillis?: number
+  /**
+   * Most topics all subscriptions follow together (a topic followed by two subscriptions counts
+   * twice); past it a subscription is refused with a retryable `LimitExceeded`. Default 1,000,000.
+   */
+  readonly maxSubscribedTopics?: number
   /** Request authentication: the time window, replay memory and per-installation rate limits. */
   readonly authentication?: Authenticator.AuthenticatorOptions
 }
@@ -71,12 +80,14 @@ export const make = (
     const maxBatch = options.maxBatch ?? DEFAULT_MAX_BATCH
     const maxIdentityUpdates = options.maxIdentityUpdates ?? DEFAULT_MAX_IDENTITY_UPDATES
     const pollMillis = options.pollMillis ?? DEFAULT_POLL_MILLIS
+    const maxSubscribedTopics = options.maxSubscribedTopics ?? TopicFanOut.DEFAULT_MAX_SUBSCRIBED_TOPICS
     const limits = [
       ["maxPayloadBytes", maxPayloadBytes],
       ["pageSize", pageSize],
       ["maxBatch", maxBatch],
       ["maxIdentityUpdates", maxIdentityUpdates],
-      ["pollMillis", pollMillis]
+      ["pollMillis", pollMillis],
+      ["maxSubscribedTopics", maxSubscribedTopics]
     ] as const
     for (const [name, value] of limits) {
       if (!Number.isInteger(value) || value <= 0) {
@@ -98,7 +109,8 @@ export const make = (
       pollMillis,
       stored,
       checks: makeChecks({ maxPayloadBytes, pageSize, maxBatch }),
-      authenticate
+      authenticate,
+      fanOut: yield* TopicFanOut.make(store, maxSubscribedTopics)
     }
     const batchQueryGroupMessages = StoreGroupMessages.batchQueryGroupMessages(c)
     const syncQuery = SyncQuery.make({

@@ -1,12 +1,13 @@
 /**
  * A subscription to one topic of the store: it replays the topic after a cursor, then follows
- * it live. The change subscription is opened before the first read, so every append committed
- * after that read is announced to it. Once caught up, the entries a change carries (the
+ * it live. It joins the service's one reader of the change feed (`TopicFanOut`, which hands it
+ * only its topics' changes) before the first read, so every append committed after that read
+ * is announced to it. Once caught up, the entries a change carries (the
  * writer's own commits) are handed on without reading the store when they follow the last
  * delivered id without a gap; any other change, a gap, or too many waiting entries mean a read,
  * as without them. No gap, no duplicate, strict order, also when other servers append.
  */
-import { Chunk, Effect, Queue, Stream } from "effect"
+import { Chunk, Effect, Stream } from "effect"
 import type { DeliveryError } from "../domain/Errors.ts"
 import { ANY_TOPIC, type StoredEntry, type Topic, type TopicChange } from "../services/DeliveryStore.ts"
 import { pageMayContinue } from "./DeliveryRequests.ts"
@@ -106,22 +107,16 @@ export const follow = <E>(
 ): Stream.Stream<E, DeliveryError> =>
   Stream.unwrapScoped(
     Effect.gen(function*() {
-      const changes = yield* c.store.changes
       const s: Following = { lastDelivered: after, announced: [], announcedBytes: 0, mustRead: false, caughtUp: false }
-      // Drain the change queue all the time into one flag (the latch) and a bounded buffer,
-      // so a subscriber that is slow to pull holds bounded memory here, however busy the
-      // other topics are.
+      // The service's feed notes each change of this topic into one flag (the latch) and a bounded
+      // buffer as it comes, so a subscriber that is slow to pull holds bounded memory here,
+      // however busy the topic is; changes of other topics never reach this subscription.
       const changed = yield* Effect.makeLatch(false)
-      yield* Queue.take(changes).pipe(
-        Effect.zip(Queue.takeAll(changes)),
-        Effect.flatMap(([first, rest]) => {
-          let concerned = note(s, topic, c.pageSize, first)
-          for (const change of rest) concerned = note(s, topic, c.pageSize, change) || concerned
-          return concerned ? changed.open : Effect.void
-        }),
-        Effect.forever,
-        Effect.forkScoped
-      )
+      // Joined before the first read: every append after that read is announced.
+      yield* c.fanOut.join({
+        topics: [topic],
+        onChange: (change) => (note(s, topic, c.pageSize, change) ? changed.unsafeOpen() : undefined)
+      })
       // The safety net where the feed may miss an append: the latch also opens every poll
       // interval, so a caught-up subscription reads the store at least that often.
       if (c.store.changesMayMiss) yield* changed.open.pipe(Effect.delay(c.pollMillis), Effect.forever, Effect.forkScoped)
@@ -153,8 +148,6 @@ export const followMany = <E>(
 ): Stream.Stream<E, DeliveryError> =>
   Stream.unwrapScoped(
     Effect.gen(function*() {
-      // Subscribed before the first look at the heads: an append meanwhile is seen by one or the other.
-      const changes = yield* c.store.changes
       const states = new Map<Topic, Following>()
       for (const [topic, after] of cursors) {
         states.set(topic, { lastDelivered: after, announced: [], announcedBytes: 0, mustRead: false, caughtUp: false })
@@ -169,7 +162,8 @@ export const followMany = <E>(
         s.mustRead = true
         marks.marked.add(topic)
       }
-      const marks: MarkedTopics.MarkedTopics<DeliveryError> = yield* MarkedTopics.make(Array.from(states.keys()), {
+      const topics = Array.from(states.keys())
+      const marks: MarkedTopics.MarkedTopics<DeliveryError> = yield* MarkedTopics.make(topics, {
         check: (topics) => checkHeads(c, states, topics, mustRead, marks.marked),
         poll: c.store.changesMayMiss,
         pollMillis: c.pollMillis,
@@ -182,25 +176,18 @@ export const followMany = <E>(
         if (heldBytes > MAX_ANNOUNCED_BYTES) mustRead(topic, s)
         else if (concerned) marks.marked.add(topic)
       }
-      const noteChange = (change: TopicChange): Effect.Effect<void> => {
-        // Changes may have been missed: the heads say which topics have news, not a read of each.
-        if (change.topic === ANY_TOPIC) return marks.recheck
-        const s = states.get(change.topic)
-        if (s !== undefined) noteOne(change.topic, s, change)
-        return Effect.void
-      }
-      yield* Queue.take(changes).pipe(
-        Effect.zip(Queue.takeAll(changes)),
-        Effect.flatMap(([first, rest]) =>
-          Effect.suspend(() => {
-            const rechecks = [noteChange(first)]
-            for (const change of rest) rechecks.push(noteChange(change))
-            return Effect.zipRight(Effect.all(rechecks, { discard: true }), marks.wake)
-          })
-        ),
-        Effect.forever,
-        Effect.forkScoped
-      )
+      // Joined before the first look at the heads (in `awaitMarked`): an append meanwhile is seen
+      // by one or the other. The feed hands over only this subscription's topics and `ANY_TOPIC`.
+      yield* c.fanOut.join({
+        topics,
+        onChange: (change) => {
+          // Changes may have been missed: the heads say which topics have news, not a read of each.
+          if (change.topic === ANY_TOPIC) return marks.recheck()
+          const s = states.get(change.topic)
+          if (s !== undefined) noteOne(change.topic, s, change)
+          marks.wake()
+        }
+      })
       const next = Effect.gen(function*() {
         yield* marks.awaitMarked
         const topic = marks.marked.values().next().value as Topic
