@@ -40,10 +40,13 @@ export interface FanOut {
   readonly followed: () => number
 }
 
-/** The followers of each topic: one follower (the common case) without a Set of its own. */
-const makeIndex = () => {
-  const byTopic = new Map<Topic, Follower | Set<Follower>>()
-  const add = (f: Follower) => {
+/**
+ * The followers of each topic: one follower (the common case) without a Set of its own. Keyed by
+ * whatever a face names its topics by (the XMTP face's compact keys too).
+ */
+export const makeTopicIndex = <K, F extends { readonly topics: ReadonlyArray<K> }>() => {
+  const byTopic = new Map<K, F | Set<F>>()
+  const add = (f: F) => {
     for (const topic of f.topics) {
       const found = byTopic.get(topic)
       if (found === undefined) byTopic.set(topic, f)
@@ -51,7 +54,7 @@ const makeIndex = () => {
       else byTopic.set(topic, new Set([found, f]))
     }
   }
-  const remove = (f: Follower) => {
+  const remove = (f: F) => {
     for (const topic of f.topics) {
       const found = byTopic.get(topic)
       if (found === f) byTopic.delete(topic)
@@ -61,8 +64,25 @@ const makeIndex = () => {
       }
     }
   }
-  return { add, remove, get: (topic: Topic) => byTopic.get(topic) }
+  /** Calls `each` for every follower of `topic`. */
+  const forEach = (topic: K, each: (f: F) => void) => {
+    const found = byTopic.get(topic)
+    if (found instanceof Set) for (const f of found) each(f)
+    else if (found !== undefined) each(found)
+  }
+  return { add, remove, forEach }
 }
+
+/** Hands every change of `changes` to `dispatch`, in order, for as long as the feed lasts. */
+export const drainFeed = (changes: Queue.Dequeue<TopicChange>, dispatch: (change: TopicChange) => void) =>
+  Queue.take(changes).pipe(
+    Effect.zip(Queue.takeAll(changes)),
+    Effect.map(([first, rest]) => {
+      dispatch(first)
+      for (const change of rest) dispatch(change)
+    }),
+    Effect.forever
+  )
 
 /** The fan-out of `store`'s feed; its reader runs in the caller's scope (the service's), started by the first follower. */
 export const make = (
@@ -71,7 +91,7 @@ export const make = (
 ): Effect.Effect<FanOut, never, Scope.Scope> =>
   Effect.gen(function*() {
     const scope = yield* Effect.scope
-    const index = makeIndex()
+    const index = makeTopicIndex<Topic, Follower>()
     const followers = new Set<Follower>()
     let followed = 0
     /** Completed once the feed is joined; unset until the first follower, or after the feed ended. */
@@ -82,9 +102,7 @@ export const make = (
         for (const f of followers) f.onChange(change)
         return
       }
-      const found = index.get(change.topic)
-      if (found instanceof Set) for (const f of found) f.onChange(change)
-      else if (found !== undefined) found.onChange(change)
+      index.forEach(change.topic, (f) => f.onChange(change))
     }
 
     /** Reads the feed for as long as it lasts, for every follower (not the first one's). */
@@ -92,14 +110,7 @@ export const make = (
       Effect.scoped(Effect.gen(function*() {
         const changes = yield* store.changes
         yield* Deferred.succeed(ready, undefined)
-        return yield* Queue.take(changes).pipe(
-          Effect.zip(Queue.takeAll(changes)),
-          Effect.map(([first, rest]) => {
-            dispatch(first)
-            for (const change of rest) dispatch(change)
-          }),
-          Effect.forever
-        )
+        return yield* drainFeed(changes, dispatch)
       })).pipe(Effect.ensuring(Effect.sync(() => (joined === ready ? (joined = undefined) : undefined))))
 
     const register = (f: Follower) =>

@@ -12,9 +12,10 @@
  * meanwhile is seen either by that look or as a change.
  */
 import type { mlsApi } from "@xmtp/proto"
-import { Chunk, Deferred, Effect, FiberId, Queue, Stream } from "effect"
+import { Chunk, Deferred, Effect, FiberId, Stream } from "effect"
 import { pageMayContinue } from "../layers/DeliveryRequests.ts"
 import { inTurn } from "../layers/EventLoopTurns.ts"
+import { drainFeed, makeTopicIndex } from "../layers/TopicFanOut.ts"
 import { ANY_TOPIC, type StoredEntry, type Topic, type TopicChange } from "../services/DeliveryStore.ts"
 import { int64 } from "./Proto.ts"
 import { groupMessageOf, welcomeMessageOf } from "./XmtpMlsApi.ts"
@@ -78,37 +79,13 @@ const markChange = (f: Follower, key: Key, change: TopicChange) => {
   }
 }
 
-/** The followers of each topic: one follower (the common case) without a Set of its own. */
-const makeIndex = () => {
-  const byTopic = new Map<Key, Follower | Set<Follower>>()
-  const add = (f: Follower) => {
-    for (const key of f.topics) {
-      const found = byTopic.get(key)
-      if (found === undefined) byTopic.set(key, f)
-      else if (found instanceof Set) found.add(f)
-      else byTopic.set(key, new Set([found, f]))
-    }
-  }
-  const remove = (f: Follower) => {
-    for (const key of f.topics) {
-      const found = byTopic.get(key)
-      if (found === f) byTopic.delete(key)
-      else if (found instanceof Set) {
-        found.delete(f)
-        if (found.size === 1) byTopic.set(key, found.values().next().value!)
-      }
-    }
-  }
-  return { add, remove, get: (key: Key) => byTopic.get(key) }
-}
-
 /**
  * The followers of each topic on one server, fed by one subscription to the store's change
  * feed: an append wakes the subscriptions following its topic, not every subscription (each of
  * which heard every append before). Also bounds the topics followed server-wide.
  */
 const makeFanOut = (maxTopics: number) => {
-  const index = makeIndex()
+  const index = makeTopicIndex<Key, Follower>()
   const followers = new Set<Follower>()
   let followed = 0
   /** Completed once the feed is joined; unset until the first subscription, or after the store closed. */
@@ -123,9 +100,7 @@ const makeFanOut = (maxTopics: number) => {
       return
     }
     const key = keyOfTopic(change.topic)
-    const found = key === undefined ? undefined : index.get(key)
-    if (found instanceof Set) for (const f of found) markChange(f, key!, change)
-    else if (found !== undefined) markChange(found, key!, change)
+    if (key !== undefined) index.forEach(key, (f) => markChange(f, key, change))
   }
 
   /** Runs as long as the store's feed (a daemon: it serves every subscription, not the first one's). */
@@ -133,14 +108,7 @@ const makeFanOut = (maxTopics: number) => {
     Effect.scoped(Effect.gen(function*() {
       const changes = yield* store.changes
       yield* Deferred.succeed(ready, undefined)
-      return yield* Queue.take(changes).pipe(
-        Effect.zip(Queue.takeAll(changes)),
-        Effect.map(([first, rest]) => {
-          dispatch(first)
-          for (const change of rest) dispatch(change)
-        }),
-        Effect.forever
-      )
+      return yield* drainFeed(changes, dispatch)
     })).pipe(Effect.ensuring(Effect.sync(() => (joined === ready ? (joined = undefined) : undefined))))
 
   const register = (f: Follower) => {
