@@ -16,6 +16,7 @@ import { keccak_256 } from "@noble/hashes/sha3.js"
 import { Data, Effect, Either } from "effect"
 import type { IdentityAction, IdentityUpdate, MemberIdentifier, Signature } from "./Proto.ts"
 import { IdentifierKind, int64 } from "./Proto.ts"
+import { takeTurns, type Verification } from "./SignatureTurns.ts"
 
 /** An update that does not apply; `reason` goes back to the caller. */
 export class InvalidIdentityUpdate extends Data.TaggedError("InvalidIdentityUpdate")<{ readonly reason: string }> {}
@@ -306,52 +307,6 @@ const parseSignature = (signature: Signature | undefined): Either.Either<Parsed,
   return fail("a signature is missing")
 }
 
-/**
- * Runs one signature check (a synchronous `verify`). The server's (`sharedVerification`) shares
- * the CPU among requests; `takeTurns` gives the event loop a turn before each.
- */
-export type Verification = <A, E>(verify: () => Either.Either<A, E>) => Effect.Effect<A, E>
-
-/** A turn for the event loop's other callbacks (Effect.yieldNow may stay within microtasks). */
-const eventLoopTurn = Effect.async<void>((resume) => {
-  const turn = setImmediate(() => resume(Effect.void))
-  return Effect.sync(() => clearImmediate(turn))
-})
-
-export const takeTurns: Verification = (verify) => Effect.zipRight(eventLoopTurn, Effect.suspend(verify))
-
-/**
- * One queue of signature checks for a whole server, run `perTurn` to a turn of the event loop in
- * the order asked. A request asks for its next check only once its last is done, so requests take
- * turns: a flood of costly updates holds the loop for `perTurn` checks at a time, and delays an
- * honest update by one check of each flooding request, not all of theirs.
- */
-export const sharedVerification = (perTurn: number): Verification => {
-  const queue: Array<() => void> = []
-  let scheduled = false
-  const drain = () => {
-    scheduled = false
-    for (const run of queue.splice(0, perTurn)) run()
-    if (queue.length > 0) schedule()
-  }
-  const schedule = () => {
-    if (scheduled) return
-    scheduled = true
-    setImmediate(drain)
-  }
-  return <A, E>(verify: () => Either.Either<A, E>) =>
-    Effect.async<A, E>((resume) => {
-      // The check runs here, in the loop's turn, not in whatever microtask the fiber resumes in.
-      const run = () => resume(verify())
-      queue.push(run)
-      schedule()
-      return Effect.sync(() => {
-        const at = queue.indexOf(run)
-        if (at !== -1) queue.splice(at, 1)
-      })
-    })
-}
-
 /** Checks `text`'s signatures, each distinct one once: one wallet signature may serve every action of an update. */
 const signatureChecker = (text: string, verification: Verification) => {
   const known = new Map<string, Verified>()
@@ -537,18 +492,18 @@ export const replay = Effect.fn("Associations.replay")(function*(
   return state
 })
 
-/** The Ethereum addresses an update associates with its inbox (created with or linked). */
-export const addressesAdded = (update: IdentityUpdate): ReadonlyArray<string> =>
+/** The Ethereum addresses `identifierOf` names in an update's actions, normalized. */
+const addressesIn = (update: IdentityUpdate, identifierOf: (action: IdentityAction) => string | undefined) =>
   update.actions.flatMap((a) => {
-    const address = a.createInbox?.initialIdentifier ?? a.add?.newMemberIdentifier?.ethereumAddress
+    const address = identifierOf(a)
     const normalized = address === undefined ? undefined : ethereumAddress(address)
     return normalized === undefined ? [] : [normalized]
   })
 
+/** The Ethereum addresses an update associates with its inbox (created with or linked). */
+export const addressesAdded = (update: IdentityUpdate): ReadonlyArray<string> =>
+  addressesIn(update, (a) => a.createInbox?.initialIdentifier ?? a.add?.newMemberIdentifier?.ethereumAddress)
+
 /** The Ethereum addresses an update unlinks from its inbox. */
 export const addressesRevoked = (update: IdentityUpdate): ReadonlyArray<string> =>
-  update.actions.flatMap((a) => {
-    const address = a.revoke?.memberToRevoke?.ethereumAddress
-    const normalized = address === undefined ? undefined : ethereumAddress(address)
-    return normalized === undefined ? [] : [normalized]
-  })
+  addressesIn(update, (a) => a.revoke?.memberToRevoke?.ethereumAddress)

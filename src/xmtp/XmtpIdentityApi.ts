@@ -10,7 +10,7 @@
 import { Effect, Either } from "effect"
 import { createHash } from "node:crypto"
 import type { DeliveryStoreError } from "../services/DeliveryStore.ts"
-import type { AssociationState, Verification } from "./Associations.ts"
+import type { AssociationState } from "./Associations.ts"
 import {
   addressesAdded,
   addressesRevoked,
@@ -18,11 +18,11 @@ import {
   checkShape,
   ethereumAddress,
   MAX_LOG_ENTRIES,
-  replay,
-  sharedVerification
+  replay
 } from "./Associations.ts"
 import type { GetIdentityUpdatesRequest, GetInboxIdsRequest, IdentityUpdate, PublishIdentityUpdateRequest } from "./Proto.ts"
 import { codecs, IdentifierKind, int64 } from "./Proto.ts"
+import { sharedVerification, type Verification } from "./SignatureTurns.ts"
 import type { Unary } from "./XmtpMlsApi.ts"
 import { XmtpStore } from "./XmtpStore.ts"
 import { checkBytes, checkCount, Code, invalid, refuse, unavailable, type XmtpLimits, XmtpStatus } from "./XmtpStatus.ts"
