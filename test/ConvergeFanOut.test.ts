@@ -11,6 +11,7 @@ import { DeliveryError } from "../src/domain/Errors.ts"
 import type { GroupId } from "../src/domain/Ids.ts"
 import * as MemoryDeliveryStore from "../src/layers/MemoryDeliveryStore.ts"
 import * as StoreDeliveryService from "../src/layers/StoreDeliveryService.ts"
+import * as TopicFanOut from "../src/layers/TopicFanOut.ts"
 import * as TsMlsCrypto from "../src/layers/TsMlsCrypto.ts"
 import { DeliveryService } from "../src/services/DeliveryService.ts"
 import { DeliveryStore, groupTopic, type TopicChange } from "../src/services/DeliveryStore.ts"
@@ -135,6 +136,30 @@ describe("Converge subscriptions share one reader of the change feed", () => {
       expect(received[6]).toHaveLength(10)
       expect(received.filter((r, i) => i !== 6 && i !== 7 && r.length > 0)).toEqual([])
     }))
+})
+
+describe("a subscription whose change handler throws (a bug)", () => {
+  it.scopedLive("costs the others nothing: every other follower still gets each change, and later ones too", () =>
+    Effect.gen(function*() {
+      const store = yield* DeliveryStore
+      const fanOut = yield* TopicFanOut.make(store, 100)
+      const [shared, other] = [groupTopic(newGroup()), groupTopic(newGroup())]
+      const heard = { broken: 0, beside: [] as Array<bigint>, elsewhere: [] as Array<bigint> }
+      // Registered first, so it is handed each change of `shared` before the follower beside it.
+      yield* fanOut.join({ topics: [shared], onChange: () => { heard.broken++; throw new Error("a bug in a handler") } })
+      yield* fanOut.join({ topics: [shared], onChange: (c) => void heard.beside.push(c.sequenceId) })
+      yield* fanOut.join({ topics: [other], onChange: (c) => void heard.elsewhere.push(c.sequenceId) })
+      const append = (topic: typeof shared, n: number) =>
+        store.append([{ topic, payload: new TextEncoder().encode(`${topic} ${n}`) }])
+      for (let n = 1; n <= 3; n++) {
+        yield* append(shared, n)
+        yield* append(other, n)
+      }
+      yield* until(() => heard.beside.length >= 3 && heard.elsewhere.length >= 3)
+      expect(heard.broken).toBe(3)
+      expect(heard.beside).toEqual([1n, 2n, 3n])
+      expect(heard.elsewhere).toEqual([1n, 2n, 3n])
+    }).pipe(Effect.provide(MemoryDeliveryStore.layer)))
 })
 
 describe("the topics followed server-wide are bounded", () => {

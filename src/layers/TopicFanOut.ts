@@ -7,7 +7,7 @@
  * follower. Also bounds the topics followed server-wide. The XMTP face keeps its own, keyed by
  * its compact topic keys (`XmtpSubscriptions.makeFanOut`); this is the same design.
  */
-import { Deferred, Effect, FiberId, Queue, type Scope } from "effect"
+import { Cause, Deferred, Effect, FiberId, Queue, type Scope } from "effect"
 import { DeliveryError } from "../domain/Errors.ts"
 import { ANY_TOPIC, type DeliveryStore, type Topic, type TopicChange } from "../services/DeliveryStore.ts"
 import { inTurn } from "./EventLoopTurns.ts"
@@ -67,19 +67,51 @@ export const makeTopicIndex = <K, F extends { readonly topics: ReadonlyArray<K> 
   /** Calls `each` for every follower of `topic`. */
   const forEach = (topic: K, each: (f: F) => void) => {
     const found = byTopic.get(topic)
-    if (found instanceof Set) for (const f of found) each(f)
+    if (found instanceof Set) notifyEach(found, each)
     else if (found !== undefined) each(found)
   }
   return { add, remove, forEach }
 }
 
-/** Hands every change of `changes` to `dispatch`, in order, for as long as the feed lasts. */
+/**
+ * Calls `notify` for every follower even if one throws (a bug), then throws the first error:
+ * one broken subscription must not cost the others a change.
+ */
+export const notifyEach = <F>(followers: Iterable<F>, notify: (f: F) => void): void => {
+  let thrown: { readonly error: unknown } | undefined
+  for (const f of followers) {
+    try {
+      notify(f)
+    } catch (error) {
+      thrown ??= { error }
+    }
+  }
+  if (thrown !== undefined) throw thrown.error
+}
+
+/**
+ * Hands every change of `changes` to `dispatch`, in order, for as long as the feed lasts. A
+ * throwing `dispatch` is a bug, logged as a defect; the reader goes on, since it is the only
+ * one: ending it would leave every subscription of the service deaf until the next one opens.
+ */
 export const drainFeed = (changes: Queue.Dequeue<TopicChange>, dispatch: (change: TopicChange) => void) =>
   Queue.take(changes).pipe(
     Effect.zip(Queue.takeAll(changes)),
-    Effect.map(([first, rest]) => {
-      dispatch(first)
-      for (const change of rest) dispatch(change)
+    Effect.flatMap(([first, rest]) => {
+      const thrown: Array<unknown> = []
+      const guarded = (change: TopicChange) => {
+        try {
+          dispatch(change)
+        } catch (error) {
+          thrown.push(error)
+        }
+      }
+      guarded(first)
+      for (const change of rest) guarded(change)
+      return thrown.length === 0 ? Effect.void : Effect.logError(
+        "fan-out: a subscription's change handler threw; the feed goes on",
+        thrown.map(Cause.die).reduce(Cause.parallel)
+      )
     }),
     Effect.forever
   )
@@ -98,10 +130,7 @@ export const make = (
     let joined: Deferred.Deferred<void> | undefined
 
     const dispatch = (change: TopicChange) => {
-      if (change.topic === ANY_TOPIC) {
-        for (const f of followers) f.onChange(change)
-        return
-      }
+      if (change.topic === ANY_TOPIC) return notifyEach(followers, (f) => f.onChange(change))
       index.forEach(change.topic, (f) => f.onChange(change))
     }
 

@@ -15,7 +15,7 @@ import type { mlsApi } from "@xmtp/proto"
 import { Chunk, Deferred, Effect, FiberId, Stream } from "effect"
 import { pageMayContinue } from "../layers/DeliveryRequests.ts"
 import { inTurn } from "../layers/EventLoopTurns.ts"
-import { drainFeed, makeTopicIndex } from "../layers/TopicFanOut.ts"
+import { drainFeed, makeTopicIndex, notifyEach } from "../layers/TopicFanOut.ts"
 import { ANY_TOPIC, type StoredEntry, type Topic, type TopicChange } from "../services/DeliveryStore.ts"
 import { int64 } from "./Proto.ts"
 import { groupMessageOf, welcomeMessageOf } from "./XmtpMlsApi.ts"
@@ -93,11 +93,10 @@ const makeFanOut = (maxTopics: number) => {
 
   const dispatch = (change: TopicChange) => {
     if (change.topic === ANY_TOPIC) {
-      for (const f of followers) {
+      return notifyEach(followers, (f) => {
         f.recheck = true
         f.woken.unsafeOpen()
-      }
-      return
+      })
     }
     const key = keyOfTopic(change.topic)
     if (key !== undefined) index.forEach(key, (f) => markChange(f, key, change))
