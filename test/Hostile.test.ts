@@ -34,6 +34,8 @@ const GiB = 1024 * MiB
 /** The limits this server runs with: defaults, except short timeouts and a small connection cap. */
 const MAX_CONNECTIONS = 100
 const TIMEOUT_SECONDS = 2
+/** Topics all subscriptions may follow together: one full subscription and a half. */
+const MAX_SUBSCRIBED_TOPICS = 1500
 
 
 interface Server {
@@ -50,6 +52,7 @@ const startServer = (dir: string) =>
     const child = spawn(bin, [
       "serve", "--port", "0", "--db", path.join(dir, "ds.sqlite"),
       "--max-connections", String(MAX_CONNECTIONS),
+      "--max-subscribed-topics", String(MAX_SUBSCRIBED_TOPICS),
       "--headers-timeout", String(TIMEOUT_SECONDS),
       "--request-timeout", String(TIMEOUT_SECONDS),
       "--idle-timeout", String(TIMEOUT_SECONDS),
@@ -156,6 +159,34 @@ const afterAttack = async (name: string) => {
   expect(rss).toBeLessThan(GiB)
 }
 
+/**
+ * A `subscribeGroupMessages` POST on a connection of its own, read for `millis` or until its
+ * exit: the exit if the server ended it (a refusal), none while it is open.
+ */
+const subscribeOnSocket = (filters: ReadonlyArray<{ groupId: string; afterSequenceId: string }>, millis: number) =>
+  new Promise<{ socket: net.Socket; exit: any }>((resolve) => {
+    const body = request("subscribeGroupMessages", { filters })
+    let text = ""
+    const socket = net.connect(server.port, "127.0.0.1", () =>
+      socket.write(
+        `POST /rpc HTTP/1.1\r\nhost: x\r\ncontent-type: application/ndjson\r\n` +
+          `content-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
+      ))
+    const done = (exit: unknown) => {
+      clearTimeout(timer)
+      socket.off("data", onData)
+      resolve({ socket, exit })
+    }
+    const onData = (chunk: Buffer) => {
+      text += chunk.toString()
+      const line = text.split("\n").find((l) => l.startsWith("{") && l.includes(`"_tag":"Exit"`))
+      if (line !== undefined) done(JSON.parse(line))
+    }
+    const timer = setTimeout(() => done(undefined), millis)
+    socket.on("data", onData)
+    socket.on("error", () => {})
+  })
+
 // ---- attackers with an account ----
 
 /** A new inbox with one installation, registered the way any user registers (proof of possession). */
@@ -257,6 +288,29 @@ describe("converge serve under attack", () => {
       })
       console.log(`[hostile] subscribe to 45,000 groups: refused in ${answer.millis.toFixed(0)} ms`)
       await afterAttack("45,000-group subscription")
+    }), 30_000)
+
+  it.live("subscriptions past --max-subscribed-topics are refused at once, retryably; a closed one frees its topics", () =>
+    Effect.promise(async () => {
+      const thousandTopics = () => Array.from({ length: 1000 }, () => ({ groupId: randomHex(16), afterSequenceId: "0" }))
+      const holder = await subscribeOnSocket(thousandTopics(), 500)
+      expect(holder.exit).toBeUndefined()
+      const refused = await subscribeOnSocket(thousandTopics(), 5000)
+      refused.socket.destroy()
+      expect(refused.exit).toMatchObject(refusedWith("LimitExceeded"))
+      expect(refused.exit.exit.cause.error.retryable).toBe(true)
+      expect(refused.exit.exit.cause.error.detail).toContain(`its limit of ${MAX_SUBSCRIBED_TOPICS}`)
+      // The server lets go of the holder's topics once its connection closes.
+      holder.socket.destroy()
+      let again = await subscribeOnSocket(thousandTopics(), 500)
+      for (let tries = 0; again.exit !== undefined && tries < 20; tries++) {
+        again.socket.destroy()
+        await sleep(250)
+        again = await subscribeOnSocket(thousandTopics(), 500)
+      }
+      again.socket.destroy()
+      expect(again.exit).toBeUndefined()
+      await afterAttack("subscriptions past the server-wide topic bound")
     }), 30_000)
 
   it.live("300 idle WebSockets: the connection cap refuses the rest, the idle timeout closes the others", () =>

@@ -76,9 +76,16 @@ export const storeLayer = (
       )
   })
 
+/** The topics all subscriptions of one face may follow together (`--max-subscribed-topics`). */
+const subscribedTopics = (options: Pick<ServeOptions, "maxSubscribedTopics">) =>
+  options.maxSubscribedTopics ?? DEFAULT_SERVE_LIMITS.maxSubscribedTopics
+
 /** The store-backed delivery service a server runs. */
-export const deliveryLayer = (options: Pick<ServeOptions, "db" | "postgres">) =>
-  StoreDeliveryService.layer().pipe(Layer.provide(storeLayer(options)), Layer.provide(TsMlsCrypto.layer()))
+export const deliveryLayer = (options: Pick<ServeOptions, "db" | "postgres" | "maxSubscribedTopics">) =>
+  StoreDeliveryService.layer({ maxSubscribedTopics: subscribedTopics(options) }).pipe(
+    Layer.provide(storeLayer(options)),
+    Layer.provide(TsMlsCrypto.layer())
+  )
 
 /** The code of a Node system error inside a `ServeError`, e.g. `EADDRINUSE`. */
 const systemCode = (cause: unknown) =>
@@ -104,7 +111,12 @@ const serveXmtp = (options: ServeOptions, port: number, limits: ServerOptions) =
     const store = yield* Layer.build(XmtpStore.layer).pipe(
       Effect.mapError((e) => new InvalidInput({ reason: `cannot prepare the XMTP tables: ${e.message}` }))
     )
-    const address = yield* XmtpServer.serve({ ...limits, port, host: options.host }).pipe(
+    const address = yield* XmtpServer.serve({
+      ...limits,
+      port,
+      host: options.host,
+      maxSubscribedTopics: subscribedTopics(options)
+    }).pipe(
       Effect.provide(store),
       Effect.mapError((cause) => listenError({ ...options, port }, "--xmtp-port")({ cause }))
     )
@@ -125,7 +137,10 @@ export const serve = (options: ServeOptions) =>
     const server = yield* serverOptions(options)
     const stores = yield* Layer.build(storeLayer(options))
     const delivery = yield* Layer.build(
-      StoreDeliveryService.layer().pipe(Layer.provide(Layer.succeedContext(stores)), Layer.provide(TsMlsCrypto.layer()))
+      StoreDeliveryService.layer({ maxSubscribedTopics: subscribedTopics(options) }).pipe(
+        Layer.provide(Layer.succeedContext(stores)),
+        Layer.provide(TsMlsCrypto.layer())
+      )
     )
     const measured = Metrics.instrument(Context.get(delivery, DeliveryService))
     const address = yield* DeliveryServer.serve(server).pipe(

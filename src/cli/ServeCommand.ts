@@ -59,6 +59,11 @@ export const serve = Command.make(
     maxConnections: limit("max-connections", defaults.maxConnections, "open connections; more get 503"),
     maxInFlight: limit("max-in-flight", defaults.maxInFlight, "calls running at once per connection"),
     maxSubscriptions: limit("max-subscriptions", defaults.maxSubscriptions, "subscriptions per connection"),
+    maxSubscribedTopics: limit(
+      "max-subscribed-topics",
+      defaults.maxSubscribedTopics,
+      "topics all subscriptions follow together, server-wide (each face)"
+    ),
     maxIdentityEntries: limit("max-identity-entries", defaults.maxIdentityEntries, "identity-log entries per answer"),
     headersTimeout: limit("headers-timeout", defaults.headersTimeout, "seconds to receive request headers"),
     requestTimeout: limit("request-timeout", defaults.requestTimeout, "seconds to receive a whole request"),
