@@ -210,15 +210,9 @@ const make = Effect.gen(function*() {
             AND e.sequence_id = (SELECT max(m.sequence_id) FROM ds_envelopes m WHERE m.topic = e.topic)`
         return new Map(rows.map((row) => [row.topic as Topic, Number(row.size)] as const))
       }).pipe(failed("newestSizes")),
-    heads: (topics) =>
-      Effect.gen(function*() {
-        if (topics.length === 0) return new Map<Topic, bigint>()
-        // ds_topics holds each topic's head, written in the transaction that appends its entries.
-        const rows = yield* sql<{ topic: string; last_sequence_id: unknown }>`
-          SELECT topic, last_sequence_id FROM ds_topics WHERE ${sql.in("topic", [...new Set(topics)])}`
-        return new Map(rows.map((row) => [row.topic as Topic, big(row.last_sequence_id)] as const))
-      }).pipe(failed("heads")),
-    changesMayMiss: sql.onDialectOrElse({ pg: () => true, orElse: () => false }),
+    // The Converge face's: the same ds_topics heads, and the same notifications.
+    heads: store.heads,
+    changesMayMiss: store.changesMayMiss,
     changes: store.changes,
     identityLog: (inboxId, after, limit) =>
       sql<{ sequence_id: unknown; server_time_ns: unknown; body: unknown }>`
