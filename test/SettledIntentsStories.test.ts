@@ -50,6 +50,23 @@ describe("settled intents", () => {
       }
     }))
 
+  it.scoped("a client told to keep settled intents a minute prunes them every minute instead", () =>
+    Effect.gen(function*() {
+      const net = yield* TestNetwork.make
+      const [alice, bob] = yield* Effect.all([
+        net.client("alice", { settledIntentRetention: "1 minute" }),
+        net.client("bob")
+      ])
+      const group = yield* alice.createGroup([bob.inboxId])
+      yield* group.send("one")
+      expect((yield* intentStates(net, alice)).length).toBe(2)
+      // Past two minutes the pruner has run twice: both settled more than a minute ago.
+      yield* TestClock.adjust("2 minutes")
+      expect(yield* intentStates(net, alice)).toEqual([])
+      yield* group.send("two")
+      expect(yield* intentStates(net, alice)).toEqual(["SendMessage Processed"])
+    }))
+
   it.scoped("a failed intent stays, saying why its message failed", () =>
     Effect.gen(function*() {
       const net = yield* TestNetwork.make

@@ -79,6 +79,7 @@ export const make = (options: ClientOptions) =>
       transportSchedule: options.transportSchedule ?? defaultEngineOptions.transportSchedule,
       pageSize: options.pageSize ?? defaultEngineOptions.pageSize,
       installationCheckInterval: options.installationCheckInterval ?? defaultEngineOptions.installationCheckInterval,
+      settledIntentRetention: options.settledIntentRetention ?? defaultEngineOptions.settledIntentRetention,
       crashPoint: options.crashPoint ?? defaultEngineOptions.crashPoint,
       protocolVersion: options.protocolVersion ?? defaultEngineOptions.protocolVersion
     }
@@ -94,7 +95,7 @@ export const make = (options: ClientOptions) =>
     const stored = yield* Effect.acquireRelease(PubSub.unbounded<StoredMessage>(), PubSub.shutdown)
     // Disappearing messages go when the clock passes their deadline, whatever else runs.
     const wakeSweeper = yield* DisappearingMessages.start(storage)
-    yield* SettledIntents.start(storage)
+    yield* SettledIntents.start(storage, engineOptions.settledIntentRetention)
     const env: EngineContext = {
       storage,
       crypto,

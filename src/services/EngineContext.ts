@@ -34,6 +34,11 @@ export interface EngineOptions {
    */
   readonly installationCheckInterval: Duration.DurationInput
   /**
+   * How long a settled intent's row is kept before it is deleted (default 10 minutes; see
+   * `SettledIntents`). The simulation keeps none, so intents go while their callers resolve them.
+   */
+  readonly settledIntentRetention: Duration.DurationInput
+  /**
    * Called at each named point inside publish and sync. The default does nothing; the
    * simulation makes it die there to crash the client mid-step.
    */
@@ -64,6 +69,7 @@ export const defaultEngineOptions: EngineOptions = {
   ),
   pageSize: 100,
   installationCheckInterval: "5 seconds",
+  settledIntentRetention: "10 minutes",
   crashPoint: () => Effect.void,
   protocolVersion: PROTOCOL_VERSION
 }

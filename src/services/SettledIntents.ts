@@ -10,19 +10,27 @@
  * shows as failed.
  *
  * One fiber per client prunes at start (rows from before settling was stamped) and then every
- * `RETENTION`, in short transactions of `BATCH` rows.
+ * `RETENTION`, in short transactions of `BATCH` rows. The retention is the client's
+ * `settledIntentRetention`: the simulation keeps none and prunes often, so intents go while
+ * their callers are still resolving them.
  */
 import { Clock, Duration, Effect, Schedule } from "effect"
 import type { Storage } from "./Storage.ts"
 
 export const RETENTION = Duration.minutes(10)
 
+/** The shortest wait between two prunes, whatever the retention: a retention of 0 is no busy loop. */
+const MIN_INTERVAL = Duration.millis(100)
+
 /** Rows per delete: one short write transaction each, so sends are never held up for long. */
 const BATCH = 1_000
 
-/** Deletes what settled more than `RETENTION` ago; returns how many went. */
-export const prune = Effect.fn("SettledIntents.prune")(function*(storage: Storage["Type"]) {
-  const cut = (yield* Clock.currentTimeNanos) - Duration.unsafeToNanos(RETENTION)
+/** Deletes what settled more than `retention` ago; returns how many went. */
+export const prune = Effect.fn("SettledIntents.prune")(function*(
+  storage: Storage["Type"],
+  retention: Duration.DurationInput = RETENTION
+) {
+  const cut = (yield* Clock.currentTimeNanos) - Duration.unsafeToNanos(Duration.decode(retention))
   let total = 0
   for (;;) {
     const gone = yield* storage.intents.pruneSettled(cut, BATCH)
@@ -34,11 +42,11 @@ export const prune = Effect.fn("SettledIntents.prune")(function*(storage: Storag
 })
 
 /** Starts the pruning fiber in the current scope. */
-export const start = (storage: Storage["Type"]) =>
-  prune(storage).pipe(
+export const start = (storage: Storage["Type"], retention: Duration.DurationInput = RETENTION) =>
+  prune(storage, retention).pipe(
     Effect.tapError((e) => Effect.logWarning("pruning settled intents failed; trying again later", e.message)),
     Effect.ignore,
-    Effect.repeat(Schedule.spaced(RETENTION)),
+    Effect.repeat(Schedule.spaced(Duration.max(Duration.decode(retention), MIN_INTERVAL))),
     // Interruptible even when the client is built in an uninterruptible region (a restart).
     Effect.interruptible,
     Effect.forkScoped,

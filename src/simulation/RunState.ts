@@ -49,10 +49,14 @@ export interface RunState {
 /**
  * Engine options of the simulated clients. The `full` profile checks installations on every
  * sync, so that a new or revoked device is handled by the next sync rather than after 5 s of
- * wall-clock time; `classic` keeps the defaults its seeds were found with.
+ * wall-clock time, and keeps no settled intent (pruned every 100 ms and at each restart, so
+ * intents go while their callers resolve them); `classic` keeps the defaults its seeds were
+ * found with.
  */
 const clientOptionsFor = (profile: Plan.Profile | undefined) =>
-  profile === "classic" ? {} : { installationCheckInterval: "0 millis" as const }
+  profile === "classic"
+    ? {}
+    : { installationCheckInterval: "0 millis" as const, settledIntentRetention: "0 millis" as const }
 
 /** Plans the seed, starts the network and boots each inbox's first installation. */
 export const setUp = (options: Options, newEntry: RunState["newEntry"]) =>
@@ -62,8 +66,9 @@ export const setUp = (options: Options, newEntry: RunState["newEntry"]) =>
     const installs = Plan.installations(options, ops)
     const clientName = Plan.namesOf(options, ops)
     const clientOptions = {
+      ...clientOptionsFor(options.profile),
       ...(options.installationCheckInterval === undefined
-        ? clientOptionsFor(options.profile)
+        ? {}
         : { installationCheckInterval: options.installationCheckInterval }),
       ...(options.governance === true && options.versionBumps !== false
         ? { protocolVersion: Plan.SIMULATION_PROTOCOL_VERSION }
