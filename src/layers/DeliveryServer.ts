@@ -392,7 +392,7 @@ const protocolError = (status: number, detail: string) =>
  * and answer an empty 200; here it gets a 400 instead. A body must declare its length: one
  * larger than the limit gets 413 unread, one with no Content-Length (chunked) 411.
  */
-const httpGuard = ({ limits: { maxBodyBytes }, refusals }: Gate) =>
+const httpGuard = ({ limits: { maxBodyBytes }, refusals, untaken }: Gate) =>
   HttpMiddleware.make((app) =>
     Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
@@ -430,8 +430,13 @@ const httpGuard = ({ limits: { maxBodyBytes }, refusals }: Gate) =>
       if (body.right.length > 0 && !body.right.endsWith("\n")) {
         return protocolError(400, "malformed request: an ndjson body must end with a newline")
       }
+      const response = NodeHttpServerRequest.toServerResponse(request)
+      // Its body is handed to the connection when it ends, after the RPC layer's answers: watched from there.
+      response.once("prefinish", () => {
+        if (response.socket !== null) untaken.written(response.socket)
+      })
       // The RPC layer admits this request's calls on this fiber: it finds the response here.
-      return yield* app.pipe(Effect.locally(currentHttpResponse, NodeHttpServerRequest.toServerResponse(request)))
+      return yield* app.pipe(Effect.locally(currentHttpResponse, response))
     })
   )
 

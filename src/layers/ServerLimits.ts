@@ -21,6 +21,7 @@ import type { Duplex } from "node:stream"
 import { isShortRequestId } from "./RpcRequestIds.ts"
 import { type BufferedSocket, drained, MAX_UNREAD_SOCKET_BYTES, socketDrained } from "./SlowReaders.ts"
 import { DEFAULT_TRANSPORT_LIMITS, type TransportLimits } from "./TransportLimits.ts"
+import * as UntakenAnswers from "./UntakenAnswers.ts"
 
 export { boundedRequestIds, MAX_REQUEST_ID_DIGITS } from "./RpcRequestIds.ts"
 export { DEFAULT_TRANSPORT_LIMITS, type TransportLimits } from "./TransportLimits.ts"
@@ -115,6 +116,10 @@ export interface Gate {
   readonly createServer: () => Http.Server
   /** WebSocket connections on `path`, as a `SocketServer` the RPC socket protocol runs on. */
   readonly sockets: SocketServer.SocketServer["Type"]
+  /** The TCP connection under a WebSocket connection of `sockets`. */
+  readonly connectionOf: (webSocket: object) => Net.Socket | undefined
+  /** Drops a connection whose answer is not taken within the slow-reader timeout. */
+  readonly untaken: UntakenAnswers.UntakenAnswers
 }
 export const Gate = Context.GenericTag<Gate>("converge/DeliveryServer/Gate")
 
@@ -129,6 +134,7 @@ const makeGate = (limits: Required<TransportLimits>, path: string) =>
       (wss) => Effect.async<void>((resume) => wss.close(() => resume(Effect.void)))
     )
     const onConnection = new Set<(connection: WsConnection) => void>()
+    const tcpOfWebSocket = new WeakMap<object, Net.Socket>()
     let server: Http.Server | undefined
 
     const upgrade = (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
@@ -138,6 +144,7 @@ const makeGate = (limits: Required<TransportLimits>, path: string) =>
       wss.handleUpgrade(request, socket, head, (connection) => {
         // After the upgrade: `ws` clears the socket's timeout when it takes it over.
         const tcp = socket as Net.Socket
+        tcpOfWebSocket.set(connection, tcp)
         tcp.setTimeout(limits.idleTimeoutMillis)
         tcp.on("timeout", () => {
           refusals.note("idleWebSocket", `no traffic for ${limits.idleTimeoutMillis} ms`)
@@ -212,7 +219,11 @@ const makeGate = (limits: Required<TransportLimits>, path: string) =>
         }).pipe(Effect.scoped)
     })
 
-    return { limits, refusals, createServer, sockets } satisfies Gate
+    const untaken = UntakenAnswers.make(limits.slowReaderTimeoutMillis, (bytes) =>
+      refusals.note("slowReader", `an answer not taken for ${limits.slowReaderTimeoutMillis} ms (${bytes} bytes unread)`)
+    )
+    const connectionOf = (webSocket: object) => tcpOfWebSocket.get(webSocket)
+    return { limits, refusals, createServer, sockets, connectionOf, untaken } satisfies Gate
   })
 
 // ---- calls in flight, and readers that do not read ----
@@ -277,6 +288,8 @@ interface ClientState {
   /** For an HTTP request: its connection's count. */
   readonly connection: HttpConnectionCalls | undefined
   readonly socket: BufferedSocket | undefined
+  /** The TCP connection its answers go out on (HTTP or WebSocket), watched for answers not taken. */
+  readonly tcp: Net.Socket | undefined
   /**
    * A WebSocket's answers take turns from `socketDrained` to their write. Checked side by side,
    * every answer saw the socket empty (a write comes after its encoding, and fibers yield in
@@ -377,12 +390,14 @@ export const guardProtocol = (
             // A WebSocket client's requests run where @effect/platform provides its socket.
             const socket = yield* Effect.serviceOption(Socket.WebSocket)
             const response = yield* FiberRef.get(currentHttpResponse)
+            const webSocket = Option.getOrUndefined(socket)
             state = {
               running: new Map(),
               streams: 0,
               response,
               connection: connectionOf(response),
-              socket: Option.getOrUndefined(socket) as unknown as BufferedSocket | undefined,
+              socket: webSocket as unknown as BufferedSocket | undefined,
+              tcp: response?.req.socket ?? (webSocket === undefined ? undefined : gate.connectionOf(webSocket)),
               turn: yield* Effect.makeSemaphore(1)
             }
             clients.set(clientId, state)
@@ -450,7 +465,12 @@ export const guardProtocol = (
           const settled = response._tag === "Exit"
             ? Effect.sync(() => settle(clientId, response.requestId))
             : Effect.void
-          const forward = Effect.zipRight(inner.send(clientId, response, transferables), settled)
+          const tcp = state?.tcp
+          const sent = inner.send(clientId, response, transferables)
+          const forward = Effect.zipRight(
+            tcp === undefined ? sent : Effect.zipLeft(sent, Effect.sync(() => gate.untaken.written(tcp))),
+            settled
+          )
           const waited = state?.response !== undefined
             ? drained(state.response, limits.slowReaderTimeoutMillis, refusals)
             : state?.socket !== undefined
