@@ -5,7 +5,7 @@
 import { Effect, Schema } from "effect"
 import { IdentityUpdate } from "../domain/Wire.ts"
 import { DeliveryStoreError } from "../services/DeliveryStore.ts"
-import { SPAN } from "./DeliveryRequests.ts"
+import { serverSpan } from "./DeliveryRequests.ts"
 
 /** Largest value of a signed 64-bit column: cursors above it can only be past the end. */
 export const MAX_INT64 = 9_223_372_036_854_775_807n
@@ -33,5 +33,5 @@ export const decodeUpdate = Schema.decodeUnknown(IdentityUpdateJson)
 export const failed = (operation: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   effect.pipe(
     Effect.mapError((cause) => new DeliveryStoreError({ operation, cause })),
-    Effect.withSpan(`DeliveryStore.${operation}`, SPAN)
+    serverSpan(`DeliveryStore.${operation}`)
   )

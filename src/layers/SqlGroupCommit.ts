@@ -20,7 +20,7 @@ import {
   type Topic,
   type TopicChange
 } from "../services/DeliveryStore.ts"
-import { SPAN } from "./DeliveryRequests.ts"
+import { serverSpan } from "./DeliveryRequests.ts"
 import { failedCommitAsError } from "./FailedCommit.ts"
 import { big, bytesOf } from "./SqlDeliveryRows.ts"
 import { endOfTurn } from "./TurnBatcher.ts"
@@ -297,13 +297,13 @@ export const makeAppend = (sql: Sql, announcer: Announcer) =>
       entries.length === 0 ? Effect.succeed([]) : enqueue(entries).pipe(
         // Only a conditional append is ever refused.
         Effect.flatMap((outcome) => "_tag" in outcome ? Effect.dieMessage("an unconditional append was refused") : Effect.succeed(outcome)),
-        Effect.withSpan("DeliveryStore.append", SPAN)
+        serverSpan("DeliveryStore.append")
       )
     const appendIf: DeliveryStore["Type"]["appendIf"] = (entries, ifTopicEndsAt) =>
       conditionalTopic(entries).pipe(
         Effect.zipRight(enqueue(entries, ifTopicEndsAt)),
         Effect.map((outcome) => "_tag" in outcome ? outcome : ConditionalAppend.Appended({ entries: outcome })),
-        Effect.withSpan("DeliveryStore.appendIf", SPAN)
+        serverSpan("DeliveryStore.appendIf")
       )
     return { append, appendIf }
   })

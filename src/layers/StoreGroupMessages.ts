@@ -6,7 +6,7 @@ import { requestDigests } from "../domain/RequestAuth.ts"
 import type { GroupMessageInput } from "../domain/Wire.ts"
 import { ConditionalSend, type DeliveryService, type GroupQuery } from "../services/DeliveryService.ts"
 import { groupTopic, type Topic } from "../services/DeliveryStore.ts"
-import { budgetPages, checkFilterCount, invalidRequest, MAX_PAGE_BYTES, SPAN } from "./DeliveryRequests.ts"
+import { budgetPages, checkFilterCount, invalidRequest, MAX_PAGE_BYTES, serverSpan, SPAN } from "./DeliveryRequests.ts"
 import { checkedSend, type StoreDeliveryContext } from "./StoreDeliveryContext.ts"
 import { follow, followMany } from "./StoreTopicFollower.ts"
 import { page, toGroupEnvelope } from "./StoreTopicPages.ts"
@@ -49,7 +49,7 @@ export const sendGroupMessages = (c: StoreDeliveryContext): Service["sendGroupMe
       c.store.append(messages.map((m: GroupMessageInput) => ({ topic: groupTopic(m.groupId), payload: m.payload })))
     )
     return entries.map((e, i) => toGroupEnvelope(messages[i]!.groupId)(e))
-  }).pipe(Effect.withSpan("DeliveryService.sendGroupMessages", SPAN))
+  }).pipe(serverSpan("DeliveryService.sendGroupMessages"))
 
 /** A condition is about one topic: every message of a conditional send is for the first one's group. */
 const sameGroup = (first: GroupMessageInput | undefined, m: GroupMessageInput) =>
@@ -72,7 +72,7 @@ export const sendGroupMessagesIf = (c: StoreDeliveryContext): Service["sendGroup
     return outcome._tag === "Appended"
       ? ConditionalSend.Stored({ envelopes: outcome.entries.map(toGroupEnvelope(groupId)) })
       : ConditionalSend.TopicMoved({ lastSequenceId: outcome.lastSequenceId })
-  }).pipe(Effect.withSpan("DeliveryService.sendGroupMessagesIf", SPAN))
+  }).pipe(serverSpan("DeliveryService.sendGroupMessagesIf"))
 
 export const queryGroupMessages = (c: StoreDeliveryContext): Service["queryGroupMessages"] => (query) =>
   Effect.gen(function*() {
@@ -80,7 +80,7 @@ export const queryGroupMessages = (c: StoreDeliveryContext): Service["queryGroup
     yield* c.checks.cursor(query.afterSequenceId, "queryGroupMessages")
     const limit = yield* c.checks.limit(query.limit, "queryGroupMessages")
     return yield* page(c, groupTopic(query.groupId), query.afterSequenceId, limit, toGroupEnvelope(query.groupId))
-  }).pipe(Effect.withSpan("DeliveryService.queryGroupMessages", SPAN))
+  }).pipe(serverSpan("DeliveryService.queryGroupMessages"))
 
 export const batchQueryGroupMessages = (c: StoreDeliveryContext): Service["batchQueryGroupMessages"] => (queries) =>
   Effect.gen(function*() {
@@ -100,7 +100,7 @@ export const batchQueryGroupMessages = (c: StoreDeliveryContext): Service["batch
     // One answer, one page's worth of bytes (as the RPC server answers it): topics past the
     // budget come back empty, pointing at their own cursor, to be asked again.
     return budgetPages(pages, queries.map((q) => q.afterSequenceId), MAX_PAGE_BYTES).pages
-  }).pipe(Effect.withSpan("DeliveryService.batchQueryGroupMessages", SPAN))
+  }).pipe(serverSpan("DeliveryService.batchQueryGroupMessages"))
 
 export const subscribeGroupMessages = (c: StoreDeliveryContext): Service["subscribeGroupMessages"] => (filters) =>
   Stream.unwrap(

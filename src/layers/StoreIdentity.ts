@@ -8,7 +8,7 @@ import { DeliveryError, InvalidIdentityUpdate } from "../domain/Errors.ts"
 import { applyUpdate } from "../domain/IdentityLog.ts"
 import type { IdentityUpdate } from "../domain/Wire.ts"
 import type { DeliveryService, IdentityQuery, InboxUpdates } from "../services/DeliveryService.ts"
-import { checkIdCount, invalidRequest, SPAN } from "./DeliveryRequests.ts"
+import { checkIdCount, invalidRequest, serverSpan } from "./DeliveryRequests.ts"
 import type { StoreDeliveryContext } from "./StoreDeliveryContext.ts"
 
 type Service = DeliveryService["Type"]
@@ -64,7 +64,7 @@ export const publishIdentityUpdate = (c: StoreDeliveryContext): Service["publish
           return yield* attempt(retriesLeft - 1)
       }
     })
-  return attempt(STALE_RETRIES).pipe(Effect.withSpan("DeliveryService.publishIdentityUpdate", SPAN))
+  return attempt(STALE_RETRIES).pipe(serverSpan("DeliveryService.publishIdentityUpdate"))
 }
 
 export const getIdentityUpdates = (c: StoreDeliveryContext): Service["getIdentityUpdates"] => (queries: ReadonlyArray<IdentityQuery>) =>
@@ -86,4 +86,4 @@ export const getIdentityUpdates = (c: StoreDeliveryContext): Service["getIdentit
         ),
       { concurrency: 4 }
     )
-  }).pipe(Effect.withSpan("DeliveryService.getIdentityUpdates", SPAN))
+  }).pipe(serverSpan("DeliveryService.getIdentityUpdates"))

@@ -10,7 +10,7 @@ import { FIRST_PROTOCOL_VERSION } from "../domain/Model.ts"
 import { requestDigests } from "../domain/RequestAuth.ts"
 import type { KeyPackageUpload } from "../domain/Wire.ts"
 import type { DeliveryService, FetchedKeyPackage } from "../services/DeliveryService.ts"
-import { checkIdCount, SPAN } from "./DeliveryRequests.ts"
+import { checkIdCount, serverSpan } from "./DeliveryRequests.ts"
 import { forbidden, type StoreDeliveryContext } from "./StoreDeliveryContext.ts"
 
 type Service = DeliveryService["Type"]
@@ -60,7 +60,7 @@ export const uploadKeyPackage = (c: StoreDeliveryContext): Service["uploadKeyPac
         )
       )
     }
-  }).pipe(Effect.withSpan("DeliveryService.uploadKeyPackage", SPAN))
+  }).pipe(serverSpan("DeliveryService.uploadKeyPackage"))
 
 export const fetchKeyPackages = (c: StoreDeliveryContext): Service["fetchKeyPackages"] => (installationIds) =>
   Effect.gen(function*() {
@@ -72,4 +72,4 @@ export const fetchKeyPackages = (c: StoreDeliveryContext): Service["fetchKeyPack
       installationId,
       keyPackage: found.get(installationId)
     }))
-  }).pipe(Effect.withSpan("DeliveryService.fetchKeyPackages", SPAN))
+  }).pipe(serverSpan("DeliveryService.fetchKeyPackages"))

@@ -5,7 +5,7 @@ import { requestDigests } from "../domain/RequestAuth.ts"
 import type { WelcomeMessageInput } from "../domain/Wire.ts"
 import type { DeliveryService, WelcomeQuery } from "../services/DeliveryService.ts"
 import { welcomeTopic } from "../services/DeliveryStore.ts"
-import { SPAN } from "./DeliveryRequests.ts"
+import { serverSpan, SPAN } from "./DeliveryRequests.ts"
 import { checkedSend, forbidden, type StoreDeliveryContext } from "./StoreDeliveryContext.ts"
 import { follow } from "./StoreTopicFollower.ts"
 import { page, toWelcomeEnvelope } from "./StoreTopicPages.ts"
@@ -34,7 +34,7 @@ export const sendWelcomeMessages = (c: StoreDeliveryContext): Service["sendWelco
         messages.map((m: WelcomeMessageInput) => ({ topic: welcomeTopic(m.installationId), payload: m.payload }))
       )
     )
-  }).pipe(Effect.withSpan("DeliveryService.sendWelcomeMessages", SPAN))
+  }).pipe(serverSpan("DeliveryService.sendWelcomeMessages"))
 
 export const queryWelcomeMessages = (c: StoreDeliveryContext): Service["queryWelcomeMessages"] => (query: WelcomeQuery) =>
   Effect.gen(function*() {
@@ -52,7 +52,7 @@ export const queryWelcomeMessages = (c: StoreDeliveryContext): Service["queryWel
       limit,
       toWelcomeEnvelope(query.installationId)
     )
-  }).pipe(Effect.withSpan("DeliveryService.queryWelcomeMessages", SPAN))
+  }).pipe(serverSpan("DeliveryService.queryWelcomeMessages"))
 
 export const subscribeWelcomeMessages = (c: StoreDeliveryContext): Service["subscribeWelcomeMessages"] => (filter) =>
   Stream.unwrap(

@@ -15,7 +15,7 @@ import { InboxId } from "../domain/Ids.ts"
 import type { IdentityUpdateEnvelope } from "../domain/Wire.ts"
 import type { DeliveryService, InboxUpdates, SyncAnswer } from "../services/DeliveryService.ts"
 import type { DeliveryStore, DeliveryStoreError } from "../services/DeliveryStore.ts"
-import { checkIdCount, invalidRequest, SPAN } from "./DeliveryRequests.ts"
+import { checkIdCount, invalidRequest, serverSpan } from "./DeliveryRequests.ts"
 
 type Service = DeliveryService["Type"]
 
@@ -60,4 +60,4 @@ export const make = (deps: SyncQueryDeps): Service["syncQuery"] => (query) =>
       ? []
       : yield* deps.stored(deps.store.identityChanges(query.identities, deps.maxEntries))
     return { groups, identities: groupByInbox(entries) } satisfies SyncAnswer
-  }).pipe(Effect.withSpan("DeliveryService.syncQuery", SPAN))
+  }).pipe(serverSpan("DeliveryService.syncQuery"))
