@@ -261,6 +261,36 @@ describe("converge serve under attack", () => {
       await afterAttack("payload batches and a big page")
     }), 60_000)
 
+  it.live("eight WebSockets asking 60 pages of 4 MiB each and reading nothing: their answers are refused, not held", () =>
+    // The pages of the poisoned group, stored by the story before.
+    Effect.promise(async () => {
+      const before = rssBytes()
+      let peak = before
+      const sockets: Array<any> = []
+      for (let c = 0; c < 8; c++) {
+        const ws = new WebSocket(server.url.replace(/^http/, "ws")) as any
+        await new Promise<void>((resolve) => ws.on("open", () => resolve()))
+        ws.on("error", () => {})
+        ws._socket.pause()
+        for (let id = 1; id <= 60; id++) {
+          const query = { groupId: poisonedGroup, afterSequenceId: String((id % 24) * 4) }
+          ws.send(JSON.stringify({ _tag: "Request", id: String(id), tag: "queryGroupMessages", payload: { query }, headers: [] }))
+        }
+        sockets.push(ws)
+      }
+      for (let i = 0; i < 16; i++) {
+        await sleep(250)
+        peak = Math.max(peak, rssBytes())
+      }
+      for (const ws of sockets) ws.terminate()
+      const grown = (peak - before) / MiB
+      console.log(`[hostile] 8 WebSockets x 60 queries of 4 MiB pages, never read: server peak +${grown.toFixed(0)} MiB`)
+      // Each holds at most what its socket may hold unread (16 MiB) and an answer in its turn;
+      // before, every answer computed waited for the reader, holding its memory (+830 MiB).
+      expect(grown).toBeLessThan(400)
+      await afterAttack("WebSockets asking for large pages and reading nothing")
+    }), 30_000)
+
   it.live("a cursor of 48 million digits is refused at once, as is one of 7 million", () =>
     Effect.promise(async () => {
       const started = performance.now()

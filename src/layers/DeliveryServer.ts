@@ -359,6 +359,18 @@ export class DeliveryRouter extends HttpRouter.Tag("converge/DeliveryServer/Rout
  * in-flight cap could never free). A new layer per transport: one shared layer value would be
  * built once, and serve only the first transport.
  */
+/**
+ * The RPCs that change what the server stores. A read's answer may be refused (retryably) when
+ * its reader is behind rather than held for it; a write's never is: the write is done.
+ */
+const WRITES = new Set([
+  "sendGroupMessages",
+  "sendGroupMessagesIf",
+  "sendWelcomeMessages",
+  "uploadKeyPackage",
+  "publishIdentityUpdate"
+] as const)
+
 const rpcServer = () => Layer.unwrapEffect(
   Effect.map(
     FiberRef.get(FiberRef.currentTracerEnabled),
@@ -367,13 +379,13 @@ const rpcServer = () => Layer.unwrapEffect(
 )
 
 const rpcOverHttp = rpcServer().pipe(
-  Layer.provide(guarded(DeliveryRpcs, RpcServer.layerProtocolHttp({ path: RPC_PATH, routerTag: DeliveryRouter }))),
+  Layer.provide(guarded(DeliveryRpcs, WRITES, RpcServer.layerProtocolHttp({ path: RPC_PATH, routerTag: DeliveryRouter }))),
   Layer.provide(Layer.succeed(RpcSerialization.RpcSerialization, boundedRequestIds(RpcSerialization.ndjson)))
 )
 
 /** WebSocket connections come from the gate's own `ws` server (its message limit), not the router. */
 const rpcOverWebsocket = rpcServer().pipe(
-  Layer.provide(guarded(DeliveryRpcs, Layer.scoped(RpcServer.Protocol, RpcServer.makeProtocolSocketServer))),
+  Layer.provide(guarded(DeliveryRpcs, WRITES, Layer.scoped(RpcServer.Protocol, RpcServer.makeProtocolSocketServer))),
   Layer.provide(Layer.effect(SocketServer.SocketServer, Effect.map(Gate, (gate) => gate.sockets))),
   Layer.provide(Layer.succeed(RpcSerialization.RpcSerialization, boundedRequestIds(RpcSerialization.json)))
 )

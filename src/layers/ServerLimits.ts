@@ -1,230 +1,24 @@
 /**
- * What bounds a delivery server's transport, in front of the RPC layer: connections per
- * server, request and idle timeouts, the WebSocket message size (refused from the frame
- * header, before it is buffered), calls and subscriptions in flight per connection, and
- * HTTP stream responses that wait for their reader. Every refusal is counted by class and
- * logged at Info at most once per class and interval, never once per request.
- *
- * Node's `http.Server` is used as it is, except that two of its events are taken over:
- * `connection` (to refuse past the cap with a 503 before any parsing) and `upgrade` (served
- * by our own `ws` server, which has a `maxPayload`; the platform's has a fixed 100 MiB one).
+ * What bounds a delivery server's calls, around the RPC server's protocol: calls and
+ * subscriptions in flight per connection and per HTTP connection, and answers for readers
+ * that are behind (HTTP streams wait for their reader; a WebSocket's reads are refused rather
+ * than held). The node server and its connection-level limits are the gate's (`ServerGate`).
  */
 import type { Rpc, RpcGroup, RpcMessage } from "@effect/rpc"
 import { RpcSchema, RpcServer } from "@effect/rpc"
-import { Socket, SocketServer } from "@effect/platform"
-import { Context, Effect, FiberRef, FiberSet, Layer, Mailbox, Option, type Scope } from "effect"
-import * as Http from "node:http"
-import { createRequire } from "node:module"
+import { Socket } from "@effect/platform"
+import { Effect, FiberRef, Layer, Mailbox, Option, type Scope } from "effect"
+import type * as Http from "node:http"
 import type * as Net from "node:net"
-import type { Duplex } from "node:stream"
 
 import { isShortRequestId } from "./RpcRequestIds.ts"
-import { type BufferedSocket, drained, MAX_UNREAD_SOCKET_BYTES, socketDrained } from "./SlowReaders.ts"
-import { DEFAULT_TRANSPORT_LIMITS, type TransportLimits } from "./TransportLimits.ts"
-import * as UntakenAnswers from "./UntakenAnswers.ts"
+import { Gate } from "./ServerGate.ts"
+import { type BufferedSocket, drained, MAX_UNREAD_SOCKET_BYTES, socketTurn } from "./SlowReaders.ts"
+import type { TransportLimits } from "./TransportLimits.ts"
 
 export { boundedRequestIds, MAX_REQUEST_ID_DIGITS } from "./RpcRequestIds.ts"
+export { Gate, layerGate, type Refusals, resolveLimits } from "./ServerGate.ts"
 export { DEFAULT_TRANSPORT_LIMITS, type TransportLimits } from "./TransportLimits.ts"
-
-/** The limits with defaults filled in; a limit that is not a positive integer is a defect. */
-export const resolveLimits = (limits: TransportLimits): Required<TransportLimits> => {
-  const resolved = { ...DEFAULT_TRANSPORT_LIMITS }
-  for (const key of Object.keys(resolved) as Array<keyof TransportLimits>) {
-    const value = limits[key] ?? resolved[key]
-    if (!Number.isInteger(value) || value <= 0) {
-      throw new RangeError(`delivery server: ${key} must be a positive integer, got ${value}`)
-    }
-    resolved[key] = value
-  }
-  return resolved
-}
-
-// ---- refusals, logged by class ----
-
-export interface Refusals {
-  /** Counts one refusal of `kind`; `detail` is kept as the example of its next log line. */
-  readonly note: (kind: string, detail: string) => void
-}
-
-/** How often a refusal class is logged at most. */
-const REFUSAL_LOG_INTERVAL_MILLIS = 10_000
-
-const makeRefusals = Effect.gen(function*() {
-  const pending = new Map<string, { count: number; example: string }>()
-  const lastLogged = new Map<string, number>()
-  const flush = Effect.suspend(() => {
-    const now = Date.now()
-    const due: Array<readonly [string, { count: number; example: string }]> = []
-    for (const [kind, entry] of pending) {
-      if (now - (lastLogged.get(kind) ?? 0) < REFUSAL_LOG_INTERVAL_MILLIS) continue
-      pending.delete(kind)
-      lastLogged.set(kind, now)
-      due.push([kind, entry])
-    }
-    return Effect.forEach(due, ([kind, { count, example }]) =>
-      Effect.logInfo("delivery server refused requests").pipe(
-        Effect.annotateLogs({ refusal: kind, count, example })
-      ), { discard: true })
-  })
-  yield* flush.pipe(Effect.zipLeft(Effect.sleep("1 second")), Effect.forever, Effect.forkScoped)
-  const refusals: Refusals = {
-    note: (kind, detail) => {
-      const entry = pending.get(kind)
-      if (entry === undefined) pending.set(kind, { count: 1, example: detail })
-      else entry.count += 1
-    }
-  }
-  return refusals
-})
-
-// ---- the node server ----
-
-/** The parts of `ws` used here (the package ships no types of its own). */
-interface WsConnection {
-  on(event: "error", listener: (error: Error & { readonly code?: string }) => void): void
-  close(code?: number, reason?: string): void
-}
-interface WsServer {
-  handleUpgrade(
-    request: Http.IncomingMessage,
-    socket: Duplex,
-    head: Buffer,
-    done: (connection: WsConnection) => void
-  ): void
-  close(done?: () => void): void
-}
-const { WebSocketServer } = createRequire(import.meta.url)("ws") as {
-  readonly WebSocketServer: new(options: { readonly noServer: true; readonly maxPayload: number }) => WsServer
-}
-
-/** A raw HTTP refusal for a socket no HTTP parser reads: the body is an RPC protocol defect line. */
-const refuseSocket = (socket: Duplex, status: string, detail: string) => {
-  const body = JSON.stringify({ _tag: "Defect", defect: detail }) + "\n"
-  socket.on("error", () => {})
-  socket.resume()
-  socket.end(
-    `HTTP/1.1 ${status}\r\ncontent-type: application/ndjson\r\nconnection: close\r\n` +
-      `content-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
-  )
-  setTimeout(() => socket.destroy(), 1000).unref()
-}
-
-export interface Gate {
-  readonly limits: Required<TransportLimits>
-  readonly refusals: Refusals
-  /** A node server with the limits applied; its WebSocket connections go to `sockets`. */
-  readonly createServer: () => Http.Server
-  /** WebSocket connections on `path`, as a `SocketServer` the RPC socket protocol runs on. */
-  readonly sockets: SocketServer.SocketServer["Type"]
-  /** The TCP connection under a WebSocket connection of `sockets`. */
-  readonly connectionOf: (webSocket: object) => Net.Socket | undefined
-  /** Drops a connection whose answer is not taken within the slow-reader timeout. */
-  readonly untaken: UntakenAnswers.UntakenAnswers
-}
-export const Gate = Context.GenericTag<Gate>("converge/DeliveryServer/Gate")
-
-export const layerGate = (limits: TransportLimits, path: string): Layer.Layer<Gate> =>
-  Layer.scoped(Gate, makeGate(resolveLimits(limits), path))
-
-const makeGate = (limits: Required<TransportLimits>, path: string) =>
-  Effect.gen(function*() {
-    const refusals = yield* makeRefusals
-    const wss = yield* Effect.acquireRelease(
-      Effect.sync(() => new WebSocketServer({ noServer: true, maxPayload: limits.maxBodyBytes })),
-      (wss) => Effect.async<void>((resume) => wss.close(() => resume(Effect.void)))
-    )
-    const onConnection = new Set<(connection: WsConnection) => void>()
-    const tcpOfWebSocket = new WeakMap<object, Net.Socket>()
-    let server: Http.Server | undefined
-
-    const upgrade = (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
-      if (new URL(request.url ?? "/", "http://localhost").pathname !== path || onConnection.size === 0) {
-        return refuseSocket(socket, "404 Not Found", `no WebSocket endpoint at ${request.url}`)
-      }
-      wss.handleUpgrade(request, socket, head, (connection) => {
-        // After the upgrade: `ws` clears the socket's timeout when it takes it over.
-        const tcp = socket as Net.Socket
-        tcpOfWebSocket.set(connection, tcp)
-        tcp.setTimeout(limits.idleTimeoutMillis)
-        tcp.on("timeout", () => {
-          refusals.note("idleWebSocket", `no traffic for ${limits.idleTimeoutMillis} ms`)
-          tcp.destroy()
-        })
-        connection.on("error", (error) => {
-          if (error.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH") {
-            refusals.note("messageTooLarge", `a WebSocket message over ${limits.maxBodyBytes} bytes`)
-          }
-        })
-        for (const listener of onConnection) listener(connection)
-      })
-    }
-
-    const createServer = () => {
-      const created = Http.createServer({
-        headersTimeout: Math.min(limits.headersTimeoutMillis, limits.requestTimeoutMillis),
-        requestTimeout: limits.requestTimeoutMillis,
-        keepAliveTimeout: limits.keepAliveTimeoutMillis,
-        // Node checks the two timeouts above only this often (default 30 s).
-        connectionsCheckingInterval: Math.min(1000, limits.headersTimeoutMillis)
-      })
-      let open = 0
-      const emit = created.emit.bind(created)
-      created.emit = ((event: string | symbol, ...args: Array<unknown>): boolean => {
-        if (event === "connection") {
-          const socket = args[0] as Net.Socket
-          if (open >= limits.maxConnections) {
-            refusals.note("connections", `over ${limits.maxConnections} open connections`)
-            refuseSocket(socket, "503 Service Unavailable", `too many connections (limit ${limits.maxConnections})`)
-            return true
-          }
-          open += 1
-          socket.once("close", () => open -= 1)
-        } else if (event === "upgrade") {
-          upgrade(args[0] as Http.IncomingMessage, args[1] as Duplex, args[2] as Buffer)
-          return true
-        }
-        return emit(event as string, ...args)
-      }) as typeof created.emit
-      server = created
-      return created
-    }
-
-    const sockets = SocketServer.SocketServer.of({
-      get address(): SocketServer.Address {
-        const address = server?.address()
-        return typeof address === "object" && address !== null
-          ? { _tag: "TcpAddress", hostname: address.address, port: address.port }
-          : { _tag: "UnixAddress", path: String(address) }
-      },
-      run: (handler) =>
-        Effect.gen(function*() {
-          const runFork = yield* FiberSet.makeRuntime<never>()
-          const listener = (connection: WsConnection) =>
-            runFork(
-              Socket.fromWebSocket(
-                Effect.acquireRelease(
-                  Effect.succeed(connection as unknown as globalThis.WebSocket),
-                  (ws) => Effect.sync(() => ws.close())
-                )
-              ).pipe(
-                Effect.flatMap(handler),
-                Effect.catchAllCause((cause) => Effect.logDebug("WebSocket connection failed", cause))
-              ) as Effect.Effect<unknown>
-            )
-          yield* Effect.acquireRelease(
-            Effect.sync(() => onConnection.add(listener)),
-            () => Effect.sync(() => onConnection.delete(listener))
-          )
-          return yield* Effect.never
-        }).pipe(Effect.scoped)
-    })
-
-    const untaken = UntakenAnswers.make(limits.slowReaderTimeoutMillis, (bytes) =>
-      refusals.note("slowReader", `an answer not taken for ${limits.slowReaderTimeoutMillis} ms (${bytes} bytes unread)`)
-    )
-    const connectionOf = (webSocket: object) => tcpOfWebSocket.get(webSocket)
-    return { limits, refusals, createServer, sockets, connectionOf, untaken } satisfies Gate
-  })
 
 // ---- calls in flight, and readers that do not read ----
 
@@ -283,6 +77,8 @@ interface HttpConnectionCalls {
 interface ClientState {
   /** Request id -> whether it is a stream. */
   readonly running: Map<string, boolean>
+  /** The running calls that read (not write): their answers may be refused rather than held. */
+  readonly reads: Set<string>
   streams: number
   readonly response: Http.ServerResponse | undefined
   /** For an HTTP request: its connection's count. */
@@ -291,7 +87,7 @@ interface ClientState {
   /** The TCP connection its answers go out on (HTTP or WebSocket), watched for answers not taken. */
   readonly tcp: Net.Socket | undefined
   /**
-   * A WebSocket's answers take turns from `socketDrained` to their write. Checked side by side,
+   * A WebSocket's answers take turns from `socketTurn` to their write. Checked side by side,
    * every answer saw the socket empty (a write comes after its encoding, and fibers yield in
    * between), so all were written (61 MB for a reader that took nothing) and none was left
    * waiting for the slow-reader timeout to cut the reader off.
@@ -365,7 +161,8 @@ const admission = (
 export const guardProtocol = (
   inner: RpcServer.Protocol["Type"],
   gate: Gate,
-  kinds: RpcKinds
+  kinds: RpcKinds,
+  writes: ReadonlySet<string>
 ): Effect.Effect<RpcServer.Protocol["Type"], never, Scope.Scope> =>
   RpcServer.Protocol.make((writeRequest) =>
     Effect.gen(function*() {
@@ -393,6 +190,7 @@ export const guardProtocol = (
             const webSocket = Option.getOrUndefined(socket)
             state = {
               running: new Map(),
+              reads: new Set(),
               streams: 0,
               response,
               connection: connectionOf(response),
@@ -414,6 +212,7 @@ export const guardProtocol = (
           }
           if (decided._tag === "Count") {
             state.running.set(decided.id, decided.isStream)
+            if (!writes.has(message.tag)) state.reads.add(decided.id)
             if (decided.isStream) state.streams += 1
             if (state.connection !== undefined) state.connection.calls += 1
           }
@@ -425,6 +224,7 @@ export const guardProtocol = (
         const isStream = state?.running.get(requestId)
         if (state === undefined || isStream === undefined) return
         state.running.delete(requestId)
+        state.reads.delete(requestId)
         if (isStream) state.streams -= 1
         if (state.connection !== undefined) state.connection.calls -= 1
       }
@@ -456,6 +256,36 @@ export const guardProtocol = (
           { discard: true }
         )
 
+      /**
+       * An answer in a WebSocket's turn (`socketTurn`): written, or a read's answer refused at
+       * once while the reader is behind (a stream is ended, as its client was told: it
+       * resubscribes from its cursor), or the client's calls cut off once its socket is gone.
+       */
+      const answerOnSocket = (
+        clientId: number,
+        socket: BufferedSocket,
+        state: ClientState,
+        response: RpcMessage.FromServerEncoded,
+        forward: Effect.Effect<void>
+      ): Effect.Effect<void> =>
+        Effect.suspend(() => {
+          const requestId = response._tag === "Exit" || response._tag === "Chunk" ? response.requestId : undefined
+          const turn = socketTurn(socket, requestId !== undefined && state.reads.has(requestId))
+          if (turn === "write") return forward
+          if (turn === "gone" || requestId === undefined) {
+            return Effect.zipRight(Effect.sync(() => requestId !== undefined && settle(clientId, requestId)), cutOff(clientId))
+          }
+          const detail = `the connection holds ${socket.bufferedAmount} bytes its reader has not taken: ` +
+            "read them, then ask again"
+          refusals.note("slowReader", detail)
+          settle(clientId, requestId)
+          return inner.send(clientId, refusal(requestId, "LimitExceeded", detail)).pipe(
+            Effect.zipRight(
+              response._tag === "Chunk" ? writeRequest(clientId, { _tag: "Interrupt", requestId }) : Effect.void
+            )
+          )
+        })
+
       return {
         disconnects,
         send: (clientId, response, transferables) => {
@@ -471,16 +301,13 @@ export const guardProtocol = (
             tcp === undefined ? sent : Effect.zipLeft(sent, Effect.sync(() => gate.untaken.written(tcp))),
             settled
           )
-          const waited = state?.response !== undefined
-            ? drained(state.response, limits.slowReaderTimeoutMillis, refusals)
-            : state?.socket !== undefined
-            ? socketDrained(state.socket, limits.slowReaderTimeoutMillis, refusals)
-            : undefined
-          if (waited === undefined) return forward
-          const written = Effect.flatMap(waited, (writable) => (writable ? Effect.as(forward, true) : Effect.succeed(false)))
+          if (state?.socket !== undefined) {
+            return state.turn.withPermits(1)(answerOnSocket(clientId, state.socket, state, response, forward))
+          }
+          if (state?.response === undefined) return forward
           return Effect.flatMap(
-            state?.socket !== undefined ? state.turn.withPermits(1)(written) : written,
-            (wrote) => (wrote ? Effect.void : Effect.zipRight(settled, cutOff(clientId)))
+            drained(state.response, limits.slowReaderTimeoutMillis, refusals),
+            (writable) => (writable ? forward : Effect.zipRight(settled, cutOff(clientId)))
           ).pipe(
             // The wait can be interrupted (the call interrupted by its client): its slot is freed all the same.
             Effect.onInterrupt(() => settled)
@@ -496,14 +323,18 @@ export const guardProtocol = (
     })
   )
 
-/** A server protocol layer with `guardProtocol` around it, for a server of `group`. */
+/**
+ * A server protocol layer with `guardProtocol` around it, for a server of `group` whose RPCs
+ * named in `writes` change what it stores (their answers are never refused after the fact).
+ */
 export const guarded = <Rpcs extends Rpc.Any, E, R>(
   group: RpcGroup.RpcGroup<Rpcs>,
+  writes: ReadonlySet<Rpc.Tag<Rpcs>>,
   inner: Layer.Layer<RpcServer.Protocol, E, R>
 ): Layer.Layer<RpcServer.Protocol, E, R | Gate> =>
   Layer.scoped(
     RpcServer.Protocol,
     Effect.gen(function*() {
-      return yield* guardProtocol(yield* RpcServer.Protocol, yield* Gate, rpcKinds(group))
+      return yield* guardProtocol(yield* RpcServer.Protocol, yield* Gate, rpcKinds(group), writes)
     })
   ).pipe(Layer.provide(inner))
