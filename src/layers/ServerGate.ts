@@ -101,6 +101,43 @@ const refuseSocket = (socket: Duplex, status: string, detail: string) => {
   setTimeout(() => socket.destroy(), 1000).unref()
 }
 
+/**
+ * A node server with the gate's connection-level limits: Node's own timeouts, and two of its
+ * events taken over, `connection` (past the cap, a 503 before any parsing) and `upgrade`.
+ */
+const nodeServer = (
+  limits: Required<TransportLimits>,
+  refusals: Refusals,
+  upgrade: (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => void
+): Http.Server => {
+  const created = Http.createServer({
+    headersTimeout: Math.min(limits.headersTimeoutMillis, limits.requestTimeoutMillis),
+    requestTimeout: limits.requestTimeoutMillis,
+    keepAliveTimeout: limits.keepAliveTimeoutMillis,
+    // Node checks the two timeouts above only this often (default 30 s).
+    connectionsCheckingInterval: Math.min(1000, limits.headersTimeoutMillis)
+  })
+  let open = 0
+  const emit = created.emit.bind(created)
+  created.emit = ((event: string | symbol, ...args: Array<unknown>): boolean => {
+    if (event === "connection") {
+      const socket = args[0] as Net.Socket
+      if (open >= limits.maxConnections) {
+        refusals.note("connections", `over ${limits.maxConnections} open connections`)
+        refuseSocket(socket, "503 Service Unavailable", `too many connections (limit ${limits.maxConnections})`)
+        return true
+      }
+      open += 1
+      socket.once("close", () => open -= 1)
+    } else if (event === "upgrade") {
+      upgrade(args[0] as Http.IncomingMessage, args[1] as Duplex, args[2] as Buffer)
+      return true
+    }
+    return emit(event as string, ...args)
+  }) as typeof created.emit
+  return created
+}
+
 export interface Gate {
   readonly limits: Required<TransportLimits>
   readonly refusals: Refusals
@@ -152,33 +189,8 @@ const makeGate = (limits: Required<TransportLimits>, path: string) =>
     }
 
     const createServer = () => {
-      const created = Http.createServer({
-        headersTimeout: Math.min(limits.headersTimeoutMillis, limits.requestTimeoutMillis),
-        requestTimeout: limits.requestTimeoutMillis,
-        keepAliveTimeout: limits.keepAliveTimeoutMillis,
-        // Node checks the two timeouts above only this often (default 30 s).
-        connectionsCheckingInterval: Math.min(1000, limits.headersTimeoutMillis)
-      })
-      let open = 0
-      const emit = created.emit.bind(created)
-      created.emit = ((event: string | symbol, ...args: Array<unknown>): boolean => {
-        if (event === "connection") {
-          const socket = args[0] as Net.Socket
-          if (open >= limits.maxConnections) {
-            refusals.note("connections", `over ${limits.maxConnections} open connections`)
-            refuseSocket(socket, "503 Service Unavailable", `too many connections (limit ${limits.maxConnections})`)
-            return true
-          }
-          open += 1
-          socket.once("close", () => open -= 1)
-        } else if (event === "upgrade") {
-          upgrade(args[0] as Http.IncomingMessage, args[1] as Duplex, args[2] as Buffer)
-          return true
-        }
-        return emit(event as string, ...args)
-      }) as typeof created.emit
-      server = created
-      return created
+      server = nodeServer(limits, refusals, upgrade)
+      return server
     }
 
     const sockets = SocketServer.SocketServer.of({
