@@ -156,23 +156,32 @@ interface SpanTotals {
  */
 /**
  * Every SQLite statement the process runs, counted and timed where better-sqlite3 runs it: the
- * client's hot statements carry no span (SqliteStatements), so spans alone undercount them.
- * Counts only while `statementCounter.on`.
+ * client's hot statements carry no span (SqliteStatements), so spans alone undercount them. So
+ * are transactions, from BEGIN to the end of their COMMIT or ROLLBACK: the client's carry no
+ * span either (SqliteConnection). Counts only while `statementCounter.on`.
  */
 const statementCounter = (() => {
-  const counter = { on: false, count: 0, ms: 0 }
+  const counter = { on: false, count: 0, ms: 0, transactions: 0, transactionMs: 0 }
+  let begun: number | undefined
   const probe = new Sqlite(":memory:")
   const statement = Object.getPrototypeOf(probe.prepare("SELECT 1")) as Record<string, unknown>
   const wrap = (target: Record<string, unknown>, name: string) => {
     const original = target[name] as (...args: Array<unknown>) => unknown
-    target[name] = function(this: unknown, ...args: Array<unknown>) {
+    target[name] = function(this: { source?: string }, ...args: Array<unknown>) {
       if (!counter.on) return original.apply(this, args)
       const started = performance.now()
       try {
         return original.apply(this, args)
       } finally {
+        const ended = performance.now()
         counter.count++
-        counter.ms += performance.now() - started
+        counter.ms += ended - started
+        if (this.source === "BEGIN") begun = started
+        else if ((this.source === "COMMIT" || this.source === "ROLLBACK") && begun !== undefined) {
+          counter.transactions++
+          counter.transactionMs += ended - begun
+          begun = undefined
+        }
       }
     }
   }
@@ -201,17 +210,23 @@ const withProfile = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       },
       context: (f, fiber) => native.context(f, fiber)
     })
-    const before = { count: statementCounter.count, ms: statementCounter.ms }
+    const before = { ...statementCounter }
     statementCounter.on = true
     const value = yield* Effect.withTracer(effect, tracer).pipe(Effect.ensuring(Effect.sync(() => {
       statementCounter.on = false
     })))
     totals.set(SQL_STATEMENTS, { count: statementCounter.count - before.count, ms: statementCounter.ms - before.ms })
+    totals.set(SQL_TRANSACTIONS, {
+      count: statementCounter.transactions - before.transactions,
+      ms: statementCounter.transactionMs - before.transactionMs
+    })
     return { value, totals }
   })
 
 /** The profile's entry for SQLite statements (`statementCounter`), not a span. */
 const SQL_STATEMENTS = "sqlite.statements"
+/** The profile's entry for SQLite transactions (`statementCounter`, BEGIN to COMMIT or ROLLBACK), not a span. */
+const SQL_TRANSACTIONS = "sqlite.transactions"
 const statementsOf = (totals: Map<string, SpanTotals>): SpanTotals => totals.get(SQL_STATEMENTS) ?? { count: 0, ms: 0 }
 
 const group = (totals: Map<string, SpanTotals>, prefix: string): SpanTotals => {
@@ -614,7 +629,7 @@ const benchSend = (time: JumpingClock) => Effect.scoped(Effect.gen(function*() {
     return {
       rows: [
         row("SQL statements (all, BEGIN/COMMIT included)", statementsOf(totals)),
-        row("SQL transactions (incl. their statements)", totals.get("sql.transaction") ?? { count: 0, ms: 0 }),
+        row("SQL transactions (incl. their statements)", totals.get(SQL_TRANSACTIONS) ?? { count: 0, ms: 0 }),
         row("delivery-service calls (all)", group(totals, "DeliveryService.")),
         row("MlsCrypto.encrypt", totals.get("MlsCrypto.encrypt") ?? { count: 0, ms: 0 }),
         row("MlsCrypto.deserialize", totals.get("MlsCrypto.deserialize") ?? { count: 0, ms: 0 }),

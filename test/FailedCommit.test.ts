@@ -20,7 +20,7 @@ interface Refusal {
 }
 
 /** Runs the program for `kind` with files limited to 2 MiB; its one JSON line. */
-const onFullDisk = async (kind: "storage" | "delivery"): Promise<Refusal> => {
+const onFullDisk = async (kind: "storage" | "storage-lane" | "delivery"): Promise<Refusal> => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "converge-full-"))
   try {
     const run = await runTestProgram("FullDiskStore.ts", [dir, kind], { fileSizeLimitKiB: 2048 })
@@ -39,6 +39,13 @@ describe("a full disk", () => {
     expect(refusal.attempt).toBeGreaterThan(0)
     expect(refusal).toMatchObject({ defect: false, tag: "StorageError", refusedRowStored: false })
     // The error says what SQLite said, not only "Failed to execute statement".
+    expect(refusal.message).toMatch(/SQLITE_(FULL|IOERR)/)
+  }, 90_000)
+
+  it("the client's storage over SqliteConnection (its own transactions): the same", async () => {
+    const refusal = await onFullDisk("storage-lane")
+    expect(refusal.attempt).toBeGreaterThan(0)
+    expect(refusal).toMatchObject({ defect: false, tag: "StorageError", refusedRowStored: false })
     expect(refusal.message).toMatch(/SQLITE_(FULL|IOERR)/)
   }, 90_000)
 

@@ -1,6 +1,6 @@
 import { SqlClient } from "@effect/sql"
 import { describe, expect, it } from "@effect/vitest"
-import { Deferred, Effect, Exit, Fiber } from "effect"
+import { Cause, Deferred, Effect, Exit, Fiber, Option } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -97,6 +97,48 @@ describe("SqliteConnection: the client's SQLite, with a lane for the hot paths",
         ).pipe(Effect.ignore)
       }))
       expect(yield* bodies).toEqual(["outer"])
+    }).pipe(Effect.provide(database)))
+
+  it.scoped("an interrupted transaction is rolled back and frees the connection", () =>
+    Effect.gen(function*() {
+      const { lane, sql } = yield* setUp
+      const begun = yield* Deferred.make<void>()
+      const holder = yield* sql.withTransaction(
+        Effect.zipRight(lane.execute(sql`INSERT INTO notes (body) VALUES (${"interrupted"})`), Effect.zipRight(Deferred.succeed(begun, undefined), Effect.never))
+      ).pipe(Effect.fork)
+      yield* Deferred.await(begun)
+      yield* Fiber.interrupt(holder)
+      yield* sql.withTransaction(lane.execute(sql`INSERT INTO notes (body) VALUES (${"next"})`))
+      expect(yield* bodies).toEqual(["next"])
+    }).pipe(Effect.provide(database)))
+
+  it.scoped("a defect inside a transaction rolls it back", () =>
+    Effect.gen(function*() {
+      const { lane, sql } = yield* setUp
+      const exit = yield* sql.withTransaction(
+        Effect.zipRight(lane.execute(sql`INSERT INTO notes (body) VALUES (${"lost"})`), Effect.die("bug"))
+      ).pipe(Effect.exit)
+      expect(Exit.isFailure(exit) && Cause.isDie(exit.cause)).toBe(true)
+      expect(yield* bodies).toEqual([])
+    }).pipe(Effect.provide(database)))
+
+  it.scoped("a COMMIT SQLite refuses is a defect with its SqlError: nothing of it stays, and the connection goes on", () =>
+    Effect.gen(function*() {
+      const { lane, sql } = yield* setUp
+      // A deferred foreign key is checked at COMMIT, which leaves the transaction open when it fails.
+      yield* sql`PRAGMA foreign_keys = ON`
+      yield* sql`CREATE TABLE tags (note_id INTEGER REFERENCES notes (id) DEFERRABLE INITIALLY DEFERRED)`
+      const exit = yield* sql.withTransaction(Effect.gen(function*() {
+        yield* lane.execute(sql`INSERT INTO notes (body) VALUES (${"tagged"})`)
+        yield* lane.execute(sql`INSERT INTO tags (note_id) VALUES (${999})`)
+      })).pipe(Effect.exit)
+      expect(Exit.isFailure(exit)).toBe(true)
+      const defect = Exit.isFailure(exit) ? Cause.dieOption(exit.cause) : Option.none()
+      expect(Option.getOrUndefined(defect)).toMatchObject({ _tag: "SqlError" })
+      expect(String((Option.getOrThrow(defect) as { cause: Error }).cause.message)).toContain("FOREIGN KEY")
+      expect(yield* bodies).toEqual([])
+      yield* sql.withTransaction(lane.execute(sql`INSERT INTO notes (body) VALUES (${"after"})`))
+      expect(yield* bodies).toEqual(["after"])
     }).pipe(Effect.provide(database)))
 
   it.scoped("closing the layer closes the database: a file opened again holds what was written", () =>

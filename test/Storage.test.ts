@@ -7,12 +7,13 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import type { ConversationId, GroupId, InboxId, InstallationId, MessageId } from "../src/domain/Ids.ts"
-import { StoredGroup, StoredIdentity, InboxLogEntry, StoredKeyPackage, StoredMessage } from "../src/domain/Stored.ts"
+import { StoredGroup, StoredIdentity, InboxLogEntry, StoredKeyPackage, StoredIntent, StoredMessage } from "../src/domain/Stored.ts"
 import { AddMembersData, LeaveData, makeSendMessageData, PostCommitData, RemoveMembersData } from "../src/domain/Intent.ts"
 import { IdentityUpdate } from "../src/domain/Wire.ts"
 import { type ConsentKey, ConsentRecord } from "../src/domain/Consent.ts"
 import * as SqliteConnection from "../src/layers/SqliteConnection.ts"
 import * as SqliteStorage from "../src/layers/SqliteStorage.ts"
+import { IntentColumns } from "../src/layers/SqliteIntentStorage.ts"
 import { MessageColumns } from "../src/layers/SqliteMessageStorage.ts"
 import { listingQuery, summariesQuery, SummaryColumns } from "../src/layers/SqliteGroupStorage.ts"
 import { Storage } from "../src/services/Storage.ts"
@@ -248,12 +249,14 @@ describe.each(connections)("Storage over %s", (_, connect) => {
     ))
   const camel = (column: string) => column.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase())
   it.each([
-    ["message", MessageColumns, StoredMessage, ["membershipChange"]],
-    ["group summary", SummaryColumns, StoredGroup, ["mlsState"]]
-  ] as const)("a %s row's columns decode to exactly its fields' types", (_, columns, domain, notColumns) => {
+    ["message", MessageColumns, StoredMessage, ["membershipChange"], {}],
+    ["group summary", SummaryColumns, StoredGroup, ["mlsState"], {}],
+    ["intent", IntentColumns, StoredIntent, [], { post_commit_data: "postCommit" }]
+  ] as const)("a %s row's columns decode to exactly its fields' types", (_, columns, domain, notColumns, renamed) => {
     const fields = typesOf(domain, (key) => key)
     for (const key of notColumns) fields.delete(key)
-    expect(typesOf(columns, camel)).toEqual(fields)
+    const field = (column: string) => (renamed as Record<string, string>)[column] ?? camel(column)
+    expect(typesOf(columns, field)).toEqual(fields)
   })
 
   const damagedSummaryColumns: ReadonlyArray<readonly [column: string, value: string | number | Uint8Array]> = [

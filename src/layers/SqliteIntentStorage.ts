@@ -3,43 +3,79 @@
  * publish, and how far each intent got. A staged commit's state is sealed at rest.
  */
 import type { SqlClient } from "@effect/sql"
-import { Clock, Effect, Schema } from "effect"
+import { Clock, Effect, ParseResult, Schema } from "effect"
 import { GroupId } from "../domain/Ids.ts"
 import { IntentDataJson, IntentKind, IntentState, PostCommitDataJson } from "../domain/Intent.ts"
 import type { StoredIntent } from "../domain/Stored.ts"
 import type { IntentRepository } from "../services/Storage.ts"
-import { Big, Bytes, column, Int, Nullable, type SealedColumn, type SealedWithKey } from "./SqliteColumns.ts"
+import { Big, Bytes, Int, Nullable, type SealedColumn, type SealedWithKey } from "./SqliteColumns.ts"
 import { decodeEach, type Quarantine } from "./SqliteQuarantine.ts"
 import { chunksOf, first, type Run } from "./SqliteStatements.ts"
 import { Sealed, sealFor } from "./StorageKey.ts"
 
-const intentRowWith = <S extends SealedColumn>(sealed: S) => Schema.Struct({
+/**
+ * An intent row as SQLite holds it, decoded under its column names and renamed in code
+ * (`intentOf`): renaming in the schema checks every field twice (the renamed struct is checked
+ * again), twice the time and garbage of every intent read (each queued message is read once to
+ * publish it).
+ */
+export const intentColumnsWith = <S extends SealedColumn>(sealed: S) => Schema.Struct({
   id: Int,
-  groupId: column(GroupId, "group_id"),
+  group_id: GroupId,
   kind: IntentKind,
   data: IntentDataJson,
   state: IntentState,
-  payloadHash: column(Nullable(Schema.String), "payload_hash"),
+  payload_hash: Nullable(Schema.String),
   payload: Nullable(Bytes),
-  publishedEpoch: column(Nullable(Big), "published_epoch"),
-  stagedState: column(Nullable(sealed("staged_state") as ReturnType<S>), "staged_state"),
-  postCommit: column(Nullable(PostCommitDataJson), "post_commit_data"),
-  sequenceId: column(Nullable(Big), "sequence_id"),
+  published_epoch: Nullable(Big),
+  staged_state: Nullable(sealed("staged_state") as ReturnType<S>),
+  post_commit_data: Nullable(PostCommitDataJson),
+  sequence_id: Nullable(Big),
   attempts: Int,
   conflicts: Int,
   error: Nullable(Schema.String),
-  createdAtNs: column(Big, "created_at_ns")
+  created_at_ns: Big
 })
-const IntentRow = intentRowWith(Sealed)
+type IntentColumns = typeof IntentColumns.Type
+/** The columns as `Sealed` decodes them (the compiler holds `intentOf`'s result to `StoredIntent`). */
+export const IntentColumns = intentColumnsWith(Sealed)
+
+/** The columns renamed to the intent's fields, not checked again: each column checks what its field does. */
+const intentOf = (row: IntentColumns): StoredIntent => ({
+  id: row.id,
+  groupId: row.group_id,
+  kind: row.kind,
+  data: row.data,
+  state: row.state,
+  payloadHash: row.payload_hash,
+  payload: row.payload,
+  publishedEpoch: row.published_epoch,
+  stagedState: row.staged_state,
+  postCommit: row.post_commit_data,
+  sequenceId: row.sequence_id,
+  attempts: row.attempts,
+  conflicts: row.conflicts,
+  error: row.error,
+  createdAtNs: row.created_at_ns
+})
+
+/** Intents are only read through this schema; every write is a statement of its own. */
+const intentRowWith = (sealed: SealedWithKey) =>
+  Schema.transformOrFail(
+    intentColumnsWith(sealed),
+    Schema.declare((u): u is StoredIntent => typeof u === "object" && u !== null, { identifier: "StoredIntent" }),
+    {
+      strict: true,
+      decode: (row) => ParseResult.succeed(intentOf(row)),
+      encode: (intent, _, ast) => ParseResult.fail(new ParseResult.Forbidden(ast, intent, "intent rows are not written whole"))
+    }
+  )
 /** An intent's id and state alone: how far it got, without decoding its data. */
 const IntentStateRow = Schema.Struct({ id: Int, state: IntentState })
 /** Built once: a schema made per call builds its encoder anew each time (every published intent). */
 const encodePostCommit = Schema.encode(Schema.NullOr(PostCommitDataJson))
 /** Built once: every queued intent is encoded with it. */
 const encodeIntentData = Schema.encode(IntentDataJson)
-
-// The row decodes to exactly the port's value (checked by the compiler).
-void (true satisfies (typeof IntentRow.Type extends StoredIntent ? true : false))
 
 export const make = (
   sql: SqlClient.SqlClient,

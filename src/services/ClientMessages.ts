@@ -50,7 +50,8 @@ export const make = (
   /** The message as stored unpublished, its intent's data, and the effects that store and announce it. */
   const prepare = (group: GroupSummary, text: string, extras: ConversationMessaging.MessageExtras) =>
     Effect.gen(function*() {
-      if (new TextEncoder().encode(text).length > MAX_TEXT_BYTES) {
+      // Its UTF-8 length without encoding it (a lone surrogate counts 3 bytes either way).
+      if (Buffer.byteLength(text, "utf8") > MAX_TEXT_BYTES) {
         return yield* new InvalidInput({ reason: `message text is over ${MAX_TEXT_BYTES} bytes` })
       }
       const now = yield* Clock.currentTimeNanos

@@ -237,9 +237,12 @@ const standingLeavers = (ctx: EngineContext, state: MlsGroupState, inboxIds: Rea
     return inboxIds.filter((i) => i === ctx.identity.inboxId || leaving.includes(i))
   })
 
+/** Built once: every message published is encoded with it (built per call, it took 2.5 of 4 us). */
+const encodeContent = Schema.encodeSync(ApplicationContentJson)
+
 /** Encrypting advances the sender ratchet: the new state is saved with the write-ahead. */
 const applicationMessage = (ctx: EngineContext, state: MlsGroupState, content: ApplicationContent) =>
-  ctx.crypto.encrypt(state, utf8(Schema.encodeSync(ApplicationContentJson)(content))).pipe(
+  ctx.crypto.encrypt(state, utf8(encodeContent(content))).pipe(
     Effect.map((encrypted): Derived => ({
       _tag: "Payload",
       payload: encrypted.message,

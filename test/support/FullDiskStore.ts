@@ -4,12 +4,14 @@
  * limit (`ulimit -f`), where a write past the limit fails with EFBIG as on a full disk.
  *
  * - `storage`: the client's `SqliteStorage`, a transaction of 256 KiB at a time.
+ * - `storage-lane`: the same over `SqliteConnection` (its own outermost transactions), as clients open it.
  * - `delivery`: the SQLite delivery store, appends of 64 KiB payloads.
  */
 import { SqlClient } from "@effect/sql"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Cause, Effect, Exit, Layer } from "effect"
 import * as path from "node:path"
+import * as SqliteConnection from "../../src/layers/SqliteConnection.ts"
 import * as SqlDeliveryStore from "../../src/layers/SqlDeliveryStore.ts"
 import * as SqliteStorage from "../../src/layers/SqliteStorage.ts"
 import { DeliveryStore, groupTopic } from "../../src/services/DeliveryStore.ts"
@@ -38,7 +40,7 @@ const untilRefused = <E>(write: (i: number) => Effect.Effect<unknown, E>) =>
     return { attempt: MAX_ATTEMPTS, defect: false, tag: "never refused", message: "" }
   })
 
-const storageRun = Effect.gen(function*() {
+const storageWrites = Effect.gen(function*() {
   const storage = yield* Storage
   const sql = yield* SqlClient.SqlClient
   yield* sql`CREATE TABLE scratch (id INTEGER PRIMARY KEY, body BLOB NOT NULL)`
@@ -48,8 +50,13 @@ const storageRun = Effect.gen(function*() {
   // What the refused transaction wrote is not there, and the storage still answers.
   const [row] = yield* sql<{ n: number }>`SELECT count(*) AS n FROM scratch WHERE id = ${refused.attempt}`
   return { ...refused, refusedRowStored: Number(row?.n ?? -1) > 0 }
-}).pipe(
-  Effect.provide(SqliteStorage.layerWith({}).pipe(Layer.provideMerge(SqliteClient.layer({ filename: path.join(dir, "client.sqlite") }))))
+})
+const clientFile = path.join(dir, "client.sqlite")
+const storageRun = storageWrites.pipe(
+  Effect.provide(SqliteStorage.layerWith({}).pipe(Layer.provideMerge(SqliteClient.layer({ filename: clientFile }))))
+)
+const storageLaneRun = storageWrites.pipe(
+  Effect.provide(SqliteStorage.layerWith({}).pipe(Layer.provideMerge(Layer.orDie(SqliteConnection.layer({ filename: clientFile })))))
 )
 
 const deliveryRun = Effect.gen(function*() {
@@ -61,5 +68,5 @@ const deliveryRun = Effect.gen(function*() {
   Effect.provide(SqlDeliveryStore.layerSqlite.pipe(Layer.provide(SqliteClient.layer({ filename: path.join(dir, "ds.sqlite") }))))
 )
 
-const run: Effect.Effect<object, unknown> = kind === "storage" ? storageRun : deliveryRun
+const run: Effect.Effect<object, unknown> = kind === "storage" ? storageRun : kind === "storage-lane" ? storageLaneRun : deliveryRun
 console.log(JSON.stringify(await Effect.runPromise(Effect.scoped(run))))
