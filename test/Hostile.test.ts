@@ -291,6 +291,37 @@ describe("converge serve under attack", () => {
       await afterAttack("WebSockets asking for large pages and reading nothing")
     }), 30_000)
 
+  it.live("a WebSocket reading nothing and sending requests it is refused: dropped, not left to grow", () =>
+    // Each malformed request is refused with an answer twice its size; refusals were written
+    // outside the slow-reader watch, so the connection grew for as long as the client sent
+    // (+930 MiB in 20 s, never dropped).
+    Effect.promise(async () => {
+      const before = rssBytes()
+      let peak = before
+      const ws = new WebSocket(server.url.replace(/^http/, "ws")) as any
+      await new Promise<void>((resolve) => ws.on("open", () => resolve()))
+      let closed = false
+      ws.on("error", () => {})
+      ws.on("close", () => closed = true)
+      ws._socket.pause()
+      const frame = (id: number) =>
+        JSON.stringify({ _tag: "Request", id: String(id), tag: "queryGroupMessages", payload: {}, headers: "x" })
+      const started = performance.now()
+      let id = 0
+      while (!closed && performance.now() - started < 8_000) {
+        // Sent only as fast as the server reads: the growth is the server's, not this client's.
+        if (ws.bufferedAmount < MiB) for (let i = 0; i < 2000; i++) ws.send(frame(++id))
+        await sleep(20)
+        peak = Math.max(peak, rssBytes())
+      }
+      ws.terminate()
+      const grown = (peak - before) / MiB
+      console.log(`[hostile] a WebSocket sending ${id} refused requests, reading nothing: server peak +${grown.toFixed(0)} MiB`)
+      expect(closed, "the server still holds the connection").toBe(true)
+      expect(grown).toBeLessThan(200)
+      await afterAttack("a WebSocket sending refused requests and reading nothing")
+    }), 30_000)
+
   it.live("a cursor of 48 million digits is refused at once, as is one of 7 million", () =>
     Effect.promise(async () => {
       const started = performance.now()

@@ -13,7 +13,13 @@ import type * as Net from "node:net"
 
 import { isShortRequestId } from "./RpcRequestIds.ts"
 import { Gate } from "./ServerGate.ts"
-import { type BufferedSocket, drained, MAX_UNREAD_SOCKET_BYTES, socketTurn } from "./SlowReaders.ts"
+import {
+  type BufferedSocket,
+  drained,
+  MAX_REFUSING_SOCKET_BYTES,
+  MAX_UNREAD_SOCKET_BYTES,
+  socketTurn
+} from "./SlowReaders.ts"
 import type { TransportLimits } from "./TransportLimits.ts"
 
 export { boundedRequestIds, MAX_REQUEST_ID_DIGITS } from "./RpcRequestIds.ts"
@@ -179,6 +185,24 @@ export const guardProtocol = (
         return created
       }
 
+      /**
+       * A refusal written to a client: watched like any answer (`UntakenAnswers`), and on a
+       * WebSocket past `MAX_REFUSING_SOCKET_BYTES` the connection dropped instead. Written
+       * unwatched, refusals were all a reader that takes nothing got once behind, and it was
+       * never cut off.
+       */
+      const sendRefusal = (clientId: number, state: ClientState, answer: RpcMessage.FromServerEncoded) =>
+        Effect.suspend(() => {
+          const { socket, tcp } = state
+          if (tcp === undefined) return inner.send(clientId, answer)
+          if (socket !== undefined && socket.bufferedAmount > MAX_REFUSING_SOCKET_BYTES) {
+            refusals.note("slowReader", `a WebSocket holding ${socket.bufferedAmount} bytes unread, still sending`)
+            tcp.destroy()
+            return Effect.void
+          }
+          return Effect.zipLeft(inner.send(clientId, answer), Effect.sync(() => gate.untaken.written(tcp)))
+        })
+
       const admit = (clientId: number, message: RpcMessage.FromClientEncoded) =>
         Effect.gen(function*() {
           if (message._tag !== "Request") return yield* writeRequest(clientId, message)
@@ -203,12 +227,12 @@ export const guardProtocol = (
           if (state.socket !== undefined && state.socket.bufferedAmount > MAX_UNREAD_SOCKET_BYTES) {
             const detail = `the connection holds ${state.socket.bufferedAmount} bytes its reader has not taken`
             refusals.note("slowReader", detail)
-            return yield* inner.send(clientId, refusal(message.id, "LimitExceeded", detail))
+            return yield* sendRefusal(clientId, state, refusal(message.id, "LimitExceeded", detail))
           }
           const decided = admission(state, message, kinds, limits)
           if (decided._tag === "Refuse") {
             refusals.note(decided.kind, decided.detail)
-            return yield* inner.send(clientId, refusal(message.id, decided.reason, decided.detail))
+            return yield* sendRefusal(clientId, state, refusal(message.id, decided.reason, decided.detail))
           }
           if (decided._tag === "Count") {
             state.running.set(decided.id, decided.isStream)
@@ -279,7 +303,7 @@ export const guardProtocol = (
             "read them, then ask again"
           refusals.note("slowReader", detail)
           settle(clientId, requestId)
-          return inner.send(clientId, refusal(requestId, "LimitExceeded", detail)).pipe(
+          return sendRefusal(clientId, state, refusal(requestId, "LimitExceeded", detail)).pipe(
             Effect.zipRight(
               response._tag === "Chunk" ? writeRequest(clientId, { _tag: "Interrupt", requestId }) : Effect.void
             )

@@ -26,6 +26,14 @@ export interface BufferedSocket {
  */
 export const MAX_UNREAD_SOCKET_BYTES = 16 * 1024 * 1024
 
+/**
+ * Bytes a WebSocket may hold unread before it is dropped: past `MAX_UNREAD_SOCKET_BYTES` only
+ * refusals (about 250 bytes each) and writes' answers are written, and a client that went on
+ * sending while it read nothing grew the server by 930 MiB in 20 s. An honest client does not
+ * send 70,000 requests without reading an answer.
+ */
+export const MAX_REFUSING_SOCKET_BYTES = 2 * MAX_UNREAD_SOCKET_BYTES
+
 const OPEN = 1
 
 /**

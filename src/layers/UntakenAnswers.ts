@@ -17,14 +17,17 @@ import type * as Net from "node:net"
 const takenBytes = (socket: Net.Socket) => socket.bytesWritten - socket.writableLength
 
 const SHARED_ENTRY_MILLIS = 1000
+/** An entry this large takes no more answers: each large answer gets its own time (`forgetTaken`). */
+const SHARED_ENTRY_BYTES = 1024 * 1024
 
 interface Watched {
   /**
    * Answers not yet known to be taken, oldest first: taken once `takenBytes` reaches `end`.
-   * Answers written within a second of each other share an entry (the first one's deadline), so
-   * a busy stream to a reader a little behind holds at most one entry per second of the timeout.
+   * Answers written within a second of each other share an entry (the first one's deadline) until
+   * it holds 1 MiB, so a busy stream to a reader a little behind holds at most one entry per
+   * second of the timeout, or per MiB it holds unread.
    */
-  readonly pending: Array<{ end: number; readonly deadline: number }>
+  readonly pending: Array<{ readonly start: number; end: number; deadline: number }>
   timer: ReturnType<typeof setTimeout> | undefined
 }
 
@@ -37,9 +40,18 @@ export interface UntakenAnswers {
 export const make = (timeoutMillis: number, stuck: (untakenBytes: number) => void): UntakenAnswers => {
   const watched = new WeakMap<Net.Socket, Watched>()
 
+  /**
+   * Forgets the answers taken. The one now oldest gets the timeout from here if that is later:
+   * its time runs from when the reader reached it, not from its write. Counted from the write,
+   * three pages asked at once had to be taken together within one timeout, and an honest reader
+   * taking each page in 1.1 s of a 1.5 s timeout was cut off after the second.
+   */
   const forgetTaken = (socket: Net.Socket, w: Watched) => {
     const taken = takenBytes(socket)
-    while (w.pending.length > 0 && w.pending[0]!.end <= taken) w.pending.shift()
+    let forgot = false
+    while (w.pending.length > 0 && w.pending[0]!.end <= taken) (w.pending.shift(), forgot = true)
+    const oldest = w.pending[0]
+    if (forgot && oldest !== undefined) oldest.deadline = Math.max(oldest.deadline, Date.now() + timeoutMillis)
   }
 
   const check = (socket: Net.Socket, w: Watched) => {
@@ -72,8 +84,9 @@ export const make = (timeoutMillis: number, stuck: (untakenBytes: number) => voi
     const end = socket.bytesWritten
     const deadline = Date.now() + timeoutMillis
     const newest = w.pending[w.pending.length - 1]
-    if (newest !== undefined && deadline - newest.deadline < SHARED_ENTRY_MILLIS) newest.end = end
-    else w.pending.push({ end, deadline })
+    if (newest !== undefined && deadline - newest.deadline < SHARED_ENTRY_MILLIS && newest.end - newest.start < SHARED_ENTRY_BYTES) {
+      newest.end = end
+    } else w.pending.push({ start: newest?.end ?? end - socket.writableLength, end, deadline })
     if (w.timer === undefined) {
       const watching = w
       watching.timer = setTimeout(() => check(socket, watching), timeoutMillis).unref()
