@@ -85,6 +85,12 @@ interface ClientState {
   readonly running: Map<string, boolean>
   /** The running calls that read (not write): their answers may be refused rather than held. */
   readonly reads: Set<string>
+  /**
+   * Streams ended by a refusal whose own end is still to come (they were interrupted): they
+   * keep their slot until it comes, so their id cannot be taken again meanwhile, and the rest
+   * of what they send is dropped, their client having been told.
+   */
+  readonly refusedStreams: Set<string>
   streams: number
   readonly response: Http.ServerResponse | undefined
   /** For an HTTP request: its connection's count. */
@@ -215,6 +221,7 @@ export const guardProtocol = (
             state = {
               running: new Map(),
               reads: new Set(),
+              refusedStreams: new Set(),
               streams: 0,
               response,
               connection: connectionOf(response),
@@ -249,6 +256,7 @@ export const guardProtocol = (
         if (state === undefined || isStream === undefined) return
         state.running.delete(requestId)
         state.reads.delete(requestId)
+        state.refusedStreams.delete(requestId)
         if (isStream) state.streams -= 1
         if (state.connection !== undefined) state.connection.calls -= 1
       }
@@ -302,12 +310,10 @@ export const guardProtocol = (
           const detail = `the connection holds ${socket.bufferedAmount} bytes its reader has not taken: ` +
             "read them, then ask again"
           refusals.note("slowReader", detail)
-          settle(clientId, requestId)
-          return sendRefusal(clientId, state, refusal(requestId, "LimitExceeded", detail)).pipe(
-            Effect.zipRight(
-              response._tag === "Chunk" ? writeRequest(clientId, { _tag: "Interrupt", requestId }) : Effect.void
-            )
-          )
+          const refused = sendRefusal(clientId, state, refusal(requestId, "LimitExceeded", detail))
+          if (response._tag === "Exit") return Effect.zipRight(refused, Effect.sync(() => settle(clientId, requestId)))
+          state.refusedStreams.add(requestId)
+          return Effect.zipRight(refused, writeRequest(clientId, { _tag: "Interrupt", requestId }))
         })
 
       return {
@@ -319,6 +325,9 @@ export const guardProtocol = (
           const settled = response._tag === "Exit"
             ? Effect.sync(() => settle(clientId, response.requestId))
             : Effect.void
+          if ((response._tag === "Exit" || response._tag === "Chunk") && state?.refusedStreams.has(response.requestId)) {
+            return settled
+          }
           const tcp = state?.tcp
           const sent = inner.send(clientId, response, transferables)
           const forward = Effect.zipRight(
