@@ -48,10 +48,12 @@ export const make = (timeoutMillis: number, stuck: (untakenBytes: number) => voi
    */
   const forgetTaken = (socket: Net.Socket, w: Watched) => {
     const taken = takenBytes(socket)
-    let forgot = false
-    while (w.pending.length > 0 && w.pending[0]!.end <= taken) (w.pending.shift(), forgot = true)
+    const before = w.pending.length
+    while (w.pending.length > 0 && w.pending[0]!.end <= taken) w.pending.shift()
     const oldest = w.pending[0]
-    if (forgot && oldest !== undefined) oldest.deadline = Math.max(oldest.deadline, Date.now() + timeoutMillis)
+    if (w.pending.length < before && oldest !== undefined) {
+      oldest.deadline = Math.max(oldest.deadline, Date.now() + timeoutMillis)
+    }
   }
 
   const check = (socket: Net.Socket, w: Watched) => {
@@ -84,9 +86,10 @@ export const make = (timeoutMillis: number, stuck: (untakenBytes: number) => voi
     const end = socket.bytesWritten
     const deadline = Date.now() + timeoutMillis
     const newest = w.pending[w.pending.length - 1]
-    if (newest !== undefined && deadline - newest.deadline < SHARED_ENTRY_MILLIS && newest.end - newest.start < SHARED_ENTRY_BYTES) {
-      newest.end = end
-    } else w.pending.push({ start: newest?.end ?? end - socket.writableLength, end, deadline })
+    const shared = newest !== undefined && deadline - newest.deadline < SHARED_ENTRY_MILLIS &&
+      newest.end - newest.start < SHARED_ENTRY_BYTES
+    if (shared) newest.end = end
+    else w.pending.push({ start: newest?.end ?? end - socket.writableLength, end, deadline })
     if (w.timer === undefined) {
       const watching = w
       watching.timer = setTimeout(() => check(socket, watching), timeoutMillis).unref()
