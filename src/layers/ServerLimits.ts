@@ -162,13 +162,153 @@ const admission = (
   return { _tag: "Count", id, isStream }
 }
 
+/** What the answer paths need of the guard around them. */
+interface Guard {
+  readonly inner: RpcServer.Protocol["Type"]
+  readonly gate: Gate
+  readonly clients: Map<number, ClientState>
+  readonly writeRequest: (clientId: number, message: RpcMessage.FromClientEncoded) => Effect.Effect<void>
+  /** Frees a call's slot once its answer is handed on (its end), or it is refused. */
+  readonly settle: (clientId: number, requestId: string) => void
+}
+
+/**
+ * A client whose response is gone: its calls are interrupted rather than left to fill the
+ * transport's unbounded buffer with chunks nobody will read.
+ */
+const cutOff = ({ clients, writeRequest }: Guard, clientId: number) =>
+  Effect.forEach(
+    Array.from(clients.get(clientId)?.running.keys() ?? []),
+    (requestId) => writeRequest(clientId, { _tag: "Interrupt", requestId }),
+    { discard: true }
+  )
+
+/**
+ * A refusal written to a client: watched like any answer (`UntakenAnswers`), and on a WebSocket
+ * past `MAX_REFUSING_SOCKET_BYTES` the connection dropped instead. Written unwatched, refusals
+ * were all a reader that takes nothing got once behind, and it was never cut off.
+ */
+const sendRefusal = ({ gate, inner }: Guard, clientId: number, state: ClientState, answer: RpcMessage.FromServerEncoded) =>
+  Effect.suspend(() => {
+    const { socket, tcp } = state
+    if (tcp === undefined) return inner.send(clientId, answer)
+    if (socket !== undefined && socket.bufferedAmount > MAX_REFUSING_SOCKET_BYTES) {
+      gate.refusals.note("slowReader", `a WebSocket holding ${socket.bufferedAmount} bytes unread, still sending`)
+      tcp.destroy()
+      return Effect.void
+    }
+    return Effect.zipLeft(inner.send(clientId, answer), Effect.sync(() => gate.untaken.written(tcp)))
+  })
+
+/**
+ * An answer in a WebSocket's turn (`socketTurn`): written, or a read's answer refused at once
+ * while the reader is behind (a stream is ended, as its client was told: it resubscribes from its
+ * cursor), or the client's calls cut off once its socket is gone.
+ */
+const answerOnSocket = (
+  guard: Guard,
+  clientId: number,
+  socket: BufferedSocket,
+  state: ClientState,
+  response: RpcMessage.FromServerEncoded,
+  forward: Effect.Effect<void>
+): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    const requestId = response._tag === "Exit" || response._tag === "Chunk" ? response.requestId : undefined
+    const turn = socketTurn(socket, requestId !== undefined && state.reads.has(requestId))
+    if (turn === "write") return forward
+    if (turn === "gone" || requestId === undefined) {
+      return Effect.zipRight(
+        Effect.sync(() => requestId !== undefined && guard.settle(clientId, requestId)),
+        cutOff(guard, clientId)
+      )
+    }
+    const detail = `the connection holds ${socket.bufferedAmount} bytes its reader has not taken: read them, then ask again`
+    guard.gate.refusals.note("slowReader", detail)
+    const refused = sendRefusal(guard, clientId, state, refusal(requestId, "LimitExceeded", detail))
+    if (response._tag === "Exit") return Effect.zipRight(refused, Effect.sync(() => guard.settle(clientId, requestId)))
+    state.refusedStreams.add(requestId)
+    return Effect.zipRight(refused, guard.writeRequest(clientId, { _tag: "Interrupt", requestId }))
+  })
+
+/**
+ * Hands an answer on. A call's slot is held until then: a reader that is behind gets no more
+ * calls running (each holding its answer) than the in-flight cap. On a WebSocket, answers take
+ * turns (`answerOnSocket`); on an HTTP stream, each waits until the response can take more.
+ */
+const answer = (
+  guard: Guard,
+  clientId: number,
+  response: RpcMessage.FromServerEncoded,
+  transferables: Parameters<RpcServer.Protocol["Type"]["send"]>[2]
+): Effect.Effect<void> => {
+  const { gate, inner, settle } = guard
+  const state = guard.clients.get(clientId)
+  const settled = response._tag === "Exit" ? Effect.sync(() => settle(clientId, response.requestId)) : Effect.void
+  if ((response._tag === "Exit" || response._tag === "Chunk") && state?.refusedStreams.has(response.requestId)) {
+    return settled
+  }
+  const tcp = state?.tcp
+  const sent = inner.send(clientId, response, transferables)
+  const forward = Effect.zipRight(
+    tcp === undefined ? sent : Effect.zipLeft(sent, Effect.sync(() => gate.untaken.written(tcp))),
+    settled
+  )
+  if (state?.socket !== undefined) {
+    return state.turn.withPermits(1)(answerOnSocket(guard, clientId, state.socket, state, response, forward))
+  }
+  if (state?.response === undefined) return forward
+  return Effect.flatMap(
+    drained(state.response, gate.limits.slowReaderTimeoutMillis, gate.refusals),
+    (writable) => (writable ? forward : Effect.zipRight(settled, cutOff(guard, clientId)))
+  ).pipe(
+    // The wait can be interrupted (the call interrupted by its client): its slot is freed all the same.
+    Effect.onInterrupt(() => settled)
+  )
+}
+
+/** Each HTTP connection's count of calls, shared by the requests on it. */
+const httpConnectionCalls = () => {
+  const byConnection = new WeakMap<Net.Socket, HttpConnectionCalls>()
+  return (response: Http.ServerResponse | undefined) => {
+    const socket = response?.req.socket
+    if (socket === undefined) return undefined
+    const known = byConnection.get(socket)
+    if (known !== undefined) return known
+    const created: HttpConnectionCalls = { calls: 0 }
+    byConnection.set(socket, created)
+    return created
+  }
+}
+
+/** A client's state at its first request: where its answers go (an HTTP response or a WebSocket). */
+const newClientState = (gate: Gate, connectionOf: ReturnType<typeof httpConnectionCalls>) =>
+  Effect.gen(function*() {
+    // A WebSocket client's requests run where @effect/platform provides its socket.
+    const webSocket = Option.getOrUndefined(yield* Effect.serviceOption(Socket.WebSocket))
+    const response = yield* FiberRef.get(currentHttpResponse)
+    const state: ClientState = {
+      running: new Map(),
+      reads: new Set(),
+      refusedStreams: new Set(),
+      streams: 0,
+      response,
+      connection: connectionOf(response),
+      socket: webSocket as unknown as BufferedSocket | undefined,
+      tcp: response?.req.socket ?? (webSocket === undefined ? undefined : gate.connectionOf(webSocket)),
+      turn: yield* Effect.makeSemaphore(1)
+    }
+    return state
+  })
+
 /**
  * Wraps an RPC server protocol: a request past its connection's caps is answered at once with
  * a typed, retryable `LimitExceeded` (one under an id in flight, or with malformed headers, with
- * `InvalidRequest`) and never reaches the server; and an answer (an exit or a stream chunk) waits until the
- * reader has taken what came before it: an HTTP response's buffer drained, a WebSocket holding at most
- * `MAX_UNREAD_SOCKET_BYTES` unread. A reader that stays behind for the slow-reader timeout is cut off, and a
- * WebSocket that is behind gets its new requests refused. `kinds` are the server's RPCs.
+ * `InvalidRequest`) and never reaches the server; an answer on an HTTP stream waits until the
+ * reader has taken what came before it (cut off after the slow-reader timeout); a WebSocket
+ * holding more than `MAX_UNREAD_SOCKET_BYTES` unread gets its reads' answers and its new requests
+ * refused; every answer not taken within the timeout drops its connection (`UntakenAnswers`).
+ * `kinds` are the server's RPCs, `writes` those that change what it stores.
  */
 export const guardProtocol = (
   inner: RpcServer.Protocol["Type"],
@@ -180,76 +320,7 @@ export const guardProtocol = (
     Effect.gen(function*() {
       const { limits, refusals } = gate
       const clients = new Map<number, ClientState>()
-      const httpConnections = new WeakMap<Net.Socket, HttpConnectionCalls>()
-      const connectionOf = (response: Http.ServerResponse | undefined) => {
-        const socket = response?.req.socket
-        if (socket === undefined) return undefined
-        const known = httpConnections.get(socket)
-        if (known !== undefined) return known
-        const created: HttpConnectionCalls = { calls: 0 }
-        httpConnections.set(socket, created)
-        return created
-      }
-
-      /**
-       * A refusal written to a client: watched like any answer (`UntakenAnswers`), and on a
-       * WebSocket past `MAX_REFUSING_SOCKET_BYTES` the connection dropped instead. Written
-       * unwatched, refusals were all a reader that takes nothing got once behind, and it was
-       * never cut off.
-       */
-      const sendRefusal = (clientId: number, state: ClientState, answer: RpcMessage.FromServerEncoded) =>
-        Effect.suspend(() => {
-          const { socket, tcp } = state
-          if (tcp === undefined) return inner.send(clientId, answer)
-          if (socket !== undefined && socket.bufferedAmount > MAX_REFUSING_SOCKET_BYTES) {
-            refusals.note("slowReader", `a WebSocket holding ${socket.bufferedAmount} bytes unread, still sending`)
-            tcp.destroy()
-            return Effect.void
-          }
-          return Effect.zipLeft(inner.send(clientId, answer), Effect.sync(() => gate.untaken.written(tcp)))
-        })
-
-      const admit = (clientId: number, message: RpcMessage.FromClientEncoded) =>
-        Effect.gen(function*() {
-          if (message._tag !== "Request") return yield* writeRequest(clientId, message)
-          let state = clients.get(clientId)
-          if (state === undefined) {
-            // A WebSocket client's requests run where @effect/platform provides its socket.
-            const socket = yield* Effect.serviceOption(Socket.WebSocket)
-            const response = yield* FiberRef.get(currentHttpResponse)
-            const webSocket = Option.getOrUndefined(socket)
-            state = {
-              running: new Map(),
-              reads: new Set(),
-              refusedStreams: new Set(),
-              streams: 0,
-              response,
-              connection: connectionOf(response),
-              socket: webSocket as unknown as BufferedSocket | undefined,
-              tcp: response?.req.socket ?? (webSocket === undefined ? undefined : gate.connectionOf(webSocket)),
-              turn: yield* Effect.makeSemaphore(1)
-            }
-            clients.set(clientId, state)
-          }
-          if (state.socket !== undefined && state.socket.bufferedAmount > MAX_UNREAD_SOCKET_BYTES) {
-            const detail = `the connection holds ${state.socket.bufferedAmount} bytes its reader has not taken`
-            refusals.note("slowReader", detail)
-            return yield* sendRefusal(clientId, state, refusal(message.id, "LimitExceeded", detail))
-          }
-          const decided = admission(state, message, kinds, limits)
-          if (decided._tag === "Refuse") {
-            refusals.note(decided.kind, decided.detail)
-            return yield* sendRefusal(clientId, state, refusal(message.id, decided.reason, decided.detail))
-          }
-          if (decided._tag === "Count") {
-            state.running.set(decided.id, decided.isStream)
-            if (!writes.has(message.tag)) state.reads.add(decided.id)
-            if (decided.isStream) state.streams += 1
-            if (state.connection !== undefined) state.connection.calls += 1
-          }
-          return yield* writeRequest(clientId, message)
-        })
-
+      const connectionOf = httpConnectionCalls()
       const settle = (clientId: number, requestId: string) => {
         const state = clients.get(clientId)
         const isStream = state?.running.get(requestId)
@@ -260,12 +331,40 @@ export const guardProtocol = (
         if (isStream) state.streams -= 1
         if (state.connection !== undefined) state.connection.calls -= 1
       }
+      const guard: Guard = { inner, gate, clients, writeRequest, settle }
       /** A client gone: the calls it still counted leave its HTTP connection's count. */
       const forget = (clientId: number) => {
         const state = clients.get(clientId)
         if (state?.connection !== undefined) state.connection.calls -= state.running.size
         clients.delete(clientId)
       }
+
+      const admit = (clientId: number, message: RpcMessage.FromClientEncoded) =>
+        Effect.gen(function*() {
+          if (message._tag !== "Request") return yield* writeRequest(clientId, message)
+          let state = clients.get(clientId)
+          if (state === undefined) {
+            state = yield* newClientState(gate, connectionOf)
+            clients.set(clientId, state)
+          }
+          if (state.socket !== undefined && state.socket.bufferedAmount > MAX_UNREAD_SOCKET_BYTES) {
+            const detail = `the connection holds ${state.socket.bufferedAmount} bytes its reader has not taken`
+            refusals.note("slowReader", detail)
+            return yield* sendRefusal(guard, clientId, state, refusal(message.id, "LimitExceeded", detail))
+          }
+          const decided = admission(state, message, kinds, limits)
+          if (decided._tag === "Refuse") {
+            refusals.note(decided.kind, decided.detail)
+            return yield* sendRefusal(guard, clientId, state, refusal(message.id, decided.reason, decided.detail))
+          }
+          if (decided._tag === "Count") {
+            state.running.set(decided.id, decided.isStream)
+            if (!writes.has(message.tag)) state.reads.add(decided.id)
+            if (decided.isStream) state.streams += 1
+            if (state.connection !== undefined) state.connection.calls += 1
+          }
+          return yield* writeRequest(clientId, message)
+        })
 
       yield* inner.run(admit).pipe(Effect.forkScoped)
       // The server learns of disconnects from this mailbox; so do we, to forget the client.
@@ -277,75 +376,10 @@ export const guardProtocol = (
         Effect.ignore,
         Effect.forkScoped
       )
-      /**
-       * A client whose response is gone: its calls are interrupted rather than left to fill
-       * the transport's unbounded buffer with chunks nobody will read.
-       */
-      const cutOff = (clientId: number) =>
-        Effect.forEach(
-          Array.from(clients.get(clientId)?.running.keys() ?? []),
-          (requestId) => writeRequest(clientId, { _tag: "Interrupt", requestId }),
-          { discard: true }
-        )
-
-      /**
-       * An answer in a WebSocket's turn (`socketTurn`): written, or a read's answer refused at
-       * once while the reader is behind (a stream is ended, as its client was told: it
-       * resubscribes from its cursor), or the client's calls cut off once its socket is gone.
-       */
-      const answerOnSocket = (
-        clientId: number,
-        socket: BufferedSocket,
-        state: ClientState,
-        response: RpcMessage.FromServerEncoded,
-        forward: Effect.Effect<void>
-      ): Effect.Effect<void> =>
-        Effect.suspend(() => {
-          const requestId = response._tag === "Exit" || response._tag === "Chunk" ? response.requestId : undefined
-          const turn = socketTurn(socket, requestId !== undefined && state.reads.has(requestId))
-          if (turn === "write") return forward
-          if (turn === "gone" || requestId === undefined) {
-            return Effect.zipRight(Effect.sync(() => requestId !== undefined && settle(clientId, requestId)), cutOff(clientId))
-          }
-          const detail = `the connection holds ${socket.bufferedAmount} bytes its reader has not taken: ` +
-            "read them, then ask again"
-          refusals.note("slowReader", detail)
-          const refused = sendRefusal(clientId, state, refusal(requestId, "LimitExceeded", detail))
-          if (response._tag === "Exit") return Effect.zipRight(refused, Effect.sync(() => settle(clientId, requestId)))
-          state.refusedStreams.add(requestId)
-          return Effect.zipRight(refused, writeRequest(clientId, { _tag: "Interrupt", requestId }))
-        })
 
       return {
         disconnects,
-        send: (clientId, response, transferables) => {
-          const state = clients.get(clientId)
-          // A call's slot is held until its answer is handed on: a reader that is behind gets
-          // no more calls running (each holding its answer) than the in-flight cap.
-          const settled = response._tag === "Exit"
-            ? Effect.sync(() => settle(clientId, response.requestId))
-            : Effect.void
-          if ((response._tag === "Exit" || response._tag === "Chunk") && state?.refusedStreams.has(response.requestId)) {
-            return settled
-          }
-          const tcp = state?.tcp
-          const sent = inner.send(clientId, response, transferables)
-          const forward = Effect.zipRight(
-            tcp === undefined ? sent : Effect.zipLeft(sent, Effect.sync(() => gate.untaken.written(tcp))),
-            settled
-          )
-          if (state?.socket !== undefined) {
-            return state.turn.withPermits(1)(answerOnSocket(clientId, state.socket, state, response, forward))
-          }
-          if (state?.response === undefined) return forward
-          return Effect.flatMap(
-            drained(state.response, limits.slowReaderTimeoutMillis, refusals),
-            (writable) => (writable ? forward : Effect.zipRight(settled, cutOff(clientId)))
-          ).pipe(
-            // The wait can be interrupted (the call interrupted by its client): its slot is freed all the same.
-            Effect.onInterrupt(() => settled)
-          )
-        },
+        send: (clientId, response, transferables) => answer(guard, clientId, response, transferables),
         end: (clientId) => Effect.zipRight(Effect.sync(() => forget(clientId)), inner.end(clientId)),
         clientIds: inner.clientIds,
         initialMessage: inner.initialMessage,
