@@ -128,6 +128,10 @@ describe("a WebSocket reader that reads nothing", () => {
       const refusedRetryably = { _tag: "DeliveryError", reason: "LimitExceeded", retryable: true }
       expect(exitOf(1)?.exit?.cause?.error).toMatchObject(refusedRetryably)
       expect(messages.filter((m) => m.requestId === "1" && m._tag === "Chunk")).toEqual([])
+      // The stream's own end (it was interrupted) is not passed on: the client was told, and the
+      // stream keeps its slot (and its id) until that end comes.
+      yield* Effect.sleep("200 millis")
+      expect(messages.filter((m) => m.requestId === "1" && m._tag === "Exit")).toHaveLength(1)
       // The pages: those the socket could hold, and the rest refused rather than held.
       for (let i = 0; i < 100 && [2, 3, 4, 5].some((id) => exitOf(id) === undefined); i++) yield* Effect.sleep("50 millis")
       const pages = [2, 3, 4, 5].map((id) => exitOf(id)?.exit)
