@@ -4,6 +4,7 @@
  * updates cannot hold the loop for seconds.
  */
 import { Effect, type Either } from "effect"
+import { endOfTurn } from "../layers/TurnBatcher.ts"
 
 /**
  * Runs one signature check (a synchronous `verify`). The server's (`sharedVerification`) shares
@@ -11,13 +12,8 @@ import { Effect, type Either } from "effect"
  */
 export type Verification = <A, E>(verify: () => Either.Either<A, E>) => Effect.Effect<A, E>
 
-/** A turn for the event loop's other callbacks (Effect.yieldNow may stay within microtasks). */
-const eventLoopTurn = Effect.async<void>((resume) => {
-  const turn = setImmediate(() => resume(Effect.void))
-  return Effect.sync(() => clearImmediate(turn))
-})
-
-export const takeTurns: Verification = (verify) => Effect.zipRight(eventLoopTurn, Effect.suspend(verify))
+/** The event loop's other callbacks run before each check (`Effect.yieldNow` may stay within microtasks). */
+export const takeTurns: Verification = (verify) => Effect.zipRight(endOfTurn, Effect.suspend(verify))
 
 /**
  * One queue of signature checks for a whole server, run `perTurn` to a turn of the event loop in
