@@ -353,13 +353,6 @@ export const handlers = handlersWith()
 export class DeliveryRouter extends HttpRouter.Tag("converge/DeliveryServer/Router")<DeliveryRouter>() {}
 
 /**
- * The RPC server; with the tracer off (`converge serve` without an OTLP collector) it opens no
- * span per request, which nobody would read. A handler's defect ends its own call (an `Exit`
- * under its id), not every call of the connection with a `Defect` naming none (whose slot the
- * in-flight cap could never free). A new layer per transport: one shared layer value would be
- * built once, and serve only the first transport.
- */
-/**
  * The RPCs that change what the server stores. A read's answer may be refused (retryably) when
  * its reader is behind rather than held for it; a write's never is: the write is done.
  */
@@ -371,6 +364,13 @@ const WRITES = new Set([
   "publishIdentityUpdate"
 ] as const)
 
+/**
+ * The RPC server; with the tracer off (`converge serve` without an OTLP collector) it opens no
+ * span per request, which nobody would read. A handler's defect ends its own call (an `Exit`
+ * under its id), not every call of the connection with a `Defect` naming none (whose slot the
+ * in-flight cap could never free). A new layer per transport: one shared layer value would be
+ * built once, and serve only the first transport.
+ */
 const rpcServer = () => Layer.unwrapEffect(
   Effect.map(
     FiberRef.get(FiberRef.currentTracerEnabled),
