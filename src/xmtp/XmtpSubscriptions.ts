@@ -12,11 +12,11 @@
  * meanwhile is seen either by that look or as a change.
  */
 import type { mlsApi } from "@xmtp/proto"
-import { Chunk, Deferred, Effect, FiberId, Stream } from "effect"
+import { Chunk, Effect, Stream } from "effect"
 import { pageMayContinue } from "../layers/DeliveryRequests.ts"
 import { inTurn } from "../layers/EventLoopTurns.ts"
-import { drainFeed, makeTopicIndex, notifyEach } from "../layers/TopicFanOut.ts"
-import { ANY_TOPIC, type StoredEntry, type Topic, type TopicChange } from "../services/DeliveryStore.ts"
+import * as TopicFanOut from "../layers/TopicFanOut.ts"
+import type { StoredEntry, Topic, TopicChange } from "../services/DeliveryStore.ts"
 import { int64 } from "./Proto.ts"
 import { groupMessageOf, welcomeMessageOf } from "./XmtpMlsApi.ts"
 import { groupTopic, welcomeTopic, XmtpStore } from "./XmtpStore.ts"
@@ -80,75 +80,23 @@ const markChange = (f: Follower, key: Key, change: TopicChange) => {
 }
 
 /**
- * The followers of each topic on one server, fed by one subscription to the store's change
- * feed: an append wakes the subscriptions following its topic, not every subscription (each of
- * which heard every append before). Also bounds the topics followed server-wide.
+ * The server's fan-out of the store's change feed (`TopicFanOut`), by compact keys: a change
+ * marks its topic on the subscriptions following it, `ANY_TOPIC` has every subscription compare
+ * every head again. The reader is a daemon: it serves every subscription, until the store closes.
  */
-const makeFanOut = (maxTopics: number) => {
-  const index = makeTopicIndex<Key, Follower>()
-  const followers = new Set<Follower>()
-  let followed = 0
-  /** Completed once the feed is joined; unset until the first subscription, or after the store closed. */
-  let joined: Deferred.Deferred<void> | undefined
-
-  const dispatch = (change: TopicChange) => {
-    if (change.topic === ANY_TOPIC) {
-      return notifyEach(followers, (f) => {
-        f.recheck = true
-        f.woken.unsafeOpen()
-      })
-    }
-    const key = keyOfTopic(change.topic)
-    if (key !== undefined) index.forEach(key, (f) => markChange(f, key, change))
-  }
-
-  /** Runs as long as the store's feed (a daemon: it serves every subscription, not the first one's). */
-  const feed = (store: XmtpStore["Type"], ready: Deferred.Deferred<void>) =>
-    Effect.scoped(Effect.gen(function*() {
-      const changes = yield* store.changes
-      yield* Deferred.succeed(ready, undefined)
-      return yield* drainFeed(changes, dispatch)
-    })).pipe(Effect.ensuring(Effect.sync(() => (joined === ready ? (joined = undefined) : undefined))))
-
-  const register = (f: Follower) => {
-    followed += f.topics.length
-    followers.add(f)
-    index.add(f)
-  }
-
-  const unregister = (f: Follower) => {
-    followed -= f.topics.length
-    followers.delete(f)
-    index.remove(f)
-  }
-
-  /** Registers `f` until the scope closes, once the feed is joined; refused past the server's topic bound. */
-  const join = (store: XmtpStore["Type"], f: Follower) =>
-    Effect.gen(function*() {
-      yield* Effect.acquireRelease(
-        inTurn(Effect.suspend(() => {
-          if (followed + f.topics.length > maxTopics) {
-            return Effect.fail(new XmtpStatus({
-              code: Code.ResourceExhausted,
-              reason: `the server follows ${followed} topics; ${f.topics.length} more would pass its limit of ${maxTopics}`
-            }))
-          }
-          register(f)
-          return Effect.void
-        })),
-        () => inTurn(Effect.sync(() => unregister(f)))
-      )
-      const ready = yield* Effect.sync(() => {
-        if (joined !== undefined) return { ready: joined, start: false }
-        joined = Deferred.unsafeMake<void>(FiberId.none)
-        return { ready: joined, start: true }
-      })
-      if (ready.start) yield* Effect.forkDaemon(feed(store, ready.ready))
-      yield* Deferred.await(ready.ready)
-    })
-
-  return { join }
-}
+const makeFanOut = (maxTopics: number) =>
+  TopicFanOut.makeWith<Key, Follower, XmtpStatus, XmtpStore>({
+    maxTopics,
+    changes: Effect.flatMap(XmtpStore, (store) => store.changes),
+    fork: Effect.forkDaemon,
+    keyOf: keyOfTopic,
+    onChange: markChange,
+    onAnyTopic: (f) => {
+      f.recheck = true
+      f.woken.unsafeOpen()
+    },
+    refuse: (reason) => new XmtpStatus({ code: Code.ResourceExhausted, reason })
+  })
 
 type FanOut = ReturnType<typeof makeFanOut>
 
@@ -192,7 +140,7 @@ const follow = <A>(fanOut: FanOut, { cursors, topics }: Parsed, serve: (entry: S
       recheck: true,
       woken: yield* Effect.makeLatch(false)
     }
-    yield* fanOut.join(store, f)
+    yield* fanOut.join(f)
     if (store.changesMayMiss) yield* Effect.forkScoped(safetyPoll(store, f, limits))
     const awaitMarked = Effect.gen(function*() {
       while (true) {
