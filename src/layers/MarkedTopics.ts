@@ -6,17 +6,17 @@
  * can miss an append, a page of topics every `pollMillis` as a safety net. Reading every topic
  * instead (1,000 reads per subscription of 1,000 topics) stalled `converge serve` for seconds
  * when 256 such subscriptions opened, and the poll's reads kept it half busy while they idled.
+ * Both faces use it, each keyed by what it names its topics by (the XMTP face's compact keys).
  */
 import { Effect } from "effect"
-import type { Topic } from "../services/DeliveryStore.ts"
 import { inTurn } from "./EventLoopTurns.ts"
 
 /** Topics per look at the store's heads, each in a turn of its own: one short query (about a millisecond on SQLite). */
 const HEADS_CHUNK = 500
 
-export interface MarkedTopics<E> {
+export interface MarkedTopics<K, E> {
   /** The topics to read; the reader takes one off before reading it (a change meanwhile puts it back). */
-  readonly marked: Set<Topic>
+  readonly marked: Set<K>
   /** Wakes the reader if something is marked: after the feed has marked what changed (on the feed's fiber, so at once). */
   readonly wake: () => void
   /** Has every topic's head checked again before the next read: the feed may have missed changes. */
@@ -25,18 +25,18 @@ export interface MarkedTopics<E> {
   readonly awaitMarked: Effect.Effect<void, E>
 }
 
-export interface Options<E> {
+export interface Options<K, E> {
   /** Marks those of `topics` whose head is past what was delivered (at most `HEADS_CHUNK` at a time). */
-  readonly check: (topics: ReadonlyArray<Topic>) => Effect.Effect<void, E>
+  readonly check: (topics: ReadonlyArray<K>) => Effect.Effect<void, E>
   /** Whether the feed may miss an append: then a page of topics is checked every `pollMillis`. */
   readonly poll: boolean
   readonly pollMillis: number
   readonly pollPage: number
 }
 
-export const make = <E>(topics: ReadonlyArray<Topic>, options: Options<E>) =>
+export const make = <K, E>(topics: ReadonlyArray<K>, options: Options<K, E>) =>
   Effect.gen(function*() {
-    const marked = new Set<Topic>()
+    const marked = new Set<K>()
     const woken = yield* Effect.makeLatch(false)
     // The opening's check: only topics with news are read.
     let recheckDue = true
@@ -67,11 +67,11 @@ export const make = <E>(topics: ReadonlyArray<Topic>, options: Options<E>) =>
       recheckDue = true
       woken.unsafeOpen()
     }
-    return { marked, wake, recheck, awaitMarked } satisfies MarkedTopics<E>
+    return { marked, wake, recheck, awaitMarked } satisfies MarkedTopics<K, E>
   })
 
 /** Every `pollMillis`, the next `pollPage` topics' heads are checked, in turn; a failure waits for the next round. */
-const safetyPoll = <E>(topics: ReadonlyArray<Topic>, options: Options<E>, wake: () => void) => {
+const safetyPoll = <K, E>(topics: ReadonlyArray<K>, options: Options<K, E>, wake: () => void) => {
   let next = 0
   const page = Effect.suspend(() => {
     const slice = topics.slice(next, next + Math.min(options.pollPage, HEADS_CHUNK))
@@ -79,7 +79,7 @@ const safetyPoll = <E>(topics: ReadonlyArray<Topic>, options: Options<E>, wake: 
     return inTurn(options.check(slice))
   }).pipe(
     Effect.zipRight(Effect.sync(wake)),
-    Effect.catchAll((error) => Effect.logWarning("DeliveryService: a subscription's safety poll failed", error))
+    Effect.catchAll((error) => Effect.logWarning("a subscription's safety poll failed", error))
   )
   return Effect.forever(Effect.zipRight(Effect.sleep(options.pollMillis), page))
 }

@@ -163,7 +163,7 @@ export const followMany = <E>(
         marks.marked.add(topic)
       }
       const topics = Array.from(states.keys())
-      const marks: MarkedTopics.MarkedTopics<DeliveryError> = yield* MarkedTopics.make(topics, {
+      const marks: MarkedTopics.MarkedTopics<Topic, DeliveryError> = yield* MarkedTopics.make(topics, {
         check: (topics) => checkHeads(c, states, topics, mustRead, marks.marked),
         poll: c.store.changesMayMiss,
         pollMillis: c.pollMillis,

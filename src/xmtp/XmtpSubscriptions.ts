@@ -4,10 +4,11 @@
  * topic so nothing is sent twice or skipped.
  *
  * What an idle subscription costs is about 150 bytes a topic (a short key, a slot, an entry in the
- * server's index) and nothing per second: one fiber per server takes the store's change feed and marks only the subscriptions following a
- * changed topic; the opening asks the store once per `HEADS_CHUNK` topics which have anything
- * after their cursor and reads only those (1,000 reads per subscription of 1,000 topics stalled
- * the event loop for seconds); a polling safety net runs only where the feed can miss an append.
+ * server's index) and nothing per second: one fiber per server takes the store's change feed and
+ * marks only the subscriptions following a changed topic (`TopicFanOut`); the opening asks the
+ * store once per 500 topics which have anything after their cursor and reads only those
+ * (`MarkedTopics`: 1,000 reads per subscription of 1,000 topics stalled the event loop for
+ * seconds); a polling safety net runs only where the feed can miss an append.
  * A subscription is registered with the feed before its first look at the store, so an append
  * meanwhile is seen either by that look or as a change.
  */
@@ -15,6 +16,7 @@ import type { mlsApi } from "@xmtp/proto"
 import { Chunk, Effect, Stream } from "effect"
 import { pageMayContinue } from "../layers/DeliveryRequests.ts"
 import { inTurn } from "../layers/EventLoopTurns.ts"
+import * as MarkedTopics from "../layers/MarkedTopics.ts"
 import * as TopicFanOut from "../layers/TopicFanOut.ts"
 import type { StoredEntry, Topic, TopicChange } from "../services/DeliveryStore.ts"
 import { int64 } from "./Proto.ts"
@@ -30,9 +32,6 @@ import {
   type XmtpLimits,
   XmtpStatus
 } from "./XmtpStatus.ts"
-
-/** Topics per `heads` query: one short statement (about a millisecond on SQLite), far below any parameter limit. */
-const HEADS_CHUNK = 500
 
 /**
  * A topic as held here: its kind's letter and its id's bytes, a character each. The store's name
@@ -62,20 +61,17 @@ interface Follower {
   /** Topic -> last id served, for those past 0: most of an idle subscription's cursors are 0. */
   readonly cursors: Map<Key, bigint>
   readonly topics: ReadonlyArray<Key>
-  /** Topics to read; the reader takes one off before reading it (a change meanwhile puts it back). */
-  readonly marked: Set<Key>
-  /** Every topic's head to be compared with its cursor: at the opening, and when the feed may have missed changes. */
-  recheck: boolean
-  readonly woken: Effect.Latch
+  /** The topics to read, marked by the feed and by looks at the store's heads. */
+  readonly marks: MarkedTopics.MarkedTopics<Key, XmtpStatus>
 }
 
-const cursorOf = (f: Follower, key: Key) => f.cursors.get(key) ?? 0n
+const cursorOf = (cursors: ReadonlyMap<Key, bigint>, key: Key) => cursors.get(key) ?? 0n
 
 const markChange = (f: Follower, key: Key, change: TopicChange) => {
   // An announcement the reader has already served (it read past it) needs no read.
-  if (change.sequenceId > cursorOf(f, key)) {
-    f.marked.add(key)
-    f.woken.unsafeOpen()
+  if (change.sequenceId > cursorOf(f.cursors, key)) {
+    f.marks.marked.add(key)
+    f.marks.wake()
   }
 }
 
@@ -91,77 +87,45 @@ const makeFanOut = (maxTopics: number) =>
     fork: Effect.forkDaemon,
     keyOf: keyOfTopic,
     onChange: markChange,
-    onAnyTopic: (f) => {
-      f.recheck = true
-      f.woken.unsafeOpen()
-    },
+    onAnyTopic: (f) => f.marks.recheck(),
     refuse: (reason) => new XmtpStatus({ code: Code.ResourceExhausted, reason })
   })
 
 type FanOut = ReturnType<typeof makeFanOut>
 
-/** Marks those of `topics` that have entries after their cursor: one query per chunk, each in a turn (better-sqlite3 is synchronous). */
-const markNews = (store: XmtpStore["Type"], f: Follower, keys: ReadonlyArray<Key>) =>
+/** Marks those of `keys` (one `MarkedTopics` chunk) that have entries after their cursor: one query. */
+const markNews = (store: XmtpStore["Type"], cursors: ReadonlyMap<Key, bigint>, marked: Set<Key>, keys: ReadonlyArray<Key>) =>
   Effect.gen(function*() {
-    for (let i = 0; i < keys.length; i += HEADS_CHUNK) {
-      yield* inTurn(Effect.gen(function*() {
-        const chunk = new Map(keys.slice(i, i + HEADS_CHUNK).map((key) => [topicOfKey(key), key] as const))
-        const heads = yield* store.heads(Array.from(chunk.keys()))
-        for (const [topic, head] of heads) {
-          const key = chunk.get(topic)!
-          if (head > cursorOf(f, key)) f.marked.add(key)
-        }
-      }))
+    const chunk = new Map(keys.map((key) => [topicOfKey(key), key] as const))
+    const heads = yield* Effect.catchAll(store.heads(Array.from(chunk.keys())), unavailable)
+    for (const [topic, head] of heads) {
+      const key = chunk.get(topic)!
+      if (head > cursorOf(cursors, key)) marked.add(key)
     }
   })
-
-/** Where the feed may miss an append: every `pollMillis`, the next page of topics is checked, in turn. */
-const safetyPoll = (store: XmtpStore["Type"], f: Follower, limits: XmtpLimits) => {
-  let next = 0
-  const page = Effect.suspend(() => {
-    const topics = f.topics.slice(next, next + MAX_PAGE_SIZE)
-    next = next + MAX_PAGE_SIZE >= f.topics.length ? 0 : next + MAX_PAGE_SIZE
-    return markNews(store, f, topics)
-  }).pipe(
-    Effect.zipRight(Effect.sync(() => (f.marked.size > 0 ? f.woken.unsafeOpen() : undefined))),
-    Effect.catchAll((error) => Effect.logWarning("xmtp: a subscription's safety poll failed", error))
-  )
-  return Effect.forever(Effect.zipRight(Effect.sleep(limits.pollMillis), page))
-}
 
 /** Follows `topics` after their cursors, serving each new entry once, in each topic's order. */
 const follow = <A>(fanOut: FanOut, { cursors, topics }: Parsed, serve: (entry: StoredEntry) => A, limits: XmtpLimits) =>
   Stream.unwrapScoped(Effect.gen(function*() {
     const store = yield* XmtpStore
-    const f: Follower = {
-      cursors,
-      topics,
-      marked: new Set(),
-      recheck: true,
-      woken: yield* Effect.makeLatch(false)
-    }
-    yield* fanOut.join(f)
-    if (store.changesMayMiss) yield* Effect.forkScoped(safetyPoll(store, f, limits))
-    const awaitMarked = Effect.gen(function*() {
-      while (true) {
-        if (f.recheck) {
-          f.recheck = false
-          yield* Effect.catchAll(markNews(store, f, f.topics), unavailable)
-        }
-        if (f.marked.size > 0) return
-        yield* f.woken.await
-        // Closed before the state is looked at again: a mark after this opens it anew.
-        yield* f.woken.close
-      }
+    const marks: MarkedTopics.MarkedTopics<Key, XmtpStatus> = yield* MarkedTopics.make(topics, {
+      check: (keys) => markNews(store, cursors, marks.marked, keys),
+      poll: store.changesMayMiss,
+      pollMillis: limits.pollMillis,
+      pollPage: MAX_PAGE_SIZE
     })
+    const f: Follower = { cursors, topics, marks }
+    // Joined before the first look at the heads (in `awaitMarked`): an append meanwhile is seen
+    // by one or the other.
+    yield* fanOut.join(f)
     const pull = Effect.gen(function*() {
-      yield* awaitMarked
-      const key = f.marked.values().next().value as Key
+      yield* marks.awaitMarked
+      const key = marks.marked.values().next().value as Key
       // Taken off before the read: a change during the read puts it back.
-      f.marked.delete(key)
-      const after = cursorOf(f, key)
+      marks.marked.delete(key)
+      const after = cursorOf(cursors, key)
       const entries = yield* Effect.catchAll(store.read(topicOfKey(key), after, MAX_PAGE_SIZE, false), unavailable)
-      if (pageMayContinue(entries, MAX_PAGE_SIZE, limits.maxPayloadBytes + MAX_RECORD_OVERHEAD)) f.marked.add(key)
+      if (pageMayContinue(entries, MAX_PAGE_SIZE, limits.maxPayloadBytes + MAX_RECORD_OVERHEAD)) marks.marked.add(key)
       const fresh = entries.filter((e) => e.sequenceId > after)
       const last = fresh[fresh.length - 1]
       if (last !== undefined) cursors.set(key, last.sequenceId)
