@@ -3,10 +3,11 @@
  * (layers/DeferredSignatures). Whatever the checks find, the page must read exactly as it reads
  * one message at a time: a forged signature is refused, and the messages around it still read.
  */
-import { expect, layer } from "@effect/vitest"
+import { describe, expect, it, layer } from "@effect/vitest"
 import { Effect, Either } from "effect"
 import { type ClientState, createApplicationMessage, encodeMlsMessage } from "ts-mls"
 import { fromUtf8, utf8 } from "../src/domain/Bytes.ts"
+import { deferSignatures } from "../src/layers/DeferredSignatures.ts"
 import { nodeCiphersuite } from "../src/layers/NodeCiphersuite.ts"
 import * as TsMlsCrypto from "../src/layers/TsMlsCrypto.ts"
 import { MlsCrypto, type MlsGroupState } from "../src/services/MlsCrypto.ts"
@@ -126,4 +127,17 @@ layer(TsMlsCrypto.layer())("a catch-up page with its signatures checked beside i
       expect(strict.outcomes).toEqual((yield* oneByOne(crypto, bob.state, page)).outcomes)
       expect(strict.outcomes[1]).toMatch(/^refused: /)
     }))
+})
+
+// The deferred suite is written out field by field to share nodeCiphersuite's hidden class (a
+// spread copy got another, and ts-mls's per-message steps deoptimized switching between them):
+// that holds only while both list the same fields in the same order.
+describe("the deferred ciphersuite", () => {
+  it("lists nodeCiphersuite's fields in its order, only verify differing", () => {
+    const deferred = deferSignatures(nodeCiphersuite)!
+    expect(Object.keys(deferred.ciphersuite)).toEqual(Object.keys(nodeCiphersuite))
+    expect(Object.keys(deferred.ciphersuite.signature)).toEqual(Object.keys(nodeCiphersuite.signature))
+    expect(deferred.ciphersuite.kdf).toBe(nodeCiphersuite.kdf)
+    expect(deferred.ciphersuite.signature.verify).not.toBe(nodeCiphersuite.signature.verify)
+  })
 })

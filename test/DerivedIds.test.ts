@@ -4,7 +4,7 @@
  * stored rows would disagree. The values below were computed by the earlier implementation.
  */
 import { describe, expect, it } from "@effect/vitest"
-import { labelledHash, labelledHashHex, sha256Hex, toHex, utf8 } from "../src/domain/Bytes.ts"
+import { labelledHash, labelledHashHex, labelledHashHexOfText, sha256Hex, toHex, utf8 } from "../src/domain/Bytes.ts"
 import { membershipChangeIdOf, messageIdOf, metadataChangeIdOf, TextContent, timeOrderedNonce } from "../src/domain/Content.ts"
 import { Schema } from "effect"
 import type { GroupId, InstallationId } from "../src/domain/Ids.ts"
@@ -26,6 +26,10 @@ describe("Derived ids", () => {
     expect(toHex(labelledHash("parts", ...parts))).toBe("00159e331b1288cd53829ef5669ddd8d573e0f1dff79fcadac7cd96b272b1cdc")
     expect(labelledHashHex("parts", ...parts)).toBe("00159e331b1288cd53829ef5669ddd8d573e0f1dff79fcadac7cd96b272b1cdc")
     expect(sha256Hex(long)).toBe("9b854f0a59eabeac0b0ecaee1f5cd7ab3bfbc93e9b33e2a89ac338b237f300f2")
+    // Text parts written into one reused buffer: the same digest, for parts longer than the buffer too.
+    for (const texts of [[], [""], ["nonce-\u00e9\ud800-x", "\ud83d\ude00"], ["y".repeat(1000), "z"]]) {
+      expect(labelledHashHexOfText("parts", ...texts)).toBe(labelledHashHex("parts", ...texts.map(utf8)))
+    }
   })
 
   it("keep every part's length in the hash: moving a byte from one part to the next changes the id", () => {

@@ -1,4 +1,5 @@
 /** Byte helpers shared by the domain and the layers. Pure. */
+import * as nodeCrypto from "node:crypto"
 import { createHash } from "node:crypto"
 
 const encoder = new TextEncoder()
@@ -45,7 +46,34 @@ export const labelledHash = (label: string, ...parts: ReadonlyArray<Uint8Array>)
 export const labelledHashHex = (label: string, ...parts: ReadonlyArray<Uint8Array>): string =>
   labelledDigest(label, parts).digest("hex")
 
-export const sha256Hex = (bytes: Uint8Array): string => createHash("sha256").update(bytes).digest("hex")
+/** Node's one-shot `crypto.hash` (20.12 and later); earlier versions make a Hash object. */
+const oneShotHash = (nodeCrypto as { readonly hash?: typeof nodeCrypto.hash }).hash
+const sha256HexOf = (bytes: Uint8Array): string =>
+  oneShotHash === undefined ? createHash("sha256").update(bytes).digest("hex") : oneShotHash("sha256", bytes, "hex")
+
+/** Reused for `labelledHashHexOfText`'s input (synchronous: nobody else writes it meanwhile). */
+let textScratch = Buffer.allocUnsafe(512)
+
+/**
+ * `labelledHashHex(label, ...parts.map(utf8))` for text parts, the same digest: the input is
+ * written into one buffer and hashed in one call. A message id is derived per received message,
+ * and the three encodings and seven `update` calls cost 2.1 us an id, this 0.7 us.
+ */
+export const labelledHashHexOfText = (label: string, ...parts: ReadonlyArray<string>): string => {
+  const head = `converge/${label}\n`
+  let length = Buffer.byteLength(head, "utf8")
+  for (const part of parts) length += 4 + Buffer.byteLength(part, "utf8")
+  if (length > textScratch.length) textScratch = Buffer.allocUnsafe(length)
+  let offset = textScratch.write(head, 0, "utf8")
+  for (const part of parts) {
+    const bytes = Buffer.byteLength(part, "utf8")
+    offset = textScratch.writeUInt32BE(bytes, offset)
+    offset += textScratch.write(part, offset, bytes, "utf8")
+  }
+  return sha256HexOf(textScratch.subarray(0, offset))
+}
+
+export const sha256Hex = sha256HexOf
 
 /** One memcmp: a byte-by-byte loop took 2 ms on a 110 KB group state, compared on every load. */
 export const bytesEqual = (a: Uint8Array, b: Uint8Array): boolean =>

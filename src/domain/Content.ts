@@ -4,7 +4,7 @@
  * nonce, so a member cannot forge another member's message id.
  */
 import { Schema } from "effect"
-import { labelledHashHex, toHex, utf8 } from "./Bytes.ts"
+import { labelledHashHex, labelledHashHexOfText, toHex, utf8 } from "./Bytes.ts"
 import { GroupId, type InstallationId, MessageId } from "./Ids.ts"
 import { validatedMaker } from "./SchemaClass.ts"
 
@@ -77,7 +77,7 @@ const TIME_PREFIX = /^[0-9a-f]{12}/
  * to the sender (another member's nonce gives another hash), still 64 hex characters.
  */
 export const messageIdOf = (groupId: GroupId, sender: InstallationId, nonce: string, idOrder?: IdOrder): MessageId => {
-  const hash = labelledHashHex("message", utf8(groupId), utf8(sender), utf8(nonce))
+  const hash = labelledHashHexOfText("message", groupId, sender, nonce)
   return (idOrder === "time" && TIME_PREFIX.test(nonce)
     ? nonce.slice(0, TIME_PREFIX_LENGTH) + hash.slice(TIME_PREFIX_LENGTH)
     : hash) as MessageId

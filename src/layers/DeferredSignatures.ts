@@ -26,15 +26,22 @@ export interface DeferredSignatures {
 export const deferSignatures = (cs: CiphersuiteImpl): DeferredSignatures | undefined => {
   if (cs !== nodeCiphersuite) return undefined
   const pending: Array<Promise<boolean>> = []
-  const ciphersuite: CiphersuiteImpl = {
-    ...cs,
-    signature: {
-      ...cs.signature,
-      verify: (publicKey, message, signature) => {
-        pending.push(verifyEd25519Async(publicKey, message, signature))
-        return Promise.resolve(true)
-      }
+  const signature: CiphersuiteImpl["signature"] = {
+    ...cs.signature,
+    verify: (publicKey, message, signature) => {
+      pending.push(verifyEd25519Async(publicKey, message, signature))
+      return Promise.resolve(true)
     }
+  }
+  // Built as `nodeCiphersuite` is (same fields, same order), so it has the same hidden class: the
+  // ts-mls steps that take a ciphersuite see one shape, not two (a spread copy makes another).
+  const ciphersuite: CiphersuiteImpl = {
+    hash: cs.hash,
+    hpke: cs.hpke,
+    signature,
+    kdf: cs.kdf,
+    rng: cs.rng,
+    name: cs.name
   }
   const allValid = async () => (await Promise.all(pending)).every((valid) => valid)
   return { ciphersuite, allValid }
