@@ -372,6 +372,41 @@ describe("client policies", () => {
       expect((yield* ds.sendGroupMessages([mlsMessage(newGroupId(), "x")]))[0]!.sequenceId).toBe(1n)
     }))
 
+  // The connection keeps the timeouts (RpcCallTimeouts): a call it times out, and a call whose
+  // caller is interrupted, both end on the server too.
+  it.scopedLive("a timed-out call and an interrupted caller's call are interrupted on the server", () =>
+    Effect.gen(function*() {
+      const memory = yield* memoryWithFaults()
+      const started = yield* Ref.make(0)
+      const interrupted = yield* Ref.make(0)
+      const hanging: DeliveryService["Type"] = {
+        ...memory.service,
+        queryGroupMessages: () =>
+          Effect.zipRight(Ref.update(started, (n) => n + 1), Effect.never).pipe(
+            Effect.onInterrupt(() => Ref.update(interrupted, (n) => n + 1))
+          )
+      }
+      const address = yield* serve({ port: 0 }).pipe(Effect.provideService(DeliveryService, hanging))
+      const waitFor = (ref: Ref.Ref<number>, n: number) =>
+        Ref.get(ref).pipe(
+          Effect.repeat({ until: (v) => v >= n, schedule: Schedule.spaced("10 millis") }),
+          Effect.timeout("5 seconds")
+        )
+      let calls = 0
+      for (const transport of transports) {
+        const ds = yield* connect(address.url, { transport, timeout: "200 millis", retrySchedule: Schedule.recurs(0) })
+        const query = ds.queryGroupMessages({ groupId: newGroupId(), afterSequenceId: 0n })
+        const error = yield* Effect.flip(query)
+        expect(error).toMatchObject({ _tag: "DeliveryError", reason: "Timeout", retryable: true })
+        yield* waitFor(interrupted, ++calls)
+
+        const caller = yield* Effect.fork(query)
+        yield* waitFor(started, ++calls)
+        expect(Exit.isInterrupted(yield* Fiber.interrupt(caller))).toBe(true)
+        yield* waitFor(interrupted, calls)
+      }
+    }))
+
   // "ws" ends in "s" too: a ws:// URL was taken for wss:// (or https://) and met a plain server with TLS.
   it.scopedLive("a ws:// URL reaches a plain server over either transport", () =>
     Effect.gen(function*() {

@@ -1,10 +1,11 @@
 /**
  * How the RPC delivery client makes its calls: signed headers for authenticated operations,
- * one attempt bounded by the timeout with transport errors mapped, retries of idempotent calls,
- * and subscriptions that resume from their cursors after a retryable failure.
+ * one attempt with transport errors mapped (its timeout is the connection's: `RpcCallTimeouts`),
+ * retries of idempotent calls, and subscriptions that resume from their cursors after a
+ * retryable failure.
  */
 import type { RpcClientError } from "@effect/rpc/RpcClientError"
-import { Duration, Effect, FiberRef, Option, Schedule, Stream } from "effect"
+import { Effect, FiberRef, Option, Schedule, Stream } from "effect"
 import { DeliveryError } from "../domain/Errors.ts"
 import { AUTH_HEADER, type AuthenticatedOperation, type RequestAuth } from "../domain/RequestAuth.ts"
 import { currentSigner } from "../services/DeliveryAuth.ts"
@@ -23,12 +24,11 @@ export const chunksOf = <A>(items: ReadonlyArray<A>, size: number): ReadonlyArra
   Array.from({ length: Math.max(1, Math.ceil(items.length / size)) }, (_, i) => items.slice(i * size, (i + 1) * size))
 
 export interface CallOptions {
-  readonly timeout: Duration.Duration
   readonly retrySchedule: Schedule.Schedule<unknown, DeliveryError>
   readonly resubscribeSchedule: Schedule.Schedule<unknown, DeliveryError>
 }
 
-export const makeCalls = ({ resubscribeSchedule: resubscribeEvery, retrySchedule, timeout }: CallOptions) => {
+export const makeCalls = ({ resubscribeSchedule: resubscribeEvery, retrySchedule }: CallOptions) => {
   const retryWhile = (e: DeliveryError) => e.retryable
   const resubscribeSchedule = Schedule.whileInput(resubscribeEvery, retryWhile)
 
@@ -44,23 +44,15 @@ export const makeCalls = ({ resubscribeSchedule: resubscribeEvery, retrySchedule
       return { [AUTH_HEADER]: encodeAuth(auth) }
     })
 
-  /** One attempt: transport errors mapped, bounded by the timeout. */
+  /**
+   * One attempt, transport errors mapped. The connection bounds it by the timeout: a call
+   * unanswered in time fails with a retryable `DeliveryError("Timeout")` (`RpcCallTimeouts`).
+   */
   const attempt = <A, E extends { readonly _tag: string }>(
     op: string,
     call: Effect.Effect<A, E>
   ): Effect.Effect<A, Exclude<E, RpcClientError> | DeliveryError> =>
-    call.pipe(
-      Effect.catchAllCause((cause) => Effect.failCause(transportErrors(op, cause))),
-      Effect.timeoutFail({
-        duration: timeout,
-        onTimeout: () =>
-          new DeliveryError({
-            reason: "Timeout",
-            retryable: true,
-            detail: `${op}: no response within ${Duration.format(timeout)}`
-          })
-      })
-    )
+    Effect.catchAllCause(call, (cause) => Effect.failCause(transportErrors(op, cause)))
 
   /**
    * An idempotent call: attempted again on retryable errors. The retry schedule starts only

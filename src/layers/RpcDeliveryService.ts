@@ -4,8 +4,9 @@
  * - **Transport.** WebSocket by default (one multiplexed connection; the RPC client pings it
  *   every 10 s and reconnects with `reconnectSchedule` when it drops or goes silent), or
  *   HTTP ndjson (`transport: "http"`: one POST per call, a long-lived response per stream).
- * - **Timeouts.** Every unary call attempt gets `timeout` (default 10 s) and then fails with
- *   `DeliveryError("Timeout", retryable)`: the call may or may not have happened.
+ * - **Timeouts.** Every unary call attempt gets `timeout` (default 10 s) from when its request
+ *   is sent, and then fails with `DeliveryError("Timeout", retryable)`: the call may or may not
+ *   have happened (the server is told to interrupt it). The connection keeps them (`RpcCallTimeouts`).
  * - **Transport failures** (connection refused or dropped, server shutting down, a response
  *   that ends early, an answer that does not decode or nests more than `MAX_ANSWER_DEPTH` levels)
  *   become `DeliveryError("Unavailable", retryable)`. Typed errors from the server arrive as the
@@ -25,7 +26,8 @@
  *   subscriptions to more than `MAX_SUBSCRIBE_FILTERS` topics are several merged ones, and
  *   cursors past the wire's 20 digits are clamped (they read nothing either way).
  *
- * Timeouts and backoffs run on Effect's `Clock`: under `TestClock` they wait for it.
+ * Timeouts and backoffs run on Effect's `Clock` (timeouts on the one the client was made under):
+ * under `TestClock` they wait for it.
  */
 import { RpcClient } from "@effect/rpc"
 import { type Context, Duration, Effect, Layer, Schedule, type Scope } from "effect"
@@ -78,12 +80,13 @@ export const defaultResubscribeSchedule: Schedule.Schedule<unknown, DeliveryErro
 /** The port over an RPC client of `DeliveryServer`; the connection lives as long as the scope. */
 export const make = (options: RpcDeliveryOptions): Effect.Effect<Service, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const protocol = yield* Layer.build(protocolLayer(options))
+    const protocol = yield* Layer.build(
+      protocolLayer({ ...options, timeout: Duration.decode(options.timeout ?? DEFAULT_TIMEOUT) })
+    )
     const client = yield* RpcClient.make(DeliveryRpcs, { spanPrefix: "DeliveryRpc" }).pipe(
       Effect.provide(protocol)
     )
     const calls = makeCalls({
-      timeout: Duration.decode(options.timeout ?? DEFAULT_TIMEOUT),
       retrySchedule: options.retrySchedule ?? defaultRetrySchedule,
       resubscribeSchedule: options.resubscribeSchedule ?? defaultResubscribeSchedule
     })

@@ -6,10 +6,12 @@
  */
 import { HttpClient, HttpClientRequest, Socket } from "@effect/platform"
 import { NodeHttpClient } from "@effect/platform-node"
-import { RpcClient, type RpcMessage, RpcSerialization } from "@effect/rpc"
-import { Effect, Layer, Schedule, type Scope } from "effect"
+import { RpcClient, type RpcMessage, RpcSchema, RpcSerialization } from "@effect/rpc"
+import { type Duration, Effect, Layer, Schedule, type Scope } from "effect"
 import { WebSocket } from "ws"
+import { DeliveryRpcs } from "../domain/DeliveryRpcs.ts"
 import { depthBoundedJson } from "./RpcAnswerDepth.ts"
+import { withCallTimeouts } from "./RpcCallTimeouts.ts"
 import { boundedNdjson } from "./RpcNdjson.ts"
 import { boundedRequestIds } from "./RpcRequestIds.ts"
 
@@ -19,6 +21,8 @@ export interface RpcProtocolOptions {
   readonly transport?: "websocket" | "http"
   readonly reconnectSchedule?: Schedule.Schedule<unknown, unknown>
   readonly maxAnswerBytes?: number
+  /** Per attempt of a unary call, from when its request is sent. */
+  readonly timeout: Duration.Duration
 }
 
 /**
@@ -106,7 +110,20 @@ const httpClientLayer: Layer.Layer<HttpClient.HttpClient> = NodeHttpClient.layer
 const serialization = (inner: RpcSerialization.RpcSerialization["Type"]) =>
   Layer.succeed(RpcSerialization.RpcSerialization, boundedRequestIds(inner, "drop"))
 
-export const protocolLayer = (options: RpcProtocolOptions): Layer.Layer<RpcClient.Protocol> => {
+/** The RPCs that answer once (not streams): the ones with a timeout. */
+const unaryTags: ReadonlySet<string> = new Set(
+  Array.from(DeliveryRpcs.requests.values()).filter((rpc) => !RpcSchema.isStreamSchema(rpc.successSchema)).map((rpc) => rpc._tag)
+)
+
+/** The connection, with a timeout on every unary call (`RpcCallTimeouts`). */
+export const protocolLayer = (options: RpcProtocolOptions): Layer.Layer<RpcClient.Protocol> =>
+  Layer.scoped(
+    RpcClient.Protocol,
+    Effect.flatMap(RpcClient.Protocol, (inner) =>
+      withCallTimeouts(inner, { timeout: options.timeout, isUnary: (tag) => unaryTags.has(tag) }))
+  ).pipe(Layer.provide(transportLayer(options)))
+
+const transportLayer = (options: RpcProtocolOptions): Layer.Layer<RpcClient.Protocol> => {
   if (options.transport === "http") {
     return Layer.scoped(
       RpcClient.Protocol,

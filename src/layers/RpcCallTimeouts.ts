@@ -1,0 +1,131 @@
+/**
+ * The timeout of every unary call, kept by the connection instead of by each call. A call the
+ * server has not answered within `timeout` of its request being sent gets an answer from here:
+ * a `DeliveryError("Timeout", retryable)` under its request id, which the RPC client hands to
+ * the caller as it would the server's (and interrupts the call's sending, as for any answer);
+ * the server is told to interrupt the call, as when a caller is interrupted.
+ *
+ * Why not `Effect.timeoutFail` per call: it forked two fibers (the call and a sleep) and merged
+ * their fiber refs back on every call, a third of the client's Effect operations per call. Here
+ * a call costs a map entry, and one fiber per connection sleeps until the oldest deadline. All
+ * calls of a connection have the same timeout, so deadlines come in the order calls are sent.
+ *
+ * The clock is the one the connection was made under (`TestClock` in tests).
+ */
+import { RpcClient, type RpcMessage } from "@effect/rpc"
+import { Duration, Effect, Schema, type Scope } from "effect"
+import { DeliveryError } from "../domain/Errors.ts"
+
+export interface CallTimeoutOptions {
+  readonly timeout: Duration.Duration
+  /** Is the RPC of this tag a unary call? Streams have no timeout: they resume instead. */
+  readonly isUnary: (tag: string) => boolean
+}
+
+interface Pending {
+  readonly tag: string
+  readonly deadline: number
+}
+
+/** The answer to a call that timed out, as the server would have encoded it. */
+const timeoutExit = (requestId: string, tag: string, timeout: Duration.Duration): RpcMessage.FromServerEncoded => ({
+  _tag: "Exit",
+  requestId,
+  exit: {
+    _tag: "Failure",
+    cause: {
+      _tag: "Fail",
+      error: Schema.encodeSync(DeliveryError)(
+        new DeliveryError({
+          reason: "Timeout",
+          retryable: true,
+          detail: `${tag}: no response within ${Duration.format(timeout)}`
+        })
+      )
+    }
+  }
+})
+
+/** `inner` with every unary call bounded by `timeout`; the timer fiber lives as long as the scope. */
+export const withCallTimeouts = (
+  inner: RpcClient.Protocol["Type"],
+  { isUnary, timeout }: CallTimeoutOptions
+): Effect.Effect<RpcClient.Protocol["Type"], never, Scope.Scope> =>
+  RpcClient.Protocol.make((writeResponse) =>
+    Effect.gen(function*() {
+      const clock = yield* Effect.clock
+      const millis = Duration.toMillis(timeout)
+      // Calls not yet answered, by request id, and their ids in the order sent (stale ones skipped).
+      const pending = new Map<string, Pending>()
+      let order: Array<string> = []
+      let head = 0
+      const wake = yield* Effect.makeLatch(false)
+
+      /** Takes the calls past their deadline at `now`; drops answered ones from the front. */
+      const takeExpired = (now: number): Array<[string, string]> => {
+        const expired: Array<[string, string]> = []
+        while (head < order.length) {
+          const id = order[head]!
+          const call = pending.get(id)
+          if (call !== undefined && call.deadline > now) break
+          head++
+          if (call !== undefined) {
+            pending.delete(id)
+            expired.push([id, call.tag])
+          }
+        }
+        if (head > 1024 && head * 2 > order.length) {
+          order = order.slice(head)
+          head = 0
+        }
+        return expired
+      }
+
+      const expire = (id: string, tag: string) =>
+        Effect.zipRight(
+          writeResponse(timeoutExit(id, tag, timeout)),
+          Effect.ignore(inner.send({ _tag: "Interrupt", requestId: id }))
+        )
+
+      // Sleeps until the oldest deadline, or until a call is sent when there is none.
+      yield* Effect.gen(function*() {
+        for (;;) {
+          const expired = takeExpired(clock.unsafeCurrentTimeMillis())
+          for (const [id, tag] of expired) yield* expire(id, tag)
+          if (expired.length > 0) continue
+          const oldest = head < order.length ? pending.get(order[head]!) : undefined
+          if (oldest === undefined) {
+            order = []
+            head = 0
+            wake.unsafeClose()
+            yield* wake.await
+          } else {
+            yield* clock.sleep(Duration.millis(Math.max(0, oldest.deadline - clock.unsafeCurrentTimeMillis())))
+          }
+        }
+      }).pipe(Effect.interruptible, Effect.forkScoped)
+
+      yield* Effect.forkScoped(inner.run((message) => {
+        if (message._tag === "Exit") pending.delete(message.requestId)
+        // The RPC client fails every call of its own on these: none is left to time out.
+        else if (message._tag === "ClientProtocolError" || message._tag === "Defect") pending.clear()
+        return writeResponse(message)
+      }))
+
+      return {
+        // Runs when the RPC client sends (inside its effect), so the deadline counts from then.
+        send: (request, transferables) => {
+          if (request._tag === "Request" && Number.isFinite(millis) && isUnary(request.tag)) {
+            pending.set(request.id, { tag: request.tag, deadline: clock.unsafeCurrentTimeMillis() + millis })
+            order.push(request.id)
+            wake.unsafeOpen()
+          } else if (request._tag === "Interrupt") {
+            pending.delete(request.requestId)
+          }
+          return inner.send(request, transferables)
+        },
+        supportsAck: inner.supportsAck,
+        supportsTransferables: inner.supportsTransferables
+      }
+    })
+  )
