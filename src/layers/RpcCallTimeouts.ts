@@ -13,7 +13,7 @@
  * The clock is the one the connection was made under (`TestClock` in tests).
  */
 import { RpcClient, type RpcMessage } from "@effect/rpc"
-import { Duration, Effect, Schema, type Scope } from "effect"
+import { Duration, Effect, FiberSet, Schema, type Scope } from "effect"
 import { DeliveryError } from "../domain/Errors.ts"
 
 export interface CallTimeoutOptions {
@@ -55,6 +55,9 @@ export const withCallTimeouts = (
     Effect.gen(function*() {
       const clock = yield* Effect.clock
       const millis = Duration.toMillis(timeout)
+      // Interrupts sent for timed-out calls, each on its own fiber: on a socket still opening the
+      // send waits for it to open, and the timer must not wait with it.
+      const interrupts = yield* FiberSet.make()
       // Calls not yet answered, by request id, and their ids in the order sent (stale ones skipped).
       const pending = new Map<string, Pending>()
       let order: Array<string> = []
@@ -84,7 +87,10 @@ export const withCallTimeouts = (
       const expire = (id: string, tag: string) =>
         Effect.zipRight(
           writeResponse(timeoutExit(id, tag, timeout)),
-          Effect.ignore(inner.send({ _tag: "Interrupt", requestId: id }))
+          FiberSet.run(
+            interrupts,
+            inner.send({ _tag: "Interrupt", requestId: id }).pipe(Effect.timeout(timeout), Effect.ignore)
+          )
         )
 
       // Sleeps until the oldest deadline, or until a call is sent when there is none.
