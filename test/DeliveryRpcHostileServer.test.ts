@@ -89,6 +89,18 @@ const httpServerAnswering = (answers: (requestId: string, tag: string) => Readon
 
 const httpServer = httpServerAnswering(() => hugeAnswers)
 
+/** An HTTP server that takes every POST and never answers it. */
+const silentHttpServer = Effect.acquireRelease(
+  Effect.async<http.Server>((resume) => {
+    const server = http.createServer(() => {})
+    server.listen(0, "127.0.0.1", () => resume(Effect.succeed(server)))
+  }),
+  (server) => Effect.sync(() => {
+    server.closeAllConnections()
+    server.close()
+  })
+)
+
 /** The longest gap between ticks of a 5 ms interval while `effect` runs. */
 const longestStall = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.gen(function*() {
@@ -572,5 +584,32 @@ describe("call timeouts the connection keeps (RpcCallTimeouts)", () => {
         const result = yield* Effect.either(query(ds)).pipe(Effect.timeout("3 seconds"))
         expect(result).toMatchObject({ _tag: "Left", left: { _tag: "DeliveryError", reason: "Timeout", retryable: true } })
       }
+    }))
+
+  // Before: deadlines were read off the time of day (`Clock.unsafeCurrentTimeMillis`, Date.now),
+  // so a step back of the system clock (NTP, a resumed VM) held every pending call that long.
+  it.scopedLive.each(["websocket", "http"] as const)("over %s, a step back of the time of day does not hold a call past its timeout", (transport) =>
+    Effect.gen(function*() {
+      const server = yield* transport === "websocket"
+        ? Effect.map(wsServerAnswering(() => []), (s) => s.address().port)
+        : Effect.map(silentHttpServer, (s) => (s.address() as AddressInfo).port)
+      const context = yield* Layer.build(DeliveryService.layerRpc({
+        url: `http://127.0.0.1:${server}/rpc`,
+        transport,
+        timeout: "300 millis",
+        retrySchedule: Schedule.recurs(0)
+      }))
+      const ds = Context.get(context, DeliveryService)
+      const realNow = Date.now.bind(Date)
+      yield* Effect.acquireRelease(
+        Effect.sync(() => {
+          // An hour back, 100 ms after the call is sent.
+          const stepAt = realNow() + 100
+          Date.now = () => (realNow() < stepAt ? realNow() : realNow() - 3_600_000)
+        }),
+        () => Effect.sync(() => { Date.now = realNow })
+      )
+      const result = yield* Effect.either(query(ds)).pipe(Effect.timeout("3 seconds"))
+      expect(result).toMatchObject({ _tag: "Left", left: { _tag: "DeliveryError", reason: "Timeout", retryable: true } })
     }))
 })

@@ -10,7 +10,9 @@
  * a call costs a map entry, and one fiber per connection sleeps until the oldest deadline. All
  * calls of a connection have the same timeout, so deadlines come in the order calls are sent.
  *
- * The clock is the one the connection was made under (`TestClock` in tests).
+ * The clock is the one the connection was made under (`TestClock` in tests). Deadlines are read
+ * off its monotonic time (`unsafeCurrentTimeNanos`), not the time of day, which the system may
+ * step back or forward (NTP, a resumed VM) and so hold calls or time them out early.
  */
 import { RpcClient, type RpcMessage } from "@effect/rpc"
 import { Duration, Effect, FiberSet, Schema, type Scope } from "effect"
@@ -54,6 +56,7 @@ export const withCallTimeouts = (
   RpcClient.Protocol.make((writeResponse) =>
     Effect.gen(function*() {
       const clock = yield* Effect.clock
+      const nowMillis = () => Number(clock.unsafeCurrentTimeNanos()) / 1_000_000
       const millis = Duration.toMillis(timeout)
       // Interrupts sent for timed-out calls, each on its own fiber: on a socket still opening the
       // send waits for it to open, and the timer must not wait with it.
@@ -96,7 +99,7 @@ export const withCallTimeouts = (
       // Sleeps until the oldest deadline, or until a call is sent when there is none.
       yield* Effect.gen(function*() {
         for (;;) {
-          const expired = takeExpired(clock.unsafeCurrentTimeMillis())
+          const expired = takeExpired(nowMillis())
           for (const [id, tag] of expired) yield* expire(id, tag)
           if (expired.length > 0) continue
           const oldest = head < order.length ? pending.get(order[head]!) : undefined
@@ -106,7 +109,7 @@ export const withCallTimeouts = (
             wake.unsafeClose()
             yield* wake.await
           } else {
-            yield* clock.sleep(Duration.millis(Math.max(0, oldest.deadline - clock.unsafeCurrentTimeMillis())))
+            yield* clock.sleep(Duration.millis(Math.max(0, oldest.deadline - nowMillis())))
           }
         }
       }).pipe(Effect.interruptible, Effect.forkScoped)
@@ -122,7 +125,7 @@ export const withCallTimeouts = (
         // Runs when the RPC client sends (inside its effect), so the deadline counts from then.
         send: (request, transferables) => {
           if (request._tag === "Request" && Number.isFinite(millis) && isUnary(request.tag)) {
-            pending.set(request.id, { tag: request.tag, deadline: clock.unsafeCurrentTimeMillis() + millis })
+            pending.set(request.id, { tag: request.tag, deadline: nowMillis() + millis })
             order.push(request.id)
             wake.unsafeOpen()
           } else if (request._tag === "Interrupt") {
