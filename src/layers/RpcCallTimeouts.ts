@@ -10,10 +10,12 @@
  * a call costs a map entry, and one fiber per connection sleeps until the oldest deadline. All
  * calls of a connection have the same timeout, so deadlines come in the order calls are sent.
  *
- * The clock is the one the connection was made under (`TestClock` in tests).
+ * The clock is the one the connection was made under (`TestClock` in tests). Deadlines are read
+ * off its monotonic time (`unsafeCurrentTimeNanos`), not the time of day, which the system may
+ * step back or forward (NTP, a resumed VM) and so hold calls or time them out early.
  */
 import { RpcClient, type RpcMessage } from "@effect/rpc"
-import { Duration, Effect, Schema, type Scope } from "effect"
+import { Duration, Effect, FiberSet, Schema, type Scope } from "effect"
 import { DeliveryError } from "../domain/Errors.ts"
 
 export interface CallTimeoutOptions {
@@ -54,7 +56,11 @@ export const withCallTimeouts = (
   RpcClient.Protocol.make((writeResponse) =>
     Effect.gen(function*() {
       const clock = yield* Effect.clock
+      const nowMillis = () => Number(clock.unsafeCurrentTimeNanos()) / 1_000_000
       const millis = Duration.toMillis(timeout)
+      // Interrupts sent for timed-out calls, each on its own fiber: on a socket still opening the
+      // send waits for it to open, and the timer must not wait with it.
+      const interrupts = yield* FiberSet.make()
       // Calls not yet answered, by request id, and their ids in the order sent (stale ones skipped).
       const pending = new Map<string, Pending>()
       let order: Array<string> = []
@@ -84,13 +90,16 @@ export const withCallTimeouts = (
       const expire = (id: string, tag: string) =>
         Effect.zipRight(
           writeResponse(timeoutExit(id, tag, timeout)),
-          Effect.ignore(inner.send({ _tag: "Interrupt", requestId: id }))
+          FiberSet.run(
+            interrupts,
+            inner.send({ _tag: "Interrupt", requestId: id }).pipe(Effect.timeout(timeout), Effect.ignore)
+          )
         )
 
       // Sleeps until the oldest deadline, or until a call is sent when there is none.
       yield* Effect.gen(function*() {
         for (;;) {
-          const expired = takeExpired(clock.unsafeCurrentTimeMillis())
+          const expired = takeExpired(nowMillis())
           for (const [id, tag] of expired) yield* expire(id, tag)
           if (expired.length > 0) continue
           const oldest = head < order.length ? pending.get(order[head]!) : undefined
@@ -100,7 +109,7 @@ export const withCallTimeouts = (
             wake.unsafeClose()
             yield* wake.await
           } else {
-            yield* clock.sleep(Duration.millis(Math.max(0, oldest.deadline - clock.unsafeCurrentTimeMillis())))
+            yield* clock.sleep(Duration.millis(Math.max(0, oldest.deadline - nowMillis())))
           }
         }
       }).pipe(Effect.interruptible, Effect.forkScoped)
@@ -116,7 +125,7 @@ export const withCallTimeouts = (
         // Runs when the RPC client sends (inside its effect), so the deadline counts from then.
         send: (request, transferables) => {
           if (request._tag === "Request" && Number.isFinite(millis) && isUnary(request.tag)) {
-            pending.set(request.id, { tag: request.tag, deadline: clock.unsafeCurrentTimeMillis() + millis })
+            pending.set(request.id, { tag: request.tag, deadline: nowMillis() + millis })
             order.push(request.id)
             wake.unsafeOpen()
           } else if (request._tag === "Interrupt") {
