@@ -19,7 +19,7 @@
  *   echo a caller's id back (`fetchKeyPackages`, `getIdentityUpdates`).
  * - `QueryPage` is a plain class, so pages travel as `{ items, next? }` (see `toQueryPage`).
  */
-import { Rpc, RpcGroup } from "@effect/rpc"
+import { Rpc, RpcGroup, type RpcMessage } from "@effect/rpc"
 import { ParseResult, Schema } from "effect"
 
 import { Base64Bytes } from "./Base64.ts"
@@ -304,3 +304,13 @@ export class DeliveryRpcs extends RpcGroup.make(
     error: DeliveryError
   })
 ) {}
+
+/**
+ * A call's answer failing with `error`, as the server encodes it and the client decodes it: for
+ * answers made outside the RPC server (the server's refusals, the client's own timeouts).
+ */
+export const failedAnswer = (requestId: string, error: DeliveryError): RpcMessage.FromServerEncoded => ({
+  _tag: "Exit",
+  requestId,
+  exit: { _tag: "Failure", cause: { _tag: "Fail", error: Schema.encodeSync(DeliveryError)(error) } }
+})

@@ -15,7 +15,8 @@
  * step back or forward (NTP, a resumed VM) and so hold calls or time them out early.
  */
 import { RpcClient, type RpcMessage } from "@effect/rpc"
-import { Duration, Effect, FiberSet, Schema, type Scope } from "effect"
+import { Duration, Effect, FiberSet, type Scope } from "effect"
+import { failedAnswer } from "../domain/DeliveryRpcs.ts"
 import { DeliveryError } from "../domain/Errors.ts"
 
 export interface CallTimeoutOptions {
@@ -30,23 +31,11 @@ interface Pending {
 }
 
 /** The answer to a call that timed out, as the server would have encoded it. */
-const timeoutExit = (requestId: string, tag: string, timeout: Duration.Duration): RpcMessage.FromServerEncoded => ({
-  _tag: "Exit",
-  requestId,
-  exit: {
-    _tag: "Failure",
-    cause: {
-      _tag: "Fail",
-      error: Schema.encodeSync(DeliveryError)(
-        new DeliveryError({
-          reason: "Timeout",
-          retryable: true,
-          detail: `${tag}: no response within ${Duration.format(timeout)}`
-        })
-      )
-    }
-  }
-})
+const timeoutExit = (requestId: string, tag: string, timeout: Duration.Duration): RpcMessage.FromServerEncoded =>
+  failedAnswer(
+    requestId,
+    new DeliveryError({ reason: "Timeout", retryable: true, detail: `${tag}: no response within ${Duration.format(timeout)}` })
+  )
 
 /** `inner` with every unary call bounded by `timeout`; the timer fiber lives as long as the scope. */
 export const withCallTimeouts = (

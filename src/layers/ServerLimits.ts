@@ -11,6 +11,8 @@ import { Effect, FiberRef, Layer, Mailbox, Option, type Scope } from "effect"
 import type * as Http from "node:http"
 import type * as Net from "node:net"
 
+import { failedAnswer } from "../domain/DeliveryRpcs.ts"
+import { DeliveryError } from "../domain/Errors.ts"
 import { isShortRequestId } from "./RpcRequestIds.ts"
 import { Gate } from "./ServerGate.ts"
 import {
@@ -54,17 +56,8 @@ export const currentHttpResponse = FiberRef.unsafeMake<Http.ServerResponse | und
 type RefusalReason = "LimitExceeded" | "InvalidRequest"
 
 /** An RPC exit failing with a `DeliveryError`, as the client decodes it. */
-const refusal = (requestId: string, reason: RefusalReason, detail: string): RpcMessage.FromServerEncoded => ({
-  _tag: "Exit",
-  requestId,
-  exit: {
-    _tag: "Failure",
-    cause: {
-      _tag: "Fail",
-      error: { _tag: "DeliveryError", reason, retryable: reason === "LimitExceeded", detail }
-    }
-  }
-})
+const refusal = (requestId: string, reason: RefusalReason, detail: string): RpcMessage.FromServerEncoded =>
+  failedAnswer(requestId, new DeliveryError({ reason, retryable: reason === "LimitExceeded", detail }))
 
 /**
  * Calls at once on one HTTP connection, across its requests (pipelined POSTs included): each
