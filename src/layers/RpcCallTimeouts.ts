@@ -25,9 +25,55 @@ export interface CallTimeoutOptions {
   readonly isUnary: (tag: string) => boolean
 }
 
-interface Pending {
-  readonly tag: string
-  readonly deadline: number
+/**
+ * Unanswered calls by request id, and their ids in the order sent: as every call of a connection
+ * has the same timeout, the front of that order is the oldest deadline (answered ids are skipped).
+ */
+const makeDeadlines = () => {
+  const pending = new Map<string, { readonly tag: string; readonly deadline: number }>()
+  let order: Array<string> = []
+  let head = 0
+
+  /** Takes the calls past their deadline at `now`, as [id, tag]; drops answered ones from the front. */
+  const takeExpired = (now: number): Array<[string, string]> => {
+    const expired: Array<[string, string]> = []
+    while (head < order.length) {
+      const id = order[head]!
+      const call = pending.get(id)
+      if (call !== undefined && call.deadline > now) break
+      head++
+      if (call !== undefined) {
+        pending.delete(id)
+        expired.push([id, call.tag])
+      }
+    }
+    if (head > 1024 && head * 2 > order.length) {
+      order = order.slice(head)
+      head = 0
+    }
+    return expired
+  }
+
+  /** The oldest unanswered call's deadline; with none, the order starts over. */
+  const oldest = (): number | undefined => {
+    const call = head < order.length ? pending.get(order[head]!) : undefined
+    if (call === undefined) {
+      order = []
+      head = 0
+    }
+    return call?.deadline
+  }
+
+  return {
+    add: (id: string, tag: string, deadline: number) => {
+      pending.set(id, { tag, deadline })
+      order.push(id)
+    },
+    remove: (id: string) => pending.delete(id),
+    clear: () => pending.clear(),
+    takeExpired,
+    oldest
+  }
 }
 
 /** The answer to a call that timed out, as the server would have encoded it. */
@@ -50,31 +96,8 @@ export const withCallTimeouts = (
       // Interrupts sent for timed-out calls, each on its own fiber: on a socket still opening the
       // send waits for it to open, and the timer must not wait with it.
       const interrupts = yield* FiberSet.make()
-      // Calls not yet answered, by request id, and their ids in the order sent (stale ones skipped).
-      const pending = new Map<string, Pending>()
-      let order: Array<string> = []
-      let head = 0
+      const deadlines = makeDeadlines()
       const wake = yield* Effect.makeLatch(false)
-
-      /** Takes the calls past their deadline at `now`; drops answered ones from the front. */
-      const takeExpired = (now: number): Array<[string, string]> => {
-        const expired: Array<[string, string]> = []
-        while (head < order.length) {
-          const id = order[head]!
-          const call = pending.get(id)
-          if (call !== undefined && call.deadline > now) break
-          head++
-          if (call !== undefined) {
-            pending.delete(id)
-            expired.push([id, call.tag])
-          }
-        }
-        if (head > 1024 && head * 2 > order.length) {
-          order = order.slice(head)
-          head = 0
-        }
-        return expired
-      }
 
       const expire = (id: string, tag: string) =>
         Effect.zipRight(
@@ -88,25 +111,23 @@ export const withCallTimeouts = (
       // Sleeps until the oldest deadline, or until a call is sent when there is none.
       yield* Effect.gen(function*() {
         for (;;) {
-          const expired = takeExpired(nowMillis())
+          const expired = deadlines.takeExpired(nowMillis())
           for (const [id, tag] of expired) yield* expire(id, tag)
           if (expired.length > 0) continue
-          const oldest = head < order.length ? pending.get(order[head]!) : undefined
+          const oldest = deadlines.oldest()
           if (oldest === undefined) {
-            order = []
-            head = 0
             wake.unsafeClose()
             yield* wake.await
           } else {
-            yield* clock.sleep(Duration.millis(Math.max(0, oldest.deadline - nowMillis())))
+            yield* clock.sleep(Duration.millis(Math.max(0, oldest - nowMillis())))
           }
         }
       }).pipe(Effect.interruptible, Effect.forkScoped)
 
       yield* Effect.forkScoped(inner.run((message) => {
-        if (message._tag === "Exit") pending.delete(message.requestId)
+        if (message._tag === "Exit") deadlines.remove(message.requestId)
         // The RPC client fails every call of its own on these: none is left to time out.
-        else if (message._tag === "ClientProtocolError" || message._tag === "Defect") pending.clear()
+        else if (message._tag === "ClientProtocolError" || message._tag === "Defect") deadlines.clear()
         return writeResponse(message)
       }))
 
@@ -114,11 +135,10 @@ export const withCallTimeouts = (
         // Runs when the RPC client sends (inside its effect), so the deadline counts from then.
         send: (request, transferables) => {
           if (request._tag === "Request" && Number.isFinite(millis) && isUnary(request.tag)) {
-            pending.set(request.id, { tag: request.tag, deadline: nowMillis() + millis })
-            order.push(request.id)
+            deadlines.add(request.id, request.tag, nowMillis() + millis)
             wake.unsafeOpen()
           } else if (request._tag === "Interrupt") {
-            pending.delete(request.requestId)
+            deadlines.remove(request.requestId)
           }
           return inner.send(request, transferables)
         },
