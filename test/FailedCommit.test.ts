@@ -33,19 +33,15 @@ const onFullDisk = async (kind: "storage" | "storage-lane" | "delivery"): Promis
 }
 
 describe("a full disk", () => {
-  it("the client's storage: the transaction fails with a StorageError, and nothing of it is stored", async () => {
-    const refusal = await onFullDisk("storage")
+  it.each([
+    ["the client's storage", "storage"],
+    ["the client's storage over SqliteConnection (its own transactions)", "storage-lane"]
+  ] as const)("%s: the transaction fails with a StorageError, and nothing of it is stored", async (_, kind) => {
+    const refusal = await onFullDisk(kind)
     // Some transactions fit first; the one that does not is refused at its commit.
     expect(refusal.attempt).toBeGreaterThan(0)
     expect(refusal).toMatchObject({ defect: false, tag: "StorageError", refusedRowStored: false })
     // The error says what SQLite said, not only "Failed to execute statement".
-    expect(refusal.message).toMatch(/SQLITE_(FULL|IOERR)/)
-  }, 90_000)
-
-  it("the client's storage over SqliteConnection (its own transactions): the same", async () => {
-    const refusal = await onFullDisk("storage-lane")
-    expect(refusal.attempt).toBeGreaterThan(0)
-    expect(refusal).toMatchObject({ defect: false, tag: "StorageError", refusedRowStored: false })
     expect(refusal.message).toMatch(/SQLITE_(FULL|IOERR)/)
   }, 90_000)
 
