@@ -1,6 +1,5 @@
 /** Byte helpers shared by the domain and the layers. Pure. */
 import * as nodeCrypto from "node:crypto"
-import { createHash } from "node:crypto"
 
 const encoder = new TextEncoder()
 const decoder = new TextDecoder("utf-8", { fatal: true })
@@ -29,7 +28,7 @@ export const concat = (...parts: ReadonlyArray<Uint8Array>): Uint8Array => {
  */
 const lengthPrefix = Buffer.alloc(4)
 const labelledDigest = (label: string, parts: ReadonlyArray<Uint8Array>) => {
-  const hash = createHash("sha256").update(utf8(`converge/${label}\n`))
+  const hash = nodeCrypto.createHash("sha256").update(utf8(`converge/${label}\n`))
   for (const part of parts) {
     // `update` copies its input at once, so one length buffer serves every part.
     lengthPrefix.writeUInt32BE(part.length, 0)
@@ -49,7 +48,7 @@ export const labelledHashHex = (label: string, ...parts: ReadonlyArray<Uint8Arra
 /** Node's one-shot `crypto.hash` (20.12 and later); earlier versions make a Hash object. */
 const oneShotHash = (nodeCrypto as { readonly hash?: typeof nodeCrypto.hash }).hash
 const sha256HexOf = (bytes: Uint8Array): string =>
-  oneShotHash === undefined ? createHash("sha256").update(bytes).digest("hex") : oneShotHash("sha256", bytes, "hex")
+  oneShotHash === undefined ? nodeCrypto.createHash("sha256").update(bytes).digest("hex") : oneShotHash("sha256", bytes, "hex")
 
 /** Reused for `labelledHashHexOfText`'s input (synchronous: nobody else writes it meanwhile). */
 let textScratch = Buffer.allocUnsafe(512)
